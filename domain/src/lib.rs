@@ -1,1 +1,34 @@
-//! placeholder
+//! Tollgate's vocabulary and every decision it makes: plan and gate specs with validation,
+//! node selection and scheduling, the job state machine and gate evaluation.
+//!
+//! **Boundary:** this crate does no I/O and never reads the clock; time is always an argument.
+//! The controller loads facts, calls a function here, and persists what it returns.
+
+pub mod fleet;
+pub mod gate;
+pub mod ids;
+pub mod job;
+pub mod plan;
+pub mod release;
+pub mod result;
+pub mod scheduler;
+pub mod spec;
+pub mod telemetry;
+pub mod test_support;
+
+pub use ids::{JobId, NodeId, PlanVersion, ReleaseId, RunId};
+
+/// A point in time, always UTC. The domain never makes one up: callers pass `now`.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// Hex sha256 of the canonical JSON form of `value` (serde field order, sorted maps).
+///
+/// Every digest in Tollgate (plan versions, gate versions, decision inputs) goes through this
+/// one function so that the same content always gives the same digest.
+pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
+    use sha2::{Digest, Sha256};
+    // Serializing plain data structs to JSON cannot fail: no maps with non-string keys are
+    // digested and no custom serializers return errors.
+    let bytes = serde_json::to_vec(value).expect("digested values serialize to JSON");
+    hex::encode(Sha256::digest(&bytes))
+}

@@ -1,0 +1,272 @@
+//! Nodes: labels, inventory, state and health, and label selectors.
+
+use crate::{JobId, NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Node labels (`sku=hgx-h100`, `site=lab-a`).
+pub type Labels = BTreeMap<String, String>;
+
+/// Where a node's GPU facts come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSourceKind {
+    /// Real hardware through NVML.
+    #[default]
+    Nvml,
+    /// The simulated source: numbers are made up and every report says so.
+    Simulated,
+}
+
+impl GpuSourceKind {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nvml => "nvml",
+            Self::Simulated => "simulated",
+        }
+    }
+}
+
+impl FromStr for GpuSourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nvml" => Ok(Self::Nvml),
+            "simulated" => Ok(Self::Simulated),
+            other => Err(format!(
+                "unknown GPU source '{other}' (expected nvml or simulated)"
+            )),
+        }
+    }
+}
+
+/// One GPU as an agent observed it. Optional fields are absent when the GPU does not report them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// NVML device index.
+    pub index: u32,
+    /// GPU UUID.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Board serial number.
+    pub serial: Option<String>,
+    /// Board part number.
+    pub board_part_number: Option<String>,
+    /// PCI bus id.
+    pub pci_bus_id: String,
+    /// VBIOS version.
+    pub vbios_version: String,
+    /// InfoROM image version.
+    pub inforom_version: Option<String>,
+    /// Framebuffer size in MiB.
+    pub memory_total_mib: u64,
+    /// ECC currently enabled.
+    pub ecc_enabled: Option<bool>,
+    /// Enforced power limit in watts.
+    pub power_limit_w: Option<f64>,
+    /// Maximum PCIe link generation.
+    pub max_pcie_gen: Option<u32>,
+    /// Maximum PCIe link width.
+    pub max_pcie_width: Option<u32>,
+}
+
+/// What a node is running, as its agent observed it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// NVIDIA driver version.
+    pub driver_version: String,
+    /// CUDA driver version.
+    pub cuda_driver_version: String,
+    /// NVML library version.
+    pub nvml_version: String,
+    /// GPUs by index.
+    pub gpus: Vec<GpuInfo>,
+    /// Components reported by inventory probes.
+    pub components: BTreeMap<String, String>,
+    /// Where the GPU facts came from.
+    pub gpu_source: GpuSourceKind,
+    /// Host name.
+    pub hostname: String,
+}
+
+/// A node's scheduling state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Connected, idle, accepting jobs.
+    #[default]
+    Ready,
+    /// Connected and running a job.
+    Busy,
+    /// An operator took it out of scheduling; a running job finishes.
+    Cordoned,
+    /// Cordoned and waiting for its running job to end.
+    Draining,
+    /// No heartbeat within the lease grace; its running job is lost.
+    Unreachable,
+    /// Removed from the fleet for good.
+    Retired,
+}
+
+/// A node's health, from what its steps and telemetry showed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Nothing wrong seen.
+    #[default]
+    Good,
+    /// Something worth a look (an error result, a lost job).
+    Suspect,
+    /// A hardware finding (GPU lost); not scheduled until cleared.
+    Bad,
+}
+
+macro_rules! str_enum {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The wire and storage name.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),* }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)*
+                    other => Err(format!(
+                        "unknown {} '{}' (expected one of: {})",
+                        stringify!($ty), other, [$($text),*].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use str_enum;
+
+str_enum!(NodeState { Ready => "ready", Busy => "busy", Cordoned => "cordoned", Draining => "draining", Unreachable => "unreachable", Retired => "retired" });
+str_enum!(Health { Good => "good", Suspect => "suspect", Bad => "bad" });
+
+/// A node of the fleet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node name.
+    pub id: NodeId,
+    /// Labels.
+    pub labels: Labels,
+    /// Scheduling state.
+    pub state: NodeState,
+    /// Health.
+    pub health: Health,
+    /// Inventory from the last registration.
+    pub inventory: Inventory,
+    /// Last heartbeat.
+    pub last_seen_at: Option<Timestamp>,
+    /// The job the node is running.
+    pub current_job: Option<JobId>,
+}
+
+/// A label selector: a node matches when it carries every label with the same value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Selector(pub BTreeMap<String, String>);
+
+impl Selector {
+    /// Whether `labels` carries every label of the selector.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(every node)");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Parses `key=value` as a label; the error says what is wrong.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label '{text}' is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("label '{text}' has an empty key"));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    {
+        return Err(format!(
+            "label key '{key}' may hold only letters, digits, '-', '_', '.' and '/'"
+        ));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_needs_every_label() {
+        let labels: Labels = [
+            ("sku".into(), "hgx-h100".into()),
+            ("site".into(), "a".into()),
+        ]
+        .into_iter()
+        .collect();
+        let sel = |pairs: &[(&str, &str)]| {
+            Selector(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert!(sel(&[]).matches(&labels));
+        assert!(sel(&[("sku", "hgx-h100")]).matches(&labels));
+        assert!(!sel(&[("sku", "hgx-h100"), ("site", "b")]).matches(&labels));
+        assert!(!sel(&[("rack", "1")]).matches(&labels));
+    }
+
+    #[test]
+    fn labels_parse_or_say_why() {
+        assert_eq!(
+            parse_label("sku=hgx-h100"),
+            Ok(("sku".into(), "hgx-h100".into()))
+        );
+        assert!(parse_label("sku").unwrap_err().contains("not key=value"));
+        assert!(parse_label("=x").unwrap_err().contains("empty key"));
+        assert!(parse_label("a b=x").unwrap_err().contains("may hold only"));
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in [NodeState::Ready, NodeState::Busy, NodeState::Unreachable] {
+            assert_eq!(state.as_str().parse::<NodeState>(), Ok(state));
+        }
+        assert!(
+            "gone"
+                .parse::<NodeState>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
+    }
+}

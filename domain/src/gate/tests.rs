@@ -1,0 +1,377 @@
+//! Gate parsing and evaluation: table-driven cases, snapshots of explained decisions and
+//! properties that must hold for any evidence.
+
+use super::*;
+use crate::test_support::*;
+
+const EXAMPLE: &str = r#"
+milestone: lab-qual
+rules:
+  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 3}
+  - measurement: {name: membw_gbps, aggregate: min, condition: ">= 2800"}
+  - telemetry: {field: gpu_temp_c, aggregate: max, condition: "< 88"}
+  - no-xid: {codes: [48, 63, 64, 74, 79, 94, 95]}
+  - inventory-matches-release: {}
+"#;
+
+fn policy() -> GatePolicy {
+    parse_gate("gate.yaml", EXAMPLE).expect("example gate is valid")
+}
+
+/// A node that passed both steps with healthy numbers.
+fn good(node: &str) -> JobEvidence {
+    let s0 = step_result(0, 1, Outcome::Passed);
+    let s1 = with_telemetry(
+        with_measurement(step_result(1, 1, Outcome::Passed), "membw_gbps", 3000.0),
+        0,
+        Field::GpuTempC,
+        70.0,
+    );
+    job(node, JobState::Passed, vec![s0, s1])
+}
+
+fn verdicts(decision: &Decision) -> Vec<(&str, Verdict)> {
+    decision
+        .rules
+        .iter()
+        .map(|r| (r.rule_id.as_str(), r.verdict))
+        .collect()
+}
+
+#[test]
+fn example_gate_parses_with_default_ids() {
+    let ids: Vec<String> = policy().rules.into_iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        [
+            "steps-passed:gpu-qual",
+            "measurement:membw_gbps",
+            "telemetry:gpu_temp_c",
+            "no-xid",
+            "inventory-matches-release"
+        ]
+    );
+}
+
+#[test]
+fn gate_errors_name_line_and_field() {
+    let source = "milestone: lab-qual\nrules:\n  - telemetry: {field: gpu_tmp, aggregate: max, condition: \"< 88\"}\n  - measurement: {name: bw, aggregate: median, condition: \"about 5\"}\n  - {}\n";
+    let text = parse_gate("g.yaml", source).unwrap_err().to_string();
+    assert!(
+        text.contains("g.yaml:3:")
+            && text.contains("rules[0].telemetry.field: unknown telemetry field 'gpu_tmp'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("g.yaml:4:") && text.contains("rules[1].measurement.aggregate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rules[1].measurement.condition: condition 'about 5' must start with"),
+        "{text}"
+    );
+    assert!(text.contains("rules[2]: a rule needs one of"), "{text}");
+}
+
+#[test]
+fn clean_evidence_passes() {
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), good("n3")]),
+        &[],
+        at(100),
+    );
+    assert_eq!(decision.verdict, Verdict::Passed, "{decision:#?}");
+    assert!(decision.rules.iter().all(|r| r.verdict == Verdict::Passed));
+}
+
+#[test]
+fn hot_gpu_fails_naming_node_and_rule() {
+    let mut hot = good("n3");
+    hot.results[1] = with_telemetry(hot.results[1].clone(), 1, Field::GpuTempC, 93.0);
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), hot]),
+        &[],
+        at(100),
+    );
+    assert_eq!(decision.verdict, Verdict::Failed);
+    let rule = &decision.rules[2];
+    assert_eq!(
+        (rule.rule_id.as_str(), rule.verdict),
+        ("telemetry:gpu_temp_c", Verdict::Failed)
+    );
+    assert_eq!(rule.failing_nodes, vec![NodeId::from("n3")]);
+    assert!(
+        rule.reason.contains("n3") && rule.reason.contains("93"),
+        "{}",
+        rule.reason
+    );
+    assert!(
+        decision.summary.contains("telemetry:gpu_temp_c"),
+        "{}",
+        decision.summary
+    );
+}
+
+#[test]
+fn missing_or_running_evidence_waits() {
+    let no_runs = Evidence {
+        runs: Vec::new(),
+        ..evidence(Vec::new())
+    };
+    let decision = evaluate(&policy(), &no_runs, &[], at(100));
+    assert_eq!(decision.verdict, Verdict::Waiting);
+    assert!(decision.rules[0].reason.contains("tollgate run start"));
+    let running = job(
+        "n3",
+        JobState::Running,
+        vec![step_result(0, 1, Outcome::Passed)],
+    );
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), running]),
+        &[],
+        at(100),
+    );
+    assert_eq!(
+        decision.verdict,
+        Verdict::Waiting,
+        "{:?}",
+        verdicts(&decision)
+    );
+}
+
+#[test]
+fn wrong_driver_does_not_count_and_fails_inventory() {
+    let mut other = good("n3");
+    for result in &mut other.results {
+        result.inventory.driver_version = "535.104.05".into();
+    }
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), other]),
+        &[],
+        at(100),
+    );
+    let v = verdicts(&decision);
+    assert_eq!(
+        v[0],
+        ("steps-passed:gpu-qual", Verdict::Failed),
+        "the node did not run the build under test"
+    );
+    assert_eq!(v[4], ("inventory-matches-release", Verdict::Failed));
+    assert!(
+        decision.rules[4]
+            .reason
+            .contains("driver is 535.104.05, release wants 550.54.15"),
+        "{}",
+        decision.rules[4].reason
+    );
+}
+
+#[test]
+fn xid_fails_and_unlisted_xid_does_not() {
+    let mut bad = good("n2");
+    bad.results[1] = with_xid(bad.results[1].clone(), 0, 79);
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), bad.clone(), good("n3")]),
+        &[],
+        at(100),
+    );
+    assert_eq!(decision.rules[3].verdict, Verdict::Failed);
+    assert_eq!(decision.rules[3].failing_nodes, vec![NodeId::from("n2")]);
+    bad.results[1].events[0].code = 13;
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), bad, good("n3")]),
+        &[],
+        at(100),
+    );
+    assert_eq!(decision.rules[3].verdict, Verdict::Passed);
+}
+
+#[test]
+fn unknown_step_in_rule_is_an_error_not_a_pass() {
+    let policy = parse_gate(
+        "g.yaml",
+        "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [nope]}\n",
+    )
+    .expect("valid");
+    let decision = evaluate(&policy, &evidence(vec![good("n1")]), &[], at(100));
+    assert_eq!(decision.verdict, Verdict::Error);
+    assert!(decision.rules[0].reason.contains("has no step 'nope'"));
+}
+
+#[test]
+fn waiver_exempts_failed_rule_until_it_expires() {
+    let mut hot = good("n3");
+    hot.results[1] = with_telemetry(hot.results[1].clone(), 0, Field::GpuTempC, 95.0);
+    let evidence = evidence(vec![good("n1"), good("n2"), hot]);
+    let waiver = Waiver {
+        id: "w1".into(),
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        rule_id: "telemetry:gpu_temp_c".into(),
+        reason: "known fan curve issue".into(),
+        ticket: "LAB-42".into(),
+        approver: "alice".into(),
+        created_at: at(0),
+        expires_at: at(200),
+        revoked_at: None,
+    };
+    let waived = evaluate(&policy(), &evidence, std::slice::from_ref(&waiver), at(100));
+    assert_eq!(waived.verdict, Verdict::Passed);
+    assert_eq!(waived.rules[2].verdict, Verdict::Waived);
+    let expired = evaluate(&policy(), &evidence, &[waiver], at(300));
+    assert_eq!(expired.verdict, Verdict::Failed);
+    assert!(expired.rules[2].reason.contains("no longer in force"));
+    assert_ne!(waived.digest, expired.digest);
+}
+
+#[test]
+fn same_inputs_same_digest() {
+    let ev = evidence(vec![good("n1"), good("n2"), good("n3")]);
+    let a = evaluate(&policy(), &ev, &[], at(100));
+    let b = evaluate(&policy(), &ev, &[], at(5000));
+    assert_eq!(a.digest, b.digest, "time alone does not change the inputs");
+    let mut changed = ev.clone();
+    changed.runs[0].jobs[0].results[1].measurements[0].value = 2999.0;
+    assert_ne!(a.digest, evaluate(&policy(), &changed, &[], at(100)).digest);
+}
+
+#[test]
+fn explained_decision_snapshot() {
+    let mut hot = good("n3");
+    hot.results[1] = with_telemetry(hot.results[1].clone(), 1, Field::GpuTempC, 93.0);
+    let mut failed = good("n4");
+    failed.state = JobState::Failed;
+    failed.results[1].outcome = Outcome::Failed;
+    failed.results[1].message = "exit code 1".into();
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), hot, failed]),
+        &[],
+        at(100),
+    );
+    let explained: Vec<String> = decision
+        .rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}: {} [{}]",
+                r.verdict,
+                r.rule_id,
+                r.reason,
+                r.failing_nodes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect();
+    insta::assert_snapshot!(format!(
+        "{}: {}\n{}",
+        decision.verdict,
+        decision.summary,
+        explained.join("\n")
+    ));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::Passed),
+            Just(Outcome::Failed),
+            Just(Outcome::Error),
+            Just(Outcome::Skipped),
+            Just(Outcome::Lost)
+        ]
+    }
+
+    fn jobs() -> impl Strategy<Value = Vec<JobEvidence>> {
+        proptest::collection::vec(
+            (
+                outcome(),
+                outcome(),
+                60.0f64..100.0,
+                2000.0f64..3500.0,
+                any::<bool>(),
+            ),
+            1..6,
+        )
+        .prop_map(|specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (o0, o1, temp, bw, done))| {
+                    let s0 = step_result(0, 1, o0);
+                    let s1 = with_telemetry(
+                        with_measurement(step_result(1, 1, o1), "membw_gbps", bw),
+                        0,
+                        Field::GpuTempC,
+                        temp,
+                    );
+                    let state = if !done {
+                        JobState::Running
+                    } else if o0 == Outcome::Passed && o1 == Outcome::Passed {
+                        JobState::Passed
+                    } else {
+                        JobState::Failed
+                    };
+                    job(&format!("n{i}"), state, vec![s0, s1])
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn adding_a_failure_never_turns_failed_into_passed(jobs in jobs(), fail_step in 0u32..2) {
+            let before = evaluate(&policy(), &evidence(jobs.clone()), &[], at(100));
+            let mut worse = jobs;
+            let extra = job("extra", JobState::Failed, vec![step_result(fail_step, 1, Outcome::Failed)]);
+            worse.push(extra);
+            let after = evaluate(&policy(), &evidence(worse), &[], at(100));
+            if before.verdict == Verdict::Failed {
+                prop_assert_ne!(after.verdict, Verdict::Passed);
+            }
+        }
+
+        #[test]
+        fn a_waiver_never_makes_missing_evidence_pass(jobs in jobs()) {
+            let waivers: Vec<Waiver> = policy().rules.iter().map(|r| Waiver {
+                id: format!("w-{}", r.id), release: "r550".into(), milestone: "lab-qual".into(), rule_id: r.id.clone(),
+                reason: "r".into(), ticket: "T-1".into(), approver: "a".into(), created_at: at(0), expires_at: at(1000), revoked_at: None,
+            }).collect();
+            let decision = evaluate(&policy(), &evidence(jobs), &waivers, at(100));
+            for rule in &decision.rules {
+                prop_assert!(rule.verdict != Verdict::Passed || !rule.reason.contains("waived"));
+            }
+            if decision.rules.iter().any(|r| r.verdict == Verdict::Waiting || r.verdict == Verdict::Error) {
+                prop_assert_ne!(decision.verdict, Verdict::Passed);
+            }
+        }
+
+        #[test]
+        fn same_inputs_give_the_same_decision(jobs in jobs()) {
+            let ev = evidence(jobs);
+            prop_assert_eq!(evaluate(&policy(), &ev, &[], at(100)), evaluate(&policy(), &ev, &[], at(100)));
+        }
+
+        #[test]
+        fn a_running_job_or_missing_result_never_passes_steps(jobs in jobs()) {
+            let ev = evidence(jobs);
+            let decision = evaluate(&policy(), &ev, &[], at(100));
+            let all_passed = ev.runs[0].jobs.iter().filter(|j| j.results.iter().all(|r| r.outcome == Outcome::Passed) && j.state == JobState::Passed).count();
+            if decision.rules[0].verdict == Verdict::Passed {
+                prop_assert!(all_passed >= 3);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Step results: what one attempt of one step on one node produced.
+
+use crate::fleet::Inventory;
+use crate::telemetry::{GpuEvent, GpuTelemetry};
+use crate::{JobId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// How a step attempt ended. `Failed` is the thing under test failing; `Error` is the harness
+/// failing (timeout, crash, unparseable output). They are never conflated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The thing under test passed.
+    Passed,
+    /// The thing under test failed.
+    Failed,
+    /// The harness failed.
+    Error,
+    /// Not run.
+    Skipped,
+    /// The node stopped answering while the step ran.
+    Lost,
+}
+
+crate::fleet::str_enum!(Outcome { Passed => "passed", Failed => "failed", Error => "error", Skipped => "skipped", Lost => "lost" });
+
+/// A named number a step reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Name (`membw_gbps`).
+    pub name: String,
+    /// Value.
+    pub value: f64,
+    /// Unit, when given.
+    pub unit: Option<String>,
+}
+
+/// The result of one step attempt on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// The job.
+    pub job_id: JobId,
+    /// Position of the step in the plan.
+    pub step_index: u32,
+    /// Step name.
+    pub step_name: String,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// Lease epoch the attempt ran under.
+    pub lease_epoch: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Exit code of the step's process.
+    pub exit_code: Option<i32>,
+    /// Start.
+    pub started_at: Timestamp,
+    /// End.
+    pub finished_at: Timestamp,
+    /// Numbers reported.
+    pub measurements: Vec<Measurement>,
+    /// Per-GPU telemetry summaries.
+    pub telemetry: Vec<GpuTelemetry>,
+    /// Events seen during the attempt.
+    pub events: Vec<GpuEvent>,
+    /// Inventory observed at the start of the attempt.
+    pub inventory: Inventory,
+    /// Last lines of output.
+    pub log_tail: String,
+    /// Why the outcome is what it is.
+    pub message: String,
+}

@@ -1,0 +1,310 @@
+//! Telemetry fields (with their dcgm-exporter names), per-step summaries and GPU events.
+
+use crate::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// One telemetry field. Each maps to the DCGM field dcgm-exporter publishes, so a site's
+/// dashboards read the same numbers under the names they know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// GPU temperature, °C.
+    GpuTempC,
+    /// HBM temperature, °C.
+    MemTempC,
+    /// Power draw, W.
+    PowerW,
+    /// Energy since driver load, mJ.
+    EnergyMj,
+    /// SM clock, MHz.
+    SmClockMhz,
+    /// Memory clock, MHz.
+    MemClockMhz,
+    /// GPU utilization, %.
+    GpuUtilPct,
+    /// Memory (copy) utilization, %.
+    MemUtilPct,
+    /// Framebuffer used, MiB.
+    FbUsedMib,
+    /// Volatile corrected (single-bit) ECC errors.
+    EccCorrectedVolatile,
+    /// Volatile uncorrected (double-bit) ECC errors.
+    EccUncorrectedVolatile,
+    /// Aggregate corrected ECC errors.
+    EccCorrectedAggregate,
+    /// Aggregate uncorrected ECC errors.
+    EccUncorrectedAggregate,
+    /// Rows remapped for correctable errors.
+    RowRemapCorrectable,
+    /// Rows remapped for uncorrectable errors.
+    RowRemapUncorrectable,
+    /// 1 when a row remap is pending (needs a GPU reset).
+    RowRemapPending,
+    /// 1 when row remapping failed.
+    RowRemapFailure,
+    /// Pages retired for single-bit errors (pre-Ampere).
+    RetiredPagesSbe,
+    /// Pages retired for double-bit errors (pre-Ampere).
+    RetiredPagesDbe,
+    /// Clock event (throttle) reasons bitmask.
+    ThrottleReasons,
+    /// PCIe replay counter.
+    PcieReplay,
+    /// Current PCIe link generation.
+    PcieLinkGen,
+    /// Current PCIe link width.
+    PcieLinkWidth,
+    /// Fan speed, % (absent on passively cooled cards).
+    FanSpeedPct,
+}
+
+impl Field {
+    /// Every field, in display order.
+    pub const ALL: [Field; 24] = [
+        Self::GpuTempC,
+        Self::MemTempC,
+        Self::PowerW,
+        Self::EnergyMj,
+        Self::SmClockMhz,
+        Self::MemClockMhz,
+        Self::GpuUtilPct,
+        Self::MemUtilPct,
+        Self::FbUsedMib,
+        Self::EccCorrectedVolatile,
+        Self::EccUncorrectedVolatile,
+        Self::EccCorrectedAggregate,
+        Self::EccUncorrectedAggregate,
+        Self::RowRemapCorrectable,
+        Self::RowRemapUncorrectable,
+        Self::RowRemapPending,
+        Self::RowRemapFailure,
+        Self::RetiredPagesSbe,
+        Self::RetiredPagesDbe,
+        Self::ThrottleReasons,
+        Self::PcieReplay,
+        Self::PcieLinkGen,
+        Self::PcieLinkWidth,
+        Self::FanSpeedPct,
+    ];
+
+    /// Tollgate's name, used in plans, gates, the wire and reports.
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+
+    /// The DCGM field id name dcgm-exporter uses for the same number.
+    pub fn dcgm_name(self) -> &'static str {
+        self.describe().1
+    }
+
+    /// Unit, for display.
+    pub fn unit(self) -> &'static str {
+        self.describe().2
+    }
+
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::GpuTempC => ("gpu_temp_c", "DCGM_FI_DEV_GPU_TEMP", "°C"),
+            Self::MemTempC => ("mem_temp_c", "DCGM_FI_DEV_MEMORY_TEMP", "°C"),
+            Self::PowerW => ("power_w", "DCGM_FI_DEV_POWER_USAGE", "W"),
+            Self::EnergyMj => ("energy_mj", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "mJ"),
+            Self::SmClockMhz => ("sm_clock_mhz", "DCGM_FI_DEV_SM_CLOCK", "MHz"),
+            Self::MemClockMhz => ("mem_clock_mhz", "DCGM_FI_DEV_MEM_CLOCK", "MHz"),
+            Self::GpuUtilPct => ("gpu_util_pct", "DCGM_FI_DEV_GPU_UTIL", "%"),
+            Self::MemUtilPct => ("mem_util_pct", "DCGM_FI_DEV_MEM_COPY_UTIL", "%"),
+            Self::FbUsedMib => ("fb_used_mib", "DCGM_FI_DEV_FB_USED", "MiB"),
+            Self::EccCorrectedVolatile => (
+                "ecc_corrected_volatile",
+                "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+                "",
+            ),
+            Self::EccUncorrectedVolatile => (
+                "ecc_uncorrected_volatile",
+                "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+                "",
+            ),
+            Self::EccCorrectedAggregate => (
+                "ecc_corrected_aggregate",
+                "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
+                "",
+            ),
+            Self::EccUncorrectedAggregate => (
+                "ecc_uncorrected_aggregate",
+                "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+                "",
+            ),
+            Self::RowRemapCorrectable => (
+                "row_remap_correctable",
+                "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+                "",
+            ),
+            Self::RowRemapUncorrectable => (
+                "row_remap_uncorrectable",
+                "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+                "",
+            ),
+            Self::RowRemapPending => ("row_remap_pending", "DCGM_FI_DEV_ROW_REMAP_PENDING", ""),
+            Self::RowRemapFailure => ("row_remap_failure", "DCGM_FI_DEV_ROW_REMAP_FAILURE", ""),
+            Self::RetiredPagesSbe => ("retired_pages_sbe", "DCGM_FI_DEV_RETIRED_SBE", ""),
+            Self::RetiredPagesDbe => ("retired_pages_dbe", "DCGM_FI_DEV_RETIRED_DBE", ""),
+            Self::ThrottleReasons => (
+                "throttle_reasons",
+                "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
+                "bitmask",
+            ),
+            Self::PcieReplay => ("pcie_replay", "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", ""),
+            Self::PcieLinkGen => ("pcie_link_gen", "DCGM_FI_DEV_PCIE_LINK_GEN", ""),
+            Self::PcieLinkWidth => ("pcie_link_width", "DCGM_FI_DEV_PCIE_LINK_WIDTH", ""),
+            Self::FanSpeedPct => ("fan_speed_pct", "DCGM_FI_DEV_FAN_SPEED", "%"),
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Field {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|field| field.name() == s || field.dcgm_name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown telemetry field '{s}' (known: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Summary of one field on one GPU over one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldSummary {
+    /// The field.
+    pub field: Field,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: f64,
+    /// Last sample.
+    pub last: f64,
+    /// Number of samples.
+    pub samples: u32,
+}
+
+impl FieldSummary {
+    /// Summarizes samples in the order taken; `None` when there are none.
+    pub fn from_samples(field: Field, values: &[f64]) -> Option<Self> {
+        let last = *values.last()?;
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
+        Some(Self {
+            field,
+            min: sorted[0],
+            max: sorted[n - 1],
+            mean: values.iter().sum::<f64>() / n as f64,
+            p99: sorted[rank - 1],
+            last,
+            samples: u32::try_from(n).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Every field summary of one GPU over one step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuTelemetry {
+    /// NVML device index.
+    pub gpu_index: u32,
+    /// GPU UUID.
+    pub gpu_uuid: String,
+    /// Summaries of the fields the GPU supports.
+    pub fields: Vec<FieldSummary>,
+    /// Sampling rounds without a sample from this GPU.
+    pub samples_missed: u32,
+}
+
+impl GpuTelemetry {
+    /// The summary of `field`, when the GPU reported it.
+    pub fn field(&self, field: Field) -> Option<&FieldSummary> {
+        self.fields.iter().find(|summary| summary.field == field)
+    }
+}
+
+/// Kinds of critical GPU events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// An XID error; `code` is the XID.
+    Xid,
+    /// Uncorrected ECC errors; `code` is the count.
+    EccUncorrected,
+    /// The GPU fell off the bus.
+    GpuLost,
+}
+
+crate::fleet::str_enum!(EventKind { Xid => "xid", EccUncorrected => "ecc-uncorrected", GpuLost => "gpu-lost" });
+
+/// A critical event on one GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuEvent {
+    /// NVML device index.
+    pub gpu_index: u32,
+    /// GPU UUID.
+    pub gpu_uuid: String,
+    /// Kind.
+    pub kind: EventKind,
+    /// XID code, or error count.
+    pub code: i64,
+    /// When the agent saw it.
+    pub at: Timestamp,
+    /// Free text from the source.
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_samples() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        let summary = FieldSummary::from_samples(Field::GpuTempC, &values).expect("samples");
+        assert_eq!((summary.min, summary.max, summary.mean), (1.0, 100.0, 50.5));
+        assert_eq!(
+            (summary.p99, summary.last, summary.samples),
+            (99.0, 100.0, 100)
+        );
+        let one = FieldSummary::from_samples(Field::PowerW, &[7.0]).expect("one sample");
+        assert_eq!((one.min, one.max, one.p99, one.last), (7.0, 7.0, 7.0, 7.0));
+        assert!(FieldSummary::from_samples(Field::PowerW, &[]).is_none());
+    }
+
+    #[test]
+    fn names_and_dcgm_names_are_unique_and_parse_back() {
+        let mut names = std::collections::BTreeSet::new();
+        for field in Field::ALL {
+            assert!(names.insert(field.name()), "duplicate {field}");
+            assert!(
+                names.insert(field.dcgm_name()),
+                "duplicate {}",
+                field.dcgm_name()
+            );
+            assert_eq!(field.name().parse::<Field>(), Ok(field));
+            assert_eq!(field.dcgm_name().parse::<Field>(), Ok(field));
+            assert_eq!(serde_json::to_value(field).expect("json"), field.name());
+        }
+    }
+}
