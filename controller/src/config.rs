@@ -1,0 +1,37 @@
+//! The controller's configuration, built by `main.rs` from flags and by tests directly.
+
+use crate::clock::SharedClock;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `run` needs besides its listener and shutdown signal.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub database_url: String,
+    /// Where the controller keeps its files (the SQLite database by default, report keys).
+    pub data_dir: PathBuf,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// After how long without a heartbeat a node is unreachable and its running job lost.
+    pub lease_grace: Duration,
+    /// How often the scheduler and the lease watchdog wake up when nothing pokes them.
+    pub tick: Duration,
+    /// The clock every decision reads `now` from.
+    pub clock: SharedClock,
+}
+
+impl ControllerConfig {
+    /// Defaults for a controller keeping its data in `data_dir` on SQLite.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let database_url = format!("sqlite://{}", data_dir.join("tollgate.db").display());
+        Self {
+            database_url,
+            data_dir,
+            heartbeat_interval: Duration::from_secs(2),
+            lease_grace: Duration::from_secs(10),
+            tick: Duration::from_secs(1),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
+        }
+    }
+}
