@@ -8,6 +8,15 @@
 //! **Invariant:** every method that changes more than one row does it in one transaction, so
 //! nothing half-written is ever left behind; a result is committed before it is acknowledged.
 
+mod connect;
+mod evidence;
+mod rows;
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+use connect::Begin;
+use std::collections::HashMap;
 use thiserror::Error;
 use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState};
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy};
@@ -166,12 +175,178 @@ pub enum Store {
     Postgres(sqlx::PgPool),
 }
 
-#[allow(unused_variables, clippy::todo)]
+impl std::str::FromStr for RunState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "running" => Ok(Self::Running),
+            "finished" => Ok(Self::Finished),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(format!(
+                "unknown run state '{other}' (expected running, finished or cancelled)"
+            )),
+        }
+    }
+}
+
+/// Runs the same code on whichever typed pool the store holds. The body is compiled once per
+/// backend, so every statement in it is bound and decoded with that backend's own types. It
+/// looks like a closure but is not one: `?` and `return` in it act on the calling method.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The job states in which a job occupies its node ([`JobState::is_active`]), as SQL.
+macro_rules! active_states {
+    () => {
+        "('assigned', 'running')"
+    };
+}
+
+/// The job states that are not terminal ([`JobState::is_terminal`]), as SQL.
+macro_rules! open_states {
+    () => {
+        "('pending', 'assigned', 'running')"
+    };
+}
+
+/// The latest run that was not cancelled of each plan of release `$1` at milestone `$2`;
+/// "latest" is the newest `created_at`, then the last inserted.
+macro_rules! latest_runs_cte {
+    () => {
+        "WITH latest AS (
+            SELECT r.id FROM runs r
+            WHERE r.release = $1 AND r.milestone = $2 AND r.state <> 'cancelled'
+              AND r.seq = (
+                SELECT r2.seq FROM runs r2
+                WHERE r2.release = r.release AND r2.milestone = r.milestone
+                  AND r2.plan_name = r.plan_name AND r2.state <> 'cancelled'
+                ORDER BY r2.created_at DESC, r2.seq DESC
+                LIMIT 1))"
+    };
+}
+
+/// `SELECT` of a node with its active job as `current_job`, then `$tail`.
+macro_rules! node_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT n.name, n.labels, n.inventory, n.state, n.health, n.last_seen_at,
+                    (SELECT j.id FROM jobs j
+                     WHERE j.node = n.name AND j.state IN ",
+            active_states!(),
+            "
+                     ORDER BY j.updated_at DESC LIMIT 1) AS current_job
+             FROM nodes n",
+            $tail
+        )
+    };
+}
+
+/// `SELECT` of runs, then `$tail`.
+macro_rules! run_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at
+             FROM runs",
+            $tail
+        )
+    };
+}
+
+/// `SELECT` of jobs, then `$tail`.
+macro_rules! job_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, run_id, node, state, lease_epoch, created_at, updated_at FROM jobs",
+            $tail
+        )
+    };
+}
+
+/// `SELECT` of step results, then `$tail`.
+macro_rules! result_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
+                    started_at, finished_at, measurements, telemetry, events, inventory,
+                    log_tail, message
+             FROM step_results",
+            $tail
+        )
+    };
+}
+
+/// Serializes a domain value for a JSON column.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Domain types are plain data with string map keys; serde_json cannot fail on them.
+    serde_json::to_string(value).expect("domain values serialize to JSON")
+}
+
+/// Free text as PostgreSQL accepts it: a text value cannot hold NUL, and a log tail may.
+/// Both backends store the same replacement, so they read back the same.
+fn text(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        std::borrow::Cow::Owned(value.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// A u64 counter (a lease epoch) as the signed 64-bit integer both backends store.
+fn epoch_to_i64(epoch: u64, job: &JobId) -> Result<i64, StoreError> {
+    i64::try_from(epoch).map_err(|_| StoreError::Corrupt {
+        what: format!("lease epoch of job {job}"),
+        detail: format!("{epoch} does not fit a signed 64-bit column"),
+    })
+}
+
+/// Maps a unique-key violation to `AlreadyExists` and a foreign-key violation to
+/// `NotFound`, naming what the caller says; every other error stays a database error.
+fn classify(err: sqlx::Error, exists: &str, missing: &str) -> StoreError {
+    match err.as_database_error().map(|db| db.kind()) {
+        Some(sqlx::error::ErrorKind::UniqueViolation) => StoreError::AlreadyExists {
+            what: exists.to_owned(),
+        },
+        Some(sqlx::error::ErrorKind::ForeignKeyViolation) => StoreError::NotFound {
+            what: missing.to_owned(),
+        },
+        _ => StoreError::Database(err),
+    }
+}
+
+/// Checks that a result's numbers read back as written: JSON has no NaN or infinity (serde
+/// writes them as null), and a stored result that cannot be read would make the whole
+/// release's evidence unreadable. Refusing it here names the culprit instead.
+fn check_readable(result: &StepResult) -> Result<(), StoreError> {
+    let unreadable = |column: &str, err: serde_json::Error| StoreError::Corrupt {
+        what: format!(
+            "result of job {} step {} attempt {} ({column}, not stored)",
+            result.job_id, result.step_index, result.attempt
+        ),
+        detail: format!("{err}; numbers must be finite"),
+    };
+    serde_json::from_str::<Vec<tollgate_domain::result::Measurement>>(&to_json(
+        &result.measurements,
+    ))
+    .map_err(|err| unreadable("measurements", err))?;
+    serde_json::from_str::<Vec<tollgate_domain::telemetry::GpuTelemetry>>(&to_json(
+        &result.telemetry,
+    ))
+    .map_err(|err| unreadable("telemetry", err))?;
+    Ok(())
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://PATH`, created if missing, WAL, foreign keys; or
     /// `postgres://...`) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        todo!()
+        connect::connect(url).await
     }
 
     /// Which backend, for logs: "sqlite" or "postgres".
@@ -184,7 +359,7 @@ impl Store {
 
     /// Closes the pool, waiting for in-flight statements.
     pub async fn close(&self) {
-        todo!()
+        with_pool!(self, |pool| pool.close().await)
     }
 
     // --- nodes ---
@@ -192,125 +367,553 @@ impl Store {
     /// Creates or updates a node at registration: labels, inventory, token hash. A new node
     /// starts `ready`/`good`; an existing one keeps its cordon, health and retirement, and an
     /// `unreachable` one becomes `ready` (or `busy` when it has an active job).
-    pub async fn register_node(&self, node: &NodeId, labels: &Labels, inventory: &Inventory, token_hash: &str, now: Timestamp) -> Result<(), StoreError> {
-        todo!()
+    pub async fn register_node(
+        &self,
+        node: &NodeId,
+        labels: &Labels,
+        inventory: &Inventory,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = concat!(
+            "INSERT INTO nodes (name, labels, inventory, gpu_source, state, health, token_hash,
+                                last_seen_at, registered_at)
+             VALUES ($1, $2, $3, $4, 'ready', 'good', $5, $6, $6)
+             ON CONFLICT (name) DO UPDATE SET
+                labels = excluded.labels,
+                inventory = excluded.inventory,
+                gpu_source = excluded.gpu_source,
+                token_hash = excluded.token_hash,
+                last_seen_at = excluded.last_seen_at,
+                state = CASE
+                    WHEN nodes.state <> 'unreachable' THEN nodes.state
+                    WHEN EXISTS (SELECT 1 FROM jobs
+                                 WHERE jobs.node = nodes.name AND jobs.state IN ",
+            active_states!(),
+            ") THEN 'busy'
+                    ELSE 'ready'
+                END"
+        );
+        let labels = to_json(labels);
+        let gpu_source = inventory.gpu_source.as_str();
+        let inventory = to_json(inventory);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(&labels)
+                .bind(&inventory)
+                .bind(gpu_source)
+                .bind(token_hash)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The sha256 (hex) of the node's token, if the node exists.
     pub async fn node_token_hash(&self, node: &NodeId) -> Result<Option<String>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT token_hash FROM nodes WHERE name = $1";
+        let row = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("token_hash"))
+                .transpose()?
+        });
+        Ok(row)
     }
 
     /// One node.
     pub async fn get_node(&self, node: &NodeId) -> Result<Option<Node>, StoreError> {
-        todo!()
+        const SQL: &str = node_query!(" WHERE n.name = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::node(&row))
+                .transpose()
+        })
     }
 
     /// Every node, by name. `current_job` is its assigned or running job.
     pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        todo!()
+        const SQL: &str = node_query!(" ORDER BY n.name");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::node)
+                .collect()
+        })
     }
 
     /// Records a heartbeat.
     pub async fn touch_node(&self, node: &NodeId, now: Timestamp) -> Result<(), StoreError> {
-        todo!()
+        const SQL: &str = "UPDATE nodes SET last_seen_at = $2 WHERE name = $1";
+        let n_rows = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        found(n_rows, || format!("node {node}"))
     }
 
     /// Sets a node's state.
     pub async fn set_node_state(&self, node: &NodeId, state: NodeState) -> Result<(), StoreError> {
-        todo!()
+        const SQL: &str = "UPDATE nodes SET state = $2 WHERE name = $1";
+        let n_rows = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(state.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        found(n_rows, || format!("node {node}"))
     }
 
     /// Sets a node's health.
     pub async fn set_node_health(&self, node: &NodeId, health: Health) -> Result<(), StoreError> {
-        todo!()
+        const SQL: &str = "UPDATE nodes SET health = $2 WHERE name = $1";
+        let n_rows = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(health.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        found(n_rows, || format!("node {node}"))
     }
 
     // --- releases ---
 
     /// Stores a new release; `AlreadyExists` when the name is taken.
     pub async fn create_release(&self, release: &Release) -> Result<(), StoreError> {
-        todo!()
+        const INSERT: &str =
+            "INSERT INTO releases (name, description, components, milestone, created_at)
+             VALUES ($1, $2, $3, $4, $5)";
+        let what = format!("release {}", release.id);
+        let components = to_json(&release.components);
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(INSERT)
+                .bind(release.id.as_str())
+                .bind(text(&release.description))
+                .bind(&components)
+                .bind(&release.milestone)
+                .bind(release.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| classify(err, &what, &what))?;
+            // A new release normally has no promotions; an imported one keeps its history.
+            for promotion in &release.promotions {
+                sqlx::query(INSERT_PROMOTION)
+                    .bind(release.id.as_str())
+                    .bind(&promotion.from_milestone)
+                    .bind(&promotion.to_milestone)
+                    .bind(promotion.at)
+                    .bind(&promotion.decision_digest)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     /// One release with its promotions.
     pub async fn get_release(&self, release: &ReleaseId) -> Result<Option<Release>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT name, description, components, milestone, created_at
+             FROM releases WHERE name = $1";
+        const PROMOTIONS: &str =
+            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest
+             FROM promotions WHERE release = $1 ORDER BY promoted_at, seq";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let Some(row) = sqlx::query(SQL)
+                .bind(release.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mut stored = rows::release(&row)?;
+            stored.promotions = sqlx::query(PROMOTIONS)
+                .bind(release.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::promotion)
+                .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            Ok(Some(stored))
+        })
     }
 
     /// All releases, newest first.
     pub async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT name, description, components, milestone, created_at
+             FROM releases ORDER BY created_at DESC, seq DESC";
+        const PROMOTIONS: &str =
+            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest
+             FROM promotions ORDER BY promoted_at, seq";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let mut releases: Vec<Release> = sqlx::query(SQL)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::release)
+                .collect::<Result<_, _>>()?;
+            let mut promotions: HashMap<String, Vec<Promotion>> = HashMap::new();
+            for row in sqlx::query(PROMOTIONS).fetch_all(&mut *tx).await? {
+                let release =
+                    rows::Fields::new(&row, "promotions", &["release"]).text("release")?;
+                promotions
+                    .entry(release)
+                    .or_default()
+                    .push(rows::promotion(&row)?);
+            }
+            tx.commit().await?;
+            for release in &mut releases {
+                release.promotions = promotions.remove(release.id.as_str()).unwrap_or_default();
+            }
+            Ok(releases)
+        })
     }
 
     /// Appends a promotion and moves the release to `promotion.to_milestone`, in one
     /// transaction; `Conflict` if the release is no longer at `promotion.from_milestone`.
-    pub async fn promote_release(&self, release: &ReleaseId, promotion: &Promotion) -> Result<(), StoreError> {
-        todo!()
+    pub async fn promote_release(
+        &self,
+        release: &ReleaseId,
+        promotion: &Promotion,
+    ) -> Result<(), StoreError> {
+        const MOVE: &str = "UPDATE releases SET milestone = $3 WHERE name = $1 AND milestone = $2";
+        const CURRENT: &str = "SELECT milestone FROM releases WHERE name = $1";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(MOVE)
+                .bind(release.as_str())
+                .bind(&promotion.from_milestone)
+                .bind(&promotion.to_milestone)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                let current = sqlx::query(CURRENT)
+                    .bind(release.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| rows::Fields::new(&row, "releases", &["name"]).text("milestone"))
+                    .transpose()?;
+                return Err(match current {
+                    None => StoreError::NotFound {
+                        what: format!("release {release}"),
+                    },
+                    Some(current) => StoreError::Conflict {
+                        what: format!("release {release}"),
+                        detail: format!(
+                            "expected milestone {}, found {current}",
+                            promotion.from_milestone
+                        ),
+                    },
+                });
+            }
+            sqlx::query(INSERT_PROMOTION)
+                .bind(release.as_str())
+                .bind(&promotion.from_milestone)
+                .bind(&promotion.to_milestone)
+                .bind(promotion.at)
+                .bind(&promotion.decision_digest)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     // --- plans and gates ---
 
     /// Stores a plan version; returns false when that exact version was stored before.
-    pub async fn put_plan(&self, plan: &Plan, source: &str, now: Timestamp) -> Result<bool, StoreError> {
-        todo!()
+    ///
+    /// Applying a stored version again makes it the latest again (a rollback), keeping its
+    /// `created_at`.
+    pub async fn put_plan(
+        &self,
+        plan: &Plan,
+        source: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        const REAPPLY: &str = "UPDATE plans SET applied_at = $3 WHERE name = $1 AND version = $2";
+        const INSERT: &str =
+            "INSERT INTO plans (name, version, spec, source, created_at, applied_at)
+             VALUES ($1, $2, $3, $4, $5, $5)
+             ON CONFLICT (name, version) DO NOTHING";
+        let version = plan.version();
+        let spec = to_json(plan);
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let reapplied = sqlx::query(REAPPLY)
+                .bind(&plan.name)
+                .bind(version.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let inserted = if reapplied == 0 {
+                sqlx::query(INSERT)
+                    .bind(&plan.name)
+                    .bind(version.as_str())
+                    .bind(&spec)
+                    .bind(text(source))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            tx.commit().await?;
+            Ok(inserted == 1)
+        })
     }
 
     /// The latest version of a plan, or the version whose hash starts with `version_prefix`.
-    pub async fn get_plan(&self, name: &str, version_prefix: Option<&str>) -> Result<Option<StoredPlan>, StoreError> {
-        todo!()
+    ///
+    /// "Latest" is the most recently applied. When a prefix matches several versions, the
+    /// most recently applied of them.
+    pub async fn get_plan(
+        &self,
+        name: &str,
+        version_prefix: Option<&str>,
+    ) -> Result<Option<StoredPlan>, StoreError> {
+        const SQL: &str = "SELECT name, version, spec, source, created_at FROM plans
+             WHERE name = $1 AND substr(version, 1, length($2)) = $2
+             ORDER BY applied_at DESC, seq DESC
+             LIMIT 1";
+        let prefix = version_prefix.unwrap_or_default();
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(name)
+                .bind(prefix)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::plan(&row))
+                .transpose()
+        })
     }
 
     /// The latest version of every plan, by name.
     pub async fn list_plans(&self) -> Result<Vec<StoredPlan>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT p.name, p.version, p.spec, p.source, p.created_at FROM plans p
+             WHERE p.seq = (SELECT q.seq FROM plans q WHERE q.name = p.name
+                            ORDER BY q.applied_at DESC, q.seq DESC LIMIT 1)
+             ORDER BY p.name";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::plan)
+                .collect()
+        })
     }
 
     /// Stores a gate policy; the latest applied policy of a milestone rules.
-    pub async fn put_gate(&self, policy: &GatePolicy, source: &str, now: Timestamp) -> Result<(), StoreError> {
-        todo!()
+    pub async fn put_gate(
+        &self,
+        policy: &GatePolicy,
+        source: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO gates (milestone, version, policy, source, created_at)
+             VALUES ($1, $2, $3, $4, $5)";
+        let version = policy.version();
+        let document = to_json(policy);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(&policy.milestone)
+                .bind(&version)
+                .bind(&document)
+                .bind(text(source))
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The ruling policy of a milestone.
     pub async fn get_gate(&self, milestone: &str) -> Result<Option<StoredGate>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT milestone, version, policy, source, created_at FROM gates
+             WHERE milestone = $1
+             ORDER BY created_at DESC, seq DESC
+             LIMIT 1";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(milestone)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::gate(&row))
+                .transpose()
+        })
     }
 
     // --- runs and jobs ---
 
     /// Stores a run and its jobs in one transaction.
     pub async fn create_run(&self, run: &RunRecord, jobs: &[JobRecord]) -> Result<(), StoreError> {
-        todo!()
+        const RUN: &str =
+            "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
+                               created_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        const JOB: &str =
+            "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(RUN)
+                .bind(run.id.as_str())
+                .bind(run.release.as_str())
+                .bind(&run.plan_name)
+                .bind(run.plan_version.as_str())
+                .bind(&run.milestone)
+                .bind(run.state.as_str())
+                .bind(run.created_at)
+                .bind(run.finished_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    classify(
+                        err,
+                        &format!("run {}", run.id),
+                        &format!(
+                            "release {} or plan {}@{}",
+                            run.release, run.plan_name, run.plan_version
+                        ),
+                    )
+                })?;
+            for job in jobs {
+                sqlx::query(JOB)
+                    .bind(job.id.as_str())
+                    .bind(job.run_id.as_str())
+                    .bind(job.node.as_str())
+                    .bind(job.state.as_str())
+                    .bind(epoch_to_i64(job.lease_epoch, &job.id)?)
+                    .bind(job.created_at)
+                    .bind(job.updated_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| {
+                        classify(
+                            err,
+                            &format!("job {}", job.id),
+                            &format!("node {} or run {}", job.node, job.run_id),
+                        )
+                    })?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// One run.
     pub async fn get_run(&self, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        todo!()
+        const SQL: &str = run_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(run.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::run(&row))
+                .transpose()
+        })
     }
 
     /// Runs, newest first, optionally of one release.
-    pub async fn list_runs(&self, release: Option<&ReleaseId>) -> Result<Vec<RunRecord>, StoreError> {
-        todo!()
+    pub async fn list_runs(
+        &self,
+        release: Option<&ReleaseId>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        const SQL: &str =
+            run_query!(" WHERE ($1 IS NULL OR release = $1) ORDER BY created_at DESC, seq DESC");
+        let release = release.map(ReleaseId::as_str);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(release)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::run)
+                .collect()
+        })
     }
 
     /// A run's jobs, by node name.
     pub async fn jobs_of_run(&self, run: &RunId) -> Result<Vec<JobRecord>, StoreError> {
-        todo!()
+        const SQL: &str = job_query!(" WHERE run_id = $1 ORDER BY node, id");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(run.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect()
+        })
     }
 
     /// One job.
     pub async fn get_job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        todo!()
+        const SQL: &str = job_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(job.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::job(&row))
+                .transpose()
+        })
     }
 
     /// Every pending job with its node.
     pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
-        todo!()
+        const SQL: &str = "SELECT id, node, created_at FROM jobs WHERE state = 'pending'
+             ORDER BY created_at, id";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::pending_job)
+                .collect()
+        })
     }
 
     /// Every assigned or running job.
     pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        todo!()
+        const SQL: &str = job_query!(concat!(
+            " WHERE state IN ",
+            active_states!(),
+            " ORDER BY node, id"
+        ));
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect()
+        })
     }
 
     /// Compare-and-set of a job's state: moves `job` from `from` to `to` and sets its lease
@@ -318,14 +921,101 @@ impl Store {
     /// state to `busy` when the job becomes active and back to `ready` (unless cordoned,
     /// draining, unreachable or retired) when it ends, and finishes the run (state
     /// `finished`, `finished_at = now`) when its last job ends. One transaction.
-    pub async fn transition_job(&self, job: &JobId, from: JobState, to: JobState, epoch: u64, now: Timestamp) -> Result<(), StoreError> {
-        todo!()
+    pub async fn transition_job(
+        &self,
+        job: &JobId,
+        from: JobState,
+        to: JobState,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.change_job(job, None, Some((from, to, epoch)), now)
+            .await
+            .map(|_| ())
     }
 
     /// Cancels a run: every job not yet ended becomes `cancelled`, the run `cancelled`. One
     /// transaction. Returns the jobs that were active (their agents must be told).
-    pub async fn cancel_run(&self, run: &RunId, now: Timestamp) -> Result<Vec<JobRecord>, StoreError> {
-        todo!()
+    ///
+    /// The returned jobs are as stored after the change (`cancelled`). Cancelling a cancelled
+    /// run changes nothing and returns no jobs; cancelling a finished run is a `Conflict`.
+    pub async fn cancel_run(
+        &self,
+        run: &RunId,
+        now: Timestamp,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        const CANCEL_RUN: &str = "UPDATE runs SET state = 'cancelled', finished_at = $2
+             WHERE id = $1 AND state = 'running'";
+        const RUN_STATE: &str = "SELECT id, state FROM runs WHERE id = $1";
+        const ACTIVE: &str = job_query!(concat!(
+            " WHERE run_id = $1 AND state IN ",
+            active_states!(),
+            " ORDER BY node, id"
+        ));
+        const CANCEL_JOBS: &str = concat!(
+            "UPDATE jobs SET state = 'cancelled', updated_at = $2
+             WHERE run_id = $1 AND state IN ",
+            open_states!()
+        );
+        const FREE_NODES: &str = concat!(
+            "UPDATE nodes SET state = 'ready'
+             WHERE state = 'busy'
+               AND name IN (SELECT node FROM jobs WHERE run_id = $1)
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                               WHERE j.node = nodes.name AND j.state IN ",
+            active_states!(),
+            ")"
+        );
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // The run row first: every job change locks it first too (see `change_job`).
+            let n_rows = sqlx::query(CANCEL_RUN)
+                .bind(run.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                let state = sqlx::query(RUN_STATE)
+                    .bind(run.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| rows::Fields::new(&row, "runs", &["id"]).parse::<RunState>("state"))
+                    .transpose()?;
+                return match state {
+                    None => Err(StoreError::NotFound {
+                        what: format!("run {run}"),
+                    }),
+                    Some(RunState::Cancelled) => Ok(Vec::new()),
+                    Some(state) => Err(StoreError::Conflict {
+                        what: format!("run {run}"),
+                        detail: format!("it is {}, not running", state.as_str()),
+                    }),
+                };
+            }
+            let mut active: Vec<JobRecord> = sqlx::query(ACTIVE)
+                .bind(run.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect::<Result<_, _>>()?;
+            sqlx::query(CANCEL_JOBS)
+                .bind(run.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(FREE_NODES)
+                .bind(run.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            for job in &mut active {
+                job.state = JobState::Cancelled;
+                job.updated_at = now;
+            }
+            Ok(active)
+        })
     }
 
     // --- results ---
@@ -333,30 +1023,297 @@ impl Store {
     /// Stores a result, idempotent on (job, step index, attempt, lease epoch), and, when
     /// `job_transition` is given as (from, to), moves the job in the same transaction (as
     /// [`Store::transition_job`] does). A duplicate changes nothing.
-    pub async fn record_result(&self, result: &StepResult, job_transition: Option<(JobState, JobState)>, now: Timestamp) -> Result<Recorded, StoreError> {
-        todo!()
+    ///
+    /// The job's lease epoch becomes the result's. A result whose numbers are not finite is
+    /// refused as `Corrupt` (it could not be read back); NUL characters in its text are
+    /// stored as U+FFFD.
+    pub async fn record_result(
+        &self,
+        result: &StepResult,
+        job_transition: Option<(JobState, JobState)>,
+        now: Timestamp,
+    ) -> Result<Recorded, StoreError> {
+        check_readable(result)?;
+        let transition = job_transition.map(|(from, to)| (from, to, result.lease_epoch));
+        self.change_job(&result.job_id, Some(result), transition, now)
+            .await
     }
 
     /// Every result of a job, by step index then attempt.
     pub async fn results_of_job(&self, job: &JobId) -> Result<Vec<StepResult>, StoreError> {
-        todo!()
+        const SQL: &str =
+            result_query!(" WHERE job_id = $1 ORDER BY step_index, attempt, lease_epoch");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(job.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::step_result)
+                .collect()
+        })
     }
 
     // --- evidence and decisions ---
 
     /// The evidence for a release at a milestone: the latest non-cancelled run of each plan,
     /// with every job, its node's labels and GPU source, and every result.
-    pub async fn load_evidence(&self, release: &Release, milestone: &str) -> Result<Evidence, StoreError> {
-        todo!()
+    ///
+    /// Three queries in one snapshot (runs, jobs, results), however many jobs and results.
+    pub async fn load_evidence(
+        &self,
+        release: &Release,
+        milestone: &str,
+    ) -> Result<Evidence, StoreError> {
+        const RUNS: &str = concat!(
+            latest_runs_cte!(),
+            " SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
+              FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
+              WHERE r.id IN (SELECT id FROM latest)
+              ORDER BY r.plan_name"
+        );
+        const JOBS: &str = concat!(
+            latest_runs_cte!(),
+            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source
+              FROM jobs j JOIN nodes n ON n.name = j.node
+              WHERE j.run_id IN (SELECT id FROM latest)
+              ORDER BY j.run_id, j.node, j.id"
+        );
+        const RESULTS: &str = concat!(
+            latest_runs_cte!(),
+            " ",
+            result_query!(
+                " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id IN (SELECT id FROM latest))
+              ORDER BY job_id, step_index, attempt, lease_epoch"
+            )
+        );
+        let (runs, jobs, results) = with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let runs: Vec<rows::EvidenceRun> = sqlx::query(RUNS)
+                .bind(release.id.as_str())
+                .bind(milestone)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::evidence_run)
+                .collect::<Result<_, _>>()?;
+            let jobs: Vec<rows::EvidenceJob> = sqlx::query(JOBS)
+                .bind(release.id.as_str())
+                .bind(milestone)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::evidence_job)
+                .collect::<Result<_, _>>()?;
+            let results: Vec<StepResult> = sqlx::query(RESULTS)
+                .bind(release.id.as_str())
+                .bind(milestone)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::step_result)
+                .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            (runs, jobs, results)
+        });
+        Ok(evidence::assemble(release, milestone, runs, jobs, results))
     }
 
     /// Stores a decision (append-only).
     pub async fn insert_decision(&self, decision: &Decision) -> Result<(), StoreError> {
-        todo!()
+        const SQL: &str =
+            "INSERT INTO decisions (release, milestone, verdict, digest, policy_version,
+                                    decision, evaluated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let document = to_json(decision);
+        let what = format!("release {}", decision.release);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(&decision.release)
+                .bind(&decision.milestone)
+                .bind(decision.verdict.as_str())
+                .bind(&decision.digest)
+                .bind(&decision.policy_version)
+                .bind(&document)
+                .bind(decision.evaluated_at)
+                .execute(pool)
+                .await
+                .map_err(|err| classify(err, &what, &what))?;
+        });
+        Ok(())
     }
 
     /// The most recent stored decision of a release at a milestone.
-    pub async fn latest_decision(&self, release: &ReleaseId, milestone: &str) -> Result<Option<Decision>, StoreError> {
-        todo!()
+    pub async fn latest_decision(
+        &self,
+        release: &ReleaseId,
+        milestone: &str,
+    ) -> Result<Option<Decision>, StoreError> {
+        const SQL: &str = "SELECT release, milestone, digest, decision FROM decisions
+             WHERE release = $1 AND milestone = $2
+             ORDER BY evaluated_at DESC, seq DESC
+             LIMIT 1";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(release.as_str())
+                .bind(milestone)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::decision(&row))
+                .transpose()
+        })
+    }
+
+    // --- shared by the job-changing methods ---
+
+    /// Stores `result` (when given) and moves `job` (when `transition` is given as from, to,
+    /// epoch), with the node and run effects [`Store::transition_job`] describes, in one
+    /// transaction. A duplicate result rolls back and changes nothing.
+    ///
+    /// Locks are taken in one order everywhere (run, then jobs, then node), so concurrent
+    /// changes of one run wait for each other instead of deadlocking; and because each one
+    /// holds the run's row, the check "was this the run's last open job" sees every other
+    /// change of the run committed. SQLite gets the same by `BEGIN IMMEDIATE`.
+    async fn change_job(
+        &self,
+        job: &JobId,
+        result: Option<&StepResult>,
+        transition: Option<(JobState, JobState, u64)>,
+        now: Timestamp,
+    ) -> Result<Recorded, StoreError> {
+        const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
+                 exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
+                 log_tail, message, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
+        const JOB: &str = "SELECT id, run_id, node, state FROM jobs WHERE id = $1";
+        const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
+        const MOVE: &str = "UPDATE jobs SET state = $3, lease_epoch = $4, updated_at = $5
+             WHERE id = $1 AND state = $2";
+        const NODE_BUSY: &str =
+            "UPDATE nodes SET state = 'busy' WHERE name = $1 AND state = 'ready'";
+        const NODE_FREE: &str = concat!(
+            "UPDATE nodes SET state = 'ready'
+             WHERE name = $1 AND state = 'busy'
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                               WHERE j.node = nodes.name AND j.state IN ",
+            active_states!(),
+            ")"
+        );
+        const FINISH_RUN: &str = concat!(
+            "UPDATE runs SET state = 'finished', finished_at = $2
+             WHERE id = $1 AND state = 'running'
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.id AND j.state IN ",
+            open_states!(),
+            ")"
+        );
+        let what = format!("job {job}");
+        let result_json = result.map(|result| {
+            (
+                to_json(&result.measurements),
+                to_json(&result.telemetry),
+                to_json(&result.events),
+                to_json(&result.inventory),
+            )
+        });
+        let epoch = transition
+            .map(|(_, _, epoch)| epoch_to_i64(epoch, job))
+            .transpose()?;
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            if let (Some(result), Some((measurements, telemetry, events, inventory))) =
+                (result, &result_json)
+            {
+                let n_rows = sqlx::query(INSERT_RESULT)
+                    .bind(result.job_id.as_str())
+                    .bind(i64::from(result.step_index))
+                    .bind(i64::from(result.attempt))
+                    .bind(epoch_to_i64(result.lease_epoch, job)?)
+                    .bind(text(&result.step_name))
+                    .bind(result.outcome.as_str())
+                    .bind(result.exit_code.map(i64::from))
+                    .bind(result.started_at)
+                    .bind(result.finished_at)
+                    .bind(measurements)
+                    .bind(telemetry)
+                    .bind(events)
+                    .bind(inventory)
+                    .bind(text(&result.log_tail))
+                    .bind(text(&result.message))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| classify(err, &what, &what))?
+                    .rows_affected();
+                if n_rows == 0 {
+                    return Ok(Recorded::Duplicate);
+                }
+            }
+            if let (Some((from, to, _)), Some(epoch)) = (transition, epoch) {
+                let Some(row) = sqlx::query(JOB)
+                    .bind(job.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Err(StoreError::NotFound { what });
+                };
+                let fields = rows::Fields::new(&row, "jobs", &["id"]);
+                let run_id = fields.text("run_id")?;
+                let node = fields.text("node")?;
+                sqlx::query(LOCK_RUN)
+                    .bind(&run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let n_rows = sqlx::query(MOVE)
+                    .bind(job.as_str())
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(epoch)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n_rows == 0 {
+                    // Read again: the state seen before taking the run's lock may be stale.
+                    let found = sqlx::query(JOB)
+                        .bind(job.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let found: JobState =
+                        rows::Fields::new(&found, "jobs", &["id"]).parse("state")?;
+                    return Err(StoreError::Conflict {
+                        what,
+                        detail: format!("expected state {from}, found {found}"),
+                    });
+                }
+                if to.is_active() {
+                    sqlx::query(NODE_BUSY).bind(&node).execute(&mut *tx).await?;
+                }
+                if to.is_terminal() {
+                    sqlx::query(NODE_FREE).bind(&node).execute(&mut *tx).await?;
+                    sqlx::query(FINISH_RUN)
+                        .bind(&run_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(Recorded::Inserted)
+        })
+    }
+}
+
+/// Appends one promotion row.
+const INSERT_PROMOTION: &str =
+    "INSERT INTO promotions (release, from_milestone, to_milestone, promoted_at, decision_digest)
+     VALUES ($1, $2, $3, $4, $5)";
+
+/// `NotFound` when an update matched no row.
+fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
+    if n_rows == 0 {
+        Err(StoreError::NotFound { what: what() })
+    } else {
+        Ok(())
     }
 }

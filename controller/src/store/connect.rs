@@ -1,0 +1,151 @@
+//! Opening a store: which backend a URL names, each backend's pool settings, migrations, and
+//! the one place where the backends begin transactions differently.
+
+use super::{Store, StoreError};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a SQLite writer waits for another writer before giving up. Writes are short
+/// (a handful of rows), so waiting this long means something is stuck.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite serializes writers; a few connections serve concurrent readers (WAL) without
+/// queueing every gRPC call behind one connection.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// Enough for the scheduler, the watchdog and concurrent gRPC calls of one replica.
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+// The migrations are embedded at compile time. `include_str!` makes the compiler track the
+// files, so editing a migration rebuilds the crate and re-runs `migrate!` (which on stable
+// Rust does not tell Cargo about the folder itself).
+const _: &str = include_str!("../../../migrations/sqlite/0001_init.sql");
+const _: &str = include_str!("../../../migrations/postgres/0001_init.sql");
+
+/// Connects to `url` and applies the migrations.
+pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(Store::Postgres(pool))
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let pool = sqlite_pool(path, url).await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Store::Sqlite(pool))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact(url)))
+    }
+}
+
+/// A pool on the SQLite file at `path` (`:memory:` for a private in-memory database).
+async fn sqlite_pool(path: &str, url: &str) -> Result<SqlitePool, StoreError> {
+    let file = path.split(['?', '#']).next().unwrap_or_default();
+    if file.is_empty() {
+        return Err(StoreError::UnsupportedUrl(redact(url)));
+    }
+    if file == ":memory:" {
+        // Every connection to an in-memory database would see its own empty database, and
+        // closing the last one drops it: keep exactly one, forever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(SqliteConnectOptions::from_str(url)?.foreign_keys(true))
+            .await?;
+        return Ok(pool);
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL, not NORMAL: an acknowledged result must survive a power cut, not only a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    if let Some(parent) = std::path::Path::new(file).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            StoreError::Database(sqlx::Error::Configuration(
+                format!(
+                    "creating the directory {} for {file}: {err}",
+                    parent.display()
+                )
+                .into(),
+            ))
+        })?;
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(SQLITE_MAX_CONNECTIONS)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// The URL with its password replaced, for error messages and logs.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// How each backend begins its transactions.
+pub(super) trait Begin {
+    /// The backend.
+    type Db: sqlx::Database;
+
+    /// A transaction that will write. SQLite takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first and writes later fails with
+    /// "database is locked" instead of waiting when another writer got in between.
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+
+    /// A read-only transaction whose statements all see one snapshot, so that reading runs,
+    /// then jobs, then results gives one consistent picture.
+    async fn begin_snapshot(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl Begin for SqlitePool {
+    type Db = Sqlite;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn begin_snapshot(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        // In WAL mode a deferred transaction reads one snapshot from its first read on.
+        self.begin().await
+    }
+}
+
+impl Begin for PgPool {
+    type Db = Postgres;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        // Read committed plus row locks taken in one order (run, then jobs, then node) is
+        // what every multi-row change relies on; see `Store::change_job`.
+        self.begin().await
+    }
+
+    async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+    }
+}

@@ -1,0 +1,335 @@
+//! Decoding rows into domain types, on either backend, with every failure reported as
+//! [`StoreError::Corrupt`] naming the table, the column and the row.
+
+use super::{JobRecord, RunRecord, StoreError, StoredGate, StoredPlan};
+use serde::de::DeserializeOwned;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::str::FromStr;
+use tollgate_domain::fleet::{GpuSourceKind, Inventory, Labels, Node};
+use tollgate_domain::gate::{Decision, GatePolicy};
+use tollgate_domain::plan::Plan;
+use tollgate_domain::release::{Component, Promotion};
+use tollgate_domain::result::{Measurement, StepResult};
+use tollgate_domain::scheduler::PendingJob;
+use tollgate_domain::telemetry::{GpuEvent, GpuTelemetry};
+use tollgate_domain::{JobId, NodeId, PlanVersion, ReleaseId, RunId, Timestamp};
+
+/// The column types Tollgate stores (text, 64-bit integers, timestamps), read from a row of
+/// either backend; every NULL comes back as `None`.
+pub(super) trait StoreRow {
+    /// A text column.
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    /// An integer column.
+    fn int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    /// A timestamp column.
+    fn time(&self, column: &str) -> Result<Option<Timestamp>, sqlx::Error>;
+}
+
+impl<R> StoreRow for R
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'d> String: Decode<'d, R::Database> + Type<R::Database>,
+    for<'d> i64: Decode<'d, R::Database> + Type<R::Database>,
+    for<'d> Timestamp: Decode<'d, R::Database> + Type<R::Database>,
+{
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn time(&self, column: &str) -> Result<Option<Timestamp>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
+/// One row of one table, with the key that names it in error messages.
+pub(super) struct Fields<'r, R> {
+    row: &'r R,
+    table: &'static str,
+    key: String,
+}
+
+impl<'r, R: StoreRow> Fields<'r, R> {
+    /// Wraps `row` of `table`, naming it by its key columns (joined with '/').
+    pub(super) fn new(row: &'r R, table: &'static str, key_columns: &[&'static str]) -> Self {
+        let mut parts = Vec::with_capacity(key_columns.len());
+        for column in key_columns {
+            // Integer parts of a composite key (step index, attempt) are not text.
+            let part = match row.text(column) {
+                Ok(text) => text.unwrap_or_default(),
+                Err(_) => row
+                    .int(column)
+                    .ok()
+                    .flatten()
+                    .map(|value| value.to_string())
+                    .unwrap_or_else(|| String::from("?")),
+            };
+            parts.push(part);
+        }
+        Self {
+            row,
+            table,
+            key: parts.join("/"),
+        }
+    }
+
+    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            what: format!("{}.{} of row '{}'", self.table, column, self.key),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn required<T>(&self, column: &str, value: Option<T>) -> Result<T, StoreError> {
+        value.ok_or_else(|| self.corrupt(column, "unexpected NULL"))
+    }
+
+    /// A nullable text column.
+    pub(super) fn opt_text(&self, column: &'static str) -> Result<Option<String>, StoreError> {
+        self.row
+            .text(column)
+            .map_err(|err| self.corrupt(column, err))
+    }
+
+    /// A non-null text column.
+    pub(super) fn text(&self, column: &'static str) -> Result<String, StoreError> {
+        let value = self.opt_text(column)?;
+        self.required(column, value)
+    }
+
+    /// A nullable integer column that must fit `T` (an index, an attempt, an epoch).
+    pub(super) fn opt_int_as<T: TryFrom<i64>>(
+        &self,
+        column: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self
+            .row
+            .int(column)
+            .map_err(|err| self.corrupt(column, err))?
+        {
+            None => Ok(None),
+            Some(value) => T::try_from(value).map(Some).map_err(|_| {
+                self.corrupt(
+                    column,
+                    format!("{value} is out of range for {}", std::any::type_name::<T>()),
+                )
+            }),
+        }
+    }
+
+    /// A non-null integer column that must fit `T`.
+    pub(super) fn int_as<T: TryFrom<i64>>(&self, column: &'static str) -> Result<T, StoreError> {
+        let value = self.opt_int_as(column)?;
+        self.required(column, value)
+    }
+
+    /// A nullable timestamp column.
+    pub(super) fn opt_time(&self, column: &'static str) -> Result<Option<Timestamp>, StoreError> {
+        self.row
+            .time(column)
+            .map_err(|err| self.corrupt(column, err))
+    }
+
+    /// A non-null timestamp column.
+    pub(super) fn time(&self, column: &'static str) -> Result<Timestamp, StoreError> {
+        let value = self.opt_time(column)?;
+        self.required(column, value)
+    }
+
+    /// A text column holding a JSON document of `T`.
+    pub(super) fn json<T: DeserializeOwned>(&self, column: &'static str) -> Result<T, StoreError> {
+        let text = self.text(column)?;
+        serde_json::from_str(&text).map_err(|err| self.corrupt(column, err))
+    }
+
+    /// A text column holding an enum's storage name.
+    pub(super) fn parse<T: FromStr<Err = String>>(
+        &self,
+        column: &'static str,
+    ) -> Result<T, StoreError> {
+        let text = self.text(column)?;
+        text.parse()
+            .map_err(|err: String| self.corrupt(column, err))
+    }
+}
+
+/// `nodes` joined with the node's active job as `current_job`.
+pub(super) fn node(row: &impl StoreRow) -> Result<Node, StoreError> {
+    let f = Fields::new(row, "nodes", &["name"]);
+    Ok(Node {
+        id: NodeId(f.text("name")?),
+        labels: f.json::<Labels>("labels")?,
+        state: f.parse("state")?,
+        health: f.parse("health")?,
+        inventory: f.json::<Inventory>("inventory")?,
+        last_seen_at: f.opt_time("last_seen_at")?,
+        current_job: f.opt_text("current_job")?.map(JobId),
+    })
+}
+
+/// A `releases` row, without its promotions.
+pub(super) fn release(
+    row: &impl StoreRow,
+) -> Result<tollgate_domain::release::Release, StoreError> {
+    let f = Fields::new(row, "releases", &["name"]);
+    Ok(tollgate_domain::release::Release {
+        id: ReleaseId(f.text("name")?),
+        description: f.text("description")?,
+        components: f.json::<Vec<Component>>("components")?,
+        milestone: f.text("milestone")?,
+        created_at: f.time("created_at")?,
+        promotions: Vec::new(),
+    })
+}
+
+/// A `promotions` row.
+pub(super) fn promotion(row: &impl StoreRow) -> Result<Promotion, StoreError> {
+    let f = Fields::new(row, "promotions", &["release", "to_milestone"]);
+    Ok(Promotion {
+        from_milestone: f.text("from_milestone")?,
+        to_milestone: f.text("to_milestone")?,
+        at: f.time("promoted_at")?,
+        decision_digest: f.text("decision_digest")?,
+    })
+}
+
+/// A `plans` row.
+pub(super) fn plan(row: &impl StoreRow) -> Result<StoredPlan, StoreError> {
+    let f = Fields::new(row, "plans", &["name", "version"]);
+    Ok(StoredPlan {
+        plan: f.json::<Plan>("spec")?,
+        version: PlanVersion(f.text("version")?),
+        source: f.text("source")?,
+        created_at: f.time("created_at")?,
+    })
+}
+
+/// A `gates` row.
+pub(super) fn gate(row: &impl StoreRow) -> Result<StoredGate, StoreError> {
+    let f = Fields::new(row, "gates", &["milestone", "version"]);
+    Ok(StoredGate {
+        policy: f.json::<GatePolicy>("policy")?,
+        version: f.text("version")?,
+        source: f.text("source")?,
+        created_at: f.time("created_at")?,
+    })
+}
+
+/// A `runs` row.
+pub(super) fn run(row: &impl StoreRow) -> Result<RunRecord, StoreError> {
+    let f = Fields::new(row, "runs", &["id"]);
+    Ok(RunRecord {
+        id: RunId(f.text("id")?),
+        release: ReleaseId(f.text("release")?),
+        plan_name: f.text("plan_name")?,
+        plan_version: PlanVersion(f.text("plan_version")?),
+        milestone: f.text("milestone")?,
+        state: f.parse("state")?,
+        created_at: f.time("created_at")?,
+        finished_at: f.opt_time("finished_at")?,
+    })
+}
+
+/// A `jobs` row.
+pub(super) fn job(row: &impl StoreRow) -> Result<JobRecord, StoreError> {
+    let f = Fields::new(row, "jobs", &["id"]);
+    Ok(JobRecord {
+        id: JobId(f.text("id")?),
+        run_id: RunId(f.text("run_id")?),
+        node: NodeId(f.text("node")?),
+        state: f.parse("state")?,
+        lease_epoch: f.int_as("lease_epoch")?,
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+    })
+}
+
+/// A `step_results` row.
+pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError> {
+    let f = Fields::new(
+        row,
+        "step_results",
+        &["job_id", "step_index", "attempt", "lease_epoch"],
+    );
+    Ok(StepResult {
+        job_id: JobId(f.text("job_id")?),
+        step_index: f.int_as("step_index")?,
+        step_name: f.text("step_name")?,
+        attempt: f.int_as("attempt")?,
+        lease_epoch: f.int_as("lease_epoch")?,
+        outcome: f.parse("outcome")?,
+        exit_code: f.opt_int_as("exit_code")?,
+        started_at: f.time("started_at")?,
+        finished_at: f.time("finished_at")?,
+        measurements: f.json::<Vec<Measurement>>("measurements")?,
+        telemetry: f.json::<Vec<GpuTelemetry>>("telemetry")?,
+        events: f.json::<Vec<GpuEvent>>("events")?,
+        inventory: f.json::<Inventory>("inventory")?,
+        log_tail: f.text("log_tail")?,
+        message: f.text("message")?,
+    })
+}
+
+/// A `decisions` row: the stored document.
+pub(super) fn decision(row: &impl StoreRow) -> Result<Decision, StoreError> {
+    let f = Fields::new(row, "decisions", &["release", "milestone", "digest"]);
+    f.json::<Decision>("decision")
+}
+
+/// What `load_evidence` needs of a job: the job, its node's labels and GPU source.
+pub(super) struct EvidenceJob {
+    pub(super) id: JobId,
+    pub(super) run_id: RunId,
+    pub(super) node: NodeId,
+    pub(super) state: tollgate_domain::job::JobState,
+    pub(super) labels: Labels,
+    pub(super) gpu_source: GpuSourceKind,
+}
+
+/// `jobs` joined with `nodes` for evidence.
+pub(super) fn evidence_job(row: &impl StoreRow) -> Result<EvidenceJob, StoreError> {
+    let f = Fields::new(row, "jobs", &["id"]);
+    Ok(EvidenceJob {
+        id: JobId(f.text("id")?),
+        run_id: RunId(f.text("run_id")?),
+        node: NodeId(f.text("node")?),
+        state: f.parse("state")?,
+        labels: f.json::<Labels>("labels")?,
+        gpu_source: f.parse("gpu_source")?,
+    })
+}
+
+/// What `load_evidence` needs of a run: the run and its pinned plan's spec.
+pub(super) struct EvidenceRun {
+    pub(super) id: RunId,
+    pub(super) plan_name: String,
+    pub(super) plan_version: PlanVersion,
+    pub(super) created_at: Timestamp,
+    pub(super) plan: Plan,
+}
+
+/// `runs` joined with `plans` for evidence.
+pub(super) fn evidence_run(row: &impl StoreRow) -> Result<EvidenceRun, StoreError> {
+    let f = Fields::new(row, "runs", &["id"]);
+    Ok(EvidenceRun {
+        id: RunId(f.text("id")?),
+        plan_name: f.text("plan_name")?,
+        plan_version: PlanVersion(f.text("plan_version")?),
+        created_at: f.time("created_at")?,
+        plan: f.json::<Plan>("spec")?,
+    })
+}
+
+/// A pending `jobs` row as the scheduler sees it.
+pub(super) fn pending_job(row: &impl StoreRow) -> Result<PendingJob, StoreError> {
+    let f = Fields::new(row, "jobs", &["id"]);
+    Ok(PendingJob {
+        job: JobId(f.text("id")?),
+        node: NodeId(f.text("node")?),
+        created_at: f.time("created_at")?,
+    })
+}
