@@ -1,1 +1,140 @@
-fn main() {}
+//! `tollgate-agent`: parses flags into an [`AgentConfig`], sets up logging and signals, and
+//! runs the agent (or prints the inventory with `--print-inventory`).
+
+use anyhow::Context;
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tollgate_agent::{AgentConfig, Fault, GpuMode};
+
+/// Tollgate's per-node agent: runs qualification steps on this node's GPUs and reports results
+/// to the controller.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-agent", version)]
+struct Args {
+    /// Controller URL.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROLLER",
+        default_value = "http://127.0.0.1:7800"
+    )]
+    controller: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Node label KEY=VALUE; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = tollgate_domain::fleet::parse_label)]
+    labels: Vec<(String, String)>,
+    /// GPU source: nvml, or sim:N for N simulated GPUs.
+    #[arg(long, default_value = "nvml", value_parser = str::parse::<GpuMode>)]
+    gpus: GpuMode,
+    /// Seed of the simulated GPUs (default: derived from the node name).
+    #[arg(long)]
+    sim_seed: Option<u64>,
+    /// Driver version the simulated node reports.
+    #[arg(long, default_value = tollgate_agent::DEFAULT_SIM_DRIVER)]
+    sim_driver: String,
+    /// VBIOS version the simulated GPUs report.
+    #[arg(long, default_value = tollgate_agent::DEFAULT_SIM_VBIOS)]
+    sim_vbios: String,
+    /// Inject a fault into the simulated GPUs: over-temp, ecc-uncorrected, xid=CODE,
+    /// driver=VERSION or vbios=VERSION; repeat for several.
+    #[arg(long = "fault", value_name = "FAULT", value_parser = str::parse::<Fault>)]
+    faults: Vec<Fault>,
+    /// Spool, node token and step logs (default: ./.tollgate-agent/<node>).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Telemetry sampling interval while a step runs, e.g. 1s or 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    sample_interval: Duration,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Print the inventory as JSON to stdout and exit.
+    #[arg(long)]
+    print_inventory: bool,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = tollgate_domain::spec::parse_duration(text)?;
+    if interval < Duration::from_millis(10) {
+        return Err(format!("'{text}' is too short (at least 10ms)"));
+    }
+    Ok(interval)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let node = match args.node {
+        Some(node) => node,
+        None => {
+            let host = tollgate_agent::gpu::hostname();
+            anyhow::ensure!(
+                !host.is_empty(),
+                "cannot read the host name; pass --node NAME"
+            );
+            host
+        }
+    };
+    anyhow::ensure!(
+        tollgate_domain::release::is_valid_name(&node),
+        "'{node}' is not a valid node name (1-128 letters, digits, '-', '_', '.'); pass --node NAME"
+    );
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(".tollgate-agent").join(&node));
+    let config = AgentConfig {
+        controller: args.controller,
+        node,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        gpus: args.gpus,
+        sim_seed: args.sim_seed,
+        sim_driver: args.sim_driver,
+        sim_vbios: args.sim_vbios,
+        faults: args.faults,
+        state_dir,
+        sample_interval: args.sample_interval,
+    };
+    if args.print_inventory {
+        let source = tollgate_agent::build_source(&config)?;
+        let inventory = source.inventory().context("reading the inventory")?;
+        println!("{}", serde_json::to_string_pretty(&inventory)?);
+        return Ok(());
+    }
+    tollgate_agent::run(config, shutdown_signal()).await
+}

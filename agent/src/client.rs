@@ -1,0 +1,654 @@
+//! The controller connection: registration and the node token, the `Connect` stream
+//! (heartbeats, job assignments and cancels), reconnection with capped backoff, and the
+//! uploader that delivers spooled results until they are acknowledged.
+//!
+//! Ownership and shutdown: [`Agent::run`] owns the session loop and turns the caller's
+//! shutdown future into a `watch` that every task listens to. The running job (at most one)
+//! lives in `job`, a slot shared between the session that starts or cancels it and the job
+//! task that clears it when the job ends. The uploader is one task, so a result is never sent
+//! twice at once. On shutdown the job is stopped (its process group killed), its results are
+//! spooled, and the uploader stops; what was not acknowledged stays in the spool for the next
+//! start.
+
+use crate::config::AgentConfig;
+use crate::convert;
+use crate::gpu::GpuSource;
+use crate::runner::{self, JobEvent, RunnerContext, Stop};
+use crate::spool::{Spool, SpoolEntry};
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_domain::JobId;
+use tollgate_proto::v1;
+use tollgate_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Used when the controller's registration carries no heartbeat interval.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: BACKOFF_START,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// How a session ended when it did not fail.
+enum SessionEnd {
+    Shutdown,
+}
+
+/// How a session failed.
+enum SessionError {
+    /// Reconnect after a backoff.
+    Retry(String),
+    /// Stop the agent.
+    Fatal(anyhow::Error),
+}
+
+/// The job being run, owned by the slot; the job task removes it when done.
+struct RunningJob {
+    job_id: JobId,
+    lease_epoch: u64,
+    stop: watch::Sender<Option<Stop>>,
+    task: JoinHandle<()>,
+}
+
+/// The agent: configuration, GPU source, spool and the shared state of its tasks.
+pub struct Agent {
+    config: AgentConfig,
+    source: Arc<dyn GpuSource>,
+    spool: Arc<Spool>,
+    channel: Channel,
+    /// The node token; written by the session after each registration, read by the uploader.
+    token: watch::Sender<Option<String>>,
+    /// At most one running job.
+    job: Arc<Mutex<Option<RunningJob>>>,
+    /// Progress (StepStarted) from the job task to whichever session is connected.
+    progress_sender: mpsc::Sender<v1::AgentEvent>,
+    /// Taken by [`Agent::run`], which lends it to each session in turn.
+    progress: Option<mpsc::Receiver<v1::AgentEvent>>,
+    /// Wakes the uploader: a new result was spooled, or a session (re)registered.
+    upload: Arc<Notify>,
+}
+
+impl Agent {
+    /// Prepares the agent; connects lazily, so the controller need not be up yet.
+    pub fn new(
+        config: AgentConfig,
+        source: Arc<dyn GpuSource>,
+        spool: Arc<Spool>,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(config.controller.clone())
+            .with_context(|| format!("controller address '{}'", config.controller))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let saved = read_token(&token_path(&config.state_dir))?;
+        let (progress_sender, progress) = mpsc::channel(64);
+        Ok(Self {
+            config,
+            source,
+            spool,
+            channel,
+            token: watch::Sender::new(saved),
+            job: Arc::new(Mutex::new(None)),
+            progress_sender,
+            progress: Some(progress),
+            upload: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Runs sessions until `shutdown` resolves or a fatal error.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (shutdown_sender, mut shutdown_receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = shutdown_sender.send(true);
+        });
+        let uploader = tokio::spawn(upload_loop(
+            AgentServiceClient::new(self.channel.clone()),
+            Arc::clone(&self.spool),
+            self.token.subscribe(),
+            Arc::clone(&self.upload),
+            shutdown_receiver.clone(),
+        ));
+        let mut backoff = Backoff::new();
+        let (_, mut progress) = mpsc::channel(1);
+        if let Some(receiver) = self.progress.take() {
+            progress = receiver;
+        }
+        let outcome = loop {
+            if *shutdown_receiver.borrow() {
+                break Ok(());
+            }
+            match self
+                .session(&mut progress, &mut shutdown_receiver, &mut backoff)
+                .await
+            {
+                Ok(SessionEnd::Shutdown) => break Ok(()),
+                Err(SessionError::Fatal(error)) => break Err(error),
+                Err(SessionError::Retry(reason)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%reason, retry_in = ?delay, "controller connection lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown_receiver.wait_for(|stop| *stop) => break Ok(()),
+                    }
+                }
+            }
+        };
+        self.stop_job(Stop::Shutdown).await;
+        uploader.abort();
+        let _ = uploader.await;
+        tracing::info!(node = %self.config.node, "agent stopped");
+        outcome
+    }
+
+    /// Stops the running job, if any, and waits until its results are spooled.
+    async fn stop_job(&self, reason: Stop) {
+        let running = self
+            .job
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(running) = running {
+            tracing::info!(job = %running.job_id, "stopping the running job");
+            let _ = running.stop.send(Some(reason));
+            let _ = running.task.await;
+        }
+    }
+
+    fn running_job_id(&self) -> String {
+        self.job
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|running| running.job_id.to_string())
+            .unwrap_or_default()
+    }
+
+    fn heartbeat(&self) -> v1::AgentEvent {
+        v1::AgentEvent {
+            event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
+                running_job_id: self.running_job_id(),
+                sent_at: Some(convert::timestamp(crate::clock::now())),
+            })),
+        }
+    }
+
+    /// Registers, opens the stream and serves it until it breaks or the agent shuts down.
+    async fn session(
+        &self,
+        progress_events: &mut mpsc::Receiver<v1::AgentEvent>,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> Result<SessionEnd, SessionError> {
+        let mut client = AgentServiceClient::new(self.channel.clone());
+        let inventory = runner::observe_inventory(&self.source)
+            .await
+            .map_err(|error| SessionError::Retry(format!("reading the inventory: {error}")))?;
+        let request = v1::RegisterRequest {
+            node_name: self.config.node.clone(),
+            labels: self.config.labels.clone().into_iter().collect(),
+            inventory: Some(convert::inventory(&inventory)),
+            agent_version: crate::AGENT_VERSION.to_owned(),
+            node_token: self.token.borrow().clone().unwrap_or_default(),
+        };
+        let registration = match client.register(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::PermissionDenied => {
+                return Err(SessionError::Fatal(anyhow::anyhow!(
+                    "the controller refused node '{}': {} (the node token in {} does not match \
+                     this node's enrollment; ask an operator to re-enroll the node)",
+                    self.config.node,
+                    status.message(),
+                    token_path(&self.config.state_dir).display()
+                )));
+            }
+            Err(status) => return Err(SessionError::Retry(describe(&status, "register"))),
+        };
+        let token = registration.node_token.clone();
+        let path = token_path(&self.config.state_dir);
+        let to_save = token.clone();
+        match tokio::task::spawn_blocking(move || save_token(&path, &to_save)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not save the node token; it is kept in memory")
+            }
+            Err(error) => tracing::error!(%error, "saving the node token failed"),
+        }
+        self.token.send_replace(Some(token.clone()));
+        let heartbeat_every = match registration.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        tracing::info!(
+            node = %registration.node_name,
+            heartbeat = ?heartbeat_every,
+            gpus = inventory.gpus.len(),
+            driver = %inventory.driver_version,
+            "registered with the controller"
+        );
+        // Replay whatever the spool holds, now that uploads carry a valid token.
+        self.upload.notify_one();
+
+        let (outbound, outbound_receiver) = mpsc::channel::<v1::AgentEvent>(64);
+        outbound
+            .send(self.heartbeat())
+            .await
+            .map_err(|_| SessionError::Retry("stream closed".into()))?;
+        let request = authorized(ReceiverStream::new(outbound_receiver), &token)
+            .map_err(|status| SessionError::Retry(status.message().to_owned()))?;
+        let mut inbound = client
+            .connect(request)
+            .await
+            .map_err(|status| SessionError::Retry(describe(&status, "connect")))?
+            .into_inner();
+        backoff.reset();
+        tracing::info!("stream to the controller open");
+
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closed = |_| SessionError::Retry("the outbound stream closed".into());
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(SessionEnd::Shutdown),
+                _ = ticker.tick() => {
+                    tracing::debug!("heartbeat");
+                    outbound.send(self.heartbeat()).await.map_err(closed)?;
+                }
+                Some(progress) = progress_events.recv() => {
+                    outbound.send(progress).await.map_err(closed)?;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(command)) => {
+                        if let Some(reply) = self.handle(command) {
+                            outbound.send(reply).await.map_err(closed)?;
+                        }
+                    }
+                    Ok(None) => return Err(SessionError::Retry("the controller closed the stream".into())),
+                    Err(status) => return Err(SessionError::Retry(describe(&status, "stream"))),
+                },
+            }
+        }
+    }
+
+    /// Acts on a controller command; returns what to send back.
+    fn handle(&self, command: v1::ControllerCommand) -> Option<v1::AgentEvent> {
+        match command.command? {
+            v1::controller_command::Command::AssignJob(assignment) => self.assign(assignment),
+            v1::controller_command::Command::CancelJob(cancel) => {
+                let slot = self.job.lock().unwrap_or_else(|p| p.into_inner());
+                match slot.as_ref() {
+                    Some(running) if running.job_id.as_str() == cancel.job_id => {
+                        tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "job cancelled by the controller");
+                        let _ = running.stop.send(Some(Stop::Cancelled(cancel.reason)));
+                    }
+                    _ => {
+                        tracing::info!(job = %cancel.job_id, "cancel for a job that is not running; ignored")
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn assign(&self, assignment: v1::AssignJob) -> Option<v1::AgentEvent> {
+        let job = match convert::job(assignment) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, "cannot run the assigned job");
+                return None;
+            }
+        };
+        let accepted = |job_id: &JobId, lease_epoch: u64| v1::AgentEvent {
+            event: Some(v1::agent_event::Event::JobAccepted(v1::JobAccepted {
+                job_id: job_id.to_string(),
+                lease_epoch,
+            })),
+        };
+        let mut slot = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = slot.as_ref() {
+            if running.job_id == job.job_id {
+                // A controller that reconnected re-sends the assignment: confirm, don't rerun.
+                return Some(accepted(&running.job_id, running.lease_epoch));
+            }
+            tracing::warn!(running = %running.job_id, assigned = %job.job_id, "already running a job; assignment ignored");
+            return None;
+        }
+        tracing::info!(
+            job = %job.job_id,
+            release = %job.release,
+            milestone = %job.milestone,
+            plan = %job.plan_name,
+            steps = job.steps.len(),
+            "job started"
+        );
+        let (stop, stop_receiver) = watch::channel(None);
+        let reply = accepted(&job.job_id, job.lease_epoch);
+        let context = RunnerContext {
+            source: Arc::clone(&self.source),
+            node: self.config.node.clone(),
+            state_dir: self.config.state_dir.clone(),
+            sample_interval: self.config.sample_interval,
+        };
+        let job_id = job.job_id.clone();
+        let lease_epoch = job.lease_epoch;
+        // The slot is locked while the task is spawned, so the task's own removal of the slot
+        // entry always comes after this insertion.
+        let task = tokio::spawn(drive_job(
+            context,
+            job,
+            stop_receiver,
+            Arc::clone(&self.spool),
+            Arc::clone(&self.upload),
+            self.progress_sender.clone(),
+            Arc::clone(&self.job),
+        ));
+        *slot = Some(RunningJob {
+            job_id,
+            lease_epoch,
+            stop,
+            task,
+        });
+        Some(reply)
+    }
+}
+
+/// Runs a job, spooling each result before waking the uploader, then frees the job slot.
+async fn drive_job(
+    context: RunnerContext,
+    job: runner::Job,
+    stop: watch::Receiver<Option<Stop>>,
+    spool: Arc<Spool>,
+    upload: Arc<Notify>,
+    progress: mpsc::Sender<v1::AgentEvent>,
+    slot: Arc<Mutex<Option<RunningJob>>>,
+) {
+    let (events, mut receiver) = mpsc::unbounded_channel();
+    let run = async {
+        runner::run_job(&context, &job, stop, &events).await;
+        drop(events);
+    };
+    let deliver = async {
+        let mut outcomes = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            match event {
+                JobEvent::StepStarted {
+                    step_index,
+                    attempt,
+                } => {
+                    let started = v1::AgentEvent {
+                        event: Some(v1::agent_event::Event::StepStarted(v1::StepStarted {
+                            job_id: job.job_id.to_string(),
+                            lease_epoch: job.lease_epoch,
+                            step_index,
+                            attempt,
+                        })),
+                    };
+                    // Progress is informational: when no session drains it, drop it.
+                    let _ = progress.try_send(started);
+                }
+                JobEvent::Result(result) => {
+                    outcomes.push(result.outcome);
+                    let wire = convert::step_result(&result);
+                    let spool = Arc::clone(&spool);
+                    match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
+                        Ok(Ok(path)) => {
+                            tracing::debug!(path = %path.display(), "result spooled");
+                            upload.notify_one();
+                        }
+                        Ok(Err(error)) => tracing::error!(
+                            %error,
+                            job = %result.job_id,
+                            step = %result.step_name,
+                            attempt = result.attempt,
+                            "could not spool a result; it is lost (check the state directory's disk)"
+                        ),
+                        Err(error) => tracing::error!(%error, "spooling task failed"),
+                    }
+                }
+            }
+        }
+        outcomes
+    };
+    let ((), outcomes) = tokio::join!(run, deliver);
+    let passed = outcomes
+        .iter()
+        .filter(|o| **o == tollgate_domain::result::Outcome::Passed)
+        .count();
+    tracing::info!(job = %job.job_id, results = outcomes.len(), passed, "job ended");
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot
+        .as_ref()
+        .is_some_and(|running| running.job_id == job.job_id)
+    {
+        *slot = None;
+    }
+}
+
+/// Delivers spooled results in order until each is acknowledged or rejected for good.
+async fn upload_loop(
+    mut client: AgentServiceClient<Channel>,
+    spool: Arc<Spool>,
+    token: watch::Receiver<Option<String>>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    let mut retry_in: Option<Duration> = None;
+    loop {
+        let retry = async {
+            match retry_in {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = retry => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let Some(current_token) = token.borrow().clone() else {
+            // Not registered yet; the session wakes us after registering.
+            continue;
+        };
+        match upload_pass(&mut client, &spool, &current_token).await {
+            Ok(()) => {
+                backoff.reset();
+                retry_in = None;
+            }
+            Err(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in = ?delay, "result upload failed; the result stays spooled");
+                retry_in = Some(delay);
+            }
+        }
+    }
+}
+
+/// One pass over the spool, oldest first; stops at the first retryable failure so that
+/// results keep their order.
+async fn upload_pass(
+    client: &mut AgentServiceClient<Channel>,
+    spool: &Arc<Spool>,
+    token: &str,
+) -> Result<(), String> {
+    let listing = Arc::clone(spool);
+    let entries = tokio::task::spawn_blocking(move || listing.pending())
+        .await
+        .map_err(|error| format!("spool task failed: {error}"))?
+        .map_err(|error| error.to_string())?;
+    for entry in entries {
+        let request =
+            authorized(entry.result.clone(), token).map_err(|s| s.message().to_owned())?;
+        match client.report_result(request).await {
+            Ok(ack) => {
+                let duplicate = ack.into_inner().duplicate;
+                tracing::info!(
+                    job = %entry.result.job_id,
+                    step = %entry.result.step_name,
+                    attempt = entry.result.attempt,
+                    duplicate,
+                    "result acknowledged"
+                );
+                let removed = blocking(spool, entry, |spool, entry| {
+                    spool.remove(&entry).map(|_| ())
+                })
+                .await;
+                if let Err(error) = removed {
+                    tracing::warn!(%error, "could not delete an acknowledged result; it will be resent (the controller deduplicates)");
+                }
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(
+                    job = %entry.result.job_id,
+                    step = %entry.result.step_name,
+                    attempt = entry.result.attempt,
+                    code = ?status.code(),
+                    reason = %status.message(),
+                    "the controller will never accept this result; moved to spool/rejected"
+                );
+                let moved = blocking(spool, entry, |spool, entry| {
+                    spool.reject(&entry).map(|_| ())
+                })
+                .await;
+                if let Err(error) = moved {
+                    tracing::error!(%error, "could not move a rejected result aside");
+                }
+            }
+            Err(status) => return Err(describe(&status, "report result")),
+        }
+    }
+    Ok(())
+}
+
+async fn blocking(
+    spool: &Arc<Spool>,
+    entry: SpoolEntry,
+    work: impl FnOnce(&Spool, SpoolEntry) -> Result<(), crate::spool::SpoolError> + Send + 'static,
+) -> Result<(), String> {
+    let spool = Arc::clone(spool);
+    match tokio::task::spawn_blocking(move || work(&spool, entry)).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Wraps a message with the node's bearer token.
+fn authorized<T>(message: T, token: &str) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::internal("the node token is not valid ASCII metadata"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn describe(status: &Status, call: &str) -> String {
+    format!("{call}: {:?}: {}", status.code(), status.message())
+}
+
+/// `<state-dir>/node-token`.
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("node-token")
+}
+
+/// The saved node token, if any.
+fn read_token(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => {
+            Err(error).with_context(|| format!("reading the node token {}", path.display()))
+        }
+    }
+}
+
+/// Saves the node token readable only by the agent's user: temp file, fsync, rename.
+fn save_token(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<u128> = (0..7).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), BACKOFF_START);
+    }
+
+    #[test]
+    fn the_token_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_path(dir.path());
+        assert_eq!(read_token(&path).unwrap(), None);
+        save_token(&path, "secret-1").unwrap();
+        save_token(&path, "secret-2").unwrap();
+        assert_eq!(read_token(&path).unwrap().as_deref(), Some("secret-2"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

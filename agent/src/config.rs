@@ -1,0 +1,110 @@
+//! The agent's configuration: what `main` builds from flags and what tests build by hand.
+
+use crate::gpu::simulated::Fault;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where the agent gets its GPUs from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuMode {
+    /// Real GPUs through NVML.
+    Nvml,
+    /// `count` simulated GPUs.
+    Simulated {
+        /// How many GPUs the simulated node has.
+        count: u32,
+    },
+}
+
+impl FromStr for GpuMode {
+    type Err = String;
+
+    /// Parses `nvml` or `sim:N`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "nvml" {
+            return Ok(Self::Nvml);
+        }
+        let bad = || format!("'{text}' is not a GPU source (expected nvml or sim:N, e.g. sim:8)");
+        let count = text
+            .strip_prefix("sim:")
+            .ok_or_else(bad)?
+            .parse::<u32>()
+            .map_err(|_| bad())?;
+        if count == 0 || count > 64 {
+            return Err(format!("sim:{count}: a simulated node has 1 to 64 GPUs"));
+        }
+        Ok(Self::Simulated { count })
+    }
+}
+
+/// Everything an agent needs to run. Built by `main` from flags, or by tests directly.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Controller URL, for example `http://127.0.0.1:7800`.
+    pub controller: String,
+    /// This node's name.
+    pub node: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// NVML or simulated GPUs.
+    pub gpus: GpuMode,
+    /// Seed of the simulated GPUs; `None` derives one from the node name.
+    pub sim_seed: Option<u64>,
+    /// Driver version the simulated node reports.
+    pub sim_driver: String,
+    /// VBIOS version the simulated GPUs report.
+    pub sim_vbios: String,
+    /// Faults injected into the simulated GPUs.
+    pub faults: Vec<Fault>,
+    /// Spool, node token and step logs live here.
+    pub state_dir: PathBuf,
+    /// How often telemetry is sampled while a step runs.
+    pub sample_interval: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with the documented defaults for a simulated node; tests and the demo
+    /// start from it.
+    pub fn simulated(controller: &str, node: &str, n_gpus: u32, state_dir: PathBuf) -> Self {
+        Self {
+            controller: controller.to_owned(),
+            node: node.to_owned(),
+            labels: BTreeMap::new(),
+            gpus: GpuMode::Simulated { count: n_gpus },
+            sim_seed: None,
+            sim_driver: DEFAULT_SIM_DRIVER.to_owned(),
+            sim_vbios: DEFAULT_SIM_VBIOS.to_owned(),
+            faults: Vec::new(),
+            state_dir,
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The driver version a simulated node reports unless told otherwise.
+pub const DEFAULT_SIM_DRIVER: &str = "550.54.15";
+/// The VBIOS version simulated GPUs report unless told otherwise.
+pub const DEFAULT_SIM_VBIOS: &str = "96.00.89.00.01";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_modes_parse_or_say_why() {
+        assert_eq!("nvml".parse::<GpuMode>(), Ok(GpuMode::Nvml));
+        assert_eq!(
+            "sim:8".parse::<GpuMode>(),
+            Ok(GpuMode::Simulated { count: 8 })
+        );
+        assert!("sim:0".parse::<GpuMode>().unwrap_err().contains("1 to 64"));
+        assert!(
+            "gpu"
+                .parse::<GpuMode>()
+                .unwrap_err()
+                .contains("expected nvml or sim:N")
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Parsers for what steps print.
+
+pub mod measure;

@@ -1,0 +1,420 @@
+//! Runs a job's steps in order: each attempt observes the inventory, samples telemetry while it
+//! runs, executes the step and becomes a [`StepResult`]; failed attempts are retried, and once a
+//! step has finally not passed the rest are reported as skipped.
+//!
+//! The runner decides nothing about the release: it reports what happened. Results leave
+//! through a channel, so the caller decides how they are made durable (the spool).
+
+pub mod exec;
+
+use crate::gpu::GpuSource;
+use crate::sampler::Sampler;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tollgate_domain::JobId;
+use tollgate_domain::fleet::Inventory;
+use tollgate_domain::plan::{Step, StepKind};
+use tollgate_domain::release::{Component, check_inventory};
+use tollgate_domain::result::{Outcome, StepResult};
+
+pub use exec::RunnerError;
+
+/// A job as assigned by the controller.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The job.
+    pub job_id: JobId,
+    /// The run it belongs to.
+    pub run_id: String,
+    /// Fencing token every result carries.
+    pub lease_epoch: u64,
+    /// The release under test.
+    pub release: String,
+    /// What the node must be running.
+    pub components: Vec<Component>,
+    /// The milestone the run qualifies for.
+    pub milestone: String,
+    /// Plan name.
+    pub plan_name: String,
+    /// Plan version.
+    pub plan_version: String,
+    /// Steps, in order.
+    pub steps: Vec<JobStep>,
+}
+
+/// One step of a job with its position in the plan.
+#[derive(Clone, Debug)]
+pub struct JobStep {
+    /// Position in the plan, from 0.
+    pub index: u32,
+    /// The step.
+    pub step: Step,
+}
+
+/// Why a job stops before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The controller cancelled the job, with its reason.
+    Cancelled(String),
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// What a running job reports.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
+    /// An attempt started.
+    StepStarted {
+        /// The step's index.
+        step_index: u32,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// An attempt (or a skipped step) has its result.
+    Result(Box<StepResult>),
+}
+
+/// What the runner needs from the agent.
+#[derive(Clone)]
+pub struct RunnerContext {
+    /// The GPUs.
+    pub source: Arc<dyn GpuSource>,
+    /// This node's name (`TOLLGATE_NODE`).
+    pub node: String,
+    /// Step logs and result directories live under `<state_dir>/jobs`.
+    pub state_dir: PathBuf,
+    /// Telemetry sampling interval while a step runs.
+    pub sample_interval: Duration,
+}
+
+/// Runs every step of `job`, sending progress and results to `events`, until the end or until
+/// `stop` says otherwise. An attempt interrupted by a stop is reported; later steps are not.
+pub async fn run_job(
+    context: &RunnerContext,
+    job: &Job,
+    mut stop: watch::Receiver<Option<Stop>>,
+    events: &mpsc::UnboundedSender<JobEvent>,
+) {
+    let mut failed_step: Option<String> = None;
+    for job_step in &job.steps {
+        if stop.borrow().is_some() {
+            return;
+        }
+        if let Some(failed) = &failed_step {
+            let result = skipped_result(context, job, job_step, failed).await;
+            let _ = events.send(JobEvent::Result(Box::new(result)));
+            continue;
+        }
+        let attempts = job_step.step.retries.saturating_add(1);
+        for attempt in 1..=attempts {
+            let _ = events.send(JobEvent::StepStarted {
+                step_index: job_step.index,
+                attempt,
+            });
+            let (result, was_stopped) =
+                run_attempt(context, job, job_step, attempt, &mut stop).await;
+            let outcome = result.outcome;
+            tracing::info!(
+                job = %job.job_id,
+                step = %job_step.step.name,
+                attempt,
+                outcome = %outcome,
+                message = %result.message,
+                "step attempt ended"
+            );
+            let _ = events.send(JobEvent::Result(Box::new(result)));
+            if was_stopped {
+                return;
+            }
+            if outcome == Outcome::Passed {
+                break;
+            }
+            if attempt == attempts {
+                failed_step = Some(job_step.step.name.clone());
+            } else {
+                tracing::info!(job = %job.job_id, step = %job_step.step.name, next_attempt = attempt + 1, "retrying step");
+            }
+        }
+    }
+}
+
+/// Reads the inventory on a blocking thread.
+pub async fn observe_inventory(source: &Arc<dyn GpuSource>) -> Result<Inventory, String> {
+    let source = Arc::clone(source);
+    match tokio::task::spawn_blocking(move || source.inventory()).await {
+        Ok(Ok(inventory)) => Ok(inventory),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(format!("inventory task failed: {error}")),
+    }
+}
+
+/// An inventory with no GPUs, for results whose inventory could not be read.
+fn unknown_inventory(source: &Arc<dyn GpuSource>) -> Inventory {
+    Inventory {
+        gpu_source: source.kind(),
+        hostname: crate::gpu::hostname(),
+        ..Inventory::default()
+    }
+}
+
+async fn skipped_result(
+    context: &RunnerContext,
+    job: &Job,
+    job_step: &JobStep,
+    failed: &str,
+) -> StepResult {
+    let now = crate::clock::now();
+    let inventory = observe_inventory(&context.source)
+        .await
+        .unwrap_or_else(|_| unknown_inventory(&context.source));
+    StepResult {
+        job_id: job.job_id.clone(),
+        step_index: job_step.index,
+        step_name: job_step.step.name.clone(),
+        attempt: 1,
+        lease_epoch: job.lease_epoch,
+        outcome: Outcome::Skipped,
+        exit_code: None,
+        started_at: now,
+        finished_at: now,
+        measurements: Vec::new(),
+        telemetry: Vec::new(),
+        events: Vec::new(),
+        inventory,
+        log_tail: String::new(),
+        message: format!("not run: step {failed} failed"),
+    }
+}
+
+/// Keeps the characters that are safe in a file name.
+fn path_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `<state>/jobs/<job>/<index>-<step>/attempt-<n>`: the attempt's log and results directory.
+pub fn attempt_dir(
+    state_dir: &Path,
+    job: &JobId,
+    step_index: u32,
+    step: &str,
+    attempt: u32,
+) -> PathBuf {
+    state_dir
+        .join("jobs")
+        .join(path_safe(job.as_str()))
+        .join(format!("{step_index}-{}", path_safe(step)))
+        .join(format!("attempt-{attempt}"))
+}
+
+/// The environment name of a component: `TOLLGATE_COMPONENT_` and the name upper-cased, with
+/// every character that is not a letter or digit (`-`, `.`) turned into `_`.
+pub fn component_env_name(component: &str) -> String {
+    let suffix: String = component
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("TOLLGATE_COMPONENT_{suffix}")
+}
+
+/// The environment an `exec` attempt sees on top of the agent's own: the step's `env` first,
+/// then Tollgate's variables, which a step cannot override so that results stay attributable.
+#[allow(clippy::too_many_arguments)]
+fn step_env(
+    context: &RunnerContext,
+    job: &Job,
+    job_step: &JobStep,
+    attempt: u32,
+    results_dir: &Path,
+    inventory: &Inventory,
+    step_vars: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = step_vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let gpus: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.uuid.as_str()).collect();
+    let mut ours = vec![
+        ("TOLLGATE_RELEASE", job.release.clone()),
+        ("TOLLGATE_MILESTONE", job.milestone.clone()),
+        ("TOLLGATE_NODE", context.node.clone()),
+        ("TOLLGATE_JOB_ID", job.job_id.to_string()),
+        ("TOLLGATE_STEP", job_step.step.name.clone()),
+        ("TOLLGATE_ATTEMPT", attempt.to_string()),
+        ("TOLLGATE_RESULTS_DIR", results_dir.display().to_string()),
+        ("TOLLGATE_GPUS", gpus.join(",")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect::<Vec<_>>();
+    for component in &job.components {
+        ours.push((
+            component_env_name(&component.name),
+            component.version.clone(),
+        ));
+    }
+    env.extend(ours);
+    env
+}
+
+/// How one attempt's work ended, before telemetry is attached.
+struct AttemptEnd {
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    message: String,
+    measurements: Vec<tollgate_domain::result::Measurement>,
+    log_tail: String,
+    stopped: bool,
+}
+
+impl AttemptEnd {
+    fn error(message: String) -> Self {
+        Self {
+            outcome: Outcome::Error,
+            exit_code: None,
+            message,
+            measurements: Vec::new(),
+            log_tail: String::new(),
+            stopped: false,
+        }
+    }
+}
+
+/// Runs one attempt; the flag says whether a stop interrupted it.
+async fn run_attempt(
+    context: &RunnerContext,
+    job: &Job,
+    job_step: &JobStep,
+    attempt: u32,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> (StepResult, bool) {
+    let started_at = crate::clock::now();
+    let step = &job_step.step;
+    let inventory = observe_inventory(&context.source).await;
+    // Events from before the attempt belong to no step; log them rather than lose them.
+    let source = Arc::clone(&context.source);
+    if let Ok(stale) = tokio::task::spawn_blocking(move || source.events()).await {
+        for event in stale {
+            tracing::warn!(gpu_index = event.gpu_index, kind = %event.kind, code = event.code, "GPU event between steps");
+        }
+    }
+    let gpus = inventory
+        .as_ref()
+        .map(|inv| inv.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect())
+        .unwrap_or_default();
+    let loads_gpus = matches!(step.kind, StepKind::Exec { .. });
+    let sampler = Sampler::start(
+        Arc::clone(&context.source),
+        gpus,
+        context.sample_interval,
+        loads_gpus,
+    );
+    tracing::info!(job = %job.job_id, step = %step.name, attempt, kind = step.kind.name(), "step attempt started");
+    let end = match &inventory {
+        Err(error) => AttemptEnd::error(format!("reading the inventory failed: {error}")),
+        Ok(inventory) => match &step.kind {
+            StepKind::InventoryCheck { components } => {
+                let mismatches = check_inventory(&job.components, components, inventory);
+                if mismatches.is_empty() {
+                    AttemptEnd {
+                        outcome: Outcome::Passed,
+                        message: "inventory matches the release".to_owned(),
+                        ..AttemptEnd::error(String::new())
+                    }
+                } else {
+                    let text: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+                    AttemptEnd {
+                        outcome: Outcome::Failed,
+                        message: text.join("; "),
+                        ..AttemptEnd::error(String::new())
+                    }
+                }
+            }
+            StepKind::Exec {
+                command,
+                env,
+                workdir,
+            } => {
+                let dir = attempt_dir(
+                    &context.state_dir,
+                    &job.job_id,
+                    job_step.index,
+                    &step.name,
+                    attempt,
+                );
+                let results_dir = dir.join("results");
+                match tokio::fs::create_dir_all(&results_dir).await {
+                    Err(error) => AttemptEnd::error(format!(
+                        "could not create {}: {error}",
+                        results_dir.display()
+                    )),
+                    Ok(()) => {
+                        let request = exec::ExecRequest {
+                            command: command.clone(),
+                            env: step_env(
+                                context,
+                                job,
+                                job_step,
+                                attempt,
+                                &results_dir,
+                                inventory,
+                                env,
+                            ),
+                            workdir: workdir.as_ref().map(PathBuf::from),
+                            timeout: step.timeout,
+                            log_path: dir.join("output.log"),
+                        };
+                        match exec::run(&request, stop).await {
+                            Ok(report) => AttemptEnd {
+                                outcome: report.outcome,
+                                exit_code: report.exit_code,
+                                message: report.message,
+                                measurements: report.measurements,
+                                log_tail: report.log_tail,
+                                stopped: report.stopped,
+                            },
+                            Err(error) => AttemptEnd::error(error.to_string()),
+                        }
+                    }
+                }
+            }
+        },
+    };
+    let observed = sampler.finish().await;
+    let result = StepResult {
+        job_id: job.job_id.clone(),
+        step_index: job_step.index,
+        step_name: step.name.clone(),
+        attempt,
+        lease_epoch: job.lease_epoch,
+        outcome: end.outcome,
+        exit_code: end.exit_code,
+        started_at,
+        finished_at: crate::clock::now(),
+        measurements: end.measurements,
+        telemetry: observed.telemetry,
+        events: observed.events,
+        inventory: inventory.unwrap_or_else(|_| unknown_inventory(&context.source)),
+        log_tail: end.log_tail,
+        message: end.message,
+    };
+    (result, end.stopped)
+}
+
+#[cfg(test)]
+mod tests;

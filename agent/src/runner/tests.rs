@@ -1,0 +1,357 @@
+//! Runner tests with real child processes and a simulated GPU source.
+
+use super::*;
+use crate::gpu::simulated::{Fault, SimConfig, SimulatedSource};
+use std::collections::BTreeMap;
+use tollgate_domain::telemetry::{EventKind, Field};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    context: RunnerContext,
+}
+
+fn fixture(faults: Vec<Fault>) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source: Arc<dyn GpuSource> = Arc::new(SimulatedSource::new(SimConfig {
+        node: "node-1".into(),
+        seed: Some(42),
+        n_gpus: 2,
+        driver: "550.54.15".into(),
+        vbios: "96.00.89.00.01".into(),
+        faults,
+    }));
+    let context = RunnerContext {
+        source,
+        node: "node-1".into(),
+        state_dir: dir.path().to_owned(),
+        sample_interval: Duration::from_millis(50),
+    };
+    Fixture { _dir: dir, context }
+}
+
+fn exec(name: &str, script: &str, timeout: Duration, retries: u32) -> Step {
+    Step {
+        name: name.into(),
+        kind: StepKind::Exec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::from([("STEP_VAR".to_owned(), "from-plan".to_owned())]),
+            workdir: None,
+        },
+        timeout,
+        retries,
+    }
+}
+
+fn inventory_check(name: &str) -> Step {
+    Step {
+        name: name.into(),
+        kind: StepKind::InventoryCheck {
+            components: Vec::new(),
+        },
+        timeout: Duration::from_secs(60),
+        retries: 0,
+    }
+}
+
+fn job(steps: Vec<Step>) -> Job {
+    Job {
+        job_id: JobId::new("job-1"),
+        run_id: "run-1".into(),
+        lease_epoch: 3,
+        release: "r550".into(),
+        components: vec![
+            Component {
+                name: "driver".into(),
+                version: "550.54.15".into(),
+                ..Component::default()
+            },
+            Component {
+                name: "cx7-fw".into(),
+                version: "28.39.1002".into(),
+                ..Component::default()
+            },
+        ],
+        milestone: "lab-qual".into(),
+        plan_name: "smoke".into(),
+        plan_version: "abc".into(),
+        steps: steps
+            .into_iter()
+            .enumerate()
+            .map(|(idx, step)| JobStep {
+                index: idx as u32,
+                step,
+            })
+            .collect(),
+    }
+}
+
+/// Runs the job to its end and returns its results, in order.
+async fn results_of(fixture: &Fixture, job: &Job) -> Vec<StepResult> {
+    let (_stop_sender, stop) = watch::channel(None);
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    run_job(&fixture.context, job, stop, &sender).await;
+    drop(sender);
+    let mut results = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        if let JobEvent::Result(result) = event {
+            results.push(*result);
+        }
+    }
+    results
+}
+
+#[tokio::test]
+async fn a_passing_step_reports_measurements_env_and_telemetry() {
+    let fixture = fixture(vec![]);
+    let script = r#"echo "release=$TOLLGATE_RELEASE milestone=$TOLLGATE_MILESTONE node=$TOLLGATE_NODE"
+echo "job=$TOLLGATE_JOB_ID step=$TOLLGATE_STEP attempt=$TOLLGATE_ATTEMPT"
+echo "gpus=$TOLLGATE_GPUS"
+echo "driver=$TOLLGATE_COMPONENT_DRIVER cx7=$TOLLGATE_COMPONENT_CX7_FW var=$STEP_VAR"
+test -d "$TOLLGATE_RESULTS_DIR" && echo "results dir exists"
+echo "to stderr" >&2
+echo "@tollgate measure membw_gbps 2950.5 GB/s""#;
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("bw", script, Duration::from_secs(30), 0)]),
+    )
+    .await;
+    assert_eq!(results.len(), 1);
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Passed, "{}", result.message);
+    assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.lease_epoch, 3);
+    assert_eq!(result.measurements.len(), 1);
+    assert_eq!(result.measurements[0].name, "membw_gbps");
+    assert_eq!(result.measurements[0].value, 2950.5);
+    assert_eq!(result.measurements[0].unit.as_deref(), Some("GB/s"));
+    let tail = &result.log_tail;
+    assert!(
+        tail.contains("release=r550 milestone=lab-qual node=node-1"),
+        "{tail}"
+    );
+    assert!(tail.contains("job=job-1 step=bw attempt=1"), "{tail}");
+    let uuids: Vec<&str> = result
+        .inventory
+        .gpus
+        .iter()
+        .map(|g| g.uuid.as_str())
+        .collect();
+    assert!(
+        tail.contains(&format!("gpus={}", uuids.join(","))),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("driver=550.54.15 cx7=28.39.1002 var=from-plan"),
+        "{tail}"
+    );
+    assert!(tail.contains("results dir exists"), "{tail}");
+    assert!(tail.contains("to stderr"), "{tail}");
+    let log =
+        attempt_dir(&fixture.context.state_dir, &result.job_id, 0, "bw", 1).join("output.log");
+    let logged = std::fs::read_to_string(&log).expect("step log on disk");
+    assert!(logged.contains("@tollgate measure membw_gbps"), "{logged}");
+    assert_eq!(result.telemetry.len(), 2);
+    let temp = result.telemetry[0]
+        .field(Field::GpuTempC)
+        .expect("temperature");
+    assert!(temp.samples >= 2 && temp.max >= 60.0, "{temp:?}");
+}
+
+#[tokio::test]
+async fn a_failing_step_is_retried_then_later_steps_are_skipped() {
+    let fixture = fixture(vec![]);
+    let job = job(vec![
+        exec("flaky", "echo trying; exit 3", Duration::from_secs(30), 1),
+        inventory_check("inventory"),
+    ]);
+    let results = results_of(&fixture, &job).await;
+    let summary: Vec<(u32, u32, Outcome, &str)> = results
+        .iter()
+        .map(|r| (r.step_index, r.attempt, r.outcome, r.message.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, 1, Outcome::Failed, "exit code 3"),
+            (0, 2, Outcome::Failed, "exit code 3"),
+            (1, 1, Outcome::Skipped, "not run: step flaky failed"),
+        ]
+    );
+    assert_eq!(results[0].exit_code, Some(3));
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let fixture = fixture(vec![]);
+    let pid_file = fixture.context.state_dir.join("grandchild.pid");
+    let script = format!("sleep 100 & echo $! > {}; sleep 100", pid_file.display());
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("hang", &script, Duration::from_millis(500), 0)]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert_eq!(results[0].message, "timed out after 500ms");
+    assert_eq!(results[0].exit_code, None);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the step wrote its grandchild's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(
+        process_gone(pid).await,
+        "grandchild {pid} outlived its step"
+    );
+}
+
+/// Whether `pid` is gone or a zombie waiting for init to reap it (it no longer runs).
+async fn process_gone(pid: i32) -> bool {
+    for _ in 0..100 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) => {
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                if state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_malformed_measurement_line_is_a_harness_error() {
+    let fixture = fixture(vec![]);
+    let script = "echo ok; echo '@tollgate measure membw fast GB/s'; exit 0";
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("bad", script, Duration::from_secs(30), 0)]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert_eq!(
+        results[0].message,
+        "stdout line 2: measurement value 'fast' is not a finite number"
+    );
+}
+
+#[tokio::test]
+async fn huge_output_is_bounded_and_measurements_still_read() {
+    let fixture = fixture(vec![]);
+    // A 3 MB line without a newline, many ordinary lines, then a measurement.
+    let script = "head -c 3000000 /dev/zero | tr '\\0' x; echo; \
+                  i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done; \
+                  echo '@tollgate measure after 7'";
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("loud", script, Duration::from_secs(60), 0)]),
+    )
+    .await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Passed, "{}", result.message);
+    assert_eq!(result.measurements[0].name, "after");
+    assert!(result.log_tail.len() <= exec::TAIL_BYTES);
+    assert!(result.log_tail.lines().count() <= exec::TAIL_LINES);
+    assert!(result.log_tail.ends_with("@tollgate measure after 7"));
+}
+
+#[tokio::test]
+async fn a_missing_program_is_a_harness_error() {
+    let fixture = fixture(vec![]);
+    let mut step = exec("missing", "", Duration::from_secs(5), 0);
+    step.kind = StepKind::Exec {
+        command: vec!["/nonexistent/tollgate-test-binary".into()],
+        env: BTreeMap::new(),
+        workdir: None,
+    };
+    let results = results_of(&fixture, &job(vec![step])).await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert!(
+        results[0].message.starts_with("could not start"),
+        "{}",
+        results[0].message
+    );
+}
+
+#[tokio::test]
+async fn inventory_check_passes_on_a_matching_node_and_names_a_wrong_driver() {
+    let mut job = job(vec![inventory_check("inventory")]);
+    job.components.truncate(1);
+    let fixture_ok = fixture(vec![]);
+    let results = results_of(&fixture_ok, &job).await;
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Passed,
+        "{}",
+        results[0].message
+    );
+    let fixture_bad = fixture(vec![Fault::Driver("535.129.03".into())]);
+    let results = results_of(&fixture_bad, &job).await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert_eq!(
+        results[0].message,
+        "driver is 535.129.03, release wants 550.54.15"
+    );
+    assert_eq!(results[0].inventory.driver_version, "535.129.03");
+}
+
+#[tokio::test]
+async fn injected_events_land_in_the_attempt_that_loads_the_gpus() {
+    let fixture = fixture(vec![Fault::Xid(79), Fault::EccUncorrected, Fault::OverTemp]);
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("load", "sleep 0.2", Duration::from_secs(30), 0)]),
+    )
+    .await;
+    let kinds: Vec<(EventKind, i64)> = results[0].events.iter().map(|e| (e.kind, e.code)).collect();
+    assert!(kinds.contains(&(EventKind::Xid, 79)), "{kinds:?}");
+    assert!(kinds.contains(&(EventKind::EccUncorrected, 1)), "{kinds:?}");
+    let gpu0 = &results[0].telemetry[0];
+    assert!(gpu0.field(Field::GpuTempC).expect("temp").max >= 92.0);
+    assert!(gpu0.field(Field::EccUncorrectedVolatile).expect("ecc").max >= 1.0);
+}
+
+#[tokio::test]
+async fn a_cancel_kills_the_step_and_ends_the_job() {
+    let fixture = fixture(vec![]);
+    let job = job(vec![
+        exec(
+            "long",
+            "echo started; sleep 100",
+            Duration::from_secs(600),
+            2,
+        ),
+        inventory_check("inventory"),
+    ]);
+    let (stop_sender, stop) = watch::channel(None);
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let context = fixture.context.clone();
+    let running = tokio::spawn(async move { run_job(&context, &job, stop, &sender).await });
+    // Wait until the attempt has started before cancelling it.
+    match receiver.recv().await {
+        Some(JobEvent::StepStarted {
+            step_index: 0,
+            attempt: 1,
+        }) => {}
+        other => panic!("expected the first attempt to start, got {other:?}"),
+    }
+    stop_sender
+        .send(Some(Stop::Cancelled("operator asked".into())))
+        .expect("job listens");
+    running.await.expect("job task");
+    let mut results = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        if let JobEvent::Result(result) = event {
+            results.push(*result);
+        }
+    }
+    assert_eq!(
+        results.len(),
+        1,
+        "no retry and no skipped steps after a cancel"
+    );
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert_eq!(results[0].message, "cancelled: operator asked");
+}
