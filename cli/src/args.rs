@@ -1,0 +1,377 @@
+//! The command line: every command, flag and help text, as clap types.
+
+use crate::output::OutputArgs;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// The controller address used when neither `--controller` nor `TOLLGATE_CONTROLLER` is given.
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7800";
+
+const AFTER_HELP: &str = "\
+Output: every command that prints takes -o/--output text|json after the command, for example
+`tollgate node list -o json`. JSON is the controller's answer with snake_case field names.
+`tollgate report` is the one exception: there -o/--output names the file to write, --format
+picks markdown, json or html, and --json prints the summary line as JSON.
+
+Exit codes: 0 ok; 1 other errors (including an unreachable controller and invalid plan or gate
+files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses);
+4 not found.";
+
+/// Qualifies GPU firmware and driver releases on lab fleets and gates their promotion.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Controller gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_CONTROLLER",
+        default_value = DEFAULT_CONTROLLER,
+        value_name = "URL"
+    )]
+    pub controller: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lab nodes: list, show, cordon, uncordon.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Releases: create, show, list.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Qualification plans: validate (offline), apply, show, list.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Gates: validate (offline), apply, show a release's decision.
+    #[command(subcommand)]
+    Gate(GateCommand),
+    /// Qualification runs: start, watch, show, list, cancel.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Moves a release past its current milestone, if its gate passed.
+    Promote(PromoteArgs),
+    /// Writes the customer acceptance report of a release at a milestone.
+    Report(ReportArgs),
+    /// Starts a controller and four simulated agents on loopback and walks through a
+    /// qualification that fails its gate.
+    Demo(DemoArgs),
+}
+
+/// `tollgate node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Lists nodes, optionally only those carrying every given label.
+    List {
+        /// Only nodes with this label (repeatable), for example --selector sku=hgx-h100.
+        #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE")]
+        selectors: Vec<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shows one node with its inventory and GPUs.
+    Show {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Stops scheduling new jobs on a node.
+    Cordon {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lets a cordoned node take jobs again.
+    Uncordon {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate release ...`
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Registers a release from flags or from a YAML file.
+    #[command(after_help = "\
+A component is name=version, optionally followed by @artifact-uri and #sha256:
+  --component driver=550.54.15@https://example.invalid/driver.run#<64 hex digits>
+
+A release file looks like:
+  name: r550-u3
+  description: driver 550 update 3
+  components:
+    - {name: driver, version: 550.54.15, artifact-uri: https://..., sha256: ...}
+    - {name: vbios, version: 96.00.89.00.01}")]
+    Create {
+        /// Release name, for example r550-u3 (not with -f).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        name: Option<String>,
+        /// A component, name=version[@artifact_uri][#sha256] (repeatable).
+        #[arg(
+            long = "component",
+            short = 'c',
+            value_name = "SPEC",
+            conflicts_with = "file"
+        )]
+        components: Vec<String>,
+        /// Free text.
+        #[arg(long, conflicts_with = "file")]
+        description: Option<String>,
+        /// Read the release from a YAML file instead.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shows a release: components, current milestone, track and promotions.
+    Show {
+        /// Release name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists releases, newest first.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate plan ...`
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Checks a plan file without a controller and prints what it would do.
+    Validate {
+        /// Plan file.
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Stores a plan on the controller; the same content again is a no-op.
+    Apply {
+        /// Plan file.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shows a stored plan: the latest version, or NAME@VERSION (a unique prefix will do).
+    Show {
+        /// NAME or NAME@VERSION.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists the latest version of every plan.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate gate ...`
+#[derive(Debug, Subcommand)]
+pub enum GateCommand {
+    /// Checks a gate file without a controller and prints its rules.
+    Validate {
+        /// Gate file.
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Stores the gate of a milestone on the controller.
+    Apply {
+        /// Gate file.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Evaluates the gate of a release at a milestone now and shows the decision, rule by rule.
+    Show {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Milestone; the release's current one when left out.
+        #[arg(long)]
+        milestone: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate run ...`
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Starts a run of a plan for a release: one job per selected node.
+    Start {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Plan name (its latest version) or NAME@VERSION.
+        #[arg(long)]
+        plan: String,
+        /// Milestone; the release's current one when left out.
+        #[arg(long)]
+        milestone: Option<String>,
+        /// Keep watching the run until it ends, like `tollgate run watch`.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Follows a run live until it ends.
+    Watch {
+        /// Run id.
+        run: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shows a run: its jobs and every step result.
+    Show {
+        /// Run id.
+        run: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists runs, newest first.
+    List {
+        /// Only runs of this release.
+        #[arg(long)]
+        release: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Cancels a run: pending jobs are dropped, running ones are stopped.
+    Cancel {
+        /// Run id.
+        run: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate promote ...`
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// File formats of the customer acceptance report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown.
+    Markdown,
+    /// JSON.
+    Json,
+    /// Self-contained HTML.
+    Html,
+}
+
+impl ReportFormat {
+    /// The name the controller expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Markdown => "markdown",
+            Self::Json => "json",
+            Self::Html => "html",
+        }
+    }
+}
+
+/// `tollgate report ...`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Here -o/--output is the file to write, not the output format; --json prints the summary as JSON.")]
+pub struct ReportArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    /// Milestone; the release's current one when left out.
+    #[arg(long)]
+    pub milestone: Option<String>,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "html")]
+    pub format: ReportFormat,
+    /// File to write; RELEASE-MILESTONE.EXT in the current directory when left out.
+    #[arg(long = "output", short = 'o', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the path and digest as a JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tollgate demo ...`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its database, agent state, logs and reports. It is emptied and
+    /// recreated on every run (only if it holds a previous demo or nothing at all).
+    #[arg(long, value_name = "DIR", default_value = "tollgate-demo")]
+    pub data_dir: PathBuf,
+    /// Leave the controller and agents running at the end until Ctrl-C, to try other commands.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn output_flag_goes_after_the_command_and_report_takes_a_file() {
+        let cli = Cli::try_parse_from(["tollgate", "node", "list", "-o", "json"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::List { output, .. }) if output.output == crate::output::Format::Json
+        ));
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "report",
+            "--release",
+            "r1",
+            "--format",
+            "markdown",
+            "-o",
+            "r1.md",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Report(args) => {
+                assert_eq!(args.file, Some(PathBuf::from("r1.md")));
+                assert_eq!(args.format, ReportFormat::Markdown);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn release_create_takes_flags_or_a_file_not_both() {
+        assert!(Cli::try_parse_from(["tollgate", "release", "create", "-f", "r.yaml"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["tollgate", "release", "create", "r1", "-c", "driver=1"]).is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["tollgate", "release", "create", "r1", "-f", "r.yaml"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["tollgate", "release", "create"]).is_err());
+    }
+}

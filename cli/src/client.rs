@@ -1,0 +1,177 @@
+//! The connection to the controller: one tonic `Channel` shared by every service client, and
+//! the errors a person sees when the controller is unreachable or answers with a gRPC status.
+
+use std::fmt;
+use std::time::Duration;
+use tollgate_proto::v1::{
+    gate_service_client::GateServiceClient, node_service_client::NodeServiceClient,
+    plan_service_client::PlanServiceClient, release_service_client::ReleaseServiceClient,
+    report_service_client::ReportServiceClient, run_service_client::RunServiceClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for the TCP (and HTTP/2) connection before calling the controller
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected controller. Service clients are cheap views on the one channel.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    channel: Channel,
+}
+
+impl Controller {
+    /// Connects now, so that an unreachable controller is reported once, clearly, before any
+    /// call is made.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|error| anyhow::anyhow!("'{url}' is not a valid controller URL: {error}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|error| Unreachable {
+            url: url.to_owned(),
+            cause: error_chain(&error),
+        })?;
+        Ok(Self { channel })
+    }
+
+    /// NodeService.
+    pub fn nodes(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel.clone())
+    }
+
+    /// ReleaseService.
+    pub fn releases(&self) -> ReleaseServiceClient<Channel> {
+        ReleaseServiceClient::new(self.channel.clone())
+    }
+
+    /// PlanService.
+    pub fn plans(&self) -> PlanServiceClient<Channel> {
+        PlanServiceClient::new(self.channel.clone())
+    }
+
+    /// GateService.
+    pub fn gates(&self) -> GateServiceClient<Channel> {
+        GateServiceClient::new(self.channel.clone())
+    }
+
+    /// RunService.
+    pub fn runs(&self) -> RunServiceClient<Channel> {
+        RunServiceClient::new(self.channel.clone())
+    }
+
+    /// ReportService.
+    pub fn reports(&self) -> ReportServiceClient<Channel> {
+        ReportServiceClient::new(self.channel.clone())
+    }
+
+    /// The raw channel, for clients outside tollgate.v1 (gRPC health).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+}
+
+/// The controller could not be reached at all.
+#[derive(Debug)]
+pub struct Unreachable {
+    /// The URL tried.
+    pub url: String,
+    /// Why, with every cause.
+    pub cause: String,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reach the controller at {}: {}; start one with `tollgate-controller serve` or pass --controller",
+            self.url, self.cause
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// A gRPC status from the controller. It displays as the controller's message alone: the
+/// controller writes messages for people (every bad field named), and tonic's own rendering
+/// adds metadata nobody needs.
+#[derive(Debug)]
+pub struct RpcError {
+    /// The status code; it picks the exit code.
+    pub code: tonic::Code,
+    /// The controller's message.
+    pub message: String,
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "the controller answered {:?}", self.code)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl From<tonic::Status> for RpcError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// The body of a unary answer, or its status as an [`RpcError`].
+pub fn answer<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, RpcError> {
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(RpcError::from)
+}
+
+/// The exit code for a gRPC status code: InvalidArgument 2, FailedPrecondition 3, NotFound 4,
+/// anything else 1.
+pub fn exit_code_for(code: tonic::Code) -> u8 {
+    match code {
+        tonic::Code::InvalidArgument => 2,
+        tonic::Code::FailedPrecondition => 3,
+        tonic::Code::NotFound => 4,
+        _ => 1,
+    }
+}
+
+/// An error and all its sources on one line, without repeating a message a source already
+/// says (hyper and tonic nest errors that often share text).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        current = error.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        assert_eq!(exit_code_for(tonic::Code::InvalidArgument), 2);
+        assert_eq!(exit_code_for(tonic::Code::FailedPrecondition), 3);
+        assert_eq!(exit_code_for(tonic::Code::NotFound), 4);
+        assert_eq!(exit_code_for(tonic::Code::Internal), 1);
+    }
+
+    #[test]
+    fn a_status_shows_only_its_message() {
+        let error = RpcError::from(tonic::Status::not_found("release 'r9' does not exist"));
+        assert_eq!(error.to_string(), "release 'r9' does not exist");
+    }
+}

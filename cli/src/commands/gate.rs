@@ -1,0 +1,382 @@
+//! `tollgate gate`: validate gate files offline, apply them, and show a release's decision.
+
+use crate::Reported;
+use crate::args::GateCommand;
+use crate::client::{Controller, RpcError, answer};
+use crate::json;
+use crate::output::{Format, format_number, format_time, print_json, short_hash};
+use anyhow::Context as _;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::Path;
+use tollgate_domain::gate::{GatePolicy, Quorum, Rule, RuleKind};
+use tollgate_proto::v1 as pb;
+
+/// Runs one `gate` command.
+pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Result<()> {
+    match command {
+        GateCommand::Validate { file, output } => validate(&file, output.output),
+        GateCommand::Apply { file, output } => {
+            let source = read(&file)?;
+            let policy = apply(controller, &file.display().to_string(), source).await?;
+            match output.output {
+                Format::Json => print_json(&json::gate_policy(&policy)),
+                Format::Text => {
+                    print!("{}", format_applied(&policy));
+                    Ok(())
+                }
+            }
+        }
+        GateCommand::Show {
+            release,
+            milestone,
+            output,
+        } => {
+            let decision = evaluate(controller, &release, milestone.as_deref()).await?;
+            match output.output {
+                Format::Json => print_json(&json::decision(&decision)),
+                Format::Text => {
+                    print!("{}", format_decision(&decision));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn read(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading gate file {}", file.display()))
+}
+
+/// Stores a gate; an InvalidArgument answer carries every located problem.
+pub async fn apply(
+    controller: &Controller,
+    file_name: &str,
+    source: String,
+) -> anyhow::Result<pb::GatePolicy> {
+    Ok(answer(
+        controller
+            .gates()
+            .apply_gate(pb::ApplyGateRequest {
+                source,
+                file_name: file_name.to_owned(),
+            })
+            .await,
+    )?)
+}
+
+/// Evaluates the gate of `release` at `milestone` (its current one when `None`).
+pub async fn evaluate(
+    controller: &Controller,
+    release: &str,
+    milestone: Option<&str>,
+) -> anyhow::Result<pb::Decision> {
+    Ok(answer(
+        controller
+            .gates()
+            .evaluate_gate(pb::EvaluateGateRequest {
+                release: release.to_owned(),
+                milestone: milestone.unwrap_or_default().to_owned(),
+            })
+            .await,
+    )?)
+}
+
+/// Whether a gate is stored for `milestone`.
+pub async fn exists(controller: &Controller, milestone: &str) -> anyhow::Result<bool> {
+    match answer(
+        controller
+            .gates()
+            .get_gate(pb::GetGateRequest {
+                milestone: milestone.to_owned(),
+            })
+            .await,
+    ) {
+        Ok(_) => Ok(true),
+        Err(RpcError {
+            code: tonic::Code::NotFound,
+            ..
+        }) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `gate validate`: parses the file with the controller's own code; problems go to stderr.
+pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
+    let source = read(file)?;
+    let file_name = file.display().to_string();
+    match tollgate_domain::gate::parse_gate(&file_name, &source) {
+        Ok(policy) => match format {
+            Format::Json => print_json(&gate_summary_json(&policy)),
+            Format::Text => {
+                print!("{}", format_gate_summary(&file_name, &policy));
+                Ok(())
+            }
+        },
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n_errors = errors.0.len();
+            eprintln!(
+                "{file_name}: {n_errors} problem{}",
+                if n_errors == 1 { "" } else { "s" }
+            );
+            Err(Reported(1).into())
+        }
+    }
+}
+
+/// What a rule checks, in one sentence.
+pub fn describe_rule(rule: &Rule) -> String {
+    let only_step = |step: &Option<String>| {
+        step.as_ref()
+            .map_or_else(String::new, |step| format!(" (step {step} only)"))
+    };
+    match &rule.kind {
+        RuleKind::StepsPassed {
+            plan,
+            steps,
+            quorum,
+        } => {
+            let quorum = match quorum {
+                Quorum::MinNodes(n) => format!("at least {n} nodes"),
+                Quorum::MinFraction(f) if *f >= 1.0 => "every node of the run".to_owned(),
+                Quorum::MinFraction(f) => {
+                    format!("at least {}% of the nodes", format_number(f * 100.0))
+                }
+            };
+            format!(
+                "steps {} of plan {plan} passed on {quorum}",
+                steps.join(", ")
+            )
+        }
+        RuleKind::Measurement {
+            name,
+            step,
+            aggregate,
+            condition,
+        } => format!(
+            "{aggregate} of measurement {name} {condition}{}",
+            only_step(step)
+        ),
+        RuleKind::Telemetry {
+            field,
+            step,
+            aggregate,
+            condition,
+        } => format!(
+            "{aggregate} of telemetry {field} over every GPU {condition}{}",
+            only_step(step)
+        ),
+        RuleKind::NoXid { codes } if codes.is_empty() => {
+            "no XID of any code on any node".to_owned()
+        }
+        RuleKind::NoXid { codes } => format!(
+            "no XID {} on any node",
+            codes
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        RuleKind::InventoryMatchesRelease { components } if components.is_empty() => {
+            "every node ran every component of the release".to_owned()
+        }
+        RuleKind::InventoryMatchesRelease { components } => {
+            format!("every node ran the release's {}", components.join(", "))
+        }
+    }
+}
+
+/// The summary `gate validate` prints.
+pub fn format_gate_summary(file_name: &str, policy: &GatePolicy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{file_name}: valid gate");
+    let _ = writeln!(out, "milestone: {}", policy.milestone);
+    let _ = writeln!(out, "version:   {}", short_hash(&policy.version()));
+    let _ = writeln!(out, "rules:");
+    for (idx, rule) in policy.rules.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}: {}", idx + 1, rule.id, describe_rule(rule));
+    }
+    out
+}
+
+/// The JSON form of `gate validate`'s summary.
+pub fn gate_summary_json(policy: &GatePolicy) -> serde_json::Value {
+    json!({
+        "milestone": policy.milestone,
+        "description": policy.description,
+        "version": policy.version(),
+        "rules": policy.rules.iter().map(|rule| json!({
+            "id": rule.id,
+            "kind": rule.kind.name(),
+            "description": describe_rule(rule),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What `gate apply` prints.
+pub fn format_applied(policy: &pb::GatePolicy) -> String {
+    format!(
+        "gate {} applied: version {}\nrules: {}\n",
+        policy.milestone,
+        short_hash(&policy.version),
+        policy.rules.join(", ")
+    )
+}
+
+/// A decision for people: the verdict in capitals with its summary, then one block per rule
+/// with its verdict, id, reason, failing nodes and evidence.
+pub fn format_decision(decision: &pb::Decision) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: release {} at {}: {}",
+        decision.verdict.to_uppercase(),
+        decision.release,
+        decision.milestone,
+        decision.summary
+    );
+    let _ = writeln!(
+        out,
+        "digest {}  policy {}  evaluated {}",
+        short_hash(&decision.digest),
+        short_hash(&decision.policy_version),
+        format_time(decision.evaluated_at.as_ref())
+    );
+    for rule in &decision.rules {
+        out.push('\n');
+        let _ = writeln!(out, "{:<7} {} ({})", rule.verdict, rule.rule_id, rule.kind);
+        let _ = writeln!(out, "        {}", rule.reason);
+        if !rule.failing_nodes.is_empty() {
+            let _ = writeln!(
+                out,
+                "        failing nodes: {}",
+                rule.failing_nodes.join(", ")
+            );
+        }
+        for item in &rule.evidence {
+            let _ = writeln!(out, "          {}", format_evidence(item));
+        }
+    }
+    out
+}
+
+/// One evidence item: `FAIL lab-4 stress#1 95.2 (limit < 88): GPU 0 ...`.
+pub fn format_evidence(item: &pb::EvidenceItem) -> String {
+    let mut text = String::from(if item.ok { "ok  " } else { "FAIL" });
+    let _ = write!(
+        text,
+        " {}",
+        if item.node.is_empty() {
+            "-"
+        } else {
+            &item.node
+        }
+    );
+    if !item.step.is_empty() {
+        let _ = write!(text, " {}", item.step);
+        if item.attempt > 0 {
+            let _ = write!(text, "#{}", item.attempt);
+        }
+    }
+    if let Some(value) = item.value {
+        let _ = write!(text, " {}", format_number(value));
+    }
+    if !item.limit.is_empty() {
+        let _ = write!(text, " (limit {})", item.limit);
+    }
+    if !item.detail.is_empty() {
+        let _ = write!(text, ": {}", item.detail);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_decision() -> pb::Decision {
+        pb::Decision {
+            release: "r550-u3".into(),
+            milestone: "lab-qual".into(),
+            verdict: "failed".into(),
+            summary: "1 of 2 rules failed".into(),
+            rules: vec![
+                pb::RuleDecision {
+                    rule_id: "no-xid".into(),
+                    kind: "no-xid".into(),
+                    verdict: "passed".into(),
+                    reason: "no XID seen".into(),
+                    ..Default::default()
+                },
+                pb::RuleDecision {
+                    rule_id: "telemetry:gpu_temp_c".into(),
+                    kind: "telemetry".into(),
+                    verdict: "failed".into(),
+                    reason: "max gpu_temp_c 95.2 is not < 88".into(),
+                    failing_nodes: vec!["lab-4".into()],
+                    evidence: vec![pb::EvidenceItem {
+                        node: "lab-4".into(),
+                        step: "stress".into(),
+                        attempt: 1,
+                        value: Some(95.2),
+                        limit: "< 88".into(),
+                        detail: "GPU 0".into(),
+                        ok: false,
+                    }],
+                },
+            ],
+            digest: "0123456789abcdef".into(),
+            evaluated_at: None,
+            policy_version: "fedcba9876543210".into(),
+        }
+    }
+
+    #[test]
+    fn decisions_read_rule_by_rule() {
+        let text = format_decision(&failed_decision());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "FAILED: release r550-u3 at lab-qual: 1 of 2 rules failed"
+        );
+        assert!(lines[1].contains("digest 0123456789ab"), "{text}");
+        assert!(text.contains("passed  no-xid (no-xid)"), "{text}");
+        assert!(
+            text.contains("failed  telemetry:gpu_temp_c (telemetry)"),
+            "{text}"
+        );
+        assert!(text.contains("failing nodes: lab-4"), "{text}");
+        assert!(
+            text.contains("FAIL lab-4 stress#1 95.2 (limit < 88): GPU 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_demo_gate_summarizes() {
+        let policy = tollgate_domain::gate::parse_gate(
+            "gate-lab-qual.yaml",
+            include_str!("../../../examples/gate-lab-qual.yaml"),
+        )
+        .expect("the demo gate is valid");
+        let text = format_gate_summary("gate-lab-qual.yaml", &policy);
+        assert!(text.contains("milestone: lab-qual"), "{text}");
+        assert!(
+            text.contains("steps versions, stress of plan gpu-qual passed on at least 4 nodes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("max of telemetry gpu_temp_c over every GPU < 88"),
+            "{text}"
+        );
+        assert!(
+            text.contains("min of measurement membw_gbps >= 2800"),
+            "{text}"
+        );
+        assert_eq!(
+            gate_summary_json(&policy)["rules"].as_array().map(Vec::len),
+            Some(5)
+        );
+    }
+}

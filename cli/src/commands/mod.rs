@@ -1,0 +1,48 @@
+//! One module per command group; each holds the calls it makes and its pure text formatting.
+
+pub mod gate;
+pub mod node;
+pub mod plan;
+pub mod promote;
+pub mod release;
+pub mod report;
+pub mod run;
+
+use crate::args::{Cli, Command, GateCommand, PlanCommand, ReleaseCommand};
+use crate::client::Controller;
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        controller: url,
+        command,
+    } = cli;
+    // Offline commands and the demo never touch --controller, so they work without one.
+    match command {
+        Command::Plan(PlanCommand::Validate { file, output }) => {
+            plan::validate(&file, output.output)
+        }
+        Command::Gate(GateCommand::Validate { file, output }) => {
+            gate::validate(&file, output.output)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Node(command) => node::run(&Controller::connect(&url).await?, command).await,
+        Command::Release(ReleaseCommand::Create {
+            name,
+            components,
+            description,
+            file,
+            output,
+        }) => {
+            let request = release::create_request(name, &components, description, file.as_deref())?;
+            let created = release::create(&Controller::connect(&url).await?, request).await?;
+            release::print_release(&created, output.output)
+        }
+        Command::Release(command) => release::run(&Controller::connect(&url).await?, command).await,
+        Command::Plan(command) => plan::run(&Controller::connect(&url).await?, command).await,
+        Command::Gate(command) => gate::run(&Controller::connect(&url).await?, command).await,
+        Command::Run(command) => run::run(&Controller::connect(&url).await?, command).await,
+        Command::Promote(args) => promote::run(&Controller::connect(&url).await?, args).await,
+        Command::Report(args) => report::run(&Controller::connect(&url).await?, args).await,
+    }
+}

@@ -1,0 +1,300 @@
+//! `tollgate node`: list, show, cordon and uncordon lab nodes.
+
+use crate::args::NodeCommand;
+use crate::client::{Controller, answer};
+use crate::json;
+use crate::output::{
+    Format, Table, format_age, format_labels, format_number, format_time, or_dash, print_json,
+    sorted,
+};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use tollgate_proto::v1 as pb;
+
+/// The `gpu_source` value of nodes whose GPUs are simulated.
+const SIMULATED: &str = "simulated";
+
+/// Runs one `node` command.
+pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::List { selectors, output } => {
+            let selector = parse_selector(&selectors)?;
+            let nodes = list(controller, selector).await?;
+            match output.output {
+                Format::Json => {
+                    print_json(&json::list("nodes", nodes.iter().map(json::node).collect()))
+                }
+                Format::Text => {
+                    print!("{}", format_node_table(&nodes, crate::clock::now()));
+                    Ok(())
+                }
+            }
+        }
+        NodeCommand::Show { name, output } => {
+            let node = answer(
+                controller
+                    .nodes()
+                    .get_node(pb::GetNodeRequest { name: name.clone() })
+                    .await,
+            )?;
+            print_node(&node, output.output, crate::clock::now())
+        }
+        NodeCommand::Cordon { name, output } => {
+            set_cordon(controller, name, true, output.output).await
+        }
+        NodeCommand::Uncordon { name, output } => {
+            set_cordon(controller, name, false, output.output).await
+        }
+    }
+}
+
+/// Every node matching `selector`, ordered by name.
+pub async fn list(
+    controller: &Controller,
+    selector: HashMap<String, String>,
+) -> anyhow::Result<Vec<pb::Node>> {
+    let response = answer(
+        controller
+            .nodes()
+            .list_nodes(pb::ListNodesRequest { selector })
+            .await,
+    )?;
+    Ok(response.nodes)
+}
+
+async fn set_cordon(
+    controller: &Controller,
+    name: String,
+    cordoned: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let node = answer(
+        controller
+            .nodes()
+            .set_cordon(pb::SetCordonRequest { name, cordoned })
+            .await,
+    )?;
+    match format {
+        Format::Json => print_json(&json::node(&node)),
+        Format::Text => {
+            let verb = if cordoned { "cordoned" } else { "uncordoned" };
+            println!("node {} {verb}; state {}", node.name, node.state);
+            Ok(())
+        }
+    }
+}
+
+fn print_node(node: &pb::Node, format: Format, now: DateTime<Utc>) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&json::node(node)),
+        Format::Text => {
+            print!("{}", format_node(node, now));
+            Ok(())
+        }
+    }
+}
+
+/// `--selector k=v` flags as a label map; the error names the bad one.
+pub fn parse_selector(selectors: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    selectors
+        .iter()
+        .map(|text| {
+            tollgate_domain::fleet::parse_label(text)
+                .map_err(anyhow::Error::msg)
+                .context("--selector")
+        })
+        .collect()
+}
+
+fn is_simulated(node: &pb::Node) -> bool {
+    node.inventory
+        .as_ref()
+        .is_some_and(|inventory| inventory.gpu_source == SIMULATED)
+}
+
+/// The node table: NAME STATE HEALTH GPUS SOURCE DRIVER LABELS LAST SEEN, with a note under it
+/// when any node's GPUs are simulated.
+pub fn format_node_table(nodes: &[pb::Node], now: DateTime<Utc>) -> String {
+    if nodes.is_empty() {
+        return "no nodes\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "NAME",
+        "STATE",
+        "HEALTH",
+        "GPUS",
+        "SOURCE",
+        "DRIVER",
+        "LABELS",
+        "LAST SEEN",
+    ]);
+    for node in nodes {
+        let (n_gpus, source, driver) = match &node.inventory {
+            Some(inventory) => (
+                inventory.gpus.len().to_string(),
+                or_dash(&inventory.gpu_source).to_owned(),
+                or_dash(&inventory.driver_version).to_owned(),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        table.row(vec![
+            node.name.clone(),
+            node.state.clone(),
+            node.health.clone(),
+            n_gpus,
+            source,
+            driver,
+            format_labels(&node.labels),
+            format_age(node.last_seen_at.as_ref(), now),
+        ]);
+    }
+    let mut out = table.render("");
+    let n_simulated = nodes.iter().filter(|node| is_simulated(node)).count();
+    if n_simulated > 0 {
+        let _ = writeln!(
+            out,
+            "note: {n_simulated} of {} nodes report simulated GPUs; their numbers are made up",
+            nodes.len()
+        );
+    }
+    out
+}
+
+/// One node with its inventory and a table of its GPUs.
+pub fn format_node(node: &pb::Node, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node {}", node.name);
+    if is_simulated(node) {
+        let _ = writeln!(
+            out,
+            "  SIMULATED GPUs: every GPU fact and number below is made up"
+        );
+    }
+    let _ = writeln!(out, "state:       {}", node.state);
+    let _ = writeln!(out, "health:      {}", node.health);
+    let _ = writeln!(out, "labels:      {}", format_labels(&node.labels));
+    let _ = writeln!(
+        out,
+        "last seen:   {} ({})",
+        format_time(node.last_seen_at.as_ref()),
+        format_age(node.last_seen_at.as_ref(), now)
+    );
+    let _ = writeln!(out, "current job: {}", or_dash(&node.current_job_id));
+    let Some(inventory) = &node.inventory else {
+        let _ = writeln!(out, "inventory:   none reported yet");
+        return out;
+    };
+    let _ = writeln!(out, "hostname:    {}", or_dash(&inventory.hostname));
+    let _ = writeln!(out, "gpu source:  {}", or_dash(&inventory.gpu_source));
+    let _ = writeln!(
+        out,
+        "driver:      {} (CUDA {}, NVML {})",
+        or_dash(&inventory.driver_version),
+        or_dash(&inventory.cuda_driver_version),
+        or_dash(&inventory.nvml_version)
+    );
+    if !inventory.components.is_empty() {
+        let _ = writeln!(out, "components:");
+        for (name, version) in sorted(&inventory.components) {
+            let _ = writeln!(out, "  {name} = {version}");
+        }
+    }
+    let _ = writeln!(out, "gpus ({}):", inventory.gpus.len());
+    if !inventory.gpus.is_empty() {
+        let mut table = Table::new(&[
+            "IDX", "MODEL", "SERIAL", "PCI", "VBIOS", "MEMORY", "ECC", "POWER", "PCIE", "UUID",
+        ]);
+        for gpu in &inventory.gpus {
+            table.row(vec![
+                gpu.index.to_string(),
+                gpu.name.clone(),
+                gpu.serial.clone().unwrap_or_else(|| "-".into()),
+                gpu.pci_bus_id.clone(),
+                gpu.vbios_version.clone(),
+                format!("{} MiB", gpu.memory_total_mib),
+                match gpu.ecc_enabled {
+                    Some(true) => "on".into(),
+                    Some(false) => "off".into(),
+                    None => "-".into(),
+                },
+                gpu.power_limit_w
+                    .map_or_else(|| "-".into(), |w| format!("{} W", format_number(w))),
+                match (gpu.max_pcie_gen, gpu.max_pcie_width) {
+                    (Some(generation), Some(width)) => format!("gen{generation} x{width}"),
+                    _ => "-".into(),
+                },
+                gpu.uuid.clone(),
+            ]);
+        }
+        out.push_str(&table.render("  "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, source: &str) -> pb::Node {
+        pb::Node {
+            name: name.into(),
+            labels: [("sku".to_string(), "hgx-h100".to_string())].into(),
+            state: "ready".into(),
+            health: "good".into(),
+            inventory: Some(pb::Inventory {
+                driver_version: "550.54.15".into(),
+                gpus: vec![pb::GpuInfo {
+                    index: 0,
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    vbios_version: "96.00.89.00.01".into(),
+                    ..Default::default()
+                }],
+                gpu_source: source.into(),
+                ..Default::default()
+            }),
+            last_seen_at: Some(prost_types::Timestamp {
+                seconds: 995,
+                nanos: 0,
+            }),
+            current_job_id: String::new(),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1000, 0).expect("valid")
+    }
+
+    #[test]
+    fn node_table_marks_simulated_nodes() {
+        let text = format_node_table(&[node("lab-1", "simulated"), node("gpu-7", "nvml")], now());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{text}");
+        assert!(lines[0].contains("LAST SEEN"), "{text}");
+        assert!(
+            lines[1].contains("simulated") && lines[1].contains("5s ago"),
+            "{text}"
+        );
+        assert!(lines[2].contains("nvml"), "{text}");
+        assert!(
+            text.contains("1 of 2 nodes report simulated GPUs"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn node_details_list_gpus() {
+        let text = format_node(&node("lab-1", "simulated"), now());
+        assert!(text.contains("SIMULATED GPUs"), "{text}");
+        assert!(text.contains("96.00.89.00.01"), "{text}");
+        assert!(text.contains("driver:      550.54.15"), "{text}");
+    }
+
+    #[test]
+    fn selectors_must_be_key_value() {
+        assert!(parse_selector(&["sku=hgx-h100".into()]).is_ok());
+        let error = parse_selector(&["sku".into()]).expect_err("no =");
+        assert!(format!("{error:#}").contains("not key=value"), "{error:#}");
+    }
+}

@@ -1,0 +1,339 @@
+//! `tollgate release`: register releases from flags or a YAML file, show and list them.
+
+use crate::args::ReleaseCommand;
+use crate::client::{Controller, answer};
+use crate::json;
+use crate::output::{Format, Table, format_time, or_dash, print_json, short_hash};
+use anyhow::Context as _;
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::path::Path;
+use tollgate_proto::v1 as pb;
+
+/// Runs one `release` command.
+pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Result<()> {
+    match command {
+        ReleaseCommand::Create {
+            name,
+            components,
+            description,
+            file,
+            output,
+        } => {
+            let request = create_request(name, &components, description, file.as_deref())?;
+            let release = create(controller, request).await?;
+            print_release(&release, output.output)
+        }
+        ReleaseCommand::Show { name, output } => {
+            let release = answer(
+                controller
+                    .releases()
+                    .get_release(pb::GetReleaseRequest { name })
+                    .await,
+            )?;
+            print_release(&release, output.output)
+        }
+        ReleaseCommand::List { output } => {
+            let releases = answer(
+                controller
+                    .releases()
+                    .list_releases(pb::ListReleasesRequest {})
+                    .await,
+            )?
+            .releases;
+            match output.output {
+                Format::Json => print_json(&json::list(
+                    "releases",
+                    releases.iter().map(json::release).collect(),
+                )),
+                Format::Text => {
+                    print!("{}", format_release_table(&releases));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The create request from `release create`'s flags or file. Built before connecting, so a
+/// typo in a flag is reported without a controller.
+pub fn create_request(
+    name: Option<String>,
+    components: &[String],
+    description: Option<String>,
+    file: Option<&Path>,
+) -> anyhow::Result<pb::CreateReleaseRequest> {
+    match (file, name) {
+        (Some(file), _) => read_release_file(file),
+        (None, Some(name)) => Ok(pb::CreateReleaseRequest {
+            name,
+            components: components
+                .iter()
+                .map(|spec| parse_component(spec))
+                .collect::<anyhow::Result<_>>()?,
+            description: description.unwrap_or_default(),
+        }),
+        (None, None) => {
+            anyhow::bail!("give a release NAME with --component flags, or -f FILE")
+        }
+    }
+}
+
+/// Registers a release.
+pub async fn create(
+    controller: &Controller,
+    request: pb::CreateReleaseRequest,
+) -> anyhow::Result<pb::Release> {
+    Ok(answer(controller.releases().create_release(request).await)?)
+}
+
+pub fn print_release(release: &pb::Release, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&json::release(release)),
+        Format::Text => {
+            print!("{}", format_release(release));
+            Ok(())
+        }
+    }
+}
+
+/// Parses `name=version[@artifact_uri][#sha256]`.
+///
+/// The sha256 is split off at the last `#` and the artifact URI at the first `@` after the
+/// `=`, because versions never hold `@` while URIs may (`https://user@host/...`).
+pub fn parse_component(spec: &str) -> anyhow::Result<pb::Component> {
+    let (name, rest) = spec.split_once('=').with_context(|| {
+        format!("component '{spec}' is not name=version[@artifact_uri][#sha256]")
+    })?;
+    let (rest, sha256) = match rest.rsplit_once('#') {
+        Some((rest, sha256)) => (rest, sha256),
+        None => (rest, ""),
+    };
+    let (version, artifact_uri) = match rest.split_once('@') {
+        Some((version, uri)) => (version, uri),
+        None => (rest, ""),
+    };
+    let name = name.trim();
+    let version = version.trim();
+    if name.is_empty() || version.is_empty() {
+        anyhow::bail!("component '{spec}' needs both a name and a version, like driver=550.54.15");
+    }
+    Ok(pb::Component {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        artifact_uri: artifact_uri.trim().to_owned(),
+        sha256: sha256.trim().to_owned(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ReleaseFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    components: Vec<ComponentEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ComponentEntry {
+    name: String,
+    version: String,
+    #[serde(default)]
+    artifact_uri: String,
+    #[serde(default)]
+    sha256: String,
+}
+
+/// Reads a release YAML file into a create request.
+pub fn read_release_file(path: &Path) -> anyhow::Result<pb::CreateReleaseRequest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading release file {}", path.display()))?;
+    parse_release_file(&path.display().to_string(), &text)
+}
+
+/// Parses release YAML; an error says `file:line:column: problem`. The server checks names
+/// and versions; this only checks the file's shape.
+pub fn parse_release_file(file: &str, text: &str) -> anyhow::Result<pb::CreateReleaseRequest> {
+    let parsed: ReleaseFile = serde_saphyr::from_str(text).map_err(|error| {
+        let message = error.to_string();
+        let first_line = message.lines().next().unwrap_or("invalid YAML").trim();
+        match error.location() {
+            Some(location) => anyhow::anyhow!(
+                "{file}:{}:{}: {first_line}",
+                location.line(),
+                location.column()
+            ),
+            None => anyhow::anyhow!("{file}: {first_line}"),
+        }
+    })?;
+    Ok(pb::CreateReleaseRequest {
+        name: parsed.name,
+        description: parsed.description,
+        components: parsed
+            .components
+            .into_iter()
+            .map(|entry| pb::Component {
+                name: entry.name,
+                version: entry.version,
+                artifact_uri: entry.artifact_uri,
+                sha256: entry.sha256,
+            })
+            .collect(),
+    })
+}
+
+/// A release: components, where it is on its track, and its promotions.
+pub fn format_release(release: &pb::Release) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "release {}", release.name);
+    if !release.description.is_empty() {
+        let _ = writeln!(out, "description: {}", release.description);
+    }
+    let _ = writeln!(
+        out,
+        "created:     {}",
+        format_time(release.created_at.as_ref())
+    );
+    let _ = writeln!(out, "milestone:   {}", release.milestone);
+    let _ = writeln!(out, "track:       {}", format_track(release));
+    let _ = writeln!(out, "components:");
+    let mut table = Table::new(&["NAME", "VERSION", "ARTIFACT", "SHA256"]);
+    for component in &release.components {
+        table.row(vec![
+            component.name.clone(),
+            component.version.clone(),
+            or_dash(&component.artifact_uri).to_owned(),
+            or_dash(short_hash(&component.sha256)).to_owned(),
+        ]);
+    }
+    out.push_str(&table.render("  "));
+    if release.promotions.is_empty() {
+        let _ = writeln!(out, "promotions:  none");
+    } else {
+        let _ = writeln!(out, "promotions:");
+        for promotion in &release.promotions {
+            let _ = writeln!(
+                out,
+                "  {} -> {} at {} (decision {})",
+                promotion.from_milestone,
+                promotion.to_milestone,
+                format_time(promotion.at.as_ref()),
+                short_hash(&promotion.decision_digest)
+            );
+        }
+    }
+    out
+}
+
+/// The track with the current milestone in brackets: `[lab-qual] -> customer-acceptance -> ...`.
+pub fn format_track(release: &pb::Release) -> String {
+    let mut parts: Vec<String> = release
+        .track
+        .iter()
+        .map(|milestone| {
+            if *milestone == release.milestone {
+                format!("[{milestone}]")
+            } else {
+                milestone.clone()
+            }
+        })
+        .collect();
+    let released = tollgate_domain::release::RELEASED;
+    parts.push(if release.milestone == released {
+        format!("[{released}]")
+    } else {
+        released.to_owned()
+    });
+    parts.join(" -> ")
+}
+
+/// Releases, one per line.
+pub fn format_release_table(releases: &[pb::Release]) -> String {
+    if releases.is_empty() {
+        return "no releases\n".to_owned();
+    }
+    let mut table = Table::new(&["NAME", "MILESTONE", "COMPONENTS", "CREATED"]);
+    for release in releases {
+        table.row(vec![
+            release.name.clone(),
+            release.milestone.clone(),
+            release
+                .components
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.version))
+                .collect::<Vec<_>>()
+                .join(","),
+            format_time(release.created_at.as_ref()),
+        ]);
+    }
+    table.render("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_parse_with_optional_uri_and_sha() {
+        let c = parse_component("driver=550.54.15").expect("valid");
+        assert_eq!(
+            (c.name.as_str(), c.version.as_str()),
+            ("driver", "550.54.15")
+        );
+        assert!(c.artifact_uri.is_empty() && c.sha256.is_empty());
+        let c = parse_component("driver=550.54.15@https://u@host/d.run#abc123").expect("valid");
+        assert_eq!(c.version, "550.54.15");
+        assert_eq!(c.artifact_uri, "https://u@host/d.run");
+        assert_eq!(c.sha256, "abc123");
+        let c = parse_component("vbios=96.00.89.00.01#ff").expect("valid");
+        assert_eq!(
+            (c.version.as_str(), c.sha256.as_str()),
+            ("96.00.89.00.01", "ff")
+        );
+        assert!(parse_component("driver").is_err());
+        assert!(parse_component("driver=").is_err());
+    }
+
+    #[test]
+    fn release_files_parse_and_errors_carry_the_line() {
+        let text = "name: r1\ncomponents:\n  - {name: driver, version: '550.54.15', artifact-uri: https://x/d.run}\n";
+        let request = parse_release_file("r.yaml", text).expect("valid");
+        assert_eq!(request.name, "r1");
+        assert_eq!(request.components[0].artifact_uri, "https://x/d.run");
+        let error = parse_release_file(
+            "r.yaml",
+            "name: r1\ncomponents:\n  - {name: driver, vers: 1}\n",
+        )
+        .expect_err("unknown key");
+        let text = error.to_string();
+        assert!(text.starts_with("r.yaml:3:"), "{text}");
+        assert!(text.contains("vers"), "{text}");
+    }
+
+    #[test]
+    fn the_example_release_file_parses() {
+        let text = include_str!("../../../examples/release.yaml");
+        let request = parse_release_file("release.yaml", text).expect("valid example");
+        assert_eq!(request.name, "r550-u3");
+    }
+
+    #[test]
+    fn track_marks_the_current_milestone() {
+        let release = pb::Release {
+            name: "r1".into(),
+            milestone: "customer-acceptance".into(),
+            track: vec![
+                "lab-qual".into(),
+                "customer-acceptance".into(),
+                "production".into(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            format_track(&release),
+            "lab-qual -> [customer-acceptance] -> production -> released"
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! `tollgate run`: start qualification runs, follow them live, show, list and cancel them.
+
+use crate::args::RunCommand;
+use crate::client::{Controller, RpcError, answer};
+use crate::json;
+use crate::output::{
+    Format, Table, format_millis, format_number, format_time, outcome_name, print_json,
+    print_json_line, short_hash, time,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Instant;
+use tollgate_proto::v1 as pb;
+
+/// The run state while jobs are still going; every other state is final.
+const RUNNING: &str = "running";
+
+/// Runs one `run` command.
+pub async fn run(controller: &Controller, command: RunCommand) -> anyhow::Result<()> {
+    match command {
+        RunCommand::Start {
+            release,
+            plan,
+            milestone,
+            watch: follow,
+            output,
+        } => {
+            let run = start(controller, &release, &plan, milestone.as_deref()).await?;
+            match output.output {
+                // A watched run prints a stream of objects, so the first one goes on one line too.
+                Format::Json if follow => print_json_line(&json::run(&run))?,
+                Format::Json => print_json(&json::run(&run))?,
+                Format::Text => print!("{}", format_started(&run)),
+            }
+            if follow {
+                watch(controller, &run.id, output.output).await?;
+            }
+            Ok(())
+        }
+        RunCommand::Watch { run, output } => {
+            watch(controller, &run, output.output).await?;
+            Ok(())
+        }
+        RunCommand::Show { run, output } => {
+            let run = get(controller, &run).await?;
+            match output.output {
+                Format::Json => print_json(&json::run(&run)),
+                Format::Text => {
+                    print!("{}", format_run(&run));
+                    Ok(())
+                }
+            }
+        }
+        RunCommand::List { release, output } => {
+            let runs = answer(
+                controller
+                    .runs()
+                    .list_runs(pb::ListRunsRequest {
+                        release: release.unwrap_or_default(),
+                    })
+                    .await,
+            )?
+            .runs;
+            match output.output {
+                Format::Json => {
+                    print_json(&json::list("runs", runs.iter().map(json::run).collect()))
+                }
+                Format::Text => {
+                    print!("{}", format_run_table(&runs));
+                    Ok(())
+                }
+            }
+        }
+        RunCommand::Cancel { run, output } => {
+            let run = answer(
+                controller
+                    .runs()
+                    .cancel_run(pb::CancelRunRequest { id: run })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&json::run(&run)),
+                Format::Text => {
+                    println!(
+                        "run {} {}: {}",
+                        run.id,
+                        run.state,
+                        format_job_counts(&run.jobs)
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Starts a run.
+pub async fn start(
+    controller: &Controller,
+    release: &str,
+    plan: &str,
+    milestone: Option<&str>,
+) -> anyhow::Result<pb::Run> {
+    Ok(answer(
+        controller
+            .runs()
+            .start_run(pb::StartRunRequest {
+                release: release.to_owned(),
+                plan: plan.to_owned(),
+                milestone: milestone.unwrap_or_default().to_owned(),
+            })
+            .await,
+    )?)
+}
+
+/// One run.
+pub async fn get(controller: &Controller, id: &str) -> anyhow::Result<pb::Run> {
+    Ok(answer(
+        controller
+            .runs()
+            .get_run(pb::GetRunRequest { id: id.to_owned() })
+            .await,
+    )?)
+}
+
+/// Follows a run until it ends and returns it as it ended. Text on a terminal is redrawn in
+/// place; anywhere else (a pipe, a log, `-o json`) every update is appended as its own line.
+pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow::Result<pb::Run> {
+    let mut stream = answer(
+        controller
+            .runs()
+            .watch_run(pb::GetRunRequest { id: id.to_owned() })
+            .await,
+    )?;
+    let mut progress = Progress::new(format, std::io::stdout().is_terminal());
+    let mut last: Option<pb::Run> = None;
+    loop {
+        let run = match stream.message().await {
+            Ok(Some(run)) => run,
+            Ok(None) => break,
+            Err(status) => return Err(RpcError::from(status).into()),
+        };
+        progress.update(&run)?;
+        let ended = run.state != RUNNING;
+        last = Some(run);
+        if ended {
+            break;
+        }
+    }
+    let Some(run) = last else {
+        anyhow::bail!("the controller closed the watch of run {id} without sending it");
+    };
+    if run.state == RUNNING {
+        anyhow::bail!(
+            "the controller closed the watch of run {id} while it was still running; \
+             follow it again with `tollgate run watch {id}`"
+        );
+    }
+    if format == Format::Text {
+        println!("{}", format_ended(&run));
+        // The hint is worth a call: the next thing a release manager wants is the decision.
+        if crate::commands::gate::exists(controller, &run.milestone).await? {
+            println!(
+                "gate decision: tollgate gate show --release {} --milestone {}",
+                run.release, run.milestone
+            );
+        }
+    }
+    Ok(run)
+}
+
+/// What has been printed of a watched run, so the next update prints only what changed.
+struct Progress {
+    format: Format,
+    /// Redraw in place (text on a terminal) rather than append.
+    live: bool,
+    /// Lines drawn by the last live redraw, to move the cursor back over.
+    n_drawn: usize,
+    /// The last line printed per job id, in append mode.
+    job_lines: HashMap<String, String>,
+    /// The run state last printed, in append mode.
+    state: String,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(format: Format, terminal: bool) -> Self {
+        Self {
+            format,
+            live: terminal && format == Format::Text,
+            n_drawn: 0,
+            job_lines: HashMap::new(),
+            state: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, run: &pb::Run) -> anyhow::Result<()> {
+        if self.format == Format::Json {
+            return print_json_line(&json::run(run));
+        }
+        let width = name_width(&run.jobs);
+        let elapsed = format!("{:>5.1}s", self.started.elapsed().as_secs_f64());
+        let mut stdout = std::io::stdout().lock();
+        if self.live {
+            if self.n_drawn > 0 {
+                // Cursor up over the last drawing, then clear to the end of the screen.
+                write!(stdout, "\x1b[{}A\x1b[J", self.n_drawn)?;
+            }
+            writeln!(
+                stdout,
+                "run {} {} ({elapsed})",
+                short_hash(&run.id),
+                run.state
+            )?;
+            for job in &run.jobs {
+                writeln!(stdout, "  {}", format_job_line(job, width))?;
+            }
+            self.n_drawn = 1 + run.jobs.len();
+        } else {
+            if run.state != self.state {
+                writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
+                self.state.clone_from(&run.state);
+            }
+            for job in &run.jobs {
+                let line = format_job_line(job, width);
+                if self.job_lines.get(&job.id) != Some(&line) {
+                    writeln!(stdout, "{elapsed}   {line}")?;
+                    self.job_lines.insert(job.id.clone(), line);
+                }
+            }
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+}
+
+fn name_width(jobs: &[pb::Job]) -> usize {
+    jobs.iter()
+        .map(|job| job.node.chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where a job is: the step it is on (or reached), of how many.
+///
+/// Steps run in order, so the step in progress is the one after the last step that passed or
+/// was skipped; a retried step keeps its number.
+pub fn current_step(job: &pb::Job) -> u32 {
+    let done = job
+        .results
+        .iter()
+        .filter(|result| matches!(outcome_name(result.outcome), "passed" | "skipped"))
+        .map(|result| result.step_index)
+        .max()
+        .map_or(0, |idx| idx + 1);
+    let reached = job
+        .results
+        .iter()
+        .map(|result| result.step_index + 1)
+        .max()
+        .unwrap_or(0);
+    let in_progress = matches!(job.state.as_str(), "assigned" | "running");
+    if in_progress {
+        (done + 1).min(job.n_steps.max(1))
+    } else {
+        reached.max(done)
+    }
+}
+
+/// A compact line for one job: node, state, current step of n, last outcome.
+pub fn format_job_line(job: &pb::Job, name_width: usize) -> String {
+    let mut line = format!(
+        "{:<name_width$}  {:<9}  step {}/{}",
+        job.node,
+        job.state,
+        current_step(job),
+        job.n_steps
+    );
+    if let Some(result) = job.results.last() {
+        let _ = write!(
+            line,
+            "  last: {} {}",
+            result.step_name,
+            outcome_name(result.outcome)
+        );
+        if result.attempt > 1 {
+            let _ = write!(line, " (attempt {})", result.attempt);
+        }
+    }
+    line
+}
+
+/// Job states counted: `3 passed, 1 failed`.
+pub fn format_job_counts(jobs: &[pb::Job]) -> String {
+    if jobs.is_empty() {
+        return "no jobs".to_owned();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for job in jobs {
+        *counts.entry(job.state.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `run start` prints: the run id and its jobs.
+pub fn format_started(run: &pb::Run) -> String {
+    let mut out = format!(
+        "run {} started: plan {}@{} for release {} at {}\n",
+        run.id,
+        run.plan_name,
+        short_hash(&run.plan_version),
+        run.release,
+        run.milestone
+    );
+    if run.jobs.is_empty() {
+        out.push_str("  no jobs: no ready node matches the plan's selector\n");
+    }
+    let width = name_width(&run.jobs);
+    for job in &run.jobs {
+        let _ = writeln!(out, "  {:<width$}  {}  job {}", job.node, job.state, job.id);
+    }
+    out
+}
+
+/// The line printed when a watched run ends.
+pub fn format_ended(run: &pb::Run) -> String {
+    let took = match (
+        time(run.created_at.as_ref()),
+        time(run.finished_at.as_ref()),
+    ) {
+        (Some(start), Some(end)) => {
+            let ms = u64::try_from((end - start).num_milliseconds()).unwrap_or(0);
+            format!(" in {}", format_millis(ms))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "run {} {}{took}: {}",
+        run.id,
+        run.state,
+        format_job_counts(&run.jobs)
+    )
+}
+
+/// A run with its jobs and every step result.
+pub fn format_run(run: &pb::Run) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "run {}", run.id);
+    let _ = writeln!(out, "release:   {} at {}", run.release, run.milestone);
+    let _ = writeln!(
+        out,
+        "plan:      {}@{}",
+        run.plan_name,
+        short_hash(&run.plan_version)
+    );
+    let _ = writeln!(
+        out,
+        "state:     {} ({})",
+        run.state,
+        format_job_counts(&run.jobs)
+    );
+    let _ = writeln!(out, "started:   {}", format_time(run.created_at.as_ref()));
+    let _ = writeln!(out, "finished:  {}", format_time(run.finished_at.as_ref()));
+    for job in &run.jobs {
+        let _ = writeln!(
+            out,
+            "\njob {} on {}: {} (step {}/{}, lease epoch {})",
+            job.id,
+            job.node,
+            job.state,
+            current_step(job),
+            job.n_steps,
+            job.lease_epoch
+        );
+        if job.results.is_empty() {
+            let _ = writeln!(out, "  no results yet");
+            continue;
+        }
+        let mut table = Table::new(&["STEP", "OUTCOME", "ATTEMPT", "DURATION", "MESSAGE"]);
+        for result in &job.results {
+            table.row(vec![
+                format!("{}. {}", result.step_index + 1, result.step_name),
+                outcome_name(result.outcome).to_owned(),
+                result.attempt.to_string(),
+                format_millis(result.duration_ms),
+                result.message.replace('\n', " "),
+            ]);
+        }
+        out.push_str(&table.render("  "));
+        for result in job.results.iter().filter(|r| !r.measurements.is_empty()) {
+            let measured: Vec<String> = result
+                .measurements
+                .iter()
+                .map(|m| {
+                    let unit = if m.unit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", m.unit)
+                    };
+                    format!("{} = {}{unit}", m.name, format_number(m.value))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} #{} measured: {}",
+                result.step_name,
+                result.attempt,
+                measured.join(", ")
+            );
+        }
+    }
+    out
+}
+
+/// Runs, one per line.
+pub fn format_run_table(runs: &[pb::Run]) -> String {
+    if runs.is_empty() {
+        return "no runs\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "ID",
+        "RELEASE",
+        "MILESTONE",
+        "PLAN",
+        "STATE",
+        "JOBS",
+        "STARTED",
+    ]);
+    for run in runs {
+        table.row(vec![
+            run.id.clone(),
+            run.release.clone(),
+            run.milestone.clone(),
+            format!("{}@{}", run.plan_name, short_hash(&run.plan_version)),
+            run.state.clone(),
+            format_job_counts(&run.jobs),
+            format_time(run.created_at.as_ref()),
+        ]);
+    }
+    table.render("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(step_index: u32, name: &str, outcome: pb::Outcome) -> pb::StepResultSummary {
+        pb::StepResultSummary {
+            step_index,
+            step_name: name.into(),
+            attempt: 1,
+            outcome: outcome as i32,
+            message: String::new(),
+            measurements: Vec::new(),
+            duration_ms: 3100,
+        }
+    }
+
+    fn job(state: &str, results: Vec<pb::StepResultSummary>) -> pb::Job {
+        pb::Job {
+            id: "j1".into(),
+            node: "lab-1".into(),
+            state: state.into(),
+            lease_epoch: 1,
+            results,
+            n_steps: 3,
+        }
+    }
+
+    #[test]
+    fn job_lines_show_the_step_in_progress_and_the_last_outcome() {
+        assert_eq!(
+            format_job_line(&job("pending", vec![]), 5),
+            "lab-1  pending    step 0/3"
+        );
+        let running = job("running", vec![result(0, "versions", pb::Outcome::Passed)]);
+        assert_eq!(
+            format_job_line(&running, 5),
+            "lab-1  running    step 2/3  last: versions passed"
+        );
+        let failed = job(
+            "failed",
+            vec![
+                result(0, "versions", pb::Outcome::Passed),
+                result(1, "stress", pb::Outcome::Failed),
+            ],
+        );
+        assert_eq!(
+            format_job_line(&failed, 5),
+            "lab-1  failed     step 2/3  last: stress failed"
+        );
+    }
+
+    #[test]
+    fn runs_show_every_result_with_measurements() {
+        let mut stress = result(1, "stress", pb::Outcome::Passed);
+        stress.measurements.push(pb::Measurement {
+            name: "membw_gbps".into(),
+            value: 3012.5,
+            unit: "GB/s".into(),
+        });
+        let run = pb::Run {
+            id: "run-1".into(),
+            release: "r1".into(),
+            plan_name: "gpu-qual".into(),
+            plan_version: "abcdef0123456789".into(),
+            milestone: "lab-qual".into(),
+            state: "finished".into(),
+            jobs: vec![job(
+                "passed",
+                vec![result(0, "versions", pb::Outcome::Passed), stress],
+            )],
+            ..Default::default()
+        };
+        let text = format_run(&run);
+        assert!(text.contains("plan:      gpu-qual@abcdef012345"), "{text}");
+        assert!(text.contains("2. stress"), "{text}");
+        assert!(text.contains("3.1s"), "{text}");
+        assert!(
+            text.contains("stress #1 measured: membw_gbps = 3012.5 GB/s"),
+            "{text}"
+        );
+        assert_eq!(format_ended(&run), "run run-1 finished: 1 passed");
+    }
+}

@@ -1,0 +1,644 @@
+//! `tollgate demo`: runs the real `tollgate-controller` and four `tollgate-agent` processes on
+//! loopback and narrates a qualification a release manager would do by hand, ending in a gate
+//! that fails on one overheating node and a promotion it refuses.
+//!
+//! The demo is also a smoke test of the whole product: anything unexpected (a child exiting, a
+//! gate that does not fail the way it must) stops it with a clear message and a non-zero exit.
+
+use crate::args::{DemoArgs, ReportFormat};
+use crate::client::Controller;
+use crate::commands::{gate, node, plan, promote, release, report, run as runs};
+use crate::output::Format;
+use anyhow::{Context as _, bail};
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tollgate_proto::v1 as pb;
+
+const RELEASE: &str = "r550-u3";
+const MILESTONE: &str = "lab-qual";
+const PLAN: &str = "gpu-qual";
+/// The versions simulated nodes report by default, so the inventory rule passes.
+const DRIVER: &str = "550.54.15";
+const VBIOS: &str = "96.00.89.00.01";
+const NODES: [&str; 4] = ["lab-1", "lab-2", "lab-3", "lab-4"];
+/// The node started with the over-temp fault; the gate must fail on it and on it alone.
+const HOT_NODE: &str = "lab-4";
+/// The gate rule kind the hot node must fail.
+const TELEMETRY_KIND: &str = "telemetry";
+
+// Embedded so that the demo runs from any directory, not only from a checkout.
+const PLAN_YAML: &str = include_str!("../../examples/plan-demo.yaml");
+const GATE_YAML: &str = include_str!("../../examples/gate-lab-qual.yaml");
+
+/// Marks a directory as the demo's own, so that recreating it never deletes anything else.
+const MARKER: &str = ".tollgate-demo";
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const NODES_TIMEOUT: Duration = Duration::from_secs(30);
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(200);
+
+const SIMULATED_BANNER: &str = "\
+  +--------------------------------------------------------------+
+  |  Simulated GPUs: numbers are made up                         |
+  |  (the processes, gRPC, scheduling and gate are all real)     |
+  +--------------------------------------------------------------+";
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let DemoArgs {
+        data_dir,
+        keep_running,
+    } = args;
+    let started = Instant::now();
+    let controller_bin = find_binary("tollgate-controller")?;
+    let agent_bin = find_binary("tollgate-agent")?;
+    let dirs = DemoDirs::prepare(&data_dir)?;
+    println!(
+        "Tollgate demo: one controller and {} agents on loopback. Everything lives in {}/ \
+         (emptied and recreated on every run).",
+        NODES.len(),
+        data_dir.display()
+    );
+    println!("{SIMULATED_BANNER}");
+
+    let mut children = Children::default();
+    let outcome = tokio::select! {
+        result = walk_through(&mut children, &controller_bin, &agent_bin, &dirs) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let outcome = match outcome {
+        Ok(url) if keep_running => {
+            println!(
+                "\nThe controller and agents keep running: export TOLLGATE_CONTROLLER={url} \
+                 and try other commands. Ctrl-C stops them."
+            );
+            // Failures are reported the moment they happen; a wait that fails just ends it.
+            tokio::signal::ctrl_c().await.ok();
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    };
+    println!(
+        "\nstopping {} agents and the controller (logs in {})",
+        NODES.len(),
+        dirs.shown.join("logs").display()
+    );
+    children.stop().await;
+    outcome?;
+    println!("{SIMULATED_BANNER}");
+    println!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The demo's directories: `shown` as the user gave it (for messages and narrated commands),
+/// `root` absolute (for children).
+struct DemoDirs {
+    shown: PathBuf,
+    root: PathBuf,
+}
+
+impl DemoDirs {
+    /// Empties and recreates the data directory, but only one a previous demo made (or an empty
+    /// one): `--data-dir ~` must never delete a home directory.
+    fn prepare(dir: &Path) -> anyhow::Result<Self> {
+        if dir.exists() {
+            let is_previous = dir.join(MARKER).exists();
+            let is_empty = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .next()
+                .is_none();
+            if !is_previous && !is_empty {
+                bail!(
+                    "{} exists and was not made by `tollgate demo`; pass --data-dir with a new or empty directory",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(
+            dir.join(MARKER),
+            "made by `tollgate demo`; the next demo run deletes this directory\n",
+        )
+        .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
+        let root = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        Ok(Self {
+            shown: dir.to_path_buf(),
+            root,
+        })
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{name}.log"))
+    }
+}
+
+/// The demo proper; returns the controller URL. Children are started into `children` so the
+/// caller stops them however this ends.
+async fn walk_through(
+    children: &mut Children,
+    controller_bin: &Path,
+    agent_bin: &Path,
+    dirs: &DemoDirs,
+) -> anyhow::Result<String> {
+    // The controller, on a port the OS picks; it writes the address once it listens.
+    let addr_file = dirs.root.join("controller.addr");
+    note(&format!(
+        "starting tollgate-controller (log: {})",
+        dirs.shown.join("logs/controller.log").display()
+    ));
+    children.spawn(
+        "controller",
+        Command::new(controller_bin)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--data-dir")
+            .arg(dirs.root.join("controller"))
+            .args(["--lease-grace", "10s"]),
+        &dirs.log("controller"),
+    )?;
+    let url = wait_for_addr(children, &addr_file).await?;
+    let controller = wait_for_health(children, &url).await?;
+    note(&format!("controller serving at {url}"));
+
+    note(&format!(
+        "starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",
+        NODES.len(),
+        NODES.join(", ")
+    ));
+    for name in NODES {
+        let mut command = Command::new(agent_bin);
+        command
+            .arg("--controller")
+            .arg(&url)
+            .args(["--node", name])
+            .args(["--label", "sku=hgx-h100", "--label", "site=demo"])
+            .args(["--gpus", "sim:8"])
+            .arg("--state-dir")
+            .arg(dirs.root.join("agents").join(name));
+        if name == HOT_NODE {
+            command.args(["--fault", "over-temp"]);
+        }
+        children.spawn(name, &mut command, &dirs.log(name))?;
+    }
+
+    say(&format!("export TOLLGATE_CONTROLLER={url}"));
+
+    say(&format!(
+        "tollgate release create {RELEASE} --component driver={DRIVER} --component vbios={VBIOS} \
+         --description \"driver 550 update 3\""
+    ));
+    let created = release::create(
+        &controller,
+        pb::CreateReleaseRequest {
+            name: RELEASE.to_owned(),
+            components: vec![
+                release::parse_component(&format!("driver={DRIVER}"))?,
+                release::parse_component(&format!("vbios={VBIOS}"))?,
+            ],
+            description: "driver 550 update 3".to_owned(),
+        },
+    )
+    .await
+    .context("creating the demo release")?;
+    print!("{}", release::format_release(&created));
+
+    let plan_path = dirs.root.join("plan-demo.yaml");
+    let gate_path = dirs.root.join("gate-lab-qual.yaml");
+    std::fs::write(&plan_path, PLAN_YAML)
+        .with_context(|| format!("writing {}", plan_path.display()))?;
+    std::fs::write(&gate_path, GATE_YAML)
+        .with_context(|| format!("writing {}", gate_path.display()))?;
+    let shown_plan = dirs.shown.join("plan-demo.yaml").display().to_string();
+    let shown_gate = dirs.shown.join("gate-lab-qual.yaml").display().to_string();
+
+    say(&format!("tollgate plan apply -f {shown_plan}"));
+    let applied = plan::apply(&controller, &shown_plan, PLAN_YAML.to_owned())
+        .await
+        .context("applying the demo plan")?;
+    print!("{}", plan::format_applied(&applied));
+
+    say(&format!("tollgate gate apply -f {shown_gate}"));
+    let policy = gate::apply(&controller, &shown_gate, GATE_YAML.to_owned())
+        .await
+        .context("applying the demo gate")?;
+    print!("{}", gate::format_applied(&policy));
+
+    note(&format!(
+        "waiting for {} nodes to register and be ready",
+        NODES.len()
+    ));
+    let nodes = wait_for_nodes(children, &controller).await?;
+    say("tollgate node list --selector site=demo");
+    print!("{}", node::format_node_table(&nodes, crate::clock::now()));
+
+    say(&format!(
+        "tollgate run start --release {RELEASE} --plan {PLAN} --milestone {MILESTONE} --watch"
+    ));
+    let started = runs::start(&controller, RELEASE, PLAN, Some(MILESTONE))
+        .await
+        .context("starting the demo run")?;
+    print!("{}", runs::format_started(&started));
+    if started.jobs.len() != NODES.len() {
+        bail!(
+            "the run selected {} nodes, expected {} ({}); is a node unhealthy? see `tollgate node list`",
+            started.jobs.len(),
+            NODES.len(),
+            NODES.join(", ")
+        );
+    }
+    let ended = tokio::time::timeout(
+        RUN_TIMEOUT,
+        runs::watch(&controller, &started.id, Format::Text),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "run {} did not end within {}s; see the agent logs in {}",
+            started.id,
+            RUN_TIMEOUT.as_secs(),
+            dirs.shown.join("logs").display()
+        )
+    })??;
+    if ended.state != "finished" {
+        bail!("run {} ended {}, expected finished", ended.id, ended.state);
+    }
+
+    say(&format!(
+        "tollgate gate show --release {RELEASE} --milestone {MILESTONE}"
+    ));
+    let decision = gate::evaluate(&controller, RELEASE, Some(MILESTONE))
+        .await
+        .context("evaluating the demo gate")?;
+    print!("{}", gate::format_decision(&decision));
+    check_decision(&decision)
+        .map_err(|problem| anyhow::anyhow!("the demo gate did not decide as it must: {problem}"))?;
+
+    say(&format!("tollgate promote --release {RELEASE}"));
+    match promote::promote(&controller, RELEASE).await? {
+        Err(refusal) => println!("promotion refused: {refusal}"),
+        Ok(_) => bail!("the controller promoted {RELEASE} although its gate failed"),
+    }
+
+    for (format, extension) in [(ReportFormat::Html, "html"), (ReportFormat::Markdown, "md")] {
+        let file = format!("{RELEASE}-{MILESTONE}.{extension}");
+        say(&format!(
+            "tollgate report --release {RELEASE} --milestone {MILESTONE} --format {} -o {}",
+            format.as_str(),
+            dirs.shown.join(&file).display()
+        ));
+        let rendered = report::render(&controller, RELEASE, Some(MILESTONE), format)
+            .await
+            .with_context(|| format!("rendering the {} report", format.as_str()))?;
+        report::write(&dirs.root.join(&file), &rendered)?;
+        println!("wrote {}", dirs.shown.join(&file).display());
+        println!("decision digest: {}", rendered.decision_digest);
+    }
+    children.check_alive()?;
+    Ok(url)
+}
+
+/// Checks the decision the demo must reach: failed, because the telemetry rule failed on the
+/// hot node and on no other, while every other rule passed.
+pub fn check_decision(decision: &pb::Decision) -> Result<(), String> {
+    if decision.verdict != "failed" {
+        return Err(format!(
+            "the verdict is {}, expected failed ({})",
+            decision.verdict, decision.summary
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut saw_telemetry = false;
+    for rule in &decision.rules {
+        if rule.kind == TELEMETRY_KIND {
+            saw_telemetry = true;
+            if rule.verdict != "failed" || rule.failing_nodes != [HOT_NODE] {
+                problems.push(format!(
+                    "rule {} is {} with failing nodes [{}], expected failed on {HOT_NODE} only",
+                    rule.rule_id,
+                    rule.verdict,
+                    rule.failing_nodes.join(", ")
+                ));
+            }
+        } else if rule.verdict != "passed" {
+            problems.push(format!(
+                "rule {} is {}, expected passed: {}",
+                rule.rule_id, rule.verdict, rule.reason
+            ));
+        }
+    }
+    if !saw_telemetry {
+        problems.push("the decision has no telemetry rule".to_owned());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Finds a sibling binary next to this executable (how cargo and release archives lay them
+/// out), then on PATH.
+fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the tollgate executable")?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join(name);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    }) {
+        return Ok(found);
+    }
+    bail!(
+        "{name} not found next to {}; build all binaries with `cargo build --workspace --bins`",
+        dir.display()
+    )
+}
+
+/// Waits for the controller to write its address; returns it as a URL.
+async fn wait_for_addr(children: &mut Children, addr_file: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        children.check_alive()?;
+        if let Ok(text) = std::fs::read_to_string(addr_file) {
+            // Accept `host:port` or a URL; the file may be caught half-written, so only an
+            // address that parses counts.
+            let text = text.trim();
+            let bare = text
+                .strip_prefix("http://")
+                .unwrap_or(text)
+                .trim_end_matches('/');
+            if bare.parse::<std::net::SocketAddr>().is_ok() {
+                return Ok(format!("http://{bare}"));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller wrote no address to {} within {}s; see its log",
+                addr_file.display(),
+                STARTUP_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the controller answers gRPC health with SERVING.
+async fn wait_for_health(children: &mut Children, url: &str) -> anyhow::Result<Controller> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let last_problem;
+        children.check_alive()?;
+        match Controller::connect(url).await {
+            Ok(controller) => {
+                let mut health = HealthClient::new(controller.channel());
+                match health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                        return Ok(controller);
+                    }
+                    Ok(response) => {
+                        last_problem = format!("health status {}", response.get_ref().status);
+                    }
+                    Err(status) => last_problem = status.message().to_owned(),
+                }
+            }
+            Err(error) => last_problem = format!("{error:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller at {url} did not become healthy within {}s: {last_problem}",
+                STARTUP_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until every demo node is registered and ready; returns the demo's nodes.
+async fn wait_for_nodes(
+    children: &mut Children,
+    controller: &Controller,
+) -> anyhow::Result<Vec<pb::Node>> {
+    let deadline = Instant::now() + NODES_TIMEOUT;
+    let selector = node::parse_selector(&["site=demo".to_owned()])?;
+    loop {
+        children.check_alive()?;
+        let nodes = node::list(controller, selector.clone()).await?;
+        let n_ready = NODES
+            .iter()
+            .filter(|name| {
+                nodes
+                    .iter()
+                    .any(|node| node.name == **name && node.state == "ready")
+            })
+            .count();
+        if n_ready == NODES.len() {
+            return Ok(nodes);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {n_ready} of {} nodes were ready after {}s:\n{}",
+                NODES.len(),
+                NODES_TIMEOUT.as_secs(),
+                node::format_node_table(&nodes, crate::clock::now())
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Prints a narrated command the way a release manager would type it.
+fn say(command: &str) {
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m$ {command}\x1b[0m");
+    } else {
+        println!("\n$ {command}");
+    }
+}
+
+/// Prints what the demo itself is doing (not a command a person would type).
+fn note(text: &str) {
+    println!("# {text}");
+}
+
+/// The demo's child processes, in start order. Each sits in its own process group, so a Ctrl-C
+/// at the terminal reaches only the demo, which then stops them in order: agents first, so they
+/// do not log a vanished controller, then the controller. `kill_on_drop` is the backstop if the
+/// demo itself dies first.
+#[derive(Default)]
+struct Children {
+    running: Vec<(String, PathBuf, Child)>,
+}
+
+impl Children {
+    fn spawn(&mut self, name: &str, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+        let stdout = std::fs::File::create(log)
+            .with_context(|| format!("creating log file {}", log.display()))?;
+        let stderr = stdout
+            .try_clone()
+            .with_context(|| format!("opening log file {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.running
+            .push((name.to_owned(), log.to_path_buf(), child));
+        Ok(())
+    }
+
+    /// Fails if any child has exited, quoting the end of its log.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, log, child) in &mut self.running {
+            if let Some(status) = child
+                .try_wait()
+                .with_context(|| format!("checking on {name}"))?
+            {
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{name} exited unexpectedly ({status}); the end of {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the agents, wait; then the same for the controller. Whatever does not stop
+    /// within a few seconds is killed.
+    async fn stop(&mut self) {
+        let mut all = std::mem::take(&mut self.running);
+        let controller: Vec<_> = all.drain(..all.len().min(1)).collect();
+        for group in [all, controller] {
+            for (_, _, child) in &group {
+                terminate(child);
+            }
+            for (name, _, mut child) in group {
+                match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        eprintln!(
+                            "{name} did not stop within {}s; killing it",
+                            STOP_TIMEOUT.as_secs()
+                        );
+                        // Already stopping; a failure here means it is gone.
+                        child.kill().await.ok();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        // ESRCH means it already exited, which is what we want.
+        kill(Pid::from_raw(pid), Signal::SIGTERM).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(kind: &str, verdict: &str, failing: &[&str]) -> pb::RuleDecision {
+        pb::RuleDecision {
+            rule_id: kind.into(),
+            kind: kind.into(),
+            verdict: verdict.into(),
+            failing_nodes: failing.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn decision(verdict: &str, rules: Vec<pb::RuleDecision>) -> pb::Decision {
+        pb::Decision {
+            verdict: verdict.into(),
+            rules,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_demo_decision_must_fail_on_the_hot_node_alone() {
+        let good = decision(
+            "failed",
+            vec![
+                rule("steps-passed", "passed", &[]),
+                rule("telemetry", "failed", &["lab-4"]),
+            ],
+        );
+        assert_eq!(check_decision(&good), Ok(()));
+        let passed = decision("passed", vec![rule("telemetry", "passed", &[])]);
+        assert!(check_decision(&passed).is_err());
+        let wrong_node = decision(
+            "failed",
+            vec![rule("telemetry", "failed", &["lab-1", "lab-4"])],
+        );
+        assert!(check_decision(&wrong_node).is_err());
+        let other_failure = decision(
+            "failed",
+            vec![
+                rule("inventory-matches-release", "failed", &["lab-2"]),
+                rule("telemetry", "failed", &["lab-4"]),
+            ],
+        );
+        let problem = check_decision(&other_failure).expect_err("inventory failed too");
+        assert!(problem.contains("inventory-matches-release"), "{problem}");
+    }
+
+    #[test]
+    fn the_embedded_examples_are_valid() {
+        let plan = tollgate_domain::plan::parse_plan("plan-demo.yaml", PLAN_YAML).expect("valid");
+        assert_eq!(plan.name, PLAN);
+        let gate =
+            tollgate_domain::gate::parse_gate("gate-lab-qual.yaml", GATE_YAML).expect("valid");
+        assert_eq!(gate.milestone, MILESTONE);
+    }
+
+    #[test]
+    fn only_demo_or_empty_directories_are_recreated() {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let dir = scratch.path().join("demo");
+        DemoDirs::prepare(&dir).expect("a new directory");
+        std::fs::write(dir.join("leftover"), "x").expect("write");
+        DemoDirs::prepare(&dir).expect("a previous demo is recreated");
+        assert!(!dir.join("leftover").exists());
+        let foreign = scratch.path().join("foreign");
+        std::fs::create_dir_all(&foreign).expect("mkdir");
+        std::fs::write(foreign.join("precious"), "x").expect("write");
+        assert!(DemoDirs::prepare(&foreign).is_err());
+        assert!(foreign.join("precious").exists());
+    }
+}
