@@ -192,3 +192,163 @@ fn bad_component_flag_is_an_error_before_any_call() {
         "{stderr}"
     );
 }
+
+/// A stub ReleaseService on loopback, so the mapping from gRPC statuses to messages and exit
+/// codes is checked without a controller.
+mod stub {
+    use tollgate_proto::v1 as pb;
+    use tollgate_proto::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
+    use tonic::{Request, Response, Status};
+
+    struct Releases;
+
+    fn release(name: &str) -> pb::Release {
+        pb::Release {
+            name: name.to_owned(),
+            components: vec![pb::Component {
+                name: "driver".into(),
+                version: "550.54.15".into(),
+                ..Default::default()
+            }],
+            milestone: "lab-qual".into(),
+            track: vec!["lab-qual".into(), "customer-acceptance".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ReleaseService for Releases {
+        async fn create_release(
+            &self,
+            request: Request<pb::CreateReleaseRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            let request = request.into_inner();
+            if request.name == "bad" {
+                return Err(Status::invalid_argument(
+                    "components[0].version: must not be empty",
+                ));
+            }
+            Ok(Response::new(release(&request.name)))
+        }
+
+        async fn get_release(
+            &self,
+            request: Request<pb::GetReleaseRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            Err(Status::not_found(format!(
+                "release '{}' does not exist",
+                request.into_inner().name
+            )))
+        }
+
+        async fn list_releases(
+            &self,
+            _: Request<pb::ListReleasesRequest>,
+        ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+            Ok(Response::new(pb::ListReleasesResponse {
+                releases: vec![release("r550-u3")],
+            }))
+        }
+
+        async fn promote(
+            &self,
+            _: Request<pb::PromoteRequest>,
+        ) -> Result<Response<pb::PromoteResponse>, Status> {
+            Err(Status::failed_precondition(
+                "the lab-qual gate failed: telemetry:gpu_temp_c failed on lab-4",
+            ))
+        }
+    }
+
+    /// Serves the stub on its own thread and runtime for the rest of the test process;
+    /// returns its URL.
+    pub fn serve() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                tonic::transport::Server::builder()
+                    .add_service(ReleaseServiceServer::new(Releases))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .expect("stub serves");
+            });
+        });
+        format!("http://{addr}")
+    }
+}
+
+fn against_stub(args: &[&str]) -> std::process::Output {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let url = URL.get_or_init(stub::serve);
+    tollgate()
+        .arg("--controller")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn not_found_prints_the_message_and_exits_4() {
+    let output = against_stub(&["release", "show", "r9"]);
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "error: release 'r9' does not exist"
+    );
+}
+
+#[test]
+fn invalid_argument_exits_2() {
+    let output = against_stub(&["release", "create", "bad", "-c", "driver=1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("components[0].version: must not be empty"));
+}
+
+#[test]
+fn refused_promotion_says_why_and_exits_3() {
+    let output = against_stub(&["promote", "--release", "r550-u3"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "promotion refused: the lab-qual gate failed: telemetry:gpu_temp_c failed on lab-4"
+    );
+}
+
+#[test]
+fn lists_print_json_and_text() {
+    let output = against_stub(&["release", "list", "-o", "json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    assert_eq!(value["releases"][0]["name"], "r550-u3");
+    assert_eq!(
+        value["releases"][0]["components"][0]["version"],
+        "550.54.15"
+    );
+    let output = against_stub(&["release", "list"]);
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("NAME"), "{stdout}");
+    assert!(stdout.contains("driver=550.54.15"), "{stdout}");
+}
+
+#[test]
+fn release_files_create_releases() {
+    let output = against_stub(&["release", "create", "-f"]);
+    assert!(!output.status.success(), "-f needs a file");
+    let release_file = example("release.yaml");
+    let output = against_stub(&[
+        "release",
+        "create",
+        "-f",
+        release_file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("release r550-u3"));
+}
