@@ -12,9 +12,8 @@ mod connect;
 mod evidence;
 mod rows;
 pub mod testing;
-#[cfg(test)]
-mod tests;
 
+use chrono::SubsecRound;
 use connect::Begin;
 use std::collections::HashMap;
 use thiserror::Error;
@@ -298,6 +297,12 @@ fn text(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A timestamp as both backends store it: PostgreSQL keeps microseconds, so SQLite gets the
+/// same, and a value reads back the same from either.
+fn micros(at: Timestamp) -> Timestamp {
+    at.trunc_subsecs(6)
+}
+
 /// A u64 counter (a lease epoch) as the signed 64-bit integer both backends store.
 fn epoch_to_i64(epoch: u64, job: &JobId) -> Result<i64, StoreError> {
     i64::try_from(epoch).map_err(|_| StoreError::Corrupt {
@@ -404,7 +409,7 @@ impl Store {
                 .bind(&inventory)
                 .bind(gpu_source)
                 .bind(token_hash)
-                .bind(now)
+                .bind(micros(now))
                 .execute(pool)
                 .await?;
         });
@@ -457,7 +462,7 @@ impl Store {
         let n_rows = with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(node.as_str())
-                .bind(now)
+                .bind(micros(now))
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -509,7 +514,7 @@ impl Store {
                 .bind(text(&release.description))
                 .bind(&components)
                 .bind(&release.milestone)
-                .bind(release.created_at)
+                .bind(micros(release.created_at))
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| classify(err, &what, &what))?;
@@ -519,7 +524,7 @@ impl Store {
                     .bind(release.id.as_str())
                     .bind(&promotion.from_milestone)
                     .bind(&promotion.to_milestone)
-                    .bind(promotion.at)
+                    .bind(micros(promotion.at))
                     .bind(&promotion.decision_digest)
                     .execute(&mut *tx)
                     .await?;
@@ -632,7 +637,7 @@ impl Store {
                 .bind(release.as_str())
                 .bind(&promotion.from_milestone)
                 .bind(&promotion.to_milestone)
-                .bind(promotion.at)
+                .bind(micros(promotion.at))
                 .bind(&promotion.decision_digest)
                 .execute(&mut *tx)
                 .await?;
@@ -665,7 +670,7 @@ impl Store {
             let reapplied = sqlx::query(REAPPLY)
                 .bind(&plan.name)
                 .bind(version.as_str())
-                .bind(now)
+                .bind(micros(now))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -675,7 +680,7 @@ impl Store {
                     .bind(version.as_str())
                     .bind(&spec)
                     .bind(text(source))
-                    .bind(now)
+                    .bind(micros(now))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -745,7 +750,7 @@ impl Store {
                 .bind(&version)
                 .bind(&document)
                 .bind(text(source))
-                .bind(now)
+                .bind(micros(now))
                 .execute(pool)
                 .await?;
         });
@@ -788,8 +793,8 @@ impl Store {
                 .bind(run.plan_version.as_str())
                 .bind(&run.milestone)
                 .bind(run.state.as_str())
-                .bind(run.created_at)
-                .bind(run.finished_at)
+                .bind(micros(run.created_at))
+                .bind(run.finished_at.map(micros))
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| {
@@ -809,8 +814,8 @@ impl Store {
                     .bind(job.node.as_str())
                     .bind(job.state.as_str())
                     .bind(epoch_to_i64(job.lease_epoch, &job.id)?)
-                    .bind(job.created_at)
-                    .bind(job.updated_at)
+                    .bind(micros(job.created_at))
+                    .bind(micros(job.updated_at))
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| {
@@ -971,7 +976,7 @@ impl Store {
             // The run row first: every job change locks it first too (see `change_job`).
             let n_rows = sqlx::query(CANCEL_RUN)
                 .bind(run.as_str())
-                .bind(now)
+                .bind(micros(now))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -1002,7 +1007,7 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             sqlx::query(CANCEL_JOBS)
                 .bind(run.as_str())
-                .bind(now)
+                .bind(micros(now))
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(FREE_NODES)
@@ -1012,7 +1017,7 @@ impl Store {
             tx.commit().await?;
             for job in &mut active {
                 job.state = JobState::Cancelled;
-                job.updated_at = now;
+                job.updated_at = micros(now);
             }
             Ok(active)
         })
@@ -1135,7 +1140,7 @@ impl Store {
                 .bind(&decision.digest)
                 .bind(&decision.policy_version)
                 .bind(&document)
-                .bind(decision.evaluated_at)
+                .bind(micros(decision.evaluated_at))
                 .execute(pool)
                 .await
                 .map_err(|err| classify(err, &what, &what))?;
@@ -1232,15 +1237,15 @@ impl Store {
                     .bind(text(&result.step_name))
                     .bind(result.outcome.as_str())
                     .bind(result.exit_code.map(i64::from))
-                    .bind(result.started_at)
-                    .bind(result.finished_at)
+                    .bind(micros(result.started_at))
+                    .bind(micros(result.finished_at))
                     .bind(measurements)
                     .bind(telemetry)
                     .bind(events)
                     .bind(inventory)
                     .bind(text(&result.log_tail))
                     .bind(text(&result.message))
-                    .bind(now)
+                    .bind(micros(now))
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| classify(err, &what, &what))?
@@ -1269,7 +1274,7 @@ impl Store {
                     .bind(from.as_str())
                     .bind(to.as_str())
                     .bind(epoch)
-                    .bind(now)
+                    .bind(micros(now))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -1293,7 +1298,7 @@ impl Store {
                     sqlx::query(NODE_FREE).bind(&node).execute(&mut *tx).await?;
                     sqlx::query(FINISH_RUN)
                         .bind(&run_id)
-                        .bind(now)
+                        .bind(micros(now))
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -1317,3 +1322,7 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
         Ok(())
     }
 }
+
+// Last, so that the SQL macros above are in scope in the tests.
+#[cfg(test)]
+mod tests;

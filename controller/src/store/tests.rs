@@ -1,1 +1,1338 @@
-//! Store tests.
+//! Store tests. Every behaviour test runs twice: on SQLite in a temporary file, and on
+//! PostgreSQL in a schema of its own when `TOLLGATE_TEST_DATABASE_URL` is set.
+
+use super::*;
+use std::time::Duration;
+use tempfile::TempDir;
+use tollgate_domain::fleet::GpuSourceKind;
+use tollgate_domain::gate::{EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
+use tollgate_domain::plan::Step;
+use tollgate_domain::release::Component;
+use tollgate_domain::result::{Measurement, Outcome};
+use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
+use tollgate_domain::test_support::{at, inventory, node, plan_for, release, step_result};
+
+// ---------------------------------------------------------------------------------------------
+// Running each test on both backends.
+
+/// A store and what must outlive it.
+struct Backend {
+    store: Store,
+    /// The SQLite file's directory, removed on drop.
+    _dir: Option<TempDir>,
+    /// The PostgreSQL URL whose schema is dropped when the test passed.
+    pg_url: Option<String>,
+}
+
+impl Backend {
+    async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("sqlite store");
+        Backend {
+            store,
+            _dir: Some(dir),
+            pg_url: None,
+        }
+    }
+
+    async fn postgres() -> Option<Backend> {
+        let base = testing::postgres_url_or_skip()?;
+        let url = testing::fresh_postgres_url(&base)
+            .await
+            .expect("fresh postgres schema");
+        let store = Store::connect(&url).await.expect("postgres store");
+        Some(Backend {
+            store,
+            _dir: None,
+            pg_url: Some(url),
+        })
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some(url) = &self.pg_url {
+            testing::drop_postgres_schema(url)
+                .await
+                .expect("drop test schema");
+        }
+    }
+}
+
+/// Declares, for each named `async fn(&Store)`, a module with a `sqlite` and a `postgres`
+/// test running it.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    let backend = super::Backend::sqlite().await;
+                    super::$name(&backend.store).await;
+                    backend.finish().await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    let Some(backend) = super::Backend::postgres().await else {
+                        return;
+                    };
+                    super::$name(&backend.store).await;
+                    backend.finish().await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    round_trip_of_every_stored_type,
+    timestamps_keep_microseconds,
+    registration_keeps_operator_state,
+    plan_versions_and_latest,
+    duplicate_result_is_stored_once,
+    transition_is_compare_and_set,
+    job_end_frees_node_and_finishes_run,
+    concurrent_job_ends_finish_the_run,
+    cancel_run_cancels_open_jobs,
+    promote_is_compare_and_set,
+    load_evidence_picks_latest_run_per_plan,
+    failing_multi_row_write_leaves_nothing,
+    non_finite_numbers_are_refused,
+    corrupt_values_name_their_row,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+
+/// A plan of two steps ("stress", "burn") on `sku=hgx`, named `name`.
+fn two_step_plan(name: &str) -> Plan {
+    let mut plan = plan_for("hgx");
+    plan.name = name.into();
+    let burn = Step {
+        name: "burn".into(),
+        retries: 1,
+        timeout: Duration::from_secs(30),
+        ..plan.steps[0].clone()
+    };
+    plan.steps.push(burn);
+    plan
+}
+
+async fn add_node(store: &Store, name: &str) {
+    let fixture = node(name, "hgx");
+    store
+        .register_node(
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "token-hash",
+            at(0),
+        )
+        .await
+        .expect("register node");
+}
+
+async fn add_release(store: &Store) -> Release {
+    let release = release();
+    store.create_release(&release).await.expect("release");
+    release
+}
+
+async fn add_plan(store: &Store, plan: &Plan) {
+    store
+        .put_plan(plan, "steps: []", at(0))
+        .await
+        .expect("plan");
+}
+
+fn run_record(id: &str, plan: &Plan, milestone: &str, created_secs: i64) -> RunRecord {
+    RunRecord {
+        id: RunId::from(id),
+        release: ReleaseId::from("r550"),
+        plan_name: plan.name.clone(),
+        plan_version: plan.version(),
+        milestone: milestone.into(),
+        state: RunState::Running,
+        created_at: at(created_secs),
+        finished_at: None,
+    }
+}
+
+fn job_record(id: &str, run: &RunRecord, node: &str) -> JobRecord {
+    JobRecord {
+        id: JobId::from(id),
+        run_id: run.id.clone(),
+        node: NodeId::from(node),
+        state: JobState::Pending,
+        lease_epoch: 0,
+        created_at: run.created_at,
+        updated_at: run.created_at,
+    }
+}
+
+/// A running run of `plan` with one pending job per node, named `<run>-<node>`.
+async fn start_run(
+    store: &Store,
+    run_id: &str,
+    plan: &Plan,
+    nodes: &[&str],
+    created_secs: i64,
+) -> (RunRecord, Vec<JobRecord>) {
+    let run = run_record(run_id, plan, "lab-qual", created_secs);
+    let jobs: Vec<JobRecord> = nodes
+        .iter()
+        .map(|node| job_record(&format!("{run_id}-{node}"), &run, node))
+        .collect();
+    store.create_run(&run, &jobs).await.expect("create run");
+    (run, jobs)
+}
+
+/// Moves a job pending → assigned → running under epoch 1.
+async fn make_running(store: &Store, job: &JobId) {
+    store
+        .transition_job(job, JobState::Pending, JobState::Assigned, 1, at(30))
+        .await
+        .expect("assign");
+    store
+        .transition_job(job, JobState::Assigned, JobState::Running, 1, at(31))
+        .await
+        .expect("accept");
+}
+
+fn result_of(job: &JobId, step_index: u32, attempt: u32, outcome: Outcome) -> StepResult {
+    StepResult {
+        job_id: job.clone(),
+        ..step_result(step_index, attempt, outcome)
+    }
+}
+
+/// A result carrying something in every field.
+fn rich_result(job: &JobId) -> StepResult {
+    StepResult {
+        job_id: job.clone(),
+        step_index: 1,
+        step_name: "burn".into(),
+        attempt: 2,
+        lease_epoch: 7,
+        outcome: Outcome::Failed,
+        exit_code: Some(-9),
+        started_at: at(100),
+        finished_at: at(160),
+        measurements: vec![Measurement {
+            name: "membw_gbps".into(),
+            value: 2843.25,
+            unit: Some("GB/s".into()),
+        }],
+        telemetry: vec![GpuTelemetry {
+            gpu_index: 1,
+            gpu_uuid: "GPU-00000001".into(),
+            fields: vec![FieldSummary {
+                field: Field::GpuTempC,
+                min: 31.0,
+                max: 84.5,
+                mean: 70.125,
+                p99: 84.0,
+                last: 60.0,
+                samples: 120,
+            }],
+            samples_missed: 2,
+        }],
+        events: vec![GpuEvent {
+            gpu_index: 1,
+            gpu_uuid: "GPU-00000001".into(),
+            kind: EventKind::Xid,
+            code: 79,
+            at: at(150),
+            detail: "GPU has fallen off the bus".into(),
+        }],
+        inventory: inventory("550.54.15", "96.00.89.00.01", 2),
+        log_tail: "line 1\nline 2 \u{1F525}\n".into(),
+        message: "exit code -9 (killed)".into(),
+    }
+}
+
+fn decision(verdict: Verdict, evaluated_secs: i64) -> Decision {
+    Decision {
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        verdict,
+        summary: "1 of 1 rules failed".into(),
+        rules: vec![RuleDecision {
+            rule_id: "no-xid".into(),
+            kind: "no-xid".into(),
+            verdict,
+            reason: "XID 79 on n1".into(),
+            evidence: vec![EvidenceItem {
+                node: NodeId::from("n1"),
+                step: Some("burn".into()),
+                attempt: Some(2),
+                gpu_index: Some(1),
+                value: Some(79.0),
+                limit: None,
+                detail: "XID 79".into(),
+                ok: false,
+            }],
+            failing_nodes: vec![NodeId::from("n1")],
+        }],
+        digest: format!("digest-{evaluated_secs}"),
+        policy_version: "policy-1".into(),
+        evaluated_at: at(evaluated_secs),
+    }
+}
+
+fn gate_policy(description: &str) -> GatePolicy {
+    GatePolicy {
+        milestone: "lab-qual".into(),
+        description: description.into(),
+        rules: vec![Rule {
+            id: "no-xid".into(),
+            kind: RuleKind::NoXid { codes: vec![79] },
+        }],
+    }
+}
+
+async fn node_state(store: &Store, name: &str) -> NodeState {
+    store
+        .get_node(&NodeId::from(name))
+        .await
+        .expect("get node")
+        .expect("node exists")
+        .state
+}
+
+async fn job_state(store: &Store, job: &JobId) -> JobState {
+    store
+        .get_job(job)
+        .await
+        .expect("get job")
+        .expect("job exists")
+        .state
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour, on both backends.
+
+async fn round_trip_of_every_stored_type(store: &Store) {
+    // Nodes.
+    let fixture = node("n1", "hgx");
+    store
+        .register_node(
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "abc123",
+            at(1),
+        )
+        .await
+        .expect("register");
+    let stored = store
+        .get_node(&fixture.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(
+        stored,
+        Node {
+            last_seen_at: Some(at(1)),
+            ..fixture.clone()
+        }
+    );
+    assert_eq!(
+        store.node_token_hash(&fixture.id).await.expect("hash"),
+        Some("abc123".into())
+    );
+    assert_eq!(
+        store
+            .node_token_hash(&NodeId::from("nope"))
+            .await
+            .expect("hash"),
+        None
+    );
+    store.touch_node(&fixture.id, at(5)).await.expect("touch");
+    store
+        .set_node_health(&fixture.id, Health::Suspect)
+        .await
+        .expect("health");
+    let stored = store
+        .get_node(&fixture.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(
+        (stored.last_seen_at, stored.health),
+        (Some(at(5)), Health::Suspect)
+    );
+    assert!(matches!(
+        store.touch_node(&NodeId::from("nope"), at(5)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    add_node(store, "n0").await;
+    let names: Vec<String> = store
+        .list_nodes()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|node| node.id.0)
+        .collect();
+    assert_eq!(names, ["n0", "n1"]);
+
+    // Releases, with components and promotions.
+    let mut release = release();
+    release.description = "driver and VBIOS for H100".into();
+    release.components.push(Component {
+        name: "cx7-fw".into(),
+        version: "28.39.1002".into(),
+        artifact_uri: Some("s3://fw/cx7.bin".into()),
+        sha256: Some("ab".repeat(32)),
+    });
+    release.promotions.push(Promotion {
+        from_milestone: "smoke".into(),
+        to_milestone: "lab-qual".into(),
+        at: at(3),
+        decision_digest: "d0".into(),
+    });
+    store.create_release(&release).await.expect("release");
+    assert_eq!(
+        store.get_release(&release.id).await.expect("get"),
+        Some(release.clone())
+    );
+    let newer = Release {
+        id: ReleaseId::from("r555"),
+        created_at: at(10),
+        promotions: Vec::new(),
+        ..release.clone()
+    };
+    store.create_release(&newer).await.expect("newer release");
+    assert_eq!(
+        store.list_releases().await.expect("list"),
+        [newer, release.clone()]
+    );
+    assert!(matches!(
+        store.create_release(&release).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+
+    // Plans and gates.
+    let plan = two_step_plan("gpu-qual");
+    assert!(
+        store
+            .put_plan(&plan, "name: gpu-qual\n", at(2))
+            .await
+            .expect("put")
+    );
+    let stored = store
+        .get_plan("gpu-qual", None)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(
+        stored,
+        StoredPlan {
+            plan: plan.clone(),
+            version: plan.version(),
+            source: "name: gpu-qual\n".into(),
+            created_at: at(2),
+        }
+    );
+    store
+        .put_gate(&gate_policy("first"), "milestone: lab-qual\n", at(2))
+        .await
+        .expect("gate");
+    let policy = gate_policy("second");
+    store
+        .put_gate(&policy, "second\n", at(3))
+        .await
+        .expect("gate");
+    assert_eq!(
+        store.get_gate("lab-qual").await.expect("gate"),
+        Some(StoredGate {
+            version: policy.version(),
+            policy,
+            source: "second\n".into(),
+            created_at: at(3),
+        })
+    );
+    assert_eq!(store.get_gate("production").await.expect("gate"), None);
+
+    // Runs and jobs.
+    let (run, jobs) = start_run(store, "run-1", &plan, &["n0", "n1"], 20).await;
+    assert_eq!(
+        store.get_run(&run.id).await.expect("run"),
+        Some(run.clone())
+    );
+    assert_eq!(
+        store.list_runs(None).await.expect("runs"),
+        std::slice::from_ref(&run)
+    );
+    assert_eq!(
+        store
+            .list_runs(Some(&ReleaseId::from("r555")))
+            .await
+            .expect("runs"),
+        []
+    );
+    assert_eq!(store.jobs_of_run(&run.id).await.expect("jobs"), jobs);
+    assert_eq!(
+        store.get_job(&jobs[0].id).await.expect("job"),
+        Some(jobs[0].clone())
+    );
+    let pending: Vec<JobId> = store
+        .pending_jobs()
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|pending| pending.job)
+        .collect();
+    assert_eq!(pending, [jobs[0].id.clone(), jobs[1].id.clone()]);
+    make_running(store, &jobs[1].id).await;
+    let active = store.active_jobs().await.expect("active");
+    assert_eq!(active.len(), 1);
+    assert_eq!(
+        (&active[0].id, active[0].state, active[0].lease_epoch),
+        (&jobs[1].id, JobState::Running, 1)
+    );
+    let n1 = store
+        .get_node(&NodeId::from("n1"))
+        .await
+        .expect("n1")
+        .expect("some");
+    assert_eq!(n1.current_job, Some(jobs[1].id.clone()));
+
+    // Results.
+    let result = rich_result(&jobs[1].id);
+    assert_eq!(
+        store
+            .record_result(&result, None, at(161))
+            .await
+            .expect("record"),
+        Recorded::Inserted
+    );
+    assert_eq!(
+        store.results_of_job(&jobs[1].id).await.expect("results"),
+        [result]
+    );
+
+    // Decisions.
+    assert_eq!(
+        store
+            .latest_decision(&release.id, "lab-qual")
+            .await
+            .expect("none yet"),
+        None
+    );
+    store
+        .insert_decision(&decision(Verdict::Waiting, 40))
+        .await
+        .expect("decision");
+    let latest = decision(Verdict::Failed, 50);
+    store.insert_decision(&latest).await.expect("decision");
+    assert_eq!(
+        store
+            .latest_decision(&release.id, "lab-qual")
+            .await
+            .expect("latest"),
+        Some(latest)
+    );
+}
+
+async fn timestamps_keep_microseconds(store: &Store) {
+    let precise = at(0) + chrono::Duration::nanoseconds(123_456_789);
+    let micros = at(0) + chrono::Duration::nanoseconds(123_456_000);
+    let fixture = node("n1", "hgx");
+    store
+        .register_node(
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "h",
+            precise,
+        )
+        .await
+        .expect("register");
+    let stored = store
+        .get_node(&fixture.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(stored.last_seen_at, Some(micros));
+}
+
+async fn registration_keeps_operator_state(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in ["n1", "n2", "n3", "n4"] {
+        add_node(store, name).await;
+    }
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n2"], 10).await;
+    make_running(store, &jobs[0].id).await;
+    store
+        .set_node_state(&NodeId::from("n1"), NodeState::Cordoned)
+        .await
+        .expect("cordon");
+    store
+        .set_node_health(&NodeId::from("n1"), Health::Bad)
+        .await
+        .expect("bad");
+    store
+        .set_node_state(&NodeId::from("n2"), NodeState::Unreachable)
+        .await
+        .expect("unreachable");
+    store
+        .set_node_state(&NodeId::from("n3"), NodeState::Unreachable)
+        .await
+        .expect("unreachable");
+    store
+        .set_node_state(&NodeId::from("n4"), NodeState::Retired)
+        .await
+        .expect("retire");
+
+    let mut labels = Labels::new();
+    labels.insert("sku".into(), "hgx-h200".into());
+    let inventory = inventory("560.28.03", "96.00.99.00.01", 8);
+    for name in ["n1", "n2", "n3", "n4"] {
+        store
+            .register_node(&NodeId::from(name), &labels, &inventory, "new-hash", at(99))
+            .await
+            .expect("re-register");
+    }
+    let n1 = store
+        .get_node(&NodeId::from("n1"))
+        .await
+        .expect("n1")
+        .expect("some");
+    assert_eq!((n1.state, n1.health), (NodeState::Cordoned, Health::Bad));
+    assert_eq!((n1.labels, n1.inventory), (labels, inventory));
+    assert_eq!(n1.last_seen_at, Some(at(99)));
+    assert_eq!(
+        node_state(store, "n2").await,
+        NodeState::Busy,
+        "has a running job"
+    );
+    assert_eq!(node_state(store, "n3").await, NodeState::Ready);
+    assert_eq!(node_state(store, "n4").await, NodeState::Retired);
+    assert_eq!(
+        store
+            .node_token_hash(&NodeId::from("n4"))
+            .await
+            .expect("hash"),
+        Some("new-hash".into())
+    );
+    assert!(matches!(
+        store
+            .set_node_state(&NodeId::from("nope"), NodeState::Ready)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn plan_versions_and_latest(store: &Store) {
+    let v1 = two_step_plan("gpu-qual");
+    let mut v2 = v1.clone();
+    v2.description = "second".into();
+    let other = two_step_plan("burn-in");
+    assert!(store.put_plan(&v1, "v1", at(1)).await.expect("put"));
+    assert!(
+        !store
+            .put_plan(&v1, "v1 again", at(2))
+            .await
+            .expect("put again")
+    );
+    assert!(store.put_plan(&v2, "v2", at(3)).await.expect("put v2"));
+    assert!(
+        store
+            .put_plan(&other, "other", at(4))
+            .await
+            .expect("put other")
+    );
+
+    let latest = store
+        .get_plan("gpu-qual", None)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(latest.plan, v2);
+    let by_prefix = store
+        .get_plan("gpu-qual", Some(&v1.version().0[..8]))
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(
+        (by_prefix.plan, by_prefix.source),
+        (v1.clone(), "v1".into())
+    );
+    assert_eq!(
+        store.get_plan("gpu-qual", Some("zz")).await.expect("get"),
+        None
+    );
+    assert_eq!(store.get_plan("nope", None).await.expect("get"), None);
+
+    let names: Vec<(String, PlanVersion)> = store
+        .list_plans()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|stored| (stored.plan.name, stored.version))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("burn-in".into(), other.version()),
+            ("gpu-qual".into(), v2.version())
+        ]
+    );
+
+    // Applying v1 again rolls back to it, keeping when it was first stored.
+    assert!(
+        !store
+            .put_plan(&v1, "v1 again", at(5))
+            .await
+            .expect("rollback")
+    );
+    let latest = store
+        .get_plan("gpu-qual", None)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!((latest.plan, latest.created_at), (v1, at(1)));
+}
+
+async fn duplicate_result_is_stored_once(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let job = &jobs[0].id;
+    make_running(store, job).await;
+
+    let first = result_of(job, 0, 1, Outcome::Passed);
+    let transition = Some((JobState::Running, JobState::Running));
+    assert_eq!(
+        store
+            .record_result(&first, transition, at(40))
+            .await
+            .expect("first"),
+        Recorded::Inserted
+    );
+    // The same key again, even with other content and a transition that would end the job.
+    let again = StepResult {
+        message: "sent twice".into(),
+        ..first.clone()
+    };
+    let ending = Some((JobState::Running, JobState::Passed));
+    assert_eq!(
+        store
+            .record_result(&again, ending, at(41))
+            .await
+            .expect("again"),
+        Recorded::Duplicate
+    );
+    assert_eq!(
+        store.results_of_job(job).await.expect("results"),
+        std::slice::from_ref(&first)
+    );
+    assert_eq!(job_state(store, job).await, JobState::Running);
+
+    // Another attempt or another epoch is a new result.
+    let retry = result_of(job, 0, 2, Outcome::Passed);
+    let new_epoch = StepResult {
+        lease_epoch: 2,
+        ..first.clone()
+    };
+    for result in [&retry, &new_epoch] {
+        assert_eq!(
+            store
+                .record_result(result, None, at(42))
+                .await
+                .expect("new"),
+            Recorded::Inserted
+        );
+    }
+    assert_eq!(store.results_of_job(job).await.expect("results").len(), 3);
+
+    // A result for a job that does not exist is refused.
+    let orphan = result_of(&JobId::from("job-nope"), 0, 1, Outcome::Passed);
+    assert!(matches!(
+        store.record_result(&orphan, None, at(43)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn transition_is_compare_and_set(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let job = &jobs[0].id;
+
+    store
+        .transition_job(job, JobState::Pending, JobState::Assigned, 3, at(20))
+        .await
+        .expect("assign");
+    let stored = store.get_job(job).await.expect("job").expect("some");
+    assert_eq!(
+        (stored.state, stored.lease_epoch, stored.updated_at),
+        (JobState::Assigned, 3, at(20))
+    );
+    assert_eq!(node_state(store, "n1").await, NodeState::Busy);
+
+    let err = store
+        .transition_job(job, JobState::Pending, JobState::Assigned, 4, at(21))
+        .await
+        .expect_err("no longer pending");
+    match err {
+        StoreError::Conflict { what, detail } => {
+            assert!(what.contains(job.as_str()), "{what}");
+            assert!(
+                detail.contains("pending") && detail.contains("assigned"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let stored = store.get_job(job).await.expect("job").expect("some");
+    assert_eq!((stored.state, stored.lease_epoch), (JobState::Assigned, 3));
+
+    assert!(matches!(
+        store
+            .transition_job(
+                &JobId::from("job-nope"),
+                JobState::Pending,
+                JobState::Assigned,
+                1,
+                at(21)
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn job_end_frees_node_and_finishes_run(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in ["n1", "n2"] {
+        add_node(store, name).await;
+    }
+    let (run, jobs) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
+    for job in &jobs {
+        make_running(store, &job.id).await;
+    }
+    assert_eq!(node_state(store, "n1").await, NodeState::Busy);
+    // A node cordoned while its job runs stays cordoned when the job ends.
+    store
+        .set_node_state(&NodeId::from("n2"), NodeState::Cordoned)
+        .await
+        .expect("cordon");
+
+    // The last result ends the job in the same transaction.
+    let last = result_of(&jobs[0].id, 1, 1, Outcome::Passed);
+    store
+        .record_result(&last, Some((JobState::Running, JobState::Passed)), at(50))
+        .await
+        .expect("record");
+    assert_eq!(job_state(store, &jobs[0].id).await, JobState::Passed);
+    assert_eq!(node_state(store, "n1").await, NodeState::Ready);
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Running, None)
+    );
+
+    store
+        .transition_job(&jobs[1].id, JobState::Running, JobState::Lost, 1, at(60))
+        .await
+        .expect("lost");
+    assert_eq!(node_state(store, "n2").await, NodeState::Cordoned);
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Finished, Some(at(60)))
+    );
+    assert!(store.active_jobs().await.expect("active").is_empty());
+    let n1 = store
+        .get_node(&NodeId::from("n1"))
+        .await
+        .expect("n1")
+        .expect("some");
+    assert_eq!(n1.current_job, None);
+}
+
+async fn concurrent_job_ends_finish_the_run(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    let names: Vec<String> = (0..8).map(|idx| format!("n{idx}")).collect();
+    for name in &names {
+        add_node(store, name).await;
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (run, jobs) = start_run(store, "run-1", &plan, &name_refs, 10).await;
+    for job in &jobs {
+        make_running(store, &job.id).await;
+    }
+    // Every job ends at once: exactly one of them is the last, and it must see the others.
+    let ends = jobs.iter().map(|job| {
+        let store = store.clone();
+        let job = job.id.clone();
+        tokio::spawn(async move {
+            let result = result_of(&job, 1, 1, Outcome::Passed);
+            store
+                .record_result(&result, Some((JobState::Running, JobState::Passed)), at(70))
+                .await
+        })
+    });
+    for end in futures::future::join_all(ends).await {
+        assert_eq!(end.expect("task").expect("record"), Recorded::Inserted);
+    }
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(stored.state, RunState::Finished);
+    for name in &names {
+        assert_eq!(node_state(store, name).await, NodeState::Ready);
+    }
+}
+
+async fn cancel_run_cancels_open_jobs(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in ["n1", "n2", "n3"] {
+        add_node(store, name).await;
+    }
+    let (run, jobs) = start_run(store, "run-1", &plan, &["n1", "n2", "n3"], 10).await;
+    make_running(store, &jobs[0].id).await;
+    make_running(store, &jobs[2].id).await;
+    store
+        .transition_job(&jobs[2].id, JobState::Running, JobState::Passed, 1, at(40))
+        .await
+        .expect("passed");
+
+    let told = store.cancel_run(&run.id, at(50)).await.expect("cancel");
+    assert_eq!(told.len(), 1, "only the running job's agent must be told");
+    assert_eq!(
+        (
+            &told[0].id,
+            &told[0].node,
+            told[0].state,
+            told[0].lease_epoch
+        ),
+        (&jobs[0].id, &NodeId::from("n1"), JobState::Cancelled, 1)
+    );
+    let states: Vec<JobState> = store
+        .jobs_of_run(&run.id)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|job| job.state)
+        .collect();
+    assert_eq!(
+        states,
+        [JobState::Cancelled, JobState::Cancelled, JobState::Passed]
+    );
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Cancelled, Some(at(50)))
+    );
+    assert_eq!(node_state(store, "n1").await, NodeState::Ready);
+    assert!(store.pending_jobs().await.expect("pending").is_empty());
+
+    // Again: nothing to do. Unknown: not found. Finished: a conflict.
+    assert!(
+        store
+            .cancel_run(&run.id, at(51))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    assert!(matches!(
+        store.cancel_run(&RunId::from("run-nope"), at(51)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let (finished, finished_jobs) = start_run(store, "run-2", &plan, &["n2"], 60).await;
+    make_running(store, &finished_jobs[0].id).await;
+    store
+        .transition_job(
+            &finished_jobs[0].id,
+            JobState::Running,
+            JobState::Failed,
+            1,
+            at(70),
+        )
+        .await
+        .expect("failed");
+    assert!(matches!(
+        store.cancel_run(&finished.id, at(80)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+async fn promote_is_compare_and_set(store: &Store) {
+    let release = add_release(store).await;
+    let promotion = Promotion {
+        from_milestone: "lab-qual".into(),
+        to_milestone: "customer-acceptance".into(),
+        at: at(100),
+        decision_digest: "digest-1".into(),
+    };
+    store
+        .promote_release(&release.id, &promotion)
+        .await
+        .expect("promote");
+    let err = store
+        .promote_release(&release.id, &promotion)
+        .await
+        .expect_err("no longer at lab-qual");
+    assert!(
+        matches!(&err, StoreError::Conflict { detail, .. } if detail.contains("customer-acceptance")),
+        "{err:?}"
+    );
+    let stored = store
+        .get_release(&release.id)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(stored.milestone, "customer-acceptance");
+    assert_eq!(stored.promotions, std::slice::from_ref(&promotion));
+    assert!(matches!(
+        store
+            .promote_release(&ReleaseId::from("nope"), &promotion)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
+    let release = add_release(store).await;
+    let qual = two_step_plan("gpu-qual");
+    let burn = two_step_plan("burn-in");
+    add_plan(store, &qual).await;
+    add_plan(store, &burn).await;
+    for name in ["n2", "n1", "n3"] {
+        add_node(store, name).await;
+    }
+    // gpu-qual: an older run, then a newer one that was cancelled: the older one counts.
+    let (qual_old, qual_old_jobs) = start_run(store, "run-a", &qual, &["n2", "n1"], 10).await;
+    let (qual_new, _) = start_run(store, "run-b", &qual, &["n3"], 20).await;
+    store
+        .cancel_run(&qual_new.id, at(21))
+        .await
+        .expect("cancel");
+    // burn-in: the newer run counts; its created_at is what orders, not insertion.
+    let (burn_new, burn_new_jobs) = start_run(store, "run-d", &burn, &["n3"], 15).await;
+    let (_burn_old, _) = start_run(store, "run-c", &burn, &["n1"], 5).await;
+    // Another milestone's run is never evidence here.
+    let other = run_record("run-e", &qual, "production", 30);
+    store.create_run(&other, &[]).await.expect("other run");
+
+    // Results stored out of order come back by step index, then attempt.
+    let n1_job = &qual_old_jobs[1].id;
+    assert_eq!(qual_old_jobs[1].node, NodeId::from("n1"));
+    let stored = [
+        result_of(n1_job, 1, 2, Outcome::Passed),
+        result_of(n1_job, 0, 1, Outcome::Passed),
+        result_of(n1_job, 1, 1, Outcome::Failed),
+    ];
+    for result in &stored {
+        store
+            .record_result(result, None, at(40))
+            .await
+            .expect("record");
+    }
+    let burn_result = result_of(&burn_new_jobs[0].id, 0, 1, Outcome::Error);
+    store
+        .record_result(&burn_result, None, at(41))
+        .await
+        .expect("record");
+
+    let evidence = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    assert_eq!(evidence.release, release);
+    assert_eq!(evidence.milestone, "lab-qual");
+    let runs: Vec<(&str, &RunId)> = evidence
+        .runs
+        .iter()
+        .map(|run| (run.plan_name.as_str(), &run.run_id))
+        .collect();
+    assert_eq!(
+        runs,
+        [("burn-in", &burn_new.id), ("gpu-qual", &qual_old.id)]
+    );
+
+    let qual_evidence = &evidence.runs[1];
+    assert_eq!(qual_evidence.plan_version, qual.version());
+    assert_eq!(qual_evidence.plan_steps, ["stress", "burn"]);
+    assert_eq!(qual_evidence.created_at, at(10));
+    let nodes: Vec<&str> = qual_evidence
+        .jobs
+        .iter()
+        .map(|job| job.node.as_str())
+        .collect();
+    assert_eq!(nodes, ["n1", "n2"]);
+    let n1 = &qual_evidence.jobs[0];
+    assert_eq!(n1.labels, node("n1", "hgx").labels);
+    assert_eq!(n1.gpu_source, GpuSourceKind::Simulated);
+    assert_eq!(n1.state, JobState::Pending);
+    assert_eq!(
+        n1.results,
+        [stored[1].clone(), stored[2].clone(), stored[0].clone()]
+    );
+    assert!(qual_evidence.jobs[1].results.is_empty());
+    assert_eq!(evidence.runs[0].jobs[0].results, [burn_result]);
+
+    // Cancelling the only run of a plan leaves that plan without evidence.
+    store
+        .cancel_run(&burn_new.id, at(50))
+        .await
+        .expect("cancel");
+    let evidence = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let plans: Vec<&str> = evidence
+        .runs
+        .iter()
+        .map(|run| run.plan_name.as_str())
+        .collect();
+    assert_eq!(
+        plans,
+        ["burn-in", "gpu-qual"],
+        "run-c is now the latest burn-in"
+    );
+    assert_eq!(evidence.runs[0].run_id, RunId::from("run-c"));
+}
+
+async fn failing_multi_row_write_leaves_nothing(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+
+    // The second job's node does not exist: neither the run nor the first job is stored.
+    let run = run_record("run-1", &plan, "lab-qual", 10);
+    let jobs = [
+        job_record("job-1", &run, "n1"),
+        job_record("job-2", &run, "ghost"),
+    ];
+    let err = store
+        .create_run(&run, &jobs)
+        .await
+        .expect_err("unknown node");
+    assert!(
+        matches!(&err, StoreError::NotFound { what } if what.contains("ghost")),
+        "{err:?}"
+    );
+    assert_eq!(store.get_run(&run.id).await.expect("run"), None);
+    assert_eq!(
+        store.get_job(&JobId::from("job-1")).await.expect("job"),
+        None
+    );
+
+    // Two jobs with one id: the same.
+    let twice = [
+        job_record("job-1", &run, "n1"),
+        job_record("job-1", &run, "n1"),
+    ];
+    assert!(matches!(
+        store.create_run(&run, &twice).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(store.get_run(&run.id).await.expect("run"), None);
+
+    // A result whose job transition conflicts is not stored either.
+    let (_, jobs) = start_run(store, "run-2", &plan, &["n1"], 20).await;
+    let result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    let err = store
+        .record_result(&result, Some((JobState::Running, JobState::Passed)), at(30))
+        .await
+        .expect_err("job is pending, not running");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(
+        store
+            .results_of_job(&jobs[0].id)
+            .await
+            .expect("results")
+            .is_empty()
+    );
+    assert_eq!(job_state(store, &jobs[0].id).await, JobState::Pending);
+}
+
+async fn non_finite_numbers_are_refused(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    result.measurements.push(Measurement {
+        name: "membw_gbps".into(),
+        value: f64::NAN,
+        unit: None,
+    });
+    let err = store
+        .record_result(&result, None, at(20))
+        .await
+        .expect_err("NaN cannot be read back");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what.contains("measurements")),
+        "{err:?}"
+    );
+    assert!(
+        store
+            .results_of_job(&jobs[0].id)
+            .await
+            .expect("results")
+            .is_empty()
+    );
+
+    // NUL in free text is stored (as U+FFFD) on both backends.
+    let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    result.log_tail = "before\0after".into();
+    store
+        .record_result(&result, None, at(21))
+        .await
+        .expect("record");
+    let stored = store.results_of_job(&jobs[0].id).await.expect("results");
+    assert_eq!(stored[0].log_tail, "before\u{FFFD}after");
+}
+
+async fn corrupt_values_name_their_row(store: &Store) {
+    add_node(store, "n1").await;
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE nodes SET labels = '{not json' WHERE name = 'n1'")
+            .execute(pool)
+            .await
+            .expect("spoil labels");
+    });
+    let err = store
+        .get_node(&NodeId::from("n1"))
+        .await
+        .expect_err("corrupt");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what == "nodes.labels of row 'n1'"),
+        "{err:?}"
+    );
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE nodes SET labels = '{}', state = 'asleep' WHERE name = 'n1'")
+            .execute(pool)
+            .await
+            .expect("spoil state");
+    });
+    let err = store.list_nodes().await.expect_err("corrupt");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, detail } if what == "nodes.state of row 'n1'" && detail.contains("asleep")),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend-independent checks.
+
+#[test]
+fn migration_folders_hold_the_same_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let names = |backend: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join(backend))
+            .expect("migrations folder")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8 name")
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let sqlite = names("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, names("postgres"));
+}
+
+#[test]
+fn sql_state_lists_match_the_job_state_machine() {
+    let all = [
+        JobState::Pending,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Passed,
+        JobState::Failed,
+        JobState::Error,
+        JobState::Lost,
+        JobState::Cancelled,
+    ];
+    let listed = |sql: &str| -> Vec<String> {
+        sql.trim_matches(['(', ')'])
+            .split(',')
+            .map(|state| state.trim().trim_matches('\'').to_owned())
+            .collect()
+    };
+    let active: Vec<String> = all
+        .iter()
+        .filter(|state| state.is_active())
+        .map(|state| state.as_str().to_owned())
+        .collect();
+    let open: Vec<String> = all
+        .iter()
+        .filter(|state| !state.is_terminal())
+        .map(|state| state.as_str().to_owned())
+        .collect();
+    assert_eq!(listed(active_states!()), active);
+    assert_eq!(listed(open_states!()), open);
+}
+
+#[test]
+fn run_states_round_trip_through_text() {
+    for state in [RunState::Running, RunState::Finished, RunState::Cancelled] {
+        assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
+    }
+    assert!("paused".parse::<RunState>().is_err());
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_without_their_password() {
+    for url in [
+        "mysql://root:hunter2@db/tollgate",
+        "tollgate.db",
+        "sqlite://",
+    ] {
+        match Store::connect(url).await {
+            Err(StoreError::UnsupportedUrl(shown)) => {
+                assert!(!shown.contains("hunter2"), "{shown}");
+            }
+            other => panic!("{url}: expected UnsupportedUrl, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        connect::redact("postgres://u:secret@host:5432/db?sslmode=require"),
+        "postgres://u:***@host:5432/db?sslmode=require"
+    );
+    assert_eq!(connect::redact("postgres://host/db"), "postgres://host/db");
+}
+
+#[tokio::test]
+async fn sqlite_creates_missing_directories_and_memory_works() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("a/b/tollgate.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    assert_eq!(store.backend(), "sqlite");
+    assert!(path.exists());
+    store.close().await;
+    // Reopening applies no migration twice.
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("reopen");
+    store.close().await;
+
+    let memory = Store::connect("sqlite::memory:").await.expect("memory");
+    add_node(&memory, "n1").await;
+    assert_eq!(memory.list_nodes().await.expect("list").len(), 1);
+}
