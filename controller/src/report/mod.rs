@@ -2,12 +2,25 @@
 //! HTML). Rendering is a pure function of [`ReportInput`]; the controller gathers the input.
 //!
 //! **Invariant:** a report of evidence from simulated GPUs says so, prominently, in every format.
+//!
+//! [`render`] first gathers the input into one view model ([`model`]); each format only lays
+//! that model out, so the three renderings cannot disagree on a fact. The JSON rendering is the
+//! model itself, documented field by field in `docs/report-format.md`.
 
+mod html;
+mod json;
+mod markdown;
+mod model;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use tollgate_domain::Timestamp;
 use tollgate_domain::fleet::Node;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy};
 use tollgate_domain::plan::Plan;
 use tollgate_domain::release::Release;
-use tollgate_domain::Timestamp;
 
 /// Everything a report shows.
 #[derive(Debug, Clone)]
@@ -37,7 +50,7 @@ pub struct ReportInput {
 pub enum ReportFormat {
     /// GitHub-flavoured Markdown.
     Markdown,
-    /// JSON (schema documented in the README).
+    /// JSON, schema `tollgate.report.v1` (documented in `docs/report-format.md`).
     Json,
     /// One self-contained HTML page: inline CSS and SVG, no network needed.
     Html,
@@ -50,7 +63,9 @@ impl std::str::FromStr for ReportFormat {
             "markdown" | "md" => Ok(Self::Markdown),
             "json" => Ok(Self::Json),
             "html" => Ok(Self::Html),
-            other => Err(format!("unknown report format '{other}' (expected markdown, json or html)")),
+            other => Err(format!(
+                "unknown report format '{other}' (expected markdown, json or html)"
+            )),
         }
     }
 }
@@ -66,8 +81,24 @@ pub struct Rendered {
     pub extension: &'static str,
 }
 
-/// Renders `input` in `format`.
-#[allow(clippy::todo, unused_variables)]
+/// Renders `input` in `format`. Pure: the same input always gives the same bytes.
 pub fn render(input: &ReportInput, format: ReportFormat) -> Rendered {
-    todo!()
+    let report = model::build(input);
+    match format {
+        ReportFormat::Markdown => Rendered {
+            content: markdown::render(&report).into_bytes(),
+            media_type: "text/markdown; charset=utf-8",
+            extension: "md",
+        },
+        ReportFormat::Json => Rendered {
+            content: json::render(&report),
+            media_type: "application/json",
+            extension: "json",
+        },
+        ReportFormat::Html => Rendered {
+            content: html::render(&report).into_bytes(),
+            media_type: "text/html; charset=utf-8",
+            extension: "html",
+        },
+    }
 }

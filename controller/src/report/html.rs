@@ -1,0 +1,1000 @@
+//! The HTML rendering: one self-contained page (inline CSS and SVG; no script, font, image or
+//! any other fetch) that reads on screen and prints to PDF. The summary and the gate decision
+//! come first; each node's detail sits in a collapsed `<details>`, so a report of a thousand
+//! nodes opens quickly, and print styles expand everything.
+//!
+//! Every piece of untrusted text (node names, labels, messages, log tails, even versions) is
+//! written through [`Html`], which escapes it; only this module's own literals are markup.
+
+use super::model::{AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeView, Report, RuleView};
+use super::text::{self, Html, put};
+use tollgate_domain::telemetry::Field;
+
+/// Simulated node names listed in the banner; the node table marks every one.
+const BANNER_NODE_NAMES: usize = 10;
+
+const CSS: &str = r#"
+:root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--line:#d0d7de;--muted:#57606a;--head:#f6f8fa}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1f2328;margin:0 auto;max-width:1280px;padding:16px 24px}
+h1{font-size:1.6em;margin:.2em 0 .4em}h2{font-size:1.3em;border-bottom:1px solid var(--line);padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.1em;margin:1.2em 0 .4em}h4{margin:1em 0 .3em}h5{font-size:1em;margin:.8em 0 .3em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:13px}
+th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;vertical-align:top}
+th{background:var(--head);font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.kv th{width:12em}
+tr.bad td{background:#ffebe9}
+code,.mono,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:12px}
+code{word-break:break-all}
+pre{background:var(--head);border:1px solid var(--line);padding:8px;white-space:pre-wrap;word-break:break-all;max-height:30em;overflow:auto}
+.banner{border:3px solid #bc4c00;background:#fff1e5;color:#6c2400;padding:12px 16px;margin:12px 0;font-size:1.1em}
+.banner strong{font-size:1.15em}
+.verdict{display:inline-block;color:#fff;font-size:1.6em;font-weight:700;padding:4px 16px;border-radius:4px;margin-right:12px;vertical-align:middle}
+.badge{display:inline-block;color:#fff;font-size:11px;font-weight:700;padding:1px 6px;border-radius:3px;white-space:nowrap}
+.passed{background:var(--ok)}.failed,.lost{background:var(--bad)}.waiting,.running,.pending,.assigned{background:var(--warn)}
+.error{background:#8250df}.waived,.skipped,.cancelled{background:#0969da}.sim{background:#bc4c00}
+.lead{font-size:1.1em}
+.muted{color:var(--muted)}
+.warn{border-left:4px solid var(--warn);background:#fff8c5;padding:6px 12px}
+details{margin:.4em 0}summary{cursor:pointer}
+details.node{border:1px solid var(--line);border-radius:4px;padding:4px 10px}
+details.node>summary{font-weight:600}
+details.node[open]>summary{margin-bottom:.5em}
+.attempt{border-top:1px dashed var(--line);margin-top:.6em}
+.charts{display:flex;flex-wrap:wrap;gap:16px;margin:.3em 0}
+svg.chart text{font:10px system-ui,sans-serif;fill:#1f2328}
+svg.chart .ct{font-weight:600}
+svg.chart .rg{fill:#54aeff}svg.chart .rg.x{fill:var(--bad)}
+svg.chart .mn{stroke:#1f2328;stroke-width:2}
+svg.chart .lim{stroke:var(--bad);stroke-width:1.5;stroke-dasharray:4 2}
+svg.chart .lt{fill:var(--bad)}
+svg.chart .ax{stroke:#8c959f}
+footer{margin-top:2em;border-top:1px solid var(--line);padding-top:.6em;font-size:12px}
+@media print{
+body{max-width:none;padding:0;font-size:11px}
+*{-webkit-print-color-adjust:exact;print-color-adjust:exact}
+table,svg,.banner,.charts{break-inside:avoid}
+tr{break-inside:avoid}
+thead{display:table-header-group}
+h2,h3,h4,h5{break-after:avoid}
+details.node{border:none;padding:0;break-before:page}
+summary{list-style:none}
+summary::-webkit-details-marker{display:none}
+pre{max-height:none;overflow:visible}
+a{color:inherit;text-decoration:none}
+}
+"#;
+
+/// Kept apart from the rules above: a browser that does not know `::details-content` drops
+/// the whole rule it appears in, and it is what opens collapsed sections when printing.
+const CSS_PRINT_EXPAND: &str = "@media print{details::details-content{content-visibility:visible;display:block;height:auto}}\n";
+
+/// Renders `report` as one HTML page.
+pub(crate) fn render(report: &Report) -> String {
+    // Roughly what a step attempt with 8 GPUs of telemetry and two charts takes, so a large
+    // report grows its buffer a few times at most.
+    let estimate = 32 * 1024 + report.summary.n_attempts * 8 * 1024;
+    let mut out = String::with_capacity(estimate);
+    put!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"generator\" content=\"tollgate-controller {}\">\n\
+         <title>{}</title>\n<style>{CSS}{CSS_PRINT_EXPAND}</style>\n</head>\n<body>\n",
+        Html(&report.controller_version),
+        Html(&report.title)
+    );
+    header(&mut out, report);
+    summary(&mut out, report);
+    decision(&mut out, report);
+    components(&mut out, report);
+    waivers(&mut out, report);
+    plans(&mut out, report);
+    nodes(&mut out, report);
+    events(&mut out, report);
+    footer(&mut out, report);
+    out.push_str("</body>\n</html>\n");
+    out
+}
+
+fn badge(out: &mut String, class_and_text: &str) {
+    // Class names come from fixed domain names (verdicts, outcomes, job states), never from
+    // input text; they are still escaped so that stays harmless if it ever changes.
+    put!(
+        out,
+        "<span class=\"badge {}\">{}</span>",
+        Html(class_and_text),
+        Html(&text::label(class_and_text))
+    );
+}
+
+fn sim_badge(out: &mut String) {
+    out.push_str("<span class=\"badge sim\">SIMULATED</span>");
+}
+
+fn header(out: &mut String, report: &Report) {
+    put!(out, "<header>\n<h1>{}</h1>\n", Html(&report.title));
+    if let Some(banner) = report.simulated.banner {
+        let (head, rest) = banner.split_once(" — ").unwrap_or((banner, ""));
+        put!(
+            out,
+            "<div class=\"banner\" role=\"alert\"><strong>⚠ {}</strong> — {}.<br>",
+            Html(head),
+            Html(rest)
+        );
+        let nodes = &report.simulated.nodes;
+        put!(out, "Simulated nodes ({}): ", nodes.len());
+        for (idx, name) in nodes.iter().take(BANNER_NODE_NAMES).enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "{}", Html(name));
+        }
+        if nodes.len() > BANNER_NODE_NAMES {
+            put!(
+                out,
+                " and {} more, each marked SIMULATED below",
+                nodes.len() - BANNER_NODE_NAMES
+            );
+        }
+        out.push_str(".</div>\n");
+    }
+    put!(
+        out,
+        "<p><span class=\"verdict {}\">{}</span><span class=\"lead\">{}</span></p>\n</header>\n",
+        Html(report.decision.verdict),
+        Html(&text::label(report.decision.verdict)),
+        Html(&report.decision.summary)
+    );
+}
+
+fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    put!(out, "<tr><th>{key}</th><td>{value}</td></tr>\n");
+}
+
+fn summary(out: &mut String, report: &Report) {
+    let s = &report.summary;
+    out.push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<table class=\"kv\">\n");
+    kv(out, "Release", Html(&report.release.name));
+    kv(out, "Milestone", Html(&report.milestone));
+    let r = &s.rules;
+    kv(
+        out,
+        "Rules",
+        format_args!(
+            "{} passed, {} failed, {} waived, {} waiting, {} error",
+            r.passed, r.failed, r.waived, r.waiting, r.error
+        ),
+    );
+    let simulated = if s.n_simulated_nodes > 0 {
+        format!(
+            " (<span class=\"badge sim\">{} SIMULATED</span>)",
+            s.n_simulated_nodes
+        )
+    } else {
+        String::new()
+    };
+    kv(
+        out,
+        "Nodes",
+        format_args!("{}{simulated}, {} GPUs", s.n_nodes, s.n_gpus),
+    );
+    kv(
+        out,
+        "Jobs",
+        format_args!("{} ({})", s.n_jobs, counts(s.job_states.iter())),
+    );
+    kv(
+        out,
+        "Step attempts",
+        format_args!("{} ({})", s.n_attempts, counts(s.attempt_outcomes.iter())),
+    );
+    kv(out, "GPU events", s.n_events);
+    kv(
+        out,
+        "Decision digest",
+        format_args!("<code>{}</code>", Html(&report.decision.digest)),
+    );
+    kv(
+        out,
+        "Policy version",
+        format_args!("<code>{}</code>", Html(&report.decision.policy_version)),
+    );
+    kv(out, "Evaluated at", Html(&report.decision.evaluated_at));
+    kv(out, "Generated at", Html(&report.generated_at));
+    kv(out, "Controller version", Html(&report.controller_version));
+    out.push_str("</table>\n");
+    if !report.warnings.is_empty() {
+        out.push_str("<div class=\"warn\"><strong>Warnings</strong><ul>\n");
+        for warning in &report.warnings {
+            put!(out, "<li>{}</li>\n", Html(warning));
+        }
+        out.push_str("</ul></div>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+fn counts<'a>(entries: impl Iterator<Item = (&'a &'static str, &'a usize)>) -> String {
+    let parts: Vec<String> = entries.map(|(name, n)| format!("{n} {name}")).collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn decision(out: &mut String, report: &Report) {
+    let policy = &report.policy;
+    put!(
+        out,
+        "<section id=\"decision\">\n<h2>Gate decision</h2>\n<p>Gate policy for milestone {}, version <code>{}</code>.",
+        Html(&policy.milestone),
+        Html(&policy.version)
+    );
+    if !policy.description.is_empty() {
+        put!(out, " {}", Html(&policy.description));
+    }
+    out.push_str("</p>\n<table>\n<thead><tr><th>Verdict</th><th>Rule</th><th>Kind</th><th>Reason</th></tr></thead>\n<tbody>\n");
+    for rule in &report.rules {
+        out.push_str("<tr><td>");
+        badge(out, rule.verdict);
+        put!(
+            out,
+            "</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>\n",
+            Html(&rule.rule_id),
+            Html(&rule.kind),
+            Html(&rule.reason)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+    for rule in &report.rules {
+        rule_detail(out, rule);
+    }
+    out.push_str("</section>\n");
+}
+
+fn rule_detail(out: &mut String, rule: &RuleView) {
+    // Open what needs attention; a passed rule's evidence is one click away.
+    let open = if rule.verdict == "passed" {
+        ""
+    } else {
+        " open"
+    };
+    put!(out, "<details class=\"rule\"{open}><summary>");
+    badge(out, rule.verdict);
+    put!(
+        out,
+        " <code>{}</code> ({}) — {} evidence item(s), {} not ok</summary>\n<ul>\n",
+        Html(&rule.rule_id),
+        Html(&rule.kind),
+        rule.n_evidence_ok + rule.n_evidence_not_ok,
+        rule.n_evidence_not_ok
+    );
+    if let Some(definition) = &rule.definition {
+        put!(out, "<li>Requires: {}</li>\n", Html(definition));
+    }
+    put!(out, "<li>Reason: {}</li>\n", Html(&rule.reason));
+    if !rule.failing_nodes.is_empty() {
+        out.push_str("<li>Failing nodes: ");
+        for (idx, node) in rule.failing_nodes.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "{}", Html(node));
+        }
+        out.push_str("</li>\n");
+    }
+    out.push_str("</ul>\n");
+    // The model orders evidence not-ok first.
+    let split = rule.n_evidence_not_ok.min(rule.evidence.len());
+    let (not_ok, ok) = rule.evidence.split_at(split);
+    if !not_ok.is_empty() {
+        evidence_table(out, not_ok);
+    }
+    if !ok.is_empty() {
+        put!(
+            out,
+            "<details><summary>{} ok evidence item(s)</summary>\n",
+            ok.len()
+        );
+        evidence_table(out, ok);
+        out.push_str("</details>\n");
+    }
+    out.push_str("</details>\n");
+}
+
+fn evidence_table(out: &mut String, items: &[super::model::EvidenceView]) {
+    out.push_str("<table>\n<thead><tr><th>OK</th><th>Node</th><th>Step</th><th>Attempt</th><th>GPU</th><th>Value</th><th>Limit</th><th>Detail</th></tr></thead>\n<tbody>\n");
+    for item in items {
+        let (class, ok) = if item.ok {
+            ("", "ok")
+        } else {
+            (" class=\"bad\"", "<strong>NOT OK</strong>")
+        };
+        put!(
+            out,
+            "<tr{class}><td>{ok}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+            Html(&item.node),
+            Html(item.step.as_deref().unwrap_or("")),
+            OptNum(item.attempt),
+            OptNum(item.gpu_index),
+            item.value.map(text::exact).unwrap_or_default(),
+            Html(item.limit.as_deref().unwrap_or("")),
+            Html(&item.detail)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+}
+
+/// An optional number; empty when absent.
+struct OptNum<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OptNum<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+fn components(out: &mut String, report: &Report) {
+    let release = &report.release;
+    out.push_str("<section id=\"release\">\n<h2>Release components</h2>\n");
+    if !release.description.is_empty() {
+        put!(out, "<p>{}</p>\n", Html(&release.description));
+    }
+    put!(
+        out,
+        "<p>Release {} was registered at {}; its current milestone is {}.</p>\n",
+        Html(&release.name),
+        Html(&release.created_at),
+        Html(&release.current_milestone)
+    );
+    out.push_str("<table>\n<thead><tr><th>Component</th><th>Version</th><th>Artifact</th><th>sha256</th></tr></thead>\n<tbody>\n");
+    for c in &release.components {
+        // The artifact URI is shown as text, never as a link: the page fetches nothing and a
+        // reader copies the address deliberately.
+        put!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>\n",
+            Html(&c.name),
+            Html(&c.version),
+            Html(c.artifact_uri.as_deref().unwrap_or("")),
+            Html(c.sha256.as_deref().unwrap_or(""))
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+    if !release.promotions.is_empty() {
+        out.push_str("<p>Promotions so far:</p>\n<table>\n<thead><tr><th>From</th><th>To</th><th>At</th><th>Decision digest</th></tr></thead>\n<tbody>\n");
+        for p in &release.promotions {
+            put!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
+                Html(&p.from_milestone),
+                Html(&p.to_milestone),
+                Html(&p.at),
+                Html(&p.decision_digest)
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+fn waivers(out: &mut String, report: &Report) {
+    put!(
+        out,
+        "<section id=\"waivers\">\n<h2>Waivers</h2>\n<p class=\"muted\">{}</p>\n",
+        Html(report.waivers.note)
+    );
+    let waived: Vec<&RuleView> = report
+        .rules
+        .iter()
+        .filter(|rule| rule.verdict == "waived")
+        .collect();
+    if !waived.is_empty() {
+        out.push_str("<p>Waived rules: ");
+        for (idx, rule) in waived.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "<code>{}</code>", Html(&rule.rule_id));
+        }
+        out.push_str("</p>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+fn plans(out: &mut String, report: &Report) {
+    out.push_str("<section id=\"plans\">\n<h2>Plans</h2>\n<table>\n<thead><tr><th>Run</th><th>Plan</th><th>Plan version</th><th>Created at</th><th>Jobs</th></tr></thead>\n<tbody>\n");
+    for run in &report.runs {
+        let missing = if run.plan_available {
+            ""
+        } else {
+            " <strong>(not in this report)</strong>"
+        };
+        put!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code>{missing}</td><td>{}</td><td class=\"n\">{}</td></tr>\n",
+            Html(&run.run_id),
+            Html(&run.plan_name),
+            Html(&run.plan_version),
+            Html(&run.created_at),
+            run.n_jobs
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+    for plan in &report.plans {
+        put!(
+            out,
+            "<h3>Plan {} <span class=\"muted\">version <code>{}</code></span></h3>\n",
+            Html(&plan.name),
+            Html(&plan.version)
+        );
+        if !plan.description.is_empty() {
+            put!(out, "<p>{}</p>\n", Html(&plan.description));
+        }
+        out.push_str("<p>Selector: ");
+        if plan.selector.is_empty() {
+            out.push_str("every node");
+        }
+        for (idx, (key, value)) in plan.selector.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "<code>{}={}</code>", Html(key), Html(value));
+        }
+        match plan.max_nodes {
+            Some(n) => put!(out, "; nodes: at most {n}"),
+            None => out.push_str("; nodes: every matching node"),
+        }
+        out.push_str("; runs: ");
+        if plan.runs.is_empty() {
+            out.push_str("none");
+        }
+        for (idx, run) in plan.runs.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "{}", Html(run));
+        }
+        out.push_str(".</p>\n<table>\n<thead><tr><th>#</th><th>Step</th><th>Kind</th><th>Timeout</th><th>Retries</th><th>Command</th></tr></thead>\n<tbody>\n");
+        for step in &plan.steps {
+            put!(
+                out,
+                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>",
+                step.index,
+                Html(&step.name),
+                Html(step.kind),
+                Html(&step.timeout),
+                step.retries
+            );
+            match (&step.command, &step.components) {
+                (Some(argv), _) => {
+                    put!(out, "<code>{}</code>", Html(&text::shell_join(argv)));
+                }
+                (None, Some(c)) if c.is_empty() => out.push_str("every component"),
+                (None, Some(c)) => put!(out, "components: {}", Html(&c.join(", "))),
+                (None, None) => {}
+            }
+            for (key, value) in &step.env {
+                put!(out, "<br>env <code>{}={}</code>", Html(key), Html(value));
+            }
+            if let Some(workdir) = &step.workdir {
+                put!(out, "<br>workdir <code>{}</code>", Html(workdir));
+            }
+            out.push_str("</td></tr>\n");
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+fn nodes(out: &mut String, report: &Report) {
+    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
+    for (idx, node) in report.nodes.iter().enumerate() {
+        let class = if node.failing_rules.is_empty() {
+            ""
+        } else {
+            " class=\"bad\""
+        };
+        // Anchors are positions, not names: node names are untrusted and need not be valid ids.
+        put!(
+            out,
+            "<tr{class}><td><a href=\"#node-{idx}\">{}</a></td><td>",
+            Html(&node.name)
+        );
+        source(out, node);
+        out.push_str("</td><td>");
+        labels(out, node);
+        put!(
+            out,
+            "</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>",
+            Html(&node.inventory.driver_version),
+            Html(&node.inventory.cuda_driver_version),
+            node.inventory.gpus.len(),
+            node.inventory.source
+        );
+        for (idx, job) in node.jobs.iter().enumerate() {
+            if idx > 0 {
+                out.push(' ');
+            }
+            put!(out, "{} ", Html(&job.plan_name));
+            badge(out, job.state);
+        }
+        out.push_str("</td><td>");
+        for (idx, rule) in node.failing_rules.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "<code>{}</code>", Html(rule));
+        }
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody>\n</table>\n");
+    for (idx, node) in report.nodes.iter().enumerate() {
+        node_detail(out, report, idx, node);
+    }
+    out.push_str("</section>\n");
+}
+
+fn source(out: &mut String, node: &NodeView) {
+    if node.simulated {
+        sim_badge(out);
+    } else {
+        out.push_str(node.gpu_source);
+    }
+}
+
+fn labels(out: &mut String, node: &NodeView) {
+    for (idx, (key, value)) in node.labels.iter().enumerate() {
+        if idx > 0 {
+            out.push_str(", ");
+        }
+        put!(out, "{}={}", Html(key), Html(value));
+    }
+}
+
+fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
+    put!(
+        out,
+        "<details class=\"node\" id=\"node-{idx}\"><summary>{} ",
+        Html(&node.name)
+    );
+    if node.simulated {
+        sim_badge(out);
+        out.push(' ');
+    }
+    for job in &node.jobs {
+        badge(out, job.state);
+        out.push(' ');
+    }
+    let n_attempts: usize = node.jobs.iter().map(|job| job.attempts.len()).sum();
+    let n_not_passed = node
+        .jobs
+        .iter()
+        .flat_map(|job| &job.attempts)
+        .filter(|a| a.outcome != "passed")
+        .count();
+    put!(
+        out,
+        "<span class=\"muted\">{n_attempts} attempt(s), {n_not_passed} not passed"
+    );
+    if !node.failing_rules.is_empty() {
+        out.push_str("; fails ");
+        for (idx, rule) in node.failing_rules.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "{}", Html(rule));
+        }
+    }
+    out.push_str("</span></summary>\n<ul>\n<li>GPU source: ");
+    source(out, node);
+    out.push_str("</li>\n");
+    if !node.labels.is_empty() {
+        out.push_str("<li>Labels: ");
+        labels(out, node);
+        out.push_str("</li>\n");
+    }
+    if let (Some(state), Some(health)) = (node.node_state, node.health) {
+        put!(out, "<li>State now: {state}, health: {health}</li>\n");
+    }
+    let inventory = &node.inventory;
+    put!(
+        out,
+        "<li>Driver {}, CUDA driver {}, NVML {}</li>\n",
+        Html(&inventory.driver_version),
+        Html(&inventory.cuda_driver_version),
+        Html(&inventory.nvml_version)
+    );
+    if !inventory.hostname.is_empty() {
+        put!(out, "<li>Hostname {}</li>\n", Html(&inventory.hostname));
+    }
+    match (&inventory.observed_step, inventory.observed_attempt) {
+        (Some(step), Some(attempt)) => put!(
+            out,
+            "<li>Inventory observed at the start of {} attempt {attempt}</li>\n",
+            Html(step)
+        ),
+        _ if inventory.source == "registered" => out.push_str(
+            "<li><strong>Inventory as registered</strong> (not observed during a step)</li>\n",
+        ),
+        _ => out.push_str("<li><strong>No inventory available</strong></li>\n"),
+    }
+    for note in &inventory.notes {
+        put!(out, "<li>Note: {}</li>\n", Html(note));
+    }
+    if !inventory.components.is_empty() {
+        out.push_str("<li>Components reported: ");
+        for (idx, (key, value)) in inventory.components.iter().enumerate() {
+            if idx > 0 {
+                out.push_str(", ");
+            }
+            put!(out, "{}={}", Html(key), Html(value));
+        }
+        out.push_str("</li>\n");
+    }
+    out.push_str("</ul>\n");
+    if !inventory.gpus.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>GPU</th><th>Name</th><th>UUID</th><th>Serial</th><th>PCI bus id</th><th>VBIOS</th></tr></thead>\n<tbody>\n");
+        for gpu in &inventory.gpus {
+            put!(
+                out,
+                "<tr><td class=\"n\">{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+                gpu.index,
+                Html(&gpu.name),
+                Html(&gpu.uuid),
+                Html(gpu.serial.as_deref().unwrap_or("")),
+                Html(&gpu.pci_bus_id),
+                Html(&gpu.vbios_version)
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+    for job in &node.jobs {
+        put!(
+            out,
+            "<h4>Job {} — plan {}, run {} ",
+            Html(&job.job_id),
+            Html(&job.plan_name),
+            Html(&job.run_id)
+        );
+        badge(out, job.state);
+        out.push_str("</h4>\n");
+        if job.attempts.is_empty() {
+            out.push_str("<p>No step results.</p>\n");
+            continue;
+        }
+        attempts_table(out, &job.attempts);
+        for attempt in &job.attempts {
+            attempt_detail(out, report, attempt);
+        }
+    }
+    out.push_str("</details>\n");
+}
+
+fn attempts_table(out: &mut String, attempts: &[AttemptView]) {
+    out.push_str("<table>\n<thead><tr><th>Step</th><th>Attempt</th><th>Outcome</th><th>Started</th><th>Duration</th><th>Exit</th><th>Message</th></tr></thead>\n<tbody>\n");
+    for a in attempts {
+        let retried = if a.final_attempt { "" } else { " (retried)" };
+        put!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}{retried}</td><td>",
+            Html(&a.step_name),
+            a.attempt
+        );
+        badge(out, a.outcome);
+        put!(
+            out,
+            "</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            Html(&a.started_at),
+            text::duration_ms(a.duration_ms),
+            OptNum(a.exit_code),
+            Html(&a.message)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+}
+
+fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
+    let has_detail = !a.measurements.is_empty()
+        || !a.telemetry.is_empty()
+        || !a.events.is_empty()
+        || !a.log_tail.is_empty();
+    if !has_detail {
+        return;
+    }
+    put!(
+        out,
+        "<div class=\"attempt\"><h5>{} attempt {} ",
+        Html(&a.step_name),
+        a.attempt
+    );
+    badge(out, a.outcome);
+    out.push_str("</h5>\n");
+
+    let mut charts = String::new();
+    for field in CHARTED_FIELDS {
+        let rows: Vec<(u32, &FieldView)> = a
+            .telemetry
+            .iter()
+            .filter_map(|gpu| {
+                gpu.fields
+                    .iter()
+                    .find(|f| f.field == field.name())
+                    .map(|f| (gpu.gpu_index, f))
+            })
+            .collect();
+        if !rows.is_empty() {
+            let limits: Vec<&LimitView> = report.telemetry_limits(field, &a.step_name).collect();
+            chart(&mut charts, field, a, &rows, &limits);
+        }
+    }
+    if !charts.is_empty() {
+        put!(out, "<div class=\"charts\">{charts}</div>\n");
+    }
+
+    if !a.measurements.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>Measurement</th><th>Value</th><th>Unit</th><th>Limit</th></tr></thead>\n<tbody>\n");
+        for m in &a.measurements {
+            let bad = m.checks.iter().any(|c| !c.ok);
+            let class = if bad { " class=\"bad\"" } else { "" };
+            put!(
+                out,
+                "<tr{class}><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>",
+                Html(&m.name),
+                text::exact(m.value),
+                Html(m.unit.as_deref().unwrap_or(""))
+            );
+            for (idx, c) in m.checks.iter().enumerate() {
+                if idx > 0 {
+                    out.push_str("<br>");
+                }
+                let ok = if c.ok {
+                    "ok"
+                } else {
+                    "<strong>NOT OK</strong>"
+                };
+                put!(
+                    out,
+                    "{} <code>{}</code> {ok}",
+                    Html(&c.condition),
+                    Html(&c.rule_id)
+                );
+            }
+            out.push_str("</td></tr>\n");
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+
+    if !a.telemetry.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>GPU</th><th>Field</th><th>Unit</th><th>Min</th><th>Mean</th><th>Max</th><th>p99</th><th>Last</th><th>Samples</th><th>Limit</th></tr></thead>\n<tbody>\n");
+        for gpu in &a.telemetry {
+            for f in &gpu.fields {
+                let bad = f.checks.iter().any(|c| !c.ok);
+                let class = if bad { " class=\"bad\"" } else { "" };
+                put!(
+                    out,
+                    "<tr{class}><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>",
+                    gpu.gpu_index,
+                    f.field,
+                    f.unit,
+                    text::stat(f.min),
+                    text::stat(f.mean),
+                    text::stat(f.max),
+                    text::stat(f.p99),
+                    text::stat(f.last),
+                    f.samples
+                );
+                for (idx, c) in f.checks.iter().enumerate() {
+                    if idx > 0 {
+                        out.push_str("<br>");
+                    }
+                    let ok = if c.ok {
+                        "ok"
+                    } else {
+                        "<strong>NOT OK</strong>"
+                    };
+                    put!(out, "{} {} {ok}", c.aggregate, Html(&c.condition));
+                }
+                out.push_str("</td></tr>\n");
+            }
+        }
+        out.push_str("</tbody>\n</table>\n");
+        let missed: Vec<String> = a
+            .telemetry
+            .iter()
+            .filter(|gpu| gpu.samples_missed > 0)
+            .map(|gpu| format!("GPU {}: {}", gpu.gpu_index, gpu.samples_missed))
+            .collect();
+        if !missed.is_empty() {
+            put!(
+                out,
+                "<p class=\"muted\">Sampling rounds missed: {}</p>\n",
+                missed.join(", ")
+            );
+        }
+    }
+
+    if !a.events.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>Time</th><th>GPU</th><th>Kind</th><th>Code</th><th>Detail</th></tr></thead>\n<tbody>\n");
+        for e in &a.events {
+            put!(
+                out,
+                "<tr class=\"bad\"><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
+                Html(&e.at),
+                e.gpu_index,
+                e.kind,
+                e.code,
+                Html(&e.detail)
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+
+    if !a.log_tail.is_empty() {
+        // Open when the attempt did not pass: that is when the log matters.
+        let open = if a.outcome == "passed" { "" } else { " open" };
+        put!(
+            out,
+            "<details{open}><summary>Log tail</summary><pre>{}</pre></details>\n",
+            Html(&a.log_tail)
+        );
+    }
+    out.push_str("</div>\n");
+}
+
+/// Chart geometry, in SVG user units.
+const CHART_WIDTH: f64 = 320.0;
+const CHART_LEFT: f64 = 46.0;
+const CHART_RIGHT: f64 = 12.0;
+const CHART_TOP: f64 = 30.0;
+const CHART_ROW: f64 = 14.0;
+const CHART_BOTTOM: f64 = 16.0;
+
+/// A per-GPU range chart of one field over one attempt: a bar from min to max, a tick at the
+/// mean, and a dashed line at each applicable gate limit. Only summaries exist today, not
+/// series, so this is the honest picture: the spread each GPU showed and where the limit is.
+fn chart(
+    out: &mut String,
+    field: Field,
+    attempt: &AttemptView,
+    rows: &[(u32, &FieldView)],
+    limits: &[&LimitView],
+) {
+    let finite = |f: &FieldView| f.min.is_finite() && f.max.is_finite() && f.mean.is_finite();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (_, f) in rows.iter().filter(|(_, f)| finite(f)) {
+        lo = lo.min(f.min);
+        hi = hi.max(f.max);
+    }
+    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+        lo = lo.min(limit.threshold);
+        hi = hi.max(limit.threshold);
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return;
+    }
+    // Bars start at zero for non-negative fields so their lengths compare honestly.
+    lo = lo.min(0.0);
+    hi += ((hi - lo) * 0.05).max(1.0);
+    let plot = CHART_WIDTH - CHART_LEFT - CHART_RIGHT;
+    let x = |value: f64| CHART_LEFT + (value - lo) / (hi - lo) * plot;
+    let n_rows = rows.len() as f64;
+    let bottom = CHART_TOP + n_rows * CHART_ROW;
+    let height = bottom + CHART_BOTTOM;
+    let unit = field.unit();
+    put!(
+        out,
+        "<svg class=\"chart\" width=\"{CHART_WIDTH}\" height=\"{height}\" viewBox=\"0 0 {CHART_WIDTH} {height}\" role=\"img\" aria-label=\"{field} per GPU during {} attempt {}\">",
+        Html(&attempt.step_name),
+        attempt.attempt
+    );
+    put!(
+        out,
+        "<text class=\"ct\" x=\"0\" y=\"11\">{field} ({unit}): min–max, mean</text>"
+    );
+    for (idx, (gpu_index, f)) in rows.iter().enumerate() {
+        let y = CHART_TOP + idx as f64 * CHART_ROW;
+        put!(
+            out,
+            "<text x=\"0\" y=\"{:.1}\">GPU {gpu_index}</text>",
+            y + 10.0
+        );
+        if !finite(f) {
+            continue;
+        }
+        let bad = if f.checks.iter().any(|c| !c.ok) {
+            " x"
+        } else {
+            ""
+        };
+        let (x0, x1) = (x(f.min), x(f.max));
+        put!(
+            out,
+            "<rect class=\"rg{bad}\" x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"8\"><title>GPU {gpu_index}: min {}, mean {}, max {} {unit}</title></rect><path class=\"mn\" d=\"M{:.1} {:.1}v12\"/>",
+            y + 3.0,
+            (x1 - x0).max(1.5),
+            text::stat(f.min),
+            text::stat(f.mean),
+            text::stat(f.max),
+            x(f.mean),
+            y + 1.0
+        );
+    }
+    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+        let xl = x(limit.threshold);
+        let anchor = if xl > CHART_WIDTH - 60.0 {
+            "end"
+        } else {
+            "middle"
+        };
+        put!(
+            out,
+            "<path class=\"lim\" d=\"M{xl:.1} {:.1}V{bottom:.1}\"><title>gate limit: {} {} (rule {})</title></path><text class=\"lt\" x=\"{xl:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{} {}</text>",
+            CHART_TOP - 4.0,
+            limit.aggregate,
+            Html(&limit.condition),
+            Html(&limit.rule_id),
+            CHART_TOP - 7.0,
+            limit.aggregate,
+            Html(&limit.condition)
+        );
+    }
+    put!(
+        out,
+        "<path class=\"ax\" d=\"M{CHART_LEFT} {bottom:.1}H{:.1}\"/><text x=\"{CHART_LEFT}\" y=\"{:.1}\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} {unit}</text></svg>",
+        CHART_WIDTH - CHART_RIGHT,
+        height - 3.0,
+        text::stat(lo),
+        CHART_WIDTH - CHART_RIGHT,
+        height - 3.0,
+        text::stat(hi)
+    );
+}
+
+fn events(out: &mut String, report: &Report) {
+    out.push_str("<section id=\"events\">\n<h2>GPU events</h2>\n");
+    if report.events.is_empty() {
+        out.push_str(
+            "<p>No XID, uncorrected ECC or GPU-lost event was seen during any step.</p>\n</section>\n",
+        );
+        return;
+    }
+    out.push_str("<table>\n<thead><tr><th>Time</th><th>Node</th><th>Step</th><th>Attempt</th><th>GPU</th><th>Kind</th><th>Code</th><th>Detail</th></tr></thead>\n<tbody>\n");
+    for e in &report.events {
+        put!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            Html(&e.at),
+            Html(&e.node),
+            Html(&e.step_name),
+            e.attempt,
+            e.gpu_index,
+            e.kind,
+            e.code,
+            Html(&e.detail)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n</section>\n");
+}
+
+fn footer(out: &mut String, report: &Report) {
+    put!(
+        out,
+        "<footer>Decision digest <code>{}</code> under policy version <code>{}</code>, evaluated at {}. Report generated at {} by tollgate-controller {}; schema {}.",
+        Html(&report.decision.digest),
+        Html(&report.decision.policy_version),
+        Html(&report.decision.evaluated_at),
+        Html(&report.generated_at),
+        Html(&report.controller_version),
+        report.schema
+    );
+    if let Some(banner) = report.simulated.banner {
+        put!(out, "<p><strong>{}.</strong></p>", Html(banner));
+    }
+    out.push_str("</footer>\n");
+}

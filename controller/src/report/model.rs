@@ -1,0 +1,1240 @@
+//! The report's view model: every fact the three formats show, gathered, checked and ordered
+//! once, so Markdown, JSON and HTML cannot disagree. The JSON format is this model serialized;
+//! `docs/report-format.md` documents each field, so renaming one is a schema change.
+//!
+//! Every collection is ordered here (nodes by name, attempts by step and attempt, events by
+//! time), never by hash-map iteration, so the same input always renders the same bytes.
+
+use super::ReportInput;
+use super::text;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Node};
+use tollgate_domain::gate::{Aggregate, Comparison, Condition, EvidenceItem, Quorum, RuleKind};
+use tollgate_domain::gate::{JobEvidence, RunEvidence, Verdict};
+use tollgate_domain::plan::{Plan, StepKind};
+use tollgate_domain::result::StepResult;
+use tollgate_domain::telemetry::{Field, GpuTelemetry};
+use tollgate_domain::{NodeId, Timestamp, spec};
+
+/// The JSON schema name; bump the version on any incompatible change.
+pub(crate) const SCHEMA: &str = "tollgate.report.v1";
+
+/// The banner every format shows when any evidence comes from simulated GPUs.
+pub(crate) const SIMULATED_BANNER: &str = "SIMULATED GPUs — the telemetry and inventory in this report come from Tollgate's simulated GPU source, not from hardware";
+
+/// The telemetry fields the HTML report charts per step.
+pub(crate) const CHARTED_FIELDS: [Field; 2] = [Field::GpuTempC, Field::PowerW];
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub schema: &'static str,
+    pub title: String,
+    pub release: ReleaseView,
+    pub milestone: String,
+    pub simulated: SimulatedView,
+    pub summary: SummaryView,
+    pub decision: DecisionView,
+    pub policy: PolicyView,
+    pub rules: Vec<RuleView>,
+    pub waivers: WaiversView,
+    pub plans: Vec<PlanView>,
+    pub runs: Vec<RunView>,
+    pub nodes: Vec<NodeView>,
+    pub events: Vec<EventRow>,
+    pub warnings: Vec<String>,
+    pub generated_at: String,
+    pub controller_version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ReleaseView {
+    pub name: String,
+    pub description: String,
+    pub current_milestone: String,
+    pub created_at: String,
+    pub components: Vec<ComponentView>,
+    pub promotions: Vec<PromotionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ComponentView {
+    pub name: String,
+    pub version: String,
+    pub artifact_uri: Option<String>,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PromotionView {
+    pub from_milestone: String,
+    pub to_milestone: String,
+    pub at: String,
+    pub decision_digest: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SimulatedView {
+    pub any: bool,
+    pub banner: Option<&'static str>,
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SummaryView {
+    pub verdict: &'static str,
+    pub summary: String,
+    pub rules: VerdictCounts,
+    pub n_nodes: usize,
+    pub n_simulated_nodes: usize,
+    pub n_gpus: usize,
+    pub n_runs: usize,
+    pub n_jobs: usize,
+    pub job_states: BTreeMap<&'static str, usize>,
+    pub n_attempts: usize,
+    pub attempt_outcomes: BTreeMap<&'static str, usize>,
+    pub n_events: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct VerdictCounts {
+    pub passed: usize,
+    pub failed: usize,
+    pub waived: usize,
+    pub waiting: usize,
+    pub error: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DecisionView {
+    pub verdict: &'static str,
+    pub summary: String,
+    pub digest: String,
+    pub policy_version: String,
+    pub evaluated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PolicyView {
+    pub milestone: String,
+    pub description: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RuleView {
+    pub rule_id: String,
+    pub kind: String,
+    pub verdict: &'static str,
+    pub reason: String,
+    pub definition: Option<String>,
+    pub limit: Option<LimitView>,
+    pub failing_nodes: Vec<String>,
+    pub n_evidence_ok: usize,
+    pub n_evidence_not_ok: usize,
+    pub evidence: Vec<EvidenceView>,
+}
+
+/// The numeric limit of a measurement or telemetry rule.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LimitView {
+    pub rule_id: String,
+    pub source: &'static str,
+    pub subject: String,
+    pub unit: Option<&'static str>,
+    pub step: Option<String>,
+    pub aggregate: &'static str,
+    pub op: &'static str,
+    pub threshold: f64,
+    pub condition: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EvidenceView {
+    pub ok: bool,
+    pub node: String,
+    pub step: Option<String>,
+    pub attempt: Option<u32>,
+    pub gpu_index: Option<u32>,
+    pub value: Option<f64>,
+    pub limit: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WaiversView {
+    pub reported: bool,
+    pub note: &'static str,
+    pub items: Vec<WaiverView>,
+}
+
+/// Reserved for waivers; the report input does not carry them yet, so no value is ever built.
+#[derive(Debug, Serialize)]
+pub(crate) struct WaiverView {}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PlanView {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub selector: BTreeMap<String, String>,
+    pub max_nodes: Option<u32>,
+    pub runs: Vec<String>,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StepView {
+    pub index: usize,
+    pub name: String,
+    pub kind: &'static str,
+    pub timeout: String,
+    pub timeout_s: f64,
+    pub retries: u32,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub components: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RunView {
+    pub run_id: String,
+    pub plan_name: String,
+    pub plan_version: String,
+    pub plan_available: bool,
+    pub plan_steps: Vec<String>,
+    pub created_at: String,
+    pub n_jobs: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeView {
+    pub name: String,
+    pub simulated: bool,
+    pub gpu_source: &'static str,
+    pub labels: BTreeMap<String, String>,
+    pub registered: bool,
+    pub node_state: Option<&'static str>,
+    pub health: Option<&'static str>,
+    pub failing_rules: Vec<String>,
+    pub inventory: InventoryView,
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct InventoryView {
+    pub source: &'static str,
+    pub observed_step: Option<String>,
+    pub observed_attempt: Option<u32>,
+    pub notes: Vec<String>,
+    pub hostname: String,
+    pub gpu_source: &'static str,
+    pub driver_version: String,
+    pub cuda_driver_version: String,
+    pub nvml_version: String,
+    pub components: BTreeMap<String, String>,
+    pub gpus: Vec<GpuView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct GpuView {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub serial: Option<String>,
+    pub board_part_number: Option<String>,
+    pub pci_bus_id: String,
+    pub vbios_version: String,
+    pub inforom_version: Option<String>,
+    pub memory_total_mib: u64,
+    pub ecc_enabled: Option<bool>,
+    pub power_limit_w: Option<f64>,
+    pub max_pcie_gen: Option<u32>,
+    pub max_pcie_width: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct JobView {
+    pub job_id: String,
+    pub run_id: String,
+    pub plan_name: String,
+    pub plan_version: String,
+    pub state: &'static str,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AttemptView {
+    pub step_index: u32,
+    pub step_name: String,
+    pub attempt: u32,
+    pub final_attempt: bool,
+    pub outcome: &'static str,
+    pub exit_code: Option<i32>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: i64,
+    pub lease_epoch: u64,
+    pub message: String,
+    pub measurements: Vec<MeasurementView>,
+    pub telemetry: Vec<GpuTelemetryView>,
+    pub events: Vec<EventView>,
+    pub log_tail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct MeasurementView {
+    pub name: String,
+    pub value: f64,
+    pub unit: Option<String>,
+    pub checks: Vec<CheckView>,
+}
+
+/// One value compared with one rule's limit.
+#[derive(Debug, Serialize)]
+pub(crate) struct CheckView {
+    pub rule_id: String,
+    pub aggregate: &'static str,
+    pub condition: String,
+    pub value: f64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct GpuTelemetryView {
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub samples_missed: u32,
+    pub fields: Vec<FieldView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FieldView {
+    pub field: &'static str,
+    pub unit: &'static str,
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+    pub p99: f64,
+    pub last: f64,
+    pub samples: u32,
+    pub checks: Vec<CheckView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EventView {
+    /// For ordering only: RFC 3339 text with optional fractions does not sort by time.
+    #[serde(skip)]
+    pub at_time: Timestamp,
+    pub at: String,
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub kind: &'static str,
+    pub code: i64,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EventRow {
+    #[serde(skip)]
+    pub at_time: Timestamp,
+    pub at: String,
+    pub node: String,
+    pub job_id: String,
+    pub step_name: String,
+    pub attempt: u32,
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub kind: &'static str,
+    pub code: i64,
+    pub detail: String,
+}
+
+impl Report {
+    /// The limits of telemetry rules on `field` that apply to `step_name`.
+    pub(crate) fn telemetry_limits<'a>(
+        &'a self,
+        field: Field,
+        step_name: &'a str,
+    ) -> impl Iterator<Item = &'a LimitView> + 'a {
+        self.rules.iter().filter_map(move |rule| {
+            rule.limit.as_ref().filter(|limit| {
+                limit.source == "telemetry"
+                    && limit.subject == field.name()
+                    && limit.step.as_deref().is_none_or(|s| s == step_name)
+            })
+        })
+    }
+}
+
+/// A numeric rule's limit, kept with the typed values that evaluate it.
+struct Limit {
+    view: LimitView,
+    subject: Subject,
+    aggregate: Aggregate,
+    condition: Condition,
+}
+
+enum Subject {
+    Telemetry(Field),
+    Measurement(String),
+}
+
+impl Limit {
+    fn applies_to_step(&self, step_name: &str) -> bool {
+        self.view.step.as_deref().is_none_or(|s| s == step_name)
+    }
+
+    fn check(&self, value: f64) -> CheckView {
+        CheckView {
+            rule_id: self.view.rule_id.clone(),
+            aggregate: self.view.aggregate,
+            condition: self.view.condition.clone(),
+            value,
+            ok: self.condition.holds(value),
+        }
+    }
+}
+
+/// Builds the view model of `input`.
+pub(crate) fn build(input: &ReportInput) -> Report {
+    let mut warnings = Vec::new();
+    check_consistency(input, &mut warnings);
+
+    let limits = numeric_limits(input);
+    let rules = rule_views(input, &limits, &mut warnings);
+    let nodes = node_views(input, &limits, &mut warnings);
+    let (plans, runs) = plan_and_run_views(input, &mut warnings);
+    let events = event_rows(&nodes);
+
+    let simulated_nodes: Vec<String> = nodes
+        .iter()
+        .filter(|node| node.simulated)
+        .map(|node| node.name.clone())
+        .collect();
+    let any_simulated = !simulated_nodes.is_empty();
+
+    let mut rule_counts = VerdictCounts::default();
+    for rule in &input.decision.rules {
+        match rule.verdict {
+            Verdict::Passed => rule_counts.passed += 1,
+            Verdict::Failed => rule_counts.failed += 1,
+            Verdict::Waived => rule_counts.waived += 1,
+            Verdict::Waiting => rule_counts.waiting += 1,
+            Verdict::Error => rule_counts.error += 1,
+        }
+    }
+    let mut job_states = BTreeMap::new();
+    let mut attempt_outcomes = BTreeMap::new();
+    let (mut n_jobs, mut n_attempts) = (0, 0);
+    for job in nodes.iter().flat_map(|node| &node.jobs) {
+        n_jobs += 1;
+        *job_states.entry(job.state).or_insert(0) += 1;
+        for attempt in &job.attempts {
+            n_attempts += 1;
+            *attempt_outcomes.entry(attempt.outcome).or_insert(0) += 1;
+        }
+    }
+
+    let release = &input.release;
+    Report {
+        schema: SCHEMA,
+        title: format!(
+            "Customer acceptance report — {} at {}",
+            release.id, input.milestone
+        ),
+        release: ReleaseView {
+            name: release.id.to_string(),
+            description: release.description.clone(),
+            current_milestone: release.milestone.clone(),
+            created_at: text::time(&release.created_at),
+            components: release
+                .components
+                .iter()
+                .map(|c| ComponentView {
+                    name: c.name.clone(),
+                    version: c.version.clone(),
+                    artifact_uri: c.artifact_uri.clone(),
+                    sha256: c.sha256.clone(),
+                })
+                .collect(),
+            promotions: release
+                .promotions
+                .iter()
+                .map(|p| PromotionView {
+                    from_milestone: p.from_milestone.clone(),
+                    to_milestone: p.to_milestone.clone(),
+                    at: text::time(&p.at),
+                    decision_digest: p.decision_digest.clone(),
+                })
+                .collect(),
+        },
+        milestone: input.milestone.clone(),
+        simulated: SimulatedView {
+            any: any_simulated,
+            banner: any_simulated.then_some(SIMULATED_BANNER),
+            nodes: simulated_nodes.clone(),
+        },
+        summary: SummaryView {
+            verdict: input.decision.verdict.as_str(),
+            summary: input.decision.summary.clone(),
+            rules: rule_counts,
+            n_nodes: nodes.len(),
+            n_simulated_nodes: simulated_nodes.len(),
+            n_gpus: nodes.iter().map(|node| node.inventory.gpus.len()).sum(),
+            n_runs: input.evidence.runs.len(),
+            n_jobs,
+            job_states,
+            n_attempts,
+            attempt_outcomes,
+            n_events: events.len(),
+        },
+        decision: DecisionView {
+            verdict: input.decision.verdict.as_str(),
+            summary: input.decision.summary.clone(),
+            digest: input.decision.digest.clone(),
+            policy_version: input.decision.policy_version.clone(),
+            evaluated_at: text::time(&input.decision.evaluated_at),
+        },
+        policy: PolicyView {
+            milestone: input.policy.milestone.clone(),
+            description: input.policy.description.clone(),
+            version: input.policy.version(),
+        },
+        rules,
+        waivers: WaiversView {
+            reported: false,
+            note: "Waivers are not reported yet. A rule whose verdict is waived was exempted by a waiver in force; its reason names the approver, the ticket and the expiry.",
+            items: Vec::new(),
+        },
+        plans,
+        runs,
+        nodes,
+        events,
+        warnings,
+        generated_at: text::time(&input.generated_at),
+        controller_version: input.controller_version.clone(),
+    }
+}
+
+/// Says where the parts of the input do not describe the same release, milestone and policy.
+/// The report still renders: a customer is better served by a report that names the
+/// inconsistency than by none.
+fn check_consistency(input: &ReportInput, warnings: &mut Vec<String>) {
+    let release = input.release.id.as_str();
+    let decision = &input.decision;
+    if decision.release != release {
+        warnings.push(format!(
+            "the decision is about release {}, not {release}",
+            decision.release
+        ));
+    }
+    if input.evidence.release.id.as_str() != release {
+        warnings.push(format!(
+            "the evidence is about release {}, not {release}",
+            input.evidence.release.id
+        ));
+    }
+    for (what, milestone) in [
+        ("decision", &decision.milestone),
+        ("gate policy", &input.policy.milestone),
+        ("evidence", &input.evidence.milestone),
+    ] {
+        if milestone != &input.milestone {
+            warnings.push(format!(
+                "the {what} is for milestone {milestone}, not {}",
+                input.milestone
+            ));
+        }
+    }
+    let policy_version = input.policy.version();
+    if decision.policy_version != policy_version {
+        warnings.push(format!(
+            "the decision was evaluated under policy version {}, but the policy in this report has version {policy_version}",
+            decision.policy_version
+        ));
+    }
+}
+
+fn comparison_symbol(op: Comparison) -> &'static str {
+    match op {
+        Comparison::Lt => "<",
+        Comparison::Le => "<=",
+        Comparison::Gt => ">",
+        Comparison::Ge => ">=",
+        Comparison::Eq => "==",
+        Comparison::Ne => "!=",
+    }
+}
+
+fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
+    input
+        .policy
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let (source, subject, unit, step, aggregate, condition) = match &rule.kind {
+                RuleKind::Telemetry {
+                    field,
+                    step,
+                    aggregate,
+                    condition,
+                } => (
+                    "telemetry",
+                    Subject::Telemetry(*field),
+                    Some(field.unit()),
+                    step,
+                    *aggregate,
+                    *condition,
+                ),
+                RuleKind::Measurement {
+                    name,
+                    step,
+                    aggregate,
+                    condition,
+                } => (
+                    "measurement",
+                    Subject::Measurement(name.clone()),
+                    None,
+                    step,
+                    *aggregate,
+                    *condition,
+                ),
+                _ => return None,
+            };
+            let subject_name = match &subject {
+                Subject::Telemetry(field) => field.name().to_owned(),
+                Subject::Measurement(name) => name.clone(),
+            };
+            Some(Limit {
+                view: LimitView {
+                    rule_id: rule.id.clone(),
+                    source,
+                    subject: subject_name,
+                    unit,
+                    step: step.clone(),
+                    aggregate: aggregate.as_str(),
+                    op: comparison_symbol(condition.op),
+                    threshold: condition.threshold,
+                    condition: condition.to_string(),
+                },
+                subject,
+                aggregate,
+                condition,
+            })
+        })
+        .collect()
+}
+
+/// What a rule requires, in one sentence.
+fn define_rule(kind: &RuleKind) -> String {
+    let scope = |step: &Option<String>| match step {
+        Some(step) => format!("step {step}"),
+        None => "every step".to_owned(),
+    };
+    match kind {
+        RuleKind::StepsPassed {
+            plan,
+            steps,
+            quorum,
+        } => {
+            let quorum = match quorum {
+                Quorum::MinNodes(n) => format!("at least {n} node(s)"),
+                Quorum::MinFraction(f) => {
+                    format!("at least {}% of the run's nodes", text::stat(f * 100.0))
+                }
+            };
+            format!("steps {} of plan {plan} pass on {quorum}", steps.join(", "))
+        }
+        RuleKind::Measurement {
+            name,
+            step,
+            aggregate,
+            condition,
+        } => format!(
+            "{aggregate} of measurement {name} over nodes ({}) {condition}",
+            scope(step)
+        ),
+        RuleKind::Telemetry {
+            field,
+            step,
+            aggregate,
+            condition,
+        } => {
+            let unit = match field.unit() {
+                "" => String::new(),
+                unit => format!(" {unit}"),
+            };
+            format!(
+                "{aggregate} of telemetry {field} over every GPU ({}) {condition}{unit}",
+                scope(step)
+            )
+        }
+        RuleKind::NoXid { codes } if codes.is_empty() => "no XID of any code on any node".into(),
+        RuleKind::NoXid { codes } => {
+            let codes: Vec<String> = codes.iter().map(i64::to_string).collect();
+            format!("no XID with code {} on any node", codes.join(", "))
+        }
+        RuleKind::InventoryMatchesRelease { components } if components.is_empty() => {
+            "every node ran every component of the release".into()
+        }
+        RuleKind::InventoryMatchesRelease { components } => {
+            format!("every node ran the release's {}", components.join(", "))
+        }
+    }
+}
+
+fn rule_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<RuleView> {
+    let policy_rules: BTreeMap<&str, &RuleKind> = input
+        .policy
+        .rules
+        .iter()
+        .map(|rule| (rule.id.as_str(), &rule.kind))
+        .collect();
+    let decided: BTreeSet<&str> = input
+        .decision
+        .rules
+        .iter()
+        .map(|rule| rule.rule_id.as_str())
+        .collect();
+    for rule in &input.policy.rules {
+        if !decided.contains(rule.id.as_str()) {
+            warnings.push(format!(
+                "rule {} of the gate policy has no decision in this report",
+                rule.id
+            ));
+        }
+    }
+    input
+        .decision
+        .rules
+        .iter()
+        .map(|rule| {
+            let kind = policy_rules.get(rule.rule_id.as_str());
+            if kind.is_none() {
+                warnings.push(format!(
+                    "rule {} was decided but is not in the gate policy of this report",
+                    rule.rule_id
+                ));
+            }
+            // Failing evidence first: it is what a reader looks for; the order within each
+            // group stays the gate's.
+            let mut evidence: Vec<&EvidenceItem> = rule.evidence.iter().collect();
+            evidence.sort_by_key(|item| item.ok);
+            let n_evidence_ok = evidence.iter().filter(|item| item.ok).count();
+            RuleView {
+                rule_id: rule.rule_id.clone(),
+                kind: rule.kind.clone(),
+                verdict: rule.verdict.as_str(),
+                reason: rule.reason.clone(),
+                definition: kind.map(|kind| define_rule(kind)),
+                limit: limits
+                    .iter()
+                    .find(|limit| limit.view.rule_id == rule.rule_id)
+                    .map(|limit| limit.view.clone()),
+                failing_nodes: rule.failing_nodes.iter().map(NodeId::to_string).collect(),
+                n_evidence_ok,
+                n_evidence_not_ok: evidence.len() - n_evidence_ok,
+                evidence: evidence
+                    .into_iter()
+                    .map(|item| EvidenceView {
+                        ok: item.ok,
+                        node: item.node.to_string(),
+                        step: item.step.clone(),
+                        attempt: item.attempt,
+                        gpu_index: item.gpu_index,
+                        value: item.value,
+                        limit: item.limit.clone(),
+                        detail: item.detail.clone(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn plan_and_run_views(
+    input: &ReportInput,
+    warnings: &mut Vec<String>,
+) -> (Vec<PlanView>, Vec<RunView>) {
+    // Keyed by version, so a plan given twice appears once and the order is stable.
+    let mut plans: BTreeMap<(String, String), (&Plan, Vec<String>)> = BTreeMap::new();
+    let mut by_version: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for plan in &input.plans {
+        let version = plan.version().0;
+        let key = (plan.name.clone(), version.clone());
+        by_version.insert(version, key.clone());
+        plans.entry(key).or_insert((plan, Vec::new()));
+    }
+    let mut runs: Vec<RunView> = Vec::with_capacity(input.evidence.runs.len());
+    for run in &input.evidence.runs {
+        let key = by_version.get(run.plan_version.as_str());
+        let plan_available = key.is_some();
+        match key.and_then(|key| plans.get_mut(key)) {
+            Some((_, run_ids)) => run_ids.push(run.run_id.to_string()),
+            None => warnings.push(format!(
+                "run {} used plan {} version {}, which is not in this report",
+                run.run_id, run.plan_name, run.plan_version
+            )),
+        }
+        runs.push(RunView {
+            run_id: run.run_id.to_string(),
+            plan_name: run.plan_name.clone(),
+            plan_version: run.plan_version.to_string(),
+            plan_available,
+            plan_steps: run.plan_steps.clone(),
+            created_at: text::time(&run.created_at),
+            n_jobs: run.jobs.len(),
+        });
+    }
+    runs.sort_by(|a, b| (&a.plan_name, &a.run_id).cmp(&(&b.plan_name, &b.run_id)));
+    let plans = plans
+        .into_iter()
+        .map(|((_, version), (plan, mut run_ids))| {
+            run_ids.sort();
+            PlanView {
+                name: plan.name.clone(),
+                version,
+                description: plan.description.clone(),
+                selector: plan.selector.0.clone(),
+                max_nodes: plan.max_nodes,
+                runs: run_ids,
+                steps: plan
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(index, step)| {
+                        let (command, env, workdir, components) = match &step.kind {
+                            StepKind::Exec {
+                                command,
+                                env,
+                                workdir,
+                            } => (Some(command.clone()), env.clone(), workdir.clone(), None),
+                            StepKind::InventoryCheck { components } => {
+                                (None, BTreeMap::new(), None, Some(components.clone()))
+                            }
+                        };
+                        StepView {
+                            index,
+                            name: step.name.clone(),
+                            kind: step.kind.name(),
+                            timeout: spec::format_duration(step.timeout),
+                            timeout_s: step.timeout.as_secs_f64(),
+                            retries: step.retries,
+                            command,
+                            env,
+                            workdir,
+                            components,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    (plans, runs)
+}
+
+fn node_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<NodeView> {
+    let mut jobs_by_node: BTreeMap<&NodeId, Vec<(&RunEvidence, &JobEvidence)>> = BTreeMap::new();
+    for run in &input.evidence.runs {
+        for job in &run.jobs {
+            jobs_by_node.entry(&job.node).or_default().push((run, job));
+        }
+    }
+    let registered: BTreeMap<&NodeId, &Node> =
+        input.nodes.iter().map(|node| (&node.id, node)).collect();
+    for id in registered.keys() {
+        if !jobs_by_node.contains_key(id) {
+            warnings.push(format!("node {id} has no job in the evidence"));
+            jobs_by_node.insert(id, Vec::new());
+        }
+    }
+    let mut failing_rules: BTreeMap<&NodeId, Vec<String>> = BTreeMap::new();
+    for rule in &input.decision.rules {
+        for node in &rule.failing_nodes {
+            failing_rules
+                .entry(node)
+                .or_default()
+                .push(rule.rule_id.clone());
+        }
+    }
+    jobs_by_node
+        .into_iter()
+        .map(|(id, mut jobs)| {
+            jobs.sort_by(|(run_a, job_a), (run_b, job_b)| {
+                (&run_a.plan_name, &run_a.run_id, &job_a.job_id).cmp(&(
+                    &run_b.plan_name,
+                    &run_b.run_id,
+                    &job_b.job_id,
+                ))
+            });
+            let node = registered.get(id).copied();
+            let inventory = inventory_view(id, &jobs, node);
+            let simulated = inventory.gpu_source == GpuSourceKind::Simulated.as_str()
+                || jobs.iter().any(|(_, job)| {
+                    job.gpu_source == GpuSourceKind::Simulated
+                        || job
+                            .results
+                            .iter()
+                            .any(|r| r.inventory.gpu_source == GpuSourceKind::Simulated)
+                });
+            // The labels the gate saw; the registered ones when no job carries any.
+            let labels = jobs
+                .iter()
+                .rev()
+                .map(|(_, job)| &job.labels)
+                .find(|labels| !labels.is_empty())
+                .or(node.map(|node| &node.labels))
+                .cloned()
+                .unwrap_or_default();
+            if inventory.source == "none" {
+                warnings.push(format!(
+                    "node {id}: no inventory was observed or registered"
+                ));
+            }
+            NodeView {
+                name: id.to_string(),
+                simulated,
+                gpu_source: if simulated {
+                    GpuSourceKind::Simulated.as_str()
+                } else {
+                    GpuSourceKind::Nvml.as_str()
+                },
+                labels,
+                registered: node.is_some(),
+                node_state: node.map(|node| node.state.as_str()),
+                health: node.map(|node| node.health.as_str()),
+                failing_rules: failing_rules.remove(id).unwrap_or_default(),
+                inventory,
+                jobs: jobs
+                    .iter()
+                    .map(|(run, job)| job_view(run, job, limits))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The inventory a node showed during its steps: the one observed at the start of its latest
+/// attempt, with a note for every attempt that observed something different. Falls back to
+/// the inventory the node registered with, and says so.
+fn inventory_view(
+    id: &NodeId,
+    jobs: &[(&RunEvidence, &JobEvidence)],
+    registered: Option<&Node>,
+) -> InventoryView {
+    let mut results: Vec<(&JobEvidence, &StepResult)> = jobs
+        .iter()
+        .flat_map(|(_, job)| job.results.iter().map(move |result| (*job, result)))
+        .collect();
+    results.sort_by(|(job_a, a), (job_b, b)| {
+        (a.started_at, a.step_index, a.attempt, &job_a.job_id).cmp(&(
+            b.started_at,
+            b.step_index,
+            b.attempt,
+            &job_b.job_id,
+        ))
+    });
+    if let Some((_, latest)) = results.last() {
+        let shown = &latest.inventory;
+        // Group differing attempts by what differed, so a driver swap mid-job is one note.
+        let mut differences: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, result) in &results {
+            if &result.inventory != shown {
+                differences
+                    .entry(describe_difference(&result.inventory, shown))
+                    .or_default()
+                    .push(format!("{} attempt {}", result.step_name, result.attempt));
+            }
+        }
+        let notes = differences
+            .into_iter()
+            .map(|(difference, attempts)| {
+                let n_more = attempts.len().saturating_sub(3);
+                let mut listed = attempts.into_iter().take(3).collect::<Vec<_>>().join(", ");
+                if n_more > 0 {
+                    listed.push_str(&format!(" and {n_more} more"));
+                }
+                format!("{listed} observed a different inventory: {difference}")
+            })
+            .collect();
+        return inventory_from(
+            shown,
+            "observed",
+            Some((latest.step_name.clone(), latest.attempt)),
+            notes,
+        );
+    }
+    match registered {
+        Some(node) => inventory_from(
+            &node.inventory,
+            "registered",
+            None,
+            vec![format!(
+                "no step of node {id} reported an inventory; this is the inventory the node registered with, not one observed during qualification"
+            )],
+        ),
+        None => InventoryView {
+            source: "none",
+            observed_step: None,
+            observed_attempt: None,
+            notes: vec![format!(
+                "node {id} reported no inventory during its steps and is not registered"
+            )],
+            hostname: String::new(),
+            gpu_source: GpuSourceKind::Nvml.as_str(),
+            driver_version: String::new(),
+            cuda_driver_version: String::new(),
+            nvml_version: String::new(),
+            components: BTreeMap::new(),
+            gpus: Vec::new(),
+        },
+    }
+}
+
+fn describe_difference(other: &Inventory, shown: &Inventory) -> String {
+    let mut parts = Vec::new();
+    let mut compare = |what: &str, a: &str, b: &str| {
+        if a != b {
+            parts.push(format!("{what} {a} (shown: {b})"));
+        }
+    };
+    compare("driver", &other.driver_version, &shown.driver_version);
+    compare(
+        "CUDA driver",
+        &other.cuda_driver_version,
+        &shown.cuda_driver_version,
+    );
+    compare(
+        "GPU source",
+        other.gpu_source.as_str(),
+        shown.gpu_source.as_str(),
+    );
+    compare(
+        "GPU count",
+        &other.gpus.len().to_string(),
+        &shown.gpus.len().to_string(),
+    );
+    for (a, b) in other.gpus.iter().zip(&shown.gpus) {
+        let gpu = format!("GPU {}", a.index);
+        compare(&format!("{gpu} VBIOS"), &a.vbios_version, &b.vbios_version);
+        compare(&format!("{gpu} UUID"), &a.uuid, &b.uuid);
+    }
+    let names: BTreeSet<&String> = other
+        .components
+        .keys()
+        .chain(shown.components.keys())
+        .collect();
+    for name in names {
+        let version = |inventory: &Inventory| {
+            inventory
+                .components
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| "(none)".to_owned())
+        };
+        compare(name, &version(other), &version(shown));
+    }
+    if parts.is_empty() {
+        "other inventory details differ".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn inventory_from(
+    inventory: &Inventory,
+    source: &'static str,
+    observed: Option<(String, u32)>,
+    notes: Vec<String>,
+) -> InventoryView {
+    let (observed_step, observed_attempt) = observed.unzip();
+    let mut gpus: Vec<GpuView> = inventory.gpus.iter().map(gpu_view).collect();
+    gpus.sort_by_key(|gpu| gpu.index);
+    InventoryView {
+        source,
+        observed_step,
+        observed_attempt,
+        notes,
+        hostname: inventory.hostname.clone(),
+        gpu_source: inventory.gpu_source.as_str(),
+        driver_version: inventory.driver_version.clone(),
+        cuda_driver_version: inventory.cuda_driver_version.clone(),
+        nvml_version: inventory.nvml_version.clone(),
+        components: inventory.components.clone(),
+        gpus,
+    }
+}
+
+fn gpu_view(gpu: &GpuInfo) -> GpuView {
+    GpuView {
+        index: gpu.index,
+        name: gpu.name.clone(),
+        uuid: gpu.uuid.clone(),
+        serial: gpu.serial.clone(),
+        board_part_number: gpu.board_part_number.clone(),
+        pci_bus_id: gpu.pci_bus_id.clone(),
+        vbios_version: gpu.vbios_version.clone(),
+        inforom_version: gpu.inforom_version.clone(),
+        memory_total_mib: gpu.memory_total_mib,
+        ecc_enabled: gpu.ecc_enabled,
+        power_limit_w: gpu.power_limit_w,
+        max_pcie_gen: gpu.max_pcie_gen,
+        max_pcie_width: gpu.max_pcie_width,
+    }
+}
+
+fn job_view(run: &RunEvidence, job: &JobEvidence, limits: &[Limit]) -> JobView {
+    let mut results: Vec<&StepResult> = job.results.iter().collect();
+    results.sort_by_key(|r| (r.step_index, r.attempt, r.started_at));
+    // The latest attempt of each step is the one the gate judges.
+    let mut last_attempt: BTreeMap<u32, u32> = BTreeMap::new();
+    for result in &results {
+        let latest = last_attempt.entry(result.step_index).or_insert(0);
+        *latest = (*latest).max(result.attempt);
+    }
+    JobView {
+        job_id: job.job_id.to_string(),
+        run_id: run.run_id.to_string(),
+        plan_name: run.plan_name.clone(),
+        plan_version: run.plan_version.to_string(),
+        state: job.state.as_str(),
+        attempts: results
+            .into_iter()
+            .map(|result| {
+                let final_attempt = last_attempt.get(&result.step_index) == Some(&result.attempt);
+                attempt_view(result, final_attempt, limits)
+            })
+            .collect(),
+    }
+}
+
+fn attempt_view(result: &StepResult, final_attempt: bool, limits: &[Limit]) -> AttemptView {
+    let step_limits: Vec<&Limit> = limits
+        .iter()
+        .filter(|limit| limit.applies_to_step(&result.step_name))
+        .collect();
+    let measurements = result
+        .measurements
+        .iter()
+        .map(|m| MeasurementView {
+            name: m.name.clone(),
+            value: m.value,
+            unit: m.unit.clone(),
+            checks: step_limits
+                .iter()
+                .filter(
+                    |limit| matches!(&limit.subject, Subject::Measurement(name) if name == &m.name),
+                )
+                .map(|limit| limit.check(m.value))
+                .collect(),
+        })
+        .collect();
+    let mut telemetry: Vec<GpuTelemetryView> = result
+        .telemetry
+        .iter()
+        .map(|gpu| gpu_telemetry_view(gpu, &step_limits))
+        .collect();
+    telemetry.sort_by_key(|gpu| gpu.gpu_index);
+    let mut events: Vec<EventView> = result
+        .events
+        .iter()
+        .map(|event| EventView {
+            at_time: event.at,
+            at: text::time(&event.at),
+            gpu_index: event.gpu_index,
+            gpu_uuid: event.gpu_uuid.clone(),
+            kind: event.kind.as_str(),
+            code: event.code,
+            detail: event.detail.clone(),
+        })
+        .collect();
+    events.sort_by_key(|event| (event.at_time, event.gpu_index, event.code));
+    AttemptView {
+        step_index: result.step_index,
+        step_name: result.step_name.clone(),
+        attempt: result.attempt,
+        final_attempt,
+        outcome: result.outcome.as_str(),
+        exit_code: result.exit_code,
+        started_at: text::time(&result.started_at),
+        finished_at: text::time(&result.finished_at),
+        duration_ms: (result.finished_at - result.started_at).num_milliseconds(),
+        lease_epoch: result.lease_epoch,
+        message: result.message.clone(),
+        measurements,
+        telemetry,
+        events,
+        log_tail: result.log_tail.clone(),
+    }
+}
+
+fn gpu_telemetry_view(gpu: &GpuTelemetry, step_limits: &[&Limit]) -> GpuTelemetryView {
+    // `Field`'s order is its display order.
+    let mut summaries: Vec<_> = gpu.fields.iter().collect();
+    summaries.sort_by_key(|summary| summary.field);
+    let fields: Vec<FieldView> = summaries
+        .into_iter()
+        .map(|summary| FieldView {
+            field: summary.field.name(),
+            unit: summary.field.unit(),
+            min: summary.min,
+            mean: summary.mean,
+            max: summary.max,
+            p99: summary.p99,
+            last: summary.last,
+            samples: summary.samples,
+            checks: step_limits
+                .iter()
+                .filter(
+                    |limit| matches!(limit.subject, Subject::Telemetry(f) if f == summary.field),
+                )
+                .map(|limit| {
+                    // The gate compares the statistic its aggregate names, per GPU.
+                    let value = match limit.aggregate {
+                        Aggregate::Min => summary.min,
+                        Aggregate::Max => summary.max,
+                        Aggregate::Mean => summary.mean,
+                    };
+                    limit.check(value)
+                })
+                .collect(),
+        })
+        .collect();
+    GpuTelemetryView {
+        gpu_index: gpu.gpu_index,
+        gpu_uuid: gpu.gpu_uuid.clone(),
+        samples_missed: gpu.samples_missed,
+        fields,
+    }
+}
+
+fn event_rows(nodes: &[NodeView]) -> Vec<EventRow> {
+    let mut rows = Vec::new();
+    for node in nodes {
+        for job in &node.jobs {
+            for attempt in &job.attempts {
+                for event in &attempt.events {
+                    rows.push(EventRow {
+                        at_time: event.at_time,
+                        at: event.at.clone(),
+                        node: node.name.clone(),
+                        job_id: job.job_id.clone(),
+                        step_name: attempt.step_name.clone(),
+                        attempt: attempt.attempt,
+                        gpu_index: event.gpu_index,
+                        gpu_uuid: event.gpu_uuid.clone(),
+                        kind: event.kind,
+                        code: event.code,
+                        detail: event.detail.clone(),
+                    });
+                }
+            }
+        }
+    }
+    // Stable: equal times keep node, step and attempt order.
+    rows.sort_by_key(|row| row.at_time);
+    rows
+}

@@ -1,0 +1,623 @@
+//! Report tests: a Markdown snapshot of a small hand-built input, the JSON's documented shape,
+//! the HTML's self-containment and escaping, the simulated banner's presence and absence, and
+//! a manual render benchmark at fleet scale.
+
+use super::model::{self, SIMULATED_BANNER};
+use super::text::Html;
+use super::*;
+use std::time::Duration;
+use tollgate_domain::fleet::{GpuSourceKind, Inventory};
+use tollgate_domain::gate::{self, Evidence, JobEvidence, RunEvidence};
+use tollgate_domain::job::JobState;
+use tollgate_domain::plan::{Step, StepKind};
+use tollgate_domain::release::Component;
+use tollgate_domain::result::{Measurement, Outcome, StepResult};
+use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
+use tollgate_domain::test_support::{self as ts, at};
+use tollgate_domain::{JobId, NodeId, PlanVersion, RunId};
+
+const MILESTONE: &str = "customer-acceptance";
+
+const GATE: &str = r#"
+milestone: customer-acceptance
+description: Acceptance on the customer's SKU.
+rules:
+  - steps-passed: {plan: gpu-qual, steps: [versions, stress], min-nodes: 2}
+  - telemetry: {field: gpu_temp_c, step: stress, aggregate: max, condition: "< 88"}
+  - measurement: {name: membw_gbps, step: stress, aggregate: min, condition: ">= 2800"}
+  - no-xid: {codes: [48, 79]}
+  - inventory-matches-release: {}
+"#;
+
+/// The top-level keys `docs/report-format.md` documents, in order.
+const TOP_LEVEL_KEYS: [&str; 17] = [
+    "schema",
+    "title",
+    "release",
+    "milestone",
+    "simulated",
+    "summary",
+    "decision",
+    "policy",
+    "rules",
+    "waivers",
+    "plans",
+    "runs",
+    "nodes",
+    "events",
+    "warnings",
+    "generated_at",
+    "controller_version",
+];
+
+fn plan() -> Plan {
+    Plan {
+        name: "gpu-qual".into(),
+        description: "Burn-in and versions".into(),
+        selector: tollgate_domain::fleet::Selector(
+            [("sku".to_owned(), "hgx-h100".to_owned())]
+                .into_iter()
+                .collect(),
+        ),
+        max_nodes: Some(2),
+        steps: vec![
+            Step {
+                name: "versions".into(),
+                kind: StepKind::InventoryCheck {
+                    components: Vec::new(),
+                },
+                timeout: Duration::from_secs(60),
+                retries: 0,
+            },
+            Step {
+                name: "stress".into(),
+                kind: StepKind::Exec {
+                    command: vec!["sh".into(), "-c".into(), "./stress.sh --minutes 10".into()],
+                    env: [("STRESS_LEVEL".to_owned(), "high".to_owned())]
+                        .into_iter()
+                        .collect(),
+                    workdir: None,
+                },
+                timeout: Duration::from_secs(900),
+                retries: 1,
+            },
+        ],
+    }
+}
+
+fn node_inventory(name: &str, source: GpuSourceKind) -> Inventory {
+    let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, 2);
+    inventory.gpu_source = source;
+    inventory.hostname = name.to_owned();
+    for gpu in &mut inventory.gpus {
+        gpu.uuid = format!("GPU-{name}-{}", gpu.index);
+    }
+    inventory
+}
+
+fn result(
+    node: &str,
+    source: GpuSourceKind,
+    step: (u32, &str),
+    attempt: u32,
+    outcome: Outcome,
+    start: i64,
+) -> StepResult {
+    StepResult {
+        job_id: JobId::from(format!("job-{node}")),
+        step_name: step.1.into(),
+        started_at: at(start),
+        finished_at: at(start + 95),
+        inventory: node_inventory(node, source),
+        ..ts::step_result(step.0, attempt, outcome)
+    }
+}
+
+fn telemetry(gpu_index: u32, node: &str, temp_max: f64, power_max: f64) -> GpuTelemetry {
+    let summary = |field, min: f64, mean: f64, max: f64| FieldSummary {
+        field,
+        min,
+        max,
+        mean,
+        p99: max,
+        last: mean,
+        samples: 95,
+    };
+    GpuTelemetry {
+        gpu_index,
+        gpu_uuid: format!("GPU-{node}-{gpu_index}"),
+        // Deliberately out of display order: the report orders fields itself.
+        fields: vec![
+            summary(Field::PowerW, 80.0, power_max - 40.0, power_max),
+            summary(Field::GpuTempC, 35.0, temp_max - 12.5, temp_max),
+        ],
+        samples_missed: 0,
+    }
+}
+
+/// A node whose stress step errored once, then passed with GPU 0 running too hot.
+fn hot_job(name: &str, source: GpuSourceKind) -> JobEvidence {
+    let versions = result(name, source, (0, "versions"), 1, Outcome::Passed, 100);
+    let mut first = result(name, source, (1, "stress"), 1, Outcome::Error, 200);
+    first.exit_code = None;
+    first.message = "timed out after 15m; killed".into();
+    first.log_tail = "iteration 41 ok\niteration 42 | stuck <waiting>\n```\n".into();
+    let mut second = result(name, source, (1, "stress"), 2, Outcome::Passed, 400);
+    second.message = "exit 0".into();
+    second.measurements.push(Measurement {
+        name: "membw_gbps".into(),
+        value: 3012.5,
+        unit: Some("GB/s".into()),
+    });
+    second.telemetry = vec![
+        telemetry(1, name, 71.0, 640.0),
+        telemetry(0, name, 95.5, 700.0),
+    ];
+    second.events.push(GpuEvent {
+        gpu_index: 0,
+        gpu_uuid: format!("GPU-{name}-0"),
+        kind: EventKind::Xid,
+        code: 31,
+        at: at(450),
+        detail: "MMU fault".into(),
+    });
+    JobEvidence {
+        gpu_source: source,
+        ..ts::job(name, JobState::Passed, vec![versions, first, second])
+    }
+}
+
+/// A node that passed everything on real hardware.
+fn cool_job(name: &str) -> JobEvidence {
+    let source = GpuSourceKind::Nvml;
+    let versions = result(name, source, (0, "versions"), 1, Outcome::Passed, 100);
+    let mut stress = result(name, source, (1, "stress"), 1, Outcome::Passed, 200);
+    stress.message = "exit 0".into();
+    stress.measurements.push(Measurement {
+        name: "membw_gbps".into(),
+        value: 2950.0,
+        unit: Some("GB/s".into()),
+    });
+    stress.telemetry = vec![
+        telemetry(0, name, 70.0, 650.0),
+        telemetry(1, name, 72.25, 655.5),
+    ];
+    JobEvidence {
+        gpu_source: source,
+        ..ts::job(name, JobState::Passed, vec![versions, stress])
+    }
+}
+
+/// Two nodes: `hot` (over temperature on GPU 0, failing the telemetry rule) and `cool`.
+fn input_with(hot: &str, hot_source: GpuSourceKind, cool: &str) -> ReportInput {
+    let mut release = ts::release();
+    release.milestone = MILESTONE.into();
+    release.description = "Driver 550 with the 96.00.89 VBIOS".into();
+    release.components[0] = Component {
+        artifact_uri: Some("https://artifacts.example/nvidia-driver-550.54.15.run".into()),
+        sha256: Some("ab".repeat(32)),
+        ..release.components[0].clone()
+    };
+    let plan = plan();
+    let evidence = Evidence {
+        release: release.clone(),
+        milestone: MILESTONE.into(),
+        runs: vec![RunEvidence {
+            run_id: RunId::from("run-1"),
+            plan_name: plan.name.clone(),
+            plan_version: plan.version(),
+            plan_steps: plan.step_names(),
+            created_at: at(50),
+            jobs: vec![hot_job(hot, hot_source), cool_job(cool)],
+        }],
+    };
+    let policy = gate::parse_gate("gate.yaml", GATE).expect("the test gate is valid");
+    let decision = gate::evaluate(&policy, &evidence, &[], at(1000));
+    let mut hot_node = ts::node(hot, "hgx-h100");
+    hot_node.inventory = node_inventory(hot, hot_source);
+    let mut cool_node = ts::node(cool, "hgx-h100");
+    cool_node.inventory = node_inventory(cool, GpuSourceKind::Nvml);
+    ReportInput {
+        release,
+        milestone: MILESTONE.into(),
+        policy,
+        decision,
+        evidence,
+        plans: vec![plan],
+        nodes: vec![cool_node, hot_node],
+        generated_at: at(1200),
+        controller_version: "0.1.0".into(),
+    }
+}
+
+fn input() -> ReportInput {
+    input_with("lab-a-n1", GpuSourceKind::Simulated, "lab-a-n2")
+}
+
+fn text_of(input: &ReportInput, format: ReportFormat) -> String {
+    String::from_utf8(render(input, format).content).expect("reports are UTF-8")
+}
+
+#[test]
+fn fixture_fails_only_the_telemetry_rule() {
+    let input = input();
+    let verdicts: Vec<(&str, &str)> = input
+        .decision
+        .rules
+        .iter()
+        .map(|r| (r.rule_id.as_str(), r.verdict.as_str()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("steps-passed:gpu-qual", "passed"),
+            ("telemetry:gpu_temp_c", "failed"),
+            ("measurement:membw_gbps", "passed"),
+            ("no-xid", "passed"),
+            ("inventory-matches-release", "passed"),
+        ]
+    );
+}
+
+#[test]
+fn markdown_snapshot() {
+    insta::assert_snapshot!(text_of(&input(), ReportFormat::Markdown));
+}
+
+#[test]
+fn json_has_documented_keys_and_one_entry_per_rule() {
+    let input = input();
+    let rendered = render(&input, ReportFormat::Json);
+    assert_eq!(rendered.media_type, "application/json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&rendered.content).expect("the JSON report parses");
+    let keys: Vec<&str> = json
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut documented = TOP_LEVEL_KEYS.to_vec();
+    documented.sort_unstable();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort_unstable();
+    assert_eq!(keys_sorted, documented);
+    assert_eq!(json["schema"], "tollgate.report.v1");
+    let rules = json["rules"].as_array().expect("rules is an array");
+    assert_eq!(rules.len(), input.policy.rules.len());
+    assert_eq!(rules[1]["rule_id"], "telemetry:gpu_temp_c");
+    assert_eq!(rules[1]["verdict"], "failed");
+    assert_eq!(rules[1]["failing_nodes"][0], "lab-a-n1");
+    assert_eq!(rules[1]["limit"]["threshold"], 88.0);
+    assert_eq!(json["decision"]["verdict"], "failed");
+    assert_eq!(json["simulated"]["any"], true);
+    assert_eq!(json["simulated"]["banner"], SIMULATED_BANNER);
+    assert_eq!(json["waivers"]["reported"], false);
+    let nodes = json["nodes"].as_array().expect("nodes is an array");
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(names, ["lab-a-n1", "lab-a-n2"]);
+    assert_eq!(nodes[0]["simulated"], true);
+    assert_eq!(nodes[1]["simulated"], false);
+    assert_eq!(nodes[0]["inventory"]["source"], "observed");
+    let attempts = nodes[0]["jobs"][0]["attempts"]
+        .as_array()
+        .expect("attempts");
+    assert_eq!(attempts.len(), 3);
+    assert_eq!(attempts[1]["final_attempt"], false);
+    let gpu0 = &attempts[2]["telemetry"][0];
+    assert_eq!(gpu0["gpu_index"], 0);
+    assert_eq!(gpu0["fields"][0]["field"], "gpu_temp_c");
+    assert_eq!(gpu0["fields"][0]["unit"], "°C");
+    assert_eq!(gpu0["fields"][0]["checks"][0]["ok"], false);
+    assert_eq!(json["events"][0]["code"], 31);
+}
+
+#[test]
+fn html_is_self_contained() {
+    let html = text_of(&input(), ReportFormat::Html);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    let lower = html.to_ascii_lowercase();
+    for forbidden in [
+        "src=",
+        "href=\"http",
+        "href='http",
+        "href=\"//",
+        "<script",
+        "<link",
+        "<img",
+        "<iframe",
+        "@import",
+        "url(",
+        "@font-face",
+    ] {
+        assert!(!lower.contains(forbidden), "the page contains {forbidden}");
+    }
+    // Internal anchors are the only links.
+    for (idx, _) in lower.match_indices("href=") {
+        assert!(
+            lower[idx..].starts_with("href=\"#"),
+            "{}",
+            &lower[idx..idx + 40]
+        );
+    }
+    // The artifact address is shown as text, not fetched or linked.
+    assert!(html.contains("https://artifacts.example/nvidia-driver-550.54.15.run"));
+    assert!(html.contains("@media print"));
+    assert!(html.contains("<details class=\"node\""));
+    assert!(html.contains("<svg class=\"chart\""));
+}
+
+#[test]
+fn html_escapes_untrusted_text() {
+    let evil = "<script>alert(1)</script>";
+    let input = input_with("lab-a-n1", GpuSourceKind::Simulated, evil);
+    let html = text_of(&input, ReportFormat::Html);
+    assert!(!html.contains(evil));
+    assert!(!html.to_ascii_lowercase().contains("<script"));
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    // The log tail's markup characters are escaped too.
+    assert!(html.contains("stuck &lt;waiting&gt;"));
+
+    let markdown = text_of(&input, ReportFormat::Markdown);
+    assert!(!markdown.contains(evil));
+    assert!(markdown.contains(r"\<script>alert(1)\</script>"));
+    // JSON carries the name as data, exactly.
+    let json: serde_json::Value =
+        serde_json::from_slice(&render(&input, ReportFormat::Json).content).expect("parses");
+    assert_eq!(json["nodes"][0]["name"], evil);
+}
+
+#[test]
+fn simulated_gpus_are_announced_in_every_format() {
+    let input = input();
+    let html = text_of(&input, ReportFormat::Html);
+    assert!(html.contains("class=\"banner\""));
+    assert!(html.contains("SIMULATED GPUs"));
+    assert!(html.contains(&Html(SIMULATED_BANNER).to_string()));
+    assert!(html.contains("<span class=\"badge sim\">SIMULATED</span>"));
+    let markdown = text_of(&input, ReportFormat::Markdown);
+    assert!(markdown.contains(SIMULATED_BANNER));
+    assert!(markdown.contains("### Node lab-a-n1 (SIMULATED)"));
+    let json = text_of(&input, ReportFormat::Json);
+    assert!(json.contains(SIMULATED_BANNER));
+}
+
+#[test]
+fn real_hardware_has_no_simulated_banner() {
+    let input = input_with("lab-a-n1", GpuSourceKind::Nvml, "lab-a-n2");
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = text_of(&input, format);
+        assert!(!text.contains("SIMULATED"), "{format:?}");
+        assert!(!text.contains("simulated GPU source"), "{format:?}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&render(&input, ReportFormat::Json).content).expect("parses");
+    assert_eq!(json["simulated"]["any"], false);
+    assert!(json["simulated"]["banner"].is_null());
+    assert_eq!(json["summary"]["n_simulated_nodes"], 0);
+}
+
+#[test]
+fn a_simulated_inventory_marks_the_node_even_if_the_job_says_nvml() {
+    let mut input = input_with("lab-a-n1", GpuSourceKind::Nvml, "lab-a-n2");
+    input.evidence.runs[0].jobs[0].results[0]
+        .inventory
+        .gpu_source = GpuSourceKind::Simulated;
+    let report = model::build(&input);
+    assert!(report.simulated.any);
+    assert_eq!(report.simulated.nodes, ["lab-a-n1"]);
+}
+
+#[test]
+fn output_is_deterministic_and_ignores_input_order() {
+    let input = input();
+    let mut shuffled = input.clone();
+    shuffled.nodes.reverse();
+    for format in [
+        ReportFormat::Markdown,
+        ReportFormat::Json,
+        ReportFormat::Html,
+    ] {
+        let first = render(&input, format).content;
+        assert_eq!(first, render(&input, format).content, "{format:?}");
+        assert_eq!(first, render(&shuffled, format).content, "{format:?}");
+    }
+}
+
+#[test]
+fn registered_inventory_is_the_fallback_and_says_so() {
+    let mut input = input();
+    let job = &mut input.evidence.runs[0].jobs[1];
+    job.results.clear();
+    job.state = JobState::Pending;
+    let report = model::build(&input);
+    let cool = &report.nodes[1];
+    assert_eq!(cool.inventory.source, "registered");
+    assert!(
+        cool.inventory.notes[0].contains("registered with"),
+        "{:?}",
+        cool.inventory.notes
+    );
+    assert_eq!(cool.inventory.gpus.len(), 2);
+    let markdown = text_of(&input, ReportFormat::Markdown);
+    assert!(markdown.contains("inventory **as registered**"));
+}
+
+#[test]
+fn a_plan_version_missing_from_the_input_is_a_warning() {
+    let mut input = input();
+    input.plans.clear();
+    let report = model::build(&input);
+    assert!(report.plans.is_empty());
+    assert!(!report.runs[0].plan_available);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("which is not in this report")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn a_changed_inventory_during_the_job_is_noted() {
+    let mut input = input();
+    let results = &mut input.evidence.runs[0].jobs[0].results;
+    results[0].inventory.driver_version = "535.161.08".into();
+    let report = model::build(&input);
+    let notes = &report.nodes[0].inventory.notes;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("versions attempt 1"), "{notes:?}");
+    assert!(
+        notes[0].contains("driver 535.161.08 (shown: 550.54.15)"),
+        "{notes:?}"
+    );
+}
+
+/// A fleet-sized input: `n_nodes` nodes × 8 GPUs × 10 steps, six telemetry fields per GPU.
+fn fleet_input(n_nodes: usize) -> ReportInput {
+    const N_STEPS: u32 = 10;
+    const N_GPUS: u32 = 8;
+    let fields = [
+        Field::GpuTempC,
+        Field::MemTempC,
+        Field::PowerW,
+        Field::SmClockMhz,
+        Field::GpuUtilPct,
+        Field::FbUsedMib,
+    ];
+    let mut plan = plan();
+    let template = plan.steps[1].clone();
+    plan.steps = (0..N_STEPS)
+        .map(|idx| Step {
+            name: format!("step{idx}"),
+            ..template.clone()
+        })
+        .collect();
+    let mut release = ts::release();
+    release.milestone = MILESTONE.into();
+    let jobs: Vec<JobEvidence> = (0..n_nodes)
+        .map(|node_idx| {
+            let name = format!("lab-a-r{:02}-n{:03}", node_idx / 40, node_idx % 40);
+            let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, N_GPUS);
+            inventory.hostname = name.clone();
+            let results = (0..N_STEPS)
+                .map(|step_idx| {
+                    let start = i64::from(step_idx) * 120;
+                    let telemetry = (0..N_GPUS)
+                        .map(|gpu_index| GpuTelemetry {
+                            gpu_index,
+                            gpu_uuid: format!("GPU-{name}-{gpu_index}"),
+                            fields: fields
+                                .iter()
+                                .map(|&field| {
+                                    let base = 60.0 + f64::from(gpu_index) + (node_idx % 7) as f64;
+                                    FieldSummary {
+                                        field,
+                                        min: base - 20.0,
+                                        max: base + 10.0,
+                                        mean: base,
+                                        p99: base + 9.0,
+                                        last: base + 1.0,
+                                        samples: 120,
+                                    }
+                                })
+                                .collect(),
+                            samples_missed: 0,
+                        })
+                        .collect();
+                    StepResult {
+                        job_id: JobId::from(format!("job-{name}")),
+                        step_name: format!("step{step_idx}"),
+                        started_at: at(start),
+                        finished_at: at(start + 110),
+                        measurements: vec![Measurement {
+                            name: "membw_gbps".into(),
+                            value: 2900.0 + (node_idx % 200) as f64,
+                            unit: Some("GB/s".into()),
+                        }],
+                        telemetry,
+                        inventory: inventory.clone(),
+                        log_tail: "PASS all tests\n".into(),
+                        message: "exit 0".into(),
+                        ..ts::step_result(step_idx, 1, Outcome::Passed)
+                    }
+                })
+                .collect();
+            JobEvidence {
+                node: NodeId::from(name.as_str()),
+                ..ts::job(&name, JobState::Passed, results)
+            }
+        })
+        .collect();
+    let nodes = jobs
+        .iter()
+        .map(|job| ts::node(job.node.as_str(), "hgx-h100"))
+        .collect();
+    let evidence = Evidence {
+        release: release.clone(),
+        milestone: MILESTONE.into(),
+        runs: vec![RunEvidence {
+            run_id: RunId::from("run-1"),
+            plan_name: plan.name.clone(),
+            plan_version: PlanVersion(plan.version().0),
+            plan_steps: plan.step_names(),
+            created_at: at(0),
+            jobs,
+        }],
+    };
+    let gate = GATE.replace("steps: [versions, stress]", "steps: [step0, step9]");
+    let policy = gate::parse_gate("gate.yaml", &gate).expect("valid gate");
+    let decision = gate::evaluate(&policy, &evidence, &[], at(5000));
+    ReportInput {
+        release,
+        milestone: MILESTONE.into(),
+        policy,
+        decision,
+        evidence,
+        plans: vec![plan],
+        nodes,
+        generated_at: at(5000),
+        controller_version: "bench".into(),
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo test --release -p tollgate-controller report::tests::render_benchmark -- --ignored --nocapture`"]
+fn render_benchmark() {
+    let input = fleet_input(1000);
+    let started = std::time::Instant::now();
+    let report = model::build(&input);
+    println!(
+        "model: {:?} ({} nodes, {} attempts)",
+        started.elapsed(),
+        report.nodes.len(),
+        report.summary.n_attempts
+    );
+    for format in [
+        ReportFormat::Markdown,
+        ReportFormat::Json,
+        ReportFormat::Html,
+    ] {
+        let started = std::time::Instant::now();
+        let rendered = render(&input, format);
+        println!(
+            "{format:?}: {:?}, {:.1} MiB",
+            started.elapsed(),
+            rendered.content.len() as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+#[test]
+fn fleet_input_renders_every_node() {
+    // The benchmark's input at a size every test run can afford, so it stays correct.
+    let input = fleet_input(3);
+    let report = model::build(&input);
+    assert_eq!(report.nodes.len(), 3);
+    assert_eq!(report.summary.n_attempts, 30);
+    assert_eq!(report.summary.n_gpus, 24);
+    let html = text_of(&input, ReportFormat::Html);
+    assert_eq!(html.matches("<details class=\"node\"").count(), 3);
+}
