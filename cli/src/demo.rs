@@ -42,11 +42,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 
-const SIMULATED_BANNER: &str = "\
-  +--------------------------------------------------------------+
-  |  Simulated GPUs: numbers are made up                         |
-  |  (the processes, gRPC, scheduling and gate are all real)     |
-  +--------------------------------------------------------------+";
+const SIMULATED_BANNER: &str = concat!(
+    "  +--------------------------------------------------------------+\n",
+    "  |  Simulated GPUs: numbers are made up                         |\n",
+    "  |  (the processes, gRPC, scheduling and gate are all real)     |\n",
+    "  +--------------------------------------------------------------+",
+);
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -504,6 +505,8 @@ impl Children {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
+            // Plain logs: ANSI colours make the log files hard to read and grep.
+            .env("NO_COLOR", "1")
             .process_group(0)
             .kill_on_drop(true)
             .spawn()

@@ -224,6 +224,11 @@ pub fn format_applied(policy: &pb::GatePolicy) -> String {
     )
 }
 
+/// Up to this many evidence items a rule shows them all; past it, only the failing ones. A
+/// telemetry rule over a lab has one item per GPU per step, which would bury the one that
+/// matters.
+const MAX_EVIDENCE_SHOWN: usize = 8;
+
 /// A decision for people: the verdict in capitals with its summary, then one block per rule
 /// with its verdict, id, reason, failing nodes and evidence.
 pub fn format_decision(decision: &pb::Decision) -> String {
@@ -254,8 +259,21 @@ pub fn format_decision(decision: &pb::Decision) -> String {
                 rule.failing_nodes.join(", ")
             );
         }
-        for item in &rule.evidence {
+        let shown: Vec<&pb::EvidenceItem> = if rule.evidence.len() <= MAX_EVIDENCE_SHOWN {
+            rule.evidence.iter().collect()
+        } else {
+            rule.evidence.iter().filter(|item| !item.ok).collect()
+        };
+        for item in &shown {
             let _ = writeln!(out, "          {}", format_evidence(item));
+        }
+        let n_hidden = rule.evidence.len() - shown.len();
+        if n_hidden > 0 {
+            let _ = writeln!(
+                out,
+                "          ... and {n_hidden} ok item{} (all of them: -o json, or the report)",
+                if n_hidden == 1 { "" } else { "s" }
+            );
         }
     }
     out
@@ -351,6 +369,23 @@ mod tests {
             text.contains("FAIL lab-4 stress#1 95.2 (limit < 88): GPU 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn long_evidence_shows_only_the_failing_items() {
+        let mut decision = failed_decision();
+        let ok_item = pb::EvidenceItem {
+            node: "lab-1".into(),
+            ok: true,
+            ..Default::default()
+        };
+        decision.rules[1]
+            .evidence
+            .extend(std::iter::repeat_n(ok_item, 20));
+        let text = format_decision(&decision);
+        assert!(text.contains("FAIL lab-4 stress#1"), "{text}");
+        assert!(!text.contains("ok   lab-1"), "{text}");
+        assert!(text.contains("... and 20 ok items"), "{text}");
     }
 
     #[test]

@@ -219,9 +219,11 @@ impl Progress {
             }
             self.n_drawn = 1 + run.jobs.len();
         } else {
-            if run.state != self.state {
+            // The run's first state opens the log; a later change closes the jobs' lines that
+            // caused it.
+            let state_changed = run.state != self.state;
+            if state_changed && self.state.is_empty() {
                 writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
-                self.state.clone_from(&run.state);
             }
             for job in &run.jobs {
                 let line = format_job_line(job, width);
@@ -230,6 +232,10 @@ impl Progress {
                     self.job_lines.insert(job.id.clone(), line);
                 }
             }
+            if state_changed && !self.state.is_empty() {
+                writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
+            }
+            self.state.clone_from(&run.state);
         }
         stdout.flush()?;
         Ok(())
