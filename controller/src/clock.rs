@@ -30,19 +30,27 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock showing `start`.
     pub fn new(start: Timestamp) -> Self {
-        Self { now: Arc::new(Mutex::new(start)) }
+        Self {
+            now: Arc::new(Mutex::new(start)),
+        }
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: chrono::Duration) {
-        let mut now = self.now.lock().expect("clock lock is never poisoned: no panics while held");
+        let mut now = self
+            .now
+            .lock()
+            .expect("clock lock is never poisoned: no panics while held");
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        *self.now.lock().expect("clock lock is never poisoned: no panics while held")
+        *self
+            .now
+            .lock()
+            .expect("clock lock is never poisoned: no panics while held")
     }
 }
 

@@ -3,10 +3,336 @@
 //!
 //! [`run`] receives its listener and a shutdown future, so tests bind `127.0.0.1:0` and stop
 //! it at will.
+//!
+//! # How shutdown flows
+//!
+//! `run` owns everything it starts. When the caller's shutdown future completes:
+//!
+//! 1. the internal shutdown flag ([`Shared::shutdown`]) is raised; every long-lived stream
+//!    (agent sessions, `WatchRun`, `PushTelemetry`) watches it and ends, and the agent
+//!    sessions are dropped so their command streams finish;
+//! 2. the gRPC server stops accepting connections and lets in-flight requests finish (bounded
+//!    by [`DRAIN_TIMEOUT`], so one stuck client cannot hold the process forever);
+//! 3. the scheduler loop and the lease watchdog see the flag and return; `run` awaits them;
+//! 4. the store is closed, waiting for in-flight statements.
 
 pub mod clock;
 pub mod config;
+pub mod gates;
+pub mod grpc;
+pub mod lease;
 pub mod report;
+pub mod scheduler;
+pub mod sessions;
 pub mod store;
 
 pub use config::ControllerConfig;
+
+use anyhow::Context as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_domain::Timestamp;
+use tollgate_proto::v1::agent_service_server::AgentServiceServer;
+use tollgate_proto::v1::gate_service_server::GateServiceServer;
+use tollgate_proto::v1::node_service_server::NodeServiceServer;
+use tollgate_proto::v1::plan_service_server::PlanServiceServer;
+use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
+use tollgate_proto::v1::report_service_server::ReportServiceServer;
+use tollgate_proto::v1::run_service_server::RunServiceServer;
+
+/// How long in-flight requests may take to finish once shutdown started.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State every service, the scheduler and the lease watchdog share, behind one `Arc`.
+///
+/// Ownership: `run` creates it and holds the only long-lived clone besides the services and
+/// the two loops; everything in it is safe to use from any task. Shutdown is announced
+/// through `shutdown`, never by dropping this.
+#[derive(Debug)]
+pub struct Shared {
+    /// The database.
+    pub store: store::Store,
+    /// Flags and the clock.
+    pub config: ControllerConfig,
+    /// Live agent sessions: who can be sent a command right now.
+    pub sessions: sessions::Sessions,
+    /// Node tokens already seen, so a call does not cost a database lookup.
+    pub tokens: grpc::auth::TokenCache,
+    /// The controller's first clock read; leases get a fresh grace from here after a restart.
+    pub started_at: Timestamp,
+    /// Wakes the scheduler loop early (node connected, run started, job ended).
+    scheduler_wake: Notify,
+    /// Bumped after every change a run watcher may care about.
+    changes: watch::Sender<u64>,
+    /// Raised once when shutdown starts.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Builds the shared state; `run` does this, and so can tests that drive the loops directly.
+    pub fn new(store: store::Store, config: ControllerConfig) -> Self {
+        let started_at = config.clock.now();
+        Self {
+            store,
+            config,
+            sessions: sessions::Sessions::default(),
+            tokens: grpc::auth::TokenCache::default(),
+            started_at,
+            scheduler_wake: Notify::new(),
+            changes: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// The current time, from the configured clock.
+    pub fn now(&self) -> Timestamp {
+        self.config.clock.now()
+    }
+
+    /// Asks the scheduler to look at pending jobs now rather than at its next tick.
+    pub fn poke_scheduler(&self) {
+        self.scheduler_wake.notify_one();
+    }
+
+    /// Tells run watchers that something changed.
+    pub fn notify_changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that sees every [`Shared::notify_changed`].
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// A receiver whose value turns true when shutdown starts.
+    pub fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Starts shutdown: raises the flag and drops every agent session.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.sessions.close_all();
+    }
+
+    /// Waits until the scheduler is poked, `tick` passes, or shutdown starts; false on shutdown.
+    async fn wait_for_work(&self, shutdown: &mut watch::Receiver<bool>, tick: Duration) -> bool {
+        tokio::select! {
+            () = self.scheduler_wake.notified() => {}
+            () = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return false,
+        }
+        !*shutdown.borrow()
+    }
+}
+
+/// Waits until `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped, which only happens when everything stops.
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// Runs the controller on `listener` until `shutdown` completes, then stops gracefully (see
+/// the module docs for the order).
+pub async fn run(
+    config: ControllerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_serving` with the bound address once the store is open and the
+/// services are about to answer (`main` writes `--addr-file` there).
+pub async fn run_with(
+    config: ControllerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_serving: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let store = store::Store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the database {}",
+                redact_database_url(&config.database_url)
+            )
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    tracing::info!(
+        addr = %local_addr,
+        backend = store.backend(),
+        data_dir = %config.data_dir.display(),
+        "controller starting"
+    );
+    let shared = Arc::new(Shared::new(store, config));
+    let result = serve(shared.clone(), listener, shutdown, move || {
+        on_serving(local_addr)
+    })
+    .await;
+    shared.store.close().await;
+    tracing::info!("controller stopped");
+    result
+}
+
+/// Serves every service and runs the loops until shutdown; does not close the store.
+async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_serving: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<grpc::agent::AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<NodeServiceServer<grpc::node::NodeApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ReleaseServiceServer<grpc::release::ReleaseApi>>()
+        .await;
+    health_reporter
+        .set_serving::<PlanServiceServer<grpc::plan::PlanApi>>()
+        .await;
+    health_reporter
+        .set_serving::<RunServiceServer<grpc::run::RunApi>>()
+        .await;
+    health_reporter
+        .set_serving::<GateServiceServer<grpc::gate::GateApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ReportServiceServer<grpc::report::ReportApi>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
+
+    let scheduler_task = tokio::spawn(scheduler::run_loop(shared.clone()));
+    let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
+
+    let signal = {
+        let shared = shared.clone();
+        let health_reporter = health_reporter.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            shared.begin_shutdown();
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentServiceServer::new(grpc::agent::AgentApi::new(
+            shared.clone(),
+        )))
+        .add_service(NodeServiceServer::new(grpc::node::NodeApi::new(
+            shared.clone(),
+        )))
+        .add_service(ReleaseServiceServer::new(grpc::release::ReleaseApi::new(
+            shared.clone(),
+        )))
+        .add_service(PlanServiceServer::new(grpc::plan::PlanApi::new(
+            shared.clone(),
+        )))
+        .add_service(RunServiceServer::new(grpc::run::RunApi::new(
+            shared.clone(),
+        )))
+        .add_service(GateServiceServer::new(grpc::gate::GateApi::new(
+            shared.clone(),
+        )))
+        .add_service(ReportServiceServer::new(grpc::report::ReportApi::new(
+            shared.clone(),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    // The listener is bound and queues connections already; the server answers them as soon
+    // as it is first polled, right below.
+    on_serving();
+
+    let mut shutdown_rx = shared.subscribe_shutdown();
+    let drain_deadline = async {
+        stopped(&mut shutdown_rx).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        served = &mut server => served.context("serving gRPC"),
+        () = drain_deadline => {
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "in-flight requests did not finish in time; stopping anyway"
+            );
+            Ok(())
+        }
+    };
+    // The server can also end on its own (an accept error); the loops must stop either way.
+    shared.begin_shutdown();
+    for (name, task) in [
+        ("scheduler", scheduler_task),
+        ("lease watchdog", lease_task),
+    ] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "the {name} task panicked");
+        }
+    }
+    served
+}
+
+/// The database URL with any password replaced, for logs and error messages.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_reach_logs() {
+        assert_eq!(
+            redact_database_url("postgres://tg:s3cret@db:5432/tollgate"),
+            "postgres://tg:***@db:5432/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("postgres://tg@db/tollgate"),
+            "postgres://tg@db/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("sqlite://./.tollgate/tollgate.db"),
+            "sqlite://./.tollgate/tollgate.db"
+        );
+    }
+}

@@ -1,1 +1,204 @@
-fn main() {}
+//! `tollgate-controller`: parses flags, sets up logging, binds the listener and calls
+//! [`tollgate_controller::run`] until SIGINT or SIGTERM.
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tollgate_controller::{ControllerConfig, redact_database_url};
+use tracing_subscriber::EnvFilter;
+
+/// Tollgate's controller: schedules qualification plans onto lab nodes, collects results and
+/// decides gates.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-controller", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves the gRPC API (agents and managers) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (see --addr-file).
+    #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
+    listen: String,
+    /// Where the controller keeps its files; created if missing.
+    #[arg(long, default_value = "./.tollgate", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://<data-dir>/tollgate.db].
+    #[arg(long = "database", value_name = "URL", env = "TOLLGATE_DATABASE_URL")]
+    database: Option<String>,
+    /// How often agents send heartbeats, for example 2s or 500ms.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    heartbeat_interval: Duration,
+    /// After how long without a heartbeat a node is unreachable and its running job lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    lease_grace: Duration,
+    /// Write the bound address (for example 127.0.0.1:41234) to this file once listening.
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
+    /// Log format; RUST_LOG filters (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = tollgate_domain::spec::parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be longer than 0s".to_owned());
+    }
+    Ok(duration)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}; pick a writable one with --data-dir",
+            args.data_dir.display()
+        )
+    })?;
+    if args.lease_grace <= args.heartbeat_interval {
+        bail!(
+            "--lease-grace ({:?}) must be longer than --heartbeat-interval ({:?}), or every node \
+             would be unreachable between two heartbeats",
+            args.lease_grace,
+            args.heartbeat_interval
+        );
+    }
+    let mut config = ControllerConfig::new(args.data_dir.clone());
+    if let Some(url) = args.database {
+        config.database_url = url;
+    }
+    config.heartbeat_interval = args.heartbeat_interval;
+    config.lease_grace = args.lease_grace;
+    if !(config.database_url.starts_with("sqlite:")
+        || config.database_url.starts_with("postgres://")
+        || config.database_url.starts_with("postgresql://"))
+    {
+        bail!(
+            "unsupported --database '{}': use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_database_url(&config.database_url)
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {}; is another controller running there? pick another with --listen",
+                args.listen
+            )
+        })?;
+    let local_addr = listener.local_addr().context("reading the bound address")?;
+    let database = redact_database_url(&config.database_url);
+    tracing::info!(addr = %local_addr, database, "listening");
+    // The address file is written only once the store is open and the services answer, so a
+    // reader never finds an address of a controller that is about to fail.
+    let mut addr_file_error = None;
+    let on_serving = |addr: std::net::SocketAddr| {
+        if let Some(path) = &args.addr_file
+            && let Err(error) = write_addr_file(path, &addr.to_string())
+        {
+            tracing::error!("{error:#}");
+            addr_file_error = Some(error);
+        }
+    };
+    let served = tollgate_controller::run_with(config, listener, shutdown_signal(), on_serving)
+        .await
+        .with_context(|| {
+            format!("controller failed (database {database}); check --database and --data-dir")
+        });
+    match addr_file_error {
+        Some(error) => Err(error),
+        None => served,
+    }
+}
+
+/// Writes the address to a temporary file and renames it, so a reader never sees half of it.
+fn write_addr_file(path: &Path, addr: &str) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, addr)
+        .with_context(|| format!("writing the address file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("writing the address file {}", path.display()))?;
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,127 @@
+//! Evaluating a release's gate now and storing the decision: shared by `EvaluateGate`,
+//! `Promote`, reports, result ingestion and the lease watchdog.
+//!
+//! The decision itself is `tollgate_domain::gate::evaluate`; this module only loads its
+//! inputs and persists its output.
+
+use crate::Shared;
+use crate::store::{StoreError, StoredGate};
+use tollgate_domain::gate::{Decision, Evidence, Verdict};
+use tollgate_domain::release::Release;
+use tollgate_domain::{ReleaseId, RunId};
+
+/// A decision with the inputs it was made from.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    /// The ruling policy.
+    pub gate: StoredGate,
+    /// The evidence judged.
+    pub evidence: Evidence,
+    /// The verdict.
+    pub decision: Decision,
+}
+
+/// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
+/// milestone. The decision is stored before it is returned.
+///
+/// Waivers are not stored yet, so none applies: a gate only gets stricter for it.
+pub async fn evaluate_now(
+    shared: &Shared,
+    release: &Release,
+    milestone: &str,
+) -> Result<Option<Evaluated>, StoreError> {
+    let Some(gate) = shared.store.get_gate(milestone).await? else {
+        return Ok(None);
+    };
+    let evidence = shared.store.load_evidence(release, milestone).await?;
+    let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &[], shared.now());
+    shared.store.insert_decision(&decision).await?;
+    tracing::info!(
+        release = %release.id,
+        milestone,
+        verdict = %decision.verdict,
+        digest = %decision.digest,
+        "gate decided: {}",
+        decision.summary
+    );
+    Ok(Some(Evaluated {
+        gate,
+        evidence,
+        decision,
+    }))
+}
+
+/// Re-evaluates the gate a run's evidence feeds, after that evidence changed. Problems are
+/// logged, not returned: the change itself is already committed and the next evaluation
+/// (on demand or at the next change) starts from the store again.
+pub async fn reevaluate_for_run(shared: &Shared, run: &RunId) {
+    let outcome = async {
+        let Some(run) = shared.store.get_run(run).await? else {
+            return Ok::<_, StoreError>(());
+        };
+        let Some(release) = shared.store.get_release(&run.release).await? else {
+            return Ok(());
+        };
+        evaluate_now(shared, &release, &run.milestone).await?;
+        Ok(())
+    };
+    if let Err(error) = outcome.await {
+        tracing::warn!(run = %run, %error, "could not re-evaluate the gate after a change");
+    }
+}
+
+/// The text a person reads when a gate did not pass: the verdict, the summary and every rule
+/// that is not passed or waived with its reason.
+pub fn explain_not_passed(release: &ReleaseId, decision: &Decision) -> String {
+    let mut text = format!(
+        "gate of milestone {} for release {release} is {}: {}",
+        decision.milestone, decision.verdict, decision.summary
+    );
+    for rule in &decision.rules {
+        if !matches!(rule.verdict, Verdict::Passed | Verdict::Waived) {
+            text.push_str(&format!(
+                "\n  - {} ({}): {}",
+                rule.rule_id, rule.verdict, rule.reason
+            ));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_domain::gate::RuleDecision;
+    use tollgate_domain::test_support::at;
+
+    #[test]
+    fn the_explanation_lists_every_rule_that_holds_the_release_back() {
+        let rule = |id: &str, verdict: Verdict, reason: &str| RuleDecision {
+            rule_id: id.into(),
+            kind: "steps-passed".into(),
+            verdict,
+            reason: reason.into(),
+            evidence: Vec::new(),
+            failing_nodes: Vec::new(),
+        };
+        let decision = Decision {
+            release: "r1".into(),
+            milestone: "lab-qual".into(),
+            verdict: Verdict::Failed,
+            summary: "1 of 3 rules failed: stress".into(),
+            rules: vec![
+                rule("versions", Verdict::Passed, "all nodes run the release"),
+                rule("stress", Verdict::Failed, "n2 failed step stress"),
+                rule("soak", Verdict::Waiting, "run still going"),
+            ],
+            digest: "d".into(),
+            policy_version: "p".into(),
+            evaluated_at: at(0),
+        };
+        let text = explain_not_passed(&ReleaseId::from("r1"), &decision);
+        assert!(text.starts_with("gate of milestone lab-qual for release r1 is failed: 1 of 3"));
+        assert!(text.contains("\n  - stress (failed): n2 failed step stress"));
+        assert!(text.contains("\n  - soak (waiting): run still going"));
+        assert!(!text.contains("versions"));
+    }
+}

@@ -1,0 +1,438 @@
+//! `AgentService`: enrollment, the per-agent command stream, result upload and fleet telemetry.
+//!
+//! **Invariant:** an agent acts only as its own node: every call but `Register` is
+//! authenticated by its node token, and anything about a job of another node is refused.
+//! **Invariant:** a result is committed before it is acknowledged, and stored once however
+//! often it is sent.
+
+use super::auth::{generate_token, hash_token};
+use super::convert::{Enrollment, FromProto as _};
+use super::status::{self, not_found};
+use crate::Shared;
+use crate::store::{Recorded, StoreError};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_domain::fleet::{Health, NodeState};
+use tollgate_domain::job::{JobEvent, JobState};
+use tollgate_domain::result::StepResult;
+use tollgate_domain::telemetry::EventKind;
+use tollgate_domain::{JobId, NodeId};
+use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How often `ReportResult` retries when a concurrent change (the agent's own `JobAccepted`
+/// racing its first result) made the job's compare-and-set fail.
+const RESULT_RETRIES: usize = 3;
+
+/// The agent-facing service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    shared: Arc<Shared>,
+}
+
+impl AgentApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        self.shared
+            .tokens
+            .authenticate(&self.shared.store, request.metadata())
+            .await
+    }
+}
+
+fn millis(duration: std::time::Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::Registration>, Status> {
+        let Enrollment {
+            node,
+            labels,
+            inventory,
+            agent_version,
+            node_token,
+        } = Enrollment::try_from(request.into_inner())?;
+        let store = &self.shared.store;
+        let existing = store.node_token_hash(&node).await?;
+        let (token, is_new) = match (existing, node_token) {
+            (Some(stored), Some(token)) if hash_token(&token) == stored => (token, false),
+            (Some(_), _) => {
+                tracing::warn!(node = %node, "registration refused: the node is enrolled with another token");
+                return Err(Status::permission_denied(format!(
+                    "node {node} is already enrolled with another token; the agent keeps its \
+                     token in <state-dir>/node-token: restore that file on the node, or pick \
+                     another node name"
+                )));
+            }
+            // A node the store does not know gets a fresh token, even if the agent presents
+            // an old one (the controller's database was reset).
+            (None, _) => (generate_token(), true),
+        };
+        let token_hash = hash_token(&token);
+        store
+            .register_node(&node, &labels, &inventory, &token_hash, self.shared.now())
+            .await?;
+        self.shared.tokens.remember(&node, &token_hash);
+        tracing::info!(
+            node = %node,
+            agent_version,
+            n_gpus = inventory.gpus.len(),
+            gpu_source = inventory.gpu_source.as_str(),
+            driver = inventory.driver_version,
+            "{}",
+            if is_new { "node registered" } else { "node re-registered" }
+        );
+        self.shared.notify_changed();
+        self.shared.poke_scheduler();
+        Ok(Response::new(proto::Registration {
+            node_name: node.to_string(),
+            node_token: token,
+            heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
+            lease_grace_ms: millis(self.shared.config.lease_grace),
+        }))
+    }
+
+    type ConnectStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::ControllerCommand, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<proto::AgentEvent>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let node = self.authenticate(&request).await?;
+        let inbound = request.into_inner();
+        let shared = &self.shared;
+        let (session_id, commands) = shared.sessions.open(&node).ok_or_else(|| {
+            Status::unavailable("the controller is shutting down; reconnect later")
+        })?;
+        tracing::info!(node = %node, "agent connected");
+        // Connecting counts as a heartbeat: the stream is the lease.
+        if let Err(error) = on_heartbeat(shared, &node).await {
+            tracing::warn!(node = %node, %error, "could not record the connection as a heartbeat");
+        }
+        if let Err(error) = crate::scheduler::resend_assigned(shared, &node).await {
+            tracing::warn!(node = %node, %error, "could not resend assigned jobs");
+        }
+        shared.poke_scheduler();
+        shared.notify_changed();
+        tokio::spawn(read_events(shared.clone(), node, session_id, inbound));
+        let outbound = ReceiverStream::new(commands).map(Ok);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn report_result(
+        &self,
+        request: Request<proto::StepResult>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let node = self.authenticate(&request).await?;
+        let result = StepResult::from_proto(request.into_inner())?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match record(&self.shared, &node, &result).await {
+                Err(RecordError::Store(StoreError::Conflict { detail, .. }))
+                    if attempt < RESULT_RETRIES =>
+                {
+                    tracing::debug!(job = %result.job_id, detail, "job changed while recording a result; retrying");
+                }
+                Err(RecordError::Store(error)) => return Err(error.into()),
+                Err(RecordError::Refused(status)) => return Err(status),
+                Ok(duplicate) => return Ok(Response::new(proto::Ack { duplicate })),
+            }
+        }
+    }
+
+    async fn push_telemetry(
+        &self,
+        request: Request<Streaming<proto::TelemetryBatch>>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let node = self.authenticate(&request).await?;
+        let mut batches = request.into_inner();
+        let mut shutdown = self.shared.subscribe_shutdown();
+        let (mut n_batches, mut n_samples, mut n_dropped) = (0u64, 0u64, 0u64);
+        loop {
+            let batch = tokio::select! {
+                batch = batches.message() => batch?,
+                () = crate::stopped(&mut shutdown) => None,
+            };
+            let Some(batch) = batch else { break };
+            n_batches += 1;
+            n_samples += batch.samples.len() as u64;
+            n_dropped += batch.dropped;
+            // Fleet telemetry outside steps is not stored yet; events in it are worth a line.
+            for event in &batch.events {
+                tracing::debug!(node = %node, kind = event.kind, code = event.code, gpu = event.gpu_index, "fleet telemetry event");
+            }
+            tracing::debug!(node = %node, n_samples = batch.samples.len(), dropped = batch.dropped, "telemetry batch");
+        }
+        tracing::debug!(node = %node, n_batches, n_samples, n_dropped, "telemetry stream ended");
+        Ok(Response::new(proto::Ack { duplicate: false }))
+    }
+}
+
+/// Reads one agent's events until its stream ends or shutdown starts, then drops the session.
+/// The lease watchdog, not the disconnect, decides whether the node is unreachable.
+async fn read_events(
+    shared: Arc<Shared>,
+    node: NodeId,
+    session_id: u64,
+    mut inbound: Streaming<proto::AgentEvent>,
+) {
+    let mut shutdown = shared.subscribe_shutdown();
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = crate::stopped(&mut shutdown) => break,
+        };
+        match message {
+            Ok(Some(proto::AgentEvent { event: Some(event) })) => {
+                if let Err(error) = on_event(&shared, &node, event).await {
+                    tracing::warn!(node = %node, %error, "could not handle an agent event");
+                }
+            }
+            Ok(Some(proto::AgentEvent { event: None })) => {
+                tracing::debug!(node = %node, "empty agent event ignored");
+            }
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(node = %node, %status, "agent stream failed");
+                break;
+            }
+        }
+    }
+    shared.sessions.close(&node, session_id);
+    tracing::info!(node = %node, "agent disconnected");
+}
+
+async fn on_event(shared: &Shared, node: &NodeId, event: Event) -> Result<(), StoreError> {
+    match event {
+        Event::Heartbeat(proto::Heartbeat {
+            running_job_id,
+            sent_at: _,
+        }) => {
+            tracing::debug!(node = %node, running_job_id, "heartbeat");
+            on_heartbeat(shared, node).await
+        }
+        Event::JobAccepted(proto::JobAccepted {
+            job_id,
+            lease_epoch,
+        }) => on_job_accepted(shared, node, JobId::new(job_id), lease_epoch).await,
+        Event::StepStarted(proto::StepStarted {
+            job_id,
+            lease_epoch,
+            step_index,
+            attempt,
+        }) => {
+            tracing::debug!(node = %node, job = job_id, lease_epoch, step_index, attempt, "step started");
+            shared.notify_changed();
+            Ok(())
+        }
+    }
+}
+
+/// Renews the node's lease and brings an `unreachable` node back.
+async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<(), StoreError> {
+    shared.store.touch_node(node, shared.now()).await?;
+    let Some(current) = shared.store.get_node(node).await? else {
+        return Ok(());
+    };
+    if current.state == NodeState::Unreachable {
+        let state = if current.current_job.is_some() {
+            NodeState::Busy
+        } else {
+            NodeState::Ready
+        };
+        shared.store.set_node_state(node, state).await?;
+        tracing::info!(node = %node, state = %state, "node reachable again");
+        shared.notify_changed();
+        shared.poke_scheduler();
+    }
+    Ok(())
+}
+
+/// The agent starts an assigned job: assigned → running, under the assignment's epoch.
+async fn on_job_accepted(
+    shared: &Shared,
+    node: &NodeId,
+    job_id: JobId,
+    lease_epoch: u64,
+) -> Result<(), StoreError> {
+    let Some(job) = shared.store.get_job(&job_id).await? else {
+        tracing::warn!(node = %node, job = %job_id, "accepted job does not exist; ignored");
+        return Ok(());
+    };
+    if &job.node != node {
+        tracing::warn!(node = %node, job = %job_id, owner = %job.node, "node accepted a job of another node; ignored");
+        return Ok(());
+    }
+    if job.lease_epoch != lease_epoch {
+        tracing::warn!(job = %job_id, lease_epoch, current = job.lease_epoch, "acceptance under a stale lease epoch; ignored");
+        return Ok(());
+    }
+    if job.state.is_terminal() {
+        // The job was cancelled or lost before the agent started it: tell the agent to stop.
+        tracing::warn!(job = %job_id, state = %job.state, "agent accepted a job that already ended; cancelling it");
+        let cancel = cancel_command(&job_id, &format!("job already ended as {}", job.state));
+        if let Err(error) = shared.sessions.send(node, cancel) {
+            tracing::warn!(job = %job_id, %error, "cancel not delivered");
+        }
+        return Ok(());
+    }
+    match tollgate_domain::job::next(job.state, JobEvent::Accepted) {
+        Ok(to) if to != job.state => {
+            match shared
+                .store
+                .transition_job(&job.id, job.state, to, job.lease_epoch, shared.now())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(job = %job.id, node = %node, "job running");
+                    shared.notify_changed();
+                }
+                // A result overtook the acceptance and moved the job already.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "acceptance ignored"),
+    }
+    Ok(())
+}
+
+/// A `CancelJob` command.
+pub fn cancel_command(job: &JobId, reason: &str) -> proto::ControllerCommand {
+    proto::ControllerCommand {
+        command: Some(proto::controller_command::Command::CancelJob(
+            proto::CancelJob {
+                job_id: job.to_string(),
+                reason: reason.to_owned(),
+            },
+        )),
+    }
+}
+
+/// Why a result was not recorded.
+enum RecordError {
+    /// The request is refused for good (the status says why).
+    Refused(Status),
+    /// The store failed; a `Conflict` is retried.
+    Store(StoreError),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<Status> for RecordError {
+    fn from(status: Status) -> Self {
+        Self::Refused(status)
+    }
+}
+
+/// Checks and stores one result; returns whether it was a duplicate.
+async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<bool, RecordError> {
+    let store = &shared.store;
+    let job = store
+        .get_job(&result.job_id)
+        .await?
+        .ok_or_else(|| not_found(format!("job {}", result.job_id)))?;
+    if &job.node != node {
+        tracing::warn!(node = %node, job = %job.id, owner = %job.node, "result for a job of another node refused");
+        return Err(Status::permission_denied(format!(
+            "node {node} cannot report results of job {}: it belongs to node {}",
+            job.id, job.node
+        ))
+        .into());
+    }
+    if result.lease_epoch != job.lease_epoch {
+        return Err(Status::failed_precondition(format!(
+            "stale lease epoch {} for job {}: the job is at epoch {} (it was reassigned or lost); \
+             this result is not recorded",
+            result.lease_epoch, job.id, job.lease_epoch
+        ))
+        .into());
+    }
+    let mut results = store.results_of_job(&job.id).await?;
+    let same_attempt = |r: &StepResult| {
+        r.step_index == result.step_index
+            && r.attempt == result.attempt
+            && r.lease_epoch == result.lease_epoch
+    };
+    if results.iter().any(same_attempt) {
+        tracing::debug!(job = %job.id, step_index = result.step_index, attempt = result.attempt, "duplicate result acknowledged");
+        return Ok(true);
+    }
+    if !job.state.is_active() {
+        return Err(Status::failed_precondition(format!(
+            "job {} is {}; the result of step {} attempt {} is not recorded",
+            job.id, job.state, result.step_index, result.attempt
+        ))
+        .into());
+    }
+    let run = store
+        .get_run(&job.run_id)
+        .await?
+        .ok_or_else(|| not_found(format!("run {}", job.run_id)))?;
+    let plan = store
+        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+        .await?
+        .ok_or_else(|| not_found(format!("plan {}@{}", run.plan_name, run.plan_version)))?;
+    let steps = &plan.plan.steps;
+    let step = steps.get(result.step_index as usize).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "step_index: {} is out of range; plan {} has {} steps",
+            result.step_index,
+            run.plan_name,
+            steps.len()
+        ))
+    })?;
+    if step.name != result.step_name {
+        return Err(Status::invalid_argument(format!(
+            "step_name: '{}' does not match step {} of plan {}, '{}'",
+            result.step_name, result.step_index, run.plan_name, step.name
+        ))
+        .into());
+    }
+    let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
+    results.push(result.clone());
+    let finished = tollgate_domain::job::final_state(&results, &retries);
+    let to = tollgate_domain::job::next(job.state, JobEvent::StepReported { finished })
+        .map_err(|error| status::bad_transition(&error))?;
+    let transition = (to != job.state).then_some((job.state, to));
+    let now = shared.now();
+    if store.record_result(result, transition, now).await? == Recorded::Duplicate {
+        return Ok(true);
+    }
+    tracing::debug!(job = %job.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
+    if result
+        .events
+        .iter()
+        .any(|event| event.kind == EventKind::GpuLost)
+    {
+        tracing::warn!(node = %node, job = %job.id, "a GPU fell off the bus: node health set to bad");
+        store.set_node_health(node, Health::Bad).await?;
+    }
+    shared.notify_changed();
+    if to.is_terminal() {
+        tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
+        shared.poke_scheduler();
+        crate::gates::reevaluate_for_run(shared, &run.id).await;
+    } else if to == JobState::Running && job.state == JobState::Assigned {
+        tracing::info!(job = %job.id, node = %node, "job running");
+    }
+    Ok(false)
+}

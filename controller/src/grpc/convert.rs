@@ -1,0 +1,1201 @@
+//! Proto ↔ domain conversion, in one place. Every conversion destructures its source
+//! completely, so a field added to the proto (or the domain) fails to compile here until it is
+//! handled. Incoming messages are checked field by field and every bad field is reported at
+//! once ([`InvalidFields`]).
+
+use super::status::{FieldErrors, InvalidFields};
+use crate::store::{StoredGate, StoredPlan};
+use std::collections::BTreeMap;
+use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Labels, Node};
+use tollgate_domain::gate::{Decision, EvidenceItem, RuleDecision};
+use tollgate_domain::plan::{Step, StepKind};
+use tollgate_domain::release::{Component, Promotion, Release, Track, is_valid_name};
+use tollgate_domain::result::{Measurement, Outcome, StepResult};
+use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
+use tollgate_domain::{JobId, NodeId, Timestamp};
+use tollgate_proto::v1 as proto;
+
+// ---------------------------------------------------------------------------------------------
+// The two directions. Both sides are foreign types (tollgate-proto, tollgate-domain), so the
+// orphan rule rules out `From`/`TryFrom` between them; these local traits play that part.
+
+/// A domain value's wire form.
+pub trait ToProto {
+    /// The wire type.
+    type Proto;
+    /// Converts; never fails.
+    fn to_proto(&self) -> Self::Proto;
+}
+
+/// A domain value from its wire form, checking every field.
+pub trait FromProto: Sized {
+    /// The wire type.
+    type Proto;
+    /// Converts, naming every bad field on failure.
+    fn from_proto(proto: Self::Proto) -> Result<Self, InvalidFields>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time.
+
+/// A domain timestamp on the wire.
+pub fn timestamp_to_proto(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        // Sub-second nanoseconds are always below 2e9 (leap seconds), so they fit an i32.
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(999_999_999),
+    }
+}
+
+/// A wire timestamp as a domain one; `None` when out of range.
+pub fn timestamp_from_proto(at: &prost_types::Timestamp) -> Option<Timestamp> {
+    let nanos = u32::try_from(at.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    chrono::DateTime::from_timestamp(at.seconds, nanos)
+}
+
+/// A required timestamp field.
+fn required_timestamp(
+    errors: &mut FieldErrors,
+    field: &str,
+    at: Option<prost_types::Timestamp>,
+) -> Option<Timestamp> {
+    match at {
+        None => {
+            errors.add(field, "is missing");
+            None
+        }
+        Some(at) => {
+            let converted = timestamp_from_proto(&at);
+            if converted.is_none() {
+                errors.add(
+                    field,
+                    format!("{}s {}ns is not a valid timestamp", at.seconds, at.nanos),
+                );
+            }
+            converted
+        }
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn sorted<V>(map: std::collections::HashMap<String, V>) -> BTreeMap<String, V> {
+    map.into_iter().collect()
+}
+
+fn unsorted<V>(map: BTreeMap<String, V>) -> std::collections::HashMap<String, V> {
+    map.into_iter().collect()
+}
+
+/// Checks label keys and values; each bad label is named.
+pub fn check_labels(errors: &mut FieldErrors, field: &str, labels: &Labels) {
+    for (key, value) in labels {
+        if let Err(message) = tollgate_domain::fleet::parse_label(&format!("{key}={value}")) {
+            errors.add(format!("{field}[{key}]"), message);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inventory.
+
+fn gpu_from_proto(gpu: proto::GpuInfo, field: &str, errors: &mut FieldErrors) -> GpuInfo {
+    let proto::GpuInfo {
+        index,
+        uuid,
+        name,
+        serial,
+        board_part_number,
+        pci_bus_id,
+        vbios_version,
+        inforom_version,
+        memory_total_mib,
+        ecc_enabled,
+        power_limit_w,
+        max_pcie_gen,
+        max_pcie_width,
+    } = gpu;
+    if uuid.trim().is_empty() {
+        errors.add(format!("{field}.uuid"), "is empty");
+    }
+    GpuInfo {
+        index,
+        uuid,
+        name,
+        serial,
+        board_part_number,
+        pci_bus_id,
+        vbios_version,
+        inforom_version,
+        memory_total_mib,
+        ecc_enabled,
+        power_limit_w,
+        max_pcie_gen,
+        max_pcie_width,
+    }
+}
+
+fn gpu_to_proto(gpu: &GpuInfo) -> proto::GpuInfo {
+    let GpuInfo {
+        index,
+        uuid,
+        name,
+        serial,
+        board_part_number,
+        pci_bus_id,
+        vbios_version,
+        inforom_version,
+        memory_total_mib,
+        ecc_enabled,
+        power_limit_w,
+        max_pcie_gen,
+        max_pcie_width,
+    } = gpu.clone();
+    proto::GpuInfo {
+        index,
+        uuid,
+        name,
+        serial,
+        board_part_number,
+        pci_bus_id,
+        vbios_version,
+        inforom_version,
+        memory_total_mib,
+        ecc_enabled,
+        power_limit_w,
+        max_pcie_gen,
+        max_pcie_width,
+    }
+}
+
+/// Converts an inventory, recording bad fields under `field`.
+pub fn inventory_from_proto(
+    inventory: proto::Inventory,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Inventory {
+    let proto::Inventory {
+        driver_version,
+        cuda_driver_version,
+        nvml_version,
+        gpus,
+        components,
+        gpu_source,
+        hostname,
+    } = inventory;
+    let gpu_source = match gpu_source.parse::<GpuSourceKind>() {
+        Ok(kind) => kind,
+        Err(message) => {
+            errors.add(format!("{field}.gpu_source"), message);
+            GpuSourceKind::default()
+        }
+    };
+    let gpus = gpus
+        .into_iter()
+        .enumerate()
+        .map(|(idx, gpu)| gpu_from_proto(gpu, &format!("{field}.gpus[{idx}]"), errors))
+        .collect();
+    Inventory {
+        driver_version,
+        cuda_driver_version,
+        nvml_version,
+        gpus,
+        components: sorted(components),
+        gpu_source,
+        hostname,
+    }
+}
+
+impl FromProto for Inventory {
+    type Proto = proto::Inventory;
+    fn from_proto(inventory: proto::Inventory) -> Result<Self, InvalidFields> {
+        let mut errors = FieldErrors::new();
+        let inventory = inventory_from_proto(inventory, "inventory", &mut errors);
+        errors.finish(inventory)
+    }
+}
+
+impl ToProto for Inventory {
+    type Proto = proto::Inventory;
+    fn to_proto(&self) -> proto::Inventory {
+        let inventory = self;
+        let Inventory {
+            driver_version,
+            cuda_driver_version,
+            nvml_version,
+            gpus,
+            components,
+            gpu_source,
+            hostname,
+        } = inventory;
+        proto::Inventory {
+            driver_version: driver_version.clone(),
+            cuda_driver_version: cuda_driver_version.clone(),
+            nvml_version: nvml_version.clone(),
+            gpus: gpus.iter().map(gpu_to_proto).collect(),
+            components: unsorted(components.clone()),
+            gpu_source: gpu_source.as_str().to_owned(),
+            hostname: hostname.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration.
+
+/// A checked `RegisterRequest`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrollment {
+    /// The node.
+    pub node: NodeId,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its inventory.
+    pub inventory: Inventory,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The token the agent holds; `None` on first enrollment.
+    pub node_token: Option<String>,
+}
+
+impl TryFrom<proto::RegisterRequest> for Enrollment {
+    type Error = InvalidFields;
+    fn try_from(request: proto::RegisterRequest) -> Result<Self, Self::Error> {
+        let proto::RegisterRequest {
+            node_name,
+            labels,
+            inventory,
+            agent_version,
+            node_token,
+        } = request;
+        let mut errors = FieldErrors::new();
+        if !is_valid_name(&node_name) {
+            errors.add(
+                "node_name",
+                format!(
+                    "'{node_name}' is not a valid node name (1-128 letters, digits, '-', '_', '.')"
+                ),
+            );
+        }
+        let labels = sorted(labels);
+        check_labels(&mut errors, "labels", &labels);
+        let inventory = match inventory {
+            Some(inventory) => inventory_from_proto(inventory, "inventory", &mut errors),
+            None => {
+                errors.add(
+                    "inventory",
+                    "is missing; the agent sends what it observed at start",
+                );
+                Inventory::default()
+            }
+        };
+        errors.finish(Enrollment {
+            node: NodeId::new(node_name),
+            labels,
+            inventory,
+            agent_version,
+            node_token: non_empty(node_token),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes.
+
+impl ToProto for Node {
+    type Proto = proto::Node;
+    fn to_proto(&self) -> proto::Node {
+        let node = self;
+        let Node {
+            id,
+            labels,
+            state,
+            health,
+            inventory,
+            last_seen_at,
+            current_job,
+        } = node;
+        proto::Node {
+            name: id.to_string(),
+            labels: unsorted(labels.clone()),
+            state: state.as_str().to_owned(),
+            health: health.as_str().to_owned(),
+            inventory: Some(inventory.to_proto()),
+            last_seen_at: last_seen_at.map(timestamp_to_proto),
+            current_job_id: current_job
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Releases.
+
+/// A component from the wire; empty optional texts mean absent. Validation is the domain's
+/// (`validate_release`), so this cannot fail.
+pub fn component_from_proto(component: proto::Component) -> Component {
+    {
+        let proto::Component {
+            name,
+            version,
+            artifact_uri,
+            sha256,
+        } = component;
+        Component {
+            name,
+            version,
+            artifact_uri: non_empty(artifact_uri),
+            sha256: non_empty(sha256),
+        }
+    }
+}
+
+impl ToProto for Component {
+    type Proto = proto::Component;
+    fn to_proto(&self) -> proto::Component {
+        let component = self;
+        let Component {
+            name,
+            version,
+            artifact_uri,
+            sha256,
+        } = component;
+        proto::Component {
+            name: name.clone(),
+            version: version.clone(),
+            artifact_uri: artifact_uri.clone().unwrap_or_default(),
+            sha256: sha256.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A checked `CreateReleaseRequest`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRelease {
+    /// Name.
+    pub name: String,
+    /// Components.
+    pub components: Vec<Component>,
+    /// Free text.
+    pub description: String,
+}
+
+impl TryFrom<proto::CreateReleaseRequest> for NewRelease {
+    type Error = InvalidFields;
+    fn try_from(request: proto::CreateReleaseRequest) -> Result<Self, Self::Error> {
+        let proto::CreateReleaseRequest {
+            name,
+            components,
+            description,
+        } = request;
+        let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
+        let mut errors = FieldErrors::new();
+        if let Err(problems) = tollgate_domain::release::validate_release(&name, &components) {
+            errors.extend(problems);
+        }
+        errors.finish(NewRelease {
+            name,
+            components,
+            description,
+        })
+    }
+}
+
+impl ToProto for Promotion {
+    type Proto = proto::Promotion;
+    fn to_proto(&self) -> proto::Promotion {
+        let promotion = self;
+        let Promotion {
+            from_milestone,
+            to_milestone,
+            at,
+            decision_digest,
+        } = promotion;
+        proto::Promotion {
+            from_milestone: from_milestone.clone(),
+            to_milestone: to_milestone.clone(),
+            at: Some(timestamp_to_proto(*at)),
+            decision_digest: decision_digest.clone(),
+        }
+    }
+}
+
+/// A release on the wire, with the track it moves along.
+pub fn release_to_proto(release: &Release, track: &Track) -> proto::Release {
+    let Release {
+        id,
+        description,
+        components,
+        milestone,
+        created_at,
+        promotions,
+    } = release;
+    proto::Release {
+        name: id.to_string(),
+        components: components.iter().map(ToProto::to_proto).collect(),
+        description: description.clone(),
+        milestone: milestone.clone(),
+        track: track.milestones.clone(),
+        created_at: Some(timestamp_to_proto(*created_at)),
+        promotions: promotions.iter().map(ToProto::to_proto).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans and gates.
+
+impl ToProto for StoredPlan {
+    type Proto = proto::Plan;
+    fn to_proto(&self) -> proto::Plan {
+        let stored = self;
+        let StoredPlan {
+            plan,
+            version,
+            source,
+            created_at,
+        } = stored;
+        proto::Plan {
+            name: plan.name.clone(),
+            version: version.to_string(),
+            source: source.clone(),
+            steps: plan.step_names(),
+            selector: unsorted(plan.selector.0.clone()),
+            created_at: Some(timestamp_to_proto(*created_at)),
+        }
+    }
+}
+
+impl ToProto for StoredGate {
+    type Proto = proto::GatePolicy;
+    fn to_proto(&self) -> proto::GatePolicy {
+        let stored = self;
+        let StoredGate {
+            policy,
+            version,
+            source,
+            created_at: _,
+        } = stored;
+        proto::GatePolicy {
+            milestone: policy.milestone.clone(),
+            version: version.clone(),
+            source: source.clone(),
+            rules: policy.rules.iter().map(|rule| rule.id.clone()).collect(),
+        }
+    }
+}
+
+/// One plan step as the agent executes it; `index` is its position in the plan.
+pub fn step_to_proto(index: u32, step: &Step) -> proto::StepSpec {
+    let Step {
+        name,
+        kind,
+        timeout,
+        retries,
+    } = step;
+    let kind = match kind {
+        StepKind::Exec {
+            command,
+            env,
+            workdir,
+        } => proto::step_spec::Kind::Exec(proto::ExecStep {
+            command: command.clone(),
+            env: unsorted(env.clone()),
+            workdir: workdir.clone().unwrap_or_default(),
+        }),
+        StepKind::InventoryCheck { components } => {
+            proto::step_spec::Kind::InventoryCheck(proto::InventoryCheckStep {
+                components: components.clone(),
+            })
+        }
+    };
+    proto::StepSpec {
+        index,
+        name: name.clone(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        retries: *retries,
+        kind: Some(kind),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions.
+
+impl ToProto for EvidenceItem {
+    type Proto = proto::EvidenceItem;
+    fn to_proto(&self) -> proto::EvidenceItem {
+        let item = self;
+        let EvidenceItem {
+            node,
+            step,
+            attempt,
+            gpu_index,
+            value,
+            limit,
+            detail,
+            ok,
+        } = item;
+        // The wire item has no GPU field; the GPU goes into the text so it is not lost.
+        let detail = match gpu_index {
+            Some(gpu_idx) if !detail.contains("GPU") => format!("GPU {gpu_idx}: {detail}"),
+            _ => detail.clone(),
+        };
+        proto::EvidenceItem {
+            node: node.to_string(),
+            step: step.clone().unwrap_or_default(),
+            attempt: attempt.unwrap_or(0),
+            value: *value,
+            limit: limit.clone().unwrap_or_default(),
+            detail,
+            ok: *ok,
+        }
+    }
+}
+
+impl ToProto for RuleDecision {
+    type Proto = proto::RuleDecision;
+    fn to_proto(&self) -> proto::RuleDecision {
+        let rule = self;
+        let RuleDecision {
+            rule_id,
+            kind,
+            verdict,
+            reason,
+            evidence,
+            failing_nodes,
+        } = rule;
+        proto::RuleDecision {
+            rule_id: rule_id.clone(),
+            kind: kind.clone(),
+            verdict: verdict.as_str().to_owned(),
+            reason: reason.clone(),
+            evidence: evidence.iter().map(ToProto::to_proto).collect(),
+            failing_nodes: failing_nodes.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl ToProto for Decision {
+    type Proto = proto::Decision;
+    fn to_proto(&self) -> proto::Decision {
+        let decision = self;
+        let Decision {
+            release,
+            milestone,
+            verdict,
+            summary,
+            rules,
+            digest,
+            policy_version,
+            evaluated_at,
+        } = decision;
+        proto::Decision {
+            release: release.clone(),
+            milestone: milestone.clone(),
+            verdict: verdict.as_str().to_owned(),
+            summary: summary.clone(),
+            rules: rules.iter().map(ToProto::to_proto).collect(),
+            digest: digest.clone(),
+            evaluated_at: Some(timestamp_to_proto(*evaluated_at)),
+            policy_version: policy_version.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+
+/// A domain outcome on the wire.
+pub fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
+    match outcome {
+        Outcome::Passed => proto::Outcome::Passed,
+        Outcome::Failed => proto::Outcome::Failed,
+        Outcome::Error => proto::Outcome::Error,
+        Outcome::Skipped => proto::Outcome::Skipped,
+        Outcome::Lost => proto::Outcome::Lost,
+    }
+}
+
+/// A wire outcome as a domain one; `None` for unspecified or unknown values.
+pub fn outcome_from_proto(value: i32) -> Option<Outcome> {
+    match proto::Outcome::try_from(value).ok()? {
+        proto::Outcome::Unspecified => None,
+        proto::Outcome::Passed => Some(Outcome::Passed),
+        proto::Outcome::Failed => Some(Outcome::Failed),
+        proto::Outcome::Error => Some(Outcome::Error),
+        proto::Outcome::Skipped => Some(Outcome::Skipped),
+        proto::Outcome::Lost => Some(Outcome::Lost),
+    }
+}
+
+fn measurement_from_proto(
+    measurement: proto::Measurement,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Measurement {
+    let proto::Measurement { name, value, unit } = measurement;
+    if name.trim().is_empty() {
+        errors.add(format!("{field}.name"), "is empty");
+    }
+    if !value.is_finite() {
+        errors.add(
+            format!("{field}.value"),
+            format!("{value} is not a finite number"),
+        );
+    }
+    Measurement {
+        name,
+        value,
+        unit: non_empty(unit),
+    }
+}
+
+impl ToProto for Measurement {
+    type Proto = proto::Measurement;
+    fn to_proto(&self) -> proto::Measurement {
+        let measurement = self;
+        let Measurement { name, value, unit } = measurement;
+        proto::Measurement {
+            name: name.clone(),
+            value: *value,
+            unit: unit.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn telemetry_from_proto(
+    telemetry: proto::GpuTelemetry,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> GpuTelemetry {
+    let proto::GpuTelemetry {
+        gpu_index,
+        gpu_uuid,
+        fields,
+        samples_missed,
+    } = telemetry;
+    let fields = fields
+        .into_iter()
+        .enumerate()
+        .filter_map(|(idx, summary)| {
+            let proto::FieldSummary {
+                field: name,
+                min,
+                max,
+                mean,
+                p99,
+                last,
+                samples,
+            } = summary;
+            match name.parse::<Field>() {
+                Ok(parsed) => Some(FieldSummary {
+                    field: parsed,
+                    min,
+                    max,
+                    mean,
+                    p99,
+                    last,
+                    samples,
+                }),
+                Err(message) => {
+                    errors.add(format!("{field}.fields[{idx}].field"), message);
+                    None
+                }
+            }
+        })
+        .collect();
+    GpuTelemetry {
+        gpu_index,
+        gpu_uuid,
+        fields,
+        samples_missed,
+    }
+}
+
+impl ToProto for GpuTelemetry {
+    type Proto = proto::GpuTelemetry;
+    fn to_proto(&self) -> proto::GpuTelemetry {
+        let telemetry = self;
+        let GpuTelemetry {
+            gpu_index,
+            gpu_uuid,
+            fields,
+            samples_missed,
+        } = telemetry;
+        proto::GpuTelemetry {
+            gpu_index: *gpu_index,
+            gpu_uuid: gpu_uuid.clone(),
+            fields: fields
+                .iter()
+                .map(|summary| {
+                    let FieldSummary {
+                        field,
+                        min,
+                        max,
+                        mean,
+                        p99,
+                        last,
+                        samples,
+                    } = summary;
+                    proto::FieldSummary {
+                        field: field.name().to_owned(),
+                        min: *min,
+                        max: *max,
+                        mean: *mean,
+                        p99: *p99,
+                        last: *last,
+                        samples: *samples,
+                    }
+                })
+                .collect(),
+            samples_missed: *samples_missed,
+        }
+    }
+}
+
+/// Converts a GPU event, recording bad fields under `field`; `None` when unusable.
+pub fn event_from_proto(
+    event: proto::GpuEvent,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Option<GpuEvent> {
+    let proto::GpuEvent {
+        gpu_index,
+        gpu_uuid,
+        kind,
+        code,
+        at,
+        detail,
+    } = event;
+    let kind = kind
+        .parse::<EventKind>()
+        .map_err(|message| errors.add(format!("{field}.kind"), message))
+        .ok();
+    let at = required_timestamp(errors, &format!("{field}.at"), at);
+    Some(GpuEvent {
+        gpu_index,
+        gpu_uuid,
+        kind: kind?,
+        code,
+        at: at?,
+        detail,
+    })
+}
+
+impl ToProto for GpuEvent {
+    type Proto = proto::GpuEvent;
+    fn to_proto(&self) -> proto::GpuEvent {
+        let event = self;
+        let GpuEvent {
+            gpu_index,
+            gpu_uuid,
+            kind,
+            code,
+            at,
+            detail,
+        } = event;
+        proto::GpuEvent {
+            gpu_index: *gpu_index,
+            gpu_uuid: gpu_uuid.clone(),
+            kind: kind.as_str().to_owned(),
+            code: *code,
+            at: Some(timestamp_to_proto(*at)),
+            detail: detail.clone(),
+        }
+    }
+}
+
+impl FromProto for StepResult {
+    type Proto = proto::StepResult;
+    fn from_proto(result: proto::StepResult) -> Result<Self, InvalidFields> {
+        let proto::StepResult {
+            job_id,
+            step_index,
+            step_name,
+            attempt,
+            lease_epoch,
+            outcome,
+            exit_code,
+            started_at,
+            finished_at,
+            measurements,
+            telemetry,
+            events,
+            inventory,
+            log_tail,
+            message,
+        } = result;
+        let mut errors = FieldErrors::new();
+        if job_id.trim().is_empty() {
+            errors.add("job_id", "is empty");
+        }
+        if step_name.trim().is_empty() {
+            errors.add("step_name", "is empty");
+        }
+        if attempt == 0 {
+            errors.add("attempt", "must be at least 1");
+        }
+        let outcome = outcome_from_proto(outcome);
+        if outcome.is_none() {
+            errors.add(
+                "outcome",
+                "must be one of passed, failed, error, skipped, lost (not unspecified)",
+            );
+        }
+        let started_at = required_timestamp(&mut errors, "started_at", started_at);
+        let finished_at = required_timestamp(&mut errors, "finished_at", finished_at);
+        if let (Some(start), Some(end)) = (started_at, finished_at)
+            && end < start
+        {
+            errors.add("finished_at", format!("{end} is before started_at {start}"));
+        }
+        let measurements = measurements
+            .into_iter()
+            .enumerate()
+            .map(|(idx, m)| measurement_from_proto(m, &format!("measurements[{idx}]"), &mut errors))
+            .collect();
+        let telemetry = telemetry
+            .into_iter()
+            .enumerate()
+            .map(|(idx, t)| telemetry_from_proto(t, &format!("telemetry[{idx}]"), &mut errors))
+            .collect();
+        let events = events
+            .into_iter()
+            .enumerate()
+            .filter_map(|(idx, e)| event_from_proto(e, &format!("events[{idx}]"), &mut errors))
+            .collect();
+        let inventory = match inventory {
+            Some(inventory) => inventory_from_proto(inventory, "inventory", &mut errors),
+            None => {
+                errors.add(
+                    "inventory",
+                    "is missing; send the inventory observed at step start",
+                );
+                Inventory::default()
+            }
+        };
+        match (outcome, started_at, finished_at) {
+            (Some(outcome), Some(started_at), Some(finished_at)) => errors.finish(StepResult {
+                job_id: JobId::new(job_id),
+                step_index,
+                step_name,
+                attempt,
+                lease_epoch,
+                outcome,
+                exit_code,
+                started_at,
+                finished_at,
+                measurements,
+                telemetry,
+                events,
+                inventory,
+                log_tail,
+                message,
+            }),
+            // Each missing piece was recorded above, so `errors` is not empty here.
+            _ => Err(errors
+                .finish(())
+                .err()
+                .unwrap_or_else(|| InvalidFields(Vec::new()))),
+        }
+    }
+}
+
+impl ToProto for StepResult {
+    type Proto = proto::StepResult;
+    fn to_proto(&self) -> proto::StepResult {
+        let result = self;
+        let StepResult {
+            job_id,
+            step_index,
+            step_name,
+            attempt,
+            lease_epoch,
+            outcome,
+            exit_code,
+            started_at,
+            finished_at,
+            measurements,
+            telemetry,
+            events,
+            inventory,
+            log_tail,
+            message,
+        } = result;
+        proto::StepResult {
+            job_id: job_id.to_string(),
+            step_index: *step_index,
+            step_name: step_name.clone(),
+            attempt: *attempt,
+            lease_epoch: *lease_epoch,
+            outcome: outcome_to_proto(*outcome).into(),
+            exit_code: *exit_code,
+            started_at: Some(timestamp_to_proto(*started_at)),
+            finished_at: Some(timestamp_to_proto(*finished_at)),
+            measurements: measurements.iter().map(ToProto::to_proto).collect(),
+            telemetry: telemetry.iter().map(ToProto::to_proto).collect(),
+            events: events.iter().map(ToProto::to_proto).collect(),
+            inventory: Some(inventory.to_proto()),
+            log_tail: log_tail.clone(),
+            message: message.clone(),
+        }
+    }
+}
+
+/// A result as a run shows it.
+pub fn result_summary(result: &StepResult) -> proto::StepResultSummary {
+    let duration_ms = (result.finished_at - result.started_at)
+        .num_milliseconds()
+        .max(0);
+    proto::StepResultSummary {
+        step_index: result.step_index,
+        step_name: result.step_name.clone(),
+        attempt: result.attempt,
+        outcome: outcome_to_proto(result.outcome).into(),
+        message: result.message.clone(),
+        measurements: result.measurements.iter().map(ToProto::to_proto).collect(),
+        duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_domain::test_support::{at, inventory, step_result};
+    use tonic::{Code, Status};
+
+    fn full_result() -> StepResult {
+        let mut result = step_result(1, 2, Outcome::Failed);
+        result.exit_code = Some(3);
+        result.lease_epoch = 4;
+        result.started_at = at(10);
+        result.finished_at = at(70) + chrono::Duration::milliseconds(250);
+        result.measurements = vec![Measurement {
+            name: "membw_gbps".into(),
+            value: 3012.5,
+            unit: Some("GB/s".into()),
+        }];
+        result.telemetry = vec![GpuTelemetry {
+            gpu_index: 0,
+            gpu_uuid: "GPU-00000000".into(),
+            fields: vec![
+                FieldSummary::from_samples(Field::GpuTempC, &[60.0, 71.0]).expect("samples"),
+            ],
+            samples_missed: 1,
+        }];
+        result.events = vec![GpuEvent {
+            gpu_index: 0,
+            gpu_uuid: "GPU-00000000".into(),
+            kind: EventKind::Xid,
+            code: 79,
+            at: at(30),
+            detail: "fallen off the bus".into(),
+        }];
+        result.inventory = inventory("550.54.15", "96.00.89.00.01", 2);
+        result
+            .inventory
+            .components
+            .insert("cx7-fw".into(), "28.39.1002".into());
+        result.log_tail = "line 1\nline 2\n".into();
+        result.message = "exit status 3".into();
+        result
+    }
+
+    #[test]
+    fn step_results_round_trip() {
+        let result = full_result();
+        let wire = result.to_proto();
+        assert_eq!(StepResult::from_proto(wire), Ok(result));
+    }
+
+    #[test]
+    fn inventories_round_trip() {
+        let mut inv = inventory("550.54.15", "96.00.89.00.01", 3);
+        inv.gpus[1].ecc_enabled = Some(true);
+        inv.gpus[2].power_limit_w = Some(700.0);
+        inv.components.insert("cx7-fw".into(), "28.39.1002".into());
+        assert_eq!(Inventory::from_proto(inv.to_proto()), Ok(inv));
+    }
+
+    #[test]
+    fn timestamps_round_trip_to_the_nanosecond() {
+        let t = at(5) + chrono::Duration::nanoseconds(123_456_789);
+        assert_eq!(timestamp_from_proto(&timestamp_to_proto(t)), Some(t));
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(timestamp_from_proto(&bad), None);
+    }
+
+    #[test]
+    fn a_malformed_result_names_every_bad_field() {
+        let mut wire = full_result().to_proto();
+        wire.job_id = String::new();
+        wire.step_name = " ".into();
+        wire.attempt = 0;
+        wire.outcome = proto::Outcome::Unspecified.into();
+        wire.started_at = None;
+        wire.finished_at = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: 2_000_000_000,
+        });
+        wire.measurements[0].value = f64::NAN;
+        wire.telemetry[0].fields[0].field = "gpu_temperature".into();
+        wire.events[0].kind = "meteor".into();
+        wire.inventory = None;
+        let error = StepResult::from_proto(wire).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            [
+                "job_id",
+                "step_name",
+                "attempt",
+                "outcome",
+                "started_at",
+                "finished_at",
+                "measurements[0].value",
+                "telemetry[0].fields[0].field",
+                "events[0].kind",
+                "inventory",
+            ]
+        );
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        for field in ["job_id", "outcome", "started_at: is missing", "inventory"] {
+            assert!(status.message().contains(field), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn a_result_that_ends_before_it_starts_is_rejected() {
+        let mut wire = full_result().to_proto();
+        wire.finished_at = Some(timestamp_to_proto(at(0)));
+        let error = StepResult::from_proto(wire).unwrap_err();
+        assert_eq!(error.fields(), ["finished_at"]);
+    }
+
+    #[test]
+    fn registration_needs_a_valid_name_labels_and_inventory() {
+        let request = proto::RegisterRequest {
+            node_name: "lab a".into(),
+            labels: [("bad key".to_owned(), "x".to_owned())]
+                .into_iter()
+                .collect(),
+            inventory: None,
+            agent_version: "0.1.0".into(),
+            node_token: String::new(),
+        };
+        let error = Enrollment::try_from(request).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            ["node_name", "labels[bad key]", "inventory"]
+        );
+
+        let mut wire_inventory = inventory("550.54.15", "96.00", 1).to_proto();
+        wire_inventory.gpu_source = "magic".into();
+        wire_inventory.gpus[0].uuid = String::new();
+        let request = proto::RegisterRequest {
+            node_name: "lab-a-n1".into(),
+            labels: Default::default(),
+            inventory: Some(wire_inventory),
+            agent_version: "0.1.0".into(),
+            node_token: String::new(),
+        };
+        let error = Enrollment::try_from(request).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            ["inventory.gpu_source", "inventory.gpus[0].uuid"]
+        );
+    }
+
+    #[test]
+    fn registration_converts() {
+        let inv = inventory("550.54.15", "96.00", 1);
+        let request = proto::RegisterRequest {
+            node_name: "lab-a-n1".into(),
+            labels: [("sku".to_owned(), "hgx-h100".to_owned())]
+                .into_iter()
+                .collect(),
+            inventory: Some(inv.to_proto()),
+            agent_version: "0.1.0".into(),
+            node_token: "abc".into(),
+        };
+        let enrollment = Enrollment::try_from(request).expect("valid");
+        assert_eq!(enrollment.node, NodeId::from("lab-a-n1"));
+        assert_eq!(enrollment.inventory, inv);
+        assert_eq!(enrollment.node_token.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_new_release_names_every_bad_field() {
+        let request = proto::CreateReleaseRequest {
+            name: "bad name".into(),
+            components: vec![
+                proto::Component {
+                    name: "driver".into(),
+                    version: String::new(),
+                    ..Default::default()
+                },
+                proto::Component {
+                    name: "vbios".into(),
+                    version: "96.00".into(),
+                    sha256: "xyz".into(),
+                    ..Default::default()
+                },
+            ],
+            description: String::new(),
+        };
+        let error = NewRelease::try_from(request).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            ["name", "components[0].version", "components[1].sha256"]
+        );
+    }
+
+    #[test]
+    fn plan_steps_reach_the_agent_with_their_limits() {
+        let plan = tollgate_domain::plan::parse_plan(
+            "p.yaml",
+            "name: p\nsteps:\n  - {name: v, kind: inventory-check, components: [driver]}\n  - {name: s, kind: exec, command: [sh, -c, 'true'], env: {A: b}, timeout: 90s, retries: 2}\n",
+        )
+        .expect("valid plan");
+        let specs: Vec<proto::StepSpec> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(idx, step)| step_to_proto(idx as u32, step))
+            .collect();
+        assert_eq!(specs[0].index, 0);
+        assert_eq!(
+            specs[0].kind,
+            Some(proto::step_spec::Kind::InventoryCheck(
+                proto::InventoryCheckStep {
+                    components: vec!["driver".into()]
+                }
+            ))
+        );
+        assert_eq!(
+            (specs[1].index, specs[1].timeout_ms, specs[1].retries),
+            (1, 90_000, 2)
+        );
+        let Some(proto::step_spec::Kind::Exec(exec)) = &specs[1].kind else {
+            panic!("exec step expected: {:?}", specs[1].kind);
+        };
+        assert_eq!(exec.command, ["sh", "-c", "true"]);
+        assert_eq!(exec.env.get("A").map(String::as_str), Some("b"));
+        assert_eq!(exec.workdir, "");
+    }
+
+    #[test]
+    fn summaries_carry_the_duration() {
+        let summary = result_summary(&full_result());
+        assert_eq!(summary.duration_ms, 60_250);
+        assert_eq!(summary.outcome, i32::from(proto::Outcome::Failed));
+    }
+}

@@ -1,0 +1,123 @@
+//! `NodeService`: the fleet as lab operators see it, and cordoning.
+
+use super::convert::{ToProto, check_labels};
+use super::status::{FieldErrors, not_found};
+use crate::Shared;
+use std::sync::Arc;
+use tollgate_domain::NodeId;
+use tollgate_domain::fleet::{Node, NodeState, Selector};
+use tollgate_proto::v1::{self as proto, node_service_server::NodeService};
+use tonic::{Request, Response, Status};
+
+/// The node service.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    shared: Arc<Shared>,
+}
+
+impl NodeApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn load(&self, name: &str) -> Result<Node, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name: is empty; give a node name"));
+        }
+        self.shared
+            .store
+            .get_node(&NodeId::from(name))
+            .await?
+            .ok_or_else(|| not_found(format!("node {name}")))
+    }
+}
+
+/// The state a node moves to when cordoned or uncordoned, or `Err` with why it cannot.
+pub fn cordon_state(node: &Node, cordoned: bool) -> Result<NodeState, String> {
+    use NodeState as S;
+    match (node.state, cordoned) {
+        (S::Ready | S::Busy | S::Cordoned, true) => Ok(S::Cordoned),
+        (S::Draining, true) => Ok(S::Draining),
+        (S::Cordoned | S::Draining, false) if node.current_job.is_some() => Ok(S::Busy),
+        (S::Cordoned | S::Draining, false) => Ok(S::Ready),
+        (S::Ready | S::Busy, false) => Ok(node.state),
+        (S::Unreachable, _) => Err(format!(
+            "node {} is unreachable; cordon or uncordon it once its agent is back",
+            node.id
+        )),
+        (S::Retired, _) => Err(format!("node {} is retired", node.id)),
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn list_nodes(
+        &self,
+        request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let proto::ListNodesRequest { selector } = request.into_inner();
+        let selector = Selector(selector.into_iter().collect());
+        let mut errors = FieldErrors::new();
+        check_labels(&mut errors, "selector", &selector.0);
+        errors.finish(())?;
+        let nodes = self.shared.store.list_nodes().await?;
+        Ok(Response::new(proto::ListNodesResponse {
+            nodes: nodes
+                .iter()
+                .filter(|node| selector.matches(&node.labels))
+                .map(ToProto::to_proto)
+                .collect(),
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<proto::GetNodeRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        let proto::GetNodeRequest { name } = request.into_inner();
+        let node = self.load(&name).await?;
+        Ok(Response::new(node.to_proto()))
+    }
+
+    async fn set_cordon(
+        &self,
+        request: Request<proto::SetCordonRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        let proto::SetCordonRequest { name, cordoned } = request.into_inner();
+        let node = self.load(&name).await?;
+        let state = cordon_state(&node, cordoned).map_err(Status::failed_precondition)?;
+        if state != node.state {
+            self.shared.store.set_node_state(&node.id, state).await?;
+            tracing::info!(node = %node.id, from = %node.state, to = %state, "{}", if cordoned { "node cordoned" } else { "node uncordoned" });
+            self.shared.notify_changed();
+            if !cordoned {
+                self.shared.poke_scheduler();
+            }
+        }
+        let node = self.load(&name).await?;
+        Ok(Response::new(node.to_proto()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_domain::JobId;
+    use tollgate_domain::test_support::node;
+
+    #[test]
+    fn cordoning_keeps_a_running_job_and_uncordoning_restores_busy() {
+        let mut n = node("n1", "hgx-h100");
+        assert_eq!(cordon_state(&n, true), Ok(NodeState::Cordoned));
+        n.state = NodeState::Cordoned;
+        assert_eq!(cordon_state(&n, false), Ok(NodeState::Ready));
+        n.current_job = Some(JobId::from("job-1"));
+        assert_eq!(cordon_state(&n, false), Ok(NodeState::Busy));
+        n.state = NodeState::Busy;
+        assert_eq!(cordon_state(&n, true), Ok(NodeState::Cordoned));
+        assert_eq!(cordon_state(&n, false), Ok(NodeState::Busy));
+        n.state = NodeState::Unreachable;
+        assert!(cordon_state(&n, true).unwrap_err().contains("unreachable"));
+    }
+}

@@ -1,0 +1,113 @@
+//! `ReportService`: gathers a report's input (the gate evaluated now, its evidence, the exact
+//! plan versions and the nodes involved) and renders it.
+
+use super::release::no_gate;
+use super::{load_release, resolve_milestone};
+use crate::Shared;
+use crate::gates::evaluate_now;
+use crate::report::{ReportFormat, ReportInput};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tollgate_domain::NodeId;
+use tollgate_proto::v1::{self as proto, report_service_server::ReportService};
+use tonic::{Request, Response, Status};
+
+/// The report service.
+#[derive(Debug, Clone)]
+pub struct ReportApi {
+    shared: Arc<Shared>,
+}
+
+impl ReportApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl ReportService for ReportApi {
+    async fn render_report(
+        &self,
+        request: Request<proto::RenderReportRequest>,
+    ) -> Result<Response<proto::Report>, Status> {
+        let proto::RenderReportRequest {
+            release,
+            milestone,
+            format,
+        } = request.into_inner();
+        let format = if format.is_empty() {
+            "html"
+        } else {
+            format.as_str()
+        };
+        let format: ReportFormat = format
+            .parse()
+            .map_err(|message: String| Status::invalid_argument(format!("format: {message}")))?;
+        let shared = &self.shared;
+        let release = load_release(shared, &release).await?;
+        let milestone = resolve_milestone(&release, &milestone)?;
+        let evaluated = evaluate_now(shared, &release, &milestone)
+            .await?
+            .ok_or_else(|| no_gate(&milestone))?;
+
+        let mut plans = Vec::new();
+        for run in &evaluated.evidence.runs {
+            match shared
+                .store
+                .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+                .await?
+            {
+                Some(stored) => plans.push(stored.plan),
+                None => {
+                    tracing::warn!(plan = run.plan_name, version = %run.plan_version, "plan version of a run is missing from the store")
+                }
+            }
+        }
+        let node_ids: BTreeSet<&NodeId> = evaluated
+            .evidence
+            .runs
+            .iter()
+            .flat_map(|run| run.jobs.iter().map(|job| &job.node))
+            .collect();
+        let mut nodes = Vec::with_capacity(node_ids.len());
+        for node in node_ids {
+            if let Some(node) = shared.store.get_node(node).await? {
+                nodes.push(node);
+            }
+        }
+        let input = ReportInput {
+            release,
+            milestone,
+            policy: evaluated.gate.policy,
+            decision: evaluated.decision,
+            evidence: evaluated.evidence,
+            plans,
+            nodes,
+            generated_at: shared.now(),
+            controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let release_id = input.release.id.clone();
+        // Rendering is CPU work on data in memory; keep it off the request threads.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let rendered = crate::report::render(&input, format);
+            (rendered, input.decision.digest)
+        })
+        .await
+        .map_err(|error| Status::internal(format!("rendering the report failed: {error}")))?;
+        let (rendered, digest) = rendered;
+        tracing::info!(
+            release = %release_id,
+            digest,
+            n_bytes = rendered.content.len(),
+            format = rendered.extension,
+            "report rendered"
+        );
+        Ok(Response::new(proto::Report {
+            content: rendered.content,
+            media_type: rendered.media_type.to_owned(),
+            file_extension: rendered.extension.to_owned(),
+            decision_digest: digest,
+        }))
+    }
+}

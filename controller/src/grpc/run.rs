@@ -1,0 +1,296 @@
+//! `RunService`: starting runs (one job per selected node), showing, watching and cancelling
+//! them.
+
+use super::agent::cancel_command;
+use super::convert::{result_summary, timestamp_to_proto};
+use super::status::{FieldErrors, no_nodes, not_found};
+use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
+use crate::Shared;
+use crate::store::{JobRecord, RunRecord, RunState};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_domain::fleet::NodeState;
+use tollgate_domain::job::JobState;
+use tollgate_domain::{JobId, ReleaseId, RunId};
+use tollgate_proto::v1::{self as proto, run_service_server::RunService};
+use tonic::{Request, Response, Status};
+
+/// How often `WatchRun` looks again when no change was announced (a change made by another
+/// replica is only seen this way).
+pub const WATCH_FALLBACK: Duration = Duration::from_secs(1);
+
+/// The run service.
+#[derive(Debug, Clone)]
+pub struct RunApi {
+    shared: Arc<Shared>,
+}
+
+impl RunApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("id: is empty; give a run id"));
+    }
+    shared
+        .store
+        .get_run(&RunId::from(id))
+        .await?
+        .ok_or_else(|| not_found(format!("run {id}")))
+}
+
+/// A run as the wire shows it; with every job's results when `with_results`.
+pub async fn run_view(
+    shared: &Shared,
+    run: &RunRecord,
+    with_results: bool,
+) -> Result<proto::Run, Status> {
+    let jobs = shared.store.jobs_of_run(&run.id).await?;
+    let n_steps = match shared
+        .store
+        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+        .await?
+    {
+        Some(plan) => u32::try_from(plan.plan.steps.len()).unwrap_or(u32::MAX),
+        None => 0,
+    };
+    let mut job_views = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let results = if with_results {
+            shared
+                .store
+                .results_of_job(&job.id)
+                .await?
+                .iter()
+                .map(result_summary)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        job_views.push(proto::Job {
+            id: job.id.to_string(),
+            node: job.node.to_string(),
+            state: job.state.as_str().to_owned(),
+            lease_epoch: job.lease_epoch,
+            results,
+            n_steps,
+        });
+    }
+    Ok(proto::Run {
+        id: run.id.to_string(),
+        release: run.release.to_string(),
+        plan_name: run.plan_name.clone(),
+        plan_version: run.plan_version.to_string(),
+        milestone: run.milestone.clone(),
+        state: run.state.as_str().to_owned(),
+        created_at: Some(timestamp_to_proto(run.created_at)),
+        finished_at: run.finished_at.map(timestamp_to_proto),
+        jobs: job_views,
+    })
+}
+
+#[tonic::async_trait]
+impl RunService for RunApi {
+    async fn start_run(
+        &self,
+        request: Request<proto::StartRunRequest>,
+    ) -> Result<Response<proto::Run>, Status> {
+        let proto::StartRunRequest {
+            release,
+            plan,
+            milestone,
+        } = request.into_inner();
+        let mut errors = FieldErrors::new();
+        if release.is_empty() {
+            errors.add("release", "is empty; give a release name");
+        }
+        if split_plan_ref(&plan).0.is_empty() {
+            errors.add("plan", "is empty; give a plan name or name@version");
+        }
+        errors.finish(())?;
+        let shared = &self.shared;
+        let release = load_release(shared, &release).await?;
+        let milestone = resolve_milestone(&release, &milestone)?;
+        let (plan_name, plan_version) = split_plan_ref(&plan);
+        let stored = load_plan(shared, plan_name, plan_version).await?;
+
+        // A node without a live session cannot be sent its job, so for selection it is not
+        // ready, whatever the store says.
+        let mut nodes = shared.store.list_nodes().await?;
+        let mut n_disconnected = 0;
+        for node in &mut nodes {
+            if matches!(node.state, NodeState::Ready | NodeState::Busy)
+                && !shared.sessions.is_connected(&node.id)
+            {
+                node.state = NodeState::Unreachable;
+                n_disconnected += 1;
+            }
+        }
+        let selected =
+            tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes).map_err(|error| {
+                let status = no_nodes(&error);
+                if n_disconnected > 0 {
+                    Status::failed_precondition(format!(
+                        "{} (a node shown unreachable here has no agent connected to this controller)",
+                        status.message()
+                    ))
+                } else {
+                    status
+                }
+            })?;
+
+        let now = shared.now();
+        let run = RunRecord {
+            id: RunId::new(new_id("run")),
+            release: ReleaseId::clone(&release.id),
+            plan_name: stored.plan.name.clone(),
+            plan_version: stored.version.clone(),
+            milestone,
+            state: RunState::Running,
+            created_at: now,
+            finished_at: None,
+        };
+        let jobs: Vec<JobRecord> = selected
+            .into_iter()
+            .map(|node| JobRecord {
+                id: JobId::new(new_id("job")),
+                run_id: run.id.clone(),
+                node,
+                state: JobState::Pending,
+                lease_epoch: 0,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        shared.store.create_run(&run, &jobs).await?;
+        tracing::info!(
+            run = %run.id,
+            release = %run.release,
+            plan = run.plan_name,
+            plan_version = %run.plan_version,
+            milestone = run.milestone,
+            n_jobs = jobs.len(),
+            "run started"
+        );
+        shared.poke_scheduler();
+        shared.notify_changed();
+        Ok(Response::new(run_view(shared, &run, true).await?))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<proto::GetRunRequest>,
+    ) -> Result<Response<proto::Run>, Status> {
+        let proto::GetRunRequest { id } = request.into_inner();
+        let run = load_run(&self.shared, &id).await?;
+        Ok(Response::new(run_view(&self.shared, &run, true).await?))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<proto::ListRunsRequest>,
+    ) -> Result<Response<proto::ListRunsResponse>, Status> {
+        let proto::ListRunsRequest { release } = request.into_inner();
+        let release = (!release.is_empty()).then(|| ReleaseId::new(release));
+        let runs = self.shared.store.list_runs(release.as_ref()).await?;
+        let mut views = Vec::with_capacity(runs.len());
+        // A listing shows jobs and their states; results are for GetRun, one run at a time.
+        for run in &runs {
+            views.push(run_view(&self.shared, run, false).await?);
+        }
+        Ok(Response::new(proto::ListRunsResponse { runs: views }))
+    }
+
+    type WatchRunStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Run, Status>> + Send>>;
+
+    async fn watch_run(
+        &self,
+        request: Request<proto::GetRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let proto::GetRunRequest { id } = request.into_inner();
+        // Fail the call itself, not the stream, when the run does not exist.
+        let run = load_run(&self.shared, &id).await?;
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(watch(self.shared.clone(), run.id, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<proto::CancelRunRequest>,
+    ) -> Result<Response<proto::Run>, Status> {
+        let proto::CancelRunRequest { id } = request.into_inner();
+        let shared = &self.shared;
+        let run = load_run(shared, &id).await?;
+        if run.state != RunState::Running {
+            return Err(Status::failed_precondition(format!(
+                "run {} is already {}",
+                run.id,
+                run.state.as_str()
+            )));
+        }
+        let active = shared.store.cancel_run(&run.id, shared.now()).await?;
+        for job in &active {
+            let command = cancel_command(&job.id, &format!("run {} was cancelled", run.id));
+            if let Err(error) = shared.sessions.send(&job.node, command) {
+                tracing::warn!(job = %job.id, %error, "cancel not delivered; the agent's results for it will be refused");
+            }
+        }
+        tracing::info!(run = %run.id, n_stopped = active.len(), "run cancelled");
+        shared.notify_changed();
+        shared.poke_scheduler();
+        crate::gates::reevaluate_for_run(shared, &run.id).await;
+        let run = load_run(shared, &id).await?;
+        Ok(Response::new(run_view(shared, &run, true).await?))
+    }
+}
+
+/// Sends the run now and after every change until it ends, the watcher leaves, or shutdown.
+async fn watch(
+    shared: Arc<Shared>,
+    run_id: RunId,
+    sender: mpsc::Sender<Result<proto::Run, Status>>,
+) {
+    let mut changes = shared.subscribe_changes();
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut last_sent: Option<proto::Run> = None;
+    loop {
+        let view = match load_run(&shared, run_id.as_str()).await {
+            Ok(run) => run_view(&shared, &run, true).await,
+            Err(status) => Err(status),
+        };
+        match view {
+            Ok(view) => {
+                let ended = view.state != RunState::Running.as_str();
+                if last_sent.as_ref() != Some(&view) {
+                    if sender.send(Ok(view.clone())).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some(view);
+                }
+                if ended {
+                    return;
+                }
+            }
+            Err(status) => {
+                // The watcher learns why the stream ended.
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(WATCH_FALLBACK) => {}
+            () = sender.closed() => return,
+            () = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}

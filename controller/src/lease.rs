@@ -1,0 +1,89 @@
+//! The lease watchdog: every tick, nodes whose heartbeats stopped for longer than the lease
+//! grace become `unreachable` and their active jobs `lost`; the gates those runs feed are
+//! evaluated again.
+//!
+//! Which leases ran out is `tollgate_domain::scheduler::expired_leases`; the controller's start
+//! time is its first clock read, so after a restart every node gets a fresh grace period and a
+//! controller outage is never read as the whole fleet dying.
+
+use crate::Shared;
+use crate::store::StoreError;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tollgate_domain::NodeId;
+use tollgate_domain::fleet::NodeState;
+use tollgate_domain::job::JobEvent;
+
+/// Runs until shutdown starts.
+pub async fn run_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.subscribe_shutdown();
+    let tick = shared.config.tick;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = crate::stopped(&mut shutdown) => break,
+        }
+        if let Err(error) = check_once(&shared).await {
+            tracing::warn!(%error, "lease check failed; retrying at the next tick");
+        }
+    }
+    tracing::debug!("lease watchdog stopped");
+}
+
+/// One check; returns the nodes that became unreachable.
+pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
+    let nodes = shared.store.list_nodes().await?;
+    let watched: Vec<(NodeId, Option<tollgate_domain::Timestamp>)> = nodes
+        .iter()
+        .filter(|node| !matches!(node.state, NodeState::Unreachable | NodeState::Retired))
+        .map(|node| (node.id.clone(), node.last_seen_at))
+        .collect();
+    if watched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let grace =
+        chrono::Duration::from_std(shared.config.lease_grace).unwrap_or(chrono::Duration::MAX);
+    let now = shared.now();
+    let expired =
+        tollgate_domain::scheduler::expired_leases(&watched, shared.started_at, grace, now);
+    if expired.is_empty() {
+        return Ok(expired);
+    }
+    let active = shared.store.active_jobs().await?;
+    let mut affected_runs = BTreeSet::new();
+    for node in &expired {
+        shared
+            .store
+            .set_node_state(node, NodeState::Unreachable)
+            .await?;
+        tracing::warn!(
+            node = %node,
+            grace_s = shared.config.lease_grace.as_secs(),
+            "node unreachable: no heartbeat within the lease grace"
+        );
+        for job in active.iter().filter(|job| &job.node == node) {
+            let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::LeaseExpired) else {
+                continue;
+            };
+            match shared
+                .store
+                .transition_job(&job.id, job.state, to, job.lease_epoch, now)
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(job = %job.id, node = %node, run = %job.run_id, "job lost: its node's lease ran out");
+                    affected_runs.insert(job.run_id.clone());
+                }
+                // The job ended or moved meanwhile (its last result arrived): nothing is lost.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    shared.notify_changed();
+    shared.poke_scheduler();
+    for run in &affected_runs {
+        crate::gates::reevaluate_for_run(shared, run).await;
+    }
+    Ok(expired)
+}

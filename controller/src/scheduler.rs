@@ -1,0 +1,216 @@
+//! The scheduler loop: wakes when poked (an agent connected, a run started, a job ended) or
+//! every tick, asks `tollgate_domain::scheduler::plan` which pending jobs go out now, moves
+//! each to `assigned` under a new lease epoch and sends it over its node's session.
+//!
+//! If the send fails (the agent's stream just went away) the job stays `assigned`: when the
+//! agent reconnects, [`resend_assigned`] sends it again; if the node never comes back, the
+//! lease watchdog turns the job `lost`. A job an agent was running when its stream dropped
+//! stays `running`; its results still count when the agent uploads them, and if its
+//! heartbeats stop the watchdog loses it too.
+
+use crate::Shared;
+use crate::grpc::convert::{ToProto, step_to_proto};
+use crate::store::{JobRecord, StoreError};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tollgate_domain::RunId;
+use tollgate_domain::job::{JobEvent, JobState};
+use tollgate_domain::scheduler::NodeSlot;
+use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
+
+/// Why an assignment could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    /// A row the job refers to is gone.
+    #[error("{0} not found")]
+    Missing(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs until shutdown starts.
+pub async fn run_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.subscribe_shutdown();
+    let tick = shared.config.tick;
+    tracing::debug!(tick_ms = tick.as_millis(), "scheduler started");
+    while shared.wait_for_work(&mut shutdown, tick).await {
+        if let Err(error) = schedule_once(&shared).await {
+            tracing::warn!(%error, "scheduling pass failed; retrying at the next tick");
+        }
+    }
+    tracing::debug!("scheduler stopped");
+}
+
+/// One scheduling pass; returns how many jobs were assigned.
+pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
+    let pending = shared.store.pending_jobs().await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let nodes = shared.store.list_nodes().await?;
+    let busy: BTreeSet<_> = shared
+        .store
+        .active_jobs()
+        .await?
+        .into_iter()
+        .map(|job| job.node)
+        .collect();
+    let slots: Vec<NodeSlot> = nodes
+        .iter()
+        .map(|node| NodeSlot {
+            node: node.id.clone(),
+            state: node.state,
+            connected: shared.sessions.is_connected(&node.id),
+            has_active_job: busy.contains(&node.id),
+        })
+        .collect();
+    let now = shared.now();
+    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, now);
+    let mut commands = CommandCache::default();
+    let mut n_assigned = 0;
+    for assignment in assignments {
+        let Some(job) = shared.store.get_job(&assignment.job).await? else {
+            continue;
+        };
+        let to = match tollgate_domain::job::next(job.state, JobEvent::Assigned) {
+            Ok(to) => to,
+            // Cancelled or taken by another replica since `pending_jobs` read it.
+            Err(_) => continue,
+        };
+        let epoch = job.lease_epoch + 1;
+        let assigned = JobRecord {
+            lease_epoch: epoch,
+            state: to,
+            ..job.clone()
+        };
+        // Build the command before the job changes state, so a missing plan or release
+        // leaves the job pending instead of assigned to an agent that never hears of it.
+        let command = match commands.build(shared, &assigned).await {
+            Ok(command) => command,
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "cannot build the assignment; job stays pending");
+                continue;
+            }
+        };
+        match shared
+            .store
+            .transition_job(&job.id, job.state, to, epoch, now)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict { detail, .. }) => {
+                tracing::debug!(job = %job.id, detail, "job changed before it was assigned");
+                continue;
+            }
+            Err(error) => return Err(error),
+        }
+        n_assigned += 1;
+        tracing::info!(job = %job.id, run = %job.run_id, node = %job.node, lease_epoch = epoch, "job assigned");
+        if let Err(error) = shared.sessions.send(&job.node, command) {
+            tracing::warn!(
+                job = %job.id,
+                %error,
+                "assignment not delivered; it is sent again when the agent reconnects"
+            );
+        }
+    }
+    if n_assigned > 0 {
+        shared.notify_changed();
+    }
+    Ok(n_assigned)
+}
+
+/// Sends the node's `assigned` jobs again: its agent reconnected and may never have seen them.
+pub async fn resend_assigned(
+    shared: &Shared,
+    node: &tollgate_domain::NodeId,
+) -> Result<(), StoreError> {
+    let mut commands = CommandCache::default();
+    for job in shared.store.active_jobs().await? {
+        if &job.node != node || job.state != JobState::Assigned {
+            continue;
+        }
+        match commands.build(shared, &job).await {
+            Ok(command) => {
+                tracing::info!(job = %job.id, node = %node, "assignment sent again after reconnect");
+                if let Err(error) = shared.sessions.send(node, command) {
+                    tracing::warn!(job = %job.id, %error, "assignment not delivered");
+                }
+            }
+            Err(error) => tracing::warn!(job = %job.id, %error, "cannot rebuild the assignment"),
+        }
+    }
+    Ok(())
+}
+
+/// The `AssignJob` of each run, built once per pass.
+#[derive(Default)]
+struct CommandCache {
+    by_run: HashMap<RunId, proto::AssignJob>,
+}
+
+impl CommandCache {
+    async fn build(
+        &mut self,
+        shared: &Shared,
+        job: &JobRecord,
+    ) -> Result<ControllerCommand, AssignError> {
+        if !self.by_run.contains_key(&job.run_id) {
+            let template = assignment_template(shared, &job.run_id).await?;
+            self.by_run.insert(job.run_id.clone(), template);
+        }
+        let template = self
+            .by_run
+            .get(&job.run_id)
+            .ok_or_else(|| AssignError::Missing(format!("run {}", job.run_id)))?;
+        Ok(ControllerCommand {
+            command: Some(Command::AssignJob(proto::AssignJob {
+                job_id: job.id.to_string(),
+                lease_epoch: job.lease_epoch,
+                ..template.clone()
+            })),
+        })
+    }
+}
+
+/// Everything of an `AssignJob` that is the same for every job of a run.
+async fn assignment_template(
+    shared: &Shared,
+    run_id: &RunId,
+) -> Result<proto::AssignJob, AssignError> {
+    let run = shared
+        .store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| AssignError::Missing(format!("run {run_id}")))?;
+    let release = shared
+        .store
+        .get_release(&run.release)
+        .await?
+        .ok_or_else(|| AssignError::Missing(format!("release {}", run.release)))?;
+    let plan = shared
+        .store
+        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+        .await?
+        .ok_or_else(|| {
+            AssignError::Missing(format!("plan {}@{}", run.plan_name, run.plan_version))
+        })?;
+    Ok(proto::AssignJob {
+        job_id: String::new(),
+        run_id: run.id.to_string(),
+        lease_epoch: 0,
+        release: release.id.to_string(),
+        components: release.components.iter().map(ToProto::to_proto).collect(),
+        milestone: run.milestone.clone(),
+        plan_name: run.plan_name.clone(),
+        plan_version: plan.version.to_string(),
+        steps: plan
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(idx, step)| step_to_proto(u32::try_from(idx).unwrap_or(u32::MAX), step))
+            .collect(),
+    })
+}

@@ -1,0 +1,746 @@
+//! The controller over real sockets: a server on `127.0.0.1:0` with a temporary SQLite data
+//! directory, tonic clients, and hand-driven agent streams (the end-to-end tests with real
+//! agents live in the workspace's `tests/`).
+
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_controller::ControllerConfig;
+use tollgate_proto::v1 as proto;
+use tollgate_proto::v1::agent_service_client::AgentServiceClient;
+use tollgate_proto::v1::gate_service_client::GateServiceClient;
+use tollgate_proto::v1::node_service_client::NodeServiceClient;
+use tollgate_proto::v1::plan_service_client::PlanServiceClient;
+use tollgate_proto::v1::release_service_client::ReleaseServiceClient;
+use tollgate_proto::v1::run_service_client::RunServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Streaming};
+
+/// How long a test waits for something that should happen within a few ticks.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Controller {
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Controller {
+    async fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ControllerConfig::new(data_dir.path().to_path_buf());
+        config.tick = Duration::from_millis(50);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        Self {
+            channel,
+            stop: Some(stop),
+            task,
+            _data_dir: data_dir,
+        }
+    }
+
+    fn agents(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel.clone())
+    }
+
+    fn releases(&self) -> ReleaseServiceClient<Channel> {
+        ReleaseServiceClient::new(self.channel.clone())
+    }
+
+    fn plans(&self) -> PlanServiceClient<Channel> {
+        PlanServiceClient::new(self.channel.clone())
+    }
+
+    fn runs(&self) -> RunServiceClient<Channel> {
+        RunServiceClient::new(self.channel.clone())
+    }
+
+    fn gates(&self) -> GateServiceClient<Channel> {
+        GateServiceClient::new(self.channel.clone())
+    }
+
+    fn nodes(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel.clone())
+    }
+
+    /// Stops the controller and checks it stopped cleanly and promptly.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("controller stops within the patience")
+            .expect("controller task did not panic");
+        result.expect("controller ran without error");
+    }
+}
+
+fn inventory() -> proto::Inventory {
+    proto::Inventory {
+        driver_version: "550.54.15".into(),
+        cuda_driver_version: "12.4".into(),
+        nvml_version: "12.550.54.15".into(),
+        gpus: vec![proto::GpuInfo {
+            index: 0,
+            uuid: "GPU-00000000".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            pci_bus_id: "00000000:18:00.0".into(),
+            vbios_version: "96.00.89.00.01".into(),
+            memory_total_mib: 81_559,
+            ..Default::default()
+        }],
+        components: Default::default(),
+        gpu_source: "simulated".into(),
+        hostname: "sim".into(),
+    }
+}
+
+fn register_request(node: &str, token: &str) -> proto::RegisterRequest {
+    proto::RegisterRequest {
+        node_name: node.into(),
+        labels: [("sku".to_owned(), "hgx-h100".to_owned())]
+            .into_iter()
+            .collect(),
+        inventory: Some(inventory()),
+        agent_version: "test".into(),
+        node_token: token.into(),
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+/// A hand-driven agent: registered, with its `Connect` stream open.
+struct Agent {
+    token: String,
+    events: mpsc::Sender<proto::AgentEvent>,
+    commands: Streaming<proto::ControllerCommand>,
+}
+
+impl Agent {
+    async fn enroll(controller: &Controller, node: &str) -> Self {
+        let registration = controller
+            .agents()
+            .register(register_request(node, ""))
+            .await
+            .expect("register")
+            .into_inner();
+        let (events, outbound) = mpsc::channel(16);
+        events
+            .send(heartbeat())
+            .await
+            .expect("queue the first heartbeat");
+        let commands = controller
+            .agents()
+            .connect(authed(
+                ReceiverStream::new(outbound),
+                &registration.node_token,
+            ))
+            .await
+            .expect("connect")
+            .into_inner();
+        Self {
+            token: registration.node_token,
+            events,
+            commands,
+        }
+    }
+
+    /// Waits for the next `AssignJob`.
+    async fn next_assignment(&mut self) -> proto::AssignJob {
+        loop {
+            let command = tokio::time::timeout(PATIENCE, self.commands.next())
+                .await
+                .expect("an assignment within the patience")
+                .expect("stream open")
+                .expect("command");
+            if let Some(proto::controller_command::Command::AssignJob(assign)) = command.command {
+                return assign;
+            }
+        }
+    }
+
+    async fn accept(&self, assign: &proto::AssignJob) {
+        self.events
+            .send(proto::AgentEvent {
+                event: Some(proto::agent_event::Event::JobAccepted(proto::JobAccepted {
+                    job_id: assign.job_id.clone(),
+                    lease_epoch: assign.lease_epoch,
+                })),
+            })
+            .await
+            .expect("send acceptance");
+    }
+}
+
+fn heartbeat() -> proto::AgentEvent {
+    proto::AgentEvent {
+        event: Some(proto::agent_event::Event::Heartbeat(proto::Heartbeat {
+            running_job_id: String::new(),
+            sent_at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 0,
+            }),
+        })),
+    }
+}
+
+fn result(
+    assign: &proto::AssignJob,
+    step_index: u32,
+    outcome: proto::Outcome,
+) -> proto::StepResult {
+    proto::StepResult {
+        job_id: assign.job_id.clone(),
+        step_index,
+        step_name: assign.steps[step_index as usize].name.clone(),
+        attempt: 1,
+        lease_epoch: assign.lease_epoch,
+        outcome: outcome.into(),
+        exit_code: Some(0),
+        started_at: Some(prost_types::Timestamp {
+            seconds: 1_767_225_600,
+            nanos: 0,
+        }),
+        finished_at: Some(prost_types::Timestamp {
+            seconds: 1_767_225_660,
+            nanos: 0,
+        }),
+        measurements: Vec::new(),
+        telemetry: Vec::new(),
+        events: Vec::new(),
+        inventory: Some(inventory()),
+        log_tail: String::new(),
+        message: "ok".into(),
+    }
+}
+
+const PLAN: &str = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: versions, kind: inventory-check}\n  - {name: stress, kind: exec, command: [sh, -c, 'true']}\n";
+const GATE: &str = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [versions, stress], min-nodes: 2}\n";
+
+/// Two connected agents, a release, the plan, and a started run whose jobs reached the agents.
+struct Fixture {
+    a: Agent,
+    b: Agent,
+    assign_a: proto::AssignJob,
+    assign_b: proto::AssignJob,
+    run_id: String,
+}
+
+async fn fixture(controller: &Controller) -> Fixture {
+    let mut a = Agent::enroll(controller, "node-a").await;
+    let mut b = Agent::enroll(controller, "node-b").await;
+    controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "r550".into(),
+            components: vec![proto::Component {
+                name: "driver".into(),
+                version: "550.54.15".into(),
+                ..Default::default()
+            }],
+            description: String::new(),
+        })
+        .await
+        .expect("create release");
+    controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: PLAN.into(),
+            file_name: "plan.yaml".into(),
+        })
+        .await
+        .expect("apply plan");
+    let run = controller
+        .runs()
+        .start_run(proto::StartRunRequest {
+            release: "r550".into(),
+            plan: "gpu-qual".into(),
+            milestone: String::new(),
+        })
+        .await
+        .expect("start run")
+        .into_inner();
+    assert_eq!(run.jobs.len(), 2, "{run:?}");
+    let assign_a = a.next_assignment().await;
+    let assign_b = b.next_assignment().await;
+    assert_eq!(assign_a.lease_epoch, 1);
+    assert_eq!(assign_a.steps.len(), 2);
+    assert_eq!(assign_a.release, "r550");
+    a.accept(&assign_a).await;
+    b.accept(&assign_b).await;
+    Fixture {
+        a,
+        b,
+        assign_a,
+        assign_b,
+        run_id: run.id,
+    }
+}
+
+#[tokio::test]
+async fn registration_issues_a_token_bound_to_its_node() {
+    let controller = Controller::start().await;
+    let mut agents = controller.agents();
+    let registration = agents
+        .register(register_request("node-a", ""))
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(registration.node_name, "node-a");
+    assert_eq!(registration.node_token.len(), 64);
+    assert_eq!(registration.heartbeat_interval_ms, 2_000);
+    assert_eq!(registration.lease_grace_ms, 10_000);
+
+    // Re-registering with the token keeps it; without it is refused.
+    let again = agents
+        .register(register_request("node-a", &registration.node_token))
+        .await
+        .expect("re-register")
+        .into_inner();
+    assert_eq!(again.node_token, registration.node_token);
+    let status = agents
+        .register(register_request("node-a", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("node-token"),
+        "{}",
+        status.message()
+    );
+
+    // A bad registration names every bad field.
+    let mut bad = register_request("node a", "");
+    bad.inventory = None;
+    let status = agents.register(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("node_name") && status.message().contains("inventory"),
+        "{}",
+        status.message()
+    );
+
+    // Calls other than Register need a known token.
+    let status = agents
+        .report_result(proto::StepResult::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = agents
+        .report_result(authed(proto::StepResult::default(), "not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn results_are_owned_fenced_and_stored_once() {
+    let controller = Controller::start().await;
+    let fx = fixture(&controller).await;
+    let mut agents = controller.agents();
+
+    // Node b cannot report for node a's job.
+    let status = agents
+        .report_result(authed(
+            result(&fx.assign_a, 0, proto::Outcome::Passed),
+            &fx.b.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // A result under another epoch is stale.
+    let mut stale = result(&fx.assign_a, 0, proto::Outcome::Passed);
+    stale.lease_epoch += 1;
+    let status = agents
+        .report_result(authed(stale, &fx.a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("stale lease epoch"),
+        "{}",
+        status.message()
+    );
+
+    // A malformed result names its bad fields.
+    let mut malformed = result(&fx.assign_a, 0, proto::Outcome::Unspecified);
+    malformed.started_at = None;
+    let status = agents
+        .report_result(authed(malformed, &fx.a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("outcome") && status.message().contains("started_at"),
+        "{}",
+        status.message()
+    );
+
+    // The first upload is new, every repeat a duplicate, and it is stored once.
+    let first = result(&fx.assign_a, 0, proto::Outcome::Passed);
+    let ack = agents
+        .report_result(authed(first.clone(), &fx.a.token))
+        .await
+        .expect("first upload")
+        .into_inner();
+    assert!(!ack.duplicate);
+    for _ in 0..2 {
+        let ack = agents
+            .report_result(authed(first.clone(), &fx.a.token))
+            .await
+            .expect("repeat")
+            .into_inner();
+        assert!(ack.duplicate);
+    }
+    let run = controller
+        .runs()
+        .get_run(proto::GetRunRequest {
+            id: fx.run_id.clone(),
+        })
+        .await
+        .expect("get run")
+        .into_inner();
+    let job_a = run
+        .jobs
+        .iter()
+        .find(|job| job.id == fx.assign_a.job_id)
+        .expect("job of node a");
+    assert_eq!(job_a.results.len(), 1, "{job_a:?}");
+    assert_eq!(job_a.state, "running");
+    assert_eq!(job_a.n_steps, 2);
+    drop(fx.b);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
+    let controller = Controller::start().await;
+    let fx = fixture(&controller).await;
+    let status = controller
+        .releases()
+        .promote(proto::PromoteRequest {
+            name: "r550".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("no gate for milestone lab-qual"),
+        "{}",
+        status.message()
+    );
+
+    controller
+        .gates()
+        .apply_gate(proto::ApplyGateRequest {
+            source: GATE.into(),
+            file_name: "gate.yaml".into(),
+        })
+        .await
+        .expect("apply gate");
+    let decision = controller
+        .gates()
+        .evaluate_gate(proto::EvaluateGateRequest {
+            release: "r550".into(),
+            milestone: String::new(),
+        })
+        .await
+        .expect("evaluate")
+        .into_inner();
+    assert_eq!(decision.verdict, "waiting", "{decision:?}");
+    let status = controller
+        .releases()
+        .promote(proto::PromoteRequest {
+            name: "r550".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("waiting"), "{}", status.message());
+
+    let mut watch = controller
+        .runs()
+        .watch_run(proto::GetRunRequest {
+            id: fx.run_id.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut agents = controller.agents();
+    for (agent, assign) in [(&fx.a, &fx.assign_a), (&fx.b, &fx.assign_b)] {
+        for step in 0..2 {
+            agents
+                .report_result(authed(
+                    result(assign, step, proto::Outcome::Passed),
+                    &agent.token,
+                ))
+                .await
+                .expect("upload");
+        }
+    }
+    let finished = tokio::time::timeout(PATIENCE, async {
+        while let Some(run) = watch.next().await {
+            let run = run.expect("watch item");
+            if run.state != "running" {
+                return run;
+            }
+        }
+        panic!("watch ended before the run finished");
+    })
+    .await
+    .expect("run finishes");
+    assert_eq!(finished.state, "finished");
+    assert!(
+        finished.jobs.iter().all(|job| job.state == "passed"),
+        "{finished:?}"
+    );
+
+    let promoted = controller
+        .releases()
+        .promote(proto::PromoteRequest {
+            name: "r550".into(),
+        })
+        .await
+        .expect("promote")
+        .into_inner();
+    let release = promoted.release.expect("release");
+    assert_eq!(release.milestone, "customer-acceptance");
+    let decision = promoted.decision.expect("decision");
+    assert_eq!(decision.verdict, "passed");
+    assert_eq!(release.promotions[0].decision_digest, decision.digest);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_name_every_bad_field() {
+    let controller = Controller::start().await;
+    let status = controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "bad name".into(),
+            components: vec![
+                proto::Component {
+                    name: "driver".into(),
+                    version: String::new(),
+                    ..Default::default()
+                },
+                proto::Component {
+                    name: "driver".into(),
+                    version: "1".into(),
+                    sha256: "xyz".into(),
+                    ..Default::default()
+                },
+            ],
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    for field in [
+        "name:",
+        "components[0].version",
+        "components[1].name",
+        "components[1].sha256",
+    ] {
+        assert!(
+            status.message().contains(field),
+            "{field} in {}",
+            status.message()
+        );
+    }
+
+    let status = controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: "name: p\nsteps:\n  - {name: a, kind: exec}\n  - {name: b, kind: reboot}\n"
+                .into(),
+            file_name: "broken.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("broken.yaml:3"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("broken.yaml:4"),
+        "{}",
+        status.message()
+    );
+
+    let status = controller
+        .runs()
+        .start_run(proto::StartRunRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("release") && status.message().contains("plan"),
+        "{}",
+        status.message()
+    );
+
+    let status = controller
+        .releases()
+        .get_release(proto::GetReleaseRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_needs_a_connected_node() {
+    let controller = Controller::start().await;
+    controller
+        .agents()
+        .register(register_request("node-a", ""))
+        .await
+        .expect("register");
+    controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "r1".into(),
+            components: vec![proto::Component {
+                name: "driver".into(),
+                version: "1".into(),
+                ..Default::default()
+            }],
+            description: String::new(),
+        })
+        .await
+        .expect("release");
+    controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: PLAN.into(),
+            file_name: "plan.yaml".into(),
+        })
+        .await
+        .expect("plan");
+    let status = controller
+        .runs()
+        .start_run(proto::StartRunRequest {
+            release: "r1".into(),
+            plan: "gpu-qual".into(),
+            milestone: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("node-a is unreachable"),
+        "{}",
+        status.message()
+    );
+
+    let nodes = controller
+        .nodes()
+        .list_nodes(proto::ListNodesRequest {
+            selector: [("sku".to_owned(), "hgx-h100".to_owned())]
+                .into_iter()
+                .collect(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(nodes.nodes.len(), 1);
+    let cordoned = controller
+        .nodes()
+        .set_cordon(proto::SetCordonRequest {
+            name: "node-a".into(),
+            cordoned: true,
+        })
+        .await
+        .expect("cordon")
+        .into_inner();
+    assert_eq!(cordoned.state, "cordoned");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let controller = Controller::start().await;
+    let mut health = HealthClient::new(controller.channel.clone());
+    for service in ["", "tollgate.v1.AgentService", "tollgate.v1.RunService"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(response.status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(controller.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "tollgate.v1.AgentService",
+        "tollgate.v1.RunService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_agent_streams() {
+    let controller = Controller::start().await;
+    let mut agent = Agent::enroll(&controller, "node-a").await;
+    // The stream stays open (the agent keeps its sender) while the controller stops.
+    let stopping = tokio::spawn(controller.stop());
+    let end = tokio::time::timeout(PATIENCE, agent.commands.next())
+        .await
+        .expect("the command stream ends on shutdown");
+    assert!(end.is_none() || end.is_some_and(|item| item.is_err()));
+    stopping.await.expect("stopped cleanly");
+    drop(agent.events);
+}
