@@ -135,8 +135,19 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
     )?;
     let mut progress = Progress::new(format, std::io::stdout().is_terminal());
     let mut last: Option<pb::Run> = None;
+    // A live drawing also ticks between updates, so its clock shows a long step still going.
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        let run = match stream.message().await {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = ticker.tick(), if progress.live => {
+                if let Some(run) = &last {
+                    progress.update(run)?;
+                }
+                continue;
+            }
+        };
+        let run = match message {
             Ok(Some(run)) => run,
             Ok(None) => break,
             Err(status) => return Err(RpcError::from(status).into()),
