@@ -162,10 +162,10 @@ impl Agent {
                 Err(SessionError::Fatal(error)) => break Err(error),
                 Err(SessionError::Retry(reason)) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(%reason, retry_in = ?delay, "controller connection lost; reconnecting");
+                    tracing::warn!(%reason, retry_in = ?delay, "no session with the controller; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown_receiver.wait_for(|stop| *stop) => break Ok(()),
+                        _ = until_shutdown(&mut shutdown_receiver) => break Ok(()),
                     }
                 }
             }
@@ -288,7 +288,7 @@ impl Agent {
         let closed = |_| SessionError::Retry("the outbound stream closed".into());
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(SessionEnd::Shutdown),
+                _ = until_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
                 _ = ticker.tick() => {
                     tracing::debug!("heartbeat");
                     outbound.send(self.heartbeat()).await.map_err(closed)?;
@@ -483,7 +483,7 @@ async fn upload_loop(
         tokio::select! {
             _ = wake.notified() => {}
             _ = retry => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = until_shutdown(&mut shutdown) => return,
         }
         let Some(current_token) = token.borrow().clone() else {
             // Not registered yet; the session wakes us after registering.
@@ -574,6 +574,12 @@ async fn blocking(
         Ok(result) => result.map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Resolves once shutdown was requested (or its sender is gone, which only happens then).
+async fn until_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here rather than hold it in a select.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Wraps a message with the node's bearer token.

@@ -83,6 +83,19 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// Rejects combinations the flags allow but the agent cannot honour.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.faults.is_empty() && self.gpus == GpuMode::Nvml {
+            return Err("--fault applies only to simulated GPUs (use --gpus sim:N)".to_owned());
+        }
+        if self.sample_interval.is_zero() {
+            return Err("the sample interval must be longer than 0s".to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// The driver version a simulated node reports unless told otherwise.
 pub const DEFAULT_SIM_DRIVER: &str = "550.54.15";
 /// The VBIOS version simulated GPUs report unless told otherwise.

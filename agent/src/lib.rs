@@ -55,9 +55,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !config.faults.is_empty() && config.gpus == GpuMode::Nvml {
-        anyhow::bail!("--fault applies only to simulated GPUs (use --gpus sim:N)");
-    }
+    config.check().map_err(anyhow::Error::msg)?;
     let source_config = config.clone();
     let source = tokio::task::spawn_blocking(move || build_source(&source_config))
         .await

@@ -4,7 +4,9 @@
 use anyhow::Context;
 use clap::Parser;
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use tollgate_agent::{AgentConfig, Fault, GpuMode};
 
@@ -69,7 +71,8 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
@@ -96,10 +99,33 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Errors are printed as one readable chain, never as a debug dump with a backtrace: the
+    // reader is an operator at a node's console.
+    let json = args.log_format == "json";
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let node = match args.node {
         Some(node) => node,
         None => {
@@ -130,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir,
         sample_interval: args.sample_interval,
     };
+    config.check().map_err(anyhow::Error::msg)?;
     if args.print_inventory {
         let source = tollgate_agent::build_source(&config)?;
         let inventory = source.inventory().context("reading the inventory")?;

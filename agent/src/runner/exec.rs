@@ -310,11 +310,8 @@ async fn read_lines(reader: impl AsyncRead + Unpin, stream: Stream, sender: mpsc
     let mut reader = BufReader::with_capacity(MAX_LINE, reader);
     let mut line = Vec::new();
     let mut truncated = false;
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(_) => break,
-        };
+    // A read error ends the stream like EOF: the process is gone or the pipe broke.
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             if !line.is_empty() {
                 let bytes = std::mem::take(&mut line);
