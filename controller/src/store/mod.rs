@@ -7,6 +7,13 @@
 //!
 //! **Invariant:** every method that changes more than one row does it in one transaction, so
 //! nothing half-written is ever left behind; a result is committed before it is acknowledged.
+//!
+//! How values are stored, the same on both backends: domain structs as JSON text (serde_json,
+//! decoded here so that a bad document is a [`StoreError::Corrupt`] naming its row); enums by
+//! their `as_str()` names; timestamps with microsecond precision (PostgreSQL's), so a value
+//! reads back the same from either backend. Each method's body is written once and compiled
+//! for both pools (see `with_pool!`); `rows.rs` decodes rows of either backend.
+//! [`testing`] gives other crates' tests a PostgreSQL schema of their own.
 
 mod connect;
 mod evidence;

@@ -46,40 +46,50 @@ where
     }
 }
 
-/// One row of one table, with the key that names it in error messages.
+/// One row of one table, with the key columns that name it in error messages.
 pub(super) struct Fields<'r, R> {
     row: &'r R,
     table: &'static str,
-    key: String,
+    key_columns: &'static [&'static str],
 }
 
 impl<'r, R: StoreRow> Fields<'r, R> {
-    /// Wraps `row` of `table`, naming it by its key columns (joined with '/').
-    pub(super) fn new(row: &'r R, table: &'static str, key_columns: &[&'static str]) -> Self {
-        let mut parts = Vec::with_capacity(key_columns.len());
-        for column in key_columns {
-            // Integer parts of a composite key (step index, attempt) are not text.
-            let part = match row.text(column) {
-                Ok(text) => text.unwrap_or_default(),
-                Err(_) => row
-                    .int(column)
-                    .ok()
-                    .flatten()
-                    .map(|value| value.to_string())
-                    .unwrap_or_else(|| String::from("?")),
-            };
-            parts.push(part);
-        }
+    /// Wraps `row` of `table`, named by its `key_columns` in errors.
+    pub(super) fn new(
+        row: &'r R,
+        table: &'static str,
+        key_columns: &'static [&'static str],
+    ) -> Self {
         Self {
             row,
             table,
-            key: parts.join("/"),
+            key_columns,
         }
+    }
+
+    /// The row's key, its columns joined with '/'. Read only for an error message: decoding
+    /// the key of every row of a large result set would cost for nothing.
+    fn key(&self) -> String {
+        let parts: Vec<String> = self
+            .key_columns
+            .iter()
+            .map(|column| match self.row.text(column) {
+                Ok(text) => text.unwrap_or_default(),
+                // Integer parts of a composite key (step index, attempt) are not text.
+                Err(_) => self
+                    .row
+                    .int(column)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| String::from("?"), |value| value.to_string()),
+            })
+            .collect();
+        parts.join("/")
     }
 
     fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt {
-            what: format!("{}.{} of row '{}'", self.table, column, self.key),
+            what: format!("{}.{} of row '{}'", self.table, column, self.key()),
             detail: detail.to_string(),
         }
     }
