@@ -33,6 +33,8 @@ use tonic::{Code, Request, Status};
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Deadline of a unary call (Register, ReportResult).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Used when the controller's registration carries no heartbeat interval.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -227,6 +229,8 @@ impl Agent {
             agent_version: crate::AGENT_VERSION.to_owned(),
             node_token: self.token.borrow().clone().unwrap_or_default(),
         };
+        let mut request = Request::new(request);
+        request.set_timeout(CALL_TIMEOUT);
         let registration = match client.register(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::PermissionDenied => {
@@ -516,8 +520,10 @@ async fn upload_pass(
         .map_err(|error| format!("spool task failed: {error}"))?
         .map_err(|error| error.to_string())?;
     for entry in entries {
-        let request =
+        let mut request =
             authorized(entry.result.clone(), token).map_err(|s| s.message().to_owned())?;
+        // A controller that accepts the call but never answers must not stall the spool.
+        request.set_timeout(CALL_TIMEOUT);
         match client.report_result(request).await {
             Ok(ack) => {
                 let duplicate = ack.into_inner().duplicate;
