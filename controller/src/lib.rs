@@ -147,16 +147,26 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with(config, listener, shutdown, |_| {}).await
+    run_with(config, listener, shutdown, |_serving| {}).await
 }
 
-/// [`run`], calling `on_serving` with the bound address once the store is open and the
-/// services are about to answer (`main` writes `--addr-file` there).
+/// What [`run_with`] hands its caller once the controller answers.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    /// The controller's state, for tests that want to look without a gRPC round trip (which
+    /// nodes have a live session, the store). Holding it does not delay shutdown.
+    pub shared: Arc<Shared>,
+}
+
+/// [`run`], calling `on_serving` once the store is open and the services are about to answer
+/// (`main` writes `--addr-file` there).
 pub async fn run_with(
     config: ControllerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_serving: impl FnOnce(std::net::SocketAddr),
+    on_serving: impl FnOnce(Serving),
 ) -> anyhow::Result<()> {
     let store = store::Store::connect(&config.database_url)
         .await
@@ -176,8 +186,13 @@ pub async fn run_with(
         "controller starting"
     );
     let shared = Arc::new(Shared::new(store, config));
+    let serving = Serving {
+        addr: local_addr,
+        shared: shared.clone(),
+    };
     let result = serve(shared.clone(), listener, shutdown, move || {
-        on_serving(local_addr)
+        tracing::info!(addr = %local_addr, "serving");
+        on_serving(serving);
     })
     .await;
     shared.store.close().await;

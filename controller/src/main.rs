@@ -5,6 +5,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_controller::store::StoreError;
 use tollgate_controller::{ControllerConfig, redact_database_url};
 use tracing_subscriber::EnvFilter;
 
@@ -81,11 +82,32 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error chain on one line, without repeating a cause its wrapper already quotes, plus
+/// what to do when the database is the problem.
+fn describe(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+    }
+    let mut line = parts.join(": ");
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<StoreError>().is_some())
+    {
+        line.push_str(
+            "; check that the database is running and reachable, or pick another with --database",
+        );
+    }
+    line
 }
 
 fn init_logging(format: LogFormat) {
@@ -138,25 +160,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let local_addr = listener.local_addr().context("reading the bound address")?;
-    let database = redact_database_url(&config.database_url);
-    tracing::info!(addr = %local_addr, database, "listening");
     // The address file is written only once the store is open and the services answer, so a
     // reader never finds an address of a controller that is about to fail.
     let mut addr_file_error = None;
-    let on_serving = |addr: std::net::SocketAddr| {
+    let on_serving = |serving: tollgate_controller::Serving| {
         if let Some(path) = &args.addr_file
-            && let Err(error) = write_addr_file(path, &addr.to_string())
+            && let Err(error) = write_addr_file(path, &serving.addr.to_string())
         {
             tracing::error!("{error:#}");
             addr_file_error = Some(error);
         }
     };
-    let served = tollgate_controller::run_with(config, listener, shutdown_signal(), on_serving)
-        .await
-        .with_context(|| {
-            format!("controller failed (database {database}); check --database and --data-dir")
-        });
+    let served =
+        tollgate_controller::run_with(config, listener, shutdown_signal(), on_serving).await;
     match addr_file_error {
         Some(error) => Err(error),
         None => served,

@@ -22,6 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 struct Controller {
     channel: Channel,
+    serving: tollgate_controller::Serving,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _data_dir: tempfile::TempDir,
@@ -29,22 +30,41 @@ struct Controller {
 
 impl Controller {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a controller whose configuration `adjust` may change (the clock, the grace).
+    async fn start_with(adjust: impl FnOnce(&mut ControllerConfig)) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = ControllerConfig::new(data_dir.path().to_path_buf());
         config.tick = Duration::from_millis(50);
+        adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let (serving_tx, serving_rx) = oneshot::channel();
+        let task = tokio::spawn(tollgate_controller::run_with(
+            config,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            move |serving| {
+                let _ = serving_tx.send(serving);
+            },
+        ));
+        let serving = tokio::time::timeout(PATIENCE, serving_rx)
+            .await
+            .expect("the controller serves within the patience")
+            .expect("the controller started");
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect_lazy();
         Self {
             channel,
+            serving,
             stop: Some(stop),
             task,
             _data_dir: data_dir,
@@ -249,6 +269,9 @@ struct Fixture {
 async fn fixture(controller: &Controller) -> Fixture {
     let mut a = Agent::enroll(controller, "node-a").await;
     let mut b = Agent::enroll(controller, "node-b").await;
+    let mut connected = controller.serving.shared.sessions.connected_nodes();
+    connected.sort();
+    assert_eq!(connected, ["node-a".into(), "node-b".into()]);
     controller
         .releases()
         .create_release(proto::CreateReleaseRequest {
@@ -743,4 +766,92 @@ async fn shutdown_ends_open_agent_streams() {
     assert!(end.is_none() || end.is_some_and(|item| item.is_err()));
     stopping.await.expect("stopped cleanly");
     drop(agent.events);
+}
+
+/// Polls `check` until it returns `Some`, or fails after the patience.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
+    use tollgate_controller::clock::ManualClock;
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("in range");
+    let clock = ManualClock::new(start);
+    let controller = Controller::start_with({
+        let clock = clock.clone();
+        move |config| config.clock = std::sync::Arc::new(clock)
+    })
+    .await;
+    let fx = fixture(&controller).await;
+    let node_state = |name: &'static str| {
+        let mut nodes = controller.nodes();
+        async move {
+            nodes
+                .get_node(proto::GetNodeRequest { name: name.into() })
+                .await
+                .expect("get node")
+                .into_inner()
+                .state
+        }
+    };
+    // Running jobs make their nodes busy; nothing expires while the clock stands still.
+    eventually("node-a busy", || async {
+        (node_state("node-a").await == "busy").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node_state("node-a").await, "busy");
+
+    // Past the grace (10 s by default) without a heartbeat, both nodes are unreachable.
+    clock.advance(chrono::Duration::seconds(11));
+    eventually("node-a unreachable", || async {
+        (node_state("node-a").await == "unreachable").then_some(())
+    })
+    .await;
+    let run = eventually("the run to finish", || async {
+        let run = controller
+            .runs()
+            .get_run(proto::GetRunRequest {
+                id: fx.run_id.clone(),
+            })
+            .await
+            .expect("get run")
+            .into_inner();
+        (run.state == "finished").then_some(run)
+    })
+    .await;
+    assert!(run.jobs.iter().all(|job| job.state == "lost"), "{run:?}");
+
+    // A late result of a lost job is refused; a heartbeat brings the node back.
+    let status = controller
+        .agents()
+        .report_result(authed(
+            result(&fx.assign_a, 0, proto::Outcome::Passed),
+            &fx.a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    fx.a.events.send(heartbeat()).await.expect("heartbeat");
+    eventually("node-a ready again", || async {
+        (node_state("node-a").await == "ready").then_some(())
+    })
+    .await;
+    assert_eq!(node_state("node-b").await, "unreachable");
+    controller.stop().await;
 }

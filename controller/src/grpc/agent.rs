@@ -84,6 +84,8 @@ impl AgentService for AgentApi {
             .register_node(&node, &labels, &inventory, &token_hash, self.shared.now())
             .await?;
         self.shared.tokens.remember(&node, &token_hash);
+        // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
+        store.touch_node(&node, self.shared.now()).await?;
         tracing::info!(
             node = %node,
             agent_version,

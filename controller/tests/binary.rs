@@ -1,0 +1,121 @@
+//! The `tollgate-controller` binary as an operator meets it: flags, the address file, a clean
+//! stop on SIGTERM, and one readable line when something is wrong.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tollgate-controller");
+
+fn wait_for_file(path: &Path, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn serves_writes_its_address_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let addr_file = dir.path().join("addr");
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the controller");
+    let addr = wait_for_file(&addr_file, Duration::from_secs(20));
+    let addr: std::net::SocketAddr = addr.trim().parse().expect("an address");
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+    assert!(data_dir.join("tollgate.db").exists());
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let output = child.wait_with_output().expect("output");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(status.success(), "{status:?}: {logs}");
+    assert!(logs.contains("\"SIGTERM received\""), "{logs}");
+    assert!(logs.contains("controller stopped"), "{logs}");
+}
+
+#[test]
+fn a_bad_flag_says_what_is_wrong() {
+    let output = Command::new(BINARY)
+        .args(["serve", "--heartbeat-interval", "2x"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("'2x' is not a duration"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(BINARY)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "mysql://x/y",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: unsupported --database 'mysql://x/y'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unusable_database_is_one_line_saying_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A file where the SQLite database's directory should be: the store cannot open it.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").expect("write");
+    let url = format!("sqlite://{}/tollgate.db", blocker.display());
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("opening the database"), "{stderr}");
+    assert!(stderr.contains("--database"), "{stderr}");
+}
