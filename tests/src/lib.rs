@@ -1,1 +1,450 @@
-//! placeholder
+//! Harness for the end-to-end tests: a real controller served on `127.0.0.1:0`, agents with
+//! simulated GPUs running real step processes, and gRPC clients over real sockets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate_controller::ControllerConfig;
+use tollgate_controller::store::testing;
+use tollgate_proto::v1;
+use tonic::transport::{Channel, Endpoint};
+
+/// Which store a test's controller runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the controller's data directory.
+    Sqlite,
+    /// A fresh schema in the database `TOLLGATE_TEST_DATABASE_URL` names.
+    Postgres,
+}
+
+/// How to start a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// The store.
+    pub backend: Backend,
+    /// Heartbeat interval handed to agents.
+    pub heartbeat_interval: Duration,
+    /// Lease grace.
+    pub lease_grace: Duration,
+    /// Scheduler and watchdog tick.
+    pub tick: Duration,
+}
+
+impl ControllerOptions {
+    /// Fast settings for tests on `backend`.
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            heartbeat_interval: Duration::from_millis(200),
+            lease_grace: Duration::from_secs(3),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A controller running in this process. Dropping it without [`Controller::stop`] aborts it.
+pub struct Controller {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// `http://ADDR`.
+    pub url: String,
+    /// The database URL it uses (reused by [`Controller::restart`]).
+    pub database_url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    options: ControllerOptions,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _tempdir: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+impl Controller {
+    /// Starts a controller on a fresh store of the chosen backend. Returns `None` for
+    /// PostgreSQL when no database is configured (the test then says it was skipped).
+    pub async fn start(options: ControllerOptions) -> Option<Self> {
+        let tempdir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let data_dir = tempdir.path().join("controller");
+        let database_url = match options.backend {
+            Backend::Sqlite => format!("sqlite://{}", data_dir.join("tollgate.db").display()),
+            Backend::Postgres => {
+                let base = testing::postgres_url_or_skip()?;
+                testing::fresh_postgres_url(&base)
+                    .await
+                    .expect("fresh postgres schema")
+            }
+        };
+        Some(Self::start_on(options, database_url, data_dir, Some(tempdir), None).await)
+    }
+
+    async fn start_on(
+        options: ControllerOptions,
+        database_url: String,
+        data_dir: PathBuf,
+        tempdir: Option<std::sync::Arc<tempfile::TempDir>>,
+        addr: Option<SocketAddr>,
+    ) -> Self {
+        let mut config = ControllerConfig::new(data_dir.clone());
+        config.database_url = database_url.clone();
+        config.heartbeat_interval = options.heartbeat_interval;
+        config.lease_grace = options.lease_grace;
+        config.tick = options.tick;
+        let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
+        let listener = bind_retrying(bind).await;
+        let addr = listener.local_addr().expect("bound address");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let controller = Self {
+            addr,
+            url: format!("http://{addr}"),
+            database_url,
+            data_dir,
+            options,
+            shutdown: Some(tx),
+            task: Some(task),
+            _tempdir: tempdir,
+        };
+        controller.wait_serving().await;
+        controller
+    }
+
+    async fn wait_serving(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(channel) = Endpoint::from_shared(self.url.clone())
+                .expect("url")
+                .connect()
+                .await
+            {
+                let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
+                if nodes
+                    .list_nodes(v1::ListNodesRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start serving"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the controller gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("controller task")
+                .expect("controller run");
+        }
+    }
+
+    /// Stops the controller and starts a new one on the same store and address.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut fresh = Self::start_on(
+            self.options.clone(),
+            self.database_url.clone(),
+            self.data_dir.clone(),
+            self._tempdir.clone(),
+            Some(self.addr),
+        )
+        .await;
+        self.shutdown = fresh.shutdown.take();
+        self.task = fresh.task.take();
+        // `fresh` owns nothing else that must outlive it: dropping it now aborts nothing.
+    }
+
+    /// A channel to the controller.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to controller")
+    }
+
+    /// Manager clients.
+    pub async fn clients(&self) -> Clients {
+        Clients::new(self.channel().await)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn bind_retrying(addr: SocketAddr) -> tokio::net::TcpListener {
+    // A restarted controller rebinds the port its predecessor just released.
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not bind {addr}");
+}
+
+/// The manager services' clients.
+#[derive(Clone)]
+pub struct Clients {
+    /// Nodes.
+    pub nodes: v1::node_service_client::NodeServiceClient<Channel>,
+    /// Releases.
+    pub releases: v1::release_service_client::ReleaseServiceClient<Channel>,
+    /// Plans.
+    pub plans: v1::plan_service_client::PlanServiceClient<Channel>,
+    /// Runs.
+    pub runs: v1::run_service_client::RunServiceClient<Channel>,
+    /// Gates.
+    pub gates: v1::gate_service_client::GateServiceClient<Channel>,
+    /// Reports.
+    pub reports: v1::report_service_client::ReportServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Clients over one channel.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            nodes: v1::node_service_client::NodeServiceClient::new(channel.clone()),
+            releases: v1::release_service_client::ReleaseServiceClient::new(channel.clone()),
+            plans: v1::plan_service_client::PlanServiceClient::new(channel.clone()),
+            runs: v1::run_service_client::RunServiceClient::new(channel.clone()),
+            gates: v1::gate_service_client::GateServiceClient::new(channel.clone()),
+            reports: v1::report_service_client::ReportServiceClient::new(channel),
+        }
+    }
+
+    /// Creates a release with the simulated source's default driver and VBIOS.
+    pub async fn create_release(&mut self, name: &str) -> v1::Release {
+        let component = |name: &str, version: &str| v1::Component {
+            name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        };
+        self.releases
+            .create_release(v1::CreateReleaseRequest {
+                name: name.into(),
+                components: vec![
+                    component("driver", "550.54.15"),
+                    component("vbios", "96.00.89.00.01"),
+                ],
+                description: String::new(),
+            })
+            .await
+            .expect("create release")
+            .into_inner()
+    }
+
+    /// Applies a plan from YAML text.
+    pub async fn apply_plan(&mut self, source: &str) -> v1::Plan {
+        self.plans
+            .apply_plan(v1::ApplyPlanRequest {
+                source: source.into(),
+                file_name: "plan.yaml".into(),
+            })
+            .await
+            .expect("apply plan")
+            .into_inner()
+    }
+
+    /// Applies a gate from YAML text.
+    pub async fn apply_gate(&mut self, source: &str) -> v1::GatePolicy {
+        self.gates
+            .apply_gate(v1::ApplyGateRequest {
+                source: source.into(),
+                file_name: "gate.yaml".into(),
+            })
+            .await
+            .expect("apply gate")
+            .into_inner()
+    }
+
+    /// Waits until `n` nodes are registered and ready.
+    pub async fn wait_ready_nodes(&mut self, n: usize) -> Vec<v1::Node> {
+        wait_for(Duration::from_secs(30), "nodes to be ready", || {
+            let mut nodes = self.nodes.clone();
+            async move {
+                let listed = nodes
+                    .list_nodes(v1::ListNodesRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes;
+                let ready: Vec<v1::Node> =
+                    listed.into_iter().filter(|n| n.state == "ready").collect();
+                (ready.len() >= n).then_some(ready)
+            }
+        })
+        .await
+    }
+
+    /// Starts a run.
+    pub async fn start_run(&mut self, release: &str, plan: &str) -> v1::Run {
+        self.runs
+            .start_run(v1::StartRunRequest {
+                release: release.into(),
+                plan: plan.into(),
+                milestone: String::new(),
+            })
+            .await
+            .expect("start run")
+            .into_inner()
+    }
+
+    /// Waits until the run is finished or cancelled and returns it.
+    pub async fn wait_run_done(&mut self, run_id: &str) -> v1::Run {
+        wait_for(Duration::from_secs(60), "the run to end", || {
+            let mut runs = self.runs.clone();
+            let id = run_id.to_owned();
+            async move {
+                let run = runs
+                    .get_run(v1::GetRunRequest { id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (run.state != "running").then_some(run)
+            }
+        })
+        .await
+    }
+
+    /// Evaluates the gate of a release at its current milestone.
+    pub async fn evaluate(&mut self, release: &str) -> v1::Decision {
+        self.gates
+            .evaluate_gate(v1::EvaluateGateRequest {
+                release: release.into(),
+                milestone: String::new(),
+            })
+            .await
+            .expect("evaluate gate")
+            .into_inner()
+    }
+}
+
+/// Polls `probe` until it returns `Some`, failing the test with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An agent running in this process with simulated GPUs.
+pub struct Agent {
+    /// Node name.
+    pub node: String,
+    /// State directory (spool, token, logs).
+    pub state_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _tempdir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent for `node` with `n_gpus` simulated GPUs, label `sku=hgx-h100`, and the
+    /// given faults (`over-temp`, `xid=79`, `driver=535.104.05`, ...).
+    pub fn start(controller_url: &str, node: &str, n_gpus: u32, faults: &[&str]) -> Self {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        let state_dir = tempdir.path().join(node);
+        let mut config =
+            tollgate_agent::AgentConfig::simulated(controller_url, node, n_gpus, state_dir.clone());
+        config.labels.insert("sku".into(), "hgx-h100".into());
+        config.sample_interval = Duration::from_millis(100);
+        config.faults = faults
+            .iter()
+            .map(|f| f.parse().expect("valid fault"))
+            .collect();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(tollgate_agent::run(config, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            node: node.into(),
+            state_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            _tempdir: tempdir,
+        }
+    }
+
+    /// Stops the agent gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Kills the agent abruptly: no goodbye, no more heartbeats.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A plan for the simulated fleet: an inventory check and a short exec step reporting a
+/// measurement.
+pub fn plan_yaml(stress_seconds: f64) -> String {
+    format!(
+        r#"name: gpu-qual
+selector: {{sku: hgx-h100}}
+steps:
+  - {{name: versions, kind: inventory-check}}
+  - name: stress
+    kind: exec
+    command: [sh, -c, "sleep {stress_seconds}; echo '@tollgate measure membw_gbps 2950.5 GB/s'"]
+    timeout: 1m
+"#
+    )
+}
+
+/// The gate of the README's example, requiring `min_nodes` nodes.
+pub fn gate_yaml(min_nodes: u32) -> String {
+    format!(
+        r#"milestone: lab-qual
+rules:
+  - steps-passed: {{plan: gpu-qual, steps: [versions, stress], min-nodes: {min_nodes}}}
+  - measurement: {{name: membw_gbps, aggregate: min, condition: ">= 2800"}}
+  - telemetry: {{field: gpu_temp_c, aggregate: max, condition: "< 88"}}
+  - no-xid: {{codes: [48, 63, 64, 74, 79, 94, 95]}}
+  - inventory-matches-release: {{}}
+"#
+    )
+}

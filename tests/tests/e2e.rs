@@ -1,0 +1,458 @@
+//! End to end: a real controller on `127.0.0.1:0`, agents with simulated GPUs running real
+//! processes, and real gRPC clients. Every test runs on SQLite and on PostgreSQL (the latter
+//! when `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
+
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1;
+use tollgate_tests::{
+    Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml, wait_for,
+};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    clean_release_passes_and_promotes,
+    faulty_node_fails_the_gate_and_promotion_is_refused,
+    result_uploaded_twice_is_stored_once,
+    agent_cannot_act_as_another_node,
+    killed_agent_leaves_its_job_lost,
+    gate_show_json_has_one_entry_per_rule,
+);
+
+async fn clean_release_passes_and_promotes(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents: Vec<Agent> = (1..=3)
+        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 2, &[]))
+        .collect();
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(3).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(&plan_yaml(0.5)).await;
+    clients.apply_gate(&gate_yaml(3)).await;
+
+    let run = clients.start_run("r550", "gpu-qual").await;
+    assert_eq!(run.jobs.len(), 3);
+    let run = clients.wait_run_done(&run.id).await;
+    assert_eq!(run.state, "finished");
+    for job in &run.jobs {
+        assert_eq!(
+            job.state, "passed",
+            "job on {}: {:?}",
+            job.node, job.results
+        );
+        let stress = job
+            .results
+            .iter()
+            .find(|r| r.step_name == "stress")
+            .expect("stress result");
+        assert_eq!(stress.measurements[0].name, "membw_gbps");
+    }
+
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "passed", "{decision:#?}");
+    assert_eq!(decision.rules.len(), 5);
+    assert!(!decision.digest.is_empty());
+
+    let promoted = clients
+        .releases
+        .promote(v1::PromoteRequest {
+            name: "r550".into(),
+        })
+        .await
+        .expect("promotion of a passed release")
+        .into_inner();
+    let release = promoted.release.expect("release");
+    assert_eq!(release.milestone, "customer-acceptance");
+    assert_eq!(release.promotions.len(), 1);
+    assert_eq!(
+        release.promotions[0].decision_digest,
+        promoted.decision.expect("decision").digest
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let _agents = [
+        Agent::start(&controller.url, "lab-1", 2, &[]),
+        Agent::start(&controller.url, "lab-2", 2, &[]),
+        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
+    ];
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(3).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(&plan_yaml(1.0)).await;
+    clients.apply_gate(&gate_yaml(3)).await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+    clients.wait_run_done(&run.id).await;
+
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    let telemetry = decision
+        .rules
+        .iter()
+        .find(|r| r.rule_id == "telemetry:gpu_temp_c")
+        .expect("telemetry rule");
+    assert_eq!(telemetry.verdict, "failed");
+    assert_eq!(telemetry.failing_nodes, ["lab-3"]);
+    assert!(telemetry.reason.contains("lab-3"), "{}", telemetry.reason);
+    let others: Vec<&str> = decision
+        .rules
+        .iter()
+        .filter(|r| r.verdict != "passed")
+        .map(|r| r.rule_id.as_str())
+        .collect();
+    assert_eq!(
+        others,
+        ["telemetry:gpu_temp_c"],
+        "only the telemetry rule fails"
+    );
+
+    let refused = clients
+        .releases
+        .promote(v1::PromoteRequest {
+            name: "r550".into(),
+        })
+        .await
+        .expect_err("promotion must be refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("lab-3"), "{}", refused.message());
+    assert!(
+        refused.message().contains("telemetry:gpu_temp_c"),
+        "{}",
+        refused.message()
+    );
+    let release = clients
+        .releases
+        .get_release(v1::GetReleaseRequest {
+            name: "r550".into(),
+        })
+        .await
+        .expect("release")
+        .into_inner();
+    assert_eq!(
+        release.milestone, "lab-qual",
+        "a refused promotion changes nothing"
+    );
+}
+
+/// A hand-driven agent: registers, keeps a `Connect` stream open, and uploads what the test says.
+struct FakeAgent {
+    node: String,
+    token: String,
+    client: v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
+    commands: tonic::Streaming<v1::ControllerCommand>,
+    _events: tokio::sync::mpsc::Sender<v1::AgentEvent>,
+}
+
+impl FakeAgent {
+    async fn connect(controller: &Controller, node: &str) -> Self {
+        let mut client =
+            v1::agent_service_client::AgentServiceClient::new(controller.channel().await);
+        let inventory = v1::Inventory {
+            driver_version: "550.54.15".into(),
+            gpu_source: "simulated".into(),
+            hostname: node.into(),
+            ..Default::default()
+        };
+        let registration = client
+            .register(v1::RegisterRequest {
+                node_name: node.into(),
+                labels: [("sku".to_owned(), "hgx-h100".to_owned())]
+                    .into_iter()
+                    .collect(),
+                inventory: Some(inventory),
+                agent_version: "test".into(),
+                node_token: String::new(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(heartbeat()).await.expect("queue heartbeat");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        authorize(&mut request, &registration.node_token);
+        let commands = client.connect(request).await.expect("connect").into_inner();
+        // Keep the lease alive while the test runs.
+        let beat = tx.clone();
+        tokio::spawn(async move {
+            while beat.send(heartbeat()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self {
+            node: node.into(),
+            token: registration.node_token,
+            client,
+            commands,
+            _events: tx,
+        }
+    }
+
+    async fn next_assignment(&mut self) -> v1::AssignJob {
+        loop {
+            let command = tokio::time::timeout(Duration::from_secs(20), self.commands.message())
+                .await
+                .expect("an assignment in time")
+                .expect("stream open")
+                .expect("a command");
+            if let Some(v1::controller_command::Command::AssignJob(job)) = command.command {
+                return job;
+            }
+        }
+    }
+
+    async fn report(
+        &mut self,
+        token: &str,
+        result: v1::StepResult,
+    ) -> Result<v1::Ack, tonic::Status> {
+        let mut request = tonic::Request::new(result);
+        authorize(&mut request, token);
+        self.client
+            .report_result(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+fn heartbeat() -> v1::AgentEvent {
+    v1::AgentEvent {
+        event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat::default())),
+    }
+}
+
+fn authorize<T>(request: &mut tonic::Request<T>, token: &str) {
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+}
+
+fn passed_result(job: &v1::AssignJob, step_index: u32) -> v1::StepResult {
+    let now = prost_types::Timestamp {
+        seconds: 1_767_225_600,
+        nanos: 0,
+    };
+    v1::StepResult {
+        job_id: job.job_id.clone(),
+        step_index,
+        step_name: job.steps[step_index as usize].name.clone(),
+        attempt: 1,
+        lease_epoch: job.lease_epoch,
+        outcome: v1::Outcome::Passed as i32,
+        exit_code: Some(0),
+        started_at: Some(now),
+        finished_at: Some(now),
+        inventory: Some(v1::Inventory {
+            driver_version: "550.54.15".into(),
+            gpu_source: "simulated".into(),
+            ..Default::default()
+        }),
+        message: "exit code 0".into(),
+        ..Default::default()
+    }
+}
+
+const ONE_STEP_PLAN: &str = "name: one-step\nselector: {sku: hgx-h100}\nsteps:\n  - {name: only, kind: exec, command: [\"true\"]}\n";
+
+async fn result_uploaded_twice_is_stored_once(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let mut agent = FakeAgent::connect(&controller, "fake-1").await;
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(ONE_STEP_PLAN).await;
+    let run = clients.start_run("r550", "one-step").await;
+    let job = agent.next_assignment().await;
+    assert_eq!(job.run_id, run.id);
+
+    let token = agent.token.clone();
+    let first = agent
+        .report(&token, passed_result(&job, 0))
+        .await
+        .expect("first upload");
+    assert!(!first.duplicate);
+    let second = agent
+        .report(&token, passed_result(&job, 0))
+        .await
+        .expect("repeat upload is acknowledged");
+    assert!(second.duplicate, "the repeat is recognized as one");
+
+    let run = clients.wait_run_done(&run.id).await;
+    assert_eq!(
+        run.jobs[0].results.len(),
+        1,
+        "stored once: {:?}",
+        run.jobs[0].results
+    );
+    assert_eq!(run.jobs[0].state, "passed");
+}
+
+async fn agent_cannot_act_as_another_node(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let mut alice = FakeAgent::connect(&controller, "fake-a").await;
+    let mut mallory = FakeAgent::connect(&controller, "fake-m").await;
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(2).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(ONE_STEP_PLAN).await;
+    clients.start_run("r550", "one-step").await;
+    let alice_job = alice.next_assignment().await;
+    let _mallory_job = mallory.next_assignment().await;
+
+    // Mallory uploads a result for Alice's job with Mallory's own token.
+    let token = mallory.token.clone();
+    let denied = mallory
+        .report(&token, passed_result(&alice_job, 0))
+        .await
+        .expect_err("another node's job");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // Registering as Alice without Alice's token is refused too.
+    let mut client = v1::agent_service_client::AgentServiceClient::new(controller.channel().await);
+    let denied = client
+        .register(v1::RegisterRequest {
+            node_name: alice.node.clone(),
+            inventory: Some(v1::Inventory {
+                gpu_source: "simulated".into(),
+                ..Default::default()
+            }),
+            node_token: mallory.token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("taking over another node");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // A call without a token is unauthenticated.
+    let unauthenticated = client
+        .report_result(passed_result(&alice_job, 0))
+        .await
+        .expect_err("no token");
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+}
+
+async fn killed_agent_leaves_its_job_lost(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.lease_grace = Duration::from_millis(1500);
+    let Some(controller) = Controller::start(options).await else {
+        return;
+    };
+    let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(&plan_yaml(30.0)).await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+
+    // Kill the agent once its job is under way.
+    let runs = clients.runs.clone();
+    let run_id = run.id.clone();
+    wait_for(Duration::from_secs(20), "the job to run", || {
+        let mut runs = runs.clone();
+        let id = run_id.clone();
+        async move {
+            let run = runs
+                .get_run(v1::GetRunRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            (run.jobs[0].state == "running").then_some(())
+        }
+    })
+    .await;
+    agent.kill();
+
+    let run = clients.wait_run_done(&run.id).await;
+    assert_eq!(run.jobs[0].state, "lost");
+    let node = clients
+        .nodes
+        .get_node(v1::GetNodeRequest {
+            name: "lab-1".into(),
+        })
+        .await
+        .expect("node")
+        .into_inner();
+    assert_eq!(node.state, "unreachable");
+}
+
+/// Finds a binary built next to this test's executable (`target/<profile>/`).
+fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build it with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+async fn gate_show_json_has_one_entry_per_rule(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let mut clients = controller.clients().await;
+    clients.create_release("r550").await;
+    clients.apply_gate(&gate_yaml(3)).await;
+    let output = tokio::process::Command::new(workspace_binary("tollgate"))
+        .env("TOLLGATE_CONTROLLER", &controller.url)
+        .args([
+            "gate",
+            "show",
+            "--release",
+            "r550",
+            "--milestone",
+            "lab-qual",
+            "-o",
+            "json",
+        ])
+        .output()
+        .await
+        .expect("run tollgate");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    assert_eq!(json["verdict"], "waiting", "no run yet: {json}");
+    let rules = json["rules"].as_array().expect("rules array");
+    assert_eq!(rules.len(), 5);
+    assert!(
+        rules
+            .iter()
+            .all(|r| r["verdict"] == "waiting"
+                && r["reason"].as_str().is_some_and(|s| !s.is_empty()))
+    );
+}
