@@ -83,6 +83,16 @@ struct RunningJob {
     task: JoinHandle<()>,
 }
 
+/// Aborts a task when dropped, so nothing the agent spawned outlives it, even when the
+/// caller aborts the agent's own task instead of shutting it down.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The agent: configuration, GPU source, spool and the shared state of its tasks.
 pub struct Agent {
     config: AgentConfig,
@@ -136,17 +146,17 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (shutdown_sender, mut shutdown_receiver) = watch::channel(false);
-        tokio::spawn(async move {
+        let _watcher = AbortOnDrop(tokio::spawn(async move {
             shutdown.await;
             let _ = shutdown_sender.send(true);
-        });
-        let uploader = tokio::spawn(upload_loop(
+        }));
+        let uploader = AbortOnDrop(tokio::spawn(upload_loop(
             AgentServiceClient::new(self.channel.clone()),
             Arc::clone(&self.spool),
             self.token.subscribe(),
             Arc::clone(&self.upload),
             shutdown_receiver.clone(),
-        ));
+        )));
         let mut backoff = Backoff::new();
         let (_, mut progress) = mpsc::channel(1);
         if let Some(receiver) = self.progress.take() {
@@ -173,8 +183,7 @@ impl Agent {
             }
         };
         self.stop_job(Stop::Shutdown).await;
-        uploader.abort();
-        let _ = uploader.await;
+        drop(uploader);
         tracing::info!(node = %self.config.node, "agent stopped");
         outcome
     }
@@ -392,6 +401,21 @@ impl Agent {
             task,
         });
         Some(reply)
+    }
+}
+
+impl Drop for Agent {
+    /// An agent dropped without a shutdown (its task aborted) takes its job down with it: the
+    /// job task is aborted, which kills the step's process group through the runner's guard.
+    fn drop(&mut self) {
+        let running = self
+            .job
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(running) = running {
+            running.task.abort();
+        }
     }
 }
 

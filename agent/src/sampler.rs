@@ -37,8 +37,10 @@ pub struct Sampler {
     source: Arc<dyn GpuSource>,
     gpus: Vec<(u32, String)>,
     collected: Arc<Mutex<Collected>>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    /// `None` once `finish` has taken it; a sampler dropped unfinished (its attempt was
+    /// aborted) aborts the task so sampling never outlives the attempt.
+    task: Option<JoinHandle<()>>,
     loaded: bool,
 }
 
@@ -80,17 +82,20 @@ impl Sampler {
             source,
             gpus,
             collected,
-            stop,
-            task,
+            stop: Some(stop),
+            task: Some(task),
             loaded,
         }
     }
 
     /// Stops sampling, takes the end sample and summarizes everything per GPU.
-    pub async fn finish(self) -> AttemptTelemetry {
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(FINISH_WAIT, &mut task).await.is_err() {
+    pub async fn finish(mut self) -> AttemptTelemetry {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(FINISH_WAIT, &mut task).await.is_err()
+        {
             tracing::warn!(
                 "telemetry sampling did not stop in time; summarizing what was collected"
             );
@@ -104,7 +109,7 @@ impl Sampler {
             .collected
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut gpus = self.gpus;
+        let mut gpus = std::mem::take(&mut self.gpus);
         // GPUs that answered but were not in the inventory (it could not be read) still count.
         for idx in collected.values.keys() {
             if !gpus.iter().any(|(known, _)| known == idx) {
@@ -134,6 +139,18 @@ impl Sampler {
         AttemptTelemetry {
             telemetry,
             events: std::mem::take(&mut collected.events),
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            if self.loaded {
+                // Both sources answer `set_load` at once, so calling it here does not block.
+                self.source.set_load(false);
+            }
         }
     }
 }

@@ -150,6 +150,9 @@ pub async fn run(
         .and_then(|pid| i32::try_from(pid).ok())
         .map(Pid::from_raw);
     tracing::debug!(%program, pid = ?child.id(), "step process started");
+    // Should this future be dropped mid-step (the agent task aborted), the guard still takes
+    // the whole group down; `kill_on_drop` alone would reach only the leader.
+    let mut guard = GroupGuard(group);
 
     let (line_sender, line_receiver) = mpsc::channel::<Line>(256);
     let mut readers = Vec::new();
@@ -203,6 +206,7 @@ pub async fn run(
             reader.abort();
         }
     }
+    guard.disarm();
     let (parser, tail) = match collector.await {
         Ok(collected) => collected,
         Err(_) => (MeasureParser::new(), VecDeque::new()),
@@ -272,6 +276,21 @@ async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     match reason {
         Some(reason) => reason,
         None => std::future::pending().await,
+    }
+}
+
+/// Kills a step's process group when dropped, unless disarmed after a normal end.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
     }
 }
 

@@ -4,6 +4,30 @@
 //!
 //! The runner decides nothing about the release: it reports what happened. Results leave
 //! through a channel, so the caller decides how they are made durable (the spool).
+//!
+//! # What an `exec` step sees
+//!
+//! The step runs as a child process in its own process group, with stdin from `/dev/null`, in
+//! the plan's `workdir` (or the agent's working directory), with the agent's environment plus
+//! the step's `env` plus these variables (which the step's `env` cannot override):
+//!
+//! | variable | value |
+//! | --- | --- |
+//! | `TOLLGATE_RELEASE` | the release under test |
+//! | `TOLLGATE_MILESTONE` | the milestone the run qualifies for |
+//! | `TOLLGATE_NODE` | this node's name |
+//! | `TOLLGATE_JOB_ID` | the job |
+//! | `TOLLGATE_STEP` | the step's name |
+//! | `TOLLGATE_ATTEMPT` | the attempt, from 1 |
+//! | `TOLLGATE_RESULTS_DIR` | an empty directory for this attempt's files, under the state dir |
+//! | `TOLLGATE_GPUS` | the GPU UUIDs, comma-separated, in index order |
+//! | `TOLLGATE_COMPONENT_<NAME>` | each release component's version; the name upper-cased, `-` and `.` as `_` (`TOLLGATE_COMPONENT_CX7_FW`) |
+//!
+//! Exit 0 passes, any other exit code fails (`exit code N`); a timeout (`timed out after 2m`),
+//! a death by signal, or a malformed `@tollgate` line (see [`crate::parse::measure`]) is an
+//! `error`. stdout and stderr go to `<state-dir>/jobs/<job>/<index>-<step>/attempt-<n>/output.log`;
+//! the last 200 lines (at most 64 KiB) travel with the result. When the attempt ends, whatever
+//! is left of the process group is killed.
 
 pub mod exec;
 

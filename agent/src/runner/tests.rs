@@ -355,3 +355,33 @@ async fn a_cancel_kills_the_step_and_ends_the_job() {
     assert_eq!(results[0].outcome, Outcome::Error);
     assert_eq!(results[0].message, "cancelled: operator asked");
 }
+
+#[tokio::test]
+async fn an_aborted_job_task_still_takes_the_process_group_down() {
+    let fixture = fixture(vec![]);
+    let pid_file = fixture.context.state_dir.join("grandchild.pid");
+    let script = format!("sleep 100 & echo $! > {}; sleep 100", pid_file.display());
+    let job = job(vec![exec("hang", &script, Duration::from_secs(600), 0)]);
+    let (_stop_sender, stop) = watch::channel(None);
+    let (sender, _receiver) = mpsc::unbounded_channel();
+    let context = fixture.context.clone();
+    let running = tokio::spawn(async move { run_job(&context, &job, stop, &sender).await });
+    let mut pid = None;
+    for _ in 0..200 {
+        if let Some(found) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            pid = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the step wrote its grandchild's pid");
+    running.abort();
+    let _ = running.await;
+    assert!(
+        process_gone(pid).await,
+        "grandchild {pid} outlived its aborted step"
+    );
+}
