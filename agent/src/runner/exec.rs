@@ -37,7 +37,7 @@ pub enum RunnerError {
     /// The program could not be started.
     #[error("could not start '{program}': {source}")]
     Spawn {
-        /// argv[0].
+        /// The program (`argv[0]`).
         program: String,
         /// The OS error.
         source: std::io::Error,
