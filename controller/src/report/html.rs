@@ -6,8 +6,12 @@
 //! Every piece of untrusted text (node names, labels, messages, log tails, even versions) is
 //! written through [`Html`], which escapes it; only this module's own literals are markup.
 
-use super::model::{AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeView, Report, RuleView};
+use super::model::{
+    AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeView, Report, RuleView,
+    SHOWN_OK_EVIDENCE,
+};
 use super::text::{self, Html, put};
+use std::collections::BTreeSet;
 use tollgate_domain::telemetry::Field;
 
 /// Simulated node names listed in the banner; the node table marks every one.
@@ -24,7 +28,8 @@ th,td{border:1px solid var(--line);padding:3px 7px;text-align:left;vertical-alig
 th{background:var(--head);font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.kv th{width:12em}
-tr.bad td{background:#ffebe9}
+tr.bad td,td.bad{background:#ffebe9}
+table.tm td{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 code,.mono,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:12px}
 code{word-break:break-all}
 pre{background:var(--head);border:1px solid var(--line);padding:8px;white-space:pre-wrap;word-break:break-all;max-height:30em;overflow:auto}
@@ -298,7 +303,15 @@ fn rule_detail(out: &mut String, rule: &RuleView) {
             "<details><summary>{} ok evidence item(s)</summary>\n",
             ok.len()
         );
-        evidence_table(out, ok);
+        let shown = &ok[..ok.len().min(SHOWN_OK_EVIDENCE)];
+        evidence_table(out, shown);
+        if shown.len() < ok.len() {
+            put!(
+                out,
+                "<p class=\"muted\">{} more ok item(s) are not shown here; the JSON report lists every item.</p>\n",
+                ok.len() - shown.len()
+            );
+        }
         out.push_str("</details>\n");
     }
     out.push_str("</details>\n");
@@ -325,6 +338,18 @@ fn evidence_table(out: &mut String, items: &[super::model::EvidenceView]) {
         );
     }
     out.push_str("</tbody>\n</table>\n");
+}
+
+/// Optional untrusted text in a `<code>` element; nothing when absent.
+struct Code<'a>(Option<&'a str>);
+
+impl std::fmt::Display for Code<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(text) if !text.is_empty() => write!(f, "<code>{}</code>", Html(text)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An optional number; empty when absent.
@@ -358,11 +383,11 @@ fn components(out: &mut String, report: &Report) {
         // reader copies the address deliberately.
         put!(
             out,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             Html(&c.name),
             Html(&c.version),
-            Html(c.artifact_uri.as_deref().unwrap_or("")),
-            Html(c.sha256.as_deref().unwrap_or(""))
+            Code(c.artifact_uri.as_deref()),
+            Code(c.sha256.as_deref())
         );
     }
     out.push_str("</tbody>\n</table>\n");
@@ -493,7 +518,7 @@ fn plans(out: &mut String, report: &Report) {
 }
 
 fn nodes(out: &mut String, report: &Report) {
-    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
+    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail is collapsed; open it from the table. Telemetry cells read min / mean / max / p99 / last over the attempt; the JSON report also has each summary's sample count.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
     for (idx, node) in report.nodes.iter().enumerate() {
         let class = if node.failing_rules.is_empty() {
             ""
@@ -771,39 +796,7 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     }
 
     if !a.telemetry.is_empty() {
-        out.push_str("<table>\n<thead><tr><th>GPU</th><th>Field</th><th>Unit</th><th>Min</th><th>Mean</th><th>Max</th><th>p99</th><th>Last</th><th>Samples</th><th>Limit</th></tr></thead>\n<tbody>\n");
-        for gpu in &a.telemetry {
-            for f in &gpu.fields {
-                let bad = f.checks.iter().any(|c| !c.ok);
-                let class = if bad { " class=\"bad\"" } else { "" };
-                put!(
-                    out,
-                    "<tr{class}><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>",
-                    gpu.gpu_index,
-                    f.field,
-                    f.unit,
-                    text::stat(f.min),
-                    text::stat(f.mean),
-                    text::stat(f.max),
-                    text::stat(f.p99),
-                    text::stat(f.last),
-                    f.samples
-                );
-                for (idx, c) in f.checks.iter().enumerate() {
-                    if idx > 0 {
-                        out.push_str("<br>");
-                    }
-                    let ok = if c.ok {
-                        "ok"
-                    } else {
-                        "<strong>NOT OK</strong>"
-                    };
-                    put!(out, "{} {} {ok}", c.aggregate, Html(&c.condition));
-                }
-                out.push_str("</td></tr>\n");
-            }
-        }
-        out.push_str("</tbody>\n</table>\n");
+        telemetry_table(out, report, a);
         let missed: Vec<String> = a
             .telemetry
             .iter()
@@ -847,6 +840,66 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     out.push_str("</div>\n");
 }
 
+/// One row per GPU and one column per field, each cell `min / mean / max / p99 / last`. The
+/// long form (a row per GPU and field) is in the Markdown and JSON; here it would be six times
+/// the rows, and a thousand-node page has ten thousand of these tables.
+fn telemetry_table(out: &mut String, report: &Report, a: &AttemptView) {
+    let columns: BTreeSet<Field> = a
+        .telemetry
+        .iter()
+        .flat_map(|gpu| gpu.fields.iter().map(|f| f.kind))
+        .collect();
+    out.push_str("<table class=\"tm\">\n<thead><tr><th>GPU</th>");
+    for field in &columns {
+        put!(out, "<th>{field}");
+        if !field.unit().is_empty() {
+            put!(out, " ({})", field.unit());
+        }
+        for limit in report.telemetry_limits(*field, &a.step_name) {
+            put!(
+                out,
+                "<br><span class=\"muted\">limit {} {}</span>",
+                limit.aggregate,
+                Html(&limit.condition)
+            );
+        }
+        out.push_str("</th>");
+    }
+    out.push_str("</tr></thead>\n<tbody>\n");
+    for gpu in &a.telemetry {
+        put!(out, "<tr><td>{}</td>", gpu.gpu_index);
+        for field in &columns {
+            let Some(f) = gpu.fields.iter().find(|f| f.kind == *field) else {
+                out.push_str("<td></td>");
+                continue;
+            };
+            let bad = f.checks.iter().any(|c| !c.ok);
+            out.push_str(if bad { "<td class=\"bad\">" } else { "<td>" });
+            put!(
+                out,
+                "{} / {} / {} / {} / {}",
+                text::stat(f.min),
+                text::stat(f.mean),
+                text::stat(f.max),
+                text::stat(f.p99),
+                text::stat(f.last)
+            );
+            for c in f.checks.iter().filter(|c| !c.ok) {
+                put!(
+                    out,
+                    " <strong>NOT OK: {} {}, limit {}</strong>",
+                    c.aggregate,
+                    text::stat(c.value),
+                    Html(&c.condition)
+                );
+            }
+            out.push_str("</td>");
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody>\n</table>\n");
+}
+
 /// Chart geometry, in SVG user units.
 const CHART_WIDTH: f64 = 320.0;
 const CHART_LEFT: f64 = 46.0;
@@ -878,9 +931,10 @@ fn chart(
     if !lo.is_finite() || !hi.is_finite() {
         return;
     }
-    // Bars start at zero for non-negative fields so their lengths compare honestly.
+    // Bars start at zero for non-negative fields so their lengths compare honestly; the top
+    // is a round number a little above the largest value or limit.
     lo = lo.min(0.0);
-    hi += ((hi - lo) * 0.05).max(1.0);
+    hi = round_up(hi + ((hi - lo) * 0.02).max(0.5));
     let plot = CHART_WIDTH - CHART_LEFT - CHART_RIGHT;
     let x = |value: f64| CHART_LEFT + (value - lo) / (hi - lo) * plot;
     let n_rows = rows.len() as f64;
@@ -897,33 +951,33 @@ fn chart(
         out,
         "<text class=\"ct\" x=\"0\" y=\"11\">{field} ({unit}): min–max, mean</text>"
     );
+    // Bars and mean ticks go into one path each (two for bars: within and beyond a limit):
+    // a thousand-node page holds twenty thousand of these charts.
+    let (mut bars, mut bad_bars, mut means) = (String::new(), String::new(), String::new());
     for (idx, (gpu_index, f)) in rows.iter().enumerate() {
         let y = CHART_TOP + idx as f64 * CHART_ROW;
         put!(
             out,
-            "<text x=\"0\" y=\"{:.1}\">GPU {gpu_index}</text>",
+            "<text x=\"0\" y=\"{:.0}\">GPU {gpu_index}</text>",
             y + 10.0
         );
         if !finite(f) {
             continue;
         }
-        let bad = if f.checks.iter().any(|c| !c.ok) {
-            " x"
-        } else {
-            ""
-        };
         let (x0, x1) = (x(f.min), x(f.max));
-        put!(
-            out,
-            "<rect class=\"rg{bad}\" x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"8\"><title>GPU {gpu_index}: min {}, mean {}, max {} {unit}</title></rect><path class=\"mn\" d=\"M{:.1} {:.1}v12\"/>",
-            y + 3.0,
-            (x1 - x0).max(1.5),
-            text::stat(f.min),
-            text::stat(f.mean),
-            text::stat(f.max),
-            x(f.mean),
-            y + 1.0
-        );
+        let target = if f.checks.iter().any(|c| !c.ok) {
+            &mut bad_bars
+        } else {
+            &mut bars
+        };
+        let width = (x1 - x0).max(1.5);
+        put!(target, "M{x0:.1} {:.0}h{width:.1}v8h-{width:.1}z", y + 3.0);
+        put!(means, "M{:.1} {:.0}v12", x(f.mean), y + 1.0);
+    }
+    for (class, d) in [("rg", &bars), ("rg x", &bad_bars), ("mn", &means)] {
+        if !d.is_empty() {
+            put!(out, "<path class=\"{class}\" d=\"{d}\"/>");
+        }
     }
     for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
         let xl = x(limit.threshold);
@@ -954,6 +1008,15 @@ fn chart(
         height - 3.0,
         text::stat(hi)
     );
+}
+
+/// `value` rounded up to a multiple of a fifth of its order of magnitude (94, 120, 740).
+fn round_up(value: f64) -> f64 {
+    if value <= 0.0 || !value.is_finite() {
+        return value;
+    }
+    let step = 10f64.powf(value.log10().floor()) / 5.0;
+    (value / step).ceil() * step
 }
 
 fn events(out: &mut String, report: &Report) {
@@ -997,4 +1060,17 @@ fn footer(out: &mut String, report: &Report) {
         put!(out, "<p><strong>{}.</strong></p>", Html(banner));
     }
     out.push_str("</footer>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_up;
+
+    #[test]
+    fn chart_tops_are_round_numbers() {
+        assert_eq!(round_up(97.41), 98.0);
+        assert_eq!(round_up(714.0), 720.0);
+        assert_eq!(round_up(101.0), 120.0);
+        assert_eq!(round_up(0.0), 0.0);
+    }
 }

@@ -1,7 +1,7 @@
 //! The Markdown rendering: GitHub-flavoured, with tables padded so the file also reads well
 //! in a terminal. Every piece of untrusted text goes through [`md`] or [`md_code`].
 
-use super::model::{AttemptView, NodeView, Report, RuleView};
+use super::model::{AttemptView, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
 use super::text::{self, md, md_code, put};
 
 /// Columns wider than this are not padded further, so one long message does not push every
@@ -263,7 +263,9 @@ fn rule_detail(out: &mut String, rule: &RuleView) {
     let mut table = Table::new(&[
         "OK", "Node", "Step", "Attempt", "GPU", "Value", "Limit", "Detail",
     ]);
-    for item in &rule.evidence {
+    // The model orders failing items first; every one is shown, passing ones up to a limit.
+    let n_shown = (rule.n_evidence_not_ok + SHOWN_OK_EVIDENCE).min(rule.evidence.len());
+    for item in &rule.evidence[..n_shown] {
         table.row(vec![
             if item.ok { "ok" } else { "**NOT OK**" }.to_owned(),
             md(&item.node),
@@ -276,6 +278,13 @@ fn rule_detail(out: &mut String, rule: &RuleView) {
         ]);
     }
     table.write(out);
+    if n_shown < rule.evidence.len() {
+        put!(
+            out,
+            "{} more ok evidence item(s) are not shown here; the JSON report lists every item.\n\n",
+            rule.evidence.len() - n_shown
+        );
+    }
 }
 
 fn waivers(out: &mut String, report: &Report) {

@@ -23,6 +23,11 @@ pub(crate) const SCHEMA: &str = "tollgate.report.v1";
 /// The banner every format shows when any evidence comes from simulated GPUs.
 pub(crate) const SIMULATED_BANNER: &str = "SIMULATED GPUs — the telemetry and inventory in this report come from Tollgate's simulated GPU source, not from hardware";
 
+/// Passing evidence items a rule shows in Markdown and HTML; the JSON carries every item. A
+/// telemetry rule over a thousand nodes has tens of thousands of passing items, which a reader
+/// never reads and which would make the page too heavy to open; failing items are all shown.
+pub(crate) const SHOWN_OK_EVIDENCE: usize = 200;
+
 /// The telemetry fields the HTML report charts per step.
 pub(crate) const CHARTED_FIELDS: [Field; 2] = [Field::GpuTempC, Field::PowerW];
 
@@ -312,6 +317,9 @@ pub(crate) struct GpuTelemetryView {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct FieldView {
+    /// For ordering and lookup; serialized as `field`.
+    #[serde(skip)]
+    pub kind: Field,
     pub field: &'static str,
     pub unit: &'static str,
     pub min: f64,
@@ -1178,6 +1186,7 @@ fn gpu_telemetry_view(gpu: &GpuTelemetry, step_limits: &[&Limit]) -> GpuTelemetr
     let fields: Vec<FieldView> = summaries
         .into_iter()
         .map(|summary| FieldView {
+            kind: summary.field,
             field: summary.field.name(),
             unit: summary.field.unit(),
             min: summary.min,
