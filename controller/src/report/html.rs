@@ -518,7 +518,7 @@ fn plans(out: &mut String, report: &Report) {
 }
 
 fn nodes(out: &mut String, report: &Report) {
-    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail is collapsed; open it from the table. Telemetry cells read min / mean / max / p99 / last over the attempt; the JSON report also has each summary's sample count.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
+    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail below is collapsed; the names in the table link to it. Telemetry cells read min / mean / max / p99 / last over the attempt; the JSON report also has each summary's sample count.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
     for (idx, node) in report.nodes.iter().enumerate() {
         let class = if node.failing_rules.is_empty() {
             ""

@@ -567,7 +567,10 @@ fn fleet_input(n_nodes: usize) -> ReportInput {
             jobs,
         }],
     };
-    let gate = GATE.replace("steps: [versions, stress]", "steps: [step0, step9]");
+    // Rules over every step, so the telemetry rule judges all 80 GPU summaries of each node.
+    let gate = GATE
+        .replace("steps: [versions, stress]", "steps: [step0, step9]")
+        .replace("step: stress, ", "");
     let policy = gate::parse_gate("gate.yaml", &gate).expect("valid gate");
     let decision = gate::evaluate(&policy, &evidence, &[], at(5000));
     ReportInput {
@@ -618,6 +621,9 @@ fn fleet_input_renders_every_node() {
     assert_eq!(report.nodes.len(), 3);
     assert_eq!(report.summary.n_attempts, 30);
     assert_eq!(report.summary.n_gpus, 24);
+    assert_eq!(report.rules[1].evidence.len(), 3 * 10 * 8);
     let html = text_of(&input, ReportFormat::Html);
     assert_eq!(html.matches("<details class=\"node\"").count(), 3);
+    assert!(html.contains("<path class=\"lim\""));
+    assert!(html.contains("40 more ok item(s) are not shown here"));
 }
