@@ -68,4 +68,27 @@ pub struct StepResult {
     pub log_tail: String,
     /// Why the outcome is what it is.
     pub message: String,
+    /// Per-test results from a parser (dcgmi diag, JUnit); empty for plain steps.
+    #[serde(default)]
+    pub sub_results: Vec<SubResult>,
+}
+
+/// One test inside a step, as a result parser read it (a dcgmi diag test on one GPU, a JUnit
+/// testcase).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubResult {
+    /// The parser: `dcgm-diag` or `junit`.
+    pub source: String,
+    /// The group the test belongs to (a dcgm category, a JUnit testsuite).
+    pub suite: String,
+    /// Test name (`memory`, `pcie`, a testcase name).
+    pub name: String,
+    /// The GPU, for per-GPU tests.
+    pub gpu_index: Option<u32>,
+    /// How it ended; a skipped required test counts as missing, never as passed.
+    pub outcome: Outcome,
+    /// What the parser said.
+    pub message: String,
+    /// The diagnostic level (`dcgmi diag -r LEVEL`), for dcgm-diag.
+    pub level: Option<u8>,
 }

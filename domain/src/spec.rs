@@ -105,12 +105,10 @@ pub(crate) fn parse_yaml<'de, T: Deserialize<'de>>(
         // The library's message can carry a rendered snippet after the first line; the
         // location is reported separately, so keep only the sentence.
         let text = error.to_string();
-        let message = text
-            .lines()
-            .next()
-            .unwrap_or("invalid YAML")
-            .trim()
-            .to_owned();
+        let first = text.lines().next().unwrap_or("invalid YAML").trim();
+        // The location is reported in its own fields; drop the library's copy of it
+        // ("error: line 5 column 1: ...") so a message says it once.
+        let message = strip_location_prefix(first).to_owned();
         SpecErrors(vec![SpecError {
             file: file.to_owned(),
             line,
@@ -119,6 +117,17 @@ pub(crate) fn parse_yaml<'de, T: Deserialize<'de>>(
             message,
         }])
     })
+}
+
+fn strip_location_prefix(message: &str) -> &str {
+    let rest = message.strip_prefix("error: ").unwrap_or(message);
+    if let Some(after_line) = rest.strip_prefix("line ")
+        && let Some((location, tail)) = after_line.split_once(": ")
+        && location.contains("column")
+    {
+        return tail;
+    }
+    rest
 }
 
 /// Parses a duration such as `90s`, `2m`, `1h30m` or `500ms`.
@@ -179,6 +188,16 @@ pub fn format_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_errors_state_the_location_once() {
+        let errors =
+            crate::plan::parse_plan("p.yaml", "name: x\nsteps: []\nselectr: {a: b}\n").unwrap_err();
+        let text = errors.to_string();
+        assert!(text.starts_with("p.yaml:3:"), "{text}");
+        assert!(!text.contains("line 3"), "{text}");
+        assert!(!text.contains("error:"), "{text}");
+    }
 
     #[test]
     fn durations_parse() {

@@ -117,6 +117,7 @@ pub fn step_result(step_index: u32, attempt: u32, outcome: Outcome) -> StepResul
         inventory: inventory(DRIVER, VBIOS, 2),
         log_tail: String::new(),
         message: String::new(),
+        sub_results: Vec::new(),
     }
 }
 
@@ -188,6 +189,7 @@ pub fn evidence(jobs: Vec<JobEvidence>) -> Evidence {
     Evidence {
         release: release(),
         milestone: "lab-qual".into(),
+        baseline: None,
         runs: vec![RunEvidence {
             run_id: RunId::from("run-1"),
             plan_name: "gpu-qual".into(),

@@ -2,6 +2,7 @@
 //! properties that must hold for any evidence.
 
 use super::*;
+use crate::result::{Outcome, SubResult};
 use crate::test_support::*;
 
 const EXAMPLE: &str = r#"
@@ -220,13 +221,20 @@ fn waiver_exempts_failed_rule_until_it_expires() {
         created_at: at(0),
         expires_at: at(200),
         revoked_at: None,
+        nodes: Vec::new(),
+        skus: Vec::new(),
+        steps: Vec::new(),
     };
     let waived = evaluate(&policy(), &evidence, std::slice::from_ref(&waiver), at(100));
     assert_eq!(waived.verdict, Verdict::Passed);
     assert_eq!(waived.rules[2].verdict, Verdict::Waived);
     let expired = evaluate(&policy(), &evidence, &[waiver], at(300));
     assert_eq!(expired.verdict, Verdict::Failed);
-    assert!(expired.rules[2].reason.contains("no longer in force"));
+    assert!(
+        expired.rules[2].reason.contains("waiver w1 expired"),
+        "{}",
+        expired.rules[2].reason
+    );
     assert_ne!(waived.digest, expired.digest);
 }
 
@@ -278,6 +286,406 @@ fn explained_decision_snapshot() {
         decision.summary,
         explained.join("\n")
     ));
+}
+
+fn waiver(rule_id: &str) -> Waiver {
+    Waiver {
+        id: "w1".into(),
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        rule_id: rule_id.into(),
+        reason: "known issue".into(),
+        ticket: "LAB-42".into(),
+        approver: "alice".into(),
+        created_at: at(0),
+        expires_at: at(1000),
+        revoked_at: None,
+        nodes: Vec::new(),
+        skus: Vec::new(),
+        steps: Vec::new(),
+    }
+}
+
+fn gate(rules: &str) -> GatePolicy {
+    parse_gate("g.yaml", &format!("milestone: lab-qual\nrules:\n{rules}")).expect("valid gate")
+}
+
+fn labelled(mut job: JobEvidence, sku: &str) -> JobEvidence {
+    job.labels.insert("sku".into(), sku.into());
+    job
+}
+
+fn failed_stress(node: &str, message: &str) -> JobEvidence {
+    let mut j = good(node);
+    j.state = JobState::Failed;
+    j.results[1].outcome = Outcome::Failed;
+    j.results[1].message = message.into();
+    j
+}
+
+#[test]
+fn tolerance_limits_failed_nodes_even_when_quorum_is_met() {
+    let jobs = vec![
+        good("n1"),
+        good("n2"),
+        good("n3"),
+        failed_stress("n4", "exit code 1"),
+    ];
+    let strict = gate("  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 3}\n");
+    let decision = evaluate(&strict, &evidence(jobs.clone()), &[], at(100));
+    assert_eq!(
+        decision.rules[0].verdict,
+        Verdict::Failed,
+        "{}",
+        decision.rules[0].reason
+    );
+    assert!(
+        decision.rules[0].reason.contains("1 failed (tolerated 0)"),
+        "{}",
+        decision.rules[0].reason
+    );
+    let tolerant = gate(
+        "  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 3, max-failed: 1}\n",
+    );
+    assert_eq!(
+        evaluate(&tolerant, &evidence(jobs), &[], at(100)).rules[0].verdict,
+        Verdict::Passed
+    );
+}
+
+#[test]
+fn quorum_per_label_value_needs_every_group() {
+    let mut jobs: Vec<JobEvidence> = (1..=5)
+        .map(|i| labelled(good(&format!("h{i}")), "hgx-h100"))
+        .collect();
+    jobs.extend((1..=3).map(|i| labelled(good(&format!("b{i}")), "hgx-b200")));
+    let policy = gate(
+        "  - steps-passed: {plan: gpu-qual, steps: [step0, step1], per: sku, min-fraction: 0.98, min-nodes: 4}\n",
+    );
+    let decision = evaluate(&policy, &evidence(jobs.clone()), &[], at(100));
+    assert_eq!(decision.rules[0].verdict, Verdict::Failed);
+    assert!(
+        decision.rules[0]
+            .reason
+            .contains("sku=hgx-b200: 3 of 3 passed, 4 required"),
+        "{}",
+        decision.rules[0].reason
+    );
+    jobs.push(labelled(good("b4"), "hgx-b200"));
+    assert_eq!(
+        evaluate(&policy, &evidence(jobs), &[], at(100)).rules[0].verdict,
+        Verdict::Passed
+    );
+}
+
+#[test]
+fn aggregates_include_percentiles_and_count() {
+    let values: Vec<f64> = (1..=100).map(f64::from).collect();
+    let cases = [
+        (Aggregate::Min, 1.0),
+        (Aggregate::Max, 100.0),
+        (Aggregate::Mean, 50.5),
+        (Aggregate::P5, 5.0),
+        (Aggregate::P50, 50.0),
+        (Aggregate::P95, 95.0),
+        (Aggregate::P99, 99.0),
+        (Aggregate::Count, 100.0),
+    ];
+    for (aggregate, expected) in cases {
+        assert_eq!(aggregate.apply(&values), expected, "{aggregate}");
+    }
+    let jobs = vec![good("n1"), good("n2"), good("n3")];
+    let policy = gate(
+        "  - telemetry: {field: gpu_temp_c, aggregate: p95, condition: \"< 60\"}\n  - measurement: {name: membw_gbps, aggregate: count, condition: \">= 3\"}\n",
+    );
+    let decision = evaluate(&policy, &evidence(jobs), &[], at(100));
+    assert_eq!(
+        verdicts(&decision),
+        [
+            ("telemetry:gpu_temp_c", Verdict::Failed),
+            ("measurement:membw_gbps", Verdict::Passed)
+        ]
+    );
+}
+
+#[test]
+fn baseline_reports_the_delta_per_sku_and_fails_a_regression() {
+    let policy = gate("  - baseline: {measurement: membw_gbps, max-regression-pct: 5}\n");
+    let mut current = evidence(vec![
+        labelled(good("n1"), "hgx-h100"),
+        labelled(good("n2"), "hgx-h100"),
+    ]);
+    let first = evaluate(&policy, &current, &[], at(100));
+    assert_eq!(first.rules[0].verdict, Verdict::Passed);
+    assert!(
+        first.rules[0].reason.contains("nothing to compare"),
+        "{}",
+        first.rules[0].reason
+    );
+
+    let mut older = evidence(vec![labelled(good("o1"), "hgx-h100")]);
+    older.release.id = "r545".into();
+    older.runs[0].jobs[0].results[1].measurements[0].value = 3300.0;
+    current.baseline = Some(Box::new(older));
+    let decision = evaluate(&policy, &current, &[], at(100));
+    let rule = &decision.rules[0];
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert!(
+        rule.reason.contains("sku=hgx-h100: 3000 vs 3300 (-9.1%)"),
+        "{}",
+        rule.reason
+    );
+    assert_eq!(
+        rule.failing_nodes,
+        vec![NodeId::from("n1"), NodeId::from("n2")]
+    );
+}
+
+#[test]
+fn no_events_counts_per_node() {
+    let mut ecc = good("n2");
+    ecc.results[1].events.push(crate::telemetry::GpuEvent {
+        gpu_index: 1,
+        gpu_uuid: "GPU-1".into(),
+        kind: crate::telemetry::EventKind::EccUncorrected,
+        code: 2,
+        at: at(15),
+        detail: "DBE".into(),
+    });
+    let mut remap = good("n3");
+    remap.results[1] = with_telemetry(remap.results[1].clone(), 0, Field::RowRemapFailure, 1.0);
+    let policy = gate("  - no-events: {}\n");
+    let decision = evaluate(
+        &policy,
+        &evidence(vec![good("n1"), ecc, remap]),
+        &[],
+        at(100),
+    );
+    let rule = &decision.rules[0];
+    assert_eq!(rule.verdict, Verdict::Failed);
+    assert!(
+        rule.reason.contains("n2: 1") && rule.reason.contains("n3: 1"),
+        "{}",
+        rule.reason
+    );
+    let signatures: Vec<&str> = rule
+        .failure_groups
+        .iter()
+        .map(|g| g.signature.as_str())
+        .collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    let clean = evaluate(&policy, &evidence(vec![good("n1")]), &[], at(100));
+    assert_eq!(clean.rules[0].verdict, Verdict::Passed);
+}
+
+fn diag(outcome: Outcome, level: u8) -> SubResult {
+    SubResult {
+        source: "dcgm-diag".into(),
+        suite: "Hardware".into(),
+        name: "memory".into(),
+        gpu_index: None,
+        outcome,
+        message: String::new(),
+        level: Some(level),
+    }
+}
+
+fn with_diag(node: &str, outcomes: [Outcome; 2], level: u8) -> JobEvidence {
+    let mut j = good(node);
+    j.results[1].sub_results = outcomes
+        .iter()
+        .enumerate()
+        .map(|(gpu, o)| SubResult {
+            gpu_index: Some(gpu as u32),
+            ..diag(*o, level)
+        })
+        .collect();
+    j
+}
+
+#[test]
+fn dcgm_diag_needs_every_gpu_passed_and_skipped_is_missing() {
+    let policy = gate("  - dcgm-diag: {level: 3, tests: [memory]}\n");
+    let passed = evaluate(
+        &policy,
+        &evidence(vec![with_diag("n1", [Outcome::Passed, Outcome::Passed], 3)]),
+        &[],
+        at(100),
+    );
+    assert_eq!(
+        passed.rules[0].verdict,
+        Verdict::Passed,
+        "{}",
+        passed.rules[0].reason
+    );
+    let skipped = evaluate(
+        &policy,
+        &evidence(vec![with_diag(
+            "n1",
+            [Outcome::Passed, Outcome::Skipped],
+            3,
+        )]),
+        &[],
+        at(100),
+    );
+    assert_eq!(
+        skipped.rules[0].verdict,
+        Verdict::Waiting,
+        "{}",
+        skipped.rules[0].reason
+    );
+    let failed = evaluate(
+        &policy,
+        &evidence(vec![with_diag("n1", [Outcome::Failed, Outcome::Passed], 3)]),
+        &[],
+        at(100),
+    );
+    assert_eq!(failed.rules[0].verdict, Verdict::Failed);
+    let too_low = evaluate(
+        &policy,
+        &evidence(vec![with_diag("n1", [Outcome::Passed, Outcome::Passed], 2)]),
+        &[],
+        at(100),
+    );
+    assert_eq!(too_low.rules[0].verdict, Verdict::Waiting);
+    let waived = evaluate(
+        &policy,
+        &evidence(vec![with_diag(
+            "n1",
+            [Outcome::Passed, Outcome::Skipped],
+            3,
+        )]),
+        &[waiver("dcgm-diag")],
+        at(100),
+    );
+    assert_ne!(
+        waived.verdict,
+        Verdict::Passed,
+        "a waiver never makes a missing result pass"
+    );
+}
+
+#[test]
+fn scope_and_since_limit_a_rule() {
+    let hot = {
+        let mut j = labelled(good("h1"), "hgx-h100");
+        j.results[1] = with_telemetry(j.results[1].clone(), 0, Field::GpuTempC, 95.0);
+        j
+    };
+    let jobs = vec![hot, labelled(good("b1"), "hgx-b200")];
+    let scoped = gate(
+        "  - telemetry: {field: gpu_temp_c, aggregate: max, condition: \"< 88\", scope: {sku: hgx-b200}}\n",
+    );
+    assert_eq!(
+        evaluate(&scoped, &evidence(jobs.clone()), &[], at(100)).rules[0].verdict,
+        Verdict::Passed
+    );
+    let later = gate(
+        "  - telemetry: {field: gpu_temp_c, aggregate: max, condition: \"< 88\", since: 2027-01-01}\n",
+    );
+    let decision = evaluate(&later, &evidence(jobs), &[], at(100));
+    assert_eq!(decision.rules[0].verdict, Verdict::NotApplicable);
+    assert_eq!(decision.verdict, Verdict::Passed);
+    assert!(
+        decision.rules[0].reason.contains("since 2027-01-01"),
+        "{}",
+        decision.rules[0].reason
+    );
+}
+
+#[test]
+fn failures_group_by_signature() {
+    let jobs = vec![
+        good("n1"),
+        failed_stress("n2", "exit code 1"),
+        failed_stress("n3", "exit code 2"),
+        failed_stress("n4", "timed out after 1m"),
+    ];
+    let policy = gate("  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 1}\n");
+    let decision = evaluate(&policy, &evidence(jobs), &[], at(100));
+    let groups = &decision.rules[0].failure_groups;
+    assert_eq!(groups[0].signature, "step1: failed: exit code #");
+    assert_eq!(
+        groups[0].nodes,
+        vec![NodeId::from("n2"), NodeId::from("n3")]
+    );
+    assert_eq!(groups[1].nodes, vec![NodeId::from("n4")]);
+}
+
+#[test]
+fn scoped_waiver_covers_only_its_nodes() {
+    let jobs = vec![
+        good("n1"),
+        failed_stress("n2", "exit code 1"),
+        failed_stress("n3", "exit code 1"),
+    ];
+    let policy = gate(
+        "  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 1, id: stress}\n",
+    );
+    let narrow = Waiver {
+        nodes: vec!["n2".into()],
+        ..waiver("stress")
+    };
+    let decision = evaluate(
+        &policy,
+        &evidence(jobs.clone()),
+        std::slice::from_ref(&narrow),
+        at(100),
+    );
+    assert_eq!(decision.rules[0].verdict, Verdict::Failed);
+    assert!(
+        decision.rules[0]
+            .reason
+            .contains("does not cover every failure"),
+        "{}",
+        decision.rules[0].reason
+    );
+    let both = Waiver {
+        nodes: vec!["n2".into(), "n3".into()],
+        ..waiver("stress")
+    };
+    let decision = evaluate(&policy, &evidence(jobs.clone()), &[both], at(100));
+    assert_eq!(decision.rules[0].verdict, Verdict::Waived);
+    assert_eq!(decision.rules[0].waiver_id.as_deref(), Some("w1"));
+    let by_step = Waiver {
+        steps: vec!["step1".into()],
+        ..waiver("stress")
+    };
+    assert_eq!(
+        evaluate(&policy, &evidence(jobs.clone()), &[by_step], at(100)).rules[0].verdict,
+        Verdict::Waived
+    );
+    let revoked = Waiver {
+        revoked_at: Some(at(50)),
+        ..waiver("stress")
+    };
+    let decision = evaluate(&policy, &evidence(jobs), &[revoked], at(100));
+    assert!(
+        decision.rules[0].reason.contains("was revoked"),
+        "{}",
+        decision.rules[0].reason
+    );
+}
+
+#[test]
+fn greenwave_export_has_its_shape() {
+    let mut hot = good("n3");
+    hot.results[1] = with_telemetry(hot.results[1].clone(), 1, Field::GpuTempC, 93.0);
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), hot]),
+        &[],
+        at(100),
+    );
+    let json = greenwave(&decision);
+    assert_eq!(json["policies_satisfied"], false);
+    assert_eq!(json["summary"], decision.summary.as_str());
+    let unsatisfied = json["unsatisfied_requirements"].as_array().expect("array");
+    assert_eq!(unsatisfied.len(), 1);
+    assert_eq!(unsatisfied[0]["type"], "tollgate-telemetry-failed");
+    assert_eq!(unsatisfied[0]["testcase"], "tollgate.telemetry:gpu_temp_c");
+    let satisfied = json["satisfied_requirements"].as_array().expect("array");
+    assert!(satisfied.iter().any(|r| r["type"] == "test-result-passed"));
 }
 
 mod properties {
@@ -347,7 +755,7 @@ mod properties {
         fn a_waiver_never_makes_missing_evidence_pass(jobs in jobs()) {
             let waivers: Vec<Waiver> = policy().rules.iter().map(|r| Waiver {
                 id: format!("w-{}", r.id), release: "r550".into(), milestone: "lab-qual".into(), rule_id: r.id.clone(),
-                reason: "r".into(), ticket: "T-1".into(), approver: "a".into(), created_at: at(0), expires_at: at(1000), revoked_at: None,
+                reason: "r".into(), ticket: "T-1".into(), approver: "a".into(), created_at: at(0), expires_at: at(1000), revoked_at: None, nodes: Vec::new(), skus: Vec::new(), steps: Vec::new(),
             }).collect();
             let decision = evaluate(&policy(), &evidence(jobs), &waivers, at(100));
             for rule in &decision.rules {

@@ -1,0 +1,745 @@
+//! Gates: the policy a release must satisfy to pass a milestone, the evidence it is judged
+//! on, and [`evaluate`], the pure function that decides.
+//!
+//! A gate fails closed: missing or running evidence is `waiting`, an evaluation problem is
+//! `error`, and neither ever passes. A waiver turns a failed rule into `waived`, never into
+//! `passed`, and never exempts missing evidence.
+
+mod greenwave;
+mod parse;
+mod rules;
+
+pub use greenwave::greenwave;
+pub use parse::parse_gate;
+
+use crate::fleet::{GpuSourceKind, Labels, Selector};
+use crate::job::JobState;
+use crate::release::Release;
+use crate::result::StepResult;
+use crate::telemetry::Field;
+use crate::{JobId, NodeId, PlanVersion, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The XID codes `no-events` checks when its file names none: the ones NVIDIA documents as
+/// hardware or driver faults that need attention (ECC, row remapping, NVLink, fallen off the
+/// bus, GSP), not application errors.
+pub const CRITICAL_XIDS: [i64; 10] = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120];
+
+/// The policy guarding one milestone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatePolicy {
+    /// The milestone.
+    pub milestone: String,
+    /// Free text.
+    pub description: String,
+    /// Rules; all must pass.
+    pub rules: Vec<Rule>,
+}
+
+impl GatePolicy {
+    /// Content hash of the policy.
+    pub fn version(&self) -> String {
+        crate::digest_json(self)
+    }
+}
+
+/// One rule of a gate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Id, unique in the policy; waivers name it.
+    pub id: String,
+    /// What the rule checks.
+    pub kind: RuleKind,
+    /// Only jobs on nodes carrying these labels count; empty for every node.
+    #[serde(default)]
+    pub scope: Selector,
+    /// The rule applies to releases created at or after this time, so tightening a gate
+    /// does not fail releases that were already on their way.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+}
+
+/// What a rule checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleKind {
+    /// The listed steps of a plan passed on enough nodes (per label value when `per` is set),
+    /// with at most so many failed, errored and inconclusive nodes.
+    StepsPassed {
+        /// Plan name.
+        plan: String,
+        /// Steps that must all pass on a node for it to count.
+        steps: Vec<String>,
+        /// How many nodes must pass (in each group).
+        quorum: Quorum,
+        /// Group nodes by this label (`sku`) and require the quorum in every group.
+        per: Option<String>,
+        /// How many failed, errored and inconclusive nodes are tolerated.
+        tolerance: Tolerance,
+    },
+    /// A measurement aggregated across nodes meets a condition.
+    Measurement {
+        /// Measurement name.
+        name: String,
+        /// Only results of this step.
+        step: Option<String>,
+        /// Aggregate over nodes.
+        aggregate: Aggregate,
+        /// Condition on the aggregate.
+        condition: Condition,
+    },
+    /// A telemetry field aggregated across nodes and GPUs meets a condition.
+    Telemetry {
+        /// Field.
+        field: Field,
+        /// Only results of this step.
+        step: Option<String>,
+        /// Which statistic of each GPU's step summary is aggregated.
+        stat: Stat,
+        /// Aggregate over every GPU's statistic.
+        aggregate: Aggregate,
+        /// Condition on the aggregate.
+        condition: Condition,
+    },
+    /// A measurement compared with the last release promoted past the same milestone, per
+    /// label value (SKU).
+    Baseline {
+        /// Measurement name.
+        measurement: String,
+        /// Only results of this step.
+        step: Option<String>,
+        /// Aggregate per group on both sides.
+        aggregate: Aggregate,
+        /// Largest tolerated regression, in percent of the baseline.
+        max_regression_pct: f64,
+        /// Whether larger values are better (bandwidth) or worse (latency).
+        direction: Direction,
+        /// The label grouping nodes (`sku`).
+        per: String,
+    },
+    /// No XID with one of these codes on any node (every XID when empty).
+    NoXid {
+        /// XID codes.
+        codes: Vec<i64>,
+    },
+    /// No critical event: XIDs, uncorrected ECC errors, row remap failures, lost GPUs.
+    NoEvents {
+        /// XID codes that count (every XID when empty).
+        xid: Vec<i64>,
+        /// Uncorrected ECC errors count (events, or a rising volatile counter).
+        ecc_uncorrected: bool,
+        /// A row remap failure counts.
+        row_remap_failure: bool,
+        /// A lost GPU counts.
+        gpu_lost: bool,
+    },
+    /// The DCGM diagnostic ran at least at `min_level` and every listed test passed on every
+    /// GPU. A skipped test counts as missing.
+    DcgmDiag {
+        /// Lowest acceptable `-r` level.
+        min_level: u8,
+        /// Tests that must pass on each GPU.
+        tests: Vec<String>,
+        /// Only results of this step.
+        step: Option<String>,
+    },
+    /// Every node ran the release's components.
+    InventoryMatchesRelease {
+        /// Components to check; empty for all.
+        components: Vec<String>,
+    },
+}
+
+impl RuleKind {
+    /// The kind's name as written in gate files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::StepsPassed { .. } => "steps-passed",
+            Self::Measurement { .. } => "measurement",
+            Self::Telemetry { .. } => "telemetry",
+            Self::Baseline { .. } => "baseline",
+            Self::NoXid { .. } => "no-xid",
+            Self::NoEvents { .. } => "no-events",
+            Self::DcgmDiag { .. } => "dcgm-diag",
+            Self::InventoryMatchesRelease { .. } => "inventory-matches-release",
+        }
+    }
+}
+
+/// How many nodes must pass: at least `min_nodes`, and at least `min_fraction` of the nodes
+/// (rounded up). With neither, every node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quorum {
+    /// At least this many nodes.
+    pub min_nodes: Option<u32>,
+    /// At least this fraction (0-1] of the nodes.
+    pub min_fraction: Option<f64>,
+}
+
+impl Quorum {
+    /// Nodes required out of `n_nodes`.
+    pub fn required(self, n_nodes: usize) -> usize {
+        let by_fraction = |f: f64| ((f * n_nodes as f64).ceil() as usize).max(1);
+        match (self.min_nodes, self.min_fraction) {
+            (None, None) => by_fraction(1.0),
+            (nodes, fraction) => (nodes.unwrap_or(0) as usize).max(fraction.map_or(0, by_fraction)),
+        }
+    }
+}
+
+/// How many nodes of each bad kind a `steps-passed` rule tolerates (Argo-style).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tolerance {
+    /// Nodes where the thing under test failed.
+    pub max_failed: u32,
+    /// Nodes where the harness failed (error, lost).
+    pub max_errored: u32,
+    /// Nodes whose evidence is unusable (skipped, missing on an ended job, or produced on
+    /// another build than the release's).
+    pub max_inconclusive: u32,
+}
+
+/// How values across nodes and GPUs combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    /// The smallest.
+    Min,
+    /// The largest.
+    Max,
+    /// The arithmetic mean.
+    Mean,
+    /// 5th percentile (nearest rank).
+    P5,
+    /// Median (nearest rank).
+    P50,
+    /// 95th percentile (nearest rank).
+    P95,
+    /// 99th percentile (nearest rank).
+    P99,
+    /// How many values there are.
+    Count,
+}
+
+crate::fleet::str_enum!(Aggregate { Min => "min", Max => "max", Mean => "mean", P5 => "p5", P50 => "p50", P95 => "p95", P99 => "p99", Count => "count" });
+
+impl Aggregate {
+    /// Aggregates `values` (not empty).
+    pub fn apply(self, values: &[f64]) -> f64 {
+        let percentile = |p: f64| {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            sorted[rank - 1]
+        };
+        match self {
+            Self::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+            Self::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Self::Mean => values.iter().sum::<f64>() / values.len() as f64,
+            Self::P5 => percentile(0.05),
+            Self::P50 => percentile(0.50),
+            Self::P95 => percentile(0.95),
+            Self::P99 => percentile(0.99),
+            Self::Count => values.len() as f64,
+        }
+    }
+}
+
+/// Which statistic of a GPU's per-step telemetry summary a rule looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stat {
+    /// The smallest sample.
+    Min,
+    /// The largest sample.
+    Max,
+    /// The mean.
+    Mean,
+    /// The 99th percentile.
+    P99,
+    /// The last sample.
+    Last,
+}
+
+crate::fleet::str_enum!(Stat { Min => "min", Max => "max", Mean => "mean", P99 => "p99", Last => "last" });
+
+impl Stat {
+    /// The statistic a rule uses when the file names none: the one matching the aggregate.
+    pub fn default_for(aggregate: Aggregate) -> Self {
+        match aggregate {
+            Aggregate::Min | Aggregate::P5 => Self::Min,
+            Aggregate::Max | Aggregate::P95 | Aggregate::P99 => Self::Max,
+            Aggregate::Mean | Aggregate::P50 | Aggregate::Count => Self::Mean,
+        }
+    }
+}
+
+/// Which way a measurement improves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Larger is better (bandwidth, throughput).
+    HigherIsBetter,
+    /// Smaller is better (latency, errors).
+    LowerIsBetter,
+}
+
+crate::fleet::str_enum!(Direction { HigherIsBetter => "higher-is-better", LowerIsBetter => "lower-is-better" });
+
+/// A comparison with a number, written like `>= 2800` or `< 88`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    /// The comparison.
+    pub op: Comparison,
+    /// The number compared with.
+    pub threshold: f64,
+}
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+impl Condition {
+    /// Parses `>= 2800`, `<88`, `== 0`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (op, rest) = [
+            ("<=", Comparison::Le),
+            (">=", Comparison::Ge),
+            ("==", Comparison::Eq),
+            ("!=", Comparison::Ne),
+            ("<", Comparison::Lt),
+            (">", Comparison::Gt),
+        ]
+        .into_iter()
+        .find_map(|(sym, op)| text.strip_prefix(sym).map(|rest| (op, rest)))
+        .ok_or_else(|| {
+            format!(
+                "condition '{text}' must start with <, <=, >, >=, == or !=, for example \">= 2800\""
+            )
+        })?;
+        let threshold: f64 = rest
+            .trim()
+            .parse()
+            .map_err(|_| format!("condition '{text}': '{}' is not a number", rest.trim()))?;
+        if !threshold.is_finite() {
+            return Err(format!("condition '{text}': the number must be finite"));
+        }
+        Ok(Self { op, threshold })
+    }
+
+    /// Whether `value` satisfies the condition.
+    pub fn holds(&self, value: f64) -> bool {
+        match self.op {
+            Comparison::Lt => value < self.threshold,
+            Comparison::Le => value <= self.threshold,
+            Comparison::Gt => value > self.threshold,
+            Comparison::Ge => value >= self.threshold,
+            Comparison::Eq => value == self.threshold,
+            Comparison::Ne => value != self.threshold,
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+            Comparison::Eq => "==",
+            Comparison::Ne => "!=",
+        };
+        write!(f, "{op} {}", self.threshold)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evidence and decisions.
+
+/// Everything a gate looks at for one release at one milestone: the latest run of each plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The release under test.
+    pub release: Release,
+    /// The milestone.
+    pub milestone: String,
+    /// The latest run of each plan for the release at the milestone.
+    pub runs: Vec<RunEvidence>,
+    /// The evidence of the last release promoted past the same milestone, for `baseline`
+    /// rules; `None` when there is none (or the policy has no baseline rule).
+    #[serde(default)]
+    pub baseline: Option<Box<Evidence>>,
+}
+
+/// One run and what it produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEvidence {
+    /// The run.
+    pub run_id: RunId,
+    /// Plan name.
+    pub plan_name: String,
+    /// Plan version pinned by the run.
+    pub plan_version: PlanVersion,
+    /// The plan's step names, in order.
+    pub plan_steps: Vec<String>,
+    /// When the run started.
+    pub created_at: Timestamp,
+    /// One job per selected node.
+    pub jobs: Vec<JobEvidence>,
+}
+
+/// One job and its results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvidence {
+    /// The job.
+    pub job_id: JobId,
+    /// Its node.
+    pub node: NodeId,
+    /// The node's labels when the gate evaluated.
+    pub labels: Labels,
+    /// Where the node's GPU facts come from.
+    pub gpu_source: GpuSourceKind,
+    /// The job's state.
+    pub state: JobState,
+    /// Every result, all attempts.
+    pub results: Vec<StepResult>,
+}
+
+impl JobEvidence {
+    /// The result of the latest attempt of `step_index`.
+    pub fn latest(&self, step_index: usize) -> Option<&StepResult> {
+        self.results
+            .iter()
+            .filter(|r| r.step_index as usize == step_index)
+            .max_by_key(|r| r.attempt)
+    }
+
+    /// The latest attempt of every step.
+    pub fn latest_results(&self) -> impl Iterator<Item = &StepResult> {
+        let indexes: BTreeSet<u32> = self.results.iter().map(|r| r.step_index).collect();
+        indexes
+            .into_iter()
+            .filter_map(|idx| self.latest(idx as usize))
+    }
+}
+
+/// A waiver: an expiring exemption of one rule of one release at one milestone, optionally
+/// narrowed to nodes, SKUs or steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Waiver {
+    /// Id.
+    pub id: String,
+    /// Release name.
+    pub release: String,
+    /// Milestone.
+    pub milestone: String,
+    /// The rule waived.
+    pub rule_id: String,
+    /// Why.
+    pub reason: String,
+    /// Ticket reference.
+    pub ticket: String,
+    /// Who approved it.
+    pub approver: String,
+    /// When it was granted.
+    pub created_at: Timestamp,
+    /// When it stops applying.
+    pub expires_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+    /// Only failures on these nodes are waived; empty for any node.
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
+    /// Only failures on nodes with these `sku` labels are waived; empty for any SKU.
+    #[serde(default)]
+    pub skus: Vec<String>,
+    /// Only failures in these steps are waived; empty for any step.
+    #[serde(default)]
+    pub steps: Vec<String>,
+}
+
+impl Waiver {
+    /// Whether the waiver applies at `now`.
+    pub fn in_force(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none_or(|revoked| revoked > now) && now < self.expires_at
+    }
+
+    /// Whether the waiver's scope covers one failing piece of evidence.
+    fn covers(&self, item: &EvidenceItem, labels: Option<&Labels>) -> bool {
+        let node_ok = self.nodes.is_empty() || self.nodes.contains(&item.node);
+        let sku_ok = self.skus.is_empty()
+            || labels
+                .and_then(|l| l.get("sku"))
+                .is_some_and(|sku| self.skus.contains(sku));
+        let step_ok = self.steps.is_empty()
+            || item
+                .step
+                .as_ref()
+                .is_some_and(|step| self.steps.contains(step));
+        node_ok && sku_ok && step_ok
+    }
+
+    /// Whether the waiver has a scope narrower than the whole rule.
+    pub fn is_scoped(&self) -> bool {
+        !(self.nodes.is_empty() && self.skus.is_empty() && self.steps.is_empty())
+    }
+}
+
+/// A gate's or a rule's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Satisfied.
+    Passed,
+    /// Not satisfied.
+    Failed,
+    /// Evidence is missing or still coming.
+    Waiting,
+    /// Could not be evaluated.
+    Error,
+    /// Failed, but a waiver in force exempts it (rules only).
+    Waived,
+    /// The rule does not apply to this release (its `since` is later than the release).
+    NotApplicable,
+}
+
+crate::fleet::str_enum!(Verdict { Passed => "passed", Failed => "failed", Waiting => "waiting", Error => "error", Waived => "waived", NotApplicable => "not-applicable" });
+
+/// One piece of evidence behind a rule decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceItem {
+    /// Node.
+    pub node: NodeId,
+    /// Step, when about one step.
+    pub step: Option<String>,
+    /// Attempt, when about one attempt.
+    pub attempt: Option<u32>,
+    /// GPU, when about one GPU.
+    pub gpu_index: Option<u32>,
+    /// Observed value, when numeric.
+    pub value: Option<f64>,
+    /// Limit or expectation.
+    pub limit: Option<String>,
+    /// What it shows.
+    pub detail: String,
+    /// Whether it satisfied the rule.
+    pub ok: bool,
+    /// For a failing item: what kind of failure, so alike failures group together
+    /// (`stress: failed: exit code #`, `XID 79`).
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+/// Failures of one rule that share a signature, with the nodes they hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureGroup {
+    /// The shared signature.
+    pub signature: String,
+    /// How many failing evidence items carry it.
+    pub count: usize,
+    /// The nodes affected.
+    pub nodes: Vec<NodeId>,
+}
+
+/// One rule's verdict and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleDecision {
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule kind.
+    pub kind: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// One line a person can act on.
+    pub reason: String,
+    /// Evidence used.
+    pub evidence: Vec<EvidenceItem>,
+    /// Nodes that made the rule fail.
+    pub failing_nodes: Vec<NodeId>,
+    /// Failures grouped by signature, largest group first.
+    #[serde(default)]
+    pub failure_groups: Vec<FailureGroup>,
+    /// The waiver that exempts the rule, when one does.
+    #[serde(default)]
+    pub waiver_id: Option<String>,
+}
+
+/// A gate's verdict over evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Release.
+    pub release: String,
+    /// Milestone.
+    pub milestone: String,
+    /// Overall verdict: passed, failed, waiting or error (never waived).
+    pub verdict: Verdict,
+    /// One sentence.
+    pub summary: String,
+    /// Per rule, in policy order.
+    pub rules: Vec<RuleDecision>,
+    /// Hex sha256 of the inputs: policy, evidence and the waivers in force.
+    pub digest: String,
+    /// Version of the policy.
+    pub policy_version: String,
+    /// When it was evaluated.
+    pub evaluated_at: Timestamp,
+}
+
+/// The digest of a decision's inputs. Time enters only through which waivers are in force, so
+/// the same evidence under the same policy and waivers always gives the same digest.
+pub fn digest_inputs(
+    policy: &GatePolicy,
+    evidence: &Evidence,
+    waivers_in_force: &[&Waiver],
+) -> String {
+    crate::digest_json(&(policy, evidence, waivers_in_force))
+}
+
+/// Whether any rule of the policy compares with a baseline release, so the caller knows
+/// whether to load the baseline's evidence.
+pub fn needs_baseline(policy: &GatePolicy) -> bool {
+    policy
+        .rules
+        .iter()
+        .any(|rule| matches!(rule.kind, RuleKind::Baseline { .. }))
+}
+
+/// Decides whether `evidence` satisfies `policy` at `now`.
+pub fn evaluate(
+    policy: &GatePolicy,
+    evidence: &Evidence,
+    waivers: &[Waiver],
+    now: Timestamp,
+) -> Decision {
+    let relevant: Vec<&Waiver> = waivers
+        .iter()
+        .filter(|w| w.release == evidence.release.id.as_str() && w.milestone == policy.milestone)
+        .collect();
+    let in_force: Vec<&Waiver> = relevant
+        .iter()
+        .copied()
+        .filter(|w| w.in_force(now))
+        .collect();
+    let labels_of: BTreeMap<&NodeId, &Labels> = evidence
+        .runs
+        .iter()
+        .flat_map(|run| run.jobs.iter().map(|job| (&job.node, &job.labels)))
+        .collect();
+    let mut rules: Vec<RuleDecision> = policy
+        .rules
+        .iter()
+        .map(|rule| rules::evaluate_rule(rule, evidence))
+        .collect();
+    for rule in &mut rules {
+        if rule.verdict != Verdict::Failed {
+            continue;
+        }
+        let failing: Vec<&EvidenceItem> = rule.evidence.iter().filter(|item| !item.ok).collect();
+        let applies = |waiver: &&&Waiver| {
+            waiver.rule_id == rule.rule_id
+                && (!waiver.is_scoped()
+                    || (!failing.is_empty()
+                        && failing
+                            .iter()
+                            .all(|item| waiver.covers(item, labels_of.get(&item.node).copied()))))
+        };
+        if let Some(waiver) = in_force.iter().find(applies) {
+            rule.verdict = Verdict::Waived;
+            rule.waiver_id = Some(waiver.id.clone());
+            rule.reason = format!(
+                "waived by {} until {} ({}: {}); without the waiver: {}",
+                waiver.approver,
+                waiver.expires_at.format("%Y-%m-%d %H:%M UTC"),
+                waiver.ticket,
+                waiver.reason,
+                rule.reason
+            );
+        } else if let Some(lapsed) = relevant
+            .iter()
+            .find(|w| w.rule_id == rule.rule_id && !w.in_force(now))
+        {
+            let how = if lapsed.revoked_at.is_some_and(|r| r <= now) {
+                "was revoked"
+            } else {
+                "expired"
+            };
+            rule.reason = format!("{} (waiver {} {how})", rule.reason, lapsed.id);
+        } else if let Some(narrow) = in_force.iter().find(|w| w.rule_id == rule.rule_id) {
+            rule.reason = format!(
+                "{} (waiver {} does not cover every failure)",
+                rule.reason, narrow.id
+            );
+        }
+    }
+    let count = |v: Verdict| rules.iter().filter(|r| r.verdict == v).count();
+    let (verdict, summary) = if count(Verdict::Failed) > 0 {
+        let names: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.verdict == Verdict::Failed)
+            .map(|r| r.rule_id.as_str())
+            .collect();
+        (
+            Verdict::Failed,
+            format!(
+                "{} of {} rules failed: {}",
+                names.len(),
+                rules.len(),
+                names.join(", ")
+            ),
+        )
+    } else if count(Verdict::Error) > 0 {
+        (
+            Verdict::Error,
+            format!(
+                "{} rule(s) could not be evaluated; see their reasons",
+                count(Verdict::Error)
+            ),
+        )
+    } else if count(Verdict::Waiting) > 0 {
+        (
+            Verdict::Waiting,
+            format!("{} rule(s) wait for evidence", count(Verdict::Waiting)),
+        )
+    } else if count(Verdict::Waived) > 0 {
+        (
+            Verdict::Passed,
+            format!(
+                "all {} rules passed, {} with a waiver",
+                rules.len(),
+                count(Verdict::Waived)
+            ),
+        )
+    } else {
+        (Verdict::Passed, format!("all {} rules passed", rules.len()))
+    };
+    Decision {
+        release: evidence.release.id.to_string(),
+        milestone: policy.milestone.clone(),
+        verdict,
+        summary,
+        rules,
+        digest: digest_inputs(policy, evidence, &in_force),
+        policy_version: policy.version(),
+        evaluated_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests;

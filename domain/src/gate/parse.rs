@@ -1,0 +1,381 @@
+//! Parsing gate files into a validated [`GatePolicy`]; every problem is reported with its line
+//! and field.
+
+use super::*;
+use crate::spec::{Problems, SpecErrors, parse_yaml};
+use serde_saphyr::{Location, Spanned};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGate {
+    milestone: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    rules: Spanned<Vec<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRule {
+    #[serde(default)]
+    steps_passed: Option<Spanned<RawStepsPassed>>,
+    #[serde(default)]
+    measurement: Option<Spanned<RawMeasurement>>,
+    #[serde(default)]
+    telemetry: Option<Spanned<RawTelemetry>>,
+    #[serde(default)]
+    baseline: Option<Spanned<RawBaseline>>,
+    #[serde(default)]
+    no_xid: Option<Spanned<RawNoXid>>,
+    #[serde(default)]
+    no_events: Option<Spanned<RawNoEvents>>,
+    #[serde(default)]
+    dcgm_diag: Option<Spanned<RawDcgmDiag>>,
+    #[serde(default)]
+    inventory_matches_release: Option<Spanned<RawInventory>>,
+}
+
+/// The fields every rule kind takes.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct Common {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    scope: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    since: Option<String>,
+}
+
+macro_rules! raw_rule {
+    ($name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct $name {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            scope: Option<BTreeMap<String, String>>,
+            #[serde(default)]
+            since: Option<String>,
+            $(#[serde(default)] $field: $ty,)*
+        }
+
+        impl $name {
+            fn common(&mut self) -> Common {
+                Common { id: self.id.take(), scope: self.scope.take(), since: self.since.take() }
+            }
+        }
+    };
+}
+
+raw_rule!(RawStepsPassed {
+    plan: Option<String>,
+    steps: Vec<String>,
+    min_nodes: Option<u32>,
+    min_fraction: Option<f64>,
+    per: Option<String>,
+    max_failed: Option<u32>,
+    max_errored: Option<u32>,
+    max_inconclusive: Option<u32>,
+});
+raw_rule!(RawMeasurement { name: Option<String>, step: Option<String>, aggregate: Option<String>, condition: Option<String> });
+raw_rule!(RawTelemetry { field: Option<String>, step: Option<String>, stat: Option<String>, aggregate: Option<String>, condition: Option<String> });
+raw_rule!(RawBaseline {
+    measurement: Option<String>,
+    step: Option<String>,
+    aggregate: Option<String>,
+    max_regression_pct: Option<f64>,
+    direction: Option<String>,
+    per: Option<String>,
+});
+raw_rule!(RawNoXid { codes: Vec<i64> });
+raw_rule!(RawNoEvents { xid: Option<Vec<i64>>, ecc_uncorrected: Option<bool>, row_remap_failure: Option<bool>, gpu_lost: Option<bool> });
+raw_rule!(RawDcgmDiag { level: Option<u8>, tests: Vec<String>, step: Option<String> });
+raw_rule!(RawInventory { components: Vec<String> });
+
+/// Reports problems of one rule body at its location.
+struct At<'p, 'f> {
+    problems: &'p mut Problems<'f>,
+    location: Location,
+    prefix: String,
+}
+
+impl At<'_, '_> {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        let path = if field.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{field}", self.prefix)
+        };
+        self.problems.add(self.location, path, message);
+    }
+
+    fn required<T>(&mut self, value: Option<T>, field: &str, example: &str) -> Option<T> {
+        if value.is_none() {
+            self.add(
+                field,
+                format!("is required, for example {field}: {example}"),
+            );
+        }
+        value
+    }
+
+    fn parse<T: std::str::FromStr<Err = String>>(
+        &mut self,
+        text: Option<&str>,
+        field: &str,
+    ) -> Option<T> {
+        text?.parse::<T>().map_err(|e| self.add(field, e)).ok()
+    }
+
+    fn condition(&mut self, text: Option<String>) -> Option<Condition> {
+        let text = self.required(text, "condition", "\">= 2800\"")?;
+        Condition::parse(&text)
+            .map_err(|e| self.add("condition", e))
+            .ok()
+    }
+}
+
+/// Parses `2026-11-01` (midnight UTC) or an RFC 3339 time.
+pub(crate) fn parse_since(text: &str) -> Result<Timestamp, String> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("'{text}' is not a date (write 2026-11-01 or 2026-11-01T12:00:00Z)"))
+}
+
+/// Parses and validates a gate file. Every problem is returned with its line and field.
+pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
+    let raw: RawGate = parse_yaml(file, source)?;
+    let mut problems = Problems::new(file);
+    if !crate::release::is_valid_name(&raw.milestone.value) {
+        problems.add(
+            raw.milestone.referenced,
+            "milestone",
+            format!("'{}' is not a valid milestone name", raw.milestone.value),
+        );
+    }
+    if raw.rules.value.is_empty() {
+        problems.add(
+            raw.rules.referenced,
+            "rules",
+            "a gate needs at least one rule; an empty gate would pass anything",
+        );
+    }
+    let mut rules: Vec<Rule> = Vec::new();
+    for (idx, raw_rule) in raw.rules.value.into_iter().enumerate() {
+        let mut given: Vec<(Location, Common, Option<RuleKind>)> = Vec::new();
+        let RawRule {
+            steps_passed,
+            measurement,
+            telemetry,
+            baseline,
+            no_xid,
+            no_events,
+            dcgm_diag,
+            inventory_matches_release,
+        } = raw_rule;
+        macro_rules! body {
+            ($body:ident, $kind:literal, |$raw:ident, $at:ident| $make:expr) => {
+                if let Some(spanned) = $body {
+                    let location = spanned.referenced;
+                    let mut $raw = spanned.value;
+                    let common = $raw.common();
+                    #[allow(unused_mut, unused_variables)]
+                    let mut $at = At {
+                        problems: &mut problems,
+                        location,
+                        prefix: format!("rules[{idx}].{}", $kind),
+                    };
+                    let kind: Option<RuleKind> = $make;
+                    given.push((location, common, kind));
+                }
+            };
+        }
+        body!(steps_passed, "steps-passed", |raw, at| {
+            let plan = at.required(raw.plan, "plan", "gpu-qual");
+            if raw.steps.is_empty() {
+                at.add("steps", "list at least one step of the plan");
+            }
+            if raw.min_nodes == Some(0) {
+                at.add("min-nodes", "must be at least 1");
+            }
+            if let Some(f) = raw.min_fraction
+                && !(f > 0.0 && f <= 1.0)
+            {
+                at.add("min-fraction", format!("{f} is not in (0, 1]"));
+            }
+            plan.map(|plan| RuleKind::StepsPassed {
+                plan,
+                steps: raw.steps,
+                quorum: Quorum {
+                    min_nodes: raw.min_nodes,
+                    min_fraction: raw.min_fraction,
+                },
+                per: raw.per,
+                tolerance: Tolerance {
+                    max_failed: raw.max_failed.unwrap_or(0),
+                    max_errored: raw.max_errored.unwrap_or(0),
+                    max_inconclusive: raw.max_inconclusive.unwrap_or(0),
+                },
+            })
+        });
+        body!(measurement, "measurement", |raw, at| {
+            let name = at.required(raw.name, "name", "membw_gbps");
+            let aggregate = at
+                .required(raw.aggregate.as_deref(), "aggregate", "min")
+                .and_then(|a| at.parse(Some(a), "aggregate"));
+            let condition = at.condition(raw.condition);
+            match (name, aggregate, condition) {
+                (Some(name), Some(aggregate), Some(condition)) => Some(RuleKind::Measurement {
+                    name,
+                    step: raw.step,
+                    aggregate,
+                    condition,
+                }),
+                _ => None,
+            }
+        });
+        body!(telemetry, "telemetry", |raw, at| {
+            let field = at
+                .required(raw.field.as_deref(), "field", "gpu_temp_c")
+                .and_then(|f| at.parse::<Field>(Some(f), "field"));
+            let aggregate: Option<Aggregate> = at
+                .required(raw.aggregate.as_deref(), "aggregate", "max")
+                .and_then(|a| at.parse(Some(a), "aggregate"));
+            let stat: Option<Stat> = match raw.stat.as_deref() {
+                None => aggregate.map(Stat::default_for),
+                Some(text) => at.parse(Some(text), "stat"),
+            };
+            let condition = at.condition(raw.condition);
+            match (field, aggregate, stat, condition) {
+                (Some(field), Some(aggregate), Some(stat), Some(condition)) => {
+                    Some(RuleKind::Telemetry {
+                        field,
+                        step: raw.step,
+                        stat,
+                        aggregate,
+                        condition,
+                    })
+                }
+                _ => None,
+            }
+        });
+        body!(baseline, "baseline", |raw, at| {
+            let measurement = at.required(raw.measurement, "measurement", "membw_gbps");
+            let aggregate: Option<Aggregate> = match raw.aggregate.as_deref() {
+                None => Some(Aggregate::Mean),
+                Some(text) => at.parse(Some(text), "aggregate"),
+            };
+            let direction: Option<Direction> = match raw.direction.as_deref() {
+                None => Some(Direction::HigherIsBetter),
+                Some(text) => at.parse(Some(text), "direction"),
+            };
+            let pct = at.required(raw.max_regression_pct, "max-regression-pct", "5");
+            if let Some(p) = pct
+                && !(p.is_finite() && p >= 0.0)
+            {
+                at.add(
+                    "max-regression-pct",
+                    format!("{p} must be a percentage of at least 0"),
+                );
+            }
+            match (measurement, aggregate, direction, pct) {
+                (Some(measurement), Some(aggregate), Some(direction), Some(max_regression_pct)) => {
+                    Some(RuleKind::Baseline {
+                        measurement,
+                        step: raw.step,
+                        aggregate,
+                        max_regression_pct,
+                        direction,
+                        per: raw.per.unwrap_or_else(|| "sku".to_owned()),
+                    })
+                }
+                _ => None,
+            }
+        });
+        body!(no_xid, "no-xid", |raw, _at| Some(RuleKind::NoXid {
+            codes: raw.codes
+        }));
+        body!(no_events, "no-events", |raw, _at| Some(
+            RuleKind::NoEvents {
+                xid: raw.xid.unwrap_or_else(|| CRITICAL_XIDS.to_vec()),
+                ecc_uncorrected: raw.ecc_uncorrected.unwrap_or(true),
+                row_remap_failure: raw.row_remap_failure.unwrap_or(true),
+                gpu_lost: raw.gpu_lost.unwrap_or(true),
+            }
+        ));
+        body!(dcgm_diag, "dcgm-diag", |raw, at| {
+            let level = at.required(raw.level, "level", "3");
+            if let Some(l) = level
+                && !(1..=4).contains(&l)
+            {
+                at.add("level", format!("{l} is not a dcgmi diag level (1 to 4)"));
+            }
+            if raw.tests.is_empty() {
+                at.add("tests", "list the diagnostic tests that must pass, for example [memory, pcie, targeted_stress]");
+            }
+            level.map(|min_level| RuleKind::DcgmDiag {
+                min_level,
+                tests: raw.tests,
+                step: raw.step,
+            })
+        });
+        body!(
+            inventory_matches_release,
+            "inventory-matches-release",
+            |raw, _at| Some(RuleKind::InventoryMatchesRelease {
+                components: raw.components
+            })
+        );
+
+        match given.len() {
+            0 => problems.add(
+                raw.rules.referenced,
+                format!("rules[{idx}]"),
+                "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-xid, no-events, dcgm-diag, inventory-matches-release",
+            ),
+            1 => {
+                let (location, common, kind) = given.remove(0);
+                let Some(kind) = kind else { continue };
+                let since = common.since.as_deref().and_then(|text| {
+                    parse_since(text)
+                        .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
+                        .ok()
+                });
+                let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
+                if rules.iter().any(|r| r.id == id) {
+                    problems.add(
+                        location,
+                        format!("rules[{idx}].id"),
+                        format!("rule id '{id}' is used twice; give one of them an `id:`"),
+                    );
+                }
+                rules.push(Rule { id, kind, scope: Selector(common.scope.unwrap_or_default()), since });
+            }
+            _ => problems.add(
+                given[1].0,
+                format!("rules[{idx}]"),
+                "a rule has exactly one kind; split it into one list item per rule",
+            ),
+        }
+    }
+    problems.finish(GatePolicy {
+        milestone: raw.milestone.value,
+        description: raw.description.unwrap_or_default(),
+        rules,
+    })
+}
+
+fn default_rule_id(kind: &RuleKind) -> String {
+    match kind {
+        RuleKind::Measurement { name, .. } => format!("measurement:{name}"),
+        RuleKind::Telemetry { field, .. } => format!("telemetry:{field}"),
+        RuleKind::StepsPassed { plan, .. } => format!("steps-passed:{plan}"),
+        RuleKind::Baseline { measurement, .. } => format!("baseline:{measurement}"),
+        other => other.name().to_owned(),
+    }
+}
