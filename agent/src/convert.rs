@@ -251,6 +251,7 @@ pub fn step_result(result: &StepResult) -> v1::StepResult {
         inventory: observed,
         log_tail,
         message,
+        sub_results,
     } = result;
     v1::StepResult {
         job_id: job_id.to_string(),
@@ -268,6 +269,20 @@ pub fn step_result(result: &StepResult) -> v1::StepResult {
         inventory: Some(inventory(observed)),
         log_tail: log_tail.clone(),
         message: message.clone(),
+        sub_results: sub_results.iter().map(sub_result).collect(),
+    }
+}
+
+/// The wire form of a parser's per-test result.
+fn sub_result(sub: &tollgate_domain::result::SubResult) -> v1::SubResult {
+    v1::SubResult {
+        source: sub.source.clone(),
+        suite: sub.suite.clone(),
+        name: sub.name.clone(),
+        gpu_index: sub.gpu_index,
+        outcome: outcome(sub.outcome) as i32,
+        message: sub.message.clone(),
+        level: sub.level.map(u32::from),
     }
 }
 

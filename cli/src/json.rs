@@ -309,6 +309,8 @@ pub fn rule_decision(rule: &pb::RuleDecision) -> Value {
         reason,
         evidence,
         failing_nodes,
+        failure_groups,
+        waiver_id,
     } = rule;
     json!({
         "rule_id": rule_id,
@@ -316,6 +318,12 @@ pub fn rule_decision(rule: &pb::RuleDecision) -> Value {
         "verdict": verdict,
         "reason": reason,
         "failing_nodes": failing_nodes,
+        "failure_groups": failure_groups.iter().map(|group| json!({
+            "signature": group.signature,
+            "count": group.count,
+            "nodes": group.nodes,
+        })).collect::<Vec<_>>(),
+        "waiver_id": (!waiver_id.is_empty()).then_some(waiver_id),
         "evidence": evidence.iter().map(evidence_item).collect::<Vec<_>>(),
     })
 }
@@ -330,15 +338,19 @@ pub fn evidence_item(item: &pb::EvidenceItem) -> Value {
         limit,
         detail,
         ok,
+        gpu_index,
+        signature,
     } = item;
     json!({
         "node": node,
         "step": step,
         "attempt": attempt,
+        "gpu_index": gpu_index,
         "value": value,
         "limit": limit,
         "detail": detail,
         "ok": ok,
+        "signature": (!signature.is_empty()).then_some(signature),
     })
 }
 

@@ -6,6 +6,8 @@
 
 use crate::Shared;
 use crate::store::{StoreError, StoredGate};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, Verdict};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
@@ -70,6 +72,38 @@ pub async fn reevaluate_for_run(shared: &Shared, run: &RunId) {
     }
 }
 
+/// Evaluates the gates of runs whose evidence changed, as they are asked for through
+/// [`Shared::request_reevaluation`], until shutdown.
+///
+/// Requests coalesce: while one evaluation runs, every request that arrives is remembered once,
+/// so a wave of 200 jobs ending together costs a few evaluations, not 200 of them each loading
+/// the whole evidence. A decision therefore reflects every result committed before it started.
+pub async fn run_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.subscribe_shutdown();
+    loop {
+        tokio::select! {
+            () = shared.reevaluation_wake.notified() => {}
+            () = crate::stopped(&mut shutdown) => break,
+        }
+        let runs = shared.take_reevaluation_requests();
+        let mut done: BTreeSet<(ReleaseId, String)> = BTreeSet::new();
+        for run_id in runs {
+            let target = match shared.store.get_run(&run_id).await {
+                Ok(Some(run)) => (run.release, run.milestone),
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(run = %run_id, %error, "could not load a run to re-evaluate its gate");
+                    continue;
+                }
+            };
+            if done.insert(target) {
+                reevaluate_for_run(&shared, &run_id).await;
+            }
+        }
+    }
+    tracing::debug!("gate re-evaluation loop stopped");
+}
+
 /// The text a person reads when a gate did not pass: the verdict, the summary and every rule
 /// that is not passed or waived with its reason.
 pub fn explain_not_passed(release: &ReleaseId, decision: &Decision) -> String {
@@ -103,6 +137,8 @@ mod tests {
             reason: reason.into(),
             evidence: Vec::new(),
             failing_nodes: Vec::new(),
+            failure_groups: Vec::new(),
+            waiver_id: None,
         };
         let decision = Decision {
             release: "r1".into(),

@@ -83,7 +83,7 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     shared.notify_changed();
     shared.poke_scheduler();
     for run in &affected_runs {
-        crate::gates::reevaluate_for_run(shared, run).await;
+        shared.request_reevaluation(run);
     }
     Ok(expired)
 }

@@ -13,7 +13,8 @@
 //!    sessions are dropped so their command streams finish;
 //! 2. the gRPC server stops accepting connections and lets in-flight requests finish (bounded
 //!    by [`DRAIN_TIMEOUT`], so one stuck client cannot hold the process forever);
-//! 3. the scheduler loop and the lease watchdog see the flag and return; `run` awaits them;
+//! 3. the scheduler loop, the lease watchdog and the gate re-evaluation loop see the flag and
+//!    return; `run` awaits them;
 //! 4. the store is closed, waiting for in-flight statements.
 
 pub mod clock;
@@ -67,6 +68,10 @@ pub struct Shared {
     scheduler_wake: Notify,
     /// Bumped after every change a run watcher may care about.
     changes: watch::Sender<u64>,
+    /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
+    reevaluation_requests: std::sync::Mutex<std::collections::BTreeSet<tollgate_domain::RunId>>,
+    /// Wakes `gates::run_loop`.
+    reevaluation_wake: Notify,
     /// Raised once when shutdown starts.
     shutdown: watch::Sender<bool>,
 }
@@ -83,6 +88,8 @@ impl Shared {
             started_at,
             scheduler_wake: Notify::new(),
             changes: watch::channel(0).0,
+            reevaluation_requests: std::sync::Mutex::default(),
+            reevaluation_wake: Notify::new(),
             shutdown: watch::channel(false).0,
         }
     }
@@ -95,6 +102,26 @@ impl Shared {
     /// Asks the scheduler to look at pending jobs now rather than at its next tick.
     pub fn poke_scheduler(&self) {
         self.scheduler_wake.notify_one();
+    }
+
+    /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see
+    /// `gates::run_loop`).
+    pub fn request_reevaluation(&self, run: &tollgate_domain::RunId) {
+        self.reevaluation_requests
+            .lock()
+            .expect("the request set is never poisoned: nothing panics while holding it")
+            .insert(run.clone());
+        self.reevaluation_wake.notify_one();
+    }
+
+    /// Takes every pending re-evaluation request.
+    fn take_reevaluation_requests(&self) -> std::collections::BTreeSet<tollgate_domain::RunId> {
+        std::mem::take(
+            &mut *self
+                .reevaluation_requests
+                .lock()
+                .expect("the request set is never poisoned: nothing panics while holding it"),
+        )
     }
 
     /// Tells run watchers that something changed.
@@ -243,6 +270,7 @@ async fn serve(
 
     let scheduler_task = tokio::spawn(scheduler::run_loop(shared.clone()));
     let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
+    let gates_task = tokio::spawn(gates::run_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -308,6 +336,7 @@ async fn serve(
     for (name, task) in [
         ("scheduler", scheduler_task),
         ("lease watchdog", lease_task),
+        ("gate re-evaluation", gates_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

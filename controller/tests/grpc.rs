@@ -248,6 +248,7 @@ fn result(
         measurements: Vec::new(),
         telemetry: Vec::new(),
         events: Vec::new(),
+        sub_results: Vec::new(),
         inventory: Some(inventory()),
         log_tail: String::new(),
         message: "ok".into(),

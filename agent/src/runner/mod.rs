@@ -209,6 +209,7 @@ async fn skipped_result(
         inventory,
         log_tail: String::new(),
         message: format!("not run: step {failed} failed"),
+        sub_results: Vec::new(),
     }
 }
 
@@ -436,6 +437,7 @@ async fn run_attempt(
         inventory: inventory.unwrap_or_else(|_| unknown_inventory(&context.source)),
         log_tail: end.log_tail,
         message: end.message,
+        sub_results: Vec::new(),
     };
     (result, end.stopped)
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::Path;
-use tollgate_domain::gate::{GatePolicy, Quorum, Rule, RuleKind};
+use tollgate_domain::gate::{GatePolicy, Rule};
 use tollgate_proto::v1 as pb;
 
 /// Runs one `gate` command.
@@ -127,64 +127,7 @@ pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
 
 /// What a rule checks, in one sentence.
 pub fn describe_rule(rule: &Rule) -> String {
-    let only_step = |step: &Option<String>| {
-        step.as_ref()
-            .map_or_else(String::new, |step| format!(" (step {step} only)"))
-    };
-    match &rule.kind {
-        RuleKind::StepsPassed {
-            plan,
-            steps,
-            quorum,
-        } => {
-            let quorum = match quorum {
-                Quorum::MinNodes(n) => format!("at least {n} nodes"),
-                Quorum::MinFraction(f) if *f >= 1.0 => "every node of the run".to_owned(),
-                Quorum::MinFraction(f) => {
-                    format!("at least {}% of the nodes", format_number(f * 100.0))
-                }
-            };
-            format!(
-                "steps {} of plan {plan} passed on {quorum}",
-                steps.join(", ")
-            )
-        }
-        RuleKind::Measurement {
-            name,
-            step,
-            aggregate,
-            condition,
-        } => format!(
-            "{aggregate} of measurement {name} {condition}{}",
-            only_step(step)
-        ),
-        RuleKind::Telemetry {
-            field,
-            step,
-            aggregate,
-            condition,
-        } => format!(
-            "{aggregate} of telemetry {field} over every GPU {condition}{}",
-            only_step(step)
-        ),
-        RuleKind::NoXid { codes } if codes.is_empty() => {
-            "no XID of any code on any node".to_owned()
-        }
-        RuleKind::NoXid { codes } => format!(
-            "no XID {} on any node",
-            codes
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        RuleKind::InventoryMatchesRelease { components } if components.is_empty() => {
-            "every node ran every component of the release".to_owned()
-        }
-        RuleKind::InventoryMatchesRelease { components } => {
-            format!("every node ran the release's {}", components.join(", "))
-        }
-    }
+    rule.kind.describe()
 }
 
 /// The summary `gate validate` prints.
@@ -341,7 +284,9 @@ mod tests {
                         limit: "< 88".into(),
                         detail: "GPU 0".into(),
                         ok: false,
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 },
             ],
             digest: "0123456789abcdef".into(),
@@ -398,15 +343,15 @@ mod tests {
         let text = format_gate_summary("gate-lab-qual.yaml", &policy);
         assert!(text.contains("milestone: lab-qual"), "{text}");
         assert!(
-            text.contains("steps versions, stress of plan gpu-qual passed on at least 4 nodes"),
+            text.contains("steps versions, stress of plan gpu-qual pass on at least 4 node(s)"),
             "{text}"
         );
         assert!(
-            text.contains("max of telemetry gpu_temp_c over every GPU < 88"),
+            text.contains("max of telemetry gpu_temp_c over every GPU (every step) < 88"),
             "{text}"
         );
         assert!(
-            text.contains("min of measurement membw_gbps >= 2800"),
+            text.contains("min of measurement membw_gbps over nodes (every step) >= 2800"),
             "{text}"
         );
         assert_eq!(

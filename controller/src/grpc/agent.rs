@@ -432,7 +432,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
     if to.is_terminal() {
         tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
         shared.poke_scheduler();
-        crate::gates::reevaluate_for_run(shared, &run.id).await;
+        shared.request_reevaluation(&run.id);
     } else if to == JobState::Running && job.state == JobState::Assigned {
         tracing::info!(job = %job.id, node = %node, "job running");
     }

@@ -10,7 +10,7 @@ use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Labels, Node};
 use tollgate_domain::gate::{Decision, EvidenceItem, RuleDecision};
 use tollgate_domain::plan::{Step, StepKind};
 use tollgate_domain::release::{Component, Promotion, Release, Track, is_valid_name};
-use tollgate_domain::result::{Measurement, Outcome, StepResult};
+use tollgate_domain::result::{Measurement, Outcome, StepResult, SubResult};
 use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
 use tollgate_domain::{JobId, NodeId, Timestamp};
 use tollgate_proto::v1 as proto;
@@ -539,20 +539,18 @@ impl ToProto for EvidenceItem {
             limit,
             detail,
             ok,
+            signature,
         } = item;
-        // The wire item has no GPU field; the GPU goes into the text so it is not lost.
-        let detail = match gpu_index {
-            Some(gpu_idx) if !detail.contains("GPU") => format!("GPU {gpu_idx}: {detail}"),
-            _ => detail.clone(),
-        };
         proto::EvidenceItem {
             node: node.to_string(),
             step: step.clone().unwrap_or_default(),
             attempt: attempt.unwrap_or(0),
             value: *value,
             limit: limit.clone().unwrap_or_default(),
-            detail,
+            detail: detail.clone(),
             ok: *ok,
+            gpu_index: *gpu_index,
+            signature: signature.clone().unwrap_or_default(),
         }
     }
 }
@@ -568,6 +566,8 @@ impl ToProto for RuleDecision {
             reason,
             evidence,
             failing_nodes,
+            failure_groups,
+            waiver_id,
         } = rule;
         proto::RuleDecision {
             rule_id: rule_id.clone(),
@@ -576,6 +576,15 @@ impl ToProto for RuleDecision {
             reason: reason.clone(),
             evidence: evidence.iter().map(ToProto::to_proto).collect(),
             failing_nodes: failing_nodes.iter().map(ToString::to_string).collect(),
+            failure_groups: failure_groups
+                .iter()
+                .map(|group| proto::FailureGroup {
+                    signature: group.signature.clone(),
+                    count: u32::try_from(group.count).unwrap_or(u32::MAX),
+                    nodes: group.nodes.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            waiver_id: waiver_id.clone().unwrap_or_default(),
         }
     }
 }
@@ -829,6 +838,7 @@ impl FromProto for StepResult {
             inventory,
             log_tail,
             message,
+            sub_results,
         } = result;
         let mut errors = FieldErrors::new();
         if job_id.trim().is_empty() {
@@ -879,6 +889,13 @@ impl FromProto for StepResult {
                 Inventory::default()
             }
         };
+        let sub_results = sub_results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(idx, sub)| {
+                sub_result_from_proto(sub, &format!("sub_results[{idx}]"), &mut errors)
+            })
+            .collect();
         match (outcome, started_at, finished_at) {
             (Some(outcome), Some(started_at), Some(finished_at)) => errors.finish(StepResult {
                 job_id: JobId::new(job_id),
@@ -896,6 +913,7 @@ impl FromProto for StepResult {
                 inventory,
                 log_tail,
                 message,
+                sub_results,
             }),
             // Each missing piece was recorded above, so `errors` is not empty here.
             _ => Err(errors
@@ -926,6 +944,7 @@ impl ToProto for StepResult {
             inventory,
             log_tail,
             message,
+            sub_results,
         } = result;
         proto::StepResult {
             job_id: job_id.to_string(),
@@ -943,8 +962,82 @@ impl ToProto for StepResult {
             inventory: Some(inventory.to_proto()),
             log_tail: log_tail.clone(),
             message: message.clone(),
+            sub_results: sub_results.iter().map(sub_result_to_proto).collect(),
         }
     }
+}
+
+fn sub_result_to_proto(sub: &SubResult) -> proto::SubResult {
+    let SubResult {
+        source,
+        suite,
+        name,
+        gpu_index,
+        outcome,
+        message,
+        level,
+    } = sub;
+    proto::SubResult {
+        source: source.clone(),
+        suite: suite.clone(),
+        name: name.clone(),
+        gpu_index: *gpu_index,
+        outcome: outcome_to_proto(*outcome).into(),
+        message: message.clone(),
+        level: level.map(u32::from),
+    }
+}
+
+fn sub_result_from_proto(
+    sub: proto::SubResult,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Option<SubResult> {
+    let proto::SubResult {
+        source,
+        suite,
+        name,
+        gpu_index,
+        outcome,
+        message,
+        level,
+    } = sub;
+    if !matches!(source.as_str(), "dcgm-diag" | "junit") {
+        errors.add(
+            &format!("{field}.source"),
+            format!("'{source}' is not a result parser (expected dcgm-diag or junit)"),
+        );
+    }
+    if name.trim().is_empty() {
+        errors.add(&format!("{field}.name"), "is empty");
+    }
+    let level = match level.map(u8::try_from) {
+        Some(Ok(level)) => Some(level),
+        Some(Err(_)) => {
+            errors.add(
+                &format!("{field}.level"),
+                "is not a dcgmi diag level (1 to 4)",
+            );
+            None
+        }
+        None => None,
+    };
+    let Some(outcome) = outcome_from_proto(outcome) else {
+        errors.add(
+            &format!("{field}.outcome"),
+            "must be one of passed, failed, error, skipped, lost",
+        );
+        return None;
+    };
+    Some(SubResult {
+        source,
+        suite,
+        name,
+        gpu_index,
+        outcome,
+        message,
+        level,
+    })
 }
 
 /// A result as a run shows it.

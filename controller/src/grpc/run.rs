@@ -247,7 +247,7 @@ impl RunService for RunApi {
         tracing::info!(run = %run.id, n_stopped = active.len(), "run cancelled");
         shared.notify_changed();
         shared.poke_scheduler();
-        crate::gates::reevaluate_for_run(shared, &run.id).await;
+        shared.request_reevaluation(&run.id);
         let run = load_run(shared, &id).await?;
         Ok(Response::new(run_view(shared, &run, true).await?))
     }

@@ -10,7 +10,7 @@ use super::text;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Node};
-use tollgate_domain::gate::{Aggregate, Comparison, Condition, EvidenceItem, Quorum, RuleKind};
+use tollgate_domain::gate::{Comparison, Condition, EvidenceItem, RuleKind, Stat};
 use tollgate_domain::gate::{JobEvidence, RunEvidence, Verdict};
 use tollgate_domain::plan::{Plan, StepKind};
 use tollgate_domain::result::StepResult;
@@ -109,6 +109,7 @@ pub(crate) struct VerdictCounts {
     pub waived: usize,
     pub waiting: usize,
     pub error: usize,
+    pub not_applicable: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -381,7 +382,8 @@ impl Report {
 struct Limit {
     view: LimitView,
     subject: Subject,
-    aggregate: Aggregate,
+    /// Which statistic of each GPU's summary the rule compares (telemetry rules).
+    stat: Stat,
     condition: Condition,
 }
 
@@ -432,6 +434,7 @@ pub(crate) fn build(input: &ReportInput) -> Report {
             Verdict::Waived => rule_counts.waived += 1,
             Verdict::Waiting => rule_counts.waiting += 1,
             Verdict::Error => rule_counts.error += 1,
+            Verdict::NotApplicable => rule_counts.not_applicable += 1,
         }
     }
     let mut job_states = BTreeMap::new();
@@ -583,10 +586,11 @@ fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
         .rules
         .iter()
         .filter_map(|rule| {
-            let (source, subject, unit, step, aggregate, condition) = match &rule.kind {
+            let (source, subject, unit, step, aggregate, stat, condition) = match &rule.kind {
                 RuleKind::Telemetry {
                     field,
                     step,
+                    stat,
                     aggregate,
                     condition,
                 } => (
@@ -595,6 +599,7 @@ fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
                     Some(field.unit()),
                     step,
                     *aggregate,
+                    *stat,
                     *condition,
                 ),
                 RuleKind::Measurement {
@@ -608,6 +613,7 @@ fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
                     None,
                     step,
                     *aggregate,
+                    Stat::default_for(*aggregate),
                     *condition,
                 ),
                 _ => return None,
@@ -629,69 +635,11 @@ fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
                     condition: condition.to_string(),
                 },
                 subject,
-                aggregate,
+                stat,
                 condition,
             })
         })
         .collect()
-}
-
-/// What a rule requires, in one sentence.
-fn define_rule(kind: &RuleKind) -> String {
-    let scope = |step: &Option<String>| match step {
-        Some(step) => format!("step {step}"),
-        None => "every step".to_owned(),
-    };
-    match kind {
-        RuleKind::StepsPassed {
-            plan,
-            steps,
-            quorum,
-        } => {
-            let quorum = match quorum {
-                Quorum::MinNodes(n) => format!("at least {n} node(s)"),
-                Quorum::MinFraction(f) => {
-                    format!("at least {}% of the run's nodes", text::stat(f * 100.0))
-                }
-            };
-            format!("steps {} of plan {plan} pass on {quorum}", steps.join(", "))
-        }
-        RuleKind::Measurement {
-            name,
-            step,
-            aggregate,
-            condition,
-        } => format!(
-            "{aggregate} of measurement {name} over nodes ({}) {condition}",
-            scope(step)
-        ),
-        RuleKind::Telemetry {
-            field,
-            step,
-            aggregate,
-            condition,
-        } => {
-            let unit = match field.unit() {
-                "" => String::new(),
-                unit => format!(" {unit}"),
-            };
-            format!(
-                "{aggregate} of telemetry {field} over every GPU ({}) {condition}{unit}",
-                scope(step)
-            )
-        }
-        RuleKind::NoXid { codes } if codes.is_empty() => "no XID of any code on any node".into(),
-        RuleKind::NoXid { codes } => {
-            let codes: Vec<String> = codes.iter().map(i64::to_string).collect();
-            format!("no XID with code {} on any node", codes.join(", "))
-        }
-        RuleKind::InventoryMatchesRelease { components } if components.is_empty() => {
-            "every node ran every component of the release".into()
-        }
-        RuleKind::InventoryMatchesRelease { components } => {
-            format!("every node ran the release's {}", components.join(", "))
-        }
-    }
 }
 
 fn rule_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<RuleView> {
@@ -737,7 +685,7 @@ fn rule_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>)
                 kind: rule.kind.clone(),
                 verdict: rule.verdict.as_str(),
                 reason: rule.reason.clone(),
-                definition: kind.map(|kind| define_rule(kind)),
+                definition: kind.map(|kind| kind.describe()),
                 limit: limits
                     .iter()
                     .find(|limit| limit.view.rule_id == rule.rule_id)
@@ -1202,10 +1150,12 @@ fn gpu_telemetry_view(gpu: &GpuTelemetry, step_limits: &[&Limit]) -> GpuTelemetr
                 )
                 .map(|limit| {
                     // The gate compares the statistic its aggregate names, per GPU.
-                    let value = match limit.aggregate {
-                        Aggregate::Min => summary.min,
-                        Aggregate::Max => summary.max,
-                        Aggregate::Mean => summary.mean,
+                    let value = match limit.stat {
+                        Stat::Min => summary.min,
+                        Stat::Max => summary.max,
+                        Stat::Mean => summary.mean,
+                        Stat::P99 => summary.p99,
+                        Stat::Last => summary.last,
                     };
                     limit.check(value)
                 })

@@ -202,6 +202,7 @@ fn input_with(hot: &str, hot_source: GpuSourceKind, cool: &str) -> ReportInput {
     let evidence = Evidence {
         release: release.clone(),
         milestone: MILESTONE.into(),
+        baseline: None,
         runs: vec![RunEvidence {
             run_id: RunId::from("run-1"),
             plan_name: plan.name.clone(),
@@ -558,6 +559,7 @@ fn fleet_input(n_nodes: usize) -> ReportInput {
     let evidence = Evidence {
         release: release.clone(),
         milestone: MILESTONE.into(),
+        baseline: None,
         runs: vec![RunEvidence {
             run_id: RunId::from("run-1"),
             plan_name: plan.name.clone(),

@@ -53,5 +53,6 @@ pub(super) fn assemble(
         release: release.clone(),
         milestone: milestone.to_owned(),
         runs,
+        baseline: None,
     }
 }

@@ -281,7 +281,7 @@ macro_rules! result_query {
         concat!(
             "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
                     started_at, finished_at, measurements, telemetry, events, inventory,
-                    log_tail, message
+                    log_tail, message, sub_results
              FROM step_results",
             $tail
         )
@@ -1195,8 +1195,8 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
                  exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-                 log_tail, message, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 log_tail, message, recorded_at, sub_results)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
         const JOB: &str = "SELECT id, run_id, node, state FROM jobs WHERE id = $1";
         const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
@@ -1226,6 +1226,7 @@ impl Store {
                 to_json(&result.telemetry),
                 to_json(&result.events),
                 to_json(&result.inventory),
+                to_json(&result.sub_results),
             )
         });
         let epoch = transition
@@ -1233,7 +1234,7 @@ impl Store {
             .transpose()?;
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            if let (Some(result), Some((measurements, telemetry, events, inventory))) =
+            if let (Some(result), Some((measurements, telemetry, events, inventory, sub_results))) =
                 (result, &result_json)
             {
                 let n_rows = sqlx::query(INSERT_RESULT)
@@ -1253,6 +1254,7 @@ impl Store {
                     .bind(text(&result.log_tail))
                     .bind(text(&result.message))
                     .bind(micros(now))
+                    .bind(sub_results)
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| classify(err, &what, &what))?

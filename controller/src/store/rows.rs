@@ -9,7 +9,7 @@ use tollgate_domain::fleet::{GpuSourceKind, Inventory, Labels, Node};
 use tollgate_domain::gate::{Decision, GatePolicy};
 use tollgate_domain::plan::Plan;
 use tollgate_domain::release::{Component, Promotion};
-use tollgate_domain::result::{Measurement, StepResult};
+use tollgate_domain::result::{Measurement, StepResult, SubResult};
 use tollgate_domain::scheduler::PendingJob;
 use tollgate_domain::telemetry::{GpuEvent, GpuTelemetry};
 use tollgate_domain::{JobId, NodeId, PlanVersion, ReleaseId, RunId, Timestamp};
@@ -281,6 +281,7 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
         inventory: f.json::<Inventory>("inventory")?,
         log_tail: f.text("log_tail")?,
         message: f.text("message")?,
+        sub_results: f.json::<Vec<SubResult>>("sub_results")?,
     })
 }
 

@@ -249,6 +249,15 @@ fn rich_result(job: &JobId) -> StepResult {
         inventory: inventory("550.54.15", "96.00.89.00.01", 2),
         log_tail: "line 1\nline 2 \u{1F525}\n".into(),
         message: "exit code -9 (killed)".into(),
+        sub_results: vec![tollgate_domain::result::SubResult {
+            source: "dcgm-diag".into(),
+            suite: "Hardware".into(),
+            name: "memory".into(),
+            gpu_index: Some(1),
+            outcome: Outcome::Failed,
+            message: "uncorrectable error".into(),
+            level: Some(3),
+        }],
     }
 }
 
@@ -272,8 +281,11 @@ fn decision(verdict: Verdict, evaluated_secs: i64) -> Decision {
                 limit: None,
                 detail: "XID 79".into(),
                 ok: false,
+                signature: Some("XID 79".into()),
             }],
             failing_nodes: vec![NodeId::from("n1")],
+            failure_groups: Vec::new(),
+            waiver_id: None,
         }],
         digest: format!("digest-{evaluated_secs}"),
         policy_version: "policy-1".into(),
@@ -288,6 +300,8 @@ fn gate_policy(description: &str) -> GatePolicy {
         rules: vec![Rule {
             id: "no-xid".into(),
             kind: RuleKind::NoXid { codes: vec![79] },
+            scope: Default::default(),
+            since: None,
         }],
     }
 }

@@ -168,6 +168,141 @@ impl RuleKind {
     }
 }
 
+impl RuleKind {
+    /// What the rule requires, in one sentence, for people (CLI, reports).
+    pub fn describe(&self) -> String {
+        let scope = |step: &Option<String>| match step {
+            Some(step) => format!("step {step}"),
+            None => "every step".to_owned(),
+        };
+        match self {
+            RuleKind::StepsPassed {
+                plan,
+                steps,
+                quorum,
+                per,
+                tolerance,
+            } => {
+                let mut parts = Vec::new();
+                if let Some(n) = quorum.min_nodes {
+                    parts.push(format!("at least {n} node(s)"));
+                }
+                match quorum.min_fraction {
+                    Some(f) => parts.push(format!(
+                        "at least {}% of the nodes",
+                        format_number(f * 100.0)
+                    )),
+                    None if quorum.min_nodes.is_none() => parts.push("every node".to_owned()),
+                    None => {}
+                }
+                let group = per
+                    .as_ref()
+                    .map(|key| format!(" of each {key}"))
+                    .unwrap_or_default();
+                format!(
+                    "steps {} of plan {plan} pass on {}{group}; tolerated: {} failed, {} errored, {} inconclusive",
+                    steps.join(", "),
+                    parts.join(" and "),
+                    tolerance.max_failed,
+                    tolerance.max_errored,
+                    tolerance.max_inconclusive
+                )
+            }
+            RuleKind::Measurement {
+                name,
+                step,
+                aggregate,
+                condition,
+            } => format!(
+                "{aggregate} of measurement {name} over nodes ({}) {condition}",
+                scope(step)
+            ),
+            RuleKind::Telemetry {
+                field,
+                step,
+                aggregate,
+                condition,
+                ..
+            } => {
+                let unit = match field.unit() {
+                    "" => String::new(),
+                    unit => format!(" {unit}"),
+                };
+                format!(
+                    "{aggregate} of telemetry {field} over every GPU ({}) {condition}{unit}",
+                    scope(step)
+                )
+            }
+            RuleKind::NoXid { codes } if codes.is_empty() => {
+                "no XID of any code on any node".into()
+            }
+            RuleKind::NoXid { codes } => {
+                let codes: Vec<String> = codes.iter().map(i64::to_string).collect();
+                format!("no XID with code {} on any node", codes.join(", "))
+            }
+            RuleKind::InventoryMatchesRelease { components } if components.is_empty() => {
+                "every node ran every component of the release".into()
+            }
+            RuleKind::InventoryMatchesRelease { components } => {
+                format!("every node ran the release's {}", components.join(", "))
+            }
+            RuleKind::Baseline {
+                measurement,
+                step,
+                aggregate,
+                max_regression_pct,
+                direction,
+                per,
+            } => format!(
+                "{aggregate} of measurement {measurement} ({}) regresses at most {}% per {per} against the last release promoted past this milestone ({direction})",
+                scope(step),
+                format_number(*max_regression_pct)
+            ),
+            RuleKind::NoEvents {
+                xid,
+                ecc_uncorrected,
+                row_remap_failure,
+                gpu_lost,
+            } => {
+                let mut kinds = vec![if xid.is_empty() {
+                    "no XID".to_owned()
+                } else {
+                    let codes: Vec<String> = xid.iter().map(i64::to_string).collect();
+                    format!("no XID {}", codes.join(", "))
+                }];
+                for (on, what) in [
+                    (ecc_uncorrected, "no uncorrected ECC error"),
+                    (row_remap_failure, "no row remap failure"),
+                    (gpu_lost, "no lost GPU"),
+                ] {
+                    if *on {
+                        kinds.push(what.to_owned());
+                    }
+                }
+                format!("{} on any node", kinds.join(", "))
+            }
+            RuleKind::DcgmDiag {
+                min_level,
+                tests,
+                step,
+            } => format!(
+                "dcgmi diag at level {min_level} or higher ({}) passes {} on every GPU; skipped counts as missing",
+                scope(step),
+                tests.join(", ")
+            ),
+        }
+    }
+}
+
+/// A number without a pointless fraction: `98`, `97.5`.
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
 /// How many nodes must pass: at least `min_nodes`, and at least `min_fraction` of the nodes
 /// (rounded up). With neither, every node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
