@@ -1004,18 +1004,18 @@ fn sub_result_from_proto(
     } = sub;
     if !matches!(source.as_str(), "dcgm-diag" | "junit") {
         errors.add(
-            &format!("{field}.source"),
+            format!("{field}.source"),
             format!("'{source}' is not a result parser (expected dcgm-diag or junit)"),
         );
     }
     if name.trim().is_empty() {
-        errors.add(&format!("{field}.name"), "is empty");
+        errors.add(format!("{field}.name"), "is empty");
     }
     let level = match level.map(u8::try_from) {
         Some(Ok(level)) => Some(level),
         Some(Err(_)) => {
             errors.add(
-                &format!("{field}.level"),
+                format!("{field}.level"),
                 "is not a dcgmi diag level (1 to 4)",
             );
             None
@@ -1024,7 +1024,7 @@ fn sub_result_from_proto(
     };
     let Some(outcome) = outcome_from_proto(outcome) else {
         errors.add(
-            &format!("{field}.outcome"),
+            format!("{field}.outcome"),
             "must be one of passed, failed, error, skipped, lost",
         );
         return None;
