@@ -11,6 +11,7 @@ pub mod ids;
 pub mod job;
 pub mod plan;
 pub mod release;
+pub mod report_signature;
 pub mod result;
 pub mod scheduler;
 pub mod spec;
