@@ -220,6 +220,74 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.trim().to_owned()))
 }
 
+/// A GPU health fact an `inventory-check` found wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthProblem {
+    /// The GPU.
+    pub gpu_index: u32,
+    /// What is wrong, naming the fact and its value (`ECC is disabled`).
+    pub problem: String,
+}
+
+impl fmt::Display for HealthProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GPU {}: {}", self.gpu_index, self.problem)
+    }
+}
+
+/// Checks the health facts a qualification needs on every GPU, each only where the GPU reports
+/// it: ECC enabled; the current PCIe link width at the GPU's maximum; no row remap pending and
+/// no row remap failure. `sample` is one telemetry round (GPU index, fields).
+///
+/// The PCIe link *generation* is not compared: GPUs lower it when idle to save power, so an idle
+/// GPU at Gen1 is healthy. A degraded link shows in its width (a bad riser or retimer), and in
+/// the `pcie` test of a `dcgm-diag` step under load.
+pub fn check_health(
+    inventory: &Inventory,
+    sample: &[(u32, BTreeMap<crate::telemetry::Field, f64>)],
+) -> Vec<HealthProblem> {
+    use crate::telemetry::Field;
+    let mut problems = Vec::new();
+    for gpu in &inventory.gpus {
+        let mut add = |problem: String| {
+            problems.push(HealthProblem {
+                gpu_index: gpu.index,
+                problem,
+            });
+        };
+        if gpu.ecc_enabled == Some(false) {
+            add("ECC is disabled".to_owned());
+        }
+        let Some(values) = sample
+            .iter()
+            .find(|(idx, _)| *idx == gpu.index)
+            .map(|(_, values)| values)
+        else {
+            continue;
+        };
+        if let (Some(max), Some(&width)) = (gpu.max_pcie_width, values.get(&Field::PcieLinkWidth))
+            && width < f64::from(max)
+        {
+            add(format!(
+                "PCIe link width is x{width}, the GPU supports x{max}"
+            ));
+        }
+        if values
+            .get(&Field::RowRemapPending)
+            .is_some_and(|v| *v > 0.0)
+        {
+            add("a row remap is pending (the GPU needs a reset)".to_owned());
+        }
+        if values
+            .get(&Field::RowRemapFailure)
+            .is_some_and(|v| *v > 0.0)
+        {
+            add("row remapping failed (the GPU should be replaced)".to_owned());
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +336,44 @@ mod tests {
                 .unwrap_err()
                 .contains("expected one of")
         );
+    }
+
+    #[test]
+    fn health_check_names_each_problem_where_reported() {
+        use crate::telemetry::Field;
+        let mut inventory = crate::test_support::inventory("550.54.15", "96.00.89.00.01", 3);
+        for gpu in &mut inventory.gpus {
+            gpu.ecc_enabled = Some(true);
+            gpu.max_pcie_width = Some(16);
+        }
+        inventory.gpus[1].ecc_enabled = Some(false);
+        let healthy = BTreeMap::from([
+            (Field::PcieLinkWidth, 16.0),
+            (Field::PcieLinkGen, 1.0),
+            (Field::RowRemapPending, 0.0),
+        ]);
+        let mut narrow = healthy.clone();
+        narrow.insert(Field::PcieLinkWidth, 8.0);
+        narrow.insert(Field::RowRemapPending, 1.0);
+        narrow.insert(Field::RowRemapFailure, 1.0);
+        let sample = vec![(0, healthy.clone()), (1, healthy), (2, narrow)];
+        let text: Vec<String> = check_health(&inventory, &sample)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "GPU 1: ECC is disabled",
+                "GPU 2: PCIe link width is x8, the GPU supports x16",
+                "GPU 2: a row remap is pending (the GPU needs a reset)",
+                "GPU 2: row remapping failed (the GPU should be replaced)",
+            ]
+        );
+        // Facts a GPU does not report are not held against it.
+        for gpu in &mut inventory.gpus {
+            gpu.ecc_enabled = None;
+        }
+        assert!(check_health(&inventory, &[]).is_empty());
     }
 }

@@ -5,6 +5,7 @@ use crate::PlanVersion;
 use crate::fleet::Selector;
 use crate::release::is_valid_name;
 use crate::spec::{Problems, SpecErrors, format_duration, parse_duration, parse_yaml};
+use crate::telemetry::Field;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
@@ -16,6 +17,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most retries a step may have.
 pub const MAX_RETRIES: u32 = 10;
+/// The exit code with which a `flash` command says the node must reboot to finish the flash.
+pub const FLASH_REBOOT_EXIT_CODE: i32 = 194;
+/// The `dcgmi diag` levels (`-r 1` to `-r 4`).
+pub const DCGM_LEVELS: std::ops::RangeInclusive<u8> = 1..=4;
 
 /// A qualification recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,11 +64,91 @@ pub enum StepKind {
         /// Working directory.
         workdir: Option<String>,
     },
-    /// Compare the node's inventory with the release's components.
+    /// Compare the node's inventory with the release's components, and check the GPUs' health
+    /// facts (ECC on, PCIe width, row remapping).
     InventoryCheck {
         /// Components to check; empty for all.
         components: Vec<String>,
     },
+    /// Run `dcgmi diag` and grade every test on every GPU.
+    DcgmDiag {
+        /// Diagnostic level, 1 to 4.
+        level: u8,
+        /// Run only these tests (`-r test1,test2`); empty for the level's suite.
+        tests: Vec<String>,
+        /// argv replacing the default `dcgmi diag -r LEVEL -j`; empty for the default.
+        command: Vec<String>,
+    },
+    /// Run a test suite that writes a JUnit XML report, and grade every testcase.
+    Junit {
+        /// argv.
+        command: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        workdir: Option<String>,
+        /// The report's path, relative to `TOLLGATE_RESULTS_DIR` unless absolute; may hold a
+        /// `*` glob in its file name.
+        report: String,
+    },
+    /// Load the GPUs for a fixed time while watching telemetry limits.
+    BurnIn {
+        /// argv of the load generator.
+        command: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        workdir: Option<String>,
+        /// Run the load this long, then stop it; reaching the end is success.
+        #[serde(with = "duration_text")]
+        duration: Duration,
+        /// Telemetry limits; the first sample outside one fails the step.
+        limits: Vec<TelemetryLimit>,
+    },
+    /// Install firmware or a driver, then check the node reports the target version.
+    Flash {
+        /// argv of the installer.
+        command: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        workdir: Option<String>,
+        /// The component flashed (`vbios`, `driver`, a probe-reported name).
+        component: String,
+        /// The version the component must report afterwards.
+        version: String,
+        /// Reboot the node after the command before checking the version.
+        reboot: bool,
+    },
+}
+
+/// A bound on one telemetry field, checked on every sample while a burn-in runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryLimit {
+    /// The field.
+    pub field: Field,
+    /// Smallest allowed value.
+    pub min: Option<f64>,
+    /// Largest allowed value.
+    pub max: Option<f64>,
+}
+
+impl TelemetryLimit {
+    /// Why `value` breaks this limit (`gpu_temp_c 94 > limit 88`), or `None` when it is inside.
+    pub fn violation(&self, value: f64) -> Option<String> {
+        let name = self.field.name();
+        if let Some(max) = self.max
+            && value > max
+        {
+            return Some(format!("{name} {value} > limit {max}"));
+        }
+        if let Some(min) = self.min
+            && value < min
+        {
+            return Some(format!("{name} {value} < limit {min}"));
+        }
+        None
+    }
 }
 
 impl StepKind {
@@ -72,7 +157,28 @@ impl StepKind {
         match self {
             Self::Exec { .. } => "exec",
             Self::InventoryCheck { .. } => "inventory-check",
+            Self::DcgmDiag { .. } => "dcgm-diag",
+            Self::Junit { .. } => "junit",
+            Self::BurnIn { .. } => "burn-in",
+            Self::Flash { .. } => "flash",
         }
+    }
+
+    /// The argv a `dcgm-diag` step runs: its override, or `dcgmi diag -r LEVEL -j` with the
+    /// level replaced by the comma-separated test list when tests are named.
+    pub fn dcgm_command(level: u8, tests: &[String], command: &[String]) -> Vec<String> {
+        if !command.is_empty() {
+            return command.to_vec();
+        }
+        let run = if tests.is_empty() {
+            level.to_string()
+        } else {
+            tests.join(",")
+        };
+        ["dcgmi", "diag", "-r", run.as_str(), "-j"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -133,6 +239,52 @@ struct RawStep {
     retries: Option<Spanned<u32>>,
     #[serde(default)]
     components: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    level: Option<Spanned<u32>>,
+    #[serde(default)]
+    tests: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    report: Option<Spanned<String>>,
+    #[serde(default)]
+    duration: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: Option<Spanned<Vec<RawLimit>>>,
+    #[serde(default)]
+    component: Option<Spanned<String>>,
+    #[serde(default)]
+    version: Option<Spanned<String>>,
+    #[serde(default)]
+    reboot: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimit {
+    field: Spanned<String>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+}
+
+/// The fields each kind accepts besides name, kind, timeout and retries.
+fn fields_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "exec" => &["command", "env", "workdir"],
+        "inventory-check" => &["components"],
+        "dcgm-diag" => &["level", "tests", "command"],
+        "junit" => &["command", "env", "workdir", "report"],
+        "burn-in" => &["command", "env", "workdir", "duration", "limits"],
+        "flash" => &[
+            "command",
+            "env",
+            "workdir",
+            "component",
+            "version",
+            "reboot",
+        ],
+        _ => &[],
+    }
 }
 
 /// Parses and validates a plan file. `file` names the file in error messages; every problem
@@ -219,54 +371,278 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
             None => 0,
         };
         let kind_location = raw_step.kind.referenced;
-        let mut not_for_kind = |present: bool, field: &str, kind: &str| {
-            if present {
-                problems.add(
-                    kind_location,
-                    at(field),
-                    format!("'{field}' does not apply to kind {kind}"),
-                );
-            }
-        };
-        let kind = match raw_step.kind.value.as_str() {
-            "exec" => {
-                not_for_kind(raw_step.components.is_some(), "components", "exec");
-                let command = match raw_step.command {
-                    Some(command)
-                        if command.value.is_empty() || command.value[0].trim().is_empty() =>
-                    {
-                        problems.add(
-                            command.referenced,
-                            at("command"),
-                            "the command is empty; give the program and its arguments as a list",
-                        );
-                        Vec::new()
-                    }
-                    Some(command) => command.value,
-                    None => {
-                        problems.add(kind_location, at("command"), "an exec step needs a command, for example command: [sh, -c, \"./stress.sh\"]");
-                        Vec::new()
-                    }
-                };
-                StepKind::Exec {
-                    command,
-                    env: raw_step.env.unwrap_or_default(),
-                    workdir: raw_step.workdir,
+        let kind_name = raw_step.kind.value.clone();
+        let allowed = fields_of(&kind_name);
+        if !allowed.is_empty() {
+            let present = [
+                ("command", raw_step.command.is_some()),
+                ("env", raw_step.env.is_some()),
+                ("workdir", raw_step.workdir.is_some()),
+                ("components", raw_step.components.is_some()),
+                ("level", raw_step.level.is_some()),
+                ("tests", raw_step.tests.is_some()),
+                ("report", raw_step.report.is_some()),
+                ("duration", raw_step.duration.is_some()),
+                ("limits", raw_step.limits.is_some()),
+                ("component", raw_step.component.is_some()),
+                ("version", raw_step.version.is_some()),
+                ("reboot", raw_step.reboot.is_some()),
+            ];
+            for (field, is_present) in present {
+                if is_present && !allowed.contains(&field) {
+                    problems.add(
+                        kind_location,
+                        at(field),
+                        format!("'{field}' does not apply to kind {kind_name}"),
+                    );
                 }
             }
-            "inventory-check" => {
-                not_for_kind(raw_step.command.is_some(), "command", "inventory-check");
-                not_for_kind(raw_step.env.is_some(), "env", "inventory-check");
-                not_for_kind(raw_step.workdir.is_some(), "workdir", "inventory-check");
-                StepKind::InventoryCheck {
-                    components: raw_step.components.map(|c| c.value).unwrap_or_default(),
+        }
+        // A command the kind needs: a non-empty argv.
+        let command_of = |problems: &mut Problems, example: &str| match &raw_step.command {
+            Some(command) if command.value.is_empty() || command.value[0].trim().is_empty() => {
+                problems.add(
+                    command.referenced,
+                    at("command"),
+                    "the command is empty; give the program and its arguments as a list",
+                );
+                Vec::new()
+            }
+            Some(command) => command.value.clone(),
+            None => {
+                problems.add(
+                    kind_location,
+                    at("command"),
+                    format!(
+                        "{} {kind_name} step needs a command, for example {example}",
+                        if kind_name.starts_with('e') {
+                            "an"
+                        } else {
+                            "a"
+                        }
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        let env = raw_step.env.clone().unwrap_or_default();
+        let workdir = raw_step.workdir.clone();
+        let mut timeout = timeout;
+        let kind = match kind_name.as_str() {
+            "exec" => {
+                let command = command_of(&mut problems, "command: [sh, -c, \"./stress.sh\"]");
+                StepKind::Exec {
+                    command,
+                    env,
+                    workdir,
+                }
+            }
+            "inventory-check" => StepKind::InventoryCheck {
+                components: raw_step.components.map(|c| c.value).unwrap_or_default(),
+            },
+            "dcgm-diag" => {
+                let level = match &raw_step.level {
+                    None => {
+                        problems.add(
+                            kind_location,
+                            at("level"),
+                            "a dcgm-diag step needs a level, 1 to 4 (dcgmi diag -r LEVEL)",
+                        );
+                        1
+                    }
+                    Some(level) => match u8::try_from(level.value) {
+                        Ok(value) if DCGM_LEVELS.contains(&value) => value,
+                        _ => {
+                            problems.add(
+                                level.referenced,
+                                at("level"),
+                                format!("{} is not a dcgmi diag level (1 to 4)", level.value),
+                            );
+                            1
+                        }
+                    },
+                };
+                let tests = raw_step.tests.map(|t| t.value).unwrap_or_default();
+                if let Some(bad) = tests
+                    .iter()
+                    .find(|t| t.trim().is_empty() || t.contains(','))
+                {
+                    problems.add(
+                        kind_location,
+                        at("tests"),
+                        format!("'{bad}' is not a test name (one name per list item)"),
+                    );
+                }
+                let command = match &raw_step.command {
+                    Some(_) => command_of(&mut problems, ""),
+                    None => Vec::new(),
+                };
+                StepKind::DcgmDiag {
+                    level,
+                    tests,
+                    command,
+                }
+            }
+            "junit" => {
+                let command = command_of(&mut problems, "command: [pytest, --junitxml=report.xml]");
+                let report = match raw_step.report {
+                    Some(report) if report.value.trim().is_empty() => {
+                        problems.add(report.referenced, at("report"), "the report path is empty");
+                        String::new()
+                    }
+                    Some(report) => report.value,
+                    None => {
+                        problems.add(
+                            kind_location,
+                            at("report"),
+                            "a junit step needs the report it writes, for example report: junit.xml (relative to $TOLLGATE_RESULTS_DIR)",
+                        );
+                        String::new()
+                    }
+                };
+                StepKind::Junit {
+                    command,
+                    env,
+                    workdir,
+                    report,
+                }
+            }
+            "burn-in" => {
+                let command = command_of(&mut problems, "command: [gpu-burn, \"3600\"]");
+                let duration = match &raw_step.duration {
+                    None => {
+                        problems.add(
+                            kind_location,
+                            at("duration"),
+                            "a burn-in step needs a duration, for example duration: 1h",
+                        );
+                        Duration::ZERO
+                    }
+                    Some(text) => match parse_duration(&text.value) {
+                        Ok(d) if d.is_zero() => {
+                            problems.add(text.referenced, at("duration"), "must be longer than 0s");
+                            d
+                        }
+                        Ok(d) if d > MAX_TIMEOUT => {
+                            problems.add(
+                                text.referenced,
+                                at("duration"),
+                                format!("{} is longer than the limit of 7 days", text.value),
+                            );
+                            d
+                        }
+                        Ok(d) => d,
+                        Err(message) => {
+                            problems.add(text.referenced, at("duration"), message);
+                            Duration::ZERO
+                        }
+                    },
+                };
+                match &raw_step.timeout {
+                    // The load is stopped at `duration`; the timeout only guards a stop that
+                    // hangs, so by default it is the duration plus the usual timeout.
+                    None => timeout = duration + DEFAULT_TIMEOUT,
+                    Some(text) if !duration.is_zero() && timeout <= duration => problems.add(
+                        text.referenced,
+                        at("timeout"),
+                        format!(
+                            "{} is not longer than the duration {}; the timeout must leave time to stop the load",
+                            text.value,
+                            format_duration(duration)
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+                let mut limits = Vec::new();
+                for (limit_idx, raw_limit) in raw_step
+                    .limits
+                    .map(|l| l.value)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
+                    let where_ = format!("steps[{idx}].limits[{limit_idx}]");
+                    let location = raw_limit.field.referenced;
+                    match raw_limit.field.value.parse::<Field>() {
+                        Err(message) => problems.add(location, format!("{where_}.field"), message),
+                        Ok(field) => {
+                            if raw_limit.min.is_none() && raw_limit.max.is_none() {
+                                problems.add(
+                                    location,
+                                    where_.clone(),
+                                    format!(
+                                        "the limit on {} needs a min, a max or both",
+                                        field.name()
+                                    ),
+                                );
+                            }
+                            if let (Some(min), Some(max)) = (raw_limit.min, raw_limit.max)
+                                && min > max
+                            {
+                                problems.add(
+                                    location,
+                                    where_.clone(),
+                                    format!("min {min} is above max {max}"),
+                                );
+                            }
+                            limits.push(TelemetryLimit {
+                                field,
+                                min: raw_limit.min,
+                                max: raw_limit.max,
+                            });
+                        }
+                    }
+                }
+                StepKind::BurnIn {
+                    command,
+                    env,
+                    workdir,
+                    duration,
+                    limits,
+                }
+            }
+            "flash" => {
+                let command = command_of(&mut problems, "command: [./flash.sh, vbios.rom]");
+                let mut required =
+                    |value: Option<Spanned<String>>, field: &str, example: &str| match value {
+                        Some(text) if !text.value.trim().is_empty() => text.value,
+                        Some(text) => {
+                            problems.add(
+                                text.referenced,
+                                at(field),
+                                format!("the {field} is empty"),
+                            );
+                            String::new()
+                        }
+                        None => {
+                            problems.add(
+                                kind_location,
+                                at(field),
+                                format!(
+                                    "a flash step needs a {field}, for example {field}: {example}"
+                                ),
+                            );
+                            String::new()
+                        }
+                    };
+                let component = required(raw_step.component, "component", "vbios");
+                let version = required(raw_step.version, "version", "96.00.89.00.01");
+                StepKind::Flash {
+                    command,
+                    env,
+                    workdir,
+                    component,
+                    version,
+                    reboot: raw_step.reboot.map(|r| r.value).unwrap_or(false),
                 }
             }
             other => {
                 problems.add(
                     kind_location,
                     at("kind"),
-                    format!("unknown step kind '{other}' (expected exec or inventory-check)"),
+                    format!(
+                        "unknown step kind '{other}' (expected exec, inventory-check, dcgm-diag, junit, burn-in or flash)"
+                    ),
                 );
                 continue;
             }
@@ -365,5 +741,121 @@ steps:
         let errors =
             parse_plan("p.yaml", "name: x\nsteps:\n  - {name: a, kind: exec\n").unwrap_err();
         assert!(errors.0[0].line >= 3, "{errors}");
+    }
+
+    const QUAL: &str = r#"
+name: full-qual
+steps:
+  - {name: diag, kind: dcgm-diag, level: 3, tests: [memory, pcie]}
+  - {name: diag-sim, kind: dcgm-diag, level: 2, command: [cat, diag.json]}
+  - name: nccl
+    kind: junit
+    command: [pytest, --junitxml=junit.xml]
+    report: junit.xml
+  - name: burn
+    kind: burn-in
+    command: [gpu-burn, "600"]
+    duration: 10m
+    limits:
+      - {field: gpu_temp_c, max: 88}
+      - {field: ecc_uncorrected_volatile, max: 0}
+      - {field: power_w, min: 100, max: 700}
+  - name: vbios
+    kind: flash
+    command: [./flash.sh]
+    component: vbios
+    version: 96.00.89.00.01
+    reboot: true
+"#;
+
+    #[test]
+    fn qualification_kinds_parse() {
+        let plan = parse_plan("qual.yaml", QUAL).expect("valid plan");
+        let kinds: Vec<&str> = plan.steps.iter().map(|s| s.kind.name()).collect();
+        assert_eq!(
+            kinds,
+            ["dcgm-diag", "dcgm-diag", "junit", "burn-in", "flash"]
+        );
+        let StepKind::DcgmDiag {
+            level,
+            tests,
+            command,
+        } = &plan.steps[0].kind
+        else {
+            panic!("dcgm-diag expected");
+        };
+        assert_eq!(
+            StepKind::dcgm_command(*level, tests, command),
+            ["dcgmi", "diag", "-r", "memory,pcie", "-j"]
+        );
+        assert_eq!(
+            StepKind::dcgm_command(3, &[], &[]),
+            ["dcgmi", "diag", "-r", "3", "-j"]
+        );
+        let StepKind::BurnIn {
+            duration, limits, ..
+        } = &plan.steps[3].kind
+        else {
+            panic!("burn-in expected");
+        };
+        assert_eq!(*duration, Duration::from_secs(600));
+        assert_eq!(
+            plan.steps[3].timeout,
+            Duration::from_secs(600) + DEFAULT_TIMEOUT
+        );
+        assert_eq!(limits.len(), 3);
+        assert_eq!(
+            limits[0].violation(94.0).as_deref(),
+            Some("gpu_temp_c 94 > limit 88")
+        );
+        assert_eq!(
+            limits[2].violation(50.0).as_deref(),
+            Some("power_w 50 < limit 100")
+        );
+        assert_eq!(limits[1].violation(0.0), None);
+        assert!(matches!(
+            &plan.steps[4].kind,
+            StepKind::Flash { component, reboot: true, .. } if component == "vbios"
+        ));
+    }
+
+    #[test]
+    fn qualification_kind_problems_are_located() {
+        let source = "name: q\nsteps:\n  - {name: a, kind: dcgm-diag, level: 5}\n  - {name: b, kind: junit, command: [x]}\n  - {name: c, kind: burn-in, command: [x], duration: 1h, timeout: 10m, limits: [{field: gpu_tmp, max: 1}, {field: power_w}]}\n  - {name: d, kind: flash, command: [x], component: vbios, report: x.xml}\n  - {name: e, kind: dcgm-diag}\n";
+        let errors = parse_plan("plan.yaml", source).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("plan.yaml:3:"), "{text}");
+        assert!(
+            text.contains("steps[0].level: 5 is not a dcgmi diag level"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[1].report: a junit step needs the report"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[2].timeout: 10m is not longer than the duration 1h"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[2].limits[0].field: unknown telemetry field 'gpu_tmp'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[2].limits[1]: the limit on power_w needs a min, a max or both"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[3].version: a flash step needs a version"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[3].report: 'report' does not apply to kind flash"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steps[4].level: a dcgm-diag step needs a level"),
+            "{text}"
+        );
     }
 }

@@ -128,6 +128,37 @@ pub fn describe_step_kind(kind: &StepKind) -> String {
         StepKind::InventoryCheck { components } => {
             format!("inventory-check: {}", components.join(", "))
         }
+        StepKind::DcgmDiag {
+            level,
+            tests,
+            command,
+        } => format!(
+            "dcgm-diag level {level}: {}",
+            StepKind::dcgm_command(*level, tests, command).join(" ")
+        ),
+        StepKind::Junit {
+            command, report, ..
+        } => format!("junit: {} (report {report})", command.join(" ")),
+        StepKind::BurnIn {
+            command,
+            duration,
+            limits,
+            ..
+        } => format!(
+            "burn-in {}: {} ({} limit(s))",
+            tollgate_domain::spec::format_duration(*duration),
+            command.join(" "),
+            limits.len()
+        ),
+        StepKind::Flash {
+            component,
+            version,
+            reboot,
+            ..
+        } => format!(
+            "flash: {component} to {version}{}",
+            if *reboot { ", then reboot" } else { "" }
+        ),
     }
 }
 

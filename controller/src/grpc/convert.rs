@@ -513,6 +513,61 @@ pub fn step_to_proto(index: u32, step: &Step) -> proto::StepSpec {
                 components: components.clone(),
             })
         }
+        StepKind::DcgmDiag {
+            level,
+            tests,
+            command,
+        } => proto::step_spec::Kind::DcgmDiag(proto::DcgmDiagStep {
+            level: u32::from(*level),
+            tests: tests.clone(),
+            command: command.clone(),
+        }),
+        StepKind::Junit {
+            command,
+            env,
+            workdir,
+            report,
+        } => proto::step_spec::Kind::Junit(proto::JunitStep {
+            command: command.clone(),
+            env: unsorted(env.clone()),
+            workdir: workdir.clone().unwrap_or_default(),
+            report: report.clone(),
+        }),
+        StepKind::BurnIn {
+            command,
+            env,
+            workdir,
+            duration,
+            limits,
+        } => proto::step_spec::Kind::BurnIn(proto::BurnInStep {
+            command: command.clone(),
+            env: unsorted(env.clone()),
+            workdir: workdir.clone().unwrap_or_default(),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            limits: limits
+                .iter()
+                .map(|limit| proto::TelemetryLimit {
+                    field: limit.field.name().to_owned(),
+                    min: limit.min,
+                    max: limit.max,
+                })
+                .collect(),
+        }),
+        StepKind::Flash {
+            command,
+            env,
+            workdir,
+            component,
+            version,
+            reboot,
+        } => proto::step_spec::Kind::Flash(proto::FlashStep {
+            command: command.clone(),
+            env: unsorted(env.clone()),
+            workdir: workdir.clone().unwrap_or_default(),
+            component: component.clone(),
+            version: version.clone(),
+            reboot: *reboot,
+        }),
     };
     proto::StepSpec {
         index,

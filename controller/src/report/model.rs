@@ -771,6 +771,34 @@ fn plan_and_run_views(
                             StepKind::InventoryCheck { components } => {
                                 (None, BTreeMap::new(), None, Some(components.clone()))
                             }
+                            StepKind::DcgmDiag {
+                                level,
+                                tests,
+                                command,
+                            } => (
+                                Some(StepKind::dcgm_command(*level, tests, command)),
+                                BTreeMap::new(),
+                                None,
+                                None,
+                            ),
+                            StepKind::Junit {
+                                command,
+                                env,
+                                workdir,
+                                ..
+                            }
+                            | StepKind::BurnIn {
+                                command,
+                                env,
+                                workdir,
+                                ..
+                            }
+                            | StepKind::Flash {
+                                command,
+                                env,
+                                workdir,
+                                ..
+                            } => (Some(command.clone()), env.clone(), workdir.clone(), None),
                         };
                         StepView {
                             index,
