@@ -4,6 +4,7 @@
 //! Every method blocks (NVML calls do); async code calls them through `spawn_blocking`.
 
 pub mod nvml;
+pub mod nvml_raw;
 pub mod simulated;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,10 @@ pub trait GpuSource: Send + Sync {
     /// One telemetry sample of every GPU. A GPU that could not be read is left out of the
     /// round (the sampler counts it as missed); `Err` means no GPU could be read at all.
     fn sample(&self) -> Result<Sample, GpuError>;
+
+    /// One telemetry sample of one GPU. The sampler calls this on a blocking worker per GPU
+    /// under a deadline, so a GPU whose driver call hangs delays only its own samples.
+    fn sample_gpu(&self, gpu_idx: u32) -> Result<BTreeMap<Field, f64>, GpuError>;
 
     /// Critical events (XID, uncorrected ECC, GPU lost) seen since the last call.
     fn events(&self) -> Vec<GpuEvent>;
@@ -58,6 +63,18 @@ pub enum GpuError {
          upgrade without reboot; reboot the node"
     )]
     VersionMismatch,
+    /// The GPU fell off the bus (NVML `GpuLost`); a `gpu-lost` event was raised.
+    #[error("GPU {gpu_idx} is lost (fell off the bus)")]
+    GpuLost {
+        /// NVML device index.
+        gpu_idx: u32,
+    },
+    /// The simulated node has no GPU with this index.
+    #[error("no GPU with index {gpu_idx}")]
+    NoSuchGpu {
+        /// The index asked for.
+        gpu_idx: u32,
+    },
     /// Any other NVML failure, with what was being done.
     #[error("NVML {what} failed: {source}")]
     Nvml {

@@ -8,7 +8,7 @@ use super::{GpuError, GpuSource, Sample};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
-    Clock, ClockId, EccCounter, MemoryError, TemperatureSensor,
+    Clock, ClockId, EccCounter, MemoryError, RetirementCause, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::event::XidError;
@@ -230,6 +230,25 @@ impl GpuSource for NvmlSource {
         Ok(sample)
     }
 
+    fn sample_gpu(&self, gpu_idx: u32) -> Result<BTreeMap<Field, f64>, GpuError> {
+        match sample_device(&self.nvml, gpu_idx) {
+            Ok(values) => Ok(values),
+            Err(NvmlError::GpuLost) => {
+                let uuid = self
+                    .nvml
+                    .device_by_index(gpu_idx)
+                    .and_then(|device| device.uuid())
+                    .unwrap_or_default();
+                self.mark_lost(gpu_idx, uuid);
+                Err(GpuError::GpuLost { gpu_idx })
+            }
+            Err(source) => Err(GpuError::Nvml {
+                what: format!("sampling GPU {gpu_idx}"),
+                source,
+            }),
+        }
+    }
+
     fn events(&self) -> Vec<GpuEvent> {
         let mut events =
             std::mem::take(&mut *self.local_events.lock().unwrap_or_else(|p| p.into_inner()));
@@ -305,6 +324,39 @@ fn sample_device(nvml: &Nvml, gpu_idx: u32) -> Result<BTreeMap<Field, f64>, Nvml
             optional(device.total_ecc_errors(error_type, counter))?.map(|n| n as f64),
         );
     }
+    if let Some(rows) = optional(super::nvml_raw::remapped_rows(nvml, &device))? {
+        put(
+            Field::RowRemapCorrectable,
+            Some(f64::from(rows.correctable)),
+        );
+        put(
+            Field::RowRemapUncorrectable,
+            Some(f64::from(rows.uncorrectable)),
+        );
+        put(
+            Field::RowRemapPending,
+            Some(f64::from(u8::from(rows.pending))),
+        );
+        put(
+            Field::RowRemapFailure,
+            Some(f64::from(u8::from(rows.failure))),
+        );
+    }
+    // Pre-Ampere GPUs retire pages; Ampere and later answer NotSupported (they remap rows).
+    for (field, cause) in [
+        (
+            Field::RetiredPagesSbe,
+            RetirementCause::MultipleSingleBitEccErrors,
+        ),
+        (Field::RetiredPagesDbe, RetirementCause::DoubleBitEccError),
+    ] {
+        put(
+            field,
+            optional(device.retired_pages(cause))?.map(|pages| pages.len() as f64),
+        );
+    }
+    // nvml-wrapper reads these through the deprecated clocks-throttle symbol; newer drivers
+    // call them clock event reasons, with the same bits.
     put(
         Field::ThrottleReasons,
         optional(device.current_throttle_reasons())?.map(|reasons| reasons.bits() as f64),

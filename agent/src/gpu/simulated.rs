@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::time::Duration;
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory};
 use tollgate_domain::telemetry::{EventKind, Field, GpuEvent};
 
@@ -33,6 +34,14 @@ pub enum Fault {
     Driver(String),
     /// Every GPU reports this VBIOS version.
     Vbios(String),
+    /// The first sample of GPU `gpu` taken while a step loads the node hangs for `seconds`,
+    /// as a wedged driver call does (`stall=GPU:SECONDS`).
+    Stall {
+        /// The GPU whose sample hangs.
+        gpu: u32,
+        /// How long it hangs.
+        seconds: u32,
+    },
 }
 
 impl FromStr for Fault {
@@ -40,8 +49,8 @@ impl FromStr for Fault {
 
     /// Parses `over-temp`, `ecc-uncorrected`, `xid=CODE`, `driver=VERSION` or `vbios=VERSION`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let expected =
-            "expected over-temp, ecc-uncorrected, xid=CODE, driver=VERSION or vbios=VERSION";
+        let expected = "expected over-temp, ecc-uncorrected, xid=CODE, driver=VERSION, \
+             vbios=VERSION or stall=GPU:SECONDS";
         match text.split_once('=') {
             None if text == "over-temp" => Ok(Self::OverTemp),
             None if text == "ecc-uncorrected" => Ok(Self::EccUncorrected),
@@ -56,6 +65,17 @@ impl FromStr for Fault {
                 Err(format!("fault '{text}': the version is empty"))
             }
             Some(("driver", version)) => Ok(Self::Driver(version.trim().to_owned())),
+            Some(("stall", spec)) => spec
+                .split_once(':')
+                .and_then(|(gpu, seconds)| {
+                    Some(Self::Stall {
+                        gpu: gpu.trim().parse().ok()?,
+                        seconds: seconds.trim().parse().ok().filter(|s| *s > 0)?,
+                    })
+                })
+                .ok_or_else(|| {
+                    format!("fault '{text}': expected stall=GPU:SECONDS, e.g. stall=1:3")
+                }),
             Some(("vbios", version)) => Ok(Self::Vbios(version.trim().to_owned())),
             _ => Err(format!("unknown fault '{text}' ({expected})")),
         }
@@ -70,6 +90,7 @@ impl fmt::Display for Fault {
             Self::Xid(code) => write!(f, "xid={code}"),
             Self::Driver(version) => write!(f, "driver={version}"),
             Self::Vbios(version) => write!(f, "vbios={version}"),
+            Self::Stall { gpu, seconds } => write!(f, "stall={gpu}:{seconds}"),
         }
     }
 }
@@ -94,8 +115,8 @@ pub struct SimConfig {
 /// Mutable simulation state, behind the source's mutex.
 #[derive(Debug, Default)]
 struct SimState {
-    /// Sampling rounds so far; the PRNG input that moves the numbers.
-    tick: u64,
+    /// Samples taken so far, per GPU; the PRNG input that moves the numbers.
+    ticks: Vec<u64>,
     /// Whether a step is loading the GPUs.
     loaded: bool,
     /// Energy counter per GPU, mJ.
@@ -104,6 +125,8 @@ struct SimState {
     xid_fired: bool,
     /// The ECC fault fires once; the counter then stays up, as real counters do.
     ecc_fired: bool,
+    /// The stall fault fires once.
+    stall_fired: bool,
     /// Events not yet drained by [`GpuSource::events`].
     pending: Vec<GpuEvent>,
 }
@@ -123,6 +146,7 @@ impl SimulatedSource {
         let seed = config.seed.unwrap_or_else(|| seed_from_name(&config.node));
         let state = SimState {
             energy_mj: vec![0.0; config.n_gpus as usize],
+            ticks: vec![0; config.n_gpus as usize],
             ..SimState::default()
         };
         Self {
@@ -202,8 +226,24 @@ impl SimulatedSource {
         }
     }
 
-    fn sample_gpu(&self, state: &mut SimState, gpu_idx: u32) -> BTreeMap<Field, f64> {
-        let tick = state.tick;
+    fn stall_fault(&self) -> Option<(u32, u32)> {
+        self.config.faults.iter().find_map(|fault| match fault {
+            Fault::Stall { gpu, seconds } => Some((*gpu, *seconds)),
+            _ => None,
+        })
+    }
+
+    /// Advances one GPU by one sample and returns its fields.
+    fn next_gpu_sample(&self, state: &mut SimState, gpu_idx: u32) -> BTreeMap<Field, f64> {
+        state.ticks[gpu_idx as usize] += 1;
+        if gpu_idx == 0 {
+            self.fire_faults(state);
+        }
+        self.gpu_fields(state, gpu_idx)
+    }
+
+    fn gpu_fields(&self, state: &mut SimState, gpu_idx: u32) -> BTreeMap<Field, f64> {
+        let tick = state.ticks[gpu_idx as usize];
         // A uniform number in [0, 1) for one field of one GPU at this tick.
         let noise = |salt: u64| {
             (mix(&[self.seed, u64::from(gpu_idx), tick, salt]) >> 11) as f64 / (1u64 << 53) as f64
@@ -338,12 +378,33 @@ impl GpuSource for SimulatedSource {
 
     fn sample(&self) -> Result<Sample, GpuError> {
         let mut state = self.lock();
-        state.tick += 1;
-        self.fire_faults(&mut state);
         let sample = (0..self.config.n_gpus)
-            .map(|gpu_idx| (gpu_idx, self.sample_gpu(&mut state, gpu_idx)))
+            .map(|gpu_idx| (gpu_idx, self.next_gpu_sample(&mut state, gpu_idx)))
             .collect();
         Ok(sample)
+    }
+
+    fn sample_gpu(&self, gpu_idx: u32) -> Result<BTreeMap<Field, f64>, GpuError> {
+        if gpu_idx >= self.config.n_gpus {
+            return Err(GpuError::NoSuchGpu { gpu_idx });
+        }
+        let stall = {
+            let mut state = self.lock();
+            match self.stall_fault() {
+                Some((gpu, seconds)) if gpu == gpu_idx && state.loaded && !state.stall_fired => {
+                    state.stall_fired = true;
+                    Some(seconds)
+                }
+                _ => None,
+            }
+        };
+        if let Some(seconds) = stall {
+            // Hang without the state lock, as a wedged driver call would: the other GPUs'
+            // workers keep sampling.
+            std::thread::sleep(Duration::from_secs(u64::from(seconds)));
+        }
+        let mut state = self.lock();
+        Ok(self.next_gpu_sample(&mut state, gpu_idx))
     }
 
     fn events(&self) -> Vec<GpuEvent> {
@@ -546,7 +607,14 @@ mod tests {
                 .unwrap_err()
                 .contains("expected over-temp")
         );
-        for text in ["over-temp", "xid=79", "driver=1.2"] {
+        assert_eq!("stall=1:3".parse(), Ok(Fault::Stall { gpu: 1, seconds: 3 }));
+        assert!(
+            "stall=1"
+                .parse::<Fault>()
+                .unwrap_err()
+                .contains("stall=GPU:SECONDS")
+        );
+        for text in ["over-temp", "xid=79", "driver=1.2", "stall=1:3"] {
             assert_eq!(text.parse::<Fault>().unwrap().to_string(), text);
         }
     }
