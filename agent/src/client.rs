@@ -569,7 +569,10 @@ async fn upload_pass(
             Err(status)
                 if matches!(
                     status.code(),
-                    Code::FailedPrecondition | Code::PermissionDenied
+                    Code::FailedPrecondition
+                        | Code::PermissionDenied
+                        | Code::InvalidArgument
+                        | Code::NotFound
                 ) =>
             {
                 tracing::error!(
