@@ -112,16 +112,23 @@ pub fn next(state: JobState, event: JobEvent) -> Result<JobState, TransitionErro
 /// attempt (`retries + 1`). The agent reports the steps after a failed one as skipped, so the
 /// last step's final result ends the job. Failed outranks error: if the thing under test
 /// failed anywhere, the job failed.
+///
+/// A job reassigned after an interruption (see [`on_agent_restart`]) has results under more
+/// than one lease epoch: the latest epoch's latest attempt is the step's last result, and the
+/// attempts of every epoch count against the step's retries.
 pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobState> {
     let mut worst = JobState::Passed;
     for (step_index, retries) in step_retries.iter().enumerate() {
-        let last = results
-            .iter()
-            .filter(|r| r.step_index as usize == step_index)
-            .max_by_key(|r| r.attempt)?;
+        let of_step = || {
+            results
+                .iter()
+                .filter(move |r| r.step_index as usize == step_index)
+        };
+        let last = of_step().max_by_key(|r| (r.lease_epoch, r.attempt))?;
+        let n_attempts = attempts_used(of_step());
         let is_final = last.outcome == Outcome::Passed
             || last.outcome == Outcome::Skipped
-            || last.attempt > *retries;
+            || n_attempts > *retries;
         if !is_final {
             return None;
         }
@@ -134,10 +141,190 @@ pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobSt
     Some(worst)
 }
 
+/// Attempts a step has used: per lease epoch the highest attempt number (the agent numbers
+/// attempts from 1 under each assignment), added up over epochs.
+fn attempts_used<'a>(results: impl Iterator<Item = &'a StepResult>) -> u32 {
+    let mut per_epoch = std::collections::BTreeMap::<u64, u32>::new();
+    for result in results {
+        let max = per_epoch.entry(result.lease_epoch).or_default();
+        *max = (*max).max(result.attempt);
+    }
+    per_epoch
+        .values()
+        .fold(0u32, |sum, n| sum.saturating_add(*n))
+}
+
+/// What the agent said about itself when it (re)connected or sent a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Whether the agent says it runs this job.
+    pub runs_job: bool,
+    /// Results the agent still holds in its spool, not yet acknowledged.
+    pub unsent_results: u32,
+}
+
+/// What to do about a running job its agent no longer runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartDecision {
+    /// Nothing: the job is not running, the agent runs it, or results are still on the way.
+    Nothing,
+    /// The agent restarted during an attempt: record it as an `error` result, then either
+    /// reassign the job (retries remain) or end it.
+    Interrupted {
+        /// The step the agent was running.
+        step_index: u32,
+        /// The attempt number the interrupted attempt gets.
+        attempt: u32,
+        /// `Some(Error)` when the step has no retries left and the job ends; `None` when the
+        /// job is reassigned under a new lease epoch so the agent runs the remaining attempts.
+        end: Option<JobState>,
+        /// Why, for the result's message.
+        message: String,
+    },
+}
+
+/// Decides what an agent's restart means for a job the controller believes it runs.
+///
+/// Only a `running` job can be interrupted (an `assigned` one is simply sent again). While the
+/// agent still holds unsent results, it may have finished the job during an outage: nothing is
+/// decided until its spool is empty, so no result is ever invented ahead of a real one.
+pub fn on_agent_restart(
+    state: JobState,
+    lease_epoch: u64,
+    agent: AgentReport,
+    results: &[StepResult],
+    step_names: &[String],
+    step_retries: &[u32],
+) -> RestartDecision {
+    if state != JobState::Running || agent.runs_job || agent.unsent_results > 0 {
+        return RestartDecision::Nothing;
+    }
+    if final_state(results, step_retries).is_some() {
+        return RestartDecision::Nothing;
+    }
+    // The first step without a final result is the one the agent was in.
+    for (step_index, retries) in step_retries.iter().enumerate() {
+        let of_step: Vec<&StepResult> = results
+            .iter()
+            .filter(|r| r.step_index as usize == step_index)
+            .collect();
+        let last = of_step.iter().max_by_key(|r| (r.lease_epoch, r.attempt));
+        let n_attempts = attempts_used(of_step.iter().copied());
+        let is_final = last.is_some_and(|last| {
+            matches!(last.outcome, Outcome::Passed | Outcome::Skipped) || n_attempts > *retries
+        });
+        if is_final {
+            continue;
+        }
+        // Numbered after the agent's latest attempt under the current lease epoch.
+        let attempt = of_step
+            .iter()
+            .filter(|r| r.lease_epoch == lease_epoch)
+            .map(|r| r.attempt)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let name = step_names
+            .get(step_index)
+            .map_or_else(|| format!("#{step_index}"), Clone::clone);
+        let attempts_used = n_attempts + 1;
+        return RestartDecision::Interrupted {
+            step_index: u32::try_from(step_index).unwrap_or(u32::MAX),
+            attempt,
+            end: (attempts_used > *retries).then_some(JobState::Error),
+            message: format!("interrupted: the agent restarted during step {name}"),
+        };
+    }
+    RestartDecision::Nothing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::step_result;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("step{i}")).collect()
+    }
+
+    const IDLE: AgentReport = AgentReport {
+        runs_job: false,
+        unsent_results: 0,
+    };
+
+    #[test]
+    fn a_restart_with_retries_left_reassigns() {
+        let results = vec![step_result(0, 1, Outcome::Passed)];
+        let decision = on_agent_restart(JobState::Running, 1, IDLE, &results, &names(2), &[0, 1]);
+        assert_eq!(
+            decision,
+            RestartDecision::Interrupted {
+                step_index: 1,
+                attempt: 1,
+                end: None,
+                message: "interrupted: the agent restarted during step step1".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_restart_without_retries_ends_the_job_as_error() {
+        let results = vec![step_result(0, 1, Outcome::Failed)];
+        let decision = on_agent_restart(JobState::Running, 1, IDLE, &results, &names(1), &[1]);
+        assert!(matches!(
+            decision,
+            RestartDecision::Interrupted {
+                step_index: 0,
+                attempt: 2,
+                end: Some(JobState::Error),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn no_decision_while_the_agent_runs_it_or_has_unsent_results() {
+        let results = vec![];
+        for agent in [
+            AgentReport {
+                runs_job: true,
+                unsent_results: 0,
+            },
+            AgentReport {
+                runs_job: false,
+                unsent_results: 2,
+            },
+        ] {
+            assert_eq!(
+                on_agent_restart(JobState::Running, 1, agent, &results, &names(1), &[0]),
+                RestartDecision::Nothing
+            );
+        }
+        for state in [JobState::Assigned, JobState::Passed, JobState::Lost] {
+            assert_eq!(
+                on_agent_restart(state, 1, IDLE, &results, &names(1), &[0]),
+                RestartDecision::Nothing
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_reassignment_the_new_epoch_counts_and_attempts_add_up() {
+        // Epoch 1: step 0 interrupted at attempt 1 (error); epoch 2 reruns it and passes.
+        let interrupted = step_result(0, 1, Outcome::Error);
+        let mut rerun = step_result(0, 1, Outcome::Passed);
+        rerun.lease_epoch = 2;
+        assert_eq!(
+            final_state(&[interrupted.clone(), rerun], &[1]),
+            Some(JobState::Passed)
+        );
+        let mut failed_again = step_result(0, 1, Outcome::Error);
+        failed_again.lease_epoch = 2;
+        assert_eq!(
+            final_state(&[interrupted, failed_again], &[1]),
+            Some(JobState::Error)
+        );
+    }
 
     #[test]
     fn happy_path() {
