@@ -212,12 +212,14 @@ pub async fn run_with(
         data_dir = %config.data_dir.display(),
         "controller starting"
     );
+    let report_key = report::signing_key::load_or_create(&config.data_dir)
+        .context("loading the report signing key")?;
     let shared = Arc::new(Shared::new(store, config));
     let serving = Serving {
         addr: local_addr,
         shared: shared.clone(),
     };
-    let result = serve(shared.clone(), listener, shutdown, move || {
+    let result = serve(shared.clone(), report_key, listener, shutdown, move || {
         tracing::info!(addr = %local_addr, "serving");
         on_serving(serving);
     })
@@ -230,6 +232,7 @@ pub async fn run_with(
 /// Serves every service and runs the loops until shutdown; does not close the store.
 async fn serve(
     shared: Arc<Shared>,
+    report_key: ed25519_dalek::SigningKey,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_serving: impl FnOnce(),
@@ -309,6 +312,7 @@ async fn serve(
         )))
         .add_service(ReportServiceServer::new(grpc::report::ReportApi::new(
             shared.clone(),
+            report_key,
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     tokio::pin!(server);

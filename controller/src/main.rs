@@ -22,6 +22,16 @@ struct Cli {
 enum Command {
     /// Serves the gRPC API (agents and managers) until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Prints the public key reports are signed with (hex), making the key pair if the data
+    /// directory has none yet.
+    PublicKey(PublicKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PublicKeyArgs {
+    /// Where the controller keeps its files.
+    #[arg(long, default_value = "./.tollgate", value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +77,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::PublicKey(args) => {
+            return match tollgate_controller::report::signing_key::load_or_create(&args.data_dir) {
+                Ok(key) => {
+                    println!(
+                        "{}",
+                        tollgate_controller::report::signing_key::public_key_hex(&key)
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

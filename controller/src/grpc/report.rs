@@ -5,7 +5,8 @@ use super::release::no_gate;
 use super::{load_release, resolve_milestone};
 use crate::Shared;
 use crate::gates::evaluate_now;
-use crate::report::{ReportFormat, ReportInput};
+use crate::report::{CustomerScope, ReportFormat, ReportInput, scope_evidence};
+use ed25519_dalek::SigningKey;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tollgate_domain::NodeId;
@@ -16,12 +17,17 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct ReportApi {
     shared: Arc<Shared>,
+    /// Signs every report; loaded from the data directory at start.
+    key: Arc<SigningKey>,
 }
 
 impl ReportApi {
-    /// A service over the shared state.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    /// A service over the shared state, signing reports with `key`.
+    pub fn new(shared: Arc<Shared>, key: SigningKey) -> Self {
+        Self {
+            shared,
+            key: Arc::new(key),
+        }
     }
 }
 
@@ -35,6 +41,7 @@ impl ReportService for ReportApi {
             release,
             milestone,
             format,
+            customer,
         } = request.into_inner();
         let format = if format.is_empty() {
             "html"
@@ -44,12 +51,39 @@ impl ReportService for ReportApi {
         let format: ReportFormat = format
             .parse()
             .map_err(|message: String| Status::invalid_argument(format!("format: {message}")))?;
+        let scope: Option<CustomerScope> = if customer.is_empty() {
+            None
+        } else {
+            Some(customer.parse().map_err(|message: String| {
+                Status::invalid_argument(format!("customer: {message}"))
+            })?)
+        };
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
-        let evaluated = evaluate_now(shared, &release, &milestone)
-            .await?
-            .ok_or_else(|| no_gate(&milestone))?;
+        let evaluated = match &scope {
+            None => evaluate_now(shared, &release, &milestone)
+                .await?
+                .ok_or_else(|| no_gate(&milestone))?,
+            // A customer's decision is evaluated over their nodes' evidence alone and is not
+            // stored: it is not the release's decision, only a view of it.
+            Some(scope) => {
+                let gate = shared
+                    .store
+                    .get_gate(&milestone)
+                    .await?
+                    .ok_or_else(|| no_gate(&milestone))?;
+                let mut evidence = shared.store.load_evidence(&release, &milestone).await?;
+                scope_evidence(&mut evidence, scope);
+                let decision =
+                    tollgate_domain::gate::evaluate(&gate.policy, &evidence, &[], shared.now());
+                crate::gates::Evaluated {
+                    gate,
+                    evidence,
+                    decision,
+                }
+            }
+        };
 
         let mut plans = Vec::new();
         for run in &evaluated.evidence.runs {
@@ -86,11 +120,16 @@ impl ReportService for ReportApi {
             nodes,
             generated_at: shared.now(),
             controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+            // Filled from the store once waivers and the audit log are stored.
+            waivers: Vec::new(),
+            audit_head: None,
+            scope,
         };
         let release_id = input.release.id.clone();
         // Rendering is CPU work on data in memory; keep it off the request threads.
+        let key = self.key.clone();
         let rendered = tokio::task::spawn_blocking(move || {
-            let rendered = crate::report::render(&input, format);
+            let rendered = crate::report::render(&input, format, &key);
             (rendered, input.decision.digest)
         })
         .await
@@ -108,6 +147,19 @@ impl ReportService for ReportApi {
             media_type: rendered.media_type.to_owned(),
             file_extension: rendered.extension.to_owned(),
             decision_digest: digest,
+        }))
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<proto::GetPublicKeyRequest>,
+    ) -> Result<Response<proto::PublicKey>, Status> {
+        let proto::GetPublicKeyRequest {} = request.into_inner();
+        let key = self.key.verifying_key();
+        Ok(Response::new(proto::PublicKey {
+            algorithm: tollgate_domain::report_signature::ALGORITHM.to_owned(),
+            public_key: hex::encode(key.as_bytes()),
+            fingerprint: tollgate_domain::report_signature::fingerprint(&key),
         }))
     }
 }

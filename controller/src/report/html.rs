@@ -12,6 +12,7 @@ use super::model::{
 };
 use super::text::{self, Html, put};
 use std::collections::BTreeSet;
+use tollgate_domain::report_signature::{self as signature, SignatureBlock};
 use tollgate_domain::telemetry::Field;
 
 /// Simulated node names listed in the banner; the node table marks every one.
@@ -103,6 +104,38 @@ pub(crate) fn render(report: &Report) -> String {
     out
 }
 
+/// Inserts the signature region before `</body>`: the signature shown to the reader, the
+/// canonical content and the signature block as JSON data blocks (never executed: their type
+/// is `application/json`, and `<` inside them is escaped so no `</script>` can end them early).
+pub(crate) fn signed(visible: String, canonical: &str, block: &SignatureBlock) -> String {
+    let split = visible.rfind("</body>").unwrap_or(visible.len());
+    let mut out = String::with_capacity(visible.len() + canonical.len() + 8192);
+    out.push_str(&visible[..split]);
+    out.push_str(signature::REGION_BEGIN);
+    put!(
+        out,
+        "\n<section id=\"signature\">\n<h2>Signature</h2>\n<p>Signed with Ed25519 key \
+         <code>{}</code>; content sha256 <code>{}</code>. Check it offline with \
+         <code>tollgate report verify FILE --public-key KEY</code>: changing anything on this \
+         page or in its embedded data makes the check fail.</p>\n</section>\n",
+        Html(&block.public_key),
+        Html(&block.signed)
+    );
+    out.push_str(signature::HTML_DATA_OPEN);
+    out.push_str(&signature::escape_for_embedding(canonical));
+    out.push_str(signature::HTML_CLOSE);
+    out.push('\n');
+    out.push_str(signature::HTML_SIGNATURE_OPEN);
+    out.push_str(&signature::escape_for_embedding(
+        &serde_json::to_string(block).expect("a signature block serializes"),
+    ));
+    out.push_str(signature::HTML_CLOSE);
+    out.push('\n');
+    out.push_str(signature::REGION_END);
+    out.push_str(&visible[split..]);
+    out
+}
+
 fn badge(out: &mut String, class_and_text: &str) {
     // Class names come from fixed domain names (verdicts, outcomes, job states), never from
     // input text; they are still escaped so that stays harmless if it ever changes.
@@ -144,6 +177,15 @@ fn header(out: &mut String, report: &Report) {
             );
         }
         out.push_str(".</div>\n");
+    }
+    if let Some(scope) = &report.scope {
+        put!(
+            out,
+            "<div class=\"warn\"><strong>Customer scope: <code>{}={}</code>.</strong> {}</div>\n",
+            Html(&scope.label),
+            Html(&scope.value),
+            Html(&scope.note)
+        );
     }
     put!(
         out,
@@ -209,6 +251,14 @@ fn summary(out: &mut String, report: &Report) {
     kv(out, "Evaluated at", Html(&report.decision.evaluated_at));
     kv(out, "Generated at", Html(&report.generated_at));
     kv(out, "Controller version", Html(&report.controller_version));
+    match &report.audit_head {
+        Some(head) => kv(
+            out,
+            "Audit log head",
+            format_args!("<code>{}</code>", Html(head)),
+        ),
+        None => kv(out, "Audit log head", "(none)"),
+    }
     out.push_str("</table>\n");
     if !report.warnings.is_empty() {
         out.push_str("<div class=\"warn\"><strong>Warnings</strong><ul>\n");
@@ -414,6 +464,23 @@ fn waivers(out: &mut String, report: &Report) {
         "<section id=\"waivers\">\n<h2>Waivers</h2>\n<p class=\"muted\">{}</p>\n",
         Html(report.waivers.note)
     );
+    if !report.waivers.items.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>Rule</th><th>In force</th><th>Reason</th><th>Ticket</th><th>Approver</th><th>Expires</th><th>Revoked</th></tr></thead>\n<tbody>\n");
+        for waiver in &report.waivers.items {
+            put!(
+                out,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                Html(&waiver.rule_id),
+                if waiver.in_force { "yes" } else { "no" },
+                Html(&waiver.reason),
+                Html(&waiver.ticket),
+                Html(&waiver.approver),
+                Html(&waiver.expires_at),
+                Html(waiver.revoked_at.as_deref().unwrap_or_default())
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
     let waived: Vec<&RuleView> = report
         .rules
         .iter()

@@ -3,6 +3,7 @@
 
 use super::model::{AttemptView, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
 use super::text::{self, md, md_code, put};
+use tollgate_domain::report_signature::{self as signature, SignatureBlock};
 
 /// Columns wider than this are not padded further, so one long message does not push every
 /// row of a table off the screen.
@@ -70,6 +71,33 @@ fn opt_num<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// Appends the signature region to the visible Markdown: a short signature section, then the
+/// canonical content and the signature block in HTML comments (invisible when rendered).
+pub(crate) fn signed(visible: String, canonical: &str, block: &SignatureBlock) -> String {
+    let mut out = visible;
+    out.reserve(canonical.len() + 4096);
+    put!(
+        out,
+        "{}\n## Signature\n\nSigned with Ed25519 key `{}`. Check it offline with \
+         `tollgate report verify FILE --public-key KEY`; changing anything above or in the data \
+         below makes the check fail.\n\n",
+        signature::REGION_BEGIN,
+        block.public_key
+    );
+    out.push_str(signature::MARKDOWN_DATA_OPEN);
+    out.push_str(&signature::escape_for_embedding(canonical));
+    out.push_str(signature::MARKDOWN_CLOSE);
+    out.push('\n');
+    out.push_str(signature::MARKDOWN_SIGNATURE_OPEN);
+    out.push_str(&signature::escape_for_embedding(
+        &serde_json::to_string(block).expect("a signature block serializes"),
+    ));
+    out.push_str(signature::MARKDOWN_CLOSE);
+    out.push('\n');
+    out.push_str(signature::REGION_END);
+    out
+}
+
 /// Renders `report` as Markdown.
 pub(crate) fn render(report: &Report) -> String {
     let n_attempts = report.summary.n_attempts;
@@ -96,6 +124,14 @@ pub(crate) fn render(report: &Report) -> String {
             );
         }
         out.push_str(".\n\n");
+    }
+    if let Some(scope) = &report.scope {
+        put!(
+            out,
+            "> **Customer scope: {}.** {}\n\n",
+            md_code(&format!("{}={}", scope.label, scope.value)),
+            md(&scope.note)
+        );
     }
     summary(&mut out, report);
     components(&mut out, report);
@@ -151,6 +187,14 @@ fn summary(out: &mut String, report: &Report) {
     add("Evaluated at", report.decision.evaluated_at.clone());
     add("Generated at", report.generated_at.clone());
     add("Controller version", md(&report.controller_version));
+    add(
+        "Audit log head",
+        report
+            .audit_head
+            .as_deref()
+            .map(md_code)
+            .unwrap_or_else(|| "(none)".to_owned()),
+    );
     table.write(out);
     if !report.warnings.is_empty() {
         out.push_str("**Warnings:**\n\n");
@@ -290,6 +334,31 @@ fn rule_detail(out: &mut String, rule: &RuleView) {
 fn waivers(out: &mut String, report: &Report) {
     out.push_str("## Waivers\n\n");
     put!(out, "{}\n\n", md(report.waivers.note));
+    if !report.waivers.items.is_empty() {
+        let mut table = Table::new(&[
+            "Rule", "In force", "Reason", "Ticket", "Approver", "Expires", "Revoked", "Scope",
+        ]);
+        for waiver in &report.waivers.items {
+            let scope: Vec<String> = waiver
+                .nodes
+                .iter()
+                .map(|n| format!("node {n}"))
+                .chain(waiver.skus.iter().map(|s| format!("sku {s}")))
+                .chain(waiver.steps.iter().map(|s| format!("step {s}")))
+                .collect();
+            table.row(vec![
+                md_code(&waiver.rule_id),
+                if waiver.in_force { "yes" } else { "no" }.to_owned(),
+                md(&waiver.reason),
+                md(&waiver.ticket),
+                md(&waiver.approver),
+                waiver.expires_at.clone(),
+                waiver.revoked_at.clone().unwrap_or_default(),
+                md(&scope.join(", ")),
+            ]);
+        }
+        table.write(out);
+    }
     let waived: Vec<String> = report
         .rules
         .iter()

@@ -51,6 +51,16 @@ pub(crate) struct Report {
     pub warnings: Vec<String>,
     pub generated_at: String,
     pub controller_version: String,
+    pub audit_head: Option<String>,
+    pub scope: Option<ScopeView>,
+}
+
+/// The customer scope a report is restricted to.
+#[derive(Debug, Serialize)]
+pub(crate) struct ScopeView {
+    pub label: String,
+    pub value: String,
+    pub note: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,9 +185,22 @@ pub(crate) struct WaiversView {
     pub items: Vec<WaiverView>,
 }
 
-/// Reserved for waivers; the report input does not carry them yet, so no value is ever built.
+/// One waiver of a rule of the reported gate.
 #[derive(Debug, Serialize)]
-pub(crate) struct WaiverView {}
+pub(crate) struct WaiverView {
+    pub id: String,
+    pub rule_id: String,
+    pub reason: String,
+    pub ticket: String,
+    pub approver: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+    pub in_force: bool,
+    pub nodes: Vec<String>,
+    pub skus: Vec<String>,
+    pub steps: Vec<String>,
+}
 
 #[derive(Debug, Serialize)]
 pub(crate) struct PlanView {
@@ -515,11 +538,7 @@ pub(crate) fn build(input: &ReportInput) -> Report {
             version: input.policy.version(),
         },
         rules,
-        waivers: WaiversView {
-            reported: false,
-            note: "Waivers are not reported yet. A rule whose verdict is waived was exempted by a waiver in force; its reason names the approver, the ticket and the expiry.",
-            items: Vec::new(),
-        },
+        waivers: waivers_view(input),
         plans,
         runs,
         nodes,
@@ -527,6 +546,44 @@ pub(crate) fn build(input: &ReportInput) -> Report {
         warnings,
         generated_at: text::time(&input.generated_at),
         controller_version: input.controller_version.clone(),
+        audit_head: input.audit_head.clone(),
+        scope: input.scope.as_ref().map(|scope| ScopeView {
+            label: scope.label.clone(),
+            value: scope.value.clone(),
+            note: format!(
+                "This report covers only nodes labelled {}={}: it shows their evidence alone, and the gate was evaluated over that evidence alone.",
+                scope.label, scope.value
+            ),
+        }),
+    }
+}
+
+fn waivers_view(input: &ReportInput) -> WaiversView {
+    let mut items: Vec<WaiverView> = input
+        .waivers
+        .iter()
+        .map(|waiver| WaiverView {
+            id: waiver.id.clone(),
+            rule_id: waiver.rule_id.clone(),
+            reason: waiver.reason.clone(),
+            ticket: waiver.ticket.clone(),
+            approver: waiver.approver.clone(),
+            created_at: text::time(&waiver.created_at),
+            expires_at: text::time(&waiver.expires_at),
+            revoked_at: waiver.revoked_at.as_ref().map(text::time),
+            in_force: waiver.in_force(input.decision.evaluated_at),
+            nodes: waiver.nodes.iter().map(ToString::to_string).collect(),
+            skus: waiver.skus.clone(),
+            steps: waiver.steps.clone(),
+        })
+        .collect();
+    items.sort_by(|a, b| {
+        (&a.rule_id, &a.created_at, &a.id).cmp(&(&b.rule_id, &b.created_at, &b.id))
+    });
+    WaiversView {
+        reported: true,
+        note: "Every waiver of a rule of this gate: in force when the decision was evaluated, expired or revoked. A rule whose verdict is waived was exempted by a waiver in force.",
+        items,
     }
 }
 

@@ -5,6 +5,7 @@
 use super::model::{self, SIMULATED_BANNER};
 use super::text::Html;
 use super::*;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tollgate_domain::fleet::{GpuSourceKind, Inventory};
 use tollgate_domain::gate::{self, Evidence, JobEvidence, RunEvidence};
@@ -30,7 +31,7 @@ rules:
 "#;
 
 /// The top-level keys `docs/report-format.md` documents, in order.
-const TOP_LEVEL_KEYS: [&str; 17] = [
+const TOP_LEVEL_KEYS: [&str; 20] = [
     "schema",
     "title",
     "release",
@@ -48,7 +49,15 @@ const TOP_LEVEL_KEYS: [&str; 17] = [
     "warnings",
     "generated_at",
     "controller_version",
+    "audit_head",
+    "scope",
+    "signature",
 ];
+
+/// A fixed signing key, so renderings are reproducible.
+fn test_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+}
 
 fn plan() -> Plan {
     Plan {
@@ -227,6 +236,9 @@ fn input_with(hot: &str, hot_source: GpuSourceKind, cool: &str) -> ReportInput {
         plans: vec![plan],
         nodes: vec![cool_node, hot_node],
         generated_at: at(1200),
+        waivers: Vec::new(),
+        audit_head: None,
+        scope: None,
         controller_version: "0.1.0".into(),
     }
 }
@@ -236,7 +248,7 @@ fn input() -> ReportInput {
 }
 
 fn text_of(input: &ReportInput, format: ReportFormat) -> String {
-    String::from_utf8(render(input, format).content).expect("reports are UTF-8")
+    String::from_utf8(render(input, format, &test_key()).content).expect("reports are UTF-8")
 }
 
 #[test]
@@ -268,7 +280,7 @@ fn markdown_snapshot() {
 #[test]
 fn json_has_documented_keys_and_one_entry_per_rule() {
     let input = input();
-    let rendered = render(&input, ReportFormat::Json);
+    let rendered = render(&input, ReportFormat::Json, &test_key());
     assert_eq!(rendered.media_type, "application/json");
     let json: serde_json::Value =
         serde_json::from_slice(&rendered.content).expect("the JSON report parses");
@@ -293,7 +305,7 @@ fn json_has_documented_keys_and_one_entry_per_rule() {
     assert_eq!(json["decision"]["verdict"], "failed");
     assert_eq!(json["simulated"]["any"], true);
     assert_eq!(json["simulated"]["banner"], SIMULATED_BANNER);
-    assert_eq!(json["waivers"]["reported"], false);
+    assert_eq!(json["waivers"]["reported"], true);
     let nodes = json["nodes"].as_array().expect("nodes is an array");
     let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
     assert_eq!(names, ["lab-a-n1", "lab-a-n2"]);
@@ -331,6 +343,16 @@ fn html_is_self_contained() {
         "url(",
         "@font-face",
     ] {
+        // The only scripts are the two inert JSON data blocks of the signature.
+        let lower = lower
+            .replace(
+                "<script type=\"application/json\" id=\"tollgate-report\">",
+                "",
+            )
+            .replace(
+                "<script type=\"application/json\" id=\"tollgate-signature\">",
+                "",
+            );
         assert!(!lower.contains(forbidden), "the page contains {forbidden}");
     }
     // Internal anchors are the only links.
@@ -354,7 +376,7 @@ fn html_escapes_untrusted_text() {
     let input = input_with("lab-a-n1", GpuSourceKind::Simulated, evil);
     let html = text_of(&input, ReportFormat::Html);
     assert!(!html.contains(evil));
-    assert!(!html.to_ascii_lowercase().contains("<script"));
+    assert_eq!(html.to_ascii_lowercase().matches("<script").count(), 2);
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     // The log tail's markup characters are escaped too.
     assert!(html.contains("stuck &lt;waiting&gt;"));
@@ -364,7 +386,8 @@ fn html_escapes_untrusted_text() {
     assert!(markdown.contains(r"\<script>alert(1)\</script>"));
     // JSON carries the name as data, exactly.
     let json: serde_json::Value =
-        serde_json::from_slice(&render(&input, ReportFormat::Json).content).expect("parses");
+        serde_json::from_slice(&render(&input, ReportFormat::Json, &test_key()).content)
+            .expect("parses");
     assert_eq!(json["nodes"][0]["name"], evil);
 }
 
@@ -392,7 +415,8 @@ fn real_hardware_has_no_simulated_banner() {
         assert!(!text.contains("simulated GPU source"), "{format:?}");
     }
     let json: serde_json::Value =
-        serde_json::from_slice(&render(&input, ReportFormat::Json).content).expect("parses");
+        serde_json::from_slice(&render(&input, ReportFormat::Json, &test_key()).content)
+            .expect("parses");
     assert_eq!(json["simulated"]["any"], false);
     assert!(json["simulated"]["banner"].is_null());
     assert_eq!(json["summary"]["n_simulated_nodes"], 0);
@@ -419,9 +443,17 @@ fn output_is_deterministic_and_ignores_input_order() {
         ReportFormat::Json,
         ReportFormat::Html,
     ] {
-        let first = render(&input, format).content;
-        assert_eq!(first, render(&input, format).content, "{format:?}");
-        assert_eq!(first, render(&shuffled, format).content, "{format:?}");
+        let first = render(&input, format, &test_key()).content;
+        assert_eq!(
+            first,
+            render(&input, format, &test_key()).content,
+            "{format:?}"
+        );
+        assert_eq!(
+            first,
+            render(&shuffled, format, &test_key()).content,
+            "{format:?}"
+        );
     }
 }
 
@@ -584,6 +616,9 @@ fn fleet_input(n_nodes: usize) -> ReportInput {
         plans: vec![plan],
         nodes,
         generated_at: at(5000),
+        waivers: Vec::new(),
+        audit_head: None,
+        scope: None,
         controller_version: "bench".into(),
     }
 }
@@ -606,7 +641,7 @@ fn render_benchmark() {
         ReportFormat::Html,
     ] {
         let started = std::time::Instant::now();
-        let rendered = render(&input, format);
+        let rendered = render(&input, format, &test_key());
         println!(
             "{format:?}: {:?}, {:.1} MiB",
             started.elapsed(),
@@ -628,4 +663,183 @@ fn fleet_input_renders_every_node() {
     assert_eq!(html.matches("<details class=\"node\"").count(), 3);
     assert!(html.contains("<path class=\"lim\""));
     assert!(html.contains("40 more ok item(s) are not shown here"));
+}
+
+use tollgate_domain::report_signature as signature;
+
+fn signed_text(format: ReportFormat) -> String {
+    String::from_utf8(render(&input(), format, &test_key()).content).expect("UTF-8")
+}
+
+#[test]
+fn every_format_verifies_with_the_signing_key() {
+    let key = test_key().verifying_key();
+    for format in [
+        ReportFormat::Markdown,
+        ReportFormat::Json,
+        ReportFormat::Html,
+        ReportFormat::Junit,
+    ] {
+        let verified = signature::verify(&signed_text(format), Some(&key))
+            .unwrap_or_else(|error| panic!("{format:?}: {error}"));
+        assert_eq!(
+            verified.release,
+            input().release.id.to_string(),
+            "{format:?}"
+        );
+        assert_eq!(verified.verdict, "failed", "{format:?}");
+        assert_eq!(verified.fingerprint, signature::fingerprint(&key));
+    }
+}
+
+#[test]
+fn another_key_fails_verification() {
+    let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
+    let error =
+        signature::verify(&signed_text(ReportFormat::Json), Some(&other)).expect_err("another key");
+    assert!(
+        error.to_string().contains("not by the expected key"),
+        "{error}"
+    );
+}
+
+/// Replaces the first occurrence of `from` at or after `marker`.
+fn edit_after(text: &str, marker: &str, from: &str, to: &str) -> String {
+    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker}"));
+    let at = start
+        + text[start..]
+            .find(from)
+            .unwrap_or_else(|| panic!("no {from}"));
+    format!("{}{to}{}", &text[..at], &text[at + from.len()..])
+}
+
+#[test]
+fn editing_a_number_fails_verification_and_names_the_place() {
+    // The embedded data: the hot node's temperature threshold in the rule's limit.
+    for format in [
+        ReportFormat::Markdown,
+        ReportFormat::Html,
+        ReportFormat::Json,
+    ] {
+        let text = signed_text(format);
+        let edited = edit_after(&text, "\"threshold\":", "88.0", "98.0");
+        let error = signature::verify(&edited, None).expect_err("embedded edit");
+        assert!(
+            error
+                .to_string()
+                .contains("`/rules/1` (telemetry:gpu_temp_c)"),
+            "{format:?}: {error}"
+        );
+    }
+    // The visible text: a number in the rule's section.
+    let text = signed_text(ReportFormat::Markdown);
+    let edited = edit_after(&text, "## Nodes", "lab-a-n1", "lab-a-n9");
+    let error = signature::verify(&edited, None).expect_err("visible edit");
+    assert!(error.to_string().contains("visible report"), "{error}");
+    assert!(
+        error.to_string().contains("Nodes") || error.to_string().contains("lab-a-n"),
+        "{error}"
+    );
+    let text = signed_text(ReportFormat::Html);
+    let edited = edit_after(&text, "<section id=\"nodes\">", "8", "9");
+    let error = signature::verify(&edited, None).expect_err("visible edit");
+    assert!(error.to_string().contains("visible report"), "{error}");
+    let text = signed_text(ReportFormat::Junit);
+    let edited = edit_after(
+        &text,
+        "<testsuite name=\"rule",
+        "failures=\"",
+        "failures=\"0",
+    );
+    let error = signature::verify(&edited, None).expect_err("visible edit");
+    assert!(
+        error.to_string().contains("<testsuite name=\"rule "),
+        "{error}"
+    );
+}
+
+#[test]
+fn junit_parses_and_fails_one_verdict_per_failed_rule() {
+    use quick_xml::events::Event;
+    let text = signed_text(ReportFormat::Junit);
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let (mut suite, mut testcase) = (String::new(), String::new());
+    let mut failed_verdicts = Vec::new();
+    let mut properties = Vec::new();
+    loop {
+        match reader.read_event().expect("JUnit parses") {
+            Event::Eof => break,
+            Event::Start(element) | Event::Empty(element) => {
+                let attr = |name: &[u8]| {
+                    element
+                        .try_get_attribute(name)
+                        .expect("attribute")
+                        .map(|a| a.unescape_value().expect("unescapes").into_owned())
+                        .unwrap_or_default()
+                };
+                match element.name().as_ref() {
+                    b"testsuite" => suite = attr(b"name"),
+                    b"testcase" => testcase = attr(b"name"),
+                    b"failure" if testcase == "verdict" => failed_verdicts.push(suite.clone()),
+                    b"property" => properties.push(attr(b"name")),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let failed: Vec<String> = input()
+        .decision
+        .rules
+        .iter()
+        .filter(|rule| rule.verdict == gate::Verdict::Failed)
+        .map(|rule| format!("rule {}", rule.rule_id))
+        .collect();
+    assert!(!failed.is_empty());
+    assert_eq!(failed_verdicts, failed);
+    assert_eq!(properties, ["tollgate.signature", "tollgate.report"]);
+}
+
+#[test]
+fn customer_scope_keeps_only_the_labelled_nodes() {
+    let mut input = input();
+    let scope: CustomerScope = "customer=acme".parse().expect("scope");
+    let keep = input.evidence.runs[0].jobs[0].node.clone();
+    for run in &mut input.evidence.runs {
+        for job in &mut run.jobs {
+            if job.node == keep {
+                job.labels.insert("customer".into(), "acme".into());
+            }
+        }
+    }
+    scope_evidence(&mut input.evidence, &scope);
+    let nodes: BTreeSet<&NodeId> = input
+        .evidence
+        .runs
+        .iter()
+        .flat_map(|run| run.jobs.iter().map(|job| &job.node))
+        .collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), [&keep]);
+    input.nodes.retain(|node| node.id == keep);
+    input.scope = Some(scope);
+    let text = String::from_utf8(render(&input, ReportFormat::Markdown, &test_key()).content)
+        .expect("UTF-8");
+    assert!(text.contains("Customer scope: `customer=acme`"), "{text}");
+    assert!("bad=".parse::<CustomerScope>().is_err());
+}
+
+#[test]
+fn the_html_data_blocks_are_inert_and_external_free() {
+    let text = signed_text(ReportFormat::Html);
+    let n_scripts = text.matches("<script").count();
+    assert_eq!(n_scripts, 2, "only the two JSON data blocks");
+    assert_eq!(text.matches("<script type=\"application/json\"").count(), 2);
+    for external in ["src=", "href=\"http", "url(http", "@import"] {
+        assert!(!text.contains(external), "{external}");
+    }
+    let region = &text[text.find(signature::REGION_BEGIN).expect("region")..];
+    let data = &region
+        [region.find(signature::HTML_DATA_OPEN).expect("data") + signature::HTML_DATA_OPEN.len()..];
+    let data = &data[..data.find("</script>").expect("closed")];
+    assert!(!data.contains('<'), "no markup inside the data block");
 }
