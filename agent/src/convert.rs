@@ -330,6 +330,99 @@ pub fn job(assignment: v1::AssignJob) -> Result<Job, ConvertError> {
             Some(v1::step_spec::Kind::InventoryCheck(v1::InventoryCheckStep { components })) => {
                 StepKind::InventoryCheck { components }
             }
+            Some(v1::step_spec::Kind::DcgmDiag(v1::DcgmDiagStep {
+                level,
+                tests,
+                command,
+            })) => {
+                let level = u8::try_from(level)
+                    .ok()
+                    .filter(|level| tollgate_domain::plan::DCGM_LEVELS.contains(level));
+                let Some(level) = level else {
+                    problems.push(format!("steps[{position}].dcgm_diag.level: not 1 to 4"));
+                    continue;
+                };
+                StepKind::DcgmDiag {
+                    level,
+                    tests,
+                    command,
+                }
+            }
+            Some(v1::step_spec::Kind::Junit(v1::JunitStep {
+                command,
+                env,
+                workdir,
+                report,
+            })) => {
+                if command.is_empty() {
+                    problems.push(format!("steps[{position}].junit.command: empty"));
+                }
+                if report.is_empty() {
+                    problems.push(format!("steps[{position}].junit.report: empty"));
+                }
+                StepKind::Junit {
+                    command,
+                    env: env.into_iter().collect(),
+                    workdir: (!workdir.is_empty()).then_some(workdir),
+                    report,
+                }
+            }
+            Some(v1::step_spec::Kind::BurnIn(v1::BurnInStep {
+                command,
+                env,
+                workdir,
+                duration_ms,
+                limits,
+            })) => {
+                if command.is_empty() {
+                    problems.push(format!("steps[{position}].burn_in.command: empty"));
+                }
+                let mut domain_limits = Vec::new();
+                for (limit_idx, limit) in limits.into_iter().enumerate() {
+                    match limit.field.parse::<tollgate_domain::telemetry::Field>() {
+                        Ok(field) => domain_limits.push(tollgate_domain::plan::TelemetryLimit {
+                            field,
+                            min: limit.min,
+                            max: limit.max,
+                        }),
+                        Err(message) => problems.push(format!(
+                            "steps[{position}].burn_in.limits[{limit_idx}].field: {message}"
+                        )),
+                    }
+                }
+                StepKind::BurnIn {
+                    command,
+                    env: env.into_iter().collect(),
+                    workdir: (!workdir.is_empty()).then_some(workdir),
+                    duration: std::time::Duration::from_millis(duration_ms),
+                    limits: domain_limits,
+                }
+            }
+            Some(v1::step_spec::Kind::Flash(v1::FlashStep {
+                command,
+                env,
+                workdir,
+                component,
+                version,
+                reboot,
+            })) => {
+                if command.is_empty() {
+                    problems.push(format!("steps[{position}].flash.command: empty"));
+                }
+                if component.is_empty() || version.is_empty() {
+                    problems.push(format!(
+                        "steps[{position}].flash: component and version are required"
+                    ));
+                }
+                StepKind::Flash {
+                    command,
+                    env: env.into_iter().collect(),
+                    workdir: (!workdir.is_empty()).then_some(workdir),
+                    component,
+                    version,
+                    reboot,
+                }
+            }
             None => {
                 problems.push(format!("steps[{position}].kind: missing"));
                 continue;

@@ -42,6 +42,11 @@ pub enum Fault {
         /// How long it hangs.
         seconds: u32,
     },
+    /// Models firmware and driver installs (`versions-file=PATH`): while PATH exists, each of
+    /// its `name=version` lines overrides what the node reports (`driver`, `vbios` on every GPU,
+    /// any other name as a probe-reported component). A test's `flash` command writes the file,
+    /// as a real installer changes what NVML reports.
+    VersionsFile(String),
 }
 
 impl FromStr for Fault {
@@ -50,7 +55,7 @@ impl FromStr for Fault {
     /// Parses `over-temp`, `ecc-uncorrected`, `xid=CODE`, `driver=VERSION` or `vbios=VERSION`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let expected = "expected over-temp, ecc-uncorrected, xid=CODE, driver=VERSION, \
-             vbios=VERSION or stall=GPU:SECONDS";
+             vbios=VERSION, stall=GPU:SECONDS or versions-file=PATH";
         match text.split_once('=') {
             None if text == "over-temp" => Ok(Self::OverTemp),
             None if text == "ecc-uncorrected" => Ok(Self::EccUncorrected),
@@ -77,6 +82,9 @@ impl FromStr for Fault {
                     format!("fault '{text}': expected stall=GPU:SECONDS, e.g. stall=1:3")
                 }),
             Some(("vbios", version)) => Ok(Self::Vbios(version.trim().to_owned())),
+            Some(("versions-file", path)) if !path.trim().is_empty() => {
+                Ok(Self::VersionsFile(path.trim().to_owned()))
+            }
             _ => Err(format!("unknown fault '{text}' ({expected})")),
         }
     }
@@ -91,6 +99,7 @@ impl fmt::Display for Fault {
             Self::Driver(version) => write!(f, "driver={version}"),
             Self::Vbios(version) => write!(f, "vbios={version}"),
             Self::Stall { gpu, seconds } => write!(f, "stall={gpu}:{seconds}"),
+            Self::VersionsFile(path) => write!(f, "versions-file={path}"),
         }
     }
 }
@@ -171,6 +180,23 @@ impl SimulatedSource {
             Fault::Xid(code) => Some(*code),
             _ => None,
         })
+    }
+
+    /// The `name=version` lines of the `versions-file=` fault's file, when it exists.
+    fn flashed_versions(&self) -> Vec<(String, String)> {
+        let Some(path) = self.config.faults.iter().find_map(|fault| match fault {
+            Fault::VersionsFile(path) => Some(path),
+            _ => None,
+        }) else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, version)| (name.trim().to_owned(), version.trim().to_owned()))
+            .filter(|(name, version)| !name.is_empty() && !version.is_empty())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -363,6 +389,16 @@ impl GpuSource for SimulatedSource {
                 _ => None,
             })
             .unwrap_or_else(|| self.config.vbios.clone());
+        let (mut driver, mut vbios, mut components) = (driver, vbios, BTreeMap::new());
+        for (name, version) in self.flashed_versions() {
+            match name.as_str() {
+                "driver" => driver = version,
+                "vbios" => vbios = version,
+                _ => {
+                    components.insert(name, version);
+                }
+            }
+        }
         Ok(Inventory {
             nvml_version: format!("12.{driver}"),
             driver_version: driver,
@@ -370,7 +406,7 @@ impl GpuSource for SimulatedSource {
             gpus: (0..self.config.n_gpus)
                 .map(|gpu_idx| self.gpu_info(gpu_idx, &vbios))
                 .collect(),
-            components: BTreeMap::new(),
+            components,
             gpu_source: GpuSourceKind::Simulated,
             hostname: self.hostname.clone(),
         })

@@ -1,3 +1,5 @@
 //! Parsers for what steps print.
 
+pub mod dcgm;
+pub mod junit;
 pub mod measure;

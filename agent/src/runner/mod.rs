@@ -30,6 +30,7 @@
 //! is left of the process group is killed.
 
 pub mod exec;
+mod kinds;
 
 use crate::gpu::GpuSource;
 use crate::sampler::Sampler;
@@ -132,14 +133,24 @@ pub async fn run_job(
             continue;
         }
         let attempts = job_step.step.retries.saturating_add(1);
+        let mut n_failed_attempts = 0u32;
         for attempt in 1..=attempts {
             let _ = events.send(JobEvent::StepStarted {
                 step_index: job_step.index,
                 attempt,
             });
-            let (result, was_stopped) =
+            let (mut result, was_stopped) =
                 run_attempt(context, job, job_step, attempt, &mut stop).await;
             let outcome = result.outcome;
+            if outcome == Outcome::Passed && n_failed_attempts > 0 {
+                // A pass after failures is recorded as flaky, so the evidence shows it.
+                result.message = format!(
+                    "{}; passed on attempt {attempt} after {n_failed_attempts} failed attempt(s) (flaky)",
+                    result.message
+                );
+            } else if outcome != Outcome::Passed {
+                n_failed_attempts += 1;
+            }
             tracing::info!(
                 job = %job.job_id,
                 step = %job_step.step.name,
@@ -172,6 +183,20 @@ pub async fn observe_inventory(source: &Arc<dyn GpuSource>) -> Result<Inventory,
         Ok(Err(error)) => Err(error.to_string()),
         Err(error) => Err(format!("inventory task failed: {error}")),
     }
+}
+
+/// The health facts an `inventory-check` adds to the version comparison, read from one fresh
+/// telemetry sample. A sample that cannot be read leaves only the inventory's own facts (ECC).
+async fn health_problems(context: &RunnerContext, inventory: &Inventory) -> Vec<String> {
+    let source = Arc::clone(&context.source);
+    let sample = match tokio::task::spawn_blocking(move || source.sample()).await {
+        Ok(Ok(sample)) => sample,
+        _ => Vec::new(),
+    };
+    tollgate_domain::fleet::check_health(inventory, &sample)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// An inventory with no GPUs, for results whose inventory could not be read.
@@ -305,6 +330,7 @@ struct AttemptEnd {
     measurements: Vec<tollgate_domain::result::Measurement>,
     log_tail: String,
     stopped: bool,
+    sub_results: Vec<tollgate_domain::result::SubResult>,
 }
 
 impl AttemptEnd {
@@ -316,6 +342,19 @@ impl AttemptEnd {
             measurements: Vec::new(),
             log_tail: String::new(),
             stopped: false,
+            sub_results: Vec::new(),
+        }
+    }
+
+    fn from_exec(report: exec::ExecReport) -> Self {
+        Self {
+            outcome: report.outcome,
+            exit_code: report.exit_code,
+            message: report.message,
+            measurements: report.measurements,
+            log_tail: report.log_tail,
+            stopped: report.stopped,
+            sub_results: Vec::new(),
         }
     }
 }
@@ -342,7 +381,7 @@ async fn run_attempt(
         .as_ref()
         .map(|inv| inv.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect())
         .unwrap_or_default();
-    let loads_gpus = matches!(step.kind, StepKind::Exec { .. });
+    let loads_gpus = !matches!(step.kind, StepKind::InventoryCheck { .. });
     let sampler = Sampler::start(
         Arc::clone(&context.source),
         gpus,
@@ -354,7 +393,13 @@ async fn run_attempt(
         Err(error) => AttemptEnd::error(format!("reading the inventory failed: {error}")),
         Ok(inventory) => match &step.kind {
             StepKind::InventoryCheck { components } => {
-                let mismatches = check_inventory(&job.components, components, inventory);
+                let mismatches: Vec<String> =
+                    check_inventory(&job.components, components, inventory)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                let health = health_problems(context, inventory).await;
+                let mismatches: Vec<String> = mismatches.into_iter().chain(health).collect();
                 if mismatches.is_empty() {
                     AttemptEnd {
                         outcome: Outcome::Passed,
@@ -362,19 +407,49 @@ async fn run_attempt(
                         ..AttemptEnd::error(String::new())
                     }
                 } else {
-                    let text: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
                     AttemptEnd {
                         outcome: Outcome::Failed,
-                        message: text.join("; "),
+                        message: mismatches.join("; "),
                         ..AttemptEnd::error(String::new())
                     }
                 }
             }
-            StepKind::Exec {
-                command,
-                env,
-                workdir,
-            } => {
+            kind => {
+                let (command, env, workdir) = match kind {
+                    StepKind::Exec {
+                        command,
+                        env,
+                        workdir,
+                    }
+                    | StepKind::Junit {
+                        command,
+                        env,
+                        workdir,
+                        ..
+                    }
+                    | StepKind::BurnIn {
+                        command,
+                        env,
+                        workdir,
+                        ..
+                    }
+                    | StepKind::Flash {
+                        command,
+                        env,
+                        workdir,
+                        ..
+                    } => (command.clone(), env.clone(), workdir.clone()),
+                    StepKind::DcgmDiag {
+                        level,
+                        tests,
+                        command,
+                    } => (
+                        kinds::dcgm_argv(&StepKind::dcgm_command(*level, tests, command)),
+                        std::collections::BTreeMap::new(),
+                        None,
+                    ),
+                    StepKind::InventoryCheck { .. } => (Vec::new(), Default::default(), None),
+                };
                 let dir = attempt_dir(
                     &context.state_dir,
                     &job.job_id,
@@ -390,7 +465,7 @@ async fn run_attempt(
                     )),
                     Ok(()) => {
                         let request = exec::ExecRequest {
-                            command: command.clone(),
+                            command,
                             env: step_env(
                                 context,
                                 job,
@@ -398,23 +473,13 @@ async fn run_attempt(
                                 attempt,
                                 &results_dir,
                                 inventory,
-                                env,
+                                &env,
                             ),
                             workdir: workdir.as_ref().map(PathBuf::from),
                             timeout: step.timeout,
                             log_path: dir.join("output.log"),
                         };
-                        match exec::run(&request, stop).await {
-                            Ok(report) => AttemptEnd {
-                                outcome: report.outcome,
-                                exit_code: report.exit_code,
-                                message: report.message,
-                                measurements: report.measurements,
-                                log_tail: report.log_tail,
-                                stopped: report.stopped,
-                            },
-                            Err(error) => AttemptEnd::error(error.to_string()),
-                        }
+                        kinds::run_kind(context, job, kind, &request, &results_dir, stop).await
                     }
                 }
             }
@@ -437,7 +502,7 @@ async fn run_attempt(
         inventory: inventory.unwrap_or_else(|_| unknown_inventory(&context.source)),
         log_tail: end.log_tail,
         message: end.message,
-        sub_results: Vec::new(),
+        sub_results: end.sub_results,
     };
     (result, end.stopped)
 }

@@ -385,3 +385,286 @@ async fn an_aborted_job_task_still_takes_the_process_group_down() {
         "grandchild {pid} outlived its aborted step"
     );
 }
+
+fn step(name: &str, kind: StepKind, timeout: Duration) -> Step {
+    Step {
+        name: name.into(),
+        kind,
+        timeout,
+        retries: 0,
+    }
+}
+
+const DCGM_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
+);
+
+#[tokio::test]
+async fn dcgm_diag_grades_each_test_per_gpu_and_fails_on_a_failed_test() {
+    let fixture = fixture(vec![]);
+    let diag = StepKind::DcgmDiag {
+        level: 2,
+        tests: Vec::new(),
+        command: vec!["cat".into(), DCGM_FIXTURE.into()],
+    };
+    let results = results_of(
+        &fixture,
+        &job(vec![step("diag", diag, Duration::from_secs(30))]),
+    )
+    .await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Failed, "{}", result.message);
+    assert_eq!(result.message, "dcgmi diag failed: memory on GPU 1");
+    assert_eq!(result.sub_results.len(), 6);
+    assert!(
+        result
+            .sub_results
+            .iter()
+            .all(|s| s.source == "dcgm-diag" && s.level == Some(2))
+    );
+}
+
+#[tokio::test]
+async fn dcgm_diag_runtime_error_and_garbage_are_harness_errors() {
+    let fixture = fixture(vec![]);
+    let printing = |json: &str| StepKind::DcgmDiag {
+        level: 1,
+        tests: Vec::new(),
+        command: vec!["printf".into(), "%s".into(), json.into()],
+    };
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "a",
+            printing(r#"{"DCGM Diagnostic": {"runtime_error": "no host engine"}}"#),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert!(
+        results[0].message.contains("did not run: no host engine"),
+        "{}",
+        results[0].message
+    );
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "b",
+            printing(r#"{"DCGM Diagnostic": {"test_categ"#),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert!(results[0].message.contains("not valid JSON"));
+}
+
+#[tokio::test]
+async fn junit_reads_the_report_from_the_results_dir() {
+    let fixture = fixture(vec![]);
+    let script = r#"cat > "$TOLLGATE_RESULTS_DIR/junit-1.xml" <<'XML'
+<testsuite name="nccl"><testcase classname="nccl" name="allreduce"/><testcase classname="nccl" name="p2p"><failure message="busbw too low"/></testcase></testsuite>
+XML
+exit 1"#;
+    let junit = |report: &str| StepKind::Junit {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        report: report.into(),
+    };
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "suite",
+            junit("junit-*.xml"),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Failed, "{}", result.message);
+    assert_eq!(result.sub_results.len(), 2);
+    assert_eq!(result.sub_results[1].name, "nccl.p2p");
+    assert_eq!(result.sub_results[1].message, "busbw too low");
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "suite",
+            junit("missing.xml"),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    assert!(
+        results[0].message.contains("missing.xml is missing"),
+        "{}",
+        results[0].message
+    );
+}
+
+fn burn_in(limits: Vec<tollgate_domain::plan::TelemetryLimit>) -> StepKind {
+    StepKind::BurnIn {
+        command: vec!["sleep".into(), "30".into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        duration: Duration::from_millis(600),
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn burn_in_passes_at_its_duration_and_stops_at_the_first_violation() {
+    let limits = vec![
+        tollgate_domain::plan::TelemetryLimit {
+            field: Field::GpuTempC,
+            min: None,
+            max: Some(88.0),
+        },
+        tollgate_domain::plan::TelemetryLimit {
+            field: Field::EccUncorrectedVolatile,
+            min: None,
+            max: Some(0.0),
+        },
+    ];
+    let fixture_ok = fixture(vec![]);
+    let started = std::time::Instant::now();
+    let results = results_of(
+        &fixture_ok,
+        &job(vec![step(
+            "burn",
+            burn_in(limits.clone()),
+            Duration::from_secs(20),
+        )]),
+    )
+    .await;
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Passed,
+        "{}",
+        results[0].message
+    );
+    assert_eq!(results[0].message, "ran 600ms within every limit");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let fixture_hot = fixture(vec![Fault::OverTemp]);
+    let results = results_of(
+        &fixture_hot,
+        &job(vec![step("burn", burn_in(limits), Duration::from_secs(20))]),
+    )
+    .await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Failed, "{}", result.message);
+    assert!(
+        result.message.starts_with("GPU 0 gpu_temp_c 9") && result.message.ends_with(" > limit 88"),
+        "{}",
+        result.message
+    );
+}
+
+#[tokio::test]
+async fn flash_passes_only_when_the_component_reports_the_target_version() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let versions = dir.path().join("sim-versions");
+    let mut fixture = fixture(vec![]);
+    fixture.context.source = Arc::new(SimulatedSource::new(SimConfig {
+        node: "node-1".into(),
+        seed: Some(42),
+        n_gpus: 2,
+        driver: "550.54.15".into(),
+        vbios: "96.00.74.00.01".into(),
+        faults: vec![Fault::VersionsFile(versions.display().to_string())],
+    }));
+    let flash = |written: &str| StepKind::Flash {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo 'vbios={written}' > '{}'", versions.display()),
+        ],
+        env: BTreeMap::new(),
+        workdir: None,
+        component: "vbios".into(),
+        version: "96.00.89.00.01".into(),
+        reboot: false,
+    };
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "flash",
+            flash("96.00.89.00.01"),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Passed,
+        "{}",
+        results[0].message
+    );
+    let results = results_of(
+        &fixture,
+        &job(vec![step(
+            "flash",
+            flash("96.00.74.00.01"),
+            Duration::from_secs(30),
+        )]),
+    )
+    .await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert_eq!(
+        results[0].message,
+        "after flashing, vbios on GPU 0 is 96.00.74.00.01, wanted 96.00.89.00.01; after flashing, vbios on GPU 1 is 96.00.74.00.01, wanted 96.00.89.00.01"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_after_a_failed_attempt_is_recorded_as_flaky() {
+    let fixture = fixture(vec![]);
+    let script = r#"marker="$TOLLGATE_RESULTS_DIR/../../flaky-marker"
+if [ -e "$marker" ]; then exit 0; fi
+touch "$marker"; exit 1"#;
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("flaky", script, Duration::from_secs(30), 2)]),
+    )
+    .await;
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert_eq!(results[1].outcome, Outcome::Passed);
+    assert_eq!(
+        results[1].message,
+        "exit code 0; passed on attempt 2 after 1 failed attempt(s) (flaky)"
+    );
+}
+
+#[tokio::test]
+async fn inventory_check_names_gpu_health_problems() {
+    let fixture = fixture(vec![]);
+    let mut job = job(vec![inventory_check("inventory")]);
+    job.components.truncate(1);
+    // The simulated GPUs report ECC on, a x16 link and no row remapping: healthy.
+    let results = results_of(&fixture, &job).await;
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Passed,
+        "{}",
+        results[0].message
+    );
+    let inventory = &results[0].inventory;
+    let mut sample = vec![(0, BTreeMap::from([(Field::PcieLinkWidth, 8.0)]))];
+    sample.push((1, BTreeMap::from([(Field::RowRemapFailure, 1.0)])));
+    let problems: Vec<String> = tollgate_domain::fleet::check_health(inventory, &sample)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "GPU 0: PCIe link width is x8, the GPU supports x16",
+            "GPU 1: row remapping failed (the GPU should be replaced)"
+        ]
+    );
+}
