@@ -377,6 +377,9 @@ pub fn job(assignment: v1::AssignJob) -> Result<Job, ConvertError> {
                 if command.is_empty() {
                     problems.push(format!("steps[{position}].burn_in.command: empty"));
                 }
+                if duration_ms == 0 {
+                    problems.push(format!("steps[{position}].burn_in.duration_ms: 0"));
+                }
                 let mut domain_limits = Vec::new();
                 for (limit_idx, limit) in limits.into_iter().enumerate() {
                     match limit.field.parse::<tollgate_domain::telemetry::Field>() {
@@ -555,6 +558,98 @@ mod tests {
         assert_eq!(
             error,
             "invalid AssignJob: steps[0].exec.command: empty; steps[1].kind: missing"
+        );
+    }
+
+    #[test]
+    fn qualification_kinds_convert_and_bad_ones_are_named() {
+        let spec = |index: u32, kind: v1::step_spec::Kind| v1::StepSpec {
+            index,
+            name: format!("s{index}"),
+            timeout_ms: 60_000,
+            kind: Some(kind),
+            ..v1::StepSpec::default()
+        };
+        let assignment = v1::AssignJob {
+            job_id: "job-1".into(),
+            steps: vec![
+                spec(
+                    0,
+                    v1::step_spec::Kind::DcgmDiag(v1::DcgmDiagStep {
+                        level: 3,
+                        tests: vec!["memory".into()],
+                        command: Vec::new(),
+                    }),
+                ),
+                spec(
+                    1,
+                    v1::step_spec::Kind::Junit(v1::JunitStep {
+                        command: vec!["pytest".into()],
+                        report: "junit.xml".into(),
+                        ..v1::JunitStep::default()
+                    }),
+                ),
+                spec(
+                    2,
+                    v1::step_spec::Kind::BurnIn(v1::BurnInStep {
+                        command: vec!["gpu-burn".into()],
+                        duration_ms: 1500,
+                        limits: vec![v1::TelemetryLimit {
+                            field: "gpu_temp_c".into(),
+                            min: None,
+                            max: Some(88.0),
+                        }],
+                        ..v1::BurnInStep::default()
+                    }),
+                ),
+                spec(
+                    3,
+                    v1::step_spec::Kind::Flash(v1::FlashStep {
+                        command: vec!["./flash.sh".into()],
+                        component: "vbios".into(),
+                        version: "96.00.89.00.01".into(),
+                        ..v1::FlashStep::default()
+                    }),
+                ),
+            ],
+            ..v1::AssignJob::default()
+        };
+        let job = job(assignment.clone()).unwrap();
+        let kinds: Vec<&str> = job.steps.iter().map(|s| s.step.kind.name()).collect();
+        assert_eq!(kinds, ["dcgm-diag", "junit", "burn-in", "flash"]);
+        let StepKind::BurnIn {
+            duration, limits, ..
+        } = &job.steps[2].step.kind
+        else {
+            panic!("burn-in expected");
+        };
+        assert_eq!(*duration, Duration::from_millis(1500));
+        assert_eq!(
+            limits[0].violation(90.0).as_deref(),
+            Some("gpu_temp_c 90 > limit 88")
+        );
+
+        let mut broken = assignment;
+        broken.steps[0].kind = Some(v1::step_spec::Kind::DcgmDiag(v1::DcgmDiagStep {
+            level: 7,
+            ..v1::DcgmDiagStep::default()
+        }));
+        broken.steps[2].kind = Some(v1::step_spec::Kind::BurnIn(v1::BurnInStep {
+            command: vec!["x".into()],
+            limits: vec![v1::TelemetryLimit {
+                field: "gpu_tmp".into(),
+                ..v1::TelemetryLimit::default()
+            }],
+            ..v1::BurnInStep::default()
+        }));
+        let error = super::job(broken).unwrap_err().to_string();
+        assert!(
+            error.contains("steps[0].dcgm_diag.level: not 1 to 4"),
+            "{error}"
+        );
+        assert!(
+            error.contains("steps[2].burn_in.limits[0].field: unknown telemetry field 'gpu_tmp'"),
+            "{error}"
         );
     }
 }
