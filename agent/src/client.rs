@@ -18,6 +18,7 @@ use crate::spool::{Spool, SpoolEntry};
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
@@ -78,7 +79,9 @@ enum SessionError {
 /// The job being run, owned by the slot; the job task removes it when done.
 struct RunningJob {
     job_id: JobId,
-    lease_epoch: u64,
+    /// The latest epoch the controller assigned the job under; results spooled from now on
+    /// carry it. Shared with the job task.
+    lease_epoch: Arc<AtomicU64>,
     stop: watch::Sender<Option<Stop>>,
     task: JoinHandle<()>,
 }
@@ -216,6 +219,7 @@ impl Agent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
                 running_job_id: self.running_job_id(),
                 sent_at: Some(convert::timestamp(crate::clock::now())),
+                unsent_results: self.spool.count_pending(),
             })),
         }
     }
@@ -360,7 +364,13 @@ impl Agent {
         if let Some(running) = slot.as_ref() {
             if running.job_id == job.job_id {
                 // A controller that reconnected re-sends the assignment: confirm, don't rerun.
-                return Some(accepted(&running.job_id, running.lease_epoch));
+                // A reassignment carries a newer epoch: acknowledge under it, and the results
+                // still to come carry it too (the old epoch is fenced off).
+                let epoch = running
+                    .lease_epoch
+                    .fetch_max(job.lease_epoch, Ordering::SeqCst)
+                    .max(job.lease_epoch);
+                return Some(accepted(&running.job_id, epoch));
             }
             tracing::warn!(running = %running.job_id, assigned = %job.job_id, "already running a job; assignment ignored");
             return None;
@@ -382,7 +392,7 @@ impl Agent {
             sample_interval: self.config.sample_interval,
         };
         let job_id = job.job_id.clone();
-        let lease_epoch = job.lease_epoch;
+        let lease_epoch = Arc::new(AtomicU64::new(job.lease_epoch));
         // The slot is locked while the task is spawned, so the task's own removal of the slot
         // entry always comes after this insertion.
         let task = tokio::spawn(drive_job(
@@ -393,6 +403,7 @@ impl Agent {
             Arc::clone(&self.upload),
             self.progress_sender.clone(),
             Arc::clone(&self.job),
+            Arc::clone(&lease_epoch),
         ));
         *slot = Some(RunningJob {
             job_id,
@@ -428,6 +439,7 @@ async fn drive_job(
     upload: Arc<Notify>,
     progress: mpsc::Sender<v1::AgentEvent>,
     slot: Arc<Mutex<Option<RunningJob>>>,
+    lease_epoch: Arc<AtomicU64>,
 ) {
     let (events, mut receiver) = mpsc::unbounded_channel();
     let run = async {
@@ -455,7 +467,8 @@ async fn drive_job(
                 }
                 JobEvent::Result(result) => {
                     outcomes.push(result.outcome);
-                    let wire = convert::step_result(&result);
+                    let mut wire = convert::step_result(&result);
+                    wire.lease_epoch = wire.lease_epoch.max(lease_epoch.load(Ordering::SeqCst));
                     let spool = Arc::clone(&spool);
                     match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
                         Ok(Ok(path)) => {

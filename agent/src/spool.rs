@@ -265,6 +265,19 @@ impl Spool {
         Ok(entries)
     }
 
+    /// How many results wait for an ack (files only counted, not read); 0 when the spool
+    /// cannot be listed.
+    pub fn count_pending(&self) -> u32 {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let n = entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == EXTENSION))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Deletes an acknowledged result.
     pub fn remove(&self, entry: &SpoolEntry) -> Result<(), SpoolError> {
         match fs::remove_file(&entry.path) {

@@ -220,6 +220,7 @@ fn heartbeat() -> proto::AgentEvent {
                 seconds: 1_767_225_600,
                 nanos: 0,
             }),
+            unsent_results: 0,
         })),
     }
 }

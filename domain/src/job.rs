@@ -3,6 +3,7 @@
 //! ```text
 //!   pending ──assign──▶ assigned ──accept──▶ running ──last result──▶ passed | failed | error
 //!      │                   │                    │
+//!      │                   ◀──agent restarted───┤
 //!      └──cancel──▶ cancelled ◀──cancel─────────┤
 //!                          └──lease expired──▶ lost ◀──lease expired──┘
 //! ```
@@ -67,6 +68,9 @@ pub enum JobEvent {
     LeaseExpired,
     /// A manager cancelled the run.
     Cancelled,
+    /// The agent restarted during the job with retries left (see [`on_agent_restart`]): the
+    /// job is assigned again under a new lease epoch.
+    AgentRestarted,
 }
 
 /// An event that does not apply in the job's state.
@@ -96,6 +100,7 @@ pub fn next(state: JobState, event: JobEvent) -> Result<JobState, TransitionErro
         ) if end.is_terminal() => end,
         (S::Assigned | S::Running, E::LeaseExpired) => S::Lost,
         (S::Pending | S::Assigned | S::Running, E::Cancelled) => S::Cancelled,
+        (S::Running, E::AgentRestarted) => S::Assigned,
         (state, event) => {
             return Err(TransitionError {
                 state,

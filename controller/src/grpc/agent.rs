@@ -222,9 +222,11 @@ async fn on_event(shared: &Shared, node: &NodeId, event: Event) -> Result<(), St
         Event::Heartbeat(proto::Heartbeat {
             running_job_id,
             sent_at: _,
+            unsent_results,
         }) => {
-            tracing::debug!(node = %node, running_job_id, "heartbeat");
-            on_heartbeat(shared, node).await
+            tracing::debug!(node = %node, running_job_id, unsent_results, "heartbeat");
+            on_heartbeat(shared, node).await?;
+            on_running_report(shared, node, &running_job_id, unsent_results).await
         }
         Event::JobAccepted(proto::JobAccepted {
             job_id,
@@ -259,6 +261,127 @@ async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<(), StoreError> 
         tracing::info!(node = %node, state = %state, "node reachable again");
         shared.notify_changed();
         shared.poke_scheduler();
+    }
+    Ok(())
+}
+
+/// Compares what the agent runs with the node's running job: an agent that restarted during a
+/// step no longer runs it, and the interrupted attempt is recorded as an `error` result; then
+/// the job is assigned again under a new epoch (retries left) or ends. The decision is the
+/// domain's (`job::on_agent_restart`).
+async fn on_running_report(
+    shared: &Shared,
+    node: &NodeId,
+    running_job_id: &str,
+    unsent_results: u32,
+) -> Result<(), StoreError> {
+    use tollgate_domain::job::{AgentReport, RestartDecision};
+    let store = &shared.store;
+    // Cheap checks first: this runs on every heartbeat.
+    if unsent_results > 0 {
+        return Ok(());
+    }
+    let Some(current_job) = store
+        .get_node(node)
+        .await?
+        .and_then(|node| node.current_job)
+    else {
+        return Ok(());
+    };
+    if current_job.as_str() == running_job_id {
+        return Ok(());
+    }
+    if let Some(job) = store.get_job(&current_job).await? {
+        if &job.node != node || job.state != JobState::Running {
+            return Ok(());
+        }
+        let results = store.results_of_job(&job.id).await?;
+        let Some(run) = store.get_run(&job.run_id).await? else {
+            return Ok(());
+        };
+        let Some(plan) = store
+            .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+            .await?
+        else {
+            return Ok(());
+        };
+        let steps = &plan.plan.steps;
+        let names: Vec<String> = steps.iter().map(|step| step.name.clone()).collect();
+        let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
+        let agent = AgentReport {
+            runs_job: running_job_id == job.id.as_str(),
+            unsent_results,
+        };
+        let RestartDecision::Interrupted {
+            step_index,
+            attempt,
+            end,
+            message,
+        } = tollgate_domain::job::on_agent_restart(
+            job.state,
+            job.lease_epoch,
+            agent,
+            &results,
+            &names,
+            &retries,
+        )
+        else {
+            return Ok(());
+        };
+        let now = shared.now();
+        let inventory = store
+            .get_node(node)
+            .await?
+            .map(|node| node.inventory)
+            .unwrap_or_default();
+        let interrupted = StepResult {
+            job_id: job.id.clone(),
+            step_index,
+            step_name: names.get(step_index as usize).cloned().unwrap_or_default(),
+            attempt,
+            lease_epoch: job.lease_epoch,
+            outcome: tollgate_domain::result::Outcome::Error,
+            exit_code: None,
+            started_at: now,
+            finished_at: now,
+            measurements: Vec::new(),
+            telemetry: Vec::new(),
+            events: Vec::new(),
+            inventory,
+            log_tail: String::new(),
+            message: message.clone(),
+            sub_results: Vec::new(),
+        };
+        let transition = end.map(|to| (job.state, to));
+        match store.record_result(&interrupted, transition, now).await {
+            Ok(Recorded::Duplicate) => return Ok(()),
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
+        shared.notify_changed();
+        if let Some(to) = end {
+            tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
+            shared.poke_scheduler();
+            shared.request_reevaluation(&run.id);
+            return Ok(());
+        }
+        let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::AgentRestarted) else {
+            return Ok(());
+        };
+        let epoch = job.lease_epoch + 1;
+        match store
+            .transition_job(&job.id, job.state, to, epoch, now)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(job = %job.id, node = %node, lease_epoch = epoch, "job assigned again after the agent restarted");
+                crate::scheduler::resend_assigned(shared, node).await?;
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }
