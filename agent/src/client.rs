@@ -431,6 +431,10 @@ impl Drop for Agent {
 }
 
 /// Runs a job, spooling each result before waking the uploader, then frees the job slot.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is a distinct handle the job task owns"
+)]
 async fn drive_job(
     context: RunnerContext,
     job: runner::Job,
@@ -465,7 +469,8 @@ async fn drive_job(
                     // Progress is informational: when no session drains it, drop it.
                     let _ = progress.try_send(started);
                 }
-                JobEvent::Result(result) => {
+                JobEvent::Result(mut result) => {
+                    mark_gpu_lost(&mut result);
                     outcomes.push(result.outcome);
                     let mut wire = convert::step_result(&result);
                     wire.lease_epoch = wire.lease_epoch.max(lease_epoch.load(Ordering::SeqCst));
@@ -501,6 +506,30 @@ async fn drive_job(
         .is_some_and(|running| running.job_id == job.job_id)
     {
         *slot = None;
+    }
+}
+
+/// A GPU that fell off the bus during an attempt fails it, whatever its process said: the
+/// evidence it produced cannot be trusted.
+fn mark_gpu_lost(result: &mut tollgate_domain::result::StepResult) {
+    use tollgate_domain::result::Outcome;
+    use tollgate_domain::telemetry::EventKind;
+    let lost: Vec<String> = result
+        .events
+        .iter()
+        .filter(|event| event.kind == EventKind::GpuLost)
+        .map(|event| event.gpu_index.to_string())
+        .collect();
+    if lost.is_empty() || matches!(result.outcome, Outcome::Failed) {
+        return;
+    }
+    if matches!(result.outcome, Outcome::Passed | Outcome::Error) {
+        result.outcome = Outcome::Failed;
+        result.message = format!(
+            "GPU {} fell off the bus during the step (gpu-lost); {}",
+            lost.join(", "),
+            result.message
+        );
     }
 }
 
@@ -689,6 +718,30 @@ mod tests {
         assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), BACKOFF_START);
+    }
+
+    #[test]
+    fn a_lost_gpu_fails_the_step() {
+        use tollgate_domain::result::Outcome;
+        use tollgate_domain::telemetry::{EventKind, GpuEvent};
+        let mut result = tollgate_domain::test_support::step_result(0, 1, Outcome::Passed);
+        mark_gpu_lost(&mut result);
+        assert_eq!(result.outcome, Outcome::Passed);
+        result.events.push(GpuEvent {
+            gpu_index: 3,
+            gpu_uuid: "GPU-3".into(),
+            kind: EventKind::GpuLost,
+            code: 0,
+            at: result.started_at,
+            detail: String::new(),
+        });
+        mark_gpu_lost(&mut result);
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert!(
+            result.message.starts_with("GPU 3 fell off the bus"),
+            "{}",
+            result.message
+        );
     }
 
     #[test]
