@@ -1,0 +1,97 @@
+//! Controller outages: the controller stops mid-run and comes back after longer than a lease
+//! grace; every result the agents produced meanwhile arrives from their spools exactly once,
+//! in order, and the run finishes. On SQLite and on PostgreSQL (the latter when
+//! `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
+
+use std::time::Duration;
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(results_survive_a_controller_outage_exactly_once);
+
+/// Four one-second steps: some end before the outage, some during it, some after.
+fn slow_plan() -> String {
+    let mut yaml = String::from("name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n");
+    for i in 0..4 {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    kind: exec\n    command: [sh, -c, \"sleep 1; echo '@tollgate measure step_{i} {i} n'\"]\n    timeout: 1m\n"
+        ));
+    }
+    yaml
+}
+
+async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    // Longer than the agents' largest reconnect backoff (5 s), shorter than the outage.
+    options.lease_grace = Duration::from_secs(8);
+    let Some(mut controller) = Controller::start(options).await else {
+        eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
+        return;
+    };
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 2, &[]))
+        .collect();
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(2).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(&slow_plan()).await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+    assert_eq!(run.jobs.len(), 2);
+
+    // Stop mid-run, stay away longer than the lease grace, come back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    controller.stop().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    controller.restart().await;
+
+    let mut clients = controller.clients().await;
+    let run = clients.wait_run_done(&run.id).await;
+    assert_eq!(run.state, "finished");
+    for job in &run.jobs {
+        assert_eq!(job.state, "passed", "job on {}: {:#?}", job.node, job.results);
+        let steps: Vec<(String, u32)> = job
+            .results
+            .iter()
+            .map(|r| (r.step_name.clone(), r.attempt))
+            .collect();
+        let expected: Vec<(String, u32)> = (0..4).map(|i| (format!("s{i}"), 1)).collect();
+        assert_eq!(steps, expected, "every result exactly once, on {}", job.node);
+        for (i, result) in job.results.iter().enumerate() {
+            assert_eq!(result.measurements[0].name, format!("step_{i}"));
+        }
+    }
+    for agent in agents {
+        let spool = agent.state_dir.join("spool");
+        let left = std::fs::read_dir(&spool)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_file())
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(left, 0, "the spool of {} is empty", agent.node);
+        for aside in ["rejected", "corrupt"] {
+            let n = std::fs::read_dir(spool.join(aside))
+                .map(|entries| entries.count())
+                .unwrap_or(0);
+            assert_eq!(n, 0, "nothing in spool/{aside} of {}", agent.node);
+        }
+        agent.stop().await;
+    }
+}
