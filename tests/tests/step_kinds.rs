@@ -1,0 +1,131 @@
+//! End to end for the qualification step kinds: a plan with `flash`, `junit`, `burn-in` and
+//! `dcgm-diag` steps runs on simulated agents against a real controller, the sub-results reach
+//! the store, and the gate's `dcgm-diag` rule decides on them.
+
+use tollgate_proto::v1;
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
+
+/// The synthetic `dcgmi diag -r 2 -j` output: `memory` fails on GPU 1, `pcie` is skipped there.
+const DCGM_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
+);
+
+fn plan(versions_dir: &str) -> String {
+    format!(
+        r#"name: full-qual
+selector: {{sku: hgx-h100}}
+steps:
+  - name: vbios
+    kind: flash
+    command: [sh, -c, "echo vbios=96.00.89.00.01 > {versions_dir}/$TOLLGATE_NODE.versions"]
+    component: vbios
+    version: 96.00.89.00.01
+    timeout: 30s
+  - name: nccl
+    kind: junit
+    command: [sh, -c, "printf '<testsuite name=\"nccl\"><testcase classname=\"nccl\" name=\"allreduce\"/></testsuite>' > $TOLLGATE_RESULTS_DIR/junit.xml"]
+    report: junit.xml
+    timeout: 30s
+  - name: burn
+    kind: burn-in
+    command: [sleep, "60"]
+    duration: 1500ms
+    timeout: 30s
+    limits:
+      - {{field: gpu_temp_c, max: 88}}
+      - {{field: ecc_uncorrected_volatile, max: 0}}
+  - name: diag
+    kind: dcgm-diag
+    level: 2
+    command: [cat, "{DCGM_FIXTURE}"]
+    timeout: 30s
+"#
+    )
+}
+
+const GATE: &str = r#"milestone: lab-qual
+rules:
+  - dcgm-diag: {level: 2, tests: [memory, pcie]}
+"#;
+
+fn outcome(result: &v1::StepResultSummary) -> v1::Outcome {
+    v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qualification_step_kinds_run_end_to_end() {
+    let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    let versions = tempfile::tempdir().expect("temp dir");
+    let versions_dir = versions.path().display().to_string();
+    let fault = |node: &str| format!("versions-file={versions_dir}/{node}.versions");
+    let (cool_fault, hot_fault) = (fault("lab-cool"), fault("lab-hot"));
+    // Both nodes start on an old VBIOS, which the flash step replaces.
+    let _agents = [
+        Agent::start(
+            &controller.url,
+            "lab-cool",
+            2,
+            &["vbios=96.00.74.00.01", &cool_fault],
+        ),
+        Agent::start(
+            &controller.url,
+            "lab-hot",
+            2,
+            &["vbios=96.00.74.00.01", &hot_fault, "over-temp"],
+        ),
+    ];
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(2).await;
+    clients.create_release("r550").await;
+    clients.apply_plan(&plan(&versions_dir)).await;
+    clients.apply_gate(GATE).await;
+    let run = clients.start_run("r550", "full-qual").await;
+    let run = clients.wait_run_done(&run.id).await;
+    let job = |node: &str| {
+        run.jobs
+            .iter()
+            .find(|job| job.node == node)
+            .expect("a job per node")
+    };
+
+    let cool = job("lab-cool");
+    let outcomes: Vec<v1::Outcome> = cool.results.iter().map(outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            v1::Outcome::Passed,
+            v1::Outcome::Passed,
+            v1::Outcome::Passed,
+            v1::Outcome::Failed
+        ],
+        "{:#?}",
+        cool.results
+    );
+    assert_eq!(cool.results[0].message, "after flashing, vbios is 96.00.89.00.01");
+    assert!(cool.results[1].message.starts_with("1 testcase(s): 1 passed"));
+    assert_eq!(cool.results[3].message, "dcgmi diag failed: memory on GPU 1");
+
+    let hot = job("lab-hot");
+    let burn = &hot.results[2];
+    assert_eq!(outcome(burn), v1::Outcome::Failed, "{:#?}", hot.results);
+    assert!(
+        burn.message.starts_with("GPU 0 gpu_temp_c 9") && burn.message.ends_with("> limit 88"),
+        "{}",
+        burn.message
+    );
+    assert_eq!(outcome(&hot.results[3]), v1::Outcome::Skipped);
+
+    // The gate reads the dcgm-diag sub-results: memory failed on lab-cool's GPU 1.
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    let rule = decision
+        .rules
+        .iter()
+        .find(|rule| rule.kind == "dcgm-diag")
+        .expect("the dcgm-diag rule");
+    assert_eq!(rule.verdict, "failed", "{rule:#?}");
+    assert!(rule.reason.contains("failed"), "{}", rule.reason);
+}
