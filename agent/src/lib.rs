@@ -11,6 +11,7 @@
 // Unsafe code is denied everywhere but `gpu::nvml_raw`, which says why it needs it.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -56,6 +56,13 @@ struct Args {
     /// Print the inventory as JSON to stdout and exit.
     #[arg(long)]
     print_inventory: bool,
+    /// Print N telemetry samples as JSON lines, one per sample interval, and exit.
+    #[arg(long, value_name = "N")]
+    print_samples: Option<u32>,
+    /// Measure the sampler's overhead for SECONDS (then a minimal loop for as long) on the
+    /// configured GPUs, print the figures as JSON and exit.
+    #[arg(long, value_name = "SECONDS")]
+    bench_sampling: Option<u64>,
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -157,6 +164,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sample_interval: args.sample_interval,
     };
     config.check().map_err(anyhow::Error::msg)?;
+    if let Some(seconds) = args.bench_sampling {
+        let source = tollgate_agent::build_source(&config)?;
+        let n_gpus = u32::try_from(source.inventory()?.gpus.len()).unwrap_or(0);
+        let report = tollgate_agent::bench::run(
+            source,
+            n_gpus,
+            config.sample_interval,
+            Duration::from_secs(seconds),
+        )
+        .await;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if let Some(n) = args.print_samples {
+        let source = tollgate_agent::build_source(&config)?;
+        let inventory = source.inventory().context("reading the inventory")?;
+        let deadline = tollgate_agent::sampler::deadline_for(config.sample_interval);
+        let mut ticker = tokio::time::interval(config.sample_interval);
+        for _ in 0..n {
+            ticker.tick().await;
+            let mut gpus = Vec::new();
+            for gpu in &inventory.gpus {
+                let reader = std::sync::Arc::clone(&source);
+                let gpu_idx = gpu.index;
+                let read = tokio::time::timeout(
+                    deadline,
+                    tokio::task::spawn_blocking(move || reader.sample_gpu(gpu_idx)),
+                )
+                .await;
+                let values = match read {
+                    Ok(Ok(Ok(values))) => serde_json::to_value(
+                        values
+                            .iter()
+                            .map(|(field, value)| (field.name(), *value))
+                            .collect::<BTreeMap<_, _>>(),
+                    )?,
+                    Ok(Ok(Err(error))) => serde_json::json!({ "error": error.to_string() }),
+                    Ok(Err(error)) => serde_json::json!({ "error": error.to_string() }),
+                    Err(_) => serde_json::json!({ "error": "missed its deadline" }),
+                };
+                gpus.push(serde_json::json!({
+                    "index": gpu.index,
+                    "uuid": gpu.uuid,
+                    "pci_bus_id": gpu.pci_bus_id,
+                    "values": values,
+                }));
+            }
+            let line = serde_json::json!({
+                "at": tollgate_agent::clock::now().to_rfc3339(),
+                "gpus": gpus,
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
     if args.print_inventory {
         let source = tollgate_agent::build_source(&config)?;
         let inventory = source.inventory().context("reading the inventory")?;
