@@ -11,7 +11,7 @@ const AFTER_HELP: &str = "\
 Output: every command that prints takes -o/--output text|json after the command, for example
 `tollgate node list -o json`. JSON is the controller's answer with snake_case field names.
 `tollgate report` is the one exception: there -o/--output names the file to write, --format
-picks markdown, json or html, and --json prints the summary line as JSON.
+picks markdown, json, html or junit, and --json prints the summary line as JSON.
 
 Exit codes: 0 ok; 1 other errors (including an unreachable controller and invalid plan or gate
 files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses);
@@ -56,7 +56,8 @@ pub enum Command {
     Run(RunCommand),
     /// Moves a release past its current milestone, if its gate passed.
     Promote(PromoteArgs),
-    /// Writes the customer acceptance report of a release at a milestone.
+    /// Writes the signed customer acceptance report of a release at a milestone; `report
+    /// verify` checks a report file offline, `report public-key` prints the signing key.
     Report(ReportArgs),
     /// Starts a controller and four simulated agents on loopback and walks through a
     /// qualification that fails its gate.
@@ -279,6 +280,8 @@ pub enum ReportFormat {
     Json,
     /// Self-contained HTML.
     Html,
+    /// JUnit XML, for CI tools.
+    Junit,
 }
 
 impl ReportFormat {
@@ -288,18 +291,30 @@ impl ReportFormat {
             Self::Markdown => "markdown",
             Self::Json => "json",
             Self::Html => "html",
+            Self::Junit => "junit",
         }
     }
 }
 
 /// `tollgate report ...`
 #[derive(Debug, Args)]
-#[command(after_help = "\
-Here -o/--output is the file to write, not the output format; --json prints the summary as JSON.")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "\
+Here -o/--output is the file to write, not the output format; --json prints the summary as JSON.
+
+Every report is signed with the controller's Ed25519 key. Check a file offline with
+  tollgate report verify FILE --public-key HEX
+where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub)."
+)]
 pub struct ReportArgs {
-    /// Release name.
-    #[arg(long)]
-    pub release: String,
+    /// Verify a report file, or print the signing key, instead of rendering.
+    #[command(subcommand)]
+    pub command: Option<ReportCommand>,
+    /// Release name (required to render).
+    #[arg(long, required = true)]
+    pub release: Option<String>,
     /// Milestone; the release's current one when left out.
     #[arg(long)]
     pub milestone: Option<String>,
@@ -309,9 +324,52 @@ pub struct ReportArgs {
     /// File to write; RELEASE-MILESTONE.EXT in the current directory when left out.
     #[arg(long = "output", short = 'o', value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Only the nodes whose label LABEL has VALUE, for example customer=acme: the report and
+    /// its decision cover that customer's nodes alone.
+    #[arg(long, value_name = "LABEL=VALUE", value_parser = parse_customer)]
+    pub customer: Option<String>,
     /// Print the path and digest as a JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_customer(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((label, value)) if !label.is_empty() && !value.is_empty() => Ok(text.to_owned()),
+        _ => Err(format!("'{text}' is not LABEL=VALUE")),
+    }
+}
+
+/// `tollgate report verify|public-key`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Checks a report file's signature offline, without a controller: exit 0 valid, 1 does
+    /// not verify, 2 unusable input (not a signed report, unreadable file, bad key).
+    Verify(VerifyArgs),
+    /// Prints the public key the controller signs reports with (hex, then its fingerprint).
+    PublicKey {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate report verify ...`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Without --public-key or --key-file the signature is only checked against the key embedded in
+the report, which anyone can replace with their own: pin your controller's key.")]
+pub struct VerifyArgs {
+    /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`.
+    pub file: PathBuf,
+    /// The controller's public key, hex, as `tollgate report public-key` prints it.
+    #[arg(long, value_name = "HEX", conflicts_with = "key_file")]
+    pub public_key: Option<String>,
+    /// A file whose first line is the controller's public key, hex (for example its
+    /// report-signing.pub, or the output of `tollgate report public-key`).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `tollgate demo ...`
@@ -361,6 +419,43 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn report_verify_needs_no_release_and_render_needs_one() {
+        let cli = Cli::try_parse_from(["tollgate", "report", "verify", "r1.html"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Report(ReportArgs {
+                command: Some(ReportCommand::Verify(_)),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["tollgate", "report", "--format", "junit"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "tollgate",
+                "report",
+                "--release",
+                "r1",
+                "--customer",
+                "acme"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "tollgate",
+                "report",
+                "verify",
+                "f",
+                "--public-key",
+                "ab",
+                "--key-file",
+                "k"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate(command) => gate::run(&Controller::connect(&url).await?, command).await,
         Command::Run(command) => run::run(&Controller::connect(&url).await?, command).await,
         Command::Promote(args) => promote::run(&Controller::connect(&url).await?, args).await,
-        Command::Report(args) => report::run(&Controller::connect(&url).await?, args).await,
+        // `report verify` is offline: a customer checks a file without any controller.
+        Command::Report(args) => report::dispatch(&url, args).await,
     }
 }

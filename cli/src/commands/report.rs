@@ -1,23 +1,56 @@
-//! `tollgate report`: render a release's customer acceptance report and write it to a file.
+//! `tollgate report`: render a release's signed customer acceptance report and write it to a
+//! file; `report verify` checks a report file's signature offline; `report public-key` prints
+//! the controller's signing key.
 
-use crate::args::{ReportArgs, ReportFormat};
+use crate::Reported;
+use crate::args::{ReportArgs, ReportCommand, ReportFormat, VerifyArgs};
 use crate::client::{Controller, answer};
-use crate::output::print_json;
+use crate::output::{Format, print_json};
 use anyhow::Context as _;
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use tollgate_domain::report_signature::{self as signature, Verified, VerifyError};
 use tollgate_proto::v1 as pb;
+
+/// Exit code of a report that does not verify.
+const EXIT_INVALID: u8 = 1;
+/// Exit code of input that cannot be checked at all.
+const EXIT_UNUSABLE: u8 = 2;
+
+/// What `verify` prints when no key is pinned.
+const UNPINNED: &str = "signature is valid for the key embedded in the report; pass --public-key to check it is your controller's key";
+
+/// Runs `report` or one of its subcommands; only the ones that need a controller connect.
+pub async fn dispatch(url: &str, args: ReportArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ReportCommand::Verify(verify_args)) => verify(&verify_args),
+        Some(ReportCommand::PublicKey { output }) => {
+            public_key(&Controller::connect(url).await?, output.output).await
+        }
+        None => run(&Controller::connect(url).await?, args).await,
+    }
+}
 
 /// Runs `report`: writes the bytes, prints the path and the decision digest.
 pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()> {
     let ReportArgs {
+        command: _,
         release,
         milestone,
         format,
         file,
+        customer,
         json: as_json,
     } = args;
-    let report = render(controller, &release, milestone.as_deref(), format).await?;
+    let release = release.context("--release is required to render a report")?;
+    let report = render_scoped(
+        controller,
+        &release,
+        milestone.as_deref(),
+        format,
+        customer.as_deref(),
+    )
+    .await?;
     let path = file.unwrap_or_else(|| default_path(&release, milestone.as_deref(), &report));
     write(&path, &report)?;
     if as_json {
@@ -34,12 +67,24 @@ pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()
     }
 }
 
-/// Renders a report on the controller.
+/// Renders a report of the whole fleet on the controller.
 pub async fn render(
     controller: &Controller,
     release: &str,
     milestone: Option<&str>,
     format: ReportFormat,
+) -> anyhow::Result<pb::Report> {
+    render_scoped(controller, release, milestone, format, None).await
+}
+
+/// Renders a report on the controller, of one customer's nodes when `customer` is
+/// `LABEL=VALUE`.
+pub async fn render_scoped(
+    controller: &Controller,
+    release: &str,
+    milestone: Option<&str>,
+    format: ReportFormat,
+    customer: Option<&str>,
 ) -> anyhow::Result<pb::Report> {
     Ok(answer(
         controller
@@ -48,12 +93,13 @@ pub async fn render(
                 release: release.to_owned(),
                 milestone: milestone.unwrap_or_default().to_owned(),
                 format: format.as_str().to_owned(),
+                customer: customer.unwrap_or_default().to_owned(),
             })
             .await,
     )?)
 }
 
-/// Writes a report's bytes exactly as rendered, so its digest still checks.
+/// Writes a report's bytes exactly as rendered, so its signature still checks.
 pub fn write(path: &Path, report: &pb::Report) -> anyhow::Result<()> {
     std::fs::write(path, &report.content)
         .with_context(|| format!("writing report {}", path.display()))
@@ -72,6 +118,151 @@ pub fn default_path(release: &str, milestone: Option<&str>, report: &pb::Report)
     }
 }
 
+/// Runs `report public-key`: the hex key on the first line (so the output can be saved and
+/// passed to `verify --key-file`), then its fingerprint.
+async fn public_key(controller: &Controller, output: Format) -> anyhow::Result<()> {
+    let key = answer(
+        controller
+            .reports()
+            .get_public_key(pb::GetPublicKeyRequest {})
+            .await,
+    )?;
+    match output {
+        Format::Json => print_json(&json!({
+            "algorithm": key.algorithm,
+            "public_key": key.public_key,
+            "fingerprint": key.fingerprint,
+        })),
+        Format::Text => {
+            println!("{}", key.public_key);
+            println!("fingerprint {} ({})", key.fingerprint, key.algorithm);
+            Ok(())
+        }
+    }
+}
+
+/// Runs `report verify`: offline, with nothing but the file and, ideally, the pinned key.
+fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let expected = match pinned_key(args) {
+        Ok(expected) => expected,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Err(Reported(EXIT_UNUSABLE).into());
+        }
+    };
+    let file = match std::fs::read(&args.file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("error: cannot read report {}: {error}", args.file.display());
+            return Err(Reported(EXIT_UNUSABLE).into());
+        }
+    };
+    let Ok(file) = String::from_utf8(file) else {
+        eprintln!(
+            "error: {} is not a Tollgate report: it is not UTF-8 text",
+            args.file.display()
+        );
+        return Err(Reported(EXIT_UNUSABLE).into());
+    };
+    let result = signature::verify(&file, expected.as_ref());
+    let pinned = expected.is_some();
+    match args.output.output {
+        Format::Json => print_json(&verify_json(&args.file, &result, pinned))?,
+        Format::Text => print_verify_text(&args.file, &result, pinned),
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(VerifyError::Unsigned(_) | VerifyError::Malformed(_)) => {
+            Err(Reported(EXIT_UNUSABLE).into())
+        }
+        Err(VerifyError::WrongKey { .. } | VerifyError::Mismatch(_)) => {
+            Err(Reported(EXIT_INVALID).into())
+        }
+    }
+}
+
+/// The key given by `--public-key` or `--key-file`, if any.
+fn pinned_key(args: &VerifyArgs) -> Result<Option<ed25519_dalek::VerifyingKey>, String> {
+    let text = match (&args.public_key, &args.key_file) {
+        (Some(hex), _) => hex.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| format!("cannot read key file {}: {error}", path.display()))?;
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
+    signature::parse_public_key(&text)
+        .map(Some)
+        .map_err(|message| format!("--public-key: {message}"))
+}
+
+/// The one-line summary of a valid report.
+fn valid_line(verified: &Verified) -> String {
+    format!(
+        "valid: signed by {}, release {} at {}, decision {} ({})",
+        verified.fingerprint,
+        verified.release,
+        verified.milestone,
+        verified.decision_digest,
+        verified.verdict
+    )
+}
+
+fn print_verify_text(path: &Path, result: &Result<Verified, VerifyError>, pinned: bool) {
+    match result {
+        Ok(verified) => {
+            println!("{}", valid_line(verified));
+            if !pinned {
+                eprintln!("WARNING: the signer is not pinned: {UNPINNED}");
+            }
+        }
+        Err(VerifyError::Mismatch(mismatches)) => {
+            println!("invalid: {} does not match its signature", path.display());
+            for mismatch in mismatches {
+                println!("  - {mismatch}");
+            }
+        }
+        Err(error @ VerifyError::WrongKey { .. }) => println!("invalid: {error}"),
+        Err(error @ (VerifyError::Unsigned(_) | VerifyError::Malformed(_))) => {
+            eprintln!("error: {}: {error}", path.display());
+        }
+    }
+}
+
+fn verify_json(
+    path: &Path,
+    result: &Result<Verified, VerifyError>,
+    pinned: bool,
+) -> serde_json::Value {
+    match result {
+        Ok(verified) => json!({
+            "file": path.display().to_string(),
+            "valid": true,
+            "pinned": pinned,
+            "warning": (!pinned).then_some(UNPINNED),
+            "fingerprint": verified.fingerprint,
+            "public_key": verified.public_key,
+            "release": verified.release,
+            "milestone": verified.milestone,
+            "decision_digest": verified.decision_digest,
+            "verdict": verified.verdict,
+        }),
+        Err(VerifyError::Mismatch(mismatches)) => json!({
+            "file": path.display().to_string(),
+            "valid": false,
+            "pinned": pinned,
+            "problems": mismatches,
+        }),
+        Err(error) => json!({
+            "file": path.display().to_string(),
+            "valid": false,
+            "pinned": pinned,
+            "problems": [error.to_string()],
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +278,21 @@ mod tests {
             PathBuf::from("r1-lab-qual.html")
         );
         assert_eq!(default_path("r1", None, &report), PathBuf::from("r1.html"));
+    }
+
+    #[test]
+    fn the_valid_line_names_signer_release_and_decision() {
+        let verified = Verified {
+            fingerprint: "0123456789abcdef".into(),
+            public_key: "ab".into(),
+            release: "r550".into(),
+            milestone: "lab-qual".into(),
+            decision_digest: "d1".into(),
+            verdict: "failed".into(),
+        };
+        assert_eq!(
+            valid_line(&verified),
+            "valid: signed by 0123456789abcdef, release r550 at lab-qual, decision d1 (failed)"
+        );
     }
 }

@@ -1,0 +1,257 @@
+//! `tollgate report verify`, offline: report files signed here with the domain's signing
+//! functions (the same ones the controller's renderer uses) check as valid; an edited number in
+//! the visible text or in the embedded data, or another signer, does not; input that is no
+//! signed report at all exits 2.
+
+use assert_cmd::Command;
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use tollgate_domain::report_signature as signature;
+
+fn tollgate() -> Command {
+    let mut command = Command::cargo_bin("tollgate").expect("the tollgate binary is built");
+    command.env_remove("TOLLGATE_CONTROLLER");
+    command
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn public_hex(key: &SigningKey) -> String {
+    hex_of(key.verifying_key().as_bytes())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A small report content with the fields `verify` reads.
+fn content() -> Value {
+    json!({
+        "schema": "tollgate.report.v1",
+        "release": {"name": "r550"},
+        "milestone": "lab-qual",
+        "decision": {"digest": "d41d8cd98f00b204", "verdict": "failed"},
+        "nodes": [
+            {"name": "lab-1", "max_temp_c": 71.5},
+            {"name": "lab-3", "max_temp_c": 93.25},
+        ],
+    })
+}
+
+/// A Markdown report laid out as the controller lays it out: the visible text, then the
+/// signature region with the embedded data and the signature block.
+fn markdown_report(key: &SigningKey) -> String {
+    let content = content();
+    let visible = "# Acceptance report r550\n\n## Nodes\n\n| node | max temp |\n|---|---|\n| lab-1 | 71.5 °C |\n| lab-3 | 93.25 °C |\n";
+    let block = signature::sign(key, &content, Some(visible));
+    format!(
+        "{visible}{}\n{}{}{}\n{}{}{}\n{}",
+        signature::REGION_BEGIN,
+        signature::MARKDOWN_DATA_OPEN,
+        signature::escape_for_embedding(&signature::canonical_json(&content)),
+        signature::MARKDOWN_CLOSE,
+        signature::MARKDOWN_SIGNATURE_OPEN,
+        serde_json::to_string(&block).expect("block serializes"),
+        signature::MARKDOWN_CLOSE,
+        signature::REGION_END,
+    )
+}
+
+/// A JSON report: the content with its `signature` field.
+fn json_report(key: &SigningKey) -> String {
+    let content = content();
+    let block = signature::sign(key, &content, None);
+    let mut file = content;
+    file["signature"] = serde_json::to_value(block).expect("block serializes");
+    file.to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write report");
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_signed_report_verifies_against_the_pinned_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    for (name, report) in [
+        ("r550.md", markdown_report(&signer)),
+        ("r550.json", json_report(&signer)),
+    ] {
+        let path = write(dir.path(), name, &report);
+        let output = tollgate()
+            .args(["report", "verify"])
+            .arg(&path)
+            .args(["--public-key", &public_hex(&signer)])
+            .output()
+            .expect("runs");
+        let stdout = text(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{name}: {stdout}{}",
+            text(&output.stderr)
+        );
+        let fingerprint = signature::fingerprint(&signer.verifying_key());
+        assert_eq!(
+            stdout.trim(),
+            format!(
+                "valid: signed by {fingerprint}, release r550 at lab-qual, decision d41d8cd98f00b204 (failed)"
+            ),
+            "{name}"
+        );
+        assert!(!text(&output.stderr).contains("not pinned"), "{name}");
+    }
+}
+
+#[test]
+fn a_key_file_pins_the_signer_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    let path = write(dir.path(), "r550.md", &markdown_report(&signer));
+    let key_file = write(
+        dir.path(),
+        "controller.pub",
+        &format!("{}\nfingerprint ignored\n", public_hex(&signer)),
+    );
+    tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .arg("--key-file")
+        .arg(&key_file)
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn without_a_pinned_key_it_checks_the_embedded_key_and_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "r550.md", &markdown_report(&key(1)));
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(text(&output.stdout).starts_with("valid: signed by "));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("not pinned"), "{stderr}");
+    assert!(
+        stderr.contains("signature is valid for the key embedded in the report; pass --public-key to check it is your controller's key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_edited_visible_number_fails_and_names_the_section() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    let report = markdown_report(&signer).replacen("| 93.25 °C |", "| 83.25 °C |", 1);
+    let path = write(dir.path(), "r550.md", &report);
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .args(["--public-key", &public_hex(&signer)])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("invalid: "), "{stdout}");
+    assert!(stdout.contains("visible report"), "{stdout}");
+    assert!(stdout.contains("`## Nodes`"), "{stdout}");
+}
+
+#[test]
+fn an_edited_embedded_number_fails_and_names_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    for (name, report) in [
+        ("r550.md", markdown_report(&signer)),
+        ("r550.json", json_report(&signer)),
+    ] {
+        let edited = report.replacen("\"max_temp_c\":93.25", "\"max_temp_c\":83.25", 1);
+        assert_ne!(edited, report);
+        let path = write(dir.path(), name, &edited);
+        let output = tollgate()
+            .args(["report", "verify"])
+            .arg(&path)
+            .args(["--public-key", &public_hex(&signer)])
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        let stdout = text(&output.stdout);
+        assert!(stdout.contains("report data"), "{name}: {stdout}");
+        assert!(stdout.contains("`/nodes/1` (lab-3)"), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn another_signer_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "r550.md", &markdown_report(&key(2)));
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .args(["--public-key", &public_hex(&key(1))])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("not by the expected key"), "{stdout}");
+}
+
+#[test]
+fn json_output_says_whether_the_signer_is_pinned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "r550.json", &json_report(&key(1)));
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .args(["-o", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["pinned"], false);
+    assert_eq!(answer["verdict"], "failed");
+}
+
+#[test]
+fn unusable_input_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unsigned = write(dir.path(), "notes.md", "# Just notes\n");
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&unsigned)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("no signature region"));
+
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(dir.path().join("missing.html"))
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("cannot read report"));
+
+    let signed = write(dir.path(), "r550.md", &markdown_report(&key(1)));
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&signed)
+        .args(["--public-key", "not-hex"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+}
