@@ -28,9 +28,14 @@
 //! `error`. stdout and stderr go to `<state-dir>/jobs/<job>/<index>-<step>/attempt-<n>/output.log`;
 //! the last 200 lines (at most 64 KiB) travel with the result. When the attempt ends, whatever
 //! is left of the process group is killed.
+//!
+//! `dcgm-diag`, `junit`, `burn-in` and `flash` steps run their command exactly like this (same
+//! environment, working directory, timeout, log and process group) and then grade what it left
+//! behind; see [`kinds`]. A step that passes after failed attempts says so in its message
+//! (`passed on attempt 2 after 1 failed attempt(s) (flaky)`), so flakiness stays in the evidence.
 
 pub mod exec;
-mod kinds;
+pub mod kinds;
 
 use crate::gpu::GpuSource;
 use crate::sampler::Sampler;
