@@ -16,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod fleet;
 pub mod gpu;
 pub mod parse;
 pub mod runner;

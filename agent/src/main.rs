@@ -50,6 +50,13 @@ struct Args {
     /// Telemetry sampling interval while a step runs, e.g. 1s or 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     sample_interval: Duration,
+    /// Fleet telemetry interval outside steps, e.g. 10s; 0s turns it off.
+    #[arg(long, default_value = "10s", value_parser = parse_fleet_interval)]
+    fleet_interval: Duration,
+    /// Fleet samples held while the controller is unreachable; the oldest beyond are dropped
+    /// and counted.
+    #[arg(long, value_name = "N", default_value_t = tollgate_agent::config::DEFAULT_TELEMETRY_BUFFER)]
+    telemetry_buffer: usize,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -69,6 +76,16 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = tollgate_domain::spec::parse_duration(text)?;
     if interval < Duration::from_millis(10) {
         return Err(format!("'{text}' is too short (at least 10ms)"));
+    }
+    Ok(interval)
+}
+
+fn parse_fleet_interval(text: &str) -> Result<Duration, String> {
+    let interval = tollgate_domain::spec::parse_duration(text)?;
+    if !interval.is_zero() && interval < Duration::from_secs(1) {
+        return Err(format!(
+            "'{text}' is too short for fleet telemetry (at least 1s, or 0s)"
+        ));
     }
     Ok(interval)
 }
@@ -162,6 +179,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         faults: args.faults,
         state_dir,
         sample_interval: args.sample_interval,
+        fleet_interval: args.fleet_interval,
+        telemetry_buffer: args.telemetry_buffer,
     };
     config.check().map_err(anyhow::Error::msg)?;
     if let Some(seconds) = args.bench_sampling {

@@ -30,12 +30,24 @@ const RESULT_RETRIES: usize = 3;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     shared: Arc<Shared>,
+    /// Fleet telemetry samples agents reported dropped (their buffer overflowed while the
+    /// controller was unreachable), since this controller started.
+    telemetry_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AgentApi {
     /// A service over the shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            telemetry_dropped: Arc::default(),
+        }
+    }
+
+    /// Fleet telemetry samples agents reported dropped since this controller started.
+    pub fn telemetry_dropped(&self) -> u64 {
+        self.telemetry_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
@@ -172,6 +184,11 @@ impl AgentService for AgentApi {
             n_batches += 1;
             n_samples += batch.samples.len() as u64;
             n_dropped += batch.dropped;
+            if batch.dropped > 0 {
+                self.telemetry_dropped
+                    .fetch_add(batch.dropped, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(node = %node, dropped = batch.dropped, "the agent dropped fleet telemetry samples while the controller was unreachable");
+            }
             // Fleet telemetry outside steps is not stored yet; events in it are worth a line.
             for event in &batch.events {
                 tracing::debug!(node = %node, kind = event.kind, code = event.code, gpu = event.gpu_index, "fleet telemetry event");
