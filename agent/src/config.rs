@@ -67,6 +67,8 @@ pub struct AgentConfig {
     /// Fleet samples (one GPU at one instant) held while the controller is unreachable;
     /// beyond it the oldest are dropped and counted.
     pub telemetry_buffer: usize,
+    /// Inventory probes (`--probe NAME=COMMAND`), run whenever the inventory is observed.
+    pub probes: Vec<crate::gpu::probed::Probe>,
 }
 
 impl AgentConfig {
@@ -86,6 +88,7 @@ impl AgentConfig {
             sample_interval: Duration::from_secs(1),
             fleet_interval: DEFAULT_FLEET_INTERVAL,
             telemetry_buffer: DEFAULT_TELEMETRY_BUFFER,
+            probes: Vec::new(),
         }
     }
 }

@@ -38,6 +38,18 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Builds the configured GPU source. NVML initialization blocks, so async callers run this on
 /// a blocking thread.
 pub fn build_source(config: &AgentConfig) -> Result<Arc<dyn GpuSource>, GpuError> {
+    let source = build_gpu_source(config)?;
+    if config.probes.is_empty() {
+        return Ok(source);
+    }
+    Ok(Arc::new(gpu::probed::ProbedSource::new(
+        source,
+        config.probes.clone(),
+        gpu::probed::PROBE_TIMEOUT,
+    )))
+}
+
+fn build_gpu_source(config: &AgentConfig) -> Result<Arc<dyn GpuSource>, GpuError> {
     match config.gpus {
         GpuMode::Nvml => Ok(Arc::new(gpu::nvml::NvmlSource::new()?)),
         GpuMode::Simulated { count } => Ok(Arc::new(SimulatedSource::new(SimConfig {

@@ -57,6 +57,10 @@ struct Args {
     /// and counted.
     #[arg(long, value_name = "N", default_value_t = tollgate_agent::config::DEFAULT_TELEMETRY_BUFFER)]
     telemetry_buffer: usize,
+    /// Inventory probe NAME=COMMAND: run through `sh -c` (10 s timeout) whenever the
+    /// inventory is observed, printing component=version lines; repeat for several.
+    #[arg(long = "probe", value_name = "NAME=COMMAND", value_parser = str::parse::<tollgate_agent::gpu::probed::Probe>)]
+    probes: Vec<tollgate_agent::gpu::probed::Probe>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -181,6 +185,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sample_interval: args.sample_interval,
         fleet_interval: args.fleet_interval,
         telemetry_buffer: args.telemetry_buffer,
+        probes: args.probes,
     };
     config.check().map_err(anyhow::Error::msg)?;
     if let Some(seconds) = args.bench_sampling {

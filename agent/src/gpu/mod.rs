@@ -5,6 +5,7 @@
 
 pub mod nvml;
 pub mod nvml_raw;
+pub mod probed;
 pub mod simulated;
 
 use std::collections::BTreeMap;
