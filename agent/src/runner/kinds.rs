@@ -7,15 +7,15 @@
 //! | `dcgm-diag` | every test × GPU passed or was skipped | a test failed on a GPU | `runtime_error`, output not a diagnostic, timeout |
 //! | `junit` | no failure or error, exit 0 | a testcase failed, or exit ≠ 0 with none failing | report missing or malformed, only errors, timeout |
 //! | `burn-in` | the load ran for `duration` within every limit | a sample broke a limit (the load is stopped at once), or the load exited non-zero early | timeout, crash |
-//! | `flash` | the component reports the target version afterwards | it does not, or the installer exited non-zero | a reboot is needed (see below) |
+//! | `flash` | the component reports the target version afterwards (after the reboot, if one is needed) | it does not, or the installer exited non-zero | the resume record cannot be written |
 //!
 //! `dcgm-diag` writes the diagnostic's stdout to `$TOLLGATE_RESULTS_DIR/dcgm-diag.json` (its
 //! stderr goes to the step log). dcgmi exits non-zero when a test fails, so its exit code is
 //! read only when the output cannot be graded.
 //!
 //! A `flash` that needs a reboot (`reboot: true`, or the installer exits
-//! [`FLASH_REBOOT_EXIT_CODE`]) is reported as an `error` saying so: this agent does not yet
-//! resume a job across a reboot.
+//! [`FLASH_REBOOT_EXIT_CODE`]) writes a resume record and ends the job for now; see
+//! [`super::resume`].
 
 use super::exec::{self, ExecRequest};
 use super::{AttemptEnd, Job, RunnerContext, Stop, observe_inventory};
@@ -41,6 +41,17 @@ pub fn dcgm_argv(argv: &[String]) -> Vec<String> {
     wrapped
 }
 
+/// Which attempt is running, for the resume record a reboot needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// The step's index in the plan.
+    pub index: u32,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// When it started.
+    pub started_at: tollgate_domain::Timestamp,
+}
+
 /// Runs `request` for a step of `kind` and grades it as the kind says.
 pub(super) async fn run_kind(
     context: &RunnerContext,
@@ -48,6 +59,7 @@ pub(super) async fn run_kind(
     kind: &StepKind,
     request: &ExecRequest,
     results_dir: &Path,
+    at: Attempt,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> AttemptEnd {
     if let StepKind::BurnIn {
@@ -102,13 +114,26 @@ pub(super) async fn run_kind(
             ..
         } if !exec_failed_to_finish => {
             if *reboot || end.exit_code == Some(FLASH_REBOOT_EXIT_CODE) {
-                end.outcome = Outcome::Error;
-                end.message = format!(
-                    "the flash of {component} needs a reboot ({}); this agent does not resume a job across a reboot: reboot the node and run the plan again",
-                    end.message
-                );
+                let record = super::resume::ResumeRecord {
+                    job: job.clone(),
+                    step_index: at.index,
+                    attempt: at.attempt,
+                    started_at: at.started_at,
+                };
+                match super::resume::write(&context.state_dir, &record) {
+                    Ok(()) => {
+                        tracing::info!(job = %job.job_id, %component, "flash needs a reboot; resume record written");
+                        end.awaiting_reboot = true;
+                        end.message = format!("the flash of {component} waits for a reboot");
+                    }
+                    Err(error) => {
+                        end.outcome = Outcome::Error;
+                        end.message =
+                            format!("the flash of {component} needs a reboot, but {error}");
+                    }
+                }
             } else if end.outcome == Outcome::Passed {
-                (end.outcome, end.message) = verify_flash(context, job, component, version).await;
+                (end.outcome, end.message) = verify_flash(context, component, version).await;
             } else {
                 end.message = format!("the flash command failed: {}", end.message);
             }
@@ -119,9 +144,8 @@ pub(super) async fn run_kind(
 }
 
 /// Re-reads the inventory after a flash: passes iff `component` now reports `version`.
-async fn verify_flash(
+pub(super) async fn verify_flash(
     context: &RunnerContext,
-    _job: &Job,
     component: &str,
     version: &str,
 ) -> (Outcome, String) {

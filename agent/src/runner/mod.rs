@@ -36,6 +36,7 @@
 
 pub mod exec;
 pub mod kinds;
+pub mod resume;
 
 use crate::gpu::GpuSource;
 use crate::sampler::Sampler;
@@ -52,7 +53,7 @@ use tollgate_domain::result::{Outcome, StepResult};
 pub use exec::RunnerError;
 
 /// A job as assigned by the controller.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// The job.
     pub job_id: JobId,
@@ -75,7 +76,7 @@ pub struct Job {
 }
 
 /// One step of a job with its position in the plan.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct JobStep {
     /// Position in the plan, from 0.
     pub index: u32,
@@ -127,8 +128,21 @@ pub async fn run_job(
     mut stop: watch::Receiver<Option<Stop>>,
     events: &mpsc::UnboundedSender<JobEvent>,
 ) {
-    let mut failed_step: Option<String> = None;
-    for job_step in &job.steps {
+    run_steps(context, job, 0, None, &mut stop, events).await;
+}
+
+/// Runs the job's steps from position `from` on; `failed_step` names a step that already
+/// finally did not pass, so the rest are reported as skipped.
+async fn run_steps(
+    context: &RunnerContext,
+    job: &Job,
+    from: usize,
+    failed_step: Option<String>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+    events: &mpsc::UnboundedSender<JobEvent>,
+) {
+    let mut failed_step = failed_step;
+    for job_step in job.steps.iter().skip(from) {
         if stop.borrow().is_some() {
             return;
         }
@@ -144,8 +158,8 @@ pub async fn run_job(
                 step_index: job_step.index,
                 attempt,
             });
-            let (mut result, was_stopped) =
-                run_attempt(context, job, job_step, attempt, &mut stop).await;
+            let (mut result, was_stopped, awaiting_reboot) =
+                run_attempt(context, job, job_step, attempt, stop).await;
             let outcome = result.outcome;
             if outcome == Outcome::Passed && n_failed_attempts > 0 {
                 // A pass after failures is recorded as flaky, so the evidence shows it.
@@ -164,6 +178,11 @@ pub async fn run_job(
                 message = %result.message,
                 "step attempt ended"
             );
+            if awaiting_reboot {
+                // The resume record is on disk: the result is reported after the reboot.
+                tracing::info!(job = %job.job_id, step = %job_step.step.name, "flash needs a reboot; the job resumes after it");
+                return;
+            }
             let _ = events.send(JobEvent::Result(Box::new(result)));
             if was_stopped {
                 return;
@@ -336,6 +355,8 @@ struct AttemptEnd {
     log_tail: String,
     stopped: bool,
     sub_results: Vec<tollgate_domain::result::SubResult>,
+    /// A flash wrote its resume record: the job continues after the node reboots.
+    awaiting_reboot: bool,
 }
 
 impl AttemptEnd {
@@ -348,6 +369,7 @@ impl AttemptEnd {
             log_tail: String::new(),
             stopped: false,
             sub_results: Vec::new(),
+            awaiting_reboot: false,
         }
     }
 
@@ -360,18 +382,20 @@ impl AttemptEnd {
             log_tail: report.log_tail,
             stopped: report.stopped,
             sub_results: Vec::new(),
+            awaiting_reboot: false,
         }
     }
 }
 
-/// Runs one attempt; the flag says whether a stop interrupted it.
+/// Runs one attempt; the flags say whether a stop interrupted it and whether it waits for a
+/// reboot (a flash wrote its resume record).
 async fn run_attempt(
     context: &RunnerContext,
     job: &Job,
     job_step: &JobStep,
     attempt: u32,
     stop: &mut watch::Receiver<Option<Stop>>,
-) -> (StepResult, bool) {
+) -> (StepResult, bool, bool) {
     let started_at = crate::clock::now();
     let step = &job_step.step;
     let inventory = observe_inventory(&context.source).await;
@@ -484,7 +508,12 @@ async fn run_attempt(
                             timeout: step.timeout,
                             log_path: dir.join("output.log"),
                         };
-                        kinds::run_kind(context, job, kind, &request, &results_dir, stop).await
+                        let at = kinds::Attempt {
+                            index: job_step.index,
+                            attempt,
+                            started_at,
+                        };
+                        kinds::run_kind(context, job, kind, &request, &results_dir, at, stop).await
                     }
                 }
             }
@@ -509,7 +538,7 @@ async fn run_attempt(
         message: end.message,
         sub_results: end.sub_results,
     };
-    (result, end.stopped)
+    (result, end.stopped, end.awaiting_reboot)
 }
 
 #[cfg(test)]

@@ -668,3 +668,86 @@ async fn inventory_check_names_gpu_health_problems() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_flash_needing_a_reboot_writes_a_resume_record_and_the_job_continues_after_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let versions = dir.path().join("sim-versions");
+    let sim = |versions: &std::path::Path| -> Arc<dyn GpuSource> {
+        Arc::new(SimulatedSource::new(SimConfig {
+            node: "node-1".into(),
+            seed: Some(42),
+            n_gpus: 2,
+            driver: "550.54.15".into(),
+            vbios: "96.00.74.00.01".into(),
+            faults: vec![Fault::VersionsFile(versions.display().to_string())],
+        }))
+    };
+    let mut fixture = fixture(vec![]);
+    fixture.context.source = sim(&versions);
+    // The installer stages the new VBIOS and exits 194: it takes effect after a reboot.
+    let flash = StepKind::Flash {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "echo 'vbios=96.00.89.00.01' > '{}'; exit 194",
+                versions.display()
+            ),
+        ],
+        env: BTreeMap::new(),
+        workdir: None,
+        component: "vbios".into(),
+        version: "96.00.89.00.01".into(),
+        reboot: false,
+    };
+    let job = job(vec![
+        step("vbios", flash, Duration::from_secs(30)),
+        exec("after", "echo after the reboot", Duration::from_secs(30), 0),
+    ]);
+    let results = results_of(&fixture, &job).await;
+    assert!(
+        results.is_empty(),
+        "no result before the reboot: {results:?}"
+    );
+    let record = resume::read(&fixture.context.state_dir)
+        .expect("readable")
+        .expect("the resume record was written");
+    assert_eq!(record.job.job_id, job.job_id);
+    assert_eq!(record.job.lease_epoch, 3);
+    assert_eq!((record.step_index, record.attempt), (0, 1));
+
+    // "Reboot": a fresh source and runner context on the same state directory.
+    fixture.context.source = sim(&versions);
+    let (_stop_sender, stop) = watch::channel(None);
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    resume::resume_job(&fixture.context, &record, stop, &sender).await;
+    drop(sender);
+    let mut results = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        if let JobEvent::Result(result) = event {
+            results.push(*result);
+        }
+    }
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].step_name, "vbios");
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Passed,
+        "{}",
+        results[0].message
+    );
+    assert_eq!(
+        results[0].message,
+        "after flashing, vbios is 96.00.89.00.01 (checked after the reboot)"
+    );
+    assert_eq!(results[0].lease_epoch, 3);
+    assert_eq!(results[1].step_name, "after");
+    assert_eq!(results[1].outcome, Outcome::Passed);
+    assert!(
+        resume::read(&fixture.context.state_dir)
+            .expect("readable")
+            .is_none(),
+        "the record is removed once the result is handed on"
+    );
+}
