@@ -1,0 +1,120 @@
+//! Gate benchmark: `gate::evaluate` over 100,000 step results, against a plain SQL aggregate
+//! over the same rows measured in the same run, and the cost of a decision after one more
+//! result arrives.
+//!
+//! ```text
+//! cargo build --release -p tollgate-tests --bin gate-bench
+//! ./target/release/gate-bench --nodes 5000 --steps 20
+//! ```
+
+use anyhow::Context;
+use sqlx::sqlite::SqlitePoolOptions;
+use std::time::{Duration, Instant};
+use tollgate_domain::gate::{Evidence, evaluate, parse_gate};
+use tollgate_domain::job::JobState;
+use tollgate_domain::result::Outcome;
+use tollgate_domain::telemetry::Field;
+use tollgate_domain::test_support::{at, evidence, job, step_result, with_measurement, with_telemetry};
+
+fn arg(name: &str, default: usize) -> anyhow::Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).context("flag needs a value")?.parse().context("a number"),
+        None => Ok(default),
+    }
+}
+
+fn build(n_nodes: usize, n_steps: usize) -> Evidence {
+    let jobs = (0..n_nodes)
+        .map(|n| {
+            let results = (0..n_steps)
+                .map(|s| {
+                    let base = step_result(s as u32, 1, Outcome::Passed);
+                    let base = with_measurement(base, "membw_gbps", 2900.0 + (n % 97) as f64);
+                    let base = with_telemetry(base, 0, Field::GpuTempC, 60.0 + (n % 20) as f64);
+                    with_telemetry(base, 1, Field::GpuTempC, 61.0 + (s % 20) as f64)
+                })
+                .collect();
+            job(&format!("n{n:05}"), JobState::Passed, results)
+        })
+        .collect();
+    let mut ev = evidence(jobs);
+    ev.runs[0].plan_steps = (0..n_steps).map(|s| format!("step{s}")).collect();
+    ev
+}
+
+fn time<T>(repeats: u32, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let value = f();
+        best = best.min(start.elapsed());
+        last = Some(value);
+    }
+    (best, last.expect("at least one repeat"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let n_nodes = arg("--nodes", 5000)?;
+    let n_steps = arg("--steps", 20)?;
+    let steps: Vec<String> = (0..n_steps).map(|s| format!("step{s}")).collect();
+    let policy = parse_gate(
+        "bench.yaml",
+        &format!(
+            "milestone: lab-qual\nrules:\n  - steps-passed: {{plan: gpu-qual, steps: [{}], min-fraction: 0.98}}\n  - measurement: {{name: membw_gbps, aggregate: p5, condition: \">= 2800\"}}\n  - telemetry: {{field: gpu_temp_c, aggregate: max, condition: \"< 88\"}}\n  - no-events: {{}}\n  - inventory-matches-release: {{}}\n",
+            steps.join(", ")
+        ),
+    )?;
+    let mut ev = build(n_nodes, n_steps);
+    let n_results = n_nodes * n_steps;
+
+    // Baseline: the same rows in SQLite, one plain aggregate query over them.
+    let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    sqlx::query("CREATE TABLE results (node TEXT, step INTEGER, outcome TEXT, membw REAL, temp0 REAL, temp1 REAL)")
+        .execute(&pool)
+        .await?;
+    let mut tx = pool.begin().await?;
+    for job in &ev.runs[0].jobs {
+        for r in &job.results {
+            sqlx::query("INSERT INTO results VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(job.node.as_str())
+                .bind(i64::from(r.step_index))
+                .bind(r.outcome.as_str())
+                .bind(r.measurements[0].value)
+                .bind(r.telemetry[0].fields[0].max)
+                .bind(r.telemetry[1].fields[0].max)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    let mut sql_best = Duration::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let row: (i64, i64, f64, f64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT node), SUM(outcome = 'passed'), MIN(membw), MAX(MAX(temp0, temp1)) FROM results",
+        )
+        .fetch_one(&pool)
+        .await?;
+        sql_best = sql_best.min(start.elapsed());
+        std::hint::black_box(row);
+    }
+
+    let (eval_best, decision) = time(5, || evaluate(&policy, &ev, &[], at(1_000_000)));
+    let (digest_best, _) = time(5, || tollgate_domain::gate::digest_inputs(&policy, &ev, &[]));
+    // One more result arrives: a further attempt of the last step on the first node.
+    let extra = with_telemetry(step_result((n_steps - 1) as u32, 2, Outcome::Passed), 0, Field::GpuTempC, 70.0);
+    ev.runs[0].jobs[0].results.push(extra);
+    let (after_one, _) = time(5, || evaluate(&policy, &ev, &[], at(1_000_000)));
+
+    println!("results                          {n_results} ({n_nodes} nodes x {n_steps} steps, 2 GPUs each)");
+    println!("decision                         {} ({})", decision.verdict, decision.summary);
+    println!("gate::evaluate                   {:.1} ms", eval_best.as_secs_f64() * 1e3);
+    println!("  of which the input digest      {:.1} ms", digest_best.as_secs_f64() * 1e3);
+    println!("baseline: SQL aggregate (SQLite) {:.1} ms", sql_best.as_secs_f64() * 1e3);
+    println!("ratio to baseline                {:.2}x", eval_best.as_secs_f64() / sql_best.as_secs_f64());
+    println!("decision after one new result    {:.1} ms (full re-evaluation)", after_one.as_secs_f64() * 1e3);
+    Ok(())
+}

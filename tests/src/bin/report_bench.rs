@@ -1,0 +1,363 @@
+//! Report benchmark: renders the customer report of a synthetic fleet (1,000 nodes × 8 GPUs ×
+//! 10 steps by default) from a real SQLite store, next to the baseline measured in the same run:
+//! the time to fetch the same rows (`Store::load_evidence`) and serialize them
+//! (`serde_json::to_vec`).
+//!
+//! Each measurement runs in a fresh child process of this binary, so every peak RSS (VmHWM)
+//! belongs to one format alone.
+//!
+//! ```text
+//! cargo build --release -p tollgate-tests --bin report-bench
+//! ./target/release/report-bench --nodes 1000
+//! ```
+
+use anyhow::{Context, bail};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tollgate_controller::report::{self, ReportFormat, ReportInput};
+use tollgate_controller::store::{JobRecord, RunRecord, RunState, Store};
+use tollgate_domain::gate::{self, Evidence, GatePolicy};
+use tollgate_domain::job::JobState;
+use tollgate_domain::plan::{Plan, Step};
+use tollgate_domain::release::Release;
+use tollgate_domain::result::{Measurement, Outcome, StepResult};
+use tollgate_domain::telemetry::{Field, FieldSummary, GpuTelemetry};
+use tollgate_domain::test_support::{self as ts, at};
+use tollgate_domain::{JobId, NodeId, RunId};
+
+const N_GPUS: u32 = 8;
+const N_STEPS: u32 = 10;
+const MILESTONE: &str = "lab-qual";
+const MODES: [&str; 5] = ["baseline", "markdown", "json", "html", "junit"];
+
+const GATE: &str = r#"
+milestone: lab-qual
+rules:
+  - steps-passed: {plan: gpu-qual, steps: [step0, step9], min-nodes: 2}
+  - telemetry: {field: gpu_temp_c, aggregate: max, condition: "< 88"}
+  - measurement: {name: membw_gbps, aggregate: min, condition: ">= 2800"}
+  - no-xid: {codes: [48, 79]}
+  - inventory-matches-release: {}
+"#;
+
+struct Args {
+    nodes: usize,
+    repeat: usize,
+    /// Set in a child: the mode to measure and the store to read.
+    child: Option<(String, String)>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        nodes: 1000,
+        repeat: 3,
+        child: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--nodes" => args.nodes = value()?.parse().context("--nodes N")?,
+            "--repeat" => args.repeat = value()?.parse().context("--repeat N")?,
+            "--child" => {
+                let mode = value()?;
+                let url = value()?;
+                args.child = Some((mode, url));
+            }
+            "-h" | "--help" => {
+                println!("report-bench [--nodes N (1000)] [--repeat N (3)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other}; see --help"),
+        }
+    }
+    Ok(args)
+}
+
+fn plan() -> Plan {
+    let mut plan = ts::plan_for("hgx-h100");
+    let template = plan.steps[0].clone();
+    plan.steps = (0..N_STEPS)
+        .map(|idx| Step {
+            name: format!("step{idx}"),
+            ..template.clone()
+        })
+        .collect();
+    plan
+}
+
+fn node_name(node_idx: usize) -> String {
+    format!("lab-a-r{:02}-n{:03}", node_idx / 40, node_idx % 40)
+}
+
+/// One step's result on one node: 8 GPUs × 6 telemetry fields, one measurement; GPU 3 of
+/// every 100th node runs hot, so the report has failures to show.
+fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
+    let name = node_name(node_idx);
+    let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, N_GPUS);
+    inventory.hostname = name.clone();
+    let fields = [
+        Field::GpuTempC,
+        Field::MemTempC,
+        Field::PowerW,
+        Field::SmClockMhz,
+        Field::GpuUtilPct,
+        Field::FbUsedMib,
+    ];
+    let start = i64::from(step_idx) * 120;
+    let telemetry = (0..N_GPUS)
+        .map(|gpu_index| GpuTelemetry {
+            gpu_index,
+            gpu_uuid: format!("GPU-{name}-{gpu_index}"),
+            fields: fields
+                .iter()
+                .map(|&field| {
+                    let hot = node_idx % 100 == 0 && gpu_index == 3 && field == Field::GpuTempC;
+                    let base = 60.0 + f64::from(gpu_index) + (node_idx % 7) as f64;
+                    let max = if hot { 93.5 } else { base + 10.0 };
+                    FieldSummary {
+                        field,
+                        min: base - 20.0,
+                        max,
+                        mean: base,
+                        p99: max - 1.0,
+                        last: base + 1.0,
+                        samples: 120,
+                    }
+                })
+                .collect(),
+            samples_missed: 0,
+        })
+        .collect();
+    StepResult {
+        job_id: JobId::from(format!("job-{name}")),
+        started_at: at(start),
+        finished_at: at(start + 110),
+        measurements: vec![Measurement {
+            name: "membw_gbps".into(),
+            value: 2900.0 + (node_idx % 200) as f64,
+            unit: Some("GB/s".into()),
+        }],
+        telemetry,
+        inventory,
+        log_tail: "PASS all tests\n".into(),
+        message: "exit 0".into(),
+        ..ts::step_result(step_idx, 1, Outcome::Passed)
+    }
+}
+
+/// Fills a fresh store with one run of `n_nodes` jobs of 10 results each.
+async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
+    let release = ts::release();
+    store.create_release(&release).await?;
+    let plan = plan();
+    store.put_plan(&plan, "generated", at(0)).await?;
+    for node_idx in 0..n_nodes {
+        let node = ts::node(&node_name(node_idx), "hgx-h100");
+        let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, N_GPUS);
+        inventory.hostname = node.id.to_string();
+        store
+            .register_node(&node.id, &node.labels, &inventory, "token-hash", at(0))
+            .await?;
+    }
+    let run = RunRecord {
+        id: RunId::from("run-1"),
+        release: release.id.clone(),
+        plan_name: plan.name.clone(),
+        plan_version: plan.version(),
+        milestone: MILESTONE.into(),
+        state: RunState::Running,
+        created_at: at(0),
+        finished_at: None,
+    };
+    let jobs: Vec<JobRecord> = (0..n_nodes)
+        .map(|node_idx| {
+            let name = node_name(node_idx);
+            JobRecord {
+                id: JobId::from(format!("job-{name}")),
+                run_id: run.id.clone(),
+                node: NodeId::from(name.as_str()),
+                state: JobState::Running,
+                lease_epoch: 1,
+                created_at: at(0),
+                updated_at: at(0),
+            }
+        })
+        .collect();
+    store.create_run(&run, &jobs).await?;
+    for node_idx in 0..n_nodes {
+        for step_idx in 0..N_STEPS {
+            let transition =
+                (step_idx + 1 == N_STEPS).then_some((JobState::Running, JobState::Passed));
+            store
+                .record_result(&step_result(node_idx, step_idx), transition, at(2000))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn best(times: &[Duration]) -> Duration {
+    times.iter().copied().min().unwrap_or_default()
+}
+
+/// A child: loads the evidence, then measures `mode` `repeat` times and prints one line:
+/// `mode load_ms work_ms bytes vmhwm_kib`.
+async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
+    let store = Store::connect(url).await?;
+    let release: Release = store
+        .get_release(&ts::release().id)
+        .await?
+        .context("release missing")?;
+    let started = Instant::now();
+    let evidence: Evidence = store.load_evidence(&release, MILESTONE).await?;
+    let load = started.elapsed();
+    let (work, n_bytes) = if mode == "baseline" {
+        let mut times = Vec::new();
+        let mut n_bytes = 0;
+        for _ in 0..repeat {
+            // The baseline's time is the fetch and the serialization together.
+            let started = Instant::now();
+            let evidence = store.load_evidence(&release, MILESTONE).await?;
+            let bytes = serde_json::to_vec(&evidence)?;
+            times.push(started.elapsed());
+            n_bytes = bytes.len();
+        }
+        (best(&times), n_bytes)
+    } else {
+        let format: ReportFormat = mode.parse().map_err(anyhow::Error::msg)?;
+        let policy: GatePolicy =
+            gate::parse_gate("gate.yaml", GATE).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        let nodes = store.list_nodes().await?;
+        let decision = gate::evaluate(&policy, &evidence, &[], at(5000));
+        let input = ReportInput {
+            release,
+            milestone: MILESTONE.into(),
+            policy,
+            decision,
+            evidence,
+            plans: vec![plan()],
+            nodes,
+            generated_at: at(5000),
+            controller_version: "bench".into(),
+            waivers: Vec::new(),
+            audit_head: None,
+            scope: None,
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut times = Vec::new();
+        let mut n_bytes = 0;
+        for _ in 0..repeat {
+            let started = Instant::now();
+            let rendered = report::render(&input, format, &key);
+            times.push(started.elapsed());
+            n_bytes = rendered.content.len();
+        }
+        (best(&times), n_bytes)
+    };
+    println!(
+        "{mode} {:.1} {:.1} {n_bytes} {}",
+        load.as_secs_f64() * 1000.0,
+        work.as_secs_f64() * 1000.0,
+        peak_rss_kib()
+    );
+    Ok(())
+}
+
+struct Measured {
+    mode: String,
+    load_ms: f64,
+    work_ms: f64,
+    n_bytes: u64,
+    rss_kib: u64,
+}
+
+fn run_child(exe: &Path, mode: &str, url: &str, repeat: usize) -> anyhow::Result<Measured> {
+    let output = std::process::Command::new(exe)
+        .args(["--repeat", &repeat.to_string(), "--child", mode, url])
+        .output()
+        .with_context(|| format!("running the {mode} child"))?;
+    if !output.status.success() {
+        bail!(
+            "the {mode} child failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let line = String::from_utf8(output.stdout).context("child output is UTF-8")?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [mode, load_ms, work_ms, n_bytes, rss_kib] = fields[..] else {
+        bail!("unexpected child output: {line}");
+    };
+    Ok(Measured {
+        mode: mode.to_owned(),
+        load_ms: load_ms.parse()?,
+        work_ms: work_ms.parse()?,
+        n_bytes: n_bytes.parse()?,
+        rss_kib: rss_kib.parse()?,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    if let Some((mode, url)) = &args.child {
+        return runtime.block_on(child(mode, url, args.repeat));
+    }
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let started = Instant::now();
+    runtime.block_on(async {
+        let store = Store::connect(&url).await?;
+        populate(&store, args.nodes).await?;
+        store.close().await;
+        anyhow::Ok(())
+    })?;
+    println!(
+        "stored {} nodes × {N_GPUS} GPUs × {N_STEPS} steps in {:.1} s",
+        args.nodes,
+        started.elapsed().as_secs_f64()
+    );
+    let exe = std::env::current_exe().context("own path")?;
+    let mut measured = Vec::new();
+    for mode in MODES {
+        measured.push(run_child(&exe, mode, &url, args.repeat)?);
+    }
+    let baseline = &measured[0];
+    println!(
+        "{:<9} {:>9} {:>10} {:>7} {:>10} {:>10}",
+        "mode", "load ms", "work ms", "ratio", "MiB out", "peak RSS"
+    );
+    for m in &measured {
+        println!(
+            "{:<9} {:>9.1} {:>10.1} {:>7.2} {:>10.1} {:>7.1} MiB",
+            m.mode,
+            m.load_ms,
+            m.work_ms,
+            m.work_ms / baseline.work_ms,
+            m.n_bytes as f64 / (1024.0 * 1024.0),
+            m.rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "baseline = load_evidence + serde_json::to_vec (best of {}); work = render only (best of {}); ratio = work / baseline",
+        args.repeat, args.repeat
+    );
+    Ok(())
+}
