@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tollgate_domain::telemetry::{Field, FieldSummary, GpuEvent, GpuTelemetry};
+use tollgate_domain::telemetry::{
+    Field, FieldSummary, GpuEvent, GpuTelemetry, MAX_SERIES_POINTS, SeriesBuilder, TelemetrySeries,
+};
 
 /// How long [`Sampler::finish`] waits for the workers' final samples before summarizing what
 /// it has; a hung NVML call must not hang the step's result.
@@ -30,6 +32,8 @@ struct Collected {
     values: BTreeMap<u32, BTreeMap<Field, Vec<f64>>>,
     missed: BTreeMap<u32, u32>,
     events: Vec<GpuEvent>,
+    /// Downsampled series per (GPU, field), bounded however long the attempt runs.
+    series: BTreeMap<(u32, Field), SeriesBuilder>,
 }
 
 /// Telemetry and events of one attempt.
@@ -39,6 +43,8 @@ pub struct AttemptTelemetry {
     pub telemetry: Vec<GpuTelemetry>,
     /// Events seen during the attempt, oldest first.
     pub events: Vec<GpuEvent>,
+    /// Per GPU and field, a series of at most [`MAX_SERIES_POINTS`] points for charts.
+    pub series: Vec<TelemetrySeries>,
 }
 
 /// A running sampler. The attempt owns it; `finish` stops it and returns the summaries.
@@ -75,6 +81,7 @@ impl Sampler {
         let collected = Arc::new(Mutex::new(Collected::default()));
         let (stop, stopped) = watch::channel(false);
         let period = interval.max(Duration::from_millis(10));
+        let started = tokio::time::Instant::now();
         let mut tasks: Vec<JoinHandle<()>> = gpus
             .iter()
             .map(|(gpu_idx, _)| {
@@ -82,6 +89,7 @@ impl Sampler {
                     Arc::clone(&source),
                     *gpu_idx,
                     period,
+                    started,
                     Arc::clone(&collected),
                     stopped.clone(),
                 ))
@@ -162,7 +170,16 @@ impl Sampler {
         let mut events = std::mem::take(&mut collected.events);
         events.extend(last_events);
         events.sort_by_key(|event| event.at);
-        AttemptTelemetry { telemetry, events }
+        let series = collected
+            .series
+            .iter()
+            .map(|((gpu_index, field), builder)| builder.build(*gpu_index, *field))
+            .collect();
+        AttemptTelemetry {
+            telemetry,
+            events,
+            series,
+        }
     }
 }
 
@@ -232,9 +249,11 @@ async fn gpu_worker(
     source: Arc<dyn GpuSource>,
     gpu_idx: u32,
     period: Duration,
+    started: tokio::time::Instant,
     collected: Arc<Mutex<Collected>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let bucket_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
     let mut reader = Deadlined::new(deadline_for(period));
     let mut late_logged = false;
     let mut round = async |reader: &mut Deadlined<_>| {
@@ -246,6 +265,14 @@ async fn gpu_worker(
         match read {
             Read::Done(Ok(fields)) => {
                 tracing::debug!(gpu_idx, ?fields, "telemetry sample");
+                let offset_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                for (field, value) in &fields {
+                    collected
+                        .series
+                        .entry((gpu_idx, *field))
+                        .or_insert_with(|| SeriesBuilder::new(bucket_ms, MAX_SERIES_POINTS))
+                        .push(offset_ms, *value);
+                }
                 let per_gpu = collected.values.entry(gpu_idx).or_default();
                 for (field, value) in fields {
                     per_gpu.entry(field).or_default().push(value);
@@ -354,6 +381,13 @@ mod tests {
         assert_eq!(result.telemetry[0].gpu_uuid, inventory.gpus[0].uuid);
         assert_eq!(result.events.len(), 1);
         assert_eq!(result.events[0].kind, EventKind::Xid);
+        let temp_series = result
+            .series
+            .iter()
+            .find(|s| s.gpu_index == 0 && s.field == Field::GpuTempC)
+            .expect("a series per GPU and field");
+        let n: u32 = temp_series.points.iter().map(|p| p.samples).sum();
+        assert_eq!(n, 2);
     }
 
     /// GPU 1's first loaded read hangs for 2 s: GPU 0 keeps its cadence, and GPU 1's rounds

@@ -243,6 +243,105 @@ impl GpuTelemetry {
     }
 }
 
+/// Most points a [`TelemetrySeries`] holds, however long its step ran.
+pub const MAX_SERIES_POINTS: usize = 120;
+
+/// One bucket of a downsampled series.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Start of the bucket, milliseconds after the attempt started.
+    pub offset_ms: u64,
+    /// Mean of the samples in the bucket.
+    pub mean: f64,
+    /// Smallest sample in the bucket.
+    pub min: f64,
+    /// Largest sample in the bucket.
+    pub max: f64,
+    /// Samples in the bucket.
+    pub samples: u32,
+}
+
+/// One field of one GPU over one attempt, downsampled for charts. Not used by gates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetrySeries {
+    /// NVML device index.
+    pub gpu_index: u32,
+    /// The field.
+    pub field: Field,
+    /// Width of every bucket, milliseconds.
+    pub bucket_ms: u64,
+    /// Buckets that hold samples, in time order; at most [`MAX_SERIES_POINTS`].
+    pub points: Vec<SeriesPoint>,
+}
+
+/// Builds a bounded series from samples as they come: buckets start `bucket_ms` wide, and
+/// when a sample falls past the last allowed bucket the width doubles and neighbours merge,
+/// so memory stays bounded for a step of any length.
+#[derive(Clone, Debug)]
+pub struct SeriesBuilder {
+    bucket_ms: u64,
+    max_points: usize,
+    /// Bucket number → (sum, min, max, samples).
+    buckets: std::collections::BTreeMap<u64, (f64, f64, f64, u32)>,
+}
+
+impl SeriesBuilder {
+    /// Starts with buckets `bucket_ms` wide (at least 1) and at most `max_points` of them.
+    pub fn new(bucket_ms: u64, max_points: usize) -> Self {
+        Self {
+            bucket_ms: bucket_ms.max(1),
+            max_points: max_points.max(1),
+            buckets: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Adds a sample taken `offset_ms` after the start.
+    pub fn push(&mut self, offset_ms: u64, value: f64) {
+        while offset_ms / self.bucket_ms >= self.max_points as u64 {
+            self.bucket_ms = self.bucket_ms.saturating_mul(2);
+            let old = std::mem::take(&mut self.buckets);
+            for (bucket, (sum, min, max, n)) in old {
+                let merged = self
+                    .buckets
+                    .entry(bucket / 2)
+                    .or_insert((0.0, f64::INFINITY, f64::NEG_INFINITY, 0));
+                merged.0 += sum;
+                merged.1 = merged.1.min(min);
+                merged.2 = merged.2.max(max);
+                merged.3 += n;
+            }
+        }
+        let bucket = self
+            .buckets
+            .entry(offset_ms / self.bucket_ms)
+            .or_insert((0.0, f64::INFINITY, f64::NEG_INFINITY, 0));
+        bucket.0 += value;
+        bucket.1 = bucket.1.min(value);
+        bucket.2 = bucket.2.max(value);
+        bucket.3 += 1;
+    }
+
+    /// The series so far.
+    pub fn build(&self, gpu_index: u32, field: Field) -> TelemetrySeries {
+        TelemetrySeries {
+            gpu_index,
+            field,
+            bucket_ms: self.bucket_ms,
+            points: self
+                .buckets
+                .iter()
+                .map(|(bucket, (sum, min, max, n))| SeriesPoint {
+                    offset_ms: bucket * self.bucket_ms,
+                    mean: sum / f64::from((*n).max(1)),
+                    min: *min,
+                    max: *max,
+                    samples: *n,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Kinds of critical GPU events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -290,6 +389,32 @@ mod tests {
         let one = FieldSummary::from_samples(Field::PowerW, &[7.0]).expect("one sample");
         assert_eq!((one.min, one.max, one.p99, one.last), (7.0, 7.0, 7.0, 7.0));
         assert!(FieldSummary::from_samples(Field::PowerW, &[]).is_none());
+    }
+
+    #[test]
+    fn a_series_stays_bounded_and_keeps_mean_min_and_max() {
+        let mut builder = SeriesBuilder::new(1000, MAX_SERIES_POINTS);
+        // An hour at 1 Hz: 3600 samples rising by one each second.
+        for second in 0..3600u64 {
+            builder.push(second * 1000, second as f64);
+        }
+        let series = builder.build(0, Field::PowerW);
+        assert!(series.points.len() <= MAX_SERIES_POINTS, "{}", series.points.len());
+        assert!(series.points.len() >= MAX_SERIES_POINTS / 2);
+        assert_eq!(series.bucket_ms, 32_000);
+        let total: u32 = series.points.iter().map(|p| p.samples).sum();
+        assert_eq!(total, 3600, "no sample lost in merging");
+        let first = series.points[0];
+        assert_eq!((first.offset_ms, first.min, first.max), (0, 0.0, 31.0));
+        assert_eq!(first.mean, 15.5);
+        let last = series.points.last().expect("points");
+        assert_eq!(last.max, 3599.0);
+        // A short step keeps every sample as its own point.
+        let mut short = SeriesBuilder::new(1000, MAX_SERIES_POINTS);
+        for second in 0..5u64 {
+            short.push(second * 1000, 1.0);
+        }
+        assert_eq!(short.build(0, Field::PowerW).points.len(), 5);
     }
 
     #[test]
