@@ -31,6 +31,17 @@ pub struct Cli {
     )]
     pub controller: String,
 
+    /// API token for the controller (sent as 'authorization: Bearer <token>'); needed when
+    /// the controller is configured with API tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +67,20 @@ pub enum Command {
     Run(RunCommand),
     /// Moves a release past its current milestone, if its gate passed.
     Promote(PromoteArgs),
+    /// Waives one rule of a release's gate with a reason, a ticket and an expiry.
+    Waive(WaiveArgs),
+    /// Waivers: list, revoke.
+    #[command(subcommand)]
+    Waiver(WaiverCommand),
+    /// Moves a release back to an earlier milestone.
+    Demote(DemoteArgs),
+    /// Halts a release: it cannot be promoted or run until resumed.
+    Halt(HaltArgs),
+    /// Lifts a release's halt.
+    Resume(ResumeArgs),
+    /// The hash-chained audit log: list, verify.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Writes the signed customer acceptance report of a release at a milestone; `report
     /// verify` checks a report file offline, `report public-key` prints the signing key.
     Report(ReportArgs),
@@ -197,7 +222,8 @@ pub enum GateCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Evaluates the gate of a release at a milestone now and shows the decision, rule by rule.
+    /// Evaluates the gate of a release at a milestone now and shows the decision, rule by rule;
+    /// with --at, replays the decision as it stood then from its stored inputs.
     Show {
         /// Release name.
         #[arg(long)]
@@ -205,8 +231,12 @@ pub enum GateCommand {
         /// Milestone; the release's current one when left out.
         #[arg(long)]
         milestone: Option<String>,
-        #[command(flatten)]
-        output: OutputArgs,
+        /// Replay the latest decision made at or before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Output format: text, json, or greenwave (Greenwave's decision JSON).
+        #[arg(long = "output", short = 'o', value_enum, default_value = "text")]
+        output: DecisionFormat,
     },
 }
 
@@ -469,4 +499,150 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["tollgate", "release", "create"]).is_err());
     }
+}
+
+/// How `gate show` prints a decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DecisionFormat {
+    /// Text for people.
+    #[default]
+    Text,
+    /// The controller's answer as JSON.
+    Json,
+    /// Greenwave's decision JSON (policies_satisfied, summary, requirements).
+    Greenwave,
+}
+
+/// `tollgate waive`
+#[derive(Debug, Args)]
+pub struct WaiveArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    /// Milestone; the release's current one when left out.
+    #[arg(long)]
+    pub milestone: Option<String>,
+    /// Id of the rule to waive.
+    #[arg(long = "rule", value_name = "ID")]
+    pub rule: String,
+    /// Why the rule may be waived.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket tracking the waiver, for example HW-1234.
+    #[arg(long)]
+    pub ticket: String,
+    /// When the waiver expires (RFC 3339 or YYYY-MM-DD, UTC midnight).
+    #[arg(
+        long,
+        value_name = "TIME",
+        required_unless_present = "for_",
+        conflicts_with = "for_"
+    )]
+    pub expires: Option<String>,
+    /// How long the waiver lasts from now, for example 7d, 12h, 30m.
+    #[arg(long = "for", id = "for_", value_name = "DURATION")]
+    pub for_: Option<String>,
+    /// Only failures on this node are waived (repeatable).
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Only failures on nodes with this sku label are waived (repeatable).
+    #[arg(long = "sku", value_name = "SKU")]
+    pub skus: Vec<String>,
+    /// Only failures in this step are waived (repeatable).
+    #[arg(long = "step", value_name = "STEP")]
+    pub steps: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `tollgate waiver ...`
+#[derive(Debug, Subcommand)]
+pub enum WaiverCommand {
+    /// Lists the waivers of a release, revoked and expired ones included.
+    List {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Only waivers at this milestone.
+        #[arg(long)]
+        milestone: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Revokes a waiver.
+    Revoke {
+        /// Waiver id.
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate demote`
+#[derive(Debug, Args)]
+pub struct DemoteArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    /// The earlier milestone to move the release back to.
+    #[arg(long = "to", value_name = "MILESTONE")]
+    pub to: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `tollgate halt`
+#[derive(Debug, Args)]
+pub struct HaltArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `tollgate resume`
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Release name.
+    #[arg(long)]
+    pub release: String,
+    /// Why (optional).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `tollgate audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Lists audit entries, oldest first.
+    List {
+        /// Only entries about this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only entries by this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only entries at or before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Checks the whole log's hash chain; exits 1 naming the first broken entry.
+    Verify {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }

@@ -3,12 +3,44 @@
 
 use std::fmt;
 use std::time::Duration;
+use tollgate_proto::v1::audit_service_client::AuditServiceClient;
 use tollgate_proto::v1::{
     gate_service_client::GateServiceClient, node_service_client::NodeServiceClient,
     plan_service_client::PlanServiceClient, release_service_client::ReleaseServiceClient,
     report_service_client::ReportServiceClient, run_service_client::RunServiceClient,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// The API token every call carries, set once from `--token` / `TOLLGATE_TOKEN`.
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the API token sent with every call; the first call wins.
+pub fn set_token(token: Option<String>) {
+    let _ = TOKEN.set(token.filter(|token| !token.is_empty()));
+}
+
+/// A channel whose calls carry the API token.
+pub type Authed = InterceptedService<Channel, TokenInterceptor>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Debug)]
+pub struct TokenInterceptor(Option<String>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::invalid_argument("the API token is not valid header text")
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
 
 /// How long to wait for the TCP (and HTTP/2) connection before calling the controller
 /// unreachable.
@@ -36,33 +68,42 @@ impl Controller {
     }
 
     /// NodeService.
-    pub fn nodes(&self) -> NodeServiceClient<Channel> {
-        NodeServiceClient::new(self.channel.clone())
+    pub fn nodes(&self) -> NodeServiceClient<Authed> {
+        NodeServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// ReleaseService.
-    pub fn releases(&self) -> ReleaseServiceClient<Channel> {
-        ReleaseServiceClient::new(self.channel.clone())
+    pub fn releases(&self) -> ReleaseServiceClient<Authed> {
+        ReleaseServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// PlanService.
-    pub fn plans(&self) -> PlanServiceClient<Channel> {
-        PlanServiceClient::new(self.channel.clone())
+    pub fn plans(&self) -> PlanServiceClient<Authed> {
+        PlanServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// GateService.
-    pub fn gates(&self) -> GateServiceClient<Channel> {
-        GateServiceClient::new(self.channel.clone())
+    pub fn gates(&self) -> GateServiceClient<Authed> {
+        GateServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// RunService.
-    pub fn runs(&self) -> RunServiceClient<Channel> {
-        RunServiceClient::new(self.channel.clone())
+    pub fn runs(&self) -> RunServiceClient<Authed> {
+        RunServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// ReportService.
-    pub fn reports(&self) -> ReportServiceClient<Channel> {
-        ReportServiceClient::new(self.channel.clone())
+    pub fn reports(&self) -> ReportServiceClient<Authed> {
+        ReportServiceClient::with_interceptor(self.channel.clone(), self.token())
+    }
+
+    /// AuditService.
+    pub fn audit(&self) -> AuditServiceClient<Authed> {
+        AuditServiceClient::with_interceptor(self.channel.clone(), self.token())
+    }
+
+    fn token(&self) -> TokenInterceptor {
+        TokenInterceptor(TOKEN.get().cloned().flatten())
     }
 
     /// The raw channel, for clients outside tollgate.v1 (gRPC health).

@@ -110,6 +110,7 @@ pub fn release(release: &pb::Release) -> Value {
         track,
         created_at,
         promotions,
+        halted_reason,
     } = release;
     json!({
         "name": name,
@@ -119,6 +120,7 @@ pub fn release(release: &pb::Release) -> Value {
         "track": track,
         "created_at": time(created_at.as_ref()),
         "promotions": promotions.iter().map(promotion).collect::<Vec<_>>(),
+        "halted_reason": halted_reason,
     })
 }
 
@@ -145,12 +147,14 @@ pub fn promotion(promotion: &pb::Promotion) -> Value {
         to_milestone,
         at,
         decision_digest,
+        actor,
     } = promotion;
     json!({
         "from_milestone": from_milestone,
         "to_milestone": to_milestone,
         "at": time(at.as_ref()),
         "decision_digest": decision_digest,
+        "actor": actor,
     })
 }
 
@@ -287,6 +291,9 @@ pub fn decision(decision: &pb::Decision) -> Value {
         digest,
         evaluated_at,
         policy_version,
+        // Printed by `gate show -o greenwave` on its own.
+        greenwave_json: _,
+        replay,
     } = decision;
     json!({
         "release": release,
@@ -297,6 +304,7 @@ pub fn decision(decision: &pb::Decision) -> Value {
         "policy_version": policy_version,
         "evaluated_at": time(evaluated_at.as_ref()),
         "rules": rules.iter().map(rule_decision).collect::<Vec<_>>(),
+        "replay": replay,
     })
 }
 
@@ -399,6 +407,8 @@ mod tests {
                 nanos: 0,
             }),
             policy_version: "def".into(),
+            greenwave_json: String::new(),
+            replay: String::new(),
         };
         let value = decision(&decision_pb);
         assert_eq!(value["rules"].as_array().map(Vec::len), Some(2));

@@ -258,6 +258,24 @@ mod stub {
                 "the lab-qual gate failed: telemetry:gpu_temp_c failed on lab-4",
             ))
         }
+
+        async fn demote(
+            &self,
+            _: Request<pb::DemoteRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn halt(&self, _: Request<pb::HaltRequest>) -> Result<Response<pb::Release>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn resume(
+            &self,
+            _: Request<pb::ResumeRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
     }
 
     /// Serves the stub on its own thread and runtime for the rest of the test process;

@@ -19,6 +19,8 @@ pub struct ControllerConfig {
     pub tick: Duration,
     /// The clock every decision reads `now` from.
     pub clock: SharedClock,
+    /// Manager API tokens; empty for anonymous manager calls.
+    pub api_tokens: crate::grpc::auth::ApiTokens,
 }
 
 impl ControllerConfig {
@@ -32,6 +34,7 @@ impl ControllerConfig {
             lease_grace: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
+            api_tokens: crate::grpc::auth::ApiTokens::default(),
         }
     }
 }

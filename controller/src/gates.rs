@@ -5,7 +5,7 @@
 //! inputs and persists its output.
 
 use crate::Shared;
-use crate::store::{StoreError, StoredGate};
+use crate::store::{ReplayInputs, StoreError, StoredGate};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, Verdict};
@@ -24,9 +24,11 @@ pub struct Evaluated {
 }
 
 /// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
-/// milestone. The decision is stored before it is returned.
+/// milestone. The decision is stored, with its inputs, before it is returned.
 ///
-/// Waivers are not stored yet, so none applies: a gate only gets stricter for it.
+/// The stored waivers of the release at the milestone apply (the domain decides which are in
+/// force); when the policy compares with a baseline, the evidence of the last other release
+/// promoted past the milestone is loaded as `Evidence.baseline`.
 pub async fn evaluate_now(
     shared: &Shared,
     release: &Release,
@@ -35,9 +37,32 @@ pub async fn evaluate_now(
     let Some(gate) = shared.store.get_gate(milestone).await? else {
         return Ok(None);
     };
-    let evidence = shared.store.load_evidence(release, milestone).await?;
-    let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &[], shared.now());
-    shared.store.insert_decision(&decision).await?;
+    let mut evidence = shared.store.load_evidence(release, milestone).await?;
+    if tollgate_domain::gate::needs_baseline(&gate.policy)
+        && let Some(baseline_id) = shared
+            .store
+            .last_promoted_past(milestone, &release.id)
+            .await?
+        && let Some(baseline) = shared.store.get_release(&baseline_id).await?
+    {
+        let baseline_evidence = shared.store.load_evidence(&baseline, milestone).await?;
+        evidence.baseline = Some(Box::new(baseline_evidence));
+    }
+    let waivers = shared
+        .store
+        .list_waivers(&release.id, Some(milestone))
+        .await?;
+    let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &waivers, shared.now());
+    let inputs = ReplayInputs {
+        policy: gate.policy.clone(),
+        evidence,
+        waivers,
+    };
+    shared
+        .store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await?;
+    let evidence = inputs.evidence;
     tracing::info!(
         release = %release.id,
         milestone,
@@ -51,6 +76,57 @@ pub async fn evaluate_now(
         evidence,
         decision,
     }))
+}
+
+/// A stored decision evaluated again from its stored inputs.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The decision as stored.
+    pub stored: Decision,
+    /// The decision evaluated again, at the stored decision's time; `None` when the decision
+    /// was stored without its inputs.
+    pub replayed: Option<Decision>,
+}
+
+impl Replayed {
+    /// Whether replaying gave the stored digest and verdict, in words.
+    pub fn describe(&self) -> String {
+        match &self.replayed {
+            None => "NOT REPLAYED: this decision was stored without its inputs".to_owned(),
+            Some(replayed)
+                if replayed.digest == self.stored.digest
+                    && replayed.verdict == self.stored.verdict =>
+            {
+                "replayed from stored inputs: digest matches".to_owned()
+            }
+            Some(replayed) => format!(
+                "REPLAY MISMATCH: stored digest {} verdict {}, replayed digest {} verdict {}",
+                self.stored.digest, self.stored.verdict, replayed.digest, replayed.verdict
+            ),
+        }
+    }
+}
+
+/// The decision of `release` at `milestone` as it stood at `at`: the latest stored at or
+/// before `at`, evaluated again from its stored inputs with `now` = its evaluation time.
+pub async fn replay_at(
+    shared: &Shared,
+    release: &Release,
+    milestone: &str,
+    at: tollgate_domain::Timestamp,
+) -> Result<Option<Replayed>, StoreError> {
+    let Some((stored, inputs)) = shared.store.decision_at(&release.id, milestone, at).await? else {
+        return Ok(None);
+    };
+    let replayed = inputs.map(|inputs| {
+        tollgate_domain::gate::evaluate(
+            &inputs.policy,
+            &inputs.evidence,
+            &inputs.waivers,
+            stored.evaluated_at,
+        )
+    });
+    Ok(Some(Replayed { stored, replayed }))
 }
 
 /// Re-evaluates the gate a run's evidence feeds, after that evidence changed. Problems are

@@ -37,6 +37,7 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_domain::Timestamp;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
+use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
 use tollgate_proto::v1::node_service_server::NodeServiceServer;
 use tollgate_proto::v1::plan_service_server::PlanServiceServer;
@@ -259,6 +260,9 @@ async fn serve(
     health_reporter
         .set_serving::<ReportServiceServer<grpc::report::ReportApi>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<grpc::audit::AuditApi>>()
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
@@ -287,6 +291,15 @@ async fn serve(
             shared.begin_shutdown();
         }
     };
+    // Manager calls carry an API token naming their actor; agent calls carry node tokens,
+    // checked by the agent service itself.
+    let api_auth = shared.config.api_tokens.interceptor();
+    if shared.config.api_tokens.is_empty() {
+        tracing::warn!(
+            "no API token configured: manager calls are accepted without authentication and \
+             recorded as actor 'anonymous'; configure --api-token NAME=SECRET or --api-tokens-file"
+        );
+    }
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -295,25 +308,34 @@ async fn serve(
         .add_service(AgentServiceServer::new(grpc::agent::AgentApi::new(
             shared.clone(),
         )))
-        .add_service(NodeServiceServer::new(grpc::node::NodeApi::new(
-            shared.clone(),
-        )))
-        .add_service(ReleaseServiceServer::new(grpc::release::ReleaseApi::new(
-            shared.clone(),
-        )))
-        .add_service(PlanServiceServer::new(grpc::plan::PlanApi::new(
-            shared.clone(),
-        )))
-        .add_service(RunServiceServer::new(grpc::run::RunApi::new(
-            shared.clone(),
-        )))
-        .add_service(GateServiceServer::new(grpc::gate::GateApi::new(
-            shared.clone(),
-        )))
-        .add_service(ReportServiceServer::new(grpc::report::ReportApi::new(
-            shared.clone(),
-            report_key,
-        )))
+        .add_service(NodeServiceServer::with_interceptor(
+            grpc::node::NodeApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
+        .add_service(ReleaseServiceServer::with_interceptor(
+            grpc::release::ReleaseApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
+        .add_service(PlanServiceServer::with_interceptor(
+            grpc::plan::PlanApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
+        .add_service(RunServiceServer::with_interceptor(
+            grpc::run::RunApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
+        .add_service(GateServiceServer::with_interceptor(
+            grpc::gate::GateApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
+        .add_service(ReportServiceServer::with_interceptor(
+            grpc::report::ReportApi::new(shared.clone(), report_key),
+            api_auth.clone(),
+        ))
+        .add_service(AuditServiceServer::with_interceptor(
+            grpc::audit::AuditApi::new(shared.clone()),
+            api_auth.clone(),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     tokio::pin!(server);
     // The listener is bound and queues connections already; the server answers them as soon

@@ -490,6 +490,7 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
         .evaluate_gate(proto::EvaluateGateRequest {
             release: "r550".into(),
             milestone: String::new(),
+            at: None,
         })
         .await
         .expect("evaluate")

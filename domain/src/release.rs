@@ -39,6 +39,9 @@ pub struct Promotion {
     pub at: Timestamp,
     /// Digest of the passed decision's inputs.
     pub decision_digest: String,
+    /// Who promoted it (an API token's name, or "anonymous").
+    #[serde(default)]
+    pub actor: String,
 }
 
 /// A candidate build.

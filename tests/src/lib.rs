@@ -31,6 +31,11 @@ pub struct ControllerOptions {
     pub lease_grace: Duration,
     /// Scheduler and watchdog tick.
     pub tick: Duration,
+    /// The controller's clock; the system clock when `None` (a test that moves time passes
+    /// a `ManualClock`).
+    pub clock: Option<tollgate_controller::clock::SharedClock>,
+    /// Manager API tokens as (name, secret); none for anonymous manager calls.
+    pub api_tokens: Vec<(String, String)>,
 }
 
 impl ControllerOptions {
@@ -41,6 +46,8 @@ impl ControllerOptions {
             heartbeat_interval: Duration::from_millis(200),
             lease_grace: Duration::from_secs(3),
             tick: Duration::from_millis(100),
+            clock: None,
+            api_tokens: Vec::new(),
         }
     }
 }
@@ -91,6 +98,11 @@ impl Controller {
         config.heartbeat_interval = options.heartbeat_interval;
         config.lease_grace = options.lease_grace;
         config.tick = options.tick;
+        if let Some(clock) = &options.clock {
+            config.clock = clock.clone();
+        }
+        config.api_tokens =
+            tollgate_controller::grpc::auth::ApiTokens::new(&options.api_tokens).expect("tokens");
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");
@@ -121,12 +133,11 @@ impl Controller {
                 .await
             {
                 let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
-                if nodes
-                    .list_nodes(v1::ListNodesRequest::default())
-                    .await
-                    .is_ok()
-                {
-                    return;
+                // Refusing an unauthenticated call is an answer too: it is serving.
+                match nodes.list_nodes(v1::ListNodesRequest::default()).await {
+                    Ok(_) => return,
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => return,
+                    Err(_) => {}
                 }
             }
             assert!(
@@ -329,6 +340,7 @@ impl Clients {
             .evaluate_gate(v1::EvaluateGateRequest {
                 release: release.into(),
                 milestone: String::new(),
+                at: None,
             })
             .await
             .expect("evaluate gate")

@@ -1,7 +1,7 @@
 //! `tollgate gate`: validate gate files offline, apply them, and show a release's decision.
 
 use crate::Reported;
-use crate::args::GateCommand;
+use crate::args::{DecisionFormat, GateCommand};
 use crate::client::{Controller, RpcError, answer};
 use crate::json;
 use crate::output::{Format, format_number, format_time, print_json, short_hash};
@@ -30,13 +30,31 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
         GateCommand::Show {
             release,
             milestone,
+            at,
             output,
         } => {
-            let decision = evaluate(controller, &release, milestone.as_deref()).await?;
-            match output.output {
-                Format::Json => print_json(&json::decision(&decision)),
-                Format::Text => {
+            let at = at
+                .as_deref()
+                .map(crate::commands::waiver::parse_time)
+                .transpose()?
+                .map(crate::commands::waiver::to_proto);
+            let decision = evaluate_at(controller, &release, milestone.as_deref(), at).await?;
+            match output {
+                DecisionFormat::Json => print_json(&json::decision(&decision)),
+                DecisionFormat::Greenwave => {
+                    let greenwave: serde_json::Value =
+                        serde_json::from_str(&decision.greenwave_json)
+                            .context("the controller's greenwave_json is not JSON")?;
+                    print_json(&greenwave)
+                }
+                DecisionFormat::Text => {
                     print!("{}", format_decision(&decision));
+                    if !decision.replay.is_empty() {
+                        println!("\n{}", decision.replay);
+                    }
+                    if decision.replay.contains("MISMATCH") {
+                        return Err(Reported(1).into());
+                    }
                     Ok(())
                 }
             }
@@ -71,12 +89,23 @@ pub async fn evaluate(
     release: &str,
     milestone: Option<&str>,
 ) -> anyhow::Result<pb::Decision> {
+    evaluate_at(controller, release, milestone, None).await
+}
+
+/// Evaluates the gate now, or, with `at`, replays the decision as it stood then.
+pub async fn evaluate_at(
+    controller: &Controller,
+    release: &str,
+    milestone: Option<&str>,
+    at: Option<prost_types::Timestamp>,
+) -> anyhow::Result<pb::Decision> {
     Ok(answer(
         controller
             .gates()
             .evaluate_gate(pb::EvaluateGateRequest {
                 release: release.to_owned(),
                 milestone: milestone.unwrap_or_default().to_owned(),
+                at,
             })
             .await,
     )?)
@@ -195,6 +224,9 @@ pub fn format_decision(decision: &pb::Decision) -> String {
         out.push('\n');
         let _ = writeln!(out, "{:<7} {} ({})", rule.verdict, rule.rule_id, rule.kind);
         let _ = writeln!(out, "        {}", rule.reason);
+        if !rule.waiver_id.is_empty() {
+            let _ = writeln!(out, "        waiver: {}", rule.waiver_id);
+        }
         if !rule.failing_nodes.is_empty() {
             let _ = writeln!(
                 out,
@@ -292,6 +324,8 @@ mod tests {
             digest: "0123456789abcdef".into(),
             evaluated_at: None,
             policy_version: "fedcba9876543210".into(),
+            greenwave_json: String::new(),
+            replay: String::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! One module per command group; each holds the calls it makes and its pure text formatting.
 
+pub mod audit;
 pub mod gate;
 pub mod node;
 pub mod plan;
@@ -7,6 +8,7 @@ pub mod promote;
 pub mod release;
 pub mod report;
 pub mod run;
+pub mod waiver;
 
 use crate::args::{Cli, Command, GateCommand, PlanCommand, ReleaseCommand};
 use crate::client::Controller;
@@ -15,8 +17,10 @@ use crate::client::Controller;
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
         controller: url,
+        token,
         command,
     } = cli;
+    crate::client::set_token(token);
     // Offline commands and the demo never touch --controller, so they work without one.
     match command {
         Command::Plan(PlanCommand::Validate { file, output }) => {
@@ -43,6 +47,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate(command) => gate::run(&Controller::connect(&url).await?, command).await,
         Command::Run(command) => run::run(&Controller::connect(&url).await?, command).await,
         Command::Promote(args) => promote::run(&Controller::connect(&url).await?, args).await,
+        Command::Waive(args) => waiver::waive(&Controller::connect(&url).await?, args).await,
+        Command::Waiver(command) => waiver::run(&Controller::connect(&url).await?, command).await,
+        Command::Demote(args) => waiver::demote(&Controller::connect(&url).await?, args).await,
+        Command::Halt(args) => waiver::halt(&Controller::connect(&url).await?, args).await,
+        Command::Resume(args) => waiver::resume(&Controller::connect(&url).await?, args).await,
+        Command::Audit(command) => audit::run(&Controller::connect(&url).await?, command).await,
         // `report verify` is offline: a customer checks a file without any controller.
         Command::Report(args) => report::dispatch(&url, args).await,
     }

@@ -84,6 +84,7 @@ mod tests {
                     to_milestone: "customer-acceptance".into(),
                     at: None,
                     decision_digest: "d1".into(),
+                    actor: "alice".into(),
                 }],
                 ..Default::default()
             }),

@@ -1,5 +1,7 @@
-//! Node tokens: issued at registration, presented as `authorization: Bearer <token>` on every
-//! other agent call, and bound to exactly one node.
+//! Identity. Node tokens: issued at registration, presented as `authorization: Bearer <token>`
+//! on every other agent call, and bound to exactly one node. API tokens: named secrets the
+//! operator configures (`--api-token NAME=SECRET`), presented the same way on every manager
+//! call; the name is the actor recorded on waivers, promotions and audit entries.
 //!
 //! **Invariant:** only the sha256 of a token is stored or kept in memory; the token itself
 //! exists only in the agent's state directory and in flight.
@@ -49,6 +51,119 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
             Status::unauthenticated("the authorization header is not 'Bearer <token>'")
         })?;
     Ok(token)
+}
+
+/// The actor of a manager call when no API token is configured.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who makes a manager call: an API token's name, or [`ANONYMOUS`]. The interceptor puts it
+/// in the request's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+/// The actor of a request, as the interceptor found it.
+pub fn actor_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Actor>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |actor| actor.0.clone())
+}
+
+/// The configured API tokens: sha256 of the secret → name.
+#[derive(Clone, Debug, Default)]
+pub struct ApiTokens {
+    by_hash: HashMap<String, String>,
+}
+
+impl ApiTokens {
+    /// Tokens from `(name, secret)` pairs; an error names every bad pair.
+    pub fn new(pairs: &[(String, String)]) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, secret) in pairs {
+            if name.trim().is_empty() || secret.trim().is_empty() {
+                problems.push(format!("'{name}': name and secret must both be non-empty"));
+            } else if by_hash
+                .insert(hash_token(secret.trim()), name.trim().to_owned())
+                .is_some()
+            {
+                problems.push(format!("'{name}': the same secret is given twice"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { by_hash })
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Parses `NAME=SECRET`.
+    pub fn parse_flag(text: &str) -> Result<(String, String), String> {
+        match text.split_once('=') {
+            Some((name, secret)) if !name.is_empty() && !secret.is_empty() => {
+                Ok((name.to_owned(), secret.to_owned()))
+            }
+            _ => Err(format!("'{text}' is not NAME=SECRET")),
+        }
+    }
+
+    /// Parses a tokens file: one `name secret` per line; blank lines and `#` comments are
+    /// skipped. An error names every bad line.
+    pub fn parse_file(text: &str) -> Result<Vec<(String, String)>, String> {
+        let mut pairs = Vec::new();
+        let mut problems = Vec::new();
+        for (idx, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [name, secret] => pairs.push(((*name).to_owned(), (*secret).to_owned())),
+                _ => problems.push(format!("line {}: expected 'name secret'", idx + 1)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(pairs)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Whether no token is configured (every manager call is then anonymous).
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The actor of a manager call: anonymous when no token is configured, else the name of
+    /// the token it carries; `Unauthenticated` when it carries none or an unknown one.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Actor, Status> {
+        if self.is_empty() {
+            return Ok(Actor(ANONYMOUS.to_owned()));
+        }
+        let token = bearer_token(metadata).map_err(|_| {
+            Status::unauthenticated(
+                "missing API token: send 'authorization: Bearer <secret>' (tollgate --token or \
+                 TOLLGATE_TOKEN)",
+            )
+        })?;
+        self.by_hash
+            .get(&hash_token(token))
+            .map(|name| Actor(name.clone()))
+            .ok_or_else(|| Status::unauthenticated("unknown API token"))
+    }
+
+    /// A tonic interceptor that authenticates every call and records its actor.
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone + use<> {
+        let tokens = self.clone();
+        move |mut request: tonic::Request<()>| {
+            let actor = tokens.authenticate(request.metadata())?;
+            request.extensions_mut().insert(actor);
+            Ok(request)
+        }
+    }
 }
 
 /// Token hash → node, filled at registration and from the store on a miss.
@@ -166,6 +281,37 @@ mod tests {
         assert!(bearer_token(&metadata).is_err());
         metadata.insert("authorization", "Bearer 0123abc".parse().unwrap());
         assert_eq!(bearer_token(&metadata).unwrap(), "0123abc");
+    }
+
+    #[test]
+    fn api_tokens_name_the_actor_or_refuse() {
+        let anonymous = ApiTokens::default();
+        let metadata = MetadataMap::new();
+        assert_eq!(
+            anonymous.authenticate(&metadata).unwrap(),
+            Actor(ANONYMOUS.into())
+        );
+        let pairs = ApiTokens::parse_file("# managers\nalice s3cret\n\nbob hunter2\n").unwrap();
+        let tokens = ApiTokens::new(&pairs).unwrap();
+        assert_eq!(
+            tokens.authenticate(&metadata).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", "Bearer hunter2".parse().unwrap());
+        assert_eq!(tokens.authenticate(&metadata).unwrap(), Actor("bob".into()));
+        metadata.insert("authorization", "Bearer nope".parse().unwrap());
+        assert_eq!(
+            tokens.authenticate(&metadata).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            ApiTokens::parse_flag("ci=abc").unwrap(),
+            ("ci".to_owned(), "abc".to_owned())
+        );
+        assert!(ApiTokens::parse_flag("ci").is_err());
+        let err = ApiTokens::parse_file("alice\nbob x y\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -416,12 +416,14 @@ impl ToProto for Promotion {
             to_milestone,
             at,
             decision_digest,
+            actor,
         } = promotion;
         proto::Promotion {
             from_milestone: from_milestone.clone(),
             to_milestone: to_milestone.clone(),
             at: Some(timestamp_to_proto(*at)),
             decision_digest: decision_digest.clone(),
+            actor: actor.clone(),
         }
     }
 }
@@ -444,6 +446,8 @@ pub fn release_to_proto(release: &Release, track: &Track) -> proto::Release {
         track: track.milestones.clone(),
         created_at: Some(timestamp_to_proto(*created_at)),
         promotions: promotions.iter().map(ToProto::to_proto).collect(),
+        // Not part of the domain release; the release handlers fill it from the store.
+        halted_reason: String::new(),
     }
 }
 
@@ -667,6 +671,71 @@ impl ToProto for Decision {
             digest: digest.clone(),
             evaluated_at: Some(timestamp_to_proto(*evaluated_at)),
             policy_version: policy_version.clone(),
+            greenwave_json: tollgate_domain::gate::greenwave(decision).to_string(),
+            // Only a replayed decision says how its replay went; the gate service sets it.
+            replay: String::new(),
+        }
+    }
+}
+
+impl ToProto for tollgate_domain::gate::Waiver {
+    type Proto = proto::Waiver;
+    fn to_proto(&self) -> proto::Waiver {
+        let tollgate_domain::gate::Waiver {
+            id,
+            release,
+            milestone,
+            rule_id,
+            reason,
+            ticket,
+            approver,
+            created_at,
+            expires_at,
+            revoked_at,
+            nodes,
+            skus,
+            steps,
+        } = self;
+        proto::Waiver {
+            id: id.clone(),
+            release: release.clone(),
+            milestone: milestone.clone(),
+            rule_id: rule_id.clone(),
+            reason: reason.clone(),
+            ticket: ticket.clone(),
+            approver: approver.clone(),
+            created_at: Some(timestamp_to_proto(*created_at)),
+            expires_at: Some(timestamp_to_proto(*expires_at)),
+            revoked_at: revoked_at.map(timestamp_to_proto),
+            nodes: nodes.iter().map(ToString::to_string).collect(),
+            skus: skus.clone(),
+            steps: steps.clone(),
+        }
+    }
+}
+
+impl ToProto for tollgate_domain::audit::AuditEntry {
+    type Proto = proto::AuditEntry;
+    fn to_proto(&self) -> proto::AuditEntry {
+        let tollgate_domain::audit::AuditEntry {
+            seq,
+            at,
+            actor,
+            action,
+            subject,
+            details,
+            prev_hash,
+            hash,
+        } = self;
+        proto::AuditEntry {
+            seq: *seq,
+            at: Some(timestamp_to_proto(*at)),
+            actor: actor.clone(),
+            action: action.clone(),
+            subject: subject.clone(),
+            details: details.clone(),
+            prev_hash: prev_hash.clone(),
+            hash: hash.clone(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The gRPC edge: one file per service, proto ↔ domain conversion in `convert.rs`, every
-//! error → `tonic::Status` mapping in `status.rs`, node tokens in `auth.rs`.
+//! error → `tonic::Status` mapping in `status.rs`, node and API tokens in `auth.rs`.
 //!
 //! **Boundary:** handlers decide nothing themselves. They check the request, load facts from
 //! the store, call a `tollgate_domain` function, persist and dispatch what it returned.
 
 pub mod agent;
+pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod gate;

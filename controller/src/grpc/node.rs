@@ -84,11 +84,27 @@ impl NodeService for NodeApi {
         &self,
         request: Request<proto::SetCordonRequest>,
     ) -> Result<Response<proto::Node>, Status> {
+        let actor = super::auth::actor_of(&request);
         let proto::SetCordonRequest { name, cordoned } = request.into_inner();
         let node = self.load(&name).await?;
         let state = cordon_state(&node, cordoned).map_err(Status::failed_precondition)?;
         if state != node.state {
-            self.shared.store.set_node_state(&node.id, state).await?;
+            let action = if cordoned {
+                "node.cordon"
+            } else {
+                "node.uncordon"
+            };
+            let note = crate::store::AuditNote::new(
+                self.shared.now(),
+                &actor,
+                action,
+                format!("node/{}", node.id),
+            )
+            .details(serde_json::json!({ "from": node.state.as_str(), "to": state.as_str() }));
+            self.shared
+                .store
+                .set_node_state_audited(&node.id, state, Some(&note))
+                .await?;
             tracing::info!(node = %node.id, from = %node.state, to = %state, "{}", if cordoned { "node cordoned" } else { "node uncordoned" });
             self.shared.notify_changed();
             if !cordoned {

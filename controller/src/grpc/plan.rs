@@ -3,6 +3,7 @@
 use super::convert::ToProto;
 use super::{load_plan, status};
 use crate::Shared;
+use crate::store::AuditNote;
 use std::sync::Arc;
 use tollgate_proto::v1::{self as proto, plan_service_server::PlanService};
 use tonic::{Request, Response, Status};
@@ -35,6 +36,7 @@ impl PlanService for PlanApi {
         &self,
         request: Request<proto::ApplyPlanRequest>,
     ) -> Result<Response<proto::Plan>, Status> {
+        let actor = super::auth::actor_of(&request);
         let proto::ApplyPlanRequest { source, file_name } = request.into_inner();
         let file_name = file_name_or_default(&file_name, "plan.yaml");
         let plan = tollgate_domain::plan::parse_plan(&file_name, &source)
@@ -43,7 +45,20 @@ impl PlanService for PlanApi {
         let is_new = self
             .shared
             .store
-            .put_plan(&plan, &source, self.shared.now())
+            .put_plan_audited(
+                &plan,
+                &source,
+                self.shared.now(),
+                Some(
+                    &AuditNote::new(
+                        self.shared.now(),
+                        &actor,
+                        "plan.apply",
+                        format!("plan/{}@{version}", plan.name),
+                    )
+                    .details(serde_json::json!({ "version": version.as_str() })),
+                ),
+            )
             .await?;
         if is_new {
             tracing::info!(plan = plan.name, version = %version, n_steps = plan.steps.len(), "plan applied");

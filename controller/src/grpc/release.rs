@@ -1,11 +1,12 @@
 //! `ReleaseService`: registering releases and promoting them along the track, only on a gate
 //! that passes when evaluated now.
 
+use super::auth::actor_of;
 use super::convert::{NewRelease, ToProto, release_to_proto};
 use super::{load_release, status};
 use crate::Shared;
 use crate::gates::{evaluate_now, explain_not_passed};
-use crate::store::StoreError;
+use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
 use tollgate_domain::gate::Verdict;
@@ -26,6 +27,37 @@ impl ReleaseApi {
     }
 }
 
+/// `FailedPrecondition` when the release is halted, saying what cannot be done and why.
+pub async fn refuse_if_halted(
+    shared: &Shared,
+    release: &ReleaseId,
+    what: &str,
+) -> Result<(), Status> {
+    match shared.store.release_halt(release).await? {
+        None => Ok(()),
+        Some(reason) => Err(Status::failed_precondition(format!(
+            "release {release} is halted ({reason}): it cannot be {what}; resume it with \
+             `tollgate resume --release {release}`"
+        ))),
+    }
+}
+
+/// A release as stored now, on the wire, with its halt.
+async fn current_release(shared: &Shared, release: &ReleaseId) -> Result<proto::Release, Status> {
+    let stored = shared
+        .store
+        .get_release(release)
+        .await?
+        .ok_or_else(|| status::not_found(format!("release {release}")))?;
+    let mut wire = release_to_proto(&stored, &Track::default());
+    wire.halted_reason = shared
+        .store
+        .release_halt(release)
+        .await?
+        .unwrap_or_default();
+    Ok(wire)
+}
+
 /// The message a promote gets when the milestone has no gate.
 pub fn no_gate(milestone: &str) -> Status {
     Status::failed_precondition(format!(
@@ -39,6 +71,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::CreateReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
         let NewRelease {
             name,
             components,
@@ -53,7 +86,18 @@ impl ReleaseService for ReleaseApi {
             created_at: self.shared.now(),
             promotions: Vec::new(),
         };
-        self.shared.store.create_release(&release).await?;
+        let note = AuditNote::new(
+            release.created_at,
+            &actor,
+            "release.create",
+            format!("release/{}", release.id),
+        )
+        .release(&release.id)
+        .details(serde_json::json!({ "components": release.components }));
+        self.shared
+            .store
+            .create_release_audited(&release, Some(&note))
+            .await?;
         tracing::info!(release = %release.id, n_components = release.components.len(), "release created");
         Ok(Response::new(release_to_proto(&release, &track)))
     }
@@ -64,7 +108,9 @@ impl ReleaseService for ReleaseApi {
     ) -> Result<Response<proto::Release>, Status> {
         let proto::GetReleaseRequest { name } = request.into_inner();
         let release = load_release(&self.shared, &name).await?;
-        Ok(Response::new(release_to_proto(&release, &Track::default())))
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
     }
 
     async fn list_releases(
@@ -86,8 +132,10 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::PromoteRequest>,
     ) -> Result<Response<proto::PromoteResponse>, Status> {
+        let actor = actor_of(&request);
         let proto::PromoteRequest { name } = request.into_inner();
         let release = load_release(&self.shared, &name).await?;
+        refuse_if_halted(&self.shared, &release.id, "promoted").await?;
         let track = Track::default();
         let from = release.milestone.clone();
         if from == RELEASED {
@@ -118,11 +166,25 @@ impl ReleaseService for ReleaseApi {
             to_milestone: to.to_owned(),
             at: self.shared.now(),
             decision_digest: decision.digest.clone(),
+            actor: actor.clone(),
         };
+        let note = AuditNote::new(
+            promotion.at,
+            &actor,
+            "release.promote",
+            format!("release/{}", release.id),
+        )
+        .release(&release.id)
+        .details(serde_json::json!({
+            "from": from,
+            "to": to,
+            "decision_digest": decision.digest,
+            "verdict": decision.verdict.as_str(),
+        }));
         match self
             .shared
             .store
-            .promote_release(&release.id, &promotion)
+            .promote_release(&release.id, &promotion, &note)
             .await
         {
             Ok(()) => {}
@@ -139,6 +201,7 @@ impl ReleaseService for ReleaseApi {
             from = %from,
             to,
             digest = %decision.digest,
+            actor,
             "release promoted"
         );
         self.shared.notify_changed();
@@ -152,5 +215,130 @@ impl ReleaseService for ReleaseApi {
             release: Some(release_to_proto(&release, &track)),
             decision: Some(decision.to_proto()),
         }))
+    }
+
+    async fn demote(
+        &self,
+        request: Request<proto::DemoteRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let proto::DemoteRequest {
+            release,
+            to_milestone,
+            reason,
+        } = request.into_inner();
+        let mut problems = Vec::new();
+        if to_milestone.trim().is_empty() {
+            problems.push("to_milestone: is empty; give the milestone to move back to");
+        }
+        if reason.trim().is_empty() {
+            problems.push("reason: is empty; say why the release is demoted");
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("; ")));
+        }
+        let release = load_release(&self.shared, &release).await?;
+        let track = Track::default();
+        let position = |milestone: &str| {
+            if milestone == RELEASED {
+                Some(track.milestones.len())
+            } else {
+                track.milestones.iter().position(|m| m == milestone)
+            }
+        };
+        let Some(to_idx) = track.milestones.iter().position(|m| *m == to_milestone) else {
+            return Err(Status::invalid_argument(format!(
+                "to_milestone: '{to_milestone}' is not on the track ({})",
+                track.milestones.join(", ")
+            )));
+        };
+        let from = release.milestone.clone();
+        if position(&from).is_none_or(|from_idx| to_idx >= from_idx) {
+            return Err(Status::failed_precondition(format!(
+                "release {} is at {from}; it can only be demoted to an earlier milestone, and {to_milestone} is not",
+                release.id
+            )));
+        }
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "release.demote",
+            format!("release/{}", release.id),
+        )
+        .release(&release.id)
+        .details(serde_json::json!({ "from": from, "to": to_milestone, "reason": reason.trim() }));
+        match self
+            .shared
+            .store
+            .demote_release(&release.id, &from, &to_milestone, &note)
+            .await
+        {
+            Err(StoreError::Conflict { .. }) => {
+                return Err(Status::failed_precondition(format!(
+                    "release {} moved from {from} meanwhile",
+                    release.id
+                )));
+            }
+            other => other?,
+        }
+        tracing::info!(release = %release.id, from, to = to_milestone, actor, "release demoted");
+        self.shared.notify_changed();
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
+
+    async fn halt(
+        &self,
+        request: Request<proto::HaltRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let proto::HaltRequest { release, reason } = request.into_inner();
+        if reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: is empty; say why the release is halted",
+            ));
+        }
+        let release = load_release(&self.shared, &release).await?;
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "release.halt",
+            format!("release/{}", release.id),
+        )
+        .release(&release.id)
+        .details(serde_json::json!({ "reason": reason.trim() }));
+        self.shared
+            .store
+            .set_halt(&release.id, Some(reason.trim()), &note)
+            .await?;
+        tracing::info!(release = %release.id, actor, reason = reason.trim(), "release halted");
+        self.shared.notify_changed();
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<proto::ResumeRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let proto::ResumeRequest { release, reason } = request.into_inner();
+        let release = load_release(&self.shared, &release).await?;
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "release.resume",
+            format!("release/{}", release.id),
+        )
+        .release(&release.id)
+        .details(serde_json::json!({ "reason": reason.trim() }));
+        self.shared.store.set_halt(&release.id, None, &note).await?;
+        tracing::info!(release = %release.id, actor, "release resumed");
+        self.shared.notify_changed();
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
     }
 }

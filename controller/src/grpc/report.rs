@@ -110,6 +110,11 @@ impl ReportService for ReportApi {
                 nodes.push(node);
             }
         }
+        let waivers = shared
+            .store
+            .list_waivers(&release.id, Some(&milestone))
+            .await?;
+        let audit_head = shared.store.audit_head().await?;
         let input = ReportInput {
             release,
             milestone,
@@ -120,9 +125,8 @@ impl ReportService for ReportApi {
             nodes,
             generated_at: shared.now(),
             controller_version: env!("CARGO_PKG_VERSION").to_owned(),
-            // Filled from the store once waivers and the audit log are stored.
-            waivers: Vec::new(),
-            audit_head: None,
+            waivers,
+            audit_head,
             scope,
         };
         let release_id = input.release.id.clone();

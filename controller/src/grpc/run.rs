@@ -2,11 +2,13 @@
 //! them.
 
 use super::agent::cancel_command;
+use super::auth::actor_of;
 use super::convert::{result_summary, timestamp_to_proto};
+use super::release::refuse_if_halted;
 use super::status::{FieldErrors, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
 use crate::Shared;
-use crate::store::{JobRecord, RunRecord, RunState};
+use crate::store::{AuditNote, JobRecord, RunRecord, RunState};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,7 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::StartRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
+        let actor = actor_of(&request);
         let proto::StartRunRequest {
             release,
             plan,
@@ -117,6 +120,7 @@ impl RunService for RunApi {
         errors.finish(())?;
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;
+        refuse_if_halted(shared, &release.id, "run").await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         let (plan_name, plan_version) = split_plan_ref(&plan);
         let stored = load_plan(shared, plan_name, plan_version).await?;
@@ -169,7 +173,18 @@ impl RunService for RunApi {
                 updated_at: now,
             })
             .collect();
-        shared.store.create_run(&run, &jobs).await?;
+        let note = AuditNote::new(now, &actor, "run.start", format!("run/{}", run.id))
+            .release(&run.release)
+            .details(serde_json::json!({
+                "plan": run.plan_name,
+                "plan_version": run.plan_version.as_str(),
+                "milestone": run.milestone,
+                "nodes": jobs.iter().map(|job| job.node.as_str()).collect::<Vec<_>>(),
+            }));
+        shared
+            .store
+            .create_run_audited(&run, &jobs, Some(&note))
+            .await?;
         tracing::info!(
             run = %run.id,
             release = %run.release,
@@ -227,6 +242,7 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::CancelRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
+        let actor = actor_of(&request);
         let proto::CancelRunRequest { id } = request.into_inner();
         let shared = &self.shared;
         let run = load_run(shared, &id).await?;
@@ -237,7 +253,17 @@ impl RunService for RunApi {
                 run.state.as_str()
             )));
         }
-        let active = shared.store.cancel_run(&run.id, shared.now()).await?;
+        let note = AuditNote::new(
+            shared.now(),
+            &actor,
+            "run.cancel",
+            format!("run/{}", run.id),
+        )
+        .release(&run.release);
+        let active = shared
+            .store
+            .cancel_run_audited(&run.id, shared.now(), Some(&note))
+            .await?;
         for job in &active {
             let command = cancel_command(&job.id, &format!("run {} was cancelled", run.id));
             if let Err(error) = shared.sessions.send(&job.node, command) {

@@ -22,6 +22,8 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 // Rust does not tell Cargo about the folder itself).
 const _: &str = include_str!("../../../migrations/sqlite/0001_init.sql");
 const _: &str = include_str!("../../../migrations/postgres/0001_init.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0004_waivers_audit.sql");
+const _: &str = include_str!("../../../migrations/postgres/0004_waivers_audit.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -288,6 +288,40 @@ macro_rules! result_query {
     };
 }
 
+/// Appends an audit entry inside the open transaction `$tx`, chained after the head, whose
+/// row it locks first: concurrent writers queue on it (PostgreSQL; SQLite's `BEGIN
+/// IMMEDIATE` already serializes them), so the chain never forks.
+macro_rules! append_audit {
+    ($tx:expr, $note:expr) => {{
+        let note: &$crate::store::AuditNote = $note;
+        sqlx::query($crate::store::audit::LOCK_HEAD)
+            .execute(&mut *$tx)
+            .await?;
+        let head = sqlx::query($crate::store::audit::READ_HEAD)
+            .fetch_one(&mut *$tx)
+            .await?;
+        let entry = $crate::store::audit::chained(&head, note)?;
+        sqlx::query($crate::store::audit::INSERT_ENTRY)
+            .bind($crate::store::audit::seq_to_i64(entry.seq)?)
+            .bind(entry.at)
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.subject)
+            .bind(note.release.as_ref().map(|release| release.as_str()))
+            .bind(&entry.details)
+            .bind(&entry.prev_hash)
+            .bind(&entry.hash)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query($crate::store::audit::MOVE_HEAD)
+            .bind($crate::store::audit::seq_to_i64(entry.seq)?)
+            .bind(&entry.hash)
+            .execute(&mut *$tx)
+            .await?;
+        entry
+    }};
+}
+
 /// Serializes a domain value for a JSON column.
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Domain types are plain data with string map keys; serde_json cannot fail on them.
@@ -479,16 +513,32 @@ impl Store {
 
     /// Sets a node's state.
     pub async fn set_node_state(&self, node: &NodeId, state: NodeState) -> Result<(), StoreError> {
+        self.set_node_state_audited(node, state, None).await
+    }
+
+    /// [`Store::set_node_state`], with the audit entry `note` written in the same transaction.
+    pub async fn set_node_state_audited(
+        &self,
+        node: &NodeId,
+        state: NodeState,
+        note: Option<&AuditNote>,
+    ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE nodes SET state = $2 WHERE name = $1";
-        let n_rows = with_pool!(self, |pool| {
-            sqlx::query(SQL)
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
                 .bind(state.as_str())
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            found(n_rows, || format!("node {node}"))?;
+            if let Some(note) = note {
+                append_audit!(tx, note);
+            }
+            tx.commit().await?;
         });
-        found(n_rows, || format!("node {node}"))
+        Ok(())
     }
 
     /// Sets a node's health.
@@ -509,6 +559,15 @@ impl Store {
 
     /// Stores a new release; `AlreadyExists` when the name is taken.
     pub async fn create_release(&self, release: &Release) -> Result<(), StoreError> {
+        self.create_release_audited(release, None).await
+    }
+
+    /// [`Store::create_release`], with the audit entry `note` written in the same transaction.
+    pub async fn create_release_audited(
+        &self,
+        release: &Release,
+        note: Option<&AuditNote>,
+    ) -> Result<(), StoreError> {
         const INSERT: &str =
             "INSERT INTO releases (name, description, components, milestone, created_at)
              VALUES ($1, $2, $3, $4, $5)";
@@ -533,8 +592,12 @@ impl Store {
                     .bind(&promotion.to_milestone)
                     .bind(micros(promotion.at))
                     .bind(&promotion.decision_digest)
+                    .bind(&promotion.actor)
                     .execute(&mut *tx)
                     .await?;
+            }
+            if let Some(note) = note {
+                append_audit!(tx, note);
             }
             tx.commit().await?;
         });
@@ -546,7 +609,7 @@ impl Store {
         const SQL: &str = "SELECT name, description, components, milestone, created_at
              FROM releases WHERE name = $1";
         const PROMOTIONS: &str =
-            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest
+            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest, actor
              FROM promotions WHERE release = $1 ORDER BY promoted_at, seq";
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
@@ -575,7 +638,7 @@ impl Store {
         const SQL: &str = "SELECT name, description, components, milestone, created_at
              FROM releases ORDER BY created_at DESC, seq DESC";
         const PROMOTIONS: &str =
-            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest
+            "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest, actor
              FROM promotions ORDER BY promoted_at, seq";
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
@@ -604,10 +667,13 @@ impl Store {
 
     /// Appends a promotion and moves the release to `promotion.to_milestone`, in one
     /// transaction; `Conflict` if the release is no longer at `promotion.from_milestone`.
+    ///
+    /// `note` is the audit entry written in the same transaction.
     pub async fn promote_release(
         &self,
         release: &ReleaseId,
         promotion: &Promotion,
+        note: &AuditNote,
     ) -> Result<(), StoreError> {
         const MOVE: &str = "UPDATE releases SET milestone = $3 WHERE name = $1 AND milestone = $2";
         const CURRENT: &str = "SELECT milestone FROM releases WHERE name = $1";
@@ -646,8 +712,10 @@ impl Store {
                 .bind(&promotion.to_milestone)
                 .bind(micros(promotion.at))
                 .bind(&promotion.decision_digest)
+                .bind(&promotion.actor)
                 .execute(&mut *tx)
                 .await?;
+            append_audit!(tx, note);
             tx.commit().await?;
             Ok(())
         })
@@ -664,6 +732,17 @@ impl Store {
         plan: &Plan,
         source: &str,
         now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.put_plan_audited(plan, source, now, None).await
+    }
+
+    /// [`Store::put_plan`], with the audit entry `note` written in the same transaction.
+    pub async fn put_plan_audited(
+        &self,
+        plan: &Plan,
+        source: &str,
+        now: Timestamp,
+        note: Option<&AuditNote>,
     ) -> Result<bool, StoreError> {
         const REAPPLY: &str = "UPDATE plans SET applied_at = $3 WHERE name = $1 AND version = $2";
         const INSERT: &str =
@@ -694,6 +773,9 @@ impl Store {
             } else {
                 0
             };
+            if let Some(note) = note {
+                append_audit!(tx, note);
+            }
             tx.commit().await?;
             Ok(inserted == 1)
         })
@@ -747,19 +829,35 @@ impl Store {
         source: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.put_gate_audited(policy, source, now, None).await
+    }
+
+    /// [`Store::put_gate`], with the audit entry `note` written in the same transaction.
+    pub async fn put_gate_audited(
+        &self,
+        policy: &GatePolicy,
+        source: &str,
+        now: Timestamp,
+        note: Option<&AuditNote>,
+    ) -> Result<(), StoreError> {
         const SQL: &str = "INSERT INTO gates (milestone, version, policy, source, created_at)
              VALUES ($1, $2, $3, $4, $5)";
         let version = policy.version();
         let document = to_json(policy);
         with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
             sqlx::query(SQL)
                 .bind(&policy.milestone)
                 .bind(&version)
                 .bind(&document)
                 .bind(text(source))
                 .bind(micros(now))
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            if let Some(note) = note {
+                append_audit!(tx, note);
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -784,6 +882,16 @@ impl Store {
 
     /// Stores a run and its jobs in one transaction.
     pub async fn create_run(&self, run: &RunRecord, jobs: &[JobRecord]) -> Result<(), StoreError> {
+        self.create_run_audited(run, jobs, None).await
+    }
+
+    /// [`Store::create_run`], with the audit entry `note` written in the same transaction.
+    pub async fn create_run_audited(
+        &self,
+        run: &RunRecord,
+        jobs: &[JobRecord],
+        note: Option<&AuditNote>,
+    ) -> Result<(), StoreError> {
         const RUN: &str =
             "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
                                created_at, finished_at)
@@ -832,6 +940,9 @@ impl Store {
                             &format!("node {} or run {}", job.node, job.run_id),
                         )
                     })?;
+            }
+            if let Some(note) = note {
+                append_audit!(tx, note);
             }
             tx.commit().await?;
             Ok(())
@@ -956,6 +1067,16 @@ impl Store {
         run: &RunId,
         now: Timestamp,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        self.cancel_run_audited(run, now, None).await
+    }
+
+    /// [`Store::cancel_run`], with the audit entry `note` written in the same transaction.
+    pub async fn cancel_run_audited(
+        &self,
+        run: &RunId,
+        now: Timestamp,
+        note: Option<&AuditNote>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         const CANCEL_RUN: &str = "UPDATE runs SET state = 'cancelled', finished_at = $2
              WHERE id = $1 AND state = 'running'";
         const RUN_STATE: &str = "SELECT id, state FROM runs WHERE id = $1";
@@ -1021,6 +1142,9 @@ impl Store {
                 .bind(run.as_str())
                 .execute(&mut *tx)
                 .await?;
+            if let Some(note) = note {
+                append_audit!(tx, note);
+            }
             tx.commit().await?;
             for job in &mut active {
                 job.state = JobState::Cancelled;
@@ -1320,8 +1444,9 @@ impl Store {
 
 /// Appends one promotion row.
 const INSERT_PROMOTION: &str =
-    "INSERT INTO promotions (release, from_milestone, to_milestone, promoted_at, decision_digest)
-     VALUES ($1, $2, $3, $4, $5)";
+    "INSERT INTO promotions (release, from_milestone, to_milestone, promoted_at, decision_digest,
+                             actor)
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// `NotFound` when an update matched no row.
 fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
@@ -1331,6 +1456,10 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
         Ok(())
     }
 }
+
+// After the macros, which it uses.
+mod audit;
+pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 
 // Last, so that the SQL macros above are in scope in the tests.
 #[cfg(test)]

@@ -204,6 +204,7 @@ pub(super) fn promotion(row: &impl StoreRow) -> Result<Promotion, StoreError> {
         to_milestone: f.text("to_milestone")?,
         at: f.time("promoted_at")?,
         decision_digest: f.text("decision_digest")?,
+        actor: f.text("actor")?,
     })
 }
 

@@ -405,6 +405,7 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         to_milestone: "lab-qual".into(),
         at: at(3),
         decision_digest: "d0".into(),
+        actor: "alice".into(),
     });
     store.create_release(&release).await.expect("release");
     assert_eq!(
@@ -991,13 +992,15 @@ async fn promote_is_compare_and_set(store: &Store) {
         to_milestone: "customer-acceptance".into(),
         at: at(100),
         decision_digest: "digest-1".into(),
+        actor: "alice".into(),
     };
+    let note = AuditNote::new(at(100), "alice", "release.promote", "release/r1");
     store
-        .promote_release(&release.id, &promotion)
+        .promote_release(&release.id, &promotion, &note)
         .await
         .expect("promote");
     let err = store
-        .promote_release(&release.id, &promotion)
+        .promote_release(&release.id, &promotion, &note)
         .await
         .expect_err("no longer at lab-qual");
     assert!(
@@ -1013,7 +1016,7 @@ async fn promote_is_compare_and_set(store: &Store) {
     assert_eq!(stored.promotions, std::slice::from_ref(&promotion));
     assert!(matches!(
         store
-            .promote_release(&ReleaseId::from("nope"), &promotion)
+            .promote_release(&ReleaseId::from("nope"), &promotion, &note)
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -1350,3 +1353,6 @@ async fn sqlite_creates_missing_directories_and_memory_works() {
     add_node(&memory, "n1").await;
     assert_eq!(memory.list_nodes().await.expect("list").len(), 1);
 }
+
+// Waivers, audit, halts and replay.
+mod audit;

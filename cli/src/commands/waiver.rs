@@ -1,0 +1,370 @@
+//! `tollgate waive`, `waiver list|revoke`, `demote`, `halt` and `resume`: the release
+//! manager's exceptions and brakes, each recorded in the audit log under the caller's token.
+
+use crate::args::{DemoteArgs, HaltArgs, ResumeArgs, WaiveArgs, WaiverCommand};
+use crate::client::{Controller, answer};
+use crate::output::{Format, Table, format_time, print_json};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use tollgate_proto::v1 as pb;
+
+/// Parses a time given as RFC 3339 or as a date (midnight UTC).
+pub fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "'{text}' is not a time: use RFC 3339 (2026-12-01T08:00:00Z) or a date (2026-12-01)"
+            )
+        })
+}
+
+/// Parses a duration such as `7d`, `12h`, `30m`, `45s` or `2w` into seconds.
+pub fn parse_for(text: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("'{text}' is not a duration: use for example 7d, 12h, 30m or 2w");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(seconds) {
+        Some(0) | None => Err(bad()),
+        Some(total) => Ok(total),
+    }
+}
+
+/// A timestamp on the wire.
+pub fn to_proto(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The request `tollgate waive` sends.
+pub fn waive_request(args: WaiveArgs) -> anyhow::Result<pb::WaiveRequest> {
+    let WaiveArgs {
+        release,
+        milestone,
+        rule,
+        reason,
+        ticket,
+        expires,
+        for_,
+        nodes,
+        skus,
+        steps,
+        output: _,
+    } = args;
+    let expires_at = expires
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .map(to_proto);
+    let ttl_seconds = for_.as_deref().map(parse_for).transpose()?.unwrap_or(0);
+    Ok(pb::WaiveRequest {
+        release,
+        milestone: milestone.unwrap_or_default(),
+        rule_id: rule,
+        reason,
+        ticket,
+        expires_at,
+        ttl_seconds,
+        nodes,
+        skus,
+        steps,
+    })
+}
+
+/// `tollgate waive`.
+pub async fn waive(controller: &Controller, args: WaiveArgs) -> anyhow::Result<()> {
+    let format = args.output.output;
+    let request = waive_request(args)?;
+    let waiver = answer(controller.gates().waive(request).await)?;
+    match format {
+        Format::Json => print_json(&waiver_json(&waiver)),
+        Format::Text => {
+            print!("{}", format_waiver(&waiver));
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `waiver` command.
+pub async fn run(controller: &Controller, command: WaiverCommand) -> anyhow::Result<()> {
+    match command {
+        WaiverCommand::List {
+            release,
+            milestone,
+            output,
+        } => {
+            let listed = answer(
+                controller
+                    .gates()
+                    .list_waivers(pb::ListWaiversRequest {
+                        release,
+                        milestone: milestone.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&Value::Array(
+                    listed.waivers.iter().map(waiver_json).collect(),
+                )),
+                Format::Text => {
+                    print!("{}", format_waivers(&listed.waivers));
+                    Ok(())
+                }
+            }
+        }
+        WaiverCommand::Revoke { id, output } => {
+            let waiver = answer(
+                controller
+                    .gates()
+                    .revoke_waiver(pb::RevokeWaiverRequest { id })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&waiver_json(&waiver)),
+                Format::Text => {
+                    println!(
+                        "waiver {} revoked at {}",
+                        waiver.id,
+                        format_time(waiver.revoked_at.as_ref())
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `tollgate demote`.
+pub async fn demote(controller: &Controller, args: DemoteArgs) -> anyhow::Result<()> {
+    let DemoteArgs {
+        release,
+        to,
+        reason,
+        output,
+    } = args;
+    let release = answer(
+        controller
+            .releases()
+            .demote(pb::DemoteRequest {
+                release,
+                to_milestone: to,
+                reason,
+            })
+            .await,
+    )?;
+    print_release_state(&release, output.output, "demoted")
+}
+
+/// `tollgate halt`.
+pub async fn halt(controller: &Controller, args: HaltArgs) -> anyhow::Result<()> {
+    let HaltArgs {
+        release,
+        reason,
+        output,
+    } = args;
+    let release = answer(
+        controller
+            .releases()
+            .halt(pb::HaltRequest { release, reason })
+            .await,
+    )?;
+    print_release_state(&release, output.output, "halted")
+}
+
+/// `tollgate resume`.
+pub async fn resume(controller: &Controller, args: ResumeArgs) -> anyhow::Result<()> {
+    let ResumeArgs {
+        release,
+        reason,
+        output,
+    } = args;
+    let release = answer(
+        controller
+            .releases()
+            .resume(pb::ResumeRequest { release, reason })
+            .await,
+    )?;
+    print_release_state(&release, output.output, "resumed")
+}
+
+fn print_release_state(release: &pb::Release, format: Format, what: &str) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&crate::json::release(release)),
+        Format::Text => {
+            let halted = if release.halted_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" (halted: {})", release.halted_reason)
+            };
+            println!(
+                "release {} {what}: now at {}{halted}",
+                release.name, release.milestone
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A waiver as JSON.
+pub fn waiver_json(waiver: &pb::Waiver) -> Value {
+    let pb::Waiver {
+        id,
+        release,
+        milestone,
+        rule_id,
+        reason,
+        ticket,
+        approver,
+        created_at,
+        expires_at,
+        revoked_at,
+        nodes,
+        skus,
+        steps,
+    } = waiver;
+    json!({
+        "id": id,
+        "release": release,
+        "milestone": milestone,
+        "rule_id": rule_id,
+        "reason": reason,
+        "ticket": ticket,
+        "approver": approver,
+        "created_at": created_at.as_ref().map(|t| format_time(Some(t))),
+        "expires_at": expires_at.as_ref().map(|t| format_time(Some(t))),
+        "revoked_at": revoked_at.as_ref().map(|t| format_time(Some(t))),
+        "nodes": nodes,
+        "skus": skus,
+        "steps": steps,
+    })
+}
+
+/// One waiver, for people.
+pub fn format_waiver(waiver: &pb::Waiver) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "waiver {} granted by {}: rule {} of release {} at {}",
+        waiver.id, waiver.approver, waiver.rule_id, waiver.release, waiver.milestone
+    );
+    let _ = writeln!(out, "  reason:  {}", waiver.reason);
+    let _ = writeln!(out, "  ticket:  {}", waiver.ticket);
+    let _ = writeln!(
+        out,
+        "  expires: {}",
+        format_time(waiver.expires_at.as_ref())
+    );
+    let _ = writeln!(out, "  scope:   {}", scope(waiver));
+    out
+}
+
+fn scope(waiver: &pb::Waiver) -> String {
+    let mut parts = Vec::new();
+    for (name, values) in [
+        ("nodes", &waiver.nodes),
+        ("skus", &waiver.skus),
+        ("steps", &waiver.steps),
+    ] {
+        if !values.is_empty() {
+            parts.push(format!("{name} {}", values.join(",")));
+        }
+    }
+    if parts.is_empty() {
+        "the whole rule".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A table of waivers.
+pub fn format_waivers(waivers: &[pb::Waiver]) -> String {
+    if waivers.is_empty() {
+        return "no waivers\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "ID",
+        "MILESTONE",
+        "RULE",
+        "BY",
+        "TICKET",
+        "EXPIRES",
+        "REVOKED",
+        "SCOPE",
+    ]);
+    for waiver in waivers {
+        table.row(vec![
+            waiver.id.clone(),
+            waiver.milestone.clone(),
+            waiver.rule_id.clone(),
+            waiver.approver.clone(),
+            waiver.ticket.clone(),
+            format_time(waiver.expires_at.as_ref()),
+            waiver
+                .revoked_at
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |t| format_time(Some(t))),
+            scope(waiver),
+        ]);
+    }
+    table.render("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse_or_say_how() {
+        assert_eq!(
+            parse_time("2026-12-01").unwrap().to_rfc3339(),
+            "2026-12-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-12-01T08:30:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-12-01T06:30:00+00:00"
+        );
+        assert!(
+            parse_time("next week")
+                .unwrap_err()
+                .to_string()
+                .contains("RFC 3339")
+        );
+        assert_eq!(parse_for("7d").unwrap(), 7 * 86_400);
+        assert_eq!(parse_for("12h").unwrap(), 12 * 3600);
+        assert!(parse_for("0d").is_err());
+        assert!(parse_for("7 days").is_err());
+        assert!(parse_for("d").is_err());
+    }
+
+    #[test]
+    fn a_waiver_prints_its_scope() {
+        let waiver = pb::Waiver {
+            id: "waiver-1".into(),
+            rule_id: "temp".into(),
+            nodes: vec!["n1".into()],
+            steps: vec!["stress".into()],
+            ..Default::default()
+        };
+        assert!(format_waiver(&waiver).contains("scope:   nodes n1; steps stress"));
+        assert!(format_waivers(&[waiver]).contains("waiver-1"));
+    }
+}

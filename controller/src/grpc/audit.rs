@@ -1,0 +1,95 @@
+//! `AuditService`: reading and verifying the hash-chained audit log.
+
+use super::convert::{ToProto, timestamp_from_proto};
+use crate::Shared;
+use crate::store::AuditFilter;
+use std::sync::Arc;
+use tollgate_domain::ReleaseId;
+use tollgate_proto::v1::{self as proto, audit_service_server::AuditService};
+use tonic::{Request, Response, Status};
+
+/// The audit service.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    shared: Arc<Shared>,
+}
+
+impl AuditApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        let proto::ListAuditRequest {
+            release,
+            actor,
+            since,
+            until,
+        } = request.into_inner();
+        let mut problems = Vec::new();
+        let mut time = |field: &str, at: Option<prost_types::Timestamp>| {
+            at.and_then(|at| {
+                let converted = timestamp_from_proto(&at);
+                if converted.is_none() {
+                    problems.push(format!("{field}: is not a valid timestamp"));
+                }
+                converted
+            })
+        };
+        let since = time("since", since);
+        let until = time("until", until);
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("; ")));
+        }
+        let filter = AuditFilter {
+            release: (!release.is_empty()).then(|| ReleaseId::from(release.as_str())),
+            actor: (!actor.is_empty()).then_some(actor),
+            since,
+            until,
+        };
+        let entries = self.shared.store.list_audit(&filter).await?;
+        Ok(Response::new(proto::ListAuditResponse {
+            entries: entries.iter().map(ToProto::to_proto).collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        let proto::VerifyAuditRequest {} = request.into_inner();
+        let n_entries = self
+            .shared
+            .store
+            .list_audit(&AuditFilter::default())
+            .await?
+            .len() as u64;
+        let answer = match self.shared.store.verify_audit().await? {
+            Ok(head_hash) => proto::VerifyAuditResponse {
+                ok: true,
+                head_hash,
+                n_entries,
+                broken_seq: 0,
+                reason: String::new(),
+            },
+            Err(broken) => {
+                tracing::error!(seq = broken.seq, reason = %broken.reason, "the audit log is broken");
+                proto::VerifyAuditResponse {
+                    ok: false,
+                    head_hash: String::new(),
+                    n_entries,
+                    broken_seq: broken.seq,
+                    reason: broken.reason,
+                }
+            }
+        };
+        Ok(Response::new(answer))
+    }
+}

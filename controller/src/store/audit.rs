@@ -1,0 +1,505 @@
+//! Accountability in the store: waivers, the hash-chained audit log, halting and demoting
+//! releases, and the inputs stored with each decision so that it can be replayed.
+//!
+//! **Invariant:** every change recorded in the audit log is written in the same transaction
+//! as its audit entry (see `append_audit!` in `mod.rs`): either both are committed or neither.
+
+use super::connect::Begin;
+use super::rows::{Fields, StoreRow};
+use super::{Store, StoreError, classify, micros, text, to_json};
+use tollgate_domain::audit::{self as chain, AuditEntry, Broken, NewAuditEntry};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, Waiver};
+use tollgate_domain::{NodeId, ReleaseId, Timestamp};
+
+/// Who made a change, when, and what it was: the audit entry written with the change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditNote {
+    /// When.
+    pub at: Timestamp,
+    /// Who: an API token's name, or "anonymous".
+    pub actor: String,
+    /// What was done, for example `waiver.create`.
+    pub action: String,
+    /// What it was done to, for example `release/r550`.
+    pub subject: String,
+    /// The release concerned, when one is, so the log can be filtered by release.
+    pub release: Option<ReleaseId>,
+    /// Details as JSON.
+    pub details: serde_json::Value,
+}
+
+impl AuditNote {
+    /// A note without release or details.
+    pub fn new(
+        at: Timestamp,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        subject: impl Into<String>,
+    ) -> Self {
+        Self {
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            subject: subject.into(),
+            release: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// The same note about `release`.
+    pub fn release(mut self, release: &ReleaseId) -> Self {
+        self.release = Some(release.clone());
+        self
+    }
+
+    /// The same note with `details`.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Which audit entries to list; `None` matches everything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Only entries about this release.
+    pub release: Option<ReleaseId>,
+    /// Only entries by this actor.
+    pub actor: Option<String>,
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only entries at or before this time.
+    pub until: Option<Timestamp>,
+}
+
+/// What a decision was made from, stored with it so it can be evaluated again.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplayInputs {
+    /// The policy.
+    pub policy: GatePolicy,
+    /// The evidence, with its baseline.
+    pub evidence: Evidence,
+    /// Every waiver of the release at the milestone known then (in force or not).
+    pub waivers: Vec<Waiver>,
+}
+
+/// Locks the head row (PostgreSQL); a no-op write under SQLite's write lock.
+pub(super) const LOCK_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1";
+/// The head after locking it.
+pub(super) const READ_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+/// Appends one entry.
+pub(super) const INSERT_ENTRY: &str =
+    "INSERT INTO audit (seq, at, actor, action, subject, release, details, prev_hash, hash)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Moves the head to the entry just appended.
+pub(super) const MOVE_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+/// The entry `note` becomes after the head read from `head_row`.
+pub(super) fn chained(
+    head_row: &impl StoreRow,
+    note: &AuditNote,
+) -> Result<AuditEntry, StoreError> {
+    let f = Fields::new(head_row, "audit_head", &["seq"]);
+    let seq: u64 = f.int_as("seq")?;
+    let hash = f.text("hash")?;
+    let prev = (seq > 0).then_some((seq, hash.as_str()));
+    Ok(chain::chain(
+        prev,
+        NewAuditEntry {
+            at: micros(note.at),
+            actor: text(&note.actor).into_owned(),
+            action: note.action.clone(),
+            subject: text(&note.subject).into_owned(),
+            details: text(&to_json(&note.details)).into_owned(),
+        },
+    ))
+}
+
+/// A sequence number as the signed column stores it.
+pub(super) fn seq_to_i64(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Corrupt {
+        what: "audit sequence number".into(),
+        detail: format!("{seq} does not fit a signed 64-bit column"),
+    })
+}
+
+/// An `audit` row.
+fn audit_entry(row: &impl StoreRow) -> Result<AuditEntry, StoreError> {
+    let f = Fields::new(row, "audit", &["seq"]);
+    Ok(AuditEntry {
+        seq: f.int_as("seq")?,
+        at: f.time("at")?,
+        actor: f.text("actor")?,
+        action: f.text("action")?,
+        subject: f.text("subject")?,
+        details: f.text("details")?,
+        prev_hash: f.text("prev_hash")?,
+        hash: f.text("hash")?,
+    })
+}
+
+/// A `waivers` row.
+fn waiver(row: &impl StoreRow) -> Result<Waiver, StoreError> {
+    let f = Fields::new(row, "waivers", &["id"]);
+    Ok(Waiver {
+        id: f.text("id")?,
+        release: f.text("release")?,
+        milestone: f.text("milestone")?,
+        rule_id: f.text("rule_id")?,
+        reason: f.text("reason")?,
+        ticket: f.text("ticket")?,
+        approver: f.text("approver")?,
+        created_at: f.time("created_at")?,
+        expires_at: f.time("expires_at")?,
+        revoked_at: f.opt_time("revoked_at")?,
+        nodes: f.json::<Vec<NodeId>>("nodes")?,
+        skus: f.json("skus")?,
+        steps: f.json("steps")?,
+    })
+}
+
+/// `SELECT` of waivers, then `$tail`.
+macro_rules! waiver_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, release, milestone, rule_id, reason, ticket, approver, created_at,
+                    expires_at, revoked_at, nodes, skus, steps
+             FROM waivers",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Appends an audit entry on its own, for a change that has no row of its own.
+    pub async fn append_audit(&self, note: &AuditNote) -> Result<AuditEntry, StoreError> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let entry = append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(entry)
+        })
+    }
+
+    /// Audit entries matching `filter`, oldest first.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        const SQL: &str =
+            "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit
+             WHERE ($1 IS NULL OR release = $1) AND ($2 IS NULL OR actor = $2)
+               AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at <= $4)
+             ORDER BY seq";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(filter.release.as_ref().map(|release| release.as_str()))
+                .bind(filter.actor.as_deref())
+                .bind(filter.since.map(micros))
+                .bind(filter.until.map(micros))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(audit_entry)
+                .collect()
+        })
+    }
+
+    /// The hash of the newest audit entry; `None` while the log is empty.
+    pub async fn audit_head(&self) -> Result<Option<String>, StoreError> {
+        with_pool!(self, |pool| {
+            let head = sqlx::query(READ_HEAD).fetch_one(pool).await?;
+            let f = Fields::new(&head, "audit_head", &["seq"]);
+            let seq: u64 = f.int_as("seq")?;
+            Ok((seq > 0).then(|| f.text("hash")).transpose()?)
+        })
+    }
+
+    /// Checks the whole audit log against its hash chain and recorded head: the head hash
+    /// when intact, else the first broken entry.
+    pub async fn verify_audit(&self) -> Result<Result<String, Broken>, StoreError> {
+        const ALL: &str = "SELECT seq, at, actor, action, subject, details, prev_hash, hash
+             FROM audit ORDER BY seq";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let head = sqlx::query(READ_HEAD).fetch_one(&mut *tx).await?;
+            let f = Fields::new(&head, "audit_head", &["seq"]);
+            let head_seq: u64 = f.int_as("seq")?;
+            let head_hash = f.text("hash")?;
+            let entries: Vec<AuditEntry> = sqlx::query(ALL)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(audit_entry)
+                .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            let head = (head_seq > 0).then_some((head_seq, head_hash.as_str()));
+            Ok(chain::verify(&entries, head))
+        })
+    }
+
+    /// Stores a new waiver with its audit entry; `AlreadyExists` when the id is taken,
+    /// `NotFound` when the release does not exist.
+    pub async fn create_waiver(&self, waiver: &Waiver, note: &AuditNote) -> Result<(), StoreError> {
+        const INSERT: &str = "INSERT INTO waivers (id, release, milestone, rule_id, reason, ticket,
+                 approver, created_at, expires_at, revoked_at, nodes, skus, steps)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+        let exists = format!("waiver {}", waiver.id);
+        let missing = format!("release {}", waiver.release);
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(INSERT)
+                .bind(&waiver.id)
+                .bind(&waiver.release)
+                .bind(&waiver.milestone)
+                .bind(&waiver.rule_id)
+                .bind(text(&waiver.reason))
+                .bind(text(&waiver.ticket))
+                .bind(&waiver.approver)
+                .bind(micros(waiver.created_at))
+                .bind(micros(waiver.expires_at))
+                .bind(waiver.revoked_at.map(micros))
+                .bind(to_json(&waiver.nodes))
+                .bind(to_json(&waiver.skus))
+                .bind(to_json(&waiver.steps))
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| classify(err, &exists, &missing))?;
+            append_audit!(tx, note);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// One waiver.
+    pub async fn get_waiver(&self, id: &str) -> Result<Option<Waiver>, StoreError> {
+        const SQL: &str = waiver_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| waiver(&row))
+                .transpose()
+        })
+    }
+
+    /// The waivers of a release (at one milestone, when given), oldest first, revoked and
+    /// expired ones included.
+    pub async fn list_waivers(
+        &self,
+        release: &ReleaseId,
+        milestone: Option<&str>,
+    ) -> Result<Vec<Waiver>, StoreError> {
+        const SQL: &str = waiver_query!(
+            " WHERE release = $1 AND ($2 IS NULL OR milestone = $2) ORDER BY created_at, seq"
+        );
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(release.as_str())
+                .bind(milestone)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(waiver)
+                .collect()
+        })
+    }
+
+    /// Revokes a waiver at `at`, with its audit entry; `NotFound` when there is no such
+    /// waiver, `Conflict` when it was revoked before. Returns the waiver as revoked.
+    pub async fn revoke_waiver(
+        &self,
+        id: &str,
+        at: Timestamp,
+        note: &AuditNote,
+    ) -> Result<Waiver, StoreError> {
+        const REVOKE: &str = "UPDATE waivers SET revoked_at = $2, revoked_by = $3
+             WHERE id = $1 AND revoked_at IS NULL";
+        const SQL: &str = waiver_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(REVOKE)
+                .bind(id)
+                .bind(micros(at))
+                .bind(&note.actor)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let found = sqlx::query(SQL)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| waiver(&row))
+                .transpose()?;
+            let Some(found) = found else {
+                return Err(StoreError::NotFound {
+                    what: format!("waiver {id}"),
+                });
+            };
+            if n_rows == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("waiver {id}"),
+                    detail: "it was revoked already".into(),
+                });
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(found)
+        })
+    }
+
+    /// Why a release is halted, or `None` when it is not.
+    pub async fn release_halt(&self, release: &ReleaseId) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT name, halted_reason FROM releases WHERE name = $1";
+        with_pool!(self, |pool| {
+            let row = sqlx::query(SQL)
+                .bind(release.as_str())
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("release {release}"),
+                })?;
+            Fields::new(&row, "releases", &["name"]).opt_text("halted_reason")
+        })
+    }
+
+    /// Halts a release (with a reason) or resumes it (`None`), with its audit entry.
+    pub async fn set_halt(
+        &self,
+        release: &ReleaseId,
+        reason: Option<&str>,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE releases SET halted_reason = $2 WHERE name = $1";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(SQL)
+                .bind(release.as_str())
+                .bind(reason.map(text))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            super::found(n_rows, || format!("release {release}"))?;
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Moves a release back from `from` to the earlier milestone `to`, with its audit entry;
+    /// `Conflict` when it is no longer at `from`.
+    pub async fn demote_release(
+        &self,
+        release: &ReleaseId,
+        from: &str,
+        to: &str,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const MOVE: &str = "UPDATE releases SET milestone = $3 WHERE name = $1 AND milestone = $2";
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(MOVE)
+                .bind(release.as_str())
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("release {release}"),
+                    detail: format!("it is no longer at milestone {from}"),
+                });
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Stores a decision with the inputs it was made from (append-only).
+    pub async fn insert_decision_with_inputs(
+        &self,
+        decision: &Decision,
+        inputs: &ReplayInputs,
+    ) -> Result<(), StoreError> {
+        const SQL: &str =
+            "INSERT INTO decisions (release, milestone, verdict, digest, policy_version,
+                                    decision, evaluated_at, inputs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let document = to_json(decision);
+        let inputs = to_json(inputs);
+        let what = format!("release {}", decision.release);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(&decision.release)
+                .bind(&decision.milestone)
+                .bind(decision.verdict.as_str())
+                .bind(&decision.digest)
+                .bind(&decision.policy_version)
+                .bind(&document)
+                .bind(micros(decision.evaluated_at))
+                .bind(text(&inputs))
+                .execute(pool)
+                .await
+                .map_err(|err| classify(err, &what, &what))?;
+        });
+        Ok(())
+    }
+
+    /// The latest stored decision of a release at a milestone evaluated at or before `at`,
+    /// with its inputs when they were stored.
+    pub async fn decision_at(
+        &self,
+        release: &ReleaseId,
+        milestone: &str,
+        at: Timestamp,
+    ) -> Result<Option<(Decision, Option<ReplayInputs>)>, StoreError> {
+        const SQL: &str = "SELECT release, milestone, digest, decision, inputs FROM decisions
+             WHERE release = $1 AND milestone = $2 AND evaluated_at <= $3
+             ORDER BY evaluated_at DESC, seq DESC
+             LIMIT 1";
+        with_pool!(self, |pool| {
+            let Some(row) = sqlx::query(SQL)
+                .bind(release.as_str())
+                .bind(milestone)
+                .bind(micros(at))
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let f = Fields::new(&row, "decisions", &["release", "milestone", "digest"]);
+            let decision: Decision = f.json("decision")?;
+            let inputs = match f.opt_text("inputs")? {
+                None => None,
+                Some(_) => Some(f.json::<ReplayInputs>("inputs")?),
+            };
+            Ok(Some((decision, inputs)))
+        })
+    }
+
+    /// The release other than `except` most recently promoted past `milestone`: the
+    /// baseline that `baseline` rules compare with.
+    pub async fn last_promoted_past(
+        &self,
+        milestone: &str,
+        except: &ReleaseId,
+    ) -> Result<Option<ReleaseId>, StoreError> {
+        const SQL: &str = "SELECT release FROM promotions
+             WHERE from_milestone = $1 AND release <> $2
+             ORDER BY promoted_at DESC, seq DESC
+             LIMIT 1";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(milestone)
+                .bind(except.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| {
+                    Fields::new(&row, "promotions", &["release"])
+                        .text("release")
+                        .map(ReleaseId)
+                })
+                .transpose()
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! Store tests of waivers, the audit log, halts, demotions and replayable decisions, on both
+//! backends.
+
+use super::*;
+use crate::store::{AuditFilter, AuditNote, ReplayInputs};
+use tollgate_domain::gate::Waiver;
+use tollgate_domain::test_support::evidence;
+
+on_both_backends!(
+    waivers_are_stored_revoked_once_and_audited,
+    the_audit_chain_finds_an_edited_or_deleted_row,
+    audit_entries_filter_by_release_actor_and_time,
+    halts_demotions_and_baselines,
+    decisions_keep_their_inputs_for_replay,
+);
+
+fn waiver(id: &str) -> Waiver {
+    Waiver {
+        id: id.into(),
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        rule_id: "no-overtemp".into(),
+        reason: "fan firmware bug, fixed in next drop".into(),
+        ticket: "HW-1234".into(),
+        approver: "alice".into(),
+        created_at: at(10),
+        expires_at: at(1000),
+        revoked_at: None,
+        nodes: vec![NodeId::from("n1")],
+        skus: vec!["hgx-h100".into()],
+        steps: vec!["stress".into()],
+    }
+}
+
+fn note(actor: &str, action: &str, secs: i64) -> AuditNote {
+    AuditNote::new(at(secs), actor, action, "release/r550")
+        .release(&ReleaseId::from("r550"))
+        .details(serde_json::json!({ "n": secs }))
+}
+
+async fn waivers_are_stored_revoked_once_and_audited(store: &Store) {
+    let release = add_release(store).await;
+    let w = waiver("waiver-1");
+    store
+        .create_waiver(&w, &note("alice", "waiver.create", 10))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store
+            .create_waiver(&w, &note("alice", "waiver.create", 11))
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let mut orphan = waiver("waiver-2");
+    orphan.release = "nope".into();
+    assert!(matches!(
+        store
+            .create_waiver(&orphan, &note("alice", "waiver.create", 11))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.get_waiver("waiver-1").await.expect("get"),
+        Some(w.clone())
+    );
+    let listed = store
+        .list_waivers(&release.id, Some("lab-qual"))
+        .await
+        .expect("list");
+    assert_eq!(listed, vec![w.clone()]);
+    assert!(
+        store
+            .list_waivers(&release.id, Some("production"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let revoked = store
+        .revoke_waiver("waiver-1", at(20), &note("bob", "waiver.revoke", 20))
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(at(20)));
+    assert!(matches!(
+        store
+            .revoke_waiver("waiver-1", at(21), &note("bob", "waiver.revoke", 21))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .revoke_waiver("nope", at(21), &note("bob", "waiver.revoke", 21))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The failed attempts rolled back with their audit entries.
+    let entries = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![("alice", "waiver.create"), ("bob", "waiver.revoke")]
+    );
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        Ok(entries[1].hash.clone())
+    );
+    assert_eq!(
+        store.audit_head().await.expect("head"),
+        Some(entries[1].hash.clone())
+    );
+}
+
+async fn the_audit_chain_finds_an_edited_or_deleted_row(store: &Store) {
+    add_release(store).await;
+    assert_eq!(store.audit_head().await.expect("head"), None);
+    for secs in 1..=3 {
+        store
+            .append_audit(&note("alice", "release.halt", secs))
+            .await
+            .expect("append");
+    }
+    assert!(store.verify_audit().await.expect("verify").is_ok());
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
+            .execute(pool)
+            .await
+            .expect("tamper");
+    });
+    let broken = store
+        .verify_audit()
+        .await
+        .expect("verify")
+        .expect_err("edited");
+    assert_eq!(broken.seq, 2);
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE audit SET actor = 'alice' WHERE seq = 2")
+            .execute(pool)
+            .await
+            .expect("restore");
+        sqlx::query("DELETE FROM audit WHERE seq = 3")
+            .execute(pool)
+            .await
+            .expect("delete");
+    });
+    let broken = store
+        .verify_audit()
+        .await
+        .expect("verify")
+        .expect_err("deleted");
+    assert_eq!(broken.seq, 3, "{}", broken.reason);
+}
+
+async fn audit_entries_filter_by_release_actor_and_time(store: &Store) {
+    add_release(store).await;
+    store
+        .append_audit(&note("alice", "release.halt", 1))
+        .await
+        .expect("append");
+    store
+        .append_audit(&note("bob", "release.resume", 5))
+        .await
+        .expect("append");
+    store
+        .append_audit(&AuditNote::new(at(9), "bob", "node.cordon", "node/n1"))
+        .await
+        .expect("append");
+    let count =
+        |filter: AuditFilter| async move { store.list_audit(&filter).await.expect("list").len() };
+    assert_eq!(count(AuditFilter::default()).await, 3);
+    assert_eq!(
+        count(AuditFilter {
+            release: Some(ReleaseId::from("r550")),
+            ..AuditFilter::default()
+        })
+        .await,
+        2
+    );
+    assert_eq!(
+        count(AuditFilter {
+            actor: Some("bob".into()),
+            ..AuditFilter::default()
+        })
+        .await,
+        2
+    );
+    assert_eq!(
+        count(AuditFilter {
+            since: Some(at(5)),
+            until: Some(at(8)),
+            ..AuditFilter::default()
+        })
+        .await,
+        1
+    );
+}
+
+async fn halts_demotions_and_baselines(store: &Store) {
+    let release = add_release(store).await;
+    assert_eq!(store.release_halt(&release.id).await.expect("halt"), None);
+    store
+        .set_halt(
+            &release.id,
+            Some("bad batch"),
+            &note("alice", "release.halt", 1),
+        )
+        .await
+        .expect("halt");
+    assert_eq!(
+        store.release_halt(&release.id).await.expect("halt"),
+        Some("bad batch".into())
+    );
+    store
+        .set_halt(&release.id, None, &note("alice", "release.resume", 2))
+        .await
+        .expect("resume");
+    assert_eq!(store.release_halt(&release.id).await.expect("halt"), None);
+    let promotion = Promotion {
+        from_milestone: "lab-qual".into(),
+        to_milestone: "customer-acceptance".into(),
+        at: at(3),
+        decision_digest: "d".into(),
+        actor: "carol".into(),
+    };
+    store
+        .promote_release(
+            &release.id,
+            &promotion,
+            &note("carol", "release.promote", 3),
+        )
+        .await
+        .expect("promote");
+    let stored = store
+        .get_release(&release.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(stored.promotions[0].actor, "carol");
+    let other = ReleaseId::from("r560");
+    assert_eq!(
+        store
+            .last_promoted_past("lab-qual", &other)
+            .await
+            .expect("baseline"),
+        Some(release.id.clone())
+    );
+    assert_eq!(
+        store
+            .last_promoted_past("lab-qual", &release.id)
+            .await
+            .expect("baseline"),
+        None
+    );
+    store
+        .demote_release(
+            &release.id,
+            "customer-acceptance",
+            "lab-qual",
+            &note("carol", "release.demote", 4),
+        )
+        .await
+        .expect("demote");
+    assert!(matches!(
+        store
+            .demote_release(
+                &release.id,
+                "customer-acceptance",
+                "lab-qual",
+                &note("carol", "release.demote", 5),
+            )
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let actions: Vec<String> = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "release.halt",
+            "release.resume",
+            "release.promote",
+            "release.demote"
+        ]
+    );
+    assert!(store.verify_audit().await.expect("verify").is_ok());
+}
+
+async fn decisions_keep_their_inputs_for_replay(store: &Store) {
+    let release = add_release(store).await;
+    let policy = gate_policy("replay");
+    let inputs = ReplayInputs {
+        policy: policy.clone(),
+        evidence: evidence(Vec::new()),
+        waivers: vec![waiver("waiver-1")],
+    };
+    let decision =
+        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert");
+    assert!(
+        store
+            .decision_at(&release.id, "lab-qual", at(49))
+            .await
+            .expect("at")
+            .is_none()
+    );
+    let (stored, stored_inputs) = store
+        .decision_at(&release.id, "lab-qual", at(60))
+        .await
+        .expect("at")
+        .expect("found");
+    assert_eq!(stored, decision);
+    assert_eq!(stored_inputs, Some(inputs));
+}

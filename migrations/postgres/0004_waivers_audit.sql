@@ -1,0 +1,50 @@
+-- Waivers, the hash-chained audit log, who promoted, halted releases and the inputs of every
+-- stored decision (so a decision can be replayed).
+
+CREATE TABLE waivers (
+    seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    release    TEXT NOT NULL REFERENCES releases (name),
+    milestone  TEXT NOT NULL,
+    rule_id    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    ticket     TEXT NOT NULL,
+    approver   TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ,
+    revoked_by TEXT,
+    nodes      TEXT NOT NULL,
+    skus       TEXT NOT NULL,
+    steps      TEXT NOT NULL
+);
+CREATE INDEX waivers_by_release ON waivers (release, milestone);
+
+-- Append-only; seq is assigned by the writer as the head's seq + 1, without gaps.
+CREATE TABLE audit (
+    seq       BIGINT PRIMARY KEY,
+    at        TIMESTAMPTZ NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    release   TEXT,
+    details   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX audit_by_release ON audit (release, seq);
+
+-- The last entry of the audit log; its row is locked by every append, which serializes
+-- writers and catches a deleted tail.
+CREATE TABLE audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash)
+VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+ALTER TABLE promotions ADD COLUMN actor TEXT NOT NULL DEFAULT 'anonymous';
+ALTER TABLE releases ADD COLUMN halted_reason TEXT;
+-- Policy, evidence and the waivers in force, as JSON; NULL for decisions stored before.
+ALTER TABLE decisions ADD COLUMN inputs TEXT;
