@@ -375,6 +375,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// What it was started with, for [`Agent::restart`].
+    config: tollgate_agent::AgentConfig,
     _tempdir: tempfile::TempDir,
 }
 
@@ -392,17 +394,37 @@ impl Agent {
             .iter()
             .map(|f| f.parse().expect("valid fault"))
             .collect();
+        Self::start_with(config, tempdir)
+    }
+
+    fn start_with(config: tollgate_agent::AgentConfig, tempdir: tempfile::TempDir) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tollgate_agent::run(config, async move {
+        let node = config.node.clone();
+        let state_dir = config.state_dir.clone();
+        let task = tokio::spawn(tollgate_agent::run(config.clone(), async move {
             let _ = rx.await;
         }));
         Self {
-            node: node.into(),
+            node,
             state_dir,
             shutdown: Some(tx),
             task: Some(task),
+            config,
             _tempdir: tempdir,
         }
+    }
+
+    /// Kills the agent abruptly (its running step's processes die with it) and starts a new
+    /// one on the same state directory, as a restarted agent process would: its node token
+    /// and spool survive, its memory of the running job does not.
+    pub fn restart(mut self) -> Self {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let config = self.config.clone();
+        let tempdir = std::mem::replace(&mut self._tempdir, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        Self::start_with(config, tempdir)
     }
 
     /// Stops the agent gracefully and waits for it.

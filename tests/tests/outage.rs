@@ -1,6 +1,7 @@
 //! Controller outages: the controller stops mid-run and comes back after longer than a lease
 //! grace; every result the agents produced meanwhile arrives from their spools exactly once,
-//! in order, and the run finishes. On SQLite and on PostgreSQL (the latter when
+//! in order, and the run finishes. And agent restarts: an agent that restarts during a step
+//! gets the attempt recorded as interrupted and the job assigned again. On SQLite and on PostgreSQL (the latter when
 //! `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
 
 use std::time::Duration;
@@ -22,7 +23,10 @@ macro_rules! on_both_backends {
     )*};
 }
 
-on_both_backends!(results_survive_a_controller_outage_exactly_once);
+on_both_backends!(
+    results_survive_a_controller_outage_exactly_once,
+    agent_restarted_mid_step_is_recorded_and_the_job_retried,
+);
 
 /// Four one-second steps: some end before the outage, some during it, some after.
 fn slow_plan() -> String {
@@ -63,14 +67,22 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     let run = clients.wait_run_done(&run.id).await;
     assert_eq!(run.state, "finished");
     for job in &run.jobs {
-        assert_eq!(job.state, "passed", "job on {}: {:#?}", job.node, job.results);
+        assert_eq!(
+            job.state, "passed",
+            "job on {}: {:#?}",
+            job.node, job.results
+        );
         let steps: Vec<(String, u32)> = job
             .results
             .iter()
             .map(|r| (r.step_name.clone(), r.attempt))
             .collect();
         let expected: Vec<(String, u32)> = (0..4).map(|i| (format!("s{i}"), 1)).collect();
-        assert_eq!(steps, expected, "every result exactly once, on {}", job.node);
+        assert_eq!(
+            steps, expected,
+            "every result exactly once, on {}",
+            job.node
+        );
         for (i, result) in job.results.iter().enumerate() {
             assert_eq!(result.measurements[0].name, format!("step_{i}"));
         }
@@ -94,4 +106,42 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
         }
         agent.stop().await;
     }
+}
+
+async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
+        return;
+    };
+    let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r550").await;
+    clients
+        .apply_plan(
+            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [true], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '2'], timeout: 1m, retries: 1}\n",
+        )
+        .await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+    // s0 is done and s1 sleeps: restart the agent in the middle of s1.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let agent = agent.restart();
+    let run = clients.wait_run_done(&run.id).await;
+    let job = &run.jobs[0];
+    let interrupted: Vec<_> = job
+        .results
+        .iter()
+        .filter(|r| {
+            r.message
+                .starts_with("interrupted: the agent restarted during step s1")
+        })
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{:#?}", job.results);
+    assert_eq!(interrupted[0].step_name, "s1");
+    assert_eq!(
+        job.state, "passed",
+        "the retry ran on the new epoch: {:#?}",
+        job.results
+    );
+    agent.stop().await;
 }
