@@ -41,12 +41,7 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
             let decision = evaluate_at(controller, &release, milestone.as_deref(), at).await?;
             match output {
                 DecisionFormat::Json => print_json(&json::decision(&decision)),
-                DecisionFormat::Greenwave => {
-                    let greenwave: serde_json::Value =
-                        serde_json::from_str(&decision.greenwave_json)
-                            .context("the controller's greenwave_json is not JSON")?;
-                    print_json(&greenwave)
-                }
+                DecisionFormat::Greenwave => print_json(&greenwave(&decision)?),
                 DecisionFormat::Text => {
                     print!("{}", format_decision(&decision));
                     if !decision.replay.is_empty() {
@@ -81,6 +76,16 @@ pub async fn apply(
             })
             .await,
     )?)
+}
+
+/// The decision in Greenwave's shape, as the controller computed it.
+pub fn greenwave(decision: &pb::Decision) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(&decision.greenwave_json).with_context(|| {
+        format!(
+            "the controller's greenwave_json is not JSON: '{}'",
+            decision.greenwave_json
+        )
+    })
 }
 
 /// Evaluates the gate of `release` at `milestone` (its current one when `None`).
@@ -287,6 +292,32 @@ pub fn format_evidence(item: &pb::EvidenceItem) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn greenwave_output_has_greenwaves_fields() {
+        use tollgate_domain::test_support::{at, evidence};
+        let policy = tollgate_domain::gate::parse_gate(
+            "gate.yaml",
+            "milestone: lab-qual\nrules:\n  - no-xid: {}\n",
+        )
+        .expect("gate");
+        let decision = tollgate_domain::gate::evaluate(&policy, &evidence(Vec::new()), &[], at(0));
+        let wire = pb::Decision {
+            greenwave_json: tollgate_domain::gate::greenwave(&decision).to_string(),
+            ..Default::default()
+        };
+        let value = greenwave(&wire).expect("greenwave");
+        for key in [
+            "policies_satisfied",
+            "summary",
+            "satisfied_requirements",
+            "unsatisfied_requirements",
+        ] {
+            assert!(value.get(key).is_some(), "{key} missing in {value}");
+        }
+        let broken = pb::Decision::default();
+        assert!(greenwave(&broken).is_err());
+    }
 
     fn failed_decision() -> pb::Decision {
         pb::Decision {
