@@ -46,5 +46,11 @@ VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000'
 
 ALTER TABLE promotions ADD COLUMN actor TEXT NOT NULL DEFAULT 'anonymous';
 ALTER TABLE releases ADD COLUMN halted_reason TEXT;
--- Policy, evidence and the waivers in force, as JSON; NULL for decisions stored before.
-ALTER TABLE decisions ADD COLUMN inputs TEXT;
+-- What each decision was made from (policy, evidence, waivers), as JSON, stored once per
+-- distinct content: re-evaluating unchanged evidence adds a decision row, not another copy.
+CREATE TABLE decision_inputs (
+    hash   TEXT PRIMARY KEY,
+    inputs TEXT NOT NULL
+);
+-- The key of the decision's inputs; NULL for decisions stored before.
+ALTER TABLE decisions ADD COLUMN inputs_key TEXT REFERENCES decision_inputs (hash);

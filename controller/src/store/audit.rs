@@ -415,20 +415,30 @@ impl Store {
         })
     }
 
-    /// Stores a decision with the inputs it was made from (append-only).
+    /// Stores a decision with the inputs it was made from (append-only). Inputs are stored
+    /// once per distinct content, keyed by their sha256.
     pub async fn insert_decision_with_inputs(
         &self,
         decision: &Decision,
         inputs: &ReplayInputs,
     ) -> Result<(), StoreError> {
+        const INPUTS: &str = "INSERT INTO decision_inputs (hash, inputs) VALUES ($1, $2)
+             ON CONFLICT (hash) DO NOTHING";
         const SQL: &str =
             "INSERT INTO decisions (release, milestone, verdict, digest, policy_version,
-                                    decision, evaluated_at, inputs)
+                                    decision, evaluated_at, inputs_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let document = to_json(decision);
-        let inputs = to_json(inputs);
+        let inputs = text(&to_json(inputs)).into_owned();
+        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));
         let what = format!("release {}", decision.release);
         with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(INPUTS)
+                .bind(&key)
+                .bind(&inputs)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(SQL)
                 .bind(&decision.release)
                 .bind(&decision.milestone)
@@ -437,10 +447,11 @@ impl Store {
                 .bind(&decision.policy_version)
                 .bind(&document)
                 .bind(micros(decision.evaluated_at))
-                .bind(text(&inputs))
-                .execute(pool)
+                .bind(&key)
+                .execute(&mut *tx)
                 .await
                 .map_err(|err| classify(err, &what, &what))?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -453,9 +464,10 @@ impl Store {
         milestone: &str,
         at: Timestamp,
     ) -> Result<Option<(Decision, Option<ReplayInputs>)>, StoreError> {
-        const SQL: &str = "SELECT release, milestone, digest, decision, inputs FROM decisions
-             WHERE release = $1 AND milestone = $2 AND evaluated_at <= $3
-             ORDER BY evaluated_at DESC, seq DESC
+        const SQL: &str = "SELECT d.release, d.milestone, d.digest, d.decision, i.inputs
+             FROM decisions d LEFT JOIN decision_inputs i ON i.hash = d.inputs_key
+             WHERE d.release = $1 AND d.milestone = $2 AND d.evaluated_at <= $3
+             ORDER BY d.evaluated_at DESC, d.seq DESC
              LIMIT 1";
         with_pool!(self, |pool| {
             let Some(row) = sqlx::query(SQL)

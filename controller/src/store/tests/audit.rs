@@ -321,5 +321,17 @@ async fn decisions_keep_their_inputs_for_replay(store: &Store) {
         .expect("at")
         .expect("found");
     assert_eq!(stored, decision);
-    assert_eq!(stored_inputs, Some(inputs));
+    assert_eq!(stored_inputs.as_ref(), Some(&inputs));
+    // The same inputs again: a second decision row, one stored copy of the inputs.
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert again");
+    let n_copies: i64 = with_pool!(store, |pool| {
+        sqlx::query_scalar("SELECT COUNT(*) FROM decision_inputs")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    });
+    assert_eq!(n_copies, 1);
 }
