@@ -252,6 +252,8 @@ pub fn step_result(result: &StepResult) -> v1::StepResult {
         log_tail,
         message,
         sub_results,
+        inventory_at_end,
+        series,
     } = result;
     v1::StepResult {
         job_id: job_id.to_string(),
@@ -270,6 +272,27 @@ pub fn step_result(result: &StepResult) -> v1::StepResult {
         log_tail: log_tail.clone(),
         message: message.clone(),
         sub_results: sub_results.iter().map(sub_result).collect(),
+        inventory_at_end: inventory_at_end.as_ref().map(inventory),
+        series: series.iter().map(telemetry_series).collect(),
+    }
+}
+
+fn telemetry_series(series: &tollgate_domain::telemetry::TelemetrySeries) -> v1::TelemetrySeries {
+    v1::TelemetrySeries {
+        gpu_index: series.gpu_index,
+        field: series.field.name().to_owned(),
+        bucket_ms: series.bucket_ms,
+        points: series
+            .points
+            .iter()
+            .map(|point| v1::SeriesPoint {
+                offset_ms: point.offset_ms,
+                mean: point.mean,
+                min: point.min,
+                max: point.max,
+                samples: point.samples,
+            })
+            .collect(),
     }
 }
 

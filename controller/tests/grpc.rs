@@ -250,6 +250,8 @@ fn result(
         telemetry: Vec::new(),
         events: Vec::new(),
         sub_results: Vec::new(),
+        inventory_at_end: None,
+        series: Vec::new(),
         inventory: Some(inventory()),
         log_tail: String::new(),
         message: "ok".into(),

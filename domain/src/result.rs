@@ -71,6 +71,14 @@ pub struct StepResult {
     /// Per-test results from a parser (dcgmi diag, JUnit); empty for plain steps.
     #[serde(default)]
     pub sub_results: Vec<SubResult>,
+    /// Inventory observed when the attempt ended (a flash step changes it); `None` when it
+    /// could not be read, and in results recorded before it was kept.
+    #[serde(default)]
+    pub inventory_at_end: Option<Inventory>,
+    /// Per GPU and field, a downsampled series for charts (at most
+    /// [`crate::telemetry::MAX_SERIES_POINTS`] points each); not used by gates.
+    #[serde(default)]
+    pub series: Vec<crate::telemetry::TelemetrySeries>,
 }
 
 /// One test inside a step, as a result parser read it (a dcgmi diag test on one GPU, a JUnit

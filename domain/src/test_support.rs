@@ -118,6 +118,8 @@ pub fn step_result(step_index: u32, attempt: u32, outcome: Outcome) -> StepResul
         log_tail: String::new(),
         message: String::new(),
         sub_results: Vec::new(),
+        inventory_at_end: None,
+        series: Vec::new(),
     }
 }
 

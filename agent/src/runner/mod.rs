@@ -259,6 +259,8 @@ async fn skipped_result(
         log_tail: String::new(),
         message: format!("not run: step {failed} failed"),
         sub_results: Vec::new(),
+        inventory_at_end: None,
+        series: Vec::new(),
     }
 }
 
@@ -520,6 +522,8 @@ async fn run_attempt(
         },
     };
     let observed = sampler.finish().await;
+    // Observed again at the end: a flash (or anything else the step did) may have changed it.
+    let inventory_at_end = observe_inventory(&context.source).await.ok();
     let result = StepResult {
         job_id: job.job_id.clone(),
         step_index: job_step.index,
@@ -537,6 +541,8 @@ async fn run_attempt(
         log_tail: end.log_tail,
         message: end.message,
         sub_results: end.sub_results,
+        inventory_at_end,
+        series: observed.series,
     };
     (result, end.stopped, end.awaiting_reboot)
 }

@@ -151,10 +151,12 @@ pub async fn resume_job(
         measurements: Vec::new(),
         telemetry: Vec::new(),
         events: Vec::new(),
-        inventory,
+        inventory: inventory.clone(),
         log_tail: String::new(),
         message: format!("{message} (checked after the reboot)"),
         sub_results: Vec::new(),
+        inventory_at_end: Some(inventory),
+        series: Vec::new(),
     };
     tracing::info!(job = %job.job_id, step = %job_step.step.name, outcome = %outcome, "flash checked after the reboot");
     let _ = events.send(JobEvent::Result(Box::new(result)));

@@ -368,6 +368,8 @@ async fn on_running_report(
             log_tail: String::new(),
             message: message.clone(),
             sub_results: Vec::new(),
+            inventory_at_end: None,
+            series: Vec::new(),
         };
         let transition = end.map(|to| (job.state, to));
         match store.record_result(&interrupted, transition, now).await {

@@ -963,6 +963,8 @@ impl FromProto for StepResult {
             log_tail,
             message,
             sub_results,
+            inventory_at_end,
+            series,
         } = result;
         let mut errors = FieldErrors::new();
         if job_id.trim().is_empty() {
@@ -1020,6 +1022,15 @@ impl FromProto for StepResult {
                 sub_result_from_proto(sub, &format!("sub_results[{idx}]"), &mut errors)
             })
             .collect();
+        let inventory_at_end = inventory_at_end
+            .map(|inventory| inventory_from_proto(inventory, "inventory_at_end", &mut errors));
+        let series = series
+            .into_iter()
+            .enumerate()
+            .filter_map(|(idx, series)| {
+                series_from_proto(series, &format!("series[{idx}]"), &mut errors)
+            })
+            .collect();
         match (outcome, started_at, finished_at) {
             (Some(outcome), Some(started_at), Some(finished_at)) => errors.finish(StepResult {
                 job_id: JobId::new(job_id),
@@ -1038,6 +1049,8 @@ impl FromProto for StepResult {
                 log_tail,
                 message,
                 sub_results,
+                inventory_at_end,
+                series,
             }),
             // Each missing piece was recorded above, so `errors` is not empty here.
             _ => Err(errors
@@ -1069,6 +1082,8 @@ impl ToProto for StepResult {
             log_tail,
             message,
             sub_results,
+            inventory_at_end,
+            series,
         } = result;
         proto::StepResult {
             job_id: job_id.to_string(),
@@ -1087,8 +1102,82 @@ impl ToProto for StepResult {
             log_tail: log_tail.clone(),
             message: message.clone(),
             sub_results: sub_results.iter().map(sub_result_to_proto).collect(),
+            inventory_at_end: inventory_at_end.as_ref().map(ToProto::to_proto),
+            series: series.iter().map(series_to_proto).collect(),
         }
     }
+}
+
+fn series_to_proto(series: &tollgate_domain::telemetry::TelemetrySeries) -> proto::TelemetrySeries {
+    proto::TelemetrySeries {
+        gpu_index: series.gpu_index,
+        field: series.field.name().to_owned(),
+        bucket_ms: series.bucket_ms,
+        points: series
+            .points
+            .iter()
+            .map(|point| proto::SeriesPoint {
+                offset_ms: point.offset_ms,
+                mean: point.mean,
+                min: point.min,
+                max: point.max,
+                samples: point.samples,
+            })
+            .collect(),
+    }
+}
+
+fn series_from_proto(
+    series: proto::TelemetrySeries,
+    at: &str,
+    errors: &mut FieldErrors,
+) -> Option<tollgate_domain::telemetry::TelemetrySeries> {
+    let proto::TelemetrySeries {
+        gpu_index,
+        field,
+        bucket_ms,
+        points,
+    } = series;
+    let field = match field.parse::<tollgate_domain::telemetry::Field>() {
+        Ok(field) => field,
+        Err(error) => {
+            errors.add(format!("{at}.field"), error);
+            return None;
+        }
+    };
+    if points.len() > tollgate_domain::telemetry::MAX_SERIES_POINTS {
+        errors.add(
+            format!("{at}.points"),
+            format!(
+                "has {} points; at most {}",
+                points.len(),
+                tollgate_domain::telemetry::MAX_SERIES_POINTS
+            ),
+        );
+        return None;
+    }
+    let all_finite = points
+        .iter()
+        .all(|p| p.mean.is_finite() && p.min.is_finite() && p.max.is_finite());
+    if !all_finite {
+        errors.add(format!("{at}.points"), "holds a value that is not finite");
+        return None;
+    }
+    Some(tollgate_domain::telemetry::TelemetrySeries {
+        gpu_index,
+        field,
+        bucket_ms,
+        points: points
+            .into_iter()
+            .map(|p| tollgate_domain::telemetry::SeriesPoint {
+                offset_ms: p.offset_ms,
+                mean: p.mean,
+                min: p.min,
+                max: p.max,
+                samples: p.samples,
+            })
+            .collect(),
+    })
 }
 
 fn sub_result_to_proto(sub: &SubResult) -> proto::SubResult {
@@ -1190,6 +1279,11 @@ mod tests {
         let mut result = step_result(1, 2, Outcome::Failed);
         result.exit_code = Some(3);
         result.lease_epoch = 4;
+        result.inventory_at_end = Some(result.inventory.clone());
+        let mut series = tollgate_domain::telemetry::SeriesBuilder::new(1000, 120);
+        series.push(0, 60.0);
+        series.push(1500, 71.0);
+        result.series = vec![series.build(0, Field::GpuTempC)];
         result.started_at = at(10);
         result.finished_at = at(70) + chrono::Duration::milliseconds(250);
         result.measurements = vec![Measurement {

@@ -281,7 +281,7 @@ macro_rules! result_query {
         concat!(
             "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
                     started_at, finished_at, measurements, telemetry, events, inventory,
-                    log_tail, message, sub_results
+                    log_tail, message, sub_results, inventory_at_end, series
              FROM step_results",
             $tail
         )
@@ -1319,8 +1319,9 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
                  exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-                 log_tail, message, recorded_at, sub_results)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                 log_tail, message, recorded_at, sub_results, inventory_at_end, series)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18, $19)
              ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
         const JOB: &str = "SELECT id, run_id, node, state FROM jobs WHERE id = $1";
         const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
@@ -1351,6 +1352,8 @@ impl Store {
                 to_json(&result.events),
                 to_json(&result.inventory),
                 to_json(&result.sub_results),
+                to_json(&result.inventory_at_end),
+                to_json(&result.series),
             )
         });
         let epoch = transition
@@ -1358,8 +1361,18 @@ impl Store {
             .transpose()?;
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            if let (Some(result), Some((measurements, telemetry, events, inventory, sub_results))) =
-                (result, &result_json)
+            if let (
+                Some(result),
+                Some((
+                    measurements,
+                    telemetry,
+                    events,
+                    inventory,
+                    sub_results,
+                    inventory_at_end,
+                    series,
+                )),
+            ) = (result, &result_json)
             {
                 let n_rows = sqlx::query(INSERT_RESULT)
                     .bind(result.job_id.as_str())
@@ -1379,6 +1392,8 @@ impl Store {
                     .bind(text(&result.message))
                     .bind(micros(now))
                     .bind(sub_results)
+                    .bind(inventory_at_end)
+                    .bind(series)
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| classify(err, &what, &what))?

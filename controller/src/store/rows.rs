@@ -283,6 +283,8 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
         log_tail: f.text("log_tail")?,
         message: f.text("message")?,
         sub_results: f.json::<Vec<SubResult>>("sub_results")?,
+        inventory_at_end: f.json::<Option<Inventory>>("inventory_at_end")?,
+        series: f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?,
     })
 }
 

@@ -258,6 +258,19 @@ fn rich_result(job: &JobId) -> StepResult {
             message: "uncorrectable error".into(),
             level: Some(3),
         }],
+        inventory_at_end: Some(inventory("550.90.07", "96.00.99.00.01", 2)),
+        series: vec![tollgate_domain::telemetry::TelemetrySeries {
+            gpu_index: 1,
+            field: Field::PowerW,
+            bucket_ms: 2000,
+            points: vec![tollgate_domain::telemetry::SeriesPoint {
+                offset_ms: 2000,
+                mean: 512.5,
+                min: 500.0,
+                max: 525.0,
+                samples: 2,
+            }],
+        }],
     }
 }
 
