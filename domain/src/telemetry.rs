@@ -301,20 +301,24 @@ impl SeriesBuilder {
             self.bucket_ms = self.bucket_ms.saturating_mul(2);
             let old = std::mem::take(&mut self.buckets);
             for (bucket, (sum, min, max, n)) in old {
-                let merged = self
-                    .buckets
-                    .entry(bucket / 2)
-                    .or_insert((0.0, f64::INFINITY, f64::NEG_INFINITY, 0));
+                let merged = self.buckets.entry(bucket / 2).or_insert((
+                    0.0,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    0,
+                ));
                 merged.0 += sum;
                 merged.1 = merged.1.min(min);
                 merged.2 = merged.2.max(max);
                 merged.3 += n;
             }
         }
-        let bucket = self
-            .buckets
-            .entry(offset_ms / self.bucket_ms)
-            .or_insert((0.0, f64::INFINITY, f64::NEG_INFINITY, 0));
+        let bucket = self.buckets.entry(offset_ms / self.bucket_ms).or_insert((
+            0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0,
+        ));
         bucket.0 += value;
         bucket.1 = bucket.1.min(value);
         bucket.2 = bucket.2.max(value);
@@ -399,7 +403,11 @@ mod tests {
             builder.push(second * 1000, second as f64);
         }
         let series = builder.build(0, Field::PowerW);
-        assert!(series.points.len() <= MAX_SERIES_POINTS, "{}", series.points.len());
+        assert!(
+            series.points.len() <= MAX_SERIES_POINTS,
+            "{}",
+            series.points.len()
+        );
         assert!(series.points.len() >= MAX_SERIES_POINTS / 2);
         assert_eq!(series.bucket_ms, 32_000);
         let total: u32 = series.points.iter().map(|p| p.samples).sum();
