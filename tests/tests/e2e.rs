@@ -104,7 +104,7 @@ async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
     let mut clients = controller.clients().await;
     clients.wait_ready_nodes(3).await;
     clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(1.0)).await;
+    clients.apply_plan(&plan_yaml(2.0)).await;
     clients.apply_gate(&gate_yaml(3)).await;
     let run = clients.start_run("r550", "gpu-qual").await;
     clients.wait_run_done(&run.id).await;
