@@ -29,8 +29,29 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 /// one function so that the same content always gives the same digest.
 pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
     use sha2::{Digest, Sha256};
+
+    /// Feeds serialized bytes straight into the hash: large evidence is never held as one
+    /// JSON buffer.
+    struct HashWriter(Sha256);
+
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(Sha256::new()));
     // Serializing plain data structs to JSON cannot fail: no maps with non-string keys are
-    // digested and no custom serializers return errors.
-    let bytes = serde_json::to_vec(value).expect("digested values serialize to JSON");
-    hex::encode(Sha256::digest(&bytes))
+    // digested and no custom serializers return errors; the writer itself never fails.
+    serde_json::to_writer(&mut writer, value).expect("digested values serialize to JSON");
+    let hasher = writer
+        .into_inner()
+        .map_err(|_| "flushing into a hasher")
+        .expect("a hasher never fails a write");
+    hex::encode(hasher.0.finalize())
 }

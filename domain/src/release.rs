@@ -176,6 +176,10 @@ pub fn validate_release(name: &str, components: &[Component]) -> Result<(), Vec<
     }
 }
 
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
 /// A component whose observed version differs from the release's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryMismatch {
@@ -235,14 +239,14 @@ pub fn check_inventory(
                 });
             }
         };
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        // Gates call this for every result they count: no allocation unless something differs.
         match component.name.as_str() {
-            DRIVER => check(non_empty(&inventory.driver_version).as_deref(), None),
-            CUDA_DRIVER => check(non_empty(&inventory.cuda_driver_version).as_deref(), None),
+            DRIVER => check(non_empty(&inventory.driver_version), None),
+            CUDA_DRIVER => check(non_empty(&inventory.cuda_driver_version), None),
             VBIOS if inventory.gpus.is_empty() => check(None, None),
             VBIOS => {
                 for gpu in &inventory.gpus {
-                    check(non_empty(&gpu.vbios_version).as_deref(), Some(gpu.index));
+                    check(non_empty(&gpu.vbios_version), Some(gpu.index));
                 }
             }
             name => check(inventory.components.get(name).map(String::as_str), None),
