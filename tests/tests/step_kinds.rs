@@ -8,7 +8,7 @@ use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
 /// The synthetic `dcgmi diag -r 2 -j` output: `memory` fails on GPU 1, `pcie` is skipped there.
 const DCGM_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
+    "/../fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
 );
 
 fn plan(versions_dir: &str) -> String {
@@ -104,9 +104,19 @@ async fn qualification_step_kinds_run_end_to_end() {
         "{:#?}",
         cool.results
     );
-    assert_eq!(cool.results[0].message, "after flashing, vbios is 96.00.89.00.01");
-    assert!(cool.results[1].message.starts_with("1 testcase(s): 1 passed"));
-    assert_eq!(cool.results[3].message, "dcgmi diag failed: memory on GPU 1");
+    assert_eq!(
+        cool.results[0].message,
+        "after flashing, vbios is 96.00.89.00.01"
+    );
+    assert!(
+        cool.results[1]
+            .message
+            .starts_with("1 testcase(s): 1 passed")
+    );
+    assert_eq!(
+        cool.results[3].message,
+        "dcgmi diag failed: memory on GPU 1"
+    );
 
     let hot = job("lab-hot");
     let burn = &hot.results[2];

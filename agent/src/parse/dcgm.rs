@@ -243,7 +243,7 @@ mod tests {
     fn fixture() -> String {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
+            "/../fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
         );
         std::fs::read_to_string(path).expect("the shared dcgm fixture is present")
     }

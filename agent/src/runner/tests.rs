@@ -397,7 +397,7 @@ fn step(name: &str, kind: StepKind, timeout: Duration) -> Step {
 
 const DCGM_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
+    "/../fixtures/dcgm/synthetic_dcgmi_diag_r2_fail.json"
 );
 
 #[tokio::test]
