@@ -14,12 +14,18 @@ use tollgate_domain::gate::{Evidence, evaluate, parse_gate};
 use tollgate_domain::job::JobState;
 use tollgate_domain::result::Outcome;
 use tollgate_domain::telemetry::Field;
-use tollgate_domain::test_support::{at, evidence, job, step_result, with_measurement, with_telemetry};
+use tollgate_domain::test_support::{
+    at, evidence, job, step_result, with_measurement, with_telemetry,
+};
 
 fn arg(name: &str, default: usize) -> anyhow::Result<usize> {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).context("flag needs a value")?.parse().context("a number"),
+        Some(i) => args
+            .get(i + 1)
+            .context("flag needs a value")?
+            .parse()
+            .context("a number"),
         None => Ok(default),
     }
 }
@@ -71,7 +77,10 @@ async fn main() -> anyhow::Result<()> {
     let n_results = n_nodes * n_steps;
 
     // Baseline: the same rows in SQLite, one plain aggregate query over them.
-    let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await?;
     sqlx::query("CREATE TABLE results (node TEXT, step INTEGER, outcome TEXT, membw REAL, temp0 REAL, temp1 REAL)")
         .execute(&pool)
         .await?;
@@ -103,18 +112,45 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (eval_best, decision) = time(5, || evaluate(&policy, &ev, &[], at(1_000_000)));
-    let (digest_best, _) = time(5, || tollgate_domain::gate::digest_inputs(&policy, &ev, &[]));
+    let (digest_best, _) = time(5, || {
+        tollgate_domain::gate::digest_inputs(&policy, &ev, &[])
+    });
     // One more result arrives: a further attempt of the last step on the first node.
-    let extra = with_telemetry(step_result((n_steps - 1) as u32, 2, Outcome::Passed), 0, Field::GpuTempC, 70.0);
+    let extra = with_telemetry(
+        step_result((n_steps - 1) as u32, 2, Outcome::Passed),
+        0,
+        Field::GpuTempC,
+        70.0,
+    );
     ev.runs[0].jobs[0].results.push(extra);
     let (after_one, _) = time(5, || evaluate(&policy, &ev, &[], at(1_000_000)));
 
-    println!("results                          {n_results} ({n_nodes} nodes x {n_steps} steps, 2 GPUs each)");
-    println!("decision                         {} ({})", decision.verdict, decision.summary);
-    println!("gate::evaluate                   {:.1} ms", eval_best.as_secs_f64() * 1e3);
-    println!("  of which the input digest      {:.1} ms", digest_best.as_secs_f64() * 1e3);
-    println!("baseline: SQL aggregate (SQLite) {:.1} ms", sql_best.as_secs_f64() * 1e3);
-    println!("ratio to baseline                {:.2}x", eval_best.as_secs_f64() / sql_best.as_secs_f64());
-    println!("decision after one new result    {:.1} ms (full re-evaluation)", after_one.as_secs_f64() * 1e3);
+    println!(
+        "results                          {n_results} ({n_nodes} nodes x {n_steps} steps, 2 GPUs each)"
+    );
+    println!(
+        "decision                         {} ({})",
+        decision.verdict, decision.summary
+    );
+    println!(
+        "gate::evaluate                   {:.1} ms",
+        eval_best.as_secs_f64() * 1e3
+    );
+    println!(
+        "  of which the input digest      {:.1} ms",
+        digest_best.as_secs_f64() * 1e3
+    );
+    println!(
+        "baseline: SQL aggregate (SQLite) {:.1} ms",
+        sql_best.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio to baseline                {:.2}x",
+        eval_best.as_secs_f64() / sql_best.as_secs_f64()
+    );
+    println!(
+        "decision after one new result    {:.1} ms (full re-evaluation)",
+        after_one.as_secs_f64() * 1e3
+    );
     Ok(())
 }

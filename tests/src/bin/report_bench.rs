@@ -112,7 +112,8 @@ fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
             fields: fields
                 .iter()
                 .map(|&field| {
-                    let hot = node_idx % 100 == 0 && gpu_index == 3 && field == Field::GpuTempC;
+                    let hot =
+                        node_idx.is_multiple_of(100) && gpu_index == 3 && field == Field::GpuTempC;
                     let base = 60.0 + f64::from(gpu_index) + (node_idx % 7) as f64;
                     let max = if hot { 93.5 } else { base + 10.0 };
                     FieldSummary {
