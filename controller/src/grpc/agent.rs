@@ -209,6 +209,10 @@ async fn read_events(
     mut inbound: Streaming<proto::AgentEvent>,
 ) {
     let mut shutdown = shared.subscribe_shutdown();
+    // Only the first heartbeat of a stream can reveal an agent restart: it was built when the
+    // agent (re)connected, before any command of this stream reached it. A later heartbeat
+    // saying "idle" can simply have crossed an assignment on the wire.
+    let mut first_heartbeat = true;
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
@@ -216,7 +220,11 @@ async fn read_events(
         };
         match message {
             Ok(Some(proto::AgentEvent { event: Some(event) })) => {
-                if let Err(error) = on_event(&shared, &node, event).await {
+                let first = first_heartbeat && matches!(event, Event::Heartbeat(_));
+                if matches!(event, Event::Heartbeat(_)) {
+                    first_heartbeat = false;
+                }
+                if let Err(error) = on_event(&shared, &node, event, first).await {
                     tracing::warn!(node = %node, %error, "could not handle an agent event");
                 }
             }
@@ -234,7 +242,12 @@ async fn read_events(
     tracing::info!(node = %node, "agent disconnected");
 }
 
-async fn on_event(shared: &Shared, node: &NodeId, event: Event) -> Result<(), StoreError> {
+async fn on_event(
+    shared: &Shared,
+    node: &NodeId,
+    event: Event,
+    first_of_stream: bool,
+) -> Result<(), StoreError> {
     match event {
         Event::Heartbeat(proto::Heartbeat {
             running_job_id,
@@ -243,7 +256,11 @@ async fn on_event(shared: &Shared, node: &NodeId, event: Event) -> Result<(), St
         }) => {
             tracing::debug!(node = %node, running_job_id, unsent_results, "heartbeat");
             on_heartbeat(shared, node).await?;
-            on_running_report(shared, node, &running_job_id, unsent_results).await
+            if first_of_stream {
+                on_running_report(shared, node, &running_job_id, unsent_results).await
+            } else {
+                Ok(())
+            }
         }
         Event::JobAccepted(proto::JobAccepted {
             job_id,
