@@ -482,3 +482,23 @@ rules:
 "#
     )
 }
+
+/// Declares, for each named `async fn NAME(backend: Backend)` of the calling test file, a module
+/// `NAME` with two tests, `NAME::sqlite` and `NAME::postgres` (which says it was skipped when
+/// no PostgreSQL database is configured). CI counts the `postgres` ones.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::Backend::Postgres).await
+            }
+        }
+    )*};
+}

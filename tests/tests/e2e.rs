@@ -11,23 +11,7 @@ use tollgate_tests::{
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+tollgate_tests::on_both_backends!(
     clean_release_passes_and_promotes,
     faulty_node_fails_the_gate_and_promotion_is_refused,
     result_uploaded_twice_is_stored_once,

@@ -7,23 +7,7 @@
 use std::time::Duration;
 use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+tollgate_tests::on_both_backends!(
     results_survive_a_controller_outage_exactly_once,
     agent_restarted_mid_step_is_recorded_and_the_job_retried,
 );

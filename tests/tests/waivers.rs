@@ -11,23 +11,7 @@ use tollgate_tests::{
 };
 use tonic::Code;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+tollgate_tests::on_both_backends!(
     a_waived_failure_passes_and_promotes_and_the_audit_shows_tampering,
     an_expired_waiver_fails_the_gate_again,
     a_configured_token_is_required_and_names_the_actor,
