@@ -299,12 +299,18 @@ async fn walk_through(
             format.as_str(),
             dirs.shown.join(&file).display()
         ));
-        let rendered = report::render(&controller, RELEASE, Some(MILESTONE), format)
-            .await
-            .with_context(|| format!("rendering the {} report", format.as_str()))?;
-        report::write(&dirs.root.join(&file), &rendered)?;
+        let written = report::render_to_file(
+            &controller,
+            RELEASE,
+            Some(MILESTONE),
+            format,
+            None,
+            Some(dirs.root.join(&file)),
+        )
+        .await
+        .with_context(|| format!("rendering the {} report", format.as_str()))?;
         println!("wrote {}", dirs.shown.join(&file).display());
-        println!("decision digest: {}", rendered.decision_digest);
+        println!("decision digest: {}", written.decision_digest);
     }
     children.check_alive()?;
     Ok(url)

@@ -1,11 +1,11 @@
 //! `tollgate report verify`, offline: report files signed here with the domain's signing
-//! functions (the same ones the controller's renderer uses) check as valid; an edited number in
-//! the visible text or in the embedded data, or another signer, does not; input that is no
-//! signed report at all exits 2.
+//! functions (the same ones the controller's renderer uses) check as valid; an edited number,
+//! whose section is named, or another signer, does not; input that is no signed report at all
+//! exits 2.
 
 use assert_cmd::Command;
 use ed25519_dalek::SigningKey;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tollgate_domain::report_signature as signature;
 
@@ -27,46 +27,63 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// A small report content with the fields `verify` reads.
-fn content() -> Value {
-    json!({
-        "schema": "tollgate.report.v1",
-        "release": {"name": "r550"},
-        "milestone": "lab-qual",
-        "decision": {"digest": "d41d8cd98f00b204", "verdict": "failed"},
-        "nodes": [
-            {"name": "lab-1", "max_temp_c": 71.5},
-            {"name": "lab-3", "max_temp_c": 93.25},
-        ],
-    })
+/// What the signature names.
+fn subject() -> signature::Subject {
+    signature::Subject {
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        decision_digest: "d41d8cd98f00b204".into(),
+        verdict: "failed".into(),
+    }
 }
 
-/// A Markdown report laid out as the controller lays it out: the visible text, then the
-/// signature region with the embedded data and the signature block.
+/// Signs `parts` (named sections, in order) followed by the section `end` holding `suffix`.
+fn sign(key: &SigningKey, parts: &[(&str, &str)], suffix: &str) -> signature::SignatureBlock {
+    let mut sections: Vec<signature::Section> = parts
+        .iter()
+        .map(|(name, text)| signature::section(*name, text.as_bytes()))
+        .collect();
+    sections.push(signature::section("end", suffix.as_bytes()));
+    signature::sign(key, subject(), sections)
+}
+
+/// A Markdown report laid out as the controller lays it out: the sections, then the
+/// signature region with the signature block.
 fn markdown_report(key: &SigningKey) -> String {
-    let content = content();
-    let visible = "# Acceptance report r550\n\n## Nodes\n\n| node | max temp |\n|---|---|\n| lab-1 | 71.5 °C |\n| lab-3 | 93.25 °C |\n";
-    let block = signature::sign(key, &content, Some(visible));
+    let parts = [
+        (
+            "summary",
+            "# Acceptance report r550\n\n## Nodes\n\n| node | max temp |\n|---|---|\n",
+        ),
+        ("node lab-1", "| lab-1 | 71.5 °C |\n"),
+        ("node lab-3", "| lab-3 | 93.25 °C |\n"),
+    ];
+    let block = sign(key, &parts, "\n");
+    let body: String = parts.iter().map(|(_, text)| *text).collect();
     format!(
-        "{visible}{}\n{}{}{}\n{}{}{}\n{}",
+        "{body}{}\n{}{}{}\n{}\n",
         signature::REGION_BEGIN,
-        signature::MARKDOWN_DATA_OPEN,
-        signature::escape_for_embedding(&signature::canonical_json(&content)),
-        signature::MARKDOWN_CLOSE,
         signature::MARKDOWN_SIGNATURE_OPEN,
-        serde_json::to_string(&block).expect("block serializes"),
+        signature::escape_for_embedding(&serde_json::to_string(&block).expect("block serializes")),
         signature::MARKDOWN_CLOSE,
         signature::REGION_END,
     )
 }
 
-/// A JSON report: the content with its `signature` field.
+/// A JSON report: its sections, then the `signature` field last.
 fn json_report(key: &SigningKey) -> String {
-    let content = content();
-    let block = signature::sign(key, &content, None);
-    let mut file = content;
-    file["signature"] = serde_json::to_value(block).expect("block serializes");
-    file.to_string()
+    let parts = [
+        ("summary", r#"{"schema":"tollgate.report.v1","nodes":["#),
+        ("node lab-1", r#"{"name":"lab-1","max_temp_c":71.5}"#),
+        ("node lab-3", r#",{"name":"lab-3","max_temp_c":93.25}"#),
+        ("footer", "]"),
+    ];
+    let block = sign(key, &parts, "}\n");
+    let body: String = parts.iter().map(|(_, text)| *text).collect();
+    format!(
+        "{body},\"signature\":{}}}\n",
+        serde_json::to_string(&block).expect("block serializes")
+    )
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -152,33 +169,30 @@ fn without_a_pinned_key_it_checks_the_embedded_key_and_warns() {
 }
 
 #[test]
-fn an_edited_visible_number_fails_and_names_the_section() {
+fn an_edited_number_fails_and_names_the_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let signer = key(1);
-    let report = markdown_report(&signer).replacen("| 93.25 °C |", "| 83.25 °C |", 1);
-    let path = write(dir.path(), "r550.md", &report);
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&signer)])
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stdout = text(&output.stdout);
-    assert!(stdout.starts_with("invalid: "), "{stdout}");
-    assert!(stdout.contains("visible report"), "{stdout}");
-    assert!(stdout.contains("`## Nodes`"), "{stdout}");
-}
-
-#[test]
-fn an_edited_embedded_number_fails_and_names_the_node() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signer = key(1);
-    for (name, report) in [
-        ("r550.md", markdown_report(&signer)),
-        ("r550.json", json_report(&signer)),
+    for (name, report, from, to) in [
+        (
+            "r550.md",
+            markdown_report(&signer),
+            "| 93.25 °C |",
+            "| 83.25 °C |",
+        ),
+        (
+            "r550.md",
+            markdown_report(&signer),
+            "| 93.25 °C |",
+            "| 8.25 °C |",
+        ),
+        (
+            "r550.json",
+            json_report(&signer),
+            "\"max_temp_c\":93.25",
+            "\"max_temp_c\":83.25",
+        ),
     ] {
-        let edited = report.replacen("\"max_temp_c\":93.25", "\"max_temp_c\":83.25", 1);
+        let edited = report.replacen(from, to, 1);
         assert_ne!(edited, report);
         let path = write(dir.path(), name, &edited);
         let output = tollgate()
@@ -189,8 +203,12 @@ fn an_edited_embedded_number_fails_and_names_the_node() {
             .expect("runs");
         assert_eq!(output.status.code(), Some(1), "{name}");
         let stdout = text(&output.stdout);
-        assert!(stdout.contains("report data"), "{name}: {stdout}");
-        assert!(stdout.contains("`/nodes/1` (lab-3)"), "{name}: {stdout}");
+        assert!(stdout.starts_with("invalid: "), "{name}: {stdout}");
+        assert!(
+            stdout.contains("does not match its signature: changed section `node lab-3`"),
+            "{name}: {stdout}"
+        );
+        assert!(!stdout.contains("lab-1"), "{name}: {stdout}");
     }
 }
 

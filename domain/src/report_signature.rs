@@ -1,54 +1,56 @@
-//! Signed customer acceptance reports: the canonical content of a report, its Ed25519
-//! signature, how a signature and its data are embedded in each format, and offline
-//! verification. Pure computation: the controller signs with its key, `tollgate report verify`
-//! checks a file with nothing but this module.
+//! Signed customer acceptance reports: what a report's Ed25519 signature covers, where each
+//! format keeps it, and offline verification. Pure computation: the controller signs with its
+//! key while it writes a report, `tollgate report verify` checks a file with nothing but this
+//! module.
 //!
-//! **Canonical content:** the report's JSON view model, serialized by `serde_json` with every
-//! object's keys sorted and no whitespace. Embedded copies may escape `<`, `>` and `&` (as
-//! `\u003c` and so on) to stay inert inside HTML, Markdown and XML; the verifier re-canonicalizes
-//! what it parses, so such escapes do not matter.
-//!
-//! **What is signed:** the message `tollgate.report.signature.v1\n<signed>\n<visible>\n`, where
-//! `signed` is the hex sha256 of the canonical content and `visible` the hex sha256 of the
-//! human-visible part of the file (empty for JSON, whose data fields are the canonical content).
-//! Editing a number in the embedded data breaks `signed`; editing one in the visible text breaks
-//! `visible`. The per-section digests in [`SignatureBlock`] are not signed: they only let the
-//! verifier name the part of the report that was changed.
+//! **What is signed:** the exact bytes of the file outside its signature region (the *body*),
+//! cut into consecutive named *sections* (the summary, each rule, each node, ...). The signature
+//! block lists every section's name, length and sha256, in file order, and the signature covers
+//! that manifest together with the release, milestone and decision the report is about (see
+//! [`signed_message`]). A writer hashes each section as it writes it, so a report of any size
+//! is signed without holding it in memory; a verifier re-cuts the body by the listed lengths
+//! and names the sections whose bytes differ.
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
 
 /// The only algorithm.
 pub const ALGORITHM: &str = "ed25519";
 
 /// Starts the signed message; bump on any change to what is signed.
-const MESSAGE_PREFIX: &str = "tollgate.report.signature.v1";
+pub const MESSAGE_PREFIX: &str = "tollgate.report.signature.v2";
 
 /// Opens the signature region of a Markdown, HTML or JUnit report. Everything outside the
-/// region is the visible part.
+/// region is the body.
 pub const REGION_BEGIN: &str = "<!-- tollgate-signature-begin -->";
 /// Closes the signature region.
 pub const REGION_END: &str = "<!-- tollgate-signature-end -->";
+/// JSON: opens the signature region, the top-level `signature` field (always the last one);
+/// the region runs to the object's closing brace. Its `{` is the signature block's own.
+pub const JSON_REGION_BEGIN: &str = ",\"signature\":{";
 
-/// Markdown: opens the HTML comment holding the canonical content.
-pub const MARKDOWN_DATA_OPEN: &str = "<!-- tollgate-report-data\n";
 /// Markdown: opens the HTML comment holding the signature block.
 pub const MARKDOWN_SIGNATURE_OPEN: &str = "<!-- tollgate-report-signature\n";
-/// Markdown: closes either comment.
+/// Markdown: closes it.
 pub const MARKDOWN_CLOSE: &str = "\n-->";
-/// HTML: opens the data block holding the canonical content.
-pub const HTML_DATA_OPEN: &str = r#"<script type="application/json" id="tollgate-report">"#;
 /// HTML: opens the data block holding the signature block.
 pub const HTML_SIGNATURE_OPEN: &str = r#"<script type="application/json" id="tollgate-signature">"#;
-/// HTML: closes either block.
+/// HTML: closes it.
 pub const HTML_CLOSE: &str = "</script>";
-/// JUnit: the property holding the canonical content.
-pub const JUNIT_DATA_PROPERTY: &str = "tollgate.report";
 /// JUnit: the property holding the signature block.
 pub const JUNIT_SIGNATURE_PROPERTY: &str = "tollgate.signature";
+
+/// One section of a report's body: a named run of consecutive bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    /// What the section shows, for example `summary`, `rule no-xid` or `node lab-3`.
+    pub name: String,
+    /// Its length in bytes.
+    pub n_bytes: u64,
+    /// Hex sha256 of its bytes.
+    pub sha256: String,
+}
 
 /// The signature of one report, embedded in every format.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,20 +59,20 @@ pub struct SignatureBlock {
     pub algorithm: String,
     /// The signing key, hex (32 bytes).
     pub public_key: String,
-    /// The signature of the signed message, hex (64 bytes).
+    /// The signature of [`signed_message`], hex (64 bytes).
     pub signature: String,
-    /// Hex sha256 of the canonical content.
-    pub signed: String,
-    /// Hex sha256 of the visible part of the file; empty for JSON.
-    #[serde(default)]
-    pub visible: String,
-    /// Hex sha256 of each part of the canonical content (JSON pointers: every top-level field,
-    /// and every element or field one level below), so a verifier can name what was changed.
-    #[serde(default)]
-    pub sections: BTreeMap<String, String>,
-    /// Hex sha256 of each chunk of the visible part, by heading, in order.
-    #[serde(default)]
-    pub visible_sections: Vec<(String, String)>,
+    /// The release the report is about.
+    pub release: String,
+    /// The milestone.
+    pub milestone: String,
+    /// The digest of the decision the report shows.
+    pub decision_digest: String,
+    /// That decision's verdict.
+    pub verdict: String,
+    /// Length of the body in bytes: the sum of the sections' lengths.
+    pub n_bytes: u64,
+    /// The body's sections, in file order.
+    pub sections: Vec<Section>,
 }
 
 /// What a valid signature vouches for.
@@ -80,9 +82,9 @@ pub struct Verified {
     pub fingerprint: String,
     /// The signing key, hex.
     pub public_key: String,
-    /// The release named in the content.
+    /// The release named in the signature.
     pub release: String,
-    /// The milestone named in the content.
+    /// The milestone named in the signature.
     pub milestone: String,
     /// The decision's digest.
     pub decision_digest: String,
@@ -96,7 +98,7 @@ pub enum VerifyError {
     /// The file is not a signed report.
     #[error("not a signed Tollgate report: {0}")]
     Unsigned(String),
-    /// The embedded data or signature block cannot be read.
+    /// The signature block cannot be read.
     #[error("malformed report: {0}")]
     Malformed(String),
     /// Signed by another key than the one expected.
@@ -116,18 +118,6 @@ pub enum VerifyError {
     /// The content or signature was changed after signing.
     #[error("{}", .0.join("; "))]
     Mismatch(Vec<String>),
-}
-
-/// The canonical form of `value`: keys sorted, no whitespace.
-pub fn canonical_json(value: &Value) -> String {
-    // `serde_json::Map` is a BTreeMap (the `preserve_order` feature is off in this workspace),
-    // so serializing a `Value` writes every object's keys sorted.
-    value.to_string()
-}
-
-/// The canonical content of any serializable report model.
-pub fn canonical_value<T: Serialize>(model: &T) -> Result<Value, serde_json::Error> {
-    serde_json::to_value(model)
 }
 
 /// Hex sha256 of `bytes`.
@@ -152,11 +142,11 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&bytes).map_err(|error| format!("invalid Ed25519 public key: {error}"))
 }
 
-/// Escapes the canonical JSON for embedding in HTML, Markdown or XML: `<`, `>` and `&` occur
-/// only inside JSON strings, where `\u003c` and friends mean the same characters.
-pub fn escape_for_embedding(canonical: &str) -> String {
-    let mut out = String::with_capacity(canonical.len() + canonical.len() / 64);
-    for c in canonical.chars() {
+/// Escapes JSON for embedding in HTML, Markdown or XML: `<`, `>` and `&` occur only inside
+/// JSON strings, where `\u003c` and friends mean the same characters.
+pub fn escape_for_embedding(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + json.len() / 64);
+    for c in json.chars() {
         match c {
             '<' => out.push_str("\\u003c"),
             '>' => out.push_str("\\u003e"),
@@ -167,149 +157,152 @@ pub fn escape_for_embedding(canonical: &str) -> String {
     out
 }
 
-/// The per-part digests of `value` (see [`SignatureBlock::sections`]).
-pub fn section_digests(value: &Value) -> BTreeMap<String, String> {
-    let mut sections = BTreeMap::new();
-    let Value::Object(top) = value else {
-        sections.insert(String::new(), sha256_hex(value.to_string().as_bytes()));
-        return sections;
-    };
-    for (key, field) in top {
-        let pointer = format!("/{key}");
-        match field {
-            Value::Object(children) => {
-                for (child_key, child) in children {
-                    sections.insert(
-                        format!("{pointer}/{child_key}"),
-                        sha256_hex(child.to_string().as_bytes()),
-                    );
-                }
-            }
-            Value::Array(children) => {
-                for (idx, child) in children.iter().enumerate() {
-                    sections.insert(
-                        format!("{pointer}/{idx}"),
-                        sha256_hex(child.to_string().as_bytes()),
-                    );
-                }
-            }
-            _ => {}
-        }
-        sections.insert(pointer, sha256_hex(field.to_string().as_bytes()));
+/// A JSON string literal, as `serde_json` writes it.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+/// The message a report's signature covers: one line per fact, then one per section.
+///
+/// ```text
+/// tollgate.report.signature.v2
+/// public_key <hex>
+/// release <JSON string>
+/// milestone <JSON string>
+/// decision <JSON string digest> <JSON string verdict>
+/// n_bytes <body length>
+/// section <length> <sha256> <JSON string name>      (one per section, in file order)
+/// ```
+///
+/// Every line ends with `\n`; JSON strings are written as `serde_json` writes them.
+pub fn signed_message(block: &SignatureBlock) -> String {
+    let mut message = String::with_capacity(256 + block.sections.len() * 120);
+    message.push_str(MESSAGE_PREFIX);
+    message.push('\n');
+    message.push_str(&format!("public_key {}\n", block.public_key));
+    message.push_str(&format!("release {}\n", json_string(&block.release)));
+    message.push_str(&format!("milestone {}\n", json_string(&block.milestone)));
+    message.push_str(&format!(
+        "decision {} {}\n",
+        json_string(&block.decision_digest),
+        json_string(&block.verdict)
+    ));
+    message.push_str(&format!("n_bytes {}\n", block.n_bytes));
+    for section in &block.sections {
+        message.push_str(&format!(
+            "section {} {} {}\n",
+            section.n_bytes,
+            section.sha256,
+            json_string(&section.name)
+        ));
     }
-    sections
+    message
 }
 
-/// The digest of each visible chunk: the text is cut before every heading line (Markdown `#`,
-/// HTML `<h1>`..`<h4>`, a JUnit `<testsuite`), and each chunk is named by its first line.
-pub fn visible_chunks(visible: &str) -> Vec<(String, String)> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
-    for line in visible.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        let heading = trimmed.starts_with('#')
-            || trimmed.starts_with("<h1")
-            || trimmed.starts_with("<h2")
-            || trimmed.starts_with("<h3")
-            || trimmed.starts_with("<h4")
-            || trimmed.starts_with("<testsuite ");
-        if heading && offset > start {
-            chunks.push(chunk(&visible[start..offset]));
-            start = offset;
-        }
-        offset += line.len();
-    }
-    if offset > start {
-        chunks.push(chunk(&visible[start..offset]));
-    }
-    chunks
+/// What a report is about, signed with its sections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// The release.
+    pub release: String,
+    /// The milestone.
+    pub milestone: String,
+    /// The decision's digest.
+    pub decision_digest: String,
+    /// The decision's verdict.
+    pub verdict: String,
 }
 
-fn chunk(text: &str) -> (String, String) {
-    let name: String = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .take(120)
-        .collect();
-    (name, sha256_hex(text.as_bytes()))
-}
-
-fn message(signed: &str, visible: &str) -> String {
-    format!("{MESSAGE_PREFIX}\n{signed}\n{visible}\n")
-}
-
-/// Signs a report whose canonical content is `content` and whose visible part is `visible`
-/// (`None` for JSON).
-pub fn sign(key: &SigningKey, content: &Value, visible: Option<&str>) -> SignatureBlock {
-    let canonical = canonical_json(content);
-    sign_canonical(key, content, &canonical, visible)
-}
-
-/// [`sign`], when the caller already holds the canonical text of `content`.
-pub fn sign_canonical(
-    key: &SigningKey,
-    content: &Value,
-    canonical: &str,
-    visible: Option<&str>,
-) -> SignatureBlock {
-    let signed = sha256_hex(canonical.as_bytes());
-    let visible_digest = visible
-        .map(|v| sha256_hex(v.as_bytes()))
-        .unwrap_or_default();
-    let signature = key.sign(message(&signed, &visible_digest).as_bytes());
-    SignatureBlock {
+/// Signs a report whose body consists of `sections`, in file order.
+pub fn sign(key: &SigningKey, subject: Subject, sections: Vec<Section>) -> SignatureBlock {
+    let Subject {
+        release,
+        milestone,
+        decision_digest,
+        verdict,
+    } = subject;
+    let mut block = SignatureBlock {
         algorithm: ALGORITHM.to_owned(),
         public_key: hex::encode(key.verifying_key().as_bytes()),
-        signature: hex::encode(signature.to_bytes()),
-        signed,
-        visible: visible_digest,
-        sections: section_digests(content),
-        visible_sections: visible.map(visible_chunks).unwrap_or_default(),
+        signature: String::new(),
+        release,
+        milestone,
+        decision_digest,
+        verdict,
+        n_bytes: sections.iter().map(|section| section.n_bytes).sum(),
+        sections,
+    };
+    block.signature = hex::encode(key.sign(signed_message(&block).as_bytes()).to_bytes());
+    block
+}
+
+/// Hashes sections as they are written: feed bytes, then close the section with its name.
+#[derive(Clone, Debug, Default)]
+pub struct SectionHasher {
+    hasher: Sha256,
+    n_bytes: u64,
+}
+
+impl SectionHasher {
+    /// Adds bytes to the open section.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.n_bytes += bytes.len() as u64;
     }
+
+    /// Closes the open section as `name` and starts the next one.
+    pub fn finish(&mut self, name: impl Into<String>) -> Section {
+        let hasher = std::mem::take(&mut self.hasher);
+        let n_bytes = std::mem::take(&mut self.n_bytes);
+        Section {
+            name: name.into(),
+            n_bytes,
+            sha256: hex::encode(hasher.finalize()),
+        }
+    }
+}
+
+/// The section of `bytes`, named `name`.
+pub fn section(name: impl Into<String>, bytes: &[u8]) -> Section {
+    let mut hasher = SectionHasher::default();
+    hasher.update(bytes);
+    hasher.finish(name)
 }
 
 /// A report file taken apart.
 #[derive(Clone, Debug)]
-pub struct Extracted {
-    /// The embedded (or, for JSON, the data) content, parsed.
-    pub content: Value,
+pub struct Extracted<'a> {
+    /// The body: the file outside the signature region, as two parts (before and after it).
+    pub body: (&'a [u8], &'a [u8]),
     /// The signature block.
     pub block: SignatureBlock,
-    /// The visible part; `None` for JSON.
-    pub visible: Option<String>,
     /// `json`, `markdown`, `html` or `junit`.
     pub format: &'static str,
 }
 
-/// Takes a report file apart: finds the format, the embedded content, the signature block and
-/// the visible part.
-pub fn extract(file: &str) -> Result<Extracted, VerifyError> {
-    let trimmed = file.trim_start();
-    if trimmed.starts_with('{') {
-        let mut content: Value = serde_json::from_str(file).map_err(|error| {
-            VerifyError::Malformed(format!("JSON report does not parse: {error}"))
+/// Takes a report file apart: finds the format, the signature block and the body.
+pub fn extract(file: &str) -> Result<Extracted<'_>, VerifyError> {
+    if file.trim_start().starts_with('{') {
+        let begin = file.rfind(JSON_REGION_BEGIN).ok_or_else(|| {
+            VerifyError::Unsigned("the JSON report has no `signature` field".into())
         })?;
-        let block = content
-            .as_object_mut()
-            .and_then(|object| object.remove("signature"))
-            .ok_or_else(|| {
-                VerifyError::Unsigned("the JSON report has no `signature` field".into())
-            })?;
-        let block: SignatureBlock = serde_json::from_value(block)
-            .map_err(|error| VerifyError::Malformed(format!("the `signature` field: {error}")))?;
+        // The signature object is the last field: the region runs to the final `}`.
+        let end = file.trim_end().len().saturating_sub(1);
+        if end <= begin || !file[end..].starts_with('}') {
+            return Err(VerifyError::Malformed(
+                "the JSON report does not end with its `signature` field".into(),
+            ));
+        }
+        let block = &file[begin + JSON_REGION_BEGIN.len() - 1..end];
         return Ok(Extracted {
-            content,
-            block,
-            visible: None,
+            body: (&file.as_bytes()[..begin], &file.as_bytes()[end..]),
+            block: parse_block(block)?,
             format: "json",
         });
     }
+    // The last region is the signature's: text in the body is escaped, but a log tail in a
+    // Markdown code block could quote the markers.
     let begin = file
-        .find(REGION_BEGIN)
+        .rfind(REGION_BEGIN)
         .ok_or_else(|| VerifyError::Unsigned("no signature region found".into()))?;
     let region_start = begin + REGION_BEGIN.len();
     let end = file[region_start..]
@@ -317,41 +310,33 @@ pub fn extract(file: &str) -> Result<Extracted, VerifyError> {
         .map(|idx| idx + region_start)
         .ok_or_else(|| VerifyError::Malformed("the signature region is not closed".into()))?;
     let region = &file[region_start..end];
-    let mut visible = String::with_capacity(file.len() - region.len());
-    visible.push_str(&file[..begin]);
-    visible.push_str(&file[end + REGION_END.len()..]);
-    let (format, data, block) = if region.contains(HTML_DATA_OPEN) {
+    let body = (
+        &file.as_bytes()[..begin],
+        &file.as_bytes()[end + REGION_END.len()..],
+    );
+    let (format, block) = if region.contains(HTML_SIGNATURE_OPEN) {
         (
             "html",
-            between(region, HTML_DATA_OPEN, HTML_CLOSE)?.to_owned(),
             between(region, HTML_SIGNATURE_OPEN, HTML_CLOSE)?.to_owned(),
         )
-    } else if region.contains(MARKDOWN_DATA_OPEN) {
+    } else if region.contains(MARKDOWN_SIGNATURE_OPEN) {
         (
             "markdown",
-            between(region, MARKDOWN_DATA_OPEN, MARKDOWN_CLOSE)?.to_owned(),
             between(region, MARKDOWN_SIGNATURE_OPEN, MARKDOWN_CLOSE)?.to_owned(),
         )
     } else {
-        (
-            "junit",
-            xml_property(region, JUNIT_DATA_PROPERTY)?,
-            xml_property(region, JUNIT_SIGNATURE_PROPERTY)?,
-        )
+        ("junit", xml_property(region, JUNIT_SIGNATURE_PROPERTY)?)
     };
-    let content: Value = serde_json::from_str(&data).map_err(|error| {
-        VerifyError::Malformed(format!("the embedded report data does not parse: {error}"))
-    })?;
-    let block: SignatureBlock = serde_json::from_str(&block).map_err(|error| {
-        VerifyError::Malformed(format!(
-            "the embedded signature block does not parse: {error}"
-        ))
-    })?;
     Ok(Extracted {
-        content,
-        block,
-        visible: Some(visible),
+        body,
+        block: parse_block(&block)?,
         format,
+    })
+}
+
+fn parse_block(text: &str) -> Result<SignatureBlock, VerifyError> {
+    serde_json::from_str(text).map_err(|error| {
+        VerifyError::Malformed(format!("the signature block does not parse: {error}"))
     })
 }
 
@@ -413,15 +398,93 @@ pub fn verify(file: &str, expected_key: Option<&VerifyingKey>) -> Result<Verifie
     verify_extracted(&extract(file)?, expected_key)
 }
 
+/// The body's bytes in `range`, read across its two parts.
+struct Body<'a> {
+    parts: (&'a [u8], &'a [u8]),
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        (self.parts.0.len() + self.parts.1.len()) as u64
+    }
+
+    /// sha256 of bytes `start..start + n` (both within the body).
+    fn digest(&self, start: u64, n: u64) -> String {
+        let (first, second) = self.parts;
+        let split = first.len() as u64;
+        let mut hasher = Sha256::new();
+        let end = start + n;
+        if start < split {
+            hasher.update(&first[start as usize..end.min(split) as usize]);
+        }
+        if end > split {
+            hasher.update(
+                &second[start.max(split).saturating_sub(split) as usize..(end - split) as usize],
+            );
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// The sections whose bytes differ from the signed ones. When the body's length is unchanged
+/// each section is checked in place; otherwise the intact sections are matched from the start
+/// and from the end, and the ones in between are named.
+fn changed_sections(body: &Body<'_>, sections: &[Section]) -> Vec<usize> {
+    let total = body.len();
+    let signed_total: u64 = sections.iter().map(|s| s.n_bytes).sum();
+    let fits = |start: u64, section: &Section| start + section.n_bytes <= total;
+    if total == signed_total {
+        let mut start = 0;
+        let mut changed = Vec::new();
+        for (idx, section) in sections.iter().enumerate() {
+            if body.digest(start, section.n_bytes) != section.sha256 {
+                changed.push(idx);
+            }
+            start += section.n_bytes;
+        }
+        return changed;
+    }
+    // From the start: the first section that does not match.
+    let mut first = sections.len();
+    let mut start = 0;
+    for (idx, section) in sections.iter().enumerate() {
+        if !fits(start, section) || body.digest(start, section.n_bytes) != section.sha256 {
+            first = idx;
+            break;
+        }
+        start += section.n_bytes;
+    }
+    // From the end: the last section that does not match, not before `first`.
+    let mut last = first;
+    let mut end = total;
+    for (idx, section) in sections.iter().enumerate().rev() {
+        if idx <= first {
+            break;
+        }
+        if section.n_bytes > end
+            || end - section.n_bytes < start
+            || body.digest(end - section.n_bytes, section.n_bytes) != section.sha256
+        {
+            last = idx;
+            break;
+        }
+        end -= section.n_bytes;
+    }
+    if first == sections.len() {
+        // Every signed section is intact: bytes were added at the end.
+        return sections.len().checked_sub(1).into_iter().collect();
+    }
+    (first..=last.min(sections.len() - 1)).collect()
+}
+
 /// [`verify`] over a file already taken apart.
 pub fn verify_extracted(
-    extracted: &Extracted,
+    extracted: &Extracted<'_>,
     expected_key: Option<&VerifyingKey>,
 ) -> Result<Verified, VerifyError> {
     let Extracted {
-        content,
+        body,
         block,
-        visible,
         format: _,
     } = extracted;
     if block.algorithm != ALGORITHM {
@@ -442,166 +505,166 @@ pub fn verify_extracted(
         });
     }
     let mut mismatches = Vec::new();
-    let signed = sha256_hex(canonical_json(content).as_bytes());
-    if signed != block.signed {
-        let changed: Vec<String> = section_digests(content)
-            .into_iter()
-            .filter(|(pointer, digest)| block.sections.get(pointer) != Some(digest))
-            .map(|(pointer, _)| pointer)
-            .collect();
-        // Name the deepest changed parts: `/nodes/3` rather than `/nodes` as well.
-        let deepest: Vec<String> = changed
-            .iter()
-            .filter(|pointer| {
-                !changed.iter().any(|other| {
-                    other.len() > pointer.len() && other.starts_with(&format!("{pointer}/"))
-                })
-            })
-            .map(|pointer| describe_pointer(content, pointer))
-            .collect();
-        if deepest.is_empty() {
-            mismatches.push("the report data does not match the signed content".to_owned());
-        } else {
-            mismatches.push(format!(
-                "the report data does not match the signed content: changed {}",
-                deepest.join(", ")
-            ));
-        }
-    }
-    let visible_digest = visible
-        .as_deref()
-        .map(|v| sha256_hex(v.as_bytes()))
-        .unwrap_or_default();
-    if visible_digest != block.visible {
-        let chunks = visible.as_deref().map(visible_chunks).unwrap_or_default();
-        let changed: Vec<String> = chunks
-            .iter()
-            .enumerate()
-            .filter(|(idx, chunk)| block.visible_sections.get(*idx) != Some(chunk))
-            .map(|(_, (name, _))| format!("`{name}`"))
-            .take(5)
-            .collect();
-        if changed.is_empty() {
-            mismatches.push("the visible report does not match the signed content".to_owned());
-        } else {
-            mismatches.push(format!(
-                "the visible report does not match the signed content: changed the section starting {}",
-                changed.join(", ")
-            ));
-        }
-    }
     let signature_ok = hex::decode(&block.signature)
         .ok()
         .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
         .map(|bytes| Signature::from_bytes(&bytes))
         .is_some_and(|signature| {
-            key.verify(
-                message(&block.signed, &block.visible).as_bytes(),
-                &signature,
-            )
-            .is_ok()
+            key.verify(signed_message(block).as_bytes(), &signature)
+                .is_ok()
         });
     if !signature_ok {
         mismatches.push(format!(
-            "the signature does not match the signed digests for key {}",
+            "the signature does not match the signature block for key {}: its section digests or the release, milestone or decision it names were changed",
             fingerprint(&key)
         ));
+    }
+    let sections_total: u64 = block.sections.iter().map(|s| s.n_bytes).sum();
+    if sections_total != block.n_bytes {
+        mismatches.push(format!(
+            "the signature block's sections add up to {sections_total} bytes, not the {} it states",
+            block.n_bytes
+        ));
+    }
+    let body = Body { parts: *body };
+    let changed = changed_sections(&body, &block.sections);
+    if !changed.is_empty() || body.len() != block.n_bytes {
+        let names: Vec<String> = changed
+            .iter()
+            .take(5)
+            .map(|&idx| format!("`{}`", block.sections[idx].name))
+            .collect();
+        let mut message = if names.is_empty() {
+            "the report does not match its signature".to_owned()
+        } else {
+            format!(
+                "the report does not match its signature: changed section {}",
+                names.join(", ")
+            )
+        };
+        if changed.len() > names.len() {
+            message.push_str(&format!(" and {} more", changed.len() - names.len()));
+        }
+        if body.len() != block.n_bytes {
+            message.push_str(&format!(
+                " ({} bytes outside the signature, signed {})",
+                body.len(),
+                block.n_bytes
+            ));
+        }
+        mismatches.push(message);
     }
     if !mismatches.is_empty() {
         return Err(VerifyError::Mismatch(mismatches));
     }
-    let text = |pointer: &str| {
-        content
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
     Ok(Verified {
         fingerprint: fingerprint(&key),
         public_key: block.public_key.clone(),
-        release: text("/release/name"),
-        milestone: text("/milestone"),
-        decision_digest: text("/decision/digest"),
-        verdict: text("/decision/verdict"),
+        release: block.release.clone(),
+        milestone: block.milestone.clone(),
+        decision_digest: block.decision_digest.clone(),
+        verdict: block.verdict.clone(),
     })
-}
-
-/// `/nodes/3` with the node's name when it has one: `/nodes/3 (node gpu-07)`.
-fn describe_pointer(content: &Value, pointer: &str) -> String {
-    let name = content.pointer(pointer).and_then(|value| {
-        ["name", "rule_id", "run_id"]
-            .iter()
-            .find_map(|key| value.get(key).and_then(Value::as_str))
-    });
-    match name {
-        Some(name) => format!("`{pointer}` ({name})"),
-        None => format!("`{pointer}`"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
     }
 
-    fn content() -> Value {
-        json!({
-            "schema": "tollgate.report.v1",
-            "release": {"name": "r1"},
-            "milestone": "lab-qual",
-            "decision": {"digest": "abc", "verdict": "passed"},
-            "nodes": [{"name": "n1", "temp": 71.5}, {"name": "n2", "temp": 70.0}],
-        })
+    fn subject() -> Subject {
+        Subject {
+            release: "r1".into(),
+            milestone: "lab-qual".into(),
+            decision_digest: "abc".into(),
+            verdict: "passed".into(),
+        }
     }
 
-    fn json_file(key: &SigningKey, content: &Value) -> String {
-        let block = sign(key, content, None);
-        let mut file = content.clone();
-        file["signature"] = serde_json::to_value(block).expect("block serializes");
-        file.to_string()
-    }
+    const PARTS: [(&str, &str); 4] = [
+        ("summary", "# Report\n\nverdict passed\n"),
+        ("node n1", "## Node n1\n\n| 71.5 |\n"),
+        ("node n2", "## Node n2\n\n| 70.0 |\n"),
+        ("footer", "---\n"),
+    ];
 
-    fn markdown_file(key: &SigningKey, content: &Value, visible: &str) -> String {
-        let block = sign(key, content, Some(visible));
+    fn markdown_file(key: &SigningKey) -> String {
+        let sections = PARTS
+            .iter()
+            .map(|(name, text)| section(*name, text.as_bytes()))
+            .collect();
+        let block = sign(key, subject(), sections);
+        let body: String = PARTS.iter().map(|(_, text)| *text).collect();
         format!(
-            "{visible}{REGION_BEGIN}\n{MARKDOWN_DATA_OPEN}{}{MARKDOWN_CLOSE}\n{MARKDOWN_SIGNATURE_OPEN}{}{MARKDOWN_CLOSE}\n{REGION_END}",
-            escape_for_embedding(&canonical_json(content)),
-            serde_json::to_string(&block).expect("block serializes"),
+            "{body}{REGION_BEGIN}\n{MARKDOWN_SIGNATURE_OPEN}{}{MARKDOWN_CLOSE}\n{REGION_END}",
+            escape_for_embedding(&serde_json::to_string(&block).expect("block serializes")),
+        )
+    }
+
+    fn json_file(key: &SigningKey) -> String {
+        let body = r#"{"schema":"x","nodes":[{"name":"n1","temp":71.5}]"#;
+        let block = sign(
+            key,
+            subject(),
+            vec![section("all", body.as_bytes()), section("end", b"}\n")],
+        );
+        format!(
+            "{body},\"signature\":{}}}\n",
+            serde_json::to_string(&block).expect("block serializes")
         )
     }
 
     #[test]
-    fn a_signed_json_report_verifies() {
-        let verified = verify(&json_file(&key(1), &content()), None).expect("valid");
-        assert_eq!(verified.release, "r1");
-        assert_eq!(verified.milestone, "lab-qual");
-        assert_eq!(verified.decision_digest, "abc");
-        assert_eq!(verified.fingerprint, fingerprint(&key(1).verifying_key()));
+    fn a_signed_report_verifies() {
+        for file in [markdown_file(&key(1)), json_file(&key(1))] {
+            let verified = verify(&file, None).expect("valid");
+            assert_eq!(verified.release, "r1");
+            assert_eq!(verified.milestone, "lab-qual");
+            assert_eq!(verified.decision_digest, "abc");
+            assert_eq!(verified.fingerprint, fingerprint(&key(1).verifying_key()));
+        }
+        let json: serde_json::Value = serde_json::from_str(&json_file(&key(1))).expect("parses");
+        assert_eq!(json["signature"]["release"], "r1");
     }
 
     #[test]
-    fn an_edited_json_number_is_named() {
-        let file = json_file(&key(1), &content()).replace("71.5", "61.5");
-        let error = verify(&file, None).expect_err("edited");
-        let message = error.to_string();
-        assert!(message.contains("`/nodes/0` (n1)"), "{message}");
+    fn an_edit_names_its_section_whatever_its_length() {
+        let file = markdown_file(&key(1));
+        for (from, to) in [("71.5", "61.5"), ("71.5", "1.5"), ("71.5", "171.5")] {
+            let error = verify(&file.replacen(from, to, 1), None).expect_err("edited");
+            let message = error.to_string();
+            assert!(message.contains("changed section `node n1`"), "{message}");
+            assert!(!message.contains("node n2"), "{message}");
+        }
+        let error = verify(&file.replacen("---", "--", 1), None).expect_err("edited");
+        assert!(error.to_string().contains("`footer`"), "{error}");
+        let error = verify(
+            &file.replacen("71.5", "61.5", 1).replacen("70.0", "60.0", 1),
+            None,
+        )
+        .expect_err("edited");
+        assert!(
+            error.to_string().contains("`node n1`, `node n2`"),
+            "{error}"
+        );
+        let error =
+            verify(&json_file(&key(1)).replacen("71.5", "61.5", 1), None).expect_err("edited");
+        assert!(error.to_string().contains("`all`"), "{error}");
     }
 
     #[test]
     fn another_key_is_rejected() {
-        let file = json_file(&key(1), &content());
+        let file = markdown_file(&key(1));
         let error = verify(&file, Some(&key(2).verifying_key())).expect_err("wrong key");
         assert!(matches!(error, VerifyError::WrongKey { .. }), "{error}");
     }
 
     #[test]
-    fn a_swapped_key_does_not_verify() {
-        let file = json_file(&key(1), &content());
+    fn a_swapped_key_or_an_edited_block_does_not_verify() {
+        let file = markdown_file(&key(1));
         let other = hex::encode(key(2).verifying_key().as_bytes());
         let mine = hex::encode(key(1).verifying_key().as_bytes());
         let error = verify(&file.replace(&mine, &other), None).expect_err("swapped");
@@ -609,27 +672,32 @@ mod tests {
             error.to_string().contains("signature does not match"),
             "{error}"
         );
+        let error = verify(&file.replace("\"passed\"", "\"failed\""), None).expect_err("verdict");
+        assert!(
+            error.to_string().contains("signature does not match"),
+            "{error}"
+        );
     }
 
     #[test]
-    fn markdown_visible_and_embedded_edits_are_caught() {
-        let visible = "# Report\n\n## Nodes\n\n| n1 | 71.5 |\n";
-        let file = markdown_file(&key(1), &content(), visible);
-        verify(&file, None).expect("valid");
-        let error = verify(&file.replacen("| 71.5 |", "| 61.5 |", 1), None).expect_err("visible");
-        assert!(error.to_string().contains("`## Nodes`"), "{error}");
-        let error = verify(&file.replacen("\"temp\":71.5", "\"temp\":61.5", 1), None)
-            .expect_err("embedded");
-        assert!(error.to_string().contains("`/nodes/0` (n1)"), "{error}");
+    fn a_file_without_a_region_is_unsigned() {
+        assert!(matches!(
+            verify("# Report\n", None),
+            Err(VerifyError::Unsigned(_))
+        ));
+        assert!(matches!(
+            verify("{\"schema\":1}\n", None),
+            Err(VerifyError::Unsigned(_))
+        ));
     }
 
     #[test]
-    fn embedding_escapes_do_not_change_the_canonical_content() {
-        let content = json!({"detail": "</script> & -->"});
-        let escaped = escape_for_embedding(&canonical_json(&content));
+    fn embedding_escapes_leave_no_markup() {
+        let json = serde_json::to_string("</script> & -->").expect("serializes");
+        let escaped = escape_for_embedding(&json);
         assert!(!escaped.contains('<') && !escaped.contains('>'));
-        let parsed: Value = serde_json::from_str(&escaped).expect("parses");
-        assert_eq!(canonical_json(&parsed), canonical_json(&content));
+        let parsed: String = serde_json::from_str(&escaped).expect("parses");
+        assert_eq!(parsed, "</script> & -->");
     }
 
     #[test]

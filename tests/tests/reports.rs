@@ -137,6 +137,13 @@ async fn every_report_format_verifies_and_an_edited_temperature_does_not() {
             "{format}: {stdout}"
         );
         if format == "html" {
+            // The summary comes first; each node's detail is collapsed.
+            let html = std::fs::read_to_string(&path).expect("read HTML");
+            let summary = html.find("<section id=\"summary\">").expect("a summary");
+            let first_node = html.find("<details class=\"node\"").expect("node detail");
+            assert!(summary < first_node);
+            assert_eq!(html.matches("<details class=\"node\"").count(), 3);
+            assert!(!html.contains("<details class=\"node\" open"));
             html_path = Some(path);
         }
     }
@@ -150,5 +157,8 @@ async fn every_report_format_verifies_and_an_edited_temperature_does_not() {
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.starts_with("invalid: "), "{stdout}");
-    assert!(stdout.contains("visible report"), "{stdout}");
+    assert!(
+        stdout.contains("does not match its signature: changed section `"),
+        "{stdout}"
+    );
 }

@@ -4,10 +4,11 @@
 
 use crate::Reported;
 use crate::args::{ReportArgs, ReportCommand, ReportFormat, VerifyArgs};
-use crate::client::{Controller, answer};
+use crate::client::{Controller, RpcError, answer};
 use crate::output::{Format, print_json};
 use anyhow::Context as _;
 use serde_json::json;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use tollgate_domain::report_signature::{self as signature, Verified, VerifyError};
 use tollgate_proto::v1 as pb;
@@ -31,7 +32,7 @@ pub async fn dispatch(url: &str, args: ReportArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `report`: writes the bytes, prints the path and the decision digest.
+/// Runs `report`: streams the report into a file, prints the path and the decision digest.
 pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()> {
     let ReportArgs {
         command: _,
@@ -43,74 +44,115 @@ pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()
         json: as_json,
     } = args;
     let release = release.context("--release is required to render a report")?;
-    let report = render_scoped(
+    let written = render_to_file(
         controller,
         &release,
         milestone.as_deref(),
         format,
         customer.as_deref(),
+        file,
     )
     .await?;
-    let path = file.unwrap_or_else(|| default_path(&release, milestone.as_deref(), &report));
-    write(&path, &report)?;
     if as_json {
         print_json(&json!({
-            "path": path.display().to_string(),
-            "media_type": report.media_type,
-            "bytes": report.content.len(),
-            "decision_digest": report.decision_digest,
+            "path": written.path.display().to_string(),
+            "media_type": written.media_type,
+            "bytes": written.n_bytes,
+            "decision_digest": written.decision_digest,
         }))
     } else {
-        println!("wrote {}", path.display());
-        println!("decision digest: {}", report.decision_digest);
+        println!("wrote {}", written.path.display());
+        println!("decision digest: {}", written.decision_digest);
         Ok(())
     }
 }
 
-/// Renders a report of the whole fleet on the controller.
-pub async fn render(
-    controller: &Controller,
-    release: &str,
-    milestone: Option<&str>,
-    format: ReportFormat,
-) -> anyhow::Result<pb::Report> {
-    render_scoped(controller, release, milestone, format, None).await
+/// A report written to a file.
+#[derive(Debug)]
+pub struct WrittenReport {
+    /// Where.
+    pub path: PathBuf,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size.
+    pub n_bytes: u64,
+    /// The digest of the decision it shows.
+    pub decision_digest: String,
 }
 
-/// Renders a report on the controller, of one customer's nodes when `customer` is
-/// `LABEL=VALUE`.
-pub async fn render_scoped(
+/// Streams a report from the controller into `file` (by default
+/// `RELEASE-MILESTONE.EXT` in the current directory), of one customer's nodes when `customer`
+/// is `LABEL=VALUE`. The bytes go to `FILE.part` as they arrive, which is renamed to `FILE`
+/// once the stream ends, so an interrupted stream never leaves a truncated report behind.
+pub async fn render_to_file(
     controller: &Controller,
     release: &str,
     milestone: Option<&str>,
     format: ReportFormat,
     customer: Option<&str>,
-) -> anyhow::Result<pb::Report> {
-    Ok(answer(
+    file: Option<PathBuf>,
+) -> anyhow::Result<WrittenReport> {
+    let mut stream = answer(
         controller
             .reports()
-            .render_report(pb::RenderReportRequest {
+            .stream_report(pb::RenderReportRequest {
                 release: release.to_owned(),
                 milestone: milestone.unwrap_or_default().to_owned(),
                 format: format.as_str().to_owned(),
                 customer: customer.unwrap_or_default().to_owned(),
             })
             .await,
-    )?)
-}
-
-/// Writes a report's bytes exactly as rendered, so its signature still checks.
-pub fn write(path: &Path, report: &pb::Report) -> anyhow::Result<()> {
-    std::fs::write(path, &report.content)
-        .with_context(|| format!("writing report {}", path.display()))
+    )?;
+    let first = stream
+        .message()
+        .await
+        .map_err(RpcError::from)?
+        .context("the controller ended the report stream before sending anything")?;
+    let path = file.unwrap_or_else(|| default_path(release, milestone, &first.file_extension));
+    let mut part = path.clone().into_os_string();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&part)
+            .with_context(|| format!("creating report file {}", part.display()))?,
+    );
+    let mut n_bytes = 0;
+    let mut chunk = Some(first.content);
+    loop {
+        if let Some(content) = chunk.take() {
+            out.write_all(&content)
+                .with_context(|| format!("writing report {}", part.display()))?;
+            n_bytes += content.len() as u64;
+        }
+        match stream.message().await {
+            Ok(Some(next)) => chunk = Some(next.content),
+            Ok(None) => break,
+            Err(status) => {
+                drop(out);
+                let _ = std::fs::remove_file(&part);
+                return Err(RpcError::from(status).into());
+            }
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing report {}", part.display()))?;
+    drop(out);
+    std::fs::rename(&part, &path)
+        .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
+    Ok(WrittenReport {
+        path,
+        media_type: first.media_type,
+        n_bytes,
+        decision_digest: first.decision_digest,
+    })
 }
 
 /// `RELEASE-MILESTONE.EXT` (or `RELEASE.EXT` without a milestone) in the current directory.
-pub fn default_path(release: &str, milestone: Option<&str>, report: &pb::Report) -> PathBuf {
-    let extension = if report.file_extension.is_empty() {
+pub fn default_path(release: &str, milestone: Option<&str>, file_extension: &str) -> PathBuf {
+    let extension = if file_extension.is_empty() {
         "txt"
     } else {
-        report.file_extension.trim_start_matches('.')
+        file_extension.trim_start_matches('.')
     };
     match milestone {
         Some(milestone) => PathBuf::from(format!("{release}-{milestone}.{extension}")),
@@ -269,15 +311,11 @@ mod tests {
 
     #[test]
     fn default_paths_use_the_suggested_extension() {
-        let report = pb::Report {
-            file_extension: ".html".into(),
-            ..Default::default()
-        };
         assert_eq!(
-            default_path("r1", Some("lab-qual"), &report),
+            default_path("r1", Some("lab-qual"), ".html"),
             PathBuf::from("r1-lab-qual.html")
         );
-        assert_eq!(default_path("r1", None, &report), PathBuf::from("r1.html"));
+        assert_eq!(default_path("r1", None, "html"), PathBuf::from("r1.html"));
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! `ReportService`: gathers a report's input (the gate evaluated now, its evidence, the exact
-//! plan versions and the nodes involved) and renders it.
+//! `ReportService`: gathers what a report shows besides its evidence (the gate evaluated now,
+//! the exact plan versions, waivers) and renders it from the store node by node, streamed to
+//! the client (`StreamReport`) or in one message (`RenderReport`).
 
 use super::release::no_gate;
 use super::{load_release, resolve_milestone};
 use crate::Shared;
 use crate::gates::evaluate_now;
-use crate::report::{CustomerScope, ReportFormat, ReportInput, scope_evidence};
+use crate::report::{
+    CustomerScope, ReportError, ReportFormat, ReportHead, render_from_store, scope_evidence,
+};
 use ed25519_dalek::SigningKey;
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use tollgate_domain::NodeId;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::{self as proto, report_service_server::ReportService};
 use tonic::{Request, Response, Status};
 
@@ -31,18 +34,21 @@ impl ReportApi {
     }
 }
 
-#[tonic::async_trait]
-impl ReportService for ReportApi {
-    async fn render_report(
+impl ReportApi {
+    /// Checks a request and gathers what a report shows besides the evidence rows: the gate
+    /// evaluated now (over the customer's nodes alone when scoped), the exact plan versions of
+    /// the runs, the waivers and the audit head. The evidence the gate read is dropped here;
+    /// the report reads it again node by node.
+    async fn head(
         &self,
-        request: Request<proto::RenderReportRequest>,
-    ) -> Result<Response<proto::Report>, Status> {
+        request: proto::RenderReportRequest,
+    ) -> Result<(ReportHead, ReportFormat), Status> {
         let proto::RenderReportRequest {
             release,
             milestone,
             format,
             customer,
-        } = request.into_inner();
+        } = request;
         let format = if format.is_empty() {
             "html"
         } else {
@@ -84,30 +90,28 @@ impl ReportService for ReportApi {
                 }
             }
         };
-
+        let crate::gates::Evaluated {
+            gate,
+            evidence,
+            decision,
+        } = evaluated;
+        let runs: Vec<(String, tollgate_domain::PlanVersion)> = evidence
+            .runs
+            .iter()
+            .map(|run| (run.plan_name.clone(), run.plan_version.clone()))
+            .collect();
+        drop(evidence);
         let mut plans = Vec::new();
-        for run in &evaluated.evidence.runs {
+        for (plan_name, plan_version) in runs {
             match shared
                 .store
-                .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+                .get_plan(&plan_name, Some(plan_version.as_str()))
                 .await?
             {
                 Some(stored) => plans.push(stored.plan),
                 None => {
-                    tracing::warn!(plan = run.plan_name, version = %run.plan_version, "plan version of a run is missing from the store")
+                    tracing::warn!(plan = plan_name, version = %plan_version, "plan version of a run is missing from the store")
                 }
-            }
-        }
-        let node_ids: BTreeSet<&NodeId> = evaluated
-            .evidence
-            .runs
-            .iter()
-            .flat_map(|run| run.jobs.iter().map(|job| &job.node))
-            .collect();
-        let mut nodes = Vec::with_capacity(node_ids.len());
-        for node in node_ids {
-            if let Some(node) = shared.store.get_node(node).await? {
-                nodes.push(node);
             }
         }
         let waivers = shared
@@ -115,43 +119,150 @@ impl ReportService for ReportApi {
             .list_waivers(&release.id, Some(&milestone))
             .await?;
         let audit_head = shared.store.audit_head().await?;
-        let input = ReportInput {
+        let head = ReportHead {
+            evidence_release: release.id.clone(),
+            evidence_milestone: milestone.clone(),
             release,
             milestone,
-            policy: evaluated.gate.policy,
-            decision: evaluated.decision,
-            evidence: evaluated.evidence,
+            policy: gate.policy,
+            decision,
             plans,
-            nodes,
             generated_at: shared.now(),
             controller_version: env!("CARGO_PKG_VERSION").to_owned(),
             waivers,
             audit_head,
             scope,
         };
-        let release_id = input.release.id.clone();
-        // Rendering is CPU work on data in memory; keep it off the request threads.
-        let key = self.key.clone();
-        let rendered = tokio::task::spawn_blocking(move || {
-            let rendered = crate::report::render(&input, format, &key);
-            (rendered, input.decision.digest)
+        Ok((head, format))
+    }
+}
+
+/// Sends what the renderer writes as `ReportChunk`s of about [`CHUNK_BYTES`]; the first chunk
+/// carries the report's media type, extension and decision digest. Runs on the renderer's
+/// blocking thread, so it may block on a full channel (a slow client slows the renderer).
+struct ChunkWriter {
+    sender: mpsc::Sender<Result<proto::ReportChunk, Status>>,
+    buffer: Vec<u8>,
+    first: Option<proto::ReportChunk>,
+}
+
+/// Bytes per streamed chunk: well under gRPC's default 4 MiB message limit.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let content = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        let chunk = match self.first.take() {
+            Some(first) => proto::ReportChunk { content, ..first },
+            None => proto::ReportChunk {
+                content,
+                ..Default::default()
+            },
+        };
+        self.sender.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client stopped reading the report",
+            )
         })
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() || self.first.is_some() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+fn report_status(error: ReportError) -> Status {
+    match error {
+        ReportError::Store(error) => Status::from(error),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl ReportService for ReportApi {
+    async fn render_report(
+        &self,
+        request: Request<proto::RenderReportRequest>,
+    ) -> Result<Response<proto::Report>, Status> {
+        let (head, format) = self.head(request.into_inner()).await?;
+        let release = head.release.id.clone();
+        let digest = head.decision.digest.clone();
+        let written = render_from_store(
+            &self.shared.store,
+            head,
+            format,
+            (*self.key).clone(),
+            Vec::new(),
+        )
         .await
-        .map_err(|error| Status::internal(format!("rendering the report failed: {error}")))?;
-        let (rendered, digest) = rendered;
+        .map_err(report_status)?;
         tracing::info!(
-            release = %release_id,
+            release = %release,
             digest,
-            n_bytes = rendered.content.len(),
-            format = rendered.extension,
+            n_bytes = written.n_bytes,
+            format = format.extension(),
             "report rendered"
         );
         Ok(Response::new(proto::Report {
-            content: rendered.content,
-            media_type: rendered.media_type.to_owned(),
-            file_extension: rendered.extension.to_owned(),
+            content: written.out,
+            media_type: format.media_type().to_owned(),
+            file_extension: format.extension().to_owned(),
             decision_digest: digest,
         }))
+    }
+
+    type StreamReportStream = ReceiverStream<Result<proto::ReportChunk, Status>>;
+
+    async fn stream_report(
+        &self,
+        request: Request<proto::RenderReportRequest>,
+    ) -> Result<Response<Self::StreamReportStream>, Status> {
+        let (head, format) = self.head(request.into_inner()).await?;
+        let (sender, receiver) = mpsc::channel(4);
+        let release = head.release.id.clone();
+        let digest = head.decision.digest.clone();
+        let writer = ChunkWriter {
+            sender: sender.clone(),
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+            first: Some(proto::ReportChunk {
+                content: Vec::new(),
+                media_type: format.media_type().to_owned(),
+                file_extension: format.extension().to_owned(),
+                decision_digest: digest.clone(),
+            }),
+        };
+        let shared = self.shared.clone();
+        let key = (*self.key).clone();
+        tokio::spawn(async move {
+            match render_from_store(&shared.store, head, format, key, writer).await {
+                Ok(written) => tracing::info!(
+                    release = %release,
+                    digest,
+                    n_bytes = written.n_bytes,
+                    format = format.extension(),
+                    "report streamed"
+                ),
+                Err(error) => {
+                    tracing::warn!(release = %release, %error, "streaming a report failed");
+                    let _ = sender.send(Err(report_status(error))).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn get_public_key(

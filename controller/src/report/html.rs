@@ -7,9 +7,10 @@
 //! written through [`Html`], which escapes it; only this module's own literals are markup.
 
 use super::model::{
-    AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeView, Report, RuleView,
+    AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeRow, NodeView, Report, RuleView,
     SHOWN_OK_EVIDENCE,
 };
+use super::stream::{Layout, NamedSection};
 use super::text::{self, Html, put};
 use std::collections::BTreeSet;
 use tollgate_domain::report_signature::{self as signature, SignatureBlock};
@@ -76,64 +77,88 @@ a{color:inherit;text-decoration:none}
 /// the whole rule it appears in, and it is what opens collapsed sections when printing.
 const CSS_PRINT_EXPAND: &str = "@media print{details::details-content{content-visibility:visible;display:block;height:auto}}\n";
 
-/// Renders `report` as one HTML page.
-pub(crate) fn render(report: &Report) -> String {
-    // Roughly what a step attempt with 8 GPUs of telemetry and two charts takes, so a large
-    // report grows its buffer a few times at most.
-    let estimate = 32 * 1024 + report.summary.n_attempts * 8 * 1024;
-    let mut out = String::with_capacity(estimate);
-    put!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <meta name=\"generator\" content=\"tollgate-controller {}\">\n\
-         <title>{}</title>\n<style>{CSS}{CSS_PRINT_EXPAND}</style>\n</head>\n<body>\n",
-        Html(&report.controller_version),
-        Html(&report.title)
-    );
-    header(&mut out, report);
-    summary(&mut out, report);
-    decision(&mut out, report);
-    components(&mut out, report);
-    waivers(&mut out, report);
-    plans(&mut out, report);
-    nodes(&mut out, report);
-    events(&mut out, report);
-    footer(&mut out, report);
-    out.push_str("</body>\n</html>\n");
-    out
-}
+/// The HTML layout.
+pub(crate) struct HtmlPage;
 
-/// Inserts the signature region before `</body>`: the signature shown to the reader, the
-/// canonical content and the signature block as JSON data blocks (never executed: their type
-/// is `application/json`, and `<` inside them is escaped so no `</script>` can end them early).
-pub(crate) fn signed(visible: String, canonical: &str, block: &SignatureBlock) -> String {
-    let split = visible.rfind("</body>").unwrap_or(visible.len());
-    let mut out = String::with_capacity(visible.len() + canonical.len() + 8192);
-    out.push_str(&visible[..split]);
-    out.push_str(signature::REGION_BEGIN);
-    put!(
-        out,
-        "\n<section id=\"signature\">\n<h2>Signature</h2>\n<p>Signed with Ed25519 key \
-         <code>{}</code>; content sha256 <code>{}</code>. Check it offline with \
-         <code>tollgate report verify FILE --public-key KEY</code>: changing anything on this \
-         page or in its embedded data makes the check fail.</p>\n</section>\n",
-        Html(&block.public_key),
-        Html(&block.signed)
-    );
-    out.push_str(signature::HTML_DATA_OPEN);
-    out.push_str(&signature::escape_for_embedding(canonical));
-    out.push_str(signature::HTML_CLOSE);
-    out.push('\n');
-    out.push_str(signature::HTML_SIGNATURE_OPEN);
-    out.push_str(&signature::escape_for_embedding(
-        &serde_json::to_string(block).expect("a signature block serializes"),
-    ));
-    out.push_str(signature::HTML_CLOSE);
-    out.push('\n');
-    out.push_str(signature::REGION_END);
-    out.push_str(&visible[split..]);
-    out
+impl Layout for HtmlPage {
+    fn head(&self, report: &Report, rows: &[NodeRow]) -> Vec<NamedSection> {
+        let mut sections = Vec::with_capacity(8 + report.rules.len());
+        let mut out = String::with_capacity(64 * 1024);
+        put!(
+            out,
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+             <meta name=\"generator\" content=\"tollgate-controller {}\">\n\
+             <title>{}</title>\n<style>{CSS}{CSS_PRINT_EXPAND}</style>\n</head>\n<body>\n",
+            Html(&report.controller_version),
+            Html(&report.title)
+        );
+        header(&mut out, report);
+        summary(&mut out, report);
+        sections.push(("summary".to_owned(), out));
+        let mut out = String::new();
+        decision(&mut out, report);
+        sections.push(("decision".to_owned(), out));
+        for rule in &report.rules {
+            let mut out = String::new();
+            rule_detail(&mut out, rule);
+            sections.push((format!("rule {}", rule.rule_id), out));
+        }
+        let mut out = String::from("</section>\n");
+        components(&mut out, report);
+        sections.push(("release components".to_owned(), out));
+        let mut out = String::new();
+        waivers(&mut out, report);
+        sections.push(("waivers".to_owned(), out));
+        let mut out = String::new();
+        plans(&mut out, report);
+        sections.push(("plans".to_owned(), out));
+        let mut out = String::with_capacity(rows.len() * 512);
+        nodes(&mut out, rows);
+        sections.push(("nodes".to_owned(), out));
+        sections
+    }
+
+    fn node(&self, report: &Report, idx: usize, node: &NodeView, out: &mut String) {
+        node_detail(out, report, idx, node);
+    }
+
+    fn tail(&self, report: &Report) -> Vec<NamedSection> {
+        let mut out = String::from("</section>\n");
+        events(&mut out, report);
+        let mut end = String::new();
+        footer(&mut end, report);
+        vec![("events".to_owned(), out), ("footer".to_owned(), end)]
+    }
+
+    /// The signature shown to the reader, then the signature block as a JSON data block (never
+    /// executed: its type is `application/json`, and `<` inside it is escaped so no
+    /// `</script>` can end it early).
+    fn region(&self, block: &SignatureBlock) -> String {
+        let mut out = String::with_capacity(8192 + block.sections.len() * 140);
+        out.push_str(signature::REGION_BEGIN);
+        put!(
+            out,
+            "\n<section id=\"signature\">\n<h2>Signature</h2>\n<p>Signed with Ed25519 key \
+             <code>{}</code> over {} sections of this page. Check it offline with \
+             <code>tollgate report verify FILE --public-key KEY</code>: changing anything on this \
+             page outside this signature makes the check fail and names the section.</p>\n</section>\n",
+            Html(&block.public_key),
+            block.sections.len()
+        );
+        out.push_str(signature::HTML_SIGNATURE_OPEN);
+        out.push_str(&signature::escape_for_embedding(
+            &serde_json::to_string(block).expect("a signature block serializes"),
+        ));
+        out.push_str(signature::HTML_CLOSE);
+        out.push('\n');
+        out.push_str(signature::REGION_END);
+        out
+    }
+
+    fn suffix(&self) -> &'static str {
+        "\n</body>\n</html>\n"
+    }
 }
 
 fn badge(out: &mut String, class_and_text: &str) {
@@ -303,10 +328,6 @@ fn decision(out: &mut String, report: &Report) {
         );
     }
     out.push_str("</tbody>\n</table>\n");
-    for rule in &report.rules {
-        rule_detail(out, rule);
-    }
-    out.push_str("</section>\n");
 }
 
 fn rule_detail(out: &mut String, rule: &RuleView) {
@@ -584,9 +605,9 @@ fn plans(out: &mut String, report: &Report) {
     out.push_str("</section>\n");
 }
 
-fn nodes(out: &mut String, report: &Report) {
+fn nodes(out: &mut String, rows: &[NodeRow]) {
     out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail below is collapsed; the names in the table link to it. Telemetry cells read min / mean / max / p99 / last over the attempt; the JSON report also has each summary's sample count.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
-    for (idx, node) in report.nodes.iter().enumerate() {
+    for (idx, node) in rows.iter().enumerate() {
         let class = if node.failing_rules.is_empty() {
             ""
         } else {
@@ -598,23 +619,23 @@ fn nodes(out: &mut String, report: &Report) {
             "<tr{class}><td><a href=\"#node-{idx}\">{}</a></td><td>",
             Html(&node.name)
         );
-        source(out, node);
+        source(out, node.simulated, node.gpu_source);
         out.push_str("</td><td>");
-        labels(out, node);
+        labels(out, &node.labels);
         put!(
             out,
             "</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>",
-            Html(&node.inventory.driver_version),
-            Html(&node.inventory.cuda_driver_version),
-            node.inventory.gpus.len(),
-            node.inventory.source
+            Html(&node.driver_version),
+            Html(&node.cuda_driver_version),
+            node.n_gpus,
+            node.inventory_source
         );
-        for (idx, job) in node.jobs.iter().enumerate() {
+        for (idx, (plan_name, state)) in node.jobs.iter().enumerate() {
             if idx > 0 {
                 out.push(' ');
             }
-            put!(out, "{} ", Html(&job.plan_name));
-            badge(out, job.state);
+            put!(out, "{} ", Html(plan_name));
+            badge(out, state);
         }
         out.push_str("</td><td>");
         for (idx, rule) in node.failing_rules.iter().enumerate() {
@@ -626,22 +647,18 @@ fn nodes(out: &mut String, report: &Report) {
         out.push_str("</td></tr>\n");
     }
     out.push_str("</tbody>\n</table>\n");
-    for (idx, node) in report.nodes.iter().enumerate() {
-        node_detail(out, report, idx, node);
-    }
-    out.push_str("</section>\n");
 }
 
-fn source(out: &mut String, node: &NodeView) {
-    if node.simulated {
+fn source(out: &mut String, simulated: bool, gpu_source: &str) {
+    if simulated {
         sim_badge(out);
     } else {
-        out.push_str(node.gpu_source);
+        out.push_str(gpu_source);
     }
 }
 
-fn labels(out: &mut String, node: &NodeView) {
-    for (idx, (key, value)) in node.labels.iter().enumerate() {
+fn labels(out: &mut String, labels: &std::collections::BTreeMap<String, String>) {
+    for (idx, (key, value)) in labels.iter().enumerate() {
         if idx > 0 {
             out.push_str(", ");
         }
@@ -684,11 +701,11 @@ fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
         }
     }
     out.push_str("</span></summary>\n<ul>\n<li>GPU source: ");
-    source(out, node);
+    source(out, node.simulated, node.gpu_source);
     out.push_str("</li>\n");
     if !node.labels.is_empty() {
         out.push_str("<li>Labels: ");
-        labels(out, node);
+        labels(out, &node.labels);
         out.push_str("</li>\n");
     }
     if let (Some(state), Some(health)) = (node.node_state, node.health) {

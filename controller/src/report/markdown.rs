@@ -1,7 +1,8 @@
 //! The Markdown rendering: GitHub-flavoured, with tables padded so the file also reads well
 //! in a terminal. Every piece of untrusted text goes through [`md`] or [`md_code`].
 
-use super::model::{AttemptView, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
+use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
+use super::stream::{Layout, NamedSection};
 use super::text::{self, md, md_code, put};
 use tollgate_domain::report_signature::{self as signature, SignatureBlock};
 
@@ -71,77 +72,107 @@ fn opt_num<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
-/// Appends the signature region to the visible Markdown: a short signature section, then the
-/// canonical content and the signature block in HTML comments (invisible when rendered).
-pub(crate) fn signed(visible: String, canonical: &str, block: &SignatureBlock) -> String {
-    let mut out = visible;
-    out.reserve(canonical.len() + 4096);
-    put!(
-        out,
-        "{}\n## Signature\n\nSigned with Ed25519 key `{}`. Check it offline with \
-         `tollgate report verify FILE --public-key KEY`; changing anything above or in the data \
-         below makes the check fail.\n\n",
-        signature::REGION_BEGIN,
-        block.public_key
-    );
-    out.push_str(signature::MARKDOWN_DATA_OPEN);
-    out.push_str(&signature::escape_for_embedding(canonical));
-    out.push_str(signature::MARKDOWN_CLOSE);
-    out.push('\n');
-    out.push_str(signature::MARKDOWN_SIGNATURE_OPEN);
-    out.push_str(&signature::escape_for_embedding(
-        &serde_json::to_string(block).expect("a signature block serializes"),
-    ));
-    out.push_str(signature::MARKDOWN_CLOSE);
-    out.push('\n');
-    out.push_str(signature::REGION_END);
-    out
-}
+/// The Markdown layout.
+pub(crate) struct Markdown;
 
-/// Renders `report` as Markdown.
-pub(crate) fn render(report: &Report) -> String {
-    let n_attempts = report.summary.n_attempts;
-    let mut out = String::with_capacity(16 * 1024 + n_attempts * 2048);
-    put!(out, "# {}\n\n", md(&report.title));
-    if let Some(banner) = report.simulated.banner {
-        let nodes = &report.simulated.nodes;
-        let names: Vec<String> = nodes
-            .iter()
-            .take(BANNER_NODE_NAMES)
-            .map(|n| md(n))
-            .collect();
-        put!(
-            out,
-            "> **⚠ {banner}.**\n>\n> Simulated nodes ({}): {}",
-            nodes.len(),
-            names.join(", ")
-        );
-        if nodes.len() > BANNER_NODE_NAMES {
+impl Layout for Markdown {
+    fn head(&self, report: &Report, rows: &[NodeRow]) -> Vec<NamedSection> {
+        let mut sections = Vec::with_capacity(8 + report.rules.len());
+        let mut out = String::with_capacity(16 * 1024);
+        put!(out, "# {}\n\n", md(&report.title));
+        if let Some(banner) = report.simulated.banner {
+            let nodes = &report.simulated.nodes;
+            let names: Vec<String> = nodes
+                .iter()
+                .take(BANNER_NODE_NAMES)
+                .map(|n| md(n))
+                .collect();
             put!(
                 out,
-                " and {} more, each marked SIMULATED below",
-                nodes.len() - BANNER_NODE_NAMES
+                "> **⚠ {banner}.**\n>\n> Simulated nodes ({}): {}",
+                nodes.len(),
+                names.join(", ")
+            );
+            if nodes.len() > BANNER_NODE_NAMES {
+                put!(
+                    out,
+                    " and {} more, each marked SIMULATED below",
+                    nodes.len() - BANNER_NODE_NAMES
+                );
+            }
+            out.push_str(".\n\n");
+        }
+        if let Some(scope) = &report.scope {
+            put!(
+                out,
+                "> **Customer scope: {}.** {}\n\n",
+                md_code(&format!("{}={}", scope.label, scope.value)),
+                md(&scope.note)
             );
         }
-        out.push_str(".\n\n");
+        summary(&mut out, report);
+        sections.push(("summary".to_owned(), out));
+        let mut out = String::new();
+        components(&mut out, report);
+        sections.push(("release components".to_owned(), out));
+        let mut out = String::new();
+        decision(&mut out, report);
+        sections.push(("decision".to_owned(), out));
+        for rule in &report.rules {
+            let mut out = String::new();
+            rule_detail(&mut out, rule);
+            sections.push((format!("rule {}", rule.rule_id), out));
+        }
+        let mut out = String::new();
+        waivers(&mut out, report);
+        sections.push(("waivers".to_owned(), out));
+        let mut out = String::new();
+        plans(&mut out, report);
+        sections.push(("plans".to_owned(), out));
+        let mut out = String::with_capacity(rows.len() * 256);
+        nodes(&mut out, rows);
+        sections.push(("nodes".to_owned(), out));
+        sections
     }
-    if let Some(scope) = &report.scope {
+
+    fn node(&self, _report: &Report, _idx: usize, node: &NodeView, out: &mut String) {
+        node_detail(out, node);
+    }
+
+    fn tail(&self, report: &Report) -> Vec<NamedSection> {
+        let mut out = String::new();
+        events(&mut out, report);
+        let mut end = String::new();
+        footer(&mut end, report);
+        vec![("events".to_owned(), out), ("footer".to_owned(), end)]
+    }
+
+    /// A short signature section, then the signature block in an HTML comment (invisible when
+    /// rendered).
+    fn region(&self, block: &SignatureBlock) -> String {
+        let mut out = String::with_capacity(4096 + block.sections.len() * 140);
         put!(
             out,
-            "> **Customer scope: {}.** {}\n\n",
-            md_code(&format!("{}={}", scope.label, scope.value)),
-            md(&scope.note)
+            "{}\n## Signature\n\nSigned with Ed25519 key `{}` over {} sections of this file. Check it \
+             offline with `tollgate report verify FILE --public-key KEY`; changing anything above \
+             makes the check fail and names the section.\n\n",
+            signature::REGION_BEGIN,
+            block.public_key,
+            block.sections.len()
         );
+        out.push_str(signature::MARKDOWN_SIGNATURE_OPEN);
+        out.push_str(&signature::escape_for_embedding(
+            &serde_json::to_string(block).expect("a signature block serializes"),
+        ));
+        out.push_str(signature::MARKDOWN_CLOSE);
+        out.push('\n');
+        out.push_str(signature::REGION_END);
+        out
     }
-    summary(&mut out, report);
-    components(&mut out, report);
-    decision(&mut out, report);
-    waivers(&mut out, report);
-    plans(&mut out, report);
-    nodes(&mut out, report);
-    events(&mut out, report);
-    footer(&mut out, report);
-    out
+
+    fn suffix(&self) -> &'static str {
+        "\n"
+    }
 }
 
 fn summary(out: &mut String, report: &Report) {
@@ -274,9 +305,6 @@ fn decision(out: &mut String, report: &Report) {
         ]);
     }
     table.write(out);
-    for rule in &report.rules {
-        rule_detail(out, rule);
-    }
 }
 
 fn rule_detail(out: &mut String, rule: &RuleView) {
@@ -450,7 +478,7 @@ fn plans(out: &mut String, report: &Report) {
     }
 }
 
-fn nodes(out: &mut String, report: &Report) {
+fn nodes(out: &mut String, rows: &[NodeRow]) {
     out.push_str("## Nodes\n\n");
     let mut table = Table::new(&[
         "Node",
@@ -463,42 +491,38 @@ fn nodes(out: &mut String, report: &Report) {
         "Jobs",
         "Fails rules",
     ]);
-    for node in &report.nodes {
+    for node in rows {
         let jobs: Vec<String> = node
             .jobs
             .iter()
-            .map(|job| format!("{} {}", md(&job.plan_name), job.state))
+            .map(|(plan_name, state)| format!("{} {state}", md(plan_name)))
             .collect();
         let rules: Vec<String> = node.failing_rules.iter().map(|r| md_code(r)).collect();
         table.row(vec![
             md(&node.name),
-            source_label(node),
-            labels(node),
-            md(&node.inventory.driver_version),
-            md(&node.inventory.cuda_driver_version),
-            node.inventory.gpus.len().to_string(),
-            node.inventory.source.to_owned(),
+            source_label(node.simulated, node.gpu_source),
+            labels(&node.labels),
+            md(&node.driver_version),
+            md(&node.cuda_driver_version),
+            node.n_gpus.to_string(),
+            node.inventory_source.to_owned(),
             jobs.join(", "),
             rules.join(", "),
         ]);
     }
     table.write(out);
-    for node in &report.nodes {
-        node_detail(out, node);
-    }
 }
 
-fn source_label(node: &NodeView) -> String {
-    if node.simulated {
+fn source_label(simulated: bool, gpu_source: &str) -> String {
+    if simulated {
         "**SIMULATED**".to_owned()
     } else {
-        node.gpu_source.to_owned()
+        gpu_source.to_owned()
     }
 }
 
-fn labels(node: &NodeView) -> String {
-    let labels: Vec<String> = node
-        .labels
+fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let labels: Vec<String> = labels
         .iter()
         .map(|(k, v)| md(&format!("{k}={v}")))
         .collect();
@@ -509,9 +533,12 @@ fn node_detail(out: &mut String, node: &NodeView) {
     let mark = if node.simulated { " (SIMULATED)" } else { "" };
     put!(out, "### Node {}{mark}\n\n", md(&node.name));
     let inventory = &node.inventory;
-    let mut facts = vec![format!("GPU source: {}", source_label(node))];
+    let mut facts = vec![format!(
+        "GPU source: {}",
+        source_label(node.simulated, node.gpu_source)
+    )];
     if !node.labels.is_empty() {
-        facts.push(format!("labels: {}", labels(node)));
+        facts.push(format!("labels: {}", labels(&node.labels)));
     }
     if let (Some(state), Some(health)) = (node.node_state, node.health) {
         facts.push(format!("state now: {state}, health: {health}"));

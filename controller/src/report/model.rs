@@ -5,8 +5,9 @@
 //! Every collection is ordered here (nodes by name, attempts by step and attempt, events by
 //! time), never by hash-map iteration, so the same input always renders the same bytes.
 
-use super::ReportInput;
+use super::ReportHead;
 use super::text;
+use crate::store::{NodeEvidence, NodeJob};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Node};
@@ -15,7 +16,7 @@ use tollgate_domain::gate::{JobEvidence, RunEvidence, Verdict};
 use tollgate_domain::plan::{Plan, StepKind};
 use tollgate_domain::result::StepResult;
 use tollgate_domain::telemetry::{Field, GpuTelemetry};
-use tollgate_domain::{NodeId, Timestamp, spec};
+use tollgate_domain::{NodeId, RunId, Timestamp, spec};
 
 /// The JSON schema name; bump the version on any incompatible change.
 pub(crate) const SCHEMA: &str = "tollgate.report.v1";
@@ -31,8 +32,10 @@ pub(crate) const SHOWN_OK_EVIDENCE: usize = 200;
 /// The telemetry fields the HTML report charts per step.
 pub(crate) const CHARTED_FIELDS: [Field; 2] = [Field::GpuTempC, Field::PowerW];
 
-/// The whole report.
-#[derive(Debug, Serialize)]
+/// Everything a report shows except its nodes. The parts known before the first node is read
+/// (release, decision, rules, waivers) are filled at the start; the rest (summary, simulated
+/// nodes, runs, events, warnings) once every node has been seen, since the summary comes first.
+#[derive(Debug)]
 pub(crate) struct Report {
     pub schema: &'static str,
     pub title: String,
@@ -46,13 +49,50 @@ pub(crate) struct Report {
     pub waivers: WaiversView,
     pub plans: Vec<PlanView>,
     pub runs: Vec<RunView>,
-    pub nodes: Vec<NodeView>,
     pub events: Vec<EventRow>,
     pub warnings: Vec<String>,
     pub generated_at: String,
     pub controller_version: String,
     pub audit_head: Option<String>,
     pub scope: Option<ScopeView>,
+}
+
+/// What the node table shows of a node: kept for every node (a few hundred bytes each) while
+/// the node's detail is written out and dropped.
+#[derive(Debug)]
+pub(crate) struct NodeRow {
+    pub name: String,
+    pub simulated: bool,
+    pub gpu_source: &'static str,
+    pub labels: BTreeMap<String, String>,
+    pub driver_version: String,
+    pub cuda_driver_version: String,
+    pub n_gpus: usize,
+    pub inventory_source: &'static str,
+    /// Plan name and state of each job.
+    pub jobs: Vec<(String, &'static str)>,
+    pub failing_rules: Vec<String>,
+}
+
+impl NodeRow {
+    pub(crate) fn of(node: &NodeView) -> Self {
+        Self {
+            name: node.name.clone(),
+            simulated: node.simulated,
+            gpu_source: node.gpu_source,
+            labels: node.labels.clone(),
+            driver_version: node.inventory.driver_version.clone(),
+            cuda_driver_version: node.inventory.cuda_driver_version.clone(),
+            n_gpus: node.inventory.gpus.len(),
+            inventory_source: node.inventory.source,
+            jobs: node
+                .jobs
+                .iter()
+                .map(|job| (job.plan_name.clone(), job.state))
+                .collect(),
+            failing_rules: node.failing_rules.clone(),
+        }
+    }
 }
 
 /// The customer scope a report is restricted to.
@@ -431,134 +471,236 @@ impl Limit {
     }
 }
 
-/// Builds the view model of `input`.
-pub(crate) fn build(input: &ReportInput) -> Report {
-    let mut warnings = Vec::new();
-    check_consistency(input, &mut warnings);
+/// A report being built from a stream of nodes: the views known from the start, the limits
+/// that check each node's values, and counters over the nodes seen so far. Memory holds the
+/// counters, one [`NodeRow`] per node and the GPU events, never the nodes' detail.
+pub(crate) struct Builder {
+    pub report: Report,
+    limits: Vec<Limit>,
+    /// Node name → ids of the rules it made fail, in policy order.
+    failing_rules: BTreeMap<String, Vec<String>>,
+    /// The runs of the evidence (their jobs empty) and how many jobs of each were seen.
+    runs: Vec<(RunEvidence, usize)>,
+    plans: Vec<Plan>,
+    scoped: bool,
+    pub rows: Vec<NodeRow>,
+    n_simulated: usize,
+    n_gpus: usize,
+    n_jobs: usize,
+    job_states: BTreeMap<&'static str, usize>,
+    n_attempts: usize,
+    attempt_outcomes: BTreeMap<&'static str, usize>,
+}
 
-    let limits = numeric_limits(input);
-    let rules = rule_views(input, &limits, &mut warnings);
-    let nodes = node_views(input, &limits, &mut warnings);
-    let (plans, runs) = plan_and_run_views(input, &mut warnings);
-    let events = event_rows(&nodes);
-
-    let simulated_nodes: Vec<String> = nodes
-        .iter()
-        .filter(|node| node.simulated)
-        .map(|node| node.name.clone())
-        .collect();
-    let any_simulated = !simulated_nodes.is_empty();
-
-    let mut rule_counts = VerdictCounts::default();
-    for rule in &input.decision.rules {
-        match rule.verdict {
-            Verdict::Passed => rule_counts.passed += 1,
-            Verdict::Failed => rule_counts.failed += 1,
-            Verdict::Waived => rule_counts.waived += 1,
-            Verdict::Waiting => rule_counts.waiting += 1,
-            Verdict::Error => rule_counts.error += 1,
-            Verdict::NotApplicable => rule_counts.not_applicable += 1,
+impl Builder {
+    /// Starts a report of `head`.
+    pub(crate) fn new(head: ReportHead) -> Self {
+        let mut warnings = Vec::new();
+        check_consistency(&head, &mut warnings);
+        let limits = numeric_limits(&head);
+        let rules = rule_views(&head, &limits, &mut warnings);
+        let mut failing_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for rule in &head.decision.rules {
+            for node in &rule.failing_nodes {
+                failing_rules
+                    .entry(node.to_string())
+                    .or_default()
+                    .push(rule.rule_id.clone());
+            }
         }
-    }
-    let mut job_states = BTreeMap::new();
-    let mut attempt_outcomes = BTreeMap::new();
-    let (mut n_jobs, mut n_attempts) = (0, 0);
-    for job in nodes.iter().flat_map(|node| &node.jobs) {
-        n_jobs += 1;
-        *job_states.entry(job.state).or_insert(0) += 1;
-        for attempt in &job.attempts {
-            n_attempts += 1;
-            *attempt_outcomes.entry(attempt.outcome).or_insert(0) += 1;
+        let mut rule_counts = VerdictCounts::default();
+        for rule in &head.decision.rules {
+            match rule.verdict {
+                Verdict::Passed => rule_counts.passed += 1,
+                Verdict::Failed => rule_counts.failed += 1,
+                Verdict::Waived => rule_counts.waived += 1,
+                Verdict::Waiting => rule_counts.waiting += 1,
+                Verdict::Error => rule_counts.error += 1,
+                Verdict::NotApplicable => rule_counts.not_applicable += 1,
+            }
         }
-    }
-
-    let release = &input.release;
-    Report {
-        schema: SCHEMA,
-        title: format!(
-            "Customer acceptance report — {} at {}",
-            release.id, input.milestone
-        ),
-        release: ReleaseView {
-            name: release.id.to_string(),
-            description: release.description.clone(),
-            current_milestone: release.milestone.clone(),
-            created_at: text::time(&release.created_at),
-            components: release
-                .components
-                .iter()
-                .map(|c| ComponentView {
-                    name: c.name.clone(),
-                    version: c.version.clone(),
-                    artifact_uri: c.artifact_uri.clone(),
-                    sha256: c.sha256.clone(),
-                })
-                .collect(),
-            promotions: release
-                .promotions
-                .iter()
-                .map(|p| PromotionView {
-                    from_milestone: p.from_milestone.clone(),
-                    to_milestone: p.to_milestone.clone(),
-                    at: text::time(&p.at),
-                    decision_digest: p.decision_digest.clone(),
-                })
-                .collect(),
-        },
-        milestone: input.milestone.clone(),
-        simulated: SimulatedView {
-            any: any_simulated,
-            banner: any_simulated.then_some(SIMULATED_BANNER),
-            nodes: simulated_nodes.clone(),
-        },
-        summary: SummaryView {
-            verdict: input.decision.verdict.as_str(),
-            summary: input.decision.summary.clone(),
-            rules: rule_counts,
-            n_nodes: nodes.len(),
-            n_simulated_nodes: simulated_nodes.len(),
-            n_gpus: nodes.iter().map(|node| node.inventory.gpus.len()).sum(),
-            n_runs: input.evidence.runs.len(),
-            n_jobs,
-            job_states,
-            n_attempts,
-            attempt_outcomes,
-            n_events: events.len(),
-        },
-        decision: DecisionView {
-            verdict: input.decision.verdict.as_str(),
-            summary: input.decision.summary.clone(),
-            digest: input.decision.digest.clone(),
-            policy_version: input.decision.policy_version.clone(),
-            evaluated_at: text::time(&input.decision.evaluated_at),
-        },
-        policy: PolicyView {
-            milestone: input.policy.milestone.clone(),
-            description: input.policy.description.clone(),
-            version: input.policy.version(),
-        },
-        rules,
-        waivers: waivers_view(input),
-        plans,
-        runs,
-        nodes,
-        events,
-        warnings,
-        generated_at: text::time(&input.generated_at),
-        controller_version: input.controller_version.clone(),
-        audit_head: input.audit_head.clone(),
-        scope: input.scope.as_ref().map(|scope| ScopeView {
-            label: scope.label.clone(),
-            value: scope.value.clone(),
-            note: format!(
-                "This report covers only nodes labelled {}={}: it shows their evidence alone, and the gate was evaluated over that evidence alone.",
-                scope.label, scope.value
+        let release = &head.release;
+        let report = Report {
+            schema: SCHEMA,
+            title: format!(
+                "Customer acceptance report — {} at {}",
+                release.id, head.milestone
             ),
-        }),
+            release: ReleaseView {
+                name: release.id.to_string(),
+                description: release.description.clone(),
+                current_milestone: release.milestone.clone(),
+                created_at: text::time(&release.created_at),
+                components: release
+                    .components
+                    .iter()
+                    .map(|c| ComponentView {
+                        name: c.name.clone(),
+                        version: c.version.clone(),
+                        artifact_uri: c.artifact_uri.clone(),
+                        sha256: c.sha256.clone(),
+                    })
+                    .collect(),
+                promotions: release
+                    .promotions
+                    .iter()
+                    .map(|p| PromotionView {
+                        from_milestone: p.from_milestone.clone(),
+                        to_milestone: p.to_milestone.clone(),
+                        at: text::time(&p.at),
+                        decision_digest: p.decision_digest.clone(),
+                    })
+                    .collect(),
+            },
+            milestone: head.milestone.clone(),
+            simulated: SimulatedView {
+                any: false,
+                banner: None,
+                nodes: Vec::new(),
+            },
+            summary: SummaryView {
+                verdict: head.decision.verdict.as_str(),
+                summary: head.decision.summary.clone(),
+                rules: rule_counts,
+                n_nodes: 0,
+                n_simulated_nodes: 0,
+                n_gpus: 0,
+                n_runs: 0,
+                n_jobs: 0,
+                job_states: BTreeMap::new(),
+                n_attempts: 0,
+                attempt_outcomes: BTreeMap::new(),
+                n_events: 0,
+            },
+            decision: DecisionView {
+                verdict: head.decision.verdict.as_str(),
+                summary: head.decision.summary.clone(),
+                digest: head.decision.digest.clone(),
+                policy_version: head.decision.policy_version.clone(),
+                evaluated_at: text::time(&head.decision.evaluated_at),
+            },
+            policy: PolicyView {
+                milestone: head.policy.milestone.clone(),
+                description: head.policy.description.clone(),
+                version: head.policy.version(),
+            },
+            rules,
+            waivers: waivers_view(&head),
+            plans: Vec::new(),
+            runs: Vec::new(),
+            events: Vec::new(),
+            warnings,
+            generated_at: text::time(&head.generated_at),
+            controller_version: head.controller_version.clone(),
+            audit_head: head.audit_head.clone(),
+            scope: head.scope.as_ref().map(|scope| ScopeView {
+                label: scope.label.clone(),
+                value: scope.value.clone(),
+                note: format!(
+                    "This report covers only nodes labelled {}={}: it shows their evidence alone, and the gate was evaluated over that evidence alone.",
+                    scope.label, scope.value
+                ),
+            }),
+        };
+        Self {
+            report,
+            limits,
+            failing_rules,
+            runs: Vec::new(),
+            plans: head.plans,
+            scoped: head.scope.is_some(),
+            rows: Vec::new(),
+            n_simulated: 0,
+            n_gpus: 0,
+            n_jobs: 0,
+            job_states: BTreeMap::new(),
+            n_attempts: 0,
+            attempt_outcomes: BTreeMap::new(),
+        }
+    }
+
+    /// The runs the evidence comes from (their `jobs` are not read).
+    pub(crate) fn set_runs(&mut self, runs: Vec<RunEvidence>) {
+        self.runs = runs.into_iter().map(|run| (run, 0)).collect();
+    }
+
+    /// The view of one node; counts it, keeps its row for the node table and its events.
+    pub(crate) fn node(&mut self, evidence: &NodeEvidence) -> NodeView {
+        let node = node_view(
+            evidence,
+            &self.runs,
+            &self.limits,
+            self.failing_rules.remove(evidence.node.as_str()),
+            &mut self.report.warnings,
+        );
+        if node.simulated {
+            self.n_simulated += 1;
+            self.report.simulated.nodes.push(node.name.clone());
+        }
+        self.n_gpus += node.inventory.gpus.len();
+        for job in &node.jobs {
+            self.n_jobs += 1;
+            *self.job_states.entry(job.state).or_insert(0) += 1;
+            if let Some((_, n_jobs)) = self
+                .runs
+                .iter_mut()
+                .find(|(run, _)| run.run_id.as_str() == job.run_id)
+            {
+                *n_jobs += 1;
+            }
+            for attempt in &job.attempts {
+                self.n_attempts += 1;
+                *self.attempt_outcomes.entry(attempt.outcome).or_insert(0) += 1;
+                for event in &attempt.events {
+                    self.report.events.push(EventRow {
+                        at_time: event.at_time,
+                        at: event.at.clone(),
+                        node: node.name.clone(),
+                        job_id: job.job_id.clone(),
+                        step_name: attempt.step_name.clone(),
+                        attempt: attempt.attempt,
+                        gpu_index: event.gpu_index,
+                        gpu_uuid: event.gpu_uuid.clone(),
+                        kind: event.kind,
+                        code: event.code,
+                        detail: event.detail.clone(),
+                    });
+                }
+            }
+        }
+        self.rows.push(NodeRow::of(&node));
+        node
+    }
+
+    /// Fills in what needed every node: the summary, the simulated nodes, runs and plans.
+    pub(crate) fn finish(&mut self) {
+        if self.scoped {
+            // A scoped report keeps only the runs that have jobs on the customer's nodes.
+            self.runs.retain(|(_, n_jobs)| *n_jobs > 0);
+        }
+        let (plans, runs) = plan_and_run_views(&self.plans, &self.runs, &mut self.report.warnings);
+        let report = &mut self.report;
+        report.plans = plans;
+        report.runs = runs;
+        // Stable: equal times keep node, step and attempt order.
+        report.events.sort_by_key(|row| row.at_time);
+        let any_simulated = self.n_simulated > 0;
+        report.simulated.any = any_simulated;
+        report.simulated.banner = any_simulated.then_some(SIMULATED_BANNER);
+        let summary = &mut report.summary;
+        summary.n_nodes = self.rows.len();
+        summary.n_simulated_nodes = self.n_simulated;
+        summary.n_gpus = self.n_gpus;
+        summary.n_runs = self.runs.len();
+        summary.n_jobs = self.n_jobs;
+        summary.job_states = std::mem::take(&mut self.job_states);
+        summary.n_attempts = self.n_attempts;
+        summary.attempt_outcomes = std::mem::take(&mut self.attempt_outcomes);
+        summary.n_events = report.events.len();
     }
 }
 
-fn waivers_view(input: &ReportInput) -> WaiversView {
+fn waivers_view(input: &ReportHead) -> WaiversView {
     let mut items: Vec<WaiverView> = input
         .waivers
         .iter()
@@ -590,7 +732,7 @@ fn waivers_view(input: &ReportInput) -> WaiversView {
 /// Says where the parts of the input do not describe the same release, milestone and policy.
 /// The report still renders: a customer is better served by a report that names the
 /// inconsistency than by none.
-fn check_consistency(input: &ReportInput, warnings: &mut Vec<String>) {
+fn check_consistency(input: &ReportHead, warnings: &mut Vec<String>) {
     let release = input.release.id.as_str();
     let decision = &input.decision;
     if decision.release != release {
@@ -599,16 +741,16 @@ fn check_consistency(input: &ReportInput, warnings: &mut Vec<String>) {
             decision.release
         ));
     }
-    if input.evidence.release.id.as_str() != release {
+    if input.evidence_release.as_str() != release {
         warnings.push(format!(
             "the evidence is about release {}, not {release}",
-            input.evidence.release.id
+            input.evidence_release
         ));
     }
     for (what, milestone) in [
         ("decision", &decision.milestone),
         ("gate policy", &input.policy.milestone),
-        ("evidence", &input.evidence.milestone),
+        ("evidence", &input.evidence_milestone),
     ] {
         if milestone != &input.milestone {
             warnings.push(format!(
@@ -637,7 +779,7 @@ fn comparison_symbol(op: Comparison) -> &'static str {
     }
 }
 
-fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
+fn numeric_limits(input: &ReportHead) -> Vec<Limit> {
     input
         .policy
         .rules
@@ -699,7 +841,7 @@ fn numeric_limits(input: &ReportInput) -> Vec<Limit> {
         .collect()
 }
 
-fn rule_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<RuleView> {
+fn rule_views(input: &ReportHead, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<RuleView> {
     let policy_rules: BTreeMap<&str, &RuleKind> = input
         .policy
         .rules
@@ -769,20 +911,21 @@ fn rule_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>)
 }
 
 fn plan_and_run_views(
-    input: &ReportInput,
+    input_plans: &[Plan],
+    input_runs: &[(RunEvidence, usize)],
     warnings: &mut Vec<String>,
 ) -> (Vec<PlanView>, Vec<RunView>) {
     // Keyed by version, so a plan given twice appears once and the order is stable.
     let mut plans: BTreeMap<(String, String), (&Plan, Vec<String>)> = BTreeMap::new();
     let mut by_version: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for plan in &input.plans {
+    for plan in input_plans {
         let version = plan.version().0;
         let key = (plan.name.clone(), version.clone());
         by_version.insert(version, key.clone());
         plans.entry(key).or_insert((plan, Vec::new()));
     }
-    let mut runs: Vec<RunView> = Vec::with_capacity(input.evidence.runs.len());
-    for run in &input.evidence.runs {
+    let mut runs: Vec<RunView> = Vec::with_capacity(input_runs.len());
+    for (run, n_jobs) in input_runs {
         let key = by_version.get(run.plan_version.as_str());
         let plan_available = key.is_some();
         match key.and_then(|key| plans.get_mut(key)) {
@@ -799,7 +942,7 @@ fn plan_and_run_views(
             plan_available,
             plan_steps: run.plan_steps.clone(),
             created_at: text::time(&run.created_at),
-            n_jobs: run.jobs.len(),
+            n_jobs: *n_jobs,
         });
     }
     runs.sort_by(|a, b| (&a.plan_name, &a.run_id).cmp(&(&b.plan_name, &b.run_id)));
@@ -877,98 +1020,84 @@ fn plan_and_run_views(
     (plans, runs)
 }
 
-fn node_views(input: &ReportInput, limits: &[Limit], warnings: &mut Vec<String>) -> Vec<NodeView> {
-    let mut jobs_by_node: BTreeMap<&NodeId, Vec<(&RunEvidence, &JobEvidence)>> = BTreeMap::new();
-    for run in &input.evidence.runs {
-        for job in &run.jobs {
-            jobs_by_node.entry(&job.node).or_default().push((run, job));
-        }
+fn node_view(
+    evidence: &NodeEvidence,
+    runs: &[(RunEvidence, usize)],
+    limits: &[Limit],
+    failing_rules: Option<Vec<String>>,
+    warnings: &mut Vec<String>,
+) -> NodeView {
+    let id = &evidence.node;
+    let run_of = |job: &NodeJob| {
+        runs.iter()
+            .map(|(run, _)| run)
+            .find(|run| run.run_id == job.run_id)
+    };
+    let mut jobs: Vec<(Option<&RunEvidence>, &NodeJob)> =
+        evidence.jobs.iter().map(|job| (run_of(job), job)).collect();
+    jobs.sort_by(|(run_a, a), (run_b, b)| {
+        (run_a.map(|run| &run.plan_name), &a.run_id, &a.job.job_id).cmp(&(
+            run_b.map(|run| &run.plan_name),
+            &b.run_id,
+            &b.job.job_id,
+        ))
+    });
+    let node = evidence.registered.as_ref();
+    if jobs.is_empty() && node.is_some() {
+        warnings.push(format!("node {id} has no job in the evidence"));
     }
-    let registered: BTreeMap<&NodeId, &Node> =
-        input.nodes.iter().map(|node| (&node.id, node)).collect();
-    for id in registered.keys() {
-        if !jobs_by_node.contains_key(id) {
-            warnings.push(format!("node {id} has no job in the evidence"));
-            jobs_by_node.insert(id, Vec::new());
-        }
-    }
-    let mut failing_rules: BTreeMap<&NodeId, Vec<String>> = BTreeMap::new();
-    for rule in &input.decision.rules {
-        for node in &rule.failing_nodes {
-            failing_rules
-                .entry(node)
-                .or_default()
-                .push(rule.rule_id.clone());
-        }
-    }
-    jobs_by_node
-        .into_iter()
-        .map(|(id, mut jobs)| {
-            jobs.sort_by(|(run_a, job_a), (run_b, job_b)| {
-                (&run_a.plan_name, &run_a.run_id, &job_a.job_id).cmp(&(
-                    &run_b.plan_name,
-                    &run_b.run_id,
-                    &job_b.job_id,
-                ))
-            });
-            let node = registered.get(id).copied();
-            let inventory = inventory_view(id, &jobs, node);
-            let simulated = inventory.gpu_source == GpuSourceKind::Simulated.as_str()
-                || jobs.iter().any(|(_, job)| {
-                    job.gpu_source == GpuSourceKind::Simulated
-                        || job
-                            .results
-                            .iter()
-                            .any(|r| r.inventory.gpu_source == GpuSourceKind::Simulated)
-                });
-            // The labels the gate saw; the registered ones when no job carries any.
-            let labels = jobs
-                .iter()
-                .rev()
-                .map(|(_, job)| &job.labels)
-                .find(|labels| !labels.is_empty())
-                .or(node.map(|node| &node.labels))
-                .cloned()
-                .unwrap_or_default();
-            if inventory.source == "none" {
-                warnings.push(format!(
-                    "node {id}: no inventory was observed or registered"
-                ));
-            }
-            NodeView {
-                name: id.to_string(),
-                simulated,
-                gpu_source: if simulated {
-                    GpuSourceKind::Simulated.as_str()
-                } else {
-                    GpuSourceKind::Nvml.as_str()
-                },
-                labels,
-                registered: node.is_some(),
-                node_state: node.map(|node| node.state.as_str()),
-                health: node.map(|node| node.health.as_str()),
-                failing_rules: failing_rules.remove(id).unwrap_or_default(),
-                inventory,
-                jobs: jobs
+    let job_evidence: Vec<&JobEvidence> = jobs.iter().map(|(_, job)| &job.job).collect();
+    let inventory = inventory_view(id, &job_evidence, node);
+    let simulated = inventory.gpu_source == GpuSourceKind::Simulated.as_str()
+        || job_evidence.iter().any(|job| {
+            job.gpu_source == GpuSourceKind::Simulated
+                || job
+                    .results
                     .iter()
-                    .map(|(run, job)| job_view(run, job, limits))
-                    .collect(),
-            }
-        })
-        .collect()
+                    .any(|r| r.inventory.gpu_source == GpuSourceKind::Simulated)
+        });
+    // The labels the gate saw; the registered ones when no job carries any.
+    let labels = job_evidence
+        .iter()
+        .rev()
+        .map(|job| &job.labels)
+        .find(|labels| !labels.is_empty())
+        .or(node.map(|node| &node.labels))
+        .cloned()
+        .unwrap_or_default();
+    if inventory.source == "none" {
+        warnings.push(format!(
+            "node {id}: no inventory was observed or registered"
+        ));
+    }
+    NodeView {
+        name: id.to_string(),
+        simulated,
+        gpu_source: if simulated {
+            GpuSourceKind::Simulated.as_str()
+        } else {
+            GpuSourceKind::Nvml.as_str()
+        },
+        labels,
+        registered: node.is_some(),
+        node_state: node.map(|node| node.state.as_str()),
+        health: node.map(|node| node.health.as_str()),
+        failing_rules: failing_rules.unwrap_or_default(),
+        inventory,
+        jobs: jobs
+            .iter()
+            .map(|(run, job)| job_view(*run, &job.run_id, &job.job, limits))
+            .collect(),
+    }
 }
 
 /// The inventory a node showed during its steps: the one observed at the start of its latest
 /// attempt, with a note for every attempt that observed something different. Falls back to
 /// the inventory the node registered with, and says so.
-fn inventory_view(
-    id: &NodeId,
-    jobs: &[(&RunEvidence, &JobEvidence)],
-    registered: Option<&Node>,
-) -> InventoryView {
+fn inventory_view(id: &NodeId, jobs: &[&JobEvidence], registered: Option<&Node>) -> InventoryView {
     let mut results: Vec<(&JobEvidence, &StepResult)> = jobs
         .iter()
-        .flat_map(|(_, job)| job.results.iter().map(move |result| (*job, result)))
+        .flat_map(|job| job.results.iter().map(move |result| (*job, result)))
         .collect();
     results.sort_by(|(job_a, a), (job_b, b)| {
         (a.started_at, a.step_index, a.attempt, &job_a.job_id).cmp(&(
@@ -1127,7 +1256,12 @@ fn gpu_view(gpu: &GpuInfo) -> GpuView {
     }
 }
 
-fn job_view(run: &RunEvidence, job: &JobEvidence, limits: &[Limit]) -> JobView {
+fn job_view(
+    run: Option<&RunEvidence>,
+    run_id: &RunId,
+    job: &JobEvidence,
+    limits: &[Limit],
+) -> JobView {
     let mut results: Vec<&StepResult> = job.results.iter().collect();
     results.sort_by_key(|r| (r.step_index, r.attempt, r.started_at));
     // The latest attempt of each step is the one the gate judges.
@@ -1138,9 +1272,11 @@ fn job_view(run: &RunEvidence, job: &JobEvidence, limits: &[Limit]) -> JobView {
     }
     JobView {
         job_id: job.job_id.to_string(),
-        run_id: run.run_id.to_string(),
-        plan_name: run.plan_name.clone(),
-        plan_version: run.plan_version.to_string(),
+        run_id: run_id.to_string(),
+        plan_name: run.map(|run| run.plan_name.clone()).unwrap_or_default(),
+        plan_version: run
+            .map(|run| run.plan_version.to_string())
+            .unwrap_or_default(),
         state: job.state.as_str(),
         attempts: results
             .into_iter()
@@ -1253,32 +1389,4 @@ fn gpu_telemetry_view(gpu: &GpuTelemetry, step_limits: &[&Limit]) -> GpuTelemetr
         samples_missed: gpu.samples_missed,
         fields,
     }
-}
-
-fn event_rows(nodes: &[NodeView]) -> Vec<EventRow> {
-    let mut rows = Vec::new();
-    for node in nodes {
-        for job in &node.jobs {
-            for attempt in &job.attempts {
-                for event in &attempt.events {
-                    rows.push(EventRow {
-                        at_time: event.at_time,
-                        at: event.at.clone(),
-                        node: node.name.clone(),
-                        job_id: job.job_id.clone(),
-                        step_name: attempt.step_name.clone(),
-                        attempt: attempt.attempt,
-                        gpu_index: event.gpu_index,
-                        gpu_uuid: event.gpu_uuid.clone(),
-                        kind: event.kind,
-                        code: event.code,
-                        detail: event.detail.clone(),
-                    });
-                }
-            }
-        }
-    }
-    // Stable: equal times keep node, step and attempt order.
-    rows.sort_by_key(|row| row.at_time);
-    rows
 }

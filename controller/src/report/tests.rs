@@ -2,7 +2,7 @@
 //! the HTML's self-containment and escaping, the simulated banner's presence and absence, and
 //! a manual render benchmark at fleet scale.
 
-use super::model::{self, SIMULATED_BANNER};
+use super::model::{Builder, NodeView, Report, SIMULATED_BANNER};
 use super::text::Html;
 use super::*;
 use std::collections::BTreeSet;
@@ -247,6 +247,16 @@ fn input() -> ReportInput {
     input_with("lab-a-n1", GpuSourceKind::Simulated, "lab-a-n2")
 }
 
+/// The view model of `input` as the renderer builds it: the report and every node's view.
+fn build(input: &ReportInput) -> (Report, Vec<NodeView>) {
+    let mut builder = Builder::new(head_of(input));
+    let (runs, nodes) = split_evidence(&input.evidence, &input.nodes);
+    builder.set_runs(runs);
+    let views = nodes.iter().map(|node| builder.node(node)).collect();
+    builder.finish();
+    (builder.report, views)
+}
+
 fn text_of(input: &ReportInput, format: ReportFormat) -> String {
     String::from_utf8(render(input, format, &test_key()).content).expect("reports are UTF-8")
 }
@@ -376,7 +386,7 @@ fn html_escapes_untrusted_text() {
     let input = input_with("lab-a-n1", GpuSourceKind::Simulated, evil);
     let html = text_of(&input, ReportFormat::Html);
     assert!(!html.contains(evil));
-    assert_eq!(html.to_ascii_lowercase().matches("<script").count(), 2);
+    assert_eq!(html.to_ascii_lowercase().matches("<script").count(), 1);
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     // The log tail's markup characters are escaped too.
     assert!(html.contains("stuck &lt;waiting&gt;"));
@@ -428,7 +438,7 @@ fn a_simulated_inventory_marks_the_node_even_if_the_job_says_nvml() {
     input.evidence.runs[0].jobs[0].results[0]
         .inventory
         .gpu_source = GpuSourceKind::Simulated;
-    let report = model::build(&input);
+    let (report, _) = build(&input);
     assert!(report.simulated.any);
     assert_eq!(report.simulated.nodes, ["lab-a-n1"]);
 }
@@ -463,8 +473,8 @@ fn registered_inventory_is_the_fallback_and_says_so() {
     let job = &mut input.evidence.runs[0].jobs[1];
     job.results.clear();
     job.state = JobState::Pending;
-    let report = model::build(&input);
-    let cool = &report.nodes[1];
+    let (_, nodes) = build(&input);
+    let cool = &nodes[1];
     assert_eq!(cool.inventory.source, "registered");
     assert!(
         cool.inventory.notes[0].contains("registered with"),
@@ -480,7 +490,7 @@ fn registered_inventory_is_the_fallback_and_says_so() {
 fn a_plan_version_missing_from_the_input_is_a_warning() {
     let mut input = input();
     input.plans.clear();
-    let report = model::build(&input);
+    let (report, _) = build(&input);
     assert!(report.plans.is_empty());
     assert!(!report.runs[0].plan_available);
     assert!(
@@ -498,8 +508,8 @@ fn a_changed_inventory_during_the_job_is_noted() {
     let mut input = input();
     let results = &mut input.evidence.runs[0].jobs[0].results;
     results[0].inventory.driver_version = "535.161.08".into();
-    let report = model::build(&input);
-    let notes = &report.nodes[0].inventory.notes;
+    let (_, nodes) = build(&input);
+    let notes = &nodes[0].inventory.notes;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].contains("versions attempt 1"), "{notes:?}");
     assert!(
@@ -628,11 +638,11 @@ fn fleet_input(n_nodes: usize) -> ReportInput {
 fn render_benchmark() {
     let input = fleet_input(1000);
     let started = std::time::Instant::now();
-    let report = model::build(&input);
+    let (report, nodes) = build(&input);
     println!(
         "model: {:?} ({} nodes, {} attempts)",
         started.elapsed(),
-        report.nodes.len(),
+        nodes.len(),
         report.summary.n_attempts
     );
     for format in [
@@ -654,15 +664,20 @@ fn render_benchmark() {
 fn fleet_input_renders_every_node() {
     // The benchmark's input at a size every test run can afford, so it stays correct.
     let input = fleet_input(3);
-    let report = model::build(&input);
-    assert_eq!(report.nodes.len(), 3);
+    let (report, nodes) = build(&input);
+    assert_eq!(nodes.len(), 3);
     assert_eq!(report.summary.n_attempts, 30);
     assert_eq!(report.summary.n_gpus, 24);
-    assert_eq!(report.rules[1].evidence.len(), 3 * 10 * 8);
+    // The decision lists every failing item and a sample of passing ones.
+    let rule = &report.rules[1];
+    assert_eq!(
+        rule.evidence.len(),
+        rule.n_evidence_ok + rule.n_evidence_not_ok
+    );
+    assert!(rule.n_evidence_ok > 0);
     let html = text_of(&input, ReportFormat::Html);
     assert_eq!(html.matches("<details class=\"node\"").count(), 3);
     assert!(html.contains("<path class=\"lim\""));
-    assert!(html.contains("40 more ok item(s) are not shown here"));
 }
 
 use tollgate_domain::report_signature as signature;
@@ -714,46 +729,95 @@ fn edit_after(text: &str, marker: &str, from: &str, to: &str) -> String {
 }
 
 #[test]
-fn editing_a_number_fails_verification_and_names_the_place() {
-    // The embedded data: the hot node's temperature threshold in the rule's limit.
-    for format in [
-        ReportFormat::Markdown,
-        ReportFormat::Html,
-        ReportFormat::Json,
-    ] {
+fn editing_a_number_fails_verification_and_names_the_section() {
+    let node = "`node lab-a-n1`";
+    let rule = "`rule telemetry:gpu_temp_c`";
+    // (format, marker, text after it, replacement, section named)
+    let edits = [
+        (
+            ReportFormat::Json,
+            "\"rule_id\":\"telemetry:gpu_temp_c\"",
+            "88.0",
+            "98.0",
+            rule,
+        ),
+        (
+            ReportFormat::Json,
+            "\"name\":\"lab-a-n1\"",
+            "95.5",
+            "85.5",
+            node,
+        ),
+        (
+            ReportFormat::Markdown,
+            "### FAILED `telemetry:gpu_temp_c`",
+            "88",
+            "98",
+            rule,
+        ),
+        (
+            ReportFormat::Markdown,
+            "### Node lab-a-n1",
+            "95.5",
+            "85.5",
+            node,
+        ),
+        (
+            ReportFormat::Html,
+            "<details class=\"rule\" open>",
+            "88",
+            "98",
+            rule,
+        ),
+        (
+            ReportFormat::Html,
+            "<details class=\"node\" id=\"node-0\">",
+            "95.5",
+            "8",
+            node,
+        ),
+        (
+            ReportFormat::Junit,
+            "<testsuite name=\"node lab-a-n1\"",
+            "95.5",
+            "85.5",
+            node,
+        ),
+        (
+            ReportFormat::Junit,
+            "<testsuite name=\"rule telemetry",
+            "failures=\"",
+            "failures=\"0",
+            rule,
+        ),
+    ];
+    for (format, marker, from, to, section) in edits {
         let text = signed_text(format);
-        let edited = edit_after(&text, "\"threshold\":", "88.0", "98.0");
-        let error = signature::verify(&edited, None).expect_err("embedded edit");
+        let edited = edit_after(&text, marker, from, to);
+        let error = signature::verify(&edited, None).expect_err("an edited number");
+        let message = error.to_string();
         assert!(
-            error
-                .to_string()
-                .contains("`/rules/1` (telemetry:gpu_temp_c)"),
-            "{format:?}: {error}"
+            message.contains("does not match its signature") && message.contains(section),
+            "{format:?} {marker}: {message}"
         );
+        assert!(!message.contains("`summary`"), "{format:?}: {message}");
     }
-    // The visible text: a number in the rule's section.
+    // The summary's counts are signed too.
     let text = signed_text(ReportFormat::Markdown);
-    let edited = edit_after(&text, "## Nodes", "lab-a-n1", "lab-a-n9");
-    let error = signature::verify(&edited, None).expect_err("visible edit");
-    assert!(error.to_string().contains("visible report"), "{error}");
-    assert!(
-        error.to_string().contains("Nodes") || error.to_string().contains("lab-a-n"),
-        "{error}"
-    );
+    let edited = edit_after(&text, "| Step attempts", "5", "6");
+    let error = signature::verify(&edited, None).expect_err("an edited count");
+    assert!(error.to_string().contains("`summary`"), "{error}");
+    // So is the verdict the signature names.
     let text = signed_text(ReportFormat::Html);
-    let edited = edit_after(&text, "<section id=\"nodes\">", "8", "9");
-    let error = signature::verify(&edited, None).expect_err("visible edit");
-    assert!(error.to_string().contains("visible report"), "{error}");
-    let text = signed_text(ReportFormat::Junit);
     let edited = edit_after(
         &text,
-        "<testsuite name=\"rule",
-        "failures=\"",
-        "failures=\"0",
+        signature::HTML_SIGNATURE_OPEN,
+        "\"failed\"",
+        "\"passed\"",
     );
-    let error = signature::verify(&edited, None).expect_err("visible edit");
+    let error = signature::verify(&edited, None).expect_err("an edited verdict");
     assert!(
-        error.to_string().contains("<testsuite name=\"rule "),
+        error.to_string().contains("signature does not match"),
         "{error}"
     );
 }
@@ -797,7 +861,11 @@ fn junit_parses_and_fails_one_verdict_per_failed_rule() {
         .collect();
     assert!(!failed.is_empty());
     assert_eq!(failed_verdicts, failed);
-    assert_eq!(properties, ["tollgate.signature", "tollgate.report"]);
+    assert!(properties.iter().any(|p| p == "tollgate.simulated"));
+    assert_eq!(
+        properties.last().map(String::as_str),
+        Some("tollgate.signature")
+    );
 }
 
 #[test]
@@ -832,14 +900,14 @@ fn customer_scope_keeps_only_the_labelled_nodes() {
 fn the_html_data_blocks_are_inert_and_external_free() {
     let text = signed_text(ReportFormat::Html);
     let n_scripts = text.matches("<script").count();
-    assert_eq!(n_scripts, 2, "only the two JSON data blocks");
-    assert_eq!(text.matches("<script type=\"application/json\"").count(), 2);
+    assert_eq!(n_scripts, 1, "only the signature's JSON data block");
+    assert_eq!(text.matches("<script type=\"application/json\"").count(), 1);
     for external in ["src=", "href=\"http", "url(http", "@import"] {
         assert!(!text.contains(external), "{external}");
     }
     let region = &text[text.find(signature::REGION_BEGIN).expect("region")..];
-    let data = &region
-        [region.find(signature::HTML_DATA_OPEN).expect("data") + signature::HTML_DATA_OPEN.len()..];
+    let data = &region[region.find(signature::HTML_SIGNATURE_OPEN).expect("data")
+        + signature::HTML_SIGNATURE_OPEN.len()..];
     let data = &data[..data.find("</script>").expect("closed")];
     assert!(!data.contains('<'), "no markup inside the data block");
 }

@@ -17,8 +17,11 @@
 
 mod connect;
 mod evidence;
+mod report_rows;
 mod rows;
 pub mod testing;
+
+pub use report_rows::{NodeEvidence, NodeJob, ReportRows};
 
 use chrono::SubsecRound;
 use connect::Begin;
