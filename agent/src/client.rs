@@ -1,6 +1,7 @@
 //! The controller connection: registration and the node token, the `Connect` stream
 //! (heartbeats, job assignments and cancels), reconnection with capped backoff, and the
-//! uploader that delivers spooled results until they are acknowledged.
+//! uploader that delivers spooled results until they are acknowledged, and the resumption of
+//! a job after the reboot its flash step needed (see [`crate::runner::resume`]).
 //!
 //! Ownership and shutdown: [`Agent::run`] owns the session loop and turns the caller's
 //! shutdown future into a `watch` that every task listens to. The running job (at most one)
@@ -9,11 +10,18 @@
 //! twice at once. On shutdown the job is stopped (its process group killed), its results are
 //! spooled, and the uploader stops; what was not acknowledged stays in the spool for the next
 //! start.
+//!
+//! A job whose flash waits for a reboot keeps its slot until the agent stops, so heartbeats
+//! keep naming it. At the next start the resume record (if any) is read before the first
+//! session; the session that registers first resolves it before its first heartbeat: the flash
+//! result is spooled and delivered, and only once the controller acknowledged it does the job
+//! continue, in the slot, so that the first heartbeat already names it.
 
 use crate::config::AgentConfig;
 use crate::convert;
 use crate::gpu::GpuSource;
-use crate::runner::{self, JobEvent, RunnerContext, Stop};
+use crate::runner::resume::{self, ResumeRecord};
+use crate::runner::{self, JobEnd, JobEvent, RunnerContext, Stop};
 use crate::spool::{Spool, SpoolEntry};
 use anyhow::Context;
 use std::io::Write;
@@ -112,6 +120,90 @@ pub struct Agent {
     progress: Option<mpsc::Receiver<v1::AgentEvent>>,
     /// Wakes the uploader: a new result was spooled, or a session (re)registered.
     upload: Arc<Notify>,
+    /// Held during each pass over the spool, so the uploader and a session resolving a resume
+    /// never deliver the same result at once.
+    uploading: Arc<tokio::sync::Mutex<()>>,
+    /// A job to continue after the reboot its flash needed, until the controller answered
+    /// its flash result. Read at start-up; resolved by the first session that registers.
+    resume: Arc<Mutex<Option<PendingResume>>>,
+}
+
+/// A resume record this agent will act on, and how far it got.
+struct PendingResume {
+    record: ResumeRecord,
+    /// Set once the flash result is spooled.
+    flash: Option<SpooledFlash>,
+}
+
+/// The flash result after the reboot, spooled and waiting for the controller's answer.
+struct SpooledFlash {
+    /// The job's position to continue from (the step after the flash).
+    from: usize,
+    /// The flash step's name when it did not pass: the remaining steps are then skipped.
+    failed_step: Option<String>,
+    /// The controller's answer: `Ok` acknowledged, `Err` refused with its reason.
+    answer: Option<Result<(), String>>,
+}
+
+/// How a job starts on this agent.
+enum Start {
+    /// From its first step: a fresh assignment.
+    Fresh,
+    /// From position `from`, after the reboot its flash step needed.
+    AfterReboot {
+        from: usize,
+        failed_step: Option<String>,
+    },
+}
+
+/// What the uploader tells the rest of the agent about the controller's answers.
+#[derive(Clone)]
+struct Answers {
+    job: Arc<Mutex<Option<RunningJob>>>,
+    resume: Arc<Mutex<Option<PendingResume>>>,
+}
+
+impl Answers {
+    /// Records the controller's answer to `result`: a resumed flash result gets its answer,
+    /// and a refusal meaning the controller no longer runs the job (`FailedPrecondition`:
+    /// the job ended or moved to a newer lease epoch; `NotFound`; `PermissionDenied`) stops
+    /// that job if it is the one running here, so no more of it runs for nothing.
+    fn note(&self, result: &v1::StepResult, answer: Result<(), &Status>) {
+        {
+            let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pending) = resume.as_mut()
+                && let Some(flash) = pending.flash.as_mut()
+                && pending.record.job.job_id.as_str() == result.job_id
+                && pending.record.job.lease_epoch == result.lease_epoch
+                && pending.record.step_index == result.step_index
+                && pending.record.attempt == result.attempt
+            {
+                flash.answer = Some(answer.map_err(|status| status.message().to_owned()));
+            }
+        }
+        let Err(status) = answer else { return };
+        if !matches!(
+            status.code(),
+            Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied
+        ) {
+            return;
+        }
+        let slot = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = slot.as_ref()
+            && running.job_id.as_str() == result.job_id
+            && running.lease_epoch.load(Ordering::SeqCst) <= result.lease_epoch
+        {
+            tracing::warn!(
+                job = %running.job_id,
+                reason = %status.message(),
+                "the controller no longer runs this job; stopping it"
+            );
+            let _ = running.stop.send(Some(Stop::Cancelled(format!(
+                "the controller refused its results: {}",
+                status.message()
+            ))));
+        }
+    }
 }
 
 impl Agent {
@@ -140,7 +232,179 @@ impl Agent {
             progress_sender,
             progress: Some(progress),
             upload: Arc::new(Notify::new()),
+            uploading: Arc::new(tokio::sync::Mutex::new(())),
+            resume: Arc::new(Mutex::new(None)),
         })
+    }
+
+    fn answers(&self) -> Answers {
+        Answers {
+            job: Arc::clone(&self.job),
+            resume: Arc::clone(&self.resume),
+        }
+    }
+
+    fn runner_context(&self) -> RunnerContext {
+        RunnerContext {
+            source: Arc::clone(&self.source),
+            node: self.config.node.clone(),
+            controller: self.config.controller.clone(),
+            state_dir: self.config.state_dir.clone(),
+            sample_interval: self.config.sample_interval,
+        }
+    }
+
+    /// Reads the resume record a flash left before the node rebooted. A record this agent
+    /// cannot use (corrupt, unreadable, or written for another node or controller) is moved
+    /// aside and logged, never read again, so it cannot stop the agent at every start; the
+    /// controller then treats the job as interrupted, as for any restart.
+    fn load_resume_record(&self) {
+        let state_dir = &self.config.state_dir;
+        let set_aside = |why: &str| match resume::set_aside(state_dir, why) {
+            Ok(path) => path.display().to_string(),
+            Err(error) => format!("not moved: {error}"),
+        };
+        let record = match resume::read(state_dir) {
+            Ok(None) => return,
+            Ok(Some(record)) => record,
+            Err(error) => {
+                let kept = set_aside("unreadable");
+                tracing::error!(
+                    %error,
+                    kept_at = %kept,
+                    "the resume record of a flash cannot be read; its job is not resumed (the \
+                     controller records it as interrupted)"
+                );
+                return;
+            }
+        };
+        if let Err(problem) =
+            resume::check_owner(&record, &self.config.node, &self.config.controller)
+        {
+            let kept = set_aside("other-owner");
+            tracing::error!(
+                job = %record.job.job_id,
+                %problem,
+                kept_at = %kept,
+                "the resume record of a flash is not this agent's; its job is not resumed"
+            );
+            return;
+        }
+        tracing::info!(
+            job = %record.job.job_id,
+            step_index = record.step_index,
+            attempt = record.attempt,
+            lease_epoch = record.job.lease_epoch,
+            "a flash waited for this restart; its job continues once the controller has its result"
+        );
+        *self.resume.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingResume {
+            record,
+            flash: None,
+        });
+    }
+
+    /// Resolves a pending resume, before the session's first heartbeat: checks the flash and
+    /// spools its result (once), delivers the spool in order, and acts on the controller's
+    /// answer to the flash result. `Err` (retry the session) while the controller could not
+    /// be reached; the record stays on disk until the answer came.
+    async fn resume_after_reboot(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+        token: &str,
+    ) -> Result<(), String> {
+        let (record, spooled) = {
+            let pending = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+            match pending.as_ref() {
+                None => return Ok(()),
+                Some(pending) => (pending.record.clone(), pending.flash.is_some()),
+            }
+        };
+        let state_dir = &self.config.state_dir;
+        let job_id = record.job.job_id.clone();
+        if !spooled {
+            let (result, from) = match runner::resume::flash_result(&self.runner_context(), &record)
+                .await
+            {
+                Ok(checked) => checked,
+                Err(problem) => {
+                    let kept = resume::set_aside(state_dir, "unusable")
+                        .map_or_else(|e| format!("not moved: {e}"), |p| p.display().to_string());
+                    tracing::error!(job = %job_id, %problem, kept_at = %kept, "the resume record cannot be resumed");
+                    *self.resume.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return Ok(());
+                }
+            };
+            let failed_step = (result.outcome != tollgate_domain::result::Outcome::Passed)
+                .then(|| result.step_name.clone());
+            let wire = convert::step_result(&result);
+            let spool = Arc::clone(&self.spool);
+            match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(format!("spooling the flash result: {error}")),
+                Err(error) => return Err(format!("spooling the flash result: {error}")),
+            }
+            if let Some(pending) = self
+                .resume
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                pending.flash = Some(SpooledFlash {
+                    from,
+                    failed_step,
+                    answer: None,
+                });
+            }
+        }
+        // Everything spooled goes first, in order: results of the steps before the flash
+        // that were not acknowledged before the reboot, then the flash result.
+        {
+            let _uploading = self.uploading.lock().await;
+            upload_pass(client, &self.spool, token, &self.answers()).await?;
+        }
+        let Some(PendingResume {
+            record,
+            flash: Some(flash),
+        }) = self.resume.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
+            return Ok(());
+        };
+        if let Err(error) = resume::clear(state_dir) {
+            tracing::error!(%error, job = %job_id, "could not remove the resume record; remove it by hand, or the next start reports the flash again");
+        }
+        match flash.answer {
+            Some(Ok(())) => {
+                let job = record.job;
+                if flash.from >= job.steps.len() {
+                    tracing::info!(job = %job_id, "the flash was the job's last step");
+                    return Ok(());
+                }
+                tracing::info!(job = %job_id, from_step = flash.from, lease_epoch = job.lease_epoch, "job continues after the reboot");
+                let mut slot = self.job.lock().unwrap_or_else(|p| p.into_inner());
+                self.start_job(
+                    &mut slot,
+                    job,
+                    Start::AfterReboot {
+                        from: flash.from,
+                        failed_step: flash.failed_step,
+                    },
+                );
+            }
+            Some(Err(reason)) => tracing::warn!(
+                job = %job_id,
+                lease_epoch = record.job.lease_epoch,
+                %reason,
+                "the controller refused the flash result after the reboot: it no longer runs \
+                 this job (declared lost or reassigned while the node was away); the resume \
+                 record is dropped and the job's remaining steps are not run"
+            ),
+            None => tracing::error!(
+                job = %job_id,
+                "the flash result left the spool unanswered (see spool/corrupt); the resume \
+                 record is dropped and the job's remaining steps are not run"
+            ),
+        }
+        Ok(())
     }
 
     /// Runs sessions until `shutdown` resolves or a fatal error.
@@ -153,11 +417,14 @@ impl Agent {
             shutdown.await;
             let _ = shutdown_sender.send(true);
         }));
+        self.load_resume_record();
         let uploader = AbortOnDrop(tokio::spawn(upload_loop(
             AgentServiceClient::new(self.channel.clone()),
             Arc::clone(&self.spool),
             self.token.subscribe(),
             Arc::clone(&self.upload),
+            Arc::clone(&self.uploading),
+            self.answers(),
             shutdown_receiver.clone(),
         )));
         let _fleet = AbortOnDrop(tokio::spawn(fleet_loop(
@@ -287,6 +554,12 @@ impl Agent {
             driver = %inventory.driver_version,
             "registered with the controller"
         );
+        // A job whose flash waited for this restart continues before the first heartbeat,
+        // which then names it: the controller keeps the job instead of declaring it
+        // interrupted.
+        self.resume_after_reboot(&mut client, &token)
+            .await
+            .map_err(SessionError::Retry)?;
         // Replay whatever the spool holds, now that uploads carry a valid token.
         self.upload.notify_one();
 
@@ -391,21 +664,22 @@ impl Agent {
             steps = job.steps.len(),
             "job started"
         );
-        let (stop, stop_receiver) = watch::channel(None);
         let reply = accepted(&job.job_id, job.lease_epoch);
-        let context = RunnerContext {
-            source: Arc::clone(&self.source),
-            node: self.config.node.clone(),
-            state_dir: self.config.state_dir.clone(),
-            sample_interval: self.config.sample_interval,
-        };
+        self.start_job(&mut slot, job, Start::Fresh);
+        Some(reply)
+    }
+
+    /// Spawns the job's task and puts it in the (locked, empty) slot. The slot stays locked
+    /// while the task is spawned, so the task's own removal of the slot entry always comes
+    /// after this insertion.
+    fn start_job(&self, slot: &mut Option<RunningJob>, job: runner::Job, start: Start) {
+        let (stop, stop_receiver) = watch::channel(None);
         let job_id = job.job_id.clone();
         let lease_epoch = Arc::new(AtomicU64::new(job.lease_epoch));
-        // The slot is locked while the task is spawned, so the task's own removal of the slot
-        // entry always comes after this insertion.
         let task = tokio::spawn(drive_job(
-            context,
+            self.runner_context(),
             job,
+            start,
             stop_receiver,
             Arc::clone(&self.spool),
             Arc::clone(&self.upload),
@@ -419,7 +693,6 @@ impl Agent {
             stop,
             task,
         });
-        Some(reply)
     }
 }
 
@@ -438,7 +711,9 @@ impl Drop for Agent {
     }
 }
 
-/// Runs a job, spooling each result before waking the uploader, then frees the job slot.
+/// Runs a job, spooling each result before waking the uploader, then frees the job slot. A job
+/// whose flash waits for a reboot keeps the slot until the agent stops (the reboot) or the
+/// controller cancels it (then its resume record is removed).
 #[expect(
     clippy::too_many_arguments,
     reason = "each argument is a distinct handle the job task owns"
@@ -446,6 +721,7 @@ impl Drop for Agent {
 async fn drive_job(
     context: RunnerContext,
     job: runner::Job,
+    start: Start,
     stop: watch::Receiver<Option<Stop>>,
     spool: Arc<Spool>,
     upload: Arc<Notify>,
@@ -454,9 +730,35 @@ async fn drive_job(
     lease_epoch: Arc<AtomicU64>,
 ) {
     let (events, mut receiver) = mpsc::unbounded_channel();
+    let mut stop_after = stop.clone();
     let run = async {
-        runner::run_job(&context, &job, stop, &events).await;
+        let end = match start {
+            Start::Fresh => runner::run_job(&context, &job, stop, &events).await,
+            Start::AfterReboot { from, failed_step } => {
+                runner::continue_job(&context, &job, from, failed_step, stop, &events).await
+            }
+        };
         drop(events);
+        if end == JobEnd::AwaitingReboot {
+            tracing::info!(job = %job.job_id, "the node must reboot to finish the flash; the job waits for it");
+            let reason = stop_after
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|reason| reason.clone());
+            if let Some(Stop::Cancelled(reason)) = reason {
+                match resume::clear(&context.state_dir) {
+                    Ok(()) => {
+                        tracing::info!(job = %job.job_id, %reason, "job cancelled while waiting for the reboot; its resume record is removed")
+                    }
+                    Err(error) => {
+                        tracing::error!(job = %job.job_id, %error, "job cancelled while waiting for the reboot, but its resume record could not be removed")
+                    }
+                }
+            } else {
+                tracing::info!(job = %job.job_id, "the agent stops while the job waits for the reboot; it resumes at the next start");
+            }
+        }
     };
     let deliver = async {
         let mut outcomes = Vec::new();
@@ -615,6 +917,8 @@ async fn upload_loop(
     spool: Arc<Spool>,
     token: watch::Receiver<Option<String>>,
     wake: Arc<Notify>,
+    uploading: Arc<tokio::sync::Mutex<()>>,
+    answers: Answers,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
@@ -635,7 +939,11 @@ async fn upload_loop(
             // Not registered yet; the session wakes us after registering.
             continue;
         };
-        match upload_pass(&mut client, &spool, &current_token).await {
+        let passed = {
+            let _uploading = uploading.lock().await;
+            upload_pass(&mut client, &spool, &current_token, &answers).await
+        };
+        match passed {
             Ok(()) => {
                 backoff.reset();
                 retry_in = None;
@@ -655,6 +963,7 @@ async fn upload_pass(
     client: &mut AgentServiceClient<Channel>,
     spool: &Arc<Spool>,
     token: &str,
+    answers: &Answers,
 ) -> Result<(), String> {
     let listing = Arc::clone(spool);
     let entries = tokio::task::spawn_blocking(move || listing.pending())
@@ -676,6 +985,7 @@ async fn upload_pass(
                     duplicate,
                     "result acknowledged"
                 );
+                answers.note(&entry.result, Ok(()));
                 let removed = blocking(spool, entry, |spool, entry| {
                     spool.remove(&entry).map(|_| ())
                 })
@@ -701,6 +1011,7 @@ async fn upload_pass(
                     reason = %status.message(),
                     "the controller will never accept this result; moved to spool/rejected"
                 );
+                answers.note(&entry.result, Err(&status));
                 let moved = blocking(spool, entry, |spool, entry| {
                     spool.reject(&entry).map(|_| ())
                 })

@@ -427,6 +427,22 @@ impl Agent {
         Self::start_with(config, tempdir)
     }
 
+    /// Stops the agent gracefully (as the shutdown before a node's reboot does) and keeps
+    /// its state directory and settings, so [`StoppedAgent::start`] can boot it again.
+    pub async fn shut_down(mut self) -> StoppedAgent {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("agent task")
+                .expect("the agent stopped cleanly");
+        }
+        let config = self.config.clone();
+        let tempdir = std::mem::replace(&mut self._tempdir, tempfile::tempdir().expect("temp dir"));
+        StoppedAgent { config, tempdir }
+    }
+
     /// Stops the agent gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -450,6 +466,25 @@ impl Drop for Agent {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// An agent stopped by [`Agent::shut_down`]: a node that is down (rebooting, say).
+pub struct StoppedAgent {
+    config: tollgate_agent::AgentConfig,
+    tempdir: tempfile::TempDir,
+}
+
+impl StoppedAgent {
+    /// The state directory the agent will start on again.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.config.state_dir
+    }
+
+    /// Starts a new agent on the same state directory with the same settings, as the agent
+    /// process a node starts when it comes back up.
+    pub fn start(self) -> Agent {
+        Agent::start_with(self.config, self.tempdir)
     }
 }
 

@@ -119,6 +119,9 @@ pub(super) async fn run_kind(
                     step_index: at.index,
                     attempt: at.attempt,
                     started_at: at.started_at,
+                    node: context.node.clone(),
+                    controller: context.controller.clone(),
+                    boot_id: super::resume::boot_id(),
                 };
                 match super::resume::write(&context.state_dir, &record) {
                     Ok(()) => {

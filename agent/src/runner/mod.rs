@@ -114,10 +114,23 @@ pub struct RunnerContext {
     pub source: Arc<dyn GpuSource>,
     /// This node's name (`TOLLGATE_NODE`).
     pub node: String,
+    /// The controller's URL, written into a flash's resume record.
+    pub controller: String,
     /// Step logs and result directories live under `<state_dir>/jobs`.
     pub state_dir: PathBuf,
     /// Telemetry sampling interval while a step runs.
     pub sample_interval: Duration,
+}
+
+/// How a job's run ended on this agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Every step has its result.
+    Finished,
+    /// A stop interrupted it; the interrupted attempt was reported, later steps were not.
+    Stopped,
+    /// A flash wrote its resume record: the job continues after the node reboots.
+    AwaitingReboot,
 }
 
 /// Runs every step of `job`, sending progress and results to `events`, until the end or until
@@ -127,8 +140,22 @@ pub async fn run_job(
     job: &Job,
     mut stop: watch::Receiver<Option<Stop>>,
     events: &mpsc::UnboundedSender<JobEvent>,
-) {
-    run_steps(context, job, 0, None, &mut stop, events).await;
+) -> JobEnd {
+    run_steps(context, job, 0, None, &mut stop, events).await
+}
+
+/// Runs the job's steps from position `from` on, as after the reboot a flash needed (see
+/// [`resume`]); `failed_step` names a step that already finally did not pass, so the rest are
+/// reported as skipped.
+pub async fn continue_job(
+    context: &RunnerContext,
+    job: &Job,
+    from: usize,
+    failed_step: Option<String>,
+    mut stop: watch::Receiver<Option<Stop>>,
+    events: &mpsc::UnboundedSender<JobEvent>,
+) -> JobEnd {
+    run_steps(context, job, from, failed_step, &mut stop, events).await
 }
 
 /// Runs the job's steps from position `from` on; `failed_step` names a step that already
@@ -140,11 +167,11 @@ async fn run_steps(
     failed_step: Option<String>,
     stop: &mut watch::Receiver<Option<Stop>>,
     events: &mpsc::UnboundedSender<JobEvent>,
-) {
+) -> JobEnd {
     let mut failed_step = failed_step;
     for job_step in job.steps.iter().skip(from) {
         if stop.borrow().is_some() {
-            return;
+            return JobEnd::Stopped;
         }
         if let Some(failed) = &failed_step {
             let result = skipped_result(context, job, job_step, failed).await;
@@ -160,6 +187,12 @@ async fn run_steps(
             });
             let (mut result, was_stopped, awaiting_reboot) =
                 run_attempt(context, job, job_step, attempt, stop).await;
+            if awaiting_reboot {
+                // The resume record is on disk: the result is reported after the reboot, so
+                // the installer's exit code says nothing about the outcome yet.
+                tracing::info!(job = %job.job_id, step = %job_step.step.name, attempt, "flash needs a reboot; the job resumes after it");
+                return JobEnd::AwaitingReboot;
+            }
             let outcome = result.outcome;
             if outcome == Outcome::Passed && n_failed_attempts > 0 {
                 // A pass after failures is recorded as flaky, so the evidence shows it.
@@ -178,14 +211,9 @@ async fn run_steps(
                 message = %result.message,
                 "step attempt ended"
             );
-            if awaiting_reboot {
-                // The resume record is on disk: the result is reported after the reboot.
-                tracing::info!(job = %job.job_id, step = %job_step.step.name, "flash needs a reboot; the job resumes after it");
-                return;
-            }
             let _ = events.send(JobEvent::Result(Box::new(result)));
             if was_stopped {
-                return;
+                return JobEnd::Stopped;
             }
             if outcome == Outcome::Passed {
                 break;
@@ -197,6 +225,7 @@ async fn run_steps(
             }
         }
     }
+    JobEnd::Finished
 }
 
 /// Reads the inventory on a blocking thread.

@@ -3,29 +3,38 @@
 //! When a flash needs a reboot (`reboot: true`, or the installer exits
 //! [`FLASH_REBOOT_EXIT_CODE`](tollgate_domain::plan::FLASH_REBOOT_EXIT_CODE)), the runner writes a
 //! [`ResumeRecord`] to `<state-dir>/resume.json` (written to a temporary file, fsynced, renamed,
-//! and the directory fsynced) and ends the job without a result for that attempt. The node then
-//! reboots (the installer or the operator reboots it; the agent does not). After the reboot,
-//! [`read`] finds the record and [`resume_job`] re-reads the inventory, reports the flash
-//! attempt's result under the recorded job, attempt and lease epoch, and runs the job's
-//! remaining steps instead of starting over. The agent's start-up must call these after
-//! registering and report the resumed job as running in its heartbeats (so the controller does
-//! not take the restart for an interruption); that start-up hook is not wired yet.
+//! and the directory fsynced) and ends the attempt without a result. The job keeps its slot
+//! (heartbeats still name it) until the agent stops; the node then reboots (the installer or
+//! the operator reboots it; the agent does not).
+//!
+//! When the agent starts again ([`crate::client`]), it reads the record before anything else.
+//! A record it cannot use is moved aside with [`set_aside`] and logged, never retried at every
+//! start: a corrupt one, or one written for another node or controller ([`check_owner`]).
+//! Otherwise, after registering and before its first heartbeat, the agent re-reads the
+//! inventory and builds the flash attempt's result under the recorded job, attempt and lease
+//! epoch ([`flash_result`]), spools it, and delivers it. Acknowledged: the record is removed and
+//! the job's remaining steps run, reported as the running job in every heartbeat, so the
+//! controller does not take the restart for an interruption. Refused (the controller declared
+//! the job lost or reassigned it while the node was away): the record is removed, the result
+//! stays in `spool/rejected`, and nothing more of the job runs.
 //!
 //! The controller keeps the job running while the node is away only within its lease grace:
 //! a lab that flashes with reboots must run the controller with `--lease-grace` longer than a
-//! reboot takes, or the job is declared lost and the resumed results are refused as stale.
+//! reboot takes, or the job is declared lost and the resumed result is refused as stale.
 
-use super::{Job, JobEvent, RunnerContext, Stop, observe_inventory, unknown_inventory};
+use super::{Job, RunnerContext, observe_inventory, unknown_inventory};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tokio::sync::{mpsc, watch};
 use tollgate_domain::Timestamp;
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::result::{Outcome, StepResult};
 
 /// The record's file name in the state directory.
 pub const RESUME_FILE: &str = "resume.json";
+
+/// Where the kernel publishes the identity of the current boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// What the agent needs after a reboot to finish a flash step and continue its job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +47,14 @@ pub struct ResumeRecord {
     pub attempt: u32,
     /// When the flash attempt started.
     pub started_at: Timestamp,
+    /// The node the job was assigned to.
+    pub node: String,
+    /// The controller that assigned it (its URL as the agent was configured).
+    pub controller: String,
+    /// The boot the flash ran in (empty where the kernel does not say), so the check after
+    /// the restart can tell whether the node really rebooted.
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// Why the resume record could not be written or read.
@@ -68,6 +85,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResumeError + '_ {
     }
 }
 
+/// The identity of the current boot, or empty where the kernel does not publish one.
+pub fn boot_id() -> String {
+    std::fs::read_to_string(BOOT_ID)
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Writes the record durably: temporary file, fsync, rename, fsync of the directory.
 pub fn write(state_dir: &Path, record: &ResumeRecord) -> Result<(), ResumeError> {
     let path = state_dir.join(RESUME_FILE);
@@ -81,9 +105,13 @@ pub fn write(state_dir: &Path, record: &ResumeRecord) -> Result<(), ResumeError>
     file.write_all(&bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    std::fs::File::open(state_dir)
+    sync_dir(state_dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ResumeError> {
+    std::fs::File::open(dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(io(state_dir))
+        .map_err(io(dir))
 }
 
 /// Reads the record, if there is one.
@@ -98,7 +126,7 @@ pub fn read(state_dir: &Path) -> Result<Option<ResumeRecord>, ResumeError> {
     }
 }
 
-/// Removes the record once the flash result is handed on.
+/// Removes the record once its job is handed on (or given up).
 pub fn clear(state_dir: &Path) -> Result<(), ResumeError> {
     let path = state_dir.join(RESUME_FILE);
     match std::fs::remove_file(&path) {
@@ -106,33 +134,86 @@ pub fn clear(state_dir: &Path) -> Result<(), ResumeError> {
             path,
             source: error,
         }),
-        _ => Ok(()),
+        Err(_) => Ok(()),
+        Ok(()) => sync_dir(state_dir),
     }
 }
 
-/// After the reboot: verifies the flash, reports its result, clears the record and runs the
-/// job's remaining steps. A flash that did not take is not retried after a reboot: the later
-/// steps are reported as skipped.
-pub async fn resume_job(
+/// Moves a record the agent will not resume to `resume.json.<why>-<time>` beside it, for the
+/// operator, so that it is neither lost nor read again at the next start. Returns the new path.
+pub fn set_aside(state_dir: &Path, why: &str) -> Result<PathBuf, ResumeError> {
+    let path = state_dir.join(RESUME_FILE);
+    let stamp = crate::clock::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let target = state_dir.join(format!("{RESUME_FILE}.{why}-{stamp}"));
+    std::fs::rename(&path, &target).map_err(io(&path))?;
+    sync_dir(state_dir)?;
+    Ok(target)
+}
+
+/// Whether this agent may resume `record`: it must have been written by this node for this
+/// controller. A record for another node or controller (a state directory copied between
+/// nodes, an agent re-pointed at another controller) would report a job this agent does not
+/// own; the error says which fields differ.
+pub fn check_owner(record: &ResumeRecord, node: &str, controller: &str) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if record.node != node {
+        problems.push(format!(
+            "it was written for node '{}', this agent is node '{node}'",
+            record.node
+        ));
+    }
+    if record.controller != controller {
+        problems.push(format!(
+            "it was written for controller {}, this agent reports to {controller}",
+            record.controller
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The flash attempt's result after the reboot, and the position in the job of the step after
+/// the flash. The flash passes iff its component now reports the target version; otherwise it
+/// fails naming what was found. `Err` when the record names no flash step of its job.
+pub async fn flash_result(
     context: &RunnerContext,
     record: &ResumeRecord,
-    mut stop: watch::Receiver<Option<Stop>>,
-    events: &mpsc::UnboundedSender<JobEvent>,
-) {
+) -> Result<(StepResult, usize), String> {
     let job = &record.job;
-    let Some(position) = job.steps.iter().position(|s| s.index == record.step_index) else {
-        tracing::warn!(job = %job.job_id, step_index = record.step_index, "resume record names no step of its job; ignored");
-        let _ = clear(&context.state_dir);
-        return;
-    };
+    let position = job
+        .steps
+        .iter()
+        .position(|s| s.index == record.step_index)
+        .ok_or_else(|| {
+            format!(
+                "the resume record names step {} of job {}, which has no such step",
+                record.step_index, job.job_id
+            )
+        })?;
     let job_step = &job.steps[position];
-    let (outcome, message) = match &job_step.step.kind {
-        StepKind::Flash {
-            component, version, ..
-        } => super::kinds::verify_flash(context, component, version).await,
-        other => (
-            Outcome::Error,
-            format!("resume record names a {} step, not a flash", other.name()),
+    let StepKind::Flash {
+        component, version, ..
+    } = &job_step.step.kind
+    else {
+        return Err(format!(
+            "the resume record names step {} ({}), a {} step, not a flash",
+            record.step_index,
+            job_step.step.name,
+            job_step.step.kind.name()
+        ));
+    };
+    let (outcome, message) = super::kinds::verify_flash(context, component, version).await;
+    let now_boot = boot_id();
+    let rebooted = record.boot_id.is_empty() || now_boot.is_empty() || record.boot_id != now_boot;
+    let message = match (rebooted, outcome) {
+        (true, _) => format!("{message} (checked after the reboot)"),
+        (false, Outcome::Passed) => format!("{message} (checked after the agent restarted)"),
+        (false, _) => format!(
+            "{message} (checked after the agent restarted; the node has not rebooted since \
+             the flash: its boot id is unchanged)"
         ),
     };
     let inventory = observe_inventory(&context.source)
@@ -153,17 +234,89 @@ pub async fn resume_job(
         events: Vec::new(),
         inventory: inventory.clone(),
         log_tail: String::new(),
-        message: format!("{message} (checked after the reboot)"),
+        message,
         sub_results: Vec::new(),
         inventory_at_end: Some(inventory),
         series: Vec::new(),
     };
-    tracing::info!(job = %job.job_id, step = %job_step.step.name, outcome = %outcome, "flash checked after the reboot");
-    let _ = events.send(JobEvent::Result(Box::new(result)));
-    // The result is in the caller's hands (the spool); the record has done its work.
-    if let Err(error) = clear(&context.state_dir) {
-        tracing::warn!(%error, "could not remove the resume record");
+    tracing::info!(job = %job.job_id, step = %job_step.step.name, outcome = %outcome, message = %result.message, "flash checked after the restart");
+    Ok((result, position + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ResumeRecord {
+        ResumeRecord {
+            job: Job {
+                job_id: "job-1".into(),
+                run_id: "run-1".into(),
+                lease_epoch: 2,
+                release: "r550".into(),
+                components: Vec::new(),
+                milestone: "lab-qual".into(),
+                plan_name: "gpu-qual".into(),
+                plan_version: "v1".into(),
+                steps: Vec::new(),
+            },
+            step_index: 0,
+            attempt: 1,
+            started_at: crate::clock::now(),
+            node: "node-1".into(),
+            controller: "http://127.0.0.1:7800".into(),
+            boot_id: boot_id(),
+        }
     }
-    let failed = (outcome != Outcome::Passed).then(|| job_step.step.name.clone());
-    super::run_steps(context, job, position + 1, failed, &mut stop, events).await;
+
+    #[test]
+    fn a_record_survives_the_round_trip_and_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(dir.path()).unwrap().is_none());
+        write(dir.path(), &record()).unwrap();
+        let read_back = read(dir.path()).unwrap().expect("written");
+        assert_eq!(read_back.job.job_id.as_str(), "job-1");
+        assert_eq!(read_back.node, "node-1");
+        clear(dir.path()).unwrap();
+        assert!(read(dir.path()).unwrap().is_none());
+        clear(dir.path()).expect("clearing twice is fine");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_reported_and_set_aside_with_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RESUME_FILE), b"{\"job\": {\"job_id\"").unwrap();
+        let error = read(dir.path()).unwrap_err();
+        assert!(matches!(error, ResumeError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("is corrupt"), "{error}");
+        let kept = set_aside(dir.path(), "corrupt").unwrap();
+        assert!(
+            kept.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("resume.json.corrupt-")),
+            "{}",
+            kept.display()
+        );
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{\"job\": {\"job_id\"");
+        assert!(read(dir.path()).unwrap().is_none(), "not read again");
+    }
+
+    #[test]
+    fn a_record_of_another_node_or_controller_is_not_resumed() {
+        let record = record();
+        assert_eq!(
+            check_owner(&record, "node-1", "http://127.0.0.1:7800"),
+            Ok(())
+        );
+        let other_node = check_owner(&record, "node-2", "http://127.0.0.1:7800").unwrap_err();
+        assert_eq!(
+            other_node,
+            "it was written for node 'node-1', this agent is node 'node-2'"
+        );
+        let other_controller = check_owner(&record, "node-1", "http://10.0.0.5:7800").unwrap_err();
+        assert!(
+            other_controller.contains("written for controller http://127.0.0.1:7800"),
+            "{other_controller}"
+        );
+    }
 }

@@ -23,6 +23,7 @@ fn fixture(faults: Vec<Fault>) -> Fixture {
     let context = RunnerContext {
         source,
         node: "node-1".into(),
+        controller: "http://127.0.0.1:7800".into(),
         state_dir: dir.path().to_owned(),
         sample_interval: Duration::from_millis(50),
     };
@@ -717,11 +718,30 @@ async fn a_flash_needing_a_reboot_writes_a_resume_record_and_the_job_continues_a
     assert_eq!(record.job.lease_epoch, 3);
     assert_eq!((record.step_index, record.attempt), (0, 1));
 
-    // "Reboot": a fresh source and runner context on the same state directory.
+    assert_eq!(record.node, "node-1");
+    assert_eq!(record.controller, "http://127.0.0.1:7800");
+
+    // "Reboot": a fresh source and runner context on the same state directory. The agent's
+    // start-up checks the flash, delivers its result, then continues after it.
     fixture.context.source = sim(&versions);
+    let (flash, from) = resume::flash_result(&fixture.context, &record)
+        .await
+        .expect("the record names the flash step");
+    assert_eq!(from, 1);
+    assert_eq!(flash.step_name, "vbios");
+    assert_eq!(flash.outcome, Outcome::Passed, "{}", flash.message);
+    assert!(
+        flash
+            .message
+            .starts_with("after flashing, vbios is 96.00.89.00.01 (checked after the "),
+        "{}",
+        flash.message
+    );
+    assert_eq!((flash.lease_epoch, flash.attempt), (3, 1));
     let (_stop_sender, stop) = watch::channel(None);
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    resume::resume_job(&fixture.context, &record, stop, &sender).await;
+    let end = super::continue_job(&fixture.context, &record.job, from, None, stop, &sender).await;
+    assert_eq!(end, super::JobEnd::Finished);
     drop(sender);
     let mut results = Vec::new();
     while let Some(event) = receiver.recv().await {
@@ -729,25 +749,65 @@ async fn a_flash_needing_a_reboot_writes_a_resume_record_and_the_job_continues_a
             results.push(*result);
         }
     }
-    assert_eq!(results.len(), 2);
-    assert_eq!(results[0].step_name, "vbios");
     assert_eq!(
-        results[0].outcome,
-        Outcome::Passed,
-        "{}",
-        results[0].message
+        results.len(),
+        1,
+        "only the steps after the flash run: {results:?}"
     );
-    assert_eq!(
-        results[0].message,
-        "after flashing, vbios is 96.00.89.00.01 (checked after the reboot)"
-    );
-    assert_eq!(results[0].lease_epoch, 3);
-    assert_eq!(results[1].step_name, "after");
-    assert_eq!(results[1].outcome, Outcome::Passed);
+    assert_eq!(results[0].step_name, "after");
+    assert_eq!(results[0].outcome, Outcome::Passed);
+}
+
+#[tokio::test]
+async fn a_flash_whose_version_did_not_change_across_the_reboot_fails_saying_what_was_found() {
+    let fixture = fixture(vec![Fault::Vbios("96.00.74.00.01".into())]);
+    let flash = StepKind::Flash {
+        command: vec!["sh".into(), "-c".into(), "exit 194".into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        component: "vbios".into(),
+        version: "96.00.89.00.01".into(),
+        reboot: false,
+    };
+    let job = job(vec![
+        step("vbios", flash, Duration::from_secs(30)),
+        exec("after", "echo after the reboot", Duration::from_secs(30), 0),
+    ]);
+    assert!(results_of(&fixture, &job).await.is_empty());
+    let record = resume::read(&fixture.context.state_dir)
+        .expect("readable")
+        .expect("written");
+    let (flash, from) = resume::flash_result(&fixture.context, &record)
+        .await
+        .expect("the record names the flash step");
+    assert_eq!(flash.outcome, Outcome::Failed);
     assert!(
-        resume::read(&fixture.context.state_dir)
-            .expect("readable")
-            .is_none(),
-        "the record is removed once the result is handed on"
+        flash.message.starts_with(
+            "after flashing, vbios on GPU 0 is 96.00.74.00.01, wanted 96.00.89.00.01; \
+             after flashing, vbios on GPU 1 is 96.00.74.00.01, wanted 96.00.89.00.01 (checked after the "
+        ),
+        "{}",
+        flash.message
     );
+    let (_stop_sender, stop) = watch::channel(None);
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    super::continue_job(
+        &fixture.context,
+        &record.job,
+        from,
+        Some(flash.step_name.clone()),
+        stop,
+        &sender,
+    )
+    .await;
+    drop(sender);
+    let mut results = Vec::new();
+    while let Some(event) = receiver.recv().await {
+        if let JobEvent::Result(result) = event {
+            results.push(*result);
+        }
+    }
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].outcome, Outcome::Skipped);
+    assert_eq!(results[0].message, "not run: step vbios failed");
 }
