@@ -268,7 +268,10 @@ impl Agent {
             Ok(None) => return,
             Ok(Some(record)) => record,
             Err(error) => {
-                let kept = set_aside("unreadable");
+                let kept = set_aside(match error {
+                    resume::ResumeError::Corrupt { .. } => "corrupt",
+                    resume::ResumeError::Io { .. } => "unreadable",
+                });
                 tracing::error!(
                     %error,
                     kept_at = %kept,

@@ -266,3 +266,72 @@ async fn a_job_lost_while_the_node_rebooted_is_not_continued() {
     assert_eq!(job.results.len(), 1, "{job:#?}");
     lab.agent.stop().await;
 }
+
+/// A resume record the agent cannot use never stops it: a corrupt one and one written for
+/// another node are moved aside (kept for the operator), and the agent serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unusable_resume_record_is_set_aside_and_the_agent_serves() {
+    use tollgate_agent::runner::resume::{self, ResumeRecord};
+    let Some(mut lab) = Lab::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    let kept = |state_dir: &Path, prefix: &str| {
+        std::fs::read_dir(state_dir)
+            .expect("state dir")
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+            .count()
+    };
+
+    let down = lab.agent.shut_down().await;
+    let state_dir = down.state_dir().to_owned();
+    std::fs::write(state_dir.join("resume.json"), b"{\"job\": {\"job_id\"").expect("write");
+    lab.agent = down.start();
+    wait_for(
+        Duration::from_secs(30),
+        "the corrupt record set aside",
+        || {
+            let n = kept(&state_dir, "resume.json.corrupt-");
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    assert!(!state_dir.join("resume.json").exists());
+
+    let down = lab.agent.shut_down().await;
+    let record = ResumeRecord {
+        job: tollgate_agent::runner::Job {
+            job_id: "job-of-another-node".into(),
+            run_id: "run-1".into(),
+            lease_epoch: 1,
+            release: "r550".into(),
+            components: Vec::new(),
+            milestone: "lab-qual".into(),
+            plan_name: "flash-qual".into(),
+            plan_version: "v1".into(),
+            steps: Vec::new(),
+        },
+        step_index: 1,
+        attempt: 1,
+        started_at: tollgate_agent::clock::now(),
+        node: "lab-2".into(),
+        controller: lab.controller.url.clone(),
+        boot_id: String::new(),
+    };
+    resume::write(&state_dir, &record).expect("write the record");
+    lab.agent = down.start();
+    wait_for(
+        Duration::from_secs(30),
+        "the other node's record set aside",
+        || {
+            let n = kept(&state_dir, "resume.json.other-owner-");
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    assert!(!state_dir.join("resume.json").exists());
+
+    // The agent serves: a run of the plan gets as far as the flash.
+    let (_, _) = lab.run_until_the_flash_waits_for_a_reboot().await;
+    lab.agent.stop().await;
+}
