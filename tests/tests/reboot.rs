@@ -106,14 +106,45 @@ impl Lab {
     /// Starts the run and waits until the flash wrote its resume record; returns the run id
     /// and the job's lease epoch at that moment.
     async fn run_until_the_flash_waits_for_a_reboot(&mut self) -> (String, u64) {
-        let run = self.clients.start_run("r550", "flash-qual").await;
+        // A freshly restarted agent may not have its stream open yet: retry until it has.
+        let clients = self.clients.clone();
+        let run = wait_for(Duration::from_secs(30), "the run to start", || {
+            let mut runs = clients.runs.clone();
+            async move {
+                let request = v1::StartRunRequest {
+                    release: "r550".into(),
+                    plan: "flash-qual".into(),
+                    milestone: String::new(),
+                };
+                runs.start_run(request)
+                    .await
+                    .ok()
+                    .map(|run| run.into_inner())
+            }
+        })
+        .await;
         let record = self.agent.state_dir.join("resume.json");
         wait_for(Duration::from_secs(30), "the resume record", || {
             let exists = record.exists();
             async move { exists.then_some(()) }
         })
         .await;
-        let job = self.job(&run.id).await;
+        // `before`'s result travels through the spool, so it may land just after the record.
+        let clients = self.clients.clone();
+        let job = wait_for(Duration::from_secs(30), "`before`'s result", || {
+            let mut runs = clients.runs.clone();
+            let id = run.id.clone();
+            async move {
+                let run = runs
+                    .get_run(v1::GetRunRequest { id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let job = run.jobs.into_iter().next()?;
+                (!job.results.is_empty()).then_some(job)
+            }
+        })
+        .await;
         assert_eq!(job.state, "running", "{job:#?}");
         assert_eq!(
             job.results.len(),
