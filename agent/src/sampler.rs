@@ -1,18 +1,27 @@
-//! Telemetry during a step: samples each GPU on its own worker at a fixed interval while an
-//! attempt runs (plus one sample at the start and one at the end, so short steps have data),
-//! collects the critical events it sees, and summarizes both per GPU when the attempt ends.
+//! Telemetry during a step: samples every GPU at a fixed interval while an attempt runs (plus
+//! one sample at the start and one at the end, so short steps have data), collects the critical
+//! events it sees, and summarizes both per GPU when the attempt ends.
 //!
-//! Stall isolation: every GPU has its own task, and each of its NVML reads runs on a blocking
-//! thread under a deadline (the sampling interval, capped at [`MAX_DEADLINE`]). A read that
-//! misses its deadline is left running but its GPU starts no new read until it returns; every
-//! round that passes meanwhile is counted in `samples_missed`. A late answer is discarded,
-//! never back-dated. One wedged GPU therefore holds one blocking thread and delays nobody else.
+//! Cost: one task ticks at the interval, and each tick hands the whole round (every GPU's read
+//! and the event drain) to one blocking thread, which reads them one after the other and
+//! records the values itself. That is one thread handoff per interval, the least a sampler
+//! that must not block the runtime can do (the agent's overhead benchmark, `--bench-sampling`,
+//! compares it with a bare loop).
+//!
+//! Stall isolation: the round's reads are claimed one at a time from a shared cursor. When a
+//! round is not done within a quarter of the read deadline (the sampling interval, capped at
+//! [`MAX_DEADLINE`]), the reads nobody has claimed yet go to a fresh blocking thread, and so on,
+//! so a read that hangs holds up only its own GPU: every other GPU's sample of that round comes
+//! at most a quarter of the deadline late, and later rounds never wait for it. A GPU whose read
+//! is still in flight starts no new read: each round that passes meanwhile is counted in its
+//! `samples_missed`, and so is the hung read itself if it returns after its deadline (its
+//! answer is discarded, never back-dated).
 
 use crate::gpu::GpuSource;
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tollgate_domain::telemetry::{
     Field, FieldSummary, GpuEvent, GpuTelemetry, MAX_SERIES_POINTS, SeriesBuilder, TelemetrySeries,
@@ -25,15 +34,35 @@ const FINISH_WAIT: Duration = Duration::from_secs(10);
 /// The longest one NVML read may take before its round is counted as missed.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(5);
 
-/// What the sampling tasks have gathered so far. Shared so that `finish` can summarize even
-/// when a task is stuck.
+/// A round not done after this fraction of the read deadline hands its unclaimed reads to a
+/// fresh blocking thread.
+const HANDOFF_DIVISOR: u32 = 4;
+
+/// What the readers have gathered so far. Shared so that `finish` can summarize even when a
+/// read is stuck. Indexed by position (GPU in the sampler's list, field in [`Field::ALL`]) so
+/// that recording a sample looks nothing up.
 #[derive(Debug, Default)]
 struct Collected {
-    values: BTreeMap<u32, BTreeMap<Field, Vec<f64>>>,
-    missed: BTreeMap<u32, u32>,
+    /// Per GPU, in the order of the sampler's GPU list.
+    gpus: Vec<GpuCollected>,
     events: Vec<GpuEvent>,
-    /// Downsampled series per (GPU, field), bounded however long the attempt runs.
-    series: BTreeMap<(u32, Field), SeriesBuilder>,
+}
+
+/// One GPU's samples.
+#[derive(Debug, Default)]
+struct GpuCollected {
+    /// Per field, at its position in [`Field::ALL`]; `None` until the field is first read.
+    fields: Vec<Option<FieldCollected>>,
+    /// Rounds without a sample: failed, late, or skipped while a read was in flight.
+    missed: u32,
+}
+
+/// One field's samples on one GPU.
+#[derive(Debug)]
+struct FieldCollected {
+    samples: Vec<f64>,
+    /// Downsampled, bounded however long the attempt runs.
+    series: SeriesBuilder,
 }
 
 /// Telemetry and events of one attempt.
@@ -49,14 +78,12 @@ pub struct AttemptTelemetry {
 
 /// A running sampler. The attempt owns it; `finish` stops it and returns the summaries.
 pub struct Sampler {
-    source: Arc<dyn GpuSource>,
+    shared: Arc<Shared>,
     gpus: Vec<(u32, String)>,
-    collected: Arc<Mutex<Collected>>,
     stop: watch::Sender<bool>,
-    /// One task per GPU plus the event task; empty once `finish` took them. A sampler
-    /// dropped unfinished (its attempt was aborted) aborts them so sampling never outlives
-    /// the attempt.
-    tasks: Vec<JoinHandle<()>>,
+    /// The task that ticks the rounds; `None` once `finish` took it. A sampler dropped
+    /// unfinished (its attempt was aborted) aborts it so sampling never outlives the attempt.
+    task: Option<JoinHandle<()>>,
     loaded: bool,
 }
 
@@ -78,35 +105,35 @@ impl Sampler {
             // Both sources answer `set_load` at once.
             source.set_load(true);
         }
-        let collected = Arc::new(Mutex::new(Collected::default()));
         let (stop, stopped) = watch::channel(false);
         let period = interval.max(Duration::from_millis(10));
-        let started = tokio::time::Instant::now();
-        let mut tasks: Vec<JoinHandle<()>> = gpus
-            .iter()
-            .map(|(gpu_idx, _)| {
-                tokio::spawn(gpu_worker(
-                    Arc::clone(&source),
-                    *gpu_idx,
-                    period,
-                    started,
-                    Arc::clone(&collected),
-                    stopped.clone(),
-                ))
-            })
-            .collect();
-        tasks.push(tokio::spawn(event_worker(
-            Arc::clone(&source),
-            period,
-            Arc::clone(&collected),
-            stopped,
-        )));
-        Self {
+        let deadline = deadline_for(period);
+        let shared = Arc::new(Shared {
             source,
+            gpus: gpus
+                .iter()
+                .map(|(gpu_idx, _)| GpuSlot {
+                    gpu_idx: *gpu_idx,
+                    busy: AtomicBool::new(false),
+                    late_logged: AtomicBool::new(false),
+                })
+                .collect(),
+            events_busy: AtomicBool::new(false),
+            collected: Mutex::new(Collected {
+                gpus: gpus.iter().map(|_| GpuCollected::default()).collect(),
+                events: Vec::new(),
+            }),
+            deadline,
+            handoff: deadline / HANDOFF_DIVISOR,
+            bucket_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            started: Instant::now(),
+        });
+        let task = tokio::spawn(sample_rounds(Arc::clone(&shared), period, stopped));
+        Self {
+            shared,
             gpus,
-            collected,
             stop,
-            tasks,
+            task: Some(task),
             loaded,
         }
     }
@@ -114,67 +141,53 @@ impl Sampler {
     /// Stops sampling, takes the end samples and summarizes everything per GPU.
     pub async fn finish(mut self) -> AttemptTelemetry {
         let _ = self.stop.send(true);
-        let mut tasks = std::mem::take(&mut self.tasks);
-        let joined = futures::future::join_all(tasks.iter_mut().map(|task| async move {
-            let _ = task.await;
-        }));
-        if tokio::time::timeout(FINISH_WAIT, joined).await.is_err() {
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(FINISH_WAIT, &mut task).await.is_err()
+        {
             tracing::warn!(
                 "telemetry sampling did not stop in time; summarizing what was collected"
             );
-            for task in &tasks {
-                task.abort();
-            }
+            task.abort();
         }
         // The last drain comes after the GPUs' end samples, which may have raised events.
-        let source = Arc::clone(&self.source);
+        let source = Arc::clone(&self.shared.source);
         let mut reader = Deadlined::new(MAX_DEADLINE);
         let last_events = match reader.read(move || source.events()).await {
             Read::Done(events) => events,
             Read::Late | Read::Failed(_) => Vec::new(),
         };
         if self.loaded {
-            self.source.set_load(false);
+            self.shared.source.set_load(false);
         }
-        let mut collected = self
-            .collected
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut gpus = std::mem::take(&mut self.gpus);
-        // GPUs that answered but were not in the inventory (it could not be read) still count.
-        for idx in collected.values.keys() {
-            if !gpus.iter().any(|(known, _)| known == idx) {
-                gpus.push((*idx, String::new()));
-            }
-        }
-        gpus.sort_by_key(|(idx, _)| *idx);
-        let telemetry = gpus
-            .into_iter()
-            .map(|(gpu_index, gpu_uuid)| {
-                let values = collected.values.get(&gpu_index);
-                let fields = Field::ALL
-                    .into_iter()
-                    .filter_map(|field| {
-                        let samples = values.and_then(|v| v.get(&field))?;
-                        FieldSummary::from_samples(field, samples)
-                    })
-                    .collect();
-                GpuTelemetry {
-                    gpu_index,
-                    gpu_uuid,
-                    fields,
-                    samples_missed: collected.missed.get(&gpu_index).copied().unwrap_or(0),
+        let mut collected = self.shared.lock();
+        let gpus = std::mem::take(&mut self.gpus);
+        let mut order: Vec<usize> = (0..gpus.len()).collect();
+        order.sort_by_key(|slot| gpus[*slot].0);
+        let mut telemetry = Vec::with_capacity(gpus.len());
+        let mut series = Vec::new();
+        for slot in order {
+            let (gpu_index, gpu_uuid) = gpus[slot].clone();
+            let Some(gpu) = collected.gpus.get(slot) else {
+                continue;
+            };
+            let mut fields = Vec::new();
+            for (field, collected) in Field::ALL.into_iter().zip(&gpu.fields) {
+                let Some(collected) = collected else { continue };
+                if let Some(summary) = FieldSummary::from_samples(field, &collected.samples) {
+                    fields.push(summary);
                 }
-            })
-            .collect();
+                series.push(collected.series.build(gpu_index, field));
+            }
+            telemetry.push(GpuTelemetry {
+                gpu_index,
+                gpu_uuid,
+                fields,
+                samples_missed: gpu.missed,
+            });
+        }
         let mut events = std::mem::take(&mut collected.events);
         events.extend(last_events);
         events.sort_by_key(|event| event.at);
-        let series = collected
-            .series
-            .iter()
-            .map(|((gpu_index, field), builder)| builder.build(*gpu_index, *field))
-            .collect();
         AttemptTelemetry {
             telemetry,
             events,
@@ -185,13 +198,11 @@ impl Sampler {
 
 impl Drop for Sampler {
     fn drop(&mut self) {
-        if !self.tasks.is_empty() {
-            for task in &self.tasks {
-                task.abort();
-            }
+        if let Some(task) = self.task.take() {
+            task.abort();
             if self.loaded {
                 // Both sources answer `set_load` at once, so calling it here does not block.
-                self.source.set_load(false);
+                self.shared.source.set_load(false);
             }
         }
     }
@@ -244,108 +255,234 @@ impl<T: Send + 'static> Deadlined<T> {
     }
 }
 
-/// Samples one GPU: a start sample, one per tick until stopped, and an end sample.
-async fn gpu_worker(
-    source: Arc<dyn GpuSource>,
+/// One GPU of the sampler.
+struct GpuSlot {
     gpu_idx: u32,
-    period: Duration,
-    started: tokio::time::Instant,
-    collected: Arc<Mutex<Collected>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let bucket_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
-    let mut reader = Deadlined::new(deadline_for(period));
-    let mut late_logged = false;
-    let mut round = async |reader: &mut Deadlined<_>| {
-        let source = Arc::clone(&source);
-        let read = reader.read(move || source.sample_gpu(gpu_idx)).await;
-        let mut collected = collected
+    /// A read of this GPU is in flight (claimed by a round and not returned).
+    busy: AtomicBool,
+    /// The first missed deadline was logged; later ones are only counted.
+    late_logged: AtomicBool,
+}
+
+/// What the round task and the blocking readers share.
+struct Shared {
+    source: Arc<dyn GpuSource>,
+    gpus: Vec<GpuSlot>,
+    /// An event drain is in flight.
+    events_busy: AtomicBool,
+    /// What has been gathered; summarized by `finish` even when a read is stuck.
+    collected: Mutex<Collected>,
+    /// A read that takes longer is discarded and counted as missed.
+    deadline: Duration,
+    /// A round not done after this hands its unclaimed reads to a fresh thread.
+    handoff: Duration,
+    /// The series' first bucket width: the sampling interval.
+    bucket_ms: u64,
+    /// When sampling started; series points are offsets from it.
+    started: Instant,
+}
+
+/// What a round reads.
+#[derive(Clone, Copy, Debug)]
+enum Item {
+    /// One sample of `Shared::gpus[i]`.
+    Gpu(usize),
+    /// One drain of the critical events.
+    Events,
+}
+
+/// One round: its reads, claimed one at a time by whichever blocking reader gets there first.
+struct Round {
+    items: Vec<Item>,
+    /// The next item to claim (past the end once all are claimed).
+    next: AtomicUsize,
+    /// Items done.
+    done: AtomicUsize,
+    /// Told once every item is done.
+    all_done: Notify,
+}
+
+impl Round {
+    fn all_claimed(&self) -> bool {
+        self.next.load(Ordering::Acquire) >= self.items.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.collected
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match read {
-            Read::Done(Ok(fields)) => {
-                tracing::debug!(gpu_idx, ?fields, "telemetry sample");
-                let offset_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                for (field, value) in &fields {
-                    collected
-                        .series
-                        .entry((gpu_idx, *field))
-                        .or_insert_with(|| SeriesBuilder::new(bucket_ms, MAX_SERIES_POINTS))
-                        .push(offset_ms, *value);
-                }
-                let per_gpu = collected.values.entry(gpu_idx).or_default();
-                for (field, value) in fields {
-                    per_gpu.entry(field).or_default().push(value);
-                }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The reads of a new round: every GPU and the event drain, except those whose previous
+    /// read is still in flight (each such GPU misses this round).
+    fn claim_round(&self) -> Vec<Item> {
+        let mut items = Vec::with_capacity(self.gpus.len() + 1);
+        let mut missed = Vec::new();
+        for (slot, gpu) in self.gpus.iter().enumerate() {
+            if gpu.busy.swap(true, Ordering::AcqRel) {
+                missed.push(slot);
+            } else {
+                items.push(Item::Gpu(slot));
             }
-            Read::Done(Err(error)) => {
-                tracing::debug!(gpu_idx, %error, "telemetry sample failed");
-                *collected.missed.entry(gpu_idx).or_default() += 1;
-            }
-            Read::Late => {
-                if !late_logged {
-                    late_logged = true;
+        }
+        if !self.events_busy.swap(true, Ordering::AcqRel) {
+            items.push(Item::Events);
+        }
+        if !missed.is_empty() {
+            let mut collected = self.lock();
+            for slot in missed {
+                let gpu = &self.gpus[slot];
+                if !gpu.late_logged.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        gpu_idx,
+                        gpu_idx = gpu.gpu_idx,
                         "a GPU read missed its deadline; counting its missed rounds"
                     );
                 }
-                *collected.missed.entry(gpu_idx).or_default() += 1;
-            }
-            Read::Failed(error) => {
-                tracing::warn!(gpu_idx, %error, "telemetry read task failed");
-                *collected.missed.entry(gpu_idx).or_default() += 1;
+                if let Some(gpu) = collected.gpus.get_mut(slot) {
+                    gpu.missed += 1;
+                }
             }
         }
-    };
-    // The start sample, taken before looking at `stop` so every attempt has it.
-    round(&mut reader).await;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    // A round that overran (the start sample of a stalled GPU) skips the ticks it covered:
-    // they are counted as missed by the next round's `Late`, never replayed as a burst.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
-        round(&mut reader).await;
+        items
     }
-    // The end sample, so even a step shorter than the interval has two.
-    round(&mut reader).await;
-}
 
-/// Drains the source's critical events every period, and once more when stopped.
-async fn event_worker(
-    source: Arc<dyn GpuSource>,
-    period: Duration,
-    collected: Arc<Mutex<Collected>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut reader = Deadlined::new(deadline_for(period));
-    let drain = async |reader: &mut Deadlined<_>| {
-        let source = Arc::clone(&source);
-        if let Read::Done(events) = reader.read(move || source.events()).await {
-            let events: Vec<GpuEvent> = events;
+    /// Claims and reads the round's items until none is left. Runs on a blocking thread.
+    fn read_round(&self, round: &Round) {
+        loop {
+            let Some(item) = round.items.get(round.next.fetch_add(1, Ordering::AcqRel)) else {
+                return;
+            };
+            match *item {
+                Item::Gpu(slot) => self.read_gpu(slot),
+                Item::Events => self.drain_events(),
+            }
+            if round.done.fetch_add(1, Ordering::AcqRel) + 1 == round.items.len() {
+                round.all_done.notify_one();
+            }
+        }
+    }
+
+    fn read_gpu(&self, slot: usize) {
+        let gpu = &self.gpus[slot];
+        let gpu_idx = gpu.gpu_idx;
+        let began = Instant::now();
+        let read = self.source.sample_gpu(gpu_idx);
+        let late = began.elapsed() > self.deadline;
+        {
+            let mut collected = self.lock();
+            let Some(collected) = collected.gpus.get_mut(slot) else {
+                gpu.busy.store(false, Ordering::Release);
+                return;
+            };
+            match read {
+                Ok(fields) if !late => {
+                    tracing::debug!(gpu_idx, ?fields, "telemetry sample");
+                    let offset_ms =
+                        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    if collected.fields.is_empty() {
+                        collected.fields.resize_with(Field::ALL.len(), || None);
+                    }
+                    for (field, value) in fields {
+                        let Some(position) = Field::ALL.iter().position(|f| *f == field) else {
+                            continue;
+                        };
+                        let entry =
+                            collected.fields[position].get_or_insert_with(|| FieldCollected {
+                                samples: Vec::new(),
+                                series: SeriesBuilder::new(self.bucket_ms, MAX_SERIES_POINTS),
+                            });
+                        entry.samples.push(value);
+                        entry.series.push(offset_ms, value);
+                    }
+                }
+                Ok(_) => {
+                    if !gpu.late_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            gpu_idx,
+                            "a GPU read missed its deadline; counting its missed rounds"
+                        );
+                    }
+                    collected.missed += 1;
+                }
+                Err(error) => {
+                    tracing::debug!(gpu_idx, %error, "telemetry sample failed");
+                    collected.missed += 1;
+                }
+            }
+        }
+        gpu.busy.store(false, Ordering::Release);
+    }
+
+    fn drain_events(&self) {
+        let events = self.source.events();
+        if !events.is_empty() {
             for event in &events {
                 tracing::warn!(gpu_index = event.gpu_index, kind = %event.kind, code = event.code, "GPU event during the step");
             }
-            collected
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .events
-                .extend(events);
+            self.lock().events.extend(events);
         }
-    };
+        self.events_busy.store(false, Ordering::Release);
+    }
+}
+
+/// Runs one round: hands it to a blocking reader and, while it is not done after
+/// `Shared::handoff` and reads remain unclaimed, to one more. The last round waits up to the
+/// read deadline for reads still in flight, so the end samples are in before `finish`
+/// summarizes.
+async fn run_round(shared: &Arc<Shared>, last: bool) {
+    let items = shared.claim_round();
+    if items.is_empty() {
+        return;
+    }
+    let round = Arc::new(Round {
+        items,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        all_done: Notify::new(),
+    });
+    loop {
+        let reader = {
+            let (shared, round) = (Arc::clone(shared), Arc::clone(&round));
+            move || shared.read_round(&round)
+        };
+        // Detached: a reader stuck in a read finishes (or not) on its own.
+        drop(tokio::task::spawn_blocking(reader));
+        if tokio::time::timeout(shared.handoff, round.all_done.notified())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if round.all_claimed() {
+            // Only reads in flight are left, each on its own GPU.
+            if last {
+                let _ = tokio::time::timeout(shared.deadline, round.all_done.notified()).await;
+            }
+            return;
+        }
+        tracing::debug!("a telemetry read is slow; the rest of the round goes to another thread");
+    }
+}
+
+/// Ticks the rounds: a start round, one per interval until stopped, and an end round.
+async fn sample_rounds(shared: Arc<Shared>, period: Duration, mut stop: watch::Receiver<bool>) {
+    // The start round, taken before looking at `stop` so every attempt has it.
+    run_round(&shared, false).await;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A round that overran skips the ticks it covered: a GPU still busy is counted as missed
+    // by the next round, never replayed as a burst.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => break,
         }
-        drain(&mut reader).await;
+        run_round(&shared, false).await;
     }
+    // The end round, so even a step shorter than the interval has two samples.
+    run_round(&shared, true).await;
 }
 
 #[cfg(test)]
