@@ -11,7 +11,7 @@ use super::model::{
     SHOWN_OK_EVIDENCE,
 };
 use super::stream::{Layout, NamedSection};
-use super::text::{self, Html, put};
+use super::text::{self, Fixed, Html, Stat, put};
 use std::collections::BTreeSet;
 use tollgate_domain::report_signature::{self as signature, SignatureBlock};
 use tollgate_domain::telemetry::Field;
@@ -962,18 +962,18 @@ fn telemetry_table(out: &mut String, report: &Report, a: &AttemptView) {
             put!(
                 out,
                 "{} / {} / {} / {} / {}",
-                text::stat(f.min),
-                text::stat(f.mean),
-                text::stat(f.max),
-                text::stat(f.p99),
-                text::stat(f.last)
+                Stat(f.min),
+                Stat(f.mean),
+                Stat(f.max),
+                Stat(f.p99),
+                Stat(f.last)
             );
             for c in f.checks.iter().filter(|c| !c.ok) {
                 put!(
                     out,
                     " <strong>NOT OK: {} {}, limit {}</strong>",
                     c.aggregate,
-                    text::stat(c.value),
+                    Stat(c.value),
                     Html(&c.condition)
                 );
             }
@@ -1042,8 +1042,8 @@ fn chart(
         let y = CHART_TOP + idx as f64 * CHART_ROW;
         put!(
             out,
-            "<text x=\"0\" y=\"{:.0}\">GPU {gpu_index}</text>",
-            y + 10.0
+            "<text x=\"0\" y=\"{}\">GPU {gpu_index}</text>",
+            Fixed(y + 10.0, 0)
         );
         if !finite(f) {
             continue;
@@ -1055,8 +1055,9 @@ fn chart(
             &mut bars
         };
         let width = (x1 - x0).max(1.5);
-        put!(target, "M{x0:.1} {:.0}h{width:.1}v8h-{width:.1}z", y + 3.0);
-        put!(means, "M{:.1} {:.0}v12", x(f.mean), y + 1.0);
+        let (x0, width) = (Fixed(x0, 1), Fixed(width, 1));
+        put!(target, "M{x0} {}h{width}v8h-{width}z", Fixed(y + 3.0, 0));
+        put!(means, "M{} {}v12", Fixed(x(f.mean), 1), Fixed(y + 1.0, 0));
     }
     for (class, d) in [("rg", &bars), ("rg x", &bad_bars), ("mn", &means)] {
         if !d.is_empty() {

@@ -310,11 +310,11 @@ fn attempt_text(attempt: &AttemptView) -> String {
                 gpu.gpu_index,
                 f.field,
                 f.unit,
-                text::stat(f.min),
-                text::stat(f.mean),
-                text::stat(f.max),
-                text::stat(f.p99),
-                text::stat(f.last),
+                text::Stat(f.min),
+                text::Stat(f.mean),
+                text::Stat(f.max),
+                text::Stat(f.p99),
+                text::Stat(f.last),
                 f.samples
             );
             for c in &f.checks {

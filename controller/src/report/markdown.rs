@@ -13,38 +13,80 @@ const MAX_PADDED_WIDTH: usize = 40;
 /// Simulated node names listed in the banner; the node table marks every one.
 const BANNER_NODE_NAMES: usize = 10;
 
-/// A table collected before writing, so its columns can be padded to a common width.
+/// A table collected before writing, so its columns can be padded to a common width. The
+/// cells are kept back to back in one string: a fleet report's tables hold millions of cells,
+/// and one allocation each would cost more than writing them.
 struct Table {
     head: &'static [&'static str],
-    rows: Vec<Vec<String>>,
+    /// Every cell's text, in row order.
+    text: String,
+    /// Where each cell ends in `text`.
+    ends: Vec<usize>,
+    /// Each column's width so far, in characters, capped at [`MAX_PADDED_WIDTH`].
+    widths: Vec<usize>,
+}
+
+/// Characters in `text`; its length when it is ASCII, as most cells are.
+fn width_of(text: &str) -> usize {
+    if text.is_ascii() {
+        text.len()
+    } else {
+        text.chars().count()
+    }
 }
 
 impl Table {
     fn new(head: &'static [&'static str]) -> Self {
         Self {
             head,
-            rows: Vec::new(),
+            text: String::new(),
+            ends: Vec::new(),
+            widths: head.iter().map(|h| width_of(h)).collect(),
         }
+    }
+
+    /// Ends the cell that started at `start`.
+    fn close(&mut self, start: usize) {
+        let column = self.ends.len() % self.head.len();
+        let width = width_of(&self.text[start..]).min(MAX_PADDED_WIDTH);
+        self.widths[column] = self.widths[column].max(width);
+        self.ends.push(self.text.len());
+    }
+
+    /// Adds the next cell, written by `value`'s `Display`.
+    fn cell(&mut self, value: impl std::fmt::Display) {
+        let start = self.text.len();
+        put!(self.text, "{value}");
+        self.close(start);
+    }
+
+    /// Adds the next cell.
+    fn cell_str(&mut self, value: &str) {
+        let start = self.text.len();
+        self.text.push_str(value);
+        self.close(start);
     }
 
     fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.head.len(), "one cell per column");
-        self.rows.push(cells);
+        for cell in &cells {
+            self.cell_str(cell);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 
     fn write(&self, out: &mut String) {
-        let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count().min(MAX_PADDED_WIDTH));
-            }
-        }
+        debug_assert_eq!(self.ends.len() % self.head.len(), 0, "whole rows");
+        let widths = &self.widths;
         let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
             out.push('|');
-            for (cell, width) in cells.zip(&widths) {
+            for (cell, width) in cells.zip(widths) {
                 out.push(' ');
                 out.push_str(cell);
-                let pad = width.saturating_sub(cell.chars().count());
+                let pad = width.saturating_sub(width_of(cell));
                 out.extend(std::iter::repeat_n(' ', pad));
                 out.push_str(" |");
             }
@@ -52,13 +94,19 @@ impl Table {
         };
         line(out, &mut self.head.iter().copied());
         out.push('|');
-        for width in &widths {
+        for width in widths {
             out.extend(std::iter::repeat_n('-', width + 2));
             out.push('|');
         }
         out.push('\n');
-        for row in &self.rows {
-            line(out, &mut row.iter().map(String::as_str));
+        let mut start = 0;
+        for row in self.ends.chunks(self.head.len()) {
+            let mut cells = row.iter().map(|&end| {
+                let cell = &self.text[start..end];
+                start = end;
+                cell
+            });
+            line(out, &mut cells);
         }
         out.push('\n');
     }
@@ -653,7 +701,7 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
             ]);
         }
     }
-    if !table.rows.is_empty() {
+    if !table.is_empty() {
         out.push_str("Measurements:\n\n");
         table.write(out);
     }
@@ -662,35 +710,33 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
         "Step", "Attempt", "GPU", "Field", "Unit", "Min", "Mean", "Max", "p99", "Last", "Samples",
         "Limit",
     ]);
+    let mut limits = String::new();
     for a in attempts {
+        let step_name = md(&a.step_name);
         for gpu in &a.telemetry {
             for f in &gpu.fields {
-                let limits: Vec<String> = f
-                    .checks
-                    .iter()
-                    .map(|c| {
-                        let ok = if c.ok { "ok" } else { "**NOT OK**" };
-                        format!("{} {} ({ok})", c.aggregate, md(&c.condition))
-                    })
-                    .collect();
-                table.row(vec![
-                    md(&a.step_name),
-                    a.attempt.to_string(),
-                    gpu.gpu_index.to_string(),
-                    f.field.to_owned(),
-                    f.unit.to_owned(),
-                    text::stat(f.min),
-                    text::stat(f.mean),
-                    text::stat(f.max),
-                    text::stat(f.p99),
-                    text::stat(f.last),
-                    f.samples.to_string(),
-                    limits.join("; "),
-                ]);
+                limits.clear();
+                for (idx, c) in f.checks.iter().enumerate() {
+                    let ok = if c.ok { "ok" } else { "**NOT OK**" };
+                    let sep = if idx > 0 { "; " } else { "" };
+                    put!(limits, "{sep}{} {} ({ok})", c.aggregate, md(&c.condition));
+                }
+                table.cell_str(&step_name);
+                table.cell(a.attempt);
+                table.cell(gpu.gpu_index);
+                table.cell_str(f.field);
+                table.cell_str(f.unit);
+                table.cell(text::Stat(f.min));
+                table.cell(text::Stat(f.mean));
+                table.cell(text::Stat(f.max));
+                table.cell(text::Stat(f.p99));
+                table.cell(text::Stat(f.last));
+                table.cell(f.samples);
+                table.cell_str(&limits);
             }
         }
     }
-    if !table.rows.is_empty() {
+    if !table.is_empty() {
         out.push_str("Telemetry during each attempt:\n\n");
         table.write(out);
     }
@@ -729,7 +775,7 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
             ]);
         }
     }
-    if !table.rows.is_empty() {
+    if !table.is_empty() {
         out.push_str("GPU events:\n\n");
         table.write(out);
     }

@@ -49,12 +49,86 @@ pub(crate) fn exact(value: f64) -> String {
 
 /// A telemetry statistic, to two decimals without trailing zeros.
 pub(crate) fn stat(value: f64) -> String {
-    if !value.is_finite() {
-        return "n/a".to_owned();
+    Stat(value).to_string()
+}
+
+/// [`stat`] without an allocation, for the hot paths: a fleet report writes millions.
+#[derive(Clone, Copy)]
+pub(crate) struct Stat(pub f64);
+
+impl std::fmt::Display for Stat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.0;
+        if !value.is_finite() {
+            return f.write_str("n/a");
+        }
+        match scaled(value, 2) {
+            Some((negative, mut units, mut decimals)) => {
+                let scale = SCALES[decimals as usize];
+                let (whole, mut fraction) = (units / scale, units % scale);
+                // Trailing zeros go; `-0` reads as a typo in a table.
+                while decimals > 0 && fraction % 10 == 0 {
+                    fraction /= 10;
+                    decimals -= 1;
+                }
+                units = whole;
+                if negative && (units != 0 || decimals > 0) {
+                    f.write_str("-")?;
+                }
+                write!(f, "{units}")?;
+                if decimals > 0 {
+                    write!(f, ".{fraction:0width$}", width = decimals as usize)?;
+                }
+                Ok(())
+            }
+            None => {
+                let text = trim_zeros(format!("{value:.2}"));
+                f.write_str(if text == "-0" { "0" } else { &text })
+            }
+        }
     }
-    let text = trim_zeros(format!("{value:.2}"));
-    // `-0` reads as a typo in a table.
-    if text == "-0" { "0".to_owned() } else { text }
+}
+
+/// A number with exactly `decimals` (at most 3) decimals, as `{:.N}` writes it, without
+/// the slow exact-formatting path of the standard library for the common case.
+#[derive(Clone, Copy)]
+pub(crate) struct Fixed(pub f64, pub u32);
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Fixed(value, decimals) = *self;
+        match scaled(value, decimals) {
+            Some((negative, units, decimals)) => {
+                let scale = SCALES[decimals as usize];
+                if negative {
+                    f.write_str("-")?;
+                }
+                write!(f, "{}", units / scale)?;
+                if decimals > 0 {
+                    write!(f, ".{:0width$}", units % scale, width = decimals as usize)?;
+                }
+                Ok(())
+            }
+            None => write!(f, "{value:.*}", decimals as usize),
+        }
+    }
+}
+
+const SCALES: [u64; 4] = [1, 10, 100, 1000];
+
+/// `value` × 10^`decimals` rounded to an integer, with its sign apart: `None` when the fast
+/// path could differ from `{:.N}` (not finite, too large, or within a hair of a rounding tie,
+/// where the multiplication's own rounding could decide), so the caller falls back to it.
+fn scaled(value: f64, decimals: u32) -> Option<(bool, u64, u32)> {
+    let decimals = decimals.min(3);
+    if !value.is_finite() {
+        return None;
+    }
+    let scaled = value.abs() * SCALES[decimals as usize] as f64;
+    if scaled >= 1e15 || (scaled.fract() - 0.5).abs() < 1e-6 {
+        return None;
+    }
+    Some((value.is_sign_negative(), scaled.round() as u64, decimals))
 }
 
 fn trim_zeros(text: String) -> String {
@@ -130,6 +204,23 @@ impl std::fmt::Display for Html<'_> {
 /// backslash-escaped. Characters that cannot start markup where they stand stay as they are,
 /// so the file reads well in a terminal: `gpu_temp_c`, `< 88`, `a > b`.
 pub(crate) fn md(text: &str) -> String {
+    // Most text (names, versions, numbers) holds nothing that could start markup.
+    let plain = text.bytes().enumerate().all(|(idx, b)| {
+        b.is_ascii_alphanumeric()
+            || b == b' '
+            || b == b':'
+            || b == b'/'
+            || b == b','
+            || (b == b'-' && idx > 0)
+            || (b == b'.'
+                && text
+                    .as_bytes()
+                    .get(idx + 1)
+                    .is_some_and(u8::is_ascii_alphanumeric))
+    });
+    if plain {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len() + 8);
     let chars: Vec<char> = text.chars().collect();
     let next_is = |idx: usize, test: fn(char) -> bool| chars.get(idx + 1).is_some_and(|&c| test(c));
@@ -229,8 +320,50 @@ mod tests {
         assert_eq!(md("12.5 GB/s"), "12.5 GB/s");
         assert_eq!(md("&lt; & b"), r"\&lt; & b");
         assert_eq!(md("two\nlines"), "two lines");
+        assert_eq!(md("1. item"), r"1\. item");
+        assert_eq!(md("1."), r"1\.");
+        assert_eq!(md("lab-a-r01-n003"), "lab-a-r01-n003");
+        assert_eq!(md("550.54.15"), "550.54.15");
         assert_eq!(md_code("a|b"), r"`a\|b`");
         assert_eq!(md_code("a`b"), r"a\`b");
+    }
+
+    #[test]
+    fn fast_fixed_formatting_matches_the_standard_library() {
+        let mut value = -1234.5678_f64;
+        while value < 1234.5678 {
+            for decimals in 0..=3 {
+                assert_eq!(
+                    Fixed(value, decimals).to_string(),
+                    format!("{value:.*}", decimals as usize),
+                    "{value} to {decimals} decimals"
+                );
+            }
+            let old = trim_zeros(format!("{value:.2}"));
+            let old = if old == "-0" { "0".to_owned() } else { old };
+            assert_eq!(stat(value), old, "{value}");
+            value += 0.0137;
+        }
+        for value in [
+            0.0,
+            -0.0,
+            0.005,
+            0.125,
+            2.675,
+            1e20,
+            f64::NAN,
+            -0.001,
+            99.995,
+        ] {
+            assert_eq!(
+                Fixed(value, 2).to_string(),
+                format!("{value:.2}"),
+                "{value}"
+            );
+        }
+        assert_eq!(stat(-0.0), "0");
+        assert_eq!(stat(70.0), "70");
+        assert_eq!(stat(70.5), "70.5");
     }
 
     #[test]

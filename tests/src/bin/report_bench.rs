@@ -1,21 +1,25 @@
-//! Report benchmark: renders the customer report of a synthetic fleet (1,000 nodes × 8 GPUs ×
-//! 10 steps by default) from a real SQLite store, next to the baseline measured in the same run:
-//! the time to fetch the same rows (`Store::load_evidence`) and serialize them
-//! (`serde_json::to_vec`).
+//! Report benchmark: renders the customer report of a synthetic fleet (250 and 1,000 nodes ×
+//! 8 GPUs × 10 steps by default) from a real SQLite store through the controller's streaming
+//! path (`report::render_from_store`), next to an equally streaming baseline measured in the
+//! same run: reading the same rows the same way (`Store::read_report_evidence`, a page of
+//! nodes at a time, on the same pipeline) and serializing each page to JSON into a sink.
 //!
 //! Each measurement runs in a fresh child process of this binary, so every peak RSS (VmHWM)
-//! belongs to one format alone.
+//! belongs to one format alone. The gate is evaluated once per fleet by the parent and stored;
+//! a child loads that decision, as the controller loads a stored one.
 //!
 //! ```text
 //! cargo build --release -p tollgate-tests --bin report-bench
-//! ./target/release/report-bench --nodes 1000
+//! ./target/release/report-bench --nodes 250,1000
 //! ```
 
 use anyhow::{Context, bail};
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tollgate_controller::report::{self, ReportFormat, ReportInput};
-use tollgate_controller::store::{JobRecord, RunRecord, RunState, Store};
+use tokio::sync::mpsc;
+use tollgate_controller::report::{self, ReportFormat, ReportHead};
+use tollgate_controller::store::{JobRecord, ReportRows, RunRecord, RunState, Store};
 use tollgate_domain::gate::{self, Evidence, GatePolicy};
 use tollgate_domain::job::JobState;
 use tollgate_domain::plan::{Plan, Step};
@@ -41,31 +45,43 @@ rules:
 "#;
 
 struct Args {
-    nodes: usize,
+    nodes: Vec<usize>,
     repeat: usize,
     /// Set in a child: the mode to measure and the store to read.
     child: Option<(String, String)>,
+    /// Keep each fleet's store in this directory (`nodes-N.db`) and reuse it when present.
+    keep: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
-        nodes: 1000,
+        nodes: vec![250, 1000],
         repeat: 3,
         child: None,
+        keep: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--nodes" => args.nodes = value()?.parse().context("--nodes N")?,
+            "--nodes" => {
+                args.nodes = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .context("--nodes N[,N...]")?
+            }
             "--repeat" => args.repeat = value()?.parse().context("--repeat N")?,
             "--child" => {
                 let mode = value()?;
                 let url = value()?;
                 args.child = Some((mode, url));
             }
+            "--keep" => args.keep = Some(value()?.into()),
             "-h" | "--help" => {
-                println!("report-bench [--nodes N (1000)] [--repeat N (3)]");
+                println!(
+                    "report-bench [--nodes N[,N...] (250,1000)] [--repeat N (3)] [--keep DIR]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown flag {other}; see --help"),
@@ -215,64 +231,103 @@ fn best(times: &[Duration]) -> Duration {
     times.iter().copied().min().unwrap_or_default()
 }
 
-/// A child: loads the evidence, then measures `mode` `repeat` times and prints one line:
-/// `mode load_ms work_ms bytes vmhwm_kib`.
+/// Counts the bytes written to it and drops them.
+#[derive(Default)]
+struct CountingSink {
+    n_bytes: u64,
+}
+
+impl Write for CountingSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.n_bytes += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The baseline: the report's reads, on the report's pipeline (reads on the runtime, a
+/// blocking thread consuming pages), each page serialized to JSON into a sink. Returns the
+/// bytes serialized.
+async fn fetch_and_serialize(store: &Store, release: &Release) -> anyhow::Result<u64> {
+    let (sender, mut receiver) = mpsc::channel::<ReportRows>(2);
+    let serialize = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, CountingSink::default());
+        while let Some(rows) = receiver.blocking_recv() {
+            match rows {
+                ReportRows::Runs(runs) => serde_json::to_writer(&mut sink, &runs)?,
+                ReportRows::Nodes(nodes) => {
+                    for node in &nodes {
+                        let jobs: Vec<_> = node
+                            .jobs
+                            .iter()
+                            .map(|job| (&job.run_id, &job.job))
+                            .collect();
+                        serde_json::to_writer(&mut sink, &(&node.node, &node.registered, jobs))?;
+                    }
+                }
+            }
+        }
+        sink.flush()?;
+        let sink = sink.into_inner().map_err(|error| error.into_error())?;
+        Ok(sink.n_bytes)
+    });
+    store
+        .read_report_evidence(&release.id, MILESTONE, |_| true, report::PAGE_NODES, sender)
+        .await?;
+    serialize.await?
+}
+
+/// A child: measures `mode` `repeat` times and prints one line:
+/// `mode work_ms bytes vmhwm_kib_before vmhwm_kib`.
 async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
     let store = Store::connect(url).await?;
     let release: Release = store
         .get_release(&ts::release().id)
         .await?
         .context("release missing")?;
-    let started = Instant::now();
-    let evidence: Evidence = store.load_evidence(&release, MILESTONE).await?;
-    let load = started.elapsed();
-    let (work, n_bytes) = if mode == "baseline" {
-        let mut times = Vec::new();
-        let mut n_bytes = 0;
-        for _ in 0..repeat {
-            // The baseline's time is the fetch and the serialization together.
-            let started = Instant::now();
-            let evidence = store.load_evidence(&release, MILESTONE).await?;
-            let bytes = serde_json::to_vec(&evidence)?;
-            times.push(started.elapsed());
-            n_bytes = bytes.len();
-        }
-        (best(&times), n_bytes)
-    } else {
-        let format: ReportFormat = mode.parse().map_err(anyhow::Error::msg)?;
-        let policy: GatePolicy =
-            gate::parse_gate("gate.yaml", GATE).map_err(|errors| anyhow::anyhow!("{errors}"))?;
-        let nodes = store.list_nodes().await?;
-        let decision = gate::evaluate(&policy, &evidence, &[], at(5000));
-        let input = ReportInput {
-            release,
-            milestone: MILESTONE.into(),
-            policy,
-            decision,
-            evidence,
-            plans: vec![plan()],
-            nodes,
-            generated_at: at(5000),
-            controller_version: "bench".into(),
-            waivers: Vec::new(),
-            audit_head: None,
-            scope: None,
+    let decision = store
+        .latest_decision(&release.id, MILESTONE)
+        .await?
+        .context("the parent stores a decision")?;
+    let policy: GatePolicy =
+        gate::parse_gate("gate.yaml", GATE).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let rss_before = peak_rss_kib();
+    let mut times = Vec::new();
+    let mut n_bytes = 0;
+    for _ in 0..repeat {
+        let started = Instant::now();
+        n_bytes = if mode == "baseline" {
+            fetch_and_serialize(&store, &release).await?
+        } else {
+            let format: ReportFormat = mode.parse().map_err(anyhow::Error::msg)?;
+            let head = ReportHead {
+                evidence_release: release.id.clone(),
+                evidence_milestone: MILESTONE.into(),
+                release: release.clone(),
+                milestone: MILESTONE.into(),
+                policy: policy.clone(),
+                decision: decision.clone(),
+                plans: vec![plan()],
+                generated_at: at(5000),
+                controller_version: "bench".into(),
+                waivers: Vec::new(),
+                audit_head: None,
+                scope: None,
+            };
+            let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let out = std::io::BufWriter::with_capacity(1 << 20, CountingSink::default());
+            report::render_from_store(&store, head, format, key, out)
+                .await?
+                .n_bytes
         };
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let mut times = Vec::new();
-        let mut n_bytes = 0;
-        for _ in 0..repeat {
-            let started = Instant::now();
-            let rendered = report::render(&input, format, &key);
-            times.push(started.elapsed());
-            n_bytes = rendered.content.len();
-        }
-        (best(&times), n_bytes)
-    };
+        times.push(started.elapsed());
+    }
     println!(
-        "{mode} {:.1} {:.1} {n_bytes} {}",
-        load.as_secs_f64() * 1000.0,
-        work.as_secs_f64() * 1000.0,
+        "{mode} {:.1} {n_bytes} {rss_before} {}",
+        best(&times).as_secs_f64() * 1000.0,
         peak_rss_kib()
     );
     Ok(())
@@ -280,9 +335,9 @@ async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
 
 struct Measured {
     mode: String,
-    load_ms: f64,
     work_ms: f64,
     n_bytes: u64,
+    rss_before_kib: u64,
     rss_kib: u64,
 }
 
@@ -299,16 +354,41 @@ fn run_child(exe: &Path, mode: &str, url: &str, repeat: usize) -> anyhow::Result
     }
     let line = String::from_utf8(output.stdout).context("child output is UTF-8")?;
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let [mode, load_ms, work_ms, n_bytes, rss_kib] = fields[..] else {
+    let [mode, work_ms, n_bytes, rss_before_kib, rss_kib] = fields[..] else {
         bail!("unexpected child output: {line}");
     };
     Ok(Measured {
         mode: mode.to_owned(),
-        load_ms: load_ms.parse()?,
         work_ms: work_ms.parse()?,
         n_bytes: n_bytes.parse()?,
+        rss_before_kib: rss_before_kib.parse()?,
         rss_kib: rss_kib.parse()?,
     })
+}
+
+/// Fills a fresh store with `n_nodes` nodes and stores the gate's decision over them.
+fn prepare(runtime: &tokio::runtime::Runtime, url: &str, n_nodes: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    runtime.block_on(async {
+        let store = Store::connect(url).await?;
+        populate(&store, n_nodes).await?;
+        let release = store
+            .get_release(&ts::release().id)
+            .await?
+            .context("release missing")?;
+        let evidence: Evidence = store.load_evidence(&release, MILESTONE).await?;
+        let policy: GatePolicy =
+            gate::parse_gate("gate.yaml", GATE).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        let decision = gate::evaluate(&policy, &evidence, &[], at(5000));
+        store.insert_decision(&decision).await?;
+        store.close().await;
+        anyhow::Ok(())
+    })?;
+    println!(
+        "stored {n_nodes} nodes × {N_GPUS} GPUs × {N_STEPS} steps in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -321,44 +401,46 @@ fn main() -> anyhow::Result<()> {
     if let Some((mode, url)) = &args.child {
         return runtime.block_on(child(mode, url, args.repeat));
     }
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let started = Instant::now();
-    runtime.block_on(async {
-        let store = Store::connect(&url).await?;
-        populate(&store, args.nodes).await?;
-        store.close().await;
-        anyhow::Ok(())
-    })?;
-    println!(
-        "stored {} nodes × {N_GPUS} GPUs × {N_STEPS} steps in {:.1} s",
-        args.nodes,
-        started.elapsed().as_secs_f64()
-    );
     let exe = std::env::current_exe().context("own path")?;
-    let mut measured = Vec::new();
-    for mode in MODES {
-        measured.push(run_child(&exe, mode, &url, args.repeat)?);
+    let mut table = Vec::new();
+    for &n_nodes in &args.nodes {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let path = match &args.keep {
+            Some(keep) => keep.join(format!("nodes-{n_nodes}.db")),
+            None => dir.path().join("bench.db"),
+        };
+        let url = format!("sqlite://{}", path.display());
+        if !path.exists() {
+            prepare(&runtime, &url, n_nodes)?;
+        }
+        for mode in MODES {
+            table.push((n_nodes, run_child(&exe, mode, &url, args.repeat)?));
+        }
     }
-    let baseline = &measured[0];
     println!(
-        "{:<9} {:>9} {:>10} {:>7} {:>10} {:>10}",
-        "mode", "load ms", "work ms", "ratio", "MiB out", "peak RSS"
+        "{:>6} {:<9} {:>9} {:>7} {:>9} {:>11} {:>10}",
+        "nodes", "mode", "time ms", "ratio", "MiB out", "RSS before", "peak RSS"
     );
-    for m in &measured {
+    for (n_nodes, m) in &table {
+        let baseline = table
+            .iter()
+            .find(|(n, m)| n == n_nodes && m.mode == "baseline")
+            .map_or(f64::NAN, |(_, m)| m.work_ms);
         println!(
-            "{:<9} {:>9.1} {:>10.1} {:>7.2} {:>10.1} {:>7.1} MiB",
+            "{n_nodes:>6} {:<9} {:>9.1} {:>7.2} {:>9.1} {:>7.1} MiB {:>6.1} MiB",
             m.mode,
-            m.load_ms,
             m.work_ms,
-            m.work_ms / baseline.work_ms,
+            m.work_ms / baseline,
             m.n_bytes as f64 / (1024.0 * 1024.0),
+            m.rss_before_kib as f64 / 1024.0,
             m.rss_kib as f64 / 1024.0
         );
     }
     println!(
-        "baseline = load_evidence + serde_json::to_vec (best of {}); work = render only (best of {}); ratio = work / baseline",
-        args.repeat, args.repeat
+        "time = best of {} (baseline: read the report's rows page by page and serialize them to JSON; \
+         format: read the same rows and render, sign and write the report); ratio = time / baseline; \
+         RSS before = peak RSS once the decision is loaded, before the first read",
+        args.repeat
     );
     Ok(())
 }
