@@ -51,6 +51,8 @@ struct Args {
     child: Option<(String, String)>,
     /// Keep each fleet's store in this directory (`nodes-N.db`) and reuse it when present.
     keep: Option<std::path::PathBuf>,
+    /// Also write each format's report once to this directory (`nodes-N.EXT`), after timing.
+    out: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -59,6 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
         repeat: 3,
         child: None,
         keep: None,
+        out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,9 +81,10 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.child = Some((mode, url));
             }
             "--keep" => args.keep = Some(value()?.into()),
+            "--out" => args.out = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
-                    "report-bench [--nodes N[,N...] (250,1000)] [--repeat N (3)] [--keep DIR]"
+                    "report-bench [--nodes N[,N...] (250,1000)] [--repeat N (3)] [--keep DIR] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -282,7 +286,12 @@ async fn fetch_and_serialize(store: &Store, release: &Release) -> anyhow::Result
 
 /// A child: measures `mode` `repeat` times and prints one line:
 /// `mode work_ms bytes vmhwm_kib_before vmhwm_kib`.
-async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
+async fn child(
+    mode: &str,
+    url: &str,
+    repeat: usize,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let store = Store::connect(url).await?;
     let release: Release = store
         .get_release(&ts::release().id)
@@ -295,6 +304,21 @@ async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
     let policy: GatePolicy =
         gate::parse_gate("gate.yaml", GATE).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let rss_before = peak_rss_kib();
+    let head = |release: &Release| ReportHead {
+        evidence_release: release.id.clone(),
+        evidence_milestone: MILESTONE.into(),
+        release: release.clone(),
+        milestone: MILESTONE.into(),
+        policy: policy.clone(),
+        decision: decision.clone(),
+        plans: vec![plan()],
+        generated_at: at(5000),
+        controller_version: "bench".into(),
+        waivers: Vec::new(),
+        audit_head: None,
+        scope: None,
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let mut times = Vec::new();
     let mut n_bytes = 0;
     for _ in 0..repeat {
@@ -303,32 +327,27 @@ async fn child(mode: &str, url: &str, repeat: usize) -> anyhow::Result<()> {
             fetch_and_serialize(&store, &release).await?
         } else {
             let format: ReportFormat = mode.parse().map_err(anyhow::Error::msg)?;
-            let head = ReportHead {
-                evidence_release: release.id.clone(),
-                evidence_milestone: MILESTONE.into(),
-                release: release.clone(),
-                milestone: MILESTONE.into(),
-                policy: policy.clone(),
-                decision: decision.clone(),
-                plans: vec![plan()],
-                generated_at: at(5000),
-                controller_version: "bench".into(),
-                waivers: Vec::new(),
-                audit_head: None,
-                scope: None,
-            };
-            let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
             let out = std::io::BufWriter::with_capacity(1 << 20, CountingSink::default());
-            report::render_from_store(&store, head, format, key, out)
+            report::render_from_store(&store, head(&release), format, key.clone(), out)
                 .await?
                 .n_bytes
         };
         times.push(started.elapsed());
     }
+    let rss_after = peak_rss_kib();
+    if let Some(dir) = out
+        && mode != "baseline"
+    {
+        let format: ReportFormat = mode.parse().map_err(anyhow::Error::msg)?;
+        let n_nodes = store.list_nodes().await?.len();
+        let path = dir.join(format!("nodes-{n_nodes}.{}", format.extension()));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        report::render_from_store(&store, head(&release), format, key, file).await?;
+    }
     println!(
         "{mode} {:.1} {n_bytes} {rss_before} {}",
         best(&times).as_secs_f64() * 1000.0,
-        peak_rss_kib()
+        rss_after
     );
     Ok(())
 }
@@ -341,9 +360,13 @@ struct Measured {
     rss_kib: u64,
 }
 
-fn run_child(exe: &Path, mode: &str, url: &str, repeat: usize) -> anyhow::Result<Measured> {
-    let output = std::process::Command::new(exe)
-        .args(["--repeat", &repeat.to_string(), "--child", mode, url])
+fn run_child(exe: &Path, mode: &str, url: &str, args: &Args) -> anyhow::Result<Measured> {
+    let mut command = std::process::Command::new(exe);
+    command.args(["--repeat", &args.repeat.to_string(), "--child", mode, url]);
+    if let Some(out) = &args.out {
+        command.arg("--out").arg(out);
+    }
+    let output = command
         .output()
         .with_context(|| format!("running the {mode} child"))?;
     if !output.status.success() {
@@ -399,7 +422,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     if let Some((mode, url)) = &args.child {
-        return runtime.block_on(child(mode, url, args.repeat));
+        return runtime.block_on(child(mode, url, args.repeat, args.out.as_deref()));
     }
     let exe = std::env::current_exe().context("own path")?;
     let mut table = Vec::new();
@@ -414,7 +437,7 @@ fn main() -> anyhow::Result<()> {
             prepare(&runtime, &url, n_nodes)?;
         }
         for mode in MODES {
-            table.push((n_nodes, run_child(&exe, mode, &url, args.repeat)?));
+            table.push((n_nodes, run_child(&exe, mode, &url, &args)?));
         }
     }
     println!(
