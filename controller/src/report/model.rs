@@ -1,6 +1,7 @@
-//! The report's view model: every fact the three formats show, gathered, checked and ordered
-//! once, so Markdown, JSON and HTML cannot disagree. The JSON format is this model serialized;
-//! `docs/report-format.md` documents each field, so renaming one is a schema change.
+//! The report's view model: every fact the four formats show, gathered, checked and ordered
+//! once, so Markdown, JSON, HTML and JUnit cannot disagree. The JSON format is this model
+//! serialized; `docs/report-format.md` documents each field, so renaming one is a schema change.
+//! [`Builder`] builds it from a stream of nodes: one [`NodeView`] at a time, plus counters.
 //!
 //! Every collection is ordered here (nodes by name, attempts by step and attempt, events by
 //! time), never by hash-map iteration, so the same input always renders the same bytes.
