@@ -28,6 +28,11 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 /// Every digest in Tollgate (plan versions, gate versions, decision inputs) goes through this
 /// one function so that the same content always gives the same digest.
 pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
+    hex::encode(digest_json_bytes(value))
+}
+
+/// The sha256 of [`digest_json`], as bytes.
+pub fn digest_json_bytes<T: serde::Serialize>(value: &T) -> [u8; 32] {
     use sha2::{Digest, Sha256};
 
     /// Feeds serialized bytes straight into the hash: large evidence is never held as one
@@ -45,7 +50,7 @@ pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
         }
     }
 
-    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(Sha256::new()));
+    let mut writer = std::io::BufWriter::with_capacity(16 * 1024, HashWriter(Sha256::new()));
     // Serializing plain data structs to JSON cannot fail: no maps with non-string keys are
     // digested and no custom serializers return errors; the writer itself never fails.
     serde_json::to_writer(&mut writer, value).expect("digested values serialize to JSON");
@@ -53,5 +58,5 @@ pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
         .into_inner()
         .map_err(|_| "flushing into a hasher")
         .expect("a hasher never fails a write");
-    hex::encode(hasher.0.finalize())
+    hasher.0.finalize().into()
 }

@@ -183,6 +183,7 @@ pub fn job(node: &str, state: JobState, results: Vec<StepResult>) -> JobEvidence
         gpu_source: GpuSourceKind::Simulated,
         state,
         results,
+        result_digests: Vec::new(),
     }
 }
 

@@ -1,11 +1,16 @@
-//! Assembling [`Evidence`] from the three row sets `Store::load_evidence` reads.
+//! Assembling [`Evidence`] from the three row sets `Store::load_evidence` reads, with each
+//! result's stored digest.
 
 use super::rows::{EvidenceJob, EvidenceRun};
 use std::collections::HashMap;
 use tollgate_domain::JobId;
-use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence};
+use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, result_digest};
 use tollgate_domain::release::Release;
 use tollgate_domain::result::StepResult;
+
+/// A result as loaded, with the digest stored with it (`None` for rows stored before digests
+/// were).
+pub(super) type StoredResult = (StepResult, Option<[u8; 32]>);
 
 /// Groups jobs under their runs and results under their jobs, keeping the order each set
 /// was read in (runs by plan name, jobs by node name, results by step index then attempt).
@@ -14,29 +19,29 @@ pub(super) fn assemble(
     milestone: &str,
     runs: Vec<EvidenceRun>,
     jobs: Vec<EvidenceJob>,
-    results: Vec<StepResult>,
+    results: Vec<StoredResult>,
 ) -> Evidence {
-    let mut results_by_job: HashMap<JobId, Vec<StepResult>> = HashMap::new();
-    for result in results {
+    let mut results_by_job: HashMap<JobId, Vec<StoredResult>> = HashMap::new();
+    for (result, digest) in results {
         results_by_job
             .entry(result.job_id.clone())
             .or_default()
-            .push(result);
+            .push((result, digest));
     }
     let mut jobs_by_run: HashMap<_, Vec<JobEvidence>> = HashMap::new();
     for job in jobs {
-        let results = results_by_job.remove(&job.id).unwrap_or_default();
-        jobs_by_run
-            .entry(job.run_id)
-            .or_default()
-            .push(JobEvidence {
-                job_id: job.id,
-                node: job.node,
-                labels: job.labels,
-                gpu_source: job.gpu_source,
-                state: job.state,
-                results,
-            });
+        let mut evidence = JobEvidence {
+            job_id: job.id,
+            node: job.node,
+            labels: job.labels,
+            gpu_source: job.gpu_source,
+            state: job.state,
+            results: Vec::new(),
+            result_digests: Vec::new(),
+        };
+        let results = results_by_job.remove(&evidence.job_id).unwrap_or_default();
+        set_results(&mut evidence, results);
+        jobs_by_run.entry(job.run_id).or_default().push(evidence);
     }
     let runs = runs
         .into_iter()
@@ -55,4 +60,16 @@ pub(super) fn assemble(
         runs,
         baseline: None,
     }
+}
+
+/// Sets a job's results and their digests; results stored before digests were get theirs
+/// computed here.
+pub(super) fn set_results(job: &mut JobEvidence, results: Vec<StoredResult>) {
+    let (results, digests): (Vec<StepResult>, Vec<Option<[u8; 32]>>) = results.into_iter().unzip();
+    job.result_digests = results
+        .iter()
+        .zip(digests)
+        .map(|(result, digest)| digest.unwrap_or_else(|| result_digest(result)))
+        .collect();
+    job.results = results;
 }

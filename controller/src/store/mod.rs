@@ -87,6 +87,15 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// What [`Store::refresh_evidence`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The runs, the jobs or the release differed: the evidence was loaded whole again.
+    Reloaded,
+    /// Only these jobs (run index, job index) changed; the rest is as it was.
+    Changed(Vec<(usize, usize)>),
+}
+
 /// A run's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
@@ -284,7 +293,7 @@ macro_rules! result_query {
         concat!(
             "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
                     started_at, finished_at, measurements, telemetry, events, inventory,
-                    log_tail, message, sub_results, inventory_at_end, series
+                    log_tail, message, sub_results, inventory_at_end, series, digest
              FROM step_results",
             $tail
         )
@@ -339,6 +348,24 @@ fn text(value: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(value)
     }
+}
+
+/// `result` as it reads back from the store (NULs replaced, timestamps in microseconds), so
+/// the digest stored with it is the digest of what a later load returns.
+fn as_stored(result: &StepResult) -> StepResult {
+    let mut stored = result.clone();
+    for field in [
+        &mut stored.step_name,
+        &mut stored.log_tail,
+        &mut stored.message,
+    ] {
+        if let std::borrow::Cow::Owned(clean) = text(field) {
+            *field = clean;
+        }
+    }
+    stored.started_at = micros(stored.started_at);
+    stored.finished_at = micros(stored.finished_at);
+    stored
 }
 
 /// A timestamp as both backends store it: PostgreSQL keeps microseconds, so SQLite gets the
@@ -1244,18 +1271,141 @@ impl Store {
                 .iter()
                 .map(rows::evidence_job)
                 .collect::<Result<_, _>>()?;
-            let results: Vec<StepResult> = sqlx::query(RESULTS)
+            let results: Vec<evidence::StoredResult> = sqlx::query(RESULTS)
                 .bind(release.id.as_str())
                 .bind(milestone)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(rows::step_result)
-                .collect::<Result<_, _>>()?;
+                .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
+                .collect::<Result<_, StoreError>>()?;
             tx.commit().await?;
             (runs, jobs, results)
         });
         Ok(evidence::assemble(release, milestone, runs, jobs, results))
+    }
+
+    /// Brings `evidence`, loaded earlier by [`Store::load_evidence`] for the same release and
+    /// milestone, up to date, reading only what changed: one snapshot reads every job with its
+    /// state, labels and number of stored results, then the results of the jobs that changed.
+    /// Results are append-only, so a job whose count, state and labels are unchanged is
+    /// unchanged.
+    ///
+    /// When the runs or the jobs themselves differ (a new run, a cancelled one), or the
+    /// release does, the whole evidence is loaded again and [`Refreshed::Reloaded`] says so.
+    pub async fn refresh_evidence(
+        &self,
+        release: &Release,
+        milestone: &str,
+        evidence: &mut Evidence,
+    ) -> Result<Refreshed, StoreError> {
+        const RUN_IDS: &str = concat!(
+            latest_runs_cte!(),
+            " SELECT r.id FROM runs r WHERE r.id IN (SELECT id FROM latest) ORDER BY r.plan_name"
+        );
+        const JOBS: &str = concat!(
+            latest_runs_cte!(),
+            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source,
+                     (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
+              FROM jobs j JOIN nodes n ON n.name = j.node
+              WHERE j.run_id IN (SELECT id FROM latest)
+              ORDER BY j.run_id, j.node, j.id"
+        );
+        const JOB_RESULTS: &str =
+            result_query!(" WHERE job_id = $1 ORDER BY job_id, step_index, attempt, lease_epoch");
+        if evidence.release != *release || evidence.milestone != milestone {
+            *evidence = self.load_evidence(release, milestone).await?;
+            return Ok(Refreshed::Reloaded);
+        }
+        let outcome = with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let run_ids: Vec<RunId> = sqlx::query(RUN_IDS)
+                .bind(release.id.as_str())
+                .bind(milestone)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    rows::Fields::new(row, "runs", &["id"])
+                        .text("id")
+                        .map(RunId)
+                })
+                .collect::<Result<_, _>>()?;
+            let jobs: Vec<(rows::EvidenceJob, usize)> = sqlx::query(JOBS)
+                .bind(release.id.as_str())
+                .bind(milestone)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    let n: i64 = rows::Fields::new(row, "jobs", &["id"]).int_as("n_results")?;
+                    Ok((rows::evidence_job(row)?, usize::try_from(n).unwrap_or(0)))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let same_runs = run_ids.len() == evidence.runs.len()
+                && run_ids
+                    .iter()
+                    .zip(&evidence.runs)
+                    .all(|(id, run)| *id == run.run_id);
+            let mut known =
+                evidence.runs.iter().enumerate().flat_map(|(r, run)| {
+                    run.jobs.iter().enumerate().map(move |(j, job)| (r, j, job))
+                });
+            let mut changed = Vec::new();
+            let mut same_jobs = same_runs;
+            for (row, n_results) in &jobs {
+                let Some((r, j, job)) = known.next().filter(|(r, _, job)| {
+                    job.job_id == row.id && evidence.runs[*r].run_id == row.run_id
+                }) else {
+                    same_jobs = false;
+                    break;
+                };
+                if job.state != row.state
+                    || job.labels != row.labels
+                    || job.gpu_source != row.gpu_source
+                    || job.results.len() != *n_results
+                {
+                    changed.push((r, j));
+                }
+            }
+            if !same_jobs || known.next().is_some() {
+                tx.commit().await?;
+                None
+            } else {
+                let mut fresh = Vec::with_capacity(changed.len());
+                for (r, j) in &changed {
+                    let id = &evidence.runs[*r].jobs[*j].job_id;
+                    let results: Vec<evidence::StoredResult> = sqlx::query(JOB_RESULTS)
+                        .bind(id.as_str())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
+                        .collect::<Result<_, StoreError>>()?;
+                    fresh.push(results);
+                }
+                tx.commit().await?;
+                Some((jobs, changed, fresh))
+            }
+        });
+        let Some((jobs, changed, fresh)) = outcome else {
+            *evidence = self.load_evidence(release, milestone).await?;
+            return Ok(Refreshed::Reloaded);
+        };
+        let mut rows: HashMap<JobId, rows::EvidenceJob> = jobs
+            .into_iter()
+            .map(|(row, _)| (row.id.clone(), row))
+            .collect();
+        for ((r, j), results) in changed.iter().zip(fresh) {
+            let job = &mut evidence.runs[*r].jobs[*j];
+            if let Some(row) = rows.remove(&job.job_id) {
+                job.state = row.state;
+                job.labels = row.labels;
+                job.gpu_source = row.gpu_source;
+            }
+            evidence::set_results(job, results);
+        }
+        Ok(Refreshed::Changed(changed))
     }
 
     /// Stores a decision (append-only).
@@ -1322,9 +1472,9 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
                  exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-                 log_tail, message, recorded_at, sub_results, inventory_at_end, series)
+                 log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19)
+                     $18, $19, $20)
              ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
         const JOB: &str = "SELECT id, run_id, node, state FROM jobs WHERE id = $1";
         const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
@@ -1357,6 +1507,7 @@ impl Store {
                 to_json(&result.sub_results),
                 to_json(&result.inventory_at_end),
                 to_json(&result.series),
+                hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
             )
         });
         let epoch = transition
@@ -1374,6 +1525,7 @@ impl Store {
                     sub_results,
                     inventory_at_end,
                     series,
+                    digest,
                 )),
             ) = (result, &result_json)
             {
@@ -1397,6 +1549,7 @@ impl Store {
                     .bind(sub_results)
                     .bind(inventory_at_end)
                     .bind(series)
+                    .bind(digest)
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| classify(err, &what, &what))?

@@ -288,6 +288,23 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
     })
 }
 
+/// The digest stored with a `step_results` row; `None` for rows stored before digests were.
+pub(super) fn result_digest(row: &impl StoreRow) -> Result<Option<[u8; 32]>, StoreError> {
+    let f = Fields::new(
+        row,
+        "step_results",
+        &["job_id", "step_index", "attempt", "lease_epoch"],
+    );
+    f.opt_text("digest")?
+        .map(|hex_digest| {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(&hex_digest, &mut digest)
+                .map_err(|err| f.corrupt("digest", err))?;
+            Ok(digest)
+        })
+        .transpose()
+}
+
 /// A `decisions` row: the stored document.
 pub(super) fn decision(row: &impl StoreRow) -> Result<Decision, StoreError> {
     let f = Fields::new(row, "decisions", &["release", "milestone", "digest"]);

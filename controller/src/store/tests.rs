@@ -97,6 +97,7 @@ on_both_backends!(
     cancel_run_cancels_open_jobs,
     promote_is_compare_and_set,
     load_evidence_picks_latest_run_per_plan,
+    stored_result_digests_match_what_loads_back,
     failing_multi_row_write_leaves_nothing,
     non_finite_numbers_are_refused,
     corrupt_values_name_their_row,
@@ -1135,6 +1136,46 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
         "run-c is now the latest burn-in"
     );
     assert_eq!(evidence.runs[0].run_id, RunId::from("run-c"));
+}
+
+/// The digest stored with a result as it arrives is the digest of the result a later load
+/// returns (nanoseconds and NULs are normalized before digesting), and a row stored without
+/// a digest gets one computed on load.
+async fn stored_result_digests_match_what_loads_back(store: &Store) {
+    use tollgate_domain::gate::result_digest;
+    let release = add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-a", &plan, &["n1"], 10).await;
+    let mut rich = rich_result(&jobs[0].id);
+    rich.started_at = at(30) + chrono::Duration::nanoseconds(123_456_789);
+    rich.message = "exit\0code 1".into();
+    store
+        .record_result(&rich, None, at(40))
+        .await
+        .expect("record");
+    let plain = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    store
+        .record_result(&plain, None, at(41))
+        .await
+        .expect("record");
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE step_results SET digest = NULL WHERE step_index = 0")
+            .execute(pool)
+            .await
+            .expect("forget one digest");
+    });
+
+    let evidence = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let job = &evidence.runs[0].jobs[0];
+    assert_eq!(job.results.len(), 2);
+    assert_ne!(job.results[1], rich, "the store normalized the result");
+    let recomputed: Vec<[u8; 32]> = job.results.iter().map(result_digest).collect();
+    assert_eq!(job.result_digests, recomputed);
 }
 
 async fn failing_multi_row_write_leaves_nothing(store: &Store) {

@@ -6,11 +6,13 @@
 //! `passed`, and never exempts missing evidence.
 
 mod greenwave;
+mod order_stats;
 mod parse;
 mod rules;
 
 pub use greenwave::greenwave;
 pub use parse::parse_gate;
+pub use rules::PASSING_SAMPLE;
 
 use crate::fleet::{GpuSourceKind, Labels, Selector};
 use crate::job::JobState;
@@ -555,6 +557,11 @@ pub struct JobEvidence {
     pub state: JobState,
     /// Every result, all attempts.
     pub results: Vec<StepResult>,
+    /// The digest of each result ([`result_digest`]), in the order of `results`, when the
+    /// store computed it as the result arrived; results without one are digested when the gate
+    /// is evaluated. Not part of the serialized evidence.
+    #[serde(skip)]
+    pub result_digests: Vec<[u8; 32]>,
 }
 
 impl JobEvidence {
@@ -737,14 +744,25 @@ pub struct Decision {
     pub evaluated_at: Timestamp,
 }
 
+/// The digest of one step result: sha256 of its canonical JSON. The store computes it once,
+/// when the result arrives, and a decision's input digest combines these.
+pub fn result_digest(result: &StepResult) -> [u8; 32] {
+    crate::digest_json_bytes(result)
+}
+
 /// The digest of a decision's inputs. Time enters only through which waivers are in force, so
 /// the same evidence under the same policy and waivers always gives the same digest.
+///
+/// It is a sha256 over, in order: a version tag, the policy version, the release and milestone,
+/// the baseline evidence's digest, then per run its header and per job its digest (the job's
+/// identity, labels, GPU source, state and the digests of its results in order), and last the
+/// waivers in force. Per-result digests computed at ingestion make this cheap to recompute.
 pub fn digest_inputs(
     policy: &GatePolicy,
     evidence: &Evidence,
     waivers_in_force: &[&Waiver],
 ) -> String {
-    crate::digest_json(&(policy, evidence, waivers_in_force))
+    GateState::new(policy, evidence).digest(policy, evidence, waivers_in_force)
 }
 
 /// Whether any rule of the policy compares with a baseline release, so the caller knows
@@ -763,68 +781,239 @@ pub fn evaluate(
     waivers: &[Waiver],
     now: Timestamp,
 ) -> Decision {
-    let relevant: Vec<&Waiver> = waivers
-        .iter()
-        .filter(|w| w.release == evidence.release.id.as_str() && w.milestone == policy.milestone)
-        .collect();
-    let in_force: Vec<&Waiver> = relevant
-        .iter()
-        .copied()
-        .filter(|w| w.in_force(now))
-        .collect();
-    let labels_of: BTreeMap<&NodeId, &Labels> = evidence
-        .runs
-        .iter()
-        .flat_map(|run| run.jobs.iter().map(|job| (&job.node, &job.labels)))
-        .collect();
-    let mut rules: Vec<RuleDecision> = policy
-        .rules
-        .iter()
-        .map(|rule| rules::evaluate_rule(rule, evidence))
-        .collect();
-    for rule in &mut rules {
-        if rule.verdict != Verdict::Failed {
-            continue;
-        }
-        let failing: Vec<&EvidenceItem> = rule.evidence.iter().filter(|item| !item.ok).collect();
-        let applies = |waiver: &&&Waiver| {
-            waiver.rule_id == rule.rule_id
-                && (!waiver.is_scoped()
-                    || (!failing.is_empty()
-                        && failing
-                            .iter()
-                            .all(|item| waiver.covers(item, labels_of.get(&item.node).copied()))))
-        };
-        if let Some(waiver) = in_force.iter().find(applies) {
-            rule.verdict = Verdict::Waived;
-            rule.waiver_id = Some(waiver.id.clone());
-            rule.reason = format!(
-                "waived by {} until {} ({}: {}); without the waiver: {}",
-                waiver.approver,
-                waiver.expires_at.format("%Y-%m-%d %H:%M UTC"),
-                waiver.ticket,
-                waiver.reason,
-                rule.reason
-            );
-        } else if let Some(lapsed) = relevant
-            .iter()
-            .find(|w| w.rule_id == rule.rule_id && !w.in_force(now))
-        {
-            let how = if lapsed.revoked_at.is_some_and(|r| r <= now) {
-                "was revoked"
-            } else {
-                "expired"
+    GateState::new(policy, evidence).decide(policy, evidence, waivers, now)
+}
+
+/// A gate kept up to date over evidence that grows: built once over the evidence, then told
+/// about each job that changed ([`GateState::job_changed`]), so that a decision after one new
+/// result recomputes that job's part and the totals, not the whole evidence.
+///
+/// The state belongs to one policy and one shape of evidence (the same runs holding the same
+/// jobs); when a run or a job is added, or the policy changes, build a new one
+/// ([`GateState::fits`] says whether it still fits).
+pub struct GateState {
+    slots: Vec<rules::Slot>,
+    facts: Vec<rules::JobFacts>,
+    job_digests: Vec<[u8; 32]>,
+    rules: Vec<rules::RuleState>,
+    /// Digest of what does not change per job: policy, release, milestone, baseline.
+    head: [u8; 32],
+    /// Per run: the digest of its header.
+    run_heads: Vec<[u8; 32]>,
+    policy_version: String,
+}
+
+impl GateState {
+    /// Builds the state of `policy` over `evidence`.
+    pub fn new(policy: &GatePolicy, evidence: &Evidence) -> Self {
+        let slots = rules::slots(evidence);
+        let mut rule_states: Vec<rules::RuleState> = {
+            let ctx = rules::Ctx {
+                evidence,
+                slots: &slots,
+                facts: &[],
             };
-            rule.reason = format!("{} (waiver {} {how})", rule.reason, lapsed.id);
-        } else if let Some(narrow) = in_force.iter().find(|w| w.rule_id == rule.rule_id) {
-            rule.reason = format!(
-                "{} (waiver {} does not cover every failure)",
-                rule.reason, narrow.id
-            );
+            policy
+                .rules
+                .iter()
+                .map(|rule| rules::RuleState::empty(rule, &ctx))
+                .collect()
+        };
+        // Job by job, into every rule at once: each job's results are read while they are in
+        // the cache, not once per rule.
+        let mut facts: Vec<rules::JobFacts> = Vec::with_capacity(slots.len());
+        let mut job_digests = Vec::with_capacity(slots.len());
+        for (j, slot) in slots.iter().enumerate() {
+            let job = &evidence.runs[slot.run].jobs[slot.job];
+            facts.push(rules::JobFacts::new(job, &evidence.release));
+            job_digests.push(job_digest(job));
+            let ctx = rules::Ctx {
+                evidence,
+                slots: &slots,
+                facts: &facts,
+            };
+            for (state, rule) in rule_states.iter_mut().zip(&policy.rules) {
+                state.build_job(rule, &ctx, j);
+            }
+        }
+        for state in &mut rule_states {
+            state.finish_build();
+        }
+        let policy_version = policy.version();
+        let baseline = evidence
+            .baseline
+            .as_deref()
+            .map(|base| hex::encode(evidence_digest(base)))
+            .unwrap_or_default();
+        let head = crate::digest_json_bytes(&(
+            "tollgate-gate-inputs/2",
+            &policy_version,
+            &evidence.release,
+            &evidence.milestone,
+            baseline,
+        ));
+        Self {
+            run_heads: evidence.runs.iter().map(run_head).collect(),
+            slots,
+            facts,
+            job_digests,
+            rules: rule_states,
+            head,
+            policy_version,
         }
     }
+
+    /// Whether the state still fits `evidence`: the same runs with the same jobs.
+    pub fn fits(&self, evidence: &Evidence) -> bool {
+        self.slots == rules::slots(evidence)
+    }
+
+    /// Takes in a change of job `job` of run `run` of `evidence` (results added, its state or
+    /// labels changed). Everything else must be as when the state was built.
+    pub fn job_changed(
+        &mut self,
+        policy: &GatePolicy,
+        evidence: &Evidence,
+        run: usize,
+        job: usize,
+    ) {
+        let Some(j) = self.slots.iter().position(|s| s.run == run && s.job == job) else {
+            return;
+        };
+        let changed = &evidence.runs[run].jobs[job];
+        self.facts[j] = rules::JobFacts::new(changed, &evidence.release);
+        self.job_digests[j] = job_digest(changed);
+        let ctx = rules::Ctx {
+            evidence,
+            slots: &self.slots,
+            facts: &self.facts,
+        };
+        for (state, rule) in self.rules.iter_mut().zip(&policy.rules) {
+            state.job_changed(rule, &ctx, j);
+        }
+    }
+
+    /// The digest of the inputs ([`digest_inputs`]).
+    pub fn digest(
+        &self,
+        policy: &GatePolicy,
+        evidence: &Evidence,
+        waivers_in_force: &[&Waiver],
+    ) -> String {
+        use sha2::{Digest, Sha256};
+        debug_assert_eq!(self.policy_version, policy.version());
+        let mut hasher = Sha256::new();
+        hasher.update(self.head);
+        let mut slots = self.slots.iter().zip(&self.job_digests).peekable();
+        for (r, (run, head)) in evidence.runs.iter().zip(&self.run_heads).enumerate() {
+            hasher.update(head);
+            hasher.update((run.jobs.len() as u64).to_le_bytes());
+            while let Some((_, digest)) = slots.next_if(|(slot, _)| slot.run == r) {
+                hasher.update(digest);
+            }
+        }
+        hasher.update(crate::digest_json_bytes(&waivers_in_force));
+        hex::encode(hasher.finalize())
+    }
+
+    /// Decides whether the evidence satisfies the policy at `now`.
+    pub fn decide(
+        &self,
+        policy: &GatePolicy,
+        evidence: &Evidence,
+        waivers: &[Waiver],
+        now: Timestamp,
+    ) -> Decision {
+        let relevant: Vec<&Waiver> = waivers
+            .iter()
+            .filter(|w| {
+                w.release == evidence.release.id.as_str() && w.milestone == policy.milestone
+            })
+            .collect();
+        let in_force: Vec<&Waiver> = relevant
+            .iter()
+            .copied()
+            .filter(|w| w.in_force(now))
+            .collect();
+        let ctx = rules::Ctx {
+            evidence,
+            slots: &self.slots,
+            facts: &self.facts,
+        };
+        let mut rules: Vec<RuleDecision> = policy
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, state)| state.decide(rule, &ctx))
+            .collect();
+        let mut labels_of: Option<BTreeMap<&NodeId, &Labels>> = None;
+        for rule in &mut rules {
+            if rule.verdict != Verdict::Failed {
+                continue;
+            }
+            let failing: Vec<&EvidenceItem> =
+                rule.evidence.iter().filter(|item| !item.ok).collect();
+            let labels = labels_of.get_or_insert_with(|| {
+                evidence
+                    .runs
+                    .iter()
+                    .flat_map(|run| run.jobs.iter().map(|job| (&job.node, &job.labels)))
+                    .collect()
+            });
+            let applies = |waiver: &&&Waiver| {
+                waiver.rule_id == rule.rule_id
+                    && (!waiver.is_scoped()
+                        || (!failing.is_empty()
+                            && failing
+                                .iter()
+                                .all(|item| waiver.covers(item, labels.get(&item.node).copied()))))
+            };
+            if let Some(waiver) = in_force.iter().find(applies) {
+                rule.verdict = Verdict::Waived;
+                rule.waiver_id = Some(waiver.id.clone());
+                rule.reason = format!(
+                    "waived by {} until {} ({}: {}); without the waiver: {}",
+                    waiver.approver,
+                    waiver.expires_at.format("%Y-%m-%d %H:%M UTC"),
+                    waiver.ticket,
+                    waiver.reason,
+                    rule.reason
+                );
+            } else if let Some(lapsed) = relevant
+                .iter()
+                .find(|w| w.rule_id == rule.rule_id && !w.in_force(now))
+            {
+                let how = if lapsed.revoked_at.is_some_and(|r| r <= now) {
+                    "was revoked"
+                } else {
+                    "expired"
+                };
+                rule.reason = format!("{} (waiver {} {how})", rule.reason, lapsed.id);
+            } else if let Some(narrow) = in_force.iter().find(|w| w.rule_id == rule.rule_id) {
+                rule.reason = format!(
+                    "{} (waiver {} does not cover every failure)",
+                    rule.reason, narrow.id
+                );
+            }
+        }
+        let (verdict, summary) = overall(&rules);
+        Decision {
+            release: evidence.release.id.to_string(),
+            milestone: policy.milestone.clone(),
+            verdict,
+            summary,
+            rules,
+            digest: self.digest(policy, evidence, &in_force),
+            policy_version: self.policy_version.clone(),
+            evaluated_at: now,
+        }
+    }
+}
+
+/// The gate's verdict and summary from its rules' verdicts.
+fn overall(rules: &[RuleDecision]) -> (Verdict, String) {
     let count = |v: Verdict| rules.iter().filter(|r| r.verdict == v).count();
-    let (verdict, summary) = if count(Verdict::Failed) > 0 {
+    if count(Verdict::Failed) > 0 {
         let names: Vec<&str> = rules
             .iter()
             .filter(|r| r.verdict == Verdict::Failed)
@@ -863,17 +1052,64 @@ pub fn evaluate(
         )
     } else {
         (Verdict::Passed, format!("all {} rules passed", rules.len()))
-    };
-    Decision {
-        release: evidence.release.id.to_string(),
-        milestone: policy.milestone.clone(),
-        verdict,
-        summary,
-        rules,
-        digest: digest_inputs(policy, evidence, &in_force),
-        policy_version: policy.version(),
-        evaluated_at: now,
     }
+}
+
+/// The digest of one job: its identity, labels, GPU source and state, then its results'
+/// digests in order (those the store supplied, the others computed here).
+fn job_digest(job: &JobEvidence) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(job.job_id.as_str().as_bytes());
+    field(job.node.as_str().as_bytes());
+    field(&(job.labels.len() as u64).to_le_bytes());
+    for (key, value) in &job.labels {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    field(job.gpu_source.as_str().as_bytes());
+    field(job.state.as_str().as_bytes());
+    field(&(job.results.len() as u64).to_le_bytes());
+    for (i, result) in job.results.iter().enumerate() {
+        match job.result_digests.get(i) {
+            Some(digest) => hasher.update(digest),
+            None => hasher.update(result_digest(result)),
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// The digest of a run's header: id, plan, plan version and steps, creation time.
+fn run_head(run: &RunEvidence) -> [u8; 32] {
+    crate::digest_json_bytes(&(
+        &run.run_id,
+        &run.plan_name,
+        &run.plan_version,
+        &run.plan_steps,
+        &run.created_at,
+    ))
+}
+
+/// The digest of a whole evidence set without a policy (for the baseline release's evidence).
+fn evidence_digest(evidence: &Evidence) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(crate::digest_json_bytes(&(
+        &evidence.release,
+        &evidence.milestone,
+    )));
+    for run in &evidence.runs {
+        hasher.update(run_head(run));
+        hasher.update((run.jobs.len() as u64).to_le_bytes());
+        for job in &run.jobs {
+            hasher.update(job_digest(job));
+        }
+    }
+    hasher.finalize().into()
 }
 
 #[cfg(test)]

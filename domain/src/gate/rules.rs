@@ -1,53 +1,120 @@
-//! How each rule kind judges the evidence. Every function here returns a verdict, a reason a
-//! person can act on, the evidence used and the failing nodes; grouping and waivers are
-//! applied by `evaluate`.
+//! How each rule kind judges the evidence, kept up to date one job at a time.
+//!
+//! Every rule keeps, per job, the part of the evidence it needs (a node's class for a quorum,
+//! the values a numeric rule aggregates, the failing items) and running totals over those
+//! parts. When a job changes (a result lands, its state moves) only that job's part is
+//! recomputed and swapped into the totals, so deciding after one new result costs the size of
+//! the decision, not the size of the evidence. Evidence items are built for failing data, plus
+//! a bounded sample of passing data ([`PASSING_SAMPLE`]); the reason of every rule states the
+//! counts over all of it.
+//!
+//! Grouping failures and applying waivers happen in [`super::GateState::decide`].
 
+use super::order_stats::OrderStats;
 use super::*;
+use crate::ReleaseId;
 use crate::release::check_inventory;
 use crate::result::Outcome;
 use crate::telemetry::EventKind;
 
-/// The evidence a rule sees: jobs on nodes inside its scope.
-struct View<'a> {
-    evidence: &'a Evidence,
-    runs: Vec<(&'a RunEvidence, Vec<&'a JobEvidence>)>,
+/// How many passing evidence items a rule decision lists. Failing items are always listed in
+/// full; passing ones are summarized by the counts in the reason, with this many examples (and,
+/// for numeric rules, the smallest and the largest value).
+pub const PASSING_SAMPLE: usize = 10;
+
+/// Most failing nodes a reason names one by one before saying how many more there are.
+const NAMED_IN_REASON: usize = 20;
+
+/// Where a job sits in the evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Slot {
+    pub(super) run: usize,
+    pub(super) job: usize,
 }
 
-impl<'a> View<'a> {
-    fn new(evidence: &'a Evidence, scope: &Selector) -> Self {
-        let runs = evidence
-            .runs
-            .iter()
-            .map(|run| {
-                (
-                    run,
-                    run.jobs
-                        .iter()
-                        .filter(|job| scope.matches(&job.labels))
-                        .collect(),
-                )
-            })
-            .collect();
-        Self { evidence, runs }
+/// The flat list of every job of `evidence`, run by run.
+pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
+    evidence
+        .runs
+        .iter()
+        .enumerate()
+        .flat_map(|(run, r)| (0..r.jobs.len()).map(move |job| Slot { run, job }))
+        .collect()
+}
+
+/// What every rule needs to know about one job, computed once per change of the job.
+#[derive(Clone, Debug)]
+pub(super) struct JobFacts {
+    /// Per result: whether it ran the release under test.
+    counts: Vec<bool>,
+    /// The latest attempt of each step: (step index, result index), by step index.
+    latest: Vec<(u32, usize)>,
+}
+
+impl JobFacts {
+    pub(super) fn new(job: &JobEvidence, release: &Release) -> Self {
+        let counts = job.results.iter().map(|r| counts(r, release)).collect();
+        let mut latest: Vec<(u32, usize)> = Vec::new();
+        for (i, result) in job.results.iter().enumerate() {
+            match latest.binary_search_by_key(&result.step_index, |(step, _)| *step) {
+                Ok(pos) => {
+                    if result.attempt >= job.results[latest[pos].1].attempt {
+                        latest[pos].1 = i;
+                    }
+                }
+                Err(pos) => latest.insert(pos, (result.step_index, i)),
+            }
+        }
+        Self { counts, latest }
     }
 
-    fn jobs(&self) -> impl Iterator<Item = &'a JobEvidence> + '_ {
-        self.runs.iter().flat_map(|(_, jobs)| jobs.iter().copied())
+    fn latest(&self, step_index: usize) -> Option<usize> {
+        let step = u32::try_from(step_index).ok()?;
+        self.latest
+            .binary_search_by_key(&step, |(s, _)| *s)
+            .ok()
+            .map(|pos| self.latest[pos].1)
     }
+}
 
-    fn still_running(&self) -> usize {
-        self.jobs().filter(|job| !job.state.is_terminal()).count()
+/// The evidence and the per-job facts, as rules read them.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    pub(super) evidence: &'a Evidence,
+    pub(super) slots: &'a [Slot],
+    pub(super) facts: &'a [JobFacts],
+}
+
+impl<'a> Ctx<'a> {
+    fn job(&self, j: usize) -> &'a JobEvidence {
+        let slot = self.slots[j];
+        &self.evidence.runs[slot.run].jobs[slot.job]
     }
 
     fn release(&self) -> &'a Release {
         &self.evidence.release
     }
+
+    /// The latest attempt of every step of job `j`, by step index, with the result's index.
+    fn latest_results(&self, j: usize) -> impl Iterator<Item = (usize, &'a StepResult)> + 'a {
+        let job = self.job(j);
+        let facts: &'a JobFacts = &self.facts[j];
+        facts
+            .latest
+            .iter()
+            .map(move |(_, i)| (*i, &job.results[*i]))
+    }
+
+    /// Whether result `i` of job `j` ran the release under test.
+    fn counts(&self, j: usize, i: usize) -> bool {
+        self.facts[j].counts[i]
+    }
 }
 
-struct Judged {
-    verdict: Verdict,
-    reason: String,
-    items: Vec<EvidenceItem>,
+pub(super) struct Judged {
+    pub(super) verdict: Verdict,
+    pub(super) reason: String,
+    pub(super) items: Vec<EvidenceItem>,
 }
 
 fn judged(verdict: Verdict, reason: impl Into<String>, items: Vec<EvidenceItem>) -> Judged {
@@ -58,36 +125,291 @@ fn judged(verdict: Verdict, reason: impl Into<String>, items: Vec<EvidenceItem>)
     }
 }
 
-/// Evaluates one rule (without waivers).
-pub(super) fn evaluate_rule(rule: &Rule, evidence: &Evidence) -> RuleDecision {
-    let judged = if let Some(since) = rule
-        .since
-        .filter(|since| evidence.release.created_at < *since)
-    {
-        judged(
-            Verdict::NotApplicable,
-            format!(
-                "applies to releases created since {}; {} was created {}",
-                since.format("%Y-%m-%d %H:%M UTC"),
-                evidence.release.id,
-                evidence.release.created_at.format("%Y-%m-%d %H:%M UTC")
-            ),
-            Vec::new(),
-        )
-    } else if evidence.runs.is_empty() {
-        judged(Verdict::Waiting, no_run_reason(evidence), Vec::new())
+/// Whether a result counts toward the gate: the node ran the release under test.
+fn counts(result: &StepResult, release: &Release) -> bool {
+    check_inventory(&release.components, &[], &result.inventory).is_empty()
+}
+
+/// A message with its numbers blanked, so alike failures share a signature.
+fn error_class(message: &str) -> String {
+    let mut class: String = message
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    class.truncate(80);
+    class
+}
+
+fn item(job: &JobEvidence, detail: impl Into<String>, ok: bool) -> EvidenceItem {
+    EvidenceItem {
+        node: job.node.clone(),
+        step: None,
+        attempt: None,
+        gpu_index: None,
+        value: None,
+        limit: None,
+        detail: detail.into(),
+        ok,
+        signature: None,
+    }
+}
+
+fn no_run_reason(evidence: &Evidence) -> String {
+    format!(
+        "no run of release {} at milestone {} yet; start one with `tollgate run start --release {} --plan PLAN --milestone {}`",
+        evidence.release.id, evidence.milestone, evidence.release.id, evidence.milestone
+    )
+}
+
+/// `a, b, c and 7 more` over at most [`NAMED_IN_REASON`] names.
+fn name_some(names: impl Iterator<Item = String>, total: usize) -> String {
+    let named: Vec<String> = names.take(NAMED_IN_REASON).collect();
+    let more = total.saturating_sub(named.len());
+    if more > 0 {
+        format!("{} and {more} more", named.join(", "))
     } else {
-        let view = View::new(evidence, &rule.scope);
-        if view.jobs().next().is_none() {
+        named.join(", ")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One rule's state.
+
+/// One rule kept up to date over the jobs of the evidence.
+pub(super) struct RuleState {
+    /// Per job: inside the rule's scope.
+    in_scope: Vec<bool>,
+    /// Per job: inside the scope and not ended.
+    running: Vec<bool>,
+    n_in_scope: usize,
+    n_running: usize,
+    kind: KindState,
+}
+
+enum KindState {
+    Steps(Steps),
+    Numeric(Numeric),
+    Baseline(Baseline),
+    Events(Events),
+    Diag(Diag),
+    Inventory(InventoryRule),
+}
+
+impl RuleState {
+    /// A state with no job taken in yet.
+    ///
+    /// Jobs are taken in through [`RuleState::build_job`], job by job, and the build ends
+    /// with [`RuleState::finish_build`]: the gate takes each job into every rule while the
+    /// job's results are in the cache, instead of walking the whole evidence once per rule.
+    pub(super) fn empty(rule: &Rule, ctx: &Ctx<'_>) -> Self {
+        let n = ctx.slots.len();
+        let kind = match &rule.kind {
+            RuleKind::StepsPassed { plan, steps, .. } => {
+                KindState::Steps(Steps::new(ctx, plan, steps, n))
+            }
+            RuleKind::Measurement { aggregate, .. } | RuleKind::Telemetry { aggregate, .. } => {
+                KindState::Numeric(Numeric::new(*aggregate, n))
+            }
+            RuleKind::Baseline {
+                measurement,
+                step,
+                aggregate,
+                per,
+                ..
+            } => KindState::Baseline(Baseline::new(
+                ctx,
+                measurement,
+                step.as_deref(),
+                *aggregate,
+                per,
+                n,
+            )),
+            RuleKind::NoXid { .. } | RuleKind::NoEvents { .. } => KindState::Events(Events::new(n)),
+            RuleKind::DcgmDiag { .. } => KindState::Diag(Diag::new(n)),
+            RuleKind::InventoryMatchesRelease { .. } => KindState::Inventory(InventoryRule::new(n)),
+        };
+        Self {
+            in_scope: vec![false; n],
+            running: vec![false; n],
+            n_in_scope: 0,
+            n_running: 0,
+            kind,
+        }
+    }
+
+    /// Takes job `j` in while building.
+    pub(super) fn build_job(&mut self, rule: &Rule, ctx: &Ctx<'_>, j: usize) {
+        self.update(rule, ctx, j, true);
+    }
+
+    /// Ends the build, once every job was taken in.
+    pub(super) fn finish_build(&mut self) {
+        if let KindState::Numeric(numeric) = &mut self.kind {
+            numeric.finish_build();
+        }
+    }
+
+    /// Recomputes job `j`'s part after it changed.
+    pub(super) fn job_changed(&mut self, rule: &Rule, ctx: &Ctx<'_>, j: usize) {
+        self.update(rule, ctx, j, false);
+    }
+
+    fn update(&mut self, rule: &Rule, ctx: &Ctx<'_>, j: usize, building: bool) {
+        let job = ctx.job(j);
+        let in_scope = rule.scope.matches(&job.labels);
+        let running = in_scope && !job.state.is_terminal();
+        self.n_in_scope = self.n_in_scope + usize::from(in_scope) - usize::from(self.in_scope[j]);
+        self.n_running = self.n_running + usize::from(running) - usize::from(self.running[j]);
+        self.in_scope[j] = in_scope;
+        self.running[j] = running;
+        match &mut self.kind {
+            KindState::Steps(s) => s.update(&rule.kind, ctx, j, in_scope),
+            KindState::Numeric(s) => s.update(&rule.kind, ctx, j, in_scope, building),
+            KindState::Baseline(s) => s.update(ctx, j, in_scope),
+            KindState::Events(s) => s.update(&rule.kind, ctx, j, in_scope),
+            KindState::Diag(s) => s.update(&rule.kind, ctx, j, in_scope),
+            KindState::Inventory(s) => s.update(&rule.kind, ctx, j, in_scope),
+        }
+    }
+
+    /// The jobs in scope, in evidence order.
+    fn scoped(&self) -> impl Iterator<Item = usize> + '_ {
+        self.in_scope
+            .iter()
+            .enumerate()
+            .filter_map(|(j, in_scope)| in_scope.then_some(j))
+    }
+
+    /// Decides the rule (without waivers).
+    pub(super) fn decide(&self, rule: &Rule, ctx: &Ctx<'_>) -> RuleDecision {
+        let evidence = ctx.evidence;
+        let judged = if let Some(since) = rule
+            .since
+            .filter(|since| evidence.release.created_at < *since)
+        {
+            judged(
+                Verdict::NotApplicable,
+                format!(
+                    "applies to releases created since {}; {} was created {}",
+                    since.format("%Y-%m-%d %H:%M UTC"),
+                    evidence.release.id,
+                    evidence.release.created_at.format("%Y-%m-%d %H:%M UTC")
+                ),
+                Vec::new(),
+            )
+        } else if evidence.runs.is_empty() {
+            judged(Verdict::Waiting, no_run_reason(evidence), Vec::new())
+        } else if self.n_in_scope == 0 {
             judged(
                 Verdict::Waiting,
                 format!("no job ran on a node in scope {}", rule.scope),
                 Vec::new(),
             )
         } else {
-            judge(&rule.kind, &view)
+            self.judge(&rule.kind, ctx)
+        };
+        rule_decision(rule, judged)
+    }
+
+    fn judge(&self, kind: &RuleKind, ctx: &Ctx<'_>) -> Judged {
+        match (&self.kind, kind) {
+            (
+                KindState::Steps(s),
+                RuleKind::StepsPassed {
+                    plan,
+                    steps,
+                    quorum,
+                    per,
+                    tolerance,
+                },
+            ) => s.judge(ctx, plan, steps, *quorum, per.as_deref(), *tolerance),
+            (
+                KindState::Numeric(s),
+                RuleKind::Measurement {
+                    name,
+                    aggregate,
+                    condition,
+                    ..
+                },
+            ) => s.judge(
+                self,
+                kind,
+                ctx,
+                &format!("measurement {name}"),
+                *aggregate,
+                *condition,
+            ),
+            (
+                KindState::Numeric(s),
+                RuleKind::Telemetry {
+                    field,
+                    stat,
+                    aggregate,
+                    condition,
+                    ..
+                },
+            ) => s.judge(
+                self,
+                kind,
+                ctx,
+                &format!("telemetry {field} ({stat} per GPU)"),
+                *aggregate,
+                *condition,
+            ),
+            (
+                KindState::Baseline(s),
+                RuleKind::Baseline {
+                    measurement,
+                    aggregate,
+                    max_regression_pct,
+                    direction,
+                    per,
+                    ..
+                },
+            ) => s.judge(
+                self,
+                ctx,
+                measurement,
+                *aggregate,
+                *max_regression_pct,
+                *direction,
+                per,
+            ),
+            (KindState::Events(s), _) => s.judge(self, kind, ctx),
+            (
+                KindState::Diag(s),
+                RuleKind::DcgmDiag {
+                    min_level, tests, ..
+                },
+            ) => s.judge(self, kind, ctx, *min_level, tests),
+            (KindState::Inventory(s), RuleKind::InventoryMatchesRelease { components }) => {
+                s.judge(self, kind, ctx, components)
+            }
+            _ => judged(
+                Verdict::Error,
+                "internal: the rule's state does not match its kind; rebuild the gate state",
+                Vec::new(),
+            ),
         }
-    };
+    }
+
+    /// Up to [`PASSING_SAMPLE`] passing items from the first jobs in scope.
+    fn sample_ok(&self, mut items_of: impl FnMut(usize) -> Vec<EvidenceItem>) -> Vec<EvidenceItem> {
+        let mut sample = Vec::new();
+        for j in self.scoped() {
+            sample.extend(items_of(j).into_iter().filter(|i| i.ok));
+            if sample.len() >= PASSING_SAMPLE {
+                sample.truncate(PASSING_SAMPLE);
+                break;
+            }
+        }
+        sample
+    }
+}
+
+/// Turns a rule's judgement into its decision: failing nodes and failures grouped by
+/// signature.
+fn rule_decision(rule: &Rule, judged: Judged) -> RuleDecision {
     let mut failing: BTreeSet<NodeId> = BTreeSet::new();
     let mut groups: BTreeMap<String, (usize, BTreeSet<NodeId>)> = BTreeMap::new();
     if judged.verdict == Verdict::Failed {
@@ -128,507 +450,730 @@ pub(super) fn evaluate_rule(rule: &Rule, evidence: &Evidence) -> RuleDecision {
     }
 }
 
-fn no_run_reason(evidence: &Evidence) -> String {
-    format!(
-        "no run of release {} at milestone {} yet; start one with `tollgate run start --release {} --plan PLAN --milestone {}`",
-        evidence.release.id, evidence.milestone, evidence.release.id, evidence.milestone
-    )
+// ---------------------------------------------------------------------------------------------
+// steps-passed
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Passed,
+    Failed,
+    Errored,
+    Inconclusive,
+    Pending,
 }
 
-/// Whether a result counts toward the gate: the node ran the release under test.
-fn counts(result: &StepResult, release: &Release) -> bool {
-    check_inventory(&release.components, &[], &result.inventory).is_empty()
-}
-
-/// A message with its numbers blanked, so alike failures share a signature.
-fn error_class(message: &str) -> String {
-    let mut class: String = message
-        .chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .collect();
-    class.truncate(80);
-    class
-}
-
-fn item(job: &JobEvidence, detail: impl Into<String>, ok: bool) -> EvidenceItem {
-    EvidenceItem {
-        node: job.node.clone(),
-        step: None,
-        attempt: None,
-        gpu_index: None,
-        value: None,
-        limit: None,
-        detail: detail.into(),
-        ok,
-        signature: None,
+impl Class {
+    fn slot(self) -> usize {
+        self as usize
     }
 }
 
-fn judge(kind: &RuleKind, view: &View<'_>) -> Judged {
-    match kind {
-        RuleKind::StepsPassed {
-            plan,
-            steps,
-            quorum,
-            per,
-            tolerance,
-        } => steps_passed(view, plan, steps, *quorum, per.as_deref(), *tolerance),
-        RuleKind::Measurement {
-            name,
-            step,
-            aggregate,
-            condition,
-        } => {
-            let items = measurement_items(view, name, step.as_deref(), *condition);
-            judge_numeric(
-                &format!("measurement {name}"),
-                items,
-                *aggregate,
-                *condition,
-                view,
-            )
-        }
-        RuleKind::Telemetry {
-            field,
-            step,
-            stat,
-            aggregate,
-            condition,
-        } => {
-            let mut items = Vec::new();
-            for job in view.jobs() {
-                for result in &job.results {
-                    if step.as_ref().is_some_and(|s| s != &result.step_name)
-                        || !counts(result, view.release())
-                    {
-                        continue;
-                    }
-                    for gpu in &result.telemetry {
-                        let Some(summary) = gpu.field(*field) else {
-                            continue;
-                        };
-                        let value = match stat {
-                            Stat::Min => summary.min,
-                            Stat::Max => summary.max,
-                            Stat::Mean => summary.mean,
-                            Stat::P99 => summary.p99,
-                            Stat::Last => summary.last,
-                        };
-                        let ok = condition.holds(value);
-                        items.push(EvidenceItem {
-                            step: Some(result.step_name.clone()),
-                            attempt: Some(result.attempt),
-                            gpu_index: Some(gpu.gpu_index),
-                            value: Some(value),
-                            limit: Some(condition.to_string()),
-                            signature: (!ok).then(|| {
-                                format!("{field} {stat} breaks {condition} in {}", result.step_name)
-                            }),
-                            ..item(
-                                job,
-                                format!("GPU {} {field} {stat} = {value}", gpu.gpu_index),
-                                ok,
-                            )
-                        });
-                    }
-                }
+struct StepsPart {
+    class: Class,
+    group: String,
+    /// The item, for a node that did not pass.
+    item: Option<EvidenceItem>,
+}
+
+struct Steps {
+    /// The latest run of the plan.
+    run: Option<usize>,
+    /// The listed steps' indexes in that run's plan, or why they cannot be found.
+    indexes: Result<Vec<(usize, String)>, String>,
+    parts: Vec<Option<StepsPart>>,
+    /// Per group: nodes per class.
+    groups: BTreeMap<String, [usize; 5]>,
+    /// Jobs whose node did not pass.
+    flagged: BTreeSet<usize>,
+}
+
+impl Steps {
+    fn new(ctx: &Ctx<'_>, plan: &str, steps: &[String], n: usize) -> Self {
+        let run = ctx
+            .evidence
+            .runs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.plan_name == plan)
+            .max_by_key(|(_, r)| r.created_at)
+            .map(|(i, _)| i);
+        let indexes = match run {
+            None => Ok(Vec::new()),
+            Some(run) => {
+                let run = &ctx.evidence.runs[run];
+                steps
+                    .iter()
+                    .map(|step| match run.plan_steps.iter().position(|s| s == step) {
+                        Some(idx) => Ok((idx, step.clone())),
+                        None => Err(format!(
+                            "plan {plan} (version {}) has no step '{step}'; its steps are: {}",
+                            &run.plan_version.0[..run.plan_version.0.len().min(12)],
+                            run.plan_steps.join(", ")
+                        )),
+                    })
+                    .collect()
             }
-            judge_numeric(
-                &format!("telemetry {field} ({stat} per GPU)"),
-                items,
-                *aggregate,
-                *condition,
-                view,
-            )
-        }
-        RuleKind::Baseline {
-            measurement,
-            step,
-            aggregate,
-            max_regression_pct,
-            direction,
-            per,
-        } => baseline(
-            view,
-            measurement,
-            step.as_deref(),
-            *aggregate,
-            *max_regression_pct,
-            *direction,
-            per,
-        ),
-        RuleKind::NoXid { codes } => {
-            let matches = |code: i64| codes.is_empty() || codes.contains(&code);
-            no_events(
-                view,
-                &format!("XID ({})", describe_codes(codes)),
-                &|kind, code| kind == EventKind::Xid && matches(code),
-                false,
-                false,
-            )
-        }
-        RuleKind::NoEvents {
-            xid,
-            ecc_uncorrected,
-            row_remap_failure,
-            gpu_lost,
-        } => {
-            let watched = |kind: EventKind, code: i64| match kind {
-                EventKind::Xid => xid.is_empty() || xid.contains(&code),
-                EventKind::EccUncorrected => *ecc_uncorrected,
-                EventKind::GpuLost => *gpu_lost,
-            };
-            let what = format!(
-                "XID {}{}{}{}",
-                describe_codes(xid),
-                if *ecc_uncorrected {
-                    ", uncorrected ECC"
-                } else {
-                    ""
-                },
-                if *row_remap_failure {
-                    ", row remap failure"
-                } else {
-                    ""
-                },
-                if *gpu_lost { ", GPU lost" } else { "" }
-            );
-            no_events(view, &what, &watched, *ecc_uncorrected, *row_remap_failure)
-        }
-        RuleKind::DcgmDiag {
-            min_level,
-            tests,
-            step,
-        } => dcgm_diag(view, *min_level, tests, step.as_deref()),
-        RuleKind::InventoryMatchesRelease { components } => inventory_matches(view, components),
-    }
-}
-
-fn steps_passed(
-    view: &View<'_>,
-    plan: &str,
-    steps: &[String],
-    quorum: Quorum,
-    per: Option<&str>,
-    tolerance: Tolerance,
-) -> Judged {
-    let Some((run, jobs)) = view
-        .runs
-        .iter()
-        .filter(|(r, _)| r.plan_name == plan)
-        .max_by_key(|(r, _)| r.created_at)
-    else {
-        let evidence = view.evidence;
-        return judged(
-            Verdict::Waiting,
-            format!(
-                "no run of plan {plan} for release {} at milestone {} yet; start one with `tollgate run start --release {} --plan {plan} --milestone {}`",
-                evidence.release.id, evidence.milestone, evidence.release.id, evidence.milestone
-            ),
-            Vec::new(),
-        );
-    };
-    let mut indexes = Vec::new();
-    for step in steps {
-        match run.plan_steps.iter().position(|s| s == step) {
-            Some(idx) => indexes.push((idx, step)),
-            None => {
-                return judged(
-                    Verdict::Error,
-                    format!(
-                        "plan {plan} (version {}) has no step '{step}'; its steps are: {}",
-                        &run.plan_version.0[..run.plan_version.0.len().min(12)],
-                        run.plan_steps.join(", ")
-                    ),
-                    Vec::new(),
-                );
-            }
-        }
-    }
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Class {
-        Passed,
-        Failed,
-        Errored,
-        Inconclusive,
-        Pending,
-    }
-    // Classify every node; the first step that is not passed decides.
-    let mut items = Vec::new();
-    let mut classes: Vec<(String, Class)> = Vec::new();
-    for job in jobs {
-        let mut class = Class::Passed;
-        let mut detail = "every listed step passed".to_owned();
-        let mut signature = None;
-        let mut failing_step = None;
-        for (idx, step) in &indexes {
-            let (c, d, s) = match job.latest(*idx) {
-                None if job.state.is_terminal() => (
-                    Class::Inconclusive,
-                    format!("{step}: no result (job {})", job.state),
-                    format!("{step}: missing"),
-                ),
-                None => (
-                    Class::Pending,
-                    format!("{step}: not reported yet (job {})", job.state),
-                    String::new(),
-                ),
-                Some(result)
-                    if result.outcome == Outcome::Passed && counts(result, view.release()) =>
-                {
-                    continue;
-                }
-                Some(result) if result.outcome == Outcome::Passed => {
-                    let mismatch: Vec<String> =
-                        check_inventory(&view.release().components, &[], &result.inventory)
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect();
-                    (
-                        Class::Inconclusive,
-                        format!(
-                            "{step}: passed, but not on the release under test ({})",
-                            mismatch.join("; ")
-                        ),
-                        format!("{step}: wrong build"),
-                    )
-                }
-                Some(_) if !job.state.is_terminal() => (
-                    Class::Pending,
-                    format!("{step}: retrying (job {})", job.state),
-                    String::new(),
-                ),
-                Some(result) => {
-                    let class = match result.outcome {
-                        Outcome::Failed => Class::Failed,
-                        Outcome::Error | Outcome::Lost => Class::Errored,
-                        Outcome::Skipped | Outcome::Passed => Class::Inconclusive,
-                    };
-                    let why = if result.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", result.message)
-                    };
-                    (
-                        class,
-                        format!(
-                            "{step}: {} (attempt {}){why}",
-                            result.outcome, result.attempt
-                        ),
-                        format!(
-                            "{step}: {}: {}",
-                            result.outcome,
-                            error_class(&result.message)
-                        ),
-                    )
-                }
-            };
-            class = c;
-            detail = d;
-            signature = (c != Class::Pending).then_some(s);
-            failing_step = Some((*step).clone());
-            break;
-        }
-        let group = per
-            .map(|key| {
-                job.labels
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| format!("(no {key})"))
-            })
-            .unwrap_or_default();
-        classes.push((group, class));
-        items.push(EvidenceItem {
-            step: failing_step,
-            signature,
-            ..item(job, detail, class == Class::Passed)
-        });
-    }
-    let mut groups: BTreeMap<&str, Vec<Class>> = BTreeMap::new();
-    for (group, class) in &classes {
-        groups.entry(group.as_str()).or_default().push(*class);
-    }
-    let count = |classes: &[Class], c: Class| classes.iter().filter(|x| **x == c).count();
-    let all: Vec<Class> = classes.iter().map(|(_, c)| *c).collect();
-    let (n_failed, n_errored, n_inconclusive) = (
-        count(&all, Class::Failed),
-        count(&all, Class::Errored),
-        count(&all, Class::Inconclusive),
-    );
-    let mut over_limit = Vec::new();
-    if n_failed > tolerance.max_failed as usize {
-        over_limit.push(format!(
-            "{n_failed} failed (tolerated {})",
-            tolerance.max_failed
-        ));
-    }
-    if n_errored > tolerance.max_errored as usize {
-        over_limit.push(format!(
-            "{n_errored} errored (tolerated {})",
-            tolerance.max_errored
-        ));
-    }
-    if n_inconclusive > tolerance.max_inconclusive as usize {
-        over_limit.push(format!(
-            "{n_inconclusive} inconclusive (tolerated {})",
-            tolerance.max_inconclusive
-        ));
-    }
-    let mut short = Vec::new();
-    let mut pending_could_help = false;
-    let mut described = Vec::new();
-    for (group, classes) in &groups {
-        let n = classes.len();
-        let required = quorum.required(n);
-        let passed = count(classes, Class::Passed);
-        let pending = count(classes, Class::Pending);
-        let label = if per.is_some() {
-            format!("{}={group}: ", per.unwrap_or_default())
-        } else {
-            String::new()
         };
-        described.push(format!(
-            "{label}{passed} of {n} nodes passed, {required} required"
-        ));
-        if passed < required {
-            if passed + pending >= required {
-                pending_could_help = true;
-            } else {
-                short.push(format!(
-                    "{label}{passed} of {n} passed, {required} required"
-                ));
-            }
+        Self {
+            run,
+            indexes,
+            parts: (0..n).map(|_| None).collect(),
+            groups: BTreeMap::new(),
+            flagged: BTreeSet::new(),
         }
     }
-    let n_pending = count(&all, Class::Pending);
-    let head = format!(
-        "[{}] of plan {plan}: {}",
-        steps.join(", "),
-        described.join("; ")
-    );
-    let failures: Vec<String> = items
-        .iter()
-        .filter(|i| !i.ok && i.signature.is_some())
-        .map(|i| format!("{} ({})", i.node, i.detail))
-        .collect();
-    let failure_text = if failures.is_empty() {
-        String::new()
-    } else {
-        format!("; failed: {}", failures.join(", "))
-    };
-    if !over_limit.is_empty() || !short.is_empty() {
-        let mut why = short;
-        why.extend(over_limit);
-        return judged(
-            Verdict::Failed,
-            format!("{head}; {}{failure_text}", why.join("; ")),
-            items,
-        );
+
+    fn update(&mut self, kind: &RuleKind, ctx: &Ctx<'_>, j: usize, in_scope: bool) {
+        if let Some(old) = self.parts[j].take() {
+            if let Some(counts) = self.groups.get_mut(&old.group) {
+                counts[old.class.slot()] -= 1;
+                if counts.iter().all(|c| *c == 0) {
+                    self.groups.remove(&old.group);
+                }
+            }
+            self.flagged.remove(&j);
+        }
+        let RuleKind::StepsPassed { per, .. } = kind else {
+            return;
+        };
+        let (Some(run), Ok(indexes)) = (self.run, &self.indexes) else {
+            return;
+        };
+        if !in_scope || ctx.slots[j].run != run {
+            return;
+        }
+        let part = classify(ctx, j, indexes, per.as_deref());
+        self.groups.entry(part.group.clone()).or_default()[part.class.slot()] += 1;
+        if part.class != Class::Passed {
+            self.flagged.insert(j);
+        }
+        self.parts[j] = Some(part);
     }
-    if pending_could_help || n_pending > 0 {
-        return judged(
-            Verdict::Waiting,
-            format!("{head}; {n_pending} node(s) still running"),
-            items,
+
+    fn judge(
+        &self,
+        ctx: &Ctx<'_>,
+        plan: &str,
+        steps: &[String],
+        quorum: Quorum,
+        per: Option<&str>,
+        tolerance: Tolerance,
+    ) -> Judged {
+        let evidence = ctx.evidence;
+        if self.run.is_none() {
+            return judged(
+                Verdict::Waiting,
+                format!(
+                    "no run of plan {plan} for release {} at milestone {} yet; start one with `tollgate run start --release {} --plan {plan} --milestone {}`",
+                    evidence.release.id,
+                    evidence.milestone,
+                    evidence.release.id,
+                    evidence.milestone
+                ),
+                Vec::new(),
+            );
+        }
+        if let Err(reason) = &self.indexes {
+            return judged(Verdict::Error, reason.clone(), Vec::new());
+        }
+        let total = |class: Class| {
+            self.groups
+                .values()
+                .map(|counts| counts[class.slot()])
+                .sum::<usize>()
+        };
+        let (n_failed, n_errored, n_inconclusive, n_pending) = (
+            total(Class::Failed),
+            total(Class::Errored),
+            total(Class::Inconclusive),
+            total(Class::Pending),
         );
+        let mut over_limit = Vec::new();
+        if n_failed > tolerance.max_failed as usize {
+            over_limit.push(format!(
+                "{n_failed} failed (tolerated {})",
+                tolerance.max_failed
+            ));
+        }
+        if n_errored > tolerance.max_errored as usize {
+            over_limit.push(format!(
+                "{n_errored} errored (tolerated {})",
+                tolerance.max_errored
+            ));
+        }
+        if n_inconclusive > tolerance.max_inconclusive as usize {
+            over_limit.push(format!(
+                "{n_inconclusive} inconclusive (tolerated {})",
+                tolerance.max_inconclusive
+            ));
+        }
+        let mut short = Vec::new();
+        let mut pending_could_help = false;
+        let mut described = Vec::new();
+        for (group, counts) in &self.groups {
+            let n: usize = counts.iter().sum();
+            let required = quorum.required(n);
+            let passed = counts[Class::Passed.slot()];
+            let pending = counts[Class::Pending.slot()];
+            let label = match per {
+                Some(key) => format!("{key}={group}: "),
+                None => String::new(),
+            };
+            described.push(format!(
+                "{label}{passed} of {n} nodes passed, {required} required"
+            ));
+            if passed < required {
+                if passed + pending >= required {
+                    pending_could_help = true;
+                } else {
+                    short.push(format!(
+                        "{label}{passed} of {n} passed, {required} required"
+                    ));
+                }
+            }
+        }
+        let head = format!(
+            "[{}] of plan {plan}: {}",
+            steps.join(", "),
+            described.join("; ")
+        );
+        let mut items: Vec<EvidenceItem> = self
+            .flagged
+            .iter()
+            .filter_map(|j| self.parts[*j].as_ref()?.item.clone())
+            .collect();
+        let failures: Vec<&EvidenceItem> = items
+            .iter()
+            .filter(|i| !i.ok && i.signature.is_some())
+            .collect();
+        let failure_text = if failures.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; failed: {}",
+                name_some(
+                    failures
+                        .iter()
+                        .map(|i| format!("{} ({})", i.node, i.detail)),
+                    failures.len()
+                )
+            )
+        };
+        let passed_sample = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, part)| part.as_ref().is_some_and(|p| p.class == Class::Passed))
+            .take(PASSING_SAMPLE)
+            .map(|(j, _)| item(ctx.job(j), "every listed step passed", true));
+        items.extend(passed_sample);
+        if !over_limit.is_empty() || !short.is_empty() {
+            let mut why = short;
+            why.extend(over_limit);
+            return judged(
+                Verdict::Failed,
+                format!("{head}; {}{failure_text}", why.join("; ")),
+                items,
+            );
+        }
+        if pending_could_help || n_pending > 0 {
+            return judged(
+                Verdict::Waiting,
+                format!("{head}; {n_pending} node(s) still running"),
+                items,
+            );
+        }
+        judged(Verdict::Passed, head, items)
     }
-    judged(Verdict::Passed, head, items)
 }
 
-fn measurement_items(
-    view: &View<'_>,
-    name: &str,
-    step: Option<&str>,
-    condition: Condition,
-) -> Vec<EvidenceItem> {
-    let mut items = Vec::new();
-    for job in view.jobs() {
-        for result in job.latest_results() {
-            let relevant = step.is_none_or(|s| s == result.step_name)
-                && matches!(result.outcome, Outcome::Passed | Outcome::Failed)
-                && counts(result, view.release());
-            if !relevant {
+/// Classifies one node: the first listed step that is not passed decides.
+fn classify(ctx: &Ctx<'_>, j: usize, indexes: &[(usize, String)], per: Option<&str>) -> StepsPart {
+    let job = ctx.job(j);
+    let group = per
+        .map(|key| {
+            job.labels
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| format!("(no {key})"))
+        })
+        .unwrap_or_default();
+    for (idx, step) in indexes {
+        let latest = ctx.facts[j].latest(*idx);
+        let (class, detail, signature) = match latest.map(|i| (i, &job.results[i])) {
+            None if job.state.is_terminal() => (
+                Class::Inconclusive,
+                format!("{step}: no result (job {})", job.state),
+                format!("{step}: missing"),
+            ),
+            None => (
+                Class::Pending,
+                format!("{step}: not reported yet (job {})", job.state),
+                String::new(),
+            ),
+            Some((i, result)) if result.outcome == Outcome::Passed && ctx.counts(j, i) => {
                 continue;
             }
-            for m in result.measurements.iter().filter(|m| m.name == name) {
-                let unit = m
-                    .unit
-                    .as_deref()
-                    .map(|u| format!(" {u}"))
-                    .unwrap_or_default();
-                let ok = condition.holds(m.value);
-                items.push(EvidenceItem {
-                    step: Some(result.step_name.clone()),
-                    attempt: Some(result.attempt),
-                    value: Some(m.value),
-                    limit: Some(condition.to_string()),
-                    signature: (!ok)
-                        .then(|| format!("{name} breaks {condition} in {}", result.step_name)),
-                    ..item(job, format!("{name} = {}{unit}", m.value), ok)
+            Some((_, result)) if result.outcome == Outcome::Passed => {
+                let mismatch: Vec<String> =
+                    check_inventory(&ctx.release().components, &[], &result.inventory)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                (
+                    Class::Inconclusive,
+                    format!(
+                        "{step}: passed, but not on the release under test ({})",
+                        mismatch.join("; ")
+                    ),
+                    format!("{step}: wrong build"),
+                )
+            }
+            Some(_) if !job.state.is_terminal() => (
+                Class::Pending,
+                format!("{step}: retrying (job {})", job.state),
+                String::new(),
+            ),
+            Some((_, result)) => {
+                let class = match result.outcome {
+                    Outcome::Failed => Class::Failed,
+                    Outcome::Error | Outcome::Lost => Class::Errored,
+                    Outcome::Skipped | Outcome::Passed => Class::Inconclusive,
+                };
+                let why = if result.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", result.message)
+                };
+                (
+                    class,
+                    format!(
+                        "{step}: {} (attempt {}){why}",
+                        result.outcome, result.attempt
+                    ),
+                    format!(
+                        "{step}: {}: {}",
+                        result.outcome,
+                        error_class(&result.message)
+                    ),
+                )
+            }
+        };
+        return StepsPart {
+            class,
+            group,
+            item: Some(EvidenceItem {
+                step: Some(step.clone()),
+                signature: (class != Class::Pending).then_some(signature),
+                ..item(job, detail, false)
+            }),
+        };
+    }
+    StepsPart {
+        class: Class::Passed,
+        group,
+        item: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// measurement and telemetry
+
+/// One value a numeric rule aggregates, and where it came from.
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    /// The result's index in its job.
+    result: usize,
+    /// The measurement's index in the result (measurement rules).
+    measurement: usize,
+    /// The GPU's index in the result's telemetry (telemetry rules).
+    gpu: usize,
+    value: f64,
+}
+
+/// Visits the values job `j` contributes to a measurement or telemetry rule.
+fn points(kind: &RuleKind, ctx: &Ctx<'_>, j: usize, mut visit: impl FnMut(Point)) {
+    match kind {
+        RuleKind::Measurement { name, step, .. } => {
+            measurement_points(ctx, j, name, step.as_deref(), visit);
+        }
+        RuleKind::Telemetry {
+            field, step, stat, ..
+        } => {
+            let job = ctx.job(j);
+            for (i, result) in job.results.iter().enumerate() {
+                if step.as_ref().is_some_and(|s| s != &result.step_name) || !ctx.counts(j, i) {
+                    continue;
+                }
+                for (g, gpu) in result.telemetry.iter().enumerate() {
+                    let Some(summary) = gpu.field(*field) else {
+                        continue;
+                    };
+                    let value = match stat {
+                        Stat::Min => summary.min,
+                        Stat::Max => summary.max,
+                        Stat::Mean => summary.mean,
+                        Stat::P99 => summary.p99,
+                        Stat::Last => summary.last,
+                    };
+                    visit(Point {
+                        result: i,
+                        measurement: 0,
+                        gpu: g,
+                        value,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The values of measurement `name` in the latest attempt of each step of job `j` that passed
+/// or failed on the release under test.
+fn measurement_points(
+    ctx: &Ctx<'_>,
+    j: usize,
+    name: &str,
+    step: Option<&str>,
+    mut visit: impl FnMut(Point),
+) {
+    for (i, result) in ctx.latest_results(j) {
+        let relevant = step.is_none_or(|s| s == result.step_name)
+            && matches!(result.outcome, Outcome::Passed | Outcome::Failed)
+            && ctx.counts(j, i);
+        if !relevant {
+            continue;
+        }
+        for (m, measurement) in result.measurements.iter().enumerate() {
+            if measurement.name == name {
+                visit(Point {
+                    result: i,
+                    measurement: m,
+                    gpu: 0,
+                    value: measurement.value,
                 });
             }
         }
     }
-    items
 }
 
-/// Judges a numeric rule: aggregate the items, compare, name the nodes whose own values break
-/// the condition. While jobs run, only a violation more values cannot repair fails early (a
-/// minimum already too low, a maximum already too high).
-fn judge_numeric(
-    what: &str,
-    items: Vec<EvidenceItem>,
-    aggregate: Aggregate,
-    condition: Condition,
-    view: &View<'_>,
-) -> Judged {
-    let values: Vec<f64> = items.iter().filter_map(|i| i.value).collect();
-    let running = view.still_running();
-    if values.is_empty() {
-        let reason = if running > 0 {
-            format!("no {what} yet; {running} job(s) still running")
-        } else {
-            format!(
-                "no result on the release under test reports {what}; the gate waits for a run that does"
-            )
-        };
-        return judged(Verdict::Waiting, reason, items);
+/// The evidence item of one value of a measurement or telemetry rule.
+fn point_item(kind: &RuleKind, ctx: &Ctx<'_>, j: usize, point: Point) -> EvidenceItem {
+    let job = ctx.job(j);
+    let result = &job.results[point.result];
+    let value = point.value;
+    match kind {
+        RuleKind::Telemetry {
+            field,
+            stat,
+            condition,
+            ..
+        } => {
+            let gpu = &result.telemetry[point.gpu];
+            let ok = condition.holds(value);
+            EvidenceItem {
+                step: Some(result.step_name.clone()),
+                attempt: Some(result.attempt),
+                gpu_index: Some(gpu.gpu_index),
+                value: Some(value),
+                limit: Some(condition.to_string()),
+                signature: (!ok)
+                    .then(|| format!("{field} {stat} breaks {condition} in {}", result.step_name)),
+                ..item(
+                    job,
+                    format!("GPU {} {field} {stat} = {value}", gpu.gpu_index),
+                    ok,
+                )
+            }
+        }
+        RuleKind::Measurement {
+            name, condition, ..
+        } => {
+            let ok = condition.holds(value);
+            EvidenceItem {
+                limit: Some(condition.to_string()),
+                signature: (!ok)
+                    .then(|| format!("{name} breaks {condition} in {}", result.step_name)),
+                ..measurement_item(job, result, point, name, ok)
+            }
+        }
+        RuleKind::Baseline { measurement, .. } => {
+            measurement_item(job, result, point, measurement, true)
+        }
+        _ => item(job, format!("{value}"), true),
     }
-    let value = aggregate.apply(&values);
-    let holds = condition.holds(value);
-    let base = format!(
-        "{aggregate} of {what} is {value} over {} value(s), limit {condition}",
-        values.len()
-    );
-    let settled = matches!(
-        (aggregate, condition.op),
-        (Aggregate::Min, Comparison::Ge | Comparison::Gt)
-            | (Aggregate::Max, Comparison::Le | Comparison::Lt)
-    );
-    if !holds && (running == 0 || settled) {
-        return judged(
-            Verdict::Failed,
-            format!("{base}; {}", describe_offenders(&items)),
-            items,
-        );
+}
+
+fn measurement_item(
+    job: &JobEvidence,
+    result: &StepResult,
+    point: Point,
+    name: &str,
+    ok: bool,
+) -> EvidenceItem {
+    let unit = result.measurements[point.measurement]
+        .unit
+        .as_deref()
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
+    EvidenceItem {
+        step: Some(result.step_name.clone()),
+        attempt: Some(result.attempt),
+        value: Some(point.value),
+        ..item(job, format!("{name} = {}{unit}", point.value), ok)
     }
-    let mut items = items;
-    if holds {
-        // The aggregate is what the rule judges; single values beyond the limit do not fail it
-        // (a mean or a percentile may allow them), so they are shown but not flagged.
-        for item in &mut items {
-            item.ok = true;
-            item.signature = None;
+}
+
+/// One job's values for a numeric rule.
+#[derive(Default)]
+struct NumPart {
+    /// How many values.
+    count: usize,
+    /// The values themselves, kept only for a percentile (to take them out of the order
+    /// statistics when the job changes).
+    values: Vec<f64>,
+    sum: f64,
+    min: Option<Point>,
+    max: Option<Point>,
+    /// Items of the values that break the rule's condition on their own.
+    offenders: Vec<EvidenceItem>,
+}
+
+struct Numeric {
+    parts: Vec<NumPart>,
+    /// Every value, sorted, when the aggregate is a percentile.
+    order: Option<OrderStats>,
+    /// While building: every value, sorted once at the end.
+    pending: Vec<f64>,
+    /// Jobs with offenders.
+    flagged: BTreeSet<usize>,
+    total: usize,
+}
+
+fn percentile_of(aggregate: Aggregate) -> Option<f64> {
+    match aggregate {
+        Aggregate::P5 => Some(0.05),
+        Aggregate::P50 => Some(0.50),
+        Aggregate::P95 => Some(0.95),
+        Aggregate::P99 => Some(0.99),
+        Aggregate::Min | Aggregate::Max | Aggregate::Mean | Aggregate::Count => None,
+    }
+}
+
+impl Numeric {
+    fn new(aggregate: Aggregate, n: usize) -> Self {
+        Self {
+            parts: (0..n).map(|_| NumPart::default()).collect(),
+            order: percentile_of(aggregate).map(|_| OrderStats::default()),
+            pending: Vec::new(),
+            flagged: BTreeSet::new(),
+            total: 0,
         }
     }
-    if running > 0 {
-        return judged(
-            Verdict::Waiting,
-            format!("{base} so far; {running} job(s) still running"),
-            items,
-        );
+
+    fn finish_build(&mut self) {
+        if self.order.is_some() {
+            self.order = Some(OrderStats::from_values(std::mem::take(&mut self.pending)));
+        }
     }
-    judged(Verdict::Passed, base, items)
+
+    fn update(&mut self, kind: &RuleKind, ctx: &Ctx<'_>, j: usize, in_scope: bool, building: bool) {
+        let old = std::mem::take(&mut self.parts[j]);
+        self.total -= old.count;
+        if let Some(order) = &mut self.order {
+            for value in &old.values {
+                order.remove(*value);
+            }
+        }
+        self.flagged.remove(&j);
+        if !in_scope {
+            return;
+        }
+        let condition = match kind {
+            RuleKind::Measurement { condition, .. } | RuleKind::Telemetry { condition, .. } => {
+                *condition
+            }
+            _ => return,
+        };
+        let mut part = NumPart::default();
+        let keep = self.order.is_some();
+        points(kind, ctx, j, |point| {
+            part.count += 1;
+            if keep {
+                part.values.push(point.value);
+            }
+            part.sum += point.value;
+            if part.min.is_none_or(|m| point.value < m.value) {
+                part.min = Some(point);
+            }
+            if part.max.is_none_or(|m| point.value > m.value) {
+                part.max = Some(point);
+            }
+            if !condition.holds(point.value) {
+                part.offenders.push(point_item(kind, ctx, j, point));
+            }
+        });
+        self.total += part.count;
+        if let Some(order) = &mut self.order {
+            if building {
+                self.pending.extend_from_slice(&part.values);
+            } else {
+                for value in &part.values {
+                    order.insert(*value);
+                }
+            }
+        }
+        if !part.offenders.is_empty() {
+            self.flagged.insert(j);
+        }
+        self.parts[j] = part;
+    }
+
+    fn aggregate(&self, aggregate: Aggregate) -> f64 {
+        let parts = self.parts.iter().filter(|p| p.count > 0);
+        match aggregate {
+            Aggregate::Min => parts
+                .filter_map(|p| p.min)
+                .map(|p| p.value)
+                .fold(f64::INFINITY, f64::min),
+            Aggregate::Max => parts
+                .filter_map(|p| p.max)
+                .map(|p| p.value)
+                .fold(f64::NEG_INFINITY, f64::max),
+            Aggregate::Mean => parts.map(|p| p.sum).sum::<f64>() / self.total as f64,
+            Aggregate::Count => self.total as f64,
+            percentile => {
+                let p = percentile_of(percentile).unwrap_or(0.5);
+                self.order
+                    .as_ref()
+                    .and_then(|order| order.percentile(p))
+                    .unwrap_or(f64::NAN)
+            }
+        }
+    }
+
+    /// The items of the smallest and the largest value.
+    fn extremes(&self, kind: &RuleKind, ctx: &Ctx<'_>) -> Vec<EvidenceItem> {
+        let pick = |better: fn(f64, f64) -> bool, of: fn(&NumPart) -> Option<Point>| {
+            self.parts
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| Some((j, of(p)?)))
+                .fold(None::<(usize, Point)>, |best, (j, p)| match best {
+                    Some((_, b)) if !better(p.value, b.value) => best,
+                    _ => Some((j, p)),
+                })
+        };
+        let mut items = Vec::new();
+        for (j, point) in [pick(|a, b| a < b, |p| p.min), pick(|a, b| a > b, |p| p.max)]
+            .into_iter()
+            .flatten()
+        {
+            let item = point_item(kind, ctx, j, point);
+            if !items.contains(&item) {
+                items.push(item);
+            }
+        }
+        items
+    }
+
+    /// Judges a numeric rule: aggregate the values, compare, name the nodes whose own values
+    /// break the condition. While jobs run, only a violation more values cannot repair fails
+    /// early (a minimum already too low, a maximum already too high).
+    fn judge(
+        &self,
+        rule: &RuleState,
+        kind: &RuleKind,
+        ctx: &Ctx<'_>,
+        what: &str,
+        aggregate: Aggregate,
+        condition: Condition,
+    ) -> Judged {
+        let running = rule.n_running;
+        if self.total == 0 {
+            let reason = if running > 0 {
+                format!("no {what} yet; {running} job(s) still running")
+            } else {
+                format!(
+                    "no result on the release under test reports {what}; the gate waits for a run that does"
+                )
+            };
+            return judged(Verdict::Waiting, reason, Vec::new());
+        }
+        let value = self.aggregate(aggregate);
+        let holds = condition.holds(value);
+        let base = format!(
+            "{aggregate} of {what} is {value} over {} value(s), limit {condition}",
+            self.total
+        );
+        let settled = matches!(
+            (aggregate, condition.op),
+            (Aggregate::Min, Comparison::Ge | Comparison::Gt)
+                | (Aggregate::Max, Comparison::Le | Comparison::Lt)
+        );
+        let mut items: Vec<EvidenceItem> = Vec::new();
+        for j in &self.flagged {
+            items.extend(self.parts[*j].offenders.iter().cloned());
+        }
+        let n_offenders = items.len();
+        if !holds && (running == 0 || settled) {
+            let reason = format!("{base}; {}", describe_offenders(&items));
+            items.extend(self.sample(rule, kind, ctx, &items));
+            return judged(Verdict::Failed, reason, items);
+        }
+        if holds {
+            // The aggregate is what the rule judges; single values beyond the limit do not fail
+            // it (a mean or a percentile may allow them), so they are shown but not flagged.
+            items.truncate(PASSING_SAMPLE);
+            for item in &mut items {
+                item.ok = true;
+                item.signature = None;
+            }
+        }
+        items.extend(self.sample(rule, kind, ctx, &items));
+        let beyond = if holds && n_offenders > 0 {
+            format!("; {n_offenders} single value(s) beyond the limit, allowed by the {aggregate}")
+        } else {
+            String::new()
+        };
+        if running > 0 {
+            return judged(
+                Verdict::Waiting,
+                format!("{base} so far{beyond}; {running} job(s) still running"),
+                items,
+            );
+        }
+        judged(Verdict::Passed, format!("{base}{beyond}"), items)
+    }
+
+    /// The extremes and a few passing values, without repeating `shown`.
+    fn sample(
+        &self,
+        rule: &RuleState,
+        kind: &RuleKind,
+        ctx: &Ctx<'_>,
+        shown: &[EvidenceItem],
+    ) -> Vec<EvidenceItem> {
+        let mut sample = self.extremes(kind, ctx);
+        sample.extend(rule.sample_ok(|j| {
+            let mut items = Vec::new();
+            points(kind, ctx, j, |point| {
+                if items.len() < PASSING_SAMPLE {
+                    items.push(point_item(kind, ctx, j, point));
+                }
+            });
+            items
+        }));
+        let mut unique: Vec<EvidenceItem> = Vec::new();
+        for item in sample {
+            if item.ok && !shown.contains(&item) && !unique.contains(&item) {
+                unique.push(item);
+            }
+        }
+        unique.truncate(PASSING_SAMPLE + 2);
+        unique
+    }
 }
 
 fn describe_offenders(items: &[EvidenceItem]) -> String {
@@ -668,412 +1213,754 @@ fn describe_offenders(items: &[EvidenceItem]) -> String {
     format!("breaking the limit: {}{more}", parts.join("; "))
 }
 
-fn baseline(
-    view: &View<'_>,
-    measurement: &str,
-    step: Option<&str>,
-    aggregate: Aggregate,
-    max_pct: f64,
-    direction: Direction,
-    per: &str,
-) -> Judged {
-    let any = Condition {
-        op: Comparison::Ne,
-        threshold: f64::NAN,
-    };
-    let group_of = |item: &EvidenceItem, jobs: &[&JobEvidence]| {
-        jobs.iter()
-            .find(|j| j.node == item.node)
-            .and_then(|j| j.labels.get(per).cloned())
-            .unwrap_or_else(|| format!("(no {per})"))
-    };
-    let current_jobs: Vec<&JobEvidence> = view.jobs().collect();
-    let mut items = measurement_items(view, measurement, step, any);
-    if items.is_empty() {
-        let running = view.still_running();
-        return judged(
-            Verdict::Waiting,
-            format!(
-                "no measurement {measurement} on the release under test yet; {running} job(s) still running"
-            ),
-            items,
-        );
-    }
-    let Some(base_evidence) = view.evidence.baseline.as_deref() else {
-        return judged(
-            Verdict::Passed,
-            format!(
-                "no earlier release was promoted past {}; nothing to compare {measurement} with",
-                view.evidence.milestone
-            ),
-            items,
-        );
-    };
-    let base_view = View::new(base_evidence, &Selector::default());
-    let base_items = measurement_items(&base_view, measurement, step, any);
-    let base_jobs: Vec<&JobEvidence> = base_view.jobs().collect();
-    let mut current: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for item in &items {
-        current
-            .entry(group_of(item, &current_jobs))
-            .or_default()
-            .extend(item.value);
-    }
-    let mut base: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for item in &base_items {
-        base.entry(group_of(item, &base_jobs))
-            .or_default()
-            .extend(item.value);
-    }
-    let mut regressions = Vec::new();
-    let mut deltas = Vec::new();
-    for (group, values) in &current {
-        let now = aggregate.apply(values);
-        let Some(before) = base.get(group).map(|v| aggregate.apply(v)) else {
-            deltas.push(format!("{per}={group}: {now} (no baseline on this {per})"));
-            continue;
-        };
-        let change_pct = if before == 0.0 {
-            0.0
-        } else {
-            (now - before) / before.abs() * 100.0
-        };
-        let regression = match direction {
-            Direction::HigherIsBetter => -change_pct,
-            Direction::LowerIsBetter => change_pct,
-        };
-        deltas.push(format!(
-            "{per}={group}: {now} vs {before} ({change_pct:+.1}%)"
-        ));
-        if regression > max_pct {
-            regressions.push((group.clone(), regression));
-        }
-    }
-    let head = format!(
-        "{aggregate} {measurement} against {} ({}): {}",
-        base_evidence.release.id,
-        direction,
-        deltas.join("; ")
-    );
-    if regressions.is_empty() {
-        if view.still_running() > 0 {
-            return judged(Verdict::Waiting, format!("{head} so far"), items);
-        }
-        return judged(Verdict::Passed, head, items);
-    }
-    for item in &mut items {
-        let group = group_of(item, &current_jobs);
-        if let Some((_, pct)) = regressions.iter().find(|(g, _)| *g == group) {
-            item.ok = false;
-            item.limit = Some(format!("at most {max_pct}% regression"));
-            item.signature = Some(format!(
-                "{measurement} regressed {pct:.1}% on {per}={group}"
-            ));
-        } else {
-            item.ok = true;
-        }
-    }
-    let worst: Vec<String> = regressions
-        .iter()
-        .map(|(g, pct)| format!("{per}={g} regressed {pct:.1}%"))
-        .collect();
-    judged(
-        Verdict::Failed,
-        format!(
-            "{head}; {} (at most {max_pct}% tolerated)",
-            worst.join(", ")
-        ),
-        items,
-    )
+// ---------------------------------------------------------------------------------------------
+// baseline
+
+struct BasePart {
+    group: String,
+    points: Vec<Point>,
 }
 
-fn no_events(
-    view: &View<'_>,
-    what: &str,
-    watched: &dyn Fn(EventKind, i64) -> bool,
-    ecc_counter: bool,
-    row_remap: bool,
-) -> Judged {
+struct Baseline {
+    parts: Vec<Option<BasePart>>,
+    /// The baseline release and its aggregate per group, when there is one.
+    before: Option<(ReleaseId, BTreeMap<String, f64>)>,
+    measurement: String,
+    step: Option<String>,
+    per: String,
+}
+
+fn group_of(job: &JobEvidence, per: &str) -> String {
+    job.labels
+        .get(per)
+        .cloned()
+        .unwrap_or_else(|| format!("(no {per})"))
+}
+
+impl Baseline {
+    fn new(
+        ctx: &Ctx<'_>,
+        measurement: &str,
+        step: Option<&str>,
+        aggregate: Aggregate,
+        per: &str,
+        n: usize,
+    ) -> Self {
+        let before = ctx.evidence.baseline.as_deref().map(|base| {
+            let slots = slots(base);
+            let facts: Vec<JobFacts> = slots
+                .iter()
+                .map(|s| JobFacts::new(&base.runs[s.run].jobs[s.job], &base.release))
+                .collect();
+            let base_ctx = Ctx {
+                evidence: base,
+                slots: &slots,
+                facts: &facts,
+            };
+            let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for j in 0..slots.len() {
+                let group = group_of(base_ctx.job(j), per);
+                measurement_points(&base_ctx, j, measurement, step, |p| {
+                    values.entry(group.clone()).or_default().push(p.value);
+                });
+            }
+            let aggregated = values
+                .into_iter()
+                .map(|(group, values)| (group, aggregate.apply(&values)))
+                .collect();
+            (base.release.id.clone(), aggregated)
+        });
+        Self {
+            parts: (0..n).map(|_| None).collect(),
+            before,
+            measurement: measurement.to_owned(),
+            step: step.map(str::to_owned),
+            per: per.to_owned(),
+        }
+    }
+
+    fn update(&mut self, ctx: &Ctx<'_>, j: usize, in_scope: bool) {
+        self.parts[j] = None;
+        if !in_scope {
+            return;
+        }
+        let mut points = Vec::new();
+        measurement_points(ctx, j, &self.measurement, self.step.as_deref(), |p| {
+            points.push(p);
+        });
+        if !points.is_empty() {
+            self.parts[j] = Some(BasePart {
+                group: group_of(ctx.job(j), &self.per),
+                points,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        rule: &RuleState,
+        ctx: &Ctx<'_>,
+        measurement: &str,
+        aggregate: Aggregate,
+        max_pct: f64,
+        direction: Direction,
+        per: &str,
+    ) -> Judged {
+        let kind = RuleKind::Baseline {
+            measurement: measurement.to_owned(),
+            step: self.step.clone(),
+            aggregate,
+            max_regression_pct: max_pct,
+            direction,
+            per: per.to_owned(),
+        };
+        let sample = || {
+            rule.sample_ok(|j| {
+                self.parts[j]
+                    .iter()
+                    .flat_map(|p| p.points.iter())
+                    .map(|point| point_item(&kind, ctx, j, *point))
+                    .collect()
+            })
+        };
+        if self.parts.iter().all(Option::is_none) {
+            return judged(
+                Verdict::Waiting,
+                format!(
+                    "no measurement {measurement} on the release under test yet; {} job(s) still running",
+                    rule.n_running
+                ),
+                Vec::new(),
+            );
+        }
+        let Some((base_release, base)) = &self.before else {
+            return judged(
+                Verdict::Passed,
+                format!(
+                    "no earlier release was promoted past {}; nothing to compare {measurement} with",
+                    ctx.evidence.milestone
+                ),
+                sample(),
+            );
+        };
+        let mut current: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for part in self.parts.iter().flatten() {
+            current
+                .entry(part.group.as_str())
+                .or_default()
+                .extend(part.points.iter().map(|p| p.value));
+        }
+        let mut regressions: Vec<(String, f64)> = Vec::new();
+        let mut deltas = Vec::new();
+        for (group, values) in &current {
+            let now = aggregate.apply(values);
+            let Some(before) = base.get(*group).copied() else {
+                deltas.push(format!("{per}={group}: {now} (no baseline on this {per})"));
+                continue;
+            };
+            let change_pct = if before == 0.0 {
+                0.0
+            } else {
+                (now - before) / before.abs() * 100.0
+            };
+            let regression = match direction {
+                Direction::HigherIsBetter => -change_pct,
+                Direction::LowerIsBetter => change_pct,
+            };
+            deltas.push(format!(
+                "{per}={group}: {now} vs {before} ({change_pct:+.1}%)"
+            ));
+            if regression > max_pct {
+                regressions.push(((*group).to_owned(), regression));
+            }
+        }
+        let head = format!(
+            "{aggregate} {measurement} against {base_release} ({direction}): {}",
+            deltas.join("; ")
+        );
+        if regressions.is_empty() {
+            if rule.n_running > 0 {
+                return judged(Verdict::Waiting, format!("{head} so far"), sample());
+            }
+            return judged(Verdict::Passed, head, sample());
+        }
+        let mut items = Vec::new();
+        for (j, part) in self.parts.iter().enumerate() {
+            let Some(part) = part else { continue };
+            let Some((_, pct)) = regressions.iter().find(|(g, _)| *g == part.group) else {
+                continue;
+            };
+            for point in &part.points {
+                items.push(EvidenceItem {
+                    ok: false,
+                    limit: Some(format!("at most {max_pct}% regression")),
+                    signature: Some(format!(
+                        "{measurement} regressed {pct:.1}% on {per}={}",
+                        part.group
+                    )),
+                    ..point_item(&kind, ctx, j, *point)
+                });
+            }
+        }
+        items.extend(rule.sample_ok(|j| {
+            match &self.parts[j] {
+                Some(part) if !regressions.iter().any(|(g, _)| *g == part.group) => part
+                    .points
+                    .iter()
+                    .map(|point| point_item(&kind, ctx, j, *point))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        }));
+        let worst: Vec<String> = regressions
+            .iter()
+            .map(|(g, pct)| format!("{per}={g} regressed {pct:.1}%"))
+            .collect();
+        judged(
+            Verdict::Failed,
+            format!(
+                "{head}; {} (at most {max_pct}% tolerated)",
+                worst.join(", ")
+            ),
+            items,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// no-xid and no-events
+
+/// What a `no-xid` or `no-events` rule watches.
+struct Watch<'a> {
+    kind: &'a RuleKind,
+}
+
+impl Watch<'_> {
+    fn event(&self, kind: EventKind, code: i64) -> bool {
+        match self.kind {
+            RuleKind::NoXid { codes } => {
+                kind == EventKind::Xid && (codes.is_empty() || codes.contains(&code))
+            }
+            RuleKind::NoEvents {
+                xid,
+                ecc_uncorrected,
+                gpu_lost,
+                ..
+            } => match kind {
+                EventKind::Xid => xid.is_empty() || xid.contains(&code),
+                EventKind::EccUncorrected => *ecc_uncorrected,
+                EventKind::GpuLost => *gpu_lost,
+            },
+            _ => false,
+        }
+    }
+
+    fn ecc_counter(&self) -> bool {
+        matches!(
+            self.kind,
+            RuleKind::NoEvents {
+                ecc_uncorrected: true,
+                ..
+            }
+        )
+    }
+
+    fn row_remap(&self) -> bool {
+        matches!(
+            self.kind,
+            RuleKind::NoEvents {
+                row_remap_failure: true,
+                ..
+            }
+        )
+    }
+
+    fn what(&self) -> String {
+        match self.kind {
+            RuleKind::NoXid { codes } => format!("XID ({})", describe_codes(codes)),
+            RuleKind::NoEvents {
+                xid,
+                ecc_uncorrected,
+                row_remap_failure,
+                gpu_lost,
+            } => format!(
+                "XID {}{}{}{}",
+                describe_codes(xid),
+                if *ecc_uncorrected {
+                    ", uncorrected ECC"
+                } else {
+                    ""
+                },
+                if *row_remap_failure {
+                    ", row remap failure"
+                } else {
+                    ""
+                },
+                if *gpu_lost { ", GPU lost" } else { "" }
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The events of job `j` a `no-xid` or `no-events` rule counts, as failing items.
+fn event_items(kind: &RuleKind, ctx: &Ctx<'_>, j: usize) -> Vec<EvidenceItem> {
+    let watch = Watch { kind };
+    let what = watch.what();
+    let job = ctx.job(j);
     let mut items = Vec::new();
-    let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for job in view.jobs() {
-        for result in &job.results {
-            for event in result.events.iter().filter(|e| watched(e.kind, e.code)) {
-                let (label, signature) = match event.kind {
-                    EventKind::Xid => {
-                        (format!("XID {}", event.code), format!("XID {}", event.code))
-                    }
-                    EventKind::EccUncorrected => (
-                        format!("{} uncorrected ECC error(s)", event.code),
-                        "uncorrected ECC".to_owned(),
+    for result in &job.results {
+        for event in result.events.iter().filter(|e| watch.event(e.kind, e.code)) {
+            let (label, signature) = match event.kind {
+                EventKind::Xid => (format!("XID {}", event.code), format!("XID {}", event.code)),
+                EventKind::EccUncorrected => (
+                    format!("{} uncorrected ECC error(s)", event.code),
+                    "uncorrected ECC".to_owned(),
+                ),
+                EventKind::GpuLost => ("GPU lost".to_owned(), "GPU lost".to_owned()),
+            };
+            items.push(EvidenceItem {
+                step: Some(result.step_name.clone()),
+                attempt: Some(result.attempt),
+                gpu_index: Some(event.gpu_index),
+                value: Some(event.code as f64),
+                limit: Some(what.clone()),
+                signature: Some(signature),
+                ..item(
+                    job,
+                    format!(
+                        "{label} on GPU {} during {}: {}",
+                        event.gpu_index, result.step_name, event.detail
                     ),
-                    EventKind::GpuLost => ("GPU lost".to_owned(), "GPU lost".to_owned()),
-                };
-                *per_node.entry(job.node.clone()).or_default() += 1;
+                    false,
+                )
+            });
+        }
+        for gpu in &result.telemetry {
+            let rising = |field: Field| gpu.field(field).is_some_and(|s| s.max > s.min);
+            let set = |field: Field| gpu.field(field).is_some_and(|s| s.max > 0.0);
+            let mut flag = |what: &str, value: Option<f64>| {
                 items.push(EvidenceItem {
                     step: Some(result.step_name.clone()),
                     attempt: Some(result.attempt),
-                    gpu_index: Some(event.gpu_index),
-                    value: Some(event.code as f64),
-                    limit: Some(what.to_owned()),
-                    signature: Some(signature),
+                    gpu_index: Some(gpu.gpu_index),
+                    value,
+                    limit: Some("none".into()),
+                    signature: Some(what.to_owned()),
                     ..item(
                         job,
                         format!(
-                            "{label} on GPU {} during {}: {}",
-                            event.gpu_index, result.step_name, event.detail
+                            "{what} on GPU {} during {}",
+                            gpu.gpu_index, result.step_name
                         ),
                         false,
                     )
                 });
+            };
+            let has_ecc_event = result
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::EccUncorrected && e.gpu_index == gpu.gpu_index);
+            if watch.ecc_counter() && !has_ecc_event && rising(Field::EccUncorrectedVolatile) {
+                let delta = gpu
+                    .field(Field::EccUncorrectedVolatile)
+                    .map(|s| s.max - s.min);
+                flag("uncorrected ECC", delta);
             }
-            for gpu in &result.telemetry {
-                let rising = |field: Field| gpu.field(field).is_some_and(|s| s.max > s.min);
-                let set = |field: Field| gpu.field(field).is_some_and(|s| s.max > 0.0);
-                let mut flag = |what: &str, value: Option<f64>| {
-                    *per_node.entry(job.node.clone()).or_default() += 1;
-                    items.push(EvidenceItem {
-                        step: Some(result.step_name.clone()),
-                        attempt: Some(result.attempt),
-                        gpu_index: Some(gpu.gpu_index),
-                        value,
-                        limit: Some("none".into()),
-                        signature: Some(what.to_owned()),
-                        ..item(
-                            job,
-                            format!(
-                                "{what} on GPU {} during {}",
-                                gpu.gpu_index, result.step_name
-                            ),
-                            false,
-                        )
-                    });
-                };
-                let has_ecc_event = result
-                    .events
-                    .iter()
-                    .any(|e| e.kind == EventKind::EccUncorrected && e.gpu_index == gpu.gpu_index);
-                if ecc_counter && !has_ecc_event && rising(Field::EccUncorrectedVolatile) {
-                    let delta = gpu
-                        .field(Field::EccUncorrectedVolatile)
-                        .map(|s| s.max - s.min);
-                    flag("uncorrected ECC", delta);
-                }
-                if row_remap && set(Field::RowRemapFailure) {
-                    flag("row remap failure", Some(1.0));
-                }
+            if watch.row_remap() && set(Field::RowRemapFailure) {
+                flag("row remap failure", Some(1.0));
             }
         }
     }
-    if !items.is_empty() {
-        let counts: Vec<String> = per_node
-            .iter()
-            .map(|(node, n)| format!("{node}: {n}"))
-            .collect();
-        let kinds: BTreeSet<&str> = items
-            .iter()
-            .filter_map(|i| i.signature.as_deref())
-            .collect();
-        let kinds: Vec<&str> = kinds.into_iter().collect();
-        return judged(
-            Verdict::Failed,
-            format!(
-                "{} event(s) ({}) on {} node(s) — {}",
-                items.len(),
-                kinds.join(", "),
-                per_node.len(),
-                counts.join(", ")
-            ),
-            items,
-        );
-    }
-    let running = view.still_running();
-    if running > 0 {
-        return judged(
-            Verdict::Waiting,
-            format!("no {what} so far; {running} job(s) still running"),
-            items,
-        );
-    }
-    let n_jobs = view.jobs().count();
-    let checked: Vec<EvidenceItem> = view.jobs().map(|job| item(job, "no event", true)).collect();
-    judged(
-        Verdict::Passed,
-        format!("no {what} on any of {n_jobs} node(s)"),
-        checked,
-    )
+    items
 }
 
-fn dcgm_diag(view: &View<'_>, min_level: u8, tests: &[String], step: Option<&str>) -> Judged {
-    let mut items = Vec::new();
-    let (mut n_failed, mut n_missing) = (0, 0);
-    for job in view.jobs() {
-        let diag = job
-            .latest_results()
-            .filter(|r| step.is_none_or(|s| s == r.step_name) && counts(r, view.release()))
-            .filter(|r| {
-                r.sub_results
-                    .iter()
-                    .any(|s| s.source == "dcgm-diag" && s.level.is_some_and(|l| l >= min_level))
-            })
-            .last();
-        let Some(result) = diag else {
-            n_missing += 1;
-            let detail = if job.state.is_terminal() {
-                format!("no dcgm-diag result at level {min_level} or higher")
-            } else {
-                format!("no dcgm-diag result yet (job {})", job.state)
-            };
-            items.push(EvidenceItem {
-                limit: Some(format!("level >= {min_level}")),
-                ..item(job, detail, false)
-            });
-            continue;
-        };
-        let gpus: Vec<u32> = result.inventory.gpus.iter().map(|g| g.index).collect();
-        for test in tests {
-            for gpu in &gpus {
-                let sub = result.sub_results.iter().find(|s| {
-                    s.source == "dcgm-diag" && &s.name == test && s.gpu_index == Some(*gpu)
-                });
-                let (ok, detail, signature) = match sub {
-                    Some(s) if s.outcome == Outcome::Passed => {
-                        (true, format!("{test} passed on GPU {gpu}"), None)
-                    }
-                    Some(s) if s.outcome == Outcome::Failed || s.outcome == Outcome::Error => {
-                        n_failed += 1;
-                        (
-                            false,
-                            format!("{test} {} on GPU {gpu}: {}", s.outcome, s.message),
-                            Some(format!("dcgm-diag {test}: {}", s.outcome)),
-                        )
-                    }
-                    Some(_) => {
-                        n_missing += 1;
-                        (
-                            false,
-                            format!("{test} was skipped on GPU {gpu} (counts as missing)"),
-                            None,
-                        )
-                    }
-                    None => {
-                        n_missing += 1;
-                        (
-                            false,
-                            format!("{test} did not report GPU {gpu} (missing)"),
-                            None,
-                        )
-                    }
-                };
-                items.push(EvidenceItem {
-                    step: Some(result.step_name.clone()),
-                    attempt: Some(result.attempt),
-                    gpu_index: Some(*gpu),
-                    limit: Some("passed".into()),
-                    signature,
-                    ..item(job, detail, ok)
-                });
-            }
+struct Events {
+    parts: Vec<Vec<EvidenceItem>>,
+    flagged: BTreeSet<usize>,
+    total: usize,
+}
+
+impl Events {
+    fn new(n: usize) -> Self {
+        Self {
+            parts: vec![Vec::new(); n],
+            flagged: BTreeSet::new(),
+            total: 0,
         }
     }
-    if n_failed > 0 {
-        // Missing entries are not failures; only the failed ones are flagged for grouping.
-        for item in &mut items {
-            if item.signature.is_none() && !item.ok {
-                item.ok = true;
-                item.detail = format!("{} — not counted as a failure", item.detail);
-            }
+
+    fn update(&mut self, kind: &RuleKind, ctx: &Ctx<'_>, j: usize, in_scope: bool) {
+        self.total -= self.parts[j].len();
+        self.parts[j] = if in_scope {
+            event_items(kind, ctx, j)
+        } else {
+            Vec::new()
+        };
+        self.total += self.parts[j].len();
+        if self.parts[j].is_empty() {
+            self.flagged.remove(&j);
+        } else {
+            self.flagged.insert(j);
         }
-        return judged(
-            Verdict::Failed,
+    }
+
+    fn judge(&self, rule: &RuleState, kind: &RuleKind, ctx: &Ctx<'_>) -> Judged {
+        let what = Watch { kind }.what();
+        if self.total > 0 {
+            let mut per_node: BTreeMap<&NodeId, usize> = BTreeMap::new();
+            let mut items = Vec::with_capacity(self.total);
+            for j in &self.flagged {
+                *per_node.entry(&ctx.job(*j).node).or_default() += self.parts[*j].len();
+                items.extend(self.parts[*j].iter().cloned());
+            }
+            let counts = name_some(
+                per_node.iter().map(|(node, n)| format!("{node}: {n}")),
+                per_node.len(),
+            );
+            let kinds: BTreeSet<&str> = items
+                .iter()
+                .filter_map(|i| i.signature.as_deref())
+                .collect();
+            let kinds: Vec<&str> = kinds.into_iter().collect();
+            return judged(
+                Verdict::Failed,
+                format!(
+                    "{} event(s) ({}) on {} node(s) — {counts}",
+                    self.total,
+                    kinds.join(", "),
+                    per_node.len(),
+                ),
+                items,
+            );
+        }
+        if rule.n_running > 0 {
+            return judged(
+                Verdict::Waiting,
+                format!("no {what} so far; {} job(s) still running", rule.n_running),
+                Vec::new(),
+            );
+        }
+        let checked = rule.sample_ok(|j| vec![item(ctx.job(j), "no event", true)]);
+        judged(
+            Verdict::Passed,
+            format!("no {what} on any of {} node(s)", rule.n_in_scope),
+            checked,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dcgm-diag
+
+#[derive(Default)]
+struct DiagPart {
+    /// Items of failed, missing or skipped tests.
+    bad: Vec<EvidenceItem>,
+    n_failed: usize,
+    n_missing: usize,
+}
+
+struct Diag {
+    parts: Vec<DiagPart>,
+    flagged: BTreeSet<usize>,
+    n_failed: usize,
+    n_missing: usize,
+}
+
+/// Job `j`'s dcgm-diag items (the passing ones only when `with_ok`), and how many required
+/// results failed and how many are missing.
+fn diag_items(kind: &RuleKind, ctx: &Ctx<'_>, j: usize, with_ok: bool) -> DiagPart {
+    let RuleKind::DcgmDiag {
+        min_level,
+        tests,
+        step,
+    } = kind
+    else {
+        return DiagPart::default();
+    };
+    let min_level = *min_level;
+    let job = ctx.job(j);
+    let mut part = DiagPart::default();
+    let diag = ctx
+        .latest_results(j)
+        .filter(|(i, r)| step.as_ref().is_none_or(|s| s == &r.step_name) && ctx.counts(j, *i))
+        .filter(|(_, r)| {
+            r.sub_results
+                .iter()
+                .any(|s| s.source == "dcgm-diag" && s.level.is_some_and(|l| l >= min_level))
+        })
+        .last();
+    let Some((_, result)) = diag else {
+        part.n_missing += 1;
+        let detail = if job.state.is_terminal() {
+            format!("no dcgm-diag result at level {min_level} or higher")
+        } else {
+            format!("no dcgm-diag result yet (job {})", job.state)
+        };
+        part.bad.push(EvidenceItem {
+            limit: Some(format!("level >= {min_level}")),
+            ..item(job, detail, false)
+        });
+        return part;
+    };
+    for test in tests {
+        for gpu in result.inventory.gpus.iter().map(|g| g.index) {
+            let sub = result
+                .sub_results
+                .iter()
+                .find(|s| s.source == "dcgm-diag" && &s.name == test && s.gpu_index == Some(gpu));
+            let (ok, detail, signature) = match sub {
+                Some(s) if s.outcome == Outcome::Passed => {
+                    if !with_ok {
+                        continue;
+                    }
+                    (true, format!("{test} passed on GPU {gpu}"), None)
+                }
+                Some(s) if s.outcome == Outcome::Failed || s.outcome == Outcome::Error => {
+                    part.n_failed += 1;
+                    (
+                        false,
+                        format!("{test} {} on GPU {gpu}: {}", s.outcome, s.message),
+                        Some(format!("dcgm-diag {test}: {}", s.outcome)),
+                    )
+                }
+                Some(_) => {
+                    part.n_missing += 1;
+                    (
+                        false,
+                        format!("{test} was skipped on GPU {gpu} (counts as missing)"),
+                        None,
+                    )
+                }
+                None => {
+                    part.n_missing += 1;
+                    (
+                        false,
+                        format!("{test} did not report GPU {gpu} (missing)"),
+                        None,
+                    )
+                }
+            };
+            part.bad.push(EvidenceItem {
+                step: Some(result.step_name.clone()),
+                attempt: Some(result.attempt),
+                gpu_index: Some(gpu),
+                limit: Some("passed".into()),
+                signature,
+                ..item(job, detail, ok)
+            });
+        }
+    }
+    part
+}
+
+impl Diag {
+    fn new(n: usize) -> Self {
+        Self {
+            parts: (0..n).map(|_| DiagPart::default()).collect(),
+            flagged: BTreeSet::new(),
+            n_failed: 0,
+            n_missing: 0,
+        }
+    }
+
+    fn update(&mut self, kind: &RuleKind, ctx: &Ctx<'_>, j: usize, in_scope: bool) {
+        let old = std::mem::take(&mut self.parts[j]);
+        self.n_failed -= old.n_failed;
+        self.n_missing -= old.n_missing;
+        self.flagged.remove(&j);
+        if !in_scope {
+            return;
+        }
+        let part = diag_items(kind, ctx, j, false);
+        self.n_failed += part.n_failed;
+        self.n_missing += part.n_missing;
+        if !part.bad.is_empty() {
+            self.flagged.insert(j);
+        }
+        self.parts[j] = part;
+    }
+
+    fn judge(
+        &self,
+        rule: &RuleState,
+        kind: &RuleKind,
+        ctx: &Ctx<'_>,
+        min_level: u8,
+        tests: &[String],
+    ) -> Judged {
+        let mut items: Vec<EvidenceItem> = self
+            .flagged
+            .iter()
+            .flat_map(|j| self.parts[*j].bad.iter().cloned())
+            .collect();
+        let sample = || rule.sample_ok(|j| diag_items(kind, ctx, j, true).bad);
+        if self.n_failed > 0 {
+            // Missing entries are not failures; only the failed ones are flagged for grouping.
+            for item in &mut items {
+                if item.signature.is_none() && !item.ok {
+                    item.ok = true;
+                    item.detail = format!("{} — not counted as a failure", item.detail);
+                }
+            }
+            items.extend(sample());
+            return judged(
+                Verdict::Failed,
+                format!(
+                    "{} required dcgm-diag test result(s) failed ({})",
+                    self.n_failed,
+                    tests.join(", ")
+                ),
+                items,
+            );
+        }
+        items.extend(sample());
+        if self.n_missing > 0 {
+            return judged(
+                Verdict::Waiting,
+                format!(
+                    "{} required dcgm-diag result(s) at level {min_level}+ missing or skipped; a skipped test never passes",
+                    self.n_missing
+                ),
+                items,
+            );
+        }
+        judged(
+            Verdict::Passed,
             format!(
-                "{n_failed} required dcgm-diag test result(s) failed ({})",
+                "[{}] passed at level {min_level}+ on every GPU",
                 tests.join(", ")
             ),
             items,
-        );
+        )
     }
-    if n_missing > 0 {
-        return judged(
-            Verdict::Waiting,
-            format!(
-                "{n_missing} required dcgm-diag result(s) at level {min_level}+ missing or skipped; a skipped test never passes"
-            ),
-            items,
-        );
-    }
-    judged(
-        Verdict::Passed,
-        format!(
-            "[{}] passed at level {min_level}+ on every GPU",
-            tests.join(", ")
-        ),
-        items,
-    )
 }
 
-fn inventory_matches(view: &View<'_>, components: &[String]) -> Judged {
-    let mut items = Vec::new();
-    let mut n_results = 0;
-    for job in view.jobs() {
-        let mut problems: Vec<String> = Vec::new();
-        for result in &job.results {
-            n_results += 1;
-            for mismatch in
-                check_inventory(&view.release().components, components, &result.inventory)
-            {
-                let text = mismatch.to_string();
-                if !problems.contains(&text) {
-                    problems.push(text);
-                }
-            }
-        }
-        if job.results.is_empty() {
+// ---------------------------------------------------------------------------------------------
+// inventory-matches-release
+
+#[derive(Default)]
+struct InventoryPart {
+    n_results: usize,
+    /// The item of a node that did not run the release.
+    bad: Option<EvidenceItem>,
+}
+
+struct InventoryRule {
+    parts: Vec<InventoryPart>,
+    flagged: BTreeSet<usize>,
+    n_results: usize,
+}
+
+/// Job `j`'s inventory item: `None` when it has no result yet.
+fn inventory_item(ctx: &Ctx<'_>, j: usize, components: &[String]) -> Option<EvidenceItem> {
+    let job = ctx.job(j);
+    if job.results.is_empty() {
+        return None;
+    }
+    let release = ctx.release();
+    let mut problems: Vec<String> = Vec::new();
+    for (i, result) in job.results.iter().enumerate() {
+        if components.is_empty() && ctx.counts(j, i) {
             continue;
         }
-        let ok = problems.is_empty();
-        items.push(EvidenceItem {
-            limit: Some(describe_components(view.release(), components)),
-            signature: problems.first().map(|p| error_class(p)),
-            ..item(
-                job,
-                if ok {
-                    "observed inventory matches the release".into()
-                } else {
-                    problems.join("; ")
-                },
-                ok,
-            )
-        });
+        for mismatch in check_inventory(&release.components, components, &result.inventory) {
+            let text = mismatch.to_string();
+            if !problems.contains(&text) {
+                problems.push(text);
+            }
+        }
     }
-    let failing: Vec<&EvidenceItem> = items.iter().filter(|i| !i.ok).collect();
-    if let Some(first) = failing.first() {
-        let reason = format!(
-            "{} node(s) did not run release {}: {}: {}",
-            failing.len(),
-            view.release().id,
-            first.node,
-            first.detail
-        );
-        return judged(Verdict::Failed, reason, items);
+    let ok = problems.is_empty();
+    Some(EvidenceItem {
+        limit: Some(describe_components(release, components)),
+        signature: problems.first().map(|p| error_class(p)),
+        ..item(
+            job,
+            if ok {
+                "observed inventory matches the release".into()
+            } else {
+                problems.join("; ")
+            },
+            ok,
+        )
+    })
+}
+
+impl InventoryRule {
+    fn new(n: usize) -> Self {
+        Self {
+            parts: (0..n).map(|_| InventoryPart::default()).collect(),
+            flagged: BTreeSet::new(),
+            n_results: 0,
+        }
     }
-    let running = view.still_running();
-    if running > 0 || n_results == 0 {
-        return judged(
-            Verdict::Waiting,
-            format!("inventory matches so far; {running} job(s) still running"),
+
+    fn update(&mut self, kind: &RuleKind, ctx: &Ctx<'_>, j: usize, in_scope: bool) {
+        let old = std::mem::take(&mut self.parts[j]);
+        self.n_results -= old.n_results;
+        self.flagged.remove(&j);
+        let RuleKind::InventoryMatchesRelease { components } = kind else {
+            return;
+        };
+        if !in_scope {
+            return;
+        }
+        let part = InventoryPart {
+            n_results: ctx.job(j).results.len(),
+            bad: inventory_item(ctx, j, components).filter(|i| !i.ok),
+        };
+        self.n_results += part.n_results;
+        if part.bad.is_some() {
+            self.flagged.insert(j);
+        }
+        self.parts[j] = part;
+    }
+
+    fn judge(
+        &self,
+        rule: &RuleState,
+        _kind: &RuleKind,
+        ctx: &Ctx<'_>,
+        components: &[String],
+    ) -> Judged {
+        let release = ctx.release();
+        let mut items: Vec<EvidenceItem> = self
+            .flagged
+            .iter()
+            .filter_map(|j| self.parts[*j].bad.clone())
+            .collect();
+        let n_failing = items.len();
+        let sample = rule.sample_ok(|j| inventory_item(ctx, j, components).into_iter().collect());
+        if let Some(first) = items.first() {
+            let reason = format!(
+                "{n_failing} node(s) did not run release {}: {}: {}",
+                release.id, first.node, first.detail
+            );
+            items.extend(sample);
+            return judged(Verdict::Failed, reason, items);
+        }
+        items.extend(sample);
+        let running = rule.n_running;
+        if running > 0 || self.n_results == 0 {
+            return judged(
+                Verdict::Waiting,
+                format!("inventory matches so far; {running} job(s) still running"),
+                items,
+            );
+        }
+        judged(
+            Verdict::Passed,
+            format!(
+                "every node ran {} ({})",
+                release.id,
+                describe_components(release, components)
+            ),
             items,
-        );
+        )
     }
-    judged(
-        Verdict::Passed,
-        format!(
-            "every node ran {} ({})",
-            view.release().id,
-            describe_components(view.release(), components)
-        ),
-        items,
-    )
 }
 
 fn describe_codes(codes: &[i64]) -> String {

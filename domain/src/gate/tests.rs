@@ -692,6 +692,17 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// A gate with a percentile, a mean, events and inventory, for the incremental property.
+    const INCREMENTAL: &str = r#"
+milestone: lab-qual
+rules:
+  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-fraction: 0.5}
+  - measurement: {name: membw_gbps, aggregate: p50, condition: ">= 2800"}
+  - telemetry: {field: gpu_temp_c, aggregate: mean, condition: "< 88"}
+  - no-events: {}
+  - inventory-matches-release: {}
+"#;
+
     fn outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             Just(Outcome::Passed),
@@ -770,6 +781,36 @@ mod properties {
         fn same_inputs_give_the_same_decision(jobs in jobs()) {
             let ev = evidence(jobs);
             prop_assert_eq!(evaluate(&policy(), &ev, &[], at(100)), evaluate(&policy(), &ev, &[], at(100)));
+        }
+
+        /// A state told about each change one job at a time decides exactly as a full
+        /// evaluation of the final evidence: same verdicts, reasons, evidence and digest.
+        #[test]
+        fn incremental_decisions_equal_full_evaluation(jobs in jobs(), changed in 0usize..6, digested in any::<bool>()) {
+            let policy = parse_gate("g.yaml", INCREMENTAL).expect("valid gate");
+            let mut full = evidence(jobs);
+            if digested {
+                for job in &mut full.runs[0].jobs {
+                    job.result_digests = job.results.iter().map(result_digest).collect();
+                }
+            }
+            let k = changed % full.runs[0].jobs.len();
+            let mut partial = full.clone();
+            let job = &mut partial.runs[0].jobs[k];
+            job.results.truncate(1);
+            job.result_digests.truncate(1);
+            job.state = JobState::Running;
+            let mut state = GateState::new(&policy, &partial);
+            let early = state.decide(&policy, &partial, &[], at(100));
+            prop_assert_eq!(&early, &evaluate(&policy, &partial, &[], at(100)));
+            partial.runs[0].jobs[k] = full.runs[0].jobs[k].clone();
+            state.job_changed(&policy, &partial, 0, k);
+            prop_assert_eq!(state.decide(&policy, &partial, &[], at(100)), evaluate(&policy, &full, &[], at(100)));
+            let mut undigested = full.clone();
+            for job in &mut undigested.runs[0].jobs {
+                job.result_digests.clear();
+            }
+            prop_assert_eq!(digest_inputs(&policy, &full, &[]), digest_inputs(&policy, &undigested, &[]));
         }
 
         #[test]
