@@ -7,8 +7,10 @@
 use super::connect::Begin;
 use super::rows::{Fields, StoreRow};
 use super::{Store, StoreError, classify, micros, text, to_json};
+use std::collections::HashMap;
 use tollgate_domain::audit::{self as chain, AuditEntry, Broken, NewAuditEntry};
-use tollgate_domain::gate::{Decision, Evidence, GatePolicy, Waiver};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, JobEvidence, RunEvidence, Waiver};
+use tollgate_domain::result::StepResult;
 use tollgate_domain::{NodeId, ReleaseId, Timestamp};
 
 /// Who made a change, when, and what it was: the audit entry written with the change.
@@ -81,6 +83,88 @@ pub struct ReplayInputs {
     pub evidence: Evidence,
     /// Every waiver of the release at the milestone known then (in force or not).
     pub waivers: Vec<Waiver>,
+}
+
+/// Replay inputs as stored: the policy and waivers in full, the evidence by reference to the
+/// results in `step_results` (append-only), so storing a decision over 100,000 results writes
+/// their keys, not their content. Replaying loads the referenced results again; a result that
+/// was edited or deleted since gives another digest, and the replay says it does not match.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredInputs {
+    /// Always [`STORED_INPUTS_FORMAT`]; inputs stored before it are a whole [`ReplayInputs`].
+    format: u32,
+    policy: GatePolicy,
+    waivers: Vec<Waiver>,
+    evidence: EvidenceRef,
+}
+
+/// The format number of [`StoredInputs`].
+const STORED_INPUTS_FORMAT: u32 = 2;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EvidenceRef {
+    release: tollgate_domain::release::Release,
+    milestone: String,
+    runs: Vec<RunRef>,
+    baseline: Option<Box<EvidenceRef>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunRef {
+    run_id: tollgate_domain::RunId,
+    plan_name: String,
+    plan_version: tollgate_domain::PlanVersion,
+    plan_steps: Vec<String>,
+    created_at: Timestamp,
+    jobs: Vec<JobRef>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobRef {
+    job_id: tollgate_domain::JobId,
+    node: NodeId,
+    labels: tollgate_domain::fleet::Labels,
+    gpu_source: tollgate_domain::fleet::GpuSourceKind,
+    state: tollgate_domain::job::JobState,
+    /// Each result's key: step index, attempt, lease epoch.
+    results: Vec<(u32, u32, u64)>,
+}
+
+impl EvidenceRef {
+    fn of(evidence: &Evidence) -> Self {
+        Self {
+            release: evidence.release.clone(),
+            milestone: evidence.milestone.clone(),
+            runs: evidence
+                .runs
+                .iter()
+                .map(|run| RunRef {
+                    run_id: run.run_id.clone(),
+                    plan_name: run.plan_name.clone(),
+                    plan_version: run.plan_version.clone(),
+                    plan_steps: run.plan_steps.clone(),
+                    created_at: run.created_at,
+                    jobs: run
+                        .jobs
+                        .iter()
+                        .map(|job| JobRef {
+                            job_id: job.job_id.clone(),
+                            node: job.node.clone(),
+                            labels: job.labels.clone(),
+                            gpu_source: job.gpu_source,
+                            state: job.state,
+                            results: job
+                                .results
+                                .iter()
+                                .map(|r| (r.step_index, r.attempt, r.lease_epoch))
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            baseline: evidence.baseline.as_deref().map(|b| Box::new(Self::of(b))),
+        }
+    }
 }
 
 /// Locks the head row (PostgreSQL); a no-op write under SQLite's write lock.
@@ -429,7 +513,13 @@ impl Store {
                                     decision, evaluated_at, inputs_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let document = to_json(decision);
-        let inputs = text(&to_json(inputs)).into_owned();
+        let stored = StoredInputs {
+            format: STORED_INPUTS_FORMAT,
+            policy: inputs.policy.clone(),
+            waivers: inputs.waivers.clone(),
+            evidence: EvidenceRef::of(&inputs.evidence),
+        };
+        let inputs = text(&to_json(&stored)).into_owned();
         let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));
         let what = format!("release {}", decision.release);
         with_pool!(self, |pool| {
@@ -457,7 +547,8 @@ impl Store {
     }
 
     /// The latest stored decision of a release at a milestone evaluated at or before `at`,
-    /// with its inputs when they were stored.
+    /// with its inputs when they were stored (the evidence loaded again from the results it
+    /// references).
     pub async fn decision_at(
         &self,
         release: &ReleaseId,
@@ -469,23 +560,115 @@ impl Store {
              WHERE d.release = $1 AND d.milestone = $2 AND d.evaluated_at <= $3
              ORDER BY d.evaluated_at DESC, d.seq DESC
              LIMIT 1";
-        with_pool!(self, |pool| {
-            let Some(row) = sqlx::query(SQL)
+        /// The inputs as found: whole (stored before references) or by reference.
+        enum Found {
+            Whole(ReplayInputs),
+            ByReference(StoredInputs),
+        }
+        let found = with_pool!(self, |pool| {
+            sqlx::query(SQL)
                 .bind(release.as_str())
                 .bind(milestone)
                 .bind(micros(at))
                 .fetch_optional(pool)
                 .await?
-            else {
-                return Ok(None);
-            };
-            let f = Fields::new(&row, "decisions", &["release", "milestone", "digest"]);
-            let decision: Decision = f.json("decision")?;
-            let inputs = match f.opt_text("inputs")? {
-                None => None,
-                Some(_) => Some(f.json::<ReplayInputs>("inputs")?),
-            };
-            Ok(Some((decision, inputs)))
+                .map(|row| {
+                    let f = Fields::new(&row, "decisions", &["release", "milestone", "digest"]);
+                    let decision: Decision = f.json("decision")?;
+                    let inputs = match f.opt_text("inputs")? {
+                        None => None,
+                        Some(json) if json.starts_with("{\"format\":") => {
+                            Some(Found::ByReference(f.json::<StoredInputs>("inputs")?))
+                        }
+                        Some(_) => Some(Found::Whole(f.json::<ReplayInputs>("inputs")?)),
+                    };
+                    Ok::<_, StoreError>((decision, inputs))
+                })
+                .transpose()?
+        });
+        let Some((decision, inputs)) = found else {
+            return Ok(None);
+        };
+        let inputs = match inputs {
+            None => None,
+            Some(Found::Whole(inputs)) => Some(inputs),
+            Some(Found::ByReference(stored)) => {
+                let mut evidence = self.resolve_evidence(&stored.evidence).await?;
+                if let Some(baseline) = &stored.evidence.baseline {
+                    evidence.baseline = Some(Box::new(self.resolve_evidence(baseline).await?));
+                }
+                Some(ReplayInputs {
+                    policy: stored.policy,
+                    evidence,
+                    waivers: stored.waivers,
+                })
+            }
+        };
+        Ok(Some((decision, inputs)))
+    }
+
+    /// Evidence loaded again from the results `reference` names, in its order. A referenced
+    /// result that is no longer stored is left out (and the replay's digest then differs).
+    async fn resolve_evidence(&self, reference: &EvidenceRef) -> Result<Evidence, StoreError> {
+        const RESULTS: &str = result_query!(
+            " WHERE job_id IN (SELECT id FROM jobs WHERE run_id = $1)
+              ORDER BY job_id, step_index, attempt, lease_epoch"
+        );
+        let mut runs = Vec::with_capacity(reference.runs.len());
+        for run in &reference.runs {
+            let mut stored: HashMap<(String, u32, u32, u64), StepResult> =
+                with_pool!(self, |pool| {
+                    sqlx::query(RESULTS)
+                        .bind(run.run_id.as_str())
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(|row| {
+                            let result = super::rows::step_result(row)?;
+                            let key = (
+                                result.job_id.to_string(),
+                                result.step_index,
+                                result.attempt,
+                                result.lease_epoch,
+                            );
+                            Ok::<_, StoreError>((key, result))
+                        })
+                        .collect::<Result<_, _>>()?
+                });
+            let jobs = run
+                .jobs
+                .iter()
+                .map(|job| JobEvidence {
+                    job_id: job.job_id.clone(),
+                    node: job.node.clone(),
+                    labels: job.labels.clone(),
+                    gpu_source: job.gpu_source,
+                    state: job.state,
+                    results: job
+                        .results
+                        .iter()
+                        .filter_map(|(step, attempt, epoch)| {
+                            stored.remove(&(job.job_id.to_string(), *step, *attempt, *epoch))
+                        })
+                        .collect(),
+                    // Digested again from what was loaded, so an edited result shows.
+                    result_digests: Vec::new(),
+                })
+                .collect();
+            runs.push(RunEvidence {
+                run_id: run.run_id.clone(),
+                plan_name: run.plan_name.clone(),
+                plan_version: run.plan_version.clone(),
+                plan_steps: run.plan_steps.clone(),
+                created_at: run.created_at,
+                jobs,
+            });
+        }
+        Ok(Evidence {
+            release: reference.release.clone(),
+            milestone: reference.milestone.clone(),
+            runs,
+            baseline: None,
         })
     }
 

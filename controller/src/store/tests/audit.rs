@@ -12,6 +12,7 @@ on_both_backends!(
     audit_entries_filter_by_release_actor_and_time,
     halts_demotions_and_baselines,
     decisions_keep_their_inputs_for_replay,
+    replay_reloads_the_referenced_results_and_sees_an_edit,
 );
 
 fn waiver(id: &str) -> Waiver {
@@ -334,4 +335,78 @@ async fn decisions_keep_their_inputs_for_replay(store: &Store) {
             .expect("count")
     });
     assert_eq!(n_copies, 1);
+}
+
+/// Stored inputs reference the results: replaying loads them again and gives the stored
+/// digest, and a result edited in the database afterwards gives another one.
+async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
+    let release = add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-a", &plan, &["n1"], 10).await;
+    for step in 0..2 {
+        store
+            .record_result(
+                &result_of(&jobs[0].id, step, 1, Outcome::Passed),
+                None,
+                at(20),
+            )
+            .await
+            .expect("record");
+    }
+    let evidence = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let inputs = ReplayInputs {
+        policy: gate_policy("replay"),
+        evidence: evidence.clone(),
+        waivers: Vec::new(),
+    };
+    let decision = tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &[], at(50));
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert");
+
+    let replay = |store: &Store| {
+        let store = store.clone();
+        let release = release.id.clone();
+        async move {
+            let (_, inputs) = store
+                .decision_at(&release, "lab-qual", at(60))
+                .await
+                .expect("at")
+                .expect("found");
+            inputs.expect("inputs stored")
+        }
+    };
+    let replayed = replay(store).await;
+    let mut expected = evidence;
+    for job in &mut expected.runs[0].jobs {
+        job.result_digests.clear();
+    }
+    assert_eq!(replayed.evidence, expected);
+    let again = tollgate_domain::gate::evaluate(
+        &replayed.policy,
+        &replayed.evidence,
+        &replayed.waivers,
+        at(50),
+    );
+    assert_eq!(again.digest, decision.digest);
+
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE step_results SET message = 'edited' WHERE step_index = 1")
+            .execute(pool)
+            .await
+            .expect("edit a result");
+    });
+    let edited = replay(store).await;
+    let after =
+        tollgate_domain::gate::evaluate(&edited.policy, &edited.evidence, &edited.waivers, at(50));
+    assert_ne!(
+        after.digest, decision.digest,
+        "an edited result must not replay to the same digest"
+    );
 }
