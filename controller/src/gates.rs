@@ -1,14 +1,15 @@
 //! Evaluating a release's gate now and storing the decision: shared by `EvaluateGate`,
 //! `Promote`, reports, result ingestion and the lease watchdog.
 //!
-//! The decision itself is `tollgate_domain::gate::evaluate`; this module only loads its
-//! inputs and persists its output.
+//! The decision itself is the domain's (`tollgate_domain::gate::GateState`); this module
+//! loads its inputs, keeps recent gates evaluated in memory ([`GateCache`]) so a new result
+//! costs only its own part of the decision, and persists the output.
 
 use crate::Shared;
-use crate::store::{ReplayInputs, StoreError, StoredGate};
-use std::collections::BTreeSet;
+use crate::store::{Refreshed, StoreError, StoredGate};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tollgate_domain::gate::{Decision, Evidence, Verdict};
+use tollgate_domain::gate::{Decision, Evidence, GateState, Verdict};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 
@@ -17,10 +18,39 @@ use tollgate_domain::{ReleaseId, RunId};
 pub struct Evaluated {
     /// The ruling policy.
     pub gate: StoredGate,
-    /// The evidence judged.
-    pub evidence: Evidence,
+    /// The evidence judged (shared with the gate cache).
+    pub evidence: Arc<Evidence>,
     /// The verdict.
     pub decision: Decision,
+}
+
+/// How many gates (release and milestone) the controller keeps evaluated in memory; the
+/// least recently used one is dropped beyond this.
+const CACHED_GATES: usize = 16;
+
+/// The gates the controller keeps evaluated in memory: per release and milestone, the
+/// evidence as last read and its [`GateState`]. A new evaluation reads only the jobs that
+/// changed since (see `Store::refresh_evidence`) and recomputes only their part of the
+/// decision, so a gate over 100,000 results decides within milliseconds of the last result.
+///
+/// Evaluations queue on one lock; each reads the store afresh, so the cache never decides on
+/// evidence older than the store's.
+#[derive(Default)]
+pub struct GateCache {
+    entries: tokio::sync::Mutex<HashMap<(ReleaseId, String), CachedGate>>,
+}
+
+struct CachedGate {
+    policy_version: String,
+    evidence: Arc<Evidence>,
+    state: GateState,
+    last_used: u64,
+}
+
+impl std::fmt::Debug for GateCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateCache").finish_non_exhaustive()
+    }
 }
 
 /// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
@@ -37,32 +67,84 @@ pub async fn evaluate_now(
     let Some(gate) = shared.store.get_gate(milestone).await? else {
         return Ok(None);
     };
-    let mut evidence = shared.store.load_evidence(release, milestone).await?;
+    let mut baseline = None;
     if tollgate_domain::gate::needs_baseline(&gate.policy)
         && let Some(baseline_id) = shared
             .store
             .last_promoted_past(milestone, &release.id)
             .await?
-        && let Some(baseline) = shared.store.get_release(&baseline_id).await?
+        && let Some(base_release) = shared.store.get_release(&baseline_id).await?
     {
-        let baseline_evidence = shared.store.load_evidence(&baseline, milestone).await?;
-        evidence.baseline = Some(Box::new(baseline_evidence));
+        baseline = Some(Box::new(
+            shared.store.load_evidence(&base_release, milestone).await?,
+        ));
     }
     let waivers = shared
         .store
         .list_waivers(&release.id, Some(milestone))
         .await?;
-    let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &waivers, shared.now());
-    let inputs = ReplayInputs {
-        policy: gate.policy.clone(),
-        evidence,
-        waivers,
+    let policy_version = gate.policy.version();
+    let key = (release.id.clone(), milestone.to_owned());
+    let mut entries = shared.gate_cache.entries.lock().await;
+    let tick = entries.values().map(|c| c.last_used).max().unwrap_or(0) + 1;
+    let reusable = entries
+        .get(&key)
+        .is_some_and(|c| c.policy_version == policy_version && c.evidence.baseline == baseline);
+    let cached = match entries.get_mut(&key) {
+        Some(cached) if reusable => {
+            let evidence = Arc::make_mut(&mut cached.evidence);
+            match shared
+                .store
+                .refresh_evidence(release, milestone, evidence)
+                .await?
+            {
+                Refreshed::Reloaded => {
+                    evidence.baseline = baseline;
+                    cached.state = GateState::new(&gate.policy, evidence);
+                }
+                Refreshed::Changed(jobs) => {
+                    for (run, job) in jobs {
+                        cached.state.job_changed(&gate.policy, evidence, run, job);
+                    }
+                }
+            }
+            cached
+        }
+        _ => {
+            let mut evidence = shared.store.load_evidence(release, milestone).await?;
+            evidence.baseline = baseline;
+            let state = GateState::new(&gate.policy, &evidence);
+            if entries.len() >= CACHED_GATES
+                && !entries.contains_key(&key)
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_used)
+                    .map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
+            }
+            entries.insert(
+                key.clone(),
+                CachedGate {
+                    policy_version,
+                    evidence: Arc::new(evidence),
+                    state,
+                    last_used: tick,
+                },
+            );
+            entries.get_mut(&key).expect("just inserted")
+        }
     };
+    cached.last_used = tick;
+    let decision = cached
+        .state
+        .decide(&gate.policy, &cached.evidence, &waivers, shared.now());
+    let evidence = Arc::clone(&cached.evidence);
+    drop(entries);
     shared
         .store
-        .insert_decision_with_inputs(&decision, &inputs)
+        .insert_decision_with(&decision, &gate.policy, &evidence, &waivers)
         .await?;
-    let evidence = inputs.evidence;
     tracing::info!(
         release = %release.id,
         milestone,

@@ -73,6 +73,8 @@ pub struct Shared {
     reevaluation_requests: std::sync::Mutex<std::collections::BTreeSet<tollgate_domain::RunId>>,
     /// Wakes `gates::run_loop`.
     reevaluation_wake: Notify,
+    /// Gates kept evaluated in memory.
+    pub gate_cache: gates::GateCache,
     /// Raised once when shutdown starts.
     shutdown: watch::Sender<bool>,
 }
@@ -91,6 +93,7 @@ impl Shared {
             changes: watch::channel(0).0,
             reevaluation_requests: std::sync::Mutex::default(),
             reevaluation_wake: Notify::new(),
+            gate_cache: gates::GateCache::default(),
             shutdown: watch::channel(false).0,
         }
     }

@@ -85,7 +85,7 @@ impl ReportApi {
                     tollgate_domain::gate::evaluate(&gate.policy, &evidence, &[], shared.now());
                 crate::gates::Evaluated {
                     gate,
-                    evidence,
+                    evidence: std::sync::Arc::new(evidence),
                     decision,
                 }
             }

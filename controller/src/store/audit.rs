@@ -506,6 +506,18 @@ impl Store {
         decision: &Decision,
         inputs: &ReplayInputs,
     ) -> Result<(), StoreError> {
+        self.insert_decision_with(decision, &inputs.policy, &inputs.evidence, &inputs.waivers)
+            .await
+    }
+
+    /// [`Store::insert_decision_with_inputs`] with the inputs borrowed.
+    pub async fn insert_decision_with(
+        &self,
+        decision: &Decision,
+        policy: &GatePolicy,
+        evidence: &Evidence,
+        waivers: &[Waiver],
+    ) -> Result<(), StoreError> {
         const INPUTS: &str = "INSERT INTO decision_inputs (hash, inputs) VALUES ($1, $2)
              ON CONFLICT (hash) DO NOTHING";
         const SQL: &str =
@@ -515,9 +527,9 @@ impl Store {
         let document = to_json(decision);
         let stored = StoredInputs {
             format: STORED_INPUTS_FORMAT,
-            policy: inputs.policy.clone(),
-            waivers: inputs.waivers.clone(),
-            evidence: EvidenceRef::of(&inputs.evidence),
+            policy: policy.clone(),
+            waivers: waivers.to_vec(),
+            evidence: EvidenceRef::of(evidence),
         };
         let inputs = text(&to_json(&stored)).into_owned();
         let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));

@@ -1347,28 +1347,30 @@ impl Store {
                     .iter()
                     .zip(&evidence.runs)
                     .all(|(id, run)| *id == run.run_id);
-            let mut known =
-                evidence.runs.iter().enumerate().flat_map(|(r, run)| {
-                    run.jobs.iter().enumerate().map(move |(j, job)| (r, j, job))
-                });
+            // The rows must be the evidence's jobs, in order.
+            let mut slots: Vec<(usize, usize)> = Vec::new();
+            for (r, run) in evidence.runs.iter().enumerate() {
+                for j in 0..run.jobs.len() {
+                    slots.push((r, j));
+                }
+            }
+            let mut same_jobs = same_runs && slots.len() == jobs.len();
             let mut changed = Vec::new();
-            let mut same_jobs = same_runs;
-            for (row, n_results) in &jobs {
-                let Some((r, j, job)) = known.next().filter(|(r, _, job)| {
-                    job.job_id == row.id && evidence.runs[*r].run_id == row.run_id
-                }) else {
+            for ((row, n_results), (r, j)) in jobs.iter().zip(&slots) {
+                let job = &evidence.runs[*r].jobs[*j];
+                if job.job_id != row.id || evidence.runs[*r].run_id != row.run_id {
                     same_jobs = false;
                     break;
-                };
+                }
                 if job.state != row.state
                     || job.labels != row.labels
                     || job.gpu_source != row.gpu_source
                     || job.results.len() != *n_results
                 {
-                    changed.push((r, j));
+                    changed.push((*r, *j));
                 }
             }
-            if !same_jobs || known.next().is_some() {
+            if !same_jobs {
                 tx.commit().await?;
                 None
             } else {

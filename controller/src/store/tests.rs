@@ -98,6 +98,7 @@ on_both_backends!(
     promote_is_compare_and_set,
     load_evidence_picks_latest_run_per_plan,
     stored_result_digests_match_what_loads_back,
+    refreshing_evidence_reads_only_what_changed,
     failing_multi_row_write_leaves_nothing,
     non_finite_numbers_are_refused,
     corrupt_values_name_their_row,
@@ -1151,6 +1152,12 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     let mut rich = rich_result(&jobs[0].id);
     rich.started_at = at(30) + chrono::Duration::nanoseconds(123_456_789);
     rich.message = "exit\0code 1".into();
+    // A mean whose shortest decimal form the fast float parser reads back one unit off.
+    rich.measurements.push(Measurement {
+        name: "mean".into(),
+        value: 1136.0 / 12.0,
+        unit: None,
+    });
     store
         .record_result(&rich, None, at(40))
         .await
@@ -1176,6 +1183,71 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     assert_ne!(job.results[1], rich, "the store normalized the result");
     let recomputed: Vec<[u8; 32]> = job.results.iter().map(result_digest).collect();
     assert_eq!(job.result_digests, recomputed);
+}
+
+/// `refresh_evidence` brings loaded evidence to what a fresh load gives, naming the jobs that
+/// changed, and loads everything again when the runs changed.
+async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
+    let release = add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in ["n1", "n2", "n3"] {
+        add_node(store, name).await;
+    }
+    let (_, jobs) = start_run(store, "run-a", &plan, &["n1", "n2", "n3"], 10).await;
+    store
+        .record_result(&result_of(&jobs[0].id, 0, 1, Outcome::Passed), None, at(20))
+        .await
+        .expect("record");
+    let mut cached = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    assert_eq!(
+        store
+            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .await
+            .expect("refresh"),
+        Refreshed::Changed(Vec::new())
+    );
+
+    store
+        .record_result(&result_of(&jobs[1].id, 0, 1, Outcome::Failed), None, at(21))
+        .await
+        .expect("record");
+    make_running(store, &jobs[2].id).await;
+    assert_eq!(
+        store
+            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .await
+            .expect("refresh"),
+        Refreshed::Changed(vec![(0, 1), (0, 2)])
+    );
+    let fresh = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    assert_eq!(cached, fresh);
+
+    // Another plan's run: the evidence is loaded whole again.
+    let burn = two_step_plan("burn-in");
+    add_plan(store, &burn).await;
+    start_run(store, "run-b", &burn, &["n1"], 30).await;
+    assert_eq!(
+        store
+            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .await
+            .expect("refresh"),
+        Refreshed::Reloaded
+    );
+    assert_eq!(cached.runs.len(), 2);
+    assert_eq!(
+        cached,
+        store
+            .load_evidence(&release, "lab-qual")
+            .await
+            .expect("evidence")
+    );
 }
 
 async fn failing_multi_row_write_leaves_nothing(store: &Store) {
