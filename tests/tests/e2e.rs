@@ -100,7 +100,7 @@ async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
         .iter()
         .find(|r| r.rule_id == "telemetry:gpu_temp_c")
         .expect("telemetry rule");
-    assert_eq!(telemetry.verdict, "failed");
+    assert_eq!(telemetry.verdict, "failed", "{decision:#?}");
     assert_eq!(telemetry.failing_nodes, ["lab-3"]);
     assert!(telemetry.reason.contains("lab-3"), "{}", telemetry.reason);
     let others: Vec<&str> = decision

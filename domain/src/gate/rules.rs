@@ -829,6 +829,27 @@ fn points(kind: &RuleKind, ctx: &Ctx<'_>, j: usize, mut visit: impl FnMut(Point)
     }
 }
 
+/// The GPUs of job `j` that took part in a step that passed on the release (`step` only,
+/// when given) and are not in `reporting`.
+fn silent_gpus(ctx: &Ctx<'_>, j: usize, step: Option<&str>, reporting: &[u32]) -> Vec<u32> {
+    let mut silent: Vec<u32> = Vec::new();
+    for (i, result) in ctx.job(j).results.iter().enumerate() {
+        if result.outcome != Outcome::Passed
+            || step.is_some_and(|s| s != result.step_name)
+            || !ctx.counts(j, i)
+        {
+            continue;
+        }
+        for gpu in &result.inventory.gpus {
+            if !reporting.contains(&gpu.index) && !silent.contains(&gpu.index) {
+                silent.push(gpu.index);
+            }
+        }
+    }
+    silent.sort_unstable();
+    silent
+}
+
 /// The values of measurement `name` in the latest attempt of each step of job `j` that passed
 /// or failed on the release under test.
 fn measurement_points(
@@ -938,6 +959,9 @@ struct NumPart {
     max: Option<Point>,
     /// Items of the values that break the rule's condition on their own.
     offenders: Vec<EvidenceItem>,
+    /// Telemetry rules: GPUs of the node that took part in a passed step on the release but
+    /// never reported the field (not sampled, or not supported).
+    silent_gpus: Vec<u32>,
 }
 
 struct Numeric {
@@ -948,6 +972,8 @@ struct Numeric {
     pending: Vec<f64>,
     /// Jobs with offenders.
     flagged: BTreeSet<usize>,
+    /// Jobs with GPUs that reported no value.
+    silent: BTreeSet<usize>,
     total: usize,
 }
 
@@ -968,6 +994,7 @@ impl Numeric {
             order: percentile_of(aggregate).map(|_| OrderStats::default()),
             pending: Vec::new(),
             flagged: BTreeSet::new(),
+            silent: BTreeSet::new(),
             total: 0,
         }
     }
@@ -987,6 +1014,7 @@ impl Numeric {
             }
         }
         self.flagged.remove(&j);
+        self.silent.remove(&j);
         if !in_scope {
             return;
         }
@@ -998,7 +1026,14 @@ impl Numeric {
         };
         let mut part = NumPart::default();
         let keep = self.order.is_some();
+        let mut reporting: Vec<u32> = Vec::new();
         points(kind, ctx, j, |point| {
+            if let RuleKind::Telemetry { .. } = kind {
+                let gpu = ctx.job(j).results[point.result].telemetry[point.gpu].gpu_index;
+                if !reporting.contains(&gpu) {
+                    reporting.push(gpu);
+                }
+            }
             part.count += 1;
             if keep {
                 part.values.push(point.value);
@@ -1027,7 +1062,29 @@ impl Numeric {
         if !part.offenders.is_empty() {
             self.flagged.insert(j);
         }
+        if let RuleKind::Telemetry { step, .. } = kind {
+            part.silent_gpus = silent_gpus(ctx, j, step.as_deref(), &reporting);
+            if !part.silent_gpus.is_empty() {
+                self.silent.insert(j);
+            }
+        }
         self.parts[j] = part;
+    }
+
+    /// `node (GPU 0, 1)` for the first nodes with GPUs that reported nothing.
+    fn describe_silent(&self, ctx: &Ctx<'_>, field: &str) -> String {
+        let nodes = self.silent.iter().map(|j| {
+            let gpus: Vec<String> = self.parts[*j]
+                .silent_gpus
+                .iter()
+                .map(u32::to_string)
+                .collect();
+            format!("{} (GPU {})", ctx.job(*j).node, gpus.join(", "))
+        });
+        format!(
+            "no {field} value from {}; a GPU without a value never passes (if it cannot report the field, scope the rule to nodes that can)",
+            name_some(nodes, self.silent.len())
+        )
     }
 
     fn aggregate(&self, aggregate: Aggregate) -> f64 {
@@ -1141,6 +1198,16 @@ impl Numeric {
             return judged(
                 Verdict::Waiting,
                 format!("{base} so far{beyond}; {running} job(s) still running"),
+                items,
+            );
+        }
+        if let (false, RuleKind::Telemetry { field, .. }) = (self.silent.is_empty(), kind) {
+            return judged(
+                Verdict::Waiting,
+                format!(
+                    "{base}{beyond}; {}",
+                    self.describe_silent(ctx, &field.to_string())
+                ),
                 items,
             );
         }

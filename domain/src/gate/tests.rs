@@ -19,14 +19,19 @@ fn policy() -> GatePolicy {
     parse_gate("gate.yaml", EXAMPLE).expect("example gate is valid")
 }
 
-/// A node that passed both steps with healthy numbers.
+/// A node that passed both steps with healthy numbers (both of its GPUs report).
 fn good(node: &str) -> JobEvidence {
     let s0 = step_result(0, 1, Outcome::Passed);
     let s1 = with_telemetry(
-        with_measurement(step_result(1, 1, Outcome::Passed), "membw_gbps", 3000.0),
-        0,
+        with_telemetry(
+            with_measurement(step_result(1, 1, Outcome::Passed), "membw_gbps", 3000.0),
+            0,
+            Field::GpuTempC,
+            70.0,
+        ),
+        1,
         Field::GpuTempC,
-        70.0,
+        69.0,
     );
     job(node, JobState::Passed, vec![s0, s1])
 }
@@ -52,6 +57,42 @@ fn example_gate_parses_with_default_ids() {
             "inventory-matches-release"
         ]
     );
+}
+
+/// A GPU of the node that never reported the field during a passed step is missing
+/// evidence: the telemetry rule waits, naming node and GPU, and the gate does not pass.
+#[test]
+fn a_gpu_without_a_value_never_passes_a_telemetry_rule() {
+    let mut silent = good("n3");
+    for result in &mut silent.results {
+        result.telemetry.retain(|gpu| gpu.gpu_index != 1);
+    }
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), good("n2"), silent]),
+        &[],
+        at(100),
+    );
+    let rule = &decision.rules[2];
+    assert_eq!(rule.verdict, Verdict::Waiting, "{}", rule.reason);
+    assert!(
+        rule.reason.contains("no gpu_temp_c value from n3 (GPU 1)"),
+        "{}",
+        rule.reason
+    );
+    assert_ne!(decision.verdict, Verdict::Passed);
+    // A hot GPU elsewhere still fails the rule: a failure is not hidden behind missing data.
+    let mut hot = good("n2");
+    hot.results[1].telemetry[0].fields[0].max = 95.0;
+    let mut silent = good("n3");
+    silent.results[1].telemetry.clear();
+    let decision = evaluate(
+        &policy(),
+        &evidence(vec![good("n1"), hot, silent]),
+        &[],
+        at(100),
+    );
+    assert_eq!(decision.rules[2].verdict, Verdict::Failed);
 }
 
 #[test]
