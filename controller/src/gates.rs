@@ -201,12 +201,29 @@ pub async fn replay_at(
         return Ok(None);
     };
     let replayed = inputs.map(|inputs| {
-        tollgate_domain::gate::evaluate(
+        let mut replayed = tollgate_domain::gate::evaluate(
             &inputs.policy,
             &inputs.evidence,
             &inputs.waivers,
             stored.evaluated_at,
-        )
+        );
+        if inputs.first_scheme {
+            let in_force: Vec<&tollgate_domain::gate::Waiver> = inputs
+                .waivers
+                .iter()
+                .filter(|w| {
+                    w.release == inputs.evidence.release.id.as_str()
+                        && w.milestone == inputs.policy.milestone
+                        && w.in_force(stored.evaluated_at)
+                })
+                .collect();
+            replayed.digest = tollgate_domain::gate::digest_inputs_v1(
+                &inputs.policy,
+                &inputs.evidence,
+                &in_force,
+            );
+        }
+        replayed
     });
     Ok(Some(Replayed { stored, replayed }))
 }

@@ -251,7 +251,7 @@ pub fn format_decision(decision: &pb::Decision) -> String {
         if n_hidden > 0 {
             let _ = writeln!(
                 out,
-                "          ... and {n_hidden} ok item{} (all of them: -o json, or the report)",
+                "          ... and {n_hidden} more ok item{} (-o json lists the decision's items; the reason counts all the evidence)",
                 if n_hidden == 1 { "" } else { "s" }
             );
         }

@@ -81,8 +81,16 @@ impl ReportApi {
                     .ok_or_else(|| no_gate(&milestone))?;
                 let mut evidence = shared.store.load_evidence(&release, &milestone).await?;
                 scope_evidence(&mut evidence, scope);
-                let decision =
-                    tollgate_domain::gate::evaluate(&gate.policy, &evidence, &[], shared.now());
+                let waivers = shared
+                    .store
+                    .list_waivers(&release.id, Some(&milestone))
+                    .await?;
+                let decision = tollgate_domain::gate::evaluate(
+                    &gate.policy,
+                    &evidence,
+                    &waivers,
+                    shared.now(),
+                );
                 crate::gates::Evaluated {
                     gate,
                     evidence: std::sync::Arc::new(evidence),

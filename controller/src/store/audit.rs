@@ -83,6 +83,10 @@ pub struct ReplayInputs {
     pub evidence: Evidence,
     /// Every waiver of the release at the milestone known then (in force or not).
     pub waivers: Vec<Waiver>,
+    /// The inputs were stored whole, before decisions referenced their results: their digest
+    /// was computed under the first digest scheme ([`tollgate_domain::gate::digest_inputs_v1`]).
+    #[serde(skip)]
+    pub first_scheme: bool,
 }
 
 /// Replay inputs as stored: the policy and waivers in full, the evidence by reference to the
@@ -603,7 +607,10 @@ impl Store {
         };
         let inputs = match inputs {
             None => None,
-            Some(Found::Whole(inputs)) => Some(inputs),
+            Some(Found::Whole(inputs)) => Some(ReplayInputs {
+                first_scheme: true,
+                ..inputs
+            }),
             Some(Found::ByReference(stored)) => {
                 let mut evidence = self.resolve_evidence(&stored.evidence).await?;
                 if let Some(baseline) = &stored.evidence.baseline {
@@ -613,6 +620,7 @@ impl Store {
                     policy: stored.policy,
                     evidence,
                     waivers: stored.waivers,
+                    first_scheme: false,
                 })
             }
         };

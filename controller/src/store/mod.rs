@@ -1307,9 +1307,9 @@ impl Store {
             latest_runs_cte!(),
             " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source,
                      (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
-              FROM jobs j JOIN nodes n ON n.name = j.node
+              FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
               WHERE j.run_id IN (SELECT id FROM latest)
-              ORDER BY j.run_id, j.node, j.id"
+              ORDER BY ru.plan_name, j.node, j.id"
         );
         const JOB_RESULTS: &str =
             result_query!(" WHERE job_id = $1 ORDER BY job_id, step_index, attempt, lease_epoch");

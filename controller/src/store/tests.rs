@@ -1248,6 +1248,20 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
             .await
             .expect("evidence")
     );
+
+    // Runs come in plan-name order (burn-in before gpu-qual) while their ids sort the other
+    // way: a change is still read as a change, not as a reshaped evidence.
+    store
+        .record_result(&result_of(&jobs[2].id, 0, 1, Outcome::Passed), None, at(40))
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .await
+            .expect("refresh"),
+        Refreshed::Changed(vec![(1, 2)])
+    );
 }
 
 async fn failing_multi_row_write_leaves_nothing(store: &Store) {

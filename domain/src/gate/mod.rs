@@ -765,6 +765,17 @@ pub fn digest_inputs(
     GateState::new(policy, evidence).digest(policy, evidence, waivers_in_force)
 }
 
+/// The input digest of decisions stored before [`digest_inputs`] combined per-result digests:
+/// sha256 of the canonical JSON of policy, evidence and waivers in force. Only for replaying
+/// those decisions.
+pub fn digest_inputs_v1(
+    policy: &GatePolicy,
+    evidence: &Evidence,
+    waivers_in_force: &[&Waiver],
+) -> String {
+    crate::digest_json(&(policy, evidence, waivers_in_force))
+}
+
 /// Whether any rule of the policy compares with a baseline release, so the caller knows
 /// whether to load the baseline's evidence.
 pub fn needs_baseline(policy: &GatePolicy) -> bool {

@@ -13,6 +13,7 @@ on_both_backends!(
     halts_demotions_and_baselines,
     decisions_keep_their_inputs_for_replay,
     replay_reloads_the_referenced_results_and_sees_an_edit,
+    inputs_stored_whole_are_marked_for_the_first_digest_scheme,
 );
 
 fn waiver(id: &str) -> Waiver {
@@ -302,6 +303,7 @@ async fn decisions_keep_their_inputs_for_replay(store: &Store) {
         policy: policy.clone(),
         evidence: evidence(Vec::new()),
         waivers: vec![waiver("waiver-1")],
+        first_scheme: false,
     };
     let decision =
         tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
@@ -363,6 +365,7 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
         policy: gate_policy("replay"),
         evidence: evidence.clone(),
         waivers: Vec::new(),
+        first_scheme: false,
     };
     let decision = tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &[], at(50));
     store
@@ -409,4 +412,39 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
         after.digest, decision.digest,
         "an edited result must not replay to the same digest"
     );
+}
+
+/// Inputs an earlier controller stored whole still load, marked so that replay digests them
+/// under the scheme they were decided with.
+async fn inputs_stored_whole_are_marked_for_the_first_digest_scheme(store: &Store) {
+    add_release(store).await;
+    let inputs = ReplayInputs {
+        policy: gate_policy("replay"),
+        evidence: evidence(Vec::new()),
+        waivers: vec![waiver("waiver-1")],
+        first_scheme: false,
+    };
+    let decision =
+        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert");
+    let whole = serde_json::to_string(&inputs).expect("json");
+    with_pool!(store, |pool| {
+        sqlx::query("UPDATE decision_inputs SET inputs = $1")
+            .bind(&whole)
+            .execute(pool)
+            .await
+            .expect("store whole, as before references");
+    });
+    let (_, loaded) = store
+        .decision_at(&ReleaseId::from("r550"), "lab-qual", at(60))
+        .await
+        .expect("at")
+        .expect("found");
+    let loaded = loaded.expect("inputs");
+    assert!(loaded.first_scheme);
+    assert_eq!(loaded.evidence, inputs.evidence);
+    assert_eq!(loaded.waivers, inputs.waivers);
 }
