@@ -795,6 +795,9 @@ pub fn evaluate(
     GateState::new(policy, evidence).decide(policy, evidence, waivers, now)
 }
 
+/// From how many jobs [`GateState::new`] builds on several threads.
+pub const PARALLEL_FROM_JOBS: usize = 256;
+
 /// A gate kept up to date over evidence that grows: built once over the evidence, then told
 /// about each job that changed ([`GateState::job_changed`]), so that a decision after one new
 /// result recomputes that job's part and the totals, not the whole evidence.
@@ -815,36 +818,90 @@ pub struct GateState {
 }
 
 impl GateState {
-    /// Builds the state of `policy` over `evidence`.
+    /// Builds the state of `policy` over `evidence`, on several threads when the evidence is
+    /// large ([`PARALLEL_FROM_JOBS`] jobs or more).
     pub fn new(policy: &GatePolicy, evidence: &Evidence) -> Self {
-        let slots = rules::slots(evidence);
-        let mut rule_states: Vec<rules::RuleState> = {
-            let ctx = rules::Ctx {
-                evidence,
-                slots: &slots,
-                facts: &[],
-            };
-            policy
-                .rules
-                .iter()
-                .map(|rule| rules::RuleState::empty(rule, &ctx))
-                .collect()
+        let n_jobs: usize = evidence.runs.iter().map(|run| run.jobs.len()).sum();
+        let threads = if n_jobs >= PARALLEL_FROM_JOBS {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        } else {
+            1
         };
-        // Job by job, into every rule at once: each job's results are read while they are in
-        // the cache, not once per rule.
-        let mut facts: Vec<rules::JobFacts> = Vec::with_capacity(slots.len());
-        let mut job_digests = Vec::with_capacity(slots.len());
-        for (j, slot) in slots.iter().enumerate() {
-            let job = &evidence.runs[slot.run].jobs[slot.job];
-            facts.push(rules::JobFacts::new(job, &evidence.release));
-            job_digests.push(job_digest(job));
-            let ctx = rules::Ctx {
-                evidence,
-                slots: &slots,
-                facts: &facts,
+        Self::with_threads(policy, evidence, threads)
+    }
+
+    /// Builds the state on `threads` threads, each taking a contiguous share of the jobs into
+    /// every rule; the shares are then joined. The result does not depend on `threads`.
+    pub fn with_threads(policy: &GatePolicy, evidence: &Evidence, threads: usize) -> Self {
+        let slots = rules::slots(evidence);
+        let n = slots.len();
+        let share = n.div_ceil(threads.max(1)).max(1);
+        let ranges: Vec<std::ops::Range<usize>> = (0..n)
+            .step_by(share)
+            .map(|start| start..(start + share).min(n))
+            .collect();
+        // One share: facts (only its own filled in), job digests and rule states.
+        let work = |range: std::ops::Range<usize>| {
+            let mut facts = vec![rules::JobFacts::default(); n];
+            let mut digests = Vec::with_capacity(range.len());
+            let mut states: Vec<rules::RuleState> = {
+                let ctx = rules::Ctx {
+                    evidence,
+                    slots: &slots,
+                    facts: &[],
+                };
+                policy
+                    .rules
+                    .iter()
+                    .map(|rule| rules::RuleState::empty(rule, &ctx))
+                    .collect()
             };
-            for (state, rule) in rule_states.iter_mut().zip(&policy.rules) {
-                state.build_job(rule, &ctx, j);
+            // Job by job, into every rule at once: each job's results are read while they
+            // are in the cache, not once per rule.
+            for j in range.clone() {
+                let slot = slots[j];
+                let job = &evidence.runs[slot.run].jobs[slot.job];
+                facts[j] = rules::JobFacts::new(job, &evidence.release);
+                digests.push(job_digest(job));
+                let ctx = rules::Ctx {
+                    evidence,
+                    slots: &slots,
+                    facts: &facts,
+                };
+                for (state, rule) in states.iter_mut().zip(&policy.rules) {
+                    state.build_job(rule, &ctx, j);
+                }
+            }
+            (range, facts, digests, states)
+        };
+        let mut shares = if ranges.len() <= 1 {
+            vec![work(0..n)]
+        } else {
+            std::thread::scope(|scope| {
+                let others: Vec<_> = ranges[1..]
+                    .iter()
+                    .map(|range| {
+                        let range = range.clone();
+                        scope.spawn(move || work(range))
+                    })
+                    .collect();
+                let mut shares = vec![work(ranges[0].clone())];
+                for other in others {
+                    shares.push(other.join().expect("a gate build thread does not panic"));
+                }
+                shares
+            })
+        }
+        .into_iter();
+        let (_, mut facts, mut job_digests, mut rule_states) =
+            shares.next().expect("at least one share");
+        for (range, mut their_facts, their_digests, their_states) in shares {
+            for j in range.clone() {
+                facts[j] = std::mem::take(&mut their_facts[j]);
+            }
+            job_digests.extend(their_digests);
+            for (mine, theirs) in rule_states.iter_mut().zip(their_states) {
+                mine.absorb(theirs, range.clone());
             }
         }
         for state in &mut rule_states {

@@ -43,7 +43,7 @@ pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
 }
 
 /// What every rule needs to know about one job, computed once per change of the job.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct JobFacts {
     /// Per result: whether it ran the release under test.
     counts: Vec<bool>,
@@ -246,6 +246,68 @@ impl RuleState {
     pub(super) fn finish_build(&mut self) {
         if let KindState::Numeric(numeric) = &mut self.kind {
             numeric.finish_build();
+        }
+    }
+
+    /// Takes in the jobs of `range`, which `other` (built over the same evidence, starting
+    /// empty) took in: how a gate built on several threads joins their work.
+    pub(super) fn absorb(&mut self, mut other: RuleState, range: std::ops::Range<usize>) {
+        for j in range.clone() {
+            self.in_scope[j] = other.in_scope[j];
+            self.running[j] = other.running[j];
+        }
+        self.n_in_scope += other.n_in_scope;
+        self.n_running += other.n_running;
+        match (&mut self.kind, &mut other.kind) {
+            (KindState::Steps(a), KindState::Steps(b)) => {
+                for j in range {
+                    a.parts[j] = b.parts[j].take();
+                }
+                for (group, counts) in std::mem::take(&mut b.groups) {
+                    let mine = a.groups.entry(group).or_default();
+                    for (m, c) in mine.iter_mut().zip(counts) {
+                        *m += c;
+                    }
+                }
+                a.flagged.append(&mut b.flagged);
+            }
+            (KindState::Numeric(a), KindState::Numeric(b)) => {
+                for j in range {
+                    a.parts[j] = std::mem::take(&mut b.parts[j]);
+                }
+                a.pending.append(&mut b.pending);
+                a.flagged.append(&mut b.flagged);
+                a.silent.append(&mut b.silent);
+                a.total += b.total;
+            }
+            (KindState::Baseline(a), KindState::Baseline(b)) => {
+                for j in range {
+                    a.parts[j] = b.parts[j].take();
+                }
+            }
+            (KindState::Events(a), KindState::Events(b)) => {
+                for j in range {
+                    a.parts[j] = std::mem::take(&mut b.parts[j]);
+                }
+                a.flagged.append(&mut b.flagged);
+                a.total += b.total;
+            }
+            (KindState::Diag(a), KindState::Diag(b)) => {
+                for j in range {
+                    a.parts[j] = std::mem::take(&mut b.parts[j]);
+                }
+                a.flagged.append(&mut b.flagged);
+                a.n_failed += b.n_failed;
+                a.n_missing += b.n_missing;
+            }
+            (KindState::Inventory(a), KindState::Inventory(b)) => {
+                for j in range {
+                    a.parts[j] = std::mem::take(&mut b.parts[j]);
+                }
+                a.flagged.append(&mut b.flagged);
+                a.n_results += b.n_results;
+            }
+            _ => {}
         }
     }
 
@@ -1574,7 +1636,6 @@ impl Watch<'_> {
 /// The events of job `j` a `no-xid` or `no-events` rule counts, as failing items.
 fn event_items(kind: &RuleKind, ctx: &Ctx<'_>, j: usize) -> Vec<EvidenceItem> {
     let watch = Watch { kind };
-    let what = watch.what();
     let job = ctx.job(j);
     let mut items = Vec::new();
     for result in &job.results {
@@ -1592,7 +1653,7 @@ fn event_items(kind: &RuleKind, ctx: &Ctx<'_>, j: usize) -> Vec<EvidenceItem> {
                 attempt: Some(result.attempt),
                 gpu_index: Some(event.gpu_index),
                 value: Some(event.code as f64),
-                limit: Some(what.clone()),
+                limit: Some(watch.what()),
                 signature: Some(signature),
                 ..item(
                     job,

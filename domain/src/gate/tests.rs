@@ -844,6 +844,11 @@ rules:
             let mut state = GateState::new(&policy, &partial);
             let early = state.decide(&policy, &partial, &[], at(100));
             prop_assert_eq!(&early, &evaluate(&policy, &partial, &[], at(100)));
+            // Built on several threads, the state decides as built on one.
+            prop_assert_eq!(
+                GateState::with_threads(&policy, &full, 3).decide(&policy, &full, &[], at(100)),
+                GateState::with_threads(&policy, &full, 1).decide(&policy, &full, &[], at(100))
+            );
             partial.runs[0].jobs[k] = full.runs[0].jobs[k].clone();
             state.job_changed(&policy, &partial, 0, k);
             prop_assert_eq!(state.decide(&policy, &partial, &[], at(100)), evaluate(&policy, &full, &[], at(100)));
