@@ -8,7 +8,13 @@
 //! ```text
 //! cargo build --release -p tollgate-tests --bin gate-bench
 //! ./target/release/gate-bench --nodes 5000 --steps 20
+//! ./target/release/gate-bench --nodes 5000 --steps 20 --controller
 //! ```
+//!
+//! `--controller` measures the controller's path instead: the same results stored in a
+//! SQLite store, `evaluate_now` the first time (load everything, build the gate), then after
+//! one more result is stored (read what changed, decide, store the decision), then with
+//! nothing new.
 
 use anyhow::Context;
 use sqlx::sqlite::SqlitePoolOptions;
@@ -64,6 +70,106 @@ fn time<T>(repeats: u32, mut f: impl FnMut() -> T) -> (Duration, T) {
     (best, last.expect("at least one repeat"))
 }
 
+/// The controller's path over a SQLite store holding `ev`'s results.
+async fn controller_path(
+    policy: &tollgate_domain::gate::GatePolicy,
+    ev: &Evidence,
+) -> anyhow::Result<()> {
+    use tollgate_controller::store::{JobRecord, RunRecord, RunState, Store};
+    use tollgate_controller::{ControllerConfig, Shared, gates::evaluate_now};
+    let dir = tempfile::tempdir()?;
+    let config = ControllerConfig::new(dir.path().to_path_buf());
+    let store = Store::connect(&config.database_url).await?;
+    let release = ev.release.clone();
+    store.create_release(&release).await?;
+    let mut plan = tollgate_domain::test_support::plan_for("hgx-h100");
+    let template = plan.steps[0].clone();
+    plan.steps = ev.runs[0]
+        .plan_steps
+        .iter()
+        .map(|name| tollgate_domain::plan::Step {
+            name: name.clone(),
+            ..template.clone()
+        })
+        .collect();
+    store.put_plan(&plan, "generated", at(0)).await?;
+    store.put_gate(policy, "bench.yaml", at(0)).await?;
+    let inventory = ev.runs[0].jobs[0].results[0].inventory.clone();
+    for job in &ev.runs[0].jobs {
+        let node = tollgate_domain::test_support::node(job.node.as_str(), "hgx-h100");
+        store
+            .register_node(&node.id, &node.labels, &inventory, "token-hash", at(0))
+            .await?;
+    }
+    let run = RunRecord {
+        id: tollgate_domain::RunId::from("run-1"),
+        release: release.id.clone(),
+        plan_name: plan.name.clone(),
+        plan_version: plan.version(),
+        milestone: ev.milestone.clone(),
+        state: RunState::Running,
+        created_at: at(0),
+        finished_at: None,
+    };
+    let jobs: Vec<JobRecord> = ev.runs[0]
+        .jobs
+        .iter()
+        .map(|job| JobRecord {
+            id: job.job_id.clone(),
+            run_id: run.id.clone(),
+            node: job.node.clone(),
+            state: JobState::Running,
+            lease_epoch: 1,
+            created_at: at(0),
+            updated_at: at(0),
+        })
+        .collect();
+    store.create_run(&run, &jobs).await?;
+    let fill = Instant::now();
+    for job in &ev.runs[0].jobs {
+        for (i, result) in job.results.iter().enumerate() {
+            let mut result = result.clone();
+            result.job_id = job.job_id.clone();
+            let last = i + 1 == job.results.len();
+            let transition = last.then_some((JobState::Running, JobState::Passed));
+            store.record_result(&result, transition, at(2000)).await?;
+        }
+    }
+    println!(
+        "stored {} results in {:.1} s",
+        ev.runs[0].jobs.len() * ev.runs[0].jobs[0].results.len(),
+        fill.elapsed().as_secs_f64()
+    );
+    let shared = Shared::new(store.clone(), config);
+    let timed = |label: &'static str| {
+        let shared = &shared;
+        let release = &release;
+        let milestone = ev.milestone.clone();
+        async move {
+            let start = Instant::now();
+            let evaluated = evaluate_now(shared, release, &milestone)
+                .await?
+                .context("the gate is stored")?;
+            println!(
+                "{label:<40} {:>9.1} ms  ({}: {})",
+                start.elapsed().as_secs_f64() * 1e3,
+                evaluated.decision.verdict,
+                evaluated.decision.summary
+            );
+            anyhow::Ok(())
+        }
+    };
+    timed("evaluate_now, first (load, build)").await?;
+    timed("evaluate_now, nothing new").await?;
+    let job = &ev.runs[0].jobs[0];
+    let mut extra = job.results[job.results.len() - 1].clone();
+    extra.job_id = job.job_id.clone();
+    extra.attempt += 1;
+    store.record_result(&extra, None, at(2001)).await?;
+    timed("evaluate_now, one new result").await?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let n_nodes = arg("--nodes", 5000)?;
@@ -78,6 +184,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let mut ev = build(n_nodes, n_steps);
     let n_results = n_nodes * n_steps;
+    if std::env::args().any(|a| a == "--controller") {
+        return controller_path(&policy, &ev).await;
+    }
 
     // Baseline: the same rows in SQLite, one plain aggregate query over them.
     let pool = SqlitePoolOptions::new()
