@@ -692,16 +692,18 @@ impl Store {
         })
     }
 
-    /// The release other than `except` most recently promoted past `milestone`: the
-    /// baseline that `baseline` rules compare with.
+    /// The release other than `except` most recently promoted past `milestone` and not
+    /// demoted back to it since: the baseline that `baseline` rules compare with.
     pub async fn last_promoted_past(
         &self,
         milestone: &str,
         except: &ReleaseId,
     ) -> Result<Option<ReleaseId>, StoreError> {
-        const SQL: &str = "SELECT release FROM promotions
-             WHERE from_milestone = $1 AND release <> $2
-             ORDER BY promoted_at DESC, seq DESC
+        // A release demoted back to the milestone is no longer past it.
+        const SQL: &str = "SELECT p.release FROM promotions p
+             JOIN releases r ON r.name = p.release
+             WHERE p.from_milestone = $1 AND p.release <> $2 AND r.milestone <> $1
+             ORDER BY p.promoted_at DESC, p.seq DESC
              LIMIT 1";
         with_pool!(self, |pool| {
             sqlx::query(SQL)

@@ -266,6 +266,14 @@ async fn halts_demotions_and_baselines(store: &Store) {
         )
         .await
         .expect("demote");
+    assert_eq!(
+        store
+            .last_promoted_past("lab-qual", &other)
+            .await
+            .expect("baseline"),
+        None,
+        "a release demoted back to lab-qual is no longer a baseline past it"
+    );
     assert!(matches!(
         store
             .demote_release(
