@@ -699,6 +699,8 @@ async fn a_run_needs_a_connected_node() {
         .expect("list")
         .into_inner();
     assert_eq!(nodes.nodes.len(), 1);
+    // Listed as the run saw it: registered, but without a stream it cannot take a job.
+    assert_eq!(nodes.nodes[0].state, "unreachable");
     let cordoned = controller
         .nodes()
         .set_cordon(proto::SetCordonRequest {

@@ -112,7 +112,7 @@ async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
     assert_eq!(
         others,
         ["telemetry:gpu_temp_c"],
-        "only the telemetry rule fails"
+        "only the telemetry rule fails: {decision:#?}"
     );
 
     let refused = clients

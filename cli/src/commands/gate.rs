@@ -395,7 +395,7 @@ mod tests {
         let text = format_decision(&decision);
         assert!(text.contains("FAIL lab-4 stress#1"), "{text}");
         assert!(!text.contains("ok   lab-1"), "{text}");
-        assert!(text.contains("... and 20 ok items"), "{text}");
+        assert!(text.contains("... and 20 more ok items"), "{text}");
     }
 
     #[test]

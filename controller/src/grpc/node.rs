@@ -61,7 +61,8 @@ impl NodeService for NodeApi {
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
         errors.finish(())?;
-        let nodes = self.shared.store.list_nodes().await?;
+        let mut nodes = self.shared.store.list_nodes().await?;
+        mark_disconnected(&self.shared, &mut nodes);
         Ok(Response::new(proto::ListNodesResponse {
             nodes: nodes
                 .iter()
@@ -76,7 +77,8 @@ impl NodeService for NodeApi {
         request: Request<proto::GetNodeRequest>,
     ) -> Result<Response<proto::Node>, Status> {
         let proto::GetNodeRequest { name } = request.into_inner();
-        let node = self.load(&name).await?;
+        let mut node = self.load(&name).await?;
+        mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         Ok(Response::new(node.to_proto()))
     }
 
@@ -111,7 +113,8 @@ impl NodeService for NodeApi {
                 self.shared.poke_scheduler();
             }
         }
-        let node = self.load(&name).await?;
+        let mut node = self.load(&name).await?;
+        mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         Ok(Response::new(node.to_proto()))
     }
 }
@@ -136,4 +139,20 @@ mod tests {
         n.state = NodeState::Unreachable;
         assert!(cordon_state(&n, true).unwrap_err().contains("unreachable"));
     }
+}
+
+/// Shows a `ready` or `busy` node without a live agent session on this controller as
+/// `unreachable`, as the scheduler and run selection see it: a node that registered but whose
+/// stream is not open yet (or just closed) cannot be sent a job. Returns how many it marked.
+pub(crate) fn mark_disconnected(shared: &crate::Shared, nodes: &mut [Node]) -> usize {
+    let mut n_marked = 0;
+    for node in nodes {
+        if matches!(node.state, NodeState::Ready | NodeState::Busy)
+            && !shared.sessions.is_connected(&node.id)
+        {
+            node.state = NodeState::Unreachable;
+            n_marked += 1;
+        }
+    }
+    n_marked
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::fleet::NodeState;
 use tollgate_domain::job::JobState;
 use tollgate_domain::{JobId, ReleaseId, RunId};
 use tollgate_proto::v1::{self as proto, run_service_server::RunService};
@@ -128,15 +127,7 @@ impl RunService for RunApi {
         // A node without a live session cannot be sent its job, so for selection it is not
         // ready, whatever the store says.
         let mut nodes = shared.store.list_nodes().await?;
-        let mut n_disconnected = 0;
-        for node in &mut nodes {
-            if matches!(node.state, NodeState::Ready | NodeState::Busy)
-                && !shared.sessions.is_connected(&node.id)
-            {
-                node.state = NodeState::Unreachable;
-                n_disconnected += 1;
-            }
-        }
+        let n_disconnected = super::node::mark_disconnected(shared, &mut nodes);
         let selected =
             tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes).map_err(|error| {
                 let status = no_nodes(&error);
