@@ -119,6 +119,22 @@ impl NodeService for NodeApi {
     }
 }
 
+/// Shows a `ready` or `busy` node without a live agent session on this controller as
+/// `unreachable`, as the scheduler and run selection see it: a node that registered but whose
+/// stream is not open yet (or just closed) cannot be sent a job. Returns how many it marked.
+pub(crate) fn mark_disconnected(shared: &crate::Shared, nodes: &mut [Node]) -> usize {
+    let mut n_marked = 0;
+    for node in nodes {
+        if matches!(node.state, NodeState::Ready | NodeState::Busy)
+            && !shared.sessions.is_connected(&node.id)
+        {
+            node.state = NodeState::Unreachable;
+            n_marked += 1;
+        }
+    }
+    n_marked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,20 +155,4 @@ mod tests {
         n.state = NodeState::Unreachable;
         assert!(cordon_state(&n, true).unwrap_err().contains("unreachable"));
     }
-}
-
-/// Shows a `ready` or `busy` node without a live agent session on this controller as
-/// `unreachable`, as the scheduler and run selection see it: a node that registered but whose
-/// stream is not open yet (or just closed) cannot be sent a job. Returns how many it marked.
-pub(crate) fn mark_disconnected(shared: &crate::Shared, nodes: &mut [Node]) -> usize {
-    let mut n_marked = 0;
-    for node in nodes {
-        if matches!(node.state, NodeState::Ready | NodeState::Busy)
-            && !shared.sessions.is_connected(&node.id)
-        {
-            node.state = NodeState::Unreachable;
-            n_marked += 1;
-        }
-    }
-    n_marked
 }
