@@ -158,6 +158,17 @@ struct Agent {
 
 impl Agent {
     async fn enroll(controller: &Controller, node: &str) -> Self {
+        let agent = Self::enroll_quiet(controller, node).await;
+        agent
+            .events
+            .send(heartbeat())
+            .await
+            .expect("queue the first heartbeat");
+        agent
+    }
+
+    /// Registered and connected, but its first heartbeat not sent yet.
+    async fn enroll_quiet(controller: &Controller, node: &str) -> Self {
         let registration = controller
             .agents()
             .register(register_request(node, ""))
@@ -165,10 +176,6 @@ impl Agent {
             .expect("register")
             .into_inner();
         let (events, outbound) = mpsc::channel(16);
-        events
-            .send(heartbeat())
-            .await
-            .expect("queue the first heartbeat");
         let commands = controller
             .agents()
             .connect(authed(
@@ -860,5 +867,96 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     })
     .await;
     assert_eq!(node_state("node-b").await, "unreachable");
+    controller.stop().await;
+}
+
+/// The first heartbeat of a stream was built when the stream opened. When it reaches the
+/// controller only after the job assigned on that stream is already running (its first result
+/// came in on another call), it says nothing about the job: the job is not taken for
+/// interrupted by an agent restart.
+#[tokio::test]
+async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
+    let controller = Controller::start().await;
+    let mut agent = Agent::enroll_quiet(&controller, "node-a").await;
+    controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "r550".into(),
+            components: vec![proto::Component {
+                name: "driver".into(),
+                version: "550.54.15".into(),
+                ..Default::default()
+            }],
+            description: String::new(),
+        })
+        .await
+        .expect("create release");
+    controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: PLAN.into(),
+            file_name: "plan.yaml".into(),
+        })
+        .await
+        .expect("apply plan");
+    controller
+        .runs()
+        .start_run(proto::StartRunRequest {
+            release: "r550".into(),
+            plan: "gpu-qual".into(),
+            milestone: String::new(),
+        })
+        .await
+        .expect("start run");
+    let assign = agent.next_assignment().await;
+    controller
+        .agents()
+        .report_result(authed(
+            result(&assign, 0, proto::Outcome::Passed),
+            &agent.token,
+        ))
+        .await
+        .expect("the first result moves the job to running");
+    let store = &controller.serving.shared.store;
+    let job = tollgate_domain::JobId::new(assign.job_id.clone());
+    assert_eq!(
+        store
+            .get_job(&job)
+            .await
+            .expect("job")
+            .expect("found")
+            .state,
+        tollgate_domain::job::JobState::Running
+    );
+    // Now the heartbeat built at connect time arrives: idle.
+    let seen_before = store
+        .get_node(&"node-a".into())
+        .await
+        .expect("node")
+        .expect("found")
+        .last_seen_at;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    agent.events.send(heartbeat()).await.expect("heartbeat");
+    eventually("the heartbeat to be handled", || async {
+        let node = store.get_node(&"node-a".into()).await.ok().flatten()?;
+        (node.last_seen_at != seen_before).then_some(())
+    })
+    .await;
+    // Judging the report takes a few reads after the lease is renewed; give it the time an
+    // interruption would need to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let job = store.get_job(&job).await.expect("job").expect("found");
+    assert_eq!(
+        job.state,
+        tollgate_domain::job::JobState::Running,
+        "{job:?}"
+    );
+    assert_eq!(job.lease_epoch, 1);
+    let results = store.results_of_job(&job.id).await.expect("results");
+    assert_eq!(
+        results.len(),
+        1,
+        "no interrupted result was added: {results:?}"
+    );
     controller.stop().await;
 }

@@ -130,6 +130,7 @@ impl AgentService for AgentApi {
         let (session_id, commands) = shared.sessions.open(&node).ok_or_else(|| {
             Status::unavailable("the controller is shutting down; reconnect later")
         })?;
+        let opened_at = shared.now();
         tracing::info!(node = %node, "agent connected");
         // Connecting counts as a heartbeat: the stream is the lease.
         if let Err(error) = on_heartbeat(shared, &node).await {
@@ -140,7 +141,13 @@ impl AgentService for AgentApi {
         }
         shared.poke_scheduler();
         shared.notify_changed();
-        tokio::spawn(read_events(shared.clone(), node, session_id, inbound));
+        tokio::spawn(read_events(
+            shared.clone(),
+            node,
+            session_id,
+            opened_at,
+            inbound,
+        ));
         let outbound = ReceiverStream::new(commands).map(Ok);
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -206,6 +213,7 @@ async fn read_events(
     shared: Arc<Shared>,
     node: NodeId,
     session_id: u64,
+    opened_at: tollgate_domain::Timestamp,
     mut inbound: Streaming<proto::AgentEvent>,
 ) {
     let mut shutdown = shared.subscribe_shutdown();
@@ -220,7 +228,8 @@ async fn read_events(
         };
         match message {
             Ok(Some(proto::AgentEvent { event: Some(event) })) => {
-                let first = first_heartbeat && matches!(event, Event::Heartbeat(_));
+                let first =
+                    (first_heartbeat && matches!(event, Event::Heartbeat(_))).then_some(opened_at);
                 if matches!(event, Event::Heartbeat(_)) {
                     first_heartbeat = false;
                 }
@@ -246,7 +255,7 @@ async fn on_event(
     shared: &Shared,
     node: &NodeId,
     event: Event,
-    first_of_stream: bool,
+    first_of_stream: Option<tollgate_domain::Timestamp>,
 ) -> Result<(), StoreError> {
     match event {
         Event::Heartbeat(proto::Heartbeat {
@@ -256,8 +265,8 @@ async fn on_event(
         }) => {
             tracing::debug!(node = %node, running_job_id, unsent_results, "heartbeat");
             on_heartbeat(shared, node).await?;
-            if first_of_stream {
-                on_running_report(shared, node, &running_job_id, unsent_results).await
+            if let Some(opened_at) = first_of_stream {
+                on_running_report(shared, node, &running_job_id, unsent_results, opened_at).await
             } else {
                 Ok(())
             }
@@ -303,11 +312,16 @@ async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<(), StoreError> 
 /// step no longer runs it, and the interrupted attempt is recorded as an `error` result; then
 /// the job is assigned again under a new epoch (retries left) or ends. The decision is the
 /// domain's (`job::on_agent_restart`).
+///
+/// The first heartbeat was built when the stream opened (`opened_at`): a job that moved after
+/// that (assigned on this stream, or running because its first result overtook the heartbeat
+/// on another call) is one the heartbeat could not know of, so it says nothing about it.
 async fn on_running_report(
     shared: &Shared,
     node: &NodeId,
     running_job_id: &str,
     unsent_results: u32,
+    opened_at: tollgate_domain::Timestamp,
 ) -> Result<(), StoreError> {
     use tollgate_domain::job::{AgentReport, RestartDecision};
     let store = &shared.store;
@@ -326,7 +340,7 @@ async fn on_running_report(
         return Ok(());
     }
     if let Some(job) = store.get_job(&current_job).await? {
-        if &job.node != node || job.state != JobState::Running {
+        if &job.node != node || job.state != JobState::Running || job.updated_at >= opened_at {
             return Ok(());
         }
         let results = store.results_of_job(&job.id).await?;
