@@ -9,7 +9,7 @@ use crate::Shared;
 use crate::store::{Refreshed, StoreError, StoredGate};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tollgate_domain::gate::{Decision, Evidence, GateState, Verdict};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, Verdict};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 
@@ -100,7 +100,12 @@ pub async fn evaluate_now(
             {
                 Refreshed::Reloaded => {
                     evidence.baseline = baseline;
-                    cached.state = GateState::new(&gate.policy, evidence);
+                    cached.state = build_state(&gate.policy, &cached.evidence).await;
+                }
+                // Many changed jobs (a wave of results between two evaluations): build anew,
+                // on every core and off the async runtime, rather than one job at a time.
+                Refreshed::Changed(jobs) if jobs.len() * 4 > n_jobs(evidence) => {
+                    cached.state = build_state(&gate.policy, &cached.evidence).await;
                 }
                 Refreshed::Changed(jobs) => {
                     for (run, job) in jobs {
@@ -113,7 +118,8 @@ pub async fn evaluate_now(
         _ => {
             let mut evidence = shared.store.load_evidence(release, milestone).await?;
             evidence.baseline = baseline;
-            let state = GateState::new(&gate.policy, &evidence);
+            let evidence = Arc::new(evidence);
+            let state = build_state(&gate.policy, &evidence).await;
             if entries.len() >= CACHED_GATES
                 && !entries.contains_key(&key)
                 && let Some(oldest) = entries
@@ -127,7 +133,7 @@ pub async fn evaluate_now(
                 key.clone(),
                 CachedGate {
                     policy_version,
-                    evidence: Arc::new(evidence),
+                    evidence,
                     state,
                     last_used: tick,
                 },
@@ -158,6 +164,23 @@ pub async fn evaluate_now(
         evidence,
         decision,
     }))
+}
+
+/// Builds a gate's state on a blocking thread: over a large fleet it is tens of milliseconds
+/// of CPU on every core, which must not hold up the async runtime.
+async fn build_state(policy: &GatePolicy, evidence: &Arc<Evidence>) -> GateState {
+    let (owned_policy, shared_evidence) = (policy.clone(), Arc::clone(evidence));
+    match tokio::task::spawn_blocking(move || GateState::new(&owned_policy, &shared_evidence)).await
+    {
+        Ok(state) => state,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down: build it here.
+        Err(_) => GateState::new(policy, evidence),
+    }
+}
+
+fn n_jobs(evidence: &Evidence) -> usize {
+    evidence.runs.iter().map(|run| run.jobs.len()).sum()
 }
 
 /// A stored decision evaluated again from its stored inputs.
