@@ -231,19 +231,11 @@ pub async fn replay_at(
             stored.evaluated_at,
         );
         if inputs.first_scheme {
-            let in_force: Vec<&tollgate_domain::gate::Waiver> = inputs
-                .waivers
-                .iter()
-                .filter(|w| {
-                    w.release == inputs.evidence.release.id.as_str()
-                        && w.milestone == inputs.policy.milestone
-                        && w.in_force(stored.evaluated_at)
-                })
-                .collect();
             replayed.digest = tollgate_domain::gate::digest_inputs_v1(
                 &inputs.policy,
                 &inputs.evidence,
-                &in_force,
+                &inputs.waivers,
+                stored.evaluated_at,
             );
         }
         replayed

@@ -277,12 +277,8 @@ struct Fixture {
     run_id: String,
 }
 
-async fn fixture(controller: &Controller) -> Fixture {
-    let mut a = Agent::enroll(controller, "node-a").await;
-    let mut b = Agent::enroll(controller, "node-b").await;
-    let mut connected = controller.serving.shared.sessions.connected_nodes();
-    connected.sort();
-    assert_eq!(connected, ["node-a".into(), "node-b".into()]);
+/// Release r550 (driver 550.54.15), the plan, and a started run of it.
+async fn start_run_of_r550(controller: &Controller) -> proto::Run {
     controller
         .releases()
         .create_release(proto::CreateReleaseRequest {
@@ -304,7 +300,7 @@ async fn fixture(controller: &Controller) -> Fixture {
         })
         .await
         .expect("apply plan");
-    let run = controller
+    controller
         .runs()
         .start_run(proto::StartRunRequest {
             release: "r550".into(),
@@ -313,7 +309,16 @@ async fn fixture(controller: &Controller) -> Fixture {
         })
         .await
         .expect("start run")
-        .into_inner();
+        .into_inner()
+}
+
+async fn fixture(controller: &Controller) -> Fixture {
+    let mut a = Agent::enroll(controller, "node-a").await;
+    let mut b = Agent::enroll(controller, "node-b").await;
+    let mut connected = controller.serving.shared.sessions.connected_nodes();
+    connected.sort();
+    assert_eq!(connected, ["node-a".into(), "node-b".into()]);
+    let run = start_run_of_r550(controller).await;
     assert_eq!(run.jobs.len(), 2, "{run:?}");
     let assign_a = a.next_assignment().await;
     let assign_b = b.next_assignment().await;
@@ -878,36 +883,7 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
 async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
     let controller = Controller::start().await;
     let mut agent = Agent::enroll_quiet(&controller, "node-a").await;
-    controller
-        .releases()
-        .create_release(proto::CreateReleaseRequest {
-            name: "r550".into(),
-            components: vec![proto::Component {
-                name: "driver".into(),
-                version: "550.54.15".into(),
-                ..Default::default()
-            }],
-            description: String::new(),
-        })
-        .await
-        .expect("create release");
-    controller
-        .plans()
-        .apply_plan(proto::ApplyPlanRequest {
-            source: PLAN.into(),
-            file_name: "plan.yaml".into(),
-        })
-        .await
-        .expect("apply plan");
-    controller
-        .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r550".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-        })
-        .await
-        .expect("start run");
+    start_run_of_r550(&controller).await;
     let assign = agent.next_assignment().await;
     controller
         .agents()

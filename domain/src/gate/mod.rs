@@ -766,14 +766,36 @@ pub fn digest_inputs(
 }
 
 /// The input digest of decisions stored before [`digest_inputs`] combined per-result digests:
-/// sha256 of the canonical JSON of policy, evidence and waivers in force. Only for replaying
-/// those decisions.
+/// sha256 of the canonical JSON of policy, evidence and the waivers in force at `now`. Only
+/// for replaying those decisions.
 pub fn digest_inputs_v1(
     policy: &GatePolicy,
     evidence: &Evidence,
-    waivers_in_force: &[&Waiver],
+    waivers: &[Waiver],
+    now: Timestamp,
 ) -> String {
-    crate::digest_json(&(policy, evidence, waivers_in_force))
+    let (_, in_force) = waivers_of(policy, evidence, waivers, now);
+    crate::digest_json(&(policy, evidence, in_force))
+}
+
+/// The waivers of the evidence's release at the policy's milestone, and those of them in force
+/// at `now`.
+fn waivers_of<'w>(
+    policy: &GatePolicy,
+    evidence: &Evidence,
+    waivers: &'w [Waiver],
+    now: Timestamp,
+) -> (Vec<&'w Waiver>, Vec<&'w Waiver>) {
+    let relevant: Vec<&Waiver> = waivers
+        .iter()
+        .filter(|w| w.release == evidence.release.id.as_str() && w.milestone == policy.milestone)
+        .collect();
+    let in_force = relevant
+        .iter()
+        .copied()
+        .filter(|w| w.in_force(now))
+        .collect();
+    (relevant, in_force)
 }
 
 /// Whether any rule of the policy compares with a baseline release, so the caller knows
@@ -803,8 +825,7 @@ pub const PARALLEL_FROM_JOBS: usize = 256;
 /// result recomputes that job's part and the totals, not the whole evidence.
 ///
 /// The state belongs to one policy and one shape of evidence (the same runs holding the same
-/// jobs); when a run or a job is added, or the policy changes, build a new one
-/// ([`GateState::fits`] says whether it still fits).
+/// jobs); when a run or a job is added, or the policy changes, build a new one.
 pub struct GateState {
     slots: Vec<rules::Slot>,
     facts: Vec<rules::JobFacts>,
@@ -931,11 +952,6 @@ impl GateState {
         }
     }
 
-    /// Whether the state still fits `evidence`: the same runs with the same jobs.
-    pub fn fits(&self, evidence: &Evidence) -> bool {
-        self.slots == rules::slots(evidence)
-    }
-
     /// Takes in a change of job `job` of run `run` of `evidence` (results added, its state or
     /// labels changed). Everything else must be as when the state was built.
     pub fn job_changed(
@@ -992,17 +1008,7 @@ impl GateState {
         waivers: &[Waiver],
         now: Timestamp,
     ) -> Decision {
-        let relevant: Vec<&Waiver> = waivers
-            .iter()
-            .filter(|w| {
-                w.release == evidence.release.id.as_str() && w.milestone == policy.milestone
-            })
-            .collect();
-        let in_force: Vec<&Waiver> = relevant
-            .iter()
-            .copied()
-            .filter(|w| w.in_force(now))
-            .collect();
+        let (relevant, in_force) = waivers_of(policy, evidence, waivers, now);
         let ctx = rules::Ctx {
             evidence,
             slots: &self.slots,

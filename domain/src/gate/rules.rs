@@ -418,25 +418,7 @@ impl RuleState {
                 *aggregate,
                 *condition,
             ),
-            (
-                KindState::Baseline(s),
-                RuleKind::Baseline {
-                    measurement,
-                    aggregate,
-                    max_regression_pct,
-                    direction,
-                    per,
-                    ..
-                },
-            ) => s.judge(
-                self,
-                ctx,
-                measurement,
-                *aggregate,
-                *max_regression_pct,
-                *direction,
-                per,
-            ),
+            (KindState::Baseline(s), RuleKind::Baseline { .. }) => s.judge(self, kind, ctx),
             (KindState::Events(s), _) => s.judge(self, kind, ctx),
             (
                 KindState::Diag(s),
@@ -1425,31 +1407,25 @@ impl Baseline {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn judge(
-        &self,
-        rule: &RuleState,
-        ctx: &Ctx<'_>,
-        measurement: &str,
-        aggregate: Aggregate,
-        max_pct: f64,
-        direction: Direction,
-        per: &str,
-    ) -> Judged {
-        let kind = RuleKind::Baseline {
-            measurement: measurement.to_owned(),
-            step: self.step.clone(),
+    fn judge(&self, rule: &RuleState, kind: &RuleKind, ctx: &Ctx<'_>) -> Judged {
+        let RuleKind::Baseline {
+            measurement,
             aggregate,
             max_regression_pct: max_pct,
             direction,
-            per: per.to_owned(),
+            per,
+            ..
+        } = kind
+        else {
+            return judged(Verdict::Error, "internal: not a baseline rule", Vec::new());
         };
+        let (aggregate, max_pct, direction) = (*aggregate, *max_pct, *direction);
         let sample = || {
             rule.sample_ok(|j| {
                 self.parts[j]
                     .iter()
                     .flat_map(|p| p.points.iter())
-                    .map(|point| point_item(&kind, ctx, j, *point))
+                    .map(|point| point_item(kind, ctx, j, *point))
                     .collect()
             })
         };
@@ -1528,7 +1504,7 @@ impl Baseline {
                         "{measurement} regressed {pct:.1}% on {per}={}",
                         part.group
                     )),
-                    ..point_item(&kind, ctx, j, *point)
+                    ..point_item(kind, ctx, j, *point)
                 });
             }
         }
@@ -1537,7 +1513,7 @@ impl Baseline {
                 Some(part) if !regressions.iter().any(|(g, _)| *g == part.group) => part
                     .points
                     .iter()
-                    .map(|point| point_item(&kind, ctx, j, *point))
+                    .map(|point| point_item(kind, ctx, j, *point))
                     .collect(),
                 _ => Vec::new(),
             }
