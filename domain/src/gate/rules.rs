@@ -47,24 +47,15 @@ pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
 pub(super) struct JobFacts {
     /// Per result: whether it ran the release under test.
     counts: Vec<bool>,
-    /// The latest attempt of each step: (step index, result index), by step index.
+    /// The final attempt of each step ([`crate::result::final_attempts`]): (step index,
+    /// result index), by step index.
     latest: Vec<(u32, usize)>,
 }
 
 impl JobFacts {
     pub(super) fn new(job: &JobEvidence, release: &Release) -> Self {
         let counts = job.results.iter().map(|r| counts(r, release)).collect();
-        let mut latest: Vec<(u32, usize)> = Vec::new();
-        for (i, result) in job.results.iter().enumerate() {
-            match latest.binary_search_by_key(&result.step_index, |(step, _)| *step) {
-                Ok(pos) => {
-                    if result.attempt >= job.results[latest[pos].1].attempt {
-                        latest[pos].1 = i;
-                    }
-                }
-                Err(pos) => latest.insert(pos, (result.step_index, i)),
-            }
-        }
+        let latest = crate::result::final_attempts(&job.results);
         Self { counts, latest }
     }
 
