@@ -88,6 +88,17 @@ impl StepResult {
     pub fn order_key(&self) -> (u64, u32) {
         (self.lease_epoch, self.attempt)
     }
+
+    /// The inventory the attempt ran on, as the gate judges it: the one observed when the
+    /// attempt ended, when that was observed, else the one observed when it started. A flash
+    /// changes the inventory during its own attempt, so what it installed is what the step
+    /// reports on (a flash that needs a reboot is checked after it); the steps after it
+    /// observe that inventory at their own start. An inventory that changed during any other
+    /// step is judged on its end too: a step that ended on another build did not qualify
+    /// this one.
+    pub fn ran_on(&self) -> &Inventory {
+        self.inventory_at_end.as_ref().unwrap_or(&self.inventory)
+    }
 }
 
 /// The final attempt of each step among `results`, as `(step index, index into results)`, by

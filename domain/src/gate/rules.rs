@@ -116,9 +116,10 @@ fn judged(verdict: Verdict, reason: impl Into<String>, items: Vec<EvidenceItem>)
     }
 }
 
-/// Whether a result counts toward the gate: the node ran the release under test.
+/// Whether a result counts toward the gate: the node ran the release under test
+/// ([`StepResult::ran_on`]).
 fn counts(result: &StepResult, release: &Release) -> bool {
-    check_inventory(&release.components, &[], &result.inventory).is_empty()
+    check_inventory(&release.components, &[], result.ran_on()).is_empty()
 }
 
 /// A message with its numbers blanked, so alike failures share a signature.
@@ -751,7 +752,7 @@ fn classify(ctx: &Ctx<'_>, j: usize, indexes: &[(usize, String)], per: Option<&s
             }
             Some((_, result)) if result.outcome == Outcome::Passed => {
                 let mismatch: Vec<String> =
-                    check_inventory(&ctx.release().components, &[], &result.inventory)
+                    check_inventory(&ctx.release().components, &[], result.ran_on())
                         .iter()
                         .map(ToString::to_string)
                         .collect();
@@ -1961,7 +1962,7 @@ fn inventory_item(ctx: &Ctx<'_>, j: usize, components: &[String]) -> Option<Evid
         if components.is_empty() && ctx.counts(j, i) {
             continue;
         }
-        for mismatch in check_inventory(&release.components, components, &result.inventory) {
+        for mismatch in check_inventory(&release.components, components, result.ran_on()) {
             let text = mismatch.to_string();
             if !problems.contains(&text) {
                 problems.push(text);

@@ -769,6 +769,56 @@ fn the_gate_judges_the_attempt_the_job_ended_on() {
     );
 }
 
+/// A flash without a reboot starts on the old VBIOS and ends on the release's: the step, and
+/// the step after it, ran on the release, so the steps rule and the inventory rule pass.
+#[test]
+fn a_flash_is_judged_on_the_inventory_after_it() {
+    let mut flash = step_result(0, 1, Outcome::Passed);
+    flash.inventory = inventory(DRIVER, "96.00.61.00.01", 2);
+    flash.inventory_at_end = Some(inventory(DRIVER, VBIOS, 2));
+    let mut after = step_result(1, 1, Outcome::Passed);
+    after.inventory_at_end = Some(inventory(DRIVER, VBIOS, 2));
+    let policy = parse_gate(
+        "g.yaml",
+        "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [step0, step1]}\n  - inventory-matches-release: {}\n",
+    )
+    .expect("valid gate");
+    let ev = evidence(vec![job(
+        "n1",
+        JobState::Passed,
+        vec![flash.clone(), after],
+    )]);
+    let decision = evaluate(&policy, &ev, &[], at(100));
+    for rule in &decision.rules {
+        assert_eq!(
+            rule.verdict,
+            Verdict::Passed,
+            "{}: {}",
+            rule.rule_id,
+            rule.reason
+        );
+    }
+    // A flash that ended on another build did not install the release.
+    let mut wrong = flash;
+    wrong.inventory_at_end = Some(inventory(DRIVER, "96.00.61.00.01", 2));
+    let ev = evidence(vec![job(
+        "n1",
+        JobState::Passed,
+        vec![wrong, step_result(1, 1, Outcome::Passed)],
+    )]);
+    let decision = evaluate(&policy, &ev, &[], at(100));
+    let steps = &decision.rules[0];
+    assert_ne!(steps.verdict, Verdict::Passed, "{}", steps.reason);
+    assert!(
+        steps
+            .evidence
+            .iter()
+            .any(|item| item.signature.as_deref() == Some("step0: wrong build")),
+        "{:?}",
+        steps.evidence
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
