@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod job;
+pub mod node;
 pub mod plan;
 pub mod release;
 pub mod report_signature;

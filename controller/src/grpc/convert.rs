@@ -315,6 +315,7 @@ impl ToProto for Node {
             labels,
             state,
             health,
+            health_reason,
             inventory,
             last_seen_at,
             current_job,
@@ -324,6 +325,7 @@ impl ToProto for Node {
             labels: unsorted(labels.clone()),
             state: state.as_str().to_owned(),
             health: health.as_str().to_owned(),
+            health_reason: health_reason.clone(),
             inventory: Some(inventory.to_proto()),
             last_seen_at: last_seen_at.map(timestamp_to_proto),
             current_job_id: current_job
