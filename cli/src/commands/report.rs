@@ -450,6 +450,51 @@ mod tests {
     }
 
     #[test]
+    fn an_attestation_verifies_with_the_pinned_key_only() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let release = tollgate_domain::test_support::release();
+        let decision = tollgate_domain::gate::Decision {
+            release: "r550".into(),
+            milestone: "lab-qual".into(),
+            verdict: tollgate_domain::gate::Verdict::Waiting,
+            summary: "waiting for 2 nodes".into(),
+            rules: Vec::new(),
+            digest: "d1".into(),
+            policy_version: "ab".repeat(32),
+            evaluated_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        let verifier = attestation::VerifierInfo {
+            public_key: key.verifying_key(),
+            version: "0.1.0".into(),
+        };
+        let envelope = attestation::encode(&attestation::sign(
+            &attestation::statement(&release, &decision, &verifier),
+            &key,
+        ));
+        let verified = attestation::verify(&envelope, &key.verifying_key());
+        let fingerprint = signature::fingerprint(&key.verifying_key());
+        let Ok(verified) = &verified else {
+            panic!("{verified:?}");
+        };
+        assert_eq!(
+            attestation_valid_line(verified),
+            format!(
+                "valid attestation: signed by {fingerprint}, release r550 at lab-qual, decision d1 (waiting), verification result FAILED"
+            )
+        );
+        let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let refused = attestation::verify(&envelope, &other);
+        let json = attestation_json(Path::new("a.intoto.jsonl"), &refused);
+        assert_eq!(json["valid"], false);
+        assert!(
+            json["problems"][0]
+                .as_str()
+                .is_some_and(|problem| problem.contains(&fingerprint)),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn the_valid_line_names_signer_release_and_decision() {
         let verified = Verified {
             fingerprint: "0123456789abcdef".into(),
