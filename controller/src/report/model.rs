@@ -1093,8 +1093,9 @@ fn node_view(
     }
 }
 
-/// The inventory a node showed during its steps: the one observed at the start of its latest
-/// attempt, with a note for every attempt that observed something different. Falls back to
+/// The inventory a node showed during its steps: the one its latest attempt ran on
+/// (`StepResult::ran_on`: observed when the attempt ended, so a flash shows what it
+/// installed), with a note for every attempt that ran on something different. Falls back to
 /// the inventory the node registered with, and says so.
 fn inventory_view(id: &NodeId, jobs: &[&JobEvidence], registered: Option<&Node>) -> InventoryView {
     let mut results: Vec<(&JobEvidence, &StepResult)> = jobs
@@ -1110,13 +1111,13 @@ fn inventory_view(id: &NodeId, jobs: &[&JobEvidence], registered: Option<&Node>)
         ))
     });
     if let Some((_, latest)) = results.last() {
-        let shown = &latest.inventory;
+        let shown = latest.ran_on();
         // Group differing attempts by what differed, so a driver swap mid-job is one note.
         let mut differences: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (_, result) in &results {
-            if &result.inventory != shown {
+            if result.ran_on() != shown {
                 differences
-                    .entry(describe_difference(&result.inventory, shown))
+                    .entry(describe_difference(result.ran_on(), shown))
                     .or_default()
                     .push(format!("{} attempt {}", result.step_name, result.attempt));
             }

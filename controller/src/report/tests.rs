@@ -550,6 +550,27 @@ fn the_final_attempt_is_the_latest_epoch_s_latest_attempt() {
     );
 }
 
+/// A flash as the node's latest attempt started on the old VBIOS and ended on the release's:
+/// the report shows what the flash installed, and no attempt differs from it.
+#[test]
+fn the_inventory_shown_is_the_one_the_latest_attempt_ended_on() {
+    let mut input = input();
+    let results = &mut input.evidence.runs[0].jobs[0].results;
+    let latest = results
+        .iter_mut()
+        .max_by_key(|r| r.started_at)
+        .expect("results");
+    let installed = latest.inventory.clone();
+    latest.inventory_at_end = Some(installed.clone());
+    for gpu in &mut latest.inventory.gpus {
+        gpu.vbios_version = "96.00.61.00.01".into();
+    }
+    let (_, nodes) = build(&input);
+    let shown = &nodes[0].inventory;
+    assert_eq!(shown.gpus[0].vbios_version, installed.gpus[0].vbios_version);
+    assert!(shown.notes.is_empty(), "{:?}", shown.notes);
+}
+
 /// A fleet-sized input: `n_nodes` nodes × 8 GPUs × 10 steps, six telemetry fields per GPU.
 fn fleet_input(n_nodes: usize) -> ReportInput {
     const N_STEPS: u32 = 10;
