@@ -977,6 +977,69 @@ mod tests {
         assert!(message.starts_with("tollgate.report.signature.v3\n"));
     }
 
+    /// The report format documentation, where a customer reads the region's exact bytes.
+    const FORMAT_DOC: &str = include_str!("../../docs/report-format.md");
+
+    /// The region layouts the documentation gives, in its order (JSON, Markdown, HTML, JUnit),
+    /// with `⏎` made a newline and the list's indentation removed.
+    fn documented_layouts() -> Vec<String> {
+        let part = FORMAT_DOC
+            .split("**The region, byte for byte.**")
+            .nth(1)
+            .expect("the documentation gives the region's bytes")
+            .split("**Verifying.**")
+            .next()
+            .expect("split yields at least one part");
+        part.split("```text\n")
+            .skip(1)
+            .map(|chunk| {
+                chunk
+                    .split("  ```")
+                    .next()
+                    .expect("split yields at least one part")
+                    .lines()
+                    .map(|line| line.strip_prefix("  ").expect("indented in its list item"))
+                    .map(|line| line.replace('⏎', "\n"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_region_layouts_are_the_written_ones() {
+        let layouts = documented_layouts();
+        assert_eq!(layouts.len(), 4, "{layouts:#?}");
+        let tricky = Subject {
+            release: "r<1> & 'q' \"x\"".into(),
+            ..subject()
+        };
+        let block = sign(
+            &key(1),
+            Format::Html,
+            tricky,
+            vec![section("node <&>", b"x")],
+        );
+        let json = serde_json::to_string(&block).expect("serializes");
+        let xml = json
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;");
+        let formats = [Format::Json, Format::Markdown, Format::Html, Format::Junit];
+        for (format, layout) in formats.into_iter().zip(layouts) {
+            let embedded = match format {
+                Format::Json => json.clone(),
+                Format::Markdown | Format::Html => escape_for_embedding(&json),
+                Format::Junit => xml.clone(),
+            };
+            let documented = layout
+                .replace("{KEY}", &block.public_key)
+                .replace("{BLOCK}", &embedded);
+            assert_eq!(region(format, &block), documented, "{format:?}");
+        }
+    }
+
     #[test]
     fn an_older_scheme_is_refused_with_what_to_do() {
         let error =
