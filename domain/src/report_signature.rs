@@ -278,15 +278,11 @@ pub fn region(format: Format, block: &SignatureBlock) -> String {
 /// ```
 ///
 /// Every line ends with `\n`; JSON strings are written as `serde_json` writes them. The
-/// `region` line describes the signature region with the signature value left out: exactly
-/// `region(format, block)` with an empty `signature`, which is the file's region with its 128
-/// hex digits deleted. `block.signature` itself is ignored.
-pub fn signed_message(format: Format, block: &SignatureBlock) -> String {
-    let unsigned = SignatureBlock {
-        signature: String::new(),
-        ..block.clone()
-    };
-    let region = region(format, &unsigned);
+/// `region` line describes `unsigned_region`, the signature region with the signature value
+/// left out: the signer writes [`region`] with an empty `signature`, the verifier deletes the
+/// value's hex digits from the region it found in the file, so the line covers the file's own
+/// bytes.
+pub fn signed_message(block: &SignatureBlock, unsigned_region: &str) -> String {
     let mut message = String::with_capacity(256 + block.sections.len() * 120);
     message.push_str(MESSAGE_PREFIX);
     message.push('\n');
@@ -309,8 +305,8 @@ pub fn signed_message(format: Format, block: &SignatureBlock) -> String {
     }
     message.push_str(&format!(
         "region {} {}\n",
-        region.len(),
-        sha256_hex(region.as_bytes())
+        unsigned_region.len(),
+        sha256_hex(unsigned_region.as_bytes())
     ));
     message
 }
@@ -354,8 +350,10 @@ pub fn sign(
         n_bytes: sections.iter().map(|section| section.n_bytes).sum(),
         sections,
     };
+    // The value is still empty: this is the region with the value left out.
+    let unsigned_region = region(format, &block);
     block.signature = hex::encode(
-        key.sign(signed_message(format, &block).as_bytes())
+        key.sign(signed_message(&block, &unsigned_region).as_bytes())
             .to_bytes(),
     );
     block
@@ -757,17 +755,27 @@ pub fn verify_extracted(
         // Ed25519 check, which could only add that the block was edited too.
         return Err(VerifyError::Mismatch(mismatches));
     }
+    // The region as found, less the value: its first occurrence is the block's `signature`
+    // field, as nothing before it in the layout holds 128 hex digits.
+    let unsigned_region = if block.signature.is_empty() {
+        (*found_region).to_owned()
+    } else {
+        found_region.replacen(block.signature.as_str(), "", 1)
+    };
     let signature_ok = hex::decode(&block.signature)
         .ok()
         .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
         .map(|bytes| Signature::from_bytes(&bytes))
         .is_some_and(|signature| {
-            key.verify(signed_message(*format, block).as_bytes(), &signature)
-                .is_ok()
+            key.verify(
+                signed_message(block, &unsigned_region).as_bytes(),
+                &signature,
+            )
+            .is_ok()
         });
     if !signature_ok {
         mismatches.push(format!(
-            "the signature does not match the signature block for key {}: its section digests, the release, milestone or decision it names or the signature value were changed",
+            "the signature does not match the signature block for key {}: the release, milestone or decision it names, its section digests, the signature region or the signature value were changed",
             fingerprint(&key)
         ));
     }
@@ -962,10 +970,25 @@ mod tests {
     fn the_signed_message_covers_the_region_without_the_value() {
         let file = markdown_file(&key(1));
         let extracted = extract(&file).expect("signed");
-        let message = signed_message(Format::Markdown, &extracted.block);
         let without_value = extracted
             .region
             .replacen(extracted.block.signature.as_str(), "", 1);
+        let unsigned = SignatureBlock {
+            signature: String::new(),
+            ..extracted.block.clone()
+        };
+        assert_eq!(without_value, region(Format::Markdown, &unsigned));
+        let message = signed_message(&extracted.block, &without_value);
+        let signature = Signature::from_bytes(
+            &hex::decode(&extracted.block.signature)
+                .expect("hex")
+                .try_into()
+                .expect("64 bytes"),
+        );
+        key(1)
+            .verifying_key()
+            .verify(message.as_bytes(), &signature)
+            .expect("the signature is over this message");
         assert!(
             message.ends_with(&format!(
                 "region {} {}\n",
