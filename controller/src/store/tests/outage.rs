@@ -1,0 +1,120 @@
+//! Store tests of a database that refuses writes for a while (a full disk for SQLite, a
+//! revoked privilege or killed connections for PostgreSQL): once it accepts them again, every
+//! write succeeds without reconnecting the store by hand, and nothing half-written stays.
+
+use super::*;
+
+/// Big enough that a few results outgrow whatever the WAL file already holds.
+const LOG_TAIL_BYTES: usize = 256 * 1024;
+
+/// A node, a release, a plan and a run whose one job is running: what results attach to.
+async fn running_job(store: &Store) -> JobId {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    make_running(store, &jobs[0].id).await;
+    jobs[0].id.clone()
+}
+
+/// A result of step 0 whose log tail is large, so that storing it needs fresh pages.
+fn big_result(job: &JobId, attempt: u32) -> StepResult {
+    StepResult {
+        log_tail: format!("{attempt:>8}").repeat(LOG_TAIL_BYTES / 8),
+        ..result_of(job, 0, attempt, Outcome::Passed)
+    }
+}
+
+/// Stores results until one is refused (at most `limit` tries); returns the attempts that
+/// were acknowledged before that and the refusal.
+async fn write_until_refused(store: &Store, job: &JobId, limit: u32) -> (Vec<u32>, StoreError) {
+    let mut stored = Vec::new();
+    for attempt in 1..=limit {
+        match store
+            .record_result(&big_result(job, attempt), None, at(40))
+            .await
+        {
+            Ok(Recorded::Inserted) => stored.push(attempt),
+            Ok(Recorded::Duplicate) => panic!("attempt {attempt} was new"),
+            Err(err) => return (stored, err),
+        }
+    }
+    panic!("the database accepted {limit} large results; the fault did not take");
+}
+
+/// After the fault is gone: every kind of write succeeds on every pooled connection, and the
+/// results acknowledged before, during and after the outage are stored exactly once.
+async fn writes_succeed_again(store: &Store, job: &JobId, acknowledged: &[u32]) {
+    let mut acknowledged = acknowledged.to_vec();
+    // More writes than the pool has connections, so that a connection left broken by the
+    // outage would be handed out at least once.
+    for attempt in 1000..1020 {
+        let result = result_of(job, 1, attempt, Outcome::Passed);
+        let recorded = store
+            .record_result(&result, None, at(50))
+            .await
+            .unwrap_or_else(|err| panic!("result {attempt} after the outage: {err}"));
+        assert_eq!(recorded, Recorded::Inserted);
+        store
+            .touch_node(&NodeId::from("n1"), at(50))
+            .await
+            .unwrap_or_else(|err| panic!("heartbeat after the outage: {err}"));
+        acknowledged.push(attempt);
+    }
+    store
+        .set_node_health(&NodeId::from("n1"), Health::Suspect)
+        .await
+        .expect("node health after the outage");
+    let mut release = release();
+    release.id = ReleaseId::from("r560");
+    store
+        .create_release(&release)
+        .await
+        .expect("a release after the outage");
+
+    let mut stored: Vec<u32> = store
+        .results_of_job(job)
+        .await
+        .expect("results after the outage")
+        .iter()
+        .map(|result| result.attempt)
+        .collect();
+    stored.sort_unstable();
+    acknowledged.sort_unstable();
+    assert_eq!(stored, acknowledged, "every acknowledged result, once");
+}
+
+#[tokio::test]
+async fn sqlite_writes_recover_once_a_full_disk_has_space_again() {
+    let disk = match testing::Tmpfs::mount(8 * 1024) {
+        Ok(disk) => disk,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let url = format!("sqlite://{}/tollgate.db", disk.path().display());
+    let store = Store::connect(&url).await.expect("sqlite store on tmpfs");
+    let job = running_job(&store).await;
+
+    let writes = store.watch_writes();
+    assert!(writes.borrow().accepted());
+
+    disk.fill("filler").expect("filling the disk");
+    let (acknowledged, refusal) = write_until_refused(&store, &job, 64).await;
+    assert!(
+        refusal.to_string().contains("full"),
+        "a full disk is named: {refusal}"
+    );
+    assert!(
+        matches!(&*writes.borrow(), Writes::Refused(why) if why.contains("full")),
+        "the store says writes are refused: {:?}",
+        *writes.borrow()
+    );
+    disk.free("filler").expect("freeing the disk");
+
+    writes_succeed_again(&store, &job, &acknowledged).await;
+    assert_eq!(*writes.borrow(), Writes::Accepted);
+    store.close().await;
+}
