@@ -4,7 +4,9 @@
 //!
 //! Which leases ran out is `tollgate_domain::scheduler::expired_leases`; the controller's start
 //! time is its first clock read, so after a restart every node gets a fresh grace period and a
-//! controller outage is never read as the whole fleet dying.
+//! controller outage is never read as the whole fleet dying. A database that refuses writes is
+//! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
+//! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
 use crate::Shared;
 use crate::store::StoreError;
@@ -32,6 +34,12 @@ pub async fn run_loop(shared: Arc<Shared>) {
 
 /// One check; returns the nodes that became unreachable.
 pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
+    if !shared.store.writes_accepted() {
+        // Heartbeats cannot be recorded now, so silence proves nothing; the grace starts
+        // again from the last tick that saw the outage.
+        shared.refresh_leases(shared.now());
+        return Ok(Vec::new());
+    }
     let nodes = shared.store.list_nodes().await?;
     let watched: Vec<(NodeId, Option<tollgate_domain::Timestamp>)> = nodes
         .iter()
@@ -44,8 +52,12 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     let grace =
         chrono::Duration::from_std(shared.config.lease_grace).unwrap_or(chrono::Duration::MAX);
     let now = shared.now();
-    let expired =
-        tollgate_domain::scheduler::expired_leases(&watched, shared.started_at, grace, now);
+    let expired = tollgate_domain::scheduler::expired_leases(
+        &watched,
+        shared.leases_fresh_from(),
+        grace,
+        now,
+    );
     if expired.is_empty() {
         return Ok(expired);
     }

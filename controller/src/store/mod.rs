@@ -81,6 +81,14 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    /// Whether the database itself failed (connection lost, disk full, read-only, pool
+    /// exhausted) rather than the request: the caller should retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(err) if writes::unavailable(err))
+    }
+}
+
 /// Whether a result upload was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -478,6 +486,11 @@ impl Store {
     /// controller's health service and lease watchdog follow it.
     pub fn watch_writes(&self) -> tokio::sync::watch::Receiver<Writes> {
         self.writes.subscribe()
+    }
+
+    /// Whether the database accepted the last write (see [`Store::watch_writes`]).
+    pub fn writes_accepted(&self) -> bool {
+        self.writes.subscribe().borrow().accepted()
     }
 
     /// A write that changes nothing anyone reads (the audit chain's head row is rewritten

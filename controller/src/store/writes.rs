@@ -1,10 +1,10 @@
 //! Whether the database accepts writes right now, as the store last saw it.
 //!
 //! Every write method of the store reports its outcome here (`writing!` in `store/mod.rs`):
-//! an error that says the database itself refused or failed (disk full, read-only, connection
-//! lost, pool exhausted) marks writes refused; any write that succeeds marks them accepted.
-//! An error about the request (a name taken, a row missing, a state changed concurrently)
-//! says nothing about the database and changes nothing. The controller watches this to set
+//! an error that says the database itself refused or failed ([`unavailable`]: disk full,
+//! read-only, connection lost, pool exhausted) marks writes refused; any write that succeeds
+//! marks them accepted. Any other error (a name taken, a row missing, a state changed
+//! concurrently, a bug) says nothing about the database and changes nothing. The controller watches this to set
 //! its health service and to give leases a fresh grace once writes work again.
 
 use super::StoreError;
@@ -66,22 +66,57 @@ impl WriteHealth {
 
 /// Whether `err` says the database could not write, rather than that the request was wrong.
 fn refused_by_database(err: &StoreError) -> bool {
-    let StoreError::Database(err) = err else {
-        return false;
-    };
+    matches!(err, StoreError::Database(err) if unavailable(err))
+}
+
+/// Whether the database (not the request, not the code) failed: the connection or the pool is
+/// gone or exhausted, the disk is full or failing, the database is read-only or refuses this
+/// user's writes, or a lock did not come free in time. Retrying later is the right reaction.
+pub(crate) fn unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => matches!(db.kind(), sqlx::error::ErrorKind::Other),
-        // A value that does not fit a column, a row that does not decode: the request's
-        // or the code's problem, not the database's.
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::Encode(_)
-        | sqlx::Error::InvalidArgument(_)
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::RowNotFound => false,
-        _ => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed
+        | sqlx::Error::InvalidSavePointStatement => true,
+        sqlx::Error::Database(db) => {
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // The primary result code is the low byte of the extended one.
+                let primary = db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .map(|code| code & 0xff);
+                matches!(
+                    primary,
+                    Some(
+                        5  // SQLITE_BUSY
+                        | 6  // SQLITE_LOCKED
+                        | 7  // SQLITE_NOMEM
+                        | 8  // SQLITE_READONLY
+                        | 10 // SQLITE_IOERR
+                        | 13 // SQLITE_FULL
+                        | 14 // SQLITE_CANTOPEN
+                        | 15 // SQLITE_PROTOCOL
+                    )
+                )
+            } else {
+                // PostgreSQL SQLSTATE classes: 08 connection exception, 53 insufficient
+                // resources (disk full, out of memory, too many connections), 57 operator
+                // intervention (shutdown, terminated backend), 58 system error (I/O); and
+                // 25006 read-only transaction, 42501 insufficient privilege.
+                db.code().is_some_and(|code| {
+                    ["08", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                        || code == "25006"
+                        || code == "42501"
+                })
+            }
+        }
+        _ => false,
     }
 }
 

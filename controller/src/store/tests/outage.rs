@@ -118,3 +118,109 @@ async fn sqlite_writes_recover_once_a_full_disk_has_space_again() {
     assert_eq!(*writes.borrow(), Writes::Accepted);
     store.close().await;
 }
+
+/// A PostgreSQL database of its own (a test may set it read-only without touching anyone
+/// else's), dropped at the end.
+struct OwnDatabase {
+    base: String,
+    name: String,
+}
+
+impl OwnDatabase {
+    async fn create(base: &str) -> OwnDatabase {
+        let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
+        Self::admin(base, &format!("CREATE DATABASE {name}")).await;
+        OwnDatabase {
+            base: base.to_owned(),
+            name,
+        }
+    }
+
+    /// `base` with its database replaced by this one.
+    fn url(&self) -> String {
+        let (without_query, query) = match self.base.split_once('?') {
+            Some((url, query)) => (url, format!("?{query}")),
+            None => (self.base.as_str(), String::new()),
+        };
+        let server = without_query
+            .rsplit_once('/')
+            .map_or(without_query, |(server, _)| server);
+        format!("{server}/{}{query}", self.name)
+    }
+
+    /// Runs `sql` (built from our own generated name only) on the base database.
+    async fn admin(base: &str, sql: &str) {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(base)
+            .await
+            .expect("connect to the base database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+        conn.close().await.expect("close");
+    }
+
+    /// Sets whether new sessions are read-only, then ends every session of the database, as a
+    /// failover to a read-only replica (and back) does.
+    async fn set_read_only(&self, read_only: bool) {
+        let setting = if read_only {
+            "SET default_transaction_read_only = on"
+        } else {
+            "RESET default_transaction_read_only"
+        };
+        let name = &self.name;
+        Self::admin(&self.base, &format!("ALTER DATABASE {name} {setting}")).await;
+        Self::admin(
+            &self.base,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ),
+        )
+        .await;
+    }
+
+    async fn drop(self) {
+        let name = &self.name;
+        Self::admin(&self.base, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_writes_recover_once_the_database_accepts_them_again() {
+    let Some(base) = testing::postgres_url_or_skip() else {
+        return;
+    };
+    let database = OwnDatabase::create(&base).await;
+    let store = Store::connect(&database.url())
+        .await
+        .expect("postgres store");
+    let job = running_job(&store).await;
+    let writes = store.watch_writes();
+
+    database.set_read_only(true).await;
+    let (acknowledged, refusal) = write_until_refused(&store, &job, 8).await;
+    assert!(refusal.is_unavailable(), "{refusal:?}");
+    assert!(
+        matches!(&*writes.borrow(), Writes::Refused(_)),
+        "the store says writes are refused: {:?}",
+        *writes.borrow()
+    );
+    // Reads still work meanwhile.
+    store.get_job(&job).await.expect("read while read-only");
+    assert!(
+        store.probe_write().await.is_err(),
+        "the probe is refused too"
+    );
+
+    database.set_read_only(false).await;
+    store
+        .probe_write()
+        .await
+        .expect("the probe after the outage");
+    assert_eq!(*writes.borrow(), Writes::Accepted);
+    writes_succeed_again(&store, &job, &acknowledged).await;
+    store.close().await;
+    database.drop().await;
+}
