@@ -78,6 +78,28 @@ pub async fn drop_postgres_schema(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Set to `1` (as CI does where it runs as root) to fail instead of skipping when a tmpfs
+/// cannot be mounted.
+pub const REQUIRE_TMPFS_ENV: &str = "TOLLGATE_REQUIRE_TMPFS";
+
+/// A tmpfs of `size_kib` KiB ([`Tmpfs::mount`]), or `None` after printing `skipped: <why>`.
+///
+/// # Panics
+///
+/// When it cannot be mounted and [`REQUIRE_TMPFS_ENV`] is `1`: CI must not skip silently.
+pub fn tmpfs_or_skip(size_kib: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(size_kib) {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            if std::env::var(REQUIRE_TMPFS_ENV).is_ok_and(|value| value == "1") {
+                panic!("{why} (and {REQUIRE_TMPFS_ENV}=1)");
+            }
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
 /// A small tmpfs mounted on a fresh temporary directory, unmounted on drop: a disk that tests
 /// can fill and free. Mounting needs root and `mount`; [`Tmpfs::mount`] says why it could
 /// not, so a test can print that it was skipped and why.

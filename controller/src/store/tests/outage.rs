@@ -87,12 +87,8 @@ async fn writes_succeed_again(store: &Store, job: &JobId, acknowledged: &[u32]) 
 
 #[tokio::test]
 async fn sqlite_writes_recover_once_a_full_disk_has_space_again() {
-    let disk = match testing::Tmpfs::mount(8 * 1024) {
-        Ok(disk) => disk,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+    let Some(disk) = testing::tmpfs_or_skip(8 * 1024) else {
+        return;
     };
     let url = format!("sqlite://{}/tollgate.db", disk.path().display());
     let store = Store::connect(&url).await.expect("sqlite store on tmpfs");
