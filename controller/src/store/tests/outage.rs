@@ -103,6 +103,7 @@ async fn sqlite_writes_recover_once_a_full_disk_has_space_again() {
         refusal.to_string().contains("full"),
         "a full disk is named: {refusal}"
     );
+    assert!(refusal.is_unavailable(), "retry later: {refusal:?}");
     assert!(
         matches!(&*writes.borrow(), Writes::Refused(why) if why.contains("full")),
         "the store says writes are refused: {:?}",
