@@ -99,3 +99,85 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     }
     Ok(expired)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ControllerConfig;
+    use crate::clock::ManualClock;
+    use crate::store::{Store, testing};
+    use std::time::Duration;
+    use tollgate_domain::release::Release;
+    use tollgate_domain::test_support::{at, node, release};
+
+    /// Creates releases with a large description until the database refuses one.
+    async fn write_until_refused(store: &Store) {
+        for i in 0..64 {
+            let big = Release {
+                id: format!("r{i}").as_str().into(),
+                description: "x".repeat(256 * 1024),
+                ..release()
+            };
+            if store.create_release(&big).await.is_err() {
+                return;
+            }
+        }
+        panic!("the database accepted 64 large releases on a full disk");
+    }
+
+    #[tokio::test]
+    async fn no_lease_expires_while_writes_are_refused_and_each_gets_a_fresh_grace_after() {
+        let Some(disk) = testing::tmpfs_or_skip(8 * 1024) else {
+            return;
+        };
+        let store = Store::connect(&format!("sqlite://{}/tollgate.db", disk.path().display()))
+            .await
+            .expect("store on tmpfs");
+        let n1 = node("n1", "hgx");
+        store
+            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+            .await
+            .expect("register");
+        store.touch_node(&n1.id, at(0)).await.expect("heartbeat");
+        let clock = ManualClock::new(at(0));
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ControllerConfig::new(data_dir.path().to_owned());
+        config.clock = std::sync::Arc::new(clock.clone());
+        config.lease_grace = Duration::from_secs(10);
+        let shared = Shared::new(store.clone(), config);
+
+        // The disk fills; the node's heartbeats can no longer be recorded.
+        disk.fill("filler").expect("fill");
+        write_until_refused(&store).await;
+        assert!(!store.writes_accepted());
+        clock.advance(chrono::Duration::seconds(11));
+        assert_eq!(
+            check_once(&shared).await.expect("no write is tried"),
+            Vec::<NodeId>::new(),
+            "silence while heartbeats cannot be stored proves nothing"
+        );
+
+        // Space returns; the grace runs from the last check that saw the outage (t=11).
+        disk.free("filler").expect("free");
+        store
+            .probe_write()
+            .await
+            .expect("the probe after the outage");
+        assert!(store.writes_accepted());
+        clock.advance(chrono::Duration::seconds(9));
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            Vec::<NodeId>::new()
+        );
+        let seen = store.get_node(&n1.id).await.expect("read").expect("node");
+        assert_eq!(seen.state, NodeState::Ready);
+
+        // A node that stays silent for a whole grace after that is unreachable as ever.
+        clock.advance(chrono::Duration::seconds(2));
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            vec![n1.id.clone()]
+        );
+        store.close().await;
+    }
+}

@@ -7,6 +7,9 @@
 //!
 //! **Invariant:** every method that changes more than one row does it in one transaction, so
 //! nothing half-written is ever left behind; a result is committed before it is acknowledged.
+//! Every transaction is a `tx::Tx`, which commits or rolls back and never returns a
+//! connection in an unknown state to the pool; every write method runs through `writing!`,
+//! which tells `writes.rs` whether the database accepted it ([`Store::watch_writes`]).
 //!
 //! How values are stored, the same on both backends: domain structs as JSON text (serde_json,
 //! decoded here so that a bad document is a [`StoreError::Corrupt`] naming its row); enums by
