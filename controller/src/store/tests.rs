@@ -1593,3 +1593,6 @@ async fn recent_outcomes_are_the_node_s_latest_not_skipped(store: &Store) {
         [Outcome::Error]
     );
 }
+
+// A database that refuses writes for a while.
+mod outage;
