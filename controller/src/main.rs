@@ -2,8 +2,8 @@
 //! [`tollgate_controller::run`] until SIGINT or SIGTERM.
 
 use anyhow::{Context as _, bail};
-use std::io::IsTerminal as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate_controller::store::StoreError;

@@ -155,5 +155,8 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
     logs.extend(std::fs::read(&stderr_path).expect("stderr"));
     let text = String::from_utf8_lossy(&logs);
     assert!(text.contains("controller stopped"), "{text}");
-    assert!(!logs.contains(&0x1b), "escape codes in a log file: {text:?}");
+    assert!(
+        !logs.contains(&0x1b),
+        "escape codes in a log file: {text:?}"
+    );
 }

@@ -162,8 +162,7 @@ mod tests {
         // by a process with a permissive umask.
         let leftover = dir.path().join(format!("{KEY_FILE}.tmp"));
         std::fs::write(&leftover, "partial").expect("write");
-        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         load_or_create(dir.path()).expect("made");
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))
             .expect("metadata")

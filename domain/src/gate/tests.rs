@@ -395,6 +395,21 @@ fn tolerance_limits_failed_nodes_even_when_quorum_is_met() {
 }
 
 #[test]
+fn gate_integers_out_of_range_name_the_field() {
+    let source = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: p, steps: [a], min-nodes: -1, max-failed: 1.5}\n  - dcgm-diag: {level: -2, tests: [memory]}\n";
+    let text = parse_gate("gate.yaml", source).unwrap_err().to_string();
+    for expected in [
+        "gate.yaml:3:",
+        "rules[0].steps-passed.min-nodes: -1 is not a non-negative integer",
+        "rules[0].steps-passed.max-failed: 1.5 is not a non-negative integer",
+        "gate.yaml:4:",
+        "rules[1].dcgm-diag.level: -2 is not a dcgmi diag level (1 to 4)",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+}
+
+#[test]
 fn a_short_quorum_is_stated_once() {
     let jobs = vec![
         good("n1"),
@@ -412,27 +427,34 @@ fn a_short_quorum_is_stated_once() {
         "{}",
         rule.reason
     );
-    assert_eq!(rule.reason.matches("required").count(), 1, "{}", rule.reason);
+    assert_eq!(
+        rule.reason.matches("required").count(),
+        1,
+        "{}",
+        rule.reason
+    );
 }
 
 #[test]
 fn a_count_limits_how_many_values_not_each_value() {
     let jobs = vec![good("n1"), good("n2"), good("n3")];
     // Every value (3000) is far above 5; the count (3) is not.
-    let passing = gate(
-        "  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 5\"}\n",
-    );
+    let passing =
+        gate("  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 5\"}\n");
     let rule = &evaluate(&passing, &evidence(jobs.clone()), &[], at(100)).rules[0];
     assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
     assert_eq!(
         rule.reason,
         "count of measurement membw_gbps is 3 over 3 value(s), limit <= 5"
     );
-    assert!(rule.evidence.iter().all(|item| item.ok), "{:?}", rule.evidence);
-
-    let failing = gate(
-        "  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 2\"}\n",
+    assert!(
+        rule.evidence.iter().all(|item| item.ok),
+        "{:?}",
+        rule.evidence
     );
+
+    let failing =
+        gate("  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 2\"}\n");
     let rule = &evaluate(&failing, &evidence(jobs), &[], at(100)).rules[0];
     assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
     assert_eq!(
