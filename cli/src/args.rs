@@ -13,9 +13,14 @@ Output: every command that prints takes -o/--output text|json after the command,
 `tollgate report` is the one exception: there -o/--output names the file to write, --format
 picks markdown, json, html or junit, and --json prints the summary line as JSON.
 
+Errors: with -o json an error is JSON on stdout too, with the same exit code:
+{\"error\": {\"code\": \"invalid_argument\", \"message\": \"...\", \"fields\": [{\"field\": \"...\",
+\"message\": \"...\"}], \"exit_code\": 2}}. `code` is the controller's gRPC status in snake case,
+`invalid_file` for a plan or gate file with problems, `error` otherwise.
+
 Exit codes: 0 ok; 1 other errors (including an unreachable controller and invalid plan or gate
-files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses);
-4 not found.";
+files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses, or
+`gate check` on a failed gate); 4 not found; 5 `gate check` while the gate waits for evidence.";
 
 /// Qualifies GPU firmware and driver releases on lab fleets and gates their promotion.
 #[derive(Debug, Parser)]
@@ -87,6 +92,13 @@ pub enum Command {
     /// Starts a controller and four simulated agents on loopback and walks through a
     /// qualification that fails its gate.
     Demo(DemoArgs),
+    /// Prints a shell completion script: `tollgate completions bash > /etc/bash_completion.d/tollgate`,
+    /// `tollgate completions zsh > "${fpath[1]}/_tollgate"`, `tollgate completions fish >
+    /// ~/.config/fish/completions/tollgate.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `tollgate node ...`
@@ -221,6 +233,19 @@ pub enum GateCommand {
         file: PathBuf,
         #[command(flatten)]
         output: OutputArgs,
+    },
+    /// For CI pipelines: evaluates the gate like `gate show` and exits 0 only when it passed
+    /// (failed: 3, waiting for evidence: 5, could not evaluate: 1).
+    Check {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Milestone; the release's current one when left out.
+        #[arg(long)]
+        milestone: Option<String>,
+        /// Output format: text, json, or greenwave (Greenwave's decision JSON).
+        #[arg(long = "output", short = 'o', value_enum, default_value = "text")]
+        output: DecisionFormat,
     },
     /// Evaluates the gate of a release at a milestone now and shows the decision, rule by rule;
     /// with --at, replays the decision as it stood then from its stored inputs.

@@ -96,8 +96,23 @@ impl FieldErrors {
 }
 
 impl From<InvalidFields> for Status {
+    /// The message lists every bad field for people; the same fields travel as
+    /// `google.rpc.BadRequest` details, so a client (the CLI's `-o json`, grpcurl) can read
+    /// them one by one without parsing the message.
     fn from(error: InvalidFields) -> Self {
-        Status::invalid_argument(bounded_message(&error.to_string()))
+        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+        // Details travel in a response header like the message: as many as the message lists.
+        let violations: Vec<FieldViolation> = error
+            .0
+            .iter()
+            .take(LISTED_PROBLEMS)
+            .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
+            .collect();
+        Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            bounded_message(&error.to_string()),
+            ErrorDetails::with_bad_request(violations),
+        )
     }
 }
 
@@ -216,6 +231,20 @@ mod tests {
             "invalid request: name: is empty; components[1].version: is empty"
         );
         assert_eq!(FieldErrors::new().finish(7), Ok(7));
+        // The same fields, one by one, as google.rpc.BadRequest details.
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let violations: Vec<(&str, &str)> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| (v.field.as_str(), v.description.as_str()))
+            .collect();
+        assert_eq!(
+            violations,
+            [("name", "is empty"), ("components[1].version", "is empty")]
+        );
     }
 
     #[test]
@@ -232,6 +261,10 @@ mod tests {
                 .contains("components[19].version: is empty; and 99980 more")
         );
         assert!(!status.message().contains("components[20]"));
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let listed = details.bad_request().expect("BadRequest details");
+        assert_eq!(listed.field_violations.len(), LISTED_PROBLEMS);
 
         let mut source = String::from("name: p\nsteps:\n");
         for idx in 0..50 {
