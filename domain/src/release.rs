@@ -161,7 +161,6 @@ pub fn validate_release(
         field("components".into(), message);
         return Err(errors);
     }
-    let mut errors = errors;
     if components.is_empty() {
         errors.push(FieldError {
             field: "components".into(),
