@@ -2,6 +2,7 @@
 //! and field.
 
 use super::*;
+use crate::limits::{self, Limit};
 use crate::spec::{Problems, RawInt, SpecErrors, parse_yaml};
 use serde_saphyr::{Location, Spanned};
 
@@ -378,12 +379,22 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
                         .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
                         .ok()
                 });
+                check_bounds(&mut problems, location, &format!("rules[{idx}].{}", kind.name()), &kind);
+                if let Some(scope) = &common.scope {
+                    check_scope(&mut problems, location, &format!("rules[{idx}].scope"), scope);
+                }
                 let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
+                if !problems.text(location, format!("rules[{idx}].id"), &limits::RULE_ID, &id) {
+                    continue;
+                }
                 if rules.iter().any(|r| r.id == id) {
                     problems.add(
                         location,
                         format!("rules[{idx}].id"),
-                        format!("rule id '{id}' is used twice; give one of them an `id:`"),
+                        format!(
+                            "rule id {} is used twice; give one of them an `id:`",
+                            limits::quote(&id)
+                        ),
                     );
                 }
                 rules.push(Rule { id, kind, scope: Selector(common.scope.unwrap_or_default()), since });
@@ -395,11 +406,104 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             ),
         }
     }
+    if let Some(description) = &raw.description {
+        problems.text(
+            raw.milestone.referenced,
+            "description",
+            &limits::DESCRIPTION,
+            description,
+        );
+    }
     problems.finish(GatePolicy {
         milestone: raw.milestone.value,
         description: raw.description.unwrap_or_default(),
         rules,
     })
+}
+
+/// Checks the length of every name and list a rule holds, reporting each at the rule.
+fn check_bounds(problems: &mut Problems, location: Location, at: &str, kind: &RuleKind) {
+    let name = |problems: &mut Problems, field: &str, value: &str| {
+        problems.text(location, format!("{at}.{field}"), &limits::NAME, value);
+    };
+    let names = |problems: &mut Problems, field: &str, list: &Limit, values: &[String]| {
+        let path = format!("{at}.{field}");
+        if problems.count(location, path.clone(), list, values.len()) {
+            for (idx, value) in values.iter().enumerate() {
+                problems.text(location, format!("{path}[{idx}]"), &limits::NAME, value);
+            }
+        }
+    };
+    match kind {
+        RuleKind::StepsPassed {
+            plan, steps, per, ..
+        } => {
+            name(problems, "plan", plan);
+            names(problems, "steps", &limits::STEPS, steps);
+            if let Some(per) = per {
+                problems.text(location, format!("{at}.per"), &limits::LABEL_KEY, per);
+            }
+        }
+        RuleKind::Measurement {
+            name: measurement,
+            step,
+            ..
+        }
+        | RuleKind::Baseline {
+            measurement, step, ..
+        } => {
+            name(problems, "name", measurement);
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+            if let RuleKind::Baseline { per, .. } = kind {
+                problems.text(location, format!("{at}.per"), &limits::LABEL_KEY, per);
+            }
+        }
+        RuleKind::Telemetry { step, .. } => {
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+        }
+        RuleKind::NoXid { codes } => {
+            problems.count(
+                location,
+                format!("{at}.codes"),
+                &limits::STEP_LIST,
+                codes.len(),
+            );
+        }
+        RuleKind::NoEvents { xid, .. } => {
+            problems.count(location, format!("{at}.xid"), &limits::STEP_LIST, xid.len());
+        }
+        RuleKind::DcgmDiag { tests, step, .. } => {
+            names(problems, "tests", &limits::STEP_LIST, tests);
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+        }
+        RuleKind::InventoryMatchesRelease { components } => {
+            names(problems, "components", &limits::COMPONENTS, components);
+        }
+    }
+}
+
+/// Checks a rule's scope selector like a plan's.
+fn check_scope(
+    problems: &mut Problems,
+    location: Location,
+    at: &str,
+    scope: &BTreeMap<String, String>,
+) {
+    if !problems.count(location, at, &limits::LABELS, scope.len()) {
+        return;
+    }
+    for (key, value) in scope {
+        let field = format!("{at}[{}]", limits::truncate(&limits::NAME, key, false));
+        if problems.text(location, field.clone(), &limits::LABEL_KEY, key) {
+            problems.text(location, field, &limits::LABEL_VALUE, value);
+        }
+    }
 }
 
 fn default_rule_id(kind: &RuleKind) -> String {

@@ -410,6 +410,31 @@ fn gate_integers_out_of_range_name_the_field() {
 }
 
 #[test]
+fn gate_names_and_lists_over_their_limits_are_refused_by_name() {
+    let long = "x".repeat(10_000);
+    let many: Vec<String> = (0..=crate::limits::STEPS.max)
+        .map(|i| format!("s{i}"))
+        .collect();
+    let source = format!(
+        "milestone: lab-qual\nrules:\n  - steps-passed: {{plan: {long}, steps: [{}]}}\n  - measurement: {{name: m, aggregate: min, condition: \">= 1\", id: {long}}}\n",
+        many.join(", ")
+    );
+    let text = parse_gate("gate.yaml", &source).unwrap_err().to_string();
+    for expected in [
+        "gate.yaml:3:",
+        "rules[0].steps-passed.plan: 'xxxx",
+        "(10000 bytes) is 10000 bytes, over the limit of 128 bytes (name)",
+        "rules[0].steps-passed.steps: has 101 entries, over the limit of 100 items (steps)",
+        "gate.yaml:4:",
+        "rules[1].id: ",
+        "(rule-id)",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    assert!(text.len() < 2048, "{} bytes of errors", text.len());
+}
+
+#[test]
 fn a_short_quorum_is_stated_once() {
     let jobs = vec![
         good("n1"),
