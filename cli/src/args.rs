@@ -361,7 +361,11 @@ Here -o/--output is the file to write, not the output format; --json prints the 
 
 Every report is signed with the controller's Ed25519 key. Check a file offline with
   tollgate report verify FILE --public-key HEX
-where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub)."
+where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub).
+
+With --attestation the decision is written instead as an in-toto Statement with the SLSA
+Verification Summary Attestation predicate in a DSSE envelope signed with the same key
+(RELEASE-MILESTONE.intoto.jsonl); `report verify` checks it too, with the key pinned."
 )]
 pub struct ReportArgs {
     /// Verify a report file, or print the signing key, instead of rendering.
@@ -383,6 +387,10 @@ pub struct ReportArgs {
     /// its decision cover that customer's nodes alone.
     #[arg(long, value_name = "LABEL=VALUE", value_parser = parse_customer)]
     pub customer: Option<String>,
+    /// Write the decision as a signed in-toto verification summary attestation (a DSSE
+    /// envelope) instead of the report.
+    #[arg(long, conflicts_with_all = ["format", "customer"])]
+    pub attestation: bool,
     /// Print the path and digest as a JSON object.
     #[arg(long)]
     pub json: bool,
@@ -398,8 +406,9 @@ fn parse_customer(text: &str) -> Result<String, String> {
 /// `tollgate report verify|public-key`
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// Checks a report file's signature offline, without a controller: exit 0 valid, 1 does
-    /// not verify, 2 unusable input (not a signed report, unreadable file, bad key).
+    /// Checks a report file's or an attestation's signature offline, without a controller:
+    /// exit 0 valid, 1 does not verify, 2 unusable input (not a signed report, unreadable
+    /// file, bad key, an attestation without a pinned key).
     Verify(VerifyArgs),
     /// Prints the public key the controller signs reports with (hex, then its fingerprint).
     PublicKey {
@@ -414,7 +423,8 @@ pub enum ReportCommand {
 Without --public-key or --key-file the signature is only checked against the key embedded in
 the report, which anyone can replace with their own: pin your controller's key.")]
 pub struct VerifyArgs {
-    /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`.
+    /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`, or an
+    /// attestation (DSSE envelope) as written by `tollgate report --attestation`.
     pub file: PathBuf,
     /// The controller's public key, hex, as `tollgate report public-key` prints it.
     #[arg(long, value_name = "HEX", conflicts_with = "key_file")]
@@ -511,6 +521,32 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_attestation_takes_a_file_but_no_format_or_customer() {
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "report",
+            "--release",
+            "r1",
+            "--attestation",
+            "-o",
+            "r1.intoto.jsonl",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Report(args) => {
+                assert!(args.attestation);
+                assert_eq!(args.file, Some(PathBuf::from("r1.intoto.jsonl")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for conflicting in [["--format", "json"], ["--customer", "customer=acme"]] {
+            let mut args = vec!["tollgate", "report", "--release", "r1", "--attestation"];
+            args.extend(conflicting);
+            assert!(Cli::try_parse_from(args).is_err(), "{conflicting:?}");
+        }
     }
 
     #[test]

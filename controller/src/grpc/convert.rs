@@ -204,6 +204,7 @@ bounded_texts! {
     ListAuditRequest { release: NAME, actor: NAME; since, until }
     VerifyAuditRequest {}
     GetPublicKeyRequest {}
+    RenderAttestationRequest { release: NAME, milestone: NAME }
 }
 
 impl Bounded for proto::ListNodesRequest {

@@ -277,6 +277,16 @@ impl ReportService for ReportApi {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
+    async fn render_attestation(
+        &self,
+        request: Request<proto::RenderAttestationRequest>,
+    ) -> Result<Response<proto::Attestation>, Status> {
+        let request = super::convert::bounded(request.into_inner())?;
+        super::attestation::render(&self.shared, &self.key, request)
+            .await
+            .map(Response::new)
+    }
+
     async fn get_public_key(
         &self,
         request: Request<proto::GetPublicKeyRequest>,
