@@ -5,6 +5,7 @@ use crate::runner::{Job, JobStep};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory};
+use tollgate_domain::limits;
 use tollgate_domain::plan::{DEFAULT_TIMEOUT, Step, StepKind};
 use tollgate_domain::release::Component;
 use tollgate_domain::result::{Measurement, Outcome, StepResult};
@@ -229,11 +230,12 @@ pub fn gpu_event(event: &GpuEvent) -> v1::GpuEvent {
         kind: kind.as_str().to_owned(),
         code: *code,
         at: Some(timestamp(*at)),
-        detail: detail.clone(),
+        detail: limits::truncate(&limits::MESSAGE, detail, false),
     }
 }
 
-/// The wire step result.
+/// The wire step result. Free texts are trimmed to the controller's limits (the log tail keeps
+/// its end), so a chatty step never gets its result refused; the spooled copy keeps them whole.
 pub fn step_result(result: &StepResult) -> v1::StepResult {
     let StepResult {
         job_id,
@@ -269,8 +271,8 @@ pub fn step_result(result: &StepResult) -> v1::StepResult {
         telemetry: telemetry.iter().map(gpu_telemetry).collect(),
         events: events.iter().map(gpu_event).collect(),
         inventory: Some(inventory(observed)),
-        log_tail: log_tail.clone(),
-        message: message.clone(),
+        log_tail: limits::truncate(&limits::LOG_TAIL, log_tail, true),
+        message: limits::truncate(&limits::MESSAGE, message, false),
         sub_results: sub_results.iter().map(sub_result).collect(),
         inventory_at_end: inventory_at_end.as_ref().map(inventory),
         series: series.iter().map(telemetry_series).collect(),
@@ -304,7 +306,7 @@ fn sub_result(sub: &tollgate_domain::result::SubResult) -> v1::SubResult {
         name: sub.name.clone(),
         gpu_index: sub.gpu_index,
         outcome: outcome(sub.outcome) as i32,
-        message: sub.message.clone(),
+        message: limits::truncate(&limits::MESSAGE, &sub.message, false),
         level: sub.level.map(u32::from),
     }
 }
@@ -528,6 +530,17 @@ mod tests {
         let wire = inventory(&observed);
         assert_eq!(wire.gpu_source, "simulated");
         assert_eq!(inventory_from(&wire).unwrap(), observed);
+    }
+
+    #[test]
+    fn results_are_sent_within_the_controllers_text_limits() {
+        let mut result = tollgate_domain::test_support::step_result(0, 1, Outcome::Failed);
+        result.log_tail = format!("{}last line", "x".repeat(2 * limits::LOG_TAIL.max));
+        result.message = "m".repeat(2 * limits::MESSAGE.max);
+        let wire = step_result(&result);
+        assert_eq!(wire.log_tail.len(), limits::LOG_TAIL.max);
+        assert!(wire.log_tail.ends_with("last line"));
+        assert_eq!(wire.message.len(), limits::MESSAGE.max);
     }
 
     #[test]

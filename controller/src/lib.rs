@@ -303,40 +303,53 @@ async fn serve(
              recorded as actor 'anonymous'; configure --api-token NAME=SECRET or --api-tokens-file"
         );
     }
+    // Stated, not left to tonic's default: a larger request is refused before it is decoded
+    // (`OUT_OF_RANGE`, "decoded message length too large"), and every field limit is far below
+    // it, so an oversize field always reaches the field checks: `INVALID_ARGUMENT` naming it.
+    const REQUEST_BYTES: usize = tollgate_domain::limits::REQUEST.max;
+    use tonic::service::interceptor::InterceptedService;
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(grpc::agent::AgentApi::new(
-            shared.clone(),
-        )))
-        .add_service(NodeServiceServer::with_interceptor(
-            grpc::node::NodeApi::new(shared.clone()),
+        .add_service(
+            AgentServiceServer::new(grpc::agent::AgentApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
+        )
+        .add_service(InterceptedService::new(
+            NodeServiceServer::new(grpc::node::NodeApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(ReleaseServiceServer::with_interceptor(
-            grpc::release::ReleaseApi::new(shared.clone()),
+        .add_service(InterceptedService::new(
+            ReleaseServiceServer::new(grpc::release::ReleaseApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(PlanServiceServer::with_interceptor(
-            grpc::plan::PlanApi::new(shared.clone()),
+        .add_service(InterceptedService::new(
+            PlanServiceServer::new(grpc::plan::PlanApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(RunServiceServer::with_interceptor(
-            grpc::run::RunApi::new(shared.clone()),
+        .add_service(InterceptedService::new(
+            RunServiceServer::new(grpc::run::RunApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(GateServiceServer::with_interceptor(
-            grpc::gate::GateApi::new(shared.clone()),
+        .add_service(InterceptedService::new(
+            GateServiceServer::new(grpc::gate::GateApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(ReportServiceServer::with_interceptor(
-            grpc::report::ReportApi::new(shared.clone(), report_key),
+        .add_service(InterceptedService::new(
+            ReportServiceServer::new(grpc::report::ReportApi::new(shared.clone(), report_key))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
-        .add_service(AuditServiceServer::with_interceptor(
-            grpc::audit::AuditApi::new(shared.clone()),
+        .add_service(InterceptedService::new(
+            AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);

@@ -119,3 +119,44 @@ fn an_unusable_database_is_one_line_saying_what_to_do() {
     assert!(stderr.contains("opening the database"), "{stderr}");
     assert!(stderr.contains("--database"), "{stderr}");
 }
+
+#[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr_file = dir.path().join("addr");
+    let stdout_path = dir.path().join("stdout.log");
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "info")
+        // Colour must follow the output, not these variables.
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("start the controller");
+    wait_for_file(&addr_file, Duration::from_secs(20));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the controller did not stop");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let mut logs = std::fs::read(&stdout_path).expect("stdout");
+    logs.extend(std::fs::read(&stderr_path).expect("stderr"));
+    let text = String::from_utf8_lossy(&logs);
+    assert!(text.contains("controller stopped"), "{text}");
+    assert!(
+        !logs.contains(&0x1b),
+        "escape codes in a log file: {text:?}"
+    );
+}

@@ -438,6 +438,41 @@ async fn results_are_owned_fenced_and_stored_once() {
         status.message()
     );
 
+    // An inventory-check runs no program: a result of it with measurements is refused.
+    let mut measured = result(&fx.assign_a, 0, proto::Outcome::Passed);
+    measured.measurements = vec![proto::Measurement {
+        name: "membw_gbps".into(),
+        value: 3000.0,
+        unit: String::new(),
+    }];
+    let status = agents
+        .report_result(authed(measured, &fx.a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("measurements: step versions is an inventory-check step"),
+        "{}",
+        status.message()
+    );
+
+    // A result over a limit names the field and the limit.
+    let mut oversize = result(&fx.assign_a, 0, proto::Outcome::Passed);
+    oversize.log_tail = "x".repeat(tollgate_domain::limits::LOG_TAIL.max + 1);
+    let status = agents
+        .report_result(authed(oversize, &fx.a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("log_tail: ") && status.message().contains("(log-tail)"),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().len() < 1024, "{}", status.message().len());
+
     // The first upload is new, every repeat a duplicate, and it is stored once.
     let first = result(&fx.assign_a, 0, proto::Outcome::Passed);
     let ack = agents
@@ -935,6 +970,151 @@ async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
         results.len(),
         1,
         "no interrupted result was added: {results:?}"
+    );
+    controller.stop().await;
+}
+
+/// Asserts a short `InvalidArgument` that names `field` and the limit `limit`.
+fn assert_refused(status: &tonic::Status, field: &str, limit: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let message = status.message();
+    assert!(message.contains(&format!("{field}: ")), "{message}");
+    assert!(message.contains(&format!("({limit})")), "{message}");
+    assert!(message.len() < 1024, "a {} byte message", message.len());
+}
+
+#[tokio::test]
+async fn oversize_fields_are_refused_by_name_with_a_short_message() {
+    let controller = Controller::start().await;
+    let huge = "r".repeat(3 * 1024 * 1024);
+    let component = proto::Component {
+        name: "driver".into(),
+        version: "550.54.15".into(),
+        ..Default::default()
+    };
+
+    // A 3 MB name, over a real socket: the answer is INVALID_ARGUMENT quoting a prefix, not
+    // a RESOURCE_EXHAUSTED from a message too large for the response headers.
+    let status = controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: huge.clone(),
+            components: vec![component.clone()],
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "name", "name");
+    assert!(
+        status.message().contains("(3145728 bytes)"),
+        "{}",
+        status.message()
+    );
+    let status = controller
+        .releases()
+        .get_release(proto::GetReleaseRequest { name: huge.clone() })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "name", "name");
+    let status = controller
+        .nodes()
+        .get_node(proto::GetNodeRequest { name: huge.clone() })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "name", "name");
+
+    // Versions, descriptions, reasons and command arguments are refused, never stored (a
+    // megabyte each, so that two fit one request).
+    let huge = "v".repeat(1024 * 1024);
+    let status = controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "r1".into(),
+            components: vec![proto::Component {
+                version: huge.clone(),
+                ..component.clone()
+            }],
+            description: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "components[0].version", "version");
+    assert_refused(&status, "description", "description");
+    let status = controller
+        .releases()
+        .halt(proto::HaltRequest {
+            release: "r1".into(),
+            reason: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "reason", "reason");
+    let status = controller
+        .gates()
+        .waive(proto::WaiveRequest {
+            release: "r1".into(),
+            rule_id: "no-xid".into(),
+            reason: huge.clone(),
+            ticket: "T-1".into(),
+            ttl_seconds: 60,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "reason", "reason");
+    let plan = format!(
+        "name: p\nsteps:\n  - {{name: s, kind: exec, command: [sh, -c, '{}']}}\n",
+        "x".repeat(tollgate_domain::limits::COMMAND_ARG.max + 1)
+    );
+    let status = controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: plan,
+            file_name: "plan.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("plan.yaml:3:")
+            && status.message().contains("steps[0].command[2]: ")
+            && status.message().contains("(command-arg)"),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().len() < 1024, "{}", status.message().len());
+    let releases = controller
+        .releases()
+        .list_releases(proto::ListReleasesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(releases.releases.is_empty(), "{releases:?}");
+
+    // A release of 100,000 components is refused for its count, not checked entry by entry.
+    let components: Vec<proto::Component> = (0..100_000)
+        .map(|idx| proto::Component {
+            name: format!("c{idx}"),
+            version: "1".into(),
+            ..Default::default()
+        })
+        .collect();
+    let status = controller
+        .releases()
+        .create_release(proto::CreateReleaseRequest {
+            name: "r-big".into(),
+            components,
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, "components", "components");
+    assert!(
+        status
+            .message()
+            .contains("has 100000 entries, over the limit of 256 items"),
+        "{}",
+        status.message()
     );
     controller.stop().await;
 }

@@ -3,7 +3,9 @@
 
 use crate::PlanVersion;
 use crate::fleet::Selector;
-use crate::release::is_valid_name;
+use crate::limits;
+use crate::release::name_problem;
+use crate::spec::RawInt;
 use crate::spec::{Problems, SpecErrors, format_duration, parse_duration, parse_yaml};
 use crate::telemetry::Field;
 use serde::{Deserialize, Serialize};
@@ -218,7 +220,7 @@ struct RawPlan {
     #[serde(default)]
     selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    nodes: Option<Spanned<u32>>,
+    nodes: Option<Spanned<RawInt>>,
     steps: Spanned<Vec<RawStep>>,
 }
 
@@ -236,11 +238,11 @@ struct RawStep {
     #[serde(default)]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
-    retries: Option<Spanned<u32>>,
+    retries: Option<Spanned<RawInt>>,
     #[serde(default)]
     components: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    level: Option<Spanned<u32>>,
+    level: Option<Spanned<RawInt>>,
     #[serde(default)]
     tests: Option<Spanned<Vec<String>>>,
     #[serde(default)]
@@ -292,25 +294,38 @@ fn fields_of(kind: &str) -> &'static [&'static str] {
 pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
     let raw: RawPlan = parse_yaml(file, source)?;
     let mut problems = Problems::new(file);
-    if !is_valid_name(&raw.name.value) {
-        problems.add(
+    if let Some(message) = name_problem("plan", &raw.name.value) {
+        problems.add(raw.name.referenced, "name", message);
+    }
+    if let Some(description) = &raw.description {
+        problems.text(
             raw.name.referenced,
-            "name",
-            format!(
-                "'{}' is not a valid plan name (1-128 letters, digits, '-', '_', '.')",
-                raw.name.value
-            ),
+            "description",
+            &limits::DESCRIPTION,
+            description,
         );
     }
-    if let Some(nodes) = &raw.nodes
-        && nodes.value == 0
-    {
-        problems.add(
-            nodes.referenced,
-            "nodes",
-            "must be at least 1 (leave it out to use every matching node)",
-        );
+    if let Some(selector) = &raw.selector {
+        check_labels(&mut problems, raw.name.referenced, "selector", selector);
     }
+    let max_nodes = match &raw.nodes {
+        None => None,
+        Some(nodes) => match nodes.value.to_u32(u32::MAX) {
+            Ok(0) => {
+                problems.add(
+                    nodes.referenced,
+                    "nodes",
+                    "must be at least 1 (leave it out to use every matching node)",
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(message) => {
+                problems.add(nodes.referenced, "nodes", message);
+                None
+            }
+        },
+    };
     if raw.steps.value.is_empty() {
         problems.add(
             raw.steps.referenced,
@@ -318,22 +333,28 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
             "a plan needs at least one step",
         );
     }
+    if !problems.count(
+        raw.steps.referenced,
+        "steps",
+        &limits::STEPS,
+        raw.steps.value.len(),
+    ) {
+        // Checking each of a huge list would only make a huge answer; the count is the error.
+        return Err(problems.into_errors());
+    }
     let mut steps = Vec::new();
     for (idx, raw_step) in raw.steps.value.into_iter().enumerate() {
         let at = |field: &str| format!("steps[{idx}].{field}");
         let name = raw_step.name.value.clone();
-        if !is_valid_name(&name) {
-            problems.add(
-                raw_step.name.referenced,
-                at("name"),
-                format!("'{name}' is not a valid step name"),
-            );
+        let name_invalid = name_problem("step", &name);
+        if let Some(message) = &name_invalid {
+            problems.add(raw_step.name.referenced, at("name"), message.clone());
         }
-        if steps.iter().any(|s: &Step| s.name == name) {
+        if name_invalid.is_none() && steps.iter().any(|s: &Step| s.name == name) {
             problems.add(
                 raw_step.name.referenced,
                 at("name"),
-                format!("step name '{name}' is used twice"),
+                format!("step name {} is used twice", limits::quote(&name)),
             );
         }
         let timeout = match &raw_step.timeout {
@@ -347,7 +368,10 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                     problems.add(
                         text.referenced,
                         at("timeout"),
-                        format!("{} is longer than the limit of 7 days", text.value),
+                        format!(
+                            "{} is longer than the limit of 7 days",
+                            limits::quote(&text.value)
+                        ),
                     );
                     DEFAULT_TIMEOUT
                 }
@@ -359,15 +383,10 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
             },
         };
         let retries = match &raw_step.retries {
-            Some(r) if r.value > MAX_RETRIES => {
-                problems.add(
-                    r.referenced,
-                    at("retries"),
-                    format!("{} is more than the limit of {MAX_RETRIES}", r.value),
-                );
+            Some(r) => r.value.to_u32(MAX_RETRIES).unwrap_or_else(|message| {
+                problems.add(r.referenced, at("retries"), message);
                 0
-            }
-            Some(r) => r.value,
+            }),
             None => 0,
         };
         let kind_location = raw_step.kind.referenced;
@@ -397,6 +416,105 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                     );
                 }
             }
+        }
+        if let Some(command) = &raw_step.command
+            && problems.count(
+                command.referenced,
+                at("command"),
+                &limits::COMMAND_ARGS,
+                command.value.len(),
+            )
+        {
+            for (arg_idx, arg) in command.value.iter().enumerate() {
+                problems.text(
+                    command.referenced,
+                    format!("steps[{idx}].command[{arg_idx}]"),
+                    &limits::COMMAND_ARG,
+                    arg,
+                );
+            }
+        }
+        if let Some(env) = &raw_step.env
+            && problems.count(kind_location, at("env"), &limits::ENV_VARS, env.len())
+        {
+            for (key, value) in env {
+                let field = format!(
+                    "steps[{idx}].env[{}]",
+                    limits::truncate(&limits::NAME, key, false)
+                );
+                if problems.text(kind_location, field.clone(), &limits::NAME, key) {
+                    problems.text(kind_location, field, &limits::ENV_VALUE, value);
+                }
+            }
+        }
+        if let Some(workdir) = &raw_step.workdir {
+            problems.text(kind_location, at("workdir"), &limits::PATH, workdir);
+        }
+        if let Some(report) = &raw_step.report {
+            problems.text(
+                report.referenced,
+                at("report"),
+                &limits::PATH,
+                &report.value,
+            );
+        }
+        if let Some(components) = &raw_step.components
+            && problems.count(
+                components.referenced,
+                at("components"),
+                &limits::COMPONENTS,
+                components.value.len(),
+            )
+        {
+            for (component_idx, component) in components.value.iter().enumerate() {
+                problems.text(
+                    components.referenced,
+                    format!("steps[{idx}].components[{component_idx}]"),
+                    &limits::NAME,
+                    component,
+                );
+            }
+        }
+        if let Some(tests) = &raw_step.tests
+            && problems.count(
+                tests.referenced,
+                at("tests"),
+                &limits::STEP_LIST,
+                tests.value.len(),
+            )
+        {
+            for (test_idx, test) in tests.value.iter().enumerate() {
+                problems.text(
+                    tests.referenced,
+                    format!("steps[{idx}].tests[{test_idx}]"),
+                    &limits::NAME,
+                    test,
+                );
+            }
+        }
+        if let Some(limits_list) = &raw_step.limits {
+            problems.count(
+                limits_list.referenced,
+                at("limits"),
+                &limits::STEP_LIST,
+                limits_list.value.len(),
+            );
+        }
+        if let Some(component) = &raw_step.component {
+            problems.text(
+                component.referenced,
+                at("component"),
+                &limits::NAME,
+                &component.value,
+            );
+        }
+        if let Some(version) = &raw_step.version {
+            problems.text(
+                version.referenced,
+                at("version"),
+                &limits::VERSION,
+                &version.value,
+            );
         }
         // A command the kind needs: a non-empty argv.
         let command_of = |problems: &mut Problems, example: &str| match &raw_step.command {
@@ -450,13 +568,17 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                         );
                         1
                     }
-                    Some(level) => match u8::try_from(level.value) {
-                        Ok(value) if DCGM_LEVELS.contains(&value) => value,
+                    Some(level) => match level.value.to_u32(u32::from(*DCGM_LEVELS.end())) {
+                        Ok(value) if DCGM_LEVELS.contains(&(value as u8)) => value as u8,
                         _ => {
+                            let shown = match &level.value {
+                                RawInt::Int(value) => value.to_string(),
+                                RawInt::Other(text) => text.clone(),
+                            };
                             problems.add(
                                 level.referenced,
                                 at("level"),
-                                format!("{} is not a dcgmi diag level (1 to 4)", level.value),
+                                format!("{shown} is not a dcgmi diag level (1 to 4)"),
                             );
                             1
                         }
@@ -470,7 +592,10 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                     problems.add(
                         kind_location,
                         at("tests"),
-                        format!("'{bad}' is not a test name (one name per list item)"),
+                        format!(
+                            "{} is not a test name (one name per list item)",
+                            limits::quote(bad)
+                        ),
                     );
                 }
                 let command = match &raw_step.command {
@@ -527,7 +652,10 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                             problems.add(
                                 text.referenced,
                                 at("duration"),
-                                format!("{} is longer than the limit of 7 days", text.value),
+                                format!(
+                                    "{} is longer than the limit of 7 days",
+                                    limits::quote(&text.value)
+                                ),
                             );
                             d
                         }
@@ -641,7 +769,8 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
                     kind_location,
                     at("kind"),
                     format!(
-                        "unknown step kind '{other}' (expected exec, inventory-check, dcgm-diag, junit, burn-in or flash)"
+                        "unknown step kind {} (expected exec, inventory-check, dcgm-diag, junit, burn-in or flash)",
+                        limits::quote(other)
                     ),
                 );
                 continue;
@@ -658,10 +787,28 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
         name: raw.name.value,
         description: raw.description.unwrap_or_default(),
         selector: Selector(raw.selector.unwrap_or_default()),
-        max_nodes: raw.nodes.map(|n| n.value),
+        max_nodes,
         steps,
     };
     problems.finish(plan)
+}
+
+/// Checks a selector's size and the length of each key and value.
+fn check_labels(
+    problems: &mut Problems,
+    location: serde_saphyr::Location,
+    field: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    if !problems.count(location, field, &limits::LABELS, labels.len()) {
+        return;
+    }
+    for (key, value) in labels {
+        let at = format!("{field}[{}]", limits::truncate(&limits::NAME, key, false));
+        if problems.text(location, at.clone(), &limits::LABEL_KEY, key) {
+            problems.text(location, at, &limits::LABEL_VALUE, value);
+        }
+    }
 }
 
 /// Renders a step's timeout for display.
@@ -707,6 +854,63 @@ steps:
         assert_eq!(a.version(), b.version());
         let c = parse_plan("c.yaml", &GOOD.replace("2m", "3m")).expect("valid");
         assert_ne!(a.version(), c.version());
+    }
+
+    #[test]
+    fn integers_out_of_range_name_the_field_and_line() {
+        let source = "name: p\nnodes: -3\nsteps:\n  - name: a\n    kind: exec\n    command: [x]\n    retries: -1\n  - name: b\n    kind: dcgm-diag\n    level: 99999999999\n  - {name: c, kind: exec, command: [x], retries: 4294967296}\n  - {name: d, kind: exec, command: [x], retries: lots}\n";
+        let text = parse_plan("plan.yaml", source).unwrap_err().to_string();
+        for expected in [
+            "plan.yaml:2:8: nodes: -3 is not a non-negative integer",
+            "plan.yaml:7:14: steps[0].retries: -1 is not a non-negative integer",
+            "plan.yaml:10:12: steps[1].level: 99999999999 is not a dcgmi diag level (1 to 4)",
+            "plan.yaml:11:",
+            "steps[2].retries: 4294967296 is more than the limit of 10",
+            "steps[3].retries: 'lots' is not a non-negative integer",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+        assert!(!text.contains("invalid"), "{text}");
+    }
+
+    #[test]
+    fn lists_and_texts_over_their_limits_are_refused_by_name() {
+        let long = "x".repeat(100 * 1024);
+        let source = format!(
+            "name: {long}\ndescription: {long}\nsteps:\n  - name: a\n    kind: exec\n    command: [x, {long}]\n    env: {{A: {long}}}\n    workdir: {long}\n"
+        );
+        let text = parse_plan("plan.yaml", &source).unwrap_err().to_string();
+        for expected in [
+            "name: 'xxxx",
+            "(102400 bytes) is 102400 bytes, over the limit of 128 bytes (name)",
+            "description: ",
+            "(description)",
+            "steps[0].command[1]: ",
+            "(command-arg)",
+            "steps[0].env[A]: ",
+            "(env-value)",
+            "steps[0].workdir: ",
+            "(path)",
+        ] {
+            assert!(text.contains(expected), "{expected} not in the errors");
+        }
+        assert!(text.len() < 4096, "{} bytes of errors", text.len());
+
+        let mut many = String::from("name: p\nsteps:\n");
+        for idx in 0..=limits::STEPS.max {
+            many.push_str(&format!("  - {{name: s{idx}, kind: exec, command: [x]}}\n"));
+        }
+        let text = parse_plan("plan.yaml", &many).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "plan.yaml:3:3: steps: has 101 entries, over the limit of 100 items (steps); send fewer"
+        );
+        let huge = format!("name: p\n# {}\n", "x".repeat(limits::SPEC_SOURCE.max));
+        let text = parse_plan("plan.yaml", &huge).unwrap_err().to_string();
+        assert!(
+            text.starts_with("plan.yaml: the file is 1048587 bytes, over the limit of 1048576 bytes (spec-source)"),
+            "{text}"
+        );
     }
 
     #[test]

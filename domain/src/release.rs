@@ -118,22 +118,48 @@ impl std::fmt::Display for FieldError {
 /// Whether `name` is usable as a release, plan, node or component name.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= crate::limits::NAME.max
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Checks a new release's name and components; returns every problem at once.
-pub fn validate_release(name: &str, components: &[Component]) -> Result<(), Vec<FieldError>> {
+/// Why `name` is not a valid name of `what` (release, plan, node, step, component), quoting at
+/// most a prefix of it; `None` when it is valid.
+pub fn name_problem(what: &str, name: &str) -> Option<String> {
+    use crate::limits::{NAME, quote};
+    if name.len() > NAME.max {
+        Some(crate::limits::too_long(&NAME, name))
+    } else if is_valid_name(name) {
+        None
+    } else {
+        Some(format!(
+            "{} is not a valid {what} name (1-{} letters, digits, '-', '_', '.')",
+            quote(name),
+            NAME.max
+        ))
+    }
+}
+
+/// Checks a new release's name, description and components; returns every problem at once.
+pub fn validate_release(
+    name: &str,
+    description: &str,
+    components: &[Component],
+) -> Result<(), Vec<FieldError>> {
+    use crate::limits::{COMPONENTS, DESCRIPTION, PATH, VERSION, check_count, check_text, quote};
     let mut errors = Vec::new();
-    if !is_valid_name(name) {
-        errors.push(FieldError {
-            field: "name".into(),
-            message: format!(
-                "'{name}' is not a valid release name (1-128 letters, digits, '-', '_', '.')"
-            ),
-        });
+    let mut field = |field: String, message: String| errors.push(FieldError { field, message });
+    if let Some(message) = name_problem("release", name) {
+        field("name".into(), message);
+    }
+    if let Err(message) = check_text(&DESCRIPTION, description) {
+        field("description".into(), message);
+    }
+    if let Err(message) = check_count(&COMPONENTS, components.len()) {
+        // Checking each of a huge list would only make a huge answer; the count is the error.
+        field("components".into(), message);
+        return Err(errors);
     }
     if components.is_empty() {
         errors.push(FieldError {
@@ -141,17 +167,33 @@ pub fn validate_release(name: &str, components: &[Component]) -> Result<(), Vec<
             message: "a release needs at least one component, for example driver=550.54.15".into(),
         });
     }
+    let mut seen = std::collections::HashSet::new();
     for (idx, component) in components.iter().enumerate() {
-        if !is_valid_name(&component.name) {
+        let name_invalid = name_problem("component", &component.name);
+        let shown = quote(&component.name);
+        if let Some(message) = &name_invalid {
             errors.push(FieldError {
                 field: format!("components[{idx}].name"),
-                message: format!("'{}' is not a valid component name", component.name),
+                message: message.clone(),
             });
         }
         if component.version.trim().is_empty() {
             errors.push(FieldError {
                 field: format!("components[{idx}].version"),
-                message: format!("component '{}' has an empty version", component.name),
+                message: format!("component {shown} has an empty version"),
+            });
+        } else if let Err(message) = check_text(&VERSION, &component.version) {
+            errors.push(FieldError {
+                field: format!("components[{idx}].version"),
+                message,
+            });
+        }
+        if let Some(uri) = &component.artifact_uri
+            && let Err(message) = check_text(&PATH, uri)
+        {
+            errors.push(FieldError {
+                field: format!("components[{idx}].artifact_uri"),
+                message,
             });
         }
         if let Some(sha) = &component.sha256
@@ -159,13 +201,13 @@ pub fn validate_release(name: &str, components: &[Component]) -> Result<(), Vec<
         {
             errors.push(FieldError {
                 field: format!("components[{idx}].sha256"),
-                message: format!("'{sha}' is not 64 hex digits"),
+                message: format!("{} is not 64 hex digits", quote(sha)),
             });
         }
-        if components[..idx].iter().any(|c| c.name == component.name) {
+        if name_invalid.is_none() && !seen.insert(component.name.as_str()) {
             errors.push(FieldError {
                 field: format!("components[{idx}].name"),
-                message: format!("component '{}' is given twice", component.name),
+                message: format!("component {shown} is given twice"),
             });
         }
     }
@@ -312,6 +354,7 @@ mod tests {
     fn release_validation_names_every_bad_field() {
         let errors = validate_release(
             "bad name",
+            "",
             &[
                 component("driver", ""),
                 component("driver", "1"),
@@ -333,7 +376,7 @@ mod tests {
             ]
         );
         assert!(
-            validate_release("r1", &[]).unwrap_err()[0]
+            validate_release("r1", "", &[]).unwrap_err()[0]
                 .message
                 .contains("at least one")
         );

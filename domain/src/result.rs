@@ -133,6 +133,44 @@ pub fn final_attempt<'a>(
         .max_by_key(|r| r.order_key())
 }
 
+/// Checks that a result carries only what its step's kind produces. An `inventory-check`
+/// compares versions and runs no program: a result of one with measurements or test results
+/// did not come from that step, and a gate must not count its numbers.
+pub fn check_fits_step(
+    result: &StepResult,
+    step: &crate::plan::Step,
+) -> Result<(), Vec<crate::release::FieldError>> {
+    let mut errors = Vec::new();
+    if let crate::plan::StepKind::InventoryCheck { .. } = step.kind {
+        let kind = step.kind.name();
+        if !result.measurements.is_empty() {
+            errors.push(crate::release::FieldError {
+                field: "measurements".into(),
+                message: format!(
+                    "step {} is an {kind} step, which reports no measurements; {} were sent",
+                    step.name,
+                    result.measurements.len()
+                ),
+            });
+        }
+        if !result.sub_results.is_empty() {
+            errors.push(crate::release::FieldError {
+                field: "sub_results".into(),
+                message: format!(
+                    "step {} is an {kind} step, which reports no test results; {} were sent",
+                    step.name,
+                    result.sub_results.len()
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// One test inside a step, as a result parser read it (a dcgmi diag test on one GPU, a JUnit
 /// testcase).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! What plan and gate files share: errors that name the file, line and field, and durations.
 
+use crate::limits::Limit;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -83,6 +84,47 @@ impl<'a> Problems<'a> {
         });
     }
 
+    /// Records a problem when `value` is longer than `limit`; `true` when it fits.
+    pub(crate) fn text(
+        &mut self,
+        location: serde_saphyr::Location,
+        field: impl Into<String>,
+        limit: &Limit,
+        value: &str,
+    ) -> bool {
+        match crate::limits::check_text(limit, value) {
+            Ok(()) => true,
+            Err(message) => {
+                self.add(location, field, message);
+                false
+            }
+        }
+    }
+
+    /// Records a problem when a list of `n` entries is longer than `limit`; `true` when it
+    /// fits.
+    pub(crate) fn count(
+        &mut self,
+        location: serde_saphyr::Location,
+        field: impl Into<String>,
+        limit: &Limit,
+        n: usize,
+    ) -> bool {
+        match crate::limits::check_count(limit, n) {
+            Ok(()) => true,
+            Err(message) => {
+                self.add(location, field, message);
+                false
+            }
+        }
+    }
+
+    /// Every problem recorded, in file order; for giving up early.
+    pub(crate) fn into_errors(mut self) -> SpecErrors {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        SpecErrors(self.errors)
+    }
+
     pub(crate) fn finish<T>(mut self, value: T) -> Result<T, SpecErrors> {
         if self.errors.is_empty() {
             Ok(value)
@@ -93,11 +135,94 @@ impl<'a> Problems<'a> {
     }
 }
 
+/// An integer field as written in YAML, whatever its sign or size, so that a value out of the
+/// field's range is reported with the field's name and line (`steps[0].retries: -1 is not a
+/// non-negative integer`) instead of the YAML library's type error.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawInt {
+    /// A whole number.
+    Int(i128),
+    /// Anything else (a fraction, a string, a boolean), quoted for the message.
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for RawInt {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawInt;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E>(self, value: i64) -> Result<RawInt, E> {
+                Ok(RawInt::Int(i128::from(value)))
+            }
+            fn visit_u64<E>(self, value: u64) -> Result<RawInt, E> {
+                Ok(RawInt::Int(i128::from(value)))
+            }
+            fn visit_i128<E>(self, value: i128) -> Result<RawInt, E> {
+                Ok(RawInt::Int(value))
+            }
+            fn visit_u128<E>(self, value: u128) -> Result<RawInt, E> {
+                Ok(RawInt::Int(i128::try_from(value).unwrap_or(i128::MAX)))
+            }
+            fn visit_f64<E>(self, value: f64) -> Result<RawInt, E> {
+                Ok(RawInt::Other(value.to_string()))
+            }
+            fn visit_bool<E>(self, value: bool) -> Result<RawInt, E> {
+                Ok(RawInt::Other(value.to_string()))
+            }
+            fn visit_str<E>(self, value: &str) -> Result<RawInt, E> {
+                Ok(RawInt::Other(crate::limits::quote(value)))
+            }
+            fn visit_unit<E>(self) -> Result<RawInt, E> {
+                Ok(RawInt::Other("null".into()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl RawInt {
+    /// The value as a `u32` no larger than `max`; the error is the message for the field.
+    pub(crate) fn to_u32(&self, max: u32) -> Result<u32, String> {
+        match self {
+            RawInt::Int(value) if *value < 0 => {
+                Err(format!("{value} is not a non-negative integer"))
+            }
+            RawInt::Int(value) => match u32::try_from(*value) {
+                Ok(value) if value <= max => Ok(value),
+                _ => Err(format!("{value} is more than the limit of {max}")),
+            },
+            RawInt::Other(text) => Err(format!("{text} is not a non-negative integer")),
+        }
+    }
+}
+
+/// The error for a plan or gate file larger than [`SPEC_SOURCE`](crate::limits::SPEC_SOURCE).
+pub(crate) fn check_source(file: &str, source: &str) -> Result<(), SpecErrors> {
+    let limit = crate::limits::SPEC_SOURCE;
+    if source.len() <= limit.max {
+        return Ok(());
+    }
+    Err(SpecErrors(vec![SpecError {
+        file: crate::limits::truncate(&crate::limits::PATH, file, false),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: format!(
+            "the file is {} bytes, over the limit of {limit}; split it",
+            source.len()
+        ),
+    }]))
+}
+
 /// Parses YAML into a raw spec, turning a syntax or shape error into a located [`SpecError`].
 pub(crate) fn parse_yaml<'de, T: Deserialize<'de>>(
     file: &str,
     source: &'de str,
 ) -> Result<T, SpecErrors> {
+    check_source(file, source)?;
     serde_saphyr::from_str(source).map_err(|error| {
         let (line, column) = error
             .location()
@@ -108,7 +233,9 @@ pub(crate) fn parse_yaml<'de, T: Deserialize<'de>>(
         let first = text.lines().next().unwrap_or("invalid YAML").trim();
         // The location is reported in its own fields; drop the library's copy of it
         // ("error: line 5 column 1: ...") so a message says it once.
-        let message = strip_location_prefix(first).to_owned();
+        // The library may quote a scalar it could not read; keep the message short.
+        let message =
+            crate::limits::truncate(&crate::limits::REASON, strip_location_prefix(first), false);
         SpecErrors(vec![SpecError {
             file: file.to_owned(),
             line,
@@ -134,7 +261,12 @@ fn strip_location_prefix(message: &str) -> &str {
 /// syntax of plans, gates, waivers and every flag (humantime's, so `1h 30m` and `3days` read
 /// too). Units: ms, s, m, h, d (24 h), w (7 d).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("'{text}' is not a duration (write it like 30s, 5m, 1h30m, 500ms or 7d)");
+    let bad = || {
+        format!(
+            "{} is not a duration (write it like 30s, 5m, 1h30m, 500ms or 7d)",
+            crate::limits::quote(text)
+        )
+    };
     let trimmed = text.trim();
     // humantime reads months and years (of average length) too; a qualification timeout or a
     // waiver measured in those is a typo for minutes, so they are refused.

@@ -20,8 +20,8 @@ use tollgate_domain::result::{Measurement, Outcome};
 pub const MAX_LINE: usize = 64 * 1024;
 /// The log tail sent with a result holds at most this many lines...
 pub const TAIL_LINES: usize = 200;
-/// ...and at most this many bytes.
-pub const TAIL_BYTES: usize = 64 * 1024;
+/// ...and at most this many bytes (the controller's limit on a result's log tail).
+pub const TAIL_BYTES: usize = tollgate_domain::limits::LOG_TAIL.max;
 /// Between SIGTERM and SIGKILL when a group is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the output pipes to close once the step's group is gone. A process
@@ -41,6 +41,18 @@ pub enum RunnerError {
         program: String,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The step's working directory is missing or not a directory; reported apart from
+    /// [`RunnerError::Spawn`] because the OS gives the same "not found" for both.
+    #[error(
+        "the step's workdir {} cannot be used ({problem}); create it on the node or fix the plan's workdir",
+        path.display()
+    )]
+    Workdir {
+        /// The directory the plan names.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The attempt's log file or results directory could not be created.
     #[error("could not create {path}: {source}")]
@@ -113,6 +125,19 @@ pub async fn run(
         .first()
         .ok_or(RunnerError::EmptyCommand)?
         .clone();
+    if let Some(workdir) = &request.workdir {
+        let problem = match tokio::fs::metadata(workdir).await {
+            Ok(metadata) if metadata.is_dir() => None,
+            Ok(_) => Some("it is not a directory".to_owned()),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(problem) = problem {
+            return Err(RunnerError::Workdir {
+                path: workdir.clone(),
+                problem,
+            });
+        }
+    }
     if let Some(parent) = request.log_path.parent() {
         tokio::fs::create_dir_all(parent)
             .await

@@ -277,6 +277,25 @@ async fn a_missing_program_is_a_harness_error() {
 }
 
 #[tokio::test]
+async fn a_missing_workdir_is_named_not_taken_for_a_missing_program() {
+    let fixture = fixture(vec![]);
+    let mut step = exec("in-missing-dir", "", Duration::from_secs(5), 0);
+    step.kind = StepKind::Exec {
+        command: vec!["sh".into(), "-c".into(), "true".into()],
+        env: BTreeMap::new(),
+        workdir: Some("/nonexistent/tollgate-test-workdir".into()),
+    };
+    let results = results_of(&fixture, &job(vec![step])).await;
+    assert_eq!(results[0].outcome, Outcome::Error);
+    let message = &results[0].message;
+    assert!(
+        message.contains("workdir /nonexistent/tollgate-test-workdir cannot be used"),
+        "{message}"
+    );
+    assert!(!message.contains("could not start"), "{message}");
+}
+
+#[tokio::test]
 async fn inventory_check_passes_on_a_matching_node_and_names_a_wrong_driver() {
     let mut job = job(vec![inventory_check("inventory")]);
     job.components.truncate(1);

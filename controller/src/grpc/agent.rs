@@ -581,6 +581,8 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         ))
         .into());
     }
+    tollgate_domain::result::check_fits_step(result, step)
+        .map_err(|problems| Status::from(super::status::InvalidFields(problems)))?;
     let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
     results.push(result.clone());
     let finished = tollgate_domain::job::final_state(&results, &retries);

@@ -32,7 +32,7 @@ impl AuditService for AuditApi {
             actor,
             since,
             until,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let mut problems = Vec::new();
         let mut time = |field: &str, at: Option<prost_types::Timestamp>| {
             at.and_then(|at| {
@@ -64,7 +64,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<proto::VerifyAuditRequest>,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
-        let proto::VerifyAuditRequest {} = request.into_inner();
+        let proto::VerifyAuditRequest {} = super::convert::bounded(request.into_inner())?;
         let n_entries = self
             .shared
             .store

@@ -8,8 +8,9 @@ use crate::store::{StoredGate, StoredPlan};
 use std::collections::BTreeMap;
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Labels, Node};
 use tollgate_domain::gate::{Decision, EvidenceItem, RuleDecision};
+use tollgate_domain::limits::{self, Limit, quote};
 use tollgate_domain::plan::{Step, StepKind};
-use tollgate_domain::release::{Component, Promotion, Release, Track, is_valid_name};
+use tollgate_domain::release::{Component, Promotion, Release, Track, name_problem};
 use tollgate_domain::result::{Measurement, Outcome, StepResult, SubResult};
 use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
 use tollgate_domain::{JobId, NodeId, Timestamp};
@@ -93,9 +94,193 @@ fn unsorted<V>(map: BTreeMap<String, V>) -> std::collections::HashMap<String, V>
 
 /// Checks label keys and values; each bad label is named.
 pub fn check_labels(errors: &mut FieldErrors, field: &str, labels: &Labels) {
+    if !count(errors, field, &limits::LABELS, labels.len()) {
+        return;
+    }
     for (key, value) in labels {
+        let at = format!("{field}[{}]", limits::truncate(&limits::NAME, key, false));
+        if !text(errors, &at, &limits::LABEL_KEY, key)
+            || !text(errors, &at, &limits::LABEL_VALUE, value)
+        {
+            continue;
+        }
         if let Err(message) = tollgate_domain::fleet::parse_label(&format!("{key}={value}")) {
-            errors.add(format!("{field}[{key}]"), message);
+            errors.add(at, message);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits: every string and list a caller sends is checked against `tollgate_domain::limits`
+// before anything else reads it, so an oversize value is refused by name, quoted by a prefix.
+
+/// Records a problem when `value` is longer than `limit`; `true` when it fits.
+fn text(errors: &mut FieldErrors, field: &str, limit: &Limit, value: &str) -> bool {
+    match limits::check_text(limit, value) {
+        Ok(()) => true,
+        Err(message) => {
+            errors.add(field, message);
+            false
+        }
+    }
+}
+
+/// Records a problem when a list of `n` entries is longer than `limit`; `true` when it fits.
+fn count(errors: &mut FieldErrors, field: &str, limit: &Limit, n: usize) -> bool {
+    match limits::check_count(limit, n) {
+        Ok(()) => true,
+        Err(message) => {
+            errors.add(field, message);
+            false
+        }
+    }
+}
+
+/// Checks every entry of a list of texts: its length, then each entry.
+fn texts(errors: &mut FieldErrors, field: &str, list: &Limit, each: &Limit, values: &[String]) {
+    if count(errors, field, list, values.len()) {
+        for (idx, value) in values.iter().enumerate() {
+            text(errors, &format!("{field}[{idx}]"), each, value);
+        }
+    }
+}
+
+/// Parses a short keyword (a GPU source, a telemetry field, an event kind); one longer than a
+/// name is refused without being echoed whole by the parser's message.
+fn parse_bounded<T: std::str::FromStr<Err = String>>(value: &str) -> Result<T, String> {
+    limits::check_text(&limits::NAME, value)?;
+    value.parse::<T>()
+}
+
+/// A request whose strings and lists all have a limit.
+pub trait Bounded {
+    /// Records every field over its limit.
+    fn check_bounds(&self, errors: &mut FieldErrors);
+}
+
+/// The request when every field is within its limit, else `InvalidArgument` naming each one.
+pub fn bounded<T: Bounded>(request: T) -> Result<T, InvalidFields> {
+    let mut errors = FieldErrors::new();
+    request.check_bounds(&mut errors);
+    errors.finish(request)
+}
+
+/// `Bounded` for requests of plain texts: each field with its limit, then (after `;`) the
+/// fields that are not texts. Every field is listed, so a new one fails to compile here.
+macro_rules! bounded_texts {
+    ($($message:ident { $($field:ident: $limit:ident),* $(; $($other:ident),*)? })*) => {
+        $(
+            impl Bounded for proto::$message {
+                #[allow(unused_variables)]
+                fn check_bounds(&self, errors: &mut FieldErrors) {
+                    let proto::$message { $($field,)* $($($other: _,)*)? } = self;
+                    $(text(errors, stringify!($field), &limits::$limit, $field);)*
+                }
+            }
+        )*
+    };
+}
+
+bounded_texts! {
+    GetNodeRequest { name: NAME }
+    SetCordonRequest { name: NAME; cordoned }
+    SetHealthRequest { name: NAME, health: NAME, reason: REASON }
+    GetReleaseRequest { name: NAME }
+    ListReleasesRequest {}
+    PromoteRequest { name: NAME }
+    DemoteRequest { release: NAME, to_milestone: NAME, reason: REASON }
+    HaltRequest { release: NAME, reason: REASON }
+    ResumeRequest { release: NAME, reason: REASON }
+    ApplyPlanRequest { source: SPEC_SOURCE, file_name: PATH }
+    GetPlanRequest { name: NAME, version: NAME }
+    ListPlansRequest {}
+    GetRunRequest { id: NAME }
+    ListRunsRequest { release: NAME }
+    CancelRunRequest { id: NAME }
+    ApplyGateRequest { source: SPEC_SOURCE, file_name: PATH }
+    GetGateRequest { milestone: NAME }
+    EvaluateGateRequest { release: NAME, milestone: NAME; at }
+    RevokeWaiverRequest { id: NAME }
+    ListWaiversRequest { release: NAME, milestone: NAME }
+    ListAuditRequest { release: NAME, actor: NAME; since, until }
+    VerifyAuditRequest {}
+    GetPublicKeyRequest {}
+    RenderAttestationRequest { release: NAME, milestone: NAME }
+}
+
+impl Bounded for proto::ListNodesRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::ListNodesRequest { selector } = self;
+        let selector: Labels = selector
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        check_labels(errors, "selector", &selector);
+    }
+}
+
+/// A plan reference, `name` or `name@version`: each part is a name.
+fn check_plan_ref(errors: &mut FieldErrors, field: &str, plan: &str) {
+    let (name, version) = super::split_plan_ref(plan);
+    if name.len() > limits::NAME.max || version.is_some_and(|v| v.len() > limits::NAME.max) {
+        errors.add(field, limits::too_long(&limits::NAME, plan));
+    }
+}
+
+impl Bounded for proto::StartRunRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::StartRunRequest {
+            release,
+            plan,
+            milestone,
+            nodes_now: _,
+        } = self;
+        text(errors, "release", &limits::NAME, release);
+        check_plan_ref(errors, "plan", plan);
+        text(errors, "milestone", &limits::NAME, milestone);
+    }
+}
+
+impl Bounded for proto::WaiveRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::WaiveRequest {
+            release,
+            milestone,
+            rule_id,
+            reason,
+            ticket,
+            expires_at: _,
+            ttl_seconds: _,
+            nodes,
+            skus,
+            steps,
+        } = self;
+        text(errors, "release", &limits::NAME, release);
+        text(errors, "milestone", &limits::NAME, milestone);
+        text(errors, "rule_id", &limits::RULE_ID, rule_id);
+        text(errors, "reason", &limits::REASON, reason);
+        text(errors, "ticket", &limits::TICKET, ticket);
+        let scope = &limits::WAIVER_SCOPE;
+        texts(errors, "nodes", scope, &limits::NAME, nodes);
+        texts(errors, "skus", scope, &limits::LABEL_VALUE, skus);
+        texts(errors, "steps", scope, &limits::NAME, steps);
+    }
+}
+
+impl Bounded for proto::RenderReportRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::RenderReportRequest {
+            release,
+            milestone,
+            format,
+            customer,
+        } = self;
+        text(errors, "release", &limits::NAME, release);
+        text(errors, "milestone", &limits::NAME, milestone);
+        text(errors, "format", &limits::NAME, format);
+        let (key, value) = customer.split_once('=').unwrap_or((customer, ""));
+        if key.len() > limits::LABEL_KEY.max || value.len() > limits::LABEL_VALUE.max {
+            errors.add("customer", limits::too_long(&limits::LABEL_VALUE, customer));
         }
     }
 }
@@ -121,6 +306,27 @@ fn gpu_from_proto(gpu: proto::GpuInfo, field: &str, errors: &mut FieldErrors) ->
     } = gpu;
     if uuid.trim().is_empty() {
         errors.add(format!("{field}.uuid"), "is empty");
+    }
+    for (name, limit, value) in [
+        ("uuid", &limits::INVENTORY_TEXT, Some(&uuid)),
+        ("name", &limits::INVENTORY_TEXT, Some(&name)),
+        ("serial", &limits::INVENTORY_TEXT, serial.as_ref()),
+        (
+            "board_part_number",
+            &limits::INVENTORY_TEXT,
+            board_part_number.as_ref(),
+        ),
+        ("pci_bus_id", &limits::INVENTORY_TEXT, Some(&pci_bus_id)),
+        ("vbios_version", &limits::VERSION, Some(&vbios_version)),
+        (
+            "inforom_version",
+            &limits::VERSION,
+            inforom_version.as_ref(),
+        ),
+    ] {
+        if let Some(value) = value {
+            text(errors, &format!("{field}.{name}"), limit, value);
+        }
     }
     GpuInfo {
         index,
@@ -187,18 +393,42 @@ pub fn inventory_from_proto(
         gpu_source,
         hostname,
     } = inventory;
-    let gpu_source = match gpu_source.parse::<GpuSourceKind>() {
+    for (name, limit, value) in [
+        ("driver_version", &limits::VERSION, &driver_version),
+        (
+            "cuda_driver_version",
+            &limits::VERSION,
+            &cuda_driver_version,
+        ),
+        ("nvml_version", &limits::VERSION, &nvml_version),
+        ("hostname", &limits::INVENTORY_TEXT, &hostname),
+    ] {
+        text(errors, &format!("{field}.{name}"), limit, value);
+    }
+    let at = format!("{field}.components");
+    if count(errors, &at, &limits::COMPONENTS, components.len()) {
+        for (name, version) in &components {
+            let entry = format!("{at}[{}]", limits::truncate(&limits::NAME, name, false));
+            if text(errors, &entry, &limits::NAME, name) {
+                text(errors, &entry, &limits::VERSION, version);
+            }
+        }
+    }
+    let gpu_source = match parse_bounded::<GpuSourceKind>(&gpu_source) {
         Ok(kind) => kind,
         Err(message) => {
             errors.add(format!("{field}.gpu_source"), message);
             GpuSourceKind::default()
         }
     };
-    let gpus = gpus
-        .into_iter()
-        .enumerate()
-        .map(|(idx, gpu)| gpu_from_proto(gpu, &format!("{field}.gpus[{idx}]"), errors))
-        .collect();
+    let gpus = if count(errors, &format!("{field}.gpus"), &limits::GPUS, gpus.len()) {
+        gpus.into_iter()
+            .enumerate()
+            .map(|(idx, gpu)| gpu_from_proto(gpu, &format!("{field}.gpus[{idx}]"), errors))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Inventory {
         driver_version,
         cuda_driver_version,
@@ -273,14 +503,16 @@ impl TryFrom<proto::RegisterRequest> for Enrollment {
             node_token,
         } = request;
         let mut errors = FieldErrors::new();
-        if !is_valid_name(&node_name) {
-            errors.add(
-                "node_name",
-                format!(
-                    "'{node_name}' is not a valid node name (1-128 letters, digits, '-', '_', '.')"
-                ),
-            );
+        if let Some(message) = name_problem("node", &node_name) {
+            errors.add("node_name", message);
         }
+        text(
+            &mut errors,
+            "agent_version",
+            &limits::VERSION,
+            &agent_version,
+        );
+        text(&mut errors, "node_token", &limits::TOKEN, &node_token);
         let labels = sorted(labels);
         check_labels(&mut errors, "labels", &labels);
         let inventory = match inventory {
@@ -398,7 +630,9 @@ impl TryFrom<proto::CreateReleaseRequest> for NewRelease {
         } = request;
         let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
         let mut errors = FieldErrors::new();
-        if let Err(problems) = tollgate_domain::release::validate_release(&name, &components) {
+        if let Err(problems) =
+            tollgate_domain::release::validate_release(&name, &description, &components)
+        {
             errors.extend(problems);
         }
         errors.finish(NewRelease {
@@ -777,6 +1011,13 @@ fn measurement_from_proto(
     if name.trim().is_empty() {
         errors.add(format!("{field}.name"), "is empty");
     }
+    text(errors, &format!("{field}.name"), &limits::NAME, &name);
+    text(
+        errors,
+        &format!("{field}.unit"),
+        &limits::INVENTORY_TEXT,
+        &unit,
+    );
     if !value.is_finite() {
         errors.add(
             format!("{field}.value"),
@@ -814,6 +1055,22 @@ fn telemetry_from_proto(
         fields,
         samples_missed,
     } = telemetry;
+    text(
+        errors,
+        &format!("{field}.gpu_uuid"),
+        &limits::INVENTORY_TEXT,
+        &gpu_uuid,
+    );
+    let fields = if count(
+        errors,
+        &format!("{field}.fields"),
+        &limits::SERIES,
+        fields.len(),
+    ) {
+        fields
+    } else {
+        Vec::new()
+    };
     let fields = fields
         .into_iter()
         .enumerate()
@@ -827,7 +1084,7 @@ fn telemetry_from_proto(
                 last,
                 samples,
             } = summary;
-            match name.parse::<Field>() {
+            match parse_bounded::<Field>(&name) {
                 Ok(parsed) => Some(FieldSummary {
                     field: parsed,
                     min,
@@ -907,8 +1164,19 @@ pub fn event_from_proto(
         at,
         detail,
     } = event;
-    let kind = kind
-        .parse::<EventKind>()
+    text(
+        errors,
+        &format!("{field}.gpu_uuid"),
+        &limits::INVENTORY_TEXT,
+        &gpu_uuid,
+    );
+    text(
+        errors,
+        &format!("{field}.detail"),
+        &limits::MESSAGE,
+        &detail,
+    );
+    let kind = parse_bounded::<EventKind>(&kind)
         .map_err(|message| errors.add(format!("{field}.kind"), message))
         .ok();
     let at = required_timestamp(errors, &format!("{field}.at"), at);
@@ -975,6 +1243,49 @@ impl FromProto for StepResult {
         if step_name.trim().is_empty() {
             errors.add("step_name", "is empty");
         }
+        text(&mut errors, "job_id", &limits::NAME, &job_id);
+        text(&mut errors, "step_name", &limits::NAME, &step_name);
+        text(&mut errors, "log_tail", &limits::LOG_TAIL, &log_tail);
+        text(&mut errors, "message", &limits::MESSAGE, &message);
+        // A list over its limit is refused whole: its entries are neither checked nor kept.
+        let within = |errors: &mut FieldErrors, field: &str, limit: &Limit, n: usize| {
+            count(errors, field, limit, n)
+        };
+        let measurements = if within(
+            &mut errors,
+            "measurements",
+            &limits::MEASUREMENTS,
+            measurements.len(),
+        ) {
+            measurements
+        } else {
+            Vec::new()
+        };
+        let telemetry = if within(&mut errors, "telemetry", &limits::GPUS, telemetry.len()) {
+            telemetry
+        } else {
+            Vec::new()
+        };
+        let events = if within(&mut errors, "events", &limits::EVENTS, events.len()) {
+            events
+        } else {
+            Vec::new()
+        };
+        let sub_results = if within(
+            &mut errors,
+            "sub_results",
+            &limits::SUB_RESULTS,
+            sub_results.len(),
+        ) {
+            sub_results
+        } else {
+            Vec::new()
+        };
+        let series = if within(&mut errors, "series", &limits::SERIES, series.len()) {
+            series
+        } else {
+            Vec::new()
+        };
         if attempt == 0 {
             errors.add("attempt", "must be at least 1");
         }
@@ -1140,7 +1451,7 @@ fn series_from_proto(
         bucket_ms,
         points,
     } = series;
-    let field = match field.parse::<tollgate_domain::telemetry::Field>() {
+    let field = match parse_bounded::<tollgate_domain::telemetry::Field>(&field) {
         Ok(field) => field,
         Err(error) => {
             errors.add(format!("{at}.field"), error);
@@ -1220,12 +1531,28 @@ fn sub_result_from_proto(
     if !matches!(source.as_str(), "dcgm-diag" | "junit") {
         errors.add(
             format!("{field}.source"),
-            format!("'{source}' is not a result parser (expected dcgm-diag or junit)"),
+            format!(
+                "{} is not a result parser (expected dcgm-diag or junit)",
+                quote(&source)
+            ),
         );
     }
     if name.trim().is_empty() {
         errors.add(format!("{field}.name"), "is empty");
     }
+    text(
+        errors,
+        &format!("{field}.suite"),
+        &limits::TEST_NAME,
+        &suite,
+    );
+    text(errors, &format!("{field}.name"), &limits::TEST_NAME, &name);
+    text(
+        errors,
+        &format!("{field}.message"),
+        &limits::MESSAGE,
+        &message,
+    );
     let level = match level.map(u8::try_from) {
         Some(Ok(level)) => Some(level),
         Some(Err(_)) => {

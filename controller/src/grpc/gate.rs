@@ -35,7 +35,8 @@ impl GateService for GateApi {
         request: Request<proto::ApplyGateRequest>,
     ) -> Result<Response<proto::GatePolicy>, Status> {
         let actor = actor_of(&request);
-        let proto::ApplyGateRequest { source, file_name } = request.into_inner();
+        let proto::ApplyGateRequest { source, file_name } =
+            super::convert::bounded(request.into_inner())?;
         let file_name = if file_name.trim().is_empty() {
             "gate.yaml".to_owned()
         } else {
@@ -88,7 +89,7 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::GetGateRequest>,
     ) -> Result<Response<proto::GatePolicy>, Status> {
-        let proto::GetGateRequest { milestone } = request.into_inner();
+        let proto::GetGateRequest { milestone } = super::convert::bounded(request.into_inner())?;
         if milestone.is_empty() {
             return Err(Status::invalid_argument(
                 "milestone: is empty; give a milestone",
@@ -115,7 +116,7 @@ impl GateService for GateApi {
             release,
             milestone,
             at,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         if let Some(at) = at {
@@ -160,7 +161,7 @@ impl GateService for GateApi {
             nodes,
             skus,
             steps,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let now = self.shared.now();
         let mut problems = Vec::new();
         if release.trim().is_empty() {
@@ -269,7 +270,7 @@ impl GateService for GateApi {
         request: Request<proto::RevokeWaiverRequest>,
     ) -> Result<Response<proto::Waiver>, Status> {
         let actor = actor_of(&request);
-        let proto::RevokeWaiverRequest { id } = request.into_inner();
+        let proto::RevokeWaiverRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.trim().is_empty() {
             return Err(Status::invalid_argument("id: is empty; give a waiver id"));
         }
@@ -302,7 +303,8 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::ListWaiversRequest>,
     ) -> Result<Response<proto::ListWaiversResponse>, Status> {
-        let proto::ListWaiversRequest { release, milestone } = request.into_inner();
+        let proto::ListWaiversRequest { release, milestone } =
+            super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &release).await?;
         let milestone = (!milestone.is_empty()).then_some(milestone.as_str());
         let waivers = self

@@ -60,7 +60,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
-        let proto::ListNodesRequest { selector } = request.into_inner();
+        let proto::ListNodesRequest { selector } = super::convert::bounded(request.into_inner())?;
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
@@ -80,7 +80,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<proto::GetNodeRequest>,
     ) -> Result<Response<proto::Node>, Status> {
-        let proto::GetNodeRequest { name } = request.into_inner();
+        let proto::GetNodeRequest { name } = super::convert::bounded(request.into_inner())?;
         let mut node = self.load(&name).await?;
         mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         Ok(Response::new(node.to_proto()))
@@ -91,7 +91,8 @@ impl NodeService for NodeApi {
         request: Request<proto::SetCordonRequest>,
     ) -> Result<Response<proto::Node>, Status> {
         let actor = super::auth::actor_of(&request);
-        let proto::SetCordonRequest { name, cordoned } = request.into_inner();
+        let proto::SetCordonRequest { name, cordoned } =
+            super::convert::bounded(request.into_inner())?;
         let node = self.load(&name).await?;
         let state = cordon_state(&node, cordoned).map_err(Status::failed_precondition)?;
         if state != node.state {
@@ -131,7 +132,7 @@ impl NodeService for NodeApi {
             name,
             health,
             reason,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         let to = match health.parse::<Health>() {
             Ok(to) => Some(to),

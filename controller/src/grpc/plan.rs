@@ -37,7 +37,8 @@ impl PlanService for PlanApi {
         request: Request<proto::ApplyPlanRequest>,
     ) -> Result<Response<proto::Plan>, Status> {
         let actor = super::auth::actor_of(&request);
-        let proto::ApplyPlanRequest { source, file_name } = request.into_inner();
+        let proto::ApplyPlanRequest { source, file_name } =
+            super::convert::bounded(request.into_inner())?;
         let file_name = file_name_or_default(&file_name, "plan.yaml");
         let plan = tollgate_domain::plan::parse_plan(&file_name, &source)
             .map_err(|errors| status::invalid_spec(&errors))?;
@@ -73,7 +74,8 @@ impl PlanService for PlanApi {
         &self,
         request: Request<proto::GetPlanRequest>,
     ) -> Result<Response<proto::Plan>, Status> {
-        let proto::GetPlanRequest { name, version } = request.into_inner();
+        let proto::GetPlanRequest { name, version } =
+            super::convert::bounded(request.into_inner())?;
         // `name@version` in the name field is accepted too, as StartRun reads it.
         let (name, inline_version) = super::split_plan_ref(&name);
         let version = if version.is_empty() {
@@ -89,7 +91,7 @@ impl PlanService for PlanApi {
         &self,
         request: Request<proto::ListPlansRequest>,
     ) -> Result<Response<proto::ListPlansResponse>, Status> {
-        let proto::ListPlansRequest {} = request.into_inner();
+        let proto::ListPlansRequest {} = super::convert::bounded(request.into_inner())?;
         let plans = self.shared.store.list_plans().await?;
         Ok(Response::new(proto::ListPlansResponse {
             plans: plans.iter().map(ToProto::to_proto).collect(),

@@ -106,7 +106,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
-        let proto::GetReleaseRequest { name } = request.into_inner();
+        let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &name).await?;
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
@@ -117,7 +117,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
-        let proto::ListReleasesRequest {} = request.into_inner();
+        let proto::ListReleasesRequest {} = super::convert::bounded(request.into_inner())?;
         let track = Track::default();
         let releases = self.shared.store.list_releases().await?;
         Ok(Response::new(proto::ListReleasesResponse {
@@ -133,7 +133,7 @@ impl ReleaseService for ReleaseApi {
         request: Request<proto::PromoteRequest>,
     ) -> Result<Response<proto::PromoteResponse>, Status> {
         let actor = actor_of(&request);
-        let proto::PromoteRequest { name } = request.into_inner();
+        let proto::PromoteRequest { name } = super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &name).await?;
         refuse_if_halted(&self.shared, &release.id, "promoted").await?;
         let track = Track::default();
@@ -226,7 +226,7 @@ impl ReleaseService for ReleaseApi {
             release,
             to_milestone,
             reason,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let mut problems = Vec::new();
         if to_milestone.trim().is_empty() {
             problems.push("to_milestone: is empty; give the milestone to move back to");
@@ -293,7 +293,7 @@ impl ReleaseService for ReleaseApi {
         request: Request<proto::HaltRequest>,
     ) -> Result<Response<proto::Release>, Status> {
         let actor = actor_of(&request);
-        let proto::HaltRequest { release, reason } = request.into_inner();
+        let proto::HaltRequest { release, reason } = super::convert::bounded(request.into_inner())?;
         if reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "reason: is empty; say why the release is halted",
@@ -324,7 +324,8 @@ impl ReleaseService for ReleaseApi {
         request: Request<proto::ResumeRequest>,
     ) -> Result<Response<proto::Release>, Status> {
         let actor = actor_of(&request);
-        let proto::ResumeRequest { release, reason } = request.into_inner();
+        let proto::ResumeRequest { release, reason } =
+            super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &release).await?;
         let note = AuditNote::new(
             self.shared.now(),

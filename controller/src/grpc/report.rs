@@ -206,7 +206,9 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::RenderReportRequest>,
     ) -> Result<Response<proto::Report>, Status> {
-        let (head, format) = self.head(request.into_inner()).await?;
+        let (head, format) = self
+            .head(super::convert::bounded(request.into_inner())?)
+            .await?;
         let release = head.release.id.clone();
         let digest = head.decision.digest.clone();
         let written = render_from_store(
@@ -239,7 +241,9 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::RenderReportRequest>,
     ) -> Result<Response<Self::StreamReportStream>, Status> {
-        let (head, format) = self.head(request.into_inner()).await?;
+        let (head, format) = self
+            .head(super::convert::bounded(request.into_inner())?)
+            .await?;
         let (sender, receiver) = mpsc::channel(4);
         let release = head.release.id.clone();
         let digest = head.decision.digest.clone();
@@ -277,7 +281,8 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::RenderAttestationRequest>,
     ) -> Result<Response<proto::Attestation>, Status> {
-        super::attestation::render(&self.shared, &self.key, request.into_inner())
+        let request = super::convert::bounded(request.into_inner())?;
+        super::attestation::render(&self.shared, &self.key, request)
             .await
             .map(Response::new)
     }
@@ -286,7 +291,7 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::GetPublicKeyRequest>,
     ) -> Result<Response<proto::PublicKey>, Status> {
-        let proto::GetPublicKeyRequest {} = request.into_inner();
+        let proto::GetPublicKeyRequest {} = super::convert::bounded(request.into_inner())?;
         let key = self.key.verifying_key();
         Ok(Response::new(proto::PublicKey {
             algorithm: tollgate_domain::report_signature::ALGORITHM.to_owned(),

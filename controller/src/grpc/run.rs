@@ -124,7 +124,7 @@ impl RunService for RunApi {
             plan,
             milestone,
             nodes_now,
-        } = request.into_inner();
+        } = super::convert::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         if release.is_empty() {
             errors.add("release", "is empty; give a release name");
@@ -219,7 +219,7 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
-        let proto::GetRunRequest { id } = request.into_inner();
+        let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
         let run = load_run(&self.shared, &id).await?;
         Ok(Response::new(run_view(&self.shared, &run, true).await?))
     }
@@ -228,7 +228,7 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
-        let proto::ListRunsRequest { release } = request.into_inner();
+        let proto::ListRunsRequest { release } = super::convert::bounded(request.into_inner())?;
         let release = (!release.is_empty()).then(|| ReleaseId::new(release));
         let runs = self.shared.store.list_runs(release.as_ref()).await?;
         let mut views = Vec::with_capacity(runs.len());
@@ -246,7 +246,7 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let proto::GetRunRequest { id } = request.into_inner();
+        let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
         // Fail the call itself, not the stream, when the run does not exist.
         let run = load_run(&self.shared, &id).await?;
         let (sender, receiver) = mpsc::channel(4);
@@ -259,7 +259,7 @@ impl RunService for RunApi {
         request: Request<proto::CancelRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
         let actor = actor_of(&request);
-        let proto::CancelRunRequest { id } = request.into_inner();
+        let proto::CancelRunRequest { id } = super::convert::bounded(request.into_inner())?;
         let shared = &self.shared;
         let run = load_run(shared, &id).await?;
         if run.state != RunState::Running {

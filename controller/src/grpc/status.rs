@@ -30,9 +30,37 @@ impl InvalidFields {
     }
 }
 
+/// How many problems one error message lists; the rest are counted. A request with a
+/// hundred thousand bad entries must not make a message too large for the response.
+pub const LISTED_PROBLEMS: usize = 20;
+
+/// The longest `InvalidArgument` message sent: it travels in a response header, which clients
+/// refuse past a few kilobytes (each problem already quotes only a prefix of its value).
+const MESSAGE_BYTES: tollgate_domain::limits::Limit = tollgate_domain::limits::Limit {
+    name: "error-message",
+    max: 8 * 1024,
+    unit: tollgate_domain::limits::Unit::Bytes,
+    applies_to: "an error message",
+};
+
+/// `message` cut to [`MESSAGE_BYTES`].
+fn bounded_message(message: &str) -> String {
+    tollgate_domain::limits::truncate(&MESSAGE_BYTES, message, false)
+}
+
 fn describe_fields(errors: &[FieldError]) -> String {
-    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    format!("invalid request: {}", parts.join("; "))
+    let parts: Vec<String> = errors
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(ToString::to_string)
+        .collect();
+    let more = errors.len().saturating_sub(LISTED_PROBLEMS);
+    let tail = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    format!("invalid request: {}{tail}", parts.join("; "))
 }
 
 /// Collects field errors while a request is checked, so all of them are reported at once.
@@ -74,14 +102,16 @@ impl From<InvalidFields> for Status {
     /// them one by one without parsing the message.
     fn from(error: InvalidFields) -> Self {
         use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+        // Details travel in a response header like the message: as many as the message lists.
         let violations: Vec<FieldViolation> = error
             .0
             .iter()
+            .take(LISTED_PROBLEMS)
             .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
             .collect();
         Status::with_error_details(
             tonic::Code::InvalidArgument,
-            error.to_string(),
+            bounded_message(&error.to_string()),
             ErrorDetails::with_bad_request(violations),
         )
     }
@@ -108,9 +138,18 @@ impl From<StoreError> for Status {
     }
 }
 
-/// A plan or gate file that does not validate: the full located error text, one per line.
+/// A plan or gate file that does not validate: the located error text, one per line (at most
+/// [`LISTED_PROBLEMS`] of them, then how many more).
 pub fn invalid_spec(errors: &SpecErrors) -> Status {
-    Status::invalid_argument(errors.to_string())
+    let mut listed = SpecErrors(errors.0.iter().take(LISTED_PROBLEMS).cloned().collect());
+    let more = errors.0.len().saturating_sub(LISTED_PROBLEMS);
+    if more > 0
+        && let Some(last) = listed.0.last_mut()
+    {
+        last.message
+            .push_str(&format!("\n(and {more} more problems)"));
+    }
+    Status::invalid_argument(bounded_message(&listed.to_string()))
 }
 
 /// A run that cannot select any node.
@@ -204,6 +243,39 @@ mod tests {
         assert_eq!(
             violations,
             [("name", "is empty"), ("components[1].version", "is empty")]
+        );
+    }
+
+    #[test]
+    fn a_request_with_many_bad_fields_gets_a_short_message() {
+        let mut errors = FieldErrors::new();
+        for idx in 0..100_000 {
+            errors.add(format!("components[{idx}].version"), "is empty");
+        }
+        let status = Status::from(errors.finish(()).unwrap_err());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("components[19].version: is empty; and 99980 more")
+        );
+        assert!(!status.message().contains("components[20]"));
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let listed = details.bad_request().expect("BadRequest details");
+        assert_eq!(listed.field_violations.len(), LISTED_PROBLEMS);
+
+        let mut source = String::from("name: p\nsteps:\n");
+        for idx in 0..50 {
+            source.push_str(&format!("  - {{name: s{idx}, kind: meteor}}\n"));
+        }
+        let spec = tollgate_domain::plan::parse_plan("p.yaml", &source).unwrap_err();
+        let status = invalid_spec(&spec);
+        assert_eq!(status.message().lines().count(), LISTED_PROBLEMS + 1);
+        assert!(
+            status.message().ends_with("(and 30 more problems)"),
+            "{}",
+            status.message()
         );
     }
 

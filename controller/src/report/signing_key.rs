@@ -111,6 +111,11 @@ fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), SigningKey
     #[cfg(not(unix))]
     let _ = mode;
     let mut file = options.open(&tmp).map_err(io)?;
+    // `mode` applies only when the file is created: a temporary file left by an earlier
+    // attempt keeps its own, so set it on the open file before the secret is written.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.write_all(b"\n").map_err(io)?;
     file.sync_all().map_err(io)?;
@@ -146,6 +151,24 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_key_is_0600_even_over_a_leftover_temporary_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // What a crash between creating and renaming the temporary file leaves behind, made
+        // by a process with a permissive umask.
+        let leftover = dir.path().join(format!("{KEY_FILE}.tmp"));
+        std::fs::write(&leftover, "partial").expect("write");
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        load_or_create(dir.path()).expect("made");
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

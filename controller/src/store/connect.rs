@@ -89,11 +89,29 @@ async fn sqlite_pool(path: &str, url: &str) -> Result<SqlitePool, StoreError> {
             ))
         })?;
     }
+    create_private(file)?;
     let pool = SqlitePoolOptions::new()
         .max_connections(SQLITE_MAX_CONNECTIONS)
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// Creates the database file readable by its owner only (0600) when it does not exist yet:
+/// it holds node tokens' hashes and every result. SQLite gives its `-wal` and `-shm` files the
+/// database file's mode, so they follow.
+fn create_private(file: &str) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Database(sqlx::Error::Configuration(
+            format!("creating the database file {file}: {error}").into(),
+        ))),
+    }
 }
 
 /// The URL with its password replaced, for error messages and logs.

@@ -1504,6 +1504,36 @@ async fn sqlite_creates_missing_directories_and_memory_works() {
     assert_eq!(memory.list_nodes().await.expect("list").len(), 1);
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tollgate.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    // A write, so the write-ahead log and its index exist while the store is open.
+    add_node(&store, "n1").await;
+    let mut checked = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("tollgate.db{suffix}"));
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            assert!(!suffix.is_empty(), "the database file is missing");
+            continue;
+        };
+        assert_eq!(
+            metadata.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            file.display()
+        );
+        checked.push(suffix);
+    }
+    assert!(checked.contains(&"-wal"), "WAL mode writes a -wal file");
+    store.close().await;
+}
+
 // Waivers, audit, halts and replay.
 mod audit;
 

@@ -2,7 +2,8 @@
 //! and field.
 
 use super::*;
-use crate::spec::{Problems, SpecErrors, parse_yaml};
+use crate::limits::{self, Limit};
+use crate::spec::{Problems, RawInt, SpecErrors, parse_yaml};
 use serde_saphyr::{Location, Spanned};
 
 #[derive(Deserialize)]
@@ -72,12 +73,12 @@ macro_rules! raw_rule {
 raw_rule!(RawStepsPassed {
     plan: Option<String>,
     steps: Vec<String>,
-    min_nodes: Option<u32>,
+    min_nodes: Option<RawInt>,
     min_fraction: Option<f64>,
     per: Option<String>,
-    max_failed: Option<u32>,
-    max_errored: Option<u32>,
-    max_inconclusive: Option<u32>,
+    max_failed: Option<RawInt>,
+    max_errored: Option<RawInt>,
+    max_inconclusive: Option<RawInt>,
 });
 raw_rule!(RawMeasurement { name: Option<String>, step: Option<String>, aggregate: Option<String>, condition: Option<String> });
 raw_rule!(RawTelemetry { field: Option<String>, step: Option<String>, stat: Option<String>, aggregate: Option<String>, condition: Option<String> });
@@ -91,7 +92,7 @@ raw_rule!(RawBaseline {
 });
 raw_rule!(RawNoXid { codes: Vec<i64> });
 raw_rule!(RawNoEvents { xid: Option<Vec<i64>>, ecc_uncorrected: Option<bool>, row_remap_failure: Option<bool>, gpu_lost: Option<bool> });
-raw_rule!(RawDcgmDiag { level: Option<u8>, tests: Vec<String>, step: Option<String> });
+raw_rule!(RawDcgmDiag { level: Option<RawInt>, tests: Vec<String>, step: Option<String> });
 raw_rule!(RawInventory { components: Vec<String> });
 
 /// Reports problems of one rule body at its location.
@@ -109,6 +110,14 @@ impl At<'_, '_> {
             format!("{}.{field}", self.prefix)
         };
         self.problems.add(self.location, path, message);
+    }
+
+    /// A whole-number field no larger than `max`; out of range is reported by name.
+    fn int(&mut self, value: Option<RawInt>, field: &str, max: u32) -> Option<u32> {
+        value?
+            .to_u32(max)
+            .map_err(|message| self.add(field, message))
+            .ok()
     }
 
     fn required<T>(&mut self, value: Option<T>, field: &str, example: &str) -> Option<T> {
@@ -144,19 +153,29 @@ pub(crate) fn parse_since(text: &str) -> Result<Timestamp, String> {
     }
     chrono::DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|_| format!("'{text}' is not a date (write 2026-11-01 or 2026-11-01T12:00:00Z)"))
+        .map_err(|_| {
+            format!(
+                "{} is not a date (write 2026-11-01 or 2026-11-01T12:00:00Z)",
+                crate::limits::quote(text)
+            )
+        })
 }
 
 /// Parses and validates a gate file. Every problem is returned with its line and field.
 pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
     let raw: RawGate = parse_yaml(file, source)?;
     let mut problems = Problems::new(file);
-    if !crate::release::is_valid_name(&raw.milestone.value) {
-        problems.add(
-            raw.milestone.referenced,
-            "milestone",
-            format!("'{}' is not a valid milestone name", raw.milestone.value),
-        );
+    if let Some(message) = crate::release::name_problem("milestone", &raw.milestone.value) {
+        problems.add(raw.milestone.referenced, "milestone", message);
+    }
+    if !problems.count(
+        raw.rules.referenced,
+        "rules",
+        &crate::limits::RULES,
+        raw.rules.value.len(),
+    ) {
+        // Checking each of a huge list would only make a huge answer; the count is the error.
+        return Err(problems.into_errors());
     }
     if raw.rules.value.is_empty() {
         problems.add(
@@ -200,9 +219,13 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             if raw.steps.is_empty() {
                 at.add("steps", "list at least one step of the plan");
             }
-            if raw.min_nodes == Some(0) {
+            let min_nodes = at.int(raw.min_nodes, "min-nodes", u32::MAX);
+            if min_nodes == Some(0) {
                 at.add("min-nodes", "must be at least 1");
             }
+            let max_failed = at.int(raw.max_failed, "max-failed", u32::MAX);
+            let max_errored = at.int(raw.max_errored, "max-errored", u32::MAX);
+            let max_inconclusive = at.int(raw.max_inconclusive, "max-inconclusive", u32::MAX);
             if let Some(f) = raw.min_fraction
                 && !(f > 0.0 && f <= 1.0)
             {
@@ -212,14 +235,14 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
                 plan,
                 steps: raw.steps,
                 quorum: Quorum {
-                    min_nodes: raw.min_nodes,
+                    min_nodes,
                     min_fraction: raw.min_fraction,
                 },
                 per: raw.per,
                 tolerance: Tolerance {
-                    max_failed: raw.max_failed.unwrap_or(0),
-                    max_errored: raw.max_errored.unwrap_or(0),
-                    max_inconclusive: raw.max_inconclusive.unwrap_or(0),
+                    max_failed: max_failed.unwrap_or(0),
+                    max_errored: max_errored.unwrap_or(0),
+                    max_inconclusive: max_inconclusive.unwrap_or(0),
                 },
             })
         });
@@ -309,12 +332,22 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             }
         ));
         body!(dcgm_diag, "dcgm-diag", |raw, at| {
-            let level = at.required(raw.level, "level", "3");
-            if let Some(l) = level
-                && !(1..=4).contains(&l)
-            {
-                at.add("level", format!("{l} is not a dcgmi diag level (1 to 4)"));
-            }
+            let level =
+                at.required(raw.level, "level", "3")
+                    .and_then(|level| match level.to_u32(4) {
+                        Ok(l @ 1..=4) => u8::try_from(l).ok(),
+                        _ => {
+                            let shown = match level {
+                                RawInt::Int(value) => value.to_string(),
+                                RawInt::Other(text) => text,
+                            };
+                            at.add(
+                                "level",
+                                format!("{shown} is not a dcgmi diag level (1 to 4)"),
+                            );
+                            None
+                        }
+                    });
             if raw.tests.is_empty() {
                 at.add("tests", "list the diagnostic tests that must pass, for example [memory, pcie, targeted_stress]");
             }
@@ -346,12 +379,22 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
                         .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
                         .ok()
                 });
+                check_bounds(&mut problems, location, &format!("rules[{idx}].{}", kind.name()), &kind);
+                if let Some(scope) = &common.scope {
+                    check_scope(&mut problems, location, &format!("rules[{idx}].scope"), scope);
+                }
                 let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
+                if !problems.text(location, format!("rules[{idx}].id"), &limits::RULE_ID, &id) {
+                    continue;
+                }
                 if rules.iter().any(|r| r.id == id) {
                     problems.add(
                         location,
                         format!("rules[{idx}].id"),
-                        format!("rule id '{id}' is used twice; give one of them an `id:`"),
+                        format!(
+                            "rule id {} is used twice; give one of them an `id:`",
+                            limits::quote(&id)
+                        ),
                     );
                 }
                 rules.push(Rule { id, kind, scope: Selector(common.scope.unwrap_or_default()), since });
@@ -363,11 +406,104 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             ),
         }
     }
+    if let Some(description) = &raw.description {
+        problems.text(
+            raw.milestone.referenced,
+            "description",
+            &limits::DESCRIPTION,
+            description,
+        );
+    }
     problems.finish(GatePolicy {
         milestone: raw.milestone.value,
         description: raw.description.unwrap_or_default(),
         rules,
     })
+}
+
+/// Checks the length of every name and list a rule holds, reporting each at the rule.
+fn check_bounds(problems: &mut Problems, location: Location, at: &str, kind: &RuleKind) {
+    let name = |problems: &mut Problems, field: &str, value: &str| {
+        problems.text(location, format!("{at}.{field}"), &limits::NAME, value);
+    };
+    let names = |problems: &mut Problems, field: &str, list: &Limit, values: &[String]| {
+        let path = format!("{at}.{field}");
+        if problems.count(location, path.clone(), list, values.len()) {
+            for (idx, value) in values.iter().enumerate() {
+                problems.text(location, format!("{path}[{idx}]"), &limits::NAME, value);
+            }
+        }
+    };
+    match kind {
+        RuleKind::StepsPassed {
+            plan, steps, per, ..
+        } => {
+            name(problems, "plan", plan);
+            names(problems, "steps", &limits::STEPS, steps);
+            if let Some(per) = per {
+                problems.text(location, format!("{at}.per"), &limits::LABEL_KEY, per);
+            }
+        }
+        RuleKind::Measurement {
+            name: measurement,
+            step,
+            ..
+        }
+        | RuleKind::Baseline {
+            measurement, step, ..
+        } => {
+            name(problems, "name", measurement);
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+            if let RuleKind::Baseline { per, .. } = kind {
+                problems.text(location, format!("{at}.per"), &limits::LABEL_KEY, per);
+            }
+        }
+        RuleKind::Telemetry { step, .. } => {
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+        }
+        RuleKind::NoXid { codes } => {
+            problems.count(
+                location,
+                format!("{at}.codes"),
+                &limits::STEP_LIST,
+                codes.len(),
+            );
+        }
+        RuleKind::NoEvents { xid, .. } => {
+            problems.count(location, format!("{at}.xid"), &limits::STEP_LIST, xid.len());
+        }
+        RuleKind::DcgmDiag { tests, step, .. } => {
+            names(problems, "tests", &limits::STEP_LIST, tests);
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+        }
+        RuleKind::InventoryMatchesRelease { components } => {
+            names(problems, "components", &limits::COMPONENTS, components);
+        }
+    }
+}
+
+/// Checks a rule's scope selector like a plan's.
+fn check_scope(
+    problems: &mut Problems,
+    location: Location,
+    at: &str,
+    scope: &BTreeMap<String, String>,
+) {
+    if !problems.count(location, at, &limits::LABELS, scope.len()) {
+        return;
+    }
+    for (key, value) in scope {
+        let field = format!("{at}[{}]", limits::truncate(&limits::NAME, key, false));
+        if problems.text(location, field.clone(), &limits::LABEL_KEY, key) {
+            problems.text(location, field, &limits::LABEL_VALUE, value);
+        }
+    }
 }
 
 fn default_rule_id(kind: &RuleKind) -> String {

@@ -662,9 +662,11 @@ impl Steps {
                 if passed + pending >= required {
                     pending_could_help = true;
                 } else {
-                    short.push(format!(
-                        "{label}{passed} of {n} passed, {required} required"
-                    ));
+                    // The head already gives each group's count; only say which fell short.
+                    short.push(match per {
+                        Some(key) => format!("{key}={group}"),
+                        None => String::new(),
+                    });
                 }
             }
         }
@@ -704,7 +706,12 @@ impl Steps {
             .map(|(j, _)| item(ctx.job(j), "every listed step passed", true));
         items.extend(passed_sample);
         if !over_limit.is_empty() || !short.is_empty() {
-            let mut why = short;
+            let mut why = Vec::new();
+            match (per, short.is_empty()) {
+                (_, true) => {}
+                (None, false) => why.push("too few nodes passed".to_owned()),
+                (Some(_), false) => why.push(format!("too few passed in {}", short.join(", "))),
+            }
             why.extend(over_limit);
             return judged(
                 Verdict::Failed,
@@ -1054,10 +1061,17 @@ impl Numeric {
         if !in_scope {
             return;
         }
-        let condition = match kind {
-            RuleKind::Measurement { condition, .. } | RuleKind::Telemetry { condition, .. } => {
-                *condition
+        let (condition, judges_values) = match kind {
+            RuleKind::Measurement {
+                condition,
+                aggregate,
+                ..
             }
+            | RuleKind::Telemetry {
+                condition,
+                aggregate,
+                ..
+            } => (*condition, *aggregate != Aggregate::Count),
             _ => return,
         };
         let mut part = NumPart::default();
@@ -1081,7 +1095,8 @@ impl Numeric {
             if part.max.is_none_or(|m| point.value > m.value) {
                 part.max = Some(point);
             }
-            if !condition.holds(point.value) {
+            // A count's limit is on how many values there are: no single value can break it.
+            if judges_values && !condition.holds(point.value) {
                 part.offenders.push(point_item(kind, ctx, j, point));
             }
         });
@@ -1211,7 +1226,11 @@ impl Numeric {
         }
         let n_offenders = items.len();
         if !holds && (running == 0 || settled) {
-            let reason = format!("{base}; {}", describe_offenders(&items));
+            let reason = if aggregate == Aggregate::Count {
+                format!("{base}; the limit is on how many values were reported")
+            } else {
+                format!("{base}; {}", describe_offenders(&items))
+            };
             items.extend(self.sample(rule, kind, ctx, &items));
             return judged(Verdict::Failed, reason, items);
         }

@@ -395,6 +395,101 @@ fn tolerance_limits_failed_nodes_even_when_quorum_is_met() {
 }
 
 #[test]
+fn gate_integers_out_of_range_name_the_field() {
+    let source = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: p, steps: [a], min-nodes: -1, max-failed: 1.5}\n  - dcgm-diag: {level: -2, tests: [memory]}\n";
+    let text = parse_gate("gate.yaml", source).unwrap_err().to_string();
+    for expected in [
+        "gate.yaml:3:",
+        "rules[0].steps-passed.min-nodes: -1 is not a non-negative integer",
+        "rules[0].steps-passed.max-failed: 1.5 is not a non-negative integer",
+        "gate.yaml:4:",
+        "rules[1].dcgm-diag.level: -2 is not a dcgmi diag level (1 to 4)",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+}
+
+#[test]
+fn gate_names_and_lists_over_their_limits_are_refused_by_name() {
+    let long = "x".repeat(10_000);
+    let many: Vec<String> = (0..=crate::limits::STEPS.max)
+        .map(|i| format!("s{i}"))
+        .collect();
+    let source = format!(
+        "milestone: lab-qual\nrules:\n  - steps-passed: {{plan: {long}, steps: [{}]}}\n  - measurement: {{name: m, aggregate: min, condition: \">= 1\", id: {long}}}\n",
+        many.join(", ")
+    );
+    let text = parse_gate("gate.yaml", &source).unwrap_err().to_string();
+    for expected in [
+        "gate.yaml:3:",
+        "rules[0].steps-passed.plan: 'xxxx",
+        "(10000 bytes) is 10000 bytes, over the limit of 128 bytes (name)",
+        "rules[0].steps-passed.steps: has 101 entries, over the limit of 100 items (steps)",
+        "gate.yaml:4:",
+        "rules[1].id: ",
+        "(rule-id)",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    assert!(text.len() < 2048, "{} bytes of errors", text.len());
+}
+
+#[test]
+fn a_short_quorum_is_stated_once() {
+    let jobs = vec![
+        good("n1"),
+        good("n2"),
+        failed_stress("n3", "exit code 1"),
+        failed_stress("n4", "exit code 1"),
+    ];
+    let policy = gate("  - steps-passed: {plan: gpu-qual, steps: [step0, step1], min-nodes: 4}\n");
+    let rule = &evaluate(&policy, &evidence(jobs), &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert!(
+        rule.reason.starts_with(
+            "[step0, step1] of plan gpu-qual: 2 of 4 nodes passed, 4 required; too few nodes passed; 2 failed (tolerated 0)"
+        ),
+        "{}",
+        rule.reason
+    );
+    assert_eq!(
+        rule.reason.matches("required").count(),
+        1,
+        "{}",
+        rule.reason
+    );
+}
+
+#[test]
+fn a_count_limits_how_many_values_not_each_value() {
+    let jobs = vec![good("n1"), good("n2"), good("n3")];
+    // Every value (3000) is far above 5; the count (3) is not.
+    let passing =
+        gate("  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 5\"}\n");
+    let rule = &evaluate(&passing, &evidence(jobs.clone()), &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert_eq!(
+        rule.reason,
+        "count of measurement membw_gbps is 3 over 3 value(s), limit <= 5"
+    );
+    assert!(
+        rule.evidence.iter().all(|item| item.ok),
+        "{:?}",
+        rule.evidence
+    );
+
+    let failing =
+        gate("  - measurement: {name: membw_gbps, aggregate: count, condition: \"<= 2\"}\n");
+    let rule = &evaluate(&failing, &evidence(jobs), &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert_eq!(
+        rule.reason,
+        "count of measurement membw_gbps is 3 over 3 value(s), limit <= 2; the limit is on how many values were reported"
+    );
+    assert!(rule.failing_nodes.is_empty(), "{:?}", rule.failing_nodes);
+}
+
+#[test]
 fn quorum_per_label_value_needs_every_group() {
     let mut jobs: Vec<JobEvidence> = (1..=5)
         .map(|i| labelled(good(&format!("h{i}")), "hgx-h100"))
@@ -408,7 +503,14 @@ fn quorum_per_label_value_needs_every_group() {
     assert!(
         decision.rules[0]
             .reason
-            .contains("sku=hgx-b200: 3 of 3 passed, 4 required"),
+            .contains("sku=hgx-b200: 3 of 3 nodes passed, 4 required;"),
+        "{}",
+        decision.rules[0].reason
+    );
+    assert!(
+        decision.rules[0]
+            .reason
+            .ends_with("; too few passed in sku=hgx-b200"),
         "{}",
         decision.rules[0].reason
     );
