@@ -65,6 +65,9 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// Where stdout and stderr go.
     pub log_path: PathBuf,
+    /// The state directory to record the process group in while it runs, and the attempt it
+    /// belongs to (see [`super::orphans`]); `None` records nothing.
+    pub group_record: Option<(PathBuf, super::orphans::AttemptId)>,
 }
 
 /// How an `exec` attempt ended.
@@ -153,6 +156,13 @@ pub async fn run(
     // Should this future be dropped mid-step (the agent task aborted), the guard still takes
     // the whole group down; `kill_on_drop` alone would reach only the leader.
     let mut guard = GroupGuard(group);
+    // Recorded before anything else can happen to the agent, so a `kill -9` from here on
+    // leaves the restarted agent what it needs to kill the group.
+    if let (Some((state_dir, attempt)), Some(group)) = (&request.group_record, group)
+        && let Err(error) = super::orphans::write(state_dir, attempt, group.as_raw())
+    {
+        tracing::warn!(%error, "could not record the step's process group; should the agent be killed, its processes would outlive it");
+    }
 
     let (line_sender, line_receiver) = mpsc::channel::<Line>(256);
     let mut readers = Vec::new();
@@ -207,6 +217,11 @@ pub async fn run(
         }
     }
     guard.disarm();
+    if let Some((state_dir, _)) = &request.group_record
+        && let Err(error) = super::orphans::clear(state_dir)
+    {
+        tracing::warn!(%error, "could not remove the step's process group record; the next start finds the group gone");
+    }
     let (parser, tail) = match collector.await {
         Ok(collected) => collected,
         Err(_) => (MeasureParser::new(), VecDeque::new()),

@@ -36,6 +36,7 @@
 
 pub mod exec;
 pub mod kinds;
+pub mod orphans;
 pub mod resume;
 
 use crate::gpu::GpuSource;
@@ -538,6 +539,17 @@ async fn run_attempt(
                             workdir: workdir.as_ref().map(PathBuf::from),
                             timeout: step.timeout,
                             log_path: dir.join("output.log"),
+                            group_record: Some((
+                                context.state_dir.clone(),
+                                orphans::AttemptId {
+                                    job_id: job.job_id.clone(),
+                                    step_index: job_step.index,
+                                    step_name: step.name.clone(),
+                                    attempt,
+                                    lease_epoch: job.lease_epoch,
+                                    started_at,
+                                },
+                            )),
                         };
                         let at = kinds::Attempt {
                             index: job_step.index,
