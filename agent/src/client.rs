@@ -933,7 +933,9 @@ async fn drive_job(
                                  an agent restart before then loses it, and the controller \
                                  records the attempt as interrupted)"
                             );
-                            held.lock().unwrap_or_else(|p| p.into_inner()).push_back(wire);
+                            held.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_back(wire);
                         }
                     }
                     // Only once the result is spooled or held does the step stop showing in
@@ -1057,6 +1059,10 @@ async fn fleet_loop(
 }
 
 /// Delivers spooled results in order until each is acknowledged or rejected for good.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is a distinct handle the uploader owns"
+)]
 async fn upload_loop(
     mut client: AgentServiceClient<Channel>,
     spool: Arc<Spool>,
@@ -1142,7 +1148,11 @@ async fn upload_pass(
         }
     }
     loop {
-        let next = held.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
+        let next = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
         let Some(result) = next else { break };
         let delivered = deliver(client, &result, token, answers).await?;
         if delivered == Delivered::Refused {
@@ -1164,7 +1174,11 @@ async fn upload_pass(
 /// Spools the results held in memory, oldest first, while the disk takes them.
 async fn respool_held(spool: &Arc<Spool>, held: &Held) {
     loop {
-        let next = held.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
+        let next = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
         let Some(result) = next else { return };
         let writer = Arc::clone(spool);
         let to_spool = result.clone();

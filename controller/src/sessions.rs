@@ -167,7 +167,11 @@ mod tests {
             .send(&node, ControllerCommand::default())
             .expect("sent");
         assert!(new_rx.try_recv().is_ok());
-        assert_eq!(sessions.commands_sent(&node, new), Some(1), "counted once queued");
+        assert_eq!(
+            sessions.commands_sent(&node, new),
+            Some(1),
+            "counted once queued"
+        );
         sessions.close(&node, new);
         assert_eq!(
             sessions.send(&node, ControllerCommand::default()),

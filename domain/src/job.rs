@@ -350,7 +350,8 @@ mod tests {
     #[test]
     fn nothing_is_decided_on_a_stale_report_or_while_results_are_unsent() {
         let results = vec![];
-        let judge = |agent| compare_heartbeat(JobState::Running, 1, agent, &results, &names(1), &[0]);
+        let judge =
+            |agent| compare_heartbeat(JobState::Running, 1, agent, &results, &names(1), &[0]);
         assert_eq!(
             judge(AgentReport {
                 runs_job: true,

@@ -539,9 +539,9 @@ async fn run_attempt(
                             workdir: workdir.as_ref().map(PathBuf::from),
                             timeout: step.timeout,
                             log_path: dir.join("output.log"),
-                            group_record: Some((
-                                context.state_dir.clone(),
-                                orphans::AttemptId {
+                            group_record: Some(orphans::RecordTo {
+                                state_dir: context.state_dir.clone(),
+                                attempt: orphans::AttemptId {
                                     job_id: job.job_id.clone(),
                                     step_index: job_step.index,
                                     step_name: step.name.clone(),
@@ -549,7 +549,12 @@ async fn run_attempt(
                                     lease_epoch: job.lease_epoch,
                                     started_at,
                                 },
-                            )),
+                                // The attempt's own directory: no other process has it.
+                                env_entry: format!(
+                                    "TOLLGATE_RESULTS_DIR={}",
+                                    results_dir.display()
+                                ),
+                            }),
                         };
                         let at = kinds::Attempt {
                             index: job_step.index,

@@ -2,16 +2,17 @@
 //! with `kill -9` finds and kills what it started once it starts again, and reports the
 //! interrupted attempt.
 //!
-//! While an attempt's process runs, `<state-dir>/step-group.json` holds its process group id,
-//! the group leader's start time (field 22 of `/proc/PID/stat`, in clock ticks since boot) and
-//! which attempt it is. The file is written (fsynced, renamed into place) right after the
-//! process starts and removed once its group is gone. A file found at start-up means the
-//! previous agent died during that attempt: the processes of that group are killed, but only
-//! those that started no earlier than the recorded leader, and only if the leader (when still
-//! there) has the recorded start time, so a recycled process id is never killed.
-//!
-//! A process group reaches every descendant that did not leave it (`setsid`, `setpgid`); a
-//! step that daemonizes out of its group is beyond this record, as it is beyond a timeout.
+//! While an attempt runs, `<state-dir>/step-group.json` says which attempt it is and the
+//! environment entry only its processes carry (`TOLLGATE_RESULTS_DIR=<its own directory>`);
+//! once the process started, also its process group id and the group leader's start time
+//! (field 22 of `/proc/PID/stat`, in clock ticks since boot). The file is written (fsynced,
+//! renamed into place) before the process starts, completed right after, and removed once the
+//! group is gone. A file found at start-up means the previous agent died during that attempt.
+//! Its processes are killed: those of the recorded group that started no earlier than the
+//! recorded leader (and only if the leader, when still there, has the recorded start time, so
+//! a recycled process id is never killed), and those whose environment holds the attempt's
+//! entry (which also finds a process that left the group with `setsid`, unless it cleared its
+//! environment).
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -41,15 +42,27 @@ pub struct AttemptId {
     pub started_at: Timestamp,
 }
 
+/// Where and what an `exec` attempt records while its process runs.
+#[derive(Clone, Debug)]
+pub struct RecordTo {
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// `NAME=VALUE`, an environment entry only this attempt's processes carry.
+    pub env_entry: String,
+}
+
 /// What `step-group.json` holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
     /// The attempt.
     pub attempt: AttemptId,
-    /// The process group id (the leader's pid).
-    pub pgid: i32,
-    /// The leader's start time, clock ticks since boot (`/proc/PID/stat` field 22).
-    pub start_ticks: u64,
+    /// `NAME=VALUE`, an environment entry only this attempt's processes carry.
+    pub env_entry: String,
+    /// The process group once the process started: its id (the leader's pid) and the
+    /// leader's start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub group: Option<(i32, u64)>,
 }
 
 /// What start-up found of an attempt the previous agent did not finish.
@@ -113,22 +126,30 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
         .map(|(ticks, _, _)| ticks)
 }
 
-/// Records the attempt's process group (`pgid` is its leader's pid): temp file, fsync, rename.
-pub fn write(state_dir: &Path, attempt: &AttemptId, pgid: i32) -> Result<(), OrphanError> {
+/// Records the attempt before its process starts (`pgid` `None`), then again with its process
+/// group once it started: temp file, fsync, rename.
+pub fn write(
+    state_dir: &Path,
+    attempt: &AttemptId,
+    env_entry: &str,
+    pgid: Option<i32>,
+) -> Result<(), OrphanError> {
     let path = record_path(state_dir);
-    let io = |what: &'static str| {
-        let path = path.clone();
-        move |source| OrphanError::Io { what, path, source }
+    let group = match pgid {
+        None => None,
+        Some(pgid) => Some((
+            pgid,
+            start_ticks(pgid).ok_or_else(|| OrphanError::Io {
+                what: "reading the start time of",
+                path: PathBuf::from(format!("/proc/{pgid}/stat")),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?,
+        )),
     };
-    let start_ticks = start_ticks(pgid).ok_or_else(|| OrphanError::Io {
-        what: "reading the start time of",
-        path: PathBuf::from(format!("/proc/{pgid}/stat")),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })?;
     let record = GroupRecord {
         attempt: attempt.clone(),
-        pgid,
-        start_ticks,
+        env_entry: env_entry.to_owned(),
+        group,
     };
     let bytes = serde_json::to_vec_pretty(&record).map_err(|error| OrphanError::Corrupt {
         path: path.clone(),
@@ -141,9 +162,13 @@ pub fn write(state_dir: &Path, attempt: &AttemptId, pgid: i32) -> Result<(), Orp
             file.sync_all()
         })
         .and_then(|()| std::fs::rename(&temp, &path));
-    if let Err(error) = written {
+    if let Err(source) = written {
         let _ = std::fs::remove_file(&temp);
-        return Err(io("writing")(error));
+        return Err(OrphanError::Io {
+            what: "writing",
+            path,
+            source,
+        });
     }
     Ok(())
 }
@@ -184,41 +209,56 @@ pub fn read(state_dir: &Path) -> Result<Option<GroupRecord>, OrphanError> {
         })
 }
 
-/// The live processes of group `pgid` that started no earlier than `not_before` ticks.
-fn members(pgid: i32, not_before: u64) -> Vec<i32> {
+/// Every live process id, with its start time and process group.
+fn live_processes() -> Vec<(i32, u64, i32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            stat_of(*pid).is_some_and(|(start, group, dead)| {
-                group == pgid && !dead && start >= not_before
-            })
+        .filter_map(|pid| {
+            let (start, group, dead) = stat_of(pid)?;
+            (!dead).then_some((pid, start, group))
         })
         .collect()
 }
 
-/// Kills what is left of a recorded group: every live process in it that started no earlier
-/// than the recorded leader, unless the leader's pid now belongs to a younger process (the
-/// group died and its id was reused). Waits until they are gone.
-pub async fn kill_group(record: &GroupRecord) -> (usize, String) {
-    let pgid = record.pgid;
-    if let Some((start, _, false)) = stat_of(pgid)
-        && start != record.start_ticks
-    {
-        return (
-            0,
-            format!(
-                "its process group {pgid} is gone (the id now belongs to another process, left \
-                 alone)"
-            ),
-        );
-    }
-    let targets = members(pgid, record.start_ticks);
+/// Whether process `pid`'s environment holds `entry` (`NAME=VALUE`) exactly.
+fn has_env_entry(pid: i32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|byte| *byte == 0)
+            .any(|item| item == entry.as_bytes())
+    })
+}
+
+/// The live processes the recorded attempt left: its group's (see the module doc) and those
+/// carrying its environment entry.
+fn leftovers(record: &GroupRecord) -> Vec<i32> {
+    let group = record.group.filter(|(pgid, start)| {
+        // The leader's pid now names a younger process: the group died and its id was reused.
+        !matches!(stat_of(*pgid), Some((now, _, false)) if now != *start)
+    });
+    let own = std::process::id();
+    live_processes()
+        .into_iter()
+        .filter(|(pid, start, pgid)| {
+            u32::try_from(*pid).is_ok_and(|pid| pid != own)
+                && (group
+                    .is_some_and(|(group, leader_start)| *pgid == group && *start >= leader_start)
+                    || has_env_entry(*pid, &record.env_entry))
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// Kills what the recorded attempt left running and waits until it is gone; returns how many
+/// processes were killed and a sentence saying so.
+pub async fn kill_leftovers(record: &GroupRecord) -> (usize, String) {
+    let targets = leftovers(record);
     if targets.is_empty() {
-        return (0, format!("no process of its group {pgid} was left"));
+        return (0, "no process of it was left".to_owned());
     }
     for pid in &targets {
         // ESRCH: it ended meanwhile, which is what we want.
@@ -226,12 +266,15 @@ pub async fn kill_group(record: &GroupRecord) -> (usize, String) {
     }
     let deadline = tokio::time::Instant::now() + KILL_WAIT;
     loop {
-        let left = members(pgid, record.start_ticks);
+        let left: Vec<i32> = leftovers(record)
+            .into_iter()
+            .filter(|pid| targets.contains(pid))
+            .collect();
         if left.is_empty() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::error!(pgid, left = ?left, "processes of the interrupted step survive SIGKILL");
+            tracing::error!(left = ?left, "processes of the interrupted step survive SIGKILL");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -239,7 +282,7 @@ pub async fn kill_group(record: &GroupRecord) -> (usize, String) {
     (
         targets.len(),
         format!(
-            "the agent killed the {} process(es) left of its group {pgid}",
+            "the agent killed the {} process(es) it had left running",
             targets.len()
         ),
     )
@@ -259,7 +302,7 @@ pub async fn recover(state_dir: &Path) -> Result<Option<Leftover>, OrphanError> 
         }
         Err(error) => return Err(error),
     };
-    let (n_killed, processes) = kill_group(&record).await;
+    let (n_killed, processes) = kill_leftovers(&record).await;
     Ok(Some(Leftover {
         attempt: record.attempt,
         processes,
@@ -283,30 +326,40 @@ mod tests {
         }
     }
 
+    const ENTRY: &str = "TOLLGATE_RESULTS_DIR=/orphan-test";
+
     /// A shell in its own group with a grandchild: both must die.
-    fn spawn_group(marker: &str) -> std::process::Child {
+    fn spawn_group(marker: &str, env_value: &str) -> std::process::Child {
         std::process::Command::new("sh")
             .args(["-c", &format!("sleep 300 & exec sleep 301 # {marker}")])
+            .env("TOLLGATE_RESULTS_DIR", env_value)
             .process_group(0)
             .spawn()
             .expect("spawn")
     }
 
     fn alive(pgid: i32) -> usize {
-        members(pgid, 0).len()
+        live_processes()
+            .iter()
+            .filter(|(_, _, group)| *group == pgid)
+            .count()
     }
 
-    #[tokio::test]
-    async fn a_recorded_group_and_its_grandchildren_are_killed_at_start_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = spawn_group("orphan-test-kill");
-        let pgid = i32::try_from(child.id()).unwrap();
-        write(dir.path(), &attempt(), pgid).unwrap();
+    fn wait_started(pgid: i32) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while alive(pgid) < 2 {
             assert!(std::time::Instant::now() < deadline, "the group started");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_group_and_its_grandchildren_are_killed_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_group("orphan-test-kill", "/elsewhere-1");
+        let pgid = i32::try_from(child.id()).unwrap();
+        write(dir.path(), &attempt(), ENTRY, Some(pgid)).unwrap();
+        wait_started(pgid);
         // What a restarted agent does first.
         let leftover = recover(dir.path()).await.unwrap().expect("a leftover");
         let _ = child.wait();
@@ -319,18 +372,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn processes_started_before_their_group_was_recorded_are_found_by_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &attempt(), ENTRY, None).unwrap();
+        // The agent died between starting the process and recording its group.
+        let mut child = spawn_group("orphan-test-env", "/orphan-test");
+        let pgid = i32::try_from(child.id()).unwrap();
+        wait_started(pgid);
+        let leftover = recover(dir.path()).await.unwrap().expect("a leftover");
+        let _ = child.wait();
+        assert_eq!(leftover.n_killed, 2, "{}", leftover.processes);
+        assert_eq!(alive(pgid), 0);
+    }
+
+    #[tokio::test]
     async fn a_reused_process_id_is_never_killed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = spawn_group("orphan-test-reused");
+        let mut child = spawn_group("orphan-test-reused", "/elsewhere-2");
         let pgid = i32::try_from(child.id()).unwrap();
-        write(dir.path(), &attempt(), pgid).unwrap();
+        write(dir.path(), &attempt(), ENTRY, Some(pgid)).unwrap();
+        wait_started(pgid);
         // Pretend the recorded group started earlier: the live leader is then another
         // process that got the same id.
         let mut record = read(dir.path()).unwrap().unwrap();
-        record.start_ticks -= 1;
-        let (n_killed, why) = kill_group(&record).await;
+        record.group = record.group.map(|(pgid, start)| (pgid, start - 1));
+        let (n_killed, why) = kill_leftovers(&record).await;
         assert_eq!(n_killed, 0, "{why}");
-        assert!(start_ticks(pgid).is_some(), "the leader still runs");
+        assert_eq!(alive(pgid), 2, "the group still runs");
         let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         let _ = child.wait();
     }
@@ -339,9 +407,6 @@ mod tests {
     fn a_corrupt_record_is_reported_not_acted_on() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(record_path(dir.path()), b"{not json").unwrap();
-        assert!(matches!(
-            read(dir.path()),
-            Err(OrphanError::Corrupt { .. })
-        ));
+        assert!(matches!(read(dir.path()), Err(OrphanError::Corrupt { .. })));
     }
 }

@@ -451,10 +451,10 @@ async fn cancel_if_ended(shared: &Shared, node: &NodeId, job_id: &str) -> Result
         Some(_) => return Ok(()),
     };
     tracing::warn!(node = %node, job = job_id, %reason, "the agent runs a job the controller does not; cancelling it");
-    if let Err(error) = shared
-        .sessions
-        .send(node, cancel_command(&JobId::new(job_id.to_owned()), &reason))
-    {
+    if let Err(error) = shared.sessions.send(
+        node,
+        cancel_command(&JobId::new(job_id.to_owned()), &reason),
+    ) {
         tracing::warn!(job = job_id, %error, "cancel not delivered");
     }
     Ok(())
