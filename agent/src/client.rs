@@ -1121,10 +1121,15 @@ async fn upload_pass(
 ) -> Result<(), String> {
     respool_held(spool, held).await;
     let listing = Arc::clone(spool);
-    let entries = tokio::task::spawn_blocking(move || listing.pending())
+    let listed = tokio::task::spawn_blocking(move || listing.pending())
         .await
-        .map_err(|error| format!("spool task failed: {error}"))?
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| format!("spool task failed: {error}"))
+        .and_then(|listed| listed.map_err(|error| error.to_string()));
+    // A spool that cannot even be listed must not hold up the results kept in memory.
+    let (entries, spool_error) = match listed {
+        Ok(entries) => (entries, None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     for entry in entries {
         match deliver(client, &entry.result, token, answers).await? {
             Delivered::Acknowledged => {
@@ -1168,7 +1173,7 @@ async fn upload_pass(
             queue.pop_front();
         }
     }
-    Ok(())
+    spool_error.map_or(Ok(()), Err)
 }
 
 /// Spools the results held in memory, oldest first, while the disk takes them.

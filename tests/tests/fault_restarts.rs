@@ -24,6 +24,7 @@ tollgate_tests::on_both_backends!(
     agent_killed_and_restarted_while_the_controller_is_down,
     agent_restarted_with_an_empty_spool_while_its_job_runs,
     heartbeats_naming_another_step_another_job_or_none,
+    results_the_spool_cannot_take_are_delivered_from_memory,
 );
 
 /// How long a scenario waits for any one state.
@@ -781,4 +782,71 @@ async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
     assert_eq!(after.state, "assigned");
     // The controller served throughout; it stops cleanly.
     world.kill_controller().await;
+}
+
+/// The agent's spool breaks (its directory replaced by a file: every write fails, whoever
+/// the agent runs as) while the controller is down: the results are kept in memory, counted
+/// as unsent, and delivered once the controller is back; the job passes with every result
+/// once instead of staying `running`.
+async fn results_the_spool_cannot_take_are_delivered_from_memory(backend: Backend) {
+    let Some(mut world) = World::new(backend).await else {
+        return;
+    };
+    world.start_controller().await;
+    let state_dir = world.dir.path().join("agent-lab-1");
+    let agent = world.start_agent("lab-1", &state_dir, 1);
+    let mut clients = world.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r550").await;
+    clients
+        .apply_plan(
+            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [sleep, '1'], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '0.2'], timeout: 1m}\n  - {name: s2, kind: exec, command: [\"true\"], timeout: 1m}\n",
+        )
+        .await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+    let job_id = run.jobs[0].id.clone();
+    wait_for(PATIENCE, "the job to run", || async {
+        let mut runs = clients.runs.clone();
+        let run = runs
+            .get_run(v1::GetRunRequest { id: run.id.clone() })
+            .await
+            .ok()?
+            .into_inner();
+        (run.jobs.first()?.state == "running").then_some(())
+    })
+    .await;
+    world.kill_controller().await;
+    let spool = state_dir.join("spool");
+    std::fs::rename(&spool, state_dir.join("spool-away")).expect("move the spool away");
+    std::fs::write(&spool, b"not a directory").expect("break the spool");
+    // Every step ran (its log exists and the agent moved on) while nothing could be spooled.
+    let last_log = state_dir
+        .join("jobs")
+        .join(&job_id)
+        .join("2-s2")
+        .join("attempt-1")
+        .join("output.log");
+    wait_for(PATIENCE, "the last step to run", || async {
+        last_log.exists().then_some(())
+    })
+    .await;
+    world.start_controller().await;
+    let mut clients = world.clients().await;
+    let run = tokio::time::timeout(PATIENCE * 2, clients.wait_run_done(&run.id))
+        .await
+        .unwrap_or_else(|_| panic!("the run did not end; logs:{}", world.logs()));
+    let job = &run.jobs[0];
+    assert_eq!(job.state, "passed", "{:#?}{}", job.results, world.logs());
+    let steps: Vec<(&str, u32)> = job
+        .results
+        .iter()
+        .map(|r| (r.step_name.as_str(), r.attempt))
+        .collect();
+    assert_eq!(
+        steps,
+        [("s0", 1), ("s1", 1), ("s2", 1)],
+        "every result once"
+    );
+    assert!(spool.is_file(), "the spool stayed broken throughout");
+    kill(agent).await;
 }
