@@ -3,7 +3,7 @@
 //! ```text
 //!   pending ──assign──▶ assigned ──accept──▶ running ──last result──▶ passed | failed | error
 //!      │                   │                    │
-//!      │                   ◀──agent restarted───┤
+//!      │                   ◀──agent dropped it──┤
 //!      └──cancel──▶ cancelled ◀──cancel─────────┤
 //!                          └──lease expired──▶ lost ◀──lease expired──┘
 //! ```
