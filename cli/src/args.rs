@@ -13,9 +13,14 @@ Output: every command that prints takes -o/--output text|json after the command,
 `tollgate report` is the one exception: there -o/--output names the file to write, --format
 picks markdown, json, html or junit, and --json prints the summary line as JSON.
 
+Errors: with -o json an error is JSON on stdout too, with the same exit code:
+{\"error\": {\"code\": \"invalid_argument\", \"message\": \"...\", \"fields\": [{\"field\": \"...\",
+\"message\": \"...\"}], \"exit_code\": 2}}. `code` is the controller's gRPC status in snake case,
+`invalid_file` for a plan or gate file with problems, `error` otherwise.
+
 Exit codes: 0 ok; 1 other errors (including an unreachable controller and invalid plan or gate
-files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses);
-4 not found.";
+files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses, or
+`gate check` on a failed gate); 4 not found; 5 `gate check` while the gate waits for evidence.";
 
 /// Qualifies GPU firmware and driver releases on lab fleets and gates their promotion.
 #[derive(Debug, Parser)]
@@ -87,6 +92,13 @@ pub enum Command {
     /// Starts a controller and four simulated agents on loopback and walks through a
     /// qualification that fails its gate.
     Demo(DemoArgs),
+    /// Prints a shell completion script: `tollgate completions bash > /etc/bash_completion.d/tollgate`,
+    /// `tollgate completions zsh > "${fpath[1]}/_tollgate"`, `tollgate completions fish >
+    /// ~/.config/fish/completions/tollgate.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `tollgate node ...`
@@ -222,6 +234,19 @@ pub enum GateCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// For CI pipelines: evaluates the gate like `gate show` and exits 0 only when it passed
+    /// (failed: 3, waiting for evidence: 5, could not evaluate: 1).
+    Check {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Milestone; the release's current one when left out.
+        #[arg(long)]
+        milestone: Option<String>,
+        /// Output format: text, json, or greenwave (Greenwave's decision JSON).
+        #[arg(long = "output", short = 'o', value_enum, default_value = "text")]
+        output: DecisionFormat,
+    },
     /// Evaluates the gate of a release at a milestone now and shows the decision, rule by rule;
     /// with --at, replays the decision as it stood then from its stored inputs.
     Show {
@@ -336,7 +361,11 @@ Here -o/--output is the file to write, not the output format; --json prints the 
 
 Every report is signed with the controller's Ed25519 key. Check a file offline with
   tollgate report verify FILE --public-key HEX
-where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub)."
+where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub).
+
+With --attestation the decision is written instead as an in-toto Statement with the SLSA
+Verification Summary Attestation predicate in a DSSE envelope signed with the same key
+(RELEASE-MILESTONE.intoto.jsonl); `report verify` checks it too, with the key pinned."
 )]
 pub struct ReportArgs {
     /// Verify a report file, or print the signing key, instead of rendering.
@@ -358,6 +387,10 @@ pub struct ReportArgs {
     /// its decision cover that customer's nodes alone.
     #[arg(long, value_name = "LABEL=VALUE", value_parser = parse_customer)]
     pub customer: Option<String>,
+    /// Write the decision as a signed in-toto verification summary attestation (a DSSE
+    /// envelope) instead of the report.
+    #[arg(long, conflicts_with_all = ["format", "customer"])]
+    pub attestation: bool,
     /// Print the path and digest as a JSON object.
     #[arg(long)]
     pub json: bool,
@@ -373,8 +406,9 @@ fn parse_customer(text: &str) -> Result<String, String> {
 /// `tollgate report verify|public-key`
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// Checks a report file's signature offline, without a controller: exit 0 valid, 1 does
-    /// not verify, 2 unusable input (not a signed report, unreadable file, bad key).
+    /// Checks a report file's or an attestation's signature offline, without a controller:
+    /// exit 0 valid, 1 does not verify, 2 unusable input (not a signed report, unreadable
+    /// file, bad key, an attestation without a pinned key).
     Verify(VerifyArgs),
     /// Prints the public key the controller signs reports with (hex, then its fingerprint).
     PublicKey {
@@ -389,7 +423,8 @@ pub enum ReportCommand {
 Without --public-key or --key-file the signature is only checked against the key embedded in
 the report, which anyone can replace with their own: pin your controller's key.")]
 pub struct VerifyArgs {
-    /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`.
+    /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`, or an
+    /// attestation (DSSE envelope) as written by `tollgate report --attestation`.
     pub file: PathBuf,
     /// The controller's public key, hex, as `tollgate report public-key` prints it.
     #[arg(long, value_name = "HEX", conflicts_with = "key_file")]
@@ -486,6 +521,32 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_attestation_takes_a_file_but_no_format_or_customer() {
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "report",
+            "--release",
+            "r1",
+            "--attestation",
+            "-o",
+            "r1.intoto.jsonl",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Report(args) => {
+                assert!(args.attestation);
+                assert_eq!(args.file, Some(PathBuf::from("r1.intoto.jsonl")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for conflicting in [["--format", "json"], ["--customer", "customer=acme"]] {
+            let mut args = vec!["tollgate", "report", "--release", "r1", "--attestation"];
+            args.extend(conflicting);
+            assert!(Cli::try_parse_from(args).is_err(), "{conflicting:?}");
+        }
     }
 
     #[test]

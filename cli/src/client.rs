@@ -142,6 +142,8 @@ pub struct RpcError {
     pub code: tonic::Code,
     /// The controller's message.
     pub message: String,
+    /// The bad fields of an `InvalidArgument` answer, one by one (empty otherwise).
+    pub fields: Vec<FieldError>,
 }
 
 impl fmt::Display for RpcError {
@@ -158,11 +160,37 @@ impl std::error::Error for RpcError {}
 
 impl From<tonic::Status> for RpcError {
     fn from(status: tonic::Status) -> Self {
+        use tonic_types::StatusExt;
+        // A status whose details do not decode still has its code and message.
+        let fields = status
+            .check_error_details()
+            .ok()
+            .and_then(|details| details.bad_request().cloned())
+            .map(|bad| {
+                bad.field_violations
+                    .into_iter()
+                    .map(|v| FieldError {
+                        field: v.field,
+                        message: v.description,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
             code: status.code(),
             message: status.message().to_owned(),
+            fields,
         }
     }
+}
+
+/// One bad field of an `InvalidArgument` answer, as the controller named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path in the request, for example `components[1].version`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 /// The body of a unary answer, or its status as an [`RpcError`].
@@ -170,6 +198,31 @@ pub fn answer<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T,
     result
         .map(tonic::Response::into_inner)
         .map_err(RpcError::from)
+}
+
+/// A status code's canonical name in snake case (`invalid_argument`), as `-o json` errors
+/// write it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
 }
 
 /// The exit code for a gRPC status code: InvalidArgument 2, FailedPrecondition 3, NotFound 4,

@@ -26,6 +26,32 @@ pub struct OutputArgs {
     pub output: Format,
 }
 
+/// The output format the command line asked for, found before the command runs: the `-o`
+/// of the innermost subcommand that has one (`gate show -o json` counts as JSON too). Text
+/// when there is none, and for `tollgate report`, whose `-o` names a file.
+pub fn requested_format(matches: &clap::ArgMatches) -> Format {
+    let mut current = matches;
+    let mut format = Format::Text;
+    loop {
+        if let Ok(Some(found)) = current.try_get_one::<Format>("output") {
+            format = *found;
+        } else if let Ok(Some(found)) = current.try_get_one::<crate::args::DecisionFormat>("output")
+        {
+            format = match found {
+                crate::args::DecisionFormat::Text => Format::Text,
+                _ => Format::Json,
+            };
+        } else if let Ok(Some(true)) = current.try_get_one::<bool>("json") {
+            // `tollgate report --json`.
+            format = Format::Json;
+        }
+        match current.subcommand() {
+            Some((_, sub)) => current = sub,
+            None => return format,
+        }
+    }
+}
+
 /// Prints a JSON value, pretty.
 pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

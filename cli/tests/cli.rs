@@ -62,7 +62,7 @@ fn broken_plan_is_rejected_with_file_line_and_problem() {
     assert!(stderr.contains("plan-broken.yaml:11:"), "{stderr}");
     assert!(stderr.contains("steps[1].command"), "{stderr}");
     assert!(
-        stderr.contains("steps[1].timeout: '2 minutes' is not a duration"),
+        stderr.contains("steps[1].timeout: 'two minutes' is not a duration"),
         "{stderr}"
     );
     assert!(stderr.contains("unknown step kind 'reboot'"), "{stderr}");
@@ -224,8 +224,16 @@ mod stub {
         ) -> Result<Response<pb::Release>, Status> {
             let request = request.into_inner();
             if request.name == "bad" {
-                return Err(Status::invalid_argument(
-                    "components[0].version: must not be empty",
+                // As the controller answers: every bad field in the message, and again one by
+                // one as google.rpc.BadRequest details.
+                use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+                return Err(Status::with_error_details(
+                    tonic::Code::InvalidArgument,
+                    "invalid request: components[0].version: must not be empty; description: too long",
+                    ErrorDetails::with_bad_request(vec![
+                        FieldViolation::new("components[0].version", "must not be empty"),
+                        FieldViolation::new("description", "too long"),
+                    ]),
                 ));
             }
             Ok(Response::new(release(&request.name)))
@@ -278,6 +286,63 @@ mod stub {
         }
     }
 
+    /// A GateService whose decision's verdict is the release name after `r-`
+    /// (`r-passed`, `r-failed`, `r-waiting`).
+    struct Gates;
+
+    #[tonic::async_trait]
+    impl pb::gate_service_server::GateService for Gates {
+        async fn apply_gate(
+            &self,
+            _: Request<pb::ApplyGateRequest>,
+        ) -> Result<Response<pb::GatePolicy>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn get_gate(
+            &self,
+            _: Request<pb::GetGateRequest>,
+        ) -> Result<Response<pb::GatePolicy>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn evaluate_gate(
+            &self,
+            request: Request<pb::EvaluateGateRequest>,
+        ) -> Result<Response<pb::Decision>, Status> {
+            let release = request.into_inner().release;
+            let verdict = release.strip_prefix("r-").unwrap_or("error").to_owned();
+            Ok(Response::new(pb::Decision {
+                release,
+                milestone: "lab-qual".into(),
+                summary: format!("the gate {verdict}"),
+                verdict,
+                ..Default::default()
+            }))
+        }
+
+        async fn waive(
+            &self,
+            _: Request<pb::WaiveRequest>,
+        ) -> Result<Response<pb::Waiver>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn revoke_waiver(
+            &self,
+            _: Request<pb::RevokeWaiverRequest>,
+        ) -> Result<Response<pb::Waiver>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+
+        async fn list_waivers(
+            &self,
+            _: Request<pb::ListWaiversRequest>,
+        ) -> Result<Response<pb::ListWaiversResponse>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
+    }
+
     /// Serves the stub on its own thread and runtime for the rest of the test process;
     /// returns its URL.
     pub fn serve() -> String {
@@ -293,6 +358,7 @@ mod stub {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 tonic::transport::Server::builder()
                     .add_service(ReleaseServiceServer::new(Releases))
+                    .add_service(pb::gate_service_server::GateServiceServer::new(Gates))
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                     .await
                     .expect("stub serves");
@@ -369,4 +435,110 @@ fn release_files_create_releases() {
     ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("release r550-u3"));
+}
+
+#[test]
+fn json_errors_are_json_on_stdout_with_every_bad_field() {
+    let output = against_stub(&["release", "create", "bad", "-c", "driver=1", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(2));
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the error is JSON on stdout");
+    let error = &value["error"];
+    assert_eq!(error["code"], "invalid_argument");
+    assert_eq!(error["exit_code"], 2);
+    assert_eq!(error["fields"][0]["field"], "components[0].version");
+    assert_eq!(error["fields"][0]["message"], "must not be empty");
+    assert_eq!(error["fields"][1]["field"], "description");
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("a message")
+            .contains("components[0].version: must not be empty"),
+        "{value}"
+    );
+    // Text mode keeps the message for people on stderr.
+    let output = against_stub(&["release", "create", "bad", "-c", "driver=1"]);
+    assert!(output.stdout.is_empty());
+    assert!(text(&output.stderr).starts_with("error: invalid request:"));
+}
+
+#[test]
+fn json_refusals_and_not_found_keep_their_exit_codes() {
+    let output = against_stub(&["promote", "--release", "r550-u3", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(3));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["error"]["code"], "failed_precondition");
+    assert_eq!(value["error"]["fields"], serde_json::json!([]));
+    let output = against_stub(&["release", "show", "r9", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(4));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["error"]["code"], "not_found");
+    assert_eq!(value["error"]["message"], "release 'r9' does not exist");
+}
+
+#[test]
+fn json_plan_problems_name_file_line_and_field() {
+    let output = tollgate()
+        .args(["plan", "validate", "-o", "json"])
+        .arg(example("plan-broken.yaml"))
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["error"]["code"], "invalid_file");
+    let fields = value["error"]["fields"].as_array().expect("fields");
+    let timeout = fields
+        .iter()
+        .find(|f| f["field"] == "steps[1].timeout")
+        .expect("the bad timeout is listed");
+    assert_eq!(timeout["line"], 11);
+    assert!(
+        timeout["message"]
+            .as_str()
+            .expect("message")
+            .contains("'two minutes' is not a duration")
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_tollgate()"),
+        ("zsh", "#compdef tollgate"),
+        ("fish", "complete -c tollgate"),
+    ] {
+        let output = tollgate()
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
+        assert!(output.status.success(), "{shell}: {}", text(&output.stderr));
+        let script = text(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Subcommands are completed too.
+        assert!(script.contains("promote"), "{shell}");
+    }
+    let output = tollgate()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn gate_check_exits_0_only_when_the_gate_passed() {
+    for (release, code) in [
+        ("r-passed", 0),
+        ("r-failed", 3),
+        ("r-waiting", 5),
+        ("r-error", 1),
+    ] {
+        let output = against_stub(&["gate", "check", "--release", release]);
+        assert_eq!(output.status.code(), Some(code), "{release}");
+        assert!(text(&output.stdout).contains(&format!("release {release}")));
+    }
+    // -o json prints the decision, not an error, and keeps the exit code.
+    let output = against_stub(&["gate", "check", "--release", "r-failed", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(3));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["verdict"], "failed");
 }

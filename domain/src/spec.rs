@@ -130,39 +130,21 @@ fn strip_location_prefix(message: &str) -> &str {
     rest
 }
 
-/// Parses a duration such as `90s`, `2m`, `1h30m` or `500ms`.
+/// Parses a duration such as `90s`, `2m`, `1h30m`, `500ms`, `7d` or `2w`: the one duration
+/// syntax of plans, gates, waivers and every flag (humantime's, so `1h 30m` and `3days` read
+/// too). Units: ms, s, m, h, d (24 h), w (7 d).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("'{text}' is not a duration (write it like 30s, 5m, 1h30m or 500ms)");
+    let bad = || format!("'{text}' is not a duration (write it like 30s, 5m, 1h30m, 500ms or 7d)");
     let trimmed = text.trim();
-    if trimmed.is_empty() {
+    // humantime reads months and years (of average length) too; a qualification timeout or a
+    // waiver measured in those is a typo for minutes, so they are refused.
+    let calendar_unit = trimmed
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "year" | "years"));
+    if trimmed.is_empty() || calendar_unit {
         return Err(bad());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number * 60),
-            "h" => Duration::from_secs(number * 3600),
-            _ => return Err(bad()),
-        };
-        total += part;
-    }
-    Ok(total)
+    humantime::parse_duration(trimmed).map_err(|_| bad())
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.
@@ -205,7 +187,22 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "2", "2x", "m", "1.5s", "-1s"] {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("3days"), Ok(Duration::from_secs(3 * 86_400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in [
+            "",
+            "2",
+            "2x",
+            "m",
+            "-1s",
+            "1y",
+            "2M",
+            "3months",
+            "two minutes",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should not parse");
         }
     }

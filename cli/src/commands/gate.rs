@@ -27,6 +27,22 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
                 }
             }
         }
+        GateCommand::Check {
+            release,
+            milestone,
+            output,
+        } => {
+            let decision = evaluate(controller, &release, milestone.as_deref()).await?;
+            match output {
+                DecisionFormat::Json => print_json(&json::decision(&decision))?,
+                DecisionFormat::Greenwave => print_json(&greenwave(&decision)?)?,
+                DecisionFormat::Text => print!("{}", format_decision(&decision)),
+            }
+            match check_exit_code(&decision.verdict) {
+                0 => Ok(()),
+                code => Err(Reported(code).into()),
+            }
+        }
         GateCommand::Show {
             release,
             milestone,
@@ -54,6 +70,17 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
                 }
             }
         }
+    }
+}
+
+/// `gate check`'s exit code for a verdict: 0 passed, 3 failed (as a refused promotion), 5
+/// waiting for evidence, 1 for an error or a verdict this CLI does not know.
+pub fn check_exit_code(verdict: &str) -> u8 {
+    match verdict {
+        "passed" => 0,
+        "failed" => 3,
+        "waiting" => 5,
+        _ => 1,
     }
 }
 
@@ -147,6 +174,8 @@ pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        // With -o json the problems go to stdout as the JSON error, one field each.
+        Err(errors) if format == Format::Json => Err(errors.into()),
         Err(errors) => {
             eprintln!("{errors}");
             let n_errors = errors.0.len();

@@ -30,6 +30,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             gate::validate(&file, output.output)
         }
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "tollgate", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Node(command) => node::run(&Controller::connect(&url).await?, command).await,
         Command::Release(ReleaseCommand::Create {
             name,

@@ -96,6 +96,8 @@ pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        // With -o json the problems go to stdout as the JSON error, one field each.
+        Err(errors) if format == Format::Json => Err(errors.into()),
         Err(errors) => {
             eprintln!("{errors}");
             let n_errors = errors.0.len();

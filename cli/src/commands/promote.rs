@@ -22,6 +22,8 @@ pub async fn run(controller: &Controller, args: PromoteArgs) -> anyhow::Result<(
                 Ok(())
             }
         },
+        // With -o json the refusal is the JSON error on stdout (exit code 3 all the same).
+        Err(refusal) if output.output == Format::Json => Err(refusal.into()),
         Err(refusal) => {
             eprintln!("promotion refused: {refusal}");
             Err(Reported(REFUSED).into())

@@ -1,6 +1,7 @@
-//! `tollgate report`: render a release's signed customer acceptance report and write it to a
-//! file; `report verify` checks a report file's signature offline; `report public-key` prints
-//! the controller's signing key.
+//! `tollgate report`: render a release's signed customer acceptance report, or with
+//! `--attestation` its decision as a signed in-toto attestation, and write it to a file;
+//! `report verify` checks either offline; `report public-key` prints the controller's signing
+//! key.
 
 use crate::Reported;
 use crate::args::{ReportArgs, ReportCommand, ReportFormat, VerifyArgs};
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use tollgate_domain::attestation::{self, AttestationError, VerifiedAttestation};
 use tollgate_domain::report_signature::{self as signature, Verified, VerifyError};
 use tollgate_proto::v1 as pb;
 
@@ -41,9 +43,13 @@ pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()
         format,
         file,
         customer,
+        attestation,
         json: as_json,
     } = args;
     let release = release.context("--release is required to render a report")?;
+    if attestation {
+        return write_attestation(controller, &release, milestone.as_deref(), file, as_json).await;
+    }
     let written = render_to_file(
         controller,
         &release,
@@ -147,6 +153,47 @@ pub async fn render_to_file(
     })
 }
 
+/// Runs `report --attestation`: writes the decision's signed attestation to `file` (by default
+/// `RELEASE-MILESTONE.intoto.jsonl`), through `FILE.part` like a report.
+async fn write_attestation(
+    controller: &Controller,
+    release: &str,
+    milestone: Option<&str>,
+    file: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let answer = answer(
+        controller
+            .reports()
+            .render_attestation(pb::RenderAttestationRequest {
+                release: release.to_owned(),
+                milestone: milestone.unwrap_or_default().to_owned(),
+            })
+            .await,
+    )?;
+    let path = file.unwrap_or_else(|| default_path(release, milestone, &answer.file_extension));
+    let mut part = path.clone().into_os_string();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    std::fs::write(&part, &answer.envelope)
+        .with_context(|| format!("writing attestation {}", part.display()))?;
+    std::fs::rename(&part, &path)
+        .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
+    if as_json {
+        print_json(&json!({
+            "path": path.display().to_string(),
+            "bytes": answer.envelope.len(),
+            "decision_digest": answer.decision_digest,
+            "verification_result": answer.verification_result,
+        }))
+    } else {
+        println!("wrote {}", path.display());
+        println!("decision digest: {}", answer.decision_digest);
+        println!("verification result: {}", answer.verification_result);
+        Ok(())
+    }
+}
+
 /// `RELEASE-MILESTONE.EXT` (or `RELEASE.EXT` without a milestone) in the current directory.
 pub fn default_path(release: &str, milestone: Option<&str>, file_extension: &str) -> PathBuf {
     let extension = if file_extension.is_empty() {
@@ -206,6 +253,9 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         );
         return Err(Reported(EXIT_UNUSABLE).into());
     };
+    if attestation::looks_like_envelope(&file) {
+        return verify_attestation(args, &file, expected.as_ref());
+    }
     let result = signature::verify(&file, expected.as_ref());
     let pinned = expected.is_some();
     match args.output.output {
@@ -220,6 +270,87 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         Err(VerifyError::WrongKey { .. } | VerifyError::Mismatch(_)) => {
             Err(Reported(EXIT_INVALID).into())
         }
+    }
+}
+
+/// Runs `report verify` on an attestation. A DSSE envelope does not carry its key, so one
+/// must be pinned.
+fn verify_attestation(
+    args: &VerifyArgs,
+    file: &str,
+    expected: Option<&ed25519_dalek::VerifyingKey>,
+) -> anyhow::Result<()> {
+    let Some(expected) = expected else {
+        eprintln!(
+            "error: {} is an attestation, which does not carry its signing key: pass --public-key or --key-file with the key `tollgate report public-key` prints",
+            args.file.display()
+        );
+        return Err(Reported(EXIT_UNUSABLE).into());
+    };
+    let result = attestation::verify(file, expected);
+    match args.output.output {
+        Format::Json => print_json(&attestation_json(&args.file, &result))?,
+        Format::Text => match &result {
+            Ok(verified) => println!("{}", attestation_valid_line(verified)),
+            Err(error @ AttestationError::BadSignature(_)) => {
+                println!(
+                    "invalid: {} does not match its signature",
+                    args.file.display()
+                );
+                println!("  - {error}");
+            }
+            Err(error) => eprintln!("error: {}: {error}", args.file.display()),
+        },
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(AttestationError::BadSignature(_)) => Err(Reported(EXIT_INVALID).into()),
+        Err(AttestationError::Malformed(_) | AttestationError::WrongStatement(_)) => {
+            Err(Reported(EXIT_UNUSABLE).into())
+        }
+    }
+}
+
+/// The one-line summary of a valid attestation.
+fn attestation_valid_line(verified: &VerifiedAttestation) -> String {
+    let predicate = &verified.statement.predicate;
+    format!(
+        "valid attestation: signed by {}, release {} at {}, decision {} ({}), verification result {}",
+        verified.fingerprint,
+        predicate.decision.release,
+        predicate.decision.milestone,
+        predicate.decision.decision_digest,
+        predicate.decision.verdict,
+        predicate.verification_result
+    )
+}
+
+fn attestation_json(
+    path: &Path,
+    result: &Result<VerifiedAttestation, AttestationError>,
+) -> serde_json::Value {
+    match result {
+        Ok(verified) => {
+            let predicate = &verified.statement.predicate;
+            json!({
+                "file": path.display().to_string(),
+                "valid": true,
+                "pinned": true,
+                "fingerprint": verified.fingerprint,
+                "release": predicate.decision.release,
+                "milestone": predicate.decision.milestone,
+                "decision_digest": predicate.decision.decision_digest,
+                "verdict": predicate.decision.verdict,
+                "verification_result": predicate.verification_result,
+                "subjects": verified.statement.subject.len(),
+            })
+        }
+        Err(error) => json!({
+            "file": path.display().to_string(),
+            "valid": false,
+            "pinned": true,
+            "problems": [error.to_string()],
+        }),
     }
 }
 
@@ -316,6 +447,51 @@ mod tests {
             PathBuf::from("r1-lab-qual.html")
         );
         assert_eq!(default_path("r1", None, "html"), PathBuf::from("r1.html"));
+    }
+
+    #[test]
+    fn an_attestation_verifies_with_the_pinned_key_only() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let release = tollgate_domain::test_support::release();
+        let decision = tollgate_domain::gate::Decision {
+            release: "r550".into(),
+            milestone: "lab-qual".into(),
+            verdict: tollgate_domain::gate::Verdict::Waiting,
+            summary: "waiting for 2 nodes".into(),
+            rules: Vec::new(),
+            digest: "d1".into(),
+            policy_version: "ab".repeat(32),
+            evaluated_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        let verifier = attestation::VerifierInfo {
+            public_key: key.verifying_key(),
+            version: "0.1.0".into(),
+        };
+        let envelope = attestation::encode(&attestation::sign(
+            &attestation::statement(&release, &decision, &verifier),
+            &key,
+        ));
+        let verified = attestation::verify(&envelope, &key.verifying_key());
+        let fingerprint = signature::fingerprint(&key.verifying_key());
+        let Ok(verified) = &verified else {
+            panic!("{verified:?}");
+        };
+        assert_eq!(
+            attestation_valid_line(verified),
+            format!(
+                "valid attestation: signed by {fingerprint}, release r550 at lab-qual, decision d1 (waiting), verification result FAILED"
+            )
+        );
+        let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let refused = attestation::verify(&envelope, &other);
+        let json = attestation_json(Path::new("a.intoto.jsonl"), &refused);
+        assert_eq!(json["valid"], false);
+        assert!(
+            json["problems"][0]
+                .as_str()
+                .is_some_and(|problem| problem.contains(&fingerprint)),
+            "{json}"
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use crate::output::{
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
-use std::time::Instant;
 use tollgate_proto::v1 as pb;
 
 /// The run state while jobs are still going; every other state is final.
@@ -192,7 +191,6 @@ struct Progress {
     job_lines: HashMap<String, String>,
     /// The run state last printed, in append mode.
     state: String,
-    started: Instant,
 }
 
 impl Progress {
@@ -203,7 +201,6 @@ impl Progress {
             n_drawn: 0,
             job_lines: HashMap::new(),
             state: String::new(),
-            started: Instant::now(),
         }
     }
 
@@ -212,7 +209,10 @@ impl Progress {
             return print_json_line(&json::run(run));
         }
         let width = name_width(&run.jobs);
-        let elapsed = format!("{:>5.1}s", self.started.elapsed().as_secs_f64());
+        let elapsed = format!(
+            "{:>5.1}s",
+            run_elapsed(run, crate::clock::now()).as_secs_f64()
+        );
         let mut stdout = std::io::stdout().lock();
         if self.live {
             if self.n_drawn > 0 {
@@ -251,6 +251,19 @@ impl Progress {
         stdout.flush()?;
         Ok(())
     }
+}
+
+/// How long the run has been going, counted from its start on the controller (not from when
+/// this watch began), up to its end once it ended. Zero when the controller sent no start.
+pub fn run_elapsed(run: &pb::Run, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    let at = |ts: &prost_types::Timestamp| {
+        chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0))
+    };
+    let Some(start) = run.created_at.as_ref().and_then(at) else {
+        return std::time::Duration::ZERO;
+    };
+    let end = run.finished_at.as_ref().and_then(at).unwrap_or(now);
+    (end - start).to_std().unwrap_or_default()
 }
 
 fn name_width(jobs: &[pb::Job]) -> usize {
@@ -466,6 +479,24 @@ pub fn format_run_table(runs: &[pb::Run]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elapsed_counts_from_the_runs_start_not_from_the_watch() {
+        let ts = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        let now = chrono::DateTime::from_timestamp(1_000_100, 0).expect("valid time");
+        let mut run = pb::Run {
+            created_at: Some(ts(1_000_000)),
+            ..Default::default()
+        };
+        // A watch opened 100 s into the run shows 100 s, not 0.
+        assert_eq!(run_elapsed(&run, now), std::time::Duration::from_secs(100));
+        // An ended run stops counting at its end.
+        run.finished_at = Some(ts(1_000_042));
+        assert_eq!(run_elapsed(&run, now), std::time::Duration::from_secs(42));
+        // No start from the controller: nothing to count from.
+        run.created_at = None;
+        assert_eq!(run_elapsed(&run, now), std::time::Duration::ZERO);
+    }
 
     fn result(step_index: u32, name: &str, outcome: pb::Outcome) -> pb::StepResultSummary {
         pb::StepResultSummary {

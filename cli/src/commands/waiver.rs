@@ -25,23 +25,13 @@ pub fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
         })
 }
 
-/// Parses a duration such as `7d`, `12h`, `30m`, `45s` or `2w` into seconds.
+/// Parses a waiver's lifetime such as `7d`, `12h`, `30m` or `2w` into whole seconds, with the
+/// one duration syntax of plans and flags (`tollgate_domain::spec::parse_duration`).
 pub fn parse_for(text: &str) -> anyhow::Result<u64> {
-    let bad = || anyhow::anyhow!("'{text}' is not a duration: use for example 7d, 12h, 30m or 2w");
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    match number.checked_mul(seconds) {
-        Some(0) | None => Err(bad()),
-        Some(total) => Ok(total),
+    let duration = tollgate_domain::spec::parse_duration(text).map_err(anyhow::Error::msg)?;
+    match duration.as_secs() {
+        0 => anyhow::bail!("'{text}' is shorter than a second: a waiver lasts at least 1s"),
+        seconds => Ok(seconds),
     }
 }
 
@@ -351,7 +341,10 @@ mod tests {
         assert_eq!(parse_for("7d").unwrap(), 7 * 86_400);
         assert_eq!(parse_for("12h").unwrap(), 12 * 3600);
         assert!(parse_for("0d").is_err());
-        assert!(parse_for("7 days").is_err());
+        assert_eq!(parse_for("7 days").unwrap(), 7 * 86_400);
+        assert_eq!(parse_for("2w").unwrap(), 14 * 86_400);
+        assert!(parse_for("500ms").is_err());
+        assert!(parse_for("7 parsecs").is_err());
         assert!(parse_for("d").is_err());
     }
 

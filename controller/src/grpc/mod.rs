@@ -5,6 +5,7 @@
 //! the store, call a `tollgate_domain` function, persist and dispatch what it returned.
 
 pub mod agent;
+pub mod attestation;
 pub mod audit;
 pub mod auth;
 pub mod convert;

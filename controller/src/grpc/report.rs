@@ -273,6 +273,15 @@ impl ReportService for ReportApi {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
+    async fn render_attestation(
+        &self,
+        request: Request<proto::RenderAttestationRequest>,
+    ) -> Result<Response<proto::Attestation>, Status> {
+        super::attestation::render(&self.shared, &self.key, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn get_public_key(
         &self,
         request: Request<proto::GetPublicKeyRequest>,

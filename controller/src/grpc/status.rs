@@ -68,8 +68,21 @@ impl FieldErrors {
 }
 
 impl From<InvalidFields> for Status {
+    /// The message lists every bad field for people; the same fields travel as
+    /// `google.rpc.BadRequest` details, so a client (the CLI's `-o json`, grpcurl) can read
+    /// them one by one without parsing the message.
     fn from(error: InvalidFields) -> Self {
-        Status::invalid_argument(error.to_string())
+        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+        let violations: Vec<FieldViolation> = error
+            .0
+            .iter()
+            .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
+            .collect();
+        Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            error.to_string(),
+            ErrorDetails::with_bad_request(violations),
+        )
     }
 }
 
@@ -179,6 +192,20 @@ mod tests {
             "invalid request: name: is empty; components[1].version: is empty"
         );
         assert_eq!(FieldErrors::new().finish(7), Ok(7));
+        // The same fields, one by one, as google.rpc.BadRequest details.
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let violations: Vec<(&str, &str)> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| (v.field.as_str(), v.description.as_str()))
+            .collect();
+        assert_eq!(
+            violations,
+            [("name", "is empty"), ("components[1].version", "is empty")]
+        );
     }
 
     #[test]
