@@ -9,7 +9,14 @@
 //! task that clears it when the job ends. The uploader is one task, so a result is never sent
 //! twice at once. On shutdown the job is stopped (its process group killed), its results are
 //! spooled, and the uploader stops; what was not acknowledged stays in the spool for the next
-//! start.
+//! start. A result the spool cannot take is held in memory (`held`, shared by the job task
+//! and the uploader), spooled when the disk takes it again and meanwhile sent from memory.
+//!
+//! Every heartbeat says what the agent runs (job, lease epoch, step, attempt), how many
+//! results it still holds (spooled and held) and how many commands of the stream it had read;
+//! the controller decides from that whether the node's job is still being run. Before the
+//! first session, the agent kills what a killed predecessor's step left running and spools
+//! that attempt as `error` (see [`crate::runner::orphans`]).
 //!
 //! A job whose flash waits for a reboot keeps its slot until the agent stops, so heartbeats
 //! keep naming it. At the next start the resume record (if any) is read before the first
