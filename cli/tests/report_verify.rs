@@ -1,7 +1,8 @@
 //! `tollgate report verify`, offline: report files signed here with the domain's signing
 //! functions (the same ones the controller's renderer uses) check as valid; an edited number,
-//! whose section is named, or another signer, does not; input that is no signed report at all
-//! exits 2.
+//! whose section is named, content forged inside the signature region, whose first byte is
+//! named, or another signer, does not; input that is no signed report at all, or a report of
+//! the older signature scheme, exits 2.
 
 use assert_cmd::Command;
 use ed25519_dalek::SigningKey;
@@ -37,14 +38,20 @@ fn subject() -> signature::Subject {
     }
 }
 
-/// Signs `parts` (named sections, in order) followed by the section `end` holding `suffix`.
-fn sign(key: &SigningKey, parts: &[(&str, &str)], suffix: &str) -> signature::SignatureBlock {
+/// Signs a `format` report of `parts` (named sections, in order) followed by the section `end`
+/// holding `suffix`.
+fn sign(
+    key: &SigningKey,
+    format: signature::Format,
+    parts: &[(&str, &str)],
+    suffix: &str,
+) -> signature::SignatureBlock {
     let mut sections: Vec<signature::Section> = parts
         .iter()
         .map(|(name, text)| signature::section(*name, text.as_bytes()))
         .collect();
     sections.push(signature::section("end", suffix.as_bytes()));
-    signature::sign(key, subject(), sections)
+    signature::sign(key, format, subject(), sections)
 }
 
 /// A Markdown report laid out as the controller lays it out: the sections, then the
@@ -58,15 +65,11 @@ fn markdown_report(key: &SigningKey) -> String {
         ("node lab-1", "| lab-1 | 71.5 °C |\n"),
         ("node lab-3", "| lab-3 | 93.25 °C |\n"),
     ];
-    let block = sign(key, &parts, "\n");
+    let block = sign(key, signature::Format::Markdown, &parts, "\n");
     let body: String = parts.iter().map(|(_, text)| *text).collect();
     format!(
-        "{body}{}\n{}{}{}\n{}\n",
-        signature::REGION_BEGIN,
-        signature::MARKDOWN_SIGNATURE_OPEN,
-        signature::escape_for_embedding(&serde_json::to_string(&block).expect("block serializes")),
-        signature::MARKDOWN_CLOSE,
-        signature::REGION_END,
+        "{body}{}\n",
+        signature::region(signature::Format::Markdown, &block)
     )
 }
 
@@ -78,11 +81,35 @@ fn json_report(key: &SigningKey) -> String {
         ("node lab-3", r#",{"name":"lab-3","max_temp_c":93.25}"#),
         ("footer", "]"),
     ];
-    let block = sign(key, &parts, "}\n");
+    let block = sign(key, signature::Format::Json, &parts, "}\n");
     let body: String = parts.iter().map(|(_, text)| *text).collect();
     format!(
-        "{body},\"signature\":{}}}\n",
-        serde_json::to_string(&block).expect("block serializes")
+        "{body}{}}}\n",
+        signature::region(signature::Format::Json, &block)
+    )
+}
+
+/// A Markdown report as the older scheme wrote it: no `scheme` in its block, and a region the
+/// signature did not cover.
+fn old_scheme_markdown_report(key: &SigningKey) -> String {
+    let report = markdown_report(key);
+    let region_start = report
+        .find(signature::REGION_BEGIN)
+        .expect("a signature region");
+    let block_start = report[region_start..]
+        .find(signature::MARKDOWN_SIGNATURE_OPEN)
+        .expect("a signature block")
+        + region_start
+        + signature::MARKDOWN_SIGNATURE_OPEN.len();
+    let scheme_field = format!("\"scheme\":\"{}\",", signature::SCHEME);
+    assert_eq!(
+        &report[block_start + 1..][..scheme_field.len()],
+        scheme_field
+    );
+    format!(
+        "{}{}",
+        &report[..block_start + 1],
+        &report[block_start + 1 + scheme_field.len()..]
     )
 }
 
@@ -210,6 +237,58 @@ fn an_edited_number_fails_and_names_the_node() {
         );
         assert!(!stdout.contains("lab-1"), "{name}: {stdout}");
     }
+}
+
+#[test]
+fn content_forged_inside_the_signature_region_fails_and_says_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    let report = markdown_report(&signer);
+    let at = report
+        .find(signature::REGION_BEGIN)
+        .expect("a signature region")
+        + signature::REGION_BEGIN.len();
+    let forged = format!(
+        "{}<h1>FORGED: PASSED</h1>\n{}",
+        &report[..at],
+        &report[at..]
+    );
+    let path = write(dir.path(), "r550.md", &forged);
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .args(["--public-key", &public_hex(&signer)])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    let line = 1 + report[..at].matches('\n').count();
+    assert!(
+        stdout.contains(&format!(
+            "the signature region was changed at byte {at} (line {line}, column 34): it has `<h1>FORGED: PASSED</h1>"
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_report_of_the_older_scheme_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = key(1);
+    let path = write(dir.path(), "r550.md", &old_scheme_markdown_report(&signer));
+    let output = tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .args(["--public-key", &public_hex(&signer)])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("signed with the scheme tollgate.report.signature.v2")
+            && stderr.contains("re-issue the report"),
+        "{stderr}"
+    );
 }
 
 #[test]

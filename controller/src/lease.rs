@@ -4,7 +4,9 @@
 //!
 //! Which leases ran out is `tollgate_domain::scheduler::expired_leases`; the controller's start
 //! time is its first clock read, so after a restart every node gets a fresh grace period and a
-//! controller outage is never read as the whole fleet dying.
+//! controller outage is never read as the whole fleet dying. A database that refuses writes is
+//! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
+//! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
 use crate::Shared;
 use crate::store::StoreError;
@@ -32,6 +34,12 @@ pub async fn run_loop(shared: Arc<Shared>) {
 
 /// One check; returns the nodes that became unreachable.
 pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
+    if !shared.store.writes_accepted() {
+        // Heartbeats cannot be recorded now, so silence proves nothing; the grace starts
+        // again from the last tick that saw the outage.
+        shared.refresh_leases(shared.now());
+        return Ok(Vec::new());
+    }
     let nodes = shared.store.list_nodes().await?;
     let watched: Vec<(NodeId, Option<tollgate_domain::Timestamp>)> = nodes
         .iter()
@@ -44,8 +52,12 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     let grace =
         chrono::Duration::from_std(shared.config.lease_grace).unwrap_or(chrono::Duration::MAX);
     let now = shared.now();
-    let expired =
-        tollgate_domain::scheduler::expired_leases(&watched, shared.started_at, grace, now);
+    let expired = tollgate_domain::scheduler::expired_leases(
+        &watched,
+        shared.leases_fresh_from(),
+        grace,
+        now,
+    );
     if expired.is_empty() {
         return Ok(expired);
     }
@@ -86,4 +98,86 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
         shared.request_reevaluation(run);
     }
     Ok(expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ControllerConfig;
+    use crate::clock::ManualClock;
+    use crate::store::{Store, testing};
+    use std::time::Duration;
+    use tollgate_domain::release::Release;
+    use tollgate_domain::test_support::{at, node, release};
+
+    /// Creates releases with a large description until the database refuses one.
+    async fn write_until_refused(store: &Store) {
+        for i in 0..64 {
+            let big = Release {
+                id: format!("r{i}").as_str().into(),
+                description: "x".repeat(256 * 1024),
+                ..release()
+            };
+            if store.create_release(&big).await.is_err() {
+                return;
+            }
+        }
+        panic!("the database accepted 64 large releases on a full disk");
+    }
+
+    #[tokio::test]
+    async fn no_lease_expires_while_writes_are_refused_and_each_gets_a_fresh_grace_after() {
+        let Some(disk) = testing::tmpfs_or_skip(8 * 1024) else {
+            return;
+        };
+        let store = Store::connect(&format!("sqlite://{}/tollgate.db", disk.path().display()))
+            .await
+            .expect("store on tmpfs");
+        let n1 = node("n1", "hgx");
+        store
+            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+            .await
+            .expect("register");
+        store.touch_node(&n1.id, at(0)).await.expect("heartbeat");
+        let clock = ManualClock::new(at(0));
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ControllerConfig::new(data_dir.path().to_owned());
+        config.clock = std::sync::Arc::new(clock.clone());
+        config.lease_grace = Duration::from_secs(10);
+        let shared = Shared::new(store.clone(), config);
+
+        // The disk fills; the node's heartbeats can no longer be recorded.
+        disk.fill("filler").expect("fill");
+        write_until_refused(&store).await;
+        assert!(!store.writes_accepted());
+        clock.advance(chrono::Duration::seconds(11));
+        assert_eq!(
+            check_once(&shared).await.expect("no write is tried"),
+            Vec::<NodeId>::new(),
+            "silence while heartbeats cannot be stored proves nothing"
+        );
+
+        // Space returns; the grace runs from the last check that saw the outage (t=11).
+        disk.free("filler").expect("free");
+        store
+            .probe_write()
+            .await
+            .expect("the probe after the outage");
+        assert!(store.writes_accepted());
+        clock.advance(chrono::Duration::seconds(9));
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            Vec::<NodeId>::new()
+        );
+        let seen = store.get_node(&n1.id).await.expect("read").expect("node");
+        assert_eq!(seen.state, NodeState::Ready);
+
+        // A node that stays silent for a whole grace after that is unreachable as ever.
+        clock.advance(chrono::Duration::seconds(2));
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            vec![n1.id.clone()]
+        );
+        store.close().await;
+    }
 }

@@ -65,6 +65,9 @@ pub struct Shared {
     pub tokens: grpc::auth::TokenCache,
     /// The controller's first clock read; leases get a fresh grace from here after a restart.
     pub started_at: Timestamp,
+    /// When leases last got a fresh grace: the start, or the moment the database accepted
+    /// writes again after refusing them (heartbeats could not be recorded meanwhile).
+    leases_fresh_from: std::sync::Mutex<Timestamp>,
     /// Wakes the scheduler loop early (node connected, run started, job ended).
     scheduler_wake: Notify,
     /// Bumped after every change a run watcher may care about.
@@ -89,6 +92,7 @@ impl Shared {
             sessions: sessions::Sessions::default(),
             tokens: grpc::auth::TokenCache::default(),
             started_at,
+            leases_fresh_from: std::sync::Mutex::new(started_at),
             scheduler_wake: Notify::new(),
             changes: watch::channel(0).0,
             reevaluation_requests: std::sync::Mutex::default(),
@@ -101,6 +105,24 @@ impl Shared {
     /// The current time, from the configured clock.
     pub fn now(&self) -> Timestamp {
         self.config.clock.now()
+    }
+
+    /// Heartbeats older than this count as made at this moment (see `lease.rs`).
+    pub fn leases_fresh_from(&self) -> Timestamp {
+        *self
+            .leases_fresh_from
+            .lock()
+            .expect("the timestamp is never poisoned: nothing panics while holding it")
+    }
+
+    /// Gives every lease a fresh grace from `now`, as a restart does: heartbeats that came
+    /// while the database refused writes were lost, not missing.
+    pub fn refresh_leases(&self, now: Timestamp) {
+        let mut fresh_from = self
+            .leases_fresh_from
+            .lock()
+            .expect("the timestamp is never poisoned: nothing panics while holding it");
+        *fresh_from = (*fresh_from).max(now);
     }
 
     /// Asks the scheduler to look at pending jobs now rather than at its next tick.
@@ -242,30 +264,7 @@ async fn serve(
     on_serving: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AgentServiceServer<grpc::agent::AgentApi>>()
-        .await;
-    health_reporter
-        .set_serving::<NodeServiceServer<grpc::node::NodeApi>>()
-        .await;
-    health_reporter
-        .set_serving::<ReleaseServiceServer<grpc::release::ReleaseApi>>()
-        .await;
-    health_reporter
-        .set_serving::<PlanServiceServer<grpc::plan::PlanApi>>()
-        .await;
-    health_reporter
-        .set_serving::<RunServiceServer<grpc::run::RunApi>>()
-        .await;
-    health_reporter
-        .set_serving::<GateServiceServer<grpc::gate::GateApi>>()
-        .await;
-    health_reporter
-        .set_serving::<ReportServiceServer<grpc::report::ReportApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AuditServiceServer<grpc::audit::AuditApi>>()
-        .await;
+    set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
@@ -281,6 +280,7 @@ async fn serve(
     let scheduler_task = tokio::spawn(scheduler::run_loop(shared.clone()));
     let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
     let gates_task = tokio::spawn(gates::run_loop(shared.clone()));
+    let writes_task = tokio::spawn(follow_writes(shared.clone(), health_reporter.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -366,12 +366,104 @@ async fn serve(
         ("scheduler", scheduler_task),
         ("lease watchdog", lease_task),
         ("gate re-evaluation", gates_task),
+        ("database health", writes_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");
         }
     }
     served
+}
+
+/// Every name the health service answers for: the whole server ("") and each service.
+const HEALTH_NAMES: [&str; 9] = [
+    "",
+    <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
+    <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
+    <ReleaseServiceServer<grpc::release::ReleaseApi> as tonic::server::NamedService>::NAME,
+    <PlanServiceServer<grpc::plan::PlanApi> as tonic::server::NamedService>::NAME,
+    <RunServiceServer<grpc::run::RunApi> as tonic::server::NamedService>::NAME,
+    <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
+    <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
+    <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
+];
+
+/// Sets every name of [`HEALTH_NAMES`] to `status`.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// How often a write is tried while the database refuses them, so that recovery is noticed
+/// even when nothing else writes.
+pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Follows whether the database accepts writes until shutdown: while it refuses them the
+/// health service says `NOT_SERVING` (for "" and every service) and a write is probed every
+/// [`WRITE_PROBE_INTERVAL`]; once one succeeds it says `SERVING` again, every lease gets a
+/// fresh grace, and the log says how long the controller was degraded.
+async fn follow_writes(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
+    let mut writes = shared.store.watch_writes();
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut refused_since: Option<Timestamp> = None;
+    loop {
+        let state = writes.borrow_and_update().clone();
+        match (state, refused_since) {
+            (store::Writes::Refused(error), None) => {
+                let now = shared.now();
+                refused_since = Some(now);
+                tracing::error!(
+                    %error,
+                    "the database refuses writes: health is NOT_SERVING, results and changes \
+                     are refused until it accepts them again (checked every {}s)",
+                    WRITE_PROBE_INTERVAL.as_secs()
+                );
+                if !shared.is_shutting_down() {
+                    set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
+                }
+            }
+            (store::Writes::Accepted, Some(since)) => {
+                let now = shared.now();
+                refused_since = None;
+                shared.refresh_leases(now);
+                tracing::info!(
+                    degraded_s = (now - since).num_seconds(),
+                    "the database accepts writes again: health is SERVING, every lease gets \
+                     a fresh grace"
+                );
+                if !shared.is_shutting_down() {
+                    set_health(&reporter, tonic_health::ServingStatus::Serving).await;
+                }
+                shared.poke_scheduler();
+            }
+            _ => {}
+        }
+        let probe = async {
+            if refused_since.is_some() {
+                tokio::time::sleep(WRITE_PROBE_INTERVAL).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            changed = writes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = probe => {
+                // Its outcome arrives through `writes` like any other write's.
+                if let Err(error) = shared.store.probe_write().await {
+                    tracing::debug!(%error, "the database still refuses writes");
+                }
+            }
+            () = stopped(&mut shutdown) => break,
+        }
+    }
 }
 
 /// The database URL with any password replaced, for logs and error messages.

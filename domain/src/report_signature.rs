@@ -3,13 +3,17 @@
 //! key while it writes a report, `tollgate report verify` checks a file with nothing but this
 //! module.
 //!
-//! **What is signed:** the exact bytes of the file outside its signature region (the *body*),
-//! cut into consecutive named *sections* (the summary, each rule, each node, ...). The signature
-//! block lists every section's name, length and sha256, in file order, and the signature covers
-//! that manifest together with the release, milestone and decision the report is about (see
-//! [`signed_message`]). A writer hashes each section as it writes it, so a report of any size
-//! is signed without holding it in memory; a verifier re-cuts the body by the listed lengths
-//! and names the sections whose bytes differ.
+//! **Invariant:** the signature covers every byte of the file except the 128 hex digits of its
+//! own value. The file is a *body* and a *signature region*. The body (every byte outside the
+//! region) is cut into consecutive named *sections* (the summary, each rule, each node, ...);
+//! the region is a fixed layout around the signature block, written by [`region`] and nothing
+//! else. The signature covers the list of the sections' names, lengths and sha256 together with
+//! the release, milestone and decision the report is about and the sha256 of the region with
+//! the signature value left out (see [`signed_message`]). A writer hashes each section as it
+//! writes it, so a report of any size is signed without holding it in memory; a verifier
+//! re-renders the region from the block it holds and requires the file's region to be exactly
+//! those bytes (naming the first byte that differs), then re-cuts the body by the listed
+//! lengths and names the sections whose bytes differ.
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -18,8 +22,16 @@ use sha2::{Digest as _, Sha256};
 /// The only algorithm.
 pub const ALGORITHM: &str = "ed25519";
 
-/// Starts the signed message; bump on any change to what is signed.
-pub const MESSAGE_PREFIX: &str = "tollgate.report.signature.v2";
+/// The signature scheme: the block's `scheme` field and the first line of the signed message.
+/// Bump on any change to what is signed or to the region's layout.
+pub const SCHEME: &str = "tollgate.report.signature.v3";
+
+/// The scheme before v3, which left the bytes around the signature block unsigned. Its block
+/// has no `scheme` field.
+pub const OLD_SCHEME: &str = "tollgate.report.signature.v2";
+
+/// Starts the signed message.
+pub const MESSAGE_PREFIX: &str = SCHEME;
 
 /// Opens the signature region of a Markdown, HTML or JUnit report. Everything outside the
 /// region is the body.
@@ -27,7 +39,8 @@ pub const REGION_BEGIN: &str = "<!-- tollgate-signature-begin -->";
 /// Closes the signature region.
 pub const REGION_END: &str = "<!-- tollgate-signature-end -->";
 /// JSON: opens the signature region, the top-level `signature` field (always the last one);
-/// the region runs to the object's closing brace. Its `{` is the signature block's own.
+/// the region runs to the signature object's closing brace. Its `{` is the signature block's
+/// own.
 pub const JSON_REGION_BEGIN: &str = ",\"signature\":{";
 
 /// Markdown: opens the HTML comment holding the signature block.
@@ -41,6 +54,31 @@ pub const HTML_CLOSE: &str = "</script>";
 /// JUnit: the property holding the signature block.
 pub const JUNIT_SIGNATURE_PROPERTY: &str = "tollgate.signature";
 
+/// The formats, each with its own signature region layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `tollgate.report.v1` JSON.
+    Json,
+    /// GitHub-flavoured Markdown.
+    Markdown,
+    /// One self-contained HTML page.
+    Html,
+    /// JUnit XML.
+    Junit,
+}
+
+impl Format {
+    /// `json`, `markdown`, `html` or `junit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Markdown => "markdown",
+            Self::Html => "html",
+            Self::Junit => "junit",
+        }
+    }
+}
+
 /// One section of a report's body: a named run of consecutive bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
@@ -52,14 +90,19 @@ pub struct Section {
     pub sha256: String,
 }
 
-/// The signature of one report, embedded in every format.
+/// The signature of one report, embedded in every format. Serialized in this field order, as
+/// `serde_json` writes it (compact): the region's bytes depend on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureBlock {
+    /// Always [`SCHEME`]. Empty when the block has none: a report of the older scheme.
+    #[serde(default)]
+    pub scheme: String,
     /// Always `ed25519`.
     pub algorithm: String,
-    /// The signing key, hex (32 bytes).
+    /// The signing key, lowercase hex (32 bytes).
     pub public_key: String,
-    /// The signature of [`signed_message`], hex (64 bytes).
+    /// The signature of [`signed_message`], lowercase hex (64 bytes): the only bytes of the file
+    /// the signature does not cover.
     pub signature: String,
     /// The release the report is about.
     pub release: String,
@@ -101,6 +144,9 @@ pub enum VerifyError {
     /// The signature block cannot be read.
     #[error("malformed report: {0}")]
     Malformed(String),
+    /// Signed with a scheme this verifier does not accept.
+    #[error("{0}")]
+    Unsupported(String),
     /// Signed by another key than the one expected.
     #[error(
         "signed by key {actual} ({actual_fingerprint}), not by the expected key {expected} ({expected_fingerprint})"
@@ -115,7 +161,7 @@ pub enum VerifyError {
         /// Its fingerprint.
         expected_fingerprint: String,
     },
-    /// The content or signature was changed after signing.
+    /// The content, the region or the signature was changed after signing.
     #[error("{}", .0.join("; "))]
     Mismatch(Vec<String>),
 }
@@ -157,25 +203,86 @@ pub fn escape_for_embedding(json: &str) -> String {
     out
 }
 
+/// Escapes compact JSON for an XML attribute value. `serde_json` writes no raw control
+/// characters, so these five are all there is to escape.
+fn escape_xml_attribute(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + json.len() / 4);
+    for c in json.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A JSON string literal, as `serde_json` writes it.
 fn json_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string always serializes")
 }
 
-/// The message a report's signature covers: one line per fact, then one per section.
+/// What the Markdown and HTML notes tell a reader about the signature.
+const NOTE: &str = "the signature covers every byte of this file except its own value. Check it \
+offline with";
+
+/// The signature region of a `format` report signed with `block`, byte for byte: the only
+/// layout a verifier accepts. The block's own bytes are compact JSON (`serde_json`, fields in
+/// [`SignatureBlock`]'s order), with `<`, `>` and `&` written as `\u003c`, `\u003e`, `\u0026`
+/// in Markdown and HTML and XML-escaped in the JUnit attribute. The public key must be hex, as
+/// [`sign`] writes it.
+pub fn region(format: Format, block: &SignatureBlock) -> String {
+    let json = serde_json::to_string(block).expect("a signature block serializes");
+    let key = &block.public_key;
+    match format {
+        Format::Json => format!(",\"signature\":{json}"),
+        Format::Markdown => format!(
+            "{REGION_BEGIN}\n## Signature\n\nSigned with Ed25519 key `{key}`: {NOTE} \
+             `tollgate report verify FILE --public-key KEY`; a change anywhere makes the check \
+             fail, and a change above names its section.\n\n\
+             {MARKDOWN_SIGNATURE_OPEN}{}{MARKDOWN_CLOSE}\n{REGION_END}",
+            escape_for_embedding(&json)
+        ),
+        Format::Html => format!(
+            "{REGION_BEGIN}\n<section id=\"signature\">\n<h2>Signature</h2>\n<p>Signed with \
+             Ed25519 key <code>{key}</code>: {NOTE} <code>tollgate report verify FILE \
+             --public-key KEY</code>; a change anywhere makes the check fail, and a change \
+             above names its section.</p>\n</section>\n\
+             {HTML_SIGNATURE_OPEN}{}{HTML_CLOSE}\n{REGION_END}",
+            escape_for_embedding(&json)
+        ),
+        Format::Junit => format!(
+            "{REGION_BEGIN}<testsuite name=\"tollgate.signature\" tests=\"0\" failures=\"0\" \
+             errors=\"0\" skipped=\"0\"><properties><property name=\"{JUNIT_SIGNATURE_PROPERTY}\" \
+             value=\"{}\"/></properties></testsuite>{REGION_END}",
+            escape_xml_attribute(&json)
+        ),
+    }
+}
+
+/// The message a report's signature covers: one line per fact, then one per section, then
+/// the region's.
 ///
 /// ```text
-/// tollgate.report.signature.v2
+/// tollgate.report.signature.v3
 /// public_key <hex>
 /// release <JSON string>
 /// milestone <JSON string>
 /// decision <JSON string digest> <JSON string verdict>
 /// n_bytes <body length>
 /// section <length> <sha256> <JSON string name>      (one per section, in file order)
+/// region <length> <sha256>
 /// ```
 ///
-/// Every line ends with `\n`; JSON strings are written as `serde_json` writes them.
-pub fn signed_message(block: &SignatureBlock) -> String {
+/// Every line ends with `\n`; JSON strings are written as `serde_json` writes them. The
+/// `region` line describes `unsigned_region`, the signature region with the signature value
+/// left out: the signer writes [`region`] with an empty `signature`, the verifier deletes the
+/// value's hex digits from the region it found in the file, so the line covers the file's own
+/// bytes.
+pub fn signed_message(block: &SignatureBlock, unsigned_region: &str) -> String {
     let mut message = String::with_capacity(256 + block.sections.len() * 120);
     message.push_str(MESSAGE_PREFIX);
     message.push('\n');
@@ -196,6 +303,11 @@ pub fn signed_message(block: &SignatureBlock) -> String {
             json_string(&section.name)
         ));
     }
+    message.push_str(&format!(
+        "region {} {}\n",
+        unsigned_region.len(),
+        sha256_hex(unsigned_region.as_bytes())
+    ));
     message
 }
 
@@ -212,8 +324,14 @@ pub struct Subject {
     pub verdict: String,
 }
 
-/// Signs a report whose body consists of `sections`, in file order.
-pub fn sign(key: &SigningKey, subject: Subject, sections: Vec<Section>) -> SignatureBlock {
+/// Signs a `format` report whose body consists of `sections`, in file order. The caller
+/// writes [`region`] of the returned block where the region belongs.
+pub fn sign(
+    key: &SigningKey,
+    format: Format,
+    subject: Subject,
+    sections: Vec<Section>,
+) -> SignatureBlock {
     let Subject {
         release,
         milestone,
@@ -221,6 +339,7 @@ pub fn sign(key: &SigningKey, subject: Subject, sections: Vec<Section>) -> Signa
         verdict,
     } = subject;
     let mut block = SignatureBlock {
+        scheme: SCHEME.to_owned(),
         algorithm: ALGORITHM.to_owned(),
         public_key: hex::encode(key.verifying_key().as_bytes()),
         signature: String::new(),
@@ -231,7 +350,12 @@ pub fn sign(key: &SigningKey, subject: Subject, sections: Vec<Section>) -> Signa
         n_bytes: sections.iter().map(|section| section.n_bytes).sum(),
         sections,
     };
-    block.signature = hex::encode(key.sign(signed_message(&block).as_bytes()).to_bytes());
+    // The value is still empty: this is the region with the value left out.
+    let unsigned_region = region(format, &block);
+    block.signature = hex::encode(
+        key.sign(signed_message(&block, &unsigned_region).as_bytes())
+            .to_bytes(),
+    );
     block
 }
 
@@ -273,30 +397,45 @@ pub fn section(name: impl Into<String>, bytes: &[u8]) -> Section {
 pub struct Extracted<'a> {
     /// The body: the file outside the signature region, as two parts (before and after it).
     pub body: (&'a [u8], &'a [u8]),
+    /// The signature region's bytes, as found in the file.
+    pub region: &'a str,
     /// The signature block.
     pub block: SignatureBlock,
-    /// `json`, `markdown`, `html` or `junit`.
-    pub format: &'static str,
+    /// The format, as told by the region.
+    pub format: Format,
 }
 
-/// Takes a report file apart: finds the format, the signature block and the body.
+/// Takes a report file apart: finds the format, the signature region, its block and the body.
+/// The region is only located here; [`verify_extracted`] checks its every byte.
 pub fn extract(file: &str) -> Result<Extracted<'_>, VerifyError> {
-    if file.trim_start().starts_with('{') {
+    // A JSON report starts with `{`; one whose first byte was edited is still read as JSON
+    // when it has no Markdown, HTML or JUnit region, so the edit is named as a section's.
+    let json = file.trim_start().starts_with('{')
+        || (!file.contains(REGION_BEGIN) && file.contains(JSON_REGION_BEGIN));
+    if json {
         let begin = file.rfind(JSON_REGION_BEGIN).ok_or_else(|| {
             VerifyError::Unsigned("the JSON report has no `signature` field".into())
         })?;
-        // The signature object is the last field: the region runs to the final `}`.
-        let end = file.trim_end().len().saturating_sub(1);
-        if end <= begin || !file[end..].starts_with('}') {
-            return Err(VerifyError::Malformed(
-                "the JSON report does not end with its `signature` field".into(),
-            ));
-        }
-        let block = &file[begin + JSON_REGION_BEGIN.len() - 1..end];
+        // The signature object is the last field: the region runs to its closing brace, found
+        // by parsing it, and what follows (the report object's `}`) is the section `end`.
+        let block_start = begin + JSON_REGION_BEGIN.len() - 1;
+        let mut blocks =
+            serde_json::Deserializer::from_str(&file[block_start..]).into_iter::<SignatureBlock>();
+        let block = match blocks.next() {
+            Some(Ok(block)) => block,
+            Some(Err(error)) => return Err(block_error(&error, Some(block_start))),
+            None => {
+                return Err(VerifyError::Malformed(
+                    "the JSON report's `signature` field is empty".into(),
+                ));
+            }
+        };
+        let end = block_start + blocks.byte_offset();
         return Ok(Extracted {
             body: (&file.as_bytes()[..begin], &file.as_bytes()[end..]),
-            block: parse_block(block)?,
-            format: "json",
+            region: &file[begin..end],
+            block,
+            format: Format::Json,
         });
     }
     // The last region is the signature's: text in the body is escaped, but a log tail in a
@@ -307,54 +446,56 @@ pub fn extract(file: &str) -> Result<Extracted<'_>, VerifyError> {
     let region_start = begin + REGION_BEGIN.len();
     let end = file[region_start..]
         .find(REGION_END)
-        .map(|idx| idx + region_start)
+        .map(|idx| idx + region_start + REGION_END.len())
         .ok_or_else(|| VerifyError::Malformed("the signature region is not closed".into()))?;
-    let region = &file[region_start..end];
-    let body = (
-        &file.as_bytes()[..begin],
-        &file.as_bytes()[end + REGION_END.len()..],
-    );
-    let (format, block) = if region.contains(HTML_SIGNATURE_OPEN) {
-        (
-            "html",
-            between(region, HTML_SIGNATURE_OPEN, HTML_CLOSE)?.to_owned(),
-        )
-    } else if region.contains(MARKDOWN_SIGNATURE_OPEN) {
-        (
-            "markdown",
-            between(region, MARKDOWN_SIGNATURE_OPEN, MARKDOWN_CLOSE)?.to_owned(),
-        )
+    let region = &file[begin..end];
+    let body = (&file.as_bytes()[..begin], &file.as_bytes()[end..]);
+    let (format, block) = if let Some((start, text)) =
+        between(region, HTML_SIGNATURE_OPEN, HTML_CLOSE)
+    {
+        (Format::Html, parse_block(text, Some(begin + start))?)
+    } else if let Some((start, text)) = between(region, MARKDOWN_SIGNATURE_OPEN, MARKDOWN_CLOSE) {
+        (Format::Markdown, parse_block(text, Some(begin + start))?)
     } else {
-        ("junit", xml_property(region, JUNIT_SIGNATURE_PROPERTY)?)
+        let open = format!(r#"<property name="{JUNIT_SIGNATURE_PROPERTY}" value=""#);
+        let (_, raw) = between(region, &open, "\"").ok_or_else(|| {
+            VerifyError::Malformed(format!(
+                "the signature region at byte {begin} holds no signature block"
+            ))
+        })?;
+        // Unescaped, the block's bytes no longer line up with the file's.
+        (Format::Junit, parse_block(&xml_unescape(raw), None)?)
     };
     Ok(Extracted {
         body,
-        block: parse_block(&block)?,
+        region,
+        block,
         format,
     })
 }
 
-fn parse_block(text: &str) -> Result<SignatureBlock, VerifyError> {
-    serde_json::from_str(text).map_err(|error| {
-        VerifyError::Malformed(format!("the signature block does not parse: {error}"))
-    })
+/// Parses a signature block; `start` is its byte offset in the file when its text is the
+/// file's own bytes, to say where a syntax error is.
+fn parse_block(text: &str, start: Option<usize>) -> Result<SignatureBlock, VerifyError> {
+    serde_json::from_str(text).map_err(|error| block_error(&error, start))
 }
 
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Result<&'a str, VerifyError> {
-    let start = text
-        .find(open)
-        .ok_or_else(|| VerifyError::Malformed(format!("missing `{}`", open.trim())))?
-        + open.len();
-    let len = text[start..]
-        .find(close)
-        .ok_or_else(|| VerifyError::Malformed(format!("`{}` is not closed", open.trim())))?;
-    Ok(&text[start..start + len])
+/// Why a signature block does not parse, and where when its text starts at byte `start`.
+fn block_error(error: &serde_json::Error, start: Option<usize>) -> VerifyError {
+    // The block is one line, so the column is the byte offset within it.
+    let at = start
+        .filter(|_| error.line() == 1)
+        .map(|start| format!(" at byte {}", start + error.column().saturating_sub(1)))
+        .unwrap_or_default();
+    VerifyError::Malformed(format!("the signature block{at} does not parse: {error}"))
 }
 
-fn xml_property(region: &str, name: &str) -> Result<String, VerifyError> {
-    let open = format!(r#"<property name="{name}" value=""#);
-    let raw = between(region, &open, "\"")?;
-    Ok(xml_unescape(raw))
+/// The text between the first `open` in `text` and the first `close` after it, with its
+/// offset in `text`.
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<(usize, &'a str)> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some((start, &text[start..start + len]))
 }
 
 /// Undoes XML attribute escaping (`&quot;`, `&amp;`, `&lt;`, `&gt;`, `&apos;`, `&#NN;`).
@@ -477,6 +618,52 @@ fn changed_sections(body: &Body<'_>, sections: &[Section]) -> Vec<usize> {
     (first..=last.min(sections.len() - 1)).collect()
 }
 
+/// Says where the signature region found in a file first differs from the one its block
+/// signs: the byte offset in the file, its line and column, and what stands there instead.
+fn region_difference(before: &[u8], found: &str, signed: &str) -> String {
+    let mut at = found
+        .bytes()
+        .zip(signed.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !(found.is_char_boundary(at) && signed.is_char_boundary(at)) {
+        at -= 1;
+    }
+    let offset = before.len() + at;
+    let newlines = |bytes: &[u8]| bytes.iter().filter(|&&byte| byte == b'\n').count();
+    let line = newlines(before) + newlines(&found.as_bytes()[..at]) + 1;
+    let line_start = found.as_bytes()[..at]
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map(|idx| before.len() + idx + 1)
+        .or_else(|| {
+            before
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map(|idx| idx + 1)
+        })
+        .unwrap_or(0);
+    let column = offset - line_start + 1;
+    let excerpt = |text: &str| -> String {
+        let rest = &text[at..];
+        if rest.is_empty() {
+            "the end of the region".to_owned()
+        } else {
+            format!(
+                "`{}`",
+                rest.chars().take(32).collect::<String>().escape_debug()
+            )
+        }
+    };
+    format!(
+        "the signature region was changed at byte {offset} (line {line}, column {column}): it has \
+         {} where the signed layout has {}; the region must be exactly its fixed layout around the \
+         signature block",
+        excerpt(found),
+        excerpt(signed)
+    )
+}
+
 /// [`verify`] over a file already taken apart.
 pub fn verify_extracted(
     extracted: &Extracted<'_>,
@@ -484,9 +671,22 @@ pub fn verify_extracted(
 ) -> Result<Verified, VerifyError> {
     let Extracted {
         body,
+        region: found_region,
         block,
-        format: _,
+        format,
     } = extracted;
+    if block.scheme != SCHEME {
+        let scheme = if block.scheme.is_empty() {
+            OLD_SCHEME
+        } else {
+            &block.scheme
+        };
+        return Err(VerifyError::Unsupported(format!(
+            "the report is signed with the scheme {scheme}, which this verifier does not accept \
+             (it accepts {SCHEME}, where the signature covers every byte of the file but its own \
+             value): re-issue the report with `tollgate report` from a current controller"
+        )));
+    }
     if block.algorithm != ALGORITHM {
         return Err(VerifyError::Malformed(format!(
             "signature algorithm '{}' is not supported (expected {ALGORITHM})",
@@ -494,6 +694,12 @@ pub fn verify_extracted(
         )));
     }
     let key = parse_public_key(&block.public_key).map_err(VerifyError::Malformed)?;
+    if block.public_key != hex::encode(key.as_bytes()) {
+        return Err(VerifyError::Malformed(format!(
+            "the signature block's public key '{}' is not written as lowercase hex",
+            block.public_key
+        )));
+    }
     if let Some(expected) = expected_key
         && expected != &key
     {
@@ -505,19 +711,9 @@ pub fn verify_extracted(
         });
     }
     let mut mismatches = Vec::new();
-    let signature_ok = hex::decode(&block.signature)
-        .ok()
-        .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
-        .map(|bytes| Signature::from_bytes(&bytes))
-        .is_some_and(|signature| {
-            key.verify(signed_message(block).as_bytes(), &signature)
-                .is_ok()
-        });
-    if !signature_ok {
-        mismatches.push(format!(
-            "the signature does not match the signature block for key {}: its section digests or the release, milestone or decision it names were changed",
-            fingerprint(&key)
-        ));
+    let signed_region = region(*format, block);
+    if *found_region != signed_region {
+        mismatches.push(region_difference(body.0, found_region, &signed_region));
     }
     let sections_total: u64 = block.sections.iter().map(|s| s.n_bytes).sum();
     if sections_total != block.n_bytes {
@@ -553,6 +749,35 @@ pub fn verify_extracted(
             ));
         }
         mismatches.push(message);
+    }
+    if !mismatches.is_empty() {
+        // The bytes already differ from what the block lists: rejected without the costlier
+        // Ed25519 check, which could only add that the block was edited too.
+        return Err(VerifyError::Mismatch(mismatches));
+    }
+    // The region as found, less the value: its first occurrence is the block's `signature`
+    // field, as nothing before it in the layout holds 128 hex digits.
+    let unsigned_region = if block.signature.is_empty() {
+        (*found_region).to_owned()
+    } else {
+        found_region.replacen(block.signature.as_str(), "", 1)
+    };
+    let signature_ok = hex::decode(&block.signature)
+        .ok()
+        .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+        .map(|bytes| Signature::from_bytes(&bytes))
+        .is_some_and(|signature| {
+            key.verify(
+                signed_message(block, &unsigned_region).as_bytes(),
+                &signature,
+            )
+            .is_ok()
+        });
+    if !signature_ok {
+        mismatches.push(format!(
+            "the signature does not match the signature block for key {}: the release, milestone or decision it names, its section digests, the signature region or the signature value were changed",
+            fingerprint(&key)
+        ));
     }
     if !mismatches.is_empty() {
         return Err(VerifyError::Mismatch(mismatches));
@@ -595,25 +820,38 @@ mod tests {
         let sections = PARTS
             .iter()
             .map(|(name, text)| section(*name, text.as_bytes()))
+            .chain([section("end", b"\n")])
             .collect();
-        let block = sign(key, subject(), sections);
+        let block = sign(key, Format::Markdown, subject(), sections);
         let body: String = PARTS.iter().map(|(_, text)| *text).collect();
-        format!(
-            "{body}{REGION_BEGIN}\n{MARKDOWN_SIGNATURE_OPEN}{}{MARKDOWN_CLOSE}\n{REGION_END}",
-            escape_for_embedding(&serde_json::to_string(&block).expect("block serializes")),
-        )
+        format!("{body}{}\n", region(Format::Markdown, &block))
     }
 
     fn json_file(key: &SigningKey) -> String {
         let body = r#"{"schema":"x","nodes":[{"name":"n1","temp":71.5}]"#;
         let block = sign(
             key,
+            Format::Json,
             subject(),
             vec![section("all", body.as_bytes()), section("end", b"}\n")],
         );
+        format!("{body}{}}}\n", region(Format::Json, &block))
+    }
+
+    /// A Markdown report as the v2 scheme wrote it: its block has no `scheme`, and the
+    /// signature does not cover the region.
+    fn v2_markdown_file(key: &SigningKey) -> String {
+        let sections: Vec<Section> = PARTS
+            .iter()
+            .map(|(name, text)| section(*name, text.as_bytes()))
+            .collect();
+        let mut block = sign(key, Format::Markdown, subject(), sections);
+        block.scheme.clear();
+        let mut json: serde_json::Value = serde_json::to_value(&block).expect("serializes");
+        json.as_object_mut().expect("an object").remove("scheme");
+        let body: String = PARTS.iter().map(|(_, text)| *text).collect();
         format!(
-            "{body},\"signature\":{}}}\n",
-            serde_json::to_string(&block).expect("block serializes")
+            "{body}{REGION_BEGIN}\n{MARKDOWN_SIGNATURE_OPEN}{json}{MARKDOWN_CLOSE}\n{REGION_END}"
         )
     }
 
@@ -676,6 +914,164 @@ mod tests {
         assert!(
             error.to_string().contains("signature does not match"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn every_byte_of_the_region_but_the_value_is_fixed() {
+        for (format, file) in [
+            (Format::Markdown, markdown_file(&key(1))),
+            (Format::Json, json_file(&key(1))),
+        ] {
+            let extracted = extract(&file).expect("signed");
+            assert_eq!(extracted.format, format);
+            let begin = file
+                .find(extracted.region)
+                .expect("the region is the file's");
+            // A byte added anywhere in the region, whitespace or not, is not taken for an
+            // edit of the body.
+            for at in [
+                1,
+                30,
+                extracted.region.len() / 2,
+                extracted.region.len() - 1,
+            ] {
+                let at = begin + at;
+                for edit in [" ", "\n", "\r", "X"] {
+                    let edited = format!("{}{edit}{}", &file[..at], &file[at..]);
+                    let error = verify(&edited, Some(&key(1).verifying_key()))
+                        .expect_err("an edited region")
+                        .to_string();
+                    assert!(
+                        !error.contains("changed section"),
+                        "{format:?}: {edit:?} at {at} is not in the body: {error}"
+                    );
+                }
+            }
+            // Where the block still parses, the first byte that differs is named.
+            let (at, forgery) = match format {
+                Format::Markdown => (begin + REGION_BEGIN.len(), "<b>FORGED</b>\n"),
+                _ => (begin + JSON_REGION_BEGIN.len(), " "),
+            };
+            let edited = format!("{}{forgery}{}", &file[..at], &file[at..]);
+            let error = verify(&edited, None).expect_err("forged").to_string();
+            assert!(
+                error.contains(&format!("the signature region was changed at byte {at} ")),
+                "{format:?}: {error}"
+            );
+            assert!(
+                error.contains(&format!("it has `{}", forgery.escape_debug())),
+                "{format:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_signed_message_covers_the_region_without_the_value() {
+        let file = markdown_file(&key(1));
+        let extracted = extract(&file).expect("signed");
+        let without_value = extracted
+            .region
+            .replacen(extracted.block.signature.as_str(), "", 1);
+        let unsigned = SignatureBlock {
+            signature: String::new(),
+            ..extracted.block.clone()
+        };
+        assert_eq!(without_value, region(Format::Markdown, &unsigned));
+        let message = signed_message(&extracted.block, &without_value);
+        let signature = Signature::from_bytes(
+            &hex::decode(&extracted.block.signature)
+                .expect("hex")
+                .try_into()
+                .expect("64 bytes"),
+        );
+        key(1)
+            .verifying_key()
+            .verify(message.as_bytes(), &signature)
+            .expect("the signature is over this message");
+        assert!(
+            message.ends_with(&format!(
+                "region {} {}\n",
+                without_value.len(),
+                sha256_hex(without_value.as_bytes())
+            )),
+            "{message}"
+        );
+        assert!(message.starts_with("tollgate.report.signature.v3\n"));
+    }
+
+    /// The report format documentation, where a customer reads the region's exact bytes.
+    const FORMAT_DOC: &str = include_str!("../../docs/report-format.md");
+
+    /// The region layouts the documentation gives, in its order (JSON, Markdown, HTML, JUnit),
+    /// with `⏎` made a newline and the list's indentation removed.
+    fn documented_layouts() -> Vec<String> {
+        let part = FORMAT_DOC
+            .split("**The region, byte for byte.**")
+            .nth(1)
+            .expect("the documentation gives the region's bytes")
+            .split("**Verifying.**")
+            .next()
+            .expect("split yields at least one part");
+        part.split("```text\n")
+            .skip(1)
+            .map(|chunk| {
+                chunk
+                    .split("  ```")
+                    .next()
+                    .expect("split yields at least one part")
+                    .lines()
+                    .map(|line| line.strip_prefix("  ").expect("indented in its list item"))
+                    .map(|line| line.replace('⏎', "\n"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_region_layouts_are_the_written_ones() {
+        let layouts = documented_layouts();
+        assert_eq!(layouts.len(), 4, "{layouts:#?}");
+        let tricky = Subject {
+            release: "r<1> & 'q' \"x\"".into(),
+            ..subject()
+        };
+        let block = sign(
+            &key(1),
+            Format::Html,
+            tricky,
+            vec![section("node <&>", b"x")],
+        );
+        let json = serde_json::to_string(&block).expect("serializes");
+        let xml = json
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;");
+        let formats = [Format::Json, Format::Markdown, Format::Html, Format::Junit];
+        for (format, layout) in formats.into_iter().zip(layouts) {
+            let embedded = match format {
+                Format::Json => json.clone(),
+                Format::Markdown | Format::Html => escape_for_embedding(&json),
+                Format::Junit => xml.clone(),
+            };
+            let documented = layout
+                .replace("{KEY}", &block.public_key)
+                .replace("{BLOCK}", &embedded);
+            assert_eq!(region(format, &block), documented, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn an_older_scheme_is_refused_with_what_to_do() {
+        let error =
+            verify(&v2_markdown_file(&key(1)), Some(&key(1).verifying_key())).expect_err("v2");
+        assert!(matches!(error, VerifyError::Unsupported(_)), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("tollgate.report.signature.v2") && message.contains("re-issue"),
+            "{message}"
         );
     }
 

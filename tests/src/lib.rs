@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: a real controller served on `127.0.0.1:0`, agents with
 //! simulated GPUs running real step processes, and gRPC clients over real sockets.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -395,6 +397,16 @@ impl Agent {
             .map(|f| f.parse().expect("valid fault"))
             .collect();
         Self::start_with(config, tempdir)
+    }
+
+    /// [`Agent::start`] without faults, keeping its state (spool, token) in `state_dir`: a
+    /// small disk a test fills, say.
+    pub fn start_at(controller_url: &str, node: &str, n_gpus: u32, state_dir: PathBuf) -> Self {
+        let mut config =
+            tollgate_agent::AgentConfig::simulated(controller_url, node, n_gpus, state_dir);
+        config.labels.insert("sku".into(), "hgx-h100".into());
+        config.sample_interval = Duration::from_millis(100);
+        Self::start_with(config, tempfile::tempdir().expect("temp dir"))
     }
 
     fn start_with(config: tollgate_agent::AgentConfig, tempdir: tempfile::TempDir) -> Self {

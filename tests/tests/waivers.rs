@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use tollgate_controller::clock::{Clock, ManualClock, SystemClock};
-use tollgate_controller::store::Store;
+use tollgate_controller::store::{Pool, Store};
 use tollgate_proto::v1;
 use tollgate_tests::{
     Agent, Backend, Clients, Controller, ControllerOptions, gate_yaml, plan_yaml,
@@ -188,13 +188,13 @@ async fn a_waived_failure_passes_and_promotes_and_the_audit_shows_tampering(back
         .await
         .expect("open the test's database");
     const TAMPER: &str = "UPDATE audit SET actor = 'mallory' WHERE seq = $1";
-    match &store {
-        Store::Sqlite(pool) => sqlx::query(TAMPER)
+    match store.pool() {
+        Pool::Sqlite(pool) => sqlx::query(TAMPER)
             .bind(waiver_seq)
             .execute(pool)
             .await
             .map(|done| done.rows_affected()),
-        Store::Postgres(pool) => sqlx::query(TAMPER)
+        Pool::Postgres(pool) => sqlx::query(TAMPER)
             .bind(waiver_seq)
             .execute(pool)
             .await

@@ -264,7 +264,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     }
     match result {
         Ok(_) => Ok(()),
-        Err(VerifyError::Unsigned(_) | VerifyError::Malformed(_)) => {
+        Err(VerifyError::Unsigned(_) | VerifyError::Malformed(_) | VerifyError::Unsupported(_)) => {
             Err(Reported(EXIT_UNUSABLE).into())
         }
         Err(VerifyError::WrongKey { .. } | VerifyError::Mismatch(_)) => {
@@ -397,7 +397,11 @@ fn print_verify_text(path: &Path, result: &Result<Verified, VerifyError>, pinned
             }
         }
         Err(error @ VerifyError::WrongKey { .. }) => println!("invalid: {error}"),
-        Err(error @ (VerifyError::Unsigned(_) | VerifyError::Malformed(_))) => {
+        Err(
+            error @ (VerifyError::Unsigned(_)
+            | VerifyError::Malformed(_)
+            | VerifyError::Unsupported(_)),
+        ) => {
             eprintln!("error: {}: {error}", path.display());
         }
     }

@@ -7,7 +7,8 @@
 //! - `Aborted`: a compare-and-set lost a race; retrying the call is the right reaction.
 //! - `PermissionDenied`: authenticated, but not allowed (an agent acting as another node).
 //! - `Unauthenticated`: no valid node token.
-//! - `Unavailable`: the database cannot be reached right now; retry later.
+//! - `Unavailable`: the database cannot be reached or refuses writes right now (connection
+//!   lost, disk full, read-only); retry later.
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
 
 use crate::store::StoreError;
@@ -92,9 +93,7 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
             StoreError::Conflict { .. } => Status::aborted(format!("{error}; retry the call")),
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-            ) => {
+            StoreError::Database(_) if error.is_unavailable() => {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable(format!("{error}; retry later"))
             }

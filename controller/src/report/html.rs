@@ -13,7 +13,7 @@ use super::model::{
 use super::stream::{Layout, NamedSection};
 use super::text::{self, Fixed, Html, Stat, put};
 use std::collections::BTreeSet;
-use tollgate_domain::report_signature::{self as signature, SignatureBlock};
+use tollgate_domain::report_signature as signature;
 use tollgate_domain::telemetry::Field;
 
 /// Simulated node names listed in the banner; the node table marks every one.
@@ -134,26 +134,8 @@ impl Layout for HtmlPage {
     /// The signature shown to the reader, then the signature block as a JSON data block (never
     /// executed: its type is `application/json`, and `<` inside it is escaped so no
     /// `</script>` can end it early).
-    fn region(&self, block: &SignatureBlock) -> String {
-        let mut out = String::with_capacity(8192 + block.sections.len() * 140);
-        out.push_str(signature::REGION_BEGIN);
-        put!(
-            out,
-            "\n<section id=\"signature\">\n<h2>Signature</h2>\n<p>Signed with Ed25519 key \
-             <code>{}</code> over {} sections of this page. Check it offline with \
-             <code>tollgate report verify FILE --public-key KEY</code>: changing anything on this \
-             page outside this signature makes the check fail and names the section.</p>\n</section>\n",
-            Html(&block.public_key),
-            block.sections.len()
-        );
-        out.push_str(signature::HTML_SIGNATURE_OPEN);
-        out.push_str(&signature::escape_for_embedding(
-            &serde_json::to_string(block).expect("a signature block serializes"),
-        ));
-        out.push_str(signature::HTML_CLOSE);
-        out.push('\n');
-        out.push_str(signature::REGION_END);
-        out
+    fn format(&self) -> signature::Format {
+        signature::Format::Html
     }
 
     fn suffix(&self) -> &'static str {

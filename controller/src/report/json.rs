@@ -9,7 +9,7 @@
 use super::model::{NodeRow, NodeView, Report};
 use super::stream::{Layout, NamedSection};
 use serde::Serialize;
-use tollgate_domain::report_signature::{self as signature, SignatureBlock};
+use tollgate_domain::report_signature as signature;
 
 /// The JSON layout.
 pub(crate) struct Json;
@@ -88,11 +88,9 @@ impl Layout for Json {
         vec![("events".to_owned(), events), ("footer".to_owned(), out)]
     }
 
-    fn region(&self, block: &SignatureBlock) -> String {
-        let mut out = String::from(signature::JSON_REGION_BEGIN);
-        out.pop(); // The block's own opening brace follows.
-        out.push_str(&serde_json::to_string(block).expect("a signature block serializes"));
-        out
+    /// The `signature` field, last.
+    fn format(&self) -> signature::Format {
+        signature::Format::Json
     }
 
     fn suffix(&self) -> &'static str {

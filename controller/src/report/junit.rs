@@ -12,7 +12,7 @@
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, WaiverView};
 use super::stream::{Layout, NamedSection};
 use super::text::{self, put};
-use tollgate_domain::report_signature::{self as signature, SignatureBlock};
+use tollgate_domain::report_signature as signature;
 
 /// Escapes text for an XML attribute or element; drops characters XML 1.0 cannot carry.
 pub(crate) fn xml(text: &str) -> String {
@@ -479,18 +479,8 @@ impl Layout for Junit {
 
     /// A last suite without tests whose property holds the signature block, inside XML
     /// comments marking the region.
-    fn region(&self, block: &SignatureBlock) -> String {
-        let mut out = String::with_capacity(4096 + block.sections.len() * 160);
-        out.push_str(signature::REGION_BEGIN);
-        out.push_str("<testsuite name=\"tollgate.signature\" tests=\"0\" failures=\"0\" errors=\"0\" skipped=\"0\"><properties>");
-        property(
-            &mut out,
-            signature::JUNIT_SIGNATURE_PROPERTY,
-            &serde_json::to_string(block).expect("a signature block serializes"),
-        );
-        out.push_str("</properties></testsuite>");
-        out.push_str(signature::REGION_END);
-        out
+    fn format(&self) -> signature::Format {
+        signature::Format::Junit
     }
 
     fn suffix(&self) -> &'static str {

@@ -4,7 +4,7 @@
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
 use super::stream::{Layout, NamedSection};
 use super::text::{self, md, md_code, put};
-use tollgate_domain::report_signature::{self as signature, SignatureBlock};
+use tollgate_domain::report_signature as signature;
 
 /// Columns wider than this are not padded further, so one long message does not push every
 /// row of a table off the screen.
@@ -197,25 +197,8 @@ impl Layout for Markdown {
 
     /// A short signature section, then the signature block in an HTML comment (invisible when
     /// rendered).
-    fn region(&self, block: &SignatureBlock) -> String {
-        let mut out = String::with_capacity(4096 + block.sections.len() * 140);
-        put!(
-            out,
-            "{}\n## Signature\n\nSigned with Ed25519 key `{}` over {} sections of this file. Check it \
-             offline with `tollgate report verify FILE --public-key KEY`; changing anything above \
-             makes the check fail and names the section.\n\n",
-            signature::REGION_BEGIN,
-            block.public_key,
-            block.sections.len()
-        );
-        out.push_str(signature::MARKDOWN_SIGNATURE_OPEN);
-        out.push_str(&signature::escape_for_embedding(
-            &serde_json::to_string(block).expect("a signature block serializes"),
-        ));
-        out.push_str(signature::MARKDOWN_CLOSE);
-        out.push('\n');
-        out.push_str(signature::REGION_END);
-        out
+    fn format(&self) -> signature::Format {
+        signature::Format::Markdown
     }
 
     fn suffix(&self) -> &'static str {

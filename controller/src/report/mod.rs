@@ -21,6 +21,8 @@ mod stream;
 mod text;
 
 #[cfg(test)]
+mod tamper_tests;
+#[cfg(test)]
 mod tests;
 
 pub use stream::{Renderer, SpoolKind, Written};

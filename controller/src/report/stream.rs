@@ -11,14 +11,15 @@ use crate::store::NodeEvidence;
 use ed25519_dalek::SigningKey;
 use std::io::{self, BufWriter, Read as _, Seek as _, Write};
 use tollgate_domain::gate::RunEvidence;
-use tollgate_domain::report_signature::{self as signature, Section, SignatureBlock, Subject};
+use tollgate_domain::report_signature::{self as signature, Section, Subject};
 
 /// One named part of a report's body.
 pub(crate) type NamedSection = (String, String);
 
 /// How one format lays a report out. The renderer calls `head` and `tail` once, after every
 /// node; `node` once per node, in order. Each returns complete sections; their bytes, in
-/// order, are the body of the file, and `region` and `suffix` follow it.
+/// order, are the body of the file, and the signature region (the domain's fixed layout for
+/// `format`) and `suffix` follow it.
 pub(crate) trait Layout: Sync {
     /// Everything before the first node's detail (the summary first).
     fn head(&self, report: &Report, rows: &[NodeRow]) -> Vec<NamedSection>;
@@ -26,8 +27,9 @@ pub(crate) trait Layout: Sync {
     fn node(&self, report: &Report, idx: usize, node: &NodeView, out: &mut String);
     /// Everything after the last node's detail.
     fn tail(&self, report: &Report) -> Vec<NamedSection>;
-    /// The signature region, written after the body's sections except the suffix.
-    fn region(&self, block: &SignatureBlock) -> String;
+    /// Which signature region layout the format uses, written after the body's sections
+    /// except the suffix.
+    fn format(&self) -> signature::Format;
     /// The end of the file after the signature region; signed as the section `end`.
     fn suffix(&self) -> &'static str;
 }
@@ -205,8 +207,9 @@ impl<W: Write> Renderer<W> {
         }
         let suffix = self.layout.suffix();
         sections.push(signature::section("end", suffix.as_bytes()));
-        let block = signature::sign(key, self.subject, sections);
-        out.write_all(self.layout.region(&block).as_bytes())?;
+        let format = self.layout.format();
+        let block = signature::sign(key, format, self.subject, sections);
+        out.write_all(signature::region(format, &block).as_bytes())?;
         out.write_all(suffix.as_bytes())?;
         out.flush()?;
         let n_bytes = out.n_bytes;

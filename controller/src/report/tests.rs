@@ -55,7 +55,7 @@ const TOP_LEVEL_KEYS: [&str; 20] = [
 ];
 
 /// A fixed signing key, so renderings are reproducible.
-fn test_key() -> ed25519_dalek::SigningKey {
+pub(super) fn test_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[7; 32])
 }
 
@@ -243,7 +243,7 @@ fn input_with(hot: &str, hot_source: GpuSourceKind, cool: &str) -> ReportInput {
     }
 }
 
-fn input() -> ReportInput {
+pub(super) fn input() -> ReportInput {
     input_with("lab-a-n1", GpuSourceKind::Simulated, "lab-a-n2")
 }
 

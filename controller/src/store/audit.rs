@@ -6,7 +6,7 @@
 
 use super::connect::Begin;
 use super::rows::{Fields, StoreRow};
-use super::{Store, StoreError, classify, micros, text, to_json};
+use super::{Pool, Store, StoreError, classify, micros, text, to_json};
 use std::collections::HashMap;
 use tollgate_domain::audit::{self as chain, AuditEntry, Broken, NewAuditEntry};
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, JobEvidence, RunEvidence, Waiver};
@@ -261,7 +261,7 @@ macro_rules! waiver_query {
 impl Store {
     /// Appends an audit entry on its own, for a change that has no row of its own.
     pub async fn append_audit(&self, note: &AuditNote) -> Result<AuditEntry, StoreError> {
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let entry = append_audit!(tx, note);
             tx.commit().await?;
@@ -331,7 +331,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
         let exists = format!("waiver {}", waiver.id);
         let missing = format!("release {}", waiver.release);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(INSERT)
                 .bind(&waiver.id)
@@ -352,8 +352,8 @@ impl Store {
                 .map_err(|err| classify(err, &exists, &missing))?;
             append_audit!(tx, note);
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// One waiver.
@@ -402,7 +402,7 @@ impl Store {
         const REVOKE: &str = "UPDATE waivers SET revoked_at = $2, revoked_by = $3
              WHERE id = $1 AND revoked_at IS NULL";
         const SQL: &str = waiver_query!(" WHERE id = $1");
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(REVOKE)
                 .bind(id)
@@ -457,7 +457,7 @@ impl Store {
         note: &AuditNote,
     ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE releases SET halted_reason = $2 WHERE name = $1";
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(SQL)
                 .bind(release.as_str())
@@ -482,7 +482,7 @@ impl Store {
         note: &AuditNote,
     ) -> Result<(), StoreError> {
         const MOVE: &str = "UPDATE releases SET milestone = $3 WHERE name = $1 AND milestone = $2";
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(MOVE)
                 .bind(release.as_str())
@@ -538,7 +538,7 @@ impl Store {
         let inputs = text(&to_json(&stored)).into_owned();
         let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));
         let what = format!("release {}", decision.release);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(INPUTS)
                 .bind(&key)
@@ -558,8 +558,8 @@ impl Store {
                 .await
                 .map_err(|err| classify(err, &what, &what))?;
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The latest stored decision of a release at a milestone evaluated at or before `at`,

@@ -1,10 +1,11 @@
 //! Opening a store: which backend a URL names, each backend's pool settings, migrations, and
 //! the one place where the backends begin transactions differently.
 
-use super::{Store, StoreError};
+use super::tx::Tx;
+use super::{Pool, Store, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,14 +37,14 @@ pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Store::Postgres(pool))
+        Ok(Store::new(Pool::Postgres(pool)))
     } else if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         let pool = sqlite_pool(path, url).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(Store::Sqlite(pool))
+        Ok(Store::new(Pool::Sqlite(pool)))
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))
     }
@@ -111,7 +112,8 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
-/// How each backend begins its transactions.
+/// How each backend begins its transactions. Both return a [`Tx`], which ends in a commit or
+/// in a rollback and never leaves a connection in an unknown state in the pool.
 pub(super) trait Begin {
     /// The backend.
     type Db: sqlx::Database;
@@ -119,37 +121,36 @@ pub(super) trait Begin {
     /// A transaction that will write. SQLite takes the write lock up front (`BEGIN
     /// IMMEDIATE`): a deferred transaction that reads first and writes later fails with
     /// "database is locked" instead of waiting when another writer got in between.
-    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    async fn begin_write(&self) -> Result<Tx<Self::Db>, sqlx::Error>;
 
     /// A read-only transaction whose statements all see one snapshot, so that reading runs,
     /// then jobs, then results gives one consistent picture.
-    async fn begin_snapshot(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    async fn begin_snapshot(&self) -> Result<Tx<Self::Db>, sqlx::Error>;
 }
 
 impl Begin for SqlitePool {
     type Db = Sqlite;
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(&self) -> Result<Tx<Sqlite>, sqlx::Error> {
+        Tx::begin(self, "BEGIN IMMEDIATE").await
     }
 
-    async fn begin_snapshot(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_snapshot(&self) -> Result<Tx<Sqlite>, sqlx::Error> {
         // In WAL mode a deferred transaction reads one snapshot from its first read on.
-        self.begin().await
+        Tx::begin(self, "BEGIN").await
     }
 }
 
 impl Begin for PgPool {
     type Db = Postgres;
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_write(&self) -> Result<Tx<Postgres>, sqlx::Error> {
         // Read committed plus row locks taken in one order (run, then jobs, then node) is
         // what every multi-row change relies on; see `Store::change_job`.
-        self.begin().await
+        Tx::begin(self, "BEGIN").await
     }
 
-    async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
+    async fn begin_snapshot(&self) -> Result<Tx<Postgres>, sqlx::Error> {
+        Tx::begin(self, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await
     }
 }

@@ -7,6 +7,9 @@
 //!
 //! **Invariant:** every method that changes more than one row does it in one transaction, so
 //! nothing half-written is ever left behind; a result is committed before it is acknowledged.
+//! Every transaction is a `tx::Tx`, which commits or rolls back and never returns a
+//! connection in an unknown state to the pool; every write method runs through `writing!`,
+//! which tells `writes.rs` whether the database accepted it ([`Store::watch_writes`]).
 //!
 //! How values are stored, the same on both backends: domain structs as JSON text (serde_json,
 //! decoded here so that a bad document is a [`StoreError::Corrupt`] naming its row); enums by
@@ -20,8 +23,11 @@ mod evidence;
 mod report_rows;
 mod rows;
 pub mod testing;
+mod tx;
+mod writes;
 
 pub use report_rows::{NodeEvidence, NodeJob, ReportRows};
+pub use writes::Writes;
 
 use chrono::SubsecRound;
 use connect::Begin;
@@ -76,6 +82,14 @@ pub enum StoreError {
     /// The database said no.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the database itself failed (connection lost, disk full, read-only, pool
+    /// exhausted) rather than the request: the caller should retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(err) if writes::unavailable(err))
+    }
 }
 
 /// Whether a result upload was new.
@@ -184,9 +198,17 @@ pub struct StoredGate {
     pub created_at: Timestamp,
 }
 
-/// The controller's database: SQLite (default, one file) or PostgreSQL.
+/// The controller's database: SQLite (default, one file) or PostgreSQL. Clones share the
+/// pool and what the store knows about [`Writes`].
 #[derive(Debug, Clone)]
-pub enum Store {
+pub struct Store {
+    pool: Pool,
+    writes: std::sync::Arc<writes::WriteHealth>,
+}
+
+/// The typed pool a [`Store`] holds.
+#[derive(Debug, Clone)]
+pub enum Pool {
     /// Embedded SQLite.
     Sqlite(sqlx::SqlitePool),
     /// PostgreSQL.
@@ -213,11 +235,28 @@ impl std::str::FromStr for RunState {
 /// looks like a closure but is not one: `?` and `return` in it act on the calling method.
 macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// [`with_pool!`] for a method that writes: every write goes through here. `$body` evaluates
+/// to the method's `Result`; `?` and `return` in it end the body, not the method, so that its
+/// outcome is always seen (see `writes.rs`) before the method returns it. Transactions in it
+/// are begun with [`Begin::begin_write`], whose [`tx::Tx`] rolls back or discards its
+/// connection on every path that does not commit.
+macro_rules! writing {
+    ($store:expr, |$pool:ident| $body:expr) => {{
+        let outcome: Result<_, StoreError> = async {
+            let outcome: Result<_, StoreError> = with_pool!($store, |$pool| $body);
+            outcome
+        }
+        .await;
+        $store.writes.observe(&outcome);
+        outcome
+    }};
 }
 
 /// The job states in which a job occupies its node ([`JobState::is_active`]), as SQL.
@@ -425,12 +464,49 @@ impl Store {
         connect::connect(url).await
     }
 
+    /// A store on `pool`, writes taken as accepted until one fails.
+    fn new(pool: Pool) -> Store {
+        Store {
+            pool,
+            writes: std::sync::Arc::default(),
+        }
+    }
+
+    /// The typed pool, for tests that reach behind the store's back (to tamper with a row).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Which backend, for logs: "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
-        match self {
-            Self::Sqlite(_) => "sqlite",
-            Self::Postgres(_) => "postgres",
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
         }
+    }
+
+    /// Whether the database accepted the last write, and every change of that: the
+    /// controller's health service and lease watchdog follow it.
+    pub fn watch_writes(&self) -> tokio::sync::watch::Receiver<Writes> {
+        self.writes.subscribe()
+    }
+
+    /// Whether the database accepted the last write (see [`Store::watch_writes`]).
+    pub fn writes_accepted(&self) -> bool {
+        self.writes.subscribe().borrow().accepted()
+    }
+
+    /// A write that changes nothing anyone reads (the audit chain's head row is rewritten
+    /// as it is) but needs the database to write: while writes are refused the controller
+    /// calls this now and then, so that it notices recovery even when nothing else writes.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE audit_head SET hash = hash WHERE id = 1";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(SQL).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Closes the pool, waiting for in-flight statements.
@@ -473,7 +549,7 @@ impl Store {
         let labels = to_json(labels);
         let gpu_source = inventory.gpu_source.as_str();
         let inventory = to_json(inventory);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             sqlx::query(SQL)
                 .bind(node.as_str())
                 .bind(&labels)
@@ -483,8 +559,8 @@ impl Store {
                 .bind(micros(now))
                 .execute(pool)
                 .await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The sha256 (hex) of the node's token, if the node exists.
@@ -530,15 +606,15 @@ impl Store {
     /// Records a heartbeat.
     pub async fn touch_node(&self, node: &NodeId, now: Timestamp) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE nodes SET last_seen_at = $2 WHERE name = $1";
-        let n_rows = with_pool!(self, |pool| {
-            sqlx::query(SQL)
+        writing!(self, |pool| {
+            let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
                 .bind(micros(now))
                 .execute(pool)
                 .await?
-                .rows_affected()
-        });
-        found(n_rows, || format!("node {node}"))
+                .rows_affected();
+            found(n_rows, || format!("node {node}"))
+        })
     }
 
     /// Sets a node's state.
@@ -554,7 +630,7 @@ impl Store {
         note: Option<&AuditNote>,
     ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE nodes SET state = $2 WHERE name = $1";
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
@@ -567,22 +643,22 @@ impl Store {
                 append_audit!(tx, note);
             }
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Sets a node's health.
     pub async fn set_node_health(&self, node: &NodeId, health: Health) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE nodes SET health = $2 WHERE name = $1";
-        let n_rows = with_pool!(self, |pool| {
-            sqlx::query(SQL)
+        writing!(self, |pool| {
+            let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
                 .bind(health.as_str())
                 .execute(pool)
                 .await?
-                .rows_affected()
-        });
-        found(n_rows, || format!("node {node}"))
+                .rows_affected();
+            found(n_rows, || format!("node {node}"))
+        })
     }
 
     // --- releases ---
@@ -603,7 +679,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5)";
         let what = format!("release {}", release.id);
         let components = to_json(&release.components);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(INSERT)
                 .bind(release.id.as_str())
@@ -630,8 +706,8 @@ impl Store {
                 append_audit!(tx, note);
             }
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// One release with its promotions.
@@ -707,7 +783,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const MOVE: &str = "UPDATE releases SET milestone = $3 WHERE name = $1 AND milestone = $2";
         const CURRENT: &str = "SELECT milestone FROM releases WHERE name = $1";
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(MOVE)
                 .bind(release.as_str())
@@ -781,7 +857,7 @@ impl Store {
              ON CONFLICT (name, version) DO NOTHING";
         let version = plan.version();
         let spec = to_json(plan);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let reapplied = sqlx::query(REAPPLY)
                 .bind(&plan.name)
@@ -874,7 +950,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5)";
         let version = policy.version();
         let document = to_json(policy);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(SQL)
                 .bind(&policy.milestone)
@@ -888,8 +964,8 @@ impl Store {
                 append_audit!(tx, note);
             }
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The ruling policy of a milestone.
@@ -929,7 +1005,7 @@ impl Store {
         const JOB: &str =
             "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(RUN)
                 .bind(run.id.as_str())
@@ -1129,7 +1205,7 @@ impl Store {
             active_states!(),
             ")"
         );
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             // The run row first: every job change locks it first too (see `change_job`).
             let n_rows = sqlx::query(CANCEL_RUN)
@@ -1418,7 +1494,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7)";
         let document = to_json(decision);
         let what = format!("release {}", decision.release);
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             sqlx::query(SQL)
                 .bind(&decision.release)
                 .bind(&decision.milestone)
@@ -1430,8 +1506,8 @@ impl Store {
                 .execute(pool)
                 .await
                 .map_err(|err| classify(err, &what, &what))?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The most recent stored decision of a release at a milestone.
@@ -1515,7 +1591,7 @@ impl Store {
         let epoch = transition
             .map(|(_, _, epoch)| epoch_to_i64(epoch, job))
             .transpose()?;
-        with_pool!(self, |pool| {
+        writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             if let (
                 Some(result),

@@ -4,7 +4,7 @@
 
 use super::connect::Begin as _;
 use super::rows::{self, Fields, StoreRow};
-use super::{Store, StoreError};
+use super::{Pool, Store, StoreError};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tollgate_domain::fleet::{Inventory, Labels, Node};
@@ -249,9 +249,9 @@ impl Store {
                 tx.commit().await?;
             }};
         }
-        match self {
-            Store::Sqlite(pool) => read!(pool, RESULTS_SQLITE),
-            Store::Postgres(pool) => read!(pool, RESULTS_POSTGRES),
+        match &self.pool {
+            Pool::Sqlite(pool) => read!(pool, RESULTS_SQLITE),
+            Pool::Postgres(pool) => read!(pool, RESULTS_POSTGRES),
         }
         Ok(())
     }

@@ -77,3 +77,102 @@ pub async fn drop_postgres_schema(url: &str) -> Result<(), StoreError> {
     conn.close().await?;
     Ok(())
 }
+
+/// Set to `1` (as CI does where it runs as root) to fail instead of skipping when a tmpfs
+/// cannot be mounted.
+pub const REQUIRE_TMPFS_ENV: &str = "TOLLGATE_REQUIRE_TMPFS";
+
+/// A tmpfs of `size_kib` KiB ([`Tmpfs::mount`]), or `None` after printing `skipped: <why>`.
+///
+/// # Panics
+///
+/// When it cannot be mounted and [`REQUIRE_TMPFS_ENV`] is `1`: CI must not skip silently.
+pub fn tmpfs_or_skip(size_kib: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(size_kib) {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            if std::env::var(REQUIRE_TMPFS_ENV).is_ok_and(|value| value == "1") {
+                panic!("{why} (and {REQUIRE_TMPFS_ENV}=1)");
+            }
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// A small tmpfs mounted on a fresh temporary directory, unmounted on drop: a disk that tests
+/// can fill and free. Mounting needs root and `mount`; [`Tmpfs::mount`] says why it could
+/// not, so a test can print that it was skipped and why.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_kib` KiB, or explains why it could not.
+    pub fn mount(size_kib: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|err| format!("creating a mount point: {err}"))?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size_kib}k,mode=0700"))
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .map_err(|err| format!("running mount: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}; these tests need root and mount",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes `name` in the mount until the file system is full; returns its size in bytes.
+    pub fn fill(&self, name: &str) -> std::io::Result<u64> {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(self.path().join(name))?;
+        let chunk = vec![0xA5_u8; 16 * 1024];
+        let mut written = 0_u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(err) if err.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(err) => return Err(err),
+            }
+        }
+        // Smaller writes take the last partial page, so the disk is full to the byte.
+        loop {
+            match file.write(&[0xA5_u8]) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(err) if err.raw_os_error() == Some(28) => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Removes `name` (written by [`Tmpfs::fill`]), giving its space back.
+    pub fn free(&self, name: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.path().join(name))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so that a file still open somewhere does not keep the mount (and the test's
+        // temporary directory) around.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

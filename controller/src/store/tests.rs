@@ -1496,3 +1496,6 @@ async fn sqlite_creates_missing_directories_and_memory_works() {
 
 // Waivers, audit, halts and replay.
 mod audit;
+
+// A database that refuses writes for a while.
+mod outage;

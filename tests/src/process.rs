@@ -1,0 +1,232 @@
+//! The controller as a real process (the `tollgate-controller` binary next to the test
+//! executables), for the fault tests that must `kill -9` it or watch it recover by itself.
+//!
+//! The binary is the one `cargo test --workspace` builds (the controller's own integration
+//! tests need it). Running one test file alone with `cargo test -p tollgate-tests`, build the
+//! binaries first (`cargo build --bins`), or the test runs an old one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How long a controller process may take to answer after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of a workspace binary built beside the test executables (`target/<profile>/`).
+///
+/// # Panics
+///
+/// When it is not there, saying how to build it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the binaries first (cargo build --bins)",
+        binary.display()
+    );
+    binary
+}
+
+/// A `tollgate-controller serve` process on a fixed local port, so that agents reconnect to
+/// the same address after it was killed and started again. Killed on drop.
+pub struct ControllerProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The database URL it serves.
+    pub database_url: String,
+    /// Its combined stdout and stderr, appended to across restarts.
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ControllerProcess {
+    /// Starts a controller on `database_url` with its data directory (signing key) in
+    /// `data_dir`, logging to `log`, heartbeats every 200 ms and the given lease grace; waits
+    /// until its health service says `SERVING`.
+    pub async fn start(
+        database_url: &str,
+        data_dir: &Path,
+        log: &Path,
+        lease_grace: Duration,
+    ) -> ControllerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free local port")
+            .port();
+        let args = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--database".to_owned(),
+            database_url.to_owned(),
+            "--heartbeat-interval".to_owned(),
+            "200ms".to_owned(),
+            "--lease-grace".to_owned(),
+            format!("{}ms", lease_grace.as_millis()),
+        ];
+        let mut controller = ControllerProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            database_url: database_url.to_owned(),
+            log: log.to_owned(),
+            args,
+            child: None,
+        };
+        controller.spawn().await;
+        controller
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the controller's log");
+        let child = Command::new(workspace_binary("tollgate-controller"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tollgate-controller");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if self.health("").await == Some(ServingStatus::Serving) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "tollgate-controller exited with {status} while starting; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tollgate-controller did not serve within {START_TIMEOUT:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id of the running controller.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Whether the process still runs (it was not killed and did not exit).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// `kill -9`, and waits until it is gone.
+    pub async fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL the controller");
+        }
+    }
+
+    /// Starts it again on the same port, database and data directory.
+    pub async fn restart(&mut self) {
+        self.kill_9().await;
+        self.spawn().await;
+    }
+
+    /// Stops it with SIGTERM (a graceful shutdown) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pids fit i32"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(status) => {
+                let status = status.expect("wait for the controller");
+                assert!(
+                    status.success(),
+                    "tollgate-controller exited with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!(
+                    "tollgate-controller did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+        }
+    }
+
+    /// A channel to it.
+    pub async fn channel(&self) -> Option<Channel> {
+        Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .ok()
+    }
+
+    /// What its health service says about `service` ("" for the whole server); `None` when
+    /// it does not answer.
+    pub async fn health(&self, service: &str) -> Option<ServingStatus> {
+        let channel = self.channel().await?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .ok()?;
+        match response.into_inner().status {
+            1 => Some(ServingStatus::Serving),
+            2 => Some(ServingStatus::NotServing),
+            _ => Some(ServingStatus::Unknown),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Processes whose command line contains `marker` (the step commands of one test carry a
+/// marker of their own): what a test checks is gone at its end.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+        })
+        .collect()
+}
