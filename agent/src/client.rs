@@ -9,7 +9,14 @@
 //! task that clears it when the job ends. The uploader is one task, so a result is never sent
 //! twice at once. On shutdown the job is stopped (its process group killed), its results are
 //! spooled, and the uploader stops; what was not acknowledged stays in the spool for the next
-//! start.
+//! start. A result the spool cannot take is held in memory (`held`, shared by the job task
+//! and the uploader), spooled when the disk takes it again and meanwhile sent from memory.
+//!
+//! Every heartbeat says what the agent runs (job, lease epoch, step, attempt), how many
+//! results it still holds (spooled and held) and how many commands of the stream it had read;
+//! the controller decides from that whether the node's job is still being run. Before the
+//! first session, the agent kills what a killed predecessor's step left running and spools
+//! that attempt as `error` (see [`crate::runner::orphans`]).
 //!
 //! A job whose flash waits for a reboot keeps its slot until the agent stops, so heartbeats
 //! keep naming it. At the next start the resume record (if any) is read before the first
@@ -90,9 +97,18 @@ struct RunningJob {
     /// The latest epoch the controller assigned the job under; results spooled from now on
     /// carry it. Shared with the job task.
     lease_epoch: Arc<AtomicU64>,
+    /// The step and attempt running now, `None` between attempts; written by the job task,
+    /// read by every heartbeat.
+    step: Arc<Mutex<Option<(u32, u32)>>>,
     stop: watch::Sender<Option<Stop>>,
     task: JoinHandle<()>,
 }
+
+/// Results that could not be spooled (the state directory's disk is full or failing), oldest
+/// first. The uploader spools them as soon as the disk takes them again, and meanwhile
+/// delivers them straight from memory; one leaves only once acknowledged (or refused for
+/// good). Heartbeats count them as unsent, so the controller waits for them.
+type Held = Arc<Mutex<std::collections::VecDeque<v1::StepResult>>>;
 
 /// Aborts a task when dropped, so nothing the agent spawned outlives it, even when the
 /// caller aborts the agent's own task instead of shutting it down.
@@ -118,8 +134,10 @@ pub struct Agent {
     progress_sender: mpsc::Sender<v1::AgentEvent>,
     /// Taken by [`Agent::run`], which lends it to each session in turn.
     progress: Option<mpsc::Receiver<v1::AgentEvent>>,
-    /// Wakes the uploader: a new result was spooled, or a session (re)registered.
+    /// Wakes the uploader: a new result was spooled or held, or a session (re)registered.
     upload: Arc<Notify>,
+    /// Results not spooled, kept in memory until acknowledged.
+    held: Held,
     /// Held during each pass over the spool, so the uploader and a session resolving a resume
     /// never deliver the same result at once.
     uploading: Arc<tokio::sync::Mutex<()>>,
@@ -232,6 +250,7 @@ impl Agent {
             progress_sender,
             progress: Some(progress),
             upload: Arc::new(Notify::new()),
+            held: Held::default(),
             uploading: Arc::new(tokio::sync::Mutex::new(())),
             resume: Arc::new(Mutex::new(None)),
         })
@@ -363,7 +382,7 @@ impl Agent {
         // that were not acknowledged before the reboot, then the flash result.
         {
             let _uploading = self.uploading.lock().await;
-            upload_pass(client, &self.spool, token, &self.answers()).await?;
+            upload_pass(client, &self.spool, &self.held, token, &self.answers()).await?;
         }
         let Some(PendingResume {
             record,
@@ -421,9 +440,11 @@ impl Agent {
             let _ = shutdown_sender.send(true);
         }));
         self.load_resume_record();
+        self.report_leftover_attempt().await;
         let uploader = AbortOnDrop(tokio::spawn(upload_loop(
             AgentServiceClient::new(self.channel.clone()),
             Arc::clone(&self.spool),
+            Arc::clone(&self.held),
             self.token.subscribe(),
             Arc::clone(&self.upload),
             Arc::clone(&self.uploading),
@@ -469,6 +490,74 @@ impl Agent {
         outcome
     }
 
+    /// Kills what the previous agent's interrupted attempt left running (see
+    /// [`runner::orphans`]) and reports that attempt as an `error` result, before the first
+    /// session: the first heartbeat then counts it unsent, and the controller decides about
+    /// the job once it has it.
+    async fn report_leftover_attempt(&self) {
+        let state_dir = &self.config.state_dir;
+        let leftover = match runner::orphans::recover(state_dir).await {
+            Ok(Some(leftover)) => leftover,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the interrupted step's process group record; its processes, if any, are not killed");
+                return;
+            }
+        };
+        let attempt = &leftover.attempt;
+        let message = format!(
+            "interrupted: the agent restarted during step {} (attempt {}); {}",
+            attempt.step_name, attempt.attempt, leftover.processes
+        );
+        tracing::warn!(
+            job = %attempt.job_id,
+            step = %attempt.step_name,
+            attempt = attempt.attempt,
+            n_killed = leftover.n_killed,
+            "{message}"
+        );
+        let inventory = runner::observe_inventory(&self.source)
+            .await
+            .unwrap_or_default();
+        let result = tollgate_domain::result::StepResult {
+            job_id: attempt.job_id.clone(),
+            step_index: attempt.step_index,
+            step_name: attempt.step_name.clone(),
+            attempt: attempt.attempt,
+            lease_epoch: attempt.lease_epoch,
+            outcome: tollgate_domain::result::Outcome::Error,
+            exit_code: None,
+            started_at: attempt.started_at,
+            finished_at: crate::clock::now(),
+            measurements: Vec::new(),
+            telemetry: Vec::new(),
+            events: Vec::new(),
+            inventory,
+            log_tail: String::new(),
+            message,
+            sub_results: Vec::new(),
+            inventory_at_end: None,
+            series: Vec::new(),
+        };
+        let wire = convert::step_result(&result);
+        let spool = Arc::clone(&self.spool);
+        let to_spool = wire.clone();
+        let spooled = tokio::task::spawn_blocking(move || spool.write(&to_spool))
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|written| written.map(|_| ()).map_err(|error| error.to_string()));
+        if let Err(error) = spooled {
+            tracing::error!(%error, "could not spool the interrupted attempt's result; it is kept in memory");
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(wire);
+        }
+        if let Err(error) = runner::orphans::clear(state_dir) {
+            tracing::error!(%error, "could not remove the process group record; the next start reports the attempt again (the controller deduplicates it)");
+        }
+    }
+
     /// Stops the running job, if any, and waits until its results are spooled.
     async fn stop_job(&self, reason: Stop) {
         let running = self
@@ -483,21 +572,40 @@ impl Agent {
         }
     }
 
-    fn running_job_id(&self) -> String {
-        self.job
+    /// What the agent runs now and what it still owes the controller; `commands_received`
+    /// is how many commands of the current stream it had read.
+    fn heartbeat(&self, commands_received: u64) -> v1::AgentEvent {
+        let (running_job_id, lease_epoch, step) = self
+            .job
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .map(|running| running.job_id.to_string())
-            .unwrap_or_default()
-    }
-
-    fn heartbeat(&self) -> v1::AgentEvent {
+            .map(|running| {
+                let step = *running.step.lock().unwrap_or_else(|p| p.into_inner());
+                (
+                    running.job_id.to_string(),
+                    running.lease_epoch.load(Ordering::SeqCst),
+                    step,
+                )
+            })
+            .unwrap_or_default();
+        // Counted after the slot was read: a result leaves the slot's job only once it is
+        // spooled or held, so a heartbeat never shows the job gone and its last result unsent
+        // uncounted.
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let unsent = self
+            .spool
+            .count_pending()
+            .saturating_add(u32::try_from(held).unwrap_or(u32::MAX));
         v1::AgentEvent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
-                running_job_id: self.running_job_id(),
+                running_job_id,
                 sent_at: Some(convert::timestamp(crate::clock::now())),
-                unsent_results: self.spool.count_pending(),
+                unsent_results: unsent,
+                lease_epoch,
+                step_index: step.map(|(index, _)| index),
+                attempt: step.map_or(0, |(_, attempt)| attempt),
+                commands_received,
             })),
         }
     }
@@ -567,8 +675,11 @@ impl Agent {
         self.upload.notify_one();
 
         let (outbound, outbound_receiver) = mpsc::channel::<v1::AgentEvent>(64);
+        // Commands read from this stream, reported in every heartbeat: the controller judges a
+        // heartbeat only once it was built after every command it sent.
+        let mut commands_received: u64 = 0;
         outbound
-            .send(self.heartbeat())
+            .send(self.heartbeat(commands_received))
             .await
             .map_err(|_| SessionError::Retry("stream closed".into()))?;
         let request = authorized(ReceiverStream::new(outbound_receiver), &token)
@@ -592,13 +703,14 @@ impl Agent {
                 _ = until_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
                 _ = ticker.tick() => {
                     tracing::debug!("heartbeat");
-                    outbound.send(self.heartbeat()).await.map_err(closed)?;
+                    outbound.send(self.heartbeat(commands_received)).await.map_err(closed)?;
                 }
                 Some(progress) = progress_events.recv() => {
                     outbound.send(progress).await.map_err(closed)?;
                 }
                 message = inbound.message() => match message {
                     Ok(Some(command)) => {
+                        commands_received += 1;
                         if let Some(reply) = self.handle(command) {
                             outbound.send(reply).await.map_err(closed)?;
                         }
@@ -679,20 +791,26 @@ impl Agent {
         let (stop, stop_receiver) = watch::channel(None);
         let job_id = job.job_id.clone();
         let lease_epoch = Arc::new(AtomicU64::new(job.lease_epoch));
+        let step = Arc::new(Mutex::new(None));
         let task = tokio::spawn(drive_job(
             self.runner_context(),
             job,
             start,
             stop_receiver,
-            Arc::clone(&self.spool),
-            Arc::clone(&self.upload),
-            self.progress_sender.clone(),
+            Delivery {
+                spool: Arc::clone(&self.spool),
+                held: Arc::clone(&self.held),
+                upload: Arc::clone(&self.upload),
+                progress: self.progress_sender.clone(),
+            },
             Arc::clone(&self.job),
             Arc::clone(&lease_epoch),
+            Arc::clone(&step),
         ));
         *slot = Some(RunningJob {
             job_id,
             lease_epoch,
+            step,
             stop,
             task,
         });
@@ -714,9 +832,19 @@ impl Drop for Agent {
     }
 }
 
-/// Runs a job, spooling each result before waking the uploader, then frees the job slot. A job
-/// whose flash waits for a reboot keeps the slot until the agent stops (the reboot) or the
-/// controller cancels it (then its resume record is removed).
+/// Where a job task's results and progress go.
+struct Delivery {
+    spool: Arc<Spool>,
+    held: Held,
+    /// Wakes the uploader.
+    upload: Arc<Notify>,
+    progress: mpsc::Sender<v1::AgentEvent>,
+}
+
+/// Runs a job, spooling each result (or holding it in memory when the spool fails) before
+/// waking the uploader, then frees the job slot. A job whose flash waits for a reboot keeps
+/// the slot until the agent stops (the reboot) or the controller cancels it (then its resume
+/// record is removed).
 #[expect(
     clippy::too_many_arguments,
     reason = "each argument is a distinct handle the job task owns"
@@ -726,12 +854,17 @@ async fn drive_job(
     job: runner::Job,
     start: Start,
     stop: watch::Receiver<Option<Stop>>,
-    spool: Arc<Spool>,
-    upload: Arc<Notify>,
-    progress: mpsc::Sender<v1::AgentEvent>,
+    delivery: Delivery,
     slot: Arc<Mutex<Option<RunningJob>>>,
     lease_epoch: Arc<AtomicU64>,
+    step: Arc<Mutex<Option<(u32, u32)>>>,
 ) {
+    let Delivery {
+        spool,
+        held,
+        upload,
+        progress,
+    } = delivery;
     let (events, mut receiver) = mpsc::unbounded_channel();
     let mut stop_after = stop.clone();
     let run = async {
@@ -771,6 +904,7 @@ async fn drive_job(
                     step_index,
                     attempt,
                 } => {
+                    *step.lock().unwrap_or_else(|p| p.into_inner()) = Some((step_index, attempt));
                     let started = v1::AgentEvent {
                         event: Some(v1::agent_event::Event::StepStarted(v1::StepStarted {
                             job_id: job.job_id.to_string(),
@@ -787,21 +921,38 @@ async fn drive_job(
                     outcomes.push(result.outcome);
                     let mut wire = convert::step_result(&result);
                     wire.lease_epoch = wire.lease_epoch.max(lease_epoch.load(Ordering::SeqCst));
-                    let spool = Arc::clone(&spool);
-                    match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
-                        Ok(Ok(path)) => {
-                            tracing::debug!(path = %path.display(), "result spooled");
-                            upload.notify_one();
+                    let writer = Arc::clone(&spool);
+                    let to_spool = wire.clone();
+                    let spooled = tokio::task::spawn_blocking(move || writer.write(&to_spool))
+                        .await
+                        .map_err(|error| format!("spooling task failed: {error}"))
+                        .and_then(|written| written.map_err(|error| error.to_string()));
+                    match spooled {
+                        Ok(path) => tracing::debug!(path = %path.display(), "result spooled"),
+                        Err(error) => {
+                            tracing::error!(
+                                %error,
+                                job = %result.job_id,
+                                step = %result.step_name,
+                                attempt = result.attempt,
+                                "could not spool a result; it is kept in memory and sent from \
+                                 there until acknowledged (free space in the state directory: \
+                                 an agent restart before then loses it, and the controller \
+                                 records the attempt as interrupted)"
+                            );
+                            held.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_back(wire);
                         }
-                        Ok(Err(error)) => tracing::error!(
-                            %error,
-                            job = %result.job_id,
-                            step = %result.step_name,
-                            attempt = result.attempt,
-                            "could not spool a result; it is lost (check the state directory's disk)"
-                        ),
-                        Err(error) => tracing::error!(%error, "spooling task failed"),
                     }
+                    // Only once the result is spooled or held does the step stop showing in
+                    // heartbeats, so the controller never sees it neither running nor owed.
+                    let mut current = step.lock().unwrap_or_else(|p| p.into_inner());
+                    if *current == Some((result.step_index, result.attempt)) {
+                        *current = None;
+                    }
+                    drop(current);
+                    upload.notify_one();
                 }
             }
         }
@@ -915,9 +1066,14 @@ async fn fleet_loop(
 }
 
 /// Delivers spooled results in order until each is acknowledged or rejected for good.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is a distinct handle the uploader owns"
+)]
 async fn upload_loop(
     mut client: AgentServiceClient<Channel>,
     spool: Arc<Spool>,
+    held: Held,
     token: watch::Receiver<Option<String>>,
     wake: Arc<Notify>,
     uploading: Arc<tokio::sync::Mutex<()>>,
@@ -944,7 +1100,7 @@ async fn upload_loop(
         };
         let passed = {
             let _uploading = uploading.lock().await;
-            upload_pass(&mut client, &spool, &current_token, &answers).await
+            upload_pass(&mut client, &spool, &held, &current_token, &answers).await
         };
         match passed {
             Ok(()) => {
@@ -960,35 +1116,30 @@ async fn upload_loop(
     }
 }
 
-/// One pass over the spool, oldest first; stops at the first retryable failure so that
-/// results keep their order.
+/// One pass: results held in memory are spooled if the disk takes them now; then the spool is
+/// delivered oldest first, then what is still held, straight from memory. Stops at the first
+/// retryable failure so that results keep their order.
 async fn upload_pass(
     client: &mut AgentServiceClient<Channel>,
     spool: &Arc<Spool>,
+    held: &Held,
     token: &str,
     answers: &Answers,
 ) -> Result<(), String> {
+    respool_held(spool, held).await;
     let listing = Arc::clone(spool);
-    let entries = tokio::task::spawn_blocking(move || listing.pending())
+    let listed = tokio::task::spawn_blocking(move || listing.pending())
         .await
-        .map_err(|error| format!("spool task failed: {error}"))?
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| format!("spool task failed: {error}"))
+        .and_then(|listed| listed.map_err(|error| error.to_string()));
+    // A spool that cannot even be listed must not hold up the results kept in memory.
+    let (entries, spool_error) = match listed {
+        Ok(entries) => (entries, None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     for entry in entries {
-        let mut request =
-            authorized(entry.result.clone(), token).map_err(|s| s.message().to_owned())?;
-        // A controller that accepts the call but never answers must not stall the spool.
-        request.set_timeout(CALL_TIMEOUT);
-        match client.report_result(request).await {
-            Ok(ack) => {
-                let duplicate = ack.into_inner().duplicate;
-                tracing::info!(
-                    job = %entry.result.job_id,
-                    step = %entry.result.step_name,
-                    attempt = entry.result.attempt,
-                    duplicate,
-                    "result acknowledged"
-                );
-                answers.note(&entry.result, Ok(()));
+        match deliver(client, &entry.result, token, answers).await? {
+            Delivered::Acknowledged => {
                 let removed = blocking(spool, entry, |spool, entry| {
                     spool.remove(&entry).map(|_| ())
                 })
@@ -997,24 +1148,7 @@ async fn upload_pass(
                     tracing::warn!(%error, "could not delete an acknowledged result; it will be resent (the controller deduplicates)");
                 }
             }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::FailedPrecondition
-                        | Code::PermissionDenied
-                        | Code::InvalidArgument
-                        | Code::NotFound
-                ) =>
-            {
-                tracing::error!(
-                    job = %entry.result.job_id,
-                    step = %entry.result.step_name,
-                    attempt = entry.result.attempt,
-                    code = ?status.code(),
-                    reason = %status.message(),
-                    "the controller will never accept this result; moved to spool/rejected"
-                );
-                answers.note(&entry.result, Err(&status));
+            Delivered::Refused => {
                 let moved = blocking(spool, entry, |spool, entry| {
                     spool.reject(&entry).map(|_| ())
                 })
@@ -1023,10 +1157,117 @@ async fn upload_pass(
                     tracing::error!(%error, "could not move a rejected result aside");
                 }
             }
-            Err(status) => return Err(describe(&status, "report result")),
         }
     }
-    Ok(())
+    loop {
+        let next = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
+        let Some(result) = next else { break };
+        let delivered = deliver(client, &result, token, answers).await?;
+        if delivered == Delivered::Refused {
+            tracing::error!(
+                job = %result.job_id,
+                step = %result.step_name,
+                attempt = result.attempt,
+                "a result held in memory was refused for good; it is dropped (see the reason above)"
+            );
+        }
+        let mut queue = held.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.front() == Some(&result) {
+            queue.pop_front();
+        }
+    }
+    spool_error.map_or(Ok(()), Err)
+}
+
+/// Spools the results held in memory, oldest first, while the disk takes them.
+async fn respool_held(spool: &Arc<Spool>, held: &Held) {
+    loop {
+        let next = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .cloned();
+        let Some(result) = next else { return };
+        let writer = Arc::clone(spool);
+        let to_spool = result.clone();
+        match tokio::task::spawn_blocking(move || writer.write(&to_spool)).await {
+            Ok(Ok(path)) => {
+                tracing::info!(path = %path.display(), job = %result.job_id, step = %result.step_name, attempt = result.attempt, "a result held in memory is spooled now");
+                let mut queue = held.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.front() == Some(&result) {
+                    queue.pop_front();
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "the spool still fails; results stay in memory");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "spooling task failed; results stay in memory");
+                return;
+            }
+        }
+    }
+}
+
+/// How the controller answered one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Committed (or already had it).
+    Acknowledged,
+    /// It will never accept this result (stale epoch, another node's job, malformed).
+    Refused,
+}
+
+/// Sends one result; `Err` for a failure worth retrying later.
+async fn deliver(
+    client: &mut AgentServiceClient<Channel>,
+    result: &v1::StepResult,
+    token: &str,
+    answers: &Answers,
+) -> Result<Delivered, String> {
+    let mut request = authorized(result.clone(), token).map_err(|s| s.message().to_owned())?;
+    // A controller that accepts the call but never answers must not stall the spool.
+    request.set_timeout(CALL_TIMEOUT);
+    match client.report_result(request).await {
+        Ok(ack) => {
+            let duplicate = ack.into_inner().duplicate;
+            tracing::info!(
+                job = %result.job_id,
+                step = %result.step_name,
+                attempt = result.attempt,
+                duplicate,
+                "result acknowledged"
+            );
+            answers.note(result, Ok(()));
+            Ok(Delivered::Acknowledged)
+        }
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::InvalidArgument
+                    | Code::NotFound
+            ) =>
+        {
+            tracing::error!(
+                job = %result.job_id,
+                step = %result.step_name,
+                attempt = result.attempt,
+                code = ?status.code(),
+                reason = %status.message(),
+                "the controller will never accept this result; it is set aside (spool/rejected)"
+            );
+            answers.note(result, Err(&status));
+            Ok(Delivered::Refused)
+        }
+        Err(status) => Err(describe(&status, "report result")),
+    }
 }
 
 async fn blocking(

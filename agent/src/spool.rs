@@ -213,16 +213,23 @@ impl Spool {
         );
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = OpenOptions::new()
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(io_error("creating", &temp))?;
-        file.write_all(&encode(result))
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("writing", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(io_error("renaming", &temp))?;
+            .map_err(io_error("creating", &temp))
+            .and_then(|mut file| {
+                file.write_all(&encode(result))
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_error("writing", &temp))
+            })
+            .and_then(|()| fs::rename(&temp, &path).map_err(io_error("renaming", &temp)));
+        if let Err(error) = written {
+            // A half-written file (the disk filled up) would only take more of the space the
+            // next try needs; the caller keeps the result.
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
         sync_dir(&self.dir)?;
         Ok(path)
     }

@@ -21,6 +21,9 @@ struct Session {
     id: u64,
     /// Where commands for the agent go.
     commands: mpsc::Sender<ControllerCommand>,
+    /// Commands queued on this stream so far. The agent's heartbeats say how many it had read,
+    /// so the controller knows whether a heartbeat was built after every command it sent.
+    n_sent: u64,
 }
 
 /// Why a command did not reach an agent.
@@ -69,7 +72,14 @@ impl Sessions {
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         if inner
             .by_node
-            .insert(node.clone(), Session { id, commands })
+            .insert(
+                node.clone(),
+                Session {
+                    id,
+                    commands,
+                    n_sent: 0,
+                },
+            )
             .is_some()
         {
             tracing::info!(node = %node, "agent reconnected; its previous stream is replaced");
@@ -112,10 +122,10 @@ impl Sessions {
 
     /// Queues `command` for `node` without waiting.
     pub fn send(&self, node: &NodeId, command: ControllerCommand) -> Result<(), SendError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let session = inner
             .by_node
-            .get(node)
+            .get_mut(node)
             .ok_or_else(|| SendError::NotConnected(node.clone()))?;
         session
             .commands
@@ -123,7 +133,19 @@ impl Sessions {
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => SendError::Full(node.clone()),
                 mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(node.clone()),
-            })
+            })?;
+        session.n_sent += 1;
+        Ok(())
+    }
+
+    /// How many commands were queued on session `id` of `node`; `None` once a newer stream
+    /// replaced it or it closed.
+    pub fn commands_sent(&self, node: &NodeId, id: u64) -> Option<u64> {
+        self.lock()
+            .by_node
+            .get(node)
+            .filter(|session| session.id == id)
+            .map(|session| session.n_sent)
     }
 }
 
@@ -139,10 +161,17 @@ mod tests {
         let (new, mut new_rx) = sessions.open(&node).expect("open");
         sessions.close(&node, old);
         assert!(sessions.is_connected(&node));
+        assert_eq!(sessions.commands_sent(&node, old), None, "replaced");
+        assert_eq!(sessions.commands_sent(&node, new), Some(0));
         sessions
             .send(&node, ControllerCommand::default())
             .expect("sent");
         assert!(new_rx.try_recv().is_ok());
+        assert_eq!(
+            sessions.commands_sent(&node, new),
+            Some(1),
+            "counted once queued"
+        );
         sessions.close(&node, new);
         assert_eq!(
             sessions.send(&node, ControllerCommand::default()),

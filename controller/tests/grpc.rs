@@ -228,6 +228,7 @@ fn heartbeat() -> proto::AgentEvent {
                 nanos: 0,
             }),
             unsent_results: 0,
+            ..Default::default()
         })),
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //!   pending ──assign──▶ assigned ──accept──▶ running ──last result──▶ passed | failed | error
 //!      │                   │                    │
-//!      │                   ◀──agent restarted───┤
+//!      │                   ◀──agent dropped it──┤
 //!      └──cancel──▶ cancelled ◀──cancel─────────┤
 //!                          └──lease expired──▶ lost ◀──lease expired──┘
 //! ```
@@ -68,8 +68,8 @@ pub enum JobEvent {
     LeaseExpired,
     /// A manager cancelled the run.
     Cancelled,
-    /// The agent restarted during the job with retries left (see [`on_agent_restart`]): the
-    /// job is assigned again under a new lease epoch.
+    /// The agent no longer runs the job and the step it was in has attempts left (see
+    /// [`compare_heartbeat`]): the job is assigned again under a new lease epoch.
     AgentRestarted,
 }
 
@@ -118,7 +118,7 @@ pub fn next(state: JobState, event: JobEvent) -> Result<JobState, TransitionErro
 /// last step's final result ends the job. Failed outranks error: if the thing under test
 /// failed anywhere, the job failed.
 ///
-/// A job reassigned after an interruption (see [`on_agent_restart`]) has results under more
+/// A job reassigned after an interruption (see [`compare_heartbeat`]) has results under more
 /// than one lease epoch: the latest epoch's latest attempt is the step's last result, and the
 /// attempts of every epoch count against the step's retries.
 pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobState> {
@@ -155,53 +155,77 @@ fn attempts_used<'a>(results: impl Iterator<Item = &'a StepResult>) -> u32 {
         .fold(0u32, |sum, n| sum.saturating_add(*n))
 }
 
-/// What the agent said about itself when it (re)connected or sent a heartbeat.
+/// What the agent said about the node's job in one heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentReport {
-    /// Whether the agent says it runs this job.
+    /// Whether the agent says it runs this job, under any lease epoch (an older one than the
+    /// job's means the reassignment is still on its way to the agent).
     pub runs_job: bool,
-    /// Results the agent still holds in its spool, not yet acknowledged.
+    /// Results the agent still holds, not yet acknowledged (spooled or kept in memory).
     pub unsent_results: u32,
+    /// Whether the agent had read every command the controller sent on its stream when it
+    /// built the heartbeat. One built earlier may predate the job's assignment.
+    pub saw_every_command: bool,
 }
 
-/// What to do about a running job its agent no longer runs.
+/// What a heartbeat means for the job the controller believes the node runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RestartDecision {
-    /// Nothing: the job is not running, the agent runs it, or results are still on the way.
+pub enum Liveness {
+    /// Nothing to do: the job is not running, the agent runs it, or every step has its final
+    /// result already.
     Nothing,
-    /// The agent restarted during an attempt: record it as an `error` result, then either
-    /// reassign the job (retries remain) or end it.
+    /// The heartbeat was built before the agent read every command sent to it, so it may
+    /// predate the job's assignment: judge the next one.
+    Stale,
+    /// The agent does not run the job but still holds results: they may finish it, so nothing
+    /// is decided until a heartbeat reports none unsent.
+    WaitForResults,
+    /// The agent no longer runs the job and holds none of its results: the step it was in is
+    /// interrupted. Record `record_attempt` as an `error` result if set, then end the job as
+    /// `end` or, when `end` is `None`, assign it again under a new lease epoch.
     Interrupted {
-        /// The step the agent was running.
+        /// The step the agent was in: the first without a final result.
         step_index: u32,
-        /// The attempt number the interrupted attempt gets.
-        attempt: u32,
-        /// `Some(Error)` when the step has no retries left and the job ends; `None` when the
-        /// job is reassigned under a new lease epoch so the agent runs the remaining attempts.
+        /// The attempt number of the `error` result to record, when the step has no result
+        /// under the current lease epoch yet (the agent was mid-attempt and nobody reported
+        /// it). `None` when its latest attempt already has a result (the agent stopped
+        /// between attempts, or reported the interrupted attempt itself after a restart):
+        /// nothing is invented, only the remaining attempts are run again.
+        record_attempt: Option<u32>,
+        /// `Some(Error)` when the recorded attempt was the step's last allowed one.
         end: Option<JobState>,
-        /// Why, for the result's message.
+        /// Why, for the result's message and the log.
         message: String,
     },
 }
 
-/// Decides what an agent's restart means for a job the controller believes it runs.
+/// Compares what the agent says it runs (every heartbeat) with the job the controller
+/// believes its node runs, and says what to do.
 ///
-/// Only a `running` job can be interrupted (an `assigned` one is simply sent again). While the
-/// agent still holds unsent results, it may have finished the job during an outage: nothing is
-/// decided until its spool is empty, so no result is ever invented ahead of a real one.
-pub fn on_agent_restart(
+/// Only a `running` job can be interrupted (an `assigned` one is simply sent again). The
+/// agent's word counts only when it had read every command sent to it (else the heartbeat
+/// may predate the assignment) and holds no unsent result (else its spool may still finish
+/// the job): no result is ever invented ahead of a real one, and no wait lasts longer than
+/// the agent's results take to arrive.
+pub fn compare_heartbeat(
     state: JobState,
     lease_epoch: u64,
     agent: AgentReport,
     results: &[StepResult],
     step_names: &[String],
     step_retries: &[u32],
-) -> RestartDecision {
-    if state != JobState::Running || agent.runs_job || agent.unsent_results > 0 {
-        return RestartDecision::Nothing;
+) -> Liveness {
+    if state != JobState::Running || agent.runs_job {
+        return Liveness::Nothing;
+    }
+    if !agent.saw_every_command {
+        return Liveness::Stale;
+    }
+    if agent.unsent_results > 0 {
+        return Liveness::WaitForResults;
     }
     if final_state(results, step_retries).is_some() {
-        return RestartDecision::Nothing;
+        return Liveness::Nothing;
     }
     // The first step without a final result is the one the agent was in.
     for (step_index, retries) in step_retries.iter().enumerate() {
@@ -217,26 +241,33 @@ pub fn on_agent_restart(
         if is_final {
             continue;
         }
-        // Numbered after the agent's latest attempt under the current lease epoch.
-        let attempt = of_step
-            .iter()
-            .filter(|r| r.lease_epoch == lease_epoch)
-            .map(|r| r.attempt)
-            .max()
-            .unwrap_or(0)
-            + 1;
         let name = step_names
             .get(step_index)
             .map_or_else(|| format!("#{step_index}"), Clone::clone);
-        let attempts_used = n_attempts + 1;
-        return RestartDecision::Interrupted {
-            step_index: u32::try_from(step_index).unwrap_or(u32::MAX),
-            attempt,
-            end: (attempts_used > *retries).then_some(JobState::Error),
-            message: format!("interrupted: the agent restarted during step {name}"),
+        let step_index = u32::try_from(step_index).unwrap_or(u32::MAX);
+        let reported_under_epoch = of_step.iter().any(|r| r.lease_epoch == lease_epoch);
+        if reported_under_epoch {
+            return Liveness::Interrupted {
+                step_index,
+                record_attempt: None,
+                end: None,
+                message: format!(
+                    "the agent no longer runs the job after step {name}'s last reported attempt; \
+                     its remaining attempts run again"
+                ),
+            };
+        }
+        return Liveness::Interrupted {
+            step_index,
+            record_attempt: Some(1),
+            end: (n_attempts + 1 > *retries).then_some(JobState::Error),
+            message: format!(
+                "interrupted: the agent stopped running the job during step {name} (restarted, \
+                 or lost its state) and holds no result of it"
+            ),
         };
     }
-    RestartDecision::Nothing
+    Liveness::Nothing
 }
 
 #[cfg(test)]
@@ -251,62 +282,107 @@ mod tests {
     const IDLE: AgentReport = AgentReport {
         runs_job: false,
         unsent_results: 0,
+        saw_every_command: true,
     };
 
     #[test]
-    fn a_restart_with_retries_left_reassigns() {
+    fn an_agent_that_stopped_mid_step_with_retries_left_gets_the_job_again() {
         let results = vec![step_result(0, 1, Outcome::Passed)];
-        let decision = on_agent_restart(JobState::Running, 1, IDLE, &results, &names(2), &[0, 1]);
+        let decision = compare_heartbeat(JobState::Running, 1, IDLE, &results, &names(2), &[0, 1]);
         assert_eq!(
             decision,
-            RestartDecision::Interrupted {
+            Liveness::Interrupted {
                 step_index: 1,
-                attempt: 1,
+                record_attempt: Some(1),
                 end: None,
-                message: "interrupted: the agent restarted during step step1".to_owned(),
+                message: "interrupted: the agent stopped running the job during step step1 \
+                          (restarted, or lost its state) and holds no result of it"
+                    .to_owned(),
             }
         );
     }
 
     #[test]
-    fn a_restart_without_retries_ends_the_job_as_error() {
-        let results = vec![step_result(0, 1, Outcome::Failed)];
-        let decision = on_agent_restart(JobState::Running, 1, IDLE, &results, &names(1), &[1]);
-        assert!(matches!(
-            decision,
-            RestartDecision::Interrupted {
-                step_index: 0,
-                attempt: 2,
-                end: Some(JobState::Error),
-                ..
-            }
-        ));
+    fn an_interrupted_last_attempt_ends_the_job_as_error() {
+        // Attempt 1 under epoch 1 failed and was retried under epoch 2, where the agent
+        // stopped mid-attempt: that was the step's second and last allowed attempt.
+        let mut results = vec![step_result(0, 1, Outcome::Failed)];
+        results[0].lease_epoch = 1;
+        let decision = compare_heartbeat(JobState::Running, 2, IDLE, &results, &names(1), &[1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Interrupted {
+                    step_index: 0,
+                    record_attempt: Some(1),
+                    end: Some(JobState::Error),
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
     }
 
     #[test]
-    fn no_decision_while_the_agent_runs_it_or_has_unsent_results() {
+    fn an_attempt_with_its_result_is_not_invented_again() {
+        // The agent reported attempt 1 (failed, or interrupted and reported at its restart)
+        // and then forgot the job: the remaining attempt runs again, no result is added.
+        let results = vec![step_result(0, 1, Outcome::Error)];
+        let decision = compare_heartbeat(JobState::Running, 1, IDLE, &results, &names(1), &[1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Interrupted {
+                    step_index: 0,
+                    record_attempt: None,
+                    end: None,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_is_decided_on_a_stale_report_or_while_results_are_unsent() {
         let results = vec![];
-        for agent in [
-            AgentReport {
+        let judge =
+            |agent| compare_heartbeat(JobState::Running, 1, agent, &results, &names(1), &[0]);
+        assert_eq!(
+            judge(AgentReport {
                 runs_job: true,
-                unsent_results: 0,
-            },
-            AgentReport {
-                runs_job: false,
+                ..IDLE
+            }),
+            Liveness::Nothing
+        );
+        assert_eq!(
+            judge(AgentReport {
+                saw_every_command: false,
+                ..IDLE
+            }),
+            Liveness::Stale
+        );
+        assert_eq!(
+            judge(AgentReport {
                 unsent_results: 2,
-            },
-        ] {
-            assert_eq!(
-                on_agent_restart(JobState::Running, 1, agent, &results, &names(1), &[0]),
-                RestartDecision::Nothing
-            );
-        }
+                ..IDLE
+            }),
+            Liveness::WaitForResults
+        );
+        // Once the spool drained, the same job is judged.
+        assert!(matches!(judge(IDLE), Liveness::Interrupted { .. }));
         for state in [JobState::Assigned, JobState::Passed, JobState::Lost] {
             assert_eq!(
-                on_agent_restart(state, 1, IDLE, &results, &names(1), &[0]),
-                RestartDecision::Nothing
+                compare_heartbeat(state, 1, IDLE, &results, &names(1), &[0]),
+                Liveness::Nothing
             );
         }
+        // Every step has its final result: the job ends by its results, not by a heartbeat.
+        let done = vec![step_result(0, 1, Outcome::Passed)];
+        assert_eq!(
+            compare_heartbeat(JobState::Running, 1, IDLE, &done, &names(1), &[0]),
+            Liveness::Nothing
+        );
     }
 
     #[test]

@@ -156,12 +156,9 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     assert!(log.contains("the database accepts writes again"), "{log}");
 }
 
-// Today an agent that cannot spool a result logs it as lost and its job stays `running`; the
-// agent must deliver it anyway (send it directly, keep it in memory until acknowledged) or
-// report the step as `error`. That change belongs to the agent's spool (`agent/src/spool.rs`,
-// `agent/src/lib.rs`); this test is the check for it, and runs once it lands.
+// An agent that cannot spool a result keeps it in memory, sends it from there until it is
+// acknowledged and counts it as unsent in its heartbeats, so the job ends with every result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the agent to deliver results it cannot spool; see the comment above"]
 async fn agent_state_directory_on_a_full_disk_loses_no_result() {
     let Some(disk) = tmpfs_or_skip(4 * 1024) else {
         return;

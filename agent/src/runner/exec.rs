@@ -77,6 +77,9 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// Where stdout and stderr go.
     pub log_path: PathBuf,
+    /// Where to record the attempt's processes while they run (see [`super::orphans`]);
+    /// `None` records nothing.
+    pub group_record: Option<super::orphans::RecordTo>,
 }
 
 /// How an `exec` attempt ended.
@@ -165,7 +168,20 @@ pub async fn run(
     if let Some(workdir) = &request.workdir {
         command.current_dir(workdir);
     }
-    let mut child = command.spawn().map_err(|source| RunnerError::Spawn {
+    // Recorded before the process exists, so an agent killed from here on leaves its
+    // successor what it needs to find the process (see `orphans`).
+    if let Some(to) = &request.group_record
+        && let Err(error) = super::orphans::write(&to.state_dir, &to.attempt, &to.env_entry, None)
+    {
+        tracing::warn!(%error, "could not record the step attempt; should the agent be killed, its processes would outlive it");
+    }
+    let spawned = command.spawn();
+    if spawned.is_err()
+        && let Some(to) = &request.group_record
+    {
+        let _ = super::orphans::clear(&to.state_dir);
+    }
+    let mut child = spawned.map_err(|source| RunnerError::Spawn {
         program: program.clone(),
         source,
     })?;
@@ -178,6 +194,16 @@ pub async fn run(
     // Should this future be dropped mid-step (the agent task aborted), the guard still takes
     // the whole group down; `kill_on_drop` alone would reach only the leader.
     let mut guard = GroupGuard(group);
+    if let (Some(to), Some(group)) = (&request.group_record, group)
+        && let Err(error) = super::orphans::write(
+            &to.state_dir,
+            &to.attempt,
+            &to.env_entry,
+            Some(group.as_raw()),
+        )
+    {
+        tracing::warn!(%error, "could not record the step's process group; should the agent be killed, its processes would outlive it");
+    }
 
     let (line_sender, line_receiver) = mpsc::channel::<Line>(256);
     let mut readers = Vec::new();
@@ -232,6 +258,11 @@ pub async fn run(
         }
     }
     guard.disarm();
+    if let Some(to) = &request.group_record
+        && let Err(error) = super::orphans::clear(&to.state_dir)
+    {
+        tracing::warn!(%error, "could not remove the step's process group record; the next start finds the group gone");
+    }
     let (parser, tail) = match collector.await {
         Ok(collected) => collected,
         Err(_) => (MeasureParser::new(), VecDeque::new()),

@@ -36,6 +36,7 @@
 
 pub mod exec;
 pub mod kinds;
+pub mod orphans;
 pub mod resume;
 
 use crate::gpu::GpuSource;
@@ -538,6 +539,22 @@ async fn run_attempt(
                             workdir: workdir.as_ref().map(PathBuf::from),
                             timeout: step.timeout,
                             log_path: dir.join("output.log"),
+                            group_record: Some(orphans::RecordTo {
+                                state_dir: context.state_dir.clone(),
+                                attempt: orphans::AttemptId {
+                                    job_id: job.job_id.clone(),
+                                    step_index: job_step.index,
+                                    step_name: step.name.clone(),
+                                    attempt,
+                                    lease_epoch: job.lease_epoch,
+                                    started_at,
+                                },
+                                // The attempt's own directory: no other process has it.
+                                env_entry: format!(
+                                    "TOLLGATE_RESULTS_DIR={}",
+                                    results_dir.display()
+                                ),
+                            }),
                         };
                         let at = kinds::Attempt {
                             index: job_step.index,

@@ -129,10 +129,9 @@ impl AgentService for AgentApi {
         let (session_id, commands) = shared.sessions.open(&node).ok_or_else(|| {
             Status::unavailable("the controller is shutting down; reconnect later")
         })?;
-        let opened_at = shared.now();
         tracing::info!(node = %node, "agent connected");
         // Connecting counts as a heartbeat: the stream is the lease.
-        if let Err(error) = on_heartbeat(shared, &node).await {
+        if let Err(error) = on_heartbeat(shared, &node).await.map(|_| ()) {
             tracing::warn!(node = %node, %error, "could not record the connection as a heartbeat");
         }
         if let Err(error) = crate::scheduler::resend_assigned(shared, &node).await {
@@ -140,13 +139,7 @@ impl AgentService for AgentApi {
         }
         shared.poke_scheduler();
         shared.notify_changed();
-        tokio::spawn(read_events(
-            shared.clone(),
-            node,
-            session_id,
-            opened_at,
-            inbound,
-        ));
+        tokio::spawn(read_events(shared.clone(), node, session_id, inbound));
         let outbound = ReceiverStream::new(commands).map(Ok);
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -212,14 +205,9 @@ async fn read_events(
     shared: Arc<Shared>,
     node: NodeId,
     session_id: u64,
-    opened_at: tollgate_domain::Timestamp,
     mut inbound: Streaming<proto::AgentEvent>,
 ) {
     let mut shutdown = shared.subscribe_shutdown();
-    // Only the first heartbeat of a stream can reveal an agent restart: it was built when the
-    // agent (re)connected, before any command of this stream reached it. A later heartbeat
-    // saying "idle" can simply have crossed an assignment on the wire.
-    let mut first_heartbeat = true;
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
@@ -227,12 +215,7 @@ async fn read_events(
         };
         match message {
             Ok(Some(proto::AgentEvent { event: Some(event) })) => {
-                let first =
-                    (first_heartbeat && matches!(event, Event::Heartbeat(_))).then_some(opened_at);
-                if matches!(event, Event::Heartbeat(_)) {
-                    first_heartbeat = false;
-                }
-                if let Err(error) = on_event(&shared, &node, event, first).await {
+                if let Err(error) = on_event(&shared, &node, session_id, event).await {
                     tracing::warn!(node = %node, %error, "could not handle an agent event");
                 }
             }
@@ -253,22 +236,23 @@ async fn read_events(
 async fn on_event(
     shared: &Shared,
     node: &NodeId,
+    session_id: u64,
     event: Event,
-    first_of_stream: Option<tollgate_domain::Timestamp>,
 ) -> Result<(), StoreError> {
     match event {
-        Event::Heartbeat(proto::Heartbeat {
-            running_job_id,
-            sent_at: _,
-            unsent_results,
-        }) => {
-            tracing::debug!(node = %node, running_job_id, unsent_results, "heartbeat");
-            on_heartbeat(shared, node).await?;
-            if let Some(opened_at) = first_of_stream {
-                on_running_report(shared, node, &running_job_id, unsent_results, opened_at).await
-            } else {
-                Ok(())
-            }
+        Event::Heartbeat(heartbeat) => {
+            let proto::Heartbeat {
+                ref running_job_id,
+                sent_at: _,
+                unsent_results,
+                lease_epoch,
+                step_index,
+                attempt,
+                commands_received,
+            } = heartbeat;
+            tracing::debug!(node = %node, running_job_id, lease_epoch, step_index, attempt, unsent_results, commands_received, "heartbeat");
+            let current_job = on_heartbeat(shared, node).await?;
+            on_running_report(shared, node, session_id, &heartbeat, current_job).await
         }
         Event::JobAccepted(proto::JobAccepted {
             job_id,
@@ -287,11 +271,12 @@ async fn on_event(
     }
 }
 
-/// Renews the node's lease and brings an `unreachable` node back.
-async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<(), StoreError> {
+/// Renews the node's lease and brings an `unreachable` node back; returns the job the store
+/// says the node runs.
+async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<Option<JobId>, StoreError> {
     shared.store.touch_node(node, shared.now()).await?;
     let Some(current) = shared.store.get_node(node).await? else {
-        return Ok(());
+        return Ok(None);
     };
     if current.state == NodeState::Unreachable {
         let state = if current.current_job.is_some() {
@@ -304,78 +289,93 @@ async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<(), StoreError> 
         shared.notify_changed();
         shared.poke_scheduler();
     }
-    Ok(())
+    Ok(current.current_job)
 }
 
-/// Compares what the agent runs with the node's running job: an agent that restarted during a
-/// step no longer runs it, and the interrupted attempt is recorded as an `error` result; then
-/// the job is assigned again under a new epoch (retries left) or ends. The decision is the
-/// domain's (`job::on_agent_restart`).
+/// Compares what the agent says it runs, in every heartbeat, with what the store says the
+/// node runs, and acts on the domain's answer (`job::compare_heartbeat`): a running job the
+/// agent no longer runs (it restarted, or lost the job) gets its interrupted attempt recorded
+/// as an `error` result and is then assigned again under a new epoch (attempts left) or ends.
+/// A job the agent runs that already ended is cancelled on the agent.
 ///
-/// The first heartbeat was built when the stream opened (`opened_at`): a job that moved after
-/// that (assigned on this stream, or running because its first result overtook the heartbeat
-/// on another call) is one the heartbeat could not know of, so it says nothing about it.
+/// The heartbeat counts only if it was built after the agent had read every command this
+/// stream carried: the job is loaded first and the count of commands sent read after, so an
+/// assignment that made the job running is always among the commands counted.
 async fn on_running_report(
     shared: &Shared,
     node: &NodeId,
-    running_job_id: &str,
-    unsent_results: u32,
-    opened_at: tollgate_domain::Timestamp,
+    session_id: u64,
+    heartbeat: &proto::Heartbeat,
+    current_job: Option<JobId>,
 ) -> Result<(), StoreError> {
-    use tollgate_domain::job::{AgentReport, RestartDecision};
+    use tollgate_domain::job::{AgentReport, Liveness};
     let store = &shared.store;
-    // Cheap checks first: this runs on every heartbeat.
-    if unsent_results > 0 {
-        return Ok(());
+    let running_job_id = heartbeat.running_job_id.as_str();
+    if !running_job_id.is_empty()
+        && current_job
+            .as_ref()
+            .is_none_or(|job| job.as_str() != running_job_id)
+    {
+        cancel_if_ended(shared, node, running_job_id).await?;
     }
-    let Some(current_job) = store
-        .get_node(node)
-        .await?
-        .and_then(|node| node.current_job)
-    else {
+    // Cheap checks first: this runs on every heartbeat.
+    let Some(current_job) = current_job else {
         return Ok(());
     };
     if current_job.as_str() == running_job_id {
         return Ok(());
     }
-    if let Some(job) = store.get_job(&current_job).await? {
-        if &job.node != node || job.state != JobState::Running || job.updated_at >= opened_at {
+    let Some(job) = store.get_job(&current_job).await? else {
+        return Ok(());
+    };
+    if &job.node != node || job.state != JobState::Running {
+        return Ok(());
+    }
+    let Some(n_sent) = shared.sessions.commands_sent(node, session_id) else {
+        // A newer stream replaced this one: its own heartbeats will be judged.
+        return Ok(());
+    };
+    let results = store.results_of_job(&job.id).await?;
+    let Some(run) = store.get_run(&job.run_id).await? else {
+        return Ok(());
+    };
+    let Some(plan) = store
+        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+        .await?
+    else {
+        return Ok(());
+    };
+    let steps = &plan.plan.steps;
+    let names: Vec<String> = steps.iter().map(|step| step.name.clone()).collect();
+    let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
+    let agent = AgentReport {
+        runs_job: false,
+        unsent_results: heartbeat.unsent_results,
+        saw_every_command: heartbeat.commands_received >= n_sent,
+    };
+    let decision = tollgate_domain::job::compare_heartbeat(
+        job.state,
+        job.lease_epoch,
+        agent,
+        &results,
+        &names,
+        &retries,
+    );
+    let (step_index, record_attempt, end, message) = match decision {
+        Liveness::Nothing | Liveness::Stale => return Ok(()),
+        Liveness::WaitForResults => {
+            tracing::debug!(node = %node, job = %job.id, unsent_results = heartbeat.unsent_results, "the agent no longer runs the job but still holds results; waiting for them");
             return Ok(());
         }
-        let results = store.results_of_job(&job.id).await?;
-        let Some(run) = store.get_run(&job.run_id).await? else {
-            return Ok(());
-        };
-        let Some(plan) = store
-            .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-            .await?
-        else {
-            return Ok(());
-        };
-        let steps = &plan.plan.steps;
-        let names: Vec<String> = steps.iter().map(|step| step.name.clone()).collect();
-        let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
-        let agent = AgentReport {
-            runs_job: running_job_id == job.id.as_str(),
-            unsent_results,
-        };
-        let RestartDecision::Interrupted {
+        Liveness::Interrupted {
             step_index,
-            attempt,
+            record_attempt,
             end,
             message,
-        } = tollgate_domain::job::on_agent_restart(
-            job.state,
-            job.lease_epoch,
-            agent,
-            &results,
-            &names,
-            &retries,
-        )
-        else {
-            return Ok(());
-        };
-        let now = shared.now();
+        } => (step_index, record_attempt, end, message),
+    };
+    let now = shared.now();
+    if let Some(attempt) = record_attempt {
         let inventory = store
             .get_node(node)
             .await?
@@ -410,27 +410,51 @@ async fn on_running_report(
         }
         tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
         shared.notify_changed();
-        if let Some(to) = end {
-            tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
-            shared.poke_scheduler();
-            shared.request_reevaluation(&run.id);
-            return Ok(());
+    } else {
+        tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
+    }
+    if let Some(to) = end {
+        tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
+        shared.poke_scheduler();
+        shared.request_reevaluation(&run.id);
+        return Ok(());
+    }
+    let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::AgentRestarted) else {
+        return Ok(());
+    };
+    let epoch = job.lease_epoch + 1;
+    match store
+        .transition_job(&job.id, job.state, to, epoch, now)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(job = %job.id, node = %node, lease_epoch = epoch, "job assigned again: its agent no longer ran it");
+            shared.notify_changed();
+            crate::scheduler::resend_assigned(shared, node).await?;
         }
-        let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::AgentRestarted) else {
-            return Ok(());
-        };
-        let epoch = job.lease_epoch + 1;
-        match store
-            .transition_job(&job.id, job.state, to, epoch, now)
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(job = %job.id, node = %node, lease_epoch = epoch, "job assigned again after the agent restarted");
-                crate::scheduler::resend_assigned(shared, node).await?;
-            }
-            Err(StoreError::Conflict { .. }) => {}
-            Err(error) => return Err(error),
-        }
+        Err(StoreError::Conflict { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+/// The agent runs a job the store does not hold as this node's running job: when it ended
+/// (cancelled, lost, finished) or is another node's, the agent is told to stop it, so no step
+/// keeps loading the GPUs for nothing.
+async fn cancel_if_ended(shared: &Shared, node: &NodeId, job_id: &str) -> Result<(), StoreError> {
+    let job = shared.store.get_job(&JobId::new(job_id.to_owned())).await?;
+    let reason = match &job {
+        None => format!("job {job_id} does not exist"),
+        Some(job) if &job.node != node => format!("job {job_id} belongs to node {}", job.node),
+        Some(job) if job.state.is_terminal() => format!("job already ended as {}", job.state),
+        Some(_) => return Ok(()),
+    };
+    tracing::warn!(node = %node, job = job_id, %reason, "the agent runs a job the controller does not; cancelling it");
+    if let Err(error) = shared.sessions.send(
+        node,
+        cancel_command(&JobId::new(job_id.to_owned()), &reason),
+    ) {
+        tracing::warn!(job = job_id, %error, "cancel not delivered");
     }
     Ok(())
 }
