@@ -115,7 +115,7 @@ async fn qualification_step_kinds_run_end_to_end() {
     );
     assert_eq!(
         cool.results[3].message,
-        "dcgmi diag failed: memory on GPU 1"
+        "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)"
     );
 
     let hot = job("lab-hot");
