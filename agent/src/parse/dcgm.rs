@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(find(&subs, "software", 0).source, "dcgm-diag");
         let (outcome, message) = step_outcome(&subs);
         assert_eq!(outcome, Outcome::Failed);
-        assert_eq!(message, "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)");
+        assert_eq!(
+            message,
+            "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)"
+        );
     }
 
     #[test]

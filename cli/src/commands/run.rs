@@ -663,6 +663,9 @@ mod tests {
             text.contains("    and 4 other test(s) passed or skipped\n"),
             "{text}"
         );
-        assert!(!text.contains("fine"), "passing tests are only counted: {text}");
+        assert!(
+            !text.contains("fine"),
+            "passing tests are only counted: {text}"
+        );
     }
 }

@@ -952,10 +952,7 @@ fn input_with_tests() -> ReportInput {
 #[test]
 fn every_format_lists_the_failing_tests_first_and_counts_the_passing_ones_left_out() {
     let input = input_with_tests();
-    let last_listed = format!(
-        "test_ok_{:02}",
-        tollgate_domain::result::LISTED_PASSING - 1
-    );
+    let last_listed = format!("test_ok_{:02}", tollgate_domain::result::LISTED_PASSING - 1);
     let first_left_out = format!("test_ok_{:02}", tollgate_domain::result::LISTED_PASSING);
     for format in [
         ReportFormat::Markdown,
@@ -968,7 +965,8 @@ fn every_format_lists_the_failing_tests_first_and_counts_the_passing_ones_left_o
             .find("test_gpu_checks.test_hbm_bandwidth_regression")
             .unwrap_or_else(|| panic!("{format:?} names the failing test"));
         assert!(
-            text.contains("bandwidth 2710 &lt; 3000 GB/s") || text.contains("bandwidth 2710 < 3000 GB/s"),
+            text.contains("bandwidth 2710 &lt; 3000 GB/s")
+                || text.contains("bandwidth 2710 < 3000 GB/s"),
             "{format:?} gives the failing test's message"
         );
         assert!(

@@ -800,7 +800,10 @@ fn the_same_failing_testcase_on_forty_nodes_is_one_group() {
     assert_eq!(
         view,
         [
-            ("step1: test_gpu_checks.test_hbm_bandwidth_regression failed", 40),
+            (
+                "step1: test_gpu_checks.test_hbm_bandwidth_regression failed",
+                40
+            ),
             ("step1: test_gpu_checks.test_pcie_link failed", 1),
         ]
     );
