@@ -1330,3 +1330,58 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn fleet_telemetry_over_its_limits_is_refused_by_name() {
+    let controller = Controller::start().await;
+    let agent = Agent::enroll(&controller, "lab-1").await;
+    let sample = |values: std::collections::HashMap<String, f64>| proto::TelemetrySample {
+        gpu_index: 0,
+        at: None,
+        values,
+    };
+    let one_field = || [("gpu_temp_c".to_owned(), 60.0)].into_iter().collect();
+    let push = |batch: proto::TelemetryBatch| {
+        let mut agents = controller.agents();
+        let token = agent.token.clone();
+        async move {
+            agents
+                .push_telemetry(authed(tokio_stream::iter(vec![batch]), &token))
+                .await
+        }
+    };
+
+    // Within the limits: accepted.
+    push(proto::TelemetryBatch {
+        samples: vec![sample(one_field())],
+        events: Vec::new(),
+        dropped: 0,
+    })
+    .await
+    .expect("a small batch is accepted");
+
+    // Too many samples in one batch.
+    let status = push(proto::TelemetryBatch {
+        samples: (0..10_001).map(|_| sample(Default::default())).collect(),
+        events: Vec::new(),
+        dropped: 0,
+    })
+    .await
+    .unwrap_err();
+    assert_refused(&status, "samples", "telemetry-batch");
+
+    // A field name of a megabyte, and an event detail over the message limit.
+    let status = push(proto::TelemetryBatch {
+        samples: vec![sample([("f".repeat(1 << 20), 1.0)].into_iter().collect())],
+        events: vec![proto::GpuEvent {
+            kind: "xid".into(),
+            detail: "d".repeat(64 * 1024),
+            ..Default::default()
+        }],
+        dropped: 0,
+    })
+    .await
+    .unwrap_err();
+    assert_refused(&status, "samples[0].values", "name");
+    assert_refused(&status, "events[0].detail", "message");
+}

@@ -191,6 +191,18 @@ pub const MESSAGE: Limit = bytes(
 );
 /// A node token.
 pub const TOKEN: Limit = bytes("token", 256, "node tokens");
+/// Samples (and events) in one batch of fleet telemetry.
+pub const TELEMETRY_BATCH: Limit = items(
+    "telemetry-batch",
+    10_000,
+    "samples, and events, in one fleet telemetry batch (PushTelemetry)",
+);
+/// Fields in one telemetry sample.
+pub const SAMPLE_FIELDS: Limit = items(
+    "sample-fields",
+    256,
+    "fields of one fleet telemetry sample (names are `name` bytes at most)",
+);
 
 /// Every limit, in the order the documentation lists them.
 pub const ALL: &[Limit] = &[
@@ -225,6 +237,8 @@ pub const ALL: &[Limit] = &[
     LOG_TAIL,
     MESSAGE,
     TOKEN,
+    TELEMETRY_BATCH,
+    SAMPLE_FIELDS,
 ];
 
 /// How many characters of an offending value an error message shows.

@@ -180,6 +180,7 @@ impl AgentService for AgentApi {
                 () = crate::stopped(&mut shutdown) => None,
             };
             let Some(batch) = batch else { break };
+            let batch = super::convert::bounded(batch)?;
             n_batches += 1;
             n_samples += batch.samples.len() as u64;
             n_dropped += batch.dropped;
@@ -215,6 +216,15 @@ async fn read_events(
         };
         match message {
             Ok(Some(proto::AgentEvent { event: Some(event) })) => {
+                // An event with a field over its limit is not acted on; the line names the
+                // field and the limit (the stream stays open: the agent's next heartbeat counts).
+                let event = match super::convert::bounded(event) {
+                    Ok(event) => event,
+                    Err(invalid) => {
+                        tracing::warn!(node = %node, error = %invalid, "agent event refused");
+                        continue;
+                    }
+                };
                 if let Err(error) = on_event(&shared, &node, session_id, event).await {
                     tracing::warn!(node = %node, %error, "could not handle an agent event");
                 }

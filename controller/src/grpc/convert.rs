@@ -152,6 +152,97 @@ fn parse_bounded<T: std::str::FromStr<Err = String>>(value: &str) -> Result<T, S
     value.parse::<T>()
 }
 
+/// The agent's stream events: a job id longer than a name is refused by name like any request
+/// field (the controller then ignores the event and logs why; see `grpc/agent.rs`).
+impl Bounded for proto::agent_event::Event {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        use proto::agent_event::Event;
+        match self {
+            Event::Heartbeat(proto::Heartbeat {
+                running_job_id,
+                sent_at: _,
+                unsent_results: _,
+                lease_epoch: _,
+                step_index: _,
+                attempt: _,
+                commands_received: _,
+            }) => {
+                text(
+                    errors,
+                    "heartbeat.running_job_id",
+                    &limits::NAME,
+                    running_job_id,
+                );
+            }
+            Event::JobAccepted(proto::JobAccepted {
+                job_id,
+                lease_epoch: _,
+            }) => {
+                text(errors, "job_accepted.job_id", &limits::NAME, job_id);
+            }
+            Event::StepStarted(proto::StepStarted {
+                job_id,
+                lease_epoch: _,
+                step_index: _,
+                attempt: _,
+            }) => {
+                text(errors, "step_started.job_id", &limits::NAME, job_id);
+            }
+        }
+    }
+}
+
+/// One batch of fleet telemetry: its lists, each sample's fields and each event's texts.
+impl Bounded for proto::TelemetryBatch {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::TelemetryBatch {
+            samples,
+            events,
+            dropped: _,
+        } = self;
+        if count(errors, "samples", &limits::TELEMETRY_BATCH, samples.len()) {
+            for (idx, sample) in samples.iter().enumerate() {
+                let proto::TelemetrySample {
+                    gpu_index: _,
+                    at: _,
+                    values,
+                } = sample;
+                let field = format!("samples[{idx}].values");
+                if count(errors, &field, &limits::SAMPLE_FIELDS, values.len()) {
+                    for name in values.keys() {
+                        text(errors, &field, &limits::NAME, name);
+                    }
+                }
+            }
+        }
+        if count(errors, "events", &limits::TELEMETRY_BATCH, events.len()) {
+            for (idx, event) in events.iter().enumerate() {
+                let proto::GpuEvent {
+                    gpu_index: _,
+                    gpu_uuid,
+                    kind,
+                    code: _,
+                    at: _,
+                    detail,
+                } = event;
+                text(
+                    errors,
+                    &format!("events[{idx}].gpu_uuid"),
+                    &limits::INVENTORY_TEXT,
+                    gpu_uuid,
+                );
+                text(errors, &format!("events[{idx}].kind"), &limits::NAME, kind);
+                text(
+                    errors,
+                    &format!("events[{idx}].detail"),
+                    &limits::MESSAGE,
+                    detail,
+                );
+            }
+        }
+    }
+}
+
 /// A request whose strings and lists all have a limit.
 pub trait Bounded {
     /// Records every field over its limit.
@@ -1607,6 +1698,49 @@ pub fn result_summary(result: &StepResult) -> proto::StepResultSummary {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_events_with_an_oversize_job_id_are_refused_by_name() {
+        use proto::agent_event::Event;
+        let huge = "j".repeat(3 * 1024 * 1024);
+        let events = [
+            (
+                Event::Heartbeat(proto::Heartbeat {
+                    running_job_id: huge.clone(),
+                    ..Default::default()
+                }),
+                "heartbeat.running_job_id",
+            ),
+            (
+                Event::JobAccepted(proto::JobAccepted {
+                    job_id: huge.clone(),
+                    lease_epoch: 1,
+                }),
+                "job_accepted.job_id",
+            ),
+            (
+                Event::StepStarted(proto::StepStarted {
+                    job_id: huge.clone(),
+                    ..Default::default()
+                }),
+                "step_started.job_id",
+            ),
+        ];
+        for (event, field) in events {
+            let refused = bounded(event).expect_err("an oversize id is refused");
+            assert_eq!(refused.fields(), [field]);
+            assert!(
+                refused.to_string().len() < 1024,
+                "{}",
+                refused.to_string().len()
+            );
+        }
+        let fine = Event::Heartbeat(proto::Heartbeat {
+            running_job_id: "job-1".into(),
+            ..Default::default()
+        });
+        assert!(bounded(fine).is_ok());
+    }
+
     use super::*;
     use tollgate_domain::test_support::{at, inventory, step_result};
     use tonic::{Code, Status};
