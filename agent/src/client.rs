@@ -505,6 +505,25 @@ impl Agent {
             }
         };
         let attempt = &leftover.attempt;
+        let resumed = self
+            .resume
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|pending| {
+                pending.record.job.job_id == attempt.job_id
+                    && pending.record.step_index == attempt.step_index
+                    && pending.record.attempt == attempt.attempt
+            });
+        if resumed {
+            // A flash killed between writing its resume record and dropping its group record:
+            // the resume reports this attempt; an `error` for it too would contradict it.
+            tracing::info!(job = %attempt.job_id, step = %attempt.step_name, "the interrupted attempt is a flash waiting for this restart; its resume record reports it");
+            if let Err(error) = runner::orphans::clear(state_dir) {
+                tracing::error!(%error, "could not remove the process group record");
+            }
+            return;
+        }
         let message = format!(
             "interrupted: the agent restarted during step {} (attempt {}); {}",
             attempt.step_name, attempt.attempt, leftover.processes
@@ -916,7 +935,7 @@ async fn drive_job(
                     // Progress is informational: when no session drains it, drop it.
                     let _ = progress.try_send(started);
                 }
-                JobEvent::Result(mut result) => {
+                JobEvent::Result(mut result, kept) => {
                     mark_gpu_lost(&mut result);
                     outcomes.push(result.outcome);
                     let mut wire = convert::step_result(&result);
@@ -952,6 +971,9 @@ async fn drive_job(
                         *current = None;
                     }
                     drop(current);
+                    // Only now may the runner start the next attempt and drop the attempt's
+                    // process group record.
+                    kept.done();
                     upload.notify_one();
                 }
             }
