@@ -611,11 +611,14 @@ impl Agent {
         // Counted after the slot was read: a result leaves the slot's job only once it is
         // spooled or held, so a heartbeat never shows the job gone and its last result unsent
         // uncounted.
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let unsent = self
-            .spool
-            .count_pending()
-            .saturating_add(u32::try_from(held).unwrap_or(u32::MAX));
+        let mut unsent_by_job = self.spool.count_pending_by_job();
+        for result in self.held.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let n = unsent_by_job.entry(result.job_id.clone()).or_default();
+            *n = n.saturating_add(1);
+        }
+        let unsent = unsent_by_job
+            .values()
+            .fold(0u32, |sum, n| sum.saturating_add(*n));
         v1::AgentEvent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
                 running_job_id,
@@ -625,6 +628,7 @@ impl Agent {
                 step_index: step.map(|(index, _)| index),
                 attempt: step.map_or(0, |(_, attempt)| attempt),
                 commands_received,
+                unsent_by_job: unsent_by_job.into_iter().collect(),
             })),
         }
     }
