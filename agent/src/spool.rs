@@ -293,7 +293,7 @@ impl Spool {
         };
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
-            if !path.extension().is_some_and(|ext| ext == EXTENSION) {
+            if path.extension().is_none_or(|ext| ext != EXTENSION) {
                 continue;
             }
             if let Some(job) = path
