@@ -133,6 +133,21 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Sets a node's health by hand, with a reason (recorded in the audit log). Findings
+    /// (a GPU lost, a failed health check, repeated harness errors) only make health worse;
+    /// this is how a suspect or bad node is cleared.
+    Health {
+        /// Node name.
+        name: String,
+        /// The health: good, suspect or bad.
+        #[arg(long)]
+        set: String,
+        /// Why, for example --reason "reseated GPU 3, dcgmi diag -r 3 passed".
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `tollgate release ...`
@@ -279,6 +294,10 @@ pub enum RunCommand {
         /// Milestone; the release's current one when left out.
         #[arg(long)]
         milestone: Option<String>,
+        /// Select only the matching nodes ready now; by default busy nodes are selected too
+        /// and get their job when they free up.
+        #[arg(long)]
+        nodes_now: bool,
         /// Keep watching the run until it ends, like `tollgate run watch`.
         #[arg(long)]
         watch: bool,

@@ -247,7 +247,7 @@ async fn walk_through(
     say(&format!(
         "tollgate run start --release {RELEASE} --plan {PLAN} --milestone {MILESTONE} --watch"
     ));
-    let started = runs::start(&controller, RELEASE, PLAN, Some(MILESTONE))
+    let started = runs::start(&controller, RELEASE, PLAN, Some(MILESTONE), false)
         .await
         .context("starting the demo run")?;
     print!("{}", runs::format_started(&started));

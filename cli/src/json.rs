@@ -32,12 +32,14 @@ pub fn node(node: &pb::Node) -> Value {
         inventory: node_inventory,
         last_seen_at,
         current_job_id,
+        health_reason,
     } = node;
     json!({
         "name": name,
         "labels": map(labels),
         "state": state,
         "health": health,
+        "health_reason": health_reason,
         "inventory": node_inventory.as_ref().map(inventory),
         "last_seen_at": time(last_seen_at.as_ref()),
         "current_job_id": current_job_id,
@@ -202,8 +204,9 @@ pub fn run(run: &pb::Run) -> Value {
         created_at,
         finished_at,
         jobs,
+        selection,
     } = run;
-    json!({
+    let mut value = json!({
         "id": id,
         "release": release,
         "plan_name": plan_name,
@@ -213,7 +216,17 @@ pub fn run(run: &pb::Run) -> Value {
         "created_at": time(created_at.as_ref()),
         "finished_at": time(finished_at.as_ref()),
         "jobs": jobs.iter().map(job).collect::<Vec<_>>(),
-    })
+    });
+    // Only `run start` answers with a selection.
+    if let Some(pb::NodeSelection {
+        now,
+        waiting,
+        left_out,
+    }) = selection
+    {
+        value["selection"] = json!({ "now": now, "waiting": waiting, "left_out": left_out });
+    }
+    value
 }
 
 /// A job.

@@ -63,6 +63,7 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
             state: node.state,
             connected: shared.sessions.is_connected(&node.id),
             has_active_job: busy.contains(&node.id),
+            health: node.health,
         })
         .collect();
     let now = shared.now();

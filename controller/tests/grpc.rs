@@ -307,6 +307,7 @@ async fn start_run_of_r550(controller: &Controller) -> proto::Run {
             release: "r550".into(),
             plan: "gpu-qual".into(),
             milestone: String::new(),
+            nodes_now: false,
         })
         .await
         .expect("start run")
@@ -726,6 +727,7 @@ async fn a_run_needs_a_connected_node() {
             release: "r1".into(),
             plan: "gpu-qual".into(),
             milestone: String::new(),
+            nodes_now: false,
         })
         .await
         .unwrap_err();
@@ -1199,6 +1201,217 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
             .contains("has 100000 entries, over the limit of 256 items"),
         "{}",
         status.message()
+    );
+    controller.stop().await;
+}
+
+/// A run started while its nodes are busy selects them: their jobs wait, pending, and go out
+/// once the earlier run's jobs end. `nodes_now` keeps to the nodes ready now.
+#[tokio::test]
+async fn a_run_started_while_its_nodes_are_busy_waits_for_them() {
+    let controller = Controller::start().await;
+    let mut fx = fixture(&controller).await;
+    let start = |nodes_now: bool| proto::StartRunRequest {
+        release: "r550".into(),
+        plan: "gpu-qual".into(),
+        milestone: String::new(),
+        nodes_now,
+    };
+    let status = controller.runs().start_run(start(true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("node-a is busy") && status.message().contains("node-b is busy"),
+        "{}",
+        status.message()
+    );
+    let second = controller
+        .runs()
+        .start_run(start(false))
+        .await
+        .expect("a run of busy nodes starts")
+        .into_inner();
+    let selection = second
+        .selection
+        .clone()
+        .expect("StartRun says what it selected");
+    assert!(selection.now.is_empty(), "{selection:?}");
+    assert_eq!(selection.waiting, ["node-a", "node-b"]);
+    assert!(
+        second.jobs.iter().all(|job| job.state == "pending"),
+        "{second:?}"
+    );
+
+    // Node a ends its first job: the waiting job is sent to it.
+    let mut agents = controller.agents();
+    for step in 0..2 {
+        agents
+            .report_result(authed(
+                result(&fx.assign_a, step, proto::Outcome::Passed),
+                &fx.a.token,
+            ))
+            .await
+            .expect("result");
+    }
+    let next = fx.a.next_assignment().await;
+    let waiting_a = second
+        .jobs
+        .iter()
+        .find(|job| job.node == "node-a")
+        .expect("a job for node-a");
+    assert_eq!(next.job_id, waiting_a.id);
+    controller.stop().await;
+}
+
+/// Findings make a node's health worse and say why; a node that is not good is left out of new
+/// runs; an operator clears it with a reason, audited.
+#[tokio::test]
+async fn node_health_comes_from_findings_and_an_operator_clears_it() {
+    let controller = Controller::start().await;
+    let mut fx = fixture(&controller).await;
+    let mut agents = controller.agents();
+    // Node a: a GPU falls off the bus during its first step.
+    let mut lost = result(&fx.assign_a, 0, proto::Outcome::Passed);
+    lost.events.push(proto::GpuEvent {
+        gpu_index: 1,
+        gpu_uuid: "GPU-1".into(),
+        kind: "gpu-lost".into(),
+        code: 0,
+        at: lost.started_at,
+        detail: String::new(),
+    });
+    agents
+        .report_result(authed(lost, &fx.a.token))
+        .await
+        .expect("result");
+    // Node b: three harness errors in a row, over three runs.
+    let mut assign = fx.assign_b.clone();
+    for n in 1..=3 {
+        let mut error = result(&assign, 0, proto::Outcome::Error);
+        error.message = format!("timed out ({n})");
+        agents
+            .report_result(authed(error, &fx.b.token))
+            .await
+            .expect("result");
+        // The step after the errored one is skipped, which ends the job.
+        agents
+            .report_result(authed(
+                result(&assign, 1, proto::Outcome::Skipped),
+                &fx.b.token,
+            ))
+            .await
+            .expect("result");
+        if n < 3 {
+            let run = controller
+                .runs()
+                .start_run(proto::StartRunRequest {
+                    release: "r550".into(),
+                    plan: "gpu-qual".into(),
+                    milestone: String::new(),
+                    nodes_now: false,
+                })
+                .await
+                .expect("a run for node b")
+                .into_inner();
+            assert!(run.selection.is_some_and(|s| s.now == ["node-b"]));
+            assign = fx.b.next_assignment().await;
+            fx.b.accept(&assign).await;
+        }
+    }
+    let get = |name: &str| {
+        let mut nodes = controller.nodes();
+        let name = name.to_owned();
+        async move {
+            nodes
+                .get_node(proto::GetNodeRequest { name })
+                .await
+                .expect("node")
+                .into_inner()
+        }
+    };
+    let a = get("node-a").await;
+    assert_eq!(a.health, "bad");
+    assert!(
+        a.health_reason
+            .starts_with("GPU 1 fell off the bus during step versions"),
+        "{}",
+        a.health_reason
+    );
+    let b = get("node-b").await;
+    assert_eq!(b.health, "suspect");
+    assert!(
+        b.health_reason.starts_with("3 harness errors in a row")
+            && b.health_reason.ends_with("timed out (3)"),
+        "{}",
+        b.health_reason
+    );
+    let status = controller
+        .runs()
+        .start_run(proto::StartRunRequest {
+            release: "r550".into(),
+            plan: "gpu-qual".into(),
+            milestone: String::new(),
+            nodes_now: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("node-a is bad")
+            && status.message().contains("node-b is suspect"),
+        "{}",
+        status.message()
+    );
+
+    let status = controller
+        .nodes()
+        .set_health(proto::SetHealthRequest {
+            name: "node-a".into(),
+            health: "great".into(),
+            reason: " ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("health") && status.message().contains("reason"),
+        "{}",
+        status.message()
+    );
+    let cleared = controller
+        .nodes()
+        .set_health(proto::SetHealthRequest {
+            name: "node-a".into(),
+            health: "good".into(),
+            reason: "reseated GPU 1; dcgmi diag -r 3 passed".into(),
+        })
+        .await
+        .expect("set health")
+        .into_inner();
+    assert_eq!(
+        (cleared.health.as_str(), cleared.health_reason.as_str()),
+        (
+            "good",
+            "set by anonymous: reseated GPU 1; dcgmi diag -r 3 passed"
+        )
+    );
+    let audit = controller
+        .serving
+        .shared
+        .store
+        .list_audit(&tollgate_controller::store::AuditFilter::default())
+        .await
+        .expect("audit");
+    let health: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|entry| entry.action == "node.health")
+        .map(|entry| (entry.actor.as_str(), entry.subject.as_str()))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("controller", "node/node-a"),
+            ("controller", "node/node-b"),
+            ("anonymous", "node/node-a")
+        ]
     );
     controller.stop().await;
 }

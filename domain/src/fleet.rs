@@ -112,16 +112,17 @@ pub enum NodeState {
     Retired,
 }
 
-/// A node's health, from what its steps and telemetry showed.
+/// A node's health, from what its steps showed and what an operator decided; changes are
+/// decided by [`crate::node::next`]. Only a `good` node is selected for runs or sent jobs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Health {
-    /// Nothing wrong seen.
+    /// Nothing wrong seen, or an operator cleared it.
     #[default]
     Good,
-    /// Something worth a look (an error result, a lost job).
+    /// Something worth a look: [`crate::node::REPEATED_ERRORS`] harness errors in a row.
     Suspect,
-    /// A hardware finding (GPU lost); not scheduled until cleared.
+    /// A hardware finding: a GPU fell off the bus, or a health check failed.
     Bad,
 }
 
@@ -168,6 +169,10 @@ pub struct Node {
     pub state: NodeState,
     /// Health.
     pub health: Health,
+    /// Why the node has its health: the finding or the operator's reason; empty for a node
+    /// that was never anything but `good`.
+    #[serde(default)]
+    pub health_reason: String,
     /// Inventory from the last registration.
     pub inventory: Inventory,
     /// Last heartbeat.

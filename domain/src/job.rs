@@ -8,7 +8,7 @@
 //!                          └──lease expired──▶ lost ◀──lease expired──┘
 //! ```
 
-use crate::result::{Outcome, StepResult};
+use crate::result::{Outcome, StepResult, final_attempt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -124,13 +124,9 @@ pub fn next(state: JobState, event: JobEvent) -> Result<JobState, TransitionErro
 pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobState> {
     let mut worst = JobState::Passed;
     for (step_index, retries) in step_retries.iter().enumerate() {
-        let of_step = || {
-            results
-                .iter()
-                .filter(move |r| r.step_index as usize == step_index)
-        };
-        let last = of_step().max_by_key(|r| (r.lease_epoch, r.attempt))?;
-        let n_attempts = attempts_used(of_step());
+        let step = u32::try_from(step_index).ok()?;
+        let last = final_attempt(results, step)?;
+        let n_attempts = attempts_used(results.iter().filter(|r| r.step_index == step));
         let is_final = last.outcome == Outcome::Passed
             || last.outcome == Outcome::Skipped
             || n_attempts > *retries;
@@ -238,7 +234,7 @@ pub fn compare_heartbeat(
             .iter()
             .filter(|r| r.step_index as usize == step_index)
             .collect();
-        let last = of_step.iter().max_by_key(|r| (r.lease_epoch, r.attempt));
+        let last = final_attempt(of_step.iter().copied(), step_index as u32);
         let n_attempts = attempts_used(of_step.iter().copied());
         let is_final = last.is_some_and(|last| {
             matches!(last.outcome, Outcome::Passed | Outcome::Skipped) || n_attempts > *retries

@@ -114,7 +114,11 @@ pub const INVENTORY_TEXT: Limit = bytes(
 /// Free text describing something.
 pub const DESCRIPTION: Limit = bytes("description", 4096, "release and plan descriptions");
 /// Why someone did something.
-pub const REASON: Limit = bytes("reason", 1024, "waiver, halt, resume and demote reasons");
+pub const REASON: Limit = bytes(
+    "reason",
+    1024,
+    "waiver, halt, resume, demote and node health reasons",
+);
 /// A ticket reference.
 pub const TICKET: Limit = bytes("ticket", 256, "waiver ticket references");
 /// A URI or a file path.

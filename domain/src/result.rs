@@ -81,6 +81,58 @@ pub struct StepResult {
     pub series: Vec<crate::telemetry::TelemetrySeries>,
 }
 
+impl StepResult {
+    /// Where this attempt stands among the attempts of its step: by lease epoch, then attempt
+    /// number. A job reassigned after an agent restart numbers its attempts from 1 again under
+    /// the new epoch, so the attempt number alone does not say which attempt came last.
+    pub fn order_key(&self) -> (u64, u32) {
+        (self.lease_epoch, self.attempt)
+    }
+
+    /// The inventory the attempt ran on, as the gate judges it: the one observed when the
+    /// attempt ended, when that was observed, else the one observed when it started. A flash
+    /// changes the inventory during its own attempt, so what it installed is what the step
+    /// reports on (a flash that needs a reboot is checked after it); the steps after it
+    /// observe that inventory at their own start. An inventory that changed during any other
+    /// step is judged on its end too: a step that ended on another build did not qualify
+    /// this one.
+    pub fn ran_on(&self) -> &Inventory {
+        self.inventory_at_end.as_ref().unwrap_or(&self.inventory)
+    }
+}
+
+/// The final attempt of each step among `results`, as `(step index, index into results)`, by
+/// step index: the attempt with the highest [`StepResult::order_key`]. The one place that
+/// decides which attempt of a step counts; the job's end state, the restart decision, the
+/// gate and the report all ask it.
+pub fn final_attempts(results: &[StepResult]) -> Vec<(u32, usize)> {
+    let mut latest: Vec<(u32, usize)> = Vec::new();
+    for (i, result) in results.iter().enumerate() {
+        match latest.binary_search_by_key(&result.step_index, |(step, _)| *step) {
+            // `>=`: of two results with the same key (never stored twice), the later wins.
+            Ok(pos) => {
+                if result.order_key() >= results[latest[pos].1].order_key() {
+                    latest[pos].1 = i;
+                }
+            }
+            Err(pos) => latest.insert(pos, (result.step_index, i)),
+        }
+    }
+    latest
+}
+
+/// The final attempt of `step_index` among `results` (see [`final_attempts`]).
+pub fn final_attempt<'a>(
+    results: impl IntoIterator<Item = &'a StepResult>,
+    step_index: u32,
+) -> Option<&'a StepResult> {
+    results
+        .into_iter()
+        .filter(|r| r.step_index == step_index)
+        // `max_by_key` keeps the last of equal keys, as `final_attempts` does.
+        .max_by_key(|r| r.order_key())
+}
+
 /// Checks that a result carries only what its step's kind produces. An `inventory-check`
 /// compares versions and runs no program: a result of one with measurements or test results
 /// did not come from that step, and a gate must not count its numbers.

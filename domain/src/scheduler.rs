@@ -20,23 +20,76 @@ pub enum SelectError {
         selector: String,
     },
     /// Nodes match, but none can take a job.
-    #[error(
-        "{n_matching} node(s) match selector {selector} but none is ready and healthy: {details}"
-    )]
+    #[error("{n_matching} node(s) match selector {selector} but none can take a job: {details}")]
     NoReadyNode {
         /// The selector, as text.
         selector: String,
         /// How many nodes match.
         n_matching: usize,
-        /// Each matching node with its state and health.
+        /// Each matching node with why it was left out.
         details: String,
     },
 }
 
-/// Picks the nodes a new run of `plan` gets: nodes matching the selector that are ready
-/// (connected, idle, not cordoned) and in good health, by name, at most `plan.max_nodes`.
-pub fn select_nodes(plan: &Plan, nodes: &[Node]) -> Result<Vec<NodeId>, SelectError> {
-    let matching: Vec<&Node> = nodes
+/// Which nodes a run takes, when it is started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Selecting {
+    /// Every matching node that can run the job now or once its current job ends.
+    #[default]
+    ReadyAndBusy,
+    /// Only the nodes that can run the job now (`--nodes-now`).
+    ReadyNow,
+}
+
+/// The nodes a new run takes, and the matching nodes it leaves out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Nodes ready now: their jobs go out at the next scheduling pass. By name.
+    pub now: Vec<NodeId>,
+    /// Nodes busy with another job: theirs waits, pending, until the node frees up, after
+    /// every older pending job of the node. By name.
+    pub waiting: Vec<NodeId>,
+    /// Matching nodes not selected, each with why (`n3 is unreachable`). By name.
+    pub left_out: Vec<(NodeId, String)>,
+}
+
+impl Selection {
+    /// Every selected node: the ready ones, then the busy ones.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.now.iter().chain(&self.waiting)
+    }
+}
+
+/// Why a matching node cannot be selected, or `None` when it can.
+fn left_out_because(node: &Node, selecting: Selecting) -> Option<String> {
+    use NodeState as S;
+    if node.health != Health::Good {
+        return Some(format!(
+            "{} is {} (set it good with `tollgate node health {} --set good --reason ...`)",
+            node.id, node.health, node.id
+        ));
+    }
+    match (node.state, selecting) {
+        (S::Ready, _) | (S::Busy, Selecting::ReadyAndBusy) => None,
+        (S::Busy, Selecting::ReadyNow) => Some(format!("{} is busy", node.id)),
+        // An unreachable node may never come back: a run does not wait for it.
+        (S::Cordoned | S::Draining | S::Unreachable | S::Retired, _) => {
+            Some(format!("{} is {}", node.id, node.state))
+        }
+    }
+}
+
+/// Picks the nodes a new run of `plan` gets: every node matching the selector in good health
+/// that is ready, or busy with another job (its job waits until the node frees up; not with
+/// [`Selecting::ReadyNow`]). Cordoned, draining, unreachable and retired nodes are left out,
+/// and so are `suspect` and `bad` ones. With `plan.max_nodes` (`nodes: N`) ready nodes go
+/// first, then busy ones, each by name, up to N.
+pub fn select_nodes(
+    plan: &Plan,
+    nodes: &[Node],
+    selecting: Selecting,
+) -> Result<Selection, SelectError> {
+    let mut matching: Vec<&Node> = nodes
         .iter()
         .filter(|n| plan.selector.matches(&n.labels))
         .collect();
@@ -45,15 +98,20 @@ pub fn select_nodes(plan: &Plan, nodes: &[Node]) -> Result<Vec<NodeId>, SelectEr
             selector: plan.selector.to_string(),
         });
     }
-    let mut selected: Vec<NodeId> = matching
-        .iter()
-        .filter(|n| n.state == NodeState::Ready && n.health == Health::Good)
-        .map(|n| n.id.clone())
-        .collect();
-    if selected.is_empty() {
-        let details = matching
+    matching.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut selection = Selection::default();
+    for node in &matching {
+        match left_out_because(node, selecting) {
+            Some(why) => selection.left_out.push((node.id.clone(), why)),
+            None if node.state == NodeState::Ready => selection.now.push(node.id.clone()),
+            None => selection.waiting.push(node.id.clone()),
+        }
+    }
+    if selection.now.is_empty() && selection.waiting.is_empty() {
+        let details = selection
+            .left_out
             .iter()
-            .map(|n| format!("{} is {}/{}", n.id, n.state, n.health))
+            .map(|(_, why)| why.as_str())
             .collect::<Vec<_>>()
             .join(", ");
         return Err(SelectError::NoReadyNode {
@@ -62,11 +120,21 @@ pub fn select_nodes(plan: &Plan, nodes: &[Node]) -> Result<Vec<NodeId>, SelectEr
             details,
         });
     }
-    selected.sort();
-    if let Some(max) = plan.max_nodes {
-        selected.truncate(max as usize);
+    if let Some(max) = plan.max_nodes.map(|max| max as usize) {
+        let beyond = |ids: &mut Vec<NodeId>, keep: usize| -> Vec<NodeId> {
+            ids.split_off(keep.min(ids.len()))
+        };
+        let n_now = selection.now.len();
+        let mut dropped = beyond(&mut selection.now, max);
+        dropped.extend(beyond(&mut selection.waiting, max.saturating_sub(n_now)));
+        dropped.sort();
+        selection.left_out.extend(dropped.into_iter().map(|id| {
+            let why = format!("{id} is beyond the plan's nodes: {max}");
+            (id, why)
+        }));
+        selection.left_out.sort();
     }
-    Ok(selected)
+    Ok(selection)
 }
 
 /// A node as the scheduler sees it.
@@ -80,6 +148,8 @@ pub struct NodeSlot {
     pub connected: bool,
     /// Whether a job is assigned to or running on it.
     pub has_active_job: bool,
+    /// Its health: only a `good` node is sent a job.
+    pub health: Health,
 }
 
 /// A job waiting for its node.
@@ -102,13 +172,19 @@ pub struct Assignment {
     pub node: NodeId,
 }
 
-/// Assigns pending jobs whose node is connected, ready or busy-free, and holds no other job;
-/// one job per node, oldest first. Nodes that are cordoned, draining, unreachable or retired
-/// get nothing.
+/// Assigns pending jobs whose node is connected, ready, in good health and holds no other
+/// job; one job per node, oldest first. A busy node's pending jobs wait until its job ends;
+/// nodes that are cordoned, draining, unreachable, retired, `suspect` or `bad` get nothing,
+/// and their pending jobs wait until an operator brings the node back (or cancels the run).
 pub fn plan(nodes: &[NodeSlot], pending: &[PendingJob], _now: Timestamp) -> Vec<Assignment> {
     let mut free: BTreeSet<&NodeId> = nodes
         .iter()
-        .filter(|slot| slot.connected && !slot.has_active_job && slot.state == NodeState::Ready)
+        .filter(|slot| {
+            slot.connected
+                && !slot.has_active_job
+                && slot.state == NodeState::Ready
+                && slot.health == Health::Good
+        })
         .map(|slot| &slot.node)
         .collect();
     let mut ordered: Vec<&PendingJob> = pending.iter().collect();
@@ -156,39 +232,98 @@ mod tests {
     use crate::test_support::{at, node, plan_for};
     use proptest::prelude::*;
 
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|name| NodeId::from(*name)).collect()
+    }
+
     #[test]
-    fn selection_takes_ready_healthy_matching_nodes() {
+    fn selection_takes_ready_and_busy_healthy_matching_nodes() {
         let mut nodes = vec![
             node("n1", "hgx-h100"),
             node("n2", "hgx-h100"),
             node("n3", "hgx-h100"),
             node("n4", "hgx-b200"),
+            node("n5", "hgx-h100"),
+            node("n6", "hgx-h100"),
         ];
         nodes[1].state = NodeState::Cordoned;
         nodes[2].health = Health::Bad;
+        nodes[4].state = NodeState::Busy;
+        nodes[5].state = NodeState::Unreachable;
         let plan = plan_for("hgx-h100");
-        assert_eq!(select_nodes(&plan, &nodes), Ok(vec![NodeId::from("n1")]));
-        let err = select_nodes(&plan_for("gb200"), &nodes).unwrap_err();
+        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert_eq!(selection.now, ids(&["n1"]));
+        assert_eq!(selection.waiting, ids(&["n5"]));
+        let left_out: Vec<&str> = selection
+            .left_out
+            .iter()
+            .map(|(_, why)| why.as_str())
+            .collect();
+        assert_eq!(left_out.len(), 3, "{left_out:?}");
+        assert!(left_out[0].starts_with("n2 is cordoned"), "{left_out:?}");
+        assert!(
+            left_out[1].starts_with("n3 is bad (set it good with"),
+            "{left_out:?}"
+        );
+        assert!(left_out[2].starts_with("n6 is unreachable"), "{left_out:?}");
+        // `--nodes-now`: the busy node is left out.
+        let now = select_nodes(&plan, &nodes, Selecting::ReadyNow).expect("nodes");
+        assert_eq!((now.now, now.waiting), (ids(&["n1"]), Vec::new()));
+        let err = select_nodes(&plan_for("gb200"), &nodes, Selecting::ReadyAndBusy).unwrap_err();
         assert!(
             err.to_string()
                 .contains("no node matches selector sku=gb200")
         );
-        nodes[0].state = NodeState::Unreachable;
-        let err = select_nodes(&plan, &nodes).unwrap_err().to_string();
+        nodes[0].state = NodeState::Busy;
+        nodes[4].state = NodeState::Unreachable;
+        let err = select_nodes(&plan, &nodes, Selecting::ReadyNow)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("n1 is unreachable/good") && err.contains("n3 is ready/bad"),
+            err.contains("n1 is busy")
+                && err.contains("n3 is bad")
+                && err.contains("n5 is unreachable"),
             "{err}"
         );
     }
 
     #[test]
-    fn selection_respects_max_nodes() {
-        let nodes: Vec<Node> = (1..=5)
+    fn a_run_started_while_every_node_is_busy_waits_for_them() {
+        let mut nodes: Vec<Node> = (1..=3)
             .map(|i| node(&format!("n{i}"), "hgx-h100"))
             .collect();
+        for node in &mut nodes {
+            node.state = NodeState::Busy;
+        }
+        let selection =
+            select_nodes(&plan_for("hgx-h100"), &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert!(selection.now.is_empty());
+        assert_eq!(selection.waiting, ids(&["n1", "n2", "n3"]));
+    }
+
+    #[test]
+    fn selection_respects_max_nodes_ready_first() {
+        let mut nodes: Vec<Node> = (1..=5)
+            .map(|i| node(&format!("n{i}"), "hgx-h100"))
+            .collect();
+        nodes[0].state = NodeState::Busy;
+        nodes[2].state = NodeState::Busy;
         let mut plan = plan_for("hgx-h100");
-        plan.max_nodes = Some(3);
-        assert_eq!(select_nodes(&plan, &nodes).expect("nodes").len(), 3);
+        plan.max_nodes = Some(4);
+        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert_eq!(selection.now, ids(&["n2", "n4", "n5"]));
+        assert_eq!(selection.waiting, ids(&["n1"]));
+        assert_eq!(
+            selection.left_out,
+            vec![(
+                NodeId::from("n3"),
+                "n3 is beyond the plan's nodes: 4".to_owned()
+            )]
+        );
+        plan.max_nodes = Some(2);
+        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert_eq!((selection.now.len(), selection.waiting.len()), (2, 0));
+        assert_eq!(selection.nodes().count(), 2);
     }
 
     #[test]
@@ -214,6 +349,7 @@ mod tests {
             state: NodeState::Ready,
             connected,
             has_active_job: busy,
+            health: Health::Good,
         }
     }
 
@@ -243,6 +379,29 @@ mod tests {
             vec![Assignment {
                 job: "j1".into(),
                 node: "a".into()
+            }]
+        );
+    }
+
+    /// A job waiting for a busy node goes out once the node is free, before younger jobs of
+    /// the node; a node that is not in good health gets nothing.
+    #[test]
+    fn a_waiting_job_goes_out_when_its_node_frees_up() {
+        let mut busy = slot("c", true, true);
+        let mut suspect = slot("d", true, false);
+        suspect.health = Health::Suspect;
+        let jobs = [
+            pending("younger", "c", 9),
+            pending("older", "c", 3),
+            pending("j5", "d", 1),
+        ];
+        assert!(plan(&[busy.clone(), suspect.clone()], &jobs, at(10)).is_empty());
+        busy.has_active_job = false;
+        assert_eq!(
+            plan(&[busy, suspect], &jobs, at(11)),
+            vec![Assignment {
+                job: "older".into(),
+                node: "c".into()
             }]
         );
     }

@@ -349,6 +349,7 @@ impl Clients {
                 release: release.into(),
                 plan: plan.into(),
                 milestone: String::new(),
+                nodes_now: false,
             })
             .await
             .expect("start run")

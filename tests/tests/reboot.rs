@@ -115,6 +115,7 @@ impl Lab {
                     release: "r550".into(),
                     plan: "flash-qual".into(),
                     milestone: String::new(),
+                    nodes_now: false,
                 };
                 runs.start_run(request)
                     .await

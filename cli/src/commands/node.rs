@@ -1,4 +1,4 @@
-//! `tollgate node`: list, show, cordon and uncordon lab nodes.
+//! `tollgate node`: list, show, cordon and uncordon lab nodes, and set their health.
 
 use crate::args::NodeCommand;
 use crate::client::{Controller, answer};
@@ -46,6 +46,33 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
         }
         NodeCommand::Uncordon { name, output } => {
             set_cordon(controller, name, false, output.output).await
+        }
+        NodeCommand::Health {
+            name,
+            set,
+            reason,
+            output,
+        } => {
+            let node = answer(
+                controller
+                    .nodes()
+                    .set_health(pb::SetHealthRequest {
+                        name,
+                        health: set,
+                        reason,
+                    })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&json::node(&node)),
+                Format::Text => {
+                    println!(
+                        "node {} health {} ({})",
+                        node.name, node.health, node.health_reason
+                    );
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -151,6 +178,16 @@ pub fn format_node_table(nodes: &[pb::Node], now: DateTime<Utc>) -> String {
         ]);
     }
     let mut out = table.render("");
+    // Why a node is not good, so the operator knows what to look at before clearing it.
+    for node in nodes.iter().filter(|node| node.health != "good") {
+        let _ = writeln!(
+            out,
+            "{} is {}: {}",
+            node.name,
+            node.health,
+            or_dash(&node.health_reason)
+        );
+    }
     let n_simulated = nodes.iter().filter(|node| is_simulated(node)).count();
     if n_simulated > 0 {
         let _ = writeln!(
@@ -173,7 +210,11 @@ pub fn format_node(node: &pb::Node, now: DateTime<Utc>) -> String {
         );
     }
     let _ = writeln!(out, "state:       {}", node.state);
-    let _ = writeln!(out, "health:      {}", node.health);
+    if node.health_reason.is_empty() {
+        let _ = writeln!(out, "health:      {}", node.health);
+    } else {
+        let _ = writeln!(out, "health:      {} ({})", node.health, node.health_reason);
+    }
     let _ = writeln!(out, "labels:      {}", format_labels(&node.labels));
     let _ = writeln!(
         out,
@@ -259,6 +300,7 @@ mod tests {
                 nanos: 0,
             }),
             current_job_id: String::new(),
+            health_reason: String::new(),
         }
     }
 
@@ -289,6 +331,25 @@ mod tests {
         assert!(text.contains("SIMULATED GPUs"), "{text}");
         assert!(text.contains("96.00.89.00.01"), "{text}");
         assert!(text.contains("driver:      550.54.15"), "{text}");
+    }
+
+    #[test]
+    fn list_and_show_say_why_a_node_is_not_good() {
+        let mut bad = node("gpu-7", "nvml");
+        bad.health = "bad".into();
+        bad.health_reason =
+            "GPU 0 fell off the bus during step stress (attempt 1) of job j1".into();
+        let table = format_node_table(&[node("lab-1", "nvml"), bad.clone()], now());
+        assert!(
+            table.contains("gpu-7 is bad: GPU 0 fell off the bus during step stress"),
+            "{table}"
+        );
+        assert!(!table.contains("lab-1 is good"), "{table}");
+        let shown = format_node(&bad, now());
+        assert!(
+            shown.contains("health:      bad (GPU 0 fell off the bus"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -22,10 +22,11 @@ pub async fn run(controller: &Controller, command: RunCommand) -> anyhow::Result
             release,
             plan,
             milestone,
+            nodes_now,
             watch: follow,
             output,
         } => {
-            let run = start(controller, &release, &plan, milestone.as_deref()).await?;
+            let run = start(controller, &release, &plan, milestone.as_deref(), nodes_now).await?;
             match output.output {
                 // A watched run prints a stream of objects, so the first one goes on one line too.
                 Format::Json if follow => print_json_line(&json::run(&run))?,
@@ -100,6 +101,7 @@ pub async fn start(
     release: &str,
     plan: &str,
     milestone: Option<&str>,
+    nodes_now: bool,
 ) -> anyhow::Result<pb::Run> {
     Ok(answer(
         controller
@@ -108,6 +110,7 @@ pub async fn start(
                 release: release.to_owned(),
                 plan: plan.to_owned(),
                 milestone: milestone.unwrap_or_default().to_owned(),
+                nodes_now,
             })
             .await,
     )?)
@@ -348,8 +351,18 @@ pub fn format_started(run: &pb::Run) -> String {
         run.release,
         run.milestone
     );
-    if run.jobs.is_empty() {
-        out.push_str("  no jobs: no ready node matches the plan's selector\n");
+    if let Some(selection) = &run.selection {
+        let _ = writeln!(
+            out,
+            "  {} node(s) selected now, {} waiting for their current job to end{}",
+            selection.now.len(),
+            selection.waiting.len(),
+            if selection.left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; left out: {}", selection.left_out.join(", "))
+            }
+        );
     }
     let width = name_width(&run.jobs);
     for job in &run.jobs {
@@ -542,6 +555,27 @@ mod tests {
         assert_eq!(
             format_job_line(&failed, 5),
             "lab-1  failed     step 2/3  last: stress failed"
+        );
+    }
+
+    #[test]
+    fn a_started_run_says_how_many_nodes_run_now_and_how_many_wait() {
+        let run = pb::Run {
+            id: "run-1".into(),
+            jobs: vec![job("n1", Vec::new()), job("n2", Vec::new())],
+            selection: Some(pb::NodeSelection {
+                now: vec!["n1".into()],
+                waiting: vec!["n2".into()],
+                left_out: vec!["n3 is unreachable".into()],
+            }),
+            ..Default::default()
+        };
+        let text = format_started(&run);
+        assert!(
+            text.contains(
+                "1 node(s) selected now, 1 waiting for their current job to end; left out: n3 is unreachable"
+            ),
+            "{text}"
         );
     }
 

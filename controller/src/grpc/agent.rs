@@ -14,10 +14,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::fleet::{Health, NodeState};
+use tollgate_domain::fleet::NodeState;
 use tollgate_domain::job::{JobEvent, JobState};
 use tollgate_domain::result::StepResult;
-use tollgate_domain::telemetry::EventKind;
 use tollgate_domain::{JobId, NodeId};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
@@ -627,13 +626,11 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         return Ok(true);
     }
     tracing::debug!(job = %job.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
-    if result
-        .events
-        .iter()
-        .any(|event| event.kind == EventKind::GpuLost)
+    // The result is stored and acknowledged whatever happens to its findings.
+    if let Err(error) =
+        super::node::apply_findings(shared, node, &step.kind, &run.release, result).await
     {
-        tracing::warn!(node = %node, job = %job.id, "a GPU fell off the bus: node health set to bad");
-        store.set_node_health(node, Health::Bad).await?;
+        tracing::warn!(node = %node, job = %job.id, %error, "the result's health findings were not applied");
     }
     shared.notify_changed();
     if to.is_terminal() {

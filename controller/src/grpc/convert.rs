@@ -184,6 +184,7 @@ macro_rules! bounded_texts {
 bounded_texts! {
     GetNodeRequest { name: NAME }
     SetCordonRequest { name: NAME; cordoned }
+    SetHealthRequest { name: NAME, health: NAME, reason: REASON }
     GetReleaseRequest { name: NAME }
     ListReleasesRequest {}
     PromoteRequest { name: NAME }
@@ -232,6 +233,7 @@ impl Bounded for proto::StartRunRequest {
             release,
             plan,
             milestone,
+            nodes_now: _,
         } = self;
         text(errors, "release", &limits::NAME, release);
         check_plan_ref(errors, "plan", plan);
@@ -545,6 +547,7 @@ impl ToProto for Node {
             labels,
             state,
             health,
+            health_reason,
             inventory,
             last_seen_at,
             current_job,
@@ -554,6 +557,7 @@ impl ToProto for Node {
             labels: unsorted(labels.clone()),
             state: state.as_str().to_owned(),
             health: health.as_str().to_owned(),
+            health_reason: health_reason.clone(),
             inventory: Some(inventory.to_proto()),
             last_seen_at: last_seen_at.map(timestamp_to_proto),
             current_job_id: current_job

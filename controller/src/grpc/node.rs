@@ -3,9 +3,13 @@
 use super::convert::{ToProto, check_labels};
 use super::status::{FieldErrors, not_found};
 use crate::Shared;
+use crate::store::StoreError;
 use std::sync::Arc;
-use tollgate_domain::NodeId;
-use tollgate_domain::fleet::{Node, NodeState, Selector};
+use tollgate_domain::fleet::{Health, Node, NodeState, Selector};
+use tollgate_domain::node::HealthEvent;
+use tollgate_domain::plan::StepKind;
+use tollgate_domain::result::{Outcome, StepResult};
+use tollgate_domain::{NodeId, ReleaseId};
 use tollgate_proto::v1::{self as proto, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
 
@@ -118,6 +122,134 @@ impl NodeService for NodeApi {
         mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         Ok(Response::new(node.to_proto()))
     }
+
+    async fn set_health(
+        &self,
+        request: Request<proto::SetHealthRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let proto::SetHealthRequest {
+            name,
+            health,
+            reason,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let to = match health.parse::<Health>() {
+            Ok(to) => Some(to),
+            Err(error) => {
+                errors.add("health", format!("{error}; give good, suspect or bad"));
+                None
+            }
+        };
+        let reason = reason.trim();
+        if reason.is_empty() {
+            errors.add(
+                "reason",
+                "is empty; say why, for example --reason 'reseated GPU 3, diag passed'",
+            );
+        }
+        let to = errors
+            .finish(to)?
+            .expect("a health that does not parse is a field error above");
+        let node = self.load(&name).await?;
+        let event = HealthEvent::OperatorSet {
+            to,
+            actor: actor.clone(),
+            reason: reason.to_owned(),
+        };
+        if let Some(change) = tollgate_domain::node::next(node.health, &event) {
+            let note = crate::store::AuditNote::new(
+                self.shared.now(),
+                &actor,
+                "node.health",
+                format!("node/{}", node.id),
+            )
+            .details(serde_json::json!({
+                "from": change.from.as_str(),
+                "to": change.to.as_str(),
+                "reason": reason,
+            }));
+            self.shared
+                .store
+                .change_node_health(&node.id, &change, &note)
+                .await?;
+            tracing::info!(node = %node.id, from = %change.from, to = %change.to, reason, "node health set");
+            self.shared.notify_changed();
+            if change.to == Health::Good {
+                self.shared.poke_scheduler();
+            }
+        }
+        let mut node = self.load(&name).await?;
+        mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
+        Ok(Response::new(node.to_proto()))
+    }
+}
+
+/// Applies the health findings of one stored result to its node (`node::findings`, each
+/// decided by `node::next` and applied with its audit entry). A change decided from a health
+/// another writer changed meanwhile is decided again from the new health.
+pub(crate) async fn apply_findings(
+    shared: &crate::Shared,
+    node: &NodeId,
+    step_kind: &StepKind,
+    release: &ReleaseId,
+    result: &StepResult,
+) -> Result<(), StoreError> {
+    let store = &shared.store;
+    // Read only what the domain needs to judge this result.
+    let recent = if result.outcome == Outcome::Error {
+        store
+            .recent_outcomes(node, tollgate_domain::node::REPEATED_ERRORS)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let components = if matches!(step_kind, StepKind::InventoryCheck { .. })
+        && result.outcome == Outcome::Failed
+    {
+        store
+            .get_release(release)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("release {release}"),
+            })?
+            .components
+    } else {
+        Vec::new()
+    };
+    for event in tollgate_domain::node::findings(result, step_kind, &components, &recent) {
+        for _ in 0..3 {
+            let Some(current) = store.get_node(node).await? else {
+                return Err(StoreError::NotFound {
+                    what: format!("node {node}"),
+                });
+            };
+            let Some(change) = tollgate_domain::node::next(current.health, &event) else {
+                break;
+            };
+            let note = crate::store::AuditNote::new(
+                shared.now(),
+                "controller",
+                "node.health",
+                format!("node/{node}"),
+            )
+            .details(serde_json::json!({
+                "from": change.from.as_str(),
+                "to": change.to.as_str(),
+                "reason": change.reason,
+            }));
+            match store.change_node_health(node, &change, &note).await {
+                Ok(()) => {
+                    tracing::warn!(node = %node, from = %change.from, to = %change.to, reason = change.reason, "node health changed by a finding");
+                    shared.notify_changed();
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Shows a `ready` or `busy` node without a live agent session on this controller as

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::job::JobState;
-use tollgate_domain::{JobId, ReleaseId, RunId};
+use tollgate_domain::scheduler::{Selecting, Selection};
+use tollgate_domain::{JobId, NodeId, ReleaseId, RunId};
 use tollgate_proto::v1::{self as proto, run_service_server::RunService};
 use tonic::{Request, Response, Status};
 
@@ -94,7 +95,21 @@ pub async fn run_view(
         created_at: Some(timestamp_to_proto(run.created_at)),
         finished_at: run.finished_at.map(timestamp_to_proto),
         jobs: job_views,
+        selection: None,
     })
+}
+
+fn selection_to_proto(selection: &Selection) -> proto::NodeSelection {
+    let names = |ids: &[NodeId]| ids.iter().map(ToString::to_string).collect();
+    proto::NodeSelection {
+        now: names(&selection.now),
+        waiting: names(&selection.waiting),
+        left_out: selection
+            .left_out
+            .iter()
+            .map(|(_, why)| why.clone())
+            .collect(),
+    }
 }
 
 #[tonic::async_trait]
@@ -108,6 +123,7 @@ impl RunService for RunApi {
             release,
             plan,
             milestone,
+            nodes_now,
         } = super::convert::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         if release.is_empty() {
@@ -128,18 +144,23 @@ impl RunService for RunApi {
         // ready, whatever the store says.
         let mut nodes = shared.store.list_nodes().await?;
         let n_disconnected = super::node::mark_disconnected(shared, &mut nodes);
-        let selected =
-            tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes).map_err(|error| {
-                let status = no_nodes(&error);
-                if n_disconnected > 0 {
-                    Status::failed_precondition(format!(
-                        "{} (a node shown unreachable here has no agent connected to this controller)",
-                        status.message()
-                    ))
-                } else {
-                    status
-                }
-            })?;
+        let selecting = if nodes_now {
+            Selecting::ReadyNow
+        } else {
+            Selecting::ReadyAndBusy
+        };
+        let selection = tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes, selecting)
+            .map_err(|error| {
+            let status = no_nodes(&error);
+            if n_disconnected > 0 {
+                Status::failed_precondition(format!(
+                    "{} (a node shown unreachable here has no agent connected to this controller)",
+                    status.message()
+                ))
+            } else {
+                status
+            }
+        })?;
 
         let now = shared.now();
         let run = RunRecord {
@@ -152,12 +173,12 @@ impl RunService for RunApi {
             created_at: now,
             finished_at: None,
         };
-        let jobs: Vec<JobRecord> = selected
-            .into_iter()
+        let jobs: Vec<JobRecord> = selection
+            .nodes()
             .map(|node| JobRecord {
                 id: JobId::new(new_id("job")),
                 run_id: run.id.clone(),
-                node,
+                node: node.clone(),
                 state: JobState::Pending,
                 lease_epoch: 0,
                 created_at: now,
@@ -171,6 +192,7 @@ impl RunService for RunApi {
                 "plan_version": run.plan_version.as_str(),
                 "milestone": run.milestone,
                 "nodes": jobs.iter().map(|job| job.node.as_str()).collect::<Vec<_>>(),
+                "waiting": selection.waiting.iter().map(NodeId::as_str).collect::<Vec<_>>(),
             }));
         shared
             .store
@@ -183,11 +205,14 @@ impl RunService for RunApi {
             plan_version = %run.plan_version,
             milestone = run.milestone,
             n_jobs = jobs.len(),
+            n_waiting = selection.waiting.len(),
             "run started"
         );
         shared.poke_scheduler();
         shared.notify_changed();
-        Ok(Response::new(run_view(shared, &run, true).await?))
+        let mut view = run_view(shared, &run, true).await?;
+        view.selection = Some(selection_to_proto(&selection));
+        Ok(Response::new(view))
     }
 
     async fn get_run(

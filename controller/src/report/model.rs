@@ -3,8 +3,9 @@
 //! serialized; `docs/report-format.md` documents each field, so renaming one is a schema change.
 //! [`Builder`] builds it from a stream of nodes: one [`NodeView`] at a time, plus counters.
 //!
-//! Every collection is ordered here (nodes by name, attempts by step and attempt, events by
-//! time), never by hash-map iteration, so the same input always renders the same bytes.
+//! Every collection is ordered here (nodes by name, attempts by step, lease epoch and attempt,
+//! events by time), never by hash-map iteration, so the same input always renders the same
+//! bytes.
 
 use super::ReportHead;
 use super::text;
@@ -1092,8 +1093,9 @@ fn node_view(
     }
 }
 
-/// The inventory a node showed during its steps: the one observed at the start of its latest
-/// attempt, with a note for every attempt that observed something different. Falls back to
+/// The inventory a node showed during its steps: the one its latest attempt ran on
+/// (`StepResult::ran_on`: observed when the attempt ended, so a flash shows what it
+/// installed), with a note for every attempt that ran on something different. Falls back to
 /// the inventory the node registered with, and says so.
 fn inventory_view(id: &NodeId, jobs: &[&JobEvidence], registered: Option<&Node>) -> InventoryView {
     let mut results: Vec<(&JobEvidence, &StepResult)> = jobs
@@ -1109,13 +1111,13 @@ fn inventory_view(id: &NodeId, jobs: &[&JobEvidence], registered: Option<&Node>)
         ))
     });
     if let Some((_, latest)) = results.last() {
-        let shown = &latest.inventory;
+        let shown = latest.ran_on();
         // Group differing attempts by what differed, so a driver swap mid-job is one note.
         let mut differences: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (_, result) in &results {
-            if &result.inventory != shown {
+            if result.ran_on() != shown {
                 differences
-                    .entry(describe_difference(&result.inventory, shown))
+                    .entry(describe_difference(result.ran_on(), shown))
                     .or_default()
                     .push(format!("{} attempt {}", result.step_name, result.attempt));
             }
@@ -1263,14 +1265,13 @@ fn job_view(
     job: &JobEvidence,
     limits: &[Limit],
 ) -> JobView {
-    let mut results: Vec<&StepResult> = job.results.iter().collect();
-    results.sort_by_key(|r| (r.step_index, r.attempt, r.started_at));
-    // The latest attempt of each step is the one the gate judges.
-    let mut last_attempt: BTreeMap<u32, u32> = BTreeMap::new();
-    for result in &results {
-        let latest = last_attempt.entry(result.step_index).or_insert(0);
-        *latest = (*latest).max(result.attempt);
-    }
+    // The final attempt of each step is the one the gate judges.
+    let finals: BTreeSet<usize> = tollgate_domain::result::final_attempts(&job.results)
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    let mut results: Vec<(usize, &StepResult)> = job.results.iter().enumerate().collect();
+    results.sort_by_key(|(_, r)| (r.step_index, r.order_key(), r.started_at));
     JobView {
         job_id: job.job_id.to_string(),
         run_id: run_id.to_string(),
@@ -1281,10 +1282,7 @@ fn job_view(
         state: job.state.as_str(),
         attempts: results
             .into_iter()
-            .map(|result| {
-                let final_attempt = last_attempt.get(&result.step_index) == Some(&result.attempt);
-                attempt_view(result, final_attempt, limits)
-            })
+            .map(|(i, result)| attempt_view(result, finals.contains(&i), limits))
             .collect(),
     }
 }

@@ -518,6 +518,59 @@ fn a_changed_inventory_during_the_job_is_noted() {
     );
 }
 
+/// After an agent restart the job reruns a step under a new lease epoch from attempt 1: that
+/// attempt, not the earlier epoch's higher-numbered one, is the step's final attempt, listed
+/// after the attempts it followed.
+#[test]
+fn the_final_attempt_is_the_latest_epoch_s_latest_attempt() {
+    let mut input = input();
+    let results = &mut input.evidence.runs[0].jobs[0].results;
+    // Stress: epoch 1 attempt 1 errored, epoch 1 attempt 2 interrupted, epoch 2 attempt 1 passed.
+    results[1].lease_epoch = 1;
+    results[2].lease_epoch = 2;
+    results[2].attempt = 1;
+    let mut interrupted = results[1].clone();
+    interrupted.attempt = 2;
+    interrupted.message = "interrupted: the agent restarted during step stress".into();
+    results.push(interrupted);
+    let (_, nodes) = build(&input);
+    let attempts: Vec<(u64, u32, &str, bool)> = nodes[0].jobs[0]
+        .attempts
+        .iter()
+        .filter(|a| a.step_name == "stress")
+        .map(|a| (a.lease_epoch, a.attempt, a.outcome, a.final_attempt))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, 1, "error", false),
+            (1, 2, "error", false),
+            (2, 1, "passed", true)
+        ]
+    );
+}
+
+/// A flash as the node's latest attempt started on the old VBIOS and ended on the release's:
+/// the report shows what the flash installed, and no attempt differs from it.
+#[test]
+fn the_inventory_shown_is_the_one_the_latest_attempt_ended_on() {
+    let mut input = input();
+    let results = &mut input.evidence.runs[0].jobs[0].results;
+    let latest = results
+        .iter_mut()
+        .max_by_key(|r| r.started_at)
+        .expect("results");
+    let installed = latest.inventory.clone();
+    latest.inventory_at_end = Some(installed.clone());
+    for gpu in &mut latest.inventory.gpus {
+        gpu.vbios_version = "96.00.61.00.01".into();
+    }
+    let (_, nodes) = build(&input);
+    let shown = &nodes[0].inventory;
+    assert_eq!(shown.gpus[0].vbios_version, installed.gpus[0].vbios_version);
+    assert!(shown.notes.is_empty(), "{:?}", shown.notes);
+}
+
 /// A fleet-sized input: `n_nodes` nodes × 8 GPUs × 10 steps, six telemetry fields per GPU.
 fn fleet_input(n_nodes: usize) -> ReportInput {
     const N_STEPS: u32 = 10;

@@ -33,12 +33,13 @@ use chrono::SubsecRound;
 use connect::Begin;
 use std::collections::HashMap;
 use thiserror::Error;
-use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState};
+use tollgate_domain::fleet::{Inventory, Labels, Node, NodeState};
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy};
 use tollgate_domain::job::JobState;
+use tollgate_domain::node::HealthChange;
 use tollgate_domain::plan::Plan;
 use tollgate_domain::release::{Promotion, Release};
-use tollgate_domain::result::StepResult;
+use tollgate_domain::result::{Outcome, StepResult};
 use tollgate_domain::scheduler::PendingJob;
 use tollgate_domain::{JobId, NodeId, PlanVersion, ReleaseId, RunId, Timestamp};
 
@@ -293,7 +294,8 @@ macro_rules! latest_runs_cte {
 macro_rules! node_query {
     ($tail:expr) => {
         concat!(
-            "SELECT n.name, n.labels, n.inventory, n.state, n.health, n.last_seen_at,
+            "SELECT n.name, n.labels, n.inventory, n.state, n.health, n.health_reason,
+                    n.last_seen_at,
                     (SELECT j.id FROM jobs j
                      WHERE j.node = n.name AND j.state IN ",
             active_states!(),
@@ -647,17 +649,73 @@ impl Store {
         })
     }
 
-    /// Sets a node's health.
-    pub async fn set_node_health(&self, node: &NodeId, health: Health) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE nodes SET health = $2 WHERE name = $1";
+    /// Applies a node health change decided by `tollgate_domain::node::next`, with its audit
+    /// entry `note` in the same transaction. The change applies only if the node still has
+    /// the health it was decided from (`Conflict` otherwise), so two writers never both apply
+    /// changes decided from the same health.
+    pub async fn change_node_health(
+        &self,
+        node: &NodeId,
+        change: &HealthChange,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const SQL: &str =
+            "UPDATE nodes SET health = $3, health_reason = $4 WHERE name = $1 AND health = $2";
+        const CURRENT: &str = "SELECT name, health FROM nodes WHERE name = $1";
         writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
-                .bind(health.as_str())
-                .execute(pool)
+                .bind(change.from.as_str())
+                .bind(change.to.as_str())
+                .bind(&change.reason)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            found(n_rows, || format!("node {node}"))
+            if n_rows == 0 {
+                let current = sqlx::query(CURRENT)
+                    .bind(node.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("health"))
+                    .transpose()?;
+                return Err(match current {
+                    None => StoreError::NotFound {
+                        what: format!("node {node}"),
+                    },
+                    Some(current) => StoreError::Conflict {
+                        what: format!("node {node}"),
+                        detail: format!("expected health {}, found {current}", change.from),
+                    },
+                });
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The outcomes of the node's latest `limit` step results that were not skipped, newest
+    /// first (by arrival), across jobs and runs.
+    pub async fn recent_outcomes(
+        &self,
+        node: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        const SQL: &str = "SELECT r.job_id, r.outcome FROM step_results r
+             JOIN jobs j ON j.id = r.job_id
+             WHERE j.node = $1 AND r.outcome <> 'skipped'
+             ORDER BY r.seq DESC LIMIT $2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "step_results", &["job_id"]).parse("outcome"))
+                .collect()
         })
     }
 

@@ -118,6 +118,8 @@ fn report_job(row: &impl StoreRow) -> Result<ReportJob, StoreError> {
             labels: labels.clone(),
             state: f.parse("node_state")?,
             health: f.parse("health")?,
+            // The report shows state and health now; the reason is for `node show`.
+            health_reason: String::new(),
             inventory: f.json::<Inventory>("inventory")?,
             last_seen_at: f.opt_time("last_seen_at")?,
             current_job: None,

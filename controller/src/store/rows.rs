@@ -175,6 +175,7 @@ pub(super) fn node(row: &impl StoreRow) -> Result<Node, StoreError> {
         labels: f.json::<Labels>("labels")?,
         state: f.parse("state")?,
         health: f.parse("health")?,
+        health_reason: f.text("health_reason")?,
         inventory: f.json::<Inventory>("inventory")?,
         last_seen_at: f.opt_time("last_seen_at")?,
         current_job: f.opt_text("current_job")?.map(JobId),

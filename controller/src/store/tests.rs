@@ -4,7 +4,7 @@
 use super::*;
 use std::time::Duration;
 use tempfile::TempDir;
-use tollgate_domain::fleet::GpuSourceKind;
+use tollgate_domain::fleet::{GpuSourceKind, Health};
 use tollgate_domain::gate::{EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
 use tollgate_domain::plan::Step;
 use tollgate_domain::release::Component;
@@ -102,6 +102,8 @@ on_both_backends!(
     failing_multi_row_write_leaves_nothing,
     non_finite_numbers_are_refused,
     corrupt_values_name_their_row,
+    node_health_changes_are_compare_and_set_and_audited,
+    recent_outcomes_are_the_node_s_latest_not_skipped,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -200,6 +202,20 @@ async fn make_running(store: &Store, job: &JobId) {
         .transition_job(job, JobState::Assigned, JobState::Running, 1, at(31))
         .await
         .expect("accept");
+}
+
+/// Changes node `name`'s health from `from` to `to`, audited.
+async fn set_health(store: &Store, name: &str, from: Health, to: Health) {
+    let change = HealthChange {
+        from,
+        to,
+        reason: format!("set {to} by a test"),
+    };
+    let note = AuditNote::new(at(40), "test", "node.health", format!("node/{name}"));
+    store
+        .change_node_health(&NodeId::from(name), &change, &note)
+        .await
+        .expect("health");
 }
 
 fn result_of(job: &JobId, step_index: u32, attempt: u32, outcome: Outcome) -> StepResult {
@@ -379,10 +395,7 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         None
     );
     store.touch_node(&fixture.id, at(5)).await.expect("touch");
-    store
-        .set_node_health(&fixture.id, Health::Suspect)
-        .await
-        .expect("health");
+    set_health(store, "n1", Health::Good, Health::Suspect).await;
     let stored = store
         .get_node(&fixture.id)
         .await
@@ -601,10 +614,7 @@ async fn registration_keeps_operator_state(store: &Store) {
         .set_node_state(&NodeId::from("n1"), NodeState::Cordoned)
         .await
         .expect("cordon");
-    store
-        .set_node_health(&NodeId::from("n1"), Health::Bad)
-        .await
-        .expect("bad");
+    set_health(store, "n1", Health::Good, Health::Bad).await;
     store
         .set_node_state(&NodeId::from("n2"), NodeState::Unreachable)
         .await
@@ -1526,6 +1536,93 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
 
 // Waivers, audit, halts and replay.
 mod audit;
+
+/// A health change applies only from the health it was decided from, sets the reason, and
+/// writes its audit entry in the same transaction; a refused one writes nothing.
+async fn node_health_changes_are_compare_and_set_and_audited(store: &Store) {
+    add_node(store, "n1").await;
+    set_health(store, "n1", Health::Good, Health::Bad).await;
+    let stale = HealthChange {
+        from: Health::Good,
+        to: Health::Suspect,
+        reason: "decided from an old read".into(),
+    };
+    let note = AuditNote::new(at(41), "test", "node.health", "node/n1");
+    let error = store
+        .change_node_health(&NodeId::from("n1"), &stale, &note)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Conflict { detail, .. } if detail == "expected health good, found bad"),
+        "{error:?}"
+    );
+    let missing = store
+        .change_node_health(&NodeId::from("nope"), &stale, &note)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { .. }),
+        "{missing:?}"
+    );
+    let stored = store
+        .get_node(&NodeId::from("n1"))
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(
+        (stored.health, stored.health_reason.as_str()),
+        (Health::Bad, "set bad by a test")
+    );
+    let entries = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let health: Vec<&str> = entries
+        .iter()
+        .filter(|entry| entry.action == "node.health")
+        .map(|entry| entry.subject.as_str())
+        .collect();
+    assert_eq!(health, ["node/n1"], "one entry, for the applied change");
+}
+
+/// The outcomes that decide "repeated errors": the node's latest results across jobs, newest
+/// first, skipped ones left out, other nodes' results not counted.
+async fn recent_outcomes_are_the_node_s_latest_not_skipped(store: &Store) {
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_release(store).await;
+    for name in ["n1", "n2"] {
+        add_node(store, name).await;
+    }
+    let (_, first) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
+    let (_, second) = start_run(store, "run-2", &plan, &["n1"], 20).await;
+    for job in [&first[0].id, &first[1].id, &second[0].id] {
+        make_running(store, job).await;
+    }
+    let record = |job: &JobId, step, attempt, outcome| {
+        let result = result_of(job, step, attempt, outcome);
+        async move {
+            store
+                .record_result(&result, None, at(50))
+                .await
+                .expect("record");
+        }
+    };
+    record(&first[0].id, 0, 1, Outcome::Passed).await;
+    record(&first[0].id, 1, 1, Outcome::Error).await;
+    record(&first[1].id, 0, 1, Outcome::Failed).await;
+    record(&first[0].id, 1, 2, Outcome::Skipped).await;
+    record(&second[0].id, 0, 1, Outcome::Error).await;
+    let n1 = NodeId::from("n1");
+    assert_eq!(
+        store.recent_outcomes(&n1, 3).await.expect("recent"),
+        [Outcome::Error, Outcome::Error, Outcome::Passed]
+    );
+    assert_eq!(
+        store.recent_outcomes(&n1, 1).await.expect("recent"),
+        [Outcome::Error]
+    );
+}
 
 // A database that refuses writes for a while.
 mod outage;

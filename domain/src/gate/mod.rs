@@ -565,20 +565,16 @@ pub struct JobEvidence {
 }
 
 impl JobEvidence {
-    /// The result of the latest attempt of `step_index`.
+    /// The result of the final attempt of `step_index` ([`crate::result::final_attempt`]).
     pub fn latest(&self, step_index: usize) -> Option<&StepResult> {
-        self.results
-            .iter()
-            .filter(|r| r.step_index as usize == step_index)
-            .max_by_key(|r| r.attempt)
+        crate::result::final_attempt(&self.results, u32::try_from(step_index).ok()?)
     }
 
-    /// The latest attempt of every step.
+    /// The final attempt of every step, by step index.
     pub fn latest_results(&self) -> impl Iterator<Item = &StepResult> {
-        let indexes: BTreeSet<u32> = self.results.iter().map(|r| r.step_index).collect();
-        indexes
+        crate::result::final_attempts(&self.results)
             .into_iter()
-            .filter_map(|idx| self.latest(idx as usize))
+            .map(|(_, i)| &self.results[i])
     }
 }
 

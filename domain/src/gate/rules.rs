@@ -47,24 +47,15 @@ pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
 pub(super) struct JobFacts {
     /// Per result: whether it ran the release under test.
     counts: Vec<bool>,
-    /// The latest attempt of each step: (step index, result index), by step index.
+    /// The final attempt of each step ([`crate::result::final_attempts`]): (step index,
+    /// result index), by step index.
     latest: Vec<(u32, usize)>,
 }
 
 impl JobFacts {
     pub(super) fn new(job: &JobEvidence, release: &Release) -> Self {
         let counts = job.results.iter().map(|r| counts(r, release)).collect();
-        let mut latest: Vec<(u32, usize)> = Vec::new();
-        for (i, result) in job.results.iter().enumerate() {
-            match latest.binary_search_by_key(&result.step_index, |(step, _)| *step) {
-                Ok(pos) => {
-                    if result.attempt >= job.results[latest[pos].1].attempt {
-                        latest[pos].1 = i;
-                    }
-                }
-                Err(pos) => latest.insert(pos, (result.step_index, i)),
-            }
-        }
+        let latest = crate::result::final_attempts(&job.results);
         Self { counts, latest }
     }
 
@@ -125,9 +116,10 @@ fn judged(verdict: Verdict, reason: impl Into<String>, items: Vec<EvidenceItem>)
     }
 }
 
-/// Whether a result counts toward the gate: the node ran the release under test.
+/// Whether a result counts toward the gate: the node ran the release under test
+/// ([`StepResult::ran_on`]).
 fn counts(result: &StepResult, release: &Release) -> bool {
-    check_inventory(&release.components, &[], &result.inventory).is_empty()
+    check_inventory(&release.components, &[], result.ran_on()).is_empty()
 }
 
 /// A message with its numbers blanked, so alike failures share a signature.
@@ -767,7 +759,7 @@ fn classify(ctx: &Ctx<'_>, j: usize, indexes: &[(usize, String)], per: Option<&s
             }
             Some((_, result)) if result.outcome == Outcome::Passed => {
                 let mismatch: Vec<String> =
-                    check_inventory(&ctx.release().components, &[], &result.inventory)
+                    check_inventory(&ctx.release().components, &[], result.ran_on())
                         .iter()
                         .map(ToString::to_string)
                         .collect();
@@ -1989,7 +1981,7 @@ fn inventory_item(ctx: &Ctx<'_>, j: usize, components: &[String]) -> Option<Evid
         if components.is_empty() && ctx.counts(j, i) {
             continue;
         }
-        for mismatch in check_inventory(&release.components, components, &result.inventory) {
+        for mismatch in check_inventory(&release.components, components, result.ran_on()) {
             let text = mismatch.to_string();
             if !problems.contains(&text) {
                 problems.push(text);

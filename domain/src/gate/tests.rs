@@ -831,6 +831,96 @@ fn greenwave_export_has_its_shape() {
     assert!(satisfied.iter().any(|r| r["type"] == "test-result-passed"));
 }
 
+/// A step that failed at epoch 1 attempt 1, was interrupted at epoch 1 attempt 2 and passed at
+/// epoch 2 attempt 1 (an agent restart with `retries: 2`): the job passed, and the gate, the
+/// job's evidence and the job's end state all take epoch 2 attempt 1 as the step's final one.
+#[test]
+fn the_gate_judges_the_attempt_the_job_ended_on() {
+    let failed = step_result(0, 1, Outcome::Failed);
+    let interrupted = step_result(0, 2, Outcome::Error);
+    let mut passed = step_result(0, 1, Outcome::Passed);
+    passed.lease_epoch = 2;
+    let results = vec![
+        failed,
+        interrupted,
+        passed,
+        step_result(1, 1, Outcome::Passed),
+    ];
+    assert_eq!(
+        crate::job::final_state(&results, &[2, 0]),
+        Some(JobState::Passed)
+    );
+    let job = job("n1", JobState::Passed, results);
+    let latest = job.latest(0).expect("step 0 has results");
+    assert_eq!((latest.lease_epoch, latest.attempt), (2, 1));
+    assert_eq!(
+        job.latest_results().map(|r| r.outcome).collect::<Vec<_>>(),
+        [Outcome::Passed, Outcome::Passed]
+    );
+    let policy = parse_gate(
+        "g.yaml",
+        "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [step0, step1]}\n",
+    )
+    .expect("valid gate");
+    let decision = evaluate(&policy, &evidence(vec![job]), &[], at(100));
+    assert_eq!(
+        decision.rules[0].verdict,
+        Verdict::Passed,
+        "{}",
+        decision.rules[0].reason
+    );
+}
+
+/// A flash without a reboot starts on the old VBIOS and ends on the release's: the step, and
+/// the step after it, ran on the release, so the steps rule and the inventory rule pass.
+#[test]
+fn a_flash_is_judged_on_the_inventory_after_it() {
+    let mut flash = step_result(0, 1, Outcome::Passed);
+    flash.inventory = inventory(DRIVER, "96.00.61.00.01", 2);
+    flash.inventory_at_end = Some(inventory(DRIVER, VBIOS, 2));
+    let mut after = step_result(1, 1, Outcome::Passed);
+    after.inventory_at_end = Some(inventory(DRIVER, VBIOS, 2));
+    let policy = parse_gate(
+        "g.yaml",
+        "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [step0, step1]}\n  - inventory-matches-release: {}\n",
+    )
+    .expect("valid gate");
+    let ev = evidence(vec![job(
+        "n1",
+        JobState::Passed,
+        vec![flash.clone(), after],
+    )]);
+    let decision = evaluate(&policy, &ev, &[], at(100));
+    for rule in &decision.rules {
+        assert_eq!(
+            rule.verdict,
+            Verdict::Passed,
+            "{}: {}",
+            rule.rule_id,
+            rule.reason
+        );
+    }
+    // A flash that ended on another build did not install the release.
+    let mut wrong = flash;
+    wrong.inventory_at_end = Some(inventory(DRIVER, "96.00.61.00.01", 2));
+    let ev = evidence(vec![job(
+        "n1",
+        JobState::Passed,
+        vec![wrong, step_result(1, 1, Outcome::Passed)],
+    )]);
+    let decision = evaluate(&policy, &ev, &[], at(100));
+    let steps = &decision.rules[0];
+    assert_ne!(steps.verdict, Verdict::Passed, "{}", steps.reason);
+    assert!(
+        steps
+            .evidence
+            .iter()
+            .any(|item| item.signature.as_deref() == Some("step0: wrong build")),
+        "{:?}",
+        steps.evidence
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -856,11 +946,31 @@ rules:
         ]
     }
 
+    /// Every attempt of one step: one to three lease epochs (an agent restart reassigns the
+    /// job), each with one to three attempts numbered from 1, in any order.
+    fn attempts(step_index: u32) -> impl Strategy<Value = Vec<StepResult>> {
+        proptest::collection::vec(proptest::collection::vec(outcome(), 1..4), 1..4)
+            .prop_map(move |epochs| {
+                let mut results = Vec::new();
+                for (epoch, outcomes) in epochs.into_iter().enumerate() {
+                    for (attempt, outcome) in outcomes.into_iter().enumerate() {
+                        let mut result = step_result(step_index, attempt as u32 + 1, outcome);
+                        result.lease_epoch = epoch as u64 + 1;
+                        results.push(result);
+                    }
+                }
+                results
+            })
+            .prop_shuffle()
+    }
+
+    /// Jobs whose steps have several attempts over several lease epochs; a finished job's
+    /// state is the one `job::final_state` gives its results.
     fn jobs() -> impl Strategy<Value = Vec<JobEvidence>> {
         proptest::collection::vec(
             (
-                outcome(),
-                outcome(),
+                attempts(0),
+                attempts(1),
                 60.0f64..100.0,
                 2000.0f64..3500.0,
                 any::<bool>(),
@@ -871,22 +981,22 @@ rules:
             specs
                 .into_iter()
                 .enumerate()
-                .map(|(i, (o0, o1, temp, bw, done))| {
-                    let s0 = step_result(0, 1, o0);
-                    let s1 = with_telemetry(
-                        with_measurement(step_result(1, 1, o1), "membw_gbps", bw),
-                        0,
-                        Field::GpuTempC,
-                        temp,
-                    );
-                    let state = if !done {
-                        JobState::Running
-                    } else if o0 == Outcome::Passed && o1 == Outcome::Passed {
-                        JobState::Passed
+                .map(|(i, (s0, s1, temp, bw, done))| {
+                    let s1 = s1.into_iter().map(|result| {
+                        with_telemetry(
+                            with_measurement(result, "membw_gbps", bw),
+                            0,
+                            Field::GpuTempC,
+                            temp,
+                        )
+                    });
+                    let results: Vec<StepResult> = s0.into_iter().chain(s1).collect();
+                    let state = if done {
+                        crate::job::final_state(&results, &[0, 0]).unwrap_or(JobState::Running)
                     } else {
-                        JobState::Failed
+                        JobState::Running
                     };
-                    job(&format!("n{i}"), state, vec![s0, s1])
+                    job(&format!("n{i}"), state, results)
                 })
                 .collect()
         })
@@ -959,6 +1069,39 @@ rules:
                 job.result_digests.clear();
             }
             prop_assert_eq!(digest_inputs(&policy, &full, &[]), digest_inputs(&policy, &undigested, &[]));
+        }
+
+        /// The gate and the job's end state agree on which attempt of each step counts: with
+        /// every listed step required on every node, the steps rule passes exactly when the last
+        /// attempt of each listed step passed on every node.
+        #[test]
+        fn the_steps_rule_agrees_with_the_job_end_state(jobs in jobs()) {
+            let policy = parse_gate(
+                "g.yaml",
+                "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [step0, step1]}\n",
+            ).expect("valid gate");
+            let ev = evidence(jobs);
+            let decision = evaluate(&policy, &ev, &[], at(100));
+            // The oracle: the last attempt by (lease epoch, attempt), as the agent ran them.
+            let last_outcome = |job: &JobEvidence, step: u32| {
+                job.results
+                    .iter()
+                    .filter(|r| r.step_index == step)
+                    .max_by_key(|r| (r.lease_epoch, r.attempt))
+                    .map(|r| r.outcome)
+            };
+            let all_passed = ev.runs[0].jobs.iter().all(|job| {
+                (0..2).all(|step| last_outcome(job, step) == Some(Outcome::Passed))
+            });
+            // A job the gate sees passed has the end state `final_state` gives it.
+            for job in &ev.runs[0].jobs {
+                if job.state.is_terminal()
+                    && (0..2).all(|step| last_outcome(job, step) == Some(Outcome::Passed))
+                {
+                    prop_assert_eq!(job.state, JobState::Passed);
+                }
+            }
+            prop_assert_eq!(decision.rules[0].verdict == Verdict::Passed, all_passed, "{}", decision.rules[0].reason);
         }
 
         #[test]

@@ -62,10 +62,8 @@ async fn writes_succeed_again(store: &Store, job: &JobId, acknowledged: &[u32]) 
             .unwrap_or_else(|err| panic!("heartbeat after the outage: {err}"));
         acknowledged.push(attempt);
     }
-    store
-        .set_node_health(&NodeId::from("n1"), Health::Suspect)
-        .await
-        .expect("node health after the outage");
+    // A node health change after the outage (audited, so a transaction of two writes).
+    set_health(store, "n1", Health::Good, Health::Suspect).await;
     let mut release = release();
     release.id = ReleaseId::from("r560");
     store
