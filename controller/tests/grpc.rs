@@ -866,9 +866,10 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
                 .state
         }
     };
-    // Running jobs make their nodes busy.
-    eventually("node-a busy", || async {
-        (node_state("node-a").await == "busy").then_some(())
+    // Accepted jobs make their nodes busy: both acceptances are handled before time moves.
+    eventually("both nodes busy", || async {
+        let both = node_state("node-a").await == "busy" && node_state("node-b").await == "busy";
+        both.then_some(())
     })
     .await;
 
