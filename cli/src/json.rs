@@ -259,6 +259,8 @@ pub fn step_result(result: &pb::StepResultSummary) -> Value {
         message,
         measurements,
         duration_ms,
+        sub_results,
+        sub_results_not_listed,
     } = result;
     json!({
         "step_index": step_index,
@@ -268,6 +270,31 @@ pub fn step_result(result: &pb::StepResultSummary) -> Value {
         "message": message,
         "measurements": measurements.iter().map(measurement).collect::<Vec<_>>(),
         "duration_ms": duration_ms,
+        "sub_results": sub_results.iter().map(sub_result).collect::<Vec<_>>(),
+        "sub_results_not_listed": sub_results_not_listed,
+    })
+}
+
+/// One test of a step (a JUnit testcase, a dcgmi diag test on one GPU); the outcome is its
+/// lowercase name, a GPU or level that does not apply is null.
+pub fn sub_result(sub: &pb::SubResult) -> Value {
+    let pb::SubResult {
+        source,
+        suite,
+        name,
+        gpu_index,
+        outcome,
+        message,
+        level,
+    } = sub;
+    json!({
+        "source": source,
+        "suite": suite,
+        "name": name,
+        "gpu_index": gpu_index,
+        "outcome": outcome_name(*outcome),
+        "message": message,
+        "level": level,
     })
 }
 
@@ -438,5 +465,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(step_result(&result)["outcome"], "error");
+    }
+
+    #[test]
+    fn step_results_list_their_tests() {
+        let result = pb::StepResultSummary {
+            outcome: pb::Outcome::Failed as i32,
+            sub_results: vec![pb::SubResult {
+                source: "dcgm-diag".into(),
+                suite: "Hardware".into(),
+                name: "memory".into(),
+                gpu_index: Some(3),
+                outcome: pb::Outcome::Failed as i32,
+                message: "uncorrectable ECC".into(),
+                level: Some(2),
+            }],
+            sub_results_not_listed: 4,
+            ..Default::default()
+        };
+        let value = step_result(&result);
+        assert_eq!(value["sub_results"][0]["name"], "memory");
+        assert_eq!(value["sub_results"][0]["gpu_index"], 3);
+        assert_eq!(value["sub_results"][0]["outcome"], "failed");
+        assert_eq!(value["sub_results"][0]["message"], "uncorrectable ECC");
+        assert_eq!(value["sub_results_not_listed"], 4);
     }
 }

@@ -190,3 +190,143 @@ pub struct SubResult {
     /// The diagnostic level (`dcgmi diag -r LEVEL`), for dcgm-diag.
     pub level: Option<u8>,
 }
+
+/// How many failing sub-results a step's one-line message names before "and N more".
+pub const NAMED_IN_MESSAGE: usize = 3;
+
+/// How many passing (or skipped) sub-results a bounded view (a run, a report) lists after
+/// every failing one; it says how many more there were.
+pub const LISTED_PASSING: usize = 20;
+
+/// Characters of a sub-result's message a one-line step message keeps.
+const MESSAGE_CHARS: usize = 120;
+
+impl SubResult {
+    /// Whether it counts against its step: it failed or errored. A skipped test is missing,
+    /// not failing.
+    pub fn is_failing(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Failed | Outcome::Error | Outcome::Lost
+        )
+    }
+
+    /// What a person calls it: the test name, and the GPU for a per-GPU test
+    /// (`memory on GPU 3`).
+    pub fn label(&self) -> String {
+        match self.gpu_index {
+            Some(gpu) => format!("{} on GPU {gpu}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The failure's signature: the test and how it ended, without the GPU or the message,
+    /// so the same test failing on any node (or GPU) is one failure group.
+    pub fn failure_signature(&self) -> String {
+        format!("{} {}", self.name, self.outcome)
+    }
+
+    /// The first line of its message, cut to a length a one-line summary can carry.
+    pub fn first_message_line(&self) -> String {
+        let line = self.message.lines().next().unwrap_or_default().trim();
+        match line.char_indices().nth(MESSAGE_CHARS) {
+            None => line.to_owned(),
+            Some((end, _)) => format!("{}…", &line[..end]),
+        }
+    }
+}
+
+/// Names the first [`NAMED_IN_MESSAGE`] failing sub-results, in the parser's order, with how
+/// each ended and the first line of its message, then how many more failed:
+/// `a.b failed (busbw 120 < 180), memory on GPU 3 failed (ECC) and 2 more`. Empty when none
+/// failed.
+pub fn name_failing(subs: &[SubResult]) -> String {
+    let failing: Vec<&SubResult> = subs.iter().filter(|s| s.is_failing()).collect();
+    let mut named: Vec<String> = failing
+        .iter()
+        .take(NAMED_IN_MESSAGE)
+        .map(|s| {
+            let message = s.first_message_line();
+            if message.is_empty() {
+                format!("{} {}", s.label(), s.outcome)
+            } else {
+                format!("{} {} ({message})", s.label(), s.outcome)
+            }
+        })
+        .collect();
+    let more = failing.len().saturating_sub(NAMED_IN_MESSAGE);
+    if more > 0
+        && let Some(last) = named.last_mut()
+    {
+        last.push_str(&format!(" and {more} more"));
+    }
+    named.join(", ")
+}
+
+/// The sub-results a bounded view lists: every failing one first, then up to `passing_cap`
+/// of the others (each group in the parser's order); and how many others it leaves out.
+pub fn listed(subs: &[SubResult], passing_cap: usize) -> (Vec<&SubResult>, usize) {
+    let mut shown: Vec<&SubResult> = subs.iter().filter(|s| s.is_failing()).collect();
+    let others = subs.iter().filter(|s| !s.is_failing());
+    let n_others = others.clone().count();
+    shown.extend(others.take(passing_cap));
+    (shown, n_others.saturating_sub(passing_cap))
+}
+
+#[cfg(test)]
+mod sub_result_tests {
+    use super::*;
+
+    fn sub(name: &str, gpu: Option<u32>, outcome: Outcome, message: &str) -> SubResult {
+        SubResult {
+            source: "junit".into(),
+            suite: "s".into(),
+            name: name.into(),
+            gpu_index: gpu,
+            outcome,
+            message: message.into(),
+            level: None,
+        }
+    }
+
+    #[test]
+    fn the_first_failing_tests_are_named_with_their_first_message_line() {
+        let subs = [
+            sub("a", None, Outcome::Passed, ""),
+            sub("b", None, Outcome::Failed, "busbw 120 < 180\ntrace"),
+            sub("memory", Some(3), Outcome::Failed, ""),
+            sub("c", None, Outcome::Skipped, "no IB"),
+            sub("d", None, Outcome::Error, "no device"),
+            sub("e", None, Outcome::Failed, "x"),
+            sub("f", None, Outcome::Failed, "y"),
+        ];
+        assert_eq!(
+            name_failing(&subs),
+            "b failed (busbw 120 < 180), memory on GPU 3 failed, d error (no device) and 2 more"
+        );
+        assert_eq!(name_failing(&subs[..1]), "");
+        assert_eq!(
+            sub("memory", Some(3), Outcome::Failed, "").failure_signature(),
+            "memory failed"
+        );
+        let long = sub("g", None, Outcome::Failed, &"z".repeat(500));
+        assert_eq!(long.first_message_line().chars().count(), MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn a_bounded_listing_puts_failing_first_and_counts_the_rest() {
+        let subs = [
+            sub("a", None, Outcome::Passed, ""),
+            sub("b", None, Outcome::Passed, ""),
+            sub("c", None, Outcome::Failed, ""),
+            sub("d", None, Outcome::Skipped, ""),
+        ];
+        let (shown, left_out) = listed(&subs, 1);
+        let names: Vec<&str> = shown.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["c", "a"]);
+        assert_eq!(left_out, 2);
+        let (shown, left_out) = listed(&subs, 10);
+        assert_eq!(shown.len(), 4);
+        assert_eq!(left_out, 0);
+    }
+}

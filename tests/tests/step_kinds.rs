@@ -115,8 +115,29 @@ async fn qualification_step_kinds_run_end_to_end() {
     );
     assert_eq!(
         cool.results[3].message,
-        "dcgmi diag failed: memory on GPU 1"
+        "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)"
     );
+    // The run lists the step's tests: the failing one first, then the rest of the six.
+    let diag = &cool.results[3];
+    let tests: Vec<(&str, Option<u32>, v1::Outcome)> = diag
+        .sub_results
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.gpu_index,
+                v1::Outcome::try_from(s.outcome).unwrap_or(v1::Outcome::Unspecified),
+            )
+        })
+        .collect();
+    assert_eq!(tests.len(), 6, "{tests:?}");
+    assert_eq!(tests[0], ("memory", Some(1), v1::Outcome::Failed));
+    assert!(
+        diag.sub_results[0]
+            .message
+            .contains("uncorrectable error on GPU 1")
+    );
+    assert_eq!(diag.sub_results_not_listed, 0);
 
     let hot = job("lab-hot");
     let burn = &hot.results[2];

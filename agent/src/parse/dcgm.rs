@@ -205,26 +205,21 @@ fn grade(entity: &EntityResult) -> (Outcome, String) {
 /// The step's outcome and message over its sub-results: failed if any failed, passed otherwise
 /// (a skipped test does not fail the step; the gate counts it as missing).
 pub fn step_outcome(subs: &[SubResult]) -> (Outcome, String) {
-    let failed: Vec<String> = subs
-        .iter()
-        .filter(|s| s.outcome == Outcome::Failed)
-        .map(|s| format!("{} on GPU {}", s.name, s.gpu_index.unwrap_or_default()))
-        .collect();
-    let n_skipped = subs
-        .iter()
-        .filter(|s| s.outcome == Outcome::Skipped)
-        .count();
-    let n_error = subs.iter().filter(|s| s.outcome == Outcome::Error).count();
-    if !failed.is_empty() {
-        return (
-            Outcome::Failed,
-            format!("dcgmi diag failed: {}", failed.join(", ")),
-        );
+    let count = |outcome: Outcome| subs.iter().filter(|s| s.outcome == outcome).count();
+    let (n_failed, n_error, n_skipped) = (
+        count(Outcome::Failed),
+        count(Outcome::Error),
+        count(Outcome::Skipped),
+    );
+    // Names each failing test with its GPU and warning, as a JUnit step names its testcases.
+    let failing = tollgate_domain::result::name_failing(subs);
+    if n_failed > 0 {
+        return (Outcome::Failed, format!("dcgmi diag failed: {failing}"));
     }
     if n_error > 0 {
         return (
             Outcome::Error,
-            format!("dcgmi diag reported {n_error} result(s) with an unknown status"),
+            format!("dcgmi diag reported {n_error} result(s) with an unknown status: {failing}"),
         );
     }
     (
@@ -268,7 +263,10 @@ mod tests {
         assert_eq!(find(&subs, "software", 0).source, "dcgm-diag");
         let (outcome, message) = step_outcome(&subs);
         assert_eq!(outcome, Outcome::Failed);
-        assert_eq!(message, "dcgmi diag failed: memory on GPU 1");
+        assert_eq!(
+            message,
+            "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)"
+        );
     }
 
     #[test]

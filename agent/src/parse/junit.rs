@@ -173,7 +173,8 @@ fn finish(case: Case) -> SubResult {
     }
 }
 
-/// The step's outcome over its testcases and the command's exit code: failed if any testcase
+/// The step's outcome over its testcases and the command's exit code, with a message that
+/// counts the outcomes and names the first failing testcases: failed if any testcase
 /// failed; error if any errored and none failed; failed if every testcase passed or was
 /// skipped but the command exited non-zero (the suite said it failed in a way the report does
 /// not show, so it must not pass); passed otherwise.
@@ -184,11 +185,15 @@ pub fn step_outcome(subs: &[SubResult], exit_code: Option<i32>) -> (Outcome, Str
         count(Outcome::Error),
         count(Outcome::Skipped),
     );
-    let summary = format!(
+    let mut summary = format!(
         "{} testcase(s): {} passed, {n_failed} failed, {n_error} error, {n_skipped} skipped",
         subs.len(),
         count(Outcome::Passed)
     );
+    let failing = tollgate_domain::result::name_failing(subs);
+    if !failing.is_empty() {
+        summary.push_str(&format!("; {failing}"));
+    }
     if n_failed > 0 {
         (Outcome::Failed, summary)
     } else if n_error > 0 {
@@ -256,7 +261,14 @@ more</error></testcase>
             ]
         );
         assert!(subs.iter().all(|s| s.source == "junit"));
-        assert_eq!(step_outcome(&subs, Some(1)).0, Outcome::Failed);
+        let (outcome, message) = step_outcome(&subs, Some(1));
+        assert_eq!(outcome, Outcome::Failed);
+        assert_eq!(
+            message,
+            "5 testcase(s): 2 passed, 1 failed, 1 error, 1 skipped; \
+             nccl.allreduce.bw_16gpu failed (busbw 120 < 180 GB/s), \
+             nccl.p2p.setup error (could not open /dev/nvidia0)"
+        );
     }
 
     #[test]

@@ -491,7 +491,10 @@ async fn dcgm_diag_grades_each_test_per_gpu_and_fails_on_a_failed_test() {
     .await;
     let result = &results[0];
     assert_eq!(result.outcome, Outcome::Failed, "{}", result.message);
-    assert_eq!(result.message, "dcgmi diag failed: memory on GPU 1");
+    assert_eq!(
+        result.message,
+        "dcgmi diag failed: memory on GPU 1 failed (SYNTHETIC EXAMPLE: memory test found an uncorrectable error on GPU 1)"
+    );
     assert_eq!(result.sub_results.len(), 6);
     assert!(
         result

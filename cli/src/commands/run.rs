@@ -436,6 +436,9 @@ pub fn format_run(run: &pb::Run) -> String {
             ]);
         }
         out.push_str(&table.render("  "));
+        for result in &job.results {
+            format_failing_tests(&mut out, result);
+        }
         for result in job.results.iter().filter(|r| !r.measurements.is_empty()) {
             let measured: Vec<String> = result
                 .measurements
@@ -459,6 +462,49 @@ pub fn format_run(run: &pb::Run) -> String {
         }
     }
     out
+}
+
+/// Under a step result, its failing tests one per line (test, GPU, outcome, message), then
+/// how many other tests it had; nothing for a step without tests.
+fn format_failing_tests(out: &mut String, result: &pb::StepResultSummary) {
+    let failing = |s: &&pb::SubResult| {
+        matches!(
+            pb::Outcome::try_from(s.outcome),
+            Ok(pb::Outcome::Failed | pb::Outcome::Error | pb::Outcome::Lost)
+        )
+    };
+    let n_failing = result.sub_results.iter().filter(failing).count();
+    let n_total = result.sub_results.len() + result.sub_results_not_listed as usize;
+    if n_total == 0 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {} #{} tests: {n_failing} failing of {n_total}",
+        result.step_name, result.attempt
+    );
+    for sub in result.sub_results.iter().filter(failing) {
+        let gpu = sub
+            .gpu_index
+            .map(|gpu| format!(" on GPU {gpu}"))
+            .unwrap_or_default();
+        let message = sub.message.lines().next().unwrap_or_default().trim();
+        let message = if message.is_empty() {
+            String::new()
+        } else {
+            format!(": {message}")
+        };
+        let _ = writeln!(
+            out,
+            "    {}{gpu} {}{message}",
+            sub.name,
+            outcome_name(sub.outcome)
+        );
+    }
+    let others = n_total - n_failing;
+    if others > 0 && n_failing > 0 {
+        let _ = writeln!(out, "    and {others} other test(s) passed or skipped");
+    }
 }
 
 /// Runs, one per line.
@@ -520,6 +566,8 @@ mod tests {
             message: String::new(),
             measurements: Vec::new(),
             duration_ms: 3100,
+            sub_results: Vec::new(),
+            sub_results_not_listed: 0,
         }
     }
 
@@ -609,5 +657,49 @@ mod tests {
             "{text}"
         );
         assert_eq!(format_ended(&run), "run run-1 finished: 1 passed");
+    }
+
+    #[test]
+    fn runs_show_the_failing_tests_of_a_step_and_count_the_rest() {
+        let test = |name: &str, gpu, outcome: pb::Outcome, message: &str| pb::SubResult {
+            source: "dcgm-diag".into(),
+            suite: "Hardware".into(),
+            name: name.into(),
+            gpu_index: gpu,
+            outcome: outcome as i32,
+            message: message.into(),
+            level: Some(2),
+        };
+        let mut diag = result(1, "diag", pb::Outcome::Failed);
+        diag.sub_results = vec![
+            test(
+                "memory",
+                Some(1),
+                pb::Outcome::Failed,
+                "uncorrectable error\ndetail",
+            ),
+            test("pcie", None, pb::Outcome::Error, ""),
+            test("memory", Some(0), pb::Outcome::Passed, "fine"),
+        ];
+        diag.sub_results_not_listed = 3;
+        let run = pb::Run {
+            jobs: vec![job("failed", vec![diag])],
+            ..Default::default()
+        };
+        let text = format_run(&run);
+        assert!(text.contains("  diag #1 tests: 2 failing of 6\n"), "{text}");
+        assert!(
+            text.contains("    memory on GPU 1 failed: uncorrectable error\n"),
+            "{text}"
+        );
+        assert!(text.contains("    pcie error\n"), "{text}");
+        assert!(
+            text.contains("    and 4 other test(s) passed or skipped\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("fine"),
+            "passing tests are only counted: {text}"
+        );
     }
 }

@@ -1582,12 +1582,19 @@ fn sub_result_from_proto(
     })
 }
 
-/// A result as a run shows it.
+/// A result as a run shows it, with every failing test and the first
+/// [`tollgate_domain::result::LISTED_PASSING`] others (a run of a large fleet stays small).
 pub fn result_summary(result: &StepResult) -> proto::StepResultSummary {
     let duration_ms = (result.finished_at - result.started_at)
         .num_milliseconds()
         .max(0);
+    let (listed, not_listed) = tollgate_domain::result::listed(
+        &result.sub_results,
+        tollgate_domain::result::LISTED_PASSING,
+    );
     proto::StepResultSummary {
+        sub_results: listed.into_iter().map(sub_result_to_proto).collect(),
+        sub_results_not_listed: u32::try_from(not_listed).unwrap_or(u32::MAX),
         step_index: result.step_index,
         step_name: result.step_name.clone(),
         attempt: result.attempt,
@@ -1837,5 +1844,37 @@ mod tests {
         let summary = result_summary(&full_result());
         assert_eq!(summary.duration_ms, 60_250);
         assert_eq!(summary.outcome, i32::from(proto::Outcome::Failed));
+    }
+
+    #[test]
+    fn summaries_list_failing_tests_first_and_count_the_passing_ones_left_out() {
+        let mut result = full_result();
+        let test = |name: String, outcome| SubResult {
+            source: "junit".into(),
+            suite: "suite".into(),
+            name,
+            gpu_index: None,
+            outcome,
+            message: String::new(),
+            level: None,
+        };
+        let passing = tollgate_domain::result::LISTED_PASSING + 5;
+        result.sub_results = (0..passing)
+            .map(|n| test(format!("ok_{n}"), Outcome::Passed))
+            .collect();
+        result
+            .sub_results
+            .push(test("bandwidth".into(), Outcome::Failed));
+        let summary = result_summary(&result);
+        assert_eq!(summary.sub_results[0].name, "bandwidth");
+        assert_eq!(
+            summary.sub_results[0].outcome,
+            i32::from(proto::Outcome::Failed)
+        );
+        assert_eq!(
+            summary.sub_results.len(),
+            tollgate_domain::result::LISTED_PASSING + 1
+        );
+        assert_eq!(summary.sub_results_not_listed, 5);
     }
 }

@@ -792,6 +792,7 @@ fn attempts_table(out: &mut String, attempts: &[AttemptView]) {
 
 fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     let has_detail = !a.measurements.is_empty()
+        || !a.sub_results.is_empty()
         || !a.telemetry.is_empty()
         || !a.events.is_empty()
         || !a.log_tail.is_empty();
@@ -826,6 +827,29 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     }
     if !charts.is_empty() {
         put!(out, "<div class=\"charts\">{charts}</div>\n");
+    }
+
+    if !a.sub_results.is_empty() {
+        out.push_str("<table>\n<thead><tr><th>Test</th><th>Suite</th><th>Outcome</th><th>Message</th></tr></thead>\n<tbody>\n");
+        for sub in &a.sub_results {
+            let class = if sub.failing { " class=\"bad\"" } else { "" };
+            put!(
+                out,
+                "<tr{class}><td>{}</td><td>{}</td><td>",
+                Html(&sub.label()),
+                Html(&sub.suite)
+            );
+            badge(out, sub.outcome);
+            put!(out, "</td><td>{}</td></tr>\n", Html(&sub.message));
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+    if a.sub_results_not_listed > 0 {
+        put!(
+            out,
+            "<p class=\"muted\">{} passing or skipped test(s) not listed</p>\n",
+            a.sub_results_not_listed
+        );
     }
 
     if !a.measurements.is_empty() {

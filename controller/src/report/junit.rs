@@ -6,7 +6,8 @@
 //!
 //! Then one suite per node: its inventory as properties and one test case per step attempt
 //! (the final attempt of a step fails or errors with its outcome; retried attempts are
-//! skipped), with the attempt's measurements, telemetry and events as `<system-out>`. The
+//! skipped), with the attempt's tests (failing first), measurements, telemetry and events as
+//! `<system-out>`. The
 //! signature block travels as a `<property>` of a last suite, `tollgate.signature`.
 
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, WaiverView};
@@ -280,9 +281,23 @@ fn attempt_outcome(attempt: &AttemptView) -> Outcome {
     }
 }
 
-/// The attempt's measurements, telemetry and events as lines of text.
+/// The attempt's tests (failing first), measurements, telemetry and events as lines of text.
 fn attempt_text(attempt: &AttemptView) -> String {
     let mut text = String::new();
+    for sub in &attempt.sub_results {
+        put!(text, "test {} {}", sub.label(), sub.outcome);
+        if !sub.message.is_empty() {
+            put!(text, ": {}", sub.message);
+        }
+        text.push('\n');
+    }
+    if attempt.sub_results_not_listed > 0 {
+        put!(
+            text,
+            "{} passing or skipped test(s) not listed\n",
+            attempt.sub_results_not_listed
+        );
+    }
     for m in &attempt.measurements {
         put!(
             text,

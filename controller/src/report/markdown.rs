@@ -662,6 +662,7 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
         ]);
     }
     table.write(out);
+    tests(out, attempts);
 
     let mut table = Table::new(&["Step", "Attempt", "Measurement", "Value", "Unit", "Limit"]);
     for a in attempts {
@@ -777,6 +778,48 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
             a.attempt,
             a.outcome,
             log.trim_end_matches('\n')
+        );
+    }
+}
+
+/// The attempts' tests, failing ones first, and how many passing or skipped ones each
+/// attempt had beyond those listed.
+fn tests(out: &mut String, attempts: &[AttemptView]) {
+    let mut table = Table::new(&["Step", "Attempt", "Test", "Suite", "Outcome", "Message"]);
+    let mut not_listed = Vec::new();
+    for a in attempts {
+        for sub in &a.sub_results {
+            table.row(vec![
+                md(&a.step_name),
+                a.attempt.to_string(),
+                md(&sub.label()),
+                md(&sub.suite),
+                if sub.failing {
+                    format!("**{}**", sub.outcome)
+                } else {
+                    sub.outcome.to_owned()
+                },
+                md(&sub.message),
+            ]);
+        }
+        if a.sub_results_not_listed > 0 {
+            not_listed.push(format!(
+                "{} attempt {}: {}",
+                md(&a.step_name),
+                a.attempt,
+                a.sub_results_not_listed
+            ));
+        }
+    }
+    if !table.is_empty() {
+        out.push_str("Tests:\n\n");
+        table.write(out);
+    }
+    if !not_listed.is_empty() {
+        put!(
+            out,
+            "Passing or skipped tests not listed: {}\n\n",
+            not_listed.join("; ")
         );
     }
 }

@@ -353,6 +353,35 @@ pub(crate) struct AttemptView {
     pub telemetry: Vec<GpuTelemetryView>,
     pub events: Vec<EventView>,
     pub log_tail: String,
+    /// The attempt's tests (JUnit testcases, dcgmi diag tests per GPU): every failing one
+    /// first, then up to [`tollgate_domain::result::LISTED_PASSING`] others, so a suite of
+    /// thousands of testcases keeps the report small.
+    pub sub_results: Vec<SubResultView>,
+    /// How many passing or skipped tests `sub_results` leaves out.
+    pub sub_results_not_listed: usize,
+}
+
+/// One test of a step attempt, as its result parser read it.
+#[derive(Debug, Serialize)]
+pub(crate) struct SubResultView {
+    pub source: String,
+    pub suite: String,
+    pub name: String,
+    pub gpu_index: Option<u32>,
+    pub outcome: &'static str,
+    pub failing: bool,
+    pub message: String,
+    pub level: Option<u8>,
+}
+
+impl SubResultView {
+    /// The test name, with its GPU for a per-GPU test (`memory on GPU 3`).
+    pub(crate) fn label(&self) -> String {
+        match self.gpu_index {
+            Some(gpu) => format!("{} on GPU {gpu}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -1328,6 +1357,23 @@ fn attempt_view(result: &StepResult, final_attempt: bool, limits: &[Limit]) -> A
         })
         .collect();
     events.sort_by_key(|event| (event.at_time, event.gpu_index, event.code));
+    let (listed, sub_results_not_listed) = tollgate_domain::result::listed(
+        &result.sub_results,
+        tollgate_domain::result::LISTED_PASSING,
+    );
+    let sub_results = listed
+        .into_iter()
+        .map(|sub| SubResultView {
+            source: sub.source.clone(),
+            suite: sub.suite.clone(),
+            name: sub.name.clone(),
+            gpu_index: sub.gpu_index,
+            outcome: sub.outcome.as_str(),
+            failing: sub.is_failing(),
+            message: sub.message.clone(),
+            level: sub.level,
+        })
+        .collect();
     AttemptView {
         step_index: result.step_index,
         step_name: result.step_name.clone(),
@@ -1344,6 +1390,8 @@ fn attempt_view(result: &StepResult, final_attempt: bool, limits: &[Limit]) -> A
         telemetry,
         events,
         log_tail: result.log_tail.clone(),
+        sub_results,
+        sub_results_not_listed,
     }
 }
 

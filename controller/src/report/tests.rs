@@ -12,7 +12,7 @@ use tollgate_domain::gate::{self, Evidence, JobEvidence, RunEvidence};
 use tollgate_domain::job::JobState;
 use tollgate_domain::plan::{Step, StepKind};
 use tollgate_domain::release::Component;
-use tollgate_domain::result::{Measurement, Outcome, StepResult};
+use tollgate_domain::result::{Measurement, Outcome, StepResult, SubResult};
 use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
 use tollgate_domain::test_support::{self as ts, at};
 use tollgate_domain::{JobId, NodeId, PlanVersion, RunId};
@@ -963,4 +963,103 @@ fn the_html_data_blocks_are_inert_and_external_free() {
         + signature::HTML_SIGNATURE_OPEN.len()..];
     let data = &data[..data.find("</script>").expect("closed")];
     assert!(!data.contains('<'), "no markup inside the data block");
+}
+
+/// `input()` with a JUnit step's tests on the hot node's errored stress attempt: two failing
+/// tests after more passing ones than a report lists.
+fn input_with_tests() -> ReportInput {
+    let mut input = input();
+    let test = |name: String, outcome, message: &str| SubResult {
+        source: "junit".into(),
+        suite: "test_gpu_checks".into(),
+        name,
+        gpu_index: None,
+        outcome,
+        message: message.into(),
+        level: None,
+    };
+    let n_passing = tollgate_domain::result::LISTED_PASSING + 7;
+    let mut subs: Vec<SubResult> = (0..n_passing)
+        .map(|n| test(format!("test_ok_{n:02}"), Outcome::Passed, ""))
+        .collect();
+    subs.push(test(
+        "test_gpu_checks.test_hbm_bandwidth_regression".into(),
+        Outcome::Failed,
+        "bandwidth 2710 < 3000 GB/s",
+    ));
+    subs.push(test(
+        "test_gpu_checks.test_pcie_link".into(),
+        Outcome::Error,
+        "no device",
+    ));
+    let job = &mut input.evidence.runs[0].jobs[0];
+    let attempt = job
+        .results
+        .iter_mut()
+        .find(|r| r.step_name == "stress" && r.attempt == 1)
+        .expect("the hot node's first stress attempt");
+    attempt.sub_results = subs;
+    input
+}
+
+#[test]
+fn every_format_lists_the_failing_tests_first_and_counts_the_passing_ones_left_out() {
+    let input = input_with_tests();
+    let last_listed = format!("test_ok_{:02}", tollgate_domain::result::LISTED_PASSING - 1);
+    let first_left_out = format!("test_ok_{:02}", tollgate_domain::result::LISTED_PASSING);
+    for format in [
+        ReportFormat::Markdown,
+        ReportFormat::Html,
+        ReportFormat::Json,
+        ReportFormat::Junit,
+    ] {
+        let text = text_of(&input, format);
+        let failed = text
+            .find("test_gpu_checks.test_hbm_bandwidth_regression")
+            .unwrap_or_else(|| panic!("{format:?} names the failing test"));
+        assert!(
+            text.contains("bandwidth 2710 &lt; 3000 GB/s")
+                || text.contains("bandwidth 2710 < 3000 GB/s"),
+            "{format:?} gives the failing test's message"
+        );
+        assert!(
+            text.contains("test_gpu_checks.test_pcie_link"),
+            "{format:?} names the errored test"
+        );
+        let passing = text
+            .find("test_ok_00")
+            .unwrap_or_else(|| panic!("{format:?} lists some passing tests"));
+        assert!(failed < passing, "{format:?} lists failing tests first");
+        assert!(text.contains(&last_listed), "{format:?}");
+        assert!(
+            !text.contains(&first_left_out),
+            "{format:?} lists at most {} passing tests",
+            tollgate_domain::result::LISTED_PASSING
+        );
+    }
+    let markdown = text_of(&input, ReportFormat::Markdown);
+    assert!(
+        markdown.contains("Passing or skipped tests not listed: stress attempt 1: 7"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&text_of(&input, ReportFormat::Json)).expect("the JSON parses");
+    let attempt = json["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .flat_map(|node| node["jobs"].as_array().expect("jobs"))
+        .flat_map(|job| job["attempts"].as_array().expect("attempts"))
+        .find(|a| !a["sub_results"].as_array().expect("sub_results").is_empty())
+        .expect("an attempt with tests");
+    assert_eq!(attempt["sub_results_not_listed"], 7);
+    assert_eq!(attempt["sub_results"][0]["outcome"], "failed");
+    assert_eq!(attempt["sub_results"][0]["failing"], true);
+    let html = text_of(&input, ReportFormat::Html);
+    assert!(html.contains("7 passing or skipped test(s) not listed"));
+    let junit = text_of(&input, ReportFormat::Junit);
+    assert!(
+        junit.contains("test test_gpu_checks.test_hbm_bandwidth_regression failed: bandwidth 2710 &lt; 3000 GB/s"),
+        "{junit}"
+    );
 }

@@ -788,17 +788,23 @@ fn classify(ctx: &Ctx<'_>, j: usize, indexes: &[(usize, String)], per: Option<&s
                 } else {
                     format!(": {}", result.message)
                 };
+                // A result with a failing test is grouped by that test, so the same test
+                // failing on many nodes is one group whatever its message's numbers say.
+                let signature = match result.sub_results.iter().find(|s| s.is_failing()) {
+                    Some(sub) => format!("{step}: {}", sub.failure_signature()),
+                    None => format!(
+                        "{step}: {}: {}",
+                        result.outcome,
+                        error_class(&result.message)
+                    ),
+                };
                 (
                     class,
                     format!(
                         "{step}: {} (attempt {}){why}",
                         result.outcome, result.attempt
                     ),
-                    format!(
-                        "{step}: {}: {}",
-                        result.outcome,
-                        error_class(&result.message)
-                    ),
+                    signature,
                 )
             }
         };
