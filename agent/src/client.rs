@@ -505,6 +505,25 @@ impl Agent {
             }
         };
         let attempt = &leftover.attempt;
+        let resumed = self
+            .resume
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|pending| {
+                pending.record.job.job_id == attempt.job_id
+                    && pending.record.step_index == attempt.step_index
+                    && pending.record.attempt == attempt.attempt
+            });
+        if resumed {
+            // A flash killed between writing its resume record and dropping its group record:
+            // the resume reports this attempt; an `error` for it too would contradict it.
+            tracing::info!(job = %attempt.job_id, step = %attempt.step_name, "the interrupted attempt is a flash waiting for this restart; its resume record reports it");
+            if let Err(error) = runner::orphans::clear(state_dir) {
+                tracing::error!(%error, "could not remove the process group record");
+            }
+            return;
+        }
         let message = format!(
             "interrupted: the agent restarted during step {} (attempt {}); {}",
             attempt.step_name, attempt.attempt, leftover.processes
@@ -592,11 +611,14 @@ impl Agent {
         // Counted after the slot was read: a result leaves the slot's job only once it is
         // spooled or held, so a heartbeat never shows the job gone and its last result unsent
         // uncounted.
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let unsent = self
-            .spool
-            .count_pending()
-            .saturating_add(u32::try_from(held).unwrap_or(u32::MAX));
+        let mut unsent_by_job = self.spool.count_pending_by_job();
+        for result in self.held.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let n = unsent_by_job.entry(result.job_id.clone()).or_default();
+            *n = n.saturating_add(1);
+        }
+        let unsent = unsent_by_job
+            .values()
+            .fold(0u32, |sum, n| sum.saturating_add(*n));
         v1::AgentEvent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
                 running_job_id,
@@ -606,6 +628,7 @@ impl Agent {
                 step_index: step.map(|(index, _)| index),
                 attempt: step.map_or(0, |(_, attempt)| attempt),
                 commands_received,
+                unsent_by_job: unsent_by_job.into_iter().collect(),
             })),
         }
     }
@@ -916,7 +939,7 @@ async fn drive_job(
                     // Progress is informational: when no session drains it, drop it.
                     let _ = progress.try_send(started);
                 }
-                JobEvent::Result(mut result) => {
+                JobEvent::Result(mut result, kept) => {
                     mark_gpu_lost(&mut result);
                     outcomes.push(result.outcome);
                     let mut wire = convert::step_result(&result);
@@ -952,6 +975,9 @@ async fn drive_job(
                         *current = None;
                     }
                     drop(current);
+                    // Only now may the runner start the next attempt and drop the attempt's
+                    // process group record.
+                    kept.done();
                     upload.notify_one();
                 }
             }

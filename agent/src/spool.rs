@@ -157,6 +157,16 @@ pub fn decode(bytes: &[u8]) -> Result<v1::StepResult, CorruptFile> {
     v1::StepResult::decode(payload).map_err(|error| CorruptFile::Decode(error.to_string()))
 }
 
+/// The job of a spool file's stem, `<seq>-<job>-<step index>-<attempt>` (the job may hold
+/// `-`, the numbers do not).
+fn job_of_name(stem: &str) -> Option<&str> {
+    let (_, rest) = stem.split_once('-')?;
+    let (rest, attempt) = rest.rsplit_once('-')?;
+    let (job, step) = rest.rsplit_once('-')?;
+    let numeric = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    (numeric(attempt) && numeric(step) && !job.is_empty()).then_some(job)
+}
+
 fn seq_of(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     name.split('-').next()?.parse().ok()
@@ -272,17 +282,30 @@ impl Spool {
         Ok(entries)
     }
 
-    /// How many results wait for an ack (files only counted, not read); 0 when the spool
-    /// cannot be listed.
-    pub fn count_pending(&self) -> u32 {
+    /// How many results wait for an ack, by job (read from the file names, which carry the
+    /// job id as written by [`Spool::write`]: the controller's ids are file-name safe, so the
+    /// name is the id); empty when the spool cannot be listed. Refused results live in
+    /// `rejected/` and are not counted.
+    pub fn count_pending_by_job(&self) -> std::collections::BTreeMap<String, u32> {
+        let mut counts = std::collections::BTreeMap::new();
         let Ok(entries) = fs::read_dir(&self.dir) else {
-            return 0;
+            return counts;
         };
-        let n = entries
-            .filter_map(Result::ok)
-            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == EXTENSION))
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != EXTENSION) {
+                continue;
+            }
+            if let Some(job) = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(job_of_name)
+            {
+                let n: &mut u32 = counts.entry(job.to_owned()).or_default();
+                *n = n.saturating_add(1);
+            }
+        }
+        counts
     }
 
     /// Deletes an acknowledged result.
@@ -444,6 +467,29 @@ mod tests {
         assert!(moved.starts_with(dir.path().join("rejected")));
         assert!(spool.pending().unwrap().is_empty());
         assert_eq!(decode(&fs::read(moved).unwrap()).unwrap().job_id, "job-a");
+    }
+
+    #[test]
+    fn pending_results_are_counted_by_job_and_rejected_ones_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for (job, step) in [("job-1-a", 0), ("job-1-a", 1), ("job-2", 0), ("job-2", 12)] {
+            spool.write(&result(job, step, 1)).unwrap();
+        }
+        let counts = |spool: &Spool| -> Vec<(String, u32)> {
+            spool.count_pending_by_job().into_iter().collect()
+        };
+        assert_eq!(
+            counts(&spool),
+            [("job-1-a".to_owned(), 2), ("job-2".to_owned(), 2)]
+        );
+        let pending = spool.pending().unwrap();
+        spool.reject(&pending[2]).unwrap();
+        spool.remove(&pending[0]).unwrap();
+        assert_eq!(
+            counts(&spool),
+            [("job-1-a".to_owned(), 1), ("job-2".to_owned(), 1)]
+        );
     }
 
     #[test]

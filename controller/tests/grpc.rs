@@ -866,13 +866,12 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
                 .state
         }
     };
-    // Running jobs make their nodes busy; nothing expires while the clock stands still.
-    eventually("node-a busy", || async {
-        (node_state("node-a").await == "busy").then_some(())
+    // Accepted jobs make their nodes busy: both acceptances are handled before time moves.
+    eventually("both nodes busy", || async {
+        let both = node_state("node-a").await == "busy" && node_state("node-b").await == "busy";
+        both.then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(node_state("node-a").await, "busy");
 
     // Past the grace (10 s by default) without a heartbeat, both nodes are unreachable.
     clock.advance(chrono::Duration::seconds(11));
@@ -913,13 +912,50 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     controller.stop().await;
 }
 
+/// A controller on a clock that moves only when told, so each heartbeat leaves a distinct
+/// `last_seen_at`.
+async fn controller_on_a_manual_clock() -> (Controller, tollgate_controller::clock::ManualClock) {
+    use tollgate_controller::clock::ManualClock;
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("in range");
+    let clock = ManualClock::new(start);
+    let controller = Controller::start_with({
+        let clock = clock.clone();
+        move |config| config.clock = std::sync::Arc::new(clock)
+    })
+    .await;
+    (controller, clock)
+}
+
+/// Sends `event` a second after the last one and waits until the controller renewed the
+/// node's lease with it. A stream's events are handled in order, so once this returns for one
+/// heartbeat, every earlier one was judged whole.
+async fn send_heartbeat(
+    controller: &Controller,
+    clock: &tollgate_controller::clock::ManualClock,
+    agent: &Agent,
+    node: &str,
+    event: proto::AgentEvent,
+) {
+    use tollgate_controller::clock::Clock as _;
+    let store = &controller.serving.shared.store;
+    let node_id: tollgate_domain::NodeId = node.into();
+    clock.advance(chrono::Duration::seconds(1));
+    let now = clock.now();
+    agent.events.send(event).await.expect("heartbeat");
+    eventually("the heartbeat to be handled", || async {
+        let seen = store.get_node(&node_id).await.ok().flatten()?.last_seen_at;
+        (seen == Some(now)).then_some(())
+    })
+    .await;
+}
+
 /// The first heartbeat of a stream was built when the stream opened. When it reaches the
 /// controller only after the job assigned on that stream is already running (its first result
 /// came in on another call), it says nothing about the job: the job is not taken for
 /// interrupted by an agent restart.
 #[tokio::test]
 async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
-    let controller = Controller::start().await;
+    let (controller, clock) = controller_on_a_manual_clock().await;
     let mut agent = Agent::enroll_quiet(&controller, "node-a").await;
     start_run_of_r550(&controller).await;
     let assign = agent.next_assignment().await;
@@ -942,23 +978,10 @@ async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
             .state,
         tollgate_domain::job::JobState::Running
     );
-    // Now the heartbeat built at connect time arrives: idle.
-    let seen_before = store
-        .get_node(&"node-a".into())
-        .await
-        .expect("node")
-        .expect("found")
-        .last_seen_at;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    agent.events.send(heartbeat()).await.expect("heartbeat");
-    eventually("the heartbeat to be handled", || async {
-        let node = store.get_node(&"node-a".into()).await.ok().flatten()?;
-        (node.last_seen_at != seen_before).then_some(())
-    })
-    .await;
-    // Judging the report takes a few reads after the lease is renewed; give it the time an
-    // interruption would need to show.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Now the heartbeat built at connect time arrives: idle. Another after it, so that once
+    // that one renewed the lease the first was judged whole.
+    send_heartbeat(&controller, &clock, &agent, "node-a", heartbeat()).await;
+    send_heartbeat(&controller, &clock, &agent, "node-a", heartbeat()).await;
     let job = store.get_job(&job).await.expect("job").expect("found");
     assert_eq!(
         job.state,
@@ -972,6 +995,69 @@ async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
         1,
         "no interrupted result was added: {results:?}"
     );
+    controller.stop().await;
+}
+
+/// The controller waits for an idle agent's unsent results of the node's job only: results of
+/// other jobs the agent cannot deliver do not keep the job `running`.
+#[tokio::test]
+async fn only_the_jobs_own_unsent_results_keep_it_waiting() {
+    let (controller, clock) = controller_on_a_manual_clock().await;
+    let mut agent = Agent::enroll(&controller, "node-a").await;
+    start_run_of_r550(&controller).await;
+    let assign = agent.next_assignment().await;
+    agent.accept(&assign).await;
+    controller
+        .agents()
+        .report_result(authed(
+            result(&assign, 0, proto::Outcome::Passed),
+            &agent.token,
+        ))
+        .await
+        .expect("the first result");
+    let idle_owing = |owed: &[(&str, u32)]| proto::AgentEvent {
+        event: Some(proto::agent_event::Event::Heartbeat(proto::Heartbeat {
+            // Built after the assignment: the agent's word counts.
+            commands_received: 1,
+            unsent_results: owed.iter().map(|(_, n)| n).sum(),
+            unsent_by_job: owed
+                .iter()
+                .map(|(job, n)| ((*job).to_owned(), *n))
+                .collect(),
+            ..Default::default()
+        })),
+    };
+    let store = &controller.serving.shared.store;
+    let job = tollgate_domain::JobId::new(assign.job_id.clone());
+    // It still owes a result of this job: wait for it (two heartbeats, both judged).
+    for _ in 0..2 {
+        let owed = idle_owing(&[(assign.job_id.as_str(), 1)]);
+        send_heartbeat(&controller, &clock, &agent, "node-a", owed).await;
+    }
+    let waiting = store.get_job(&job).await.expect("job").expect("found");
+    assert_eq!(
+        waiting.state,
+        tollgate_domain::job::JobState::Running,
+        "{waiting:?}"
+    );
+    // It owes only another job's result: this job's step is interrupted, and with no retries
+    // left the job ends in `error`.
+    let owed = idle_owing(&[("job-from-an-earlier-run", 3)]);
+    send_heartbeat(&controller, &clock, &agent, "node-a", owed).await;
+    let ended = eventually("the job to end", || async {
+        let job = store.get_job(&job).await.ok().flatten()?;
+        (job.state != tollgate_domain::job::JobState::Running).then_some(job)
+    })
+    .await;
+    assert_eq!(
+        ended.state,
+        tollgate_domain::job::JobState::Error,
+        "{ended:?}"
+    );
+    let results = store.results_of_job(&job).await.expect("results");
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[1].step_index, 1);
+    assert_eq!(results[1].outcome, tollgate_domain::result::Outcome::Error);
     controller.stop().await;
 }
 

@@ -161,7 +161,8 @@ pub struct AgentReport {
     /// Whether the agent says it runs this job, under any lease epoch (an older one than the
     /// job's means the reassignment is still on its way to the agent).
     pub runs_job: bool,
-    /// Results the agent still holds, not yet acknowledged (spooled or kept in memory).
+    /// Results of this job the agent still holds, not yet acknowledged (spooled or kept in
+    /// memory); other jobs' results do not count, and results refused for good are set aside.
     pub unsent_results: u32,
     /// Whether the agent had read every command the controller sent on its stream when it
     /// built the heartbeat. One built earlier may predate the job's assignment.

@@ -306,6 +306,42 @@ impl Clients {
         .await
     }
 
+    /// Waits until `n` more heartbeats of `node` reached the controller after this call (its
+    /// `last_seen_at` moved `n` times). A stream's events are handled one at a time, so every
+    /// one but the last of them was also judged whole (liveness included): with `n >= 2`, what
+    /// the controller concludes from the agent's word since this call is in the store.
+    pub async fn wait_heartbeats(&mut self, node: &str, n: usize) {
+        let mut seen = self.last_seen(node).await;
+        for i in 0..n {
+            let what = format!("heartbeat {} of {n} from {node}", i + 1);
+            seen = wait_for(Duration::from_secs(30), &what, || {
+                let mut clients = self.clone();
+                let before = seen;
+                async move {
+                    let now = clients.last_seen(node).await;
+                    (now > before).then_some(now)
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The node's last heartbeat as (seconds, nanos); `None` before the first.
+    async fn last_seen(&mut self, node: &str) -> Option<(i64, i32)> {
+        let listed = self
+            .nodes
+            .list_nodes(v1::ListNodesRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .nodes;
+        listed
+            .into_iter()
+            .find(|n| n.name == node)?
+            .last_seen_at
+            .map(|at| (at.seconds, at.nanos))
+    }
+
     /// Starts a run.
     pub async fn start_run(&mut self, release: &str, plan: &str) -> v1::Run {
         self.runs

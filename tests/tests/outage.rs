@@ -5,7 +5,7 @@
 //! `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
 
 use std::time::Duration;
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, wait_for};
 
 tollgate_tests::on_both_backends!(
     results_survive_a_controller_outage_exactly_once,
@@ -26,7 +26,8 @@ fn slow_plan() -> String {
 async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     let mut options = ControllerOptions::new(backend);
     // Longer than the agents' largest reconnect backoff (5 s), shorter than the outage.
-    options.lease_grace = Duration::from_secs(8);
+    let options_grace = Duration::from_secs(8);
+    options.lease_grace = options_grace;
     let Some(mut controller) = Controller::start(options).await else {
         eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
         return;
@@ -41,10 +42,39 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     let run = clients.start_run("r550", "gpu-qual").await;
     assert_eq!(run.jobs.len(), 2);
 
-    // Stop mid-run, stay away longer than the lease grace, come back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Stop mid-run: once every job reported a step (and, at one second a step, not all four).
+    wait_for(Duration::from_secs(30), "every job's first result", || {
+        let mut runs = clients.runs.clone();
+        let id = run.id.clone();
+        async move {
+            let run = runs
+                .get_run(tollgate_proto::v1::GetRunRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            run.jobs
+                .iter()
+                .all(|job| !job.results.is_empty())
+                .then_some(())
+        }
+    })
+    .await;
     controller.stop().await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let stopped_at = tokio::time::Instant::now();
+    // Come back once every agent spooled results the controller has not seen, and later than
+    // the lease grace.
+    wait_for(
+        Duration::from_secs(60),
+        "results spooled during the outage, past the lease grace",
+        || {
+            let spooled = agents
+                .iter()
+                .all(|agent| spooled_results(&agent.state_dir.join("spool")) > 0);
+            let past_grace = stopped_at.elapsed() > options_grace + Duration::from_secs(2);
+            async move { (spooled && past_grace).then_some(()) }
+        },
+    )
+    .await;
     controller.restart().await;
 
     let mut clients = controller.clients().await;
@@ -73,15 +103,12 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     }
     for agent in agents {
         let spool = agent.state_dir.join("spool");
-        let left = std::fs::read_dir(&spool)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.path().is_file())
-                    .count()
-            })
-            .unwrap_or(0);
-        assert_eq!(left, 0, "the spool of {} is empty", agent.node);
+        assert_eq!(
+            spooled_results(&spool),
+            0,
+            "the spool of {} is empty",
+            agent.node
+        );
         for aside in ["rejected", "corrupt"] {
             let n = std::fs::read_dir(spool.join(aside))
                 .map(|entries| entries.count())
@@ -90,6 +117,18 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
         }
         agent.stop().await;
     }
+}
+
+/// Results in a spool directory, not yet acknowledged.
+fn spooled_results(spool: &std::path::Path) -> usize {
+    std::fs::read_dir(spool)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backend) {
@@ -107,8 +146,17 @@ async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backe
         )
         .await;
     let run = clients.start_run("r550", "gpu-qual").await;
-    // s0 is done and s1 sleeps: restart the agent in the middle of s1.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // s0 is done and s1 sleeps: restart the agent in the middle of s1, once its process runs
+    // (the agent's record of the step's process group says so).
+    let state_dir = agent.state_dir.clone();
+    wait_for(Duration::from_secs(30), "s1's process to run", || {
+        let record = tollgate_agent::runner::orphans::read(&state_dir)
+            .ok()
+            .flatten();
+        let running = record.is_some_and(|r| r.attempt.step_index == 1 && r.group.is_some());
+        async move { running.then_some(()) }
+    })
+    .await;
     let agent = agent.restart();
     let run = clients.wait_run_done(&run.id).await;
     let job = &run.jobs[0];

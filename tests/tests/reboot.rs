@@ -166,8 +166,9 @@ async fn a_flash_needing_a_reboot_continues_the_job_after_it(backend: Backend) {
         return;
     };
     let (run_id, epoch) = lab.run_until_the_flash_waits_for_a_reboot().await;
-    // The job keeps its node while the flash waits: heartbeats still name it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The job keeps its node while the flash waits: heartbeats still name it, so the
+    // controller, having judged them, still has it running.
+    lab.clients.wait_heartbeats("lab-1", 3).await;
     assert_eq!(lab.job(&run_id).await.state, "running");
 
     let (staged, versions) = (lab.file("lab-1.staged"), lab.file("lab-1.versions"));
@@ -276,26 +277,30 @@ async fn a_job_lost_while_the_node_rebooted_is_not_continued() {
     let state_dir = down.state_dir().to_owned();
     lab.agent = down.start();
 
+    // The agent moves the refused result aside, then drops the record once it has the
+    // controller's answer: wait for both.
     let rejected = state_dir.join("spool").join("rejected");
+    let record = state_dir.join("resume.json");
     wait_for(
         Duration::from_secs(30),
-        "the refused flash result in spool/rejected",
+        "the refused flash result in spool/rejected and the resume record dropped",
         || {
             let n = std::fs::read_dir(&rejected).map_or(0, |dir| dir.count());
-            async move { (n == 1).then_some(()) }
+            let dropped = !record.exists();
+            async move { (n == 1 && dropped).then_some(()) }
         },
     )
     .await;
-    assert!(
-        !state_dir.join("resume.json").exists(),
-        "the record is dropped"
-    );
     lab.clients.wait_ready_nodes(1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(lab.runs_of("after"), 0, "nothing more of the lost job ran");
     let job = lab.job(&run_id).await;
     assert_eq!(job.state, "lost");
     assert_eq!(job.results.len(), 1, "{job:#?}");
+    // The agent runs one job at a time, and would have continued the lost one before taking
+    // any other: once a new run's first step reported, the lost job's `after` ran or never
+    // will.
+    lab.run_until_the_flash_waits_for_a_reboot().await;
+    assert_eq!(lab.runs_of("before"), 2, "the new run's `before` ran");
+    assert_eq!(lab.runs_of("after"), 0, "nothing more of the lost job ran");
     lab.agent.stop().await;
 }
 

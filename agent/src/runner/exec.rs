@@ -78,7 +78,8 @@ pub struct ExecRequest {
     /// Where stdout and stderr go.
     pub log_path: PathBuf,
     /// Where to record the attempt's processes while they run (see [`super::orphans`]);
-    /// `None` records nothing.
+    /// `None` records nothing. The record outlives this call: the runner removes it once the
+    /// attempt's result is kept.
     pub group_record: Option<super::orphans::RecordTo>,
 }
 
@@ -175,13 +176,7 @@ pub async fn run(
     {
         tracing::warn!(%error, "could not record the step attempt; should the agent be killed, its processes would outlive it");
     }
-    let spawned = command.spawn();
-    if spawned.is_err()
-        && let Some(to) = &request.group_record
-    {
-        let _ = super::orphans::clear(&to.state_dir);
-    }
-    let mut child = spawned.map_err(|source| RunnerError::Spawn {
+    let mut child = command.spawn().map_err(|source| RunnerError::Spawn {
         program: program.clone(),
         source,
     })?;
@@ -258,11 +253,8 @@ pub async fn run(
         }
     }
     guard.disarm();
-    if let Some(to) = &request.group_record
-        && let Err(error) = super::orphans::clear(&to.state_dir)
-    {
-        tracing::warn!(%error, "could not remove the step's process group record; the next start finds the group gone");
-    }
+    // The group record stays until the caller has the attempt's result on disk (see
+    // `super::report`): an agent killed before then reports the attempt as interrupted.
     let (parser, tail) = match collector.await {
         Ok(collected) => collected,
         Err(_) => (MeasureParser::new(), VecDeque::new()),

@@ -3,7 +3,11 @@
 //! step has finally not passed the rest are reported as skipped.
 //!
 //! The runner decides nothing about the release: it reports what happened. Results leave
-//! through a channel, so the caller decides how they are made durable (the spool).
+//! through a channel, so the caller decides how they are made durable (the spool); each carries
+//! a [`Kept`] the caller answers once the result is on disk (or, when the disk refuses it, held
+//! in memory). Until then the runner waits: the next attempt does not start and the attempt's
+//! process group record (see [`orphans`]) stays, so an agent killed before the result is on
+//! disk reports the attempt as interrupted at its next start instead of losing it.
 //!
 //! # What an `exec` step sees
 //!
@@ -44,7 +48,7 @@ use crate::sampler::Sampler;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_domain::JobId;
 use tollgate_domain::fleet::Inventory;
 use tollgate_domain::plan::{Step, StepKind};
@@ -95,7 +99,7 @@ pub enum Stop {
 }
 
 /// What a running job reports.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum JobEvent {
     /// An attempt started.
     StepStarted {
@@ -104,8 +108,41 @@ pub enum JobEvent {
         /// The attempt, from 1.
         attempt: u32,
     },
-    /// An attempt (or a skipped step) has its result.
-    Result(Box<StepResult>),
+    /// An attempt (or a skipped step) has its result; answer the [`Kept`] once it is durable.
+    Result(Box<StepResult>, Kept),
+}
+
+/// The receiver's answer that a result is kept: written to disk and fsynced, or held in memory
+/// when the disk refuses it. The runner waits for it before anything else happens.
+#[derive(Debug)]
+pub struct Kept(oneshot::Sender<()>);
+
+impl Kept {
+    /// Says the result is kept; the runner carries on.
+    pub fn done(self) {
+        // The runner is gone only when its job was dropped: nobody waits any more.
+        let _ = self.0.send(());
+    }
+}
+
+/// Sends `result` and waits until the receiver kept it. A receiver that is gone (the agent
+/// drops the job) ends the wait: there is nobody left to keep it.
+async fn report(events: &mpsc::UnboundedSender<JobEvent>, result: StepResult) {
+    let (kept, answer) = oneshot::channel();
+    if events
+        .send(JobEvent::Result(Box::new(result), Kept(kept)))
+        .is_ok()
+    {
+        let _ = answer.await;
+    }
+}
+
+/// Removes the attempt's process group record once its result is kept (or a resume record
+/// took its place): from then on nothing is lost if the agent dies.
+fn clear_group_record(context: &RunnerContext) {
+    if let Err(error) = orphans::clear(&context.state_dir) {
+        tracing::warn!(%error, "could not remove the step's process group record; the next start finds the group gone and reports the attempt again (the controller deduplicates it)");
+    }
 }
 
 /// What the runner needs from the agent.
@@ -176,7 +213,7 @@ async fn run_steps(
         }
         if let Some(failed) = &failed_step {
             let result = skipped_result(context, job, job_step, failed).await;
-            let _ = events.send(JobEvent::Result(Box::new(result)));
+            report(events, result).await;
             continue;
         }
         let attempts = job_step.step.retries.saturating_add(1);
@@ -191,6 +228,7 @@ async fn run_steps(
             if awaiting_reboot {
                 // The resume record is on disk: the result is reported after the reboot, so
                 // the installer's exit code says nothing about the outcome yet.
+                clear_group_record(context);
                 tracing::info!(job = %job.job_id, step = %job_step.step.name, attempt, "flash needs a reboot; the job resumes after it");
                 return JobEnd::AwaitingReboot;
             }
@@ -212,7 +250,8 @@ async fn run_steps(
                 message = %result.message,
                 "step attempt ended"
             );
-            let _ = events.send(JobEvent::Result(Box::new(result)));
+            report(events, result).await;
+            clear_group_record(context);
             if was_stopped {
                 return JobEnd::Stopped;
             }

@@ -7,7 +7,8 @@
 //! once the process started, also its process group id and the group leader's start time
 //! (field 22 of `/proc/PID/stat`, in clock ticks since boot). The file is written (fsynced,
 //! renamed into place) before the process starts, completed right after, and removed once the
-//! group is gone. A file found at start-up means the previous agent died during that attempt.
+//! group is gone and the attempt's result is on disk (spooled), never before. A file found at
+//! start-up means the previous agent died during that attempt before its result was on disk.
 //! Its processes are killed: those of the recorded group that started no earlier than the
 //! recorded leader (and only if the leader, when still there, has the recorded start time, so
 //! a recycled process id is never killed), and those whose environment holds the attempt's

@@ -86,19 +86,79 @@ fn job(steps: Vec<Step>) -> Job {
     }
 }
 
+/// Keeps every result at once (as the agent does once it spooled it) and collects them, in
+/// order, until the runner's sender is dropped.
+fn keep_results(
+    mut receiver: mpsc::UnboundedReceiver<JobEvent>,
+) -> tokio::task::JoinHandle<Vec<StepResult>> {
+    tokio::spawn(async move {
+        let mut results = Vec::new();
+        while let Some(event) = receiver.recv().await {
+            if let JobEvent::Result(result, kept) = event {
+                results.push(*result);
+                kept.done();
+            }
+        }
+        results
+    })
+}
+
 /// Runs the job to its end and returns its results, in order.
 async fn results_of(fixture: &Fixture, job: &Job) -> Vec<StepResult> {
     let (_stop_sender, stop) = watch::channel(None);
-    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let keeper = keep_results(receiver);
     run_job(&fixture.context, job, stop, &sender).await;
     drop(sender);
-    let mut results = Vec::new();
-    while let Some(event) = receiver.recv().await {
-        if let JobEvent::Result(result) = event {
-            results.push(*result);
+    keeper.await.expect("keeper task")
+}
+
+#[tokio::test]
+async fn the_next_step_waits_until_the_result_is_kept_and_the_group_record_stays_until_then() {
+    let fixture = fixture(vec![]);
+    let job = job(vec![
+        exec("first", "echo first", Duration::from_secs(30), 0),
+        exec("second", "echo second", Duration::from_secs(30), 0),
+    ]);
+    let (_stop_sender, stop) = watch::channel(None);
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let context = fixture.context.clone();
+    let running = tokio::spawn(async move { run_job(&context, &job, stop, &sender).await });
+    let (first, kept) = loop {
+        match receiver
+            .recv()
+            .await
+            .expect("the runner reports the first step")
+        {
+            JobEvent::StepStarted { .. } => {}
+            JobEvent::Result(result, kept) => break (*result, kept),
         }
-    }
-    results
+    };
+    assert_eq!((first.step_index, first.outcome), (0, Outcome::Passed));
+    // The result is not kept yet (a slow disk): the first attempt's record must still be on
+    // disk, so an agent killed now reports the attempt at its next start. The second step
+    // rewrites the record before its process starts, so this also shows it has not started.
+    let record = orphans::read(&fixture.context.state_dir)
+        .expect("the record is readable")
+        .expect("the record stays until the result is kept");
+    assert_eq!((record.attempt.step_index, record.attempt.attempt), (0, 1));
+    assert!(
+        receiver.is_empty(),
+        "nothing happens before the result is kept: {:?}",
+        receiver.try_recv()
+    );
+    kept.done();
+    let results = keep_results(receiver);
+    assert_eq!(running.await.expect("job task"), JobEnd::Finished);
+    let rest = results.await.expect("keeper task");
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!((rest[0].step_index, rest[0].outcome), (1, Outcome::Passed));
+    assert!(
+        orphans::read(&fixture.context.state_dir)
+            .expect("readable")
+            .is_none(),
+        "the record goes once the last result is kept"
+    );
 }
 
 #[tokio::test]
@@ -357,16 +417,12 @@ async fn a_cancel_kills_the_step_and_ends_the_job() {
         }) => {}
         other => panic!("expected the first attempt to start, got {other:?}"),
     }
+    let keeper = keep_results(receiver);
     stop_sender
         .send(Some(Stop::Cancelled("operator asked".into())))
         .expect("job listens");
     running.await.expect("job task");
-    let mut results = Vec::new();
-    while let Some(event) = receiver.recv().await {
-        if let JobEvent::Result(result) = event {
-            results.push(*result);
-        }
-    }
+    let results = keeper.await.expect("keeper task");
     assert_eq!(
         results.len(),
         1,
@@ -761,16 +817,12 @@ async fn a_flash_needing_a_reboot_writes_a_resume_record_and_the_job_continues_a
     );
     assert_eq!((flash.lease_epoch, flash.attempt), (3, 1));
     let (_stop_sender, stop) = watch::channel(None);
-    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let keeper = keep_results(receiver);
     let end = super::continue_job(&fixture.context, &record.job, from, None, stop, &sender).await;
     assert_eq!(end, super::JobEnd::Finished);
     drop(sender);
-    let mut results = Vec::new();
-    while let Some(event) = receiver.recv().await {
-        if let JobEvent::Result(result) = event {
-            results.push(*result);
-        }
-    }
+    let results = keeper.await.expect("keeper task");
     assert_eq!(
         results.len(),
         1,
@@ -812,7 +864,8 @@ async fn a_flash_whose_version_did_not_change_across_the_reboot_fails_saying_wha
         flash.message
     );
     let (_stop_sender, stop) = watch::channel(None);
-    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let keeper = keep_results(receiver);
     super::continue_job(
         &fixture.context,
         &record.job,
@@ -823,12 +876,7 @@ async fn a_flash_whose_version_did_not_change_across_the_reboot_fails_saying_wha
     )
     .await;
     drop(sender);
-    let mut results = Vec::new();
-    while let Some(event) = receiver.recv().await {
-        if let JobEvent::Result(result) = event {
-            results.push(*result);
-        }
-    }
+    let results = keeper.await.expect("keeper task");
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].outcome, Outcome::Skipped);
     assert_eq!(results[0].message, "not run: step vbios failed");

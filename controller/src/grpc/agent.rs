@@ -259,6 +259,7 @@ async fn on_event(
                 step_index,
                 attempt,
                 commands_received,
+                unsent_by_job: _,
             } = heartbeat;
             tracing::debug!(node = %node, running_job_id, lease_epoch, step_index, attempt, unsent_results, commands_received, "heartbeat");
             let current_job = on_heartbeat(shared, node).await?;
@@ -358,9 +359,16 @@ async fn on_running_report(
     let steps = &plan.plan.steps;
     let names: Vec<String> = steps.iter().map(|step| step.name.clone()).collect();
     let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
+    // Only this job's results can still finish it: another job's result that cannot be
+    // delivered must not hold this one up.
+    let unsent_of_job = heartbeat
+        .unsent_by_job
+        .get(job.id.as_str())
+        .copied()
+        .unwrap_or(0);
     let agent = AgentReport {
         runs_job: false,
-        unsent_results: heartbeat.unsent_results,
+        unsent_results: unsent_of_job,
         saw_every_command: heartbeat.commands_received >= n_sent,
     };
     let decision = tollgate_domain::job::compare_heartbeat(
@@ -374,7 +382,7 @@ async fn on_running_report(
     let (step_index, record_attempt, end, message) = match decision {
         Liveness::Nothing | Liveness::Stale => return Ok(()),
         Liveness::WaitForResults => {
-            tracing::debug!(node = %node, job = %job.id, unsent_results = heartbeat.unsent_results, "the agent no longer runs the job but still holds results; waiting for them");
+            tracing::debug!(node = %node, job = %job.id, unsent_results = unsent_of_job, "the agent no longer runs the job but still holds results; waiting for them");
             return Ok(());
         }
         Liveness::Interrupted {
