@@ -98,7 +98,11 @@ pub const LABEL_VALUE: Limit = bytes(
     "node label values, selector values, waiver SKUs",
 );
 /// Labels of one node, entries of one selector.
-pub const LABELS: Limit = items("labels", 64, "labels of a node; entries of a selector");
+pub const LABELS: Limit = items(
+    "labels",
+    64,
+    "labels of a node; entries of a selector; jobs with unsent results in one heartbeat",
+);
 /// A version string.
 pub const VERSION: Limit = bytes(
     "version",

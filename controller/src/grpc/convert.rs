@@ -166,6 +166,7 @@ impl Bounded for proto::agent_event::Event {
                 step_index: _,
                 attempt: _,
                 commands_received: _,
+                unsent_by_job,
             }) => {
                 text(
                     errors,
@@ -173,6 +174,18 @@ impl Bounded for proto::agent_event::Event {
                     &limits::NAME,
                     running_job_id,
                 );
+                // One entry per job with unsent results; an agent holds few jobs' results, so
+                // the label count bounds it generously.
+                if count(
+                    errors,
+                    "heartbeat.unsent_by_job",
+                    &limits::LABELS,
+                    unsent_by_job.len(),
+                ) {
+                    for job_id in unsent_by_job.keys() {
+                        text(errors, "heartbeat.unsent_by_job", &limits::NAME, job_id);
+                    }
+                }
             }
             Event::JobAccepted(proto::JobAccepted {
                 job_id,
