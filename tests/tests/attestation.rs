@@ -16,24 +16,8 @@ use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, p
 /// The driver artifact's digest in the test release.
 const DRIVER_SHA256: &str = "5f2b9c1e0d8a7f6e5d4c3b2a19081726354453627180918a7b6c5d4e3f2a1b0c";
 
-/// A binary of this workspace, built beside the test executable.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; build it with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
-
 async fn tollgate(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(workspace_binary("tollgate"))
+    tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
         .env("TOLLGATE_CONTROLLER", url)
         .args(args)
         .output()

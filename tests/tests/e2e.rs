@@ -386,22 +386,6 @@ async fn killed_agent_leaves_its_job_lost(backend: Backend) {
     assert_eq!(node.state, "unreachable");
 }
 
-/// Finds a binary built next to this test's executable (`target/<profile>/`).
-fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; build it with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
-
 async fn gate_show_json_has_one_entry_per_rule(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
@@ -409,21 +393,22 @@ async fn gate_show_json_has_one_entry_per_rule(backend: Backend) {
     let mut clients = controller.clients().await;
     clients.create_release("r550").await;
     clients.apply_gate(&gate_yaml(3)).await;
-    let output = tokio::process::Command::new(workspace_binary("tollgate"))
-        .env("TOLLGATE_CONTROLLER", &controller.url)
-        .args([
-            "gate",
-            "show",
-            "--release",
-            "r550",
-            "--milestone",
-            "lab-qual",
-            "-o",
-            "json",
-        ])
-        .output()
-        .await
-        .expect("run tollgate");
+    let output =
+        tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
+            .env("TOLLGATE_CONTROLLER", &controller.url)
+            .args([
+                "gate",
+                "show",
+                "--release",
+                "r550",
+                "--milestone",
+                "lab-qual",
+                "-o",
+                "json",
+            ])
+            .output()
+            .await
+            .expect("run tollgate");
     assert!(
         output.status.success(),
         "stderr: {}",

@@ -30,22 +30,6 @@ tollgate_tests::on_both_backends!(
 /// How long a scenario waits for any one state.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Finds a binary built next to this test's executable (`target/<profile>/`).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; build it with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
-
 /// The last lines of a log file that are not per-heartbeat or per-sample, for a failing
 /// assertion's message.
 fn tail(path: &Path) -> String {
@@ -114,19 +98,21 @@ impl World {
         let log =
             std::fs::File::create(self.log(&format!("controller-{}", self.n_controller_starts)))
                 .expect("log file");
-        let child = Command::new(workspace_binary("tollgate-controller"))
-            .args(["serve", "--listen", &listen, "--data-dir"])
-            .arg(self.dir.path().join("controller"))
-            .args(["--database", &self.database_url])
-            .args(["--heartbeat-interval", "200ms", "--lease-grace", "5s"])
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .env("RUST_LOG", "info,tollgate_controller=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tollgate-controller");
+        let child = Command::new(tollgate_tests::process::workspace_binary(
+            "tollgate-controller",
+        ))
+        .args(["serve", "--listen", &listen, "--data-dir"])
+        .arg(self.dir.path().join("controller"))
+        .args(["--database", &self.database_url])
+        .args(["--heartbeat-interval", "200ms", "--lease-grace", "5s"])
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "info,tollgate_controller=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tollgate-controller");
         self.controller = Some(child);
         let addr = wait_for(PATIENCE, "the controller's address file", || {
             let addr_file = addr_file.clone();
@@ -175,7 +161,7 @@ impl World {
     /// Starts an agent binary for `node` with one simulated GPU.
     fn start_agent(&self, node: &str, state_dir: &Path, n_start: u32) -> Child {
         let log = std::fs::File::create(self.log(&format!("{node}-{n_start}"))).expect("log file");
-        Command::new(workspace_binary("tollgate-agent"))
+        Command::new(tollgate_tests::process::workspace_binary("tollgate-agent"))
             .args([
                 "--controller",
                 &self.url(),

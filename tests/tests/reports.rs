@@ -2,27 +2,11 @@
 //! temperature, reported in every format through the `tollgate` binary; each report file
 //! verifies offline against the controller's public key, and an edited temperature does not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
 
-/// A binary of this workspace, built beside the test executable.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; build it with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
-
 async fn tollgate(url: &str, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(workspace_binary("tollgate"))
+    tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
         .env("TOLLGATE_CONTROLLER", url)
         .args(args)
         .output()
