@@ -8,7 +8,12 @@
 //!                          └──lease expired──▶ lost ◀──lease expired──┘
 //! ```
 
+use crate::fleet::NodeState;
+use crate::node::{NodeEvent, NodeRefusal};
+use crate::plan::Step;
+use crate::release::FieldError;
 use crate::result::{Outcome, StepResult, final_attempt};
+use crate::{JobId, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -38,6 +43,18 @@ pub enum JobState {
 crate::fleet::str_enum!(JobState { Pending => "pending", Assigned => "assigned", Running => "running", Passed => "passed", Failed => "failed", Error => "error", Lost => "lost", Cancelled => "cancelled" });
 
 impl JobState {
+    /// Every state, for lists generated from the enum (SQL `IN` lists).
+    pub const ALL: [JobState; 8] = [
+        Self::Pending,
+        Self::Assigned,
+        Self::Running,
+        Self::Passed,
+        Self::Failed,
+        Self::Error,
+        Self::Lost,
+        Self::Cancelled,
+    ];
+
     /// Whether the job has ended; nothing changes it after that.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -109,6 +126,294 @@ pub fn next(state: JobState, event: JobEvent) -> Result<JobState, TransitionErro
         }
     };
     Ok(next)
+}
+
+/// What a job change is decided from, as loaded: the job and its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFacts {
+    /// The job.
+    pub id: JobId,
+    /// Its run.
+    pub run: RunId,
+    /// Its node.
+    pub node: NodeId,
+    /// Its state.
+    pub state: JobState,
+    /// Its lease epoch.
+    pub lease_epoch: u64,
+    /// Its node's lifecycle state.
+    pub node_state: NodeState,
+    /// Whether another job than this one is active on its node.
+    pub node_has_other_active_job: bool,
+}
+
+/// A decided change of a node's lifecycle state, applied only if the node is still in `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeChange {
+    /// The node.
+    pub node: NodeId,
+    /// The state it was decided from.
+    pub from: NodeState,
+    /// The state it moves to.
+    pub to: NodeState,
+}
+
+/// A decided change of one job: applied only if the job is still in `from` under
+/// `from_epoch` (a compare-and-set), with its node's change in the same transaction. When the
+/// job ends, the store asks [`crate::run::next`] about its run under the run's lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobChange {
+    /// The job.
+    pub job: JobId,
+    /// The state it was decided from.
+    pub from: JobState,
+    /// The lease epoch it was decided from.
+    pub from_epoch: u64,
+    /// The state it moves to (may be `from`: the change then only checks that nothing moved).
+    pub to: JobState,
+    /// The lease epoch it gets.
+    pub to_epoch: u64,
+    /// Its node's change, when the job starts occupying the node or stops.
+    pub node: Option<NodeChange>,
+}
+
+/// Why a job change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum JobRefusal {
+    /// The job's state does not take the event.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The job's node cannot take it (an unreachable or retired node gets no job).
+    #[error("node {node} cannot take job {job}: {refusal}")]
+    Node {
+        /// The node.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// The node's refusal.
+        refusal: NodeRefusal,
+    },
+}
+
+/// Decides what `event` does to a job and its node: the job's transition (to `to_epoch`) and,
+/// when the job starts occupying its node or stops, the node's transition as
+/// [`crate::node::next_state`] decides it.
+pub fn decide(facts: &JobFacts, event: JobEvent, to_epoch: u64) -> Result<JobChange, JobRefusal> {
+    let to = next(facts.state, event)?;
+    let node_event = if !facts.state.is_active() && to.is_active() {
+        Some(NodeEvent::JobStarted)
+    } else if facts.state.is_active() && to.is_terminal() {
+        Some(NodeEvent::JobEnded {
+            active_job: facts.node_has_other_active_job,
+        })
+    } else {
+        None
+    };
+    let node = match node_event {
+        Some(node_event) => {
+            let node_to =
+                crate::node::next_state(facts.node_state, node_event).map_err(|refusal| {
+                    JobRefusal::Node {
+                        node: facts.node.clone(),
+                        job: facts.id.clone(),
+                        refusal,
+                    }
+                })?;
+            (node_to != facts.node_state).then(|| NodeChange {
+                node: facts.node.clone(),
+                from: facts.node_state,
+                to: node_to,
+            })
+        }
+        None => None,
+    };
+    Ok(JobChange {
+        job: facts.id.clone(),
+        from: facts.state,
+        from_epoch: facts.lease_epoch,
+        to,
+        to_epoch,
+        node,
+    })
+}
+
+/// What to do with a result an agent sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The same (step, attempt, lease epoch) is stored already: acknowledge it as a
+    /// duplicate and change nothing (an agent sends again what it did not see acknowledged).
+    Duplicate,
+    /// Store the result and apply the job's change (its state may stay: then the change only
+    /// checks that the job did not move meanwhile).
+    Record(JobChange),
+}
+
+/// Why a result is refused. Each message says what happened and what becomes of the result.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ResultRefusal {
+    /// No such job.
+    #[error("job {job} not found")]
+    UnknownJob {
+        /// The job named by the result.
+        job: JobId,
+    },
+    /// The job belongs to another node than the one reporting.
+    #[error("node {node} cannot report results of job {job}: it belongs to node {owner}")]
+    NotYourJob {
+        /// The reporting node.
+        node: NodeId,
+        /// The job.
+        job: JobId,
+        /// Its node.
+        owner: NodeId,
+    },
+    /// The result was produced under an older (or unknown) assignment of the job.
+    #[error(
+        "stale lease epoch {epoch} for job {job}: the job is at epoch {current} (it was \
+         reassigned or lost); this result is not recorded"
+    )]
+    StaleEpoch {
+        /// The job.
+        job: JobId,
+        /// The result's epoch.
+        epoch: u64,
+        /// The job's epoch.
+        current: u64,
+    },
+    /// The job ended (or never started): nothing more is recorded for it.
+    #[error(
+        "job {job} is {state}; the result of step {step_index} attempt {attempt} is not recorded"
+    )]
+    JobEnded {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// The result's step.
+        step_index: u32,
+        /// The result's attempt.
+        attempt: u32,
+    },
+    /// The plan has no step with the result's index.
+    #[error("step_index: {step_index} is out of range; plan {plan} has {n_steps} steps")]
+    UnknownStep {
+        /// The result's step index.
+        step_index: u32,
+        /// The plan's name.
+        plan: String,
+        /// How many steps the plan has.
+        n_steps: usize,
+    },
+    /// The result names another step than the plan has at its index.
+    #[error("step_name: '{sent}' does not match step {step_index} of plan {plan}, '{expected}'")]
+    StepNameMismatch {
+        /// The result's step index.
+        step_index: u32,
+        /// The name the result carries.
+        sent: String,
+        /// The plan's name of that step.
+        expected: String,
+        /// The plan's name.
+        plan: String,
+    },
+    /// The result does not fit its step's kind; every bad field is listed.
+    #[error("the result does not fit its step: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    DoesNotFitStep(Vec<FieldError>),
+    /// The job's state does not take the result.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+}
+
+/// The plan a result is judged against: its name and steps.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanSteps<'a> {
+    /// The plan's name, for messages.
+    pub name: &'a str,
+    /// Its steps, in order.
+    pub steps: &'a [Step],
+}
+
+/// The one place a result is judged: given the job it names (as loaded, with its node), the
+/// reporting node, the plan's steps, the job's stored results and the new result, whether to
+/// store it and what it changes, or why not.
+///
+/// The order of the checks is the order of their answers' weight: another node's job is
+/// refused before anything about it is said; a stale epoch before a duplicate (an old
+/// epoch's result is never acknowledged as stored); a duplicate before the job's end (the
+/// agent resends what it did not see acknowledged, also after the job ended by it).
+pub fn accept_result(
+    facts: &JobFacts,
+    reporter: &NodeId,
+    plan: PlanSteps<'_>,
+    results: &[StepResult],
+    result: &StepResult,
+) -> Result<Acceptance, ResultRefusal> {
+    if &facts.node != reporter {
+        return Err(ResultRefusal::NotYourJob {
+            node: reporter.clone(),
+            job: facts.id.clone(),
+            owner: facts.node.clone(),
+        });
+    }
+    if result.lease_epoch != facts.lease_epoch {
+        return Err(ResultRefusal::StaleEpoch {
+            job: facts.id.clone(),
+            epoch: result.lease_epoch,
+            current: facts.lease_epoch,
+        });
+    }
+    let same_attempt = |stored: &StepResult| {
+        stored.step_index == result.step_index
+            && stored.attempt == result.attempt
+            && stored.lease_epoch == result.lease_epoch
+    };
+    if results.iter().any(same_attempt) {
+        return Ok(Acceptance::Duplicate);
+    }
+    if !facts.state.is_active() {
+        return Err(ResultRefusal::JobEnded {
+            job: facts.id.clone(),
+            state: facts.state,
+            step_index: result.step_index,
+            attempt: result.attempt,
+        });
+    }
+    let step =
+        plan.steps
+            .get(result.step_index as usize)
+            .ok_or_else(|| ResultRefusal::UnknownStep {
+                step_index: result.step_index,
+                plan: plan.name.to_owned(),
+                n_steps: plan.steps.len(),
+            })?;
+    if step.name != result.step_name {
+        return Err(ResultRefusal::StepNameMismatch {
+            step_index: result.step_index,
+            sent: result.step_name.clone(),
+            expected: step.name.clone(),
+            plan: plan.name.to_owned(),
+        });
+    }
+    crate::result::check_fits_step(result, step).map_err(ResultRefusal::DoesNotFitStep)?;
+    let retries: Vec<u32> = plan.steps.iter().map(|step| step.retries).collect();
+    let mut with_new = Vec::with_capacity(results.len() + 1);
+    with_new.extend_from_slice(results);
+    with_new.push(result.clone());
+    let finished = final_state(&with_new, &retries);
+    let change = decide(
+        facts,
+        JobEvent::StepReported { finished },
+        result.lease_epoch,
+    )
+    .map_err(|refusal| match refusal {
+        JobRefusal::Transition(error) => ResultRefusal::Transition(error),
+        // A job that ends only frees its node, which every node state allows.
+        JobRefusal::Node { refusal, .. } => ResultRefusal::Transition(TransitionError {
+            state: facts.state,
+            event: refusal.message,
+        }),
+    })?;
+    Ok(Acceptance::Record(change))
 }
 
 /// The state a job ends in, given its results, or `None` while steps remain.
@@ -477,5 +782,217 @@ mod tests {
             final_state(&[step_result(0, 1, Outcome::Passed)], &retries),
             None
         );
+    }
+
+    mod accepting {
+        use super::super::*;
+        use crate::test_support::{job_facts, plan_for, step_result};
+
+        fn steps() -> Vec<Step> {
+            let mut plan = plan_for("hgx");
+            let first = plan.steps[0].clone();
+            plan.steps = (0..2)
+                .map(|idx| Step {
+                    name: format!("step{idx}"),
+                    retries: 0,
+                    ..first.clone()
+                })
+                .collect();
+            plan.steps
+        }
+
+        fn judge(
+            facts: &JobFacts,
+            reporter: &str,
+            stored: &[StepResult],
+            result: &StepResult,
+        ) -> Result<Acceptance, ResultRefusal> {
+            let steps = steps();
+            let plan = PlanSteps {
+                name: "gpu-qual",
+                steps: &steps,
+            };
+            accept_result(facts, &NodeId::from(reporter), plan, stored, result)
+        }
+
+        fn running() -> JobFacts {
+            job_facts("job-1", JobState::Running, NodeState::Busy)
+        }
+
+        #[test]
+        fn a_result_that_is_not_the_last_keeps_the_job_running_and_checks_it_did_not_move() {
+            let decision = judge(&running(), "n1", &[], &step_result(0, 1, Outcome::Passed));
+            assert_eq!(
+                decision,
+                Ok(Acceptance::Record(JobChange {
+                    job: JobId::from("job-1"),
+                    from: JobState::Running,
+                    from_epoch: 1,
+                    to: JobState::Running,
+                    to_epoch: 1,
+                    node: None,
+                }))
+            );
+        }
+
+        #[test]
+        fn the_last_result_ends_the_job_and_frees_its_node() {
+            let stored = [step_result(0, 1, Outcome::Passed)];
+            let Ok(Acceptance::Record(change)) = judge(
+                &running(),
+                "n1",
+                &stored,
+                &step_result(1, 1, Outcome::Failed),
+            ) else {
+                panic!("recorded");
+            };
+            assert_eq!(
+                (change.from, change.to),
+                (JobState::Running, JobState::Failed)
+            );
+            assert_eq!(
+                change.node,
+                Some(NodeChange {
+                    node: NodeId::from("n1"),
+                    from: NodeState::Busy,
+                    to: NodeState::Ready,
+                })
+            );
+            // A cordoned node stays cordoned; a draining one is cordoned once its job ended.
+            for (node_state, after) in [
+                (NodeState::Cordoned, None),
+                (NodeState::Draining, Some(NodeState::Cordoned)),
+            ] {
+                let facts = JobFacts {
+                    node_state,
+                    ..running()
+                };
+                let Ok(Acceptance::Record(change)) =
+                    judge(&facts, "n1", &stored, &step_result(1, 1, Outcome::Passed))
+                else {
+                    panic!("recorded");
+                };
+                assert_eq!(change.node.map(|node| node.to), after, "{node_state}");
+            }
+        }
+
+        #[test]
+        fn each_refusal() {
+            let result = step_result(0, 1, Outcome::Passed);
+            let refused = |facts: &JobFacts, reporter: &str, result: &StepResult| {
+                judge(facts, reporter, &[], result).expect_err("refused")
+            };
+            assert!(matches!(
+                refused(&running(), "n2", &result),
+                ResultRefusal::NotYourJob { node, owner, .. }
+                    if node.as_str() == "n2" && owner.as_str() == "n1"
+            ));
+            let stale = StepResult {
+                lease_epoch: 0,
+                ..result.clone()
+            };
+            assert!(matches!(
+                refused(&running(), "n1", &stale),
+                ResultRefusal::StaleEpoch {
+                    epoch: 0,
+                    current: 1,
+                    ..
+                }
+            ));
+            let cancelled = JobFacts {
+                state: JobState::Cancelled,
+                ..running()
+            };
+            assert!(matches!(
+                refused(&cancelled, "n1", &result),
+                ResultRefusal::JobEnded {
+                    state: JobState::Cancelled,
+                    ..
+                }
+            ));
+            let unknown = step_result(7, 1, Outcome::Passed);
+            let refusal = refused(&running(), "n1", &unknown);
+            assert!(
+                matches!(
+                    refusal,
+                    ResultRefusal::UnknownStep {
+                        step_index: 7,
+                        n_steps: 2,
+                        ..
+                    }
+                ),
+                "{refusal:?}"
+            );
+            assert_eq!(
+                refusal.to_string(),
+                "step_index: 7 is out of range; plan gpu-qual has 2 steps"
+            );
+            let renamed = StepResult {
+                step_name: "burn".into(),
+                ..result.clone()
+            };
+            assert!(matches!(
+                refused(&running(), "n1", &renamed),
+                ResultRefusal::StepNameMismatch { sent, expected, .. }
+                    if sent == "burn" && expected == "step0"
+            ));
+        }
+
+        #[test]
+        fn a_result_that_does_not_fit_its_step_is_refused_with_its_fields() {
+            let mut steps = steps();
+            steps[0].kind = crate::plan::StepKind::InventoryCheck {
+                components: Vec::new(),
+            };
+            let result = crate::test_support::with_measurement(
+                step_result(0, 1, Outcome::Passed),
+                "gflops",
+                1.0,
+            );
+            let plan = PlanSteps {
+                name: "gpu-qual",
+                steps: &steps,
+            };
+            let refusal = accept_result(&running(), &NodeId::from("n1"), plan, &[], &result);
+            assert!(
+                matches!(&refusal, Err(ResultRefusal::DoesNotFitStep(fields)) if !fields.is_empty()),
+                "{refusal:?}"
+            );
+        }
+
+        #[test]
+        fn a_duplicate_is_acknowledged_even_after_it_ended_the_job() {
+            let stored = [step_result(0, 1, Outcome::Passed)];
+            let passed = JobFacts {
+                state: JobState::Passed,
+                ..running()
+            };
+            assert_eq!(
+                judge(&passed, "n1", &stored, &stored[0]),
+                Ok(Acceptance::Duplicate)
+            );
+            // Not so under another epoch: that is stale, never stored.
+            let mut old = stored[0].clone();
+            old.lease_epoch = 0;
+            assert!(matches!(
+                judge(&passed, "n1", &stored, &old),
+                Err(ResultRefusal::StaleEpoch { .. })
+            ));
+        }
+
+        #[test]
+        fn a_job_starting_on_an_unreachable_node_is_refused() {
+            let pending = job_facts("job-1", JobState::Pending, NodeState::Unreachable);
+            assert!(matches!(
+                decide(&pending, JobEvent::Assigned, 1),
+                Err(JobRefusal::Node { .. })
+            ));
+            let pending = job_facts("job-1", JobState::Pending, NodeState::Ready);
+            let change = decide(&pending, JobEvent::Assigned, 1).expect("assigned");
+            assert_eq!(
+                change.node.map(|node| (node.from, node.to)),
+                Some((NodeState::Ready, NodeState::Busy))
+            );
+        }
     }
 }

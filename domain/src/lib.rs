@@ -16,6 +16,7 @@ pub mod plan;
 pub mod release;
 pub mod report_signature;
 pub mod result;
+pub mod run;
 pub mod scheduler;
 pub mod spec;
 pub mod telemetry;

@@ -1,9 +1,10 @@
 //! Fixture builders for tests in this crate and others: minimal, valid values to adjust with
 //! struct update syntax.
 
+use crate::fleet::NodeState;
 use crate::fleet::{GpuInfo, GpuSourceKind, Inventory, Labels, Node};
 use crate::gate::{Evidence, JobEvidence, RunEvidence};
-use crate::job::JobState;
+use crate::job::{JobFacts, JobState};
 use crate::plan::{Plan, Step, StepKind};
 use crate::release::{Component, Release};
 use crate::result::{Measurement, Outcome, StepResult};
@@ -201,5 +202,19 @@ pub fn evidence(jobs: Vec<JobEvidence>) -> Evidence {
             created_at: at(5),
             jobs,
         }],
+    }
+}
+
+/// The facts of job `id` of run `run-1` on node `n1` at lease epoch 1, its node in
+/// `node_state` with no other active job.
+pub fn job_facts(id: &str, state: JobState, node_state: NodeState) -> JobFacts {
+    JobFacts {
+        id: JobId::from(id),
+        run: RunId::from("run-1"),
+        node: NodeId::from("n1"),
+        state,
+        lease_epoch: 1,
+        node_state,
+        node_has_other_active_job: false,
     }
 }

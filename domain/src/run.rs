@@ -1,0 +1,203 @@
+//! The run lifecycle: a run is `running` until its last job ends (`finished`) or a manager
+//! cancels it (`cancelled`).
+//!
+//! ```text
+//!   running ──its last open job ended──▶ finished
+//!      └────────────cancel─────────────▶ cancelled
+//! ```
+//!
+//! [`next`] alone decides a run's transitions; [`cancel`] decides what cancelling a run does
+//! to it and to each of its jobs (and their nodes).
+
+use crate::JobId;
+use crate::job::{self, JobChange, JobEvent, JobFacts};
+use serde::{Deserialize, Serialize};
+
+/// Where a run is. Each variant's doc says what is true in that state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Some job of it has not ended.
+    #[default]
+    Running,
+    /// Every job of it ended.
+    Finished,
+    /// A manager cancelled it; its jobs that had not ended were cancelled with it.
+    Cancelled,
+}
+
+crate::fleet::str_enum!(RunState { Running => "running", Finished => "finished", Cancelled => "cancelled" });
+
+impl RunState {
+    /// Every state, for lists generated from the enum.
+    pub const ALL: [RunState; 3] = [Self::Running, Self::Finished, Self::Cancelled];
+}
+
+/// Something that happens to a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    /// One of its jobs ended; `open_jobs` of its jobs have not ended (this one not counted).
+    JobEnded {
+        /// Jobs of the run not yet ended, after this one ended.
+        open_jobs: usize,
+    },
+    /// A manager cancelled it.
+    Cancelled,
+}
+
+/// Why a run cannot take an event: the message says what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RunRefusal {
+    /// The state the run is in.
+    pub state: RunState,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The one place run transitions are decided: the state `event` moves a run in `state` to
+/// (which may be `state` itself: nothing changes), or a refusal.
+pub fn next(state: RunState, event: RunEvent) -> Result<RunState, RunRefusal> {
+    use RunEvent as E;
+    use RunState as S;
+    match (state, event) {
+        (S::Running, E::JobEnded { open_jobs: 0 }) => Ok(S::Finished),
+        (S::Running, E::JobEnded { .. }) => Ok(S::Running),
+        // Nothing of an ended run is open any more; a late job end changes nothing.
+        (S::Finished | S::Cancelled, E::JobEnded { .. }) => Ok(state),
+        (S::Running | S::Cancelled, E::Cancelled) => Ok(S::Cancelled),
+        (S::Finished, E::Cancelled) => Err(RunRefusal {
+            state,
+            message: "the run already finished: every job of it ended, so there is nothing to \
+                      cancel"
+                .into(),
+        }),
+    }
+}
+
+/// What cancelling a run changes: the run's own transition (`None` when it was cancelled
+/// already: nothing to do) and one change per job that had not ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cancellation {
+    /// The run's transition (from, to), applied only if the run is still in `from`.
+    pub run: Option<(RunState, RunState)>,
+    /// Each open job's change to `cancelled`, with its node's change when the job was active.
+    pub jobs: Vec<JobChange>,
+}
+
+/// Decides what cancelling a run in `state` whose jobs are `jobs` does. A cancelled run is
+/// cancelled again without change; a finished one is refused.
+pub fn cancel(state: RunState, jobs: &[JobFacts]) -> Result<Cancellation, CancelRefusal> {
+    let to = next(state, RunEvent::Cancelled).map_err(CancelRefusal::Run)?;
+    if to == state {
+        return Ok(Cancellation {
+            run: None,
+            jobs: Vec::new(),
+        });
+    }
+    let changes = jobs
+        .iter()
+        .filter(|facts| !facts.state.is_terminal())
+        .map(|facts| job::decide(facts, JobEvent::Cancelled, facts.lease_epoch))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CancelRefusal::Job)?;
+    Ok(Cancellation {
+        run: Some((state, to)),
+        jobs: changes,
+    })
+}
+
+/// Why a run cannot be cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefusal {
+    /// The run's state does not allow it.
+    #[error(transparent)]
+    Run(RunRefusal),
+    /// One of its jobs could not be cancelled (a job that has not ended always can be: this
+    /// would be a bug in the job state machine).
+    #[error(transparent)]
+    Job(job::JobRefusal),
+}
+
+/// The ids of the jobs a cancellation stops on their agents: those that were active.
+pub fn stopped_jobs(cancellation: &Cancellation) -> Vec<JobId> {
+    cancellation
+        .jobs
+        .iter()
+        .filter(|change| change.from.is_active())
+        .map(|change| change.job.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::NodeState;
+    use crate::job::JobState;
+    use crate::test_support::job_facts;
+
+    #[test]
+    fn a_run_finishes_when_its_last_open_job_ends() {
+        assert_eq!(
+            next(RunState::Running, RunEvent::JobEnded { open_jobs: 2 }),
+            Ok(RunState::Running)
+        );
+        assert_eq!(
+            next(RunState::Running, RunEvent::JobEnded { open_jobs: 0 }),
+            Ok(RunState::Finished)
+        );
+        for ended in [RunState::Finished, RunState::Cancelled] {
+            assert_eq!(next(ended, RunEvent::JobEnded { open_jobs: 0 }), Ok(ended));
+        }
+    }
+
+    #[test]
+    fn cancel_stops_open_jobs_and_frees_their_nodes() {
+        let running = job_facts("job-1", JobState::Running, NodeState::Busy);
+        let pending = job_facts("job-2", JobState::Pending, NodeState::Busy);
+        let passed = job_facts("job-3", JobState::Passed, NodeState::Ready);
+        let cancellation =
+            cancel(RunState::Running, &[running, pending, passed]).expect("cancellable");
+        assert_eq!(
+            cancellation.run,
+            Some((RunState::Running, RunState::Cancelled))
+        );
+        let moved: Vec<(&str, JobState, Option<(NodeState, NodeState)>)> = cancellation
+            .jobs
+            .iter()
+            .map(|change| {
+                (
+                    change.job.as_str(),
+                    change.to,
+                    change.node.as_ref().map(|node| (node.from, node.to)),
+                )
+            })
+            .collect();
+        assert_eq!(
+            moved,
+            [
+                (
+                    "job-1",
+                    JobState::Cancelled,
+                    Some((NodeState::Busy, NodeState::Ready))
+                ),
+                // A pending job never occupied its node: the node's own job goes on.
+                ("job-2", JobState::Cancelled, None),
+            ]
+        );
+        assert_eq!(stopped_jobs(&cancellation), [JobId::from("job-1")]);
+    }
+
+    #[test]
+    fn a_cancelled_run_is_cancelled_again_without_change_and_a_finished_one_is_refused() {
+        let running = job_facts("job-1", JobState::Running, NodeState::Busy);
+        let again = cancel(RunState::Cancelled, std::slice::from_ref(&running)).expect("again");
+        assert_eq!(again.run, None);
+        assert!(again.jobs.is_empty());
+        let refused = cancel(RunState::Finished, &[running]).expect_err("refused");
+        assert!(
+            refused.to_string().contains("already finished"),
+            "{refused}"
+        );
+    }
+}
