@@ -12,9 +12,10 @@ use crate::Shared;
 use crate::store::StoreError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tollgate_domain::NodeId;
 use tollgate_domain::fleet::NodeState;
-use tollgate_domain::job::JobEvent;
+use tollgate_domain::job::{self, JobEvent, JobFacts, NodeChange};
+use tollgate_domain::node::NodeEvent;
+use tollgate_domain::{NodeId, RunId};
 
 /// Runs until shutdown starts.
 pub async fn run_loop(shared: Arc<Shared>) {
@@ -32,7 +33,8 @@ pub async fn run_loop(shared: Arc<Shared>) {
     tracing::debug!("lease watchdog stopped");
 }
 
-/// One check; returns the nodes that became unreachable.
+/// One check; returns the nodes whose lease ran out and changed something (the node became
+/// unreachable, or its jobs were lost).
 pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     if !shared.store.writes_accepted() {
         // Heartbeats cannot be recorded now, so silence proves nothing; the grace starts
@@ -61,43 +63,82 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     if expired.is_empty() {
         return Ok(expired);
     }
-    let active = shared.store.active_jobs().await?;
-    let mut affected_runs = BTreeSet::new();
+    let mut unreachable = Vec::new();
     for node in &expired {
-        shared
-            .store
-            .set_node_state(node, NodeState::Unreachable)
-            .await?;
-        tracing::warn!(
-            node = %node,
-            grace_s = shared.config.lease_grace.as_secs(),
-            "node unreachable: no heartbeat within the lease grace"
-        );
-        for job in active.iter().filter(|job| &job.node == node) {
-            let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::LeaseExpired) else {
-                continue;
-            };
-            match shared
-                .store
-                .transition_job(&job.id, job.state, to, job.lease_epoch, now)
-                .await
-            {
-                Ok(()) => {
-                    tracing::warn!(job = %job.id, node = %node, run = %job.run_id, "job lost: its node's lease ran out");
-                    affected_runs.insert(job.run_id.clone());
+        match expire_lease(shared, node, now).await {
+            Ok(Some(run_ids)) => {
+                unreachable.push(node.clone());
+                for run in &run_ids {
+                    shared.request_reevaluation(run);
                 }
-                // The job ended or moved meanwhile (its last result arrived): nothing is lost.
-                Err(StoreError::Conflict { .. }) => {}
-                Err(error) => return Err(error),
             }
+            Ok(None) => {}
+            // A heartbeat, an operator or a result moved the node or its job meanwhile: the
+            // next tick decides again from what they left.
+            Err(StoreError::Conflict { detail, .. }) => {
+                tracing::debug!(node = %node, detail, "node changed while its lease expired");
+            }
+            Err(error) => return Err(error),
         }
     }
-    shared.notify_changed();
-    shared.poke_scheduler();
-    for run in &affected_runs {
-        shared.request_reevaluation(run);
+    if !unreachable.is_empty() {
+        shared.notify_changed();
+        shared.poke_scheduler();
     }
-    Ok(expired)
+    Ok(unreachable)
+}
+
+/// Expires one node's lease: the node moves as `node::next_state` decides for
+/// `LeaseExpired` (a cordoned node stays cordoned), each of its active jobs is lost (with its
+/// node's and run's changes decided by `job::decide`), in one transaction. Returns the runs
+/// whose jobs were lost, or `None` when nothing changed (a cordoned node without a job whose
+/// agent stays away).
+async fn expire_lease(
+    shared: &Shared,
+    node: &NodeId,
+    now: tollgate_domain::Timestamp,
+) -> Result<Option<BTreeSet<RunId>>, StoreError> {
+    let Some(current) = shared.store.get_node(node).await? else {
+        return Ok(None);
+    };
+    let Ok(to) = tollgate_domain::node::next_state(current.state, NodeEvent::LeaseExpired) else {
+        return Ok(None);
+    };
+    let node_change = (to != current.state).then(|| NodeChange {
+        node: node.clone(),
+        from: current.state,
+        to,
+    });
+    let mut lost = Vec::new();
+    let mut runs = BTreeSet::new();
+    for facts in shared.store.active_job_facts_of_node(node).await? {
+        // The job is lost after the node moved: its end leaves the node where the lease left it.
+        let facts = JobFacts {
+            node_state: to,
+            ..facts
+        };
+        if let Ok(change) = job::decide(&facts, JobEvent::LeaseExpired, facts.lease_epoch) {
+            runs.insert(facts.run.clone());
+            lost.push(change);
+        }
+    }
+    if node_change.is_none() && lost.is_empty() {
+        return Ok(None);
+    }
+    shared
+        .store
+        .expire_lease(node_change.as_ref(), &lost, now)
+        .await?;
+    tracing::warn!(
+        node = %node,
+        state = %to,
+        grace_s = shared.config.lease_grace.as_secs(),
+        "no heartbeat within the lease grace"
+    );
+    for change in &lost {
+        tracing::warn!(job = %change.job, node = %node, "job lost: its node's lease ran out");
+    }
+    Ok(Some(runs))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::store::{JobRecord, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tollgate_domain::RunId;
-use tollgate_domain::job::{JobEvent, JobState};
+use tollgate_domain::job::{self, JobEvent, JobState};
 use tollgate_domain::scheduler::NodeSlot;
 use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
 
@@ -71,46 +71,49 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
     let mut commands = CommandCache::default();
     let mut n_assigned = 0;
     for assignment in assignments {
-        let Some(job) = shared.store.get_job(&assignment.job).await? else {
+        let Some(facts) = shared.store.job_facts(&assignment.job).await? else {
             continue;
         };
-        let to = match tollgate_domain::job::next(job.state, JobEvent::Assigned) {
-            Ok(to) => to,
-            // Cancelled or taken by another replica since `pending_jobs` read it.
-            Err(_) => continue,
+        let change = match job::decide(&facts, JobEvent::Assigned, facts.lease_epoch + 1) {
+            Ok(change) => change,
+            // Cancelled or taken by another replica since `pending_jobs` read it, or its node
+            // went away: the job waits for the next pass.
+            Err(refusal) => {
+                tracing::debug!(job = %facts.id, %refusal, "job not assigned");
+                continue;
+            }
         };
-        let epoch = job.lease_epoch + 1;
         let assigned = JobRecord {
-            lease_epoch: epoch,
-            state: to,
-            ..job.clone()
+            id: facts.id.clone(),
+            run_id: facts.run.clone(),
+            node: facts.node.clone(),
+            state: change.to,
+            lease_epoch: change.to_epoch,
+            created_at: now,
+            updated_at: now,
         };
         // Build the command before the job changes state, so a missing plan or release
         // leaves the job pending instead of assigned to an agent that never hears of it.
         let command = match commands.build(shared, &assigned).await {
             Ok(command) => command,
             Err(error) => {
-                tracing::warn!(job = %job.id, %error, "cannot build the assignment; job stays pending");
+                tracing::warn!(job = %facts.id, %error, "cannot build the assignment; job stays pending");
                 continue;
             }
         };
-        match shared
-            .store
-            .transition_job(&job.id, job.state, to, epoch, now)
-            .await
-        {
+        match shared.store.apply_job_change(&change, now).await {
             Ok(()) => {}
             Err(StoreError::Conflict { detail, .. }) => {
-                tracing::debug!(job = %job.id, detail, "job changed before it was assigned");
+                tracing::debug!(job = %facts.id, detail, "job or node changed before the job was assigned");
                 continue;
             }
             Err(error) => return Err(error),
         }
         n_assigned += 1;
-        tracing::info!(job = %job.id, run = %job.run_id, node = %job.node, lease_epoch = epoch, "job assigned");
-        if let Err(error) = shared.sessions.send(&job.node, command) {
+        tracing::info!(job = %facts.id, run = %facts.run, node = %facts.node, lease_epoch = change.to_epoch, "job assigned");
+        if let Err(error) = shared.sessions.send(&facts.node, command) {
             tracing::warn!(
-                job = %job.id,
+                job = %facts.id,
                 %error,
                 "assignment not delivered; it is sent again when the agent reconnects"
             );

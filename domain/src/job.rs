@@ -710,6 +710,22 @@ mod tests {
     }
 
     #[test]
+    fn all_lists_every_state_once() {
+        // A new state fails to compile here until it has its place in `ALL`.
+        let place = |state: JobState| match state {
+            JobState::Pending => 0,
+            JobState::Assigned => 1,
+            JobState::Running => 2,
+            JobState::Passed => 3,
+            JobState::Failed => 4,
+            JobState::Error => 5,
+            JobState::Lost => 6,
+            JobState::Cancelled => 7,
+        };
+        assert_eq!(JobState::ALL.map(place), [0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
     fn happy_path() {
         let mut state = JobState::Pending;
         for event in [

@@ -9,7 +9,6 @@
 //! [`next`] alone decides a run's transitions; [`cancel`] decides what cancelling a run does
 //! to it and to each of its jobs (and their nodes).
 
-use crate::JobId;
 use crate::job::{self, JobChange, JobEvent, JobFacts};
 use serde::{Deserialize, Serialize};
 
@@ -65,36 +64,28 @@ pub fn next(state: RunState, event: RunEvent) -> Result<RunState, RunRefusal> {
         (S::Running, E::JobEnded { .. }) => Ok(S::Running),
         // Nothing of an ended run is open any more; a late job end changes nothing.
         (S::Finished | S::Cancelled, E::JobEnded { .. }) => Ok(state),
-        (S::Running | S::Cancelled, E::Cancelled) => Ok(S::Cancelled),
-        (S::Finished, E::Cancelled) => Err(RunRefusal {
+        (S::Running, E::Cancelled) => Ok(S::Cancelled),
+        (S::Finished | S::Cancelled, E::Cancelled) => Err(RunRefusal {
             state,
-            message: "the run already finished: every job of it ended, so there is nothing to \
-                      cancel"
-                .into(),
+            message: format!("the run is already {state}; there is nothing to cancel"),
         }),
     }
 }
 
-/// What cancelling a run changes: the run's own transition (`None` when it was cancelled
-/// already: nothing to do) and one change per job that had not ended.
+/// What cancelling a run changes: the run's own transition and one change per job that had
+/// not ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cancellation {
     /// The run's transition (from, to), applied only if the run is still in `from`.
-    pub run: Option<(RunState, RunState)>,
+    pub run: (RunState, RunState),
     /// Each open job's change to `cancelled`, with its node's change when the job was active.
     pub jobs: Vec<JobChange>,
 }
 
-/// Decides what cancelling a run in `state` whose jobs are `jobs` does. A cancelled run is
-/// cancelled again without change; a finished one is refused.
+/// Decides what cancelling a run in `state` whose jobs are `jobs` does; a run that ended
+/// (finished or cancelled already) is refused.
 pub fn cancel(state: RunState, jobs: &[JobFacts]) -> Result<Cancellation, CancelRefusal> {
     let to = next(state, RunEvent::Cancelled).map_err(CancelRefusal::Run)?;
-    if to == state {
-        return Ok(Cancellation {
-            run: None,
-            jobs: Vec::new(),
-        });
-    }
     let changes = jobs
         .iter()
         .filter(|facts| !facts.state.is_terminal())
@@ -102,7 +93,7 @@ pub fn cancel(state: RunState, jobs: &[JobFacts]) -> Result<Cancellation, Cancel
         .collect::<Result<Vec<_>, _>>()
         .map_err(CancelRefusal::Job)?;
     Ok(Cancellation {
-        run: Some((state, to)),
+        run: (state, to),
         jobs: changes,
     })
 }
@@ -117,16 +108,6 @@ pub enum CancelRefusal {
     /// would be a bug in the job state machine).
     #[error(transparent)]
     Job(job::JobRefusal),
-}
-
-/// The ids of the jobs a cancellation stops on their agents: those that were active.
-pub fn stopped_jobs(cancellation: &Cancellation) -> Vec<JobId> {
-    cancellation
-        .jobs
-        .iter()
-        .filter(|change| change.from.is_active())
-        .map(|change| change.job.clone())
-        .collect()
 }
 
 #[cfg(test)]
@@ -158,10 +139,7 @@ mod tests {
         let passed = job_facts("job-3", JobState::Passed, NodeState::Ready);
         let cancellation =
             cancel(RunState::Running, &[running, pending, passed]).expect("cancellable");
-        assert_eq!(
-            cancellation.run,
-            Some((RunState::Running, RunState::Cancelled))
-        );
+        assert_eq!(cancellation.run, (RunState::Running, RunState::Cancelled));
         let moved: Vec<(&str, JobState, Option<(NodeState, NodeState)>)> = cancellation
             .jobs
             .iter()
@@ -185,7 +163,6 @@ mod tests {
                 ("job-2", JobState::Cancelled, None),
             ]
         );
-        assert_eq!(stopped_jobs(&cancellation), [JobId::from("job-1")]);
     }
 
     #[test]

@@ -7,17 +7,19 @@
 
 use super::auth::{generate_token, hash_token};
 use super::convert::{Enrollment, FromProto as _};
-use super::status::{self, not_found};
+use super::status;
 use crate::Shared;
 use crate::store::{Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::fleet::NodeState;
-use tollgate_domain::job::{JobEvent, JobState};
+use tollgate_domain::job::{
+    self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultRefusal,
+};
+use tollgate_domain::node::NodeEvent;
 use tollgate_domain::result::StepResult;
-use tollgate_domain::{JobId, NodeId};
+use tollgate_domain::{JobId, NodeId, RunId};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -57,6 +59,23 @@ impl AgentApi {
     }
 }
 
+/// Why an agent's call is refused (mapped to a status in `status.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRefusal {
+    /// The node is enrolled under another token than the one presented.
+    #[error(
+        "node {node} is already enrolled with another token; the agent keeps its token in \
+         <state-dir>/node-token: restore that file on the node, or pick another node name"
+    )]
+    EnrolledWithAnotherToken {
+        /// The node.
+        node: NodeId,
+    },
+    /// The controller is shutting down and opens no new stream.
+    #[error("the controller is shutting down; reconnect later")]
+    ShuttingDown,
+}
+
 fn millis(duration: std::time::Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
@@ -80,11 +99,7 @@ impl AgentService for AgentApi {
             (Some(stored), Some(token)) if hash_token(&token) == stored => (token, false),
             (Some(_), _) => {
                 tracing::warn!(node = %node, "registration refused: the node is enrolled with another token");
-                return Err(Status::permission_denied(format!(
-                    "node {node} is already enrolled with another token; the agent keeps its \
-                     token in <state-dir>/node-token: restore that file on the node, or pick \
-                     another node name"
-                )));
+                return Err(AgentRefusal::EnrolledWithAnotherToken { node }.into());
             }
             // A node the store does not know gets a fresh token, even if the agent presents
             // an old one (the controller's database was reset).
@@ -126,9 +141,10 @@ impl AgentService for AgentApi {
         let node = self.authenticate(&request).await?;
         let inbound = request.into_inner();
         let shared = &self.shared;
-        let (session_id, commands) = shared.sessions.open(&node).ok_or_else(|| {
-            Status::unavailable("the controller is shutting down; reconnect later")
-        })?;
+        let (session_id, commands) = shared
+            .sessions
+            .open(&node)
+            .ok_or(AgentRefusal::ShuttingDown)?;
         tracing::info!(node = %node, "agent connected");
         // Connecting counts as a heartbeat: the stream is the lease.
         if let Err(error) = on_heartbeat(shared, &node).await.map(|_| ()) {
@@ -160,7 +176,7 @@ impl AgentService for AgentApi {
                     tracing::debug!(job = %result.job_id, detail, "job changed while recording a result; retrying");
                 }
                 Err(RecordError::Store(error)) => return Err(error.into()),
-                Err(RecordError::Refused(status)) => return Err(status),
+                Err(RecordError::Refused(refusal)) => return Err(status::refused_result(refusal)),
                 Ok(duplicate) => return Ok(Response::new(proto::Ack { duplicate })),
             }
         }
@@ -282,23 +298,40 @@ async fn on_event(
     }
 }
 
-/// Renews the node's lease and brings an `unreachable` node back; returns the job the store
-/// says the node runs.
+/// Renews the node's lease and tells the node's lifecycle that its agent is back
+/// (`node::next_state` with `Reconnected`: an `unreachable` node becomes ready or busy, a
+/// cordoned one stays cordoned); returns the job the store says the node runs.
 async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<Option<JobId>, StoreError> {
     shared.store.touch_node(node, shared.now()).await?;
     let Some(current) = shared.store.get_node(node).await? else {
         return Ok(None);
     };
-    if current.state == NodeState::Unreachable {
-        let state = if current.current_job.is_some() {
-            NodeState::Busy
-        } else {
-            NodeState::Ready
-        };
-        shared.store.set_node_state(node, state).await?;
-        tracing::info!(node = %node, state = %state, "node reachable again");
-        shared.notify_changed();
-        shared.poke_scheduler();
+    let event = NodeEvent::Reconnected {
+        active_job: current.current_job.is_some(),
+    };
+    match tollgate_domain::node::next_state(current.state, event) {
+        Ok(to) if to != current.state => {
+            let change = NodeChange {
+                node: node.clone(),
+                from: current.state,
+                to,
+            };
+            match shared.store.node_reconnected(&change).await {
+                Ok(()) => {
+                    tracing::info!(node = %node, state = %to, "node reachable again");
+                    shared.notify_changed();
+                    shared.poke_scheduler();
+                }
+                // An operator or the watchdog moved it meanwhile; the next heartbeat decides
+                // again from what they left.
+                Err(StoreError::Conflict { detail, .. }) => {
+                    tracing::debug!(node = %node, detail, "node changed while it reconnected");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(_) => {}
+        Err(refusal) => tracing::debug!(node = %node, %refusal, "reconnection changes nothing"),
     }
     Ok(current.current_job)
 }
@@ -419,34 +452,46 @@ async fn on_running_report(
             inventory_at_end: None,
             series: Vec::new(),
         };
-        let transition = end.map(|to| (job.state, to));
-        match store.record_result(&interrupted, transition, now).await {
+        let Some(facts) = store.job_facts(&job.id).await? else {
+            return Ok(());
+        };
+        let event = JobEvent::StepReported { finished: end };
+        let change = match job::decide(&facts, event, facts.lease_epoch) {
+            Ok(change) => change,
+            Err(refusal) => {
+                tracing::debug!(job = %job.id, %refusal, "interrupted attempt not recorded");
+                return Ok(());
+            }
+        };
+        match store.record_result(&interrupted, &change, now).await {
             Ok(Recorded::Duplicate) => return Ok(()),
             Ok(_) => {}
+            // The job moved meanwhile (its result arrived, the run was cancelled): the next
+            // heartbeat judges it again from where it is.
             Err(StoreError::Conflict { .. }) => return Ok(()),
             Err(error) => return Err(error),
         }
         tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
         shared.notify_changed();
+        if end.is_some() {
+            job_changed(shared, &run.id, &change);
+            return Ok(());
+        }
     } else {
         tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
     }
-    if let Some(to) = end {
-        tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
-        shared.poke_scheduler();
-        shared.request_reevaluation(&run.id);
+    if end.is_some() {
         return Ok(());
     }
-    let Ok(to) = tollgate_domain::job::next(job.state, JobEvent::AgentRestarted) else {
+    let Some(facts) = store.job_facts(&job.id).await? else {
         return Ok(());
     };
-    let epoch = job.lease_epoch + 1;
-    match store
-        .transition_job(&job.id, job.state, to, epoch, now)
-        .await
-    {
+    let Ok(change) = job::decide(&facts, JobEvent::AgentRestarted, facts.lease_epoch + 1) else {
+        return Ok(());
+    };
+    match store.apply_job_change(&change, now).await {
         Ok(()) => {
-            tracing::info!(job = %job.id, node = %node, lease_epoch = epoch, "job assigned again: its agent no longer ran it");
+            tracing::info!(job = %job.id, node = %node, lease_epoch = change.to_epoch, "job assigned again: its agent no longer ran it");
             shared.notify_changed();
             crate::scheduler::resend_assigned(shared, node).await?;
         }
@@ -484,36 +529,32 @@ async fn on_job_accepted(
     job_id: JobId,
     lease_epoch: u64,
 ) -> Result<(), StoreError> {
-    let Some(job) = shared.store.get_job(&job_id).await? else {
+    let Some(facts) = shared.store.job_facts(&job_id).await? else {
         tracing::warn!(node = %node, job = %job_id, "accepted job does not exist; ignored");
         return Ok(());
     };
-    if &job.node != node {
-        tracing::warn!(node = %node, job = %job_id, owner = %job.node, "node accepted a job of another node; ignored");
+    if &facts.node != node {
+        tracing::warn!(node = %node, job = %job_id, owner = %facts.node, "node accepted a job of another node; ignored");
         return Ok(());
     }
-    if job.lease_epoch != lease_epoch {
-        tracing::warn!(job = %job_id, lease_epoch, current = job.lease_epoch, "acceptance under a stale lease epoch; ignored");
+    if facts.lease_epoch != lease_epoch {
+        tracing::warn!(job = %job_id, lease_epoch, current = facts.lease_epoch, "acceptance under a stale lease epoch; ignored");
         return Ok(());
     }
-    if job.state.is_terminal() {
+    if facts.state.is_terminal() {
         // The job was cancelled or lost before the agent started it: tell the agent to stop.
-        tracing::warn!(job = %job_id, state = %job.state, "agent accepted a job that already ended; cancelling it");
-        let cancel = cancel_command(&job_id, &format!("job already ended as {}", job.state));
+        tracing::warn!(job = %job_id, state = %facts.state, "agent accepted a job that already ended; cancelling it");
+        let cancel = cancel_command(&job_id, &format!("job already ended as {}", facts.state));
         if let Err(error) = shared.sessions.send(node, cancel) {
             tracing::warn!(job = %job_id, %error, "cancel not delivered");
         }
         return Ok(());
     }
-    match tollgate_domain::job::next(job.state, JobEvent::Accepted) {
-        Ok(to) if to != job.state => {
-            match shared
-                .store
-                .transition_job(&job.id, job.state, to, job.lease_epoch, shared.now())
-                .await
-            {
+    match job::decide(&facts, JobEvent::Accepted, facts.lease_epoch) {
+        Ok(change) if change.to != change.from => {
+            match shared.store.apply_job_change(&change, shared.now()).await {
                 Ok(()) => {
-                    tracing::info!(job = %job.id, node = %node, "job running");
+                    tracing::info!(job = %job_id, node = %node, "job running");
                     shared.notify_changed();
                 }
                 // A result overtook the acceptance and moved the job already.
@@ -522,7 +563,7 @@ async fn on_job_accepted(
             }
         }
         Ok(_) => {}
-        Err(error) => tracing::warn!(job = %job.id, %error, "acceptance ignored"),
+        Err(refusal) => tracing::warn!(job = %job_id, %refusal, "acceptance ignored"),
     }
     Ok(())
 }
@@ -540,115 +581,85 @@ pub fn cancel_command(job: &JobId, reason: &str) -> proto::ControllerCommand {
 }
 
 /// Why a result was not recorded.
-enum RecordError {
-    /// The request is refused for good (the status says why).
-    Refused(Status),
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The domain refused it for good (the refusal says why).
+    #[error(transparent)]
+    Refused(#[from] ResultRefusal),
     /// The store failed; a `Conflict` is retried.
-    Store(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for RecordError {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
-
-impl From<Status> for RecordError {
-    fn from(status: Status) -> Self {
-        Self::Refused(status)
-    }
-}
-
-/// Checks and stores one result; returns whether it was a duplicate.
+/// Checks and stores one result: load, ask the domain (`job::accept_result`), apply (one
+/// transaction, compare-and-set on the job and its node); returns whether it was a duplicate.
 async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<bool, RecordError> {
     let store = &shared.store;
-    let job = store
-        .get_job(&result.job_id)
-        .await?
-        .ok_or_else(|| not_found(format!("job {}", result.job_id)))?;
-    if &job.node != node {
-        tracing::warn!(node = %node, job = %job.id, owner = %job.node, "result for a job of another node refused");
-        return Err(Status::permission_denied(format!(
-            "node {node} cannot report results of job {}: it belongs to node {}",
-            job.id, job.node
-        ))
-        .into());
-    }
-    if result.lease_epoch != job.lease_epoch {
-        return Err(Status::failed_precondition(format!(
-            "stale lease epoch {} for job {}: the job is at epoch {} (it was reassigned or lost); \
-             this result is not recorded",
-            result.lease_epoch, job.id, job.lease_epoch
-        ))
-        .into());
-    }
-    let mut results = store.results_of_job(&job.id).await?;
-    let same_attempt = |r: &StepResult| {
-        r.step_index == result.step_index
-            && r.attempt == result.attempt
-            && r.lease_epoch == result.lease_epoch
-    };
-    if results.iter().any(same_attempt) {
-        tracing::debug!(job = %job.id, step_index = result.step_index, attempt = result.attempt, "duplicate result acknowledged");
-        return Ok(true);
-    }
-    if !job.state.is_active() {
-        return Err(Status::failed_precondition(format!(
-            "job {} is {}; the result of step {} attempt {} is not recorded",
-            job.id, job.state, result.step_index, result.attempt
-        ))
-        .into());
-    }
+    let facts =
+        store
+            .job_facts(&result.job_id)
+            .await?
+            .ok_or_else(|| ResultRefusal::UnknownJob {
+                job: result.job_id.clone(),
+            })?;
     let run = store
-        .get_run(&job.run_id)
+        .get_run(&facts.run)
         .await?
-        .ok_or_else(|| not_found(format!("run {}", job.run_id)))?;
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("run {}", facts.run),
+        })?;
     let plan = store
         .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
         .await?
-        .ok_or_else(|| not_found(format!("plan {}@{}", run.plan_name, run.plan_version)))?;
-    let steps = &plan.plan.steps;
-    let step = steps.get(result.step_index as usize).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "step_index: {} is out of range; plan {} has {} steps",
-            result.step_index,
-            run.plan_name,
-            steps.len()
-        ))
-    })?;
-    if step.name != result.step_name {
-        return Err(Status::invalid_argument(format!(
-            "step_name: '{}' does not match step {} of plan {}, '{}'",
-            result.step_name, result.step_index, run.plan_name, step.name
-        ))
-        .into());
-    }
-    tollgate_domain::result::check_fits_step(result, step)
-        .map_err(|problems| Status::from(super::status::InvalidFields(problems)))?;
-    let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
-    results.push(result.clone());
-    let finished = tollgate_domain::job::final_state(&results, &retries);
-    let to = tollgate_domain::job::next(job.state, JobEvent::StepReported { finished })
-        .map_err(|error| status::bad_transition(&error))?;
-    let transition = (to != job.state).then_some((job.state, to));
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("plan {}@{}", run.plan_name, run.plan_version),
+        })?;
+    let results = store.results_of_job(&facts.id).await?;
+    let steps = PlanSteps {
+        name: &run.plan_name,
+        steps: &plan.plan.steps,
+    };
+    let change = match job::accept_result(&facts, node, steps, &results, result) {
+        Ok(Acceptance::Record(change)) => change,
+        Ok(Acceptance::Duplicate) => {
+            tracing::debug!(job = %facts.id, step_index = result.step_index, attempt = result.attempt, "duplicate result acknowledged");
+            return Ok(true);
+        }
+        Err(refusal) => {
+            if let ResultRefusal::NotYourJob { owner, .. } = &refusal {
+                tracing::warn!(node = %node, job = %facts.id, owner = %owner, "result for a job of another node refused");
+            }
+            return Err(refusal.into());
+        }
+    };
     let now = shared.now();
-    if store.record_result(result, transition, now).await? == Recorded::Duplicate {
+    if store.record_result(result, &change, now).await? == Recorded::Duplicate {
         return Ok(true);
     }
-    tracing::debug!(job = %job.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
+    tracing::debug!(job = %facts.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
     // The result is stored and acknowledged whatever happens to its findings.
-    if let Err(error) =
-        super::node::apply_findings(shared, node, &step.kind, &run.release, result).await
+    if let Some(step) = plan.plan.steps.get(result.step_index as usize)
+        && let Err(error) =
+            super::node::apply_findings(shared, node, &step.kind, &run.release, result).await
     {
-        tracing::warn!(node = %node, job = %job.id, %error, "the result's health findings were not applied");
+        tracing::warn!(node = %node, job = %facts.id, %error, "the result's health findings were not applied");
     }
     shared.notify_changed();
-    if to.is_terminal() {
-        tracing::info!(job = %job.id, run = %run.id, node = %node, state = %to, "job ended");
-        shared.poke_scheduler();
-        shared.request_reevaluation(&run.id);
-    } else if to == JobState::Running && job.state == JobState::Assigned {
-        tracing::info!(job = %job.id, node = %node, "job running");
-    }
+    job_changed(shared, &facts.run, &change);
     Ok(false)
+}
+
+/// Says what an applied job change did, and wakes who acts on it: an ended job frees its
+/// node (the scheduler) and changes its run's evidence (the gate).
+pub(crate) fn job_changed(shared: &Shared, run: &RunId, change: &JobChange) {
+    if let Some(node) = &change.node {
+        tracing::debug!(node = %node.node, from = %node.from, to = %node.to, "node state changed by its job");
+    }
+    if change.to.is_terminal() {
+        tracing::info!(job = %change.job, state = %change.to, "job ended");
+        shared.poke_scheduler();
+        shared.request_reevaluation(run);
+    } else if change.to == JobState::Running && change.from == JobState::Assigned {
+        tracing::info!(job = %change.job, "job running");
+    }
 }

@@ -8,7 +8,7 @@ use super::release::refuse_if_halted;
 use super::status::{FieldErrors, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
 use crate::Shared;
-use crate::store::{AuditNote, JobRecord, RunRecord, RunState};
+use crate::store::{AuditNote, JobRecord, RunRecord, RunState, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,10 @@ use tonic::{Request, Response, Status};
 /// replica is only seen this way).
 pub const WATCH_FALLBACK: Duration = Duration::from_secs(1);
 
+/// How often `CancelRun` decides again when a job or node of the run moved while it was
+/// being cancelled (a result racing the cancel).
+const CANCEL_RETRIES: usize = 3;
+
 /// The run service.
 #[derive(Debug, Clone)]
 pub struct RunApi {
@@ -38,9 +42,11 @@ impl RunApi {
 }
 
 async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
+    let mut errors = FieldErrors::new();
     if id.is_empty() {
-        return Err(Status::invalid_argument("id: is empty; give a run id"));
+        errors.add("id", "is empty; give a run id");
     }
+    errors.finish(())?;
     shared
         .store
         .get_run(&RunId::from(id))
@@ -150,17 +156,7 @@ impl RunService for RunApi {
             Selecting::ReadyAndBusy
         };
         let selection = tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes, selecting)
-            .map_err(|error| {
-            let status = no_nodes(&error);
-            if n_disconnected > 0 {
-                Status::failed_precondition(format!(
-                    "{} (a node shown unreachable here has no agent connected to this controller)",
-                    status.message()
-                ))
-            } else {
-                status
-            }
-        })?;
+            .map_err(|error| no_nodes(&error, n_disconnected))?;
 
         let now = shared.now();
         let run = RunRecord {
@@ -194,10 +190,7 @@ impl RunService for RunApi {
                 "nodes": jobs.iter().map(|job| job.node.as_str()).collect::<Vec<_>>(),
                 "waiting": selection.waiting.iter().map(NodeId::as_str).collect::<Vec<_>>(),
             }));
-        shared
-            .store
-            .create_run_audited(&run, &jobs, Some(&note))
-            .await?;
+        shared.store.create_run(&run, &jobs, &note).await?;
         tracing::info!(
             run = %run.id,
             release = %run.release,
@@ -261,32 +254,47 @@ impl RunService for RunApi {
         let actor = actor_of(&request);
         let proto::CancelRunRequest { id } = super::convert::bounded(request.into_inner())?;
         let shared = &self.shared;
-        let run = load_run(shared, &id).await?;
-        if run.state != RunState::Running {
-            return Err(Status::failed_precondition(format!(
-                "run {} is already {}",
-                run.id,
-                run.state.as_str()
-            )));
-        }
-        let note = AuditNote::new(
-            shared.now(),
-            &actor,
-            "run.cancel",
-            format!("run/{}", run.id),
-        )
-        .release(&run.release);
-        let active = shared
-            .store
-            .cancel_run_audited(&run.id, shared.now(), Some(&note))
-            .await?;
-        for job in &active {
-            let command = cancel_command(&job.id, &format!("run {} was cancelled", run.id));
-            if let Err(error) = shared.sessions.send(&job.node, command) {
-                tracing::warn!(job = %job.id, %error, "cancel not delivered; the agent's results for it will be refused");
+        let mut attempt = 0;
+        let (run, stopped) = loop {
+            attempt += 1;
+            let run = load_run(shared, &id).await?;
+            let jobs = shared.store.job_facts_of_run(&run.id).await?;
+            let cancellation = tollgate_domain::run::cancel(run.state, &jobs)
+                .map_err(super::status::refused_cancel)?;
+            let note = AuditNote::new(
+                shared.now(),
+                &actor,
+                "run.cancel",
+                format!("run/{}", run.id),
+            )
+            .release(&run.release);
+            match shared
+                .store
+                .cancel_run(&run.id, &cancellation, &note, shared.now())
+                .await
+            {
+                Ok(()) => {
+                    let stopped: Vec<(JobId, NodeId)> = jobs
+                        .into_iter()
+                        .filter(|job| job.state.is_active())
+                        .map(|job| (job.id, job.node))
+                        .collect();
+                    break (run, stopped);
+                }
+                // A job ended or a node moved since the run was read: decide again.
+                Err(StoreError::Conflict { detail, .. }) if attempt < CANCEL_RETRIES => {
+                    tracing::debug!(run = %run.id, detail, "run changed while cancelling it; retrying");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        for (job, node) in &stopped {
+            let command = cancel_command(job, &format!("run {} was cancelled", run.id));
+            if let Err(error) = shared.sessions.send(node, command) {
+                tracing::warn!(job = %job, %error, "cancel not delivered; the agent's results for it will be refused");
             }
         }
-        tracing::info!(run = %run.id, n_stopped = active.len(), "run cancelled");
+        tracing::info!(run = %run.id, n_stopped = stopped.len(), "run cancelled");
         shared.notify_changed();
         shared.poke_scheduler();
         shared.request_reevaluation(&run.id);

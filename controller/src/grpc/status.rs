@@ -11,9 +11,11 @@
 //!   lost, disk full, read-only); retry later.
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
 
+use super::agent::AgentRefusal;
 use crate::store::StoreError;
-use tollgate_domain::job::TransitionError;
+use tollgate_domain::job::ResultRefusal;
 use tollgate_domain::release::FieldError;
+use tollgate_domain::run::CancelRefusal;
 use tollgate_domain::scheduler::SelectError;
 use tollgate_domain::spec::SpecErrors;
 use tonic::Status;
@@ -152,14 +154,61 @@ pub fn invalid_spec(errors: &SpecErrors) -> Status {
     Status::invalid_argument(bounded_message(&listed.to_string()))
 }
 
-/// A run that cannot select any node.
-pub fn no_nodes(error: &SelectError) -> Status {
-    Status::failed_precondition(error.to_string())
+/// A run that cannot select any node; `n_disconnected` nodes were taken as unreachable
+/// because no agent of theirs is connected to this controller.
+pub fn no_nodes(error: &SelectError, n_disconnected: usize) -> Status {
+    if n_disconnected > 0 {
+        Status::failed_precondition(format!(
+            "{error} (a node shown unreachable here has no agent connected to this controller)"
+        ))
+    } else {
+        Status::failed_precondition(error.to_string())
+    }
 }
 
-/// A job event that does not apply in the job's state.
-pub fn bad_transition(error: &TransitionError) -> Status {
-    Status::failed_precondition(error.to_string())
+/// A refused result. Another node's job: `PermissionDenied`; a result that does not fit the
+/// plan: `InvalidArgument` naming the field; one the job can no longer take (stale epoch, the
+/// job ended): `FailedPrecondition`, which tells the agent to stop sending it.
+pub fn refused_result(refusal: ResultRefusal) -> Status {
+    {
+        let message = refusal.to_string();
+        match refusal {
+            ResultRefusal::UnknownJob { .. } => Status::not_found(message),
+            ResultRefusal::NotYourJob { .. } => Status::permission_denied(message),
+            ResultRefusal::StaleEpoch { .. }
+            | ResultRefusal::JobEnded { .. }
+            | ResultRefusal::Transition(_) => Status::failed_precondition(message),
+            ResultRefusal::UnknownStep { .. } | ResultRefusal::StepNameMismatch { .. } => {
+                Status::invalid_argument(message)
+            }
+            ResultRefusal::DoesNotFitStep(fields) => Status::from(InvalidFields(fields)),
+        }
+    }
+}
+
+/// A refused cancel. A run that ended cannot be cancelled: `FailedPrecondition`. A job that
+/// could not be cancelled would be a bug in the job state machine: `Internal`, logged.
+pub fn refused_cancel(refusal: CancelRefusal) -> Status {
+    {
+        match &refusal {
+            CancelRefusal::Run(_) => Status::failed_precondition(refusal.to_string()),
+            CancelRefusal::Job(_) => {
+                tracing::error!(%refusal, "a job of the run could not be cancelled");
+                Status::internal(refusal.to_string())
+            }
+        }
+    }
+}
+
+impl From<AgentRefusal> for Status {
+    fn from(refusal: AgentRefusal) -> Self {
+        match refusal {
+            AgentRefusal::EnrolledWithAnotherToken { .. } => {
+                Status::permission_denied(refusal.to_string())
+            }
+            AgentRefusal::ShuttingDown => Status::unavailable(refusal.to_string()),
+        }
+    }
 }
 
 /// `what` does not exist (for example "release r550").
@@ -284,7 +333,7 @@ mod tests {
         let error = SelectError::NoMatchingNode {
             selector: "sku=gb200".into(),
         };
-        let status = no_nodes(&error);
+        let status = no_nodes(&error, 0);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(
             status

@@ -22,6 +22,7 @@ mod connect;
 mod evidence;
 mod report_rows;
 mod rows;
+mod states;
 pub mod testing;
 mod tx;
 mod writes;
@@ -32,15 +33,15 @@ pub use writes::Writes;
 use chrono::SubsecRound;
 use connect::Begin;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use thiserror::Error;
 use tollgate_domain::fleet::{Inventory, Labels, Node, NodeState};
-use tollgate_domain::gate::{Decision, Evidence, GatePolicy};
+use tollgate_domain::gate::{Evidence, GatePolicy};
 use tollgate_domain::job::JobState;
 use tollgate_domain::node::HealthChange;
 use tollgate_domain::plan::Plan;
 use tollgate_domain::release::{Promotion, Release};
 use tollgate_domain::result::{Outcome, StepResult};
-use tollgate_domain::scheduler::PendingJob;
 use tollgate_domain::{JobId, NodeId, PlanVersion, ReleaseId, RunId, Timestamp};
 
 /// What went wrong in the store.
@@ -111,27 +112,7 @@ pub enum Refreshed {
     Changed(Vec<(usize, usize)>),
 }
 
-/// A run's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    /// Some job has not ended.
-    Running,
-    /// Every job ended.
-    Finished,
-    /// Cancelled by a manager.
-    Cancelled,
-}
-
-impl RunState {
-    /// Storage and wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Finished => "finished",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
+pub use tollgate_domain::run::RunState;
 
 /// A stored run.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,21 +197,6 @@ pub enum Pool {
     Postgres(sqlx::PgPool),
 }
 
-impl std::str::FromStr for RunState {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "running" => Ok(Self::Running),
-            "finished" => Ok(Self::Finished),
-            "cancelled" => Ok(Self::Cancelled),
-            other => Err(format!(
-                "unknown run state '{other}' (expected running, finished or cancelled)"
-            )),
-        }
-    }
-}
-
 /// Runs the same code on whichever typed pool the store holds. The body is compiled once per
 /// backend, so every statement in it is bound and decoded with that backend's own types. It
 /// looks like a closure but is not one: `?` and `return` in it act on the calling method.
@@ -260,20 +226,6 @@ macro_rules! writing {
     }};
 }
 
-/// The job states in which a job occupies its node ([`JobState::is_active`]), as SQL.
-macro_rules! active_states {
-    () => {
-        "('assigned', 'running')"
-    };
-}
-
-/// The job states that are not terminal ([`JobState::is_terminal`]), as SQL.
-macro_rules! open_states {
-    () => {
-        "('pending', 'assigned', 'running')"
-    };
-}
-
 /// The latest run that was not cancelled of each plan of release `$1` at milestone `$2`;
 /// "latest" is the newest `created_at`, then the last inserted.
 macro_rules! latest_runs_cte {
@@ -290,39 +242,17 @@ macro_rules! latest_runs_cte {
     };
 }
 
-/// `SELECT` of a node with its active job as `current_job`, then `$tail`.
+/// `SELECT` of a node with its active job as `current_job`, then `$tail`: a template for
+/// `states::sql`.
 macro_rules! node_query {
     ($tail:expr) => {
         concat!(
             "SELECT n.name, n.labels, n.inventory, n.state, n.health, n.health_reason,
                     n.last_seen_at,
                     (SELECT j.id FROM jobs j
-                     WHERE j.node = n.name AND j.state IN ",
-            active_states!(),
-            "
+                     WHERE j.node = n.name AND j.state IN {active}
                      ORDER BY j.updated_at DESC LIMIT 1) AS current_job
              FROM nodes n",
-            $tail
-        )
-    };
-}
-
-/// `SELECT` of runs, then `$tail`.
-macro_rules! run_query {
-    ($tail:expr) => {
-        concat!(
-            "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at
-             FROM runs",
-            $tail
-        )
-    };
-}
-
-/// `SELECT` of jobs, then `$tail`.
-macro_rules! job_query {
-    ($tail:expr) => {
-        concat!(
-            "SELECT id, run_id, node, state, lease_epoch, created_at, updated_at FROM jobs",
             $tail
         )
     };
@@ -372,6 +302,128 @@ macro_rules! append_audit {
             .execute(&mut *$tx)
             .await?;
         entry
+    }};
+}
+
+/// The compare-and-set of a decided [`tollgate_domain::job::NodeChange`] inside the open
+/// transaction `$tx`: `Conflict` when the node is no longer in the state decided from.
+macro_rules! move_node {
+    ($tx:expr, $node:expr) => {{
+        let node: &tollgate_domain::job::NodeChange = $node;
+        let n_rows = sqlx::query($crate::store::jobs::MOVE_NODE)
+            .bind(node.node.as_str())
+            .bind(node.from.as_str())
+            .bind(node.to.as_str())
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        if n_rows == 0 {
+            let found = sqlx::query($crate::store::jobs::NODE_STATE)
+                .bind(node.node.as_str())
+                .fetch_optional(&mut *$tx)
+                .await?
+                .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
+                .transpose()?;
+            return Err(match found {
+                None => $crate::store::StoreError::NotFound {
+                    what: format!("node {}", node.node),
+                },
+                Some(found) => $crate::store::StoreError::Conflict {
+                    what: format!("node {}", node.node),
+                    detail: format!("expected state {}, found {found}", node.from),
+                },
+            });
+        }
+    }};
+}
+
+/// Applies a decided [`tollgate_domain::job::JobChange`] inside the open transaction `$tx`:
+/// a compare-and-set of the job's state and lease epoch, then of its node's state when the
+/// change moves the node; `Conflict` (the caller rolls back, reloads and decides again) when
+/// either moved since it was decided. When the job ends, its run's transition is decided by
+/// `tollgate_domain::run::next` from the run's open jobs, read under the run's lock.
+///
+/// Locks are taken in one order everywhere (run, then jobs, then nodes), so concurrent
+/// changes of one run wait for each other instead of deadlocking; and because each holds the
+/// run's row, "was this the run's last open job" sees every other change of the run
+/// committed. SQLite gets the same by `BEGIN IMMEDIATE`.
+macro_rules! apply_job_change {
+    ($tx:expr, $change:expr, $now:expr) => {{
+        let change: &tollgate_domain::job::JobChange = $change;
+        let now: tollgate_domain::Timestamp = $now;
+        let job = &change.job;
+        let Some(row) = sqlx::query($crate::store::jobs::JOB_RUN)
+            .bind(job.as_str())
+            .fetch_optional(&mut *$tx)
+            .await?
+        else {
+            return Err($crate::store::StoreError::NotFound {
+                what: format!("job {job}"),
+            });
+        };
+        let run_id = $crate::store::rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
+        sqlx::query($crate::store::jobs::LOCK_RUN)
+            .bind(&run_id)
+            .execute(&mut *$tx)
+            .await?;
+        let n_rows = sqlx::query($crate::store::jobs::MOVE_JOB)
+            .bind(job.as_str())
+            .bind(change.from.as_str())
+            .bind($crate::store::epoch_to_i64(change.from_epoch, job)?)
+            .bind(change.to.as_str())
+            .bind($crate::store::epoch_to_i64(change.to_epoch, job)?)
+            .bind($crate::store::micros(now))
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        if n_rows == 0 {
+            // Read again: the state seen before taking the run's lock may be stale.
+            let found = sqlx::query($crate::store::jobs::JOB_STATE)
+                .bind(job.as_str())
+                .fetch_one(&mut *$tx)
+                .await?;
+            let found = $crate::store::rows::Fields::new(&found, "jobs", &["id"]);
+            let state: tollgate_domain::job::JobState = found.parse("state")?;
+            let epoch: u64 = found.int_as("lease_epoch")?;
+            return Err($crate::store::StoreError::Conflict {
+                what: format!("job {job}"),
+                detail: format!(
+                    "expected state {} at epoch {}, found {state} at epoch {epoch}",
+                    change.from, change.from_epoch
+                ),
+            });
+        }
+        if let Some(node) = &change.node {
+            move_node!($tx, node);
+        }
+        if change.to.is_terminal() && !change.from.is_terminal() {
+            let row = sqlx::query($crate::store::jobs::RUN_OPEN_JOBS.as_str())
+                .bind(&run_id)
+                .fetch_one(&mut *$tx)
+                .await?;
+            let fields = $crate::store::rows::Fields::new(&row, "runs", &["id"]);
+            let state: tollgate_domain::run::RunState = fields.parse("state")?;
+            let open_jobs: usize = fields.int_as("open_jobs")?;
+            let event = tollgate_domain::run::RunEvent::JobEnded { open_jobs };
+            match tollgate_domain::run::next(state, event) {
+                Ok(to) if to != state => {
+                    sqlx::query($crate::store::jobs::MOVE_RUN)
+                        .bind(&run_id)
+                        .bind(state.as_str())
+                        .bind(to.as_str())
+                        .bind($crate::store::micros(now))
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    return Err($crate::store::StoreError::Conflict {
+                        what: format!("run {run_id}"),
+                        detail: refusal.to_string(),
+                    });
+                }
+            }
+        }
     }};
 }
 
@@ -529,8 +581,9 @@ impl Store {
         token_hash: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        const SQL: &str = concat!(
-            "INSERT INTO nodes (name, labels, inventory, gpu_source, state, health, token_hash,
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(
+                "INSERT INTO nodes (name, labels, inventory, gpu_source, state, health, token_hash,
                                 last_seen_at, registered_at)
              VALUES ($1, $2, $3, $4, 'ready', 'good', $5, $6, $6)
              ON CONFLICT (name) DO UPDATE SET
@@ -542,17 +595,17 @@ impl Store {
                 state = CASE
                     WHEN nodes.state <> 'unreachable' THEN nodes.state
                     WHEN EXISTS (SELECT 1 FROM jobs
-                                 WHERE jobs.node = nodes.name AND jobs.state IN ",
-            active_states!(),
-            ") THEN 'busy'
+                                 WHERE jobs.node = nodes.name AND jobs.state IN {active})
+                         THEN 'busy'
                     ELSE 'ready'
-                END"
-        );
+                END",
+            )
+        });
         let labels = to_json(labels);
         let gpu_source = inventory.gpu_source.as_str();
         let inventory = to_json(inventory);
         writing!(self, |pool| {
-            sqlx::query(SQL)
+            sqlx::query(SQL.as_str())
                 .bind(node.as_str())
                 .bind(&labels)
                 .bind(&inventory)
@@ -581,9 +634,10 @@ impl Store {
 
     /// One node.
     pub async fn get_node(&self, node: &NodeId) -> Result<Option<Node>, StoreError> {
-        const SQL: &str = node_query!(" WHERE n.name = $1");
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(node_query!(" WHERE n.name = $1")));
         with_pool!(self, |pool| {
-            sqlx::query(SQL)
+            sqlx::query(SQL.as_str())
                 .bind(node.as_str())
                 .fetch_optional(pool)
                 .await?
@@ -594,9 +648,10 @@ impl Store {
 
     /// Every node, by name. `current_job` is its assigned or running job.
     pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        const SQL: &str = node_query!(" ORDER BY n.name");
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(node_query!(" ORDER BY n.name")));
         with_pool!(self, |pool| {
-            sqlx::query(SQL)
+            sqlx::query(SQL.as_str())
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -1042,318 +1097,6 @@ impl Store {
         })
     }
 
-    // --- runs and jobs ---
-
-    /// Stores a run and its jobs in one transaction.
-    pub async fn create_run(&self, run: &RunRecord, jobs: &[JobRecord]) -> Result<(), StoreError> {
-        self.create_run_audited(run, jobs, None).await
-    }
-
-    /// [`Store::create_run`], with the audit entry `note` written in the same transaction.
-    pub async fn create_run_audited(
-        &self,
-        run: &RunRecord,
-        jobs: &[JobRecord],
-        note: Option<&AuditNote>,
-    ) -> Result<(), StoreError> {
-        const RUN: &str =
-            "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
-                               created_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-        const JOB: &str =
-            "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query(RUN)
-                .bind(run.id.as_str())
-                .bind(run.release.as_str())
-                .bind(&run.plan_name)
-                .bind(run.plan_version.as_str())
-                .bind(&run.milestone)
-                .bind(run.state.as_str())
-                .bind(micros(run.created_at))
-                .bind(run.finished_at.map(micros))
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| {
-                    classify(
-                        err,
-                        &format!("run {}", run.id),
-                        &format!(
-                            "release {} or plan {}@{}",
-                            run.release, run.plan_name, run.plan_version
-                        ),
-                    )
-                })?;
-            for job in jobs {
-                sqlx::query(JOB)
-                    .bind(job.id.as_str())
-                    .bind(job.run_id.as_str())
-                    .bind(job.node.as_str())
-                    .bind(job.state.as_str())
-                    .bind(epoch_to_i64(job.lease_epoch, &job.id)?)
-                    .bind(micros(job.created_at))
-                    .bind(micros(job.updated_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|err| {
-                        classify(
-                            err,
-                            &format!("job {}", job.id),
-                            &format!("node {} or run {}", job.node, job.run_id),
-                        )
-                    })?;
-            }
-            if let Some(note) = note {
-                append_audit!(tx, note);
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    /// One run.
-    pub async fn get_run(&self, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        const SQL: &str = run_query!(" WHERE id = $1");
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(run.as_str())
-                .fetch_optional(pool)
-                .await?
-                .map(|row| rows::run(&row))
-                .transpose()
-        })
-    }
-
-    /// Runs, newest first, optionally of one release.
-    pub async fn list_runs(
-        &self,
-        release: Option<&ReleaseId>,
-    ) -> Result<Vec<RunRecord>, StoreError> {
-        const SQL: &str =
-            run_query!(" WHERE ($1 IS NULL OR release = $1) ORDER BY created_at DESC, seq DESC");
-        let release = release.map(ReleaseId::as_str);
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(release)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(rows::run)
-                .collect()
-        })
-    }
-
-    /// A run's jobs, by node name.
-    pub async fn jobs_of_run(&self, run: &RunId) -> Result<Vec<JobRecord>, StoreError> {
-        const SQL: &str = job_query!(" WHERE run_id = $1 ORDER BY node, id");
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(run.as_str())
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(rows::job)
-                .collect()
-        })
-    }
-
-    /// One job.
-    pub async fn get_job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        const SQL: &str = job_query!(" WHERE id = $1");
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(job.as_str())
-                .fetch_optional(pool)
-                .await?
-                .map(|row| rows::job(&row))
-                .transpose()
-        })
-    }
-
-    /// Every pending job with its node.
-    pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
-        const SQL: &str = "SELECT id, node, created_at FROM jobs WHERE state = 'pending'
-             ORDER BY created_at, id";
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(rows::pending_job)
-                .collect()
-        })
-    }
-
-    /// Every assigned or running job.
-    pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        const SQL: &str = job_query!(concat!(
-            " WHERE state IN ",
-            active_states!(),
-            " ORDER BY node, id"
-        ));
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(rows::job)
-                .collect()
-        })
-    }
-
-    /// Compare-and-set of a job's state: moves `job` from `from` to `to` and sets its lease
-    /// epoch to `epoch`; `Conflict` when the job is no longer in `from`. Also sets the node's
-    /// state to `busy` when the job becomes active and back to `ready` (unless cordoned,
-    /// draining, unreachable or retired) when it ends, and finishes the run (state
-    /// `finished`, `finished_at = now`) when its last job ends. One transaction.
-    pub async fn transition_job(
-        &self,
-        job: &JobId,
-        from: JobState,
-        to: JobState,
-        epoch: u64,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.change_job(job, None, Some((from, to, epoch)), now)
-            .await
-            .map(|_| ())
-    }
-
-    /// Cancels a run: every job not yet ended becomes `cancelled`, the run `cancelled`. One
-    /// transaction. Returns the jobs that were active (their agents must be told).
-    ///
-    /// The returned jobs are as stored after the change (`cancelled`). Cancelling a cancelled
-    /// run changes nothing and returns no jobs; cancelling a finished run is a `Conflict`.
-    pub async fn cancel_run(
-        &self,
-        run: &RunId,
-        now: Timestamp,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        self.cancel_run_audited(run, now, None).await
-    }
-
-    /// [`Store::cancel_run`], with the audit entry `note` written in the same transaction.
-    pub async fn cancel_run_audited(
-        &self,
-        run: &RunId,
-        now: Timestamp,
-        note: Option<&AuditNote>,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        const CANCEL_RUN: &str = "UPDATE runs SET state = 'cancelled', finished_at = $2
-             WHERE id = $1 AND state = 'running'";
-        const RUN_STATE: &str = "SELECT id, state FROM runs WHERE id = $1";
-        const ACTIVE: &str = job_query!(concat!(
-            " WHERE run_id = $1 AND state IN ",
-            active_states!(),
-            " ORDER BY node, id"
-        ));
-        const CANCEL_JOBS: &str = concat!(
-            "UPDATE jobs SET state = 'cancelled', updated_at = $2
-             WHERE run_id = $1 AND state IN ",
-            open_states!()
-        );
-        const FREE_NODES: &str = concat!(
-            "UPDATE nodes SET state = 'ready'
-             WHERE state = 'busy'
-               AND name IN (SELECT node FROM jobs WHERE run_id = $1)
-               AND NOT EXISTS (SELECT 1 FROM jobs j
-                               WHERE j.node = nodes.name AND j.state IN ",
-            active_states!(),
-            ")"
-        );
-        writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // The run row first: every job change locks it first too (see `change_job`).
-            let n_rows = sqlx::query(CANCEL_RUN)
-                .bind(run.as_str())
-                .bind(micros(now))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n_rows == 0 {
-                let state = sqlx::query(RUN_STATE)
-                    .bind(run.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| rows::Fields::new(&row, "runs", &["id"]).parse::<RunState>("state"))
-                    .transpose()?;
-                return match state {
-                    None => Err(StoreError::NotFound {
-                        what: format!("run {run}"),
-                    }),
-                    Some(RunState::Cancelled) => Ok(Vec::new()),
-                    Some(state) => Err(StoreError::Conflict {
-                        what: format!("run {run}"),
-                        detail: format!("it is {}, not running", state.as_str()),
-                    }),
-                };
-            }
-            let mut active: Vec<JobRecord> = sqlx::query(ACTIVE)
-                .bind(run.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::job)
-                .collect::<Result<_, _>>()?;
-            sqlx::query(CANCEL_JOBS)
-                .bind(run.as_str())
-                .bind(micros(now))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(FREE_NODES)
-                .bind(run.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if let Some(note) = note {
-                append_audit!(tx, note);
-            }
-            tx.commit().await?;
-            for job in &mut active {
-                job.state = JobState::Cancelled;
-                job.updated_at = micros(now);
-            }
-            Ok(active)
-        })
-    }
-
-    // --- results ---
-
-    /// Stores a result, idempotent on (job, step index, attempt, lease epoch), and, when
-    /// `job_transition` is given as (from, to), moves the job in the same transaction (as
-    /// [`Store::transition_job`] does). A duplicate changes nothing.
-    ///
-    /// The job's lease epoch becomes the result's. A result whose numbers are not finite is
-    /// refused as `Corrupt` (it could not be read back); NUL characters in its text are
-    /// stored as U+FFFD.
-    pub async fn record_result(
-        &self,
-        result: &StepResult,
-        job_transition: Option<(JobState, JobState)>,
-        now: Timestamp,
-    ) -> Result<Recorded, StoreError> {
-        check_readable(result)?;
-        let transition = job_transition.map(|(from, to)| (from, to, result.lease_epoch));
-        self.change_job(&result.job_id, Some(result), transition, now)
-            .await
-    }
-
-    /// Every result of a job, by step index then attempt.
-    pub async fn results_of_job(&self, job: &JobId) -> Result<Vec<StepResult>, StoreError> {
-        const SQL: &str =
-            result_query!(" WHERE job_id = $1 ORDER BY step_index, attempt, lease_epoch");
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(job.as_str())
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(rows::step_result)
-                .collect()
-        })
-    }
-
     // --- evidence and decisions ---
 
     /// The evidence for a release at a milestone: the latest non-cancelled run of each plan,
@@ -1543,210 +1286,6 @@ impl Store {
         }
         Ok(Refreshed::Changed(changed))
     }
-
-    /// Stores a decision (append-only).
-    pub async fn insert_decision(&self, decision: &Decision) -> Result<(), StoreError> {
-        const SQL: &str =
-            "INSERT INTO decisions (release, milestone, verdict, digest, policy_version,
-                                    decision, evaluated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        let document = to_json(decision);
-        let what = format!("release {}", decision.release);
-        writing!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(&decision.release)
-                .bind(&decision.milestone)
-                .bind(decision.verdict.as_str())
-                .bind(&decision.digest)
-                .bind(&decision.policy_version)
-                .bind(&document)
-                .bind(micros(decision.evaluated_at))
-                .execute(pool)
-                .await
-                .map_err(|err| classify(err, &what, &what))?;
-            Ok(())
-        })
-    }
-
-    /// The most recent stored decision of a release at a milestone.
-    pub async fn latest_decision(
-        &self,
-        release: &ReleaseId,
-        milestone: &str,
-    ) -> Result<Option<Decision>, StoreError> {
-        const SQL: &str = "SELECT release, milestone, digest, decision FROM decisions
-             WHERE release = $1 AND milestone = $2
-             ORDER BY evaluated_at DESC, seq DESC
-             LIMIT 1";
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(release.as_str())
-                .bind(milestone)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| rows::decision(&row))
-                .transpose()
-        })
-    }
-
-    // --- shared by the job-changing methods ---
-
-    /// Stores `result` (when given) and moves `job` (when `transition` is given as from, to,
-    /// epoch), with the node and run effects [`Store::transition_job`] describes, in one
-    /// transaction. A duplicate result rolls back and changes nothing.
-    ///
-    /// Locks are taken in one order everywhere (run, then jobs, then node), so concurrent
-    /// changes of one run wait for each other instead of deadlocking; and because each one
-    /// holds the run's row, the check "was this the run's last open job" sees every other
-    /// change of the run committed. SQLite gets the same by `BEGIN IMMEDIATE`.
-    async fn change_job(
-        &self,
-        job: &JobId,
-        result: Option<&StepResult>,
-        transition: Option<(JobState, JobState, u64)>,
-        now: Timestamp,
-    ) -> Result<Recorded, StoreError> {
-        const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
-                 exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-                 log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19, $20)
-             ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
-        const JOB: &str = "SELECT id, run_id, node, state FROM jobs WHERE id = $1";
-        const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
-        const MOVE: &str = "UPDATE jobs SET state = $3, lease_epoch = $4, updated_at = $5
-             WHERE id = $1 AND state = $2";
-        const NODE_BUSY: &str =
-            "UPDATE nodes SET state = 'busy' WHERE name = $1 AND state = 'ready'";
-        const NODE_FREE: &str = concat!(
-            "UPDATE nodes SET state = 'ready'
-             WHERE name = $1 AND state = 'busy'
-               AND NOT EXISTS (SELECT 1 FROM jobs j
-                               WHERE j.node = nodes.name AND j.state IN ",
-            active_states!(),
-            ")"
-        );
-        const FINISH_RUN: &str = concat!(
-            "UPDATE runs SET state = 'finished', finished_at = $2
-             WHERE id = $1 AND state = 'running'
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.id AND j.state IN ",
-            open_states!(),
-            ")"
-        );
-        let what = format!("job {job}");
-        let result_json = result.map(|result| {
-            (
-                to_json(&result.measurements),
-                to_json(&result.telemetry),
-                to_json(&result.events),
-                to_json(&result.inventory),
-                to_json(&result.sub_results),
-                to_json(&result.inventory_at_end),
-                to_json(&result.series),
-                hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
-            )
-        });
-        let epoch = transition
-            .map(|(_, _, epoch)| epoch_to_i64(epoch, job))
-            .transpose()?;
-        writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            if let (
-                Some(result),
-                Some((
-                    measurements,
-                    telemetry,
-                    events,
-                    inventory,
-                    sub_results,
-                    inventory_at_end,
-                    series,
-                    digest,
-                )),
-            ) = (result, &result_json)
-            {
-                let n_rows = sqlx::query(INSERT_RESULT)
-                    .bind(result.job_id.as_str())
-                    .bind(i64::from(result.step_index))
-                    .bind(i64::from(result.attempt))
-                    .bind(epoch_to_i64(result.lease_epoch, job)?)
-                    .bind(text(&result.step_name))
-                    .bind(result.outcome.as_str())
-                    .bind(result.exit_code.map(i64::from))
-                    .bind(micros(result.started_at))
-                    .bind(micros(result.finished_at))
-                    .bind(measurements)
-                    .bind(telemetry)
-                    .bind(events)
-                    .bind(inventory)
-                    .bind(text(&result.log_tail))
-                    .bind(text(&result.message))
-                    .bind(micros(now))
-                    .bind(sub_results)
-                    .bind(inventory_at_end)
-                    .bind(series)
-                    .bind(digest)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|err| classify(err, &what, &what))?
-                    .rows_affected();
-                if n_rows == 0 {
-                    return Ok(Recorded::Duplicate);
-                }
-            }
-            if let (Some((from, to, _)), Some(epoch)) = (transition, epoch) {
-                let Some(row) = sqlx::query(JOB)
-                    .bind(job.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                else {
-                    return Err(StoreError::NotFound { what });
-                };
-                let fields = rows::Fields::new(&row, "jobs", &["id"]);
-                let run_id = fields.text("run_id")?;
-                let node = fields.text("node")?;
-                sqlx::query(LOCK_RUN)
-                    .bind(&run_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let n_rows = sqlx::query(MOVE)
-                    .bind(job.as_str())
-                    .bind(from.as_str())
-                    .bind(to.as_str())
-                    .bind(epoch)
-                    .bind(micros(now))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n_rows == 0 {
-                    // Read again: the state seen before taking the run's lock may be stale.
-                    let found = sqlx::query(JOB)
-                        .bind(job.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let found: JobState =
-                        rows::Fields::new(&found, "jobs", &["id"]).parse("state")?;
-                    return Err(StoreError::Conflict {
-                        what,
-                        detail: format!("expected state {from}, found {found}"),
-                    });
-                }
-                if to.is_active() {
-                    sqlx::query(NODE_BUSY).bind(&node).execute(&mut *tx).await?;
-                }
-                if to.is_terminal() {
-                    sqlx::query(NODE_FREE).bind(&node).execute(&mut *tx).await?;
-                    sqlx::query(FINISH_RUN)
-                        .bind(&run_id)
-                        .bind(micros(now))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(Recorded::Inserted)
-        })
-    }
 }
 
 /// Appends one promotion row.
@@ -1764,8 +1303,12 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
     }
 }
 
-// After the macros, which it uses.
+// After the macros, which they use.
 mod audit;
+mod decisions;
+mod jobs;
+mod results;
+mod runs;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 
 // Last, so that the SQL macros above are in scope in the tests.

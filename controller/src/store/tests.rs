@@ -5,7 +5,7 @@ use super::*;
 use std::time::Duration;
 use tempfile::TempDir;
 use tollgate_domain::fleet::{GpuSourceKind, Health};
-use tollgate_domain::gate::{EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
+use tollgate_domain::gate::{Decision, EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
 use tollgate_domain::plan::Step;
 use tollgate_domain::release::Component;
 use tollgate_domain::result::{Measurement, Outcome};
@@ -188,18 +188,21 @@ async fn start_run(
         .iter()
         .map(|node| job_record(&format!("{run_id}-{node}"), &run, node))
         .collect();
-    store.create_run(&run, &jobs).await.expect("create run");
+    store
+        .create_test_run(&run, &jobs)
+        .await
+        .expect("create run");
     (run, jobs)
 }
 
 /// Moves a job pending → assigned → running under epoch 1.
 async fn make_running(store: &Store, job: &JobId) {
     store
-        .transition_job(job, JobState::Pending, JobState::Assigned, 1, at(30))
+        .move_job(job, JobState::Pending, JobState::Assigned, 1, at(30))
         .await
         .expect("assign");
     store
-        .transition_job(job, JobState::Assigned, JobState::Running, 1, at(31))
+        .move_job(job, JobState::Assigned, JobState::Running, 1, at(31))
         .await
         .expect("accept");
 }
@@ -353,6 +356,145 @@ async fn job_state(store: &Store, job: &JobId) -> JobState {
         .expect("get job")
         .expect("job exists")
         .state
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes as the tests make them: each change decided by the domain from what is stored, as
+// the controller does, then applied.
+
+/// The event that moves a job from `from` to `to`, for tests that name the two states.
+fn event_between(from: JobState, to: JobState) -> tollgate_domain::job::JobEvent {
+    use tollgate_domain::job::JobEvent as E;
+    match (from, to) {
+        (_, JobState::Assigned) if from == JobState::Pending => E::Assigned,
+        (JobState::Running, JobState::Assigned) => E::AgentRestarted,
+        (_, JobState::Running) if from == JobState::Assigned => E::Accepted,
+        (_, JobState::Lost) => E::LeaseExpired,
+        (_, JobState::Cancelled) => E::Cancelled,
+        (_, to) if to.is_terminal() => E::StepReported { finished: Some(to) },
+        _ => E::StepReported { finished: None },
+    }
+}
+
+impl Store {
+    /// A test's audit note.
+    fn test_note(now: Timestamp) -> AuditNote {
+        AuditNote::new(now, "test", "test.write", "test/store")
+    }
+
+    /// Stores a run and its jobs, audited.
+    pub(crate) async fn create_test_run(
+        &self,
+        run: &RunRecord,
+        jobs: &[JobRecord],
+    ) -> Result<(), StoreError> {
+        self.create_run(run, jobs, &Self::test_note(run.created_at))
+            .await
+    }
+
+    /// The change of `job` from `from` (whatever the store holds: a stale `from` makes the
+    /// compare-and-set fail) to `to` at `epoch`, decided as the controller does.
+    async fn test_change(
+        &self,
+        job: &JobId,
+        from: JobState,
+        to: JobState,
+        epoch: Option<u64>,
+    ) -> Result<tollgate_domain::job::JobChange, StoreError> {
+        let Some(facts) = self.job_facts(job).await? else {
+            return Err(StoreError::NotFound {
+                what: format!("job {job}"),
+            });
+        };
+        let facts = tollgate_domain::job::JobFacts {
+            state: from,
+            ..facts
+        };
+        let epoch = epoch.unwrap_or(facts.lease_epoch);
+        tollgate_domain::job::decide(&facts, event_between(from, to), epoch).map_err(|refusal| {
+            StoreError::Conflict {
+                what: format!("job {job}"),
+                detail: refusal.to_string(),
+            }
+        })
+    }
+
+    /// Moves `job` from `from` to `to` at lease epoch `epoch`, as decided by the domain.
+    pub(crate) async fn move_job(
+        &self,
+        job: &JobId,
+        from: JobState,
+        to: JobState,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let change = self.test_change(job, from, to, Some(epoch)).await?;
+        self.apply_job_change(&change, now).await
+    }
+
+    /// Records a result; `transition` (from, to) moves its job under the result's epoch, and
+    /// without it the job stays where it is (the change only checks it did not move).
+    pub(crate) async fn record_test_result(
+        &self,
+        result: &StepResult,
+        transition: Option<(JobState, JobState)>,
+        now: Timestamp,
+    ) -> Result<Recorded, StoreError> {
+        let change = match (self.job_facts(&result.job_id).await?, transition) {
+            (None, _) => tollgate_domain::job::JobChange {
+                job: result.job_id.clone(),
+                from: JobState::Running,
+                from_epoch: result.lease_epoch,
+                to: JobState::Running,
+                to_epoch: result.lease_epoch,
+                node: None,
+            },
+            (Some(facts), None) => tollgate_domain::job::JobChange {
+                job: facts.id,
+                from: facts.state,
+                from_epoch: facts.lease_epoch,
+                to: facts.state,
+                to_epoch: facts.lease_epoch,
+                node: None,
+            },
+            (Some(_), Some((from, to))) => {
+                self.test_change(&result.job_id, from, to, Some(result.lease_epoch))
+                    .await?
+            }
+        };
+        self.record_result(result, &change, now).await
+    }
+
+    /// Cancels a run as `CancelRun` does; returns its jobs that were active, as stored after.
+    /// A refusal is a `Conflict` naming it.
+    pub(crate) async fn cancel_test_run(
+        &self,
+        run: &RunId,
+        now: Timestamp,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let Some(stored) = self.get_run(run).await? else {
+            return Err(StoreError::NotFound {
+                what: format!("run {run}"),
+            });
+        };
+        let facts = self.job_facts_of_run(run).await?;
+        let cancellation =
+            tollgate_domain::run::cancel(stored.state, &facts).map_err(|refusal| {
+                StoreError::Conflict {
+                    what: format!("run {run}"),
+                    detail: refusal.to_string(),
+                }
+            })?;
+        self.cancel_run(run, &cancellation, &Self::test_note(now), now)
+            .await?;
+        let mut stopped = Vec::new();
+        for job in facts.iter().filter(|job| job.state.is_active()) {
+            if let Some(record) = self.get_job(&job.id).await? {
+                stopped.push(record);
+            }
+        }
+        Ok(stopped)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,7 +688,7 @@ async fn round_trip_of_every_stored_type(store: &Store) {
     let result = rich_result(&jobs[1].id);
     assert_eq!(
         store
-            .record_result(&result, None, at(161))
+            .record_test_result(&result, None, at(161))
             .await
             .expect("record"),
         Recorded::Inserted
@@ -751,7 +893,7 @@ async fn duplicate_result_is_stored_once(store: &Store) {
     let transition = Some((JobState::Running, JobState::Running));
     assert_eq!(
         store
-            .record_result(&first, transition, at(40))
+            .record_test_result(&first, transition, at(40))
             .await
             .expect("first"),
         Recorded::Inserted
@@ -764,7 +906,7 @@ async fn duplicate_result_is_stored_once(store: &Store) {
     let ending = Some((JobState::Running, JobState::Passed));
     assert_eq!(
         store
-            .record_result(&again, ending, at(41))
+            .record_test_result(&again, ending, at(41))
             .await
             .expect("again"),
         Recorded::Duplicate
@@ -784,7 +926,7 @@ async fn duplicate_result_is_stored_once(store: &Store) {
     for result in [&retry, &new_epoch] {
         assert_eq!(
             store
-                .record_result(result, None, at(42))
+                .record_test_result(result, None, at(42))
                 .await
                 .expect("new"),
             Recorded::Inserted
@@ -795,7 +937,7 @@ async fn duplicate_result_is_stored_once(store: &Store) {
     // A result for a job that does not exist is refused.
     let orphan = result_of(&JobId::from("job-nope"), 0, 1, Outcome::Passed);
     assert!(matches!(
-        store.record_result(&orphan, None, at(43)).await,
+        store.record_test_result(&orphan, None, at(43)).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -809,7 +951,7 @@ async fn transition_is_compare_and_set(store: &Store) {
     let job = &jobs[0].id;
 
     store
-        .transition_job(job, JobState::Pending, JobState::Assigned, 3, at(20))
+        .move_job(job, JobState::Pending, JobState::Assigned, 3, at(20))
         .await
         .expect("assign");
     let stored = store.get_job(job).await.expect("job").expect("some");
@@ -820,7 +962,7 @@ async fn transition_is_compare_and_set(store: &Store) {
     assert_eq!(node_state(store, "n1").await, NodeState::Busy);
 
     let err = store
-        .transition_job(job, JobState::Pending, JobState::Assigned, 4, at(21))
+        .move_job(job, JobState::Pending, JobState::Assigned, 4, at(21))
         .await
         .expect_err("no longer pending");
     match err {
@@ -838,7 +980,7 @@ async fn transition_is_compare_and_set(store: &Store) {
 
     assert!(matches!(
         store
-            .transition_job(
+            .move_job(
                 &JobId::from("job-nope"),
                 JobState::Pending,
                 JobState::Assigned,
@@ -871,7 +1013,7 @@ async fn job_end_frees_node_and_finishes_run(store: &Store) {
     // The last result ends the job in the same transaction.
     let last = result_of(&jobs[0].id, 1, 1, Outcome::Passed);
     store
-        .record_result(&last, Some((JobState::Running, JobState::Passed)), at(50))
+        .record_test_result(&last, Some((JobState::Running, JobState::Passed)), at(50))
         .await
         .expect("record");
     assert_eq!(job_state(store, &jobs[0].id).await, JobState::Passed);
@@ -883,7 +1025,7 @@ async fn job_end_frees_node_and_finishes_run(store: &Store) {
     );
 
     store
-        .transition_job(&jobs[1].id, JobState::Running, JobState::Lost, 1, at(60))
+        .move_job(&jobs[1].id, JobState::Running, JobState::Lost, 1, at(60))
         .await
         .expect("lost");
     assert_eq!(node_state(store, "n2").await, NodeState::Cordoned);
@@ -921,7 +1063,7 @@ async fn concurrent_job_ends_finish_the_run(store: &Store) {
         tokio::spawn(async move {
             let result = result_of(&job, 1, 1, Outcome::Passed);
             store
-                .record_result(&result, Some((JobState::Running, JobState::Passed)), at(70))
+                .record_test_result(&result, Some((JobState::Running, JobState::Passed)), at(70))
                 .await
         })
     });
@@ -946,11 +1088,14 @@ async fn cancel_run_cancels_open_jobs(store: &Store) {
     make_running(store, &jobs[0].id).await;
     make_running(store, &jobs[2].id).await;
     store
-        .transition_job(&jobs[2].id, JobState::Running, JobState::Passed, 1, at(40))
+        .move_job(&jobs[2].id, JobState::Running, JobState::Passed, 1, at(40))
         .await
         .expect("passed");
 
-    let told = store.cancel_run(&run.id, at(50)).await.expect("cancel");
+    let told = store
+        .cancel_test_run(&run.id, at(50))
+        .await
+        .expect("cancel");
     assert_eq!(told.len(), 1, "only the running job's agent must be told");
     assert_eq!(
         (
@@ -980,22 +1125,21 @@ async fn cancel_run_cancels_open_jobs(store: &Store) {
     assert_eq!(node_state(store, "n1").await, NodeState::Ready);
     assert!(store.pending_jobs().await.expect("pending").is_empty());
 
-    // Again: nothing to do. Unknown: not found. Finished: a conflict.
-    assert!(
-        store
-            .cancel_run(&run.id, at(51))
-            .await
-            .expect("again")
-            .is_empty()
-    );
+    // Again, or a finished run: refused (a conflict here). Unknown: not found.
     assert!(matches!(
-        store.cancel_run(&RunId::from("run-nope"), at(51)).await,
+        store.cancel_test_run(&run.id, at(51)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .cancel_test_run(&RunId::from("run-nope"), at(51))
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     let (finished, finished_jobs) = start_run(store, "run-2", &plan, &["n2"], 60).await;
     make_running(store, &finished_jobs[0].id).await;
     store
-        .transition_job(
+        .move_job(
             &finished_jobs[0].id,
             JobState::Running,
             JobState::Failed,
@@ -1005,7 +1149,7 @@ async fn cancel_run_cancels_open_jobs(store: &Store) {
         .await
         .expect("failed");
     assert!(matches!(
-        store.cancel_run(&finished.id, at(80)).await,
+        store.cancel_test_run(&finished.id, at(80)).await,
         Err(StoreError::Conflict { .. })
     ));
 }
@@ -1060,7 +1204,7 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
     let (qual_old, qual_old_jobs) = start_run(store, "run-a", &qual, &["n2", "n1"], 10).await;
     let (qual_new, _) = start_run(store, "run-b", &qual, &["n3"], 20).await;
     store
-        .cancel_run(&qual_new.id, at(21))
+        .cancel_test_run(&qual_new.id, at(21))
         .await
         .expect("cancel");
     // burn-in: the newer run counts; its created_at is what orders, not insertion.
@@ -1068,7 +1212,7 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
     let (_burn_old, _) = start_run(store, "run-c", &burn, &["n1"], 5).await;
     // Another milestone's run is never evidence here.
     let other = run_record("run-e", &qual, "production", 30);
-    store.create_run(&other, &[]).await.expect("other run");
+    store.create_test_run(&other, &[]).await.expect("other run");
 
     // Results stored out of order come back by step index, then attempt.
     let n1_job = &qual_old_jobs[1].id;
@@ -1080,13 +1224,13 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
     ];
     for result in &stored {
         store
-            .record_result(result, None, at(40))
+            .record_test_result(result, None, at(40))
             .await
             .expect("record");
     }
     let burn_result = result_of(&burn_new_jobs[0].id, 0, 1, Outcome::Error);
     store
-        .record_result(&burn_result, None, at(41))
+        .record_test_result(&burn_result, None, at(41))
         .await
         .expect("record");
 
@@ -1129,7 +1273,7 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
 
     // Cancelling the only run of a plan leaves that plan without evidence.
     store
-        .cancel_run(&burn_new.id, at(50))
+        .cancel_test_run(&burn_new.id, at(50))
         .await
         .expect("cancel");
     let evidence = store
@@ -1169,12 +1313,12 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
         unit: None,
     });
     store
-        .record_result(&rich, None, at(40))
+        .record_test_result(&rich, None, at(40))
         .await
         .expect("record");
     let plain = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
     store
-        .record_result(&plain, None, at(41))
+        .record_test_result(&plain, None, at(41))
         .await
         .expect("record");
     with_pool!(store, |pool| {
@@ -1206,7 +1350,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
     }
     let (_, jobs) = start_run(store, "run-a", &plan, &["n1", "n2", "n3"], 10).await;
     store
-        .record_result(&result_of(&jobs[0].id, 0, 1, Outcome::Passed), None, at(20))
+        .record_test_result(&result_of(&jobs[0].id, 0, 1, Outcome::Passed), None, at(20))
         .await
         .expect("record");
     let mut cached = store
@@ -1222,7 +1366,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
     );
 
     store
-        .record_result(&result_of(&jobs[1].id, 0, 1, Outcome::Failed), None, at(21))
+        .record_test_result(&result_of(&jobs[1].id, 0, 1, Outcome::Failed), None, at(21))
         .await
         .expect("record");
     make_running(store, &jobs[2].id).await;
@@ -1262,7 +1406,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
     // Runs come in plan-name order (burn-in before gpu-qual) while their ids sort the other
     // way: a change is still read as a change, not as a reshaped evidence.
     store
-        .record_result(&result_of(&jobs[2].id, 0, 1, Outcome::Passed), None, at(40))
+        .record_test_result(&result_of(&jobs[2].id, 0, 1, Outcome::Passed), None, at(40))
         .await
         .expect("record");
     assert_eq!(
@@ -1287,7 +1431,7 @@ async fn failing_multi_row_write_leaves_nothing(store: &Store) {
         job_record("job-2", &run, "ghost"),
     ];
     let err = store
-        .create_run(&run, &jobs)
+        .create_test_run(&run, &jobs)
         .await
         .expect_err("unknown node");
     assert!(
@@ -1306,7 +1450,7 @@ async fn failing_multi_row_write_leaves_nothing(store: &Store) {
         job_record("job-1", &run, "n1"),
     ];
     assert!(matches!(
-        store.create_run(&run, &twice).await,
+        store.create_test_run(&run, &twice).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     assert_eq!(store.get_run(&run.id).await.expect("run"), None);
@@ -1315,7 +1459,7 @@ async fn failing_multi_row_write_leaves_nothing(store: &Store) {
     let (_, jobs) = start_run(store, "run-2", &plan, &["n1"], 20).await;
     let result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
     let err = store
-        .record_result(&result, Some((JobState::Running, JobState::Passed)), at(30))
+        .record_test_result(&result, Some((JobState::Running, JobState::Passed)), at(30))
         .await
         .expect_err("job is pending, not running");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
@@ -1342,7 +1486,7 @@ async fn non_finite_numbers_are_refused(store: &Store) {
         unit: None,
     });
     let err = store
-        .record_result(&result, None, at(20))
+        .record_test_result(&result, None, at(20))
         .await
         .expect_err("NaN cannot be read back");
     assert!(
@@ -1361,7 +1505,7 @@ async fn non_finite_numbers_are_refused(store: &Store) {
     let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
     result.log_tail = "before\0after".into();
     store
-        .record_result(&result, None, at(21))
+        .record_test_result(&result, None, at(21))
         .await
         .expect("record");
     let stored = store.results_of_job(&jobs[0].id).await.expect("results");
@@ -1420,38 +1564,6 @@ fn migration_folders_hold_the_same_files() {
     let sqlite = names("sqlite");
     assert!(!sqlite.is_empty());
     assert_eq!(sqlite, names("postgres"));
-}
-
-#[test]
-fn sql_state_lists_match_the_job_state_machine() {
-    let all = [
-        JobState::Pending,
-        JobState::Assigned,
-        JobState::Running,
-        JobState::Passed,
-        JobState::Failed,
-        JobState::Error,
-        JobState::Lost,
-        JobState::Cancelled,
-    ];
-    let listed = |sql: &str| -> Vec<String> {
-        sql.trim_matches(['(', ')'])
-            .split(',')
-            .map(|state| state.trim().trim_matches('\'').to_owned())
-            .collect()
-    };
-    let active: Vec<String> = all
-        .iter()
-        .filter(|state| state.is_active())
-        .map(|state| state.as_str().to_owned())
-        .collect();
-    let open: Vec<String> = all
-        .iter()
-        .filter(|state| !state.is_terminal())
-        .map(|state| state.as_str().to_owned())
-        .collect();
-    assert_eq!(listed(active_states!()), active);
-    assert_eq!(listed(open_states!()), open);
 }
 
 #[test]
@@ -1603,7 +1715,7 @@ async fn recent_outcomes_are_the_node_s_latest_not_skipped(store: &Store) {
         let result = result_of(job, step, attempt, outcome);
         async move {
             store
-                .record_result(&result, None, at(50))
+                .record_test_result(&result, None, at(50))
                 .await
                 .expect("record");
         }

@@ -20,7 +20,7 @@ use anyhow::Context;
 use sqlx::sqlite::SqlitePoolOptions;
 use std::time::{Duration, Instant};
 use tollgate_domain::gate::{Evidence, GateState, evaluate, parse_gate, result_digest};
-use tollgate_domain::job::JobState;
+use tollgate_domain::job::{JobChange, JobState};
 use tollgate_domain::result::Outcome;
 use tollgate_domain::telemetry::Field;
 use tollgate_domain::test_support::{
@@ -124,15 +124,26 @@ async fn controller_path(
             updated_at: at(0),
         })
         .collect();
-    store.create_run(&run, &jobs).await?;
+    let note = tollgate_controller::store::AuditNote::new(
+        at(0),
+        "bench",
+        "run.start",
+        format!("run/{}", run.id),
+    );
+    store.create_run(&run, &jobs, &note).await?;
     let fill = Instant::now();
     for job in &ev.runs[0].jobs {
         for (i, result) in job.results.iter().enumerate() {
             let mut result = result.clone();
             result.job_id = job.job_id.clone();
             let last = i + 1 == job.results.len();
-            let transition = last.then_some((JobState::Running, JobState::Passed));
-            store.record_result(&result, transition, at(2000)).await?;
+            let to = if last {
+                JobState::Passed
+            } else {
+                JobState::Running
+            };
+            let change = job_change(&result.job_id, JobState::Running, to);
+            store.record_result(&result, &change, at(2000)).await?;
         }
     }
     println!(
@@ -165,7 +176,8 @@ async fn controller_path(
     let mut extra = job.results[job.results.len() - 1].clone();
     extra.job_id = job.job_id.clone();
     extra.attempt += 1;
-    store.record_result(&extra, None, at(2001)).await?;
+    let change = job_change(&extra.job_id, JobState::Passed, JobState::Passed);
+    store.record_result(&extra, &change, at(2001)).await?;
     timed("evaluate_now, one new result").await?;
     Ok(())
 }
@@ -310,4 +322,17 @@ async fn main() -> anyhow::Result<()> {
         ingest_per_result.as_secs_f64() * 1e6
     );
     Ok(())
+}
+
+/// The change a result makes to its job, which the benchmark inserted at lease epoch 1:
+/// `from` → `to` (the same state when the result does not end it).
+fn job_change(job: &tollgate_domain::JobId, from: JobState, to: JobState) -> JobChange {
+    JobChange {
+        job: job.clone(),
+        from,
+        from_epoch: 1,
+        to,
+        to_epoch: 1,
+        node: None,
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tollgate_controller::report::{self, ReportFormat, ReportHead};
 use tollgate_controller::store::{JobRecord, ReportRows, RunRecord, RunState, Store};
 use tollgate_domain::gate::{self, Evidence, GatePolicy};
-use tollgate_domain::job::JobState;
+use tollgate_domain::job::{JobChange, JobState};
 use tollgate_domain::plan::{Plan, Step};
 use tollgate_domain::release::Release;
 use tollgate_domain::result::{Measurement, Outcome, StepResult};
@@ -205,14 +205,23 @@ async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
             }
         })
         .collect();
-    store.create_run(&run, &jobs).await?;
+    let note = tollgate_controller::store::AuditNote::new(
+        at(0),
+        "bench",
+        "run.start",
+        format!("run/{}", run.id),
+    );
+    store.create_run(&run, &jobs, &note).await?;
     for node_idx in 0..n_nodes {
         for step_idx in 0..N_STEPS {
-            let transition =
-                (step_idx + 1 == N_STEPS).then_some((JobState::Running, JobState::Passed));
-            store
-                .record_result(&step_result(node_idx, step_idx), transition, at(2000))
-                .await?;
+            let result = step_result(node_idx, step_idx);
+            let to = if step_idx + 1 == N_STEPS {
+                JobState::Passed
+            } else {
+                JobState::Running
+            };
+            let change = job_change(&result.job_id, JobState::Running, to);
+            store.record_result(&result, &change, at(2000)).await?;
         }
     }
     Ok(())
@@ -466,4 +475,17 @@ fn main() -> anyhow::Result<()> {
         args.repeat
     );
     Ok(())
+}
+
+/// The change a result makes to its job, which the benchmark inserted at lease epoch 1:
+/// `from` → `to` (the same state when the result does not end it).
+fn job_change(job: &tollgate_domain::JobId, from: JobState, to: JobState) -> JobChange {
+    JobChange {
+        job: job.clone(),
+        from,
+        from_epoch: 1,
+        to,
+        to_epoch: 1,
+        node: None,
+    }
 }

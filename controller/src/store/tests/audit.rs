@@ -357,7 +357,7 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
     let (_, jobs) = start_run(store, "run-a", &plan, &["n1"], 10).await;
     for step in 0..2 {
         store
-            .record_result(
+            .record_test_result(
                 &result_of(&jobs[0].id, step, 1, Outcome::Passed),
                 None,
                 at(20),

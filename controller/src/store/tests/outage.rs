@@ -32,7 +32,7 @@ async fn write_until_refused(store: &Store, job: &JobId, limit: u32) -> (Vec<u32
     let mut stored = Vec::new();
     for attempt in 1..=limit {
         match store
-            .record_result(&big_result(job, attempt), None, at(40))
+            .record_test_result(&big_result(job, attempt), None, at(40))
             .await
         {
             Ok(Recorded::Inserted) => stored.push(attempt),
@@ -52,7 +52,7 @@ async fn writes_succeed_again(store: &Store, job: &JobId, acknowledged: &[u32]) 
     for attempt in 1000..1020 {
         let result = result_of(job, 1, attempt, Outcome::Passed);
         let recorded = store
-            .record_result(&result, None, at(50))
+            .record_test_result(&result, None, at(50))
             .await
             .unwrap_or_else(|err| panic!("result {attempt} after the outage: {err}"));
         assert_eq!(recorded, Recorded::Inserted);

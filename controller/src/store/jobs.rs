@@ -1,0 +1,240 @@
+//! Jobs in the store: reading them and the facts their changes are decided from, and
+//! applying a decided change (`tollgate_domain::job::decide`) with a compare-and-set.
+//!
+//! **Invariant:** a job's state, lease epoch, its node's state and its run's state change
+//! only through `apply_job_change!` (`mod.rs`), inside one transaction, and only if none of
+//! them moved since the change was decided.
+
+use super::connect::Begin;
+use super::rows::{self, Fields, StoreRow};
+use super::{JobRecord, Pool, Store, StoreError, states};
+use std::sync::LazyLock;
+use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
+use tollgate_domain::scheduler::PendingJob;
+use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
+
+/// A job's run, read before the run's row is locked.
+pub(super) const JOB_RUN: &str = "SELECT id, run_id FROM jobs WHERE id = $1";
+/// Locks a run's row (PostgreSQL; SQLite's `BEGIN IMMEDIATE` holds the database already).
+pub(super) const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
+/// The compare-and-set of a job: state and lease epoch as decided from.
+pub(super) const MOVE_JOB: &str = "UPDATE jobs SET state = $4, lease_epoch = $5, updated_at = $6
+     WHERE id = $1 AND state = $2 AND lease_epoch = $3";
+/// A job's state and epoch, to say what a failed compare-and-set found.
+pub(super) const JOB_STATE: &str = "SELECT id, state, lease_epoch FROM jobs WHERE id = $1";
+/// The compare-and-set of a node's lifecycle state.
+pub(super) const MOVE_NODE: &str = "UPDATE nodes SET state = $3 WHERE name = $1 AND state = $2";
+/// A node's state, to say what a failed compare-and-set found.
+pub(super) const NODE_STATE: &str = "SELECT name, state FROM nodes WHERE name = $1";
+/// The compare-and-set of a run's state; `finished_at` is when it ended.
+pub(super) const MOVE_RUN: &str =
+    "UPDATE runs SET state = $3, finished_at = $4 WHERE id = $1 AND state = $2";
+/// A run's state and how many of its jobs have not ended.
+pub(super) static RUN_OPEN_JOBS: LazyLock<String> = LazyLock::new(|| {
+    states::sql(
+        "SELECT r.id, r.state,
+                (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.state IN {open})
+                    AS open_jobs
+         FROM runs r WHERE r.id = $1",
+    )
+});
+
+/// `SELECT` of jobs, then a tail.
+macro_rules! job_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, run_id, node, state, lease_epoch, created_at, updated_at FROM jobs",
+            $tail
+        )
+    };
+}
+
+/// `SELECT` of jobs with what their changes are decided from (see [`JobFacts`]), then a tail:
+/// a template for `states::sql`.
+macro_rules! facts_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT j.id, j.run_id, j.node, j.state, j.lease_epoch, n.state AS node_state,
+                    (SELECT COUNT(*) FROM jobs o
+                     WHERE o.node = j.node AND o.id <> j.id AND o.state IN {active})
+                        AS other_active
+             FROM jobs j JOIN nodes n ON n.name = j.node",
+            $tail
+        )
+    };
+}
+
+/// A row of `facts_query!`.
+fn job_facts(row: &impl StoreRow) -> Result<JobFacts, StoreError> {
+    let f = Fields::new(row, "jobs", &["id"]);
+    Ok(JobFacts {
+        id: JobId::new(f.text("id")?),
+        run: RunId::new(f.text("run_id")?),
+        node: NodeId::new(f.text("node")?),
+        state: f.parse("state")?,
+        lease_epoch: f.int_as("lease_epoch")?,
+        node_state: f.parse("node_state")?,
+        node_has_other_active_job: f.int_as::<u64>("other_active")? > 0,
+    })
+}
+
+impl Store {
+    /// A run's jobs, by node name.
+    pub async fn jobs_of_run(&self, run: &RunId) -> Result<Vec<JobRecord>, StoreError> {
+        const SQL: &str = job_query!(" WHERE run_id = $1 ORDER BY node, id");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(run.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect()
+        })
+    }
+
+    /// One job.
+    pub async fn get_job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        const SQL: &str = job_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(job.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::job(&row))
+                .transpose()
+        })
+    }
+
+    /// Every pending job with its node.
+    pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
+        const SQL: &str = "SELECT id, node, created_at FROM jobs WHERE state = $1
+             ORDER BY created_at, id";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(JobState::Pending.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::pending_job)
+                .collect()
+        })
+    }
+
+    /// Every assigned or running job.
+    pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(job_query!(" WHERE state IN {active} ORDER BY node, id")));
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect()
+        })
+    }
+
+    /// What a change of `job` is decided from: the job and its node's state.
+    pub async fn job_facts(&self, job: &JobId) -> Result<Option<JobFacts>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(facts_query!(" WHERE j.id = $1")));
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(job.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| job_facts(&row))
+                .transpose()
+        })
+    }
+
+    /// [`Store::job_facts`] of every job of a run, by node name.
+    pub async fn job_facts_of_run(&self, run: &RunId) -> Result<Vec<JobFacts>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(facts_query!(" WHERE j.run_id = $1 ORDER BY j.node, j.id"))
+        });
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(run.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(job_facts)
+                .collect()
+        })
+    }
+
+    /// [`Store::job_facts`] of the node's active jobs.
+    pub async fn active_job_facts_of_node(
+        &self,
+        node: &NodeId,
+    ) -> Result<Vec<JobFacts>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(facts_query!(
+                " WHERE j.node = $1 AND j.state IN {active} ORDER BY j.id"
+            ))
+        });
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(node.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(job_facts)
+                .collect()
+        })
+    }
+
+    /// Applies a job change the domain decided (an assignment, an acceptance, a reassignment
+    /// after the agent lost the job): one transaction, `Conflict` when the job or its node
+    /// moved since (reload and decide again), with the run's end when the job was its last.
+    pub async fn apply_job_change(
+        &self,
+        change: &JobChange,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            apply_job_change!(tx, change, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// A node's lease ran out: its active jobs are lost (`jobs`, decided by
+    /// `tollgate_domain::job::decide` with `LeaseExpired`) and the node moves as
+    /// `tollgate_domain::node::next_state` decided (`node`; `None` when its state stays, as a
+    /// cordoned node's does). One transaction; `Conflict` when anything moved meanwhile.
+    pub async fn expire_lease(
+        &self,
+        node: Option<&NodeChange>,
+        jobs: &[JobChange],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // Jobs first, node last: the lock order of every job change (run, job, node).
+            for change in jobs {
+                apply_job_change!(tx, change, now);
+            }
+            if let Some(node) = node {
+                move_node!(tx, node);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// A node's agent is back (a heartbeat after the node was `unreachable`): the node moves
+    /// as `tollgate_domain::node::next_state` decided, if it is still in the state decided
+    /// from (`Conflict` otherwise).
+    pub async fn node_reconnected(&self, node: &NodeChange) -> Result<(), StoreError> {
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            move_node!(tx, node);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}

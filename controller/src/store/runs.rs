@@ -1,0 +1,166 @@
+//! Runs in the store: creating one with its jobs (audited), reading them, and cancelling
+//! one as `tollgate_domain::run::cancel` decided (audited, compare-and-set).
+
+use super::connect::Begin;
+use super::{
+    AuditNote, JobRecord, Pool, RunRecord, Store, StoreError, classify, epoch_to_i64, micros, rows,
+};
+use tollgate_domain::run::Cancellation;
+use tollgate_domain::{ReleaseId, RunId, Timestamp};
+
+/// `SELECT` of runs, then a tail.
+macro_rules! run_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at
+             FROM runs",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Stores a run and its jobs with the audit entry `note`, in one transaction.
+    pub async fn create_run(
+        &self,
+        run: &RunRecord,
+        jobs: &[JobRecord],
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const RUN: &str =
+            "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
+                               created_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        const JOB: &str =
+            "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(RUN)
+                .bind(run.id.as_str())
+                .bind(run.release.as_str())
+                .bind(&run.plan_name)
+                .bind(run.plan_version.as_str())
+                .bind(&run.milestone)
+                .bind(run.state.as_str())
+                .bind(micros(run.created_at))
+                .bind(run.finished_at.map(micros))
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    classify(
+                        err,
+                        &format!("run {}", run.id),
+                        &format!(
+                            "release {} or plan {}@{}",
+                            run.release, run.plan_name, run.plan_version
+                        ),
+                    )
+                })?;
+            for job in jobs {
+                sqlx::query(JOB)
+                    .bind(job.id.as_str())
+                    .bind(job.run_id.as_str())
+                    .bind(job.node.as_str())
+                    .bind(job.state.as_str())
+                    .bind(epoch_to_i64(job.lease_epoch, &job.id)?)
+                    .bind(micros(job.created_at))
+                    .bind(micros(job.updated_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| {
+                        classify(
+                            err,
+                            &format!("job {}", job.id),
+                            &format!("node {} or run {}", job.node, job.run_id),
+                        )
+                    })?;
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// One run.
+    pub async fn get_run(&self, run: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        const SQL: &str = run_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(run.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::run(&row))
+                .transpose()
+        })
+    }
+
+    /// Runs, newest first, optionally of one release.
+    pub async fn list_runs(
+        &self,
+        release: Option<&ReleaseId>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        const SQL: &str =
+            run_query!(" WHERE ($1 IS NULL OR release = $1) ORDER BY created_at DESC, seq DESC");
+        let release = release.map(ReleaseId::as_str);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(release)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::run)
+                .collect()
+        })
+    }
+
+    /// Cancels a run as `tollgate_domain::run::cancel` decided, with the audit entry `note`, in
+    /// one transaction: the run moves only if it is still in the state decided from, each job
+    /// (and its node) likewise; `Conflict` when anything moved (reload and decide again),
+    /// `NotFound` when the run does not exist.
+    pub async fn cancel_run(
+        &self,
+        run: &RunId,
+        cancellation: &Cancellation,
+        note: &AuditNote,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        const RUN_STATE: &str = "SELECT id, state FROM runs WHERE id = $1";
+        let (from, to) = cancellation.run;
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // The run row first: every job change locks it first too (see `apply_job_change!`).
+            let n_rows = sqlx::query(super::jobs::MOVE_RUN)
+                .bind(run.as_str())
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                let found = sqlx::query(RUN_STATE)
+                    .bind(run.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| rows::Fields::new(&row, "runs", &["id"]).text("state"))
+                    .transpose()?;
+                return Err(match found {
+                    None => StoreError::NotFound {
+                        what: format!("run {run}"),
+                    },
+                    Some(found) => StoreError::Conflict {
+                        what: format!("run {run}"),
+                        detail: format!("expected state {from}, found {found}"),
+                    },
+                });
+            }
+            for change in &cancellation.jobs {
+                apply_job_change!(tx, change, now);
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
