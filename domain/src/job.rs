@@ -243,9 +243,19 @@ pub enum Acceptance {
     /// The same (step, attempt, lease epoch) is stored already: acknowledge it as a
     /// duplicate and change nothing (an agent sends again what it did not see acknowledged).
     Duplicate,
-    /// Store the result and apply the job's change (its state may stay: then the change only
-    /// checks that the job did not move meanwhile).
-    Record(JobChange),
+    /// Store the result and apply the change.
+    Record(ResultChange),
+}
+
+/// A result to store and what it changes, applied only if nothing it was decided from moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultChange {
+    /// The job's change (its state may stay: the change then only checks that the job did
+    /// not move meanwhile).
+    pub job: JobChange,
+    /// How many results of the job were stored when this was decided: another result stored
+    /// meanwhile may change how the job ends, so the decision holds only if none was.
+    pub results_before: usize,
 }
 
 /// Why a result is refused. Each message says what happened and what becomes of the result.
@@ -413,7 +423,10 @@ pub fn accept_result(
             event: refusal.message,
         }),
     })?;
-    Ok(Acceptance::Record(change))
+    Ok(Acceptance::Record(ResultChange {
+        job: change,
+        results_before: results.len(),
+    }))
 }
 
 /// The state a job ends in, given its results, or `None` while steps remain.
@@ -840,13 +853,16 @@ mod tests {
             let decision = judge(&running(), "n1", &[], &step_result(0, 1, Outcome::Passed));
             assert_eq!(
                 decision,
-                Ok(Acceptance::Record(JobChange {
-                    job: JobId::from("job-1"),
-                    from: JobState::Running,
-                    from_epoch: 1,
-                    to: JobState::Running,
-                    to_epoch: 1,
-                    node: None,
+                Ok(Acceptance::Record(ResultChange {
+                    job: JobChange {
+                        job: JobId::from("job-1"),
+                        from: JobState::Running,
+                        from_epoch: 1,
+                        to: JobState::Running,
+                        to_epoch: 1,
+                        node: None,
+                    },
+                    results_before: 0,
                 }))
             );
         }
@@ -883,7 +899,7 @@ mod tests {
                     node_state,
                     ..running()
                 };
-                let Ok(Acceptance::Record(change)) =
+                let Ok(Acceptance::Record(ResultChange { job: change, .. })) =
                     judge(&facts, "n1", &stored, &step_result(1, 1, Outcome::Passed))
                 else {
                     panic!("recorded");

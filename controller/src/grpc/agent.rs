@@ -15,7 +15,8 @@ use std::sync::Arc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::job::{
-    self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultRefusal,
+    self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultChange,
+    ResultRefusal,
 };
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::result::StepResult;
@@ -463,6 +464,10 @@ async fn on_running_report(
                 return Ok(());
             }
         };
+        let change = ResultChange {
+            job: change,
+            results_before: results.len(),
+        };
         match store.record_result(&interrupted, &change, now).await {
             Ok(Recorded::Duplicate) => return Ok(()),
             Ok(_) => {}
@@ -474,7 +479,7 @@ async fn on_running_report(
         tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
         shared.notify_changed();
         if end.is_some() {
-            job_changed(shared, &run.id, &change);
+            job_changed(shared, &run.id, &change.job);
             return Ok(());
         }
     } else {
@@ -645,7 +650,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         tracing::warn!(node = %node, job = %facts.id, %error, "the result's health findings were not applied");
     }
     shared.notify_changed();
-    job_changed(shared, &facts.run, &change);
+    job_changed(shared, &facts.run, &change.job);
     Ok(false)
 }
 
@@ -661,5 +666,119 @@ pub(crate) fn job_changed(shared: &Shared, run: &RunId, change: &JobChange) {
         shared.request_reevaluation(run);
     } else if change.to == JobState::Running && change.from == JobState::Assigned {
         tracing::info!(job = %change.job, "job running");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ControllerConfig;
+    use crate::clock::ManualClock;
+    use crate::store::{AuditNote, JobRecord, RunRecord, RunState, Store, testing};
+    use std::time::Duration;
+    use tollgate_domain::RunId;
+    use tollgate_domain::fleet::NodeState;
+    use tollgate_domain::test_support::{at, node, plan_for, release};
+
+    async fn node_state(store: &Store, node: &NodeId) -> NodeState {
+        store.get_node(node).await.expect("read").expect("node").state
+    }
+
+    /// A cordoned node whose lease runs out and whose agent comes back stays cordoned: the
+    /// watchdog and the heartbeat move it only as `node::next_state` decides, and the
+    /// scheduler sends it no job.
+    async fn a_cordon_outlives_a_lost_lease_and_the_agent_coming_back(store: Store) {
+        let n1 = node("n1", "hgx");
+        store
+            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+            .await
+            .expect("register");
+        store.touch_node(&n1.id, at(0)).await.expect("heartbeat");
+        let note = AuditNote::new(at(1), "alice", "node.cordon", "node/n1");
+        store
+            .set_node_state_audited(&n1.id, NodeState::Cordoned, Some(&note))
+            .await
+            .expect("cordon");
+        let release = release();
+        store.create_release(&release).await.expect("release");
+        let plan = plan_for("hgx");
+        store
+            .put_plan(&plan, "steps: []", at(0))
+            .await
+            .expect("plan");
+        let run = RunRecord {
+            id: RunId::from("run-1"),
+            release: release.id.clone(),
+            plan_name: plan.name.clone(),
+            plan_version: plan.version(),
+            milestone: "lab-qual".into(),
+            state: RunState::Running,
+            created_at: at(2),
+            finished_at: None,
+        };
+        let job = JobRecord {
+            id: JobId::from("job-1"),
+            run_id: run.id.clone(),
+            node: n1.id.clone(),
+            state: JobState::Pending,
+            lease_epoch: 0,
+            created_at: at(2),
+            updated_at: at(2),
+        };
+        let note = AuditNote::new(at(2), "alice", "run.start", "run/run-1");
+        store
+            .create_run(&run, std::slice::from_ref(&job), &note)
+            .await
+            .expect("run");
+
+        let clock = ManualClock::new(at(0));
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ControllerConfig::new(data_dir.path().to_owned());
+        config.clock = Arc::new(clock.clone());
+        config.lease_grace = Duration::from_secs(10);
+        let shared = Shared::new(store.clone(), config);
+
+        // The agent goes silent for longer than the grace.
+        clock.advance(chrono::Duration::seconds(11));
+        crate::lease::check_once(&shared)
+            .await
+            .expect("lease check");
+        assert_eq!(node_state(&store, &n1.id).await, NodeState::Cordoned);
+
+        // Its agent comes back: connected, heartbeating.
+        let (_session, _commands) = shared.sessions.open(&n1.id).expect("session");
+        on_heartbeat(&shared, &n1.id).await.expect("heartbeat");
+        assert_eq!(node_state(&store, &n1.id).await, NodeState::Cordoned);
+        assert_eq!(
+            crate::scheduler::schedule_once(&shared)
+                .await
+                .expect("schedule"),
+            0,
+            "a cordoned node gets no job"
+        );
+        let stored = store.get_job(&job.id).await.expect("job").expect("some");
+        assert_eq!(stored.state, JobState::Pending);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_cordon_outlives_a_lost_lease_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("sqlite store");
+        a_cordon_outlives_a_lost_lease_and_the_agent_coming_back(store).await;
+    }
+
+    #[tokio::test]
+    async fn a_cordon_outlives_a_lost_lease_on_postgres() {
+        let Some(base) = testing::postgres_url_or_skip() else {
+            return;
+        };
+        let url = testing::fresh_postgres_url(&base).await.expect("schema");
+        let store = Store::connect(&url).await.expect("postgres store");
+        a_cordon_outlives_a_lost_lease_and_the_agent_coming_back(store).await;
+        testing::drop_postgres_schema(&url)
+            .await
+            .expect("drop schema");
     }
 }

@@ -8,25 +8,27 @@ use super::{
     Pool, Recorded, Store, StoreError, as_stored, check_readable, classify, epoch_to_i64, micros,
     rows, text, to_json,
 };
-use tollgate_domain::job::JobChange;
+use tollgate_domain::job::ResultChange;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, Timestamp};
 
 impl Store {
     /// Stores a result the domain accepted (`tollgate_domain::job::accept_result`) and
-    /// applies its job's `change` in the same transaction: the job (and its node, and its run
-    /// when the job was the run's last) moves only if it is still where the change was
-    /// decided from, else `Conflict` and nothing is stored (reload and decide again). A
-    /// duplicate (same job, step index, attempt and lease epoch) changes nothing.
+    /// applies its `change` in the same transaction: only if the job has the results it was
+    /// decided from, no more, and the job (and its node, and its run when the job was the
+    /// run's last) is still where it was decided from; else `Conflict` and nothing is stored
+    /// (reload and decide again). A duplicate (same job, step index, attempt and lease epoch)
+    /// changes nothing.
     ///
     /// A result whose numbers are not finite is refused as `Corrupt` (it could not be read
     /// back); NUL characters in its text are stored as U+FFFD.
     pub async fn record_result(
         &self,
         result: &StepResult,
-        change: &JobChange,
+        change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
+        const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
         const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
                  exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
                  log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
@@ -34,10 +36,10 @@ impl Store {
                      $18, $19, $20)
              ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
         check_readable(result)?;
-        if change.job != result.job_id {
+        if change.job.job != result.job_id {
             return Err(StoreError::Conflict {
                 what: format!("result of job {}", result.job_id),
-                detail: format!("it came with a change of job {}", change.job),
+                detail: format!("it came with a change of job {}", change.job.job),
             });
         }
         let job = &result.job_id;
@@ -80,7 +82,22 @@ impl Store {
             if n_rows == 0 {
                 return Ok(Recorded::Duplicate);
             }
-            apply_job_change!(tx, change, now);
+            let row = sqlx::query(COUNT)
+                .bind(job.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            let n_results: usize = rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
+            if n_results != change.results_before + 1 {
+                return Err(StoreError::Conflict {
+                    what,
+                    detail: format!(
+                        "decided from {} stored results, found {} others",
+                        change.results_before,
+                        n_results.saturating_sub(1)
+                    ),
+                });
+            }
+            apply_job_change!(tx, &change.job, now);
             tx.commit().await?;
             Ok(Recorded::Inserted)
         })

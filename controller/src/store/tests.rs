@@ -95,6 +95,9 @@ on_both_backends!(
     job_end_frees_node_and_finishes_run,
     concurrent_job_ends_finish_the_run,
     cancel_run_cancels_open_jobs,
+    results_decided_from_the_same_state_apply_once,
+    a_result_racing_a_cancel_applies_one_consistent_outcome,
+    two_jobs_assigned_to_one_node_at_once_only_one_applies,
     promote_is_compare_and_set,
     load_evidence_picks_latest_run_per_plan,
     stored_result_digests_match_what_loads_back,
@@ -440,6 +443,7 @@ impl Store {
         transition: Option<(JobState, JobState)>,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
+        let results_before = self.results_of_job(&result.job_id).await?.len();
         let change = match (self.job_facts(&result.job_id).await?, transition) {
             (None, _) => tollgate_domain::job::JobChange {
                 job: result.job_id.clone(),
@@ -461,6 +465,10 @@ impl Store {
                 self.test_change(&result.job_id, from, to, Some(result.lease_epoch))
                     .await?
             }
+        };
+        let change = tollgate_domain::job::ResultChange {
+            job: change,
+            results_before,
         };
         self.record_result(result, &change, now).await
     }
@@ -1152,6 +1160,185 @@ async fn cancel_run_cancels_open_jobs(store: &Store) {
         store.cancel_test_run(&finished.id, at(80)).await,
         Err(StoreError::Conflict { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two writers deciding from the same state: exactly one applies.
+
+/// A result of `plan`'s step `step_index`, named as the plan names it.
+fn plan_result(
+    plan: &Plan,
+    job: &JobId,
+    step_index: u32,
+    attempt: u32,
+    outcome: Outcome,
+) -> StepResult {
+    StepResult {
+        step_name: plan.steps[step_index as usize].name.clone(),
+        ..result_of(job, step_index, attempt, outcome)
+    }
+}
+
+/// What the controller decides for `result` from what the store holds now.
+async fn accepted(
+    store: &Store,
+    plan: &Plan,
+    result: &StepResult,
+) -> tollgate_domain::job::ResultChange {
+    use tollgate_domain::job::{Acceptance, PlanSteps, accept_result};
+    let facts = store
+        .job_facts(&result.job_id)
+        .await
+        .expect("facts")
+        .expect("job");
+    let stored = store.results_of_job(&result.job_id).await.expect("results");
+    let steps = PlanSteps {
+        name: &plan.name,
+        steps: &plan.steps,
+    };
+    match accept_result(&facts, &facts.node.clone(), steps, &stored, result) {
+        Ok(Acceptance::Record(change)) => change,
+        other => panic!("expected a result to record, got {other:?}"),
+    }
+}
+
+/// Exactly one of two outcomes is `Ok`, the other a `Conflict`; returns whether the first won.
+fn exactly_one<T: std::fmt::Debug, U: std::fmt::Debug>(
+    first: &Result<T, StoreError>,
+    second: &Result<U, StoreError>,
+) -> bool {
+    match (first, second) {
+        (Ok(_), Err(StoreError::Conflict { .. })) => true,
+        (Err(StoreError::Conflict { .. }), Ok(_)) => false,
+        other => panic!("expected exactly one to apply and one conflict, got {other:?}"),
+    }
+}
+
+async fn results_decided_from_the_same_state_apply_once(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let job = &jobs[0].id;
+    make_running(store, job).await;
+    let stress = plan_result(&plan, job, 0, 1, Outcome::Passed);
+    store
+        .record_result(&stress, &accepted(store, &plan, &stress).await, at(40))
+        .await
+        .expect("stress");
+
+    // Step "burn" (one retry): attempt 1 failed keeps the job running, attempt 2 passed
+    // ends it. Both decided from the same stored results: whichever is applied second was
+    // decided without the other and must be decided again.
+    let failed = plan_result(&plan, job, 1, 1, Outcome::Failed);
+    let passed = plan_result(&plan, job, 1, 2, Outcome::Passed);
+    let failed_change = accepted(store, &plan, &failed).await;
+    let passed_change = accepted(store, &plan, &passed).await;
+    assert_eq!(passed_change.job.to, JobState::Passed);
+    let (first, second) = tokio::join!(
+        store.record_result(&failed, &failed_change, at(41)),
+        store.record_result(&passed, &passed_change, at(41)),
+    );
+    let failed_won = exactly_one(&first, &second);
+    let stored = store.results_of_job(job).await.expect("results");
+    assert_eq!(stored.len(), 2, "the loser stored nothing");
+    let expected = if failed_won {
+        JobState::Running
+    } else {
+        JobState::Passed
+    };
+    assert_eq!(job_state(store, job).await, expected);
+
+    // The loser, decided again from what is stored now, applies (or is refused for a reason).
+    if failed_won {
+        let change = accepted(store, &plan, &passed).await;
+        assert_eq!(change.job.to, JobState::Passed);
+        store
+            .record_result(&passed, &change, at(42))
+            .await
+            .expect("decided again");
+        assert_eq!(job_state(store, job).await, JobState::Passed);
+        assert_eq!(node_state(store, "n1").await, NodeState::Ready);
+    }
+}
+
+async fn a_result_racing_a_cancel_applies_one_consistent_outcome(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (run, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let job = &jobs[0].id;
+    make_running(store, job).await;
+    let stress = plan_result(&plan, job, 0, 1, Outcome::Passed);
+    store
+        .record_result(&stress, &accepted(store, &plan, &stress).await, at(40))
+        .await
+        .expect("stress");
+
+    // The last result and a cancel, both decided from the same running job.
+    let last = plan_result(&plan, job, 1, 1, Outcome::Passed);
+    let result_change = accepted(store, &plan, &last).await;
+    let facts = store.job_facts_of_run(&run.id).await.expect("facts");
+    let cancellation = tollgate_domain::run::cancel(RunState::Running, &facts).expect("cancel");
+    let note = AuditNote::new(at(50), "alice", "run.cancel", format!("run/{}", run.id));
+    let (recorded, cancelled) = tokio::join!(
+        store.record_result(&last, &result_change, at(50)),
+        store.cancel_run(&run.id, &cancellation, &note, at(50)),
+    );
+    let result_won = exactly_one(&recorded, &cancelled);
+    let stored_run = store.get_run(&run.id).await.expect("run").expect("some");
+    let n_results = store.results_of_job(job).await.expect("results").len();
+    let expected = if result_won {
+        (JobState::Passed, RunState::Finished, 2)
+    } else {
+        (JobState::Cancelled, RunState::Cancelled, 1)
+    };
+    assert_eq!(
+        (job_state(store, job).await, stored_run.state, n_results),
+        expected
+    );
+    assert_eq!(node_state(store, "n1").await, NodeState::Ready);
+    // The cancel's audit entry exists only if the cancel applied.
+    let entries = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let n_cancels = entries.iter().filter(|e| e.action == "run.cancel").count();
+    assert_eq!(n_cancels, usize::from(!result_won));
+}
+
+async fn two_jobs_assigned_to_one_node_at_once_only_one_applies(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let (_, first) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let (_, second) = start_run(store, "run-2", &plan, &["n1"], 11).await;
+    // Two schedulers each see the node ready with no active job.
+    let mut changes = Vec::new();
+    for job in [&first[0].id, &second[0].id] {
+        let facts = store.job_facts(job).await.expect("facts").expect("job");
+        let change = tollgate_domain::job::decide(
+            &facts,
+            tollgate_domain::job::JobEvent::Assigned,
+            facts.lease_epoch + 1,
+        )
+        .expect("assignable");
+        assert_eq!(
+            change.node.as_ref().map(|node| (node.from, node.to)),
+            Some((NodeState::Ready, NodeState::Busy))
+        );
+        changes.push(change);
+    }
+    let (one, two) = tokio::join!(
+        store.apply_job_change(&changes[0], at(20)),
+        store.apply_job_change(&changes[1], at(20)),
+    );
+    exactly_one(&one, &two);
+    assert_eq!(store.active_jobs().await.expect("active").len(), 1);
+    assert_eq!(node_state(store, "n1").await, NodeState::Busy);
 }
 
 async fn promote_is_compare_and_set(store: &Store) {

@@ -20,7 +20,7 @@ use anyhow::Context;
 use sqlx::sqlite::SqlitePoolOptions;
 use std::time::{Duration, Instant};
 use tollgate_domain::gate::{Evidence, GateState, evaluate, parse_gate, result_digest};
-use tollgate_domain::job::{JobChange, JobState};
+use tollgate_domain::job::{JobChange, JobState, ResultChange};
 use tollgate_domain::result::Outcome;
 use tollgate_domain::telemetry::Field;
 use tollgate_domain::test_support::{
@@ -142,7 +142,10 @@ async fn controller_path(
             } else {
                 JobState::Running
             };
-            let change = job_change(&result.job_id, JobState::Running, to);
+            let change = ResultChange {
+                job: job_change(&result.job_id, JobState::Running, to),
+                results_before: i,
+            };
             store.record_result(&result, &change, at(2000)).await?;
         }
     }
@@ -176,7 +179,10 @@ async fn controller_path(
     let mut extra = job.results[job.results.len() - 1].clone();
     extra.job_id = job.job_id.clone();
     extra.attempt += 1;
-    let change = job_change(&extra.job_id, JobState::Passed, JobState::Passed);
+    let change = ResultChange {
+        job: job_change(&extra.job_id, JobState::Passed, JobState::Passed),
+        results_before: job.results.len(),
+    };
     store.record_result(&extra, &change, at(2001)).await?;
     timed("evaluate_now, one new result").await?;
     Ok(())

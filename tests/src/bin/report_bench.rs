@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tollgate_controller::report::{self, ReportFormat, ReportHead};
 use tollgate_controller::store::{JobRecord, ReportRows, RunRecord, RunState, Store};
 use tollgate_domain::gate::{self, Evidence, GatePolicy};
-use tollgate_domain::job::{JobChange, JobState};
+use tollgate_domain::job::{JobChange, JobState, ResultChange};
 use tollgate_domain::plan::{Plan, Step};
 use tollgate_domain::release::Release;
 use tollgate_domain::result::{Measurement, Outcome, StepResult};
@@ -220,7 +220,10 @@ async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
             } else {
                 JobState::Running
             };
-            let change = job_change(&result.job_id, JobState::Running, to);
+            let change = ResultChange {
+                job: job_change(&result.job_id, JobState::Running, to),
+                results_before: step_idx as usize,
+            };
             store.record_result(&result, &change, at(2000)).await?;
         }
     }
