@@ -870,12 +870,16 @@ mod tests {
         #[test]
         fn the_last_result_ends_the_job_and_frees_its_node() {
             let stored = [step_result(0, 1, Outcome::Passed)];
-            let Ok(Acceptance::Record(change)) = judge(
+            let Ok(Acceptance::Record(ResultChange {
+                job: change,
+                results_before: 1,
+            })) = judge(
                 &running(),
                 "n1",
                 &stored,
                 &step_result(1, 1, Outcome::Failed),
-            ) else {
+            )
+            else {
                 panic!("recorded");
             };
             assert_eq!(

@@ -140,7 +140,8 @@ mod tests {
         let cancellation =
             cancel(RunState::Running, &[running, pending, passed]).expect("cancellable");
         assert_eq!(cancellation.run, (RunState::Running, RunState::Cancelled));
-        let moved: Vec<(&str, JobState, Option<(NodeState, NodeState)>)> = cancellation
+        type Moved<'a> = (&'a str, JobState, Option<(NodeState, NodeState)>);
+        let moved: Vec<Moved> = cancellation
             .jobs
             .iter()
             .map(|change| {
@@ -166,15 +167,14 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_run_is_cancelled_again_without_change_and_a_finished_one_is_refused() {
+    fn a_run_that_ended_is_not_cancelled() {
         let running = job_facts("job-1", JobState::Running, NodeState::Busy);
-        let again = cancel(RunState::Cancelled, std::slice::from_ref(&running)).expect("again");
-        assert_eq!(again.run, None);
-        assert!(again.jobs.is_empty());
-        let refused = cancel(RunState::Finished, &[running]).expect_err("refused");
-        assert!(
-            refused.to_string().contains("already finished"),
-            "{refused}"
-        );
+        for ended in [RunState::Finished, RunState::Cancelled] {
+            let refused = cancel(ended, std::slice::from_ref(&running)).expect_err("refused");
+            assert_eq!(
+                refused.to_string(),
+                format!("the run is already {ended}; there is nothing to cancel")
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::auth::{generate_token, hash_token};
 use super::convert::{Enrollment, FromProto as _};
 use super::status;
 use crate::Shared;
-use crate::store::{Recorded, StoreError};
+use crate::store::{JobRecord, Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
@@ -426,84 +426,133 @@ async fn on_running_report(
             message,
         } => (step_index, record_attempt, end, message),
     };
-    let now = shared.now();
-    if let Some(attempt) = record_attempt {
-        let inventory = store
-            .get_node(node)
+    let interrupted = Interrupted {
+        job: &job,
+        run: &run.id,
+        results: &results,
+        names: &names,
+    };
+    let recorded = match record_attempt {
+        Some(attempt) => {
+            record_interrupted(
+                shared,
+                node,
+                &interrupted,
+                step_index,
+                attempt,
+                end,
+                &message,
+            )
             .await?
-            .map(|node| node.inventory)
-            .unwrap_or_default();
-        let interrupted = StepResult {
-            job_id: job.id.clone(),
-            step_index,
-            step_name: names.get(step_index as usize).cloned().unwrap_or_default(),
-            attempt,
-            lease_epoch: job.lease_epoch,
-            outcome: tollgate_domain::result::Outcome::Error,
-            exit_code: None,
-            started_at: now,
-            finished_at: now,
-            measurements: Vec::new(),
-            telemetry: Vec::new(),
-            events: Vec::new(),
-            inventory,
-            log_tail: String::new(),
-            message: message.clone(),
-            sub_results: Vec::new(),
-            inventory_at_end: None,
-            series: Vec::new(),
-        };
-        let Some(facts) = store.job_facts(&job.id).await? else {
-            return Ok(());
-        };
-        let event = JobEvent::StepReported { finished: end };
-        let change = match job::decide(&facts, event, facts.lease_epoch) {
-            Ok(change) => change,
-            Err(refusal) => {
-                tracing::debug!(job = %job.id, %refusal, "interrupted attempt not recorded");
-                return Ok(());
-            }
-        };
-        let change = ResultChange {
-            job: change,
-            results_before: results.len(),
-        };
-        match store.record_result(&interrupted, &change, now).await {
-            Ok(Recorded::Duplicate) => return Ok(()),
-            Ok(_) => {}
-            // The job moved meanwhile (its result arrived, the run was cancelled): the next
-            // heartbeat judges it again from where it is.
-            Err(StoreError::Conflict { .. }) => return Ok(()),
-            Err(error) => return Err(error),
         }
-        tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
-        shared.notify_changed();
-        if end.is_some() {
-            job_changed(shared, &run.id, &change.job);
-            return Ok(());
+        None => {
+            tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
+            true
         }
-    } else {
-        tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
+    };
+    if recorded && end.is_none() {
+        assign_again(shared, node, &job.id).await?;
     }
-    if end.is_some() {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// What an interrupted attempt is recorded against: the running job as loaded, its run, its
+/// stored results and its plan's step names.
+struct Interrupted<'a> {
+    job: &'a JobRecord,
+    run: &'a RunId,
+    results: &'a [StepResult],
+    names: &'a [String],
+}
+
+/// Records the interrupted attempt `attempt` of step `step_index` as an `error` result; with
+/// `end` set it was the step's last allowed attempt and the job ends so. Returns whether it
+/// was recorded: not when the job moved meanwhile (its result arrived, the run was
+/// cancelled) or another heartbeat recorded it first; the next heartbeat judges it again.
+async fn record_interrupted(
+    shared: &Shared,
+    node: &NodeId,
+    interrupted: &Interrupted<'_>,
+    step_index: u32,
+    attempt: u32,
+    end: Option<JobState>,
+    message: &str,
+) -> Result<bool, StoreError> {
+    let store = &shared.store;
+    let job = interrupted.job;
+    let now = shared.now();
+    let inventory = store
+        .get_node(node)
+        .await?
+        .map(|node| node.inventory)
+        .unwrap_or_default();
+    let result = StepResult {
+        job_id: job.id.clone(),
+        step_index,
+        step_name: interrupted
+            .names
+            .get(step_index as usize)
+            .cloned()
+            .unwrap_or_default(),
+        attempt,
+        lease_epoch: job.lease_epoch,
+        outcome: tollgate_domain::result::Outcome::Error,
+        exit_code: None,
+        started_at: now,
+        finished_at: now,
+        measurements: Vec::new(),
+        telemetry: Vec::new(),
+        events: Vec::new(),
+        inventory,
+        log_tail: String::new(),
+        message: message.to_owned(),
+        sub_results: Vec::new(),
+        inventory_at_end: None,
+        series: Vec::new(),
+    };
     let Some(facts) = store.job_facts(&job.id).await? else {
+        return Ok(false);
+    };
+    let event = JobEvent::StepReported { finished: end };
+    let change = match job::decide(&facts, event, facts.lease_epoch) {
+        Ok(change) => ResultChange {
+            job: change,
+            results_before: interrupted.results.len(),
+        },
+        Err(refusal) => {
+            tracing::debug!(job = %job.id, %refusal, "interrupted attempt not recorded");
+            return Ok(false);
+        }
+    };
+    match store.record_result(&result, &change, now).await {
+        Ok(Recorded::Duplicate) | Err(StoreError::Conflict { .. }) => return Ok(false),
+        Ok(Recorded::Inserted) => {}
+        Err(error) => return Err(error),
+    }
+    tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
+    shared.notify_changed();
+    job_changed(shared, interrupted.run, &change.job);
+    Ok(true)
+}
+
+/// Assigns a job its agent no longer runs again, under a new lease epoch, and sends it.
+async fn assign_again(shared: &Shared, node: &NodeId, job_id: &JobId) -> Result<(), StoreError> {
+    let Some(facts) = shared.store.job_facts(job_id).await? else {
         return Ok(());
     };
     let Ok(change) = job::decide(&facts, JobEvent::AgentRestarted, facts.lease_epoch + 1) else {
         return Ok(());
     };
-    match store.apply_job_change(&change, now).await {
+    match shared.store.apply_job_change(&change, shared.now()).await {
         Ok(()) => {
-            tracing::info!(job = %job.id, node = %node, lease_epoch = change.to_epoch, "job assigned again: its agent no longer ran it");
+            tracing::info!(job = %job_id, node = %node, lease_epoch = change.to_epoch, "job assigned again: its agent no longer ran it");
             shared.notify_changed();
-            crate::scheduler::resend_assigned(shared, node).await?;
+            crate::scheduler::resend_assigned(shared, node).await
         }
-        Err(StoreError::Conflict { .. }) => {}
-        Err(error) => return Err(error),
+        // The job moved meanwhile: the next heartbeat judges it again.
+        Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(error) => Err(error),
     }
-    Ok(())
 }
 
 /// The agent runs a job the store does not hold as this node's running job: when it ended
@@ -681,7 +730,12 @@ mod tests {
     use tollgate_domain::test_support::{at, node, plan_for, release};
 
     async fn node_state(store: &Store, node: &NodeId) -> NodeState {
-        store.get_node(node).await.expect("read").expect("node").state
+        store
+            .get_node(node)
+            .await
+            .expect("read")
+            .expect("node")
+            .state
     }
 
     /// A cordoned node whose lease runs out and whose agent comes back stays cordoned: the

@@ -105,6 +105,37 @@ pub async fn run_view(
     })
 }
 
+/// One pending job per selected node of a new run, and the run's audit entry.
+fn new_jobs(
+    run: &RunRecord,
+    selection: &Selection,
+    actor: &str,
+    now: tollgate_domain::Timestamp,
+) -> (Vec<JobRecord>, AuditNote) {
+    let jobs: Vec<JobRecord> = selection
+        .nodes()
+        .map(|node| JobRecord {
+            id: JobId::new(new_id("job")),
+            run_id: run.id.clone(),
+            node: node.clone(),
+            state: JobState::Pending,
+            lease_epoch: 0,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let note = AuditNote::new(now, actor, "run.start", format!("run/{}", run.id))
+        .release(&run.release)
+        .details(serde_json::json!({
+            "plan": run.plan_name,
+            "plan_version": run.plan_version.as_str(),
+            "milestone": run.milestone,
+            "nodes": jobs.iter().map(|job| job.node.as_str()).collect::<Vec<_>>(),
+            "waiting": selection.waiting.iter().map(NodeId::as_str).collect::<Vec<_>>(),
+        }));
+    (jobs, note)
+}
+
 fn selection_to_proto(selection: &Selection) -> proto::NodeSelection {
     let names = |ids: &[NodeId]| ids.iter().map(ToString::to_string).collect();
     proto::NodeSelection {
@@ -169,27 +200,7 @@ impl RunService for RunApi {
             created_at: now,
             finished_at: None,
         };
-        let jobs: Vec<JobRecord> = selection
-            .nodes()
-            .map(|node| JobRecord {
-                id: JobId::new(new_id("job")),
-                run_id: run.id.clone(),
-                node: node.clone(),
-                state: JobState::Pending,
-                lease_epoch: 0,
-                created_at: now,
-                updated_at: now,
-            })
-            .collect();
-        let note = AuditNote::new(now, &actor, "run.start", format!("run/{}", run.id))
-            .release(&run.release)
-            .details(serde_json::json!({
-                "plan": run.plan_name,
-                "plan_version": run.plan_version.as_str(),
-                "milestone": run.milestone,
-                "nodes": jobs.iter().map(|job| job.node.as_str()).collect::<Vec<_>>(),
-                "waiting": selection.waiting.iter().map(NodeId::as_str).collect::<Vec<_>>(),
-            }));
+        let (jobs, note) = new_jobs(&run, &selection, &actor, now);
         shared.store.create_run(&run, &jobs, &note).await?;
         tracing::info!(
             run = %run.id,

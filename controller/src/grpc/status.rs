@@ -170,32 +170,28 @@ pub fn no_nodes(error: &SelectError, n_disconnected: usize) -> Status {
 /// plan: `InvalidArgument` naming the field; one the job can no longer take (stale epoch, the
 /// job ended): `FailedPrecondition`, which tells the agent to stop sending it.
 pub fn refused_result(refusal: ResultRefusal) -> Status {
-    {
-        let message = refusal.to_string();
-        match refusal {
-            ResultRefusal::UnknownJob { .. } => Status::not_found(message),
-            ResultRefusal::NotYourJob { .. } => Status::permission_denied(message),
-            ResultRefusal::StaleEpoch { .. }
-            | ResultRefusal::JobEnded { .. }
-            | ResultRefusal::Transition(_) => Status::failed_precondition(message),
-            ResultRefusal::UnknownStep { .. } | ResultRefusal::StepNameMismatch { .. } => {
-                Status::invalid_argument(message)
-            }
-            ResultRefusal::DoesNotFitStep(fields) => Status::from(InvalidFields(fields)),
+    let message = refusal.to_string();
+    match refusal {
+        ResultRefusal::UnknownJob { .. } => Status::not_found(message),
+        ResultRefusal::NotYourJob { .. } => Status::permission_denied(message),
+        ResultRefusal::StaleEpoch { .. }
+        | ResultRefusal::JobEnded { .. }
+        | ResultRefusal::Transition(_) => Status::failed_precondition(message),
+        ResultRefusal::UnknownStep { .. } | ResultRefusal::StepNameMismatch { .. } => {
+            Status::invalid_argument(message)
         }
+        ResultRefusal::DoesNotFitStep(fields) => Status::from(InvalidFields(fields)),
     }
 }
 
 /// A refused cancel. A run that ended cannot be cancelled: `FailedPrecondition`. A job that
 /// could not be cancelled would be a bug in the job state machine: `Internal`, logged.
 pub fn refused_cancel(refusal: CancelRefusal) -> Status {
-    {
-        match &refusal {
-            CancelRefusal::Run(_) => Status::failed_precondition(refusal.to_string()),
-            CancelRefusal::Job(_) => {
-                tracing::error!(%refusal, "a job of the run could not be cancelled");
-                Status::internal(refusal.to_string())
-            }
+    match &refusal {
+        CancelRefusal::Run(_) => Status::failed_precondition(refusal.to_string()),
+        CancelRefusal::Job(_) => {
+            tracing::error!(%refusal, "a job of the run could not be cancelled");
+            Status::internal(refusal.to_string())
         }
     }
 }
@@ -326,6 +322,67 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[test]
+    fn each_result_refusal_has_its_code() {
+        use tollgate_domain::job::JobState;
+        use tollgate_domain::release::FieldError;
+        let job = tollgate_domain::JobId::from("job-1");
+        let cases = [
+            (
+                ResultRefusal::UnknownJob { job: job.clone() },
+                Code::NotFound,
+            ),
+            (
+                ResultRefusal::NotYourJob {
+                    node: "n2".into(),
+                    job: job.clone(),
+                    owner: "n1".into(),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                ResultRefusal::StaleEpoch {
+                    job: job.clone(),
+                    epoch: 1,
+                    current: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ResultRefusal::JobEnded {
+                    job,
+                    state: JobState::Cancelled,
+                    step_index: 0,
+                    attempt: 1,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ResultRefusal::UnknownStep {
+                    step_index: 7,
+                    plan: "gpu-qual".into(),
+                    n_steps: 2,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                ResultRefusal::DoesNotFitStep(vec![FieldError {
+                    field: "measurements".into(),
+                    message: "none expected".into(),
+                }]),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (refusal, code) in cases {
+            let text = refusal.to_string();
+            let status = refused_result(refusal);
+            assert_eq!(status.code(), code, "{text}");
+        }
+        let finished = tollgate_domain::run::cancel(tollgate_domain::run::RunState::Finished, &[])
+            .expect_err("refused");
+        assert_eq!(refused_cancel(finished).code(), Code::FailedPrecondition);
     }
 
     #[test]
