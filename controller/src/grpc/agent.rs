@@ -24,8 +24,9 @@ use tollgate_domain::{JobId, NodeId, RunId};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
-/// How often `ReportResult` retries when a concurrent change (the agent's own `JobAccepted`
-/// racing its first result) made the job's compare-and-set fail.
+/// How often `ReportResult` decides again when a concurrent change (the agent's own
+/// `JobAccepted` racing its first result, another result of the job, a cancel, an operator
+/// moving the node) made the compare-and-set fail.
 const RESULT_RETRIES: usize = 3;
 
 /// The agent-facing service.
