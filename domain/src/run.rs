@@ -13,8 +13,24 @@ use crate::job::{self, JobChange, JobEvent, JobFacts};
 use serde::{Deserialize, Serialize};
 
 /// Where a run is. Each variant's doc says what is true in that state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum RunState {
     /// Some job of it has not ended.
     #[default]
@@ -25,11 +41,11 @@ pub enum RunState {
     Cancelled,
 }
 
-crate::fleet::str_enum!(RunState { Running => "running", Finished => "finished", Cancelled => "cancelled" });
-
 impl RunState {
-    /// Every state, for lists generated from the enum.
-    pub const ALL: [RunState; 3] = [Self::Running, Self::Finished, Self::Cancelled];
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// Something that happens to a run.

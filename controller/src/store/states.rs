@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 use tollgate_domain::job::JobState;
+use tollgate_domain::names::IntoEnumIterator as _;
 
 /// `('a', 'b')`: the storage names of `states`, as an SQL `IN` list. The names are the enum's
 /// own `as_str()` constants (lowercase words), so quoting them needs no escaping.
@@ -17,8 +18,7 @@ pub(super) fn in_list(states: impl IntoIterator<Item = &'static str>) -> String 
 /// The job states in which a job occupies its node ([`JobState::is_active`]).
 pub(super) static ACTIVE_JOBS: LazyLock<String> = LazyLock::new(|| {
     in_list(
-        JobState::ALL
-            .into_iter()
+        JobState::iter()
             .filter(|state| state.is_active())
             .map(JobState::as_str),
     )
@@ -27,8 +27,7 @@ pub(super) static ACTIVE_JOBS: LazyLock<String> = LazyLock::new(|| {
 /// The job states that are not terminal ([`JobState::is_terminal`]).
 pub(super) static OPEN_JOBS: LazyLock<String> = LazyLock::new(|| {
     in_list(
-        JobState::ALL
-            .into_iter()
+        JobState::iter()
             .filter(|state| !state.is_terminal())
             .map(JobState::as_str),
     )
