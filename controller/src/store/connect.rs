@@ -164,7 +164,7 @@ impl Begin for PgPool {
 
     async fn begin_write(&self) -> Result<Tx<Postgres>, sqlx::Error> {
         // Read committed plus row locks taken in one order (run, then jobs, then node) is
-        // what every multi-row change relies on; see `Store::change_job`.
+        // what every multi-row change relies on; see `apply_job_change!` in `store/mod.rs`.
         Tx::begin(self, "BEGIN").await
     }
 
