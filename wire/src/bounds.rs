@@ -126,11 +126,7 @@ impl Bounded for proto::TelemetryBatch {
                     detail,
                 } = event;
                 let at = format!("events[{idx}]");
-                errors.text(
-                    &format!("{at}.gpu_uuid"),
-                    &limits::INVENTORY_TEXT,
-                    gpu_uuid,
-                );
+                errors.text(&format!("{at}.gpu_uuid"), &limits::INVENTORY_TEXT, gpu_uuid);
                 errors.text(&format!("{at}.kind"), &limits::NAME, kind);
                 errors.text(&format!("{at}.detail"), &limits::MESSAGE, detail);
             }
@@ -323,7 +319,9 @@ mod tests {
             ["release", "plan"]
         );
         let request = proto::ListNodesRequest {
-            selector: [("bad key".to_owned(), "x".to_owned())].into_iter().collect(),
+            selector: [("bad key".to_owned(), "x".to_owned())]
+                .into_iter()
+                .collect(),
         };
         assert_eq!(
             bounded(request).expect_err("refused").fields(),

@@ -27,8 +27,12 @@ pub mod time;
 #[cfg(test)]
 mod round_trip;
 
-pub use bounds::{Bounded, bounded, split_plan_ref};
+pub use bounds::{Bounded, bounded, check_labels, split_plan_ref};
 pub use fields::{FieldErrors, InvalidFields, LISTED_PROBLEMS};
+pub use fleet::Enrollment;
+pub use plan::{Assignment, gate_policy_to_proto, plan_to_proto, step_to_proto};
+pub use release::{NewRelease, release_to_proto};
+pub use result::{gpu_event_for_upload, result_summary, step_result_for_upload};
 pub use time::{timestamp_from_proto, timestamp_to_proto};
 
 use std::collections::{BTreeMap, HashMap};

@@ -283,7 +283,10 @@ fn burn_in_from_proto(
         workdir,
     } = process(errors, &at, command, env, workdir);
     if duration_ms == 0 {
-        errors.add(format!("{at}.duration_ms"), "is 0; a burn-in runs for a while");
+        errors.add(
+            format!("{at}.duration_ms"),
+            "is 0; a burn-in runs for a while",
+        );
     }
     let limits = limits
         .into_iter()
@@ -503,7 +506,10 @@ mod tests {
                 ),
                 proto::StepSpec {
                     timeout_ms: 0,
-                    ..spec(1, Kind::InventoryCheck(proto::InventoryCheckStep::default()))
+                    ..spec(
+                        1,
+                        Kind::InventoryCheck(proto::InventoryCheckStep::default()),
+                    )
                 },
             ],
             ..proto::AssignJob::default()
@@ -616,7 +622,9 @@ mod tests {
             ]
         );
         assert!(
-            error.to_string().contains("unknown telemetry field 'gpu_tmp'"),
+            error
+                .to_string()
+                .contains("unknown telemetry field 'gpu_tmp'"),
             "{error}"
         );
     }

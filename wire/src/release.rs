@@ -125,9 +125,21 @@ fn promotion_from_proto(
         decision_digest,
         actor,
     } = promotion;
-    errors.text(&format!("{field}.from_milestone"), &limits::NAME, &from_milestone);
-    errors.text(&format!("{field}.to_milestone"), &limits::NAME, &to_milestone);
-    errors.text(&format!("{field}.decision_digest"), &limits::NAME, &decision_digest);
+    errors.text(
+        &format!("{field}.from_milestone"),
+        &limits::NAME,
+        &from_milestone,
+    );
+    errors.text(
+        &format!("{field}.to_milestone"),
+        &limits::NAME,
+        &to_milestone,
+    );
+    errors.text(
+        &format!("{field}.decision_digest"),
+        &limits::NAME,
+        &decision_digest,
+    );
     errors.text(&format!("{field}.actor"), &limits::NAME, &actor);
     let at = errors.required_timestamp(&format!("{field}.at"), at)?;
     Some(Promotion {
@@ -245,7 +257,9 @@ impl FromProto for DescribedRelease {
         let promotions = promotions
             .into_iter()
             .enumerate()
-            .filter_map(|(idx, p)| promotion_from_proto(p, &format!("promotions[{idx}]"), &mut errors))
+            .filter_map(|(idx, p)| {
+                promotion_from_proto(p, &format!("promotions[{idx}]"), &mut errors)
+            })
             .collect();
         let Some(created_at) = created_at else {
             return Err(missing_parts(errors));
@@ -297,10 +311,8 @@ mod tests {
 
     #[test]
     fn a_described_release_without_a_creation_time_is_refused() {
-        let mut wire = release_to_proto(
-            &tollgate_domain::test_support::release(),
-            &Track::default(),
-        );
+        let mut wire =
+            release_to_proto(&tollgate_domain::test_support::release(), &Track::default());
         wire.created_at = None;
         let error = DescribedRelease::from_proto(wire).unwrap_err();
         assert_eq!(error.fields(), ["created_at"]);

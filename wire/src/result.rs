@@ -103,7 +103,11 @@ fn telemetry_from_proto(
         fields,
         samples_missed,
     } = telemetry;
-    errors.text(&format!("{field}.gpu_uuid"), &limits::INVENTORY_TEXT, &gpu_uuid);
+    errors.text(
+        &format!("{field}.gpu_uuid"),
+        &limits::INVENTORY_TEXT,
+        &gpu_uuid,
+    );
     let fields = errors
         .within(&format!("{field}.fields"), &limits::SERIES, fields)
         .into_iter()
@@ -192,7 +196,11 @@ pub fn event_from_proto(
         at,
         detail,
     } = event;
-    errors.text(&format!("{field}.gpu_uuid"), &limits::INVENTORY_TEXT, &gpu_uuid);
+    errors.text(
+        &format!("{field}.gpu_uuid"),
+        &limits::INVENTORY_TEXT,
+        &gpu_uuid,
+    );
     errors.text(&format!("{field}.detail"), &limits::MESSAGE, &detail);
     let kind = errors.keyword(&format!("{field}.kind"), &kind);
     let at = errors.required_timestamp(&format!("{field}.at"), at);
@@ -279,10 +287,7 @@ fn series_from_proto(
     if points.len() > MAX_SERIES_POINTS {
         errors.add(
             format!("{at}.points"),
-            format!(
-                "has {} points; at most {MAX_SERIES_POINTS}",
-                points.len()
-            ),
+            format!("has {} points; at most {MAX_SERIES_POINTS}", points.len()),
         );
         return None;
     }
@@ -571,12 +576,18 @@ pub fn step_result_for_upload(result: &StepResult) -> proto::StepResult {
     let message = |text: &str| limits::truncate(&limits::MESSAGE, text, false);
     wire.log_tail = limits::truncate(&limits::LOG_TAIL, &wire.log_tail, true);
     wire.message = message(&wire.message);
-    for event in &mut wire.events {
-        event.detail = message(&event.detail);
-    }
+    wire.events = result.events.iter().map(gpu_event_for_upload).collect();
     for sub in &mut wire.sub_results {
         sub.message = message(&sub.message);
     }
+    wire
+}
+
+/// A GPU event as an agent uploads it (in a result or a telemetry batch): its detail trimmed
+/// to the controller's limit.
+pub fn gpu_event_for_upload(event: &GpuEvent) -> proto::GpuEvent {
+    let mut wire = event.to_proto();
+    wire.detail = limits::truncate(&limits::MESSAGE, &wire.detail, false);
     wire
 }
 

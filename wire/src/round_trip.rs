@@ -23,7 +23,12 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         0..4,
     );
     (
-        ("job-[0-9a-f]{4}", "run-[0-9a-f]{4}", any::<u64>(), arb::name()),
+        (
+            "job-[0-9a-f]{4}",
+            "run-[0-9a-f]{4}",
+            any::<u64>(),
+            arb::name(),
+        ),
         proptest::collection::vec(arb::component(), 0..3),
         (arb::name(), arb::name(), "[0-9a-f]{0,12}"),
         steps,

@@ -114,6 +114,10 @@ mod tests {
         let invalid = errors.finish(()).expect_err("two problems");
         assert_eq!(invalid.fields(), ["started_at", "until"]);
         assert!(invalid.to_string().contains("started_at: is missing"));
-        assert!(invalid.to_string().contains("0s -1ns is not a valid timestamp"));
+        assert!(
+            invalid
+                .to_string()
+                .contains("0s -1ns is not a valid timestamp")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `NodeService`: the fleet as lab operators see it, and cordoning.
 
 use super::convert::{ToProto, check_labels};
-use super::status::{FieldErrors, not_found};
+use super::status::{FieldErrors, invalid_fields, not_found};
 use crate::Shared;
 use crate::store::StoreError;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ impl NodeService for NodeApi {
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
-        errors.finish(())?;
+        errors.finish(()).map_err(invalid_fields)?;
         let mut nodes = self.shared.store.list_nodes().await?;
         mark_disconnected(&self.shared, &mut nodes);
         Ok(Response::new(proto::ListNodesResponse {
@@ -149,7 +149,8 @@ impl NodeService for NodeApi {
             );
         }
         let to = errors
-            .finish(to)?
+            .finish(to)
+            .map_err(invalid_fields)?
             .expect("a health that does not parse is a field error above");
         let node = self.load(&name).await?;
         let event = HealthEvent::OperatorSet {

@@ -73,8 +73,16 @@ pub fn gpu_info() -> impl Strategy<Value = GpuInfo> {
     (
         (0u32..16, "GPU-[0-9a-f]{8}", text(), option::of(some_text())),
         (option::of(some_text()), text(), "[0-9.]{1,14}"),
-        (option::of(some_text()), any::<u64>(), option::of(any::<bool>())),
-        (option::of(number()), option::of(any::<u32>()), option::of(any::<u32>())),
+        (
+            option::of(some_text()),
+            any::<u64>(),
+            option::of(any::<bool>()),
+        ),
+        (
+            option::of(number()),
+            option::of(any::<u32>()),
+            option::of(any::<u32>()),
+        ),
     )
         .prop_map(
             |(
@@ -110,7 +118,13 @@ pub fn inventory() -> impl Strategy<Value = Inventory> {
         text(),
     )
         .prop_map(
-            |((driver_version, cuda_driver_version, nvml_version), gpus, components, gpu_source, hostname)| {
+            |(
+                (driver_version, cuda_driver_version, nvml_version),
+                gpus,
+                components,
+                gpu_source,
+                hostname,
+            )| {
                 Inventory {
                     driver_version,
                     cuda_driver_version,
@@ -137,7 +151,11 @@ pub fn node() -> impl Strategy<Value = Node> {
     let health = select(vec![Health::Good, Health::Suspect, Health::Bad]);
     (
         (name(), labels(), state, health, text()),
-        (inventory(), option::of(timestamp()), option::of("job-[0-9a-f]{4}")),
+        (
+            inventory(),
+            option::of(timestamp()),
+            option::of("job-[0-9a-f]{4}"),
+        ),
     )
         .prop_map(
             |((id, labels, state, health, health_reason), (inventory, last_seen_at, job))| Node {
@@ -244,33 +262,48 @@ pub fn step_kind() -> impl Strategy<Value = StepKind> {
                 command
             }
         ),
-        (argv(), env(), workdir(), "[a-z*./]{1,12}").prop_map(
-            |(command, env, workdir, report)| StepKind::Junit {
+        (argv(), env(), workdir(), "[a-z*./]{1,12}").prop_map(|(command, env, workdir, report)| {
+            StepKind::Junit {
                 command,
                 env,
                 workdir,
-                report
+                report,
             }
-        ),
-        (argv(), env(), workdir(), millis(), vec(telemetry_limit(), 0..3)).prop_map(
-            |(command, env, workdir, duration, limits)| StepKind::BurnIn {
-                command,
-                env,
-                workdir,
-                duration,
-                limits
-            }
-        ),
-        (argv(), env(), workdir(), name(), "[0-9.]{1,10}", any::<bool>()).prop_map(
-            |(command, env, workdir, component, version, reboot)| StepKind::Flash {
-                command,
-                env,
-                workdir,
-                component,
-                version,
-                reboot
-            }
-        ),
+        }),
+        (
+            argv(),
+            env(),
+            workdir(),
+            millis(),
+            vec(telemetry_limit(), 0..3)
+        )
+            .prop_map(
+                |(command, env, workdir, duration, limits)| StepKind::BurnIn {
+                    command,
+                    env,
+                    workdir,
+                    duration,
+                    limits
+                }
+            ),
+        (
+            argv(),
+            env(),
+            workdir(),
+            name(),
+            "[0-9.]{1,10}",
+            any::<bool>()
+        )
+            .prop_map(|(command, env, workdir, component, version, reboot)| {
+                StepKind::Flash {
+                    command,
+                    env,
+                    workdir,
+                    component,
+                    version,
+                    reboot,
+                }
+            }),
     ]
 }
 
@@ -286,13 +319,24 @@ pub fn step() -> impl Strategy<Value = Step> {
 
 /// A measurement.
 pub fn measurement() -> impl Strategy<Value = Measurement> {
-    (name(), number(), option::of("[a-zA-Z/%]{1,6}"))
-        .prop_map(|(name, value, unit)| Measurement { name, value, unit })
+    (name(), number(), option::of("[a-zA-Z/%]{1,6}")).prop_map(|(name, value, unit)| Measurement {
+        name,
+        value,
+        unit,
+    })
 }
 
 /// One GPU's telemetry summary of a step.
 pub fn gpu_telemetry() -> impl Strategy<Value = GpuTelemetry> {
-    let summary = (field(), number(), number(), number(), number(), number(), any::<u32>())
+    let summary = (
+        field(),
+        number(),
+        number(),
+        number(),
+        number(),
+        number(),
+        any::<u32>(),
+    )
         .prop_map(|(field, min, max, mean, p99, last, samples)| FieldSummary {
             field,
             min,
@@ -302,29 +346,45 @@ pub fn gpu_telemetry() -> impl Strategy<Value = GpuTelemetry> {
             last,
             samples,
         });
-    (0u32..16, "GPU-[0-9a-f]{8}", vec(summary, 0..4), any::<u32>()).prop_map(
-        |(gpu_index, gpu_uuid, fields, samples_missed)| GpuTelemetry {
-            gpu_index,
-            gpu_uuid,
-            fields,
-            samples_missed,
-        },
+    (
+        0u32..16,
+        "GPU-[0-9a-f]{8}",
+        vec(summary, 0..4),
+        any::<u32>(),
     )
+        .prop_map(
+            |(gpu_index, gpu_uuid, fields, samples_missed)| GpuTelemetry {
+                gpu_index,
+                gpu_uuid,
+                fields,
+                samples_missed,
+            },
+        )
 }
 
 /// A GPU event.
 pub fn gpu_event() -> impl Strategy<Value = GpuEvent> {
-    let kind = select(vec![EventKind::Xid, EventKind::EccUncorrected, EventKind::GpuLost]);
-    (0u32..16, "GPU-[0-9a-f]{8}", kind, any::<i64>(), timestamp(), text()).prop_map(
-        |(gpu_index, gpu_uuid, kind, code, at, detail)| GpuEvent {
+    let kind = select(vec![
+        EventKind::Xid,
+        EventKind::EccUncorrected,
+        EventKind::GpuLost,
+    ]);
+    (
+        0u32..16,
+        "GPU-[0-9a-f]{8}",
+        kind,
+        any::<i64>(),
+        timestamp(),
+        text(),
+    )
+        .prop_map(|(gpu_index, gpu_uuid, kind, code, at, detail)| GpuEvent {
             gpu_index,
             gpu_uuid,
             kind,
             code,
             at,
             detail,
-        },
-    )
+        })
 }
 
 /// One test of a step.
@@ -362,22 +422,37 @@ pub fn series() -> impl Strategy<Value = TelemetrySeries> {
             samples,
         },
     );
-    (0u32..16, field(), any::<u64>(), vec(point, 0..MAX_SERIES_POINTS.min(8))).prop_map(
-        |(gpu_index, field, bucket_ms, points)| TelemetrySeries {
+    (
+        0u32..16,
+        field(),
+        any::<u64>(),
+        vec(point, 0..MAX_SERIES_POINTS.min(8)),
+    )
+        .prop_map(|(gpu_index, field, bucket_ms, points)| TelemetrySeries {
             gpu_index,
             field,
             bucket_ms,
             points,
-        },
-    )
+        })
 }
 
 /// A step result: attempts from 1, several lease epochs, finished no earlier than started.
 pub fn step_result() -> impl Strategy<Value = StepResult> {
     (
-        ("job-[0-9a-f]{4}", 0u32..8, name(), 1u32..4, 1u64..4, outcome()),
+        (
+            "job-[0-9a-f]{4}",
+            0u32..8,
+            name(),
+            1u32..4,
+            1u64..4,
+            outcome(),
+        ),
         (option::of(any::<i32>()), timestamp(), 0i64..10_000_000_000),
-        (vec(measurement(), 0..3), vec(gpu_telemetry(), 0..2), vec(gpu_event(), 0..2)),
+        (
+            vec(measurement(), 0..3),
+            vec(gpu_telemetry(), 0..2),
+            vec(gpu_event(), 0..2),
+        ),
         (inventory(), text(), text(), vec(sub_result(), 0..3)),
         (option::of(inventory()), vec(series(), 0..2)),
     )
@@ -426,8 +501,18 @@ pub fn verdict() -> impl Strategy<Value = Verdict> {
 /// An evidence item; a step, attempt, limit and signature are either absent or set.
 pub fn evidence_item() -> impl Strategy<Value = EvidenceItem> {
     (
-        (name(), option::of(name()), option::of(1u32..5), option::of(0u32..8)),
-        (option::of(number()), option::of(some_text()), text(), any::<bool>()),
+        (
+            name(),
+            option::of(name()),
+            option::of(1u32..5),
+            option::of(0u32..8),
+        ),
+        (
+            option::of(number()),
+            option::of(some_text()),
+            text(),
+            any::<bool>(),
+        ),
         option::of(some_text()),
     )
         .prop_map(
@@ -449,13 +534,14 @@ pub fn evidence_item() -> impl Strategy<Value = EvidenceItem> {
 
 /// One rule's decision.
 pub fn rule_decision() -> impl Strategy<Value = RuleDecision> {
-    let group = (some_text(), 0usize..1000, vec(name(), 0..3)).prop_map(
-        |(signature, count, nodes)| FailureGroup {
-            signature,
-            count,
-            nodes: nodes.into_iter().map(NodeId::new).collect(),
-        },
-    );
+    let group =
+        (some_text(), 0usize..1000, vec(name(), 0..3)).prop_map(|(signature, count, nodes)| {
+            FailureGroup {
+                signature,
+                count,
+                nodes: nodes.into_iter().map(NodeId::new).collect(),
+            }
+        });
     (
         (name(), name(), verdict(), text()),
         (vec(evidence_item(), 0..3), vec(name(), 0..3)),
@@ -487,7 +573,11 @@ pub fn decision() -> impl Strategy<Value = Decision> {
         ("[0-9a-f]{16}", "[0-9a-f]{16}", timestamp()),
     )
         .prop_map(
-            |((release, milestone, verdict, summary), rules, (digest, policy_version, evaluated_at))| {
+            |(
+                (release, milestone, verdict, summary),
+                rules,
+                (digest, policy_version, evaluated_at),
+            )| {
                 Decision {
                     release,
                     milestone,
