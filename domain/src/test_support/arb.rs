@@ -20,6 +20,12 @@ use proptest::sample::select;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Any variant of a string enum; a variant added later is generated too.
+pub fn every<T: strum::IntoEnumIterator + Clone + std::fmt::Debug + 'static>()
+-> impl Strategy<Value = T> {
+    select(T::iter().collect::<Vec<T>>())
+}
+
 /// A timestamp between 1970 and 2096 to the nanosecond, never inside a leap second.
 pub fn timestamp() -> impl Strategy<Value = Timestamp> {
     (0i64..4_000_000_000, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
@@ -54,13 +60,7 @@ pub fn labels() -> impl Strategy<Value = Labels> {
 
 /// Any outcome.
 pub fn outcome() -> impl Strategy<Value = Outcome> {
-    select(vec![
-        Outcome::Passed,
-        Outcome::Failed,
-        Outcome::Error,
-        Outcome::Skipped,
-        Outcome::Lost,
-    ])
+    every::<Outcome>()
 }
 
 /// Any telemetry field.
@@ -114,7 +114,7 @@ pub fn inventory() -> impl Strategy<Value = Inventory> {
         ("[0-9.]{0,10}", "[0-9.]{0,6}", "[0-9.]{0,12}"),
         vec(gpu_info(), 0..4),
         btree_map(name(), "[0-9a-z.]{1,10}", 0..4),
-        select(vec![GpuSourceKind::Nvml, GpuSourceKind::Simulated]),
+        every::<GpuSourceKind>(),
         text(),
     )
         .prop_map(
@@ -140,15 +140,8 @@ pub fn inventory() -> impl Strategy<Value = Inventory> {
 
 /// A node.
 pub fn node() -> impl Strategy<Value = Node> {
-    let state = select(vec![
-        NodeState::Ready,
-        NodeState::Busy,
-        NodeState::Cordoned,
-        NodeState::Draining,
-        NodeState::Unreachable,
-        NodeState::Retired,
-    ]);
-    let health = select(vec![Health::Good, Health::Suspect, Health::Bad]);
+    let state = every::<NodeState>();
+    let health = every::<Health>();
     (
         (name(), labels(), state, health, text()),
         (
@@ -364,11 +357,7 @@ pub fn gpu_telemetry() -> impl Strategy<Value = GpuTelemetry> {
 
 /// A GPU event.
 pub fn gpu_event() -> impl Strategy<Value = GpuEvent> {
-    let kind = select(vec![
-        EventKind::Xid,
-        EventKind::EccUncorrected,
-        EventKind::GpuLost,
-    ]);
+    let kind = every::<EventKind>();
     (
         0u32..16,
         "GPU-[0-9a-f]{8}",
@@ -488,14 +477,7 @@ pub fn step_result() -> impl Strategy<Value = StepResult> {
 
 /// Any verdict.
 pub fn verdict() -> impl Strategy<Value = Verdict> {
-    select(vec![
-        Verdict::Passed,
-        Verdict::Failed,
-        Verdict::Waiting,
-        Verdict::Error,
-        Verdict::Waived,
-        Verdict::NotApplicable,
-    ])
+    every::<Verdict>()
 }
 
 /// An evidence item; a step, attempt, limit and signature are either absent or set.
