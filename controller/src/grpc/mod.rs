@@ -66,8 +66,9 @@ pub async fn load_plan(
     version: Option<&str>,
 ) -> Result<StoredPlan, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "plan: is empty; give a plan name or name@version",
+        return Err(status::invalid_field(
+            "plan",
+            "is empty; give a plan name or name@version",
         ));
     }
     shared
@@ -87,8 +88,9 @@ pub async fn load_plan(
 /// Loads a release; `NotFound` when it does not exist.
 pub async fn load_release(shared: &Shared, name: &str) -> Result<Release, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "release: is empty; give a release name",
+        return Err(status::invalid_field(
+            "release",
+            "is empty; give a release name",
         ));
     }
     shared
@@ -112,10 +114,13 @@ pub fn resolve_milestone(release: &Release, requested: &str) -> Result<String, S
         return Ok(release.milestone.clone());
     }
     if !track.contains(requested) {
-        return Err(Status::invalid_argument(format!(
-            "milestone: '{requested}' is not on the track ({})",
-            track.milestones.join(", ")
-        )));
+        return Err(status::invalid_field(
+            "milestone",
+            format!(
+                "'{requested}' is not on the track ({})",
+                track.milestones.join(", ")
+            ),
+        ));
     }
     Ok(requested.to_owned())
 }
@@ -137,6 +142,12 @@ mod tests {
         assert_eq!(resolve_milestone(&r, "production").unwrap(), "production");
         let status = resolve_milestone(&r, "moon").unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let bad = details
+            .bad_request()
+            .expect("the bad field travels as details");
+        assert_eq!(bad.field_violations[0].field, "milestone");
         assert!(
             status
                 .message()

@@ -27,7 +27,10 @@ impl NodeApi {
 
     async fn load(&self, name: &str) -> Result<Node, Status> {
         if name.is_empty() {
-            return Err(Status::invalid_argument("name: is empty; give a node name"));
+            return Err(super::status::invalid_field(
+                "name",
+                "is empty; give a node name",
+            ));
         }
         self.shared
             .store

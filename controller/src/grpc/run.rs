@@ -39,7 +39,10 @@ impl RunApi {
 
 async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument("id: is empty; give a run id"));
+        return Err(super::status::invalid_field(
+            "id",
+            "is empty; give a run id",
+        ));
     }
     shared
         .store

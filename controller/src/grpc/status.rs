@@ -55,6 +55,16 @@ pub fn invalid_fields(error: InvalidFields) -> Status {
     )
 }
 
+/// One bad field as `InvalidArgument`, with the same `BadRequest` details as any other.
+pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
+    let mut errors = FieldErrors::new();
+    errors.add(field, message);
+    match errors.finish(()) {
+        Err(invalid) => invalid_fields(invalid),
+        Ok(()) => Status::internal("a recorded field error was lost"),
+    }
+}
+
 /// The request when every field is within its limit, else `InvalidArgument` naming each one.
 pub fn bounded<T: tollgate_wire::Bounded>(request: T) -> Result<T, Status> {
     tollgate_wire::bounded(request).map_err(invalid_fields)
@@ -187,6 +197,26 @@ mod tests {
             violations,
             [("name", "is empty"), ("components[1].version", "is empty")]
         );
+    }
+
+    #[test]
+    fn one_bad_field_carries_bad_request_details_too() {
+        let status = invalid_field("release", "is empty; give a release name");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid request: release: is empty; give a release name"
+        );
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["release"]);
     }
 
     #[test]
