@@ -218,3 +218,6 @@ pub fn job_facts(id: &str, state: JobState, node_state: NodeState) -> JobFacts {
         node_has_other_active_job: false,
     }
 }
+
+#[cfg(feature = "proptest")]
+pub mod arb;

@@ -94,7 +94,7 @@ impl AgentService for AgentApi {
             inventory,
             agent_version,
             node_token,
-        } = Enrollment::try_from(request.into_inner())?;
+        } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
         let existing = store.node_token_hash(&node).await?;
         let (token, is_new) = match (existing, node_token) {
@@ -167,7 +167,8 @@ impl AgentService for AgentApi {
         request: Request<proto::StepResult>,
     ) -> Result<Response<proto::Ack>, Status> {
         let node = self.authenticate(&request).await?;
-        let result = StepResult::from_proto(request.into_inner())?;
+        let result =
+            StepResult::from_proto(request.into_inner()).map_err(status::invalid_fields)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
