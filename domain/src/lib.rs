@@ -12,6 +12,7 @@ pub mod ids;
 pub mod job;
 pub mod lease;
 pub mod limits;
+pub mod names;
 pub mod node;
 pub mod plan;
 pub mod release;
