@@ -40,6 +40,16 @@ impl Backoff {
         self.delays = self.builder.build();
     }
 
+    /// The delay before the next session after one ended: a session whose stream opened was a
+    /// success, so the series starts again from the first delay; one that never got that far
+    /// waits longer than the last.
+    pub(super) fn after_session(&mut self, stream_opened: bool) -> Duration {
+        if stream_opened {
+            self.reset();
+        }
+        self.next_delay()
+    }
+
     /// The delay before the next attempt.
     pub(super) fn next_delay(&mut self) -> Duration {
         // The series has no end (`without_max_times`); the cap also guards against float
@@ -109,6 +119,23 @@ mod tests {
             "twenty agents wait only {} distinct delays: {at_cap:?}",
             distinct.len()
         );
+    }
+
+    #[test]
+    fn a_session_whose_stream_opened_starts_the_delays_again() {
+        let mut backoff = Backoff::new();
+        let failed: Vec<Duration> = (0..4).map(|_| backoff.after_session(false)).collect();
+        assert!(
+            failed.windows(2).all(|pair| pair[0] < pair[1]),
+            "{failed:?}"
+        );
+        let after_success = backoff.after_session(true);
+        assert!(
+            after_success >= FIRST_DELAY && after_success < FIRST_DELAY * 2,
+            "{after_success:?}"
+        );
+        let next_failure = backoff.after_session(false);
+        assert!(next_failure >= FIRST_DELAY * 2, "{next_failure:?}");
     }
 
     #[test]

@@ -54,11 +54,12 @@ impl Agent {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            match self.session(progress, shutdown, &mut backoff).await {
+            let mut stream_opened = false;
+            match self.session(progress, shutdown, &mut stream_opened).await {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Err(SessionError::Fatal(error)) => return Err(error),
                 Err(SessionError::Retry(reason)) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.after_session(stream_opened);
                     tracing::warn!(%reason, retry_in = ?delay, "no session with the controller; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -69,12 +70,13 @@ impl Agent {
         }
     }
 
-    /// Registers, opens the stream and serves it until it breaks or the agent shuts down.
+    /// Registers, opens the stream and serves it until it breaks or the agent shuts down;
+    /// sets `stream_opened` once the stream is open.
     async fn session(
         &self,
         progress_events: &mut mpsc::Receiver<v1::AgentEvent>,
         shutdown: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
+        stream_opened: &mut bool,
     ) -> Result<SessionEnd, SessionError> {
         let Registered {
             mut client,
@@ -105,7 +107,7 @@ impl Agent {
             .await
             .map_err(|status| SessionError::Retry(describe(&status, "connect")))?
             .into_inner();
-        backoff.reset();
+        *stream_opened = true;
         tracing::info!("stream to the controller open");
         self.serve_stream(
             &outbound,
