@@ -5,7 +5,6 @@
 
 use super::upload::{Held, spool_or_hold};
 use super::{Agent, RunningJob};
-use crate::convert;
 use crate::runner::{self, JobEnd, JobEvent, RunnerContext, Stop, flash};
 use crate::spool::Spool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tollgate_domain::JobId;
 use tollgate_domain::result::{Outcome, StepResult};
 use tollgate_proto::v1;
+use tollgate_wire::FromProto as _;
 
 /// How a job starts on this agent.
 pub(super) enum Start {
@@ -37,7 +37,7 @@ struct Delivery {
 
 impl Agent {
     pub(super) fn assign(&self, assignment: v1::AssignJob) -> Option<v1::AgentEvent> {
-        let job = match convert::job(assignment) {
+        let job = match runner::Job::from_proto(assignment) {
             Ok(job) => job,
             Err(error) => {
                 tracing::error!(%error, "cannot run the assigned job");
@@ -259,7 +259,7 @@ async fn deliver_events(
 /// Spools a result under the job's latest lease epoch, or holds it in memory when the spool
 /// cannot take it.
 async fn keep_result(result: &StepResult, delivery: &Delivery, lease_epoch: &AtomicU64) {
-    let mut wire = convert::step_result(result);
+    let mut wire = tollgate_wire::step_result_for_upload(result);
     wire.lease_epoch = wire.lease_epoch.max(lease_epoch.load(Ordering::SeqCst));
     match spool_or_hold(&delivery.spool, &delivery.held, wire).await {
         Ok(path) => tracing::debug!(path = %path.display(), "result spooled"),

@@ -6,7 +6,6 @@
 use super::Agent;
 use super::jobs::Start;
 use super::upload::{spool_or_hold, upload_pass};
-use crate::convert;
 use crate::runner;
 use crate::runner::flash::{self, ResumeRecord};
 use crate::runner::orphans::AttemptId;
@@ -157,7 +156,7 @@ impl Agent {
             }
         };
         let failed_step = (result.outcome != Outcome::Passed).then(|| result.step_name.clone());
-        let wire = convert::step_result(&result);
+        let wire = tollgate_wire::step_result_for_upload(&result);
         let spool = Arc::clone(&self.spool);
         match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
             Ok(Ok(_)) => {}
@@ -255,7 +254,8 @@ impl Agent {
         let inventory = runner::observe_inventory(&self.source)
             .await
             .unwrap_or_default();
-        let wire = convert::step_result(&interrupted_result(attempt, inventory, message));
+        let wire =
+            tollgate_wire::step_result_for_upload(&interrupted_result(attempt, inventory, message));
         if let Err(error) = spool_or_hold(&self.spool, &self.held, wire).await {
             tracing::error!(%error, "could not spool the interrupted attempt's result; it is kept in memory");
         }

@@ -5,7 +5,6 @@
 
 use super::backoff::Backoff;
 use super::{Agent, CALL_TIMEOUT, authorized, describe, until_shutdown};
-use crate::convert;
 use crate::runner::{self, Stop};
 use anyhow::Context;
 use std::io::Write;
@@ -16,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
+use tollgate_wire::ToProto as _;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
@@ -130,7 +130,7 @@ impl Agent {
         let request = v1::RegisterRequest {
             node_name: self.config.node.clone(),
             labels: self.config.labels.clone().into_iter().collect(),
-            inventory: Some(convert::inventory(&inventory)),
+            inventory: Some(inventory.to_proto()),
             agent_version: crate::AGENT_VERSION.to_owned(),
             node_token: self.token.borrow().clone().unwrap_or_default(),
         };
@@ -250,7 +250,7 @@ impl Agent {
         v1::AgentEvent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
                 running_job_id,
-                sent_at: Some(convert::timestamp(crate::clock::now())),
+                sent_at: Some(tollgate_wire::timestamp_to_proto(crate::clock::now())),
                 unsent_results: unsent,
                 lease_epoch,
                 step_index: step.map(|(index, _)| index),

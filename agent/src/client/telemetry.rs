@@ -3,7 +3,6 @@
 //! through an outage).
 
 use super::{CALL_TIMEOUT, RunningJob, authorized, describe};
-use crate::convert;
 use crate::gpu::GpuSource;
 use crate::runner;
 use std::sync::{Arc, Mutex};
@@ -50,7 +49,7 @@ pub(super) async fn fleet_loop(
                 for event in &events {
                     tracing::warn!(gpu_index = event.gpu_index, kind = %event.kind, code = event.code, "GPU event outside a step");
                 }
-                buffer.push_events(events.iter().map(convert::gpu_event));
+                buffer.push_events(events.iter().map(tollgate_wire::gpu_event_for_upload));
             }
         }
         if buffer.is_empty() {
