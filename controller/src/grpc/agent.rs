@@ -740,9 +740,9 @@ mod tests {
             .state
     }
 
-    /// A cordoned node whose lease runs out and whose agent comes back stays cordoned: the
-    /// watchdog and the heartbeat move it only as `node::next_state` decides, and the
-    /// scheduler sends it no job.
+    /// A cordoned node whose lease runs out (its running job is lost) and whose agent comes
+    /// back stays cordoned: the watchdog and the heartbeat move it only as `node::next_state`
+    /// decides, and the scheduler sends it no job (another run's job for it stays pending).
     async fn a_cordon_outlives_a_lost_lease_and_the_agent_coming_back(store: Store) {
         let n1 = node("n1", "hgx");
         store
@@ -750,11 +750,6 @@ mod tests {
             .await
             .expect("register");
         store.touch_node(&n1.id, at(0)).await.expect("heartbeat");
-        let note = AuditNote::new(at(1), "alice", "node.cordon", "node/n1");
-        store
-            .set_node_state_audited(&n1.id, NodeState::Cordoned, Some(&note))
-            .await
-            .expect("cordon");
         let release = release();
         store.create_release(&release).await.expect("release");
         let plan = plan_for("hgx");
@@ -762,30 +757,52 @@ mod tests {
             .put_plan(&plan, "steps: []", at(0))
             .await
             .expect("plan");
-        let run = RunRecord {
-            id: RunId::from("run-1"),
-            release: release.id.clone(),
-            plan_name: plan.name.clone(),
-            plan_version: plan.version(),
-            milestone: "lab-qual".into(),
-            state: RunState::Running,
-            created_at: at(2),
-            finished_at: None,
-        };
-        let job = JobRecord {
-            id: JobId::from("job-1"),
-            run_id: run.id.clone(),
-            node: n1.id.clone(),
-            state: JobState::Pending,
-            lease_epoch: 0,
-            created_at: at(2),
-            updated_at: at(2),
-        };
-        let note = AuditNote::new(at(2), "alice", "run.start", "run/run-1");
+        // Job 1 runs on the node; job 2, of another run, waits for it.
+        let mut jobs = Vec::new();
+        for idx in 1..=2 {
+            let run = RunRecord {
+                id: RunId::from(format!("run-{idx}").as_str()),
+                release: release.id.clone(),
+                plan_name: plan.name.clone(),
+                plan_version: plan.version(),
+                milestone: "lab-qual".into(),
+                state: RunState::Running,
+                created_at: at(idx),
+                finished_at: None,
+            };
+            let job = JobRecord {
+                id: JobId::from(format!("job-{idx}").as_str()),
+                run_id: run.id.clone(),
+                node: n1.id.clone(),
+                state: JobState::Pending,
+                lease_epoch: 0,
+                created_at: at(idx),
+                updated_at: at(idx),
+            };
+            let note = AuditNote::new(at(idx), "alice", "run.start", format!("run/{}", run.id));
+            store
+                .create_run(&run, std::slice::from_ref(&job), &note)
+                .await
+                .expect("run");
+            jobs.push(job.id);
+        }
+        for event in [JobEvent::Assigned, JobEvent::Accepted] {
+            let facts = store
+                .job_facts(&jobs[0])
+                .await
+                .expect("facts")
+                .expect("job");
+            let change = job::decide(&facts, event, 1).expect("decided");
+            store
+                .apply_job_change(&change, at(3))
+                .await
+                .expect("applied");
+        }
+        let note = AuditNote::new(at(4), "alice", "node.cordon", "node/n1");
         store
-            .create_run(&run, std::slice::from_ref(&job), &note)
+            .set_node_state_audited(&n1.id, NodeState::Cordoned, Some(&note))
             .await
-            .expect("run");
+            .expect("cordon");
 
         let clock = ManualClock::new(at(0));
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -794,11 +811,16 @@ mod tests {
         config.lease_grace = Duration::from_secs(10);
         let shared = Shared::new(store.clone(), config);
 
-        // The agent goes silent for longer than the grace.
-        clock.advance(chrono::Duration::seconds(11));
-        crate::lease::check_once(&shared)
-            .await
-            .expect("lease check");
+        // The agent goes silent for far longer than any grace: its running job is lost.
+        clock.advance(chrono::Duration::hours(1));
+        assert_eq!(
+            crate::lease::check_once(&shared)
+                .await
+                .expect("lease check"),
+            vec![n1.id.clone()]
+        );
+        let lost = store.get_job(&jobs[0]).await.expect("job").expect("some");
+        assert_eq!(lost.state, JobState::Lost);
         assert_eq!(node_state(&store, &n1.id).await, NodeState::Cordoned);
 
         // Its agent comes back: connected, heartbeating.
@@ -812,8 +834,8 @@ mod tests {
             0,
             "a cordoned node gets no job"
         );
-        let stored = store.get_job(&job.id).await.expect("job").expect("some");
-        assert_eq!(stored.state, JobState::Pending);
+        let waiting = store.get_job(&jobs[1]).await.expect("job").expect("some");
+        assert_eq!(waiting.state, JobState::Pending);
         store.close().await;
     }
 
