@@ -64,10 +64,10 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     let active = shared.store.active_jobs().await?;
     let mut affected_runs = BTreeSet::new();
     for node in &expired {
-        shared
-            .store
-            .set_node_state(node, NodeState::Unreachable)
-            .await?;
+        crate::grpc::node::connection_changed(shared, node, |_| {
+            tollgate_domain::node::NodeEvent::LeaseExpired
+        })
+        .await?;
         tracing::warn!(
             node = %node,
             grace_s = shared.config.lease_grace.as_secs(),
@@ -118,7 +118,8 @@ mod tests {
                 description: "x".repeat(256 * 1024),
                 ..release()
             };
-            if store.create_release(&big).await.is_err() {
+            let note = crate::store::AuditNote::new(at(0), "test", "release.create", "release");
+            if store.create_release(&big, &note).await.is_err() {
                 return;
             }
         }
@@ -134,8 +135,7 @@ mod tests {
             .await
             .expect("store on tmpfs");
         let n1 = node("n1", "hgx");
-        store
-            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+        crate::grpc::node::register(&store, &n1.id, &n1.labels, &n1.inventory, "hash", at(0))
             .await
             .expect("register");
         store.touch_node(&n1.id, at(0)).await.expect("heartbeat");

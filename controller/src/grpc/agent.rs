@@ -91,9 +91,15 @@ impl AgentService for AgentApi {
             (None, _) => (generate_token(), true),
         };
         let token_hash = hash_token(&token);
-        store
-            .register_node(&node, &labels, &inventory, &token_hash, self.shared.now())
-            .await?;
+        super::node::register(
+            store,
+            &node,
+            &labels,
+            &inventory,
+            &token_hash,
+            self.shared.now(),
+        )
+        .await?;
         self.shared.tokens.remember(&node, &token_hash);
         // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
         store.touch_node(&node, self.shared.now()).await?;
@@ -290,13 +296,12 @@ async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<Option<JobId>, S
         return Ok(None);
     };
     if current.state == NodeState::Unreachable {
-        let state = if current.current_job.is_some() {
-            NodeState::Busy
-        } else {
-            NodeState::Ready
-        };
-        shared.store.set_node_state(node, state).await?;
-        tracing::info!(node = %node, state = %state, "node reachable again");
+        let reconnected =
+            |node: &tollgate_domain::fleet::Node| tollgate_domain::node::NodeEvent::Reconnected {
+                active_job: node.current_job.is_some(),
+            };
+        let state = super::node::connection_changed(shared, node, reconnected).await?;
+        tracing::info!(node = %node, state = ?state, "node reachable again");
         shared.notify_changed();
         shared.poke_scheduler();
     }
