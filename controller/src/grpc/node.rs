@@ -11,7 +11,7 @@ use crate::Shared;
 use crate::store::{AuditNote, Registration, Store, StoreError};
 use std::sync::Arc;
 use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState, Selector};
-use tollgate_domain::node::{HealthEvent, NodeEvent, NodeRefusal, next_state};
+use tollgate_domain::node::{HealthChange, HealthEvent, NodeEvent, NodeRefusal, next_state};
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::result::{Outcome, StepResult};
 use tollgate_domain::{NodeId, ReleaseId, Timestamp};
@@ -106,7 +106,7 @@ pub async fn set_cordon(
             Err(error) => return Err(error.into()),
         }
     }
-    Err(lost.map_or_else(|| unreachable_conflict(node), NodeChangeError::Store))
+    Err(lost_race(node, lost).into())
 }
 
 /// `next_state`, its refusal naming the node.
@@ -117,9 +117,10 @@ fn decide(node: &NodeId, state: NodeState, event: NodeEvent) -> Result<NodeState
     })
 }
 
-/// The `Conflict` of a loop that ran no attempt: [`ATTEMPTS`] is never 0.
-fn unreachable_conflict(node: &NodeId) -> NodeChangeError {
-    NodeChangeError::Store(StoreError::Conflict {
+/// The race a retry loop lost last, or, had it run no attempt ([`ATTEMPTS`] is never 0), a
+/// `Conflict` saying so.
+fn lost_race(node: &NodeId, lost: Option<StoreError>) -> StoreError {
+    lost.unwrap_or_else(|| StoreError::Conflict {
         what: format!("node {node}"),
         detail: "no attempt was made".into(),
     })
@@ -173,10 +174,7 @@ pub async fn connection_changed(
             Err(error) => return Err(error),
         }
     }
-    Err(lost.unwrap_or_else(|| StoreError::Conflict {
-        what: format!("node {node}"),
-        detail: "no attempt was made".into(),
-    }))
+    Err(lost_race(node, lost))
 }
 
 /// Registers `node` (labels, inventory, token hash): a node the store does not know starts
@@ -218,7 +216,7 @@ pub async fn register(
             Err(error) => return Err(error.into()),
         }
     }
-    Err(lost.map_or_else(|| unreachable_conflict(node), NodeChangeError::Store))
+    Err(lost_race(node, lost).into())
 }
 
 #[tonic::async_trait]
@@ -308,24 +306,8 @@ impl NodeService for NodeApi {
             actor: actor.clone(),
             reason: reason.to_owned(),
         };
-        if let Some(change) = tollgate_domain::node::next(node.health, &event) {
-            let note = crate::store::AuditNote::new(
-                self.shared.now(),
-                &actor,
-                "node.health",
-                format!("node/{}", node.id),
-            )
-            .details(serde_json::json!({
-                "from": change.from.as_str(),
-                "to": change.to.as_str(),
-                "reason": reason,
-            }));
-            self.shared
-                .store
-                .change_node_health(&node.id, &change, &note)
-                .await?;
+        if let Some(change) = change_health(&self.shared, &node.id, &actor, &event).await? {
             tracing::info!(node = %node.id, from = %change.from, to = %change.to, reason, "node health set");
-            self.shared.notify_changed();
             if change.to == Health::Good {
                 self.shared.poke_scheduler();
             }
@@ -369,38 +351,50 @@ pub(crate) async fn apply_findings(
         Vec::new()
     };
     for event in tollgate_domain::node::findings(result, step_kind, &components, &recent) {
-        for _ in 0..3 {
-            let Some(current) = store.get_node(node).await? else {
-                return Err(StoreError::NotFound {
-                    what: format!("node {node}"),
-                });
-            };
-            let Some(change) = tollgate_domain::node::next(current.health, &event) else {
-                break;
-            };
-            let note = crate::store::AuditNote::new(
-                shared.now(),
-                "controller",
-                "node.health",
-                format!("node/{node}"),
-            )
-            .details(serde_json::json!({
-                "from": change.from.as_str(),
-                "to": change.to.as_str(),
-                "reason": change.reason,
-            }));
-            match store.change_node_health(node, &change, &note).await {
-                Ok(()) => {
-                    tracing::warn!(node = %node, from = %change.from, to = %change.to, reason = change.reason, "node health changed by a finding");
-                    shared.notify_changed();
-                    break;
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error),
-            }
+        if let Some(change) = change_health(shared, node, "controller", &event).await? {
+            tracing::warn!(node = %node, from = %change.from, to = %change.to, reason = change.reason, "node health changed by a finding");
         }
     }
     Ok(())
+}
+
+/// Decides what `event` does to `node`'s health as stored (`node::next`) and applies it with
+/// its audit entry by `actor`. A change decided from a health another writer changed meanwhile
+/// is decided again from the health found, at most [`ATTEMPTS`] times. Returns the change
+/// applied, or `None` when the event changes nothing.
+async fn change_health(
+    shared: &Shared,
+    node: &NodeId,
+    actor: &str,
+    event: &HealthEvent,
+) -> Result<Option<HealthChange>, StoreError> {
+    let mut lost = None;
+    for _ in 0..ATTEMPTS {
+        let current = load_node(&shared.store, node).await?;
+        let Some(change) = tollgate_domain::node::next(current.health, event) else {
+            return Ok(None);
+        };
+        // The audit keeps what the person wrote; a finding's reason is the change's.
+        let reason = match event {
+            HealthEvent::OperatorSet { reason, .. } => reason,
+            _ => &change.reason,
+        };
+        let note = AuditNote::new(shared.now(), actor, "node.health", format!("node/{node}"))
+            .details(serde_json::json!({
+                "from": change.from.as_str(),
+                "to": change.to.as_str(),
+                "reason": reason,
+            }));
+        match shared.store.change_node_health(node, &change, &note).await {
+            Ok(()) => {
+                shared.notify_changed();
+                return Ok(Some(change));
+            }
+            Err(conflict @ StoreError::Conflict { .. }) => lost = Some(conflict),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(lost_race(node, lost))
 }
 
 /// Shows a `ready` or `busy` node without a live agent session on this controller as
