@@ -282,13 +282,14 @@ impl Store {
     ) -> Result<Vec<Outcome>, StoreError> {
         const SQL: &str = "SELECT r.job_id, r.outcome FROM step_results r
              JOIN jobs j ON j.id = r.job_id
-             WHERE j.node = $1 AND r.outcome <> 'skipped'
+             WHERE j.node = $1 AND r.outcome <> $3
              ORDER BY r.seq DESC LIMIT $2";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(node.as_str())
                 .bind(limit)
+                .bind(Outcome::Skipped.as_str())
                 .fetch_all(pool)
                 .await?
                 .iter()
