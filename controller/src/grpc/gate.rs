@@ -48,16 +48,14 @@ impl GateService for GateApi {
             .map_err(|errors| status::invalid_spec(&errors))?;
         let track = Track::default();
         if !track.contains(&policy.milestone) {
-            let mut errors = FieldErrors::new();
-            errors.add(
+            return Err(status::invalid_field(
                 "milestone",
                 format!(
                     "'{}' in {file_name} is not on the track ({})",
                     policy.milestone,
                     track.milestones.join(", ")
                 ),
-            );
-            errors.finish(())?;
+            ));
         }
         let note = AuditNote::new(
             self.shared.now(),
@@ -92,9 +90,10 @@ impl GateService for GateApi {
     ) -> Result<Response<proto::GatePolicy>, Status> {
         let proto::GetGateRequest { milestone } = super::convert::bounded(request.into_inner())?;
         if milestone.is_empty() {
-            let mut errors = FieldErrors::new();
-            errors.add("milestone", "is empty; give a milestone");
-            errors.finish(())?;
+            return Err(status::invalid_field(
+                "milestone",
+                "is empty; give a milestone",
+            ));
         }
         let stored = self
             .shared
@@ -121,14 +120,8 @@ impl GateService for GateApi {
         let release = load_release(&self.shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         if let Some(at) = at {
-            let mut errors = FieldErrors::new();
-            let at = timestamp_from_proto(&at);
-            if at.is_none() {
-                errors.add("at", "is not a valid timestamp");
-            }
-            let at = errors
-                .finish(at)?
-                .expect("a timestamp that does not convert is a field error above");
+            let at = timestamp_from_proto(&at)
+                .ok_or_else(|| status::invalid_field("at", "is not a valid timestamp"))?;
             let replayed = replay_at(&self.shared, &release, &milestone, at)
                 .await?
                 .ok_or_else(|| {
@@ -196,7 +189,7 @@ impl GateService for GateApi {
         if let Err(found) = tollgate_domain::waiver::check_request(&request, now) {
             errors.extend(found);
         }
-        errors.finish(())?;
+        errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &request.release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         let gate = self.shared.store.get_gate(&milestone).await?;
@@ -235,9 +228,7 @@ impl GateService for GateApi {
         let actor = actor_of(&request);
         let proto::RevokeWaiverRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.trim().is_empty() {
-            let mut errors = FieldErrors::new();
-            errors.add("id", "is empty; give a waiver id");
-            errors.finish(())?;
+            return Err(status::invalid_field("id", "is empty; give a waiver id"));
         }
         // Decided from the waiver as loaded; one revoked meanwhile by another writer loses the
         // compare-and-set, and deciding again from the stored waiver refuses it.

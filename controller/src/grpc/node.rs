@@ -6,7 +6,7 @@
 //! state found, at most [`ATTEMPTS`] times.
 
 use super::convert::{ToProto, check_labels};
-use super::status::{FieldErrors, not_found};
+use super::status::{FieldErrors, invalid_fields, not_found};
 use crate::Shared;
 use crate::store::{AuditNote, Registration, Store, StoreError};
 use std::sync::Arc;
@@ -53,9 +53,10 @@ impl NodeApi {
 
     async fn load(&self, name: &str) -> Result<Node, Status> {
         if name.is_empty() {
-            let mut errors = FieldErrors::new();
-            errors.add("name", "is empty; give a node name");
-            errors.finish(())?;
+            return Err(super::status::invalid_field(
+                "name",
+                "is empty; give a node name",
+            ));
         }
         self.shared
             .store
@@ -229,7 +230,7 @@ impl NodeService for NodeApi {
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
-        errors.finish(())?;
+        errors.finish(()).map_err(invalid_fields)?;
         let mut nodes = self.shared.store.list_nodes().await?;
         mark_disconnected(&self.shared, &mut nodes);
         Ok(Response::new(proto::ListNodesResponse {
@@ -298,7 +299,8 @@ impl NodeService for NodeApi {
             );
         }
         let to = errors
-            .finish(to)?
+            .finish(to)
+            .map_err(invalid_fields)?
             .expect("a health that does not parse is a field error above");
         let node = self.load(&name).await?;
         let event = HealthEvent::OperatorSet {

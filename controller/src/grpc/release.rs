@@ -134,7 +134,7 @@ impl ReleaseService for ReleaseApi {
             name,
             components,
             description,
-        } = NewRelease::try_from(request.into_inner())?;
+        } = NewRelease::try_from(request.into_inner()).map_err(super::status::invalid_fields)?;
         let track = Track::default();
         let release = Release {
             id: ReleaseId::new(name),
@@ -264,7 +264,7 @@ impl ReleaseService for ReleaseApi {
         if reason.trim().is_empty() {
             errors.add("reason", "is empty; say why the release is demoted");
         }
-        errors.finish(())?;
+        errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
         let reason = reason.trim();
         let event = || ReleaseEvent::Demote {
@@ -297,11 +297,12 @@ impl ReleaseService for ReleaseApi {
     ) -> Result<Response<proto::Release>, Status> {
         let actor = actor_of(&request);
         let proto::HaltRequest { release, reason } = super::convert::bounded(request.into_inner())?;
-        let mut errors = FieldErrors::new();
         if reason.trim().is_empty() {
-            errors.add("reason", "is empty; say why the release is halted");
+            return Err(status::invalid_field(
+                "reason",
+                "is empty; say why the release is halted",
+            ));
         }
-        errors.finish(())?;
         let release = load_release(&self.shared, &release).await?;
         let reason = reason.trim();
         let event = || ReleaseEvent::Halt {
