@@ -213,46 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(n) = args.print_samples {
-        let source = tollgate_agent::build_source(&config)?;
-        let inventory = source.inventory().context("reading the inventory")?;
-        let deadline = tollgate_agent::sampler::deadline_for(config.sample_interval);
-        let mut ticker = tokio::time::interval(config.sample_interval);
-        for _ in 0..n {
-            ticker.tick().await;
-            let mut gpus = Vec::new();
-            for gpu in &inventory.gpus {
-                let reader = std::sync::Arc::clone(&source);
-                let gpu_idx = gpu.index;
-                let read = tokio::time::timeout(
-                    deadline,
-                    tokio::task::spawn_blocking(move || reader.sample_gpu(gpu_idx)),
-                )
-                .await;
-                let values = match read {
-                    Ok(Ok(Ok(values))) => serde_json::to_value(
-                        values
-                            .iter()
-                            .map(|(field, value)| (field.name(), *value))
-                            .collect::<BTreeMap<_, _>>(),
-                    )?,
-                    Ok(Ok(Err(error))) => serde_json::json!({ "error": error.to_string() }),
-                    Ok(Err(error)) => serde_json::json!({ "error": error.to_string() }),
-                    Err(_) => serde_json::json!({ "error": "missed its deadline" }),
-                };
-                gpus.push(serde_json::json!({
-                    "index": gpu.index,
-                    "uuid": gpu.uuid,
-                    "pci_bus_id": gpu.pci_bus_id,
-                    "values": values,
-                }));
-            }
-            let line = serde_json::json!({
-                "at": tollgate_agent::clock::now().to_rfc3339(),
-                "gpus": gpus,
-            });
-            println!("{line}");
-        }
-        return Ok(());
+        return print_samples(&config, n).await;
     }
     if args.print_inventory {
         let source = tollgate_agent::build_source(&config)?;
@@ -262,4 +223,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_signal();
     tollgate_agent::run(config, shutdown).await
+}
+
+/// `--print-samples N`: N rounds of every GPU's telemetry, one JSON line per round.
+async fn print_samples(config: &AgentConfig, n: u32) -> anyhow::Result<()> {
+    let source = tollgate_agent::build_source(config)?;
+    let inventory = source.inventory().context("reading the inventory")?;
+    let deadline = tollgate_agent::sampler::deadline_for(config.sample_interval);
+    let mut ticker = tokio::time::interval(config.sample_interval);
+    for _ in 0..n {
+        ticker.tick().await;
+        let mut gpus = Vec::new();
+        for gpu in &inventory.gpus {
+            let reader = std::sync::Arc::clone(&source);
+            let gpu_idx = gpu.index;
+            let read = tokio::time::timeout(
+                deadline,
+                tokio::task::spawn_blocking(move || reader.sample_gpu(gpu_idx)),
+            )
+            .await;
+            let values = match read {
+                Ok(Ok(Ok(values))) => serde_json::to_value(
+                    values
+                        .iter()
+                        .map(|(field, value)| (field.name(), *value))
+                        .collect::<BTreeMap<_, _>>(),
+                )?,
+                Ok(Ok(Err(error))) => serde_json::json!({ "error": error.to_string() }),
+                Ok(Err(error)) => serde_json::json!({ "error": error.to_string() }),
+                Err(_) => serde_json::json!({ "error": "missed its deadline" }),
+            };
+            gpus.push(serde_json::json!({
+                "index": gpu.index,
+                "uuid": gpu.uuid,
+                "pci_bus_id": gpu.pci_bus_id,
+                "values": values,
+            }));
+        }
+        let line = serde_json::json!({
+            "at": tollgate_agent::clock::now().to_rfc3339(),
+            "gpus": gpus,
+        });
+        println!("{line}");
+    }
+    Ok(())
 }

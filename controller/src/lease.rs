@@ -3,8 +3,9 @@
 //! evaluated again.
 //!
 //! Which leases ran out is `tollgate_domain::scheduler::expired_leases`; the controller's start
-//! time is its first clock read, so after a restart every node gets a fresh grace period and a
-//! controller outage is never read as the whole fleet dying. A database that refuses writes is
+//! time is its first clock read, so after a restart every node gets a fresh grace period (never
+//! shorter than an agent's longest reconnect delay plus a heartbeat) and a controller outage is
+//! never read as the whole fleet dying. A database that refuses writes is
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
@@ -49,8 +50,10 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     if watched.is_empty() {
         return Ok(Vec::new());
     }
-    let grace =
-        chrono::Duration::from_std(shared.config.lease_grace).unwrap_or(chrono::Duration::MAX);
+    let grace = tollgate_domain::lease::LeaseGrace::new(
+        shared.config.lease_grace,
+        shared.config.heartbeat_interval,
+    );
     let now = shared.now();
     let expired = tollgate_domain::scheduler::expired_leases(
         &watched,

@@ -167,10 +167,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     if args.lease_grace <= args.heartbeat_interval {
         bail!(
-            "--lease-grace ({:?}) must be longer than --heartbeat-interval ({:?}), or every node \
-             would be unreachable between two heartbeats",
-            args.lease_grace,
-            args.heartbeat_interval
+            "--lease-grace {} is too short: it must be longer than --heartbeat-interval ({}), \
+             or every node would be unreachable between two heartbeats",
+            tollgate_domain::spec::format_duration(args.lease_grace),
+            tollgate_domain::spec::format_duration(args.heartbeat_interval)
+        );
+    }
+    let grace = tollgate_domain::lease::LeaseGrace::new(args.lease_grace, args.heartbeat_interval);
+    if grace.after_start > grace.renewed {
+        tracing::warn!(
+            lease_grace = %tollgate_domain::spec::format_duration(args.lease_grace),
+            after_start = %tollgate_domain::spec::format_duration(
+                grace.after_start.to_std().unwrap_or(Duration::MAX)
+            ),
+            "--lease-grace is shorter than an agent's longest reconnect delay plus a heartbeat: \
+             a node whose connection drops for a few seconds may lose its job; after a \
+             controller start every lease still gets the longer grace"
         );
     }
     let mut config = ControllerConfig::new(args.data_dir.clone());

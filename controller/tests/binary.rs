@@ -77,6 +77,19 @@ fn a_bad_flag_says_what_is_wrong() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("'2x' is not a duration"), "{stderr}");
 
+    let output = Command::new(BINARY)
+        .args(["serve", "--heartbeat-interval", "2s", "--lease-grace", "1s"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: --lease-grace 1s is too short: it must be longer than --heartbeat-interval (2s)"
+        ),
+        "{stderr}"
+    );
+
     let dir = tempfile::tempdir().expect("temp dir");
     let output = Command::new(BINARY)
         .args([

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod job;
+pub mod lease;
 pub mod limits;
 pub mod names;
 pub mod node;

@@ -2,6 +2,7 @@
 //! and whose lease ran out.
 
 use crate::fleet::{Health, Node, NodeState};
+use crate::lease::LeaseGrace;
 use crate::plan::Plan;
 use crate::{JobId, NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -205,22 +206,24 @@ pub fn plan(nodes: &[NodeSlot], pending: &[PendingJob], _now: Timestamp) -> Vec<
     assignments
 }
 
-/// Nodes whose lease ran out: no heartbeat for longer than `grace`.
+/// Nodes whose lease ran out: no heartbeat for longer than their grace.
 ///
-/// A heartbeat older than the controller's start counts as made at the start: after a
-/// controller restart every lease gets a fresh grace period, so an outage of the controller
-/// is never read as the whole fleet dying.
+/// A heartbeat older than `fresh_from` (the controller's start, or the end of a database
+/// outage) counts as made then: after a controller restart every lease gets a fresh grace
+/// period, so an outage of the controller is never read as the whole fleet dying. A lease not
+/// renewed since then gets [`LeaseGrace::after_start`], long enough for an agent reconnecting
+/// at its backoff cap; a renewed one gets [`LeaseGrace::renewed`].
 pub fn expired_leases(
     last_seen: &[(NodeId, Option<Timestamp>)],
-    controller_started_at: Timestamp,
-    grace: chrono::Duration,
+    fresh_from: Timestamp,
+    grace: LeaseGrace,
     now: Timestamp,
 ) -> Vec<NodeId> {
     last_seen
         .iter()
-        .filter(|(_, seen)| {
-            let effective = seen.map_or(controller_started_at, |s| s.max(controller_started_at));
-            now - effective > grace
+        .filter(|(_, seen)| match seen {
+            Some(seen) if *seen >= fresh_from => now - *seen > grace.renewed,
+            _ => now - fresh_from > grace.after_start,
         })
         .map(|(node, _)| node.clone())
         .collect()
@@ -328,7 +331,10 @@ mod tests {
 
     #[test]
     fn leases_get_a_fresh_grace_after_restart() {
-        let grace = chrono::Duration::seconds(10);
+        let grace = LeaseGrace {
+            renewed: chrono::Duration::seconds(10),
+            after_start: chrono::Duration::seconds(10),
+        };
         let started = at(1000);
         let seen = vec![
             (NodeId::from("old"), Some(at(100))),
@@ -341,6 +347,26 @@ mod tests {
             vec![NodeId::from("old"), NodeId::from("never")]
         );
         assert_eq!(expired_leases(&seen, started, grace, at(1016)).len(), 3);
+    }
+
+    #[test]
+    fn a_lease_not_renewed_since_the_start_gets_the_longer_grace() {
+        // `--lease-grace 4s` with 1 s heartbeats: 6 s after a start, 4 s once renewed.
+        let grace = crate::lease::LeaseGrace::new(
+            std::time::Duration::from_secs(4),
+            std::time::Duration::from_secs(1),
+        );
+        let started = at(1000);
+        let seen = vec![
+            (NodeId::from("before-start"), Some(at(990))),
+            (NodeId::from("renewed"), Some(at(1001))),
+        ];
+        assert!(expired_leases(&seen, started, grace, at(1005)).is_empty());
+        assert_eq!(
+            expired_leases(&seen, started, grace, at(1006)),
+            vec![NodeId::from("renewed")]
+        );
+        assert_eq!(expired_leases(&seen, started, grace, at(1007)).len(), 2);
     }
 
     fn slot(name: &str, connected: bool, busy: bool) -> NodeSlot {

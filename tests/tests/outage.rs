@@ -1,15 +1,19 @@
 //! Controller outages: the controller stops mid-run and comes back after longer than a lease
 //! grace; every result the agents produced meanwhile arrives from their spools exactly once,
 //! in order, and the run finishes. And agent restarts: an agent that restarts during a step
-//! gets the attempt recorded as interrupted and the job assigned again. On SQLite and on PostgreSQL (the latter when
-//! `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
+//! gets the attempt recorded as interrupted and the job assigned again. And leases across a
+//! controller restart: an agent whose reconnect backoff reached its cap keeps its node and its
+//! job even when the lease grace is shorter than that cap. On SQLite and on PostgreSQL (the
+//! latter when `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
 
 use std::time::Duration;
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, wait_for};
+use tollgate_proto::v1;
+use tollgate_tests::{Agent, Backend, Clients, Controller, ControllerOptions, wait_for};
 
 tollgate_tests::on_both_backends!(
     results_survive_a_controller_outage_exactly_once,
     agent_restarted_mid_step_is_recorded_and_the_job_retried,
+    a_lease_outlives_an_agent_reconnecting_at_its_backoff_cap,
 );
 
 /// Four one-second steps: some end before the outage, some during it, some after.
@@ -175,5 +179,114 @@ async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backe
         "the retry ran on the new epoch: {:#?}",
         job.results
     );
+    agent.stop().await;
+}
+
+/// The job's state in `run_id`'s only job.
+async fn job_state(clients: &Clients, run_id: &str) -> Option<String> {
+    let mut runs = clients.runs.clone();
+    let run = runs
+        .get_run(v1::GetRunRequest { id: run_id.into() })
+        .await
+        .ok()?
+        .into_inner();
+    run.jobs.first().map(|job| job.state.clone())
+}
+
+/// A TCP proxy in front of `target` that holds every connection it accepts until `open` is
+/// true, then forwards it: the agents behind it reach the controller only from a moment the
+/// test chooses.
+fn gated_proxy(
+    listener: tokio::net::TcpListener,
+    target: std::net::SocketAddr,
+    open: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut open = open.clone();
+            tokio::spawn(async move {
+                if open.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+async fn a_lease_outlives_an_agent_reconnecting_at_its_backoff_cap(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    // Shorter than the agent's longest reconnect delay (5 s): a lab may well pick this.
+    options.lease_grace = Duration::from_secs(4);
+    options.heartbeat_interval = Duration::from_secs(2);
+    let Some(mut controller) = Controller::start(options).await else {
+        eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
+        return;
+    };
+    // The agent reaches the controller through a proxy the test opens and closes.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy address");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("proxy address"));
+    let (gate, open) = tokio::sync::watch::channel(true);
+    let _proxy = gated_proxy(proxy, controller.addr, open);
+    let agent = Agent::start(&proxy_url, "lab-1", 1, &[]);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r550").await;
+    clients
+        .apply_plan(
+            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: long, kind: exec, command: [sleep, '20'], timeout: 1m}\n",
+        )
+        .await;
+    let run = clients.start_run("r550", "gpu-qual").await;
+    wait_for(Duration::from_secs(30), "the job to run", || {
+        let clients = clients.clone();
+        let id = run.id.clone();
+        async move { (job_state(&clients, &id).await? == "running").then_some(()) }
+    })
+    .await;
+
+    // The controller restarts; the agent gets through again only 4.5 s after the start, as
+    // an agent whose backoff reached its cap (5 s) may: later than the lease grace.
+    gate.send_replace(false);
+    controller.restart().await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    gate.send_replace(true);
+
+    // Its lease must still hold: the job is not lost and its result is accepted.
+    let clients = controller.clients().await;
+    let state = wait_for(Duration::from_secs(60), "the job to end", || {
+        let clients = clients.clone();
+        let id = run.id.clone();
+        async move {
+            let state = job_state(&clients, &id).await?;
+            (!matches!(state.as_str(), "pending" | "assigned" | "running")).then_some(state)
+        }
+    })
+    .await;
+    let mut runs = clients.runs.clone();
+    let run = runs
+        .get_run(v1::GetRunRequest { id: run.id.clone() })
+        .await
+        .expect("get run")
+        .into_inner();
+    assert_eq!(
+        state, "passed",
+        "the job of a node that reconnected 4.5 s after the controller started: {:#?}",
+        run.jobs
+    );
+    let results: Vec<(String, u32)> = run.jobs[0]
+        .results
+        .iter()
+        .map(|r| (r.step_name.clone(), r.attempt))
+        .collect();
+    assert_eq!(results, [("long".to_owned(), 1)]);
+    let rejected = std::fs::read_dir(agent.state_dir.join("spool/rejected"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(rejected, 0, "no result was refused");
     agent.stop().await;
 }

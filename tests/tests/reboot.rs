@@ -308,7 +308,7 @@ async fn a_job_lost_while_the_node_rebooted_is_not_continued() {
 /// another node are moved aside (kept for the operator), and the agent serves as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unusable_resume_record_is_set_aside_and_the_agent_serves() {
-    use tollgate_agent::runner::resume::{self, ResumeRecord};
+    use tollgate_agent::runner::flash::{self, ResumeRecord};
     let Some(mut lab) = Lab::start(ControllerOptions::new(Backend::Sqlite)).await else {
         return;
     };
@@ -355,7 +355,7 @@ async fn an_unusable_resume_record_is_set_aside_and_the_agent_serves() {
         controller: lab.controller.url.clone(),
         boot_id: String::new(),
     };
-    resume::write(&state_dir, &record).expect("write the record");
+    flash::write(&state_dir, &record).expect("write the record");
     lab.agent = down.start();
     wait_for(
         Duration::from_secs(30),

@@ -260,6 +260,9 @@ impl GpuSource for NvmlSource {
 
 /// One GPU's telemetry. Fields the GPU does not support stay absent; `GpuLost` and other real
 /// failures end the GPU's round with an error.
+///
+/// Long because it is the list of fields, one NVML query each, read in one pass over one
+/// device handle; splitting it would only scatter that list.
 fn sample_device(nvml: &Nvml, gpu_idx: u32) -> Result<BTreeMap<Field, f64>, NvmlError> {
     let device = nvml.device_by_index(gpu_idx)?;
     let mut values = BTreeMap::new();
@@ -398,7 +401,8 @@ fn memory_temperature(device: &nvml_wrapper::Device<'_>) -> Option<f64> {
 }
 
 /// Waits for XID and double-bit ECC events until `stop` is set, forwarding them to `sender`.
-/// Runs on its own thread because `EventSet::wait` blocks.
+/// Runs on its own thread because `EventSet::wait` blocks. Registration and the wait loop stay
+/// together because the event set they share borrows `nvml` and cannot be handed around.
 fn watch_events(nvml: &Nvml, sender: &mpsc::Sender<GpuEvent>, stop: &AtomicBool) {
     let mut set = match nvml.create_event_set() {
         Ok(set) => set,

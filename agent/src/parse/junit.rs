@@ -49,6 +49,9 @@ fn attribute(element: &BytesStart<'_>, key: &[u8]) -> Option<String> {
 }
 
 /// Parses a JUnit XML report.
+///
+/// One loop over the XML reader's events: the suite and testcase state it keeps is read and
+/// written by every arm, so the loop stays whole rather than spread over helpers.
 pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);

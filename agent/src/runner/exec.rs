@@ -120,6 +120,10 @@ enum Ending {
 }
 
 /// Runs the attempt to its end. Errors only when the process could not start.
+///
+/// Longer than most functions on purpose: from the first group record to `guard.disarm()` the
+/// steps (record, spawn, record the group, wait, kill the group, drain) must stay in this
+/// order under one guard, and reading them in one place is how that order is checked.
 pub async fn run(
     request: &ExecRequest,
     stop: &mut watch::Receiver<Option<Stop>>,
@@ -129,46 +133,8 @@ pub async fn run(
         .first()
         .ok_or(RunnerError::EmptyCommand)?
         .clone();
-    if let Some(workdir) = &request.workdir {
-        let problem = match tokio::fs::metadata(workdir).await {
-            Ok(metadata) if metadata.is_dir() => None,
-            Ok(_) => Some("it is not a directory".to_owned()),
-            Err(error) => Some(error.to_string()),
-        };
-        if let Some(problem) = problem {
-            return Err(RunnerError::Workdir {
-                path: workdir.clone(),
-                problem,
-            });
-        }
-    }
-    if let Some(parent) = request.log_path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|source| RunnerError::Files {
-                path: parent.to_owned(),
-                source,
-            })?;
-    }
-    let log_file = tokio::fs::File::create(&request.log_path)
-        .await
-        .map_err(|source| RunnerError::Files {
-            path: request.log_path.clone(),
-            source,
-        })?;
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .args(&request.command[1..])
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a timeout or cancel reaches every process the step started.
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(workdir) = &request.workdir {
-        command.current_dir(workdir);
-    }
+    let log_file = prepare(request).await?;
+    let mut command = step_command(request, &program);
     // Recorded before the process exists, so an agent killed from here on leaves its
     // successor what it needs to find the process (see `orphans`).
     if let Some(to) = &request.group_record
@@ -200,25 +166,7 @@ pub async fn run(
         tracing::warn!(%error, "could not record the step's process group; should the agent be killed, its processes would outlive it");
     }
 
-    let (line_sender, line_receiver) = mpsc::channel::<Line>(256);
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        readers.push(tokio::spawn(read_lines(
-            stdout,
-            Stream::Stdout,
-            line_sender.clone(),
-        )));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        readers.push(tokio::spawn(read_lines(
-            stderr,
-            Stream::Stderr,
-            line_sender,
-        )));
-    } else {
-        drop(line_sender);
-    }
-    let collector = tokio::spawn(collect(line_receiver, log_file));
+    let (mut readers, collector) = read_output(&mut child, log_file);
 
     let ending = tokio::select! {
         status = child.wait() => match status {
@@ -262,13 +210,114 @@ pub async fn run(
     let (measurements, malformed) = parser.finish();
     let log_tail = tail.into_iter().collect::<Vec<_>>().join("\n");
 
-    let (outcome, exit_code, message, was_stopped) = match ending {
+    let (outcome, exit_code, message, was_stopped) = grade(ending, malformed, request.timeout);
+    Ok(ExecReport {
+        outcome,
+        exit_code,
+        message,
+        measurements,
+        log_tail,
+        stopped: was_stopped,
+    })
+}
+
+/// Checks the working directory and creates the step's log file (and its directory).
+async fn prepare(request: &ExecRequest) -> Result<tokio::fs::File, RunnerError> {
+    if let Some(workdir) = &request.workdir {
+        let problem = match tokio::fs::metadata(workdir).await {
+            Ok(metadata) if metadata.is_dir() => None,
+            Ok(_) => Some("it is not a directory".to_owned()),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(problem) = problem {
+            return Err(RunnerError::Workdir {
+                path: workdir.clone(),
+                problem,
+            });
+        }
+    }
+    if let Some(parent) = request.log_path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|source| RunnerError::Files {
+                path: parent.to_owned(),
+                source,
+            })?;
+    }
+    tokio::fs::File::create(&request.log_path)
+        .await
+        .map_err(|source| RunnerError::Files {
+            path: request.log_path.clone(),
+            source,
+        })
+}
+
+/// The step's command: its own process group, output piped, no input.
+fn step_command(request: &ExecRequest, program: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&request.command[1..])
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a timeout or cancel reaches every process the step started.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(workdir) = &request.workdir {
+        command.current_dir(workdir);
+    }
+    command
+}
+
+/// What the collector gathered: the measurement parser and the log's last lines.
+type Collected = (MeasureParser, VecDeque<String>);
+
+/// Reads the child's stdout and stderr line by line into one collector that writes the log
+/// and parses measurement lines; returns the readers and the collector.
+fn read_output(
+    child: &mut tokio::process::Child,
+    log_file: tokio::fs::File,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<Collected>,
+) {
+    let (line_sender, line_receiver) = mpsc::channel::<Line>(256);
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        readers.push(tokio::spawn(read_lines(
+            stdout,
+            Stream::Stdout,
+            line_sender.clone(),
+        )));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        readers.push(tokio::spawn(read_lines(
+            stderr,
+            Stream::Stderr,
+            line_sender,
+        )));
+    } else {
+        drop(line_sender);
+    }
+    let collector = tokio::spawn(collect(line_receiver, log_file));
+    (readers, collector)
+}
+
+/// The outcome, exit code, message and whether a stop ended it, from how the process ended;
+/// a malformed measurement line makes an exited process a harness error.
+fn grade(
+    ending: Ending,
+    malformed: Option<String>,
+    timeout: std::time::Duration,
+) -> (Outcome, Option<i32>, String, bool) {
+    match ending {
         Ending::TimedOut => (
             Outcome::Error,
             None,
             format!(
                 "timed out after {}",
-                tollgate_domain::spec::format_duration(request.timeout)
+                tollgate_domain::spec::format_duration(timeout)
             ),
             false,
         ),
@@ -304,15 +353,7 @@ pub async fn run(
                 }
             }
         },
-    };
-    Ok(ExecReport {
-        outcome,
-        exit_code,
-        message,
-        measurements,
-        log_tail,
-        stopped: was_stopped,
-    })
+    }
 }
 
 /// Resolves when a stop is requested; never, if nobody can request one any more.

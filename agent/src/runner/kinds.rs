@@ -15,15 +15,15 @@
 //!
 //! A `flash` that needs a reboot (`reboot: true`, or the installer exits
 //! [`FLASH_REBOOT_EXIT_CODE`]) writes a resume record and ends the job for now; see
-//! [`super::resume`].
+//! [`super::flash`], which [`super::resume`] reads after the reboot.
 
 use super::exec::{self, ExecRequest};
-use super::{AttemptEnd, Job, RunnerContext, Stop, observe_inventory};
+use super::flash::{self, Attempt};
+use super::{AttemptEnd, Job, RunnerContext, Stop};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tollgate_domain::plan::{FLASH_REBOOT_EXIT_CODE, StepKind, TelemetryLimit};
-use tollgate_domain::release::{Component, check_inventory};
 use tollgate_domain::result::Outcome;
 
 /// The file a `dcgm-diag` step's JSON goes to, in the attempt's results directory.
@@ -39,17 +39,6 @@ pub fn dcgm_argv(argv: &[String]) -> Vec<String> {
     ];
     wrapped.extend(argv.iter().cloned());
     wrapped
-}
-
-/// Which attempt is running, for the resume record a reboot needs.
-#[derive(Clone, Copy, Debug)]
-pub struct Attempt {
-    /// The step's index in the plan.
-    pub index: u32,
-    /// The attempt, from 1.
-    pub attempt: u32,
-    /// When it started.
-    pub started_at: tollgate_domain::Timestamp,
 }
 
 /// Runs `request` for a step of `kind` and grades it as the kind says.
@@ -113,78 +102,12 @@ pub(super) async fn run_kind(
             reboot,
             ..
         } if !exec_failed_to_finish => {
-            if *reboot || end.exit_code == Some(FLASH_REBOOT_EXIT_CODE) {
-                let record = super::resume::ResumeRecord {
-                    job: job.clone(),
-                    step_index: at.index,
-                    attempt: at.attempt,
-                    started_at: at.started_at,
-                    node: context.node.clone(),
-                    controller: context.controller.clone(),
-                    boot_id: super::resume::boot_id(),
-                };
-                match super::resume::write(&context.state_dir, &record) {
-                    Ok(()) => {
-                        tracing::info!(job = %job.job_id, %component, "flash needs a reboot; resume record written");
-                        end.awaiting_reboot = true;
-                        end.message = format!("the flash of {component} waits for a reboot");
-                    }
-                    Err(error) => {
-                        end.outcome = Outcome::Error;
-                        end.message =
-                            format!("the flash of {component} needs a reboot, but {error}");
-                    }
-                }
-            } else if end.outcome == Outcome::Passed {
-                (end.outcome, end.message) = verify_flash(context, component, version).await;
-            } else {
-                end.message = format!("the flash command failed: {}", end.message);
-            }
+            let needs_reboot = *reboot || end.exit_code == Some(FLASH_REBOOT_EXIT_CODE);
+            flash::grade(context, job, at, component, version, needs_reboot, &mut end).await;
         }
         _ => {}
     }
     end
-}
-
-/// Re-reads the inventory after a flash: passes iff `component` now reports `version`.
-pub(super) async fn verify_flash(
-    context: &RunnerContext,
-    component: &str,
-    version: &str,
-) -> (Outcome, String) {
-    let inventory = match observe_inventory(&context.source).await {
-        Ok(inventory) => inventory,
-        Err(error) => {
-            return (
-                Outcome::Error,
-                format!("after flashing, reading the inventory failed: {error}"),
-            );
-        }
-    };
-    let wanted = Component {
-        name: component.to_owned(),
-        version: version.to_owned(),
-        ..Component::default()
-    };
-    let mismatches = check_inventory(std::slice::from_ref(&wanted), &[], &inventory);
-    if mismatches.is_empty() {
-        return (
-            Outcome::Passed,
-            format!("after flashing, {component} is {version}"),
-        );
-    }
-    let text: Vec<String> = mismatches
-        .iter()
-        .map(|m| {
-            let gpu = m
-                .gpu_index
-                .map(|idx| format!(" on GPU {idx}"))
-                .unwrap_or_default();
-            let observed = m.observed.as_deref().unwrap_or("not reported");
-            format!("after flashing, {component}{gpu} is {observed}, wanted {version}")
-        })
-        .collect();
-    (Outcome::Failed, text.join("; "))
 }
 
 /// Finds and parses a `junit` step's report. `pattern` is relative to the results directory
@@ -303,17 +226,10 @@ async fn burn_in(
                     let Ok(Ok(sample)) = tokio::task::spawn_blocking(move || source.sample()).await else {
                         continue;
                     };
-                    for (gpu_idx, values) in sample {
-                        for limit in &limits {
-                            if let Some(value) = values.get(&limit.field)
-                                && let Some(why) = limit.violation(*value)
-                            {
-                                let message = format!("GPU {gpu_idx} {why}");
-                                let _ = end_sender.send(Some(BurnInEnd::Violation(message.clone())));
-                                let _ = inner_sender.send(Some(Stop::Cancelled(message)));
-                                return;
-                            }
-                        }
+                    if let Some(message) = first_violation(&sample, &limits) {
+                        let _ = end_sender.send(Some(BurnInEnd::Violation(message.clone())));
+                        let _ = inner_sender.send(Some(Stop::Cancelled(message)));
+                        return;
                     }
                 }
             }
@@ -354,6 +270,16 @@ async fn burn_in(
         }
     }
     end
+}
+
+/// The first limit a sample breaks, as "GPU <index> <why>".
+fn first_violation(sample: &crate::gpu::Sample, limits: &[TelemetryLimit]) -> Option<String> {
+    sample.iter().find_map(|(gpu_idx, values)| {
+        limits.iter().find_map(|limit| {
+            let why = limit.violation(*values.get(&limit.field)?)?;
+            Some(format!("GPU {gpu_idx} {why}"))
+        })
+    })
 }
 
 /// The stop the job's receiver carries once one is requested; never, if nobody can send one.

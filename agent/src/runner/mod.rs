@@ -39,6 +39,7 @@
 //! (`passed on attempt 2 after 1 failed attempt(s) (flaky)`), so flakiness stays in the evidence.
 
 pub mod exec;
+pub mod flash;
 pub mod kinds;
 pub mod orphans;
 pub mod resume;
@@ -465,116 +466,15 @@ async fn run_attempt(
         Err(error) => AttemptEnd::error(format!("reading the inventory failed: {error}")),
         Ok(inventory) => match &step.kind {
             StepKind::InventoryCheck { components } => {
-                let mismatches: Vec<String> =
-                    check_inventory(&job.components, components, inventory)
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect();
-                let health = health_problems(context, inventory).await;
-                let mismatches: Vec<String> = mismatches.into_iter().chain(health).collect();
-                if mismatches.is_empty() {
-                    AttemptEnd {
-                        outcome: Outcome::Passed,
-                        message: "inventory matches the release".to_owned(),
-                        ..AttemptEnd::error(String::new())
-                    }
-                } else {
-                    AttemptEnd {
-                        outcome: Outcome::Failed,
-                        message: mismatches.join("; "),
-                        ..AttemptEnd::error(String::new())
-                    }
-                }
+                check_inventory_step(context, job, components, inventory).await
             }
             kind => {
-                let (command, env, workdir) = match kind {
-                    StepKind::Exec {
-                        command,
-                        env,
-                        workdir,
-                    }
-                    | StepKind::Junit {
-                        command,
-                        env,
-                        workdir,
-                        ..
-                    }
-                    | StepKind::BurnIn {
-                        command,
-                        env,
-                        workdir,
-                        ..
-                    }
-                    | StepKind::Flash {
-                        command,
-                        env,
-                        workdir,
-                        ..
-                    } => (command.clone(), env.clone(), workdir.clone()),
-                    StepKind::DcgmDiag {
-                        level,
-                        tests,
-                        command,
-                    } => (
-                        kinds::dcgm_argv(&StepKind::dcgm_command(*level, tests, command)),
-                        std::collections::BTreeMap::new(),
-                        None,
-                    ),
-                    StepKind::InventoryCheck { .. } => (Vec::new(), Default::default(), None),
-                };
-                let dir = attempt_dir(
-                    &context.state_dir,
-                    &job.job_id,
-                    job_step.index,
-                    &step.name,
+                let at = flash::Attempt {
+                    index: job_step.index,
                     attempt,
-                );
-                let results_dir = dir.join("results");
-                match tokio::fs::create_dir_all(&results_dir).await {
-                    Err(error) => AttemptEnd::error(format!(
-                        "could not create {}: {error}",
-                        results_dir.display()
-                    )),
-                    Ok(()) => {
-                        let request = exec::ExecRequest {
-                            command,
-                            env: step_env(
-                                context,
-                                job,
-                                job_step,
-                                attempt,
-                                &results_dir,
-                                inventory,
-                                &env,
-                            ),
-                            workdir: workdir.as_ref().map(PathBuf::from),
-                            timeout: step.timeout,
-                            log_path: dir.join("output.log"),
-                            group_record: Some(orphans::RecordTo {
-                                state_dir: context.state_dir.clone(),
-                                attempt: orphans::AttemptId {
-                                    job_id: job.job_id.clone(),
-                                    step_index: job_step.index,
-                                    step_name: step.name.clone(),
-                                    attempt,
-                                    lease_epoch: job.lease_epoch,
-                                    started_at,
-                                },
-                                // The attempt's own directory: no other process has it.
-                                env_entry: format!(
-                                    "TOLLGATE_RESULTS_DIR={}",
-                                    results_dir.display()
-                                ),
-                            }),
-                        };
-                        let at = kinds::Attempt {
-                            index: job_step.index,
-                            attempt,
-                            started_at,
-                        };
-                        kinds::run_kind(context, job, kind, &request, &results_dir, at, stop).await
-                    }
-                }
+                    started_at,
+                };
+                run_process(context, job, job_step, kind, inventory, at, stop).await
             }
         },
     };
@@ -602,6 +502,138 @@ async fn run_attempt(
         series: observed.series,
     };
     (result, end.stopped, end.awaiting_reboot)
+}
+
+/// An `inventory-check` step: passes iff the inventory matches the release (and the listed
+/// components) and no GPU shows a health problem.
+async fn check_inventory_step(
+    context: &RunnerContext,
+    job: &Job,
+    components: &[String],
+    inventory: &Inventory,
+) -> AttemptEnd {
+    let mismatches: Vec<String> = check_inventory(&job.components, components, inventory)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let health = health_problems(context, inventory).await;
+    let mismatches: Vec<String> = mismatches.into_iter().chain(health).collect();
+    if mismatches.is_empty() {
+        AttemptEnd {
+            outcome: Outcome::Passed,
+            message: "inventory matches the release".to_owned(),
+            ..AttemptEnd::error(String::new())
+        }
+    } else {
+        AttemptEnd {
+            outcome: Outcome::Failed,
+            message: mismatches.join("; "),
+            ..AttemptEnd::error(String::new())
+        }
+    }
+}
+
+/// The command line, environment and working directory a step of `kind` runs.
+fn step_command(
+    kind: &StepKind,
+) -> (
+    Vec<String>,
+    std::collections::BTreeMap<String, String>,
+    Option<String>,
+) {
+    match kind {
+        StepKind::Exec {
+            command,
+            env,
+            workdir,
+        }
+        | StepKind::Junit {
+            command,
+            env,
+            workdir,
+            ..
+        }
+        | StepKind::BurnIn {
+            command,
+            env,
+            workdir,
+            ..
+        }
+        | StepKind::Flash {
+            command,
+            env,
+            workdir,
+            ..
+        } => (command.clone(), env.clone(), workdir.clone()),
+        StepKind::DcgmDiag {
+            level,
+            tests,
+            command,
+        } => (
+            kinds::dcgm_argv(&StepKind::dcgm_command(*level, tests, command)),
+            std::collections::BTreeMap::new(),
+            None,
+        ),
+        StepKind::InventoryCheck { .. } => (Vec::new(), Default::default(), None),
+    }
+}
+
+/// A step that runs a process: in the attempt's own directory, its process group recorded
+/// (see [`orphans`]), graded as its kind says.
+async fn run_process(
+    context: &RunnerContext,
+    job: &Job,
+    job_step: &JobStep,
+    kind: &StepKind,
+    inventory: &Inventory,
+    at: flash::Attempt,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> AttemptEnd {
+    let step = &job_step.step;
+    let (command, env, workdir) = step_command(kind);
+    let dir = attempt_dir(
+        &context.state_dir,
+        &job.job_id,
+        job_step.index,
+        &step.name,
+        at.attempt,
+    );
+    let results_dir = dir.join("results");
+    if let Err(error) = tokio::fs::create_dir_all(&results_dir).await {
+        return AttemptEnd::error(format!(
+            "could not create {}: {error}",
+            results_dir.display()
+        ));
+    }
+    let request = exec::ExecRequest {
+        command,
+        env: step_env(
+            context,
+            job,
+            job_step,
+            at.attempt,
+            &results_dir,
+            inventory,
+            &env,
+        ),
+        workdir: workdir.as_ref().map(PathBuf::from),
+        timeout: step.timeout,
+        log_path: dir.join("output.log"),
+        group_record: Some(orphans::RecordTo {
+            state_dir: context.state_dir.clone(),
+            attempt: orphans::AttemptId {
+                job_id: job.job_id.clone(),
+                step_index: job_step.index,
+                step_name: step.name.clone(),
+                attempt: at.attempt,
+                lease_epoch: job.lease_epoch,
+                started_at: at.started_at,
+            },
+            // The attempt's own directory: no other process has it.
+            env_entry: format!("TOLLGATE_RESULTS_DIR={}", results_dir.display()),
+        }),
+    };
+    kinds::run_kind(context, job, kind, &request, &results_dir, at, stop).await
 }
 
 #[cfg(test)]

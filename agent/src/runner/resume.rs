@@ -3,13 +3,14 @@
 //! When a flash needs a reboot (`reboot: true`, or the installer exits
 //! [`FLASH_REBOOT_EXIT_CODE`](tollgate_domain::plan::FLASH_REBOOT_EXIT_CODE)), the runner writes a
 //! [`ResumeRecord`] to `<state-dir>/resume.json` (written to a temporary file, fsynced, renamed,
-//! and the directory fsynced) and ends the attempt without a result. The job keeps its slot
-//! (heartbeats still name it) until the agent stops; the node then reboots (the installer or
-//! the operator reboots it; the agent does not).
+//! and the directory fsynced; the record and its file live in [`super::flash`]) and ends the
+//! attempt without a result. The job keeps its slot (heartbeats still name it) until the agent
+//! stops; the node then reboots (the installer or the operator reboots it; the agent does not).
 //!
 //! When the agent starts again ([`crate::client`]), it reads the record before anything else.
-//! A record it cannot use is moved aside with [`set_aside`] and logged, never retried at every
-//! start: a corrupt one, or one written for another node or controller ([`check_owner`]).
+//! A record it cannot use is moved aside with [`super::flash::set_aside`] and logged, never
+//! retried at every start: a corrupt one, or one written for another node or controller
+//! ([`check_owner`]).
 //! Otherwise, after registering and before its first heartbeat, the agent re-reads the
 //! inventory and builds the flash attempt's result under the recorded job, attempt and lease
 //! epoch ([`flash_result`]), spools it, and delivers it. Acknowledged: the record is removed and
@@ -22,133 +23,10 @@
 //! a lab that flashes with reboots must run the controller with `--lease-grace` longer than a
 //! reboot takes, or the job is declared lost and the resumed result is refused as stale.
 
-use super::{Job, RunnerContext, observe_inventory, unknown_inventory};
-use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use tollgate_domain::Timestamp;
+use super::flash::{ResumeRecord, boot_id, verify_flash};
+use super::{RunnerContext, observe_inventory, unknown_inventory};
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::result::{Outcome, StepResult};
-
-/// The record's file name in the state directory.
-pub const RESUME_FILE: &str = "resume.json";
-
-/// Where the kernel publishes the identity of the current boot.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
-
-/// What the agent needs after a reboot to finish a flash step and continue its job.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ResumeRecord {
-    /// The job, as assigned (its lease epoch included).
-    pub job: Job,
-    /// The flash step's index in the plan.
-    pub step_index: u32,
-    /// The flash attempt, from 1.
-    pub attempt: u32,
-    /// When the flash attempt started.
-    pub started_at: Timestamp,
-    /// The node the job was assigned to.
-    pub node: String,
-    /// The controller that assigned it (its URL as the agent was configured).
-    pub controller: String,
-    /// The boot the flash ran in (empty where the kernel does not say), so the check after
-    /// the restart can tell whether the node really rebooted.
-    #[serde(default)]
-    pub boot_id: String,
-}
-
-/// Why the resume record could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
-    /// A file operation failed.
-    #[error("resume record {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The record is not valid JSON.
-    #[error("resume record {path} is corrupt: {source}")]
-    Corrupt {
-        /// The path.
-        path: PathBuf,
-        /// The JSON error.
-        source: serde_json::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResumeError + '_ {
-    move |source| ResumeError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// The identity of the current boot, or empty where the kernel does not publish one.
-pub fn boot_id() -> String {
-    std::fs::read_to_string(BOOT_ID)
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Writes the record durably: temporary file, fsync, rename, fsync of the directory.
-pub fn write(state_dir: &Path, record: &ResumeRecord) -> Result<(), ResumeError> {
-    let path = state_dir.join(RESUME_FILE);
-    let tmp = state_dir.join(format!("{RESUME_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(record).map_err(|source| ResumeError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(state_dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ResumeError> {
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io(dir))
-}
-
-/// Reads the record, if there is one.
-pub fn read(state_dir: &Path) -> Result<Option<ResumeRecord>, ResumeError> {
-    let path = state_dir.join(RESUME_FILE);
-    match std::fs::read(&path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ResumeError::Io { path, source }),
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ResumeError::Corrupt { path, source }),
-    }
-}
-
-/// Removes the record once its job is handed on (or given up).
-pub fn clear(state_dir: &Path) -> Result<(), ResumeError> {
-    let path = state_dir.join(RESUME_FILE);
-    match std::fs::remove_file(&path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(ResumeError::Io {
-            path,
-            source: error,
-        }),
-        Err(_) => Ok(()),
-        Ok(()) => sync_dir(state_dir),
-    }
-}
-
-/// Moves a record the agent will not resume to `resume.json.<why>-<time>` beside it, for the
-/// operator, so that it is neither lost nor read again at the next start. Returns the new path.
-pub fn set_aside(state_dir: &Path, why: &str) -> Result<PathBuf, ResumeError> {
-    let path = state_dir.join(RESUME_FILE);
-    let stamp = crate::clock::now().format("%Y%m%dT%H%M%S%.3fZ");
-    let target = state_dir.join(format!("{RESUME_FILE}.{why}-{stamp}"));
-    std::fs::rename(&path, &target).map_err(io(&path))?;
-    sync_dir(state_dir)?;
-    Ok(target)
-}
 
 /// Whether this agent may resume `record`: it must have been written by this node for this
 /// controller. A record for another node or controller (a state directory copied between
@@ -205,7 +83,7 @@ pub async fn flash_result(
             job_step.step.kind.name()
         ));
     };
-    let (outcome, message) = super::kinds::verify_flash(context, component, version).await;
+    let (outcome, message) = verify_flash(context, component, version).await;
     let now_boot = boot_id();
     let rebooted = record.boot_id.is_empty() || now_boot.is_empty() || record.boot_id != now_boot;
     let message = match (rebooted, outcome) {
@@ -246,6 +124,7 @@ pub async fn flash_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::Job;
 
     fn record() -> ResumeRecord {
         ResumeRecord {
@@ -267,38 +146,6 @@ mod tests {
             controller: "http://127.0.0.1:7800".into(),
             boot_id: boot_id(),
         }
-    }
-
-    #[test]
-    fn a_record_survives_the_round_trip_and_is_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path()).unwrap().is_none());
-        write(dir.path(), &record()).unwrap();
-        let read_back = read(dir.path()).unwrap().expect("written");
-        assert_eq!(read_back.job.job_id.as_str(), "job-1");
-        assert_eq!(read_back.node, "node-1");
-        clear(dir.path()).unwrap();
-        assert!(read(dir.path()).unwrap().is_none());
-        clear(dir.path()).expect("clearing twice is fine");
-    }
-
-    #[test]
-    fn a_corrupt_record_is_reported_and_set_aside_with_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(RESUME_FILE), b"{\"job\": {\"job_id\"").unwrap();
-        let error = read(dir.path()).unwrap_err();
-        assert!(matches!(error, ResumeError::Corrupt { .. }), "{error}");
-        assert!(error.to_string().contains("is corrupt"), "{error}");
-        let kept = set_aside(dir.path(), "corrupt").unwrap();
-        assert!(
-            kept.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("resume.json.corrupt-")),
-            "{}",
-            kept.display()
-        );
-        assert_eq!(std::fs::read(&kept).unwrap(), b"{\"job\": {\"job_id\"");
-        assert!(read(dir.path()).unwrap().is_none(), "not read again");
     }
 
     #[test]

@@ -791,7 +791,7 @@ async fn a_flash_needing_a_reboot_writes_a_resume_record_and_the_job_continues_a
         results.is_empty(),
         "no result before the reboot: {results:?}"
     );
-    let record = resume::read(&fixture.context.state_dir)
+    let record = flash::read(&fixture.context.state_dir)
         .expect("readable")
         .expect("the resume record was written");
     assert_eq!(record.job.job_id, job.job_id);
@@ -850,7 +850,7 @@ async fn a_flash_whose_version_did_not_change_across_the_reboot_fails_saying_wha
         exec("after", "echo after the reboot", Duration::from_secs(30), 0),
     ]);
     assert!(results_of(&fixture, &job).await.is_empty());
-    let record = resume::read(&fixture.context.state_dir)
+    let record = flash::read(&fixture.context.state_dir)
         .expect("readable")
         .expect("written");
     let (flash, from) = resume::flash_result(&fixture.context, &record)

@@ -1,0 +1,226 @@
+//! The controller connection, one module per concern: [`session`] registers, opens the
+//! `Connect` stream (heartbeats, job assignments and cancels) and reconnects with the jittered
+//! backoff of [`backoff`]; [`jobs`] drives the running job and spools its results;
+//! [`upload`] delivers spooled results (and those held in memory) until they are acknowledged;
+//! [`resume`] deals with what a previous run of the agent left: a job to continue after the
+//! reboot its flash step needed (see [`crate::runner::resume`]) and an interrupted attempt;
+//! [`telemetry`] streams fleet telemetry while no job runs. This module holds the agent's
+//! shared state and [`Agent::run`], which starts the tasks and the session loop.
+//!
+//! Ownership and shutdown: [`Agent::run`] owns the session loop and turns the caller's
+//! shutdown future into a `watch` that every task listens to. The running job (at most one)
+//! lives in `job`, a slot shared between the session that starts or cancels it and the job
+//! task that clears it when the job ends. The uploader is one task, so a result is never sent
+//! twice at once. On shutdown the job is stopped (its process group killed), its results are
+//! spooled, and the uploader stops; what was not acknowledged stays in the spool for the next
+//! start. A result the spool cannot take is held in memory (`held`, shared by the job task
+//! and the uploader), spooled when the disk takes it again and meanwhile sent from memory.
+//!
+//! Every heartbeat says what the agent runs (job, lease epoch, step, attempt), how many
+//! results it still holds (spooled and held) and how many commands of the stream it had read;
+//! the controller decides from that whether the node's job is still being run. Before the
+//! first session, the agent kills what a killed predecessor's step left running and spools
+//! that attempt as `error` (see [`crate::runner::orphans`]).
+//!
+//! A job whose flash waits for a reboot keeps its slot until the agent stops, so heartbeats
+//! keep naming it. At the next start the resume record (if any) is read before the first
+//! session; the session that registers first resolves it before its first heartbeat: the flash
+//! result is spooled and delivered, and only once the controller acknowledged it does the job
+//! continue, in the slot, so that the first heartbeat already names it.
+
+mod backoff;
+mod jobs;
+mod resume;
+mod session;
+mod telemetry;
+mod upload;
+
+pub use session::token_path;
+
+use crate::config::AgentConfig;
+use crate::gpu::GpuSource;
+use crate::runner::{RunnerContext, Stop};
+use crate::spool::Spool;
+use anyhow::Context;
+use resume::PendingResume;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tollgate_domain::JobId;
+use tollgate_proto::v1;
+use tollgate_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use upload::Held;
+
+/// Deadline of a unary call (Register, ReportResult, PushTelemetry).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The job being run, owned by the slot; the job task removes it when done.
+struct RunningJob {
+    job_id: JobId,
+    /// The latest epoch the controller assigned the job under; results spooled from now on
+    /// carry it. Shared with the job task.
+    lease_epoch: Arc<AtomicU64>,
+    /// The step and attempt running now, `None` between attempts; written by the job task,
+    /// read by every heartbeat.
+    step: Arc<Mutex<Option<(u32, u32)>>>,
+    stop: watch::Sender<Option<Stop>>,
+    task: JoinHandle<()>,
+}
+
+/// Aborts a task when dropped, so nothing the agent spawned outlives it, even when the
+/// caller aborts the agent's own task instead of shutting it down.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The agent: configuration, GPU source, spool and the shared state of its tasks.
+pub struct Agent {
+    config: AgentConfig,
+    source: Arc<dyn GpuSource>,
+    spool: Arc<Spool>,
+    channel: Channel,
+    /// The node token; written by the session after each registration, read by the uploader.
+    token: watch::Sender<Option<String>>,
+    /// At most one running job.
+    job: Arc<Mutex<Option<RunningJob>>>,
+    /// Progress (StepStarted) from the job task to whichever session is connected.
+    progress_sender: mpsc::Sender<v1::AgentEvent>,
+    /// Taken by [`Agent::run`], which lends it to each session in turn.
+    progress: Option<mpsc::Receiver<v1::AgentEvent>>,
+    /// Wakes the uploader: a new result was spooled or held, or a session (re)registered.
+    upload: Arc<Notify>,
+    /// Results not spooled, kept in memory until acknowledged.
+    held: Held,
+    /// Held during each pass over the spool, so the uploader and a session resolving a resume
+    /// never deliver the same result at once.
+    uploading: Arc<tokio::sync::Mutex<()>>,
+    /// A job to continue after the reboot its flash needed, until the controller answered
+    /// its flash result. Read at start-up; resolved by the first session that registers.
+    resume: Arc<Mutex<Option<PendingResume>>>,
+}
+
+impl Agent {
+    /// Prepares the agent; connects lazily, so the controller need not be up yet.
+    pub fn new(
+        config: AgentConfig,
+        source: Arc<dyn GpuSource>,
+        spool: Arc<Spool>,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(config.controller.clone())
+            .with_context(|| format!("controller address '{}'", config.controller))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let saved = session::read_token(&token_path(&config.state_dir))?;
+        let (progress_sender, progress) = mpsc::channel(64);
+        Ok(Self {
+            config,
+            source,
+            spool,
+            channel,
+            token: watch::Sender::new(saved),
+            job: Arc::new(Mutex::new(None)),
+            progress_sender,
+            progress: Some(progress),
+            upload: Arc::new(Notify::new()),
+            held: Held::default(),
+            uploading: Arc::new(tokio::sync::Mutex::new(())),
+            resume: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn runner_context(&self) -> RunnerContext {
+        RunnerContext {
+            source: Arc::clone(&self.source),
+            node: self.config.node.clone(),
+            controller: self.config.controller.clone(),
+            state_dir: self.config.state_dir.clone(),
+            sample_interval: self.config.sample_interval,
+        }
+    }
+
+    /// Runs sessions until `shutdown` resolves or a fatal error.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (shutdown_sender, mut shutdown_receiver) = watch::channel(false);
+        let _watcher = AbortOnDrop(tokio::spawn(async move {
+            shutdown.await;
+            let _ = shutdown_sender.send(true);
+        }));
+        self.load_resume_record();
+        self.report_leftover_attempt().await;
+        let uploader = AbortOnDrop(tokio::spawn(upload::upload_loop(
+            AgentServiceClient::new(self.channel.clone()),
+            Arc::clone(&self.spool),
+            Arc::clone(&self.held),
+            self.token.subscribe(),
+            Arc::clone(&self.upload),
+            Arc::clone(&self.uploading),
+            self.answers(),
+            shutdown_receiver.clone(),
+        )));
+        let _fleet = AbortOnDrop(tokio::spawn(telemetry::fleet_loop(
+            Arc::clone(&self.source),
+            AgentServiceClient::new(self.channel.clone()),
+            self.token.subscribe(),
+            Arc::clone(&self.job),
+            self.config.fleet_interval,
+            self.config.telemetry_buffer,
+        )));
+        let mut progress = self.progress.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let outcome = self
+            .serve_sessions(&mut progress, &mut shutdown_receiver)
+            .await;
+        self.stop_job(Stop::Shutdown).await;
+        drop(uploader);
+        tracing::info!(node = %self.config.node, "agent stopped");
+        outcome
+    }
+}
+
+impl Drop for Agent {
+    /// An agent dropped without a shutdown (its task aborted) takes its job down with it: the
+    /// job task is aborted, which kills the step's process group through the runner's guard.
+    fn drop(&mut self) {
+        let running = self
+            .job
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(running) = running {
+            running.task.abort();
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or its sender is gone, which only happens then).
+async fn until_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here rather than hold it in a select.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Wraps a message with the node's bearer token.
+fn authorized<T>(message: T, token: &str) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::internal("the node token is not valid ASCII metadata"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn describe(status: &Status, call: &str) -> String {
+    format!("{call}: {:?}: {}", status.code(), status.message())
+}
