@@ -9,7 +9,7 @@ use crate::Shared;
 use crate::store::{Refreshed, StoreError, StoredGate};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, Verdict};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 
@@ -294,28 +294,13 @@ pub async fn run_loop(shared: Arc<Shared>) {
     tracing::debug!("gate re-evaluation loop stopped");
 }
 
-/// The text a person reads when a gate did not pass: the verdict, the summary and every rule
-/// that is not passed or waived with its reason.
-pub fn explain_not_passed(release: &ReleaseId, decision: &Decision) -> String {
-    let mut text = format!(
-        "gate of milestone {} for release {release} is {}: {}",
-        decision.milestone, decision.verdict, decision.summary
-    );
-    for rule in &decision.rules {
-        if !matches!(rule.verdict, Verdict::Passed | Verdict::Waived) {
-            text.push_str(&format!(
-                "\n  - {} ({}): {}",
-                rule.rule_id, rule.verdict, rule.reason
-            ));
-        }
-    }
-    text
-}
+/// The text a person reads when a gate did not pass; the release lifecycle decides with it.
+pub use tollgate_domain::release::explain_not_passed;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_domain::gate::RuleDecision;
+    use tollgate_domain::gate::{RuleDecision, Verdict};
     use tollgate_domain::test_support::at;
 
     #[test]

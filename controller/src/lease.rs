@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use crate::ControllerConfig;
     use crate::clock::ManualClock;
-    use crate::store::{Store, testing};
+    use crate::store::{AuditNote, Store, testing};
     use std::time::Duration;
     use tollgate_domain::release::Release;
     use tollgate_domain::test_support::{at, node, release};
@@ -162,7 +162,8 @@ mod tests {
                 description: "x".repeat(256 * 1024),
                 ..release()
             };
-            if store.create_release(&big).await.is_err() {
+            let note = AuditNote::new(at(0), "alice", "release.create", format!("release/r{i}"));
+            if store.create_release(&big, &note).await.is_err() {
                 return;
             }
         }
@@ -178,8 +179,7 @@ mod tests {
             .await
             .expect("store on tmpfs");
         let n1 = node("n1", "hgx");
-        store
-            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+        crate::grpc::node::register(&store, &n1.id, &n1.labels, &n1.inventory, "hash", at(0))
             .await
             .expect("register");
         store.touch_node(&n1.id, at(0)).await.expect("heartbeat");

@@ -1471,3 +1471,80 @@ async fn fleet_telemetry_over_its_limits_is_refused_by_name() {
     assert_refused(&status, "samples[0].values", "name");
     assert_refused(&status, "events[0].detail", "message");
 }
+
+#[tokio::test]
+async fn a_halt_resume_or_demotion_that_does_not_apply_is_refused_saying_why() {
+    let controller = Controller::start().await;
+    let mut releases = controller.releases();
+    releases
+        .create_release(proto::CreateReleaseRequest {
+            name: "r1".into(),
+            components: vec![proto::Component {
+                name: "driver".into(),
+                version: "550.54.15".into(),
+                ..Default::default()
+            }],
+            description: String::new(),
+        })
+        .await
+        .expect("create");
+    let resume = |reason: &str| proto::ResumeRequest {
+        release: "r1".into(),
+        reason: reason.into(),
+    };
+    let halt = |reason: &str| proto::HaltRequest {
+        release: "r1".into(),
+        reason: reason.into(),
+    };
+    let refused = releases
+        .resume(resume("nothing to resume"))
+        .await
+        .expect_err("not halted");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("not halted"), "{refused:?}");
+
+    releases.halt(halt("bad batch")).await.expect("halt");
+    let refused = releases
+        .halt(halt("another reason"))
+        .await
+        .expect_err("halted already");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("already halted (bad batch)"),
+        "{refused:?}"
+    );
+    let refused = releases
+        .promote(proto::PromoteRequest { name: "r1".into() })
+        .await
+        .expect_err("halted");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("tollgate resume"), "{refused:?}");
+
+    let demote = |to: &str| proto::DemoteRequest {
+        release: "r1".into(),
+        to_milestone: to.into(),
+        reason: "recall".into(),
+    };
+    let refused = releases
+        .demote(demote("production"))
+        .await
+        .expect_err("not earlier");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("earlier milestone"),
+        "{refused:?}"
+    );
+    let refused = releases
+        .demote(demote("moon"))
+        .await
+        .expect_err("not on the track");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let resumed = releases
+        .resume(resume("batch replaced"))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.halted_reason, "");
+    controller.stop().await;
+}

@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod spec;
 pub mod telemetry;
 pub mod test_support;
+pub mod waiver;
 
 pub use ids::{JobId, NodeId, PlanVersion, ReleaseId, RunId};
 

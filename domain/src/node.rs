@@ -206,6 +206,9 @@ pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeR
     }
 }
 
+/// The state a node starts in when it registers for the first time.
+pub const FIRST_STATE: NodeState = NodeState::Ready;
+
 fn busy_if(active_job: bool) -> NodeState {
     if active_job {
         NodeState::Busy

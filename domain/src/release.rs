@@ -1,7 +1,9 @@
-//! Releases, their components, the milestone track, and the check that a node really runs a
-//! release.
+//! Releases, their components, the milestone track, the release lifecycle ([`next`]: the one
+//! place promotions, demotions, halts and resumes are decided), and the check that a node
+//! really runs a release.
 
 use crate::fleet::Inventory;
+use crate::gate::{Decision, Verdict};
 use crate::{ReleaseId, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +100,356 @@ impl Track {
     pub fn contains(&self, milestone: &str) -> bool {
         self.milestones.iter().any(|m| m == milestone)
     }
+
+    /// Where `milestone` is along the track: its index, or the track's length for
+    /// [`RELEASED`]; `None` when it is neither.
+    pub fn position(&self, milestone: &str) -> Option<usize> {
+        if milestone == RELEASED {
+            Some(self.milestones.len())
+        } else {
+            self.milestones.iter().position(|m| m == milestone)
+        }
+    }
+}
+
+/// Where a release stands in its lifecycle: the milestone whose gate it must pass next (or
+/// [`RELEASED`]) and, when an operator halted it, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseState {
+    /// The milestone whose gate the release must pass next, or [`RELEASED`].
+    pub milestone: String,
+    /// Why it is halted; `None` when it is not.
+    pub halted: Option<String>,
+}
+
+impl ReleaseState {
+    /// `Err(Halted)` when the release is halted: nothing may be `what` ("run", "promoted") then.
+    pub fn refuse_if_halted(
+        &self,
+        release: &ReleaseId,
+        what: &'static str,
+    ) -> Result<(), ReleaseRefusal> {
+        match &self.halted {
+            None => Ok(()),
+            Some(reason) => Err(ReleaseRefusal::Halted {
+                release: release.clone(),
+                reason: reason.clone(),
+                what,
+            }),
+        }
+    }
+}
+
+/// Something a person asks of a release.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReleaseEvent {
+    /// Move past the current milestone, on the gate decision evaluated for it (`None`: the
+    /// milestone has no gate).
+    Promote {
+        /// The decision of the current milestone's gate, evaluated just now.
+        decision: Option<Box<Decision>>,
+        /// When.
+        at: Timestamp,
+        /// Who.
+        actor: String,
+    },
+    /// Move back to an earlier milestone of the track.
+    Demote {
+        /// The milestone to move back to.
+        to: String,
+    },
+    /// Stop runs and promotions until resumed.
+    Halt {
+        /// Why, as the operator wrote it.
+        reason: String,
+    },
+    /// Lift a halt.
+    Resume,
+}
+
+/// A decided change of a release: the state it was decided from (the store applies it only if
+/// the release is still there), the state it moves to, and the promotion to record, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseChange {
+    /// The state the change was decided from.
+    pub from: ReleaseState,
+    /// The state after it.
+    pub to: ReleaseState,
+    /// The promotion to append (promotions only).
+    pub promotion: Option<Promotion>,
+}
+
+/// Why a release cannot take an event; the message says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseRefusal {
+    /// Halted releases are neither promoted nor run.
+    #[error(
+        "release {release} is halted ({reason}): it cannot be {what}; resume it with \
+         `tollgate resume --release {release}`"
+    )]
+    Halted {
+        /// The release.
+        release: ReleaseId,
+        /// Why it was halted.
+        reason: String,
+        /// What was asked ("promoted", "run").
+        what: &'static str,
+    },
+    /// Past the last milestone there is nothing to promote to.
+    #[error("release {release} is already released; there is nothing to promote it to")]
+    AlreadyReleased {
+        /// The release.
+        release: ReleaseId,
+    },
+    /// The release's milestone is not on the track (the track changed under it).
+    #[error(
+        "release {release} is at milestone {milestone}, which is not on the track ({track}); \
+         demote it to a milestone of the track"
+    )]
+    OffTrack {
+        /// The release.
+        release: ReleaseId,
+        /// Its milestone.
+        milestone: String,
+        /// The track's milestones, comma separated.
+        track: String,
+    },
+    /// The milestone has no gate, so nothing was evaluated.
+    #[error("no gate for milestone {milestone}; apply one with `tollgate gate apply -f FILE`")]
+    NoGate {
+        /// The milestone.
+        milestone: String,
+    },
+    /// The decision offered is about another release or milestone than the release is at.
+    #[error(
+        "the gate decision offered is for release {decided_release} at {decided_milestone}, but \
+         release {release} is at {milestone}; evaluate the gate again and retry"
+    )]
+    StaleDecision {
+        /// The release.
+        release: ReleaseId,
+        /// Its milestone.
+        milestone: String,
+        /// The decision's release.
+        decided_release: String,
+        /// The decision's milestone.
+        decided_milestone: String,
+    },
+    /// The gate did not pass: the verdict, summary and every rule holding the release back.
+    #[error("{explanation}")]
+    NotPassed {
+        /// What a person reads ([`explain_not_passed`]).
+        explanation: String,
+    },
+    /// A demotion target that is not on the track.
+    #[error("to_milestone: '{to}' is not on the track ({track})")]
+    UnknownMilestone {
+        /// The milestone asked for.
+        to: String,
+        /// The track's milestones, comma separated.
+        track: String,
+    },
+    /// A demotion target that is not before the release's milestone.
+    #[error(
+        "release {release} is at {from}; it can only be demoted to an earlier milestone, and \
+         {to} is not"
+    )]
+    NotEarlier {
+        /// The release.
+        release: ReleaseId,
+        /// Its milestone.
+        from: String,
+        /// The milestone asked for.
+        to: String,
+    },
+    /// Halting a halted release would lose the first reason.
+    #[error(
+        "release {release} is already halted ({reason}); resume it first to halt it for \
+         another reason"
+    )]
+    AlreadyHalted {
+        /// The release.
+        release: ReleaseId,
+        /// Why it is halted.
+        reason: String,
+    },
+    /// Only a halted release can be resumed.
+    #[error("release {release} is not halted; there is nothing to resume")]
+    NotHalted {
+        /// The release.
+        release: ReleaseId,
+    },
+    /// The release changed between the decision and its application, so the decision no
+    /// longer holds (a promotion is not decided again for the next milestone on its own).
+    #[error(
+        "release {release} changed meanwhile (it was at {was}, it is now at {now}); look at it \
+         again and retry"
+    )]
+    Moved {
+        /// The release.
+        release: ReleaseId,
+        /// The milestone decided from.
+        was: String,
+        /// The milestone found.
+        now: String,
+    },
+}
+
+/// The text a person reads when a gate did not pass: the verdict, the summary and every rule
+/// that is not passed or waived with its reason.
+pub fn explain_not_passed(release: &ReleaseId, decision: &Decision) -> String {
+    let mut text = format!(
+        "gate of milestone {} for release {release} is {}: {}",
+        decision.milestone, decision.verdict, decision.summary
+    );
+    for rule in &decision.rules {
+        if !matches!(rule.verdict, Verdict::Passed | Verdict::Waived) {
+            text.push_str(&format!(
+                "\n  - {} ({}): {}",
+                rule.rule_id, rule.verdict, rule.reason
+            ));
+        }
+    }
+    text
+}
+
+/// The one place a release's lifecycle changes are decided: the change `event` makes to
+/// `release` in `state` on `track`, or a refusal.
+///
+/// ```text
+///   m1 ──promote (gate of m1 passed)──▶ m2 ── … ──▶ last ──promote──▶ released
+///   mN ──demote to an earlier mK──▶ mK
+///   not halted ──halt (reason)──▶ halted ──resume──▶ not halted
+/// ```
+///
+/// A halted release is not promoted (nor run) until resumed; it may still be demoted. A
+/// promotion needs the decision of the gate of the release's current milestone, for this
+/// release, with verdict `passed`.
+pub fn next(
+    track: &Track,
+    release: &ReleaseId,
+    state: &ReleaseState,
+    event: ReleaseEvent,
+) -> Result<ReleaseChange, ReleaseRefusal> {
+    let change = |to: ReleaseState, promotion| ReleaseChange {
+        from: state.clone(),
+        to,
+        promotion,
+    };
+    match event {
+        ReleaseEvent::Promote {
+            decision,
+            at,
+            actor,
+        } => {
+            let promotion = promote(track, release, state, decision.as_deref(), at, actor)?;
+            let to = ReleaseState {
+                milestone: promotion.to_milestone.clone(),
+                halted: None,
+            };
+            Ok(change(to, Some(promotion)))
+        }
+        ReleaseEvent::Demote { to } => {
+            let track_text = || track.milestones.join(", ");
+            // Only a milestone of the track: a release is never demoted to `released`.
+            let Some(to_idx) = track.milestones.iter().position(|m| *m == to) else {
+                return Err(ReleaseRefusal::UnknownMilestone {
+                    to,
+                    track: track_text(),
+                });
+            };
+            if track
+                .position(&state.milestone)
+                .is_none_or(|from_idx| to_idx >= from_idx)
+            {
+                return Err(ReleaseRefusal::NotEarlier {
+                    release: release.clone(),
+                    from: state.milestone.clone(),
+                    to,
+                });
+            }
+            let to = ReleaseState {
+                milestone: to,
+                halted: state.halted.clone(),
+            };
+            Ok(change(to, None))
+        }
+        ReleaseEvent::Halt { reason } => match &state.halted {
+            Some(halted) => Err(ReleaseRefusal::AlreadyHalted {
+                release: release.clone(),
+                reason: halted.clone(),
+            }),
+            None => {
+                let to = ReleaseState {
+                    milestone: state.milestone.clone(),
+                    halted: Some(reason),
+                };
+                Ok(change(to, None))
+            }
+        },
+        ReleaseEvent::Resume => match state.halted {
+            None => Err(ReleaseRefusal::NotHalted {
+                release: release.clone(),
+            }),
+            Some(_) => {
+                let to = ReleaseState {
+                    milestone: state.milestone.clone(),
+                    halted: None,
+                };
+                Ok(change(to, None))
+            }
+        },
+    }
+}
+
+/// The promotion of `release` past its milestone on `decision`, or why not.
+fn promote(
+    track: &Track,
+    release: &ReleaseId,
+    state: &ReleaseState,
+    decision: Option<&Decision>,
+    at: Timestamp,
+    actor: String,
+) -> Result<Promotion, ReleaseRefusal> {
+    state.refuse_if_halted(release, "promoted")?;
+    let from = &state.milestone;
+    if from == RELEASED {
+        return Err(ReleaseRefusal::AlreadyReleased {
+            release: release.clone(),
+        });
+    }
+    let Some(to) = track.next(from) else {
+        return Err(ReleaseRefusal::OffTrack {
+            release: release.clone(),
+            milestone: from.clone(),
+            track: track.milestones.join(", "),
+        });
+    };
+    let Some(decision) = decision else {
+        return Err(ReleaseRefusal::NoGate {
+            milestone: from.clone(),
+        });
+    };
+    if decision.release != release.as_str() || decision.milestone != *from {
+        return Err(ReleaseRefusal::StaleDecision {
+            release: release.clone(),
+            milestone: from.clone(),
+            decided_release: decision.release.clone(),
+            decided_milestone: decision.milestone.clone(),
+        });
+    }
+    if decision.verdict != Verdict::Passed {
+        return Err(ReleaseRefusal::NotPassed {
+            explanation: explain_not_passed(release, decision),
+        });
+    }
+    Ok(Promotion {
+        from_milestone: from.clone(),
+        to_milestone: to.to_owned(),
+        at,
+        decision_digest: decision.digest.clone(),
+        actor,
+    })
 }
 
 /// A field of a request that is wrong, and why.
@@ -380,6 +732,192 @@ mod tests {
                 .message
                 .contains("at least one")
         );
+    }
+
+    mod lifecycle {
+        use super::super::*;
+        use crate::test_support::at;
+
+        fn id() -> ReleaseId {
+            ReleaseId::from("r550")
+        }
+
+        fn at_milestone(milestone: &str) -> ReleaseState {
+            ReleaseState {
+                milestone: milestone.into(),
+                halted: None,
+            }
+        }
+
+        fn decision(milestone: &str, verdict: Verdict) -> Option<Box<Decision>> {
+            Some(Box::new(Decision {
+                release: "r550".into(),
+                milestone: milestone.into(),
+                verdict,
+                summary: "1 of 1 rules passed".into(),
+                rules: Vec::new(),
+                digest: "d1".into(),
+                policy_version: "v1".into(),
+                evaluated_at: at(10),
+            }))
+        }
+
+        fn promote(decision: Option<Box<Decision>>) -> ReleaseEvent {
+            ReleaseEvent::Promote {
+                decision,
+                at: at(11),
+                actor: "alice".into(),
+            }
+        }
+
+        #[test]
+        fn a_passed_gate_promotes_to_the_next_milestone_and_then_to_released() {
+            let track = Track::default();
+            let change = next(
+                &track,
+                &id(),
+                &at_milestone("lab-qual"),
+                promote(decision("lab-qual", Verdict::Passed)),
+            )
+            .expect("promoted");
+            assert_eq!(change.from, at_milestone("lab-qual"));
+            assert_eq!(change.to, at_milestone("customer-acceptance"));
+            assert_eq!(
+                change.promotion,
+                Some(Promotion {
+                    from_milestone: "lab-qual".into(),
+                    to_milestone: "customer-acceptance".into(),
+                    at: at(11),
+                    decision_digest: "d1".into(),
+                    actor: "alice".into(),
+                })
+            );
+            let last = next(
+                &track,
+                &id(),
+                &at_milestone("production"),
+                promote(decision("production", Verdict::Passed)),
+            )
+            .expect("released");
+            assert_eq!(last.to.milestone, RELEASED);
+        }
+
+        #[test]
+        fn each_promotion_refusal() {
+            use ReleaseRefusal as R;
+            let track = Track::default();
+            let refused = |state: &ReleaseState, decision| {
+                next(&track, &id(), state, promote(decision)).expect_err("refused")
+            };
+            let lab = at_milestone("lab-qual");
+            for verdict in [Verdict::Failed, Verdict::Waiting, Verdict::Error] {
+                let refusal = refused(&lab, decision("lab-qual", verdict));
+                assert!(
+                    matches!(&refusal, R::NotPassed { explanation } if explanation.contains(verdict.as_str())),
+                    "{refusal:?}"
+                );
+            }
+            assert_eq!(
+                refused(&lab, None),
+                R::NoGate {
+                    milestone: "lab-qual".into()
+                }
+            );
+            assert!(matches!(
+                refused(&lab, decision("production", Verdict::Passed)),
+                R::StaleDecision { .. }
+            ));
+            let mut other = decision("lab-qual", Verdict::Passed);
+            if let Some(d) = other.as_mut() {
+                d.release = "r560".into();
+            }
+            assert!(matches!(refused(&lab, other), R::StaleDecision { .. }));
+            let halted = ReleaseState {
+                halted: Some("bad batch".into()),
+                ..lab.clone()
+            };
+            let refusal = refused(&halted, decision("lab-qual", Verdict::Passed));
+            assert!(matches!(
+                refusal,
+                R::Halted {
+                    what: "promoted",
+                    ..
+                }
+            ));
+            assert!(refusal.to_string().contains("tollgate resume"), "{refusal}");
+            assert!(matches!(
+                refused(&at_milestone(RELEASED), decision(RELEASED, Verdict::Passed)),
+                R::AlreadyReleased { .. }
+            ));
+            assert!(matches!(
+                refused(&at_milestone("moon"), decision("moon", Verdict::Passed)),
+                R::OffTrack { .. }
+            ));
+        }
+
+        #[test]
+        fn demotion_goes_back_only_and_keeps_a_halt() {
+            use ReleaseRefusal as R;
+            let track = Track::default();
+            let demote = |state: &ReleaseState, to: &str| {
+                next(&track, &id(), state, ReleaseEvent::Demote { to: to.into() })
+            };
+            let halted = ReleaseState {
+                milestone: RELEASED.into(),
+                halted: Some("recall".into()),
+            };
+            let change = demote(&halted, "customer-acceptance").expect("demoted");
+            assert_eq!(change.to.milestone, "customer-acceptance");
+            assert_eq!(change.to.halted.as_deref(), Some("recall"));
+            assert_eq!(change.promotion, None);
+            let ca = at_milestone("customer-acceptance");
+            assert!(matches!(
+                demote(&ca, "production"),
+                Err(R::NotEarlier { .. })
+            ));
+            assert!(matches!(
+                demote(&ca, "customer-acceptance"),
+                Err(R::NotEarlier { .. })
+            ));
+            assert!(matches!(
+                demote(&ca, RELEASED),
+                Err(R::UnknownMilestone { .. })
+            ));
+            assert!(matches!(
+                demote(&ca, "moon"),
+                Err(R::UnknownMilestone { .. })
+            ));
+        }
+
+        #[test]
+        fn halt_and_resume_toggle_and_refuse_a_repeat() {
+            use ReleaseRefusal as R;
+            let track = Track::default();
+            let lab = at_milestone("lab-qual");
+            let halt = |reason: &str| ReleaseEvent::Halt {
+                reason: reason.into(),
+            };
+            let halted = next(&track, &id(), &lab, halt("bad batch"))
+                .expect("halted")
+                .to;
+            assert_eq!(halted.halted.as_deref(), Some("bad batch"));
+            assert_eq!(halted.milestone, "lab-qual");
+            assert!(matches!(
+                next(&track, &id(), &halted, halt("again")),
+                Err(R::AlreadyHalted { reason, .. }) if reason == "bad batch"
+            ));
+            let resumed = next(&track, &id(), &halted, ReleaseEvent::Resume).expect("resumed");
+            assert_eq!(resumed.to, lab);
+            assert!(matches!(
+                next(&track, &id(), &lab, ReleaseEvent::Resume),
+                Err(R::NotHalted { .. })
+            ));
+            assert!(lab.refuse_if_halted(&id(), "run").is_ok());
+            assert!(matches!(
+                halted.refuse_if_halted(&id(), "run"),
+                Err(R::Halted { what: "run", .. })
+            ));
+        }
     }
 
     #[test]

@@ -108,9 +108,15 @@ impl AgentService for AgentApi {
             (None, _) => (generate_token(), true),
         };
         let token_hash = hash_token(&token);
-        store
-            .register_node(&node, &labels, &inventory, &token_hash, self.shared.now())
-            .await?;
+        super::node::register(
+            store,
+            &node,
+            &labels,
+            &inventory,
+            &token_hash,
+            self.shared.now(),
+        )
+        .await?;
         self.shared.tokens.remember(&node, &token_hash);
         // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
         store.touch_node(&node, self.shared.now()).await?;
@@ -745,16 +751,19 @@ mod tests {
     /// decides, and the scheduler sends it no job (another run's job for it stays pending).
     async fn a_cordon_outlives_a_lost_lease_and_the_agent_coming_back(store: Store) {
         let n1 = node("n1", "hgx");
-        store
-            .register_node(&n1.id, &n1.labels, &n1.inventory, "hash", at(0))
+        let setup = AuditNote::new(at(0), "alice", "setup", "test");
+        crate::grpc::node::register(&store, &n1.id, &n1.labels, &n1.inventory, "hash", at(0))
             .await
             .expect("register");
         store.touch_node(&n1.id, at(0)).await.expect("heartbeat");
         let release = release();
-        store.create_release(&release).await.expect("release");
+        store
+            .create_release(&release, &setup)
+            .await
+            .expect("release");
         let plan = plan_for("hgx");
         store
-            .put_plan(&plan, "steps: []", at(0))
+            .put_plan(&plan, "steps: []", at(0), &setup)
             .await
             .expect("plan");
         // Job 1 runs on the node; job 2, of another run, waits for it.
@@ -800,7 +809,7 @@ mod tests {
         }
         let note = AuditNote::new(at(4), "alice", "node.cordon", "node/n1");
         store
-            .set_node_state_audited(&n1.id, NodeState::Cordoned, Some(&note))
+            .change_node_state(&n1.id, NodeState::Busy, NodeState::Cordoned, &note)
             .await
             .expect("cordon");
 

@@ -1,17 +1,19 @@
 //! `GateService`: gate policies per milestone, evaluating them on demand, replaying stored
-//! decisions, and waivers.
+//! decisions, and waivers (granted and revoked as `tollgate_domain::waiver` decides, with
+//! their audit entry).
 
 use super::auth::actor_of;
 use super::convert::{ToProto, timestamp_from_proto};
 use super::release::no_gate;
+use super::status::FieldErrors;
 use super::{load_release, new_id, resolve_milestone, status};
 use crate::Shared;
 use crate::gates::{evaluate_now, replay_at};
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
-use tollgate_domain::gate::Waiver;
+use tollgate_domain::ReleaseId;
 use tollgate_domain::release::Track;
-use tollgate_domain::{NodeId, ReleaseId};
+use tollgate_domain::waiver::{WaiverRefusal, WaiverRequest};
 use tollgate_proto::v1::{self as proto, gate_service_server::GateService};
 use tonic::{Request, Response, Status};
 
@@ -46,28 +48,25 @@ impl GateService for GateApi {
             .map_err(|errors| status::invalid_spec(&errors))?;
         let track = Track::default();
         if !track.contains(&policy.milestone) {
-            return Err(Status::invalid_argument(format!(
-                "{file_name}: milestone: '{}' is not on the track ({})",
-                policy.milestone,
-                track.milestones.join(", ")
-            )));
+            return Err(status::invalid_field(
+                "milestone",
+                format!(
+                    "'{}' in {file_name} is not on the track ({})",
+                    policy.milestone,
+                    track.milestones.join(", ")
+                ),
+            ));
         }
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "gate.apply",
+            format!("gate/{}", policy.milestone),
+        )
+        .details(serde_json::json!({ "version": policy.version() }));
         self.shared
             .store
-            .put_gate_audited(
-                &policy,
-                &source,
-                self.shared.now(),
-                Some(
-                    &AuditNote::new(
-                        self.shared.now(),
-                        &actor,
-                        "gate.apply",
-                        format!("gate/{}", policy.milestone),
-                    )
-                    .details(serde_json::json!({ "version": policy.version() })),
-                ),
-            )
+            .put_gate(&policy, &source, self.shared.now(), &note)
             .await?;
         tracing::info!(
             milestone = policy.milestone,
@@ -91,8 +90,9 @@ impl GateService for GateApi {
     ) -> Result<Response<proto::GatePolicy>, Status> {
         let proto::GetGateRequest { milestone } = super::convert::bounded(request.into_inner())?;
         if milestone.is_empty() {
-            return Err(Status::invalid_argument(
-                "milestone: is empty; give a milestone",
+            return Err(status::invalid_field(
+                "milestone",
+                "is empty; give a milestone",
             ));
         }
         let stored = self
@@ -121,7 +121,7 @@ impl GateService for GateApi {
         let milestone = resolve_milestone(&release, &milestone)?;
         if let Some(at) = at {
             let at = timestamp_from_proto(&at)
-                .ok_or_else(|| Status::invalid_argument("at: is not a valid timestamp"))?;
+                .ok_or_else(|| status::invalid_field("at", "is not a valid timestamp"))?;
             let replayed = replay_at(&self.shared, &release, &milestone, at)
                 .await?
                 .ok_or_else(|| {
@@ -163,87 +163,43 @@ impl GateService for GateApi {
             steps,
         } = super::convert::bounded(request.into_inner())?;
         let now = self.shared.now();
-        let mut problems = Vec::new();
-        if release.trim().is_empty() {
-            problems.push("release: is empty; give a release name".to_owned());
-        }
-        if rule_id.trim().is_empty() {
-            problems.push("rule_id: is empty; give the id of the rule to waive".to_owned());
-        }
-        if reason.trim().is_empty() {
-            problems.push("reason: is empty; say why the rule may be waived".to_owned());
-        }
-        if ticket.trim().is_empty() {
-            problems.push("ticket: is empty; give the ticket that tracks the waiver".to_owned());
-        }
-        let expires_at = match (expires_at, ttl_seconds) {
-            (Some(_), ttl) if ttl > 0 => {
-                problems.push("expires_at, ttl_seconds: give one of them, not both".to_owned());
+        let mut errors = FieldErrors::new();
+        let expires_at = match expires_at.map(|at| timestamp_from_proto(&at)) {
+            Some(None) => {
+                errors.add("expires_at", "is not a valid timestamp");
                 None
             }
-            (Some(at), _) => match timestamp_from_proto(&at) {
-                Some(at) if at > now => Some(at),
-                Some(at) => {
-                    problems.push(format!(
-                        "expires_at: {} is not in the future",
-                        at.to_rfc3339()
-                    ));
-                    None
-                }
-                None => {
-                    problems.push("expires_at: is not a valid timestamp".to_owned());
-                    None
-                }
-            },
-            (None, 0) => {
-                problems
-                    .push("expires_at, ttl_seconds: both missing; a waiver must expire".to_owned());
-                None
-            }
-            (None, ttl) => i64::try_from(ttl)
-                .ok()
-                .and_then(chrono::TimeDelta::try_seconds)
-                .and_then(|ttl| now.checked_add_signed(ttl))
-                .or_else(|| {
-                    problems.push(format!("ttl_seconds: {ttl} is too long"));
-                    None
-                }),
+            Some(at) => at,
+            None => None,
         };
-        if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
-        }
-        let release = load_release(&self.shared, &release).await?;
-        let milestone = resolve_milestone(&release, &milestone)?;
-        let gate = self
-            .shared
-            .store
-            .get_gate(&milestone)
-            .await?
-            .ok_or_else(|| no_gate(&milestone))?;
-        if !gate.policy.rules.iter().any(|rule| rule.id == rule_id) {
-            let ids: Vec<&str> = gate.policy.rules.iter().map(|r| r.id.as_str()).collect();
-            return Err(Status::invalid_argument(format!(
-                "rule_id: '{rule_id}' is not a rule of the gate of milestone {milestone} (rules: {})",
-                ids.join(", ")
-            )));
-        }
-        let expires_at = expires_at
-            .ok_or_else(|| Status::internal("a waiver without an expiry passed validation"))?;
-        let waiver = Waiver {
+        let request = WaiverRequest {
             id: new_id("waiver"),
-            release: release.id.to_string(),
-            milestone: milestone.clone(),
+            release,
             rule_id,
-            reason: reason.trim().to_owned(),
-            ticket: ticket.trim().to_owned(),
+            reason,
+            ticket,
             approver: actor.clone(),
-            created_at: now,
             expires_at,
-            revoked_at: None,
-            nodes: nodes.into_iter().map(NodeId::from).collect(),
+            ttl_seconds,
+            nodes,
             skus,
             steps,
         };
+        // Every bad field at once, before anything is loaded.
+        if let Err(found) = tollgate_domain::waiver::check_request(&request, now) {
+            errors.extend(found);
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, &request.release).await?;
+        let milestone = resolve_milestone(&release, &milestone)?;
+        let gate = self.shared.store.get_gate(&milestone).await?;
+        let waiver = tollgate_domain::waiver::grant(
+            request,
+            &milestone,
+            gate.as_ref().map(|gate| &gate.policy),
+            now,
+        )
+        .map_err(status::waiver_refused)?;
         let note = AuditNote::new(
             now,
             &actor,
@@ -272,31 +228,37 @@ impl GateService for GateApi {
         let actor = actor_of(&request);
         let proto::RevokeWaiverRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.trim().is_empty() {
-            return Err(Status::invalid_argument("id: is empty; give a waiver id"));
+            return Err(status::invalid_field("id", "is empty; give a waiver id"));
         }
-        let now = self.shared.now();
-        let existing = self
-            .shared
-            .store
-            .get_waiver(&id)
-            .await?
-            .ok_or_else(|| status::not_found(format!("waiver {id}")))?;
-        let note = AuditNote::new(now, &actor, "waiver.revoke", format!("waiver/{id}"))
-            .release(&ReleaseId::from(existing.release.as_str()))
-            .details(
-                serde_json::json!({ "rule_id": existing.rule_id, "milestone": existing.milestone }),
-            );
-        let waiver = match self.shared.store.revoke_waiver(&id, now, &note).await {
-            Err(StoreError::Conflict { .. }) => {
-                return Err(Status::failed_precondition(format!(
-                    "waiver {id} was revoked already"
-                )));
+        // Decided from the waiver as loaded; one revoked meanwhile by another writer loses the
+        // compare-and-set, and deciding again from the stored waiver refuses it.
+        for _ in 0..2 {
+            let now = self.shared.now();
+            let existing = self
+                .shared
+                .store
+                .get_waiver(&id)
+                .await?
+                .ok_or_else(|| status::not_found(format!("waiver {id}")))?;
+            let at =
+                tollgate_domain::waiver::revoke(&existing, now).map_err(status::waiver_refused)?;
+            let note = AuditNote::new(at, &actor, "waiver.revoke", format!("waiver/{id}"))
+                .release(&ReleaseId::from(existing.release.as_str()))
+                .details(serde_json::json!({
+                    "rule_id": existing.rule_id,
+                    "milestone": existing.milestone,
+                }));
+            match self.shared.store.revoke_waiver(&id, at, &note).await {
+                Ok(waiver) => {
+                    tracing::info!(waiver = id, actor, "waiver revoked");
+                    self.shared.notify_changed();
+                    return Ok(Response::new(waiver.to_proto()));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
             }
-            other => other?,
-        };
-        tracing::info!(waiver = id, actor, "waiver revoked");
-        self.shared.notify_changed();
-        Ok(Response::new(waiver.to_proto()))
+        }
+        Err(status::waiver_refused(WaiverRefusal::AlreadyRevoked { id }))
     }
 
     async fn list_waivers(

@@ -1,17 +1,43 @@
-//! `NodeService`: the fleet as lab operators see it, and cordoning.
+//! `NodeService`: the fleet as lab operators see it, cordoning and health; and applying the
+//! node lifecycle changes that registration and an agent's connection make.
+//!
+//! Every state change here is load -> `tollgate_domain::node::next_state` -> apply with a
+//! compare-and-set on the state it was decided from; a lost race is decided again from the
+//! state found, at most [`ATTEMPTS`] times.
 
 use super::convert::{ToProto, check_labels};
 use super::status::{FieldErrors, invalid_fields, not_found};
 use crate::Shared;
-use crate::store::StoreError;
+use crate::store::{AuditNote, Registration, Store, StoreError};
 use std::sync::Arc;
-use tollgate_domain::fleet::{Health, Node, NodeState, Selector};
-use tollgate_domain::node::HealthEvent;
+use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState, Selector};
+use tollgate_domain::node::{HealthChange, HealthEvent, NodeEvent, NodeRefusal, next_state};
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::result::{Outcome, StepResult};
-use tollgate_domain::{NodeId, ReleaseId};
+use tollgate_domain::{NodeId, ReleaseId, Timestamp};
 use tollgate_proto::v1::{self as proto, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
+
+/// How many times a change that lost a compare-and-set is decided again from what the store
+/// holds now before the caller gets the `Conflict` (`Aborted`: retry the call).
+pub const ATTEMPTS: usize = 3;
+
+/// What a node state change could not do: the domain refused it, or the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeChangeError {
+    /// The node's lifecycle does not allow it.
+    #[error("node {node}: {refusal}")]
+    Refused {
+        /// The node.
+        node: NodeId,
+        /// Why not, and what to do.
+        #[source]
+        refusal: NodeRefusal,
+    },
+    /// The store failed, or the race was lost [`ATTEMPTS`] times.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The node service.
 #[derive(Debug, Clone)]
@@ -40,21 +66,116 @@ impl NodeApi {
     }
 }
 
-/// The state a node moves to when cordoned or uncordoned, or `Err` with why it cannot.
-pub fn cordon_state(node: &Node, cordoned: bool) -> Result<NodeState, String> {
-    use NodeState as S;
-    match (node.state, cordoned) {
-        (S::Ready | S::Busy | S::Cordoned, true) => Ok(S::Cordoned),
-        (S::Draining, true) => Ok(S::Draining),
-        (S::Cordoned | S::Draining, false) if node.current_job.is_some() => Ok(S::Busy),
-        (S::Cordoned | S::Draining, false) => Ok(S::Ready),
-        (S::Ready | S::Busy, false) => Ok(node.state),
-        (S::Unreachable, _) => Err(format!(
-            "node {} is unreachable; cordon or uncordon it once its agent is back",
-            node.id
-        )),
-        (S::Retired, _) => Err(format!("node {} is retired", node.id)),
+/// Cordons (`cordoned`) or uncordons an operator's node as `actor`: the change is decided by
+/// `next_state` from the node as loaded and applied with its audit entry, only if the node is
+/// still in the state it was decided from (else decided again). Returns the state before and
+/// after.
+pub async fn set_cordon(
+    shared: &Shared,
+    node: &NodeId,
+    cordoned: bool,
+    actor: &str,
+) -> Result<(NodeState, NodeState), NodeChangeError> {
+    let action = if cordoned {
+        "node.cordon"
+    } else {
+        "node.uncordon"
+    };
+    let mut lost = None;
+    for _ in 0..ATTEMPTS {
+        let current = load_node(&shared.store, node).await?;
+        let event = if cordoned {
+            NodeEvent::Cordon
+        } else {
+            NodeEvent::Uncordon {
+                active_job: current.current_job.is_some(),
+            }
+        };
+        let to = decide(node, current.state, event)?;
+        if to == current.state {
+            return Ok((to, to));
+        }
+        let note = AuditNote::new(shared.now(), actor, action, format!("node/{node}"))
+            .details(serde_json::json!({ "from": current.state.as_str(), "to": to.as_str() }));
+        match shared
+            .store
+            .change_node_state(node, current.state, to, &note)
+            .await
+        {
+            Ok(()) => return Ok((current.state, to)),
+            Err(conflict @ StoreError::Conflict { .. }) => lost = Some(conflict),
+            Err(error) => return Err(error.into()),
+        }
     }
+    Err(lost_race(node, lost).into())
+}
+
+/// `next_state`, its refusal naming the node.
+fn decide(node: &NodeId, state: NodeState, event: NodeEvent) -> Result<NodeState, NodeChangeError> {
+    next_state(state, event).map_err(|refusal| NodeChangeError::Refused {
+        node: node.clone(),
+        refusal,
+    })
+}
+
+/// The race a retry loop lost last, or, had it run no attempt ([`ATTEMPTS`] is never 0), a
+/// `Conflict` saying so.
+fn lost_race(node: &NodeId, lost: Option<StoreError>) -> StoreError {
+    lost.unwrap_or_else(|| StoreError::Conflict {
+        what: format!("node {node}"),
+        detail: "no attempt was made".into(),
+    })
+}
+
+async fn load_node(store: &Store, node: &NodeId) -> Result<Node, StoreError> {
+    store
+        .get_node(node)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("node {node}"),
+        })
+}
+
+/// Registers `node` (labels, inventory, token hash): a node the store does not know starts
+/// `ready`; a known one is `Reconnected` (`next_state`: an `unreachable` node comes back
+/// `ready`, or `busy` with an active job; a cordon, a drain and a retirement stay), applied
+/// with a compare-and-set on the state it was decided from. Returns the state after.
+pub async fn register(
+    store: &Store,
+    node: &NodeId,
+    labels: &Labels,
+    inventory: &Inventory,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<NodeState, NodeChangeError> {
+    let mut lost = None;
+    for _ in 0..ATTEMPTS {
+        let registration = match store.get_node(node).await? {
+            None => Registration::New(tollgate_domain::node::FIRST_STATE),
+            Some(known) => Registration::Known {
+                from: known.state,
+                to: decide(
+                    node,
+                    known.state,
+                    NodeEvent::Reconnected {
+                        active_job: known.current_job.is_some(),
+                    },
+                )?,
+            },
+        };
+        let to = match registration {
+            Registration::New(to) | Registration::Known { to, .. } => to,
+        };
+        match store
+            .register_node(node, labels, inventory, token_hash, now, registration)
+            .await
+        {
+            Ok(()) => return Ok(to),
+            Err(conflict @ StoreError::Conflict { .. }) => lost = Some(conflict),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(lost_race(node, lost).into())
 }
 
 #[tonic::async_trait]
@@ -97,25 +218,9 @@ impl NodeService for NodeApi {
         let proto::SetCordonRequest { name, cordoned } =
             super::convert::bounded(request.into_inner())?;
         let node = self.load(&name).await?;
-        let state = cordon_state(&node, cordoned).map_err(Status::failed_precondition)?;
-        if state != node.state {
-            let action = if cordoned {
-                "node.cordon"
-            } else {
-                "node.uncordon"
-            };
-            let note = crate::store::AuditNote::new(
-                self.shared.now(),
-                &actor,
-                action,
-                format!("node/{}", node.id),
-            )
-            .details(serde_json::json!({ "from": node.state.as_str(), "to": state.as_str() }));
-            self.shared
-                .store
-                .set_node_state_audited(&node.id, state, Some(&note))
-                .await?;
-            tracing::info!(node = %node.id, from = %node.state, to = %state, "{}", if cordoned { "node cordoned" } else { "node uncordoned" });
+        let (from, to) = set_cordon(&self.shared, &node.id, cordoned, &actor).await?;
+        if from != to {
+            tracing::info!(node = %node.id, from = %from, to = %to, "{}", if cordoned { "node cordoned" } else { "node uncordoned" });
             self.shared.notify_changed();
             if !cordoned {
                 self.shared.poke_scheduler();
@@ -161,24 +266,8 @@ impl NodeService for NodeApi {
             actor: actor.clone(),
             reason: reason.to_owned(),
         };
-        if let Some(change) = tollgate_domain::node::next(node.health, &event) {
-            let note = crate::store::AuditNote::new(
-                self.shared.now(),
-                &actor,
-                "node.health",
-                format!("node/{}", node.id),
-            )
-            .details(serde_json::json!({
-                "from": change.from.as_str(),
-                "to": change.to.as_str(),
-                "reason": reason,
-            }));
-            self.shared
-                .store
-                .change_node_health(&node.id, &change, &note)
-                .await?;
+        if let Some(change) = change_health(&self.shared, &node.id, &actor, &event).await? {
             tracing::info!(node = %node.id, from = %change.from, to = %change.to, reason, "node health set");
-            self.shared.notify_changed();
             if change.to == Health::Good {
                 self.shared.poke_scheduler();
             }
@@ -222,38 +311,50 @@ pub(crate) async fn apply_findings(
         Vec::new()
     };
     for event in tollgate_domain::node::findings(result, step_kind, &components, &recent) {
-        for _ in 0..3 {
-            let Some(current) = store.get_node(node).await? else {
-                return Err(StoreError::NotFound {
-                    what: format!("node {node}"),
-                });
-            };
-            let Some(change) = tollgate_domain::node::next(current.health, &event) else {
-                break;
-            };
-            let note = crate::store::AuditNote::new(
-                shared.now(),
-                "controller",
-                "node.health",
-                format!("node/{node}"),
-            )
-            .details(serde_json::json!({
-                "from": change.from.as_str(),
-                "to": change.to.as_str(),
-                "reason": change.reason,
-            }));
-            match store.change_node_health(node, &change, &note).await {
-                Ok(()) => {
-                    tracing::warn!(node = %node, from = %change.from, to = %change.to, reason = change.reason, "node health changed by a finding");
-                    shared.notify_changed();
-                    break;
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error),
-            }
+        if let Some(change) = change_health(shared, node, "controller", &event).await? {
+            tracing::warn!(node = %node, from = %change.from, to = %change.to, reason = change.reason, "node health changed by a finding");
         }
     }
     Ok(())
+}
+
+/// Decides what `event` does to `node`'s health as stored (`node::next`) and applies it with
+/// its audit entry by `actor`. A change decided from a health another writer changed meanwhile
+/// is decided again from the health found, at most [`ATTEMPTS`] times. Returns the change
+/// applied, or `None` when the event changes nothing.
+async fn change_health(
+    shared: &Shared,
+    node: &NodeId,
+    actor: &str,
+    event: &HealthEvent,
+) -> Result<Option<HealthChange>, StoreError> {
+    let mut lost = None;
+    for _ in 0..ATTEMPTS {
+        let current = load_node(&shared.store, node).await?;
+        let Some(change) = tollgate_domain::node::next(current.health, event) else {
+            return Ok(None);
+        };
+        // The audit keeps what the person wrote; a finding's reason is the change's.
+        let reason = match event {
+            HealthEvent::OperatorSet { reason, .. } => reason,
+            _ => &change.reason,
+        };
+        let note = AuditNote::new(shared.now(), actor, "node.health", format!("node/{node}"))
+            .details(serde_json::json!({
+                "from": change.from.as_str(),
+                "to": change.to.as_str(),
+                "reason": reason,
+            }));
+        match shared.store.change_node_health(node, &change, &note).await {
+            Ok(()) => {
+                shared.notify_changed();
+                return Ok(Some(change));
+            }
+            Err(conflict @ StoreError::Conflict { .. }) => lost = Some(conflict),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(lost_race(node, lost))
 }
 
 /// Shows a `ready` or `busy` node without a live agent session on this controller as
@@ -270,26 +371,4 @@ pub(crate) fn mark_disconnected(shared: &crate::Shared, nodes: &mut [Node]) -> u
         }
     }
     n_marked
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tollgate_domain::JobId;
-    use tollgate_domain::test_support::node;
-
-    #[test]
-    fn cordoning_keeps_a_running_job_and_uncordoning_restores_busy() {
-        let mut n = node("n1", "hgx-h100");
-        assert_eq!(cordon_state(&n, true), Ok(NodeState::Cordoned));
-        n.state = NodeState::Cordoned;
-        assert_eq!(cordon_state(&n, false), Ok(NodeState::Ready));
-        n.current_job = Some(JobId::from("job-1"));
-        assert_eq!(cordon_state(&n, false), Ok(NodeState::Busy));
-        n.state = NodeState::Busy;
-        assert_eq!(cordon_state(&n, true), Ok(NodeState::Cordoned));
-        assert_eq!(cordon_state(&n, false), Ok(NodeState::Busy));
-        n.state = NodeState::Unreachable;
-        assert!(cordon_state(&n, true).unwrap_err().contains("unreachable"));
-    }
 }

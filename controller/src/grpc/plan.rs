@@ -46,19 +46,17 @@ impl PlanService for PlanApi {
         let is_new = self
             .shared
             .store
-            .put_plan_audited(
+            .put_plan(
                 &plan,
                 &source,
                 self.shared.now(),
-                Some(
-                    &AuditNote::new(
-                        self.shared.now(),
-                        &actor,
-                        "plan.apply",
-                        format!("plan/{}@{version}", plan.name),
-                    )
-                    .details(serde_json::json!({ "version": version.as_str() })),
-                ),
+                &AuditNote::new(
+                    self.shared.now(),
+                    &actor,
+                    "plan.apply",
+                    format!("plan/{}@{version}", plan.name),
+                )
+                .details(serde_json::json!({ "version": version.as_str() })),
             )
             .await?;
         if is_new {

@@ -1,18 +1,27 @@
-//! `ReleaseService`: registering releases and promoting them along the track, only on a gate
-//! that passes when evaluated now.
+//! `ReleaseService`: registering releases and moving them along their lifecycle. Every change
+//! (promote, demote, halt, resume) is load -> `tollgate_domain::release::next` -> apply with a
+//! compare-and-set on the state it was decided from and its audit entry; a promotion is
+//! decided on the gate of the release's milestone evaluated now.
 
 use super::auth::actor_of;
 use super::convert::{NewRelease, ToProto, release_to_proto};
-use super::{load_release, status};
+use super::load_release;
+use super::status::{self, FieldErrors};
 use crate::Shared;
-use crate::gates::{evaluate_now, explain_not_passed};
+use crate::gates::evaluate_now;
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
-use tollgate_domain::gate::Verdict;
-use tollgate_domain::release::{Promotion, RELEASED, Release, Track};
+use tollgate_domain::release::{
+    Release, ReleaseChange, ReleaseEvent, ReleaseRefusal, ReleaseState, Track,
+};
 use tollgate_proto::v1::{self as proto, release_service_server::ReleaseService};
 use tonic::{Request, Response, Status};
+
+/// How many times a demotion, halt or resume that lost a compare-and-set is decided again from
+/// the state found before the caller gets the `Conflict`. A promotion is never decided again:
+/// it was asked for from the milestone it was at.
+const ATTEMPTS: usize = 3;
 
 /// The release service.
 #[derive(Debug, Clone)]
@@ -27,19 +36,25 @@ impl ReleaseApi {
     }
 }
 
+/// Where `release` stands now; `NotFound` when it does not exist.
+async fn state_of(shared: &Shared, release: &ReleaseId) -> Result<ReleaseState, Status> {
+    shared
+        .store
+        .release_state(release)
+        .await?
+        .ok_or_else(|| status::not_found(format!("release {release}")))
+}
+
 /// `FailedPrecondition` when the release is halted, saying what cannot be done and why.
 pub async fn refuse_if_halted(
     shared: &Shared,
     release: &ReleaseId,
-    what: &str,
+    what: &'static str,
 ) -> Result<(), Status> {
-    match shared.store.release_halt(release).await? {
-        None => Ok(()),
-        Some(reason) => Err(Status::failed_precondition(format!(
-            "release {release} is halted ({reason}): it cannot be {what}; resume it with \
-             `tollgate resume --release {release}`"
-        ))),
-    }
+    state_of(shared, release)
+        .await?
+        .refuse_if_halted(release, what)
+        .map_err(status::release_refused)
 }
 
 /// A release as stored now, on the wire, with its halt.
@@ -50,19 +65,62 @@ async fn current_release(shared: &Shared, release: &ReleaseId) -> Result<proto::
         .await?
         .ok_or_else(|| status::not_found(format!("release {release}")))?;
     let mut wire = release_to_proto(&stored, &Track::default());
-    wire.halted_reason = shared
-        .store
-        .release_halt(release)
-        .await?
-        .unwrap_or_default();
+    wire.halted_reason = state_of(shared, release).await?.halted.unwrap_or_default();
     Ok(wire)
 }
 
-/// The message a promote gets when the milestone has no gate.
+/// The message a request gets when the milestone has no gate.
 pub fn no_gate(milestone: &str) -> Status {
-    Status::failed_precondition(format!(
-        "no gate for milestone {milestone}; apply one with `tollgate gate apply -f FILE`"
-    ))
+    status::release_refused(ReleaseRefusal::NoGate {
+        milestone: milestone.to_owned(),
+    })
+}
+
+/// Decides `event` for `release` as it stands now and applies the change with the audit entry
+/// `note` makes of it. A change that lost the compare-and-set is decided again from the state
+/// found (at most `attempts` times; with 1, the caller gets `Moved`).
+async fn decide_and_apply(
+    shared: &Shared,
+    release: &ReleaseId,
+    event: impl Fn() -> ReleaseEvent,
+    note: impl Fn(&ReleaseChange) -> AuditNote,
+    attempts: usize,
+) -> Result<ReleaseChange, Status> {
+    let track = Track::default();
+    let mut lost = None;
+    for _ in 0..attempts {
+        let state = state_of(shared, release).await?;
+        let change = tollgate_domain::release::next(&track, release, &state, event())
+            .map_err(status::release_refused)?;
+        match shared
+            .store
+            .change_release(release, &change, &note(&change))
+            .await
+        {
+            Ok(()) => return Ok(change),
+            Err(StoreError::Conflict { .. }) => lost = Some(state),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let now = state_of(shared, release).await?;
+    Err(status::release_refused(ReleaseRefusal::Moved {
+        release: release.clone(),
+        was: lost.map_or_else(|| now.milestone.clone(), |state| state.milestone),
+        now: now.milestone,
+    }))
+}
+
+/// The audit entry of a release change made by `actor`, with `details`.
+fn release_note(
+    shared: &Shared,
+    actor: &str,
+    action: &str,
+    release: &ReleaseId,
+    details: serde_json::Value,
+) -> AuditNote {
+    AuditNote::new(shared.now(), actor, action, format!("release/{release}"))
+        .release(release)
+        .details(details)
 }
 
 #[tonic::async_trait]
@@ -94,10 +152,7 @@ impl ReleaseService for ReleaseApi {
         )
         .release(&release.id)
         .details(serde_json::json!({ "components": release.components }));
-        self.shared
-            .store
-            .create_release_audited(&release, Some(&note))
-            .await?;
+        self.shared.store.create_release(&release, &note).await?;
         tracing::info!(release = %release.id, n_components = release.components.len(), "release created");
         Ok(Response::new(release_to_proto(&release, &track)))
     }
@@ -135,85 +190,57 @@ impl ReleaseService for ReleaseApi {
         let actor = actor_of(&request);
         let proto::PromoteRequest { name } = super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &name).await?;
-        refuse_if_halted(&self.shared, &release.id, "promoted").await?;
+        let state = state_of(&self.shared, &release.id).await?;
         let track = Track::default();
-        let from = release.milestone.clone();
-        if from == RELEASED {
-            return Err(Status::failed_precondition(format!(
-                "release {} is already released; there is nothing to promote it to",
-                release.id
-            )));
-        }
-        let to = track.next(&from).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "release {} is at milestone {from}, which is not on the track ({})",
-                release.id,
-                track.milestones.join(", ")
-            ))
-        })?;
-        let evaluated = evaluate_now(&self.shared, &release, &from)
-            .await?
-            .ok_or_else(|| no_gate(&from))?;
-        let decision = evaluated.decision;
-        if decision.verdict != Verdict::Passed {
-            return Err(Status::failed_precondition(explain_not_passed(
-                &release.id,
-                &decision,
-            )));
-        }
-        let promotion = Promotion {
-            from_milestone: from.clone(),
-            to_milestone: to.to_owned(),
+        // The gate is evaluated only where a promotion could follow: on the track, not halted.
+        let decision = if state.halted.is_none() && track.contains(&state.milestone) {
+            evaluate_now(&self.shared, &release, &state.milestone)
+                .await?
+                .map(|evaluated| Box::new(evaluated.decision))
+        } else {
+            None
+        };
+        let event = || ReleaseEvent::Promote {
+            decision: decision.clone(),
             at: self.shared.now(),
-            decision_digest: decision.digest.clone(),
             actor: actor.clone(),
         };
-        let note = AuditNote::new(
-            promotion.at,
-            &actor,
-            "release.promote",
-            format!("release/{}", release.id),
-        )
-        .release(&release.id)
-        .details(serde_json::json!({
-            "from": from,
-            "to": to,
-            "decision_digest": decision.digest,
-            "verdict": decision.verdict.as_str(),
-        }));
-        match self
-            .shared
-            .store
-            .promote_release(&release.id, &promotion, &note)
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(Status::failed_precondition(format!(
-                    "release {} was promoted past {from} by someone else meanwhile",
-                    release.id
-                )));
-            }
-            Err(error) => return Err(error.into()),
-        }
+        let note = |change: &ReleaseChange| {
+            let digest = change
+                .promotion
+                .as_ref()
+                .map(|p| p.decision_digest.as_str());
+            release_note(
+                &self.shared,
+                &actor,
+                "release.promote",
+                &release.id,
+                serde_json::json!({
+                    "from": change.from.milestone,
+                    "to": change.to.milestone,
+                    "decision_digest": digest,
+                    "verdict": "passed",
+                }),
+            )
+        };
+        let change = decide_and_apply(&self.shared, &release.id, event, note, 1).await?;
         tracing::info!(
             release = %release.id,
-            from = %from,
-            to,
-            digest = %decision.digest,
+            from = %change.from.milestone,
+            to = %change.to.milestone,
             actor,
             "release promoted"
         );
         self.shared.notify_changed();
-        let release = self
+        let promoted = self
             .shared
             .store
             .get_release(&release.id)
             .await?
             .ok_or_else(|| status::not_found(format!("release {}", release.id)))?;
         Ok(Response::new(proto::PromoteResponse {
-            release: Some(release_to_proto(&release, &track)),
-            decision: Some(decision.to_proto()),
+            release: Some(release_to_proto(&promoted, &track)),
+            decision: decision.map(|decision| decision.to_proto()),
         }))
     }
 
@@ -227,61 +254,37 @@ impl ReleaseService for ReleaseApi {
             to_milestone,
             reason,
         } = super::convert::bounded(request.into_inner())?;
-        let mut problems = Vec::new();
+        let mut errors = FieldErrors::new();
         if to_milestone.trim().is_empty() {
-            problems.push("to_milestone: is empty; give the milestone to move back to");
+            errors.add(
+                "to_milestone",
+                "is empty; give the milestone to move back to",
+            );
         }
         if reason.trim().is_empty() {
-            problems.push("reason: is empty; say why the release is demoted");
+            errors.add("reason", "is empty; say why the release is demoted");
         }
-        if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
-        }
+        errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
-        let track = Track::default();
-        let position = |milestone: &str| {
-            if milestone == RELEASED {
-                Some(track.milestones.len())
-            } else {
-                track.milestones.iter().position(|m| m == milestone)
-            }
+        let reason = reason.trim();
+        let event = || ReleaseEvent::Demote {
+            to: to_milestone.clone(),
         };
-        let Some(to_idx) = track.milestones.iter().position(|m| *m == to_milestone) else {
-            return Err(Status::invalid_argument(format!(
-                "to_milestone: '{to_milestone}' is not on the track ({})",
-                track.milestones.join(", ")
-            )));
+        let note = |change: &ReleaseChange| {
+            release_note(
+                &self.shared,
+                &actor,
+                "release.demote",
+                &release.id,
+                serde_json::json!({
+                    "from": change.from.milestone,
+                    "to": change.to.milestone,
+                    "reason": reason,
+                }),
+            )
         };
-        let from = release.milestone.clone();
-        if position(&from).is_none_or(|from_idx| to_idx >= from_idx) {
-            return Err(Status::failed_precondition(format!(
-                "release {} is at {from}; it can only be demoted to an earlier milestone, and {to_milestone} is not",
-                release.id
-            )));
-        }
-        let note = AuditNote::new(
-            self.shared.now(),
-            &actor,
-            "release.demote",
-            format!("release/{}", release.id),
-        )
-        .release(&release.id)
-        .details(serde_json::json!({ "from": from, "to": to_milestone, "reason": reason.trim() }));
-        match self
-            .shared
-            .store
-            .demote_release(&release.id, &from, &to_milestone, &note)
-            .await
-        {
-            Err(StoreError::Conflict { .. }) => {
-                return Err(Status::failed_precondition(format!(
-                    "release {} moved from {from} meanwhile",
-                    release.id
-                )));
-            }
-            other => other?,
-        }
-        tracing::info!(release = %release.id, from, to = to_milestone, actor, "release demoted");
+        let change = decide_and_apply(&self.shared, &release.id, event, note, ATTEMPTS).await?;
+        tracing::info!(release = %release.id, from = %change.from.milestone, to = %change.to.milestone, actor, "release demoted");
         self.shared.notify_changed();
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
@@ -295,24 +298,27 @@ impl ReleaseService for ReleaseApi {
         let actor = actor_of(&request);
         let proto::HaltRequest { release, reason } = super::convert::bounded(request.into_inner())?;
         if reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "reason: is empty; say why the release is halted",
+            return Err(status::invalid_field(
+                "reason",
+                "is empty; say why the release is halted",
             ));
         }
         let release = load_release(&self.shared, &release).await?;
-        let note = AuditNote::new(
-            self.shared.now(),
-            &actor,
-            "release.halt",
-            format!("release/{}", release.id),
-        )
-        .release(&release.id)
-        .details(serde_json::json!({ "reason": reason.trim() }));
-        self.shared
-            .store
-            .set_halt(&release.id, Some(reason.trim()), &note)
-            .await?;
-        tracing::info!(release = %release.id, actor, reason = reason.trim(), "release halted");
+        let reason = reason.trim();
+        let event = || ReleaseEvent::Halt {
+            reason: reason.to_owned(),
+        };
+        let note = |_: &ReleaseChange| {
+            release_note(
+                &self.shared,
+                &actor,
+                "release.halt",
+                &release.id,
+                serde_json::json!({ "reason": reason }),
+            )
+        };
+        decide_and_apply(&self.shared, &release.id, event, note, ATTEMPTS).await?;
+        tracing::info!(release = %release.id, actor, reason, "release halted");
         self.shared.notify_changed();
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
@@ -327,15 +333,24 @@ impl ReleaseService for ReleaseApi {
         let proto::ResumeRequest { release, reason } =
             super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &release).await?;
-        let note = AuditNote::new(
-            self.shared.now(),
-            &actor,
-            "release.resume",
-            format!("release/{}", release.id),
+        let reason = reason.trim();
+        let note = |_: &ReleaseChange| {
+            release_note(
+                &self.shared,
+                &actor,
+                "release.resume",
+                &release.id,
+                serde_json::json!({ "reason": reason }),
+            )
+        };
+        decide_and_apply(
+            &self.shared,
+            &release.id,
+            || ReleaseEvent::Resume,
+            note,
+            ATTEMPTS,
         )
-        .release(&release.id)
-        .details(serde_json::json!({ "reason": reason.trim() }));
-        self.shared.store.set_halt(&release.id, None, &note).await?;
+        .await?;
         tracing::info!(release = %release.id, actor, "release resumed");
         self.shared.notify_changed();
         Ok(Response::new(

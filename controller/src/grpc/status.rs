@@ -12,11 +12,14 @@
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
 
 use super::agent::AgentRefusal;
+use super::node::NodeChangeError;
 use crate::store::StoreError;
 use tollgate_domain::job::ResultRefusal;
+use tollgate_domain::release::ReleaseRefusal;
 use tollgate_domain::run::CancelRefusal;
 use tollgate_domain::scheduler::SelectError;
 use tollgate_domain::spec::SpecErrors;
+use tollgate_domain::waiver::WaiverRefusal;
 use tonic::Status;
 
 /// Bad fields are collected by the wire crate's checks (and by handlers, the same way); they
@@ -88,6 +91,57 @@ impl From<StoreError> for Status {
             | StoreError::Database(_) => {
                 tracing::error!(%error, "store failed");
                 Status::internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<NodeChangeError> for Status {
+    fn from(error: NodeChangeError) -> Self {
+        match error {
+            NodeChangeError::Refused { .. } => Status::failed_precondition(error.to_string()),
+            NodeChangeError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A release change the release lifecycle refused. A target milestone that is not on the
+/// track is a bad field; every other refusal is a valid request in the wrong state.
+pub fn release_refused(refusal: ReleaseRefusal) -> Status {
+    {
+        match refusal {
+            ReleaseRefusal::UnknownMilestone { .. } => {
+                Status::invalid_argument(bounded_message(&refusal.to_string()))
+            }
+            ReleaseRefusal::Halted { .. }
+            | ReleaseRefusal::AlreadyReleased { .. }
+            | ReleaseRefusal::OffTrack { .. }
+            | ReleaseRefusal::NoGate { .. }
+            | ReleaseRefusal::StaleDecision { .. }
+            | ReleaseRefusal::NotPassed { .. }
+            | ReleaseRefusal::NotEarlier { .. }
+            | ReleaseRefusal::AlreadyHalted { .. }
+            | ReleaseRefusal::NotHalted { .. }
+            | ReleaseRefusal::Moved { .. } => {
+                Status::failed_precondition(bounded_message(&refusal.to_string()))
+            }
+        }
+    }
+}
+
+/// A waiver grant or revocation refused. Bad fields and a rule that is not in the gate are the
+/// request's fault; the rest are a valid request in the wrong state.
+pub fn waiver_refused(refusal: WaiverRefusal) -> Status {
+    {
+        match refusal {
+            WaiverRefusal::Fields(errors) => invalid_fields(InvalidFields(errors)),
+            WaiverRefusal::UnknownRule { .. } => {
+                Status::invalid_argument(bounded_message(&refusal.to_string()))
+            }
+            WaiverRefusal::NoGate { .. }
+            | WaiverRefusal::AlreadyRevoked { .. }
+            | WaiverRefusal::Expired { .. } => {
+                Status::failed_precondition(bounded_message(&refusal.to_string()))
             }
         }
     }

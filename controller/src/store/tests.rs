@@ -4,10 +4,12 @@
 use super::*;
 use std::time::Duration;
 use tempfile::TempDir;
-use tollgate_domain::fleet::{GpuSourceKind, Health};
+use tollgate_domain::fleet::{GpuSourceKind, Health, Inventory, Labels, Node, NodeState};
 use tollgate_domain::gate::{Decision, EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
+use tollgate_domain::node::HealthChange;
 use tollgate_domain::plan::Step;
 use tollgate_domain::release::Component;
+use tollgate_domain::release::{Promotion, ReleaseChange, ReleaseState};
 use tollgate_domain::result::{Measurement, Outcome};
 use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
 use tollgate_domain::test_support::{at, inventory, node, plan_for, release, step_result};
@@ -99,6 +101,7 @@ on_both_backends!(
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
     promote_is_compare_and_set,
+    concurrent_cordons_apply_once,
     load_evidence_picks_latest_run_per_plan,
     stored_result_digests_match_what_loads_back,
     refreshing_evidence_reads_only_what_changed,
@@ -126,29 +129,64 @@ fn two_step_plan(name: &str) -> Plan {
     plan
 }
 
+/// The audit entry of a test's setup writes.
+pub(super) fn setup_note() -> AuditNote {
+    AuditNote::new(at(0), "test", "test.setup", "test")
+}
+
+/// Registers a node as the agent service does (decided by `node::next_state`, applied with a
+/// compare-and-set).
+pub(super) async fn register(
+    store: &Store,
+    node: &NodeId,
+    labels: &Labels,
+    inventory: &Inventory,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<NodeState, crate::grpc::node::NodeChangeError> {
+    crate::grpc::node::register(store, node, labels, inventory, token_hash, now).await
+}
+
+/// Puts a node in `state` for a test's setup, from whatever state it is in.
+async fn put_node_state(store: &Store, name: &str, state: NodeState) -> Result<(), StoreError> {
+    let id = NodeId::from(name);
+    let current = store
+        .get_node(&id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("node {name}"),
+        })?;
+    store
+        .change_node_state(&id, current.state, state, &setup_note())
+        .await
+}
+
 async fn add_node(store: &Store, name: &str) {
     let fixture = node(name, "hgx");
-    store
-        .register_node(
-            &fixture.id,
-            &fixture.labels,
-            &fixture.inventory,
-            "token-hash",
-            at(0),
-        )
-        .await
-        .expect("register node");
+    register(
+        store,
+        &fixture.id,
+        &fixture.labels,
+        &fixture.inventory,
+        "token-hash",
+        at(0),
+    )
+    .await
+    .expect("register node");
 }
 
 async fn add_release(store: &Store) -> Release {
     let release = release();
-    store.create_release(&release).await.expect("release");
+    store
+        .create_release(&release, &setup_note())
+        .await
+        .expect("release");
     release
 }
 
 async fn add_plan(store: &Store, plan: &Plan) {
     store
-        .put_plan(plan, "steps: []", at(0))
+        .put_plan(plan, "steps: []", at(0), &setup_note())
         .await
         .expect("plan");
 }
@@ -511,16 +549,16 @@ impl Store {
 async fn round_trip_of_every_stored_type(store: &Store) {
     // Nodes.
     let fixture = node("n1", "hgx");
-    store
-        .register_node(
-            &fixture.id,
-            &fixture.labels,
-            &fixture.inventory,
-            "abc123",
-            at(1),
-        )
-        .await
-        .expect("register");
+    register(
+        store,
+        &fixture.id,
+        &fixture.labels,
+        &fixture.inventory,
+        "abc123",
+        at(1),
+    )
+    .await
+    .expect("register");
     let stored = store
         .get_node(&fixture.id)
         .await
@@ -585,7 +623,10 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         decision_digest: "d0".into(),
         actor: "alice".into(),
     });
-    store.create_release(&release).await.expect("release");
+    store
+        .create_release(&release, &setup_note())
+        .await
+        .expect("release");
     assert_eq!(
         store.get_release(&release.id).await.expect("get"),
         Some(release.clone())
@@ -596,13 +637,16 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         promotions: Vec::new(),
         ..release.clone()
     };
-    store.create_release(&newer).await.expect("newer release");
+    store
+        .create_release(&newer, &setup_note())
+        .await
+        .expect("newer release");
     assert_eq!(
         store.list_releases().await.expect("list"),
         [newer, release.clone()]
     );
     assert!(matches!(
-        store.create_release(&release).await,
+        store.create_release(&release, &setup_note()).await,
         Err(StoreError::AlreadyExists { .. })
     ));
 
@@ -610,7 +654,7 @@ async fn round_trip_of_every_stored_type(store: &Store) {
     let plan = two_step_plan("gpu-qual");
     assert!(
         store
-            .put_plan(&plan, "name: gpu-qual\n", at(2))
+            .put_plan(&plan, "name: gpu-qual\n", at(2), &setup_note())
             .await
             .expect("put")
     );
@@ -629,12 +673,17 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         }
     );
     store
-        .put_gate(&gate_policy("first"), "milestone: lab-qual\n", at(2))
+        .put_gate(
+            &gate_policy("first"),
+            "milestone: lab-qual\n",
+            at(2),
+            &setup_note(),
+        )
         .await
         .expect("gate");
     let policy = gate_policy("second");
     store
-        .put_gate(&policy, "second\n", at(3))
+        .put_gate(&policy, "second\n", at(3), &setup_note())
         .await
         .expect("gate");
     assert_eq!(
@@ -733,16 +782,16 @@ async fn timestamps_keep_microseconds(store: &Store) {
     let precise = at(0) + chrono::Duration::nanoseconds(123_456_789);
     let micros = at(0) + chrono::Duration::nanoseconds(123_456_000);
     let fixture = node("n1", "hgx");
-    store
-        .register_node(
-            &fixture.id,
-            &fixture.labels,
-            &fixture.inventory,
-            "h",
-            precise,
-        )
-        .await
-        .expect("register");
+    register(
+        store,
+        &fixture.id,
+        &fixture.labels,
+        &fixture.inventory,
+        "h",
+        precise,
+    )
+    .await
+    .expect("register");
     let stored = store
         .get_node(&fixture.id)
         .await
@@ -760,21 +809,17 @@ async fn registration_keeps_operator_state(store: &Store) {
     }
     let (_, jobs) = start_run(store, "run-1", &plan, &["n2"], 10).await;
     make_running(store, &jobs[0].id).await;
-    store
-        .set_node_state(&NodeId::from("n1"), NodeState::Cordoned)
+    put_node_state(store, "n1", NodeState::Cordoned)
         .await
         .expect("cordon");
     set_health(store, "n1", Health::Good, Health::Bad).await;
-    store
-        .set_node_state(&NodeId::from("n2"), NodeState::Unreachable)
+    put_node_state(store, "n2", NodeState::Unreachable)
         .await
         .expect("unreachable");
-    store
-        .set_node_state(&NodeId::from("n3"), NodeState::Unreachable)
+    put_node_state(store, "n3", NodeState::Unreachable)
         .await
         .expect("unreachable");
-    store
-        .set_node_state(&NodeId::from("n4"), NodeState::Retired)
+    put_node_state(store, "n4", NodeState::Retired)
         .await
         .expect("retire");
 
@@ -782,10 +827,16 @@ async fn registration_keeps_operator_state(store: &Store) {
     labels.insert("sku".into(), "hgx-h200".into());
     let inventory = inventory("560.28.03", "96.00.99.00.01", 8);
     for name in ["n1", "n2", "n3", "n4"] {
-        store
-            .register_node(&NodeId::from(name), &labels, &inventory, "new-hash", at(99))
-            .await
-            .expect("re-register");
+        register(
+            store,
+            &NodeId::from(name),
+            &labels,
+            &inventory,
+            "new-hash",
+            at(99),
+        )
+        .await
+        .expect("re-register");
     }
     let n1 = store
         .get_node(&NodeId::from("n1"))
@@ -810,9 +861,7 @@ async fn registration_keeps_operator_state(store: &Store) {
         Some("new-hash".into())
     );
     assert!(matches!(
-        store
-            .set_node_state(&NodeId::from("nope"), NodeState::Ready)
-            .await,
+        put_node_state(store, "nope", NodeState::Ready).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -822,17 +871,27 @@ async fn plan_versions_and_latest(store: &Store) {
     let mut v2 = v1.clone();
     v2.description = "second".into();
     let other = two_step_plan("burn-in");
-    assert!(store.put_plan(&v1, "v1", at(1)).await.expect("put"));
+    assert!(
+        store
+            .put_plan(&v1, "v1", at(1), &setup_note())
+            .await
+            .expect("put")
+    );
     assert!(
         !store
-            .put_plan(&v1, "v1 again", at(2))
+            .put_plan(&v1, "v1 again", at(2), &setup_note())
             .await
             .expect("put again")
     );
-    assert!(store.put_plan(&v2, "v2", at(3)).await.expect("put v2"));
     assert!(
         store
-            .put_plan(&other, "other", at(4))
+            .put_plan(&v2, "v2", at(3), &setup_note())
+            .await
+            .expect("put v2")
+    );
+    assert!(
+        store
+            .put_plan(&other, "other", at(4), &setup_note())
             .await
             .expect("put other")
     );
@@ -876,7 +935,7 @@ async fn plan_versions_and_latest(store: &Store) {
     // Applying v1 again rolls back to it, keeping when it was first stored.
     assert!(
         !store
-            .put_plan(&v1, "v1 again", at(5))
+            .put_plan(&v1, "v1 again", at(5), &setup_note())
             .await
             .expect("rollback")
     );
@@ -1013,8 +1072,7 @@ async fn job_end_frees_node_and_finishes_run(store: &Store) {
     }
     assert_eq!(node_state(store, "n1").await, NodeState::Busy);
     // A node cordoned while its job runs stays cordoned when the job ends.
-    store
-        .set_node_state(&NodeId::from("n2"), NodeState::Cordoned)
+    put_node_state(store, "n2", NodeState::Cordoned)
         .await
         .expect("cordon");
 
@@ -1343,25 +1401,40 @@ async fn two_jobs_assigned_to_one_node_at_once_only_one_applies(store: &Store) {
 
 async fn promote_is_compare_and_set(store: &Store) {
     let release = add_release(store).await;
-    let promotion = Promotion {
+    let promotion = |actor: &str| Promotion {
         from_milestone: "lab-qual".into(),
         to_milestone: "customer-acceptance".into(),
         at: at(100),
-        decision_digest: "digest-1".into(),
-        actor: "alice".into(),
+        decision_digest: format!("digest-{actor}"),
+        actor: actor.into(),
     };
-    let note = AuditNote::new(at(100), "alice", "release.promote", "release/r1");
-    store
-        .promote_release(&release.id, &promotion, &note)
-        .await
-        .expect("promote");
-    let err = store
-        .promote_release(&release.id, &promotion, &note)
-        .await
-        .expect_err("no longer at lab-qual");
+    let change = |actor: &str| ReleaseChange {
+        from: ReleaseState {
+            milestone: "lab-qual".into(),
+            halted: None,
+        },
+        to: ReleaseState {
+            milestone: "customer-acceptance".into(),
+            halted: None,
+        },
+        promotion: Some(promotion(actor)),
+    };
+    let note = |actor: &str| AuditNote::new(at(100), actor, "release.promote", "release/r550");
+    // Two promotions decided from the same milestone, applied at once: exactly one applies.
+    let (alice, bob) = (change("alice"), change("bob"));
+    let (alice_note, bob_note) = (note("alice"), note("bob"));
+    let (first, second) = tokio::join!(
+        store.change_release(&release.id, &alice, &alice_note),
+        store.change_release(&release.id, &bob, &bob_note),
+    );
+    let (winner, lost) = match (first, second) {
+        (Ok(()), Err(lost)) => ("alice", lost),
+        (Err(lost), Ok(())) => ("bob", lost),
+        other => panic!("exactly one promotion must apply: {other:?}"),
+    };
     assert!(
-        matches!(&err, StoreError::Conflict { detail, .. } if detail.contains("customer-acceptance")),
-        "{err:?}"
+        matches!(&lost, StoreError::Conflict { detail, .. } if detail.contains("found customer-acceptance")),
+        "{lost:?}"
     );
     let stored = store
         .get_release(&release.id)
@@ -1369,13 +1442,72 @@ async fn promote_is_compare_and_set(store: &Store) {
         .expect("get")
         .expect("some");
     assert_eq!(stored.milestone, "customer-acceptance");
-    assert_eq!(stored.promotions, std::slice::from_ref(&promotion));
+    assert_eq!(stored.promotions, [promotion(winner)]);
+    let audited: Vec<String> = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|entry| entry.action == "release.promote")
+        .map(|entry| entry.actor)
+        .collect();
+    assert_eq!(audited, [winner], "only the applied promotion is audited");
     assert!(matches!(
         store
-            .promote_release(&ReleaseId::from("nope"), &promotion, &note)
+            .change_release(&ReleaseId::from("nope"), &change("carol"), &note("carol"))
             .await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+async fn concurrent_cordons_apply_once(store: &Store) {
+    add_node(store, "n1").await;
+    let id = NodeId::from("n1");
+    // Two operators decide from `ready`: one cordons, one retires. Exactly one applies.
+    let cordon = AuditNote::new(at(1), "alice", "node.cordon", "node/n1");
+    let retire = AuditNote::new(at(1), "bob", "node.retire", "node/n1");
+    let (first, second) = tokio::join!(
+        store.change_node_state(&id, NodeState::Ready, NodeState::Cordoned, &cordon),
+        store.change_node_state(&id, NodeState::Ready, NodeState::Retired, &retire),
+    );
+    let (expected, lost) = match (first, second) {
+        (Ok(()), Err(lost)) => (NodeState::Cordoned, lost),
+        (Err(lost), Ok(())) => (NodeState::Retired, lost),
+        other => panic!("exactly one change must apply: {other:?}"),
+    };
+    assert!(
+        matches!(&lost, StoreError::Conflict { detail, .. } if detail.contains("expected state ready")),
+        "{lost:?}"
+    );
+    assert_eq!(node_state(store, "n1").await, expected);
+    let n_audited = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|entry| entry.subject == "node/n1")
+        .count();
+    assert_eq!(n_audited, 1, "only the applied change is audited");
+    // A registration decided from a state the node has left is refused the same way.
+    let fixture = node("n1", "hgx");
+    let stale = Registration::Known {
+        from: NodeState::Ready,
+        to: NodeState::Ready,
+    };
+    assert!(matches!(
+        store
+            .register_node(&id, &fixture.labels, &fixture.inventory, "h", at(2), stale)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let twice = Registration::New(NodeState::Ready);
+    assert!(matches!(
+        store
+            .register_node(&id, &fixture.labels, &fixture.inventory, "h", at(2), twice)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(node_state(store, "n1").await, expected, "unchanged");
 }
 
 async fn load_evidence_picks_latest_run_per_plan(store: &Store) {

@@ -81,7 +81,8 @@ async fn controller_path(
     let config = ControllerConfig::new(dir.path().to_path_buf());
     let store = Store::connect(&config.database_url).await?;
     let release = ev.release.clone();
-    store.create_release(&release).await?;
+    let setup = tollgate_controller::store::AuditNote::new(at(0), "bench", "bench.setup", "bench");
+    store.create_release(&release, &setup).await?;
     let mut plan = tollgate_domain::test_support::plan_for("hgx-h100");
     let template = plan.steps[0].clone();
     plan.steps = ev.runs[0]
@@ -92,14 +93,20 @@ async fn controller_path(
             ..template.clone()
         })
         .collect();
-    store.put_plan(&plan, "generated", at(0)).await?;
-    store.put_gate(policy, "bench.yaml", at(0)).await?;
+    store.put_plan(&plan, "generated", at(0), &setup).await?;
+    store.put_gate(policy, "bench.yaml", at(0), &setup).await?;
     let inventory = ev.runs[0].jobs[0].results[0].inventory.clone();
     for job in &ev.runs[0].jobs {
         let node = tollgate_domain::test_support::node(job.node.as_str(), "hgx-h100");
-        store
-            .register_node(&node.id, &node.labels, &inventory, "token-hash", at(0))
-            .await?;
+        tollgate_controller::grpc::node::register(
+            &store,
+            &node.id,
+            &node.labels,
+            &inventory,
+            "token-hash",
+            at(0),
+        )
+        .await?;
     }
     let run = RunRecord {
         id: tollgate_domain::RunId::from("run-1"),

@@ -170,16 +170,23 @@ fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
 /// Fills a fresh store with one run of `n_nodes` jobs of 10 results each.
 async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
     let release = ts::release();
-    store.create_release(&release).await?;
+    let setup = tollgate_controller::store::AuditNote::new(at(0), "bench", "bench.setup", "bench");
+    store.create_release(&release, &setup).await?;
     let plan = plan();
-    store.put_plan(&plan, "generated", at(0)).await?;
+    store.put_plan(&plan, "generated", at(0), &setup).await?;
     for node_idx in 0..n_nodes {
         let node = ts::node(&node_name(node_idx), "hgx-h100");
         let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, N_GPUS);
         inventory.hostname = node.id.to_string();
-        store
-            .register_node(&node.id, &node.labels, &inventory, "token-hash", at(0))
-            .await?;
+        tollgate_controller::grpc::node::register(
+            store,
+            &node.id,
+            &node.labels,
+            &inventory,
+            "token-hash",
+            at(0),
+        )
+        .await?;
     }
     let run = RunRecord {
         id: RunId::from("run-1"),

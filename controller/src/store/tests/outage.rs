@@ -67,7 +67,7 @@ async fn writes_succeed_again(store: &Store, job: &JobId, acknowledged: &[u32]) 
     let mut release = release();
     release.id = ReleaseId::from("r560");
     store
-        .create_release(&release)
+        .create_release(&release, &setup_note())
         .await
         .expect("a release after the outage");
 

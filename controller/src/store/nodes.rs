@@ -1,0 +1,286 @@
+//! Nodes in the store: registration, reads, heartbeats, and applying lifecycle and health
+//! changes decided by `tollgate_domain::node` (`next_state`, `next`) with a compare-and-set on
+//! the state or health they were decided from.
+
+use super::connect::Begin;
+use super::{AuditNote, Pool, Store, StoreError, found, micros, rows, states, to_json};
+use std::sync::LazyLock;
+use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState};
+use tollgate_domain::node::HealthChange;
+use tollgate_domain::result::Outcome;
+use tollgate_domain::{NodeId, Timestamp};
+
+/// What a registration does to the node's row, as decided by the caller from the node as it
+/// was loaded (`tollgate_domain::node::next_state` with `Reconnected`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The node was not known: insert it in this state, `good`.
+    New(NodeState),
+    /// The node was known in state `from`: update it and move it to `to`.
+    Known {
+        /// The state the decision was made from.
+        from: NodeState,
+        /// The state decided.
+        to: NodeState,
+    },
+}
+
+/// `Conflict` naming `node` and the state expected, or `NotFound` when the node is gone.
+fn state_conflict(node: &NodeId, expected: NodeState, current: Option<String>) -> StoreError {
+    match current {
+        None => StoreError::NotFound {
+            what: format!("node {node}"),
+        },
+        Some(current) => StoreError::Conflict {
+            what: format!("node {node}"),
+            detail: format!("expected state {expected}, found {current}"),
+        },
+    }
+}
+
+/// The node's state as stored, in the transaction `$tx`.
+macro_rules! current_state {
+    ($tx:expr, $node:expr) => {
+        sqlx::query("SELECT name, state FROM nodes WHERE name = $1")
+            .bind($node.as_str())
+            .fetch_optional(&mut *$tx)
+            .await?
+            .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("state"))
+            .transpose()?
+    };
+}
+
+/// Moves the node from state `$from` to `$to` in the transaction `$tx`, or returns the
+/// `Conflict` (or `NotFound`) from the method when it is no longer in `$from`.
+macro_rules! move_state {
+    ($tx:expr, $node:expr, $from:expr, $to:expr) => {{
+        let n_rows = sqlx::query("UPDATE nodes SET state = $3 WHERE name = $1 AND state = $2")
+            .bind($node.as_str())
+            .bind($from.as_str())
+            .bind($to.as_str())
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        if n_rows == 0 {
+            return Err(state_conflict($node, $from, current_state!($tx, $node)));
+        }
+    }};
+}
+
+impl Store {
+    /// Applies a registration decided from the node as loaded: labels, inventory, token hash
+    /// and last-seen time, and the state decided. A new node is inserted (`Conflict` when
+    /// another registration inserted it meanwhile); a known one is updated only if it is still
+    /// in the state the decision was made from (`Conflict` otherwise).
+    pub async fn register_node(
+        &self,
+        node: &NodeId,
+        labels: &Labels,
+        inventory: &Inventory,
+        token_hash: &str,
+        now: Timestamp,
+        registration: Registration,
+    ) -> Result<(), StoreError> {
+        const INSERT: &str = "INSERT INTO nodes (name, labels, inventory, gpu_source, state,
+                                health, token_hash, last_seen_at, registered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+             ON CONFLICT (name) DO NOTHING";
+        const UPDATE: &str = "UPDATE nodes SET labels = $2, inventory = $3, gpu_source = $4,
+                token_hash = $5, last_seen_at = $6, state = $8
+             WHERE name = $1 AND state = $7";
+        let labels = to_json(labels);
+        let gpu_source = inventory.gpu_source.as_str();
+        let inventory = to_json(inventory);
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            match registration {
+                Registration::New(state) => {
+                    let n_rows = sqlx::query(INSERT)
+                        .bind(node.as_str())
+                        .bind(&labels)
+                        .bind(&inventory)
+                        .bind(gpu_source)
+                        .bind(state.as_str())
+                        .bind(Health::Good.as_str())
+                        .bind(token_hash)
+                        .bind(micros(now))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if n_rows == 0 {
+                        return Err(StoreError::Conflict {
+                            what: format!("node {node}"),
+                            detail: "registered by another connection meanwhile".into(),
+                        });
+                    }
+                }
+                Registration::Known { from, to } => {
+                    let n_rows = sqlx::query(UPDATE)
+                        .bind(node.as_str())
+                        .bind(&labels)
+                        .bind(&inventory)
+                        .bind(gpu_source)
+                        .bind(token_hash)
+                        .bind(micros(now))
+                        .bind(from.as_str())
+                        .bind(to.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if n_rows == 0 {
+                        return Err(state_conflict(node, from, current_state!(tx, node)));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The sha256 (hex) of the node's token, if the node exists.
+    pub async fn node_token_hash(&self, node: &NodeId) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT token_hash FROM nodes WHERE name = $1";
+        let row = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("token_hash"))
+                .transpose()?
+        });
+        Ok(row)
+    }
+
+    /// One node.
+    pub async fn get_node(&self, node: &NodeId) -> Result<Option<Node>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(node_query!(" WHERE n.name = $1")));
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(node.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| rows::node(&row))
+                .transpose()
+        })
+    }
+
+    /// Every node, by name. `current_job` is its assigned or running job.
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| states::sql(node_query!(" ORDER BY n.name")));
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::node)
+                .collect()
+        })
+    }
+
+    /// Records a heartbeat.
+    pub async fn touch_node(&self, node: &NodeId, now: Timestamp) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE nodes SET last_seen_at = $2 WHERE name = $1";
+        writing!(self, |pool| {
+            let n_rows = sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(micros(now))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            found(n_rows, || format!("node {node}"))
+        })
+    }
+
+    /// Applies an operator's change of a node's state (cordon, uncordon), decided by
+    /// `tollgate_domain::node::next_state` from `from`, with its audit entry `note` in the same
+    /// transaction. `Conflict` when the node is no longer in `from`, so two operators never
+    /// both apply changes decided from the same state.
+    pub async fn change_node_state(
+        &self,
+        node: &NodeId,
+        from: NodeState,
+        to: NodeState,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            move_state!(tx, node, from, to);
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Applies a node health change decided by `tollgate_domain::node::next`, with its audit
+    /// entry `note` in the same transaction. The change applies only if the node still has
+    /// the health it was decided from (`Conflict` otherwise), so two writers never both apply
+    /// changes decided from the same health.
+    pub async fn change_node_health(
+        &self,
+        node: &NodeId,
+        change: &HealthChange,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const SQL: &str =
+            "UPDATE nodes SET health = $3, health_reason = $4 WHERE name = $1 AND health = $2";
+        const CURRENT: &str = "SELECT name, health FROM nodes WHERE name = $1";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(change.from.as_str())
+                .bind(change.to.as_str())
+                .bind(&change.reason)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                let current = sqlx::query(CURRENT)
+                    .bind(node.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("health"))
+                    .transpose()?;
+                return Err(match current {
+                    None => StoreError::NotFound {
+                        what: format!("node {node}"),
+                    },
+                    Some(current) => StoreError::Conflict {
+                        what: format!("node {node}"),
+                        detail: format!("expected health {}, found {current}", change.from),
+                    },
+                });
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The outcomes of the node's latest `limit` step results that were not skipped, newest
+    /// first (by arrival), across jobs and runs.
+    pub async fn recent_outcomes(
+        &self,
+        node: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        const SQL: &str = "SELECT r.job_id, r.outcome FROM step_results r
+             JOIN jobs j ON j.id = r.job_id
+             WHERE j.node = $1 AND r.outcome <> $3
+             ORDER BY r.seq DESC LIMIT $2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(limit)
+                .bind(Outcome::Skipped.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "step_results", &["job_id"]).parse("outcome"))
+                .collect()
+        })
+    }
+}
