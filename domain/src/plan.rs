@@ -570,25 +570,15 @@ fn check_sizes(problems: &mut Problems, at: &StepAt, raw: &RawStep) {
             &report.value,
         );
     }
-    if let Some(components) = &raw.components
-        && problems.count(
-            components.referenced,
-            at.field("components"),
-            &limits::COMPONENTS,
-            components.value.len(),
-        )
-    {
-        each(problems, components, "components", &limits::NAME);
-    }
-    if let Some(tests) = &raw.tests
-        && problems.count(
-            tests.referenced,
-            at.field("tests"),
-            &limits::STEP_LIST,
-            tests.value.len(),
-        )
-    {
-        each(problems, tests, "tests", &limits::NAME);
+    for (field, list, limit) in [
+        ("components", &raw.components, &limits::COMPONENTS),
+        ("tests", &raw.tests, &limits::STEP_LIST),
+    ] {
+        if let Some(list) = list
+            && problems.count(list.referenced, at.field(field), limit, list.value.len())
+        {
+            each(problems, list, field, &limits::NAME);
+        }
     }
     if let Some(limits_list) = &raw.limits {
         problems.count(

@@ -176,32 +176,7 @@ impl RuleKind {
                 quorum,
                 per,
                 tolerance,
-            } => {
-                let mut parts = Vec::new();
-                if let Some(n) = quorum.min_nodes {
-                    parts.push(format!("at least {n} node(s)"));
-                }
-                match quorum.min_fraction {
-                    Some(f) => parts.push(format!(
-                        "at least {}% of the nodes",
-                        format_number(f * 100.0)
-                    )),
-                    None if quorum.min_nodes.is_none() => parts.push("every node".to_owned()),
-                    None => {}
-                }
-                let group = per
-                    .as_ref()
-                    .map(|key| format!(" of each {key}"))
-                    .unwrap_or_default();
-                format!(
-                    "steps {} of plan {plan} pass on {}{group}; tolerated: {} failed, {} errored, {} inconclusive",
-                    steps.join(", "),
-                    parts.join(" and "),
-                    tolerance.max_failed,
-                    tolerance.max_errored,
-                    tolerance.max_inconclusive
-                )
-            }
+            } => describe_steps_passed(plan, steps, *quorum, per.as_deref(), *tolerance),
             RuleKind::Measurement {
                 name,
                 step,
@@ -257,24 +232,7 @@ impl RuleKind {
                 ecc_uncorrected,
                 row_remap_failure,
                 gpu_lost,
-            } => {
-                let mut kinds = vec![if xid.is_empty() {
-                    "no XID".to_owned()
-                } else {
-                    let codes: Vec<String> = xid.iter().map(i64::to_string).collect();
-                    format!("no XID {}", codes.join(", "))
-                }];
-                for (on, what) in [
-                    (ecc_uncorrected, "no uncorrected ECC error"),
-                    (row_remap_failure, "no row remap failure"),
-                    (gpu_lost, "no lost GPU"),
-                ] {
-                    if *on {
-                        kinds.push(what.to_owned());
-                    }
-                }
-                format!("{} on any node", kinds.join(", "))
-            }
+            } => describe_no_events(xid, *ecc_uncorrected, *row_remap_failure, *gpu_lost),
             RuleKind::DcgmDiag {
                 min_level,
                 tests,
@@ -286,6 +244,62 @@ impl RuleKind {
             ),
         }
     }
+}
+
+/// [`RuleKind::describe`] of a `steps-passed` rule.
+fn describe_steps_passed(
+    plan: &str,
+    steps: &[String],
+    quorum: Quorum,
+    per: Option<&str>,
+    tolerance: Tolerance,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = quorum.min_nodes {
+        parts.push(format!("at least {n} node(s)"));
+    }
+    match quorum.min_fraction {
+        Some(f) => parts.push(format!(
+            "at least {}% of the nodes",
+            format_number(f * 100.0)
+        )),
+        None if quorum.min_nodes.is_none() => parts.push("every node".to_owned()),
+        None => {}
+    }
+    let group = per.map(|key| format!(" of each {key}")).unwrap_or_default();
+    format!(
+        "steps {} of plan {plan} pass on {}{group}; tolerated: {} failed, {} errored, {} inconclusive",
+        steps.join(", "),
+        parts.join(" and "),
+        tolerance.max_failed,
+        tolerance.max_errored,
+        tolerance.max_inconclusive
+    )
+}
+
+/// [`RuleKind::describe`] of a `no-events` rule.
+fn describe_no_events(
+    xid: &[i64],
+    ecc_uncorrected: bool,
+    row_remap_failure: bool,
+    gpu_lost: bool,
+) -> String {
+    let mut kinds = vec![if xid.is_empty() {
+        "no XID".to_owned()
+    } else {
+        let codes: Vec<String> = xid.iter().map(i64::to_string).collect();
+        format!("no XID {}", codes.join(", "))
+    }];
+    for (on, what) in [
+        (ecc_uncorrected, "no uncorrected ECC error"),
+        (row_remap_failure, "no row remap failure"),
+        (gpu_lost, "no lost GPU"),
+    ] {
+        if on {
+            kinds.push(what.to_owned());
+        }
+    }
+    format!("{} on any node", kinds.join(", "))
 }
 
 /// A number without a pointless fraction: `98`, `97.5`.

@@ -371,6 +371,9 @@ pub(super) struct RuleState {
 impl RuleState {
     /// The state of `rule` with every job's scope known and no part computed yet: the build
     /// fills the parts ([`RuleState::builders`]) and ends with [`RuleState::finish_build`].
+    ///
+    /// Longer than most functions here: one arm per kind, each handing the kind's settings to
+    /// its file. It is the one place that reads a [`RuleKind`]; split, it would be two.
     pub(super) fn new(rule: &Rule, ctx: &Ctx<'_>) -> Self {
         let n = ctx.slots.len();
         let kept = match &rule.kind {
