@@ -1206,6 +1206,39 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
     controller.stop().await;
 }
 
+/// A plan with `selection: ready-now` keeps its runs to the nodes ready when they start, as
+/// `nodes_now` does for one run: with every matching node busy, the run is refused.
+#[tokio::test]
+async fn a_plan_that_selects_ready_nodes_only_leaves_busy_ones_out() {
+    let controller = Controller::start().await;
+    let _fx = fixture(&controller).await;
+    controller
+        .plans()
+        .apply_plan(proto::ApplyPlanRequest {
+            source: PLAN.replace("name: gpu-qual", "name: gpu-qual-now\nselection: ready-now"),
+            file_name: "plan.yaml".into(),
+        })
+        .await
+        .expect("apply plan");
+    let status = controller
+        .runs()
+        .start_run(proto::StartRunRequest {
+            release: "r550".into(),
+            plan: "gpu-qual-now".into(),
+            milestone: String::new(),
+            nodes_now: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("node-a is busy") && status.message().contains("node-b is busy"),
+        "{}",
+        status.message()
+    );
+    controller.stop().await;
+}
+
 /// A run started while its nodes are busy selects them: their jobs wait, pending, and go out
 /// once the earlier run's jobs end. `nodes_now` keeps to the nodes ready now.
 #[tokio::test]

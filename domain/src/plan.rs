@@ -5,6 +5,7 @@ use crate::PlanVersion;
 use crate::fleet::Selector;
 use crate::limits;
 use crate::release::name_problem;
+use crate::scheduler::Selecting;
 use crate::spec::RawInt;
 use crate::spec::{Problems, SpecErrors, format_duration, parse_duration, parse_yaml};
 use crate::telemetry::Field;
@@ -35,6 +36,12 @@ pub struct Plan {
     pub selector: Selector,
     /// At most this many nodes; `None` for every matching node.
     pub max_nodes: Option<u32>,
+    /// Which nodes a run takes when it starts: every matching node, busy ones waiting (the
+    /// default), or with `selection: ready-now` only those ready then, as `run start
+    /// --nodes-now` asks of one run. Left out of the canonical form when it is the default, so
+    /// the versions of plans that do not set it are what they were.
+    #[serde(default, skip_serializing_if = "Selecting::is_default")]
+    pub selection: Selecting,
     /// Steps, in order.
     pub steps: Vec<Step>,
 }
@@ -215,6 +222,8 @@ struct RawPlan {
     selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     nodes: Option<Spanned<RawInt>>,
+    #[serde(default)]
+    selection: Option<Spanned<String>>,
     steps: Spanned<Vec<RawStep>>,
 }
 
@@ -302,24 +311,12 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
     if let Some(selector) = &raw.selector {
         check_labels(&mut problems, raw.name.referenced, "selector", selector);
     }
-    let max_nodes = match &raw.nodes {
-        None => None,
-        Some(nodes) => match nodes.value.to_u32(u32::MAX) {
-            Ok(0) => {
-                problems.add(
-                    nodes.referenced,
-                    "nodes",
-                    "must be at least 1 (leave it out to use every matching node)",
-                );
-                None
-            }
-            Ok(n) => Some(n),
-            Err(message) => {
-                problems.add(nodes.referenced, "nodes", message);
-                None
-            }
-        },
-    };
+    let max_nodes = raw.nodes.as_ref().and_then(|n| max_nodes(&mut problems, n));
+    let selection = raw
+        .selection
+        .as_ref()
+        .map(|s| selection(&mut problems, s))
+        .unwrap_or_default();
     if raw.steps.value.is_empty() {
         problems.add(
             raw.steps.referenced,
@@ -338,453 +335,524 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
     }
     let mut steps = Vec::new();
     for (idx, raw_step) in raw.steps.value.into_iter().enumerate() {
-        let at = |field: &str| format!("steps[{idx}].{field}");
-        let name = raw_step.name.value.clone();
-        let name_invalid = name_problem("step", &name);
-        if let Some(message) = &name_invalid {
-            problems.add(raw_step.name.referenced, at("name"), message.clone());
+        if let Some(step) = parse_step(&mut problems, idx, raw_step, &steps) {
+            steps.push(step);
         }
-        if name_invalid.is_none() && steps.iter().any(|s: &Step| s.name == name) {
-            problems.add(
-                raw_step.name.referenced,
-                at("name"),
-                format!("step name {} is used twice", limits::quote(&name)),
-            );
-        }
-        let timeout = match &raw_step.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(text) => match parse_duration(&text.value) {
-                Ok(d) if d.is_zero() => {
-                    problems.add(text.referenced, at("timeout"), "must be longer than 0s");
-                    DEFAULT_TIMEOUT
-                }
-                Ok(d) if d > MAX_TIMEOUT => {
-                    problems.add(
-                        text.referenced,
-                        at("timeout"),
-                        format!(
-                            "{} is longer than the limit of 7 days",
-                            limits::quote(&text.value)
-                        ),
-                    );
-                    DEFAULT_TIMEOUT
-                }
-                Ok(d) => d,
-                Err(message) => {
-                    problems.add(text.referenced, at("timeout"), message);
-                    DEFAULT_TIMEOUT
-                }
-            },
-        };
-        let retries = match &raw_step.retries {
-            Some(r) => r.value.to_u32(MAX_RETRIES).unwrap_or_else(|message| {
-                problems.add(r.referenced, at("retries"), message);
-                0
-            }),
-            None => 0,
-        };
-        let kind_location = raw_step.kind.referenced;
-        let kind_name = raw_step.kind.value.clone();
-        let allowed = fields_of(&kind_name);
-        if !allowed.is_empty() {
-            let present = [
-                ("command", raw_step.command.is_some()),
-                ("env", raw_step.env.is_some()),
-                ("workdir", raw_step.workdir.is_some()),
-                ("components", raw_step.components.is_some()),
-                ("level", raw_step.level.is_some()),
-                ("tests", raw_step.tests.is_some()),
-                ("report", raw_step.report.is_some()),
-                ("duration", raw_step.duration.is_some()),
-                ("limits", raw_step.limits.is_some()),
-                ("component", raw_step.component.is_some()),
-                ("version", raw_step.version.is_some()),
-                ("reboot", raw_step.reboot.is_some()),
-            ];
-            for (field, is_present) in present {
-                if is_present && !allowed.contains(&field) {
-                    problems.add(
-                        kind_location,
-                        at(field),
-                        format!("'{field}' does not apply to kind {kind_name}"),
-                    );
-                }
-            }
-        }
-        if let Some(command) = &raw_step.command
-            && problems.count(
-                command.referenced,
-                at("command"),
-                &limits::COMMAND_ARGS,
-                command.value.len(),
-            )
-        {
-            for (arg_idx, arg) in command.value.iter().enumerate() {
-                problems.text(
-                    command.referenced,
-                    format!("steps[{idx}].command[{arg_idx}]"),
-                    &limits::COMMAND_ARG,
-                    arg,
-                );
-            }
-        }
-        if let Some(env) = &raw_step.env
-            && problems.count(kind_location, at("env"), &limits::ENV_VARS, env.len())
-        {
-            for (key, value) in env {
-                let field = format!(
-                    "steps[{idx}].env[{}]",
-                    limits::truncate(&limits::NAME, key, false)
-                );
-                if problems.text(kind_location, field.clone(), &limits::NAME, key) {
-                    problems.text(kind_location, field, &limits::ENV_VALUE, value);
-                }
-            }
-        }
-        if let Some(workdir) = &raw_step.workdir {
-            problems.text(kind_location, at("workdir"), &limits::PATH, workdir);
-        }
-        if let Some(report) = &raw_step.report {
-            problems.text(
-                report.referenced,
-                at("report"),
-                &limits::PATH,
-                &report.value,
-            );
-        }
-        if let Some(components) = &raw_step.components
-            && problems.count(
-                components.referenced,
-                at("components"),
-                &limits::COMPONENTS,
-                components.value.len(),
-            )
-        {
-            for (component_idx, component) in components.value.iter().enumerate() {
-                problems.text(
-                    components.referenced,
-                    format!("steps[{idx}].components[{component_idx}]"),
-                    &limits::NAME,
-                    component,
-                );
-            }
-        }
-        if let Some(tests) = &raw_step.tests
-            && problems.count(
-                tests.referenced,
-                at("tests"),
-                &limits::STEP_LIST,
-                tests.value.len(),
-            )
-        {
-            for (test_idx, test) in tests.value.iter().enumerate() {
-                problems.text(
-                    tests.referenced,
-                    format!("steps[{idx}].tests[{test_idx}]"),
-                    &limits::NAME,
-                    test,
-                );
-            }
-        }
-        if let Some(limits_list) = &raw_step.limits {
-            problems.count(
-                limits_list.referenced,
-                at("limits"),
-                &limits::STEP_LIST,
-                limits_list.value.len(),
-            );
-        }
-        if let Some(component) = &raw_step.component {
-            problems.text(
-                component.referenced,
-                at("component"),
-                &limits::NAME,
-                &component.value,
-            );
-        }
-        if let Some(version) = &raw_step.version {
-            problems.text(
-                version.referenced,
-                at("version"),
-                &limits::VERSION,
-                &version.value,
-            );
-        }
-        // A command the kind needs: a non-empty argv.
-        let command_of = |problems: &mut Problems, example: &str| match &raw_step.command {
-            Some(command) if command.value.is_empty() || command.value[0].trim().is_empty() => {
-                problems.add(
-                    command.referenced,
-                    at("command"),
-                    "the command is empty; give the program and its arguments as a list",
-                );
-                Vec::new()
-            }
-            Some(command) => command.value.clone(),
-            None => {
-                problems.add(
-                    kind_location,
-                    at("command"),
-                    format!(
-                        "{} {kind_name} step needs a command, for example {example}",
-                        if kind_name.starts_with('e') {
-                            "an"
-                        } else {
-                            "a"
-                        }
-                    ),
-                );
-                Vec::new()
-            }
-        };
-        let env = raw_step.env.clone().unwrap_or_default();
-        let workdir = raw_step.workdir.clone();
-        let mut timeout = timeout;
-        let kind = match kind_name.as_str() {
-            "exec" => {
-                let command = command_of(&mut problems, "command: [sh, -c, \"./stress.sh\"]");
-                StepKind::Exec {
-                    command,
-                    env,
-                    workdir,
-                }
-            }
-            "inventory-check" => StepKind::InventoryCheck {
-                components: raw_step.components.map(|c| c.value).unwrap_or_default(),
-            },
-            "dcgm-diag" => {
-                let level = match &raw_step.level {
-                    None => {
-                        problems.add(
-                            kind_location,
-                            at("level"),
-                            "a dcgm-diag step needs a level, 1 to 4 (dcgmi diag -r LEVEL)",
-                        );
-                        1
-                    }
-                    Some(level) => match level.value.to_u32(u32::from(*DCGM_LEVELS.end())) {
-                        Ok(value) if DCGM_LEVELS.contains(&(value as u8)) => value as u8,
-                        _ => {
-                            let shown = match &level.value {
-                                RawInt::Int(value) => value.to_string(),
-                                RawInt::Other(text) => text.clone(),
-                            };
-                            problems.add(
-                                level.referenced,
-                                at("level"),
-                                format!("{shown} is not a dcgmi diag level (1 to 4)"),
-                            );
-                            1
-                        }
-                    },
-                };
-                let tests = raw_step.tests.map(|t| t.value).unwrap_or_default();
-                if let Some(bad) = tests
-                    .iter()
-                    .find(|t| t.trim().is_empty() || t.contains(','))
-                {
-                    problems.add(
-                        kind_location,
-                        at("tests"),
-                        format!(
-                            "{} is not a test name (one name per list item)",
-                            limits::quote(bad)
-                        ),
-                    );
-                }
-                let command = match &raw_step.command {
-                    Some(_) => command_of(&mut problems, ""),
-                    None => Vec::new(),
-                };
-                StepKind::DcgmDiag {
-                    level,
-                    tests,
-                    command,
-                }
-            }
-            "junit" => {
-                let command = command_of(&mut problems, "command: [pytest, --junitxml=report.xml]");
-                let report = match raw_step.report {
-                    Some(report) if report.value.trim().is_empty() => {
-                        problems.add(report.referenced, at("report"), "the report path is empty");
-                        String::new()
-                    }
-                    Some(report) => report.value,
-                    None => {
-                        problems.add(
-                            kind_location,
-                            at("report"),
-                            "a junit step needs the report it writes, for example report: junit.xml (relative to $TOLLGATE_RESULTS_DIR)",
-                        );
-                        String::new()
-                    }
-                };
-                StepKind::Junit {
-                    command,
-                    env,
-                    workdir,
-                    report,
-                }
-            }
-            "burn-in" => {
-                let command = command_of(&mut problems, "command: [gpu-burn, \"3600\"]");
-                let duration = match &raw_step.duration {
-                    None => {
-                        problems.add(
-                            kind_location,
-                            at("duration"),
-                            "a burn-in step needs a duration, for example duration: 1h",
-                        );
-                        Duration::ZERO
-                    }
-                    Some(text) => match parse_duration(&text.value) {
-                        Ok(d) if d.is_zero() => {
-                            problems.add(text.referenced, at("duration"), "must be longer than 0s");
-                            d
-                        }
-                        Ok(d) if d > MAX_TIMEOUT => {
-                            problems.add(
-                                text.referenced,
-                                at("duration"),
-                                format!(
-                                    "{} is longer than the limit of 7 days",
-                                    limits::quote(&text.value)
-                                ),
-                            );
-                            d
-                        }
-                        Ok(d) => d,
-                        Err(message) => {
-                            problems.add(text.referenced, at("duration"), message);
-                            Duration::ZERO
-                        }
-                    },
-                };
-                match &raw_step.timeout {
-                    // The load is stopped at `duration`; the timeout only guards a stop that
-                    // hangs, so by default it is the duration plus the usual timeout.
-                    None => timeout = duration + DEFAULT_TIMEOUT,
-                    Some(text) if !duration.is_zero() && timeout <= duration => problems.add(
-                        text.referenced,
-                        at("timeout"),
-                        format!(
-                            "{} is not longer than the duration {}; the timeout must leave time to stop the load",
-                            text.value,
-                            format_duration(duration)
-                        ),
-                    ),
-                    Some(_) => {}
-                }
-                let mut limits = Vec::new();
-                for (limit_idx, raw_limit) in raw_step
-                    .limits
-                    .map(|l| l.value)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .enumerate()
-                {
-                    let where_ = format!("steps[{idx}].limits[{limit_idx}]");
-                    let location = raw_limit.field.referenced;
-                    match raw_limit.field.value.parse::<Field>() {
-                        Err(message) => problems.add(location, format!("{where_}.field"), message),
-                        Ok(field) => {
-                            if raw_limit.min.is_none() && raw_limit.max.is_none() {
-                                problems.add(
-                                    location,
-                                    where_.clone(),
-                                    format!(
-                                        "the limit on {} needs a min, a max or both",
-                                        field.name()
-                                    ),
-                                );
-                            }
-                            if let (Some(min), Some(max)) = (raw_limit.min, raw_limit.max)
-                                && min > max
-                            {
-                                problems.add(
-                                    location,
-                                    where_.clone(),
-                                    format!("min {min} is above max {max}"),
-                                );
-                            }
-                            limits.push(TelemetryLimit {
-                                field,
-                                min: raw_limit.min,
-                                max: raw_limit.max,
-                            });
-                        }
-                    }
-                }
-                StepKind::BurnIn {
-                    command,
-                    env,
-                    workdir,
-                    duration,
-                    limits,
-                }
-            }
-            "flash" => {
-                let command = command_of(&mut problems, "command: [./flash.sh, vbios.rom]");
-                let mut required =
-                    |value: Option<Spanned<String>>, field: &str, example: &str| match value {
-                        Some(text) if !text.value.trim().is_empty() => text.value,
-                        Some(text) => {
-                            problems.add(
-                                text.referenced,
-                                at(field),
-                                format!("the {field} is empty"),
-                            );
-                            String::new()
-                        }
-                        None => {
-                            problems.add(
-                                kind_location,
-                                at(field),
-                                format!(
-                                    "a flash step needs a {field}, for example {field}: {example}"
-                                ),
-                            );
-                            String::new()
-                        }
-                    };
-                let component = required(raw_step.component, "component", "vbios");
-                let version = required(raw_step.version, "version", "96.00.89.00.01");
-                StepKind::Flash {
-                    command,
-                    env,
-                    workdir,
-                    component,
-                    version,
-                    reboot: raw_step.reboot.map(|r| r.value).unwrap_or(false),
-                }
-            }
-            other => {
-                problems.add(
-                    kind_location,
-                    at("kind"),
-                    format!(
-                        "unknown step kind {} (expected exec, inventory-check, dcgm-diag, junit, burn-in or flash)",
-                        limits::quote(other)
-                    ),
-                );
-                continue;
-            }
-        };
-        steps.push(Step {
-            name,
-            kind,
-            timeout,
-            retries,
-        });
     }
     let plan = Plan {
         name: raw.name.value,
         description: raw.description.unwrap_or_default(),
         selector: Selector(raw.selector.unwrap_or_default()),
         max_nodes,
+        selection,
         steps,
     };
     problems.finish(plan)
+}
+
+/// `nodes: N`: at least 1.
+fn max_nodes(problems: &mut Problems, nodes: &Spanned<RawInt>) -> Option<u32> {
+    match nodes.value.to_u32(u32::MAX) {
+        Ok(0) => {
+            problems.add(
+                nodes.referenced,
+                "nodes",
+                "must be at least 1 (leave it out to use every matching node)",
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(message) => {
+            problems.add(nodes.referenced, "nodes", message);
+            None
+        }
+    }
+}
+
+/// `selection: ready-now` or `ready-and-busy`.
+fn selection(problems: &mut Problems, text: &Spanned<String>) -> Selecting {
+    text.value.parse().unwrap_or_else(|_| {
+        problems.add(
+            text.referenced,
+            "selection",
+            format!(
+                "{} is not a selection; give ready-and-busy (every matching node, busy ones \
+                 wait; the default) or ready-now (only the nodes ready when the run starts)",
+                limits::quote(&text.value)
+            ),
+        );
+        Selecting::default()
+    })
+}
+
+/// Where one step's problems are reported.
+struct StepAt {
+    idx: usize,
+    /// The location of the step's `kind`, for problems of fields without their own.
+    kind: serde_saphyr::Location,
+    kind_name: String,
+}
+
+impl StepAt {
+    /// `steps[IDX].FIELD`.
+    fn field(&self, field: &str) -> String {
+        format!("steps[{}].{field}", self.idx)
+    }
+}
+
+/// Parses step `idx`; `None` when its kind is unknown. `earlier` are the steps before it.
+fn parse_step(problems: &mut Problems, idx: usize, raw: RawStep, earlier: &[Step]) -> Option<Step> {
+    let at = StepAt {
+        idx,
+        kind: raw.kind.referenced,
+        kind_name: raw.kind.value.clone(),
+    };
+    let name = raw.name.value.clone();
+    let name_invalid = name_problem("step", &name);
+    if let Some(message) = &name_invalid {
+        problems.add(raw.name.referenced, at.field("name"), message.clone());
+    }
+    if name_invalid.is_none() && earlier.iter().any(|s| s.name == name) {
+        problems.add(
+            raw.name.referenced,
+            at.field("name"),
+            format!("step name {} is used twice", limits::quote(&name)),
+        );
+    }
+    let mut timeout = match &raw.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(text) => step_duration(problems, text, at.field("timeout")).unwrap_or(DEFAULT_TIMEOUT),
+    };
+    let retries = match &raw.retries {
+        Some(r) => r.value.to_u32(MAX_RETRIES).unwrap_or_else(|message| {
+            problems.add(r.referenced, at.field("retries"), message);
+            0
+        }),
+        None => 0,
+    };
+    check_fields_apply(problems, &at, &raw);
+    check_sizes(problems, &at, &raw);
+    let kind = match at.kind_name.as_str() {
+        "exec" => exec_step(problems, &at, raw),
+        "inventory-check" => StepKind::InventoryCheck {
+            components: raw.components.map(|c| c.value).unwrap_or_default(),
+        },
+        "dcgm-diag" => dcgm_diag_step(problems, &at, raw),
+        "junit" => junit_step(problems, &at, raw),
+        "burn-in" => burn_in_step(problems, &at, raw, &mut timeout),
+        "flash" => flash_step(problems, &at, raw),
+        other => {
+            problems.add(
+                at.kind,
+                at.field("kind"),
+                format!(
+                    "unknown step kind {} (expected exec, inventory-check, dcgm-diag, junit, burn-in or flash)",
+                    limits::quote(other)
+                ),
+            );
+            return None;
+        }
+    };
+    Some(Step {
+        name,
+        kind,
+        timeout,
+        retries,
+    })
+}
+
+/// A timeout or a duration: `Ok` when usable; `Err(Some(d))` when it is zero or longer than 7
+/// days, `Err(None)` when it is not a duration. Each problem is recorded under `field`.
+fn step_duration(
+    problems: &mut Problems,
+    text: &Spanned<String>,
+    field: String,
+) -> Result<Duration, Option<Duration>> {
+    match parse_duration(&text.value) {
+        Ok(d) if d.is_zero() => {
+            problems.add(text.referenced, field, "must be longer than 0s");
+            Err(Some(d))
+        }
+        Ok(d) if d > MAX_TIMEOUT => {
+            problems.add(
+                text.referenced,
+                field,
+                format!(
+                    "{} is longer than the limit of 7 days",
+                    limits::quote(&text.value)
+                ),
+            );
+            Err(Some(d))
+        }
+        Ok(d) => Ok(d),
+        Err(message) => {
+            problems.add(text.referenced, field, message);
+            Err(None)
+        }
+    }
+}
+
+/// Refuses the fields the step's kind does not take (an unknown kind is refused by itself).
+fn check_fields_apply(problems: &mut Problems, at: &StepAt, raw: &RawStep) {
+    let allowed = fields_of(&at.kind_name);
+    if allowed.is_empty() {
+        return;
+    }
+    let present = [
+        ("command", raw.command.is_some()),
+        ("env", raw.env.is_some()),
+        ("workdir", raw.workdir.is_some()),
+        ("components", raw.components.is_some()),
+        ("level", raw.level.is_some()),
+        ("tests", raw.tests.is_some()),
+        ("report", raw.report.is_some()),
+        ("duration", raw.duration.is_some()),
+        ("limits", raw.limits.is_some()),
+        ("component", raw.component.is_some()),
+        ("version", raw.version.is_some()),
+        ("reboot", raw.reboot.is_some()),
+    ];
+    for (field, is_present) in present {
+        if is_present && !allowed.contains(&field) {
+            problems.add(
+                at.kind,
+                at.field(field),
+                format!("'{field}' does not apply to kind {}", at.kind_name),
+            );
+        }
+    }
+}
+
+/// Checks every list and text of a step against its limit.
+fn check_sizes(problems: &mut Problems, at: &StepAt, raw: &RawStep) {
+    let idx = at.idx;
+    let each = |problems: &mut Problems, list: &Spanned<Vec<String>>, field: &str, limit| {
+        for (i, text) in list.value.iter().enumerate() {
+            problems.text(
+                list.referenced,
+                format!("steps[{idx}].{field}[{i}]"),
+                limit,
+                text,
+            );
+        }
+    };
+    if let Some(command) = &raw.command
+        && problems.count(
+            command.referenced,
+            at.field("command"),
+            &limits::COMMAND_ARGS,
+            command.value.len(),
+        )
+    {
+        each(problems, command, "command", &limits::COMMAND_ARG);
+    }
+    if let Some(env) = &raw.env
+        && problems.count(at.kind, at.field("env"), &limits::ENV_VARS, env.len())
+    {
+        for (key, value) in env {
+            let field = format!(
+                "steps[{idx}].env[{}]",
+                limits::truncate(&limits::NAME, key, false)
+            );
+            if problems.text(at.kind, field.clone(), &limits::NAME, key) {
+                problems.text(at.kind, field, &limits::ENV_VALUE, value);
+            }
+        }
+    }
+    if let Some(workdir) = &raw.workdir {
+        problems.text(at.kind, at.field("workdir"), &limits::PATH, workdir);
+    }
+    if let Some(report) = &raw.report {
+        problems.text(
+            report.referenced,
+            at.field("report"),
+            &limits::PATH,
+            &report.value,
+        );
+    }
+    for (field, list, limit) in [
+        ("components", &raw.components, &limits::COMPONENTS),
+        ("tests", &raw.tests, &limits::STEP_LIST),
+    ] {
+        if let Some(list) = list
+            && problems.count(list.referenced, at.field(field), limit, list.value.len())
+        {
+            each(problems, list, field, &limits::NAME);
+        }
+    }
+    if let Some(limits_list) = &raw.limits {
+        problems.count(
+            limits_list.referenced,
+            at.field("limits"),
+            &limits::STEP_LIST,
+            limits_list.value.len(),
+        );
+    }
+    for (field, text, limit) in [
+        ("component", &raw.component, &limits::NAME),
+        ("version", &raw.version, &limits::VERSION),
+    ] {
+        if let Some(text) = text {
+            problems.text(text.referenced, at.field(field), limit, &text.value);
+        }
+    }
+}
+
+/// The command a kind needs: a non-empty argv; `example` shows one when it is missing.
+fn step_command(
+    problems: &mut Problems,
+    at: &StepAt,
+    command: Option<Spanned<Vec<String>>>,
+    example: &str,
+) -> Vec<String> {
+    match command {
+        Some(command) if command.value.is_empty() || command.value[0].trim().is_empty() => {
+            problems.add(
+                command.referenced,
+                at.field("command"),
+                "the command is empty; give the program and its arguments as a list",
+            );
+            Vec::new()
+        }
+        Some(command) => command.value,
+        None => {
+            let kind = &at.kind_name;
+            let article = if kind.starts_with('e') { "an" } else { "a" };
+            problems.add(
+                at.kind,
+                at.field("command"),
+                format!("{article} {kind} step needs a command, for example {example}"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn exec_step(problems: &mut Problems, at: &StepAt, raw: RawStep) -> StepKind {
+    StepKind::Exec {
+        command: step_command(
+            problems,
+            at,
+            raw.command,
+            "command: [sh, -c, \"./stress.sh\"]",
+        ),
+        env: raw.env.unwrap_or_default(),
+        workdir: raw.workdir,
+    }
+}
+
+fn dcgm_diag_step(problems: &mut Problems, at: &StepAt, raw: RawStep) -> StepKind {
+    let level = match &raw.level {
+        None => {
+            problems.add(
+                at.kind,
+                at.field("level"),
+                "a dcgm-diag step needs a level, 1 to 4 (dcgmi diag -r LEVEL)",
+            );
+            1
+        }
+        Some(level) => match level.value.to_u32(u32::from(*DCGM_LEVELS.end())) {
+            Ok(value) if DCGM_LEVELS.contains(&(value as u8)) => value as u8,
+            _ => {
+                let shown = match &level.value {
+                    RawInt::Int(value) => value.to_string(),
+                    RawInt::Other(text) => text.clone(),
+                };
+                problems.add(
+                    level.referenced,
+                    at.field("level"),
+                    format!("{shown} is not a dcgmi diag level (1 to 4)"),
+                );
+                1
+            }
+        },
+    };
+    let tests = raw.tests.map(|t| t.value).unwrap_or_default();
+    if let Some(bad) = tests
+        .iter()
+        .find(|t| t.trim().is_empty() || t.contains(','))
+    {
+        problems.add(
+            at.kind,
+            at.field("tests"),
+            format!(
+                "{} is not a test name (one name per list item)",
+                limits::quote(bad)
+            ),
+        );
+    }
+    // The default `dcgmi diag` command unless one is given.
+    let command = match raw.command {
+        Some(command) => step_command(problems, at, Some(command), ""),
+        None => Vec::new(),
+    };
+    StepKind::DcgmDiag {
+        level,
+        tests,
+        command,
+    }
+}
+
+fn junit_step(problems: &mut Problems, at: &StepAt, raw: RawStep) -> StepKind {
+    let command = step_command(
+        problems,
+        at,
+        raw.command,
+        "command: [pytest, --junitxml=report.xml]",
+    );
+    let report = match raw.report {
+        Some(report) if report.value.trim().is_empty() => {
+            problems.add(
+                report.referenced,
+                at.field("report"),
+                "the report path is empty",
+            );
+            String::new()
+        }
+        Some(report) => report.value,
+        None => {
+            problems.add(
+                at.kind,
+                at.field("report"),
+                "a junit step needs the report it writes, for example report: junit.xml (relative to $TOLLGATE_RESULTS_DIR)",
+            );
+            String::new()
+        }
+    };
+    StepKind::Junit {
+        command,
+        env: raw.env.unwrap_or_default(),
+        workdir: raw.workdir,
+        report,
+    }
+}
+
+/// A burn-in step; its timeout defaults to the duration plus [`DEFAULT_TIMEOUT`], and a given
+/// one must be longer than the duration.
+fn burn_in_step(
+    problems: &mut Problems,
+    at: &StepAt,
+    raw: RawStep,
+    timeout: &mut Duration,
+) -> StepKind {
+    let command = step_command(problems, at, raw.command, "command: [gpu-burn, \"3600\"]");
+    let duration = match &raw.duration {
+        None => {
+            problems.add(
+                at.kind,
+                at.field("duration"),
+                "a burn-in step needs a duration, for example duration: 1h",
+            );
+            Duration::ZERO
+        }
+        Some(text) => match step_duration(problems, text, at.field("duration")) {
+            Ok(d) | Err(Some(d)) => d,
+            Err(None) => Duration::ZERO,
+        },
+    };
+    match &raw.timeout {
+        // The load is stopped at `duration`; the timeout only guards a stop that hangs, so by
+        // default it is the duration plus the usual timeout.
+        None => *timeout = duration + DEFAULT_TIMEOUT,
+        Some(text) if !duration.is_zero() && *timeout <= duration => problems.add(
+            text.referenced,
+            at.field("timeout"),
+            format!(
+                "{} is not longer than the duration {}; the timeout must leave time to stop the load",
+                text.value,
+                format_duration(duration)
+            ),
+        ),
+        Some(_) => {}
+    }
+    let limits = raw
+        .limits
+        .map(|l| l.value)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, raw_limit)| telemetry_limit(problems, at, i, raw_limit))
+        .collect();
+    StepKind::BurnIn {
+        command,
+        env: raw.env.unwrap_or_default(),
+        workdir: raw.workdir,
+        duration,
+        limits,
+    }
+}
+
+/// Limit `i` of a burn-in step; `None` when its field is unknown.
+fn telemetry_limit(
+    problems: &mut Problems,
+    at: &StepAt,
+    i: usize,
+    raw: RawLimit,
+) -> Option<TelemetryLimit> {
+    let where_ = format!("steps[{}].limits[{i}]", at.idx);
+    let location = raw.field.referenced;
+    let field = match raw.field.value.parse::<Field>() {
+        Err(message) => {
+            problems.add(location, format!("{where_}.field"), message);
+            return None;
+        }
+        Ok(field) => field,
+    };
+    if raw.min.is_none() && raw.max.is_none() {
+        problems.add(
+            location,
+            where_.clone(),
+            format!("the limit on {} needs a min, a max or both", field.name()),
+        );
+    }
+    if let (Some(min), Some(max)) = (raw.min, raw.max)
+        && min > max
+    {
+        problems.add(location, where_, format!("min {min} is above max {max}"));
+    }
+    Some(TelemetryLimit {
+        field,
+        min: raw.min,
+        max: raw.max,
+    })
+}
+
+fn flash_step(problems: &mut Problems, at: &StepAt, raw: RawStep) -> StepKind {
+    let command = step_command(
+        problems,
+        at,
+        raw.command,
+        "command: [./flash.sh, vbios.rom]",
+    );
+    let mut required = |value: Option<Spanned<String>>, field: &str, example: &str| match value {
+        Some(text) if !text.value.trim().is_empty() => text.value,
+        Some(text) => {
+            problems.add(
+                text.referenced,
+                at.field(field),
+                format!("the {field} is empty"),
+            );
+            String::new()
+        }
+        None => {
+            problems.add(
+                at.kind,
+                at.field(field),
+                format!("a flash step needs a {field}, for example {field}: {example}"),
+            );
+            String::new()
+        }
+    };
+    let component = required(raw.component, "component", "vbios");
+    let version = required(raw.version, "version", "96.00.89.00.01");
+    StepKind::Flash {
+        command,
+        env: raw.env.unwrap_or_default(),
+        workdir: raw.workdir,
+        component,
+        version,
+        reboot: raw.reboot.map(|r| r.value).unwrap_or(false),
+    }
 }
 
 /// Checks a selector's size and the length of each key and value.
@@ -848,6 +916,35 @@ steps:
         assert_eq!(a.version(), b.version());
         let c = parse_plan("c.yaml", &GOOD.replace("2m", "3m")).expect("valid");
         assert_ne!(a.version(), c.version());
+    }
+
+    #[test]
+    fn selection_keeps_runs_to_ready_nodes_or_says_where_it_is_wrong() {
+        let with = |line: &str| GOOD.replace("selector:", &format!("{line}\nselector:"));
+        let default = parse_plan("a.yaml", GOOD).expect("valid");
+        assert_eq!(default.selection, Selecting::ReadyAndBusy);
+        // The canonical form leaves the default out: plans that do not set it keep their
+        // versions.
+        let canonical = serde_json::to_value(&default).expect("a plan serializes");
+        assert!(canonical.get("selection").is_none(), "{canonical}");
+        let explicit = parse_plan("b.yaml", &with("selection: ready-and-busy")).expect("valid");
+        assert_eq!(explicit.version(), default.version());
+        let now = parse_plan("c.yaml", &with("selection: ready-now")).expect("valid");
+        assert_eq!(now.selection, Selecting::ReadyNow);
+        assert_ne!(now.version(), default.version());
+        let errors = parse_plan("d.yaml", &with("selection: idle")).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        let error = &errors.0[0];
+        assert_eq!(
+            (error.line, error.field.as_str()),
+            (3, "selection"),
+            "{errors}"
+        );
+        assert!(
+            error.message.contains("'idle' is not a selection")
+                && error.message.contains("ready-now"),
+            "{errors}"
+        );
     }
 
     #[test]

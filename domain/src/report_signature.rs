@@ -660,17 +660,12 @@ fn region_difference(before: &[u8], found: &str, signed: &str) -> String {
     )
 }
 
-/// [`verify`] over a file already taken apart.
-pub fn verify_extracted(
-    extracted: &Extracted<'_>,
+/// The block's key, once the block is of the scheme and algorithm this verifier accepts, its
+/// key is written canonically, and it is the expected key when one is given.
+fn signing_key_of(
+    block: &SignatureBlock,
     expected_key: Option<&VerifyingKey>,
-) -> Result<Verified, VerifyError> {
-    let Extracted {
-        body,
-        region: found_region,
-        block,
-        format,
-    } = extracted;
+) -> Result<VerifyingKey, VerifyError> {
     if block.scheme != SCHEME {
         let scheme = if block.scheme.is_empty() {
             OLD_SCHEME
@@ -706,20 +701,13 @@ pub fn verify_extracted(
             expected_fingerprint: fingerprint(expected),
         });
     }
-    let mut mismatches = Vec::new();
-    let signed_region = region(*format, block);
-    if *found_region != signed_region {
-        mismatches.push(region_difference(body.0, found_region, &signed_region));
-    }
-    let sections_total: u64 = block.sections.iter().map(|s| s.n_bytes).sum();
-    if sections_total != block.n_bytes {
-        mismatches.push(format!(
-            "the signature block's sections add up to {sections_total} bytes, not the {} it states",
-            block.n_bytes
-        ));
-    }
-    let body = Body { parts: *body };
-    let changed = changed_sections(&body, &block.sections);
+    Ok(key)
+}
+
+/// What differs between the file's bytes and the sections the block lists: the changed
+/// sections (the first five by name) and a different length; `None` when they match.
+fn body_mismatch(body: &Body<'_>, block: &SignatureBlock) -> Option<String> {
+    let changed = changed_sections(body, &block.sections);
     if !changed.is_empty() || body.len() != block.n_bytes {
         let names: Vec<String> = changed
             .iter()
@@ -744,6 +732,37 @@ pub fn verify_extracted(
                 block.n_bytes
             ));
         }
+        return Some(message);
+    }
+    None
+}
+
+/// [`verify`] over a file already taken apart.
+pub fn verify_extracted(
+    extracted: &Extracted<'_>,
+    expected_key: Option<&VerifyingKey>,
+) -> Result<Verified, VerifyError> {
+    let Extracted {
+        body,
+        region: found_region,
+        block,
+        format,
+    } = extracted;
+    let key = signing_key_of(block, expected_key)?;
+    let mut mismatches = Vec::new();
+    let signed_region = region(*format, block);
+    if *found_region != signed_region {
+        mismatches.push(region_difference(body.0, found_region, &signed_region));
+    }
+    let sections_total: u64 = block.sections.iter().map(|s| s.n_bytes).sum();
+    if sections_total != block.n_bytes {
+        mismatches.push(format!(
+            "the signature block's sections add up to {sections_total} bytes, not the {} it states",
+            block.n_bytes
+        ));
+    }
+    let body = Body { parts: *body };
+    if let Some(message) = body_mismatch(&body, block) {
         mismatches.push(message);
     }
     if !mismatches.is_empty() {

@@ -128,8 +128,19 @@ impl StepResult {
 /// decides which attempt of a step counts; the job's end state, the restart decision, the
 /// gate and the report all ask it.
 pub fn final_attempts(results: &[StepResult]) -> Vec<(u32, usize)> {
-    let mut latest: Vec<(u32, usize)> = Vec::new();
+    // The gate asks this for every job it takes in: one allocation per job (at most one entry
+    // per result) instead of growing the list step by step.
+    let mut latest: Vec<(u32, usize)> = Vec::with_capacity(results.len());
     for (i, result) in results.iter().enumerate() {
+        // Results are mostly stored in step order: a step after every step seen so far is
+        // appended without a search.
+        if latest
+            .last()
+            .is_none_or(|(step, _)| *step < result.step_index)
+        {
+            latest.push((result.step_index, i));
+            continue;
+        }
         match latest.binary_search_by_key(&result.step_index, |(step, _)| *step) {
             // `>=`: of two results with the same key (never stored twice), the later wins.
             Ok(pos) => {

@@ -32,14 +32,52 @@ pub enum SelectError {
     },
 }
 
-/// Which nodes a run takes, when it is started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Which nodes a run takes, when it is started; written in plans as `selection:
+/// ready-and-busy` or `ready-now`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(
+    serialize_all = "kebab-case",
+    parse_err_ty = String,
+    parse_err_fn = crate::names::unknown::<Self>
+)]
 pub enum Selecting {
     /// Every matching node that can run the job now or once its current job ends.
     #[default]
     ReadyAndBusy,
-    /// Only the nodes that can run the job now (`--nodes-now`).
+    /// Only the nodes that can run the job now (`--nodes-now`, `selection: ready-now`).
     ReadyNow,
+}
+
+impl Selecting {
+    /// How a run of `plan` selects its nodes: only the ready ones when `nodes_now` (the
+    /// `--nodes-now` flag) asks for it, else as the plan says.
+    pub fn for_run(plan: &Plan, nodes_now: bool) -> Self {
+        if nodes_now {
+            Self::ReadyNow
+        } else {
+            plan.selection
+        }
+    }
+
+    /// Whether this is the default, which a plan's canonical form leaves out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// The nodes a new run takes, and the matching nodes it leaves out.
@@ -288,6 +326,16 @@ mod tests {
                 && err.contains("n5 is unreachable"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_flag_or_the_plan_keeps_a_run_to_the_ready_nodes() {
+        let mut plan = plan_for("hgx-h100");
+        assert_eq!(Selecting::for_run(&plan, false), Selecting::ReadyAndBusy);
+        assert_eq!(Selecting::for_run(&plan, true), Selecting::ReadyNow);
+        plan.selection = Selecting::ReadyNow;
+        assert_eq!(Selecting::for_run(&plan, false), Selecting::ReadyNow);
+        assert_eq!(Selecting::for_run(&plan, true), Selecting::ReadyNow);
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn plan_for(sku: &str) -> Plan {
             [("sku".to_owned(), sku.to_owned())].into_iter().collect(),
         ),
         max_nodes: None,
+        selection: Default::default(),
         steps: vec![Step {
             name: "stress".into(),
             kind: StepKind::Exec {

@@ -182,11 +182,7 @@ impl RunService for RunApi {
         // ready, whatever the store says.
         let mut nodes = shared.store.list_nodes().await?;
         let n_disconnected = super::node::mark_disconnected(shared, &mut nodes);
-        let selecting = if nodes_now {
-            Selecting::ReadyNow
-        } else {
-            Selecting::ReadyAndBusy
-        };
+        let selecting = Selecting::for_run(&stored.plan, nodes_now);
         let selection = tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes, selecting)
             .map_err(|error| no_nodes(&error, n_disconnected))?;
 

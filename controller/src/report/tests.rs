@@ -69,6 +69,7 @@ fn plan() -> Plan {
                 .collect(),
         ),
         max_nodes: Some(2),
+        selection: Default::default(),
         steps: vec![
             Step {
                 name: "versions".into(),

@@ -176,32 +176,7 @@ impl RuleKind {
                 quorum,
                 per,
                 tolerance,
-            } => {
-                let mut parts = Vec::new();
-                if let Some(n) = quorum.min_nodes {
-                    parts.push(format!("at least {n} node(s)"));
-                }
-                match quorum.min_fraction {
-                    Some(f) => parts.push(format!(
-                        "at least {}% of the nodes",
-                        format_number(f * 100.0)
-                    )),
-                    None if quorum.min_nodes.is_none() => parts.push("every node".to_owned()),
-                    None => {}
-                }
-                let group = per
-                    .as_ref()
-                    .map(|key| format!(" of each {key}"))
-                    .unwrap_or_default();
-                format!(
-                    "steps {} of plan {plan} pass on {}{group}; tolerated: {} failed, {} errored, {} inconclusive",
-                    steps.join(", "),
-                    parts.join(" and "),
-                    tolerance.max_failed,
-                    tolerance.max_errored,
-                    tolerance.max_inconclusive
-                )
-            }
+            } => describe_steps_passed(plan, steps, *quorum, per.as_deref(), *tolerance),
             RuleKind::Measurement {
                 name,
                 step,
@@ -257,24 +232,7 @@ impl RuleKind {
                 ecc_uncorrected,
                 row_remap_failure,
                 gpu_lost,
-            } => {
-                let mut kinds = vec![if xid.is_empty() {
-                    "no XID".to_owned()
-                } else {
-                    let codes: Vec<String> = xid.iter().map(i64::to_string).collect();
-                    format!("no XID {}", codes.join(", "))
-                }];
-                for (on, what) in [
-                    (ecc_uncorrected, "no uncorrected ECC error"),
-                    (row_remap_failure, "no row remap failure"),
-                    (gpu_lost, "no lost GPU"),
-                ] {
-                    if *on {
-                        kinds.push(what.to_owned());
-                    }
-                }
-                format!("{} on any node", kinds.join(", "))
-            }
+            } => describe_no_events(xid, *ecc_uncorrected, *row_remap_failure, *gpu_lost),
             RuleKind::DcgmDiag {
                 min_level,
                 tests,
@@ -286,6 +244,62 @@ impl RuleKind {
             ),
         }
     }
+}
+
+/// [`RuleKind::describe`] of a `steps-passed` rule.
+fn describe_steps_passed(
+    plan: &str,
+    steps: &[String],
+    quorum: Quorum,
+    per: Option<&str>,
+    tolerance: Tolerance,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = quorum.min_nodes {
+        parts.push(format!("at least {n} node(s)"));
+    }
+    match quorum.min_fraction {
+        Some(f) => parts.push(format!(
+            "at least {}% of the nodes",
+            format_number(f * 100.0)
+        )),
+        None if quorum.min_nodes.is_none() => parts.push("every node".to_owned()),
+        None => {}
+    }
+    let group = per.map(|key| format!(" of each {key}")).unwrap_or_default();
+    format!(
+        "steps {} of plan {plan} pass on {}{group}; tolerated: {} failed, {} errored, {} inconclusive",
+        steps.join(", "),
+        parts.join(" and "),
+        tolerance.max_failed,
+        tolerance.max_errored,
+        tolerance.max_inconclusive
+    )
+}
+
+/// [`RuleKind::describe`] of a `no-events` rule.
+fn describe_no_events(
+    xid: &[i64],
+    ecc_uncorrected: bool,
+    row_remap_failure: bool,
+    gpu_lost: bool,
+) -> String {
+    let mut kinds = vec![if xid.is_empty() {
+        "no XID".to_owned()
+    } else {
+        let codes: Vec<String> = xid.iter().map(i64::to_string).collect();
+        format!("no XID {}", codes.join(", "))
+    }];
+    for (on, what) in [
+        (ecc_uncorrected, "no uncorrected ECC error"),
+        (row_remap_failure, "no row remap failure"),
+        (gpu_lost, "no lost GPU"),
+    ] {
+        if on {
+            kinds.push(what.to_owned());
+        }
+    }
+    format!("{} on any node", kinds.join(", "))
 }
 
 /// A number without a pointless fraction: `98`, `97.5`.
@@ -917,82 +931,24 @@ impl GateState {
     }
 
     /// Builds the state on `threads` threads, each taking a contiguous share of the jobs into
-    /// every rule; the shares are then joined. The result does not depend on `threads`.
+    /// every rule. The result does not depend on `threads`.
     pub fn with_threads(policy: &GatePolicy, evidence: &Evidence, threads: usize) -> Self {
         let slots = rules::slots(evidence);
-        let n = slots.len();
-        let share = n.div_ceil(threads.max(1)).max(1);
-        let ranges: Vec<std::ops::Range<usize>> = (0..n)
-            .step_by(share)
-            .map(|start| start..(start + share).min(n))
-            .collect();
-        // One share: facts (only its own filled in), job digests and rule states.
-        let work = |range: std::ops::Range<usize>| {
-            let mut facts = vec![rules::JobFacts::default(); n];
-            let mut digests = Vec::with_capacity(range.len());
-            let mut states: Vec<rules::RuleState> = {
-                let ctx = rules::Ctx {
-                    evidence,
-                    slots: &slots,
-                    facts: &[],
-                };
-                policy
-                    .rules
-                    .iter()
-                    .map(|rule| rules::RuleState::empty(rule, &ctx))
-                    .collect()
+        let mut rule_states: Vec<rules::RuleState> = {
+            let ctx = rules::Ctx {
+                evidence,
+                slots: &slots,
+                facts: &[],
+                first: 0,
             };
-            // Job by job, into every rule at once: each job's results are read while they
-            // are in the cache, not once per rule.
-            for j in range.clone() {
-                let slot = slots[j];
-                let job = &evidence.runs[slot.run].jobs[slot.job];
-                facts[j] = rules::JobFacts::new(job, &evidence.release);
-                digests.push(job_digest(job));
-                let ctx = rules::Ctx {
-                    evidence,
-                    slots: &slots,
-                    facts: &facts,
-                };
-                for (state, rule) in states.iter_mut().zip(&policy.rules) {
-                    state.build_job(rule, &ctx, j);
-                }
-            }
-            (range, facts, digests, states)
+            policy
+                .rules
+                .iter()
+                .map(|rule| rules::RuleState::new(rule, &ctx))
+                .collect()
         };
-        let mut shares = if ranges.len() <= 1 {
-            vec![work(0..n)]
-        } else {
-            std::thread::scope(|scope| {
-                let others: Vec<_> = ranges[1..]
-                    .iter()
-                    .map(|range| {
-                        let range = range.clone();
-                        scope.spawn(move || work(range))
-                    })
-                    .collect();
-                let mut shares = vec![work(ranges[0].clone())];
-                for other in others {
-                    shares.push(other.join().expect("a gate build thread does not panic"));
-                }
-                shares
-            })
-        }
-        .into_iter();
-        let (_, mut facts, mut job_digests, mut rule_states) =
-            shares.next().expect("at least one share");
-        for (range, mut their_facts, their_digests, their_states) in shares {
-            for j in range.clone() {
-                facts[j] = std::mem::take(&mut their_facts[j]);
-            }
-            job_digests.extend(their_digests);
-            for (mine, theirs) in rule_states.iter_mut().zip(their_states) {
-                mine.absorb(theirs, range.clone());
-            }
-        }
-        for state in &mut rule_states {
-            state.finish_build();
-        }
+        let (facts, job_digests) =
+            rules::build(&mut rule_states, evidence, &slots, threads, job_digest);
         let policy_version = policy.version();
         let baseline = evidence
             .baseline
@@ -1036,9 +992,11 @@ impl GateState {
             evidence,
             slots: &self.slots,
             facts: &self.facts,
+            first: 0,
         };
-        for (state, rule) in self.rules.iter_mut().zip(&policy.rules) {
-            state.job_changed(rule, &ctx, j);
+        debug_assert_eq!(self.policy_version, policy.version());
+        for state in &mut self.rules {
+            state.job_changed(&ctx, j);
         }
     }
 
@@ -1078,13 +1036,10 @@ impl GateState {
             evidence,
             slots: &self.slots,
             facts: &self.facts,
+            first: 0,
         };
-        let mut rules: Vec<RuleDecision> = policy
-            .rules
-            .iter()
-            .zip(&self.rules)
-            .map(|(rule, state)| state.decide(rule, &ctx))
-            .collect();
+        let mut rules: Vec<RuleDecision> =
+            self.rules.iter().map(|state| state.decide(&ctx)).collect();
         let mut labels_of: Option<BTreeMap<&NodeId, &Labels>> = None;
         for rule in &mut rules {
             if rule.verdict != Verdict::Failed {

@@ -186,185 +186,7 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
     }
     let mut rules: Vec<Rule> = Vec::new();
     for (idx, raw_rule) in raw.rules.value.into_iter().enumerate() {
-        let mut given: Vec<(Location, Common, Option<RuleKind>)> = Vec::new();
-        let RawRule {
-            steps_passed,
-            measurement,
-            telemetry,
-            baseline,
-            no_xid,
-            no_events,
-            dcgm_diag,
-            inventory_matches_release,
-        } = raw_rule;
-        macro_rules! body {
-            ($body:ident, $kind:literal, |$raw:ident, $at:ident| $make:expr) => {
-                if let Some(spanned) = $body {
-                    let location = spanned.referenced;
-                    let mut $raw = spanned.value;
-                    let common = $raw.common();
-                    #[allow(unused_mut, unused_variables)]
-                    let mut $at = At {
-                        problems: &mut problems,
-                        location,
-                        prefix: format!("rules[{idx}].{}", $kind),
-                    };
-                    let kind: Option<RuleKind> = $make;
-                    given.push((location, common, kind));
-                }
-            };
-        }
-        body!(steps_passed, "steps-passed", |raw, at| {
-            let plan = at.required(raw.plan, "plan", "gpu-qual");
-            if raw.steps.is_empty() {
-                at.add("steps", "list at least one step of the plan");
-            }
-            let min_nodes = at.int(raw.min_nodes, "min-nodes", u32::MAX);
-            if min_nodes == Some(0) {
-                at.add("min-nodes", "must be at least 1");
-            }
-            let max_failed = at.int(raw.max_failed, "max-failed", u32::MAX);
-            let max_errored = at.int(raw.max_errored, "max-errored", u32::MAX);
-            let max_inconclusive = at.int(raw.max_inconclusive, "max-inconclusive", u32::MAX);
-            if let Some(f) = raw.min_fraction
-                && !(f > 0.0 && f <= 1.0)
-            {
-                at.add("min-fraction", format!("{f} is not in (0, 1]"));
-            }
-            plan.map(|plan| RuleKind::StepsPassed {
-                plan,
-                steps: raw.steps,
-                quorum: Quorum {
-                    min_nodes,
-                    min_fraction: raw.min_fraction,
-                },
-                per: raw.per,
-                tolerance: Tolerance {
-                    max_failed: max_failed.unwrap_or(0),
-                    max_errored: max_errored.unwrap_or(0),
-                    max_inconclusive: max_inconclusive.unwrap_or(0),
-                },
-            })
-        });
-        body!(measurement, "measurement", |raw, at| {
-            let name = at.required(raw.name, "name", "membw_gbps");
-            let aggregate = at
-                .required(raw.aggregate.as_deref(), "aggregate", "min")
-                .and_then(|a| at.parse(Some(a), "aggregate"));
-            let condition = at.condition(raw.condition);
-            match (name, aggregate, condition) {
-                (Some(name), Some(aggregate), Some(condition)) => Some(RuleKind::Measurement {
-                    name,
-                    step: raw.step,
-                    aggregate,
-                    condition,
-                }),
-                _ => None,
-            }
-        });
-        body!(telemetry, "telemetry", |raw, at| {
-            let field = at
-                .required(raw.field.as_deref(), "field", "gpu_temp_c")
-                .and_then(|f| at.parse::<Field>(Some(f), "field"));
-            let aggregate: Option<Aggregate> = at
-                .required(raw.aggregate.as_deref(), "aggregate", "max")
-                .and_then(|a| at.parse(Some(a), "aggregate"));
-            let stat: Option<Stat> = match raw.stat.as_deref() {
-                None => aggregate.map(Stat::default_for),
-                Some(text) => at.parse(Some(text), "stat"),
-            };
-            let condition = at.condition(raw.condition);
-            match (field, aggregate, stat, condition) {
-                (Some(field), Some(aggregate), Some(stat), Some(condition)) => {
-                    Some(RuleKind::Telemetry {
-                        field,
-                        step: raw.step,
-                        stat,
-                        aggregate,
-                        condition,
-                    })
-                }
-                _ => None,
-            }
-        });
-        body!(baseline, "baseline", |raw, at| {
-            let measurement = at.required(raw.measurement, "measurement", "membw_gbps");
-            let aggregate: Option<Aggregate> = match raw.aggregate.as_deref() {
-                None => Some(Aggregate::Mean),
-                Some(text) => at.parse(Some(text), "aggregate"),
-            };
-            let direction: Option<Direction> = match raw.direction.as_deref() {
-                None => Some(Direction::HigherIsBetter),
-                Some(text) => at.parse(Some(text), "direction"),
-            };
-            let pct = at.required(raw.max_regression_pct, "max-regression-pct", "5");
-            if let Some(p) = pct
-                && !(p.is_finite() && p >= 0.0)
-            {
-                at.add(
-                    "max-regression-pct",
-                    format!("{p} must be a percentage of at least 0"),
-                );
-            }
-            match (measurement, aggregate, direction, pct) {
-                (Some(measurement), Some(aggregate), Some(direction), Some(max_regression_pct)) => {
-                    Some(RuleKind::Baseline {
-                        measurement,
-                        step: raw.step,
-                        aggregate,
-                        max_regression_pct,
-                        direction,
-                        per: raw.per.unwrap_or_else(|| "sku".to_owned()),
-                    })
-                }
-                _ => None,
-            }
-        });
-        body!(no_xid, "no-xid", |raw, _at| Some(RuleKind::NoXid {
-            codes: raw.codes
-        }));
-        body!(no_events, "no-events", |raw, _at| Some(
-            RuleKind::NoEvents {
-                xid: raw.xid.unwrap_or_else(|| CRITICAL_XIDS.to_vec()),
-                ecc_uncorrected: raw.ecc_uncorrected.unwrap_or(true),
-                row_remap_failure: raw.row_remap_failure.unwrap_or(true),
-                gpu_lost: raw.gpu_lost.unwrap_or(true),
-            }
-        ));
-        body!(dcgm_diag, "dcgm-diag", |raw, at| {
-            let level =
-                at.required(raw.level, "level", "3")
-                    .and_then(|level| match level.to_u32(4) {
-                        Ok(l @ 1..=4) => u8::try_from(l).ok(),
-                        _ => {
-                            let shown = match level {
-                                RawInt::Int(value) => value.to_string(),
-                                RawInt::Other(text) => text,
-                            };
-                            at.add(
-                                "level",
-                                format!("{shown} is not a dcgmi diag level (1 to 4)"),
-                            );
-                            None
-                        }
-                    });
-            if raw.tests.is_empty() {
-                at.add("tests", "list the diagnostic tests that must pass, for example [memory, pcie, targeted_stress]");
-            }
-            level.map(|min_level| RuleKind::DcgmDiag {
-                min_level,
-                tests: raw.tests,
-                step: raw.step,
-            })
-        });
-        body!(
-            inventory_matches_release,
-            "inventory-matches-release",
-            |raw, _at| Some(RuleKind::InventoryMatchesRelease {
-                components: raw.components
-            })
-        );
-
+        let mut given = kinds_given(&mut problems, idx, raw_rule);
         match given.len() {
             0 => problems.add(
                 raw.rules.referenced,
@@ -372,32 +194,9 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
                 "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-xid, no-events, dcgm-diag, inventory-matches-release",
             ),
             1 => {
-                let (location, common, kind) = given.remove(0);
-                let Some(kind) = kind else { continue };
-                let since = common.since.as_deref().and_then(|text| {
-                    parse_since(text)
-                        .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
-                        .ok()
-                });
-                check_bounds(&mut problems, location, &format!("rules[{idx}].{}", kind.name()), &kind);
-                if let Some(scope) = &common.scope {
-                    check_scope(&mut problems, location, &format!("rules[{idx}].scope"), scope);
+                if let Some(rule) = rule_of(&mut problems, idx, given.remove(0), &rules) {
+                    rules.push(rule);
                 }
-                let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
-                if !problems.text(location, format!("rules[{idx}].id"), &limits::RULE_ID, &id) {
-                    continue;
-                }
-                if rules.iter().any(|r| r.id == id) {
-                    problems.add(
-                        location,
-                        format!("rules[{idx}].id"),
-                        format!(
-                            "rule id {} is used twice; give one of them an `id:`",
-                            limits::quote(&id)
-                        ),
-                    );
-                }
-                rules.push(Rule { id, kind, scope: Selector(common.scope.unwrap_or_default()), since });
             }
             _ => problems.add(
                 given[1].0,
@@ -418,6 +217,262 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
         milestone: raw.milestone.value,
         description: raw.description.unwrap_or_default(),
         rules,
+    })
+}
+
+/// Every kind given in one rule list item, with its location, the common fields and the kind
+/// (`None` when its body has a problem).
+fn kinds_given(
+    problems: &mut Problems,
+    idx: usize,
+    raw_rule: RawRule,
+) -> Vec<(Location, Common, Option<RuleKind>)> {
+    let mut given: Vec<(Location, Common, Option<RuleKind>)> = Vec::new();
+    let RawRule {
+        steps_passed,
+        measurement,
+        telemetry,
+        baseline,
+        no_xid,
+        no_events,
+        dcgm_diag,
+        inventory_matches_release,
+    } = raw_rule;
+    macro_rules! body {
+        ($body:ident, $kind:literal, $make:expr) => {
+            if let Some(spanned) = $body {
+                let location = spanned.referenced;
+                let mut raw = spanned.value;
+                let common = raw.common();
+                let mut at = At {
+                    problems: &mut *problems,
+                    location,
+                    prefix: format!("rules[{idx}].{}", $kind),
+                };
+                let kind: Option<RuleKind> = $make(raw, &mut at);
+                given.push((location, common, kind));
+            }
+        };
+    }
+    body!(steps_passed, "steps-passed", steps_passed_kind);
+    body!(measurement, "measurement", measurement_kind);
+    body!(telemetry, "telemetry", telemetry_kind);
+    body!(baseline, "baseline", baseline_kind);
+    body!(no_xid, "no-xid", |raw: RawNoXid, _: &mut At<'_, '_>| Some(
+        RuleKind::NoXid { codes: raw.codes }
+    ));
+    body!(
+        no_events,
+        "no-events",
+        |raw: RawNoEvents, _: &mut At<'_, '_>| Some(RuleKind::NoEvents {
+            xid: raw.xid.unwrap_or_else(|| CRITICAL_XIDS.to_vec()),
+            ecc_uncorrected: raw.ecc_uncorrected.unwrap_or(true),
+            row_remap_failure: raw.row_remap_failure.unwrap_or(true),
+            gpu_lost: raw.gpu_lost.unwrap_or(true),
+        })
+    );
+    body!(dcgm_diag, "dcgm-diag", dcgm_diag_kind);
+    body!(
+        inventory_matches_release,
+        "inventory-matches-release",
+        |raw: RawInventory, _: &mut At<'_, '_>| Some(RuleKind::InventoryMatchesRelease {
+            components: raw.components
+        })
+    );
+
+    given
+}
+
+/// Rule `idx` from its one kind's body; `None` when a problem leaves no rule. `earlier` are
+/// the rules before it.
+fn rule_of(
+    problems: &mut Problems,
+    idx: usize,
+    (location, common, kind): (Location, Common, Option<RuleKind>),
+    earlier: &[Rule],
+) -> Option<Rule> {
+    let kind = kind?;
+    let since = common.since.as_deref().and_then(|text| {
+        parse_since(text)
+            .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
+            .ok()
+    });
+    check_bounds(
+        &mut *problems,
+        location,
+        &format!("rules[{idx}].{}", kind.name()),
+        &kind,
+    );
+    if let Some(scope) = &common.scope {
+        check_scope(
+            &mut *problems,
+            location,
+            &format!("rules[{idx}].scope"),
+            scope,
+        );
+    }
+    let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
+    if !problems.text(location, format!("rules[{idx}].id"), &limits::RULE_ID, &id) {
+        return None;
+    }
+    if earlier.iter().any(|r| r.id == id) {
+        problems.add(
+            location,
+            format!("rules[{idx}].id"),
+            format!(
+                "rule id {} is used twice; give one of them an `id:`",
+                limits::quote(&id)
+            ),
+        );
+    }
+    Some(Rule {
+        id,
+        kind,
+        scope: Selector(common.scope.unwrap_or_default()),
+        since,
+    })
+}
+
+/// The `steps-passed` kind of a rule, checked field by field.
+fn steps_passed_kind(raw: RawStepsPassed, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let plan = at.required(raw.plan, "plan", "gpu-qual");
+    if raw.steps.is_empty() {
+        at.add("steps", "list at least one step of the plan");
+    }
+    let min_nodes = at.int(raw.min_nodes, "min-nodes", u32::MAX);
+    if min_nodes == Some(0) {
+        at.add("min-nodes", "must be at least 1");
+    }
+    let max_failed = at.int(raw.max_failed, "max-failed", u32::MAX);
+    let max_errored = at.int(raw.max_errored, "max-errored", u32::MAX);
+    let max_inconclusive = at.int(raw.max_inconclusive, "max-inconclusive", u32::MAX);
+    if let Some(f) = raw.min_fraction
+        && !(f > 0.0 && f <= 1.0)
+    {
+        at.add("min-fraction", format!("{f} is not in (0, 1]"));
+    }
+    plan.map(|plan| RuleKind::StepsPassed {
+        plan,
+        steps: raw.steps,
+        quorum: Quorum {
+            min_nodes,
+            min_fraction: raw.min_fraction,
+        },
+        per: raw.per,
+        tolerance: Tolerance {
+            max_failed: max_failed.unwrap_or(0),
+            max_errored: max_errored.unwrap_or(0),
+            max_inconclusive: max_inconclusive.unwrap_or(0),
+        },
+    })
+}
+
+/// The `measurement` kind of a rule, checked field by field.
+fn measurement_kind(raw: RawMeasurement, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let name = at.required(raw.name, "name", "membw_gbps");
+    let aggregate = at
+        .required(raw.aggregate.as_deref(), "aggregate", "min")
+        .and_then(|a| at.parse(Some(a), "aggregate"));
+    let condition = at.condition(raw.condition);
+    match (name, aggregate, condition) {
+        (Some(name), Some(aggregate), Some(condition)) => Some(RuleKind::Measurement {
+            name,
+            step: raw.step,
+            aggregate,
+            condition,
+        }),
+        _ => None,
+    }
+}
+
+/// The `telemetry` kind of a rule, checked field by field.
+fn telemetry_kind(raw: RawTelemetry, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let field = at
+        .required(raw.field.as_deref(), "field", "gpu_temp_c")
+        .and_then(|f| at.parse::<Field>(Some(f), "field"));
+    let aggregate: Option<Aggregate> = at
+        .required(raw.aggregate.as_deref(), "aggregate", "max")
+        .and_then(|a| at.parse(Some(a), "aggregate"));
+    let stat: Option<Stat> = match raw.stat.as_deref() {
+        None => aggregate.map(Stat::default_for),
+        Some(text) => at.parse(Some(text), "stat"),
+    };
+    let condition = at.condition(raw.condition);
+    match (field, aggregate, stat, condition) {
+        (Some(field), Some(aggregate), Some(stat), Some(condition)) => Some(RuleKind::Telemetry {
+            field,
+            step: raw.step,
+            stat,
+            aggregate,
+            condition,
+        }),
+        _ => None,
+    }
+}
+
+/// The `baseline` kind of a rule, checked field by field.
+fn baseline_kind(raw: RawBaseline, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let measurement = at.required(raw.measurement, "measurement", "membw_gbps");
+    let aggregate: Option<Aggregate> = match raw.aggregate.as_deref() {
+        None => Some(Aggregate::Mean),
+        Some(text) => at.parse(Some(text), "aggregate"),
+    };
+    let direction: Option<Direction> = match raw.direction.as_deref() {
+        None => Some(Direction::HigherIsBetter),
+        Some(text) => at.parse(Some(text), "direction"),
+    };
+    let pct = at.required(raw.max_regression_pct, "max-regression-pct", "5");
+    if let Some(p) = pct
+        && !(p.is_finite() && p >= 0.0)
+    {
+        at.add(
+            "max-regression-pct",
+            format!("{p} must be a percentage of at least 0"),
+        );
+    }
+    match (measurement, aggregate, direction, pct) {
+        (Some(measurement), Some(aggregate), Some(direction), Some(max_regression_pct)) => {
+            Some(RuleKind::Baseline {
+                measurement,
+                step: raw.step,
+                aggregate,
+                max_regression_pct,
+                direction,
+                per: raw.per.unwrap_or_else(|| "sku".to_owned()),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The `dcgm-diag` kind of a rule, checked field by field.
+fn dcgm_diag_kind(raw: RawDcgmDiag, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let level = at
+        .required(raw.level, "level", "3")
+        .and_then(|level| match level.to_u32(4) {
+            Ok(l @ 1..=4) => u8::try_from(l).ok(),
+            _ => {
+                let shown = match level {
+                    RawInt::Int(value) => value.to_string(),
+                    RawInt::Other(text) => text,
+                };
+                at.add(
+                    "level",
+                    format!("{shown} is not a dcgmi diag level (1 to 4)"),
+                );
+                None
+            }
+        });
+    if raw.tests.is_empty() {
+        at.add(
+            "tests",
+            "list the diagnostic tests that must pass, for example [memory, pcie, targeted_stress]",
+        );
+    }
+    level.map(|min_level| RuleKind::DcgmDiag {
+        min_level,
+        tests: raw.tests,
+        step: raw.step,
     })
 }
 
