@@ -20,7 +20,7 @@ pub struct ControllerConfig {
     /// The clock every decision reads `now` from.
     pub clock: SharedClock,
     /// Manager API tokens; empty for anonymous manager calls.
-    pub api_tokens: crate::grpc::auth::ApiTokens,
+    pub api_tokens: crate::tokens::ApiTokens,
 }
 
 impl ControllerConfig {
@@ -34,7 +34,7 @@ impl ControllerConfig {
             lease_grace: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
-            api_tokens: crate::grpc::auth::ApiTokens::default(),
+            api_tokens: crate::tokens::ApiTokens::default(),
         }
     }
 }

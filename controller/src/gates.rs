@@ -2,12 +2,14 @@
 //! `Promote`, reports, result ingestion and the lease watchdog.
 //!
 //! The decision itself is the domain's (`tollgate_domain::gate::GateState`); this module
-//! loads its inputs, keeps recent gates evaluated in memory ([`GateCache`]) so a new result
-//! costs only its own part of the decision, and persists the output.
+//! loads its inputs, keeps recent gates evaluated in memory
+//! ([`crate::gate_cache::GateCache`]) so a new result costs only its own part of the
+//! decision, and persists the output.
 
-use crate::Shared;
+use crate::gate_cache::{CACHED_GATES, CachedGate};
+use crate::shared::{Shared, stopped};
 use crate::store::{Refreshed, StoreError, StoredGate};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, Verdict};
 use tollgate_domain::release::Release;
@@ -22,35 +24,6 @@ pub struct Evaluated {
     pub evidence: Arc<Evidence>,
     /// The verdict.
     pub decision: Decision,
-}
-
-/// How many gates (release and milestone) the controller keeps evaluated in memory; the
-/// least recently used one is dropped beyond this.
-const CACHED_GATES: usize = 16;
-
-/// The gates the controller keeps evaluated in memory: per release and milestone, the
-/// evidence as last read and its [`GateState`]. A new evaluation reads only the jobs that
-/// changed since (see `Store::refresh_evidence`) and recomputes only their part of the
-/// decision, so a gate over 100,000 results decides within milliseconds of the last result.
-///
-/// Evaluations queue on one lock; each reads the store afresh, so the cache never decides on
-/// evidence older than the store's.
-#[derive(Default)]
-pub struct GateCache {
-    entries: tokio::sync::Mutex<HashMap<(ReleaseId, String), CachedGate>>,
-}
-
-struct CachedGate {
-    policy_version: String,
-    evidence: Arc<Evidence>,
-    state: GateState,
-    last_used: u64,
-}
-
-impl std::fmt::Debug for GateCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateCache").finish_non_exhaustive()
-    }
 }
 
 /// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
@@ -272,8 +245,8 @@ pub async fn run_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.subscribe_shutdown();
     loop {
         tokio::select! {
-            () = shared.reevaluation_wake.notified() => {}
-            () = crate::stopped(&mut shutdown) => break,
+            () = shared.reevaluation_requested() => {}
+            () = stopped(&mut shutdown) => break,
         }
         let runs = shared.take_reevaluation_requests();
         let mut done: BTreeSet<(ReleaseId, String)> = BTreeSet::new();

@@ -19,21 +19,24 @@
 
 pub mod clock;
 pub mod config;
+pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
 pub mod lease;
 pub mod report;
 pub mod scheduler;
 pub mod sessions;
+pub mod shared;
 pub mod store;
+pub mod tokens;
 
 pub use config::ControllerConfig;
+use shared::{Shared, stopped};
 
 use anyhow::Context as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_domain::Timestamp;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
@@ -47,151 +50,6 @@ use tollgate_proto::v1::run_service_server::RunServiceServer;
 
 /// How long in-flight requests may take to finish once shutdown started.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// State every service, the scheduler and the lease watchdog share, behind one `Arc`.
-///
-/// Ownership: `run` creates it and holds the only long-lived clone besides the services and
-/// the two loops; everything in it is safe to use from any task. Shutdown is announced
-/// through `shutdown`, never by dropping this.
-#[derive(Debug)]
-pub struct Shared {
-    /// The database.
-    pub store: store::Store,
-    /// Flags and the clock.
-    pub config: ControllerConfig,
-    /// Live agent sessions: who can be sent a command right now.
-    pub sessions: sessions::Sessions,
-    /// Node tokens already seen, so a call does not cost a database lookup.
-    pub tokens: grpc::auth::TokenCache,
-    /// The controller's first clock read; leases get a fresh grace from here after a restart.
-    pub started_at: Timestamp,
-    /// When leases last got a fresh grace: the start, or the moment the database accepted
-    /// writes again after refusing them (heartbeats could not be recorded meanwhile).
-    leases_fresh_from: std::sync::Mutex<Timestamp>,
-    /// Wakes the scheduler loop early (node connected, run started, job ended).
-    scheduler_wake: Notify,
-    /// Bumped after every change a run watcher may care about.
-    changes: watch::Sender<u64>,
-    /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
-    reevaluation_requests: std::sync::Mutex<std::collections::BTreeSet<tollgate_domain::RunId>>,
-    /// Wakes `gates::run_loop`.
-    reevaluation_wake: Notify,
-    /// Gates kept evaluated in memory.
-    pub gate_cache: gates::GateCache,
-    /// Raised once when shutdown starts.
-    shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Builds the shared state; `run` does this, and so can tests that drive the loops directly.
-    pub fn new(store: store::Store, config: ControllerConfig) -> Self {
-        let started_at = config.clock.now();
-        Self {
-            store,
-            config,
-            sessions: sessions::Sessions::default(),
-            tokens: grpc::auth::TokenCache::default(),
-            started_at,
-            leases_fresh_from: std::sync::Mutex::new(started_at),
-            scheduler_wake: Notify::new(),
-            changes: watch::channel(0).0,
-            reevaluation_requests: std::sync::Mutex::default(),
-            reevaluation_wake: Notify::new(),
-            gate_cache: gates::GateCache::default(),
-            shutdown: watch::channel(false).0,
-        }
-    }
-
-    /// The current time, from the configured clock.
-    pub fn now(&self) -> Timestamp {
-        self.config.clock.now()
-    }
-
-    /// Heartbeats older than this count as made at this moment (see `lease.rs`).
-    pub fn leases_fresh_from(&self) -> Timestamp {
-        *self
-            .leases_fresh_from
-            .lock()
-            .expect("the timestamp is never poisoned: nothing panics while holding it")
-    }
-
-    /// Gives every lease a fresh grace from `now`, as a restart does: heartbeats that came
-    /// while the database refused writes were lost, not missing.
-    pub fn refresh_leases(&self, now: Timestamp) {
-        let mut fresh_from = self
-            .leases_fresh_from
-            .lock()
-            .expect("the timestamp is never poisoned: nothing panics while holding it");
-        *fresh_from = (*fresh_from).max(now);
-    }
-
-    /// Asks the scheduler to look at pending jobs now rather than at its next tick.
-    pub fn poke_scheduler(&self) {
-        self.scheduler_wake.notify_one();
-    }
-
-    /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see
-    /// `gates::run_loop`).
-    pub fn request_reevaluation(&self, run: &tollgate_domain::RunId) {
-        self.reevaluation_requests
-            .lock()
-            .expect("the request set is never poisoned: nothing panics while holding it")
-            .insert(run.clone());
-        self.reevaluation_wake.notify_one();
-    }
-
-    /// Takes every pending re-evaluation request.
-    fn take_reevaluation_requests(&self) -> std::collections::BTreeSet<tollgate_domain::RunId> {
-        std::mem::take(
-            &mut *self
-                .reevaluation_requests
-                .lock()
-                .expect("the request set is never poisoned: nothing panics while holding it"),
-        )
-    }
-
-    /// Tells run watchers that something changed.
-    pub fn notify_changed(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
-    }
-
-    /// A receiver that sees every [`Shared::notify_changed`].
-    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    /// A receiver whose value turns true when shutdown starts.
-    pub fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Starts shutdown: raises the flag and drops every agent session.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-        self.sessions.close_all();
-    }
-
-    /// Waits until the scheduler is poked, `tick` passes, or shutdown starts; false on shutdown.
-    async fn wait_for_work(&self, shutdown: &mut watch::Receiver<bool>, tick: Duration) -> bool {
-        tokio::select! {
-            () = self.scheduler_wake.notified() => {}
-            () = tokio::time::sleep(tick) => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => return false,
-        }
-        !*shutdown.borrow()
-    }
-}
-
-/// Waits until `shutdown` turns true (or its sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender was dropped, which only happens when everything stops.
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
 
 /// Runs the controller on `listener` until `shutdown` completes, then stops gracefully (see
 /// the module docs for the order).
@@ -296,7 +154,7 @@ async fn serve(
     };
     // Manager calls carry an API token naming their actor; agent calls carry node tokens,
     // checked by the agent service itself.
-    let api_auth = shared.config.api_tokens.interceptor();
+    let api_auth = grpc::auth::interceptor(&shared.config.api_tokens);
     if shared.config.api_tokens.is_empty() {
         tracing::warn!(
             "no API token configured: manager calls are accepted without authentication and \

@@ -17,7 +17,7 @@ pub mod report;
 pub mod run;
 pub mod status;
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::StoredPlan;
 use tollgate_domain::ReleaseId;
 use tollgate_domain::release::{RELEASED, Release, Track};

@@ -4,8 +4,8 @@
 use super::auth::actor_of;
 use super::convert::{NewRelease, ToProto, release_to_proto};
 use super::{load_release, status};
-use crate::Shared;
 use crate::gates::{evaluate_now, explain_not_passed};
+use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;

@@ -11,6 +11,8 @@
 //!   lost, disk full, read-only); retry later.
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
 
+use super::auth::AuthError;
+use crate::report::ReportError;
 use crate::store::StoreError;
 use tollgate_domain::job::TransitionError;
 use tollgate_domain::release::FieldError;
@@ -136,6 +138,34 @@ impl From<StoreError> for Status {
             }
         }
     }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Store(error) => Status::from(error),
+            refused => Status::unauthenticated(refused.to_string()),
+        }
+    }
+}
+
+impl From<ReportError> for Status {
+    /// A report that could not be read is the store's failure; one that could not be written
+    /// (the spool, the renderer thread) is the controller's own. Not logged here: the handler
+    /// logs it with the release, and a client that stopped reading is no operator's concern.
+    fn from(error: ReportError) -> Self {
+        match error {
+            ReportError::Store(error) => Status::from(error),
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+/// A milestone that no gate guards, asked to be evaluated, reported on or promoted past.
+pub fn no_gate(milestone: &str) -> Status {
+    Status::failed_precondition(format!(
+        "no gate for milestone {milestone}; apply one with `tollgate gate apply -f FILE`"
+    ))
 }
 
 /// A plan or gate file that does not validate: the located error text, one per line (at most
