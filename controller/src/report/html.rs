@@ -6,11 +6,11 @@
 //! Every piece of untrusted text (node names, labels, messages, log tails, even versions) is
 //! written through [`Html`], which escapes it; only this module's own literals are markup.
 
+use super::layout::{Layout, NamedSection};
 use super::model::{
     AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeRow, NodeView, Report, RuleView,
     SHOWN_OK_EVIDENCE,
 };
-use super::stream::{Layout, NamedSection};
 use super::text::{self, Fixed, Html, Stat, put};
 use std::collections::BTreeSet;
 use tollgate_domain::report_signature as signature;

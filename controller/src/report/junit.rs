@@ -10,8 +10,8 @@
 //! `<system-out>`. The
 //! signature block travels as a `<property>` of a last suite, `tollgate.signature`.
 
+use super::layout::{Layout, NamedSection};
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, WaiverView};
-use super::stream::{Layout, NamedSection};
 use super::text::{self, put};
 use tollgate_domain::report_signature as signature;
 

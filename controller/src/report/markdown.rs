@@ -1,8 +1,8 @@
 //! The Markdown rendering: GitHub-flavoured, with tables padded so the file also reads well
 //! in a terminal. Every piece of untrusted text goes through [`md`] or [`md_code`].
 
+use super::layout::{Layout, NamedSection};
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
-use super::stream::{Layout, NamedSection};
 use super::text::{self, md, md_code, put};
 use tollgate_domain::report_signature as signature;
 
