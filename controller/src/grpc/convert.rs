@@ -1706,6 +1706,7 @@ pub fn result_summary(result: &StepResult) -> proto::StepResultSummary {
         message: result.message.clone(),
         measurements: result.measurements.iter().map(ToProto::to_proto).collect(),
         duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+        lease_epoch: result.lease_epoch,
     }
 }
 
