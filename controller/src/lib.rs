@@ -123,17 +123,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?;
+    let router = router(&shared, report_key, health_service)?;
 
     let scheduler_task = tokio::spawn(scheduler::run_loop(shared.clone()));
     let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
@@ -152,6 +142,61 @@ async fn serve(
             shared.begin_shutdown();
         }
     };
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    // The listener is bound and queues connections already; the server answers them as soon
+    // as it is first polled, right below.
+    on_serving();
+
+    let mut shutdown_rx = shared.subscribe_shutdown();
+    let drain_deadline = async {
+        stopped(&mut shutdown_rx).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        served = &mut server => served.context("serving gRPC"),
+        () = drain_deadline => {
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "in-flight requests did not finish in time; stopping anyway"
+            );
+            Ok(())
+        }
+    };
+    // The server can also end on its own (an accept error); the loops must stop either way.
+    shared.begin_shutdown();
+    for (name, task) in [
+        ("scheduler", scheduler_task),
+        ("lease watchdog", lease_task),
+        ("gate re-evaluation", gates_task),
+        ("database health", writes_task),
+    ] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "the {name} task panicked");
+        }
+    }
+    served
+}
+
+/// Every service the controller answers: health, reflection, the agent service (checked by
+/// node tokens in its handlers) and the manager services behind the API token interceptor.
+fn router(
+    shared: &Arc<Shared>,
+    report_key: ed25519_dalek::SigningKey,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     // Manager calls carry an API token naming their actor; agent calls carry node tokens,
     // checked by the agent service itself.
     let api_auth = grpc::auth::interceptor(&shared.config.api_tokens);
@@ -166,7 +211,7 @@ async fn serve(
     // it, so an oversize field always reaches the field checks: `INVALID_ARGUMENT` naming it.
     const REQUEST_BYTES: usize = tollgate_domain::limits::REQUEST.max;
     use tonic::service::interceptor::InterceptedService;
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -209,41 +254,8 @@ async fn serve(
             AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    tokio::pin!(server);
-    // The listener is bound and queues connections already; the server answers them as soon
-    // as it is first polled, right below.
-    on_serving();
-
-    let mut shutdown_rx = shared.subscribe_shutdown();
-    let drain_deadline = async {
-        stopped(&mut shutdown_rx).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let served = tokio::select! {
-        served = &mut server => served.context("serving gRPC"),
-        () = drain_deadline => {
-            tracing::warn!(
-                timeout_s = DRAIN_TIMEOUT.as_secs(),
-                "in-flight requests did not finish in time; stopping anyway"
-            );
-            Ok(())
-        }
-    };
-    // The server can also end on its own (an accept error); the loops must stop either way.
-    shared.begin_shutdown();
-    for (name, task) in [
-        ("scheduler", scheduler_task),
-        ("lease watchdog", lease_task),
-        ("gate re-evaluation", gates_task),
-        ("database health", writes_task),
-    ] {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "the {name} task panicked");
-        }
-    }
-    served
+        ));
+    Ok(router)
 }
 
 /// Every name the health service answers for: the whole server ("") and each service.

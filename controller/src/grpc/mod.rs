@@ -39,8 +39,9 @@ pub async fn load_plan(
     version: Option<&str>,
 ) -> Result<StoredPlan, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "plan: is empty; give a plan name or name@version",
+        return Err(status::invalid_field(
+            "plan",
+            "is empty; give a plan name or name@version",
         ));
     }
     shared
@@ -60,8 +61,9 @@ pub async fn load_plan(
 /// Loads a release; `NotFound` when it does not exist.
 pub async fn load_release(shared: &Shared, name: &str) -> Result<Release, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "release: is empty; give a release name",
+        return Err(status::invalid_field(
+            "release",
+            "is empty; give a release name",
         ));
     }
     shared
@@ -77,18 +79,18 @@ pub fn resolve_milestone(release: &Release, requested: &str) -> Result<String, S
     let track = Track::default();
     if requested.is_empty() {
         if release.milestone == RELEASED || !track.contains(&release.milestone) {
-            return Err(Status::failed_precondition(format!(
-                "release {} is {}: it has no milestone left to qualify for; name one explicitly",
-                release.id, release.milestone
-            )));
+            return Err(status::no_milestone_left(release));
         }
         return Ok(release.milestone.clone());
     }
     if !track.contains(requested) {
-        return Err(Status::invalid_argument(format!(
-            "milestone: '{requested}' is not on the track ({})",
-            track.milestones.join(", ")
-        )));
+        return Err(status::invalid_field(
+            "milestone",
+            format!(
+                "'{requested}' is not on the track ({})",
+                track.milestones.join(", ")
+            ),
+        ));
     }
     Ok(requested.to_owned())
 }

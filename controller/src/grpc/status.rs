@@ -125,14 +125,13 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
             StoreError::Conflict { .. } => Status::aborted(format!("{error}; retry the call")),
-            StoreError::Database(_) if error.is_unavailable() => {
+            // The store alone tells a database outage from a failure: its driver's errors stay
+            // behind it.
+            _ if error.is_unavailable() => {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable(format!("{error}; retry later"))
             }
-            StoreError::Corrupt { .. }
-            | StoreError::UnsupportedUrl(_)
-            | StoreError::Migrate(_)
-            | StoreError::Database(_) => {
+            _ => {
                 tracing::error!(%error, "store failed");
                 Status::internal(error.to_string())
             }
@@ -159,6 +158,23 @@ impl From<ReportError> for Status {
             other => Status::internal(other.to_string()),
         }
     }
+}
+
+/// One bad field of a request, when it is the only one a check can find (see
+/// [`InvalidFields`] for collecting several).
+pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
+    Status::from(InvalidFields(vec![FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }]))
+}
+
+/// A release with no milestone left on the track was asked to be qualified at its current one.
+pub fn no_milestone_left(release: &tollgate_domain::release::Release) -> Status {
+    Status::failed_precondition(format!(
+        "release {} is {}: it has no milestone left to qualify for; name one explicitly",
+        release.id, release.milestone
+    ))
 }
 
 /// A milestone that no gate guards, asked to be evaluated, reported on or promoted past.
