@@ -311,3 +311,43 @@ impl ReportService for ReportApi {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt as _;
+
+    #[test]
+    fn a_report_request_names_every_bad_field_at_once() {
+        let status = Status::from(parse_report_request("pdf", "acme").unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("format: unknown report format 'pdf'")
+                && status.message().contains("customer: "),
+            "{}",
+            status.message()
+        );
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["format", "customer"]);
+    }
+
+    #[test]
+    fn a_report_request_defaults_to_html_for_the_whole_fleet() {
+        assert_eq!(
+            parse_report_request("", "").unwrap(),
+            (ReportFormat::Html, None)
+        );
+        let (format, scope) = parse_report_request("md", "customer=acme").unwrap();
+        assert_eq!(format, ReportFormat::Markdown);
+        assert_eq!(scope.expect("scoped").value, "acme");
+    }
+}

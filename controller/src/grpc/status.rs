@@ -265,6 +265,30 @@ mod tests {
     }
 
     #[test]
+    fn refused_tokens_are_unauthenticated_and_unreadable_ones_the_stores_answer() {
+        let status = Status::from(AuthError::UnknownApiToken);
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "unknown API token");
+        let status = Status::from(AuthError::MissingNodeToken);
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("as issued by Register"));
+        let outage = AuthError::Store(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(Status::from(outage).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn report_errors_are_the_stores_or_internal() {
+        let missing = ReportError::Store(StoreError::NotFound {
+            what: "release r1".into(),
+        });
+        assert_eq!(Status::from(missing).code(), Code::NotFound);
+        let stopped = ReportError::Renderer("the evidence reader stopped".into());
+        let status = Status::from(stopped);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("the evidence reader stopped"));
+    }
+
+    #[test]
     fn invalid_fields_name_every_field_in_one_message() {
         let mut errors = FieldErrors::new();
         errors.add("name", "is empty");
