@@ -38,3 +38,39 @@ impl ControllerConfig {
         }
     }
 }
+
+/// The database URL with any password replaced, for logs and error messages.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_reach_logs() {
+        assert_eq!(
+            redact_database_url("postgres://tg:s3cret@db:5432/tollgate"),
+            "postgres://tg:***@db:5432/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("postgres://tg@db/tollgate"),
+            "postgres://tg@db/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("sqlite://./.tollgate/tollgate.db"),
+            "sqlite://./.tollgate/tollgate.db"
+        );
+    }
+}

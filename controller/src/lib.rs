@@ -22,6 +22,7 @@ pub mod config;
 pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
+pub mod health;
 pub mod lease;
 pub mod report;
 pub mod scheduler;
@@ -31,6 +32,9 @@ pub mod store;
 pub mod tokens;
 
 pub use config::ControllerConfig;
+
+use config::redact_database_url;
+use health::{follow_writes, set_health};
 use shared::{Shared, stopped};
 
 use anyhow::Context as _;
@@ -38,7 +42,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::TcpListenerStream;
-use tollgate_domain::Timestamp;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
 use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
@@ -256,131 +259,4 @@ fn router(
             api_auth.clone(),
         ));
     Ok(router)
-}
-
-/// Every name the health service answers for: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 9] = [
-    "",
-    <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
-    <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
-    <ReleaseServiceServer<grpc::release::ReleaseApi> as tonic::server::NamedService>::NAME,
-    <PlanServiceServer<grpc::plan::PlanApi> as tonic::server::NamedService>::NAME,
-    <RunServiceServer<grpc::run::RunApi> as tonic::server::NamedService>::NAME,
-    <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
-    <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
-    <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
-];
-
-/// Sets every name of [`HEALTH_NAMES`] to `status`.
-async fn set_health(
-    reporter: &tonic_health::server::HealthReporter,
-    status: tonic_health::ServingStatus,
-) {
-    for name in HEALTH_NAMES {
-        reporter.set_service_status(name, status).await;
-    }
-}
-
-/// How often a write is tried while the database refuses them, so that recovery is noticed
-/// even when nothing else writes.
-pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Follows whether the database accepts writes until shutdown: while it refuses them the
-/// health service says `NOT_SERVING` (for "" and every service) and a write is probed every
-/// [`WRITE_PROBE_INTERVAL`]; once one succeeds it says `SERVING` again, every lease gets a
-/// fresh grace, and the log says how long the controller was degraded.
-async fn follow_writes(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
-    let mut writes = shared.store.watch_writes();
-    let mut shutdown = shared.subscribe_shutdown();
-    let mut refused_since: Option<Timestamp> = None;
-    loop {
-        let state = writes.borrow_and_update().clone();
-        match (state, refused_since) {
-            (store::Writes::Refused(error), None) => {
-                let now = shared.now();
-                refused_since = Some(now);
-                tracing::error!(
-                    %error,
-                    "the database refuses writes: health is NOT_SERVING, results and changes \
-                     are refused until it accepts them again (checked every {}s)",
-                    WRITE_PROBE_INTERVAL.as_secs()
-                );
-                if !shared.is_shutting_down() {
-                    set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
-                }
-            }
-            (store::Writes::Accepted, Some(since)) => {
-                let now = shared.now();
-                refused_since = None;
-                shared.refresh_leases(now);
-                tracing::info!(
-                    degraded_s = (now - since).num_seconds(),
-                    "the database accepts writes again: health is SERVING, every lease gets \
-                     a fresh grace"
-                );
-                if !shared.is_shutting_down() {
-                    set_health(&reporter, tonic_health::ServingStatus::Serving).await;
-                }
-                shared.poke_scheduler();
-            }
-            _ => {}
-        }
-        let probe = async {
-            if refused_since.is_some() {
-                tokio::time::sleep(WRITE_PROBE_INTERVAL).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            changed = writes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            () = probe => {
-                // Its outcome arrives through `writes` like any other write's.
-                if let Err(error) = shared.store.probe_write().await {
-                    tracing::debug!(%error, "the database still refuses writes");
-                }
-            }
-            () = stopped(&mut shutdown) => break,
-        }
-    }
-}
-
-/// The database URL with any password replaced, for logs and error messages.
-pub fn redact_database_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_passwords_never_reach_logs() {
-        assert_eq!(
-            redact_database_url("postgres://tg:s3cret@db:5432/tollgate"),
-            "postgres://tg:***@db:5432/tollgate"
-        );
-        assert_eq!(
-            redact_database_url("postgres://tg@db/tollgate"),
-            "postgres://tg@db/tollgate"
-        );
-        assert_eq!(
-            redact_database_url("sqlite://./.tollgate/tollgate.db"),
-            "sqlite://./.tollgate/tollgate.db"
-        );
-    }
 }

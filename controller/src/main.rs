@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_controller::ControllerConfig;
+use tollgate_controller::config::redact_database_url;
 use tollgate_controller::store::StoreError;
-use tollgate_controller::{ControllerConfig, redact_database_url};
 use tracing_subscriber::EnvFilter;
 
 /// Tollgate's controller: schedules qualification plans onto lab nodes, collects results and
