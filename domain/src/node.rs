@@ -1,5 +1,8 @@
-//! Node health as a state machine: what a node's results showed (findings) and what an operator
-//! decided move it, and [`next`] is the one place a change is decided.
+//! A node's two state machines. Its lifecycle (`ready`, `busy`, `cordoned`, `draining`,
+//! `unreachable`, `retired`) changes only as [`next_state`] decides, from jobs starting and
+//! ending, leases, reconnections and operators. Its health changes from what its results
+//! showed (findings) and what an operator decided, and [`next`] is the one place that change is
+//! decided.
 //!
 //! ```text
 //!          repeated errors              GPU lost, failed health check
@@ -14,7 +17,7 @@
 //! health worse, so a node is never cleared without a person saying why. Only `good` nodes are
 //! selected for runs or sent jobs (`scheduler`).
 
-use crate::fleet::Health;
+use crate::fleet::{Health, NodeState};
 use crate::plan::StepKind;
 use crate::release::{Component, check_inventory};
 use crate::result::{Outcome, StepResult};
@@ -94,6 +97,121 @@ pub fn next(health: Health, event: &HealthEvent) -> Option<HealthChange> {
         to,
         reason,
     })
+}
+
+/// Something that happens to a node's lifecycle (its [`NodeState`]; health is [`next`]'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeEvent {
+    /// Its agent registered again, or a heartbeat came after it was `unreachable`.
+    /// `active_job`: the store holds an active job (assigned or running) for it.
+    Reconnected {
+        /// Whether the node has an active job.
+        active_job: bool,
+    },
+    /// No heartbeat within the lease grace.
+    LeaseExpired,
+    /// A job became active on it (assigned).
+    JobStarted,
+    /// A job of it ended (any terminal state). `active_job`: another job is still active on it.
+    JobEnded {
+        /// Whether another job is still active on the node.
+        active_job: bool,
+    },
+    /// An operator cordoned it (`tollgate node cordon`).
+    Cordon,
+    /// An operator uncordoned it (`tollgate node uncordon`).
+    Uncordon {
+        /// Whether the node has an active job.
+        active_job: bool,
+    },
+    /// An operator drains it: cordoned, and `draining` until its active job ends.
+    Drain {
+        /// Whether the node has an active job.
+        active_job: bool,
+    },
+    /// An operator retires it for good; refused while a job is active on it.
+    Retire {
+        /// Whether the node has an active job.
+        active_job: bool,
+    },
+}
+
+/// Why a node cannot take an event: the message says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeRefusal {
+    /// The state the node is in.
+    pub state: NodeState,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The one place a node's lifecycle state changes are decided: the state `event` moves a node
+/// in `state` to (which may be `state` itself: nothing to change), or a refusal.
+///
+/// ```text
+///                JobStarted                     LeaseExpired
+///   ready ◀──────────────────▶ busy   ready|busy ──────────▶ unreachable
+///         JobEnded (no other)                    ◀──────────  Reconnected (busy if a job)
+///
+///   ready|busy ──Cordon──▶ cordoned ──Uncordon──▶ ready | busy (active job)
+///   ready|busy|cordoned ──Drain──▶ draining (active job) | cordoned ; draining ──JobEnded──▶ cordoned
+///   any but busy/draining-with-a-job ──Retire──▶ retired (final)
+/// ```
+///
+/// A cordoned or draining node whose lease expires stays cordoned: an operator's cordon is not
+/// forgotten when its agent comes back (its running job is lost by the lease watchdog, so a
+/// draining node has nothing left to drain). Whether it is connected is shown apart from
+/// its state. A retired node stays retired whatever its agent does.
+pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeRefusal> {
+    use NodeEvent as E;
+    use NodeState as S;
+    let refuse = |message: String| Err(NodeRefusal { state, message });
+    match (state, event) {
+        (S::Retired, E::Cordon | E::Uncordon { .. } | E::Drain { .. } | E::JobStarted) => {
+            refuse("the node is retired; it takes no jobs and no operator changes".into())
+        }
+        (S::Retired, _) => Ok(S::Retired),
+        (S::Unreachable, E::Reconnected { active_job }) => Ok(busy_if(active_job)),
+        (S::Unreachable, E::Cordon | E::Uncordon { .. } | E::Drain { .. }) => refuse(
+            "the node is unreachable; cordon, uncordon or drain it once its agent is back, \
+             or retire it"
+                .into(),
+        ),
+        (S::Unreachable, E::JobStarted) => {
+            refuse("the node is unreachable; a job can start only on a connected node".into())
+        }
+        (_, E::Retire { active_job: true }) => refuse(
+            "a job is active on the node; drain it (`tollgate node drain`) or cancel the run, \
+             then retire it"
+                .into(),
+        ),
+        (_, E::Retire { active_job: false }) => Ok(S::Retired),
+        (S::Ready | S::Busy, E::LeaseExpired) => Ok(S::Unreachable),
+        (S::Cordoned | S::Draining, E::LeaseExpired) => Ok(S::Cordoned),
+        (S::Unreachable, E::LeaseExpired | E::JobEnded { .. }) => Ok(S::Unreachable),
+        (S::Ready | S::Busy, E::JobStarted) => Ok(S::Busy),
+        (S::Cordoned | S::Draining, E::JobStarted) => Ok(S::Draining),
+        (S::Busy, E::JobEnded { active_job }) => Ok(busy_if(active_job)),
+        (S::Draining, E::JobEnded { active_job: false }) => Ok(S::Cordoned),
+        (S::Ready | S::Cordoned | S::Draining, E::JobEnded { .. }) => Ok(state),
+        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Reconnected { .. }) => Ok(state),
+        (S::Ready | S::Busy | S::Cordoned, E::Cordon) => Ok(S::Cordoned),
+        (S::Draining, E::Cordon) => Ok(S::Draining),
+        (S::Cordoned | S::Draining, E::Uncordon { active_job }) => Ok(busy_if(active_job)),
+        (S::Ready | S::Busy, E::Uncordon { .. }) => Ok(state),
+        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Drain { active_job }) => {
+            Ok(if active_job { S::Draining } else { S::Cordoned })
+        }
+    }
+}
+
+fn busy_if(active_job: bool) -> NodeState {
+    if active_job {
+        NodeState::Busy
+    } else {
+        NodeState::Ready
+    }
 }
 
 /// The findings one new result makes about its node, in the order to apply them.
@@ -275,5 +393,157 @@ mod tests {
         ));
         failed.inventory = inventory(DRIVER, "96.00.61.00.01", 2);
         assert!(findings(&failed, &check, &release, &[Outcome::Failed]).is_empty());
+    }
+
+    mod lifecycle {
+        use super::super::*;
+        use NodeEvent as E;
+        use NodeState as S;
+
+        const ALL: [NodeState; 6] = [
+            S::Ready,
+            S::Busy,
+            S::Cordoned,
+            S::Draining,
+            S::Unreachable,
+            S::Retired,
+        ];
+
+        fn events() -> Vec<NodeEvent> {
+            let mut events = vec![E::LeaseExpired, E::JobStarted, E::Cordon];
+            for active_job in [false, true] {
+                events.extend([
+                    E::Reconnected { active_job },
+                    E::JobEnded { active_job },
+                    E::Uncordon { active_job },
+                    E::Drain { active_job },
+                    E::Retire { active_job },
+                ]);
+            }
+            events
+        }
+
+        #[test]
+        fn a_job_makes_a_ready_node_busy_and_its_end_frees_it() {
+            assert_eq!(next_state(S::Ready, E::JobStarted), Ok(S::Busy));
+            assert_eq!(
+                next_state(S::Busy, E::JobEnded { active_job: false }),
+                Ok(S::Ready)
+            );
+            assert_eq!(
+                next_state(S::Busy, E::JobEnded { active_job: true }),
+                Ok(S::Busy)
+            );
+        }
+
+        #[test]
+        fn an_unreachable_node_comes_back_busy_only_with_an_active_job() {
+            assert_eq!(next_state(S::Busy, E::LeaseExpired), Ok(S::Unreachable));
+            let back = |active_job| next_state(S::Unreachable, E::Reconnected { active_job });
+            assert_eq!(back(true), Ok(S::Busy));
+            assert_eq!(back(false), Ok(S::Ready));
+        }
+
+        #[test]
+        fn a_cordon_outlives_a_lost_lease_and_the_agent_coming_back() {
+            for cordoned in [S::Cordoned, S::Draining] {
+                let after = next_state(cordoned, E::LeaseExpired).expect("lease expiry");
+                assert_eq!(after, S::Cordoned);
+                for active_job in [false, true] {
+                    assert_eq!(
+                        next_state(after, E::Reconnected { active_job }),
+                        Ok(S::Cordoned)
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn a_draining_node_is_cordoned_once_its_job_ends() {
+            assert_eq!(
+                next_state(S::Busy, E::Drain { active_job: true }),
+                Ok(S::Draining)
+            );
+            assert_eq!(
+                next_state(S::Ready, E::Drain { active_job: false }),
+                Ok(S::Cordoned)
+            );
+            assert_eq!(
+                next_state(S::Draining, E::JobEnded { active_job: false }),
+                Ok(S::Cordoned)
+            );
+            assert_eq!(
+                next_state(S::Draining, E::JobEnded { active_job: true }),
+                Ok(S::Draining)
+            );
+        }
+
+        #[test]
+        fn uncordon_gives_back_ready_or_busy() {
+            for from in [S::Cordoned, S::Draining] {
+                assert_eq!(
+                    next_state(from, E::Uncordon { active_job: true }),
+                    Ok(S::Busy)
+                );
+                assert_eq!(
+                    next_state(from, E::Uncordon { active_job: false }),
+                    Ok(S::Ready)
+                );
+            }
+        }
+
+        #[test]
+        fn operators_cannot_change_unreachable_or_retired_nodes() {
+            for state in [S::Unreachable, S::Retired] {
+                for event in [E::Cordon, E::Uncordon { active_job: false }] {
+                    let refusal = next_state(state, event).expect_err("refused");
+                    assert_eq!(refusal.state, state);
+                    assert!(refusal.message.contains(state.as_str()), "{refusal}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_node_with_an_active_job_is_not_retired() {
+            for state in [S::Busy, S::Draining, S::Cordoned] {
+                let refusal =
+                    next_state(state, E::Retire { active_job: true }).expect_err("refused");
+                assert!(refusal.message.contains("drain"), "{refusal}");
+            }
+            assert_eq!(
+                next_state(S::Unreachable, E::Retire { active_job: false }),
+                Ok(S::Retired)
+            );
+        }
+
+        #[test]
+        fn retired_is_final() {
+            for event in events() {
+                if let Ok(to) = next_state(S::Retired, event) {
+                    assert_eq!(to, S::Retired, "{event:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn every_state_answers_every_event_and_only_a_job_makes_a_node_busy() {
+            for state in ALL {
+                for event in events() {
+                    let Ok(to) = next_state(state, event) else {
+                        continue;
+                    };
+                    let gains_a_job = matches!(
+                        event,
+                        E::JobStarted
+                            | E::JobEnded { active_job: true }
+                            | E::Reconnected { active_job: true }
+                            | E::Uncordon { active_job: true }
+                    );
+                    if to == S::Busy && state != S::Busy {
+                        assert!(gains_a_job, "{state:?} --{event:?}--> busy");
+                    }
+                }
+            }
+        }
     }
 }
