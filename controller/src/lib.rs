@@ -8,7 +8,7 @@
 //!
 //! `run` owns everything it starts. When the caller's shutdown future completes:
 //!
-//! 1. the internal shutdown flag ([`Shared::shutdown`]) is raised; every long-lived stream
+//! 1. the internal shutdown flag is raised ([`Shared::begin_shutdown`]); every long-lived stream
 //!    (agent sessions, `WatchRun`, `PushTelemetry`) watches it and ends, and the agent
 //!    sessions are dropped so their command streams finish;
 //! 2. the gRPC server stops accepting connections and lets in-flight requests finish (bounded
