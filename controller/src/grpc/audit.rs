@@ -1,7 +1,7 @@
 //! `AuditService`: reading and verifying the hash-chained audit log.
 
-use super::convert::{ToProto, timestamp_from_proto};
-use super::status::FieldErrors;
+use super::convert::ToProto;
+use super::status::{FieldErrors, invalid_fields};
 use crate::shared::Shared;
 use crate::store::AuditFilter;
 use std::sync::Arc;
@@ -34,19 +34,10 @@ impl AuditService for AuditApi {
             since,
             until,
         } = super::convert::bounded(request.into_inner())?;
-        let mut problems = FieldErrors::new();
-        let mut time = |field: &str, at: Option<prost_types::Timestamp>| {
-            at.and_then(|at| {
-                let converted = timestamp_from_proto(&at);
-                if converted.is_none() {
-                    problems.add(field, "is not a valid timestamp");
-                }
-                converted
-            })
-        };
-        let since = time("since", since);
-        let until = time("until", until);
-        problems.finish(())?;
+        let mut errors = FieldErrors::new();
+        let since = errors.optional_timestamp("since", since);
+        let until = errors.optional_timestamp("until", until);
+        errors.finish(()).map_err(invalid_fields)?;
         let filter = AuditFilter {
             release: (!release.is_empty()).then(|| ReleaseId::from(release.as_str())),
             actor: (!actor.is_empty()).then_some(actor),

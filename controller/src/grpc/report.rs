@@ -2,7 +2,7 @@
 //! the exact plan versions, waivers) and renders it from the store node by node, streamed to
 //! the client (`StreamReport`) or in one message (`RenderReport`).
 
-use super::status::{FieldErrors, InvalidFields, no_gate};
+use super::status::{FieldErrors, InvalidFields, invalid_fields, no_gate};
 use super::{load_release, resolve_milestone};
 use crate::gates::evaluate_now;
 use crate::report::{CustomerScope, ReportFormat, ReportHead, render_from_store, scope_evidence};
@@ -50,7 +50,7 @@ impl ReportApi {
             format,
             customer,
         } = request;
-        let (format, scope) = parse_report_request(&format, &customer)?;
+        let (format, scope) = parse_report_request(&format, &customer).map_err(invalid_fields)?;
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_report_request_names_every_bad_field_at_once() {
-        let status = Status::from(parse_report_request("pdf", "acme").unwrap_err());
+        let status = invalid_fields(parse_report_request("pdf", "acme").unwrap_err());
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status
