@@ -195,13 +195,21 @@ async fn walk_through(
     }
 
     say(&format!("export TOLLGATE_CONTROLLER={url}"));
+    set_up(&controller, dirs).await?;
+    run_plan(children, &controller, dirs).await?;
+    decide_and_report(&controller, dirs).await?;
+    children.check_alive()?;
+    Ok(url)
+}
 
+/// Creates the release and applies the plan and the gate, as a release manager would.
+async fn set_up(controller: &Controller, dirs: &DemoDirs) -> anyhow::Result<()> {
     say(&format!(
         "tollgate release create {RELEASE} --component driver={DRIVER} --component vbios={VBIOS} \
          --description \"driver 550 update 3\""
     ));
     let created = release::create(
-        &controller,
+        controller,
         pb::CreateReleaseRequest {
             name: RELEASE.to_owned(),
             components: vec![
@@ -225,29 +233,38 @@ async fn walk_through(
     let shown_gate = dirs.shown.join("gate-lab-qual.yaml").display().to_string();
 
     say(&format!("tollgate plan apply -f {shown_plan}"));
-    let applied = plan::apply(&controller, &shown_plan, PLAN_YAML.to_owned())
+    let applied = plan::apply(controller, &shown_plan, PLAN_YAML.to_owned())
         .await
         .context("applying the demo plan")?;
     print!("{}", plan::format_applied(&applied));
 
     say(&format!("tollgate gate apply -f {shown_gate}"));
-    let policy = gate::apply(&controller, &shown_gate, GATE_YAML.to_owned())
+    let policy = gate::apply(controller, &shown_gate, GATE_YAML.to_owned())
         .await
         .context("applying the demo gate")?;
     print!("{}", gate::format_applied(&policy));
 
+    Ok(())
+}
+
+/// Waits for every node, runs the plan on them and follows the run until it finished.
+async fn run_plan(
+    children: &mut Children,
+    controller: &Controller,
+    dirs: &DemoDirs,
+) -> anyhow::Result<()> {
     note(&format!(
         "waiting for {} nodes to register and be ready",
         NODES.len()
     ));
-    let nodes = wait_for_nodes(children, &controller).await?;
+    let nodes = wait_for_nodes(children, controller).await?;
     say("tollgate node list --selector site=demo");
     print!("{}", node::format_node_table(&nodes, crate::clock::now()));
 
     say(&format!(
         "tollgate run start --release {RELEASE} --plan {PLAN} --milestone {MILESTONE} --watch"
     ));
-    let started = runs::start(&controller, RELEASE, PLAN, Some(MILESTONE), false)
+    let started = runs::start(controller, RELEASE, PLAN, Some(MILESTONE), false)
         .await
         .context("starting the demo run")?;
     print!("{}", runs::format_started(&started));
@@ -261,7 +278,7 @@ async fn walk_through(
     }
     let ended = tokio::time::timeout(
         RUN_TIMEOUT,
-        runs::watch(&controller, &started.id, Format::Text),
+        runs::watch(controller, &started.id, Format::Text),
     )
     .await
     .map_err(|_| {
@@ -276,10 +293,16 @@ async fn walk_through(
         bail!("run {} ended {}, expected finished", ended.id, ended.state);
     }
 
+    Ok(())
+}
+
+/// Shows the gate's decision (it must fail on the hot node only), tries the promotion it
+/// refuses, and writes the HTML and Markdown reports.
+async fn decide_and_report(controller: &Controller, dirs: &DemoDirs) -> anyhow::Result<()> {
     say(&format!(
         "tollgate gate show --release {RELEASE} --milestone {MILESTONE}"
     ));
-    let decision = gate::evaluate(&controller, RELEASE, Some(MILESTONE))
+    let decision = gate::evaluate(controller, RELEASE, Some(MILESTONE))
         .await
         .context("evaluating the demo gate")?;
     print!("{}", gate::format_decision(&decision));
@@ -287,7 +310,7 @@ async fn walk_through(
         .map_err(|problem| anyhow::anyhow!("the demo gate did not decide as it must: {problem}"))?;
 
     say(&format!("tollgate promote --release {RELEASE}"));
-    match promote::promote(&controller, RELEASE).await? {
+    match promote::promote(controller, RELEASE).await? {
         Err(refusal) => println!("promotion refused: {refusal}"),
         Ok(_) => bail!("the controller promoted {RELEASE} although its gate failed"),
     }
@@ -300,7 +323,7 @@ async fn walk_through(
             dirs.shown.join(&file).display()
         ));
         let written = report::render_to_file(
-            &controller,
+            controller,
             RELEASE,
             Some(MILESTONE),
             format,
@@ -312,8 +335,7 @@ async fn walk_through(
         println!("wrote {}", dirs.shown.join(&file).display());
         println!("decision digest: {}", written.decision_digest);
     }
-    children.check_alive()?;
-    Ok(url)
+    Ok(())
 }
 
 /// Checks the decision the demo must reach: failed, because the telemetry rule failed on the

@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 /// What a command prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -63,47 +62,44 @@ pub fn print_json_line(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A text table whose columns are padded to their widest cell.
+/// A text table for people: a header row, then one row per item, each column as wide as its
+/// widest cell and two spaces between columns; no borders, so `grep` and `awk` still work on
+/// it. Laid out by `comfy-table` without its terminal feature, so a table never wraps to the
+/// terminal's width and reads the same in a pipe as on a screen.
 #[derive(Debug)]
 pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
+    table: comfy_table::Table,
 }
 
 impl Table {
     /// A table with these column titles.
     pub fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|title| (*title).to_owned()).collect(),
-            rows: Vec::new(),
+        let mut table = comfy_table::Table::new();
+        table
+            .load_style(comfy_table::presets::NOTHING)
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+            .set_header(header.iter().copied());
+        // One space of padding on each inner side makes the two-space gap between columns;
+        // none on the outer sides, so the table starts at the caller's indent.
+        let n_columns = header.len();
+        for (idx, column) in table.column_iter_mut().enumerate() {
+            let left = u16::from(idx > 0);
+            let right = u16::from(idx + 1 < n_columns);
+            column.set_padding((left, right));
         }
+        Self { table }
     }
 
     /// Adds a row; missing cells print empty.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.table.add_row(cells);
     }
 
     /// Renders with `indent` before every line; no trailing spaces.
     pub fn render(&self, indent: &str) -> String {
-        let n_columns = self.header.len();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (idx, cell) in row.iter().enumerate().take(n_columns) {
-                widths[idx] = widths[idx].max(cell.chars().count());
-            }
-        }
         let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = String::from(indent);
-            for (idx, width) in widths.iter().enumerate() {
-                let cell = row.get(idx).map_or("", String::as_str);
-                if idx + 1 == n_columns {
-                    line.push_str(cell);
-                } else {
-                    let _ = write!(line, "{cell:<width$}  ");
-                }
-            }
+        for line in self.table.lines() {
+            out.push_str(indent);
             out.push_str(line.trim_end());
             out.push('\n');
         }

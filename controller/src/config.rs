@@ -20,7 +20,7 @@ pub struct ControllerConfig {
     /// The clock every decision reads `now` from.
     pub clock: SharedClock,
     /// Manager API tokens; empty for anonymous manager calls.
-    pub api_tokens: crate::grpc::auth::ApiTokens,
+    pub api_tokens: crate::tokens::ApiTokens,
 }
 
 impl ControllerConfig {
@@ -34,7 +34,43 @@ impl ControllerConfig {
             lease_grace: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
-            api_tokens: crate::grpc::auth::ApiTokens::default(),
+            api_tokens: crate::tokens::ApiTokens::default(),
         }
+    }
+}
+
+/// The database URL with any password replaced, for logs and error messages.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_reach_logs() {
+        assert_eq!(
+            redact_database_url("postgres://tg:s3cret@db:5432/tollgate"),
+            "postgres://tg:***@db:5432/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("postgres://tg@db/tollgate"),
+            "postgres://tg@db/tollgate"
+        );
+        assert_eq!(
+            redact_database_url("sqlite://./.tollgate/tollgate.db"),
+            "sqlite://./.tollgate/tollgate.db"
+        );
     }
 }

@@ -2,12 +2,14 @@
 //! `Promote`, reports, result ingestion and the lease watchdog.
 //!
 //! The decision itself is the domain's (`tollgate_domain::gate::GateState`); this module
-//! loads its inputs, keeps recent gates evaluated in memory ([`GateCache`]) so a new result
-//! costs only its own part of the decision, and persists the output.
+//! loads its inputs, keeps recent gates evaluated in memory
+//! ([`crate::gate_cache::GateCache`]) so a new result costs only its own part of the
+//! decision, and persists the output.
 
-use crate::Shared;
+use crate::gate_cache::{CACHED_GATES, CachedGate};
+use crate::shared::{Shared, stopped};
 use crate::store::{Refreshed, StoreError, StoredGate};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
 use tollgate_domain::release::Release;
@@ -24,35 +26,6 @@ pub struct Evaluated {
     pub decision: Decision,
 }
 
-/// How many gates (release and milestone) the controller keeps evaluated in memory; the
-/// least recently used one is dropped beyond this.
-const CACHED_GATES: usize = 16;
-
-/// The gates the controller keeps evaluated in memory: per release and milestone, the
-/// evidence as last read and its [`GateState`]. A new evaluation reads only the jobs that
-/// changed since (see `Store::refresh_evidence`) and recomputes only their part of the
-/// decision, so a gate over 100,000 results decides within milliseconds of the last result.
-///
-/// Evaluations queue on one lock; each reads the store afresh, so the cache never decides on
-/// evidence older than the store's.
-#[derive(Default)]
-pub struct GateCache {
-    entries: tokio::sync::Mutex<HashMap<(ReleaseId, String), CachedGate>>,
-}
-
-struct CachedGate {
-    policy_version: String,
-    evidence: Arc<Evidence>,
-    state: GateState,
-    last_used: u64,
-}
-
-impl std::fmt::Debug for GateCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateCache").finish_non_exhaustive()
-    }
-}
-
 /// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
 /// milestone. The decision is stored, with its inputs, before it is returned.
 ///
@@ -67,22 +40,69 @@ pub async fn evaluate_now(
     let Some(gate) = shared.store.get_gate(milestone).await? else {
         return Ok(None);
     };
-    let mut baseline = None;
-    if tollgate_domain::gate::needs_baseline(&gate.policy)
-        && let Some(baseline_id) = shared
-            .store
-            .last_promoted_past(milestone, &release.id)
-            .await?
-        && let Some(base_release) = shared.store.get_release(&baseline_id).await?
-    {
-        baseline = Some(Box::new(
-            shared.store.load_evidence(&base_release, milestone).await?,
-        ));
-    }
+    let baseline = load_baseline(shared, &gate.policy, release, milestone).await?;
     let waivers = shared
         .store
         .list_waivers(&release.id, Some(milestone))
         .await?;
+    let (decision, evidence) =
+        decide_cached(shared, &gate, release, milestone, baseline, &waivers).await?;
+    shared
+        .store
+        .insert_decision_with(&decision, &gate.policy, &evidence, &waivers)
+        .await?;
+    tracing::info!(
+        release = %release.id,
+        milestone,
+        verdict = %decision.verdict,
+        digest = %decision.digest,
+        "gate decided: {}",
+        decision.summary
+    );
+    Ok(Some(Evaluated {
+        gate,
+        evidence,
+        decision,
+    }))
+}
+
+/// The evidence of the last other release promoted past `milestone`, when `policy` compares
+/// with a baseline and there is one.
+async fn load_baseline(
+    shared: &Shared,
+    policy: &GatePolicy,
+    release: &Release,
+    milestone: &str,
+) -> Result<Option<Box<Evidence>>, StoreError> {
+    if !tollgate_domain::gate::needs_baseline(policy) {
+        return Ok(None);
+    }
+    let Some(baseline_id) = shared
+        .store
+        .last_promoted_past(milestone, &release.id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(base_release) = shared.store.get_release(&baseline_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Box::new(
+        shared.store.load_evidence(&base_release, milestone).await?,
+    )))
+}
+
+/// Decides on the cached state of the gate, brought up to date with the store first: reused
+/// when the policy and baseline are the same (only the jobs that changed are recomputed),
+/// built anew otherwise (dropping the least recently used gate beyond [`CACHED_GATES`]).
+async fn decide_cached(
+    shared: &Shared,
+    gate: &StoredGate,
+    release: &Release,
+    milestone: &str,
+    baseline: Option<Box<Evidence>>,
+    waivers: &[tollgate_domain::gate::Waiver],
+) -> Result<(Decision, Arc<Evidence>), StoreError> {
     let policy_version = gate.policy.version();
     let key = (release.id.clone(), milestone.to_owned());
     let mut entries = shared.gate_cache.entries.lock().await;
@@ -92,27 +112,7 @@ pub async fn evaluate_now(
         .is_some_and(|c| c.policy_version == policy_version && c.evidence.baseline == baseline);
     let cached = match entries.get_mut(&key) {
         Some(cached) if reusable => {
-            let evidence = Arc::make_mut(&mut cached.evidence);
-            match shared
-                .store
-                .refresh_evidence(release, milestone, evidence)
-                .await?
-            {
-                Refreshed::Reloaded => {
-                    evidence.baseline = baseline;
-                    cached.state = build_state(&gate.policy, &cached.evidence).await;
-                }
-                // Many changed jobs (a wave of results between two evaluations): build anew,
-                // on every core and off the async runtime, rather than one job at a time.
-                Refreshed::Changed(jobs) if jobs.len() * 4 > n_jobs(evidence) => {
-                    cached.state = build_state(&gate.policy, &cached.evidence).await;
-                }
-                Refreshed::Changed(jobs) => {
-                    for (run, job) in jobs {
-                        cached.state.job_changed(&gate.policy, evidence, run, job);
-                    }
-                }
-            }
+            refresh(shared, &gate.policy, release, milestone, baseline, cached).await?;
             cached
         }
         _ => {
@@ -144,26 +144,42 @@ pub async fn evaluate_now(
     cached.last_used = tick;
     let decision = cached
         .state
-        .decide(&gate.policy, &cached.evidence, &waivers, shared.now());
-    let evidence = Arc::clone(&cached.evidence);
-    drop(entries);
-    shared
+        .decide(&gate.policy, &cached.evidence, waivers, shared.now());
+    Ok((decision, Arc::clone(&cached.evidence)))
+}
+
+/// Brings a cached gate up to date with the store: the jobs that changed are recomputed one
+/// by one, or the state is built anew when the evidence was reloaded or many jobs changed.
+async fn refresh(
+    shared: &Shared,
+    policy: &GatePolicy,
+    release: &Release,
+    milestone: &str,
+    baseline: Option<Box<Evidence>>,
+    cached: &mut CachedGate,
+) -> Result<(), StoreError> {
+    let evidence = Arc::make_mut(&mut cached.evidence);
+    match shared
         .store
-        .insert_decision_with(&decision, &gate.policy, &evidence, &waivers)
-        .await?;
-    tracing::info!(
-        release = %release.id,
-        milestone,
-        verdict = %decision.verdict,
-        digest = %decision.digest,
-        "gate decided: {}",
-        decision.summary
-    );
-    Ok(Some(Evaluated {
-        gate,
-        evidence,
-        decision,
-    }))
+        .refresh_evidence(release, milestone, evidence)
+        .await?
+    {
+        Refreshed::Reloaded => {
+            evidence.baseline = baseline;
+            cached.state = build_state(policy, &cached.evidence).await;
+        }
+        // Many changed jobs (a wave of results between two evaluations): build anew, on every
+        // core and off the async runtime, rather than one job at a time.
+        Refreshed::Changed(jobs) if jobs.len() * 4 > n_jobs(evidence) => {
+            cached.state = build_state(policy, &cached.evidence).await;
+        }
+        Refreshed::Changed(jobs) => {
+            for (run, job) in jobs {
+                cached.state.job_changed(policy, evidence, run, job);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds a gate's state on a blocking thread: over a large fleet it is tens of milliseconds
@@ -272,8 +288,8 @@ pub async fn run_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.subscribe_shutdown();
     loop {
         tokio::select! {
-            () = shared.reevaluation_wake.notified() => {}
-            () = crate::stopped(&mut shutdown) => break,
+            () = shared.reevaluation_requested() => {}
+            () = stopped(&mut shutdown) => break,
         }
         let runs = shared.take_reevaluation_requests();
         let mut done: BTreeSet<(ReleaseId, String)> = BTreeSet::new();

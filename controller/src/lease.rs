@@ -9,7 +9,7 @@
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::StoreError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub async fn run_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
-            () = crate::stopped(&mut shutdown) => break,
+            () = crate::shared::stopped(&mut shutdown) => break,
         }
         if let Err(error) = check_once(&shared).await {
             tracing::warn!(%error, "lease check failed; retrying at the next tick");

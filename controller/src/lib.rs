@@ -8,7 +8,7 @@
 //!
 //! `run` owns everything it starts. When the caller's shutdown future completes:
 //!
-//! 1. the internal shutdown flag ([`Shared::shutdown`]) is raised; every long-lived stream
+//! 1. the internal shutdown flag is raised ([`Shared::begin_shutdown`]); every long-lived stream
 //!    (agent sessions, `WatchRun`, `PushTelemetry`) watches it and ends, and the agent
 //!    sessions are dropped so their command streams finish;
 //! 2. the gRPC server stops accepting connections and lets in-flight requests finish (bounded
@@ -19,23 +19,29 @@
 
 pub mod clock;
 pub mod config;
+pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
+pub mod health;
 pub mod lease;
 pub mod report;
 pub mod scheduler;
 pub mod sessions;
+pub mod shared;
 pub mod store;
+pub mod tokens;
 
 pub use config::ControllerConfig;
+
+use config::redact_database_url;
+use health::{follow_writes, set_health};
+use shared::{Shared, stopped};
 
 use anyhow::Context as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tollgate_domain::Timestamp;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
 use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
@@ -47,151 +53,6 @@ use tollgate_proto::v1::run_service_server::RunServiceServer;
 
 /// How long in-flight requests may take to finish once shutdown started.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// State every service, the scheduler and the lease watchdog share, behind one `Arc`.
-///
-/// Ownership: `run` creates it and holds the only long-lived clone besides the services and
-/// the two loops; everything in it is safe to use from any task. Shutdown is announced
-/// through `shutdown`, never by dropping this.
-#[derive(Debug)]
-pub struct Shared {
-    /// The database.
-    pub store: store::Store,
-    /// Flags and the clock.
-    pub config: ControllerConfig,
-    /// Live agent sessions: who can be sent a command right now.
-    pub sessions: sessions::Sessions,
-    /// Node tokens already seen, so a call does not cost a database lookup.
-    pub tokens: grpc::auth::TokenCache,
-    /// The controller's first clock read; leases get a fresh grace from here after a restart.
-    pub started_at: Timestamp,
-    /// When leases last got a fresh grace: the start, or the moment the database accepted
-    /// writes again after refusing them (heartbeats could not be recorded meanwhile).
-    leases_fresh_from: std::sync::Mutex<Timestamp>,
-    /// Wakes the scheduler loop early (node connected, run started, job ended).
-    scheduler_wake: Notify,
-    /// Bumped after every change a run watcher may care about.
-    changes: watch::Sender<u64>,
-    /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
-    reevaluation_requests: std::sync::Mutex<std::collections::BTreeSet<tollgate_domain::RunId>>,
-    /// Wakes `gates::run_loop`.
-    reevaluation_wake: Notify,
-    /// Gates kept evaluated in memory.
-    pub gate_cache: gates::GateCache,
-    /// Raised once when shutdown starts.
-    shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Builds the shared state; `run` does this, and so can tests that drive the loops directly.
-    pub fn new(store: store::Store, config: ControllerConfig) -> Self {
-        let started_at = config.clock.now();
-        Self {
-            store,
-            config,
-            sessions: sessions::Sessions::default(),
-            tokens: grpc::auth::TokenCache::default(),
-            started_at,
-            leases_fresh_from: std::sync::Mutex::new(started_at),
-            scheduler_wake: Notify::new(),
-            changes: watch::channel(0).0,
-            reevaluation_requests: std::sync::Mutex::default(),
-            reevaluation_wake: Notify::new(),
-            gate_cache: gates::GateCache::default(),
-            shutdown: watch::channel(false).0,
-        }
-    }
-
-    /// The current time, from the configured clock.
-    pub fn now(&self) -> Timestamp {
-        self.config.clock.now()
-    }
-
-    /// Heartbeats older than this count as made at this moment (see `lease.rs`).
-    pub fn leases_fresh_from(&self) -> Timestamp {
-        *self
-            .leases_fresh_from
-            .lock()
-            .expect("the timestamp is never poisoned: nothing panics while holding it")
-    }
-
-    /// Gives every lease a fresh grace from `now`, as a restart does: heartbeats that came
-    /// while the database refused writes were lost, not missing.
-    pub fn refresh_leases(&self, now: Timestamp) {
-        let mut fresh_from = self
-            .leases_fresh_from
-            .lock()
-            .expect("the timestamp is never poisoned: nothing panics while holding it");
-        *fresh_from = (*fresh_from).max(now);
-    }
-
-    /// Asks the scheduler to look at pending jobs now rather than at its next tick.
-    pub fn poke_scheduler(&self) {
-        self.scheduler_wake.notify_one();
-    }
-
-    /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see
-    /// `gates::run_loop`).
-    pub fn request_reevaluation(&self, run: &tollgate_domain::RunId) {
-        self.reevaluation_requests
-            .lock()
-            .expect("the request set is never poisoned: nothing panics while holding it")
-            .insert(run.clone());
-        self.reevaluation_wake.notify_one();
-    }
-
-    /// Takes every pending re-evaluation request.
-    fn take_reevaluation_requests(&self) -> std::collections::BTreeSet<tollgate_domain::RunId> {
-        std::mem::take(
-            &mut *self
-                .reevaluation_requests
-                .lock()
-                .expect("the request set is never poisoned: nothing panics while holding it"),
-        )
-    }
-
-    /// Tells run watchers that something changed.
-    pub fn notify_changed(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
-    }
-
-    /// A receiver that sees every [`Shared::notify_changed`].
-    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    /// A receiver whose value turns true when shutdown starts.
-    pub fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Starts shutdown: raises the flag and drops every agent session.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-        self.sessions.close_all();
-    }
-
-    /// Waits until the scheduler is poked, `tick` passes, or shutdown starts; false on shutdown.
-    async fn wait_for_work(&self, shutdown: &mut watch::Receiver<bool>, tick: Duration) -> bool {
-        tokio::select! {
-            () = self.scheduler_wake.notified() => {}
-            () = tokio::time::sleep(tick) => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => return false,
-        }
-        !*shutdown.borrow()
-    }
-}
-
-/// Waits until `shutdown` turns true (or its sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender was dropped, which only happens when everything stops.
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
 
 /// Runs the controller on `listener` until `shutdown` completes, then stops gracefully (see
 /// the module docs for the order).
@@ -265,17 +126,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?;
+    let router = router(&shared, report_key, health_service)?;
 
     let scheduler_task = tokio::spawn(scheduler::run_loop(shared.clone()));
     let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
@@ -294,9 +145,64 @@ async fn serve(
             shared.begin_shutdown();
         }
     };
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    // The listener is bound and queues connections already; the server answers them as soon
+    // as it is first polled, right below.
+    on_serving();
+
+    let mut shutdown_rx = shared.subscribe_shutdown();
+    let drain_deadline = async {
+        stopped(&mut shutdown_rx).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        served = &mut server => served.context("serving gRPC"),
+        () = drain_deadline => {
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "in-flight requests did not finish in time; stopping anyway"
+            );
+            Ok(())
+        }
+    };
+    // The server can also end on its own (an accept error); the loops must stop either way.
+    shared.begin_shutdown();
+    for (name, task) in [
+        ("scheduler", scheduler_task),
+        ("lease watchdog", lease_task),
+        ("gate re-evaluation", gates_task),
+        ("database health", writes_task),
+    ] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "the {name} task panicked");
+        }
+    }
+    served
+}
+
+/// Every service the controller answers: health, reflection, the agent service (checked by
+/// node tokens in its handlers) and the manager services behind the API token interceptor.
+fn router(
+    shared: &Arc<Shared>,
+    report_key: ed25519_dalek::SigningKey,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     // Manager calls carry an API token naming their actor; agent calls carry node tokens,
     // checked by the agent service itself.
-    let api_auth = shared.config.api_tokens.interceptor();
+    let api_auth = grpc::auth::interceptor(&shared.config.api_tokens);
     if shared.config.api_tokens.is_empty() {
         tracing::warn!(
             "no API token configured: manager calls are accepted without authentication and \
@@ -308,7 +214,7 @@ async fn serve(
     // it, so an oversize field always reaches the field checks: `INVALID_ARGUMENT` naming it.
     const REQUEST_BYTES: usize = tollgate_domain::limits::REQUEST.max;
     use tonic::service::interceptor::InterceptedService;
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -351,166 +257,6 @@ async fn serve(
             AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    tokio::pin!(server);
-    // The listener is bound and queues connections already; the server answers them as soon
-    // as it is first polled, right below.
-    on_serving();
-
-    let mut shutdown_rx = shared.subscribe_shutdown();
-    let drain_deadline = async {
-        stopped(&mut shutdown_rx).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let served = tokio::select! {
-        served = &mut server => served.context("serving gRPC"),
-        () = drain_deadline => {
-            tracing::warn!(
-                timeout_s = DRAIN_TIMEOUT.as_secs(),
-                "in-flight requests did not finish in time; stopping anyway"
-            );
-            Ok(())
-        }
-    };
-    // The server can also end on its own (an accept error); the loops must stop either way.
-    shared.begin_shutdown();
-    for (name, task) in [
-        ("scheduler", scheduler_task),
-        ("lease watchdog", lease_task),
-        ("gate re-evaluation", gates_task),
-        ("database health", writes_task),
-    ] {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "the {name} task panicked");
-        }
-    }
-    served
-}
-
-/// Every name the health service answers for: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 9] = [
-    "",
-    <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
-    <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
-    <ReleaseServiceServer<grpc::release::ReleaseApi> as tonic::server::NamedService>::NAME,
-    <PlanServiceServer<grpc::plan::PlanApi> as tonic::server::NamedService>::NAME,
-    <RunServiceServer<grpc::run::RunApi> as tonic::server::NamedService>::NAME,
-    <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
-    <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
-    <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
-];
-
-/// Sets every name of [`HEALTH_NAMES`] to `status`.
-async fn set_health(
-    reporter: &tonic_health::server::HealthReporter,
-    status: tonic_health::ServingStatus,
-) {
-    for name in HEALTH_NAMES {
-        reporter.set_service_status(name, status).await;
-    }
-}
-
-/// How often a write is tried while the database refuses them, so that recovery is noticed
-/// even when nothing else writes.
-pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Follows whether the database accepts writes until shutdown: while it refuses them the
-/// health service says `NOT_SERVING` (for "" and every service) and a write is probed every
-/// [`WRITE_PROBE_INTERVAL`]; once one succeeds it says `SERVING` again, every lease gets a
-/// fresh grace, and the log says how long the controller was degraded.
-async fn follow_writes(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
-    let mut writes = shared.store.watch_writes();
-    let mut shutdown = shared.subscribe_shutdown();
-    let mut refused_since: Option<Timestamp> = None;
-    loop {
-        let state = writes.borrow_and_update().clone();
-        match (state, refused_since) {
-            (store::Writes::Refused(error), None) => {
-                let now = shared.now();
-                refused_since = Some(now);
-                tracing::error!(
-                    %error,
-                    "the database refuses writes: health is NOT_SERVING, results and changes \
-                     are refused until it accepts them again (checked every {}s)",
-                    WRITE_PROBE_INTERVAL.as_secs()
-                );
-                if !shared.is_shutting_down() {
-                    set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
-                }
-            }
-            (store::Writes::Accepted, Some(since)) => {
-                let now = shared.now();
-                refused_since = None;
-                shared.refresh_leases(now);
-                tracing::info!(
-                    degraded_s = (now - since).num_seconds(),
-                    "the database accepts writes again: health is SERVING, every lease gets \
-                     a fresh grace"
-                );
-                if !shared.is_shutting_down() {
-                    set_health(&reporter, tonic_health::ServingStatus::Serving).await;
-                }
-                shared.poke_scheduler();
-            }
-            _ => {}
-        }
-        let probe = async {
-            if refused_since.is_some() {
-                tokio::time::sleep(WRITE_PROBE_INTERVAL).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            changed = writes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            () = probe => {
-                // Its outcome arrives through `writes` like any other write's.
-                if let Err(error) = shared.store.probe_write().await {
-                    tracing::debug!(%error, "the database still refuses writes");
-                }
-            }
-            () = stopped(&mut shutdown) => break,
-        }
-    }
-}
-
-/// The database URL with any password replaced, for logs and error messages.
-pub fn redact_database_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_passwords_never_reach_logs() {
-        assert_eq!(
-            redact_database_url("postgres://tg:s3cret@db:5432/tollgate"),
-            "postgres://tg:***@db:5432/tollgate"
-        );
-        assert_eq!(
-            redact_database_url("postgres://tg@db/tollgate"),
-            "postgres://tg@db/tollgate"
-        );
-        assert_eq!(
-            redact_database_url("sqlite://./.tollgate/tollgate.db"),
-            "sqlite://./.tollgate/tollgate.db"
-        );
-    }
+        ));
+    Ok(router)
 }

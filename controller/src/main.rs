@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tollgate_controller::ControllerConfig;
+use tollgate_controller::config::redact_database_url;
 use tollgate_controller::store::StoreError;
-use tollgate_controller::{ControllerConfig, redact_database_url};
 use tracing_subscriber::EnvFilter;
 
 /// Tollgate's controller: schedules qualification plans onto lab nodes, collects results and
@@ -60,7 +61,7 @@ struct ServeArgs {
     log_format: LogFormat,
     /// A manager API token, NAME=SECRET; repeatable. Without any, manager calls are
     /// anonymous.
-    #[arg(long = "api-token", value_name = "NAME=SECRET", value_parser = tollgate_controller::grpc::auth::ApiTokens::parse_flag)]
+    #[arg(long = "api-token", value_name = "NAME=SECRET", value_parser = tollgate_controller::tokens::ApiTokens::parse_flag)]
     api_tokens: Vec<(String, String)>,
     /// A file of manager API tokens, one `name secret` per line.
     #[arg(long, value_name = "FILE")]
@@ -195,11 +196,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.api_tokens_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --api-tokens-file {}", path.display()))?;
-        let pairs = tollgate_controller::grpc::auth::ApiTokens::parse_file(&text)
+        let pairs = tollgate_controller::tokens::ApiTokens::parse_file(&text)
             .map_err(|err| anyhow::anyhow!("--api-tokens-file {}: {err}", path.display()))?;
         api_tokens.extend(pairs);
     }
-    config.api_tokens = tollgate_controller::grpc::auth::ApiTokens::new(&api_tokens)
+    config.api_tokens = tollgate_controller::tokens::ApiTokens::new(&api_tokens)
         .map_err(|err| anyhow::anyhow!("API tokens: {err}"))?;
     if !(config.database_url.starts_with("sqlite:")
         || config.database_url.starts_with("postgres://")

@@ -8,8 +8,8 @@
 //! stays `running`; its results still count when the agent uploads them, and if its
 //! heartbeats stop the watchdog loses it too.
 
-use crate::Shared;
 use crate::grpc::convert::{ToProto, step_to_proto};
+use crate::shared::Shared;
 use crate::store::{JobRecord, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

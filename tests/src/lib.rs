@@ -104,7 +104,7 @@ impl Controller {
             config.clock = clock.clone();
         }
         config.api_tokens =
-            tollgate_controller::grpc::auth::ApiTokens::new(&options.api_tokens).expect("tokens");
+            tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");

@@ -273,6 +273,7 @@ pub fn step_result(result: &pb::StepResultSummary) -> Value {
         duration_ms,
         sub_results,
         sub_results_not_listed,
+        lease_epoch,
     } = result;
     json!({
         "step_index": step_index,
@@ -284,6 +285,7 @@ pub fn step_result(result: &pb::StepResultSummary) -> Value {
         "duration_ms": duration_ms,
         "sub_results": sub_results.iter().map(sub_result).collect::<Vec<_>>(),
         "sub_results_not_listed": sub_results_not_listed,
+        "lease_epoch": lease_epoch,
     })
 }
 

@@ -611,6 +611,7 @@ pub fn result_summary(result: &StepResult) -> proto::StepResultSummary {
         message: result.message.clone(),
         measurements: result.measurements.iter().map(ToProto::to_proto).collect(),
         duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+        lease_epoch: result.lease_epoch,
     }
 }
 
@@ -745,6 +746,8 @@ mod tests {
         let summary = result_summary(&full_result());
         assert_eq!(summary.duration_ms, 60_250);
         assert_eq!(summary.outcome, i32::from(proto::Outcome::Failed));
+        // The epoch tells a reassigned job's attempts apart (`run show`'s EPOCH column).
+        assert_eq!((summary.lease_epoch, summary.attempt), (4, 2));
     }
 
     #[test]

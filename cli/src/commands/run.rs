@@ -6,6 +6,7 @@ use crate::output::{
     Format, Table, format_millis, format_number, format_time, outcome_name, print_json,
     print_json_line, short_hash, time,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
@@ -126,8 +127,9 @@ pub async fn get(controller: &Controller, id: &str) -> anyhow::Result<pb::Run> {
     )?)
 }
 
-/// Follows a run until it ends and returns it as it ended. Text on a terminal is redrawn in
-/// place; anywhere else (a pipe, a log, `-o json`) every update is appended as its own line.
+/// Follows a run until it ends and returns it as it ended. Text on a terminal shows a progress
+/// bar of jobs ended with each job's changes above it; anywhere else (a pipe, a log, `-o json`)
+/// every update is appended as its own line.
 pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow::Result<pb::Run> {
     let mut stream = answer(
         controller
@@ -142,7 +144,7 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
     loop {
         let message = tokio::select! {
             message = stream.message() => message,
-            _ = ticker.tick(), if progress.live => {
+            _ = ticker.tick(), if progress.is_live() => {
                 if let Some(run) = &last {
                     progress.update(run)?;
                 }
@@ -161,6 +163,7 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
             break;
         }
     }
+    progress.finish();
     let Some(run) = last else {
         anyhow::bail!("the controller closed the watch of run {id} without sending it");
     };
@@ -186,74 +189,112 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
 /// What has been printed of a watched run, so the next update prints only what changed.
 struct Progress {
     format: Format,
-    /// Redraw in place (text on a terminal) rather than append.
-    live: bool,
-    /// Lines drawn by the last live redraw, to move the cursor back over.
-    n_drawn: usize,
-    /// The last line printed per job id, in append mode.
+    /// On a terminal (text only): a bar of jobs ended out of all, with the run's state and
+    /// elapsed time; job lines that change are printed above it. `None` anywhere else (a
+    /// pipe, a log, `-o json`): every change is appended as its own line.
+    bar: Option<ProgressBar>,
+    /// The last line printed per job id.
     job_lines: HashMap<String, String>,
-    /// The run state last printed, in append mode.
+    /// The run state last printed.
     state: String,
 }
 
+/// The live bar's layout: `run 1a2b3c4d5e6f running (  12.0s) [#####-----] 3/8 jobs ended`.
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {pos}/{len} jobs ended";
+
 impl Progress {
     fn new(format: Format, terminal: bool) -> Self {
+        let bar = (terminal && format == Format::Text).then(|| {
+            let style = ProgressStyle::with_template(BAR_TEMPLATE)
+                .expect("the bar template is a fixed, valid template")
+                .progress_chars("#>-");
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()).with_style(style)
+        });
         Self {
             format,
-            live: terminal && format == Format::Text,
-            n_drawn: 0,
+            bar,
             job_lines: HashMap::new(),
             state: String::new(),
         }
+    }
+
+    /// Whether updates redraw a bar (and so should also come on a clock tick).
+    fn is_live(&self) -> bool {
+        self.bar.is_some()
     }
 
     fn update(&mut self, run: &pb::Run) -> anyhow::Result<()> {
         if self.format == Format::Json {
             return print_json_line(&json::run(run));
         }
-        let width = name_width(&run.jobs);
         let elapsed = format!(
             "{:>5.1}s",
             run_elapsed(run, crate::clock::now()).as_secs_f64()
         );
-        let mut stdout = std::io::stdout().lock();
-        if self.live {
-            if self.n_drawn > 0 {
-                // Cursor up over the last drawing, then clear to the end of the screen.
-                write!(stdout, "\x1b[{}A\x1b[J", self.n_drawn)?;
-            }
-            writeln!(
-                stdout,
-                "run {} {} ({elapsed})",
-                short_hash(&run.id),
-                run.state
-            )?;
-            for job in &run.jobs {
-                writeln!(stdout, "  {}", format_job_line(job, width))?;
-            }
-            self.n_drawn = 1 + run.jobs.len();
-        } else {
-            // The run's first state opens the log; a later change closes the jobs' lines that
-            // caused it.
-            let state_changed = run.state != self.state;
-            if state_changed && self.state.is_empty() {
-                writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
-            }
-            for job in &run.jobs {
-                let line = format_job_line(job, width);
-                if self.job_lines.get(&job.id) != Some(&line) {
-                    writeln!(stdout, "{elapsed}   {line}")?;
-                    self.job_lines.insert(job.id.clone(), line);
+        match self.bar.clone() {
+            // A clone is a handle on the same bar.
+            Some(bar) => {
+                for line in self.changed_job_lines(run) {
+                    bar.println(format!("  {line}"));
                 }
+                bar.set_length(run.jobs.len() as u64);
+                bar.set_position(run.jobs.iter().filter(|job| job_ended(job)).count() as u64);
+                bar.set_message(format!(
+                    "run {} {} ({elapsed})",
+                    short_hash(&run.id),
+                    run.state
+                ));
             }
-            if state_changed && !self.state.is_empty() {
-                writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
-            }
-            self.state.clone_from(&run.state);
+            None => self.append_lines(run, &elapsed)?,
+        }
+        self.state.clone_from(&run.state);
+        Ok(())
+    }
+
+    /// Appends the run's first state, the job lines that changed, and a later state change
+    /// after the job lines that caused it.
+    fn append_lines(&mut self, run: &pb::Run, elapsed: &str) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        let state_changed = run.state != self.state;
+        if state_changed && self.state.is_empty() {
+            writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
+        }
+        for line in self.changed_job_lines(run) {
+            writeln!(stdout, "{elapsed}   {line}")?;
+        }
+        if state_changed && !self.state.is_empty() {
+            writeln!(stdout, "{elapsed} run {} {}", run.id, run.state)?;
         }
         stdout.flush()?;
         Ok(())
     }
+
+    /// The lines of the jobs whose line differs from the one printed last, remembered as
+    /// printed.
+    fn changed_job_lines(&mut self, run: &pb::Run) -> Vec<String> {
+        let width = name_width(&run.jobs);
+        let mut changed = Vec::new();
+        for job in &run.jobs {
+            let line = format_job_line(job, width);
+            if self.job_lines.get(&job.id) != Some(&line) {
+                self.job_lines.insert(job.id.clone(), line.clone());
+                changed.push(line);
+            }
+        }
+        changed
+    }
+
+    /// Ends the bar, leaving its last drawing on the screen.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// Whether a job is over (passed, failed, error, cancelled, lost): it counts on the bar.
+fn job_ended(job: &pb::Job) -> bool {
+    !matches!(job.state.as_str(), "pending" | "assigned" | "running")
 }
 
 /// How long the run has been going, counted from its start on the controller (not from when
@@ -409,57 +450,66 @@ pub fn format_run(run: &pb::Run) -> String {
     let _ = writeln!(out, "started:   {}", format_time(run.created_at.as_ref()));
     let _ = writeln!(out, "finished:  {}", format_time(run.finished_at.as_ref()));
     for job in &run.jobs {
-        let _ = writeln!(
-            out,
-            "\njob {} on {}: {} (step {}/{}, lease epoch {})",
-            job.id,
-            job.node,
-            job.state,
-            current_step(job),
-            job.n_steps,
-            job.lease_epoch
-        );
-        if job.results.is_empty() {
-            let _ = writeln!(out, "  no results yet");
-            continue;
-        }
-        let mut table = Table::new(&["STEP", "OUTCOME", "ATTEMPT", "DURATION", "MESSAGE"]);
-        for result in &job.results {
-            table.row(vec![
-                format!("{}. {}", result.step_index + 1, result.step_name),
-                outcome_name(result.outcome).to_owned(),
-                result.attempt.to_string(),
-                format_millis(result.duration_ms),
-                result.message.replace('\n', " "),
-            ]);
-        }
-        out.push_str(&table.render("  "));
-        for result in &job.results {
-            format_failing_tests(&mut out, result);
-        }
-        for result in job.results.iter().filter(|r| !r.measurements.is_empty()) {
-            let measured: Vec<String> = result
-                .measurements
-                .iter()
-                .map(|m| {
-                    let unit = if m.unit.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {}", m.unit)
-                    };
-                    format!("{} = {}{unit}", m.name, format_number(m.value))
-                })
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {} #{} measured: {}",
-                result.step_name,
-                result.attempt,
-                measured.join(", ")
-            );
-        }
+        format_job(&mut out, job);
     }
     out
+}
+
+/// A job of `run show`: its heading (state, step, lease epoch), a table of every result with
+/// the epoch and attempt it belongs to, each result's failing tests and its measurements.
+fn format_job(out: &mut String, job: &pb::Job) {
+    let _ = writeln!(
+        out,
+        "\njob {} on {}: {} (step {}/{}, lease epoch {})",
+        job.id,
+        job.node,
+        job.state,
+        current_step(job),
+        job.n_steps,
+        job.lease_epoch
+    );
+    if job.results.is_empty() {
+        let _ = writeln!(out, "  no results yet");
+        return;
+    }
+    // EPOCH tells a reassigned job's attempts apart: each lease epoch numbers its attempts
+    // from 1 again.
+    let mut table = Table::new(&["STEP", "OUTCOME", "EPOCH", "ATTEMPT", "DURATION", "MESSAGE"]);
+    for result in &job.results {
+        table.row(vec![
+            format!("{}. {}", result.step_index + 1, result.step_name),
+            outcome_name(result.outcome).to_owned(),
+            result.lease_epoch.to_string(),
+            result.attempt.to_string(),
+            format_millis(result.duration_ms),
+            result.message.replace('\n', " "),
+        ]);
+    }
+    out.push_str(&table.render("  "));
+    for result in &job.results {
+        format_failing_tests(out, result);
+    }
+    for result in job.results.iter().filter(|r| !r.measurements.is_empty()) {
+        let measured: Vec<String> = result
+            .measurements
+            .iter()
+            .map(|m| {
+                let unit = if m.unit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", m.unit)
+                };
+                format!("{} = {}{unit}", m.name, format_number(m.value))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} #{} measured: {}",
+            result.step_name,
+            result.attempt,
+            measured.join(", ")
+        );
+    }
 }
 
 /// Under a step result, its failing tests one per line (test, GPU, outcome, message), then
@@ -566,6 +616,7 @@ mod tests {
             duration_ms: 3100,
             sub_results: Vec::new(),
             sub_results_not_listed: 0,
+            lease_epoch: 1,
         }
     }
 
@@ -655,6 +706,91 @@ mod tests {
             "{text}"
         );
         assert_eq!(format_ended(&run), "run run-1 finished: 1 passed");
+    }
+
+    /// The cells of the result row of `run show` whose step cell is `step`, split on the
+    /// column gaps.
+    fn result_row<'a>(text: &'a str, step: &str) -> Vec<Vec<&'a str>> {
+        text.lines()
+            .filter(|line| line.trim_start().starts_with(step))
+            .map(|line| {
+                line.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn run_show_tells_a_reassigned_jobs_attempts_apart_by_epoch() {
+        let at = |epoch: u64, attempt: u32, outcome: pb::Outcome| pb::StepResultSummary {
+            lease_epoch: epoch,
+            attempt,
+            ..result(0, "flash", outcome)
+        };
+        let mut reassigned = job(
+            "passed",
+            vec![
+                at(1, 1, pb::Outcome::Failed),
+                at(1, 2, pb::Outcome::Lost),
+                at(2, 1, pb::Outcome::Passed),
+            ],
+        );
+        reassigned.lease_epoch = 2;
+        let run = pb::Run {
+            jobs: vec![reassigned],
+            ..Default::default()
+        };
+        let text = format_run(&run);
+        assert!(text.contains("lease epoch 2)"), "{text}");
+        let header = result_row(&text, "STEP");
+        assert_eq!(
+            header,
+            [["STEP", "OUTCOME", "EPOCH", "ATTEMPT", "DURATION", "MESSAGE"]],
+            "{text}"
+        );
+        // Outcome, epoch and attempt of each row: two attempts numbered 1, told apart.
+        let rows: Vec<Vec<&str>> = result_row(&text, "1. flash")
+            .into_iter()
+            .map(|cells| cells[1..4].to_vec())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ["failed", "1", "1"],
+                ["lost", "1", "2"],
+                ["passed", "2", "1"]
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_live_bar_counts_jobs_ended_of_all() {
+        let mut progress = Progress {
+            format: Format::Text,
+            bar: Some(ProgressBar::hidden()),
+            job_lines: HashMap::new(),
+            state: String::new(),
+        };
+        let run = pb::Run {
+            id: "run-1".into(),
+            state: RUNNING.into(),
+            jobs: ["passed", "running", "lost", "pending", "cancelled"]
+                .into_iter()
+                .enumerate()
+                .map(|(idx, state)| pb::Job {
+                    id: format!("j{idx}"),
+                    ..job(state, Vec::new())
+                })
+                .collect(),
+            ..Default::default()
+        };
+        progress.update(&run).expect("a hidden bar draws nowhere");
+        let bar = progress.bar.as_ref().expect("live");
+        assert_eq!((bar.position(), bar.length()), (3, Some(5)));
+        assert!(bar.message().contains("run-1 running"), "{}", bar.message());
     }
 
     #[test]

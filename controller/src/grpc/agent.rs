@@ -8,7 +8,7 @@
 use super::auth::{generate_token, hash_token};
 use super::convert::{Enrollment, FromProto as _};
 use super::status;
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::{JobRecord, Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ impl AgentService for AgentApi {
         loop {
             let batch = tokio::select! {
                 batch = batches.message() => batch?,
-                () = crate::stopped(&mut shutdown) => None,
+                () = crate::shared::stopped(&mut shutdown) => None,
             };
             let Some(batch) = batch else { break };
             let batch = super::convert::bounded(batch)?;
@@ -237,7 +237,7 @@ async fn read_events(
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
-            () = crate::stopped(&mut shutdown) => break,
+            () = crate::shared::stopped(&mut shutdown) => break,
         };
         match message {
             Ok(Some(proto::AgentEvent { event: Some(event) })) => {

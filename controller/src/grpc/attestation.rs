@@ -2,10 +2,10 @@
 //! as a report would show it, as a signed in-toto verification summary. The domain builds and
 //! signs the statement (`tollgate_domain::attestation`); this handler loads and evaluates.
 
-use super::release::no_gate;
+use super::status::no_gate;
 use super::{load_release, resolve_milestone};
-use crate::Shared;
 use crate::gates::evaluate_now;
+use crate::shared::Shared;
 use ed25519_dalek::SigningKey;
 use tollgate_domain::attestation::{self, VerifierInfo};
 use tollgate_proto::v1 as proto;

@@ -2,7 +2,7 @@
 
 use super::convert::ToProto;
 use super::status::{FieldErrors, invalid_fields};
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::AuditFilter;
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;

@@ -4,11 +4,11 @@
 
 use super::auth::actor_of;
 use super::convert::{ToProto, timestamp_from_proto};
-use super::release::no_gate;
 use super::status::FieldErrors;
+use super::status::no_gate;
 use super::{load_release, new_id, resolve_milestone, status};
-use crate::Shared;
 use crate::gates::{evaluate_now, replay_at};
+use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;

@@ -17,7 +17,7 @@ pub mod report;
 pub mod run;
 pub mod status;
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::{StoredGate, StoredPlan};
 use tollgate_domain::ReleaseId;
 use tollgate_domain::release::{RELEASED, Release, Track};
@@ -106,10 +106,7 @@ pub fn resolve_milestone(release: &Release, requested: &str) -> Result<String, S
     let track = Track::default();
     if requested.is_empty() {
         if release.milestone == RELEASED || !track.contains(&release.milestone) {
-            return Err(Status::failed_precondition(format!(
-                "release {} is {}: it has no milestone left to qualify for; name one explicitly",
-                release.id, release.milestone
-            )));
+            return Err(status::no_milestone_left(release));
         }
         return Ok(release.milestone.clone());
     }

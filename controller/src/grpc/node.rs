@@ -7,7 +7,7 @@
 
 use super::convert::{ToProto, check_labels};
 use super::status::{FieldErrors, invalid_fields, not_found};
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::{AuditNote, Registration, Store, StoreError};
 use std::sync::Arc;
 use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState, Selector};
@@ -282,7 +282,7 @@ impl NodeService for NodeApi {
 /// decided by `node::next` and applied with its audit entry). A change decided from a health
 /// another writer changed meanwhile is decided again from the new health.
 pub(crate) async fn apply_findings(
-    shared: &crate::Shared,
+    shared: &crate::shared::Shared,
     node: &NodeId,
     step_kind: &StepKind,
     release: &ReleaseId,
@@ -360,7 +360,7 @@ async fn change_health(
 /// Shows a `ready` or `busy` node without a live agent session on this controller as
 /// `unreachable`, as the scheduler and run selection see it: a node that registered but whose
 /// stream is not open yet (or just closed) cannot be sent a job. Returns how many it marked.
-pub(crate) fn mark_disconnected(shared: &crate::Shared, nodes: &mut [Node]) -> usize {
+pub(crate) fn mark_disconnected(shared: &crate::shared::Shared, nodes: &mut [Node]) -> usize {
     let mut n_marked = 0;
     for node in nodes {
         if matches!(node.state, NodeState::Ready | NodeState::Busy)

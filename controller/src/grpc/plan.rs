@@ -2,7 +2,7 @@
 
 use super::convert::ToProto;
 use super::{load_plan, status};
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::AuditNote;
 use std::sync::Arc;
 use tollgate_proto::v1::{self as proto, plan_service_server::PlanService};

@@ -7,8 +7,8 @@ use super::auth::actor_of;
 use super::convert::{NewRelease, ToProto, release_to_proto};
 use super::load_release;
 use super::status::{self, FieldErrors};
-use crate::Shared;
 use crate::gates::evaluate_now;
+use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
@@ -67,13 +67,6 @@ async fn current_release(shared: &Shared, release: &ReleaseId) -> Result<proto::
     let mut wire = release_to_proto(&stored, &Track::default());
     wire.halted_reason = state_of(shared, release).await?.halted.unwrap_or_default();
     Ok(wire)
-}
-
-/// The message a request gets when the milestone has no gate.
-pub fn no_gate(milestone: &str) -> Status {
-    status::release_refused(ReleaseRefusal::NoGate {
-        milestone: milestone.to_owned(),
-    })
 }
 
 /// Decides `event` for `release` as it stands now and applies the change with the audit entry

@@ -2,17 +2,19 @@
 //! the exact plan versions, waivers) and renders it from the store node by node, streamed to
 //! the client (`StreamReport`) or in one message (`RenderReport`).
 
-use super::release::no_gate;
+use super::status::{FieldErrors, InvalidFields, invalid_fields, no_gate};
 use super::{load_release, resolve_milestone};
-use crate::Shared;
 use crate::gates::evaluate_now;
-use crate::report::{
-    CustomerScope, ReportError, ReportFormat, ReportHead, render_from_store, scope_evidence,
-};
+use crate::report::{CustomerScope, ReportFormat, ReportHead, render_from_store, scope_evidence};
+use crate::shared::Shared;
+use crate::store::StoreError;
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_domain::gate::Evidence;
+use tollgate_domain::plan::Plan;
+use tollgate_domain::release::Release;
 use tollgate_proto::v1::{self as proto, report_service_server::ReportService};
 use tonic::{Request, Response, Status};
 
@@ -37,8 +39,7 @@ impl ReportApi {
 impl ReportApi {
     /// Checks a request and gathers what a report shows besides the evidence rows: the gate
     /// evaluated now (over the customer's nodes alone when scoped), the exact plan versions of
-    /// the runs, the waivers and the audit head. The evidence the gate read is dropped here;
-    /// the report reads it again node by node.
+    /// the runs, the waivers and the audit head.
     async fn head(
         &self,
         request: proto::RenderReportRequest,
@@ -49,81 +50,18 @@ impl ReportApi {
             format,
             customer,
         } = request;
-        let format = if format.is_empty() {
-            "html"
-        } else {
-            format.as_str()
-        };
-        let format: ReportFormat = format
-            .parse()
-            .map_err(|message: String| super::status::invalid_field("format", message))?;
-        let scope: Option<CustomerScope> = if customer.is_empty() {
-            None
-        } else {
-            Some(
-                customer
-                    .parse()
-                    .map_err(|message: String| super::status::invalid_field("customer", message))?,
-            )
-        };
+        let (format, scope) = parse_report_request(&format, &customer).map_err(invalid_fields)?;
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
-        let evaluated = match &scope {
-            None => evaluate_now(shared, &release, &milestone)
-                .await?
-                .ok_or_else(|| no_gate(&milestone))?,
-            // A customer's decision is evaluated over their nodes' evidence alone and is not
-            // stored: it is not the release's decision, only a view of it.
-            Some(scope) => {
-                let gate = shared
-                    .store
-                    .get_gate(&milestone)
-                    .await?
-                    .ok_or_else(|| no_gate(&milestone))?;
-                let mut evidence = shared.store.load_evidence(&release, &milestone).await?;
-                scope_evidence(&mut evidence, scope);
-                let waivers = shared
-                    .store
-                    .list_waivers(&release.id, Some(&milestone))
-                    .await?;
-                let decision = tollgate_domain::gate::evaluate(
-                    &gate.policy,
-                    &evidence,
-                    &waivers,
-                    shared.now(),
-                );
-                crate::gates::Evaluated {
-                    gate,
-                    evidence: std::sync::Arc::new(evidence),
-                    decision,
-                }
-            }
-        };
         let crate::gates::Evaluated {
             gate,
             evidence,
             decision,
-        } = evaluated;
-        let runs: Vec<(String, tollgate_domain::PlanVersion)> = evidence
-            .runs
-            .iter()
-            .map(|run| (run.plan_name.clone(), run.plan_version.clone()))
-            .collect();
+        } = evaluate(shared, &release, &milestone, scope.as_ref()).await?;
+        // The evidence the gate read is dropped here; the report reads it again node by node.
+        let plans = plans_of_runs(shared, &evidence).await?;
         drop(evidence);
-        let mut plans = Vec::new();
-        for (plan_name, plan_version) in runs {
-            match shared
-                .store
-                .get_plan(&plan_name, Some(plan_version.as_str()))
-                .await?
-            {
-                Some(stored) => plans.push(stored.plan),
-                None => {
-                    tracing::warn!(plan = plan_name, version = %plan_version, "plan version of a run is missing from the store")
-                }
-            }
-        }
         let waivers = shared
             .store
             .list_waivers(&release.id, Some(&milestone))
@@ -145,6 +83,60 @@ impl ReportApi {
         };
         Ok((head, format))
     }
+}
+
+/// The gate of `release` at `milestone` evaluated now: stored, as every evaluation is, for the
+/// whole fleet; over the customer's nodes alone, and not stored, when `scope` is given (that
+/// decision is not the release's, only a view of it).
+async fn evaluate(
+    shared: &Shared,
+    release: &Release,
+    milestone: &str,
+    scope: Option<&CustomerScope>,
+) -> Result<crate::gates::Evaluated, Status> {
+    let Some(scope) = scope else {
+        return evaluate_now(shared, release, milestone)
+            .await?
+            .ok_or_else(|| no_gate(milestone));
+    };
+    let gate = shared
+        .store
+        .get_gate(milestone)
+        .await?
+        .ok_or_else(|| no_gate(milestone))?;
+    let mut evidence = shared.store.load_evidence(release, milestone).await?;
+    scope_evidence(&mut evidence, scope);
+    let waivers = shared
+        .store
+        .list_waivers(&release.id, Some(milestone))
+        .await?;
+    let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &waivers, shared.now());
+    Ok(crate::gates::Evaluated {
+        gate,
+        evidence: Arc::new(evidence),
+        decision,
+    })
+}
+
+/// The exact plan versions the runs of `evidence` ran; a version missing from the store is
+/// logged and left out.
+async fn plans_of_runs(shared: &Shared, evidence: &Evidence) -> Result<Vec<Plan>, StoreError> {
+    let mut plans = Vec::new();
+    for run in &evidence.runs {
+        match shared
+            .store
+            .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+            .await?
+        {
+            Some(stored) => plans.push(stored.plan),
+            None => tracing::warn!(
+                plan = run.plan_name,
+                version = %run.plan_version,
+                "plan version of a run is missing from the store"
+            ),
+        }
+    }
+    Ok(plans)
 }
 
 /// Sends what the renderer writes as `ReportChunk`s of about [`CHUNK_BYTES`]; the first chunk
@@ -195,11 +187,29 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-fn report_status(error: ReportError) -> Status {
-    match error {
-        ReportError::Store(error) => Status::from(error),
-        other => Status::internal(other.to_string()),
-    }
+/// The format (HTML when none is given) and the customer scope of a report request; every
+/// bad field is named.
+fn parse_report_request(
+    format: &str,
+    customer: &str,
+) -> Result<(ReportFormat, Option<CustomerScope>), InvalidFields> {
+    let mut problems = FieldErrors::new();
+    let format = if format.is_empty() { "html" } else { format };
+    // A bad format is recorded and stands in as HTML; `finish` then returns the problems,
+    // never the stand-in.
+    let format = format.parse::<ReportFormat>().unwrap_or_else(|message| {
+        problems.add("format", message);
+        ReportFormat::Html
+    });
+    let scope = if customer.is_empty() {
+        None
+    } else {
+        customer
+            .parse::<CustomerScope>()
+            .map_err(|message| problems.add("customer", message))
+            .ok()
+    };
+    problems.finish((format, scope))
 }
 
 #[tonic::async_trait]
@@ -220,8 +230,7 @@ impl ReportService for ReportApi {
             (*self.key).clone(),
             Vec::new(),
         )
-        .await
-        .map_err(report_status)?;
+        .await?;
         tracing::info!(
             release = %release,
             digest,
@@ -272,7 +281,7 @@ impl ReportService for ReportApi {
                 ),
                 Err(error) => {
                     tracing::warn!(release = %release, %error, "streaming a report failed");
-                    let _ = sender.send(Err(report_status(error))).await;
+                    let _ = sender.send(Err(error.into())).await;
                 }
             }
         });
@@ -300,5 +309,45 @@ impl ReportService for ReportApi {
             public_key: hex::encode(key.as_bytes()),
             fingerprint: tollgate_domain::report_signature::fingerprint(&key),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt as _;
+
+    #[test]
+    fn a_report_request_names_every_bad_field_at_once() {
+        let status = invalid_fields(parse_report_request("pdf", "acme").unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("format: unknown report format 'pdf'")
+                && status.message().contains("customer: "),
+            "{}",
+            status.message()
+        );
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["format", "customer"]);
+    }
+
+    #[test]
+    fn a_report_request_defaults_to_html_for_the_whole_fleet() {
+        assert_eq!(
+            parse_report_request("", "").unwrap(),
+            (ReportFormat::Html, None)
+        );
+        let (format, scope) = parse_report_request("md", "customer=acme").unwrap();
+        assert_eq!(format, ReportFormat::Markdown);
+        assert_eq!(scope.expect("scoped").value, "acme");
     }
 }

@@ -7,7 +7,7 @@ use super::convert::{result_summary, timestamp_to_proto};
 use super::release::refuse_if_halted;
 use super::status::{FieldErrors, invalid_fields, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::{AuditNote, JobRecord, RunRecord, RunState, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -348,7 +348,7 @@ async fn watch(
             changed = changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(WATCH_FALLBACK) => {}
             () = sender.closed() => return,
-            () = crate::stopped(&mut shutdown) => return,
+            () = crate::shared::stopped(&mut shutdown) => return,
         }
     }
 }

@@ -12,7 +12,9 @@
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
 
 use super::agent::AgentRefusal;
+use super::auth::AuthError;
 use super::node::NodeChangeError;
+use crate::report::ReportError;
 use crate::store::StoreError;
 use tollgate_domain::job::ResultRefusal;
 use tollgate_domain::release::ReleaseRefusal;
@@ -81,14 +83,13 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
             StoreError::Conflict { .. } => Status::aborted(format!("{error}; retry the call")),
-            StoreError::Database(_) if error.is_unavailable() => {
+            // The store alone tells a database outage from a failure: its driver's errors stay
+            // behind it.
+            _ if error.is_unavailable() => {
                 tracing::warn!(%error, "database unavailable");
                 Status::unavailable(format!("{error}; retry later"))
             }
-            StoreError::Corrupt { .. }
-            | StoreError::UnsupportedUrl(_)
-            | StoreError::Migrate(_)
-            | StoreError::Database(_) => {
+            _ => {
                 tracing::error!(%error, "store failed");
                 Status::internal(error.to_string())
             }
@@ -145,6 +146,42 @@ pub fn waiver_refused(refusal: WaiverRefusal) -> Status {
             }
         }
     }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Store(error) => Status::from(error),
+            refused => Status::unauthenticated(refused.to_string()),
+        }
+    }
+}
+
+impl From<ReportError> for Status {
+    /// A report that could not be read is the store's failure; one that could not be written
+    /// (the spool, the renderer thread) is the controller's own. Not logged here: the handler
+    /// logs it with the release, and a client that stopped reading is no operator's concern.
+    fn from(error: ReportError) -> Self {
+        match error {
+            ReportError::Store(error) => Status::from(error),
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+/// A release with no milestone left on the track was asked to be qualified at its current one.
+pub fn no_milestone_left(release: &tollgate_domain::release::Release) -> Status {
+    Status::failed_precondition(format!(
+        "release {} is {}: it has no milestone left to qualify for; name one explicitly",
+        release.id, release.milestone
+    ))
+}
+
+/// A milestone that no gate guards, asked to be evaluated, reported on or promoted past.
+pub fn no_gate(milestone: &str) -> Status {
+    release_refused(ReleaseRefusal::NoGate {
+        milestone: milestone.to_owned(),
+    })
 }
 
 /// A plan or gate file that does not validate: the located error text, one per line (at most
@@ -268,6 +305,30 @@ mod tests {
             assert_eq!(status.code(), code, "{text}");
             assert!(status.message().contains(&text), "{}", status.message());
         }
+    }
+
+    #[test]
+    fn refused_tokens_are_unauthenticated_and_unreadable_ones_the_stores_answer() {
+        let status = Status::from(AuthError::UnknownApiToken);
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "unknown API token");
+        let status = Status::from(AuthError::MissingNodeToken);
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("as issued by Register"));
+        let outage = AuthError::Store(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(Status::from(outage).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn report_errors_are_the_stores_or_internal() {
+        let missing = ReportError::Store(StoreError::NotFound {
+            what: "release r1".into(),
+        });
+        assert_eq!(Status::from(missing).code(), Code::NotFound);
+        let stopped = ReportError::Renderer("the evidence reader stopped".into());
+        let status = Status::from(stopped);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("the evidence reader stopped"));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! Every piece of untrusted text (node names, labels, messages, log tails, even versions) is
 //! written through [`Html`], which escapes it; only this module's own literals are markup.
 
+use super::layout::{Layout, NamedSection};
 use super::model::{
-    AttemptView, CHARTED_FIELDS, FieldView, LimitView, NodeRow, NodeView, Report, RuleView,
-    SHOWN_OK_EVIDENCE,
+    AttemptView, CHARTED_FIELDS, FieldView, InventoryView, JobView, LimitView, NodeRow, NodeView,
+    PlanView, Report, RuleView, SHOWN_OK_EVIDENCE,
 };
-use super::stream::{Layout, NamedSection};
 use super::text::{self, Fixed, Html, Stat, put};
 use std::collections::BTreeSet;
 use tollgate_domain::report_signature as signature;
@@ -555,36 +555,42 @@ fn plans(out: &mut String, report: &Report) {
             }
             put!(out, "{}", Html(run));
         }
-        out.push_str(".</p>\n<table>\n<thead><tr><th>#</th><th>Step</th><th>Kind</th><th>Timeout</th><th>Retries</th><th>Command</th></tr></thead>\n<tbody>\n");
-        for step in &plan.steps {
-            put!(
-                out,
-                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>",
-                step.index,
-                Html(&step.name),
-                Html(step.kind),
-                Html(&step.timeout),
-                step.retries
-            );
-            match (&step.command, &step.components) {
-                (Some(argv), _) => {
-                    put!(out, "<code>{}</code>", Html(&text::shell_join(argv)));
-                }
-                (None, Some(c)) if c.is_empty() => out.push_str("every component"),
-                (None, Some(c)) => put!(out, "components: {}", Html(&c.join(", "))),
-                (None, None) => {}
-            }
-            for (key, value) in &step.env {
-                put!(out, "<br>env <code>{}={}</code>", Html(key), Html(value));
-            }
-            if let Some(workdir) = &step.workdir {
-                put!(out, "<br>workdir <code>{}</code>", Html(workdir));
-            }
-            out.push_str("</td></tr>\n");
-        }
-        out.push_str("</tbody>\n</table>\n");
+        out.push_str(".</p>\n");
+        plan_steps(out, plan);
     }
     out.push_str("</section>\n");
+}
+
+/// A plan's steps, one row each: what each runs, with its environment and directory.
+fn plan_steps(out: &mut String, plan: &PlanView) {
+    out.push_str("<table>\n<thead><tr><th>#</th><th>Step</th><th>Kind</th><th>Timeout</th><th>Retries</th><th>Command</th></tr></thead>\n<tbody>\n");
+    for step in &plan.steps {
+        put!(
+            out,
+            "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>",
+            step.index,
+            Html(&step.name),
+            Html(step.kind),
+            Html(&step.timeout),
+            step.retries
+        );
+        match (&step.command, &step.components) {
+            (Some(argv), _) => {
+                put!(out, "<code>{}</code>", Html(&text::shell_join(argv)));
+            }
+            (None, Some(c)) if c.is_empty() => out.push_str("every component"),
+            (None, Some(c)) => put!(out, "components: {}", Html(&c.join(", "))),
+            (None, None) => {}
+        }
+        for (key, value) in &step.env {
+            put!(out, "<br>env <code>{}={}</code>", Html(key), Html(value));
+        }
+        if let Some(workdir) = &step.workdir {
+            put!(out, "<br>workdir <code>{}</code>", Html(workdir));
+        }
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody>\n</table>\n");
 }
 
 fn nodes(out: &mut String, rows: &[NodeRow]) {
@@ -648,7 +654,21 @@ fn labels(out: &mut String, labels: &std::collections::BTreeMap<String, String>)
     }
 }
 
+/// A node's collapsible detail: its summary line, what is known of it, its GPUs and each
+/// job's attempts.
 fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
+    node_summary(out, idx, node);
+    node_facts(out, node);
+    gpu_table(out, &node.inventory);
+    for job in &node.jobs {
+        job_detail(out, report, job);
+    }
+    out.push_str("</details>\n");
+}
+
+/// The opening of a node's detail and its summary line: name, badges, attempts counted and
+/// the rules it fails.
+fn node_summary(out: &mut String, idx: usize, node: &NodeView) {
     put!(
         out,
         "<details class=\"node\" id=\"node-{idx}\"><summary>{} ",
@@ -682,7 +702,12 @@ fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
             put!(out, "{}", Html(rule));
         }
     }
-    out.push_str("</span></summary>\n<ul>\n<li>GPU source: ");
+    out.push_str("</span></summary>\n");
+}
+
+/// The list of what is known of a node: GPU source, labels, state, inventory.
+fn node_facts(out: &mut String, node: &NodeView) {
+    out.push_str("<ul>\n<li>GPU source: ");
     source(out, node.simulated, node.gpu_source);
     out.push_str("</li>\n");
     if !node.labels.is_empty() {
@@ -729,6 +754,10 @@ fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
         out.push_str("</li>\n");
     }
     out.push_str("</ul>\n");
+}
+
+/// The node's GPUs, one row each.
+fn gpu_table(out: &mut String, inventory: &InventoryView) {
     if !inventory.gpus.is_empty() {
         out.push_str("<table>\n<thead><tr><th>GPU</th><th>Name</th><th>UUID</th><th>Serial</th><th>PCI bus id</th><th>VBIOS</th></tr></thead>\n<tbody>\n");
         for gpu in &inventory.gpus {
@@ -745,26 +774,27 @@ fn node_detail(out: &mut String, report: &Report, idx: usize, node: &NodeView) {
         }
         out.push_str("</tbody>\n</table>\n");
     }
-    for job in &node.jobs {
-        put!(
-            out,
-            "<h4>Job {} — plan {}, run {} ",
-            Html(&job.job_id),
-            Html(&job.plan_name),
-            Html(&job.run_id)
-        );
-        badge(out, job.state);
-        out.push_str("</h4>\n");
-        if job.attempts.is_empty() {
-            out.push_str("<p>No step results.</p>\n");
-            continue;
-        }
-        attempts_table(out, &job.attempts);
-        for attempt in &job.attempts {
-            attempt_detail(out, report, attempt);
-        }
+}
+
+/// One job of a node: its heading, its attempts and each attempt's detail.
+fn job_detail(out: &mut String, report: &Report, job: &JobView) {
+    put!(
+        out,
+        "<h4>Job {} — plan {}, run {} ",
+        Html(&job.job_id),
+        Html(&job.plan_name),
+        Html(&job.run_id)
+    );
+    badge(out, job.state);
+    out.push_str("</h4>\n");
+    if job.attempts.is_empty() {
+        out.push_str("<p>No step results.</p>\n");
+        return;
     }
-    out.push_str("</details>\n");
+    attempts_table(out, &job.attempts);
+    for attempt in &job.attempts {
+        attempt_detail(out, report, attempt);
+    }
 }
 
 fn attempts_table(out: &mut String, attempts: &[AttemptView]) {
@@ -808,6 +838,20 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     badge(out, a.outcome);
     out.push_str("</h5>\n");
 
+    attempt_charts(out, report, a);
+    attempt_tests(out, a);
+    attempt_measurements(out, a);
+    if !a.telemetry.is_empty() {
+        telemetry_table(out, report, a);
+        samples_missed(out, a);
+    }
+    attempt_events(out, a);
+    attempt_log(out, a);
+    out.push_str("</div>\n");
+}
+
+/// The charted telemetry fields of an attempt, one chart per field over every GPU.
+fn attempt_charts(out: &mut String, report: &Report, a: &AttemptView) {
     let mut charts = String::new();
     for field in CHARTED_FIELDS {
         let rows: Vec<(u32, &FieldView)> = a
@@ -828,7 +872,10 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     if !charts.is_empty() {
         put!(out, "<div class=\"charts\">{charts}</div>\n");
     }
+}
 
+/// The attempt's tests, failing ones first, and how many passing ones are not listed.
+fn attempt_tests(out: &mut String, a: &AttemptView) {
     if !a.sub_results.is_empty() {
         out.push_str("<table>\n<thead><tr><th>Test</th><th>Suite</th><th>Outcome</th><th>Message</th></tr></thead>\n<tbody>\n");
         for sub in &a.sub_results {
@@ -851,7 +898,10 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
             a.sub_results_not_listed
         );
     }
+}
 
+/// The attempt's measurements with the limits they were checked against.
+fn attempt_measurements(out: &mut String, a: &AttemptView) {
     if !a.measurements.is_empty() {
         out.push_str("<table>\n<thead><tr><th>Measurement</th><th>Value</th><th>Unit</th><th>Limit</th></tr></thead>\n<tbody>\n");
         for m in &a.measurements {
@@ -884,24 +934,27 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
         }
         out.push_str("</tbody>\n</table>\n");
     }
+}
 
-    if !a.telemetry.is_empty() {
-        telemetry_table(out, report, a);
-        let missed: Vec<String> = a
-            .telemetry
-            .iter()
-            .filter(|gpu| gpu.samples_missed > 0)
-            .map(|gpu| format!("GPU {}: {}", gpu.gpu_index, gpu.samples_missed))
-            .collect();
-        if !missed.is_empty() {
-            put!(
-                out,
-                "<p class=\"muted\">Sampling rounds missed: {}</p>\n",
-                missed.join(", ")
-            );
-        }
+/// The GPUs that missed sampling rounds during the attempt, if any did.
+fn samples_missed(out: &mut String, a: &AttemptView) {
+    let missed: Vec<String> = a
+        .telemetry
+        .iter()
+        .filter(|gpu| gpu.samples_missed > 0)
+        .map(|gpu| format!("GPU {}: {}", gpu.gpu_index, gpu.samples_missed))
+        .collect();
+    if !missed.is_empty() {
+        put!(
+            out,
+            "<p class=\"muted\">Sampling rounds missed: {}</p>\n",
+            missed.join(", ")
+        );
     }
+}
 
+/// GPU events (XIDs and the like) during the attempt.
+fn attempt_events(out: &mut String, a: &AttemptView) {
     if !a.events.is_empty() {
         out.push_str("<table>\n<thead><tr><th>Time</th><th>GPU</th><th>Kind</th><th>Code</th><th>Detail</th></tr></thead>\n<tbody>\n");
         for e in &a.events {
@@ -917,7 +970,10 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
         }
         out.push_str("</tbody>\n</table>\n");
     }
+}
 
+/// The attempt's log tail, open when the attempt did not pass.
+fn attempt_log(out: &mut String, a: &AttemptView) {
     if !a.log_tail.is_empty() {
         // Open when the attempt did not pass: that is when the log matters.
         let open = if a.outcome == "passed" { "" } else { " open" };
@@ -927,7 +983,6 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
             Html(&a.log_tail)
         );
     }
-    out.push_str("</div>\n");
 }
 
 /// One row per GPU and one column per field, each cell `min / mean / max / p99 / last`. The
@@ -1008,23 +1063,9 @@ fn chart(
     rows: &[(u32, &FieldView)],
     limits: &[&LimitView],
 ) {
-    let finite = |f: &FieldView| f.min.is_finite() && f.max.is_finite() && f.mean.is_finite();
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (_, f) in rows.iter().filter(|(_, f)| finite(f)) {
-        lo = lo.min(f.min);
-        hi = hi.max(f.max);
-    }
-    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
-        lo = lo.min(limit.threshold);
-        hi = hi.max(limit.threshold);
-    }
-    if !lo.is_finite() || !hi.is_finite() {
+    let Some((lo, hi)) = chart_range(rows, limits) else {
         return;
-    }
-    // Bars start at zero for non-negative fields so their lengths compare honestly; the top
-    // is a round number a little above the largest value or limit.
-    lo = lo.min(0.0);
-    hi = round_up(hi + ((hi - lo) * 0.02).max(0.5));
+    };
     let plot = CHART_WIDTH - CHART_LEFT - CHART_RIGHT;
     let x = |value: f64| CHART_LEFT + (value - lo) / (hi - lo) * plot;
     let n_rows = rows.len() as f64;
@@ -1070,6 +1111,47 @@ fn chart(
             put!(out, "<path class=\"{class}\" d=\"{d}\"/>");
         }
     }
+    limit_lines(out, limits, &x, bottom);
+    put!(
+        out,
+        "<path class=\"ax\" d=\"M{CHART_LEFT} {bottom:.1}H{:.1}\"/><text x=\"{CHART_LEFT}\" y=\"{:.1}\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} {unit}</text></svg>",
+        CHART_WIDTH - CHART_RIGHT,
+        height - 3.0,
+        text::stat(lo),
+        CHART_WIDTH - CHART_RIGHT,
+        height - 3.0,
+        text::stat(hi)
+    );
+}
+
+/// Whether a field's statistics can be drawn.
+fn finite(f: &FieldView) -> bool {
+    f.min.is_finite() && f.max.is_finite() && f.mean.is_finite()
+}
+
+/// The value range a chart spans: every drawable value and limit, from zero for
+/// non-negative fields so bar lengths compare honestly, to a round number a little above the
+/// largest. `None` when nothing can be drawn.
+fn chart_range(rows: &[(u32, &FieldView)], limits: &[&LimitView]) -> Option<(f64, f64)> {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (_, f) in rows.iter().filter(|(_, f)| finite(f)) {
+        lo = lo.min(f.min);
+        hi = hi.max(f.max);
+    }
+    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+        lo = lo.min(limit.threshold);
+        hi = hi.max(limit.threshold);
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return None;
+    }
+    lo = lo.min(0.0);
+    hi = round_up(hi + ((hi - lo) * 0.02).max(0.5));
+    Some((lo, hi))
+}
+
+/// A chart's gate limits: a vertical line each, labelled above the plot.
+fn limit_lines(out: &mut String, limits: &[&LimitView], x: &dyn Fn(f64) -> f64, bottom: f64) {
     for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
         let xl = x(limit.threshold);
         let anchor = if xl > CHART_WIDTH - 60.0 {
@@ -1089,16 +1171,6 @@ fn chart(
             Html(&limit.condition)
         );
     }
-    put!(
-        out,
-        "<path class=\"ax\" d=\"M{CHART_LEFT} {bottom:.1}H{:.1}\"/><text x=\"{CHART_LEFT}\" y=\"{:.1}\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} {unit}</text></svg>",
-        CHART_WIDTH - CHART_RIGHT,
-        height - 3.0,
-        text::stat(lo),
-        CHART_WIDTH - CHART_RIGHT,
-        height - 3.0,
-        text::stat(hi)
-    );
 }
 
 /// `value` rounded up to a multiple of a fifth of its order of magnitude (94, 120, 740).

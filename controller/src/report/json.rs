@@ -6,8 +6,8 @@
 //! would triple its size. `jq .` pretty-prints it for reading (the pretty copy no longer
 //! verifies: the signature covers the exact bytes).
 
+use super::layout::{Layout, NamedSection};
 use super::model::{NodeRow, NodeView, Report};
-use super::stream::{Layout, NamedSection};
 use serde::Serialize;
 use tollgate_domain::report_signature as signature;
 

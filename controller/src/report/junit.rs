@@ -10,8 +10,8 @@
 //! `<system-out>`. The
 //! signature block travels as a `<property>` of a last suite, `tollgate.signature`.
 
+use super::layout::{Layout, NamedSection};
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, WaiverView};
-use super::stream::{Layout, NamedSection};
 use super::text::{self, put};
 use tollgate_domain::report_signature as signature;
 
@@ -117,6 +117,29 @@ fn decision_suite(out: &mut String, report: &Report) {
         "<testsuite name=\"decision\" tests=\"1\" failures=\"{decision_failed}\" errors=\"{decision_error}\" skipped=\"{}\">\n<properties>",
         usize::from(decision_failed + decision_error == 0 && report.decision.verdict != "passed")
     );
+    decision_properties(out, report);
+    out.push_str("</properties>\n");
+    let decision = match report.decision.verdict {
+        "passed" => Outcome::Pass,
+        "failed" => Outcome::Failure(report.decision.summary.clone()),
+        "error" => Outcome::Error(report.decision.summary.clone()),
+        _ => Outcome::Skipped(format!(
+            "{}: {}",
+            report.decision.verdict, report.decision.summary
+        )),
+    };
+    let name = format!(
+        "{} at {} (decision {})",
+        report.release.name, report.milestone, report.decision.digest
+    );
+    testcase(out, "tollgate.decision", &name, &decision);
+    system_out(out, &decision_text(report));
+    out.push_str("</testsuite>\n");
+}
+
+/// The properties of the decision suite: what was decided, on what, when and by which
+/// controller.
+fn decision_properties(out: &mut String, report: &Report) {
     let s = &report.summary;
     for (name, value) in [
         ("tollgate.release", report.release.name.clone()),
@@ -152,21 +175,12 @@ fn decision_suite(out: &mut String, report: &Report) {
             &format!("{}={}", scope.label, scope.value),
         );
     }
-    out.push_str("</properties>\n");
-    let decision = match report.decision.verdict {
-        "passed" => Outcome::Pass,
-        "failed" => Outcome::Failure(report.decision.summary.clone()),
-        "error" => Outcome::Error(report.decision.summary.clone()),
-        _ => Outcome::Skipped(format!(
-            "{}: {}",
-            report.decision.verdict, report.decision.summary
-        )),
-    };
-    let name = format!(
-        "{} at {} (decision {})",
-        report.release.name, report.milestone, report.decision.digest
-    );
-    testcase(out, "tollgate.decision", &name, &decision);
+}
+
+/// The decision suite's text for people: title, simulation banner, scope, verdict and counts,
+/// warnings.
+fn decision_text(report: &Report) -> String {
+    let s = &report.summary;
     let mut text = format!("{}\n", report.title);
     if let Some(banner) = report.simulated.banner {
         put!(text, "{banner}.\n");
@@ -195,8 +209,7 @@ fn decision_suite(out: &mut String, report: &Report) {
     for warning in &report.warnings {
         put!(text, "Warning: {warning}\n");
     }
-    system_out(out, &text);
-    out.push_str("</testsuite>\n");
+    text
 }
 
 fn rule_suite(out: &mut String, report: &Report, rule: &RuleView) {
@@ -317,6 +330,27 @@ fn attempt_text(attempt: &AttemptView) -> String {
         }
         text.push('\n');
     }
+    telemetry_text(&mut text, attempt);
+    for e in &attempt.events {
+        put!(
+            text,
+            "event {} GPU {} {} {}: {}\n",
+            e.at,
+            e.gpu_index,
+            e.kind,
+            e.code,
+            e.detail
+        );
+    }
+    if attempt.outcome != "passed" && !attempt.log_tail.is_empty() {
+        put!(text, "log tail:\n{}", attempt.log_tail);
+    }
+    text
+}
+
+/// Each GPU's telemetry during the attempt, a line per field with its checks, and the
+/// sampling rounds it missed.
+fn telemetry_text(text: &mut String, attempt: &AttemptView) {
     for gpu in &attempt.telemetry {
         for f in &gpu.fields {
             put!(
@@ -352,21 +386,6 @@ fn attempt_text(attempt: &AttemptView) -> String {
             );
         }
     }
-    for e in &attempt.events {
-        put!(
-            text,
-            "event {} GPU {} {} {}: {}\n",
-            e.at,
-            e.gpu_index,
-            e.kind,
-            e.code,
-            e.detail
-        );
-    }
-    if attempt.outcome != "passed" && !attempt.log_tail.is_empty() {
-        put!(text, "log tail:\n{}", attempt.log_tail);
-    }
-    text
 }
 
 fn node_suite(out: &mut String, node: &NodeView) {
@@ -386,41 +405,7 @@ fn node_suite(out: &mut String, node: &NodeView) {
         count(|o| matches!(o, Outcome::Error(_))),
         count(|o| matches!(o, Outcome::Skipped(_)))
     );
-    let inventory = &node.inventory;
-    property(out, "gpu_source", node.gpu_source);
-    if node.simulated {
-        property(out, "simulated", "SIMULATED GPUs");
-    }
-    let labels: Vec<String> = node
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    property(out, "labels", &labels.join(", "));
-    property(out, "inventory", inventory.source);
-    property(out, "driver_version", &inventory.driver_version);
-    property(out, "cuda_driver_version", &inventory.cuda_driver_version);
-    property(out, "nvml_version", &inventory.nvml_version);
-    for note in &inventory.notes {
-        property(out, "inventory_note", note);
-    }
-    for gpu in &inventory.gpus {
-        property(
-            out,
-            &format!("gpu {}", gpu.index),
-            &format!(
-                "{}, uuid {}, serial {}, PCI {}, VBIOS {}",
-                gpu.name,
-                gpu.uuid,
-                gpu.serial.as_deref().unwrap_or("-"),
-                gpu.pci_bus_id,
-                gpu.vbios_version
-            ),
-        );
-    }
-    if !node.failing_rules.is_empty() {
-        property(out, "failing_rules", &node.failing_rules.join(", "));
-    }
+    node_properties(out, node);
     out.push_str("</properties>\n");
     let classname = format!("tollgate.node.{}", node.name);
     for ((job_id, attempt), outcome) in attempts.iter().zip(&outcomes) {
@@ -458,6 +443,45 @@ fn node_suite(out: &mut String, node: &NodeView) {
         out.push_str("  </testcase>\n");
     }
     out.push_str("</testsuite>\n");
+}
+
+/// The properties of a node's suite: GPU source, labels, inventory, GPUs, failing rules.
+fn node_properties(out: &mut String, node: &NodeView) {
+    let inventory = &node.inventory;
+    property(out, "gpu_source", node.gpu_source);
+    if node.simulated {
+        property(out, "simulated", "SIMULATED GPUs");
+    }
+    let labels: Vec<String> = node
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    property(out, "labels", &labels.join(", "));
+    property(out, "inventory", inventory.source);
+    property(out, "driver_version", &inventory.driver_version);
+    property(out, "cuda_driver_version", &inventory.cuda_driver_version);
+    property(out, "nvml_version", &inventory.nvml_version);
+    for note in &inventory.notes {
+        property(out, "inventory_note", note);
+    }
+    for gpu in &inventory.gpus {
+        property(
+            out,
+            &format!("gpu {}", gpu.index),
+            &format!(
+                "{}, uuid {}, serial {}, PCI {}, VBIOS {}",
+                gpu.name,
+                gpu.uuid,
+                gpu.serial.as_deref().unwrap_or("-"),
+                gpu.pci_bus_id,
+                gpu.vbios_version
+            ),
+        );
+    }
+    if !node.failing_rules.is_empty() {
+        property(out, "failing_rules", &node.failing_rules.join(", "));
+    }
 }
 
 impl Layout for Junit {

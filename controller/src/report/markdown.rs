@@ -1,8 +1,8 @@
 //! The Markdown rendering: GitHub-flavoured, with tables padded so the file also reads well
 //! in a terminal. Every piece of untrusted text goes through [`md`] or [`md_code`].
 
+use super::layout::{Layout, NamedSection};
 use super::model::{AttemptView, NodeRow, NodeView, Report, RuleView, SHOWN_OK_EVIDENCE};
-use super::stream::{Layout, NamedSection};
 use super::text::{self, md, md_code, put};
 use tollgate_domain::report_signature as signature;
 
@@ -641,7 +641,18 @@ fn node_detail(out: &mut String, node: &NodeView) {
     }
 }
 
+/// Every attempt of a job, section by section in the order they appear.
 fn attempts(out: &mut String, attempts: &[AttemptView]) {
+    attempt_table(out, attempts);
+    tests(out, attempts);
+    measurements(out, attempts);
+    telemetry(out, attempts);
+    gpu_events(out, attempts);
+    log_tails(out, attempts);
+}
+
+/// One row per attempt: step, attempt (marked when retried), outcome, times, message.
+fn attempt_table(out: &mut String, attempts: &[AttemptView]) {
     let mut table = Table::new(&[
         "Step", "Attempt", "Outcome", "Started", "Duration", "Exit", "Message",
     ]);
@@ -662,8 +673,10 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
         ]);
     }
     table.write(out);
-    tests(out, attempts);
+}
 
+/// Every measurement of every attempt, with the limits it was checked against.
+fn measurements(out: &mut String, attempts: &[AttemptView]) {
     let mut table = Table::new(&["Step", "Attempt", "Measurement", "Value", "Unit", "Limit"]);
     for a in attempts {
         for m in &a.measurements {
@@ -689,7 +702,10 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
         out.push_str("Measurements:\n\n");
         table.write(out);
     }
+}
 
+/// Each GPU's telemetry during each attempt, then the sampling rounds missed.
+fn telemetry(out: &mut String, attempts: &[AttemptView]) {
     let mut table = Table::new(&[
         "Step", "Attempt", "GPU", "Field", "Unit", "Min", "Mean", "Max", "p99", "Last", "Samples",
         "Limit",
@@ -744,7 +760,10 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
     if !missed.is_empty() {
         put!(out, "Sampling rounds missed: {}\n\n", missed.join("; "));
     }
+}
 
+/// GPU events (XIDs and the like) during the attempts.
+fn gpu_events(out: &mut String, attempts: &[AttemptView]) {
     let mut table = Table::new(&["Time", "Step", "Attempt", "GPU", "Kind", "Code", "Detail"]);
     for a in attempts {
         for e in &a.events {
@@ -763,8 +782,10 @@ fn attempts(out: &mut String, attempts: &[AttemptView]) {
         out.push_str("GPU events:\n\n");
         table.write(out);
     }
+}
 
-    // Log tails of attempts that did not pass: the ones a reader needs to see.
+/// Log tails of attempts that did not pass: the ones a reader needs to see.
+fn log_tails(out: &mut String, attempts: &[AttemptView]) {
     for a in attempts
         .iter()
         .filter(|a| a.outcome != "passed" && !a.log_tail.is_empty())

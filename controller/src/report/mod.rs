@@ -14,6 +14,7 @@
 mod html;
 mod json;
 mod junit;
+mod layout;
 mod markdown;
 mod model;
 pub mod signing_key;
@@ -26,6 +27,8 @@ mod tamper_tests;
 mod tests;
 
 pub use stream::{Renderer, SpoolKind, Written};
+
+use layout::Layout;
 
 use crate::store::{NodeEvidence, NodeJob, ReportRows, Store, StoreError};
 use ed25519_dalek::SigningKey;
@@ -185,6 +188,16 @@ impl ReportFormat {
         }
     }
 
+    /// The layout that writes this format.
+    fn layout(self) -> &'static dyn Layout {
+        match self {
+            Self::Markdown => &markdown::Markdown,
+            Self::Json => &json::Json,
+            Self::Html => &html::HtmlPage,
+            Self::Junit => &junit::Junit,
+        }
+    }
+
     /// The file extension of a rendered report.
     pub fn extension(self) -> &'static str {
         match self {
@@ -199,8 +212,13 @@ impl ReportFormat {
 /// Renders `input` in `format`, signed with `key`, in memory. Deterministic: the same input
 /// and key always give the same bytes, whatever the order of its runs, jobs and nodes.
 pub fn render(input: &ReportInput, format: ReportFormat, key: &SigningKey) -> Rendered {
-    let mut renderer = Renderer::new(head_of(input), format, Vec::new(), SpoolKind::Memory)
-        .expect("an in-memory spool cannot fail");
+    let mut renderer = Renderer::new(
+        head_of(input),
+        format.layout(),
+        Vec::new(),
+        SpoolKind::Memory,
+    )
+    .expect("an in-memory spool cannot fail");
     let (runs, nodes) = split_evidence(&input.evidence, &input.nodes);
     renderer.runs(runs);
     for node in &nodes {
@@ -304,7 +322,7 @@ pub async fn render_from_store<W: Write + Send + 'static>(
     let scope = head.scope.clone();
     let (sender, mut receiver) = mpsc::channel::<ReportRows>(2);
     let (read_ok, read_done) = oneshot::channel::<bool>();
-    let mut renderer = Renderer::new(head, format, out, SpoolKind::TempFile)?;
+    let mut renderer = Renderer::new(head, format.layout(), out, SpoolKind::TempFile)?;
     let render = tokio::task::spawn_blocking(move || {
         while let Some(rows) = receiver.blocking_recv() {
             match rows {

@@ -14,8 +14,9 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use tollgate_domain::fleet::{GpuInfo, GpuSourceKind, Inventory, Node};
 use tollgate_domain::gate::{Comparison, Condition, EvidenceItem, RuleKind, Stat};
-use tollgate_domain::gate::{JobEvidence, RunEvidence, Verdict};
-use tollgate_domain::plan::{Plan, StepKind};
+use tollgate_domain::gate::{Decision, JobEvidence, RunEvidence, Verdict};
+use tollgate_domain::plan::{Plan, Step, StepKind};
+use tollgate_domain::release::Release;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::telemetry::{Field, GpuTelemetry};
 use tollgate_domain::{NodeId, RunId, Timestamp, spec};
@@ -523,6 +524,66 @@ pub(crate) struct Builder {
     attempt_outcomes: BTreeMap<&'static str, usize>,
 }
 
+/// For each node, the rules that failed on it.
+fn failing_rules_by_node(decision: &Decision) -> BTreeMap<String, Vec<String>> {
+    let mut failing_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rule in &decision.rules {
+        for node in &rule.failing_nodes {
+            failing_rules
+                .entry(node.to_string())
+                .or_default()
+                .push(rule.rule_id.clone());
+        }
+    }
+    failing_rules
+}
+
+/// The decision's rules counted by verdict.
+fn verdict_counts(decision: &Decision) -> VerdictCounts {
+    let mut counts = VerdictCounts::default();
+    for rule in &decision.rules {
+        match rule.verdict {
+            Verdict::Passed => counts.passed += 1,
+            Verdict::Failed => counts.failed += 1,
+            Verdict::Waived => counts.waived += 1,
+            Verdict::Waiting => counts.waiting += 1,
+            Verdict::Error => counts.error += 1,
+            Verdict::NotApplicable => counts.not_applicable += 1,
+        }
+    }
+    counts
+}
+
+/// The release as a report shows it: its components and the promotions it went through.
+fn release_view(release: &Release) -> ReleaseView {
+    ReleaseView {
+        name: release.id.to_string(),
+        description: release.description.clone(),
+        current_milestone: release.milestone.clone(),
+        created_at: text::time(&release.created_at),
+        components: release
+            .components
+            .iter()
+            .map(|c| ComponentView {
+                name: c.name.clone(),
+                version: c.version.clone(),
+                artifact_uri: c.artifact_uri.clone(),
+                sha256: c.sha256.clone(),
+            })
+            .collect(),
+        promotions: release
+            .promotions
+            .iter()
+            .map(|p| PromotionView {
+                from_milestone: p.from_milestone.clone(),
+                to_milestone: p.to_milestone.clone(),
+                at: text::time(&p.at),
+                decision_digest: p.decision_digest.clone(),
+            })
+            .collect(),
+    }
+}
+
 impl Builder {
     /// Starts a report of `head`.
     pub(crate) fn new(head: ReportHead) -> Self {
@@ -530,59 +591,15 @@ impl Builder {
         check_consistency(&head, &mut warnings);
         let limits = numeric_limits(&head);
         let rules = rule_views(&head, &limits, &mut warnings);
-        let mut failing_rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for rule in &head.decision.rules {
-            for node in &rule.failing_nodes {
-                failing_rules
-                    .entry(node.to_string())
-                    .or_default()
-                    .push(rule.rule_id.clone());
-            }
-        }
-        let mut rule_counts = VerdictCounts::default();
-        for rule in &head.decision.rules {
-            match rule.verdict {
-                Verdict::Passed => rule_counts.passed += 1,
-                Verdict::Failed => rule_counts.failed += 1,
-                Verdict::Waived => rule_counts.waived += 1,
-                Verdict::Waiting => rule_counts.waiting += 1,
-                Verdict::Error => rule_counts.error += 1,
-                Verdict::NotApplicable => rule_counts.not_applicable += 1,
-            }
-        }
-        let release = &head.release;
+        let failing_rules = failing_rules_by_node(&head.decision);
+        let rule_counts = verdict_counts(&head.decision);
         let report = Report {
             schema: SCHEMA,
             title: format!(
                 "Customer acceptance report — {} at {}",
-                release.id, head.milestone
+                head.release.id, head.milestone
             ),
-            release: ReleaseView {
-                name: release.id.to_string(),
-                description: release.description.clone(),
-                current_milestone: release.milestone.clone(),
-                created_at: text::time(&release.created_at),
-                components: release
-                    .components
-                    .iter()
-                    .map(|c| ComponentView {
-                        name: c.name.clone(),
-                        version: c.version.clone(),
-                        artifact_uri: c.artifact_uri.clone(),
-                        sha256: c.sha256.clone(),
-                    })
-                    .collect(),
-                promotions: release
-                    .promotions
-                    .iter()
-                    .map(|p| PromotionView {
-                        from_milestone: p.from_milestone.clone(),
-                        to_milestone: p.to_milestone.clone(),
-                        at: text::time(&p.at),
-                        decision_digest: p.decision_digest.clone(),
-                    })
-                    .collect(),
-            },
+            release: release_view(&head.release),
             milestone: head.milestone.clone(),
             simulated: SimulatedView {
                 any: false,
@@ -992,63 +1009,67 @@ fn plan_and_run_views(
                     .steps
                     .iter()
                     .enumerate()
-                    .map(|(index, step)| {
-                        let (command, env, workdir, components) = match &step.kind {
-                            StepKind::Exec {
-                                command,
-                                env,
-                                workdir,
-                            } => (Some(command.clone()), env.clone(), workdir.clone(), None),
-                            StepKind::InventoryCheck { components } => {
-                                (None, BTreeMap::new(), None, Some(components.clone()))
-                            }
-                            StepKind::DcgmDiag {
-                                level,
-                                tests,
-                                command,
-                            } => (
-                                Some(StepKind::dcgm_command(*level, tests, command)),
-                                BTreeMap::new(),
-                                None,
-                                None,
-                            ),
-                            StepKind::Junit {
-                                command,
-                                env,
-                                workdir,
-                                ..
-                            }
-                            | StepKind::BurnIn {
-                                command,
-                                env,
-                                workdir,
-                                ..
-                            }
-                            | StepKind::Flash {
-                                command,
-                                env,
-                                workdir,
-                                ..
-                            } => (Some(command.clone()), env.clone(), workdir.clone(), None),
-                        };
-                        StepView {
-                            index,
-                            name: step.name.clone(),
-                            kind: step.kind.name(),
-                            timeout: spec::format_duration(step.timeout),
-                            timeout_s: step.timeout.as_secs_f64(),
-                            retries: step.retries,
-                            command,
-                            env,
-                            workdir,
-                            components,
-                        }
-                    })
+                    .map(|(index, step)| step_view(index, step))
                     .collect(),
             }
         })
         .collect();
     (plans, runs)
+}
+
+/// A plan step as a report shows it: what it runs (command, environment, directory) or, for
+/// an inventory check, the components it compares.
+fn step_view(index: usize, step: &Step) -> StepView {
+    let (command, env, workdir, components) = match &step.kind {
+        StepKind::Exec {
+            command,
+            env,
+            workdir,
+        } => (Some(command.clone()), env.clone(), workdir.clone(), None),
+        StepKind::InventoryCheck { components } => {
+            (None, BTreeMap::new(), None, Some(components.clone()))
+        }
+        StepKind::DcgmDiag {
+            level,
+            tests,
+            command,
+        } => (
+            Some(StepKind::dcgm_command(*level, tests, command)),
+            BTreeMap::new(),
+            None,
+            None,
+        ),
+        StepKind::Junit {
+            command,
+            env,
+            workdir,
+            ..
+        }
+        | StepKind::BurnIn {
+            command,
+            env,
+            workdir,
+            ..
+        }
+        | StepKind::Flash {
+            command,
+            env,
+            workdir,
+            ..
+        } => (Some(command.clone()), env.clone(), workdir.clone(), None),
+    };
+    StepView {
+        index,
+        name: step.name.clone(),
+        kind: step.kind.name(),
+        timeout: spec::format_duration(step.timeout),
+        timeout_s: step.timeout.as_secs_f64(),
+        retries: step.retries,
+        command,
+        env,
+        workdir,
+        components,
+    }
 }
 
 fn node_view(

@@ -5,43 +5,14 @@
 //! nodes, then the rest and the signature. Memory holds one node's detail, the counters and
 //! one row per node for the node table; never the fleet.
 
-use super::model::{Builder, NodeRow, NodeView, Report};
-use super::{ReportFormat, ReportHead};
+use super::ReportHead;
+use super::layout::Layout;
+use super::model::Builder;
 use crate::store::NodeEvidence;
 use ed25519_dalek::SigningKey;
 use std::io::{self, BufWriter, Read as _, Seek as _, Write};
 use tollgate_domain::gate::RunEvidence;
 use tollgate_domain::report_signature::{self as signature, Section, Subject};
-
-/// One named part of a report's body.
-pub(crate) type NamedSection = (String, String);
-
-/// How one format lays a report out. The renderer calls `head` and `tail` once, after every
-/// node; `node` once per node, in order. Each returns complete sections; their bytes, in
-/// order, are the body of the file, and the signature region (the domain's fixed layout for
-/// `format`) and `suffix` follow it.
-pub(crate) trait Layout: Sync {
-    /// Everything before the first node's detail (the summary first).
-    fn head(&self, report: &Report, rows: &[NodeRow]) -> Vec<NamedSection>;
-    /// The detail of the `idx`th node, appended to `out`.
-    fn node(&self, report: &Report, idx: usize, node: &NodeView, out: &mut String);
-    /// Everything after the last node's detail.
-    fn tail(&self, report: &Report) -> Vec<NamedSection>;
-    /// Which signature region layout the format uses, written after the body's sections
-    /// except the suffix.
-    fn format(&self) -> signature::Format;
-    /// The end of the file after the signature region; signed as the section `end`.
-    fn suffix(&self) -> &'static str;
-}
-
-fn layout(format: ReportFormat) -> &'static dyn Layout {
-    match format {
-        ReportFormat::Markdown => &super::markdown::Markdown,
-        ReportFormat::Json => &super::json::Json,
-        ReportFormat::Html => &super::html::HtmlPage,
-        ReportFormat::Junit => &super::junit::Junit,
-    }
-}
 
 /// Where node details wait until the summary is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +107,11 @@ impl<W: Write> Write for Counting<'_, W> {
 }
 
 impl<W: Write> Renderer<W> {
-    /// Starts a report of `head` in `format`, to be written to `out` once every node is in.
-    pub fn new(
+    /// Starts a report of `head` laid out by `layout`, to be written to `out` once every node
+    /// is in. Crate-only: the layouts are the report module's own.
+    pub(crate) fn new(
         head: ReportHead,
-        format: ReportFormat,
+        layout: &'static dyn Layout,
         out: W,
         spool: SpoolKind,
     ) -> io::Result<Self> {
@@ -150,7 +122,7 @@ impl<W: Write> Renderer<W> {
             verdict: head.decision.verdict.as_str().to_owned(),
         };
         Ok(Self {
-            layout: layout(format),
+            layout,
             builder: Builder::new(head),
             spool: Spool::new(spool)?,
             node_sections: Vec::new(),

@@ -76,7 +76,7 @@ async fn controller_path(
     ev: &Evidence,
 ) -> anyhow::Result<()> {
     use tollgate_controller::store::{JobRecord, RunRecord, RunState, Store};
-    use tollgate_controller::{ControllerConfig, Shared, gates::evaluate_now};
+    use tollgate_controller::{ControllerConfig, gates::evaluate_now, shared::Shared};
     let dir = tempfile::tempdir()?;
     let config = ControllerConfig::new(dir.path().to_path_buf());
     let store = Store::connect(&config.database_url).await?;

@@ -1,0 +1,171 @@
+//! The state every service and loop shares, behind one `Arc`: the store, the configuration,
+//! the live agent sessions, the token and gate caches, and the signals between tasks (wake
+//! the scheduler, re-evaluate a gate, something changed, shutdown).
+//!
+//! **Boundary:** this module sits below the gRPC services (`grpc/`) and the loops
+//! (`scheduler.rs`, `lease.rs`, `gates.rs`): they import it, it imports none of them.
+
+use crate::config::ControllerConfig;
+use crate::gate_cache::GateCache;
+use crate::sessions::Sessions;
+use crate::store::Store;
+use crate::tokens::TokenCache;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tollgate_domain::{RunId, Timestamp};
+
+/// State every service, the scheduler and the lease watchdog share, behind one `Arc`.
+///
+/// Ownership: `run` creates it and holds the only long-lived clone besides the services and
+/// the two loops; everything in it is safe to use from any task. Shutdown is announced
+/// through `shutdown`, never by dropping this.
+#[derive(Debug)]
+pub struct Shared {
+    /// The database.
+    pub store: Store,
+    /// Flags and the clock.
+    pub config: ControllerConfig,
+    /// Live agent sessions: who can be sent a command right now.
+    pub sessions: Sessions,
+    /// Node tokens already seen, so a call does not cost a database lookup.
+    pub tokens: TokenCache,
+    /// The controller's first clock read; leases get a fresh grace from here after a restart.
+    pub started_at: Timestamp,
+    /// When leases last got a fresh grace: the start, or the moment the database accepted
+    /// writes again after refusing them (heartbeats could not be recorded meanwhile).
+    leases_fresh_from: Mutex<Timestamp>,
+    /// Wakes the scheduler loop early (node connected, run started, job ended).
+    scheduler_wake: Notify,
+    /// Bumped after every change a run watcher may care about.
+    changes: watch::Sender<u64>,
+    /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
+    reevaluation_requests: Mutex<BTreeSet<RunId>>,
+    /// Wakes `gates::run_loop`.
+    reevaluation_wake: Notify,
+    /// Gates kept evaluated in memory.
+    pub gate_cache: GateCache,
+    /// Raised once when shutdown starts.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Builds the shared state; `run` does this, and so can tests that drive the loops directly.
+    pub fn new(store: Store, config: ControllerConfig) -> Self {
+        let started_at = config.clock.now();
+        Self {
+            store,
+            config,
+            sessions: Sessions::default(),
+            tokens: TokenCache::default(),
+            started_at,
+            leases_fresh_from: Mutex::new(started_at),
+            scheduler_wake: Notify::new(),
+            changes: watch::channel(0).0,
+            reevaluation_requests: Mutex::default(),
+            reevaluation_wake: Notify::new(),
+            gate_cache: GateCache::default(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// The current time, from the configured clock.
+    pub fn now(&self) -> Timestamp {
+        self.config.clock.now()
+    }
+
+    /// Heartbeats older than this count as made at this moment (see `lease.rs`).
+    pub fn leases_fresh_from(&self) -> Timestamp {
+        *self
+            .leases_fresh_from
+            .lock()
+            .expect("the timestamp is never poisoned: nothing panics while holding it")
+    }
+
+    /// Gives every lease a fresh grace from `now`, as a restart does: heartbeats that came
+    /// while the database refused writes were lost, not missing.
+    pub fn refresh_leases(&self, now: Timestamp) {
+        let mut fresh_from = self
+            .leases_fresh_from
+            .lock()
+            .expect("the timestamp is never poisoned: nothing panics while holding it");
+        *fresh_from = (*fresh_from).max(now);
+    }
+
+    /// Asks the scheduler to look at pending jobs now rather than at its next tick.
+    pub fn poke_scheduler(&self) {
+        self.scheduler_wake.notify_one();
+    }
+
+    /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see
+    /// `gates::run_loop`).
+    pub fn request_reevaluation(&self, run: &RunId) {
+        self.reevaluation_requests
+            .lock()
+            .expect("the request set is never poisoned: nothing panics while holding it")
+            .insert(run.clone());
+        self.reevaluation_wake.notify_one();
+    }
+
+    /// Waits until a re-evaluation is requested (`gates::run_loop`).
+    pub(crate) async fn reevaluation_requested(&self) {
+        self.reevaluation_wake.notified().await;
+    }
+
+    /// Takes every pending re-evaluation request.
+    pub(crate) fn take_reevaluation_requests(&self) -> BTreeSet<RunId> {
+        std::mem::take(
+            &mut *self
+                .reevaluation_requests
+                .lock()
+                .expect("the request set is never poisoned: nothing panics while holding it"),
+        )
+    }
+
+    /// Tells run watchers that something changed.
+    pub fn notify_changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that sees every [`Shared::notify_changed`].
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// A receiver whose value turns true when shutdown starts.
+    pub fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Starts shutdown: raises the flag and drops every agent session.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.sessions.close_all();
+    }
+
+    /// Waits until the scheduler is poked, `tick` passes, or shutdown starts; false on shutdown.
+    pub(crate) async fn wait_for_work(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        tick: Duration,
+    ) -> bool {
+        tokio::select! {
+            () = self.scheduler_wake.notified() => {}
+            () = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return false,
+        }
+        !*shutdown.borrow()
+    }
+}
+
+/// Waits until `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped, which only happens when everything stops.
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}

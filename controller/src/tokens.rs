@@ -1,0 +1,222 @@
+//! Tokens as the controller keeps them: node tokens (issued at registration, bound to one
+//! node) and the operator's named API tokens (`--api-token NAME=SECRET`). This module knows
+//! secrets and their hashes only; reading them from a call and refusing one is the gRPC
+//! edge's (`grpc/auth.rs`), so the configuration can hold tokens without depending on it.
+//!
+//! **Invariant:** only the sha256 of a token is stored or kept in memory; the token itself
+//! exists only in the agent's state directory and in flight.
+
+use crate::store::{Store, StoreError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use tollgate_domain::NodeId;
+
+/// How often an unknown token may trigger a reload of every node's token hash. Tokens issued
+/// by this process are cached at once; a reload only finds nodes enrolled before a restart (or
+/// by another replica), so once a second is plenty and keeps bad tokens from costing a full
+/// scan each.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A fresh node token: 32 random bytes, hex.
+pub fn generate_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The hex sha256 of a token, as stored.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The configured API tokens: sha256 of the secret → name.
+#[derive(Clone, Debug, Default)]
+pub struct ApiTokens {
+    by_hash: HashMap<String, String>,
+}
+
+impl ApiTokens {
+    /// Tokens from `(name, secret)` pairs; an error names every bad pair.
+    pub fn new(pairs: &[(String, String)]) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, secret) in pairs {
+            if name.trim().is_empty() || secret.trim().is_empty() {
+                problems.push(format!("'{name}': name and secret must both be non-empty"));
+            } else if by_hash
+                .insert(hash_token(secret.trim()), name.trim().to_owned())
+                .is_some()
+            {
+                problems.push(format!("'{name}': the same secret is given twice"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { by_hash })
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Parses `NAME=SECRET`.
+    pub fn parse_flag(text: &str) -> Result<(String, String), String> {
+        match text.split_once('=') {
+            Some((name, secret)) if !name.is_empty() && !secret.is_empty() => {
+                Ok((name.to_owned(), secret.to_owned()))
+            }
+            _ => Err(format!("'{text}' is not NAME=SECRET")),
+        }
+    }
+
+    /// Parses a tokens file: one `name secret` per line; blank lines and `#` comments are
+    /// skipped. An error names every bad line.
+    pub fn parse_file(text: &str) -> Result<Vec<(String, String)>, String> {
+        let mut pairs = Vec::new();
+        let mut problems = Vec::new();
+        for (idx, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [name, secret] => pairs.push(((*name).to_owned(), (*secret).to_owned())),
+                _ => problems.push(format!("line {}: expected 'name secret'", idx + 1)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(pairs)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Whether no token is configured (every manager call is then anonymous).
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The name of the token whose secret is `token`; `None` for an unknown one.
+    pub fn name_of(&self, token: &str) -> Option<&str> {
+        self.by_hash.get(&hash_token(token)).map(String::as_str)
+    }
+}
+
+/// Token hash → node, filled at registration and from the store on a miss.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    inner: Mutex<CacheInner>,
+    /// Serializes reloads so concurrent misses cause one scan, not many.
+    reload: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    by_hash: HashMap<String, NodeId>,
+    last_reload: Option<Instant>,
+}
+
+impl TokenCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // Plain map operations never panic while the lock is held; a poisoned lock still
+        // guards a consistent map.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers that `token_hash` belongs to `node`, forgetting any older token of the node.
+    pub fn remember(&self, node: &NodeId, token_hash: &str) {
+        let mut inner = self.lock();
+        inner.by_hash.retain(|_, cached| cached != node);
+        inner.by_hash.insert(token_hash.to_owned(), node.clone());
+    }
+
+    fn lookup(&self, token_hash: &str) -> Option<NodeId> {
+        self.lock().by_hash.get(token_hash).cloned()
+    }
+
+    /// The node `token` belongs to; `None` when no node has it, even after reloading the
+    /// store's token hashes (at most once per [`RELOAD_INTERVAL`]).
+    pub async fn node_of(&self, store: &Store, token: &str) -> Result<Option<NodeId>, StoreError> {
+        let token_hash = hash_token(token);
+        if let Some(node) = self.lookup(&token_hash) {
+            return Ok(Some(node));
+        }
+        self.reload_if_due(store).await?;
+        Ok(self.lookup(&token_hash))
+    }
+
+    /// Reloads every node's token hash, at most once per [`RELOAD_INTERVAL`].
+    async fn reload_if_due(&self, store: &Store) -> Result<(), StoreError> {
+        let _reloading = self.reload.lock().await;
+        let due = self
+            .lock()
+            .last_reload
+            .is_none_or(|last| last.elapsed() >= RELOAD_INTERVAL);
+        if !due {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for node in store.list_nodes().await? {
+            if let Some(hash) = store.node_token_hash(&node.id).await? {
+                found.push((hash, node.id));
+            }
+        }
+        let mut inner = self.lock();
+        // A node cached meanwhile (a registration that committed after the scan read it) keeps
+        // its entry: the cache is never older than the store for a node it knows.
+        let cached: std::collections::HashSet<NodeId> = inner.by_hash.values().cloned().collect();
+        for (hash, node) in found {
+            if !cached.contains(&node) {
+                inner.by_hash.insert(hash, node);
+            }
+        }
+        inner.last_reload = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex_and_hashes_are_stable() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(hash_token("abc"), hash_token("abc"));
+        assert_ne!(hash_token(&a), a);
+        assert_eq!(hash_token(&a).len(), 64);
+    }
+
+    #[test]
+    fn api_token_flags_and_files_parse_or_name_every_bad_line() {
+        let pairs = ApiTokens::parse_file("# managers\nalice s3cret\n\nbob hunter2\n").unwrap();
+        let tokens = ApiTokens::new(&pairs).unwrap();
+        assert_eq!(tokens.name_of("hunter2"), Some("bob"));
+        assert_eq!(tokens.name_of("nope"), None);
+        assert_eq!(
+            ApiTokens::parse_flag("ci=abc").unwrap(),
+            ("ci".to_owned(), "abc".to_owned())
+        );
+        assert!(ApiTokens::parse_flag("ci").is_err());
+        let err = ApiTokens::parse_file("alice\nbob x y\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("line 2"), "{err}");
+        let err =
+            ApiTokens::new(&[("a".into(), "s".into()), ("b".into(), "s".into())]).unwrap_err();
+        assert!(err.contains("'b': the same secret is given twice"), "{err}");
+    }
+
+    #[test]
+    fn a_node_has_one_token_in_the_cache() {
+        let cache = TokenCache::default();
+        let node = NodeId::from("n1");
+        cache.remember(&node, "h1");
+        cache.remember(&node, "h2");
+        assert_eq!(cache.lookup("h1"), None);
+        assert_eq!(cache.lookup("h2"), Some(node));
+    }
+}
