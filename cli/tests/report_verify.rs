@@ -54,6 +54,19 @@ fn sign(
     signature::sign(key, format, subject(), sections)
 }
 
+/// A `format` report as the controller lays it out: the sections `parts`, the signature
+/// region, then `suffix` (signed as the section `end`).
+fn signed_report(
+    key: &SigningKey,
+    format: signature::Format,
+    parts: &[(&str, &str)],
+    suffix: &str,
+) -> String {
+    let block = sign(key, format, parts, suffix);
+    let body: String = parts.iter().map(|(_, text)| *text).collect();
+    format!("{body}{}{suffix}", signature::region(format, &block))
+}
+
 /// A Markdown report laid out as the controller lays it out: the sections, then the
 /// signature region with the signature block.
 fn markdown_report(key: &SigningKey) -> String {
@@ -65,12 +78,7 @@ fn markdown_report(key: &SigningKey) -> String {
         ("node lab-1", "| lab-1 | 71.5 °C |\n"),
         ("node lab-3", "| lab-3 | 93.25 °C |\n"),
     ];
-    let block = sign(key, signature::Format::Markdown, &parts, "\n");
-    let body: String = parts.iter().map(|(_, text)| *text).collect();
-    format!(
-        "{body}{}\n",
-        signature::region(signature::Format::Markdown, &block)
-    )
+    signed_report(key, signature::Format::Markdown, &parts, "\n")
 }
 
 /// A JSON report: its sections, then the `signature` field last.
@@ -81,12 +89,7 @@ fn json_report(key: &SigningKey) -> String {
         ("node lab-3", r#",{"name":"lab-3","max_temp_c":93.25}"#),
         ("footer", "]"),
     ];
-    let block = sign(key, signature::Format::Json, &parts, "}\n");
-    let body: String = parts.iter().map(|(_, text)| *text).collect();
-    format!(
-        "{body}{}}}\n",
-        signature::region(signature::Format::Json, &block)
-    )
+    signed_report(key, signature::Format::Json, &parts, "}\n")
 }
 
 /// A Markdown report as the older scheme wrote it: no `scheme` in its block, and a region the

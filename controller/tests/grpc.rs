@@ -269,6 +269,38 @@ fn result(
 const PLAN: &str = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: versions, kind: inventory-check}\n  - {name: stress, kind: exec, command: [sh, -c, 'true']}\n";
 const GATE: &str = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [versions, stress], min-nodes: 2}\n";
 
+/// Creating release `name` whose one component is the driver at `driver`.
+fn release_request(name: &str, driver: &str) -> proto::CreateReleaseRequest {
+    proto::CreateReleaseRequest {
+        name: name.into(),
+        components: vec![proto::Component {
+            name: "driver".into(),
+            version: driver.into(),
+            ..Default::default()
+        }],
+        description: String::new(),
+    }
+}
+
+/// Applying [`PLAN`].
+fn plan_request() -> proto::ApplyPlanRequest {
+    proto::ApplyPlanRequest {
+        source: PLAN.into(),
+        file_name: "plan.yaml".into(),
+    }
+}
+
+/// Starting a run of `gpu-qual` for `release` at its current milestone, on every matching
+/// node.
+fn start_request(release: &str) -> proto::StartRunRequest {
+    proto::StartRunRequest {
+        release: release.into(),
+        plan: "gpu-qual".into(),
+        milestone: String::new(),
+        nodes_now: false,
+    }
+}
+
 /// Two connected agents, a release, the plan, and a started run whose jobs reached the agents.
 struct Fixture {
     a: Agent,
@@ -282,33 +314,17 @@ struct Fixture {
 async fn start_run_of_r550(controller: &Controller) -> proto::Run {
     controller
         .releases()
-        .create_release(proto::CreateReleaseRequest {
-            name: "r550".into(),
-            components: vec![proto::Component {
-                name: "driver".into(),
-                version: "550.54.15".into(),
-                ..Default::default()
-            }],
-            description: String::new(),
-        })
+        .create_release(release_request("r550", "550.54.15"))
         .await
         .expect("create release");
     controller
         .plans()
-        .apply_plan(proto::ApplyPlanRequest {
-            source: PLAN.into(),
-            file_name: "plan.yaml".into(),
-        })
+        .apply_plan(plan_request())
         .await
         .expect("apply plan");
     controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r550".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r550"))
         .await
         .expect("start run")
         .into_inner()
@@ -702,33 +718,17 @@ async fn a_run_needs_a_connected_node() {
         .expect("register");
     controller
         .releases()
-        .create_release(proto::CreateReleaseRequest {
-            name: "r1".into(),
-            components: vec![proto::Component {
-                name: "driver".into(),
-                version: "1".into(),
-                ..Default::default()
-            }],
-            description: String::new(),
-        })
+        .create_release(release_request("r1", "1"))
         .await
         .expect("release");
     controller
         .plans()
-        .apply_plan(proto::ApplyPlanRequest {
-            source: PLAN.into(),
-            file_name: "plan.yaml".into(),
-        })
+        .apply_plan(plan_request())
         .await
         .expect("plan");
     let status = controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r1".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r1"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -1213,10 +1213,8 @@ async fn a_run_started_while_its_nodes_are_busy_waits_for_them() {
     let controller = Controller::start().await;
     let mut fx = fixture(&controller).await;
     let start = |nodes_now: bool| proto::StartRunRequest {
-        release: "r550".into(),
-        plan: "gpu-qual".into(),
-        milestone: String::new(),
         nodes_now,
+        ..start_request("r550")
     };
     let status = controller.runs().start_run(start(true)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -1304,12 +1302,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
         if n < 3 {
             let run = controller
                 .runs()
-                .start_run(proto::StartRunRequest {
-                    release: "r550".into(),
-                    plan: "gpu-qual".into(),
-                    milestone: String::new(),
-                    nodes_now: false,
-                })
+                .start_run(start_request("r550"))
                 .await
                 .expect("a run for node b")
                 .into_inner();
@@ -1347,12 +1340,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
     );
     let status = controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r550".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r550"))
         .await
         .unwrap_err();
     assert!(

@@ -337,6 +337,14 @@ fn gate_policy(description: &str) -> GatePolicy {
     }
 }
 
+/// Runs `sql` on the store's tables behind its back, as a hand edit or a damaged disk would:
+/// what the store must notice, or survive, when it reads the rows again.
+async fn edit_rows(store: &Store, sql: &'static str) {
+    with_pool!(store, |pool| {
+        sqlx::query(sql).execute(pool).await.expect(sql);
+    });
+}
+
 async fn node_state(store: &Store, name: &str) -> NodeState {
     store
         .get_node(&NodeId::from(name))
@@ -1177,12 +1185,11 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
         .record_result(&plain, None, at(41))
         .await
         .expect("record");
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE step_results SET digest = NULL WHERE step_index = 0")
-            .execute(pool)
-            .await
-            .expect("forget one digest");
-    });
+    edit_rows(
+        store,
+        "UPDATE step_results SET digest = NULL WHERE step_index = 0",
+    )
+    .await;
 
     let evidence = store
         .load_evidence(&release, "lab-qual")
@@ -1370,12 +1377,11 @@ async fn non_finite_numbers_are_refused(store: &Store) {
 
 async fn corrupt_values_name_their_row(store: &Store) {
     add_node(store, "n1").await;
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE nodes SET labels = '{not json' WHERE name = 'n1'")
-            .execute(pool)
-            .await
-            .expect("spoil labels");
-    });
+    edit_rows(
+        store,
+        "UPDATE nodes SET labels = '{not json' WHERE name = 'n1'",
+    )
+    .await;
     let err = store
         .get_node(&NodeId::from("n1"))
         .await
@@ -1384,12 +1390,11 @@ async fn corrupt_values_name_their_row(store: &Store) {
         matches!(&err, StoreError::Corrupt { what, .. } if what == "nodes.labels of row 'n1'"),
         "{err:?}"
     );
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE nodes SET labels = '{}', state = 'asleep' WHERE name = 'n1'")
-            .execute(pool)
-            .await
-            .expect("spoil state");
-    });
+    edit_rows(
+        store,
+        "UPDATE nodes SET labels = '{}', state = 'asleep' WHERE name = 'n1'",
+    )
+    .await;
     let err = store.list_nodes().await.expect_err("corrupt");
     assert!(
         matches!(&err, StoreError::Corrupt { what, detail } if what == "nodes.state of row 'n1'" && detail.contains("asleep")),

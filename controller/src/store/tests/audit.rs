@@ -127,28 +127,15 @@ async fn the_audit_chain_finds_an_edited_or_deleted_row(store: &Store) {
             .expect("append");
     }
     assert!(store.verify_audit().await.expect("verify").is_ok());
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
-            .execute(pool)
-            .await
-            .expect("tamper");
-    });
+    edit_rows(store, "UPDATE audit SET actor = 'mallory' WHERE seq = 2").await;
     let broken = store
         .verify_audit()
         .await
         .expect("verify")
         .expect_err("edited");
     assert_eq!(broken.seq, 2);
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE audit SET actor = 'alice' WHERE seq = 2")
-            .execute(pool)
-            .await
-            .expect("restore");
-        sqlx::query("DELETE FROM audit WHERE seq = 3")
-            .execute(pool)
-            .await
-            .expect("delete");
-    });
+    edit_rows(store, "UPDATE audit SET actor = 'alice' WHERE seq = 2").await;
+    edit_rows(store, "DELETE FROM audit WHERE seq = 3").await;
     let broken = store
         .verify_audit()
         .await
@@ -407,12 +394,11 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
     );
     assert_eq!(again.digest, decision.digest);
 
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE step_results SET message = 'edited' WHERE step_index = 1")
-            .execute(pool)
-            .await
-            .expect("edit a result");
-    });
+    edit_rows(
+        store,
+        "UPDATE step_results SET message = 'edited' WHERE step_index = 1",
+    )
+    .await;
     let edited = replay(store).await;
     let after =
         tollgate_domain::gate::evaluate(&edited.policy, &edited.evidence, &edited.waivers, at(50));
