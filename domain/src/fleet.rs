@@ -4,14 +4,28 @@ use crate::{JobId, NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 /// Node labels (`sku=hgx-h100`, `site=lab-a`).
 pub type Labels = BTreeMap<String, String>;
 
 /// Where a node's GPU facts come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum GpuSourceKind {
     /// Real hardware through NVML.
     #[default]
@@ -23,23 +37,7 @@ pub enum GpuSourceKind {
 impl GpuSourceKind {
     /// The wire and storage name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Nvml => "nvml",
-            Self::Simulated => "simulated",
-        }
-    }
-}
-
-impl FromStr for GpuSourceKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nvml" => Ok(Self::Nvml),
-            "simulated" => Ok(Self::Simulated),
-            other => Err(format!(
-                "unknown GPU source '{other}' (expected nvml or simulated)"
-            )),
-        }
+        self.into()
     }
 }
 
@@ -94,8 +92,24 @@ pub struct Inventory {
 }
 
 /// A node's scheduling state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum NodeState {
     /// Connected, idle, accepting jobs.
     #[default]
@@ -114,8 +128,24 @@ pub enum NodeState {
 
 /// A node's health, from what its steps showed and what an operator decided; changes are
 /// decided by [`crate::node::next`]. Only a `good` node is selected for runs or sent jobs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Health {
     /// Nothing wrong seen, or an operator cleared it.
     #[default]
@@ -126,37 +156,18 @@ pub enum Health {
     Bad,
 }
 
-macro_rules! str_enum {
-    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
-        impl $ty {
-            /// The wire and storage name.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),* }
-            }
-        }
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok(Self::$variant),)*
-                    other => Err(format!(
-                        "unknown {} '{}' (expected one of: {})",
-                        stringify!($ty), other, [$($text),*].join(", ")
-                    )),
-                }
-            }
-        }
-    };
+impl NodeState {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
-pub(crate) use str_enum;
-
-str_enum!(NodeState { Ready => "ready", Busy => "busy", Cordoned => "cordoned", Draining => "draining", Unreachable => "unreachable", Retired => "retired" });
-str_enum!(Health { Good => "good", Suspect => "suspect", Bad => "bad" });
+impl Health {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// A node of the fleet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -328,19 +339,6 @@ mod tests {
         assert!(parse_label("sku").unwrap_err().contains("not key=value"));
         assert!(parse_label("=x").unwrap_err().contains("empty key"));
         assert!(parse_label("a b=x").unwrap_err().contains("may hold only"));
-    }
-
-    #[test]
-    fn states_round_trip_through_text() {
-        for state in [NodeState::Ready, NodeState::Busy, NodeState::Unreachable] {
-            assert_eq!(state.as_str().parse::<NodeState>(), Ok(state));
-        }
-        assert!(
-            "gone"
-                .parse::<NodeState>()
-                .unwrap_err()
-                .contains("expected one of")
-        );
     }
 
     #[test]

@@ -13,8 +13,24 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Where a job is. Each variant's doc says what is true in that state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum JobState {
     /// Created for its node; not yet sent to the agent.
     #[default]
@@ -35,7 +51,12 @@ pub enum JobState {
     Cancelled,
 }
 
-crate::fleet::str_enum!(JobState { Pending => "pending", Assigned => "assigned", Running => "running", Passed => "passed", Failed => "failed", Error => "error", Lost => "lost", Cancelled => "cancelled" });
+impl JobState {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 impl JobState {
     /// Whether the job has ended; nothing changes it after that.

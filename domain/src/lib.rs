@@ -11,6 +11,7 @@ pub mod gate;
 pub mod ids;
 pub mod job;
 pub mod limits;
+pub mod names;
 pub mod node;
 pub mod plan;
 pub mod release;

@@ -9,7 +9,8 @@
 use std::fmt;
 
 /// What a limit counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Unit {
     /// UTF-8 bytes of one text.
     Bytes,
@@ -20,10 +21,7 @@ pub enum Unit {
 impl Unit {
     /// The unit's word in messages and in the documentation.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Unit::Bytes => "bytes",
-            Unit::Items => "items",
-        }
+        self.into()
     }
 }
 

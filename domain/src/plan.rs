@@ -54,8 +54,9 @@ pub struct Step {
 }
 
 /// What a step does.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
+#[strum(serialize_all = "kebab-case")]
 pub enum StepKind {
     /// Run a command; it passes iff it exits 0.
     Exec {
@@ -156,14 +157,7 @@ impl TelemetryLimit {
 impl StepKind {
     /// The kind's name as written in plan files.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Exec { .. } => "exec",
-            Self::InventoryCheck { .. } => "inventory-check",
-            Self::DcgmDiag { .. } => "dcgm-diag",
-            Self::Junit { .. } => "junit",
-            Self::BurnIn { .. } => "burn-in",
-            Self::Flash { .. } => "flash",
-        }
+        self.into()
     }
 
     /// The argv a `dcgm-diag` step runs: its override, or `dcgmi diag -r LEVEL -j` with the

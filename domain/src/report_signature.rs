@@ -55,7 +55,8 @@ pub const HTML_CLOSE: &str = "</script>";
 pub const JUNIT_SIGNATURE_PROPERTY: &str = "tollgate.signature";
 
 /// The formats, each with its own signature region layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Format {
     /// `tollgate.report.v1` JSON.
     Json,
@@ -70,12 +71,7 @@ pub enum Format {
 impl Format {
     /// `json`, `markdown`, `html` or `junit`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Markdown => "markdown",
-            Self::Html => "html",
-            Self::Junit => "junit",
-        }
+        self.into()
     }
 }
 

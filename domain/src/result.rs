@@ -7,8 +7,25 @@ use serde::{Deserialize, Serialize};
 
 /// How a step attempt ended. `Failed` is the thing under test failing; `Error` is the harness
 /// failing (timeout, crash, unparseable output). They are never conflated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Outcome {
     /// The thing under test passed.
     Passed,
@@ -22,7 +39,12 @@ pub enum Outcome {
     Lost,
 }
 
-crate::fleet::str_enum!(Outcome { Passed => "passed", Failed => "failed", Error => "error", Skipped => "skipped", Lost => "lost" });
+impl Outcome {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// A named number a step reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -347,8 +347,25 @@ impl SeriesBuilder {
 }
 
 /// Kinds of critical GPU events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum EventKind {
     /// An XID error; `code` is the XID.
     Xid,
@@ -358,7 +375,12 @@ pub enum EventKind {
     GpuLost,
 }
 
-crate::fleet::str_enum!(EventKind { Xid => "xid", EccUncorrected => "ecc-uncorrected", GpuLost => "gpu-lost" });
+impl EventKind {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// A critical event on one GPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -112,7 +112,19 @@ pub enum Refreshed {
 }
 
 /// A run's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = tollgate_domain::names::unknown::<Self>)]
 pub enum RunState {
     /// Some job has not ended.
     Running,
@@ -125,11 +137,7 @@ pub enum RunState {
 impl RunState {
     /// Storage and wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Finished => "finished",
-            Self::Cancelled => "cancelled",
-        }
+        self.into()
     }
 }
 
@@ -214,21 +222,6 @@ pub enum Pool {
     Sqlite(sqlx::SqlitePool),
     /// PostgreSQL.
     Postgres(sqlx::PgPool),
-}
-
-impl std::str::FromStr for RunState {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "running" => Ok(Self::Running),
-            "finished" => Ok(Self::Finished),
-            "cancelled" => Ok(Self::Cancelled),
-            other => Err(format!(
-                "unknown run state '{other}' (expected running, finished or cancelled)"
-            )),
-        }
-    }
 }
 
 /// Runs the same code on whichever typed pool the store holds. The body is compiled once per

@@ -1461,10 +1461,15 @@ fn sql_state_lists_match_the_job_state_machine() {
 
 #[test]
 fn run_states_round_trip_through_text() {
-    for state in [RunState::Running, RunState::Finished, RunState::Cancelled] {
+    use tollgate_domain::names::{IntoEnumIterator, names};
+    // Stored in `runs.state`: the names never change.
+    assert_eq!(names::<RunState>(), ["running", "finished", "cancelled"]);
+    for state in RunState::iter() {
         assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
+        assert_eq!(state.to_string(), state.as_str());
     }
-    assert!("paused".parse::<RunState>().is_err());
+    let error = "paused".parse::<RunState>().expect_err("not a run state");
+    assert!(error.contains("'paused'"), "{error}");
 }
 
 #[tokio::test]

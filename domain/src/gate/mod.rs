@@ -64,8 +64,9 @@ pub struct Rule {
 }
 
 /// What a rule checks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum RuleKind {
     /// The listed steps of a plan passed on enough nodes (per label value when `per` is set),
     /// with at most so many failed, errored and inconclusive nodes.
@@ -157,16 +158,7 @@ pub enum RuleKind {
 impl RuleKind {
     /// The kind's name as written in gate files.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::StepsPassed { .. } => "steps-passed",
-            Self::Measurement { .. } => "measurement",
-            Self::Telemetry { .. } => "telemetry",
-            Self::Baseline { .. } => "baseline",
-            Self::NoXid { .. } => "no-xid",
-            Self::NoEvents { .. } => "no-events",
-            Self::DcgmDiag { .. } => "dcgm-diag",
-            Self::InventoryMatchesRelease { .. } => "inventory-matches-release",
-        }
+        self.into()
     }
 }
 
@@ -339,8 +331,22 @@ pub struct Tolerance {
 }
 
 /// How values across nodes and GPUs combine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Aggregate {
     /// The smallest.
     Min,
@@ -360,7 +366,12 @@ pub enum Aggregate {
     Count,
 }
 
-crate::fleet::str_enum!(Aggregate { Min => "min", Max => "max", Mean => "mean", P5 => "p5", P50 => "p50", P95 => "p95", P99 => "p99", Count => "count" });
+impl Aggregate {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 impl Aggregate {
     /// Aggregates `values` (not empty).
@@ -385,8 +396,22 @@ impl Aggregate {
 }
 
 /// Which statistic of a GPU's per-step telemetry summary a rule looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Stat {
     /// The smallest sample.
     Min,
@@ -400,7 +425,12 @@ pub enum Stat {
     Last,
 }
 
-crate::fleet::str_enum!(Stat { Min => "min", Max => "max", Mean => "mean", P99 => "p99", Last => "last" });
+impl Stat {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 impl Stat {
     /// The statistic a rule uses when the file names none: the one matching the aggregate.
@@ -414,8 +444,22 @@ impl Stat {
 }
 
 /// Which way a measurement improves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Direction {
     /// Larger is better (bandwidth, throughput).
     HigherIsBetter,
@@ -423,7 +467,12 @@ pub enum Direction {
     LowerIsBetter,
 }
 
-crate::fleet::str_enum!(Direction { HigherIsBetter => "higher-is-better", LowerIsBetter => "lower-is-better" });
+impl Direction {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// A comparison with a number, written like `>= 2800` or `< 88`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -641,8 +690,23 @@ impl Waiver {
 }
 
 /// A gate's or a rule's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
 pub enum Verdict {
     /// Satisfied.
     Passed,
@@ -658,7 +722,12 @@ pub enum Verdict {
     NotApplicable,
 }
 
-crate::fleet::str_enum!(Verdict { Passed => "passed", Failed => "failed", Waiting => "waiting", Error => "error", Waived => "waived", NotApplicable => "not-applicable" });
+impl Verdict {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// One piece of evidence behind a rule decision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
