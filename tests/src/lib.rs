@@ -290,14 +290,9 @@ impl Clients {
     /// Waits until `n` nodes are registered and ready.
     pub async fn wait_ready_nodes(&mut self, n: usize) -> Vec<v1::Node> {
         wait_for(Duration::from_secs(30), "nodes to be ready", || {
-            let mut nodes = self.nodes.clone();
+            let mut clients = self.clone();
             async move {
-                let listed = nodes
-                    .list_nodes(v1::ListNodesRequest::default())
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .nodes;
+                let listed = clients.try_list_nodes().await?;
                 let ready: Vec<v1::Node> =
                     listed.into_iter().filter(|n| n.state == "ready").collect();
                 (ready.len() >= n).then_some(ready)
@@ -328,14 +323,8 @@ impl Clients {
 
     /// The node's last heartbeat as (seconds, nanos); `None` before the first.
     async fn last_seen(&mut self, node: &str) -> Option<(i64, i32)> {
-        let listed = self
-            .nodes
-            .list_nodes(v1::ListNodesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .nodes;
-        listed
+        self.try_list_nodes()
+            .await?
             .into_iter()
             .find(|n| n.name == node)?
             .last_seen_at
@@ -427,12 +416,33 @@ impl Clients {
         plan: &str,
         gate: &str,
     ) -> v1::Run {
+        self.apply_gate(gate).await;
+        let run = self.start_qualification(release, n_nodes, plan).await;
+        self.wait_run_done(&run.id).await
+    }
+
+    /// Once `n_nodes` nodes are ready, creates `release`, applies the plan and starts a run
+    /// of it; returns the run as started.
+    pub async fn start_qualification(
+        &mut self,
+        release: &str,
+        n_nodes: usize,
+        plan: &str,
+    ) -> v1::Run {
         self.wait_ready_nodes(n_nodes).await;
         self.create_release(release).await;
         let plan = self.apply_plan(plan).await;
-        self.apply_gate(gate).await;
-        let run = self.start_run(release, &plan.name).await;
-        self.wait_run_done(&run.id).await
+        self.start_run(release, &plan.name).await
+    }
+
+    /// Every node as the controller lists it; `None` while it does not answer.
+    pub async fn try_list_nodes(&mut self) -> Option<Vec<v1::Node>> {
+        let listed = self
+            .nodes
+            .list_nodes(v1::ListNodesRequest::default())
+            .await
+            .ok()?;
+        Some(listed.into_inner().nodes)
     }
 
     /// Evaluates the gate of a release at its current milestone.
@@ -609,6 +619,23 @@ pub fn lab_agents(controller_url: &str, n_gpus: u32, faults: &[&[&str]]) -> Vec<
             Agent::start(controller_url, &format!("lab-{}", idx + 1), n_gpus, faults)
         })
         .collect()
+}
+
+/// Three agents `lab-1` to `lab-3` with two GPUs each, `lab-3` running over temperature, and
+/// a finished qualification of release r550: [`plan_yaml`] with `stress_seconds` of stress,
+/// and [`gate_yaml`] for three nodes, which fails on the temperature rule (asserted).
+pub async fn qualify_with_one_hot_node(
+    controller: &Controller,
+    stress_seconds: f64,
+) -> (Vec<Agent>, Clients) {
+    let agents = lab_agents(&controller.url, 2, &[&[], &[], &["over-temp"]]);
+    let mut clients = controller.clients().await;
+    clients
+        .qualify("r550", 3, &plan_yaml(stress_seconds), &gate_yaml(3))
+        .await;
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    (agents, clients)
 }
 
 /// Result files waiting in a spool directory, not yet acknowledged (not the `corrupt` or

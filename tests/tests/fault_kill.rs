@@ -60,12 +60,9 @@ async fn results_survive_repeated_kill_9_of_the_controller(backend: Backend) {
     let agents = lab_agents(&controller.url, 1, &[&[], &[]]);
 
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(&measuring_plan(STEPS, 0.3, Some(&marker)))
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 0.3, Some(&marker)))
         .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
     assert_eq!(run.jobs.len(), 2);
 
     let seed = u64::from(std::process::id());

@@ -243,10 +243,9 @@ async fn start_scenario(backend: Backend, name: &str) -> Option<(Scenario, Child
     let state_dir = world.dir.path().join("agent-lab-1");
     let agent = world.start_agent("lab-1", &state_dir, 1);
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan(&marker, &flag)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 1, &plan(&marker, &flag))
+        .await;
     Some((
         Scenario {
             world,
@@ -574,14 +573,8 @@ async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
             .expect("a command")
     };
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n  - {name: s1, kind: exec, command: [\"true\"], timeout: 1m, retries: 1}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n  - {name: s1, kind: exec, command: [\"true\"], timeout: 1m, retries: 1}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     let v1::controller_command::Command::AssignJob(assign) = next_command().await else {
         panic!("an assignment first");
     };
@@ -695,14 +688,8 @@ async fn results_the_spool_cannot_take_are_delivered_from_memory(backend: Backen
     let state_dir = world.dir.path().join("agent-lab-1");
     let agent = world.start_agent("lab-1", &state_dir, 1);
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [sleep, '1'], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '0.2'], timeout: 1m}\n  - {name: s2, kind: exec, command: [\"true\"], timeout: 1m}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [sleep, '1'], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '0.2'], timeout: 1m}\n  - {name: s2, kind: exec, command: [\"true\"], timeout: 1m}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     let job_id = run.jobs[0].id.clone();
     clients
         .wait_run(&run.id, PATIENCE, "the job to run", |run| {

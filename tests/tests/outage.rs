@@ -29,10 +29,9 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     };
     let agents = lab_agents(&controller.url, 2, &[&[], &[]]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&measuring_plan(STEPS, 1.0, None)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 1.0, None))
+        .await;
     assert_eq!(run.jobs.len(), 2);
 
     // Stop mid-run: once every job reported a step (and, at one second a step, not all four).
@@ -71,14 +70,8 @@ async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backe
     };
     let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [true], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '2'], timeout: 1m, retries: 1}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [true], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '2'], timeout: 1m, retries: 1}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     // s0 is done and s1 sleeps: restart the agent in the middle of s1, once its process runs
     // (the agent's record of the step's process group says so).
     let state_dir = agent.state_dir.clone();
