@@ -16,6 +16,16 @@ fn tollgate() -> Command {
     command
 }
 
+/// `tollgate report verify PATH --public-key KEY`, with `key`'s public half.
+fn verify(path: &Path, key: &SigningKey) -> std::process::Output {
+    tollgate()
+        .args(["report", "verify"])
+        .arg(path)
+        .args(["--public-key", &public_hex(key)])
+        .output()
+        .expect("runs")
+}
+
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
@@ -135,12 +145,7 @@ fn a_signed_report_verifies_against_the_pinned_key() {
         ("r550.json", json_report(&signer)),
     ] {
         let path = write(dir.path(), name, &report);
-        let output = tollgate()
-            .args(["report", "verify"])
-            .arg(&path)
-            .args(["--public-key", &public_hex(&signer)])
-            .output()
-            .expect("runs");
+        let output = verify(&path, &signer);
         let stdout = text(&output.stdout);
         assert_eq!(
             output.status.code(),
@@ -225,12 +230,7 @@ fn an_edited_number_fails_and_names_the_node() {
         let edited = report.replacen(from, to, 1);
         assert_ne!(edited, report);
         let path = write(dir.path(), name, &edited);
-        let output = tollgate()
-            .args(["report", "verify"])
-            .arg(&path)
-            .args(["--public-key", &public_hex(&signer)])
-            .output()
-            .expect("runs");
+        let output = verify(&path, &signer);
         assert_eq!(output.status.code(), Some(1), "{name}");
         let stdout = text(&output.stdout);
         assert!(stdout.starts_with("invalid: "), "{name}: {stdout}");
@@ -257,12 +257,7 @@ fn content_forged_inside_the_signature_region_fails_and_says_where() {
         &report[at..]
     );
     let path = write(dir.path(), "r550.md", &forged);
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&signer)])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &signer);
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     let line = 1 + report[..at].matches('\n').count();
@@ -279,12 +274,7 @@ fn a_report_of_the_older_scheme_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let signer = key(1);
     let path = write(dir.path(), "r550.md", &old_scheme_markdown_report(&signer));
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&signer)])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &signer);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(
@@ -298,12 +288,7 @@ fn a_report_of_the_older_scheme_is_refused_with_what_to_do() {
 fn another_signer_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(dir.path(), "r550.md", &markdown_report(&key(2)));
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&key(1))])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &key(1));
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("not by the expected key"), "{stdout}");
