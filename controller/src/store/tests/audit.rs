@@ -293,19 +293,7 @@ async fn halts_demotions_and_baselines(store: &Store) {
 
 async fn decisions_keep_their_inputs_for_replay(store: &Store) {
     let release = add_release(store).await;
-    let policy = gate_policy("replay");
-    let inputs = ReplayInputs {
-        policy: policy.clone(),
-        evidence: evidence(Vec::new()),
-        waivers: vec![waiver("waiver-1")],
-        first_scheme: false,
-    };
-    let decision =
-        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
-    store
-        .insert_decision_with_inputs(&decision, &inputs)
-        .await
-        .expect("insert");
+    let (inputs, decision) = decide_with_inputs(store, evidence(Vec::new())).await;
     assert!(
         store
             .decision_at(&release.id, "lab-qual", at(49))
@@ -412,18 +400,7 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
 /// under the scheme they were decided with.
 async fn inputs_stored_whole_are_marked_for_the_first_digest_scheme(store: &Store) {
     add_release(store).await;
-    let inputs = ReplayInputs {
-        policy: gate_policy("replay"),
-        evidence: evidence(Vec::new()),
-        waivers: vec![waiver("waiver-1")],
-        first_scheme: false,
-    };
-    let decision =
-        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
-    store
-        .insert_decision_with_inputs(&decision, &inputs)
-        .await
-        .expect("insert");
+    let (inputs, _) = decide_with_inputs(store, evidence(Vec::new())).await;
     let whole = serde_json::to_string(&inputs).expect("json");
     with_pool!(store, |pool| {
         sqlx::query("UPDATE decision_inputs SET inputs = $1")
@@ -441,4 +418,22 @@ async fn inputs_stored_whole_are_marked_for_the_first_digest_scheme(store: &Stor
     assert!(loaded.first_scheme);
     assert_eq!(loaded.evidence, inputs.evidence);
     assert_eq!(loaded.waivers, inputs.waivers);
+}
+
+/// Decides the `replay` gate at 50 s on `evidence` with the waiver `waiver-1`, and stores the
+/// decision with its inputs; returns both.
+async fn decide_with_inputs(store: &Store, evidence: Evidence) -> (ReplayInputs, Decision) {
+    let inputs = ReplayInputs {
+        policy: gate_policy("replay"),
+        evidence,
+        waivers: vec![waiver("waiver-1")],
+        first_scheme: false,
+    };
+    let decision =
+        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert");
+    (inputs, decision)
 }
