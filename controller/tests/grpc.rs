@@ -858,12 +858,18 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     .await;
     let fx = fixture(&controller).await;
     let node_state = |name: &'static str| async { controller.node(name).await.state };
-    // Accepted jobs make their nodes busy: both acceptances are handled before time moves.
-    eventually("both nodes busy", || async {
-        let both = node_state("node-a").await == "busy" && node_state("node-b").await == "busy";
-        both.then_some(())
+    // Both acceptances are handled before time moves: both jobs run (their nodes are busy
+    // from the assignment on, so a busy node does not prove its acceptance was handled).
+    eventually("both jobs running", || async {
+        let run = controller.run(&fx.run_id).await;
+        run.jobs
+            .iter()
+            .all(|job| job.state == "running")
+            .then_some(())
     })
     .await;
+    assert_eq!(node_state("node-a").await, "busy");
+    assert_eq!(node_state("node-b").await, "busy");
 
     // Past the grace (10 s by default) without a heartbeat, both nodes are unreachable.
     clock.advance(chrono::Duration::seconds(11));

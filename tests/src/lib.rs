@@ -638,6 +638,19 @@ pub async fn qualify_with_one_hot_node(
     (agents, clients)
 }
 
+/// Stops the agents gracefully, then asserts that no process whose command line carries
+/// `marker` (every step of the test's plan does) outlived them.
+pub async fn stop_agents_leaving_no_step_process(agents: Vec<Agent>, marker: &str) {
+    for agent in agents {
+        agent.stop().await;
+    }
+    assert_eq!(
+        process::processes_with(marker),
+        Vec::<u32>::new(),
+        "no step process left"
+    );
+}
+
 /// Result files waiting in a spool directory, not yet acknowledged (not the `corrupt` or
 /// `rejected` folders).
 pub fn spooled_results(spool: &std::path::Path) -> usize {

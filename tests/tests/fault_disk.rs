@@ -7,18 +7,32 @@
 //! Mounting a tmpfs needs root and `mount`; without them each test prints `skipped: ...`
 //! and why. Runs the `tollgate-controller` binary (see `tollgate_tests::process`).
 
+use std::path::Path;
 use std::time::Duration;
 use tollgate_controller::clock::{Clock, SystemClock};
 use tollgate_controller::store::testing::tmpfs_or_skip;
 use tollgate_proto::v1;
-use tollgate_tests::process::{ControllerProcess, processes_with};
+use tollgate_tests::process::ControllerProcess;
 use tollgate_tests::{
-    Agent, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results, wait_for,
+    Agent, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results,
+    stop_agents_leaving_no_step_process, wait_for,
 };
 use tonic_health::ServingStatus;
 
 /// Steps per job, each about 0.3 s: results keep coming while the disk is full.
 const STEPS: u32 = 12;
+
+/// A controller process whose SQLite database lives in `db_dir`, with its data directory and
+/// log in `dir`, and the given lease grace.
+async fn start_controller(db_dir: &Path, dir: &Path, grace: Duration) -> ControllerProcess {
+    ControllerProcess::start(
+        &format!("sqlite://{}/tollgate.db", db_dir.display()),
+        &dir.join("controller"),
+        &dir.join("controller.log"),
+        grace,
+    )
+    .await
+}
 
 /// Waits until the controller's health service says `want` for the whole server and for the
 /// run service.
@@ -66,13 +80,7 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Longer than the agents' largest reconnect backoff (5 s); the disk stays full longer.
     let grace = Duration::from_secs(6);
-    let mut controller = ControllerProcess::start(
-        &format!("sqlite://{}/tollgate.db", disk.path().display()),
-        &dir.path().join("controller"),
-        &dir.path().join("controller.log"),
-        grace,
-    )
-    .await;
+    let mut controller = start_controller(disk.path(), dir.path(), grace).await;
     let pid = controller.pid();
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
     let agents = lab_agents(&controller.url, 1, &[&[], &[]]);
@@ -111,14 +119,7 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     for node in &nodes {
         assert_eq!(node.state, "ready", "{} was not taken for dead", node.name);
     }
-    for agent in agents {
-        agent.stop().await;
-    }
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    stop_agents_leaving_no_step_process(agents, &marker).await;
     controller.stop().await;
     let log = controller.log_text();
     assert!(log.contains("the database refuses writes"), "{log}");
@@ -133,13 +134,7 @@ async fn agent_state_directory_on_a_full_disk_loses_no_result() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut controller = ControllerProcess::start(
-        &format!("sqlite://{}/tollgate.db", dir.path().display()),
-        &dir.path().join("controller"),
-        &dir.path().join("controller.log"),
-        Duration::from_secs(6),
-    )
-    .await;
+    let mut controller = start_controller(dir.path(), dir.path(), Duration::from_secs(6)).await;
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
     let agent = Agent::start_at(&controller.url, "lab-1", 1, disk.path().join("lab-1"));
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
@@ -172,12 +167,7 @@ async fn agent_state_directory_on_a_full_disk_loses_no_result() {
 
     let run = clients.wait_run_done(&run.id).await;
     assert_every_result_once(&run, STEPS);
-    agent.stop().await;
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    stop_agents_leaving_no_step_process(vec![agent], &marker).await;
     controller.stop().await;
 }
 

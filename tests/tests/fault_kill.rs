@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 use tollgate_controller::store::testing;
-use tollgate_tests::process::{ControllerProcess, processes_with};
+use tollgate_tests::process::ControllerProcess;
 use tollgate_tests::{
     Backend, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results,
+    stop_agents_leaving_no_step_process,
 };
 
 tollgate_tests::on_both_backends!(results_survive_repeated_kill_9_of_the_controller);
@@ -86,14 +87,7 @@ async fn results_survive_repeated_kill_9_of_the_controller(backend: Backend) {
         })
         .await;
     }
-    for agent in agents {
-        agent.stop().await;
-    }
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    stop_agents_leaving_no_step_process(agents, &marker).await;
     controller.stop().await;
     if backend == Backend::Postgres {
         testing::drop_postgres_schema(&database_url)
