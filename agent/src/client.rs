@@ -25,7 +25,6 @@
 //! continue, in the slot, so that the first heartbeat already names it.
 
 use crate::config::AgentConfig;
-use crate::convert;
 use crate::gpu::GpuSource;
 use crate::runner::resume::{self, ResumeRecord};
 use crate::runner::{self, JobEnd, JobEvent, RunnerContext, Stop};
@@ -42,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::JobId;
 use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
+use tollgate_wire::{FromProto as _, ToProto as _};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -358,7 +358,7 @@ impl Agent {
             };
             let failed_step = (result.outcome != tollgate_domain::result::Outcome::Passed)
                 .then(|| result.step_name.clone());
-            let wire = convert::step_result(&result);
+            let wire = tollgate_wire::step_result_for_upload(&result);
             let spool = Arc::clone(&self.spool);
             match tokio::task::spawn_blocking(move || spool.write(&wire)).await {
                 Ok(Ok(_)) => {}
@@ -558,7 +558,7 @@ impl Agent {
             inventory_at_end: None,
             series: Vec::new(),
         };
-        let wire = convert::step_result(&result);
+        let wire = tollgate_wire::step_result_for_upload(&result);
         let spool = Arc::clone(&self.spool);
         let to_spool = wire.clone();
         let spooled = tokio::task::spawn_blocking(move || spool.write(&to_spool))
@@ -622,7 +622,7 @@ impl Agent {
         v1::AgentEvent {
             event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {
                 running_job_id,
-                sent_at: Some(convert::timestamp(crate::clock::now())),
+                sent_at: Some(tollgate_wire::timestamp_to_proto(crate::clock::now())),
                 unsent_results: unsent,
                 lease_epoch,
                 step_index: step.map(|(index, _)| index),
@@ -647,7 +647,7 @@ impl Agent {
         let request = v1::RegisterRequest {
             node_name: self.config.node.clone(),
             labels: self.config.labels.clone().into_iter().collect(),
-            inventory: Some(convert::inventory(&inventory)),
+            inventory: Some(inventory.to_proto()),
             agent_version: crate::AGENT_VERSION.to_owned(),
             node_token: self.token.borrow().clone().unwrap_or_default(),
         };
@@ -766,7 +766,7 @@ impl Agent {
     }
 
     fn assign(&self, assignment: v1::AssignJob) -> Option<v1::AgentEvent> {
-        let job = match convert::job(assignment) {
+        let job = match runner::Job::from_proto(assignment) {
             Ok(job) => job,
             Err(error) => {
                 tracing::error!(%error, "cannot run the assigned job");
@@ -942,7 +942,7 @@ async fn drive_job(
                 JobEvent::Result(mut result, kept) => {
                     mark_gpu_lost(&mut result);
                     outcomes.push(result.outcome);
-                    let mut wire = convert::step_result(&result);
+                    let mut wire = tollgate_wire::step_result_for_upload(&result);
                     wire.lease_epoch = wire.lease_epoch.max(lease_epoch.load(Ordering::SeqCst));
                     let writer = Arc::clone(&spool);
                     let to_spool = wire.clone();
@@ -1061,7 +1061,7 @@ async fn fleet_loop(
                 for event in &events {
                     tracing::warn!(gpu_index = event.gpu_index, kind = %event.kind, code = event.code, "GPU event outside a step");
                 }
-                buffer.push_events(events.iter().map(convert::gpu_event));
+                buffer.push_events(events.iter().map(tollgate_wire::gpu_event_for_upload));
             }
         }
         if buffer.is_empty() {

@@ -96,7 +96,7 @@ pub async fn sample_round(
     gpu_indexes: &[u32],
     interval: Duration,
 ) -> Vec<v1::TelemetrySample> {
-    let at = crate::convert::timestamp(crate::clock::now());
+    let at = tollgate_wire::timestamp_to_proto(crate::clock::now());
     let reads = gpu_indexes.iter().map(|gpu_idx| {
         let gpu_idx = *gpu_idx;
         let source = Arc::clone(source);

@@ -15,7 +15,6 @@ pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod convert;
 pub mod fleet;
 pub mod gpu;
 pub mod parse;

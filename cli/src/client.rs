@@ -184,14 +184,9 @@ impl From<tonic::Status> for RpcError {
     }
 }
 
-/// One bad field of an `InvalidArgument` answer, as the controller named it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's path in the request, for example `components[1].version`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
+/// One bad field of an `InvalidArgument` answer, as the controller named it: the same type
+/// the controller collects them in.
+pub use tollgate_wire::fields::FieldError;
 
 /// The body of a unary answer, or its status as an [`RpcError`].
 pub fn answer<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, RpcError> {

@@ -7,7 +7,6 @@ mod client;
 mod clock;
 mod commands;
 mod demo;
-mod json;
 mod output;
 
 use std::process::ExitCode;

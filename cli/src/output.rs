@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use tollgate_proto::v1::Outcome;
 
 /// What a command prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -114,9 +113,7 @@ impl Table {
 
 /// A proto timestamp as a UTC time; `None` when absent or out of range.
 pub fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let timestamp = timestamp?;
-    let nanos = u32::try_from(timestamp.nanos).ok()?;
-    DateTime::from_timestamp(timestamp.seconds, nanos)
+    timestamp.and_then(tollgate_wire::timestamp_from_proto)
 }
 
 /// A proto timestamp as RFC 3339 text, `-` when absent.
@@ -172,17 +169,8 @@ pub fn sorted(map: &HashMap<String, String>) -> BTreeMap<&str, &str> {
     map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// An outcome as the words DESIGN.md uses: `passed`, `failed`, `error`, `skipped`, `lost`.
-pub fn outcome_name(outcome: i32) -> &'static str {
-    match Outcome::try_from(outcome) {
-        Ok(Outcome::Passed) => "passed",
-        Ok(Outcome::Failed) => "failed",
-        Ok(Outcome::Error) => "error",
-        Ok(Outcome::Skipped) => "skipped",
-        Ok(Outcome::Lost) => "lost",
-        Ok(Outcome::Unspecified) | Err(_) => "unknown",
-    }
-}
+/// An outcome's lowercase name (`unknown` for values this CLI does not know).
+pub use tollgate_wire::json::outcome_name;
 
 /// Formats a number without a pointless `.0` and with at most two decimals.
 pub fn format_number(value: f64) -> String {

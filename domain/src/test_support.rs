@@ -203,3 +203,6 @@ pub fn evidence(jobs: Vec<JobEvidence>) -> Evidence {
         }],
     }
 }
+
+#[cfg(feature = "proptest")]
+pub mod arb;

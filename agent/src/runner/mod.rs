@@ -51,43 +51,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_domain::JobId;
 use tollgate_domain::fleet::Inventory;
-use tollgate_domain::plan::{Step, StepKind};
-use tollgate_domain::release::{Component, check_inventory};
+use tollgate_domain::plan::StepKind;
+use tollgate_domain::release::check_inventory;
 use tollgate_domain::result::{Outcome, StepResult};
 
 pub use exec::RunnerError;
 
-/// A job as assigned by the controller.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Job {
-    /// The job.
-    pub job_id: JobId,
-    /// The run it belongs to.
-    pub run_id: String,
-    /// Fencing token every result carries.
-    pub lease_epoch: u64,
-    /// The release under test.
-    pub release: String,
-    /// What the node must be running.
-    pub components: Vec<Component>,
-    /// The milestone the run qualifies for.
-    pub milestone: String,
-    /// Plan name.
-    pub plan_name: String,
-    /// Plan version.
-    pub plan_version: String,
-    /// Steps, in order.
-    pub steps: Vec<JobStep>,
-}
-
-/// One step of a job with its position in the plan.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct JobStep {
-    /// Position in the plan, from 0.
-    pub index: u32,
-    /// The step.
-    pub step: Step,
-}
+/// A job as assigned by the controller, and one of its steps with its position in the plan:
+/// read from the wire (and checked) by `tollgate-wire`.
+pub use tollgate_wire::plan::{AssignedStep as JobStep, Assignment as Job};
 
 /// Why a job stops before its end.
 #[derive(Clone, Debug, PartialEq, Eq)]

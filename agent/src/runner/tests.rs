@@ -3,6 +3,8 @@
 use super::*;
 use crate::gpu::simulated::{Fault, SimConfig, SimulatedSource};
 use std::collections::BTreeMap;
+use tollgate_domain::plan::Step;
+use tollgate_domain::release::Component;
 use tollgate_domain::telemetry::{EventKind, Field};
 
 struct Fixture {

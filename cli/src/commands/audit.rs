@@ -3,7 +3,7 @@
 use crate::Reported;
 use crate::args::AuditCommand;
 use crate::client::{Controller, answer};
-use crate::commands::waiver::{parse_time, to_proto};
+use crate::commands::waiver::parse_time;
 use crate::output::{Format, Table, format_time, print_json};
 use serde_json::{Value, json};
 use tollgate_proto::v1 as pb;
@@ -18,8 +18,16 @@ pub async fn run(controller: &Controller, command: AuditCommand) -> anyhow::Resu
             until,
             output,
         } => {
-            let since = since.as_deref().map(parse_time).transpose()?.map(to_proto);
-            let until = until.as_deref().map(parse_time).transpose()?.map(to_proto);
+            let since = since
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .map(tollgate_wire::timestamp_to_proto);
+            let until = until
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .map(tollgate_wire::timestamp_to_proto);
             let listed = answer(
                 controller
                     .audit()
@@ -33,7 +41,11 @@ pub async fn run(controller: &Controller, command: AuditCommand) -> anyhow::Resu
             )?;
             match output.output {
                 Format::Json => print_json(&Value::Array(
-                    listed.entries.iter().map(entry_json).collect(),
+                    listed
+                        .entries
+                        .iter()
+                        .map(tollgate_wire::json::audit_entry)
+                        .collect(),
                 )),
                 Format::Text => {
                     print!("{}", format_entries(&listed.entries));
@@ -80,22 +92,6 @@ pub fn format_verified(verified: &pb::VerifyAuditResponse) -> String {
             verified.broken_seq, verified.reason
         )
     }
-}
-
-/// An audit entry as JSON.
-pub fn entry_json(entry: &pb::AuditEntry) -> Value {
-    let details: Value = serde_json::from_str(&entry.details)
-        .unwrap_or_else(|_| Value::String(entry.details.clone()));
-    json!({
-        "seq": entry.seq,
-        "at": format_time(entry.at.as_ref()),
-        "actor": entry.actor,
-        "action": entry.action,
-        "subject": entry.subject,
-        "details": details,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-    })
 }
 
 /// A table of audit entries.

@@ -3,7 +3,6 @@
 use crate::Reported;
 use crate::args::{DecisionFormat, GateCommand};
 use crate::client::{Controller, RpcError, answer};
-use crate::json;
 use crate::output::{Format, format_number, format_time, print_json, short_hash};
 use anyhow::Context as _;
 use serde_json::json;
@@ -11,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tollgate_domain::gate::{GatePolicy, Rule};
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// Runs one `gate` command.
 pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Result<()> {
@@ -53,7 +53,7 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
                 .as_deref()
                 .map(crate::commands::waiver::parse_time)
                 .transpose()?
-                .map(crate::commands::waiver::to_proto);
+                .map(tollgate_wire::timestamp_to_proto);
             let decision = evaluate_at(controller, &release, milestone.as_deref(), at).await?;
             match output {
                 DecisionFormat::Json => print_json(&json::decision(&decision)),

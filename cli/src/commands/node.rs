@@ -2,7 +2,6 @@
 
 use crate::args::NodeCommand;
 use crate::client::{Controller, answer};
-use crate::json;
 use crate::output::{
     Format, Table, format_age, format_labels, format_number, format_time, or_dash, print_json,
     sorted,
@@ -12,6 +11,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// The `gpu_source` value of nodes whose GPUs are simulated.
 const SIMULATED: &str = "simulated";

@@ -3,7 +3,6 @@
 use crate::Reported;
 use crate::args::PlanCommand;
 use crate::client::{Controller, answer};
-use crate::json;
 use crate::output::{Format, Table, format_labels, format_time, print_json, short_hash};
 use anyhow::Context as _;
 use serde_json::json;
@@ -11,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tollgate_domain::plan::{Plan, StepKind, describe_timeout};
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// Runs one `plan` command.
 pub async fn run(controller: &Controller, command: PlanCommand) -> anyhow::Result<()> {

@@ -3,9 +3,9 @@
 use crate::Reported;
 use crate::args::PromoteArgs;
 use crate::client::{Controller, RpcError, answer};
-use crate::json;
 use crate::output::{Format, print_json};
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// Exit code of a promotion the gate refused.
 const REFUSED: u8 = 3;

@@ -2,13 +2,13 @@
 
 use crate::args::ReleaseCommand;
 use crate::client::{Controller, answer};
-use crate::json;
 use crate::output::{Format, Table, format_time, or_dash, print_json, short_hash};
 use anyhow::Context as _;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::Path;
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// Runs one `release` command.
 pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Result<()> {

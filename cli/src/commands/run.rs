@@ -2,7 +2,6 @@
 
 use crate::args::RunCommand;
 use crate::client::{Controller, RpcError, answer};
-use crate::json;
 use crate::output::{
     Format, Table, format_millis, format_number, format_time, outcome_name, print_json,
     print_json_line, short_hash, time,
@@ -11,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use tollgate_proto::v1 as pb;
+use tollgate_wire::json;
 
 /// The run state while jobs are still going; every other state is final.
 const RUNNING: &str = "running";
@@ -259,9 +259,7 @@ impl Progress {
 /// How long the run has been going, counted from its start on the controller (not from when
 /// this watch began), up to its end once it ended. Zero when the controller sent no start.
 pub fn run_elapsed(run: &pb::Run, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
-    let at = |ts: &prost_types::Timestamp| {
-        chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0))
-    };
+    let at = tollgate_wire::timestamp_from_proto;
     let Some(start) = run.created_at.as_ref().and_then(at) else {
         return std::time::Duration::ZERO;
     };

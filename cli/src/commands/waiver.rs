@@ -5,7 +5,7 @@ use crate::args::{DemoteArgs, HaltArgs, ResumeArgs, WaiveArgs, WaiverCommand};
 use crate::client::{Controller, answer};
 use crate::output::{Format, Table, format_time, print_json};
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::fmt::Write as _;
 use tollgate_proto::v1 as pb;
 
@@ -35,14 +35,6 @@ pub fn parse_for(text: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// A timestamp on the wire.
-pub fn to_proto(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 /// The request `tollgate waive` sends.
 pub fn waive_request(args: WaiveArgs) -> anyhow::Result<pb::WaiveRequest> {
     let WaiveArgs {
@@ -62,7 +54,7 @@ pub fn waive_request(args: WaiveArgs) -> anyhow::Result<pb::WaiveRequest> {
         .as_deref()
         .map(parse_time)
         .transpose()?
-        .map(to_proto);
+        .map(tollgate_wire::timestamp_to_proto);
     let ttl_seconds = for_.as_deref().map(parse_for).transpose()?.unwrap_or(0);
     Ok(pb::WaiveRequest {
         release,
@@ -84,7 +76,7 @@ pub async fn waive(controller: &Controller, args: WaiveArgs) -> anyhow::Result<(
     let request = waive_request(args)?;
     let waiver = answer(controller.gates().waive(request).await)?;
     match format {
-        Format::Json => print_json(&waiver_json(&waiver)),
+        Format::Json => print_json(&tollgate_wire::json::waiver(&waiver)),
         Format::Text => {
             print!("{}", format_waiver(&waiver));
             Ok(())
@@ -111,7 +103,11 @@ pub async fn run(controller: &Controller, command: WaiverCommand) -> anyhow::Res
             )?;
             match output.output {
                 Format::Json => print_json(&Value::Array(
-                    listed.waivers.iter().map(waiver_json).collect(),
+                    listed
+                        .waivers
+                        .iter()
+                        .map(tollgate_wire::json::waiver)
+                        .collect(),
                 )),
                 Format::Text => {
                     print!("{}", format_waivers(&listed.waivers));
@@ -127,7 +123,7 @@ pub async fn run(controller: &Controller, command: WaiverCommand) -> anyhow::Res
                     .await,
             )?;
             match output.output {
-                Format::Json => print_json(&waiver_json(&waiver)),
+                Format::Json => print_json(&tollgate_wire::json::waiver(&waiver)),
                 Format::Text => {
                     println!(
                         "waiver {} revoked at {}",
@@ -196,7 +192,7 @@ pub async fn resume(controller: &Controller, args: ResumeArgs) -> anyhow::Result
 
 fn print_release_state(release: &pb::Release, format: Format, what: &str) -> anyhow::Result<()> {
     match format {
-        Format::Json => print_json(&crate::json::release(release)),
+        Format::Json => print_json(&tollgate_wire::json::release(release)),
         Format::Text => {
             let halted = if release.halted_reason.is_empty() {
                 String::new()
@@ -210,40 +206,6 @@ fn print_release_state(release: &pb::Release, format: Format, what: &str) -> any
             Ok(())
         }
     }
-}
-
-/// A waiver as JSON.
-pub fn waiver_json(waiver: &pb::Waiver) -> Value {
-    let pb::Waiver {
-        id,
-        release,
-        milestone,
-        rule_id,
-        reason,
-        ticket,
-        approver,
-        created_at,
-        expires_at,
-        revoked_at,
-        nodes,
-        skus,
-        steps,
-    } = waiver;
-    json!({
-        "id": id,
-        "release": release,
-        "milestone": milestone,
-        "rule_id": rule_id,
-        "reason": reason,
-        "ticket": ticket,
-        "approver": approver,
-        "created_at": created_at.as_ref().map(|t| format_time(Some(t))),
-        "expires_at": expires_at.as_ref().map(|t| format_time(Some(t))),
-        "revoked_at": revoked_at.as_ref().map(|t| format_time(Some(t))),
-        "nodes": nodes,
-        "skus": skus,
-        "steps": steps,
-    })
 }
 
 /// One waiver, for people.

@@ -73,7 +73,7 @@ impl AgentService for AgentApi {
             inventory,
             agent_version,
             node_token,
-        } = Enrollment::try_from(request.into_inner())?;
+        } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
         let existing = store.node_token_hash(&node).await?;
         let (token, is_new) = match (existing, node_token) {
@@ -149,7 +149,8 @@ impl AgentService for AgentApi {
         request: Request<proto::StepResult>,
     ) -> Result<Response<proto::Ack>, Status> {
         let node = self.authenticate(&request).await?;
-        let result = StepResult::from_proto(request.into_inner())?;
+        let result =
+            StepResult::from_proto(request.into_inner()).map_err(status::invalid_fields)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -624,7 +625,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         .into());
     }
     tollgate_domain::result::check_fits_step(result, step)
-        .map_err(|problems| Status::from(super::status::InvalidFields(problems)))?;
+        .map_err(|problems| status::invalid_fields(super::status::InvalidFields(problems)))?;
     let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
     results.push(result.clone());
     let finished = tollgate_domain::job::final_state(&results, &retries);

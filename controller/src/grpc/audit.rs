@@ -1,6 +1,7 @@
 //! `AuditService`: reading and verifying the hash-chained audit log.
 
-use super::convert::{ToProto, timestamp_from_proto};
+use super::convert::ToProto;
+use super::status::{FieldErrors, invalid_fields};
 use crate::Shared;
 use crate::store::AuditFilter;
 use std::sync::Arc;
@@ -33,21 +34,10 @@ impl AuditService for AuditApi {
             since,
             until,
         } = super::convert::bounded(request.into_inner())?;
-        let mut problems = Vec::new();
-        let mut time = |field: &str, at: Option<prost_types::Timestamp>| {
-            at.and_then(|at| {
-                let converted = timestamp_from_proto(&at);
-                if converted.is_none() {
-                    problems.push(format!("{field}: is not a valid timestamp"));
-                }
-                converted
-            })
-        };
-        let since = time("since", since);
-        let until = time("until", until);
-        if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
-        }
+        let mut errors = FieldErrors::new();
+        let since = errors.optional_timestamp("since", since);
+        let until = errors.optional_timestamp("until", until);
+        errors.finish(()).map_err(invalid_fields)?;
         let filter = AuditFilter {
             release: (!release.is_empty()).then(|| ReleaseId::from(release.as_str())),
             actor: (!actor.is_empty()).then_some(actor),

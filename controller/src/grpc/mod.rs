@@ -1,5 +1,6 @@
-//! The gRPC edge: one file per service, proto ↔ domain conversion in `convert.rs`, every
-//! error → `tonic::Status` mapping in `status.rs`, node and API tokens in `auth.rs`.
+//! The gRPC edge: one file per service, every error → `tonic::Status` mapping in `status.rs`,
+//! node and API tokens in `auth.rs`. Proto ↔ domain conversion and request bounds are the
+//! `tollgate-wire` crate's, which the handlers name `convert`.
 //!
 //! **Boundary:** handlers decide nothing themselves. They check the request, load facts from
 //! the store, call a `tollgate_domain` function, persist and dispatch what it returned.
@@ -8,7 +9,6 @@ pub mod agent;
 pub mod attestation;
 pub mod audit;
 pub mod auth;
-pub mod convert;
 pub mod gate;
 pub mod node;
 pub mod plan;
@@ -18,17 +18,44 @@ pub mod run;
 pub mod status;
 
 use crate::Shared;
-use crate::store::StoredPlan;
+use crate::store::{StoredGate, StoredPlan};
 use tollgate_domain::ReleaseId;
 use tollgate_domain::release::{RELEASED, Release, Track};
 use tonic::Status;
 
-/// Splits a plan reference, `name` or `name@version-prefix`, into its parts.
-pub fn split_plan_ref(text: &str) -> (&str, Option<&str>) {
-    match text.split_once('@') {
-        Some((name, version)) if !version.is_empty() => (name, Some(version)),
-        Some((name, _)) => (name, None),
-        None => (text, None),
+/// Proto ↔ domain conversion, request bounds and field errors: the `tollgate-wire` crate, one
+/// for the controller, the agent and the CLI; only `bounded` answers a `Status` here.
+pub mod convert {
+    pub use super::status::bounded;
+    pub use tollgate_wire::*;
+}
+pub use tollgate_wire::split_plan_ref;
+
+/// A stored plan version as `GetPlan` and `ApplyPlan` answer it.
+impl convert::ToProto for StoredPlan {
+    type Proto = tollgate_proto::v1::Plan;
+    fn to_proto(&self) -> Self::Proto {
+        let StoredPlan {
+            plan,
+            version,
+            source,
+            created_at,
+        } = self;
+        convert::plan_to_proto(plan, version, source, *created_at)
+    }
+}
+
+/// A stored gate policy version as `GetGate` and `ApplyGate` answer it.
+impl convert::ToProto for StoredGate {
+    type Proto = tollgate_proto::v1::GatePolicy;
+    fn to_proto(&self) -> Self::Proto {
+        let StoredGate {
+            policy,
+            version,
+            source,
+            created_at: _,
+        } = self;
+        convert::gate_policy_to_proto(policy, version, source)
     }
 }
 
@@ -39,8 +66,9 @@ pub async fn load_plan(
     version: Option<&str>,
 ) -> Result<StoredPlan, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "plan: is empty; give a plan name or name@version",
+        return Err(status::invalid_field(
+            "plan",
+            "is empty; give a plan name or name@version",
         ));
     }
     shared
@@ -60,8 +88,9 @@ pub async fn load_plan(
 /// Loads a release; `NotFound` when it does not exist.
 pub async fn load_release(shared: &Shared, name: &str) -> Result<Release, Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "release: is empty; give a release name",
+        return Err(status::invalid_field(
+            "release",
+            "is empty; give a release name",
         ));
     }
     shared
@@ -85,10 +114,13 @@ pub fn resolve_milestone(release: &Release, requested: &str) -> Result<String, S
         return Ok(release.milestone.clone());
     }
     if !track.contains(requested) {
-        return Err(Status::invalid_argument(format!(
-            "milestone: '{requested}' is not on the track ({})",
-            track.milestones.join(", ")
-        )));
+        return Err(status::invalid_field(
+            "milestone",
+            format!(
+                "'{requested}' is not on the track ({})",
+                track.milestones.join(", ")
+            ),
+        ));
     }
     Ok(requested.to_owned())
 }
@@ -104,19 +136,18 @@ mod tests {
     use tollgate_domain::test_support::release;
 
     #[test]
-    fn plan_references_split_at_the_at_sign() {
-        assert_eq!(split_plan_ref("gpu-qual"), ("gpu-qual", None));
-        assert_eq!(split_plan_ref("gpu-qual@ab12"), ("gpu-qual", Some("ab12")));
-        assert_eq!(split_plan_ref("gpu-qual@"), ("gpu-qual", None));
-    }
-
-    #[test]
     fn milestones_resolve_to_the_track() {
         let mut r = release();
         assert_eq!(resolve_milestone(&r, "").unwrap(), "lab-qual");
         assert_eq!(resolve_milestone(&r, "production").unwrap(), "production");
         let status = resolve_milestone(&r, "moon").unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let bad = details
+            .bad_request()
+            .expect("the bad field travels as details");
+        assert_eq!(bad.field_violations[0].field, "milestone");
         assert!(
             status
                 .message()

@@ -1,7 +1,7 @@
 //! `NodeService`: the fleet as lab operators see it, and cordoning.
 
 use super::convert::{ToProto, check_labels};
-use super::status::{FieldErrors, not_found};
+use super::status::{FieldErrors, invalid_fields, not_found};
 use crate::Shared;
 use crate::store::StoreError;
 use std::sync::Arc;
@@ -27,7 +27,10 @@ impl NodeApi {
 
     async fn load(&self, name: &str) -> Result<Node, Status> {
         if name.is_empty() {
-            return Err(Status::invalid_argument("name: is empty; give a node name"));
+            return Err(super::status::invalid_field(
+                "name",
+                "is empty; give a node name",
+            ));
         }
         self.shared
             .store
@@ -64,7 +67,7 @@ impl NodeService for NodeApi {
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
-        errors.finish(())?;
+        errors.finish(()).map_err(invalid_fields)?;
         let mut nodes = self.shared.store.list_nodes().await?;
         mark_disconnected(&self.shared, &mut nodes);
         Ok(Response::new(proto::ListNodesResponse {
@@ -149,7 +152,8 @@ impl NodeService for NodeApi {
             );
         }
         let to = errors
-            .finish(to)?
+            .finish(to)
+            .map_err(invalid_fields)?
             .expect("a health that does not parse is a field error above");
         let node = self.load(&name).await?;
         let event = HealthEvent::OperatorSet {

@@ -76,7 +76,7 @@ impl ReleaseService for ReleaseApi {
             name,
             components,
             description,
-        } = NewRelease::try_from(request.into_inner())?;
+        } = NewRelease::try_from(request.into_inner()).map_err(super::status::invalid_fields)?;
         let track = Track::default();
         let release = Release {
             id: ReleaseId::new(name),

@@ -56,13 +56,15 @@ impl ReportApi {
         };
         let format: ReportFormat = format
             .parse()
-            .map_err(|message: String| Status::invalid_argument(format!("format: {message}")))?;
+            .map_err(|message: String| super::status::invalid_field("format", message))?;
         let scope: Option<CustomerScope> = if customer.is_empty() {
             None
         } else {
-            Some(customer.parse().map_err(|message: String| {
-                Status::invalid_argument(format!("customer: {message}"))
-            })?)
+            Some(
+                customer
+                    .parse()
+                    .map_err(|message: String| super::status::invalid_field("customer", message))?,
+            )
         };
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;

@@ -5,7 +5,7 @@ use super::agent::cancel_command;
 use super::auth::actor_of;
 use super::convert::{result_summary, timestamp_to_proto};
 use super::release::refuse_if_halted;
-use super::status::{FieldErrors, no_nodes, not_found};
+use super::status::{FieldErrors, invalid_fields, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
 use crate::Shared;
 use crate::store::{AuditNote, JobRecord, RunRecord, RunState};
@@ -39,7 +39,10 @@ impl RunApi {
 
 async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument("id: is empty; give a run id"));
+        return Err(super::status::invalid_field(
+            "id",
+            "is empty; give a run id",
+        ));
     }
     shared
         .store
@@ -132,7 +135,7 @@ impl RunService for RunApi {
         if split_plan_ref(&plan).0.is_empty() {
             errors.add("plan", "is empty; give a plan name or name@version");
         }
-        errors.finish(())?;
+        errors.finish(()).map_err(invalid_fields)?;
         let shared = &self.shared;
         let release = load_release(shared, &release).await?;
         refuse_if_halted(shared, &release.id, "run").await?;

@@ -13,26 +13,13 @@
 
 use crate::store::StoreError;
 use tollgate_domain::job::TransitionError;
-use tollgate_domain::release::FieldError;
 use tollgate_domain::scheduler::SelectError;
 use tollgate_domain::spec::SpecErrors;
 use tonic::Status;
 
-/// A request with bad fields; every one is listed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", describe_fields(.0))]
-pub struct InvalidFields(pub Vec<FieldError>);
-
-impl InvalidFields {
-    /// Field paths, in the order found.
-    pub fn fields(&self) -> Vec<&str> {
-        self.0.iter().map(|e| e.field.as_str()).collect()
-    }
-}
-
-/// How many problems one error message lists; the rest are counted. A request with a
-/// hundred thousand bad entries must not make a message too large for the response.
-pub const LISTED_PROBLEMS: usize = 20;
+/// Bad fields are collected by the wire crate's checks (and by handlers, the same way); they
+/// become `InvalidArgument` here.
+pub use tollgate_wire::{FieldErrors, InvalidFields, LISTED_PROBLEMS};
 
 /// The longest `InvalidArgument` message sent: it travels in a response header, which clients
 /// refuse past a few kilobytes (each problem already quotes only a prefix of its value).
@@ -48,73 +35,39 @@ fn bounded_message(message: &str) -> String {
     tollgate_domain::limits::truncate(&MESSAGE_BYTES, message, false)
 }
 
-fn describe_fields(errors: &[FieldError]) -> String {
-    let parts: Vec<String> = errors
+/// A message with bad fields as `InvalidArgument`. The message lists every bad field for
+/// people; the same fields travel as `google.rpc.BadRequest` details, so a client (the CLI's
+/// `-o json`, grpcurl) can read them one by one without parsing the message. (A function, not
+/// `From`: both types are foreign here.)
+pub fn invalid_fields(error: InvalidFields) -> Status {
+    use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+    // Details travel in a response header like the message: as many as the message lists.
+    let violations: Vec<FieldViolation> = error
+        .0
         .iter()
         .take(LISTED_PROBLEMS)
-        .map(ToString::to_string)
+        .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
         .collect();
-    let more = errors.len().saturating_sub(LISTED_PROBLEMS);
-    let tail = if more > 0 {
-        format!("; and {more} more")
-    } else {
-        String::new()
-    };
-    format!("invalid request: {}{tail}", parts.join("; "))
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        bounded_message(&error.to_string()),
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
-/// Collects field errors while a request is checked, so all of them are reported at once.
-#[derive(Debug, Default)]
-pub struct FieldErrors(Vec<FieldError>);
-
-impl FieldErrors {
-    /// An empty collection.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records that `field` is wrong.
-    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Records errors found elsewhere (a domain validation).
-    pub fn extend(&mut self, errors: impl IntoIterator<Item = FieldError>) {
-        self.0.extend(errors);
-    }
-
-    /// `value` if nothing was recorded, else every error.
-    pub fn finish<T>(self, value: T) -> Result<T, InvalidFields> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(InvalidFields(self.0))
-        }
+/// One bad field as `InvalidArgument`, with the same `BadRequest` details as any other.
+pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
+    let mut errors = FieldErrors::new();
+    errors.add(field, message);
+    match errors.finish(()) {
+        Err(invalid) => invalid_fields(invalid),
+        Ok(()) => Status::internal("a recorded field error was lost"),
     }
 }
 
-impl From<InvalidFields> for Status {
-    /// The message lists every bad field for people; the same fields travel as
-    /// `google.rpc.BadRequest` details, so a client (the CLI's `-o json`, grpcurl) can read
-    /// them one by one without parsing the message.
-    fn from(error: InvalidFields) -> Self {
-        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-        // Details travel in a response header like the message: as many as the message lists.
-        let violations: Vec<FieldViolation> = error
-            .0
-            .iter()
-            .take(LISTED_PROBLEMS)
-            .map(|e| FieldViolation::new(e.field.clone(), e.message.clone()))
-            .collect();
-        Status::with_error_details(
-            tonic::Code::InvalidArgument,
-            bounded_message(&error.to_string()),
-            ErrorDetails::with_bad_request(violations),
-        )
-    }
+/// The request when every field is within its limit, else `InvalidArgument` naming each one.
+pub fn bounded<T: tollgate_wire::Bounded>(request: T) -> Result<T, Status> {
+    tollgate_wire::bounded(request).map_err(invalid_fields)
 }
 
 impl From<StoreError> for Status {
@@ -223,7 +176,7 @@ mod tests {
         let mut errors = FieldErrors::new();
         errors.add("name", "is empty");
         errors.add("components[1].version", "is empty");
-        let status = Status::from(errors.finish(()).unwrap_err());
+        let status = invalid_fields(errors.finish(()).unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(
             status.message(),
@@ -247,12 +200,32 @@ mod tests {
     }
 
     #[test]
+    fn one_bad_field_carries_bad_request_details_too() {
+        let status = invalid_field("release", "is empty; give a release name");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid request: release: is empty; give a release name"
+        );
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["release"]);
+    }
+
+    #[test]
     fn a_request_with_many_bad_fields_gets_a_short_message() {
         let mut errors = FieldErrors::new();
         for idx in 0..100_000 {
             errors.add(format!("components[{idx}].version"), "is empty");
         }
-        let status = Status::from(errors.finish(()).unwrap_err());
+        let status = invalid_fields(errors.finish(()).unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
             status

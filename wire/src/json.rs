@@ -1,20 +1,32 @@
-//! The JSON form of every controller answer the CLI prints with `-o json`.
+//! The JSON view of every controller answer, as the CLI prints it with `-o json`.
 //!
-//! Written out by hand, one function per proto message, rather than derived: field names are
-//! the proto's snake_case names and stay stable when the generated code changes, and each
-//! function destructures its message completely, so a new proto field fails to compile here
-//! until someone decides how it prints.
+//! One function per proto message, each destructuring its message completely, so a new proto
+//! field fails to compile here until someone decides how it prints. Field names are the proto's
+//! snake_case names and stay stable when the generated code changes; timestamps and outcomes go
+//! through this crate's conversions ([`crate::time`], [`crate::result::outcome_from_proto`]),
+//! so they print as RFC 3339 UTC text and lowercase outcome names.
 
-use crate::output::{format_time, outcome_name};
+use crate::result::outcome_from_proto;
+use crate::time::timestamp_from_proto;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_proto::v1 as pb;
 
+/// A timestamp as RFC 3339 UTC text to the second, `null` when absent and `-` when the
+/// controller sent one out of range.
 fn time(timestamp: Option<&prost_types::Timestamp>) -> Value {
     match timestamp {
-        Some(_) => Value::String(format_time(timestamp)),
+        Some(at) => Value::String(timestamp_from_proto(at).map_or_else(
+            || "-".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )),
         None => Value::Null,
     }
+}
+
+/// An outcome's lowercase name; `unknown` for unspecified or newer values.
+pub fn outcome_name(outcome: i32) -> &'static str {
+    outcome_from_proto(outcome).map_or("unknown", |outcome| outcome.as_str())
 }
 
 fn map(labels: &HashMap<String, String>) -> Value {
@@ -402,6 +414,67 @@ pub fn evidence_item(item: &pb::EvidenceItem) -> Value {
     })
 }
 
+/// A waiver.
+pub fn waiver(waiver: &pb::Waiver) -> Value {
+    let pb::Waiver {
+        id,
+        release,
+        milestone,
+        rule_id,
+        reason,
+        ticket,
+        approver,
+        created_at,
+        expires_at,
+        revoked_at,
+        nodes,
+        skus,
+        steps,
+    } = waiver;
+    json!({
+        "id": id,
+        "release": release,
+        "milestone": milestone,
+        "rule_id": rule_id,
+        "reason": reason,
+        "ticket": ticket,
+        "approver": approver,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+        "revoked_at": time(revoked_at.as_ref()),
+        "nodes": nodes,
+        "skus": skus,
+        "steps": steps,
+    })
+}
+
+/// An audit entry; its details, JSON text on the wire, are embedded as JSON (or as the text
+/// when they do not parse).
+pub fn audit_entry(entry: &pb::AuditEntry) -> Value {
+    let pb::AuditEntry {
+        seq,
+        at,
+        actor,
+        action,
+        subject,
+        details,
+        prev_hash,
+        hash,
+    } = entry;
+    let details: Value =
+        serde_json::from_str(details).unwrap_or_else(|_| Value::String(details.clone()));
+    json!({
+        "seq": seq,
+        "at": time(at.as_ref()),
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": details,
+        "prev_hash": prev_hash,
+        "hash": hash,
+    })
+}
+
 /// A list under one key, for list commands: `{"nodes": [...]}`.
 pub fn list(key: &str, items: Vec<Value>) -> Value {
     let mut object = Map::new();
@@ -456,6 +529,30 @@ mod tests {
         assert_eq!(value["rules"][1]["evidence"][0]["value"], 95.0);
         assert_eq!(value["evaluated_at"], "1970-01-01T00:00:00Z");
         assert_eq!(value["policy_version"], "def");
+    }
+
+    #[test]
+    fn times_print_to_the_second_and_absent_ones_as_null() {
+        let entry = pb::AuditEntry {
+            at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 999_999_999,
+            }),
+            details: r#"{"reason":"x"}"#.into(),
+            ..Default::default()
+        };
+        let value = audit_entry(&entry);
+        assert_eq!(value["at"], "2026-01-01T00:00:00Z");
+        assert_eq!(value["details"]["reason"], "x");
+        let value = waiver(&pb::Waiver {
+            revoked_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(value["created_at"], Value::Null);
+        assert_eq!(value["revoked_at"], "-");
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! Releases: components, new releases, promotions and the release itself.
+
+use crate::fields::{FieldErrors, InvalidFields};
+use crate::time::timestamp_to_proto;
+use crate::{FromProto, ToProto, non_empty};
+use tollgate_domain::ReleaseId;
+use tollgate_domain::limits;
+use tollgate_domain::release::{Component, Promotion, Release, Track};
+use tollgate_proto::v1 as proto;
+
+/// A component from the wire; empty optional texts mean absent. Validation is the domain's
+/// (`validate_release`), so this cannot fail.
+pub fn component_from_proto(component: proto::Component) -> Component {
+    let proto::Component {
+        name,
+        version,
+        artifact_uri,
+        sha256,
+    } = component;
+    Component {
+        name,
+        version,
+        artifact_uri: non_empty(artifact_uri),
+        sha256: non_empty(sha256),
+    }
+}
+
+impl ToProto for Component {
+    type Proto = proto::Component;
+    fn to_proto(&self) -> proto::Component {
+        let Component {
+            name,
+            version,
+            artifact_uri,
+            sha256,
+        } = self;
+        proto::Component {
+            name: name.clone(),
+            version: version.clone(),
+            artifact_uri: artifact_uri.clone().unwrap_or_default(),
+            sha256: sha256.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A checked `CreateReleaseRequest`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRelease {
+    /// Name.
+    pub name: String,
+    /// Components.
+    pub components: Vec<Component>,
+    /// Free text.
+    pub description: String,
+}
+
+impl TryFrom<proto::CreateReleaseRequest> for NewRelease {
+    type Error = InvalidFields;
+    fn try_from(request: proto::CreateReleaseRequest) -> Result<Self, Self::Error> {
+        let proto::CreateReleaseRequest {
+            name,
+            components,
+            description,
+        } = request;
+        let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
+        let mut errors = FieldErrors::new();
+        if let Err(problems) =
+            tollgate_domain::release::validate_release(&name, &description, &components)
+        {
+            errors.extend(problems);
+        }
+        errors.finish(NewRelease {
+            name,
+            components,
+            description,
+        })
+    }
+}
+
+impl ToProto for NewRelease {
+    type Proto = proto::CreateReleaseRequest;
+    fn to_proto(&self) -> proto::CreateReleaseRequest {
+        let NewRelease {
+            name,
+            components,
+            description,
+        } = self;
+        proto::CreateReleaseRequest {
+            name: name.clone(),
+            components: components.iter().map(ToProto::to_proto).collect(),
+            description: description.clone(),
+        }
+    }
+}
+
+impl ToProto for Promotion {
+    type Proto = proto::Promotion;
+    fn to_proto(&self) -> proto::Promotion {
+        let Promotion {
+            from_milestone,
+            to_milestone,
+            at,
+            decision_digest,
+            actor,
+        } = self;
+        proto::Promotion {
+            from_milestone: from_milestone.clone(),
+            to_milestone: to_milestone.clone(),
+            at: Some(timestamp_to_proto(*at)),
+            decision_digest: decision_digest.clone(),
+            actor: actor.clone(),
+        }
+    }
+}
+
+fn promotion_from_proto(
+    promotion: proto::Promotion,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Option<Promotion> {
+    let proto::Promotion {
+        from_milestone,
+        to_milestone,
+        at,
+        decision_digest,
+        actor,
+    } = promotion;
+    errors.text(
+        &format!("{field}.from_milestone"),
+        &limits::NAME,
+        &from_milestone,
+    );
+    errors.text(
+        &format!("{field}.to_milestone"),
+        &limits::NAME,
+        &to_milestone,
+    );
+    errors.text(
+        &format!("{field}.decision_digest"),
+        &limits::NAME,
+        &decision_digest,
+    );
+    errors.text(&format!("{field}.actor"), &limits::NAME, &actor);
+    let at = errors.required_timestamp(&format!("{field}.at"), at)?;
+    Some(Promotion {
+        from_milestone,
+        to_milestone,
+        at,
+        decision_digest,
+        actor,
+    })
+}
+
+impl FromProto for Promotion {
+    type Proto = proto::Promotion;
+    fn from_proto(promotion: proto::Promotion) -> Result<Self, InvalidFields> {
+        let mut errors = FieldErrors::new();
+        let promotion = promotion_from_proto(promotion, "promotion", &mut errors);
+        match promotion {
+            Some(promotion) => errors.finish(promotion),
+            None => Err(missing_parts(errors)),
+        }
+    }
+}
+
+/// The error of a conversion that could not build its value: every missing part was recorded.
+pub(crate) fn missing_parts(errors: FieldErrors) -> InvalidFields {
+    match errors.finish(()) {
+        Err(invalid) => invalid,
+        // A conversion returns no value only after recording why; say so rather than panic.
+        Ok(()) => InvalidFields(vec![tollgate_domain::release::FieldError {
+            field: String::new(),
+            message: "could not be converted".into(),
+        }]),
+    }
+}
+
+/// A release on the wire, with the track it moves along. `halted_reason` is not part of the
+/// domain release; the release handlers fill it from the store.
+pub fn release_to_proto(release: &Release, track: &Track) -> proto::Release {
+    DescribedRelease {
+        release: release.clone(),
+        track: track.clone(),
+        halted_reason: None,
+    }
+    .to_proto()
+}
+
+/// A release as the controller describes it: the release, its track and why it is halted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribedRelease {
+    /// The release.
+    pub release: Release,
+    /// The milestones it moves along.
+    pub track: Track,
+    /// Why promotions are halted; `None` when they are not.
+    pub halted_reason: Option<String>,
+}
+
+impl ToProto for DescribedRelease {
+    type Proto = proto::Release;
+    fn to_proto(&self) -> proto::Release {
+        let DescribedRelease {
+            release,
+            track,
+            halted_reason,
+        } = self;
+        let Release {
+            id,
+            description,
+            components,
+            milestone,
+            created_at,
+            promotions,
+        } = release;
+        proto::Release {
+            name: id.to_string(),
+            components: components.iter().map(ToProto::to_proto).collect(),
+            description: description.clone(),
+            milestone: milestone.clone(),
+            track: track.milestones.clone(),
+            created_at: Some(timestamp_to_proto(*created_at)),
+            promotions: promotions.iter().map(ToProto::to_proto).collect(),
+            halted_reason: halted_reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl FromProto for DescribedRelease {
+    type Proto = proto::Release;
+    fn from_proto(release: proto::Release) -> Result<Self, InvalidFields> {
+        let proto::Release {
+            name,
+            components,
+            description,
+            milestone,
+            track,
+            created_at,
+            promotions,
+            halted_reason,
+        } = release;
+        let mut errors = FieldErrors::new();
+        let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
+        if let Err(problems) =
+            tollgate_domain::release::validate_release(&name, &description, &components)
+        {
+            errors.extend(problems);
+        }
+        errors.text("milestone", &limits::NAME, &milestone);
+        // A release's track and promotions are the controller's own (a handful of milestones),
+        // so only their texts are bounded.
+        for (idx, milestone) in track.iter().enumerate() {
+            errors.text(&format!("track[{idx}]"), &limits::NAME, milestone);
+        }
+        errors.text("halted_reason", &limits::REASON, &halted_reason);
+        let created_at = errors.required_timestamp("created_at", created_at);
+        let promotions = promotions
+            .into_iter()
+            .enumerate()
+            .filter_map(|(idx, p)| {
+                promotion_from_proto(p, &format!("promotions[{idx}]"), &mut errors)
+            })
+            .collect();
+        let Some(created_at) = created_at else {
+            return Err(missing_parts(errors));
+        };
+        errors.finish(DescribedRelease {
+            release: Release {
+                id: ReleaseId::new(name),
+                description,
+                components,
+                milestone,
+                created_at,
+                promotions,
+            },
+            track: Track { milestones: track },
+            halted_reason: non_empty(halted_reason),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_release_names_every_bad_field() {
+        let request = proto::CreateReleaseRequest {
+            name: "bad name".into(),
+            components: vec![
+                proto::Component {
+                    name: "driver".into(),
+                    version: String::new(),
+                    ..Default::default()
+                },
+                proto::Component {
+                    name: "vbios".into(),
+                    version: "96.00".into(),
+                    sha256: "xyz".into(),
+                    ..Default::default()
+                },
+            ],
+            description: String::new(),
+        };
+        let error = NewRelease::try_from(request).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            ["name", "components[0].version", "components[1].sha256"]
+        );
+    }
+
+    #[test]
+    fn a_described_release_without_a_creation_time_is_refused() {
+        let mut wire =
+            release_to_proto(&tollgate_domain::test_support::release(), &Track::default());
+        wire.created_at = None;
+        let error = DescribedRelease::from_proto(wire).unwrap_err();
+        assert_eq!(error.fields(), ["created_at"]);
+    }
+}
