@@ -16,6 +16,16 @@ fn tollgate() -> Command {
     command
 }
 
+/// `tollgate report verify PATH --public-key KEY`, with `key`'s public half.
+fn verify(path: &Path, key: &SigningKey) -> std::process::Output {
+    tollgate()
+        .args(["report", "verify"])
+        .arg(path)
+        .args(["--public-key", &public_hex(key)])
+        .output()
+        .expect("runs")
+}
+
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
@@ -54,6 +64,19 @@ fn sign(
     signature::sign(key, format, subject(), sections)
 }
 
+/// A `format` report as the controller lays it out: the sections `parts`, the signature
+/// region, then `suffix` (signed as the section `end`).
+fn signed_report(
+    key: &SigningKey,
+    format: signature::Format,
+    parts: &[(&str, &str)],
+    suffix: &str,
+) -> String {
+    let block = sign(key, format, parts, suffix);
+    let body: String = parts.iter().map(|(_, text)| *text).collect();
+    format!("{body}{}{suffix}", signature::region(format, &block))
+}
+
 /// A Markdown report laid out as the controller lays it out: the sections, then the
 /// signature region with the signature block.
 fn markdown_report(key: &SigningKey) -> String {
@@ -65,12 +88,7 @@ fn markdown_report(key: &SigningKey) -> String {
         ("node lab-1", "| lab-1 | 71.5 °C |\n"),
         ("node lab-3", "| lab-3 | 93.25 °C |\n"),
     ];
-    let block = sign(key, signature::Format::Markdown, &parts, "\n");
-    let body: String = parts.iter().map(|(_, text)| *text).collect();
-    format!(
-        "{body}{}\n",
-        signature::region(signature::Format::Markdown, &block)
-    )
+    signed_report(key, signature::Format::Markdown, &parts, "\n")
 }
 
 /// A JSON report: its sections, then the `signature` field last.
@@ -81,12 +99,7 @@ fn json_report(key: &SigningKey) -> String {
         ("node lab-3", r#",{"name":"lab-3","max_temp_c":93.25}"#),
         ("footer", "]"),
     ];
-    let block = sign(key, signature::Format::Json, &parts, "}\n");
-    let body: String = parts.iter().map(|(_, text)| *text).collect();
-    format!(
-        "{body}{}}}\n",
-        signature::region(signature::Format::Json, &block)
-    )
+    signed_report(key, signature::Format::Json, &parts, "}\n")
 }
 
 /// A Markdown report as the older scheme wrote it: no `scheme` in its block, and a region the
@@ -132,12 +145,7 @@ fn a_signed_report_verifies_against_the_pinned_key() {
         ("r550.json", json_report(&signer)),
     ] {
         let path = write(dir.path(), name, &report);
-        let output = tollgate()
-            .args(["report", "verify"])
-            .arg(&path)
-            .args(["--public-key", &public_hex(&signer)])
-            .output()
-            .expect("runs");
+        let output = verify(&path, &signer);
         let stdout = text(&output.stdout);
         assert_eq!(
             output.status.code(),
@@ -222,12 +230,7 @@ fn an_edited_number_fails_and_names_the_node() {
         let edited = report.replacen(from, to, 1);
         assert_ne!(edited, report);
         let path = write(dir.path(), name, &edited);
-        let output = tollgate()
-            .args(["report", "verify"])
-            .arg(&path)
-            .args(["--public-key", &public_hex(&signer)])
-            .output()
-            .expect("runs");
+        let output = verify(&path, &signer);
         assert_eq!(output.status.code(), Some(1), "{name}");
         let stdout = text(&output.stdout);
         assert!(stdout.starts_with("invalid: "), "{name}: {stdout}");
@@ -254,12 +257,7 @@ fn content_forged_inside_the_signature_region_fails_and_says_where() {
         &report[at..]
     );
     let path = write(dir.path(), "r550.md", &forged);
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&signer)])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &signer);
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     let line = 1 + report[..at].matches('\n').count();
@@ -276,12 +274,7 @@ fn a_report_of_the_older_scheme_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let signer = key(1);
     let path = write(dir.path(), "r550.md", &old_scheme_markdown_report(&signer));
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&signer)])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &signer);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(
@@ -295,12 +288,7 @@ fn a_report_of_the_older_scheme_is_refused_with_what_to_do() {
 fn another_signer_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(dir.path(), "r550.md", &markdown_report(&key(2)));
-    let output = tollgate()
-        .args(["report", "verify"])
-        .arg(&path)
-        .args(["--public-key", &public_hex(&key(1))])
-        .output()
-        .expect("runs");
+    let output = verify(&path, &key(1));
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("not by the expected key"), "{stdout}");

@@ -24,6 +24,26 @@ fn wait_for_file(path: &Path, within: Duration) -> String {
     }
 }
 
+/// Sends SIGTERM to the controller and waits until it exits; returns how it exited.
+fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 #[test]
 fn serves_writes_its_address_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -44,22 +64,7 @@ fn serves_writes_its_address_and_stops_on_sigterm() {
     assert!(std::net::TcpStream::connect(addr).is_ok());
     assert!(data_dir.join("tollgate.db").exists());
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the controller did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = sigterm_and_wait(&mut child);
     let output = child.wait_with_output().expect("output");
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(status.success(), "{status:?}: {logs}");
@@ -154,16 +159,7 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
         .spawn()
         .expect("start the controller");
     wait_for_file(&addr_file, Duration::from_secs(20));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the controller did not stop");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    sigterm_and_wait(&mut child);
     let mut logs = std::fs::read(&stdout_path).expect("stdout");
     logs.extend(std::fs::read(&stderr_path).expect("stderr"));
     let text = String::from_utf8_lossy(&logs);

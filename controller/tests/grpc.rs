@@ -95,6 +95,24 @@ impl Controller {
         NodeServiceClient::new(self.channel.clone())
     }
 
+    /// The node named `name`.
+    async fn node(&self, name: &str) -> proto::Node {
+        self.nodes()
+            .get_node(proto::GetNodeRequest { name: name.into() })
+            .await
+            .expect("get node")
+            .into_inner()
+    }
+
+    /// The run with id `run_id`.
+    async fn run(&self, run_id: &str) -> proto::Run {
+        self.runs()
+            .get_run(proto::GetRunRequest { id: run_id.into() })
+            .await
+            .expect("get run")
+            .into_inner()
+    }
+
     /// Stops the controller and checks it stopped cleanly and promptly.
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -206,6 +224,19 @@ impl Agent {
         }
     }
 
+    /// Uploads `result` with this agent's node token.
+    async fn report(
+        &self,
+        controller: &Controller,
+        result: proto::StepResult,
+    ) -> Result<proto::Ack, tonic::Status> {
+        controller
+            .agents()
+            .report_result(authed(result, &self.token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn accept(&self, assign: &proto::AssignJob) {
         self.events
             .send(proto::AgentEvent {
@@ -269,6 +300,38 @@ fn result(
 const PLAN: &str = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: versions, kind: inventory-check}\n  - {name: stress, kind: exec, command: [sh, -c, 'true']}\n";
 const GATE: &str = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [versions, stress], min-nodes: 2}\n";
 
+/// Creating release `name` whose one component is the driver at `driver`.
+fn release_request(name: &str, driver: &str) -> proto::CreateReleaseRequest {
+    proto::CreateReleaseRequest {
+        name: name.into(),
+        components: vec![proto::Component {
+            name: "driver".into(),
+            version: driver.into(),
+            ..Default::default()
+        }],
+        description: String::new(),
+    }
+}
+
+/// Applying [`PLAN`].
+fn plan_request() -> proto::ApplyPlanRequest {
+    proto::ApplyPlanRequest {
+        source: PLAN.into(),
+        file_name: "plan.yaml".into(),
+    }
+}
+
+/// Starting a run of `gpu-qual` for `release` at its current milestone, on every matching
+/// node.
+fn start_request(release: &str) -> proto::StartRunRequest {
+    proto::StartRunRequest {
+        release: release.into(),
+        plan: "gpu-qual".into(),
+        milestone: String::new(),
+        nodes_now: false,
+    }
+}
+
 /// Two connected agents, a release, the plan, and a started run whose jobs reached the agents.
 struct Fixture {
     a: Agent,
@@ -282,33 +345,17 @@ struct Fixture {
 async fn start_run_of_r550(controller: &Controller) -> proto::Run {
     controller
         .releases()
-        .create_release(proto::CreateReleaseRequest {
-            name: "r550".into(),
-            components: vec![proto::Component {
-                name: "driver".into(),
-                version: "550.54.15".into(),
-                ..Default::default()
-            }],
-            description: String::new(),
-        })
+        .create_release(release_request("r550", "550.54.15"))
         .await
         .expect("create release");
     controller
         .plans()
-        .apply_plan(proto::ApplyPlanRequest {
-            source: PLAN.into(),
-            file_name: "plan.yaml".into(),
-        })
+        .apply_plan(plan_request())
         .await
         .expect("apply plan");
     controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r550".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r550"))
         .await
         .expect("start run")
         .into_inner()
@@ -399,25 +446,18 @@ async fn registration_issues_a_token_bound_to_its_node() {
 async fn results_are_owned_fenced_and_stored_once() {
     let controller = Controller::start().await;
     let fx = fixture(&controller).await;
-    let mut agents = controller.agents();
 
     // Node b cannot report for node a's job.
-    let status = agents
-        .report_result(authed(
-            result(&fx.assign_a, 0, proto::Outcome::Passed),
-            &fx.b.token,
-        ))
-        .await
-        .unwrap_err();
+    let status =
+        fx.b.report(&controller, result(&fx.assign_a, 0, proto::Outcome::Passed))
+            .await
+            .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // A result under another epoch is stale.
     let mut stale = result(&fx.assign_a, 0, proto::Outcome::Passed);
     stale.lease_epoch += 1;
-    let status = agents
-        .report_result(authed(stale, &fx.a.token))
-        .await
-        .unwrap_err();
+    let status = fx.a.report(&controller, stale).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains("stale lease epoch"),
@@ -428,10 +468,7 @@ async fn results_are_owned_fenced_and_stored_once() {
     // A malformed result names its bad fields.
     let mut malformed = result(&fx.assign_a, 0, proto::Outcome::Unspecified);
     malformed.started_at = None;
-    let status = agents
-        .report_result(authed(malformed, &fx.a.token))
-        .await
-        .unwrap_err();
+    let status = fx.a.report(&controller, malformed).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
         status.message().contains("outcome") && status.message().contains("started_at"),
@@ -446,10 +483,7 @@ async fn results_are_owned_fenced_and_stored_once() {
         value: 3000.0,
         unit: String::new(),
     }];
-    let status = agents
-        .report_result(authed(measured, &fx.a.token))
-        .await
-        .unwrap_err();
+    let status = fx.a.report(&controller, measured).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(
         status
@@ -462,10 +496,7 @@ async fn results_are_owned_fenced_and_stored_once() {
     // A result over a limit names the field and the limit.
     let mut oversize = result(&fx.assign_a, 0, proto::Outcome::Passed);
     oversize.log_tail = "x".repeat(tollgate_domain::limits::LOG_TAIL.max + 1);
-    let status = agents
-        .report_result(authed(oversize, &fx.a.token))
-        .await
-        .unwrap_err();
+    let status = fx.a.report(&controller, oversize).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(
         status.message().contains("log_tail: ") && status.message().contains("(log-tail)"),
@@ -476,28 +507,19 @@ async fn results_are_owned_fenced_and_stored_once() {
 
     // The first upload is new, every repeat a duplicate, and it is stored once.
     let first = result(&fx.assign_a, 0, proto::Outcome::Passed);
-    let ack = agents
-        .report_result(authed(first.clone(), &fx.a.token))
-        .await
-        .expect("first upload")
-        .into_inner();
+    let ack =
+        fx.a.report(&controller, first.clone())
+            .await
+            .expect("first upload");
     assert!(!ack.duplicate);
     for _ in 0..2 {
-        let ack = agents
-            .report_result(authed(first.clone(), &fx.a.token))
-            .await
-            .expect("repeat")
-            .into_inner();
+        let ack =
+            fx.a.report(&controller, first.clone())
+                .await
+                .expect("repeat");
         assert!(ack.duplicate);
     }
-    let run = controller
-        .runs()
-        .get_run(proto::GetRunRequest {
-            id: fx.run_id.clone(),
-        })
-        .await
-        .expect("get run")
-        .into_inner();
+    let run = controller.run(&fx.run_id).await;
     let job_a = run
         .jobs
         .iter()
@@ -565,14 +587,10 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
         .await
         .expect("watch")
         .into_inner();
-    let mut agents = controller.agents();
     for (agent, assign) in [(&fx.a, &fx.assign_a), (&fx.b, &fx.assign_b)] {
         for step in 0..2 {
-            agents
-                .report_result(authed(
-                    result(assign, step, proto::Outcome::Passed),
-                    &agent.token,
-                ))
+            agent
+                .report(&controller, result(assign, step, proto::Outcome::Passed))
                 .await
                 .expect("upload");
         }
@@ -702,33 +720,17 @@ async fn a_run_needs_a_connected_node() {
         .expect("register");
     controller
         .releases()
-        .create_release(proto::CreateReleaseRequest {
-            name: "r1".into(),
-            components: vec![proto::Component {
-                name: "driver".into(),
-                version: "1".into(),
-                ..Default::default()
-            }],
-            description: String::new(),
-        })
+        .create_release(release_request("r1", "1"))
         .await
         .expect("release");
     controller
         .plans()
-        .apply_plan(proto::ApplyPlanRequest {
-            source: PLAN.into(),
-            file_name: "plan.yaml".into(),
-        })
+        .apply_plan(plan_request())
         .await
         .expect("plan");
     let status = controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r1".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r1"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -855,23 +857,19 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     })
     .await;
     let fx = fixture(&controller).await;
-    let node_state = |name: &'static str| {
-        let mut nodes = controller.nodes();
-        async move {
-            nodes
-                .get_node(proto::GetNodeRequest { name: name.into() })
-                .await
-                .expect("get node")
-                .into_inner()
-                .state
-        }
-    };
-    // Accepted jobs make their nodes busy: both acceptances are handled before time moves.
-    eventually("both nodes busy", || async {
-        let both = node_state("node-a").await == "busy" && node_state("node-b").await == "busy";
-        both.then_some(())
+    let node_state = |name: &'static str| async { controller.node(name).await.state };
+    // Both acceptances are handled before time moves: both jobs run (their nodes are busy
+    // from the assignment on, so a busy node does not prove its acceptance was handled).
+    eventually("both jobs running", || async {
+        let run = controller.run(&fx.run_id).await;
+        run.jobs
+            .iter()
+            .all(|job| job.state == "running")
+            .then_some(())
     })
     .await;
+    assert_eq!(node_state("node-a").await, "busy");
+    assert_eq!(node_state("node-b").await, "busy");
 
     // Past the grace (10 s by default) without a heartbeat, both nodes are unreachable.
     clock.advance(chrono::Duration::seconds(11));
@@ -880,28 +878,17 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     })
     .await;
     let run = eventually("the run to finish", || async {
-        let run = controller
-            .runs()
-            .get_run(proto::GetRunRequest {
-                id: fx.run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner();
+        let run = controller.run(&fx.run_id).await;
         (run.state == "finished").then_some(run)
     })
     .await;
     assert!(run.jobs.iter().all(|job| job.state == "lost"), "{run:?}");
 
     // A late result of a lost job is refused; a heartbeat brings the node back.
-    let status = controller
-        .agents()
-        .report_result(authed(
-            result(&fx.assign_a, 0, proto::Outcome::Passed),
-            &fx.a.token,
-        ))
-        .await
-        .unwrap_err();
+    let status =
+        fx.a.report(&controller, result(&fx.assign_a, 0, proto::Outcome::Passed))
+            .await
+            .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     fx.a.events.send(heartbeat()).await.expect("heartbeat");
     eventually("node-a ready again", || async {
@@ -959,12 +946,8 @@ async fn a_first_heartbeat_overtaken_by_a_result_does_not_interrupt_the_job() {
     let mut agent = Agent::enroll_quiet(&controller, "node-a").await;
     start_run_of_r550(&controller).await;
     let assign = agent.next_assignment().await;
-    controller
-        .agents()
-        .report_result(authed(
-            result(&assign, 0, proto::Outcome::Passed),
-            &agent.token,
-        ))
+    agent
+        .report(&controller, result(&assign, 0, proto::Outcome::Passed))
         .await
         .expect("the first result moves the job to running");
     let store = &controller.serving.shared.store;
@@ -1007,12 +990,8 @@ async fn only_the_jobs_own_unsent_results_keep_it_waiting() {
     start_run_of_r550(&controller).await;
     let assign = agent.next_assignment().await;
     agent.accept(&assign).await;
-    controller
-        .agents()
-        .report_result(authed(
-            result(&assign, 0, proto::Outcome::Passed),
-            &agent.token,
-        ))
+    agent
+        .report(&controller, result(&assign, 0, proto::Outcome::Passed))
         .await
         .expect("the first result");
     let idle_owing = |owed: &[(&str, u32)]| proto::AgentEvent {
@@ -1246,10 +1225,8 @@ async fn a_run_started_while_its_nodes_are_busy_waits_for_them() {
     let controller = Controller::start().await;
     let mut fx = fixture(&controller).await;
     let start = |nodes_now: bool| proto::StartRunRequest {
-        release: "r550".into(),
-        plan: "gpu-qual".into(),
-        milestone: String::new(),
         nodes_now,
+        ..start_request("r550")
     };
     let status = controller.runs().start_run(start(true)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -1276,15 +1253,13 @@ async fn a_run_started_while_its_nodes_are_busy_waits_for_them() {
     );
 
     // Node a ends its first job: the waiting job is sent to it.
-    let mut agents = controller.agents();
     for step in 0..2 {
-        agents
-            .report_result(authed(
-                result(&fx.assign_a, step, proto::Outcome::Passed),
-                &fx.a.token,
-            ))
-            .await
-            .expect("result");
+        fx.a.report(
+            &controller,
+            result(&fx.assign_a, step, proto::Outcome::Passed),
+        )
+        .await
+        .expect("result");
     }
     let next = fx.a.next_assignment().await;
     let waiting_a = second
@@ -1302,7 +1277,6 @@ async fn a_run_started_while_its_nodes_are_busy_waits_for_them() {
 async fn node_health_comes_from_findings_and_an_operator_clears_it() {
     let controller = Controller::start().await;
     let mut fx = fixture(&controller).await;
-    let mut agents = controller.agents();
     // Node a: a GPU falls off the bus during its first step.
     let mut lost = result(&fx.assign_a, 0, proto::Outcome::Passed);
     lost.events.push(proto::GpuEvent {
@@ -1313,36 +1287,21 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
         at: lost.started_at,
         detail: String::new(),
     });
-    agents
-        .report_result(authed(lost, &fx.a.token))
-        .await
-        .expect("result");
+    fx.a.report(&controller, lost).await.expect("result");
     // Node b: three harness errors in a row, over three runs.
     let mut assign = fx.assign_b.clone();
     for n in 1..=3 {
         let mut error = result(&assign, 0, proto::Outcome::Error);
         error.message = format!("timed out ({n})");
-        agents
-            .report_result(authed(error, &fx.b.token))
-            .await
-            .expect("result");
+        fx.b.report(&controller, error).await.expect("result");
         // The step after the errored one is skipped, which ends the job.
-        agents
-            .report_result(authed(
-                result(&assign, 1, proto::Outcome::Skipped),
-                &fx.b.token,
-            ))
+        fx.b.report(&controller, result(&assign, 1, proto::Outcome::Skipped))
             .await
             .expect("result");
         if n < 3 {
             let run = controller
                 .runs()
-                .start_run(proto::StartRunRequest {
-                    release: "r550".into(),
-                    plan: "gpu-qual".into(),
-                    milestone: String::new(),
-                    nodes_now: false,
-                })
+                .start_run(start_request("r550"))
                 .await
                 .expect("a run for node b")
                 .into_inner();
@@ -1351,18 +1310,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
             fx.b.accept(&assign).await;
         }
     }
-    let get = |name: &str| {
-        let mut nodes = controller.nodes();
-        let name = name.to_owned();
-        async move {
-            nodes
-                .get_node(proto::GetNodeRequest { name })
-                .await
-                .expect("node")
-                .into_inner()
-        }
-    };
-    let a = get("node-a").await;
+    let a = controller.node("node-a").await;
     assert_eq!(a.health, "bad");
     assert!(
         a.health_reason
@@ -1370,7 +1318,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
         "{}",
         a.health_reason
     );
-    let b = get("node-b").await;
+    let b = controller.node("node-b").await;
     assert_eq!(b.health, "suspect");
     assert!(
         b.health_reason.starts_with("3 harness errors in a row")
@@ -1380,12 +1328,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
     );
     let status = controller
         .runs()
-        .start_run(proto::StartRunRequest {
-            release: "r550".into(),
-            plan: "gpu-qual".into(),
-            milestone: String::new(),
-            nodes_now: false,
-        })
+        .start_run(start_request("r550"))
         .await
         .unwrap_err();
     assert!(

@@ -290,14 +290,9 @@ impl Clients {
     /// Waits until `n` nodes are registered and ready.
     pub async fn wait_ready_nodes(&mut self, n: usize) -> Vec<v1::Node> {
         wait_for(Duration::from_secs(30), "nodes to be ready", || {
-            let mut nodes = self.nodes.clone();
+            let mut clients = self.clone();
             async move {
-                let listed = nodes
-                    .list_nodes(v1::ListNodesRequest::default())
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .nodes;
+                let listed = clients.try_list_nodes().await?;
                 let ready: Vec<v1::Node> =
                     listed.into_iter().filter(|n| n.state == "ready").collect();
                 (ready.len() >= n).then_some(ready)
@@ -328,14 +323,8 @@ impl Clients {
 
     /// The node's last heartbeat as (seconds, nanos); `None` before the first.
     async fn last_seen(&mut self, node: &str) -> Option<(i64, i32)> {
-        let listed = self
-            .nodes
-            .list_nodes(v1::ListNodesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .nodes;
-        listed
+        self.try_list_nodes()
+            .await?
             .into_iter()
             .find(|n| n.name == node)?
             .last_seen_at
@@ -358,7 +347,23 @@ impl Clients {
 
     /// Waits until the run is finished or cancelled and returns it.
     pub async fn wait_run_done(&mut self, run_id: &str) -> v1::Run {
-        wait_for(Duration::from_secs(60), "the run to end", || {
+        self.wait_run(run_id, Duration::from_secs(60), "the run to end", |run| {
+            run.state != "running"
+        })
+        .await
+    }
+
+    /// Waits until the run satisfies `done` and returns it as it was then; fails the test,
+    /// saying `what` it waited for, after `timeout`.
+    pub async fn wait_run(
+        &mut self,
+        run_id: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&v1::Run) -> bool,
+    ) -> v1::Run {
+        let done = &done;
+        wait_for(timeout, what, || {
             let mut runs = self.runs.clone();
             let id = run_id.to_owned();
             async move {
@@ -367,10 +372,77 @@ impl Clients {
                     .await
                     .ok()?
                     .into_inner();
-                (run.state != "running").then_some(run)
+                done(&run).then_some(run)
             }
         })
         .await
+    }
+
+    /// Waits until every job of the run has at least one result stored.
+    pub async fn wait_first_results(&mut self, run_id: &str) -> v1::Run {
+        self.wait_run(
+            run_id,
+            Duration::from_secs(30),
+            "every job's first result",
+            |run| run.jobs.iter().all(|job| !job.results.is_empty()),
+        )
+        .await
+    }
+
+    /// The run with id `run_id`, as it is now.
+    pub async fn run(&mut self, run_id: &str) -> v1::Run {
+        self.runs
+            .get_run(v1::GetRunRequest { id: run_id.into() })
+            .await
+            .expect("get run")
+            .into_inner()
+    }
+
+    /// The node named `name`.
+    pub async fn node(&mut self, name: &str) -> v1::Node {
+        self.nodes
+            .get_node(v1::GetNodeRequest { name: name.into() })
+            .await
+            .expect("get node")
+            .into_inner()
+    }
+
+    /// Qualifies `release` on `n_nodes` ready nodes: creates the release, applies the plan
+    /// and the gate, starts a run of the plan and waits until it ends; returns the ended run.
+    pub async fn qualify(
+        &mut self,
+        release: &str,
+        n_nodes: usize,
+        plan: &str,
+        gate: &str,
+    ) -> v1::Run {
+        self.apply_gate(gate).await;
+        let run = self.start_qualification(release, n_nodes, plan).await;
+        self.wait_run_done(&run.id).await
+    }
+
+    /// Once `n_nodes` nodes are ready, creates `release`, applies the plan and starts a run
+    /// of it; returns the run as started.
+    pub async fn start_qualification(
+        &mut self,
+        release: &str,
+        n_nodes: usize,
+        plan: &str,
+    ) -> v1::Run {
+        self.wait_ready_nodes(n_nodes).await;
+        self.create_release(release).await;
+        let plan = self.apply_plan(plan).await;
+        self.start_run(release, &plan.name).await
+    }
+
+    /// Every node as the controller lists it; `None` while it does not answer.
+    pub async fn try_list_nodes(&mut self) -> Option<Vec<v1::Node>> {
+        let listed = self
+            .nodes
+            .list_nodes(v1::ListNodesRequest::default())
+            .await
+            .ok()?;
+        Some(listed.into_inner().nodes)
     }
 
     /// Evaluates the gate of a release at its current milestone.
@@ -535,6 +607,135 @@ impl StoppedAgent {
     pub fn start(self) -> Agent {
         Agent::start_with(self.config, self.tempdir)
     }
+}
+
+/// Agents `lab-1`, `lab-2`, ... with `n_gpus` simulated GPUs each, one per entry of `faults`
+/// (the faults of that node; see [`Agent::start`]).
+pub fn lab_agents(controller_url: &str, n_gpus: u32, faults: &[&[&str]]) -> Vec<Agent> {
+    faults
+        .iter()
+        .enumerate()
+        .map(|(idx, faults)| {
+            Agent::start(controller_url, &format!("lab-{}", idx + 1), n_gpus, faults)
+        })
+        .collect()
+}
+
+/// Three agents `lab-1` to `lab-3` with two GPUs each, `lab-3` running over temperature, and
+/// a finished qualification of release r550: [`plan_yaml`] with `stress_seconds` of stress,
+/// and [`gate_yaml`] for three nodes, which fails on the temperature rule (asserted).
+pub async fn qualify_with_one_hot_node(
+    controller: &Controller,
+    stress_seconds: f64,
+) -> (Vec<Agent>, Clients) {
+    let agents = lab_agents(&controller.url, 2, &[&[], &[], &["over-temp"]]);
+    let mut clients = controller.clients().await;
+    clients
+        .qualify("r550", 3, &plan_yaml(stress_seconds), &gate_yaml(3))
+        .await;
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    (agents, clients)
+}
+
+/// Stops the agents gracefully, then asserts that no process whose command line carries
+/// `marker` (every step of the test's plan does) outlived them.
+pub async fn stop_agents_leaving_no_step_process(agents: Vec<Agent>, marker: &str) {
+    for agent in agents {
+        agent.stop().await;
+    }
+    assert_eq!(
+        process::processes_with(marker),
+        Vec::<u32>::new(),
+        "no step process left"
+    );
+}
+
+/// Result files waiting in a spool directory, not yet acknowledged (not the `corrupt` or
+/// `rejected` folders).
+pub fn spooled_results(spool: &std::path::Path) -> usize {
+    std::fs::read_dir(spool)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Asserts that the agent whose state directory is `state_dir` holds no result: none waiting
+/// in its spool, none set aside as `rejected` or `corrupt`.
+pub fn assert_spool_empty(state_dir: &std::path::Path, node: &str) {
+    let spool = state_dir.join("spool");
+    assert_eq!(spooled_results(&spool), 0, "the spool of {node} is empty");
+    for aside in ["rejected", "corrupt"] {
+        let n = std::fs::read_dir(spool.join(aside))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing in spool/{aside} of {node}");
+    }
+}
+
+/// A plan `gpu-qual` of `n_steps` exec steps `s0`, `s1`, ..., each sleeping `step_seconds`
+/// and then reporting its own measurement `step_<i>`; `marker`, when given, is in every
+/// step's command line so a test can look for leftover processes.
+pub fn measuring_plan(n_steps: u32, step_seconds: f64, marker: Option<&str>) -> String {
+    let marker = marker
+        .map(|marker| format!(", {marker}"))
+        .unwrap_or_default();
+    let mut yaml = String::from("name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n");
+    for i in 0..n_steps {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    kind: exec\n    command: [sh, -c, \"sleep {step_seconds}; echo '@tollgate measure step_{i} {i} n'\"{marker}]\n    timeout: 1m\n"
+        ));
+    }
+    yaml
+}
+
+/// Asserts that a run of [`measuring_plan`] with `n_steps` steps finished with every job
+/// passed and every step's result stored exactly once, in order, with its own measurement.
+pub fn assert_every_result_once(run: &v1::Run, n_steps: u32) {
+    assert_eq!(run.state, "finished", "{run:#?}");
+    for job in &run.jobs {
+        assert_eq!(
+            job.state, "passed",
+            "job on {}: {:#?}",
+            job.node, job.results
+        );
+        let stored: Vec<(String, u32)> = job
+            .results
+            .iter()
+            .map(|r| (r.step_name.clone(), r.attempt))
+            .collect();
+        let expected: Vec<(String, u32)> = (0..n_steps).map(|i| (format!("s{i}"), 1)).collect();
+        assert_eq!(
+            stored, expected,
+            "every result exactly once, on {}",
+            job.node
+        );
+        for (i, result) in job.results.iter().enumerate() {
+            assert_eq!(
+                result.measurements.first().map(|m| m.name.clone()),
+                Some(format!("step_{i}")),
+                "the measurement of s{i} on {}",
+                job.node
+            );
+        }
+    }
+}
+
+/// Each result of `job` as (step, attempt, outcome), in the order they are listed.
+pub fn results_seen(job: &v1::Job) -> Vec<(&str, u32, v1::Outcome)> {
+    job.results
+        .iter()
+        .map(|r| (r.step_name.as_str(), r.attempt, outcome(r.outcome)))
+        .collect()
+}
+
+/// An outcome as the wire carries it, read back; `Unspecified` for a number it does not know.
+pub fn outcome(wire: i32) -> v1::Outcome {
+    v1::Outcome::try_from(wire).unwrap_or(v1::Outcome::Unspecified)
 }
 
 /// A plan for the simulated fleet: an inventory check and a short exec step reporting a

@@ -37,6 +37,36 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// Runs the `tollgate` CLI against the controller at `url` and returns what it printed.
+pub async fn tollgate(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("tollgate"))
+        .env("TOLLGATE_CONTROLLER", url)
+        .args(args)
+        .output()
+        .await
+        .expect("run tollgate")
+}
+
+/// Output bytes as text, for assertions and failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The controller's report-signing public key, as `tollgate report public-key` prints it.
+pub async fn public_key(url: &str) -> String {
+    let output = tollgate(url, &["report", "public-key"]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let key = stdout
+        .lines()
+        .next()
+        .expect("the key line")
+        .trim()
+        .to_owned();
+    assert_eq!(key.len(), 64, "a hex Ed25519 public key: {stdout}");
+    key
+}
+
 /// A `tollgate-controller serve` process on a fixed local port, so that agents reconnect to
 /// the same address after it was killed and started again. Killed on drop.
 pub struct ControllerProcess {
@@ -216,17 +246,50 @@ impl ControllerProcess {
 /// Processes whose command line contains `marker` (the step commands of one test carry a
 /// marker of their own): what a test checks is gone at its end.
 pub fn processes_with(marker: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+    pids_with(marker).collect()
+}
+
+/// Live processes whose command line contains `marker`, as (pid, process group); a zombie
+/// is dead already and not listed.
+pub fn live_processes_with(marker: &str) -> Vec<(u32, i32)> {
+    pids_with(marker)
+        .filter_map(|pid| Some((pid, live_process_group(pid)?)))
+        .collect()
+}
+
+/// Live processes in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<u32> {
+    all_pids()
+        .filter(|pid| live_process_group(*pid) == Some(pgid))
+        .collect()
+}
+
+/// Every process id in `/proc` but this test's own.
+fn all_pids() -> impl Iterator<Item = u32> {
     let own = std::process::id();
-    entries
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
-        })
-        .collect()
+        .filter(move |pid| *pid != own)
+}
+
+fn pids_with(marker: &str) -> impl Iterator<Item = u32> {
+    all_pids().filter(move |pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+    })
+}
+
+/// The process group of `pid` from `/proc/PID/stat`; `None` when it is gone or a zombie.
+fn live_process_group(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces: the fields after it are state,
+    // parent and process group.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(2)?.parse().ok()
 }

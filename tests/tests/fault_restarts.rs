@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tollgate_controller::store::testing;
 use tollgate_proto::v1;
-use tollgate_tests::{Backend, Clients, wait_for};
+use tollgate_tests::process::{group_members, live_processes_with};
+use tollgate_tests::{Backend, Clients, assert_spool_empty, spooled_results, wait_for};
 use tonic::transport::Endpoint;
 
 tollgate_tests::on_both_backends!(
@@ -205,55 +206,6 @@ async fn kill(mut agent: Child) {
     agent.wait().await.expect("reap the agent");
 }
 
-/// Processes whose command line holds `marker`, as (pid, process group).
-fn processes_with(marker: &str) -> Vec<(i32, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !text.contains(marker) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // Field 3 is the state; a zombie is dead already.
-            if fields.first() == Some(&"Z") {
-                return None;
-            }
-            Some((pid, fields.get(2)?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Live processes in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat[stat.rfind(')')? + 1..].to_owned();
-                    let fields: Vec<&str> = rest.split_whitespace().collect();
-                    Some(
-                        fields.first() != Some(&"Z") && fields.get(2)?.parse::<i32>().ok()? == pgid,
-                    )
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// Four steps; `s2` loads the node (a `sleep 30` in the background, carrying `marker` in its
 /// shell's command line) the first time it runs and passes at once after that, so a rerun
 /// after an interruption is quick. `s2` has one retry.
@@ -291,10 +243,9 @@ async fn start_scenario(backend: Backend, name: &str) -> Option<(Scenario, Child
     let state_dir = world.dir.path().join("agent-lab-1");
     let agent = world.start_agent("lab-1", &state_dir, 1);
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan(&marker, &flag)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 1, &plan(&marker, &flag))
+        .await;
     Some((
         Scenario {
             world,
@@ -309,52 +260,48 @@ async fn start_scenario(backend: Backend, name: &str) -> Option<(Scenario, Child
 impl Scenario {
     async fn job(&self) -> v1::Job {
         let mut clients = self.world.clients().await;
-        let run = clients
-            .runs
-            .get_run(v1::GetRunRequest {
-                id: self.run_id.clone(),
-            })
-            .await
-            .expect("get run")
-            .into_inner();
+        let run = clients.run(&self.run_id).await;
         run.jobs.into_iter().next().expect("one job")
     }
 
     async fn wait_job_state(&self, state: &str) {
         let what = format!("the job to be {state}");
-        wait_for(PATIENCE, &what, || async {
-            let mut clients = self.world.clients().await;
-            let run = clients
-                .runs
-                .get_run(v1::GetRunRequest {
-                    id: self.run_id.clone(),
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (run.jobs.first()?.state == state).then_some(())
-        })
-        .await;
+        let mut clients = self.world.clients().await;
+        clients
+            .wait_run(&self.run_id, PATIENCE, &what, |run| {
+                run.jobs.first().is_some_and(|job| job.state == state)
+            })
+            .await;
     }
 
     /// Waits until `s2` loads the node; returns its process group.
     async fn wait_loading(&self) -> i32 {
         wait_for(PATIENCE, "step s2 to run", || async {
-            processes_with(&self.marker).first().map(|(_, pgid)| *pgid)
+            live_processes_with(&self.marker)
+                .first()
+                .map(|(_, pgid)| *pgid)
         })
         .await
     }
 
-    /// Files waiting in the agent's spool.
+    /// Once the job runs, kills the controller; once `s0` and `s1` ended (their results
+    /// waiting in the spool) and `s2` loads the node, kills the agent mid-step. Returns the
+    /// process group of `s2`, which outlives the agent.
+    async fn spool_then_kill_the_agent_mid_step(&mut self, agent: Child) -> i32 {
+        self.wait_job_state("running").await;
+        self.world.kill_controller().await;
+        let pgid = self.wait_loading().await;
+        wait_for(PATIENCE, "s0 and s1 to wait in the spool", || async {
+            (self.spooled() == 2).then_some(())
+        })
+        .await;
+        kill_mid_step(agent, pgid).await;
+        pgid
+    }
+
+    /// Result files waiting in the agent's spool.
     fn spooled(&self) -> usize {
-        std::fs::read_dir(self.state_dir.join("spool"))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|ext| ext == "pb"))
-                    .count()
-            })
-            .unwrap_or(0)
+        spooled_results(&self.state_dir.join("spool"))
     }
 
     /// The run finishes with the job passed; every result is there exactly once.
@@ -407,32 +354,30 @@ impl Scenario {
             "{}",
             interrupted[0].message
         );
-        assert_eq!(self.spooled(), 0, "the agent's spool is empty");
-        for aside in ["rejected", "corrupt"] {
-            let n = std::fs::read_dir(self.state_dir.join("spool").join(aside))
-                .map(|entries| entries.count())
-                .unwrap_or(0);
-            assert_eq!(n, 0, "nothing in spool/{aside}");
-        }
+        assert_spool_empty(&self.state_dir, "lab-1");
         assert!(
-            processes_with(&self.marker).is_empty(),
+            live_processes_with(&self.marker).is_empty(),
             "no step process left"
         );
-        let node = clients
-            .nodes
-            .get_node(v1::GetNodeRequest {
-                name: "lab-1".into(),
-            })
-            .await
-            .expect("node")
-            .into_inner();
-        assert_eq!(node.state, "ready", "the node is free again");
+        assert_eq!(
+            clients.node("lab-1").await.state,
+            "ready",
+            "the node is free again"
+        );
     }
 }
 
 /// The agent's own report of the attempt it was killed in.
 const REPORTED: &str = "interrupted: the agent restarted during step s2 (attempt 1); the agent \
                         killed the 2 process(es) it had left running";
+
+/// The first epoch's results when the agent was killed in `s2`: `s0` and `s1` passed, `s2`
+/// interrupted.
+const INTERRUPTED_AT_S2: [(&str, i32); 3] = [
+    ("s0", v1::Outcome::Passed as i32),
+    ("s1", v1::Outcome::Passed as i32),
+    ("s2", v1::Outcome::Error as i32),
+];
 
 /// `kill -9` of the agent while its step runs: the step's processes outlive it (they are what
 /// the restarted agent must kill).
@@ -450,7 +395,7 @@ async fn orphan_is_killed_by_the_restart(marker: &str, pgid: i32) {
         PATIENCE,
         "the orphaned step processes to be killed",
         || async {
-            (group_members(pgid).is_empty() && processes_with(marker).is_empty()).then_some(())
+            (group_members(pgid).is_empty() && live_processes_with(marker).is_empty()).then_some(())
         },
     )
     .await;
@@ -460,22 +405,11 @@ async fn agent_killed_with_spooled_results_restarts_before_the_controller(backen
     let Some((mut sc, agent)) = start_scenario(backend, "a").await else {
         return;
     };
-    sc.wait_job_state("running").await;
-    sc.world.kill_controller().await;
-    // s0 and s1 end while the controller is down: their results wait in the spool.
-    let pgid = sc.wait_loading().await;
-    wait_for(PATIENCE, "s0 and s1 to wait in the spool", || async {
-        (sc.spooled() == 2).then_some(())
-    })
-    .await;
-    kill_mid_step(agent, pgid).await;
+    let pgid = sc.spool_then_kill_the_agent_mid_step(agent).await;
     let agent = sc.world.start_agent("lab-1", &sc.state_dir, 2);
     orphan_is_killed_by_the_restart(&sc.marker, pgid).await;
     sc.world.start_controller().await;
-    let passed = v1::Outcome::Passed as i32;
-    let error = v1::Outcome::Error as i32;
-    sc.check_end(&[("s0", passed), ("s1", passed), ("s2", error)], REPORTED)
-        .await;
+    sc.check_end(&INTERRUPTED_AT_S2, REPORTED).await;
     kill(agent).await;
 }
 
@@ -483,23 +417,13 @@ async fn agent_killed_with_spooled_results_restarts_after_the_controller(backend
     let Some((mut sc, agent)) = start_scenario(backend, "b").await else {
         return;
     };
-    sc.wait_job_state("running").await;
-    sc.world.kill_controller().await;
-    let pgid = sc.wait_loading().await;
-    wait_for(PATIENCE, "s0 and s1 to wait in the spool", || async {
-        (sc.spooled() == 2).then_some(())
-    })
-    .await;
-    kill_mid_step(agent, pgid).await;
+    let pgid = sc.spool_then_kill_the_agent_mid_step(agent).await;
     sc.world.start_controller().await;
     // The controller serves, the node is away (within its grace), the job is still running.
     assert_eq!(sc.job().await.state, "running");
     let agent = sc.world.start_agent("lab-1", &sc.state_dir, 2);
     orphan_is_killed_by_the_restart(&sc.marker, pgid).await;
-    let passed = v1::Outcome::Passed as i32;
-    let error = v1::Outcome::Error as i32;
-    sc.check_end(&[("s0", passed), ("s1", passed), ("s2", error)], REPORTED)
-        .await;
+    sc.check_end(&INTERRUPTED_AT_S2, REPORTED).await;
     kill(agent).await;
 }
 
@@ -525,10 +449,7 @@ async fn agent_killed_and_restarted_while_the_controller_is_down(backend: Backen
     )
     .await;
     sc.world.start_controller().await;
-    let passed = v1::Outcome::Passed as i32;
-    let error = v1::Outcome::Error as i32;
-    sc.check_end(&[("s0", passed), ("s1", passed), ("s2", error)], REPORTED)
-        .await;
+    sc.check_end(&INTERRUPTED_AT_S2, REPORTED).await;
     kill(agent).await;
 }
 
@@ -552,10 +473,8 @@ async fn agent_restarted_with_an_empty_spool_while_its_job_runs(backend: Backend
     std::fs::create_dir_all(&sc.state_dir).expect("state directory");
     std::fs::write(sc.state_dir.join("node-token"), token).expect("restore the token");
     let agent = sc.world.start_agent("lab-1", &sc.state_dir, 2);
-    let passed = v1::Outcome::Passed as i32;
-    let error = v1::Outcome::Error as i32;
     sc.check_end(
-        &[("s0", passed), ("s1", passed), ("s2", error)],
+        &INTERRUPTED_AT_S2,
         "interrupted: the agent stopped running the job during step s2",
     )
     .await;
@@ -654,14 +573,8 @@ async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
             .expect("a command")
     };
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n  - {name: s1, kind: exec, command: [\"true\"], timeout: 1m, retries: 1}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n  - {name: s1, kind: exec, command: [\"true\"], timeout: 1m, retries: 1}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     let v1::controller_command::Command::AssignJob(assign) = next_command().await else {
         panic!("an assignment first");
     };
@@ -694,16 +607,9 @@ async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
         .await
         .expect("s0 stored");
     let job = |clients: &mut Clients| {
-        let mut runs = clients.runs.clone();
+        let mut clients = clients.clone();
         let id = run.id.clone();
-        async move {
-            runs.get_run(v1::GetRunRequest { id })
-                .await
-                .expect("get run")
-                .into_inner()
-                .jobs
-                .remove(0)
-        }
+        async move { clients.run(&id).await.jobs.remove(0) }
     };
     assert_eq!(job(&mut clients).await.state, "running");
 
@@ -782,25 +688,14 @@ async fn results_the_spool_cannot_take_are_delivered_from_memory(backend: Backen
     let state_dir = world.dir.path().join("agent-lab-1");
     let agent = world.start_agent("lab-1", &state_dir, 1);
     let mut clients = world.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [sleep, '1'], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '0.2'], timeout: 1m}\n  - {name: s2, kind: exec, command: [\"true\"], timeout: 1m}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [sleep, '1'], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '0.2'], timeout: 1m}\n  - {name: s2, kind: exec, command: [\"true\"], timeout: 1m}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     let job_id = run.jobs[0].id.clone();
-    wait_for(PATIENCE, "the job to run", || async {
-        let mut runs = clients.runs.clone();
-        let run = runs
-            .get_run(v1::GetRunRequest { id: run.id.clone() })
-            .await
-            .ok()?
-            .into_inner();
-        (run.jobs.first()?.state == "running").then_some(())
-    })
-    .await;
+    clients
+        .wait_run(&run.id, PATIENCE, "the job to run", |run| {
+            run.jobs.first().is_some_and(|job| job.state == "running")
+        })
+        .await;
     world.kill_controller().await;
     let spool = state_dir.join("spool");
     std::fs::rename(&spool, state_dir.join("spool-away")).expect("move the spool away");

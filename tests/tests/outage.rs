@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 use tollgate_proto::v1;
-use tollgate_tests::{Agent, Backend, Clients, Controller, ControllerOptions, wait_for};
+use tollgate_tests::{
+    Agent, Backend, Clients, Controller, ControllerOptions, assert_every_result_once,
+    assert_spool_empty, lab_agents, measuring_plan, spooled_results, wait_for,
+};
 
 tollgate_tests::on_both_backends!(
     results_survive_a_controller_outage_exactly_once,
@@ -16,16 +19,8 @@ tollgate_tests::on_both_backends!(
     a_lease_outlives_an_agent_reconnecting_at_its_backoff_cap,
 );
 
-/// Four one-second steps: some end before the outage, some during it, some after.
-fn slow_plan() -> String {
-    let mut yaml = String::from("name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n");
-    for i in 0..4 {
-        yaml.push_str(&format!(
-            "  - name: s{i}\n    kind: exec\n    command: [sh, -c, \"sleep 1; echo '@tollgate measure step_{i} {i} n'\"]\n    timeout: 1m\n"
-        ));
-    }
-    yaml
-}
+/// Steps per job, one second each: some end before the outage, some during it, some after.
+const STEPS: u32 = 4;
 
 async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
     let mut options = ControllerOptions::new(backend);
@@ -36,33 +31,15 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
         eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
         return;
     };
-    let agents: Vec<Agent> = (1..=2)
-        .map(|i| Agent::start(&controller.url, &format!("lab-{i}"), 2, &[]))
-        .collect();
+    let agents = lab_agents(&controller.url, 2, &[&[], &[]]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&slow_plan()).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let run = clients
+        .start_qualification("r550", 2, &measuring_plan(STEPS, 1.0, None))
+        .await;
     assert_eq!(run.jobs.len(), 2);
 
     // Stop mid-run: once every job reported a step (and, at one second a step, not all four).
-    wait_for(Duration::from_secs(30), "every job's first result", || {
-        let mut runs = clients.runs.clone();
-        let id = run.id.clone();
-        async move {
-            let run = runs
-                .get_run(tollgate_proto::v1::GetRunRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            run.jobs
-                .iter()
-                .all(|job| !job.results.is_empty())
-                .then_some(())
-        }
-    })
-    .await;
+    clients.wait_first_results(&run.id).await;
     controller.stop().await;
     let stopped_at = tokio::time::Instant::now();
     // Come back once every agent spooled results the controller has not seen, and later than
@@ -83,56 +60,11 @@ async fn results_survive_a_controller_outage_exactly_once(backend: Backend) {
 
     let mut clients = controller.clients().await;
     let run = clients.wait_run_done(&run.id).await;
-    assert_eq!(run.state, "finished");
-    for job in &run.jobs {
-        assert_eq!(
-            job.state, "passed",
-            "job on {}: {:#?}",
-            job.node, job.results
-        );
-        let steps: Vec<(String, u32)> = job
-            .results
-            .iter()
-            .map(|r| (r.step_name.clone(), r.attempt))
-            .collect();
-        let expected: Vec<(String, u32)> = (0..4).map(|i| (format!("s{i}"), 1)).collect();
-        assert_eq!(
-            steps, expected,
-            "every result exactly once, on {}",
-            job.node
-        );
-        for (i, result) in job.results.iter().enumerate() {
-            assert_eq!(result.measurements[0].name, format!("step_{i}"));
-        }
-    }
+    assert_every_result_once(&run, STEPS);
     for agent in agents {
-        let spool = agent.state_dir.join("spool");
-        assert_eq!(
-            spooled_results(&spool),
-            0,
-            "the spool of {} is empty",
-            agent.node
-        );
-        for aside in ["rejected", "corrupt"] {
-            let n = std::fs::read_dir(spool.join(aside))
-                .map(|entries| entries.count())
-                .unwrap_or(0);
-            assert_eq!(n, 0, "nothing in spool/{aside} of {}", agent.node);
-        }
+        assert_spool_empty(&agent.state_dir, &agent.node);
         agent.stop().await;
     }
-}
-
-/// Results in a spool directory, not yet acknowledged.
-fn spooled_results(spool: &std::path::Path) -> usize {
-    std::fs::read_dir(spool)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backend) {
@@ -142,14 +74,8 @@ async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backe
     };
     let agent = Agent::start(&controller.url, "lab-1", 1, &[]);
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(1).await;
-    clients.create_release("r550").await;
-    clients
-        .apply_plan(
-            "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [true], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '2'], timeout: 1m, retries: 1}\n",
-        )
-        .await;
-    let run = clients.start_run("r550", "gpu-qual").await;
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [true], timeout: 1m}\n  - {name: s1, kind: exec, command: [sleep, '2'], timeout: 1m, retries: 1}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
     // s0 is done and s1 sleeps: restart the agent in the middle of s1, once its process runs
     // (the agent's record of the step's process group says so).
     let state_dir = agent.state_dir.clone();

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate_proto::v1;
 use tollgate_tests::{
-    Agent, Backend, Clients, Controller, ControllerOptions, on_both_backends, wait_for,
+    Agent, Backend, Clients, Controller, ControllerOptions, on_both_backends, results_seen,
+    wait_for,
 };
 
 on_both_backends!(
@@ -93,13 +94,7 @@ impl Lab {
     }
 
     async fn job(&mut self, run_id: &str) -> v1::Job {
-        let run = self
-            .clients
-            .runs
-            .get_run(v1::GetRunRequest { id: run_id.into() })
-            .await
-            .expect("get run")
-            .into_inner();
+        let run = self.clients.run(run_id).await;
         run.jobs.into_iter().next().expect("one job")
     }
 
@@ -131,21 +126,14 @@ impl Lab {
         })
         .await;
         // `before`'s result travels through the spool, so it may land just after the record.
-        let clients = self.clients.clone();
-        let job = wait_for(Duration::from_secs(30), "`before`'s result", || {
-            let mut runs = clients.runs.clone();
-            let id = run.id.clone();
-            async move {
-                let run = runs
-                    .get_run(v1::GetRunRequest { id })
-                    .await
-                    .ok()?
-                    .into_inner();
-                let job = run.jobs.into_iter().next()?;
-                (!job.results.is_empty()).then_some(job)
-            }
-        })
-        .await;
+        let job = self
+            .clients
+            .wait_first_results(&run.id)
+            .await
+            .jobs
+            .into_iter()
+            .next()
+            .expect("one job");
         assert_eq!(job.state, "running", "{job:#?}");
         assert_eq!(
             job.results.len(),
@@ -154,10 +142,6 @@ impl Lab {
         );
         (run.id, job.lease_epoch)
     }
-}
-
-fn outcome(result: &v1::StepResultSummary) -> v1::Outcome {
-    v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified)
 }
 
 /// The reboot activates the staged VBIOS: the job continues after the flash and passes.
@@ -180,13 +164,8 @@ async fn a_flash_needing_a_reboot_continues_the_job_after_it(backend: Backend) {
     let job = &run.jobs[0];
     assert_eq!(job.state, "passed", "{:#?}", job.results);
     assert_eq!(job.lease_epoch, epoch, "never reassigned: {job:#?}");
-    let seen: Vec<(&str, u32, v1::Outcome)> = job
-        .results
-        .iter()
-        .map(|r| (r.step_name.as_str(), r.attempt, outcome(r)))
-        .collect();
     assert_eq!(
-        seen,
+        results_seen(job),
         [
             ("before", 1, v1::Outcome::Passed),
             ("vbios", 1, v1::Outcome::Passed),
@@ -228,13 +207,8 @@ async fn a_flash_whose_version_did_not_change_across_the_reboot_fails(backend: B
     let job = &run.jobs[0];
     assert_eq!(job.state, "failed", "{:#?}", job.results);
     assert_eq!(job.lease_epoch, epoch, "never reassigned: {job:#?}");
-    let seen: Vec<(&str, u32, v1::Outcome)> = job
-        .results
-        .iter()
-        .map(|r| (r.step_name.as_str(), r.attempt, outcome(r)))
-        .collect();
     assert_eq!(
-        seen,
+        results_seen(job),
         [
             ("before", 1, v1::Outcome::Passed),
             ("vbios", 1, v1::Outcome::Failed),

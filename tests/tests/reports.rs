@@ -3,20 +3,8 @@
 //! verifies offline against the controller's public key, and an edited temperature does not.
 
 use std::path::Path;
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
-
-async fn tollgate(url: &str, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(tollgate_tests::process::workspace_binary("tollgate"))
-        .env("TOLLGATE_CONTROLLER", url)
-        .args(args)
-        .output()
-        .await
-        .expect("run tollgate")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use tollgate_tests::process::{public_key, text, tollgate};
+use tollgate_tests::{Backend, Controller, ControllerOptions, qualify_with_one_hot_node};
 
 /// Changes the first digit of the first decimal number after `gpu_temp_c` in the visible part
 /// of an HTML report (before its signature region).
@@ -50,31 +38,10 @@ async fn every_report_format_verifies_and_an_edited_temperature_does_not() {
     let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
         return;
     };
-    let _agents = [
-        Agent::start(&controller.url, "lab-1", 2, &[]),
-        Agent::start(&controller.url, "lab-2", 2, &[]),
-        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
-    ];
-    let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(3).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(1.0)).await;
-    clients.apply_gate(&gate_yaml(3)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
-    clients.wait_run_done(&run.id).await;
+    let (_agents, mut clients) = qualify_with_one_hot_node(&controller, 1.0).await;
     let decision = clients.evaluate("r550").await;
-    assert_eq!(decision.verdict, "failed", "{decision:#?}");
 
-    let output = tollgate(&controller.url, &["report", "public-key"]).await;
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let stdout = text(&output.stdout);
-    let public_key = stdout
-        .lines()
-        .next()
-        .expect("the key line")
-        .trim()
-        .to_owned();
-    assert_eq!(public_key.len(), 64, "{stdout}");
+    let public_key = public_key(&controller.url).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut html_path = None;

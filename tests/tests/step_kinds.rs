@@ -3,7 +3,7 @@
 //! the store, and the gate's `dcgm-diag` rule decides on them.
 
 use tollgate_proto::v1;
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions};
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, outcome};
 
 /// The synthetic `dcgmi diag -r 2 -j` output: `memory` fails on GPU 1, `pcie` is skipped there.
 const DCGM_FIXTURE: &str = concat!(
@@ -49,10 +49,6 @@ rules:
   - dcgm-diag: {level: 2, tests: [memory, pcie]}
 "#;
 
-fn outcome(result: &v1::StepResultSummary) -> v1::Outcome {
-    v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn qualification_step_kinds_run_end_to_end() {
     let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
@@ -78,12 +74,7 @@ async fn qualification_step_kinds_run_end_to_end() {
         ),
     ];
     let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(2).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan(&versions_dir)).await;
-    clients.apply_gate(GATE).await;
-    let run = clients.start_run("r550", "full-qual").await;
-    let run = clients.wait_run_done(&run.id).await;
+    let run = clients.qualify("r550", 2, &plan(&versions_dir), GATE).await;
     let job = |node: &str| {
         run.jobs
             .iter()
@@ -92,7 +83,7 @@ async fn qualification_step_kinds_run_end_to_end() {
     };
 
     let cool = job("lab-cool");
-    let outcomes: Vec<v1::Outcome> = cool.results.iter().map(outcome).collect();
+    let outcomes: Vec<v1::Outcome> = cool.results.iter().map(|r| outcome(r.outcome)).collect();
     assert_eq!(
         outcomes,
         [
@@ -122,13 +113,7 @@ async fn qualification_step_kinds_run_end_to_end() {
     let tests: Vec<(&str, Option<u32>, v1::Outcome)> = diag
         .sub_results
         .iter()
-        .map(|s| {
-            (
-                s.name.as_str(),
-                s.gpu_index,
-                v1::Outcome::try_from(s.outcome).unwrap_or(v1::Outcome::Unspecified),
-            )
-        })
+        .map(|s| (s.name.as_str(), s.gpu_index, outcome(s.outcome)))
         .collect();
     assert_eq!(tests.len(), 6, "{tests:?}");
     assert_eq!(tests[0], ("memory", Some(1), v1::Outcome::Failed));
@@ -141,13 +126,18 @@ async fn qualification_step_kinds_run_end_to_end() {
 
     let hot = job("lab-hot");
     let burn = &hot.results[2];
-    assert_eq!(outcome(burn), v1::Outcome::Failed, "{:#?}", hot.results);
+    assert_eq!(
+        outcome(burn.outcome),
+        v1::Outcome::Failed,
+        "{:#?}",
+        hot.results
+    );
     assert!(
         burn.message.starts_with("GPU 0 gpu_temp_c 9") && burn.message.ends_with("> limit 88"),
         "{}",
         burn.message
     );
-    assert_eq!(outcome(&hot.results[3]), v1::Outcome::Skipped);
+    assert_eq!(outcome(hot.results[3].outcome), v1::Outcome::Skipped);
 
     // The gate reads the dcgm-diag sub-results: memory failed on lab-cool's GPU 1.
     let decision = clients.evaluate("r550").await;

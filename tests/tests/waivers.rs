@@ -7,7 +7,7 @@ use tollgate_controller::clock::{Clock, ManualClock, SystemClock};
 use tollgate_controller::store::{Pool, Store};
 use tollgate_proto::v1;
 use tollgate_tests::{
-    Agent, Backend, Clients, Controller, ControllerOptions, gate_yaml, plan_yaml,
+    Agent, Backend, Clients, Controller, ControllerOptions, qualify_with_one_hot_node,
 };
 use tonic::Code;
 
@@ -23,20 +23,7 @@ const TEMP_RULE: &str = "telemetry:gpu_temp_c";
 /// `gpu-qual` for release r550, whose gate fails on the temperature rule.
 async fn failing_release(options: ControllerOptions) -> Option<(Controller, Vec<Agent>, Clients)> {
     let controller = Controller::start(options).await?;
-    let agents = vec![
-        Agent::start(&controller.url, "lab-1", 2, &[]),
-        Agent::start(&controller.url, "lab-2", 2, &[]),
-        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
-    ];
-    let mut clients = controller.clients().await;
-    clients.wait_ready_nodes(3).await;
-    clients.create_release("r550").await;
-    clients.apply_plan(&plan_yaml(1.0)).await;
-    clients.apply_gate(&gate_yaml(3)).await;
-    let run = clients.start_run("r550", "gpu-qual").await;
-    clients.wait_run_done(&run.id).await;
-    let decision = clients.evaluate("r550").await;
-    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    let (agents, clients) = qualify_with_one_hot_node(&controller, 1.0).await;
     Some((controller, agents, clients))
 }
 

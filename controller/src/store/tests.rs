@@ -236,6 +236,32 @@ async fn start_run(
     (run, jobs)
 }
 
+/// What [`one_run`] stored.
+struct OneRun {
+    release: Release,
+    plan: Plan,
+    run: RunRecord,
+    jobs: Vec<JobRecord>,
+}
+
+/// Release r550, the two-step plan `gpu-qual`, the nodes, and a running run `run_id` of the
+/// plan (created at 10 s) with one pending job per node, in the order given.
+async fn one_run(store: &Store, run_id: &str, nodes: &[&str]) -> OneRun {
+    let release = add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in nodes {
+        add_node(store, name).await;
+    }
+    let (run, jobs) = start_run(store, run_id, &plan, nodes, 10).await;
+    OneRun {
+        release,
+        plan,
+        run,
+        jobs,
+    }
+}
+
 /// Moves a job pending → assigned → running under epoch 1.
 async fn make_running(store: &Store, job: &JobId) {
     store
@@ -379,6 +405,14 @@ fn gate_policy(description: &str) -> GatePolicy {
             since: None,
         }],
     }
+}
+
+/// Runs `sql` on the store's tables behind its back, as a hand edit or a damaged disk would:
+/// what the store must notice, or survive, when it reads the rows again.
+async fn edit_rows(store: &Store, sql: &'static str) {
+    with_pool!(store, |pool| {
+        sqlx::query(sql).execute(pool).await.expect(sql);
+    });
 }
 
 async fn node_state(store: &Store, name: &str) -> NodeState {
@@ -948,11 +982,7 @@ async fn plan_versions_and_latest(store: &Store) {
 }
 
 async fn duplicate_result_is_stored_once(store: &Store) {
-    add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    add_node(store, "n1").await;
-    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let OneRun { jobs, .. } = one_run(store, "run-1", &["n1"]).await;
     let job = &jobs[0].id;
     make_running(store, job).await;
 
@@ -1010,11 +1040,7 @@ async fn duplicate_result_is_stored_once(store: &Store) {
 }
 
 async fn transition_is_compare_and_set(store: &Store) {
-    add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    add_node(store, "n1").await;
-    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let OneRun { jobs, .. } = one_run(store, "run-1", &["n1"]).await;
     let job = &jobs[0].id;
 
     store
@@ -1060,13 +1086,7 @@ async fn transition_is_compare_and_set(store: &Store) {
 }
 
 async fn job_end_frees_node_and_finishes_run(store: &Store) {
-    add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    for name in ["n1", "n2"] {
-        add_node(store, name).await;
-    }
-    let (run, jobs) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
+    let OneRun { run, jobs, .. } = one_run(store, "run-1", &["n1", "n2"]).await;
     for job in &jobs {
         make_running(store, &job.id).await;
     }
@@ -1144,13 +1164,9 @@ async fn concurrent_job_ends_finish_the_run(store: &Store) {
 }
 
 async fn cancel_run_cancels_open_jobs(store: &Store) {
-    add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    for name in ["n1", "n2", "n3"] {
-        add_node(store, name).await;
-    }
-    let (run, jobs) = start_run(store, "run-1", &plan, &["n1", "n2", "n3"], 10).await;
+    let OneRun {
+        plan, run, jobs, ..
+    } = one_run(store, "run-1", &["n1", "n2", "n3"]).await;
     make_running(store, &jobs[0].id).await;
     make_running(store, &jobs[2].id).await;
     store
@@ -1617,11 +1633,7 @@ async fn load_evidence_picks_latest_run_per_plan(store: &Store) {
 /// a digest gets one computed on load.
 async fn stored_result_digests_match_what_loads_back(store: &Store) {
     use tollgate_domain::gate::result_digest;
-    let release = add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    add_node(store, "n1").await;
-    let (_, jobs) = start_run(store, "run-a", &plan, &["n1"], 10).await;
+    let OneRun { release, jobs, .. } = one_run(store, "run-a", &["n1"]).await;
     let mut rich = rich_result(&jobs[0].id);
     rich.started_at = at(30) + chrono::Duration::nanoseconds(123_456_789);
     rich.message = "exit\0code 1".into();
@@ -1640,12 +1652,11 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
         .record_test_result(&plain, None, at(41))
         .await
         .expect("record");
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE step_results SET digest = NULL WHERE step_index = 0")
-            .execute(pool)
-            .await
-            .expect("forget one digest");
-    });
+    edit_rows(
+        store,
+        "UPDATE step_results SET digest = NULL WHERE step_index = 0",
+    )
+    .await;
 
     let evidence = store
         .load_evidence(&release, "lab-qual")
@@ -1661,13 +1672,7 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
 /// `refresh_evidence` brings loaded evidence to what a fresh load gives, naming the jobs that
 /// changed, and loads everything again when the runs changed.
 async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
-    let release = add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    for name in ["n1", "n2", "n3"] {
-        add_node(store, name).await;
-    }
-    let (_, jobs) = start_run(store, "run-a", &plan, &["n1", "n2", "n3"], 10).await;
+    let OneRun { release, jobs, .. } = one_run(store, "run-a", &["n1", "n2", "n3"]).await;
     store
         .record_test_result(&result_of(&jobs[0].id, 0, 1, Outcome::Passed), None, at(20))
         .await
@@ -1793,11 +1798,7 @@ async fn failing_multi_row_write_leaves_nothing(store: &Store) {
 }
 
 async fn non_finite_numbers_are_refused(store: &Store) {
-    add_release(store).await;
-    let plan = two_step_plan("gpu-qual");
-    add_plan(store, &plan).await;
-    add_node(store, "n1").await;
-    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let OneRun { jobs, .. } = one_run(store, "run-1", &["n1"]).await;
     let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
     result.measurements.push(Measurement {
         name: "membw_gbps".into(),
@@ -1833,12 +1834,11 @@ async fn non_finite_numbers_are_refused(store: &Store) {
 
 async fn corrupt_values_name_their_row(store: &Store) {
     add_node(store, "n1").await;
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE nodes SET labels = '{not json' WHERE name = 'n1'")
-            .execute(pool)
-            .await
-            .expect("spoil labels");
-    });
+    edit_rows(
+        store,
+        "UPDATE nodes SET labels = '{not json' WHERE name = 'n1'",
+    )
+    .await;
     let err = store
         .get_node(&NodeId::from("n1"))
         .await
@@ -1847,12 +1847,11 @@ async fn corrupt_values_name_their_row(store: &Store) {
         matches!(&err, StoreError::Corrupt { what, .. } if what == "nodes.labels of row 'n1'"),
         "{err:?}"
     );
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE nodes SET labels = '{}', state = 'asleep' WHERE name = 'n1'")
-            .execute(pool)
-            .await
-            .expect("spoil state");
-    });
+    edit_rows(
+        store,
+        "UPDATE nodes SET labels = '{}', state = 'asleep' WHERE name = 'n1'",
+    )
+    .await;
     let err = store.list_nodes().await.expect_err("corrupt");
     assert!(
         matches!(&err, StoreError::Corrupt { what, detail } if what == "nodes.state of row 'n1'" && detail.contains("asleep")),

@@ -649,57 +649,52 @@ fn with_diag(node: &str, outcomes: [Outcome; 2], level: u8) -> JobEvidence {
 #[test]
 fn dcgm_diag_needs_every_gpu_passed_and_skipped_is_missing() {
     let policy = gate("  - dcgm-diag: {level: 3, tests: [memory]}\n");
-    let passed = evaluate(
-        &policy,
-        &evidence(vec![with_diag("n1", [Outcome::Passed, Outcome::Passed], 3)]),
-        &[],
-        at(100),
-    );
-    assert_eq!(
-        passed.rules[0].verdict,
-        Verdict::Passed,
-        "{}",
-        passed.rules[0].reason
-    );
-    let skipped = evaluate(
-        &policy,
-        &evidence(vec![with_diag(
-            "n1",
+    let decide = |outcomes: [Outcome; 2], level: u8, waivers: &[Waiver]| {
+        evaluate(
+            &policy,
+            &evidence(vec![with_diag("n1", outcomes, level)]),
+            waivers,
+            at(100),
+        )
+    };
+    let cases = [
+        (
+            "passed on every GPU",
+            [Outcome::Passed, Outcome::Passed],
+            3,
+            Verdict::Passed,
+        ),
+        (
+            "skipped on one GPU",
             [Outcome::Passed, Outcome::Skipped],
             3,
-        )]),
-        &[],
-        at(100),
-    );
-    assert_eq!(
-        skipped.rules[0].verdict,
-        Verdict::Waiting,
-        "{}",
-        skipped.rules[0].reason
-    );
-    let failed = evaluate(
-        &policy,
-        &evidence(vec![with_diag("n1", [Outcome::Failed, Outcome::Passed], 3)]),
-        &[],
-        at(100),
-    );
-    assert_eq!(failed.rules[0].verdict, Verdict::Failed);
-    let too_low = evaluate(
-        &policy,
-        &evidence(vec![with_diag("n1", [Outcome::Passed, Outcome::Passed], 2)]),
-        &[],
-        at(100),
-    );
-    assert_eq!(too_low.rules[0].verdict, Verdict::Waiting);
-    let waived = evaluate(
-        &policy,
-        &evidence(vec![with_diag(
-            "n1",
-            [Outcome::Passed, Outcome::Skipped],
+            Verdict::Waiting,
+        ),
+        (
+            "failed on one GPU",
+            [Outcome::Failed, Outcome::Passed],
             3,
-        )]),
+            Verdict::Failed,
+        ),
+        (
+            "run at a lower level",
+            [Outcome::Passed, Outcome::Passed],
+            2,
+            Verdict::Waiting,
+        ),
+    ];
+    for (what, outcomes, level, verdict) in cases {
+        let decision = decide(outcomes, level, &[]);
+        assert_eq!(
+            decision.rules[0].verdict, verdict,
+            "{what}: {}",
+            decision.rules[0].reason
+        );
+    }
+    let waived = decide(
+        [Outcome::Passed, Outcome::Skipped],
+        3,
         &[waiver("dcgm-diag")],
-        at(100),
     );
     assert_ne!(
         waived.verdict,
@@ -1084,10 +1079,29 @@ rules:
             }
         }
 
+        /// Which attempt of a step counts is decided by (lease epoch, attempt), never by the
+        /// order in which the store happens to list a job's results: the same results in
+        /// another order give the same decision: the same verdicts, reasons, failing nodes
+        /// and failure groups. (Which of several equal values an evidence item names, and the
+        /// digest over the items, follow the listing.)
         #[test]
-        fn same_inputs_give_the_same_decision(jobs in jobs()) {
-            let ev = evidence(jobs);
-            prop_assert_eq!(evaluate(&policy(), &ev, &[], at(100)), evaluate(&policy(), &ev, &[], at(100)));
+        fn the_order_results_are_listed_in_does_not_change_the_decision(jobs in jobs(), rotate in 1usize..9) {
+            let listed = evaluate(&policy(), &evidence(jobs.clone()), &[], at(100));
+            let reordered: Vec<JobEvidence> = jobs.into_iter().map(|mut job| {
+                job.results.reverse();
+                let n = job.results.len();
+                job.results.rotate_left(rotate % n.max(1));
+                job
+            }).collect();
+            let reordered = evaluate(&policy(), &evidence(reordered), &[], at(100));
+            let unordered = |mut decision: Decision| {
+                decision.digest.clear();
+                for rule in &mut decision.rules {
+                    rule.evidence.clear();
+                }
+                decision
+            };
+            prop_assert_eq!(unordered(listed), unordered(reordered));
         }
 
         /// A state told about each change one job at a time decides exactly as a full

@@ -133,28 +133,15 @@ async fn the_audit_chain_finds_an_edited_or_deleted_row(store: &Store) {
             .expect("append");
     }
     assert!(store.verify_audit().await.expect("verify").is_ok());
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 2")
-            .execute(pool)
-            .await
-            .expect("tamper");
-    });
+    edit_rows(store, "UPDATE audit SET actor = 'mallory' WHERE seq = 2").await;
     let broken = store
         .verify_audit()
         .await
         .expect("verify")
         .expect_err("edited");
     assert_eq!(broken.seq, 2);
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE audit SET actor = 'alice' WHERE seq = 2")
-            .execute(pool)
-            .await
-            .expect("restore");
-        sqlx::query("DELETE FROM audit WHERE seq = 3")
-            .execute(pool)
-            .await
-            .expect("delete");
-    });
+    edit_rows(store, "UPDATE audit SET actor = 'alice' WHERE seq = 2").await;
+    edit_rows(store, "DELETE FROM audit WHERE seq = 3").await;
     let broken = store
         .verify_audit()
         .await
@@ -349,19 +336,7 @@ async fn halts_demotions_and_baselines(store: &Store) {
 
 async fn decisions_keep_their_inputs_for_replay(store: &Store) {
     let release = add_release(store).await;
-    let policy = gate_policy("replay");
-    let inputs = ReplayInputs {
-        policy: policy.clone(),
-        evidence: evidence(Vec::new()),
-        waivers: vec![waiver("waiver-1")],
-        first_scheme: false,
-    };
-    let decision =
-        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
-    store
-        .insert_decision_with_inputs(&decision, &inputs)
-        .await
-        .expect("insert");
+    let (inputs, decision) = decide_with_inputs(store, evidence(Vec::new())).await;
     assert!(
         store
             .decision_at(&release.id, "lab-qual", at(49))
@@ -450,12 +425,11 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
     );
     assert_eq!(again.digest, decision.digest);
 
-    with_pool!(store, |pool| {
-        sqlx::query("UPDATE step_results SET message = 'edited' WHERE step_index = 1")
-            .execute(pool)
-            .await
-            .expect("edit a result");
-    });
+    edit_rows(
+        store,
+        "UPDATE step_results SET message = 'edited' WHERE step_index = 1",
+    )
+    .await;
     let edited = replay(store).await;
     let after =
         tollgate_domain::gate::evaluate(&edited.policy, &edited.evidence, &edited.waivers, at(50));
@@ -469,18 +443,7 @@ async fn replay_reloads_the_referenced_results_and_sees_an_edit(store: &Store) {
 /// under the scheme they were decided with.
 async fn inputs_stored_whole_are_marked_for_the_first_digest_scheme(store: &Store) {
     add_release(store).await;
-    let inputs = ReplayInputs {
-        policy: gate_policy("replay"),
-        evidence: evidence(Vec::new()),
-        waivers: vec![waiver("waiver-1")],
-        first_scheme: false,
-    };
-    let decision =
-        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
-    store
-        .insert_decision_with_inputs(&decision, &inputs)
-        .await
-        .expect("insert");
+    let (inputs, _) = decide_with_inputs(store, evidence(Vec::new())).await;
     let whole = serde_json::to_string(&inputs).expect("json");
     with_pool!(store, |pool| {
         sqlx::query("UPDATE decision_inputs SET inputs = $1")
@@ -498,4 +461,22 @@ async fn inputs_stored_whole_are_marked_for_the_first_digest_scheme(store: &Stor
     assert!(loaded.first_scheme);
     assert_eq!(loaded.evidence, inputs.evidence);
     assert_eq!(loaded.waivers, inputs.waivers);
+}
+
+/// Decides the `replay` gate at 50 s on `evidence` with the waiver `waiver-1`, and stores the
+/// decision with its inputs; returns both.
+async fn decide_with_inputs(store: &Store, evidence: Evidence) -> (ReplayInputs, Decision) {
+    let inputs = ReplayInputs {
+        policy: gate_policy("replay"),
+        evidence,
+        waivers: vec![waiver("waiver-1")],
+        first_scheme: false,
+    };
+    let decision =
+        tollgate_domain::gate::evaluate(&inputs.policy, &inputs.evidence, &inputs.waivers, at(50));
+    store
+        .insert_decision_with_inputs(&decision, &inputs)
+        .await
+        .expect("insert");
+    (inputs, decision)
 }
