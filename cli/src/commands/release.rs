@@ -4,9 +4,9 @@ use crate::args::ReleaseCommand;
 use crate::client::{Controller, answer};
 use crate::output::{Format, Table, format_time, or_dash, print_json, short_hash};
 use anyhow::Context as _;
-use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::Path;
+pub use tollgate::release_file::{parse_component, parse_release_file};
 use tollgate_proto::v1 as pb;
 use tollgate_wire::json;
 
@@ -97,91 +97,11 @@ pub fn print_release(release: &pb::Release, format: Format) -> anyhow::Result<()
     }
 }
 
-/// Parses `name=version[@artifact_uri][#sha256]`.
-///
-/// The sha256 is split off at the last `#` and the artifact URI at the first `@` after the
-/// `=`, because versions never hold `@` while URIs may (`https://user@host/...`).
-pub fn parse_component(spec: &str) -> anyhow::Result<pb::Component> {
-    let (name, rest) = spec.split_once('=').with_context(|| {
-        format!("component '{spec}' is not name=version[@artifact_uri][#sha256]")
-    })?;
-    let (rest, sha256) = match rest.rsplit_once('#') {
-        Some((rest, sha256)) => (rest, sha256),
-        None => (rest, ""),
-    };
-    let (version, artifact_uri) = match rest.split_once('@') {
-        Some((version, uri)) => (version, uri),
-        None => (rest, ""),
-    };
-    let name = name.trim();
-    let version = version.trim();
-    if name.is_empty() || version.is_empty() {
-        anyhow::bail!("component '{spec}' needs both a name and a version, like driver=550.54.15");
-    }
-    Ok(pb::Component {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        artifact_uri: artifact_uri.trim().to_owned(),
-        sha256: sha256.trim().to_owned(),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ReleaseFile {
-    name: String,
-    #[serde(default)]
-    description: String,
-    components: Vec<ComponentEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ComponentEntry {
-    name: String,
-    version: String,
-    #[serde(default)]
-    artifact_uri: String,
-    #[serde(default)]
-    sha256: String,
-}
-
 /// Reads a release YAML file into a create request.
 pub fn read_release_file(path: &Path) -> anyhow::Result<pb::CreateReleaseRequest> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading release file {}", path.display()))?;
     parse_release_file(&path.display().to_string(), &text)
-}
-
-/// Parses release YAML; an error says `file:line:column: problem`. The server checks names
-/// and versions; this only checks the file's shape.
-pub fn parse_release_file(file: &str, text: &str) -> anyhow::Result<pb::CreateReleaseRequest> {
-    let parsed: ReleaseFile = serde_saphyr::from_str(text).map_err(|error| {
-        let message = error.to_string();
-        let first_line = message.lines().next().unwrap_or("invalid YAML").trim();
-        match error.location() {
-            Some(location) => anyhow::anyhow!(
-                "{file}:{}:{}: {first_line}",
-                location.line(),
-                location.column()
-            ),
-            None => anyhow::anyhow!("{file}: {first_line}"),
-        }
-    })?;
-    Ok(pb::CreateReleaseRequest {
-        name: parsed.name,
-        description: parsed.description,
-        components: parsed
-            .components
-            .into_iter()
-            .map(|entry| pb::Component {
-                name: entry.name,
-                version: entry.version,
-                artifact_uri: entry.artifact_uri,
-                sha256: entry.sha256,
-            })
-            .collect(),
-    })
 }
 
 /// A release: components, where it is on its track, and its promotions.
