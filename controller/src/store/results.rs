@@ -54,6 +54,22 @@ impl Store {
         let digest = hex::encode(tollgate_domain::gate::result_digest(&as_stored(result)));
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+            // The run's lock first (the lock order of `apply_job_change!`), so that the count
+            // below sees every result another writer of this job committed meanwhile: under
+            // PostgreSQL's read committed, two writers that inserted before either locked
+            // would each count only their own.
+            let Some(row) = sqlx::query(super::jobs::JOB_RUN)
+                .bind(job.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Err(StoreError::NotFound { what });
+            };
+            let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
+            sqlx::query(super::jobs::LOCK_RUN)
+                .bind(&run_id)
+                .execute(&mut *tx)
+                .await?;
             let n_rows = sqlx::query(INSERT_RESULT)
                 .bind(result.job_id.as_str())
                 .bind(i64::from(result.step_index))
