@@ -223,10 +223,11 @@ pub async fn verify_flash(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record() -> ResumeRecord {
+    /// A record of step 0, attempt 1 of a job on `node-1`, written now on this boot.
+    pub(crate) fn record() -> ResumeRecord {
         ResumeRecord {
             job: Job {
                 job_id: "job-1".into(),

@@ -124,28 +124,9 @@ pub async fn flash_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::Job;
 
     fn record() -> ResumeRecord {
-        ResumeRecord {
-            job: Job {
-                job_id: "job-1".into(),
-                run_id: "run-1".into(),
-                lease_epoch: 2,
-                release: "r550".into(),
-                components: Vec::new(),
-                milestone: "lab-qual".into(),
-                plan_name: "gpu-qual".into(),
-                plan_version: "v1".into(),
-                steps: Vec::new(),
-            },
-            step_index: 0,
-            attempt: 1,
-            started_at: crate::clock::now(),
-            node: "node-1".into(),
-            controller: "http://127.0.0.1:7800".into(),
-            boot_id: boot_id(),
-        }
+        crate::runner::flash::tests::record()
     }
 
     #[test]

@@ -166,26 +166,14 @@ pub async fn exists(controller: &Controller, milestone: &str) -> anyhow::Result<
 pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
     let source = read(file)?;
     let file_name = file.display().to_string();
-    match tollgate_domain::gate::parse_gate(&file_name, &source) {
-        Ok(policy) => match format {
-            Format::Json => print_json(&gate_summary_json(&policy)),
-            Format::Text => {
-                print!("{}", format_gate_summary(&file_name, &policy));
-                Ok(())
-            }
-        },
-        // With -o json the problems go to stdout as the JSON error, one field each.
-        Err(errors) if format == Format::Json => Err(errors.into()),
-        Err(errors) => {
-            eprintln!("{errors}");
-            let n_errors = errors.0.len();
-            eprintln!(
-                "{file_name}: {n_errors} problem{}",
-                if n_errors == 1 { "" } else { "s" }
-            );
-            Err(Reported(1).into())
-        }
-    }
+    let parsed = tollgate_domain::gate::parse_gate(&file_name, &source);
+    super::print_validated(
+        &file_name,
+        parsed,
+        format,
+        gate_summary_json,
+        format_gate_summary,
+    )
 }
 
 /// What a rule checks, in one sentence.

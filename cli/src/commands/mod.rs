@@ -63,3 +63,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::dispatch(&url, args).await,
     }
 }
+
+/// Prints what `plan validate` or `gate validate` found in `file_name`: the summary of what
+/// parsed (`json` or `text`), or every located problem (on stderr with a count, exit code 1;
+/// with `-o json`, on stdout as the JSON error, one field each).
+fn print_validated<T>(
+    file_name: &str,
+    parsed: Result<T, tollgate_domain::spec::SpecErrors>,
+    format: crate::output::Format,
+    json: impl Fn(&T) -> serde_json::Value,
+    text: impl Fn(&str, &T) -> String,
+) -> anyhow::Result<()> {
+    use crate::output::Format;
+    match parsed {
+        Ok(parsed) => match format {
+            Format::Json => crate::output::print_json(&json(&parsed)),
+            Format::Text => {
+                print!("{}", text(file_name, &parsed));
+                Ok(())
+            }
+        },
+        Err(errors) if format == Format::Json => Err(errors.into()),
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n_errors = errors.0.len();
+            eprintln!(
+                "{file_name}: {n_errors} problem{}",
+                if n_errors == 1 { "" } else { "s" }
+            );
+            Err(crate::Reported(1).into())
+        }
+    }
+}

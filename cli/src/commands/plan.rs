@@ -1,6 +1,5 @@
 //! `tollgate plan`: validate plan files offline, apply them, show and list stored plans.
 
-use crate::Reported;
 use crate::args::PlanCommand;
 use crate::client::{Controller, answer};
 use crate::output::{Format, Table, format_labels, format_time, print_json, short_hash};
@@ -88,26 +87,14 @@ pub async fn apply(
 pub fn validate(file: &Path, format: Format) -> anyhow::Result<()> {
     let source = read(file)?;
     let file_name = file.display().to_string();
-    match tollgate_domain::plan::parse_plan(&file_name, &source) {
-        Ok(plan) => match format {
-            Format::Json => print_json(&plan_summary_json(&plan)),
-            Format::Text => {
-                print!("{}", format_plan_summary(&file_name, &plan));
-                Ok(())
-            }
-        },
-        // With -o json the problems go to stdout as the JSON error, one field each.
-        Err(errors) if format == Format::Json => Err(errors.into()),
-        Err(errors) => {
-            eprintln!("{errors}");
-            let n_errors = errors.0.len();
-            eprintln!(
-                "{file_name}: {n_errors} problem{}",
-                if n_errors == 1 { "" } else { "s" }
-            );
-            Err(Reported(1).into())
-        }
-    }
+    let parsed = tollgate_domain::plan::parse_plan(&file_name, &source);
+    super::print_validated(
+        &file_name,
+        parsed,
+        format,
+        plan_summary_json,
+        format_plan_summary,
+    )
 }
 
 /// What a step does, on one line.

@@ -20,7 +20,6 @@
 
 mod connect;
 mod evidence;
-mod report_rows;
 mod rows;
 mod states;
 pub mod testing;
@@ -773,6 +772,7 @@ mod jobs;
 mod nodes;
 mod plans;
 mod releases;
+mod report_rows;
 mod results;
 mod runs;
 mod waivers;

@@ -22,22 +22,6 @@ macro_rules! result_columns {
     };
 }
 
-/// The latest non-cancelled run of each plan of a release at a milestone (as
-/// `Store::load_evidence` reads it).
-macro_rules! latest_runs {
-    () => {
-        "WITH latest AS (
-            SELECT r.id FROM runs r
-            WHERE r.release = $1 AND r.milestone = $2 AND r.state <> 'cancelled'
-              AND r.seq = (
-                SELECT r2.seq FROM runs r2
-                WHERE r2.release = r.release AND r2.milestone = r.milestone
-                  AND r2.plan_name = r.plan_name AND r2.state <> 'cancelled'
-                ORDER BY r2.created_at DESC, r2.seq DESC
-                LIMIT 1))"
-    };
-}
-
 /// One node's part of the evidence, as a report reads it.
 #[derive(Debug, Clone)]
 pub struct NodeEvidence {
@@ -79,7 +63,7 @@ struct ReportJob {
 }
 
 const RUNS: &str = concat!(
-    latest_runs!(),
+    latest_runs_cte!(),
     " SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
       FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
       WHERE r.id IN (SELECT id FROM latest)
@@ -87,7 +71,7 @@ const RUNS: &str = concat!(
 );
 
 const JOBS: &str = concat!(
-    latest_runs!(),
+    latest_runs_cte!(),
     " SELECT j.id, j.run_id, j.node, j.state, r.plan_name,
              n.labels, n.gpu_source, n.state AS node_state, n.health, n.inventory, n.last_seen_at
       FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs r ON r.id = j.run_id
