@@ -161,10 +161,67 @@ impl TelemetryLimit {
     }
 }
 
+/// What a step runs as a process: its argv, environment and working directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepProcess<'a> {
+    /// The argv (a `dcgm-diag` step's as [`StepKind::dcgm_command`] makes it).
+    pub command: Vec<String>,
+    /// What the plan sets in the step's environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// The working directory the plan names, if any.
+    pub workdir: Option<&'a str>,
+}
+
+/// The environment of a kind that sets none.
+static NO_ENV: BTreeMap<String, String> = BTreeMap::new();
+
 impl StepKind {
     /// The kind's name as written in plan files.
     pub fn name(&self) -> &'static str {
         self.into()
+    }
+
+    /// The process a step of this kind runs; `None` for an inventory check, which runs none.
+    pub fn process(&self) -> Option<StepProcess<'_>> {
+        match self {
+            StepKind::Exec {
+                command,
+                env,
+                workdir,
+            }
+            | StepKind::Junit {
+                command,
+                env,
+                workdir,
+                ..
+            }
+            | StepKind::BurnIn {
+                command,
+                env,
+                workdir,
+                ..
+            }
+            | StepKind::Flash {
+                command,
+                env,
+                workdir,
+                ..
+            } => Some(StepProcess {
+                command: command.clone(),
+                env,
+                workdir: workdir.as_deref(),
+            }),
+            StepKind::DcgmDiag {
+                level,
+                tests,
+                command,
+            } => Some(StepProcess {
+                command: Self::dcgm_command(*level, tests, command),
+                env: &NO_ENV,
+                workdir: None,
+            }),
+            StepKind::InventoryCheck { .. } => None,
+        }
     }
 
     /// The argv a `dcgm-diag` step runs: its override, or `dcgmi diag -r LEVEL -j` with the

@@ -533,7 +533,8 @@ async fn check_inventory_step(
     }
 }
 
-/// The command line, environment and working directory a step of `kind` runs.
+/// The command line, environment and working directory a step of `kind` runs (a
+/// `dcgm-diag` step's argv as the agent runs `dcgmi`).
 fn step_command(
     kind: &StepKind,
 ) -> (
@@ -541,40 +542,20 @@ fn step_command(
     std::collections::BTreeMap<String, String>,
     Option<String>,
 ) {
-    match kind {
-        StepKind::Exec {
-            command,
-            env,
-            workdir,
+    match kind.process() {
+        Some(process) => {
+            let command = if matches!(kind, StepKind::DcgmDiag { .. }) {
+                kinds::dcgm_argv(&process.command)
+            } else {
+                process.command
+            };
+            (
+                command,
+                process.env.clone(),
+                process.workdir.map(str::to_owned),
+            )
         }
-        | StepKind::Junit {
-            command,
-            env,
-            workdir,
-            ..
-        }
-        | StepKind::BurnIn {
-            command,
-            env,
-            workdir,
-            ..
-        }
-        | StepKind::Flash {
-            command,
-            env,
-            workdir,
-            ..
-        } => (command.clone(), env.clone(), workdir.clone()),
-        StepKind::DcgmDiag {
-            level,
-            tests,
-            command,
-        } => (
-            kinds::dcgm_argv(&StepKind::dcgm_command(*level, tests, command)),
-            std::collections::BTreeMap::new(),
-            None,
-        ),
-        StepKind::InventoryCheck { .. } => (Vec::new(), Default::default(), None),
+        None => (Vec::new(), Default::default(), None),
     }
 }
 

@@ -1020,43 +1020,17 @@ fn plan_and_run_views(
 /// A plan step as a report shows it: what it runs (command, environment, directory) or, for
 /// an inventory check, the components it compares.
 fn step_view(index: usize, step: &Step) -> StepView {
-    let (command, env, workdir, components) = match &step.kind {
-        StepKind::Exec {
-            command,
-            env,
-            workdir,
-        } => (Some(command.clone()), env.clone(), workdir.clone(), None),
-        StepKind::InventoryCheck { components } => {
+    let (command, env, workdir, components) = match (&step.kind, step.kind.process()) {
+        (StepKind::InventoryCheck { components }, _) => {
             (None, BTreeMap::new(), None, Some(components.clone()))
         }
-        StepKind::DcgmDiag {
-            level,
-            tests,
-            command,
-        } => (
-            Some(StepKind::dcgm_command(*level, tests, command)),
-            BTreeMap::new(),
-            None,
+        (_, Some(process)) => (
+            Some(process.command),
+            process.env.clone(),
+            process.workdir.map(str::to_owned),
             None,
         ),
-        StepKind::Junit {
-            command,
-            env,
-            workdir,
-            ..
-        }
-        | StepKind::BurnIn {
-            command,
-            env,
-            workdir,
-            ..
-        }
-        | StepKind::Flash {
-            command,
-            env,
-            workdir,
-            ..
-        } => (Some(command.clone()), env.clone(), workdir.clone(), None),
+        (_, None) => (None, BTreeMap::new(), None, None),
     };
     StepView {
         index,
