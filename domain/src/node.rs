@@ -146,6 +146,17 @@ pub struct NodeRefusal {
     pub message: String,
 }
 
+/// The state a node is shown and scheduled in: a `ready` or `busy` node without a live agent
+/// session counts as `unreachable` (a node that registered but whose stream is not open yet,
+/// or just closed, cannot be sent a job). Stored state is moved only by [`next_state`]; this
+/// is the view of it while the lease has not yet run out.
+pub fn seen_state(state: NodeState, connected: bool) -> NodeState {
+    match state {
+        NodeState::Ready | NodeState::Busy if !connected => NodeState::Unreachable,
+        other => other,
+    }
+}
+
 /// The one place a node's lifecycle state changes are decided: the state `event` moves a node
 /// in `state` to (which may be `state` itself: nothing to change), or a refusal.
 ///
@@ -291,6 +302,19 @@ mod tests {
             to,
             actor: "alice".into(),
             reason: "reseated GPU 3".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_ready_or_busy_node_without_its_agent_is_seen_unreachable() {
+        use crate::names::IntoEnumIterator as _;
+        for state in NodeState::iter() {
+            assert_eq!(seen_state(state, true), state);
+            let expected = match state {
+                NodeState::Ready | NodeState::Busy => NodeState::Unreachable,
+                other => other,
+            };
+            assert_eq!(seen_state(state, false), expected, "{state}");
         }
     }
 

@@ -357,16 +357,15 @@ async fn change_health(
     Err(lost_race(node, lost))
 }
 
-/// Shows a `ready` or `busy` node without a live agent session on this controller as
-/// `unreachable`, as the scheduler and run selection see it: a node that registered but whose
-/// stream is not open yet (or just closed) cannot be sent a job. Returns how many it marked.
+/// Shows each node as `node::seen_state` does for whether its agent has a live session on this
+/// controller, as the scheduler and run selection see it. Returns how many it marked.
 pub(crate) fn mark_disconnected(shared: &crate::shared::Shared, nodes: &mut [Node]) -> usize {
     let mut n_marked = 0;
     for node in nodes {
-        if matches!(node.state, NodeState::Ready | NodeState::Busy)
-            && !shared.sessions.is_connected(&node.id)
-        {
-            node.state = NodeState::Unreachable;
+        let seen =
+            tollgate_domain::node::seen_state(node.state, shared.sessions.is_connected(&node.id));
+        if seen != node.state {
+            node.state = seen;
             n_marked += 1;
         }
     }
