@@ -19,7 +19,6 @@
 //! [`testing`] gives other crates' tests a PostgreSQL schema of their own.
 
 mod connect;
-mod evidence;
 mod rows;
 mod states;
 pub mod testing;
@@ -31,12 +30,10 @@ pub use writes::Writes;
 
 use chrono::SubsecRound;
 use connect::Begin;
-use std::collections::HashMap;
 use thiserror::Error;
-use tollgate_domain::gate::{Evidence, GatePolicy};
+use tollgate_domain::gate::GatePolicy;
 use tollgate_domain::job::JobState;
 use tollgate_domain::plan::Plan;
-use tollgate_domain::release::Release;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, NodeId, PlanVersion, ReleaseId, RunId, Timestamp};
 
@@ -563,196 +560,6 @@ impl Store {
     pub async fn close(&self) {
         with_pool!(self, |pool| pool.close().await)
     }
-
-    // --- evidence and decisions ---
-
-    /// The evidence for a release at a milestone: the latest non-cancelled run of each plan,
-    /// with every job, its node's labels and GPU source, and every result.
-    ///
-    /// Three queries in one snapshot (runs, jobs, results), however many jobs and results.
-    pub async fn load_evidence(
-        &self,
-        release: &Release,
-        milestone: &str,
-    ) -> Result<Evidence, StoreError> {
-        const RUNS: &str = concat!(
-            latest_runs_cte!(),
-            " SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
-              FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
-              WHERE r.id IN (SELECT id FROM latest)
-              ORDER BY r.plan_name"
-        );
-        const JOBS: &str = concat!(
-            latest_runs_cte!(),
-            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source
-              FROM jobs j JOIN nodes n ON n.name = j.node
-              WHERE j.run_id IN (SELECT id FROM latest)
-              ORDER BY j.run_id, j.node, j.id"
-        );
-        const RESULTS: &str = concat!(
-            latest_runs_cte!(),
-            " ",
-            result_query!(
-                " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id IN (SELECT id FROM latest))
-              ORDER BY job_id, step_index, attempt, lease_epoch"
-            )
-        );
-        let (runs, jobs, results) = with_pool!(self, |pool| {
-            let mut tx = pool.begin_snapshot().await?;
-            let runs: Vec<rows::EvidenceRun> = sqlx::query(RUNS)
-                .bind(release.id.as_str())
-                .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::evidence_run)
-                .collect::<Result<_, _>>()?;
-            let jobs: Vec<rows::EvidenceJob> = sqlx::query(JOBS)
-                .bind(release.id.as_str())
-                .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::evidence_job)
-                .collect::<Result<_, _>>()?;
-            let results: Vec<evidence::StoredResult> = sqlx::query(RESULTS)
-                .bind(release.id.as_str())
-                .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
-                .collect::<Result<_, StoreError>>()?;
-            tx.commit().await?;
-            (runs, jobs, results)
-        });
-        Ok(evidence::assemble(release, milestone, runs, jobs, results))
-    }
-
-    /// Brings `evidence`, loaded earlier by [`Store::load_evidence`] for the same release and
-    /// milestone, up to date, reading only what changed: one snapshot reads every job with its
-    /// state, labels and number of stored results, then the results of the jobs that changed.
-    /// Results are append-only, so a job whose count, state and labels are unchanged is
-    /// unchanged.
-    ///
-    /// When the runs or the jobs themselves differ (a new run, a cancelled one), or the
-    /// release does, the whole evidence is loaded again and [`Refreshed::Reloaded`] says so.
-    pub async fn refresh_evidence(
-        &self,
-        release: &Release,
-        milestone: &str,
-        evidence: &mut Evidence,
-    ) -> Result<Refreshed, StoreError> {
-        const RUN_IDS: &str = concat!(
-            latest_runs_cte!(),
-            " SELECT r.id FROM runs r WHERE r.id IN (SELECT id FROM latest) ORDER BY r.plan_name"
-        );
-        const JOBS: &str = concat!(
-            latest_runs_cte!(),
-            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source,
-                     (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
-              FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
-              WHERE j.run_id IN (SELECT id FROM latest)
-              ORDER BY ru.plan_name, j.node, j.id"
-        );
-        const JOB_RESULTS: &str =
-            result_query!(" WHERE job_id = $1 ORDER BY job_id, step_index, attempt, lease_epoch");
-        if evidence.release != *release || evidence.milestone != milestone {
-            *evidence = self.load_evidence(release, milestone).await?;
-            return Ok(Refreshed::Reloaded);
-        }
-        let outcome = with_pool!(self, |pool| {
-            let mut tx = pool.begin_snapshot().await?;
-            let run_ids: Vec<RunId> = sqlx::query(RUN_IDS)
-                .bind(release.id.as_str())
-                .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    rows::Fields::new(row, "runs", &["id"])
-                        .text("id")
-                        .map(RunId)
-                })
-                .collect::<Result<_, _>>()?;
-            let jobs: Vec<(rows::EvidenceJob, usize)> = sqlx::query(JOBS)
-                .bind(release.id.as_str())
-                .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    let n: i64 = rows::Fields::new(row, "jobs", &["id"]).int_as("n_results")?;
-                    Ok((rows::evidence_job(row)?, usize::try_from(n).unwrap_or(0)))
-                })
-                .collect::<Result<_, StoreError>>()?;
-            let same_runs = run_ids.len() == evidence.runs.len()
-                && run_ids
-                    .iter()
-                    .zip(&evidence.runs)
-                    .all(|(id, run)| *id == run.run_id);
-            // The rows must be the evidence's jobs, in order.
-            let mut slots: Vec<(usize, usize)> = Vec::new();
-            for (r, run) in evidence.runs.iter().enumerate() {
-                for j in 0..run.jobs.len() {
-                    slots.push((r, j));
-                }
-            }
-            let mut same_jobs = same_runs && slots.len() == jobs.len();
-            let mut changed = Vec::new();
-            for ((row, n_results), (r, j)) in jobs.iter().zip(&slots) {
-                let job = &evidence.runs[*r].jobs[*j];
-                if job.job_id != row.id || evidence.runs[*r].run_id != row.run_id {
-                    same_jobs = false;
-                    break;
-                }
-                if job.state != row.state
-                    || job.labels != row.labels
-                    || job.gpu_source != row.gpu_source
-                    || job.results.len() != *n_results
-                {
-                    changed.push((*r, *j));
-                }
-            }
-            if !same_jobs {
-                tx.commit().await?;
-                None
-            } else {
-                let mut fresh = Vec::with_capacity(changed.len());
-                for (r, j) in &changed {
-                    let id = &evidence.runs[*r].jobs[*j].job_id;
-                    let results: Vec<evidence::StoredResult> = sqlx::query(JOB_RESULTS)
-                        .bind(id.as_str())
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                        .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
-                        .collect::<Result<_, StoreError>>()?;
-                    fresh.push(results);
-                }
-                tx.commit().await?;
-                Some((jobs, changed, fresh))
-            }
-        });
-        let Some((jobs, changed, fresh)) = outcome else {
-            *evidence = self.load_evidence(release, milestone).await?;
-            return Ok(Refreshed::Reloaded);
-        };
-        let mut rows: HashMap<JobId, rows::EvidenceJob> = jobs
-            .into_iter()
-            .map(|(row, _)| (row.id.clone(), row))
-            .collect();
-        for ((r, j), results) in changed.iter().zip(fresh) {
-            let job = &mut evidence.runs[*r].jobs[*j];
-            if let Some(row) = rows.remove(&job.job_id) {
-                job.state = row.state;
-                job.labels = row.labels;
-                job.gpu_source = row.gpu_source;
-            }
-            evidence::set_results(job, results);
-        }
-        Ok(Refreshed::Changed(changed))
-    }
 }
 
 /// `NotFound` when an update matched no row.
@@ -767,6 +574,7 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
 // After the macros, which they use.
 mod audit;
 mod decisions;
+mod evidence;
 mod gates;
 mod jobs;
 mod nodes;

@@ -8,7 +8,7 @@ use tollgate_domain::fleet::{GpuSourceKind, Health, Inventory, Labels, Node, Nod
 use tollgate_domain::gate::{Decision, EvidenceItem, Rule, RuleDecision, RuleKind, Verdict};
 use tollgate_domain::node::HealthChange;
 use tollgate_domain::plan::Step;
-use tollgate_domain::release::Component;
+use tollgate_domain::release::{Component, Release};
 use tollgate_domain::release::{Promotion, ReleaseChange, ReleaseState};
 use tollgate_domain::result::{Measurement, Outcome};
 use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::store::{AuditFilter, AuditNote, ReplayInputs};
-use tollgate_domain::gate::Waiver;
+use tollgate_domain::gate::{Evidence, Waiver};
 use tollgate_domain::release::{ReleaseChange, ReleaseState};
 use tollgate_domain::test_support::evidence;
 
