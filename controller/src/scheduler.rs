@@ -48,6 +48,25 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
     if pending.is_empty() {
         return Ok(0);
     }
+    let slots = node_slots(shared).await?;
+    let now = shared.now();
+    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, now);
+    let mut commands = CommandCache::default();
+    let mut n_assigned = 0;
+    for assignment in assignments {
+        if assign(shared, &assignment.job, &mut commands).await? {
+            n_assigned += 1;
+        }
+    }
+    if n_assigned > 0 {
+        shared.notify_changed();
+    }
+    Ok(n_assigned)
+}
+
+/// Every node as the scheduler sees it: state, health, whether its agent is connected here
+/// and whether it has an active job.
+async fn node_slots(shared: &Shared) -> Result<Vec<NodeSlot>, StoreError> {
     let nodes = shared.store.list_nodes().await?;
     let busy: BTreeSet<_> = shared
         .store
@@ -56,7 +75,7 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
         .into_iter()
         .map(|job| job.node)
         .collect();
-    let slots: Vec<NodeSlot> = nodes
+    Ok(nodes
         .iter()
         .map(|node| NodeSlot {
             node: node.id.clone(),
@@ -65,64 +84,65 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
             has_active_job: busy.contains(&node.id),
             health: node.health,
         })
-        .collect();
+        .collect())
+}
+
+/// Assigns one planned job: decided by `job::decide` from its facts as stored now, applied
+/// with compare-and-set, then sent to its agent. Returns whether it was assigned (a job
+/// cancelled, taken or moved meanwhile waits for the next pass).
+async fn assign(
+    shared: &Shared,
+    job_id: &tollgate_domain::JobId,
+    commands: &mut CommandCache,
+) -> Result<bool, StoreError> {
     let now = shared.now();
-    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, now);
-    let mut commands = CommandCache::default();
-    let mut n_assigned = 0;
-    for assignment in assignments {
-        let Some(facts) = shared.store.job_facts(&assignment.job).await? else {
-            continue;
-        };
-        let change = match job::decide(&facts, JobEvent::Assigned, facts.lease_epoch + 1) {
-            Ok(change) => change,
-            // Cancelled or taken by another replica since `pending_jobs` read it, or its node
-            // went away: the job waits for the next pass.
-            Err(refusal) => {
-                tracing::debug!(job = %facts.id, %refusal, "job not assigned");
-                continue;
-            }
-        };
-        let assigned = JobRecord {
-            id: facts.id.clone(),
-            run_id: facts.run.clone(),
-            node: facts.node.clone(),
-            state: change.to,
-            lease_epoch: change.to_epoch,
-            created_at: now,
-            updated_at: now,
-        };
-        // Build the command before the job changes state, so a missing plan or release
-        // leaves the job pending instead of assigned to an agent that never hears of it.
-        let command = match commands.build(shared, &assigned).await {
-            Ok(command) => command,
-            Err(error) => {
-                tracing::warn!(job = %facts.id, %error, "cannot build the assignment; job stays pending");
-                continue;
-            }
-        };
-        match shared.store.apply_job_change(&change, now).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict { detail, .. }) => {
-                tracing::debug!(job = %facts.id, detail, "job or node changed before the job was assigned");
-                continue;
-            }
-            Err(error) => return Err(error),
+    let Some(facts) = shared.store.job_facts(job_id).await? else {
+        return Ok(false);
+    };
+    let change = match job::decide(&facts, JobEvent::Assigned, facts.lease_epoch + 1) {
+        Ok(change) => change,
+        // Cancelled or taken by another replica since `pending_jobs` read it, or its node
+        // went away: the job waits for the next pass.
+        Err(refusal) => {
+            tracing::debug!(job = %facts.id, %refusal, "job not assigned");
+            return Ok(false);
         }
-        n_assigned += 1;
-        tracing::info!(job = %facts.id, run = %facts.run, node = %facts.node, lease_epoch = change.to_epoch, "job assigned");
-        if let Err(error) = shared.sessions.send(&facts.node, command) {
-            tracing::warn!(
-                job = %facts.id,
-                %error,
-                "assignment not delivered; it is sent again when the agent reconnects"
-            );
+    };
+    let assigned = JobRecord {
+        id: facts.id.clone(),
+        run_id: facts.run.clone(),
+        node: facts.node.clone(),
+        state: change.to,
+        lease_epoch: change.to_epoch,
+        created_at: now,
+        updated_at: now,
+    };
+    // Build the command before the job changes state, so a missing plan or release
+    // leaves the job pending instead of assigned to an agent that never hears of it.
+    let command = match commands.build(shared, &assigned).await {
+        Ok(command) => command,
+        Err(error) => {
+            tracing::warn!(job = %facts.id, %error, "cannot build the assignment; job stays pending");
+            return Ok(false);
         }
+    };
+    match shared.store.apply_job_change(&change, now).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { detail, .. }) => {
+            tracing::debug!(job = %facts.id, detail, "job or node changed before the job was assigned");
+            return Ok(false);
+        }
+        Err(error) => return Err(error),
     }
-    if n_assigned > 0 {
-        shared.notify_changed();
+    tracing::info!(job = %facts.id, run = %facts.run, node = %facts.node, lease_epoch = change.to_epoch, "job assigned");
+    if let Err(error) = shared.sessions.send(&facts.node, command) {
+        tracing::warn!(
+            job = %facts.id,
+            %error,
+            "assignment not delivered; it is sent again when the agent reconnects"
+        );
     }
-    Ok(n_assigned)
+    Ok(true)
 }
 
 /// Sends the node's `assigned` jobs again: its agent reconnected and may never have seen them.

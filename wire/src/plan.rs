@@ -166,6 +166,8 @@ fn process(
     }
 }
 
+/// A step kind from the wire: one arm per kind, each checking that kind's fields (long for
+/// that reason; the arms share the collected errors).
 fn kind_from_proto(
     kind: Option<proto::step_spec::Kind>,
     field: &str,

@@ -412,6 +412,8 @@ impl FromProto for SubResult {
 
 impl FromProto for StepResult {
     type Proto = proto::StepResult;
+    /// Long by design: the message is destructured whole (a new field fails to compile here)
+    /// and each field is checked in field order, every bad one collected.
     fn from_proto(result: proto::StepResult) -> Result<Self, InvalidFields> {
         let proto::StepResult {
             job_id,

@@ -402,7 +402,8 @@ fn memory_temperature(device: &nvml_wrapper::Device<'_>) -> Option<f64> {
 
 /// Waits for XID and double-bit ECC events until `stop` is set, forwarding them to `sender`.
 /// Runs on its own thread because `EventSet::wait` blocks. Registration and the wait loop stay
-/// together because the event set they share borrows `nvml` and cannot be handed around.
+/// together because the event set they share borrows `nvml` and cannot be handed around
+/// (hence its length).
 fn watch_events(nvml: &Nvml, sender: &mpsc::Sender<GpuEvent>, stop: &AtomicBool) {
     let mut set = match nvml.create_event_set() {
         Ok(set) => set,

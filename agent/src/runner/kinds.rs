@@ -189,7 +189,8 @@ enum BurnInEnd {
 ///
 /// The limits are checked on samples this function reads itself, at the runner's sampling
 /// interval, beside the step's telemetry sampler; the simulated source's numbers advance with
-/// every read, a real GPU's do not care.
+/// every read, a real GPU's do not care. One `select!` loop over the process, the deadline and
+/// the sampler, which share the process group, hence its length.
 async fn burn_in(
     context: &RunnerContext,
     request: &ExecRequest,

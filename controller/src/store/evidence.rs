@@ -191,6 +191,7 @@ impl Store {
     ///
     /// When the runs or the jobs themselves differ (a new run, a cancelled one), or the
     /// release does, the whole evidence is loaded again and [`Refreshed::Reloaded`] says so.
+    /// (Its length is its three statements and the reads that share one snapshot.)
     pub async fn refresh_evidence(
         &self,
         release: &Release,

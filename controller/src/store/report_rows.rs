@@ -127,6 +127,9 @@ impl Store {
     /// satisfy `keep` are read (a customer's scope). One snapshot covers every read; memory
     /// holds the job list and one page of results. Stops early, without error, when the
     /// receiver is dropped.
+    ///
+    /// Long because the snapshot transaction cannot be handed to helpers across the `writing!`
+    /// / `with_pool!` backends without boxing every query; each step is commented in order.
     pub async fn read_report_evidence(
         &self,
         release: &ReleaseId,

@@ -22,6 +22,9 @@ impl Store {
     ///
     /// A result whose numbers are not finite is refused as `Corrupt` (it could not be read
     /// back); NUL characters in its text are stored as U+FFFD.
+    ///
+    /// Long because the insert binds every column of a result and the lock, insert, count and
+    /// apply must share one transaction, in this order.
     pub async fn record_result(
         &self,
         result: &StepResult,
