@@ -133,6 +133,29 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Stops scheduling new jobs on a node and lets its running job finish: the node is
+    /// `draining` until that job ends, then `cordoned` (uncordon it to take jobs again).
+    Drain {
+        /// Node name.
+        name: String,
+        /// Why, for example --reason "replace PSU 2" (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Retires a node for good: it takes no jobs and no operator changes again. Refused while
+    /// a job is active on it or pending jobs wait for it.
+    Retire {
+        /// Node name.
+        name: String,
+        /// Why, for example --reason "chassis returned to the vendor" (required; recorded in
+        /// the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Sets a node's health by hand, with a reason (recorded in the audit log). Findings
     /// (a GPU lost, a failed health check, repeated harness errors) only make health worse;
     /// this is how a suspect or bad node is cleared.

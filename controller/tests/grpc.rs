@@ -1524,3 +1524,140 @@ async fn a_halt_resume_or_demotion_that_does_not_apply_is_refused_saying_why() {
     assert_eq!(resumed.halted_reason, "");
     controller.stop().await;
 }
+
+/// An operator drains a busy node (it finishes its job and ends cordoned, taking no new one)
+/// and retires a node only once nothing is active on it and no pending job waits for it; a
+/// retired node takes no operator change again; each change is audited with its reason.
+#[tokio::test]
+async fn a_drained_node_finishes_its_job_and_a_retired_one_stays_retired() {
+    let controller = Controller::start().await;
+    let fx = fixture(&controller).await;
+    let drain = |name: &str| proto::DrainNodeRequest {
+        name: name.into(),
+        reason: "replace PSU 2".into(),
+    };
+    let retire = |name: &str, reason: &str| proto::RetireNodeRequest {
+        name: name.into(),
+        reason: reason.into(),
+    };
+    let drained = controller
+        .nodes()
+        .drain_node(drain("node-a"))
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(drained.state, "draining");
+
+    // A job is active on node-a: retiring it is refused, saying to drain or cancel.
+    let status = controller
+        .nodes()
+        .retire_node(retire("node-a", "returned"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("drain"), "{}", status.message());
+    // No reason: the field is named.
+    let status = controller
+        .nodes()
+        .retire_node(retire("node-b", "  "))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("reason"), "{}", status.message());
+
+    // A second run: node-a (draining) is left out, node-b (busy) gets a job that waits.
+    let second = controller
+        .runs()
+        .start_run(start_request("r550"))
+        .await
+        .expect("second run")
+        .into_inner();
+    let selection = second.selection.expect("selection");
+    assert_eq!(selection.waiting, ["node-b"]);
+    assert_eq!(selection.left_out.len(), 1, "{:?}", selection.left_out);
+    assert!(
+        selection.left_out[0].contains("node-a"),
+        "{:?}",
+        selection.left_out
+    );
+    controller
+        .nodes()
+        .set_cordon(proto::SetCordonRequest {
+            name: "node-b".into(),
+            cordoned: true,
+        })
+        .await
+        .expect("cordon node-b");
+
+    // Both first jobs end: the drained node is cordoned, not ready; node-b stays cordoned
+    // with the second run's job pending for it.
+    for (agent, assign) in [(&fx.a, &fx.assign_a), (&fx.b, &fx.assign_b)] {
+        for step in 0..2 {
+            agent
+                .report(&controller, result(assign, step, proto::Outcome::Passed))
+                .await
+                .expect("result");
+        }
+    }
+    assert_eq!(controller.node("node-a").await.state, "cordoned");
+    assert_eq!(controller.node("node-b").await.state, "cordoned");
+    let status = controller
+        .nodes()
+        .retire_node(retire("node-b", "returned"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("1 pending job(s)"),
+        "{}",
+        status.message()
+    );
+
+    let retired = controller
+        .nodes()
+        .retire_node(retire("node-a", "chassis returned to the vendor"))
+        .await
+        .expect("retire")
+        .into_inner();
+    assert_eq!(retired.state, "retired");
+    let status = controller
+        .nodes()
+        .set_cordon(proto::SetCordonRequest {
+            name: "node-a".into(),
+            cordoned: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("retired"), "{}", status.message());
+
+    let audit = controller
+        .serving
+        .shared
+        .store
+        .list_audit(&tollgate_controller::store::AuditFilter::default())
+        .await
+        .expect("audit");
+    let changes: Vec<(&str, String)> = audit
+        .iter()
+        .filter(|entry| entry.subject == "node/node-a")
+        .map(|entry| {
+            (
+                entry.action.as_str(),
+                serde_json::from_str::<serde_json::Value>(&entry.details).expect("JSON details")
+                    ["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("node.drain", "replace PSU 2".to_owned()),
+            ("node.retire", "chassis returned to the vendor".to_owned()),
+        ]
+    );
+    controller.stop().await;
+}

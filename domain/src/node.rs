@@ -129,10 +129,13 @@ pub enum NodeEvent {
         /// Whether the node has an active job.
         active_job: bool,
     },
-    /// An operator retires it for good; refused while a job is active on it.
+    /// An operator retires it for good; refused while a job is active on it or jobs of
+    /// unfinished runs wait for it (they would wait forever).
     Retire {
         /// Whether the node has an active job.
         active_job: bool,
+        /// How many pending jobs wait for the node.
+        pending_jobs: usize,
     },
 }
 
@@ -192,12 +195,21 @@ pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeR
         (S::Unreachable, E::JobStarted) => {
             refuse("the node is unreachable; a job can start only on a connected node".into())
         }
-        (_, E::Retire { active_job: true }) => refuse(
+        (
+            _,
+            E::Retire {
+                active_job: true, ..
+            },
+        ) => refuse(
             "a job is active on the node; drain it (`tollgate node drain`) or cancel the run, \
              then retire it"
                 .into(),
         ),
-        (_, E::Retire { active_job: false }) => Ok(S::Retired),
+        (_, E::Retire { pending_jobs, .. }) if pending_jobs > 0 => refuse(format!(
+            "{pending_jobs} pending job(s) of unfinished runs wait for the node; cancel those \
+             runs (`tollgate run cancel`) or let them run, then retire it"
+        )),
+        (_, E::Retire { .. }) => Ok(S::Retired),
         (S::Ready | S::Busy, E::LeaseExpired) => Ok(S::Unreachable),
         (S::Cordoned | S::Draining, E::LeaseExpired) => Ok(S::Cordoned),
         (S::Unreachable, E::LeaseExpired | E::JobEnded { .. }) => Ok(S::Unreachable),
@@ -444,7 +456,14 @@ mod tests {
                     E::JobEnded { active_job },
                     E::Uncordon { active_job },
                     E::Drain { active_job },
-                    E::Retire { active_job },
+                    E::Retire {
+                        active_job,
+                        pending_jobs: 0,
+                    },
+                    E::Retire {
+                        active_job,
+                        pending_jobs: 2,
+                    },
                 ]);
             }
             events
@@ -533,14 +552,31 @@ mod tests {
         #[test]
         fn a_node_with_an_active_job_is_not_retired() {
             for state in [S::Busy, S::Draining, S::Cordoned] {
-                let refusal =
-                    next_state(state, E::Retire { active_job: true }).expect_err("refused");
+                let retire = E::Retire {
+                    active_job: true,
+                    pending_jobs: 0,
+                };
+                let refusal = next_state(state, retire).expect_err("refused");
                 assert!(refusal.message.contains("drain"), "{refusal}");
             }
-            assert_eq!(
-                next_state(S::Unreachable, E::Retire { active_job: false }),
-                Ok(S::Retired)
-            );
+            let idle = E::Retire {
+                active_job: false,
+                pending_jobs: 0,
+            };
+            assert_eq!(next_state(S::Unreachable, idle), Ok(S::Retired));
+        }
+
+        #[test]
+        fn a_node_that_pending_jobs_wait_for_is_not_retired() {
+            for state in [S::Ready, S::Cordoned, S::Unreachable] {
+                let retire = E::Retire {
+                    active_job: false,
+                    pending_jobs: 3,
+                };
+                let refusal = next_state(state, retire).expect_err("refused");
+                assert!(refusal.message.contains("3 pending job(s)"), "{refusal}");
+                assert!(refusal.message.contains("run cancel"), "{refusal}");
+            }
         }
 
         #[test]

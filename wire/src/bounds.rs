@@ -154,6 +154,8 @@ bounded_texts! {
     GetNodeRequest { name: NAME }
     SetCordonRequest { name: NAME; cordoned }
     SetHealthRequest { name: NAME, health: NAME, reason: REASON }
+    DrainNodeRequest { name: NAME, reason: REASON }
+    RetireNodeRequest { name: NAME, reason: REASON }
     GetReleaseRequest { name: NAME }
     ListReleasesRequest {}
     PromoteRequest { name: NAME }

@@ -1,4 +1,5 @@
-//! `tollgate node`: list, show, cordon and uncordon lab nodes, and set their health.
+//! `tollgate node`: list, show, cordon, uncordon, drain and retire lab nodes, and set their
+//! health.
 
 use crate::args::NodeCommand;
 use crate::client::{Controller, answer};
@@ -46,6 +47,32 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
         }
         NodeCommand::Uncordon { name, output } => {
             set_cordon(controller, name, false, output.output).await
+        }
+        NodeCommand::Drain {
+            name,
+            reason,
+            output,
+        } => {
+            let node = answer(
+                controller
+                    .nodes()
+                    .drain_node(pb::DrainNodeRequest { name, reason })
+                    .await,
+            )?;
+            print_changed(&node, "drained", output.output)
+        }
+        NodeCommand::Retire {
+            name,
+            reason,
+            output,
+        } => {
+            let node = answer(
+                controller
+                    .nodes()
+                    .retire_node(pb::RetireNodeRequest { name, reason })
+                    .await,
+            )?;
+            print_changed(&node, "retired", output.output)
         }
         NodeCommand::Health {
             name,
@@ -103,10 +130,18 @@ async fn set_cordon(
             .set_cordon(pb::SetCordonRequest { name, cordoned })
             .await,
     )?;
+    print_changed(
+        &node,
+        if cordoned { "cordoned" } else { "uncordoned" },
+        format,
+    )
+}
+
+/// The node after an operator's change: `node NAME VERB; state STATE`, or the node as JSON.
+fn print_changed(node: &pb::Node, verb: &str, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Json => print_json(&json::node(&node)),
+        Format::Json => print_json(&json::node(node)),
         Format::Text => {
-            let verb = if cordoned { "cordoned" } else { "uncordoned" };
             println!("node {} {verb}; state {}", node.name, node.state);
             Ok(())
         }

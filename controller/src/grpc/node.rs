@@ -64,39 +64,89 @@ impl NodeApi {
             .await?
             .ok_or_else(|| not_found(format!("node {name}")))
     }
+
+    /// Applies an operator's change of the node `name` and answers the node as it is after.
+    async fn operator_change(
+        &self,
+        name: &str,
+        change: OperatorChange,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Response<proto::Node>, Status> {
+        let node = self.load(name).await?;
+        let (from, to) = change_by_operator(&self.shared, &node.id, change, actor, reason).await?;
+        if from != to {
+            tracing::info!(node = %node.id, from = %from, to = %to, actor, reason, "node {}", change.action());
+            self.shared.notify_changed();
+            if change == OperatorChange::Uncordon {
+                self.shared.poke_scheduler();
+            }
+        }
+        let mut node = self.load(name).await?;
+        mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
+        Ok(Response::new(node.to_proto()))
+    }
 }
 
-/// Cordons (`cordoned`) or uncordons an operator's node as `actor`: the change is decided by
-/// `next_state` from the node as loaded and applied with its audit entry, only if the node is
-/// still in the state it was decided from (else decided again). Returns the state before and
-/// after.
-pub async fn set_cordon(
+/// What an operator asks of a node's lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// No new jobs.
+    Cordon,
+    /// Jobs again.
+    Uncordon,
+    /// No new jobs; `draining` until its active job ends.
+    Drain,
+    /// For good.
+    Retire,
+}
+
+impl OperatorChange {
+    /// The audit action.
+    fn action(self) -> &'static str {
+        match self {
+            OperatorChange::Cordon => "node.cordon",
+            OperatorChange::Uncordon => "node.uncordon",
+            OperatorChange::Drain => "node.drain",
+            OperatorChange::Retire => "node.retire",
+        }
+    }
+}
+
+/// Applies an operator's `change` of `node` as `actor` (with `reason`, if any, in the audit
+/// entry): decided by `next_state` from the node as loaded and applied with its audit entry,
+/// only if the node is still in the state it was decided from (else decided again). Returns
+/// the state before and after.
+pub async fn change_by_operator(
     shared: &Shared,
     node: &NodeId,
-    cordoned: bool,
+    change: OperatorChange,
     actor: &str,
+    reason: &str,
 ) -> Result<(NodeState, NodeState), NodeChangeError> {
-    let action = if cordoned {
-        "node.cordon"
-    } else {
-        "node.uncordon"
-    };
     let mut lost = None;
     for _ in 0..ATTEMPTS {
         let current = load_node(&shared.store, node).await?;
-        let event = if cordoned {
-            NodeEvent::Cordon
-        } else {
-            NodeEvent::Uncordon {
-                active_job: current.current_job.is_some(),
-            }
+        let active_job = current.current_job.is_some();
+        let event = match change {
+            OperatorChange::Cordon => NodeEvent::Cordon,
+            OperatorChange::Uncordon => NodeEvent::Uncordon { active_job },
+            OperatorChange::Drain => NodeEvent::Drain { active_job },
+            OperatorChange::Retire => NodeEvent::Retire {
+                active_job,
+                pending_jobs: shared.store.pending_jobs_of_node(node).await?,
+            },
         };
         let to = decide(node, current.state, event)?;
         if to == current.state {
             return Ok((to, to));
         }
-        let note = AuditNote::new(shared.now(), actor, action, format!("node/{node}"))
-            .details(serde_json::json!({ "from": current.state.as_str(), "to": to.as_str() }));
+        let mut details = serde_json::json!({ "from": current.state.as_str(), "to": to.as_str() });
+        if !reason.is_empty() {
+            details["reason"] = reason.into();
+        }
+        let note = AuditNote::new(shared.now(), actor, change.action(), format!("node/{node}"))
+            .details(details);
         match shared
             .store
             .change_node_state(node, current.state, to, &note)
@@ -217,18 +267,40 @@ impl NodeService for NodeApi {
         let actor = super::auth::actor_of(&request);
         let proto::SetCordonRequest { name, cordoned } =
             super::convert::bounded(request.into_inner())?;
-        let node = self.load(&name).await?;
-        let (from, to) = set_cordon(&self.shared, &node.id, cordoned, &actor).await?;
-        if from != to {
-            tracing::info!(node = %node.id, from = %from, to = %to, "{}", if cordoned { "node cordoned" } else { "node uncordoned" });
-            self.shared.notify_changed();
-            if !cordoned {
-                self.shared.poke_scheduler();
-            }
+        let change = if cordoned {
+            OperatorChange::Cordon
+        } else {
+            OperatorChange::Uncordon
+        };
+        self.operator_change(&name, change, &actor, "").await
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<proto::DrainNodeRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let proto::DrainNodeRequest { name, reason } =
+            super::convert::bounded(request.into_inner())?;
+        self.operator_change(&name, OperatorChange::Drain, &actor, reason.trim())
+            .await
+    }
+
+    async fn retire_node(
+        &self,
+        request: Request<proto::RetireNodeRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let proto::RetireNodeRequest { name, reason } =
+            super::convert::bounded(request.into_inner())?;
+        if reason.trim().is_empty() {
+            return Err(super::status::invalid_field(
+                "reason",
+                "say why the node is retired, for example --reason \"chassis returned\"",
+            ));
         }
-        let mut node = self.load(&name).await?;
-        mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
-        Ok(Response::new(node.to_proto()))
+        self.operator_change(&name, OperatorChange::Retire, &actor, reason.trim())
+            .await
     }
 
     async fn set_health(

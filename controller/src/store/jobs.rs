@@ -106,6 +106,19 @@ impl Store {
         })
     }
 
+    /// How many pending jobs wait for `node`.
+    pub async fn pending_jobs_of_node(&self, node: &NodeId) -> Result<usize, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) AS n FROM jobs WHERE node = $1 AND state = $2";
+        with_pool!(self, |pool| {
+            let row = sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(JobState::Pending.as_str())
+                .fetch_one(pool)
+                .await?;
+            rows::Fields::new(&row, "jobs", &[]).int_as("n")
+        })
+    }
+
     /// Every pending job with its node.
     pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
         const SQL: &str = "SELECT id, node, created_at FROM jobs WHERE state = $1
