@@ -330,21 +330,12 @@ macro_rules! move_node {
     }};
 }
 
-/// Applies a decided [`tollgate_domain::job::JobChange`] inside the open transaction `$tx`:
-/// a compare-and-set of the job's state and lease epoch, then of its node's state when the
-/// change moves the node; `Conflict` (the caller rolls back, reloads and decides again) when
-/// either moved since it was decided. When the job ends, its run's transition is decided by
-/// `tollgate_domain::run::next` from the run's open jobs, read under the run's lock.
-///
-/// Locks are taken in one order everywhere (run, then jobs, then nodes), so concurrent
-/// changes of one run wait for each other instead of deadlocking; and because each holds the
-/// run's row, "was this the run's last open job" sees every other change of the run
-/// committed. SQLite gets the same by `BEGIN IMMEDIATE`.
-macro_rules! apply_job_change {
-    ($tx:expr, $change:expr, $now:expr) => {{
-        let change: &tollgate_domain::job::JobChange = $change;
-        let now: tollgate_domain::Timestamp = $now;
-        let job = &change.job;
+/// Takes the lock of job `$job`'s run in the transaction `$tx` (the first lock of the order
+/// run, jobs, node) and evaluates to the run's id; returns `NotFound` from the method when
+/// the job does not exist.
+macro_rules! lock_job_run {
+    ($tx:expr, $job:expr) => {{
+        let job: &tollgate_domain::JobId = $job;
         let Some(row) = sqlx::query($crate::store::jobs::JOB_RUN)
             .bind(job.as_str())
             .fetch_optional(&mut *$tx)
@@ -359,6 +350,32 @@ macro_rules! apply_job_change {
             .bind(&run_id)
             .execute(&mut *$tx)
             .await?;
+        run_id
+    }};
+}
+
+/// Applies a decided [`tollgate_domain::job::JobChange`] inside the open transaction `$tx`:
+/// a compare-and-set of the job's state and lease epoch, then of its node's state when the
+/// change moves the node; `Conflict` (the caller rolls back, reloads and decides again) when
+/// either moved since it was decided. When the job ends, its run's transition is decided by
+/// `tollgate_domain::run::next` from the run's open jobs, read under the run's lock.
+///
+/// Locks are taken in one order everywhere (run, then jobs, then nodes), so concurrent
+/// changes of one run wait for each other instead of deadlocking; and because each holds the
+/// run's row, "was this the run's last open job" sees every other change of the run
+/// committed. SQLite gets the same by `BEGIN IMMEDIATE`.
+macro_rules! apply_job_change {
+    ($tx:expr, $change:expr, $now:expr) => {{
+        let change: &tollgate_domain::job::JobChange = $change;
+        let run_id = lock_job_run!($tx, &change.job);
+        apply_job_change!($tx, change, $now, run_id)
+    }};
+    // The same, with the run's lock already taken by `lock_job_run!` (which gave `$run_id`).
+    ($tx:expr, $change:expr, $now:expr, $run_id:expr) => {{
+        let change: &tollgate_domain::job::JobChange = $change;
+        let now: tollgate_domain::Timestamp = $now;
+        let job = &change.job;
+        let run_id: String = $run_id;
         let n_rows = sqlx::query($crate::store::jobs::MOVE_JOB)
             .bind(job.as_str())
             .bind(change.from.as_str())

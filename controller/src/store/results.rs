@@ -61,18 +61,7 @@ impl Store {
             // below sees every result another writer of this job committed meanwhile: under
             // PostgreSQL's read committed, two writers that inserted before either locked
             // would each count only their own.
-            let Some(row) = sqlx::query(super::jobs::JOB_RUN)
-                .bind(job.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                return Err(StoreError::NotFound { what });
-            };
-            let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
-            sqlx::query(super::jobs::LOCK_RUN)
-                .bind(&run_id)
-                .execute(&mut *tx)
-                .await?;
+            let run_id = lock_job_run!(tx, job);
             let n_rows = sqlx::query(INSERT_RESULT)
                 .bind(result.job_id.as_str())
                 .bind(i64::from(result.step_index))
@@ -116,7 +105,7 @@ impl Store {
                     ),
                 });
             }
-            apply_job_change!(tx, &change.job, now);
+            apply_job_change!(tx, &change.job, now, run_id);
             tx.commit().await?;
             Ok(Recorded::Inserted)
         })
