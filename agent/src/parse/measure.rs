@@ -17,9 +17,12 @@
 //! output. A line that starts with `@tollgate` but does not follow the format (an unknown
 //! directive, a bad name, a value that is not a finite number, extra fields) makes the attempt
 //! an `error` — the harness contract is broken, which says nothing about the hardware — with a
-//! message such as `stdout line 12: measurement value 'fast' is not a finite number`.
+//! message such as `stdout line 12: measurement value 'fast' is not a finite number`. A name
+//! over 128 bytes or a unit over the inventory-text limit is malformed the same way (the
+//! controller would refuse the result).
 //! Measurement lines on stderr are not read.
 
+use tollgate_domain::limits;
 use tollgate_domain::result::Measurement;
 
 /// The marker that starts every line Tollgate reads.
@@ -45,6 +48,14 @@ pub enum MeasureError {
     /// The value is not a finite number.
     #[error("measurement value '{0}' is not a finite number")]
     BadValue(String),
+    /// The name or the unit is longer than the controller takes.
+    #[error("measurement {field} {message}")]
+    OverLimit {
+        /// `name` or `unit`.
+        field: &'static str,
+        /// What is over which limit.
+        message: String,
+    },
     /// The line was cut because it was longer than the agent reads.
     #[error("@tollgate line longer than {0} bytes")]
     TooLong(usize),
@@ -81,6 +92,16 @@ pub fn parse_line(line: &str) -> Result<Option<Measurement>, MeasureError> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
     {
         return Err(MeasureError::BadName(name.to_owned()));
+    }
+    // The controller refuses a result whose measurement is over these limits: say so here,
+    // where the step's author can see which line.
+    let over = |field, limit, text| {
+        limits::check_text(limit, text)
+            .map_err(|message| MeasureError::OverLimit { field, message })
+    };
+    over("name", &limits::NAME, name)?;
+    if let Some(unit) = &unit {
+        over("unit", &limits::INVENTORY_TEXT, unit)?;
     }
     let value = value
         .parse::<f64>()
@@ -198,6 +219,52 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(parse_line(line), Err(expected), "{line}");
         }
+    }
+
+    /// Found by fuzzing (`measure_line`): a 131-byte name parsed, and the controller then
+    /// refused the whole result. A name or unit the controller would refuse is a malformed
+    /// line; one at the limit is read and taken.
+    #[test]
+    fn names_and_units_over_the_controllers_limits_are_malformed_lines() {
+        use tollgate_wire::{FromProto as _, ToProto as _};
+        let at_limit = "n".repeat(limits::NAME.max);
+        let line = format!(
+            "@tollgate measure {at_limit} 1 {}",
+            "u".repeat(limits::INVENTORY_TEXT.max)
+        );
+        let measurement = parse_line(&line)
+            .expect("at the limits")
+            .expect("a measurement");
+        assert_eq!(
+            Measurement::from_proto(measurement.to_proto()).as_ref(),
+            Ok(&measurement),
+            "the controller takes it"
+        );
+        let over = format!("@tollgate measure {at_limit}x 1");
+        match parse_line(&over) {
+            Err(MeasureError::OverLimit {
+                field: "name",
+                message,
+            }) => {
+                assert!(message.contains("129 bytes"), "{message}")
+            }
+            other => panic!("expected the name over its limit, got {other:?}"),
+        }
+        let long_unit = format!(
+            "@tollgate measure x 1 {}",
+            "u".repeat(limits::INVENTORY_TEXT.max + 1)
+        );
+        assert!(matches!(
+            parse_line(&long_unit),
+            Err(MeasureError::OverLimit { field: "unit", .. })
+        ));
+        let mut parser = MeasureParser::new();
+        parser.feed(over.as_bytes(), None);
+        let (measurements, first_error) = parser.finish();
+        assert!(measurements.is_empty());
+        assert!(
+            first_error.is_some_and(|error| error.starts_with("stdout line 1: measurement name")),
+        );
     }
 
     #[test]
