@@ -234,9 +234,15 @@ pub fn run(run: &pb::Run) -> Value {
         now,
         waiting,
         left_out,
+        n_plan_not_allowed,
     }) = selection
     {
-        value["selection"] = json!({ "now": now, "waiting": waiting, "left_out": left_out });
+        value["selection"] = json!({
+            "now": now,
+            "waiting": waiting,
+            "left_out": left_out,
+            "n_plan_not_allowed": n_plan_not_allowed,
+        });
     }
     value
 }
@@ -589,4 +595,26 @@ mod tests {
         assert_eq!(value["sub_results"][0]["message"], "uncorrectable ECC");
         assert_eq!(value["sub_results_not_listed"], 4);
     }
+}
+
+/// An API token (never with a secret).
+pub fn api_token(token: &pb::ApiToken) -> Value {
+    let pb::ApiToken {
+        name,
+        role,
+        customer,
+        created_by,
+        created_at,
+        expires_at,
+        revoked_at,
+    } = token;
+    json!({
+        "name": name,
+        "role": role,
+        "customer": customer,
+        "created_by": created_by,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+        "revoked_at": time(revoked_at.as_ref()),
+    })
 }
