@@ -486,18 +486,18 @@ async fn matrix(backend: Backend) {
     // The refusals say what to do.
     let status = call(&identities[2], "NodeService/ListNodes", &world)
         .await
-        .unwrap_err();
+        .expect_err("an expired token is refused");
     assert!(
         status.message().contains("short-lived expired"),
         "{status:?}"
     );
     let status = call(&identities[3], "NodeService/ListNodes", &world)
         .await
-        .unwrap_err();
+        .expect_err("a revoked token is refused");
     assert!(status.message().contains("gone was revoked"), "{status:?}");
     let status = call(&identities[4], "NodeService/SetCordon", &world)
         .await
-        .unwrap_err();
+        .expect_err("a viewer may not cordon");
     assert!(status.message().contains("operator, admin"), "{status:?}");
     controller.stop().await;
 }
@@ -517,7 +517,7 @@ async fn sees_only_its_own(clients: &As, own: &str, other: &str, world: &World) 
         .nodes
         .get_node(v1::GetNodeRequest { name: other.into() })
         .await
-        .unwrap_err();
+        .expect_err("another customer's node is not found");
     assert_eq!(
         status.code(),
         Code::NotFound,

@@ -490,6 +490,28 @@ pub fn list(key: &str, items: Vec<Value>) -> Value {
     Value::Object(object)
 }
 
+/// An API token (never with a secret).
+pub fn api_token(token: &pb::ApiToken) -> Value {
+    let pb::ApiToken {
+        name,
+        role,
+        customer,
+        created_by,
+        created_at,
+        expires_at,
+        revoked_at,
+    } = token;
+    json!({
+        "name": name,
+        "role": role,
+        "customer": customer,
+        "created_by": created_by,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+        "revoked_at": time(revoked_at.as_ref()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,26 +617,4 @@ mod tests {
         assert_eq!(value["sub_results"][0]["message"], "uncorrectable ECC");
         assert_eq!(value["sub_results_not_listed"], 4);
     }
-}
-
-/// An API token (never with a secret).
-pub fn api_token(token: &pb::ApiToken) -> Value {
-    let pb::ApiToken {
-        name,
-        role,
-        customer,
-        created_by,
-        created_at,
-        expires_at,
-        revoked_at,
-    } = token;
-    json!({
-        "name": name,
-        "role": role,
-        "customer": customer,
-        "created_by": created_by,
-        "created_at": time(created_at.as_ref()),
-        "expires_at": time(expires_at.as_ref()),
-        "revoked_at": time(revoked_at.as_ref()),
-    })
 }
