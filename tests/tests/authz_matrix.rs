@@ -582,3 +582,65 @@ fn the_readme_holds_the_authorization_table() {
         "README.md's Authorization section must hold this table exactly:\n{table}"
     );
 }
+
+/// This host's address on a non-loopback interface, if it has one: the address a socket
+/// would send from towards a documentation-range host (nothing is sent).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// With no token anywhere, a manager call from loopback is anonymous and one from another
+/// address is refused, saying to create a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_come_from_loopback_only() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this host has no non-loopback address to call from");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_controller::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let list = |host: String| async move {
+        let url = format!("http://{host}:{port}");
+        let answer = tollgate_tests::wait_for(Duration::from_secs(20), "the controller", || {
+            let url = url.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(url)
+                    .expect("url")
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
+                Some(nodes.list_nodes(v1::ListNodesRequest::default()).await)
+            }
+        })
+        .await;
+        answer.map(drop)
+    };
+    list("127.0.0.1".to_owned())
+        .await
+        .expect("a loopback caller is anonymous");
+    let status = list(ip.to_string())
+        .await
+        .expect_err("a caller from another address is refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("create an API token"),
+        "{status:?}"
+    );
+    let _ = stop.send(());
+    server
+        .await
+        .expect("controller task")
+        .expect("controller run");
+}
