@@ -40,6 +40,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Gate(GateCommand::Validate { .. })
             | Command::Demo(_)
             | Command::Completions { .. }
+            | Command::Report(crate::args::ReportArgs {
+                command: Some(crate::args::ReportCommand::Verify(_)),
+                ..
+            })
     );
     if needs_token {
         crate::client::set_token(crate::credentials::resolve_token(
