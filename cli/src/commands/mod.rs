@@ -22,39 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         token_file,
         command,
     } = cli;
-    let config_path = crate::credentials::config_path(
-        std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
-        std::env::var("HOME").ok().as_deref(),
-    );
-    let config = match &config_path {
-        Some(path) => crate::credentials::read_config(path)?,
-        None => crate::credentials::Config::default(),
-    };
-    let url = controller
-        .or(config.controller)
-        .unwrap_or_else(|| crate::args::DEFAULT_CONTROLLER.to_owned());
-    // Offline commands and the demo need no token: a bad token file must not stop them.
-    let needs_token = !matches!(
-        command,
-        Command::Plan(PlanCommand::Validate { .. })
-            | Command::Gate(GateCommand::Validate { .. })
-            | Command::Demo(_)
-            | Command::Completions { .. }
-            | Command::Report(crate::args::ReportArgs {
-                command: Some(crate::args::ReportCommand::Verify(_)),
-                ..
-            })
-    );
-    if needs_token {
-        crate::client::set_token(crate::credentials::resolve_token(
-            crate::credentials::Sources {
-                flag: token,
-                env: std::env::var("TOLLGATE_TOKEN").ok(),
-                file: token_file,
-                config_file: config.token_file,
-            },
-        )?);
-    }
+    let url = settle_controller_and_token(controller, token, token_file, &command)?;
     // Offline commands and the demo never touch --controller, so they work without one.
     match command {
         Command::Plan(PlanCommand::Validate { file, output }) => {
@@ -97,6 +65,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // `report verify` is offline: a customer checks a file without any controller.
         Command::Report(args) => report::dispatch(&url, args).await,
     }
+}
+
+/// The controller URL (`--controller`, `TOLLGATE_CONTROLLER`, the config file, the default)
+/// and, for a command that calls the controller, the API token every call carries.
+fn settle_controller_and_token(
+    controller: Option<String>,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+    command: &Command,
+) -> anyhow::Result<String> {
+    // Offline commands and the demo read neither the config file nor a token: a bad one must
+    // not stop them.
+    let offline = matches!(
+        command,
+        Command::Plan(PlanCommand::Validate { .. })
+            | Command::Gate(GateCommand::Validate { .. })
+            | Command::Demo(_)
+            | Command::Completions { .. }
+            | Command::Report(crate::args::ReportArgs {
+                command: Some(crate::args::ReportCommand::Verify(_)),
+                ..
+            })
+    );
+    let config_path = crate::credentials::config_path(
+        std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    );
+    let config = match &config_path {
+        Some(path) if !offline => crate::credentials::read_config(path)?,
+        _ => crate::credentials::Config::default(),
+    };
+    let url = controller
+        .or(config.controller)
+        .unwrap_or_else(|| crate::args::DEFAULT_CONTROLLER.to_owned());
+    if !offline {
+        crate::client::set_token(crate::credentials::resolve_token(
+            crate::credentials::Sources {
+                flag: token,
+                env: std::env::var("TOLLGATE_TOKEN").ok(),
+                file: token_file,
+                config_file: config.token_file,
+            },
+        )?);
+    }
+    Ok(url)
 }
 
 /// Prints what `plan validate` or `gate validate` found in `file_name`: the summary of what
