@@ -18,6 +18,10 @@ Errors: with -o json an error is JSON on stdout too, with the same exit code:
 \"message\": \"...\"}], \"exit_code\": 2}}. `code` is the controller's gRPC status in snake case,
 `invalid_file` for a plan or gate file with problems, `error` otherwise.
 
+Token and controller: --token, else TOLLGATE_TOKEN, else --token-file FILE, else the config
+file's token_file. The config file is $XDG_CONFIG_HOME/tollgate/config.toml (else
+~/.config/tollgate/config.toml), with lines `controller = \"URL\"` and `token_file = \"PATH\"`.
+
 Exit codes: 0 ok; 1 other errors (including an unreachable controller and invalid plan or gate
 files); 2 invalid argument; 3 failed precondition (for example a promotion the gate refuses, or
 `gate check` on a failed gate); 4 not found; 5 `gate check` while the gate waits for evidence.";
@@ -26,26 +30,20 @@ files); 2 invalid argument; 3 failed precondition (for example a promotion the g
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Controller gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_CONTROLLER",
-        default_value = DEFAULT_CONTROLLER,
-        value_name = "URL"
-    )]
-    pub controller: String,
+    /// Controller gRPC address [default: the config file's `controller`, else
+    /// http://127.0.0.1:7800].
+    #[arg(long, global = true, env = "TOLLGATE_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
 
-    /// API token for the controller (sent as 'authorization: Bearer <token>'); needed when
-    /// the controller is configured with API tokens.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
+    /// API token secret (sent as 'authorization: Bearer <secret>'). It shows in `ps`: prefer
+    /// TOLLGATE_TOKEN, --token-file or the config file's `token_file`.
+    #[arg(long, global = true, value_name = "SECRET")]
     pub token: Option<String>,
+
+    /// A file holding the API token secret on its first line; refused unless only its owner
+    /// may read it (chmod 600). Used when neither --token nor TOLLGATE_TOKEN is given.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
@@ -86,6 +84,9 @@ pub enum Command {
     /// The hash-chained audit log: list, verify.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// API tokens (admin only): create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Writes the signed customer acceptance report of a release at a milestone; `report
     /// verify` checks a report file offline, `report public-key` prints the signing key.
     Report(ReportArgs),
@@ -98,6 +99,40 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `tollgate token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Creates an API token and prints its secret, once: the controller keeps only its hash.
+    Create {
+        /// The token's name: the actor recorded on everything done with it.
+        name: String,
+        /// viewer, operator, release-manager, admin or customer.
+        #[arg(long)]
+        role: String,
+        /// For --role customer: the value of the `customer` node label it sees.
+        #[arg(long)]
+        customer: Option<String>,
+        /// How long the token is good for, for example 90d, 12h or 2w (at most a year).
+        #[arg(long, value_name = "DURATION")]
+        expires: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists API tokens made with `token create`, revoked and expired ones included; never
+    /// their secrets.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Revokes an API token: every later call carrying it is refused.
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 

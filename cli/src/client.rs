@@ -8,11 +8,13 @@ use tollgate_proto::v1::{
     gate_service_client::GateServiceClient, node_service_client::NodeServiceClient,
     plan_service_client::PlanServiceClient, release_service_client::ReleaseServiceClient,
     report_service_client::ReportServiceClient, run_service_client::RunServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// The API token every call carries, set once from `--token` / `TOLLGATE_TOKEN`.
+/// The API token every call carries, set once from `--token`, `TOLLGATE_TOKEN`, `--token-file`
+/// or the config file (`credentials.rs`).
 static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 /// Sets the API token sent with every call; the first call wins.
@@ -100,6 +102,11 @@ impl Controller {
     /// AuditService.
     pub fn audit(&self) -> AuditServiceClient<Authed> {
         AuditServiceClient::with_interceptor(self.channel.clone(), self.token())
+    }
+
+    /// TokenService.
+    pub fn tokens(&self) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     fn token(&self) -> TokenInterceptor {

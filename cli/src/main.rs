@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod clock;
 mod commands;
+mod credentials;
 mod demo;
 mod output;
 

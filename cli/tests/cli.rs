@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 fn tollgate() -> Command {
     let mut command = Command::cargo_bin("tollgate").expect("the tollgate binary is built");
-    // Tests must not pick up a developer's controller.
-    command.env_remove("TOLLGATE_CONTROLLER");
+    // Tests must not pick up a developer's controller, token or config file.
+    command
+        .env_remove("TOLLGATE_CONTROLLER")
+        .env_remove("TOLLGATE_TOKEN")
+        .env("XDG_CONFIG_HOME", "/nonexistent/tollgate-test-config");
     command
 }
 
@@ -158,6 +161,94 @@ fn unreachable_controller_says_so_clearly() {
     );
     assert!(stderr.contains("tollgate-controller serve"), "{stderr}");
     assert!(stderr.contains("--controller"), "{stderr}");
+}
+
+#[test]
+fn token_files_others_may_read_are_refused_and_flag_tokens_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let output = tollgate()
+        .args([
+            "--controller",
+            "http://127.0.0.1:1",
+            "node",
+            "list",
+            "--token-file",
+        ])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", file.display())),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot reach"),
+        "refused before any call: {stderr}"
+    );
+    let output = tollgate()
+        .args([
+            "--controller",
+            "http://127.0.0.1:1",
+            "node",
+            "list",
+            "--token",
+            "s3cret",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("warning: --token shows the secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_config_file_names_the_controller_and_the_token_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::create_dir_all(dir.path().join("tollgate")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("tollgate/config.toml"),
+        format!(
+            "controller = \"http://127.0.0.1:1\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .expect("write config");
+    let output = tollgate()
+        .env("XDG_CONFIG_HOME", dir.path())
+        .args(["node", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach the controller at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // The token file is read: one others may read stops the command.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = tollgate()
+        .env("XDG_CONFIG_HOME", dir.path())
+        .args(["node", "list"])
+        .output()
+        .expect("runs");
+    assert!(
+        text(&output.stderr).contains("chmod 600"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[test]

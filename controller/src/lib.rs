@@ -50,6 +50,7 @@ use tollgate_proto::v1::plan_service_server::PlanServiceServer;
 use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
 use tollgate_proto::v1::report_service_server::ReportServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
+use tollgate_proto::v1::token_service_server::TokenServiceServer;
 
 /// How long in-flight requests may take to finish once shutdown started.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +103,11 @@ pub async fn run_with(
     let report_key = report::signing_key::load_or_create(&config.data_dir)
         .context("loading the report signing key")?;
     let shared = Arc::new(Shared::new(store, config));
+    shared
+        .api_tokens
+        .reload(&shared.store)
+        .await
+        .context("loading the API tokens")?;
     let serving = Serving {
         addr: local_addr,
         shared: shared.clone(),
@@ -201,18 +207,22 @@ fn router(
         .build_v1alpha()
         .context("building the reflection service (v1alpha)")?;
     // Manager calls carry an API token naming their actor; agent calls carry node tokens,
-    // checked by the agent service itself.
-    let api_auth = grpc::auth::interceptor(&shared.config.api_tokens);
-    if shared.config.api_tokens.is_empty() {
+    // checked by the agent service itself. Each manager service's interceptor sits inside
+    // `WithPath`, so it knows the RPC and checks it against the authorization table
+    // (`grpc/authz.rs`).
+    let api_auth = grpc::auth::interceptor(shared.clone());
+    if shared.config.api_tokens.is_empty() && shared.api_tokens.is_empty() {
         tracing::warn!(
-            "no API token configured: manager calls are accepted without authentication and \
-             recorded as actor 'anonymous'; configure --api-token NAME=SECRET or --api-tokens-file"
+            "no API token configured: manager calls from this host's loopback are accepted \
+             without authentication and recorded as actor 'anonymous', others are refused; \
+             configure --api-token-file with NAME[:ROLE] SECRET lines"
         );
     }
     // Stated, not left to tonic's default: a larger request is refused before it is decoded
     // (`OUT_OF_RANGE`, "decoded message length too large"), and every field limit is far below
     // it, so an oversize field always reaches the field checks: `INVALID_ARGUMENT` naming it.
     const REQUEST_BYTES: usize = tollgate_domain::limits::REQUEST.max;
+    use grpc::auth::WithPath;
     use tonic::service::interceptor::InterceptedService;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -223,40 +233,45 @@ fn router(
             AgentServiceServer::new(grpc::agent::AgentApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
         )
-        .add_service(InterceptedService::new(
+        .add_service(WithPath(InterceptedService::new(
             NodeServiceServer::new(grpc::node::NodeApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             ReleaseServiceServer::new(grpc::release::ReleaseApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             PlanServiceServer::new(grpc::plan::PlanApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             RunServiceServer::new(grpc::run::RunApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             GateServiceServer::new(grpc::gate::GateApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             ReportServiceServer::new(grpc::report::ReportApi::new(shared.clone(), report_key))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )))
+        .add_service(WithPath(InterceptedService::new(
             AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
                 .max_decoding_message_size(REQUEST_BYTES),
             api_auth.clone(),
-        ));
+        )))
+        .add_service(WithPath(InterceptedService::new(
+            TokenServiceServer::new(grpc::token::TokenApi::new(shared.clone()))
+                .max_decoding_message_size(REQUEST_BYTES),
+            api_auth.clone(),
+        )));
     Ok(router)
 }

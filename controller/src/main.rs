@@ -59,12 +59,18 @@ struct ServeArgs {
     /// Log format; RUST_LOG filters (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// A manager API token, NAME=SECRET; repeatable. Without any, manager calls are
-    /// anonymous.
-    #[arg(long = "api-token", value_name = "NAME=SECRET", value_parser = tollgate_controller::tokens::ApiTokens::parse_flag)]
+    /// A bootstrap manager API token, NAME=SECRET (an admin) or NAME:ROLE=SECRET; repeatable.
+    /// The secret shows in `ps`: prefer --api-token-file. Without any token (flag, file or
+    /// made with `tollgate token create`), manager calls are anonymous from loopback only.
+    #[arg(long = "api-token", value_name = "NAME[:ROLE]=SECRET", value_parser = tollgate_controller::tokens::ApiTokens::parse_flag)]
     api_tokens: Vec<(String, String)>,
-    /// A file of manager API tokens, one `name secret` per line.
-    #[arg(long, value_name = "FILE")]
+    /// A file of bootstrap manager API tokens, one `name secret` or `name:role secret` per
+    /// line (a name without a role is an admin).
+    #[arg(
+        long = "api-token-file",
+        visible_alias = "api-tokens-file",
+        value_name = "FILE"
+    )]
     api_tokens_file: Option<PathBuf>,
 }
 
@@ -192,12 +198,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.heartbeat_interval = args.heartbeat_interval;
     config.lease_grace = args.lease_grace;
+    if !args.api_tokens.is_empty() {
+        tracing::warn!(
+            "--api-token puts a secret on the command line, where `ps` shows it to every user \
+             of this host; put the tokens in a file readable by this user only and pass \
+             --api-token-file FILE instead"
+        );
+    }
     let mut api_tokens = args.api_tokens.clone();
     if let Some(path) = &args.api_tokens_file {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --api-tokens-file {}", path.display()))?;
+            .with_context(|| format!("reading --api-token-file {}", path.display()))?;
         let pairs = tollgate_controller::tokens::ApiTokens::parse_file(&text)
-            .map_err(|err| anyhow::anyhow!("--api-tokens-file {}: {err}", path.display()))?;
+            .map_err(|err| anyhow::anyhow!("--api-token-file {}: {err}", path.display()))?;
         api_tokens.extend(pairs);
     }
     config.api_tokens = tollgate_controller::tokens::ApiTokens::new(&api_tokens)

@@ -9,7 +9,7 @@ use crate::config::ControllerConfig;
 use crate::gate_cache::GateCache;
 use crate::sessions::Sessions;
 use crate::store::Store;
-use crate::tokens::TokenCache;
+use crate::tokens::{StoredTokens, TokenCache};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Node tokens already seen, so a call does not cost a database lookup.
     pub tokens: TokenCache,
+    /// API tokens made through `TokenService`, by hash: loaded at start by `run`, refreshed
+    /// by every create and revoke.
+    pub api_tokens: StoredTokens,
     /// The controller's first clock read; leases get a fresh grace from here after a restart.
     pub started_at: Timestamp,
     /// When leases last got a fresh grace: the start, or the moment the database accepted
@@ -59,6 +62,7 @@ impl Shared {
             config,
             sessions: Sessions::default(),
             tokens: TokenCache::default(),
+            api_tokens: StoredTokens::default(),
             started_at,
             leases_fresh_from: Mutex::new(started_at),
             scheduler_wake: Notify::new(),

@@ -1,5 +1,7 @@
 //! Tokens as the controller keeps them: node tokens (issued at registration, bound to one
-//! node) and the operator's named API tokens (`--api-token NAME=SECRET`). This module knows
+//! node), the operator's bootstrap API tokens (`--api-token NAME[:ROLE]=SECRET`, admin unless
+//! given a role) and the API tokens made through `TokenService` (stored, kept in memory by
+//! their hash in [`StoredTokens`]). This module knows
 //! secrets and their hashes only; reading them from a call and refusing one is the gRPC
 //! edge's (`grpc/auth.rs`), so the configuration can hold tokens without depending on it.
 //!
@@ -9,10 +11,11 @@
 use crate::store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_domain::NodeId;
+use tollgate_domain::access::{ApiToken, Role};
 
 /// How often an unknown token may trigger a reload of every node's token hash. Tokens issued
 /// by this process are cached at once; a reload only finds nodes enrolled before a restart (or
@@ -30,24 +33,58 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The configured API tokens: sha256 of the secret → name.
+/// A bootstrap API token: given by flag or file, never stored, never expiring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapToken {
+    /// Its name, the actor recorded on everything done with it.
+    pub name: String,
+    /// Its role: admin unless the flag or file line names one.
+    pub role: Role,
+}
+
+/// The configured (bootstrap) API tokens: sha256 of the secret → token.
 #[derive(Clone, Debug, Default)]
 pub struct ApiTokens {
-    by_hash: HashMap<String, String>,
+    by_hash: HashMap<String, BootstrapToken>,
+}
+
+/// Splits `NAME` or `NAME:ROLE` into the token's name and role (admin when none is given).
+fn name_and_role(text: &str) -> Result<BootstrapToken, String> {
+    let (name, role) = match text.trim().split_once(':') {
+        Some((name, role)) => (name, role.parse::<Role>()?),
+        None => (text.trim(), Role::Admin),
+    };
+    if role == Role::Customer {
+        return Err(format!(
+            "'{text}': a customer token needs its customer; create it with `tollgate token \
+             create NAME --role customer --customer VALUE`"
+        ));
+    }
+    tollgate_domain::access::check_token_name(name)?;
+    Ok(BootstrapToken {
+        name: name.to_owned(),
+        role,
+    })
 }
 
 impl ApiTokens {
-    /// Tokens from `(name, secret)` pairs; an error names every bad pair.
+    /// Tokens from `(NAME[:ROLE], secret)` pairs; an error names every bad pair.
     pub fn new(pairs: &[(String, String)]) -> Result<Self, String> {
         let mut by_hash = HashMap::new();
         let mut problems = Vec::new();
         for (name, secret) in pairs {
             if name.trim().is_empty() || secret.trim().is_empty() {
                 problems.push(format!("'{name}': name and secret must both be non-empty"));
-            } else if by_hash
-                .insert(hash_token(secret.trim()), name.trim().to_owned())
-                .is_some()
-            {
+                continue;
+            }
+            let token = match name_and_role(name) {
+                Ok(token) => token,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
+            if by_hash.insert(hash_token(secret.trim()), token).is_some() {
                 problems.push(format!("'{name}': the same secret is given twice"));
             }
         }
@@ -58,18 +95,18 @@ impl ApiTokens {
         }
     }
 
-    /// Parses `NAME=SECRET`.
+    /// Parses `NAME=SECRET` or `NAME:ROLE=SECRET`.
     pub fn parse_flag(text: &str) -> Result<(String, String), String> {
         match text.split_once('=') {
             Some((name, secret)) if !name.is_empty() && !secret.is_empty() => {
                 Ok((name.to_owned(), secret.to_owned()))
             }
-            _ => Err(format!("'{text}' is not NAME=SECRET")),
+            _ => Err(format!("'{text}' is not NAME=SECRET or NAME:ROLE=SECRET")),
         }
     }
 
-    /// Parses a tokens file: one `name secret` per line; blank lines and `#` comments are
-    /// skipped. An error names every bad line.
+    /// Parses a tokens file: one `name secret` or `name:role secret` per line; blank lines and
+    /// `#` comments are skipped. An error names every bad line.
     pub fn parse_file(text: &str) -> Result<Vec<(String, String)>, String> {
         let mut pairs = Vec::new();
         let mut problems = Vec::new();
@@ -81,7 +118,10 @@ impl ApiTokens {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.as_slice() {
                 [name, secret] => pairs.push(((*name).to_owned(), (*secret).to_owned())),
-                _ => problems.push(format!("line {}: expected 'name secret'", idx + 1)),
+                _ => problems.push(format!(
+                    "line {}: expected 'name secret' or 'name:role secret'",
+                    idx + 1
+                )),
             }
         }
         if problems.is_empty() {
@@ -91,14 +131,72 @@ impl ApiTokens {
         }
     }
 
-    /// Whether no token is configured (every manager call is then anonymous).
+    /// Whether no bootstrap token is configured.
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
 
+    /// The token whose secret has the sha256 `token_hash`; `None` for an unknown one.
+    pub fn by_hash(&self, token_hash: &str) -> Option<&BootstrapToken> {
+        self.by_hash.get(token_hash)
+    }
+
+    /// The token named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&BootstrapToken> {
+        self.by_hash.values().find(|token| token.name == name)
+    }
+
     /// The name of the token whose secret is `token`; `None` for an unknown one.
     pub fn name_of(&self, token: &str) -> Option<&str> {
-        self.by_hash.get(&hash_token(token)).map(String::as_str)
+        self.by_hash(&hash_token(token))
+            .map(|token| token.name.as_str())
+    }
+}
+
+/// The API tokens made through `TokenService`, by their secret's hash: loaded once at start
+/// and again after each create and revoke, so a call with an unknown token costs one map
+/// lookup, never a database read.
+#[derive(Debug, Default)]
+pub struct StoredTokens {
+    by_hash: RwLock<HashMap<String, ApiToken>>,
+}
+
+impl StoredTokens {
+    /// Reads every stored token again.
+    pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let tokens: HashMap<String, ApiToken> =
+            store.list_api_tokens().await?.into_iter().collect();
+        *self
+            .by_hash
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, ApiToken>> {
+        // Plain map operations never panic while the lock is held; a poisoned lock still
+        // guards a consistent map.
+        self.by_hash
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The token whose secret has the sha256 `token_hash`, revoked and expired ones included.
+    pub fn by_hash(&self, token_hash: &str) -> Option<ApiToken> {
+        self.read().get(token_hash).cloned()
+    }
+
+    /// The token named `name`.
+    pub fn by_name(&self, name: &str) -> Option<ApiToken> {
+        self.read()
+            .values()
+            .find(|token| token.name == name)
+            .cloned()
+    }
+
+    /// Whether no token was ever made (revoked and expired ones count as made).
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
     }
 }
 
@@ -194,9 +292,25 @@ mod tests {
 
     #[test]
     fn api_token_flags_and_files_parse_or_name_every_bad_line() {
-        let pairs = ApiTokens::parse_file("# managers\nalice s3cret\n\nbob hunter2\n").unwrap();
+        let pairs =
+            ApiTokens::parse_file("# managers\nalice s3cret\n\nbob:viewer hunter2\n").unwrap();
         let tokens = ApiTokens::new(&pairs).unwrap();
         assert_eq!(tokens.name_of("hunter2"), Some("bob"));
+        let bob = tokens.by_hash(&hash_token("hunter2")).unwrap();
+        assert_eq!(bob.role, Role::Viewer);
+        assert_eq!(
+            tokens.by_hash(&hash_token("s3cret")).unwrap().role,
+            Role::Admin,
+            "a token without a role is an admin"
+        );
+        assert_eq!(
+            ApiTokens::parse_flag("ops:operator=abc").unwrap(),
+            ("ops:operator".to_owned(), "abc".to_owned())
+        );
+        let err = ApiTokens::new(&[("x:root".into(), "s".into())]).unwrap_err();
+        assert!(err.contains("unknown Role"), "{err}");
+        let err = ApiTokens::new(&[("x:customer".into(), "s".into())]).unwrap_err();
+        assert!(err.contains("tollgate token create"), "{err}");
         assert_eq!(tokens.name_of("nope"), None);
         assert_eq!(
             ApiTokens::parse_flag("ci=abc").unwrap(),

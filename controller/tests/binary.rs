@@ -169,3 +169,42 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
         "escape codes in a log file: {text:?}"
     );
 }
+
+#[test]
+fn api_tokens_on_the_command_line_are_warned_about_and_a_token_file_is_not() {
+    let run = |token_args: &[&str]| -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr_file = dir.path().join("addr");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "root s3cret\nci:operator hunter2\n").expect("tokens file");
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(token_args)
+            .arg("--api-token-file")
+            .arg(&tokens)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the controller");
+        wait_for_file(&addr_file, Duration::from_secs(20));
+        let status = sigterm_and_wait(&mut child);
+        let output = child.wait_with_output().expect("output");
+        let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(status.success(), "{status:?}: {logs}");
+        logs
+    };
+    let logs = run(&["--api-token", "extra:viewer=abc123"]);
+    assert!(
+        logs.contains("--api-token puts a secret on the command line"),
+        "{logs}"
+    );
+    assert!(logs.contains("--api-token-file FILE instead"), "{logs}");
+    let logs = run(&[]);
+    assert!(!logs.contains("--api-token puts a secret"), "{logs}");
+    assert!(!logs.contains("no API token configured"), "{logs}");
+}

@@ -4,6 +4,7 @@
 //! **Boundary:** this crate does no I/O and never reads the clock; time is always an argument.
 //! The controller loads facts, calls a function here, and persists what it returns.
 
+pub mod access;
 pub mod attestation;
 pub mod audit;
 pub mod fleet;

@@ -90,6 +90,22 @@ pub struct Selection {
     pub waiting: Vec<NodeId>,
     /// Matching nodes not selected, each with why (`n3 is unreachable`). By name.
     pub left_out: Vec<(NodeId, String)>,
+    /// How many of `left_out` were left out because their `allowed-plans` label does not list
+    /// the plan.
+    #[serde(default)]
+    pub n_plan_not_allowed: usize,
+}
+
+/// The node label that restricts which plans a node runs: a comma-separated list of plan
+/// names. A node without it runs any plan.
+pub const ALLOWED_PLANS_LABEL: &str = "allowed-plans";
+
+/// Whether a node with `labels` may run the plan named `plan`: yes without an
+/// [`ALLOWED_PLANS_LABEL`], else only when the label lists it.
+pub fn plan_allowed(labels: &crate::fleet::Labels, plan: &str) -> bool {
+    labels
+        .get(ALLOWED_PLANS_LABEL)
+        .is_none_or(|allowed| allowed.split(',').any(|name| name.trim() == plan))
 }
 
 impl Selection {
@@ -100,8 +116,14 @@ impl Selection {
 }
 
 /// Why a matching node cannot be selected, or `None` when it can.
-fn left_out_because(node: &Node, selecting: Selecting) -> Option<String> {
+fn left_out_because(node: &Node, plan: &str, selecting: Selecting) -> Option<String> {
     use NodeState as S;
+    if !plan_allowed(&node.labels, plan) {
+        return Some(format!(
+            "{} runs only the plans its {ALLOWED_PLANS_LABEL} label lists, not {plan}",
+            node.id
+        ));
+    }
     if node.health != Health::Good {
         return Some(format!(
             "{} is {} (set it good with `tollgate node health {} --set good --reason ...`)",
@@ -121,7 +143,8 @@ fn left_out_because(node: &Node, selecting: Selecting) -> Option<String> {
 /// Picks the nodes a new run of `plan` gets: every node matching the selector in good health
 /// that is ready, or busy with another job (its job waits until the node frees up; not with
 /// [`Selecting::ReadyNow`]). Cordoned, draining, unreachable and retired nodes are left out,
-/// and so are `suspect` and `bad` ones. With `plan.max_nodes` (`nodes: N`) ready nodes go
+/// and so are `suspect` and `bad` ones, and nodes whose `allowed-plans` label does not list
+/// the plan (counted in `n_plan_not_allowed`). With `plan.max_nodes` (`nodes: N`) ready nodes go
 /// first, then busy ones, each by name, up to N.
 pub fn select_nodes(
     plan: &Plan,
@@ -140,7 +163,10 @@ pub fn select_nodes(
     matching.sort_by(|a, b| a.id.cmp(&b.id));
     let mut selection = Selection::default();
     for node in &matching {
-        match left_out_because(node, selecting) {
+        if !plan_allowed(&node.labels, &plan.name) {
+            selection.n_plan_not_allowed += 1;
+        }
+        match left_out_because(node, &plan.name, selecting) {
             Some(why) => selection.left_out.push((node.id.clone(), why)),
             None if node.state == NodeState::Ready => selection.now.push(node.id.clone()),
             None => selection.waiting.push(node.id.clone()),
@@ -326,6 +352,36 @@ mod tests {
                 && err.contains("n5 is unreachable"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_node_with_allowed_plans_runs_only_the_listed_ones() {
+        let mut nodes: Vec<Node> = (1..=3)
+            .map(|i| node(&format!("n{i}"), "hgx-h100"))
+            .collect();
+        nodes[0]
+            .labels
+            .insert(ALLOWED_PLANS_LABEL.into(), "burn-in, other".into());
+        nodes[1]
+            .labels
+            .insert(ALLOWED_PLANS_LABEL.into(), "flash-only".into());
+        let mut plan = plan_for("hgx-h100");
+        plan.name = "burn-in".into();
+        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert_eq!(selection.now, ids(&["n1", "n3"]));
+        assert_eq!(selection.n_plan_not_allowed, 1);
+        assert_eq!(selection.left_out.len(), 1);
+        assert!(
+            selection.left_out[0]
+                .1
+                .contains("n2 runs only the plans its allowed-plans label lists, not burn-in"),
+            "{:?}",
+            selection.left_out
+        );
+        plan.name = "flash-only".into();
+        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        assert_eq!(selection.now, ids(&["n2", "n3"]));
+        assert_eq!(selection.n_plan_not_allowed, 1);
     }
 
     #[test]

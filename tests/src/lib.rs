@@ -508,6 +508,26 @@ impl Agent {
         Self::start_with(config, tempdir)
     }
 
+    /// [`Agent::start`] without faults, with `labels` besides `sku=hgx-h100` (a customer's
+    /// node: `customer=acme`).
+    pub fn start_labelled(
+        controller_url: &str,
+        node: &str,
+        n_gpus: u32,
+        labels: &[(&str, &str)],
+    ) -> Self {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        let state_dir = tempdir.path().join(node);
+        let mut config =
+            tollgate_agent::AgentConfig::simulated(controller_url, node, n_gpus, state_dir);
+        config.labels.insert("sku".into(), "hgx-h100".into());
+        for (key, value) in labels {
+            config.labels.insert((*key).into(), (*value).into());
+        }
+        config.sample_interval = Duration::from_millis(100);
+        Self::start_with(config, tempdir)
+    }
+
     /// [`Agent::start`] without faults, keeping its state (spool, token) in `state_dir`: a
     /// small disk a test fills, say.
     pub fn start_at(controller_url: &str, node: &str, n_gpus: u32, state_dir: PathBuf) -> Self {

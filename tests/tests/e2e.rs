@@ -20,7 +20,36 @@ tollgate_tests::on_both_backends!(
     agent_cannot_act_as_another_node,
     killed_agent_leaves_its_job_lost,
     gate_show_json_has_one_entry_per_rule,
+    a_node_runs_only_the_plans_its_label_allows,
 );
+
+/// A node labelled `allowed-plans` that does not list the plan is left out of the run, and
+/// the answer to `run start` counts it.
+async fn a_node_runs_only_the_plans_its_label_allows(backend: Backend) {
+    let Some(mut controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let _open = Agent::start(&controller.url, "lab-1", 1, &[]);
+    let _restricted = Agent::start_labelled(
+        &controller.url,
+        "lab-2",
+        1,
+        &[("allowed-plans", "flash-only, burn-in")],
+    );
+    let mut clients = controller.clients().await;
+    let run = clients
+        .start_qualification("r550", 2, &plan_yaml(0.1))
+        .await;
+    let nodes: Vec<&str> = run.jobs.iter().map(|job| job.node.as_str()).collect();
+    assert_eq!(nodes, ["lab-1"], "{run:#?}");
+    let selection = run.selection.expect("run start answers with its selection");
+    assert_eq!(selection.n_plan_not_allowed, 1, "{selection:#?}");
+    assert!(
+        selection.left_out[0].contains("lab-2 runs only the plans its allowed-plans label lists"),
+        "{selection:#?}"
+    );
+    controller.stop().await;
+}
 
 async fn clean_release_passes_and_promotes(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {

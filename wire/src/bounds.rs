@@ -177,6 +177,9 @@ bounded_texts! {
     VerifyAuditRequest {}
     GetPublicKeyRequest {}
     RenderAttestationRequest { release: NAME, milestone: NAME }
+    CreateTokenRequest { name: NAME, role: NAME, customer: LABEL_VALUE; ttl_seconds }
+    ListTokensRequest {}
+    RevokeTokenRequest { name: NAME }
 }
 
 impl Bounded for proto::ListNodesRequest {

@@ -234,9 +234,15 @@ pub fn run(run: &pb::Run) -> Value {
         now,
         waiting,
         left_out,
+        n_plan_not_allowed,
     }) = selection
     {
-        value["selection"] = json!({ "now": now, "waiting": waiting, "left_out": left_out });
+        value["selection"] = json!({
+            "now": now,
+            "waiting": waiting,
+            "left_out": left_out,
+            "n_plan_not_allowed": n_plan_not_allowed,
+        });
     }
     value
 }
@@ -482,6 +488,28 @@ pub fn list(key: &str, items: Vec<Value>) -> Value {
     let mut object = Map::new();
     object.insert(key.to_owned(), Value::Array(items));
     Value::Object(object)
+}
+
+/// An API token (never with a secret).
+pub fn api_token(token: &pb::ApiToken) -> Value {
+    let pb::ApiToken {
+        name,
+        role,
+        customer,
+        created_by,
+        created_at,
+        expires_at,
+        revoked_at,
+    } = token;
+    json!({
+        "name": name,
+        "role": role,
+        "customer": customer,
+        "created_by": created_by,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+        "revoked_at": time(revoked_at.as_ref()),
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! **Boundary:** conversions and wire-level checks only (bounds, required fields, names). No
 //! I/O, no tokio, no tonic server code, no sqlx; decisions stay in `tollgate-domain`.
 
+pub mod access;
 pub mod bounds;
 pub mod fields;
 pub mod fleet;
@@ -27,6 +28,7 @@ pub mod time;
 #[cfg(test)]
 mod round_trip;
 
+pub use access::{api_token_to_proto, token_request};
 pub use bounds::{Bounded, bounded, check_labels, split_plan_ref};
 pub use fields::{FieldErrors, InvalidFields, LISTED_PROBLEMS};
 pub use fleet::Enrollment;

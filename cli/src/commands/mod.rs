@@ -8,6 +8,7 @@ pub mod promote;
 pub mod release;
 pub mod report;
 pub mod run;
+pub mod token;
 pub mod waiver;
 
 use crate::args::{Cli, Command, GateCommand, PlanCommand, ReleaseCommand};
@@ -16,11 +17,12 @@ use crate::client::Controller;
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
-        controller: url,
+        controller,
         token,
+        token_file,
         command,
     } = cli;
-    crate::client::set_token(token);
+    let url = settle_controller_and_token(controller, token, token_file, &command)?;
     // Offline commands and the demo never touch --controller, so they work without one.
     match command {
         Command::Plan(PlanCommand::Validate { file, output }) => {
@@ -59,9 +61,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Halt(args) => waiver::halt(&Controller::connect(&url).await?, args).await,
         Command::Resume(args) => waiver::resume(&Controller::connect(&url).await?, args).await,
         Command::Audit(command) => audit::run(&Controller::connect(&url).await?, command).await,
+        Command::Token(command) => token::run(&Controller::connect(&url).await?, command).await,
         // `report verify` is offline: a customer checks a file without any controller.
         Command::Report(args) => report::dispatch(&url, args).await,
     }
+}
+
+/// The controller URL (`--controller`, `TOLLGATE_CONTROLLER`, the config file, the default)
+/// and, for a command that calls the controller, the API token every call carries.
+fn settle_controller_and_token(
+    controller: Option<String>,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+    command: &Command,
+) -> anyhow::Result<String> {
+    // Offline commands and the demo read neither the config file nor a token: a bad one must
+    // not stop them.
+    let offline = matches!(
+        command,
+        Command::Plan(PlanCommand::Validate { .. })
+            | Command::Gate(GateCommand::Validate { .. })
+            | Command::Demo(_)
+            | Command::Completions { .. }
+            | Command::Report(crate::args::ReportArgs {
+                command: Some(crate::args::ReportCommand::Verify(_)),
+                ..
+            })
+    );
+    let config_path = crate::credentials::config_path(
+        std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    );
+    let config = match &config_path {
+        Some(path) if !offline => crate::credentials::read_config(path)?,
+        _ => crate::credentials::Config::default(),
+    };
+    let url = controller
+        .or(config.controller)
+        .unwrap_or_else(|| crate::args::DEFAULT_CONTROLLER.to_owned());
+    if !offline {
+        crate::client::set_token(crate::credentials::resolve_token(
+            crate::credentials::Sources {
+                flag: token,
+                env: std::env::var("TOLLGATE_TOKEN").ok(),
+                file: token_file,
+                config_file: config.token_file,
+            },
+        )?);
+    }
+    Ok(url)
 }
 
 /// Prints what `plan validate` or `gate validate` found in `file_name`: the summary of what

@@ -402,6 +402,13 @@ pub fn format_started(run: &pb::Run) -> String {
                 format!("; left out: {}", selection.left_out.join(", "))
             }
         );
+        if selection.n_plan_not_allowed > 0 {
+            let _ = writeln!(
+                out,
+                "  {} node(s) left out because their allowed-plans label does not list plan {}",
+                selection.n_plan_not_allowed, run.plan_name
+            );
+        }
     }
     let width = name_width(&run.jobs);
     for job in &run.jobs {
@@ -664,13 +671,27 @@ mod tests {
                 now: vec!["n1".into()],
                 waiting: vec!["n2".into()],
                 left_out: vec!["n3 is unreachable".into()],
+                n_plan_not_allowed: 0,
             }),
+            plan_name: "burn-in".into(),
             ..Default::default()
         };
         let text = format_started(&run);
         assert!(
             text.contains(
                 "1 node(s) selected now, 1 waiting for their current job to end; left out: n3 is unreachable"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("allowed-plans"), "{text}");
+        let mut restricted = run.clone();
+        if let Some(selection) = &mut restricted.selection {
+            selection.n_plan_not_allowed = 2;
+        }
+        let text = format_started(&restricted);
+        assert!(
+            text.contains(
+                "2 node(s) left out because their allowed-plans label does not list plan burn-in"
             ),
             "{text}"
         );

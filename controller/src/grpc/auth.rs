@@ -1,15 +1,22 @@
 //! Identity at the gRPC edge. Node tokens: issued at registration, presented as
 //! `authorization: Bearer <token>` on every other agent call, and bound to exactly one node.
-//! API tokens: named secrets the operator configures (`--api-token NAME=SECRET`), presented
-//! the same way on every manager call; the name is the actor recorded on waivers, promotions
-//! and audit entries. Tokens themselves (hashing, the configured set, the node cache) are
-//! `crate::tokens`; a refusal here is an [`AuthError`], which `status.rs` maps.
+//! API tokens: bootstrap ones the operator configures (`--api-token NAME[:ROLE]=SECRET`) and
+//! ones made through `TokenService`, presented the same way on every manager call; the name
+//! is the actor recorded on waivers, promotions and audit entries, the role decides what it
+//! may call (`authz.rs`). With no API token anywhere, manager calls are anonymous, from a
+//! loopback peer only. Tokens themselves (hashing, the configured and stored sets, the node
+//! cache) are `crate::tokens`; a refusal here is an [`AuthError`], which `status.rs` maps.
 
 pub use crate::tokens::{generate_token, hash_token};
 
+use super::authz::{self, Forbidden};
+use crate::shared::Shared;
 use crate::store::StoreError;
-use crate::tokens::{ApiTokens, TokenCache};
-use tollgate_domain::NodeId;
+use crate::tokens::{ApiTokens, StoredTokens, TokenCache};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tollgate_domain::access::{Role, TokenRefusal};
+use tollgate_domain::{NodeId, Timestamp};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -38,8 +45,26 @@ pub enum AuthError {
     )]
     MissingApiToken,
     /// A manager call with a token that is not configured.
-    #[error("unknown API token")]
+    #[error(
+        "unknown API token: check the secret, or ask an admin for a token (tollgate token create)"
+    )]
     UnknownApiToken,
+    /// A known API token that is revoked or expired.
+    #[error(transparent)]
+    RefusedApiToken(#[from] TokenRefusal),
+    /// An anonymous manager call from another host.
+    #[error(
+        "anonymous manager calls are accepted from this host's loopback only (the call came \
+         from {peer}): create an API token (tollgate-controller serve --api-token-file, then \
+         tollgate token create) and send it with --token-file or TOLLGATE_TOKEN"
+    )]
+    AnonymousFromAfar {
+        /// The caller's address, or "an unknown address".
+        peer: String,
+    },
+    /// The caller is known but its role may not make this call.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// The node tokens could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -61,43 +86,176 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
 /// The actor of a manager call when no API token is configured.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Who makes a manager call: an API token's name, or [`ANONYMOUS`]. The interceptor puts it
-/// in the request's extensions.
+/// Who makes a manager call. The interceptor puts it in the request's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(pub String);
+pub enum Identity {
+    /// No API token is configured anywhere and the call came from a loopback peer.
+    Anonymous,
+    /// An API token.
+    Token {
+        /// Its name: the actor.
+        name: String,
+        /// Its role.
+        role: Role,
+        /// The customer it sees, for a customer token.
+        customer: Option<String>,
+    },
+}
+
+impl Identity {
+    /// The actor recorded on what it does.
+    pub fn actor(&self) -> &str {
+        match self {
+            Identity::Anonymous => ANONYMOUS,
+            Identity::Token { name, .. } => name,
+        }
+    }
+}
 
 /// The actor of a request, as the interceptor found it.
 pub fn actor_of<T>(request: &tonic::Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Actor>()
-        .map_or_else(|| ANONYMOUS.to_owned(), |actor| actor.0.clone())
+    request.extensions().get::<Identity>().map_or_else(
+        || ANONYMOUS.to_owned(),
+        |identity| identity.actor().to_owned(),
+    )
 }
 
-/// The actor of a manager call: anonymous when no token is configured, else the name of the
-/// token it carries; refused when it carries none or an unknown one.
+/// The customer a request's answer is scoped to: `Some` for a customer token only.
+pub fn customer_of<T>(request: &tonic::Request<T>) -> Option<String> {
+    match request.extensions().get::<Identity>() {
+        Some(Identity::Token {
+            customer: Some(customer),
+            ..
+        }) => Some(customer.clone()),
+        _ => None,
+    }
+}
+
+/// Whether `peer` is this host: a loopback address, IPv4 mapped into IPv6 included.
+fn is_loopback(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|addr| addr.ip().to_canonical().is_loopback())
+}
+
+/// The API tokens a manager call is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct ManagerTokens<'a> {
+    /// Given by flag or file.
+    pub bootstrap: &'a ApiTokens,
+    /// Made through `TokenService`.
+    pub stored: &'a StoredTokens,
+}
+
+/// The caller of a manager call from `peer` at `now`: anonymous when no token is configured
+/// anywhere and the peer is on loopback, else the token it carries; refused when it carries
+/// none, an unknown one, a revoked or an expired one.
 pub fn authenticate_manager(
-    tokens: &ApiTokens,
+    tokens: ManagerTokens<'_>,
     metadata: &MetadataMap,
-) -> Result<Actor, AuthError> {
-    if tokens.is_empty() {
-        return Ok(Actor(ANONYMOUS.to_owned()));
+    peer: Option<SocketAddr>,
+    now: Timestamp,
+) -> Result<Identity, AuthError> {
+    if tokens.bootstrap.is_empty() && tokens.stored.is_empty() {
+        if is_loopback(peer) {
+            return Ok(Identity::Anonymous);
+        }
+        return Err(AuthError::AnonymousFromAfar {
+            peer: peer.map_or_else(|| "an unknown address".to_owned(), |addr| addr.to_string()),
+        });
     }
     let token = bearer_token(metadata).map_err(|_| AuthError::MissingApiToken)?;
-    tokens
-        .name_of(token)
-        .map(|name| Actor(name.to_owned()))
-        .ok_or(AuthError::UnknownApiToken)
+    let token_hash = hash_token(token);
+    if let Some(token) = tokens.bootstrap.by_hash(&token_hash) {
+        return Ok(Identity::Token {
+            name: token.name.clone(),
+            role: token.role,
+            customer: None,
+        });
+    }
+    let token = tokens
+        .stored
+        .by_hash(&token_hash)
+        .ok_or(AuthError::UnknownApiToken)?;
+    token.check(now)?;
+    Ok(Identity::Token {
+        name: token.name,
+        role: token.role,
+        customer: token.customer,
+    })
 }
 
-/// A tonic interceptor that authenticates every manager call and records its actor.
+/// Whether `identity` may call the RPC at `path` (anonymous callers may call every RPC the
+/// table has).
+pub fn authorize(identity: &Identity, path: &str) -> Result<(), Forbidden> {
+    match identity {
+        Identity::Anonymous => {
+            authz::row_of(path)
+                .map(|_| ())
+                .ok_or_else(|| Forbidden::NotInTable {
+                    path: path.to_owned(),
+                })
+        }
+        Identity::Token { name, role, .. } => authz::authorize(path, name, *role),
+    }
+}
+
+/// The gRPC path of a call, put into its extensions by [`WithPath`] (the interceptor itself
+/// does not see the URI).
+#[derive(Clone, Debug)]
+pub struct CallPath(pub String);
+
+/// Wraps a service so the interceptor behind it knows which RPC is called.
+#[derive(Clone, Debug)]
+pub struct WithPath<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithPath<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for WithPath<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = CallPath(request.uri().path().to_owned());
+        request.extensions_mut().insert(path);
+        self.0.call(request)
+    }
+}
+
+/// A tonic interceptor that authenticates every manager call, checks it against the
+/// authorization table and records its caller. It reads only memory: the stored tokens are
+/// kept by hash in `shared.api_tokens`.
 pub fn interceptor(
-    tokens: &ApiTokens,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone + use<> {
-    let tokens = tokens.clone();
+    shared: Arc<Shared>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
     move |mut request: tonic::Request<()>| {
-        let actor = authenticate_manager(&tokens, request.metadata())?;
-        request.extensions_mut().insert(actor);
+        let tokens = ManagerTokens {
+            bootstrap: &shared.config.api_tokens,
+            stored: &shared.api_tokens,
+        };
+        let identity = authenticate_manager(
+            tokens,
+            request.metadata(),
+            request.remote_addr(),
+            shared.now(),
+        )?;
+        let path = request
+            .extensions()
+            .get::<CallPath>()
+            .map_or("", |path| path.0.as_str());
+        authorize(&identity, path).map_err(AuthError::from)?;
+        request.extensions_mut().insert(identity);
         Ok(request)
     }
 }
@@ -136,45 +294,107 @@ mod tests {
         assert_eq!(bearer_token(&metadata).unwrap(), "0123abc");
     }
 
+    fn loopback() -> Option<SocketAddr> {
+        Some("127.0.0.1:5000".parse().unwrap())
+    }
+
+    fn afar() -> Option<SocketAddr> {
+        Some("10.1.2.3:5000".parse().unwrap())
+    }
+
+    fn now() -> Timestamp {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
     #[test]
-    fn api_tokens_name_the_actor_or_refuse() {
-        let anonymous = ApiTokens::default();
+    fn without_any_token_only_loopback_callers_are_anonymous() {
+        let bootstrap = ApiTokens::default();
+        let stored = StoredTokens::default();
+        let tokens = ManagerTokens {
+            bootstrap: &bootstrap,
+            stored: &stored,
+        };
         let metadata = MetadataMap::new();
         assert_eq!(
-            authenticate_manager(&anonymous, &metadata).unwrap(),
-            Actor(ANONYMOUS.into())
+            authenticate_manager(tokens, &metadata, loopback(), now()).unwrap(),
+            Identity::Anonymous
         );
-        let pairs = ApiTokens::parse_file("alice s3cret\nbob hunter2\n").unwrap();
-        let tokens = ApiTokens::new(&pairs).unwrap();
+        let mapped = Some("[::ffff:127.0.0.1]:5000".parse().unwrap());
+        assert_eq!(
+            authenticate_manager(tokens, &metadata, mapped, now()).unwrap(),
+            Identity::Anonymous
+        );
+        let err = authenticate_manager(tokens, &metadata, afar(), now()).unwrap_err();
+        assert!(matches!(err, AuthError::AnonymousFromAfar { .. }), "{err}");
+        assert!(err.to_string().contains("10.1.2.3"), "{err}");
+        assert!(err.to_string().contains("create an API token"), "{err}");
+        assert!(authenticate_manager(tokens, &metadata, None, now()).is_err());
+    }
+
+    #[test]
+    fn api_tokens_name_the_actor_and_role_or_refuse() {
+        let pairs = ApiTokens::parse_file("alice s3cret\nbob:viewer hunter2\n").unwrap();
+        let bootstrap = ApiTokens::new(&pairs).unwrap();
+        let stored = StoredTokens::default();
+        let tokens = ManagerTokens {
+            bootstrap: &bootstrap,
+            stored: &stored,
+        };
+        let metadata = MetadataMap::new();
         assert!(matches!(
-            authenticate_manager(&tokens, &metadata),
+            authenticate_manager(tokens, &metadata, loopback(), now()),
             Err(AuthError::MissingApiToken)
         ));
         let mut metadata = MetadataMap::new();
         metadata.insert("authorization", "Bearer hunter2".parse().unwrap());
         assert_eq!(
-            authenticate_manager(&tokens, &metadata).unwrap(),
-            Actor("bob".into())
+            authenticate_manager(tokens, &metadata, afar(), now()).unwrap(),
+            Identity::Token {
+                name: "bob".into(),
+                role: Role::Viewer,
+                customer: None
+            }
         );
         metadata.insert("authorization", "Bearer nope".parse().unwrap());
         assert!(matches!(
-            authenticate_manager(&tokens, &metadata),
+            authenticate_manager(tokens, &metadata, loopback(), now()),
             Err(AuthError::UnknownApiToken)
         ));
     }
 
     #[test]
+    fn anonymous_callers_may_call_what_the_table_has_and_nothing_else() {
+        assert_eq!(
+            authorize(
+                &Identity::Anonymous,
+                "/tollgate.v1.TokenService/CreateToken"
+            ),
+            Ok(())
+        );
+        assert!(authorize(&Identity::Anonymous, "/tollgate.v1.NodeService/Nope").is_err());
+    }
+
+    #[test]
     fn the_interceptor_refuses_unauthenticated_and_records_the_actor() {
         let pairs = ApiTokens::parse_file("bob hunter2\n").unwrap();
-        let mut intercept = interceptor(&ApiTokens::new(&pairs).unwrap());
-        let status = intercept(tonic::Request::new(())).unwrap_err();
+        let bootstrap = ApiTokens::new(&pairs).unwrap();
+        let stored = StoredTokens::default();
+        let tokens = ManagerTokens {
+            bootstrap: &bootstrap,
+            stored: &stored,
+        };
+        let status = Status::from(
+            authenticate_manager(tokens, &MetadataMap::new(), loopback(), now()).unwrap_err(),
+        );
         assert_eq!(status.code(), Code::Unauthenticated);
         assert!(status.message().contains("missing API token"), "{status}");
         let mut request = tonic::Request::new(());
-        request
-            .metadata_mut()
-            .insert("authorization", "Bearer hunter2".parse().unwrap());
-        let request = intercept(request).unwrap();
+        request.extensions_mut().insert(Identity::Token {
+            name: "bob".into(),
+            role: Role::Admin,
+            customer: None,
+        });
         assert_eq!(actor_of(&request), "bob");
+        assert_eq!(customer_of(&request), None);
     }
 }

@@ -112,6 +112,7 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::EvaluateGateRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::EvaluateGateRequest {
             release,
             milestone,
@@ -119,6 +120,24 @@ impl GateService for GateApi {
         } = super::convert::bounded(request.into_inner())?;
         let release = load_release(&self.shared, &release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
+        if let Some(customer) = customer {
+            // A customer's decision is evaluated now over its own nodes' evidence, as a
+            // customer-scoped report's is; stored decisions are the whole fleet's.
+            if at.is_some() {
+                return Err(status::invalid_field(
+                    "at",
+                    "replays the whole fleet's stored decision, which a customer token may \
+                     not read; leave it out to evaluate over your own nodes now",
+                ));
+            }
+            let scope = crate::report::CustomerScope {
+                label: tollgate_domain::access::CUSTOMER_LABEL.to_owned(),
+                value: customer,
+            };
+            let evaluated =
+                super::report::evaluate(&self.shared, &release, &milestone, Some(&scope)).await?;
+            return Ok(Response::new(evaluated.decision.to_proto()));
+        }
         if let Some(at) = at {
             let at = timestamp_from_proto(&at)
                 .ok_or_else(|| status::invalid_field("at", "is not a valid timestamp"))?;

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod attestation;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod gate;
 pub mod node;
 pub mod plan;
@@ -16,6 +17,7 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod token;
 
 use crate::shared::Shared;
 use crate::store::{StoredGate, StoredPlan};
@@ -120,6 +122,21 @@ pub fn resolve_milestone(release: &Release, requested: &str) -> Result<String, S
         ));
     }
     Ok(requested.to_owned())
+}
+
+/// The nodes a customer sees (`access::sees_node`): lists and runs are filtered to them.
+pub async fn customer_nodes(
+    shared: &Shared,
+    customer: &str,
+) -> Result<std::collections::BTreeSet<String>, Status> {
+    Ok(shared
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .filter(|node| tollgate_domain::access::sees_node(Some(customer), &node.labels))
+        .map(|node| node.id.to_string())
+        .collect())
 }
 
 /// A random id with a prefix: `run-` or `job-` followed by 16 hex digits.

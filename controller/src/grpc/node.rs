@@ -234,6 +234,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::ListNodesRequest { selector } = super::convert::bounded(request.into_inner())?;
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
@@ -245,6 +246,9 @@ impl NodeService for NodeApi {
             nodes: nodes
                 .iter()
                 .filter(|node| selector.matches(&node.labels))
+                .filter(|node| {
+                    tollgate_domain::access::sees_node(customer.as_deref(), &node.labels)
+                })
                 .map(ToProto::to_proto)
                 .collect(),
         }))
@@ -254,8 +258,13 @@ impl NodeService for NodeApi {
         &self,
         request: Request<proto::GetNodeRequest>,
     ) -> Result<Response<proto::Node>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetNodeRequest { name } = super::convert::bounded(request.into_inner())?;
         let mut node = self.load(&name).await?;
+        // Another customer's node is answered as if it did not exist.
+        if !tollgate_domain::access::sees_node(customer.as_deref(), &node.labels) {
+            return Err(not_found(format!("node {name}")));
+        }
         mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         Ok(Response::new(node.to_proto()))
     }

@@ -85,10 +85,22 @@ impl ReportApi {
     }
 }
 
+/// A report request as a customer may make it: over its own nodes, whatever scope it asked
+/// for.
+fn scoped_to(
+    mut request: proto::RenderReportRequest,
+    customer: Option<&str>,
+) -> proto::RenderReportRequest {
+    if let Some(customer) = customer {
+        request.customer = tollgate_domain::access::customer_scope(customer);
+    }
+    request
+}
+
 /// The gate of `release` at `milestone` evaluated now: stored, as every evaluation is, for the
 /// whole fleet; over the customer's nodes alone, and not stored, when `scope` is given (that
 /// decision is not the release's, only a view of it).
-async fn evaluate(
+pub(crate) async fn evaluate(
     shared: &Shared,
     release: &Release,
     milestone: &str,
@@ -218,8 +230,12 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::RenderReportRequest>,
     ) -> Result<Response<proto::Report>, Status> {
+        let customer = super::auth::customer_of(&request);
         let (head, format) = self
-            .head(super::convert::bounded(request.into_inner())?)
+            .head(scoped_to(
+                super::convert::bounded(request.into_inner())?,
+                customer.as_deref(),
+            ))
             .await?;
         let release = head.release.id.clone();
         let digest = head.decision.digest.clone();
@@ -252,8 +268,12 @@ impl ReportService for ReportApi {
         &self,
         request: Request<proto::RenderReportRequest>,
     ) -> Result<Response<Self::StreamReportStream>, Status> {
+        let customer = super::auth::customer_of(&request);
         let (head, format) = self
-            .head(super::convert::bounded(request.into_inner())?)
+            .head(scoped_to(
+                super::convert::bounded(request.into_inner())?,
+                customer.as_deref(),
+            ))
             .await?;
         let (sender, receiver) = mpsc::channel(4);
         let release = head.release.id.clone();

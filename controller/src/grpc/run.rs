@@ -55,6 +55,23 @@ async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
         .ok_or_else(|| not_found(format!("run {id}")))
 }
 
+/// A run as a caller scoped to `customer` sees it: only the jobs on its own nodes, and no
+/// node selection (it names other customers' nodes); `None` when it has no job there. Unscoped
+/// callers see it whole.
+async fn scope_run(
+    shared: &Shared,
+    customer: Option<&str>,
+    mut view: proto::Run,
+) -> Result<Option<proto::Run>, Status> {
+    let Some(customer) = customer else {
+        return Ok(Some(view));
+    };
+    let nodes = super::customer_nodes(shared, customer).await?;
+    view.jobs.retain(|job| nodes.contains(&job.node));
+    view.selection = None;
+    Ok((!view.jobs.is_empty()).then_some(view))
+}
+
 /// A run as the wire shows it; with every job's results when `with_results`.
 pub async fn run_view(
     shared: &Shared,
@@ -147,6 +164,7 @@ fn selection_to_proto(selection: &Selection) -> proto::NodeSelection {
             .iter()
             .map(|(_, why)| why.clone())
             .collect(),
+        n_plan_not_allowed: u32::try_from(selection.n_plan_not_allowed).unwrap_or(u32::MAX),
     }
 }
 
@@ -220,22 +238,30 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
         let run = load_run(&self.shared, &id).await?;
-        Ok(Response::new(run_view(&self.shared, &run, true).await?))
+        let view = run_view(&self.shared, &run, true).await?;
+        // A run with none of the customer's nodes is answered as if it did not exist.
+        scope_run(&self.shared, customer.as_deref(), view)
+            .await?
+            .map(Response::new)
+            .ok_or_else(|| not_found(format!("run {id}")))
     }
 
     async fn list_runs(
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::ListRunsRequest { release } = super::convert::bounded(request.into_inner())?;
         let release = (!release.is_empty()).then(|| ReleaseId::new(release));
         let runs = self.shared.store.list_runs(release.as_ref()).await?;
         let mut views = Vec::with_capacity(runs.len());
         // A listing shows jobs and their states; results are for GetRun, one run at a time.
         for run in &runs {
-            views.push(run_view(&self.shared, run, false).await?);
+            let view = run_view(&self.shared, run, false).await?;
+            views.extend(scope_run(&self.shared, customer.as_deref(), view).await?);
         }
         Ok(Response::new(proto::ListRunsResponse { runs: views }))
     }
@@ -247,11 +273,20 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
-        // Fail the call itself, not the stream, when the run does not exist.
+        // Fail the call itself, not the stream, when the run does not exist (for a customer:
+        // has none of its nodes).
         let run = load_run(&self.shared, &id).await?;
+        let view = run_view(&self.shared, &run, false).await?;
+        if scope_run(&self.shared, customer.as_deref(), view)
+            .await?
+            .is_none()
+        {
+            return Err(not_found(format!("run {id}")));
+        }
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(watch(self.shared.clone(), run.id, sender));
+        tokio::spawn(watch(self.shared.clone(), run.id, customer, sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -315,6 +350,7 @@ impl RunService for RunApi {
 async fn watch(
     shared: Arc<Shared>,
     run_id: RunId,
+    customer: Option<String>,
     sender: mpsc::Sender<Result<proto::Run, Status>>,
 ) {
     let mut changes = shared.subscribe_changes();
@@ -322,7 +358,12 @@ async fn watch(
     let mut last_sent: Option<proto::Run> = None;
     loop {
         let view = match load_run(&shared, run_id.as_str()).await {
-            Ok(run) => run_view(&shared, &run, true).await,
+            Ok(run) => match run_view(&shared, &run, true).await {
+                Ok(view) => scope_run(&shared, customer.as_deref(), view)
+                    .await
+                    .and_then(|view| view.ok_or_else(|| not_found(format!("run {run_id}")))),
+                Err(status) => Err(status),
+            },
             Err(status) => Err(status),
         };
         match view {

@@ -600,6 +600,7 @@ mod releases;
 mod report_rows;
 mod results;
 mod runs;
+mod tokens;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use nodes::Registration;

@@ -15,7 +15,58 @@ on_both_backends!(
     decisions_keep_their_inputs_for_replay,
     replay_reloads_the_referenced_results_and_sees_an_edit,
     inputs_stored_whole_are_marked_for_the_first_digest_scheme,
+    api_tokens_are_stored_by_hash_revoked_once_and_audited,
 );
+
+async fn api_tokens_are_stored_by_hash_revoked_once_and_audited(store: &Store) {
+    use tollgate_domain::access::{ApiToken, Role};
+    let token = ApiToken {
+        name: "acme-portal".into(),
+        role: Role::Customer,
+        customer: Some("acme".into()),
+        created_by: "root".into(),
+        created_at: at(10),
+        expires_at: at(1000),
+        revoked_at: None,
+    };
+    let created = |secs| AuditNote::new(at(secs), "root", "token.create", "token/acme-portal");
+    store
+        .create_api_token(&token, "hash-1", &created(10))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_api_token(&token, "hash-2", &created(11)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        store.list_api_tokens().await.expect("list"),
+        vec![("hash-1".to_owned(), token.clone())]
+    );
+    let revoke = |secs| AuditNote::new(at(secs), "root", "token.revoke", "token/acme-portal");
+    let revoked = store
+        .revoke_api_token("acme-portal", at(20), &revoke(20))
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(at(20)));
+    assert!(matches!(
+        store
+            .revoke_api_token("acme-portal", at(21), &revoke(21))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.revoke_api_token("nope", at(21), &revoke(21)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let actions: Vec<String> = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert_eq!(actions, ["token.create", "token.revoke"]);
+}
 
 fn waiver(id: &str) -> Waiver {
     Waiver {

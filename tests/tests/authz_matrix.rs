@@ -1,0 +1,664 @@
+//! The authorization matrix: every manager RPC called over a real socket by every identity
+//! (no token, an unknown, an expired and a revoked token, each role, two customers), compared
+//! with this file's own literal table, so a change of the controller's table fails here until
+//! the expectation is changed too. Then what each customer sees: none of the other's nodes,
+//! runs or evidence. And README.md's "Authorization" section is the controller's table.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_controller::clock::{Clock, ManualClock, SystemClock};
+use tollgate_proto::v1;
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The identities, in the order of the expected table's columns. Node identities (agents with
+/// enrolled certificates) are added here as columns once they exist.
+const IDENTITIES: [&str; 10] = [
+    "none",
+    "unknown",
+    "expired",
+    "revoked",
+    "viewer",
+    "operator",
+    "release-manager",
+    "admin",
+    "customer-a",
+    "customer-b",
+];
+
+/// What each identity gets from each RPC, in [`IDENTITIES`] order: `A` allowed (any answer
+/// but the two below), `D` PermissionDenied, `U` Unauthenticated. Written out by hand: it is
+/// not read from the controller's table.
+const EXPECTED: &[(&str, &str)] = &[
+    ("NodeService/ListNodes", "UUUU AAAA AA"),
+    ("NodeService/GetNode", "UUUU AAAA AA"),
+    ("NodeService/SetCordon", "UUUU DADA DD"),
+    ("NodeService/SetHealth", "UUUU DADA DD"),
+    ("NodeService/DrainNode", "UUUU DADA DD"),
+    ("NodeService/RetireNode", "UUUU DADA DD"),
+    ("ReleaseService/CreateRelease", "UUUU DDAA DD"),
+    ("ReleaseService/GetRelease", "UUUU AAAA AA"),
+    ("ReleaseService/ListReleases", "UUUU AAAA AA"),
+    ("ReleaseService/Promote", "UUUU DDAA DD"),
+    ("ReleaseService/Demote", "UUUU DDAA DD"),
+    ("ReleaseService/Halt", "UUUU DDAA DD"),
+    ("ReleaseService/Resume", "UUUU DDAA DD"),
+    ("PlanService/ApplyPlan", "UUUU DDAA DD"),
+    ("PlanService/GetPlan", "UUUU AAAA DD"),
+    ("PlanService/ListPlans", "UUUU AAAA DD"),
+    ("RunService/StartRun", "UUUU DADA DD"),
+    ("RunService/GetRun", "UUUU AAAA AA"),
+    ("RunService/ListRuns", "UUUU AAAA AA"),
+    ("RunService/WatchRun", "UUUU AAAA AA"),
+    ("RunService/CancelRun", "UUUU DADA DD"),
+    ("GateService/ApplyGate", "UUUU DDAA DD"),
+    ("GateService/GetGate", "UUUU AAAA DD"),
+    ("GateService/EvaluateGate", "UUUU AAAA AA"),
+    ("GateService/Waive", "UUUU DDAA DD"),
+    ("GateService/RevokeWaiver", "UUUU DDAA DD"),
+    ("GateService/ListWaivers", "UUUU AAAA DD"),
+    ("AuditService/ListAudit", "UUUU AAAA DD"),
+    ("AuditService/VerifyAudit", "UUUU AAAA DD"),
+    ("ReportService/RenderReport", "UUUU AAAA AA"),
+    ("ReportService/StreamReport", "UUUU AAAA AA"),
+    ("ReportService/GetPublicKey", "UUUU AAAA AA"),
+    ("ReportService/RenderAttestation", "UUUU AAAA DD"),
+    ("TokenService/CreateToken", "UUUU DDDA DD"),
+    ("TokenService/ListTokens", "UUUU DDDA DD"),
+    ("TokenService/RevokeToken", "UUUU DDDA DD"),
+];
+
+/// Adds the bearer token, when there is one.
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(secret) = &self.0 {
+            let value = format!("Bearer {secret}")
+                .parse()
+                .expect("a token is header text");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// Every manager client, calling as one identity.
+#[derive(Clone)]
+struct As {
+    nodes: v1::node_service_client::NodeServiceClient<Authed>,
+    releases: v1::release_service_client::ReleaseServiceClient<Authed>,
+    plans: v1::plan_service_client::PlanServiceClient<Authed>,
+    runs: v1::run_service_client::RunServiceClient<Authed>,
+    gates: v1::gate_service_client::GateServiceClient<Authed>,
+    audit: v1::audit_service_client::AuditServiceClient<Authed>,
+    reports: v1::report_service_client::ReportServiceClient<Authed>,
+    tokens: v1::token_service_client::TokenServiceClient<Authed>,
+}
+
+impl As {
+    fn new(channel: &Channel, secret: Option<&str>) -> Self {
+        let bearer = Bearer(secret.map(str::to_owned));
+        let channel = channel.clone();
+        Self {
+            nodes: v1::node_service_client::NodeServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            releases: v1::release_service_client::ReleaseServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            plans: v1::plan_service_client::PlanServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            runs: v1::run_service_client::RunServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            gates: v1::gate_service_client::GateServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            audit: v1::audit_service_client::AuditServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            reports: v1::report_service_client::ReportServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            tokens: v1::token_service_client::TokenServiceClient::with_interceptor(channel, bearer),
+        }
+    }
+}
+
+/// What the calls name: a real release, run, plan and node.
+struct World {
+    run_id: String,
+}
+
+const RELEASE: &str = "r550";
+const PLAN: &str = "gpu-qual";
+
+/// Makes the call `rpc` names. Requests that would change something name things that do not
+/// exist or are invalid: authorization comes first, so the answer still says whether the call
+/// got past it, and the world stays as it was for the next identity.
+async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Status> {
+    let mut c = clients.clone();
+    let release = || RELEASE.to_owned();
+    let missing = || "no-such-thing".to_owned();
+    match rpc {
+        "NodeService/ListNodes" => c
+            .nodes
+            .list_nodes(v1::ListNodesRequest::default())
+            .await
+            .map(drop),
+        "NodeService/GetNode" => c
+            .nodes
+            .get_node(v1::GetNodeRequest {
+                name: "node-a".into(),
+            })
+            .await
+            .map(drop),
+        "NodeService/SetCordon" => c
+            .nodes
+            .set_cordon(v1::SetCordonRequest {
+                name: missing(),
+                cordoned: true,
+            })
+            .await
+            .map(drop),
+        "NodeService/SetHealth" => c
+            .nodes
+            .set_health(v1::SetHealthRequest {
+                name: missing(),
+                health: "good".into(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "NodeService/DrainNode" => c
+            .nodes
+            .drain_node(v1::DrainNodeRequest {
+                name: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "NodeService/RetireNode" => c
+            .nodes
+            .retire_node(v1::RetireNodeRequest {
+                name: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "ReleaseService/CreateRelease" => c
+            .releases
+            .create_release(v1::CreateReleaseRequest::default())
+            .await
+            .map(drop),
+        "ReleaseService/GetRelease" => c
+            .releases
+            .get_release(v1::GetReleaseRequest { name: release() })
+            .await
+            .map(drop),
+        "ReleaseService/ListReleases" => c
+            .releases
+            .list_releases(v1::ListReleasesRequest {})
+            .await
+            .map(drop),
+        "ReleaseService/Promote" => c
+            .releases
+            .promote(v1::PromoteRequest { name: missing() })
+            .await
+            .map(drop),
+        "ReleaseService/Demote" => c
+            .releases
+            .demote(v1::DemoteRequest {
+                release: missing(),
+                to_milestone: "lab-qual".into(),
+                reason: "m".into(),
+            })
+            .await
+            .map(drop),
+        "ReleaseService/Halt" => c
+            .releases
+            .halt(v1::HaltRequest {
+                release: missing(),
+                reason: "m".into(),
+            })
+            .await
+            .map(drop),
+        "ReleaseService/Resume" => c
+            .releases
+            .resume(v1::ResumeRequest {
+                release: missing(),
+                reason: "m".into(),
+            })
+            .await
+            .map(drop),
+        "PlanService/ApplyPlan" => c
+            .plans
+            .apply_plan(v1::ApplyPlanRequest::default())
+            .await
+            .map(drop),
+        "PlanService/GetPlan" => c
+            .plans
+            .get_plan(v1::GetPlanRequest {
+                name: PLAN.into(),
+                version: String::new(),
+            })
+            .await
+            .map(drop),
+        "PlanService/ListPlans" => c.plans.list_plans(v1::ListPlansRequest {}).await.map(drop),
+        "RunService/StartRun" => c
+            .runs
+            .start_run(v1::StartRunRequest {
+                release: missing(),
+                plan: PLAN.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "RunService/GetRun" => c
+            .runs
+            .get_run(v1::GetRunRequest {
+                id: world.run_id.clone(),
+            })
+            .await
+            .map(drop),
+        "RunService/ListRuns" => c
+            .runs
+            .list_runs(v1::ListRunsRequest { release: release() })
+            .await
+            .map(drop),
+        "RunService/WatchRun" => c
+            .runs
+            .watch_run(v1::GetRunRequest {
+                id: world.run_id.clone(),
+            })
+            .await
+            .map(drop),
+        "RunService/CancelRun" => c
+            .runs
+            .cancel_run(v1::CancelRunRequest { id: missing() })
+            .await
+            .map(drop),
+        "GateService/ApplyGate" => c
+            .gates
+            .apply_gate(v1::ApplyGateRequest::default())
+            .await
+            .map(drop),
+        "GateService/GetGate" => c
+            .gates
+            .get_gate(v1::GetGateRequest {
+                milestone: "lab-qual".into(),
+            })
+            .await
+            .map(drop),
+        "GateService/EvaluateGate" => c
+            .gates
+            .evaluate_gate(v1::EvaluateGateRequest {
+                release: release(),
+                milestone: String::new(),
+                at: None,
+            })
+            .await
+            .map(drop),
+        "GateService/Waive" => c.gates.waive(v1::WaiveRequest::default()).await.map(drop),
+        "GateService/RevokeWaiver" => c
+            .gates
+            .revoke_waiver(v1::RevokeWaiverRequest { id: missing() })
+            .await
+            .map(drop),
+        "GateService/ListWaivers" => c
+            .gates
+            .list_waivers(v1::ListWaiversRequest {
+                release: release(),
+                milestone: String::new(),
+            })
+            .await
+            .map(drop),
+        "AuditService/ListAudit" => c
+            .audit
+            .list_audit(v1::ListAuditRequest::default())
+            .await
+            .map(drop),
+        "AuditService/VerifyAudit" => c
+            .audit
+            .verify_audit(v1::VerifyAuditRequest {})
+            .await
+            .map(drop),
+        "ReportService/RenderReport" => c.reports.render_report(report_request()).await.map(drop),
+        "ReportService/StreamReport" => c.reports.stream_report(report_request()).await.map(drop),
+        "ReportService/GetPublicKey" => c
+            .reports
+            .get_public_key(v1::GetPublicKeyRequest {})
+            .await
+            .map(drop),
+        "ReportService/RenderAttestation" => c
+            .reports
+            .render_attestation(v1::RenderAttestationRequest {
+                release: release(),
+                milestone: String::new(),
+            })
+            .await
+            .map(drop),
+        "TokenService/CreateToken" => c
+            .tokens
+            .create_token(v1::CreateTokenRequest::default())
+            .await
+            .map(drop),
+        "TokenService/ListTokens" => c
+            .tokens
+            .list_tokens(v1::ListTokensRequest {})
+            .await
+            .map(drop),
+        "TokenService/RevokeToken" => c
+            .tokens
+            .revoke_token(v1::RevokeTokenRequest { name: missing() })
+            .await
+            .map(drop),
+        other => panic!("the matrix has no call for {other}: add one"),
+    }
+}
+
+fn report_request() -> v1::RenderReportRequest {
+    v1::RenderReportRequest {
+        release: RELEASE.into(),
+        milestone: String::new(),
+        format: "markdown".into(),
+        customer: String::new(),
+    }
+}
+
+/// The cell an answer is: `U`, `D` or `A`.
+fn cell(answer: &Result<(), tonic::Status>) -> char {
+    match answer {
+        Err(status) if status.code() == Code::Unauthenticated => 'U',
+        Err(status) if status.code() == Code::PermissionDenied => 'D',
+        _ => 'A',
+    }
+}
+
+/// Creates a token as `admin` and returns its secret.
+async fn create(admin: &As, name: &str, role: &str, customer: &str, ttl_seconds: i64) -> String {
+    admin
+        .tokens
+        .clone()
+        .create_token(v1::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            customer: customer.into(),
+            ttl_seconds,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("create token {name}: {status}"))
+        .into_inner()
+        .secret
+}
+
+/// A finished run of release r550 on node-a (customer a) and node-b (customer b), made while
+/// no token existed (anonymous, from loopback); then every identity's secret.
+async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Option<String>>) {
+    let channel = controller.channel().await;
+    let anonymous = As::new(&channel, None);
+    let _agents = [
+        Agent::start_labelled(&controller.url, "node-a", 1, &[("customer", "a")]),
+        Agent::start_labelled(&controller.url, "node-b", 1, &[("customer", "b")]),
+    ];
+    let mut clients = controller.clients().await;
+    let run = clients
+        .qualify(RELEASE, 2, &plan_yaml(0.1), &gate_yaml(2))
+        .await;
+    assert_eq!(run.jobs.len(), 2, "{run:#?}");
+    // The first token ends anonymous access; every other is made with it.
+    let root = create(&anonymous, "root", "admin", "", 3600).await;
+    let admin = As::new(&channel, Some(&root));
+    let expired = create(&admin, "short-lived", "viewer", "", 1).await;
+    let revoked = create(&admin, "gone", "viewer", "", 3600).await;
+    admin
+        .tokens
+        .clone()
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "gone".into(),
+        })
+        .await
+        .expect("revoke");
+    let secrets = vec![
+        None,
+        Some("not-a-token".to_owned()),
+        Some(expired),
+        Some(revoked),
+        Some(create(&admin, "view", "viewer", "", 3600).await),
+        Some(create(&admin, "ops", "operator", "", 3600).await),
+        Some(create(&admin, "rm", "release-manager", "", 3600).await),
+        Some(root),
+        Some(create(&admin, "cust-a", "customer", "a", 3600).await),
+        Some(create(&admin, "cust-b", "customer", "b", 3600).await),
+    ];
+    clock.advance(chrono::Duration::seconds(2));
+    (World { run_id: run.id }, secrets)
+}
+
+async fn matrix(backend: Backend) {
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let mut options = ControllerOptions::new(backend);
+    options.clock = Some(clock.clone());
+    // Leases are not what this test is about: the clock moves by hand.
+    options.lease_grace = Duration::from_secs(60);
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let (world, secrets) = world(&controller, &clock).await;
+    let channel = controller.channel().await;
+    let identities: Vec<As> = secrets
+        .iter()
+        .map(|secret| As::new(&channel, secret.as_deref()))
+        .collect();
+
+    let mut mismatches = Vec::new();
+    for (rpc, expected) in EXPECTED {
+        let expected: String = expected.chars().filter(|c| !c.is_whitespace()).collect();
+        assert_eq!(
+            expected.len(),
+            IDENTITIES.len(),
+            "{rpc}: one cell per identity"
+        );
+        let mut got = String::new();
+        for clients in &identities {
+            got.push(cell(&call(clients, rpc, &world).await));
+        }
+        if got != expected {
+            mismatches.push(format!("{rpc}: expected {expected}, got {got}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "columns: {IDENTITIES:?}\n{}",
+        mismatches.join("\n")
+    );
+    // Every manager RPC of the controller's table is in the matrix.
+    let covered: Vec<String> = EXPECTED.iter().map(|(rpc, _)| (*rpc).to_owned()).collect();
+    for row in tollgate_controller::grpc::authz::TABLE {
+        let rpc = format!("{}/{}", row.service, row.method);
+        assert!(covered.contains(&rpc), "{rpc} is missing from the matrix");
+    }
+
+    let customer_a = &identities[8];
+    let customer_b = &identities[9];
+    sees_only_its_own(customer_a, "node-a", "node-b", &world).await;
+    sees_only_its_own(customer_b, "node-b", "node-a", &world).await;
+
+    // The refusals say what to do.
+    let status = call(&identities[2], "NodeService/ListNodes", &world)
+        .await
+        .expect_err("an expired token is refused");
+    assert!(
+        status.message().contains("short-lived expired"),
+        "{status:?}"
+    );
+    let status = call(&identities[3], "NodeService/ListNodes", &world)
+        .await
+        .expect_err("a revoked token is refused");
+    assert!(status.message().contains("gone was revoked"), "{status:?}");
+    let status = call(&identities[4], "NodeService/SetCordon", &world)
+        .await
+        .expect_err("a viewer may not cordon");
+    assert!(status.message().contains("operator, admin"), "{status:?}");
+    controller.stop().await;
+}
+
+/// A customer token lists, gets, evaluates and reports only its own node's part.
+async fn sees_only_its_own(clients: &As, own: &str, other: &str, world: &World) {
+    let mut c = clients.clone();
+    let nodes = c
+        .nodes
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let names: Vec<&str> = nodes.nodes.iter().map(|node| node.name.as_str()).collect();
+    assert_eq!(names, [own]);
+    let status = c
+        .nodes
+        .get_node(v1::GetNodeRequest { name: other.into() })
+        .await
+        .expect_err("another customer's node is not found");
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "another customer's node does not exist"
+    );
+    let runs = c
+        .runs
+        .list_runs(v1::ListRunsRequest::default())
+        .await
+        .expect("runs")
+        .into_inner();
+    for run in &runs.runs {
+        assert!(run.jobs.iter().all(|job| job.node == own), "{run:#?}");
+    }
+    let run = c
+        .runs
+        .get_run(v1::GetRunRequest {
+            id: world.run_id.clone(),
+        })
+        .await
+        .expect("run")
+        .into_inner();
+    let job_nodes: Vec<&str> = run.jobs.iter().map(|job| job.node.as_str()).collect();
+    assert_eq!(job_nodes, [own]);
+    let decision = c
+        .gates
+        .evaluate_gate(v1::EvaluateGateRequest {
+            release: RELEASE.into(),
+            milestone: String::new(),
+            at: None,
+        })
+        .await
+        .expect("evaluate")
+        .into_inner();
+    let text = format!("{decision:?}");
+    assert!(!text.contains(other), "{text}");
+    let report = c
+        .reports
+        .render_report(report_request())
+        .await
+        .expect("report")
+        .into_inner();
+    let text = String::from_utf8_lossy(&report.content);
+    assert!(text.contains(own), "the report shows the customer's node");
+    assert!(!text.contains(other), "the report shows nothing of {other}");
+}
+
+tollgate_tests::on_both_backends!(matrix);
+
+/// README.md's "Authorization" section holds the controller's table exactly.
+#[test]
+fn the_readme_holds_the_authorization_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = tollgate_controller::grpc::authz::markdown();
+    assert!(
+        readme.contains("## Authorization"),
+        "README.md has an Authorization section"
+    );
+    assert!(
+        readme.contains(&table),
+        "README.md's Authorization section must hold this table exactly:\n{table}"
+    );
+}
+
+/// This host's address on a non-loopback interface, if it has one: the address a socket
+/// would send from towards a documentation-range host (nothing is sent).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// With no token anywhere, a manager call from loopback is anonymous and one from another
+/// address is refused, saying to create a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_come_from_loopback_only() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this host has no non-loopback address to call from");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_controller::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let list = |host: String| async move {
+        let url = format!("http://{host}:{port}");
+        let answer = tollgate_tests::wait_for(Duration::from_secs(20), "the controller", || {
+            let url = url.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(url)
+                    .expect("url")
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
+                Some(nodes.list_nodes(v1::ListNodesRequest::default()).await)
+            }
+        })
+        .await;
+        answer.map(drop)
+    };
+    list("127.0.0.1".to_owned())
+        .await
+        .expect("a loopback caller is anonymous");
+    let status = list(ip.to_string())
+        .await
+        .expect_err("a caller from another address is refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("create an API token"),
+        "{status:?}"
+    );
+    let _ = stop.send(());
+    server
+        .await
+        .expect("controller task")
+        .expect("controller run");
+}
