@@ -1082,9 +1082,24 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
         .await
         .unwrap_err();
     assert_refused(&status, "name", "name");
+    // The node service takes requests of 256 KiB at most: 3 MB is refused by size, a name of
+    // 128 KiB by name.
     let status = controller
         .nodes()
         .get_node(proto::GetNodeRequest { name: huge.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("(262144 bytes"),
+        "{}",
+        status.message()
+    );
+    let status = controller
+        .nodes()
+        .get_node(proto::GetNodeRequest {
+            name: "n".repeat(128 * 1024),
+        })
         .await
         .unwrap_err();
     assert_refused(&status, "name", "name");

@@ -62,12 +62,14 @@ const fn items(name: &'static str, max: usize, applies_to: &'static str) -> Limi
     }
 }
 
-/// A whole gRPC request; larger ones are refused (`OUT_OF_RANGE`) before any field is
-/// read. Every other limit is far below it, so an oversize field is always `INVALID_ARGUMENT`.
+/// A whole gRPC request to the services taking files and lists (plans, gates, releases);
+/// larger ones are refused (`RESOURCE_EXHAUSTED`) before any field is read. Every other limit
+/// is far below it, so an oversize field is always `INVALID_ARGUMENT`. The controller's
+/// `grpc::limits` sets each service's size from it and from what the service carries.
 pub const REQUEST: Limit = bytes(
     "request",
     4 * 1024 * 1024,
-    "one gRPC message sent to the controller",
+    "one gRPC message to the plan, gate or release service (agent service: 16 MiB; others: 256 KiB)",
 );
 /// Names and ids.
 pub const NAME: Limit = bytes(

@@ -247,12 +247,15 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let identity = super::limits::identity_of(&request);
         let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
         // Fail the call itself, not the stream, when the run does not exist.
         let run = load_run(&self.shared, &id).await?;
+        let permit = super::limits::open_stream(&self.shared, identity, "WatchRun")?;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(watch(self.shared.clone(), run.id, sender));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let stream = super::limits::holding(permit, ReceiverStream::new(receiver));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_run(
