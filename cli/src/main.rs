@@ -8,6 +8,7 @@ mod clock;
 mod commands;
 mod demo;
 mod output;
+mod pages;
 
 use std::process::ExitCode;
 

@@ -746,6 +746,7 @@ async fn a_run_needs_a_connected_node() {
             selector: [("sku".to_owned(), "hgx-h100".to_owned())]
                 .into_iter()
                 .collect(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -1166,7 +1167,7 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
     assert!(status.message().len() < 1024, "{}", status.message().len());
     let releases = controller
         .releases()
-        .list_releases(proto::ListReleasesRequest {})
+        .list_releases(proto::ListReleasesRequest::default())
         .await
         .expect("list")
         .into_inner();

@@ -195,6 +195,12 @@ pub const MESSAGE: Limit = bytes(
 );
 /// A node token.
 pub const TOKEN: Limit = bytes("token", 256, "node tokens");
+/// A list RPC's page token.
+pub const PAGE_TOKEN: Limit = bytes(
+    "page-token",
+    1024,
+    "page_token of a list request (the controller's own are far shorter)",
+);
 /// Samples (and events) in one batch of fleet telemetry.
 pub const TELEMETRY_BATCH: Limit = items(
     "telemetry-batch",
@@ -241,6 +247,7 @@ pub const ALL: &[Limit] = &[
     LOG_TAIL,
     MESSAGE,
     TOKEN,
+    PAGE_TOKEN,
     TELEMETRY_BATCH,
     SAMPLE_FIELDS,
 ];

@@ -43,7 +43,10 @@ async fn a_hundred_megabyte_request_is_refused_and_the_controller_keeps_serving(
         .map(|i| (format!("key-{i}"), "v".repeat(1024)))
         .collect();
     let refused = nodes
-        .list_nodes(v1::ListNodesRequest { selector })
+        .list_nodes(v1::ListNodesRequest {
+            selector,
+            ..Default::default()
+        })
         .await
         .expect_err("a 300 KiB ListNodes request is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");

@@ -155,7 +155,7 @@ bounded_texts! {
     SetCordonRequest { name: NAME; cordoned }
     SetHealthRequest { name: NAME, health: NAME, reason: REASON }
     GetReleaseRequest { name: NAME }
-    ListReleasesRequest {}
+    ListReleasesRequest { page_token: PAGE_TOKEN; page_size }
     PromoteRequest { name: NAME }
     DemoteRequest { release: NAME, to_milestone: NAME, reason: REASON }
     HaltRequest { release: NAME, reason: REASON }
@@ -164,14 +164,14 @@ bounded_texts! {
     GetPlanRequest { name: NAME, version: NAME }
     ListPlansRequest {}
     GetRunRequest { id: NAME }
-    ListRunsRequest { release: NAME }
+    ListRunsRequest { release: NAME, page_token: PAGE_TOKEN; page_size }
     CancelRunRequest { id: NAME }
     ApplyGateRequest { source: SPEC_SOURCE, file_name: PATH }
     GetGateRequest { milestone: NAME }
     EvaluateGateRequest { release: NAME, milestone: NAME; at }
     RevokeWaiverRequest { id: NAME }
-    ListWaiversRequest { release: NAME, milestone: NAME }
-    ListAuditRequest { release: NAME, actor: NAME; since, until }
+    ListWaiversRequest { release: NAME, milestone: NAME, page_token: PAGE_TOKEN; page_size }
+    ListAuditRequest { release: NAME, actor: NAME, page_token: PAGE_TOKEN; since, until, page_size }
     VerifyAuditRequest {}
     GetPublicKeyRequest {}
     RenderAttestationRequest { release: NAME, milestone: NAME }
@@ -179,9 +179,14 @@ bounded_texts! {
 
 impl Bounded for proto::ListNodesRequest {
     fn check_bounds(&self, errors: &mut FieldErrors) {
-        let proto::ListNodesRequest { selector } = self;
+        let proto::ListNodesRequest {
+            selector,
+            page_size: _,
+            page_token,
+        } = self;
         let selector: Labels = crate::sorted(selector.clone());
         check_labels(errors, "selector", &selector);
+        errors.text("page_token", &limits::PAGE_TOKEN, page_token);
     }
 }
 
@@ -322,10 +327,12 @@ mod tests {
             selector: [("bad key".to_owned(), "x".to_owned())]
                 .into_iter()
                 .collect(),
+            page_size: 0,
+            page_token: "t".repeat(tollgate_domain::limits::PAGE_TOKEN.max + 1),
         };
         assert_eq!(
             bounded(request).expect_err("refused").fields(),
-            ["selector[bad key]"]
+            ["selector[bad key]", "page_token"]
         );
     }
 }

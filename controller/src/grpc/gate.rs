@@ -265,17 +265,36 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::ListWaiversRequest>,
     ) -> Result<Response<proto::ListWaiversResponse>, Status> {
-        let proto::ListWaiversRequest { release, milestone } =
-            super::convert::bounded(request.into_inner())?;
+        let proto::ListWaiversRequest {
+            release,
+            milestone,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Waivers,
+            &[&release, &milestone],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
         let milestone = (!milestone.is_empty()).then_some(milestone.as_str());
-        let waivers = self
+        let fetched = self
             .shared
             .store
-            .list_waivers(&release.id, milestone)
+            .list_waivers_page(&release.id, milestone, page.after, page.fetch())
             .await?;
+        let (waivers, next_page_token) =
+            page.answer(fetched, |(_, key)| super::pages::created(key));
         Ok(Response::new(proto::ListWaiversResponse {
-            waivers: waivers.iter().map(ToProto::to_proto).collect(),
+            waivers: waivers
+                .iter()
+                .map(|(waiver, _)| waiver.to_proto())
+                .collect(),
+            next_page_token,
         }))
     }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod gate;
 pub mod limits;
 pub mod node;
+pub mod pages;
 pub mod plan;
 pub mod release;
 pub mod report;

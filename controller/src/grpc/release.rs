@@ -165,14 +165,33 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
-        let proto::ListReleasesRequest {} = super::convert::bounded(request.into_inner())?;
+        let proto::ListReleasesRequest {
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Releases,
+            &[],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(status::invalid_fields)?;
         let track = Track::default();
-        let releases = self.shared.store.list_releases().await?;
+        let fetched = self
+            .shared
+            .store
+            .list_releases_page(page.after, page.fetch())
+            .await?;
+        let (releases, next_page_token) =
+            page.answer(fetched, |(_, key)| super::pages::created(key));
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
                 .iter()
-                .map(|release| release_to_proto(release, &track))
+                .map(|(release, _)| release_to_proto(release, &track))
                 .collect(),
+            next_page_token,
         }))
     }
 

@@ -229,15 +229,36 @@ impl RunService for RunApi {
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
-        let proto::ListRunsRequest { release } = super::convert::bounded(request.into_inner())?;
+        let proto::ListRunsRequest {
+            release,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Runs,
+            &[&release],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(invalid_fields)?;
         let release = (!release.is_empty()).then(|| ReleaseId::new(release));
-        let runs = self.shared.store.list_runs(release.as_ref()).await?;
+        let fetched = self
+            .shared
+            .store
+            .list_runs_page(release.as_ref(), page.after, page.fetch())
+            .await?;
+        let (runs, next_page_token) = page.answer(fetched, |(_, key)| super::pages::created(key));
         let mut views = Vec::with_capacity(runs.len());
         // A listing shows jobs and their states; results are for GetRun, one run at a time.
-        for run in &runs {
+        for (run, _) in &runs {
             views.push(run_view(&self.shared, run, false).await?);
         }
-        Ok(Response::new(proto::ListRunsResponse { runs: views }))
+        Ok(Response::new(proto::ListRunsResponse {
+            runs: views,
+            next_page_token,
+        }))
     }
 
     type WatchRunStream =
