@@ -252,6 +252,12 @@ pub const ALL: &[Limit] = &[
     SAMPLE_FIELDS,
 ];
 
+/// The problem of a text holding a NUL byte at byte `at`: no name, reason or file a person
+/// sends holds one, and PostgreSQL cannot store it.
+pub fn nul_byte(at: usize) -> String {
+    format!("contains a NUL byte (at byte {at}); remove it")
+}
+
 /// How many characters of an offending value an error message shows.
 pub const QUOTED_PREFIX_CHARS: usize = 64;
 

@@ -143,7 +143,7 @@ macro_rules! bounded_texts {
                 #[allow(unused_variables)]
                 fn check_bounds(&self, errors: &mut FieldErrors) {
                     let proto::$message { $($field,)* $($($other: _,)*)? } = self;
-                    $(errors.text(stringify!($field), &limits::$limit, $field);)*
+                    $(errors.clean_text(stringify!($field), &limits::$limit, $field);)*
                 }
             }
         )*
@@ -206,9 +206,12 @@ impl Bounded for proto::StartRunRequest {
             milestone,
             nodes_now: _,
         } = self;
-        errors.text("release", &limits::NAME, release);
+        errors.clean_text("release", &limits::NAME, release);
         check_plan_ref(errors, "plan", plan);
-        errors.text("milestone", &limits::NAME, milestone);
+        if let Some(at) = plan.find('\0') {
+            errors.add("plan", limits::nul_byte(at));
+        }
+        errors.clean_text("milestone", &limits::NAME, milestone);
     }
 }
 
@@ -226,15 +229,22 @@ impl Bounded for proto::WaiveRequest {
             skus,
             steps,
         } = self;
-        errors.text("release", &limits::NAME, release);
-        errors.text("milestone", &limits::NAME, milestone);
-        errors.text("rule_id", &limits::RULE_ID, rule_id);
-        errors.text("reason", &limits::REASON, reason);
-        errors.text("ticket", &limits::TICKET, ticket);
+        // Required texts are checked here, before the handler loads the release or its gate.
+        for (field, limit, value) in [
+            ("release", &limits::NAME, release),
+            ("rule_id", &limits::RULE_ID, rule_id),
+            ("reason", &limits::REASON, reason),
+            ("ticket", &limits::TICKET, ticket),
+        ] {
+            if errors.clean_text(field, limit, value) {
+                errors.non_blank(field, value);
+            }
+        }
+        errors.clean_text("milestone", &limits::NAME, milestone);
         let scope = &limits::WAIVER_SCOPE;
-        errors.texts("nodes", scope, &limits::NAME, nodes);
-        errors.texts("skus", scope, &limits::LABEL_VALUE, skus);
-        errors.texts("steps", scope, &limits::NAME, steps);
+        errors.clean_texts("nodes", scope, &limits::NAME, nodes);
+        errors.clean_texts("skus", scope, &limits::LABEL_VALUE, skus);
+        errors.clean_texts("steps", scope, &limits::NAME, steps);
     }
 }
 
@@ -246,9 +256,9 @@ impl Bounded for proto::RenderReportRequest {
             format,
             customer,
         } = self;
-        errors.text("release", &limits::NAME, release);
-        errors.text("milestone", &limits::NAME, milestone);
-        errors.text("format", &limits::NAME, format);
+        errors.clean_text("release", &limits::NAME, release);
+        errors.clean_text("milestone", &limits::NAME, milestone);
+        errors.clean_text("format", &limits::NAME, format);
         let (key, value) = customer.split_once('=').unwrap_or((customer, ""));
         if key.len() > limits::LABEL_KEY.max || value.len() > limits::LABEL_VALUE.max {
             errors.add("customer", limits::too_long(&limits::LABEL_VALUE, customer));

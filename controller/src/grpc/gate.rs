@@ -39,6 +39,12 @@ impl GateService for GateApi {
         let actor = actor_of(&request);
         let proto::ApplyGateRequest { source, file_name } =
             super::convert::bounded(request.into_inner())?;
+        if source.trim().is_empty() {
+            return Err(status::invalid_field(
+                "source",
+                "is empty; send the gate file's text",
+            ));
+        }
         let file_name = if file_name.trim().is_empty() {
             "gate.yaml".to_owned()
         } else {

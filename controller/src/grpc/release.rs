@@ -155,6 +155,7 @@ impl ReleaseService for ReleaseApi {
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
         let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
@@ -201,6 +202,7 @@ impl ReleaseService for ReleaseApi {
     ) -> Result<Response<proto::PromoteResponse>, Status> {
         let actor = actor_of(&request);
         let proto::PromoteRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
         let state = state_of(&self.shared, &release.id).await?;
         let track = Track::default();
@@ -275,6 +277,16 @@ impl ReleaseService for ReleaseApi {
         }
         if reason.trim().is_empty() {
             errors.add("reason", "is empty; say why the release is demoted");
+        }
+        let track = Track::default();
+        if !to_milestone.trim().is_empty() && !track.contains(&to_milestone) {
+            errors.add(
+                "to_milestone",
+                format!(
+                    "'{to_milestone}' is not on the track ({}); give one of them",
+                    track.milestones.join(", ")
+                ),
+            );
         }
         errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
@@ -369,4 +381,15 @@ impl ReleaseService for ReleaseApi {
             current_release(&self.shared, &release.id).await?,
         ))
     }
+}
+
+/// `InvalidArgument` naming `name` when a request's release name is empty.
+fn required_name(name: &str) -> Result<(), Status> {
+    if name.trim().is_empty() {
+        return Err(status::invalid_field(
+            "name",
+            "is empty; give a release name",
+        ));
+    }
+    Ok(())
 }
