@@ -33,6 +33,9 @@ enum Call {
     Waive(v1::WaiveRequest),
     RevokeWaiver(v1::RevokeWaiverRequest),
     RenderReport(v1::RenderReportRequest),
+    WatchRun(v1::GetRunRequest),
+    GetGate(v1::GetGateRequest),
+    RenderAttestation(v1::RenderAttestationRequest),
 }
 
 async fn send(clients: &mut Clients, call: Call) -> Result<(), tonic::Status> {
@@ -56,6 +59,9 @@ async fn send(clients: &mut Clients, call: Call) -> Result<(), tonic::Status> {
         Call::Waive(r) => clients.gates.waive(r).await.map(drop),
         Call::RevokeWaiver(r) => clients.gates.revoke_waiver(r).await.map(drop),
         Call::RenderReport(r) => clients.reports.render_report(r).await.map(drop),
+        Call::WatchRun(r) => clients.runs.watch_run(r).await.map(drop),
+        Call::GetGate(r) => clients.gates.get_gate(r).await.map(drop),
+        Call::RenderAttestation(r) => clients.reports.render_attestation(r).await.map(drop),
     }
 }
 
@@ -106,6 +112,14 @@ fn cases() -> Vec<(&'static str, Call)> {
             Call::Promote(v1::PromoteRequest { name: name.clone() }),
         ));
         cases.push(("id", Call::GetRun(v1::GetRunRequest { id: name.clone() })));
+        cases.push(("id", Call::WatchRun(v1::GetRunRequest { id: name.clone() })));
+        cases.push((
+            "release",
+            Call::RenderAttestation(v1::RenderAttestationRequest {
+                release: name.clone(),
+                milestone: String::new(),
+            }),
+        ));
         cases.push((
             "id",
             Call::CancelRun(v1::CancelRunRequest { id: name.clone() }),
@@ -346,6 +360,14 @@ fn cases() -> Vec<(&'static str, Call)> {
             at: bad_time(),
         }),
     ));
+    for milestone in ["", "moon", NUL] {
+        cases.push((
+            "milestone",
+            Call::GetGate(v1::GetGateRequest {
+                milestone: milestone.into(),
+            }),
+        ));
+    }
     cases.push((
         "format",
         Call::RenderReport(v1::RenderReportRequest {

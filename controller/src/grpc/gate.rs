@@ -101,6 +101,17 @@ impl GateService for GateApi {
                 "is empty; give a milestone",
             ));
         }
+        // ApplyGate takes only milestones on the track, so no other can have a gate.
+        let track = Track::default();
+        if !track.contains(&milestone) {
+            return Err(status::invalid_field(
+                "milestone",
+                format!(
+                    "'{milestone}' is not on the track ({}); give one of them",
+                    track.milestones.join(", ")
+                ),
+            ));
+        }
         let stored = self
             .shared
             .store
