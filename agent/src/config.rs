@@ -69,6 +69,11 @@ pub struct AgentConfig {
     pub telemetry_buffer: usize,
     /// Inventory probes (`--probe NAME=COMMAND`), run whenever the inventory is observed.
     pub probes: Vec<crate::gpu::probed::Probe>,
+    /// `PATH` for steps (`--step-path`); `None` passes the agent's own.
+    pub step_path: Option<String>,
+    /// Names of the agent's variables steps also get (`--pass-env`); every other one is
+    /// withheld (see `runner::environment`).
+    pub pass_env: Vec<String>,
 }
 
 impl AgentConfig {
@@ -89,6 +94,8 @@ impl AgentConfig {
             fleet_interval: DEFAULT_FLEET_INTERVAL,
             telemetry_buffer: DEFAULT_TELEMETRY_BUFFER,
             probes: Vec::new(),
+            step_path: None,
+            pass_env: Vec::new(),
         }
     }
 }
@@ -98,6 +105,9 @@ impl AgentConfig {
     pub fn check(&self) -> Result<(), String> {
         if !self.faults.is_empty() && self.gpus == GpuMode::Nvml {
             return Err("--fault applies only to simulated GPUs (use --gpus sim:N)".to_owned());
+        }
+        for name in &self.pass_env {
+            crate::runner::environment::check_pass_env_name(name)?;
         }
         if self.sample_interval.is_zero() {
             return Err("the sample interval must be longer than 0s".to_owned());

@@ -61,6 +61,19 @@ struct Args {
     /// inventory is observed, printing component=version lines; repeat for several.
     #[arg(long = "probe", value_name = "NAME=COMMAND", value_parser = str::parse::<tollgate_agent::gpu::probed::Probe>)]
     probes: Vec<tollgate_agent::gpu::probed::Probe>,
+    /// PATH the steps run with (default: the agent's own PATH).
+    #[arg(long, value_name = "PATH")]
+    step_path: Option<String>,
+    /// Name of an agent environment variable steps also get; repeat for several (or a
+    /// comma-separated TOLLGATE_AGENT_PASS_ENV). Steps get only PATH, HOME (the attempt's
+    /// directory), LANG=C.UTF-8, these, the plan's env and the TOLLGATE_* variables.
+    #[arg(
+        long = "pass-env",
+        value_name = "NAME",
+        env = "TOLLGATE_AGENT_PASS_ENV",
+        value_delimiter = ','
+    )]
+    pass_env: Vec<String>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -197,6 +210,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fleet_interval: args.fleet_interval,
         telemetry_buffer: args.telemetry_buffer,
         probes: args.probes,
+        step_path: args.step_path,
+        pass_env: args.pass_env,
     };
     config.check().map_err(anyhow::Error::msg)?;
     if let Some(seconds) = args.bench_sampling {

@@ -145,6 +145,8 @@ pub enum NodeCommand {
         #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE")]
         selectors: Vec<String>,
         #[command(flatten)]
+        pages: crate::pages::PageArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Shows one node with its inventory and GPUs.
@@ -252,6 +254,8 @@ A release file looks like:
     },
     /// Lists releases, newest first.
     List {
+        #[command(flatten)]
+        pages: crate::pages::PageArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -381,6 +385,8 @@ pub enum RunCommand {
         /// Only runs of this release.
         #[arg(long)]
         release: Option<String>,
+        #[command(flatten)]
+        pages: crate::pages::PageArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -705,6 +711,8 @@ pub enum WaiverCommand {
         #[arg(long)]
         milestone: Option<String>,
         #[command(flatten)]
+        pages: crate::pages::PageArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Revokes a waiver.
@@ -775,6 +783,8 @@ pub enum AuditCommand {
         /// Only entries at or before this time (RFC 3339 or YYYY-MM-DD).
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        #[command(flatten)]
+        pages: crate::pages::PageArgs,
         #[command(flatten)]
         output: OutputArgs,
     },

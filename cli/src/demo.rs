@@ -475,7 +475,7 @@ async fn wait_for_nodes(
     let selector = node::parse_selector(&["site=demo".to_owned()])?;
     loop {
         children.check_alive()?;
-        let nodes = node::list(controller, selector.clone()).await?;
+        let nodes = node::list(controller, selector.clone(), Default::default()).await?;
         let n_ready = NODES
             .iter()
             .filter(|name| {

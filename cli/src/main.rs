@@ -9,6 +9,7 @@ mod commands;
 mod credentials;
 mod demo;
 mod output;
+mod pages;
 
 use std::process::ExitCode;
 

@@ -346,6 +346,7 @@ mod stub {
         ) -> Result<Response<pb::ListReleasesResponse>, Status> {
             Ok(Response::new(pb::ListReleasesResponse {
                 releases: vec![release("r550-u3")],
+                next_page_token: String::new(),
             }))
         }
 

@@ -21,6 +21,8 @@ pub struct ControllerConfig {
     pub clock: SharedClock,
     /// Manager API tokens; empty for anonymous manager calls.
     pub api_tokens: crate::tokens::ApiTokens,
+    /// Per-identity stream and rate limits.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl ControllerConfig {
@@ -35,6 +37,7 @@ impl ControllerConfig {
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod gates;
 pub mod grpc;
 pub mod health;
 pub mod lease;
+pub mod limits;
 pub mod report;
 pub mod scheduler;
 pub mod sessions;
@@ -195,7 +196,11 @@ fn router(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> anyhow::Result<tonic::transport::server::Router> {
+) -> anyhow::Result<
+    tonic::transport::server::Router<
+        tower::layer::util::Stack<grpc::limits::OversizeLayer, tower::layer::util::Identity>,
+    >,
+> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -218,59 +223,63 @@ fn router(
              configure --api-token-file with NAME[:ROLE] SECRET lines"
         );
     }
-    // Stated, not left to tonic's default: a larger request is refused before it is decoded
-    // (`OUT_OF_RANGE`, "decoded message length too large"), and every field limit is far below
-    // it, so an oversize field always reaches the field checks: `INVALID_ARGUMENT` naming it.
-    const REQUEST_BYTES: usize = tollgate_domain::limits::REQUEST.max;
+    // Manager calls are authenticated, then counted against their caller's rate limit.
+    let api_auth = grpc::limits::rate_limited(api_auth, shared.clone());
+    // Stated per service, not left to tonic's default (see `grpc::limits` for each size): a
+    // larger request is refused before it is decoded, as `RESOURCE_EXHAUSTED`
+    // (`oversize_layer`), and every field limit is far below it, so an oversize field always
+    // reaches the field checks: `INVALID_ARGUMENT` naming it.
+    use grpc::limits::{AGENT_REQUEST_BYTES, SMALL_REQUEST_BYTES, SPEC_REQUEST_BYTES};
     use grpc::auth::WithPath;
     use tonic::service::interceptor::InterceptedService;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(grpc::limits::oversize_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             AgentServiceServer::new(grpc::agent::AgentApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(AGENT_REQUEST_BYTES),
         )
         .add_service(WithPath(InterceptedService::new(
             NodeServiceServer::new(grpc::node::NodeApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             ReleaseServiceServer::new(grpc::release::ReleaseApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SPEC_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             PlanServiceServer::new(grpc::plan::PlanApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SPEC_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             RunServiceServer::new(grpc::run::RunApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             GateServiceServer::new(grpc::gate::GateApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SPEC_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             ReportServiceServer::new(grpc::report::ReportApi::new(shared.clone(), report_key))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
             TokenServiceServer::new(grpc::token::TokenApi::new(shared.clone()))
-                .max_decoding_message_size(REQUEST_BYTES),
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )));
     Ok(router)

@@ -72,6 +72,18 @@ struct ServeArgs {
         value_name = "FILE"
     )]
     api_tokens_file: Option<PathBuf>,
+    /// Streams (WatchRun, StreamReport; an agent's Connect, PushTelemetry) one identity (API
+    /// token, node, or anonymous caller's IP) may hold open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = tollgate_controller::limits::DEFAULT_STREAMS_PER_IDENTITY)]
+    max_streams_per_identity: usize,
+    /// Manager calls a second one identity may make on average; faster ones are refused with
+    /// RESOURCE_EXHAUSTED and the time to wait. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = tollgate_controller::limits::DEFAULT_RATE_PER_SECOND)]
+    rate_limit: u32,
+    /// Manager calls one identity may make at once after a quiet spell (the rate limit's burst).
+    #[arg(long, value_name = "N", default_value_t = tollgate_controller::limits::DEFAULT_RATE_BURST)]
+    rate_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -205,6 +217,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              --api-token-file FILE instead"
         );
     }
+    config.limits = tollgate_controller::limits::LimitsConfig {
+        streams_per_identity: args.max_streams_per_identity,
+        rate: tollgate_domain::rate::Rate {
+            per_second: args.rate_limit,
+            burst: args.rate_burst.max(1),
+        },
+    };
     let mut api_tokens = args.api_tokens.clone();
     if let Some(path) = &args.api_tokens_file {
         let text = std::fs::read_to_string(path)

@@ -49,6 +49,8 @@ pub struct Shared {
     reevaluation_wake: Notify,
     /// Gates kept evaluated in memory.
     pub gate_cache: GateCache,
+    /// Open streams and rate buckets per caller.
+    pub limiter: std::sync::Arc<crate::limits::Limiter>,
     /// Raised once when shutdown starts.
     shutdown: watch::Sender<bool>,
 }
@@ -57,6 +59,7 @@ impl Shared {
     /// Builds the shared state; `run` does this, and so can tests that drive the loops directly.
     pub fn new(store: Store, config: ControllerConfig) -> Self {
         let started_at = config.clock.now();
+        let limiter = std::sync::Arc::new(crate::limits::Limiter::new(config.limits));
         Self {
             store,
             config,
@@ -70,6 +73,7 @@ impl Shared {
             reevaluation_requests: Mutex::default(),
             reevaluation_wake: Notify::new(),
             gate_cache: GateCache::default(),
+            limiter,
             shutdown: watch::channel(false).0,
         }
     }

@@ -746,6 +746,7 @@ async fn a_run_needs_a_connected_node() {
             selector: [("sku".to_owned(), "hgx-h100".to_owned())]
                 .into_iter()
                 .collect(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -1082,9 +1083,24 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
         .await
         .unwrap_err();
     assert_refused(&status, "name", "name");
+    // The node service takes requests of 256 KiB at most: 3 MB is refused by size, a name of
+    // 128 KiB by name.
     let status = controller
         .nodes()
         .get_node(proto::GetNodeRequest { name: huge.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("(262144 bytes"),
+        "{}",
+        status.message()
+    );
+    let status = controller
+        .nodes()
+        .get_node(proto::GetNodeRequest {
+            name: "n".repeat(128 * 1024),
+        })
         .await
         .unwrap_err();
     assert_refused(&status, "name", "name");
@@ -1151,7 +1167,7 @@ async fn oversize_fields_are_refused_by_name_with_a_short_message() {
     assert!(status.message().len() < 1024, "{}", status.message().len());
     let releases = controller
         .releases()
-        .list_releases(proto::ListReleasesRequest {})
+        .list_releases(proto::ListReleasesRequest::default())
         .await
         .expect("list")
         .into_inner();

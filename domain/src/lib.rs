@@ -16,6 +16,7 @@ pub mod limits;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod rate;
 pub mod release;
 pub mod report_signature;
 pub mod result;

@@ -62,12 +62,14 @@ const fn items(name: &'static str, max: usize, applies_to: &'static str) -> Limi
     }
 }
 
-/// A whole gRPC request; larger ones are refused (`OUT_OF_RANGE`) before any field is
-/// read. Every other limit is far below it, so an oversize field is always `INVALID_ARGUMENT`.
+/// A whole gRPC request to the services taking files and lists (plans, gates, releases);
+/// larger ones are refused (`RESOURCE_EXHAUSTED`) before any field is read. Every other limit
+/// is far below it, so an oversize field is always `INVALID_ARGUMENT`. The controller's
+/// `grpc::limits` sets each service's size from it and from what the service carries.
 pub const REQUEST: Limit = bytes(
     "request",
     4 * 1024 * 1024,
-    "one gRPC message sent to the controller",
+    "one gRPC message to the plan, gate or release service (agent service: 16 MiB; others: 256 KiB)",
 );
 /// Names and ids.
 pub const NAME: Limit = bytes(
@@ -193,6 +195,12 @@ pub const MESSAGE: Limit = bytes(
 );
 /// A node token.
 pub const TOKEN: Limit = bytes("token", 256, "node tokens");
+/// A list RPC's page token.
+pub const PAGE_TOKEN: Limit = bytes(
+    "page-token",
+    1024,
+    "page_token of a list request (the controller's own are far shorter)",
+);
 /// Samples (and events) in one batch of fleet telemetry.
 pub const TELEMETRY_BATCH: Limit = items(
     "telemetry-batch",
@@ -239,9 +247,16 @@ pub const ALL: &[Limit] = &[
     LOG_TAIL,
     MESSAGE,
     TOKEN,
+    PAGE_TOKEN,
     TELEMETRY_BATCH,
     SAMPLE_FIELDS,
 ];
+
+/// The problem of a text holding a NUL byte at byte `at`: no name, reason or file a person
+/// sends holds one, and PostgreSQL cannot store it.
+pub fn nul_byte(at: usize) -> String {
+    format!("contains a NUL byte (at byte {at}); remove it")
+}
 
 /// How many characters of an offending value an error message shows.
 pub const QUOTED_PREFIX_CHARS: usize = 64;

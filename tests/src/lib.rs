@@ -38,6 +38,8 @@ pub struct ControllerOptions {
     pub clock: Option<tollgate_controller::clock::SharedClock>,
     /// Manager API tokens as (name, secret); none for anonymous manager calls.
     pub api_tokens: Vec<(String, String)>,
+    /// Per-identity stream and rate limits (the controller's defaults unless a test sets them).
+    pub limits: tollgate_controller::limits::LimitsConfig,
 }
 
 impl ControllerOptions {
@@ -50,6 +52,7 @@ impl ControllerOptions {
             tick: Duration::from_millis(100),
             clock: None,
             api_tokens: Vec::new(),
+            limits: tollgate_controller::limits::LimitsConfig::default(),
         }
     }
 }
@@ -105,6 +108,7 @@ impl Controller {
         }
         config.api_tokens =
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
+        config.limits = options.limits;
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");

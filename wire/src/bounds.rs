@@ -143,7 +143,7 @@ macro_rules! bounded_texts {
                 #[allow(unused_variables)]
                 fn check_bounds(&self, errors: &mut FieldErrors) {
                     let proto::$message { $($field,)* $($($other: _,)*)? } = self;
-                    $(errors.text(stringify!($field), &limits::$limit, $field);)*
+                    $(errors.clean_text(stringify!($field), &limits::$limit, $field);)*
                 }
             }
         )*
@@ -157,7 +157,7 @@ bounded_texts! {
     DrainNodeRequest { name: NAME, reason: REASON }
     RetireNodeRequest { name: NAME, reason: REASON }
     GetReleaseRequest { name: NAME }
-    ListReleasesRequest {}
+    ListReleasesRequest { page_token: PAGE_TOKEN; page_size }
     PromoteRequest { name: NAME }
     DemoteRequest { release: NAME, to_milestone: NAME, reason: REASON }
     HaltRequest { release: NAME, reason: REASON }
@@ -166,14 +166,14 @@ bounded_texts! {
     GetPlanRequest { name: NAME, version: NAME }
     ListPlansRequest {}
     GetRunRequest { id: NAME }
-    ListRunsRequest { release: NAME }
+    ListRunsRequest { release: NAME, page_token: PAGE_TOKEN; page_size }
     CancelRunRequest { id: NAME }
     ApplyGateRequest { source: SPEC_SOURCE, file_name: PATH }
     GetGateRequest { milestone: NAME }
     EvaluateGateRequest { release: NAME, milestone: NAME; at }
     RevokeWaiverRequest { id: NAME }
-    ListWaiversRequest { release: NAME, milestone: NAME }
-    ListAuditRequest { release: NAME, actor: NAME; since, until }
+    ListWaiversRequest { release: NAME, milestone: NAME, page_token: PAGE_TOKEN; page_size }
+    ListAuditRequest { release: NAME, actor: NAME, page_token: PAGE_TOKEN; since, until, page_size }
     VerifyAuditRequest {}
     GetPublicKeyRequest {}
     RenderAttestationRequest { release: NAME, milestone: NAME }
@@ -184,9 +184,14 @@ bounded_texts! {
 
 impl Bounded for proto::ListNodesRequest {
     fn check_bounds(&self, errors: &mut FieldErrors) {
-        let proto::ListNodesRequest { selector } = self;
+        let proto::ListNodesRequest {
+            selector,
+            page_size: _,
+            page_token,
+        } = self;
         let selector: Labels = crate::sorted(selector.clone());
         check_labels(errors, "selector", &selector);
+        errors.text("page_token", &limits::PAGE_TOKEN, page_token);
     }
 }
 
@@ -206,9 +211,12 @@ impl Bounded for proto::StartRunRequest {
             milestone,
             nodes_now: _,
         } = self;
-        errors.text("release", &limits::NAME, release);
+        errors.clean_text("release", &limits::NAME, release);
         check_plan_ref(errors, "plan", plan);
-        errors.text("milestone", &limits::NAME, milestone);
+        if let Some(at) = plan.find('\0') {
+            errors.add("plan", limits::nul_byte(at));
+        }
+        errors.clean_text("milestone", &limits::NAME, milestone);
     }
 }
 
@@ -226,15 +234,22 @@ impl Bounded for proto::WaiveRequest {
             skus,
             steps,
         } = self;
-        errors.text("release", &limits::NAME, release);
-        errors.text("milestone", &limits::NAME, milestone);
-        errors.text("rule_id", &limits::RULE_ID, rule_id);
-        errors.text("reason", &limits::REASON, reason);
-        errors.text("ticket", &limits::TICKET, ticket);
+        // Required texts are checked here, before the handler loads the release or its gate.
+        for (field, limit, value) in [
+            ("release", &limits::NAME, release),
+            ("rule_id", &limits::RULE_ID, rule_id),
+            ("reason", &limits::REASON, reason),
+            ("ticket", &limits::TICKET, ticket),
+        ] {
+            if errors.clean_text(field, limit, value) {
+                errors.non_blank(field, value);
+            }
+        }
+        errors.clean_text("milestone", &limits::NAME, milestone);
         let scope = &limits::WAIVER_SCOPE;
-        errors.texts("nodes", scope, &limits::NAME, nodes);
-        errors.texts("skus", scope, &limits::LABEL_VALUE, skus);
-        errors.texts("steps", scope, &limits::NAME, steps);
+        errors.clean_texts("nodes", scope, &limits::NAME, nodes);
+        errors.clean_texts("skus", scope, &limits::LABEL_VALUE, skus);
+        errors.clean_texts("steps", scope, &limits::NAME, steps);
     }
 }
 
@@ -246,9 +261,9 @@ impl Bounded for proto::RenderReportRequest {
             format,
             customer,
         } = self;
-        errors.text("release", &limits::NAME, release);
-        errors.text("milestone", &limits::NAME, milestone);
-        errors.text("format", &limits::NAME, format);
+        errors.clean_text("release", &limits::NAME, release);
+        errors.clean_text("milestone", &limits::NAME, milestone);
+        errors.clean_text("format", &limits::NAME, format);
         let (key, value) = customer.split_once('=').unwrap_or((customer, ""));
         if key.len() > limits::LABEL_KEY.max || value.len() > limits::LABEL_VALUE.max {
             errors.add("customer", limits::too_long(&limits::LABEL_VALUE, customer));
@@ -327,10 +342,12 @@ mod tests {
             selector: [("bad key".to_owned(), "x".to_owned())]
                 .into_iter()
                 .collect(),
+            page_size: 0,
+            page_token: "t".repeat(tollgate_domain::limits::PAGE_TOKEN.max + 1),
         };
         assert_eq!(
             bounded(request).expect_err("refused").fields(),
-            ["selector[bad key]"]
+            ["selector[bad key]", "page_token"]
         );
     }
 }

@@ -85,6 +85,33 @@ impl FieldErrors {
         }
     }
 
+    /// [`Self::text`] for a text a person sends (a manager request): it also may not hold a
+    /// NUL byte. `true` when it is fine.
+    pub fn clean_text(&mut self, field: &str, limit: &Limit, value: &str) -> bool {
+        if !self.text(field, limit, value) {
+            return false;
+        }
+        match value.find('\0') {
+            Some(at) => {
+                self.add(field, limits::nul_byte(at));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// [`Self::texts`] for a list a person sends: each entry also non-blank, without NUL.
+    pub fn clean_texts(&mut self, field: &str, list: &Limit, each: &Limit, values: &[String]) {
+        if self.count(field, list, values.len()) {
+            for (idx, value) in values.iter().enumerate() {
+                let at = format!("{field}[{idx}]");
+                if self.clean_text(&at, each, value) {
+                    self.non_blank(&at, value);
+                }
+            }
+        }
+    }
+
     /// Records a problem when a list of `n` entries is longer than `limit`; `true` when it
     /// fits. A list over its limit is refused whole: callers neither check nor keep its entries.
     pub fn count(&mut self, field: &str, limit: &Limit, n: usize) -> bool {

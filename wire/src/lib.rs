@@ -20,6 +20,7 @@ pub mod fields;
 pub mod fleet;
 pub mod gate;
 pub mod json;
+pub mod page;
 pub mod plan;
 pub mod release;
 pub mod result;

@@ -105,6 +105,8 @@ pub struct Agent {
     /// A job to continue after the reboot its flash needed, until the controller answered
     /// its flash result. Read at start-up; resolved by the first session that registers.
     resume: Arc<Mutex<Option<PendingResume>>>,
+    /// What every step's environment is built from, read from the agent's own at start.
+    step_environment: Arc<crate::runner::environment::StepEnvironment>,
 }
 
 impl Agent {
@@ -123,7 +125,12 @@ impl Agent {
             .connect_lazy();
         let saved = session::read_token(&token_path(&config.state_dir))?;
         let (progress_sender, progress) = mpsc::channel(64);
+        let step_environment = Arc::new(crate::runner::environment::StepEnvironment::of_agent(
+            config.step_path.as_deref(),
+            &config.pass_env,
+        ));
         Ok(Self {
+            step_environment,
             config,
             source,
             spool,
@@ -146,6 +153,7 @@ impl Agent {
             controller: self.config.controller.clone(),
             state_dir: self.config.state_dir.clone(),
             sample_interval: self.config.sample_interval,
+            environment: Arc::clone(&self.step_environment),
         }
     }
 

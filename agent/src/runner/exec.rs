@@ -69,7 +69,7 @@ pub enum RunnerError {
 pub struct ExecRequest {
     /// argv.
     pub command: Vec<String>,
-    /// Environment added to the agent's own, in order (later entries win).
+    /// The whole environment, in order (later entries win); the agent's own is not inherited.
     pub env: Vec<(String, String)>,
     /// Working directory; `None` for the agent's.
     pub workdir: Option<PathBuf>,
@@ -257,6 +257,7 @@ fn step_command(request: &ExecRequest, program: &str) -> tokio::process::Command
     let mut command = tokio::process::Command::new(program);
     command
         .args(&request.command[1..])
+        .env_clear()
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -12,8 +12,9 @@
 //! # What an `exec` step sees
 //!
 //! The step runs as a child process in its own process group, with stdin from `/dev/null`, in
-//! the plan's `workdir` (or the agent's working directory), with the agent's environment plus
-//! the step's `env` plus these variables (which the step's `env` cannot override):
+//! the plan's `workdir` (or the agent's working directory), with a cleared environment built
+//! as [`environment`] says (`PATH`, `HOME`, `LANG`, the `--pass-env` allowlist), then the
+//! step's `env`, then these variables (which the step's `env` cannot override):
 //!
 //! | variable | value |
 //! | --- | --- |
@@ -38,6 +39,7 @@
 //! behind; see [`kinds`]. A step that passes after failed attempts says so in its message
 //! (`passed on attempt 2 after 1 failed attempt(s) (flaky)`), so flakiness stays in the evidence.
 
+pub mod environment;
 pub mod exec;
 pub mod flash;
 pub mod kinds;
@@ -131,6 +133,8 @@ pub struct RunnerContext {
     pub state_dir: PathBuf,
     /// Telemetry sampling interval while a step runs.
     pub sample_interval: Duration,
+    /// What a step's environment is built from besides its plan (see [`environment`]).
+    pub environment: Arc<environment::StepEnvironment>,
 }
 
 /// How a job's run ended on this agent.
@@ -350,22 +354,22 @@ pub fn component_env_name(component: &str) -> String {
     format!("TOLLGATE_COMPONENT_{suffix}")
 }
 
-/// The environment an `exec` attempt sees on top of the agent's own: the step's `env` first,
-/// then Tollgate's variables, which a step cannot override so that results stay attributable.
+/// The whole environment an `exec` attempt sees, later entries winning: the agent's base
+/// (see [`environment`]; `HOME` is the attempt's directory `home`), the step's `env`, then
+/// Tollgate's variables, which a step cannot override so that results stay attributable.
 #[allow(clippy::too_many_arguments)]
 fn step_env(
     context: &RunnerContext,
     job: &Job,
     job_step: &JobStep,
     attempt: u32,
+    home: &Path,
     results_dir: &Path,
     inventory: &Inventory,
     step_vars: &std::collections::BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = step_vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env = context.environment.base(home);
+    env.extend(step_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     let gpus: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.uuid.as_str()).collect();
     let mut ours = vec![
         ("TOLLGATE_RELEASE", job.release.clone()),
@@ -593,6 +597,7 @@ async fn run_process(
             job,
             job_step,
             at.attempt,
+            &dir,
             &results_dir,
             inventory,
             &env,

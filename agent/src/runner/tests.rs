@@ -28,6 +28,7 @@ fn fixture(faults: Vec<Fault>) -> Fixture {
         controller: "http://127.0.0.1:7800".into(),
         state_dir: dir.path().to_owned(),
         sample_interval: Duration::from_millis(50),
+        environment: Arc::new(environment::StepEnvironment::of_agent(None, &[])),
     };
     Fixture { _dir: dir, context }
 }
@@ -218,6 +219,69 @@ echo "@tollgate measure membw_gbps 2950.5 GB/s""#;
         .field(Field::GpuTempC)
         .expect("temperature");
     assert!(temp.samples >= 2 && temp.max >= 60.0, "{temp:?}");
+}
+
+#[tokio::test]
+async fn a_step_sees_only_the_documented_environment() {
+    let mut fixture = fixture(vec![]);
+    // Cargo gives every test process this variable: the agent's real environment has it, and
+    // a step must not.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let agent_env = std::env::vars_os().chain(
+        [
+            ("AGENT_SECRET", "hunter2"),
+            ("ALLOWED", "from-agent"),
+            ("STEP_VAR", "from-agent"),
+            ("PATH", "/usr/bin:/bin"),
+        ]
+        .map(|(k, v)| (k.into(), v.into())),
+    );
+    fixture.context.environment = Arc::new(environment::StepEnvironment::new(
+        agent_env,
+        None,
+        &["ALLOWED".into(), "STEP_VAR".into()],
+    ));
+    let script = r#"echo "secret=[$AGENT_SECRET] cargo=[$CARGO_MANIFEST_DIR] allowed=[$ALLOWED]"
+echo "var=[$STEP_VAR] lang=[$LANG] path=[$PATH] home=[$HOME]"
+echo "names=$(env | cut -d= -f1 | grep -v '^TOLLGATE_' | sort | tr '\n' ' ')""#;
+    let results = results_of(
+        &fixture,
+        &job(vec![exec("env", script, Duration::from_secs(30), 0)]),
+    )
+    .await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Passed, "{}", result.message);
+    let tail = &result.log_tail;
+    assert!(
+        tail.contains("secret=[] cargo=[] allowed=[from-agent]"),
+        "{tail}"
+    );
+    let home = attempt_dir(&fixture.context.state_dir, &result.job_id, 0, "env", 1);
+    assert!(
+        tail.contains(&format!(
+            "var=[from-plan] lang=[C.UTF-8] path=[/usr/bin:/bin] home=[{}]",
+            home.display()
+        )),
+        "{tail}"
+    );
+    // `sh` itself adds PWD (and may add SHLVL, `_`); nothing else of the agent's.
+    let names = tail
+        .lines()
+        .find_map(|line| line.strip_prefix("names="))
+        .expect("the step listed its variables");
+    let unexpected: Vec<&str> = names
+        .split_whitespace()
+        .filter(|name| {
+            ![
+                "ALLOWED", "HOME", "LANG", "PATH", "STEP_VAR", "PWD", "SHLVL", "_", "OLDPWD",
+            ]
+            .contains(name)
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected variables: {unexpected:?}"
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub async fn run(controller: &Controller, command: AuditCommand) -> anyhow::Resu
             actor,
             since,
             until,
+            pages,
             output,
         } => {
             let since = since
@@ -28,17 +29,27 @@ pub async fn run(controller: &Controller, command: AuditCommand) -> anyhow::Resu
                 .map(parse_time)
                 .transpose()?
                 .map(tollgate_wire::timestamp_to_proto);
-            let listed = answer(
-                controller
-                    .audit()
-                    .list_audit(pb::ListAuditRequest {
-                        release: release.unwrap_or_default(),
-                        actor: actor.unwrap_or_default(),
-                        since,
-                        until,
-                    })
-                    .await,
-            )?;
+            let (release, actor) = (release.unwrap_or_default(), actor.unwrap_or_default());
+            let entries = crate::pages::follow(pages, |page_size, page_token| {
+                let mut client = controller.audit();
+                let request = pb::ListAuditRequest {
+                    release: release.clone(),
+                    actor: actor.clone(),
+                    since,
+                    until,
+                    page_size,
+                    page_token,
+                };
+                async move {
+                    let page = answer(client.list_audit(request).await)?;
+                    Ok::<_, crate::client::RpcError>((page.entries, page.next_page_token))
+                }
+            })
+            .await?;
+            let listed = pb::ListAuditResponse {
+                entries,
+                next_page_token: String::new(),
+            };
             match output.output {
                 Format::Json => print_json(&Value::Array(
                     listed

@@ -20,9 +20,13 @@ const SIMULATED: &str = "simulated";
 /// Runs one `node` command.
 pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::List { selectors, output } => {
+        NodeCommand::List {
+            selectors,
+            pages,
+            output,
+        } => {
             let selector = parse_selector(&selectors)?;
-            let nodes = list(controller, selector).await?;
+            let nodes = list(controller, selector, pages).await?;
             match output.output {
                 Format::Json => {
                     print_json(&json::list("nodes", nodes.iter().map(json::node).collect()))
@@ -104,18 +108,26 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
     }
 }
 
-/// Every node matching `selector`, ordered by name.
+/// Every node matching `selector` (up to `pages.limit`), ordered by name.
 pub async fn list(
     controller: &Controller,
     selector: HashMap<String, String>,
+    pages: crate::pages::PageArgs,
 ) -> anyhow::Result<Vec<pb::Node>> {
-    let response = answer(
-        controller
-            .nodes()
-            .list_nodes(pb::ListNodesRequest { selector })
-            .await,
-    )?;
-    Ok(response.nodes)
+    let nodes = crate::pages::follow(pages, |page_size, page_token| {
+        let mut client = controller.nodes();
+        let request = pb::ListNodesRequest {
+            selector: selector.clone(),
+            page_size,
+            page_token,
+        };
+        async move {
+            let page = answer(client.list_nodes(request).await)?;
+            Ok::<_, crate::client::RpcError>((page.nodes, page.next_page_token))
+        }
+    })
+    .await?;
+    Ok(nodes)
 }
 
 async fn set_cordon(

@@ -33,14 +33,19 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
             )?;
             print_release(&release, output.output)
         }
-        ReleaseCommand::List { output } => {
-            let releases = answer(
-                controller
-                    .releases()
-                    .list_releases(pb::ListReleasesRequest {})
-                    .await,
-            )?
-            .releases;
+        ReleaseCommand::List { pages, output } => {
+            let releases = crate::pages::follow(pages, |page_size, page_token| {
+                let mut client = controller.releases();
+                let request = pb::ListReleasesRequest {
+                    page_size,
+                    page_token,
+                };
+                async move {
+                    let page = answer(client.list_releases(request).await)?;
+                    Ok::<_, crate::client::RpcError>((page.releases, page.next_page_token))
+                }
+            })
+            .await?;
             match output.output {
                 Format::Json => print_json(&json::list(
                     "releases",

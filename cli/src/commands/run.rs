@@ -53,16 +53,25 @@ pub async fn run(controller: &Controller, command: RunCommand) -> anyhow::Result
                 }
             }
         }
-        RunCommand::List { release, output } => {
-            let runs = answer(
-                controller
-                    .runs()
-                    .list_runs(pb::ListRunsRequest {
-                        release: release.unwrap_or_default(),
-                    })
-                    .await,
-            )?
-            .runs;
+        RunCommand::List {
+            release,
+            pages,
+            output,
+        } => {
+            let release = release.unwrap_or_default();
+            let runs = crate::pages::follow(pages, |page_size, page_token| {
+                let mut client = controller.runs();
+                let request = pb::ListRunsRequest {
+                    release: release.clone(),
+                    page_size,
+                    page_token,
+                };
+                async move {
+                    let page = answer(client.list_runs(request).await)?;
+                    Ok::<_, crate::client::RpcError>((page.runs, page.next_page_token))
+                }
+            })
+            .await?;
             match output.output {
                 Format::Json => {
                     print_json(&json::list("runs", runs.iter().map(json::run).collect()))

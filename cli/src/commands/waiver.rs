@@ -90,17 +90,28 @@ pub async fn run(controller: &Controller, command: WaiverCommand) -> anyhow::Res
         WaiverCommand::List {
             release,
             milestone,
+            pages,
             output,
         } => {
-            let listed = answer(
-                controller
-                    .gates()
-                    .list_waivers(pb::ListWaiversRequest {
-                        release,
-                        milestone: milestone.unwrap_or_default(),
-                    })
-                    .await,
-            )?;
+            let milestone = milestone.unwrap_or_default();
+            let waivers = crate::pages::follow(pages, |page_size, page_token| {
+                let mut client = controller.gates();
+                let request = pb::ListWaiversRequest {
+                    release: release.clone(),
+                    milestone: milestone.clone(),
+                    page_size,
+                    page_token,
+                };
+                async move {
+                    let page = answer(client.list_waivers(request).await)?;
+                    Ok::<_, crate::client::RpcError>((page.waivers, page.next_page_token))
+                }
+            })
+            .await?;
+            let listed = pb::ListWaiversResponse {
+                waivers,
+                next_page_token: String::new(),
+            };
             match output.output {
                 Format::Json => print_json(&Value::Array(
                     listed

@@ -147,6 +147,12 @@ impl AgentService for AgentApi {
         request: Request<Streaming<proto::AgentEvent>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let node = self.authenticate(&request).await?;
+        // Counted before the session opens: a refused stream must not replace the live one.
+        let permit = super::limits::open_stream(
+            &self.shared,
+            crate::limits::Identity::node(node.as_str()),
+            "Connect",
+        )?;
         let inbound = request.into_inner();
         let shared = &self.shared;
         let (session_id, commands) = shared
@@ -164,7 +170,7 @@ impl AgentService for AgentApi {
         shared.poke_scheduler();
         shared.notify_changed();
         tokio::spawn(read_events(shared.clone(), node, session_id, inbound));
-        let outbound = ReceiverStream::new(commands).map(Ok);
+        let outbound = super::limits::holding(permit, ReceiverStream::new(commands).map(Ok));
         Ok(Response::new(Box::pin(outbound)))
     }
 
@@ -196,6 +202,12 @@ impl AgentService for AgentApi {
         request: Request<Streaming<proto::TelemetryBatch>>,
     ) -> Result<Response<proto::Ack>, Status> {
         let node = self.authenticate(&request).await?;
+        // Held until this call returns.
+        let _permit = super::limits::open_stream(
+            &self.shared,
+            crate::limits::Identity::node(node.as_str()),
+            "PushTelemetry",
+        )?;
         let mut batches = request.into_inner();
         let mut shutdown = self.shared.subscribe_shutdown();
         let (mut n_batches, mut n_samples, mut n_dropped) = (0u64, 0u64, 0u64);

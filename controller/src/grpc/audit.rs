@@ -33,10 +33,22 @@ impl AuditService for AuditApi {
             actor,
             since,
             until,
+            page_size,
+            page_token,
         } = super::convert::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         let since = errors.optional_timestamp("since", since);
         let until = errors.optional_timestamp("until", until);
+        let bound = |at: Option<tollgate_domain::Timestamp>| {
+            at.map_or_else(String::new, |at| at.timestamp_micros().to_string())
+        };
+        let page = super::pages::by_seq(
+            &mut errors,
+            tollgate_wire::page::List::Audit,
+            &[&release, &actor, &bound(since), &bound(until)],
+            page_size,
+            &page_token,
+        );
         errors.finish(()).map_err(invalid_fields)?;
         let filter = AuditFilter {
             release: (!release.is_empty()).then(|| ReleaseId::from(release.as_str())),
@@ -44,9 +56,17 @@ impl AuditService for AuditApi {
             since,
             until,
         };
-        let entries = self.shared.store.list_audit(&filter).await?;
+        let fetched = self
+            .shared
+            .store
+            .list_audit_page(&filter, page.after, page.fetch())
+            .await?;
+        let (entries, next_page_token) = page.answer(fetched, |entry| {
+            tollgate_wire::page::After::Seq(i64::try_from(entry.seq).unwrap_or(i64::MAX))
+        });
         Ok(Response::new(proto::ListAuditResponse {
             entries: entries.iter().map(ToProto::to_proto).collect(),
+            next_page_token,
         }))
     }
 

@@ -39,6 +39,12 @@ impl GateService for GateApi {
         let actor = actor_of(&request);
         let proto::ApplyGateRequest { source, file_name } =
             super::convert::bounded(request.into_inner())?;
+        if source.trim().is_empty() {
+            return Err(status::invalid_field(
+                "source",
+                "is empty; send the gate file's text",
+            ));
+        }
         let file_name = if file_name.trim().is_empty() {
             "gate.yaml".to_owned()
         } else {
@@ -93,6 +99,17 @@ impl GateService for GateApi {
             return Err(status::invalid_field(
                 "milestone",
                 "is empty; give a milestone",
+            ));
+        }
+        // ApplyGate takes only milestones on the track, so no other can have a gate.
+        let track = Track::default();
+        if !track.contains(&milestone) {
+            return Err(status::invalid_field(
+                "milestone",
+                format!(
+                    "'{milestone}' is not on the track ({}); give one of them",
+                    track.milestones.join(", ")
+                ),
             ));
         }
         let stored = self
@@ -284,17 +301,36 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::ListWaiversRequest>,
     ) -> Result<Response<proto::ListWaiversResponse>, Status> {
-        let proto::ListWaiversRequest { release, milestone } =
-            super::convert::bounded(request.into_inner())?;
+        let proto::ListWaiversRequest {
+            release,
+            milestone,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Waivers,
+            &[&release, &milestone],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
         let milestone = (!milestone.is_empty()).then_some(milestone.as_str());
-        let waivers = self
+        let fetched = self
             .shared
             .store
-            .list_waivers(&release.id, milestone)
+            .list_waivers_page(&release.id, milestone, page.after, page.fetch())
             .await?;
+        let (waivers, next_page_token) =
+            page.answer(fetched, |(_, key)| super::pages::created(key));
         Ok(Response::new(proto::ListWaiversResponse {
-            waivers: waivers.iter().map(ToProto::to_proto).collect(),
+            waivers: waivers
+                .iter()
+                .map(|(waiver, _)| waiver.to_proto())
+                .collect(),
+            next_page_token,
         }))
     }
 }

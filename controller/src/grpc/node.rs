@@ -235,12 +235,34 @@ impl NodeService for NodeApi {
         request: Request<proto::ListNodesRequest>,
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let customer = super::auth::customer_of(&request);
-        let proto::ListNodesRequest { selector } = super::convert::bounded(request.into_inner())?;
+        let proto::ListNodesRequest {
+            selector,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
         let selector = Selector(selector.into_iter().collect());
         let mut errors = FieldErrors::new();
         check_labels(&mut errors, "selector", &selector.0);
+        let filters: Vec<String> = selector.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+        let page = super::pages::by_name(
+            &mut errors,
+            tollgate_wire::page::List::Nodes,
+            &filters,
+            page_size,
+            &page_token,
+        );
         errors.finish(()).map_err(invalid_fields)?;
-        let mut nodes = self.shared.store.list_nodes().await?;
+        // The page is cut by name before the selector applies, so a page may hold fewer
+        // nodes than asked (even none) while next_page_token says more follow.
+        let fetched = self
+            .shared
+            .store
+            .list_nodes_page(page.after.as_deref(), page.fetch())
+            .await?;
+        let (mut nodes, next_page_token) = page.answer(fetched, |node| {
+            tollgate_wire::page::After::Name(node.id.as_str().to_owned())
+        });
         mark_disconnected(&self.shared, &mut nodes);
         Ok(Response::new(proto::ListNodesResponse {
             nodes: nodes
@@ -251,6 +273,7 @@ impl NodeService for NodeApi {
                 })
                 .map(ToProto::to_proto)
                 .collect(),
+            next_page_token,
         }))
     }
 

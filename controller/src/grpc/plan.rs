@@ -39,6 +39,12 @@ impl PlanService for PlanApi {
         let actor = super::auth::actor_of(&request);
         let proto::ApplyPlanRequest { source, file_name } =
             super::convert::bounded(request.into_inner())?;
+        if source.trim().is_empty() {
+            return Err(super::status::invalid_field(
+                "source",
+                "is empty; send the plan file's text",
+            ));
+        }
         let file_name = file_name_or_default(&file_name, "plan.yaml");
         let plan = tollgate_domain::plan::parse_plan(&file_name, &source)
             .map_err(|errors| status::invalid_spec(&errors))?;
@@ -74,6 +80,12 @@ impl PlanService for PlanApi {
     ) -> Result<Response<proto::Plan>, Status> {
         let proto::GetPlanRequest { name, version } =
             super::convert::bounded(request.into_inner())?;
+        if name.trim().is_empty() {
+            return Err(super::status::invalid_field(
+                "name",
+                "is empty; give a plan name or name@version",
+            ));
+        }
         // `name@version` in the name field is accepted too, as StartRun reads it.
         let (name, inline_version) = super::split_plan_ref(&name);
         let version = if version.is_empty() {

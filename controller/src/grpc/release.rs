@@ -155,6 +155,7 @@ impl ReleaseService for ReleaseApi {
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
         let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
@@ -165,14 +166,33 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
-        let proto::ListReleasesRequest {} = super::convert::bounded(request.into_inner())?;
+        let proto::ListReleasesRequest {
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Releases,
+            &[],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(status::invalid_fields)?;
         let track = Track::default();
-        let releases = self.shared.store.list_releases().await?;
+        let fetched = self
+            .shared
+            .store
+            .list_releases_page(page.after, page.fetch())
+            .await?;
+        let (releases, next_page_token) =
+            page.answer(fetched, |(_, key)| super::pages::created(key));
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
                 .iter()
-                .map(|release| release_to_proto(release, &track))
+                .map(|(release, _)| release_to_proto(release, &track))
                 .collect(),
+            next_page_token,
         }))
     }
 
@@ -182,6 +202,7 @@ impl ReleaseService for ReleaseApi {
     ) -> Result<Response<proto::PromoteResponse>, Status> {
         let actor = actor_of(&request);
         let proto::PromoteRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
         let state = state_of(&self.shared, &release.id).await?;
         let track = Track::default();
@@ -256,6 +277,16 @@ impl ReleaseService for ReleaseApi {
         }
         if reason.trim().is_empty() {
             errors.add("reason", "is empty; say why the release is demoted");
+        }
+        let track = Track::default();
+        if !to_milestone.trim().is_empty() && !track.contains(&to_milestone) {
+            errors.add(
+                "to_milestone",
+                format!(
+                    "'{to_milestone}' is not on the track ({}); give one of them",
+                    track.milestones.join(", ")
+                ),
+            );
         }
         errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &release).await?;
@@ -350,4 +381,15 @@ impl ReleaseService for ReleaseApi {
             current_release(&self.shared, &release.id).await?,
         ))
     }
+}
+
+/// `InvalidArgument` naming `name` when a request's release name is empty.
+fn required_name(name: &str) -> Result<(), Status> {
+    if name.trim().is_empty() {
+        return Err(status::invalid_field(
+            "name",
+            "is empty; give a release name",
+        ));
+    }
+    Ok(())
 }

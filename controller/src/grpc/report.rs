@@ -262,13 +262,20 @@ impl ReportService for ReportApi {
         }))
     }
 
-    type StreamReportStream = ReceiverStream<Result<proto::ReportChunk, Status>>;
+    type StreamReportStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::ReportChunk, Status>> + Send>,
+    >;
 
     async fn stream_report(
         &self,
         request: Request<proto::RenderReportRequest>,
     ) -> Result<Response<Self::StreamReportStream>, Status> {
         let customer = super::auth::customer_of(&request);
+        let permit = super::limits::open_stream(
+            &self.shared,
+            super::limits::identity_of(&request),
+            "StreamReport",
+        )?;
         let (head, format) = self
             .head(scoped_to(
                 super::convert::bounded(request.into_inner())?,
@@ -305,7 +312,8 @@ impl ReportService for ReportApi {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let stream = super::limits::holding(permit, ReceiverStream::new(receiver));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn render_attestation(

@@ -254,16 +254,37 @@ impl RunService for RunApi {
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
         let customer = super::auth::customer_of(&request);
-        let proto::ListRunsRequest { release } = super::convert::bounded(request.into_inner())?;
+        let proto::ListRunsRequest {
+            release,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let page = super::pages::by_creation(
+            &mut errors,
+            tollgate_wire::page::List::Runs,
+            &[&release],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(invalid_fields)?;
         let release = (!release.is_empty()).then(|| ReleaseId::new(release));
-        let runs = self.shared.store.list_runs(release.as_ref()).await?;
+        let fetched = self
+            .shared
+            .store
+            .list_runs_page(release.as_ref(), page.after, page.fetch())
+            .await?;
+        let (runs, next_page_token) = page.answer(fetched, |(_, key)| super::pages::created(key));
         let mut views = Vec::with_capacity(runs.len());
         // A listing shows jobs and their states; results are for GetRun, one run at a time.
-        for run in &runs {
+        for (run, _) in &runs {
             let view = run_view(&self.shared, run, false).await?;
             views.extend(scope_run(&self.shared, customer.as_deref(), view).await?);
         }
-        Ok(Response::new(proto::ListRunsResponse { runs: views }))
+        Ok(Response::new(proto::ListRunsResponse {
+            runs: views,
+            next_page_token,
+        }))
     }
 
     type WatchRunStream =
@@ -274,6 +295,7 @@ impl RunService for RunApi {
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let customer = super::auth::customer_of(&request);
+        let identity = super::limits::identity_of(&request);
         let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
         // Fail the call itself, not the stream, when the run does not exist (for a customer:
         // has none of its nodes).
@@ -285,9 +307,11 @@ impl RunService for RunApi {
         {
             return Err(not_found(format!("run {id}")));
         }
+        let permit = super::limits::open_stream(&self.shared, identity, "WatchRun")?;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(watch(self.shared.clone(), run.id, customer, sender));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let stream = super::limits::holding(permit, ReceiverStream::new(receiver));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_run(

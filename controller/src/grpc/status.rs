@@ -7,6 +7,9 @@
 //! - `Aborted`: a compare-and-set lost a race; retrying the call is the right reaction.
 //! - `PermissionDenied`: authenticated, but not allowed (an agent acting as another node).
 //! - `Unauthenticated`: no valid node token.
+//! - `ResourceExhausted`: a per-identity limit (open streams, call rate; the message says the
+//!   limit and what to do, a rate refusal carries `RetryInfo`) or a request larger than its
+//!   service accepts (see `grpc/limits.rs`).
 //! - `Unavailable`: the database cannot be reached or refuses writes right now (connection
 //!   lost, disk full, read-only); retry later.
 //! - `Internal`: a bug or corrupt data; logged at ERROR because an operator must look.
@@ -158,6 +161,30 @@ pub fn waiver_refused(refusal: WaiverRefusal) -> Status {
             }
         }
     }
+}
+
+impl From<crate::limits::LimitError> for Status {
+    fn from(error: crate::limits::LimitError) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        match error.retry_after() {
+            Some(wait) => Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                error.to_string(),
+                ErrorDetails::with_retry_info(Some(wait)),
+            ),
+            None => Status::resource_exhausted(error.to_string()),
+        }
+    }
+}
+
+/// A request over its service's size limit (tonic refused it before decoding it, as
+/// `OUT_OF_RANGE`): `ResourceExhausted`, saying the limit and what to do.
+pub fn request_too_large(found: Option<&str>, limit: &str) -> Status {
+    let size = found.map_or_else(String::new, |found| format!(" of {found} bytes"));
+    Status::resource_exhausted(format!(
+        "the request{size} is larger than this service accepts ({limit} bytes; see \"Limits\" in \
+         the README): send less in one call, or shorten its largest field"
+    ))
 }
 
 impl From<AuthError> for Status {

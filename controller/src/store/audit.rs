@@ -239,17 +239,31 @@ impl Store {
 
     /// Audit entries matching `filter`, oldest first.
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.list_audit_page(filter, None, usize::MAX).await
+    }
+
+    /// Up to `limit` audit entries matching `filter`, oldest first, after position `after`.
+    pub async fn list_audit_page(
+        &self,
+        filter: &AuditFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         const SQL: &str =
             "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit
              WHERE ($1 IS NULL OR release = $1) AND ($2 IS NULL OR actor = $2)
                AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at <= $4)
-             ORDER BY seq";
+               AND ($5 IS NULL OR seq > $5)
+             ORDER BY seq LIMIT $6";
+        let after = after.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX));
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(filter.release.as_ref().map(|release| release.as_str()))
                 .bind(filter.actor.as_deref())
                 .bind(filter.since.map(micros))
                 .bind(filter.until.map(micros))
+                .bind(after)
+                .bind(super::page_limit(limit))
                 .fetch_all(pool)
                 .await?
                 .iter()

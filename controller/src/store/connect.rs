@@ -27,6 +27,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0004_waivers_audit.sql"
 const _: &str = include_str!("../../../migrations/postgres/0004_waivers_audit.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0005_result_digests.sql");
 const _: &str = include_str!("../../../migrations/postgres/0005_result_digests.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0012_list_pages.sql");
+const _: &str = include_str!("../../../migrations/postgres/0012_list_pages.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -471,6 +471,15 @@ fn as_stored(result: &StepResult) -> StepResult {
     stored
 }
 
+/// Where a row stands in a list ordered by creation: its `created_at`, then its insertion
+/// number `seq` (ties in time keep insertion order). A page of such a list starts after one.
+pub type CreatedKey = (Timestamp, i64);
+
+/// A page size as the `LIMIT` both backends bind.
+fn page_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 /// A timestamp as both backends store it: PostgreSQL keeps microseconds, so SQLite gets the
 /// same, and a value reads back the same from either.
 fn micros(at: Timestamp) -> Timestamp {

@@ -179,6 +179,29 @@ impl Store {
         })
     }
 
+    /// Up to `limit` nodes by name, starting after the node named `after`.
+    pub async fn list_nodes_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Node>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(node_query!(
+                " WHERE ($1 IS NULL OR n.name > $1) ORDER BY n.name LIMIT $2"
+            ))
+        });
+        with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(after)
+                .bind(super::page_limit(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::node)
+                .collect()
+        })
+    }
+
     /// Records a heartbeat.
     pub async fn touch_node(&self, node: &NodeId, now: Timestamp) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE nodes SET last_seen_at = $2 WHERE name = $1";

@@ -4,7 +4,10 @@
 //! one transaction.
 
 use super::connect::Begin;
-use super::{AuditNote, Pool, Store, StoreError, classify, micros, rows, text, to_json};
+use super::{
+    AuditNote, CreatedKey, Pool, Store, StoreError, classify, micros, page_limit, rows, text,
+    to_json,
+};
 use std::collections::HashMap;
 use tollgate_domain::ReleaseId;
 use tollgate_domain::release::{Promotion, Release, ReleaseChange, ReleaseState};
@@ -88,21 +91,55 @@ impl Store {
 
     /// All releases, newest first.
     pub async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
-        const SQL: &str = "SELECT name, description, components, milestone, created_at
-             FROM releases ORDER BY created_at DESC, seq DESC";
-        const PROMOTIONS: &str =
+        let page = self.list_releases_page(None, usize::MAX).await?;
+        Ok(page.into_iter().map(|(release, _)| release).collect())
+    }
+
+    /// Up to `limit` releases, newest first (by `created_at`, then insertion), starting after
+    /// the order key `after` of the last one of the previous page; each with its order key.
+    pub async fn list_releases_page(
+        &self,
+        after: Option<CreatedKey>,
+        limit: usize,
+    ) -> Result<Vec<(Release, CreatedKey)>, StoreError> {
+        macro_rules! page {
+            ($columns:expr) => {
+                concat!(
+                    "SELECT ",
+                    $columns,
+                    " FROM releases WHERE ($1 IS NULL OR (created_at, seq) < ($1, $2))
+                     ORDER BY created_at DESC, seq DESC LIMIT $3"
+                )
+            };
+        }
+        const SQL: &str = page!("name, description, components, milestone, created_at, seq");
+        const PROMOTIONS: &str = concat!(
             "SELECT release, from_milestone, to_milestone, promoted_at, decision_digest, actor
-             FROM promotions ORDER BY promoted_at, seq";
+             FROM promotions WHERE release IN (",
+            page!("name"),
+            ") ORDER BY promoted_at, seq"
+        );
+        let (at, seq) = after.unzip();
+        let limit = page_limit(limit);
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
-            let mut releases: Vec<Release> = sqlx::query(SQL)
+            let mut releases: Vec<(Release, CreatedKey)> = sqlx::query(SQL)
+                .bind(at)
+                .bind(seq)
+                .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(rows::release)
-                .collect::<Result<_, _>>()?;
+                .map(|row| Ok((rows::release(row)?, rows::created_key(row, "releases")?)))
+                .collect::<Result<_, StoreError>>()?;
             let mut promotions: HashMap<String, Vec<Promotion>> = HashMap::new();
-            for row in sqlx::query(PROMOTIONS).fetch_all(&mut *tx).await? {
+            let promoted = sqlx::query(PROMOTIONS)
+                .bind(at)
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in promoted {
                 let release =
                     rows::Fields::new(&row, "promotions", &["release"]).text("release")?;
                 promotions
@@ -111,7 +148,7 @@ impl Store {
                     .push(rows::promotion(&row)?);
             }
             tx.commit().await?;
-            for release in &mut releases {
+            for (release, _) in &mut releases {
                 release.promotions = promotions.remove(release.id.as_str()).unwrap_or_default();
             }
             Ok(releases)

@@ -182,6 +182,15 @@ pub(super) fn node(row: &impl StoreRow) -> Result<Node, StoreError> {
     })
 }
 
+/// The order key of a row listed newest or oldest first: `created_at`, then `seq`.
+pub(super) fn created_key(
+    row: &impl StoreRow,
+    table: &'static str,
+) -> Result<super::CreatedKey, StoreError> {
+    let f = Fields::new(row, table, &["seq"]);
+    Ok((f.time("created_at")?, f.int_as("seq")?))
+}
+
 /// A `releases` row, without its promotions.
 pub(super) fn release(
     row: &impl StoreRow,

@@ -3,7 +3,8 @@
 
 use super::connect::Begin;
 use super::{
-    AuditNote, JobRecord, Pool, RunRecord, Store, StoreError, classify, epoch_to_i64, micros, rows,
+    AuditNote, CreatedKey, JobRecord, Pool, RunRecord, Store, StoreError, classify, epoch_to_i64,
+    micros, page_limit, rows,
 };
 use tollgate_domain::run::Cancellation;
 use tollgate_domain::{ReleaseId, RunId, Timestamp};
@@ -12,7 +13,8 @@ use tollgate_domain::{ReleaseId, RunId, Timestamp};
 macro_rules! run_query {
     ($tail:expr) => {
         concat!(
-            "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at
+            "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at,
+                    seq
              FROM runs",
             $tail
         )
@@ -100,16 +102,36 @@ impl Store {
         &self,
         release: Option<&ReleaseId>,
     ) -> Result<Vec<RunRecord>, StoreError> {
-        const SQL: &str =
-            run_query!(" WHERE ($1 IS NULL OR release = $1) ORDER BY created_at DESC, seq DESC");
+        let page = self.list_runs_page(release, None, usize::MAX).await?;
+        Ok(page.into_iter().map(|(run, _)| run).collect())
+    }
+
+    /// Up to `limit` runs, newest first (by `created_at`, then insertion), optionally of one
+    /// release, starting after the order key `after` of the last one of the previous page;
+    /// each with its order key.
+    pub async fn list_runs_page(
+        &self,
+        release: Option<&ReleaseId>,
+        after: Option<CreatedKey>,
+        limit: usize,
+    ) -> Result<Vec<(RunRecord, CreatedKey)>, StoreError> {
+        const SQL: &str = run_query!(
+            " WHERE ($1 IS NULL OR release = $1)
+                AND ($2 IS NULL OR (created_at, seq) < ($2, $3))
+              ORDER BY created_at DESC, seq DESC LIMIT $4"
+        );
         let release = release.map(ReleaseId::as_str);
+        let (at, seq) = after.unzip();
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(release)
+                .bind(at)
+                .bind(seq)
+                .bind(page_limit(limit))
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(rows::run)
+                .map(|row| Ok((rows::run(row)?, rows::created_key(row, "runs")?)))
                 .collect()
         })
     }

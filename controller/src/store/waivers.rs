@@ -3,7 +3,9 @@
 
 use super::connect::Begin;
 use super::rows::{Fields, StoreRow};
-use super::{AuditNote, Pool, Store, StoreError, classify, micros, text, to_json};
+use super::{
+    AuditNote, CreatedKey, Pool, Store, StoreError, classify, micros, page_limit, text, to_json,
+};
 use tollgate_domain::gate::Waiver;
 use tollgate_domain::{NodeId, ReleaseId, Timestamp};
 
@@ -32,7 +34,7 @@ macro_rules! waiver_query {
     ($tail:expr) => {
         concat!(
             "SELECT id, release, milestone, rule_id, reason, ticket, approver, created_at,
-                    expires_at, revoked_at, nodes, skus, steps
+                    expires_at, revoked_at, nodes, skus, steps, seq
              FROM waivers",
             $tail
         )
@@ -104,6 +106,37 @@ impl Store {
                 .await?
                 .iter()
                 .map(waiver)
+                .collect()
+        })
+    }
+
+    /// Up to `limit` waivers of a release (at one milestone, when given), oldest first (by
+    /// `created_at`, then insertion), starting after the order key `after` of the last one of
+    /// the previous page; each with its order key.
+    pub async fn list_waivers_page(
+        &self,
+        release: &ReleaseId,
+        milestone: Option<&str>,
+        after: Option<CreatedKey>,
+        limit: usize,
+    ) -> Result<Vec<(Waiver, CreatedKey)>, StoreError> {
+        const SQL: &str = waiver_query!(
+            " WHERE release = $1 AND ($2 IS NULL OR milestone = $2)
+                AND ($3 IS NULL OR (created_at, seq) > ($3, $4))
+              ORDER BY created_at, seq LIMIT $5"
+        );
+        let (at, seq) = after.unzip();
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(release.as_str())
+                .bind(milestone)
+                .bind(at)
+                .bind(seq)
+                .bind(page_limit(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((waiver(row)?, super::rows::created_key(row, "waivers")?)))
                 .collect()
         })
     }

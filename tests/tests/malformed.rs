@@ -1,0 +1,548 @@
+//! Malformed request fields, table-driven: every request of a manager RPC that writes (and
+//! the reads that take ids) is sent with one field corrupted at a time (empty where
+//! required, over its limit, a NUL byte, an out-of-range number, a bad timestamp, an unknown
+//! enum value). Each must be `INVALID_ARGUMENT` whose `BadRequest` details name that field,
+//! and leave the store as it was (every table's row count and the audit chain's head).
+
+use tollgate_controller::store::{Pool, Store};
+use tollgate_proto::v1;
+use tollgate_tests::{Backend, Clients, Controller, ControllerOptions, plan_yaml};
+use tonic::Code;
+
+tollgate_tests::on_both_backends!(every_malformed_field_is_refused_by_name_and_changes_nothing);
+
+/// One request, to be sent as it is.
+#[derive(Debug, Clone)]
+enum Call {
+    GetNode(v1::GetNodeRequest),
+    SetCordon(v1::SetCordonRequest),
+    SetHealth(v1::SetHealthRequest),
+    CreateRelease(v1::CreateReleaseRequest),
+    GetRelease(v1::GetReleaseRequest),
+    Promote(v1::PromoteRequest),
+    Demote(v1::DemoteRequest),
+    Halt(v1::HaltRequest),
+    Resume(v1::ResumeRequest),
+    ApplyPlan(v1::ApplyPlanRequest),
+    GetPlan(v1::GetPlanRequest),
+    StartRun(v1::StartRunRequest),
+    GetRun(v1::GetRunRequest),
+    CancelRun(v1::CancelRunRequest),
+    ApplyGate(v1::ApplyGateRequest),
+    EvaluateGate(v1::EvaluateGateRequest),
+    Waive(v1::WaiveRequest),
+    RevokeWaiver(v1::RevokeWaiverRequest),
+    RenderReport(v1::RenderReportRequest),
+    WatchRun(v1::GetRunRequest),
+    GetGate(v1::GetGateRequest),
+    RenderAttestation(v1::RenderAttestationRequest),
+}
+
+async fn send(clients: &mut Clients, call: Call) -> Result<(), tonic::Status> {
+    match call {
+        Call::GetNode(r) => clients.nodes.get_node(r).await.map(drop),
+        Call::SetCordon(r) => clients.nodes.set_cordon(r).await.map(drop),
+        Call::SetHealth(r) => clients.nodes.set_health(r).await.map(drop),
+        Call::CreateRelease(r) => clients.releases.create_release(r).await.map(drop),
+        Call::GetRelease(r) => clients.releases.get_release(r).await.map(drop),
+        Call::Promote(r) => clients.releases.promote(r).await.map(drop),
+        Call::Demote(r) => clients.releases.demote(r).await.map(drop),
+        Call::Halt(r) => clients.releases.halt(r).await.map(drop),
+        Call::Resume(r) => clients.releases.resume(r).await.map(drop),
+        Call::ApplyPlan(r) => clients.plans.apply_plan(r).await.map(drop),
+        Call::GetPlan(r) => clients.plans.get_plan(r).await.map(drop),
+        Call::StartRun(r) => clients.runs.start_run(r).await.map(drop),
+        Call::GetRun(r) => clients.runs.get_run(r).await.map(drop),
+        Call::CancelRun(r) => clients.runs.cancel_run(r).await.map(drop),
+        Call::ApplyGate(r) => clients.gates.apply_gate(r).await.map(drop),
+        Call::EvaluateGate(r) => clients.gates.evaluate_gate(r).await.map(drop),
+        Call::Waive(r) => clients.gates.waive(r).await.map(drop),
+        Call::RevokeWaiver(r) => clients.gates.revoke_waiver(r).await.map(drop),
+        Call::RenderReport(r) => clients.reports.render_report(r).await.map(drop),
+        Call::WatchRun(r) => clients.runs.watch_run(r).await.map(drop),
+        Call::GetGate(r) => clients.gates.get_gate(r).await.map(drop),
+        Call::RenderAttestation(r) => clients.reports.render_attestation(r).await.map(drop),
+    }
+}
+
+/// Corrupted texts: empty, over a name's limit, over a reason's limit, with a NUL byte.
+const EMPTY: &str = "";
+const NUL: &str = "r1\0x";
+
+fn over_name() -> String {
+    "n".repeat(tollgate_domain::limits::NAME.max + 1)
+}
+
+fn over_reason() -> String {
+    "r".repeat(tollgate_domain::limits::REASON.max + 1)
+}
+
+/// A timestamp whose nanoseconds are out of range.
+fn bad_time() -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 2_000_000_000,
+    })
+}
+
+/// Every case: the field named in the answer, and the request with that field corrupted.
+#[allow(clippy::too_many_lines)]
+fn cases() -> Vec<(&'static str, Call)> {
+    let mut cases: Vec<(&'static str, Call)> = Vec::new();
+    let names = || [EMPTY.to_owned(), over_name(), NUL.to_owned()];
+
+    for name in names() {
+        cases.push((
+            "name",
+            Call::GetNode(v1::GetNodeRequest { name: name.clone() }),
+        ));
+        cases.push((
+            "name",
+            Call::SetCordon(v1::SetCordonRequest {
+                name: name.clone(),
+                cordoned: true,
+            }),
+        ));
+        cases.push((
+            "name",
+            Call::GetRelease(v1::GetReleaseRequest { name: name.clone() }),
+        ));
+        cases.push((
+            "name",
+            Call::Promote(v1::PromoteRequest { name: name.clone() }),
+        ));
+        cases.push(("id", Call::GetRun(v1::GetRunRequest { id: name.clone() })));
+        cases.push(("id", Call::WatchRun(v1::GetRunRequest { id: name.clone() })));
+        cases.push((
+            "release",
+            Call::RenderAttestation(v1::RenderAttestationRequest {
+                release: name.clone(),
+                milestone: String::new(),
+            }),
+        ));
+        cases.push((
+            "id",
+            Call::CancelRun(v1::CancelRunRequest { id: name.clone() }),
+        ));
+        cases.push((
+            "id",
+            Call::RevokeWaiver(v1::RevokeWaiverRequest { id: name.clone() }),
+        ));
+        cases.push((
+            "name",
+            Call::GetPlan(v1::GetPlanRequest {
+                name: name.clone(),
+                version: String::new(),
+            }),
+        ));
+    }
+
+    let health = v1::SetHealthRequest {
+        name: "lab-1".into(),
+        health: "bad".into(),
+        reason: "burnt VRM".into(),
+    };
+    for name in names() {
+        cases.push((
+            "name",
+            Call::SetHealth(v1::SetHealthRequest {
+                name,
+                ..health.clone()
+            }),
+        ));
+    }
+    for bad in ["", "bogus"] {
+        let health = v1::SetHealthRequest {
+            health: bad.into(),
+            ..health.clone()
+        };
+        cases.push(("health", Call::SetHealth(health)));
+    }
+    for reason in [over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::SetHealth(v1::SetHealthRequest {
+                reason,
+                ..health.clone()
+            }),
+        ));
+    }
+
+    let release = v1::CreateReleaseRequest {
+        name: "r2".into(),
+        components: vec![v1::Component {
+            name: "driver".into(),
+            version: "550.54.15".into(),
+            ..Default::default()
+        }],
+        description: "candidate".into(),
+    };
+    for name in names() {
+        cases.push((
+            "name",
+            Call::CreateRelease(v1::CreateReleaseRequest {
+                name,
+                ..release.clone()
+            }),
+        ));
+    }
+    for (field, component) in [
+        (
+            "components[0].name",
+            v1::Component {
+                name: String::new(),
+                ..release.components[0].clone()
+            },
+        ),
+        (
+            "components[0].name",
+            v1::Component {
+                name: NUL.into(),
+                ..release.components[0].clone()
+            },
+        ),
+        (
+            "components[0].version",
+            v1::Component {
+                version: String::new(),
+                ..release.components[0].clone()
+            },
+        ),
+        (
+            "components[0].version",
+            v1::Component {
+                version: over_name(),
+                ..release.components[0].clone()
+            },
+        ),
+    ] {
+        cases.push((
+            field,
+            Call::CreateRelease(v1::CreateReleaseRequest {
+                components: vec![component],
+                ..release.clone()
+            }),
+        ));
+    }
+    for description in [
+        "d".repeat(tollgate_domain::limits::DESCRIPTION.max + 1),
+        NUL.to_owned(),
+    ] {
+        cases.push((
+            "description",
+            Call::CreateRelease(v1::CreateReleaseRequest {
+                description,
+                ..release.clone()
+            }),
+        ));
+    }
+
+    for release in names() {
+        cases.push((
+            "release",
+            Call::Demote(v1::DemoteRequest {
+                release: release.clone(),
+                to_milestone: "lab-qual".into(),
+                reason: "bad batch".into(),
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::Halt(v1::HaltRequest {
+                release: release.clone(),
+                reason: "bad batch".into(),
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::Resume(v1::ResumeRequest {
+                release: release.clone(),
+                reason: "fixed".into(),
+            }),
+        ));
+    }
+    for reason in [EMPTY.to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::Halt(v1::HaltRequest {
+                release: "r1".into(),
+                reason: reason.clone(),
+            }),
+        ));
+        cases.push((
+            "reason",
+            Call::Demote(v1::DemoteRequest {
+                release: "r1".into(),
+                to_milestone: "lab-qual".into(),
+                reason,
+            }),
+        ));
+    }
+    for to_milestone in ["", "moon"] {
+        cases.push((
+            "to_milestone",
+            Call::Demote(v1::DemoteRequest {
+                release: "r1".into(),
+                to_milestone: to_milestone.into(),
+                reason: "bad batch".into(),
+            }),
+        ));
+    }
+
+    for source in [EMPTY.to_owned(), format!("{}\0", plan_yaml(1.0))] {
+        cases.push((
+            "source",
+            Call::ApplyPlan(v1::ApplyPlanRequest {
+                source: source.clone(),
+                file_name: "plan.yaml".into(),
+            }),
+        ));
+        cases.push((
+            "source",
+            Call::ApplyGate(v1::ApplyGateRequest {
+                source,
+                file_name: "gate.yaml".into(),
+            }),
+        ));
+    }
+
+    let start = v1::StartRunRequest {
+        release: "r1".into(),
+        plan: "gpu-qual".into(),
+        milestone: String::new(),
+        nodes_now: false,
+    };
+    for text in names() {
+        cases.push((
+            "release",
+            Call::StartRun(v1::StartRunRequest {
+                release: text.clone(),
+                ..start.clone()
+            }),
+        ));
+        cases.push((
+            "plan",
+            Call::StartRun(v1::StartRunRequest {
+                plan: text.clone(),
+                ..start.clone()
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::EvaluateGate(v1::EvaluateGateRequest {
+                release: text.clone(),
+                milestone: String::new(),
+                at: None,
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::RenderReport(v1::RenderReportRequest {
+                release: text,
+                milestone: String::new(),
+                format: "markdown".into(),
+                customer: String::new(),
+            }),
+        ));
+    }
+    cases.push((
+        "milestone",
+        Call::StartRun(v1::StartRunRequest {
+            milestone: "moon".into(),
+            ..start.clone()
+        }),
+    ));
+    cases.push((
+        "at",
+        Call::EvaluateGate(v1::EvaluateGateRequest {
+            release: "r1".into(),
+            milestone: String::new(),
+            at: bad_time(),
+        }),
+    ));
+    for milestone in ["", "moon", NUL] {
+        cases.push((
+            "milestone",
+            Call::GetGate(v1::GetGateRequest {
+                milestone: milestone.into(),
+            }),
+        ));
+    }
+    cases.push((
+        "format",
+        Call::RenderReport(v1::RenderReportRequest {
+            release: "r1".into(),
+            milestone: String::new(),
+            format: "bogus".into(),
+            customer: String::new(),
+        }),
+    ));
+
+    let waive = v1::WaiveRequest {
+        release: "r1".into(),
+        milestone: String::new(),
+        rule_id: "min-nodes".into(),
+        reason: "lab-3 down for repair".into(),
+        ticket: "HW-1".into(),
+        expires_at: None,
+        ttl_seconds: 3600,
+        nodes: Vec::new(),
+        skus: Vec::new(),
+        steps: Vec::new(),
+    };
+    let over = |limit: &tollgate_domain::limits::Limit| "x".repeat(limit.max + 1);
+    for text in names() {
+        cases.push((
+            "release",
+            Call::Waive(v1::WaiveRequest {
+                release: text.clone(),
+                ..waive.clone()
+            }),
+        ));
+        cases.push((
+            "nodes[0]",
+            Call::Waive(v1::WaiveRequest {
+                nodes: vec![text],
+                ..waive.clone()
+            }),
+        ));
+    }
+    for (rule_id, ticket) in [
+        (EMPTY.to_owned(), EMPTY.to_owned()),
+        (
+            over(&tollgate_domain::limits::RULE_ID),
+            over(&tollgate_domain::limits::TICKET),
+        ),
+        (NUL.to_owned(), NUL.to_owned()),
+    ] {
+        cases.push((
+            "rule_id",
+            Call::Waive(v1::WaiveRequest {
+                rule_id,
+                ..waive.clone()
+            }),
+        ));
+        cases.push((
+            "ticket",
+            Call::Waive(v1::WaiveRequest {
+                ticket,
+                ..waive.clone()
+            }),
+        ));
+    }
+    for reason in [EMPTY.to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::Waive(v1::WaiveRequest {
+                reason,
+                ..waive.clone()
+            }),
+        ));
+    }
+    cases.push((
+        "ttl_seconds",
+        Call::Waive(v1::WaiveRequest {
+            ttl_seconds: u64::MAX,
+            ..waive.clone()
+        }),
+    ));
+    cases.push((
+        "expires_at",
+        Call::Waive(v1::WaiveRequest {
+            ttl_seconds: 0,
+            expires_at: bad_time(),
+            ..waive
+        }),
+    ));
+    cases
+}
+
+/// What must not change: every table's row count and the audit chain's head.
+async fn snapshot(store: &Store) -> (Vec<(String, i64)>, Option<String>) {
+    const SQLITE_TABLES: &str = "SELECT name FROM sqlite_master WHERE type = 'table'
+         AND name NOT LIKE 'sqlite_%' ORDER BY name";
+    const POSTGRES_TABLES: &str = "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1";
+    let mut counts = Vec::new();
+    match store.pool() {
+        Pool::Sqlite(pool) => {
+            let tables: Vec<String> = sqlx::query_scalar(SQLITE_TABLES)
+                .fetch_all(pool)
+                .await
+                .expect("tables");
+            for table in tables {
+                let sql = format!("SELECT COUNT(*) FROM \"{table}\"");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+                    .expect("count");
+                counts.push((table, n));
+            }
+        }
+        Pool::Postgres(pool) => {
+            let tables: Vec<String> = sqlx::query_scalar(POSTGRES_TABLES)
+                .fetch_all(pool)
+                .await
+                .expect("tables");
+            for table in tables {
+                let sql = format!("SELECT COUNT(*) FROM \"{table}\"");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+                    .expect("count");
+                counts.push((table, n));
+            }
+        }
+    }
+    (counts, store.audit_head().await.expect("audit head"))
+}
+
+async fn every_malformed_field_is_refused_by_name_and_changes_nothing(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.limits.rate.per_second = 0;
+    let Some(controller) = Controller::start(options).await else {
+        return;
+    };
+    let mut clients = controller.clients().await;
+    clients.create_release("r1").await;
+    clients.apply_plan(&plan_yaml(1.0)).await;
+    let store = Store::connect(&controller.database_url)
+        .await
+        .expect("the controller's store");
+    let mut before = snapshot(&store).await;
+    assert!(before.1.is_some(), "the setup wrote audit entries");
+
+    let mut wrong = Vec::new();
+    for (field, call) in cases() {
+        let described = format!("{call:?}");
+        let described: String = described.chars().take(160).collect();
+        match send(&mut clients, call).await {
+            Ok(()) => wrong.push(format!("{field}: accepted {described}")),
+            Err(status) => {
+                use tonic_types::StatusExt as _;
+                let named = status
+                    .get_error_details()
+                    .bad_request()
+                    .is_some_and(|bad| bad.field_violations.iter().any(|v| v.field == field));
+                if status.code() != Code::InvalidArgument || !named {
+                    wrong.push(format!(
+                        "{field}: {:?} {:?} for {described}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            }
+        }
+        let after = snapshot(&store).await;
+        if after != before {
+            wrong.push(format!("{field}: changed the store: {described}"));
+            before = after;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} cases answered wrongly:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
