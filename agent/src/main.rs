@@ -22,6 +22,10 @@ struct Args {
         default_value = "http://127.0.0.1:7800"
     )]
     controller: String,
+    /// The CA certificate (PEM) that signed the controller's certificate, for https://
+    /// controllers (`ca.pem` from `tollgate-controller ca init`).
+    #[arg(long, env = "TOLLGATE_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node: Option<String>,
@@ -185,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(".tollgate-agent").join(&node));
     let config = AgentConfig {
         controller: args.controller,
+        ca_file: args.ca_file,
         node,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         gpus: args.gpus,

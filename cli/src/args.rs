@@ -47,6 +47,11 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// The CA certificate (PEM) that signed the controller's certificate, for https://
+    /// controllers (`ca.pem` from `tollgate-controller ca init`).
+    #[arg(long, global = true, env = "TOLLGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -21,6 +21,9 @@ pub struct ControllerConfig {
     pub clock: SharedClock,
     /// Manager API tokens; empty for anonymous manager calls.
     pub api_tokens: crate::tokens::ApiTokens,
+    /// TLS, or plain text on loopback only. `new` picks plain text (tests); `main` always
+    /// sets it from `--tls-cert`, `--ca-dir` or `--insecure-loopback`.
+    pub transport: crate::listener::Transport,
 }
 
 impl ControllerConfig {
@@ -35,6 +38,7 @@ impl ControllerConfig {
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),
+            transport: crate::listener::Transport::InsecureLoopback,
         }
     }
 }

@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use tollgate_domain::JobId;
 use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 use upload::Held;
 
@@ -114,8 +114,7 @@ impl Agent {
         source: Arc<dyn GpuSource>,
         spool: Arc<Spool>,
     ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.controller.clone())
-            .with_context(|| format!("controller address '{}'", config.controller))?
+        let channel = endpoint(&config)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -203,6 +202,28 @@ impl Drop for Agent {
             running.task.abort();
         }
     }
+}
+
+/// The controller's endpoint: TLS trusting `--ca-file` for `https://` (`AgentConfig::check`
+/// allows plain text only to loopback).
+fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(config.controller.clone())
+        .with_context(|| format!("controller address '{}'", config.controller))?;
+    if !config.controller.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let Some(path) = &config.ca_file else {
+        anyhow::bail!(
+            "--ca-file is needed for {}: pass the controller's ca.pem",
+            config.controller
+        );
+    };
+    let pem =
+        std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    endpoint
+        .tls_config(tls)
+        .with_context(|| format!("TLS for {}", config.controller))
 }
 
 /// Resolves once shutdown was requested (or its sender is gone, which only happens then).
