@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// The CA certificate (PEM) the controller's certificate is checked against, for
     /// `https://`.
     pub ca_file: Option<PathBuf>,
+    /// A file holding the one-time bootstrap token (`tollgate node enroll`); used once, when
+    /// the state directory has no node certificate yet.
+    pub bootstrap_token_file: Option<PathBuf>,
     /// This node's name.
     pub node: String,
     /// Node labels.
@@ -81,6 +84,7 @@ impl AgentConfig {
         Self {
             controller: controller.to_owned(),
             ca_file: None,
+            bootstrap_token_file: None,
             node: node.to_owned(),
             labels: BTreeMap::new(),
             gpus: GpuMode::Simulated { count: n_gpus },

@@ -153,6 +153,22 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Makes a one-time bootstrap token that enrolls NODE (recorded in the audit log). It is
+    /// printed once: put it in a file on the node and start the agent with
+    /// --bootstrap-token-file FILE.
+    Enroll {
+        /// The node the token enrolls.
+        name: String,
+        /// The node's labels of record, KEY=VALUE,... (what runs select the node by; the
+        /// agent's own --label values are kept as reported).
+        #[arg(long, value_name = "KEY=VALUE,...", value_delimiter = ',')]
+        labels: Vec<String>,
+        /// How long the token works, for example 1h or 30m (at most 7d).
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        expires: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `tollgate release ...`

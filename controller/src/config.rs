@@ -24,6 +24,8 @@ pub struct ControllerConfig {
     /// TLS, or plain text on loopback only. `new` picks plain text (tests); `main` always
     /// sets it from `--tls-cert`, `--ca-dir` or `--insecure-loopback`.
     pub transport: crate::listener::Transport,
+    /// The lab CA that signs node certificates at enrollment; `None` refuses enrollment.
+    pub ca: Option<std::sync::Arc<crate::pki::Ca>>,
 }
 
 impl ControllerConfig {
@@ -39,6 +41,7 @@ impl ControllerConfig {
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),
             transport: crate::listener::Transport::InsecureLoopback,
+            ca: None,
         }
     }
 }

@@ -209,14 +209,30 @@ fn ca_init(args: &CaInitArgs) -> std::process::ExitCode {
 fn transport(
     tls: &TlsArgs,
     listen: std::net::SocketAddr,
-) -> anyhow::Result<tollgate_controller::listener::Transport> {
+) -> anyhow::Result<(
+    tollgate_controller::listener::Transport,
+    Option<std::sync::Arc<tollgate_controller::pki::Ca>>,
+)> {
     use tollgate_controller::clock::Clock as _;
     use tollgate_controller::listener::Transport;
     use tollgate_controller::pki;
     if tls.insecure_loopback {
-        return Ok(Transport::InsecureLoopback);
+        return Ok((Transport::InsecureLoopback, None));
     }
-    let (identity, cert_path, key_path) = match (&tls.tls_cert, &tls.tls_key, &tls.ca_dir) {
+    let ca = match &tls.ca_dir {
+        Some(dir) => Some(std::sync::Arc::new(pki::Ca::load_dir(dir).with_context(
+            || {
+                format!(
+                    "loading the lab CA from --ca-dir {}; make one with \
+                 `tollgate-controller ca init --dir {}`",
+                    dir.display(),
+                    dir.display()
+                )
+            },
+        )?)),
+        None => None,
+    };
+    let (identity, cert_path, key_path) = match (&tls.tls_cert, &tls.tls_key, &ca) {
         (Some(cert), Some(key), _) => {
             let read = |path: &Path| {
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
@@ -227,15 +243,8 @@ fn transport(
             };
             (identity, cert.clone(), key.clone())
         }
-        (_, _, Some(dir)) => {
-            let ca = pki::Ca::load_dir(dir).with_context(|| {
-                format!(
-                    "loading the lab CA from --ca-dir {}; make one with \
-                     `tollgate-controller ca init --dir {}`",
-                    dir.display(),
-                    dir.display()
-                )
-            })?;
+        (_, _, Some(ca)) => {
+            let dir = tls.ca_dir.clone().unwrap_or_default();
             let names = server_names(listen, &tls.hostnames);
             let now = tollgate_controller::clock::SystemClock.now();
             let identity = ca.server_certificate(&names, now)?;
@@ -248,9 +257,8 @@ fn transport(
              text on a loopback address (tests only) pass --insecure-loopback"
         ),
     };
-    Ok(Transport::Tls(pki::server_config(
-        &identity, &cert_path, &key_path,
-    )?))
+    let server = pki::server_config(&identity, &cert_path, &key_path)?;
+    Ok((Transport::Tls(server), ca))
 }
 
 /// The names a server certificate made at start covers: the listen address (every local
@@ -380,7 +388,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    config.transport = transport(&args.tls, listen)?;
+    (config.transport, config.ca) = transport(&args.tls, listen)?;
     tollgate_controller::listener::check(&config.transport, listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

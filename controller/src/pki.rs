@@ -318,6 +318,65 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A node's client certificate as signed.
+#[derive(Clone, Debug)]
+pub struct SignedNode {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it expires.
+    pub not_after: Timestamp,
+}
+
+impl Ca {
+    /// Signs a client certificate for exactly `node` (CN and a DNS SAN naming it) over the
+    /// public key of `csr_pem`, valid for `lifetime` from `now`. Whatever names the request
+    /// asks for are ignored: the node's identity is what the controller decided.
+    pub fn sign_node(
+        &self,
+        node: &str,
+        csr_pem: &str,
+        now: Timestamp,
+        lifetime: std::time::Duration,
+    ) -> Result<SignedNode, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|error| {
+            PkiError::BadPem {
+                path: PathBuf::from("csr_pem"),
+                what: "certificate signing request",
+                reason: error.to_string(),
+            }
+        })?;
+        let mut params = rcgen::CertificateParams::new(vec![node.to_owned()])
+            .map_err(sign_error(format!("node name {node}")))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let mut serial: [u8; 16] = rand::random();
+        // Positive and without a leading zero byte, so DER keeps all 16 bytes as they are.
+        serial[0] = (serial[0] & 0x7f).max(1);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let not_after =
+            now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::days(30));
+        params.not_before = offset_time(now - chrono::Duration::minutes(5));
+        params.not_after = offset_time(not_after);
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(sign_error(format!(
+                "signing the certificate of node {node}"
+            )))?;
+        Ok(SignedNode {
+            cert_pem: cert.pem(),
+            serial: hex::encode(serial),
+            not_after: chrono::DateTime::from_timestamp(not_after.timestamp(), 0)
+                .unwrap_or(not_after),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 
 pub mod attestation;
 pub mod audit;
+pub mod enrollment;
 pub mod fleet;
 pub mod gate;
 pub mod ids;

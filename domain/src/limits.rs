@@ -192,7 +192,13 @@ pub const MESSAGE: Limit = bytes(
     "a result's message; a test result's message; a GPU event's detail (the agent trims them)",
 );
 /// A node token.
-pub const TOKEN: Limit = bytes("token", 256, "node tokens");
+pub const TOKEN: Limit = bytes("token", 256, "node tokens; bootstrap tokens");
+/// A node's certificate signing request.
+pub const CSR: Limit = bytes(
+    "csr",
+    16384,
+    "a node's certificate signing request, PEM (Enroll)",
+);
 /// Samples (and events) in one batch of fleet telemetry.
 pub const TELEMETRY_BATCH: Limit = items(
     "telemetry-batch",
@@ -239,6 +245,7 @@ pub const ALL: &[Limit] = &[
     LOG_TAIL,
     MESSAGE,
     TOKEN,
+    CSR,
     TELEMETRY_BATCH,
     SAMPLE_FIELDS,
 ];

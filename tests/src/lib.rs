@@ -113,8 +113,9 @@ impl Controller {
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
         let ca_file = options.tls.then(|| {
             let pki = data_dir.with_file_name("pki");
-            let (transport, ca_file) = tls_transport(&pki);
+            let (transport, ca, ca_file) = tls_transport(&pki);
             config.transport = transport;
+            config.ca = Some(ca);
             ca_file
         });
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
@@ -236,8 +237,14 @@ impl Drop for Controller {
 }
 
 /// A TLS transport with a server certificate for 127.0.0.1 from the lab CA in `pki` (made
-/// there on first use, reused on restart); returns it with the CA certificate's path.
-pub fn tls_transport(pki: &std::path::Path) -> (tollgate_controller::listener::Transport, PathBuf) {
+/// there on first use, reused on restart); returns it with the CA and its certificate's path.
+pub fn tls_transport(
+    pki: &std::path::Path,
+) -> (
+    tollgate_controller::listener::Transport,
+    std::sync::Arc<tollgate_controller::pki::Ca>,
+    PathBuf,
+) {
     use tollgate_controller::clock::Clock as _;
     use tollgate_controller::pki::{self, Ca};
     let ca = if pki.join(pki::CA_CERT_FILE).exists() {
@@ -255,6 +262,7 @@ pub fn tls_transport(pki: &std::path::Path) -> (tollgate_controller::listener::T
         .expect("TLS settings");
     (
         tollgate_controller::listener::Transport::Tls(config),
+        std::sync::Arc::new(ca),
         pki.join(pki::CA_CERT_FILE),
     )
 }

@@ -206,7 +206,7 @@ impl Drop for Agent {
 
 /// The controller's endpoint: TLS trusting `--ca-file` for `https://` (`AgentConfig::check`
 /// allows plain text only to loopback).
-fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
+pub(crate) fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
     let endpoint = Endpoint::from_shared(config.controller.clone())
         .with_context(|| format!("controller address '{}'", config.controller))?;
     if !config.controller.starts_with("https://") {

@@ -108,15 +108,19 @@ impl AgentService for AgentApi {
             (None, _) => (generate_token(), true),
         };
         let token_hash = hash_token(&token);
+        // An enrolled node's labels are those the operator gave at enroll; what the agent
+        // says is kept beside them, as reported.
+        let labels_of_record = store.labels_of_record(&node).await?;
         super::node::register(
             store,
             &node,
-            &labels,
+            labels_of_record.as_ref().unwrap_or(&labels),
             &inventory,
             &token_hash,
             self.shared.now(),
         )
         .await?;
+        store.set_reported_labels(&node, &labels).await?;
         self.shared.tokens.remember(&node, &token_hash);
         // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
         store.touch_node(&node, self.shared.now()).await?;
@@ -137,6 +141,15 @@ impl AgentService for AgentApi {
             heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
             lease_grace_ms: millis(self.shared.config.lease_grace),
         }))
+    }
+
+    async fn enroll(
+        &self,
+        request: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        super::enroll::enroll(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ConnectStream =

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod attestation;
 pub mod audit;
 pub mod auth;
+pub mod enroll;
 pub mod gate;
 pub mod node;
 pub mod plan;

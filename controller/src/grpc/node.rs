@@ -180,6 +180,16 @@ pub async fn register(
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
+    async fn enroll_node(
+        &self,
+        request: Request<proto::EnrollNodeRequest>,
+    ) -> Result<Response<proto::EnrollNodeResponse>, Status> {
+        let actor = super::auth::actor_of(&request);
+        super::enroll::enroll_node(&self.shared, &actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_nodes(
         &self,
         request: Request<proto::ListNodesRequest>,

@@ -251,6 +251,23 @@ impl From<AgentRefusal> for Status {
     }
 }
 
+impl From<super::enroll::EnrollError> for Status {
+    fn from(error: super::enroll::EnrollError) -> Self {
+        use super::enroll::EnrollError;
+        use tollgate_domain::enrollment::EnrollRefusal;
+        let message = error.to_string();
+        match error {
+            EnrollError::Refused(EnrollRefusal::OtherNode { .. }) => {
+                Status::permission_denied(message)
+            }
+            EnrollError::Refused(_) => Status::unauthenticated(message),
+            EnrollError::NoCa => Status::failed_precondition(message),
+            EnrollError::BadRequest(_) => Status::invalid_argument(message),
+            EnrollError::Store(store) => store.into(),
+        }
+    }
+}
+
 /// `what` does not exist (for example "release r550").
 pub fn not_found(what: impl std::fmt::Display) -> Status {
     Status::not_found(format!("{what} not found"))

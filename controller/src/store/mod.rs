@@ -767,6 +767,7 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
 // After the macros, which they use.
 mod audit;
 mod decisions;
+mod enrollment;
 mod gates;
 mod jobs;
 mod nodes;
@@ -777,6 +778,7 @@ mod results;
 mod runs;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
+pub use enrollment::IssuedCertificate;
 pub use nodes::Registration;
 
 // Last, so that the SQL macros above are in scope in the tests.
