@@ -169,6 +169,14 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Revokes a node's certificates at once (recorded in the audit log): its connections
+    /// and calls are refused and its open stream is closed. Enroll it again to readmit it.
+    Revoke {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `tollgate release ...`

@@ -197,17 +197,20 @@ async fn walk_through(
     note(&format!("controller serving at {url}"));
 
     note(&format!(
-        "starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",
+        "enrolling and starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",
         NODES.len(),
         NODES.join(", ")
     ));
     for name in NODES {
+        let token_file = enroll_token(&controller, dirs, name).await?;
         let mut command = Command::new(agent_bin);
         command
             .arg("--controller")
             .arg(&url)
             .arg("--ca-file")
             .arg(&ca_file)
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
             .args(["--node", name])
             .args(["--label", "sku=hgx-h100", "--label", "site=demo"])
             .args(["--gpus", "sim:8"])
@@ -425,6 +428,34 @@ fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
         "{name} not found next to {}; build all binaries with `cargo build --workspace --bins`",
         dir.display()
     )
+}
+
+/// Enrolls demo node `name` (`tollgate node enroll`): writes its one-time bootstrap token
+/// to a file the agent reads; returns the file.
+async fn enroll_token(
+    controller: &Controller,
+    dirs: &DemoDirs,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    let response = crate::client::answer(
+        controller
+            .nodes()
+            .enroll_node(pb::EnrollNodeRequest {
+                node_name: name.to_owned(),
+                labels: [("sku", "hgx-h100"), ("site", "demo")]
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .into_iter()
+                    .collect(),
+                ttl_seconds: 600,
+            })
+            .await,
+    )?;
+    let path = dirs.root.join("agents").join(format!("{name}.token"));
+    std::fs::create_dir_all(dirs.root.join("agents"))
+        .with_context(|| format!("creating {}", dirs.root.join("agents").display()))?;
+    std::fs::write(&path, response.bootstrap_token)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Waits for the controller to write its address; returns it as a URL.

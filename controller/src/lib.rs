@@ -105,6 +105,13 @@ pub async fn run_with(
     let report_key = report::signing_key::load_or_create(&config.data_dir)
         .context("loading the report signing key")?;
     let shared = Arc::new(Shared::new(store, config));
+    shared.revocations.add(
+        shared
+            .store
+            .revoked_serials()
+            .await
+            .context("loading the revoked node certificates")?,
+    );
     let serving = Serving {
         addr: local_addr,
         shared: shared.clone(),
@@ -151,6 +158,7 @@ async fn serve(
     let incoming = crate::listener::incoming(
         listener,
         shared.config.transport.clone(),
+        shared.revocations.clone(),
         shared.subscribe_shutdown(),
     );
     let server = router.serve_with_incoming_shutdown(incoming, signal);

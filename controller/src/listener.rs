@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::pki::{PeerCertificate, Revocations};
+
 /// How the listener talks to its clients.
 #[derive(Clone)]
 pub enum Transport {
@@ -58,26 +60,32 @@ pub fn check(transport: &Transport, addr: SocketAddr) -> Result<(), ListenerErro
 pub struct Peer {
     /// The client's address.
     pub remote: Option<SocketAddr>,
+    /// The node certificate the client presented (verified against the lab CA), if any.
+    pub certificate: Option<PeerCertificate>,
 }
 
 /// One accepted connection, plain or TLS.
 pub enum Conn {
     /// Plain TCP (loopback only).
     Plain(TcpStream),
-    /// TLS over TCP, handshake done.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS over TCP, handshake done, with the client's node certificate if it sent one.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        Option<PeerCertificate>,
+    ),
 }
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
-        let tcp = match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref().0,
+        let (tcp, certificate) = match self {
+            Self::Plain(tcp) => (tcp, None),
+            Self::Tls(tls, certificate) => (tls.get_ref().0, certificate.clone()),
         };
         Peer {
             remote: tcp.peer_addr().ok(),
+            certificate,
         }
     }
 }
@@ -90,7 +98,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -103,21 +111,21 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -131,6 +139,7 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub fn incoming(
     listener: TcpListener,
     transport: Transport,
+    revocations: Arc<Revocations>,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (ready, stream) = mpsc::channel(64);
@@ -161,10 +170,23 @@ pub fn incoming(
                 continue;
             };
             let ready = ready.clone();
+            let revocations = revocations.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = ready.send(Ok(Conn::Tls(Box::new(tls)))).await;
+                        let certificate = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|der| crate::pki::peer_certificate(der));
+                        if let Some(certificate) = &certificate
+                            && revocations.is_revoked(&certificate.serial)
+                        {
+                            tracing::warn!(%remote, node = %certificate.node, serial = certificate.serial, "revoked node certificate; connection closed");
+                            return;
+                        }
+                        let _ = ready.send(Ok(Conn::Tls(Box::new(tls), certificate))).await;
                     }
                     Ok(Err(error)) => {
                         tracing::info!(%remote, %error, "TLS handshake failed");

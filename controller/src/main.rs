@@ -257,7 +257,8 @@ fn transport(
              text on a loopback address (tests only) pass --insecure-loopback"
         ),
     };
-    let server = pki::server_config(&identity, &cert_path, &key_path)?;
+    let client_ca = ca.as_ref().map(|ca| ca.cert_pem().to_owned());
+    let server = pki::server_config(&identity, &cert_path, &key_path, client_ca.as_deref())?;
     Ok((Transport::Tls(server), ca))
 }
 

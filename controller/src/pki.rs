@@ -70,6 +70,9 @@ pub enum PkiError {
         /// Why.
         source: rcgen::Error,
     },
+    /// The lab CA cannot be used to verify client certificates.
+    #[error("the lab CA cannot verify client certificates: {0}")]
+    ClientVerifier(String),
     /// rustls refused the certificate and key.
     #[error(
         "the TLS certificate and key do not work together: {0}; check that --tls-key belongs to --tls-cert"
@@ -294,10 +297,13 @@ pub fn parse_certificates(
 
 /// The rustls configuration the listener accepts TLS with: `identity` is the server's
 /// certificate chain and key; HTTP/2 is negotiated by ALPN (tonic clients insist on it).
+/// With `client_ca` (PEM) clients may present a certificate that CA signed (agents do;
+/// managers, who use API tokens, need not); one it did not sign fails the handshake.
 pub fn server_config(
     identity: &CertifiedKey,
     cert_path: &Path,
     key_path: &Path,
+    client_ca: Option<&str>,
 ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
     let certs = parse_certificates(&identity.cert_pem, cert_path)?;
     let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(|error| {
@@ -308,10 +314,27 @@ pub fn server_config(
         }
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(PkiError::Tls)?
-        .with_no_client_auth()
+        .map_err(PkiError::Tls)?;
+    let builder = match client_ca {
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in parse_certificates(ca_pem, Path::new(CA_CERT_FILE))? {
+                roots.add(cert).map_err(PkiError::Tls)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|error| PkiError::ClientVerifier(error.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(PkiError::Tls)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -377,6 +400,60 @@ impl Ca {
     }
 }
 
+/// What a verified client certificate says about its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The node it names (its CN).
+    pub node: tollgate_domain::NodeId,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it expires.
+    pub not_after: Timestamp,
+}
+
+/// Reads a client certificate rustls verified against the lab CA; `None` when it names no
+/// node.
+pub fn peer_certificate(der: &[u8]) -> Option<PeerCertificate> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let node = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
+    Some(PeerCertificate {
+        node: tollgate_domain::NodeId::new(node),
+        serial: hex::encode(cert.raw_serial()),
+        not_after,
+    })
+}
+
+/// The serial numbers of revoked node certificates: loaded from the store at start, added to
+/// on every revoke; the listener checks them on connect and the agent service on every call.
+#[derive(Debug, Default)]
+pub struct Revocations(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl Revocations {
+    /// Adds serials.
+    pub fn add(&self, serials: impl IntoIterator<Item = String>) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(serials);
+    }
+
+    /// Whether the certificate with this serial was revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(serial)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,7 +491,19 @@ mod tests {
             .expect("server certificate");
         let certs = parse_certificates(&identity.cert_pem, Path::new("server.pem")).expect("pem");
         assert_eq!(certs.len(), 2, "the server certificate, then the CA");
-        server_config(&identity, Path::new("server.pem"), Path::new("server.key"))
-            .expect("rustls takes it");
+        server_config(
+            &identity,
+            Path::new("server.pem"),
+            Path::new("server.key"),
+            None,
+        )
+        .expect("rustls takes it");
+        server_config(
+            &identity,
+            Path::new("server.pem"),
+            Path::new("server.key"),
+            Some(ca.cert_pem()),
+        )
+        .expect("rustls takes it, asking for client certificates");
     }
 }

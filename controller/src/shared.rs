@@ -31,6 +31,8 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Node tokens already seen, so a call does not cost a database lookup.
     pub tokens: TokenCache,
+    /// Revoked node certificates, checked on connect and on every agent call.
+    pub revocations: std::sync::Arc<crate::pki::Revocations>,
     /// The controller's first clock read; leases get a fresh grace from here after a restart.
     pub started_at: Timestamp,
     /// When leases last got a fresh grace: the start, or the moment the database accepted
@@ -59,6 +61,7 @@ impl Shared {
             config,
             sessions: Sessions::default(),
             tokens: TokenCache::default(),
+            revocations: std::sync::Arc::default(),
             started_at,
             leases_fresh_from: Mutex::new(started_at),
             scheduler_wake: Notify::new(),

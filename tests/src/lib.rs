@@ -258,8 +258,13 @@ pub fn tls_transport(
             tollgate_controller::clock::SystemClock.now(),
         )
         .expect("a server certificate");
-    let config = pki::server_config(&identity, &pki.join("server.pem"), &pki.join("server.key"))
-        .expect("TLS settings");
+    let config = pki::server_config(
+        &identity,
+        &pki.join("server.pem"),
+        &pki.join("server.key"),
+        Some(ca.cert_pem()),
+    )
+    .expect("TLS settings");
     (
         tollgate_controller::listener::Transport::Tls(config),
         std::sync::Arc::new(ca),

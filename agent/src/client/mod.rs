@@ -220,7 +220,14 @@ pub(crate) fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
     };
     let pem =
         std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    // The node's certificate, once enrolled: over TLS it is the node's identity.
+    if let Some(identity) = crate::identity::load(&config.state_dir)? {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            identity.cert_pem,
+            identity.key_pem,
+        ));
+    }
     endpoint
         .tls_config(tls)
         .with_context(|| format!("TLS for {}", config.controller))

@@ -80,6 +80,29 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
             expires,
             output,
         } => enroll(controller, name, &labels, &expires, output.output).await,
+        NodeCommand::Revoke { name, output } => {
+            let revoked = answer(
+                controller
+                    .nodes()
+                    .revoke_node(pb::RevokeNodeRequest { node_name: name })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&serde_json::json!({
+                    "node_name": revoked.node_name,
+                    "serials": revoked.serials,
+                })),
+                Format::Text => {
+                    println!(
+                        "node {}: {} certificate(s) revoked ({})",
+                        revoked.node_name,
+                        revoked.serials.len(),
+                        revoked.serials.join(", ")
+                    );
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

@@ -53,11 +53,30 @@ impl AgentApi {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The node making an agent call: the one its certificate names, or, only on a
+    /// plain-text loopback listener, the one its node token names.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
-        self.shared
-            .tokens
-            .authenticate(&self.shared.store, request.metadata())
-            .await
+        match self.certified(request)? {
+            Some(node) => Ok(node),
+            None => {
+                self.shared
+                    .tokens
+                    .authenticate(&self.shared.store, request.metadata())
+                    .await
+            }
+        }
+    }
+
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        super::auth::certified_node(
+            request,
+            &self.shared.config.transport,
+            &self.shared.revocations,
+        )
+        .map_err(|error| {
+            tracing::warn!(%error, "agent call refused");
+            Status::from(error)
+        })
     }
 }
 
@@ -72,6 +91,17 @@ pub enum AgentRefusal {
     EnrolledWithAnotherToken {
         /// The node.
         node: NodeId,
+    },
+    /// The certificate names another node than the request.
+    #[error(
+        "this agent's certificate names node {certified}, not {asked}: an agent acts only as \
+         its own node; start it with --node {certified}"
+    )]
+    AnotherNode {
+        /// The node the certificate names.
+        certified: NodeId,
+        /// The node the request names.
+        asked: NodeId,
     },
     /// The controller is shutting down and opens no new stream.
     #[error("the controller is shutting down; reconnect later")]
@@ -88,6 +118,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::Registration>, Status> {
+        let certified = self.certified(&request)?;
         let Enrollment {
             node,
             labels,
@@ -97,7 +128,19 @@ impl AgentService for AgentApi {
         } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
         let existing = store.node_token_hash(&node).await?;
+        if let Some(certified) = &certified
+            && *certified != node
+        {
+            tracing::warn!(certified = %certified, asked = %node, "registration refused: the certificate names another node");
+            return Err(AgentRefusal::AnotherNode {
+                certified: certified.clone(),
+                asked: node,
+            }
+            .into());
+        }
         let (token, is_new) = match (existing, node_token) {
+            // A certified node needs no token; it still gets one, unused over TLS.
+            (existing, _) if certified.is_some() => (generate_token(), existing.is_none()),
             (Some(stored), Some(token)) if hash_token(&token) == stored => (token, false),
             (Some(_), _) => {
                 tracing::warn!(node = %node, "registration refused: the node is enrolled with another token");

@@ -180,6 +180,42 @@ pub async fn register(
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
+    async fn revoke_node(
+        &self,
+        request: Request<proto::RevokeNodeRequest>,
+    ) -> Result<Response<proto::RevokeNodeResponse>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let proto::RevokeNodeRequest { node_name } = request.into_inner();
+        if let Some(message) = tollgate_domain::release::name_problem("node", &node_name) {
+            return Err(super::status::invalid_field("node_name", message));
+        }
+        let node = NodeId::new(node_name);
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "node.revoke",
+            format!("node/{node}"),
+        );
+        let serials = self
+            .shared
+            .store
+            .revoke_node_certificates(&node, &note)
+            .await?;
+        if serials.is_empty() {
+            return Err(not_found(format!(
+                "a certificate of node {node} that is not revoked yet"
+            )));
+        }
+        self.shared.revocations.add(serials.iter().cloned());
+        self.shared.sessions.close_node(&node);
+        tracing::warn!(node = %node, ?serials, actor, "node certificates revoked; its stream is closed");
+        self.shared.notify_changed();
+        Ok(Response::new(proto::RevokeNodeResponse {
+            node_name: node.to_string(),
+            serials,
+        }))
+    }
+
     async fn enroll_node(
         &self,
         request: Request<proto::EnrollNodeRequest>,

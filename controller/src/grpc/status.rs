@@ -246,6 +246,7 @@ impl From<AgentRefusal> for Status {
             AgentRefusal::EnrolledWithAnotherToken { .. } => {
                 Status::permission_denied(refusal.to_string())
             }
+            AgentRefusal::AnotherNode { .. } => Status::permission_denied(refusal.to_string()),
             AgentRefusal::ShuttingDown => Status::unavailable(refusal.to_string()),
         }
     }

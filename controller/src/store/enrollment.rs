@@ -162,4 +162,46 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Revokes every certificate of `node` not revoked yet (a compare-and-set on
+    /// `revoked_at IS NULL`), with the audit entry; returns their serials (none: nothing
+    /// was revoked, and nothing is audited).
+    pub async fn revoke_node_certificates(
+        &self,
+        node: &NodeId,
+        note: &AuditNote,
+    ) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "UPDATE node_certificates SET revoked_at = $2
+             WHERE node_name = $1 AND revoked_at IS NULL RETURNING serial";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let serials = sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(micros(note.at))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "node_certificates", &["serial"]).text("serial"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if serials.is_empty() {
+                return Ok(serials);
+            }
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(serials)
+        })
+    }
+
+    /// The serials of every revoked node certificate.
+    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "SELECT serial FROM node_certificates WHERE revoked_at IS NOT NULL";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "node_certificates", &["serial"]).text("serial"))
+                .collect()
+        })
+    }
 }

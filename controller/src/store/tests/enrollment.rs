@@ -68,4 +68,26 @@ async fn a_bootstrap_token_is_spent_once_with_its_certificate_and_audit(store: &
         .map(|entry| entry.action)
         .collect();
     assert_eq!(actions, ["node.enroll-token", "node.enroll"]);
+
+    assert!(store.revoked_serials().await.expect("read").is_empty());
+    let revoke = AuditNote::new(at(20), "alice", "node.revoke", "node/n1");
+    let revoked = store
+        .revoke_node_certificates(&node, &revoke)
+        .await
+        .expect("revoked");
+    assert_eq!(revoked, ["0a0b"]);
+    assert_eq!(store.revoked_serials().await.expect("read"), ["0a0b"]);
+    let again = store
+        .revoke_node_certificates(&node, &revoke)
+        .await
+        .expect("nothing left");
+    assert!(again.is_empty(), "{again:?}");
+    let n_revokes = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|entry| entry.action == "node.revoke")
+        .count();
+    assert_eq!(n_revokes, 1, "a revoke that revoked nothing is not audited");
 }
