@@ -3,6 +3,7 @@
 //! labels of record.
 
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_controller::clock::{Clock as _, ManualClock, SystemClock};
 use tollgate_proto::v1;
 use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, wait_for};
@@ -93,7 +94,7 @@ async fn an_agent_enrolls_with_a_bootstrap_token_and_keeps_the_labels_of_record(
     let mut config = controller.agent_config("enr-1", 1);
     config.bootstrap_token_file = Some(token_file);
     let agent = Agent::start_config(config);
-    let mut clients = controller.clients().await;
+    let clients = controller.clients().await;
     let node = wait_for(
         std::time::Duration::from_secs(20),
         "enr-1 registered",
@@ -123,7 +124,22 @@ async fn an_agent_enrolls_with_a_bootstrap_token_and_keeps_the_labels_of_record(
     let cert =
         std::fs::read_to_string(agent.state_dir.join("node.crt")).expect("the node's certificate");
     assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
-    clients.wait_ready_nodes(1).await;
+    // Its GPUs (simulated H100s) are not what its labels of record say (sku=hgx-h200).
+    let suspect = wait_for(Duration::from_secs(20), "enr-1 suspect", || {
+        let mut clients = clients.clone();
+        async move {
+            clients
+                .try_list_nodes()
+                .await?
+                .into_iter()
+                .find(|n| n.name == "enr-1" && n.health == "suspect")
+        }
+    })
+    .await;
+    assert!(
+        suspect.health_reason.contains("sku=hgx-h200"),
+        "{suspect:?}"
+    );
     agent.stop().await;
 }
 

@@ -164,6 +164,10 @@ impl AgentService for AgentApi {
         )
         .await?;
         store.set_reported_labels(&node, &labels).await?;
+        if let Some(labels_of_record) = &labels_of_record {
+            super::node::apply_label_findings(&self.shared, &node, labels_of_record, &inventory)
+                .await?;
+        }
         self.shared.tokens.remember(&node, &token_hash);
         // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
         store.touch_node(&node, self.shared.now()).await?;

@@ -368,6 +368,23 @@ pub(crate) async fn apply_findings(
 /// its audit entry by `actor`. A change decided from a health another writer changed meanwhile
 /// is decided again from the health found, at most [`ATTEMPTS`] times. Returns the change
 /// applied, or `None` when the event changes nothing.
+/// Makes an enrolled node suspect when the inventory its agent reported does not match its
+/// labels of record (`tollgate_domain::node::label_findings` decides).
+pub(crate) async fn apply_label_findings(
+    shared: &Shared,
+    node: &NodeId,
+    labels_of_record: &Labels,
+    inventory: &Inventory,
+) -> Result<(), StoreError> {
+    if let Some(event) = tollgate_domain::node::label_findings(labels_of_record, inventory)
+        && let Some(change) = change_health(shared, node, "controller", &event).await?
+    {
+        tracing::warn!(node = %node, to = %change.to, reason = change.reason, "node health changed: labels of record and inventory disagree");
+        shared.notify_changed();
+    }
+    Ok(())
+}
+
 async fn change_health(
     shared: &Shared,
     node: &NodeId,
