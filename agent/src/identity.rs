@@ -53,6 +53,26 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<Identity>> {
     }))
 }
 
+/// When a certificate (PEM) starts and stops being valid.
+pub fn validity(
+    cert_pem: &str,
+) -> anyhow::Result<(tollgate_domain::Timestamp, tollgate_domain::Timestamp)> {
+    use rustls::pki_types::pem::PemObject as _;
+    use x509_parser::prelude::FromDer as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .context("reading node.crt")?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+        .map_err(|error| anyhow::anyhow!("parsing node.crt: {error}"))?;
+    let at = |seconds: i64| {
+        chrono::DateTime::from_timestamp(seconds, 0)
+            .ok_or_else(|| anyhow::anyhow!("node.crt has a validity out of range"))
+    };
+    Ok((
+        at(cert.validity().not_before.timestamp())?,
+        at(cert.validity().not_after.timestamp())?,
+    ))
+}
+
 /// A fresh key pair and a certificate signing request naming `node`: the key (PEM) and the
 /// request (PEM).
 pub fn new_request(node: &str) -> anyhow::Result<(String, String)> {

@@ -182,6 +182,15 @@ impl AgentService for FakeController {
             "this fake controller enrolls no node",
         ))
     }
+
+    async fn renew_certificate(
+        &self,
+        _request: Request<v1::RenewCertificateRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake controller signs no certificate",
+        ))
+    }
 }
 
 /// Serves `controller` on an ephemeral loopback port; returns its URL.

@@ -26,6 +26,8 @@ pub struct ControllerConfig {
     pub transport: crate::listener::Transport,
     /// The lab CA that signs node certificates at enrollment; `None` refuses enrollment.
     pub ca: Option<std::sync::Arc<crate::pki::Ca>>,
+    /// How long a node certificate signed at enrollment or renewal is valid.
+    pub node_certificate_lifetime: Duration,
 }
 
 impl ControllerConfig {
@@ -42,6 +44,7 @@ impl ControllerConfig {
             api_tokens: crate::tokens::ApiTokens::default(),
             transport: crate::listener::Transport::InsecureLoopback,
             ca: None,
+            node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -113,6 +113,10 @@ struct TlsArgs {
     /// certificate made from --ca-dir; repeatable.
     #[arg(long = "hostname", value_name = "NAME")]
     hostnames: Vec<String>,
+    /// How long a node certificate signed at enrollment or renewal is valid; agents renew
+    /// theirs between 70 % and 90 % of it.
+    #[arg(long, default_value = "30d", value_parser = parse_duration, value_name = "DURATION")]
+    node_certificate_lifetime: Duration,
     /// Serve plain text, without TLS; allowed only on a loopback --listen address (tests,
     /// trying things out).
     #[arg(long, conflicts_with_all = ["tls_cert", "ca_dir"])]
@@ -390,6 +394,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     (config.transport, config.ca) = transport(&args.tls, listen)?;
+    config.node_certificate_lifetime = args.tls.node_certificate_lifetime;
     tollgate_controller::listener::check(&config.transport, listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

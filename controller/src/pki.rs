@@ -384,7 +384,8 @@ impl Ca {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let not_after =
             now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::days(30));
-        params.not_before = offset_time(now - chrono::Duration::minutes(5));
+        // Not back-dated: the agent renews at a fraction of not_after - not_before.
+        params.not_before = offset_time(now);
         params.not_after = offset_time(not_after);
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)

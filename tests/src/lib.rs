@@ -41,6 +41,8 @@ pub struct ControllerOptions {
     /// Serve TLS with a server certificate from a throwaway lab CA (in the test's temp
     /// directory, beside the data directory) instead of plain text on loopback.
     pub tls: bool,
+    /// How long node certificates are valid (the controller's default when `None`).
+    pub node_certificate_lifetime: Option<Duration>,
 }
 
 impl ControllerOptions {
@@ -54,6 +56,7 @@ impl ControllerOptions {
             clock: None,
             api_tokens: Vec::new(),
             tls: false,
+            node_certificate_lifetime: None,
         }
     }
 }
@@ -111,6 +114,9 @@ impl Controller {
         }
         config.api_tokens =
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
+        if let Some(lifetime) = options.node_certificate_lifetime {
+            config.node_certificate_lifetime = lifetime;
+        }
         let ca_file = options.tls.then(|| {
             let pki = data_dir.with_file_name("pki");
             let (transport, ca, ca_file) = tls_transport(&pki);

@@ -279,3 +279,43 @@ async fn revoking_a_node_cuts_its_open_agent_off() {
         .expect_err("nothing left to revoke");
     assert_eq!(again.code(), Code::NotFound, "{again:?}");
 }
+
+#[tokio::test]
+async fn a_certificate_is_renewed_while_its_job_keeps_running() {
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.tls = true;
+    options.node_certificate_lifetime = Some(Duration::from_secs(4));
+    let controller = Controller::start(options)
+        .await
+        .expect("sqlite always runs");
+    let token = bootstrap_token(&controller, "mtls-rot").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).expect("token file");
+    let mut config = controller.agent_config("mtls-rot", 1);
+    config.bootstrap_token_file = Some(token_file);
+    let agent = Agent::start_config(config);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    let first = std::fs::read_to_string(agent.state_dir.join("node.crt")).expect("enrolled");
+
+    // One step of 7 s: the 4 s certificate is renewed (at 70-90 %) while it runs.
+    let run = clients
+        .qualify("r-rot", 1, &plan_yaml(7.0), &gate_yaml(1))
+        .await;
+    assert_eq!(run.jobs[0].state, "passed", "{run:?}");
+    let last = std::fs::read_to_string(agent.state_dir.join("node.crt")).expect("kept");
+    assert_ne!(first, last, "the certificate was renewed");
+    let mut audit = v1::audit_service_client::AuditServiceClient::new(controller.channel().await);
+    let n_renewals = audit
+        .list_audit(v1::ListAuditRequest::default())
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries
+        .iter()
+        .filter(|entry| entry.action == "node.renew")
+        .count();
+    assert!(n_renewals >= 1, "{n_renewals} renewals");
+    agent.stop().await;
+}

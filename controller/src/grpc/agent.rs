@@ -199,6 +199,19 @@ impl AgentService for AgentApi {
             .map(Response::new)
     }
 
+    async fn renew_certificate(
+        &self,
+        request: Request<proto::RenewCertificateRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let Some(node) = self.certified(&request)? else {
+            return Err(super::auth::AuthError::MissingNodeCertificate.into());
+        };
+        let proto::RenewCertificateRequest { csr_pem } = request.into_inner();
+        super::enroll::renew(&self.shared, &node, &csr_pem)
+            .await
+            .map(Response::new)
+    }
+
     type ConnectStream =
         Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::ControllerCommand, Status>> + Send>>;
 

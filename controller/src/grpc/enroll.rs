@@ -15,10 +15,6 @@ use tollgate_proto::v1 as proto;
 use tollgate_wire::time::timestamp_to_proto;
 use tonic::Status;
 
-/// How long a node's client certificate is valid; agents renew it well before.
-pub const CERTIFICATE_LIFETIME: std::time::Duration =
-    std::time::Duration::from_secs(30 * 24 * 3600);
-
 /// Why an enrollment failed other than a refused token.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -150,7 +146,12 @@ async fn spend(
     enrollment::check(token.as_ref(), node, now)?;
     let labels = token.map(|token| token.labels).unwrap_or_default();
     let signed = ca
-        .sign_node(node.as_str(), csr_pem, now, CERTIFICATE_LIFETIME)
+        .sign_node(
+            node.as_str(),
+            csr_pem,
+            now,
+            shared.config.node_certificate_lifetime,
+        )
         .map_err(EnrollError::BadRequest)?;
     let certificate = IssuedCertificate {
         serial: signed.serial.clone(),
@@ -185,6 +186,55 @@ async fn spend(
         Err(error) => return Err(error.into()),
     }
     tracing::info!(node = %node, serial = signed.serial, "node enrolled");
+    Ok(proto::EnrollResponse {
+        certificate_pem: signed.cert_pem,
+        ca_pem: ca.cert_pem().to_owned(),
+        not_after: Some(timestamp_to_proto(signed.not_after)),
+    })
+}
+
+/// `RenewCertificate`: a new certificate for `node`, the one the caller's current (verified,
+/// not revoked) certificate names, over the public key of its CSR; recorded and audited.
+pub async fn renew(
+    shared: &Shared,
+    node: &NodeId,
+    csr_pem: &str,
+) -> Result<proto::EnrollResponse, Status> {
+    let mut errors = FieldErrors::new();
+    errors.text("csr_pem", &limits::CSR, csr_pem);
+    errors.finish(()).map_err(invalid_fields)?;
+    let ca = shared.config.ca.as_ref().ok_or(EnrollError::NoCa)?;
+    let now = shared.now();
+    let signed = ca
+        .sign_node(
+            node.as_str(),
+            csr_pem,
+            now,
+            shared.config.node_certificate_lifetime,
+        )
+        .map_err(EnrollError::BadRequest)?;
+    let certificate = IssuedCertificate {
+        serial: signed.serial.clone(),
+        node: node.clone(),
+        issued_at: now,
+        not_after: signed.not_after,
+    };
+    let note = AuditNote::new(
+        now,
+        format!("node/{node}"),
+        "node.renew",
+        format!("node/{node}"),
+    )
+    .details(serde_json::json!({
+        "serial": signed.serial,
+        "not_after": signed.not_after.to_rfc3339(),
+    }));
+    shared
+        .store
+        .record_certificate(&certificate, &note)
+        .await
+        .map_err(EnrollError::from)?;
+    tracing::info!(node = %node, serial = signed.serial, "node certificate renewed");
     Ok(proto::EnrollResponse {
         certificate_pem: signed.cert_pem,
         ca_pem: ca.cert_pem().to_owned(),

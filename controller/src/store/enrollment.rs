@@ -204,4 +204,27 @@ impl Store {
                 .collect()
         })
     }
+
+    /// Records a certificate issued to an enrolled node (a renewal), with its audit entry.
+    pub async fn record_certificate(
+        &self,
+        certificate: &IssuedCertificate,
+        note: &AuditNote,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO node_certificates (serial, node_name, issued_at, not_after)
+             VALUES ($1, $2, $3, $4)";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(SQL)
+                .bind(&certificate.serial)
+                .bind(certificate.node.as_str())
+                .bind(micros(certificate.issued_at))
+                .bind(micros(certificate.not_after))
+                .execute(&mut *tx)
+                .await?;
+            append_audit!(tx, note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
 }
