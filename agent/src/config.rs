@@ -42,8 +42,14 @@ impl FromStr for GpuMode {
 /// Everything an agent needs to run. Built by `main` from flags, or by tests directly.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Controller URL, for example `http://127.0.0.1:7800`.
+    /// Controller URL: `https://HOST:PORT`, or `http://` to a loopback address.
     pub controller: String,
+    /// The CA certificate (PEM) the controller's certificate is checked against, for
+    /// `https://`.
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the one-time bootstrap token (`tollgate node enroll`); used once, when
+    /// the state directory has no node certificate yet.
+    pub bootstrap_token_file: Option<PathBuf>,
     /// This node's name.
     pub node: String,
     /// Node labels.
@@ -82,6 +88,8 @@ impl AgentConfig {
     pub fn simulated(controller: &str, node: &str, n_gpus: u32, state_dir: PathBuf) -> Self {
         Self {
             controller: controller.to_owned(),
+            ca_file: None,
+            bootstrap_token_file: None,
             node: node.to_owned(),
             labels: BTreeMap::new(),
             gpus: GpuMode::Simulated { count: n_gpus },
@@ -109,11 +117,38 @@ impl AgentConfig {
         for name in &self.pass_env {
             crate::runner::environment::check_pass_env_name(name)?;
         }
+        if self.controller.starts_with("https://") && self.ca_file.is_none() {
+            return Err(format!(
+                "--ca-file is needed for {}: pass the controller's CA certificate (ca.pem from \
+                 `tollgate-controller ca init`) with --ca-file or TOLLGATE_CA_FILE",
+                self.controller
+            ));
+        }
+        if !self.controller.starts_with("https://") && !is_loopback_url(&self.controller) {
+            return Err(format!(
+                "refusing plain text to {}: only a loopback controller may be reached with \
+                 http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)",
+                self.controller
+            ));
+        }
         if self.sample_interval.is_zero() {
             return Err("the sample interval must be longer than 0s".to_owned());
         }
         Ok(())
     }
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How often fleet telemetry is sampled outside steps unless told otherwise.
@@ -130,6 +165,19 @@ pub const DEFAULT_SIM_VBIOS: &str = "96.00.89.00.01";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_goes_only_to_loopback_and_https_needs_a_ca() {
+        let config = |url: &str| AgentConfig::simulated(url, "n1", 1, PathBuf::from("/tmp/x"));
+        assert!(config("http://127.0.0.1:7800").check().is_ok());
+        let plain = config("http://10.0.0.9:7800").check().expect_err("refused");
+        assert!(plain.contains("https://"), "{plain}");
+        let no_ca = config("https://ctl:7800").check().expect_err("refused");
+        assert!(no_ca.contains("--ca-file"), "{no_ca}");
+        let mut with_ca = config("https://ctl:7800");
+        with_ca.ca_file = Some(PathBuf::from("ca.pem"));
+        assert!(with_ca.check().is_ok());
+    }
 
     #[test]
     fn gpu_modes_parse_or_say_why() {

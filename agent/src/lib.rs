@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod fleet;
 pub mod gpu;
+pub mod identity;
 pub mod parse;
 pub mod runner;
 pub mod sampler;
@@ -90,7 +91,35 @@ pub async fn run(
         state_dir = %config.state_dir.display(),
         "agent starting"
     );
+    enroll_once(&config).await?;
     client::Agent::new(config, source, Arc::new(spool))?
         .run(shutdown)
         .await
+}
+
+/// Enrolls the node with `--bootstrap-token-file` when the state directory holds no node
+/// certificate yet; waits for an unreachable controller (a refusal is final).
+async fn enroll_once(config: &AgentConfig) -> anyhow::Result<()> {
+    let Some(token_file) = &config.bootstrap_token_file else {
+        return Ok(());
+    };
+    if identity::load(&config.state_dir)?.is_some() {
+        return Ok(());
+    }
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading --bootstrap-token-file {}", token_file.display()))?;
+    let endpoint = client::endpoint(config)?.connect_timeout(std::time::Duration::from_secs(5));
+    let mut delay = std::time::Duration::from_millis(100);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break channel,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach the controller to enroll");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
+    identity::enroll(channel, &config.node, &token, &config.state_dir).await?;
+    Ok(())
 }

@@ -22,6 +22,15 @@ struct Args {
         default_value = "http://127.0.0.1:7800"
     )]
     controller: String,
+    /// The CA certificate (PEM) that signed the controller's certificate, for https://
+    /// controllers (`ca.pem` from `tollgate-controller ca init`).
+    #[arg(long, env = "TOLLGATE_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// A file holding the one-time bootstrap token from `tollgate node enroll NODE`: the agent
+    /// makes its key pair (node.key, mode 0600, in the state directory) and gets its client
+    /// certificate (node.crt) once; later starts use the certificate.
+    #[arg(long, value_name = "FILE")]
+    bootstrap_token_file: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node: Option<String>,
@@ -198,6 +207,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(".tollgate-agent").join(&node));
     let config = AgentConfig {
         controller: args.controller,
+        ca_file: args.ca_file,
+        bootstrap_token_file: args.bootstrap_token_file,
         node,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         gpus: args.gpus,

@@ -173,6 +173,24 @@ impl AgentService for FakeController {
     ) -> Result<Response<v1::Ack>, Status> {
         Ok(Response::new(v1::Ack { duplicate: false }))
     }
+
+    async fn enroll(
+        &self,
+        _request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake controller enrolls no node",
+        ))
+    }
+
+    async fn renew_certificate(
+        &self,
+        _request: Request<v1::RenewCertificateRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake controller signs no certificate",
+        ))
+    }
 }
 
 /// Serves `controller` on an ephemeral loopback port; returns its URL.

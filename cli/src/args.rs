@@ -44,6 +44,10 @@ pub struct Cli {
     /// may read it (chmod 600). Used when neither --token nor TOLLGATE_TOKEN is given.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the controller's certificate, for https://
+    /// controllers (`ca.pem` from `tollgate-controller ca init`).
+    #[arg(long, global = true, env = "TOLLGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
@@ -205,6 +209,30 @@ pub enum NodeCommand {
         /// Why, for example --reason "reseated GPU 3, dcgmi diag -r 3 passed".
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Makes a one-time bootstrap token that enrolls NODE (recorded in the audit log). It is
+    /// printed once: put it in a file on the node and start the agent with
+    /// --bootstrap-token-file FILE.
+    Enroll {
+        /// The node the token enrolls.
+        name: String,
+        /// The node's labels of record, KEY=VALUE,... (what runs select the node by; the
+        /// agent's own --label values are kept as reported).
+        #[arg(long, value_name = "KEY=VALUE,...", value_delimiter = ',')]
+        labels: Vec<String>,
+        /// How long the token works, for example 1h or 30m (at most 7d).
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        expires: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Revokes a node's certificates at once (recorded in the audit log): its connections
+    /// and calls are refused and its open stream is closed. Enroll it again to readmit it.
+    Revoke {
+        /// Node name.
+        name: String,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -11,7 +11,7 @@ use tollgate_proto::v1::{
     token_service_client::TokenServiceClient,
 };
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// The API token every call carries, set once from `--token`, `TOLLGATE_TOKEN`, `--token-file`
 /// or the config file (`credentials.rs`).
@@ -54,18 +54,74 @@ pub struct Controller {
     channel: Channel,
 }
 
+/// Where the controller is and which CA its certificate is trusted by.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `https://HOST:PORT`, or `http://` to a loopback address.
+    pub url: String,
+    /// The CA certificate (PEM) to trust for `https://` (`--ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An endpoint for `target`: TLS trusting `--ca-file` for `https://`, plain text only to a
+/// loopback address.
+pub fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
+    let url = &target.url;
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|error| anyhow::anyhow!("'{url}' is not a valid controller URL: {error}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let Some(path) = &target.ca_file else {
+            anyhow::bail!(
+                "--ca-file is needed for {url}: pass the controller's CA certificate (ca.pem from \
+                 `tollgate-controller ca init`) with --ca-file or TOLLGATE_CA_FILE"
+            );
+        };
+        let pem = std::fs::read(path).map_err(|error| {
+            anyhow::anyhow!(
+                "reading --ca-file {}: {error}; pass the controller's ca.pem",
+                path.display()
+            )
+        })?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        return endpoint
+            .tls_config(tls)
+            .map_err(|error| anyhow::anyhow!("TLS for {url}: {}", error_chain(&error)));
+    }
+    if !is_loopback_url(url) {
+        anyhow::bail!(
+            "refusing plain text to {url}: only a loopback controller may be reached with \
+             http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)"
+        );
+    }
+    Ok(endpoint)
+}
+
 impl Controller {
     /// Connects now, so that an unreachable controller is reported once, clearly, before any
     /// call is made.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|error| anyhow::anyhow!("'{url}' is not a valid controller URL: {error}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|error| Unreachable {
-            url: url.to_owned(),
-            cause: error_chain(&error),
-        })?;
+    pub async fn connect(target: &Target) -> anyhow::Result<Self> {
+        let channel = endpoint(target)?
+            .connect()
+            .await
+            .map_err(|error| Unreachable {
+                url: target.url.clone(),
+                cause: error_chain(&error),
+            })?;
         Ok(Self { channel })
     }
 
@@ -132,7 +188,7 @@ impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cannot reach the controller at {}: {}; start one with `tollgate-controller serve` or pass --controller",
+            "cannot reach the controller at {}: {}; start one with `tollgate-controller serve` or pass --controller (and, for https://, the CA that signed its certificate with --ca-file)",
             self.url, self.cause
         )
     }
@@ -263,6 +319,21 @@ mod tests {
         assert_eq!(exit_code_for(tonic::Code::FailedPrecondition), 3);
         assert_eq!(exit_code_for(tonic::Code::NotFound), 4);
         assert_eq!(exit_code_for(tonic::Code::Internal), 1);
+    }
+
+    #[test]
+    fn plain_text_goes_only_to_loopback() {
+        let plain = |url: &str| Target {
+            url: url.to_owned(),
+            ca_file: None,
+        };
+        assert!(endpoint(&plain("http://127.0.0.1:7800")).is_ok());
+        assert!(endpoint(&plain("http://[::1]:7800")).is_ok());
+        assert!(endpoint(&plain("http://localhost:7800")).is_ok());
+        let refused = endpoint(&plain("http://10.1.2.3:7800")).expect_err("refused");
+        assert!(refused.to_string().contains("https://"), "{refused}");
+        let no_ca = endpoint(&plain("https://controller:7800")).expect_err("refused");
+        assert!(no_ca.to_string().contains("--ca-file"), "{no_ca}");
     }
 
     #[test]

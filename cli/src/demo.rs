@@ -6,7 +6,7 @@
 //! gate that does not fail the way it must) stops it with a clear message and a non-zero exit.
 
 use crate::args::{DemoArgs, ReportFormat};
-use crate::client::Controller;
+use crate::client::{Controller, Target};
 use crate::commands::{gate, node, plan, promote, release, report, run as runs};
 use crate::output::Format;
 use anyhow::{Context as _, bail};
@@ -76,7 +76,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(url) if keep_running => {
             println!(
                 "\nThe controller and agents keep running: export TOLLGATE_CONTROLLER={url} \
-                 and try other commands. Ctrl-C stops them."
+                 TOLLGATE_CA_FILE={}/pki/ca.pem and try other commands. Ctrl-C stops them.",
+                dirs.root.display()
             );
             // Failures are reported the moment they happen; a wait that fails just ends it.
             tokio::signal::ctrl_c().await.ok();
@@ -151,6 +152,22 @@ async fn walk_through(
     agent_bin: &Path,
     dirs: &DemoDirs,
 ) -> anyhow::Result<String> {
+    // A throwaway lab CA: the controller signs its server certificate with it, the agents
+    // and this CLI trust it, so every connection of the demo is TLS.
+    let pki = dirs.root.join("pki");
+    let made = Command::new(controller_bin)
+        .args(["ca", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .await
+        .context("running tollgate-controller ca init")?;
+    if !made.status.success() {
+        bail!(
+            "tollgate-controller ca init failed: {}",
+            String::from_utf8_lossy(&made.stderr).trim()
+        );
+    }
+    let ca_file = pki.join("ca.pem");
     // The controller, on a port the OS picks; it writes the address once it listens.
     let addr_file = dirs.root.join("controller.addr");
     note(&format!(
@@ -166,23 +183,34 @@ async fn walk_through(
             .arg(&addr_file)
             .arg("--data-dir")
             .arg(dirs.root.join("controller"))
+            .arg("--ca-dir")
+            .arg(&pki)
             .args(["--lease-grace", "10s"]),
         &dirs.log("controller"),
     )?;
     let url = wait_for_addr(children, &addr_file).await?;
-    let controller = wait_for_health(children, &url).await?;
+    let target = Target {
+        url: url.clone(),
+        ca_file: Some(ca_file.clone()),
+    };
+    let controller = wait_for_health(children, &target).await?;
     note(&format!("controller serving at {url}"));
 
     note(&format!(
-        "starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",
+        "enrolling and starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",
         NODES.len(),
         NODES.join(", ")
     ));
     for name in NODES {
+        let token_file = enroll_token(&controller, dirs, name).await?;
         let mut command = Command::new(agent_bin);
         command
             .arg("--controller")
             .arg(&url)
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
             .args(["--node", name])
             .args(["--label", "sku=hgx-h100", "--label", "site=demo"])
             .args(["--gpus", "sim:8"])
@@ -194,7 +222,10 @@ async fn walk_through(
         children.spawn(name, &mut command, &dirs.log(name))?;
     }
 
-    say(&format!("export TOLLGATE_CONTROLLER={url}"));
+    say(&format!(
+        "export TOLLGATE_CONTROLLER={url} TOLLGATE_CA_FILE={}",
+        ca_file.display()
+    ));
     set_up(&controller, dirs).await?;
     run_plan(children, &controller, dirs).await?;
     decide_and_report(&controller, dirs).await?;
@@ -399,6 +430,34 @@ fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Enrolls demo node `name` (`tollgate node enroll`): writes its one-time bootstrap token
+/// to a file the agent reads; returns the file.
+async fn enroll_token(
+    controller: &Controller,
+    dirs: &DemoDirs,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    let response = crate::client::answer(
+        controller
+            .nodes()
+            .enroll_node(pb::EnrollNodeRequest {
+                node_name: name.to_owned(),
+                labels: [("sku", "hgx-h100"), ("site", "demo")]
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .into_iter()
+                    .collect(),
+                ttl_seconds: 600,
+            })
+            .await,
+    )?;
+    let path = dirs.root.join("agents").join(format!("{name}.token"));
+    std::fs::create_dir_all(dirs.root.join("agents"))
+        .with_context(|| format!("creating {}", dirs.root.join("agents").display()))?;
+    std::fs::write(&path, response.bootstrap_token)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Waits for the controller to write its address; returns it as a URL.
 async fn wait_for_addr(children: &mut Children, addr_file: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -409,11 +468,11 @@ async fn wait_for_addr(children: &mut Children, addr_file: &Path) -> anyhow::Res
             // address that parses counts.
             let text = text.trim();
             let bare = text
-                .strip_prefix("http://")
+                .strip_prefix("https://")
                 .unwrap_or(text)
                 .trim_end_matches('/');
             if bare.parse::<std::net::SocketAddr>().is_ok() {
-                return Ok(format!("http://{bare}"));
+                return Ok(format!("https://{bare}"));
             }
         }
         if Instant::now() > deadline {
@@ -428,7 +487,8 @@ async fn wait_for_addr(children: &mut Children, addr_file: &Path) -> anyhow::Res
 }
 
 /// Waits until the controller answers gRPC health with SERVING.
-async fn wait_for_health(children: &mut Children, url: &str) -> anyhow::Result<Controller> {
+async fn wait_for_health(children: &mut Children, target: &Target) -> anyhow::Result<Controller> {
+    let url = &target.url;
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -436,7 +496,7 @@ async fn wait_for_health(children: &mut Children, url: &str) -> anyhow::Result<C
     loop {
         let last_problem;
         children.check_alive()?;
-        match Controller::connect(url).await {
+        match Controller::connect(target).await {
             Ok(controller) => {
                 let mut health = HealthClient::new(controller.channel());
                 match health

@@ -23,6 +23,13 @@ pub struct ControllerConfig {
     pub api_tokens: crate::tokens::ApiTokens,
     /// Per-identity stream and rate limits.
     pub limits: crate::limits::LimitsConfig,
+    /// TLS, or plain text on loopback only. `new` picks plain text (tests); `main` always
+    /// sets it from `--tls-cert`, `--ca-dir` or `--insecure-loopback`.
+    pub transport: crate::listener::Transport,
+    /// The lab CA that signs node certificates at enrollment; `None` refuses enrollment.
+    pub ca: Option<std::sync::Arc<crate::pki::Ca>>,
+    /// How long a node certificate signed at enrollment or renewal is valid.
+    pub node_certificate_lifetime: Duration,
 }
 
 impl ControllerConfig {
@@ -38,6 +45,9 @@ impl ControllerConfig {
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),
             limits: crate::limits::LimitsConfig::default(),
+            transport: crate::listener::Transport::InsecureLoopback,
+            ca: None,
+            node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -25,6 +25,8 @@ pub mod grpc;
 pub mod health;
 pub mod lease;
 pub mod limits;
+pub mod listener;
+pub mod pki;
 pub mod report;
 pub mod scheduler;
 pub mod sessions;
@@ -42,7 +44,6 @@ use anyhow::Context as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
 use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
@@ -95,8 +96,10 @@ pub async fn run_with(
     let local_addr = listener
         .local_addr()
         .context("reading the listener's address")?;
+    crate::listener::check(&config.transport, local_addr)?;
     tracing::info!(
         addr = %local_addr,
+        tls = matches!(config.transport, crate::listener::Transport::Tls(_)),
         backend = store.backend(),
         data_dir = %config.data_dir.display(),
         "controller starting"
@@ -109,6 +112,13 @@ pub async fn run_with(
         .reload(&shared.store)
         .await
         .context("loading the API tokens")?;
+    shared.revocations.add(
+        shared
+            .store
+            .revoked_serials()
+            .await
+            .context("loading the revoked node certificates")?,
+    );
     let serving = Serving {
         addr: local_addr,
         shared: shared.clone(),
@@ -152,7 +162,13 @@ async fn serve(
             shared.begin_shutdown();
         }
     };
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let incoming = crate::listener::incoming(
+        listener,
+        shared.config.transport.clone(),
+        shared.revocations.clone(),
+        shared.subscribe_shutdown(),
+    );
+    let server = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     // The listener is bound and queues connections already; the server answers them as soon
     // as it is first polled, right below.

@@ -23,10 +23,34 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serves the gRPC API (agents and managers) until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Prints the public key reports are signed with (hex), making the key pair if the data
     /// directory has none yet.
     PublicKey(PublicKeyArgs),
+    /// The lab certificate authority that signs the server's and the nodes' certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Makes a lab CA in DIR: ca.pem (give it to the CLI and agents with --ca-file) and
+    /// ca.key (mode 0600); or, with --ca-cert and --ca-key, copies an existing CA there.
+    /// Then serve with --ca-dir DIR.
+    Init(CaInitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CaInitArgs {
+    /// The CA directory to create.
+    #[arg(long, default_value = "./.tollgate/pki", value_name = "DIR")]
+    dir: PathBuf,
+    /// An existing CA certificate (PEM) to use instead of making one; needs --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The existing CA's private key (PEM); needs --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +108,37 @@ struct ServeArgs {
     /// Manager calls one identity may make at once after a quiet spell (the rate limit's burst).
     #[arg(long, value_name = "N", default_value_t = tollgate_controller::limits::DEFAULT_RATE_BURST)]
     rate_burst: u32,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How the listener is secured: exactly one of a server certificate, a lab CA, or plain text
+/// on loopback.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// The server's certificate chain (PEM), for TLS; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The lab CA directory (from `tollgate-controller ca init`); without --tls-cert the
+    /// controller makes itself a server certificate from it for the --listen address and
+    /// every --hostname at each start.
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// A host name (or address) clients reach the controller by, put in the server
+    /// certificate made from --ca-dir; repeatable.
+    #[arg(long = "hostname", value_name = "NAME")]
+    hostnames: Vec<String>,
+    /// How long a node certificate signed at enrollment or renewal is valid; agents renew
+    /// theirs between 70 % and 90 % of it.
+    #[arg(long, default_value = "30d", value_parser = parse_duration, value_name = "DURATION")]
+    node_certificate_lifetime: Duration,
+    /// Serve plain text, without TLS; allowed only on a loopback --listen address (tests,
+    /// trying things out).
+    #[arg(long, conflicts_with_all = ["tls_cert", "ca_dir"])]
+    insecure_loopback: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -105,7 +160,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
+        Command::Ca(CaCommand::Init(args)) => return ca_init(&args),
         Command::PublicKey(args) => {
             return match tollgate_controller::report::signing_key::load_or_create(&args.data_dir) {
                 Ok(key) => {
@@ -140,6 +196,120 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ca init`: makes or imports the lab CA and says what to do with it.
+fn ca_init(args: &CaInitArgs) -> std::process::ExitCode {
+    use tollgate_controller::pki;
+    let made = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => pki::Ca::import(&args.dir, cert, key),
+        _ => pki::init_ca_now(&args.dir),
+    };
+    match made {
+        Ok(_) => {
+            let (cert, key) = pki::ca_paths(&args.dir);
+            println!(
+                "CA certificate: {}\nCA key (keep it private): {}\nServe with \
+                 `tollgate-controller serve --ca-dir {}`; give {} to the CLI and agents with \
+                 --ca-file.",
+                cert.display(),
+                key.display(),
+                args.dir.display(),
+                cert.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The listener's transport from the flags: a given certificate, one made from the lab CA,
+/// or plain text on loopback; none of them is refused with what to pass.
+fn transport(
+    tls: &TlsArgs,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(
+    tollgate_controller::listener::Transport,
+    Option<std::sync::Arc<tollgate_controller::pki::Ca>>,
+)> {
+    use tollgate_controller::clock::Clock as _;
+    use tollgate_controller::listener::Transport;
+    use tollgate_controller::pki;
+    if tls.insecure_loopback {
+        return Ok((Transport::InsecureLoopback, None));
+    }
+    let ca = match &tls.ca_dir {
+        Some(dir) => Some(std::sync::Arc::new(pki::Ca::load_dir(dir).with_context(
+            || {
+                format!(
+                    "loading the lab CA from --ca-dir {}; make one with \
+                 `tollgate-controller ca init --dir {}`",
+                    dir.display(),
+                    dir.display()
+                )
+            },
+        )?)),
+        None => None,
+    };
+    let (identity, cert_path, key_path) = match (&tls.tls_cert, &tls.tls_key, &ca) {
+        (Some(cert), Some(key), _) => {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let identity = pki::CertifiedKey {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            };
+            (identity, cert.clone(), key.clone())
+        }
+        (_, _, Some(ca)) => {
+            let dir = tls.ca_dir.clone().unwrap_or_default();
+            let names = server_names(listen, &tls.hostnames);
+            let now = tollgate_controller::clock::SystemClock.now();
+            let identity = ca.server_certificate(&names, now)?;
+            tracing::info!(?names, "made a server certificate from the lab CA");
+            (identity, dir.join("server.pem"), dir.join("server.key"))
+        }
+        _ => bail!(
+            "no TLS configured: pass --tls-cert FILE --tls-key FILE, or make a lab CA with \
+             `tollgate-controller ca init --dir DIR` and pass --ca-dir DIR; to serve plain \
+             text on a loopback address (tests only) pass --insecure-loopback"
+        ),
+    };
+    let client_ca = ca.as_ref().map(|ca| ca.cert_pem().to_owned());
+    let server = pki::server_config(&identity, &cert_path, &key_path, client_ca.as_deref())?;
+    Ok((Transport::Tls(server), ca))
+}
+
+/// The names a server certificate made at start covers: the listen address (every local
+/// name when it is a wildcard) and the given host names.
+fn server_names(listen: std::net::SocketAddr, hostnames: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if listen.ip().is_unspecified() {
+        names.extend(["127.0.0.1", "::1", "localhost"].map(str::to_owned));
+        let host = hostname();
+        if !host.is_empty() {
+            names.push(host);
+        }
+    } else {
+        names.push(listen.ip().to_string());
+    }
+    for name in hostnames {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// This machine's host name, or empty when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The error chain on one line, without repeating a cause its wrapper already quotes, plus
@@ -244,7 +414,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listen: std::net::SocketAddr = tokio::net::lookup_host(&args.listen)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| {
+            format!(
+                "--listen {} is not an address to listen on; use HOST:PORT, for example \
+                 127.0.0.1:7800",
+                args.listen
+            )
+        })?;
+    (config.transport, config.ca) = transport(&args.tls, listen)?;
+    config.node_certificate_lifetime = args.tls.node_certificate_lifetime;
+    tollgate_controller::listener::check(&config.transport, listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!(

@@ -95,6 +95,11 @@ impl Sessions {
         }
     }
 
+    /// Closes `node`'s session, whichever it is (its response stream ends).
+    pub fn close_node(&self, node: &NodeId) {
+        self.lock().by_node.remove(node);
+    }
+
     /// Drops every session (their response streams end) and refuses new ones.
     pub fn close_all(&self) {
         let mut inner = self.lock();

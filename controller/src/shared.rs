@@ -34,6 +34,8 @@ pub struct Shared {
     /// API tokens made through `TokenService`, by hash: loaded at start by `run`, refreshed
     /// by every create and revoke.
     pub api_tokens: StoredTokens,
+    /// Revoked node certificates, checked on connect and on every agent call.
+    pub revocations: std::sync::Arc<crate::pki::Revocations>,
     /// The controller's first clock read; leases get a fresh grace from here after a restart.
     pub started_at: Timestamp,
     /// When leases last got a fresh grace: the start, or the moment the database accepted
@@ -66,6 +68,7 @@ impl Shared {
             sessions: Sessions::default(),
             tokens: TokenCache::default(),
             api_tokens: StoredTokens::default(),
+            revocations: std::sync::Arc::default(),
             started_at,
             leases_fresh_from: Mutex::new(started_at),
             scheduler_wake: Notify::new(),

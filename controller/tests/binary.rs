@@ -50,7 +50,14 @@ fn serves_writes_its_address_and_stops_on_sigterm() {
     let data_dir = dir.path().join("data");
     let addr_file = dir.path().join("addr");
     let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--log-format",
+            "json",
+        ])
         .arg("--data-dir")
         .arg(&data_dir)
         .arg("--addr-file")
@@ -125,7 +132,14 @@ fn an_unusable_database_is_one_line_saying_what_to_do() {
     std::fs::write(&blocker, "not a directory").expect("write");
     let url = format!("sqlite://{}/tollgate.db", blocker.display());
     let output = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--database",
+            &url,
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "off")
@@ -145,7 +159,14 @@ fn text_logs_written_to_a_file_carry_no_colour_codes() {
     let stdout_path = dir.path().join("stdout.log");
     let stderr_path = dir.path().join("stderr.log");
     let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--log-format",
+            "text",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--addr-file")
@@ -207,4 +228,84 @@ fn api_tokens_on_the_command_line_are_warned_about_and_a_token_file_is_not() {
     let logs = run(&[]);
     assert!(!logs.contains("--api-token puts a secret"), "{logs}");
     assert!(!logs.contains("no API token configured"), "{logs}");
+}
+
+#[test]
+fn plain_text_is_refused_off_loopback_and_without_the_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "0.0.0.0:0", "--insecure-loopback"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    assert!(stderr.contains("tollgate-controller ca init"), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no TLS configured"), "{stderr}");
+    assert!(stderr.contains("--insecure-loopback"), "{stderr}");
+    assert!(stderr.contains("--ca-dir"), "{stderr}");
+}
+
+#[test]
+fn ca_init_makes_a_private_ca_that_serve_uses() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let output = Command::new(BINARY)
+        .args(["ca", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    let mode = std::fs::metadata(pki.join("ca.key"))
+        .expect("the CA key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(pki.join("ca.pem"))
+            .expect("the CA certificate")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let again = Command::new(BINARY)
+        .args(["ca", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("run");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let addr_file = dir.path().join("addr");
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ca-dir"])
+        .arg(&pki)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the controller");
+    let addr = wait_for_file(&addr_file, Duration::from_secs(20));
+    assert!(
+        addr.trim().parse::<std::net::SocketAddr>().is_ok(),
+        "{addr}"
+    );
+    let status = sigterm_and_wait(&mut child);
+    assert!(status.success(), "{status:?}");
 }

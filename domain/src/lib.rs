@@ -7,6 +7,7 @@
 pub mod access;
 pub mod attestation;
 pub mod audit;
+pub mod enrollment;
 pub mod fleet;
 pub mod gate;
 pub mod ids;

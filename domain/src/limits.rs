@@ -194,12 +194,18 @@ pub const MESSAGE: Limit = bytes(
     "a result's message; a test result's message; a GPU event's detail (the agent trims them)",
 );
 /// A node token.
-pub const TOKEN: Limit = bytes("token", 256, "node tokens");
+pub const TOKEN: Limit = bytes("token", 256, "node tokens; bootstrap tokens");
 /// A list RPC's page token.
 pub const PAGE_TOKEN: Limit = bytes(
     "page-token",
     1024,
     "page_token of a list request (the controller's own are far shorter)",
+);
+/// A node's certificate signing request.
+pub const CSR: Limit = bytes(
+    "csr",
+    16384,
+    "a node's certificate signing request, PEM (Enroll)",
 );
 /// Samples (and events) in one batch of fleet telemetry.
 pub const TELEMETRY_BATCH: Limit = items(
@@ -248,6 +254,7 @@ pub const ALL: &[Limit] = &[
     MESSAGE,
     TOKEN,
     PAGE_TOKEN,
+    CSR,
     TELEMETRY_BATCH,
     SAMPLE_FIELDS,
 ];

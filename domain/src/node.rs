@@ -17,7 +17,7 @@
 //! health worse, so a node is never cleared without a person saying why. Only `good` nodes are
 //! selected for runs or sent jobs (`scheduler`).
 
-use crate::fleet::{Health, NodeState};
+use crate::fleet::{Health, Inventory, Labels, NodeState};
 use crate::plan::StepKind;
 use crate::release::{Component, check_inventory};
 use crate::result::{Outcome, StepResult};
@@ -47,6 +47,12 @@ pub enum HealthEvent {
     /// The node's latest [`REPEATED_ERRORS`] results were all harness errors.
     RepeatedErrors {
         /// What the errors were.
+        detail: String,
+    },
+    /// The inventory the agent reported does not match the node's labels of record (its
+    /// `sku` names a GPU its GPUs are not): suspect until an operator looks.
+    LabelsMismatch {
+        /// What disagrees.
         detail: String,
     },
     /// An operator set the node's health (`tollgate node health NODE --set ... --reason ...`).
@@ -88,14 +94,41 @@ pub fn next(health: Health, event: &HealthEvent) -> Option<HealthChange> {
         (H::Good | H::Suspect, E::GpuLost { detail } | E::HealthCheckFailed { detail }) => {
             (H::Bad, detail.clone())
         }
-        (H::Good, E::RepeatedErrors { detail }) => (H::Suspect, detail.clone()),
+        (H::Good, E::RepeatedErrors { detail } | E::LabelsMismatch { detail }) => {
+            (H::Suspect, detail.clone())
+        }
         (H::Bad, E::GpuLost { .. } | E::HealthCheckFailed { .. })
-        | (H::Suspect | H::Bad, E::RepeatedErrors { .. }) => return None,
+        | (H::Suspect | H::Bad, E::RepeatedErrors { .. } | E::LabelsMismatch { .. }) => {
+            return None;
+        }
     };
     Some(HealthChange {
         from: health,
         to,
         reason,
+    })
+}
+
+/// Whether the GPUs of `inventory` match the `sku` label of record: its last `-` part (`h100`
+/// of `hgx-h100`) must appear in every GPU's name, case aside. A [`HealthEvent::LabelsMismatch`]
+/// naming the first GPU that does not; `None` without a `sku` label naming a model (one with a
+/// digit) or without GPUs.
+pub fn label_findings(labels_of_record: &Labels, inventory: &Inventory) -> Option<HealthEvent> {
+    let sku = labels_of_record.get("sku")?;
+    let model = sku.rsplit('-').next()?.to_ascii_uppercase();
+    if !model.chars().any(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let odd = inventory
+        .gpus
+        .iter()
+        .find(|gpu| !gpu.name.to_ascii_uppercase().contains(&model))?;
+    Some(HealthEvent::LabelsMismatch {
+        detail: format!(
+            "labels of record say sku={sku} but GPU {} reports '{}': check the node's hardware \
+             or enroll it with the right labels",
+            odd.index, odd.name
+        ),
     })
 }
 
@@ -315,6 +348,32 @@ mod tests {
             actor: "alice".into(),
             reason: "reseated GPU 3".into(),
         }
+    }
+
+    #[test]
+    fn gpus_unlike_the_sku_of_record_make_a_good_node_suspect() {
+        let labels = |sku: &str| -> Labels { [("sku".to_owned(), sku.to_owned())].into() };
+        let h100s = inventory(DRIVER, "96.00.89.00.01", 2);
+        assert_eq!(label_findings(&labels("hgx-h100"), &h100s), None);
+        assert_eq!(
+            label_findings(&labels("hgx"), &h100s),
+            None,
+            "no model named"
+        );
+        assert_eq!(label_findings(&Labels::new(), &h100s), None);
+        let mut mixed = h100s.clone();
+        mixed.gpus[1].name = "NVIDIA H200".into();
+        let event = label_findings(&labels("hgx-h100"), &mixed).expect("GPU 1 is no H100");
+        let change = next(Health::Good, &event).expect("a change");
+        assert_eq!(change.to, Health::Suspect);
+        assert!(
+            change.reason.contains("GPU 1 reports 'NVIDIA H200'"),
+            "{}",
+            change.reason
+        );
+        let event = label_findings(&labels("hgx-h200"), &h100s).expect("H100s are no H200s");
+        assert_eq!(next(Health::Suspect, &event), None);
+        assert_eq!(next(Health::Bad, &event), None);
     }
 
     #[test]

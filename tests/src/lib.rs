@@ -40,6 +40,11 @@ pub struct ControllerOptions {
     pub api_tokens: Vec<(String, String)>,
     /// Per-identity stream and rate limits (the controller's defaults unless a test sets them).
     pub limits: tollgate_controller::limits::LimitsConfig,
+    /// Serve TLS with a server certificate from a throwaway lab CA (in the test's temp
+    /// directory, beside the data directory) instead of plain text on loopback.
+    pub tls: bool,
+    /// How long node certificates are valid (the controller's default when `None`).
+    pub node_certificate_lifetime: Option<Duration>,
 }
 
 impl ControllerOptions {
@@ -53,6 +58,8 @@ impl ControllerOptions {
             clock: None,
             api_tokens: Vec::new(),
             limits: tollgate_controller::limits::LimitsConfig::default(),
+            tls: false,
+            node_certificate_lifetime: None,
         }
     }
 }
@@ -61,8 +68,10 @@ impl ControllerOptions {
 pub struct Controller {
     /// The address it listens on.
     pub addr: SocketAddr,
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` with [`ControllerOptions::tls`].
     pub url: String,
+    /// The lab CA's certificate clients trust, with [`ControllerOptions::tls`].
+    pub ca_file: Option<PathBuf>,
     /// The database URL it uses (reused by [`Controller::restart`]).
     pub database_url: String,
     /// Its data directory.
@@ -109,6 +118,16 @@ impl Controller {
         config.api_tokens =
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
         config.limits = options.limits;
+        if let Some(lifetime) = options.node_certificate_lifetime {
+            config.node_certificate_lifetime = lifetime;
+        }
+        let ca_file = options.tls.then(|| {
+            let pki = data_dir.with_file_name("pki");
+            let (transport, ca, ca_file) = tls_transport(&pki);
+            config.transport = transport;
+            config.ca = Some(ca);
+            ca_file
+        });
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");
@@ -116,9 +135,11 @@ impl Controller {
         let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
             let _ = rx.await;
         }));
+        let scheme = if ca_file.is_some() { "https" } else { "http" };
         let controller = Self {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
+            ca_file,
             database_url,
             data_dir,
             options,
@@ -133,11 +154,7 @@ impl Controller {
     async fn wait_serving(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(channel) = Endpoint::from_shared(self.url.clone())
-                .expect("url")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = self.endpoint().connect().await {
                 let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
                 // Refusing an unauthenticated call is an answer too: it is serving.
                 match nodes.list_nodes(v1::ListNodesRequest::default()).await {
@@ -184,11 +201,35 @@ impl Controller {
 
     /// A channel to the controller.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url.clone())
-            .expect("url")
+        self.endpoint()
             .connect()
             .await
             .expect("connect to controller")
+    }
+
+    /// The controller's endpoint, trusting its lab CA when it serves TLS.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(self.url.clone()).expect("url");
+        match &self.ca_file {
+            Some(ca_file) => endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                    tonic::transport::Certificate::from_pem(std::fs::read(ca_file).expect("CA")),
+                ))
+                .expect("TLS settings"),
+            None => endpoint,
+        }
+    }
+
+    /// An agent's configuration for `node` against this controller (trusting its CA), with
+    /// `n_gpus` simulated GPUs and label `sku=hgx-h100`; [`Agent::start_config`] gives it a
+    /// state directory.
+    pub fn agent_config(&self, node: &str, n_gpus: u32) -> tollgate_agent::AgentConfig {
+        let mut config =
+            tollgate_agent::AgentConfig::simulated(&self.url, node, n_gpus, PathBuf::new());
+        config.ca_file = self.ca_file.clone();
+        config.labels.insert("sku".into(), "hgx-h100".into());
+        config.sample_interval = Duration::from_millis(100);
+        config
     }
 
     /// Manager clients.
@@ -203,6 +244,42 @@ impl Drop for Controller {
             task.abort();
         }
     }
+}
+
+/// A TLS transport with a server certificate for 127.0.0.1 from the lab CA in `pki` (made
+/// there on first use, reused on restart); returns it with the CA and its certificate's path.
+pub fn tls_transport(
+    pki: &std::path::Path,
+) -> (
+    tollgate_controller::listener::Transport,
+    std::sync::Arc<tollgate_controller::pki::Ca>,
+    PathBuf,
+) {
+    use tollgate_controller::clock::Clock as _;
+    use tollgate_controller::pki::{self, Ca};
+    let ca = if pki.join(pki::CA_CERT_FILE).exists() {
+        Ca::load_dir(pki).expect("the test CA loads")
+    } else {
+        pki::init_ca_now(pki).expect("a test CA")
+    };
+    let identity = ca
+        .server_certificate(
+            &["127.0.0.1".to_owned()],
+            tollgate_controller::clock::SystemClock.now(),
+        )
+        .expect("a server certificate");
+    let config = pki::server_config(
+        &identity,
+        &pki.join("server.pem"),
+        &pki.join("server.key"),
+        Some(ca.cert_pem()),
+    )
+    .expect("TLS settings");
+    (
+        tollgate_controller::listener::Transport::Tls(config),
+        std::sync::Arc::new(ca),
+        pki.join(pki::CA_CERT_FILE),
+    )
 }
 
 async fn bind_retrying(addr: SocketAddr) -> tokio::net::TcpListener {
@@ -540,6 +617,14 @@ impl Agent {
         config.labels.insert("sku".into(), "hgx-h100".into());
         config.sample_interval = Duration::from_millis(100);
         Self::start_with(config, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts an agent with `config` (see [`Controller::agent_config`]) and its state in a
+    /// fresh temp directory.
+    pub fn start_config(mut config: tollgate_agent::AgentConfig) -> Self {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        config.state_dir = tempdir.path().join(&config.node);
+        Self::start_with(config, tempdir)
     }
 
     fn start_with(config: tollgate_agent::AgentConfig, tempdir: tempfile::TempDir) -> Self {

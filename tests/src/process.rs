@@ -47,6 +47,17 @@ pub async fn tollgate(url: &str, args: &[&str]) -> std::process::Output {
         .expect("run tollgate")
 }
 
+/// Runs the `tollgate` CLI against the TLS controller at `url`, trusting `ca_file`.
+pub async fn tollgate_tls(url: &str, ca_file: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("tollgate"))
+        .env("TOLLGATE_CONTROLLER", url)
+        .env("TOLLGATE_CA_FILE", ca_file)
+        .args(args)
+        .output()
+        .await
+        .expect("run tollgate")
+}
+
 /// Output bytes as text, for assertions and failure messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -98,6 +109,7 @@ impl ControllerProcess {
             "serve".to_owned(),
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
+            "--insecure-loopback".to_owned(),
             "--data-dir".to_owned(),
             data_dir.display().to_string(),
             "--database".to_owned(),

@@ -102,7 +102,13 @@ impl World {
         let child = Command::new(tollgate_tests::process::workspace_binary(
             "tollgate-controller",
         ))
-        .args(["serve", "--listen", &listen, "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--insecure-loopback",
+            "--data-dir",
+        ])
         .arg(self.dir.path().join("controller"))
         .args(["--database", &self.database_url])
         .args(["--heartbeat-interval", "200ms", "--lease-grace", "5s"])

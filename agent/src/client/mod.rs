@@ -30,9 +30,11 @@
 
 mod backoff;
 mod jobs;
+mod renew;
 mod resume;
 mod session;
 mod telemetry;
+mod tls;
 mod upload;
 
 pub use session::token_path;
@@ -51,7 +53,7 @@ use tokio::task::JoinHandle;
 use tollgate_domain::JobId;
 use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 use upload::Held;
 
@@ -87,6 +89,8 @@ pub struct Agent {
     source: Arc<dyn GpuSource>,
     spool: Arc<Spool>,
     channel: Channel,
+    /// The TLS settings of an `https://` controller (the certificate renewal replaces).
+    tls: Option<Arc<tls::TlsSettings>>,
     /// The node token; written by the session after each registration, read by the uploader.
     token: watch::Sender<Option<String>>,
     /// At most one running job.
@@ -116,13 +120,7 @@ impl Agent {
         source: Arc<dyn GpuSource>,
         spool: Arc<Spool>,
     ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.controller.clone())
-            .with_context(|| format!("controller address '{}'", config.controller))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let (channel, tls) = channel(&config)?;
         let saved = session::read_token(&token_path(&config.state_dir))?;
         let (progress_sender, progress) = mpsc::channel(64);
         let step_environment = Arc::new(crate::runner::environment::StepEnvironment::of_agent(
@@ -135,6 +133,7 @@ impl Agent {
             source,
             spool,
             channel,
+            tls,
             token: watch::Sender::new(saved),
             job: Arc::new(Mutex::new(None)),
             progress_sender,
@@ -187,6 +186,15 @@ impl Agent {
             self.config.fleet_interval,
             self.config.telemetry_buffer,
         )));
+        let _renewal = self.tls.clone().map(|tls| {
+            AbortOnDrop(tokio::spawn(renew::renew_loop(
+                self.channel.clone(),
+                tls,
+                self.config.node.clone(),
+                self.config.state_dir.clone(),
+                shutdown_receiver.clone(),
+            )))
+        });
         let mut progress = self.progress.take().unwrap_or_else(|| mpsc::channel(1).1);
         let outcome = self
             .serve_sessions(&mut progress, &mut shutdown_receiver)
@@ -211,6 +219,60 @@ impl Drop for Agent {
             running.task.abort();
         }
     }
+}
+
+/// The agent's channel to the controller: for `https://`, over [`tls::Connector`], which
+/// presents the node's current certificate at every connection (renewal replaces it);
+/// otherwise plain, to loopback only (`AgentConfig::check`). Connects lazily.
+fn channel(config: &AgentConfig) -> anyhow::Result<(Channel, Option<Arc<tls::TlsSettings>>)> {
+    let tune = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+    };
+    let Some(authority) = config.controller.strip_prefix("https://") else {
+        return Ok((tune(endpoint(config)?).connect_lazy(), None));
+    };
+    let Some(path) = &config.ca_file else {
+        anyhow::bail!(
+            "--ca-file is needed for {}: pass the controller's ca.pem",
+            config.controller
+        );
+    };
+    let ca_pem =
+        std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+    let identity = crate::identity::load(&config.state_dir)?;
+    let settings = tls::TlsSettings::new(ca_pem, identity.as_ref())?;
+    // The connector does TLS itself; tonic sees a plain URI with the same authority.
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+        .with_context(|| format!("controller address '{}'", config.controller))?;
+    let channel = tune(endpoint).connect_with_connector_lazy(tls::Connector(settings.clone()));
+    Ok((channel, Some(settings)))
+}
+
+/// The controller's endpoint without a client certificate (enrollment, plain loopback): TLS
+/// trusting `--ca-file` for `https://` (`AgentConfig::check` allows plain text only to
+/// loopback).
+pub(crate) fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(config.controller.clone())
+        .with_context(|| format!("controller address '{}'", config.controller))?;
+    if !config.controller.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let Some(path) = &config.ca_file else {
+        anyhow::bail!(
+            "--ca-file is needed for {}: pass the controller's ca.pem",
+            config.controller
+        );
+    };
+    let pem =
+        std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    endpoint
+        .tls_config(tls)
+        .with_context(|| format!("TLS for {}", config.controller))
 }
 
 /// Resolves once shutdown was requested (or its sender is gone, which only happens then).

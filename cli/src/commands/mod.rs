@@ -20,9 +20,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         controller,
         token,
         token_file,
+        ca_file,
         command,
     } = cli;
     let url = settle_controller_and_token(controller, token, token_file, &command)?;
+    let target = crate::client::Target { url, ca_file };
     // Offline commands and the demo never touch --controller, so they work without one.
     match command {
         Command::Plan(PlanCommand::Validate { file, output }) => {
@@ -38,7 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut command, "tollgate", &mut std::io::stdout());
             Ok(())
         }
-        Command::Node(command) => node::run(&Controller::connect(&url).await?, command).await,
+        Command::Node(command) => node::run(&Controller::connect(&target).await?, command).await,
         Command::Release(ReleaseCommand::Create {
             name,
             components,
@@ -47,23 +49,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         }) => {
             let request = release::create_request(name, &components, description, file.as_deref())?;
-            let created = release::create(&Controller::connect(&url).await?, request).await?;
+            let created = release::create(&Controller::connect(&target).await?, request).await?;
             release::print_release(&created, output.output)
         }
-        Command::Release(command) => release::run(&Controller::connect(&url).await?, command).await,
-        Command::Plan(command) => plan::run(&Controller::connect(&url).await?, command).await,
-        Command::Gate(command) => gate::run(&Controller::connect(&url).await?, command).await,
-        Command::Run(command) => run::run(&Controller::connect(&url).await?, command).await,
-        Command::Promote(args) => promote::run(&Controller::connect(&url).await?, args).await,
-        Command::Waive(args) => waiver::waive(&Controller::connect(&url).await?, args).await,
-        Command::Waiver(command) => waiver::run(&Controller::connect(&url).await?, command).await,
-        Command::Demote(args) => waiver::demote(&Controller::connect(&url).await?, args).await,
-        Command::Halt(args) => waiver::halt(&Controller::connect(&url).await?, args).await,
-        Command::Resume(args) => waiver::resume(&Controller::connect(&url).await?, args).await,
-        Command::Audit(command) => audit::run(&Controller::connect(&url).await?, command).await,
-        Command::Token(command) => token::run(&Controller::connect(&url).await?, command).await,
+        Command::Release(command) => {
+            release::run(&Controller::connect(&target).await?, command).await
+        }
+        Command::Plan(command) => plan::run(&Controller::connect(&target).await?, command).await,
+        Command::Gate(command) => gate::run(&Controller::connect(&target).await?, command).await,
+        Command::Run(command) => run::run(&Controller::connect(&target).await?, command).await,
+        Command::Promote(args) => promote::run(&Controller::connect(&target).await?, args).await,
+        Command::Waive(args) => waiver::waive(&Controller::connect(&target).await?, args).await,
+        Command::Waiver(command) => {
+            waiver::run(&Controller::connect(&target).await?, command).await
+        }
+        Command::Demote(args) => waiver::demote(&Controller::connect(&target).await?, args).await,
+        Command::Halt(args) => waiver::halt(&Controller::connect(&target).await?, args).await,
+        Command::Resume(args) => waiver::resume(&Controller::connect(&target).await?, args).await,
+        Command::Audit(command) => audit::run(&Controller::connect(&target).await?, command).await,
+        Command::Token(command) => token::run(&Controller::connect(&target).await?, command).await,
         // `report verify` is offline: a customer checks a file without any controller.
-        Command::Report(args) => report::dispatch(&url, args).await,
+        Command::Report(args) => report::dispatch(&target, args).await,
     }
 }
 

@@ -105,6 +105,88 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
                 }
             }
         }
+        NodeCommand::Enroll {
+            name,
+            labels,
+            expires,
+            output,
+        } => enroll(controller, name, &labels, &expires, output.output).await,
+        NodeCommand::Revoke { name, output } => {
+            let revoked = answer(
+                controller
+                    .nodes()
+                    .revoke_node(pb::RevokeNodeRequest { node_name: name })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&serde_json::json!({
+                    "node_name": revoked.node_name,
+                    "serials": revoked.serials,
+                })),
+                Format::Text => {
+                    println!(
+                        "node {}: {} certificate(s) revoked ({})",
+                        revoked.node_name,
+                        revoked.serials.len(),
+                        revoked.serials.join(", ")
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `node enroll`: asks for a bootstrap token and prints it once.
+async fn enroll(
+    controller: &Controller,
+    name: String,
+    labels: &[String],
+    expires: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let labels = labels
+        .iter()
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            tollgate_domain::fleet::parse_label(text)
+                .map_err(anyhow::Error::msg)
+                .context("--labels")
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    let ttl = tollgate_domain::spec::parse_duration(expires)
+        .map_err(anyhow::Error::msg)
+        .context("--expires")?;
+    let response = answer(
+        controller
+            .nodes()
+            .enroll_node(pb::EnrollNodeRequest {
+                node_name: name,
+                labels,
+                ttl_seconds: ttl.as_secs(),
+            })
+            .await,
+    )?;
+    let expires_at = response
+        .expires_at
+        .and_then(|at| tollgate_wire::time::timestamp_from_proto(&at))
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "node_name": response.node_name,
+            "bootstrap_token": response.bootstrap_token,
+            "expires_at": expires_at,
+        })),
+        Format::Text => {
+            println!("{}", response.bootstrap_token);
+            eprintln!(
+                "bootstrap token for node {} (expires {expires_at}; shown only now): save it in a \
+                 file on the node and start `tollgate-agent --node {} --bootstrap-token-file FILE`",
+                response.node_name, response.node_name
+            );
+            Ok(())
+        }
     }
 }
 

@@ -24,13 +24,13 @@ const EXIT_UNUSABLE: u8 = 2;
 const UNPINNED: &str = "signature is valid for the key embedded in the report; pass --public-key to check it is your controller's key";
 
 /// Runs `report` or one of its subcommands; only the ones that need a controller connect.
-pub async fn dispatch(url: &str, args: ReportArgs) -> anyhow::Result<()> {
+pub async fn dispatch(target: &crate::client::Target, args: ReportArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ReportCommand::Verify(verify_args)) => verify(&verify_args),
         Some(ReportCommand::PublicKey { output }) => {
-            public_key(&Controller::connect(url).await?, output.output).await
+            public_key(&Controller::connect(target).await?, output.output).await
         }
-        None => run(&Controller::connect(url).await?, args).await,
+        None => run(&Controller::connect(target).await?, args).await,
     }
 }
 

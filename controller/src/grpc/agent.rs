@@ -53,11 +53,30 @@ impl AgentApi {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The node making an agent call: the one its certificate names, or, only on a
+    /// plain-text loopback listener, the one its node token names.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
-        self.shared
-            .tokens
-            .authenticate(&self.shared.store, request.metadata())
-            .await
+        match self.certified(request)? {
+            Some(node) => Ok(node),
+            None => {
+                self.shared
+                    .tokens
+                    .authenticate(&self.shared.store, request.metadata())
+                    .await
+            }
+        }
+    }
+
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        super::auth::certified_node(
+            request,
+            &self.shared.config.transport,
+            &self.shared.revocations,
+        )
+        .map_err(|error| {
+            tracing::warn!(%error, "agent call refused");
+            Status::from(error)
+        })
     }
 }
 
@@ -72,6 +91,17 @@ pub enum AgentRefusal {
     EnrolledWithAnotherToken {
         /// The node.
         node: NodeId,
+    },
+    /// The certificate names another node than the request.
+    #[error(
+        "this agent's certificate names node {certified}, not {asked}: an agent acts only as \
+         its own node; start it with --node {certified}"
+    )]
+    AnotherNode {
+        /// The node the certificate names.
+        certified: NodeId,
+        /// The node the request names.
+        asked: NodeId,
     },
     /// The controller is shutting down and opens no new stream.
     #[error("the controller is shutting down; reconnect later")]
@@ -88,6 +118,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::Registration>, Status> {
+        let certified = self.certified(&request)?;
         let Enrollment {
             node,
             labels,
@@ -97,7 +128,19 @@ impl AgentService for AgentApi {
         } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
         let existing = store.node_token_hash(&node).await?;
+        if let Some(certified) = &certified
+            && *certified != node
+        {
+            tracing::warn!(certified = %certified, asked = %node, "registration refused: the certificate names another node");
+            return Err(AgentRefusal::AnotherNode {
+                certified: certified.clone(),
+                asked: node,
+            }
+            .into());
+        }
         let (token, is_new) = match (existing, node_token) {
+            // A certified node needs no token; it still gets one, unused over TLS.
+            (existing, _) if certified.is_some() => (generate_token(), existing.is_none()),
             (Some(stored), Some(token)) if hash_token(&token) == stored => (token, false),
             (Some(_), _) => {
                 tracing::warn!(node = %node, "registration refused: the node is enrolled with another token");
@@ -108,15 +151,23 @@ impl AgentService for AgentApi {
             (None, _) => (generate_token(), true),
         };
         let token_hash = hash_token(&token);
+        // An enrolled node's labels are those the operator gave at enroll; what the agent
+        // says is kept beside them, as reported.
+        let labels_of_record = store.labels_of_record(&node).await?;
         super::node::register(
             store,
             &node,
-            &labels,
+            labels_of_record.as_ref().unwrap_or(&labels),
             &inventory,
             &token_hash,
             self.shared.now(),
         )
         .await?;
+        store.set_reported_labels(&node, &labels).await?;
+        if let Some(labels_of_record) = &labels_of_record {
+            super::node::apply_label_findings(&self.shared, &node, labels_of_record, &inventory)
+                .await?;
+        }
         self.shared.tokens.remember(&node, &token_hash);
         // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
         store.touch_node(&node, self.shared.now()).await?;
@@ -137,6 +188,28 @@ impl AgentService for AgentApi {
             heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
             lease_grace_ms: millis(self.shared.config.lease_grace),
         }))
+    }
+
+    async fn enroll(
+        &self,
+        request: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        super::enroll::enroll(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<proto::RenewCertificateRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let Some(node) = self.certified(&request)? else {
+            return Err(super::auth::AuthError::MissingNodeCertificate.into());
+        };
+        let proto::RenewCertificateRequest { csr_pem } = request.into_inner();
+        super::enroll::renew(&self.shared, &node, &csr_pem)
+            .await
+            .map(Response::new)
     }
 
     type ConnectStream =

@@ -1,4 +1,6 @@
-//! Identity at the gRPC edge. Node tokens: issued at registration, presented as
+//! Identity at the gRPC edge. Over TLS an agent is the node its client certificate names
+//! ([`certified_node`]; enrolled through `grpc/enroll.rs`, revocations checked on every call).
+//! Node tokens, only on a plain-text loopback listener: issued at registration, presented as
 //! `authorization: Bearer <token>` on every other agent call, and bound to exactly one node.
 //! API tokens: bootstrap ones the operator configures (`--api-token NAME[:ROLE]=SECRET`) and
 //! ones made through `TokenService`, presented the same way on every manager call; the name
@@ -65,6 +67,21 @@ pub enum AuthError {
     /// The caller is known but its role may not make this call.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// An agent call over TLS without a node certificate.
+    #[error(
+        "missing node certificate: enroll the agent with --bootstrap-token-file (a token from \
+         `tollgate node enroll NODE`) and keep its state directory (node.crt, node.key)"
+    )]
+    MissingNodeCertificate,
+    /// An agent call with a revoked node certificate.
+    #[error(
+        "the certificate of node {node} was revoked: enroll the node again with a new \
+         bootstrap token (`tollgate node enroll {node}`) after removing its node.crt"
+    )]
+    RevokedCertificate {
+        /// The node it names.
+        node: NodeId,
+    },
     /// The node tokens could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,6 +98,30 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or(AuthError::NotBearer)
+}
+
+/// The node an agent call's verified certificate names: `Ok(None)` without a certificate on a
+/// plain-text loopback listener (the node token then names the node); refused without one
+/// over TLS, or with a revoked one.
+pub fn certified_node<T>(
+    request: &tonic::Request<T>,
+    transport: &crate::listener::Transport,
+    revocations: &crate::pki::Revocations,
+) -> Result<Option<NodeId>, AuthError> {
+    let certificate = request
+        .extensions()
+        .get::<crate::listener::Peer>()
+        .and_then(|peer| peer.certificate.as_ref());
+    match certificate {
+        Some(certificate) if revocations.is_revoked(&certificate.serial) => {
+            Err(AuthError::RevokedCertificate {
+                node: certificate.node.clone(),
+            })
+        }
+        Some(certificate) => Ok(Some(certificate.node.clone())),
+        None if matches!(transport, crate::listener::Transport::InsecureLoopback) => Ok(None),
+        None => Err(AuthError::MissingNodeCertificate),
+    }
 }
 
 /// The actor of a manager call when no API token is configured.

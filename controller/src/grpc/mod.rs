@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod enroll;
 pub mod gate;
 pub mod limits;
 pub mod node;

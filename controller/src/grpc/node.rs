@@ -230,6 +230,52 @@ pub async fn register(
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
+    async fn revoke_node(
+        &self,
+        request: Request<proto::RevokeNodeRequest>,
+    ) -> Result<Response<proto::RevokeNodeResponse>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let proto::RevokeNodeRequest { node_name } = request.into_inner();
+        if let Some(message) = tollgate_domain::release::name_problem("node", &node_name) {
+            return Err(super::status::invalid_field("node_name", message));
+        }
+        let node = NodeId::new(node_name);
+        let note = AuditNote::new(
+            self.shared.now(),
+            &actor,
+            "node.revoke",
+            format!("node/{node}"),
+        );
+        let serials = self
+            .shared
+            .store
+            .revoke_node_certificates(&node, &note)
+            .await?;
+        if serials.is_empty() {
+            return Err(not_found(format!(
+                "a certificate of node {node} that is not revoked yet"
+            )));
+        }
+        self.shared.revocations.add(serials.iter().cloned());
+        self.shared.sessions.close_node(&node);
+        tracing::warn!(node = %node, ?serials, actor, "node certificates revoked; its stream is closed");
+        self.shared.notify_changed();
+        Ok(Response::new(proto::RevokeNodeResponse {
+            node_name: node.to_string(),
+            serials,
+        }))
+    }
+
+    async fn enroll_node(
+        &self,
+        request: Request<proto::EnrollNodeRequest>,
+    ) -> Result<Response<proto::EnrollNodeResponse>, Status> {
+        let actor = super::auth::actor_of(&request);
+        super::enroll::enroll_node(&self.shared, &actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_nodes(
         &self,
         request: Request<proto::ListNodesRequest>,
@@ -426,6 +472,23 @@ pub(crate) async fn apply_findings(
 /// its audit entry by `actor`. A change decided from a health another writer changed meanwhile
 /// is decided again from the health found, at most [`ATTEMPTS`] times. Returns the change
 /// applied, or `None` when the event changes nothing.
+/// Makes an enrolled node suspect when the inventory its agent reported does not match its
+/// labels of record (`tollgate_domain::node::label_findings` decides).
+pub(crate) async fn apply_label_findings(
+    shared: &Shared,
+    node: &NodeId,
+    labels_of_record: &Labels,
+    inventory: &Inventory,
+) -> Result<(), StoreError> {
+    if let Some(event) = tollgate_domain::node::label_findings(labels_of_record, inventory)
+        && let Some(change) = change_health(shared, node, "controller", &event).await?
+    {
+        tracing::warn!(node = %node, to = %change.to, reason = change.reason, "node health changed: labels of record and inventory disagree");
+        shared.notify_changed();
+    }
+    Ok(())
+}
+
 async fn change_health(
     shared: &Shared,
     node: &NodeId,

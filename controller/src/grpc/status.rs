@@ -286,7 +286,25 @@ impl From<AgentRefusal> for Status {
             AgentRefusal::EnrolledWithAnotherToken { .. } => {
                 Status::permission_denied(refusal.to_string())
             }
+            AgentRefusal::AnotherNode { .. } => Status::permission_denied(refusal.to_string()),
             AgentRefusal::ShuttingDown => Status::unavailable(refusal.to_string()),
+        }
+    }
+}
+
+impl From<super::enroll::EnrollError> for Status {
+    fn from(error: super::enroll::EnrollError) -> Self {
+        use super::enroll::EnrollError;
+        use tollgate_domain::enrollment::EnrollRefusal;
+        let message = error.to_string();
+        match error {
+            EnrollError::Refused(EnrollRefusal::OtherNode { .. }) => {
+                Status::permission_denied(message)
+            }
+            EnrollError::Refused(_) => Status::unauthenticated(message),
+            EnrollError::NoCa => Status::failed_precondition(message),
+            EnrollError::BadRequest(_) => Status::invalid_argument(message),
+            EnrollError::Store(store) => store.into(),
         }
     }
 }

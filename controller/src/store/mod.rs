@@ -601,6 +601,7 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
 mod audit;
 mod decisions;
 mod evidence;
+mod enrollment;
 mod gates;
 mod jobs;
 mod nodes;
@@ -612,6 +613,7 @@ mod runs;
 mod tokens;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
+pub use enrollment::IssuedCertificate;
 pub use nodes::Registration;
 
 // Last, so that the SQL macros above are in scope in the tests.

@@ -1971,6 +1971,7 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
 
 // Waivers, audit, halts and replay.
 mod audit;
+mod enrollment;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.

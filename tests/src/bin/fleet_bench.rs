@@ -83,7 +83,14 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let addr_file: PathBuf = dir.path().join("controller.addr");
     let mut controller = tokio::process::Command::new(&controller_bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--lease-grace", "30s"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--lease-grace",
+            "30s",
+        ])
         .arg("--addr-file")
         .arg(&addr_file)
         .arg("--data-dir")
