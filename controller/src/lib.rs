@@ -245,8 +245,8 @@ fn router(
     // larger request is refused before it is decoded, as `RESOURCE_EXHAUSTED`
     // (`oversize_layer`), and every field limit is far below it, so an oversize field always
     // reaches the field checks: `INVALID_ARGUMENT` naming it.
-    use grpc::limits::{AGENT_REQUEST_BYTES, SMALL_REQUEST_BYTES, SPEC_REQUEST_BYTES};
     use grpc::auth::WithPath;
+    use grpc::limits::{AGENT_REQUEST_BYTES, SMALL_REQUEST_BYTES, SPEC_REQUEST_BYTES};
     use tonic::service::interceptor::InterceptedService;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)

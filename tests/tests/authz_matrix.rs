@@ -38,6 +38,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("NodeService/SetHealth", "UUUU DADA DD"),
     ("NodeService/DrainNode", "UUUU DADA DD"),
     ("NodeService/RetireNode", "UUUU DADA DD"),
+    ("NodeService/EnrollNode", "UUUU DDDA DD"),
+    ("NodeService/RevokeNode", "UUUU DDDA DD"),
     ("ReleaseService/CreateRelease", "UUUU DDAA DD"),
     ("ReleaseService/GetRelease", "UUUU AAAA AA"),
     ("ReleaseService/ListReleases", "UUUU AAAA AA"),
@@ -203,6 +205,19 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             })
             .await
             .map(drop),
+        // An empty node name: refused as invalid once past authorization, so nothing is made.
+        "NodeService/EnrollNode" => c
+            .nodes
+            .enroll_node(v1::EnrollNodeRequest::default())
+            .await
+            .map(drop),
+        "NodeService/RevokeNode" => c
+            .nodes
+            .revoke_node(v1::RevokeNodeRequest {
+                node_name: missing(),
+            })
+            .await
+            .map(drop),
         "ReleaseService/CreateRelease" => c
             .releases
             .create_release(v1::CreateReleaseRequest::default())
@@ -215,7 +230,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .map(drop),
         "ReleaseService/ListReleases" => c
             .releases
-            .list_releases(v1::ListReleasesRequest {})
+            .list_releases(v1::ListReleasesRequest::default())
             .await
             .map(drop),
         "ReleaseService/Promote" => c
@@ -280,7 +295,10 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .map(drop),
         "RunService/ListRuns" => c
             .runs
-            .list_runs(v1::ListRunsRequest { release: release() })
+            .list_runs(v1::ListRunsRequest {
+                release: release(),
+                ..Default::default()
+            })
             .await
             .map(drop),
         "RunService/WatchRun" => c
@@ -326,7 +344,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .gates
             .list_waivers(v1::ListWaiversRequest {
                 release: release(),
-                milestone: String::new(),
+                ..Default::default()
             })
             .await
             .map(drop),

@@ -8,8 +8,8 @@
 //! (`auth::customer_of`). Anonymous calls (no token configured anywhere, loopback only) may
 //! call every RPC in the table.
 //!
-//! Rows for other identities (nodes, once they enroll) are added as roles here, so the table
-//! stays the one answer.
+//! Agents are not in this table: `AgentService` calls are made by nodes, which authenticate
+//! by their enrolled certificate and may act only as the node it names (`auth::certified_node`).
 
 use tollgate_domain::access::Role;
 
@@ -34,7 +34,7 @@ const READ: &[Role] = &[Viewer, Operator, ReleaseManager, Admin];
 const OPERATE: &[Role] = &[Operator, Admin];
 /// Plans, gates, waivers, releases and their promotions: a plan runs code on the fleet.
 const RELEASE: &[Role] = &[ReleaseManager, Admin];
-/// API tokens.
+/// API tokens, enrollment and node certificates.
 const ADMIN: &[Role] = &[Admin];
 
 /// Builds a row.
@@ -55,6 +55,8 @@ pub const TABLE: &[Row] = &[
     row("NodeService", "SetHealth", OPERATE),
     row("NodeService", "DrainNode", OPERATE),
     row("NodeService", "RetireNode", OPERATE),
+    row("NodeService", "EnrollNode", ADMIN),
+    row("NodeService", "RevokeNode", ADMIN),
     row("ReleaseService", "CreateRelease", RELEASE),
     row("ReleaseService", "GetRelease", READ_OWN),
     row("ReleaseService", "ListReleases", READ_OWN),
@@ -185,7 +187,7 @@ mod tests {
     use prost::Message as _;
     use std::collections::BTreeSet;
 
-    /// Services whose calls are not manager calls: agents authenticate with node tokens.
+    /// Services whose calls are not manager calls: agents authenticate with node certificates.
     const NOT_MANAGER: &[&str] = &["AgentService"];
 
     #[test]

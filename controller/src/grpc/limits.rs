@@ -3,7 +3,6 @@
 //! decodes, and the answer to a larger one (`RESOURCE_EXHAUSTED`, not tonic's `OUT_OF_RANGE`).
 //! The counting itself is `crate::limits`; statuses are made in `status.rs`.
 
-use super::auth::{ANONYMOUS, Actor};
 use crate::limits::{Identity, StreamPermit};
 use crate::shared::Shared;
 use std::sync::Arc;
@@ -41,8 +40,8 @@ const _: () = {
 /// carries one, else (anonymous) the peer's IP address. Agent calls count against their node
 /// (`Identity::node`). The one place that decides; add new credentials here.
 pub fn identity_of<T>(request: &tonic::Request<T>) -> Identity {
-    match request.extensions().get::<Actor>() {
-        Some(Actor(name)) if name != ANONYMOUS => Identity::api_token(name),
+    match request.extensions().get::<super::auth::Identity>() {
+        Some(super::auth::Identity::Token { name, .. }) => Identity::api_token(name),
         _ => Identity::peer(request.remote_addr().map(|addr| addr.ip())),
     }
 }

@@ -600,8 +600,8 @@ fn found(n_rows: u64, what: impl FnOnce() -> String) -> Result<(), StoreError> {
 // After the macros, which they use.
 mod audit;
 mod decisions;
-mod evidence;
 mod enrollment;
+mod evidence;
 mod gates;
 mod jobs;
 mod nodes;
