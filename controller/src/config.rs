@@ -23,6 +23,8 @@ pub struct ControllerConfig {
     pub api_tokens: crate::tokens::ApiTokens,
     /// Per-identity stream and rate limits.
     pub limits: crate::limits::LimitsConfig,
+    /// Caps on open connections, and their idle timeout.
+    pub connections: crate::listener::ConnectionLimits,
     /// TLS, or plain text on loopback only. `new` picks plain text (tests); `main` always
     /// sets it from `--tls-cert`, `--ca-dir` or `--insecure-loopback`.
     pub transport: crate::listener::Transport,
@@ -45,6 +47,7 @@ impl ControllerConfig {
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),
             limits: crate::limits::LimitsConfig::default(),
+            connections: crate::listener::ConnectionLimits::default(),
             transport: crate::listener::Transport::InsecureLoopback,
             ca: None,
             node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),

@@ -165,6 +165,7 @@ async fn serve(
     let incoming = crate::listener::incoming(
         listener,
         shared.config.transport.clone(),
+        shared.config.connections,
         shared.revocations.clone(),
         shared.subscribe_shutdown(),
     );
@@ -250,6 +251,10 @@ fn router(
     use tonic::service::interceptor::InterceptedService;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Pings keep a live client's connection busy, so only a silent one reaches the
+        // listener's idle timeout; one that does not answer within 10 s is closed.
+        .http2_keepalive_interval(Some(crate::listener::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(grpc::limits::oversize_layer())
         .add_service(health_service)
         .add_service(reflection_v1)

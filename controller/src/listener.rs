@@ -2,15 +2,23 @@
 //! each on its own task (a slow client holds up only itself), and hands finished connections
 //! to the gRPC server as a stream. Plain connections are only ever served on a loopback
 //! address (`--insecure-loopback`); `run` refuses anything else before it gets here.
+//!
+//! Connections are bounded ([`ConnectionLimits`]): at most so many at once, and per client
+//! address; a connection over either cap is closed as soon as it is accepted, so it costs a
+//! file descriptor for an instant. A connection that sends nothing for the idle timeout is
+//! closed; live clients are never idle that long, since the server pings every connection
+//! (HTTP/2 keepalive) and the answers count as traffic.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::pki::{PeerCertificate, Revocations};
@@ -64,41 +72,84 @@ pub struct Peer {
     pub certificate: Option<PeerCertificate>,
 }
 
-/// One accepted connection, plain or TLS.
-pub enum Conn {
+/// The stream of one accepted connection, plain or TLS.
+enum Io {
     /// Plain TCP (loopback only).
     Plain(TcpStream),
-    /// TLS over TCP, handshake done, with the client's node certificate if it sent one.
-    Tls(
-        Box<tokio_rustls::server::TlsStream<TcpStream>>,
-        Option<PeerCertificate>,
-    ),
+    /// TLS over TCP, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// One accepted connection: its stream, the client's node certificate if it sent one, its
+/// idle deadline, and its places under the connection caps (given back when it is dropped).
+pub struct Conn {
+    io: Io,
+    certificate: Option<PeerCertificate>,
+    remote: Option<SocketAddr>,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    _slot: Slot,
+}
+
+impl Conn {
+    fn new(io: Io, certificate: Option<PeerCertificate>, slot: Slot, idle: Duration) -> Self {
+        let remote = match &io {
+            Io::Plain(tcp) => tcp.peer_addr().ok(),
+            Io::Tls(tls) => tls.get_ref().0.peer_addr().ok(),
+        };
+        Self {
+            io,
+            certificate,
+            remote,
+            idle_timeout: idle,
+            idle: Box::pin(tokio::time::sleep(idle)),
+            _slot: slot,
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
-        let (tcp, certificate) = match self {
-            Self::Plain(tcp) => (tcp, None),
-            Self::Tls(tls, certificate) => (tls.get_ref().0, certificate.clone()),
-        };
         Peer {
-            remote: tcp.peer_addr().ok(),
-            certificate,
+            remote: self.remote,
+            certificate: self.certificate.clone(),
         }
     }
 }
 
 impl AsyncRead for Conn {
+    /// Reads, and closes the connection (a `TimedOut` error) once it has sent nothing for the
+    /// idle timeout.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::debug!(remote = ?this.remote, "idle connection closed");
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing for the idle timeout",
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
         }
     }
 }
@@ -109,24 +160,155 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of `--max-connections-per-ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default of `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the server pings each connection (HTTP/2 keepalive), well inside the idle
+/// timeout so that a live client's answers keep its connection open.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Bounds on the listener's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once (TLS handshakes included); more are closed at accept.
+    pub max: usize,
+    /// Connections open at once from one IP address.
+    pub per_ip: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_MAX_CONNECTIONS,
+            per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Counts open connections, in all and per IP address.
+struct Slots {
+    all: Arc<Semaphore>,
+    per_ip: usize,
+    by_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A connection's place under the caps; given back when dropped.
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    ip: IpAddr,
+    by_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    All,
+    PerIp,
+}
+
+impl Slots {
+    fn new(limits: &ConnectionLimits) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(limits.max.max(1))),
+            per_ip: limits.per_ip.max(1),
+            by_ip: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Result<Slot, Over> {
+        let all = self
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Over::All)?;
+        let mut by_ip = self
+            .by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= self.per_ip {
+            return Err(Over::PerIp);
+        }
+        *count += 1;
+        Ok(Slot {
+            _all: all,
+            ip,
+            by_ip: self.by_ip.clone(),
+        })
+    }
+}
+
+/// Logs refused connections at most once a second, with how many since the last line.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, over: Over, remote: SocketAddr, limits: &ConnectionLimits) {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let (limit, flag) = match over {
+            Over::All => (limits.max, "--max-connections"),
+            Over::PerIp => (limits.per_ip, "--max-connections-per-ip"),
+        };
+        tracing::warn!(
+            %remote,
+            refused = self.since,
+            limit,
+            "connections over {flag} closed at accept (raise {flag} if these clients are real)"
+        );
+        self.last = Some(now);
+        self.since = 0;
     }
 }
 
@@ -139,11 +321,15 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub fn incoming(
     listener: TcpListener,
     transport: Transport,
+    limits: ConnectionLimits,
     revocations: Arc<Revocations>,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (ready, stream) = mpsc::channel(64);
+    let slots = Slots::new(&limits);
+    let idle = limits.idle_timeout;
     tokio::spawn(async move {
+        let mut refusals = RefusalLog::default();
         let acceptor = match &transport {
             Transport::InsecureLoopback => None,
             Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
@@ -162,9 +348,18 @@ pub fn incoming(
                     continue;
                 }
             };
+            let slot = match slots.take(remote.ip()) {
+                Ok(slot) => slot,
+                Err(over) => {
+                    refusals.refused(over, remote, &limits);
+                    drop(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
-                if ready.send(Ok(Conn::Plain(tcp))).await.is_err() {
+                let conn = Conn::new(Io::Plain(tcp), None, slot, idle);
+                if ready.send(Ok(conn)).await.is_err() {
                     return;
                 }
                 continue;
@@ -186,7 +381,8 @@ pub fn incoming(
                             tracing::warn!(%remote, node = %certificate.node, serial = certificate.serial, "revoked node certificate; connection closed");
                             return;
                         }
-                        let _ = ready.send(Ok(Conn::Tls(Box::new(tls), certificate))).await;
+                        let conn = Conn::new(Io::Tls(Box::new(tls)), certificate, slot, idle);
+                        let _ = ready.send(Ok(conn)).await;
                     }
                     Ok(Err(error)) => {
                         tracing::info!(%remote, %error, "TLS handshake failed");

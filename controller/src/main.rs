@@ -108,6 +108,17 @@ struct ServeArgs {
     /// Manager calls one identity may make at once after a quiet spell (the rate limit's burst).
     #[arg(long, value_name = "N", default_value_t = tollgate_controller::limits::DEFAULT_RATE_BURST)]
     rate_burst: u32,
+    /// Connections open at once, TLS handshakes included; more are closed as soon as they
+    /// are accepted. Keep it under the open-file limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = tollgate_controller::listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections open at once from one IP address; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = tollgate_controller::listener::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// A connection that sends nothing for this long is closed (live clients answer the
+    /// server's pings every 20 s); at least 30s.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -387,6 +398,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              --api-token-file FILE instead"
         );
     }
+    anyhow::ensure!(
+        args.idle_timeout >= Duration::from_secs(30),
+        "--idle-timeout {:?} is shorter than 30s: live clients answer the server's pings only \
+         every {:?}, so they would be cut off; pass --idle-timeout 30s or more",
+        args.idle_timeout,
+        tollgate_controller::listener::KEEPALIVE_INTERVAL
+    );
+    config.connections = tollgate_controller::listener::ConnectionLimits {
+        max: args.max_connections.max(1),
+        per_ip: args.max_connections_per_ip.max(1),
+        idle_timeout: args.idle_timeout,
+    };
     config.limits = tollgate_controller::limits::LimitsConfig {
         streams_per_identity: args.max_streams_per_identity,
         rate: tollgate_domain::rate::Rate {

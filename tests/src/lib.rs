@@ -40,6 +40,8 @@ pub struct ControllerOptions {
     pub api_tokens: Vec<(String, String)>,
     /// Per-identity stream and rate limits (the controller's defaults unless a test sets them).
     pub limits: tollgate_controller::limits::LimitsConfig,
+    /// Connection caps and idle timeout (the controller's defaults unless a test sets them).
+    pub connections: tollgate_controller::listener::ConnectionLimits,
     /// Serve TLS with a server certificate from a throwaway lab CA (in the test's temp
     /// directory, beside the data directory) instead of plain text on loopback.
     pub tls: bool,
@@ -58,6 +60,7 @@ impl ControllerOptions {
             clock: None,
             api_tokens: Vec::new(),
             limits: tollgate_controller::limits::LimitsConfig::default(),
+            connections: tollgate_controller::listener::ConnectionLimits::default(),
             tls: false,
             node_certificate_lifetime: None,
         }
@@ -118,6 +121,7 @@ impl Controller {
         config.api_tokens =
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
         config.limits = options.limits;
+        config.connections = options.connections;
         if let Some(lifetime) = options.node_certificate_lifetime {
             config.node_certificate_lifetime = lifetime;
         }

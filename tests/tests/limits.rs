@@ -1,6 +1,7 @@
 //! End to end for the controller's limits: a request larger than its service accepts, more
 //! streams than one identity may hold open, manager calls faster than the rate limit. Each is
 //! `RESOURCE_EXHAUSTED` saying the limit and what to do, and the controller keeps serving.
+//! Connections over the caps are closed at accept, silent ones after the idle timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,4 +222,88 @@ async fn one_identity_holds_at_most_the_limit_of_streams_and_a_closed_one_frees_
         .await
         .expect("cancel the run");
     agent.stop().await;
+}
+
+/// Opens `n` TCP connections to `target` from `source` (another loopback address), sending
+/// nothing on them.
+async fn silent_connections(
+    source: std::net::IpAddr,
+    target: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("any 127.x address is loopback");
+        streams.push(socket.connect(target).await.expect("the kernel accepts it"));
+    }
+    streams
+}
+
+/// Whether the controller kept a connection: it sends its HTTP/2 settings on one it serves,
+/// and closes one over a cap without a byte.
+async fn kept(mut stream: tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0_u8; 64];
+    match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+        Err(_) => panic!("the controller neither served nor closed a connection in 20 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_address_cap_are_closed_at_accept_and_others_are_served() {
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.connections.per_ip = 50;
+    let Some(controller) = Controller::start(options).await else {
+        return;
+    };
+    let flooder: std::net::IpAddr = "127.0.0.2".parse().expect("address");
+    let flood = silent_connections(flooder, controller.addr, 1_000).await;
+
+    // The controller answers a caller from another address during the flood.
+    let mut nodes = v1::node_service_client::NodeServiceClient::new(controller.channel().await);
+    nodes
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+        .expect("the controller answers during the flood");
+
+    let kept_flags = futures::future::join_all(flood.into_iter().map(kept)).await;
+    let n_kept = kept_flags.iter().filter(|kept| **kept).count();
+    assert_eq!(n_kept, 50, "the per-address cap holds the rest off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.connections.idle_timeout = Duration::from_secs(2);
+    let Some(controller) = Controller::start(options).await else {
+        return;
+    };
+    let flooder: std::net::IpAddr = "127.0.0.3".parse().expect("address");
+    let mut stream = silent_connections(flooder, controller.addr, 1)
+        .await
+        .pop()
+        .expect("one");
+    let opened = std::time::Instant::now();
+    let mut buf = [0_u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's settings
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent connection is closed");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1_900),
+        "closed after the idle timeout, not before: {:?}",
+        opened.elapsed()
+    );
 }

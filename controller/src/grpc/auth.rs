@@ -100,6 +100,16 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
         .ok_or(AuthError::NotBearer)
 }
 
+/// The client's address: from the listener's connection info (`listener::Peer`), else
+/// tonic's own (a server run without the listener, as some unit tests do).
+pub fn peer_addr<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
+    request
+        .extensions()
+        .get::<crate::listener::Peer>()
+        .and_then(|peer| peer.remote)
+        .or_else(|| request.remote_addr())
+}
+
 /// The node an agent call's verified certificate names: `Ok(None)` without a certificate on a
 /// plain-text loopback listener (the node token then names the node); refused without one
 /// over TLS, or with a revoked one.
@@ -288,7 +298,7 @@ pub fn interceptor(
         let identity = authenticate_manager(
             tokens,
             request.metadata(),
-            request.remote_addr(),
+            peer_addr(&request),
             shared.now(),
         )?;
         let path = request

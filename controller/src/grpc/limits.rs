@@ -42,7 +42,7 @@ const _: () = {
 pub fn identity_of<T>(request: &tonic::Request<T>) -> Identity {
     match request.extensions().get::<super::auth::Identity>() {
         Some(super::auth::Identity::Token { name, .. }) => Identity::api_token(name),
-        _ => Identity::peer(request.remote_addr().map(|addr| addr.ip())),
+        _ => Identity::peer(super::auth::peer_addr(request).map(|addr| addr.ip())),
     }
 }
 
