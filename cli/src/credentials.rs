@@ -13,6 +13,8 @@ pub struct Config {
     pub controller: Option<String>,
     /// The file holding the API token.
     pub token_file: Option<PathBuf>,
+    /// The CA certificate to trust for an `https://` controller.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where the config file is: `$XDG_CONFIG_HOME/tollgate/config.toml`, else
@@ -45,8 +47,9 @@ pub fn parse_config(text: &str) -> Result<Config, String> {
         match parsed {
             Some(("controller", value)) => config.controller = Some(value),
             Some(("token_file", value)) => config.token_file = Some(PathBuf::from(value)),
+            Some(("ca_file", value)) => config.ca_file = Some(PathBuf::from(value)),
             Some((key, _)) => problems.push(format!(
-                "line {}: unknown key '{key}' (use controller or token_file)",
+                "line {}: unknown key '{key}' (use controller, token_file or ca_file)",
                 idx + 1
             )),
             None => problems.push(format!("line {}: expected key = \"value\"", idx + 1)),
@@ -141,10 +144,11 @@ mod tests {
         );
         assert_eq!(config_path(None, None), None);
         let config = parse_config(
-            "# mine\ncontroller = \"http://ctl:7800\"\ntoken_file = \"/home/a/.tg\"\n",
+            "# mine\ncontroller = \"https://ctl:7800\"\ntoken_file = \"/home/a/.tg\"\nca_file = \"/etc/tg/ca.pem\"\n",
         )
         .unwrap();
-        assert_eq!(config.controller.as_deref(), Some("http://ctl:7800"));
+        assert_eq!(config.ca_file, Some(PathBuf::from("/etc/tg/ca.pem")));
+        assert_eq!(config.controller.as_deref(), Some("https://ctl:7800"));
         assert_eq!(config.token_file, Some(PathBuf::from("/home/a/.tg")));
         let err = parse_config("colour = \"red\"\ncontroller\n").unwrap_err();
         assert!(err.contains("line 1") && err.contains("line 2"), "{err}");

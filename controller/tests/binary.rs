@@ -199,7 +199,8 @@ fn api_tokens_on_the_command_line_are_warned_about_and_a_token_file_is_not() {
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, "root s3cret\nci:operator hunter2\n").expect("tokens file");
         let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure-loopback"])
+            .args(["--log-format", "text"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--addr-file")

@@ -1,8 +1,10 @@
-//! The authorization matrix: every manager RPC called over a real socket by every identity
-//! (no token, an unknown, an expired and a revoked token, each role, two customers), compared
-//! with this file's own literal table, so a change of the controller's table fails here until
-//! the expectation is changed too. Then what each customer sees: none of the other's nodes,
-//! runs or evidence. And README.md's "Authorization" section is the controller's table.
+//! The authorization matrix: every RPC, manager's and agent's, called over a real TLS socket
+//! by every identity (no credential, an unknown, an expired and a revoked API token, each
+//! role, two customers, an expired and a spent bootstrap token, node A's and node B's enrolled
+//! certificates, a revoked node's), compared with this file's own literal table, so a change
+//! of the controller's rules fails here until the expectation is changed too. Then what each
+//! customer sees: none of the other's nodes, runs or evidence. And README.md's
+//! "Authorization" section is the controller's table.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,10 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// The identities, in the order of the expected table's columns. Node identities (agents with
-/// enrolled certificates) are added here as columns once they exist.
-const IDENTITIES: [&str; 10] = [
+/// The identities, in the order of the expected table's columns. API tokens and bootstrap
+/// tokens are sent as bearer tokens on a TLS connection without a client certificate; node
+/// identities present their enrolled certificate and no token.
+const IDENTITIES: [&str; 15] = [
     "none",
     "unknown",
     "expired",
@@ -26,50 +29,63 @@ const IDENTITIES: [&str; 10] = [
     "admin",
     "customer-a",
     "customer-b",
+    "bootstrap-expired",
+    "bootstrap-spent",
+    "node-a",
+    "node-b",
+    "node-revoked",
 ];
 
 /// What each identity gets from each RPC, in [`IDENTITIES`] order: `A` allowed (any answer
 /// but the two below), `D` PermissionDenied, `U` Unauthenticated. Written out by hand: it is
-/// not read from the controller's table.
+/// not read from the controller's table. Agent calls act as node A, on node A's job; a node
+/// may open its own streams and renew its own certificate; nobody enrolls without a live
+/// bootstrap token.
 const EXPECTED: &[(&str, &str)] = &[
-    ("NodeService/ListNodes", "UUUU AAAA AA"),
-    ("NodeService/GetNode", "UUUU AAAA AA"),
-    ("NodeService/SetCordon", "UUUU DADA DD"),
-    ("NodeService/SetHealth", "UUUU DADA DD"),
-    ("NodeService/DrainNode", "UUUU DADA DD"),
-    ("NodeService/RetireNode", "UUUU DADA DD"),
-    ("NodeService/EnrollNode", "UUUU DDDA DD"),
-    ("NodeService/RevokeNode", "UUUU DDDA DD"),
-    ("ReleaseService/CreateRelease", "UUUU DDAA DD"),
-    ("ReleaseService/GetRelease", "UUUU AAAA AA"),
-    ("ReleaseService/ListReleases", "UUUU AAAA AA"),
-    ("ReleaseService/Promote", "UUUU DDAA DD"),
-    ("ReleaseService/Demote", "UUUU DDAA DD"),
-    ("ReleaseService/Halt", "UUUU DDAA DD"),
-    ("ReleaseService/Resume", "UUUU DDAA DD"),
-    ("PlanService/ApplyPlan", "UUUU DDAA DD"),
-    ("PlanService/GetPlan", "UUUU AAAA DD"),
-    ("PlanService/ListPlans", "UUUU AAAA DD"),
-    ("RunService/StartRun", "UUUU DADA DD"),
-    ("RunService/GetRun", "UUUU AAAA AA"),
-    ("RunService/ListRuns", "UUUU AAAA AA"),
-    ("RunService/WatchRun", "UUUU AAAA AA"),
-    ("RunService/CancelRun", "UUUU DADA DD"),
-    ("GateService/ApplyGate", "UUUU DDAA DD"),
-    ("GateService/GetGate", "UUUU AAAA DD"),
-    ("GateService/EvaluateGate", "UUUU AAAA AA"),
-    ("GateService/Waive", "UUUU DDAA DD"),
-    ("GateService/RevokeWaiver", "UUUU DDAA DD"),
-    ("GateService/ListWaivers", "UUUU AAAA DD"),
-    ("AuditService/ListAudit", "UUUU AAAA DD"),
-    ("AuditService/VerifyAudit", "UUUU AAAA DD"),
-    ("ReportService/RenderReport", "UUUU AAAA AA"),
-    ("ReportService/StreamReport", "UUUU AAAA AA"),
-    ("ReportService/GetPublicKey", "UUUU AAAA AA"),
-    ("ReportService/RenderAttestation", "UUUU AAAA DD"),
-    ("TokenService/CreateToken", "UUUU DDDA DD"),
-    ("TokenService/ListTokens", "UUUU DDDA DD"),
-    ("TokenService/RevokeToken", "UUUU DDDA DD"),
+    ("AgentService/Register", "UUUU UUUU UU UU ADU"),
+    ("AgentService/Connect", "UUUU UUUU UU UU AAU"),
+    ("AgentService/ReportResult", "UUUU UUUU UU UU ADU"),
+    ("AgentService/PushTelemetry", "UUUU UUUU UU UU AAU"),
+    ("AgentService/Enroll", "UUUU UUUU UU UU UUU"),
+    ("AgentService/RenewCertificate", "UUUU UUUU UU UU AAU"),
+    ("NodeService/ListNodes", "UUUU AAAA AA UU UUU"),
+    ("NodeService/GetNode", "UUUU AAAA AA UU UUU"),
+    ("NodeService/SetCordon", "UUUU DADA DD UU UUU"),
+    ("NodeService/SetHealth", "UUUU DADA DD UU UUU"),
+    ("NodeService/DrainNode", "UUUU DADA DD UU UUU"),
+    ("NodeService/RetireNode", "UUUU DADA DD UU UUU"),
+    ("NodeService/EnrollNode", "UUUU DDDA DD UU UUU"),
+    ("NodeService/RevokeNode", "UUUU DDDA DD UU UUU"),
+    ("ReleaseService/CreateRelease", "UUUU DDAA DD UU UUU"),
+    ("ReleaseService/GetRelease", "UUUU AAAA AA UU UUU"),
+    ("ReleaseService/ListReleases", "UUUU AAAA AA UU UUU"),
+    ("ReleaseService/Promote", "UUUU DDAA DD UU UUU"),
+    ("ReleaseService/Demote", "UUUU DDAA DD UU UUU"),
+    ("ReleaseService/Halt", "UUUU DDAA DD UU UUU"),
+    ("ReleaseService/Resume", "UUUU DDAA DD UU UUU"),
+    ("PlanService/ApplyPlan", "UUUU DDAA DD UU UUU"),
+    ("PlanService/GetPlan", "UUUU AAAA DD UU UUU"),
+    ("PlanService/ListPlans", "UUUU AAAA DD UU UUU"),
+    ("RunService/StartRun", "UUUU DADA DD UU UUU"),
+    ("RunService/GetRun", "UUUU AAAA AA UU UUU"),
+    ("RunService/ListRuns", "UUUU AAAA AA UU UUU"),
+    ("RunService/WatchRun", "UUUU AAAA AA UU UUU"),
+    ("RunService/CancelRun", "UUUU DADA DD UU UUU"),
+    ("GateService/ApplyGate", "UUUU DDAA DD UU UUU"),
+    ("GateService/GetGate", "UUUU AAAA DD UU UUU"),
+    ("GateService/EvaluateGate", "UUUU AAAA AA UU UUU"),
+    ("GateService/Waive", "UUUU DDAA DD UU UUU"),
+    ("GateService/RevokeWaiver", "UUUU DDAA DD UU UUU"),
+    ("GateService/ListWaivers", "UUUU AAAA DD UU UUU"),
+    ("AuditService/ListAudit", "UUUU AAAA DD UU UUU"),
+    ("AuditService/VerifyAudit", "UUUU AAAA DD UU UUU"),
+    ("ReportService/RenderReport", "UUUU AAAA AA UU UUU"),
+    ("ReportService/StreamReport", "UUUU AAAA AA UU UUU"),
+    ("ReportService/GetPublicKey", "UUUU AAAA AA UU UUU"),
+    ("ReportService/RenderAttestation", "UUUU AAAA DD UU UUU"),
+    ("TokenService/CreateToken", "UUUU DDDA DD UU UUU"),
+    ("TokenService/ListTokens", "UUUU DDDA DD UU UUU"),
+    ("TokenService/RevokeToken", "UUUU DDDA DD UU UUU"),
 ];
 
 /// Adds the bearer token, when there is one.
@@ -104,6 +120,9 @@ struct As {
     audit: v1::audit_service_client::AuditServiceClient<Authed>,
     reports: v1::report_service_client::ReportServiceClient<Authed>,
     tokens: v1::token_service_client::TokenServiceClient<Authed>,
+    agent: v1::agent_service_client::AgentServiceClient<Authed>,
+    /// The bearer secret, if any (sent as the bootstrap token of `Enroll`).
+    secret: Option<String>,
 }
 
 impl As {
@@ -139,14 +158,20 @@ impl As {
                 channel.clone(),
                 bearer.clone(),
             ),
-            tokens: v1::token_service_client::TokenServiceClient::with_interceptor(channel, bearer),
+            tokens: v1::token_service_client::TokenServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            agent: v1::agent_service_client::AgentServiceClient::with_interceptor(channel, bearer),
+            secret: secret.map(str::to_owned),
         }
     }
 }
 
-/// What the calls name: a real release, run, plan and node.
+/// What the calls name: a real release, run, plan and node, and node A's finished job.
 struct World {
     run_id: String,
+    job_a: String,
 }
 
 const RELEASE: &str = "r550";
@@ -388,6 +413,44 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .revoke_token(v1::RevokeTokenRequest { name: missing() })
             .await
             .map(drop),
+        "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),
+        "AgentService/Connect" => {
+            let heartbeat = v1::AgentEvent {
+                event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat::default())),
+            };
+            c.agent
+                .connect(tokio_stream::iter([heartbeat]))
+                .await
+                .map(drop)
+        }
+        "AgentService/ReportResult" => c
+            .agent
+            .report_result(result_of(&world.job_a))
+            .await
+            .map(drop),
+        "AgentService/PushTelemetry" => c
+            .agent
+            .push_telemetry(tokio_stream::iter([v1::TelemetryBatch::default()]))
+            .await
+            .map(drop),
+        "AgentService/Enroll" => {
+            let (_, csr_pem) = tollgate_agent::identity::new_request("node-new").expect("a CSR");
+            c.agent
+                .enroll(v1::EnrollRequest {
+                    node_name: "node-new".into(),
+                    bootstrap_token: c.secret.clone().unwrap_or_else(|| "no-token".into()),
+                    csr_pem,
+                })
+                .await
+                .map(drop)
+        }
+        "AgentService/RenewCertificate" => {
+            let (_, csr_pem) = tollgate_agent::identity::new_request("node-a").expect("a CSR");
+            c.agent
+                .renew_certificate(v1::RenewCertificateRequest { csr_pem })
+                .await
+                .map(drop)
+        }
         other => panic!("the matrix has no call for {other}: add one"),
     }
 }
@@ -427,21 +490,171 @@ async fn create(admin: &As, name: &str, role: &str, customer: &str, ttl_seconds:
         .secret
 }
 
-/// A finished run of release r550 on node-a (customer a) and node-b (customer b), made while
-/// no token existed (anonymous, from loopback); then every identity's secret.
-async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Option<String>>) {
+/// A well-formed result of node A's first step: whatever answers it gets past its checks
+/// depends only on who sends it.
+fn result_of(job_id: &str) -> v1::StepResult {
+    let now = prost_types::Timestamp {
+        seconds: 1_767_225_600,
+        nanos: 0,
+    };
+    v1::StepResult {
+        job_id: job_id.into(),
+        step_index: 0,
+        step_name: "versions".into(),
+        attempt: 1,
+        lease_epoch: 1,
+        outcome: v1::Outcome::Passed as i32,
+        exit_code: Some(0),
+        started_at: Some(now),
+        finished_at: Some(now),
+        inventory: Some(v1::Inventory {
+            driver_version: "550.54.15".into(),
+            gpu_source: "simulated".into(),
+            ..Default::default()
+        }),
+        message: "exit code 0".into(),
+        ..Default::default()
+    }
+}
+
+/// A registration of `node` as an agent would send it.
+fn register_as(node: &str) -> v1::RegisterRequest {
+    v1::RegisterRequest {
+        node_name: node.into(),
+        inventory: Some(v1::Inventory {
+            driver_version: "550.54.15".into(),
+            gpu_source: "simulated".into(),
+            hostname: node.into(),
+            ..Default::default()
+        }),
+        agent_version: "matrix".into(),
+        ..Default::default()
+    }
+}
+
+/// A bootstrap token for `node` with `labels` of record (besides `sku=hgx-h100`).
+async fn bootstrap_token(
+    anonymous: &As,
+    node: &str,
+    labels: &[(&str, &str)],
+    ttl_seconds: u64,
+) -> String {
+    let mut labels: std::collections::HashMap<String, String> = labels
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    labels.insert("sku".into(), "hgx-h100".into());
+    anonymous
+        .nodes
+        .clone()
+        .enroll_node(v1::EnrollNodeRequest {
+            node_name: node.into(),
+            labels,
+            ttl_seconds,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("enroll {node}: {status}"))
+        .into_inner()
+        .bootstrap_token
+}
+
+/// An agent enrolled the real way (`--bootstrap-token-file`); the token it spent, and the
+/// directory that holds the token file.
+async fn enrolled_agent(
+    controller: &Controller,
+    anonymous: &As,
+    node: &str,
+    customer: &str,
+) -> (Agent, String, tempfile::TempDir) {
+    let token = bootstrap_token(anonymous, node, &[("customer", customer)], 3600).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let mut config = controller.agent_config(node, 1);
+    config.labels.insert("customer".into(), customer.into());
+    config.bootstrap_token_file = Some(token_file);
+    (Agent::start_config(config), token, dir)
+}
+
+/// A TLS channel presenting `cert_pem` and `key_pem`.
+async fn node_channel(controller: &Controller, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Channel {
+    let ca = std::fs::read(controller.ca_file.as_ref().expect("TLS")).expect("CA");
+    tonic::transport::Endpoint::from_shared(controller.url.clone())
+        .expect("url")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+        )
+        .expect("TLS settings")
+        .connect()
+        .await
+        .expect("an mTLS connection")
+}
+
+/// The channel of an enrolled agent's certificate, read from its state directory.
+async fn agent_channel(controller: &Controller, agent: &Agent) -> Channel {
+    let read = |name: &str| std::fs::read(agent.state_dir.join(name)).expect("enrolled");
+    node_channel(controller, read("node.crt"), read("node.key")).await
+}
+
+/// What every identity calls with: a bearer secret, or a channel with a node certificate.
+enum Credential {
+    Bearer(Option<String>),
+    Node(Channel),
+}
+
+/// A finished run of release r550 on node-a (customer a) and node-b (customer b), whose
+/// agents enrolled with bootstrap tokens, made while no API token existed (anonymous, from
+/// loopback); a revoked node; then every identity's credential.
+async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Credential>) {
     let channel = controller.channel().await;
     let anonymous = As::new(&channel, None);
-    let _agents = [
-        Agent::start_labelled(&controller.url, "node-a", 1, &[("customer", "a")]),
-        Agent::start_labelled(&controller.url, "node-b", 1, &[("customer", "b")]),
-    ];
+    let (agent_a, spent, _dir_a) = enrolled_agent(controller, &anonymous, "node-a", "a").await;
+    let (agent_b, _, _dir_b) = enrolled_agent(controller, &anonymous, "node-b", "b").await;
     let mut clients = controller.clients().await;
     let run = clients
         .qualify(RELEASE, 2, &plan_yaml(0.1), &gate_yaml(2))
         .await;
     assert_eq!(run.jobs.len(), 2, "{run:#?}");
-    // The first token ends anonymous access; every other is made with it.
+    let job_a = run
+        .jobs
+        .iter()
+        .find(|job| job.node == "node-a")
+        .expect("a job on node-a")
+        .id
+        .clone();
+    // Node identities act without their agents, which stop here.
+    let node_a = agent_channel(controller, &agent_a).await;
+    let node_b = agent_channel(controller, &agent_b).await;
+    agent_a.stop().await;
+    agent_b.stop().await;
+    // A node enrolled by hand, then revoked.
+    let token = bootstrap_token(&anonymous, "node-r", &[], 3600).await;
+    let (key_pem, csr_pem) = tollgate_agent::identity::new_request("node-r").expect("a CSR");
+    let enrolled = anonymous
+        .agent
+        .clone()
+        .enroll(v1::EnrollRequest {
+            node_name: "node-r".into(),
+            bootstrap_token: token,
+            csr_pem,
+        })
+        .await
+        .expect("enrolled")
+        .into_inner();
+    let node_r = node_channel(controller, enrolled.certificate_pem.into(), key_pem.into()).await;
+    anonymous
+        .nodes
+        .clone()
+        .revoke_node(v1::RevokeNodeRequest {
+            node_name: "node-r".into(),
+        })
+        .await
+        .expect("revoked");
+    let bootstrap_expired = bootstrap_token(&anonymous, "node-late", &[], 1).await;
+
+    // The first API token ends anonymous access; every other is made with it.
     let root = create(&anonymous, "root", "admin", "", 3600).await;
     let admin = As::new(&channel, Some(&root));
     let expired = create(&admin, "short-lived", "viewer", "", 1).await;
@@ -454,36 +667,52 @@ async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Opti
         })
         .await
         .expect("revoke");
-    let secrets = vec![
-        None,
-        Some("not-a-token".to_owned()),
-        Some(expired),
-        Some(revoked),
-        Some(create(&admin, "view", "viewer", "", 3600).await),
-        Some(create(&admin, "ops", "operator", "", 3600).await),
-        Some(create(&admin, "rm", "release-manager", "", 3600).await),
-        Some(root),
-        Some(create(&admin, "cust-a", "customer", "a", 3600).await),
-        Some(create(&admin, "cust-b", "customer", "b", 3600).await),
+    let bearer = |secret: String| Credential::Bearer(Some(secret));
+    let credentials = vec![
+        Credential::Bearer(None),
+        bearer("not-a-token".to_owned()),
+        bearer(expired),
+        bearer(revoked),
+        bearer(create(&admin, "view", "viewer", "", 3600).await),
+        bearer(create(&admin, "ops", "operator", "", 3600).await),
+        bearer(create(&admin, "rm", "release-manager", "", 3600).await),
+        bearer(root),
+        bearer(create(&admin, "cust-a", "customer", "a", 3600).await),
+        bearer(create(&admin, "cust-b", "customer", "b", 3600).await),
+        bearer(bootstrap_expired),
+        bearer(spent),
+        Credential::Node(node_a),
+        Credential::Node(node_b),
+        Credential::Node(node_r),
     ];
     clock.advance(chrono::Duration::seconds(2));
-    (World { run_id: run.id }, secrets)
+    (
+        World {
+            run_id: run.id,
+            job_a,
+        },
+        credentials,
+    )
 }
 
 async fn matrix(backend: Backend) {
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let mut options = ControllerOptions::new(backend);
     options.clock = Some(clock.clone());
+    options.tls = true;
     // Leases are not what this test is about: the clock moves by hand.
     options.lease_grace = Duration::from_secs(60);
     let Some(mut controller) = Controller::start(options).await else {
         return;
     };
-    let (world, secrets) = world(&controller, &clock).await;
+    let (world, credentials) = world(&controller, &clock).await;
     let channel = controller.channel().await;
-    let identities: Vec<As> = secrets
+    let identities: Vec<As> = credentials
         .iter()
-        .map(|secret| As::new(&channel, secret.as_deref()))
+        .map(|credential| match credential {
+            Credential::Bearer(secret) => As::new(&channel, secret.as_deref()),
+            Credential::Node(node) => As::new(node, None),
+        })
         .collect();
 
     let mut mismatches = Vec::new();
@@ -507,7 +736,27 @@ async fn matrix(backend: Backend) {
         "columns: {IDENTITIES:?}\n{}",
         mismatches.join("\n")
     );
-    // Every manager RPC of the controller's table is in the matrix.
+    // Every RPC of the contract is in the matrix, and every manager RPC of the controller's
+    // table.
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+        tollgate_proto::FILE_DESCRIPTOR_SET,
+    )
+    .expect("the descriptor set decodes");
+    for file in set
+        .file
+        .iter()
+        .filter(|file| file.package() == "tollgate.v1")
+    {
+        for service in &file.service {
+            for method in &service.method {
+                let rpc = format!("{}/{}", service.name(), method.name());
+                assert!(
+                    EXPECTED.iter().any(|(covered, _)| *covered == rpc),
+                    "{rpc} is missing from the matrix"
+                );
+            }
+        }
+    }
     let covered: Vec<String> = EXPECTED.iter().map(|(rpc, _)| (*rpc).to_owned()).collect();
     for row in tollgate_controller::grpc::authz::TABLE {
         let rpc = format!("{}/{}", row.service, row.method);
@@ -535,6 +784,18 @@ async fn matrix(backend: Backend) {
         .await
         .expect_err("a viewer may not cordon");
     assert!(status.message().contains("operator, admin"), "{status:?}");
+    let status = call(&identities[13], "AgentService/ReportResult", &world)
+        .await
+        .expect_err("node B may not report node A's job");
+    assert!(status.message().contains("node-a"), "{status:?}");
+    let status = call(&identities[14], "AgentService/Register", &world)
+        .await
+        .expect_err("a revoked certificate is refused");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let status = call(&identities[11], "AgentService/Enroll", &world)
+        .await
+        .expect_err("a spent bootstrap token is refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     controller.stop().await;
 }
 
@@ -637,7 +898,25 @@ async fn anonymous_calls_come_from_loopback_only() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    let mut config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    // A listener other hosts can reach serves TLS only: a throwaway CA, and a server
+    // certificate for both addresses called below.
+    use tollgate_controller::clock::Clock as _;
+    use tollgate_controller::pki;
+    let pki_dir = dir.path().join("pki");
+    let ca = pki::init_ca_now(&pki_dir).expect("a test CA");
+    let identity = ca
+        .server_certificate(&["127.0.0.1".to_owned(), ip.to_string()], SystemClock.now())
+        .expect("a server certificate");
+    let server_config = pki::server_config(
+        &identity,
+        &pki_dir.join("server.pem"),
+        &pki_dir.join("server.key"),
+        Some(ca.cert_pem()),
+    )
+    .expect("TLS settings");
+    config.transport = tollgate_controller::listener::Transport::Tls(server_config);
+    let ca_pem = ca.cert_pem().to_owned();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
         .await
         .expect("bind");
@@ -646,22 +925,30 @@ async fn anonymous_calls_come_from_loopback_only() {
     let server = tokio::spawn(tollgate_controller::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    let list = |host: String| async move {
-        let url = format!("http://{host}:{port}");
-        let answer = tollgate_tests::wait_for(Duration::from_secs(20), "the controller", || {
-            let url = url.clone();
-            async move {
-                let channel = tonic::transport::Endpoint::from_shared(url)
-                    .expect("url")
-                    .connect()
-                    .await
-                    .ok()?;
-                let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
-                Some(nodes.list_nodes(v1::ListNodesRequest::default()).await)
-            }
-        })
-        .await;
-        answer.map(drop)
+    let list = |host: String| {
+        let ca_pem = ca_pem.clone();
+        async move {
+            let url = format!("https://{host}:{port}");
+            let answer =
+                tollgate_tests::wait_for(Duration::from_secs(20), "the controller", || {
+                    let url = url.clone();
+                    let tls = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem.clone()));
+                    async move {
+                        let channel = tonic::transport::Endpoint::from_shared(url)
+                            .expect("url")
+                            .tls_config(tls)
+                            .expect("TLS settings")
+                            .connect()
+                            .await
+                            .ok()?;
+                        let mut nodes = v1::node_service_client::NodeServiceClient::new(channel);
+                        Some(nodes.list_nodes(v1::ListNodesRequest::default()).await)
+                    }
+                })
+                .await;
+            answer.map(drop)
+        }
     };
     list("127.0.0.1".to_owned())
         .await

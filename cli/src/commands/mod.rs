@@ -23,8 +23,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file,
         command,
     } = cli;
-    let url = settle_controller_and_token(controller, token, token_file, &command)?;
-    let target = crate::client::Target { url, ca_file };
+    let (url, config_ca_file) =
+        settle_controller_and_token(controller, token, token_file, &command)?;
+    // --ca-file (or TOLLGATE_CA_FILE) wins over the config file's ca_file.
+    let target = crate::client::Target {
+        url,
+        ca_file: ca_file.or(config_ca_file),
+    };
     // Offline commands and the demo never touch --controller, so they work without one.
     match command {
         Command::Plan(PlanCommand::Validate { file, output }) => {
@@ -74,13 +79,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The controller URL (`--controller`, `TOLLGATE_CONTROLLER`, the config file, the default)
-/// and, for a command that calls the controller, the API token every call carries.
+/// and, for a command that calls the controller, the API token every call carries; with the
+/// config file's `ca_file`, if any.
 fn settle_controller_and_token(
     controller: Option<String>,
     token: Option<String>,
     token_file: Option<std::path::PathBuf>,
     command: &Command,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
     // Offline commands and the demo read neither the config file nor a token: a bad one must
     // not stop them.
     let offline = matches!(
@@ -115,7 +121,7 @@ fn settle_controller_and_token(
             },
         )?);
     }
-    Ok(url)
+    Ok((url, config.ca_file))
 }
 
 /// Prints what `plan validate` or `gate validate` found in `file_name`: the summary of what
