@@ -387,6 +387,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = ControllerConfig::new(args.data_dir.clone());
     if let Some(url) = args.database {
+        // From the flag (not the environment), a password shows in `ps` to every user.
+        let from_env = std::env::var_os("TOLLGATE_DATABASE_URL").is_some();
+        if !from_env && redact_database_url(&url) != url {
+            tracing::warn!(
+                "--database holds a password, which `ps` shows to every user of this host; \
+                 set TOLLGATE_DATABASE_URL in the service's environment instead, or keep the \
+                 password in ~/.pgpass (PostgreSQL reads it when the URL has none)"
+            );
+        }
         config.database_url = url;
     }
     config.heartbeat_interval = args.heartbeat_interval;

@@ -292,13 +292,27 @@ pub fn too_many(limit: &Limit, n: usize) -> String {
     format!("has {n} entries, over the limit of {limit}; send fewer")
 }
 
-/// `Err` with the message when `value` is longer than `limit`.
+/// `Err` with the message when `value` is longer than `limit` or holds a NUL byte (no
+/// store keeps one: PostgreSQL's text refuses it, and no name, command or file needs one).
+/// Process output, which may hold NUL bytes, is made [`printable`] before it is checked.
 pub fn check_text(limit: &Limit, value: &str) -> Result<(), String> {
     debug_assert_eq!(limit.unit, Unit::Bytes, "{} counts items", limit.name);
     if value.len() > limit.max {
         Err(too_long(limit, value))
+    } else if let Some(at) = value.find('\0') {
+        Err(nul_byte(at))
     } else {
         Ok(())
+    }
+}
+
+/// Process output as it is kept: each NUL byte becomes U+FFFD (the replacement character),
+/// as invalid UTF-8 already does when the output is read.
+pub fn printable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
     }
 }
 
@@ -351,6 +365,16 @@ pub fn markdown_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_byte_is_refused_in_any_text_and_made_printable_in_process_output() {
+        assert_eq!(check_text(&NAME, "gpu-qual"), Ok(()));
+        let refused = check_text(&NAME, "gpu\0qual").expect_err("a NUL byte");
+        assert!(refused.contains("NUL byte (at byte 3)"), "{refused}");
+        assert_eq!(printable("a\0b\0".to_owned()), "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(printable("plain".to_owned()), "plain");
+        assert_eq!(check_text(&LOG_TAIL, &printable("x\0y".to_owned())), Ok(()));
+    }
 
     #[test]
     fn names_are_unique_and_every_field_limit_fits_a_request() {

@@ -507,8 +507,6 @@ pub fn validate_release(
     }
     if let Err(message) = check_text(&DESCRIPTION, description) {
         field("description".into(), message);
-    } else if let Some(at) = description.find('\0') {
-        field("description".into(), crate::limits::nul_byte(at));
     }
     if let Err(message) = check_count(&COMPONENTS, components.len()) {
         // Checking each of a huge list would only make a huge answer; the count is the error.

@@ -1,8 +1,9 @@
 //! Malformed request fields, table-driven: every request of a manager RPC that writes (and
-//! the reads that take ids) is sent with one field corrupted at a time (empty where
-//! required, over its limit, a NUL byte, an out-of-range number, a bad timestamp, an unknown
-//! enum value). Each must be `INVALID_ARGUMENT` whose `BadRequest` details name that field,
-//! and leave the store as it was (every table's row count and the audit chain's head).
+//! the reads that take ids), and the agent's registration, result and enrollment, is sent
+//! with one field corrupted at a time (empty where required, over its limit, a NUL byte, an
+//! out-of-range number, a bad timestamp, an unknown enum value). Each must be
+//! `INVALID_ARGUMENT` whose `BadRequest` details name that field, and leave the store as it
+//! was (every table's row count and the audit chain's head).
 
 use tollgate_controller::store::{Pool, Store};
 use tollgate_proto::v1;
@@ -36,10 +37,45 @@ enum Call {
     WatchRun(v1::GetRunRequest),
     GetGate(v1::GetGateRequest),
     RenderAttestation(v1::RenderAttestationRequest),
+    DrainNode(v1::DrainNodeRequest),
+    RetireNode(v1::RetireNodeRequest),
+    EnrollNode(v1::EnrollNodeRequest),
+    RevokeNode(v1::RevokeNodeRequest),
+    Register(v1::RegisterRequest),
+    ReportResult(Box<v1::StepResult>),
+    Enroll(v1::EnrollRequest),
 }
 
-async fn send(clients: &mut Clients, call: Call) -> Result<(), tonic::Status> {
+/// Sends a node's token, as its agent does.
+#[derive(Clone)]
+struct NodeToken(String);
+
+impl tonic::service::Interceptor for NodeToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .expect("a token is header text");
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+type Agent = v1::agent_service_client::AgentServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, NodeToken>,
+>;
+
+async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<(), tonic::Status> {
     match call {
+        Call::DrainNode(r) => clients.nodes.drain_node(r).await.map(drop),
+        Call::RetireNode(r) => clients.nodes.retire_node(r).await.map(drop),
+        Call::EnrollNode(r) => clients.nodes.enroll_node(r).await.map(drop),
+        Call::RevokeNode(r) => clients.nodes.revoke_node(r).await.map(drop),
+        Call::Register(r) => agent.register(r).await.map(drop),
+        Call::ReportResult(r) => agent.report_result(*r).await.map(drop),
+        Call::Enroll(r) => agent.enroll(r).await.map(drop),
         Call::GetNode(r) => clients.nodes.get_node(r).await.map(drop),
         Call::SetCordon(r) => clients.nodes.set_cordon(r).await.map(drop),
         Call::SetHealth(r) => clients.nodes.set_health(r).await.map(drop),
@@ -454,7 +490,170 @@ fn cases() -> Vec<(&'static str, Call)> {
             ..waive
         }),
     ));
+    node_and_agent_cases(&mut cases);
     cases
+}
+
+/// The operator's node calls and the agent's own: registration, a result, enrollment.
+fn node_and_agent_cases(cases: &mut Vec<(&'static str, Call)>) {
+    let names = || [EMPTY.to_owned(), over_name(), NUL.to_owned()];
+    let over = |limit: &tollgate_domain::limits::Limit| "x".repeat(limit.max + 1);
+    let register = v1::RegisterRequest {
+        node_name: "n2".into(),
+        inventory: Some(v1::Inventory {
+            driver_version: "550.54.15".into(),
+            gpu_source: "simulated".into(),
+            hostname: "n2".into(),
+            ..Default::default()
+        }),
+        agent_version: "test".into(),
+        ..Default::default()
+    };
+    let now = prost_types::Timestamp {
+        seconds: 1_767_225_600,
+        nanos: 0,
+    };
+    let result = v1::StepResult {
+        job_id: "no-such-job".into(),
+        step_index: 0,
+        step_name: "versions".into(),
+        attempt: 1,
+        lease_epoch: 1,
+        outcome: v1::Outcome::Passed as i32,
+        exit_code: Some(0),
+        started_at: Some(now),
+        finished_at: Some(now),
+        inventory: register.inventory.clone(),
+        message: "exit code 0".into(),
+        ..Default::default()
+    };
+    for name in names() {
+        cases.push((
+            "name",
+            Call::DrainNode(v1::DrainNodeRequest {
+                name: name.clone(),
+                reason: "maintenance".into(),
+            }),
+        ));
+        cases.push((
+            "name",
+            Call::RetireNode(v1::RetireNodeRequest {
+                name: name.clone(),
+                reason: "decommissioned".into(),
+            }),
+        ));
+        cases.push((
+            "node_name",
+            Call::EnrollNode(v1::EnrollNodeRequest {
+                node_name: name.clone(),
+                labels: Default::default(),
+                ttl_seconds: 3600,
+            }),
+        ));
+        cases.push((
+            "node_name",
+            Call::RevokeNode(v1::RevokeNodeRequest {
+                node_name: name.clone(),
+            }),
+        ));
+        cases.push((
+            "node_name",
+            Call::Register(v1::RegisterRequest {
+                node_name: name.clone(),
+                ..register.clone()
+            }),
+        ));
+        cases.push((
+            "job_id",
+            Call::ReportResult(Box::new(v1::StepResult {
+                job_id: name.clone(),
+                ..result.clone()
+            })),
+        ));
+        cases.push((
+            "step_name",
+            Call::ReportResult(Box::new(v1::StepResult {
+                step_name: name.clone(),
+                ..result.clone()
+            })),
+        ));
+        cases.push((
+            "node_name",
+            Call::Enroll(v1::EnrollRequest {
+                node_name: name,
+                bootstrap_token: "t".into(),
+                csr_pem: String::new(),
+            }),
+        ));
+    }
+    // A drain's reason may be empty (the CLI's default), never too long or holding a NUL.
+    for reason in [over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::DrainNode(v1::DrainNodeRequest {
+                name: "n1".into(),
+                reason,
+            }),
+        ));
+    }
+    cases.push((
+        "ttl_seconds",
+        Call::EnrollNode(v1::EnrollNodeRequest {
+            node_name: "n3".into(),
+            labels: Default::default(),
+            ttl_seconds: u64::MAX,
+        }),
+    ));
+    cases.push((
+        "inventory",
+        Call::Register(v1::RegisterRequest {
+            inventory: None,
+            ..register.clone()
+        }),
+    ));
+    cases.push((
+        "agent_version",
+        Call::Register(v1::RegisterRequest {
+            agent_version: over(&tollgate_domain::limits::VERSION),
+            ..register
+        }),
+    ));
+    cases.push((
+        "attempt",
+        Call::ReportResult(Box::new(v1::StepResult {
+            attempt: 0,
+            ..result.clone()
+        })),
+    ));
+    cases.push((
+        "outcome",
+        Call::ReportResult(Box::new(v1::StepResult {
+            outcome: 99,
+            ..result.clone()
+        })),
+    ));
+    cases.push((
+        "started_at",
+        Call::ReportResult(Box::new(v1::StepResult {
+            started_at: bad_time(),
+            ..result.clone()
+        })),
+    ));
+    cases.push((
+        "log_tail",
+        Call::ReportResult(Box::new(v1::StepResult {
+            log_tail: over(&tollgate_domain::limits::LOG_TAIL),
+            ..result
+        })),
+    ));
+    cases.push((
+        "csr_pem",
+        Call::Enroll(v1::EnrollRequest {
+            node_name: "n4".into(),
+            bootstrap_token: "t".into(),
+            csr_pem: over(&tollgate_domain::limits::CSR),
+        }),
+    ));
 }
 
 /// What must not change: every table's row count and the audit chain's head.
@@ -506,6 +705,28 @@ async fn every_malformed_field_is_refused_by_name_and_changes_nothing(backend: B
     let mut clients = controller.clients().await;
     clients.create_release("r1").await;
     clients.apply_plan(&plan_yaml(1.0)).await;
+    // Node n1 registers (on this loopback listener an agent's node token names it) and sends
+    // its results with that token.
+    let token = v1::agent_service_client::AgentServiceClient::new(controller.channel().await)
+        .register(v1::RegisterRequest {
+            node_name: "n1".into(),
+            inventory: Some(v1::Inventory {
+                driver_version: "550.54.15".into(),
+                gpu_source: "simulated".into(),
+                hostname: "n1".into(),
+                ..Default::default()
+            }),
+            agent_version: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("n1 registers")
+        .into_inner()
+        .node_token;
+    let mut agent = v1::agent_service_client::AgentServiceClient::with_interceptor(
+        controller.channel().await,
+        NodeToken(token),
+    );
     let store = Store::connect(&controller.database_url)
         .await
         .expect("the controller's store");
@@ -516,7 +737,7 @@ async fn every_malformed_field_is_refused_by_name_and_changes_nothing(backend: B
     for (field, call) in cases() {
         let described = format!("{call:?}");
         let described: String = described.chars().take(160).collect();
-        match send(&mut clients, call).await {
+        match send(&mut clients, &mut agent, call).await {
             Ok(()) => wrong.push(format!("{field}: accepted {described}")),
             Err(status) => {
                 use tonic_types::StatusExt as _;

@@ -143,7 +143,7 @@ macro_rules! bounded_texts {
                 #[allow(unused_variables)]
                 fn check_bounds(&self, errors: &mut FieldErrors) {
                     let proto::$message { $($field,)* $($($other: _,)*)? } = self;
-                    $(errors.clean_text(stringify!($field), &limits::$limit, $field);)*
+                    $(errors.text(stringify!($field), &limits::$limit, $field);)*
                 }
             }
         )*
@@ -200,6 +200,8 @@ fn check_plan_ref(errors: &mut FieldErrors, field: &str, plan: &str) {
     let (name, version) = split_plan_ref(plan);
     if name.len() > limits::NAME.max || version.is_some_and(|v| v.len() > limits::NAME.max) {
         errors.add(field, limits::too_long(&limits::NAME, plan));
+    } else if let Some(at) = plan.find('\0') {
+        errors.add(field, limits::nul_byte(at));
     }
 }
 
@@ -211,12 +213,9 @@ impl Bounded for proto::StartRunRequest {
             milestone,
             nodes_now: _,
         } = self;
-        errors.clean_text("release", &limits::NAME, release);
+        errors.text("release", &limits::NAME, release);
         check_plan_ref(errors, "plan", plan);
-        if let Some(at) = plan.find('\0') {
-            errors.add("plan", limits::nul_byte(at));
-        }
-        errors.clean_text("milestone", &limits::NAME, milestone);
+        errors.text("milestone", &limits::NAME, milestone);
     }
 }
 
@@ -241,11 +240,11 @@ impl Bounded for proto::WaiveRequest {
             ("reason", &limits::REASON, reason),
             ("ticket", &limits::TICKET, ticket),
         ] {
-            if errors.clean_text(field, limit, value) {
+            if errors.text(field, limit, value) {
                 errors.non_blank(field, value);
             }
         }
-        errors.clean_text("milestone", &limits::NAME, milestone);
+        errors.text("milestone", &limits::NAME, milestone);
         let scope = &limits::WAIVER_SCOPE;
         errors.clean_texts("nodes", scope, &limits::NAME, nodes);
         errors.clean_texts("skus", scope, &limits::LABEL_VALUE, skus);
@@ -261,9 +260,9 @@ impl Bounded for proto::RenderReportRequest {
             format,
             customer,
         } = self;
-        errors.clean_text("release", &limits::NAME, release);
-        errors.clean_text("milestone", &limits::NAME, milestone);
-        errors.clean_text("format", &limits::NAME, format);
+        errors.text("release", &limits::NAME, release);
+        errors.text("milestone", &limits::NAME, milestone);
+        errors.text("format", &limits::NAME, format);
         let (key, value) = customer.split_once('=').unwrap_or((customer, ""));
         if key.len() > limits::LABEL_KEY.max || value.len() > limits::LABEL_VALUE.max {
             errors.add("customer", limits::too_long(&limits::LABEL_VALUE, customer));

@@ -74,7 +74,8 @@ impl FieldErrors {
         }
     }
 
-    /// Records a problem when `value` is longer than `limit`; `true` when it fits.
+    /// Records a problem when `value` is longer than `limit` or holds a NUL byte
+    /// (`limits::check_text`); `true` when it is fine.
     pub fn text(&mut self, field: &str, limit: &Limit, value: &str) -> bool {
         match limits::check_text(limit, value) {
             Ok(()) => true,
@@ -85,27 +86,12 @@ impl FieldErrors {
         }
     }
 
-    /// [`Self::text`] for a text a person sends (a manager request): it also may not hold a
-    /// NUL byte. `true` when it is fine.
-    pub fn clean_text(&mut self, field: &str, limit: &Limit, value: &str) -> bool {
-        if !self.text(field, limit, value) {
-            return false;
-        }
-        match value.find('\0') {
-            Some(at) => {
-                self.add(field, limits::nul_byte(at));
-                false
-            }
-            None => true,
-        }
-    }
-
     /// [`Self::texts`] for a list a person sends: each entry also non-blank, without NUL.
     pub fn clean_texts(&mut self, field: &str, list: &Limit, each: &Limit, values: &[String]) {
         if self.count(field, list, values.len()) {
             for (idx, value) in values.iter().enumerate() {
                 let at = format!("{field}[{idx}]");
-                if self.clean_text(&at, each, value) {
+                if self.text(&at, each, value) {
                     self.non_blank(&at, value);
                 }
             }

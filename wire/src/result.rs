@@ -196,6 +196,7 @@ pub fn event_from_proto(
         at,
         detail,
     } = event;
+    let detail = limits::printable(detail);
     errors.text(
         &format!("{field}.gpu_uuid"),
         &limits::INVENTORY_TEXT,
@@ -372,6 +373,12 @@ pub fn sub_result_from_proto(
             ),
         );
     }
+    // Test names and messages come from the test's own output.
+    let (suite, name, message) = (
+        limits::printable(suite),
+        limits::printable(name),
+        limits::printable(message),
+    );
     errors.non_blank(&format!("{field}.name"), &name);
     errors.text(&format!("{field}.suite"), &limits::TEST_NAME, &suite);
     errors.text(&format!("{field}.name"), &limits::TEST_NAME, &name);
@@ -436,6 +443,8 @@ impl FromProto for StepResult {
             series,
         } = result;
         let mut errors = FieldErrors::new();
+        // What the step printed is kept as printed, NUL bytes made printable.
+        let (log_tail, message) = (limits::printable(log_tail), limits::printable(message));
         errors.non_blank("job_id", &job_id);
         errors.non_blank("step_name", &step_name);
         errors.text("job_id", &limits::NAME, &job_id);
@@ -670,6 +679,25 @@ mod tests {
     fn step_results_round_trip() {
         let result = full_result();
         assert_eq!(StepResult::from_proto(result.to_proto()), Ok(result));
+    }
+
+    #[test]
+    fn nul_bytes_in_what_a_step_printed_are_kept_printable_and_refused_in_its_names() {
+        let mut wire = full_result().to_proto();
+        wire.log_tail = "a\0b".into();
+        wire.message = "exit\0".into();
+        wire.events[0].detail = "x\0".into();
+        let result = StepResult::from_proto(wire).expect("process output is kept");
+        assert_eq!(result.log_tail, "a\u{FFFD}b");
+        assert_eq!(result.message, "exit\u{FFFD}");
+        assert_eq!(result.events[0].detail, "x\u{FFFD}");
+
+        let mut wire = full_result().to_proto();
+        wire.step_name = "stress\0".into();
+        wire.measurements[0].name = "membw\0".into();
+        let error = StepResult::from_proto(wire).unwrap_err();
+        let fields: Vec<&str> = error.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["step_name", "measurements[0].name"], "{error:?}");
     }
 
     #[test]
