@@ -4,10 +4,14 @@
 //! address (`--insecure-loopback`); `run` refuses anything else before it gets here.
 //!
 //! Connections are bounded ([`ConnectionLimits`]): at most so many at once, and per client
-//! address; a connection over either cap is closed as soon as it is accepted, so it costs a
-//! file descriptor for an instant. A connection that sends nothing for the idle timeout is
-//! closed; live clients are never idle that long, since the server pings every connection
-//! (HTTP/2 keepalive) and the answers count as traffic.
+//! address; a connection over the per-address cap is closed as soon as it is accepted, so it
+//! costs a file descriptor for an instant. At the overall cap, the oldest connection still in
+//! its TLS handshake gives its place up (a real client finishes its handshake in
+//! milliseconds, so a flood of silent connections only evicts itself); with none, the new one
+//! is closed. At most [`MAX_HANDSHAKES`] handshakes run at once, the oldest evicted likewise.
+//! A connection must send its first bytes within [`HANDSHAKE_TIMEOUT`], then is closed once it
+//! sends nothing for the idle timeout; live clients are never idle that long, since the server
+//! pings every connection (HTTP/2 keepalive) and the answers count as traffic.
 
 use std::collections::HashMap;
 use std::io;
@@ -102,7 +106,8 @@ impl Conn {
             certificate,
             remote,
             idle_timeout: idle,
-            idle: Box::pin(tokio::time::sleep(idle)),
+            // Until its first bytes arrive, a connection gets the handshake's deadline.
+            idle: Box::pin(tokio::time::sleep(idle.min(HANDSHAKE_TIMEOUT))),
             _slot: slot,
         }
     }
@@ -241,11 +246,63 @@ impl Drop for Slot {
     }
 }
 
-/// Why a connection was closed at accept.
+/// Why a connection was closed at accept, or its handshake cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Over {
     All,
     PerIp,
+    /// The oldest handshake gave its place to a newer connection.
+    Evicted,
+}
+
+/// Most TLS handshakes in progress at once; beyond it the oldest is evicted.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Connections in their TLS handshake, oldest first, each holding its [`Slot`] here (not in
+/// its task) so that evicting one frees its place at once.
+#[derive(Default)]
+struct Handshakes {
+    next: u64,
+    pending: std::collections::BTreeMap<u64, (Slot, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Handshakes {
+    /// Holds `slot` while a handshake runs; its id and the signal that it was evicted.
+    fn start(&mut self, slot: Slot) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (evict, evicted) = tokio::sync::oneshot::channel();
+        let id = self.next;
+        self.next += 1;
+        self.pending.insert(id, (slot, evict));
+        (id, evicted)
+    }
+
+    /// The slot of a finished handshake; `None` when it was evicted meanwhile.
+    fn finish(&mut self, id: u64) -> Option<Slot> {
+        self.pending.remove(&id).map(|(slot, _)| slot)
+    }
+
+    /// Evicts the oldest handshake, freeing its slot; `false` when none runs.
+    fn evict_oldest(&mut self) -> bool {
+        match self.pending.pop_first() {
+            Some((_, (slot, evict))) => {
+                drop(slot);
+                let _ = evict.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Locks the handshakes (a poisoned lock still guards a consistent map).
+fn lock(handshakes: &std::sync::Mutex<Handshakes>) -> std::sync::MutexGuard<'_, Handshakes> {
+    handshakes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Slots {
@@ -297,16 +354,28 @@ impl RefusalLog {
         {
             return;
         }
-        let (limit, flag) = match over {
-            Over::All => (limits.max, "--max-connections"),
-            Over::PerIp => (limits.per_ip, "--max-connections-per-ip"),
-        };
-        tracing::warn!(
-            %remote,
-            refused = self.since,
-            limit,
-            "connections over {flag} closed at accept (raise {flag} if these clients are real)"
-        );
+        match over {
+            Over::All | Over::PerIp => {
+                let (limit, flag) = if over == Over::All {
+                    (limits.max, "--max-connections")
+                } else {
+                    (limits.per_ip, "--max-connections-per-ip")
+                };
+                tracing::warn!(
+                    %remote,
+                    refused = self.since,
+                    limit,
+                    "connections over {flag} closed at accept (raise {flag} if these clients are real)"
+                );
+            }
+            Over::Evicted => tracing::warn!(
+                %remote,
+                evicted = self.since,
+                "connections still in their TLS handshake closed to make room for newer ones \
+                 (a flood of connections that never finish a handshake, or --max-connections \
+                 too low for this many clients)"
+            ),
+        }
         self.last = Some(now);
         self.since = 0;
     }
@@ -327,6 +396,7 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<Conn>> {
     let (ready, stream) = mpsc::channel(64);
     let slots = Slots::new(&limits);
+    let handshakes = Arc::new(std::sync::Mutex::new(Handshakes::default()));
     let idle = limits.idle_timeout;
     tokio::spawn(async move {
         let mut refusals = RefusalLog::default();
@@ -348,7 +418,12 @@ pub fn incoming(
                     continue;
                 }
             };
-            let slot = match slots.take(remote.ip()) {
+            let mut taken = slots.take(remote.ip());
+            if taken.as_ref().err() == Some(&Over::All) && lock(&handshakes).evict_oldest() {
+                refusals.refused(Over::Evicted, remote, &limits);
+                taken = slots.take(remote.ip());
+            }
+            let slot = match taken {
                 Ok(slot) => slot,
                 Err(over) => {
                     refusals.refused(over, remote, &limits);
@@ -364,10 +439,29 @@ pub fn incoming(
                 }
                 continue;
             };
+            let (id, evicted) = {
+                let mut handshakes = lock(&handshakes);
+                if handshakes.len() >= MAX_HANDSHAKES && handshakes.evict_oldest() {
+                    refusals.refused(Over::Evicted, remote, &limits);
+                }
+                handshakes.start(slot)
+            };
             let ready = ready.clone();
             let revocations = revocations.clone();
+            let handshakes = handshakes.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let outcome = tokio::select! {
+                    outcome = handshake => outcome,
+                    _ = evicted => {
+                        tracing::debug!(%remote, "TLS handshake evicted for a newer connection");
+                        return;
+                    }
+                };
+                let Some(slot) = lock(&handshakes).finish(id) else {
+                    return;
+                };
+                match outcome {
                     Ok(Ok(tls)) => {
                         let certificate = tls
                             .get_ref()
@@ -385,10 +479,12 @@ pub fn incoming(
                         let _ = ready.send(Ok(conn)).await;
                     }
                     Ok(Err(error)) => {
+                        drop(slot);
                         tracing::info!(%remote, %error, "TLS handshake failed");
                     }
                     Err(_) => {
-                        tracing::info!(%remote, "TLS handshake took too long; connection closed");
+                        drop(slot);
+                        tracing::debug!(%remote, "TLS handshake took too long; connection closed");
                     }
                 }
             });

@@ -746,6 +746,7 @@ async fn matrix(backend: Backend) {
         let mut got = String::new();
         for clients in &identities {
             let answer = call(clients, rpc, &world).await;
+            // MATRIX_DEBUG=1 prints every answer, to see why a cell differs.
             if std::env::var_os("MATRIX_DEBUG").is_some() {
                 eprintln!("{rpc}: {answer:?}");
             }

@@ -307,3 +307,40 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
         opened.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_filling_every_place_give_theirs_up_to_a_real_client() {
+    use tokio::io::AsyncReadExt as _;
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.tls = true;
+    options.connections.max = 100;
+    options.connections.per_ip = 10_000;
+    let Some(controller) = Controller::start(options).await else {
+        return;
+    };
+    let flooder: std::net::IpAddr = "127.0.0.4".parse().expect("address");
+    let flood = silent_connections(flooder, controller.addr, 300).await;
+
+    // Every place is taken by a connection that never starts its TLS handshake; a real
+    // client still gets in, in place of the oldest of them.
+    let mut nodes = v1::node_service_client::NodeServiceClient::new(controller.channel().await);
+    nodes
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+        .expect("the controller answers during the flood");
+
+    // The flood lost its places, oldest first, long before the handshake deadline.
+    let closed = futures::future::join_all(flood.into_iter().map(|mut stream| async move {
+        let mut buf = [0_u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await;
+    let n_closed = closed.iter().filter(|closed| **closed).count();
+    assert!(
+        n_closed >= 200,
+        "{n_closed} of 300 silent connections closed"
+    );
+}

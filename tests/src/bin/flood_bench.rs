@@ -102,9 +102,10 @@ fn usage(pid: u32) -> anyhow::Result<(u64, u64, usize)> {
 }
 
 /// `ListNodes` latencies of `n` calls in a row on a fresh connection each time (what a CLI
-/// does), sorted.
-async fn list_latencies(endpoint: &Endpoint, n: usize) -> Vec<Duration> {
+/// does), sorted; a call that failed or took over 10 s counts as 10 s, and is counted.
+async fn list_latencies(endpoint: &Endpoint, n: usize) -> Latencies {
     let mut latencies = Vec::with_capacity(n);
+    let mut failed = 0;
     for _ in 0..n {
         let started = Instant::now();
         let answered = async {
@@ -116,19 +117,31 @@ async fn list_latencies(endpoint: &Endpoint, n: usize) -> Vec<Duration> {
         };
         match tokio::time::timeout(Duration::from_secs(10), answered).await {
             Ok(Some(_)) => latencies.push(started.elapsed()),
-            _ => latencies.push(Duration::from_secs(10)),
+            _ => {
+                failed += 1;
+                latencies.push(Duration::from_secs(10));
+            }
         }
     }
     latencies.sort();
-    latencies
+    Latencies { latencies, failed }
 }
 
-fn summary(latencies: &[Duration]) -> String {
+/// Sorted latencies, and how many calls failed.
+struct Latencies {
+    latencies: Vec<Duration>,
+    failed: usize,
+}
+
+fn summary(measured: &Latencies) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let latencies = &measured.latencies;
     format!(
-        "median {:.1} ms, max {:.1} ms",
+        "median {:.1} ms, max {:.1} ms, {} of {} failed",
         ms(latencies[latencies.len() / 2]),
-        ms(latencies[latencies.len() - 1])
+        ms(latencies[latencies.len() - 1]),
+        measured.failed,
+        latencies.len()
     )
 }
 
