@@ -174,8 +174,13 @@ impl Health {
 pub struct Node {
     /// Node name.
     pub id: NodeId,
-    /// Labels.
+    /// Labels of record: those an operator gave at enrollment (an agent that was not enrolled,
+    /// on a plain loopback listener, gives its own). Runs select on these.
     pub labels: Labels,
+    /// The labels the node's agent reports of itself (`--label`): shown beside the labels of
+    /// record, never used to select.
+    #[serde(default)]
+    pub reported_labels: Labels,
     /// Scheduling state.
     pub state: NodeState,
     /// Health.

@@ -121,6 +121,14 @@ async fn an_agent_enrolls_with_a_bootstrap_token_and_keeps_the_labels_of_record(
         Some("lab-b"),
         "{labels:?}"
     );
+    // What the agent says of itself (sku=hgx-h100, its --label) is shown as reported.
+    let reported: std::collections::BTreeMap<_, _> = node.reported_labels.into_iter().collect();
+    assert_eq!(
+        reported.get("sku").map(String::as_str),
+        Some("hgx-h100"),
+        "{reported:?}"
+    );
+    assert!(!reported.contains_key("site"), "{reported:?}");
     let cert =
         std::fs::read_to_string(agent.state_dir.join("node.crt")).expect("the node's certificate");
     assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");

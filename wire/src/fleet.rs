@@ -281,6 +281,7 @@ impl ToProto for Node {
         let Node {
             id,
             labels,
+            reported_labels,
             state,
             health,
             health_reason,
@@ -291,6 +292,7 @@ impl ToProto for Node {
         proto::Node {
             name: id.to_string(),
             labels: unsorted(labels),
+            reported_labels: unsorted(reported_labels),
             state: state.as_str().to_owned(),
             health: health.as_str().to_owned(),
             health_reason: health_reason.clone(),
@@ -317,6 +319,7 @@ impl FromProto for Node {
             inventory,
             last_seen_at,
             current_job_id,
+            reported_labels,
         } = node;
         let mut errors = FieldErrors::new();
         if let Some(message) = name_problem("node", &name) {
@@ -324,6 +327,8 @@ impl FromProto for Node {
         }
         let labels = sorted(labels);
         check_labels(&mut errors, "labels", &labels);
+        let reported_labels = sorted(reported_labels);
+        check_labels(&mut errors, "reported_labels", &reported_labels);
         let state = errors.keyword("state", &state).unwrap_or_default();
         let health = errors.keyword("health", &health).unwrap_or_default();
         errors.text("health_reason", &limits::REASON, &health_reason);
@@ -338,6 +343,7 @@ impl FromProto for Node {
         errors.finish(Node {
             id: NodeId::new(name),
             labels,
+            reported_labels,
             state,
             health,
             health_reason,

@@ -45,10 +45,12 @@ pub fn node(node: &pb::Node) -> Value {
         last_seen_at,
         current_job_id,
         health_reason,
+        reported_labels,
     } = node;
     json!({
         "name": name,
         "labels": map(labels),
+        "reported_labels": map(reported_labels),
         "state": state,
         "health": health,
         "health_reason": health_reason,

@@ -345,6 +345,14 @@ pub fn format_node(node: &pb::Node, now: DateTime<Utc>) -> String {
         let _ = writeln!(out, "health:      {} ({})", node.health, node.health_reason);
     }
     let _ = writeln!(out, "labels:      {}", format_labels(&node.labels));
+    // What the agent says of itself, when it differs from the labels of record.
+    if node.reported_labels != node.labels {
+        let _ = writeln!(
+            out,
+            "reported:    {} (by its agent; runs select on the labels above)",
+            format_labels(&node.reported_labels)
+        );
+    }
     let _ = writeln!(
         out,
         "last seen:   {} ({})",
@@ -430,6 +438,7 @@ mod tests {
             }),
             current_job_id: String::new(),
             health_reason: String::new(),
+            reported_labels: [("sku".to_string(), "hgx-h100".to_string())].into(),
         }
     }
 
@@ -460,6 +469,21 @@ mod tests {
         assert!(text.contains("SIMULATED GPUs"), "{text}");
         assert!(text.contains("96.00.89.00.01"), "{text}");
         assert!(text.contains("driver:      550.54.15"), "{text}");
+        assert!(!text.contains("reported:"), "same as of record: {text}");
+    }
+
+    #[test]
+    fn node_details_show_reported_labels_unlike_the_labels_of_record() {
+        let mut claimed = node("lab-1", "nvml");
+        claimed.reported_labels = [("sku".to_string(), "hgx-h200".to_string())].into();
+        let text = format_node(&claimed, now());
+        assert!(text.contains("labels:      sku=hgx-h100"), "{text}");
+        assert!(
+            text.contains(
+                "reported:    sku=hgx-h200 (by its agent; runs select on the labels above)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

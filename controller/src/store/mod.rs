@@ -240,8 +240,8 @@ macro_rules! latest_runs_cte {
 macro_rules! node_query {
     ($tail:expr) => {
         concat!(
-            "SELECT n.name, n.labels, n.inventory, n.state, n.health, n.health_reason,
-                    n.last_seen_at,
+            "SELECT n.name, n.labels, n.reported_labels, n.inventory, n.state, n.health,
+                    n.health_reason, n.last_seen_at,
                     (SELECT j.id FROM jobs j
                      WHERE j.node = n.name AND j.state IN {active}
                      ORDER BY j.updated_at DESC LIMIT 1) AS current_job

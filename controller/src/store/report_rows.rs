@@ -100,6 +100,8 @@ fn report_job(row: &impl StoreRow) -> Result<ReportJob, StoreError> {
         registered: Node {
             id: node.clone(),
             labels: labels.clone(),
+            // The report shows the labels of record.
+            reported_labels: Labels::default(),
             state: f.parse("node_state")?,
             health: f.parse("health")?,
             // The report shows state and health now; the reason is for `node show`.

@@ -173,6 +173,7 @@ pub(super) fn node(row: &impl StoreRow) -> Result<Node, StoreError> {
     Ok(Node {
         id: NodeId(f.text("name")?),
         labels: f.json::<Labels>("labels")?,
+        reported_labels: f.json::<Labels>("reported_labels")?,
         state: f.parse("state")?,
         health: f.parse("health")?,
         health_reason: f.text("health_reason")?,

@@ -153,6 +153,7 @@ pub fn node() -> impl Strategy<Value = Node> {
         .prop_map(
             |((id, labels, state, health, health_reason), (inventory, last_seen_at, job))| Node {
                 id: NodeId::new(id),
+                reported_labels: labels.clone(),
                 labels,
                 state,
                 health,
