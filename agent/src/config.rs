@@ -124,7 +124,9 @@ impl AgentConfig {
                 self.controller
             ));
         }
-        if !self.controller.starts_with("https://") && !is_loopback_url(&self.controller) {
+        if !self.controller.starts_with("https://")
+            && !tollgate_domain::access::is_loopback_url(&self.controller)
+        {
             return Err(format!(
                 "refusing plain text to {}: only a loopback controller may be reached with \
                  http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)",
@@ -136,19 +138,6 @@ impl AgentConfig {
         }
         Ok(())
     }
-}
-
-/// Whether a URL's host is a loopback address (or `localhost`).
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How often fleet telemetry is sampled outside steps unless told otherwise.

@@ -63,19 +63,6 @@ pub struct Target {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Whether a URL's host is a loopback address (or `localhost`).
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// An endpoint for `target`: TLS trusting `--ca-file` for `https://`, plain text only to a
 /// loopback address.
 pub fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
@@ -102,7 +89,7 @@ pub fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
             .tls_config(tls)
             .map_err(|error| anyhow::anyhow!("TLS for {url}: {}", error_chain(&error)));
     }
-    if !is_loopback_url(url) {
+    if !tollgate_domain::access::is_loopback_url(url) {
         anyhow::bail!(
             "refusing plain text to {url}: only a loopback controller may be reached with \
              http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)"

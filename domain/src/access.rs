@@ -225,9 +225,54 @@ pub fn create_token(
     })
 }
 
+/// Whether a URL's host is a loopback address or `localhost`: the only place a client sends
+/// plain text to (`http://`). A URL that does not parse is not loopback.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_urls_are_told_apart() {
+        for url in [
+            "http://127.0.0.1:7800",
+            "http://127.5.6.7",
+            "http://localhost:7800/",
+            "http://LOCALHOST",
+            "http://[::1]:7800",
+            "http://user@127.0.0.1:1",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:7800",
+            "http://controller.lab:7800",
+            "http://127.0.0.1.evil.example",
+            "http://[::2]:7800",
+            "http://localhost.evil.example",
+            "127.0.0.1:7800",
+            "",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
     use chrono::TimeZone as _;
 
     fn at(seconds: i64) -> Timestamp {

@@ -145,30 +145,11 @@ async fn spend(
     let now = shared.now();
     enrollment::check(token.as_ref(), node, now)?;
     let labels = token.map(|token| token.labels).unwrap_or_default();
-    let signed = ca
-        .sign_node(
-            node.as_str(),
-            csr_pem,
-            now,
-            shared.config.node_certificate_lifetime,
-        )
-        .map_err(EnrollError::BadRequest)?;
-    let certificate = IssuedCertificate {
-        serial: signed.serial.clone(),
-        node: node.clone(),
-        issued_at: now,
-        not_after: signed.not_after,
-    };
-    let note = AuditNote::new(
-        now,
-        format!("node/{node}"),
-        "node.enroll",
-        format!("node/{node}"),
-    )
-    .details(serde_json::json!({
-        "serial": signed.serial,
-        "not_after": signed.not_after.to_rfc3339(),
-    }));
+    let Issued {
+        answer,
+        certificate,
+        note,
+    } = issue(shared, ca, node, csr_pem, now, "node.enroll")?;
     match shared
         .store
         .spend_bootstrap_token(&token_hash, &labels, &certificate, &note)
@@ -185,11 +166,54 @@ async fn spend(
         }
         Err(error) => return Err(error.into()),
     }
-    tracing::info!(node = %node, serial = signed.serial, "node enrolled");
-    Ok(proto::EnrollResponse {
-        certificate_pem: signed.cert_pem,
-        ca_pem: ca.cert_pem().to_owned(),
-        not_after: Some(timestamp_to_proto(signed.not_after)),
+    tracing::info!(node = %node, serial = certificate.serial, "node enrolled");
+    Ok(answer)
+}
+
+/// A certificate the lab CA signed for a node: the agent's answer, the row recording it and
+/// the audit entry of the `action` that issued it.
+struct Issued {
+    answer: proto::EnrollResponse,
+    certificate: IssuedCertificate,
+    note: AuditNote,
+}
+
+/// Signs `csr_pem` as `node`'s client certificate, valid for the configured lifetime from now.
+fn issue(
+    shared: &Shared,
+    ca: &crate::pki::Ca,
+    node: &NodeId,
+    csr_pem: &str,
+    now: tollgate_domain::Timestamp,
+    action: &str,
+) -> Result<Issued, EnrollError> {
+    let signed = ca
+        .sign_node(
+            node.as_str(),
+            csr_pem,
+            now,
+            shared.config.node_certificate_lifetime,
+        )
+        .map_err(EnrollError::BadRequest)?;
+    let note = AuditNote::new(now, format!("node/{node}"), action, format!("node/{node}")).details(
+        serde_json::json!({
+            "serial": signed.serial,
+            "not_after": signed.not_after.to_rfc3339(),
+        }),
+    );
+    Ok(Issued {
+        certificate: IssuedCertificate {
+            serial: signed.serial,
+            node: node.clone(),
+            issued_at: now,
+            not_after: signed.not_after,
+        },
+        note,
+        answer: proto::EnrollResponse {
+            certificate_pem: signed.cert_pem,
+            ca_pem: ca.cert_pem().to_owned(),
+            not_after: Some(timestamp_to_proto(signed.not_after)),
+        },
     })
 }
 
@@ -204,40 +228,16 @@ pub async fn renew(
     errors.text("csr_pem", &limits::CSR, csr_pem);
     errors.finish(()).map_err(invalid_fields)?;
     let ca = shared.config.ca.as_ref().ok_or(EnrollError::NoCa)?;
-    let now = shared.now();
-    let signed = ca
-        .sign_node(
-            node.as_str(),
-            csr_pem,
-            now,
-            shared.config.node_certificate_lifetime,
-        )
-        .map_err(EnrollError::BadRequest)?;
-    let certificate = IssuedCertificate {
-        serial: signed.serial.clone(),
-        node: node.clone(),
-        issued_at: now,
-        not_after: signed.not_after,
-    };
-    let note = AuditNote::new(
-        now,
-        format!("node/{node}"),
-        "node.renew",
-        format!("node/{node}"),
-    )
-    .details(serde_json::json!({
-        "serial": signed.serial,
-        "not_after": signed.not_after.to_rfc3339(),
-    }));
+    let Issued {
+        answer,
+        certificate,
+        note,
+    } = issue(shared, ca, node, csr_pem, shared.now(), "node.renew")?;
     shared
         .store
         .record_certificate(&certificate, &note)
         .await
         .map_err(EnrollError::from)?;
-    tracing::info!(node = %node, serial = signed.serial, "node certificate renewed");
-    Ok(proto::EnrollResponse {
-        certificate_pem: signed.cert_pem,
-        ca_pem: ca.cert_pem().to_owned(),
-        not_after: Some(timestamp_to_proto(signed.not_after)),
-    })
+    tracing::info!(node = %node, serial = certificate.serial, "node certificate renewed");
+    Ok(answer)
 }

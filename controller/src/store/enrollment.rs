@@ -21,6 +21,23 @@ pub struct IssuedCertificate {
     pub not_after: Timestamp,
 }
 
+/// Inserts the row of a certificate issued to a node, in transaction `$tx`.
+macro_rules! insert_certificate {
+    ($tx:ident, $certificate:expr) => {{
+        let certificate: &IssuedCertificate = $certificate;
+        sqlx::query(
+            "INSERT INTO node_certificates (serial, node_name, issued_at, not_after)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&certificate.serial)
+        .bind(certificate.node.as_str())
+        .bind(micros(certificate.issued_at))
+        .bind(micros(certificate.not_after))
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
 impl Store {
     /// Stores a new bootstrap token (only its hash) with its audit entry.
     pub async fn create_bootstrap_token(
@@ -88,9 +105,6 @@ impl Store {
     ) -> Result<(), StoreError> {
         const SPEND: &str = "UPDATE bootstrap_tokens SET spent_at = $2
              WHERE token_hash = $1 AND spent_at IS NULL";
-        const CERTIFICATE: &str =
-            "INSERT INTO node_certificates (serial, node_name, issued_at, not_after)
-             VALUES ($1, $2, $3, $4)";
         const LABELS: &str = "INSERT INTO node_enrollments (node_name, labels, enrolled_at)
              VALUES ($1, $2, $3)
              ON CONFLICT (node_name) DO UPDATE SET labels = $2, enrolled_at = $3";
@@ -109,13 +123,7 @@ impl Store {
                     detail: "spent by another enrollment meanwhile".into(),
                 });
             }
-            sqlx::query(CERTIFICATE)
-                .bind(&certificate.serial)
-                .bind(certificate.node.as_str())
-                .bind(micros(certificate.issued_at))
-                .bind(micros(certificate.not_after))
-                .execute(&mut *tx)
-                .await?;
+            insert_certificate!(tx, certificate);
             sqlx::query(LABELS)
                 .bind(certificate.node.as_str())
                 .bind(&labels)
@@ -211,17 +219,9 @@ impl Store {
         certificate: &IssuedCertificate,
         note: &AuditNote,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO node_certificates (serial, node_name, issued_at, not_after)
-             VALUES ($1, $2, $3, $4)";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(SQL)
-                .bind(&certificate.serial)
-                .bind(certificate.node.as_str())
-                .bind(micros(certificate.issued_at))
-                .bind(micros(certificate.not_after))
-                .execute(&mut *tx)
-                .await?;
+            insert_certificate!(tx, certificate);
             append_audit!(tx, note);
             tx.commit().await?;
             Ok(())
