@@ -3,8 +3,9 @@
 //! `<testsuites>` (optional) holds `<testsuite name=..>`s holding `<testcase classname=..
 //! name=..>`s. A testcase with `<failure>` failed, with `<error>` is an error, with `<skipped>`
 //! was skipped, and passed otherwise. The sub-result's name is `classname.name` (just `name`
-//! without a classname); its message is the failure's or error's `message` attribute, else the
-//! first line of its text.
+//! without a classname), or `(unnamed testcase N)` (its place in the report) when both are
+//! missing or blank, since every sub-result needs a name; its message is the failure's or
+//! error's `message` attribute, else the first line of its text.
 
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
@@ -58,6 +59,7 @@ pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
     let mut suites: Vec<String> = Vec::new();
     let mut case: Option<Case> = None;
     let mut subs = Vec::new();
+    let mut n_cases = 0_usize;
     let mut depth: i64 = 0;
     let error = |reader: &Reader<&[u8]>, message: String| JunitError::Xml {
         position: reader.buffer_position(),
@@ -83,6 +85,12 @@ pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
                         let name = match attribute(element, b"classname") {
                             Some(class) if !class.is_empty() => format!("{class}.{name}"),
                             _ => name,
+                        };
+                        n_cases += 1;
+                        let name = if name.trim().is_empty() {
+                            format!("(unnamed testcase {n_cases})")
+                        } else {
+                            name
                         };
                         let new = Case {
                             suite: suites.last().cloned().unwrap_or_default(),
@@ -297,6 +305,23 @@ more</error></testcase>
             step_outcome(&[sub(Outcome::Passed), sub(Outcome::Error)], Some(1)).0,
             Outcome::Error
         );
+    }
+
+    #[test]
+    fn a_testcase_without_a_name_is_named_by_its_place() {
+        // Found by fuzzing: the controller refuses a sub-result without a name, and with it
+        // the whole step result.
+        let subs = parse(
+            r#"<testsuite name="s"><testcase name="a"/><testcase classname+="c" n`ame="n"><failure message="m">t</failure></testcase><testcase name=" "/></testsuite>"#,
+        )
+        .expect("ok");
+        let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "(unnamed testcase 2)", "(unnamed testcase 3)"]);
+        for sub in subs {
+            tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&sub))
+                .map(|_: SubResult| ())
+                .expect("the controller takes it");
+        }
     }
 
     #[test]
