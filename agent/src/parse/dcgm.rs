@@ -132,11 +132,12 @@ pub fn parse(json: &str, level: u8) -> Result<Vec<SubResult>, DcgmError> {
                     let (outcome, message) = grade(&entity);
                     let sub = SubResult {
                         source: "dcgm-diag".to_owned(),
-                        suite: category.category.clone(),
-                        name: test.name.clone(),
+                        // Texts as the controller keeps them: a NUL byte as U+FFFD.
+                        suite: tollgate_domain::limits::printable(category.category.clone()),
+                        name: tollgate_domain::limits::printable(test.name.clone()),
                         gpu_index: Some(entity.entity_id),
                         outcome,
-                        message,
+                        message: tollgate_domain::limits::printable(message),
                         level: Some(level),
                     };
                     let key = (category_idx, test.name.clone(), entity.entity_id);

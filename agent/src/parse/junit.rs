@@ -172,14 +172,17 @@ pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
     Ok(subs)
 }
 
+/// The sub-result of a testcase, its texts as the controller keeps them (a NUL byte as
+/// U+FFFD, `limits::printable`).
 fn finish(case: Case) -> SubResult {
+    use tollgate_domain::limits::printable;
     SubResult {
         source: "junit".to_owned(),
-        suite: case.suite,
-        name: case.name,
+        suite: printable(case.suite),
+        name: printable(case.name),
         gpu_index: None,
         outcome: case.outcome,
-        message: case.message,
+        message: printable(case.message),
         level: None,
     }
 }
@@ -317,6 +320,14 @@ more</error></testcase>
         .expect("ok");
         let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "(unnamed testcase 2)", "(unnamed testcase 3)"]);
+        // Also found by fuzzing: NUL bytes in a name are kept as the controller keeps them.
+        let subs =
+            parse("<testsuite name=\"s\"><testcase name=\"a\0\0b\"/></testsuite>").expect("ok");
+        assert_eq!(subs[0].name, "a\u{FFFD}\u{FFFD}b");
+        let back: SubResult =
+            tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&subs[0]))
+                .expect("the controller takes it");
+        assert_eq!(back, subs[0], "unchanged on the wire");
         for sub in subs {
             tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&sub))
                 .map(|_: SubResult| ())
