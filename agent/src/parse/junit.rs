@@ -173,16 +173,16 @@ pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
 }
 
 /// The sub-result of a testcase, its texts as the controller keeps them (a NUL byte as
-/// U+FFFD, `limits::printable`).
+/// U+FFFD, `limits::printable`) and within its limits (cut at the end).
 fn finish(case: Case) -> SubResult {
-    use tollgate_domain::limits::printable;
+    use tollgate_domain::limits::{MESSAGE, TEST_NAME, printable, truncate};
     SubResult {
         source: "junit".to_owned(),
-        suite: printable(case.suite),
-        name: printable(case.name),
+        suite: truncate(&TEST_NAME, &printable(case.suite), false),
+        name: truncate(&TEST_NAME, &printable(case.name), false),
         gpu_index: None,
         outcome: case.outcome,
-        message: printable(case.message),
+        message: truncate(&MESSAGE, &printable(case.message), false),
         level: None,
     }
 }
@@ -328,6 +328,16 @@ more</error></testcase>
             tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&subs[0]))
                 .expect("the controller takes it");
         assert_eq!(back, subs[0], "unchanged on the wire");
+        // And a name over the controller's limit is cut to it (found by fuzzing too).
+        let long = "n".repeat(tollgate_domain::limits::TEST_NAME.max + 10);
+        let subs = parse(&format!(
+            "<testsuite><testcase name=\"{long}\"/></testsuite>"
+        ))
+        .expect("ok");
+        assert_eq!(subs[0].name.len(), tollgate_domain::limits::TEST_NAME.max);
+        tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&subs[0]))
+            .map(|_: SubResult| ())
+            .expect("the controller takes it");
         for sub in subs {
             tollgate_wire::FromProto::from_proto(tollgate_wire::ToProto::to_proto(&sub))
                 .map(|_: SubResult| ())
