@@ -121,6 +121,71 @@ impl StepResult {
     pub fn ran_on(&self) -> &Inventory {
         self.inventory_at_end.as_ref().unwrap_or(&self.inventory)
     }
+
+    /// Cuts the result to what the controller keeps (`crate::limits`), saying in its message
+    /// what was left out, so that a step that printed more than the limits allow still
+    /// delivers its result: the controller refuses an overlong list whole, and a refused
+    /// result is lost. Test results keep every one that did not pass before any that passed
+    /// (the gate and the report judge on failures); measurements, events and series keep
+    /// their first entries; the log tail keeps its end. The outcome is never changed.
+    pub fn fit_to_limits(&mut self) {
+        use crate::limits::{self, Limit};
+        fn cut<T>(list: &mut Vec<T>, limit: &Limit, what: &str, notes: &mut Vec<String>) {
+            if list.len() > limit.max {
+                notes.push(format!(
+                    "{} {what} over the limit of {} not kept",
+                    list.len() - limit.max,
+                    limit.max
+                ));
+                list.truncate(limit.max);
+            }
+        }
+        let mut notes = Vec::new();
+        if self.sub_results.len() > limits::SUB_RESULTS.max {
+            // Stable: within each group the parser's order stays.
+            self.sub_results
+                .sort_by_key(|sub| sub.outcome == Outcome::Passed);
+        }
+        cut(
+            &mut self.sub_results,
+            &limits::SUB_RESULTS,
+            "test results",
+            &mut notes,
+        );
+        cut(
+            &mut self.measurements,
+            &limits::MEASUREMENTS,
+            "measurements",
+            &mut notes,
+        );
+        cut(&mut self.events, &limits::EVENTS, "GPU events", &mut notes);
+        cut(
+            &mut self.series,
+            &limits::SERIES,
+            "telemetry series",
+            &mut notes,
+        );
+        self.log_tail = limits::truncate(
+            &limits::LOG_TAIL,
+            &limits::printable(std::mem::take(&mut self.log_tail)),
+            true,
+        );
+        let mut message = limits::printable(std::mem::take(&mut self.message));
+        if !notes.is_empty() {
+            let note = format!(" ({})", notes.join("; "));
+            let room = limits::MESSAGE.max.saturating_sub(note.len());
+            message = limits::truncate(
+                &Limit {
+                    max: room,
+                    ..limits::MESSAGE
+                },
+                &message,
+                false,
+            );
+            message.push_str(&note);
+        }
+        self.message = limits::truncate(&limits::MESSAGE, &message, false);
+    }
 }
 
 /// The final attempt of each step among `results`, as `(step index, index into results)`, by
@@ -361,5 +426,91 @@ mod sub_result_tests {
         let (shown, left_out) = listed(&subs, 10);
         assert_eq!(shown.len(), 4);
         assert_eq!(left_out, 0);
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+    use crate::limits;
+    use crate::test_support::{step_result, with_measurement};
+
+    fn sub(i: usize, outcome: Outcome) -> SubResult {
+        SubResult {
+            source: "junit".into(),
+            suite: "s".into(),
+            name: format!("t{i}"),
+            gpu_index: None,
+            outcome,
+            message: String::new(),
+            level: None,
+        }
+    }
+
+    #[test]
+    fn a_result_within_the_limits_is_unchanged() {
+        let mut result = with_measurement(step_result(0, 1, Outcome::Passed), "x", 1.0);
+        result.sub_results = (0..10).map(|i| sub(i, Outcome::Passed)).collect();
+        let before = result.clone();
+        result.fit_to_limits();
+        assert_eq!(result, before);
+    }
+
+    #[test]
+    fn overlong_lists_are_cut_keeping_failures_and_saying_so() {
+        let max = limits::SUB_RESULTS.max;
+        let mut result = step_result(0, 1, Outcome::Failed);
+        result.message = "1 of 10003 testcases failed".into();
+        // The failures come last, where a plain cut would lose them.
+        result.sub_results = (0..max + 2).map(|i| sub(i, Outcome::Passed)).collect();
+        result.sub_results.push(sub(max + 2, Outcome::Failed));
+        result.measurements = (0..limits::MEASUREMENTS.max + 5)
+            .map(|i| Measurement {
+                name: format!("m{i}"),
+                value: 1.0,
+                unit: None,
+            })
+            .collect();
+        result.log_tail = format!("{}END", "x".repeat(limits::LOG_TAIL.max));
+        result.fit_to_limits();
+
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(result.sub_results.len(), max);
+        assert_eq!(result.sub_results[0].name, format!("t{}", max + 2));
+        assert_eq!(result.sub_results[0].outcome, Outcome::Failed);
+        // Passed ones keep their order after it.
+        assert_eq!(result.sub_results[1].name, "t0");
+        assert_eq!(result.measurements.len(), limits::MEASUREMENTS.max);
+        assert_eq!(result.measurements[0].name, "m0");
+        assert_eq!(result.log_tail.len(), limits::LOG_TAIL.max);
+        assert!(result.log_tail.ends_with("END"));
+        assert_eq!(
+            result.message,
+            "1 of 10003 testcases failed (3 test results over the limit of 10000 not kept; \
+             5 measurements over the limit of 10000 not kept)"
+        );
+    }
+
+    #[test]
+    fn the_note_fits_even_after_a_message_at_its_limit() {
+        let mut result = step_result(0, 1, Outcome::Passed);
+        result.message = "é".repeat(limits::MESSAGE.max);
+        result.events = (0..limits::EVENTS.max + 1)
+            .map(|_| with_xid_event())
+            .collect();
+        result.fit_to_limits();
+        assert!(result.message.len() <= limits::MESSAGE.max);
+        assert!(
+            result
+                .message
+                .ends_with("(1 GPU events over the limit of 10000 not kept)")
+        );
+        assert_eq!(result.events.len(), limits::EVENTS.max);
+    }
+
+    fn with_xid_event() -> crate::telemetry::GpuEvent {
+        crate::test_support::with_xid(step_result(0, 1, Outcome::Passed), 0, 79)
+            .events
+            .remove(0)
     }
 }

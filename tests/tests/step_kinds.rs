@@ -150,3 +150,39 @@ async fn qualification_step_kinds_run_end_to_end() {
     assert_eq!(rule.verdict, "failed", "{rule:#?}");
     assert!(rule.reason.contains("failed"), "{}", rule.reason);
 }
+
+/// A JUnit report with more testcases than the controller keeps for one result: the agent
+/// keeps the failing testcase and as many others as fit and says what it left out, and the
+/// result arrives (the controller refuses an overlong list whole, which lost the result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_junit_report_over_the_limit_still_delivers_its_result() {
+    let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    let over = tollgate_domain::limits::SUB_RESULTS.max + 4;
+    let plan = format!(
+        r#"name: big-suite
+selector: {{sku: hgx-h100}}
+steps:
+  - name: suite
+    kind: junit
+    command: [sh, -c, "i=0; {{ echo '<testsuite name=\"big\">'; while [ $i -lt {over} ]; do echo \"<testcase name=\\\"t$i\\\"/>\"; i=$((i+1)); done; echo '<testcase name=\"last\"><failure message=\"boom\"/></testcase></testsuite>'; }} > $TOLLGATE_RESULTS_DIR/junit.xml"]
+    report: junit.xml
+    timeout: 60s
+"#
+    );
+    let _agent = Agent::start(&controller.url, "lab-big", 1, &[]);
+    let mut clients = controller.clients().await;
+    let run = clients.qualify("r550", 1, &plan, GATE).await;
+    let result = &run.jobs[0].results[0];
+    assert_eq!(outcome(result.outcome), v1::Outcome::Failed, "{result:#?}");
+    assert!(
+        result
+            .message
+            .ends_with("(5 test results over the limit of 10000 not kept)"),
+        "{}",
+        result.message
+    );
+    assert_eq!(result.sub_results[0].name, "last");
+    assert_eq!(outcome(result.sub_results[0].outcome), v1::Outcome::Failed);
+}

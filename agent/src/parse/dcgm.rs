@@ -23,6 +23,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use tollgate_domain::limits::{MESSAGE, TEST_NAME};
 use tollgate_domain::result::{Outcome, SubResult};
 
 /// The highest `error_severity` that is only a warning (`DCGM_ERROR_MONITOR`).
@@ -132,12 +133,13 @@ pub fn parse(json: &str, level: u8) -> Result<Vec<SubResult>, DcgmError> {
                     let (outcome, message) = grade(&entity);
                     let sub = SubResult {
                         source: "dcgm-diag".to_owned(),
-                        // Texts as the controller keeps them: a NUL byte as U+FFFD.
-                        suite: tollgate_domain::limits::printable(category.category.clone()),
-                        name: tollgate_domain::limits::printable(test.name.clone()),
+                        // Texts as the controller keeps them: a NUL byte as U+FFFD, cut
+                        // to their limits.
+                        suite: super::kept_text(&TEST_NAME, category.category.clone()),
+                        name: super::kept_text(&TEST_NAME, test.name.clone()),
                         gpu_index: Some(entity.entity_id),
                         outcome,
-                        message: tollgate_domain::limits::printable(message),
+                        message: super::kept_text(&MESSAGE, message),
                         level: Some(level),
                     };
                     let key = (category_idx, test.name.clone(), entity.entity_id);
@@ -343,5 +345,21 @@ mod tests {
         let subs = parse(&json, 4).expect("parses");
         assert_eq!(subs.len(), 500);
         assert_eq!(step_outcome(&subs).0, Outcome::Passed);
+    }
+
+    #[test]
+    fn overlong_texts_are_cut_to_what_the_controller_keeps() {
+        let long = "n".repeat(TEST_NAME.max + 10);
+        let warning = "w".repeat(MESSAGE.max + 10);
+        let json = format!(
+            r#"{{"DCGM Diagnostic": {{"test_categories": [{{"category": "{long}", "tests": [{{"name": "{long}",
+              "results": [{{"entity_group": "GPU", "entity_group_id": 1, "entity_id": 0, "status": "Fail",
+              "warnings": [{{"error_category": 10, "error_id": 0, "error_severity": 2, "warning": "{warning}"}}]}}],
+              "test_summary": {{"status": "Fail"}}}}]}}]}}}}"#
+        );
+        let subs = parse(&json, 2).expect("parses");
+        assert_eq!(subs[0].suite.len(), TEST_NAME.max);
+        assert_eq!(subs[0].name.len(), TEST_NAME.max);
+        assert_eq!(subs[0].message.len(), MESSAGE.max);
     }
 }

@@ -175,14 +175,14 @@ pub fn parse(xml: &str) -> Result<Vec<SubResult>, JunitError> {
 /// The sub-result of a testcase, its texts as the controller keeps them (a NUL byte as
 /// U+FFFD, `limits::printable`) and within its limits (cut at the end).
 fn finish(case: Case) -> SubResult {
-    use tollgate_domain::limits::{MESSAGE, TEST_NAME, printable, truncate};
+    use tollgate_domain::limits::{MESSAGE, TEST_NAME};
     SubResult {
         source: "junit".to_owned(),
-        suite: truncate(&TEST_NAME, &printable(case.suite), false),
-        name: truncate(&TEST_NAME, &printable(case.name), false),
+        suite: super::kept_text(&TEST_NAME, case.suite),
+        name: super::kept_text(&TEST_NAME, case.name),
         gpu_index: None,
         outcome: case.outcome,
-        message: truncate(&MESSAGE, &printable(case.message), false),
+        message: super::kept_text(&MESSAGE, case.message),
         level: None,
     }
 }

@@ -100,9 +100,11 @@ impl Kept {
     }
 }
 
-/// Sends `result` and waits until the receiver kept it. A receiver that is gone (the agent
-/// drops the job) ends the wait: there is nobody left to keep it.
-async fn report(events: &mpsc::UnboundedSender<JobEvent>, result: StepResult) {
+/// Sends `result`, cut to what the controller keeps, and waits until the receiver kept it. A
+/// receiver that is gone (the agent drops the job) ends the wait: there is nobody left to
+/// keep it.
+async fn report(events: &mpsc::UnboundedSender<JobEvent>, mut result: StepResult) {
+    result.fit_to_limits();
     let (kept, answer) = oneshot::channel();
     if events
         .send(JobEvent::Result(Box::new(result), Kept(kept)))
