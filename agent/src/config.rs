@@ -117,20 +117,22 @@ impl AgentConfig {
         for name in &self.pass_env {
             crate::runner::environment::check_pass_env_name(name)?;
         }
-        if self.controller.starts_with("https://") && self.ca_file.is_none() {
+        let addresses = crate::client::parse_controllers(&self.controller)?;
+        if addresses[0].url.starts_with("https://") && self.ca_file.is_none() {
             return Err(format!(
                 "--ca-file is needed for {}: pass the controller's CA certificate (ca.pem from \
                  `tollgate-controller ca init`) with --ca-file or TOLLGATE_CA_FILE",
                 self.controller
             ));
         }
-        if !self.controller.starts_with("https://")
-            && !tollgate_domain::access::is_loopback_url(&self.controller)
-        {
+        if let Some(plain) = addresses.iter().find(|address| {
+            !address.url.starts_with("https://")
+                && !tollgate_domain::access::is_loopback_url(&address.url)
+        }) {
             return Err(format!(
                 "refusing plain text to {}: only a loopback controller may be reached with \
                  http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)",
-                self.controller
+                plain.url
             ));
         }
         if self.sample_interval.is_zero() {

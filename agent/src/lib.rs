@@ -108,13 +108,12 @@ async fn enroll_once(config: &AgentConfig) -> anyhow::Result<()> {
     }
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("reading --bootstrap-token-file {}", token_file.display()))?;
-    let endpoint = client::endpoint(config)?.connect_timeout(std::time::Duration::from_secs(5));
     let mut delay = std::time::Duration::from_millis(100);
     let channel = loop {
-        match endpoint.connect().await {
+        match client::enrollment_channel(config).await {
             Ok(channel) => break channel,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "cannot reach the controller to enroll");
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "cannot reach the controller to enroll");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }

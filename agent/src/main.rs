@@ -15,7 +15,9 @@ use tollgate_agent::{AgentConfig, Fault, GpuMode};
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-agent", version)]
 struct Args {
-    /// Controller URL.
+    /// Controller URL; for replicas, their URLs separated by commas
+    /// (`https://ctl-a:7443,https://ctl-b:7443`): the agent connects to one that answers and
+    /// moves to another when it goes away.
     #[arg(
         long,
         env = "TOLLGATE_CONTROLLER",

@@ -18,14 +18,19 @@ use tollgate_domain::job::{self, JobEvent, JobFacts, NodeChange};
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::{NodeId, RunId};
 
-/// Runs until shutdown starts.
+/// Runs until shutdown starts, checking leases while this replica leads (one replica of a
+/// deployment expires leases; see `replica.rs`).
 pub async fn run_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.subscribe_shutdown();
     let tick = shared.config.tick;
+    let mut leader = crate::replica::Leader::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
+        }
+        if !leader.leads(&shared).await {
+            continue;
         }
         if let Err(error) = check_once(&shared).await {
             tracing::warn!(%error, "lease check failed; retrying at the next tick");

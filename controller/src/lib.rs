@@ -27,6 +27,7 @@ pub mod lease;
 pub mod limits;
 pub mod listener;
 pub mod pki;
+pub mod replica;
 pub mod report;
 pub mod scheduler;
 pub mod sessions;
@@ -85,6 +86,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_serving: impl FnOnce(Serving),
 ) -> anyhow::Result<()> {
+    // Held until the controller stops: a second controller on this SQLite file is refused.
+    let _sole = replica::sole_sqlite_controller(&config.database_url)?;
     let store = store::Store::connect(&config.database_url)
         .await
         .with_context(|| {
@@ -115,9 +118,11 @@ pub async fn run_with(
     shared.revocations.add(
         shared
             .store
-            .revoked_serials()
+            .revoked_certificates()
             .await
-            .context("loading the revoked node certificates")?,
+            .context("loading the revoked node certificates")?
+            .into_iter()
+            .map(|(serial, _node)| serial),
     );
     let serving = Serving {
         addr: local_addr,
@@ -149,6 +154,7 @@ async fn serve(
     let lease_task = tokio::spawn(lease::run_loop(shared.clone()));
     let gates_task = tokio::spawn(gates::run_loop(shared.clone()));
     let writes_task = tokio::spawn(follow_writes(shared.clone(), health_reporter.clone()));
+    let sync_task = tokio::spawn(replica::sync_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -197,6 +203,7 @@ async fn serve(
         ("lease watchdog", lease_task),
         ("gate re-evaluation", gates_task),
         ("database health", writes_task),
+        ("replica sync", sync_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

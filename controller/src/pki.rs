@@ -438,12 +438,16 @@ pub fn peer_certificate(der: &[u8]) -> Option<PeerCertificate> {
 pub struct Revocations(std::sync::RwLock<std::collections::HashSet<String>>);
 
 impl Revocations {
-    /// Adds serials.
-    pub fn add(&self, serials: impl IntoIterator<Item = String>) {
-        self.0
+    /// Adds serials; returns how many were not known yet.
+    pub fn add(&self, serials: impl IntoIterator<Item = String>) -> usize {
+        let mut known = self
+            .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(serials);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        serials
+            .into_iter()
+            .filter(|serial| known.insert(serial.clone()))
+            .count()
     }
 
     /// Whether the certificate with this serial was revoked.

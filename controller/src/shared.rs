@@ -81,6 +81,29 @@ impl Shared {
         }
     }
 
+    /// Whether `node`'s agent holds a stream on some replica: here, or (on PostgreSQL, where
+    /// replicas share the store) on one that recorded a heartbeat of it within
+    /// [`Shared::LIVE_HEARTBEATS`] heartbeat intervals.
+    pub fn agent_connected(
+        &self,
+        node: &tollgate_domain::NodeId,
+        last_seen_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> bool {
+        let window = (self.store.backend() == "postgres")
+            .then(|| self.config.heartbeat_interval * Self::LIVE_HEARTBEATS);
+        tollgate_domain::node::agent_connected(
+            self.sessions.is_connected(node),
+            last_seen_at,
+            window,
+            now,
+        )
+    }
+
+    /// Heartbeat intervals within which a heartbeat recorded by another replica shows the
+    /// node's agent connected there.
+    pub const LIVE_HEARTBEATS: u32 = 3;
+
     /// The current time, from the configured clock.
     pub fn now(&self) -> Timestamp {
         self.config.clock.now()

@@ -182,6 +182,24 @@ pub struct NodeRefusal {
     pub message: String,
 }
 
+/// Whether a node's agent holds a stream on some replica of the controller: on the one asking
+/// (`here`), or, when replicas share the store (`window` is `Some`), on another one that
+/// recorded a heartbeat of it within `window` before `now`.
+pub fn agent_connected(
+    here: bool,
+    last_seen_at: Option<crate::Timestamp>,
+    window: Option<std::time::Duration>,
+    now: crate::Timestamp,
+) -> bool {
+    here || match (
+        last_seen_at,
+        window.and_then(|w| chrono::Duration::from_std(w).ok()),
+    ) {
+        (Some(seen), Some(window)) => seen + window >= now,
+        _ => false,
+    }
+}
+
 /// The state a node is shown and scheduled in: a `ready` or `busy` node without a live agent
 /// session counts as `unreachable` (a node that registered but whose stream is not open yet,
 /// or just closed, cannot be sent a job). Stored state is moved only by [`next_state`]; this
@@ -387,6 +405,18 @@ mod tests {
             };
             assert_eq!(seen_state(state, false), expected, "{state}");
         }
+    }
+
+    #[test]
+    fn an_agent_is_connected_here_or_recently_heard_by_a_replica_sharing_the_store() {
+        let window = Some(std::time::Duration::from_secs(6));
+        assert!(agent_connected(true, None, None, at(100)));
+        // One controller on its own store: only its own sessions count.
+        assert!(!agent_connected(false, Some(at(100)), None, at(100)));
+        // Replicas: a heartbeat another one recorded within the window counts.
+        assert!(agent_connected(false, Some(at(94)), window, at(100)));
+        assert!(!agent_connected(false, Some(at(93)), window, at(100)));
+        assert!(!agent_connected(false, None, window, at(100)));
     }
 
     fn lost() -> HealthEvent {

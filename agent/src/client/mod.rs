@@ -29,6 +29,8 @@
 //! continue, in the slot, so that the first heartbeat already names it.
 
 mod backoff;
+mod failover;
+pub use failover::parse_list as parse_controllers;
 mod jobs;
 mod renew;
 mod resume;
@@ -53,7 +55,7 @@ use tokio::task::JoinHandle;
 use tollgate_domain::JobId;
 use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use upload::Held;
 
@@ -221,58 +223,64 @@ impl Drop for Agent {
     }
 }
 
-/// The agent's channel to the controller: for `https://`, over [`tls::Connector`], which
-/// presents the node's current certificate at every connection (renewal replaces it);
-/// otherwise plain, to loopback only (`AgentConfig::check`). Connects lazily.
+/// The agent's channel to the controller: every connection through [`failover::Connector`]
+/// (the replicas of `--controller` in turn), for `https://` presenting the node's current
+/// certificate (renewal replaces it); plain only to loopback (`AgentConfig::check`).
+/// Connects lazily.
 fn channel(config: &AgentConfig) -> anyhow::Result<(Channel, Option<Arc<tls::TlsSettings>>)> {
-    let tune = |endpoint: Endpoint| {
-        endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-    };
-    let Some(authority) = config.controller.strip_prefix("https://") else {
-        return Ok((tune(endpoint(config)?).connect_lazy(), None));
-    };
-    let Some(path) = &config.ca_file else {
-        anyhow::bail!(
-            "--ca-file is needed for {}: pass the controller's ca.pem",
-            config.controller
-        );
-    };
-    let ca_pem =
-        std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
     let identity = crate::identity::load(&config.state_dir)?;
-    let settings = tls::TlsSettings::new(ca_pem, identity.as_ref())?;
-    // The connector does TLS itself; tonic sees a plain URI with the same authority.
-    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-        .with_context(|| format!("controller address '{}'", config.controller))?;
-    let channel = tune(endpoint).connect_with_connector_lazy(tls::Connector(settings.clone()));
-    Ok((channel, Some(settings)))
+    let (endpoint, connector) = connector(config, identity.as_ref())?;
+    let tls = connector.tls();
+    let channel = endpoint
+        .connect_timeout(failover::CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(connector);
+    Ok((channel, tls))
 }
 
-/// The controller's endpoint without a client certificate (enrollment, plain loopback): TLS
-/// trusting `--ca-file` for `https://` (`AgentConfig::check` allows plain text only to
-/// loopback).
-pub(crate) fn endpoint(config: &AgentConfig) -> anyhow::Result<Endpoint> {
-    let endpoint = Endpoint::from_shared(config.controller.clone())
-        .with_context(|| format!("controller address '{}'", config.controller))?;
-    if !config.controller.starts_with("https://") {
-        return Ok(endpoint);
-    }
-    let Some(path) = &config.ca_file else {
-        anyhow::bail!(
-            "--ca-file is needed for {}: pass the controller's ca.pem",
-            config.controller
-        );
-    };
-    let pem =
-        std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+/// The channel for enrollment: TLS trusting `--ca-file`, without a client certificate (the
+/// node has none yet); connects now, to whichever replica answers.
+pub(crate) async fn enrollment_channel(config: &AgentConfig) -> anyhow::Result<Channel> {
+    let (endpoint, connector) = connector(config, None)?;
     endpoint
-        .tls_config(tls)
-        .with_context(|| format!("TLS for {}", config.controller))
+        .connect_timeout(failover::CONNECT_TIMEOUT)
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("connecting to {}", config.controller))
+}
+
+/// The endpoint (its URI only names the first replica; the connector picks the replica) and
+/// the connector over every replica of `--controller`.
+fn connector(
+    config: &AgentConfig,
+    identity: Option<&crate::identity::Identity>,
+) -> anyhow::Result<(Endpoint, failover::Connector)> {
+    let addresses = failover::parse_list(&config.controller).map_err(anyhow::Error::msg)?;
+    let tls = if config.controller.trim_start().starts_with("https://") {
+        let Some(path) = &config.ca_file else {
+            anyhow::bail!(
+                "--ca-file is needed for {}: pass the controller's ca.pem",
+                config.controller
+            );
+        };
+        let ca_pem =
+            std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+        Some(tls::TlsSettings::new(ca_pem, identity)?)
+    } else {
+        None
+    };
+    let first = &addresses[0];
+    let host = if first.host.contains(':') {
+        format!("[{}]", first.host)
+    } else {
+        first.host.clone()
+    };
+    // The connector does TLS itself; tonic sees a plain URI.
+    let endpoint = Endpoint::from_shared(format!("http://{host}:{}", first.port))
+        .with_context(|| format!("controller address '{}'", first.url))?;
+    Ok((endpoint, failover::Connector::new(addresses, tls)))
 }
 
 /// Resolves once shutdown was requested (or its sender is gone, which only happens then).

@@ -4,15 +4,9 @@
 
 use crate::identity::Identity;
 use anyhow::Context as _;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::future::Future;
-use std::pin::Pin;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
-use tokio::net::TcpStream;
-use tonic::codegen::http::Uri;
 
 /// The CA to trust and the identity to present; the identity is replaced on renewal.
 pub struct TlsSettings {
@@ -46,7 +40,8 @@ impl TlsSettings {
         Ok(())
     }
 
-    fn config(&self) -> Arc<rustls::ClientConfig> {
+    /// The client configuration of the moment (the current certificate).
+    pub(super) fn config(&self) -> Arc<rustls::ClientConfig> {
         self.config
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -84,41 +79,4 @@ fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Connects TCP to the URI's host and port, then TLS with the settings of the moment.
-#[derive(Clone, Debug)]
-pub struct Connector(pub Arc<TlsSettings>);
-
-impl tonic::codegen::Service<Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.0.config();
-        Box::pin(async move {
-            let invalid =
-                |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
-            let host = uri
-                .host()
-                .ok_or_else(|| invalid("the controller URL has no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(host)
-                .map_err(|_| invalid("the controller's host is not a valid TLS server name"))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
 }

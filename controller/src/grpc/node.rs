@@ -524,13 +524,16 @@ async fn change_health(
     Err(lost_race(node, lost))
 }
 
-/// Shows each node as `node::seen_state` does for whether its agent has a live session on this
-/// controller, as the scheduler and run selection see it. Returns how many it marked.
+/// Shows each node as `node::seen_state` does for whether its agent has a live session on any
+/// replica (`Shared::agent_connected`), as run selection sees it. Returns how many it marked.
 pub(crate) fn mark_disconnected(shared: &crate::shared::Shared, nodes: &mut [Node]) -> usize {
     let mut n_marked = 0;
+    let now = shared.now();
     for node in nodes {
-        let seen =
-            tollgate_domain::node::seen_state(node.state, shared.sessions.is_connected(&node.id));
+        let seen = tollgate_domain::node::seen_state(
+            node.state,
+            shared.agent_connected(&node.id, node.last_seen_at, now),
+        );
         if seen != node.state {
             node.state = seen;
             n_marked += 1;

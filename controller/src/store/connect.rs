@@ -40,16 +40,29 @@ pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         Ok(Store::new(Pool::Postgres(pool)))
-    } else if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    } else if let Some(path) = sqlite_path(url) {
         let pool = sqlite_pool(path, url).await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Store::new(Pool::Sqlite(pool)))
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))
     }
+}
+
+/// What follows the scheme of a SQLite URL (a path, `:memory:`, options after `?`); `None`
+/// for any other URL.
+fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+}
+
+/// The database file a SQLite URL names; `None` for an in-memory database and any other URL.
+pub fn sqlite_file(url: &str) -> Option<&str> {
+    let file = sqlite_path(url)?
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    (!file.is_empty() && file != ":memory:").then_some(file)
 }
 
 /// A pool on the SQLite file at `path` (`:memory:` for a private in-memory database).

@@ -200,15 +200,23 @@ impl Store {
         })
     }
 
-    /// The serials of every revoked node certificate.
-    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
-        const SQL: &str = "SELECT serial FROM node_certificates WHERE revoked_at IS NOT NULL";
+    /// Every revoked node certificate: its serial and the node it was issued to.
+    pub async fn revoked_certificates(&self) -> Result<Vec<(String, NodeId)>, StoreError> {
+        const SQL: &str =
+            "SELECT serial, node_name FROM node_certificates WHERE revoked_at IS NOT NULL";
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| rows::Fields::new(row, "node_certificates", &["serial"]).text("serial"))
+                .map(|row| {
+                    let fields =
+                        rows::Fields::new(row, "node_certificates", &["serial", "node_name"]);
+                    Ok((
+                        fields.text("serial")?,
+                        NodeId::new(fields.text("node_name")?),
+                    ))
+                })
                 .collect()
         })
     }

@@ -25,6 +25,7 @@ pub mod testing;
 mod tx;
 mod writes;
 
+pub use connect::sqlite_file;
 pub use report_rows::{NodeEvidence, NodeJob, ReportRows};
 pub use writes::Writes;
 
@@ -604,6 +605,7 @@ mod enrollment;
 mod evidence;
 mod gates;
 mod jobs;
+mod leader;
 mod nodes;
 mod plans;
 mod releases;
@@ -614,6 +616,7 @@ mod tokens;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use enrollment::IssuedCertificate;
+pub use leader::Leadership;
 pub use nodes::Registration;
 
 // Last, so that the SQL macros above are in scope in the tests.

@@ -69,14 +69,17 @@ async fn a_bootstrap_token_is_spent_once_with_its_certificate_and_audit(store: &
         .collect();
     assert_eq!(actions, ["node.enroll-token", "node.enroll"]);
 
-    assert!(store.revoked_serials().await.expect("read").is_empty());
+    assert!(store.revoked_certificates().await.expect("read").is_empty());
     let revoke = AuditNote::new(at(20), "alice", "node.revoke", "node/n1");
     let revoked = store
         .revoke_node_certificates(&node, &revoke)
         .await
         .expect("revoked");
     assert_eq!(revoked, ["0a0b"]);
-    assert_eq!(store.revoked_serials().await.expect("read"), ["0a0b"]);
+    assert_eq!(
+        store.revoked_certificates().await.expect("read"),
+        [("0a0b".to_owned(), node.clone())]
+    );
     let again = store
         .revoke_node_certificates(&node, &revoke)
         .await
