@@ -203,6 +203,19 @@ impl Controller {
         // `fresh` owns nothing else that must outlive it: dropping it now aborts nothing.
     }
 
+    /// Another replica on the same store (PostgreSQL), data directory (report signing key)
+    /// and lab CA, listening on an address of its own.
+    pub async fn replica(&self) -> Self {
+        Self::start_on(
+            self.options.clone(),
+            self.database_url.clone(),
+            self.data_dir.clone(),
+            self._tempdir.clone(),
+            None,
+        )
+        .await
+    }
+
     /// A channel to the controller.
     pub async fn channel(&self) -> Channel {
         self.endpoint()

@@ -21,6 +21,20 @@ async fn tls_controller() -> Controller {
         .expect("sqlite always runs")
 }
 
+/// Waits until the command stream ends; false if it is still open after 10 s.
+async fn stream_ends(commands: &mut tonic::Streaming<v1::ControllerCommand>) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match commands.message().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 async fn bootstrap_token(controller: &Controller, node: &str) -> String {
     controller
         .clients()
@@ -240,16 +254,10 @@ async fn revoking_a_node_cuts_its_open_agent_off() {
     assert_eq!(revoked.serials.len(), 1, "{revoked:?}");
 
     // The open stream ends...
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match commands.message().await {
-                Ok(Some(_)) => continue,
-                _ => return,
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the revoked node's stream must be closed");
+    assert!(
+        stream_ends(&mut commands).await,
+        "the revoked node's stream must be closed"
+    );
     // ...every call on the open connection is refused...
     let refused = v1::agent_service_client::AgentServiceClient::new(channel)
         .register(register_request("mtls-r"))
@@ -318,4 +326,39 @@ async fn a_certificate_is_renewed_while_its_job_keeps_running() {
         .count();
     assert!(n_renewals >= 1, "{n_renewals} renewals");
     agent.stop().await;
+}
+
+/// Replicas on one PostgreSQL: a node revoked through one replica is cut off on another,
+/// where its agent holds its stream, within the replicas' sync interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_on_one_replica_cuts_the_agent_off_on_another() {
+    let mut options = ControllerOptions::new(Backend::Postgres);
+    options.tls = true;
+    let Some(first) = Controller::start(options).await else {
+        return;
+    };
+    let second = first.replica().await;
+    let channel = enrolled_channel(&second, "mtls-replica").await;
+    let mut commands = connect(channel.clone(), "mtls-replica").await;
+    let mut clients = first.clients().await;
+    // The first replica sees the node connected although its stream is on the second.
+    clients.wait_ready_nodes(1).await;
+
+    clients
+        .nodes
+        .revoke_node(v1::RevokeNodeRequest {
+            node_name: "mtls-replica".into(),
+        })
+        .await
+        .expect("revoked");
+    assert!(
+        stream_ends(&mut commands).await,
+        "the stream on the other replica must be closed"
+    );
+    let refused = v1::agent_service_client::AgentServiceClient::new(channel)
+        .register(register_request("mtls-replica"))
+        .await
+        .expect_err("revoked on the other replica too");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
 }
