@@ -101,6 +101,25 @@ impl ControllerProcess {
         log: &Path,
         lease_grace: Duration,
     ) -> ControllerProcess {
+        Self::start_with(
+            database_url,
+            data_dir,
+            log,
+            lease_grace,
+            Duration::from_millis(200),
+        )
+        .await
+    }
+
+    /// [`ControllerProcess::start`] with agents told to heartbeat every `heartbeat_interval`
+    /// (a test with many agents keeps the database's load near a real fleet's).
+    pub async fn start_with(
+        database_url: &str,
+        data_dir: &Path,
+        log: &Path,
+        lease_grace: Duration,
+        heartbeat_interval: Duration,
+    ) -> ControllerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free local port")
@@ -115,7 +134,7 @@ impl ControllerProcess {
             "--database".to_owned(),
             database_url.to_owned(),
             "--heartbeat-interval".to_owned(),
-            "200ms".to_owned(),
+            format!("{}ms", heartbeat_interval.as_millis()),
             "--lease-grace".to_owned(),
             format!("{}ms", lease_grace.as_millis()),
         ];

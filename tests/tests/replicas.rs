@@ -1,0 +1,195 @@
+//! Several controller replicas on one PostgreSQL, all active, while replicas die: agents spread
+//! over three replicas (each given the list of all three) run one qualification while a
+//! replica is killed with `kill -9` every second or two (and started again) until the run
+//! ends. Every result is stored once, no job is assigned twice, the agents' spools empty, and
+//! every replica decides the gate alike. And SQLite, which serves one controller, refuses a
+//! second controller on its file.
+//!
+//! Runs the `tollgate-controller` binary (see `tollgate_tests::process`).
+
+use std::time::Duration;
+use tollgate_controller::store::testing;
+use tollgate_tests::process::{ControllerProcess, text, workspace_binary};
+use tollgate_tests::{
+    Agent, Clients, assert_every_result_once, measuring_plan, spooled_results,
+    stop_agents_leaving_no_step_process,
+};
+
+/// Replicas of the controller.
+const REPLICAS: usize = 3;
+/// Simulated agents, spread over the replicas.
+const AGENTS: usize = 50;
+/// Steps per job, each about 0.3 s: results arrive all through the kills.
+const STEPS: u32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_completes_on_replicas_killed_one_after_another() {
+    let Some(base) = testing::postgres_url_or_skip() else {
+        return;
+    };
+    let database_url = testing::fresh_postgres_url(&base)
+        .await
+        .expect("fresh postgres schema");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One data directory: the replicas share the report signing key.
+    let data_dir = dir.path().join("controller");
+    let mut replicas = Vec::new();
+    for idx in 0..REPLICAS {
+        // A grace longer than the agents' largest reconnect backoff (5 s) plus a restart;
+        // heartbeats every second, so that 50 agents load the database as a fleet would.
+        replicas.push(
+            ControllerProcess::start_with(
+                &database_url,
+                &data_dir,
+                &dir.path().join(format!("replica-{idx}.log")),
+                Duration::from_secs(12),
+                Duration::from_secs(1),
+            )
+            .await,
+        );
+    }
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let marker = format!("replicas-{}", uuid::Uuid::new_v4().simple());
+    // Agent i starts with replica i mod 3: the list, rotated.
+    let agents: Vec<Agent> = (0..AGENTS)
+        .map(|idx| {
+            let list: Vec<&str> = (0..REPLICAS)
+                .map(|k| urls[(idx + k) % REPLICAS].as_str())
+                .collect();
+            Agent::start(&list.join(","), &format!("lab-{}", idx + 1), 1, &[])
+        })
+        .collect();
+
+    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    clients.wait_ready_nodes(AGENTS).await;
+    clients
+        .apply_gate(&format!(
+            "milestone: lab-qual\nrules:\n  - steps-passed: {{plan: gpu-qual, steps: [s0, s{}], min-nodes: {AGENTS}}}\n",
+            STEPS - 1
+        ))
+        .await;
+    let run = clients
+        .start_qualification("r550", AGENTS, &measuring_plan(STEPS, 0.3, Some(&marker)))
+        .await;
+    assert_eq!(
+        run.jobs.len(),
+        AGENTS,
+        "every node is selected, whichever replica holds its agent"
+    );
+
+    let mut kills = 0;
+    let mut victim = 0;
+    let run = loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let alive = (victim + 1) % REPLICAS;
+        let mut clients = Clients::new(replicas[alive].channel().await.expect("connect"));
+        let now = clients.run(&run.id).await;
+        if now.state != "running" {
+            break now;
+        }
+        assert!(
+            kills < 40,
+            "the run did not end after {kills} replica kills"
+        );
+        replicas[victim].kill_9().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        replicas[victim].restart().await;
+        kills += 1;
+        println!("kill -9 of replica {victim} (number {kills}); serving again");
+        victim = (victim + 1) % REPLICAS;
+    };
+    println!("the run ended after {kills} replica kills");
+    assert!(kills >= 2, "the run must have lived through kills");
+    assert_every_result_once(&run, STEPS);
+
+    // No job was assigned twice: every job is on its first lease epoch, and each of its
+    // results was made under it.
+    let pool = sqlx::PgPool::connect(&database_url)
+        .await
+        .expect("connect to the test schema");
+    let epochs: Vec<(String, i64)> = sqlx::query_as("SELECT id, lease_epoch FROM jobs")
+        .fetch_all(&pool)
+        .await
+        .expect("jobs");
+    assert_eq!(epochs.len(), AGENTS);
+    for (job, epoch) in &epochs {
+        assert_eq!(*epoch, 1, "job {job} was assigned {epoch} times");
+    }
+    let (other_epochs,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM step_results WHERE lease_epoch <> 1")
+            .fetch_one(&pool)
+            .await
+            .expect("results");
+    assert_eq!(other_epochs, 0);
+    pool.close().await;
+
+    for agent in &agents {
+        let spool = agent.state_dir.join("spool");
+        tollgate_tests::wait_for(Duration::from_secs(20), "the spools to empty", || {
+            let spool = spool.clone();
+            async move { (spooled_results(&spool) == 0).then_some(()) }
+        })
+        .await;
+    }
+    // Every replica decides the gate on the same evidence alike.
+    let mut digests = Vec::new();
+    for replica in &replicas {
+        let mut clients = Clients::new(replica.channel().await.expect("connect"));
+        let decision = clients.evaluate("r550").await;
+        assert_eq!(decision.verdict, "passed", "{decision:#?}");
+        digests.push(decision.digest);
+    }
+    assert!(
+        digests.windows(2).all(|pair| pair[0] == pair[1]),
+        "{digests:?}"
+    );
+    stop_agents_leaving_no_step_process(agents, &marker).await;
+    for replica in &mut replicas {
+        replica.stop().await;
+    }
+    testing::drop_postgres_schema(&database_url)
+        .await
+        .expect("drop test schema");
+}
+
+#[tokio::test]
+async fn a_second_controller_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = format!("sqlite://{}/tollgate.db", dir.path().display());
+    let mut first = ControllerProcess::start(
+        &database_url,
+        &dir.path().join("controller"),
+        &dir.path().join("first.log"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let second = tokio::process::Command::new(workspace_binary("tollgate-controller"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--data-dir",
+            &dir.path().join("second").display().to_string(),
+            "--database",
+            &database_url,
+        ])
+        .output()
+        .await
+        .expect("run a second controller");
+    assert!(
+        !second.status.success(),
+        "a second controller must not start"
+    );
+    let stderr = text(&second.stderr);
+    assert!(
+        stderr.contains("another controller serves the SQLite database")
+            && stderr.contains("run replicas on PostgreSQL"),
+        "{stderr}"
+    );
+    // The first one serves on; once it stopped, a controller starts on the file again.
+    assert!(first.is_running());
+    first.stop().await;
+    first.restart().await;
+    first.stop().await;
+}
