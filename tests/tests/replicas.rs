@@ -193,3 +193,63 @@ async fn a_second_controller_on_one_sqlite_file_is_refused() {
     first.restart().await;
     first.stop().await;
 }
+
+/// One signing identity per deployment: a controller whose data directory holds another
+/// report signing key than the one the database recorded (a replica whose key was not copied,
+/// a key file lost and made anew) refuses to start, saying which key to restore.
+#[tokio::test]
+async fn a_controller_with_another_report_signing_key_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = format!("sqlite://{}/tollgate.db", dir.path().display());
+    let mut first = ControllerProcess::start(
+        &database_url,
+        &dir.path().join("controller"),
+        &dir.path().join("first.log"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let key = tollgate_tests::process::public_key(&first.url).await;
+    first.stop().await;
+
+    let other_dir = dir.path().join("other");
+    let refused = tokio::process::Command::new(workspace_binary("tollgate-controller"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-loopback",
+            "--data-dir",
+            &other_dir.display().to_string(),
+            "--database",
+            &database_url,
+        ])
+        .output()
+        .await
+        .expect("run a controller with another key");
+    assert!(!refused.status.success(), "it must not start");
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("is not this deployment's")
+            && stderr.contains(&format!("signed with public key {key}")),
+        "{stderr}"
+    );
+    // The key it made is gone again: restoring the deployment's key is a plain copy.
+    assert!(!other_dir.join("report-signing.key").exists());
+    std::fs::copy(
+        dir.path().join("controller/report-signing.key"),
+        other_dir.join("report-signing.key"),
+    )
+    .expect("copy the key");
+    let mut restored = ControllerProcess::start(
+        &database_url,
+        &other_dir,
+        &dir.path().join("restored.log"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        tollgate_tests::process::public_key(&restored.url).await,
+        key
+    );
+    restored.stop().await;
+}

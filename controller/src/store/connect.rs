@@ -29,6 +29,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0005_result_digests.sql
 const _: &str = include_str!("../../../migrations/postgres/0005_result_digests.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0012_list_pages.sql");
 const _: &str = include_str!("../../../migrations/postgres/0012_list_pages.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0013_report_keys.sql");
+const _: &str = include_str!("../../../migrations/postgres/0013_report_keys.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

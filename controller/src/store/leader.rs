@@ -5,12 +5,16 @@
 //! takes it at its next try. On SQLite one controller serves the file (`run` refuses a
 //! second), so it always leads.
 
+use super::connect::Begin as _;
 use super::{Pool, Store, StoreError};
 use sqlx::Connection as _;
 
 /// The advisory lock's key: "tollgate" in ASCII, read as a big-endian number. Any other
 /// program using advisory locks on the same database must avoid it.
 pub const LEADER_LOCK_KEY: i64 = 0x746f_6c6c_6761_7465;
+
+/// The advisory lock serializing replicas that record the report signing key at start.
+const REPORT_KEY_LOCK_KEY: i64 = LEADER_LOCK_KEY + 1;
 
 /// Leadership held by this replica, until dropped or until [`Leadership::still_held`] finds
 /// the connection holding it gone.
@@ -68,5 +72,47 @@ impl Leadership {
                 false
             }
         }
+    }
+}
+
+impl Store {
+    /// Records `public_key` (hex) as the deployment's report signing key when none is recorded
+    /// yet, and returns the recorded one: the first replica to start signs for all, and a
+    /// replica whose key differs must not sign.
+    pub async fn claim_report_key(
+        &self,
+        public_key: &str,
+        at: tollgate_domain::Timestamp,
+    ) -> Result<String, StoreError> {
+        const LATEST: &str =
+            "SELECT public_key FROM report_keys ORDER BY first_used_at DESC, public_key LIMIT 1";
+        const INSERT: &str = "INSERT INTO report_keys (public_key, first_used_at) VALUES ($1, $2) \
+                              ON CONFLICT (public_key) DO NOTHING";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // Two replicas starting at once: the first to lock inserts, the other reads its
+            // key (SQLite's write transaction serializes them already).
+            if self.backend() == "postgres" {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(REPORT_KEY_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some((recorded,)) = sqlx::query_as::<_, (String,)>(LATEST)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                tx.commit().await?;
+                return Ok(recorded);
+            }
+            sqlx::query(INSERT)
+                .bind(public_key)
+                .bind(super::micros(at))
+                .execute(&mut *tx)
+                .await?;
+            let (recorded,): (String,) = sqlx::query_as(LATEST).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        })
     }
 }
