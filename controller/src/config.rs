@@ -15,6 +15,8 @@ pub struct ControllerConfig {
     pub heartbeat_interval: Duration,
     /// After how long without a heartbeat a node is unreachable and its running job lost.
     pub lease_grace: Duration,
+    /// When silent nodes mean an outage rather than dead nodes (no lease expires meanwhile).
+    pub outage: tollgate_domain::lease::OutagePolicy,
     /// How often the scheduler and the lease watchdog wake up when nothing pokes them.
     pub tick: Duration,
     /// The clock every decision reads `now` from.
@@ -43,6 +45,7 @@ impl ControllerConfig {
             data_dir,
             heartbeat_interval: Duration::from_secs(2),
             lease_grace: Duration::from_secs(10),
+            outage: tollgate_domain::lease::OutagePolicy::default(),
             tick: Duration::from_secs(1),
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             api_tokens: crate::tokens::ApiTokens::default(),

@@ -30,6 +30,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = crate::shared::stopped(&mut shutdown) => break,
         }
         if !leader.leads(&shared).await {
+            // Another replica expires leases; this one still shows a fleet outage it sees.
+            if let Err(error) = look_for_outage(&shared).await {
+                tracing::debug!(%error, "could not look for a fleet outage");
+            }
             continue;
         }
         if let Err(error) = check_once(&shared).await {
@@ -48,20 +52,15 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
         shared.refresh_leases(shared.now());
         return Ok(Vec::new());
     }
-    let nodes = shared.store.list_nodes().await?;
-    let watched: Vec<(NodeId, Option<tollgate_domain::Timestamp>)> = nodes
-        .iter()
-        .filter(|node| !matches!(node.state, NodeState::Unreachable | NodeState::Retired))
-        .map(|node| (node.id.clone(), node.last_seen_at))
-        .collect();
+    let watched = watched_nodes(shared).await?;
     if watched.is_empty() {
         return Ok(Vec::new());
     }
-    let grace = tollgate_domain::lease::LeaseGrace::new(
-        shared.config.lease_grace,
-        shared.config.heartbeat_interval,
-    );
+    let grace = lease_grace(shared);
     let now = shared.now();
+    if judge_outage(shared, &watched, grace, now) {
+        return Ok(Vec::new());
+    }
     let expired = tollgate_domain::scheduler::expired_leases(
         &watched,
         shared.leases_fresh_from(),
@@ -94,6 +93,96 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
         shared.poke_scheduler();
     }
     Ok(unreachable)
+}
+
+/// The nodes whose lease is watched (neither unreachable nor retired), with their last
+/// heartbeat.
+async fn watched_nodes(
+    shared: &Shared,
+) -> Result<Vec<(NodeId, Option<tollgate_domain::Timestamp>)>, StoreError> {
+    Ok(shared
+        .store
+        .list_nodes()
+        .await?
+        .iter()
+        .filter(|node| !matches!(node.state, NodeState::Unreachable | NodeState::Retired))
+        .map(|node| (node.id.clone(), node.last_seen_at))
+        .collect())
+}
+
+fn lease_grace(shared: &Shared) -> tollgate_domain::lease::LeaseGrace {
+    tollgate_domain::lease::LeaseGrace::new(
+        shared.config.lease_grace,
+        shared.config.heartbeat_interval,
+    )
+}
+
+/// Whether the fleet's silence is an outage now (`OutagePolicy`), recording it in `shared` and
+/// saying so when it starts and ends. When it ends every lease gets a fresh grace (agents are
+/// reconnecting), and this check expires nothing either.
+fn judge_outage(
+    shared: &Shared,
+    watched: &[(NodeId, Option<tollgate_domain::Timestamp>)],
+    grace: tollgate_domain::lease::LeaseGrace,
+    now: tollgate_domain::Timestamp,
+) -> bool {
+    let silence = tollgate_domain::lease::silence(watched, shared.leases_fresh_from(), grace, now);
+    if shared.config.outage.is_outage(silence) {
+        let since = shared.fleet_outage().map_or(now, |outage| outage.since);
+        let before = shared.set_fleet_outage(Some(crate::shared::FleetOutage {
+            since,
+            silent: silence.silent,
+            watched: silence.watched,
+        }));
+        if before.is_none() {
+            tracing::warn!(
+                silent = silence.silent,
+                watched = silence.watched,
+                fraction = shared.config.outage.fraction,
+                "{} of {} nodes went silent at once: suspecting an outage of this controller, its \
+                 database or the network rather than dead nodes; no lease expires until \
+                 heartbeats return",
+                silence.silent,
+                silence.watched
+            );
+        }
+        return true;
+    }
+    if let Some(outage) = shared.set_fleet_outage(None) {
+        shared.refresh_leases(now);
+        tracing::info!(
+            lasted_s = (now - outage.since).num_seconds(),
+            silent = silence.silent,
+            watched = silence.watched,
+            "heartbeats returned: the fleet outage is over; every lease gets a fresh grace, \
+             and a node still silent after it is unreachable as ever"
+        );
+        return true;
+    }
+    false
+}
+
+/// Looks for a fleet outage without expiring anything (a replica that does not lead).
+async fn look_for_outage(shared: &Shared) -> Result<(), StoreError> {
+    let watched = watched_nodes(shared).await?;
+    let now = shared.now();
+    let silence = tollgate_domain::lease::silence(
+        &watched,
+        shared.leases_fresh_from(),
+        lease_grace(shared),
+        now,
+    );
+    let seen = shared
+        .config
+        .outage
+        .is_outage(silence)
+        .then(|| crate::shared::FleetOutage {
+            since: shared.fleet_outage().map_or(now, |outage| outage.since),
+            silent: silence.silent,
+            watched: silence.watched,
+        });
+    shared.set_fleet_outage(seen);
+    Ok(())
 }
 
 /// Expires one node's lease: the node moves as `node::next_state` decides for
@@ -227,6 +316,101 @@ mod tests {
             check_once(&shared).await.expect("check"),
             vec![n1.id.clone()]
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn half_the_fleet_silent_for_ten_minutes_expires_no_lease_until_heartbeats_return() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+            .await
+            .expect("store");
+        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"), "hgx")).collect();
+        for n in &nodes {
+            crate::grpc::node::register(&store, &n.id, &n.labels, &n.inventory, "hash", at(0))
+                .await
+                .expect("register");
+            store.touch_node(&n.id, at(0)).await.expect("heartbeat");
+        }
+        let clock = ManualClock::new(at(0));
+        let mut config = ControllerConfig::new(dir.path().to_owned());
+        config.clock = std::sync::Arc::new(clock.clone());
+        config.lease_grace = Duration::from_secs(10);
+        config.heartbeat_interval = Duration::from_secs(2);
+        let shared = Shared::new(store.clone(), config);
+        let heartbeats = |live: std::ops::Range<usize>| {
+            let (store, nodes, now) = (&store, &nodes, shared.now());
+            async move {
+                for n in &nodes[live] {
+                    store.touch_node(&n.id, now).await.expect("heartbeat");
+                }
+            }
+        };
+
+        // Half the fleet (n5..n9) goes silent for ten minutes; the other half heartbeats.
+        for _ in 0..120 {
+            clock.advance(chrono::Duration::seconds(5));
+            heartbeats(0..5).await;
+            assert_eq!(
+                check_once(&shared).await.expect("check"),
+                Vec::<NodeId>::new(),
+                "no lease expires during the outage (t={})",
+                shared.now()
+            );
+        }
+        let outage = shared.fleet_outage().expect("the outage is seen");
+        assert_eq!((outage.silent, outage.watched), (5, 10));
+        for n in &nodes {
+            let stored = store.get_node(&n.id).await.expect("read").expect("node");
+            assert_eq!(stored.state, NodeState::Ready, "{}", n.id);
+        }
+
+        // Heartbeats return, but n9 stays silent: the outage ends and every lease gets a
+        // fresh grace...
+        clock.advance(chrono::Duration::seconds(1));
+        heartbeats(0..9).await;
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            Vec::<NodeId>::new()
+        );
+        assert_eq!(shared.fleet_outage(), None);
+        clock.advance(chrono::Duration::seconds(5));
+        heartbeats(0..9).await;
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            Vec::<NodeId>::new()
+        );
+        // ...after which the node still silent is unreachable as ever.
+        clock.advance(chrono::Duration::seconds(6));
+        heartbeats(0..9).await;
+        assert_eq!(
+            check_once(&shared).await.expect("check"),
+            vec![nodes[9].id.clone()]
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn in_a_small_lab_silent_nodes_expire_as_ever() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+            .await
+            .expect("store");
+        for name in ["n1", "n2", "n3"] {
+            let n = node(name, "hgx");
+            crate::grpc::node::register(&store, &n.id, &n.labels, &n.inventory, "hash", at(0))
+                .await
+                .expect("register");
+            store.touch_node(&n.id, at(0)).await.expect("heartbeat");
+        }
+        let clock = ManualClock::new(at(0));
+        let mut config = ControllerConfig::new(dir.path().to_owned());
+        config.clock = std::sync::Arc::new(clock.clone());
+        config.lease_grace = Duration::from_secs(10);
+        let shared = Shared::new(store.clone(), config);
+        clock.advance(chrono::Duration::seconds(11));
+        assert_eq!(check_once(&shared).await.expect("check").len(), 3);
+        assert_eq!(shared.fleet_outage(), None);
         store.close().await;
     }
 }

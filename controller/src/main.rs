@@ -77,6 +77,15 @@ struct ServeArgs {
     /// After how long without a heartbeat a node is unreachable and its running job lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     lease_grace: Duration,
+    /// The share of nodes (0 to 1) that, silent at once, the controller takes for an outage of
+    /// itself, its database or the network rather than dead nodes: no lease expires until
+    /// heartbeats return. Above 1 turns the rule off.
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    outage_fraction: f64,
+    /// The fewest watched nodes for --outage-fraction to apply (in a small lab a few dead nodes
+    /// are a large share).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    outage_min_nodes: usize,
     /// Write the bound address (for example 127.0.0.1:41234) to this file once listening.
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -400,6 +409,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.heartbeat_interval = args.heartbeat_interval;
     config.lease_grace = args.lease_grace;
+    anyhow::ensure!(
+        args.outage_fraction.is_finite() && args.outage_fraction > 0.0,
+        "--outage-fraction {} must be a share above 0 (0.5: half the nodes; above 1: never)",
+        args.outage_fraction
+    );
+    config.outage = tollgate_domain::lease::OutagePolicy {
+        fraction: args.outage_fraction,
+        min_nodes: args.outage_min_nodes,
+    };
     if !args.api_tokens.is_empty() {
         tracing::warn!(
             "--api-token puts a secret on the command line, where `ps` shows it to every user \

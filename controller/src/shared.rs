@@ -16,6 +16,18 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tollgate_domain::{RunId, Timestamp};
 
+/// A large share of the fleet silent at once (`tollgate_domain::lease::OutagePolicy`): no lease
+/// expires while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetOutage {
+    /// When the watchdog first saw it.
+    pub since: Timestamp,
+    /// Silent nodes, at the last look.
+    pub silent: usize,
+    /// Watched nodes, at the last look.
+    pub watched: usize,
+}
+
 /// State every service, the scheduler and the lease watchdog share, behind one `Arc`.
 ///
 /// Ownership: `run` creates it and holds the only long-lived clone besides the services and
@@ -41,6 +53,8 @@ pub struct Shared {
     /// When leases last got a fresh grace: the start, or the moment the database accepted
     /// writes again after refusing them (heartbeats could not be recorded meanwhile).
     leases_fresh_from: Mutex<Timestamp>,
+    /// The fleet outage the lease watchdog sees now (`lease.rs`), if any.
+    fleet_outage: Mutex<Option<FleetOutage>>,
     /// Wakes the scheduler loop early (node connected, run started, job ended).
     scheduler_wake: Notify,
     /// Bumped after every change a run watcher may care about.
@@ -71,6 +85,7 @@ impl Shared {
             revocations: std::sync::Arc::default(),
             started_at,
             leases_fresh_from: Mutex::new(started_at),
+            fleet_outage: Mutex::new(None),
             scheduler_wake: Notify::new(),
             changes: watch::channel(0).0,
             reevaluation_requests: Mutex::default(),
@@ -125,6 +140,25 @@ impl Shared {
             .lock()
             .expect("the timestamp is never poisoned: nothing panics while holding it");
         *fresh_from = (*fresh_from).max(now);
+    }
+
+    /// The fleet outage seen now, if any.
+    pub fn fleet_outage(&self) -> Option<FleetOutage> {
+        *self
+            .fleet_outage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records what the lease watchdog sees; returns what it saw before.
+    pub fn set_fleet_outage(&self, outage: Option<FleetOutage>) -> Option<FleetOutage> {
+        std::mem::replace(
+            &mut *self
+                .fleet_outage
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            outage,
+        )
     }
 
     /// Asks the scheduler to look at pending jobs now rather than at its next tick.

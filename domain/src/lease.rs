@@ -34,6 +34,70 @@ impl LeaseGrace {
     }
 }
 
+/// When the fleet's silence means an outage (of this controller, its database or the network)
+/// rather than dead nodes: a large share of the watched nodes silent at once. While it lasts
+/// no lease expires, so that a switch or controller outage never turns into hundreds of lost
+/// jobs; once heartbeats return every lease gets a fresh grace, and a node that stays silent
+/// after that expires as ever.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutagePolicy {
+    /// The share of watched nodes (0 to 1) that, silent at once, is an outage; above 1 never.
+    pub fraction: f64,
+    /// The fewest watched nodes for the rule to apply: in a small lab a few dead nodes are a
+    /// large share.
+    pub min_nodes: usize,
+}
+
+impl Default for OutagePolicy {
+    fn default() -> Self {
+        Self {
+            fraction: 0.5,
+            min_nodes: 10,
+        }
+    }
+}
+
+/// How many of the watched nodes are silent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// Nodes without a heartbeat for longer than half their grace.
+    pub silent: usize,
+    /// Nodes whose lease is watched.
+    pub watched: usize,
+}
+
+impl OutagePolicy {
+    /// Whether `silence` is an outage under this policy.
+    pub fn is_outage(&self, silence: Silence) -> bool {
+        silence.watched > 0
+            && silence.watched >= self.min_nodes
+            && silence.silent as f64 >= self.fraction * silence.watched as f64
+    }
+}
+
+/// The fleet's silence now: a node is silent when it sent no heartbeat for longer than half
+/// its grace (see [`crate::scheduler::expired_leases`] for which grace and from when). Nodes
+/// that went silent together (a switch, a controller) are all silent by the time the first
+/// of their leases would expire: their last heartbeats lie at most an interval apart.
+pub fn silence(
+    last_seen: &[(crate::NodeId, Option<crate::Timestamp>)],
+    fresh_from: crate::Timestamp,
+    grace: LeaseGrace,
+    now: crate::Timestamp,
+) -> Silence {
+    let silent = last_seen
+        .iter()
+        .filter(|(_, seen)| match seen {
+            Some(seen) if *seen >= fresh_from => now - *seen > grace.renewed / 2,
+            _ => now - fresh_from > grace.after_start / 2,
+        })
+        .count();
+    Silence {
+        silent,
+        watched: last_seen.len(),
+    }
+}
+
 /// Durations past chrono's range (about 292 billion years) count as forever.
 fn to_chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
@@ -42,6 +106,46 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::at;
+
+    #[test]
+    fn half_a_large_fleet_silent_at_once_is_an_outage_and_a_few_dead_nodes_are_not() {
+        let grace = LeaseGrace::new(Duration::from_secs(10), Duration::from_secs(2));
+        let policy = OutagePolicy::default();
+        let fleet = |n_silent: usize, n: usize| -> Vec<(crate::NodeId, Option<crate::Timestamp>)> {
+            (0..n)
+                .map(|i| {
+                    let seen = if i < n_silent { at(100) } else { at(109) };
+                    (crate::NodeId::new(format!("n{i}")), Some(seen))
+                })
+                .collect()
+        };
+        // At t=110 the silent ones were last heard 10 s ago: more than half the grace.
+        let half = silence(&fleet(10, 20), at(0), grace, at(110));
+        assert_eq!(
+            half,
+            Silence {
+                silent: 10,
+                watched: 20
+            }
+        );
+        assert!(policy.is_outage(half));
+        assert!(!policy.is_outage(silence(&fleet(9, 20), at(0), grace, at(110))));
+        // A small lab: every node of three silent is still three dead nodes.
+        assert!(!policy.is_outage(silence(&fleet(3, 3), at(0), grace, at(110))));
+        // Heard within half the grace: not silent yet.
+        assert_eq!(silence(&fleet(20, 20), at(0), grace, at(104)).silent, 0);
+        // Never heard since the start: silent after half the grace after a start.
+        let unseen = vec![(crate::NodeId::new("n"), None)];
+        assert_eq!(silence(&unseen, at(100), grace, at(104)).silent, 0);
+        assert_eq!(silence(&unseen, at(100), grace, at(106)).silent, 1);
+        // Above 1: never an outage.
+        let never = OutagePolicy {
+            fraction: 1.5,
+            ..policy
+        };
+        assert!(!never.is_outage(silence(&fleet(20, 20), at(0), grace, at(200))));
+    }
 
     #[test]
     fn the_grace_after_a_start_covers_a_reconnect_at_the_backoff_cap_plus_a_heartbeat() {

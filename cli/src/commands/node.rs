@@ -203,13 +203,37 @@ pub async fn list(
             page_size,
             page_token,
         };
+        let first_page = request.page_token.is_empty();
         async move {
             let page = answer(client.list_nodes(request).await)?;
+            if first_page && let Some(outage) = &page.fleet_outage {
+                warn_fleet_outage(outage);
+            }
             Ok::<_, crate::client::RpcError>((page.nodes, page.next_page_token))
         }
     })
     .await?;
     Ok(nodes)
+}
+
+/// Says on stderr that the controller takes the fleet's silence for an outage.
+fn warn_fleet_outage(outage: &pb::FleetOutage) {
+    let since = outage
+        .since
+        .as_ref()
+        .and_then(tollgate_wire::time::timestamp_from_proto)
+        .map(|at| {
+            format!(
+                " since {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "warning: {} of {} nodes are silent at once{since}: the controller suspects an outage \
+         of itself, its database or the network, and no lease expires until heartbeats return",
+        outage.silent, outage.watched
+    );
 }
 
 async fn set_cordon(

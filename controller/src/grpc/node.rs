@@ -320,6 +320,16 @@ impl NodeService for NodeApi {
                 .map(ToProto::to_proto)
                 .collect(),
             next_page_token,
+            // Fleet-wide counts: not for a customer, who sees their own nodes only.
+            fleet_outage: self
+                .shared
+                .fleet_outage()
+                .filter(|_| customer.is_none())
+                .map(|outage| proto::FleetOutage {
+                    since: Some(tollgate_wire::time::timestamp_to_proto(outage.since)),
+                    silent: u32::try_from(outage.silent).unwrap_or(u32::MAX),
+                    watched: u32::try_from(outage.watched).unwrap_or(u32::MAX),
+                }),
         }))
     }
 
