@@ -86,8 +86,6 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_serving: impl FnOnce(Serving),
 ) -> anyhow::Result<()> {
-    // Held until the controller stops: a second controller on this SQLite file is refused.
-    let _sole = replica::sole_sqlite_controller(&config.database_url)?;
     let store = store::Store::connect(&config.database_url)
         .await
         .with_context(|| {
@@ -96,6 +94,15 @@ pub async fn run_with(
                 redact_database_url(&config.database_url)
             )
         })?;
+    // Held until the controller stops: a second controller on this SQLite file is refused
+    // (after opening it, so that a database that cannot be opened says so first).
+    let _sole = match replica::sole_sqlite_controller(&config.database_url) {
+        Ok(lock) => lock,
+        Err(error) => {
+            store.close().await;
+            return Err(error);
+        }
+    };
     let local_addr = listener
         .local_addr()
         .context("reading the listener's address")?;

@@ -11,11 +11,12 @@
 use crate::grpc::convert::{ToProto, step_to_proto};
 use crate::shared::Shared;
 use crate::store::{JobRecord, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tollgate_domain::RunId;
+use tollgate_domain::fleet::Labels;
 use tollgate_domain::job::{self, JobEvent, JobState};
-use tollgate_domain::scheduler::NodeSlot;
+use tollgate_domain::scheduler::{Concurrency, NodeSlot};
 use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
 
 /// Why an assignment could not be built.
@@ -48,13 +49,36 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
     if pending.is_empty() {
         return Ok(0);
     }
-    let slots = node_slots(shared).await?;
+    let (slots, active) = node_slots(shared).await?;
     let now = shared.now();
-    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, now);
     let mut commands = CommandCache::default();
+    let mut concurrency = Concurrency {
+        limits: BTreeMap::new(),
+        active,
+    };
+    for run in pending.iter().map(|job| &job.run).collect::<BTreeSet<_>>() {
+        match commands.max_concurrent(shared, run).await {
+            Ok(limits) if !limits.is_empty() => {
+                concurrency.limits.insert(run.clone(), limits);
+            }
+            Ok(_) => {}
+            // Its jobs cannot be built either: `assign` says why and leaves them pending.
+            Err(error) => tracing::debug!(run = %run, %error, "no plan limits for the run"),
+        }
+    }
+    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, &concurrency, now);
+    let labels: HashMap<&tollgate_domain::NodeId, &Labels> = slots
+        .iter()
+        .map(|slot| (&slot.node, &slot.labels))
+        .collect();
     let mut n_assigned = 0;
     for assignment in assignments {
-        if assign(shared, &assignment.job, &mut commands).await? {
+        let limit = pending
+            .iter()
+            .find(|job| job.job == assignment.job)
+            .and_then(|job| concurrency.limits.get(&job.run))
+            .zip(labels.get(&assignment.node).copied());
+        if assign(shared, &assignment.job, limit, &mut commands).await? {
             n_assigned += 1;
         }
     }
@@ -64,27 +88,32 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
     Ok(n_assigned)
 }
 
-/// Every node as the scheduler sees it: state, health, whether its agent is connected here
-/// and whether it has an active job.
-async fn node_slots(shared: &Shared) -> Result<Vec<NodeSlot>, StoreError> {
+/// Every node as the scheduler sees it: state, health, labels, whether its agent is connected
+/// here and whether it has an active job; and the active jobs, as (run, node).
+async fn node_slots(
+    shared: &Shared,
+) -> Result<(Vec<NodeSlot>, Vec<(RunId, tollgate_domain::NodeId)>), StoreError> {
     let nodes = shared.store.list_nodes().await?;
-    let busy: BTreeSet<_> = shared
+    let active: Vec<_> = shared
         .store
         .active_jobs()
         .await?
         .into_iter()
-        .map(|job| job.node)
+        .map(|job| (job.run_id, job.node))
         .collect();
-    Ok(nodes
-        .iter()
+    let busy: BTreeSet<_> = active.iter().map(|(_, node)| node).collect();
+    let slots = nodes
+        .into_iter()
         .map(|node| NodeSlot {
-            node: node.id.clone(),
-            state: node.state,
             connected: shared.sessions.is_connected(&node.id),
             has_active_job: busy.contains(&node.id),
+            node: node.id,
+            state: node.state,
             health: node.health,
+            labels: node.labels,
         })
-        .collect())
+        .collect();
+    Ok((slots, active))
 }
 
 /// Assigns one planned job: decided by `job::decide` from its facts as stored now, applied
@@ -93,6 +122,7 @@ async fn node_slots(shared: &Shared) -> Result<Vec<NodeSlot>, StoreError> {
 async fn assign(
     shared: &Shared,
     job_id: &tollgate_domain::JobId,
+    limit: Option<(&BTreeMap<String, u32>, &Labels)>,
     commands: &mut CommandCache,
 ) -> Result<bool, StoreError> {
     let now = shared.now();
@@ -126,7 +156,16 @@ async fn assign(
             return Ok(false);
         }
     };
-    match shared.store.apply_job_change(&change, now).await {
+    let applied = match limit {
+        Some((limits, labels)) => {
+            shared
+                .store
+                .assign_job_within(&change, now, limits, labels)
+                .await
+        }
+        None => shared.store.apply_job_change(&change, now).await,
+    };
+    match applied {
         Ok(()) => {}
         Err(StoreError::Conflict { detail, .. }) => {
             tracing::debug!(job = %facts.id, detail, "job or node changed before the job was assigned");
@@ -168,21 +207,38 @@ pub async fn resend_assigned(
     Ok(())
 }
 
-/// The `AssignJob` of each run, built once per pass.
+/// The `AssignJob` of each run, and its plan's `max-concurrent`, built once per pass.
 #[derive(Default)]
 struct CommandCache {
     by_run: HashMap<RunId, proto::AssignJob>,
+    limits_by_run: HashMap<RunId, BTreeMap<String, u32>>,
 }
 
 impl CommandCache {
+    /// The `max-concurrent` of the run's plan.
+    async fn max_concurrent(
+        &mut self,
+        shared: &Shared,
+        run_id: &RunId,
+    ) -> Result<BTreeMap<String, u32>, AssignError> {
+        if let Some(limits) = self.limits_by_run.get(run_id) {
+            return Ok(limits.clone());
+        }
+        let (template, limits) = assignment_template(shared, run_id).await?;
+        self.by_run.insert(run_id.clone(), template);
+        self.limits_by_run.insert(run_id.clone(), limits.clone());
+        Ok(limits)
+    }
+
     async fn build(
         &mut self,
         shared: &Shared,
         job: &JobRecord,
     ) -> Result<ControllerCommand, AssignError> {
         if !self.by_run.contains_key(&job.run_id) {
-            let template = assignment_template(shared, &job.run_id).await?;
+            let (template, limits) = assignment_template(shared, &job.run_id).await?;
             self.by_run.insert(job.run_id.clone(), template);
+            self.limits_by_run.insert(job.run_id.clone(), limits);
         }
         let template = self
             .by_run
@@ -202,7 +258,7 @@ impl CommandCache {
 async fn assignment_template(
     shared: &Shared,
     run_id: &RunId,
-) -> Result<proto::AssignJob, AssignError> {
+) -> Result<(proto::AssignJob, BTreeMap<String, u32>), AssignError> {
     let run = shared
         .store
         .get_run(run_id)
@@ -220,7 +276,7 @@ async fn assignment_template(
         .ok_or_else(|| {
             AssignError::Missing(format!("plan {}@{}", run.plan_name, run.plan_version))
         })?;
-    Ok(proto::AssignJob {
+    let assign = proto::AssignJob {
         job_id: String::new(),
         run_id: run.id.to_string(),
         lease_epoch: 0,
@@ -236,5 +292,6 @@ async fn assignment_template(
             .enumerate()
             .map(|(idx, step)| step_to_proto(u32::try_from(idx).unwrap_or(u32::MAX), step))
             .collect(),
-    })
+    };
+    Ok((assign, plan.plan.max_concurrent))
 }

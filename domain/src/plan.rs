@@ -42,6 +42,12 @@ pub struct Plan {
     /// the versions of plans that do not set it are what they were.
     #[serde(default, skip_serializing_if = "Selecting::is_default")]
     pub selection: Selecting,
+    /// Blast radius: per label key (`rack`, `pdu`), at most this many of a run's jobs active
+    /// at once on nodes sharing one value of it (`max-concurrent: {rack: 2}`); nodes without
+    /// the label are not limited by it. Left out of the canonical form when empty, so the
+    /// versions of plans that do not set it are what they were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_concurrent: BTreeMap<String, u32>,
     /// Steps, in order.
     pub steps: Vec<Step>,
 }
@@ -281,6 +287,8 @@ struct RawPlan {
     nodes: Option<Spanned<RawInt>>,
     #[serde(default)]
     selection: Option<Spanned<String>>,
+    #[serde(default)]
+    max_concurrent: Option<Spanned<BTreeMap<String, Spanned<RawInt>>>>,
     steps: Spanned<Vec<RawStep>>,
 }
 
@@ -374,6 +382,11 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
         .as_ref()
         .map(|s| selection(&mut problems, s))
         .unwrap_or_default();
+    let max_concurrent = raw
+        .max_concurrent
+        .as_ref()
+        .map(|limits| max_concurrent(&mut problems, limits))
+        .unwrap_or_default();
     if raw.steps.value.is_empty() {
         problems.add(
             raw.steps.referenced,
@@ -402,6 +415,7 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
         selector: Selector(raw.selector.unwrap_or_default()),
         max_nodes,
         selection,
+        max_concurrent,
         steps,
     };
     problems.finish(plan)
@@ -424,6 +438,44 @@ fn max_nodes(problems: &mut Problems, nodes: &Spanned<RawInt>) -> Option<u32> {
             None
         }
     }
+}
+
+/// `max-concurrent: {LABEL: N}`: label keys, each with at least 1.
+fn max_concurrent(
+    problems: &mut Problems,
+    raw: &Spanned<BTreeMap<String, Spanned<RawInt>>>,
+) -> BTreeMap<String, u32> {
+    if !problems.count(
+        raw.referenced,
+        "max-concurrent",
+        &limits::LABELS,
+        raw.value.len(),
+    ) {
+        return BTreeMap::new();
+    }
+    let mut limits_of = BTreeMap::new();
+    for (key, n) in &raw.value {
+        let at = format!(
+            "max-concurrent[{}]",
+            limits::truncate(&limits::NAME, key, false)
+        );
+        if !problems.text(n.referenced, at.clone(), &limits::LABEL_KEY, key) {
+            continue;
+        }
+        match n.value.to_u32(u32::MAX) {
+            Ok(0) => problems.add(
+                n.referenced,
+                at,
+                "must be at least 1: the most jobs of a run active at once on nodes sharing \
+                 one value of the label",
+            ),
+            Ok(n) => {
+                limits_of.insert(key.clone(), n);
+            }
+            Err(message) => problems.add(n.referenced, at, message),
+        }
+    }
+    limits_of
 }
 
 /// `selection: ready-now` or `ready-and-busy`.
@@ -1002,6 +1054,30 @@ steps:
                 && error.message.contains("ready-now"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn max_concurrent_limits_jobs_per_label_value_or_says_where_it_is_wrong() {
+        let with = |line: &str| GOOD.replace("selector:", &format!("{line}\nselector:"));
+        let default = parse_plan("a.yaml", GOOD).expect("valid");
+        assert!(default.max_concurrent.is_empty());
+        let canonical = serde_json::to_value(&default).expect("a plan serializes");
+        assert!(canonical.get("max_concurrent").is_none(), "{canonical}");
+        let limited =
+            parse_plan("b.yaml", &with("max-concurrent: {rack: 2, pdu: 1}")).expect("valid");
+        assert_eq!(
+            limited.max_concurrent,
+            [("pdu".to_owned(), 1), ("rack".to_owned(), 2)].into()
+        );
+        assert_ne!(limited.version(), default.version());
+        let text = parse_plan("c.yaml", &with("max-concurrent: {rack: 0, pdu: many}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("c.yaml:3:24: max-concurrent[rack]: must be at least 1"),
+            "{text}"
+        );
+        assert!(text.contains("max-concurrent[pdu]:"), "{text}");
     }
 
     #[test]

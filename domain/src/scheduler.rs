@@ -1,12 +1,12 @@
 //! Scheduling as pure functions: which nodes a run selects, which pending jobs go out now,
 //! and whose lease ran out.
 
-use crate::fleet::{Health, Node, NodeState};
+use crate::fleet::{Health, Labels, Node, NodeState};
 use crate::lease::LeaseGrace;
 use crate::plan::Plan;
-use crate::{JobId, NodeId, Timestamp};
+use crate::{JobId, NodeId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use thiserror::Error;
 
 /// Why no node could be selected for a run.
@@ -215,6 +215,8 @@ pub struct NodeSlot {
     pub has_active_job: bool,
     /// Its health: only a `good` node is sent a job.
     pub health: Health,
+    /// Its labels (of record), for the plans' `max-concurrent` limits.
+    pub labels: Labels,
 }
 
 /// A job waiting for its node.
@@ -222,10 +224,61 @@ pub struct NodeSlot {
 pub struct PendingJob {
     /// The job.
     pub job: JobId,
+    /// Its run.
+    pub run: RunId,
     /// Its node.
     pub node: NodeId,
     /// When it was created; older jobs go first.
     pub created_at: Timestamp,
+}
+
+/// The blast-radius limits a scheduling pass keeps: each run's plan's `max-concurrent`, and
+/// the jobs active now (assigned or running), by run and node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Per run, the plan's `max-concurrent` (runs without limits may be left out).
+    pub limits: BTreeMap<RunId, BTreeMap<String, u32>>,
+    /// Active jobs: (run, node).
+    pub active: Vec<(RunId, NodeId)>,
+}
+
+/// Why one more job of a run on a node with `labels` would go over the run's plan's
+/// `max-concurrent` (`limits`), given `active(key, value)`: how many of the run's jobs are
+/// active now on nodes whose label `key` is `value`. `None` when it fits.
+pub fn over_limit(
+    limits: &BTreeMap<String, u32>,
+    labels: &Labels,
+    active: impl Fn(&str, &str) -> u32,
+) -> Option<String> {
+    limits.iter().find_map(|(key, max)| {
+        let value = labels.get(key)?;
+        let n = active(key, value);
+        (n >= *max).then(|| {
+            format!(
+                "{n} of the run's jobs are active on nodes with {key}={value}, the plan's \
+                 max-concurrent for {key}"
+            )
+        })
+    })
+}
+
+/// [`over_limit`] over the labels of the nodes holding the run's active jobs: the check the
+/// store repeats under the run's lock, so that replicas assigning at once keep the limit.
+pub fn within_limits(
+    limits: &BTreeMap<String, u32>,
+    labels: &Labels,
+    active_labels: &[Labels],
+) -> Result<(), String> {
+    match over_limit(limits, labels, |key, value| {
+        let n = active_labels
+            .iter()
+            .filter(|other| other.get(key).is_some_and(|v| v == value))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
 }
 
 /// What the scheduler decided: send each job to its node.
@@ -241,7 +294,33 @@ pub struct Assignment {
 /// job; one job per node, oldest first. A busy node's pending jobs wait until its job ends;
 /// nodes that are cordoned, draining, unreachable, retired, `suspect` or `bad` get nothing,
 /// and their pending jobs wait until an operator brings the node back (or cancels the run).
-pub fn plan(nodes: &[NodeSlot], pending: &[PendingJob], _now: Timestamp) -> Vec<Assignment> {
+/// A job that would put its run over its plan's `max-concurrent` for a label value waits
+/// until one of the run's jobs there ends.
+pub fn plan(
+    nodes: &[NodeSlot],
+    pending: &[PendingJob],
+    concurrency: &Concurrency,
+    _now: Timestamp,
+) -> Vec<Assignment> {
+    let labels_of: HashMap<&NodeId, &Labels> = nodes
+        .iter()
+        .map(|slot| (&slot.node, &slot.labels))
+        .collect();
+    // Active jobs per (run, label key, label value), for the limited runs only.
+    let mut counts: HashMap<(&RunId, &str, &str), u32> = HashMap::new();
+    for (run, node) in &concurrency.active {
+        let (Some(limits), Some(labels)) = (concurrency.limits.get(run), labels_of.get(node))
+        else {
+            continue;
+        };
+        for key in limits.keys() {
+            if let Some(value) = labels.get(key) {
+                *counts
+                    .entry((run, key.as_str(), value.as_str()))
+                    .or_default() += 1;
+            }
+        }
+    }
     let mut free: BTreeSet<&NodeId> = nodes
         .iter()
         .filter(|slot| {
@@ -260,12 +339,34 @@ pub fn plan(nodes: &[NodeSlot], pending: &[PendingJob], _now: Timestamp) -> Vec<
     });
     let mut assignments = Vec::new();
     for job in ordered {
-        if free.remove(&job.node) {
-            assignments.push(Assignment {
-                job: job.job.clone(),
-                node: job.node.clone(),
-            });
+        if !free.contains(&job.node) {
+            continue;
         }
+        if let (Some(limits), Some(labels)) =
+            (concurrency.limits.get(&job.run), labels_of.get(&job.node))
+        {
+            let over = over_limit(limits, labels, |key, value| {
+                counts
+                    .get(&(&job.run, key, value))
+                    .copied()
+                    .unwrap_or_default()
+            });
+            if over.is_some() {
+                continue;
+            }
+            for key in limits.keys() {
+                if let Some(value) = labels.get(key) {
+                    *counts
+                        .entry((&job.run, key.as_str(), value.as_str()))
+                        .or_default() += 1;
+                }
+            }
+        }
+        free.remove(&job.node);
+        assignments.push(Assignment {
+            job: job.job.clone(),
+            node: job.node.clone(),
+        });
     }
     assignments
 }
@@ -480,15 +581,79 @@ mod tests {
             connected,
             has_active_job: busy,
             health: Health::Good,
+            labels: Labels::new(),
         }
     }
 
     fn pending(job: &str, node: &str, t: i64) -> PendingJob {
         PendingJob {
             job: job.into(),
+            run: "run-1".into(),
             node: node.into(),
             created_at: at(t),
         }
+    }
+
+    fn in_rack(name: &str, rack: &str) -> NodeSlot {
+        NodeSlot {
+            labels: [("rack".to_owned(), rack.to_owned())].into(),
+            ..slot(name, true, false)
+        }
+    }
+
+    /// `max-concurrent: {rack: 2}`: at most two of a run's jobs active per rack, counting the
+    /// ones already running; another run, and a node without the label, are not held back.
+    #[test]
+    fn a_run_takes_at_most_its_max_concurrent_nodes_of_one_rack() {
+        let nodes = [
+            in_rack("r1-a", "r1"),
+            in_rack("r1-b", "r1"),
+            in_rack("r1-c", "r1"),
+            in_rack("r1-d", "r1"),
+            in_rack("r2-a", "r2"),
+            slot("loose", true, false),
+        ];
+        let jobs: Vec<PendingJob> = ["r1-a", "r1-b", "r1-c", "r2-a", "loose"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| pending(&format!("j{i}"), node, i as i64))
+            .chain([PendingJob {
+                run: "run-2".into(),
+                ..pending("other-run", "r1-d", 9)
+            }])
+            .collect();
+        let concurrency = Concurrency {
+            limits: [("run-1".into(), [("rack".to_owned(), 2)].into())].into(),
+            active: Vec::new(),
+        };
+        let assigned = |concurrency: &Concurrency| -> Vec<String> {
+            plan(&nodes, &jobs, concurrency, at(10))
+                .into_iter()
+                .map(|a| a.job.to_string())
+                .collect()
+        };
+        assert_eq!(
+            assigned(&concurrency),
+            ["j0", "j1", "j3", "j4", "other-run"]
+        );
+        // With one of the run's jobs already running in r1, one more fits there.
+        let running = Concurrency {
+            active: vec![("run-1".into(), "r1-d".into())],
+            ..concurrency.clone()
+        };
+        assert_eq!(assigned(&running), ["j0", "j3", "j4", "other-run"]);
+        assert_eq!(
+            within_limits(
+                &[("rack".to_owned(), 2)].into(),
+                &nodes[2].labels,
+                &[nodes[0].labels.clone(), nodes[1].labels.clone()]
+            ),
+            Err(
+                "2 of the run's jobs are active on nodes with rack=r1, the plan's \
+                 max-concurrent for rack"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]
@@ -505,7 +670,7 @@ mod tests {
             pending("j4", "c", 1),
         ];
         assert_eq!(
-            plan(&nodes, &jobs, at(5)),
+            plan(&nodes, &jobs, &Concurrency::default(), at(5)),
             vec![Assignment {
                 job: "j1".into(),
                 node: "a".into()
@@ -525,10 +690,18 @@ mod tests {
             pending("older", "c", 3),
             pending("j5", "d", 1),
         ];
-        assert!(plan(&[busy.clone(), suspect.clone()], &jobs, at(10)).is_empty());
+        assert!(
+            plan(
+                &[busy.clone(), suspect.clone()],
+                &jobs,
+                &Concurrency::default(),
+                at(10)
+            )
+            .is_empty()
+        );
         busy.has_active_job = false;
         assert_eq!(
-            plan(&[busy, suspect], &jobs, at(11)),
+            plan(&[busy, suspect], &jobs, &Concurrency::default(), at(11)),
             vec![Assignment {
                 job: "older".into(),
                 node: "c".into()
@@ -546,7 +719,7 @@ mod tests {
                 .map(|(i, (connected, busy))| slot(&format!("n{i}"), *connected, *busy)).collect();
             let pending: Vec<PendingJob> = jobs.iter().enumerate()
                 .map(|(i, (n, t))| pending(&format!("j{i}"), &format!("n{}", n % nodes.len()), *t)).collect();
-            let assignments = plan(&nodes, &pending, at(0));
+            let assignments = plan(&nodes, &pending, &Concurrency::default(), at(0));
             let mut seen = BTreeSet::new();
             for a in &assignments {
                 prop_assert!(seen.insert(a.node.clone()), "node {} got two jobs", a.node);

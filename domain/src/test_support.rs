@@ -88,6 +88,7 @@ pub fn plan_for(sku: &str) -> Plan {
         ),
         max_nodes: None,
         selection: Default::default(),
+        max_concurrent: Default::default(),
         steps: vec![Step {
             name: "stress".into(),
             kind: StepKind::Exec {

@@ -186,3 +186,65 @@ steps:
     assert_eq!(result.sub_results[0].name, "last");
     assert_eq!(outcome(result.sub_results[0].outcome), v1::Outcome::Failed);
 }
+
+/// Blast radius: with `max-concurrent: {rack: 1}` a run never has two jobs active at once in
+/// one rack; the other rack's node runs alongside. Checked on the steps' own clocks: the
+/// attempts in rack r1 do not overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_keeps_its_max_concurrent_per_rack() {
+    let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    // The step reports when it started and ended, on the host's clock.
+    let plan = r#"name: rack-limited
+selector: {sku: hgx-h100}
+max-concurrent: {rack: 1}
+steps:
+  - name: load
+    kind: exec
+    command: [sh, -c, "echo \"@tollgate measure t_start $(date +%s.%N) s\"; sleep 0.6; echo \"@tollgate measure t_end $(date +%s.%N) s\""]
+"#;
+    let _agents = [
+        Agent::start_labelled(&controller.url, "r1-a", 1, &[("rack", "r1")]),
+        Agent::start_labelled(&controller.url, "r1-b", 1, &[("rack", "r1")]),
+        Agent::start_labelled(&controller.url, "r1-c", 1, &[("rack", "r1")]),
+        Agent::start_labelled(&controller.url, "r2-a", 1, &[("rack", "r2")]),
+    ];
+    let mut clients = controller.clients().await;
+    let run = clients
+        .qualify(
+            "r550",
+            4,
+            plan,
+            "milestone: lab-qual\nrules:\n  - steps-passed: {plan: rack-limited, steps: [load], min-nodes: 4}\n",
+        )
+        .await;
+    assert_eq!(run.state, "finished", "{run:#?}");
+    let span = |node: &str| {
+        let job = run.jobs.iter().find(|job| job.node == node).expect("a job");
+        assert_eq!(job.state, "passed", "{job:#?}");
+        let measured = |name: &str| {
+            job.results[0]
+                .measurements
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} on {node}: {job:#?}"))
+                .value
+        };
+        (measured("t_start"), measured("t_end"))
+    };
+    let mut rack1: Vec<(f64, f64)> = ["r1-a", "r1-b", "r1-c"].iter().map(|n| span(n)).collect();
+    rack1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in rack1.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two jobs of rack r1 ran at once: {rack1:?}"
+        );
+    }
+    // r2's node did not wait for rack r1.
+    let r2 = span("r2-a");
+    assert!(
+        r2.0 < rack1[1].0,
+        "r2-a waited for rack r1: {r2:?} {rack1:?}"
+    );
+}

@@ -70,6 +70,7 @@ fn plan() -> Plan {
         ),
         max_nodes: Some(2),
         selection: Default::default(),
+        max_concurrent: Default::default(),
         steps: vec![
             Step {
                 name: "versions".into(),

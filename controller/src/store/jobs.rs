@@ -121,7 +121,7 @@ impl Store {
 
     /// Every pending job with its node.
     pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
-        const SQL: &str = "SELECT id, node, created_at FROM jobs WHERE state = $1
+        const SQL: &str = "SELECT id, run_id, node, created_at FROM jobs WHERE state = $1
              ORDER BY created_at, id";
         with_pool!(self, |pool| {
             sqlx::query(SQL)
@@ -210,6 +210,46 @@ impl Store {
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             apply_job_change!(tx, change, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Applies an assignment the domain decided, as [`Store::apply_job_change`] does, after
+    /// checking under the run's lock that it keeps the run within its plan's `max-concurrent`
+    /// (`limits`) for the node's `labels`: replicas assigning jobs of one run at once are
+    /// serialized by that lock, so neither puts the run over the limit. `Conflict` naming the
+    /// label when it would (the job waits for one of the run's jobs there to end).
+    pub async fn assign_job_within(
+        &self,
+        change: &JobChange,
+        now: Timestamp,
+        limits: &std::collections::BTreeMap<String, u32>,
+        labels: &tollgate_domain::fleet::Labels,
+    ) -> Result<(), StoreError> {
+        static ACTIVE_LABELS: LazyLock<String> = LazyLock::new(|| {
+            states::sql(
+                "SELECT n.labels FROM jobs j JOIN nodes n ON n.name = j.node \
+                 WHERE j.run_id = $1 AND j.state IN {active}",
+            )
+        });
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let run_id = lock_job_run!(tx, &change.job);
+            let active: Vec<tollgate_domain::fleet::Labels> = sqlx::query(ACTIVE_LABELS.as_str())
+                .bind(&run_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "nodes", &[]).json("labels"))
+                .collect::<Result<_, _>>()?;
+            if let Err(why) = tollgate_domain::scheduler::within_limits(limits, labels, &active) {
+                return Err(StoreError::Conflict {
+                    what: format!("job {}", change.job),
+                    detail: why,
+                });
+            }
+            apply_job_change!(tx, change, now, run_id);
             tx.commit().await?;
             Ok(())
         })

@@ -371,6 +371,7 @@ pub(super) fn pending_job(row: &impl StoreRow) -> Result<PendingJob, StoreError>
     let f = Fields::new(row, "jobs", &["id"]);
     Ok(PendingJob {
         job: JobId(f.text("id")?),
+        run: RunId(f.text("run_id")?),
         node: NodeId(f.text("node")?),
         created_at: f.time("created_at")?,
     })

@@ -100,6 +100,7 @@ on_both_backends!(
     results_decided_from_the_same_state_apply_once,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
+    two_replicas_assigning_one_run_keep_its_max_concurrent,
     promote_is_compare_and_set,
     concurrent_cordons_apply_once,
     load_evidence_picks_latest_run_per_plan,
@@ -1413,6 +1414,43 @@ async fn two_jobs_assigned_to_one_node_at_once_only_one_applies(store: &Store) {
     exactly_one(&one, &two);
     assert_eq!(store.active_jobs().await.expect("active").len(), 1);
     assert_eq!(node_state(store, "n1").await, NodeState::Busy);
+}
+
+/// Two replicas, each holding one node's stream, assign two jobs of one run at once on nodes
+/// sharing a label whose `max-concurrent` is 1: the run's lock serializes them and the second
+/// finds the first active.
+async fn two_replicas_assigning_one_run_keep_its_max_concurrent(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    add_node(store, "n2").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
+    let mut changes = Vec::new();
+    for job in &jobs {
+        let facts = store.job_facts(&job.id).await.expect("facts").expect("job");
+        changes.push(
+            tollgate_domain::job::decide(
+                &facts,
+                tollgate_domain::job::JobEvent::Assigned,
+                facts.lease_epoch + 1,
+            )
+            .expect("assignable"),
+        );
+    }
+    let limits: std::collections::BTreeMap<String, u32> = [("sku".to_owned(), 1)].into();
+    let labels: Labels = [("sku".to_owned(), "hgx".to_owned())].into();
+    let (one, two) = tokio::join!(
+        store.assign_job_within(&changes[0], at(20), &limits, &labels),
+        store.assign_job_within(&changes[1], at(20), &limits, &labels),
+    );
+    exactly_one(&one, &two);
+    let refused = one.err().or(two.err()).expect("one refused");
+    assert!(
+        refused.to_string().contains("max-concurrent for sku"),
+        "{refused}"
+    );
+    assert_eq!(store.active_jobs().await.expect("active").len(), 1);
 }
 
 async fn promote_is_compare_and_set(store: &Store) {
