@@ -319,25 +319,37 @@ mod tests {
         store.close().await;
     }
 
-    #[tokio::test]
-    async fn half_the_fleet_silent_for_ten_minutes_expires_no_lease_until_heartbeats_return() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+    /// A store in `dir` with `names` registered and heard at t=0, and a controller's shared
+    /// state on it with a manual clock at t=0, a 10 s grace and 2 s heartbeats.
+    async fn heard_at_zero(
+        dir: &std::path::Path,
+        names: &[String],
+    ) -> (Store, ManualClock, Shared) {
+        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.display()))
             .await
             .expect("store");
-        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"), "hgx")).collect();
-        for n in &nodes {
+        for name in names {
+            let n = node(name, "hgx");
             crate::grpc::node::register(&store, &n.id, &n.labels, &n.inventory, "hash", at(0))
                 .await
                 .expect("register");
             store.touch_node(&n.id, at(0)).await.expect("heartbeat");
         }
         let clock = ManualClock::new(at(0));
-        let mut config = ControllerConfig::new(dir.path().to_owned());
+        let mut config = ControllerConfig::new(dir.to_owned());
         config.clock = std::sync::Arc::new(clock.clone());
         config.lease_grace = Duration::from_secs(10);
         config.heartbeat_interval = Duration::from_secs(2);
         let shared = Shared::new(store.clone(), config);
+        (store, clock, shared)
+    }
+
+    #[tokio::test]
+    async fn half_the_fleet_silent_for_ten_minutes_expires_no_lease_until_heartbeats_return() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+        let (store, clock, shared) = heard_at_zero(dir.path(), &names).await;
+        let nodes: Vec<_> = names.iter().map(|name| node(name, "hgx")).collect();
         let heartbeats = |live: std::ops::Range<usize>| {
             let (store, nodes, now) = (&store, &nodes, shared.now());
             async move {
@@ -393,21 +405,8 @@ mod tests {
     #[tokio::test]
     async fn in_a_small_lab_silent_nodes_expire_as_ever() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
-            .await
-            .expect("store");
-        for name in ["n1", "n2", "n3"] {
-            let n = node(name, "hgx");
-            crate::grpc::node::register(&store, &n.id, &n.labels, &n.inventory, "hash", at(0))
-                .await
-                .expect("register");
-            store.touch_node(&n.id, at(0)).await.expect("heartbeat");
-        }
-        let clock = ManualClock::new(at(0));
-        let mut config = ControllerConfig::new(dir.path().to_owned());
-        config.clock = std::sync::Arc::new(clock.clone());
-        config.lease_grace = Duration::from_secs(10);
-        let shared = Shared::new(store.clone(), config);
+        let names = ["n1", "n2", "n3"].map(String::from);
+        let (store, clock, shared) = heard_at_zero(dir.path(), &names).await;
         clock.advance(chrono::Duration::seconds(11));
         assert_eq!(check_once(&shared).await.expect("check").len(), 3);
         assert_eq!(shared.fleet_outage(), None);

@@ -152,6 +152,25 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
         .expect("drop test schema");
 }
 
+/// Runs `tollgate-controller serve` on `data_dir` and `database_url`, expecting it to refuse
+/// to start (it would otherwise serve until killed); returns what it printed.
+async fn serve_until_refused(
+    data_dir: &std::path::Path,
+    database_url: &str,
+) -> std::process::Output {
+    let run = tokio::process::Command::new(workspace_binary("tollgate-controller"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-loopback"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database", database_url])
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the controller refuses within 30 s instead of serving")
+        .expect("run tollgate-controller")
+}
+
 #[tokio::test]
 async fn a_second_controller_on_one_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -163,20 +182,7 @@ async fn a_second_controller_on_one_sqlite_file_is_refused() {
         Duration::from_secs(10),
     )
     .await;
-    let second = tokio::process::Command::new(workspace_binary("tollgate-controller"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-loopback",
-            "--data-dir",
-            &dir.path().join("second").display().to_string(),
-            "--database",
-            &database_url,
-        ])
-        .output()
-        .await
-        .expect("run a second controller");
+    let second = serve_until_refused(&dir.path().join("second"), &database_url).await;
     assert!(
         !second.status.success(),
         "a second controller must not start"
@@ -212,20 +218,7 @@ async fn a_controller_with_another_report_signing_key_is_refused() {
     first.stop().await;
 
     let other_dir = dir.path().join("other");
-    let refused = tokio::process::Command::new(workspace_binary("tollgate-controller"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-loopback",
-            "--data-dir",
-            &other_dir.display().to_string(),
-            "--database",
-            &database_url,
-        ])
-        .output()
-        .await
-        .expect("run a controller with another key");
+    let refused = serve_until_refused(&other_dir, &database_url).await;
     assert!(!refused.status.success(), "it must not start");
     let stderr = text(&refused.stderr);
     assert!(
