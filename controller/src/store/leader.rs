@@ -9,12 +9,21 @@ use super::connect::Begin as _;
 use super::{Pool, Store, StoreError};
 use sqlx::Connection as _;
 
-/// The advisory lock's key: "tollgate" in ASCII, read as a big-endian number. Any other
-/// program using advisory locks on the same database must avoid it.
-pub const LEADER_LOCK_KEY: i64 = 0x746f_6c6c_6761_7465;
+/// The advisory locks' first key: "toll" in ASCII, read as a big-endian number; the second
+/// key is a hash of the database and schema, so that deployments (and tests) sharing one
+/// PostgreSQL server or database in separate schemas each have their own leader. Any other
+/// program using two-key advisory locks on the same database must avoid this first key.
+pub const LEADER_LOCK_KEY: i32 = 0x746f_6c6c;
 
 /// The advisory lock serializing replicas that record the report signing key at start.
-const REPORT_KEY_LOCK_KEY: i64 = LEADER_LOCK_KEY + 1;
+const REPORT_KEY_LOCK_KEY: i32 = LEADER_LOCK_KEY + 1;
+
+/// The second key of this deployment's advisory locks, computed by the server.
+macro_rules! deployment_key {
+    () => {
+        "hashtext(current_database() || '.' || current_schema())"
+    };
+}
 
 /// Leadership held by this replica, until dropped or until [`Leadership::still_held`] finds
 /// the connection holding it gone.
@@ -32,7 +41,9 @@ impl Store {
             Pool::Sqlite(_) => Ok(Some(Leadership { connection: None })),
             Pool::Postgres(pool) => {
                 let mut connection = pool.acquire().await?;
-                let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                const SQL: &str =
+                    concat!("SELECT pg_try_advisory_lock($1, ", deployment_key!(), ")");
+                let (taken,): (bool,) = sqlx::query_as(SQL)
                     .bind(LEADER_LOCK_KEY)
                     .fetch_one(&mut *connection)
                     .await?;
@@ -53,12 +64,13 @@ impl Leadership {
         let Some(connection) = self.connection.as_mut() else {
             return true;
         };
+        // A two-key advisory lock shows as objsubid 2, its first key as classid.
         let answered = sqlx::query_as::<_, (bool,)>(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid() AND granted \
-             AND ((classid::bigint << 32) | objid::bigint) = $1)",
+             AND pid = pg_backend_pid() AND granted AND objsubid = 2 \
+             AND classid::bigint = $1)",
         )
-        .bind(LEADER_LOCK_KEY)
+        .bind(i64::from(LEADER_LOCK_KEY))
         .fetch_one(&mut *connection)
         .await;
         match answered {
@@ -93,7 +105,9 @@ impl Store {
             // Two replicas starting at once: the first to lock inserts, the other reads its
             // key (SQLite's write transaction serializes them already).
             if self.backend() == "postgres" {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                const LOCK: &str =
+                    concat!("SELECT pg_advisory_xact_lock($1, ", deployment_key!(), ")");
+                sqlx::query(LOCK)
                     .bind(REPORT_KEY_LOCK_KEY)
                     .execute(&mut *tx)
                     .await?;

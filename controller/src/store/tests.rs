@@ -2100,3 +2100,59 @@ async fn recent_outcomes_are_the_node_s_latest_not_skipped(store: &Store) {
 
 // A database that refuses writes for a while.
 mod outage;
+
+/// One leader per deployment: a second replica on the same schema does not lead while the
+/// first holds the lock, and takes it once the first lets go; a deployment in another schema
+/// of the same database (as every PostgreSQL test is) leads on its own meanwhile.
+#[tokio::test]
+async fn one_leader_per_deployment_and_deployments_do_not_share_it() {
+    let Some(base) = testing::postgres_url_or_skip() else {
+        return;
+    };
+    let url = testing::fresh_postgres_url(&base).await.expect("schema");
+    let other_url = testing::fresh_postgres_url(&base).await.expect("schema");
+    let first = Store::connect(&url).await.expect("first replica");
+    let second = Store::connect(&url).await.expect("second replica");
+    let other = Store::connect(&other_url)
+        .await
+        .expect("another deployment");
+
+    let mut leading = first
+        .try_lead()
+        .await
+        .expect("ask")
+        .expect("the first leads");
+    assert!(leading.still_held().await);
+    assert!(
+        second.try_lead().await.expect("ask").is_none(),
+        "one leader"
+    );
+    let mut elsewhere = other
+        .try_lead()
+        .await
+        .expect("ask")
+        .expect("another schema has its own leader");
+    assert!(elsewhere.still_held().await);
+
+    drop(leading);
+    let taken = lead_within_5s(&second).await;
+    assert!(taken, "the second replica takes over once the first let go");
+    for store in [first, second, other] {
+        store.close().await;
+    }
+    for url in [url, other_url] {
+        testing::drop_postgres_schema(&url).await.expect("drop");
+    }
+}
+
+/// Tries to lead for up to 5 s: the server ends a dropped connection's session (and its
+/// lock) a moment after its socket closes.
+async fn lead_within_5s(store: &Store) -> bool {
+    for _ in 0..50 {
+        if store.try_lead().await.expect("ask").is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
