@@ -71,12 +71,13 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
         .iter()
         .map(|slot| (&slot.node, &slot.labels))
         .collect();
+    let run_of: HashMap<&tollgate_domain::JobId, &RunId> =
+        pending.iter().map(|job| (&job.job, &job.run)).collect();
     let mut n_assigned = 0;
     for assignment in assignments {
-        let limit = pending
-            .iter()
-            .find(|job| job.job == assignment.job)
-            .and_then(|job| concurrency.limits.get(&job.run))
+        let limit = run_of
+            .get(&assignment.job)
+            .and_then(|run| concurrency.limits.get(*run))
             .zip(labels.get(&assignment.node).copied());
         if assign(shared, &assignment.job, limit, &mut commands).await? {
             n_assigned += 1;
