@@ -535,12 +535,25 @@ impl Clients {
 
     /// Every node as the controller lists it; `None` while it does not answer.
     pub async fn try_list_nodes(&mut self) -> Option<Vec<v1::Node>> {
-        let listed = self
-            .nodes
-            .list_nodes(v1::ListNodesRequest::default())
-            .await
-            .ok()?;
-        Some(listed.into_inner().nodes)
+        // Every page: a fleet larger than one page (the benchmarks') is listed whole.
+        let mut nodes = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .nodes
+                .list_nodes(v1::ListNodesRequest {
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            nodes.extend(page.nodes);
+            if page.next_page_token.is_empty() {
+                return Some(nodes);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Evaluates the gate of a release at its current milestone.
