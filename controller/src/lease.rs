@@ -9,7 +9,7 @@
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
-use crate::shared::Shared;
+use crate::shared::{FleetOutage, Shared};
 use crate::store::StoreError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     }
     let grace = lease_grace(shared);
     let now = shared.now();
-    if judge_outage(shared, &watched, grace, now) {
+    if judge_outage(shared, &watched, now) {
         return Ok(Vec::new());
     }
     let expired = tollgate_domain::scheduler::expired_leases(
@@ -117,57 +117,15 @@ fn lease_grace(shared: &Shared) -> tollgate_domain::lease::LeaseGrace {
     )
 }
 
-/// Whether the fleet's silence is an outage now (`OutagePolicy`), recording it in `shared` and
-/// saying so when it starts and ends. When it ends every lease gets a fresh grace (agents are
-/// reconnecting), and this check expires nothing either.
-fn judge_outage(
+/// Records in `shared` the fleet outage `watched` shows now (`OutagePolicy`), keeping when it
+/// began; returns the outage seen before and the one seen now.
+fn record_outage(
     shared: &Shared,
     watched: &[(NodeId, Option<tollgate_domain::Timestamp>)],
-    grace: tollgate_domain::lease::LeaseGrace,
     now: tollgate_domain::Timestamp,
-) -> bool {
-    let silence = tollgate_domain::lease::silence(watched, shared.leases_fresh_from(), grace, now);
-    if shared.config.outage.is_outage(silence) {
-        let since = shared.fleet_outage().map_or(now, |outage| outage.since);
-        let before = shared.set_fleet_outage(Some(crate::shared::FleetOutage {
-            since,
-            silent: silence.silent,
-            watched: silence.watched,
-        }));
-        if before.is_none() {
-            tracing::warn!(
-                silent = silence.silent,
-                watched = silence.watched,
-                fraction = shared.config.outage.fraction,
-                "{} of {} nodes went silent at once: suspecting an outage of this controller, its \
-                 database or the network rather than dead nodes; no lease expires until \
-                 heartbeats return",
-                silence.silent,
-                silence.watched
-            );
-        }
-        return true;
-    }
-    if let Some(outage) = shared.set_fleet_outage(None) {
-        shared.refresh_leases(now);
-        tracing::info!(
-            lasted_s = (now - outage.since).num_seconds(),
-            silent = silence.silent,
-            watched = silence.watched,
-            "heartbeats returned: the fleet outage is over; every lease gets a fresh grace, \
-             and a node still silent after it is unreachable as ever"
-        );
-        return true;
-    }
-    false
-}
-
-/// Looks for a fleet outage without expiring anything (a replica that does not lead).
-async fn look_for_outage(shared: &Shared) -> Result<(), StoreError> {
-    let watched = watched_nodes(shared).await?;
-    let now = shared.now();
+) -> (Option<FleetOutage>, Option<FleetOutage>) {
     let silence = tollgate_domain::lease::silence(
-        &watched,
+        watched,
         shared.leases_fresh_from(),
         lease_grace(shared),
         now,
@@ -176,12 +134,54 @@ async fn look_for_outage(shared: &Shared) -> Result<(), StoreError> {
         .config
         .outage
         .is_outage(silence)
-        .then(|| crate::shared::FleetOutage {
+        .then(|| FleetOutage {
             since: shared.fleet_outage().map_or(now, |outage| outage.since),
             silent: silence.silent,
             watched: silence.watched,
         });
-    shared.set_fleet_outage(seen);
+    (shared.set_fleet_outage(seen), seen)
+}
+
+/// Whether the fleet's silence is an outage now (`OutagePolicy`), recording it in `shared` and
+/// saying so when it starts and ends. When it ends every lease gets a fresh grace (agents are
+/// reconnecting), and this check expires nothing either.
+fn judge_outage(
+    shared: &Shared,
+    watched: &[(NodeId, Option<tollgate_domain::Timestamp>)],
+    now: tollgate_domain::Timestamp,
+) -> bool {
+    match record_outage(shared, watched, now) {
+        (None, Some(outage)) => {
+            tracing::warn!(
+                silent = outage.silent,
+                watched = outage.watched,
+                fraction = shared.config.outage.fraction,
+                "{} of {} nodes went silent at once: suspecting an outage of this controller, its \
+                 database or the network rather than dead nodes; no lease expires until \
+                 heartbeats return",
+                outage.silent,
+                outage.watched
+            );
+            true
+        }
+        (Some(_), Some(_)) => true,
+        (Some(outage), None) => {
+            shared.refresh_leases(now);
+            tracing::info!(
+                lasted_s = (now - outage.since).num_seconds(),
+                "heartbeats returned: the fleet outage is over; every lease gets a fresh grace, \
+                 and a node still silent after it is unreachable as ever"
+            );
+            true
+        }
+        (None, None) => false,
+    }
+}
+
+/// Looks for a fleet outage without expiring anything (a replica that does not lead).
+async fn look_for_outage(shared: &Shared) -> Result<(), StoreError> {
+    let watched = watched_nodes(shared).await?;
+    record_outage(shared, &watched, shared.now());
     Ok(())
 }
 

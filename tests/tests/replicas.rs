@@ -171,17 +171,24 @@ async fn serve_until_refused(
         .expect("run tollgate-controller")
 }
 
-#[tokio::test]
-async fn a_second_controller_on_one_sqlite_file_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = format!("sqlite://{}/tollgate.db", dir.path().display());
-    let mut first = ControllerProcess::start(
+/// A controller serving a new SQLite database in `dir` (data directory `dir/controller`);
+/// returns the database URL with it.
+async fn first_sqlite_controller(dir: &std::path::Path) -> (String, ControllerProcess) {
+    let database_url = format!("sqlite://{}/tollgate.db", dir.display());
+    let first = ControllerProcess::start(
         &database_url,
-        &dir.path().join("controller"),
-        &dir.path().join("first.log"),
+        &dir.join("controller"),
+        &dir.join("first.log"),
         Duration::from_secs(10),
     )
     .await;
+    (database_url, first)
+}
+
+#[tokio::test]
+async fn a_second_controller_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (database_url, mut first) = first_sqlite_controller(dir.path()).await;
     let second = serve_until_refused(&dir.path().join("second"), &database_url).await;
     assert!(
         !second.status.success(),
@@ -206,14 +213,7 @@ async fn a_second_controller_on_one_sqlite_file_is_refused() {
 #[tokio::test]
 async fn a_controller_with_another_report_signing_key_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = format!("sqlite://{}/tollgate.db", dir.path().display());
-    let mut first = ControllerProcess::start(
-        &database_url,
-        &dir.path().join("controller"),
-        &dir.path().join("first.log"),
-        Duration::from_secs(10),
-    )
-    .await;
+    let (database_url, mut first) = first_sqlite_controller(dir.path()).await;
     let key = tollgate_tests::process::public_key(&first.url).await;
     first.stop().await;
 
