@@ -257,7 +257,12 @@ async fn the_agent_runs_an_assigned_job_and_delivers_every_result() {
         let _ = stopped.await;
     }));
 
-    wait_until(&seen, |seen| seen.acked.len() == 2).await;
+    // The controller acknowledges before the agent deletes the spooled file, so wait for both.
+    let spool_dir = state.path().join("spool");
+    wait_until(&seen, |seen| {
+        seen.acked.len() == 2 && spooled_files(&spool_dir).is_empty()
+    })
+    .await;
     stop.send(()).unwrap();
     agent.await.unwrap().expect("the agent shuts down cleanly");
 
@@ -341,11 +346,6 @@ async fn the_agent_runs_an_assigned_job_and_delivers_every_result() {
         "550.54.15"
     );
 
-    let spool_dir = state.path().join("spool");
-    assert!(
-        spooled_files(&spool_dir).is_empty(),
-        "acknowledged results are deleted"
-    );
     assert_eq!(spooled_files(&spool_dir.join("rejected")).len(), 1);
     let token = std::fs::read_to_string(state.path().join("node-token")).unwrap();
     assert_eq!(token, TOKEN);
