@@ -118,8 +118,11 @@ pub enum NodeState {
     Busy,
     /// An operator took it out of scheduling; a running job finishes.
     Cordoned,
-    /// Cordoned and waiting for its running job to end.
+    /// Drained (`tollgate node drain`): no new jobs, waiting for its running job to end (or for
+    /// the drain's deadline, when the job is cancelled and rescheduled elsewhere).
     Draining,
+    /// Drained and out of service until an operator resumes it (`tollgate node resume`).
+    Maintenance,
     /// No heartbeat within the lease grace; its running job is lost.
     Unreachable,
     /// Removed from the fleet for good.

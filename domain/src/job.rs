@@ -887,10 +887,10 @@ mod tests {
                     to: NodeState::Ready,
                 })
             );
-            // A cordoned node stays cordoned; a draining one is cordoned once its job ended.
+            // A cordoned node stays cordoned; a draining one is in maintenance once its job ended.
             for (node_state, after) in [
                 (NodeState::Cordoned, None),
-                (NodeState::Draining, Some(NodeState::Cordoned)),
+                (NodeState::Draining, Some(NodeState::Maintenance)),
             ] {
                 let facts = JobFacts {
                     node_state,

@@ -93,6 +93,7 @@ mod tests {
                 "busy",
                 "cordoned",
                 "draining",
+                "maintenance",
                 "unreachable",
                 "retired",
             ],
@@ -138,7 +139,7 @@ mod tests {
             "gone".parse::<NodeState>(),
             Err(
                 "unknown NodeState 'gone' (expected one of: ready, busy, cordoned, draining, \
-                 unreachable, retired)"
+                 maintenance, unreachable, retired)"
                     .to_string()
             )
         );

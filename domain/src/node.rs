@@ -1,5 +1,5 @@
 //! A node's two state machines. Its lifecycle (`ready`, `busy`, `cordoned`, `draining`,
-//! `unreachable`, `retired`) changes only as [`next_state`] decides, from jobs starting and
+//! `maintenance`, `unreachable`, `retired`) changes only as [`next_state`] decides, from jobs starting and
 //! ending, leases, reconnections and operators. Its health changes from what its results
 //! showed (findings) and what an operator decided, and [`next`] is the one place that change is
 //! decided.
@@ -157,8 +157,15 @@ pub enum NodeEvent {
         /// Whether the node has an active job.
         active_job: bool,
     },
-    /// An operator drains it: cordoned, and `draining` until its active job ends.
+    /// An operator drains it: `draining` until its active job ends (or is cancelled at the
+    /// drain's deadline), then `maintenance`.
     Drain {
+        /// Whether the node has an active job.
+        active_job: bool,
+    },
+    /// An operator puts it back in service (`tollgate node resume`): from `maintenance`,
+    /// `draining` or `cordoned`.
+    Resume {
         /// Whether the node has an active job.
         active_job: bool,
     },
@@ -219,26 +226,34 @@ pub fn seen_state(state: NodeState, connected: bool) -> NodeState {
 ///   ready ◀──────────────────▶ busy   ready|busy ──────────▶ unreachable
 ///         JobEnded (no other)                    ◀──────────  Reconnected (busy if a job)
 ///
-///   ready|busy ──Cordon──▶ cordoned ──Uncordon──▶ ready | busy (active job)
-///   ready|busy|cordoned ──Drain──▶ draining (active job) | cordoned ; draining ──JobEnded──▶ cordoned
+///   ready|busy ──Cordon──▶ cordoned ──Uncordon|Resume──▶ ready | busy (active job)
+///   ready|busy|cordoned ──Drain──▶ draining (active job) | maintenance
+///   draining ──JobEnded (no other)──▶ maintenance ──Resume|Uncordon──▶ ready
 ///   any but busy/draining-with-a-job ──Retire──▶ retired (final)
 /// ```
 ///
-/// A cordoned or draining node whose lease expires stays cordoned: an operator's cordon is not
-/// forgotten when its agent comes back (its running job is lost by the lease watchdog, so a
-/// draining node has nothing left to drain). Whether it is connected is shown apart from
-/// its state. A retired node stays retired whatever its agent does.
+/// A cordoned node whose lease expires stays cordoned, and a draining one goes to
+/// `maintenance` (its running job is lost by the lease watchdog, so it has nothing left to
+/// drain): an operator's cordon or drain is not forgotten when its agent comes back. Whether it
+/// is connected is shown apart from its state. A retired node stays retired whatever its
+/// agent does.
 pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeRefusal> {
     use NodeEvent as E;
     use NodeState as S;
     let refuse = |message: String| Err(NodeRefusal { state, message });
     match (state, event) {
-        (S::Retired, E::Cordon | E::Uncordon { .. } | E::Drain { .. } | E::JobStarted) => {
+        (
+            S::Retired,
+            E::Cordon | E::Uncordon { .. } | E::Resume { .. } | E::Drain { .. } | E::JobStarted,
+        ) => {
             refuse("the node is retired; it takes no jobs and no operator changes".into())
         }
         (S::Retired, _) => Ok(S::Retired),
         (S::Unreachable, E::Reconnected { active_job }) => Ok(busy_if(active_job)),
-        (S::Unreachable, E::Cordon | E::Uncordon { .. } | E::Drain { .. }) => refuse(
+        (
+            S::Unreachable,
+            E::Cordon | E::Uncordon { .. } | E::Resume { .. } | E::Drain { .. },
+        ) => refuse(
             "the node is unreachable; cordon, uncordon or drain it once its agent is back, \
              or retire it"
                 .into(),
@@ -262,21 +277,37 @@ pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeR
         )),
         (_, E::Retire { .. }) => Ok(S::Retired),
         (S::Ready | S::Busy, E::LeaseExpired) => Ok(S::Unreachable),
-        (S::Cordoned | S::Draining, E::LeaseExpired) => Ok(S::Cordoned),
+        (S::Cordoned, E::LeaseExpired) => Ok(S::Cordoned),
+        (S::Draining | S::Maintenance, E::LeaseExpired) => Ok(S::Maintenance),
         (S::Unreachable, E::LeaseExpired | E::JobEnded { .. }) => Ok(S::Unreachable),
         (S::Ready | S::Busy, E::JobStarted) => Ok(S::Busy),
+        // An assignment decided just before the cordon or drain was applied.
         (S::Cordoned | S::Draining, E::JobStarted) => Ok(S::Draining),
+        (S::Maintenance, E::JobStarted) => refuse(
+            "the node is in maintenance; it takes jobs again after `tollgate node resume`".into(),
+        ),
         (S::Busy, E::JobEnded { active_job }) => Ok(busy_if(active_job)),
-        (S::Draining, E::JobEnded { active_job: false }) => Ok(S::Cordoned),
-        (S::Ready | S::Cordoned | S::Draining, E::JobEnded { .. }) => Ok(state),
-        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Reconnected { .. }) => Ok(state),
+        (S::Draining, E::JobEnded { active_job: false }) => Ok(S::Maintenance),
+        (S::Ready | S::Cordoned | S::Draining | S::Maintenance, E::JobEnded { .. }) => Ok(state),
+        (
+            S::Ready | S::Busy | S::Cordoned | S::Draining | S::Maintenance,
+            E::Reconnected { .. },
+        ) => Ok(state),
         (S::Ready | S::Busy | S::Cordoned, E::Cordon) => Ok(S::Cordoned),
-        (S::Draining, E::Cordon) => Ok(S::Draining),
-        (S::Cordoned | S::Draining, E::Uncordon { active_job }) => Ok(busy_if(active_job)),
-        (S::Ready | S::Busy, E::Uncordon { .. }) => Ok(state),
-        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Drain { active_job }) => {
-            Ok(if active_job { S::Draining } else { S::Cordoned })
-        }
+        (S::Draining | S::Maintenance, E::Cordon) => Ok(state),
+        (
+            S::Cordoned | S::Draining | S::Maintenance,
+            E::Uncordon { active_job } | E::Resume { active_job },
+        ) => Ok(busy_if(active_job)),
+        (S::Ready | S::Busy, E::Uncordon { .. } | E::Resume { .. }) => Ok(state),
+        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Drain { active_job }) => Ok(
+            if active_job {
+                S::Draining
+            } else {
+                S::Maintenance
+            },
+        ),
+        (S::Maintenance, E::Drain { .. }) => Ok(S::Maintenance),
     }
 }
 
@@ -528,11 +559,12 @@ mod tests {
         use NodeEvent as E;
         use NodeState as S;
 
-        const ALL: [NodeState; 6] = [
+        const ALL: [NodeState; 7] = [
             S::Ready,
             S::Busy,
             S::Cordoned,
             S::Draining,
+            S::Maintenance,
             S::Unreachable,
             S::Retired,
         ];
@@ -544,6 +576,7 @@ mod tests {
                     E::Reconnected { active_job },
                     E::JobEnded { active_job },
                     E::Uncordon { active_job },
+                    E::Resume { active_job },
                     E::Drain { active_job },
                     E::Retire {
                         active_job,
@@ -580,57 +613,77 @@ mod tests {
         }
 
         #[test]
-        fn a_cordon_outlives_a_lost_lease_and_the_agent_coming_back() {
-            for cordoned in [S::Cordoned, S::Draining] {
-                let after = next_state(cordoned, E::LeaseExpired).expect("lease expiry");
-                assert_eq!(after, S::Cordoned);
+        fn a_cordon_or_drain_outlives_a_lost_lease_and_the_agent_coming_back() {
+            for (from, kept) in [
+                (S::Cordoned, S::Cordoned),
+                (S::Draining, S::Maintenance),
+                (S::Maintenance, S::Maintenance),
+            ] {
+                let after = next_state(from, E::LeaseExpired).expect("lease expiry");
+                assert_eq!(after, kept, "{from}");
                 for active_job in [false, true] {
-                    assert_eq!(
-                        next_state(after, E::Reconnected { active_job }),
-                        Ok(S::Cordoned)
-                    );
+                    assert_eq!(next_state(after, E::Reconnected { active_job }), Ok(kept));
                 }
             }
         }
 
         #[test]
-        fn a_draining_node_is_cordoned_once_its_job_ends() {
+        fn a_drained_node_is_in_maintenance_once_its_job_ends() {
             assert_eq!(
                 next_state(S::Busy, E::Drain { active_job: true }),
                 Ok(S::Draining)
             );
-            assert_eq!(
-                next_state(S::Ready, E::Drain { active_job: false }),
-                Ok(S::Cordoned)
-            );
+            for from in [S::Ready, S::Cordoned, S::Maintenance] {
+                assert_eq!(
+                    next_state(from, E::Drain { active_job: false }),
+                    Ok(S::Maintenance),
+                    "{from}"
+                );
+            }
             assert_eq!(
                 next_state(S::Draining, E::JobEnded { active_job: false }),
-                Ok(S::Cordoned)
+                Ok(S::Maintenance)
             );
             assert_eq!(
                 next_state(S::Draining, E::JobEnded { active_job: true }),
                 Ok(S::Draining)
             );
+            // Cordoning a drained node leaves it drained.
+            for from in [S::Draining, S::Maintenance] {
+                assert_eq!(next_state(from, E::Cordon), Ok(from));
+            }
         }
 
         #[test]
-        fn uncordon_gives_back_ready_or_busy() {
-            for from in [S::Cordoned, S::Draining] {
-                assert_eq!(
-                    next_state(from, E::Uncordon { active_job: true }),
-                    Ok(S::Busy)
-                );
-                assert_eq!(
-                    next_state(from, E::Uncordon { active_job: false }),
-                    Ok(S::Ready)
-                );
+        fn a_node_in_maintenance_takes_no_job() {
+            let refusal = next_state(S::Maintenance, E::JobStarted).expect_err("refused");
+            assert!(refusal.message.contains("node resume"), "{refusal}");
+        }
+
+        #[test]
+        fn resume_and_uncordon_give_back_ready_or_busy() {
+            for from in [S::Cordoned, S::Draining, S::Maintenance] {
+                for back in [E::Uncordon { active_job: true }, E::Resume { active_job: true }] {
+                    assert_eq!(next_state(from, back), Ok(S::Busy), "{from} {back:?}");
+                }
+                for back in [
+                    E::Uncordon { active_job: false },
+                    E::Resume { active_job: false },
+                ] {
+                    assert_eq!(next_state(from, back), Ok(S::Ready), "{from} {back:?}");
+                }
             }
         }
 
         #[test]
         fn operators_cannot_change_unreachable_or_retired_nodes() {
             for state in [S::Unreachable, S::Retired] {
-                for event in [E::Cordon, E::Uncordon { active_job: false }] {
+                for event in [
+                    E::Cordon,
+                    E::Uncordon { active_job: false },
+                    E::Resume { active_job: false },
+                    E::Drain { active_job: false },
+                ] {
                     let refusal = next_state(state, event).expect_err("refused");
                     assert_eq!(refusal.state, state);
                     assert!(refusal.message.contains(state.as_str()), "{refusal}");
@@ -690,6 +743,7 @@ mod tests {
                             | E::JobEnded { active_job: true }
                             | E::Reconnected { active_job: true }
                             | E::Uncordon { active_job: true }
+                            | E::Resume { active_job: true }
                     );
                     if to == S::Busy && state != S::Busy {
                         assert!(gains_a_job, "{state:?} --{event:?}--> busy");

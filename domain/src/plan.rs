@@ -48,9 +48,22 @@ pub struct Plan {
     /// versions of plans that do not set it are what they were.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub max_concurrent: BTreeMap<String, u32>,
+    /// Retries at the job level: a job that ends `lost` or `error` (the harness failed, not
+    /// the thing under test) is started again on another eligible node, at most this many
+    /// times (`reschedule: {attempts: 2}`); 0, the default, never. Left out of the canonical
+    /// form when 0, so the versions of plans that do not set it are what they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reschedule_attempts: u32,
     /// Steps, in order.
     pub steps: Vec<Step>,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The most job-level reschedules a plan may ask for.
+pub const MAX_RESCHEDULES: u32 = 10;
 
 /// One step of a plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -289,7 +302,15 @@ struct RawPlan {
     selection: Option<Spanned<String>>,
     #[serde(default)]
     max_concurrent: Option<Spanned<BTreeMap<String, Spanned<RawInt>>>>,
+    #[serde(default)]
+    reschedule: Option<RawReschedule>,
     steps: Spanned<Vec<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawReschedule {
+    attempts: Spanned<RawInt>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +408,17 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
         .as_ref()
         .map(|limits| max_concurrent(&mut problems, limits))
         .unwrap_or_default();
+    let reschedule_attempts = raw
+        .reschedule
+        .as_ref()
+        .map(|r| match r.attempts.value.to_u32(MAX_RESCHEDULES) {
+            Ok(n) => n,
+            Err(message) => {
+                problems.add(r.attempts.referenced, "reschedule.attempts", message);
+                0
+            }
+        })
+        .unwrap_or_default();
     if raw.steps.value.is_empty() {
         problems.add(
             raw.steps.referenced,
@@ -416,6 +448,7 @@ pub fn parse_plan(file: &str, source: &str) -> Result<Plan, SpecErrors> {
         max_nodes,
         selection,
         max_concurrent,
+        reschedule_attempts,
         steps,
     };
     problems.finish(plan)
@@ -1078,6 +1111,32 @@ steps:
             "{text}"
         );
         assert!(text.contains("max-concurrent[pdu]:"), "{text}");
+    }
+
+    #[test]
+    fn reschedule_sets_job_level_retries_or_says_where_it_is_wrong() {
+        let with = |line: &str| GOOD.replace("selector:", &format!("{line}\nselector:"));
+        let default = parse_plan("a.yaml", GOOD).expect("valid");
+        assert_eq!(default.reschedule_attempts, 0);
+        let canonical = serde_json::to_value(&default).expect("a plan serializes");
+        assert!(canonical.get("reschedule_attempts").is_none(), "{canonical}");
+        let twice = parse_plan("b.yaml", &with("reschedule: {attempts: 2}")).expect("valid");
+        assert_eq!(twice.reschedule_attempts, 2);
+        assert_ne!(twice.version(), default.version());
+        for (line, expected) in [
+            (
+                "reschedule: {attempts: 11}",
+                "c.yaml:3:24: reschedule.attempts: 11 is more than the limit of 10",
+            ),
+            (
+                "reschedule: {attempts: -1}",
+                "reschedule.attempts: -1 is not a non-negative integer",
+            ),
+            ("reschedule: {tries: 2}", "unknown field `tries`"),
+        ] {
+            let text = parse_plan("c.yaml", &with(line)).unwrap_err().to_string();
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
     }
 
     #[test]

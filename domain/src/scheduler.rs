@@ -134,7 +134,7 @@ fn left_out_because(node: &Node, plan: &str, selecting: Selecting) -> Option<Str
         (S::Ready, _) | (S::Busy, Selecting::ReadyAndBusy) => None,
         (S::Busy, Selecting::ReadyNow) => Some(format!("{} is busy", node.id)),
         // An unreachable node may never come back: a run does not wait for it.
-        (S::Cordoned | S::Draining | S::Unreachable | S::Retired, _) => {
+        (S::Cordoned | S::Draining | S::Maintenance | S::Unreachable | S::Retired, _) => {
             Some(format!("{} is {}", node.id, node.state))
         }
     }

@@ -89,6 +89,7 @@ pub fn plan_for(sku: &str) -> Plan {
         max_nodes: None,
         selection: Default::default(),
         max_concurrent: Default::default(),
+        reschedule_attempts: 0,
         steps: vec![Step {
             name: "stress".into(),
             kind: StepKind::Exec {

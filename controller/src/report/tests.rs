@@ -71,6 +71,7 @@ fn plan() -> Plan {
         max_nodes: Some(2),
         selection: Default::default(),
         max_concurrent: Default::default(),
+        reschedule_attempts: 0,
         steps: vec![
             Step {
                 name: "versions".into(),
