@@ -167,7 +167,7 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Lets a cordoned node take jobs again.
+    /// Lets a cordoned node take jobs again (the same as `node resume`).
     Uncordon {
         /// Node name.
         name: String,
@@ -175,13 +175,26 @@ pub enum NodeCommand {
         output: OutputArgs,
     },
     /// Stops scheduling new jobs on a node and lets its running job finish: the node is
-    /// `draining` until that job ends, then `cordoned` (uncordon it to take jobs again).
+    /// `draining` until that job ends, then `maintenance` until `node resume`.
     Drain {
         /// Node name.
         name: String,
         /// Why, for example --reason "replace PSU 2" (recorded in the audit log).
         #[arg(long, default_value = "")]
         reason: String,
+        /// How long the running job may take, for example 30m or 2h: a job still running then
+        /// is cancelled and started again on another eligible node. Without it the drain
+        /// waits for the job however long it takes. Draining a draining node again moves
+        /// the deadline.
+        #[arg(long, value_name = "DURATION")]
+        deadline: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Puts a node in `maintenance` (after a drain), `draining` or `cordoned` back in service.
+    Resume {
+        /// Node name.
+        name: String,
         #[command(flatten)]
         output: OutputArgs,
     },

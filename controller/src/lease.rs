@@ -39,6 +39,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
         if let Err(error) = check_once(&shared).await {
             tracing::warn!(%error, "lease check failed; retrying at the next tick");
         }
+        if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
+            tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
+        }
     }
     tracing::debug!("lease watchdog stopped");
 }
@@ -214,7 +217,8 @@ async fn expire_lease(
             node_state: to,
             ..facts
         };
-        if let Ok(change) = job::decide(&facts, JobEvent::LeaseExpired, facts.lease_epoch) {
+        if let Ok(mut change) = job::decide(&facts, JobEvent::LeaseExpired, facts.lease_epoch) {
+            crate::reschedule::attach(shared, &mut change, false).await?;
             runs.insert(facts.run.clone());
             lost.push(change);
         }

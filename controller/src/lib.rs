@@ -19,6 +19,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
@@ -29,6 +30,7 @@ pub mod listener;
 pub mod pki;
 pub mod replica;
 pub mod report;
+pub mod reschedule;
 pub mod scheduler;
 pub mod sessions;
 pub mod shared;

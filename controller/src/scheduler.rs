@@ -147,6 +147,8 @@ async fn assign(
         lease_epoch: change.to_epoch,
         created_at: now,
         updated_at: now,
+        attempt: 1,
+        rescheduled_from: None,
     };
     // Build the command before the job changes state, so a missing plan or release
     // leaves the job pending instead of assigned to an agent that never hears of it.

@@ -224,6 +224,13 @@ impl Agent {
         }
     }
 
+    /// The next `AssignJob` if one comes within `wait`.
+    async fn next_assignment_within(&mut self, wait: Duration) -> Option<proto::AssignJob> {
+        tokio::time::timeout(wait, self.next_assignment())
+            .await
+            .ok()
+    }
+
     /// Uploads `result` with this agent's node token.
     async fn report(
         &self,
@@ -343,6 +350,11 @@ struct Fixture {
 
 /// Release r550 (driver 550.54.15), the plan, and a started run of it.
 async fn start_run_of_r550(controller: &Controller) -> proto::Run {
+    start_run_of(controller, PLAN).await
+}
+
+/// Release r550 (driver 550.54.15), the plan `gpu-qual` as `plan`, and a started run of it.
+async fn start_run_of(controller: &Controller, plan: &str) -> proto::Run {
     controller
         .releases()
         .create_release(release_request("r550", "550.54.15"))
@@ -350,7 +362,10 @@ async fn start_run_of_r550(controller: &Controller) -> proto::Run {
         .expect("create release");
     controller
         .plans()
-        .apply_plan(plan_request())
+        .apply_plan(proto::ApplyPlanRequest {
+            source: plan.into(),
+            file_name: "plan.yaml".into(),
+        })
         .await
         .expect("apply plan");
     controller
@@ -362,12 +377,17 @@ async fn start_run_of_r550(controller: &Controller) -> proto::Run {
 }
 
 async fn fixture(controller: &Controller) -> Fixture {
+    fixture_of(controller, PLAN).await
+}
+
+/// [`fixture`] with the plan `gpu-qual` as `plan`.
+async fn fixture_of(controller: &Controller, plan: &str) -> Fixture {
     let mut a = Agent::enroll(controller, "node-a").await;
     let mut b = Agent::enroll(controller, "node-b").await;
     let mut connected = controller.serving.shared.sessions.connected_nodes();
     connected.sort();
     assert_eq!(connected, ["node-a".into(), "node-b".into()]);
-    let run = start_run_of_r550(controller).await;
+    let run = start_run_of(controller, plan).await;
     assert_eq!(run.jobs.len(), 2, "{run:?}");
     let assign_a = a.next_assignment().await;
     let assign_b = b.next_assignment().await;
@@ -1541,7 +1561,208 @@ async fn a_halt_resume_or_demotion_that_does_not_apply_is_refused_saying_why() {
     controller.stop().await;
 }
 
-/// An operator drains a busy node (it finishes its job and ends cordoned, taking no new one)
+/// The job's audit entries of `action`, as JSON details.
+async fn audit_details(controller: &Controller, action: &str) -> Vec<serde_json::Value> {
+    controller
+        .serving
+        .shared
+        .store
+        .list_audit(&tollgate_controller::store::AuditFilter::default())
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|entry| entry.action == action)
+        .map(|entry| serde_json::from_str(&entry.details).expect("JSON details"))
+        .collect()
+}
+
+impl Agent {
+    /// Waits for the next `CancelJob`, skipping other commands.
+    async fn next_cancel(&mut self) -> proto::CancelJob {
+        loop {
+            let command = tokio::time::timeout(PATIENCE, self.commands.next())
+                .await
+                .expect("a cancel within the patience")
+                .expect("stream open")
+                .expect("command");
+            if let Some(proto::controller_command::Command::CancelJob(cancel)) = command.command {
+                return cancel;
+            }
+        }
+    }
+}
+
+/// A node drained with a deadline its job outlives: the job is cancelled at the deadline and
+/// started again on another eligible node (recorded as a reschedule), the drained node goes to
+/// maintenance and comes back with resume, and the gate counts the new attempt only.
+#[tokio::test]
+async fn a_drain_deadline_moves_the_job_to_another_node_and_resume_brings_the_node_back() {
+    let controller = Controller::start().await;
+    let mut fx = fixture(&controller).await;
+    let mut c = Agent::enroll(&controller, "node-c").await;
+    eventually("node-c to be ready", || async {
+        (controller.node("node-c").await.state == "ready").then_some(())
+    })
+    .await;
+    let drained = controller
+        .nodes()
+        .drain_node(proto::DrainNodeRequest {
+            name: "node-a".into(),
+            reason: "replace PSU 2".into(),
+            deadline_seconds: 1,
+        })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(drained.state, "draining");
+
+    // The job outlives the deadline: node-a's agent is told to stop it, node-c gets it.
+    let cancel = fx.a.next_cancel().await;
+    assert_eq!(cancel.job_id, fx.assign_a.job_id);
+    assert!(cancel.reason.contains("deadline"), "{}", cancel.reason);
+    let again = c.next_assignment().await;
+    assert_ne!(again.job_id, fx.assign_a.job_id);
+    c.accept(&again).await;
+    eventually("node-a to be in maintenance", || async {
+        (controller.node("node-a").await.state == "maintenance").then_some(())
+    })
+    .await;
+    let run = controller.run(&fx.run_id).await;
+    let job = |id: &str| run.jobs.iter().find(|job| job.id == id).expect("job");
+    assert_eq!(job(&fx.assign_a.job_id).state, "cancelled");
+    let moved = job(&again.job_id);
+    assert_eq!(
+        (
+            moved.node.as_str(),
+            moved.attempt,
+            moved.rescheduled_from.as_str()
+        ),
+        ("node-c", 2, fx.assign_a.job_id.as_str())
+    );
+    let reschedules = audit_details(&controller, "job.reschedule").await;
+    assert_eq!(reschedules.len(), 1, "{reschedules:?}");
+    assert_eq!(reschedules[0]["cause"], "drain-deadline");
+    assert_eq!(reschedules[0]["node"], "node-c");
+    let drains = audit_details(&controller, "node.drain").await;
+    assert!(drains[0]["deadline"].is_string(), "{drains:?}");
+
+    // node-b and node-c pass: the run ends and the gate counts two nodes (node-a's cancelled
+    // job was replaced, so it is not evidence).
+    for (agent, assign) in [(&fx.b, &fx.assign_b), (&c, &again)] {
+        for step in 0..2 {
+            agent
+                .report(&controller, result(assign, step, proto::Outcome::Passed))
+                .await
+                .expect("result");
+        }
+    }
+    eventually("the run to finish", || async {
+        (controller.run(&fx.run_id).await.state == "finished").then_some(())
+    })
+    .await;
+    controller
+        .gates()
+        .apply_gate(proto::ApplyGateRequest {
+            source: GATE.into(),
+            file_name: "gate.yaml".into(),
+        })
+        .await
+        .expect("apply gate");
+    let decision = controller
+        .gates()
+        .evaluate_gate(proto::EvaluateGateRequest {
+            release: "r550".into(),
+            milestone: String::new(),
+            at: None,
+        })
+        .await
+        .expect("evaluate")
+        .into_inner();
+    assert_eq!(decision.verdict, "passed", "{decision:?}");
+
+    // Maintenance keeps node-a out until an operator resumes it.
+    assert_eq!(controller.node("node-a").await.state, "maintenance");
+    let resumed = controller
+        .nodes()
+        .set_cordon(proto::SetCordonRequest {
+            name: "node-a".into(),
+            cordoned: false,
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.state, "ready");
+    controller.stop().await;
+}
+
+/// A plan with `reschedule: {attempts: 1}`: a job that ends in a harness error is started
+/// again once on another node; the second error is final.
+#[tokio::test]
+async fn a_harness_error_is_rescheduled_as_often_as_the_plan_allows() {
+    let controller = Controller::start().await;
+    let plan = PLAN.replace("steps:", "reschedule: {attempts: 1}\nsteps:");
+    let mut fx = fixture_of(&controller, &plan).await;
+    let mut c = Agent::enroll(&controller, "node-c").await;
+    eventually("node-c to be ready", || async {
+        (controller.node("node-c").await.state == "ready").then_some(())
+    })
+    .await;
+    for step in 0..2 {
+        fx.a.report(
+            &controller,
+            result(&fx.assign_a, step, proto::Outcome::Error),
+        )
+        .await
+        .expect("result");
+    }
+    let again = c.next_assignment().await;
+    c.accept(&again).await;
+    for step in 0..2 {
+        c.report(&controller, result(&again, step, proto::Outcome::Error))
+            .await
+            .expect("result");
+    }
+    for step in 0..2 {
+        fx.b.report(
+            &controller,
+            result(&fx.assign_b, step, proto::Outcome::Passed),
+        )
+        .await
+        .expect("result");
+    }
+    eventually("the run to finish", || async {
+        (controller.run(&fx.run_id).await.state == "finished").then_some(())
+    })
+    .await;
+    let run = controller.run(&fx.run_id).await;
+    let mut jobs: Vec<(&str, &str, u32)> = run
+        .jobs
+        .iter()
+        .map(|job| (job.node.as_str(), job.state.as_str(), job.attempt))
+        .collect();
+    jobs.sort();
+    assert_eq!(
+        jobs,
+        [
+            ("node-a", "error", 1),
+            ("node-b", "passed", 1),
+            ("node-c", "error", 2)
+        ]
+    );
+    let reschedules = audit_details(&controller, "job.reschedule").await;
+    assert_eq!(reschedules.len(), 1, "{reschedules:?}");
+    assert_eq!(reschedules[0]["cause"], "error");
+    // Nothing was started for node-c's error: node-a is the only other node, and it was tried.
+    let _ =
+        fx.a.next_assignment_within(Duration::from_millis(300))
+            .await
+            .map(|extra| {
+                panic!("no third attempt: {extra:?}");
+            });
+    controller.stop().await;
+}
+
+/// An operator drains a busy node (it finishes its job and ends in maintenance, taking no new one)
 /// and retires a node only once nothing is active on it and no pending job waits for it; a
 /// retired node takes no operator change again; each change is audited with its reason.
 #[tokio::test]
@@ -1551,6 +1772,7 @@ async fn a_drained_node_finishes_its_job_and_a_retired_one_stays_retired() {
     let drain = |name: &str| proto::DrainNodeRequest {
         name: name.into(),
         reason: "replace PSU 2".into(),
+        deadline_seconds: 0,
     };
     let retire = |name: &str, reason: &str| proto::RetireNodeRequest {
         name: name.into(),
@@ -1605,8 +1827,8 @@ async fn a_drained_node_finishes_its_job_and_a_retired_one_stays_retired() {
         .await
         .expect("cordon node-b");
 
-    // Both first jobs end: the drained node is cordoned, not ready; node-b stays cordoned
-    // with the second run's job pending for it.
+    // Both first jobs end: the drained node is in maintenance, not ready; node-b stays
+    // cordoned with the second run's job pending for it.
     for (agent, assign) in [(&fx.a, &fx.assign_a), (&fx.b, &fx.assign_b)] {
         for step in 0..2 {
             agent
@@ -1615,7 +1837,7 @@ async fn a_drained_node_finishes_its_job_and_a_retired_one_stays_retired() {
                 .expect("result");
         }
     }
-    assert_eq!(controller.node("node-a").await.state, "cordoned");
+    assert_eq!(controller.node("node-a").await.state, "maintenance");
     assert_eq!(controller.node("node-b").await.state, "cordoned");
     let status = controller
         .nodes()

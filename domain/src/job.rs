@@ -184,6 +184,9 @@ pub struct JobChange {
     pub to_epoch: u64,
     /// Its node's change, when the job starts occupying the node or stops.
     pub node: Option<NodeChange>,
+    /// When the job ends and is started again elsewhere ([`crate::reschedule`]): the new job,
+    /// created in the same transaction as this change.
+    pub reschedule: Option<crate::reschedule::Reschedule>,
 }
 
 /// Why a job change was refused.
@@ -243,6 +246,7 @@ pub fn decide(facts: &JobFacts, event: JobEvent, to_epoch: u64) -> Result<JobCha
         to,
         to_epoch,
         node,
+        reschedule: None,
     })
 }
 
@@ -854,6 +858,7 @@ mod tests {
                         to: JobState::Running,
                         to_epoch: 1,
                         node: None,
+                        reschedule: None,
                     },
                     results_before: 0,
                 }))

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod rate;
 pub mod release;
 pub mod report_signature;
+pub mod reschedule;
 pub mod result;
 pub mod run;
 pub mod scheduler;

@@ -245,19 +245,16 @@ pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeR
         (
             S::Retired,
             E::Cordon | E::Uncordon { .. } | E::Resume { .. } | E::Drain { .. } | E::JobStarted,
-        ) => {
-            refuse("the node is retired; it takes no jobs and no operator changes".into())
-        }
+        ) => refuse("the node is retired; it takes no jobs and no operator changes".into()),
         (S::Retired, _) => Ok(S::Retired),
         (S::Unreachable, E::Reconnected { active_job }) => Ok(busy_if(active_job)),
-        (
-            S::Unreachable,
-            E::Cordon | E::Uncordon { .. } | E::Resume { .. } | E::Drain { .. },
-        ) => refuse(
-            "the node is unreachable; cordon, uncordon or drain it once its agent is back, \
+        (S::Unreachable, E::Cordon | E::Uncordon { .. } | E::Resume { .. } | E::Drain { .. }) => {
+            refuse(
+                "the node is unreachable; cordon, uncordon or drain it once its agent is back, \
              or retire it"
-                .into(),
-        ),
+                    .into(),
+            )
+        }
         (S::Unreachable, E::JobStarted) => {
             refuse("the node is unreachable; a job can start only on a connected node".into())
         }
@@ -300,15 +297,25 @@ pub fn next_state(state: NodeState, event: NodeEvent) -> Result<NodeState, NodeR
             E::Uncordon { active_job } | E::Resume { active_job },
         ) => Ok(busy_if(active_job)),
         (S::Ready | S::Busy, E::Uncordon { .. } | E::Resume { .. }) => Ok(state),
-        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Drain { active_job }) => Ok(
-            if active_job {
+        (S::Ready | S::Busy | S::Cordoned | S::Draining, E::Drain { active_job }) => {
+            Ok(if active_job {
                 S::Draining
             } else {
                 S::Maintenance
-            },
-        ),
+            })
+        }
         (S::Maintenance, E::Drain { .. }) => Ok(S::Maintenance),
     }
+}
+
+/// Whether a drained node's running job is to be cancelled now (and started again elsewhere):
+/// the node is still `draining` and its drain's deadline has passed.
+pub fn drain_overdue(
+    state: NodeState,
+    deadline: Option<crate::Timestamp>,
+    now: crate::Timestamp,
+) -> bool {
+    state == NodeState::Draining && deadline.is_some_and(|deadline| deadline <= now)
 }
 
 /// The state a node starts in when it registers for the first time.
@@ -655,6 +662,17 @@ mod tests {
         }
 
         #[test]
+        fn only_a_draining_node_past_its_deadline_is_overdue() {
+            use crate::test_support::at;
+            assert!(drain_overdue(S::Draining, Some(at(10)), at(10)));
+            assert!(!drain_overdue(S::Draining, Some(at(10)), at(9)));
+            assert!(!drain_overdue(S::Draining, None, at(99)));
+            for state in [S::Maintenance, S::Ready, S::Cordoned] {
+                assert!(!drain_overdue(state, Some(at(10)), at(99)), "{state}");
+            }
+        }
+
+        #[test]
         fn a_node_in_maintenance_takes_no_job() {
             let refusal = next_state(S::Maintenance, E::JobStarted).expect_err("refused");
             assert!(refusal.message.contains("node resume"), "{refusal}");
@@ -663,7 +681,10 @@ mod tests {
         #[test]
         fn resume_and_uncordon_give_back_ready_or_busy() {
             for from in [S::Cordoned, S::Draining, S::Maintenance] {
-                for back in [E::Uncordon { active_job: true }, E::Resume { active_job: true }] {
+                for back in [
+                    E::Uncordon { active_job: true },
+                    E::Resume { active_job: true },
+                ] {
                     assert_eq!(next_state(from, back), Ok(S::Busy), "{from} {back:?}");
                 }
                 for back in [

@@ -1119,7 +1119,10 @@ steps:
         let default = parse_plan("a.yaml", GOOD).expect("valid");
         assert_eq!(default.reschedule_attempts, 0);
         let canonical = serde_json::to_value(&default).expect("a plan serializes");
-        assert!(canonical.get("reschedule_attempts").is_none(), "{canonical}");
+        assert!(
+            canonical.get("reschedule_attempts").is_none(),
+            "{canonical}"
+        );
         let twice = parse_plan("b.yaml", &with("reschedule: {attempts: 2}")).expect("valid");
         assert_eq!(twice.reschedule_attempts, 2);
         assert_ne!(twice.version(), default.version());

@@ -154,7 +154,7 @@ bounded_texts! {
     GetNodeRequest { name: NAME }
     SetCordonRequest { name: NAME; cordoned }
     SetHealthRequest { name: NAME, health: NAME, reason: REASON }
-    DrainNodeRequest { name: NAME, reason: REASON }
+    DrainNodeRequest { name: NAME, reason: REASON; deadline_seconds }
     RetireNodeRequest { name: NAME, reason: REASON }
     GetReleaseRequest { name: NAME }
     ListReleasesRequest { page_token: PAGE_TOKEN; page_size }

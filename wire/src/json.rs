@@ -258,6 +258,8 @@ pub fn job(job: &pb::Job) -> Value {
         lease_epoch,
         results,
         n_steps,
+        attempt,
+        rescheduled_from,
     } = job;
     json!({
         "id": id,
@@ -266,6 +268,8 @@ pub fn job(job: &pb::Job) -> Value {
         "lease_epoch": lease_epoch,
         "results": results.iter().map(step_result).collect::<Vec<_>>(),
         "n_steps": n_steps,
+        "attempt": attempt,
+        "rescheduled_from": rescheduled_from,
     })
 }
 

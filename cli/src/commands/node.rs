@@ -52,15 +52,40 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
         NodeCommand::Uncordon { name, output } => {
             set_cordon(controller, name, false, output.output).await
         }
-        NodeCommand::Drain {
-            name,
-            reason,
-            output,
-        } => {
+        NodeCommand::Resume { name, output } => {
             let node = answer(
                 controller
                     .nodes()
-                    .drain_node(pb::DrainNodeRequest { name, reason })
+                    .set_cordon(pb::SetCordonRequest {
+                        name,
+                        cordoned: false,
+                    })
+                    .await,
+            )?;
+            print_changed(&node, "resumed", output.output)
+        }
+        NodeCommand::Drain {
+            name,
+            reason,
+            deadline,
+            output,
+        } => {
+            let deadline_seconds = match deadline {
+                Some(text) => tollgate_domain::spec::parse_duration(&text)
+                    .map_err(anyhow::Error::msg)
+                    .context("--deadline")?
+                    .as_secs()
+                    .max(1),
+                None => 0,
+            };
+            let node = answer(
+                controller
+                    .nodes()
+                    .drain_node(pb::DrainNodeRequest {
+                        name,
+                        reason,
+                        deadline_seconds,
+                    })
                     .await,
             )?;
             print_changed(&node, "drained", output.output)

@@ -474,9 +474,17 @@ pub fn format_run(run: &pb::Run) -> String {
 /// A job of `run show`: its heading (state, step, lease epoch), a table of every result with
 /// the epoch and attempt it belongs to, each result's failing tests and its measurements.
 fn format_job(out: &mut String, job: &pb::Job) {
+    let rescheduled = if job.rescheduled_from.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", attempt {} rescheduled from job {}",
+            job.attempt, job.rescheduled_from
+        )
+    };
     let _ = writeln!(
         out,
-        "\njob {} on {}: {} (step {}/{}, lease epoch {})",
+        "\njob {} on {}: {} (step {}/{}, lease epoch {}{rescheduled})",
         job.id,
         job.node,
         job.state,
@@ -644,7 +652,27 @@ mod tests {
             lease_epoch: 1,
             results,
             n_steps: 3,
+            attempt: 1,
+            rescheduled_from: String::new(),
         }
+    }
+
+    #[test]
+    fn run_show_says_which_job_a_rescheduled_one_replaced() {
+        let mut out = String::new();
+        format_job(&mut out, &job("pending", Vec::new()));
+        assert!(!out.contains("rescheduled"), "{out}");
+        let again = pb::Job {
+            attempt: 2,
+            rescheduled_from: "j0".into(),
+            ..job("pending", Vec::new())
+        };
+        let mut out = String::new();
+        format_job(&mut out, &again);
+        assert!(
+            out.contains("job j1 on lab-1: pending (step 1/3, lease epoch 1, attempt 2 rescheduled from job j0)"),
+            "{out}"
+        );
     }
 
     #[test]

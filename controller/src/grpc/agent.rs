@@ -607,7 +607,7 @@ async fn record_interrupted(
         return Ok(false);
     };
     let event = JobEvent::StepReported { finished: end };
-    let change = match job::decide(&facts, event, facts.lease_epoch) {
+    let mut change = match job::decide(&facts, event, facts.lease_epoch) {
         Ok(change) => ResultChange {
             job: change,
             results_before: interrupted.results.len(),
@@ -617,6 +617,7 @@ async fn record_interrupted(
             return Ok(false);
         }
     };
+    crate::reschedule::attach(shared, &mut change.job, false).await?;
     match store.record_result(&result, &change, now).await {
         Ok(Recorded::Duplicate) | Err(StoreError::Conflict { .. }) => return Ok(false),
         Ok(Recorded::Inserted) => {}
@@ -766,7 +767,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         name: &run.plan_name,
         steps: &plan.plan.steps,
     };
-    let change = match job::accept_result(&facts, node, steps, &results, result) {
+    let mut change = match job::accept_result(&facts, node, steps, &results, result) {
         Ok(Acceptance::Record(change)) => change,
         Ok(Acceptance::Duplicate) => {
             tracing::debug!(job = %facts.id, step_index = result.step_index, attempt = result.attempt, "duplicate result acknowledged");
@@ -779,6 +780,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
             return Err(refusal.into());
         }
     };
+    crate::reschedule::attach(shared, &mut change.job, false).await?;
     let now = shared.now();
     if store.record_result(result, &change, now).await? == Recorded::Duplicate {
         return Ok(true);
@@ -872,6 +874,8 @@ mod tests {
                 lease_epoch: 0,
                 created_at: at(idx),
                 updated_at: at(idx),
+                attempt: 1,
+                rescheduled_from: None,
             };
             let note = AuditNote::new(at(idx), "alice", "run.start", format!("run/{}", run.id));
             store
@@ -894,7 +898,7 @@ mod tests {
         }
         let note = AuditNote::new(at(4), "alice", "node.cordon", "node/n1");
         store
-            .change_node_state(&n1.id, NodeState::Busy, NodeState::Cordoned, &note)
+            .change_node_state(&n1.id, NodeState::Busy, NodeState::Cordoned, None, &note)
             .await
             .expect("cordon");
 

@@ -95,8 +95,12 @@ pub enum OperatorChange {
     Cordon,
     /// Jobs again.
     Uncordon,
-    /// No new jobs; `draining` until its active job ends.
-    Drain,
+    /// No new jobs; `draining` until its active job ends (or is cancelled and rescheduled at
+    /// the deadline, if any), then `maintenance`.
+    Drain {
+        /// When a job still running is cancelled.
+        deadline: Option<tollgate_domain::Timestamp>,
+    },
     /// For good.
     Retire,
 }
@@ -107,7 +111,7 @@ impl OperatorChange {
         match self {
             OperatorChange::Cordon => "node.cordon",
             OperatorChange::Uncordon => "node.uncordon",
-            OperatorChange::Drain => "node.drain",
+            OperatorChange::Drain { .. } => "node.drain",
             OperatorChange::Retire => "node.retire",
         }
     }
@@ -131,25 +135,33 @@ pub async fn change_by_operator(
         let event = match change {
             OperatorChange::Cordon => NodeEvent::Cordon,
             OperatorChange::Uncordon => NodeEvent::Uncordon { active_job },
-            OperatorChange::Drain => NodeEvent::Drain { active_job },
+            OperatorChange::Drain { .. } => NodeEvent::Drain { active_job },
             OperatorChange::Retire => NodeEvent::Retire {
                 active_job,
                 pending_jobs: shared.store.pending_jobs_of_node(node).await?,
             },
         };
         let to = decide(node, current.state, event)?;
-        if to == current.state {
+        let drain_deadline = match change {
+            OperatorChange::Drain { deadline } if to == NodeState::Draining => deadline,
+            _ => None,
+        };
+        // Draining a draining node again with a deadline sets (or moves) the deadline.
+        if to == current.state && drain_deadline.is_none() {
             return Ok((to, to));
         }
         let mut details = serde_json::json!({ "from": current.state.as_str(), "to": to.as_str() });
         if !reason.is_empty() {
             details["reason"] = reason.into();
         }
+        if let Some(deadline) = drain_deadline {
+            details["deadline"] = deadline.to_rfc3339().into();
+        }
         let note = AuditNote::new(shared.now(), actor, change.action(), format!("node/{node}"))
             .details(details);
         match shared
             .store
-            .change_node_state(node, current.state, to, &note)
+            .change_node_state(node, current.state, to, drain_deadline, &note)
             .await
         {
             Ok(()) => return Ok((current.state, to)),
@@ -368,10 +380,32 @@ impl NodeService for NodeApi {
         request: Request<proto::DrainNodeRequest>,
     ) -> Result<Response<proto::Node>, Status> {
         let actor = super::auth::actor_of(&request);
-        let proto::DrainNodeRequest { name, reason } =
-            super::convert::bounded(request.into_inner())?;
-        self.operator_change(&name, OperatorChange::Drain, &actor, reason.trim())
-            .await
+        let proto::DrainNodeRequest {
+            name,
+            reason,
+            deadline_seconds,
+        } = super::convert::bounded(request.into_inner())?;
+        let max = tollgate_domain::plan::MAX_TIMEOUT.as_secs();
+        if deadline_seconds > max {
+            return Err(super::status::invalid_field(
+                "deadline_seconds",
+                format!(
+                    "{deadline_seconds} is more than {max} (7 days); give a shorter deadline, or \
+                     none to wait for the running job however long it takes"
+                ),
+            ));
+        }
+        let deadline = (deadline_seconds > 0).then(|| {
+            self.shared.now()
+                + chrono::Duration::seconds(i64::try_from(deadline_seconds).unwrap_or(i64::MAX))
+        });
+        self.operator_change(
+            &name,
+            OperatorChange::Drain { deadline },
+            &actor,
+            reason.trim(),
+        )
+        .await
     }
 
     async fn retire_node(

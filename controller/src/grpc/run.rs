@@ -107,6 +107,12 @@ pub async fn run_view(
             lease_epoch: job.lease_epoch,
             results,
             n_steps,
+            attempt: job.attempt,
+            rescheduled_from: job
+                .rescheduled_from
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         });
     }
     Ok(proto::Run {
@@ -140,6 +146,8 @@ fn new_jobs(
             lease_epoch: 0,
             created_at: now,
             updated_at: now,
+            attempt: 1,
+            rescheduled_from: None,
         })
         .collect();
     let note = AuditNote::new(now, actor, "run.start", format!("run/{}", run.id))

@@ -65,6 +65,18 @@ pub(super) fn assemble(
     }
 }
 
+/// Keeps only the jobs that count: a job rescheduled to another node is replaced by its next
+/// attempt (`tollgate_domain::reschedule::superseded` decides).
+fn final_attempts_only<T>(jobs: &mut Vec<T>, job: impl Fn(&T) -> &EvidenceJob) {
+    let replaced = tollgate_domain::reschedule::superseded(
+        jobs.iter()
+            .map(|row| (&job(row).id, job(row).rescheduled_from.as_ref())),
+    );
+    if !replaced.is_empty() {
+        jobs.retain(|row| !replaced.contains(&job(row).id));
+    }
+}
+
 /// Sets a job's results and their digests; results stored before digests were get theirs
 /// computed here.
 pub(super) fn set_results(job: &mut JobEvidence, results: Vec<StoredResult>) {
@@ -138,7 +150,7 @@ impl Store {
         );
         const JOBS: &str = concat!(
             latest_runs_cte!(),
-            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source
+            " SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source
               FROM jobs j JOIN nodes n ON n.name = j.node
               WHERE j.run_id IN (SELECT id FROM latest)
               ORDER BY j.run_id, j.node, j.id"
@@ -161,7 +173,7 @@ impl Store {
                 .iter()
                 .map(rows::evidence_run)
                 .collect::<Result<_, _>>()?;
-            let jobs: Vec<rows::EvidenceJob> = sqlx::query(JOBS)
+            let mut jobs: Vec<rows::EvidenceJob> = sqlx::query(JOBS)
                 .bind(release.id.as_str())
                 .bind(milestone)
                 .fetch_all(&mut *tx)
@@ -169,6 +181,7 @@ impl Store {
                 .iter()
                 .map(rows::evidence_job)
                 .collect::<Result<_, _>>()?;
+            final_attempts_only(&mut jobs, |job| job);
             let results: Vec<StoredResult> = sqlx::query(RESULTS)
                 .bind(release.id.as_str())
                 .bind(milestone)
@@ -204,7 +217,7 @@ impl Store {
         );
         const JOBS: &str = concat!(
             latest_runs_cte!(),
-            " SELECT j.id, j.run_id, j.node, j.state, n.labels, n.gpu_source,
+            " SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source,
                      (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
               FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
               WHERE j.run_id IN (SELECT id FROM latest)
@@ -230,7 +243,7 @@ impl Store {
                         .map(RunId)
                 })
                 .collect::<Result<_, _>>()?;
-            let jobs: Vec<(rows::EvidenceJob, usize)> = sqlx::query(JOBS)
+            let mut jobs: Vec<(rows::EvidenceJob, usize)> = sqlx::query(JOBS)
                 .bind(release.id.as_str())
                 .bind(milestone)
                 .fetch_all(&mut *tx)
@@ -241,6 +254,7 @@ impl Store {
                     Ok((rows::evidence_job(row)?, usize::try_from(n).unwrap_or(0)))
                 })
                 .collect::<Result<_, StoreError>>()?;
+            final_attempts_only(&mut jobs, |(job, _)| job);
             let changed = changed_jobs(evidence, &run_ids, &jobs);
             if let Some(changed) = changed {
                 let mut fresh = Vec::with_capacity(changed.len());

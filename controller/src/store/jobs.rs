@@ -20,6 +20,12 @@ pub(super) const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
 /// The compare-and-set of a job: state and lease epoch as decided from.
 pub(super) const MOVE_JOB: &str = "UPDATE jobs SET state = $4, lease_epoch = $5, updated_at = $6
      WHERE id = $1 AND state = $2 AND lease_epoch = $3";
+/// A job started again in its run, replacing the job `$7` (which the unique index on
+/// `rescheduled_from` lets be replaced once).
+pub(super) const INSERT_RESCHEDULED: &str =
+    "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at, attempt,
+                       rescheduled_from, reschedule_cause)
+     VALUES ($1, $2, $3, $4, 0, $5, $5, $6, $7, $8)";
 /// A job's state and epoch, to say what a failed compare-and-set found.
 pub(super) const JOB_STATE: &str = "SELECT id, state, lease_epoch FROM jobs WHERE id = $1";
 /// The compare-and-set of a node's lifecycle state.
@@ -43,7 +49,9 @@ pub(super) static RUN_OPEN_JOBS: LazyLock<String> = LazyLock::new(|| {
 macro_rules! job_query {
     ($tail:expr) => {
         concat!(
-            "SELECT id, run_id, node, state, lease_epoch, created_at, updated_at FROM jobs",
+            "SELECT id, run_id, node, state, lease_epoch, created_at, updated_at, attempt,
+                    rescheduled_from
+             FROM jobs",
             $tail
         )
     };
@@ -103,6 +111,37 @@ impl Store {
                 .await?
                 .map(|row| rows::job(&row))
                 .transpose()
+        })
+    }
+
+    /// The attempts of `job` back to the first: the job itself first, then the job it was
+    /// rescheduled from, and so on; each with its node and attempt.
+    pub async fn attempts_of_job(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<(JobId, NodeId, u32)>, StoreError> {
+        const SQL: &str = "WITH RECURSIVE chain (id, node, attempt, prev, depth) AS (
+                 SELECT id, node, attempt, rescheduled_from, 0 FROM jobs WHERE id = $1
+                 UNION ALL
+                 SELECT j.id, j.node, j.attempt, j.rescheduled_from, c.depth + 1
+                 FROM jobs j JOIN chain c ON j.id = c.prev
+             )
+             SELECT id, node, attempt FROM chain ORDER BY depth";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(job.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = Fields::new(row, "jobs", &["id"]);
+                    Ok((
+                        JobId::new(f.text("id")?),
+                        NodeId::new(f.text("node")?),
+                        f.int_as("attempt")?,
+                    ))
+                })
+                .collect()
         })
     }
 

@@ -146,6 +146,11 @@ pub struct JobRecord {
     pub created_at: Timestamp,
     /// Last state change.
     pub updated_at: Timestamp,
+    /// Which attempt of its node's share of the run: 1, or more once rescheduled
+    /// (`tollgate_domain::reschedule`).
+    pub attempt: u32,
+    /// The job this one replaced, when it was rescheduled.
+    pub rescheduled_from: Option<JobId>,
 }
 
 /// A stored plan version.
@@ -406,6 +411,42 @@ macro_rules! apply_job_change {
         }
         if let Some(node) = &change.node {
             move_node!($tx, node);
+        }
+        if let Some(next) = &change.reschedule {
+            // Before the run's open jobs are counted: the run goes on with the new job.
+            sqlx::query($crate::store::jobs::INSERT_RESCHEDULED)
+                .bind(next.job.as_str())
+                .bind(&run_id)
+                .bind(next.node.as_str())
+                .bind(tollgate_domain::job::JobState::Pending.as_str())
+                .bind($crate::store::micros(now))
+                .bind(i64::from(next.attempt))
+                .bind(job.as_str())
+                .bind(next.cause.as_str())
+                .execute(&mut *$tx)
+                .await
+                .map_err(|err| {
+                    $crate::store::classify(
+                        err,
+                        &format!("job {}", next.job),
+                        &format!("node {} or the job {job} it replaces", next.node),
+                    )
+                })?;
+            let note = $crate::store::AuditNote::new(
+                now,
+                "controller",
+                "job.reschedule",
+                format!("job/{job}"),
+            )
+            .details(serde_json::json!({
+                "run": run_id,
+                "ended": change.to.as_str(),
+                "cause": next.cause.as_str(),
+                "job": next.job.as_str(),
+                "node": next.node.as_str(),
+                "attempt": next.attempt,
+            }));
+            append_audit!($tx, &note);
         }
         if change.to.is_terminal() && !change.from.is_terminal() {
             let row = sqlx::query($crate::store::jobs::RUN_OPEN_JOBS.as_str())

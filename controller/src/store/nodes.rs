@@ -216,23 +216,49 @@ impl Store {
         })
     }
 
-    /// Applies an operator's change of a node's state (cordon, uncordon), decided by
+    /// Applies an operator's change of a node's state (cordon, uncordon, drain), decided by
     /// `tollgate_domain::node::next_state` from `from`, with its audit entry `note` in the same
-    /// transaction. `Conflict` when the node is no longer in `from`, so two operators never
-    /// both apply changes decided from the same state.
+    /// transaction, and the drain's deadline (`None` for none; only a `draining` node's is
+    /// read). `Conflict` when the node is no longer in `from`, so two operators never both
+    /// apply changes decided from the same state.
     pub async fn change_node_state(
         &self,
         node: &NodeId,
         from: NodeState,
         to: NodeState,
+        drain_deadline: Option<Timestamp>,
         note: &AuditNote,
     ) -> Result<(), StoreError> {
+        const DEADLINE: &str = "UPDATE nodes SET drain_deadline = $2 WHERE name = $1";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             move_state!(tx, node, from, to);
+            sqlx::query(DEADLINE)
+                .bind(node.as_str())
+                .bind(drain_deadline.map(micros))
+                .execute(&mut *tx)
+                .await?;
             append_audit!(tx, note);
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// The `draining` nodes whose drain has a deadline, with it.
+    pub async fn drain_deadlines(&self) -> Result<Vec<(NodeId, Timestamp)>, StoreError> {
+        const SQL: &str = "SELECT name, drain_deadline FROM nodes
+             WHERE state = $1 AND drain_deadline IS NOT NULL ORDER BY name";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(NodeState::Draining.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = rows::Fields::new(row, "nodes", &["name"]);
+                    Ok((NodeId::new(f.text("name")?), f.time("drain_deadline")?))
+                })
+                .collect()
         })
     }
 

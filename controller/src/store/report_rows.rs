@@ -57,6 +57,7 @@ pub enum ReportRows {
 /// A job row with its node's current registration.
 struct ReportJob {
     run_id: RunId,
+    rescheduled_from: Option<JobId>,
     plan_name: String,
     job: JobEvidence,
     registered: Node,
@@ -72,7 +73,7 @@ const RUNS: &str = concat!(
 
 const JOBS: &str = concat!(
     latest_runs_cte!(),
-    " SELECT j.id, j.run_id, j.node, j.state, r.plan_name,
+    " SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, r.plan_name,
              n.labels, n.gpu_source, n.state AS node_state, n.health, n.inventory, n.last_seen_at
       FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs r ON r.id = j.run_id
       WHERE j.run_id IN (SELECT id FROM latest)"
@@ -96,6 +97,7 @@ fn report_job(row: &impl StoreRow) -> Result<ReportJob, StoreError> {
     let labels: Labels = f.json("labels")?;
     Ok(ReportJob {
         run_id: RunId(f.text("run_id")?),
+        rescheduled_from: f.opt_text("rescheduled_from")?.map(JobId),
         plan_name: f.text("plan_name")?,
         registered: Node {
             id: node.clone(),
@@ -172,7 +174,12 @@ impl Store {
                     .iter()
                     .map(report_job)
                     .collect::<Result<_, _>>()?;
-                jobs.retain(|job| keep(&job.job.labels));
+                // Only the final attempt of a rescheduled job is evidence.
+                let replaced = tollgate_domain::reschedule::superseded(
+                    jobs.iter()
+                        .map(|job| (&job.job.job_id, job.rescheduled_from.as_ref())),
+                );
+                jobs.retain(|job| keep(&job.job.labels) && !replaced.contains(&job.job.job_id));
                 // Sorted here rather than in SQL: PostgreSQL would order names by its locale.
                 jobs.sort_by(|a, b| {
                     (&a.job.node, &a.plan_name, &a.run_id, &a.job.job_id).cmp(&(

@@ -267,6 +267,8 @@ pub(super) fn job(row: &impl StoreRow) -> Result<JobRecord, StoreError> {
         lease_epoch: f.int_as("lease_epoch")?,
         created_at: f.time("created_at")?,
         updated_at: f.time("updated_at")?,
+        attempt: f.int_as("attempt")?,
+        rescheduled_from: f.opt_text("rescheduled_from")?.map(JobId),
     })
 }
 
@@ -330,6 +332,7 @@ pub(super) struct EvidenceJob {
     pub(super) state: tollgate_domain::job::JobState,
     pub(super) labels: Labels,
     pub(super) gpu_source: GpuSourceKind,
+    pub(super) rescheduled_from: Option<JobId>,
 }
 
 /// `jobs` joined with `nodes` for evidence.
@@ -342,6 +345,7 @@ pub(super) fn evidence_job(row: &impl StoreRow) -> Result<EvidenceJob, StoreErro
         state: f.parse("state")?,
         labels: f.json::<Labels>("labels")?,
         gpu_source: f.parse("gpu_source")?,
+        rescheduled_from: f.opt_text("rescheduled_from")?.map(JobId),
     })
 }
 

@@ -158,7 +158,7 @@ async fn put_node_state(store: &Store, name: &str, state: NodeState) -> Result<(
             what: format!("node {name}"),
         })?;
     store
-        .change_node_state(&id, current.state, state, &setup_note())
+        .change_node_state(&id, current.state, state, None, &setup_note())
         .await
 }
 
@@ -214,6 +214,8 @@ fn job_record(id: &str, run: &RunRecord, node: &str) -> JobRecord {
         lease_epoch: 0,
         created_at: run.created_at,
         updated_at: run.created_at,
+        attempt: 1,
+        rescheduled_from: None,
     }
 }
 
@@ -525,6 +527,7 @@ impl Store {
                 to: JobState::Running,
                 to_epoch: result.lease_epoch,
                 node: None,
+                reschedule: None,
             },
             (Some(facts), None) => tollgate_domain::job::JobChange {
                 job: facts.id,
@@ -533,6 +536,7 @@ impl Store {
                 to: facts.state,
                 to_epoch: facts.lease_epoch,
                 node: None,
+                reschedule: None,
             },
             (Some(_), Some((from, to))) => {
                 self.test_change(&result.job_id, from, to, Some(result.lease_epoch))
@@ -1521,8 +1525,8 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     let cordon = AuditNote::new(at(1), "alice", "node.cordon", "node/n1");
     let retire = AuditNote::new(at(1), "bob", "node.retire", "node/n1");
     let (first, second) = tokio::join!(
-        store.change_node_state(&id, NodeState::Ready, NodeState::Cordoned, &cordon),
-        store.change_node_state(&id, NodeState::Ready, NodeState::Retired, &retire),
+        store.change_node_state(&id, NodeState::Ready, NodeState::Cordoned, None, &cordon),
+        store.change_node_state(&id, NodeState::Ready, NodeState::Retired, None, &retire),
     );
     let (expected, lost) = match (first, second) {
         (Ok(()), Err(lost)) => (NodeState::Cordoned, lost),

@@ -129,6 +129,8 @@ async fn controller_path(
             lease_epoch: 1,
             created_at: at(0),
             updated_at: at(0),
+            attempt: 1,
+            rescheduled_from: None,
         })
         .collect();
     let note = tollgate_controller::store::AuditNote::new(
@@ -347,5 +349,6 @@ fn job_change(job: &tollgate_domain::JobId, from: JobState, to: JobState) -> Job
         to,
         to_epoch: 1,
         node: None,
+        reschedule: None,
     }
 }

@@ -209,6 +209,8 @@ async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
                 lease_epoch: 1,
                 created_at: at(0),
                 updated_at: at(0),
+                attempt: 1,
+                rescheduled_from: None,
             }
         })
         .collect();
@@ -497,5 +499,6 @@ fn job_change(job: &tollgate_domain::JobId, from: JobState, to: JobState) -> Job
         to,
         to_epoch: 1,
         node: None,
+        reschedule: None,
     }
 }
