@@ -220,6 +220,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .drain_node(v1::DrainNodeRequest {
                 name: missing(),
                 reason: "matrix".into(),
+                deadline_seconds: 0,
             })
             .await
             .map(drop),

@@ -533,6 +533,7 @@ fn node_and_agent_cases(cases: &mut Vec<(&'static str, Call)>) {
             Call::DrainNode(v1::DrainNodeRequest {
                 name: name.clone(),
                 reason: "maintenance".into(),
+                deadline_seconds: 0,
             }),
         ));
         cases.push((
@@ -593,9 +594,19 @@ fn node_and_agent_cases(cases: &mut Vec<(&'static str, Call)>) {
             Call::DrainNode(v1::DrainNodeRequest {
                 name: "n1".into(),
                 reason,
+                deadline_seconds: 0,
             }),
         ));
     }
+    // A drain's deadline is at most a week.
+    cases.push((
+        "deadline_seconds",
+        Call::DrainNode(v1::DrainNodeRequest {
+            name: "n1".into(),
+            reason: String::new(),
+            deadline_seconds: 8 * 24 * 3600,
+        }),
+    ));
     cases.push((
         "ttl_seconds",
         Call::EnrollNode(v1::EnrollNodeRequest {

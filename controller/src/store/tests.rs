@@ -95,6 +95,7 @@ on_both_backends!(
     duplicate_result_is_stored_once,
     transition_is_compare_and_set,
     job_end_frees_node_and_finishes_run,
+    a_rescheduled_job_keeps_its_run_open_and_is_replaced_once,
     concurrent_job_ends_finish_the_run,
     cancel_run_cancels_open_jobs,
     results_decided_from_the_same_state_apply_once,
@@ -1132,6 +1133,97 @@ async fn job_end_frees_node_and_finishes_run(store: &Store) {
         .expect("n1")
         .expect("some");
     assert_eq!(n1.current_job, None);
+}
+
+async fn a_rescheduled_job_keeps_its_run_open_and_is_replaced_once(store: &Store) {
+    use tollgate_domain::reschedule::{Cause, Reschedule};
+    let OneRun {
+        release, run, jobs, ..
+    } = one_run(store, "run-1", &["n1"]).await;
+    add_node(store, "n2").await;
+    make_running(store, &jobs[0].id).await;
+    let mut lost = store
+        .test_change(&jobs[0].id, JobState::Running, JobState::Lost, None)
+        .await
+        .expect("decided");
+    lost.reschedule = Some(Reschedule {
+        job: JobId::from("run-1-n2-2"),
+        node: NodeId::from("n2"),
+        attempt: 2,
+        cause: Cause::Lost,
+    });
+    store
+        .apply_job_change(&lost, at(60))
+        .await
+        .expect("applied");
+    // The run goes on with the new job, pending on n2.
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(stored.state, RunState::Running);
+    let again = store
+        .get_job(&JobId::from("run-1-n2-2"))
+        .await
+        .expect("job")
+        .expect("some");
+    assert_eq!(
+        (again.state, again.attempt, again.rescheduled_from.clone()),
+        (JobState::Pending, 2, Some(jobs[0].id.clone()))
+    );
+    assert_eq!(
+        store.attempts_of_job(&again.id).await.expect("attempts"),
+        [
+            (again.id.clone(), NodeId::from("n2"), 2),
+            (jobs[0].id.clone(), NodeId::from("n1"), 1)
+        ]
+    );
+    let audit = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    assert!(
+        audit.iter().any(|entry| entry.action == "job.reschedule"
+            && entry.subject == format!("job/{}", jobs[0].id)),
+        "{audit:?}"
+    );
+    // The evidence holds the new attempt only.
+    let evidence = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let ids: Vec<&JobId> = evidence.runs[0]
+        .jobs
+        .iter()
+        .map(|job| &job.job_id)
+        .collect();
+    assert_eq!(ids, [&again.id]);
+
+    // A job is replaced once: a second new job naming it is refused and nothing is written.
+    let replaces_first = tollgate_domain::job::JobChange {
+        job: jobs[0].id.clone(),
+        from: JobState::Lost,
+        from_epoch: lost.to_epoch,
+        to: JobState::Lost,
+        to_epoch: lost.to_epoch,
+        node: None,
+        reschedule: Some(Reschedule {
+            job: JobId::from("run-1-n1-3"),
+            node: NodeId::from("n1"),
+            attempt: 3,
+            cause: Cause::DrainDeadline,
+        }),
+    };
+    assert!(
+        store
+            .apply_job_change(&replaces_first, at(70))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .get_job(&JobId::from("run-1-n1-3"))
+            .await
+            .expect("job")
+            .is_none()
+    );
 }
 
 async fn concurrent_job_ends_finish_the_run(store: &Store) {
