@@ -446,18 +446,30 @@ impl Clients {
             .map(|at| (at.seconds, at.nanos))
     }
 
-    /// Starts a run.
+    /// Starts a run. While no matching node can take a job yet it tries again, for up to 30
+    /// s: a registration renews `last_seen_at`, so on PostgreSQL a node registered moments ago
+    /// is listed ready (live on some replica) before its agent's stream is open.
     pub async fn start_run(&mut self, release: &str, plan: &str) -> v1::Run {
-        self.runs
-            .start_run(v1::StartRunRequest {
-                release: release.into(),
-                plan: plan.into(),
-                milestone: String::new(),
-                nodes_now: false,
-            })
-            .await
-            .expect("start run")
-            .into_inner()
+        let request = v1::StartRunRequest {
+            release: release.into(),
+            plan: plan.into(),
+            milestone: String::new(),
+            nodes_now: false,
+        };
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.runs.start_run(request.clone()).await {
+                Ok(run) => return run.into_inner(),
+                Err(status)
+                    if status.code() == tonic::Code::FailedPrecondition
+                        && status.message().contains("none can take a job")
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("start run: {status:?}"),
+            }
+        }
     }
 
     /// Waits until the run is finished or cancelled and returns it.
