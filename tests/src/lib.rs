@@ -386,30 +386,13 @@ impl Clients {
     }
 
     /// Waits until `n` nodes are registered and ready.
-    ///
-    /// A node counts once a heartbeat of it arrived after it was first listed: a registration
-    /// also renews `last_seen_at`, and on PostgreSQL a node registered moments ago is listed
-    /// ready (live on some replica) before its agent's stream is open, so a run started then
-    /// could find it unreachable.
     pub async fn wait_ready_nodes(&mut self, n: usize) -> Vec<v1::Node> {
-        let first_seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
-            String,
-            Option<(i64, i32)>,
-        >::new()));
         wait_for(Duration::from_secs(30), "nodes to be ready", || {
             let mut clients = self.clone();
-            let first_seen = std::sync::Arc::clone(&first_seen);
             async move {
                 let listed = clients.try_list_nodes().await?;
-                let mut first_seen = first_seen.lock().expect("not poisoned");
-                let ready: Vec<v1::Node> = listed
-                    .into_iter()
-                    .filter(|node| {
-                        let seen = node.last_seen_at.as_ref().map(|at| (at.seconds, at.nanos));
-                        let first = *first_seen.entry(node.name.clone()).or_insert(seen);
-                        node.state == "ready" && seen.is_some() && seen != first
-                    })
-                    .collect();
+                let ready: Vec<v1::Node> =
+                    listed.into_iter().filter(|n| n.state == "ready").collect();
                 (ready.len() >= n).then_some(ready)
             }
         })
