@@ -670,7 +670,7 @@ mod tests {
         let mut out = String::new();
         format_job(&mut out, &again);
         assert!(
-            out.contains("job j1 on lab-1: pending (step 1/3, lease epoch 1, attempt 2 rescheduled from job j0)"),
+            out.contains("job j1 on lab-1: pending (step 0/3, lease epoch 1, attempt 2 rescheduled from job j0)"),
             "{out}"
         );
     }
