@@ -340,13 +340,16 @@ fn read_file(
 ) -> Result<Option<ConfigFile>, ConfigError> {
     let explicit = match given.get(CONFIG).and_then(|values| values.last()) {
         Some(path) => Some((PathBuf::from(path), format!("--{CONFIG}"))),
-        None => env(daemon.config_env).map(|path| (PathBuf::from(path), daemon.config_env.to_owned())),
+        None => {
+            env(daemon.config_env).map(|path| (PathBuf::from(path), daemon.config_env.to_owned()))
+        }
     };
     let (path, given_by) = match explicit {
         Some(found) => found,
-        None if Path::new(daemon.default_path).exists() => {
-            (PathBuf::from(daemon.default_path), "the standard location".to_owned())
-        }
+        None if Path::new(daemon.default_path).exists() => (
+            PathBuf::from(daemon.default_path),
+            "the standard location".to_owned(),
+        ),
         None => return Ok(None),
     };
     match std::fs::read_to_string(&path) {
@@ -365,9 +368,7 @@ fn notes(error: &clap::Error, origins: &Origins) -> Vec<String> {
     origins
         .0
         .iter()
-        .filter(|(key, origin)| {
-            **origin != Origin::Flag && text.contains(&format!("--{key}"))
-        })
+        .filter(|(key, origin)| **origin != Origin::Flag && text.contains(&format!("--{key}")))
         .map(|(key, origin)| match origin {
             Origin::File { path, line } => {
                 format!("--{key} came from {} line {line}", path.display())
@@ -386,5 +387,8 @@ fn is_key(arg: &Arg, actions: &[&str]) -> bool {
     !arg.is_positional()
         && ![CONFIG, PRINT_CONFIG].contains(&long)
         && !actions.contains(&long)
-        && !matches!(arg.get_action(), ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version)
+        && !matches!(
+            arg.get_action(),
+            ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+        )
 }

@@ -95,7 +95,11 @@ pub(super) fn mask(arg: &Arg, value: &str) -> String {
         return "***".to_owned();
     }
     // A list of URLs (an agent's controller replicas) is masked URL by URL.
-    value.split(',').map(redact_url).collect::<Vec<_>>().join(",")
+    value
+        .split(',')
+        .map(redact_url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A URL with its password replaced by `***` (`postgres://user:***@host/db`, and a

@@ -64,10 +64,10 @@ pub fn given_on_command_line(
         let Some((arg, inline)) = found else { continue };
         let Some(key) = arg.get_long() else { continue };
         let values = given.entry(key.to_owned()).or_default();
-        if arg.get_action().takes_values() {
-            if let Some(value) = inline.or_else(|| words.next().cloned()) {
-                values.push(value);
-            }
+        if arg.get_action().takes_values()
+            && let Some(value) = inline.or_else(|| words.next().cloned())
+        {
+            values.push(value);
         }
     }
     given
@@ -168,8 +168,8 @@ fn settings<'c>(
     file: &ConfigFile,
     actions: &[&str],
 ) -> Result<Vec<Setting<'c>>, ConfigError> {
-    let table: BTreeMap<Spanned<String>, Spanned<Value>> = toml::from_str(&file.text)
-        .map_err(|error| ConfigError::Syntax {
+    let table: BTreeMap<Spanned<String>, Spanned<Value>> =
+        toml::from_str(&file.text).map_err(|error| ConfigError::Syntax {
             path: file.path.clone(),
             message: error.to_string().trim_end().to_owned(),
         })?;
@@ -221,13 +221,19 @@ fn settings<'c>(
             found: found.type_str(),
         };
         let values = match (arg.get_action(), value.get_ref()) {
-            (action, Value::Boolean(on)) if is_switch(arg) => {
-                (*on == matches!(action, ArgAction::SetTrue)).then_some(None).into_iter().collect()
-            }
+            (action, Value::Boolean(on)) if is_switch(arg) => (*on
+                == matches!(action, ArgAction::SetTrue))
+            .then_some(None)
+            .into_iter()
+            .collect(),
             (_, found) if is_switch(arg) => return Err(wrong("true or false", found)),
             (ArgAction::Append, Value::Array(items)) => items
                 .iter()
-                .map(|item| scalar(item).map(Some).ok_or_else(|| wrong("a list of values", item)))
+                .map(|item| {
+                    scalar(item)
+                        .map(Some)
+                        .ok_or_else(|| wrong("a list of values", item))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             (ArgAction::Set, found @ Value::Array(_)) => {
                 return Err(wrong("one value (the flag is not repeatable)", found));

@@ -29,7 +29,11 @@ struct Testd {
     tls_cert: Option<std::path::PathBuf>,
     #[arg(long = "api-token", value_name = "NAME=SECRET")]
     api_tokens: Vec<String>,
-    #[arg(long = "api-token-file", visible_alias = "api-tokens-file", value_name = "FILE")]
+    #[arg(
+        long = "api-token-file",
+        visible_alias = "api-tokens-file",
+        value_name = "FILE"
+    )]
     api_tokens_file: Option<std::path::PathBuf>,
     #[arg(long)]
     print_inventory: bool,
@@ -146,9 +150,17 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     let parsed = parsed(run);
     let cli = &parsed.cli;
     assert_eq!(cli.listen, "0.0.0.0:7800", "file over default");
-    assert_eq!(cli.database.as_deref(), Some("postgres://env/db"), "env over file");
+    assert_eq!(
+        cli.database.as_deref(),
+        Some("postgres://env/db"),
+        "env over file"
+    );
     assert_eq!(cli.rate_limit, 7, "flag over file");
-    assert_eq!(cli.hostnames, ["from-flag"], "a flag replaces the file's list");
+    assert_eq!(
+        cli.hostnames,
+        ["from-flag"],
+        "a flag replaces the file's list"
+    );
     assert_eq!(cli.heartbeat_interval, Duration::from_secs(2), "default");
     let origins = &parsed.origins;
     assert_eq!(
@@ -158,7 +170,10 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
             line: 1
         }
     );
-    assert_eq!(origins.of("database"), Origin::Env("TESTD_DATABASE_URL".into()));
+    assert_eq!(
+        origins.of("database"),
+        Origin::Env("TESTD_DATABASE_URL".into())
+    );
     assert_eq!(origins.of("rate-limit"), Origin::Flag);
     assert_eq!(origins.of("hostname"), Origin::Flag);
     assert_eq!(origins.of("heartbeat-interval"), Origin::Default);
@@ -176,7 +191,11 @@ fn the_environment_beats_the_file_for_a_list_too() {
 
 #[test]
 fn an_unknown_key_is_refused_with_its_file_line_and_the_valid_keys() {
-    let run = testd("listen = \"127.0.0.1:1\"\n\n  contoller = \"x\"\n", &[], &[]);
+    let run = testd(
+        "listen = \"127.0.0.1:1\"\n\n  contoller = \"x\"\n",
+        &[],
+        &[],
+    );
     let error = refused(&run);
     assert!(
         error.starts_with(&format!("{} line 3: unknown key `contoller`", run.path)),
@@ -184,16 +203,31 @@ fn an_unknown_key_is_refused_with_its_file_line_and_the_valid_keys() {
     );
     assert!(error.contains("listen, database, rate-limit"), "{error}");
     assert!(error.contains("--help"), "{error}");
-    assert!(!error.contains("print-inventory"), "actions are not keys: {error}");
+    assert!(
+        !error.contains("print-inventory"),
+        "actions are not keys: {error}"
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_is_refused_with_its_line_and_key() {
     let cases = [
-        ("insecure-loopback = \"yes\"\n", "`insecure-loopback` must be true or false, not string"),
-        ("rate-limit = 1\nlisten = [\"a:1\", \"b:2\"]\n", "line 2: `listen` must be one value"),
-        ("hostname = { a = 1 }\n", "line 1: `hostname` must be a value"),
-        ("hostname = [[\"a\"]]\n", "line 1: `hostname` must be a list of values, not array"),
+        (
+            "insecure-loopback = \"yes\"\n",
+            "`insecure-loopback` must be true or false, not string",
+        ),
+        (
+            "rate-limit = 1\nlisten = [\"a:1\", \"b:2\"]\n",
+            "line 2: `listen` must be one value",
+        ),
+        (
+            "hostname = { a = 1 }\n",
+            "line 1: `hostname` must be a value",
+        ),
+        (
+            "hostname = [[\"a\"]]\n",
+            "line 1: `hostname` must be a list of values, not array",
+        ),
         ("[serve]\nlisten = \"a:1\"\n", "line 1: unknown key `serve`"),
     ];
     for (text, expected) in cases {
@@ -204,7 +238,11 @@ fn a_value_of_the_wrong_type_is_refused_with_its_line_and_key() {
 
 #[test]
 fn an_invalid_value_is_refused_with_the_parsers_reason_even_when_a_flag_overrides_it() {
-    let run = testd("\nheartbeat-interval = \"soon\"\n", &["--heartbeat-interval", "3s"], &[]);
+    let run = testd(
+        "\nheartbeat-interval = \"soon\"\n",
+        &["--heartbeat-interval", "3s"],
+        &[],
+    );
     let error = refused(&run);
     assert_eq!(
         error,
@@ -215,7 +253,10 @@ fn an_invalid_value_is_refused_with_the_parsers_reason_even_when_a_flag_override
         )
     );
     let error = refused(&testd("rate-limit = -1\n", &[], &[]));
-    assert!(error.contains("line 1: `rate-limit` = -1 is invalid"), "{error}");
+    assert!(
+        error.contains("line 1: `rate-limit` = -1 is invalid"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -307,15 +348,24 @@ fn print_config_shows_every_key_its_origin_and_masks_secrets() {
         format!("api-token = [\"ci:viewer=***\"] {file}"),
         format!("api-token-file = \"/etc/tollgate/tokens\" {file}"),
     ] {
-        assert!(text.lines().any(|printed| printed == line), "{line:?} in\n{text}");
+        assert!(
+            text.lines().any(|printed| printed == line),
+            "{line:?} in\n{text}"
+        );
     }
-    assert!(!text.contains("s3cret") && !text.contains("tok123"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("tok123"),
+        "{text}"
+    );
     assert!(!text.contains("print-inventory"), "{text}");
 
     let text = printed(&testd(
         "",
         &["--print-config"],
-        &[("TESTD_DATABASE_URL", "postgres://u:pw@h/db?sslmode=require&password=pw2")],
+        &[(
+            "TESTD_DATABASE_URL",
+            "postgres://u:pw@h/db?sslmode=require&password=pw2",
+        )],
     ));
     assert!(
         text.contains(
@@ -347,10 +397,9 @@ fn only_the_configured_subcommand_reads_the_file() {
     let argv = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
     let env = env_of(&[("TESTD_CONFIG", "/nonexistent/tollgate-tests/given.toml")]);
     match try_parse_from::<Testctl>(&SERVE, argv(&["testctl", "other"]), &env) {
-        Ok(Outcome::Run(parsed)) => assert!(matches!(
-            parsed.cli.command,
-            TestctlCommand::Other { .. }
-        )),
+        Ok(Outcome::Run(parsed)) => {
+            assert!(matches!(parsed.cli.command, TestctlCommand::Other { .. }))
+        }
         other => panic!("expected `other` to run without a file, got {other:?}"),
     }
     match try_parse_from::<Testctl>(&SERVE, argv(&["testctl", "serve"]), &env) {
@@ -363,10 +412,9 @@ fn only_the_configured_subcommand_reads_the_file() {
     let args = argv(&["testctl", "serve", "--config", path.to_str().unwrap()]);
     match try_parse_from::<Testctl>(&SERVE, args, &env_of(&[])) {
         Ok(Outcome::Run(Parsed {
-            cli:
-                Testctl {
-                    command: TestctlCommand::Serve(serve),
-                },
+            cli: Testctl {
+                command: TestctlCommand::Serve(serve),
+            },
             ..
         })) => assert_eq!(serve.listen, "0.0.0.0:1"),
         other => panic!("expected `serve` with the file's listen, got {other:?}"),
@@ -375,11 +423,18 @@ fn only_the_configured_subcommand_reads_the_file() {
 
 #[test]
 fn clap_refusing_a_file_setting_with_a_flag_notes_where_the_setting_came_from() {
-    let run = testd("\ntls-cert = \"/etc/cert.pem\"\n", &["--insecure-loopback"], &[]);
+    let run = testd(
+        "\ntls-cert = \"/etc/cert.pem\"\n",
+        &["--insecure-loopback"],
+        &[],
+    );
     match &run.outcome {
         Err(ParseError::Command { error, notes }) => {
             assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
-            assert_eq!(notes, &[format!("--tls-cert came from {} line 2", run.path)]);
+            assert_eq!(
+                notes,
+                &[format!("--tls-cert came from {} line 2", run.path)]
+            );
         }
         other => panic!("expected clap's conflict, got {other:?}"),
     }
