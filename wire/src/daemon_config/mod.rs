@@ -86,7 +86,9 @@ impl Origins {
 /// A daemon's parsed arguments and where each setting came from.
 #[derive(Debug)]
 pub struct Parsed<T> {
+    /// The parsed command line, configuration file and environment.
     pub cli: T,
+    /// Where each setting came from (empty for a subcommand without a file).
     pub origins: Origins,
 }
 
