@@ -1,18 +1,19 @@
-//! `tollgate-agent`: parses flags into an [`AgentConfig`], sets up logging and signals, and
-//! runs the agent (or prints the inventory with `--print-inventory`).
+//! `tollgate-agent`: parses flags (over its configuration file) into an [`AgentConfig`], sets
+//! up logging and signals, and runs the agent (or prints the inventory with
+//! `--print-inventory`).
 
 use anyhow::Context;
-use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tollgate_agent::{AgentConfig, Fault, GpuMode};
+use tollgate_wire::daemon_config::{self, Daemon};
 
 /// Tollgate's per-node agent: runs qualification steps on this node's GPUs and reports results
 /// to the controller.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "tollgate-agent", version)]
 struct Args {
     /// Controller URL; for replicas, their URLs separated by commas
@@ -162,8 +163,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
+/// The agent's configuration file: every flag but the one-off actions.
+const DAEMON: Daemon = Daemon {
+    subcommand: None,
+    config_env: "TOLLGATE_AGENT_CONFIG",
+    default_path: "/etc/tollgate/agent.toml",
+    actions: &["print-inventory", "print-samples", "bench-sampling"],
+};
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = daemon_config::parse::<Args>(&DAEMON).cli;
     init_logging(&args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

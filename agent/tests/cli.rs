@@ -118,3 +118,104 @@ fn sigterm_stops_the_agent_with_exit_code_zero() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_configuration_file_sets_the_flags_and_print_config_says_where_each_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "# a node of lab A\n\
+         controller = \"https://ops:pa55@ctl-a:7443,https://ctl-b:7443\"\n\
+         node = \"lab-n1\"\n\
+         label = [\"sku=hgx-h100\", \"site=lab-a\"]\n\
+         gpus = \"sim:2\"\n\
+         sim_seed = 5\n\
+         sample-interval = \"500ms\"\n",
+    )
+    .unwrap();
+    let output = agent()
+        .env_remove("TOLLGATE_AGENT_CONFIG")
+        .env("TOLLGATE_CA_FILE", "/etc/tollgate/ca.pem")
+        .arg("--config")
+        .arg(&path)
+        .args(["--print-config", "--node", "lab-n2"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let file = format!("# file {}", path.display());
+    for line in [
+        format!("controller = \"https://ops:***@ctl-a:7443,https://ctl-b:7443\" {file}"),
+        "ca-file = \"/etc/tollgate/ca.pem\" # env TOLLGATE_CA_FILE".to_owned(),
+        "node = \"lab-n2\" # flag".to_owned(),
+        format!("label = [\"sku=hgx-h100\", \"site=lab-a\"] {file}"),
+        format!("sim-seed = 5 {file}"),
+        format!("sample-interval = \"500ms\" {file}"),
+        "fleet-interval = \"10s\" # default".to_owned(),
+        "# state-dir is not set # default".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|printed| printed == line),
+            "{line:?} in\n{text}"
+        );
+    }
+    assert!(!text.contains("pa55"), "{text}");
+
+    // The same file drives the agent itself, not only the printout (here the simulated GPUs
+    // of its `gpus` and `sim_seed`; the flag's plain-text controller needs no CA).
+    let output = agent()
+        .env_remove("TOLLGATE_AGENT_CONFIG")
+        .arg("--config")
+        .arg(&path)
+        .args(["--controller", "http://127.0.0.1:9", "--print-inventory"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let inventory: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inventory["gpu_source"], "simulated", "gpus from the file");
+    assert_eq!(inventory["gpus"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_bad_configuration_file_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let state_dir = dir.path().join("state");
+    std::fs::write(
+        &path,
+        format!(
+            "state-dir = {:?}\ngpus = \"sim:1\"\n\ncontoler = \"x\"\n",
+            state_dir
+        ),
+    )
+    .unwrap();
+    let output = agent()
+        .env("TOLLGATE_AGENT_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {} line 4: unknown key `contoler`; the keys are the long flags of `--help`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("controller, ca-file"), "{stderr}");
+    assert!(!state_dir.exists(), "nothing starts on a bad configuration");
+
+    let output = agent()
+        .args(["--config", "/nonexistent/tollgate/agent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "the configuration file /nonexistent/tollgate/agent.toml (--config) does not exist"
+        ),
+        "{stderr}"
+    );
+}

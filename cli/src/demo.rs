@@ -178,6 +178,9 @@ async fn walk_through(
         "controller",
         Command::new(controller_bin)
             .arg("serve")
+            // No configuration file: a host's /etc/tollgate/controller.toml (its database,
+            // its tokens) must not reach the demo.
+            .args(["--config", "/dev/null"])
             .args(["--listen", "127.0.0.1:0"])
             .arg("--addr-file")
             .arg(&addr_file)
@@ -205,6 +208,8 @@ async fn walk_through(
         let token_file = enroll_token(&controller, dirs, name).await?;
         let mut command = Command::new(agent_bin);
         command
+            // No configuration file: a node's /etc/tollgate/agent.toml must not reach the demo.
+            .args(["--config", "/dev/null"])
             .arg("--controller")
             .arg(&url)
             .arg("--ca-file")

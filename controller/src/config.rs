@@ -58,19 +58,10 @@ impl ControllerConfig {
     }
 }
 
-/// The database URL with any password replaced, for logs and error messages.
+/// The database URL with any password replaced, for logs and error messages (the same
+/// masking `--print-config` applies).
 pub fn redact_database_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    tollgate_wire::daemon_config::redact_url(url)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `tollgate-controller`: parses flags, sets up logging, binds the listener and calls
-//! [`tollgate_controller::run`] until SIGINT or SIGTERM.
+//! `tollgate-controller`: parses flags (`serve` also from its configuration file), sets up
+//! logging, binds the listener and calls [`tollgate_controller::run`] until SIGINT or SIGTERM.
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use tollgate_controller::ControllerConfig;
 use tollgate_controller::config::redact_database_url;
 use tollgate_controller::store::StoreError;
+use tollgate_wire::daemon_config::{self, Daemon, Origin, Origins, Parsed};
 use tracing_subscriber::EnvFilter;
 
 /// Tollgate's controller: schedules qualification plans onto lab nodes, collects results and
@@ -177,8 +178,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `serve` reads its flags from a configuration file too; the other subcommands do not.
+const DAEMON: Daemon = Daemon {
+    subcommand: Some("serve"),
+    config_env: "TOLLGATE_CONTROLLER_CONFIG",
+    default_path: "/etc/tollgate/controller.toml",
+    actions: &[],
+};
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let Parsed { cli, origins } = daemon_config::parse::<Cli>(&DAEMON);
     let args = match cli.command {
         Command::Serve(args) => *args,
         Command::Ca(CaCommand::Init(args)) => return ca_init(&args),
@@ -209,7 +218,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, &origins)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
@@ -367,7 +376,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "creating the data directory {}; pick a writable one with --data-dir",
@@ -396,14 +405,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = ControllerConfig::new(args.data_dir.clone());
     if let Some(url) = args.database {
-        // From the flag (not the environment), a password shows in `ps` to every user.
-        let from_env = std::env::var_os("TOLLGATE_DATABASE_URL").is_some();
-        if !from_env && redact_database_url(&url) != url {
-            tracing::warn!(
-                "--database holds a password, which `ps` shows to every user of this host; \
-                 set TOLLGATE_DATABASE_URL in the service's environment instead, or keep the \
-                 password in ~/.pgpass (PostgreSQL reads it when the URL has none)"
-            );
+        let instead = "set TOLLGATE_DATABASE_URL in the service's environment instead, or keep \
+                       the password in ~/.pgpass (PostgreSQL reads it when the URL has none)";
+        if redact_database_url(&url) != url {
+            // From the flag, a password shows in `ps` to every user.
+            if origins.of("database") == Origin::Flag {
+                tracing::warn!(
+                    "--database holds a password, which `ps` shows to every user of this host; \
+                     {instead}"
+                );
+            }
+            warn_if_shared("database", &origins.of("database"), "a password", instead);
         }
         config.database_url = url;
     }
@@ -419,11 +431,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         min_nodes: args.outage_min_nodes,
     };
     if !args.api_tokens.is_empty() {
-        tracing::warn!(
-            "--api-token puts a secret on the command line, where `ps` shows it to every user \
-             of this host; put the tokens in a file readable by this user only and pass \
-             --api-token-file FILE instead"
-        );
+        let instead = "put the tokens in a file readable by this user only and pass \
+                       --api-token-file FILE instead";
+        if origins.of("api-token") == Origin::Flag {
+            tracing::warn!(
+                "--api-token puts a secret on the command line, where `ps` shows it to every \
+                 user of this host; {instead}"
+            );
+        }
+        warn_if_shared("api-token", &origins.of("api-token"), "a secret", instead);
     }
     anyhow::ensure!(
         args.idle_timeout >= Duration::from_secs(30),
@@ -502,6 +518,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match addr_file_error {
         Some(error) => Err(error),
         None => served,
+    }
+}
+
+/// Warns when the `secret` in `key` comes from a configuration file other users of this host
+/// may read.
+fn warn_if_shared(key: &str, origin: &Origin, secret: &str, instead: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Origin::File { path, line } = origin
+        && std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o077 != 0)
+    {
+        tracing::warn!(
+            "{} line {line}: `{key}` holds {secret}, and other users of this host may read that \
+             file; make it readable by this user only (chmod 0600), or {instead}",
+            path.display()
+        );
     }
 }
 

@@ -310,3 +310,124 @@ fn ca_init_makes_a_private_ca_that_serve_uses() {
     let status = sigterm_and_wait(&mut child);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn serve_reads_its_configuration_file_and_print_config_masks_secrets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("controller.toml");
+    let data_dir = dir.path().join("data");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "root s3cret\n").expect("tokens file");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\ninsecure-loopback = true\n\
+             api-token = [\"ci:operator=hunter2\"]\napi-token-file = {tokens:?}\n\
+             hostname = [\"ctl.lab\", \"10.0.0.5\"]\nrate-limit = 50\n"
+        ),
+    )
+    .expect("config file");
+    // Readable by every user, as a shipped configuration file is.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let output = Command::new(BINARY)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args(["--print-config", "--rate-limit", "70"])
+        .env(
+            "TOLLGATE_DATABASE_URL",
+            "postgres://tollgate:s3cret@db.lab:5432/tollgate",
+        )
+        .env_remove("TOLLGATE_CONTROLLER_CONFIG")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let file = format!("# file {}", path.display());
+    for line in [
+        format!("listen = \"127.0.0.1:0\" {file}"),
+        format!("data-dir = {:?} {file}", data_dir.display().to_string()),
+        "database = \"postgres://tollgate:***@db.lab:5432/tollgate\" # env TOLLGATE_DATABASE_URL"
+            .to_owned(),
+        "rate-limit = 70 # flag".to_owned(),
+        "lease-grace = \"10s\" # default".to_owned(),
+        format!("api-token = [\"ci:operator=***\"] {file}"),
+        format!("api-token-file = {:?} {file}", tokens.display().to_string()),
+        format!("hostname = [\"ctl.lab\", \"10.0.0.5\"] {file}"),
+        format!("insecure-loopback = true {file}"),
+        "# tls-cert is not set # default".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|printed| printed == line),
+            "{line:?} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("s3cret") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(!data_dir.exists(), "--print-config starts nothing");
+
+    // The same file serves: flags from the file, the address file from the command line.
+    let addr_file = dir.path().join("addr");
+    let mut child = Command::new(BINARY)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("RUST_LOG", "warn")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the controller");
+    wait_for_file(&addr_file, Duration::from_secs(20));
+    assert!(
+        data_dir.join("tollgate.db").exists(),
+        "data-dir from the file"
+    );
+    let status = sigterm_and_wait(&mut child);
+    let output = child.wait_with_output().expect("output");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(status.success(), "{status:?}: {logs}");
+    // A secret in a file others may read is warned about, naming the file and line.
+    assert!(
+        logs.contains(&format!(
+            "{} line 4: `api-token` holds a secret",
+            path.display()
+        )),
+        "{logs}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_configuration_file_and_other_subcommands_ignore_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nheartbeat-interval = 2\n").expect("file");
+    let output = Command::new(BINARY)
+        .args(["serve", "--insecure-loopback"])
+        .env("TOLLGATE_CONTROLLER_CONFIG", &path)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {} line 2: `heartbeat-interval` = 2 is invalid:",
+            path.display()
+        )),
+        "{stderr}"
+    );
+
+    let output = Command::new(BINARY)
+        .arg("public-key")
+        .arg("--data-dir")
+        .arg(dir.path().join("keys"))
+        .env("TOLLGATE_CONTROLLER_CONFIG", &path)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+}

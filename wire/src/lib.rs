@@ -11,11 +11,16 @@
 //! `0..1_000_000_000` as `google.protobuf.Timestamp` requires; a leap second is sent as the last
 //! nanosecond of the second before it, and a wire timestamp outside that range is refused.
 //!
+//! [`daemon_config`] is the daemons' shared edge of another kind: their configuration files,
+//! merged under the command line and the environment, for the controller and the agent alike.
+//!
 //! **Boundary:** conversions and wire-level checks only (bounds, required fields, names). No
-//! I/O, no tokio, no tonic server code, no sqlx; decisions stay in `tollgate-domain`.
+//! I/O (but `daemon_config` reading a daemon's configuration file), no tokio, no tonic server
+//! code, no sqlx; decisions stay in `tollgate-domain`.
 
 pub mod access;
 pub mod bounds;
+pub mod daemon_config;
 pub mod fields;
 pub mod fleet;
 pub mod gate;
