@@ -467,3 +467,58 @@ fn a_changed_or_unreadable_key_list_is_unusable() {
         .assert()
         .code(2);
 }
+
+/// An attestation of a waiting decision on release r550, signed by `signer`.
+fn attestation(signer: &SigningKey) -> String {
+    use tollgate_domain::attestation;
+    let decision = tollgate_domain::gate::Decision {
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        verdict: tollgate_domain::gate::Verdict::Waiting,
+        summary: "waiting for 2 nodes".into(),
+        rules: Vec::new(),
+        digest: "d1".into(),
+        policy_version: "ab".repeat(32),
+        evaluated_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    let verifier = attestation::VerifierInfo {
+        public_key: signer.verifying_key(),
+        version: "0.1.0".into(),
+    };
+    let release = tollgate_domain::test_support::release();
+    attestation::encode(&attestation::sign(
+        &attestation::statement(&release, &decision, &verifier),
+        signer,
+    ))
+}
+
+#[test]
+fn an_attestation_verifies_with_the_listed_key_that_signed_it_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write(dir.path(), "keys.txt", &key_list());
+    let path = write(dir.path(), "r550.intoto.jsonl", &attestation(&key(1)));
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    let fingerprint = signature::fingerprint(&key(1).verifying_key());
+    assert!(
+        stdout.starts_with(&format!("valid attestation: signed by {fingerprint}"))
+            && stdout.contains(&format!(
+                "signing key {fingerprint}: the deployment's key from 2026-01-01T00:00:00Z until"
+            )),
+        "{stdout}"
+    );
+    let path = write(dir.path(), "other.intoto.jsonl", &attestation(&key(3)));
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("it is signed by none of the 2 keys in"),
+        "{stdout}"
+    );
+}

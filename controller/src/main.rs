@@ -288,9 +288,10 @@ fn rotate_report_key(args: RotateArgs) -> std::process::ExitCode {
         Ok(rotation) => {
             use tollgate_controller::report::signing_key::{KEY_FILE, PUBLIC_KEY_FILE};
             println!(
-                "retired report signing key {} at {}
-signing with {} from now on
-                 Copy {KEY_FILE} and {PUBLIC_KEY_FILE} from {} into every other replica's                  data directory: until then they sign no report. Reports signed before verify                  with the retired key; `tollgate report public-key --all` lists every key.",
+                "retired report signing key {} at {}\nsigning with {} from now on\nCopy {KEY_FILE} \
+                 and {PUBLIC_KEY_FILE} from {} into every other replica's data directory: until \
+                 then they sign no report. Reports signed before verify with the retired key; \
+                 `tollgate report public-key --all` lists every key.",
                 hex::encode(rotation.retired.as_bytes()),
                 tollgate_domain::report_key::format_time(rotation.at),
                 hex::encode(rotation.current.as_bytes()),
