@@ -486,6 +486,9 @@ Here -o/--output is the file to write, not the output format; --json prints the 
 Every report is signed with the controller's Ed25519 key. Check a file offline with
   tollgate report verify FILE --public-key HEX
 where HEX comes from `tollgate report public-key` (or the controller's report-signing.pub).
+After a key rotation, check reports signed by any key the deployment has had with
+  tollgate report public-key --all > keys.txt
+  tollgate report verify FILE --public-keys-from keys.txt
 
 With --attestation the decision is written instead as an in-toto Statement with the SLSA
 Verification Summary Attestation predicate in a DSSE envelope signed with the same key
@@ -534,8 +537,14 @@ pub enum ReportCommand {
     /// exit 0 valid, 1 does not verify, 2 unusable input (not a signed report, unreadable
     /// file, bad key, an attestation without a pinned key).
     Verify(VerifyArgs),
-    /// Prints the public key the controller signs reports with (hex, then its fingerprint).
+    /// Prints the public key the controller signs reports with (hex, then its fingerprint);
+    /// with --all, every key the deployment has signed with and when.
     PublicKey {
+        /// Every key the deployment has signed reports with, oldest first, each with the
+        /// period it signed in (the current one last): save it and verify reports signed
+        /// before a key rotation with `report verify FILE --public-keys-from KEYS`.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -544,19 +553,27 @@ pub enum ReportCommand {
 /// `tollgate report verify ...`
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Without --public-key or --key-file the signature is only checked against the key embedded in
-the report, which anyone can replace with their own: pin your controller's key.")]
+Without --public-key, --key-file or --public-keys-from the signature is only checked against
+the key embedded in the report, which anyone can replace with their own: pin your controller's
+key. After a key rotation, reports signed before it verify with the retired key: give it with
+--public-key, or every key of the deployment with --public-keys-from (the output of
+`tollgate report public-key --all`).")]
 pub struct VerifyArgs {
     /// Report file: HTML, Markdown, JSON or JUnit XML as rendered by `tollgate report`, or an
     /// attestation (DSSE envelope) as written by `tollgate report --attestation`.
     pub file: PathBuf,
     /// The controller's public key, hex, as `tollgate report public-key` prints it.
-    #[arg(long, value_name = "HEX", conflicts_with = "key_file")]
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["key_file", "public_keys_from"])]
     pub public_key: Option<String>,
     /// A file whose first line is the controller's public key, hex (for example its
     /// report-signing.pub, or the output of `tollgate report public-key`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "public_keys_from")]
     pub key_file: Option<PathBuf>,
+    /// A file listing every key the deployment has signed with, as `tollgate report
+    /// public-key --all` prints it (text or -o json): the report must be signed by one of
+    /// them, and `verify` says which and when it signed.
+    #[arg(long, value_name = "FILE")]
+    pub public_keys_from: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -340,3 +340,185 @@ fn unusable_input_exits_2() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// The key list of a deployment whose key 1 signed until a rotation to key 2, as `tollgate
+/// report public-key --all` prints it.
+fn key_list() -> String {
+    let line = |seed: u8, active_from: &str, retired_at: &str| {
+        let signer = key(seed);
+        format!(
+            "{}  {}  {active_from}  {retired_at}\n",
+            public_hex(&signer),
+            signature::fingerprint(&signer.verifying_key())
+        )
+    };
+    format!(
+        "# public key (hex)  fingerprint  active from  retired at\n{}{}",
+        line(1, "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"),
+        line(2, "2026-06-01T00:00:00Z", "current")
+    )
+}
+
+/// `tollgate report verify PATH --public-keys-from KEYS [-o json]`.
+fn verify_listed(path: &Path, keys: &Path, json: bool) -> std::process::Output {
+    let mut command = tollgate();
+    command
+        .args(["report", "verify"])
+        .arg(path)
+        .arg("--public-keys-from")
+        .arg(keys);
+    if json {
+        command.args(["-o", "json"]);
+    }
+    command.output().expect("runs")
+}
+
+#[test]
+fn a_report_of_any_of_the_deployment_s_keys_verifies_and_says_which() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write(dir.path(), "keys.txt", &key_list());
+    for (seed, period) in [
+        (
+            1,
+            "the deployment's key from 2026-01-01T00:00:00Z until 2026-06-01T00:00:00Z (retired)",
+        ),
+        (2, "the deployment's current key since 2026-06-01T00:00:00Z"),
+    ] {
+        let path = write(dir.path(), "r550.md", &markdown_report(&key(seed)));
+        let output = verify_listed(&path, &keys, false);
+        let stdout = text(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{stdout}{}",
+            text(&output.stderr)
+        );
+        let fingerprint = signature::fingerprint(&key(seed).verifying_key());
+        assert_eq!(
+            stdout,
+            format!(
+                "valid: signed by {fingerprint}, release r550 at lab-qual, decision d41d8cd98f00b204 (failed)\n\
+                 signing key {fingerprint}: {period}\n"
+            )
+        );
+        assert!(!text(&output.stderr).contains("not pinned"));
+    }
+    let path = write(dir.path(), "r550.json", &json_report(&key(1)));
+    let output = verify_listed(&path, &keys, true);
+    assert_eq!(output.status.code(), Some(0));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["pinned"], true);
+    assert_eq!(answer["key"]["public_key"], public_hex(&key(1)));
+    assert_eq!(answer["key"]["retired_at"], "2026-06-01T00:00:00+00:00");
+    assert_eq!(answer["key"]["current"], false);
+}
+
+#[test]
+fn a_report_of_a_key_the_deployment_never_had_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write(dir.path(), "keys.txt", &key_list());
+    let path = write(dir.path(), "r550.md", &markdown_report(&key(3)));
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("invalid: ")
+            && stdout.contains(&format!("signed by key {}", public_hex(&key(3))))
+            && stdout.contains("which is not one of the 2 keys in")
+            && stdout.contains("the deployment never signed reports with it"),
+        "{stdout}"
+    );
+    // A listed key does not make an edited report valid.
+    let edited = markdown_report(&key(1)).replace("93.25", "83.25");
+    let path = write(dir.path(), "edited.md", &edited);
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("changed section `node lab-3`"), "{stdout}");
+}
+
+#[test]
+fn a_changed_or_unreadable_key_list_is_unusable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "r550.md", &markdown_report(&key(1)));
+    let fingerprint = signature::fingerprint(&key(1).verifying_key());
+    let changed = write(
+        dir.path(),
+        "keys.txt",
+        &key_list().replacen(&fingerprint, "0123456789abcdef", 1),
+    );
+    let output = verify_listed(&path, &changed, false);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("line 2: fingerprint '0123456789abcdef' is not the key's"),
+        "{stderr}"
+    );
+    let output = verify_listed(&path, &dir.path().join("missing.txt"), false);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("cannot read key list"));
+    tollgate()
+        .args(["report", "verify"])
+        .arg(&path)
+        .arg("--public-keys-from")
+        .arg(&changed)
+        .args(["--public-key", &public_hex(&key(1))])
+        .assert()
+        .code(2);
+}
+
+/// An attestation of a waiting decision on release r550, signed by `signer`.
+fn attestation(signer: &SigningKey) -> String {
+    use tollgate_domain::attestation;
+    let decision = tollgate_domain::gate::Decision {
+        release: "r550".into(),
+        milestone: "lab-qual".into(),
+        verdict: tollgate_domain::gate::Verdict::Waiting,
+        summary: "waiting for 2 nodes".into(),
+        rules: Vec::new(),
+        digest: "d1".into(),
+        policy_version: "ab".repeat(32),
+        evaluated_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    let verifier = attestation::VerifierInfo {
+        public_key: signer.verifying_key(),
+        version: "0.1.0".into(),
+    };
+    let release = tollgate_domain::test_support::release();
+    attestation::encode(&attestation::sign(
+        &attestation::statement(&release, &decision, &verifier),
+        signer,
+    ))
+}
+
+#[test]
+fn an_attestation_verifies_with_the_listed_key_that_signed_it_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write(dir.path(), "keys.txt", &key_list());
+    let path = write(dir.path(), "r550.intoto.jsonl", &attestation(&key(1)));
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    let fingerprint = signature::fingerprint(&key(1).verifying_key());
+    assert!(
+        stdout.starts_with(&format!("valid attestation: signed by {fingerprint}"))
+            && stdout.contains(&format!(
+                "signing key {fingerprint}: the deployment's key from 2026-01-01T00:00:00Z until"
+            )),
+        "{stdout}"
+    );
+    let path = write(dir.path(), "other.intoto.jsonl", &attestation(&key(3)));
+    let output = verify_listed(&path, &keys, false);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("it is signed by none of the 2 keys in"),
+        "{stdout}"
+    );
+}

@@ -116,7 +116,8 @@ pub async fn run_with(
         data_dir = %config.data_dir.display(),
         "controller starting"
     );
-    let report_key = report_key(&store, &config).await?;
+    let report_key =
+        report::keys::key_at_start(&store, &config.data_dir, config.clock.now()).await?;
     let shared = Arc::new(Shared::new(store, config));
     shared
         .api_tokens
@@ -144,45 +145,6 @@ pub async fn run_with(
     shared.store.close().await;
     tracing::info!("controller stopped");
     result
-}
-
-/// The report signing key of the data directory (made on first start), checked against the
-/// deployment's key of record: replicas on one database sign with one key, so a replica with
-/// another key (a data directory not copied, a key file lost and made anew) refuses to start
-/// rather than sign reports customers cannot verify with the key they know.
-async fn report_key(
-    store: &store::Store,
-    config: &ControllerConfig,
-) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    use report::signing_key::{KEY_FILE, PUBLIC_KEY_FILE, load_or_create, public_key_hex};
-    let key_path = config.data_dir.join(KEY_FILE);
-    let existed = key_path.exists();
-    let key = load_or_create(&config.data_dir).context("loading the report signing key")?;
-    let public = public_key_hex(&key);
-    let recorded = store
-        .claim_report_key(&public, config.clock.now())
-        .await
-        .context("recording the report signing key")?;
-    if recorded == public {
-        return Ok(key);
-    }
-    if !existed {
-        // Made just now: remove it, so that restoring the deployment's key is a plain copy.
-        let _ = std::fs::remove_file(&key_path);
-        let _ = std::fs::remove_file(config.data_dir.join(PUBLIC_KEY_FILE));
-    }
-    anyhow::bail!(
-        "the report signing key {} (public key {public}{}) is not this deployment's: reports \
-         here are signed with public key {recorded}; copy {KEY_FILE} and {PUBLIC_KEY_FILE} from \
-         a replica (or a backup) that has it into {}",
-        key_path.display(),
-        if existed {
-            ""
-        } else {
-            ", made now and removed again"
-        },
-        config.data_dir.display()
-    )
 }
 
 /// Serves every service and runs the loops until shutdown; does not close the store.
@@ -343,8 +305,11 @@ fn router(
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(
-            ReportServiceServer::new(grpc::report::ReportApi::new(shared.clone(), report_key))
-                .max_decoding_message_size(SMALL_REQUEST_BYTES),
+            ReportServiceServer::new(grpc::report::ReportApi::new(
+                shared.clone(),
+                report::keys::Signer::new(shared.config.data_dir.clone(), report_key),
+            ))
+            .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(

@@ -28,6 +28,9 @@ enum Command {
     /// Prints the public key reports are signed with (hex), making the key pair if the data
     /// directory has none yet.
     PublicKey(PublicKeyArgs),
+    /// The deployment's report signing key.
+    #[command(subcommand)]
+    ReportKey(ReportKeyCommand),
     /// The lab certificate authority that signs the server's and the nodes' certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -39,6 +42,33 @@ enum CaCommand {
     /// ca.key (mode 0600); or, with --ca-cert and --ca-key, copies an existing CA there.
     /// Then serve with --ca-dir DIR.
     Init(CaInitArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportKeyCommand {
+    /// Retires the deployment's report signing key for a new one: run it where the current
+    /// key is (--data-dir), against the deployment's database. The new key files replace the
+    /// old ones there; copy report-signing.key and report-signing.pub into every other
+    /// replica's data directory (each signs nothing until it has them, and reads them at its
+    /// next report). Reports signed before keep verifying with the retired key, which
+    /// `tollgate report public-key --all` lists. Recorded in the audit log.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RotateArgs {
+    /// The data directory holding the current key.
+    #[arg(long, default_value = "./.tollgate", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The deployment's database, as the controllers serve it [default: sqlite://<data-dir>/tollgate.db].
+    #[arg(long = "database", value_name = "URL", env = "TOLLGATE_DATABASE_URL")]
+    database: Option<String>,
+    /// Who rotates, recorded as the audit entry's actor [default: the user running it].
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+    /// Why (a schedule, a suspected leak), recorded in the audit entry.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +221,7 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Command::Serve(args) => *args,
         Command::Ca(CaCommand::Init(args)) => return ca_init(&args),
+        Command::ReportKey(ReportKeyCommand::Rotate(args)) => return rotate_report_key(args),
         Command::PublicKey(args) => {
             return match tollgate_controller::report::signing_key::load_or_create(&args.data_dir) {
                 Ok(key) => {
@@ -225,6 +256,71 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `report-key rotate`: rotates the deployment's report signing key and says what to copy
+/// where.
+fn rotate_report_key(args: RotateArgs) -> std::process::ExitCode {
+    use tollgate_controller::clock::Clock as _;
+    use tollgate_controller::report::keys::{RotateRequest, rotate};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = ControllerConfig::new(args.data_dir.clone());
+    let database_url = args.database.unwrap_or(config.database_url);
+    let request = RotateRequest {
+        actor: args.actor.unwrap_or_else(local_user),
+        reason: args.reason,
+    };
+    let rotated = runtime.block_on(async {
+        let store = tollgate_controller::store::Store::connect(&database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the database {}",
+                    redact_database_url(&database_url)
+                )
+            })?;
+        let now = tollgate_controller::clock::SystemClock.now();
+        let rotated = rotate(&store, &args.data_dir, &request, now).await;
+        store.close().await;
+        rotated
+    });
+    match rotated {
+        Ok(rotation) => {
+            use tollgate_controller::report::signing_key::{KEY_FILE, PUBLIC_KEY_FILE};
+            println!(
+                "retired report signing key {} at {}\nsigning with {} from now on\nCopy {KEY_FILE} \
+                 and {PUBLIC_KEY_FILE} from {} into every other replica's data directory: until \
+                 then they sign no report. Reports signed before verify with the retired key; \
+                 `tollgate report public-key --all` lists every key.",
+                hex::encode(rotation.retired.as_bytes()),
+                tollgate_domain::report_key::format_time(rotation.at),
+                hex::encode(rotation.current.as_bytes()),
+                args.data_dir.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The name of the user running this process, for the audit log; `operator` when unknown.
+fn local_user() -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|user| !user.is_empty()))
+        .unwrap_or_else(|| "operator".to_owned())
 }
 
 /// `ca init`: makes or imports the lab CA and says what to do with it.

@@ -19,6 +19,7 @@ pub mod node;
 pub mod plan;
 pub mod rate;
 pub mod release;
+pub mod report_key;
 pub mod report_signature;
 pub mod reschedule;
 pub mod result;

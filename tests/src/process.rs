@@ -58,6 +58,26 @@ pub async fn tollgate_tls(url: &str, ca_file: &Path, args: &[&str]) -> std::proc
         .expect("run tollgate")
 }
 
+/// Runs `tollgate-controller report-key rotate` on `data_dir` (which holds the current key)
+/// against `database_url`, and returns what it printed.
+pub async fn rotate_report_key(data_dir: &Path, database_url: &str) -> std::process::Output {
+    Command::new(workspace_binary("tollgate-controller"))
+        .args([
+            "report-key",
+            "rotate",
+            "--actor",
+            "alice",
+            "--reason",
+            "yearly",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database", database_url])
+        .output()
+        .await
+        .expect("run tollgate-controller report-key rotate")
+}
+
 /// Output bytes as text, for assertions and failure messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -3,13 +3,15 @@
 //! replica is killed with `kill -9` every second or two (and started again) until the run
 //! ends. Every result is stored once, no job is assigned twice, the agents' spools empty, and
 //! every replica decides the gate alike. And SQLite, which serves one controller, refuses a
-//! second controller on its file.
+//! second controller on its file. And one report signing key per deployment: a controller with
+//! another key, or with a key a rotation retired, does not start, and a running replica whose
+//! key was retired signs nothing until its data directory holds the new key.
 //!
 //! Runs the `tollgate-controller` binary (see `tollgate_tests::process`).
 
 use std::time::Duration;
 use tollgate_controller::store::testing;
-use tollgate_tests::process::{ControllerProcess, text, workspace_binary};
+use tollgate_tests::process::{ControllerProcess, text, tollgate, workspace_binary};
 use tollgate_tests::{
     Agent, Clients, assert_every_result_once, measuring_plan, spooled_results,
     stop_agents_leaving_no_step_process,
@@ -245,4 +247,161 @@ async fn a_controller_with_another_report_signing_key_is_refused() {
         key
     );
     restored.stop().await;
+}
+
+/// After a key rotation, a controller whose data directory holds the retired key (a replica
+/// not given the new key files) refuses to start, saying when its key was retired, which key
+/// signs now and what to copy where; its key file is left alone. With the new key files
+/// copied in it starts and signs with the new key.
+#[tokio::test]
+async fn a_controller_with_a_retired_report_signing_key_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (database_url, mut first) = first_sqlite_controller(dir.path()).await;
+    let old_key = tollgate_tests::process::public_key(&first.url).await;
+    first.stop().await;
+    let first_dir = dir.path().join("controller");
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let copy_keys = || {
+        for file in ["report-signing.key", "report-signing.pub"] {
+            std::fs::copy(first_dir.join(file), other_dir.join(file)).expect("copy the key");
+        }
+    };
+    copy_keys();
+
+    let rotated = tollgate_tests::process::rotate_report_key(&first_dir, &database_url).await;
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let new_key = std::fs::read_to_string(first_dir.join("report-signing.pub"))
+        .expect("the new public key")
+        .trim()
+        .to_owned();
+    assert_ne!(new_key, old_key);
+
+    let refused = serve_until_refused(&other_dir, &database_url).await;
+    assert!(!refused.status.success(), "it must not start");
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("(public key {old_key}) was retired at "))
+            && stderr.contains(&format!("signed with public key {new_key}"))
+            && stderr.contains("copy report-signing.key and report-signing.pub from the data directory where `tollgate-controller report-key rotate` ran"),
+        "{stderr}"
+    );
+    let kept = std::fs::read_to_string(other_dir.join("report-signing.pub")).expect("kept");
+    assert_eq!(kept.trim(), old_key, "a retired key file is not removed");
+
+    copy_keys();
+    let mut replica = ControllerProcess::start(
+        &database_url,
+        &other_dir,
+        &dir.path().join("replica.log"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        tollgate_tests::process::public_key(&replica.url).await,
+        new_key
+    );
+    replica.stop().await;
+}
+
+/// Two running replicas on one PostgreSQL, each with its own copy of the key. After a
+/// rotation from the first one's data directory, the first signs its next report with the new
+/// key; the other signs none (FAILED_PRECONDITION naming the key to copy) until its data
+/// directory holds the new key files, then signs with the new key without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_replica_signs_with_the_rotated_key_once_given_its_files() {
+    let Some(base) = testing::postgres_url_or_skip() else {
+        return;
+    };
+    let database_url = testing::fresh_postgres_url(&base)
+        .await
+        .expect("fresh postgres schema");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (first_dir, other_dir) = (dir.path().join("first"), dir.path().join("other"));
+    let grace = Duration::from_secs(10);
+    let mut first = ControllerProcess::start(
+        &database_url,
+        &first_dir,
+        &dir.path().join("first.log"),
+        grace,
+    )
+    .await;
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let copy_keys = || {
+        for file in ["report-signing.key", "report-signing.pub"] {
+            std::fs::copy(first_dir.join(file), other_dir.join(file)).expect("copy the key");
+        }
+    };
+    copy_keys();
+    let mut other = ControllerProcess::start(
+        &database_url,
+        &other_dir,
+        &dir.path().join("other.log"),
+        grace,
+    )
+    .await;
+    let mut clients = Clients::new(first.channel().await.expect("connect"));
+    clients.apply_plan(&tollgate_tests::plan_yaml(1.0)).await;
+    clients.apply_gate(&tollgate_tests::gate_yaml(1)).await;
+    clients.create_release("r550").await;
+    let report = |url: String, name: &str| {
+        let path = dir.path().join(name);
+        async move {
+            let output = tollgate(
+                &url,
+                &[
+                    "report",
+                    "--release",
+                    "r550",
+                    "--format",
+                    "markdown",
+                    "-o",
+                    path.to_str().expect("UTF-8 path"),
+                ],
+            )
+            .await;
+            (output, path)
+        }
+    };
+    let verify = |path: std::path::PathBuf, key: String| async move {
+        let path = path.to_str().expect("UTF-8 path").to_owned();
+        // Offline: no controller.
+        let output = tollgate("", &["report", "verify", &path, "--public-key", &key]).await;
+        output.status.code()
+    };
+
+    let rotated = tollgate_tests::process::rotate_report_key(&first_dir, &database_url).await;
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let new_key = std::fs::read_to_string(first_dir.join("report-signing.pub"))
+        .expect("the new public key")
+        .trim()
+        .to_owned();
+
+    let (output, path) = report(first.url.clone(), "first.md").await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(verify(path, new_key.clone()).await, Some(0));
+
+    let (output, path) = report(other.url.clone(), "refused.md").await;
+    assert!(
+        !output.status.success(),
+        "a replica with a retired key signs nothing"
+    );
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("was retired at")
+            && stderr.contains(&new_key)
+            && stderr.contains("no restart needed"),
+        "{stderr}"
+    );
+    assert!(!path.exists());
+
+    copy_keys();
+    let (output, path) = report(other.url.clone(), "other.md").await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(verify(path, new_key).await, Some(0));
+    first.stop().await;
+    other.stop().await;
+    testing::drop_postgres_schema(&database_url)
+        .await
+        .expect("drop test schema");
 }

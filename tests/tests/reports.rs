@@ -1,9 +1,11 @@
 //! Signed reports end to end: a qualification on simulated agents, one running over
 //! temperature, reported in every format through the `tollgate` binary; each report file
 //! verifies offline against the controller's public key, and an edited temperature does not.
+//! After a key rotation, reports signed before and after it verify against the deployment's
+//! key list.
 
 use std::path::Path;
-use tollgate_tests::process::{public_key, text, tollgate};
+use tollgate_tests::process::{public_key, rotate_report_key, text, tollgate};
 use tollgate_tests::{Backend, Controller, ControllerOptions, qualify_with_one_hot_node};
 
 /// Changes the first digit of the first decimal number after `gpu_temp_c` in the visible part
@@ -110,6 +112,138 @@ async fn every_report_format_verifies_and_an_edited_temperature_does_not() {
     assert!(stdout.starts_with("invalid: "), "{stdout}");
     assert!(
         stdout.contains("does not match its signature: changed section `"),
+        "{stdout}"
+    );
+}
+
+/// Renders the Markdown report of r550 at lab-qual into `path` through the `tollgate` binary.
+async fn render_markdown(url: &str, path: &Path) {
+    let output = tollgate(
+        url,
+        &[
+            "report",
+            "--release",
+            "r550",
+            "--milestone",
+            "lab-qual",
+            "--format",
+            "markdown",
+            "-o",
+            path.to_str().expect("UTF-8 path"),
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+/// `tollgate report verify PATH --public-keys-from KEYS`.
+async fn verify_listed(url: &str, path: &Path, keys: &Path) -> std::process::Output {
+    let path = path.to_str().expect("UTF-8 path");
+    let keys = keys.to_str().expect("UTF-8 path");
+    tollgate(url, &["report", "verify", path, "--public-keys-from", keys]).await
+}
+
+/// One signing identity over time: a report signed, the key rotated while the controller
+/// runs (it reads the new key from its data directory at the next report), another report
+/// signed. Both verify against the deployment's key list (`report public-key --all`), each
+/// naming its key and that key's period; the old one also with the retired key alone, not
+/// with the new one. An edited report does not verify, nor does one whose key is not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_signed_before_and_after_a_key_rotation_verify_with_the_deployment_s_keys() {
+    let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    let (_agents, _clients) = qualify_with_one_hot_node(&controller, 1.0).await;
+    let url = &controller.url;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (before, after) = (dir.path().join("before.md"), dir.path().join("after.md"));
+    let old_key = public_key(url).await;
+    render_markdown(url, &before).await;
+
+    let rotated = rotate_report_key(&controller.data_dir, &controller.database_url).await;
+    let stdout = text(&rotated.stdout);
+    assert!(
+        rotated.status.success(),
+        "{stdout}{}",
+        text(&rotated.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("retired report signing key {old_key} at "))
+            && stdout.contains("Copy report-signing.key and report-signing.pub"),
+        "{stdout}"
+    );
+    let new_key = public_key(url).await;
+    assert_ne!(new_key, old_key);
+    render_markdown(url, &after).await;
+
+    let listed = tollgate(url, &["report", "public-key", "--all"]).await;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let list = text(&listed.stdout);
+    let keys: Vec<&str> = list.lines().filter(|line| !line.starts_with('#')).collect();
+    assert_eq!(keys.len(), 2, "{list}");
+    assert!(
+        keys[0].starts_with(&old_key) && !keys[0].ends_with("current"),
+        "{list}"
+    );
+    assert!(
+        keys[1].starts_with(&new_key) && keys[1].ends_with("current"),
+        "{list}"
+    );
+    let keys_path = dir.path().join("keys.txt");
+    std::fs::write(&keys_path, &list).expect("write the key list");
+
+    let fingerprint = |hex: &str| {
+        let key = tollgate_domain::report_signature::parse_public_key(hex).expect("a key");
+        tollgate_domain::report_signature::fingerprint(&key)
+    };
+    for (path, key, period) in [
+        (&before, &old_key, "(retired)"),
+        (&after, &new_key, "the deployment's current key since "),
+    ] {
+        let output = verify_listed(url, path, &keys_path).await;
+        let stdout = text(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{stdout}{}",
+            text(&output.stderr)
+        );
+        assert!(
+            stdout.starts_with(&format!("valid: signed by {}", fingerprint(key)))
+                && stdout.contains(&format!("signing key {}: ", fingerprint(key)))
+                && stdout.contains(period),
+            "{stdout}"
+        );
+    }
+    // The retired key alone verifies the old report; the current key does not.
+    assert_eq!(verify(url, &before, &old_key).await.status.code(), Some(0));
+    let output = verify(url, &before, &new_key).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+
+    // An edited report is refused whichever key signed it.
+    let markdown = std::fs::read_to_string(&after).expect("read");
+    let edited = dir.path().join("edited.md");
+    std::fs::write(&edited, markdown.replacen("r550", "r551", 1)).expect("write");
+    let output = verify_listed(url, &edited, &keys_path).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("invalid: "), "{stdout}");
+
+    // A list without the old key: the old report's key is not one of the deployment's.
+    let newest_only: String = list
+        .lines()
+        .filter(|line| !line.starts_with(&old_key))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let newest_path = dir.path().join("newest.txt");
+    std::fs::write(&newest_path, newest_only).expect("write");
+    let output = verify_listed(url, &before, &newest_path).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("signed by key {old_key}"))
+            && stdout.contains("which is not one of the 1 keys in")
+            && stdout.contains("the deployment never signed reports with it"),
         "{stdout}"
     );
 }

@@ -28,6 +28,7 @@ pub mod json;
 pub mod page;
 pub mod plan;
 pub mod release;
+pub mod report;
 pub mod result;
 pub mod time;
 
@@ -40,6 +41,7 @@ pub use fields::{FieldErrors, InvalidFields, LISTED_PROBLEMS};
 pub use fleet::Enrollment;
 pub use plan::{Assignment, gate_policy_to_proto, plan_to_proto, step_to_proto};
 pub use release::{NewRelease, release_to_proto};
+pub use report::report_key_to_proto;
 pub use result::{gpu_event_for_upload, result_summary, step_result_for_upload};
 pub use time::{timestamp_from_proto, timestamp_to_proto};
 

@@ -7,6 +7,7 @@ pub mod plan;
 pub mod promote;
 pub mod release;
 pub mod report;
+pub mod report_keys;
 pub mod run;
 pub mod token;
 pub mod waiver;

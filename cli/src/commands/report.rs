@@ -1,8 +1,10 @@
 //! `tollgate report`: render a release's signed customer acceptance report, or with
 //! `--attestation` its decision as a signed in-toto attestation, and write it to a file;
 //! `report verify` checks either offline; `report public-key` prints the controller's signing
-//! key.
+//! key (with `--all`, every key the deployment has signed with, which `verify
+//! --public-keys-from` reads back: a report signed before a key rotation still verifies).
 
+use super::report_keys;
 use crate::Reported;
 use crate::args::{ReportArgs, ReportCommand, ReportFormat, VerifyArgs};
 use crate::client::{Controller, RpcError, answer};
@@ -12,8 +14,10 @@ use serde_json::json;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use tollgate_domain::attestation::{self, AttestationError, VerifiedAttestation};
+use tollgate_domain::report_key::{self, ReportKey};
 use tollgate_domain::report_signature::{self as signature, Verified, VerifyError};
 use tollgate_proto::v1 as pb;
+use tollgate_wire::FromProto as _;
 
 /// Exit code of a report that does not verify.
 const EXIT_INVALID: u8 = 1;
@@ -27,8 +31,8 @@ const UNPINNED: &str = "signature is valid for the key embedded in the report; p
 pub async fn dispatch(target: &crate::client::Target, args: ReportArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ReportCommand::Verify(verify_args)) => verify(&verify_args),
-        Some(ReportCommand::PublicKey { output }) => {
-            public_key(&Controller::connect(target).await?, output.output).await
+        Some(ReportCommand::PublicKey { all, output }) => {
+            public_key(&Controller::connect(target).await?, all, output.output).await
         }
         None => run(&Controller::connect(target).await?, args).await,
     }
@@ -208,14 +212,36 @@ pub fn default_path(release: &str, milestone: Option<&str>, file_extension: &str
 }
 
 /// Runs `report public-key`: the hex key on the first line (so the output can be saved and
-/// passed to `verify --key-file`), then its fingerprint.
-async fn public_key(controller: &Controller, output: Format) -> anyhow::Result<()> {
+/// passed to `verify --key-file`), then its fingerprint; with `all`, the deployment's key list
+/// (see `report_keys`).
+async fn public_key(controller: &Controller, all: bool, output: Format) -> anyhow::Result<()> {
     let key = answer(
         controller
             .reports()
             .get_public_key(pb::GetPublicKeyRequest {})
             .await,
     )?;
+    if all {
+        anyhow::ensure!(
+            !key.keys.is_empty(),
+            "the controller does not list the deployment's keys (it is older than key \
+             rotation): upgrade it, or verify with --public-key {}",
+            key.public_key
+        );
+        let keys = key
+            .keys
+            .into_iter()
+            .map(ReportKey::from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .context("the controller listed a key that is not valid")?;
+        return match output {
+            Format::Json => print_json(&report_keys::to_json(&keys)),
+            Format::Text => {
+                print!("{}", report_keys::to_text(&keys));
+                Ok(())
+            }
+        };
+    }
     match output {
         Format::Json => print_json(&json!({
             "algorithm": key.algorithm,
@@ -253,8 +279,21 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         );
         return Err(Reported(EXIT_UNUSABLE).into());
     };
+    let listed = match listed_keys(args) {
+        Ok(listed) => listed,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Err(Reported(EXIT_UNUSABLE).into());
+        }
+    };
     if attestation::looks_like_envelope(&file) {
-        return verify_attestation(args, &file, expected.as_ref());
+        return match &listed {
+            Some(keys) => verify_attestation_listed(args, &file, keys),
+            None => verify_attestation(args, &file, expected.as_ref()),
+        };
+    }
+    if let Some(keys) = &listed {
+        return verify_listed(args, &file, keys);
     }
     let result = signature::verify(&file, expected.as_ref());
     let pinned = expected.is_some();
@@ -262,6 +301,11 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         Format::Json => print_json(&verify_json(&args.file, &result, pinned))?,
         Format::Text => print_verify_text(&args.file, &result, pinned),
     }
+    exit_for(&result)
+}
+
+/// The exit of a verification: 0 valid, 1 does not verify, 2 unusable input.
+fn exit_for(result: &Result<Verified, VerifyError>) -> anyhow::Result<()> {
     match result {
         Ok(_) => Ok(()),
         Err(VerifyError::Unsigned(_) | VerifyError::Malformed(_) | VerifyError::Unsupported(_)) => {
@@ -271,6 +315,138 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             Err(Reported(EXIT_INVALID).into())
         }
     }
+}
+
+/// The keys given by `--public-keys-from`, if any.
+fn listed_keys(args: &VerifyArgs) -> Result<Option<Vec<ReportKey>>, String> {
+    let Some(path) = &args.public_keys_from else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read key list {}: {error}", path.display()))?;
+    report_keys::parse(&text)
+        .map(Some)
+        .map_err(|message| format!("--public-keys-from {}: {message}", path.display()))
+}
+
+/// Why a report that is intact was signed by none of the listed keys.
+fn not_listed(public_key: &str, fingerprint: &str, keys: &[ReportKey], list: &Path) -> String {
+    format!(
+        "signed by key {public_key} ({fingerprint}), which is not one of the {} keys in {}: \
+         the deployment never signed reports with it",
+        keys.len(),
+        list.display()
+    )
+}
+
+/// What `verify` adds about the key that signed: `signing key FP: its period`.
+fn key_line(key: &ReportKey) -> String {
+    format!(
+        "signing key {}: {}",
+        key.fingerprint(),
+        report_key::describe_period(key)
+    )
+}
+
+/// `report verify --public-keys-from`: the report's signature is checked against the key it
+/// embeds, which must be one of the listed keys; the output says which and its period.
+fn verify_listed(args: &VerifyArgs, file: &str, keys: &[ReportKey]) -> anyhow::Result<()> {
+    let result = signature::verify(file, None);
+    let Ok(verified) = &result else {
+        match args.output.output {
+            Format::Json => print_json(&verify_json(&args.file, &result, true))?,
+            Format::Text => print_verify_text(&args.file, &result, true),
+        }
+        return exit_for(&result);
+    };
+    let signer = signature::parse_public_key(&verified.public_key)
+        .ok()
+        .and_then(|public_key| report_key::find(keys, &public_key));
+    let list = args.public_keys_from.as_deref().unwrap_or(Path::new("-"));
+    let Some(signer) = signer else {
+        let problem = not_listed(&verified.public_key, &verified.fingerprint, keys, list);
+        match args.output.output {
+            Format::Json => print_json(&json!({
+                "file": args.file.display().to_string(),
+                "valid": false,
+                "pinned": true,
+                "problems": [problem],
+            }))?,
+            Format::Text => println!("invalid: {}: {problem}", args.file.display()),
+        }
+        return Err(Reported(EXIT_INVALID).into());
+    };
+    match args.output.output {
+        Format::Json => {
+            let mut json = verify_json(&args.file, &result, true);
+            json["key"] = report_keys::key_json(signer);
+            print_json(&json)?;
+        }
+        Format::Text => {
+            println!("{}", valid_line(verified));
+            println!("{}", key_line(signer));
+        }
+    }
+    Ok(())
+}
+
+/// `report verify --public-keys-from` on an attestation, which does not carry its key: it must
+/// verify with one of the listed keys.
+fn verify_attestation_listed(
+    args: &VerifyArgs,
+    file: &str,
+    keys: &[ReportKey],
+) -> anyhow::Result<()> {
+    let mut unusable = None;
+    for key in keys {
+        match attestation::verify(file, &key.public_key) {
+            Ok(verified) => {
+                match args.output.output {
+                    Format::Json => {
+                        let mut json = attestation_json(&args.file, &Ok(verified));
+                        json["key"] = report_keys::key_json(key);
+                        print_json(&json)?;
+                    }
+                    Format::Text => {
+                        println!("{}", attestation_valid_line(&verified));
+                        println!("{}", key_line(key));
+                    }
+                }
+                return Ok(());
+            }
+            Err(AttestationError::BadSignature(_)) => {}
+            Err(error) => unusable = Some(error),
+        }
+    }
+    if let Some(error) = unusable {
+        match args.output.output {
+            Format::Json => print_json(&attestation_json(&args.file, &Err(error)))?,
+            Format::Text => eprintln!("error: {}: {error}", args.file.display()),
+        }
+        return Err(Reported(EXIT_UNUSABLE).into());
+    }
+    let list = args.public_keys_from.as_deref().unwrap_or(Path::new("-"));
+    let problem = format!(
+        "it is signed by none of the {} keys in {}",
+        keys.len(),
+        list.display()
+    );
+    match args.output.output {
+        Format::Json => print_json(&json!({
+            "file": args.file.display().to_string(),
+            "valid": false,
+            "pinned": true,
+            "problems": [problem],
+        }))?,
+        Format::Text => {
+            println!(
+                "invalid: {} does not match its signature",
+                args.file.display()
+            );
+            println!("  - {problem}");
+        }
+    }
+    Err(Reported(EXIT_INVALID).into())
 }
 
 /// Runs `report verify` on an attestation. A DSSE envelope does not carry its key, so one

@@ -2,13 +2,13 @@
 //! the exact plan versions, waivers) and renders it from the store node by node, streamed to
 //! the client (`StreamReport`) or in one message (`RenderReport`).
 
-use super::status::{FieldErrors, InvalidFields, invalid_fields, no_gate};
+use super::status::{FieldErrors, InvalidFields, invalid_fields, no_current_report_key, no_gate};
 use super::{load_release, resolve_milestone};
 use crate::gates::evaluate_now;
+use crate::report::keys::Signer;
 use crate::report::{CustomerScope, ReportFormat, ReportHead, render_from_store, scope_evidence};
 use crate::shared::Shared;
 use crate::store::StoreError;
-use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,16 +22,17 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct ReportApi {
     shared: Arc<Shared>,
-    /// Signs every report; loaded from the data directory at start.
-    key: Arc<SigningKey>,
+    /// Signs every report with the deployment's current key; loaded from the data directory
+    /// at start, and again after a rotation.
+    signer: Arc<Signer>,
 }
 
 impl ReportApi {
-    /// A service over the shared state, signing reports with `key`.
-    pub fn new(shared: Arc<Shared>, key: SigningKey) -> Self {
+    /// A service over the shared state, signing reports with `signer`'s key.
+    pub fn new(shared: Arc<Shared>, signer: Signer) -> Self {
         Self {
             shared,
-            key: Arc::new(key),
+            signer: Arc::new(signer),
         }
     }
 }
@@ -237,16 +238,10 @@ impl ReportService for ReportApi {
                 customer.as_deref(),
             ))
             .await?;
+        let key = self.signer.key(&self.shared.store).await?;
         let release = head.release.id.clone();
         let digest = head.decision.digest.clone();
-        let written = render_from_store(
-            &self.shared.store,
-            head,
-            format,
-            (*self.key).clone(),
-            Vec::new(),
-        )
-        .await?;
+        let written = render_from_store(&self.shared.store, head, format, key, Vec::new()).await?;
         tracing::info!(
             release = %release,
             digest,
@@ -282,6 +277,7 @@ impl ReportService for ReportApi {
                 customer.as_deref(),
             ))
             .await?;
+        let key = self.signer.key(&self.shared.store).await?;
         let (sender, receiver) = mpsc::channel(4);
         let release = head.release.id.clone();
         let digest = head.decision.digest.clone();
@@ -296,7 +292,6 @@ impl ReportService for ReportApi {
             }),
         };
         let shared = self.shared.clone();
-        let key = (*self.key).clone();
         tokio::spawn(async move {
             match render_from_store(&shared.store, head, format, key, writer).await {
                 Ok(written) => tracing::info!(
@@ -321,7 +316,8 @@ impl ReportService for ReportApi {
         request: Request<proto::RenderAttestationRequest>,
     ) -> Result<Response<proto::Attestation>, Status> {
         let request = super::convert::bounded(request.into_inner())?;
-        super::attestation::render(&self.shared, &self.key, request)
+        let key = self.signer.key(&self.shared.store).await?;
+        super::attestation::render(&self.shared, &key, request)
             .await
             .map(Response::new)
     }
@@ -331,11 +327,17 @@ impl ReportService for ReportApi {
         request: Request<proto::GetPublicKeyRequest>,
     ) -> Result<Response<proto::PublicKey>, Status> {
         let proto::GetPublicKeyRequest {} = super::convert::bounded(request.into_inner())?;
-        let key = self.key.verifying_key();
+        let keys = self.shared.store.report_keys().await?;
+        let current =
+            tollgate_domain::report_key::current(&keys).ok_or_else(no_current_report_key)?;
         Ok(Response::new(proto::PublicKey {
             algorithm: tollgate_domain::report_signature::ALGORITHM.to_owned(),
-            public_key: hex::encode(key.as_bytes()),
-            fingerprint: tollgate_domain::report_signature::fingerprint(&key),
+            public_key: current.hex(),
+            fingerprint: current.fingerprint(),
+            keys: keys
+                .iter()
+                .map(tollgate_wire::report_key_to_proto)
+                .collect(),
         }))
     }
 }

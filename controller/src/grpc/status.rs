@@ -209,6 +209,29 @@ impl From<ReportError> for Status {
     }
 }
 
+impl From<crate::report::keys::SignerError> for Status {
+    /// A controller whose key a rotation retired signs nothing until its data directory holds
+    /// the new key: a valid request this controller cannot serve in its state. (Logged at
+    /// ERROR by the signer: an operator must copy the key.)
+    fn from(error: crate::report::keys::SignerError) -> Self {
+        match error {
+            crate::report::keys::SignerError::Store(error) => Status::from(error),
+            refused @ crate::report::keys::SignerError::NotCurrent(_) => {
+                Status::failed_precondition(refused.to_string())
+            }
+        }
+    }
+}
+
+/// The deployment's report signing keys were edited so that none is current (a controller
+/// records one at start, and a rotation replaces it in the same transaction).
+pub fn no_current_report_key() -> Status {
+    tracing::error!("the report_keys table holds no current key");
+    Status::internal(
+        "the deployment has no current report signing key: its report_keys table was edited",
+    )
+}
+
 /// A release with no milestone left on the track was asked to be qualified at its current one.
 pub fn no_milestone_left(release: &tollgate_domain::release::Release) -> Status {
     Status::failed_precondition(format!(

@@ -14,6 +14,7 @@
 mod html;
 mod json;
 mod junit;
+pub mod keys;
 mod layout;
 mod markdown;
 mod model;

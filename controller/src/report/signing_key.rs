@@ -1,7 +1,9 @@
 //! The controller's report signing key: an Ed25519 key made on first start and kept in the
 //! data directory (`report-signing.key`, 32 raw secret bytes as hex, mode 0600; the public key
 //! beside it as `report-signing.pub`, hex). A key file that cannot be read is an error, never a
-//! reason to make a new key: customers trust the old one.
+//! reason to make a new key: customers trust the old one. A rotation
+//! (`tollgate-controller report-key rotate`, see `report::keys`) replaces both files with a
+//! new key, written first as `*.next` files until the database records it.
 
 use ed25519_dalek::SigningKey;
 use std::io::Write as _;
@@ -56,10 +58,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, SigningKeyError> {
                 path: data_dir.to_owned(),
                 source,
             })?;
-            let mut secret = [0u8; 32];
-            rand::fill(&mut secret);
-            let key = SigningKey::from_bytes(&secret);
-            write_atomically(&path, &hex::encode(secret), 0o600)?;
+            let key = generate();
+            write_atomically(&path, &hex::encode(key.to_bytes()), 0o600)?;
             write_atomically(
                 &data_dir.join(PUBLIC_KEY_FILE),
                 &public_key_hex(&key),
@@ -69,6 +69,59 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey, SigningKeyError> {
             Ok(key)
         }
         Err(source) => Err(SigningKeyError::Io { path, source }),
+    }
+}
+
+/// A new random key, not stored anywhere yet.
+pub fn generate() -> SigningKey {
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    SigningKey::from_bytes(&secret)
+}
+
+/// The suffix of a rotation's new key files until the rotation is recorded.
+pub const PENDING_SUFFIX: &str = ".next";
+
+/// The path of a key file's pending copy: `report-signing.key.next`.
+pub fn pending_path(data_dir: &Path, file: &str) -> PathBuf {
+    data_dir.join(format!("{file}{PENDING_SUFFIX}"))
+}
+
+/// Writes `key` beside the current key files as their pending copies (secret 0600), durably,
+/// without touching the current ones: a rotation writes its new key first, records it in the
+/// database, and only then puts it in place ([`promote_pending`]).
+pub fn write_pending(data_dir: &Path, key: &SigningKey) -> Result<(), SigningKeyError> {
+    write_atomically(
+        &pending_path(data_dir, KEY_FILE),
+        &hex::encode(key.to_bytes()),
+        0o600,
+    )?;
+    write_atomically(
+        &pending_path(data_dir, PUBLIC_KEY_FILE),
+        &public_key_hex(key),
+        0o644,
+    )
+}
+
+/// Renames the pending key files over the current ones: the public key first, then the secret
+/// key, which is what a controller reads.
+pub fn promote_pending(data_dir: &Path) -> Result<(), SigningKeyError> {
+    for file in [PUBLIC_KEY_FILE, KEY_FILE] {
+        let pending = pending_path(data_dir, file);
+        let path = data_dir.join(file);
+        std::fs::rename(&pending, &path).map_err(|source| SigningKeyError::Io {
+            path: pending.clone(),
+            source,
+        })?;
+    }
+    sync_dir(data_dir);
+    Ok(())
+}
+
+/// Removes the pending key files of a rotation that was not recorded.
+pub fn discard_pending(data_dir: &Path) {
+    for file in [KEY_FILE, PUBLIC_KEY_FILE] {
+        let _ = std::fs::remove_file(pending_path(data_dir, file));
     }
 }
 
@@ -121,13 +174,17 @@ fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), SigningKey
     file.sync_all().map_err(io)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        // Makes the rename durable; a failure here only risks losing a fresh key.
-        let _ = dir.sync_all();
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
     }
     Ok(())
+}
+
+/// Makes renames in `dir` durable; a failure here only risks losing a fresh key.
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
 }
 
 #[cfg(test)]

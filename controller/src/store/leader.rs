@@ -5,7 +5,6 @@
 //! takes it at its next try. On SQLite one controller serves the file (`run` refuses a
 //! second), so it always leads.
 
-use super::connect::Begin as _;
 use super::{Pool, Store, StoreError};
 use sqlx::Connection as _;
 
@@ -15,8 +14,9 @@ use sqlx::Connection as _;
 /// program using two-key advisory locks on the same database must avoid this first key.
 pub const LEADER_LOCK_KEY: i32 = 0x746f_6c6c;
 
-/// The advisory lock serializing replicas that record the report signing key at start.
-const REPORT_KEY_LOCK_KEY: i32 = LEADER_LOCK_KEY + 1;
+/// The advisory lock serializing replicas that record the report signing key at start, and
+/// rotations of it.
+pub(super) const REPORT_KEY_LOCK_KEY: i32 = LEADER_LOCK_KEY + 1;
 
 /// The second key of this deployment's advisory locks, computed by the server.
 macro_rules! deployment_key {
@@ -24,6 +24,11 @@ macro_rules! deployment_key {
         "hashtext(current_database() || '.' || current_schema())"
     };
 }
+
+/// Takes the report key lock ([`REPORT_KEY_LOCK_KEY`], bound as `$1`) until the transaction
+/// ends.
+pub(super) const REPORT_KEY_LOCK: &str =
+    concat!("SELECT pg_advisory_xact_lock($1, ", deployment_key!(), ")");
 
 /// Leadership held by this replica, until dropped or until [`Leadership::still_held`] finds
 /// the connection holding it gone.
@@ -84,49 +89,5 @@ impl Leadership {
                 false
             }
         }
-    }
-}
-
-impl Store {
-    /// Records `public_key` (hex) as the deployment's report signing key when none is recorded
-    /// yet, and returns the recorded one: the first replica to start signs for all, and a
-    /// replica whose key differs must not sign.
-    pub async fn claim_report_key(
-        &self,
-        public_key: &str,
-        at: tollgate_domain::Timestamp,
-    ) -> Result<String, StoreError> {
-        const LATEST: &str =
-            "SELECT public_key FROM report_keys ORDER BY first_used_at DESC, public_key LIMIT 1";
-        const INSERT: &str = "INSERT INTO report_keys (public_key, first_used_at) VALUES ($1, $2) \
-                              ON CONFLICT (public_key) DO NOTHING";
-        writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // Two replicas starting at once: the first to lock inserts, the other reads its
-            // key (SQLite's write transaction serializes them already).
-            if self.backend() == "postgres" {
-                const LOCK: &str =
-                    concat!("SELECT pg_advisory_xact_lock($1, ", deployment_key!(), ")");
-                sqlx::query(LOCK)
-                    .bind(REPORT_KEY_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Some((recorded,)) = sqlx::query_as::<_, (String,)>(LATEST)
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                tx.commit().await?;
-                return Ok(recorded);
-            }
-            sqlx::query(INSERT)
-                .bind(public_key)
-                .bind(super::micros(at))
-                .execute(&mut *tx)
-                .await?;
-            let (recorded,): (String,) = sqlx::query_as(LATEST).fetch_one(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(recorded)
-        })
     }
 }

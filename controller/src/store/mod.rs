@@ -650,6 +650,7 @@ mod leader;
 mod nodes;
 mod plans;
 mod releases;
+mod report_keys;
 mod report_rows;
 mod results;
 mod runs;

@@ -2106,6 +2106,8 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
 // Waivers, audit, halts and replay.
 mod audit;
 mod enrollment;
+// The deployment's report signing keys.
+mod report_keys;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.
