@@ -30,13 +30,7 @@ pub async fn attach(
     let Some(job) = store.get_job(&change.job).await? else {
         return Ok(());
     };
-    let Some(run) = store.get_run(&job.run_id).await? else {
-        return Ok(());
-    };
-    let Some(plan) = store
-        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-        .await?
-    else {
+    let Some((_, plan)) = store.run_and_plan(&job.run_id).await? else {
         return Ok(());
     };
     if cause != Cause::DrainDeadline && plan.plan.reschedule_attempts == 0 {

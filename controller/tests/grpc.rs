@@ -570,24 +570,7 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
         status.message()
     );
 
-    controller
-        .gates()
-        .apply_gate(proto::ApplyGateRequest {
-            source: GATE.into(),
-            file_name: "gate.yaml".into(),
-        })
-        .await
-        .expect("apply gate");
-    let decision = controller
-        .gates()
-        .evaluate_gate(proto::EvaluateGateRequest {
-            release: "r550".into(),
-            milestone: String::new(),
-            at: None,
-        })
-        .await
-        .expect("evaluate")
-        .into_inner();
+    let decision = apply_gate_and_evaluate(&controller).await;
     assert_eq!(decision.verdict, "waiting", "{decision:?}");
     let status = controller
         .releases()
@@ -1561,7 +1544,29 @@ async fn a_halt_resume_or_demotion_that_does_not_apply_is_refused_saying_why() {
     controller.stop().await;
 }
 
-/// The job's audit entries of `action`, as JSON details.
+/// Applies [`GATE`] and evaluates it for r550 at its current milestone.
+async fn apply_gate_and_evaluate(controller: &Controller) -> proto::Decision {
+    controller
+        .gates()
+        .apply_gate(proto::ApplyGateRequest {
+            source: GATE.into(),
+            file_name: "gate.yaml".into(),
+        })
+        .await
+        .expect("apply gate");
+    controller
+        .gates()
+        .evaluate_gate(proto::EvaluateGateRequest {
+            release: "r550".into(),
+            milestone: String::new(),
+            at: None,
+        })
+        .await
+        .expect("evaluate")
+        .into_inner()
+}
+
+/// The audit entries of `action`, as JSON details.
 async fn audit_details(controller: &Controller, action: &str) -> Vec<serde_json::Value> {
     controller
         .serving
@@ -1660,24 +1665,7 @@ async fn a_drain_deadline_moves_the_job_to_another_node_and_resume_brings_the_no
         (controller.run(&fx.run_id).await.state == "finished").then_some(())
     })
     .await;
-    controller
-        .gates()
-        .apply_gate(proto::ApplyGateRequest {
-            source: GATE.into(),
-            file_name: "gate.yaml".into(),
-        })
-        .await
-        .expect("apply gate");
-    let decision = controller
-        .gates()
-        .evaluate_gate(proto::EvaluateGateRequest {
-            release: "r550".into(),
-            milestone: String::new(),
-            at: None,
-        })
-        .await
-        .expect("evaluate")
-        .into_inner();
+    let decision = apply_gate_and_evaluate(&controller).await;
     assert_eq!(decision.verdict, "passed", "{decision:?}");
 
     // Maintenance keeps node-a out until an operator resumes it.

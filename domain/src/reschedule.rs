@@ -177,11 +177,7 @@ pub fn superseded<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{node, plan_for};
-
-    fn ids(names: &[&str]) -> Vec<NodeId> {
-        names.iter().map(|name| NodeId::from(*name)).collect()
-    }
+    use crate::test_support::{node, node_ids as ids, plan_for};
 
     fn plan(attempts: u32) -> Plan {
         Plan {

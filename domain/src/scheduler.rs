@@ -397,12 +397,8 @@ pub fn expired_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{at, node, plan_for};
+    use crate::test_support::{at, node, node_ids as ids, plan_for};
     use proptest::prelude::*;
-
-    fn ids(names: &[&str]) -> Vec<NodeId> {
-        names.iter().map(|name| NodeId::from(*name)).collect()
-    }
 
     #[test]
     fn selection_takes_ready_and_busy_healthy_matching_nodes() {

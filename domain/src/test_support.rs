@@ -56,6 +56,11 @@ pub fn inventory(driver: &str, vbios: &str, n_gpus: u32) -> Inventory {
     }
 }
 
+/// Node ids from names.
+pub fn node_ids(names: &[&str]) -> Vec<NodeId> {
+    names.iter().map(|name| NodeId::from(*name)).collect()
+}
+
 /// A ready, healthy node with `sku` as its only label.
 pub fn node(name: &str, sku: &str) -> Node {
     Node {

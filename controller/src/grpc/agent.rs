@@ -474,13 +474,7 @@ async fn on_running_report(
         return Ok(());
     };
     let results = store.results_of_job(&job.id).await?;
-    let Some(run) = store.get_run(&job.run_id).await? else {
-        return Ok(());
-    };
-    let Some(plan) = store
-        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-        .await?
-    else {
+    let Some((run, plan)) = store.run_and_plan(&job.run_id).await? else {
         return Ok(());
     };
     let steps = &plan.plan.steps;

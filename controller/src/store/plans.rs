@@ -7,6 +7,20 @@ use tollgate_domain::Timestamp;
 use tollgate_domain::plan::Plan;
 
 impl Store {
+    /// A run and the plan version it pinned; `None` when either is gone.
+    pub async fn run_and_plan(
+        &self,
+        run: &tollgate_domain::RunId,
+    ) -> Result<Option<(super::RunRecord, StoredPlan)>, StoreError> {
+        let Some(record) = self.get_run(run).await? else {
+            return Ok(None);
+        };
+        let plan = self
+            .get_plan(&record.plan_name, Some(record.plan_version.as_str()))
+            .await?;
+        Ok(plan.map(|plan| (record, plan)))
+    }
+
     /// Stores a plan version with its audit entry `note`, in one transaction; returns false
     /// when that exact version was stored before.
     ///
