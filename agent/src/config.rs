@@ -122,7 +122,11 @@ impl AgentConfig {
             return Err(format!(
                 "--ca-file is needed for {}: pass the controller's CA certificate (ca.pem from \
                  `tollgate-controller ca init`) with --ca-file or TOLLGATE_CA_FILE",
-                self.controller
+                addresses
+                    .iter()
+                    .map(|address| tollgate_wire::daemon_config::redact_url(&address.url))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ));
         }
         if let Some(plain) = addresses.iter().find(|address| {
@@ -132,7 +136,7 @@ impl AgentConfig {
             return Err(format!(
                 "refusing plain text to {}: only a loopback controller may be reached with \
                  http://; use https://HOST:PORT with --ca-file (the controller's ca.pem)",
-                plain.url
+                tollgate_wire::daemon_config::redact_url(&plain.url)
             ));
         }
         if self.sample_interval.is_zero() {
@@ -165,6 +169,15 @@ mod tests {
         assert!(plain.contains("https://"), "{plain}");
         let no_ca = config("https://ctl:7800").check().expect_err("refused");
         assert!(no_ca.contains("--ca-file"), "{no_ca}");
+        // A password in an address never reaches the message.
+        for url in [
+            "https://ops:s3cret@ctl:7800",
+            "http://ops:s3cret@10.0.0.9:7800",
+        ] {
+            let refused = config(url).check().expect_err("refused");
+            assert!(!refused.contains("s3cret"), "{refused}");
+            assert!(refused.contains("ops:***@"), "{refused}");
+        }
         let mut with_ca = config("https://ctl:7800");
         with_ca.ca_file = Some(PathBuf::from("ca.pem"));
         assert!(with_ca.check().is_ok());
