@@ -55,6 +55,14 @@ pub enum HealthEvent {
         /// What disagrees.
         detail: String,
     },
+    /// A periodic health check (`tollgate node health-plan set`) ended on the node: a failure
+    /// makes a good node `suspect`; a pass clears `suspect` (never `bad`).
+    PeriodicCheck {
+        /// Whether the check passed.
+        passed: bool,
+        /// Which check, which run, what happened.
+        detail: String,
+    },
     /// An operator set the node's health (`tollgate node health NODE --set ... --reason ...`).
     OperatorSet {
         /// The health the operator chose.
@@ -82,7 +90,7 @@ pub struct HealthChange {
 ///
 /// - `good`: nothing wrong seen. Repeated errors make it `suspect`; a hardware finding `bad`.
 /// - `suspect`: something worth a look. A hardware finding makes it `bad`; more errors change
-///   nothing.
+///   nothing; a passing periodic health check makes it `good` again.
 /// - `bad`: a hardware finding. Further findings change nothing (the first reason stays).
 /// - From any health an operator sets any health, with a reason (also the same health, to
 ///   record a new reason).
@@ -97,6 +105,23 @@ pub fn next(health: Health, event: &HealthEvent) -> Option<HealthChange> {
         (H::Good, E::RepeatedErrors { detail } | E::LabelsMismatch { detail }) => {
             (H::Suspect, detail.clone())
         }
+        (
+            H::Good,
+            E::PeriodicCheck {
+                passed: false,
+                detail,
+            },
+        ) => (H::Suspect, detail.clone()),
+        (
+            H::Suspect,
+            E::PeriodicCheck {
+                passed: true,
+                detail,
+            },
+        ) => (H::Good, detail.clone()),
+        (H::Good, E::PeriodicCheck { passed: true, .. })
+        | (H::Suspect, E::PeriodicCheck { passed: false, .. })
+        | (H::Bad, E::PeriodicCheck { .. }) => return None,
         (H::Bad, E::GpuLost { .. } | E::HealthCheckFailed { .. })
         | (H::Suspect | H::Bad, E::RepeatedErrors { .. } | E::LabelsMismatch { .. }) => {
             return None;
@@ -404,6 +429,27 @@ mod tests {
             actor: "alice".into(),
             reason: "reseated GPU 3".into(),
         }
+    }
+
+    #[test]
+    fn a_failed_health_check_makes_a_good_node_suspect_and_a_pass_clears_only_suspect() {
+        let check = |passed| HealthEvent::PeriodicCheck {
+            passed,
+            detail: format!("health check node-health passed={passed}"),
+        };
+        let to = |health, passed| next(health, &check(passed)).map(|change| change.to);
+        assert_eq!(to(Health::Good, false), Some(Health::Suspect));
+        assert_eq!(to(Health::Suspect, true), Some(Health::Good));
+        assert_eq!(to(Health::Good, true), None);
+        assert_eq!(to(Health::Suspect, false), None, "the first reason stays");
+        assert_eq!(
+            to(Health::Bad, true),
+            None,
+            "a pass never clears a hardware finding"
+        );
+        assert_eq!(to(Health::Bad, false), None);
+        let change = next(Health::Good, &check(false)).expect("change");
+        assert_eq!(change.reason, "health check node-health passed=false");
     }
 
     #[test]

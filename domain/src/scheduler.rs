@@ -3,6 +3,7 @@
 
 use crate::fleet::{Health, Labels, Node, NodeState};
 use crate::lease::LeaseGrace;
+use crate::maintenance::MaintenanceWindow;
 use crate::plan::Plan;
 use crate::{JobId, NodeId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -116,7 +117,12 @@ impl Selection {
 }
 
 /// Why a matching node cannot be selected, or `None` when it can.
-fn left_out_because(node: &Node, plan: &str, selecting: Selecting) -> Option<String> {
+fn left_out_because(
+    node: &Node,
+    plan: &str,
+    selecting: Selecting,
+    held: Option<&MaintenanceWindow>,
+) -> Option<String> {
     use NodeState as S;
     if !plan_allowed(&node.labels, plan) {
         return Some(format!(
@@ -129,6 +135,9 @@ fn left_out_because(node: &Node, plan: &str, selecting: Selecting) -> Option<Str
             "{} is {} (set it good with `tollgate node health {} --set good --reason ...`)",
             node.id, node.health, node.id
         ));
+    }
+    if let (Some(window), Selecting::ReadyNow) = (held, selecting) {
+        return Some(crate::maintenance::explain(node.id.as_str(), window));
     }
     match (node.state, selecting) {
         (S::Ready, _) | (S::Busy, Selecting::ReadyAndBusy) => None,
@@ -144,12 +153,15 @@ fn left_out_because(node: &Node, plan: &str, selecting: Selecting) -> Option<Str
 /// that is ready, or busy with another job (its job waits until the node frees up; not with
 /// [`Selecting::ReadyNow`]). Cordoned, draining, unreachable and retired nodes are left out,
 /// and so are `suspect` and `bad` ones, and nodes whose `allowed-plans` label does not list
-/// the plan (counted in `n_plan_not_allowed`). With `plan.max_nodes` (`nodes: N`) ready nodes go
-/// first, then busy ones, each by name, up to N.
+/// the plan (counted in `n_plan_not_allowed`). A node in a maintenance window at `now` counts
+/// as busy: its job waits for the window's end (left out with [`Selecting::ReadyNow`]). With
+/// `plan.max_nodes` (`nodes: N`) ready nodes go first, then busy ones, each by name, up to N.
 pub fn select_nodes(
     plan: &Plan,
     nodes: &[Node],
     selecting: Selecting,
+    windows: &[MaintenanceWindow],
+    now: Timestamp,
 ) -> Result<Selection, SelectError> {
     let mut matching: Vec<&Node> = nodes
         .iter()
@@ -166,9 +178,12 @@ pub fn select_nodes(
         if !plan_allowed(&node.labels, &plan.name) {
             selection.n_plan_not_allowed += 1;
         }
-        match left_out_because(node, &plan.name, selecting) {
+        let held = crate::maintenance::holding(windows, &node.labels, now);
+        match left_out_because(node, &plan.name, selecting, held) {
             Some(why) => selection.left_out.push((node.id.clone(), why)),
-            None if node.state == NodeState::Ready => selection.now.push(node.id.clone()),
+            None if node.state == NodeState::Ready && held.is_none() => {
+                selection.now.push(node.id.clone())
+            }
             None => selection.waiting.push(node.id.clone()),
         }
     }
@@ -230,6 +245,9 @@ pub struct PendingJob {
     pub node: NodeId,
     /// When it was created; older jobs go first.
     pub created_at: Timestamp,
+    /// Whether it is a periodic health check: those also go to `suspect` nodes, which a
+    /// passing check clears.
+    pub health_check: bool,
 }
 
 /// The blast-radius limits a scheduling pass keeps: each run's plan's `max-concurrent`, and
@@ -293,14 +311,16 @@ pub struct Assignment {
 /// Assigns pending jobs whose node is connected, ready, in good health and holds no other
 /// job; one job per node, oldest first. A busy node's pending jobs wait until its job ends;
 /// nodes that are cordoned, draining, unreachable, retired, `suspect` or `bad` get nothing,
-/// and their pending jobs wait until an operator brings the node back (or cancels the run).
-/// A job that would put its run over its plan's `max-concurrent` for a label value waits
-/// until one of the run's jobs there ends.
+/// and their pending jobs wait until an operator brings the node back (or cancels the run);
+/// a `suspect` node still gets its periodic health checks. Nodes in a maintenance window at
+/// `now` get nothing until it ends. A job that would put its run over its plan's
+/// `max-concurrent` for a label value waits until one of the run's jobs there ends.
 pub fn plan(
     nodes: &[NodeSlot],
     pending: &[PendingJob],
     concurrency: &Concurrency,
-    _now: Timestamp,
+    windows: &[MaintenanceWindow],
+    now: Timestamp,
 ) -> Vec<Assignment> {
     let labels_of: HashMap<&NodeId, &Labels> = nodes
         .iter()
@@ -327,8 +347,14 @@ pub fn plan(
             slot.connected
                 && !slot.has_active_job
                 && slot.state == NodeState::Ready
-                && slot.health == Health::Good
+                && matches!(slot.health, Health::Good | Health::Suspect)
+                && crate::maintenance::holding(windows, &slot.labels, now).is_none()
         })
+        .map(|slot| &slot.node)
+        .collect();
+    let suspect: BTreeSet<&NodeId> = nodes
+        .iter()
+        .filter(|slot| slot.health == Health::Suspect)
         .map(|slot| &slot.node)
         .collect();
     let mut ordered: Vec<&PendingJob> = pending.iter().collect();
@@ -339,7 +365,7 @@ pub fn plan(
     });
     let mut assignments = Vec::new();
     for job in ordered {
-        if !free.contains(&job.node) {
+        if !free.contains(&job.node) || (suspect.contains(&job.node) && !job.health_check) {
             continue;
         }
         if let (Some(limits), Some(labels)) =
@@ -415,7 +441,8 @@ mod tests {
         nodes[4].state = NodeState::Busy;
         nodes[5].state = NodeState::Unreachable;
         let plan = plan_for("hgx-h100");
-        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection =
+            select_nodes(&plan, &nodes, Selecting::ReadyAndBusy, &[], at(0)).expect("nodes");
         assert_eq!(selection.now, ids(&["n1"]));
         assert_eq!(selection.waiting, ids(&["n5"]));
         let left_out: Vec<&str> = selection
@@ -431,16 +458,23 @@ mod tests {
         );
         assert!(left_out[2].starts_with("n6 is unreachable"), "{left_out:?}");
         // `--nodes-now`: the busy node is left out.
-        let now = select_nodes(&plan, &nodes, Selecting::ReadyNow).expect("nodes");
+        let now = select_nodes(&plan, &nodes, Selecting::ReadyNow, &[], at(0)).expect("nodes");
         assert_eq!((now.now, now.waiting), (ids(&["n1"]), Vec::new()));
-        let err = select_nodes(&plan_for("gb200"), &nodes, Selecting::ReadyAndBusy).unwrap_err();
+        let err = select_nodes(
+            &plan_for("gb200"),
+            &nodes,
+            Selecting::ReadyAndBusy,
+            &[],
+            at(0),
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("no node matches selector sku=gb200")
         );
         nodes[0].state = NodeState::Busy;
         nodes[4].state = NodeState::Unreachable;
-        let err = select_nodes(&plan, &nodes, Selecting::ReadyNow)
+        let err = select_nodes(&plan, &nodes, Selecting::ReadyNow, &[], at(0))
             .unwrap_err()
             .to_string();
         assert!(
@@ -464,7 +498,8 @@ mod tests {
             .insert(ALLOWED_PLANS_LABEL.into(), "flash-only".into());
         let mut plan = plan_for("hgx-h100");
         plan.name = "burn-in".into();
-        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection =
+            select_nodes(&plan, &nodes, Selecting::ReadyAndBusy, &[], at(0)).expect("nodes");
         assert_eq!(selection.now, ids(&["n1", "n3"]));
         assert_eq!(selection.n_plan_not_allowed, 1);
         assert_eq!(selection.left_out.len(), 1);
@@ -476,7 +511,8 @@ mod tests {
             selection.left_out
         );
         plan.name = "flash-only".into();
-        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection =
+            select_nodes(&plan, &nodes, Selecting::ReadyAndBusy, &[], at(0)).expect("nodes");
         assert_eq!(selection.now, ids(&["n2", "n3"]));
         assert_eq!(selection.n_plan_not_allowed, 1);
     }
@@ -499,8 +535,14 @@ mod tests {
         for node in &mut nodes {
             node.state = NodeState::Busy;
         }
-        let selection =
-            select_nodes(&plan_for("hgx-h100"), &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection = select_nodes(
+            &plan_for("hgx-h100"),
+            &nodes,
+            Selecting::ReadyAndBusy,
+            &[],
+            at(0),
+        )
+        .expect("nodes");
         assert!(selection.now.is_empty());
         assert_eq!(selection.waiting, ids(&["n1", "n2", "n3"]));
     }
@@ -514,7 +556,8 @@ mod tests {
         nodes[2].state = NodeState::Busy;
         let mut plan = plan_for("hgx-h100");
         plan.max_nodes = Some(4);
-        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection =
+            select_nodes(&plan, &nodes, Selecting::ReadyAndBusy, &[], at(0)).expect("nodes");
         assert_eq!(selection.now, ids(&["n2", "n4", "n5"]));
         assert_eq!(selection.waiting, ids(&["n1"]));
         assert_eq!(
@@ -525,7 +568,8 @@ mod tests {
             )]
         );
         plan.max_nodes = Some(2);
-        let selection = select_nodes(&plan, &nodes, Selecting::ReadyAndBusy).expect("nodes");
+        let selection =
+            select_nodes(&plan, &nodes, Selecting::ReadyAndBusy, &[], at(0)).expect("nodes");
         assert_eq!((selection.now.len(), selection.waiting.len()), (2, 0));
         assert_eq!(selection.nodes().count(), 2);
     }
@@ -587,6 +631,7 @@ mod tests {
             run: "run-1".into(),
             node: node.into(),
             created_at: at(t),
+            health_check: false,
         }
     }
 
@@ -623,7 +668,7 @@ mod tests {
             active: Vec::new(),
         };
         let assigned = |concurrency: &Concurrency| -> Vec<String> {
-            plan(&nodes, &jobs, concurrency, at(10))
+            plan(&nodes, &jobs, concurrency, &[], at(10))
                 .into_iter()
                 .map(|a| a.job.to_string())
                 .collect()
@@ -666,7 +711,7 @@ mod tests {
             pending("j4", "c", 1),
         ];
         assert_eq!(
-            plan(&nodes, &jobs, &Concurrency::default(), at(5)),
+            plan(&nodes, &jobs, &Concurrency::default(), &[], at(5)),
             vec![Assignment {
                 job: "j1".into(),
                 node: "a".into()
@@ -691,18 +736,100 @@ mod tests {
                 &[busy.clone(), suspect.clone()],
                 &jobs,
                 &Concurrency::default(),
+                &[],
                 at(10)
             )
             .is_empty()
         );
         busy.has_active_job = false;
         assert_eq!(
-            plan(&[busy, suspect], &jobs, &Concurrency::default(), at(11)),
+            plan(
+                &[busy, suspect],
+                &jobs,
+                &Concurrency::default(),
+                &[],
+                at(11)
+            ),
             vec![Assignment {
                 job: "older".into(),
                 node: "c".into()
             }]
         );
+    }
+
+    /// A suspect node gets its health check and nothing else; a bad one not even that.
+    #[test]
+    fn a_suspect_node_gets_only_health_checks() {
+        let mut suspect = slot("s", true, false);
+        suspect.health = Health::Suspect;
+        let mut bad = slot("b", true, false);
+        bad.health = Health::Bad;
+        let check = |job: &str, node: &str| PendingJob {
+            health_check: true,
+            ..pending(job, node, 5)
+        };
+        let jobs = [
+            pending("qual", "s", 1),
+            check("hc", "s"),
+            check("hc-bad", "b"),
+        ];
+        assert_eq!(
+            plan(&[suspect, bad], &jobs, &Concurrency::default(), &[], at(10)),
+            vec![Assignment {
+                job: "hc".into(),
+                node: "s".into()
+            }]
+        );
+    }
+
+    /// No job starts on a node while a maintenance window covers its label; it goes out once
+    /// the window ends. Selection counts the node as busy (its job waits) or, ready-now,
+    /// leaves it out saying which window holds it.
+    #[test]
+    fn no_job_starts_in_a_maintenance_window() {
+        let window = crate::maintenance::MaintenanceWindow {
+            id: "mw-1".into(),
+            key: "rack".into(),
+            value: "r1".into(),
+            starts_at: at(100),
+            ends_at: at(200),
+            reason: "PDU swap".into(),
+            created_by: "ops".into(),
+        };
+        let windows = [window];
+        let nodes = [in_rack("a", "r1"), in_rack("b", "r2")];
+        let jobs = [pending("ja", "a", 1), pending("jb", "b", 1)];
+        let assigned = |now: i64| -> Vec<String> {
+            plan(&nodes, &jobs, &Concurrency::default(), &windows, at(now))
+                .into_iter()
+                .map(|a| a.job.to_string())
+                .collect()
+        };
+        assert_eq!(assigned(99), ["ja", "jb"]);
+        assert_eq!(assigned(100), ["jb"]);
+        assert_eq!(assigned(199), ["jb"]);
+        assert_eq!(assigned(200), ["ja", "jb"]);
+
+        let mut fleet = vec![node("a", "hgx-h100"), node("b", "hgx-h100")];
+        fleet[0].labels.insert("rack".into(), "r1".into());
+        let plan = plan_for("hgx-h100");
+        let waits =
+            select_nodes(&plan, &fleet, Selecting::ReadyAndBusy, &windows, at(150)).expect("nodes");
+        assert_eq!(waits.now, ids(&["b"]));
+        assert_eq!(waits.waiting, ids(&["a"]));
+        let now =
+            select_nodes(&plan, &fleet, Selecting::ReadyNow, &windows, at(150)).expect("nodes");
+        assert_eq!(now.now, ids(&["b"]));
+        assert!(
+            now.left_out[0]
+                .1
+                .starts_with("a is in maintenance window mw-1 (rack=r1) until"),
+            "{:?}",
+            now.left_out
+        );
+        let after =
+            select_nodes(&plan, &fleet, Selecting::ReadyNow, &windows, at(200)).expect("nodes");
+        assert_eq!(after.now, ids(&["a", "b"]));
     }
 
     proptest! {
@@ -715,7 +842,7 @@ mod tests {
                 .map(|(i, (connected, busy))| slot(&format!("n{i}"), *connected, *busy)).collect();
             let pending: Vec<PendingJob> = jobs.iter().enumerate()
                 .map(|(i, (n, t))| pending(&format!("j{i}"), &format!("n{}", n % nodes.len()), *t)).collect();
-            let assignments = plan(&nodes, &pending, &Concurrency::default(), at(0));
+            let assignments = plan(&nodes, &pending, &Concurrency::default(), &[], at(0));
             let mut seen = BTreeSet::new();
             for a in &assignments {
                 prop_assert!(seen.insert(a.node.clone()), "node {} got two jobs", a.node);
