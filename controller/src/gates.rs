@@ -267,6 +267,10 @@ pub async fn reevaluate_for_run(shared: &Shared, run: &RunId) {
         let Some(run) = shared.store.get_run(run).await? else {
             return Ok::<_, StoreError>(());
         };
+        // A health check is never evidence: no gate depends on it.
+        if run.purpose == crate::store::RunPurpose::Health {
+            return Ok(());
+        }
         let Some(release) = shared.store.get_release(&run.release).await? else {
             return Ok(());
         };

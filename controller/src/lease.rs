@@ -42,6 +42,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
         if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
             tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
         }
+        if let Err(error) = crate::health_checks::tick(&shared).await {
+            tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
+        }
     }
     tracing::debug!("lease watchdog stopped");
 }

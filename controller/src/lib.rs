@@ -24,6 +24,7 @@ pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
 pub mod health;
+pub mod health_checks;
 pub mod lease;
 pub mod limits;
 pub mod listener;

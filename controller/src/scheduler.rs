@@ -66,7 +66,9 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
             Err(error) => tracing::debug!(run = %run, %error, "no plan limits for the run"),
         }
     }
-    let assignments = tollgate_domain::scheduler::plan(&slots, &pending, &concurrency, now);
+    let windows = shared.store.maintenance_windows(now, false).await?;
+    let assignments =
+        tollgate_domain::scheduler::plan(&slots, &pending, &concurrency, &windows, now);
     let labels: HashMap<&tollgate_domain::NodeId, &Labels> = slots
         .iter()
         .map(|slot| (&slot.node, &slot.labels))

@@ -48,6 +48,41 @@ impl RunState {
     }
 }
 
+/// What a run is for.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = crate::names::unknown::<Self>)]
+pub enum RunPurpose {
+    /// Qualifying a release at a milestone: its results are gate and report evidence.
+    #[default]
+    Qualification,
+    /// A periodic health check of one node (`crate::health_plan`): it judges the node's
+    /// health and is never evidence.
+    Health,
+}
+
+impl RunPurpose {
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Something that happens to a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEvent {

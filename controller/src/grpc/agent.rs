@@ -859,6 +859,7 @@ mod tests {
                 state: RunState::Running,
                 created_at: at(idx),
                 finished_at: None,
+                purpose: crate::store::RunPurpose::Qualification,
             };
             let job = JobRecord {
                 id: JobId::from(format!("job-{idx}").as_str()),

@@ -533,7 +533,7 @@ pub(crate) async fn apply_label_findings(
     Ok(())
 }
 
-async fn change_health(
+pub(crate) async fn change_health(
     shared: &Shared,
     node: &NodeId,
     actor: &str,

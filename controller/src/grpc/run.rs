@@ -209,10 +209,17 @@ impl RunService for RunApi {
         let mut nodes = shared.store.list_nodes().await?;
         let n_disconnected = super::node::mark_disconnected(shared, &mut nodes);
         let selecting = Selecting::for_run(&stored.plan, nodes_now);
-        let selection = tollgate_domain::scheduler::select_nodes(&stored.plan, &nodes, selecting)
-            .map_err(|error| no_nodes(&error, n_disconnected))?;
-
         let now = shared.now();
+        let windows = shared.store.maintenance_windows(now, false).await?;
+        let selection = tollgate_domain::scheduler::select_nodes(
+            &stored.plan,
+            &nodes,
+            selecting,
+            &windows,
+            now,
+        )
+        .map_err(|error| no_nodes(&error, n_disconnected))?;
+
         let run = RunRecord {
             id: RunId::new(new_id("run")),
             release: ReleaseId::clone(&release.id),
@@ -222,6 +229,7 @@ impl RunService for RunApi {
             state: RunState::Running,
             created_at: now,
             finished_at: None,
+            purpose: crate::store::RunPurpose::Qualification,
         };
         let (jobs, note) = new_jobs(&run, &selection, &actor, now);
         shared.store.create_run(&run, &jobs, &note).await?;

@@ -160,8 +160,9 @@ impl Store {
 
     /// Every pending job with its node.
     pub async fn pending_jobs(&self) -> Result<Vec<PendingJob>, StoreError> {
-        const SQL: &str = "SELECT id, run_id, node, created_at FROM jobs WHERE state = $1
-             ORDER BY created_at, id";
+        const SQL: &str = "SELECT j.id, j.run_id, j.node, j.created_at, r.purpose
+             FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.state = $1
+             ORDER BY j.created_at, j.id";
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(JobState::Pending.as_str())

@@ -106,7 +106,7 @@ pub enum Refreshed {
     Changed(Vec<(usize, usize)>),
 }
 
-pub use tollgate_domain::run::RunState;
+pub use tollgate_domain::run::{RunPurpose, RunState};
 
 /// A stored run.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +127,8 @@ pub struct RunRecord {
     pub created_at: Timestamp,
     /// End of its last job.
     pub finished_at: Option<Timestamp>,
+    /// What it is for: a health check's results are never evidence.
+    pub purpose: RunPurpose,
 }
 
 /// A stored job.
@@ -225,17 +227,20 @@ macro_rules! writing {
     }};
 }
 
-/// The latest run that was not cancelled of each plan of release `$1` at milestone `$2`;
+/// The latest qualification run (health checks are never evidence) that was not cancelled of
+/// each plan of release `$1` at milestone `$2`;
 /// "latest" is the newest `created_at`, then the last inserted.
 macro_rules! latest_runs_cte {
     () => {
         "WITH latest AS (
             SELECT r.id FROM runs r
             WHERE r.release = $1 AND r.milestone = $2 AND r.state <> 'cancelled'
+              AND r.purpose = 'qualification'
               AND r.seq = (
                 SELECT r2.seq FROM runs r2
                 WHERE r2.release = r.release AND r2.milestone = r.milestone
                   AND r2.plan_name = r.plan_name AND r2.state <> 'cancelled'
+                  AND r2.purpose = 'qualification'
                 ORDER BY r2.created_at DESC, r2.seq DESC
                 LIMIT 1))"
     };
@@ -647,6 +652,8 @@ mod evidence;
 mod gates;
 mod jobs;
 mod leader;
+mod maintenance;
+pub use maintenance::EndedHealthCheck;
 mod nodes;
 mod plans;
 mod releases;

@@ -1,7 +1,7 @@
 //! Decoding rows into domain types, on either backend, with every failure reported as
 //! [`StoreError::Corrupt`] naming the table, the column and the row.
 
-use super::{JobRecord, RunRecord, StoreError, StoredGate, StoredPlan};
+use super::{JobRecord, RunPurpose, RunRecord, StoreError, StoredGate, StoredPlan};
 use serde::de::DeserializeOwned;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::str::FromStr;
@@ -253,6 +253,7 @@ pub(super) fn run(row: &impl StoreRow) -> Result<RunRecord, StoreError> {
         state: f.parse("state")?,
         created_at: f.time("created_at")?,
         finished_at: f.opt_time("finished_at")?,
+        purpose: f.parse("purpose")?,
     })
 }
 
@@ -378,5 +379,6 @@ pub(super) fn pending_job(row: &impl StoreRow) -> Result<PendingJob, StoreError>
         run: RunId(f.text("run_id")?),
         node: NodeId(f.text("node")?),
         created_at: f.time("created_at")?,
+        health_check: f.text("purpose")? == RunPurpose::Health.as_str(),
     })
 }

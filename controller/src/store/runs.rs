@@ -1,9 +1,10 @@
-//! Runs in the store: creating one with its jobs (audited), reading them, and cancelling
-//! one as `tollgate_domain::run::cancel` decided (audited, compare-and-set).
+//! Runs in the store: creating one with its jobs (audited; a health check's row with it),
+//! reading them, and cancelling one as `tollgate_domain::run::cancel` decided (audited,
+//! compare-and-set).
 
 use super::connect::Begin;
 use super::{
-    AuditNote, CreatedKey, JobRecord, Pool, RunRecord, Store, StoreError, classify, epoch_to_i64,
+    AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, classify, epoch_to_i64,
     micros, page_limit, rows,
 };
 use tollgate_domain::run::Cancellation;
@@ -14,7 +15,7 @@ macro_rules! run_query {
     ($tail:expr) => {
         concat!(
             "SELECT id, release, plan_name, plan_version, milestone, state, created_at, finished_at,
-                    seq
+                    purpose, seq
              FROM runs",
             $tail
         )
@@ -31,11 +32,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         const RUN: &str =
             "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
-                               created_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                               created_at, finished_at, purpose)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
         const JOB: &str =
             "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        const HEALTH_CHECK: &str =
+            "INSERT INTO health_checks (run_id, plan_name, node, created_at) VALUES ($1, $2, $3, $4)";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(RUN)
@@ -47,6 +50,7 @@ impl Store {
                 .bind(run.state.as_str())
                 .bind(micros(run.created_at))
                 .bind(run.finished_at.map(micros))
+                .bind(run.purpose.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| {
@@ -77,6 +81,17 @@ impl Store {
                             &format!("node {} or run {}", job.node, job.run_id),
                         )
                     })?;
+            }
+            if run.purpose == RunPurpose::Health {
+                for job in jobs {
+                    sqlx::query(HEALTH_CHECK)
+                        .bind(run.id.as_str())
+                        .bind(&run.plan_name)
+                        .bind(job.node.as_str())
+                        .bind(micros(run.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             append_audit!(tx, note);
             tx.commit().await?;

@@ -203,6 +203,7 @@ fn run_record(id: &str, plan: &Plan, milestone: &str, created_secs: i64) -> RunR
         state: RunState::Running,
         created_at: at(created_secs),
         finished_at: None,
+        purpose: crate::store::RunPurpose::Qualification,
     }
 }
 

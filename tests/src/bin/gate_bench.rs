@@ -117,6 +117,7 @@ async fn controller_path(
         state: RunState::Running,
         created_at: at(0),
         finished_at: None,
+        purpose: tollgate_controller::store::RunPurpose::Qualification,
     };
     let jobs: Vec<JobRecord> = ev.runs[0]
         .jobs

@@ -197,6 +197,7 @@ async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
         state: RunState::Running,
         created_at: at(0),
         finished_at: None,
+        purpose: tollgate_controller::store::RunPurpose::Qualification,
     };
     let jobs: Vec<JobRecord> = (0..n_nodes)
         .map(|node_idx| {
