@@ -57,9 +57,12 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Lab nodes: list, show, cordon, uncordon.
+    /// Lab nodes: list, show, cordon, drain, resume, retire, health, health plans.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Maintenance windows per label: no job starts on the nodes they cover while they last.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Releases: create, show, list.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -241,11 +244,93 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Periodic health checks: a plan run on every idle node it selects, every so often; a
+    /// failed check makes a good node suspect (out of selection), a passing one clears it.
+    #[command(subcommand, name = "health-plan")]
+    HealthPlan(HealthPlanCommand),
     /// Revokes a node's certificates at once (recorded in the audit log): its connections
     /// and calls are refused and its open stream is closed. Enroll it again to readmit it.
     Revoke {
         /// Node name.
         name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate node health-plan ...`
+#[derive(Debug, Subcommand)]
+pub enum HealthPlanCommand {
+    /// Sets a plan as a health check (recorded in the audit log): from now on it runs on every
+    /// idle node its selector matches (ready, connected, good or suspect, outside maintenance
+    /// windows) once per period. Setting it again replaces the period, release and version.
+    Set {
+        /// The plan, NAME (its latest version) or NAME@VERSION.
+        plan: String,
+        /// The release the checks run against: the one the fleet runs (its components are
+        /// what the steps see).
+        #[arg(long)]
+        release: String,
+        /// How often each node is checked, for example 6h or 1d (1m to 90d).
+        #[arg(long, value_name = "DURATION")]
+        every: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists the health plans.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Stops a plan's health checks (recorded in the audit log); checks on record stay.
+    Remove {
+        /// The plan's name.
+        plan: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate maintenance ...`
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Opens a maintenance window (recorded in the audit log): no job starts on the nodes
+    /// with the label from --from until --until. Running jobs go on; jobs waiting for those
+    /// nodes start when the window ends.
+    Add {
+        /// The label whose nodes it covers, KEY=VALUE, for example rack=r12 or site=lab-a.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: String,
+        /// When it starts: RFC 3339 (2026-12-06T02:00:00Z) or a date; now when left out.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// When it ends: RFC 3339 or a date.
+        #[arg(long, value_name = "TIME", required_unless_present = "duration", conflicts_with = "duration")]
+        until: Option<String>,
+        /// How long it lasts from its start, for example 4h (instead of --until).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why, for example --reason "PDU swap" (required).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists the windows not over yet (current and upcoming).
+    List {
+        /// Also the windows that are over.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Ends a window now, or withdraws one not started yet (recorded in the audit log).
+    End {
+        /// The window's id (`tollgate maintenance list`).
+        id: String,
+        /// Why it ends early.
+        #[arg(long, default_value = "")]
+        reason: String,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -57,6 +57,12 @@ const EXPECTED: &[(&str, &str)] = &[
     ("NodeService/RetireNode", "UUUU DADA DD UU UUX"),
     ("NodeService/EnrollNode", "UUUU DDDA DD UU UUX"),
     ("NodeService/RevokeNode", "UUUU DDDA DD UU UUX"),
+    ("NodeService/AddMaintenanceWindow", "UUUU DADA DD UU UUX"),
+    ("NodeService/ListMaintenanceWindows", "UUUU AAAA DD UU UUX"),
+    ("NodeService/EndMaintenanceWindow", "UUUU DADA DD UU UUX"),
+    ("NodeService/SetHealthPlan", "UUUU DADA DD UU UUX"),
+    ("NodeService/ListHealthPlans", "UUUU AAAA DD UU UUX"),
+    ("NodeService/RemoveHealthPlan", "UUUU DADA DD UU UUX"),
     ("ReleaseService/CreateRelease", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/GetRelease", "UUUU AAAA AA UU UUX"),
     ("ReleaseService/ListReleases", "UUUU AAAA AA UU UUX"),
@@ -243,6 +249,41 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .revoke_node(v1::RevokeNodeRequest {
                 node_name: missing(),
             })
+            .await
+            .map(drop),
+        // Invalid (no label, no end) once past authorization: nothing is opened.
+        "NodeService/AddMaintenanceWindow" => c
+            .nodes
+            .add_maintenance_window(v1::AddMaintenanceWindowRequest::default())
+            .await
+            .map(drop),
+        "NodeService/ListMaintenanceWindows" => c
+            .nodes
+            .list_maintenance_windows(v1::ListMaintenanceWindowsRequest::default())
+            .await
+            .map(drop),
+        "NodeService/EndMaintenanceWindow" => c
+            .nodes
+            .end_maintenance_window(v1::EndMaintenanceWindowRequest {
+                id: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        // A period of 0: invalid once past authorization, so nothing is set.
+        "NodeService/SetHealthPlan" => c
+            .nodes
+            .set_health_plan(v1::SetHealthPlanRequest::default())
+            .await
+            .map(drop),
+        "NodeService/ListHealthPlans" => c
+            .nodes
+            .list_health_plans(v1::ListHealthPlansRequest {})
+            .await
+            .map(drop),
+        "NodeService/RemoveHealthPlan" => c
+            .nodes
+            .remove_health_plan(v1::RemoveHealthPlanRequest { plan: missing() })
             .await
             .map(drop),
         "ReleaseService/CreateRelease" => c

@@ -156,6 +156,12 @@ bounded_texts! {
     SetHealthRequest { name: NAME, health: NAME, reason: REASON }
     DrainNodeRequest { name: NAME, reason: REASON; deadline_seconds }
     RetireNodeRequest { name: NAME, reason: REASON }
+    AddMaintenanceWindowRequest { label: NAME, reason: REASON; starts_at, ends_at }
+    ListMaintenanceWindowsRequest { ; all }
+    EndMaintenanceWindowRequest { id: NAME, reason: REASON }
+    SetHealthPlanRequest { plan: NAME, release: NAME; every_seconds }
+    ListHealthPlansRequest {}
+    RemoveHealthPlanRequest { plan: NAME }
     GetReleaseRequest { name: NAME }
     ListReleasesRequest { page_token: PAGE_TOKEN; page_size }
     PromoteRequest { name: NAME }

@@ -302,6 +302,10 @@ impl ToProto for Node {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            // GetNode adds these from the store.
+            drain_deadline: None,
+            maintenance_window: String::new(),
+            health_checks: Vec::new(),
         }
     }
 }
@@ -320,6 +324,10 @@ impl FromProto for Node {
             last_seen_at,
             current_job_id,
             reported_labels,
+            // What GetNode adds is printed from the answer itself (`tollgate node show`).
+            drain_deadline: _,
+            maintenance_window: _,
+            health_checks: _,
         } = node;
         let mut errors = FieldErrors::new();
         if let Some(message) = name_problem("node", &name) {

@@ -46,6 +46,9 @@ pub fn node(node: &pb::Node) -> Value {
         current_job_id,
         health_reason,
         reported_labels,
+        drain_deadline,
+        maintenance_window,
+        health_checks,
     } = node;
     json!({
         "name": name,
@@ -57,6 +60,17 @@ pub fn node(node: &pb::Node) -> Value {
         "inventory": node_inventory.as_ref().map(inventory),
         "last_seen_at": time(last_seen_at.as_ref()),
         "current_job_id": current_job_id,
+        "drain_deadline": time(drain_deadline.as_ref()),
+        "maintenance_window": maintenance_window,
+        "health_checks": health_checks.iter().map(|check| {
+            let pb::NodeHealthCheck { plan_name, run_id, started_at, verdict } = check;
+            json!({
+                "plan_name": plan_name,
+                "run_id": run_id,
+                "started_at": time(started_at.as_ref()),
+                "verdict": verdict,
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -219,9 +233,11 @@ pub fn run(run: &pb::Run) -> Value {
         finished_at,
         jobs,
         selection,
+        purpose,
     } = run;
     let mut value = json!({
         "id": id,
+        "purpose": purpose,
         "release": release,
         "plan_name": plan_name,
         "plan_version": plan_version,
@@ -518,6 +534,48 @@ pub fn api_token(token: &pb::ApiToken) -> Value {
     })
 }
 
+/// A maintenance window.
+pub fn maintenance_window(window: &pb::MaintenanceWindow) -> Value {
+    let pb::MaintenanceWindow {
+        id,
+        label,
+        starts_at,
+        ends_at,
+        reason,
+        created_by,
+        active,
+    } = window;
+    json!({
+        "id": id,
+        "label": label,
+        "starts_at": time(starts_at.as_ref()),
+        "ends_at": time(ends_at.as_ref()),
+        "reason": reason,
+        "created_by": created_by,
+        "active": active,
+    })
+}
+
+/// A health plan.
+pub fn health_plan(plan: &pb::HealthPlan) -> Value {
+    let pb::HealthPlan {
+        plan_name,
+        plan_version,
+        release,
+        every_seconds,
+        set_by,
+        set_at,
+    } = plan;
+    json!({
+        "plan_name": plan_name,
+        "plan_version": plan_version,
+        "release": release,
+        "every_seconds": every_seconds,
+        "set_by": set_by,
+        "set_at": time(set_at.as_ref()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,3 +682,4 @@ mod tests {
         assert_eq!(value["sub_results_not_listed"], 4);
     }
 }
+

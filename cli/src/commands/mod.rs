@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod gate;
+pub mod maintenance;
 pub mod node;
 pub mod plan;
 pub mod promote;
@@ -47,6 +48,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(command) => node::run(&Controller::connect(&target).await?, command).await,
+        Command::Maintenance(command) => {
+            maintenance::run(&Controller::connect(&target).await?, command).await
+        }
         Command::Release(ReleaseCommand::Create {
             name,
             components,

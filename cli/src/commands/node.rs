@@ -136,6 +136,9 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
             expires,
             output,
         } => enroll(controller, name, &labels, &expires, output.output).await,
+        NodeCommand::HealthPlan(command) => {
+            crate::commands::maintenance::health_plan(controller, command).await
+        }
         NodeCommand::Revoke { name, output } => {
             let revoked = answer(
                 controller
@@ -409,6 +412,30 @@ pub fn format_node(node: &pb::Node, now: DateTime<Utc>) -> String {
         format_age(node.last_seen_at.as_ref(), now)
     );
     let _ = writeln!(out, "current job: {}", or_dash(&node.current_job_id));
+    if let Some(deadline) = &node.drain_deadline {
+        let _ = writeln!(
+            out,
+            "drain deadline: {} (a job still running then is cancelled and started elsewhere)",
+            format_time(Some(deadline))
+        );
+    }
+    if !node.maintenance_window.is_empty() {
+        let _ = writeln!(out, "maintenance: {}", node.maintenance_window);
+    }
+    for check in &node.health_checks {
+        let _ = writeln!(
+            out,
+            "health check: {} {} at {} (run {})",
+            check.plan_name,
+            if check.verdict.is_empty() {
+                "running"
+            } else {
+                check.verdict.as_str()
+            },
+            format_time(check.started_at.as_ref()),
+            check.run_id
+        );
+    }
     let Some(inventory) = &node.inventory else {
         let _ = writeln!(out, "inventory:   none reported yet");
         return out;

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod enroll;
 pub mod gate;
 pub mod limits;
+pub mod maintenance;
 pub mod node;
 pub mod pages;
 pub mod plan;

@@ -357,7 +357,74 @@ impl NodeService for NodeApi {
             return Err(not_found(format!("node {name}")));
         }
         mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
-        Ok(Response::new(node.to_proto()))
+        let mut view = node.to_proto();
+        super::maintenance::node_details(&self.shared, &node, &mut view).await?;
+        Ok(Response::new(view))
+    }
+
+    async fn add_maintenance_window(
+        &self,
+        request: Request<proto::AddMaintenanceWindowRequest>,
+    ) -> Result<Response<proto::MaintenanceWindow>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let request = super::convert::bounded(request.into_inner())?;
+        super::maintenance::add_window(&self.shared, &actor, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_maintenance_windows(
+        &self,
+        request: Request<proto::ListMaintenanceWindowsRequest>,
+    ) -> Result<Response<proto::ListMaintenanceWindowsResponse>, Status> {
+        let proto::ListMaintenanceWindowsRequest { all } =
+            super::convert::bounded(request.into_inner())?;
+        super::maintenance::list_windows(&self.shared, all)
+            .await
+            .map(Response::new)
+    }
+
+    async fn end_maintenance_window(
+        &self,
+        request: Request<proto::EndMaintenanceWindowRequest>,
+    ) -> Result<Response<proto::MaintenanceWindow>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let request = super::convert::bounded(request.into_inner())?;
+        super::maintenance::end_window(&self.shared, &actor, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_health_plan(
+        &self,
+        request: Request<proto::SetHealthPlanRequest>,
+    ) -> Result<Response<proto::HealthPlan>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let request = super::convert::bounded(request.into_inner())?;
+        super::maintenance::set_health_plan(&self.shared, &actor, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_health_plans(
+        &self,
+        request: Request<proto::ListHealthPlansRequest>,
+    ) -> Result<Response<proto::ListHealthPlansResponse>, Status> {
+        let proto::ListHealthPlansRequest {} = super::convert::bounded(request.into_inner())?;
+        super::maintenance::list_health_plans(&self.shared)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_health_plan(
+        &self,
+        request: Request<proto::RemoveHealthPlanRequest>,
+    ) -> Result<Response<proto::HealthPlan>, Status> {
+        let actor = super::auth::actor_of(&request);
+        let request = super::convert::bounded(request.into_inner())?;
+        super::maintenance::remove_health_plan(&self.shared, &actor, request)
+            .await
+            .map(Response::new)
     }
 
     async fn set_cordon(

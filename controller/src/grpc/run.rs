@@ -126,6 +126,7 @@ pub async fn run_view(
         finished_at: run.finished_at.map(timestamp_to_proto),
         jobs: job_views,
         selection: None,
+        purpose: run.purpose.as_str().to_owned(),
     })
 }
 
