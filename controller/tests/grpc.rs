@@ -1887,3 +1887,309 @@ async fn a_drained_node_finishes_its_job_and_a_retired_one_stays_retired() {
     );
     controller.stop().await;
 }
+
+/// Health checks: with a health plan set, every idle node it selects gets a check (a run of
+/// purpose `health`); a failed check makes the node suspect, which keeps it out of
+/// qualification runs but not out of its next check, and a passing check clears it. Checks
+/// are never gate evidence; a node is not checked again before the period; removing the plan
+/// stops the checks. Each change is audited.
+#[tokio::test]
+async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it() {
+    use tollgate_controller::clock::ManualClock;
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("in range");
+    let clock = ManualClock::new(start);
+    let controller = Controller::start_with({
+        let clock = clock.clone();
+        move |config| {
+            config.clock = std::sync::Arc::new(clock);
+            // Time jumps by hours here; no lease may run out meanwhile.
+            config.lease_grace = Duration::from_secs(7 * 86_400);
+        }
+    })
+    .await;
+    let mut a = Agent::enroll(&controller, "node-a").await;
+    let mut b = Agent::enroll(&controller, "node-b").await;
+    eventually("both nodes ready", || async {
+        (controller.node("node-a").await.state == "ready"
+            && controller.node("node-b").await.state == "ready")
+            .then_some(())
+    })
+    .await;
+    controller
+        .releases()
+        .create_release(release_request("r550", "550.54.15"))
+        .await
+        .expect("create release");
+    controller
+        .plans()
+        .apply_plan(plan_request())
+        .await
+        .expect("apply plan");
+    let set = |plan: &str, release: &str, every_seconds: u64| proto::SetHealthPlanRequest {
+        plan: plan.into(),
+        release: release.into(),
+        every_seconds,
+    };
+
+    // Bad settings are refused, naming each field; unknown names are NotFound.
+    let status = controller
+        .nodes()
+        .set_health_plan(set("", "", 30))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    for field in ["plan", "release", "every_seconds"] {
+        assert!(status.message().contains(field), "{field}: {status:?}");
+    }
+    let status = controller
+        .nodes()
+        .set_health_plan(set("gpu-qual", "r999", 3_600))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let health_plan = controller
+        .nodes()
+        .set_health_plan(set("gpu-qual", "r550", 3_600))
+        .await
+        .expect("set health plan")
+        .into_inner();
+    assert_eq!(health_plan.every_seconds, 3_600);
+
+    // Both idle nodes are checked; node-a's check fails, node-b's passes.
+    let check_a = a.next_assignment().await;
+    let check_b = b.next_assignment().await;
+    let first_check = controller.run(&check_a.run_id).await;
+    assert_eq!(first_check.purpose, "health");
+    for (agent, check, stress) in [
+        (&a, &check_a, proto::Outcome::Failed),
+        (&b, &check_b, proto::Outcome::Passed),
+    ] {
+        agent.accept(check).await;
+        agent
+            .report(&controller, result(check, 0, proto::Outcome::Passed))
+            .await
+            .expect("result");
+        agent
+            .report(&controller, result(check, 1, stress))
+            .await
+            .expect("result");
+    }
+    let suspect = eventually("node-a to be suspect", || async {
+        let node = controller.node("node-a").await;
+        (node.health == "suspect").then_some(node)
+    })
+    .await;
+    assert!(
+        suspect.health_reason.contains("health check gpu-qual failed"),
+        "{}",
+        suspect.health_reason
+    );
+    assert_eq!(suspect.health_checks.len(), 1, "{suspect:?}");
+    assert_eq!(suspect.health_checks[0].verdict, "failed");
+    eventually("node-b's check to be judged", || async {
+        let node = controller.node("node-b").await;
+        (node.health_checks.first()?.verdict == "passed").then_some(())
+    })
+    .await;
+    assert_eq!(controller.node("node-b").await.health, "good");
+
+    // Checks are not evidence: the gate sees no run of gpu-qual at all.
+    let decision = apply_gate_and_evaluate(&controller).await;
+    assert_ne!(decision.verdict, "passed", "{decision:?}");
+    let seen = format!("{decision:?}");
+    assert!(
+        !seen.contains(&check_a.run_id) && !seen.contains(&check_b.run_id),
+        "{seen}"
+    );
+
+    // No second check within the period; a qualification run leaves the suspect node out.
+    assert!(
+        b.next_assignment_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let run = controller
+        .runs()
+        .start_run(start_request("r550"))
+        .await
+        .expect("start run")
+        .into_inner();
+    let selection = run.selection.expect("selection");
+    assert_eq!(selection.now, ["node-b"]);
+    assert!(
+        selection.left_out[0].contains("node-a is suspect"),
+        "{selection:?}"
+    );
+    let job_b = b.next_assignment().await;
+    b.accept(&job_b).await;
+    for step in 0..2 {
+        b.report(&controller, result(&job_b, step, proto::Outcome::Passed))
+            .await
+            .expect("result");
+    }
+    eventually("the qualification run to finish", || async {
+        (controller.run(&run.id).await.state == "finished").then_some(())
+    })
+    .await;
+
+    // A period later both are due again; the suspect node's check passes and clears it.
+    clock.advance(chrono::Duration::seconds(3_601));
+    let again_a = a.next_assignment().await;
+    let again_b = b.next_assignment().await;
+    assert_ne!(again_a.run_id, check_a.run_id);
+    for (agent, check) in [(&a, &again_a), (&b, &again_b)] {
+        agent.accept(check).await;
+        for step in 0..2 {
+            agent
+                .report(&controller, result(check, step, proto::Outcome::Passed))
+                .await
+                .expect("result");
+        }
+    }
+    let cleared = eventually("node-a to be good again", || async {
+        let node = controller.node("node-a").await;
+        (node.health == "good").then_some(node)
+    })
+    .await;
+    assert!(
+        cleared.health_reason.contains("health check gpu-qual passed"),
+        "{}",
+        cleared.health_reason
+    );
+
+    // Removed, the plan checks no more.
+    controller
+        .nodes()
+        .remove_health_plan(proto::RemoveHealthPlanRequest {
+            plan: "gpu-qual".into(),
+        })
+        .await
+        .expect("remove");
+    let listed = controller
+        .nodes()
+        .list_health_plans(proto::ListHealthPlansRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.health_plans.is_empty());
+    clock.advance(chrono::Duration::seconds(3_601));
+    assert!(
+        a.next_assignment_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert_eq!(audit_details(&controller, "health-plan.set").await.len(), 1);
+    assert_eq!(audit_details(&controller, "health.check").await.len(), 4);
+    assert_eq!(
+        audit_details(&controller, "health-plan.remove").await.len(),
+        1
+    );
+    controller.stop().await;
+}
+
+/// A maintenance window on a label: a run's jobs for the nodes it covers wait (no job
+/// starts) until the window is ended, then go out. Bad windows are refused naming every
+/// field; ending one twice is refused; both changes are audited.
+#[tokio::test]
+async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
+    let controller = Controller::start().await;
+    let mut a = Agent::enroll(&controller, "node-a").await;
+    let mut b = Agent::enroll(&controller, "node-b").await;
+    eventually("both nodes ready", || async {
+        (controller.node("node-a").await.state == "ready"
+            && controller.node("node-b").await.state == "ready")
+            .then_some(())
+    })
+    .await;
+
+    let status = controller
+        .nodes()
+        .add_maintenance_window(proto::AddMaintenanceWindowRequest {
+            label: "rack".into(),
+            starts_at: None,
+            ends_at: None,
+            reason: " ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    for field in ["label", "ends_at", "reason"] {
+        assert!(status.message().contains(field), "{field}: {status:?}");
+    }
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    let window = controller
+        .nodes()
+        .add_maintenance_window(proto::AddMaintenanceWindowRequest {
+            label: "sku=hgx-h100".into(),
+            starts_at: None,
+            ends_at: Some(tollgate_wire::time::timestamp_to_proto(in_an_hour)),
+            reason: "PDU swap".into(),
+        })
+        .await
+        .expect("open window")
+        .into_inner();
+    assert!(window.active, "{window:?}");
+    let held = controller.node("node-a").await;
+    assert!(
+        held.maintenance_window.contains(&window.id) && held.maintenance_window.contains("PDU swap"),
+        "{held:?}"
+    );
+
+    // The run takes both nodes, but their jobs wait for the window.
+    let run = start_run_of_r550(&controller).await;
+    let selection = run.selection.expect("selection");
+    assert!(selection.now.is_empty(), "{selection:?}");
+    assert_eq!(selection.waiting, ["node-a", "node-b"]);
+    assert!(
+        a.next_assignment_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    let run_now = controller.run(&run.id).await;
+    assert!(
+        run_now.jobs.iter().all(|job| job.state == "pending"),
+        "{run_now:?}"
+    );
+
+    let ended = controller
+        .nodes()
+        .end_maintenance_window(proto::EndMaintenanceWindowRequest {
+            id: window.id.clone(),
+            reason: "done early".into(),
+        })
+        .await
+        .expect("end")
+        .into_inner();
+    assert!(!ended.active);
+    let assign_a = a.next_assignment().await;
+    let assign_b = b.next_assignment().await;
+    assert_eq!(assign_a.run_id, run.id);
+    assert_eq!(assign_b.run_id, run.id);
+
+    let status = controller
+        .nodes()
+        .end_maintenance_window(proto::EndMaintenanceWindowRequest {
+            id: window.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let list = |all: bool| {
+        let mut nodes = controller.nodes();
+        async move {
+            nodes
+                .list_maintenance_windows(proto::ListMaintenanceWindowsRequest { all })
+                .await
+                .expect("list")
+                .into_inner()
+                .windows
+        }
+    };
+    assert!(list(false).await.is_empty());
+    assert_eq!(list(true).await.len(), 1);
+    assert_eq!(audit_details(&controller, "maintenance.open").await.len(), 1);
+    assert_eq!(audit_details(&controller, "maintenance.end").await.len(), 1);
+    controller.stop().await;
+}
