@@ -305,7 +305,12 @@ pub enum MaintenanceCommand {
         #[arg(long, value_name = "TIME")]
         from: Option<String>,
         /// When it ends: RFC 3339 or a date.
-        #[arg(long, value_name = "TIME", required_unless_present = "duration", conflicts_with = "duration")]
+        #[arg(
+            long,
+            value_name = "TIME",
+            required_unless_present = "duration",
+            conflicts_with = "duration"
+        )]
         until: Option<String>,
         /// How long it lasts from its start, for example 4h (instead of --until).
         #[arg(long = "for", value_name = "DURATION")]

@@ -72,11 +72,16 @@ async fn start_due(shared: &Shared) -> Result<Vec<DueCheck>, StoreError> {
     for health_plan in health_plans {
         match shared
             .store
-            .get_plan(&health_plan.plan_name, Some(health_plan.plan_version.as_str()))
+            .get_plan(
+                &health_plan.plan_name,
+                Some(health_plan.plan_version.as_str()),
+            )
             .await?
         {
             Some(stored) => plans.push((health_plan, stored.plan)),
-            None => tracing::warn!(plan = health_plan.plan_name, version = %health_plan.plan_version, "health plan names a plan version that is gone; set it again"),
+            None => {
+                tracing::warn!(plan = health_plan.plan_name, version = %health_plan.plan_version, "health plan names a plan version that is gone; set it again")
+            }
         }
     }
     let now = shared.now();

@@ -1981,7 +1981,9 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
     })
     .await;
     assert!(
-        suspect.health_reason.contains("health check gpu-qual failed"),
+        suspect
+            .health_reason
+            .contains("health check gpu-qual failed"),
         "{}",
         suspect.health_reason
     );
@@ -2055,7 +2057,9 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
     })
     .await;
     assert!(
-        cleared.health_reason.contains("health check gpu-qual passed"),
+        cleared
+            .health_reason
+            .contains("health check gpu-qual passed"),
         "{}",
         cleared.health_reason
     );
@@ -2134,7 +2138,8 @@ async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
     assert!(window.active, "{window:?}");
     let held = controller.node("node-a").await;
     assert!(
-        held.maintenance_window.contains(&window.id) && held.maintenance_window.contains("PDU swap"),
+        held.maintenance_window.contains(&window.id)
+            && held.maintenance_window.contains("PDU swap"),
         "{held:?}"
     );
 
@@ -2191,7 +2196,10 @@ async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
     };
     assert!(list(false).await.is_empty());
     assert_eq!(list(true).await.len(), 1);
-    assert_eq!(audit_details(&controller, "maintenance.open").await.len(), 1);
+    assert_eq!(
+        audit_details(&controller, "maintenance.open").await.len(),
+        1
+    );
     assert_eq!(audit_details(&controller, "maintenance.end").await.len(), 1);
     controller.stop().await;
 }

@@ -682,4 +682,3 @@ mod tests {
         assert_eq!(value["sub_results_not_listed"], 4);
     }
 }
-

@@ -83,7 +83,11 @@ pub fn add_request(
 
 /// Windows as a table (ID LABEL FROM UNTIL ACTIVE BY REASON), or as JSON; `verb` says what
 /// just happened to a single window.
-fn print_windows(windows: &[pb::MaintenanceWindow], format: Format, verb: &str) -> anyhow::Result<()> {
+fn print_windows(
+    windows: &[pb::MaintenanceWindow],
+    format: Format,
+    verb: &str,
+) -> anyhow::Result<()> {
     match format {
         Format::Json if verb.is_empty() => print_json(&json::list(
             "windows",
@@ -121,7 +125,10 @@ pub fn format_windows(windows: &[pb::MaintenanceWindow]) -> String {
 }
 
 /// Runs one `node health-plan` command.
-pub async fn health_plan(controller: &Controller, command: HealthPlanCommand) -> anyhow::Result<()> {
+pub async fn health_plan(
+    controller: &Controller,
+    command: HealthPlanCommand,
+) -> anyhow::Result<()> {
     match command {
         HealthPlanCommand::Set {
             plan,
@@ -253,6 +260,9 @@ mod tests {
             now,
         )
         .expect_err("bad --from");
-        assert!(format!("{error:#}").starts_with("--from: 'tomorrow' is not a time"), "{error:#}");
+        assert!(
+            format!("{error:#}").starts_with("--from: 'tomorrow' is not a time"),
+            "{error:#}"
+        );
     }
 }

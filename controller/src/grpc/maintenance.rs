@@ -76,14 +76,19 @@ pub async fn add_window(
     };
     match (starts_at, ends_at) {
         (Some(starts_at), Some(ends_at)) => {
-            bad.extend(maintenance::check_new(&label, starts_at, ends_at, &reason, now));
+            bad.extend(maintenance::check_new(
+                &label, starts_at, ends_at, &reason, now,
+            ));
         }
         _ => {
             if let Err(problem) = maintenance::parse_label(&label) {
                 bad.push(("label", problem));
             }
             if reason.trim().is_empty() {
-                bad.push(("reason", "is empty; say why (the audit log keeps it)".into()));
+                bad.push((
+                    "reason",
+                    "is empty; say why (the audit log keeps it)".into(),
+                ));
             }
         }
     }
@@ -170,7 +175,11 @@ pub async fn end_window(
         }
         Err(error) => return Err(error.into()),
     };
-    tracing::info!(window = window.id, label = window.label(), "maintenance window ended");
+    tracing::info!(
+        window = window.id,
+        label = window.label(),
+        "maintenance window ended"
+    );
     shared.notify_changed();
     shared.poke_scheduler();
     Ok(window_to_proto(&window, now))
@@ -298,12 +307,14 @@ pub async fn node_details(
         .latest_health_checks(&NodeId::clone(&node.id))
         .await?
         .into_iter()
-        .map(|(plan_name, run, started, verdict)| proto::NodeHealthCheck {
-            plan_name,
-            run_id: run.to_string(),
-            started_at: Some(timestamp_to_proto(started)),
-            verdict: verdict.unwrap_or_default(),
-        })
+        .map(
+            |(plan_name, run, started, verdict)| proto::NodeHealthCheck {
+                plan_name,
+                run_id: run.to_string(),
+                started_at: Some(timestamp_to_proto(started)),
+                verdict: verdict.unwrap_or_default(),
+            },
+        )
         .collect();
     Ok(())
 }

@@ -94,15 +94,16 @@ impl Store {
         })
     }
 
-    /// The maintenance windows not over at `now` (current and upcoming), or with `all` every
-    /// window of record; by start.
+    /// The maintenance windows not over at `now` (current and upcoming; a withdrawn one is
+    /// not), or with `all` every window of record; by start.
     pub async fn maintenance_windows(
         &self,
         now: Timestamp,
         all: bool,
     ) -> Result<Vec<MaintenanceWindow>, StoreError> {
-        const SQL: &str =
-            window_query!(" WHERE ($2 OR ends_at > $1) ORDER BY starts_at, seq");
+        const SQL: &str = window_query!(
+            " WHERE ($2 OR (ends_at > $1 AND ends_at > starts_at)) ORDER BY starts_at, seq"
+        );
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(micros(now))
@@ -176,7 +177,10 @@ impl Store {
                  set_by = excluded.set_by, set_at = excluded.set_at";
         let every = i64::try_from(plan.every_seconds).map_err(|_| StoreError::Corrupt {
             what: format!("health plan {}", plan.plan_name),
-            detail: format!("every {} s does not fit a signed 64-bit column", plan.every_seconds),
+            detail: format!(
+                "every {} s does not fit a signed 64-bit column",
+                plan.every_seconds
+            ),
         })?;
         let what = format!("health plan {}", plan.plan_name);
         let missing = format!(

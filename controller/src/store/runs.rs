@@ -4,8 +4,8 @@
 
 use super::connect::Begin;
 use super::{
-    AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, classify, epoch_to_i64,
-    micros, page_limit, rows,
+    AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, classify,
+    epoch_to_i64, micros, page_limit, rows,
 };
 use tollgate_domain::run::Cancellation;
 use tollgate_domain::{ReleaseId, RunId, Timestamp};
@@ -37,8 +37,7 @@ impl Store {
         const JOB: &str =
             "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        const HEALTH_CHECK: &str =
-            "INSERT INTO health_checks (run_id, plan_name, node, created_at) VALUES ($1, $2, $3, $4)";
+        const HEALTH_CHECK: &str = "INSERT INTO health_checks (run_id, plan_name, node, created_at) VALUES ($1, $2, $3, $4)";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(RUN)

@@ -112,6 +112,7 @@ on_both_backends!(
     corrupt_values_name_their_row,
     node_health_changes_are_compare_and_set_and_audited,
     recent_outcomes_are_the_node_s_latest_not_skipped,
+    maintenance_windows_and_health_checks_are_kept_and_judged_once,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2254,4 +2255,188 @@ async fn lead_within_5s(store: &Store) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+async fn maintenance_windows_and_health_checks_are_kept_and_judged_once(store: &Store) {
+    use tollgate_domain::health_plan::HealthPlan;
+    use tollgate_domain::maintenance::MaintenanceWindow;
+    let window = |id: &str, from: i64, to: i64| MaintenanceWindow {
+        id: id.into(),
+        key: "rack".into(),
+        value: "r12".into(),
+        starts_at: at(from),
+        ends_at: at(to),
+        reason: "PDU swap".into(),
+        created_by: "ops".into(),
+    };
+    for (id, from, to) in [("mw-now", 100, 200), ("mw-later", 500, 600)] {
+        store
+            .create_maintenance_window(&window(id, from, to), at(90), &setup_note())
+            .await
+            .expect("window");
+    }
+    let ids = |windows: Vec<MaintenanceWindow>| -> Vec<String> {
+        windows.into_iter().map(|w| w.id).collect()
+    };
+    let listed = store
+        .maintenance_windows(at(150), false)
+        .await
+        .expect("list");
+    assert_eq!(listed[0], window("mw-now", 100, 200));
+    assert_eq!(ids(listed), ["mw-now", "mw-later"]);
+    assert_eq!(
+        ids(store
+            .maintenance_windows(at(250), false)
+            .await
+            .expect("list")),
+        ["mw-later"]
+    );
+    // Ended early: over from then; a withdrawn upcoming one is listed only with `all`.
+    let ended = store
+        .end_maintenance_window("mw-now", at(150), &setup_note())
+        .await
+        .expect("end");
+    assert_eq!(ended.ends_at, at(150));
+    let withdrawn = store
+        .end_maintenance_window("mw-later", at(150), &setup_note())
+        .await
+        .expect("withdraw");
+    assert_eq!(withdrawn.ends_at, at(500));
+    assert!(
+        store
+            .maintenance_windows(at(151), false)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .maintenance_windows(at(151), true)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    assert!(matches!(
+        store
+            .end_maintenance_window("mw-now", at(160), &setup_note())
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .end_maintenance_window("mw-none", at(160), &setup_note())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // A health plan: set, replaced, refused for a release that does not exist.
+    let OneRun { release, plan, .. } = one_run(store, "run-1", &["n1"]).await;
+    let version = plan.version();
+    let mut health_plan = HealthPlan {
+        plan_name: plan.name.clone(),
+        plan_version: version,
+        release: release.id.clone(),
+        every_seconds: 3_600,
+        set_by: "ops".into(),
+        set_at: at(0),
+    };
+    store
+        .set_health_plan(&health_plan, &setup_note())
+        .await
+        .expect("set");
+    health_plan.every_seconds = 7_200;
+    store
+        .set_health_plan(&health_plan, &setup_note())
+        .await
+        .expect("set again");
+    assert_eq!(
+        store.health_plans().await.expect("plans"),
+        [health_plan.clone()]
+    );
+    let unknown = HealthPlan {
+        release: ReleaseId::from("r999"),
+        ..health_plan.clone()
+    };
+    assert!(matches!(
+        store.set_health_plan(&unknown, &setup_note()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // A check: its job is pending as a health check; judged once after its run ended.
+    let mut check = run_record("check-1", &plan, "lab-qual", 20);
+    check.purpose = RunPurpose::Health;
+    let job = job_record("check-1-n1", &check, "n1");
+    let note = AuditNote::new(at(20), "health-plan", "health.check", "run/check-1");
+    store
+        .create_run(&check, std::slice::from_ref(&job), &note)
+        .await
+        .expect("check");
+    assert_eq!(
+        store
+            .get_run(&check.id)
+            .await
+            .expect("run")
+            .expect("some")
+            .purpose,
+        RunPurpose::Health
+    );
+    let pending = store.pending_jobs().await.expect("pending");
+    let flags: Vec<(String, bool)> = pending
+        .iter()
+        .map(|p| (p.job.to_string(), p.health_check))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("run-1-n1".to_owned(), false),
+            ("check-1-n1".to_owned(), true)
+        ]
+    );
+    let last = store.last_health_checks().await.expect("last");
+    assert_eq!(
+        last.get(&(plan.name.clone(), NodeId::from("n1"))),
+        Some(&at(20))
+    );
+    assert!(store.ended_health_checks().await.expect("ended").is_empty());
+    make_running(store, &job.id).await;
+    let passed = store
+        .test_change(&job.id, JobState::Running, JobState::Passed, None)
+        .await
+        .expect("decided");
+    store
+        .apply_job_change(&passed, at(60))
+        .await
+        .expect("passed");
+    let ended = store.ended_health_checks().await.expect("ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].job_state, JobState::Passed);
+    assert!(
+        store
+            .judge_health_check(&check.id, "passed", at(61))
+            .await
+            .expect("judge")
+    );
+    assert!(
+        !store
+            .judge_health_check(&check.id, "failed", at(62))
+            .await
+            .expect("judge")
+    );
+    assert!(store.ended_health_checks().await.expect("ended").is_empty());
+    let latest = store
+        .latest_health_checks(&NodeId::from("n1"))
+        .await
+        .expect("latest");
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].3.as_deref(), Some("passed"));
+
+    store
+        .remove_health_plan(&plan.name, &setup_note())
+        .await
+        .expect("remove");
+    assert!(matches!(
+        store.remove_health_plan(&plan.name, &setup_note()).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
