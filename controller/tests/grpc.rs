@@ -2123,7 +2123,7 @@ async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
     for field in ["label", "ends_at", "reason"] {
         assert!(status.message().contains(field), "{field}: {status:?}");
     }
-    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    let in_an_hour = controller.serving.shared.now() + chrono::Duration::hours(1);
     let window = controller
         .nodes()
         .add_maintenance_window(proto::AddMaintenanceWindowRequest {

@@ -187,7 +187,16 @@ mod tests {
             ("node-health".to_owned(), NodeId("checked".into())),
             at(1_000),
         )]);
-        let due_at = |now| due(&plans, &fleet, &waiting, &last, &[window.clone()], at(now));
+        let due_at = |now| {
+            due(
+                &plans,
+                &fleet,
+                &waiting,
+                &last,
+                std::slice::from_ref(&window),
+                at(now),
+            )
+        };
         assert_eq!(nodes(&due_at(4_599)), ["idle", "suspect"]);
         assert_eq!(nodes(&due_at(4_600)), ["idle", "suspect", "checked"]);
         assert!(due(&[], &fleet, &waiting, &last, &[], at(0)).is_empty());

@@ -515,7 +515,61 @@ mod tests {
             current_job_id: String::new(),
             health_reason: String::new(),
             reported_labels: [("sku".to_string(), "hgx-h100".to_string())].into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn node_show_says_the_drain_deadline_the_window_and_the_latest_health_checks() {
+        let mut drained = node("n1", "nvml");
+        drained.state = "draining".into();
+        drained.drain_deadline = Some(prost_types::Timestamp {
+            seconds: 1_767_229_200,
+            nanos: 0,
+        });
+        drained.maintenance_window =
+            "n1 is in maintenance window mw-1 (rack=r12) until 2026-01-01T02:00:00Z: PDU swap"
+                .into();
+        drained.health_checks = vec![
+            pb::NodeHealthCheck {
+                plan_name: "node-health".into(),
+                run_id: "run-9".into(),
+                started_at: Some(prost_types::Timestamp {
+                    seconds: 1_767_225_600,
+                    nanos: 0,
+                }),
+                verdict: "failed".into(),
+            },
+            pb::NodeHealthCheck {
+                plan_name: "burn-in".into(),
+                run_id: "run-10".into(),
+                started_at: None,
+                verdict: String::new(),
+            },
+        ];
+        let text = format_node(&drained, DateTime::from_timestamp(1_000, 0).expect("time"));
+        assert!(
+            text.contains("drain deadline: 2026-01-01T01:00:00Z (a job still running then"),
+            "{text}"
+        );
+        assert!(
+            text.contains("maintenance: n1 is in maintenance window mw-1 (rack=r12)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("health check: node-health failed at 2026-01-01T00:00:00Z (run run-9)"),
+            "{text}"
+        );
+        assert!(text.contains("health check: burn-in running at"), "{text}");
+        // Without them, none of those lines.
+        let plain = format_node(
+            &node("n2", "nvml"),
+            DateTime::from_timestamp(1_000, 0).expect("time"),
+        );
+        assert!(
+            !plain.contains("drain deadline") && !plain.contains("health check"),
+            "{plain}"
+        );
     }
 
     fn now() -> DateTime<Utc> {
