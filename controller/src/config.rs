@@ -34,6 +34,10 @@ pub struct ControllerConfig {
     pub ca: Option<std::sync::Arc<crate::pki::Ca>>,
     /// How long a node certificate signed at enrollment or renewal is valid.
     pub node_certificate_lifetime: Duration,
+    /// On PostgreSQL, whether replicas wake each other's schedulers with `LISTEN`/`NOTIFY`
+    /// (`replica::wake_loop`); without it a job for a node whose stream another replica holds
+    /// waits for that replica's next tick. On by default; `replica-bench` measures both.
+    pub wake_replicas: bool,
 }
 
 impl ControllerConfig {
@@ -54,6 +58,7 @@ impl ControllerConfig {
             transport: crate::listener::Transport::InsecureLoopback,
             ca: None,
             node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
+            wake_replicas: true,
         }
     }
 }

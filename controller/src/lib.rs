@@ -165,6 +165,7 @@ async fn serve(
     let gates_task = tokio::spawn(gates::run_loop(shared.clone()));
     let writes_task = tokio::spawn(follow_writes(shared.clone(), health_reporter.clone()));
     let sync_task = tokio::spawn(replica::sync_loop(shared.clone()));
+    let wake_task = tokio::spawn(replica::wake_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -214,6 +215,7 @@ async fn serve(
         ("gate re-evaluation", gates_task),
         ("database health", writes_task),
         ("replica sync", sync_task),
+        ("replica wake", wake_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

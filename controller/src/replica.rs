@@ -7,6 +7,10 @@
 //!   of the leadership (`Store::try_lead`, a PostgreSQL advisory lock); another replica takes
 //!   it within a tick of the holder's death, and gives every lease a fresh grace first, since
 //!   the dead replica's agents are reconnecting elsewhere.
+//! - [`wake_loop`]: a replica that made work for another (a run started, a job ended, a node
+//!   resumed) wakes every replica's scheduler through PostgreSQL `LISTEN`/`NOTIFY`, so a job
+//!   reaches an agent held elsewhere in milliseconds rather than at that replica's next tick
+//!   (`replica-bench` measures both); the tick stays the fallback for a lost notification.
 //! - [`sync_loop`]: revoked node certificates and API tokens made or revoked on another
 //!   replica take effect here within [`SYNC_INTERVAL`]; a node whose certificate was revoked
 //!   elsewhere loses its stream here too.
@@ -116,4 +120,68 @@ pub async fn sync_once(shared: &Shared) -> Result<(), StoreError> {
         }
     }
     shared.api_tokens.reload(&shared.store).await
+}
+
+/// Wakes the other replicas' schedulers when this one's is poked, and this one's when another
+/// replica's is (`Store::notify_work` / `Store::listen_for_work`), until shutdown. Does nothing
+/// on SQLite or with `wake_replicas` off. A listener that fails is opened again after a second.
+pub async fn wake_loop(shared: Arc<Shared>) {
+    if !shared.config.wake_replicas {
+        return;
+    }
+    let mut shutdown = shared.subscribe_shutdown();
+    let channel = loop {
+        match shared.store.work_channel().await {
+            Ok(Some(channel)) => break channel,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot name the replicas' wake channel; trying again in a second");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+    };
+    let send = {
+        let shared = shared.clone();
+        let channel = channel.clone();
+        async move {
+            loop {
+                shared.replicas_wake_requested().await;
+                if let Err(error) = shared.store.notify_work(&channel, &shared.replica_id).await {
+                    tracing::debug!(%error, "could not wake the other replicas; they look at their next tick");
+                }
+            }
+        }
+    };
+    let listen = async {
+        loop {
+            let mut listener = match shared.store.listen_for_work(&channel).await {
+                Ok(Some(listener)) => listener,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for the other replicas' work; trying again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tracing::debug!(channel, "listening for the other replicas' work");
+            loop {
+                match listener.next().await {
+                    Ok(from) if from != shared.replica_id => shared.poke_scheduler_here(),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the other replicas' wake channel; listening again");
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = send => {}
+        () = listen => {}
+        () = stopped(&mut shutdown) => {}
+    }
 }

@@ -57,6 +57,10 @@ pub struct Shared {
     fleet_outage: Mutex<Option<FleetOutage>>,
     /// Wakes the scheduler loop early (node connected, run started, job ended).
     scheduler_wake: Notify,
+    /// Asks `replica::wake_loop` to wake the other replicas' schedulers too (PostgreSQL).
+    replicas_wake: Notify,
+    /// This process's id among the replicas, in the notifications it sends.
+    pub replica_id: String,
     /// Bumped after every change a run watcher may care about.
     changes: watch::Sender<u64>,
     /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
@@ -87,6 +91,8 @@ impl Shared {
             leases_fresh_from: Mutex::new(started_at),
             fleet_outage: Mutex::new(None),
             scheduler_wake: Notify::new(),
+            replicas_wake: Notify::new(),
+            replica_id: uuid::Uuid::new_v4().simple().to_string(),
             changes: watch::channel(0).0,
             reevaluation_requests: Mutex::default(),
             reevaluation_wake: Notify::new(),
@@ -161,9 +167,23 @@ impl Shared {
         )
     }
 
-    /// Asks the scheduler to look at pending jobs now rather than at its next tick.
+    /// Asks the scheduler to look at pending jobs now rather than at its next tick, here and
+    /// (on PostgreSQL) on every other replica: the work may be for a node whose stream another
+    /// replica holds.
     pub fn poke_scheduler(&self) {
         self.scheduler_wake.notify_one();
+        self.replicas_wake.notify_one();
+    }
+
+    /// Wakes this replica's scheduler only (another replica made work).
+    pub(crate) fn poke_scheduler_here(&self) {
+        self.scheduler_wake.notify_one();
+    }
+
+    /// Waits until the other replicas are to be woken (coalesced: many pokes while one
+    /// notification is sent make one more).
+    pub(crate) async fn replicas_wake_requested(&self) {
+        self.replicas_wake.notified().await;
     }
 
     /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see

@@ -47,6 +47,8 @@ pub struct ControllerOptions {
     pub tls: bool,
     /// How long node certificates are valid (the controller's default when `None`).
     pub node_certificate_lifetime: Option<Duration>,
+    /// Replicas wake each other through `LISTEN`/`NOTIFY` (the controller's default: on).
+    pub wake_replicas: bool,
 }
 
 impl ControllerOptions {
@@ -63,6 +65,7 @@ impl ControllerOptions {
             connections: tollgate_controller::listener::ConnectionLimits::default(),
             tls: false,
             node_certificate_lifetime: None,
+            wake_replicas: true,
         }
     }
 }
@@ -122,6 +125,7 @@ impl Controller {
             tollgate_controller::tokens::ApiTokens::new(&options.api_tokens).expect("tokens");
         config.limits = options.limits;
         config.connections = options.connections;
+        config.wake_replicas = options.wake_replicas;
         if let Some(lifetime) = options.node_certificate_lifetime {
             config.node_certificate_lifetime = lifetime;
         }
