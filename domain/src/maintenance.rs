@@ -45,6 +45,18 @@ impl MaintenanceWindow {
     pub fn is_over(&self, now: Timestamp) -> bool {
         self.ends_at <= now
     }
+
+    /// When the window ends if ended at `now`: now, or its start for one not started yet
+    /// (withdrawn). Refused for a window over already.
+    pub fn end_at(&self, now: Timestamp) -> Result<Timestamp, String> {
+        if self.is_over(now) {
+            return Err(format!(
+                "maintenance window {} is over already; `tollgate maintenance list --all` shows it",
+                self.id
+            ));
+        }
+        Ok(now.max(self.starts_at))
+    }
 }
 
 /// The window holding back a node with `labels` at `now`, if any (the one ending last).
@@ -163,6 +175,19 @@ mod tests {
         assert!(!w.covers(&labels(&[("rack", "r13")]), at(150)));
         assert!(!w.covers(&labels(&[("site", "r12")]), at(150)));
         assert!(!w.covers(&Labels::new(), at(150)));
+    }
+
+    #[test]
+    fn ending_a_window_ends_it_now_withdraws_an_upcoming_one_and_refuses_one_over() {
+        let w = window("rack=r12", 100, 200);
+        assert_eq!(w.end_at(at(150)), Ok(at(150)));
+        assert_eq!(
+            w.end_at(at(50)),
+            Ok(at(100)),
+            "withdrawn: it ends as it starts"
+        );
+        let over = w.end_at(at(200)).expect_err("over");
+        assert!(over.contains("is over already"), "{over}");
     }
 
     #[test]

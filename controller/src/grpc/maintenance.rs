@@ -4,7 +4,7 @@
 use super::status::{FieldErrors, invalid_field_list, invalid_fields, not_found};
 use super::{load_plan, load_release, new_id};
 use crate::shared::Shared;
-use crate::store::{AuditNote, StoreError};
+use crate::store::AuditNote;
 use tollgate_domain::health_plan::{self, HealthPlan};
 use tollgate_domain::maintenance::{self, MaintenanceWindow};
 use tollgate_domain::{NodeId, Timestamp};
@@ -157,24 +157,28 @@ pub async fn end_window(
             "is empty; give a window id (`tollgate maintenance list`)",
         ));
     }
-    let now = shared.now();
-    let note = AuditNote::new(now, actor, "maintenance.end", format!("maintenance/{id}"))
-        .details(serde_json::json!({ "reason": reason.trim() }));
-    let window = match shared.store.end_maintenance_window(&id, now, &note).await {
-        Ok(window) => window,
-        Err(StoreError::Conflict { .. }) => {
-            return Err(Status::failed_precondition(format!(
-                "maintenance window {id} is over already; `tollgate maintenance list --all` \
-                 shows it"
-            )));
-        }
-        Err(StoreError::NotFound { .. }) => {
-            return Err(not_found(format!(
+    let found = shared
+        .store
+        .get_maintenance_window(&id)
+        .await?
+        .ok_or_else(|| {
+            not_found(format!(
                 "maintenance window {id} (`tollgate maintenance list --all` lists them)"
-            )));
-        }
-        Err(error) => return Err(error.into()),
-    };
+            ))
+        })?;
+    let now = shared.now();
+    let ends_at = found.end_at(now).map_err(Status::failed_precondition)?;
+    let note = AuditNote::new(now, actor, "maintenance.end", format!("maintenance/{id}")).details(
+        serde_json::json!({
+            "reason": reason.trim(),
+            "ends_at": ends_at.to_rfc3339(),
+        }),
+    );
+    // A window another caller ended meanwhile: `Aborted`, retry the call.
+    let window = shared
+        .store
+        .end_maintenance_window(&found, ends_at, &note)
+        .await?;
     tracing::info!(
         window = window.id,
         label = window.label(),

@@ -116,49 +116,55 @@ impl Store {
         })
     }
 
-    /// Ends a window at `at` (ends it early, or withdraws one not started yet: then it ends
-    /// when it would have started), with its audit entry; `NotFound` when there is no such
-    /// window, `Conflict` when it is over already. Returns the window as ended.
-    pub async fn end_maintenance_window(
+    /// One window, ended or not.
+    pub async fn get_maintenance_window(
         &self,
         id: &str,
-        at: Timestamp,
+    ) -> Result<Option<MaintenanceWindow>, StoreError> {
+        const SQL: &str = window_query!(" WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| window(&row))
+                .transpose()
+        })
+    }
+
+    /// Moves the end of `window` (as read) to `ends_at`, as `MaintenanceWindow::end_at`
+    /// decided, with its audit entry: a compare-and-set on the end it was decided from
+    /// (`Conflict` when another writer moved it). Returns the window as ended.
+    pub async fn end_maintenance_window(
+        &self,
+        window: &MaintenanceWindow,
+        ends_at: Timestamp,
         note: &AuditNote,
     ) -> Result<MaintenanceWindow, StoreError> {
-        const END: &str = "UPDATE maintenance_windows
-             SET ends_at = CASE WHEN starts_at > $2 THEN starts_at ELSE $2 END,
-                 ended_early_by = $3
-             WHERE id = $1 AND ends_at > $2";
-        const SQL: &str = window_query!(" WHERE id = $1");
+        const END: &str = "UPDATE maintenance_windows SET ends_at = $3, ended_early_by = $4
+             WHERE id = $1 AND ends_at = $2";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let n_rows = sqlx::query(END)
-                .bind(id)
-                .bind(micros(at))
+                .bind(&window.id)
+                .bind(micros(window.ends_at))
+                .bind(micros(ends_at))
                 .bind(&note.actor)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let found = sqlx::query(SQL)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|row| window(&row))
-                .transpose()?;
-            let Some(found) = found else {
-                return Err(StoreError::NotFound {
-                    what: format!("maintenance window {id}"),
-                });
-            };
             if n_rows == 0 {
                 return Err(StoreError::Conflict {
-                    what: format!("maintenance window {id}"),
-                    detail: "it is over already".into(),
+                    what: format!("maintenance window {}", window.id),
+                    detail: "it was ended or changed meanwhile".into(),
                 });
             }
             append_audit!(tx, note);
             tx.commit().await?;
-            Ok(found)
+            Ok(MaintenanceWindow {
+                ends_at,
+                ..window.clone()
+            })
         })
     }
 
