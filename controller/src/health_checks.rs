@@ -113,8 +113,9 @@ async fn start_due(shared: &Shared) -> Result<Vec<DueCheck>, StoreError> {
         })
         .collect();
     let last = shared.store.last_health_checks().await?;
+    let open = shared.store.open_health_checks().await?;
     let windows = shared.store.maintenance_windows(now, false).await?;
-    let due = health_plan::due(&plans, &slots, &waiting, &last, &windows, now);
+    let due = health_plan::due(&plans, &slots, &waiting, &last, &open, &windows, now);
     for check in &due {
         let Some((health_plan, _)) = plans
             .iter()

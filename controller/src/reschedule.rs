@@ -30,9 +30,12 @@ pub async fn attach(
     let Some(job) = store.get_job(&change.job).await? else {
         return Ok(());
     };
-    let Some((_, plan)) = store.run_and_plan(&job.run_id).await? else {
+    let Some((run, plan)) = store.run_and_plan(&job.run_id).await? else {
         return Ok(());
     };
+    if !reschedule::reschedules(run.purpose) {
+        return Ok(());
+    }
     if cause != Cause::DrainDeadline && plan.plan.reschedule_attempts == 0 {
         // The common case: nothing more to load.
         return Ok(());

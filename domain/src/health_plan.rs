@@ -70,15 +70,22 @@ pub struct DueCheck {
 /// node its plan selects (selector and `allowed-plans`) that is ready, connected, `good` or
 /// `suspect`, idle (no active job, none pending: `waiting` lists the nodes with pending jobs),
 /// outside any maintenance window, and not checked by that plan in the last `every_seconds`
-/// (`last_checks`: when each (plan, node) check was last started).
+/// (`last_checks`: when each (plan, node) check was last started). The plan's
+/// `max-concurrent` holds across its checks: `open_checks` lists each check not ended yet,
+/// as (plan, node), and no more start on nodes of a label value than it allows.
 pub fn due(
     plans: &[(HealthPlan, Plan)],
     nodes: &[NodeSlot],
     waiting: &BTreeSet<NodeId>,
     last_checks: &HashMap<(String, NodeId), Timestamp>,
+    open_checks: &[(String, NodeId)],
     windows: &[MaintenanceWindow],
     now: Timestamp,
 ) -> Vec<DueCheck> {
+    let labels_of: HashMap<&NodeId, &crate::fleet::Labels> = nodes
+        .iter()
+        .map(|slot| (&slot.node, &slot.labels))
+        .collect();
     let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
     let mut ordered: Vec<&(HealthPlan, Plan)> = plans.iter().collect();
     ordered.sort_by(|a, b| a.0.plan_name.cmp(&b.0.plan_name));
@@ -104,6 +111,25 @@ pub fn due(
             let last = last_checks.get(&(health_plan.plan_name.clone(), slot.node.clone()));
             if last.is_some_and(|last| now - *last < every) {
                 continue;
+            }
+            if !plan.max_concurrent.is_empty() {
+                let open: Vec<crate::fleet::Labels> = open_checks
+                    .iter()
+                    .filter(|(name, _)| *name == health_plan.plan_name)
+                    .map(|(_, node)| node)
+                    .chain(
+                        checks
+                            .iter()
+                            .filter(|check: &&DueCheck| check.plan == health_plan.plan_name)
+                            .map(|check| &check.node),
+                    )
+                    .filter_map(|node| labels_of.get(node).map(|labels| (*labels).clone()))
+                    .collect();
+                if crate::scheduler::within_limits(&plan.max_concurrent, &slot.labels, &open)
+                    .is_err()
+                {
+                    continue;
+                }
             }
             taken.insert(&slot.node);
             checks.push(DueCheck {
@@ -193,13 +219,14 @@ mod tests {
                 &fleet,
                 &waiting,
                 &last,
+                &[],
                 std::slice::from_ref(&window),
                 at(now),
             )
         };
         assert_eq!(nodes(&due_at(4_599)), ["idle", "suspect"]);
         assert_eq!(nodes(&due_at(4_600)), ["idle", "suspect", "checked"]);
-        assert!(due(&[], &fleet, &waiting, &last, &[], at(0)).is_empty());
+        assert!(due(&[], &fleet, &waiting, &last, &[], &[], at(0)).is_empty());
     }
 
     #[test]
@@ -212,6 +239,7 @@ mod tests {
             &BTreeSet::new(),
             &HashMap::new(),
             &[],
+            &[],
             at(0),
         );
         assert_eq!(
@@ -221,6 +249,40 @@ mod tests {
                 node: "n1".into()
             }]
         );
+    }
+
+    /// `max-concurrent: {rack: 1}` on the health plan: one check at a time per rack, counting
+    /// the checks still open.
+    #[test]
+    fn a_plan_s_max_concurrent_holds_across_its_checks() {
+        let in_rack = |name: &str, rack: &str| {
+            let mut slot = slot(name, "hgx-h100");
+            slot.labels.insert("rack".into(), rack.into());
+            slot
+        };
+        let fleet = [
+            in_rack("r1-a", "r1"),
+            in_rack("r1-b", "r1"),
+            in_rack("r2-a", "r2"),
+            in_rack("r2-b", "r2"),
+        ];
+        let mut limited = health_plan("node-health", 60);
+        limited.1.max_concurrent = [("rack".to_owned(), 1)].into();
+        let plans = [limited];
+        let none = BTreeSet::new();
+        let last = HashMap::new();
+        let checks = due(&plans, &fleet, &none, &last, &[], &[], at(0));
+        assert_eq!(nodes(&checks), ["r1-a", "r2-a"]);
+        // r1-a is still being checked (its own node busy with it): r1 takes no other.
+        let mut busy = fleet.clone();
+        busy[0].has_active_job = true;
+        let open = [("node-health".to_owned(), NodeId("r1-a".into()))];
+        let checks = due(&plans, &busy, &none, &last, &open, &[], at(0));
+        assert_eq!(nodes(&checks), ["r2-a"]);
+        // Another plan's open checks do not count.
+        let other = [("burn-in".to_owned(), NodeId("r1-a".into()))];
+        let checks = due(&plans, &busy, &none, &last, &other, &[], at(0));
+        assert_eq!(nodes(&checks), ["r1-b", "r2-a"]);
     }
 
     #[test]

@@ -104,6 +104,13 @@ pub enum NotRescheduled {
     },
 }
 
+/// Whether jobs of a run for `purpose` are ever started again elsewhere: a qualification's
+/// are; a health check's never (it checks its node: another node's result says nothing of it,
+/// even at a drain deadline).
+pub fn reschedules(purpose: crate::run::RunPurpose) -> bool {
+    purpose == crate::run::RunPurpose::Qualification
+}
+
 /// The node an ended job of `plan` goes to next, and its attempt, or why it is not started
 /// again.
 ///
@@ -177,6 +184,12 @@ pub fn superseded<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_health_check_is_never_started_again_elsewhere() {
+        assert!(reschedules(crate::run::RunPurpose::Qualification));
+        assert!(!reschedules(crate::run::RunPurpose::Health));
+    }
     use crate::test_support::{node, node_ids as ids, plan_for};
 
     fn plan(attempts: u32) -> Plan {

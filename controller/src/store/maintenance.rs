@@ -273,6 +273,24 @@ impl Store {
         })
     }
 
+    /// The checks whose run has not ended, as (plan, node).
+    pub async fn open_health_checks(&self) -> Result<Vec<(String, NodeId)>, StoreError> {
+        const SQL: &str = "SELECT h.plan_name, h.node FROM health_checks h
+             JOIN runs r ON r.id = h.run_id WHERE r.state = $1 ORDER BY h.created_at";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(tollgate_domain::run::RunState::Running.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = Fields::new(row, "health_checks", &["plan_name", "node"]);
+                    Ok((f.text("plan_name")?, NodeId(f.text("node")?)))
+                })
+                .collect()
+        })
+    }
+
     /// The health checks whose run ended and whose node is not yet judged from them, oldest
     /// first, each with the state of its final job.
     pub async fn ended_health_checks(&self) -> Result<Vec<EndedHealthCheck>, StoreError> {

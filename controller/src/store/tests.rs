@@ -2402,6 +2402,10 @@ async fn maintenance_windows_and_health_checks_are_kept_and_judged_once(store: &
         Some(&at(20))
     );
     assert!(store.ended_health_checks().await.expect("ended").is_empty());
+    assert_eq!(
+        store.open_health_checks().await.expect("open"),
+        [(plan.name.clone(), NodeId::from("n1"))]
+    );
     make_running(store, &job.id).await;
     let passed = store
         .test_change(&job.id, JobState::Running, JobState::Passed, None)
@@ -2413,6 +2417,7 @@ async fn maintenance_windows_and_health_checks_are_kept_and_judged_once(store: &
         .expect("passed");
     let ended = store.ended_health_checks().await.expect("ended");
     assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(store.open_health_checks().await.expect("open").is_empty());
     assert_eq!(ended[0].job_state, JobState::Passed);
     assert!(
         store
