@@ -451,7 +451,8 @@ pub fn accept_result(
 ///
 /// A job reassigned after an interruption (see [`compare_heartbeat`]) has results under more
 /// than one lease epoch: the latest epoch's latest attempt is the step's last result, and the
-/// attempts of every epoch count against the step's retries.
+/// attempts that did not pass, of every epoch, count against the step's retries (a passed
+/// step run again because a later one was interrupted used none).
 pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobState> {
     let mut worst = JobState::Passed;
     for (step_index, retries) in step_retries.iter().enumerate() {
@@ -473,17 +474,29 @@ pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobSt
     Some(worst)
 }
 
-/// Attempts a step has used: per lease epoch the highest attempt number (the agent numbers
-/// attempts from 1 under each assignment), added up over epochs.
+/// Attempts of a step that did not pass, added up over lease epochs: what counts against its
+/// `retries` ("extra attempts after a failed or erroring one"). Per epoch the agent numbers
+/// attempts from 1 and starts another only after one that did not pass, so an epoch's
+/// highest attempt number counts them all, less that attempt itself when it passed (or was
+/// skipped). A step that passed and ran again only because the job was reassigned after a
+/// later step's interruption has used none of its retries.
 fn attempts_used<'a>(results: impl Iterator<Item = &'a StepResult>) -> u32 {
-    let mut per_epoch = std::collections::BTreeMap::<u64, u32>::new();
+    let mut per_epoch = std::collections::BTreeMap::<u64, (u32, Outcome)>::new();
     for result in results {
-        let max = per_epoch.entry(result.lease_epoch).or_default();
-        *max = (*max).max(result.attempt);
+        let latest = per_epoch
+            .entry(result.lease_epoch)
+            .or_insert((0, Outcome::Passed));
+        if result.attempt >= latest.0 {
+            *latest = (result.attempt, result.outcome);
+        }
     }
     per_epoch
         .values()
-        .fold(0u32, |sum, n| sum.saturating_add(*n))
+        .map(|(attempt, outcome)| match outcome {
+            Outcome::Passed | Outcome::Skipped => attempt.saturating_sub(1),
+            _ => *attempt,
+        })
+        .fold(0u32, u32::saturating_add)
 }
 
 /// What the agent said about the node's job in one heartbeat.
@@ -733,6 +746,44 @@ mod tests {
             final_state(&[interrupted, failed_again], &[1]),
             Some(JobState::Error)
         );
+    }
+
+    #[test]
+    fn a_passed_step_run_again_after_a_later_interruption_keeps_its_retries() {
+        // Epoch 1: step 0 passed, step 1 was interrupted; epoch 2 reran step 0, which was
+        // interrupted in its turn. Step 0 has one attempt that did not pass, within its one
+        // retry: it runs again, and no attempt of step 1 is invented.
+        let mut results = vec![
+            step_result(0, 1, Outcome::Passed),
+            step_result(1, 1, Outcome::Error),
+            step_result(0, 1, Outcome::Error),
+        ];
+        results[2].lease_epoch = 2;
+        let decision = compare_heartbeat(JobState::Running, 2, IDLE, &results, &names(2), &[1, 1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Interrupted {
+                    step_index: 0,
+                    record_attempt: None,
+                    end: None,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+        // So the job does not end while step 0 has its retry left, even though step 1 used
+        // its only attempt.
+        assert_eq!(final_state(&results, &[1, 0]), None);
+        // A step's own failed attempts in one epoch still count, the passing one not.
+        let mut flaky = vec![
+            step_result(0, 1, Outcome::Failed),
+            step_result(0, 2, Outcome::Passed),
+            step_result(0, 1, Outcome::Failed),
+        ];
+        flaky[2].lease_epoch = 2;
+        assert_eq!(final_state(&flaky, &[1]), Some(JobState::Failed));
+        assert_eq!(final_state(&flaky, &[2]), None);
     }
 
     #[test]
