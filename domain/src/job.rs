@@ -542,6 +542,19 @@ pub enum Liveness {
         /// Why, for the result's message and the log.
         message: String,
     },
+    /// The agent no longer runs the job, holds none of its results, and a step's final
+    /// attempt did not pass: a running agent would have reported the steps after it as
+    /// skipped, which one that restarted meanwhile never does. The job ends as `end` now,
+    /// with nothing recorded for the steps the agent never started and nothing run again
+    /// (running it again would give the step attempts it no longer has).
+    Ended {
+        /// The step whose final attempt did not pass.
+        step_index: u32,
+        /// `Failed` when that attempt failed, else `Error` (as [`final_state`] ranks them).
+        end: JobState,
+        /// Why, for the log.
+        message: String,
+    },
 }
 
 /// Compares what the agent says it runs (every heartbeat) with the job the controller
@@ -572,7 +585,8 @@ pub fn compare_heartbeat(
     if final_state(results, step_retries).is_some() {
         return Liveness::Nothing;
     }
-    // The first step without a final result is the one the agent was in.
+    // The first step without a final result is the one the agent was in, unless a step
+    // before it finally did not pass: the agent was done with the job then.
     for (step_index, retries) in step_retries.iter().enumerate() {
         let of_step: Vec<&StepResult> = results
             .iter()
@@ -580,16 +594,31 @@ pub fn compare_heartbeat(
             .collect();
         let last = final_attempt(of_step.iter().copied(), step_index as u32);
         let n_attempts = attempts_used(of_step.iter().copied());
-        let is_final = last.is_some_and(|last| {
-            matches!(last.outcome, Outcome::Passed | Outcome::Skipped) || n_attempts > *retries
-        });
-        if is_final {
-            continue;
-        }
+        let passed =
+            last.is_some_and(|last| matches!(last.outcome, Outcome::Passed | Outcome::Skipped));
         let name = step_names
             .get(step_index)
             .map_or_else(|| format!("#{step_index}"), Clone::clone);
         let step_index = u32::try_from(step_index).unwrap_or(u32::MAX);
+        if passed {
+            continue;
+        }
+        if let Some(last) = last.filter(|_| n_attempts > *retries) {
+            let end = if last.outcome == Outcome::Failed {
+                JobState::Failed
+            } else {
+                JobState::Error
+            };
+            return Liveness::Ended {
+                step_index,
+                end,
+                message: format!(
+                    "the agent no longer runs the job and step {name}'s final attempt was \
+                     {}: the job ends {end} without the steps after it",
+                    last.outcome
+                ),
+            };
+        }
         let reported_under_epoch = of_step.iter().any(|r| r.lease_epoch == lease_epoch);
         if reported_under_epoch {
             return Liveness::Interrupted {
@@ -784,6 +813,50 @@ mod tests {
         flaky[2].lease_epoch = 2;
         assert_eq!(final_state(&flaky, &[1]), Some(JobState::Failed));
         assert_eq!(final_state(&flaky, &[2]), None);
+    }
+
+    #[test]
+    fn a_step_that_finally_did_not_pass_ends_the_job_without_running_it_again() {
+        // Step 0 was interrupted twice (epochs 1 and 2), its one retry used: the agent,
+        // restarted again, will not report step 1 as skipped. The job ends `error`; no
+        // attempt of step 1, which never started, is invented, and step 0 does not run a
+        // third time.
+        let mut results = vec![
+            step_result(0, 1, Outcome::Error),
+            step_result(0, 1, Outcome::Error),
+        ];
+        results[1].lease_epoch = 2;
+        let decision = compare_heartbeat(JobState::Running, 2, IDLE, &results, &names(2), &[1, 1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Ended {
+                    step_index: 0,
+                    end: JobState::Error,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+        // The thing under test failed and the agent restarted before it reported the rest
+        // skipped: the job fails, and the failed step is not given another chance to pass.
+        let failed = vec![
+            step_result(0, 1, Outcome::Passed),
+            step_result(1, 1, Outcome::Failed),
+        ];
+        let decision =
+            compare_heartbeat(JobState::Running, 1, IDLE, &failed, &names(3), &[0, 0, 2]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Ended {
+                    step_index: 1,
+                    end: JobState::Failed,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
     }
 
     #[test]
