@@ -451,7 +451,8 @@ pub fn accept_result(
 ///
 /// A job reassigned after an interruption (see [`compare_heartbeat`]) has results under more
 /// than one lease epoch: the latest epoch's latest attempt is the step's last result, and the
-/// attempts of every epoch count against the step's retries.
+/// attempts that did not pass, of every epoch, count against the step's retries (a passed
+/// step run again because a later one was interrupted used none).
 pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobState> {
     let mut worst = JobState::Passed;
     for (step_index, retries) in step_retries.iter().enumerate() {
@@ -473,17 +474,29 @@ pub fn final_state(results: &[StepResult], step_retries: &[u32]) -> Option<JobSt
     Some(worst)
 }
 
-/// Attempts a step has used: per lease epoch the highest attempt number (the agent numbers
-/// attempts from 1 under each assignment), added up over epochs.
+/// Attempts of a step that did not pass, added up over lease epochs: what counts against its
+/// `retries` ("extra attempts after a failed or erroring one"). Per epoch the agent numbers
+/// attempts from 1 and starts another only after one that did not pass, so an epoch's
+/// highest attempt number counts them all, less that attempt itself when it passed (or was
+/// skipped). A step that passed and ran again only because the job was reassigned after a
+/// later step's interruption has used none of its retries.
 fn attempts_used<'a>(results: impl Iterator<Item = &'a StepResult>) -> u32 {
-    let mut per_epoch = std::collections::BTreeMap::<u64, u32>::new();
+    let mut per_epoch = std::collections::BTreeMap::<u64, (u32, Outcome)>::new();
     for result in results {
-        let max = per_epoch.entry(result.lease_epoch).or_default();
-        *max = (*max).max(result.attempt);
+        let latest = per_epoch
+            .entry(result.lease_epoch)
+            .or_insert((0, Outcome::Passed));
+        if result.attempt >= latest.0 {
+            *latest = (result.attempt, result.outcome);
+        }
     }
     per_epoch
         .values()
-        .fold(0u32, |sum, n| sum.saturating_add(*n))
+        .map(|(attempt, outcome)| match outcome {
+            Outcome::Passed | Outcome::Skipped => attempt.saturating_sub(1),
+            _ => *attempt,
+        })
+        .fold(0u32, u32::saturating_add)
 }
 
 /// What the agent said about the node's job in one heartbeat.
@@ -529,6 +542,19 @@ pub enum Liveness {
         /// Why, for the result's message and the log.
         message: String,
     },
+    /// The agent no longer runs the job, holds none of its results, and a step's final
+    /// attempt did not pass: a running agent would have reported the steps after it as
+    /// skipped, which one that restarted meanwhile never does. The job ends as `end` now,
+    /// with nothing recorded for the steps the agent never started and nothing run again
+    /// (running it again would give the step attempts it no longer has).
+    Ended {
+        /// The step whose final attempt did not pass.
+        step_index: u32,
+        /// `Failed` when that attempt failed, else `Error` (as [`final_state`] ranks them).
+        end: JobState,
+        /// Why, for the log.
+        message: String,
+    },
 }
 
 /// Compares what the agent says it runs (every heartbeat) with the job the controller
@@ -559,7 +585,8 @@ pub fn compare_heartbeat(
     if final_state(results, step_retries).is_some() {
         return Liveness::Nothing;
     }
-    // The first step without a final result is the one the agent was in.
+    // The first step without a final result is the one the agent was in, unless a step
+    // before it finally did not pass: the agent was done with the job then.
     for (step_index, retries) in step_retries.iter().enumerate() {
         let of_step: Vec<&StepResult> = results
             .iter()
@@ -567,16 +594,31 @@ pub fn compare_heartbeat(
             .collect();
         let last = final_attempt(of_step.iter().copied(), step_index as u32);
         let n_attempts = attempts_used(of_step.iter().copied());
-        let is_final = last.is_some_and(|last| {
-            matches!(last.outcome, Outcome::Passed | Outcome::Skipped) || n_attempts > *retries
-        });
-        if is_final {
-            continue;
-        }
+        let passed =
+            last.is_some_and(|last| matches!(last.outcome, Outcome::Passed | Outcome::Skipped));
         let name = step_names
             .get(step_index)
             .map_or_else(|| format!("#{step_index}"), Clone::clone);
         let step_index = u32::try_from(step_index).unwrap_or(u32::MAX);
+        if passed {
+            continue;
+        }
+        if let Some(last) = last.filter(|_| n_attempts > *retries) {
+            let end = if last.outcome == Outcome::Failed {
+                JobState::Failed
+            } else {
+                JobState::Error
+            };
+            return Liveness::Ended {
+                step_index,
+                end,
+                message: format!(
+                    "the agent no longer runs the job and step {name}'s final attempt was \
+                     {}: the job ends {end} without the steps after it",
+                    last.outcome
+                ),
+            };
+        }
         let reported_under_epoch = of_step.iter().any(|r| r.lease_epoch == lease_epoch);
         if reported_under_epoch {
             return Liveness::Interrupted {
@@ -732,6 +774,88 @@ mod tests {
         assert_eq!(
             final_state(&[interrupted, failed_again], &[1]),
             Some(JobState::Error)
+        );
+    }
+
+    #[test]
+    fn a_passed_step_run_again_after_a_later_interruption_keeps_its_retries() {
+        // Epoch 1: step 0 passed, step 1 was interrupted; epoch 2 reran step 0, which was
+        // interrupted in its turn. Step 0 has one attempt that did not pass, within its one
+        // retry: it runs again, and no attempt of step 1 is invented.
+        let mut results = vec![
+            step_result(0, 1, Outcome::Passed),
+            step_result(1, 1, Outcome::Error),
+            step_result(0, 1, Outcome::Error),
+        ];
+        results[2].lease_epoch = 2;
+        let decision = compare_heartbeat(JobState::Running, 2, IDLE, &results, &names(2), &[1, 1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Interrupted {
+                    step_index: 0,
+                    record_attempt: None,
+                    end: None,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+        // So the job does not end while step 0 has its retry left, even though step 1 used
+        // its only attempt.
+        assert_eq!(final_state(&results, &[1, 0]), None);
+        // A step's own failed attempts in one epoch still count, the passing one not.
+        let mut flaky = vec![
+            step_result(0, 1, Outcome::Failed),
+            step_result(0, 2, Outcome::Passed),
+            step_result(0, 1, Outcome::Failed),
+        ];
+        flaky[2].lease_epoch = 2;
+        assert_eq!(final_state(&flaky, &[1]), Some(JobState::Failed));
+        assert_eq!(final_state(&flaky, &[2]), None);
+    }
+
+    #[test]
+    fn a_step_that_finally_did_not_pass_ends_the_job_without_running_it_again() {
+        // Step 0 was interrupted twice (epochs 1 and 2), its one retry used: the agent,
+        // restarted again, will not report step 1 as skipped. The job ends `error`; no
+        // attempt of step 1, which never started, is invented, and step 0 does not run a
+        // third time.
+        let mut results = vec![
+            step_result(0, 1, Outcome::Error),
+            step_result(0, 1, Outcome::Error),
+        ];
+        results[1].lease_epoch = 2;
+        let decision = compare_heartbeat(JobState::Running, 2, IDLE, &results, &names(2), &[1, 1]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Ended {
+                    step_index: 0,
+                    end: JobState::Error,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+        // The thing under test failed and the agent restarted before it reported the rest
+        // skipped: the job fails, and the failed step is not given another chance to pass.
+        let failed = vec![
+            step_result(0, 1, Outcome::Passed),
+            step_result(1, 1, Outcome::Failed),
+        ];
+        let decision =
+            compare_heartbeat(JobState::Running, 1, IDLE, &failed, &names(3), &[0, 0, 2]);
+        assert!(
+            matches!(
+                decision,
+                Liveness::Ended {
+                    step_index: 1,
+                    end: JobState::Failed,
+                    ..
+                }
+            ),
+            "{decision:?}"
         );
     }
 

@@ -512,6 +512,11 @@ async fn on_running_report(
             end,
             message,
         } => (step_index, record_attempt, end, message),
+        Liveness::Ended {
+            step_index,
+            end,
+            message,
+        } => return end_abandoned(shared, node, &job, &run.id, step_index, end, &message).await,
     };
     let interrupted = Interrupted {
         job: &job,
@@ -621,6 +626,49 @@ async fn record_interrupted(
     shared.notify_changed();
     job_changed(shared, interrupted.run, &change.job);
     Ok(true)
+}
+
+/// Ends a running job its agent no longer runs after one of its steps finally did not pass
+/// (`job::Liveness::Ended`): its last stored result decided how it ends, and the agent, which
+/// restarted before it reported the remaining steps skipped, will report nothing more. The job
+/// is rescheduled when its plan says so. A job that moved meanwhile is left to the next
+/// heartbeat.
+async fn end_abandoned(
+    shared: &Shared,
+    node: &NodeId,
+    job: &JobRecord,
+    run: &RunId,
+    step_index: u32,
+    end: JobState,
+    message: &str,
+) -> Result<(), StoreError> {
+    let Some(facts) = shared.store.job_facts(&job.id).await? else {
+        return Ok(());
+    };
+    if facts.lease_epoch != job.lease_epoch {
+        return Ok(());
+    }
+    let event = JobEvent::StepReported {
+        finished: Some(end),
+    };
+    let mut change = match job::decide(&facts, event, facts.lease_epoch) {
+        Ok(change) => change,
+        Err(refusal) => {
+            tracing::debug!(job = %job.id, %refusal, "abandoned job not ended");
+            return Ok(());
+        }
+    };
+    crate::reschedule::attach(shared, &mut change, false).await?;
+    match shared.store.apply_job_change(&change, shared.now()).await {
+        Ok(()) => {
+            tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
+            shared.notify_changed();
+            job_changed(shared, run, &change);
+            Ok(())
+        }
+        Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Assigns a job its agent no longer runs again, under a new lease epoch, and sends it.
