@@ -304,13 +304,8 @@ pub enum MaintenanceCommand {
         /// When it starts: RFC 3339 (2026-12-06T02:00:00Z) or a date; now when left out.
         #[arg(long, value_name = "TIME")]
         from: Option<String>,
-        /// When it ends: RFC 3339 or a date.
-        #[arg(
-            long,
-            value_name = "TIME",
-            required_unless_present = "duration",
-            conflicts_with = "duration"
-        )]
+        /// When it ends: RFC 3339 or a date (or give --for).
+        #[arg(long, value_name = "TIME", conflicts_with = "duration")]
         until: Option<String>,
         /// How long it lasts from its start, for example 4h (instead of --until).
         #[arg(long = "for", value_name = "DURATION")]

@@ -95,6 +95,10 @@ pub struct Selection {
     /// the plan.
     #[serde(default)]
     pub n_plan_not_allowed: usize,
+    /// Of `waiting`, the nodes whose jobs wait for a maintenance window to end, each with
+    /// which window.
+    #[serde(default)]
+    pub held: Vec<(NodeId, String)>,
 }
 
 /// The node label that restricts which plans a node runs: a comma-separated list of plan
@@ -183,6 +187,13 @@ pub fn select_nodes(
             Some(why) => selection.left_out.push((node.id.clone(), why)),
             None if node.state == NodeState::Ready && held.is_none() => {
                 selection.now.push(node.id.clone())
+            }
+            None if held.is_some() => {
+                selection.waiting.push(node.id.clone());
+                if let Some(window) = held {
+                    let why = crate::maintenance::explain(node.id.as_str(), window);
+                    selection.held.push((node.id.clone(), why));
+                }
             }
             None => selection.waiting.push(node.id.clone()),
         }
@@ -817,6 +828,13 @@ mod tests {
             select_nodes(&plan, &fleet, Selecting::ReadyAndBusy, &windows, at(150)).expect("nodes");
         assert_eq!(waits.now, ids(&["b"]));
         assert_eq!(waits.waiting, ids(&["a"]));
+        assert!(
+            waits.held[0]
+                .1
+                .starts_with("a is in maintenance window mw-1"),
+            "{:?}",
+            waits.held
+        );
         let now =
             select_nodes(&plan, &fleet, Selecting::ReadyNow, &windows, at(150)).expect("nodes");
         assert_eq!(now.now, ids(&["b"]));

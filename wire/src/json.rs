@@ -253,6 +253,7 @@ pub fn run(run: &pb::Run) -> Value {
         waiting,
         left_out,
         n_plan_not_allowed,
+        held,
     }) = selection
     {
         value["selection"] = json!({
@@ -260,6 +261,7 @@ pub fn run(run: &pb::Run) -> Value {
             "waiting": waiting,
             "left_out": left_out,
             "n_plan_not_allowed": n_plan_not_allowed,
+            "held": held,
         });
     }
     value

@@ -402,15 +402,23 @@ pub fn format_started(run: &pb::Run) -> String {
     if let Some(selection) = &run.selection {
         let _ = writeln!(
             out,
-            "  {} node(s) selected now, {} waiting for their current job to end{}",
+            "  {} node(s) selected now, {} waiting for their current job{} to end{}",
             selection.now.len(),
             selection.waiting.len(),
+            if selection.held.is_empty() {
+                ""
+            } else {
+                " or a maintenance window"
+            },
             if selection.left_out.is_empty() {
                 String::new()
             } else {
                 format!("; left out: {}", selection.left_out.join(", "))
             }
         );
+        for why in &selection.held {
+            let _ = writeln!(out, "  waiting: {why}");
+        }
         if selection.n_plan_not_allowed > 0 {
             let _ = writeln!(
                 out,
@@ -450,6 +458,12 @@ pub fn format_ended(run: &pb::Run) -> String {
 pub fn format_run(run: &pb::Run) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run {}", run.id);
+    if run.purpose == "health" {
+        let _ = writeln!(
+            out,
+            "purpose:   periodic health check of its node (never gate or report evidence)"
+        );
+    }
     let _ = writeln!(out, "release:   {} at {}", run.release, run.milestone);
     let _ = writeln!(
         out,
@@ -598,7 +612,16 @@ pub fn format_run_table(runs: &[pb::Run]) -> String {
             run.id.clone(),
             run.release.clone(),
             run.milestone.clone(),
-            format!("{}@{}", run.plan_name, short_hash(&run.plan_version)),
+            format!(
+                "{}@{}{}",
+                run.plan_name,
+                short_hash(&run.plan_version),
+                if run.purpose == "health" {
+                    " (health check)"
+                } else {
+                    ""
+                }
+            ),
             run.state.clone(),
             format_job_counts(&run.jobs),
             format_time(run.created_at.as_ref()),
@@ -658,6 +681,33 @@ mod tests {
     }
 
     #[test]
+    fn a_health_check_says_so_in_run_show_and_run_list() {
+        let check = pb::Run {
+            id: "run-1".into(),
+            plan_name: "node-health".into(),
+            plan_version: "26017f9cf4da".into(),
+            purpose: "health".into(),
+            ..Default::default()
+        };
+        assert!(
+            format_run(&check).contains("purpose:   periodic health check of its node"),
+            "{}",
+            format_run(&check)
+        );
+        let table = format_run_table(std::slice::from_ref(&check));
+        assert!(
+            table.contains("node-health@26017f9cf4da (health check)"),
+            "{table}"
+        );
+        let qualification = pb::Run {
+            purpose: "qualification".into(),
+            ..check
+        };
+        assert!(!format_run(&qualification).contains("purpose"));
+        assert!(!format_run_table(&[qualification]).contains("health check"));
+    }
+
+    #[test]
     fn run_show_says_which_job_a_rescheduled_one_replaced() {
         let mut out = String::new();
         format_job(&mut out, &job("pending", Vec::new()));
@@ -709,6 +759,7 @@ mod tests {
                 waiting: vec!["n2".into()],
                 left_out: vec!["n3 is unreachable".into()],
                 n_plan_not_allowed: 0,
+                held: Vec::new(),
             }),
             plan_name: "burn-in".into(),
             ..Default::default()

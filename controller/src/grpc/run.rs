@@ -174,6 +174,7 @@ fn selection_to_proto(selection: &Selection) -> proto::NodeSelection {
             .map(|(_, why)| why.clone())
             .collect(),
         n_plan_not_allowed: u32::try_from(selection.n_plan_not_allowed).unwrap_or(u32::MAX),
+        held: selection.held.iter().map(|(_, why)| why.clone()).collect(),
     }
 }
 
