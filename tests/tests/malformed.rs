@@ -41,6 +41,10 @@ enum Call {
     RetireNode(v1::RetireNodeRequest),
     EnrollNode(v1::EnrollNodeRequest),
     RevokeNode(v1::RevokeNodeRequest),
+    AddMaintenanceWindow(v1::AddMaintenanceWindowRequest),
+    EndMaintenanceWindow(v1::EndMaintenanceWindowRequest),
+    SetHealthPlan(v1::SetHealthPlanRequest),
+    RemoveHealthPlan(v1::RemoveHealthPlanRequest),
     Register(v1::RegisterRequest),
     ReportResult(Box<v1::StepResult>),
     Enroll(v1::EnrollRequest),
@@ -73,6 +77,10 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::RetireNode(r) => clients.nodes.retire_node(r).await.map(drop),
         Call::EnrollNode(r) => clients.nodes.enroll_node(r).await.map(drop),
         Call::RevokeNode(r) => clients.nodes.revoke_node(r).await.map(drop),
+        Call::AddMaintenanceWindow(r) => clients.nodes.add_maintenance_window(r).await.map(drop),
+        Call::EndMaintenanceWindow(r) => clients.nodes.end_maintenance_window(r).await.map(drop),
+        Call::SetHealthPlan(r) => clients.nodes.set_health_plan(r).await.map(drop),
+        Call::RemoveHealthPlan(r) => clients.nodes.remove_health_plan(r).await.map(drop),
         Call::Register(r) => agent.register(r).await.map(drop),
         Call::ReportResult(r) => agent.report_result(*r).await.map(drop),
         Call::Enroll(r) => agent.enroll(r).await.map(drop),
@@ -607,6 +615,105 @@ fn node_and_agent_cases(cases: &mut Vec<(&'static str, Call)>) {
             deadline_seconds: 8 * 24 * 3600,
         }),
     ));
+    // A window a day from now, for an hour: every field of it bad in turn.
+    let in_a_day = prost_types::Timestamp {
+        seconds: 4_102_444_800,
+        nanos: 0,
+    };
+    let window = || v1::AddMaintenanceWindowRequest {
+        label: "rack=r12".into(),
+        starts_at: Some(in_a_day),
+        ends_at: Some(prost_types::Timestamp {
+            seconds: in_a_day.seconds + 3600,
+            nanos: 0,
+        }),
+        reason: "PDU swap".into(),
+    };
+    for label in [
+        EMPTY.to_owned(),
+        "rack".to_owned(),
+        over_name(),
+        NUL.to_owned(),
+    ] {
+        cases.push((
+            "label",
+            Call::AddMaintenanceWindow(v1::AddMaintenanceWindowRequest { label, ..window() }),
+        ));
+    }
+    cases.push((
+        "ends_at",
+        Call::AddMaintenanceWindow(v1::AddMaintenanceWindowRequest {
+            ends_at: None,
+            ..window()
+        }),
+    ));
+    cases.push((
+        "ends_at",
+        Call::AddMaintenanceWindow(v1::AddMaintenanceWindowRequest {
+            ends_at: Some(in_a_day),
+            ..window()
+        }),
+    ));
+    cases.push((
+        "starts_at",
+        Call::AddMaintenanceWindow(v1::AddMaintenanceWindowRequest {
+            starts_at: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            ..window()
+        }),
+    ));
+    cases.push((
+        "reason",
+        Call::AddMaintenanceWindow(v1::AddMaintenanceWindowRequest {
+            reason: " ".into(),
+            ..window()
+        }),
+    ));
+    for id in [EMPTY.to_owned(), over_name(), NUL.to_owned()] {
+        cases.push((
+            "id",
+            Call::EndMaintenanceWindow(v1::EndMaintenanceWindowRequest {
+                id,
+                reason: String::new(),
+            }),
+        ));
+    }
+    let health_plan = || v1::SetHealthPlanRequest {
+        plan: "gpu-qual".into(),
+        release: "r1".into(),
+        every_seconds: 3600,
+    };
+    for name in names() {
+        cases.push((
+            "plan",
+            Call::SetHealthPlan(v1::SetHealthPlanRequest {
+                plan: name.clone(),
+                ..health_plan()
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::SetHealthPlan(v1::SetHealthPlanRequest {
+                release: name.clone(),
+                ..health_plan()
+            }),
+        ));
+        cases.push((
+            "plan",
+            Call::RemoveHealthPlan(v1::RemoveHealthPlanRequest { plan: name.clone() }),
+        ));
+    }
+    for every_seconds in [0, 59, 90 * 86_400 + 1] {
+        cases.push((
+            "every_seconds",
+            Call::SetHealthPlan(v1::SetHealthPlanRequest {
+                every_seconds,
+                ..health_plan()
+            }),
+        ));
+    }
     cases.push((
         "ttl_seconds",
         Call::EnrollNode(v1::EnrollNodeRequest {
