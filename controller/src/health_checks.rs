@@ -9,7 +9,6 @@ use crate::shared::Shared;
 use crate::store::{AuditNote, JobRecord, RunPurpose, RunRecord, RunState, StoreError};
 use std::collections::BTreeSet;
 use tollgate_domain::health_plan::{self, DueCheck};
-use tollgate_domain::job::JobState;
 use tollgate_domain::node::HealthEvent;
 use tollgate_domain::scheduler::NodeSlot;
 use tollgate_domain::{JobId, RunId};
@@ -138,17 +137,8 @@ async fn start_due(shared: &Shared) -> Result<Vec<DueCheck>, StoreError> {
             finished_at: None,
             purpose: RunPurpose::Health,
         };
-        let job = JobRecord {
-            id: JobId::new(new_id("job")),
-            run_id: run.id.clone(),
-            node: check.node.clone(),
-            state: JobState::Pending,
-            lease_epoch: 0,
-            created_at: now,
-            updated_at: now,
-            attempt: 1,
-            rescheduled_from: None,
-        };
+        let job =
+            JobRecord::first_pending(JobId::new(new_id("job")), &run, check.node.clone(), now);
         let note = AuditNote::new(now, ACTOR, "health.check", format!("run/{}", run.id))
             .release(&run.release)
             .details(serde_json::json!({

@@ -1907,14 +1907,7 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
         }
     })
     .await;
-    let mut a = Agent::enroll(&controller, "node-a").await;
-    let mut b = Agent::enroll(&controller, "node-b").await;
-    eventually("both nodes ready", || async {
-        (controller.node("node-a").await.state == "ready"
-            && controller.node("node-b").await.state == "ready")
-            .then_some(())
-    })
-    .await;
+    let (mut a, mut b) = two_ready_agents(&controller).await;
     controller
         .releases()
         .create_release(release_request("r550", "550.54.15"))
@@ -2100,14 +2093,7 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
 #[tokio::test]
 async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
     let controller = Controller::start().await;
-    let mut a = Agent::enroll(&controller, "node-a").await;
-    let mut b = Agent::enroll(&controller, "node-b").await;
-    eventually("both nodes ready", || async {
-        (controller.node("node-a").await.state == "ready"
-            && controller.node("node-b").await.state == "ready")
-            .then_some(())
-    })
-    .await;
+    let (mut a, mut b) = two_ready_agents(&controller).await;
 
     let status = controller
         .nodes()
@@ -2202,4 +2188,17 @@ async fn no_job_starts_in_a_maintenance_window_until_it_ends() {
     );
     assert_eq!(audit_details(&controller, "maintenance.end").await.len(), 1);
     controller.stop().await;
+}
+
+/// Agents for node-a and node-b, once both nodes are ready.
+async fn two_ready_agents(controller: &Controller) -> (Agent, Agent) {
+    let a = Agent::enroll(controller, "node-a").await;
+    let b = Agent::enroll(controller, "node-b").await;
+    eventually("both nodes ready", || async {
+        (controller.node("node-a").await.state == "ready"
+            && controller.node("node-b").await.state == "ready")
+            .then_some(())
+    })
+    .await;
+    (a, b)
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::job::JobState;
 use tollgate_domain::scheduler::{Selecting, Selection};
 use tollgate_domain::{JobId, NodeId, ReleaseId, RunId};
 use tollgate_proto::v1::{self as proto, run_service_server::RunService};
@@ -139,17 +138,7 @@ fn new_jobs(
 ) -> (Vec<JobRecord>, AuditNote) {
     let jobs: Vec<JobRecord> = selection
         .nodes()
-        .map(|node| JobRecord {
-            id: JobId::new(new_id("job")),
-            run_id: run.id.clone(),
-            node: node.clone(),
-            state: JobState::Pending,
-            lease_epoch: 0,
-            created_at: now,
-            updated_at: now,
-            attempt: 1,
-            rescheduled_from: None,
-        })
+        .map(|node| JobRecord::first_pending(JobId::new(new_id("job")), run, node.clone(), now))
         .collect();
     let note = AuditNote::new(now, actor, "run.start", format!("run/{}", run.id))
         .release(&run.release)

@@ -155,6 +155,23 @@ pub struct JobRecord {
     pub rescheduled_from: Option<JobId>,
 }
 
+impl JobRecord {
+    /// A new run's job `id` for `node`: pending, never assigned, its first attempt.
+    pub fn first_pending(id: JobId, run: &RunRecord, node: NodeId, now: Timestamp) -> Self {
+        Self {
+            id,
+            run_id: run.id.clone(),
+            node,
+            state: JobState::Pending,
+            lease_epoch: 0,
+            created_at: now,
+            updated_at: now,
+            attempt: 1,
+            rescheduled_from: None,
+        }
+    }
+}
+
 /// A stored plan version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredPlan {
