@@ -6,14 +6,31 @@
 //! spools end empty and no step process is left. On SQLite and on PostgreSQL (the latter when
 //! `TOLLGATE_TEST_DATABASE_URL` is set; otherwise it says it was skipped).
 //!
+//! Kernels built without `sch_netem` get a fallback made of what they do have, so the test
+//! still runs through real faults rather than skipping:
+//! - a `tbf` throttle on both ends in place of the delay: a low rate and a small bucket, so
+//!   packets queue behind it, and any that would wait longer than its latency are dropped;
+//!   there is no jitter, so nothing is reordered;
+//! - loss, where the kernel has `htb` and the `u32` classifier: an `htb` root whose `u32`
+//!   filters send to a `blackhole` class the packets whose IP identification falls in the
+//!   phase's residues mod 16 (1 of 16 for 5 %, 5 of 16 for 30 %). Linux numbers a TCP
+//!   connection's packets one after another, so this drops a fixed share of each connection's
+//!   packets, spread out, and a resent packet has a new number; without `htb` or `u32` the
+//!   lossy phases are the throttle alone;
+//! - the blackout: a `blackhole` root qdisc on both ends, then the throttle again.
+//!
+//! The test prints which set it used (netem, or the fallback and which of its parts), and
+//! after each phase what the qdiscs sent and dropped.
+//!
 //! Off the loopback address the controller serves TLS only: it runs with a throwaway lab CA,
 //! the agents enroll with bootstrap tokens, and the test calls it with an API token.
 //!
-//! Needs root (network namespaces, veth, `tc`) and the kernel's `sch_netem`; without them the
-//! test says why it was skipped and passes, unless `TOLLGATE_REQUIRE_NETEM=1` makes that a
-//! failure. The namespace and the veth pair are deleted at the end, also when the test fails.
-//! Runs the `tollgate-controller` and `tollgate-agent` binaries (`cargo build --workspace
-//! --bins` first).
+//! Needs root (network namespaces, veth, `tc`) and either `sch_netem` or, for the fallback,
+//! `tbf` and `blackhole`. Without them the test says why it was skipped and passes, unless
+//! `TOLLGATE_REQUIRE_NETEM=1` makes that a failure (the fallback is no skip: that variable asks
+//! for network faults of either set, not for netem itself). The namespace and the veth pair
+//! are deleted at the end, also when the test fails. Runs the `tollgate-controller` and
+//! `tollgate-agent` binaries (`cargo build --workspace --bins` first).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -40,10 +57,6 @@ const STEPS: u32 = 24;
 const STEP_SECONDS: f64 = 0.3;
 /// How long the test waits for any one state; the faults slow everything down.
 const PATIENCE: Duration = Duration::from_secs(90);
-/// The delay (and its jitter, which reorders packets) on each end of the veth pair: what
-/// leaves the namespace (agent to controller), and what enters it.
-const AGENT_SIDE_DELAY: &str = "delay 80ms 40ms";
-const CONTROLLER_SIDE_DELAY: &str = "delay 20ms 10ms";
 /// The packet loss in each phase of the run, with how long it lasts (the last lasts until
 /// the run ends). The blackout outlasts the agents' HTTP/2 keepalive (a ping every 10 s,
 /// answered within 5 s), so their connections break and they reconnect and send again what
@@ -76,7 +89,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// A network namespace with one end of a veth pair, the other end here, and netem on both
+/// A network namespace with one end of a veth pair, the other end here, and the faults on both
 /// ends. Deleted on drop (the namespace, and the pair with its host end), whatever happened.
 struct NetNs {
     name: String,
@@ -84,12 +97,80 @@ struct NetNs {
     ns_if: String,
     /// The host end's address: the controller listens on it.
     host_addr: Ipv4Addr,
+    /// What [`NetNs::set_loss`] puts on the ends; chosen once, by [`NetNs::create`].
+    faults: Faults,
+}
+
+/// The set of faults this kernel can make.
+#[derive(Debug)]
+enum Faults {
+    /// `netem` on both ends: delay with jitter, which reorders packets, and random loss.
+    Netem,
+    /// No `sch_netem` (`netem_error` says how `tc` refused it): `tbf`, `blackhole`, and `loss`.
+    Fallback { netem_error: String, loss: Loss },
+}
+
+/// How the fallback drops a share of the packets.
+#[derive(Debug)]
+enum Loss {
+    /// An `htb` root whose `u32` filters send packets by IP identification to a `blackhole`
+    /// class, the rest to the throttle.
+    ByIpId,
+    /// The kernel refused that (the reason); the lossy phases are the throttle alone.
+    Unavailable(String),
+}
+
+/// One end of the veth pair.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// In the namespace: what it sends goes from the agents to the controller.
+    Agent,
+    /// Here: what it sends goes from the controller to the agents.
+    Controller,
+}
+
+impl End {
+    /// netem's delay with its jitter, which reorders packets.
+    fn delay(self) -> &'static str {
+        match self {
+            End::Agent => "delay 80ms 40ms",
+            End::Controller => "delay 20ms 10ms",
+        }
+    }
+
+    /// The fallback's stand-in for the delay: `tbf` at a low rate (a full-sized packet takes
+    /// 47 ms at 256 kbit/s, 12 ms at 1 Mbit/s) with a bucket of two full-sized packets, so
+    /// packets queue, and what would wait longer than the latency is dropped.
+    fn throttle(self) -> &'static str {
+        match self {
+            End::Agent => "rate 256kbit burst 3028 latency 400ms",
+            End::Controller => "rate 1mbit burst 3028 latency 200ms",
+        }
+    }
+}
+
+/// The residues of the IP identification, mod 16, whose packets the fallback drops: the
+/// first `n` for a loss of `n` in 16. In bit-reversed order, so that any first few are
+/// spread over the 16. Never 0: packets sent outside a connection (a listener's SYN-ACK, a
+/// reset) carry identification 0, and dropping every SYN-ACK would refuse every reconnection.
+const LOSS_RESIDUES: [u16; 15] = [1, 9, 5, 13, 3, 11, 7, 15, 2, 10, 6, 14, 4, 12, 8];
+
+/// The residues for `loss_percent` % loss (below 100): the nearest number of sixteenths, at
+/// least one when there is any loss.
+fn loss_residues(loss_percent: u32) -> &'static [u16] {
+    let n = match (loss_percent * 16 + 50) / 100 {
+        0 if loss_percent > 0 => 1,
+        n => usize::try_from(n)
+            .expect("at most 16")
+            .min(LOSS_RESIDUES.len()),
+    };
+    &LOSS_RESIDUES[..n]
 }
 
 impl NetNs {
     /// Makes the namespace and the pair, addresses them (a /30 of 10.213.0.0/16 no local
-    /// interface uses), and adds netem with [`PHASES`]' last loss on both ends. `Err` says
-    /// what the host does not allow.
+    /// interface uses), chooses the faults (netem, or else the fallback) and puts
+    /// [`PHASES`]' last loss on both ends. `Err` says what the host does not allow.
     fn create() -> Result<Self, String> {
         let pid = std::process::id();
         let n = NEXT_NETNS.fetch_add(1, Ordering::SeqCst);
@@ -104,11 +185,12 @@ impl NetNs {
             .ok_or("every 10.213.X.0/30 is in use here")?;
         let third = u8::try_from(third).expect("below 256");
         // Interface names have at most 15 bytes.
-        let netns = NetNs {
+        let mut netns = NetNs {
             name: format!("tollgate-netem-{pid}-{n}"),
             host_if: format!("tg{}h{n}", pid % 100_000),
             ns_if: format!("tg{}n{n}", pid % 100_000),
             host_addr: Ipv4Addr::new(10, 213, third, 1),
+            faults: Faults::Netem,
         };
         run("ip", &["netns", "add", &netns.name])?;
         // From here on, dropping `netns` cleans up whatever was made.
@@ -133,8 +215,92 @@ impl NetNs {
         netns.exec(&["ip", "addr", "add", &ns_cidr, "dev", &netns.ns_if])?;
         netns.exec(&["ip", "link", "set", &netns.ns_if, "up"])?;
         netns.exec(&["ip", "link", "set", "lo", "up"])?;
-        netns.set_loss(PHASES[PHASES.len() - 1].0)?;
+        netns.choose_faults()?;
         Ok(netns)
+    }
+
+    /// Tries netem, then the fallback with loss, then the fallback without, and leaves the
+    /// first that works on both ends with [`PHASES`]' last loss. Every set must also make the
+    /// blackout, so that is tried before. `Err` when neither netem nor `tbf` with
+    /// `blackhole` can be made.
+    fn choose_faults(&mut self) -> Result<(), String> {
+        let last = PHASES[PHASES.len() - 1].0;
+        self.faults = Faults::Netem;
+        let Err(netem_error) = self.set_loss(100).and_then(|()| self.set_loss(last)) else {
+            return Ok(());
+        };
+        self.faults = Faults::Fallback {
+            netem_error: netem_error.clone(),
+            loss: Loss::ByIpId,
+        };
+        let Err(loss_error) = self.set_loss(100).and_then(|()| self.set_loss(last)) else {
+            return Ok(());
+        };
+        self.faults = Faults::Fallback {
+            netem_error: netem_error.clone(),
+            loss: Loss::Unavailable(loss_error),
+        };
+        self.set_loss(100)
+            .and_then(|()| self.set_loss(last))
+            .map_err(|error| {
+                format!("no netem ({netem_error}), and no tbf or blackhole instead ({error})")
+            })
+    }
+
+    /// What the faults are, for the test's output.
+    fn describe_faults(&self) -> String {
+        let ends = |what: fn(End) -> &'static str| {
+            format!(
+                "agent end `{}`, controller end `{}`",
+                what(End::Agent),
+                what(End::Controller)
+            )
+        };
+        match &self.faults {
+            Faults::Netem => format!(
+                "network faults: netem on both ends (delay with jitter: {}; random loss by \
+                 phase)",
+                ends(End::delay)
+            ),
+            Faults::Fallback { netem_error, loss } => {
+                let loss = match loss {
+                    Loss::ByIpId => "loss: an htb root whose u32 filters send the packets \
+                                     with chosen IP identifications mod 16 to a blackhole class"
+                        .to_owned(),
+                    Loss::Unavailable(error) => {
+                        format!("loss: NONE, the lossy phases are the throttle alone ({error})")
+                    }
+                };
+                format!(
+                    "network faults: FALLBACK, netem is unavailable ({netem_error}); delay: a \
+                     tbf throttle instead, no jitter, no reordering ({}); {loss}; blackout: a \
+                     blackhole root qdisc",
+                    ends(End::throttle)
+                )
+            }
+        }
+    }
+
+    /// What a phase with `loss_percent` % loss does with these faults, for the output.
+    fn describe_loss(&self, loss_percent: u32) -> String {
+        match &self.faults {
+            Faults::Netem => format!("{loss_percent} % random loss"),
+            Faults::Fallback { .. } if loss_percent >= 100 => "blackout (blackhole)".to_owned(),
+            Faults::Fallback {
+                loss: Loss::ByIpId, ..
+            } => {
+                let residues = loss_residues(loss_percent);
+                format!(
+                    "{} % loss (throttle, and IP identification mod 16 in {residues:?}; \
+                     netem would drop {loss_percent} %)",
+                    residues.len() * 100 / 16
+                )
+            }
+            Faults::Fallback {
+                loss: Loss::Unavailable(_),
+                ..
+            } => format!("throttle only (netem would drop {loss_percent} %)"),
+        }
     }
 
     /// The namespace end's address: the agents' source address.
@@ -150,28 +316,135 @@ impl NetNs {
         run("ip", &args)
     }
 
-    /// Sets both ends' netem qdisc: their delay and `loss_percent` packet loss.
-    fn set_loss(&self, loss_percent: u32) -> Result<(), String> {
-        let loss = format!("{loss_percent}%");
-        let netem = |dev: &str, delay: &str| {
-            let mut args = vec!["qdisc", "replace", "dev", dev, "root", "netem"];
-            args.extend(delay.split(' '));
-            args.extend(["loss", loss.as_str()]);
-            args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    /// Runs `tc` with `args` where `end` is, with `{dev}` standing for its interface.
+    fn tc(&self, end: End, args: &str) -> Result<(), String> {
+        let dev = match end {
+            End::Agent => &self.ns_if,
+            End::Controller => &self.host_if,
         };
-        let agent_side = netem(&self.ns_if, AGENT_SIDE_DELAY);
-        let mut in_ns = vec!["tc"];
-        in_ns.extend(agent_side.iter().map(String::as_str));
-        self.exec(&in_ns)?;
-        let controller_side = netem(&self.host_if, CONTROLLER_SIDE_DELAY);
-        run(
-            "tc",
-            &controller_side
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
+        let args: Vec<&str> = args
+            .split_whitespace()
+            .map(|arg| if arg == "{dev}" { dev.as_str() } else { arg })
+            .collect();
+        match end {
+            End::Agent => {
+                let mut command = vec!["tc"];
+                command.extend(args);
+                self.exec(&command)
+            }
+            End::Controller => run("tc", &args),
+        }
     }
+
+    /// Puts `loss_percent` % loss (100: a blackout) on both ends, with the chosen faults.
+    fn set_loss(&self, loss_percent: u32) -> Result<(), String> {
+        for end in [End::Agent, End::Controller] {
+            match &self.faults {
+                Faults::Netem => self.tc(
+                    end,
+                    &format!(
+                        "qdisc replace dev {{dev}} root netem {} loss {loss_percent}%",
+                        end.delay()
+                    ),
+                )?,
+                Faults::Fallback { .. } if loss_percent >= 100 => {
+                    self.tc(end, "qdisc replace dev {dev} root blackhole")?;
+                }
+                Faults::Fallback {
+                    loss: Loss::ByIpId, ..
+                } => {
+                    // Built anew each time: the root may be the blackout's. Deleting fails
+                    // where there is no root qdisc yet, which is fine.
+                    let _ = self.tc(end, "qdisc del dev {dev} root");
+                    self.tc(end, "qdisc add dev {dev} root handle 1: htb default 1")?;
+                    // The two classes do not limit (the throttle is the leaf below); an
+                    // explicit quantum keeps htb from warning about its default one.
+                    for class in ["1:1", "1:2"] {
+                        self.tc(
+                            end,
+                            &format!(
+                                "class add dev {{dev}} parent 1: classid {class} htb rate \
+                                 10gbit quantum 60000"
+                            ),
+                        )?;
+                    }
+                    self.tc(
+                        end,
+                        &format!(
+                            "qdisc add dev {{dev}} parent 1:1 handle 10: tbf {}",
+                            end.throttle()
+                        ),
+                    )?;
+                    self.tc(end, "qdisc add dev {dev} parent 1:2 handle 20: blackhole")?;
+                    // The IP identification is the 16 bits at offset 4 of the IP header.
+                    for residue in loss_residues(loss_percent) {
+                        self.tc(
+                            end,
+                            &format!(
+                                "filter add dev {{dev}} parent 1: protocol ip prio 1 u32 \
+                                 match u16 {residue} 0x000f at 4 flowid 1:2"
+                            ),
+                        )?;
+                    }
+                }
+                Faults::Fallback {
+                    loss: Loss::Unavailable(_),
+                    ..
+                } => self.tc(
+                    end,
+                    &format!("qdisc replace dev {{dev}} root tbf {}", end.throttle()),
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What each end's qdiscs sent and dropped, for the output: `tc -s qdisc show` in one line.
+    /// A qdisc counts from when it was made; one changed in place (netem's, a lone `tbf`)
+    /// keeps counting, the fallback's `htb` tree and the blackout are made anew each phase.
+    fn qdisc_stats(&self) -> String {
+        [(End::Agent, &self.ns_if), (End::Controller, &self.host_if)]
+            .into_iter()
+            .map(|(end, dev)| {
+                let mut command = match end {
+                    End::Agent => {
+                        let mut command = std::process::Command::new("ip");
+                        command.args(["netns", "exec", &self.name, "tc"]);
+                        command
+                    }
+                    End::Controller => std::process::Command::new("tc"),
+                };
+                let shown = match command.args(["-s", "qdisc", "show", "dev", dev]).output() {
+                    Ok(output) => summarize_qdisc_stats(&String::from_utf8_lossy(&output.stdout)),
+                    Err(error) => format!("`tc -s qdisc show` could not run: {error}"),
+                };
+                format!("{end:?} end {dev}: {shown}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `tc -s qdisc show`'s output in one line: each qdisc's kind, with what it sent and dropped.
+fn summarize_qdisc_stats(shown: &str) -> String {
+    let mut qdiscs = Vec::new();
+    let mut lines = shown.lines();
+    while let Some(line) = lines.next() {
+        let Some(kind) = line.strip_prefix("qdisc ") else {
+            continue;
+        };
+        let kind = kind.split_whitespace().next().unwrap_or_default();
+        // The next line reads ` Sent 232582 bytes 336 pkt (dropped 17, overlimits 103 ...`.
+        let counts = lines.next().unwrap_or_default().trim();
+        let counts = counts
+            .split_once(" bytes ")
+            .map_or(counts, |(_, after)| after)
+            .split(" requeues")
+            .next()
+            .unwrap_or_default();
+        qdiscs.push(format!("{kind} sent {counts})"));
+    }
+    qdiscs.join(", ")
 }
 
 impl Drop for NetNs {
@@ -443,8 +716,8 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
                 "TOLLGATE_REQUIRE_NETEM=1, but the network faults cannot be made here: {reason}"
             );
             println!(
-                "skipped: the network faults cannot be made here: {reason}; run as root with \
-                 the sch_netem module (modprobe sch_netem)"
+                "skipped: the network faults cannot be made here: {reason}; run as root on a \
+                 kernel with sch_netem (modprobe sch_netem), or with tbf and blackhole"
             );
             return;
         }
@@ -477,15 +750,14 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
     std::fs::write(&tokens, format!("netem-test {secret}\n")).expect("write the API tokens");
     let controller =
         ControllerProcess::start(dir.path(), netns.host_addr, &database_url, &tokens).await;
+    println!("{}", netns.describe_faults());
     println!(
-        "controller at {} (host end {}); agents in namespace {} behind {} ({}, {}), {} % loss",
+        "controller at {} (host end {}); agents in namespace {} behind {}; {}",
         controller.url,
         netns.host_if,
         netns.name,
         netns.ns_if,
-        AGENT_SIDE_DELAY,
-        CONTROLLER_SIDE_DELAY,
-        PHASES[PHASES.len() - 1].0
+        netns.describe_loss(PHASES[PHASES.len() - 1].0)
     );
     let mut manager = Manager::connect(&controller.url, &ca_file, &secret).await;
 
@@ -538,7 +810,7 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
     for (loss, duration) in PHASES {
         netns
             .set_loss(loss)
-            .unwrap_or_else(|error| panic!("netem worked at the start: {error}"));
+            .unwrap_or_else(|error| panic!("the faults worked at the start: {error}"));
         let stored: usize = manager
             .run(&run.id)
             .await
@@ -546,8 +818,17 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
             .iter()
             .map(|job| job.results.len())
             .sum();
-        println!("{loss} % loss for {duration:?}, {stored} results stored so far");
+        println!(
+            "{} for {duration:?}, {stored} results stored so far",
+            netns.describe_loss(loss)
+        );
         tokio::time::sleep(duration).await;
+        if !duration.is_zero() {
+            println!(
+                "  qdisc counters, since the qdiscs were made: {}",
+                netns.qdisc_stats()
+            );
+        }
     }
 
     let run = manager
@@ -573,6 +854,10 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
          duplicates of stored ones",
         count_in_agent_logs(dir.path(), "stream to the controller open"),
         count_in_agent_logs(dir.path(), "duplicate=true")
+    );
+    println!(
+        "qdisc counters, since the qdiscs were made: {}",
+        netns.qdisc_stats()
     );
     for (_, _, mut child) in agents {
         let _ = child.start_kill();
