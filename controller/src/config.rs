@@ -36,7 +36,10 @@ pub struct ControllerConfig {
     pub node_certificate_lifetime: Duration,
     /// On PostgreSQL, whether replicas wake each other's schedulers with `LISTEN`/`NOTIFY`
     /// (`replica::wake_loop`); without it a job for a node whose stream another replica holds
-    /// waits for that replica's next tick. On by default; `replica-bench` measures both.
+    /// waits for that replica's next tick. Off by default: with it, every replica schedules
+    /// at the same instant, and a 50-agent run start made them contend on the run's row long
+    /// enough to exhaust their connection pools (see BENCHMARKS.md); `replica-bench`
+    /// measures both.
     pub wake_replicas: bool,
 }
 
@@ -58,7 +61,7 @@ impl ControllerConfig {
             transport: crate::listener::Transport::InsecureLoopback,
             ca: None,
             node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
-            wake_replicas: true,
+            wake_replicas: false,
         }
     }
 }

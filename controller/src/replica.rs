@@ -7,10 +7,11 @@
 //!   of the leadership (`Store::try_lead`, a PostgreSQL advisory lock); another replica takes
 //!   it within a tick of the holder's death, and gives every lease a fresh grace first, since
 //!   the dead replica's agents are reconnecting elsewhere.
-//! - [`wake_loop`]: a replica that made work for another (a run started, a job ended, a node
-//!   resumed) wakes every replica's scheduler through PostgreSQL `LISTEN`/`NOTIFY`, so a job
-//!   reaches an agent held elsewhere in milliseconds rather than at that replica's next tick
-//!   (`replica-bench` measures both); the tick stays the fallback for a lost notification.
+//! - [`wake_loop`] (off unless `ControllerConfig::wake_replicas`): a replica that made work for
+//!   another (a run started, a job ended, a node resumed) wakes every replica's scheduler
+//!   through PostgreSQL `LISTEN`/`NOTIFY`, so a job reaches an agent held elsewhere in
+//!   milliseconds rather than at that replica's next tick (`replica-bench` measures both); the
+//!   tick stays the fallback for a lost notification.
 //! - [`sync_loop`]: revoked node certificates and API tokens made or revoked on another
 //!   replica take effect here within [`SYNC_INTERVAL`]; a node whose certificate was revoked
 //!   elsewhere loses its stream here too.

@@ -47,7 +47,7 @@ pub struct ControllerOptions {
     pub tls: bool,
     /// How long node certificates are valid (the controller's default when `None`).
     pub node_certificate_lifetime: Option<Duration>,
-    /// Replicas wake each other through `LISTEN`/`NOTIFY` (the controller's default: on).
+    /// Replicas wake each other through `LISTEN`/`NOTIFY` (the controller's default: off).
     pub wake_replicas: bool,
 }
 
@@ -65,7 +65,7 @@ impl ControllerOptions {
             connections: tollgate_controller::listener::ConnectionLimits::default(),
             tls: false,
             node_certificate_lifetime: None,
-            wake_replicas: true,
+            wake_replicas: false,
         }
     }
 }
