@@ -22,7 +22,7 @@ const REPLICAS: usize = 3;
 /// Simulated agents, spread over the replicas.
 const AGENTS: usize = 50;
 /// Steps per job, each about 0.3 s: results arrive all through the kills.
-const STEPS: u32 = 8;
+const STEPS: u32 = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_completes_on_replicas_killed_one_after_another() {

@@ -31,6 +31,7 @@ impl Store {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
+        const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
         const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
         const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
                  exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
@@ -57,11 +58,23 @@ impl Store {
         let digest = hex::encode(tollgate_domain::gate::result_digest(&as_stored(result)));
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            // The run's lock first (the lock order of `apply_job_change!`), so that the count
-            // below sees every result another writer of this job committed meanwhile: under
-            // PostgreSQL's read committed, two writers that inserted before either locked
-            // would each count only their own.
-            let run_id = lock_job_run!(tx, job);
+            // The job's lock before the insert, so that the count below sees every result
+            // another writer of this job committed meanwhile: under PostgreSQL's read
+            // committed, two writers that inserted before either locked would each count only
+            // their own. The run's lock before it (the lock order of `apply_job_change!`) only
+            // when the job ends: the run's transition is decided from its open jobs. Most
+            // results leave the job running, and a run's jobs then do not wait for each other.
+            if change.job.to.is_terminal() && !change.job.from.is_terminal() {
+                lock_job_run!(tx, job);
+            }
+            let Some(row) = sqlx::query(LOCK_JOB)
+                .bind(job.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Err(StoreError::NotFound { what });
+            };
+            let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
             let n_rows = sqlx::query(INSERT_RESULT)
                 .bind(result.job_id.as_str())
                 .bind(i64::from(result.step_index))
