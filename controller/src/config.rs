@@ -41,6 +41,12 @@ pub struct ControllerConfig {
     /// enough to exhaust their connection pools (see BENCHMARKS.md); `replica-bench`
     /// measures both.
     pub wake_replicas: bool,
+    /// The fleet telemetry history kept: tiers of bucket width and retention
+    /// (`tollgate_domain::fleet_history`; `--telemetry-history`).
+    pub fleet_history: tollgate_domain::fleet_history::History,
+    /// How often closed fleet telemetry buckets are written, and how long after a bucket's
+    /// end its late samples are still folded in before it is.
+    pub fleet_flush_every: Duration,
 }
 
 impl ControllerConfig {
@@ -62,6 +68,8 @@ impl ControllerConfig {
             ca: None,
             node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
             wake_replicas: false,
+            fleet_history: tollgate_domain::fleet_history::History::default(),
+            fleet_flush_every: Duration::from_secs(10),
         }
     }
 }

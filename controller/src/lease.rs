@@ -45,6 +45,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
         if let Err(error) = crate::health_checks::tick(&shared).await {
             tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
         }
+        if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
+            tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");
+        }
     }
     tracing::debug!("lease watchdog stopped");
 }

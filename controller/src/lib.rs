@@ -20,6 +20,7 @@
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod fleet_history;
 pub mod gate_cache;
 pub mod gates;
 pub mod grpc;
@@ -166,6 +167,7 @@ async fn serve(
     let writes_task = tokio::spawn(follow_writes(shared.clone(), health_reporter.clone()));
     let sync_task = tokio::spawn(replica::sync_loop(shared.clone()));
     let wake_task = tokio::spawn(replica::wake_loop(shared.clone()));
+    let fleet_task = tokio::spawn(fleet_history::run_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -216,6 +218,7 @@ async fn serve(
         ("database health", writes_task),
         ("replica sync", sync_task),
         ("replica wake", wake_task),
+        ("fleet telemetry writer", fleet_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

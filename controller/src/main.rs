@@ -159,6 +159,10 @@ struct ServeArgs {
     /// server's pings every 20 s); at least 30s.
     #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
+    /// The fleet telemetry history kept from what agents stream while idle: tiers of
+    /// RESOLUTION:RETENTION, finest first (each resolution a multiple of the one before).
+    #[arg(long, default_value = "10s:1d,1m:30d", value_parser = tollgate_domain::fleet_history::History::parse, value_name = "TIERS")]
+    telemetry_history: tollgate_domain::fleet_history::History,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -589,6 +593,7 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
         })?;
     (config.transport, config.ca) = transport(&args.tls, listen)?;
     config.node_certificate_lifetime = args.tls.node_certificate_lifetime;
+    config.fleet_history = args.telemetry_history.clone();
     tollgate_controller::listener::check(&config.transport, listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

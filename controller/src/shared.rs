@@ -71,6 +71,10 @@ pub struct Shared {
     pub gate_cache: GateCache,
     /// Open streams and rate buckets per caller.
     pub limiter: std::sync::Arc<crate::limits::Limiter>,
+    /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
+    pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
+    /// When the lease leader last deleted fleet telemetry past its retention.
+    pub fleet_pruned_at: Mutex<Option<Timestamp>>,
     /// Raised once when shutdown starts.
     shutdown: watch::Sender<bool>,
 }
@@ -80,6 +84,7 @@ impl Shared {
     pub fn new(store: Store, config: ControllerConfig) -> Self {
         let started_at = config.clock.now();
         let limiter = std::sync::Arc::new(crate::limits::Limiter::new(config.limits));
+        let config_history = config.fleet_history.clone();
         Self {
             store,
             config,
@@ -98,6 +103,10 @@ impl Shared {
             reevaluation_wake: Notify::new(),
             gate_cache: GateCache::default(),
             limiter,
+            fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
+                config_history.clone(),
+            )),
+            fleet_pruned_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
         }
     }

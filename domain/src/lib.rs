@@ -9,6 +9,7 @@ pub mod attestation;
 pub mod audit;
 pub mod enrollment;
 pub mod fleet;
+pub mod fleet_history;
 pub mod gate;
 pub mod health_plan;
 pub mod ids;

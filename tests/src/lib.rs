@@ -49,6 +49,9 @@ pub struct ControllerOptions {
     pub node_certificate_lifetime: Option<Duration>,
     /// Replicas wake each other through `LISTEN`/`NOTIFY` (the controller's default: off).
     pub wake_replicas: bool,
+    /// The fleet telemetry history's tiers and how often closed buckets are written (the
+    /// controller's defaults when `None`).
+    pub fleet_history: Option<(tollgate_domain::fleet_history::History, Duration)>,
 }
 
 impl ControllerOptions {
@@ -66,6 +69,7 @@ impl ControllerOptions {
             tls: false,
             node_certificate_lifetime: None,
             wake_replicas: false,
+            fleet_history: None,
         }
     }
 }
@@ -126,6 +130,10 @@ impl Controller {
         config.limits = options.limits;
         config.connections = options.connections;
         config.wake_replicas = options.wake_replicas;
+        if let Some((history, flush_every)) = &options.fleet_history {
+            config.fleet_history = history.clone();
+            config.fleet_flush_every = *flush_every;
+        }
         if let Some(lifetime) = options.node_certificate_lifetime {
             config.node_certificate_lifetime = lifetime;
         }

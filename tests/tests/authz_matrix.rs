@@ -63,6 +63,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("NodeService/SetHealthPlan", "UUUU DADA DD UU UUX"),
     ("NodeService/ListHealthPlans", "UUUU AAAA DD UU UUX"),
     ("NodeService/RemoveHealthPlan", "UUUU DADA DD UU UUX"),
+    ("NodeService/GetNodeTelemetry", "UUUU AAAA AA UU UUX"),
     ("ReleaseService/CreateRelease", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/GetRelease", "UUUU AAAA AA UU UUX"),
     ("ReleaseService/ListReleases", "UUUU AAAA AA UU UUX"),
@@ -284,6 +285,14 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "NodeService/RemoveHealthPlan" => c
             .nodes
             .remove_health_plan(v1::RemoveHealthPlanRequest { plan: missing() })
+            .await
+            .map(drop),
+        "NodeService/GetNodeTelemetry" => c
+            .nodes
+            .get_node_telemetry(v1::GetNodeTelemetryRequest {
+                node: "node-a".into(),
+                ..Default::default()
+            })
             .await
             .map(drop),
         "ReleaseService/CreateRelease" => c

@@ -45,6 +45,7 @@ enum Call {
     EndMaintenanceWindow(v1::EndMaintenanceWindowRequest),
     SetHealthPlan(v1::SetHealthPlanRequest),
     RemoveHealthPlan(v1::RemoveHealthPlanRequest),
+    GetNodeTelemetry(v1::GetNodeTelemetryRequest),
     Register(v1::RegisterRequest),
     ReportResult(Box<v1::StepResult>),
     Enroll(v1::EnrollRequest),
@@ -81,6 +82,7 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::EndMaintenanceWindow(r) => clients.nodes.end_maintenance_window(r).await.map(drop),
         Call::SetHealthPlan(r) => clients.nodes.set_health_plan(r).await.map(drop),
         Call::RemoveHealthPlan(r) => clients.nodes.remove_health_plan(r).await.map(drop),
+        Call::GetNodeTelemetry(r) => clients.nodes.get_node_telemetry(r).await.map(drop),
         Call::Register(r) => agent.register(r).await.map(drop),
         Call::ReportResult(r) => agent.report_result(*r).await.map(drop),
         Call::Enroll(r) => agent.enroll(r).await.map(drop),
@@ -704,6 +706,51 @@ fn node_and_agent_cases(cases: &mut Vec<(&'static str, Call)>) {
             "plan",
             Call::RemoveHealthPlan(v1::RemoveHealthPlanRequest { plan: name.clone() }),
         ));
+    }
+    let telemetry = || v1::GetNodeTelemetryRequest {
+        node: "n1".into(),
+        ..Default::default()
+    };
+    for name in names() {
+        cases.push((
+            "node",
+            Call::GetNodeTelemetry(v1::GetNodeTelemetryRequest {
+                node: name.clone(),
+                ..telemetry()
+            }),
+        ));
+    }
+    for field in ["gpu_tmep_c".to_owned(), over_name(), NUL.to_owned()] {
+        cases.push((
+            "fields",
+            Call::GetNodeTelemetry(v1::GetNodeTelemetryRequest {
+                fields: vec!["power_w".into(), field],
+                ..telemetry()
+            }),
+        ));
+    }
+    cases.push((
+        "resolution_seconds",
+        Call::GetNodeTelemetry(v1::GetNodeTelemetryRequest {
+            resolution_seconds: 7,
+            ..telemetry()
+        }),
+    ));
+    cases.push((
+        "limit",
+        Call::GetNodeTelemetry(v1::GetNodeTelemetryRequest {
+            limit: 2_001,
+            ..telemetry()
+        }),
+    ));
+    for field in ["since", "until"] {
+        let mut request = telemetry();
+        if field == "since" {
+            request.since = bad_time();
+        } else {
+            request.until = bad_time();
+        }
+        cases.push((field, Call::GetNodeTelemetry(request)));
     }
     for every_seconds in [0, 59, 90 * 86_400 + 1] {
         cases.push((

@@ -134,6 +134,27 @@ impl Bounded for proto::TelemetryBatch {
     }
 }
 
+/// `GetNodeTelemetry`: the node and each field name.
+impl Bounded for proto::GetNodeTelemetryRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::GetNodeTelemetryRequest {
+            node,
+            since: _,
+            until: _,
+            gpu_index: _,
+            fields,
+            resolution_seconds: _,
+            limit: _,
+        } = self;
+        errors.text("node", &limits::NAME, node);
+        if errors.count("fields", &limits::SAMPLE_FIELDS, fields.len()) {
+            for name in fields {
+                errors.text("fields", &limits::NAME, name);
+            }
+        }
+    }
+}
+
 /// `Bounded` for requests of plain texts: each field with its limit, then (after `;`) the
 /// fields that are not texts. Every field is listed, so a new one fails to compile here.
 macro_rules! bounded_texts {

@@ -578,6 +578,55 @@ pub fn health_plan(plan: &pb::HealthPlan) -> Value {
     })
 }
 
+/// A node's fleet telemetry history: each bucket with each field's min, mean, max and
+/// sample count.
+pub fn node_telemetry(telemetry: &pb::NodeTelemetry) -> Value {
+    let pb::NodeTelemetry {
+        node,
+        resolution_seconds,
+        buckets,
+        truncated,
+        gpu_source,
+        history,
+    } = telemetry;
+    let buckets: Vec<Value> = buckets
+        .iter()
+        .map(|bucket| {
+            let pb::TelemetryBucket {
+                gpu_index,
+                start,
+                fields,
+            } = bucket;
+            let fields: Map<String, Value> = fields
+                .iter()
+                .map(|stat| {
+                    let pb::FieldStat {
+                        field,
+                        min,
+                        mean,
+                        max,
+                        samples,
+                    } = stat;
+                    (
+                        field.clone(),
+                        json!({"min": min, "mean": mean, "max": max, "samples": samples}),
+                    )
+                })
+                .collect();
+            json!({"gpu_index": gpu_index, "start": time(start.as_ref()), "fields": fields})
+        })
+        .collect();
+    json!({
+        "node": node,
+        "resolution_seconds": resolution_seconds,
+        "gpu_source": gpu_source,
+        "simulated": gpu_source == "simulated",
+        "history": history,
+        "truncated": truncated,
+        "buckets": buckets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod release;
 pub mod report;
 pub mod report_keys;
 pub mod run;
+pub mod telemetry;
 pub mod token;
 pub mod waiver;
 

@@ -299,7 +299,12 @@ impl AgentService for AgentApi {
                     .fetch_add(batch.dropped, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(node = %node, dropped = batch.dropped, "the agent dropped fleet telemetry samples while the controller was unreachable");
             }
-            // Fleet telemetry outside steps is not stored yet; events in it are worth a line.
+            let folded =
+                crate::fleet_history::fold(&self.shared, &node, &batch.samples, self.shared.now());
+            if folded.refused > 0 || folded.unknown_fields > 0 {
+                tracing::warn!(node = %node, refused = folded.refused, unknown_fields = folded.unknown_fields, "fleet telemetry samples not kept: stamped more than 5 min ahead of the controller's clock or older than the history keeps, or fields this controller does not know (check the node's clock and versions)");
+            }
+            // Events outside steps are not kept in the history; they are worth a line.
             for event in &batch.events {
                 tracing::debug!(node = %node, kind = event.kind, code = event.code, gpu = event.gpu_index, "fleet telemetry event");
             }

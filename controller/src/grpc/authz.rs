@@ -63,6 +63,7 @@ pub const TABLE: &[Row] = &[
     row("NodeService", "SetHealthPlan", OPERATE),
     row("NodeService", "ListHealthPlans", READ),
     row("NodeService", "RemoveHealthPlan", OPERATE),
+    row("NodeService", "GetNodeTelemetry", READ_OWN),
     row("ReleaseService", "CreateRelease", RELEASE),
     row("ReleaseService", "GetRelease", READ_OWN),
     row("ReleaseService", "ListReleases", READ_OWN),

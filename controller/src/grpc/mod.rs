@@ -21,6 +21,7 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod telemetry;
 pub mod token;
 
 use crate::shared::Shared;

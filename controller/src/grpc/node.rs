@@ -416,6 +416,17 @@ impl NodeService for NodeApi {
             .map(Response::new)
     }
 
+    async fn get_node_telemetry(
+        &self,
+        request: Request<proto::GetNodeTelemetryRequest>,
+    ) -> Result<Response<proto::NodeTelemetry>, Status> {
+        let customer = super::auth::customer_of(&request);
+        let request = super::convert::bounded(request.into_inner())?;
+        super::telemetry::get_node_telemetry(&self.shared, customer.as_deref(), request)
+            .await
+            .map(Response::new)
+    }
+
     async fn remove_health_plan(
         &self,
         request: Request<proto::RemoveHealthPlanRequest>,

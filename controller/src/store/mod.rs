@@ -666,6 +666,8 @@ mod audit;
 mod decisions;
 mod enrollment;
 mod evidence;
+mod fleet_telemetry;
+pub use fleet_telemetry::FleetQuery;
 mod gates;
 mod jobs;
 mod leader;
