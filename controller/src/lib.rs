@@ -26,6 +26,7 @@ pub mod gates;
 pub mod grpc;
 pub mod health;
 pub mod health_checks;
+pub mod heartbeats;
 pub mod lease;
 pub mod limits;
 pub mod listener;
@@ -168,6 +169,7 @@ async fn serve(
     let sync_task = tokio::spawn(replica::sync_loop(shared.clone()));
     let wake_task = tokio::spawn(replica::wake_loop(shared.clone()));
     let fleet_task = tokio::spawn(fleet_history::run_loop(shared.clone()));
+    let heartbeats_task = tokio::spawn(heartbeats::run_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -219,6 +221,7 @@ async fn serve(
         ("replica sync", sync_task),
         ("replica wake", wake_task),
         ("fleet telemetry writer", fleet_task),
+        ("heartbeat flusher", heartbeats_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

@@ -483,12 +483,21 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
-    if args.lease_grace <= args.heartbeat_interval {
+    // Heartbeats are recorded in batches (`heartbeats.rs`), at most one flush late.
+    let recorded_within = args.heartbeat_interval
+        + tollgate_controller::heartbeats::flush_every(args.heartbeat_interval);
+    if args.lease_grace <= recorded_within {
         bail!(
-            "--lease-grace {} is too short: it must be longer than --heartbeat-interval ({}), \
-             or every node would be unreachable between two heartbeats",
+            "--lease-grace {} is too short: it must be longer than --heartbeat-interval ({}) \
+             plus the {} heartbeats may wait to be recorded ({} in all), or live nodes would \
+             turn unreachable between two heartbeats; pass --lease-grace {} or more",
             tollgate_domain::spec::format_duration(args.lease_grace),
-            tollgate_domain::spec::format_duration(args.heartbeat_interval)
+            tollgate_domain::spec::format_duration(args.heartbeat_interval),
+            tollgate_domain::spec::format_duration(tollgate_controller::heartbeats::flush_every(
+                args.heartbeat_interval
+            )),
+            tollgate_domain::spec::format_duration(recorded_within),
+            tollgate_domain::spec::format_duration(recorded_within * 2)
         );
     }
     let grace = tollgate_domain::lease::LeaseGrace::new(args.lease_grace, args.heartbeat_interval);

@@ -71,6 +71,8 @@ pub struct Shared {
     pub gate_cache: GateCache,
     /// Open streams and rate buckets per caller.
     pub limiter: std::sync::Arc<crate::limits::Limiter>,
+    /// Heartbeats noted and not yet recorded (`heartbeats.rs` flushes them).
+    pub heartbeats: crate::heartbeats::Heartbeats,
     /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
     pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
     /// When the lease leader last deleted fleet telemetry past its retention.
@@ -103,6 +105,7 @@ impl Shared {
             reevaluation_wake: Notify::new(),
             gate_cache: GateCache::default(),
             limiter,
+            heartbeats: crate::heartbeats::Heartbeats::default(),
             fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
                 config_history.clone(),
             )),

@@ -234,7 +234,7 @@ impl AgentService for AgentApi {
             .ok_or(AgentRefusal::ShuttingDown)?;
         tracing::info!(node = %node, "agent connected");
         // Connecting counts as a heartbeat: the stream is the lease.
-        if let Err(error) = on_heartbeat(shared, &node).await.map(|_| ()) {
+        if let Err(error) = on_connect(shared, &node).await {
             tracing::warn!(node = %node, %error, "could not record the connection as a heartbeat");
         }
         if let Err(error) = crate::scheduler::resend_assigned(shared, &node).await {
@@ -377,8 +377,16 @@ async fn on_event(
                 unsent_by_job: _,
             } = heartbeat;
             tracing::debug!(node = %node, running_job_id, lease_epoch, step_index, attempt, unsent_results, commands_received, "heartbeat");
-            let current_job = on_heartbeat(shared, node).await?;
-            on_running_report(shared, node, session_id, &heartbeat, current_job).await
+            // Recorded and judged with the other nodes' at the next flush (`heartbeats.rs`).
+            shared.heartbeats.note(
+                node.clone(),
+                crate::heartbeats::Note {
+                    session_id,
+                    heartbeat,
+                    at: shared.now(),
+                },
+            );
+            Ok(())
         }
         Event::JobAccepted(proto::JobAccepted {
             job_id,
@@ -397,22 +405,60 @@ async fn on_event(
     }
 }
 
-/// Renews the node's lease and tells the node's lifecycle that its agent is back
+/// Judges one heartbeat, already recorded, against the node as a flush read it (`facts`;
+/// `None` when the node is gone): tells the node's lifecycle that its agent is back
 /// (`node::next_state` with `Reconnected`: an `unreachable` node becomes ready or busy, a
-/// cordoned one stays cordoned); returns the job the store says the node runs.
-async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<Option<JobId>, StoreError> {
+/// cordoned one stays cordoned), then compares what the agent runs with the node's job
+/// (`on_running_report`).
+pub async fn judge_heartbeat(
+    shared: &Shared,
+    node: &NodeId,
+    note: &crate::heartbeats::Note,
+    facts: Option<&crate::store::HeartbeatFacts>,
+) -> Result<(), StoreError> {
+    let Some(facts) = facts else {
+        return Ok(());
+    };
+    reconnected(shared, node, facts).await?;
+    on_running_report(
+        shared,
+        node,
+        note.session_id,
+        &note.heartbeat,
+        facts.current_job.clone(),
+    )
+    .await
+}
+
+/// A new stream renews the lease at once (not at the next flush) and tells the node's
+/// lifecycle its agent is back.
+async fn on_connect(shared: &Shared, node: &NodeId) -> Result<(), StoreError> {
     shared.store.touch_node(node, shared.now()).await?;
-    let Some(current) = shared.store.get_node(node).await? else {
-        return Ok(None);
-    };
+    let facts = shared
+        .store
+        .heartbeat_facts(std::slice::from_ref(node))
+        .await?;
+    match facts.first() {
+        Some(facts) => reconnected(shared, node, facts).await,
+        None => Ok(()),
+    }
+}
+
+/// `node::next_state` with `Reconnected`, applied with a compare-and-set: an `unreachable`
+/// node becomes ready or busy, a cordoned one stays cordoned.
+async fn reconnected(
+    shared: &Shared,
+    node: &NodeId,
+    facts: &crate::store::HeartbeatFacts,
+) -> Result<(), StoreError> {
     let event = NodeEvent::Reconnected {
-        active_job: current.current_job.is_some(),
+        active_job: facts.current_job.is_some(),
     };
-    match tollgate_domain::node::next_state(current.state, event) {
-        Ok(to) if to != current.state => {
+    match tollgate_domain::node::next_state(facts.state, event) {
+        Ok(to) if to != facts.state => {
             let change = NodeChange {
                 node: node.clone(),
-                from: current.state,
+                from: facts.state,
                 to,
             };
             match shared.store.node_reconnected(&change).await {
@@ -432,7 +478,7 @@ async fn on_heartbeat(shared: &Shared, node: &NodeId) -> Result<Option<JobId>, S
         Ok(_) => {}
         Err(refusal) => tracing::debug!(node = %node, %refusal, "reconnection changes nothing"),
     }
-    Ok(current.current_job)
+    Ok(())
 }
 
 /// Compares what the agent says it runs, in every heartbeat, with what the store says the
@@ -970,8 +1016,16 @@ mod tests {
         assert_eq!(node_state(&store, &n1.id).await, NodeState::Cordoned);
 
         // Its agent comes back: connected, heartbeating.
-        let (_session, _commands) = shared.sessions.open(&n1.id).expect("session");
-        on_heartbeat(&shared, &n1.id).await.expect("heartbeat");
+        let (session_id, _commands) = shared.sessions.open(&n1.id).expect("session");
+        shared.heartbeats.note(
+            n1.id.clone(),
+            crate::heartbeats::Note {
+                session_id,
+                heartbeat: proto::Heartbeat::default(),
+                at: shared.now(),
+            },
+        );
+        assert_eq!(crate::heartbeats::flush(&shared).await.expect("flush"), 1);
         assert_eq!(node_state(&store, &n1.id).await, NodeState::Cordoned);
         assert_eq!(
             crate::scheduler::schedule_once(&shared)

@@ -687,7 +687,7 @@ mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use enrollment::IssuedCertificate;
 pub use leader::Leadership;
-pub use nodes::Registration;
+pub use nodes::{HeartbeatFacts, Registration};
 
 // Last, so that the SQL macros above are in scope in the tests.
 #[cfg(test)]

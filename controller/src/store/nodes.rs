@@ -25,6 +25,44 @@ pub enum Registration {
     },
 }
 
+/// Nodes per statement of [`Store::touch_nodes`] and [`Store::heartbeat_facts`].
+pub const HEARTBEATS_PER_STATEMENT: usize = 500;
+
+/// A node's state and active job, as judging its agent's heartbeat needs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatFacts {
+    /// The node.
+    pub node: NodeId,
+    /// Its lifecycle state.
+    pub state: NodeState,
+    /// Its assigned or running job.
+    pub current_job: Option<tollgate_domain::JobId>,
+}
+
+/// `UPDATE` of `n` nodes' `last_seen_at` from a list of (name, time) pairs.
+fn touch_nodes_sql(n: usize) -> String {
+    let pairs: Vec<String> = (0..n)
+        .map(|idx| format!("(${}, ${})", idx * 2 + 1, idx * 2 + 2))
+        .collect();
+    format!(
+        "UPDATE nodes SET last_seen_at = v.column2 FROM (VALUES {}) AS v WHERE nodes.name = v.column1",
+        pairs.join(", ")
+    )
+}
+
+/// `SELECT` of `n` nodes' names, states and active jobs.
+fn heartbeat_facts_sql(n: usize) -> String {
+    let names: Vec<String> = (1..=n).map(|idx| format!("${idx}")).collect();
+    states::sql(&format!(
+        "SELECT n.name, n.state,
+                (SELECT j.id FROM jobs j
+                 WHERE j.node = n.name AND j.state IN {{active}}
+                 ORDER BY j.updated_at DESC LIMIT 1) AS current_job
+         FROM nodes n WHERE n.name IN ({})",
+        names.join(", ")
+    ))
+}
+
 /// `Conflict` naming `node` and the state expected, or `NotFound` when the node is gone.
 fn state_conflict(node: &NodeId, expected: NodeState, current: Option<String>) -> StoreError {
     match current {
@@ -214,6 +252,64 @@ impl Store {
                 .rows_affected();
             found(n_rows, || format!("node {node}"))
         })
+    }
+
+    /// Records the heartbeats a flush gathered: each node's `last_seen_at`, all in one
+    /// statement per [`HEARTBEATS_PER_STATEMENT`] nodes, in one transaction. A node that is
+    /// gone is skipped.
+    pub async fn touch_nodes(&self, seen: &[(NodeId, Timestamp)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for chunk in seen.chunks(HEARTBEATS_PER_STATEMENT) {
+                // Built from numbered placeholders only: the values are bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(touch_nodes_sql(chunk.len())));
+                for (node, at) in chunk {
+                    query = query.bind(node.as_str()).bind(micros(*at));
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// What judging heartbeats needs of each of `names`: its state and active job, without
+    /// the inventory and labels a full read parses. Nodes that are gone are left out.
+    pub async fn heartbeat_facts(
+        &self,
+        names: &[NodeId],
+    ) -> Result<Vec<HeartbeatFacts>, StoreError> {
+        let mut facts = Vec::with_capacity(names.len());
+        for chunk in names.chunks(HEARTBEATS_PER_STATEMENT) {
+            let sql = heartbeat_facts_sql(chunk.len());
+            let rows: Vec<HeartbeatFacts> = with_pool!(self, |pool| {
+                // Built from numbered placeholders and the job states only.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for node in chunk {
+                    query = query.bind(node.as_str());
+                }
+                query
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        let f = rows::Fields::new(row, "nodes", &["name"]);
+                        Ok(HeartbeatFacts {
+                            node: NodeId::from(f.text("name")?.as_str()),
+                            state: f.parse("state")?,
+                            current_job: f
+                                .opt_text("current_job")?
+                                .map(|id| tollgate_domain::JobId::from(id.as_str())),
+                        })
+                    })
+                    .collect::<Result<_, StoreError>>()
+            })?;
+            facts.extend(rows);
+        }
+        Ok(facts)
     }
 
     /// Applies an operator's change of a node's state (cordon, uncordon, drain), decided by
