@@ -111,11 +111,11 @@ async fn watched_nodes(
 ) -> Result<Vec<(NodeId, Option<tollgate_domain::Timestamp>)>, StoreError> {
     Ok(shared
         .store
-        .list_nodes()
+        .lease_facts()
         .await?
-        .iter()
-        .filter(|node| !matches!(node.state, NodeState::Unreachable | NodeState::Retired))
-        .map(|node| (node.id.clone(), node.last_seen_at))
+        .into_iter()
+        .filter(|(_, state, _)| !matches!(state, NodeState::Unreachable | NodeState::Retired))
+        .map(|(node, _, last_seen_at)| (node, last_seen_at))
         .collect())
 }
 

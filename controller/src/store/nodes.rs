@@ -25,8 +25,10 @@ pub enum Registration {
     },
 }
 
-/// Nodes per statement of [`Store::touch_nodes`] and [`Store::heartbeat_facts`].
-pub const HEARTBEATS_PER_STATEMENT: usize = 500;
+/// Nodes per statement of [`Store::touch_nodes`] and [`Store::heartbeat_facts`]. SQLite
+/// looks each numbered parameter up by name as it is bound, a cost that grows with the
+/// statement's parameters; at 100 nodes it is small.
+pub const HEARTBEATS_PER_STATEMENT: usize = 100;
 
 /// A node's state and active job, as judging its agent's heartbeat needs them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +275,29 @@ impl Store {
             }
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// Every node's name, state and last heartbeat: what the lease watchdog reads every
+    /// tick, without the inventory and labels a full read parses.
+    pub async fn lease_facts(
+        &self,
+    ) -> Result<Vec<(NodeId, NodeState, Option<Timestamp>)>, StoreError> {
+        const SQL: &str = "SELECT name, state, last_seen_at FROM nodes ORDER BY name";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = rows::Fields::new(row, "nodes", &["name"]);
+                    Ok((
+                        NodeId::from(f.text("name")?.as_str()),
+                        f.parse("state")?,
+                        f.opt_time("last_seen_at")?,
+                    ))
+                })
+                .collect()
         })
     }
 
