@@ -7,7 +7,7 @@ use crate::maintenance::MaintenanceWindow;
 use crate::plan::Plan;
 use crate::{JobId, NodeId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use thiserror::Error;
 
 /// Why no node could be selected for a run.
@@ -279,15 +279,25 @@ pub fn over_limit(
     labels: &Labels,
     active: impl Fn(&str, &str) -> u32,
 ) -> Option<String> {
+    first_over(limits, labels, active).map(|(key, value, n)| {
+        format!(
+            "{n} of the run's jobs are active on nodes with {key}={value}, the plan's \
+             max-concurrent for {key}"
+        )
+    })
+}
+
+/// The first label whose limit one more job would pass: its key, value and the jobs active
+/// there ([`over_limit`] without the message, for the scheduling pass).
+fn first_over<'a>(
+    limits: &'a BTreeMap<String, u32>,
+    labels: &'a Labels,
+    active: impl Fn(&str, &str) -> u32,
+) -> Option<(&'a str, &'a str, u32)> {
     limits.iter().find_map(|(key, max)| {
         let value = labels.get(key)?;
         let n = active(key, value);
-        (n >= *max).then(|| {
-            format!(
-                "{n} of the run's jobs are active on nodes with {key}={value}, the plan's \
-                 max-concurrent for {key}"
-            )
-        })
+        (n >= *max).then_some((key.as_str(), value.as_str(), n))
     })
 }
 
@@ -352,7 +362,8 @@ pub fn plan(
             }
         }
     }
-    let mut free: BTreeSet<&NodeId> = nodes
+    // Looked up once per pending job, never iterated: hashed, not ordered.
+    let mut free: HashSet<&NodeId> = nodes
         .iter()
         .filter(|slot| {
             slot.connected
@@ -363,7 +374,7 @@ pub fn plan(
         })
         .map(|slot| &slot.node)
         .collect();
-    let suspect: BTreeSet<&NodeId> = nodes
+    let suspect: HashSet<&NodeId> = nodes
         .iter()
         .filter(|slot| slot.health == Health::Suspect)
         .map(|slot| &slot.node)
@@ -382,7 +393,7 @@ pub fn plan(
         if let (Some(limits), Some(labels)) =
             (concurrency.limits.get(&job.run), labels_of.get(&job.node))
         {
-            let over = over_limit(limits, labels, |key, value| {
+            let over = first_over(limits, labels, |key, value| {
                 counts
                     .get(&(&job.run, key, value))
                     .copied()
@@ -861,7 +872,7 @@ mod tests {
             let pending: Vec<PendingJob> = jobs.iter().enumerate()
                 .map(|(i, (n, t))| pending(&format!("j{i}"), &format!("n{}", n % nodes.len()), *t)).collect();
             let assignments = plan(&nodes, &pending, &Concurrency::default(), &[], at(0));
-            let mut seen = BTreeSet::new();
+            let mut seen = std::collections::BTreeSet::new();
             for a in &assignments {
                 prop_assert!(seen.insert(a.node.clone()), "node {} got two jobs", a.node);
                 let slot = nodes.iter().find(|s| s.node == a.node).expect("known node");
