@@ -91,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
             "--lease-grace",
             "30s",
         ])
+        // Every agent connects from this host: the per-address cap (256) must not refuse them.
+        .args(["--max-connections-per-ip", &(args.agents + 100).to_string()])
+        .args(["--max-connections", &(args.agents + 1000).to_string()])
         .arg("--addr-file")
         .arg(&addr_file)
         .arg("--data-dir")
@@ -117,7 +120,15 @@ async fn main() -> anyhow::Result<()> {
     let agents: Vec<Agent> = (0..args.agents)
         .map(|i| Agent::start(&url, &format!("bench-{i:04}"), args.gpus, &[]))
         .collect();
-    clients.wait_ready_nodes(args.agents).await;
+    let n_agents = args.agents;
+    tollgate_tests::wait_for(Duration::from_secs(600), "every node ready", || {
+        let mut clients = clients.clone();
+        async move {
+            let listed = clients.try_list_nodes().await?;
+            (listed.iter().filter(|n| n.state == "ready").count() >= n_agents).then_some(())
+        }
+    })
+    .await;
     clients.create_release("bench").await;
     clients
         .apply_plan(&format!(

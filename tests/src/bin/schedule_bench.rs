@@ -73,7 +73,8 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let now = chrono::Utc::now();
+    // A fixed instant: the pass reads no clock.
+    let now = tollgate_domain::test_support::at(0);
     let slots: Vec<NodeSlot> = (0..args.nodes)
         .map(|idx| NodeSlot {
             node: NodeId::from(format!("node-{idx:05}").as_str()),
