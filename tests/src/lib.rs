@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: a real controller served on `127.0.0.1:0`, agents with
 //! simulated GPUs running real step processes, and gRPC clients over real sockets.
 
+pub mod bench;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -11,9 +11,9 @@
 //! ```
 
 use anyhow::{Context, bail};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tollgate_proto::v1;
+use tollgate_tests::bench::{self, process_usage};
 use tollgate_tests::{Agent, Clients};
 
 struct Args {
@@ -45,73 +45,19 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
-fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parsing /proc/PID/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // Linux reports these in USER_HZ, 100 on every mainstream configuration.
-    let cpu = ticks / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading /proc/PID/status")?;
-    let hwm = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    Ok((cpu, hwm))
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let exe = std::env::current_exe()?;
-    let bin_dir = exe.parent().context("binary directory")?;
-    let controller_bin = bin_dir.join("tollgate-controller");
-    if !controller_bin.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release --workspace --bins`",
-            controller_bin.display()
-        );
-    }
+    let controller_bin = bench::sibling_controller()?;
     let dir = tempfile::tempdir()?;
-    let addr_file: PathBuf = dir.path().join("controller.addr");
-    let mut controller = tokio::process::Command::new(&controller_bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-loopback",
-            "--lease-grace",
-            "30s",
-        ])
-        // Every agent connects from this host: the per-address cap (256) must not refuse them.
-        .args(["--max-connections-per-ip", &(args.agents + 100).to_string()])
-        .args(["--max-connections", &(args.agents + 1000).to_string()])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--data-dir")
-        .arg(dir.path().join("controller"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting tollgate-controller")?;
-    let pid = controller.id().context("controller pid")?;
-    let addr = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file)
-            && !text.trim().is_empty()
-        {
-            break text.trim().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let url = format!("http://{addr}");
+    let mut controller = bench::start_controller(
+        &controller_bin,
+        dir.path(),
+        args.agents + 100,
+        &["--lease-grace", "30s"],
+    )
+    .await?;
+    let (pid, url) = (controller.pid, controller.url.clone());
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?
         .connect()
         .await?;
@@ -120,15 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let agents: Vec<Agent> = (0..args.agents)
         .map(|i| Agent::start(&url, &format!("bench-{i:04}"), args.gpus, &[]))
         .collect();
-    let n_agents = args.agents;
-    tollgate_tests::wait_for(Duration::from_secs(600), "every node ready", || {
-        let mut clients = clients.clone();
-        async move {
-            let listed = clients.try_list_nodes().await?;
-            (listed.iter().filter(|n| n.state == "ready").count() >= n_agents).then_some(())
-        }
-    })
-    .await;
+    bench::wait_ready(&clients, args.agents).await;
     clients.create_release("bench").await;
     clients
         .apply_plan(&format!(
@@ -182,8 +120,8 @@ async fn main() -> anyhow::Result<()> {
     for agent in agents {
         agent.kill();
     }
-    controller.start_kill().ok();
-    let _ = controller.wait().await;
+    controller.child.start_kill().ok();
+    let _ = controller.child.wait().await;
     if decision.verdict != "passed" {
         bail!("expected the clean fleet to pass, got {}", decision.verdict);
     }

@@ -15,7 +15,8 @@
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tollgate_tests::{Agent, Clients, wait_for};
+use tollgate_tests::bench;
+use tollgate_tests::{Agent, Clients};
 
 struct Args {
     agents: usize,
@@ -56,71 +57,30 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if args.controllers.is_empty() {
-        let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .context("binary directory")?
-            .join("tollgate-controller");
-        if !bin.exists() {
-            bail!(
-                "{} not found; build it with `cargo build --release --workspace --bins`",
-                bin.display()
-            );
-        }
-        args.controllers.push(bin);
+        args.controllers.push(bench::sibling_controller()?);
     }
     Ok(args)
 }
 
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parsing /proc/PID/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
 /// The controller's CPU over `window`, as a share of one core.
 async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
-    let before = cpu_seconds(pid)?;
+    let (before, _) = bench::process_usage(pid)?;
     tokio::time::sleep(window).await;
-    Ok((cpu_seconds(pid)? - before) / window.as_secs_f64())
+    Ok((bench::process_usage(pid)?.0 - before) / window.as_secs_f64())
 }
 
 async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let addr_file = dir.path().join("controller.addr");
-    let connections = (args.agents + 1000).to_string();
     let interval = format!("{}ms", args.interval.as_millis());
     let grace = format!("{}ms", (args.interval * 3).as_millis());
-    let mut controller = tokio::process::Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-loopback"])
-        .args(["--heartbeat-interval", &interval, "--lease-grace", &grace])
-        .args(["--max-connections", &connections])
-        .args(["--max-connections-per-ip", &connections])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--data-dir")
-        .arg(dir.path().join("controller"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting tollgate-controller")?;
-    let pid = controller.id().context("controller pid")?;
-    let addr = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file)
-            && !text.trim().is_empty()
-        {
-            break text.trim().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let url = format!("http://{addr}");
+    let mut controller = bench::start_controller(
+        bin,
+        dir.path(),
+        args.agents + 1000,
+        &["--heartbeat-interval", &interval, "--lease-grace", &grace],
+    )
+    .await?;
+    let (pid, url) = (controller.pid, controller.url.clone());
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?
         .connect()
         .await?;
@@ -141,15 +101,7 @@ async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
             Agent::start_config(config)
         })
         .collect();
-    let n_agents = args.agents;
-    wait_for(Duration::from_secs(600), "every node ready", || {
-        let mut clients = clients.clone();
-        async move {
-            let listed = clients.try_list_nodes().await?;
-            (listed.iter().filter(|n| n.state == "ready").count() >= n_agents).then_some(())
-        }
-    })
-    .await;
+    bench::wait_ready(&clients, args.agents).await;
     let storm = started.elapsed();
     // One interval for every agent's heartbeat rhythm to settle, then the window.
     tokio::time::sleep(args.interval).await;
@@ -179,8 +131,8 @@ async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
     for agent in agents {
         agent.kill();
     }
-    controller.start_kill().ok();
-    let _ = controller.wait().await;
+    controller.child.start_kill().ok();
+    let _ = controller.child.wait().await;
     Ok(())
 }
 

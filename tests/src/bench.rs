@@ -1,0 +1,110 @@
+//! What the benchmark binaries share: the controller binary started as a child process on a
+//! fresh SQLite data directory, its CPU and peak RSS read from `/proc`, and a wait for a
+//! fleet of any size to be ready.
+
+use crate::Clients;
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `tollgate-controller` beside the running benchmark binary (`cargo build --release
+/// --workspace --bins` puts them together).
+pub fn sibling_controller() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("binary directory")?
+        .join("tollgate-controller");
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it with `cargo build --release --workspace --bins`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A controller serving plain text on loopback from a child process.
+pub struct BenchController {
+    /// The child; killed on drop.
+    pub child: tokio::process::Child,
+    /// Its process id, for [`process_usage`].
+    pub pid: u32,
+    /// `http://ADDR`.
+    pub url: String,
+}
+
+/// Starts `bin` serving on a free loopback port with its data in `dir/controller`, the
+/// connection caps raised for `connections` agents from this host, and `extra` flags.
+pub async fn start_controller(
+    bin: &Path,
+    dir: &Path,
+    connections: usize,
+    extra: &[&str],
+) -> anyhow::Result<BenchController> {
+    let addr_file = dir.join("controller.addr");
+    let connections = connections.to_string();
+    let child = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-loopback"])
+        // Every agent connects from this host: the per-address cap (256) must not refuse them.
+        .args(["--max-connections", &connections])
+        .args(["--max-connections-per-ip", &connections])
+        .args(extra)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .arg("--data-dir")
+        .arg(dir.join("controller"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id().context("controller pid")?;
+    let addr = loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file)
+            && !text.trim().is_empty()
+        {
+            break text.trim().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(BenchController {
+        child,
+        pid,
+        url: format!("http://{addr}"),
+    })
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
+pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("parsing /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // Linux reports these in USER_HZ, 100 on every mainstream configuration.
+    let cpu = ticks / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading /proc/PID/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Ok((cpu, hwm))
+}
+
+/// Waits up to ten minutes until `n` nodes are ready, following every page of the list.
+pub async fn wait_ready(clients: &Clients, n: usize) {
+    crate::wait_for(Duration::from_secs(600), "every node ready", || {
+        let mut clients = clients.clone();
+        async move {
+            let listed = clients.try_list_nodes().await?;
+            (listed.iter().filter(|node| node.state == "ready").count() >= n).then_some(())
+        }
+    })
+    .await;
+}
