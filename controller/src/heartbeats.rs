@@ -273,6 +273,18 @@ mod tests {
         assert_eq!(state(n2.clone()).await, NodeState::Unreachable);
         assert_eq!(state(n1.clone()).await, NodeState::Ready);
 
+        // A heartbeat of n2 noted at 18 s but judged only now (its flush held up past the
+        // grace) predates the silence: n2 stays unreachable.
+        shared.heartbeats.note(
+            n2.clone(),
+            Note {
+                session_id: s2,
+                heartbeat: proto::Heartbeat::default(),
+                at: at(18),
+            },
+        );
+        assert_eq!(flush(&shared).await.expect("flush"), 1);
+        assert_eq!(state(n2.clone()).await, NodeState::Unreachable);
         // n2's agent comes back: its next flushed heartbeat makes it ready again.
         beat(&shared, &[(&n1, s1), (&n2, s2)]).await;
         assert_eq!(state(n2.clone()).await, NodeState::Ready);

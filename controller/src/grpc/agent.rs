@@ -419,7 +419,16 @@ pub async fn judge_heartbeat(
     let Some(facts) = facts else {
         return Ok(());
     };
-    reconnected(shared, node, facts).await?;
+    // A heartbeat that waited longer than the lease grace to be judged (a flush held up by
+    // the database, a clock set forward) may predate the silence that made the node
+    // unreachable: it brings nothing back. One judged within the grace is the agent's word
+    // that it is there now.
+    let fresh = (shared.now() - note.at)
+        .to_std()
+        .map_or(true, |age| age <= shared.config.lease_grace);
+    if fresh {
+        reconnected(shared, node, facts).await?;
+    }
     on_running_report(
         shared,
         node,
