@@ -247,25 +247,8 @@ pub enum NodeCommand {
     /// Shows a node's fleet telemetry history (what its agent samples while no step runs):
     /// per bucket and GPU, each field's mean with its smallest and largest sample.
     Telemetry {
-        /// Node name.
-        name: String,
-        /// How far back, for example 15m, 6h or 7d (the finest tier that reaches that far
-        /// is read, unless --resolution says which).
-        #[arg(long, default_value = "1h", value_name = "DURATION")]
-        since: String,
-        /// Only this GPU (NVML index).
-        #[arg(long, value_name = "INDEX")]
-        gpu: Option<u32>,
-        /// Only these fields (repeatable; Tollgate or DCGM names). Default in text: GPU
-        /// temperature, power, SM clock and utilization; in JSON: every field.
-        #[arg(long = "field", value_name = "FIELD")]
-        fields: Vec<String>,
-        /// The tier by its bucket width, for example 10s or 1m.
-        #[arg(long, value_name = "DURATION")]
-        resolution: Option<String>,
-        /// Most buckets (one per GPU and time), at most 2000.
-        #[arg(long, default_value_t = 500)]
-        limit: u32,
+        #[command(flatten)]
+        args: TelemetryArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -281,6 +264,30 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+/// What `tollgate node telemetry` asks for.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct TelemetryArgs {
+    /// Node name.
+    pub name: String,
+    /// How far back, for example 15m, 6h or 7d (the finest tier that reaches that far is
+    /// read, unless --resolution says which).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub since: String,
+    /// Only this GPU (NVML index).
+    #[arg(long, value_name = "INDEX")]
+    pub gpu: Option<u32>,
+    /// Only these fields (repeatable; Tollgate or DCGM names). Default in text: GPU
+    /// temperature, power, SM clock and utilization; in JSON: every field.
+    #[arg(long = "field", value_name = "FIELD")]
+    pub fields: Vec<String>,
+    /// The tier by its bucket width, for example 10s or 1m.
+    #[arg(long, value_name = "DURATION")]
+    pub resolution: Option<String>,
+    /// Most buckets (one per GPU and time), at most 2000.
+    #[arg(long, default_value_t = 500)]
+    pub limit: u32,
 }
 
 /// `tollgate node health-plan ...`

@@ -9,7 +9,6 @@
 use crate::shared::Shared;
 use crate::store::StoreError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tollgate_domain::fleet_history::{History, Refused};
 use tollgate_domain::telemetry::Field;
@@ -21,9 +20,6 @@ pub const MAX_WAITING: usize = 200_000;
 
 /// How often the lease leader deletes buckets past their retention.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// Samples refused (stamped in the future, or older than every retention) since start.
-pub static SAMPLES_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// What one `PushTelemetry` batch added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +65,6 @@ pub fn fold(
             Ok(()) => folded.kept += 1,
             Err(Refused::Future | Refused::TooOld) => folded.refused += 1,
         }
-    }
-    if folded.refused > 0 {
-        SAMPLES_REFUSED.fetch_add(folded.refused, Ordering::Relaxed);
     }
     folded
 }

@@ -34,6 +34,16 @@ impl LeaseGrace {
     }
 }
 
+/// Whether a heartbeat that arrived at `noted_at` and is judged only `now` may bring an
+/// `unreachable` node back: not when it waited longer than the lease grace (a flush held up by
+/// the database, a clock set forward), since it may predate the silence that made the node
+/// unreachable. One judged within the grace is the agent's word that it is there now.
+pub fn revives(noted_at: crate::Timestamp, now: crate::Timestamp, lease_grace: Duration) -> bool {
+    (now - noted_at)
+        .to_std()
+        .map_or(true, |age| age <= lease_grace)
+}
+
 /// When the fleet's silence means an outage (of this controller, its database or the network)
 /// rather than dead nodes: a large share of the watched nodes silent at once. While it lasts
 /// no lease expires, so that a switch or controller outage never turns into hundreds of lost
@@ -107,6 +117,15 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 mod tests {
     use super::*;
     use crate::test_support::at;
+
+    #[test]
+    fn only_a_heartbeat_judged_within_the_grace_revives_a_node() {
+        let grace = Duration::from_secs(10);
+        assert!(revives(at(18), at(28), grace));
+        assert!(!revives(at(18), at(29), grace));
+        // A heartbeat stamped after now (clocks apart) is fresh.
+        assert!(revives(at(30), at(29), grace));
+    }
 
     #[test]
     fn half_a_large_fleet_silent_at_once_is_an_outage_and_a_few_dead_nodes_are_not() {

@@ -136,23 +136,7 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
             expires,
             output,
         } => enroll(controller, name, &labels, &expires, output.output).await,
-        NodeCommand::Telemetry {
-            name,
-            since,
-            gpu,
-            fields,
-            resolution,
-            limit,
-            output,
-        } => {
-            let args = crate::commands::telemetry::TelemetryArgs {
-                name,
-                since,
-                gpu,
-                fields,
-                resolution,
-                limit,
-            };
+        NodeCommand::Telemetry { args, output } => {
             crate::commands::telemetry::run(controller, args, output.output).await
         }
         NodeCommand::HealthPlan(command) => {

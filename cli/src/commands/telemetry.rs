@@ -1,6 +1,7 @@
 //! `tollgate node telemetry NODE`: a node's fleet telemetry history, as a table of one row per
 //! bucket and GPU with each field's mean and range, or as JSON.
 
+use crate::args::TelemetryArgs;
 use crate::client::{Controller, answer};
 use crate::output::{Format, Table, format_number, format_time, print_json};
 use anyhow::Context as _;
@@ -9,23 +10,6 @@ use tollgate_wire::json;
 
 /// The fields a text table shows when none are asked for.
 pub const TEXT_FIELDS: [&str; 4] = ["gpu_temp_c", "power_w", "sm_clock_mhz", "gpu_util_pct"];
-
-/// What `node telemetry` asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TelemetryArgs {
-    /// Node name.
-    pub name: String,
-    /// How far back.
-    pub since: String,
-    /// One GPU.
-    pub gpu: Option<u32>,
-    /// Fields asked for.
-    pub fields: Vec<String>,
-    /// The tier's width.
-    pub resolution: Option<String>,
-    /// Most buckets.
-    pub limit: u32,
-}
 
 /// The request `node telemetry` sends at `now`.
 pub fn request(

@@ -419,14 +419,7 @@ pub async fn judge_heartbeat(
     let Some(facts) = facts else {
         return Ok(());
     };
-    // A heartbeat that waited longer than the lease grace to be judged (a flush held up by
-    // the database, a clock set forward) may predate the silence that made the node
-    // unreachable: it brings nothing back. One judged within the grace is the agent's word
-    // that it is there now.
-    let fresh = (shared.now() - note.at)
-        .to_std()
-        .map_or(true, |age| age <= shared.config.lease_grace);
-    if fresh {
+    if tollgate_domain::lease::revives(note.at, shared.now(), shared.config.lease_grace) {
         reconnected(shared, node, facts).await?;
     }
     on_running_report(
