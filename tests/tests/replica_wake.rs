@@ -22,6 +22,10 @@ async fn a_run_started_on_one_replica_wakes_the_replica_holding_its_agent() {
         let agent = Agent::start(&b.url, "woken", 1, &[]);
         let mut clients = Clients::new(a.channel().await);
         clients.wait_ready_nodes(1).await;
+        // A node is ready once registered, before its stream opens; opening it pokes B's
+        // scheduler. Two heartbeats (sent on the stream only) say that poke came and went, so
+        // that only a wake can bring the run to B before its next tick.
+        clients.wait_heartbeats("woken", 2).await;
         clients.create_release("r550").await;
         clients
             .apply_plan("name: wake\nselector: {sku: hgx-h100}\nsteps:\n  - {name: quick, kind: exec, command: [sh, -c, 'true']}\n")
