@@ -1044,6 +1044,93 @@ async fn only_the_jobs_own_unsent_results_keep_it_waiting() {
     controller.stop().await;
 }
 
+/// Heartbeats are judged in batches, after they arrived: one that arrived before the job's
+/// last result ended it still names the job, but says nothing about the agent now and stops
+/// nothing. One that arrived after the end and still names the job cancels it on the agent.
+#[tokio::test]
+async fn a_heartbeat_older_than_the_end_of_its_job_cancels_nothing() {
+    use tollgate_controller::clock::Clock as _;
+    let (controller, clock) = controller_on_a_manual_clock().await;
+    let mut agent = Agent::enroll(&controller, "node-a").await;
+    start_run_of_r550(&controller).await;
+    let assign = agent.next_assignment().await;
+    agent.accept(&assign).await;
+    let heard_before_the_end = clock.now();
+    clock.advance(chrono::Duration::seconds(1));
+    for step in 0..assign.steps.len() {
+        let step = u32::try_from(step).expect("few steps");
+        agent
+            .report(&controller, result(&assign, step, proto::Outcome::Passed))
+            .await
+            .expect("result");
+    }
+    let shared = &controller.serving.shared;
+    let node: tollgate_domain::NodeId = "node-a".into();
+    let job = tollgate_domain::JobId::new(assign.job_id.clone());
+    let ended = shared
+        .store
+        .get_job(&job)
+        .await
+        .expect("job")
+        .expect("found");
+    assert_eq!(ended.state, tollgate_domain::job::JobState::Passed);
+    clock.advance(chrono::Duration::seconds(1));
+    judge_naming(shared, &node, &assign.job_id, heard_before_the_end).await;
+    let cancel = next_cancel(&mut agent.commands).await;
+    assert!(
+        cancel.is_none(),
+        "a heartbeat older than the end cancelled: {cancel:?}"
+    );
+    judge_naming(shared, &node, &assign.job_id, clock.now()).await;
+    let cancel = next_cancel(&mut agent.commands)
+        .await
+        .expect("a heartbeat after the end naming the job cancels it");
+    assert_eq!(cancel.job_id, assign.job_id);
+    controller.stop().await;
+}
+
+/// Judges, as a heartbeat flush would, a heartbeat that arrived at `at` naming `job` as
+/// running.
+async fn judge_naming(
+    shared: &tollgate_controller::shared::Shared,
+    node: &tollgate_domain::NodeId,
+    job: &str,
+    at: tollgate_domain::Timestamp,
+) {
+    let note = tollgate_controller::heartbeats::Note {
+        session_id: 0,
+        heartbeat: proto::Heartbeat {
+            running_job_id: job.to_owned(),
+            commands_received: 1,
+            ..Default::default()
+        },
+        at,
+    };
+    let facts = shared
+        .store
+        .heartbeat_facts(std::slice::from_ref(node))
+        .await
+        .expect("facts");
+    tollgate_controller::grpc::agent::judge_heartbeat(shared, node, &note, facts.first())
+        .await
+        .expect("judged");
+}
+
+/// The next `CancelJob` if one comes within half a second.
+async fn next_cancel(
+    commands: &mut Streaming<proto::ControllerCommand>,
+) -> Option<proto::CancelJob> {
+    loop {
+        let command = tokio::time::timeout(Duration::from_millis(500), commands.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let Some(proto::controller_command::Command::CancelJob(cancel)) = command.command {
+            return Some(cancel);
+        }
+    }
+}
+
 /// Asserts a short `InvalidArgument` that names `field` and the limit `limit`.
 fn assert_refused(status: &tonic::Status, field: &str, limit: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

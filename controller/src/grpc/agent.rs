@@ -20,7 +20,7 @@ use tollgate_domain::job::{
 };
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::result::StepResult;
-use tollgate_domain::{JobId, NodeId, RunId};
+use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -425,6 +425,7 @@ pub async fn judge_heartbeat(
     on_running_report(
         shared,
         node,
+        note.at,
         note.session_id,
         &note.heartbeat,
         facts.current_job.clone(),
@@ -495,6 +496,7 @@ async fn reconnected(
 async fn on_running_report(
     shared: &Shared,
     node: &NodeId,
+    heard_at: Timestamp,
     session_id: u64,
     heartbeat: &proto::Heartbeat,
     current_job: Option<JobId>,
@@ -507,7 +509,7 @@ async fn on_running_report(
             .as_ref()
             .is_none_or(|job| job.as_str() != running_job_id)
     {
-        cancel_if_ended(shared, node, running_job_id).await?;
+        cancel_if_ended(shared, node, running_job_id, heard_at).await?;
     }
     // Cheap checks first: this runs on every heartbeat.
     let Some(current_job) = current_job else {
@@ -747,11 +749,19 @@ async fn assign_again(shared: &Shared, node: &NodeId, job_id: &JobId) -> Result<
 /// The agent runs a job the store does not hold as this node's running job: when it ended
 /// (cancelled, lost, finished) or is another node's, the agent is told to stop it, so no step
 /// keeps loading the GPUs for nothing.
-async fn cancel_if_ended(shared: &Shared, node: &NodeId, job_id: &str) -> Result<(), StoreError> {
+async fn cancel_if_ended(
+    shared: &Shared,
+    node: &NodeId,
+    job_id: &str,
+    heard_at: Timestamp,
+) -> Result<(), StoreError> {
     let job = shared.store.get_job(&JobId::new(job_id.to_owned())).await?;
     let reason = match &job {
         None => format!("job {job_id} does not exist"),
         Some(job) if &job.node != node => format!("job {job_id} belongs to node {}", job.node),
+        // Heartbeats are judged in batches: one that arrived before the job's last result
+        // ended it still names the job, and says nothing about the agent now.
+        Some(job) if job.state.is_terminal() && job.updated_at >= heard_at => return Ok(()),
         Some(job) if job.state.is_terminal() => format!("job already ended as {}", job.state),
         Some(_) => return Ok(()),
     };
