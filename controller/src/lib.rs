@@ -23,6 +23,7 @@ pub mod drain;
 pub mod fleet_history;
 pub mod gate_cache;
 pub mod gates;
+pub mod group_commit;
 pub mod grpc;
 pub mod health;
 pub mod health_checks;

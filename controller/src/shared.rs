@@ -73,6 +73,8 @@ pub struct Shared {
     pub limiter: std::sync::Arc<crate::limits::Limiter>,
     /// Heartbeats noted and not yet recorded (`heartbeats.rs` flushes them).
     pub heartbeats: crate::heartbeats::Heartbeats,
+    /// Results waiting to be written together (`group_commit.rs`).
+    pub group_commit: crate::group_commit::GroupCommit,
     /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
     pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
     /// When the lease leader last deleted fleet telemetry past its retention.
@@ -106,6 +108,7 @@ impl Shared {
             gate_cache: GateCache::default(),
             limiter,
             heartbeats: crate::heartbeats::Heartbeats::default(),
+            group_commit: crate::group_commit::GroupCommit::default(),
             fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
                 config_history.clone(),
             )),

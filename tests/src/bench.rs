@@ -54,7 +54,12 @@ pub async fn start_controller(
         .arg(&addr_file)
         .arg("--data-dir")
         .arg(dir.join("controller"))
-        .env("RUST_LOG", "warn")
+        // TOLLGATE_BENCH_CONTROLLER_LOG (a RUST_LOG filter) shows more, e.g. `sqlx=debug` to
+        // see every statement with its time.
+        .env(
+            "RUST_LOG",
+            std::env::var("TOLLGATE_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;

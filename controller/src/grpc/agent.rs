@@ -887,7 +887,11 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
     };
     crate::reschedule::attach(shared, &mut change.job, false).await?;
     let now = shared.now();
-    if store.record_result(result, &change, now).await? == Recorded::Duplicate {
+    let recorded = shared
+        .group_commit
+        .record(store, result, &change, now)
+        .await?;
+    if recorded == Recorded::Duplicate {
         return Ok(true);
     }
     tracing::debug!(job = %facts.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");

@@ -12,6 +12,90 @@ use tollgate_domain::job::ResultChange;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, Timestamp};
 
+const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
+const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
+const INSERT_RESULT: &str =
+    "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
+         exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
+         log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+             $18, $19, $20)
+     ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
+
+/// A result ready to insert: checked, its JSON columns and digest computed outside the
+/// transaction.
+struct Prepared<'a> {
+    result: &'a StepResult,
+    change: &'a ResultChange,
+    now: Timestamp,
+    measurements: String,
+    telemetry: String,
+    events: String,
+    inventory: String,
+    sub_results: String,
+    inventory_at_end: String,
+    series: String,
+    digest: String,
+}
+
+/// Why a result was refused before its transaction; given again as a fresh error.
+enum Refusal {
+    Corrupt { what: String, detail: String },
+    Conflict { what: String, detail: String },
+}
+
+impl Refusal {
+    fn again(&self) -> StoreError {
+        match self {
+            Self::Corrupt { what, detail } => StoreError::Corrupt {
+                what: what.clone(),
+                detail: detail.clone(),
+            },
+            Self::Conflict { what, detail } => StoreError::Conflict {
+                what: what.clone(),
+                detail: detail.clone(),
+            },
+        }
+    }
+}
+
+impl<'a> Prepared<'a> {
+    fn of(
+        result: &'a StepResult,
+        change: &'a ResultChange,
+        now: Timestamp,
+    ) -> Result<Self, Refusal> {
+        if let Err(error) = check_readable(result) {
+            return Err(match error {
+                StoreError::Corrupt { what, detail } => Refusal::Corrupt { what, detail },
+                other => Refusal::Corrupt {
+                    what: format!("result of job {}", result.job_id),
+                    detail: other.to_string(),
+                },
+            });
+        }
+        if change.job.job != result.job_id {
+            return Err(Refusal::Conflict {
+                what: format!("result of job {}", result.job_id),
+                detail: format!("it came with a change of job {}", change.job.job),
+            });
+        }
+        Ok(Self {
+            result,
+            change,
+            now,
+            measurements: to_json(&result.measurements),
+            telemetry: to_json(&result.telemetry),
+            events: to_json(&result.events),
+            inventory: to_json(&result.inventory),
+            sub_results: to_json(&result.sub_results),
+            inventory_at_end: to_json(&result.inventory_at_end),
+            series: to_json(&result.series),
+            digest: hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
+        })
+    }
+}
+
 impl Store {
     /// Stores a result the domain accepted (`tollgate_domain::job::accept_result`) and
     /// applies its `change` in the same transaction: only if the job has the results it was
@@ -31,96 +115,127 @@ impl Store {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
-        const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
-        const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
-                 exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-                 log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19, $20)
-             ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
-        check_readable(result)?;
-        if change.job.job != result.job_id {
-            return Err(StoreError::Conflict {
+        let mut outcomes = self.record_results(&[(result, change, now)]).await?;
+        outcomes.pop().unwrap_or_else(|| {
+            Err(StoreError::Corrupt {
                 what: format!("result of job {}", result.job_id),
-                detail: format!("it came with a change of job {}", change.job.job),
-            });
+                detail: "a batch of one gave no outcome".to_owned(),
+            })
+        })
+    }
+
+    /// [`Store::record_result`] for several results in one transaction (one commit, one
+    /// fsync): each is recorded, or refused, as if alone (a savepoint each), and gets its own
+    /// outcome, in order. A database error (the disk refused, the connection broke) fails the
+    /// whole batch and stores none of it: record each result again to learn its own outcome.
+    pub async fn record_results(
+        &self,
+        batch: &[(&StepResult, &ResultChange, Timestamp)],
+    ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+        let mut prepared = Vec::with_capacity(batch.len());
+        for (result, change, now) in batch {
+            prepared.push(Prepared::of(result, change, *now));
         }
-        let job = &result.job_id;
-        let what = format!("job {job}");
-        let measurements = to_json(&result.measurements);
-        let telemetry = to_json(&result.telemetry);
-        let events = to_json(&result.events);
-        let inventory = to_json(&result.inventory);
-        let sub_results = to_json(&result.sub_results);
-        let inventory_at_end = to_json(&result.inventory_at_end);
-        let series = to_json(&result.series);
-        let digest = hex::encode(tollgate_domain::gate::result_digest(&as_stored(result)));
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            // The job's lock before the insert, so that the count below sees every result
-            // another writer of this job committed meanwhile: under PostgreSQL's read
-            // committed, two writers that inserted before either locked would each count only
-            // their own. The run's lock before it (the lock order of `apply_job_change!`) only
-            // when the job ends: the run's transition is decided from its open jobs. Most
-            // results leave the job running, and a run's jobs then do not wait for each other.
-            if change.job.to.is_terminal() && !change.job.from.is_terminal() {
-                lock_job_run!(tx, job);
+            let mut outcomes = Vec::with_capacity(prepared.len());
+            for item in &prepared {
+                let item = match item {
+                    Ok(item) => item,
+                    Err(refusal) => {
+                        outcomes.push(Err(refusal.again()));
+                        continue;
+                    }
+                };
+                sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+                let outcome = async {
+                    let result = item.result;
+                    let change = item.change;
+                    let job = &result.job_id;
+                    let what = format!("job {job}");
+                    // The job's lock before the insert, so that the count below sees every
+                    // result another writer of this job committed meanwhile: under
+                    // PostgreSQL's read committed, two writers that inserted before either
+                    // locked would each count only their own. The run's lock before it (the
+                    // lock order of `apply_job_change!`) only when the job ends: the run's
+                    // transition is decided from its open jobs. Most results leave the job
+                    // running, and a run's jobs then do not wait for each other.
+                    if change.job.to.is_terminal() && !change.job.from.is_terminal() {
+                        lock_job_run!(tx, job);
+                    }
+                    let Some(row) = sqlx::query(LOCK_JOB)
+                        .bind(job.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    else {
+                        return Err(StoreError::NotFound { what });
+                    };
+                    let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
+                    let n_rows = sqlx::query(INSERT_RESULT)
+                        .bind(result.job_id.as_str())
+                        .bind(i64::from(result.step_index))
+                        .bind(i64::from(result.attempt))
+                        .bind(epoch_to_i64(result.lease_epoch, job)?)
+                        .bind(text(&result.step_name))
+                        .bind(result.outcome.as_str())
+                        .bind(result.exit_code.map(i64::from))
+                        .bind(micros(result.started_at))
+                        .bind(micros(result.finished_at))
+                        .bind(&item.measurements)
+                        .bind(&item.telemetry)
+                        .bind(&item.events)
+                        .bind(&item.inventory)
+                        .bind(text(&result.log_tail))
+                        .bind(text(&result.message))
+                        .bind(micros(item.now))
+                        .bind(&item.sub_results)
+                        .bind(&item.inventory_at_end)
+                        .bind(&item.series)
+                        .bind(&item.digest)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|err| classify(err, &what, &what))?
+                        .rows_affected();
+                    if n_rows == 0 {
+                        return Ok(Recorded::Duplicate);
+                    }
+                    let row = sqlx::query(COUNT)
+                        .bind(job.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let n_results: usize =
+                        rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
+                    if n_results != change.results_before + 1 {
+                        return Err(StoreError::Conflict {
+                            what,
+                            detail: format!(
+                                "decided from {} stored results, found {} others",
+                                change.results_before,
+                                n_results.saturating_sub(1)
+                            ),
+                        });
+                    }
+                    apply_job_change!(tx, &change.job, item.now, run_id);
+                    Ok(Recorded::Inserted)
+                }
+                .await;
+                match outcome {
+                    // The database itself failed: the transaction may be unusable.
+                    Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
+                    Ok(Recorded::Inserted) => {}
+                    Ok(Recorded::Duplicate) | Err(_) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT result")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                sqlx::query("RELEASE SAVEPOINT result")
+                    .execute(&mut *tx)
+                    .await?;
+                outcomes.push(outcome);
             }
-            let Some(row) = sqlx::query(LOCK_JOB)
-                .bind(job.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                return Err(StoreError::NotFound { what });
-            };
-            let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
-            let n_rows = sqlx::query(INSERT_RESULT)
-                .bind(result.job_id.as_str())
-                .bind(i64::from(result.step_index))
-                .bind(i64::from(result.attempt))
-                .bind(epoch_to_i64(result.lease_epoch, job)?)
-                .bind(text(&result.step_name))
-                .bind(result.outcome.as_str())
-                .bind(result.exit_code.map(i64::from))
-                .bind(micros(result.started_at))
-                .bind(micros(result.finished_at))
-                .bind(&measurements)
-                .bind(&telemetry)
-                .bind(&events)
-                .bind(&inventory)
-                .bind(text(&result.log_tail))
-                .bind(text(&result.message))
-                .bind(micros(now))
-                .bind(&sub_results)
-                .bind(&inventory_at_end)
-                .bind(&series)
-                .bind(&digest)
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| classify(err, &what, &what))?
-                .rows_affected();
-            if n_rows == 0 {
-                return Ok(Recorded::Duplicate);
-            }
-            let row = sqlx::query(COUNT)
-                .bind(job.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            let n_results: usize = rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
-            if n_results != change.results_before + 1 {
-                return Err(StoreError::Conflict {
-                    what,
-                    detail: format!(
-                        "decided from {} stored results, found {} others",
-                        change.results_before,
-                        n_results.saturating_sub(1)
-                    ),
-                });
-            }
-            apply_job_change!(tx, &change.job, now, run_id);
             tx.commit().await?;
-            Ok(Recorded::Inserted)
+            Ok(outcomes)
         })
     }
 

@@ -99,6 +99,7 @@ on_both_backends!(
     concurrent_job_ends_finish_the_run,
     cancel_run_cancels_open_jobs,
     results_decided_from_the_same_state_apply_once,
+    a_batch_of_results_keeps_each_result_s_own_outcome,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
     two_replicas_assigning_one_run_keep_its_max_concurrent,
@@ -1385,6 +1386,85 @@ fn exactly_one<T: std::fmt::Debug, U: std::fmt::Debug>(
         (Err(StoreError::Conflict { .. }), Ok(_)) => false,
         other => panic!("expected exactly one to apply and one conflict, got {other:?}"),
     }
+}
+
+/// Results written together (group commit) are each recorded or refused as if alone: one
+/// refused result stores nothing of itself and takes nothing of the others with it.
+async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    add_node(store, "n2").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
+    let (one, two) = (&jobs[0].id, &jobs[1].id);
+    make_running(store, one).await;
+    make_running(store, two).await;
+    let stress_two = plan_result(&plan, two, 0, 1, Outcome::Passed);
+    let stress_two_change = accepted(store, &plan, &stress_two).await;
+    store
+        .record_result(&stress_two, &stress_two_change, at(40))
+        .await
+        .expect("stress of job two");
+
+    let stress_one = plan_result(&plan, one, 0, 1, Outcome::Passed);
+    let stress_one_change = accepted(store, &plan, &stress_one).await;
+    // Both decided from the same stored results of job two: the second is refused.
+    let failed = plan_result(&plan, two, 1, 1, Outcome::Failed);
+    let passed = plan_result(&plan, two, 1, 2, Outcome::Passed);
+    let failed_change = accepted(store, &plan, &failed).await;
+    let passed_change = accepted(store, &plan, &passed).await;
+    let mut unreadable = plan_result(&plan, one, 1, 1, Outcome::Passed);
+    unreadable.measurements.push(Measurement {
+        name: "membw_gbps".into(),
+        value: f64::NAN,
+        unit: None,
+    });
+    let outcomes = store
+        .record_results(&[
+            (&stress_one, &stress_one_change, at(41)),
+            (&failed, &failed_change, at(41)),
+            (&passed, &passed_change, at(41)),
+            (&stress_two, &stress_two_change, at(41)),
+            (&unreadable, &stress_one_change, at(41)),
+        ])
+        .await
+        .expect("the batch commits");
+    assert_eq!(outcomes.len(), 5);
+    assert!(
+        matches!(outcomes[0], Ok(Recorded::Inserted)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[1], Ok(Recorded::Inserted)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[2], Err(StoreError::Conflict { .. })),
+        "decided without the failed attempt: {outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[3], Ok(Recorded::Duplicate)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[4], Err(StoreError::Corrupt { .. })),
+        "{outcomes:?}"
+    );
+    let of_one = store.results_of_job(one).await.expect("results");
+    assert_eq!(of_one.len(), 1, "{of_one:?}");
+    let of_two = store.results_of_job(two).await.expect("results");
+    let kept: Vec<(u32, u32, Outcome)> = of_two
+        .iter()
+        .map(|r| (r.step_index, r.attempt, r.outcome))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![(0, 1, Outcome::Passed), (1, 1, Outcome::Failed)],
+        "the refused attempt left nothing"
+    );
+    assert_eq!(job_state(store, two).await, JobState::Running);
+    assert_eq!(job_state(store, one).await, JobState::Running);
 }
 
 async fn results_decided_from_the_same_state_apply_once(store: &Store) {
