@@ -107,7 +107,10 @@ impl Controller {
     /// The run with id `run_id`.
     async fn run(&self, run_id: &str) -> proto::Run {
         self.runs()
-            .get_run(proto::GetRunRequest { id: run_id.into() })
+            .get_run(proto::GetRunRequest {
+                id: run_id.into(),
+                ..Default::default()
+            })
             .await
             .expect("get run")
             .into_inner()
@@ -586,6 +589,7 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
         .runs()
         .watch_run(proto::GetRunRequest {
             id: fx.run_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("watch")

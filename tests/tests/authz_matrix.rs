@@ -367,6 +367,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .runs
             .get_run(v1::GetRunRequest {
                 id: world.run_id.clone(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -382,6 +383,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .runs
             .watch_run(v1::GetRunRequest {
                 id: world.run_id.clone(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -905,6 +907,7 @@ async fn sees_only_its_own(clients: &As, own: &str, other: &str, world: &World) 
         .runs
         .get_run(v1::GetRunRequest {
             id: world.run_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("run")
