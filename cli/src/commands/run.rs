@@ -186,15 +186,13 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
             Err(status) => return Err(RpcError::from(status).into()),
         };
         progress.update(&run)?;
-        let ended = run.state != RUNNING;
         let mut run = run;
         for job in std::mem::take(&mut run.jobs) {
             jobs.insert((job.node.clone(), job.id.clone()), job);
         }
+        // An ended run's jobs may still fill messages after the first that says it ended:
+        // the controller closes the stream after the last.
         last = Some(run);
-        if ended {
-            break;
-        }
     }
     progress.finish();
     let Some(mut run) = last else {
