@@ -614,10 +614,16 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
     .await
     .expect("run finishes");
     assert_eq!(finished.state, "finished");
-    assert!(
-        finished.jobs.iter().all(|job| job.state == "passed"),
+    // A watch message carries only the jobs that changed; its counts cover every job.
+    assert_eq!(
+        finished.job_counts,
+        [proto::JobCount {
+            state: "passed".into(),
+            count: 2
+        }],
         "{finished:?}"
     );
+    assert_eq!(finished.n_jobs, 2);
 
     let promoted = controller
         .releases()
