@@ -522,7 +522,9 @@ impl RunService for RunApi {
         shared.poke_scheduler();
         shared.request_reevaluation(&run.id);
         let run = load_run(shared, &id).await?;
-        let view = run_view(shared, &run, None, true)
+        // Every job without its results, as a listing shows it: the results of thousands of
+        // jobs would not fit one answer (GetRun pages them).
+        let view = run_view(shared, &run, None, false)
             .await?
             .ok_or_else(|| not_found(format!("run {id}")))?;
         Ok(Response::new(view))
