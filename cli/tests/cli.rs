@@ -382,6 +382,17 @@ mod stub {
     /// (`r-passed`, `r-failed`, `r-waiting`).
     struct Gates;
 
+    fn decision(release: String) -> pb::Decision {
+        let verdict = release.strip_prefix("r-").unwrap_or("error").to_owned();
+        pb::Decision {
+            release,
+            milestone: "lab-qual".into(),
+            summary: format!("the gate {verdict}"),
+            verdict,
+            ..Default::default()
+        }
+    }
+
     #[tonic::async_trait]
     impl pb::gate_service_server::GateService for Gates {
         async fn apply_gate(
@@ -402,15 +413,23 @@ mod stub {
             &self,
             request: Request<pb::EvaluateGateRequest>,
         ) -> Result<Response<pb::Decision>, Status> {
-            let release = request.into_inner().release;
-            let verdict = release.strip_prefix("r-").unwrap_or("error").to_owned();
-            Ok(Response::new(pb::Decision {
-                release,
-                milestone: "lab-qual".into(),
-                summary: format!("the gate {verdict}"),
-                verdict,
-                ..Default::default()
-            }))
+            Ok(Response::new(decision(request.into_inner().release)))
+        }
+
+        type StreamDecisionStream = std::pin::Pin<
+            Box<dyn tokio_stream::Stream<Item = Result<pb::DecisionPart, Status>> + Send>,
+        >;
+
+        async fn stream_decision(
+            &self,
+            request: Request<pb::EvaluateGateRequest>,
+        ) -> Result<Response<Self::StreamDecisionStream>, Status> {
+            let parts = tollgate_wire::decision_parts::split_for_stream(decision(
+                request.into_inner().release,
+            ));
+            Ok(Response::new(Box::pin(tokio_stream::iter(
+                parts.into_iter().map(Ok),
+            ))))
         }
 
         async fn waive(

@@ -107,7 +107,10 @@ impl Controller {
     /// The run with id `run_id`.
     async fn run(&self, run_id: &str) -> proto::Run {
         self.runs()
-            .get_run(proto::GetRunRequest { id: run_id.into() })
+            .get_run(proto::GetRunRequest {
+                id: run_id.into(),
+                ..Default::default()
+            })
             .await
             .expect("get run")
             .into_inner()
@@ -586,6 +589,7 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
         .runs()
         .watch_run(proto::GetRunRequest {
             id: fx.run_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -610,10 +614,16 @@ async fn a_passed_gate_promotes_and_a_missing_one_explains_itself() {
     .await
     .expect("run finishes");
     assert_eq!(finished.state, "finished");
-    assert!(
-        finished.jobs.iter().all(|job| job.state == "passed"),
+    // A watch message carries only the jobs that changed; its counts cover every job.
+    assert_eq!(
+        finished.job_counts,
+        [proto::JobCount {
+            state: "passed".into(),
+            count: 2
+        }],
         "{finished:?}"
     );
+    assert_eq!(finished.n_jobs, 2);
 
     let promoted = controller
         .releases()

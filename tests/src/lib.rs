@@ -2,6 +2,7 @@
 //! simulated GPUs running real step processes, and gRPC clients over real sockets.
 
 pub mod bench;
+pub mod big_run;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -491,7 +492,10 @@ impl Clients {
             let id = run_id.to_owned();
             async move {
                 let run = runs
-                    .get_run(v1::GetRunRequest { id })
+                    .get_run(v1::GetRunRequest {
+                        id,
+                        ..Default::default()
+                    })
                     .await
                     .ok()?
                     .into_inner();
@@ -515,7 +519,10 @@ impl Clients {
     /// The run with id `run_id`, as it is now.
     pub async fn run(&mut self, run_id: &str) -> v1::Run {
         self.runs
-            .get_run(v1::GetRunRequest { id: run_id.into() })
+            .get_run(v1::GetRunRequest {
+                id: run_id.into(),
+                ..Default::default()
+            })
             .await
             .expect("get run")
             .into_inner()

@@ -82,6 +82,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GateService/ApplyGate", "UUUU DDAA DD UU UUX"),
     ("GateService/GetGate", "UUUU AAAA DD UU UUX"),
     ("GateService/EvaluateGate", "UUUU AAAA AA UU UUX"),
+    ("GateService/StreamDecision", "UUUU AAAA AA UU UUX"),
     ("GateService/Waive", "UUUU DDAA DD UU UUX"),
     ("GateService/RevokeWaiver", "UUUU DDAA DD UU UUX"),
     ("GateService/ListWaivers", "UUUU AAAA DD UU UUX"),
@@ -367,6 +368,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .runs
             .get_run(v1::GetRunRequest {
                 id: world.run_id.clone(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -382,6 +384,7 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .runs
             .watch_run(v1::GetRunRequest {
                 id: world.run_id.clone(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -405,6 +408,15 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "GateService/EvaluateGate" => c
             .gates
             .evaluate_gate(v1::EvaluateGateRequest {
+                release: release(),
+                milestone: String::new(),
+                at: None,
+            })
+            .await
+            .map(drop),
+        "GateService/StreamDecision" => c
+            .gates
+            .stream_decision(v1::EvaluateGateRequest {
                 release: release(),
                 milestone: String::new(),
                 at: None,
@@ -905,12 +917,19 @@ async fn sees_only_its_own(clients: &As, own: &str, other: &str, world: &World) 
         .runs
         .get_run(v1::GetRunRequest {
             id: world.run_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("run")
         .into_inner();
     let job_nodes: Vec<&str> = run.jobs.iter().map(|job| job.node.as_str()).collect();
     assert_eq!(job_nodes, [own]);
+    // The counts are of the customer's own jobs too.
+    assert_eq!(run.n_jobs, 1);
+    assert_eq!(
+        run.job_counts.iter().map(|count| count.count).sum::<u32>(),
+        1
+    );
     let decision = c
         .gates
         .evaluate_gate(v1::EvaluateGateRequest {

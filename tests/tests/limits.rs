@@ -175,7 +175,13 @@ async fn one_identity_holds_at_most_the_limit_of_streams_and_a_closed_one_frees_
     let watch = |clients: &tollgate_tests::Clients| {
         let mut runs = clients.runs.clone();
         let id = run.id.clone();
-        async move { runs.watch_run(v1::GetRunRequest { id }).await }
+        async move {
+            runs.watch_run(v1::GetRunRequest {
+                id,
+                ..Default::default()
+            })
+            .await
+        }
     };
 
     let mut first = watch(&clients).await.expect("first stream").into_inner();

@@ -157,8 +157,20 @@ fn cases() -> Vec<(&'static str, Call)> {
             "name",
             Call::Promote(v1::PromoteRequest { name: name.clone() }),
         ));
-        cases.push(("id", Call::GetRun(v1::GetRunRequest { id: name.clone() })));
-        cases.push(("id", Call::WatchRun(v1::GetRunRequest { id: name.clone() })));
+        cases.push((
+            "id",
+            Call::GetRun(v1::GetRunRequest {
+                id: name.clone(),
+                ..Default::default()
+            }),
+        ));
+        cases.push((
+            "id",
+            Call::WatchRun(v1::GetRunRequest {
+                id: name.clone(),
+                ..Default::default()
+            }),
+        ));
         cases.push((
             "release",
             Call::RenderAttestation(v1::RenderAttestationRequest {

@@ -587,7 +587,10 @@ impl Manager {
     /// The run as it is now.
     async fn run(&mut self, run_id: &str) -> v1::Run {
         self.runs
-            .get_run(v1::GetRunRequest { id: run_id.into() })
+            .get_run(v1::GetRunRequest {
+                id: run_id.into(),
+                ..Default::default()
+            })
             .await
             .expect("get run")
             .into_inner()
@@ -601,7 +604,10 @@ impl Manager {
             let id = run_id.to_owned();
             async move {
                 let run = runs
-                    .get_run(v1::GetRunRequest { id })
+                    .get_run(v1::GetRunRequest {
+                        id,
+                        ..Default::default()
+                    })
                     .await
                     .ok()?
                     .into_inner();

@@ -112,7 +112,10 @@ async fn agent_restarted_mid_step_is_recorded_and_the_job_retried(backend: Backe
 async fn job_state(clients: &Clients, run_id: &str) -> Option<String> {
     let mut runs = clients.runs.clone();
     let run = runs
-        .get_run(v1::GetRunRequest { id: run_id.into() })
+        .get_run(v1::GetRunRequest {
+            id: run_id.into(),
+            ..Default::default()
+        })
         .await
         .ok()?
         .into_inner();
@@ -195,7 +198,10 @@ async fn a_lease_outlives_an_agent_reconnecting_at_its_backoff_cap(backend: Back
     .await;
     let mut runs = clients.runs.clone();
     let run = runs
-        .get_run(v1::GetRunRequest { id: run.id.clone() })
+        .get_run(v1::GetRunRequest {
+            id: run.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("get run")
         .into_inner();

@@ -192,7 +192,7 @@ bounded_texts! {
     ApplyPlanRequest { source: SPEC_SOURCE, file_name: PATH }
     GetPlanRequest { name: NAME, version: NAME }
     ListPlansRequest {}
-    GetRunRequest { id: NAME }
+    GetRunRequest { id: NAME, page_token: PAGE_TOKEN; page_size }
     ListRunsRequest { release: NAME, page_token: PAGE_TOKEN; page_size }
     CancelRunRequest { id: NAME }
     ApplyGateRequest { source: SPEC_SOURCE, file_name: PATH }

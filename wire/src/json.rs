@@ -234,7 +234,15 @@ pub fn run(run: &pb::Run) -> Value {
         jobs,
         selection,
         purpose,
+        job_counts,
+        n_jobs,
+        // Followed by the CLI, which prints every page's jobs as one list.
+        next_page_token: _,
     } = run;
+    let counts: serde_json::Map<String, Value> = job_counts
+        .iter()
+        .map(|pb::JobCount { state, count }| (state.clone(), json!(count)))
+        .collect();
     let mut value = json!({
         "id": id,
         "purpose": purpose,
@@ -245,6 +253,8 @@ pub fn run(run: &pb::Run) -> Value {
         "state": state,
         "created_at": time(created_at.as_ref()),
         "finished_at": time(finished_at.as_ref()),
+        "n_jobs": n_jobs,
+        "job_counts": counts,
         "jobs": jobs.iter().map(job).collect::<Vec<_>>(),
     });
     // Only `run start` answers with a selection.

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod bounds;
 pub mod daemon_config;
+pub mod decision_parts;
 pub mod fields;
 pub mod fleet;
 pub mod gate;

@@ -16,6 +16,10 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The longest `page_token` accepted; the controller's are far shorter.
 pub const MAX_TOKEN_BYTES: usize = tollgate_domain::limits::PAGE_TOKEN.max;
+/// The most bytes of entries one page (or one streamed message) holds: a page ends before an
+/// entry that would take it past this, though it always holds one. A quarter of the 4 MiB
+/// that gRPC clients decode by default, so an entry up to 3 MiB still fits beside the others.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// The lists that are paged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,8 @@ pub enum List {
     Waivers,
     /// `ListAudit`, by position.
     Audit,
+    /// A run's jobs in `GetRun`, by node name.
+    Jobs,
 }
 
 impl List {
@@ -42,6 +48,7 @@ impl List {
             Self::Runs => "ListRuns",
             Self::Waivers => "ListWaivers",
             Self::Audit => "ListAudit",
+            Self::Jobs => "GetRun",
         }
     }
 }
@@ -62,6 +69,13 @@ pub enum After {
     },
     /// A position (audit entries).
     Seq(i64),
+    /// A job's node name and id (a run's jobs).
+    Job {
+        /// The job's node.
+        node: String,
+        /// The job's id, breaking ties between jobs of one node.
+        id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -190,6 +204,33 @@ pub fn split_page<T>(
     (fetched, after)
 }
 
+/// Like [`split_page`], but the page also ends before an entry that would take the bytes of
+/// its entries (`bytes` of each) past `max_bytes`; it always holds the first entry.
+pub fn split_page_within<T>(
+    mut fetched: Vec<T>,
+    size: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+    key: impl Fn(&T) -> After,
+) -> (Vec<T>, Option<After>) {
+    let mut n_bytes = 0usize;
+    let mut n_kept = 0;
+    for entry in fetched.iter().take(size) {
+        let entry_bytes = bytes(entry);
+        if n_kept > 0 && n_bytes.saturating_add(entry_bytes) > max_bytes {
+            break;
+        }
+        n_bytes = n_bytes.saturating_add(entry_bytes);
+        n_kept += 1;
+    }
+    if n_kept == fetched.len() {
+        return (fetched, None);
+    }
+    fetched.truncate(n_kept);
+    let after = fetched.last().map(key);
+    (fetched, after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +292,35 @@ mod tests {
         );
         assert_eq!(split_page(vec![1, 2], 2, key), (vec![1, 2], None));
         assert_eq!(split_page(Vec::<i64>::new(), 2, key), (vec![], None));
+    }
+
+    #[test]
+    fn a_page_ends_before_the_entry_past_its_bytes_but_holds_one() {
+        let key = |n: &usize| After::Seq(i64::try_from(*n).unwrap());
+        let bytes = |n: &usize| *n;
+        // 4 + 5 fit in 10, 4 + 5 + 3 do not: the page ends after 5.
+        assert_eq!(
+            split_page_within(vec![4, 5, 3, 1], 3, 10, bytes, key),
+            (vec![4, 5], Some(After::Seq(5)))
+        );
+        // One entry over the budget is still sent, alone.
+        assert_eq!(
+            split_page_within(vec![50, 1], 3, 10, bytes, key),
+            (vec![50], Some(After::Seq(50)))
+        );
+        // Within both bounds, the size decides as in `split_page`.
+        assert_eq!(
+            split_page_within(vec![1, 1, 1], 2, 10, bytes, key),
+            (vec![1, 1], Some(After::Seq(1)))
+        );
+        assert_eq!(
+            split_page_within(vec![1, 1], 2, 10, bytes, key),
+            (vec![1, 1], None)
+        );
+        assert_eq!(
+            split_page_within(Vec::<usize>::new(), 2, 10, bytes, key),
+            (vec![], None)
+        );
     }
 
     #[test]

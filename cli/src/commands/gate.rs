@@ -124,23 +124,30 @@ pub async fn evaluate(
     evaluate_at(controller, release, milestone, None).await
 }
 
-/// Evaluates the gate now, or, with `at`, replays the decision as it stood then.
+/// Evaluates the gate now, or, with `at`, replays the decision as it stood then. The decision
+/// comes as StreamDecision's parts (one message could not carry the decision of a large
+/// lab), put back together here.
 pub async fn evaluate_at(
     controller: &Controller,
     release: &str,
     milestone: Option<&str>,
     at: Option<prost_types::Timestamp>,
 ) -> anyhow::Result<pb::Decision> {
-    Ok(answer(
+    let mut stream = answer(
         controller
             .gates()
-            .evaluate_gate(pb::EvaluateGateRequest {
+            .stream_decision(pb::EvaluateGateRequest {
                 release: release.to_owned(),
                 milestone: milestone.unwrap_or_default().to_owned(),
                 at,
             })
             .await,
-    )?)
+    )?;
+    let mut parts = Vec::new();
+    while let Some(part) = stream.message().await.map_err(RpcError::from)? {
+        parts.push(part);
+    }
+    Ok(tollgate_wire::decision_parts::assemble(parts)?)
 }
 
 /// Whether a gate is stored for `milestone`.

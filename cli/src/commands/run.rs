@@ -92,12 +92,7 @@ pub async fn run(controller: &Controller, command: RunCommand) -> anyhow::Result
             match output.output {
                 Format::Json => print_json(&json::run(&run)),
                 Format::Text => {
-                    println!(
-                        "run {} {}: {}",
-                        run.id,
-                        run.state,
-                        format_job_counts(&run.jobs)
-                    );
+                    println!("run {} {}: {}", run.id, run.state, format_counts(&run));
                     Ok(())
                 }
             }
@@ -126,28 +121,53 @@ pub async fn start(
     )?)
 }
 
-/// One run.
+/// One run with every job: GetRun's pages followed to the last, their jobs in one list; the
+/// run's own fields and job counts are the last page's (the newest, for a live run).
 pub async fn get(controller: &Controller, id: &str) -> anyhow::Result<pb::Run> {
-    Ok(answer(
-        controller
-            .runs()
-            .get_run(pb::GetRunRequest { id: id.to_owned() })
-            .await,
-    )?)
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let mut page = answer(
+            controller
+                .runs()
+                .get_run(pb::GetRunRequest {
+                    id: id.to_owned(),
+                    // As many as fit: the controller ends a page at 1 MiB of jobs.
+                    page_size: u32::try_from(tollgate_wire::page::MAX_PAGE_SIZE)
+                        .unwrap_or(u32::MAX),
+                    page_token,
+                })
+                .await,
+        )?;
+        jobs.append(&mut page.jobs);
+        if page.next_page_token.is_empty() {
+            page.jobs = jobs;
+            return Ok(page);
+        }
+        page_token = std::mem::take(&mut page.next_page_token);
+    }
 }
 
 /// Follows a run until it ends and returns it as it ended. Text on a terminal shows a progress
 /// bar of jobs ended with each job's changes above it; anywhere else (a pipe, a log, `-o json`)
 /// every update is appended as its own line.
+///
+/// Each message carries the run's own fields and job counts and only the jobs that changed;
+/// the run returned holds every job, as last sent.
 pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow::Result<pb::Run> {
     let mut stream = answer(
         controller
             .runs()
-            .watch_run(pb::GetRunRequest { id: id.to_owned() })
+            .watch_run(pb::GetRunRequest {
+                id: id.to_owned(),
+                ..Default::default()
+            })
             .await,
     )?;
     let mut progress = Progress::new(format, std::io::stdout().is_terminal());
     let mut last: Option<pb::Run> = None;
+    // Every job as last sent, by node and id (the run's order).
+    let mut jobs: BTreeMap<(String, String), pb::Job> = BTreeMap::new();
     // A live drawing also ticks between updates, so its clock shows a long step still going.
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -166,16 +186,19 @@ pub async fn watch(controller: &Controller, id: &str, format: Format) -> anyhow:
             Err(status) => return Err(RpcError::from(status).into()),
         };
         progress.update(&run)?;
-        let ended = run.state != RUNNING;
-        last = Some(run);
-        if ended {
-            break;
+        let mut run = run;
+        for job in std::mem::take(&mut run.jobs) {
+            jobs.insert((job.node.clone(), job.id.clone()), job);
         }
+        // An ended run's jobs may still fill messages after the first that says it ended:
+        // the controller closes the stream after the last.
+        last = Some(run);
     }
     progress.finish();
-    let Some(run) = last else {
+    let Some(mut run) = last else {
         anyhow::bail!("the controller closed the watch of run {id} without sending it");
     };
+    run.jobs = jobs.into_values().collect();
     if run.state == RUNNING {
         anyhow::bail!(
             "the controller closed the watch of run {id} while it was still running; \
@@ -204,6 +227,8 @@ struct Progress {
     bar: Option<ProgressBar>,
     /// The last line printed per job id.
     job_lines: HashMap<String, String>,
+    /// The widest node name seen so far: job lines align across updates.
+    name_width: usize,
     /// The run state last printed.
     state: String,
 }
@@ -223,6 +248,7 @@ impl Progress {
             format,
             bar,
             job_lines: HashMap::new(),
+            name_width: 0,
             state: String::new(),
         }
     }
@@ -246,8 +272,8 @@ impl Progress {
                 for line in self.changed_job_lines(run) {
                     bar.println(format!("  {line}"));
                 }
-                bar.set_length(run.jobs.len() as u64);
-                bar.set_position(run.jobs.iter().filter(|job| job_ended(job)).count() as u64);
+                bar.set_length(u64::from(run.n_jobs));
+                bar.set_position(n_ended(run));
                 bar.set_message(format!(
                     "run {} {} ({elapsed})",
                     short_hash(&run.id),
@@ -281,7 +307,8 @@ impl Progress {
     /// The lines of the jobs whose line differs from the one printed last, remembered as
     /// printed.
     fn changed_job_lines(&mut self, run: &pb::Run) -> Vec<String> {
-        let width = name_width(&run.jobs);
+        self.name_width = self.name_width.max(name_width(&run.jobs));
+        let width = self.name_width;
         let mut changed = Vec::new();
         for job in &run.jobs {
             let line = format_job_line(job, width);
@@ -301,9 +328,19 @@ impl Progress {
     }
 }
 
-/// Whether a job is over (passed, failed, error, cancelled, lost): it counts on the bar.
-fn job_ended(job: &pb::Job) -> bool {
-    !matches!(job.state.as_str(), "pending" | "assigned" | "running")
+/// Whether a job in `state` is over (passed, failed, error, cancelled, lost): it counts on
+/// the bar.
+fn state_ended(state: &str) -> bool {
+    !matches!(state, "pending" | "assigned" | "running")
+}
+
+/// How many of the run's jobs are over, from its job counts.
+fn n_ended(run: &pb::Run) -> u64 {
+    run.job_counts
+        .iter()
+        .filter(|count| state_ended(&count.state))
+        .map(|count| u64::from(count.count))
+        .sum()
 }
 
 /// How long the run has been going, counted from its start on the controller (not from when
@@ -371,6 +408,24 @@ pub fn format_job_line(job: &pb::Job, name_width: usize) -> String {
         }
     }
     line
+}
+
+/// The run's job counts: `3 passed, 1 failed`, states in alphabetical order. A run without
+/// counts (from a controller older than them) is counted from the jobs it carries.
+pub fn format_counts(run: &pb::Run) -> String {
+    if run.job_counts.is_empty() {
+        return format_job_counts(&run.jobs);
+    }
+    let counts: BTreeMap<&str, u32> = run
+        .job_counts
+        .iter()
+        .map(|count| (count.state.as_str(), count.count))
+        .collect();
+    counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Job states counted: `3 passed, 1 failed`.
@@ -446,12 +501,7 @@ pub fn format_ended(run: &pb::Run) -> String {
         }
         _ => String::new(),
     };
-    format!(
-        "run {} {}{took}: {}",
-        run.id,
-        run.state,
-        format_job_counts(&run.jobs)
-    )
+    format!("run {} {}{took}: {}", run.id, run.state, format_counts(run))
 }
 
 /// A run with its jobs and every step result.
@@ -471,12 +521,7 @@ pub fn format_run(run: &pb::Run) -> String {
         run.plan_name,
         short_hash(&run.plan_version)
     );
-    let _ = writeln!(
-        out,
-        "state:     {} ({})",
-        run.state,
-        format_job_counts(&run.jobs)
-    );
+    let _ = writeln!(out, "state:     {} ({})", run.state, format_counts(run));
     let _ = writeln!(out, "started:   {}", format_time(run.created_at.as_ref()));
     let _ = writeln!(out, "finished:  {}", format_time(run.finished_at.as_ref()));
     for job in &run.jobs {
@@ -623,7 +668,7 @@ pub fn format_run_table(runs: &[pb::Run]) -> String {
                 }
             ),
             run.state.clone(),
-            format_job_counts(&run.jobs),
+            format_counts(run),
             format_time(run.created_at.as_ref()),
         ]);
     }
@@ -876,24 +921,27 @@ mod tests {
     }
 
     #[test]
-    fn the_live_bar_counts_jobs_ended_of_all() {
+    fn the_live_bar_counts_jobs_ended_of_all_from_the_runs_counts() {
         let mut progress = Progress {
             format: Format::Text,
             bar: Some(ProgressBar::hidden()),
             job_lines: HashMap::new(),
+            name_width: 0,
             state: String::new(),
         };
+        // A watch message carries only the jobs that changed; the bar counts every job.
         let run = pb::Run {
             id: "run-1".into(),
             state: RUNNING.into(),
-            jobs: ["passed", "running", "lost", "pending", "cancelled"]
+            jobs: vec![job("running", Vec::new())],
+            job_counts: ["passed", "running", "lost", "pending", "cancelled"]
                 .into_iter()
-                .enumerate()
-                .map(|(idx, state)| pb::Job {
-                    id: format!("j{idx}"),
-                    ..job(state, Vec::new())
+                .map(|state| pb::JobCount {
+                    state: state.into(),
+                    count: 1,
                 })
                 .collect(),
+            n_jobs: 5,
             ..Default::default()
         };
         progress.update(&run).expect("a hidden bar draws nowhere");

@@ -82,6 +82,7 @@ pub const TABLE: &[Row] = &[
     row("GateService", "ApplyGate", RELEASE),
     row("GateService", "GetGate", READ),
     row("GateService", "EvaluateGate", READ_OWN),
+    row("GateService", "StreamDecision", READ_OWN),
     row("GateService", "Waive", RELEASE),
     row("GateService", "RevokeWaiver", RELEASE),
     row("GateService", "ListWaivers", READ),

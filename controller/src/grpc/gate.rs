@@ -10,12 +10,17 @@ use super::{load_release, new_id, resolve_milestone, status};
 use crate::gates::{evaluate_now, replay_at};
 use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
+use std::pin::Pin;
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
 use tollgate_domain::release::Track;
 use tollgate_domain::waiver::{WaiverRefusal, WaiverRequest};
 use tollgate_proto::v1::{self as proto, gate_service_server::GateService};
 use tonic::{Request, Response, Status};
+
+/// The largest decision EvaluateGate answers in one message: the 4 MiB a gRPC client decodes
+/// by default. A larger one (thousands of failing nodes) is refused, naming StreamDecision.
+pub const UNARY_DECISION_BYTES: usize = 4 * 1024 * 1024;
 
 /// The gate service.
 #[derive(Debug, Clone)]
@@ -27,6 +32,64 @@ impl GateApi {
     /// A service over the shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// The decision EvaluateGate and StreamDecision answer: evaluated now (for a customer,
+    /// over its own nodes), or replayed as stored at `at`.
+    async fn decide(
+        &self,
+        request: Request<proto::EvaluateGateRequest>,
+    ) -> Result<proto::Decision, Status> {
+        let customer = super::auth::customer_of(&request);
+        let proto::EvaluateGateRequest {
+            release,
+            milestone,
+            at,
+        } = super::convert::bounded(request.into_inner())?;
+        let release = load_release(&self.shared, &release).await?;
+        let milestone = resolve_milestone(&release, &milestone)?;
+        if let Some(customer) = customer {
+            // A customer's decision is evaluated now over its own nodes' evidence, as a
+            // customer-scoped report's is; stored decisions are the whole fleet's.
+            if at.is_some() {
+                return Err(status::invalid_field(
+                    "at",
+                    "replays the whole fleet's stored decision, which a customer token may \
+                     not read; leave it out to evaluate over your own nodes now",
+                ));
+            }
+            let scope = crate::report::CustomerScope {
+                label: tollgate_domain::access::CUSTOMER_LABEL.to_owned(),
+                value: customer,
+            };
+            let evaluated =
+                super::report::evaluate(&self.shared, &release, &milestone, Some(&scope)).await?;
+            return Ok(evaluated.decision.to_proto());
+        }
+        if let Some(at) = at {
+            let at = timestamp_from_proto(&at)
+                .ok_or_else(|| status::invalid_field("at", "is not a valid timestamp"))?;
+            let replayed = replay_at(&self.shared, &release, &milestone, at)
+                .await?
+                .ok_or_else(|| {
+                    status::not_found(format!(
+                        "decision of release {} at milestone {milestone} made at or before {}",
+                        release.id,
+                        at.to_rfc3339()
+                    ))
+                })?;
+            let note = replayed.describe();
+            if replayed.replayed.is_some() && !note.starts_with("replayed") {
+                tracing::error!(release = %release.id, milestone, "{note}");
+            }
+            let mut decision = replayed.stored.to_proto();
+            decision.replay = note;
+            return Ok(decision);
+        }
+        let evaluated = evaluate_now(&self.shared, &release, &milestone)
+            .await?
+            .ok_or_else(|| no_gate(&milestone))?;
+        Ok(evaluated.decision.to_proto())
     }
 }
 
@@ -129,56 +192,33 @@ impl GateService for GateApi {
         &self,
         request: Request<proto::EvaluateGateRequest>,
     ) -> Result<Response<proto::Decision>, Status> {
-        let customer = super::auth::customer_of(&request);
-        let proto::EvaluateGateRequest {
-            release,
-            milestone,
-            at,
-        } = super::convert::bounded(request.into_inner())?;
-        let release = load_release(&self.shared, &release).await?;
-        let milestone = resolve_milestone(&release, &milestone)?;
-        if let Some(customer) = customer {
-            // A customer's decision is evaluated now over its own nodes' evidence, as a
-            // customer-scoped report's is; stored decisions are the whole fleet's.
-            if at.is_some() {
-                return Err(status::invalid_field(
-                    "at",
-                    "replays the whole fleet's stored decision, which a customer token may \
-                     not read; leave it out to evaluate over your own nodes now",
-                ));
-            }
-            let scope = crate::report::CustomerScope {
-                label: tollgate_domain::access::CUSTOMER_LABEL.to_owned(),
-                value: customer,
-            };
-            let evaluated =
-                super::report::evaluate(&self.shared, &release, &milestone, Some(&scope)).await?;
-            return Ok(Response::new(evaluated.decision.to_proto()));
+        let decision = self.decide(request).await?;
+        let n_bytes = prost::Message::encoded_len(&decision);
+        if n_bytes > UNARY_DECISION_BYTES {
+            return Err(status::decision_too_large(
+                &decision,
+                n_bytes,
+                UNARY_DECISION_BYTES,
+            ));
         }
-        if let Some(at) = at {
-            let at = timestamp_from_proto(&at)
-                .ok_or_else(|| status::invalid_field("at", "is not a valid timestamp"))?;
-            let replayed = replay_at(&self.shared, &release, &milestone, at)
-                .await?
-                .ok_or_else(|| {
-                    status::not_found(format!(
-                        "decision of release {} at milestone {milestone} made at or before {}",
-                        release.id,
-                        at.to_rfc3339()
-                    ))
-                })?;
-            let note = replayed.describe();
-            if replayed.replayed.is_some() && !note.starts_with("replayed") {
-                tracing::error!(release = %release.id, milestone, "{note}");
-            }
-            let mut decision = replayed.stored.to_proto();
-            decision.replay = note;
-            return Ok(Response::new(decision));
-        }
-        let evaluated = evaluate_now(&self.shared, &release, &milestone)
-            .await?
-            .ok_or_else(|| no_gate(&milestone))?;
-        Ok(Response::new(evaluated.decision.to_proto()))
+        Ok(Response::new(decision))
+    }
+
+    type StreamDecisionStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::DecisionPart, Status>> + Send>>;
+
+    async fn stream_decision(
+        &self,
+        request: Request<proto::EvaluateGateRequest>,
+    ) -> Result<Response<Self::StreamDecisionStream>, Status> {
+        let identity = super::limits::identity_of(&request);
+        let permit = super::limits::open_stream(&self.shared, identity, "StreamDecision")?;
+        let decision = self.decide(request).await?;
+        let parts = tollgate_wire::decision_parts::split_for_stream(decision);
+        let stream = tokio_stream::iter(parts.into_iter().map(Ok));
+        Ok(Response::new(Box::pin(super::limits::holding(
+            permit, stream,
+        ))))
     }
 
     async fn waive(

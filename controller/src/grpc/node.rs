@@ -313,24 +313,30 @@ impl NodeService for NodeApi {
         errors.finish(()).map_err(invalid_fields)?;
         // The page is cut by name before the selector applies, so a page may hold fewer
         // nodes than asked (even none) while next_page_token says more follow.
-        let fetched = self
+        let mut fetched = self
             .shared
             .store
             .list_nodes_page(page.after.as_deref(), page.fetch())
             .await?;
-        let (mut nodes, next_page_token) = page.answer(fetched, |node| {
-            tollgate_wire::page::After::Name(node.id.as_str().to_owned())
-        });
-        mark_disconnected(&self.shared, &mut nodes);
+        mark_disconnected(&self.shared, &mut fetched);
+        // Each node with its view, `None` when the selector or the caller's scope leaves it
+        // out; the page ends early when its views would outgrow one answer.
+        let views: Vec<(NodeId, Option<proto::Node>)> = fetched
+            .into_iter()
+            .map(|node| {
+                let shown = selector.matches(&node.labels)
+                    && tollgate_domain::access::sees_node(customer.as_deref(), &node.labels);
+                let view = shown.then(|| node.to_proto());
+                (node.id, view)
+            })
+            .collect();
+        let (views, next_page_token) = page.answer_within(
+            views,
+            |(id, _)| tollgate_wire::page::After::Name(id.as_str().to_owned()),
+            |(_, view)| view.as_ref().map_or(0, prost::Message::encoded_len),
+        );
         Ok(Response::new(proto::ListNodesResponse {
-            nodes: nodes
-                .iter()
-                .filter(|node| selector.matches(&node.labels))
-                .filter(|node| {
-                    tollgate_domain::access::sees_node(customer.as_deref(), &node.labels)
-                })
-                .map(ToProto::to_proto)
-                .collect(),
+            nodes: views.into_iter().filter_map(|(_, view)| view).collect(),
             next_page_token,
             // Fleet-wide counts: not for a customer, who sees their own nodes only.
             fleet_outage: self

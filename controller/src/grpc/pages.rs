@@ -4,7 +4,9 @@
 
 use super::status::FieldErrors;
 use crate::store::CreatedKey;
-use tollgate_wire::page::{After, List, next_page_token, page_request, split_page};
+use tollgate_wire::page::{
+    After, List, MAX_PAGE_BYTES, next_page_token, page_request, split_page, split_page_within,
+};
 
 /// A page asked for: how many entries, after which key.
 #[derive(Debug)]
@@ -28,6 +30,22 @@ impl<K> PageAsk<K> {
     /// end), `key` giving an entry's order key.
     pub fn answer<T>(&self, fetched: Vec<T>, key: impl Fn(&T) -> After) -> (Vec<T>, String) {
         let (page, after) = split_page(fetched, self.size, key);
+        let token = after.map_or_else(String::new, |after| {
+            next_page_token(self.list, &self.filters, after)
+        });
+        (page, token)
+    }
+
+    /// Like [`Self::answer`], but the page also ends before an entry that would take the
+    /// answer past [`MAX_PAGE_BYTES`] (`bytes` of each entry: its encoded size), so that no
+    /// answer outgrows what a gRPC client decodes.
+    pub fn answer_within<T>(
+        &self,
+        fetched: Vec<T>,
+        key: impl Fn(&T) -> After,
+        bytes: impl Fn(&T) -> usize,
+    ) -> (Vec<T>, String) {
+        let (page, after) = split_page_within(fetched, self.size, MAX_PAGE_BYTES, bytes, key);
         let token = after.map_or_else(String::new, |after| {
             next_page_token(self.list, &self.filters, after)
         });
@@ -127,6 +145,26 @@ pub fn by_seq(
         page_token,
         |after| match after {
             After::Seq(seq) => u64::try_from(seq).ok(),
+            _ => None,
+        },
+    )
+}
+
+/// A page of a run's jobs, ordered by node name and job id.
+pub fn by_job(
+    errors: &mut FieldErrors,
+    filters: &[&str],
+    page_size: u32,
+    page_token: &str,
+) -> PageAsk<(String, String)> {
+    ask(
+        errors,
+        List::Jobs,
+        filters,
+        page_size,
+        page_token,
+        |after| match after {
+            After::Job { node, id } => Some((node, id)),
             _ => None,
         },
     )

@@ -4,24 +4,32 @@
 use super::agent::cancel_command;
 use super::auth::actor_of;
 use super::convert::{result_summary, timestamp_to_proto};
+use super::pages::PageAsk;
 use super::release::refuse_if_halted;
 use super::status::{FieldErrors, invalid_fields, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
 use crate::shared::Shared;
-use crate::store::{AuditNote, JobRecord, RunRecord, RunState, StoreError};
+use crate::store::{AuditNote, JobRecord, RESULTS_OF_JOBS_MAX, RunRecord, RunState, StoreError};
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_domain::job::JobState;
+use tollgate_domain::result::StepResult;
 use tollgate_domain::scheduler::{Selecting, Selection};
 use tollgate_domain::{JobId, NodeId, ReleaseId, RunId};
 use tollgate_proto::v1::{self as proto, run_service_server::RunService};
+use tollgate_wire::page::{After, MAX_PAGE_BYTES};
 use tonic::{Request, Response, Status};
 
 /// How often `WatchRun` looks again when no change was announced (a change made by another
 /// replica is only seen this way).
 pub const WATCH_FALLBACK: Duration = Duration::from_secs(1);
+
+/// How many jobs' results GetRun reads in one query while filling a page.
+const JOBS_READ_AT_ONCE: usize = 100;
 
 /// How often `CancelRun` decides again when a job or node of the run moved while it was
 /// being cancelled (a result racing the cancel).
@@ -54,67 +62,62 @@ async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
         .ok_or_else(|| not_found(format!("run {id}")))
 }
 
-/// A run as a caller scoped to `customer` sees it: only the jobs on its own nodes, and no
-/// node selection (it names other customers' nodes); `None` when it has no job there. Unscoped
-/// callers see it whole.
-async fn scope_run(
+/// The nodes a caller scoped to `customer` sees; `None` (every node) for unscoped callers.
+async fn visible_nodes(
     shared: &Shared,
     customer: Option<&str>,
-    mut view: proto::Run,
-) -> Result<Option<proto::Run>, Status> {
-    let Some(customer) = customer else {
-        return Ok(Some(view));
-    };
-    let nodes = super::customer_nodes(shared, customer).await?;
-    view.jobs.retain(|job| nodes.contains(&job.node));
-    view.selection = None;
-    Ok((!view.jobs.is_empty()).then_some(view))
+) -> Result<Option<BTreeSet<String>>, Status> {
+    match customer {
+        None => Ok(None),
+        Some(customer) => Ok(Some(super::customer_nodes(shared, customer).await?)),
+    }
 }
 
-/// A run as the wire shows it; with every job's results when `with_results`.
-pub async fn run_view(
-    shared: &Shared,
-    run: &RunRecord,
-    with_results: bool,
-) -> Result<proto::Run, Status> {
-    let jobs = shared.store.jobs_of_run(&run.id).await?;
-    let n_steps = match shared
-        .store
-        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-        .await?
-    {
-        Some(plan) => u32::try_from(plan.plan.steps.len()).unwrap_or(u32::MAX),
-        None => 0,
-    };
-    let mut job_views = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let results = if with_results {
-            shared
-                .store
-                .results_of_job(&job.id)
-                .await?
-                .iter()
-                .map(result_summary)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        job_views.push(proto::Job {
-            id: job.id.to_string(),
-            node: job.node.to_string(),
-            state: job.state.as_str().to_owned(),
-            lease_epoch: job.lease_epoch,
-            results,
-            n_steps,
-            attempt: job.attempt,
-            rescheduled_from: job
-                .rescheduled_from
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        });
+/// A run's jobs as a caller sees them: only those on its own nodes when `nodes` is set.
+fn visible_jobs(jobs: Vec<JobRecord>, nodes: Option<&BTreeSet<String>>) -> Vec<JobRecord> {
+    match nodes {
+        None => jobs,
+        Some(nodes) => jobs
+            .into_iter()
+            .filter(|job| nodes.contains(job.node.as_str()))
+            .collect(),
     }
-    Ok(proto::Run {
+}
+
+/// How many of `jobs` are in each state, in lifecycle order, states without a job left out.
+fn job_counts<'a>(jobs: impl IntoIterator<Item = &'a JobRecord>) -> Vec<proto::JobCount> {
+    use tollgate_domain::names::IntoEnumIterator as _;
+    let mut counts: HashMap<JobState, u32> = HashMap::new();
+    for job in jobs {
+        *counts.entry(job.state).or_default() += 1;
+    }
+    JobState::iter()
+        .filter_map(|state| {
+            counts.get(&state).map(|&count| proto::JobCount {
+                state: state.as_str().to_owned(),
+                count,
+            })
+        })
+        .collect()
+}
+
+/// The number of steps of the plan version a run pinned (0 when it is gone).
+async fn n_steps_of(shared: &Shared, run: &RunRecord) -> Result<u32, Status> {
+    Ok(
+        match shared
+            .store
+            .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
+            .await?
+        {
+            Some(plan) => u32::try_from(plan.plan.steps.len()).unwrap_or(u32::MAX),
+            None => 0,
+        },
+    )
+}
+
+/// A run's own fields with the counts of `jobs` (every job the caller sees), no jobs yet.
+fn run_header(run: &RunRecord, jobs: &[JobRecord]) -> proto::Run {
+    proto::Run {
         id: run.id.to_string(),
         release: run.release.to_string(),
         plan_name: run.plan_name.clone(),
@@ -123,10 +126,122 @@ pub async fn run_view(
         state: run.state.as_str().to_owned(),
         created_at: Some(timestamp_to_proto(run.created_at)),
         finished_at: run.finished_at.map(timestamp_to_proto),
-        jobs: job_views,
+        jobs: Vec::new(),
         selection: None,
         purpose: run.purpose.as_str().to_owned(),
-    })
+        job_counts: job_counts(jobs),
+        n_jobs: u32::try_from(jobs.len()).unwrap_or(u32::MAX),
+        next_page_token: String::new(),
+    }
+}
+
+/// A job as the wire shows it, with `results` (already in order).
+fn job_view(job: &JobRecord, results: &[StepResult], n_steps: u32) -> proto::Job {
+    proto::Job {
+        id: job.id.to_string(),
+        node: job.node.to_string(),
+        state: job.state.as_str().to_owned(),
+        lease_epoch: job.lease_epoch,
+        results: results.iter().map(result_summary).collect(),
+        n_steps,
+        attempt: job.attempt,
+        rescheduled_from: job
+            .rescheduled_from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+/// The views of `jobs`, each with every result when `with_results`, read in one query per
+/// [`RESULTS_OF_JOBS_MAX`] jobs.
+async fn job_views(
+    shared: &Shared,
+    jobs: &[&JobRecord],
+    n_steps: u32,
+    with_results: bool,
+) -> Result<Vec<proto::Job>, Status> {
+    let mut results = HashMap::new();
+    if with_results {
+        let ids: Vec<&JobId> = jobs.iter().map(|job| &job.id).collect();
+        results = shared.store.results_of_jobs(&ids).await?;
+    }
+    Ok(jobs
+        .iter()
+        .map(|job| {
+            let results = results.get(&job.id).map_or(&[][..], Vec::as_slice);
+            job_view(job, results, n_steps)
+        })
+        .collect())
+}
+
+/// A run with every job the caller sees (`None` when it sees none of them), each with its
+/// results when `with_results`: the answer of StartRun, CancelRun and ListRuns.
+pub async fn run_view(
+    shared: &Shared,
+    run: &RunRecord,
+    nodes: Option<&BTreeSet<String>>,
+    with_results: bool,
+) -> Result<Option<proto::Run>, Status> {
+    let jobs = visible_jobs(shared.store.jobs_of_run(&run.id).await?, nodes);
+    if nodes.is_some() && jobs.is_empty() {
+        return Ok(None);
+    }
+    let n_steps = n_steps_of(shared, run).await?;
+    let mut view = run_header(run, &jobs);
+    let all: Vec<&JobRecord> = jobs.iter().collect();
+    view.jobs = job_views(shared, &all, n_steps, with_results).await?;
+    Ok(Some(view))
+}
+
+/// GetRun's answer: the run with its job counts and one page of jobs with their results, or
+/// `None` when a scoped caller sees none of its jobs.
+async fn run_page_view(
+    shared: &Shared,
+    run: &RunRecord,
+    nodes: Option<&BTreeSet<String>>,
+    page: &PageAsk<(String, String)>,
+) -> Result<Option<proto::Run>, Status> {
+    // Every job's row (no results): the counts, and where the page starts.
+    let jobs = visible_jobs(shared.store.jobs_of_run(&run.id).await?, nodes);
+    if nodes.is_some() && jobs.is_empty() {
+        return Ok(None);
+    }
+    let n_steps = n_steps_of(shared, run).await?;
+    let mut view = run_header(run, &jobs);
+    // `jobs_of_run` orders by node, then id: the page's order.
+    let candidates: Vec<&JobRecord> = jobs
+        .iter()
+        .filter(|job| match &page.after {
+            None => true,
+            Some((node, id)) => (job.node.as_str(), job.id.as_str()) > (node.as_str(), id.as_str()),
+        })
+        .take(page.fetch())
+        .collect();
+    // Results are read a slice of jobs at a time, and no further than the page's bytes
+    // reach: a page of 1000 small jobs is one read per slice, one of large jobs stops early.
+    let mut fetched = Vec::with_capacity(candidates.len());
+    let mut n_bytes = 0;
+    for slice in candidates.chunks(JOBS_READ_AT_ONCE) {
+        for view in job_views(shared, slice, n_steps, true).await? {
+            n_bytes += prost::Message::encoded_len(&view);
+            fetched.push(view);
+        }
+        if n_bytes > MAX_PAGE_BYTES {
+            break;
+        }
+    }
+    let (jobs, next_page_token) = page.answer_within(
+        fetched,
+        |job| After::Job {
+            node: job.node.clone(),
+            id: job.id.clone(),
+        },
+        prost::Message::encoded_len,
+    );
+    view.jobs = jobs;
+    view.next_page_token = next_page_token;
+    Ok(Some(view))
 }
 
 /// One pending job per selected node of a new run, and the run's audit entry.
@@ -236,7 +351,9 @@ impl RunService for RunApi {
         );
         shared.poke_scheduler();
         shared.notify_changed();
-        let mut view = run_view(shared, &run, true).await?;
+        let mut view = run_view(shared, &run, None, true)
+            .await?
+            .ok_or_else(|| not_found(format!("run {}", run.id)))?;
         view.selection = Some(selection_to_proto(&selection));
         Ok(Response::new(view))
     }
@@ -246,11 +363,19 @@ impl RunService for RunApi {
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<proto::Run>, Status> {
         let customer = super::auth::customer_of(&request);
-        let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
+        let proto::GetRunRequest {
+            id,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        // A token of one run's jobs is refused on another's.
+        let page = super::pages::by_job(&mut errors, &[&id], page_size, &page_token);
+        errors.finish(()).map_err(invalid_fields)?;
         let run = load_run(&self.shared, &id).await?;
-        let view = run_view(&self.shared, &run, true).await?;
+        let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
         // A run with none of the customer's nodes is answered as if it did not exist.
-        scope_run(&self.shared, customer.as_deref(), view)
+        run_page_view(&self.shared, &run, nodes.as_ref(), &page)
             .await?
             .map(Response::new)
             .ok_or_else(|| not_found(format!("run {id}")))
@@ -281,15 +406,20 @@ impl RunService for RunApi {
             .store
             .list_runs_page(release.as_ref(), page.after, page.fetch())
             .await?;
-        let (runs, next_page_token) = page.answer(fetched, |(_, key)| super::pages::created(key));
-        let mut views = Vec::with_capacity(runs.len());
+        let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
         // A listing shows jobs and their states; results are for GetRun, one run at a time.
-        for (run, _) in &runs {
-            let view = run_view(&self.shared, run, false).await?;
-            views.extend(scope_run(&self.shared, customer.as_deref(), view).await?);
+        let mut views = Vec::with_capacity(fetched.len());
+        for (run, key) in fetched {
+            let view = run_view(&self.shared, &run, nodes.as_ref(), false).await?;
+            views.push((view, key));
         }
+        let (views, next_page_token) = page.answer_within(
+            views,
+            |(_, key)| super::pages::created(key),
+            |(view, _)| view.as_ref().map_or(0, prost::Message::encoded_len),
+        );
         Ok(Response::new(proto::ListRunsResponse {
-            runs: views,
+            runs: views.into_iter().filter_map(|(view, _)| view).collect(),
             next_page_token,
         }))
     }
@@ -303,15 +433,34 @@ impl RunService for RunApi {
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let customer = super::auth::customer_of(&request);
         let identity = super::limits::identity_of(&request);
-        let proto::GetRunRequest { id } = super::convert::bounded(request.into_inner())?;
+        let proto::GetRunRequest {
+            id,
+            page_size,
+            page_token,
+        } = super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        if page_size != 0 {
+            errors.add(
+                "page_size",
+                "is for GetRun; WatchRun sends every job and then each change, so leave it 0",
+            );
+        }
+        if !page_token.is_empty() {
+            errors.add(
+                "page_token",
+                "is for GetRun; WatchRun sends every job and then each change, so leave it empty",
+            );
+        }
+        errors.finish(()).map_err(invalid_fields)?;
         // Fail the call itself, not the stream, when the run does not exist (for a customer:
         // has none of its nodes).
         let run = load_run(&self.shared, &id).await?;
-        let view = run_view(&self.shared, &run, false).await?;
-        if scope_run(&self.shared, customer.as_deref(), view)
-            .await?
-            .is_none()
-        {
+        let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
+        let jobs = visible_jobs(
+            self.shared.store.jobs_of_run(&run.id).await?,
+            nodes.as_ref(),
+        );
+        if nodes.is_some() && jobs.is_empty() {
             return Err(not_found(format!("run {id}")));
         }
         let permit = super::limits::open_stream(&self.shared, identity, "WatchRun")?;
@@ -373,11 +522,28 @@ impl RunService for RunApi {
         shared.poke_scheduler();
         shared.request_reevaluation(&run.id);
         let run = load_run(shared, &id).await?;
-        Ok(Response::new(run_view(shared, &run, true).await?))
+        // Every job without its results, as a listing shows it: the results of thousands of
+        // jobs would not fit one answer (GetRun pages them).
+        let view = run_view(shared, &run, None, false)
+            .await?
+            .ok_or_else(|| not_found(format!("run {id}")))?;
+        Ok(Response::new(view))
     }
 }
 
-/// Sends the run now and after every change until it ends, the watcher leaves, or shutdown.
+/// What a watcher has been sent of a job: a job changes only in these (its results are never
+/// edited, only added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JobSeen {
+    state: JobState,
+    lease_epoch: u64,
+    n_results: usize,
+}
+
+/// Sends the run now and after every change until it ends, the watcher leaves, or shutdown:
+/// every message carries the run's own fields and job counts, and only the jobs that changed
+/// since the message before (the first ones every job), cut into messages of at most
+/// [`MAX_PAGE_BYTES`] of jobs.
 async fn watch(
     shared: Arc<Shared>,
     run_id: RunId,
@@ -386,26 +552,29 @@ async fn watch(
 ) {
     let mut changes = shared.subscribe_changes();
     let mut shutdown = shared.subscribe_shutdown();
-    let mut last_sent: Option<proto::Run> = None;
+    let mut seen: HashMap<JobId, JobSeen> = HashMap::new();
+    let mut last_header: Option<proto::Run> = None;
     loop {
-        let view = match load_run(&shared, run_id.as_str()).await {
-            Ok(run) => match run_view(&shared, &run, true).await {
-                Ok(view) => scope_run(&shared, customer.as_deref(), view)
-                    .await
-                    .and_then(|view| view.ok_or_else(|| not_found(format!("run {run_id}")))),
-                Err(status) => Err(status),
-            },
+        let messages = match changed_since(&shared, &run_id, customer.as_deref(), &mut seen).await {
+            Ok(Some(messages)) => Ok(messages),
+            Ok(None) => Err(not_found(format!("run {run_id}"))),
             Err(status) => Err(status),
         };
-        match view {
-            Ok(view) => {
-                let ended = view.state != RunState::Running.as_str();
-                if last_sent.as_ref() != Some(&view) {
-                    if sender.send(Ok(view.clone())).await.is_err() {
+        match messages {
+            Ok((header, messages)) => {
+                let ended = header.state != RunState::Running.as_str();
+                // A message when a job changed, or the run itself did (its state, its end).
+                let messages = if messages.is_empty() && last_header.as_ref() != Some(&header) {
+                    vec![header.clone()]
+                } else {
+                    messages
+                };
+                for message in messages {
+                    if sender.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    last_sent = Some(view);
                 }
+                last_header = Some(header);
                 if ended {
                     return;
                 }
@@ -423,4 +592,56 @@ async fn watch(
             () = crate::shared::stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// The run's header (own fields and job counts) and the messages carrying the jobs that
+/// changed since `seen` (updated to what they carry), each the header with a share of the
+/// jobs; no messages when no job changed. `None` when the caller sees none of its jobs.
+async fn changed_since(
+    shared: &Shared,
+    run_id: &RunId,
+    customer: Option<&str>,
+    seen: &mut HashMap<JobId, JobSeen>,
+) -> Result<Option<(proto::Run, Vec<proto::Run>)>, Status> {
+    let run = load_run(shared, run_id.as_str()).await?;
+    let nodes = visible_nodes(shared, customer).await?;
+    let jobs = visible_jobs(shared.store.jobs_of_run(&run.id).await?, nodes.as_ref());
+    if nodes.is_some() && jobs.is_empty() {
+        return Ok(None);
+    }
+    let counts = shared.store.result_counts_of_run(&run.id).await?;
+    let header = run_header(&run, &jobs);
+    let mut changed = Vec::new();
+    for job in &jobs {
+        let now = JobSeen {
+            state: job.state,
+            lease_epoch: job.lease_epoch,
+            n_results: counts.get(&job.id).copied().unwrap_or(0),
+        };
+        if seen.insert(job.id.clone(), now) != Some(now) {
+            changed.push(job);
+        }
+    }
+    if changed.is_empty() {
+        return Ok(Some((header, Vec::new())));
+    }
+    let n_steps = n_steps_of(shared, &run).await?;
+    let mut messages = Vec::new();
+    for chunk in changed.chunks(RESULTS_OF_JOBS_MAX) {
+        let mut message = header.clone();
+        let mut n_bytes = 0;
+        for view in job_views(shared, chunk, n_steps, true).await? {
+            let view_bytes = prost::Message::encoded_len(&view);
+            if !message.jobs.is_empty() && n_bytes + view_bytes > MAX_PAGE_BYTES {
+                messages.push(std::mem::replace(&mut message, header.clone()));
+                n_bytes = 0;
+            }
+            n_bytes += view_bytes;
+            message.jobs.push(view);
+        }
+        if !message.jobs.is_empty() {
+            messages.push(message);
+        }
+    }
+    Ok(Some((header, messages)))
 }

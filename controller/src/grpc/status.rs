@@ -187,6 +187,24 @@ pub fn request_too_large(found: Option<&str>, limit: &str) -> Status {
     ))
 }
 
+/// A decision larger than one answer may carry: `ResourceExhausted`, naming the streamed RPC
+/// that carries any decision.
+pub fn decision_too_large(
+    decision: &tollgate_proto::v1::Decision,
+    n_bytes: usize,
+    limit: usize,
+) -> Status {
+    Status::resource_exhausted(format!(
+        "the decision of release {} at {} is {:.1} MiB, more than the {} MiB one answer may \
+         carry; read it with GateService.StreamDecision, as `tollgate gate show` and `gate \
+         check` do",
+        decision.release,
+        decision.milestone,
+        n_bytes as f64 / (1024.0 * 1024.0),
+        limit / (1024 * 1024)
+    ))
+}
+
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
         match error {

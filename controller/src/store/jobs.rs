@@ -8,6 +8,7 @@
 use super::connect::Begin;
 use super::rows::{self, Fields, StoreRow};
 use super::{JobRecord, Pool, Store, StoreError, states};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
 use tollgate_domain::scheduler::PendingJob;
@@ -97,6 +98,28 @@ impl Store {
                 .await?
                 .iter()
                 .map(rows::job)
+                .collect()
+        })
+    }
+
+    /// How many results each job of a run has (jobs without any are left out): what
+    /// `WatchRun` compares to find the jobs that changed without reading their results.
+    pub async fn result_counts_of_run(
+        &self,
+        run: &RunId,
+    ) -> Result<HashMap<JobId, usize>, StoreError> {
+        const SQL: &str = "SELECT r.job_id, COUNT(*) AS n FROM step_results r
+             JOIN jobs j ON j.id = r.job_id WHERE j.run_id = $1 GROUP BY r.job_id";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(run.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = Fields::new(row, "step_results", &["job_id"]);
+                    Ok((JobId::new(f.text("job_id")?), f.int_as("n")?))
+                })
                 .collect()
         })
     }

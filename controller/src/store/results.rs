@@ -8,26 +8,61 @@ use super::{
     Pool, Recorded, Store, StoreError, as_stored, check_readable, classify, epoch_to_i64, micros,
     rows, text, to_json,
 };
+use std::collections::HashMap;
 use tollgate_domain::job::ResultChange;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, Timestamp};
 
-const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
-const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
-const INSERT_RESULT: &str =
-    "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
-         exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
-         log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-             $18, $19, $20)
-     ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
+/// The most jobs [`Store::results_of_jobs`] asks about in one statement (a page's worth).
+pub const RESULTS_OF_JOBS_MAX: usize = 1000;
 
-/// A result ready to insert: checked, its JSON columns and digest computed outside the
-/// transaction.
-struct Prepared<'a> {
-    result: &'a StepResult,
-    change: &'a ResultChange,
-    now: Timestamp,
+/// Results per transaction of [`Store::seed_results`].
+const SEED_CHUNK: usize = 500;
+
+/// Stores a result's row (`ON CONFLICT DO NOTHING`: a duplicate inserts nothing) inside the
+/// open transaction `$tx`; evaluates to the rows inserted, 0 or 1. `$columns` are the
+/// result's [`ResultColumns`], `$what` names the job in errors.
+macro_rules! insert_result {
+    ($tx:expr, $result:expr, $columns:expr, $now:expr, $what:expr) => {{
+        const INSERT_RESULT: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
+                 exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
+                 log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18, $19, $20)
+             ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
+        let result: &StepResult = $result;
+        let columns: &ResultColumns = $columns;
+        let what: &str = $what;
+        sqlx::query(INSERT_RESULT)
+            .bind(result.job_id.as_str())
+            .bind(i64::from(result.step_index))
+            .bind(i64::from(result.attempt))
+            .bind(epoch_to_i64(result.lease_epoch, &result.job_id)?)
+            .bind(text(&result.step_name))
+            .bind(result.outcome.as_str())
+            .bind(result.exit_code.map(i64::from))
+            .bind(micros(result.started_at))
+            .bind(micros(result.finished_at))
+            .bind(&columns.measurements)
+            .bind(&columns.telemetry)
+            .bind(&columns.events)
+            .bind(&columns.inventory)
+            .bind(text(&result.log_tail))
+            .bind(text(&result.message))
+            .bind(micros($now))
+            .bind(&columns.sub_results)
+            .bind(&columns.inventory_at_end)
+            .bind(&columns.series)
+            .bind(&columns.digest)
+            .execute(&mut *$tx)
+            .await
+            .map_err(|err| classify(err, what, what))?
+            .rows_affected()
+    }};
+}
+
+/// A result's columns stored as JSON, and its digest: computed before the transaction.
+pub(super) struct ResultColumns {
     measurements: String,
     telemetry: String,
     events: String,
@@ -36,6 +71,32 @@ struct Prepared<'a> {
     inventory_at_end: String,
     series: String,
     digest: String,
+}
+
+impl ResultColumns {
+    pub(super) fn of(result: &StepResult) -> Self {
+        Self {
+            measurements: to_json(&result.measurements),
+            telemetry: to_json(&result.telemetry),
+            events: to_json(&result.events),
+            inventory: to_json(&result.inventory),
+            sub_results: to_json(&result.sub_results),
+            inventory_at_end: to_json(&result.inventory_at_end),
+            series: to_json(&result.series),
+            digest: hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
+        }
+    }
+}
+
+const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
+const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
+/// A result ready to insert: checked, its JSON columns and digest computed outside the
+/// transaction.
+struct Prepared<'a> {
+    result: &'a StepResult,
+    change: &'a ResultChange,
+    now: Timestamp,
+    columns: ResultColumns,
 }
 
 /// Why a result was refused before its transaction; given again as a fresh error.
@@ -84,14 +145,7 @@ impl<'a> Prepared<'a> {
             result,
             change,
             now,
-            measurements: to_json(&result.measurements),
-            telemetry: to_json(&result.telemetry),
-            events: to_json(&result.events),
-            inventory: to_json(&result.inventory),
-            sub_results: to_json(&result.sub_results),
-            inventory_at_end: to_json(&result.inventory_at_end),
-            series: to_json(&result.series),
-            digest: hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
+            columns: ResultColumns::of(result),
         })
     }
 }
@@ -171,31 +225,7 @@ impl Store {
                         return Err(StoreError::NotFound { what });
                     };
                     let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
-                    let n_rows = sqlx::query(INSERT_RESULT)
-                        .bind(result.job_id.as_str())
-                        .bind(i64::from(result.step_index))
-                        .bind(i64::from(result.attempt))
-                        .bind(epoch_to_i64(result.lease_epoch, job)?)
-                        .bind(text(&result.step_name))
-                        .bind(result.outcome.as_str())
-                        .bind(result.exit_code.map(i64::from))
-                        .bind(micros(result.started_at))
-                        .bind(micros(result.finished_at))
-                        .bind(&item.measurements)
-                        .bind(&item.telemetry)
-                        .bind(&item.events)
-                        .bind(&item.inventory)
-                        .bind(text(&result.log_tail))
-                        .bind(text(&result.message))
-                        .bind(micros(item.now))
-                        .bind(&item.sub_results)
-                        .bind(&item.inventory_at_end)
-                        .bind(&item.series)
-                        .bind(&item.digest)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|err| classify(err, &what, &what))?
-                        .rows_affected();
+                    let n_rows = insert_result!(tx, result, &item.columns, item.now, &what);
                     if n_rows == 0 {
                         return Ok(Recorded::Duplicate);
                     }
@@ -237,6 +267,73 @@ impl Store {
             tx.commit().await?;
             Ok(outcomes)
         })
+    }
+
+    /// Stores many results at once, each with its job's decided change, in one transaction
+    /// per [`SEED_CHUNK`] results. Unlike [`Self::record_result`] it does not check that a
+    /// job has the results its change was decided from: for tests that need a large run
+    /// quickly (`testing::seed_results`), never for results an agent sent.
+    pub(super) async fn seed_results(
+        &self,
+        results: &[(StepResult, ResultChange)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        for chunk in results.chunks(SEED_CHUNK) {
+            let columns: Vec<ResultColumns> = chunk
+                .iter()
+                .map(|(result, _)| ResultColumns::of(result))
+                .collect();
+            writing!(self, |pool| {
+                let mut tx = pool.begin_write().await?;
+                for ((result, change), columns) in chunk.iter().zip(&columns) {
+                    check_readable(result)?;
+                    let what = format!("job {}", result.job_id);
+                    insert_result!(tx, result, columns, now, &what);
+                    apply_job_change!(tx, &change.job, now);
+                }
+                tx.commit().await?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every result of each of `jobs` (up to [`RESULTS_OF_JOBS_MAX`] jobs), each job's by
+    /// step index then attempt: one query for a page of a run's jobs.
+    pub async fn results_of_jobs(
+        &self,
+        jobs: &[&JobId],
+    ) -> Result<HashMap<JobId, Vec<StepResult>>, StoreError> {
+        let mut by_job: HashMap<JobId, Vec<StepResult>> = HashMap::new();
+        for chunk in jobs.chunks(RESULTS_OF_JOBS_MAX) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                result_query!(
+                    " WHERE job_id IN ({}) ORDER BY job_id, step_index, attempt, lease_epoch"
+                ),
+                placeholders.join(", ")
+            );
+            let results: Vec<StepResult> = with_pool!(self, |pool| {
+                // Built from numbered placeholders only: the values are bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for job in chunk {
+                    query = query.bind(job.as_str());
+                }
+                query
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(rows::step_result)
+                    .collect::<Result<_, StoreError>>()
+            })?;
+            for result in results {
+                by_job
+                    .entry(result.job_id.clone())
+                    .or_default()
+                    .push(result);
+            }
+        }
+        Ok(by_job)
     }
 
     /// Every result of a job, by step index then attempt.

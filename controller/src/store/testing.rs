@@ -1,9 +1,12 @@
 //! Test support for any crate that runs a store on PostgreSQL: a freshly created schema per
 //! test, so tests share one database without seeing each other's rows.
 
-use super::StoreError;
+use super::{Store, StoreError};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use tollgate_domain::Timestamp;
+use tollgate_domain::job::ResultChange;
+use tollgate_domain::result::StepResult;
 
 /// The environment variable naming the PostgreSQL database tests may use.
 pub const DATABASE_URL_ENV: &str = "TOLLGATE_TEST_DATABASE_URL";
@@ -175,4 +178,17 @@ impl Drop for Tmpfs {
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// Stores `results`, each with its job's decided change, many to a transaction: a run of
+/// thousands of nodes seeded in seconds. Each result is stored as `Store::record_result`
+/// stores it and each change applied with the same compare-and-set, but without checking
+/// that the job has the results the change was decided from; results an agent sends go
+/// through `record_result`.
+pub async fn seed_results(
+    store: &Store,
+    results: &[(StepResult, ResultChange)],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    store.seed_results(results, now).await
 }

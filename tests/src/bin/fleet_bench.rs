@@ -83,7 +83,10 @@ async fn main() -> anyhow::Result<()> {
     let run = clients.start_run("bench", "gpu-qual").await;
     let mut watch = clients
         .runs
-        .watch_run(v1::GetRunRequest { id: run.id.clone() })
+        .watch_run(v1::GetRunRequest {
+            id: run.id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     while let Some(update) = watch.message().await? {
