@@ -1,31 +1,55 @@
-//! Group commit of step results on SQLite. SQLite has one writer and every commit waits for
-//! its fsync, so results recorded one transaction each queue behind each other's fsyncs:
-//! with a thousand agents reporting at once most of a result's time was spent waiting for
-//! the write lock. Here a result that arrives while another batch commits waits, and the
-//! next writer records every waiting result in one transaction ([`Store::record_results`]:
-//! a savepoint each, so each keeps its own outcome). Nothing waits for company: a lone
-//! result is written at once.
+//! Group commit of step results and job changes on SQLite. SQLite has one writer and every
+//! commit waits for its fsync, so writes of one transaction each queue behind each other's
+//! fsyncs: with a thousand agents reporting at once most of a result's time was spent
+//! waiting for the write lock. Here a write that arrives while another batch commits waits,
+//! and the next writer applies every waiting write in one transaction
+//! ([`Store::write_batch`]: a savepoint each, so each keeps its own outcome). Nothing waits
+//! for company: a lone write is applied at once.
 //!
 //! PostgreSQL commits concurrent transactions in parallel (row locks, not one write lock),
-//! so there results are recorded one transaction each, as before.
+//! so there each write is its own transaction, as before.
 //!
-//! **Invariant:** a result is acknowledged only after the transaction that holds it
-//! committed; a batch that fails as a whole is recorded again one result at a time, so each
-//! gets its own error.
+//! **Invariant:** a write is answered only after the transaction that holds it committed; a
+//! batch that fails as a whole is written again one write at a time, so each gets its own
+//! error.
 
-use crate::store::{Recorded, Store, StoreError};
+use crate::store::{Recorded, Store, StoreError, Write};
 use tokio::sync::oneshot;
 use tollgate_domain::Timestamp;
-use tollgate_domain::job::ResultChange;
+use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
 
 /// The most results one transaction takes.
 const MAX_BATCH: usize = 256;
 
-/// A result waiting for a writer.
+/// What waits for a writer.
+enum Owned {
+    Result(StepResult, ResultChange),
+    Job(JobChange),
+}
+
+impl Owned {
+    fn as_write(&self, now: Timestamp) -> Write<'_> {
+        match self {
+            Self::Result(result, change) => Write::Result(result, change, now),
+            Self::Job(change) => Write::Job(change, now),
+        }
+    }
+
+    async fn write_alone(&self, store: &Store, now: Timestamp) -> Result<Recorded, StoreError> {
+        match self {
+            Self::Result(result, change) => store.record_result(result, change, now).await,
+            Self::Job(change) => store
+                .apply_job_change(change, now)
+                .await
+                .map(|()| Recorded::Inserted),
+        }
+    }
+}
+
+/// A write waiting for a writer.
 struct Waiting {
-    result: StepResult,
-    change: ResultChange,
+    write: Owned,
     now: Timestamp,
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
 }
@@ -44,7 +68,7 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// [`Store::record_result`], batched with the results that arrive meanwhile on SQLite.
+    /// [`Store::record_result`], batched with the writes that arrive meanwhile on SQLite.
     pub async fn record(
         &self,
         store: &Store,
@@ -55,23 +79,48 @@ impl GroupCommit {
         if store.backend() != "sqlite" {
             return store.record_result(result, change, now).await;
         }
+        self.write(store, Owned::Result(result.clone(), change.clone()), now)
+            .await
+    }
+
+    /// [`Store::apply_job_change`], batched with the writes that arrive meanwhile on SQLite.
+    pub async fn apply(
+        &self,
+        store: &Store,
+        change: &JobChange,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if store.backend() != "sqlite" {
+            return store.apply_job_change(change, now).await;
+        }
+        self.write(store, Owned::Job(change.clone()), now)
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(
+        &self,
+        store: &Store,
+        write: Owned,
+        now: Timestamp,
+    ) -> Result<Recorded, StoreError> {
         let (reply, mut answer) = oneshot::channel();
-        self.lock_waiting().push(Waiting {
-            result: result.clone(),
-            change: change.clone(),
-            now,
-            reply,
-        });
+        // Kept to write it alone if its writer stops without answering.
+        let again = match &write {
+            Owned::Result(result, change) => Owned::Result(result.clone(), change.clone()),
+            Owned::Job(change) => Owned::Job(change.clone()),
+        };
+        self.lock_waiting().push(Waiting { write, now, reply });
         loop {
             let turn = self.turn.lock().await;
             match answer.try_recv() {
                 Ok(outcome) => return outcome,
                 // The writer that took it stopped without answering (it panicked): whether
-                // it was stored is unknown, and recording it again says (a duplicate is
-                // acknowledged as one).
+                // it was applied is unknown, and applying it again says (a duplicate result
+                // is acknowledged as one, a job change already applied is a conflict).
                 Err(oneshot::error::TryRecvError::Closed) => {
                     drop(turn);
-                    return store.record_result(result, change, now).await;
+                    return again.write_alone(store, now).await;
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
@@ -82,10 +131,10 @@ impl GroupCommit {
             };
             // Written by its own task: a caller that goes away mid-write (its client hung up)
             // must not cancel the others' transaction.
-            let written = tokio::spawn(write(store.clone(), batch)).await;
+            let written = tokio::spawn(write_batch(store.clone(), batch)).await;
             drop(turn);
             if let Err(error) = written {
-                tracing::error!(%error, "a batch of results could not be written");
+                tracing::error!(%error, "a batch of writes could not be applied");
             }
         }
     }
@@ -97,22 +146,22 @@ impl GroupCommit {
     }
 }
 
-/// Writes `batch` in one transaction and answers each result; when the transaction fails as
-/// a whole, records each result alone so that each gets its own outcome.
-async fn write(store: Store, batch: Vec<Waiting>) {
+/// Applies `batch` in one transaction and answers each write; when the transaction fails as
+/// a whole, applies each alone so that each gets its own outcome.
+async fn write_batch(store: Store, batch: Vec<Waiting>) {
     if batch.is_empty() {
         return;
     }
-    let items: Vec<(&StepResult, &ResultChange, Timestamp)> = batch
+    let writes: Vec<Write<'_>> = batch
         .iter()
-        .map(|waiting| (&waiting.result, &waiting.change, waiting.now))
+        .map(|waiting| waiting.write.as_write(waiting.now))
         .collect();
-    let outcomes = store.record_results(&items).await;
-    drop(items);
+    let outcomes = store.write_batch(&writes).await;
+    drop(writes);
     match outcomes {
         Ok(outcomes) if outcomes.len() == batch.len() => {
             for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                // The caller may have gone; its result is stored all the same.
+                // The caller may have gone; its write is applied all the same.
                 let _ = waiting.reply.send(outcome);
             }
         }
@@ -120,13 +169,11 @@ async fn write(store: Store, batch: Vec<Waiting>) {
             if batch.len() > 1 {
                 tracing::debug!(
                     n = batch.len(),
-                    "a batch of results failed as a whole; recording each alone"
+                    "a batch of writes failed as a whole; applying each alone"
                 );
             }
             for waiting in batch {
-                let outcome = store
-                    .record_result(&waiting.result, &waiting.change, waiting.now)
-                    .await;
+                let outcome = waiting.write.write_alone(&store, waiting.now).await;
                 let _ = waiting.reply.send(outcome);
             }
         }

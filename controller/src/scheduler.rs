@@ -75,13 +75,23 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
         .collect();
     let run_of: HashMap<&tollgate_domain::JobId, &RunId> =
         pending.iter().map(|job| (&job.job, &job.run)).collect();
-    let mut n_assigned = 0;
+    let mut prepared = Vec::with_capacity(assignments.len());
     for assignment in assignments {
         let limit = run_of
             .get(&assignment.job)
             .and_then(|run| concurrency.limits.get(*run))
             .zip(labels.get(&assignment.node).copied());
-        if assign(shared, &assignment.job, limit, &mut commands).await? {
+        if let Some(ready) = prepare(shared, &assignment.job, limit, &mut commands).await? {
+            prepared.push(ready);
+        }
+    }
+    // Applied all at once: on SQLite the assignments share commits (`group_commit.rs`)
+    // instead of waiting for one fsync each.
+    let applied =
+        futures::future::join_all(prepared.into_iter().map(|ready| apply(shared, ready))).await;
+    let mut n_assigned = 0;
+    for outcome in applied {
+        if outcome? {
             n_assigned += 1;
         }
     }
@@ -119,18 +129,27 @@ async fn node_slots(
     Ok((slots, active))
 }
 
-/// Assigns one planned job: decided by `job::decide` from its facts as stored now, applied
-/// with compare-and-set, then sent to its agent. Returns whether it was assigned (a job
-/// cancelled, taken or moved meanwhile waits for the next pass).
-async fn assign(
+/// A planned job decided and its command built, ready to apply.
+struct Ready<'a> {
+    facts: job::JobFacts,
+    change: job::JobChange,
+    command: proto::ControllerCommand,
+    limit: Option<(&'a BTreeMap<String, u32>, &'a Labels)>,
+    now: tollgate_domain::Timestamp,
+}
+
+/// Decides one planned job's assignment by `job::decide` from its facts as stored now and
+/// builds its command; `None` when it is not to be assigned now (cancelled, taken or moved
+/// meanwhile, or its command cannot be built: it waits for the next pass).
+async fn prepare<'a>(
     shared: &Shared,
     job_id: &tollgate_domain::JobId,
-    limit: Option<(&BTreeMap<String, u32>, &Labels)>,
+    limit: Option<(&'a BTreeMap<String, u32>, &'a Labels)>,
     commands: &mut CommandCache,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Ready<'a>>, StoreError> {
     let now = shared.now();
     let Some(facts) = shared.store.job_facts(job_id).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let change = match job::decide(&facts, JobEvent::Assigned, facts.lease_epoch + 1) {
         Ok(change) => change,
@@ -138,7 +157,7 @@ async fn assign(
         // went away: the job waits for the next pass.
         Err(refusal) => {
             tracing::debug!(job = %facts.id, %refusal, "job not assigned");
-            return Ok(false);
+            return Ok(None);
         }
     };
     let assigned = JobRecord {
@@ -158,9 +177,29 @@ async fn assign(
         Ok(command) => command,
         Err(error) => {
             tracing::warn!(job = %facts.id, %error, "cannot build the assignment; job stays pending");
-            return Ok(false);
+            return Ok(None);
         }
     };
+    Ok(Some(Ready {
+        facts,
+        change,
+        command,
+        limit,
+        now,
+    }))
+}
+
+/// Applies a prepared assignment with compare-and-set, then sends it to its agent. Returns
+/// whether it was assigned (a job cancelled, taken or moved meanwhile waits for the next
+/// pass).
+async fn apply(shared: &Shared, ready: Ready<'_>) -> Result<bool, StoreError> {
+    let Ready {
+        facts,
+        change,
+        command,
+        limit,
+        now,
+    } = ready;
     let applied = match limit {
         Some((limits, labels)) => {
             shared
@@ -168,7 +207,7 @@ async fn assign(
                 .assign_job_within(&change, now, limits, labels)
                 .await
         }
-        None => shared.store.apply_job_change(&change, now).await,
+        None => shared.group_commit.apply(&shared.store, &change, now).await,
     };
     match applied {
         Ok(()) => {}

@@ -805,7 +805,11 @@ async fn on_job_accepted(
     }
     match job::decide(&facts, JobEvent::Accepted, facts.lease_epoch) {
         Ok(change) if change.to != change.from => {
-            match shared.store.apply_job_change(&change, shared.now()).await {
+            match shared
+                .group_commit
+                .apply(&shared.store, &change, shared.now())
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(job = %job_id, node = %node, "job running");
                     shared.notify_changed();

@@ -681,7 +681,7 @@ mod releases;
 mod report_keys;
 mod report_rows;
 mod results;
-pub use results::RESULTS_OF_JOBS_MAX;
+pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod runs;
 mod tokens;
 mod waivers;

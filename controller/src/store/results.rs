@@ -9,7 +9,7 @@ use super::{
     rows, text, to_json,
 };
 use std::collections::HashMap;
-use tollgate_domain::job::ResultChange;
+use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, Timestamp};
 
@@ -90,9 +90,24 @@ impl ResultColumns {
 
 const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
 const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
+/// One write of a batch ([`Store::write_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// [`Store::record_result`]'s.
+    Result(&'a StepResult, &'a ResultChange, Timestamp),
+    /// [`Store::apply_job_change`]'s; `Recorded::Inserted` when applied.
+    Job(&'a JobChange, Timestamp),
+}
+
+/// A write ready for the transaction.
+enum Prepared<'a> {
+    Result(PreparedResult<'a>),
+    Job(&'a JobChange, Timestamp),
+}
+
 /// A result ready to insert: checked, its JSON columns and digest computed outside the
 /// transaction.
-struct Prepared<'a> {
+struct PreparedResult<'a> {
     result: &'a StepResult,
     change: &'a ResultChange,
     now: Timestamp,
@@ -120,7 +135,7 @@ impl Refusal {
     }
 }
 
-impl<'a> Prepared<'a> {
+impl<'a> PreparedResult<'a> {
     fn of(
         result: &'a StepResult,
         change: &'a ResultChange,
@@ -169,7 +184,9 @@ impl Store {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let mut outcomes = self.record_results(&[(result, change, now)]).await?;
+        let mut outcomes = self
+            .write_batch(&[Write::Result(result, change, now)])
+            .await?;
         outcomes.pop().unwrap_or_else(|| {
             Err(StoreError::Corrupt {
                 what: format!("result of job {}", result.job_id),
@@ -178,24 +195,54 @@ impl Store {
         })
     }
 
-    /// [`Store::record_result`] for several results in one transaction (one commit, one
-    /// fsync): each is recorded, or refused, as if alone (a savepoint each), and gets its own
-    /// outcome, in order. A database error (the disk refused, the connection broke) fails the
-    /// whole batch and stores none of it: record each result again to learn its own outcome.
-    pub async fn record_results(
+    /// [`Store::record_result`]s and [`Store::apply_job_change`]s in one transaction (one
+    /// commit, one fsync): each is applied, or refused, as if alone (a savepoint each), and
+    /// gets its own outcome, in order. A database error (the disk refused, the connection
+    /// broke) fails the whole batch and stores none of it: write each again to learn its own
+    /// outcome.
+    pub async fn write_batch(
         &self,
-        batch: &[(&StepResult, &ResultChange, Timestamp)],
+        batch: &[Write<'_>],
     ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
         let mut prepared = Vec::with_capacity(batch.len());
-        for (result, change, now) in batch {
-            prepared.push(Prepared::of(result, change, *now));
+        for write in batch {
+            prepared.push(match *write {
+                Write::Result(result, change, now) => {
+                    PreparedResult::of(result, change, now).map(Prepared::Result)
+                }
+                Write::Job(change, now) => Ok(Prepared::Job(change, now)),
+            });
         }
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let mut outcomes = Vec::with_capacity(prepared.len());
             for item in &prepared {
                 let item = match item {
-                    Ok(item) => item,
+                    Ok(Prepared::Result(item)) => item,
+                    Ok(Prepared::Job(change, now)) => {
+                        sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+                        let outcome: Result<Recorded, StoreError> = async {
+                            apply_job_change!(tx, *change, *now);
+                            Ok(Recorded::Inserted)
+                        }
+                        .await;
+                        match outcome {
+                            Err(StoreError::Database(error)) => {
+                                return Err(StoreError::Database(error));
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                sqlx::query("ROLLBACK TO SAVEPOINT result")
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                        sqlx::query("RELEASE SAVEPOINT result")
+                            .execute(&mut *tx)
+                            .await?;
+                        outcomes.push(outcome);
+                        continue;
+                    }
                     Err(refusal) => {
                         outcomes.push(Err(refusal.again()));
                         continue;

@@ -1396,8 +1396,9 @@ async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
     add_plan(store, &plan).await;
     add_node(store, "n1").await;
     add_node(store, "n2").await;
-    let (_, jobs) = start_run(store, "run-1", &plan, &["n1", "n2"], 10).await;
-    let (one, two) = (&jobs[0].id, &jobs[1].id);
+    add_node(store, "n3").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1", "n2", "n3"], 10).await;
+    let (one, two, three) = (&jobs[0].id, &jobs[1].id, &jobs[2].id);
     make_running(store, one).await;
     make_running(store, two).await;
     let stress_two = plan_result(&plan, two, 0, 1, Outcome::Passed);
@@ -1420,17 +1421,36 @@ async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
         value: f64::NAN,
         unit: None,
     });
+    let facts = store.job_facts(three).await.expect("facts").expect("found");
+    let assign_three = tollgate_domain::job::decide(
+        &facts,
+        tollgate_domain::job::JobEvent::Assigned,
+        facts.lease_epoch + 1,
+    )
+    .expect("a pending job can be assigned");
     let outcomes = store
-        .record_results(&[
-            (&stress_one, &stress_one_change, at(41)),
-            (&failed, &failed_change, at(41)),
-            (&passed, &passed_change, at(41)),
-            (&stress_two, &stress_two_change, at(41)),
-            (&unreadable, &stress_one_change, at(41)),
+        .write_batch(&[
+            Write::Result(&stress_one, &stress_one_change, at(41)),
+            Write::Result(&failed, &failed_change, at(41)),
+            Write::Result(&passed, &passed_change, at(41)),
+            Write::Result(&stress_two, &stress_two_change, at(41)),
+            Write::Result(&unreadable, &stress_one_change, at(41)),
+            // The same assignment twice: the second finds the job assigned already.
+            Write::Job(&assign_three, at(41)),
+            Write::Job(&assign_three, at(41)),
         ])
         .await
         .expect("the batch commits");
-    assert_eq!(outcomes.len(), 5);
+    assert_eq!(outcomes.len(), 7);
+    assert!(
+        matches!(outcomes[5], Ok(Recorded::Inserted)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[6], Err(StoreError::Conflict { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(job_state(store, three).await, JobState::Assigned);
     assert!(
         matches!(outcomes[0], Ok(Recorded::Inserted)),
         "{outcomes:?}"
