@@ -108,13 +108,16 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// One GPU's sample without its timestamp, prost-encoded, and the values it holds.
+type EncodedSample = (Bytes, Vec<(Field, f64)>);
+
 /// One simulated agent's load: its node, and each GPU's values, prost-encoded once as a
 /// `TelemetrySample` without its timestamp (`gpu_index` and `values`; the timestamp, field 2,
 /// is appended per sample: protobuf takes fields in any order).
 struct AgentLoad {
     node: String,
     /// `[gpu_idx][variant]`: the encoded fields, and the values they hold.
-    encoded: Vec<Vec<(Bytes, Vec<(Field, f64)>)>>,
+    encoded: Vec<Vec<EncodedSample>>,
 }
 
 impl AgentLoad {
