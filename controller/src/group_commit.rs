@@ -24,7 +24,7 @@ const MAX_BATCH: usize = 256;
 
 /// What waits for a writer.
 enum Owned {
-    Result(StepResult, ResultChange),
+    Result(Box<StepResult>, ResultChange),
     Job(JobChange),
 }
 
@@ -79,8 +79,12 @@ impl GroupCommit {
         if store.backend() != "sqlite" {
             return store.record_result(result, change, now).await;
         }
-        self.write(store, Owned::Result(result.clone(), change.clone()), now)
-            .await
+        self.write(
+            store,
+            Owned::Result(Box::new(result.clone()), change.clone()),
+            now,
+        )
+        .await
     }
 
     /// [`Store::apply_job_change`], batched with the writes that arrive meanwhile on SQLite.

@@ -101,7 +101,7 @@ pub enum Write<'a> {
 
 /// A write ready for the transaction.
 enum Prepared<'a> {
-    Result(PreparedResult<'a>),
+    Result(Box<PreparedResult<'a>>),
     Job(&'a JobChange, Timestamp),
 }
 
@@ -207,9 +207,8 @@ impl Store {
         let mut prepared = Vec::with_capacity(batch.len());
         for write in batch {
             prepared.push(match *write {
-                Write::Result(result, change, now) => {
-                    PreparedResult::of(result, change, now).map(Prepared::Result)
-                }
+                Write::Result(result, change, now) => PreparedResult::of(result, change, now)
+                    .map(|item| Prepared::Result(Box::new(item))),
                 Write::Job(change, now) => Ok(Prepared::Job(change, now)),
             });
         }
