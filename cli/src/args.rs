@@ -578,6 +578,9 @@ pub enum ReportFormat {
     Html,
     /// JUnit XML, for CI tools.
     Junit,
+    /// PDF, printed from the HTML report by a headless Chromium; the signed HTML it was
+    /// printed from is written beside it (FILE.html), which `report verify` checks.
+    Pdf,
 }
 
 impl ReportFormat {
@@ -588,6 +591,8 @@ impl ReportFormat {
             Self::Json => "json",
             Self::Html => "html",
             Self::Junit => "junit",
+            // The controller renders the HTML; the CLI prints it.
+            Self::Pdf => "html",
         }
     }
 }

@@ -147,6 +147,56 @@ fn missing_file_names_the_file() {
 }
 
 #[test]
+fn a_pdf_without_chromium_says_how_to_get_one_before_calling_the_controller() {
+    // No Chromium on PATH: refused before the (unreachable) controller is asked.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let output = tollgate()
+        .env("PATH", empty.path())
+        .env_remove("TOLLGATE_CHROMIUM")
+        .args([
+            "--controller",
+            "http://127.0.0.1:1",
+            "report",
+            "--release",
+            "r550",
+        ])
+        .args(["--format", "pdf"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("no Chromium found on PATH"), "{stderr}");
+    assert!(stderr.contains("apt-get install chromium"), "{stderr}");
+    assert!(stderr.contains("TOLLGATE_CHROMIUM"), "{stderr}");
+    assert!(!stderr.contains("cannot reach the controller"), "{stderr}");
+
+    // A named Chromium that cannot run is named.
+    let not_executable = empty.path().join("chrome");
+    std::fs::write(&not_executable, "not a program").expect("write");
+    let output = tollgate()
+        .env("TOLLGATE_CHROMIUM", &not_executable)
+        .args([
+            "--controller",
+            "http://127.0.0.1:1",
+            "report",
+            "--release",
+            "r550",
+        ])
+        .args(["--format", "pdf"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "TOLLGATE_CHROMIUM={} is not an executable file",
+            not_executable.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unreachable_controller_says_so_clearly() {
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
     let output = tollgate()

@@ -247,3 +247,155 @@ async fn reports_signed_before_and_after_a_key_rotation_verify_with_the_deployme
         "{stdout}"
     );
 }
+
+/// Every object of a JSON report with a GPU's telemetry: its GPU index and field names.
+fn telemetry_of(value: &serde_json::Value, found: &mut Vec<(u64, Vec<String>)>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            if let (Some(gpu), Some(serde_json::Value::Array(fields))) =
+                (object.get("gpu_index"), object.get("fields"))
+            {
+                let names = fields
+                    .iter()
+                    .filter_map(|f| f.get("field").and_then(|n| n.as_str()))
+                    .map(str::to_owned)
+                    .collect();
+                found.push((gpu.as_u64().expect("a GPU index"), names));
+            }
+            object.values().for_each(|v| telemetry_of(v, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| telemetry_of(v, found)),
+        _ => {}
+    }
+}
+
+/// Whether a real Chromium and `pdftotext` are here; when they are not, the PDF test fails
+/// if `TOLLGATE_REQUIRE_CHROMIUM` is set (CI installs both) and is skipped, loudly, if not.
+fn can_print() -> bool {
+    let have = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|name| have(name, "--version"));
+    let pdftotext = have("pdftotext", "-v");
+    if chromium && pdftotext {
+        return true;
+    }
+    let missing = format!("chromium found: {chromium}, pdftotext found: {pdftotext}");
+    assert!(
+        std::env::var_os("TOLLGATE_REQUIRE_CHROMIUM").is_none(),
+        "TOLLGATE_REQUIRE_CHROMIUM is set but {missing}; install the chromium and poppler-utils packages"
+    );
+    eprintln!(
+        "SKIPPED: printing a PDF needs chromium and pdftotext ({missing}); `apt-get install \
+         chromium poppler-utils`, or set TOLLGATE_REQUIRE_CHROMIUM=1 to fail instead"
+    );
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_printed_report_keeps_every_telemetry_field_of_every_gpu() {
+    if !can_print() {
+        return;
+    }
+    let Some(controller) = Controller::start(ControllerOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    let (_agents, _clients) = qualify_with_one_hot_node(&controller, 1.0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("UTF-8").to_owned();
+    let render = |format: &'static str, file: String| {
+        let url = controller.url.clone();
+        async move {
+            let args = [
+                "report",
+                "--release",
+                "r550",
+                "--milestone",
+                "lab-qual",
+                "--format",
+                format,
+                "-o",
+                &file,
+            ];
+            let output = tollgate(&url, &args).await;
+            assert!(
+                output.status.success(),
+                "{format}: {}",
+                text(&output.stderr)
+            );
+            text(&output.stdout)
+        }
+    };
+    let stdout = render("pdf", path("r550.pdf")).await;
+    assert!(
+        stdout.contains("r550.pdf") && stdout.contains("r550.html"),
+        "{stdout}"
+    );
+    // The HTML it was printed from is kept beside it, and verifies.
+    let public_key = public_key(&controller.url).await;
+    let verified = verify(&controller.url, &dir.path().join("r550.html"), &public_key).await;
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        text(&verified.stdout)
+    );
+    let pdf = std::fs::read(dir.path().join("r550.pdf")).expect("the PDF");
+    assert!(pdf.starts_with(b"%PDF-"));
+    assert!(!dir.path().join("r550.pdf.part").exists());
+
+    render("json", path("r550.json")).await;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r550.json")).expect("JSON"))
+            .expect("a JSON report");
+    let mut gpus = Vec::new();
+    telemetry_of(&json, &mut gpus);
+    assert!(gpus.len() >= 3, "three nodes' GPUs: {gpus:?}");
+    assert!(
+        gpus.iter().all(|(_, fields)| fields.len() >= 10),
+        "{gpus:?}"
+    );
+
+    let printed = std::process::Command::new("pdftotext")
+        .args(["-layout", &path("r550.pdf"), "-"])
+        .output()
+        .expect("pdftotext");
+    assert!(printed.status.success());
+    let printed = text(&printed.stdout);
+    // One table per GPU, each under a caption `GPU N GPU-UUID`, in the JSON's order.
+    let captions: Vec<usize> = printed
+        .match_indices("GPU ")
+        .map(|(at, _)| at)
+        .filter(|&at| {
+            let line_start = printed[..at].rfind('\n').map_or(0, |i| i + 1);
+            printed[line_start..at].trim().is_empty()
+                && printed[at..]
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.contains(" GPU-"))
+        })
+        .collect();
+    assert_eq!(captions.len(), gpus.len(), "{printed}");
+    for (idx, ((gpu, fields), &at)) in gpus.iter().zip(&captions).enumerate() {
+        let end = captions.get(idx + 1).copied().unwrap_or(printed.len());
+        let table = &printed[at..end];
+        assert!(table.starts_with(&format!("GPU {gpu} GPU-")), "{table}");
+        for field in fields {
+            // The field's row holds all five statistics: no column was cut at the margin.
+            let row = table
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(field.as_str()))
+                .unwrap_or_else(|| panic!("GPU {gpu} has no row for {field}:\n{table}"));
+            let numbers = row
+                .split_whitespace()
+                .filter(|w| w.parse::<f64>().is_ok() || *w == "n/a")
+                .count();
+            assert!(numbers >= 5, "GPU {gpu} {field}: {row}");
+        }
+    }
+}

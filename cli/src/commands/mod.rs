@@ -4,6 +4,7 @@ pub mod audit;
 pub mod gate;
 pub mod maintenance;
 pub mod node;
+pub mod pdf;
 pub mod plan;
 pub mod promote;
 pub mod release;

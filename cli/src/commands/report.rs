@@ -34,7 +34,13 @@ pub async fn dispatch(target: &crate::client::Target, args: ReportArgs) -> anyho
         Some(ReportCommand::PublicKey { all, output }) => {
             public_key(&Controller::connect(target).await?, all, output.output).await
         }
-        None => run(&Controller::connect(target).await?, args).await,
+        None => {
+            // Without a Chromium a PDF cannot be printed: say so before asking the controller.
+            if args.format == ReportFormat::Pdf && !args.attestation {
+                super::pdf::find_chromium()?;
+            }
+            run(&Controller::connect(target).await?, args).await
+        }
     }
 }
 
@@ -53,6 +59,37 @@ pub async fn run(controller: &Controller, args: ReportArgs) -> anyhow::Result<()
     let release = release.context("--release is required to render a report")?;
     if attestation {
         return write_attestation(controller, &release, milestone.as_deref(), file, as_json).await;
+    }
+    if format == ReportFormat::Pdf {
+        let pdf = file.unwrap_or_else(|| default_path(&release, milestone.as_deref(), "pdf"));
+        let chromium = super::pdf::find_chromium()?;
+        let html = render_to_file(
+            controller,
+            &release,
+            milestone.as_deref(),
+            format,
+            customer.as_deref(),
+            Some(pdf.with_extension("html")),
+        )
+        .await?;
+        let n_bytes = super::pdf::print(&chromium, &html.path, &pdf).await?;
+        return if as_json {
+            print_json(&json!({
+                "path": pdf.display().to_string(),
+                "media_type": "application/pdf",
+                "bytes": n_bytes,
+                "decision_digest": html.decision_digest,
+                "signed_html": html.path.display().to_string(),
+            }))
+        } else {
+            println!("wrote {}", pdf.display());
+            println!(
+                "printed from the signed {}; check that one with `tollgate report verify`",
+                html.path.display()
+            );
+            println!("decision digest: {}", html.decision_digest);
+            Ok(())
+        };
     }
     let written = render_to_file(
         controller,

@@ -14,7 +14,7 @@ use super::model::{
 use super::text::{self, Fixed, Html, Stat, put};
 use std::collections::BTreeSet;
 use tollgate_domain::report_signature as signature;
-use tollgate_domain::telemetry::Field;
+use tollgate_domain::telemetry::{Field, TelemetrySeries};
 
 /// Simulated node names listed in the banner; the node table marks every one.
 const BANNER_NODE_NAMES: usize = 10;
@@ -31,7 +31,11 @@ th{background:var(--head);font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.kv th{width:12em}
 tr.bad td,td.bad{background:#ffebe9}
+.gpus{display:flex;flex-wrap:wrap;gap:0 16px;align-items:flex-start}
+table.tm caption{text-align:left;font-weight:600;padding:2px 0}
 table.tm td{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+table.tm td:nth-child(-n+2),table.tm td.lm{text-align:left}
+table.tm td.lm{white-space:normal}
 code,.mono,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:12px}
 code{word-break:break-all}
 pre{background:var(--head);border:1px solid var(--line);padding:8px;white-space:pre-wrap;word-break:break-all;max-height:30em;overflow:auto}
@@ -57,9 +61,18 @@ svg.chart .mn{stroke:#1f2328;stroke-width:2}
 svg.chart .lim{stroke:var(--bad);stroke-width:1.5;stroke-dasharray:4 2}
 svg.chart .lt{fill:var(--bad)}
 svg.chart .ax{stroke:#8c959f}
+figure.series{margin:0;max-width:600px}figure.series figcaption{font-size:11px;margin-bottom:2px}figure.series .lt{color:var(--bad)}
+svg.series path{fill:none}svg.series .ln{stroke:#0969da;stroke-width:1.5}svg.series .mx{stroke:#54aeff;stroke-width:1}
+svg.series .x .ln{stroke:var(--bad)}svg.series .x .mx{stroke:#ff8182}svg.series .x text{fill:var(--bad)}
 footer{margin-top:2em;border-top:1px solid var(--line);padding-top:.6em;font-size:12px}
+@page{margin:12mm}
 @media print{
 body{max-width:none;padding:0;font-size:11px}
+table{font-size:10px}
+.gpus{display:block}
+table.tm{width:100%;table-layout:fixed}
+table.tm th:first-child{width:26%}table.tm th:nth-child(2){width:8%}
+footer{break-inside:avoid}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
 table,svg,.banner,.charts{break-inside:avoid}
 tr{break-inside:avoid}
@@ -594,7 +607,7 @@ fn plan_steps(out: &mut String, plan: &PlanView) {
 }
 
 fn nodes(out: &mut String, rows: &[NodeRow]) {
-    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail below is collapsed; the names in the table link to it. Telemetry cells read min / mean / max / p99 / last over the attempt; the JSON report also has each summary's sample count.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
+    out.push_str("<section id=\"nodes\">\n<h2>Nodes</h2>\n<p class=\"muted\">Each node's detail below is collapsed; the names in the table link to it. Each attempt's telemetry is a table per GPU: min, mean, max, p99 and last of each field over the attempt (the JSON report also has each summary's sample count), under charts of the step's series.</p>\n<table>\n<thead><tr><th>Node</th><th>GPU source</th><th>Labels</th><th>Driver</th><th>CUDA driver</th><th>GPUs</th><th>Inventory</th><th>Jobs</th><th>Fails rules</th></tr></thead>\n<tbody>\n");
     for (idx, node) in rows.iter().enumerate() {
         let class = if node.failing_rules.is_empty() {
             ""
@@ -850,10 +863,17 @@ fn attempt_detail(out: &mut String, report: &Report, a: &AttemptView) {
     out.push_str("</div>\n");
 }
 
-/// The charted telemetry fields of an attempt, one chart per field over every GPU.
+/// The charted telemetry fields of an attempt, one chart per field: the step's series as
+/// small multiples (a panel per GPU) when the agent sent them, otherwise each GPU's range.
 fn attempt_charts(out: &mut String, report: &Report, a: &AttemptView) {
     let mut charts = String::new();
     for field in CHARTED_FIELDS {
+        let limits: Vec<&LimitView> = report.telemetry_limits(field, &a.step_name).collect();
+        let series: Vec<&TelemetrySeries> = a.series.iter().filter(|s| s.field == field).collect();
+        if !series.is_empty() {
+            series_chart(&mut charts, field, a, &series, &limits);
+            continue;
+        }
         let rows: Vec<(u32, &FieldView)> = a
             .telemetry
             .iter()
@@ -865,7 +885,6 @@ fn attempt_charts(out: &mut String, report: &Report, a: &AttemptView) {
             })
             .collect();
         if !rows.is_empty() {
-            let limits: Vec<&LimitView> = report.telemetry_limits(field, &a.step_name).collect();
             chart(&mut charts, field, a, &rows, &limits);
         }
     }
@@ -985,64 +1004,80 @@ fn attempt_log(out: &mut String, a: &AttemptView) {
     }
 }
 
-/// One row per GPU and one column per field, each cell `min / mean / max / p99 / last`. The
-/// long form (a row per GPU and field) is in the Markdown and JSON; here it would be six times
-/// the rows, and a thousand-node page has ten thousand of these tables.
+/// One table per GPU, a row per field: `min`, `mean`, `max`, `p99` and `last` in their own
+/// columns, with the limit each was checked against. Narrow enough for an A4 or Letter page
+/// (a row per GPU and a column per field was twenty columns wide, and printing cut all but
+/// the first few); on screen the tables sit side by side.
 fn telemetry_table(out: &mut String, report: &Report, a: &AttemptView) {
     let columns: BTreeSet<Field> = a
         .telemetry
         .iter()
         .flat_map(|gpu| gpu.fields.iter().map(|f| f.kind))
         .collect();
-    out.push_str("<table class=\"tm\">\n<thead><tr><th>GPU</th>");
+    // The limit text of every field that has one, written once per field.
+    let mut limits: Vec<(Field, String)> = Vec::new();
     for field in &columns {
-        put!(out, "<th>{field}");
-        if !field.unit().is_empty() {
-            put!(out, " ({})", field.unit());
-        }
+        let mut text = String::new();
         for limit in report.telemetry_limits(*field, &a.step_name) {
-            put!(
-                out,
-                "<br><span class=\"muted\">limit {} {}</span>",
-                limit.aggregate,
-                Html(&limit.condition)
-            );
+            if !text.is_empty() {
+                text.push_str("<br>");
+            }
+            put!(text, "{} {}", limit.aggregate, Html(&limit.condition));
         }
-        out.push_str("</th>");
+        if !text.is_empty() {
+            limits.push((*field, text));
+        }
     }
-    out.push_str("</tr></thead>\n<tbody>\n");
+    let limit_of = |field: Field| {
+        limits
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or("", |(_, text)| text.as_str())
+    };
+    out.push_str("<div class=\"gpus\">\n");
     for gpu in &a.telemetry {
-        put!(out, "<tr><td>{}</td>", gpu.gpu_index);
-        for field in &columns {
-            let Some(f) = gpu.fields.iter().find(|f| f.kind == *field) else {
-                out.push_str("<td></td>");
-                continue;
-            };
+        put!(
+            out,
+            "<table class=\"tm\">\n<caption>GPU {} <code>{}</code></caption>\n<thead><tr><th>Field</th><th>Unit</th><th>min</th><th>mean</th><th>max</th><th>p99</th><th>last</th>",
+            gpu.gpu_index,
+            Html(&gpu.gpu_uuid)
+        );
+        if !limits.is_empty() {
+            out.push_str("<th>Limit</th>");
+        }
+        out.push_str("</tr></thead>\n<tbody>\n");
+        for f in &gpu.fields {
             let bad = f.checks.iter().any(|c| !c.ok);
-            out.push_str(if bad { "<td class=\"bad\">" } else { "<td>" });
             put!(
                 out,
-                "{} / {} / {} / {} / {}",
+                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                if bad { " class=\"bad\"" } else { "" },
+                f.field,
+                f.unit,
                 Stat(f.min),
                 Stat(f.mean),
                 Stat(f.max),
                 Stat(f.p99),
                 Stat(f.last)
             );
-            for c in f.checks.iter().filter(|c| !c.ok) {
-                put!(
-                    out,
-                    " <strong>NOT OK: {} {}, limit {}</strong>",
-                    c.aggregate,
-                    Stat(c.value),
-                    Html(&c.condition)
-                );
+            if !limits.is_empty() {
+                out.push_str("<td class=\"lm\">");
+                out.push_str(limit_of(f.kind));
+                for c in f.checks.iter().filter(|c| !c.ok) {
+                    put!(
+                        out,
+                        " <strong>NOT OK: {} {}</strong>",
+                        c.aggregate,
+                        Stat(c.value)
+                    );
+                }
+                out.push_str("</td>");
             }
-            out.push_str("</td>");
+            out.push_str("</tr>\n");
         }
-        out.push_str("</tr>\n");
+        out.push_str("</tbody>\n</table>\n");
     }
-    out.push_str("</tbody>\n</table>\n");
+    out.push_str("</div>\n");
 }
 
 /// Chart geometry, in SVG user units.
@@ -1054,8 +1089,8 @@ const CHART_ROW: f64 = 14.0;
 const CHART_BOTTOM: f64 = 16.0;
 
 /// A per-GPU range chart of one field over one attempt: a bar from min to max, a tick at the
-/// mean, and a dashed line at each applicable gate limit. Only summaries exist today, not
-/// series, so this is the honest picture: the spread each GPU showed and where the limit is.
+/// mean, and a dashed line at each applicable gate limit; drawn when the attempt has no
+/// series (results from agents that sent none): the spread each GPU showed and where the limit is.
 fn chart(
     out: &mut String,
     field: Field,
@@ -1122,6 +1157,181 @@ fn chart(
         height - 3.0,
         text::stat(hi)
     );
+}
+
+/// Small-multiple panel geometry, in SVG user units.
+const PANEL_WIDTH: f64 = 150.0;
+const PANEL_HEIGHT: f64 = 62.0;
+const PANEL_TOP: f64 = 13.0;
+const PANEL_PLOT_HEIGHT: f64 = 40.0;
+const PANELS_PER_ROW: usize = 4;
+/// Most points a line in a panel has: a fleet report holds thousands of these charts.
+const PANEL_POINTS: usize = 48;
+
+/// One field's series over an attempt, a panel per GPU on a shared scale: the bucket means
+/// as a line, the bucket maxima as a lighter line above it, each gate limit dashed. A GPU
+/// whose summary broke a limit is drawn in the failing colour.
+fn series_chart(
+    out: &mut String,
+    field: Field,
+    attempt: &AttemptView,
+    series: &[&TelemetrySeries],
+    limits: &[&LimitView],
+) {
+    let lines: Vec<(u32, Vec<Point>)> = series
+        .iter()
+        .map(|s| (s.gpu_index, coarsen(s, PANEL_POINTS)))
+        .collect();
+    let (mut lo, mut hi) = (0.0f64, f64::NEG_INFINITY);
+    let mut end_ms = 0u64;
+    for (_, points) in &lines {
+        for p in points {
+            lo = lo.min(p.mean).min(p.max);
+            hi = hi.max(p.max).max(p.mean);
+            end_ms = end_ms.max(p.end_ms);
+        }
+    }
+    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+        lo = lo.min(limit.threshold);
+        hi = hi.max(limit.threshold);
+    }
+    if !hi.is_finite() || end_ms == 0 {
+        return;
+    }
+    let hi = round_up(hi + ((hi - lo) * 0.02).max(0.5));
+    let n_rows = lines.len().div_ceil(PANELS_PER_ROW);
+    let n_cols = lines.len().min(PANELS_PER_ROW);
+    let width = n_cols as f64 * PANEL_WIDTH;
+    let height = n_rows as f64 * PANEL_HEIGHT;
+    let unit = field.unit();
+    // The title is HTML, so it wraps however narrow the page.
+    put!(
+        out,
+        "<figure class=\"series\"><figcaption><b>{field} ({unit})</b> of each GPU over {} (scale {} to {} {unit}): mean, max (light)",
+        text::duration_ms(attempt.duration_ms),
+        text::stat(lo),
+        text::stat(hi)
+    );
+    for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+        put!(
+            out,
+            "; <span class=\"lt\">limit {} {} (dashed)</span>",
+            limit.aggregate,
+            Html(&limit.condition)
+        );
+    }
+    put!(
+        out,
+        "</figcaption><svg class=\"chart series\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{field} of each GPU over {} attempt {}\">",
+        Html(&attempt.step_name),
+        attempt.attempt
+    );
+    let plot_width = PANEL_WIDTH - 10.0;
+    let x = |ms: u64| ms as f64 / end_ms as f64 * plot_width;
+    let y = |value: f64| PANEL_TOP + (hi - value) / (hi - lo) * PANEL_PLOT_HEIGHT;
+    for (idx, (gpu_index, points)) in lines.iter().enumerate() {
+        let (col, row) = (idx % PANELS_PER_ROW, idx / PANELS_PER_ROW);
+        let bad = attempt
+            .telemetry
+            .iter()
+            .find(|gpu| gpu.gpu_index == *gpu_index)
+            .and_then(|gpu| gpu.fields.iter().find(|f| f.kind == field))
+            .is_some_and(|f| f.checks.iter().any(|c| !c.ok));
+        let peak = points
+            .iter()
+            .map(|p| p.max)
+            .fold(f64::NEG_INFINITY, f64::max);
+        put!(
+            out,
+            "<g transform=\"translate({} {})\"{}><text x=\"0\" y=\"10\">GPU {gpu_index}, max {} {unit}</text>",
+            Fixed(col as f64 * PANEL_WIDTH, 0),
+            Fixed(row as f64 * PANEL_HEIGHT, 0),
+            if bad { " class=\"x\"" } else { "" },
+            text::stat(peak)
+        );
+        put!(
+            out,
+            "<path class=\"ax\" d=\"M0 {}H{}\"/>",
+            Fixed(PANEL_TOP + PANEL_PLOT_HEIGHT, 0),
+            Fixed(plot_width, 0)
+        );
+        for limit in limits.iter().filter(|l| l.threshold.is_finite()) {
+            put!(
+                out,
+                "<path class=\"lim\" d=\"M0 {}H{}\"/>",
+                Fixed(y(limit.threshold), 1),
+                Fixed(plot_width, 0)
+            );
+        }
+        for (class, value) in [("mx", Point::max as fn(&Point) -> f64), ("ln", Point::mean)] {
+            let mut d = String::new();
+            let mut pen_down = false;
+            for p in points {
+                let v = value(p);
+                if !v.is_finite() {
+                    pen_down = false;
+                    continue;
+                }
+                let command = if pen_down { 'L' } else { 'M' };
+                put!(d, "{command}{} {}", Fixed(x(p.mid_ms), 0), Fixed(y(v), 1));
+                pen_down = true;
+            }
+            if !d.is_empty() {
+                put!(out, "<path class=\"{class}\" d=\"{d}\"/>");
+            }
+        }
+        out.push_str("</g>");
+    }
+    out.push_str("</svg></figure>");
+}
+
+/// A stretch of a series as a panel draws it.
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    /// Middle and end of the stretch, milliseconds after the attempt started.
+    mid_ms: u64,
+    end_ms: u64,
+    mean: f64,
+    max: f64,
+}
+
+impl Point {
+    fn mean(&self) -> f64 {
+        self.mean
+    }
+    fn max(&self) -> f64 {
+        self.max
+    }
+}
+
+/// A series' points merged into at most `most` stretches of neighbouring buckets: the mean weighted
+/// by samples, the largest maximum.
+fn coarsen(series: &TelemetrySeries, most: usize) -> Vec<Point> {
+    let points = &series.points;
+    if points.is_empty() {
+        return Vec::new();
+    }
+    let width = series.bucket_ms.max(1);
+    let per = points.len().div_ceil(most.max(1));
+    points
+        .chunks(per)
+        .map(|chunk| {
+            let (mut sum, mut n, mut max) = (0.0, 0u64, f64::NEG_INFINITY);
+            for p in chunk.iter().filter(|p| p.mean.is_finite()) {
+                sum += p.mean * f64::from(p.samples.max(1));
+                n += u64::from(p.samples.max(1));
+                max = max.max(p.max);
+            }
+            let start = chunk[0].offset_ms;
+            let end = chunk[chunk.len() - 1].offset_ms + width;
+            Point {
+                mid_ms: start + (end - start) / 2,
+                end_ms: end,
+                mean: if n == 0 { f64::NAN } else { sum / n as f64 },
+                max: if max.is_finite() { max } else { f64::NAN },
+            }
+        })
+        .collect()
 }
 
 /// Whether a field's statistics can be drawn.

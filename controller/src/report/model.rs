@@ -360,6 +360,11 @@ pub(crate) struct AttemptView {
     pub sub_results: Vec<SubResultView>,
     /// How many passing or skipped tests `sub_results` leaves out.
     pub sub_results_not_listed: usize,
+    /// The downsampled series of the charted fields ([`CHARTED_FIELDS`]), by field then GPU,
+    /// for the HTML report's charts; not part of the JSON (the summaries above are the
+    /// evidence, a series only pictures them).
+    #[serde(skip)]
+    pub series: Vec<tollgate_domain::telemetry::TelemetrySeries>,
 }
 
 /// One test of a step attempt, as its result parser read it.
@@ -1387,7 +1392,22 @@ fn attempt_view(result: &StepResult, final_attempt: bool, limits: &[Limit]) -> A
         log_tail: result.log_tail.clone(),
         sub_results,
         sub_results_not_listed,
+        series: charted_series(&result.series),
     }
+}
+
+/// The series of the charted fields with at least one finite point, by field then GPU.
+fn charted_series(
+    series: &[tollgate_domain::telemetry::TelemetrySeries],
+) -> Vec<tollgate_domain::telemetry::TelemetrySeries> {
+    let mut charted: Vec<_> = series
+        .iter()
+        .filter(|s| CHARTED_FIELDS.contains(&s.field))
+        .filter(|s| s.points.iter().any(|p| p.mean.is_finite()))
+        .cloned()
+        .collect();
+    charted.sort_by_key(|s| (s.field, s.gpu_index));
+    charted
 }
 
 fn gpu_telemetry_view(gpu: &GpuTelemetry, step_limits: &[&Limit]) -> GpuTelemetryView {

@@ -13,7 +13,9 @@ use tollgate_domain::job::JobState;
 use tollgate_domain::plan::{Step, StepKind};
 use tollgate_domain::release::Component;
 use tollgate_domain::result::{Measurement, Outcome, StepResult, SubResult};
-use tollgate_domain::telemetry::{EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry};
+use tollgate_domain::telemetry::{
+    EventKind, Field, FieldSummary, GpuEvent, GpuTelemetry, SeriesPoint, TelemetrySeries,
+};
 use tollgate_domain::test_support::{self as ts, at};
 use tollgate_domain::{JobId, NodeId, PlanVersion, RunId};
 
@@ -147,6 +149,27 @@ fn telemetry(gpu_index: u32, node: &str, temp_max: f64, power_max: f64) -> GpuTe
     }
 }
 
+/// A temperature series over 95 s in 1 s buckets rising from `from` to `to`.
+fn temperature_series(gpu_index: u32, from: f64, to: f64) -> TelemetrySeries {
+    TelemetrySeries {
+        gpu_index,
+        field: Field::GpuTempC,
+        bucket_ms: 1000,
+        points: (0..95u32)
+            .map(|i| {
+                let mean = from + (to - from) * f64::from(i) / 94.0;
+                SeriesPoint {
+                    offset_ms: u64::from(i) * 1000,
+                    mean: mean - 0.5,
+                    min: mean - 1.0,
+                    max: mean,
+                    samples: 1,
+                }
+            })
+            .collect(),
+    }
+}
+
 /// A node whose stress step errored once, then passed with GPU 0 running too hot.
 fn hot_job(name: &str, source: GpuSourceKind) -> JobEvidence {
     let versions = result(name, source, (0, "versions"), 1, Outcome::Passed, 100);
@@ -164,6 +187,12 @@ fn hot_job(name: &str, source: GpuSourceKind) -> JobEvidence {
     second.telemetry = vec![
         telemetry(1, name, 71.0, 640.0),
         telemetry(0, name, 95.5, 700.0),
+    ];
+    // GPU 0 climbs to 95.5 °C; GPU 1 stays near 60. Power has no series: its chart falls
+    // back to the range of each GPU.
+    second.series = vec![
+        temperature_series(1, 60.0, 71.0),
+        temperature_series(0, 60.0, 95.5),
     ];
     second.events.push(GpuEvent {
         gpu_index: 0,
@@ -381,6 +410,79 @@ fn html_is_self_contained() {
     assert!(html.contains("@media print"));
     assert!(html.contains("<details class=\"node\""));
     assert!(html.contains("<svg class=\"chart\""));
+}
+
+#[test]
+fn html_charts_each_gpu_s_series_and_marks_the_one_over_its_limit() {
+    let html = text_of(&input(), ReportFormat::Html);
+    let charts: Vec<&str> = html
+        .match_indices("<figure class=\"series\">")
+        .map(|(at, _)| &html[at..at + html[at..].find("</figure>").expect("an end")])
+        .collect();
+    // Only the hot node's passing stress attempt has series, and only of temperature.
+    assert_eq!(charts.len(), 1, "{charts:?}");
+    let chart = charts[0];
+    assert!(chart.contains("gpu_temp_c (°C)"), "{chart}");
+    // A panel per GPU, in GPU order, each with its peak; GPU 0 broke the limit and is marked.
+    let gpu0 = chart.find("GPU 0, max 95.5 °C").expect("GPU 0's panel");
+    let gpu1 = chart.find("GPU 1, max 71 °C").expect("GPU 1's panel");
+    assert!(gpu0 < gpu1);
+    assert!(
+        chart[..gpu0]
+            .ends_with("<g transform=\"translate(0 0)\" class=\"x\"><text x=\"0\" y=\"10\">"),
+        "{chart}"
+    );
+    assert!(
+        chart.contains("<g transform=\"translate(150 0)\"><text"),
+        "{chart}"
+    );
+    // The gate's limit is drawn in each panel and named in the title.
+    assert_eq!(chart.matches("<path class=\"lim\"").count(), 2, "{chart}");
+    assert!(chart.contains("limit max &lt; 88 (dashed)"), "{chart}");
+    // 95 points are drawn as at most 48 per line, mean and max.
+    for class in ["ln", "mx"] {
+        let at = chart
+            .find(&format!("<path class=\"{class}\" d=\""))
+            .expect("a line");
+        let d = &chart[at..at + chart[at..].find("\"/>").expect("end")];
+        let points = d.matches(['M', 'L']).count();
+        assert!((40..=48).contains(&points), "{points} points: {d}");
+    }
+    // Power has no series: each GPU's range is drawn instead.
+    assert!(html.contains("aria-label=\"power_w per GPU during stress attempt 2\""));
+}
+
+#[test]
+fn html_telemetry_is_one_narrow_table_per_gpu() {
+    let html = text_of(&input(), ReportFormat::Html);
+    // Two nodes' stress attempts with two GPUs each.
+    assert_eq!(html.matches("<table class=\"tm\">").count(), 4);
+    for caption in [
+        "GPU 0 <code>GPU-lab-a-n1-0</code>",
+        "GPU 1 <code>GPU-lab-a-n2-1</code>",
+    ] {
+        assert!(
+            html.contains(&format!("<caption>{caption}</caption>")),
+            "{caption}"
+        );
+    }
+    let at = html
+        .find("<caption>GPU 0 <code>GPU-lab-a-n1-0</code>")
+        .expect("table");
+    let table = &html[at..at + html[at..].find("</table>").expect("end")];
+    // Eight columns at most, whatever the number of fields: a row per field.
+    assert!(table.contains("<th>Field</th><th>Unit</th><th>min</th><th>mean</th><th>max</th><th>p99</th><th>last</th><th>Limit</th>"), "{table}");
+    assert!(table.contains("<tr class=\"bad\"><td>gpu_temp_c</td><td>°C</td><td>35</td><td>83</td><td>95.5</td><td>95.5</td><td>83</td>"), "{table}");
+    assert!(
+        table.contains("<strong>NOT OK: max 95.5</strong>"),
+        "{table}"
+    );
+    assert!(table.contains("<tr><td>power_w</td><td>W</td>"), "{table}");
+    assert_eq!(
+        table.matches("<tr").count(),
+        3,
+        "a header and a row per field: {table}"
+    );
 }
 
 #[test]
