@@ -20,6 +20,8 @@ struct Args {
     agents: usize,
     gpus: u32,
     step_seconds: f64,
+    /// The agents' telemetry sampling interval while a step runs: the agent's default.
+    sample_interval: std::time::Duration,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -27,6 +29,7 @@ fn parse_args() -> anyhow::Result<Args> {
         agents: 200,
         gpus: 8,
         step_seconds: 2.0,
+        sample_interval: std::time::Duration::from_secs(1),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -35,8 +38,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--agents" => args.agents = value()?.parse().context("--agents N")?,
             "--gpus" => args.gpus = value()?.parse().context("--gpus N")?,
             "--step-seconds" => args.step_seconds = value()?.parse().context("--step-seconds S")?,
+            "--sample-interval" => {
+                args.sample_interval = tollgate_domain::spec::parse_duration(&value()?)
+                    .map_err(|err| anyhow::anyhow!("--sample-interval: {err}"))?;
+            }
             "-h" | "--help" => {
-                println!("fleet-bench [--agents N (200)] [--gpus N (8)] [--step-seconds S (2)]");
+                println!(
+                    "fleet-bench [--agents N (200)] [--gpus N (8)] [--step-seconds S (2)] \
+                     [--sample-interval D (1s, the agent's default)]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown flag {other}; see --help"),
@@ -64,7 +74,17 @@ async fn main() -> anyhow::Result<()> {
     let mut clients = Clients::new(channel);
 
     let agents: Vec<Agent> = (0..args.agents)
-        .map(|i| Agent::start(&url, &format!("bench-{i:04}"), args.gpus, &[]))
+        .map(|i| {
+            let mut config = tollgate_agent::AgentConfig::simulated(
+                &url,
+                &format!("bench-{i:04}"),
+                args.gpus,
+                std::path::PathBuf::new(),
+            );
+            config.labels.insert("sku".into(), "hgx-h100".into());
+            config.sample_interval = args.sample_interval;
+            Agent::start_config(config)
+        })
         .collect();
     bench::wait_ready(&clients, args.agents).await;
     clients.create_release("bench").await;
@@ -100,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("agents                      {}", args.agents);
     println!("GPUs per agent              {}", args.gpus);
+    println!("sample interval             {:?}", args.sample_interval);
     println!(
         "decision                    {} ({})",
         decision.verdict, decision.summary
