@@ -266,3 +266,81 @@ async fn metrics_report_the_controller_and_its_fleet_s_gpus(backend: Backend) {
     lab_1.stop().await;
     controller.stop().await;
 }
+
+tollgate_tests::on_both_backends!(an_agent_serves_its_own_metrics);
+
+/// `--metrics-listen`: the agent's GPUs under the same DCGM names and labels, and its own
+/// counters.
+async fn an_agent_serves_its_own_metrics(backend: Backend) {
+    let Some(mut controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    // A free port: bound, read and released (the agent binds it again at once).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let mut config = controller.agent_config("lab-1", 2);
+    config.fleet_interval = Duration::from_secs(1);
+    config.metrics_listen = Some(addr);
+    let agent = Agent::start_config(config);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    let scrape = wait_for(
+        Duration::from_secs(30),
+        "two GPUs in the agent's /metrics",
+        || async move {
+            let (head, body) =
+                tokio::time::timeout(Duration::from_secs(5), get_metrics_if_up(addr))
+                    .await
+                    .ok()??;
+            assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+            let scrape = parse(&body);
+            (gpu_series(&scrape, "DCGM_FI_DEV_POWER_USAGE").len() == 2
+                && one(&scrape, "tollgate_agent_samples_taken_total", &[])
+                    .is_some_and(|n| n >= 2.0))
+            .then_some(scrape)
+        },
+    )
+    .await;
+    assert_eq!(one(&scrape, "tollgate_agent_spool_depth", &[]), Some(0.0));
+    assert_eq!(
+        one(&scrape, "tollgate_agent_step_processes_running", &[]),
+        Some(0.0)
+    );
+    assert!(one(&scrape, "tollgate_agent_reconnects_total", &[]).is_some());
+    let counters = dcgm_counters();
+    let inventory = clients.node("lab-1").await.inventory.expect("inventory");
+    for sample in scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric.starts_with("DCGM_"))
+    {
+        let (kind, help) = counters
+            .get(&sample.metric)
+            .unwrap_or_else(|| panic!("{} is not in default-counters.csv", sample.metric));
+        assert_eq!(scrape.docs.get(&sample.metric), Some(help));
+        let typed = if matches!(sample.value, Value::Counter(_)) {
+            "counter"
+        } else {
+            "gauge"
+        };
+        assert_eq!(typed, kind, "{}", sample.metric);
+        let gpu = inventory
+            .gpus
+            .iter()
+            .find(|gpu| Some(gpu.index.to_string().as_str()) == sample.labels.get("gpu"))
+            .expect("a GPU of the inventory");
+        assert_eq!(sample.labels.get("UUID"), Some(gpu.uuid.as_str()));
+        assert_eq!(sample.labels.get("modelName"), Some(gpu.name.as_str()));
+        assert_eq!(sample.labels.get("Hostname"), Some("lab-1"));
+        assert_eq!(sample.labels.get("simulated"), Some("true"));
+    }
+    agent.stop().await;
+    controller.stop().await;
+}
+
+/// [`get_metrics`], `None` while nothing listens yet.
+async fn get_metrics_if_up(addr: std::net::SocketAddr) -> Option<(String, String)> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    Some(get_metrics(addr).await)
+}
