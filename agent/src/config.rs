@@ -80,6 +80,8 @@ pub struct AgentConfig {
     /// Names of the agent's variables steps also get (`--pass-env`); every other one is
     /// withheld (see `runner::environment`).
     pub pass_env: Vec<String>,
+    /// Where to serve the agent's own `GET /metrics` (`--metrics-listen`); off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -104,6 +106,7 @@ impl AgentConfig {
             probes: Vec::new(),
             step_path: None,
             pass_env: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

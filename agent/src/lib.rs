@@ -18,6 +18,7 @@ pub mod config;
 pub mod fleet;
 pub mod gpu;
 pub mod identity;
+pub mod metrics;
 pub mod parse;
 pub mod runner;
 pub mod sampler;

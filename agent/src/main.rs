@@ -86,6 +86,11 @@ struct Args {
         value_delimiter = ','
     )]
     pass_env: Vec<String>,
+    /// Serve this agent's own Prometheus `/metrics` on ADDR (e.g. 0.0.0.0:9401): its GPUs'
+    /// telemetry under dcgm-exporter's names and labels, and the agent's counters. Off unless
+    /// given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -234,6 +239,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         probes: args.probes,
         step_path: args.step_path,
         pass_env: args.pass_env,
+        metrics_listen: args.metrics_listen,
     };
     config.check().map_err(anyhow::Error::msg)?;
     if let Some(seconds) = args.bench_sampling {

@@ -45,6 +45,8 @@ pub fn fold(
         .fleet_rollup
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Taken after the rollup's lock; nothing takes them the other way round.
+    let mut latest = shared.metrics.latest();
     for sample in samples {
         let Some(at) = sample
             .at
@@ -62,7 +64,16 @@ pub fn fold(
             }
         }
         match rollup.add(node, sample.gpu_index, at, &values, now) {
-            Ok(()) => folded.kept += 1,
+            Ok(()) => {
+                folded.kept += 1;
+                crate::metrics::Metrics::note_sample(
+                    &mut latest,
+                    node,
+                    sample.gpu_index,
+                    at,
+                    &values,
+                );
+            }
             Err(Refused::Future | Refused::TooOld) => folded.refused += 1,
         }
     }
@@ -107,7 +118,14 @@ pub async fn flush(shared: &Shared, all: bool) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let n_buckets = buckets.len();
-    match shared.store.record_fleet_buckets(&buckets).await {
+    match shared
+        .metrics
+        .store(
+            "record_fleet_buckets",
+            shared.store.record_fleet_buckets(&buckets),
+        )
+        .await
+    {
         Ok(()) => {
             tracing::debug!(n_buckets, "fleet telemetry buckets written");
             Ok(n_buckets)

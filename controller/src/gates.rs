@@ -48,9 +48,15 @@ pub async fn evaluate_now(
     let (decision, evidence) =
         decide_cached(shared, &gate, release, milestone, baseline, &waivers).await?;
     shared
-        .store
-        .insert_decision_with(&decision, &gate.policy, &evidence, &waivers)
+        .metrics
+        .store(
+            "insert_decision",
+            shared
+                .store
+                .insert_decision_with(&decision, &gate.policy, &evidence, &waivers),
+        )
         .await?;
+    shared.metrics.decision(decision.verdict.as_str());
     tracing::info!(
         release = %release.id,
         milestone,

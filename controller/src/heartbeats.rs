@@ -111,7 +111,11 @@ pub async fn flush(shared: &Shared) -> Result<usize, StoreError> {
         .collect();
     // One order for every flush, so that two replicas' flushes lock rows alike.
     seen.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    if let Err(error) = shared.store.touch_nodes(&seen).await {
+    if let Err(error) = shared
+        .metrics
+        .store("touch_nodes", shared.store.touch_nodes(&seen))
+        .await
+    {
         shared.heartbeats.restore(notes);
         return Err(error);
     }

@@ -233,9 +233,14 @@ async fn expire_lease(
         return Ok(None);
     }
     shared
-        .store
-        .expire_lease(node_change.as_ref(), &lost, now)
+        .metrics
+        .store(
+            "expire_lease",
+            shared.store.expire_lease(node_change.as_ref(), &lost, now),
+        )
         .await?;
+    shared.metrics.lease_expired();
+    shared.metrics.forget_node(node);
     tracing::warn!(
         node = %node,
         state = %to,

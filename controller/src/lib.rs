@@ -28,9 +28,11 @@ pub mod grpc;
 pub mod health;
 pub mod health_checks;
 pub mod heartbeats;
+pub mod http;
 pub mod lease;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod pki;
 pub mod replica;
 pub mod report;
@@ -171,6 +173,7 @@ async fn serve(
     let wake_task = tokio::spawn(replica::wake_loop(shared.clone()));
     let fleet_task = tokio::spawn(fleet_history::run_loop(shared.clone()));
     let heartbeats_task = tokio::spawn(heartbeats::run_loop(shared.clone()));
+    let metrics_task = tokio::spawn(metrics::run_upkeep_loop(shared.clone()));
 
     let signal = {
         let shared = shared.clone();
@@ -223,6 +226,7 @@ async fn serve(
         ("replica wake", wake_task),
         ("fleet telemetry writer", fleet_task),
         ("heartbeat flusher", heartbeats_task),
+        ("metrics upkeep", metrics_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");
@@ -241,7 +245,10 @@ fn router(
     >,
 ) -> anyhow::Result<
     tonic::transport::server::Router<
-        tower::layer::util::Stack<grpc::limits::OversizeLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<
+            grpc::limits::OversizeLayer,
+            tower::layer::util::Stack<grpc::timing::TimingLayer, tower::layer::util::Identity>,
+        >,
     >,
 > {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -281,6 +288,8 @@ fn router(
         // listener's idle timeout; one that does not answer within 10 s is closed.
         .http2_keepalive_interval(Some(crate::listener::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // Outermost, so that it sees the code the oversize rewrite answers.
+        .layer(grpc::timing::TimingLayer::new(shared.clone()))
         .layer(grpc::limits::oversize_layer())
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -77,6 +77,8 @@ pub struct Shared {
     pub group_commit: crate::group_commit::GroupCommit,
     /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
     pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
+    /// This controller's own metrics and each GPU's latest fleet telemetry, for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// When the lease leader last deleted fleet telemetry past its retention.
     pub fleet_pruned_at: Mutex<Option<Timestamp>>,
     /// Raised once when shutdown starts.
@@ -112,6 +114,7 @@ impl Shared {
             fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
                 config_history.clone(),
             )),
+            metrics: crate::metrics::Metrics::new(),
             fleet_pruned_at: Mutex::new(None),
             shutdown: watch::channel(false).0,
         }

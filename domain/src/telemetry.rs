@@ -104,6 +104,72 @@ impl Field {
         self.describe().2
     }
 
+    /// How `/metrics` exports this field: under its DCGM name, with dcgm-exporter's type and
+    /// HELP text, when `etc/default-counters.csv` of dcgm-exporter lists it (enabled, or shipped
+    /// commented out as the ECC and retired-page counters are, which sites enable for exactly
+    /// these numbers); otherwise as `tollgate_gpu_<name>`, a gauge, so that no family Tollgate
+    /// invents carries a DCGM name a dashboard could misread.
+    pub fn exported(self) -> Exported {
+        use MetricKind::{Counter, Gauge};
+        let dcgm = |kind, help| Exported {
+            name: std::borrow::Cow::Borrowed(self.dcgm_name()),
+            kind,
+            help,
+            dcgm: true,
+        };
+        let own = |help| Exported {
+            name: std::borrow::Cow::Owned(format!("tollgate_gpu_{}", self.name())),
+            kind: Gauge,
+            help,
+            dcgm: false,
+        };
+        // HELP texts as dcgm-exporter's default-counters.csv words them.
+        match self {
+            Self::GpuTempC => dcgm(Gauge, "GPU temperature (in C)."),
+            Self::MemTempC => dcgm(Gauge, "Memory temperature (in C)."),
+            Self::PowerW => dcgm(Gauge, "Power draw (in W)."),
+            Self::EnergyMj => dcgm(Counter, "Total energy consumption since boot (in mJ)."),
+            Self::SmClockMhz => dcgm(Gauge, "SM clock frequency (in MHz)."),
+            Self::MemClockMhz => dcgm(Gauge, "Memory clock frequency (in MHz)."),
+            Self::GpuUtilPct => dcgm(Gauge, "GPU utilization (in %)."),
+            Self::MemUtilPct => dcgm(Gauge, "Memory utilization (in %)."),
+            Self::FbUsedMib => dcgm(Gauge, "Framebuffer memory used (in MiB)."),
+            Self::EccCorrectedVolatile => {
+                dcgm(Counter, "Total number of single-bit volatile ECC errors.")
+            }
+            Self::EccUncorrectedVolatile => {
+                dcgm(Counter, "Total number of double-bit volatile ECC errors.")
+            }
+            Self::EccCorrectedAggregate => {
+                dcgm(Counter, "Total number of single-bit persistent ECC errors.")
+            }
+            Self::EccUncorrectedAggregate => {
+                dcgm(Counter, "Total number of double-bit persistent ECC errors.")
+            }
+            Self::RowRemapCorrectable => {
+                dcgm(Counter, "Number of remapped rows for correctable errors")
+            }
+            Self::RowRemapUncorrectable => {
+                dcgm(Counter, "Number of remapped rows for uncorrectable errors")
+            }
+            Self::RowRemapFailure => dcgm(Gauge, "Whether remapping of rows has failed"),
+            Self::RetiredPagesSbe => dcgm(
+                Counter,
+                "Total number of retired pages due to single-bit errors.",
+            ),
+            Self::RetiredPagesDbe => dcgm(
+                Counter,
+                "Total number of retired pages due to double-bit errors.",
+            ),
+            Self::PcieReplay => dcgm(Counter, "Total number of PCIe retries."),
+            Self::RowRemapPending => own("1 when a row remap is pending (needs a GPU reset)."),
+            Self::ThrottleReasons => own("Clock event (throttle) reasons bitmask."),
+            Self::PcieLinkGen => own("Current PCIe link generation."),
+            Self::PcieLinkWidth => own("Current PCIe link width."),
+            Self::FanSpeedPct => own("Fan speed (in %)."),
+        }
+    }
+
     fn describe(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Self::GpuTempC => ("gpu_temp_c", "DCGM_FI_DEV_GPU_TEMP", "°C"),
@@ -182,6 +248,38 @@ impl FromStr for Field {
                 )
             })
     }
+}
+
+/// A Prometheus metric type, as `/metrics` declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Goes up and down.
+    Gauge,
+    /// Only goes up (until the GPU or driver resets it).
+    Counter,
+}
+
+impl MetricKind {
+    /// The word in a `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gauge => "gauge",
+            Self::Counter => "counter",
+        }
+    }
+}
+
+/// How a [`Field`] appears in `/metrics` ([`Field::exported`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// The family name.
+    pub name: std::borrow::Cow<'static, str>,
+    /// Its type.
+    pub kind: MetricKind,
+    /// Its HELP text.
+    pub help: &'static str,
+    /// Whether `name` is the DCGM field name (else Tollgate's own `tollgate_gpu_*`).
+    pub dcgm: bool,
 }
 
 /// Summary of one field on one GPU over one step.

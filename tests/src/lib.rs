@@ -89,6 +89,10 @@ pub struct Controller {
     /// Its data directory.
     pub data_dir: PathBuf,
     options: ControllerOptions,
+    /// The running controller's state, once it serves.
+    shared: std::sync::Arc<
+        std::sync::Mutex<Option<std::sync::Arc<tollgate_controller::shared::Shared>>>,
+    >,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _tempdir: Option<std::sync::Arc<tempfile::TempDir>>,
@@ -150,9 +154,18 @@ impl Controller {
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let serving = shared.clone();
+        let task = tokio::spawn(tollgate_controller::run_with(
+            config,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            move |started| {
+                *serving.lock().expect("not poisoned") = Some(started.shared);
+            },
+        ));
         let scheme = if ca_file.is_some() { "https" } else { "http" };
         let controller = Self {
             addr,
@@ -161,6 +174,7 @@ impl Controller {
             database_url,
             data_dir,
             options,
+            shared,
             shutdown: Some(tx),
             task: Some(task),
             _tempdir: tempdir,
@@ -187,6 +201,16 @@ impl Controller {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The running controller's state (`tollgate_controller::Serving::shared`), for tests
+    /// that serve its HTTP routes.
+    pub fn shared(&self) -> std::sync::Arc<tollgate_controller::shared::Shared> {
+        self.shared
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .expect("the controller serves once started")
     }
 
     /// Stops the controller gracefully and waits for it.

@@ -28,6 +28,7 @@ pub mod gate;
 pub mod json;
 pub mod page;
 pub mod plan;
+pub mod prometheus;
 pub mod release;
 pub mod report;
 pub mod result;

@@ -111,6 +111,8 @@ pub struct Agent {
     /// A job to continue after the reboot its flash needed, until the controller answered
     /// its flash result. Read at start-up; resolved by the first session that registers.
     resume: Arc<Mutex<Option<PendingResume>>>,
+    /// Counters and the latest GPU values for `--metrics-listen`.
+    metrics: Arc<crate::metrics::AgentMetrics>,
     /// What every step's environment is built from, read from the agent's own at start.
     step_environment: Arc<crate::runner::environment::StepEnvironment>,
 }
@@ -144,6 +146,7 @@ impl Agent {
             held: Held::default(),
             uploading: Arc::new(tokio::sync::Mutex::new(())),
             resume: Arc::new(Mutex::new(None)),
+            metrics: Arc::default(),
         })
     }
 
@@ -187,7 +190,12 @@ impl Agent {
             Arc::clone(&self.job),
             self.config.fleet_interval,
             self.config.telemetry_buffer,
+            Arc::clone(&self.metrics),
         )));
+        let _metrics = match self.config.metrics_listen {
+            Some(addr) => Some(AbortOnDrop(self.serve_metrics(addr).await?)),
+            None => None,
+        };
         let _renewal = self.tls.clone().map(|tls| {
             AbortOnDrop(tokio::spawn(renew::renew_loop(
                 self.channel.clone(),
@@ -220,6 +228,57 @@ impl Drop for Agent {
         if let Some(running) = running {
             running.task.abort();
         }
+    }
+}
+
+impl Agent {
+    /// Binds `addr` and serves `GET /metrics` there until the agent stops.
+    async fn serve_metrics(&self, addr: std::net::SocketAddr) -> anyhow::Result<JoinHandle<()>> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics");
+        let metrics = Arc::clone(&self.metrics);
+        let spool = Arc::clone(&self.spool);
+        let job = Arc::clone(&self.job);
+        let node = self.config.node.clone();
+        let scrape = move || {
+            let metrics = Arc::clone(&metrics);
+            let spool = Arc::clone(&spool);
+            let job = Arc::clone(&job);
+            let node = node.clone();
+            async move {
+                let steps_running = job
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .as_ref()
+                    .and_then(|running| *running.step.lock().unwrap_or_else(|p| p.into_inner()))
+                    .map_or(0, |_| 1);
+                // Reading the spool's directory blocks.
+                let spool_depth = tokio::task::spawn_blocking(move || {
+                    spool.pending().map(|entries| entries.len()).unwrap_or(0)
+                })
+                .await
+                .unwrap_or(0);
+                let live = crate::metrics::Live {
+                    spool_depth,
+                    steps_running,
+                };
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        tollgate_wire::prometheus::CONTENT_TYPE,
+                    )],
+                    metrics.render(&node, live),
+                )
+            }
+        };
+        let routes = axum::Router::new().route("/metrics", axum::routing::get(scrape));
+        Ok(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, routes).await {
+                tracing::warn!(%error, "/metrics stopped serving");
+            }
+        }))
     }
 }
 

@@ -59,6 +59,7 @@ impl Agent {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Err(SessionError::Fatal(error)) => return Err(error),
                 Err(SessionError::Retry(reason)) => {
+                    self.metrics.reconnecting();
                     let delay = backoff.after_session(stream_opened);
                     tracing::warn!(%reason, retry_in = ?delay, "no session with the controller; reconnecting");
                     tokio::select! {

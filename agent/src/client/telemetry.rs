@@ -21,6 +21,7 @@ pub(super) async fn fleet_loop(
     job: Arc<Mutex<Option<RunningJob>>>,
     interval: Duration,
     bound: usize,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 ) {
     if interval.is_zero() {
         return;
@@ -38,10 +39,17 @@ pub(super) async fn fleet_loop(
                 && let Ok(inventory) = runner::observe_inventory(&source).await
             {
                 gpu_indexes = inventory.gpus.iter().map(|gpu| gpu.index).collect();
+                metrics.set_inventory(inventory);
             }
             for sample in
                 crate::fleet::sample_round(&source, &mut readers, &gpu_indexes, interval).await
             {
+                let values = sample
+                    .values
+                    .iter()
+                    .filter_map(|(name, value)| Some((name.parse().ok()?, *value)))
+                    .collect();
+                metrics.sample_taken(sample.gpu_index, &values);
                 buffer.push(sample);
             }
             let events_source = Arc::clone(&source);

@@ -892,12 +892,16 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
     crate::reschedule::attach(shared, &mut change.job, false).await?;
     let now = shared.now();
     let recorded = shared
-        .group_commit
-        .record(store, result, &change, now)
+        .metrics
+        .store(
+            "record_result",
+            shared.group_commit.record(store, result, &change, now),
+        )
         .await?;
     if recorded == Recorded::Duplicate {
         return Ok(true);
     }
+    shared.metrics.result_ingested();
     tracing::debug!(job = %facts.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
     // The result is stored and acknowledged whatever happens to its findings.
     if let Some(step) = plan.plan.steps.get(result.step_index as usize)

@@ -22,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod status;
 pub mod telemetry;
+pub mod timing;
 pub mod token;
 
 use crate::shared::Shared;

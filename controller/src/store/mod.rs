@@ -683,6 +683,7 @@ mod report_rows;
 mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod runs;
+pub use runs::StateCounts;
 mod tokens;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};

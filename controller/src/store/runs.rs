@@ -200,3 +200,26 @@ impl Store {
         })
     }
 }
+
+/// How many runs and jobs are in each state, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Runs per state.
+    pub runs: Vec<(String, i64)>,
+    /// Jobs per state.
+    pub jobs: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// Counts runs and jobs by state (two grouped reads; the jobs' by an index on state).
+    pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        const RUNS: &str = "SELECT state, COUNT(*) FROM runs GROUP BY state ORDER BY state";
+        const JOBS: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state";
+        with_pool!(self, |pool| {
+            Ok(StateCounts {
+                runs: sqlx::query_as(RUNS).fetch_all(pool).await?,
+                jobs: sqlx::query_as(JOBS).fetch_all(pool).await?,
+            })
+        })
+    }
+}

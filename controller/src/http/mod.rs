@@ -1,0 +1,3 @@
+//! The controller's HTTP routes.
+
+pub mod metrics;
