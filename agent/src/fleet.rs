@@ -1,5 +1,7 @@
-//! Fleet telemetry outside steps: while no job runs, the agent samples every GPU at a low rate
-//! and streams the samples to the controller with `PushTelemetry`.
+//! Fleet telemetry: while no job runs, the agent samples every GPU at a low rate and streams
+//! the samples to the controller with `PushTelemetry`; while a job runs, the step's sampler
+//! reads the GPUs and the stream sends its newest reading of each ([`LatestReadings`]), so
+//! the fleet history and `/metrics` have no gap during a qualification.
 //!
 //! Through a controller outage the samples wait in a bounded buffer; beyond its bound the
 //! oldest are dropped and counted, and the count goes with the next batch that is delivered,
@@ -12,6 +14,45 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_proto::v1;
+
+/// The newest reading of each GPU that a step's sampler took and the fleet stream has not
+/// sent yet: while a job runs, the fleet stream sends these instead of reading the GPUs
+/// itself (the step owns them, and two readers would sample the same GPU twice).
+#[derive(Debug, Default)]
+pub struct LatestReadings {
+    newest: std::sync::Mutex<BTreeMap<u32, v1::TelemetrySample>>,
+}
+
+impl LatestReadings {
+    /// Records `values` read from GPU `gpu_index` at `at`, replacing an older unsent one.
+    pub fn record(
+        &self,
+        gpu_index: u32,
+        at: tollgate_domain::Timestamp,
+        values: &BTreeMap<tollgate_domain::telemetry::Field, f64>,
+    ) {
+        let sample = v1::TelemetrySample {
+            gpu_index,
+            at: Some(tollgate_wire::timestamp_to_proto(at)),
+            values: values
+                .iter()
+                .map(|(field, value)| (field.name().to_owned(), *value))
+                .collect(),
+        };
+        self.lock().insert(gpu_index, sample);
+    }
+
+    /// The readings recorded since the last call, by GPU index.
+    pub fn take(&self) -> Vec<v1::TelemetrySample> {
+        std::mem::take(&mut *self.lock()).into_values().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, v1::TelemetrySample>> {
+        self.newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The samples waiting for delivery, bounded.
 #[derive(Debug)]

@@ -62,7 +62,8 @@ struct Args {
     /// Telemetry sampling interval while a step runs, e.g. 1s or 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     sample_interval: Duration,
-    /// Fleet telemetry interval outside steps, e.g. 10s; 0s turns it off.
+    /// Fleet telemetry interval, e.g. 10s (during a step, the step sampler's newest readings
+    /// are sent); 0s turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_fleet_interval)]
     fleet_interval: Duration,
     /// Fleet samples held while the controller is unreachable; the oldest beyond are dropped

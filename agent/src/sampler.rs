@@ -101,6 +101,18 @@ impl Sampler {
         interval: Duration,
         loaded: bool,
     ) -> Self {
+        Self::start_publishing(source, gpus, interval, loaded, None)
+    }
+
+    /// [`Sampler::start`], also recording each GPU's newest reading in `latest` for the fleet
+    /// stream.
+    pub fn start_publishing(
+        source: Arc<dyn GpuSource>,
+        gpus: Vec<(u32, String)>,
+        interval: Duration,
+        loaded: bool,
+        latest: Option<Arc<crate::fleet::LatestReadings>>,
+    ) -> Self {
         if loaded {
             // Both sources answer `set_load` at once.
             source.set_load(true);
@@ -127,6 +139,7 @@ impl Sampler {
             handoff: deadline / HANDOFF_DIVISOR,
             bucket_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
             started: Instant::now(),
+            latest,
         });
         let task = tokio::spawn(sample_rounds(Arc::clone(&shared), period, stopped));
         Self {
@@ -280,6 +293,8 @@ struct Shared {
     bucket_ms: u64,
     /// When sampling started; series points are offsets from it.
     started: Instant,
+    /// Where each GPU's newest reading goes for the fleet stream, if anywhere.
+    latest: Option<Arc<crate::fleet::LatestReadings>>,
 }
 
 /// What a round reads.
@@ -379,6 +394,9 @@ impl Shared {
             match read {
                 Ok(fields) if !late => {
                     tracing::debug!(gpu_idx, ?fields, "telemetry sample");
+                    if let Some(latest) = &self.latest {
+                        latest.record(gpu_idx, crate::clock::now(), &fields);
+                    }
                     let offset_ms =
                         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     if collected.fields.is_empty() {

@@ -15,6 +15,10 @@ use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 
+/// The least time between two passes of the re-evaluation loop; a request that arrives
+/// sooner waits for the rest of it.
+pub const REEVALUATE_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A decision with the inputs it was made from.
 #[derive(Debug, Clone)]
 pub struct Evaluated {
@@ -296,11 +300,21 @@ pub async fn reevaluate_for_run(shared: &Shared, run: &RunId) {
 /// the whole evidence. A decision therefore reflects every result committed before it started.
 pub async fn run_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.subscribe_shutdown();
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shared.reevaluation_requested() => {}
             () = stopped(&mut shutdown) => break,
         }
+        // Job ends close together are judged together: a thousand in a second cost a few
+        // evaluations of the gate, each reading every job's state, not a thousand.
+        if let Some(started) = last_pass {
+            tokio::select! {
+                () = tokio::time::sleep_until(started + REEVALUATE_SPACING) => {}
+                () = stopped(&mut shutdown) => break,
+            }
+        }
+        last_pass = Some(tokio::time::Instant::now());
         let runs = shared.take_reevaluation_requests();
         let mut done: BTreeSet<(ReleaseId, String)> = BTreeSet::new();
         for run_id in runs {

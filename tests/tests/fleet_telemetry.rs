@@ -12,6 +12,72 @@ use tonic::Code;
 
 tollgate_tests::on_both_backends!(an_idle_agent_s_telemetry_is_kept_per_gpu_and_tier);
 
+/// While a job runs, the step's sampler owns the GPUs; the fleet stream sends its newest
+/// readings, so the history (and `/metrics`) has no gap during a qualification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_agent_s_telemetry_has_no_gap_during_its_step() {
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.fleet_history = Some((
+        History::parse("1s:1h").expect("history"),
+        Duration::from_millis(300),
+    ));
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let mut config = controller.agent_config("lab-1", 2);
+    config.fleet_interval = Duration::from_millis(500);
+    let _agent = Agent::start_config(config);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(1).await;
+    clients.create_release("r1").await;
+    clients
+        .apply_plan(
+            "name: soak\nselector: {sku: hgx-h100}\nsteps:\n  - name: soak\n    kind: exec\n    command: [sh, -c, \"sleep 6\"]\n    timeout: 1m\n",
+        )
+        .await;
+    let run = clients.start_run("r1", "soak").await;
+    let run = clients.wait_run_done(&run.id).await;
+    assert_eq!(run.state, "finished", "{run:?}");
+    let created = run.created_at.expect("created").seconds;
+    let finished = run.finished_at.expect("finished").seconds;
+    assert!(finished - created >= 6, "{created}..{finished}");
+
+    // Every 1 s bucket wholly inside the step, for both GPUs, once the last are written.
+    let nodes = clients.nodes.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "1 s buckets during the step",
+        || {
+            let mut nodes = nodes.clone();
+            async move {
+                let answer = nodes
+                    .get_node_telemetry(v1::GetNodeTelemetryRequest {
+                        node: "lab-1".into(),
+                        resolution_seconds: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let during = |gpu: u32| {
+                    answer
+                        .buckets
+                        .iter()
+                        .filter(|b| b.gpu_index == gpu)
+                        .filter(|b| {
+                            let start = b.start.expect("start").seconds;
+                            start > created && start + 1 < finished
+                        })
+                        .count()
+                };
+                let expected = usize::try_from(finished - created - 2).ok()?;
+                (during(0) >= expected && during(1) >= expected).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 async fn an_idle_agent_s_telemetry_is_kept_per_gpu_and_tier(backend: Backend) {
     let mut options = ControllerOptions::new(backend);
     options.fleet_history = Some((

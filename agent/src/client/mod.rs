@@ -115,6 +115,9 @@ pub struct Agent {
     metrics: Arc<crate::metrics::AgentMetrics>,
     /// What every step's environment is built from, read from the agent's own at start.
     step_environment: Arc<crate::runner::environment::StepEnvironment>,
+    /// Each GPU's newest reading by a step's sampler, which the fleet stream sends while a
+    /// job runs.
+    latest: Arc<crate::fleet::LatestReadings>,
 }
 
 impl Agent {
@@ -133,6 +136,7 @@ impl Agent {
         ));
         Ok(Self {
             step_environment,
+            latest: Arc::default(),
             config,
             source,
             spool,
@@ -158,6 +162,7 @@ impl Agent {
             state_dir: self.config.state_dir.clone(),
             sample_interval: self.config.sample_interval,
             environment: Arc::clone(&self.step_environment),
+            latest: Arc::clone(&self.latest),
         }
     }
 
@@ -188,6 +193,7 @@ impl Agent {
             AgentServiceClient::new(self.channel.clone()),
             self.token.subscribe(),
             Arc::clone(&self.job),
+            Arc::clone(&self.latest),
             self.config.fleet_interval,
             self.config.telemetry_buffer,
             Arc::clone(&self.metrics),

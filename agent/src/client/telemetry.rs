@@ -1,6 +1,6 @@
-//! Fleet telemetry outside steps: the task that samples the GPUs while no job runs and
-//! streams the samples to the controller (see [`crate::fleet`] for the buffer that holds them
-//! through an outage).
+//! Fleet telemetry: the task that samples the GPUs while no job runs (and takes the step
+//! sampler's newest readings while one does) and streams the samples to the controller (see
+//! [`crate::fleet`] for the buffer that holds them through an outage).
 
 use super::{CALL_TIMEOUT, RunningJob, authorized, describe};
 use crate::gpu::GpuSource;
@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
 
-/// Samples the GPUs every `interval` while no job runs (the step's sampler covers jobs) and
+/// Samples the GPUs every `interval` while no job runs, and while one does sends the step
+/// sampler's newest reading of each GPU instead (the step owns the GPUs and its events);
 /// streams the samples and events to the controller; holds them in a bounded buffer while the
 /// controller cannot be reached. Aborted with the agent.
 pub(super) async fn fleet_loop(
@@ -19,6 +20,7 @@ pub(super) async fn fleet_loop(
     mut client: AgentServiceClient<Channel>,
     token: watch::Receiver<Option<String>>,
     job: Arc<Mutex<Option<RunningJob>>>,
+    latest: Arc<crate::fleet::LatestReadings>,
     interval: Duration,
     bound: usize,
     metrics: Arc<crate::metrics::AgentMetrics>,
@@ -34,6 +36,16 @@ pub(super) async fn fleet_loop(
     loop {
         ticker.tick().await;
         let busy = job.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        // Readings a step took; left over from a step that just ended when idle, still new.
+        for sample in latest.take() {
+            let values = sample
+                .values
+                .iter()
+                .filter_map(|(name, value)| Some((name.parse().ok()?, *value)))
+                .collect();
+            metrics.sample_taken(sample.gpu_index, &values);
+            buffer.push(sample);
+        }
         if !busy {
             if gpu_indexes.is_empty()
                 && let Ok(inventory) = runner::observe_inventory(&source).await

@@ -137,6 +137,8 @@ pub struct RunnerContext {
     pub sample_interval: Duration,
     /// What a step's environment is built from besides its plan (see [`environment`]).
     pub environment: Arc<environment::StepEnvironment>,
+    /// Where the step's sampler leaves each GPU's newest reading for the fleet stream.
+    pub latest: Arc<crate::fleet::LatestReadings>,
 }
 
 /// How a job's run ended on this agent.
@@ -461,11 +463,12 @@ async fn run_attempt(
         .map(|inv| inv.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect())
         .unwrap_or_default();
     let loads_gpus = !matches!(step.kind, StepKind::InventoryCheck { .. });
-    let sampler = Sampler::start(
+    let sampler = Sampler::start_publishing(
         Arc::clone(&context.source),
         gpus,
         context.sample_interval,
         loads_gpus,
+        Some(Arc::clone(&context.latest)),
     );
     tracing::info!(job = %job.job_id, step = %step.name, attempt, kind = step.kind.name(), "step attempt started");
     let end = match &inventory {

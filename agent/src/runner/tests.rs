@@ -29,6 +29,7 @@ fn fixture(faults: Vec<Fault>) -> Fixture {
         state_dir: dir.path().to_owned(),
         sample_interval: Duration::from_millis(50),
         environment: Arc::new(environment::StepEnvironment::of_agent(None, &[])),
+        latest: Arc::default(),
     };
     Fixture { _dir: dir, context }
 }

@@ -28,6 +28,11 @@ use tonic::{Request, Response, Status};
 /// replica is only seen this way).
 pub const WATCH_FALLBACK: Duration = Duration::from_secs(1);
 
+/// The least time between two reads of a watched run: changes that arrive closer together
+/// are sent together. A thousand jobs ending within a second cost a few reads of the run,
+/// not a thousand; a lone change is still sent at once.
+pub const WATCH_SPACING: Duration = Duration::from_millis(250);
+
 /// How many jobs' results GetRun reads in one query while filling a page.
 const JOBS_READ_AT_ONCE: usize = 100;
 
@@ -554,7 +559,18 @@ async fn watch(
     let mut shutdown = shared.subscribe_shutdown();
     let mut seen: HashMap<JobId, JobSeen> = HashMap::new();
     let mut last_header: Option<proto::Run> = None;
+    let mut last_read: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(read_at) = last_read {
+            tokio::select! {
+                () = tokio::time::sleep_until(read_at + WATCH_SPACING) => {}
+                () = sender.closed() => return,
+                () = crate::shared::stopped(&mut shutdown) => return,
+            }
+            // What arrived while waiting is read below; mark it seen.
+            changes.borrow_and_update();
+        }
+        last_read = Some(tokio::time::Instant::now());
         let messages = match changed_since(&shared, &run_id, customer.as_deref(), &mut seen).await {
             Ok(Some(messages)) => Ok(messages),
             Ok(None) => Err(not_found(format!("run {run_id}"))),
