@@ -252,9 +252,38 @@ async fn prepare(request: &ExecRequest) -> Result<tokio::fs::File, RunnerError> 
         })
 }
 
+/// `program` found on the step's own `PATH` (as the child would look it up), when it is a
+/// bare name; `None` when it names a path, or nothing executable is found (the spawn then
+/// reports it). Spawning an absolute path lets the standard library start the child with
+/// `posix_spawn` instead of `fork`: a command looked up on a `PATH` the parent changed
+/// forces a `fork`, which copies the agent's page tables for every step.
+fn resolve_program(program: &str, env: &[(String, String)]) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    let path = env.iter().rev().find(|(key, _)| key == "PATH")?;
+    std::env::split_paths(&path.1)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate).is_ok_and(|metadata| {
+                metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+            })
+        })
+}
+
 /// The step's command: its own process group, output piped, no input.
 fn step_command(request: &ExecRequest, program: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
+    let mut command = match resolve_program(program, &request.env) {
+        Some(path) => {
+            let mut command = tokio::process::Command::new(path);
+            // The child still sees the name it was given as its argv[0].
+            command.arg0(program);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
     command
         .args(&request.command[1..])
         .env_clear()
@@ -510,4 +539,30 @@ async fn collect(
         *only = only[start..].to_owned();
     }
     (parser, tail)
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve_program;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_bare_name_is_found_on_the_step_s_path_and_nothing_else_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(dir.path().join("data"), "not a program").expect("write");
+        let path = format!("relative/dir:/nonexistent:{}", dir.path().display());
+        let env = vec![
+            ("PATH".to_owned(), "/elsewhere".to_owned()),
+            ("PATH".to_owned(), path),
+        ];
+        // The last PATH is the one the child gets.
+        assert_eq!(resolve_program("tool", &env), Some(tool));
+        assert_eq!(resolve_program("data", &env), None, "not executable");
+        assert_eq!(resolve_program("missing", &env), None);
+        assert_eq!(resolve_program("./tool", &env), None, "a path is left as given");
+        assert_eq!(resolve_program("tool", &[]), None, "no PATH: left to the spawn");
+    }
 }
