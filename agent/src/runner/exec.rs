@@ -562,7 +562,15 @@ mod resolve_tests {
         assert_eq!(resolve_program("tool", &env), Some(tool));
         assert_eq!(resolve_program("data", &env), None, "not executable");
         assert_eq!(resolve_program("missing", &env), None);
-        assert_eq!(resolve_program("./tool", &env), None, "a path is left as given");
-        assert_eq!(resolve_program("tool", &[]), None, "no PATH: left to the spawn");
+        assert_eq!(
+            resolve_program("./tool", &env),
+            None,
+            "a path is left as given"
+        );
+        assert_eq!(
+            resolve_program("tool", &[]),
+            None,
+            "no PATH: left to the spawn"
+        );
     }
 }

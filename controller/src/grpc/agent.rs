@@ -528,7 +528,7 @@ async fn on_running_report(
         // A newer stream replaced this one: its own heartbeats will be judged.
         return Ok(());
     };
-    let results = store.results_of_job(&job.id).await?;
+    let results = store.result_summaries_of_job(&job.id).await?;
     let Some((run, plan)) = store.run_and_plan(&job.run_id).await? else {
         return Ok(());
     };
@@ -871,7 +871,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         .ok_or_else(|| StoreError::NotFound {
             what: format!("plan {}@{}", run.plan_name, run.plan_version),
         })?;
-    let results = store.results_of_job(&facts.id).await?;
+    let results = store.result_summaries_of_job(&facts.id).await?;
     let steps = PlanSteps {
         name: &run.plan_name,
         steps: &plan.plan.steps,

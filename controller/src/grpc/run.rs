@@ -169,7 +169,7 @@ async fn job_views(
     let mut results = HashMap::new();
     if with_results {
         let ids: Vec<&JobId> = jobs.iter().map(|job| &job.id).collect();
-        results = shared.store.results_of_jobs(&ids).await?;
+        results = shared.store.result_summaries_of_jobs(&ids).await?;
     }
     Ok(jobs
         .iter()

@@ -188,7 +188,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
+                .map(rows::evidence_result)
                 .collect::<Result<_, StoreError>>()?;
             tx.commit().await?;
             (runs, jobs, results)
@@ -265,7 +265,7 @@ impl Store {
                         .fetch_all(&mut *tx)
                         .await?
                         .iter()
-                        .map(|row| Ok((rows::step_result(row)?, rows::result_digest(row)?)))
+                        .map(rows::evidence_result)
                         .collect::<Result<_, StoreError>>()?;
                     fresh.push(results);
                 }

@@ -292,6 +292,19 @@ macro_rules! result_query {
     };
 }
 
+/// `SELECT` of the columns of step results that [`rows::step_result_summary`] reads, then
+/// `$tail`.
+macro_rules! result_summary_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
+                    started_at, finished_at, measurements, message, sub_results
+             FROM step_results",
+            $tail
+        )
+    };
+}
+
 /// Appends an audit entry inside the open transaction `$tx`, chained after the head, whose
 /// row it locks first: concurrent writers queue on it (PostgreSQL; SQLite's `BEGIN
 /// IMMEDIATE` already serializes them), so the chain never forks.

@@ -13,7 +13,7 @@ use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, Timestamp};
 
-/// The most jobs [`Store::results_of_jobs`] asks about in one statement (a page's worth).
+/// The most jobs [`Store::result_summaries_of_jobs`] asks about in one statement (a page's worth).
 pub const RESULTS_OF_JOBS_MAX: usize = 1000;
 
 /// Results per transaction of [`Store::seed_results`].
@@ -344,9 +344,11 @@ impl Store {
         Ok(())
     }
 
-    /// Every result of each of `jobs` (up to [`RESULTS_OF_JOBS_MAX`] jobs), each job's by
-    /// step index then attempt: one query for a page of a run's jobs.
-    pub async fn results_of_jobs(
+    /// The summaries of every result of each of `jobs` (up to [`RESULTS_OF_JOBS_MAX`] jobs),
+    /// each job's by step index then attempt: one query for a page of a run's jobs. Only what
+    /// a summary shows is read ([`rows::step_result_summary`]): no telemetry, events,
+    /// inventories, series or log tail.
+    pub async fn result_summaries_of_jobs(
         &self,
         jobs: &[&JobId],
     ) -> Result<HashMap<JobId, Vec<StepResult>>, StoreError> {
@@ -354,7 +356,7 @@ impl Store {
         for chunk in jobs.chunks(RESULTS_OF_JOBS_MAX) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             let sql = format!(
-                result_query!(
+                result_summary_query!(
                     " WHERE job_id IN ({}) ORDER BY job_id, step_index, attempt, lease_epoch"
                 ),
                 placeholders.join(", ")
@@ -369,7 +371,7 @@ impl Store {
                     .fetch_all(pool)
                     .await?
                     .iter()
-                    .map(rows::step_result)
+                    .map(rows::step_result_summary)
                     .collect::<Result<_, StoreError>>()
             })?;
             for result in results {
@@ -380,6 +382,26 @@ impl Store {
             }
         }
         Ok(by_job)
+    }
+
+    /// The summaries of every result of a job, by step index then attempt: what deciding the
+    /// job's state needs ([`rows::step_result_summary`]: no telemetry, events, inventories,
+    /// series or log tail).
+    pub async fn result_summaries_of_job(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<StepResult>, StoreError> {
+        const SQL: &str =
+            result_summary_query!(" WHERE job_id = $1 ORDER BY step_index, attempt, lease_epoch");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(job.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::step_result_summary)
+                .collect()
+        })
     }
 
     /// Every result of a job, by step index then attempt.

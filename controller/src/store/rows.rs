@@ -302,6 +302,76 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
     })
 }
 
+/// A `step_results` row read by [`result_summary_query!`]: what a result summary shows and a
+/// job's state is decided from (keys, outcome, times, message, measurements, tests). Its
+/// telemetry, events, inventories, series and log tail are left empty: never use it as
+/// evidence or in a report.
+pub(super) fn step_result_summary(row: &impl StoreRow) -> Result<StepResult, StoreError> {
+    let f = Fields::new(
+        row,
+        "step_results",
+        &["job_id", "step_index", "attempt", "lease_epoch"],
+    );
+    Ok(StepResult {
+        job_id: JobId(f.text("job_id")?),
+        step_index: f.int_as("step_index")?,
+        step_name: f.text("step_name")?,
+        attempt: f.int_as("attempt")?,
+        lease_epoch: f.int_as("lease_epoch")?,
+        outcome: f.parse("outcome")?,
+        exit_code: f.opt_int_as("exit_code")?,
+        started_at: f.time("started_at")?,
+        finished_at: f.time("finished_at")?,
+        measurements: f.json::<Vec<Measurement>>("measurements")?,
+        telemetry: Vec::new(),
+        events: Vec::new(),
+        inventory: Inventory::default(),
+        log_tail: String::new(),
+        message: f.text("message")?,
+        sub_results: f.json::<Vec<SubResult>>("sub_results")?,
+        inventory_at_end: None,
+        series: Vec::new(),
+    })
+}
+
+/// A `step_results` row as gate evidence with its stored digest: everything but the series,
+/// which gates never read, unless the row has no digest (stored before digests were), when
+/// the gate digests the whole result itself.
+pub(super) fn evidence_result(
+    row: &impl StoreRow,
+) -> Result<(StepResult, Option<[u8; 32]>), StoreError> {
+    let digest = result_digest(row)?;
+    let f = Fields::new(
+        row,
+        "step_results",
+        &["job_id", "step_index", "attempt", "lease_epoch"],
+    );
+    let result = StepResult {
+        job_id: JobId(f.text("job_id")?),
+        step_index: f.int_as("step_index")?,
+        step_name: f.text("step_name")?,
+        attempt: f.int_as("attempt")?,
+        lease_epoch: f.int_as("lease_epoch")?,
+        outcome: f.parse("outcome")?,
+        exit_code: f.opt_int_as("exit_code")?,
+        started_at: f.time("started_at")?,
+        finished_at: f.time("finished_at")?,
+        measurements: f.json::<Vec<Measurement>>("measurements")?,
+        telemetry: f.json::<Vec<GpuTelemetry>>("telemetry")?,
+        events: f.json::<Vec<GpuEvent>>("events")?,
+        inventory: f.json::<Inventory>("inventory")?,
+        log_tail: f.text("log_tail")?,
+        message: f.text("message")?,
+        sub_results: f.json::<Vec<SubResult>>("sub_results")?,
+        inventory_at_end: f.json::<Option<Inventory>>("inventory_at_end")?,
+        series: match digest {
+            Some(_) => Vec::new(),
+            None => f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?,
+        },
+    };
+    Ok((result, digest))
+}
+
 /// The digest stored with a `step_results` row; `None` for rows stored before digests were.
 pub(super) fn result_digest(row: &impl StoreRow) -> Result<Option<[u8; 32]>, StoreError> {
     let f = Fields::new(
