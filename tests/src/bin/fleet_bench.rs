@@ -22,6 +22,8 @@ struct Args {
     step_seconds: f64,
     /// The agents' telemetry sampling interval while a step runs: the agent's default.
     sample_interval: std::time::Duration,
+    /// The controller binary; the one beside this benchmark when not given.
+    controller: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -30,6 +32,7 @@ fn parse_args() -> anyhow::Result<Args> {
         gpus: 8,
         step_seconds: 2.0,
         sample_interval: std::time::Duration::from_secs(1),
+        controller: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -38,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--agents" => args.agents = value()?.parse().context("--agents N")?,
             "--gpus" => args.gpus = value()?.parse().context("--gpus N")?,
             "--step-seconds" => args.step_seconds = value()?.parse().context("--step-seconds S")?,
+            "--controller" => args.controller = Some(value()?.into()),
             "--sample-interval" => {
                 args.sample_interval = tollgate_domain::spec::parse_duration(&value()?)
                     .map_err(|err| anyhow::anyhow!("--sample-interval: {err}"))?;
@@ -45,7 +49,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "fleet-bench [--agents N (200)] [--gpus N (8)] [--step-seconds S (2)] \
-                     [--sample-interval D (1s, the agent's default)]"
+                     [--sample-interval D (1s, the agent's default)] \
+                     [--controller PATH (the one beside this binary)]"
                 );
                 std::process::exit(0);
             }
@@ -58,7 +63,10 @@ fn parse_args() -> anyhow::Result<Args> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let controller_bin = bench::sibling_controller()?;
+    let controller_bin = match &args.controller {
+        Some(path) => path.clone(),
+        None => bench::sibling_controller()?,
+    };
     let dir = tempfile::tempdir()?;
     let mut controller = bench::start_controller(
         &controller_bin,
