@@ -21,7 +21,7 @@ async fn a_busy_agent_s_telemetry_has_no_gap_during_its_step() {
         History::parse("1s:1h").expect("history"),
         Duration::from_millis(300),
     ));
-    let Some(mut controller) = Controller::start(options).await else {
+    let Some(controller) = Controller::start(options).await else {
         return;
     };
     let mut config = controller.agent_config("lab-1", 2);

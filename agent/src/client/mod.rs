@@ -189,11 +189,13 @@ impl Agent {
             shutdown_receiver.clone(),
         )));
         let _fleet = AbortOnDrop(tokio::spawn(telemetry::fleet_loop(
-            Arc::clone(&self.source),
+            telemetry::FleetGpus {
+                source: Arc::clone(&self.source),
+                latest: Arc::clone(&self.latest),
+            },
             AgentServiceClient::new(self.channel.clone()),
             self.token.subscribe(),
             Arc::clone(&self.job),
-            Arc::clone(&self.latest),
             self.config.fleet_interval,
             self.config.telemetry_buffer,
             Arc::clone(&self.metrics),

@@ -11,20 +11,29 @@ use tokio::sync::watch;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
 
+/// Where fleet samples come from: the GPUs themselves while no job runs, a running step's
+/// newest readings while one does.
+pub(super) struct FleetGpus {
+    /// The GPUs.
+    pub source: Arc<dyn GpuSource>,
+    /// The step sampler's newest reading of each GPU.
+    pub latest: Arc<crate::fleet::LatestReadings>,
+}
+
 /// Samples the GPUs every `interval` while no job runs, and while one does sends the step
 /// sampler's newest reading of each GPU instead (the step owns the GPUs and its events);
 /// streams the samples and events to the controller; holds them in a bounded buffer while the
 /// controller cannot be reached. Aborted with the agent.
 pub(super) async fn fleet_loop(
-    source: Arc<dyn GpuSource>,
+    gpus: FleetGpus,
     mut client: AgentServiceClient<Channel>,
     token: watch::Receiver<Option<String>>,
     job: Arc<Mutex<Option<RunningJob>>>,
-    latest: Arc<crate::fleet::LatestReadings>,
     interval: Duration,
     bound: usize,
     metrics: Arc<crate::metrics::AgentMetrics>,
 ) {
+    let FleetGpus { source, latest } = gpus;
     if interval.is_zero() {
         return;
     }

@@ -18,6 +18,8 @@ pub mod keys;
 mod layout;
 mod markdown;
 mod model;
+/// The telemetry fields whose series the HTML report charts.
+pub use model::CHARTED_FIELDS;
 pub mod signing_key;
 mod stream;
 mod text;
@@ -322,6 +324,11 @@ pub async fn render_from_store<W: Write + Send + 'static>(
     let milestone = head.milestone.clone();
     let scope = head.scope.clone();
     let (sender, mut receiver) = mpsc::channel::<ReportRows>(2);
+    // Only the HTML draws series, and only of the charted fields.
+    let charted: &[tollgate_domain::telemetry::Field] = match format {
+        ReportFormat::Html => &model::CHARTED_FIELDS,
+        _ => &[],
+    };
     let (read_ok, read_done) = oneshot::channel::<bool>();
     let mut renderer = Renderer::new(head, format.layout(), out, SpoolKind::TempFile)?;
     let render = tokio::task::spawn_blocking(move || {
@@ -346,7 +353,7 @@ pub async fn render_from_store<W: Write + Send + 'static>(
             .is_none_or(|scope| labels.get(&scope.label) == Some(&scope.value))
     };
     let read = store
-        .read_report_evidence(&release, &milestone, keep, PAGE_NODES, sender)
+        .read_report_evidence(&release, &milestone, keep, PAGE_NODES, charted, sender)
         .await;
     let _ = read_ok.send(read.is_ok());
     let rendered = render

@@ -33,7 +33,7 @@ pub(crate) const SIMULATED_BANNER: &str = "SIMULATED GPUs — the telemetry and 
 pub(crate) const SHOWN_OK_EVIDENCE: usize = 200;
 
 /// The telemetry fields the HTML report charts per step.
-pub(crate) const CHARTED_FIELDS: [Field; 2] = [Field::GpuTempC, Field::PowerW];
+pub const CHARTED_FIELDS: [Field; 2] = [Field::GpuTempC, Field::PowerW];
 
 /// Everything a report shows except its nodes. The parts known before the first node is read
 /// (release, decision, rules, waivers) are filled at the start; the rest (summary, simulated

@@ -12,13 +12,17 @@ use tollgate_domain::gate::{JobEvidence, RunEvidence};
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, NodeId, ReleaseId, RunId};
 
-/// The columns of a result, as `rows::step_result` reads them.
+/// The columns of a result, as `rows::step_result` reads them; `$series` is the `series`
+/// column, or an empty list in its place when the report draws no chart.
 macro_rules! result_columns {
-    () => {
-        "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
-                started_at, finished_at, measurements, telemetry, events, inventory,
-                log_tail, message, sub_results, inventory_at_end, series
-         FROM step_results"
+    ($series:expr) => {
+        concat!(
+            "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
+                    started_at, finished_at, measurements, telemetry, events, inventory,
+                    log_tail, message, sub_results, inventory_at_end, ",
+            $series,
+            " FROM step_results"
+        )
     };
 }
 
@@ -79,17 +83,27 @@ const JOBS: &str = concat!(
       WHERE j.run_id IN (SELECT id FROM latest)"
 );
 
-/// Results of the jobs in `$1` (a JSON array of job ids).
-const RESULTS_SQLITE: &str = concat!(
-    result_columns!(),
-    " WHERE job_id IN (SELECT value FROM json_each($1))
-      ORDER BY job_id, step_index, attempt, lease_epoch"
-);
-const RESULTS_POSTGRES: &str = concat!(
-    result_columns!(),
-    " WHERE job_id IN (SELECT jsonb_array_elements_text($1::jsonb))
-      ORDER BY job_id, step_index, attempt, lease_epoch"
-);
+/// Results of the jobs in `$1` (a JSON array of job ids), with and without their series.
+macro_rules! results_of_jobs {
+    ($series:expr, sqlite) => {
+        concat!(
+            result_columns!($series),
+            " WHERE job_id IN (SELECT value FROM json_each($1))
+              ORDER BY job_id, step_index, attempt, lease_epoch"
+        )
+    };
+    ($series:expr, postgres) => {
+        concat!(
+            result_columns!($series),
+            " WHERE job_id IN (SELECT jsonb_array_elements_text($1::jsonb))
+              ORDER BY job_id, step_index, attempt, lease_epoch"
+        )
+    };
+}
+const RESULTS_SQLITE: &str = results_of_jobs!("series", sqlite);
+const RESULTS_POSTGRES: &str = results_of_jobs!("series", postgres);
+const RESULTS_SQLITE_NO_SERIES: &str = results_of_jobs!("'[]' AS series", sqlite);
+const RESULTS_POSTGRES_NO_SERIES: &str = results_of_jobs!("'[]' AS series", postgres);
 
 fn report_job(row: &impl StoreRow) -> Result<ReportJob, StoreError> {
     let f = Fields::new(row, "jobs", &["id"]);
@@ -140,6 +154,7 @@ impl Store {
         milestone: &str,
         keep: impl Fn(&Labels) -> bool + Send,
         page_nodes: usize,
+        charted: &[tollgate_domain::telemetry::Field],
         sender: mpsc::Sender<ReportRows>,
     ) -> Result<(), StoreError> {
         let page_nodes = page_nodes.max(1);
@@ -213,7 +228,11 @@ impl Store {
                         .fetch_all(&mut *tx)
                         .await?
                     {
-                        let result = rows::step_result(&row)?;
+                        let result = if charted.is_empty() {
+                            rows::step_result(&row)?
+                        } else {
+                            rows::step_result_charted(&row, charted)?
+                        };
                         results
                             .entry(result.job_id.clone())
                             .or_default()
@@ -248,7 +267,9 @@ impl Store {
             }};
         }
         match &self.pool {
+            Pool::Sqlite(pool) if charted.is_empty() => read!(pool, RESULTS_SQLITE_NO_SERIES),
             Pool::Sqlite(pool) => read!(pool, RESULTS_SQLITE),
+            Pool::Postgres(pool) if charted.is_empty() => read!(pool, RESULTS_POSTGRES_NO_SERIES),
             Pool::Postgres(pool) => read!(pool, RESULTS_POSTGRES),
         }
         Ok(())

@@ -280,6 +280,13 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
         "step_results",
         &["job_id", "step_index", "attempt", "lease_epoch"],
     );
+    let mut result = step_result_without_series(&f)?;
+    result.series = f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?;
+    Ok(result)
+}
+
+/// Every column of a `step_results` row but its series (left empty).
+fn step_result_without_series<R: StoreRow>(f: &Fields<'_, R>) -> Result<StepResult, StoreError> {
     Ok(StepResult {
         job_id: JobId(f.text("job_id")?),
         step_index: f.int_as("step_index")?,
@@ -298,7 +305,7 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
         message: f.text("message")?,
         sub_results: f.json::<Vec<SubResult>>("sub_results")?,
         inventory_at_end: f.json::<Option<Inventory>>("inventory_at_end")?,
-        series: f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?,
+        series: Vec::new(),
     })
 }
 
@@ -346,30 +353,50 @@ pub(super) fn evidence_result(
         "step_results",
         &["job_id", "step_index", "attempt", "lease_epoch"],
     );
-    let result = StepResult {
-        job_id: JobId(f.text("job_id")?),
-        step_index: f.int_as("step_index")?,
-        step_name: f.text("step_name")?,
-        attempt: f.int_as("attempt")?,
-        lease_epoch: f.int_as("lease_epoch")?,
-        outcome: f.parse("outcome")?,
-        exit_code: f.opt_int_as("exit_code")?,
-        started_at: f.time("started_at")?,
-        finished_at: f.time("finished_at")?,
-        measurements: f.json::<Vec<Measurement>>("measurements")?,
-        telemetry: f.json::<Vec<GpuTelemetry>>("telemetry")?,
-        events: f.json::<Vec<GpuEvent>>("events")?,
-        inventory: f.json::<Inventory>("inventory")?,
-        log_tail: f.text("log_tail")?,
-        message: f.text("message")?,
-        sub_results: f.json::<Vec<SubResult>>("sub_results")?,
-        inventory_at_end: f.json::<Option<Inventory>>("inventory_at_end")?,
-        series: match digest {
-            Some(_) => Vec::new(),
-            None => f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?,
-        },
-    };
+    let mut result = step_result_without_series(&f)?;
+    if digest.is_none() {
+        result.series = f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?;
+    }
     Ok((result, digest))
+}
+
+/// A `step_results` row with only the series of the `charted` fields parsed: a result holds a
+/// series per GPU and field (a hundred points each), and a report charts two fields, so the
+/// others are skipped unparsed.
+pub(super) fn step_result_charted(
+    row: &impl StoreRow,
+    charted: &[tollgate_domain::telemetry::Field],
+) -> Result<StepResult, StoreError> {
+    /// A series whose points are left unparsed until it is known to be wanted.
+    #[derive(serde::Deserialize)]
+    struct Unparsed<'a> {
+        gpu_index: u32,
+        field: tollgate_domain::telemetry::Field,
+        bucket_ms: u64,
+        #[serde(borrow)]
+        points: &'a serde_json::value::RawValue,
+    }
+    let f = Fields::new(
+        row,
+        "step_results",
+        &["job_id", "step_index", "attempt", "lease_epoch"],
+    );
+    let text = f.text("series")?;
+    let unparsed: Vec<Unparsed<'_>> =
+        serde_json::from_str(&text).map_err(|err| f.corrupt("series", err))?;
+    let mut series = Vec::new();
+    for one in unparsed.into_iter().filter(|s| charted.contains(&s.field)) {
+        series.push(tollgate_domain::telemetry::TelemetrySeries {
+            gpu_index: one.gpu_index,
+            field: one.field,
+            bucket_ms: one.bucket_ms,
+            points: serde_json::from_str(one.points.get())
+                .map_err(|err| f.corrupt("series", err))?,
+        });
+    }
+    let mut result = step_result_without_series(&f)?;
+    result.series = series;
+    Ok(result)
 }
 
 /// The digest stored with a `step_results` row; `None` for rows stored before digests were.

@@ -53,6 +53,9 @@ struct Args {
     keep: Option<std::path::PathBuf>,
     /// Also write each format's report once to this directory (`nodes-N.EXT`), after timing.
     out: Option<std::path::PathBuf>,
+    /// Points in each result's series of each GPU and field (as an agent sends for charts);
+    /// 0 stores none, as results stored before series existed.
+    series_points: u32,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -62,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
         child: None,
         keep: None,
         out: None,
+        series_points: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,9 +86,13 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--keep" => args.keep = Some(value()?.into()),
             "--out" => args.out = Some(value()?.into()),
+            "--series-points" => {
+                args.series_points = value()?.parse().context("--series-points N")?;
+            }
             "-h" | "--help" => {
                 println!(
-                    "report-bench [--nodes N[,N...] (250,1000)] [--repeat N (3)] [--keep DIR] [--out DIR]"
+                    "report-bench [--nodes N[,N...] (250,1000)] [--repeat N (3)] [--keep DIR] [--out DIR] \
+                     [--series-points N (0)]"
                 );
                 std::process::exit(0);
             }
@@ -112,7 +120,7 @@ fn node_name(node_idx: usize) -> String {
 
 /// One step's result on one node: 8 GPUs × 6 telemetry fields, one measurement; GPU 3 of
 /// every 100th node runs hot, so the report has failures to show.
-fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
+fn step_result(node_idx: usize, step_idx: u32, series_points: u32) -> StepResult {
     let name = node_name(node_idx);
     let mut inventory = ts::inventory(ts::DRIVER, ts::VBIOS, N_GPUS);
     inventory.hostname = name.clone();
@@ -159,6 +167,22 @@ fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
             value: 2900.0 + (node_idx % 200) as f64,
             unit: Some("GB/s".into()),
         }],
+        series: (0..N_GPUS)
+            .flat_map(|gpu_index| {
+                fields.iter().map(move |&field| {
+                    let mut series = tollgate_domain::telemetry::SeriesBuilder::new(
+                        1000,
+                        tollgate_domain::telemetry::MAX_SERIES_POINTS,
+                    );
+                    for i in 0..series_points {
+                        let wave = f64::from((i + gpu_index) % 11);
+                        series.push(u64::from(i) * 1000, 55.0 + wave);
+                    }
+                    series.build(gpu_index, field)
+                })
+            })
+            .filter(|series| !series.points.is_empty())
+            .collect(),
         telemetry,
         inventory,
         log_tail: "PASS all tests\n".into(),
@@ -168,7 +192,7 @@ fn step_result(node_idx: usize, step_idx: u32) -> StepResult {
 }
 
 /// Fills a fresh store with one run of `n_nodes` jobs of 10 results each.
-async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
+async fn populate(store: &Store, n_nodes: usize, series_points: u32) -> anyhow::Result<()> {
     let release = ts::release();
     let setup = tollgate_controller::store::AuditNote::new(at(0), "bench", "bench.setup", "bench");
     store.create_release(&release, &setup).await?;
@@ -224,7 +248,7 @@ async fn populate(store: &Store, n_nodes: usize) -> anyhow::Result<()> {
     store.create_run(&run, &jobs, &note).await?;
     for node_idx in 0..n_nodes {
         for step_idx in 0..N_STEPS {
-            let result = step_result(node_idx, step_idx);
+            let result = step_result(node_idx, step_idx, series_points);
             let to = if step_idx + 1 == N_STEPS {
                 JobState::Passed
             } else {
@@ -301,7 +325,15 @@ async fn fetch_and_serialize(store: &Store, release: &Release) -> anyhow::Result
         Ok(sink.n_bytes)
     });
     store
-        .read_report_evidence(&release.id, MILESTONE, |_| true, report::PAGE_NODES, sender)
+        .read_report_evidence(
+            &release.id,
+            MILESTONE,
+            |_| true,
+            report::PAGE_NODES,
+            // What the HTML report reads, the most any format does.
+            &report::CHARTED_FIELDS,
+            sender,
+        )
         .await?;
     serialize.await?
 }
@@ -412,11 +444,16 @@ fn run_child(exe: &Path, mode: &str, url: &str, args: &Args) -> anyhow::Result<M
 }
 
 /// Fills a fresh store with `n_nodes` nodes and stores the gate's decision over them.
-fn prepare(runtime: &tokio::runtime::Runtime, url: &str, n_nodes: usize) -> anyhow::Result<()> {
+fn prepare(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    n_nodes: usize,
+    series_points: u32,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     runtime.block_on(async {
         let store = Store::connect(url).await?;
-        populate(&store, n_nodes).await?;
+        populate(&store, n_nodes, series_points).await?;
         let release = store
             .get_release(&ts::release().id)
             .await?
@@ -451,12 +488,12 @@ fn main() -> anyhow::Result<()> {
     for &n_nodes in &args.nodes {
         let dir = tempfile::tempdir().context("temp dir")?;
         let path = match &args.keep {
-            Some(keep) => keep.join(format!("nodes-{n_nodes}.db")),
+            Some(keep) => keep.join(format!("nodes-{n_nodes}-series-{}.db", args.series_points)),
             None => dir.path().join("bench.db"),
         };
         let url = format!("sqlite://{}", path.display());
         if !path.exists() {
-            prepare(&runtime, &url, n_nodes)?;
+            prepare(&runtime, &url, n_nodes, args.series_points)?;
         }
         for mode in MODES {
             table.push((n_nodes, run_child(&exe, mode, &url, &args)?));
