@@ -6,6 +6,7 @@
 //! While the database refuses writes the buckets wait in memory, up to [`MAX_WAITING`]; past
 //! that the oldest are dropped and a warning says how many.
 
+use tracing::Instrument as _;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use std::sync::Arc;
@@ -90,7 +91,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(every) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if let Err(error) = flush(&shared, false).await {
+        if let Err(error) = flush(&shared, false)
+            .instrument(crate::traces::pass("fleet telemetry flush"))
+            .await
+        {
             tracing::warn!(%error, "fleet telemetry not written; it waits in memory for the next try");
         }
     }

@@ -11,6 +11,7 @@
 //! `heartbeat_interval + flush_every`; `main` refuses a lease grace that short. A flush the
 //! database refuses puts its notes back (a newer note of the node wins) for the next one.
 
+use tracing::Instrument as _;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -89,7 +90,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(every) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if let Err(error) = flush(&shared).await {
+        if let Err(error) = flush(&shared)
+            .instrument(crate::traces::pass("heartbeat flush"))
+            .await
+        {
             tracing::warn!(%error, "heartbeats not recorded; retrying at the next flush");
         }
     }

@@ -9,6 +9,7 @@
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
+use tracing::Instrument as _;
 use crate::shared::{FleetOutage, Shared};
 use crate::store::StoreError;
 use std::collections::BTreeSet;
@@ -29,25 +30,29 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(tick) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if !leader.leads(&shared).await {
-            // Another replica expires leases; this one still shows a fleet outage it sees.
-            if let Err(error) = look_for_outage(&shared).await {
-                tracing::debug!(%error, "could not look for a fleet outage");
+        async {
+            if !leader.leads(&shared).await {
+                // Another replica expires leases; this one still shows a fleet outage it sees.
+                if let Err(error) = look_for_outage(&shared).await {
+                    tracing::debug!(%error, "could not look for a fleet outage");
+                }
+                return;
             }
-            continue;
+            if let Err(error) = check_once(&shared).await {
+                tracing::warn!(%error, "lease check failed; retrying at the next tick");
+            }
+            if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
+                tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
+            }
+            if let Err(error) = crate::health_checks::tick(&shared).await {
+                tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
+            }
+            if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
+                tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");
+            }
         }
-        if let Err(error) = check_once(&shared).await {
-            tracing::warn!(%error, "lease check failed; retrying at the next tick");
-        }
-        if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
-            tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
-        }
-        if let Err(error) = crate::health_checks::tick(&shared).await {
-            tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
-        }
-        if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
-            tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");
-        }
+        .instrument(crate::traces::pass("lease watchdog tick"))
+        .await;
     }
     tracing::debug!("lease watchdog stopped");
 }

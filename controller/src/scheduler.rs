@@ -8,6 +8,7 @@
 //! stays `running`; its results still count when the agent uploads them, and if its
 //! heartbeats stop the watchdog loses it too.
 
+use tracing::Instrument as _;
 use crate::grpc::convert::{ToProto, step_to_proto};
 use crate::shared::Shared;
 use crate::store::{JobRecord, StoreError};
@@ -36,7 +37,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
     let tick = shared.config.tick;
     tracing::debug!(tick_ms = tick.as_millis(), "scheduler started");
     while shared.wait_for_work(&mut shutdown, tick).await {
-        if let Err(error) = schedule_once(&shared).await {
+        if let Err(error) = schedule_once(&shared)
+            .instrument(crate::traces::pass("scheduler pass"))
+            .await
+        {
             tracing::warn!(%error, "scheduling pass failed; retrying at the next tick");
         }
     }

@@ -13,6 +13,7 @@ use crate::store::{JobRecord, Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
+use tracing::Instrument as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::job::{
     self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultChange,
@@ -257,7 +258,20 @@ impl AgentService for AgentApi {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match record(&self.shared, &node, &result).await {
+            // With traces on: the result's handling, a child of the call's span (and so of
+            // the agent's upload), store write included.
+            let span = crate::traces::span(|| {
+                tracing::info_span!(
+                    target: "tollgate_traces",
+                    "record result",
+                    tollgate.node = %node,
+                    tollgate.job = %result.job_id,
+                    tollgate.step_index = result.step_index,
+                    tollgate.attempt = result.attempt,
+                    tollgate.try = attempt,
+                )
+            });
+            match record(&self.shared, &node, &result).instrument(span).await {
                 Err(RecordError::Store(StoreError::Conflict { detail, .. }))
                     if attempt < RESULT_RETRIES =>
                 {
