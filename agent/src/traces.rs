@@ -59,7 +59,11 @@ pub fn remember_attempt(job: &str, step_index: u32, attempt: u32) {
     if !enabled() {
         return;
     }
-    let context = tracing::Span::current().context().span().span_context().clone();
+    let context = tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone();
     if !context.is_valid() {
         return;
     }
@@ -100,7 +104,11 @@ pub fn upload_span(job: &str, step_index: u32, attempt: u32) -> tracing::Span {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .and_then(|attempts| attempts.get(&(job.to_owned(), step_index, attempt)).cloned());
+        .and_then(|attempts| {
+            attempts
+                .get(&(job.to_owned(), step_index, attempt))
+                .cloned()
+        });
     if let Some(parent) = parent {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     }

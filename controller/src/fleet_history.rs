@@ -6,7 +6,6 @@
 //! While the database refuses writes the buckets wait in memory, up to [`MAX_WAITING`]; past
 //! that the oldest are dropped and a warning says how many.
 
-use tracing::Instrument as _;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use tollgate_domain::fleet_history::{History, Refused};
 use tollgate_domain::telemetry::Field;
 use tollgate_domain::{NodeId, Timestamp};
+use tracing::Instrument as _;
 
 /// Most buckets waiting in memory (open, or closed and not yet written): about 100 bytes
 /// each plus their fields; 1,000 nodes × 8 GPUs × 2 tiers × a few open buckets fit.

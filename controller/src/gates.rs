@@ -11,11 +11,11 @@ use crate::shared::{Shared, stopped};
 use crate::store::{Refreshed, StoreError, StoredGate};
 use opentelemetry::trace::SpanContext;
 use std::collections::BTreeMap;
-use tracing::Instrument as _;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
+use tracing::Instrument as _;
 
 /// The least time between two passes of the re-evaluation loop; a request that arrives
 /// sooner waits for the rest of it.
@@ -320,8 +320,7 @@ pub async fn run_loop(shared: Arc<Shared>) {
         let requests = shared.take_reevaluation_requests();
         // One evaluation per gate: the first run asking for it stands for the others, and the
         // evaluation's span answers every traced request for the gate (`traces.rs`).
-        let mut targets: BTreeMap<(ReleaseId, String), (RunId, Vec<SpanContext>)> =
-            BTreeMap::new();
+        let mut targets: BTreeMap<(ReleaseId, String), (RunId, Vec<SpanContext>)> = BTreeMap::new();
         for (run_id, contexts) in requests {
             let target = match shared.store.get_run(&run_id).await {
                 Ok(Some(run)) => (run.release, run.milestone),
@@ -331,7 +330,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
                     continue;
                 }
             };
-            let (_, asked) = targets.entry(target).or_insert_with(|| (run_id, Vec::new()));
+            let (_, asked) = targets
+                .entry(target)
+                .or_insert_with(|| (run_id, Vec::new()));
             asked.extend(contexts);
         }
         for ((release, milestone), (run_id, contexts)) in targets {

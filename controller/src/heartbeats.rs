@@ -11,7 +11,6 @@
 //! `heartbeat_interval + flush_every`; `main` refuses a lease grace that short. A flush the
 //! database refuses puts its notes back (a newer note of the node wins) for the next one.
 
-use tracing::Instrument as _;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -19,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_domain::{NodeId, Timestamp};
 use tollgate_proto::v1 as proto;
+use tracing::Instrument as _;
 
 /// The longest time between flushes.
 pub const MAX_FLUSH_EVERY: Duration = Duration::from_secs(1);

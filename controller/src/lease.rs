@@ -9,7 +9,6 @@
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
 
-use tracing::Instrument as _;
 use crate::shared::{FleetOutage, Shared};
 use crate::store::StoreError;
 use std::collections::BTreeSet;
@@ -18,6 +17,7 @@ use tollgate_domain::fleet::NodeState;
 use tollgate_domain::job::{self, JobEvent, JobFacts, NodeChange};
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::{NodeId, RunId};
+use tracing::Instrument as _;
 
 /// Runs until shutdown starts, checking leases while this replica leads (one replica of a
 /// deployment expires leases; see `replica.rs`).

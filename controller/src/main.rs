@@ -257,9 +257,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     // The trace exporter and its batch processor live on the runtime.
-    let traces = match runtime.block_on(async {
-        init_logging(args.log_format, args.otlp_endpoint.as_deref())
-    }) {
+    let traces = match runtime
+        .block_on(async { init_logging(args.log_format, args.otlp_endpoint.as_deref()) })
+    {
         Ok(traces) => traces,
         Err(error) => {
             eprintln!("error: {}", describe(&error));

@@ -8,7 +8,6 @@
 //! stays `running`; its results still count when the agent uploads them, and if its
 //! heartbeats stop the watchdog loses it too.
 
-use tracing::Instrument as _;
 use crate::grpc::convert::{ToProto, step_to_proto};
 use crate::shared::Shared;
 use crate::store::{JobRecord, StoreError};
@@ -19,6 +18,7 @@ use tollgate_domain::fleet::Labels;
 use tollgate_domain::job::{self, JobEvent, JobState};
 use tollgate_domain::scheduler::{Concurrency, NodeSlot};
 use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
+use tracing::Instrument as _;
 
 /// Why an assignment could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -81,7 +81,8 @@ pub fn parent_or_link(span: &tracing::Span, contexts: &[SpanContext]) {
     match contexts {
         [] => {}
         [one] => {
-            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(one.clone()));
+            let _ = span
+                .set_parent(opentelemetry::Context::new().with_remote_span_context(one.clone()));
         }
         several => {
             for context in several {
@@ -213,5 +214,7 @@ impl<E: SpanExporter> SpanExporter for LogOnce<E> {
 /// The span of one pass of a controller loop (`scheduler pass`, `lease watchdog tick`,
 /// `heartbeat flush`, `fleet telemetry flush`): a root span each.
 pub fn pass(name: &'static str) -> tracing::Span {
-    span(|| tracing::info_span!(target: "tollgate_traces", "loop pass", otel.name = name, tollgate.loop = name))
+    span(
+        || tracing::info_span!(target: "tollgate_traces", "loop pass", otel.name = name, tollgate.loop = name),
+    )
 }

@@ -3,7 +3,6 @@
 //! for good, and tells the rest of the agent about the controller's answers ([`Answers`]): a
 //! refusal meaning the controller no longer runs the job stops it here.
 
-use tracing::Instrument as _;
 use super::backoff::Backoff;
 use super::resume::PendingResume;
 use super::{Agent, CALL_TIMEOUT, RunningJob, authorized, describe, until_shutdown};
@@ -18,6 +17,7 @@ use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 /// Results that could not be spooled (the state directory's disk is full or failing), oldest
 /// first. The uploader spools them as soon as the disk takes them again, and meanwhile

@@ -46,7 +46,6 @@ pub mod kinds;
 pub mod orphans;
 pub mod resume;
 
-use tracing::Instrument as _;
 use crate::gpu::GpuSource;
 use crate::sampler::Sampler;
 use std::path::{Path, PathBuf};
@@ -58,6 +57,7 @@ use tollgate_domain::fleet::Inventory;
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::release::check_inventory;
 use tollgate_domain::result::{Outcome, StepResult};
+use tracing::Instrument as _;
 
 pub use exec::RunnerError;
 

@@ -13,7 +13,6 @@ use crate::store::{JobRecord, Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
-use tracing::Instrument as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::job::{
     self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultChange,
@@ -24,6 +23,7 @@ use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 /// How often `ReportResult` decides again when a concurrent change (the agent's own
 /// `JobAccepted` racing its first result, another result of the job, a cancel, an operator

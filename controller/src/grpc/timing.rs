@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tracing::Instrument as _;
 use tonic::codegen::http;
+use tracing::Instrument as _;
 
 /// Every method this controller serves, by request path: `(service, method)`.
 static KNOWN: LazyLock<HashMap<String, (&'static str, &'static str)>> = LazyLock::new(|| {
