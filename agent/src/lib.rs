@@ -23,6 +23,7 @@ pub mod parse;
 pub mod runner;
 pub mod sampler;
 pub mod spool;
+pub mod traces;
 
 pub use config::{AgentConfig, DEFAULT_SIM_DRIVER, DEFAULT_SIM_VBIOS, GpuMode};
 pub use gpu::simulated::Fault;

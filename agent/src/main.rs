@@ -95,6 +95,11 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Send OpenTelemetry traces (each step attempt and result upload, continued by the
+    /// controller) to this OTLP/gRPC collector, for example http://127.0.0.1:4317. Off when
+    /// unset.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Print the inventory as JSON to stdout and exit.
     #[arg(long)]
     print_inventory: bool,
@@ -125,18 +130,54 @@ fn parse_fleet_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr, filtered by RUST_LOG; with an OTLP endpoint, also traces (see
+/// `tollgate_agent::traces`), whose spans the logs leave out. Call inside the runtime.
+fn init_logging(
+    format: &str,
+    otlp_endpoint: Option<&str>,
+    node: Option<&str>,
+) -> anyhow::Result<Option<tollgate_agent::traces::Traces>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", tollgate_agent::traces::TARGET)
+                .parse()
+                .expect("a fixed, valid directive"),
+        );
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if format == "json" {
-        builder.json().init();
+    let log = if format == "json" {
+        log.json().boxed()
     } else {
-        builder.init();
-    }
+        log.boxed()
+    };
+    let (traces, trace_layer) = match otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let attributes = node
+                .map(|node| opentelemetry::KeyValue::new("tollgate.node", node.to_owned()))
+                .into_iter()
+                .collect();
+            let (traces, tracer) =
+                tollgate_agent::traces::Traces::start(endpoint, "tollgate-agent", attributes)?;
+            let only_ours = tracing_subscriber::filter::Targets::new()
+                .with_target(tollgate_agent::traces::TARGET, tracing::Level::INFO)
+                .with_target("tollgate_agent", tracing::Level::INFO);
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(only_ours);
+            (Some(traces), Some(layer))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(trace_layer)
+        .init();
+    Ok(traces)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now and resolves once either arrives. Installed
@@ -179,7 +220,6 @@ const DAEMON: Daemon = Daemon {
 
 fn main() -> ExitCode {
     let args = daemon_config::parse::<Args>(&DAEMON).cli;
-    init_logging(&args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -187,10 +227,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The node's name, as `run` resolves it, labels its traces.
+    let node = args
+        .node
+        .clone()
+        .unwrap_or_else(tollgate_agent::gpu::hostname);
+    // The trace exporter and its batch processor live on the runtime.
+    let traces = match runtime.block_on(async {
+        init_logging(
+            &args.log_format,
+            args.otlp_endpoint.as_deref(),
+            Some(node.as_str()).filter(|node| !node.is_empty()),
+        )
+    }) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Errors are printed as one readable chain, never as a debug dump with a backtrace: the
     // reader is an operator at a node's console.
     let json = args.log_format == "json";
-    match runtime.block_on(run(args)) {
+    let ran = runtime.block_on(run(args));
+    // The last spans are sent while the runtime still runs.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if json => {
             tracing::error!("{error:#}");

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tollgate_domain::fleet_history::{History, Refused};
 use tollgate_domain::telemetry::Field;
 use tollgate_domain::{NodeId, Timestamp};
+use tracing::Instrument as _;
 
 /// Most buckets waiting in memory (open, or closed and not yet written): about 100 bytes
 /// each plus their fields; 1,000 nodes × 8 GPUs × 2 tiers × a few open buckets fit.
@@ -90,7 +91,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(every) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if let Err(error) = flush(&shared, false).await {
+        if let Err(error) = flush(&shared, false)
+            .instrument(crate::traces::pass("fleet telemetry flush"))
+            .await
+        {
             tracing::warn!(%error, "fleet telemetry not written; it waits in memory for the next try");
         }
     }

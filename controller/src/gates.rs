@@ -9,11 +9,13 @@
 use crate::gate_cache::{CACHED_GATES, CachedGate};
 use crate::shared::{Shared, stopped};
 use crate::store::{Refreshed, StoreError, StoredGate};
-use std::collections::BTreeSet;
+use opentelemetry::trace::SpanContext;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
+use tracing::Instrument as _;
 
 /// The least time between two passes of the re-evaluation loop; a request that arrives
 /// sooner waits for the rest of it.
@@ -315,9 +317,11 @@ pub async fn run_loop(shared: Arc<Shared>) {
             }
         }
         last_pass = Some(tokio::time::Instant::now());
-        let runs = shared.take_reevaluation_requests();
-        let mut done: BTreeSet<(ReleaseId, String)> = BTreeSet::new();
-        for run_id in runs {
+        let requests = shared.take_reevaluation_requests();
+        // One evaluation per gate: the first run asking for it stands for the others, and the
+        // evaluation's span answers every traced request for the gate (`traces.rs`).
+        let mut targets: BTreeMap<(ReleaseId, String), (RunId, Vec<SpanContext>)> = BTreeMap::new();
+        for (run_id, contexts) in requests {
             let target = match shared.store.get_run(&run_id).await {
                 Ok(Some(run)) => (run.release, run.milestone),
                 Ok(None) => continue,
@@ -326,9 +330,24 @@ pub async fn run_loop(shared: Arc<Shared>) {
                     continue;
                 }
             };
-            if done.insert(target) {
-                reevaluate_for_run(&shared, &run_id).await;
-            }
+            let (_, asked) = targets
+                .entry(target)
+                .or_insert_with(|| (run_id, Vec::new()));
+            asked.extend(contexts);
+        }
+        for ((release, milestone), (run_id, contexts)) in targets {
+            let span = crate::traces::span(|| {
+                tracing::info_span!(
+                    target: "tollgate_traces",
+                    "gate re-evaluation",
+                    tollgate.run = %run_id,
+                    tollgate.release = %release,
+                    tollgate.milestone = %milestone,
+                    tollgate.requests_traced = contexts.len(),
+                )
+            });
+            crate::traces::parent_or_link(&span, &contexts);
+            reevaluate_for_run(&shared, &run_id).instrument(span).await;
         }
     }
     tracing::debug!("gate re-evaluation loop stopped");

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_domain::{NodeId, Timestamp};
 use tollgate_proto::v1 as proto;
+use tracing::Instrument as _;
 
 /// The longest time between flushes.
 pub const MAX_FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -89,7 +90,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(every) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if let Err(error) = flush(&shared).await {
+        if let Err(error) = flush(&shared)
+            .instrument(crate::traces::pass("heartbeat flush"))
+            .await
+        {
             tracing::warn!(%error, "heartbeats not recorded; retrying at the next flush");
         }
     }

@@ -17,6 +17,7 @@ use tollgate_domain::fleet::NodeState;
 use tollgate_domain::job::{self, JobEvent, JobFacts, NodeChange};
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::{NodeId, RunId};
+use tracing::Instrument as _;
 
 /// Runs until shutdown starts, checking leases while this replica leads (one replica of a
 /// deployment expires leases; see `replica.rs`).
@@ -29,25 +30,29 @@ pub async fn run_loop(shared: Arc<Shared>) {
             () = tokio::time::sleep(tick) => {}
             () = crate::shared::stopped(&mut shutdown) => break,
         }
-        if !leader.leads(&shared).await {
-            // Another replica expires leases; this one still shows a fleet outage it sees.
-            if let Err(error) = look_for_outage(&shared).await {
-                tracing::debug!(%error, "could not look for a fleet outage");
+        async {
+            if !leader.leads(&shared).await {
+                // Another replica expires leases; this one still shows a fleet outage it sees.
+                if let Err(error) = look_for_outage(&shared).await {
+                    tracing::debug!(%error, "could not look for a fleet outage");
+                }
+                return;
             }
-            continue;
+            if let Err(error) = check_once(&shared).await {
+                tracing::warn!(%error, "lease check failed; retrying at the next tick");
+            }
+            if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
+                tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
+            }
+            if let Err(error) = crate::health_checks::tick(&shared).await {
+                tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
+            }
+            if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
+                tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");
+            }
         }
-        if let Err(error) = check_once(&shared).await {
-            tracing::warn!(%error, "lease check failed; retrying at the next tick");
-        }
-        if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
-            tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
-        }
-        if let Err(error) = crate::health_checks::tick(&shared).await {
-            tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
-        }
-        if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
-            tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");
-        }
+        .instrument(crate::traces::pass("lease watchdog tick"))
+        .await;
     }
     tracing::debug!("lease watchdog stopped");
 }

@@ -42,6 +42,7 @@ pub mod sessions;
 pub mod shared;
 pub mod store;
 pub mod tokens;
+pub mod traces;
 
 pub use config::ControllerConfig;
 

@@ -123,6 +123,10 @@ struct ServeArgs {
     /// Log format; RUST_LOG filters (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Send OpenTelemetry traces (every RPC, each loop pass, a result's path to its gate
+    /// decision) to this OTLP/gRPC collector, for example http://127.0.0.1:4317. Off when unset.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// A bootstrap manager API token, NAME=SECRET (an admin) or NAME:ROLE=SECRET; repeatable.
     /// The secret shows in `ps`: prefer --api-token-file. Without any token (flag, file or
     /// made with `tollgate token create`), manager calls are anonymous from loopback only.
@@ -242,7 +246,6 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,7 +256,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args, &origins)) {
+    // The trace exporter and its batch processor live on the runtime.
+    let traces = match runtime
+        .block_on(async { init_logging(args.log_format, args.otlp_endpoint.as_deref()) })
+    {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serve(args, &origins));
+    // The last spans (the shutdown's own included) are sent while the runtime still runs.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
@@ -463,17 +481,52 @@ fn describe(error: &anyhow::Error) -> String {
     line
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs to stderr, filtered by RUST_LOG; with an OTLP endpoint, also traces (see
+/// `tollgate_controller::traces`), whose spans the logs leave out. Call inside the runtime.
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Option<tollgate_controller::traces::Traces>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", tollgate_controller::traces::TARGET)
+                .parse()
+                .expect("a fixed, valid directive"),
+        );
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only help a person at a terminal; in a file or a pipe they are noise.
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let log = match format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    let (traces, trace_layer) = match otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let (traces, tracer) = tollgate_controller::traces::Traces::start(
+                endpoint,
+                "tollgate-controller",
+                Vec::new(),
+            )?;
+            let only_ours = tracing_subscriber::filter::Targets::new()
+                .with_target(tollgate_controller::traces::TARGET, tracing::Level::INFO)
+                .with_target("tollgate_controller", tracing::Level::INFO);
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(only_ours);
+            (Some(traces), Some(layer))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(trace_layer)
+        .init();
+    Ok(traces)
 }
 
 async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {

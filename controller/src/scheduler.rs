@@ -18,6 +18,7 @@ use tollgate_domain::fleet::Labels;
 use tollgate_domain::job::{self, JobEvent, JobState};
 use tollgate_domain::scheduler::{Concurrency, NodeSlot};
 use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
+use tracing::Instrument as _;
 
 /// Why an assignment could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,10 @@ pub async fn run_loop(shared: Arc<Shared>) {
     let tick = shared.config.tick;
     tracing::debug!(tick_ms = tick.as_millis(), "scheduler started");
     while shared.wait_for_work(&mut shutdown, tick).await {
-        if let Err(error) = schedule_once(&shared).await {
+        if let Err(error) = schedule_once(&shared)
+            .instrument(crate::traces::pass("scheduler pass"))
+            .await
+        {
             tracing::warn!(%error, "scheduling pass failed; retrying at the next tick");
         }
     }

@@ -10,7 +10,8 @@ use crate::gate_cache::GateCache;
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::tokens::{StoredTokens, TokenCache};
-use std::collections::BTreeSet;
+use opentelemetry::trace::SpanContext;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -63,8 +64,9 @@ pub struct Shared {
     pub replica_id: String,
     /// Bumped after every change a run watcher may care about.
     changes: watch::Sender<u64>,
-    /// Runs whose gate must be evaluated again; drained by `gates::run_loop`.
-    reevaluation_requests: Mutex<BTreeSet<RunId>>,
+    /// Runs whose gate must be evaluated again, each with the trace contexts of the spans that
+    /// asked (empty with traces off; see `traces.rs`); drained by `gates::run_loop`.
+    reevaluation_requests: Mutex<BTreeMap<RunId, Vec<SpanContext>>>,
     /// Wakes `gates::run_loop`.
     reevaluation_wake: Notify,
     /// Gates kept evaluated in memory.
@@ -205,12 +207,21 @@ impl Shared {
     }
 
     /// Asks for the gate that `run` feeds to be evaluated again soon (coalesced; see
-    /// `gates::run_loop`).
+    /// `gates::run_loop`). With traces on, the current span's context travels with the
+    /// request: the evaluation's span is its child, or linked to it (`traces.rs`).
     pub fn request_reevaluation(&self, run: &RunId) {
-        self.reevaluation_requests
+        let context = crate::traces::current_context();
+        let mut requests = self
+            .reevaluation_requests
             .lock()
-            .expect("the request set is never poisoned: nothing panics while holding it")
-            .insert(run.clone());
+            .expect("the request set is never poisoned: nothing panics while holding it");
+        let contexts = requests.entry(run.clone()).or_default();
+        if let Some(context) = context
+            && contexts.len() < crate::traces::MAX_LINKS
+        {
+            contexts.push(context);
+        }
+        drop(requests);
         self.reevaluation_wake.notify_one();
     }
 
@@ -219,8 +230,8 @@ impl Shared {
         self.reevaluation_wake.notified().await;
     }
 
-    /// Takes every pending re-evaluation request.
-    pub(crate) fn take_reevaluation_requests(&self) -> BTreeSet<RunId> {
+    /// Takes every pending re-evaluation request, with the trace contexts that asked.
+    pub(crate) fn take_reevaluation_requests(&self) -> BTreeMap<RunId, Vec<SpanContext>> {
         std::mem::take(
             &mut *self
                 .reevaluation_requests

@@ -140,6 +140,26 @@ impl ControllerProcess {
         lease_grace: Duration,
         heartbeat_interval: Duration,
     ) -> ControllerProcess {
+        Self::start_with_args(
+            database_url,
+            data_dir,
+            log,
+            lease_grace,
+            heartbeat_interval,
+            &[],
+        )
+        .await
+    }
+
+    /// [`ControllerProcess::start_with`] with more `serve` flags (`--otlp-endpoint URL`).
+    pub async fn start_with_args(
+        database_url: &str,
+        data_dir: &Path,
+        log: &Path,
+        lease_grace: Duration,
+        heartbeat_interval: Duration,
+        extra: &[String],
+    ) -> ControllerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free local port")
@@ -157,7 +177,10 @@ impl ControllerProcess {
             format!("{}ms", heartbeat_interval.as_millis()),
             "--lease-grace".to_owned(),
             format!("{}ms", lease_grace.as_millis()),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut controller = ControllerProcess {
             url: format!("http://127.0.0.1:{port}"),
             database_url: database_url.to_owned(),

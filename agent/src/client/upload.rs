@@ -17,6 +17,7 @@ use tollgate_proto::v1;
 use tollgate_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 /// Results that could not be spooled (the state directory's disk is full or failing), oldest
 /// first. The uploader spools them as soon as the disk takes them again, and meanwhile
@@ -248,7 +249,14 @@ async fn deliver(
     let mut request = authorized(result.clone(), token).map_err(|s| s.message().to_owned())?;
     // A controller that accepts the call but never answers must not stall the spool.
     request.set_timeout(CALL_TIMEOUT);
-    match client.report_result(request).await {
+    // With traces on, the controller's handling of the call continues this trace.
+    let span = crate::traces::upload_span(&result.job_id, result.step_index, result.attempt);
+    crate::traces::inject(&span, request.metadata_mut());
+    let answered = client.report_result(request).instrument(span).await;
+    if !matches!(&answered, Err(status) if !is_refusal(status.code())) {
+        crate::traces::forget_attempt(&result.job_id, result.step_index, result.attempt);
+    }
+    match answered {
         Ok(ack) => {
             let duplicate = ack.into_inner().duplicate;
             tracing::info!(
@@ -261,15 +269,7 @@ async fn deliver(
             answers.note(result, Ok(()));
             Ok(Delivered::Acknowledged)
         }
-        Err(status)
-            if matches!(
-                status.code(),
-                Code::FailedPrecondition
-                    | Code::PermissionDenied
-                    | Code::InvalidArgument
-                    | Code::NotFound
-            ) =>
-        {
+        Err(status) if is_refusal(status.code()) => {
             tracing::error!(
                 job = %result.job_id,
                 step = %result.step_name,
@@ -283,6 +283,14 @@ async fn deliver(
         }
         Err(status) => Err(describe(&status, "report result")),
     }
+}
+
+/// Whether the controller refused a result for good (it is set aside, never sent again).
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::FailedPrecondition | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound
+    )
 }
 
 async fn blocking(

@@ -57,6 +57,7 @@ use tollgate_domain::fleet::Inventory;
 use tollgate_domain::plan::StepKind;
 use tollgate_domain::release::check_inventory;
 use tollgate_domain::result::{Outcome, StepResult};
+use tracing::Instrument as _;
 
 pub use exec::RunnerError;
 
@@ -204,8 +205,23 @@ async fn run_steps(
                 step_index: job_step.index,
                 attempt,
             });
+            // With traces on, the attempt's span is the root of its result's trace (see
+            // `crate::traces`): its upload and the controller's handling follow from it.
+            let attempt_span = crate::traces::span(|| {
+                tracing::info_span!(
+                    target: "tollgate_traces",
+                    "step attempt",
+                    tollgate.job = %job.job_id,
+                    tollgate.step = %job_step.step.name,
+                    tollgate.step_index = job_step.index,
+                    tollgate.attempt = attempt,
+                    tollgate.outcome = tracing::field::Empty,
+                )
+            });
             let (mut result, was_stopped, awaiting_reboot) =
-                run_attempt(context, job, job_step, attempt, stop).await;
+                run_attempt(context, job, job_step, attempt, stop)
+                    .instrument(attempt_span.clone())
+                    .await;
             if awaiting_reboot {
                 // The resume record is on disk: the result is reported after the reboot, so
                 // the installer's exit code says nothing about the outcome yet.
@@ -231,7 +247,11 @@ async fn run_steps(
                 message = %result.message,
                 "step attempt ended"
             );
-            report(events, result).await;
+            attempt_span.record("tollgate.outcome", tracing::field::display(outcome));
+            attempt_span.in_scope(|| {
+                crate::traces::remember_attempt(job.job_id.as_str(), job_step.index, attempt);
+            });
+            report(events, result).instrument(attempt_span).await;
             clear_group_record(context);
             if was_stopped {
                 return JobEnd::Stopped;

@@ -23,6 +23,7 @@ use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 use tollgate_proto::v1::{self as proto, agent_event::Event, agent_service_server::AgentService};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 /// How often `ReportResult` decides again when a concurrent change (the agent's own
 /// `JobAccepted` racing its first result, another result of the job, a cancel, an operator
@@ -257,7 +258,20 @@ impl AgentService for AgentApi {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match record(&self.shared, &node, &result).await {
+            // With traces on: the result's handling, a child of the call's span (and so of
+            // the agent's upload), store write included.
+            let span = crate::traces::span(|| {
+                tracing::info_span!(
+                    target: "tollgate_traces",
+                    "record result",
+                    tollgate.node = %node,
+                    tollgate.job = %result.job_id,
+                    tollgate.step_index = result.step_index,
+                    tollgate.attempt = result.attempt,
+                    tollgate.try = attempt,
+                )
+            });
+            match record(&self.shared, &node, &result).instrument(span).await {
                 Err(RecordError::Store(StoreError::Conflict { detail, .. }))
                     if attempt < RESULT_RETRIES =>
                 {

@@ -7,6 +7,10 @@
 //! tonic answers every error of a unary call), else `OK`: a stream that fails later says so
 //! in its trailers, which this layer does not wait for. A path that names no known method is
 //! counted as `unknown`/`unknown`, so a client cannot make up label values.
+//!
+//! With traces on (`crate::traces`), each call also gets a span `SERVICE/METHOD` (kind
+//! server; `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` and its name
+//! `rpc.grpc.status`), a child of the caller's `traceparent` when the request carries one.
 
 use crate::shared::Shared;
 use prost::Message as _;
@@ -17,6 +21,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::codegen::http;
+use tracing::Instrument as _;
 
 /// Every method this controller serves, by request path: `(service, method)`.
 static KNOWN: LazyLock<HashMap<String, (&'static str, &'static str)>> = LazyLock::new(|| {
@@ -137,17 +142,45 @@ where
             .get(request.uri().path())
             .copied()
             .unwrap_or(("unknown", "unknown"));
-        let answer = self.inner.call(request);
+        let span = crate::traces::span(|| {
+            tracing::info_span!(
+                target: "tollgate_traces",
+                "rpc",
+                otel.name = %format_args!("{service}/{method}"),
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = service,
+                rpc.method = method,
+                rpc.grpc.status_code = tracing::field::Empty,
+                rpc.grpc.status = tracing::field::Empty,
+            )
+        });
+        crate::traces::parent_from_headers(&span, request.headers());
+        // The handler's work (a unary call's whole handling) runs inside the span.
+        let answer = span.in_scope(|| self.inner.call(request));
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let answered = answer.await;
-            let code = match &answered {
-                Ok(response) => code_of(response.headers()),
-                Err(_) => "Unknown",
-            };
-            shared.metrics.rpc(service, method, code, started.elapsed());
-            answered
-        })
+        Box::pin(
+            async move {
+                let answered = answer.await;
+                let code = match &answered {
+                    Ok(response) => code_of(response.headers()),
+                    Err(_) => "Unknown",
+                };
+                shared.metrics.rpc(service, method, code, started.elapsed());
+                let span = tracing::Span::current();
+                if !span.is_none() {
+                    let number = CODES.iter().position(|known| *known == code).unwrap_or(2);
+                    span.record("rpc.grpc.status_code", number);
+                    span.record("rpc.grpc.status", code);
+                    if code != "OK" {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                answered
+            }
+            .instrument(span),
+        )
     }
 }
 
