@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod big_run;
+pub mod http;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct ControllerOptions {
     /// The fleet telemetry history's tiers and how often closed buckets are written (the
     /// controller's defaults when `None`).
     pub fleet_history: Option<(tollgate_domain::fleet_history::History, Duration)>,
+    /// Serve the web dashboard on a loopback port of its own ([`Controller::http_addr`]).
+    pub http: bool,
 }
 
 impl ControllerOptions {
@@ -72,6 +75,7 @@ impl ControllerOptions {
             node_certificate_lifetime: None,
             wake_replicas: false,
             fleet_history: None,
+            http: false,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Controller {
     pub database_url: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// The dashboard's address, with [`ControllerOptions::http`].
+    pub http_addr: Option<SocketAddr>,
     options: ControllerOptions,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -146,16 +152,28 @@ impl Controller {
             config.ca = Some(ca);
             ca_file
         });
+        if options.http {
+            config.http_listen = Some("127.0.0.1:0".parse().expect("literal address"));
+        }
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tollgate_controller::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        let (serving_tx, serving_rx) = oneshot::channel::<Option<SocketAddr>>();
+        let task = tokio::spawn(tollgate_controller::run_with(
+            config,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            move |serving| {
+                let _ = serving_tx.send(serving.http_addr);
+            },
+        ));
         let scheme = if ca_file.is_some() { "https" } else { "http" };
-        let controller = Self {
+        let mut controller = Self {
             addr,
+            http_addr: None,
             url: format!("{scheme}://{addr}"),
             ca_file,
             database_url,
@@ -166,6 +184,7 @@ impl Controller {
             _tempdir: tempdir,
         };
         controller.wait_serving().await;
+        controller.http_addr = serving_rx.await.ok().flatten();
         controller
     }
 
@@ -214,6 +233,7 @@ impl Controller {
         .await;
         self.shutdown = fresh.shutdown.take();
         self.task = fresh.task.take();
+        self.http_addr = fresh.http_addr;
         // `fresh` owns nothing else that must outlive it: dropping it now aborts nothing.
     }
 

@@ -1,0 +1,506 @@
+//! The web dashboard against a real controller and real agents (simulated GPUs): every page
+//! renders the fleet's real data; anonymous access only where gRPC allows it; sign-in keeps
+//! the token in an HTTP-only cookie; a viewer sees no action and a forged POST of one is
+//! refused; a POST without the session's CSRF token or from another origin is refused; an
+//! operator's cordon through the page takes effect and is audited; a customer token sees
+//! only its own nodes; the run page's event stream follows a run until it ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tollgate_proto::v1;
+use tollgate_tests::http::{self, Jar};
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
+
+/// Makes an API token through `TokenService`, as `bearer` (anonymous when `None`).
+async fn create_token(
+    controller: &Controller,
+    bearer: Option<&str>,
+    name: &str,
+    role: &str,
+    customer: &str,
+) -> String {
+    let header = bearer.map(|secret| format!("Bearer {secret}"));
+    let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
+        controller.channel().await,
+        move |mut request: tonic::Request<()>| {
+            if let Some(header) = &header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.parse().expect("header"));
+            }
+            Ok(request)
+        },
+    );
+    tokens
+        .create_token(v1::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            customer: customer.into(),
+            ttl_seconds: 3600,
+        })
+        .await
+        .expect("create token")
+        .into_inner()
+        .secret
+}
+
+/// Reads the run's event stream until it ends; returns every `grid` event's data.
+async fn follow_events(addr: SocketAddr, run_id: &str) -> Vec<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /runs/{run_id}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: \
+                 text/event-stream\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read events");
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&raw).contains("event: end") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(
+        read.is_ok(),
+        "the event stream ended within a minute: {text}"
+    );
+    assert!(text.contains("text/event-stream"), "{text}");
+    text.split("event: grid")
+        .skip(1)
+        .map(|event| event.split("event: end").next().unwrap_or(event).to_owned())
+        .collect()
+}
+
+fn assert_contains(answer: &http::Answer, needles: &[&str], what: &str) {
+    assert_eq!(answer.status, 200, "{what}: {}", answer.body);
+    for needle in needles {
+        assert!(
+            answer.body.contains(needle),
+            "{what} shows {needle:?}: {}",
+            answer.body
+        );
+    }
+}
+
+async fn dashboard(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.http = true;
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let origin = format!("http://{addr}");
+    let agents = vec![
+        Agent::start_labelled(&controller.url, "lab-1", 2, &[("customer", "a")]),
+        Agent::start_labelled(&controller.url, "lab-2", 2, &[("customer", "b")]),
+        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
+    ];
+    let mut clients = controller.clients().await;
+    let run = clients
+        .qualify("r550", 3, &plan_yaml(0.5), &gate_yaml(3))
+        .await;
+    assert_eq!(clients.evaluate("r550").await.verdict, "failed");
+
+    // No token anywhere: from loopback the dashboard is anonymous, as gRPC is.
+    let anonymous = Jar::default();
+    let releases = http::get(addr, "/releases", &anonymous).await;
+    assert_contains(
+        &releases,
+        &["r550", "anonymous"],
+        "the anonymous release list",
+    );
+
+    // The run page's event stream follows a second run until it finishes.
+    let second = clients.start_run("r550", "gpu-qual").await;
+    let page = http::get(addr, &format!("/runs/{}", second.id), &anonymous).await;
+    assert_contains(
+        &page,
+        &[&format!("data-events=\"/runs/{}/events\"", second.id)],
+        "a running run's page",
+    );
+    let grids = follow_events(addr, &second.id).await;
+    assert!(
+        grids.len() >= 2,
+        "the grid was sent again as results came: {grids:?}"
+    );
+    assert!(grids[0].contains("running"), "{}", grids[0]);
+    let last = grids.last().expect("a grid");
+    assert!(
+        last.contains("finished"),
+        "the last grid shows the run finished: {last}"
+    );
+    for node in ["lab-1", "lab-2", "lab-3"] {
+        assert!(last.contains(node), "{last}");
+    }
+
+    // Tokens: once one exists, nobody is anonymous any more.
+    let root = create_token(&controller, None, "root", "admin", "").await;
+    let ops = create_token(&controller, Some(&root), "ops", "operator", "").await;
+    let eve = create_token(&controller, Some(&root), "eve", "viewer", "").await;
+    let cust_a = create_token(&controller, Some(&root), "cust-a", "customer", "a").await;
+    let refused = http::get(addr, "/releases", &anonymous).await;
+    assert_eq!(refused.status, 303, "{refused:?}");
+    assert!(
+        refused
+            .header("location")
+            .is_some_and(|to| to.starts_with("/signin")),
+        "{refused:?}"
+    );
+    let bad = http::post(
+        addr,
+        "/signin",
+        &anonymous,
+        Some(&origin),
+        &[("token", "not-a-token"), ("next", "/releases")],
+    )
+    .await;
+    assert_eq!(bad.status, 401, "an unknown token is refused: {bad:?}");
+    assert!(bad.body.contains("unknown API token"), "{}", bad.body);
+
+    // Sign-in: the token is kept in an HTTP-only, SameSite=Strict cookie.
+    let signed_in = http::post(
+        addr,
+        "/signin",
+        &anonymous,
+        Some(&origin),
+        &[("token", &eve), ("next", "/fleet")],
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    assert_eq!(signed_in.header("location"), Some("/fleet"));
+    let session = signed_in
+        .headers
+        .iter()
+        .find(|(key, value)| key == "set-cookie" && value.starts_with("tollgate_session="))
+        .map(|(_, value)| value.clone())
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let mut viewer = Jar::default();
+    viewer.keep(&signed_in);
+
+    // Every page, with the fleet's real data, for a viewer.
+    let release = http::get(addr, "/releases/r550", &viewer).await;
+    assert_contains(
+        &release,
+        &[
+            "What blocks it now",
+            "The lab-qual gate is failed",
+            "lab-3",
+            "gpu_temp_c",
+            "/reports/r550/lab-qual?format=html",
+            "Promotions",
+            &run.id,
+        ],
+        "the release page",
+    );
+    let run_page = http::get(addr, &format!("/runs/{}", run.id), &viewer).await;
+    assert_contains(
+        &run_page,
+        &[
+            "lab-1",
+            "lab-2",
+            "lab-3",
+            "versions",
+            "stress",
+            "passed",
+            "href=\"/nodes/lab-3\"",
+        ],
+        "the run page",
+    );
+    let fleet = http::get(addr, "/fleet?release=r550", &viewer).await;
+    assert_contains(
+        &fleet,
+        &[
+            "lab-1",
+            "lab-2",
+            "lab-3",
+            "simulated GPUs",
+            "customer=a",
+            "Drift from r550",
+            "550.54.15",
+        ],
+        "the fleet page",
+    );
+    let filtered = http::get(addr, "/fleet?label=customer%3Db", &viewer).await;
+    assert_contains(&filtered, &["lab-2"], "the fleet filtered by label");
+    assert!(
+        !filtered.body.contains("href=\"/nodes/lab-1\""),
+        "{}",
+        filtered.body
+    );
+    let paged = http::get(addr, "/fleet?page_size=2", &viewer).await;
+    assert_contains(&paged, &["rel=\"next\""], "a fleet page of two nodes");
+    let node = http::get(addr, "/nodes/lab-3", &viewer).await;
+    assert_contains(
+        &node,
+        &[
+            "simulated GPUs",
+            "GPU 0",
+            "<svg",
+            "gpu_temp_c",
+            "Job history",
+            "limit 88",
+        ],
+        "the node page",
+    );
+    let waivers = http::get(addr, "/waivers", &viewer).await;
+    assert_contains(&waivers, &["Waivers"], "the waivers page");
+    let audit = http::get(addr, "/audit", &viewer).await;
+    assert_contains(
+        &audit,
+        &["Hash chain", "intact", "release.create"],
+        "the audit page",
+    );
+    let report = http::get(addr, "/reports/r550/lab-qual?format=html", &viewer).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(
+        report
+            .header("content-disposition")
+            .is_some_and(|value| value.contains("attachment")),
+        "{report:?}"
+    );
+    assert!(report.body.contains("r550") && report.body.contains("lab-3"));
+    // Bad input: a clear 4xx page saying what to do.
+    let unknown = http::get(addr, "/runs/run-nope", &viewer).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(unknown.body.contains("run-nope"), "{}", unknown.body);
+    let bad_filter = http::get(addr, "/fleet?label=sku", &viewer).await;
+    assert_eq!(bad_filter.status, 400, "{}", bad_filter.body);
+    assert!(bad_filter.body.contains("KEY=VALUE"), "{}", bad_filter.body);
+    let bad_since = http::get(addr, "/audit?since=yesterday", &viewer).await;
+    assert_eq!(bad_since.status, 400, "{}", bad_since.body);
+
+    // A viewer sees no action, and a forged one is refused by the authorization table.
+    for page in [&release, &node] {
+        for action in ["/promote\"", "/waive\"", "/cordon\""] {
+            assert!(
+                !page.body.contains(action),
+                "a viewer sees no {action} form"
+            );
+        }
+    }
+    let csrf = viewer
+        .get("tollgate_csrf")
+        .expect("a CSRF cookie")
+        .to_owned();
+    let forged = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &viewer,
+        Some(&origin),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(
+        forged.body.contains("may not call NodeService/SetCordon"),
+        "{}",
+        forged.body
+    );
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "ready"
+    );
+
+    // An operator: the cordon form shows, and works only with the session's CSRF token from
+    // this origin.
+    let operator = http::sign_in(addr, &ops).await;
+    let node_page = http::get(addr, "/nodes/lab-1", &operator).await;
+    assert_contains(
+        &node_page,
+        &["/nodes/lab-1/cordon", "Cordon"],
+        "an operator's node page",
+    );
+    let release_page = http::get(addr, "/releases/r550", &operator).await;
+    assert!(
+        !release_page.body.contains("/promote"),
+        "an operator may not promote"
+    );
+    let csrf = operator
+        .get("tollgate_csrf")
+        .expect("a CSRF cookie")
+        .to_owned();
+    let no_token = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    assert!(no_token.body.contains("CSRF"), "{}", no_token.body);
+    let wrong_token = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("csrf", &"0".repeat(64)), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(wrong_token.status, 403, "{}", wrong_token.body);
+    let elsewhere = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some("http://evil.example"),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.body);
+    let no_origin = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        None,
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(no_origin.status, 403, "{}", no_origin.body);
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "ready"
+    );
+    let cordoned = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(cordoned.status, 303, "{}", cordoned.body);
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "cordoned"
+    );
+    let audit = http::get(addr, "/audit?actor=ops", &operator).await;
+    assert_contains(
+        &audit,
+        &["node.cordon", "node/lab-1", "intact"],
+        "the audit of the cordon",
+    );
+    let node_page = http::get(addr, "/nodes/lab-1", &operator).await;
+    assert_contains(
+        &node_page,
+        &["Uncordon", "cordoned"],
+        "a cordoned node's page",
+    );
+
+    // A customer sees its own nodes only.
+    let customer = http::sign_in(addr, &cust_a).await;
+    let fleet = http::get(addr, "/fleet", &customer).await;
+    assert_contains(&fleet, &["lab-1"], "a customer's fleet");
+    for other in ["lab-2", "lab-3"] {
+        assert!(
+            !fleet.body.contains(other),
+            "a customer's fleet hides {other}"
+        );
+    }
+    let other = http::get(addr, "/nodes/lab-2", &customer).await;
+    assert_eq!(
+        other.status, 404,
+        "another customer's node does not exist: {}",
+        other.body
+    );
+    let run_page = http::get(addr, &format!("/runs/{}", run.id), &customer).await;
+    assert_contains(&run_page, &["lab-1"], "a customer's run page");
+    assert!(!run_page.body.contains("lab-2"), "{}", run_page.body);
+    let release = http::get(addr, "/releases/r550", &customer).await;
+    assert_contains(
+        &release,
+        &["What blocks it now"],
+        "a customer's release page",
+    );
+    assert!(!release.body.contains("lab-2"), "{}", release.body);
+    assert!(!release.body.contains("lab-3"), "{}", release.body);
+    let report = http::get(addr, "/reports/r550/current?format=markdown", &customer).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body.contains("lab-1") && !report.body.contains("lab-2"));
+    let audit = http::get(addr, "/audit", &customer).await;
+    assert_eq!(
+        audit.status, 403,
+        "a customer may not read the audit log: {}",
+        audit.body
+    );
+
+    // Sign-out forgets the session.
+    let csrf = customer.get("tollgate_csrf").expect("csrf").to_owned();
+    let out = http::post(
+        addr,
+        "/signout",
+        &customer,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    let mut forgotten = customer.clone();
+    forgotten.keep(&out);
+    assert_eq!(http::get(addr, "/fleet", &forgotten).await.status, 303);
+
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
+}
+
+/// The node's state as an admin reads it over gRPC.
+async fn clients_node_state(controller: &Controller, admin: &str, node: &str) -> String {
+    let header = format!("Bearer {admin}");
+    let mut nodes = v1::node_service_client::NodeServiceClient::with_interceptor(
+        controller.channel().await,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", header.parse().expect("header"));
+            Ok(request)
+        },
+    );
+    nodes
+        .get_node(v1::GetNodeRequest { name: node.into() })
+        .await
+        .expect("get node")
+        .into_inner()
+        .state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_pages_roles_csrf_and_customers() {
+    dashboard(Backend::Sqlite).await;
+}
+
+/// Plain text off loopback is refused for the dashboard as for gRPC.
+#[tokio::test]
+async fn the_dashboard_refuses_plain_text_off_loopback() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    config.http_listen = Some("0.0.0.0:0".parse().expect("address"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused = tollgate_controller::run(config, listener, async {})
+        .await
+        .expect_err("plain text on 0.0.0.0 is refused");
+    assert!(
+        refused.to_string().contains("not a loopback address"),
+        "{refused:#}"
+    );
+}
