@@ -74,6 +74,9 @@ fn clock(at: f64) -> String {
 
 /// The chart as inline SVG.
 pub fn svg(chart: &Chart) -> Markup {
+    let mut chart = chart.clone();
+    chart.points.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let chart = &chart;
     let described = format!(
         "{}: {} points{}{}",
         chart.title,

@@ -50,8 +50,12 @@ pub fn page(caller: &Caller, title: &str, active: &str, body: Markup) -> Respons
             }
         }
         div.who {
-            span { (caller.actor()) " · " (caller.role())
-                @if let Some(customer) = caller.customer() { " of " (customer) } }
+            @if matches!(caller.identity, crate::grpc::auth::Identity::Anonymous) {
+                span title="No API token is configured: calls from this host are anonymous" { "anonymous (no API token configured)" }
+            } @else {
+                span { (caller.actor()) " · " (caller.role())
+                    @if let Some(customer) = caller.customer() { " of " (customer) } }
+            }
             @if !matches!(caller.identity, crate::grpc::auth::Identity::Anonymous) {
                 form.inline method="post" action="/signout" {
                     (csrf(caller))

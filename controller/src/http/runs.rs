@@ -186,7 +186,8 @@ pub async fn show(caller: Caller, Path(id): Path<String>) -> Result<Response, Pa
 }
 
 /// The run's grid as server-sent events: `grid` with the grid's HTML each time it changes,
-/// then `end` once the run is no longer running (or the controller shuts down).
+/// then `end` once the run is no longer running (or the controller shuts down). Every event
+/// carries data: a browser drops an event whose data is empty.
 pub async fn events(caller: Caller, Path(id): Path<String>) -> Result<Response, PageError> {
     // An unknown run, or one the caller may not see, is refused before the stream opens.
     let (run, steps) = load(&caller, &id).await?;
@@ -228,7 +229,9 @@ pub async fn events(caller: Caller, Path(id): Path<String>) -> Result<Response, 
             }
         }
         let _ = sender
-            .send(Ok(Event::default().event("end").data("")))
+            .send(Ok(Event::default()
+                .event("end")
+                .data("the run is no longer running")))
             .await;
     });
     Ok(
