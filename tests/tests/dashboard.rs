@@ -152,6 +152,7 @@ async fn dashboard(backend: Backend) {
     let ops = create_token(&controller, Some(&root), "ops", "operator", "").await;
     let eve = create_token(&controller, Some(&root), "eve", "viewer", "").await;
     let cust_a = create_token(&controller, Some(&root), "cust-a", "customer", "a").await;
+    let rm = create_token(&controller, Some(&root), "rm", "release-manager", "").await;
     let refused = http::get(addr, "/releases", &anonymous).await;
     assert_eq!(refused.status, 303, "{refused:?}");
     assert!(
@@ -404,6 +405,90 @@ async fn dashboard(backend: Backend) {
         "a cordoned node's page",
     );
 
+    // A release manager waives the failing rule and promotes, through the page's forms.
+    let manager = http::sign_in(addr, &rm).await;
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &[
+            "/releases/r550/promote",
+            "/releases/r550/waive",
+            "Grant waiver",
+        ],
+        "a release manager's release page",
+    );
+    assert!(
+        !page.body.contains("/cordon\""),
+        "a release manager may not cordon"
+    );
+    let csrf = manager.get("tollgate_csrf").expect("csrf").to_owned();
+    let refused = http::post(
+        addr,
+        "/releases/r550/promote",
+        &manager,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(
+        refused.status, 409,
+        "a failing gate refuses promotion: {}",
+        refused.body
+    );
+    let waived = http::post(
+        addr,
+        "/releases/r550/waive",
+        &manager,
+        Some(&origin),
+        &[
+            ("csrf", &csrf),
+            ("milestone", "lab-qual"),
+            ("rule_id", "telemetry:gpu_temp_c"),
+            ("reason", "lab-3 fan replaced"),
+            ("ticket", "OPS-42"),
+            ("ttl", "2d"),
+        ],
+    )
+    .await;
+    assert_eq!(waived.status, 303, "{}", waived.body);
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &[
+            "lab-3 fan replaced",
+            "OPS-42",
+            "Nothing: the lab-qual gate passed",
+        ],
+        "the release page with the waiver in force",
+    );
+    let promoted = http::post(
+        addr,
+        "/releases/r550/promote",
+        &manager,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(promoted.status, 303, "{}", promoted.body);
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &["customer-acceptance", "rm"],
+        "the promoted release",
+    );
+    let audit = http::get(addr, "/audit?release=r550", &manager).await;
+    assert_contains(
+        &audit,
+        &["waiver.create", "release.promote"],
+        "the audit of the promotion",
+    );
+    let waivers = http::get(addr, "/waivers", &manager).await;
+    assert_contains(
+        &waivers,
+        &["OPS-42", "/revoke\""],
+        "the waivers page for a release manager",
+    );
+
     // A customer sees its own nodes only.
     let customer = http::sign_in(addr, &cust_a).await;
     let fleet = http::get(addr, "/fleet", &customer).await;
@@ -431,7 +516,7 @@ async fn dashboard(backend: Backend) {
     );
     assert!(!release.body.contains("lab-2"), "{}", release.body);
     assert!(!release.body.contains("lab-3"), "{}", release.body);
-    let report = http::get(addr, "/reports/r550/current?format=markdown", &customer).await;
+    let report = http::get(addr, "/reports/r550/lab-qual?format=markdown", &customer).await;
     assert_eq!(report.status, 200, "{}", report.body);
     assert!(report.body.contains("lab-1") && !report.body.contains("lab-2"));
     let audit = http::get(addr, "/audit", &customer).await;

@@ -58,11 +58,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/assets/dash.js", get(js))
         .fallback(not_found)
         .with_state(shared.clone());
-    // The metrics endpoint is merged here (`.merge(metrics::routes(shared.clone()))`): it needs
-    // no sign-in, so it sits beside the pages rather than behind them.
-    #[allow(clippy::let_and_return)]
-    let router = pages;
-    router
+    // `/metrics` needs no sign-in, so it is merged beside the pages rather than behind them:
+    // `pages.merge(metrics::routes(shared))`.
+    pages
 }
 
 const CSS: &str = include_str!("assets/dash.css");

@@ -260,11 +260,12 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
             @if release.promotions.is_empty() { p.muted { "None yet." } }
             @else {
                 table.list {
-                    thead { tr { th { "From" } th { "To" } th { "When" } th { "By" } th { "Decision digest" } } }
+                    thead { tr { th { "From" } th { "To" } th { "When" } th { "By" } th { "Decision digest" } th { "Report" } } }
                     tbody { @for promotion in &release.promotions {
                         tr { td { (promotion.from_milestone) } td { (promotion.to_milestone) }
                              td { (time(promotion.at.as_ref())) } td { (promotion.actor) }
-                             td { code.digest { (promotion.decision_digest) } } }
+                             td { code.digest { (promotion.decision_digest) } }
+                             td { (report_links(&release.name, &promotion.from_milestone)) } }
                     } }
                 }
             }
