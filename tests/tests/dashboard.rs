@@ -589,3 +589,67 @@ async fn the_dashboard_refuses_plain_text_off_loopback() {
         "{refused:#}"
     );
 }
+
+/// Over TLS the dashboard serves HTTPS with the controller's certificate (HTTP/1.1 and h2
+/// offered), and the session cookie is `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_https_with_the_controllers_certificate() {
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.http = true;
+    options.tls = true;
+    options.api_tokens = vec![("eve:viewer".into(), "s3cret-eve".into())];
+    let mut controller = Controller::start(options).await.expect("a controller");
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let ca_file = controller.ca_file.clone().expect("a lab CA");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca_file).expect("the CA");
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let body = "token=s3cret-eve&next=%2Ffleet";
+    let request = format!(
+        "POST /signin HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://{addr}\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake with the lab CA");
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 303"), "{text}");
+    let cookie = text
+        .lines()
+        .find(|line| {
+            line.to_ascii_lowercase()
+                .starts_with("set-cookie: tollgate_session=")
+        })
+        .expect("a session cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the TLS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(format!("GET /releases HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut raw)).await;
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("200 OK"),
+        "plain HTTP is not served"
+    );
+    controller.stop().await;
+}
