@@ -567,10 +567,7 @@ async fn clients_node_state(controller: &Controller, admin: &str, node: &str) ->
         .state
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dashboard_pages_roles_csrf_and_customers() {
-    dashboard(Backend::Sqlite).await;
-}
+tollgate_tests::on_both_backends!(dashboard);
 
 /// Plain text off loopback is refused for the dashboard as for gRPC.
 #[tokio::test]

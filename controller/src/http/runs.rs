@@ -187,7 +187,9 @@ pub async fn show(caller: Caller, Path(id): Path<String>) -> Result<Response, Pa
 
 /// The run's grid as server-sent events: `grid` with the grid's HTML each time it changes,
 /// then `end` once the run is no longer running (or the controller shuts down). Every event
-/// carries data: a browser drops an event whose data is empty.
+/// carries data: a browser drops an event whose data is empty. A stream that outlives the
+/// listener's idle timeout (the browser sends nothing on it) is closed; `EventSource` then
+/// reconnects by itself and is sent the grid as it is now.
 pub async fn events(caller: Caller, Path(id): Path<String>) -> Result<Response, PageError> {
     // An unknown run, or one the caller may not see, is refused before the stream opens.
     let (run, steps) = load(&caller, &id).await?;
