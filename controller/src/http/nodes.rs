@@ -167,6 +167,31 @@ async fn limits(caller: &Caller, run: &pb::Run) -> Result<BTreeMap<Field, Vec<Li
     Ok(limits)
 }
 
+/// A change worth a mark on the time axis that telemetry shows rather than an event: a row
+/// remap turning pending or failed, uncorrected ECC errors counting up. The first bucket
+/// where it shows, if any.
+fn state_change(series: &tollgate_domain::telemetry::TelemetrySeries, start: f64) -> Option<Mark> {
+    let label = match series.field {
+        Field::RowRemapPending => "row remap pending",
+        Field::RowRemapFailure => "row remap failed",
+        Field::EccUncorrectedVolatile => "uncorrected ECC",
+        _ => return None,
+    };
+    let first = series.points.first()?;
+    let baseline = match series.field {
+        Field::EccUncorrectedVolatile => first.min,
+        _ => 0.0,
+    };
+    series
+        .points
+        .iter()
+        .find(|point| point.max > baseline)
+        .map(|point| Mark {
+            at: start + point.offset_ms as f64 / 1000.0,
+            label: label.to_owned(),
+        })
+}
+
 /// The stored step series of the node's latest job with results, per field one chart per
 /// GPU, the limits drawn and the GPU events marked.
 async fn step_series(caller: &Caller, rows: &[JobRow]) -> Result<Markup, PageError> {
@@ -190,6 +215,9 @@ async fn step_series(caller: &Caller, rows: &[JobRow]) -> Result<Markup, PageErr
     for result in &results {
         let start = seconds(&result.started_at);
         for series in &result.series {
+            if let Some(mark) = state_change(series, start) {
+                marks.entry(series.gpu_index).or_default().push(mark);
+            }
             let points = by_field
                 .entry((series.field, series.gpu_index))
                 .or_default();
@@ -367,4 +395,44 @@ pub async fn cordon(
         )
         .await?;
     Ok(Redirect::to(&format!("/nodes/{}", encode(&name))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_domain::telemetry::{SeriesPoint, TelemetrySeries};
+
+    fn series(field: Field, values: &[f64]) -> TelemetrySeries {
+        TelemetrySeries {
+            gpu_index: 0,
+            field,
+            bucket_ms: 1000,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(idx, value)| SeriesPoint {
+                    offset_ms: idx as u64 * 1000,
+                    mean: *value,
+                    min: *value,
+                    max: *value,
+                    samples: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn remaps_and_uncorrected_ecc_are_marked_where_they_first_show() {
+        let mark = state_change(&series(Field::RowRemapPending, &[0.0, 0.0, 1.0]), 100.0)
+            .expect("a pending remap is marked");
+        assert_eq!((mark.at, mark.label.as_str()), (102.0, "row remap pending"));
+        let mark = state_change(
+            &series(Field::EccUncorrectedVolatile, &[3.0, 3.0, 4.0]),
+            0.0,
+        )
+        .expect("a counter going up is marked");
+        assert_eq!(mark.at, 2.0);
+        assert!(state_change(&series(Field::EccUncorrectedVolatile, &[3.0, 3.0]), 0.0).is_none());
+        assert!(state_change(&series(Field::GpuTempC, &[90.0]), 0.0).is_none());
+    }
 }
