@@ -202,7 +202,7 @@ async fn dashboard(backend: Backend) {
         &release,
         &[
             "What blocks it now",
-            "The lab-qual gate is failed",
+            "The lab-qual gate failed: rule telemetry:gpu_temp_c failed",
             "lab-3",
             "gpu_temp_c",
             "/reports/r550/lab-qual?format=html",

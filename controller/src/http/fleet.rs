@@ -118,12 +118,12 @@ pub fn row(node: &pb::Node, release: Option<&pb::Release>) -> Markup {
             td { a href={ "/nodes/" (encode(&node.name)) } { (node.name) } }
             td { (badge(&node.state)) }
             td { (badge(&node.health)) }
-            td.labels { @for (key, value) in &node.labels { span.chip { (key) "=" (value) } " " } }
+            td.labels { @for (key, value) in node.labels.iter().collect::<BTreeMap<_, _>>() { span.chip { (key) "=" (value) } " " } }
             td { (gpus.len()) " × " (models)
                  @if inventory.is_some_and(|inventory| inventory.gpu_source == "simulated") { " " (simulated()) } }
             td { code { (inventory.map_or("—", |inventory| inventory.driver_version.as_str())) } }
             td { code { (distinct(gpus.iter().map(|gpu| gpu.vbios_version.as_str()))) } }
-            td { @if let Some(inventory) = inventory { @for (name, version) in &inventory.components { div { (name) " " code { (version) } } } } }
+            td { @if let Some(inventory) = inventory { @for (name, version) in inventory.components.iter().collect::<BTreeMap<_, _>>() { div { (name) " " code { (version) } } } } }
             @if let Some(drift) = &drift {
                 td { @if drift.is_empty() { (badge("ok")) } @else { @for line in drift { div.drift { (line) } } } }
             }

@@ -298,12 +298,12 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
             dt { "Health reason" } dd { @if node.health_reason.is_empty() { span.muted { "—" } } @else { (node.health_reason) } }
             dt { "Last seen" } dd { (time(node.last_seen_at.as_ref())) }
             dt { "Current job" } dd { @if node.current_job_id.is_empty() { span.muted { "—" } } @else { code { (node.current_job_id) } } }
-            dt { "Labels" } dd { @for (key, value) in &node.labels { span.chip { (key) "=" (value) } " " } }
+            dt { "Labels" } dd { @for (key, value) in node.labels.iter().collect::<BTreeMap<_, _>>() { span.chip { (key) "=" (value) } " " } }
             @if !node.maintenance_window.is_empty() { dt { "Maintenance" } dd { (node.maintenance_window) } }
             dt { "Host" } dd { (inventory.hostname) }
             dt { "Driver" } dd { code { (inventory.driver_version) } " (CUDA " (inventory.cuda_driver_version) ", NVML " (inventory.nvml_version) ")" }
             dt { "GPU source" } dd { (inventory.gpu_source) }
-            @for (component, version) in &inventory.components { dt { (component) } dd { code { (version) } } }
+            @for (component, version) in inventory.components.iter().collect::<BTreeMap<_, _>>() { dt { (component) } dd { code { (version) } } }
         }
         section {
             h2 { "GPUs" }

@@ -97,6 +97,16 @@ fn track(release: &pb::Release) -> Markup {
     }
 }
 
+/// A verdict as a sentence says it.
+fn verdict_words(verdict: &str) -> String {
+    match verdict {
+        "failed" => "failed".to_owned(),
+        "waiting" => "is waiting for evidence".to_owned(),
+        "error" => "could not be evaluated".to_owned(),
+        other => format!("is {other}"),
+    }
+}
+
 /// What blocks the release now, in one sentence.
 pub fn blocker(release: &pb::Release, decision: &Result<pb::Decision, String>) -> String {
     if release.milestone == tollgate_domain::release::RELEASED {
@@ -133,16 +143,19 @@ pub fn blocker(release: &pb::Release, decision: &Result<pb::Decision, String>) -
                 n => format!(" (and {} more rules)", n - 1),
             };
             format!(
-                "The {} gate is {verdict}: rule {} is {}: {}{more}.",
+                "The {} gate {}: rule {} {}: {}{more}.",
                 decision.milestone,
+                verdict_words(verdict),
                 rule.rule_id,
-                rule.verdict,
+                verdict_words(&rule.verdict),
                 rule.reason.trim_end_matches('.')
             )
         }
         (verdict, None) => format!(
-            "The {} gate is {verdict}: {}",
-            decision.milestone, decision.summary
+            "The {} gate {}: {}",
+            decision.milestone,
+            verdict_words(verdict),
+            decision.summary
         ),
     }
 }
