@@ -261,6 +261,14 @@ async fn dashboard(backend: Backend) {
         ],
         "the node page",
     );
+    let day = http::get(addr, "/nodes/lab-3?window=24h", &viewer).await;
+    assert_contains(
+        &day,
+        &["last 24h", "60 s buckets"],
+        "a day of fleet history",
+    );
+    let bad_window = http::get(addr, "/nodes/lab-3?window=1y", &viewer).await;
+    assert_eq!(bad_window.status, 400, "{}", bad_window.body);
     let waivers = http::get(addr, "/waivers", &viewer).await;
     assert_contains(&waivers, &["Waivers"], "the waivers page");
     let audit = http::get(addr, "/audit", &viewer).await;

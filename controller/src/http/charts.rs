@@ -52,6 +52,30 @@ pub struct Chart {
     pub marks: Vec<Mark>,
 }
 
+/// The most points a chart draws: neighbours merge beyond it (a pixel or so each).
+pub const MAX_POINTS: usize = 240;
+
+/// At most `max` points: consecutive ones merged in equal groups, keeping the group's
+/// smallest and largest sample and the mean of its means.
+pub fn downsample(points: &[Point], max: usize) -> Vec<Point> {
+    if points.len() <= max || max == 0 {
+        return points.to_vec();
+    }
+    let group = points.len().div_ceil(max);
+    points
+        .chunks(group)
+        .map(|chunk| Point {
+            at: chunk[0].at,
+            mean: chunk.iter().map(|p| p.mean).sum::<f64>() / chunk.len() as f64,
+            min: chunk.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
+            max: chunk
+                .iter()
+                .map(|p| p.max)
+                .fold(f64::NEG_INFINITY, f64::max),
+        })
+        .collect()
+}
+
 const WIDTH: f64 = 260.0;
 const HEIGHT: f64 = 120.0;
 const LEFT: f64 = 36.0;
@@ -76,6 +100,7 @@ fn clock(at: f64) -> String {
 pub fn svg(chart: &Chart) -> Markup {
     let mut chart = chart.clone();
     chart.points.sort_by(|a, b| a.at.total_cmp(&b.at));
+    chart.points = downsample(&chart.points, MAX_POINTS);
     let chart = &chart;
     let described = format!(
         "{}: {} points{}{}",
@@ -203,6 +228,22 @@ pub fn multiples(charts: &[Chart]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_series_merge_keeping_their_extremes() {
+        let points: Vec<Point> = (0..1000)
+            .map(|i| Point {
+                at: f64::from(i),
+                mean: 50.0,
+                min: if i == 500 { 1.0 } else { 40.0 },
+                max: if i == 777 { 99.0 } else { 60.0 },
+            })
+            .collect();
+        let merged = downsample(&points, MAX_POINTS);
+        assert!(merged.len() <= MAX_POINTS, "{}", merged.len());
+        assert!(merged.iter().any(|p| p.min == 1.0) && merged.iter().any(|p| p.max == 99.0));
+        assert_eq!(downsample(&points[..10], MAX_POINTS).len(), 10);
+    }
 
     #[test]
     fn a_chart_draws_its_series_limit_and_events() {

@@ -65,28 +65,91 @@ fn seconds(at: &tollgate_domain::Timestamp) -> f64 {
     at.timestamp_millis() as f64 / 1000.0
 }
 
+/// The windows of fleet history the node page offers.
+const WINDOWS: [(&str, i64); 3] = [
+    ("30m", HISTORY_SECONDS),
+    ("6h", 6 * 3600),
+    ("24h", 24 * 3600),
+];
+/// The most buckets one `GetNodeTelemetry` call answers.
+const MAX_BUCKETS: u64 = 2000;
+
+/// `/nodes/{name}`'s query: the fleet history window.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NodeQuery {
+    #[serde(default)]
+    window: String,
+}
+
+/// The finest tier of the controller's fleet history that keeps `window` seconds and whose
+/// buckets over it fit one answer per GPU (the coarsest when none does).
+fn resolution_for(history: &tollgate_domain::fleet_history::History, window: i64) -> u32 {
+    let window = std::time::Duration::from_secs(window.unsigned_abs());
+    let fitting = history.tiers().iter().find(|tier| {
+        tier.retention >= window
+            && window.as_secs() / tier.resolution.as_secs().max(1) <= MAX_BUCKETS
+    });
+    fitting
+        .or(history.tiers().last())
+        .map_or(0, tollgate_domain::fleet_history::Tier::resolution_s)
+}
+
 /// Fleet history charts: per field, one chart per GPU.
-async fn history(caller: &Caller, node: &str) -> Result<Markup, PageError> {
+async fn history(
+    caller: &Caller,
+    node: &str,
+    n_gpus: usize,
+    window: &str,
+) -> Result<Markup, PageError> {
     let api = crate::grpc::node::NodeApi::new(caller.shared.clone());
-    let since = caller.shared.now() - chrono::Duration::seconds(HISTORY_SECONDS);
-    let telemetry = caller
-        .rpc(
-            GET_NODE_TELEMETRY,
-            pb::GetNodeTelemetryRequest {
-                node: node.to_owned(),
-                since: Some(tollgate_wire::time::timestamp_to_proto(since)),
-                until: None,
-                gpu_index: None,
-                fields: CHARTED
-                    .iter()
-                    .map(|field| field.name().to_owned())
-                    .collect(),
-                resolution_seconds: 0,
-                limit: 2000,
-            },
-            |request| api.get_node_telemetry(request),
-        )
-        .await?;
+    let seconds_back = WINDOWS
+        .iter()
+        .find(|(name, _)| *name == window)
+        .map(|(_, seconds)| *seconds)
+        .ok_or_else(|| {
+            PageError::BadRequest(format!(
+                "the history window '{window}' is not one of 30m, 6h, 24h; pick one of the \
+                 links on the node page"
+            ))
+        })?;
+    let since = caller.shared.now() - chrono::Duration::seconds(seconds_back);
+    // One call per GPU, so that every GPU's window fits an answer.
+    let gpus: Vec<Option<u32>> = match n_gpus {
+        0 => vec![None],
+        n => (0..n).map(|idx| u32::try_from(idx).ok()).collect(),
+    };
+    let resolution_seconds = resolution_for(&caller.shared.config.fleet_history, seconds_back);
+    let mut answers = Vec::new();
+    for gpu_index in gpus {
+        answers.push(
+            caller
+                .rpc(
+                    GET_NODE_TELEMETRY,
+                    pb::GetNodeTelemetryRequest {
+                        node: node.to_owned(),
+                        since: Some(tollgate_wire::time::timestamp_to_proto(since)),
+                        until: None,
+                        gpu_index,
+                        fields: CHARTED
+                            .iter()
+                            .map(|field| field.name().to_owned())
+                            .collect(),
+                        resolution_seconds,
+                        limit: MAX_BUCKETS as u32,
+                    },
+                    |request| api.get_node_telemetry(request),
+                )
+                .await?,
+        );
+    }
+    let telemetry = pb::NodeTelemetry {
+        truncated: answers.iter().any(|answer| answer.truncated),
+        buckets: answers
+            .iter_mut()
+            .flat_map(|answer| std::mem::take(&mut answer.buckets))
+            .collect(),
+        ..answers.first().cloned().unwrap_or_default()
+    };
     let mut by_field: BTreeMap<(&str, u32), Vec<Point>> = BTreeMap::new();
     for bucket in &telemetry.buckets {
         let Some(at) = bucket
@@ -111,9 +174,11 @@ async fn history(caller: &Caller, node: &str) -> Result<Markup, PageError> {
         }
     }
     Ok(html! {
-        h3 { "Fleet history, last " (HISTORY_SECONDS / 60) " minutes ("
-             (telemetry.resolution_seconds) " s buckets; tiers " (telemetry.history) ")"
-             @if telemetry.gpu_source == "simulated" { " " (simulated()) } }
+        h3 { "Fleet history, last " (window) " (" (telemetry.resolution_seconds) " s buckets; tiers "
+             (telemetry.history) ")" @if telemetry.gpu_source == "simulated" { " " (simulated()) } }
+        p.windows { "Window: " @for (name, _) in WINDOWS {
+            @if name == window { b { (name) } " " } @else { a href={ "?window=" (name) } { (name) } " " } } }
+        @if telemetry.truncated { p.muted { "More buckets than one page: the oldest are shown." } }
         @if by_field.is_empty() { p.muted { "No fleet telemetry in this window (agents send it while idle)." } }
         @for field in CHARTED {
             @let charts: Vec<Chart> = by_field.iter()
@@ -264,7 +329,16 @@ async fn step_series(caller: &Caller, rows: &[JobRow]) -> Result<Markup, PageErr
 }
 
 /// The node page.
-pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, PageError> {
+pub async fn show(
+    caller: Caller,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<NodeQuery>,
+) -> Result<Response, PageError> {
+    let window = if query.window.is_empty() {
+        WINDOWS[0].0
+    } else {
+        query.window.as_str()
+    };
     let api = crate::grpc::node::NodeApi::new(caller.shared.clone());
     // GetNode scopes a customer: another customer's node is not found, and nothing below is
     // read for it.
@@ -276,7 +350,11 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         )
         .await?;
     let rows = jobs_of(&caller, &node.name).await?;
-    let history = history(&caller, &node.name).await?;
+    let n_gpus = node
+        .inventory
+        .as_ref()
+        .map_or(0, |inventory| inventory.gpus.len());
+    let history = history(&caller, &node.name, n_gpus, window).await?;
     let steps = step_series(&caller, &rows).await?;
     let inventory = node.inventory.clone().unwrap_or_default();
     let is_simulated = inventory.gpu_source == "simulated";
@@ -419,6 +497,14 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_history_tier_is_the_finest_that_fits_the_window() {
+        let history = tollgate_domain::fleet_history::History::default();
+        assert_eq!(resolution_for(&history, 30 * 60), 10);
+        assert_eq!(resolution_for(&history, 6 * 3600), 60);
+        assert_eq!(resolution_for(&history, 24 * 3600), 60);
     }
 
     #[test]
