@@ -54,7 +54,7 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
             p.muted { "No release yet: register one with " code { "tollgate release create" } "." }
         } @else {
             table.list {
-                thead { tr { th { "Release" } th { "Track" } th { "State" } th { "Created" } } }
+                thead { tr { th { "Release" } th { "Track" } th { "State" } th { "Created" } th { "Report" } } }
                 tbody {
                     @for release in &answer.releases {
                         tr {
@@ -63,6 +63,7 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
                             td { (track(release)) }
                             td { @if release.halted_reason.is_empty() { (badge("active")) } @else { (badge("halted")) } }
                             td { (time(release.created_at.as_ref())) }
+                            td { (report_links(&release.name, report_milestone(release))) }
                         }
                     }
                 }
@@ -73,6 +74,16 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
         }
     };
     Ok(layout::page(&caller, "Releases", "/releases", body))
+}
+
+/// The milestone whose report shows the release now: its current one, or the last of the
+/// track once released.
+fn report_milestone(release: &pb::Release) -> &str {
+    if release.milestone == tollgate_domain::release::RELEASED {
+        release.track.last().map_or("", String::as_str)
+    } else {
+        &release.milestone
+    }
 }
 
 /// The milestone track with the release's place on it.
@@ -239,7 +250,7 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         @if !release.description.is_empty() { p.muted { (release.description) } }
         (track(&release))
         p.blocker role="status" { b { "What blocks it now: " } (blocker(&release, &decision)) }
-        p { (report_links(&release.name, if released { release.track.last().map_or("", String::as_str) } else { &milestone })) }
+        p { (report_links(&release.name, if released { report_milestone(&release) } else { &milestone })) }
         @if may_promote {
             form.action method="post" action={ "/releases/" (encode(&release.name)) "/promote" } {
                 (csrf(&caller))
