@@ -945,6 +945,23 @@ steps:
     )
 }
 
+/// A plan `name` whose second step, `held`, ends only once the file `go` exists: a run of it
+/// stays running until the test lets it finish (a live view is then seen changing).
+pub fn held_plan(name: &str, go: &std::path::Path) -> String {
+    format!(
+        r#"name: {name}
+selector: {{sku: hgx-h100}}
+steps:
+  - {{name: versions, kind: inventory-check}}
+  - name: held
+    kind: exec
+    command: [sh, -c, "while [ ! -e '{}' ]; do sleep 0.05; done; echo '@tollgate measure membw_gbps 2950.5 GB/s'"]
+    timeout: 1m
+"#,
+        go.display()
+    )
+}
+
 /// The gate of the README's example, requiring `min_nodes` nodes.
 pub fn gate_yaml(min_nodes: u32) -> String {
     format!(

@@ -389,28 +389,33 @@ async fn the_dashboard_in_a_real_browser() {
         );
     }
 
-    // The run page follows a run as its results arrive, without a reload.
-    let live = clients.start_run("r550", "gpu-qual").await;
+    // The run page follows a run as its results arrive, without a reload: the run's `held`
+    // step ends only when the test lets it, after the page loaded.
+    let go = profile.path().join("go");
+    clients
+        .apply_plan(&tollgate_tests::held_plan("live-qual", &go))
+        .await;
+    let live = clients.start_run("r550", "live-qual").await;
     tab.open(&format!("{base}/runs/{}", live.id)).await;
     tab.eval("window.__loadedOnce = true").await;
-    let passed = "document.querySelectorAll('#grid td.cell.passed').length";
-    let at_load = tab.eval(passed).await.as_u64().expect("a count");
-    tab.wait_true(
-        &format!(
-            "{passed} > {at_load} && document.querySelector('#grid').dataset.updated !== undefined"
-        ),
-        "a result arriving shows in the grid",
-    )
-    .await;
+    let held_passed = "[...document.querySelectorAll('#grid td.cell.passed')].length === 6";
+    assert_eq!(
+        tab.eval(held_passed).await,
+        json!(false),
+        "nothing held passed yet"
+    );
+    std::fs::write(&go, "").expect("let the held step end");
+    tab.wait_true(held_passed, "the results arriving show in the grid")
+        .await;
     tab.wait_true(
         "document.querySelector('#grid').dataset.ended === 'true'",
         "the stream ends with the run",
     )
     .await;
     assert_eq!(
-        tab.eval("window.__loadedOnce === true").await,
+        tab.eval("window.__loadedOnce === true && document.querySelector('#grid').dataset.updated !== undefined").await,
         json!(true),
-        "the page was not reloaded"
+        "the grid was updated in place, the page not reloaded"
     );
     let text = tab
         .eval("document.querySelector('#grid').textContent")

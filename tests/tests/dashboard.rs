@@ -46,7 +46,8 @@ async fn create_token(
 }
 
 /// Reads the run's event stream until it ends; returns every `grid` event's data.
-async fn follow_events(addr: SocketAddr, run_id: &str) -> Vec<String> {
+/// The `held` step is let go (`go` written) once the first grid arrived.
+async fn follow_events(addr: SocketAddr, run_id: &str, go: &std::path::Path) -> Vec<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(
@@ -67,6 +68,9 @@ async fn follow_events(addr: SocketAddr, run_id: &str) -> Vec<String> {
                 break;
             }
             raw.extend_from_slice(&buffer[..n]);
+            if !go.exists() && String::from_utf8_lossy(&raw).contains("event: grid") {
+                std::fs::write(go, "").expect("let the held step end");
+            }
             if String::from_utf8_lossy(&raw).contains("event: end") {
                 break;
             }
@@ -124,15 +128,21 @@ async fn dashboard(backend: Backend) {
         "the anonymous release list",
     );
 
-    // The run page's event stream follows a second run until it finishes.
-    let second = clients.start_run("r550", "gpu-qual").await;
+    // The run page's event stream follows a second run until it finishes: its `held` step
+    // ends only once the stream is open.
+    let go_dir = tempfile::tempdir().expect("a temp dir");
+    let go = go_dir.path().join("go");
+    clients
+        .apply_plan(&tollgate_tests::held_plan("live-qual", &go))
+        .await;
+    let second = clients.start_run("r550", "live-qual").await;
     let page = http::get(addr, &format!("/runs/{}", second.id), &anonymous).await;
     assert_contains(
         &page,
         &[&format!("data-events=\"/runs/{}/events\"", second.id)],
         "a running run's page",
     );
-    let grids = follow_events(addr, &second.id).await;
+    let grids = follow_events(addr, &second.id, &go).await;
     assert!(
         grids.len() >= 2,
         "the grid was sent again as results came: {grids:?}"
