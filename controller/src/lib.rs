@@ -15,7 +15,8 @@
 //!    by [`DRAIN_TIMEOUT`], so one stuck client cannot hold the process forever);
 //! 3. the scheduler loop, the lease watchdog and the gate re-evaluation loop see the flag and
 //!    return, and the dashboard (`http/`, when `--http-listen` is given) stops accepting,
-//!    its event streams end and in-flight pages finish; `run` awaits them;
+//!    its event streams end and in-flight pages finish (bounded by [`DRAIN_TIMEOUT`] too);
+//!    `run` awaits them;
 //! 4. the store is closed, waiting for in-flight statements.
 
 pub mod clock;
@@ -280,11 +281,20 @@ async fn serve(
             tracing::error!(%error, "the {name} task panicked");
         }
     }
-    if let Some(task) = http_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!("{error:#}"),
-            Err(error) => tracing::error!(%error, "the dashboard task panicked"),
+    if let Some(mut task) = http_task {
+        // Dashboard requests get the same deadline as gRPC ones: a client that holds a page or
+        // a report download open longer is cut off.
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!("{error:#}"),
+            Ok(Err(error)) => tracing::error!(%error, "the dashboard task panicked"),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = DRAIN_TIMEOUT.as_secs(),
+                    "dashboard requests did not finish in time; stopping anyway"
+                );
+                task.abort();
+            }
         }
     }
     served
