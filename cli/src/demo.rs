@@ -170,6 +170,7 @@ async fn walk_through(
     let ca_file = pki.join("ca.pem");
     // The controller, on a port the OS picks; it writes the address once it listens.
     let addr_file = dirs.root.join("controller.addr");
+    let dashboard_file = dirs.root.join("dashboard.addr");
     note(&format!(
         "starting tollgate-controller (log: {})",
         dirs.shown.join("logs/controller.log").display()
@@ -184,6 +185,10 @@ async fn walk_through(
             .args(["--listen", "127.0.0.1:0"])
             .arg("--addr-file")
             .arg(&addr_file)
+            // The web dashboard, on a port of its own, with the same TLS.
+            .args(["--http-listen", "127.0.0.1:0"])
+            .arg("--http-addr-file")
+            .arg(&dashboard_file)
             .arg("--data-dir")
             .arg(dirs.root.join("controller"))
             .arg("--ca-dir")
@@ -198,6 +203,13 @@ async fn walk_through(
     };
     let controller = wait_for_health(children, &target).await?;
     note(&format!("controller serving at {url}"));
+    let dashboard = wait_for_addr(children, &dashboard_file).await?;
+    note(&format!(
+        "dashboard at {dashboard}/ (no API token is configured, so from this host you are \
+         anonymous; the certificate is from the demo's lab CA, {}: trust it or accept the \
+         browser's warning)",
+        ca_file.display()
+    ));
 
     note(&format!(
         "enrolling and starting {} tollgate-agent processes ({}), 8 simulated H100 GPUs each; {HOT_NODE} with an over-temp fault",

@@ -47,6 +47,9 @@ pub struct ControllerConfig {
     /// How often closed fleet telemetry buckets are written, and how long after a bucket's
     /// end its late samples are still folded in before it is.
     pub fleet_flush_every: Duration,
+    /// Where the web dashboard listens (`--http-listen`); `None` serves none. It uses the
+    /// gRPC listener's transport: TLS, or plain text on a loopback address only.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl ControllerConfig {
@@ -70,6 +73,7 @@ impl ControllerConfig {
             wake_replicas: false,
             fleet_history: tollgate_domain::fleet_history::History::default(),
             fleet_flush_every: Duration::from_secs(10),
+            http_listen: None,
         }
     }
 }

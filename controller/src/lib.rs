@@ -14,7 +14,9 @@
 //! 2. the gRPC server stops accepting connections and lets in-flight requests finish (bounded
 //!    by [`DRAIN_TIMEOUT`], so one stuck client cannot hold the process forever);
 //! 3. the scheduler loop, the lease watchdog and the gate re-evaluation loop see the flag and
-//!    return; `run` awaits them;
+//!    return, and the dashboard (`http/`, when `--http-listen` is given) stops accepting,
+//!    its event streams end and in-flight pages finish (bounded by [`DRAIN_TIMEOUT`] too);
+//!    `run` awaits them;
 //! 4. the store is closed, waiting for in-flight statements.
 
 pub mod clock;
@@ -82,6 +84,8 @@ pub async fn run(
 pub struct Serving {
     /// The bound address.
     pub addr: std::net::SocketAddr,
+    /// The dashboard's bound address, when `ControllerConfig::http_listen` asked for one.
+    pub http_addr: Option<std::net::SocketAddr>,
     /// The controller's state, for tests that want to look without a gRPC round trip (which
     /// nodes have a live session, the store). Holding it does not delay shutdown.
     pub shared: Arc<Shared>,
@@ -116,6 +120,19 @@ pub async fn run_with(
         .local_addr()
         .context("reading the listener's address")?;
     crate::listener::check(&config.transport, local_addr)?;
+    // The dashboard's listener, under the same transport rule: TLS, or plain text on loopback.
+    let http_listener = match bind_dashboard(&config).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            store.close().await;
+            return Err(error);
+        }
+    };
+    let http_addr = http_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()
+        .context("reading the dashboard listener's address")?;
     tracing::info!(
         addr = %local_addr,
         tls = matches!(config.transport, crate::listener::Transport::Tls(_)),
@@ -142,10 +159,18 @@ pub async fn run_with(
     );
     let serving = Serving {
         addr: local_addr,
+        http_addr,
         shared: shared.clone(),
     };
-    let result = serve(shared.clone(), report_key, listener, shutdown, move || {
+    let listeners = Listeners {
+        grpc: listener,
+        http: http_listener,
+    };
+    let result = serve(shared.clone(), report_key, listeners, shutdown, move || {
         tracing::info!(addr = %local_addr, "serving");
+        if let Some(http_addr) = http_addr {
+            tracing::info!(addr = %http_addr, "dashboard serving");
+        }
         on_serving(serving);
     })
     .await;
@@ -154,14 +179,39 @@ pub async fn run_with(
     result
 }
 
+/// Binds the dashboard's listener when `http_listen` asks for one; plain text is refused off
+/// loopback as it is for the gRPC listener.
+async fn bind_dashboard(
+    config: &ControllerConfig,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = config.http_listen else {
+        return Ok(None);
+    };
+    crate::listener::check(&config.transport, addr)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("listening for the dashboard on {addr}; pick another with --http-listen")
+    })?;
+    Ok(Some(listener))
+}
+
+/// The listeners `serve` answers on: gRPC, and the dashboard's when configured.
+struct Listeners {
+    grpc: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+}
+
 /// Serves every service and runs the loops until shutdown; does not close the store.
 async fn serve(
     shared: Arc<Shared>,
     report_key: ed25519_dalek::SigningKey,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_serving: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        http: http_listener,
+    } = listeners;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
     let router = router(&shared, report_key, health_service)?;
@@ -175,6 +225,8 @@ async fn serve(
     let fleet_task = tokio::spawn(fleet_history::run_loop(shared.clone()));
     let heartbeats_task = tokio::spawn(heartbeats::run_loop(shared.clone()));
     let metrics_task = tokio::spawn(metrics::run_upkeep_loop(shared.clone()));
+    let http_task =
+        http_listener.map(|listener| tokio::spawn(http::serve(shared.clone(), listener)));
 
     let signal = {
         let shared = shared.clone();
@@ -231,6 +283,22 @@ async fn serve(
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");
+        }
+    }
+    if let Some(mut task) = http_task {
+        // Dashboard requests get the same deadline as gRPC ones: a client that holds a page or
+        // a report download open longer is cut off.
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!("{error:#}"),
+            Ok(Err(error)) => tracing::error!(%error, "the dashboard task panicked"),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = DRAIN_TIMEOUT.as_secs(),
+                    "dashboard requests did not finish in time; stopping anyway"
+                );
+                task.abort();
+            }
         }
     }
     served

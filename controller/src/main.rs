@@ -120,6 +120,14 @@ struct ServeArgs {
     /// Write the bound address (for example 127.0.0.1:41234) to this file once listening.
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
+    /// Serve the web dashboard on this address (port 0 picks a free port), with the same TLS
+    /// as --listen (plain text only on a loopback address, with --insecure-loopback); off
+    /// when not given.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Write the dashboard's bound address to this file once it listens (needs --http-listen).
+    #[arg(long, value_name = "PATH", requires = "http_listen")]
+    http_addr_file: Option<PathBuf>,
     /// Log format; RUST_LOG filters (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -657,6 +665,21 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
     config.node_certificate_lifetime = args.tls.node_certificate_lifetime;
     config.fleet_history = args.telemetry_history.clone();
     tollgate_controller::listener::check(&config.transport, listen)?;
+    if let Some(http_listen) = &args.http_listen {
+        let addr: std::net::SocketAddr = tokio::net::lookup_host(http_listen)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .with_context(|| {
+                format!(
+                    "--http-listen {http_listen} is not an address to listen on; use HOST:PORT, \
+                     for example 127.0.0.1:7880"
+                )
+            })?;
+        tollgate_controller::listener::check(&config.transport, addr)
+            .context("--http-listen serves the dashboard with the same transport as --listen")?;
+        config.http_listen = Some(addr);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -669,11 +692,17 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
     // reader never finds an address of a controller that is about to fail.
     let mut addr_file_error = None;
     let on_serving = |serving: tollgate_controller::Serving| {
-        if let Some(path) = &args.addr_file
-            && let Err(error) = write_addr_file(path, &serving.addr.to_string())
-        {
-            tracing::error!("{error:#}");
-            addr_file_error = Some(error);
+        let files = [
+            (args.addr_file.as_ref(), Some(serving.addr)),
+            (args.http_addr_file.as_ref(), serving.http_addr),
+        ];
+        for (path, addr) in files {
+            if let (Some(path), Some(addr)) = (path, addr)
+                && let Err(error) = write_addr_file(path, &addr.to_string())
+            {
+                tracing::error!("{error:#}");
+                addr_file_error = Some(error);
+            }
         }
     };
     let served =

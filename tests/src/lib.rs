@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod big_run;
+pub mod http;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct ControllerOptions {
     /// The fleet telemetry history's tiers and how often closed buckets are written (the
     /// controller's defaults when `None`).
     pub fleet_history: Option<(tollgate_domain::fleet_history::History, Duration)>,
+    /// Serve the web dashboard on a loopback port of its own ([`Controller::http_addr`]).
+    pub http: bool,
 }
 
 impl ControllerOptions {
@@ -72,6 +75,7 @@ impl ControllerOptions {
             node_certificate_lifetime: None,
             wake_replicas: false,
             fleet_history: None,
+            http: false,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Controller {
     pub database_url: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// The dashboard's address, with [`ControllerOptions::http`].
+    pub http_addr: Option<SocketAddr>,
     options: ControllerOptions,
     /// The running controller's state, once it serves.
     shared: std::sync::Arc<
@@ -150,12 +156,16 @@ impl Controller {
             config.ca = Some(ca);
             ca_file
         });
+        if options.http {
+            config.http_listen = Some("127.0.0.1:0".parse().expect("literal address"));
+        }
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");
         let (tx, rx) = oneshot::channel::<()>();
         let shared = std::sync::Arc::new(std::sync::Mutex::new(None));
         let serving = shared.clone();
+        let (serving_tx, serving_rx) = oneshot::channel::<Option<SocketAddr>>();
         let task = tokio::spawn(tollgate_controller::run_with(
             config,
             listener,
@@ -164,11 +174,13 @@ impl Controller {
             },
             move |started| {
                 *serving.lock().expect("not poisoned") = Some(started.shared);
+                let _ = serving_tx.send(started.http_addr);
             },
         ));
         let scheme = if ca_file.is_some() { "https" } else { "http" };
-        let controller = Self {
+        let mut controller = Self {
             addr,
+            http_addr: None,
             url: format!("{scheme}://{addr}"),
             ca_file,
             database_url,
@@ -180,6 +192,7 @@ impl Controller {
             _tempdir: tempdir,
         };
         controller.wait_serving().await;
+        controller.http_addr = serving_rx.await.ok().flatten();
         controller
     }
 
@@ -238,6 +251,8 @@ impl Controller {
         .await;
         self.shutdown = fresh.shutdown.take();
         self.task = fresh.task.take();
+        self.http_addr = fresh.http_addr;
+        self.shared = fresh.shared.clone();
         // `fresh` owns nothing else that must outlive it: dropping it now aborts nothing.
     }
 
@@ -946,6 +961,23 @@ steps:
     command: [sh, -c, "sleep {stress_seconds}; echo '@tollgate measure membw_gbps 2950.5 GB/s'"]
     timeout: 1m
 "#
+    )
+}
+
+/// A plan `name` whose second step, `held`, ends only once the file `go` exists: a run of it
+/// stays running until the test lets it finish (a live view is then seen changing).
+pub fn held_plan(name: &str, go: &std::path::Path) -> String {
+    format!(
+        r#"name: {name}
+selector: {{sku: hgx-h100}}
+steps:
+  - {{name: versions, kind: inventory-check}}
+  - name: held
+    kind: exec
+    command: [sh, -c, "while [ ! -e '{}' ]; do sleep 0.05; done; echo '@tollgate measure membw_gbps 2950.5 GB/s'"]
+    timeout: 1m
+"#,
+        go.display()
     )
 }
 

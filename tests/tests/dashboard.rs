@@ -1,0 +1,670 @@
+//! The web dashboard against a real controller and real agents (simulated GPUs): every page
+//! renders the fleet's real data; anonymous access only where gRPC allows it; sign-in keeps
+//! the token in an HTTP-only cookie; a viewer sees no action and a forged POST of one is
+//! refused; a POST without the session's CSRF token or from another origin is refused; an
+//! operator's cordon through the page takes effect and is audited; a customer token sees
+//! only its own nodes; the run page's event stream follows a run until it ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tollgate_proto::v1;
+use tollgate_tests::http::{self, Jar};
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
+
+/// Makes an API token through `TokenService`, as `bearer` (anonymous when `None`).
+async fn create_token(
+    controller: &Controller,
+    bearer: Option<&str>,
+    name: &str,
+    role: &str,
+    customer: &str,
+) -> String {
+    let header = bearer.map(|secret| format!("Bearer {secret}"));
+    let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
+        controller.channel().await,
+        move |mut request: tonic::Request<()>| {
+            if let Some(header) = &header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.parse().expect("header"));
+            }
+            Ok(request)
+        },
+    );
+    tokens
+        .create_token(v1::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            customer: customer.into(),
+            ttl_seconds: 3600,
+        })
+        .await
+        .expect("create token")
+        .into_inner()
+        .secret
+}
+
+/// Reads the run's event stream until it ends; returns every `grid` event's data.
+/// The `held` step is let go (`go` written) once the first grid arrived.
+async fn follow_events(addr: SocketAddr, run_id: &str, go: &std::path::Path) -> Vec<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /runs/{run_id}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: \
+                 text/event-stream\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = stream.read(&mut buffer).await.expect("read events");
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buffer[..n]);
+            if !go.exists() && String::from_utf8_lossy(&raw).contains("event: grid") {
+                std::fs::write(go, "").expect("let the held step end");
+            }
+            if String::from_utf8_lossy(&raw).contains("event: end") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(
+        read.is_ok(),
+        "the event stream ended within a minute: {text}"
+    );
+    assert!(text.contains("text/event-stream"), "{text}");
+    text.split("event: grid")
+        .skip(1)
+        .map(|event| event.split("event: end").next().unwrap_or(event).to_owned())
+        .collect()
+}
+
+fn assert_contains(answer: &http::Answer, needles: &[&str], what: &str) {
+    assert_eq!(answer.status, 200, "{what}: {}", answer.body);
+    for needle in needles {
+        assert!(
+            answer.body.contains(needle),
+            "{what} shows {needle:?}: {}",
+            answer.body
+        );
+    }
+}
+
+async fn dashboard(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.http = true;
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let origin = format!("http://{addr}");
+    let agents = vec![
+        Agent::start_labelled(&controller.url, "lab-1", 2, &[("customer", "a")]),
+        Agent::start_labelled(&controller.url, "lab-2", 2, &[("customer", "b")]),
+        Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
+    ];
+    let mut clients = controller.clients().await;
+    let run = clients
+        .qualify("r550", 3, &plan_yaml(0.5), &gate_yaml(3))
+        .await;
+    assert_eq!(clients.evaluate("r550").await.verdict, "failed");
+
+    // No token anywhere: from loopback the dashboard is anonymous, as gRPC is.
+    let anonymous = Jar::default();
+    let releases = http::get(addr, "/releases", &anonymous).await;
+    assert_contains(
+        &releases,
+        &["r550", "anonymous"],
+        "the anonymous release list",
+    );
+
+    // The run page's event stream follows a second run until it finishes: its `held` step
+    // ends only once the stream is open.
+    let go_dir = tempfile::tempdir().expect("a temp dir");
+    let go = go_dir.path().join("go");
+    clients
+        .apply_plan(&tollgate_tests::held_plan("live-qual", &go))
+        .await;
+    let second = clients.start_run("r550", "live-qual").await;
+    let page = http::get(addr, &format!("/runs/{}", second.id), &anonymous).await;
+    assert_contains(
+        &page,
+        &[&format!("data-events=\"/runs/{}/events\"", second.id)],
+        "a running run's page",
+    );
+    let grids = follow_events(addr, &second.id, &go).await;
+    assert!(
+        grids.len() >= 2,
+        "the grid was sent again as results came: {grids:?}"
+    );
+    assert!(grids[0].contains("running"), "{}", grids[0]);
+    let last = grids.last().expect("a grid");
+    assert!(
+        last.contains("finished"),
+        "the last grid shows the run finished: {last}"
+    );
+    for node in ["lab-1", "lab-2", "lab-3"] {
+        assert!(last.contains(node), "{last}");
+    }
+
+    // Tokens: once one exists, nobody is anonymous any more.
+    let root = create_token(&controller, None, "root", "admin", "").await;
+    let ops = create_token(&controller, Some(&root), "ops", "operator", "").await;
+    let eve = create_token(&controller, Some(&root), "eve", "viewer", "").await;
+    let cust_a = create_token(&controller, Some(&root), "cust-a", "customer", "a").await;
+    let rm = create_token(&controller, Some(&root), "rm", "release-manager", "").await;
+    let refused = http::get(addr, "/releases", &anonymous).await;
+    assert_eq!(refused.status, 303, "{refused:?}");
+    assert!(
+        refused
+            .header("location")
+            .is_some_and(|to| to.starts_with("/signin")),
+        "{refused:?}"
+    );
+    let bad = http::post(
+        addr,
+        "/signin",
+        &anonymous,
+        Some(&origin),
+        &[("token", "not-a-token"), ("next", "/releases")],
+    )
+    .await;
+    assert_eq!(bad.status, 401, "an unknown token is refused: {bad:?}");
+    assert!(bad.body.contains("unknown API token"), "{}", bad.body);
+
+    // Sign-in: the token is kept in an HTTP-only, SameSite=Strict cookie.
+    let signed_in = http::post(
+        addr,
+        "/signin",
+        &anonymous,
+        Some(&origin),
+        &[("token", &eve), ("next", "/fleet")],
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    assert_eq!(signed_in.header("location"), Some("/fleet"));
+    let session = signed_in
+        .headers
+        .iter()
+        .find(|(key, value)| key == "set-cookie" && value.starts_with("tollgate_session="))
+        .map(|(_, value)| value.clone())
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let mut viewer = Jar::default();
+    viewer.keep(&signed_in);
+
+    // Every page, with the fleet's real data, for a viewer.
+    let release = http::get(addr, "/releases/r550", &viewer).await;
+    assert_contains(
+        &release,
+        &[
+            "What blocks it now",
+            "The lab-qual gate failed: rule telemetry:gpu_temp_c failed",
+            "lab-3",
+            "gpu_temp_c",
+            "/reports/r550/lab-qual?format=html",
+            "Promotions",
+            &run.id,
+        ],
+        "the release page",
+    );
+    let run_page = http::get(addr, &format!("/runs/{}", run.id), &viewer).await;
+    assert_contains(
+        &run_page,
+        &[
+            "lab-1",
+            "lab-2",
+            "lab-3",
+            "versions",
+            "stress",
+            "passed",
+            "href=\"/nodes/lab-3\"",
+        ],
+        "the run page",
+    );
+    let fleet = http::get(addr, "/fleet?release=r550", &viewer).await;
+    assert_contains(
+        &fleet,
+        &[
+            "lab-1",
+            "lab-2",
+            "lab-3",
+            "simulated GPUs",
+            "customer=a",
+            "Drift from r550",
+            "550.54.15",
+        ],
+        "the fleet page",
+    );
+    let filtered = http::get(addr, "/fleet?label=customer%3Db", &viewer).await;
+    assert_contains(&filtered, &["lab-2"], "the fleet filtered by label");
+    assert!(
+        !filtered.body.contains("href=\"/nodes/lab-1\""),
+        "{}",
+        filtered.body
+    );
+    let paged = http::get(addr, "/fleet?page_size=2", &viewer).await;
+    assert_contains(&paged, &["rel=\"next\""], "a fleet page of two nodes");
+    let node = http::get(addr, "/nodes/lab-3", &viewer).await;
+    assert_contains(
+        &node,
+        &[
+            "simulated GPUs",
+            "GPU 0",
+            "<svg",
+            "gpu_temp_c",
+            "Job history",
+            "limit 88",
+        ],
+        "the node page",
+    );
+    let day = http::get(addr, "/nodes/lab-3?window=24h", &viewer).await;
+    assert_contains(
+        &day,
+        &["last 24h", "60 s buckets"],
+        "a day of fleet history",
+    );
+    let bad_window = http::get(addr, "/nodes/lab-3?window=1y", &viewer).await;
+    assert_eq!(bad_window.status, 400, "{}", bad_window.body);
+    let waivers = http::get(addr, "/waivers", &viewer).await;
+    assert_contains(&waivers, &["Waivers"], "the waivers page");
+    let audit = http::get(addr, "/audit", &viewer).await;
+    assert_contains(
+        &audit,
+        &["Hash chain", "intact", "release.create"],
+        "the audit page",
+    );
+    let report = http::get(addr, "/reports/r550/lab-qual?format=html", &viewer).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(
+        report
+            .header("content-disposition")
+            .is_some_and(|value| value.contains("attachment")),
+        "{report:?}"
+    );
+    assert!(report.body.contains("r550") && report.body.contains("lab-3"));
+    // Bad input: a clear 4xx page saying what to do.
+    let unknown = http::get(addr, "/runs/run-nope", &viewer).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(unknown.body.contains("run-nope"), "{}", unknown.body);
+    let bad_filter = http::get(addr, "/fleet?label=sku", &viewer).await;
+    assert_eq!(bad_filter.status, 400, "{}", bad_filter.body);
+    assert!(bad_filter.body.contains("KEY=VALUE"), "{}", bad_filter.body);
+    let bad_since = http::get(addr, "/audit?since=yesterday", &viewer).await;
+    assert_eq!(bad_since.status, 400, "{}", bad_since.body);
+
+    // A viewer sees no action, and a forged one is refused by the authorization table.
+    for page in [&release, &node] {
+        for action in ["/promote\"", "/waive\"", "/cordon\""] {
+            assert!(
+                !page.body.contains(action),
+                "a viewer sees no {action} form"
+            );
+        }
+    }
+    let csrf = viewer
+        .get("tollgate_csrf")
+        .expect("a CSRF cookie")
+        .to_owned();
+    let forged = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &viewer,
+        Some(&origin),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(
+        forged.body.contains("may not call NodeService/SetCordon"),
+        "{}",
+        forged.body
+    );
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "ready"
+    );
+
+    // An operator: the cordon form shows, and works only with the session's CSRF token from
+    // this origin.
+    let operator = http::sign_in(addr, &ops).await;
+    let node_page = http::get(addr, "/nodes/lab-1", &operator).await;
+    assert_contains(
+        &node_page,
+        &["/nodes/lab-1/cordon", "Cordon"],
+        "an operator's node page",
+    );
+    let release_page = http::get(addr, "/releases/r550", &operator).await;
+    assert!(
+        !release_page.body.contains("/promote"),
+        "an operator may not promote"
+    );
+    let csrf = operator
+        .get("tollgate_csrf")
+        .expect("a CSRF cookie")
+        .to_owned();
+    let no_token = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    assert!(no_token.body.contains("CSRF"), "{}", no_token.body);
+    let wrong_token = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("csrf", &"0".repeat(64)), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(wrong_token.status, 403, "{}", wrong_token.body);
+    let elsewhere = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some("http://evil.example"),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.body);
+    let no_origin = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        None,
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(no_origin.status, 403, "{}", no_origin.body);
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "ready"
+    );
+    let cordoned = http::post(
+        addr,
+        "/nodes/lab-1/cordon",
+        &operator,
+        Some(&origin),
+        &[("csrf", &csrf), ("cordoned", "true")],
+    )
+    .await;
+    assert_eq!(cordoned.status, 303, "{}", cordoned.body);
+    assert_eq!(
+        clients_node_state(&controller, &root, "lab-1").await,
+        "cordoned"
+    );
+    let audit = http::get(addr, "/audit?actor=ops", &operator).await;
+    assert_contains(
+        &audit,
+        &["node.cordon", "node/lab-1", "intact"],
+        "the audit of the cordon",
+    );
+    let node_page = http::get(addr, "/nodes/lab-1", &operator).await;
+    assert_contains(
+        &node_page,
+        &["Uncordon", "cordoned"],
+        "a cordoned node's page",
+    );
+
+    // A release manager waives the failing rule and promotes, through the page's forms.
+    let manager = http::sign_in(addr, &rm).await;
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &[
+            "/releases/r550/promote",
+            "/releases/r550/waive",
+            "Grant waiver",
+        ],
+        "a release manager's release page",
+    );
+    assert!(
+        !page.body.contains("/cordon\""),
+        "a release manager may not cordon"
+    );
+    let csrf = manager.get("tollgate_csrf").expect("csrf").to_owned();
+    let refused = http::post(
+        addr,
+        "/releases/r550/promote",
+        &manager,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(
+        refused.status, 409,
+        "a failing gate refuses promotion: {}",
+        refused.body
+    );
+    let waived = http::post(
+        addr,
+        "/releases/r550/waive",
+        &manager,
+        Some(&origin),
+        &[
+            ("csrf", &csrf),
+            ("milestone", "lab-qual"),
+            ("rule_id", "telemetry:gpu_temp_c"),
+            ("reason", "lab-3 fan replaced"),
+            ("ticket", "OPS-42"),
+            ("ttl", "2d"),
+        ],
+    )
+    .await;
+    assert_eq!(waived.status, 303, "{}", waived.body);
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &[
+            "lab-3 fan replaced",
+            "OPS-42",
+            "Nothing: the lab-qual gate passed",
+        ],
+        "the release page with the waiver in force",
+    );
+    let promoted = http::post(
+        addr,
+        "/releases/r550/promote",
+        &manager,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(promoted.status, 303, "{}", promoted.body);
+    let page = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &page,
+        &["customer-acceptance", "rm"],
+        "the promoted release",
+    );
+    let audit = http::get(addr, "/audit?release=r550", &manager).await;
+    assert_contains(
+        &audit,
+        &["waiver.create", "release.promote"],
+        "the audit of the promotion",
+    );
+    let waivers = http::get(addr, "/waivers", &manager).await;
+    assert_contains(
+        &waivers,
+        &["OPS-42", "/revoke\""],
+        "the waivers page for a release manager",
+    );
+
+    // A customer sees its own nodes only.
+    let customer = http::sign_in(addr, &cust_a).await;
+    let fleet = http::get(addr, "/fleet", &customer).await;
+    assert_contains(&fleet, &["lab-1"], "a customer's fleet");
+    for other in ["lab-2", "lab-3"] {
+        assert!(
+            !fleet.body.contains(other),
+            "a customer's fleet hides {other}"
+        );
+    }
+    let other = http::get(addr, "/nodes/lab-2", &customer).await;
+    assert_eq!(
+        other.status, 404,
+        "another customer's node does not exist: {}",
+        other.body
+    );
+    let run_page = http::get(addr, &format!("/runs/{}", run.id), &customer).await;
+    assert_contains(&run_page, &["lab-1"], "a customer's run page");
+    assert!(!run_page.body.contains("lab-2"), "{}", run_page.body);
+    let release = http::get(addr, "/releases/r550", &customer).await;
+    assert_contains(
+        &release,
+        &["What blocks it now"],
+        "a customer's release page",
+    );
+    assert!(!release.body.contains("lab-2"), "{}", release.body);
+    assert!(!release.body.contains("lab-3"), "{}", release.body);
+    let report = http::get(addr, "/reports/r550/lab-qual?format=markdown", &customer).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body.contains("lab-1") && !report.body.contains("lab-2"));
+    let audit = http::get(addr, "/audit", &customer).await;
+    assert_eq!(
+        audit.status, 403,
+        "a customer may not read the audit log: {}",
+        audit.body
+    );
+
+    // Sign-out forgets the session.
+    let csrf = customer.get("tollgate_csrf").expect("csrf").to_owned();
+    let out = http::post(
+        addr,
+        "/signout",
+        &customer,
+        Some(&origin),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    let mut forgotten = customer.clone();
+    forgotten.keep(&out);
+    assert_eq!(http::get(addr, "/fleet", &forgotten).await.status, 303);
+
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
+}
+
+/// The node's state as an admin reads it over gRPC.
+async fn clients_node_state(controller: &Controller, admin: &str, node: &str) -> String {
+    let header = format!("Bearer {admin}");
+    let mut nodes = v1::node_service_client::NodeServiceClient::with_interceptor(
+        controller.channel().await,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", header.parse().expect("header"));
+            Ok(request)
+        },
+    );
+    nodes
+        .get_node(v1::GetNodeRequest { name: node.into() })
+        .await
+        .expect("get node")
+        .into_inner()
+        .state
+}
+
+tollgate_tests::on_both_backends!(dashboard);
+
+/// Plain text off loopback is refused for the dashboard as for gRPC.
+#[tokio::test]
+async fn the_dashboard_refuses_plain_text_off_loopback() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = tollgate_controller::ControllerConfig::new(dir.path().to_path_buf());
+    config.http_listen = Some("0.0.0.0:0".parse().expect("address"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused = tollgate_controller::run(config, listener, async {})
+        .await
+        .expect_err("plain text on 0.0.0.0 is refused");
+    assert!(
+        refused.to_string().contains("not a loopback address"),
+        "{refused:#}"
+    );
+}
+
+/// Over TLS the dashboard serves HTTPS with the controller's certificate (HTTP/1.1 and h2
+/// offered), and the session cookie is `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_https_with_the_controllers_certificate() {
+    let mut options = ControllerOptions::new(Backend::Sqlite);
+    options.http = true;
+    options.tls = true;
+    options.api_tokens = vec![("eve:viewer".into(), "s3cret-eve".into())];
+    let mut controller = Controller::start(options).await.expect("a controller");
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let ca_file = controller.ca_file.clone().expect("a lab CA");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca_file).expect("the CA");
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let body = "token=s3cret-eve&next=%2Ffleet";
+    let request = format!(
+        "POST /signin HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://{addr}\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake with the lab CA");
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 303"), "{text}");
+    let cookie = text
+        .lines()
+        .find(|line| {
+            line.to_ascii_lowercase()
+                .starts_with("set-cookie: tollgate_session=")
+        })
+        .expect("a session cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the TLS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(format!("GET /releases HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut raw)).await;
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("200 OK"),
+        "plain HTTP is not served"
+    );
+    controller.stop().await;
+}
