@@ -218,3 +218,85 @@ pub fn pass(name: &'static str) -> tracing::Span {
         || tracing::info_span!(target: "tollgate_traces", "loop pass", otel.name = name, tollgate.loop = name),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Keeps every finished span.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().expect("not poisoned").extend(batch);
+            Ok(())
+        }
+    }
+
+    fn span_context(span: &tracing::Span) -> SpanContext {
+        span.context().span().span_context().clone()
+    }
+
+    #[test]
+    fn an_evaluation_for_one_request_is_its_child_and_for_several_is_linked_to_each() {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let (first, second) = tracing::subscriber::with_default(subscriber, || {
+            let first = tracing::info_span!(target: TARGET, "first request");
+            let second = tracing::info_span!(target: TARGET, "second request");
+            let (first_context, second_context) = (span_context(&first), span_context(&second));
+            assert!(first_context.is_valid() && second_context.is_valid());
+
+            let alone = tracing::info_span!(target: TARGET, "alone");
+            parent_or_link(&alone, std::slice::from_ref(&first_context));
+            drop(alone);
+            let coalesced = tracing::info_span!(target: TARGET, "coalesced");
+            parent_or_link(&coalesced, &[first_context.clone(), second_context.clone()]);
+            drop(coalesced);
+            let unrequested = tracing::info_span!(target: TARGET, "unrequested");
+            parent_or_link(&unrequested, &[]);
+            drop(unrequested);
+            (first_context, second_context)
+        });
+        let spans = kept.0.lock().expect("not poisoned").clone();
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|span| span.name == name)
+                .unwrap_or_else(|| panic!("no span {name}: {spans:#?}"))
+        };
+
+        let alone = named("alone");
+        assert_eq!(alone.span_context.trace_id(), first.trace_id());
+        assert_eq!(alone.parent_span_id, first.span_id());
+        assert!(alone.links.is_empty());
+
+        let coalesced = named("coalesced");
+        assert_ne!(coalesced.span_context.trace_id(), first.trace_id());
+        assert_ne!(coalesced.span_context.trace_id(), second.trace_id());
+        assert_eq!(
+            coalesced.parent_span_id,
+            opentelemetry::trace::SpanId::INVALID
+        );
+        let linked: Vec<_> = coalesced
+            .links
+            .iter()
+            .map(|link| link.span_context.clone())
+            .collect();
+        assert_eq!(linked, vec![first, second]);
+
+        let unrequested = named("unrequested");
+        assert_eq!(
+            unrequested.parent_span_id,
+            opentelemetry::trace::SpanId::INVALID
+        );
+        assert!(unrequested.links.is_empty());
+    }
+}

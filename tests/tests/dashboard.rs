@@ -171,6 +171,14 @@ async fn dashboard(backend: Backend) {
             .is_some_and(|to| to.starts_with("/signin")),
         "{refused:?}"
     );
+    // `/metrics` stays open to the lab's Prometheus, which holds no session.
+    let scrape = http::get(addr, "/metrics", &anonymous).await;
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    assert!(
+        scrape.body.contains("tollgate_agents_connected"),
+        "{}",
+        scrape.body
+    );
     let bad = http::post(
         addr,
         "/signin",

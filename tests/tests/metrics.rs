@@ -1,6 +1,5 @@
-//! End to end: the controller's `GET /metrics` (`tollgate_controller::http::metrics::routes`,
-//! served here with `axum::serve`) after a real qualification on two agents with simulated
-//! GPUs, parsed with a Prometheus text-format parser: the controller's families agree with
+//! End to end: the controller's `GET /metrics`, on its HTTP listener (`--http-listen`), after
+//! a real qualification on two agents with simulated GPUs, parsed with a Prometheus text-format parser: the controller's families agree with
 //! what happened (results ingested, runs and jobs by state, connected agents, decisions, RPC
 //! latencies), every DCGM-named family is one dcgm-exporter's `default-counters.csv` lists, with
 //! its type and HELP, and each GPU carries dcgm-exporter's labels with the node's values. A node
@@ -85,6 +84,7 @@ fn gpu_series<'a>(scrape: &'a Scrape, metric: &str) -> Vec<&'a Sample> {
 
 async fn metrics_report_the_controller_and_its_fleet_s_gpus(backend: Backend) {
     let mut options = ControllerOptions::new(backend);
+    options.http = true;
     options.fleet_history = Some((
         History::parse("1s:1h,5s:1d").expect("history"),
         Duration::from_millis(300),
@@ -108,12 +108,9 @@ async fn metrics_report_the_controller_and_its_fleet_s_gpus(backend: Backend) {
     let n_results: usize = run.jobs.iter().map(|job| results_seen(job).len()).sum();
     assert_eq!(n_results, 4, "two steps on two nodes: {run:#?}");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let routes = tollgate_controller::http::metrics::routes(controller.shared());
-    let server = tokio::spawn(async move { axum::serve(listener, routes).await });
+    let addr = controller
+        .http_addr
+        .expect("the controller's HTTP listener");
 
     // Idle again, the agents stream fleet telemetry: every GPU of both nodes appears.
     let scrape = wait_for(
@@ -262,7 +259,6 @@ async fn metrics_report_the_controller_and_its_fleet_s_gpus(backend: Backend) {
     )
     .await;
 
-    server.abort();
     lab_1.stop().await;
     controller.stop().await;
 }
