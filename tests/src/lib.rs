@@ -555,16 +555,25 @@ impl Clients {
         .await
     }
 
-    /// The run with id `run_id`, as it is now.
+    /// The run with id `run_id`, as it is now. A caller polling faster than the controller's
+    /// rate limit waits as the refusal's `RetryInfo` says, as a well-behaved client does.
     pub async fn run(&mut self, run_id: &str) -> v1::Run {
-        self.runs
-            .get_run(v1::GetRunRequest {
-                id: run_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("get run")
-            .into_inner()
+        loop {
+            let answer = self
+                .runs
+                .get_run(v1::GetRunRequest {
+                    id: run_id.into(),
+                    ..Default::default()
+                })
+                .await;
+            match answer {
+                Ok(run) => return run.into_inner(),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(retry_delay(&status)).await;
+                }
+                Err(status) => panic!("get run: {status:?}"),
+            }
+        }
     }
 
     /// The node named `name`.
@@ -658,6 +667,16 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How long a `ResourceExhausted` refusal asks its caller to wait (its `RetryInfo`), 50 ms
+/// when it does not say.
+pub fn retry_delay(status: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .unwrap_or(Duration::from_millis(50))
 }
 
 /// An agent running in this process with simulated GPUs.

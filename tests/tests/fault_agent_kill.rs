@@ -394,7 +394,8 @@ impl World {
                     run.jobs.iter().map(JobSeen::of).collect::<Vec<_>>(),
                     self.logs()
                 );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // 40 reads a second: under the controller's default rate limit of 50.
+                tokio::time::sleep(Duration::from_millis(25)).await;
             };
             tokio::time::sleep(kill.pause).await;
             let agent = self
