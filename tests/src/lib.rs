@@ -216,6 +216,40 @@ impl Controller {
         }
     }
 
+    /// Makes an API token through `TokenService` as `bearer` (anonymous when `None`); its
+    /// secret. `customer` scopes a `customer` token (empty for the other roles).
+    pub async fn create_token(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        role: &str,
+        customer: &str,
+    ) -> String {
+        let header = bearer.map(|secret| format!("Bearer {secret}"));
+        let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
+            self.channel().await,
+            move |mut request: tonic::Request<()>| {
+                if let Some(header) = &header {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", header.parse().expect("header"));
+                }
+                Ok(request)
+            },
+        );
+        tokens
+            .create_token(v1::CreateTokenRequest {
+                name: name.into(),
+                role: role.into(),
+                customer: customer.into(),
+                ttl_seconds: 3600,
+            })
+            .await
+            .expect("create token")
+            .into_inner()
+            .secret
+    }
+
     /// The running controller's state (`tollgate_controller::Serving::shared`), for tests
     /// that serve its HTTP routes.
     pub fn shared(&self) -> std::sync::Arc<tollgate_controller::shared::Shared> {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tollgate_proto::v1;
 use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -274,37 +273,6 @@ async fn start_chromium(binary: &Path, profile: &Path) -> (tokio::process::Child
     }
 }
 
-async fn create_token(
-    controller: &Controller,
-    bearer: Option<&str>,
-    name: &str,
-    role: &str,
-) -> String {
-    let header = bearer.map(|secret| format!("Bearer {secret}"));
-    let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
-        controller.channel().await,
-        move |mut request: tonic::Request<()>| {
-            if let Some(header) = &header {
-                request
-                    .metadata_mut()
-                    .insert("authorization", header.parse().expect("header"));
-            }
-            Ok(request)
-        },
-    );
-    tokens
-        .create_token(v1::CreateTokenRequest {
-            name: name.into(),
-            role: role.into(),
-            customer: String::new(),
-            ttl_seconds: 3600,
-        })
-        .await
-        .expect("create token")
-        .into_inner()
-        .secret
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_in_a_real_browser() {
     let Some(binary) = chromium() else {
@@ -445,8 +413,10 @@ async fn the_dashboard_in_a_real_browser() {
     tab.screenshot(&shots.join("node.png")).await;
 
     // A viewer, signed in through the form, sees no action.
-    let root = create_token(&controller, None, "root", "admin").await;
-    let eve = create_token(&controller, Some(&root), "eve", "viewer").await;
+    let root = controller.create_token(None, "root", "admin", "").await;
+    let eve = controller
+        .create_token(Some(&root), "eve", "viewer", "")
+        .await;
     let since = cdp.n_events();
     tab.call(
         "Page.navigate",

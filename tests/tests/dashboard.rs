@@ -12,39 +12,6 @@ use tollgate_proto::v1;
 use tollgate_tests::http::{self, Jar};
 use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
 
-/// Makes an API token through `TokenService`, as `bearer` (anonymous when `None`).
-async fn create_token(
-    controller: &Controller,
-    bearer: Option<&str>,
-    name: &str,
-    role: &str,
-    customer: &str,
-) -> String {
-    let header = bearer.map(|secret| format!("Bearer {secret}"));
-    let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
-        controller.channel().await,
-        move |mut request: tonic::Request<()>| {
-            if let Some(header) = &header {
-                request
-                    .metadata_mut()
-                    .insert("authorization", header.parse().expect("header"));
-            }
-            Ok(request)
-        },
-    );
-    tokens
-        .create_token(v1::CreateTokenRequest {
-            name: name.into(),
-            role: role.into(),
-            customer: customer.into(),
-            ttl_seconds: 3600,
-        })
-        .await
-        .expect("create token")
-        .into_inner()
-        .secret
-}
-
 /// Reads the run's event stream until it ends; returns every `grid` event's data.
 /// The `held` step is let go (`go` written) once the first grid arrived.
 async fn follow_events(addr: SocketAddr, run_id: &str, go: &std::path::Path) -> Vec<String> {
@@ -158,11 +125,19 @@ async fn dashboard(backend: Backend) {
     }
 
     // Tokens: once one exists, nobody is anonymous any more.
-    let root = create_token(&controller, None, "root", "admin", "").await;
-    let ops = create_token(&controller, Some(&root), "ops", "operator", "").await;
-    let eve = create_token(&controller, Some(&root), "eve", "viewer", "").await;
-    let cust_a = create_token(&controller, Some(&root), "cust-a", "customer", "a").await;
-    let rm = create_token(&controller, Some(&root), "rm", "release-manager", "").await;
+    let root = controller.create_token(None, "root", "admin", "").await;
+    let ops = controller
+        .create_token(Some(&root), "ops", "operator", "")
+        .await;
+    let eve = controller
+        .create_token(Some(&root), "eve", "viewer", "")
+        .await;
+    let cust_a = controller
+        .create_token(Some(&root), "cust-a", "customer", "a")
+        .await;
+    let rm = controller
+        .create_token(Some(&root), "rm", "release-manager", "")
+        .await;
     let refused = http::get(addr, "/releases", &anonymous).await;
     assert_eq!(refused.status, 303, "{refused:?}");
     assert!(

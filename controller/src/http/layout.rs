@@ -111,6 +111,14 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     respond(status, document(title, None, body, false), &[])
 }
 
+/// What an action's form posts when it has no field of its own: the CSRF token.
+#[derive(Debug, serde::Deserialize)]
+pub struct ActionForm {
+    /// The hidden field [`csrf`] writes.
+    #[serde(default)]
+    pub csrf: String,
+}
+
 /// The hidden CSRF field every form carries.
 pub fn csrf(caller: &Caller) -> Markup {
     html! { input type="hidden" name=(CSRF_FIELD) value=(caller.csrf); }

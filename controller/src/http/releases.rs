@@ -367,19 +367,12 @@ fn decision_view(
     }
 }
 
-/// A form with only the CSRF token.
-#[derive(Debug, serde::Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// Promotes the release past its milestone, through `ReleaseService/Promote`.
 pub async fn promote(
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<ActionForm>,
+    axum::Form(form): axum::Form<layout::ActionForm>,
 ) -> Result<Response, PageError> {
     caller.check_post(&headers, &form.csrf)?;
     let api = crate::grpc::release::ReleaseApi::new(caller.shared.clone());

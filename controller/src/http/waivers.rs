@@ -130,19 +130,12 @@ pub async fn list(
     Ok(layout::page(&caller, "Waivers", "/waivers", body))
 }
 
-/// A form with only the CSRF token.
-#[derive(Debug, serde::Deserialize)]
-pub struct RevokeForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// Revokes a waiver in force, through `GateService/RevokeWaiver`.
 pub async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<RevokeForm>,
+    axum::Form(form): axum::Form<layout::ActionForm>,
 ) -> Result<Response, PageError> {
     caller.check_post(&headers, &form.csrf)?;
     let api = crate::grpc::gate::GateApi::new(caller.shared.clone());
