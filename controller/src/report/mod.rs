@@ -49,6 +49,11 @@ use tollgate_domain::{NodeId, ReleaseId};
 /// of results is a few megabytes.
 pub const PAGE_NODES: usize = 32;
 
+/// Nodes per page when the format charts step series (HTML): a node's series of every step
+/// and GPU can be a few megabytes parsed, and up to four pages are held at once (one read, two
+/// queued, one rendered).
+pub const PAGE_NODES_CHARTED: usize = 4;
+
 /// What a report shows besides the evidence rows, known before the first node is read.
 #[derive(Debug, Clone)]
 pub struct ReportHead {
@@ -352,8 +357,13 @@ pub async fn render_from_store<W: Write + Send + 'static>(
             .as_ref()
             .is_none_or(|scope| labels.get(&scope.label) == Some(&scope.value))
     };
+    let page_nodes = if charted.is_empty() {
+        PAGE_NODES
+    } else {
+        PAGE_NODES_CHARTED
+    };
     let read = store
-        .read_report_evidence(&release, &milestone, keep, PAGE_NODES, charted, sender)
+        .read_report_evidence(&release, &milestone, keep, page_nodes, charted, sender)
         .await;
     let _ = read_ok.send(read.is_ok());
     let rendered = render
