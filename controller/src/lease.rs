@@ -256,8 +256,8 @@ mod tests {
     use crate::ControllerConfig;
     use crate::clock::ManualClock;
     use crate::store::{AuditNote, Store, testing};
-    use tollgate_domain::fleet::NodeState;
     use std::time::Duration;
+    use tollgate_domain::fleet::NodeState;
     use tollgate_domain::release::Release;
     use tollgate_domain::test_support::{at, node, release};
 
