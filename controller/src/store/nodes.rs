@@ -318,7 +318,8 @@ impl Store {
     /// What the lease watchdog reads every tick: how many nodes' leases it watches (nodes
     /// neither unreachable nor retired), and those of them not heard since `quiet_since` (or
     /// never), with their last heartbeat. Nodes heard since are neither silent nor expired
-    /// (`LeaseGrace::quiet_since`), so a tick reads a handful of rows, never every node's.
+    /// (`LeaseGrace::quiet_since`), so a tick gets a handful of rows back: it scans the narrow
+    /// heartbeat rows and counts index entries, and reads no node's own row.
     pub async fn lease_facts(&self, quiet_since: Timestamp) -> Result<LeaseFacts, StoreError> {
         const WATCHED: &str = "SELECT count(*) FROM nodes WHERE state NOT IN ($1, $2)";
         // SQLite: the narrow heartbeat rows are scanned, and the state of the quiet ones
