@@ -319,7 +319,7 @@ impl Store {
     /// neither unreachable nor retired), and those of them not heard since `quiet_since` (or
     /// never), with their last heartbeat. Nodes heard since are neither silent nor expired
     /// (`LeaseGrace::quiet_since`), so a tick gets a handful of rows back: it scans the narrow
-    /// heartbeat rows and counts index entries, and reads no node's own row.
+    /// heartbeat rows and counts index entries, and on SQLite reads no node's own row.
     pub async fn lease_facts(&self, quiet_since: Timestamp) -> Result<LeaseFacts, StoreError> {
         const WATCHED: &str = "SELECT count(*) FROM nodes WHERE state NOT IN ($1, $2)";
         // SQLite: the narrow heartbeat rows are scanned, and the state of the quiet ones
