@@ -6,10 +6,17 @@
 //! `unreachable`, a job its agent no longer runs). A thousand agents cost two statements a
 //! flush instead of a write transaction and a read each.
 //!
+//! `last_seen_at` lives in a narrow table of its own (`node_heartbeats`, a few dozen bytes a
+//! row), so a flush never rewrites the wide `nodes` rows that carry the inventory, and the
+//! node states it reads come from an index on (name, state) rather than from those rows.
+//!
 //! **Invariant:** a node's `last_seen_at` is at most one flush behind its last heartbeat, so
 //! the lease watchdog never judges a live node on a heartbeat older than
-//! `heartbeat_interval + flush_every`; `main` refuses a lease grace that short. A flush the
-//! database refuses puts its notes back (a newer note of the node wins) for the next one.
+//! `heartbeat_interval + flush_every`; `main` refuses a lease grace that short. This holds
+//! across replicas: each replica flushes the heartbeats of the streams it holds to the one
+//! store, and the replica that leads the watchdog judges every node from that store, so a
+//! node heard on another replica is never silent to it. A flush the database refuses puts its
+//! notes back (a newer note of the node wins) for the next one.
 
 use crate::shared::Shared;
 use crate::store::StoreError;
@@ -322,6 +329,68 @@ mod tests {
             expired,
             vec![n1, n2],
             "silent since the restart: a grace later, both expire"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_heard_on_another_replica_keeps_its_lease_where_leases_are_judged() {
+        use crate::clock::ManualClock;
+        use tollgate_domain::test_support::{at, node};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+                .await
+                .expect("store");
+        let fixture = node("n1", "hgx");
+        crate::grpc::node::register(
+            &store,
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "hash",
+            at(0),
+        )
+        .await
+        .expect("register");
+        let clock = ManualClock::new(at(0));
+        let config = || {
+            let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
+            config.clock = Arc::new(clock.clone());
+            config.heartbeat_interval = Duration::from_secs(2);
+            config.lease_grace = Duration::from_secs(10);
+            config
+        };
+        // Two replicas on one store: one holds the agent's stream, the other judges leases.
+        let holder = Shared::new(store.clone(), config());
+        let leader = Shared::new(store.clone(), config());
+        let (session, _commands) = holder.sessions.open(&fixture.id).expect("session");
+        assert!(!leader.sessions.is_connected(&fixture.id));
+
+        // A minute of heartbeats, each flushed where they arrive: the leader, which never
+        // heard one itself, expires nothing, however long past its own start.
+        for _ in 0..30 {
+            clock.advance(chrono::Duration::seconds(2));
+            beat(&holder, &[(&fixture.id, session)]).await;
+            assert!(
+                crate::lease::check_once(&leader)
+                    .await
+                    .expect("check")
+                    .is_empty()
+            );
+        }
+        // Silent from 60 s on: the leader expires the lease a grace later, not before.
+        move_to(&clock, at(70));
+        assert!(
+            crate::lease::check_once(&leader)
+                .await
+                .expect("check")
+                .is_empty()
+        );
+        move_to(&clock, at(70) + chrono::Duration::milliseconds(1));
+        assert_eq!(
+            crate::lease::check_once(&leader).await.expect("check"),
+            vec![fixture.id.clone()]
         );
         store.close().await;
     }

@@ -8,12 +8,18 @@
 //! never read as the whole fleet dying. A database that refuses writes is
 //! the same kind of outage (heartbeats arrive but cannot be recorded): no lease expires while
 //! it lasts, and every lease gets a fresh grace when it ends (`Shared::refresh_leases`).
+//!
+//! A tick reads only the nodes not heard for half the grace (`LeaseGrace::quiet_since`) and
+//! how many nodes are watched (`Store::lease_facts`): nodes heard since are neither silent nor
+//! expired, so the answer is the one the whole fleet gives (a property test in
+//! `tollgate_domain::lease` says so), at the cost of a scan of the narrow heartbeat rows
+//! rather than a read of every node. The leader reads the heartbeats every replica recorded
+//! (`heartbeats.rs`), so a node heard on another replica never expires here.
 
 use crate::shared::{FleetOutage, Shared};
-use crate::store::StoreError;
+use crate::store::{LeaseFacts, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tollgate_domain::fleet::NodeState;
 use tollgate_domain::job::{self, JobEvent, JobFacts, NodeChange};
 use tollgate_domain::node::NodeEvent;
 use tollgate_domain::{NodeId, RunId};
@@ -66,17 +72,17 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
         shared.refresh_leases(shared.now());
         return Ok(Vec::new());
     }
-    let watched = watched_nodes(shared).await?;
-    if watched.is_empty() {
-        return Ok(Vec::new());
-    }
     let grace = lease_grace(shared);
     let now = shared.now();
-    if judge_outage(shared, &watched, now) {
+    let facts = shared.store.lease_facts(grace.quiet_since(now)).await?;
+    if facts.n_watched == 0 {
+        return Ok(Vec::new());
+    }
+    if judge_outage(shared, &facts, now) {
         return Ok(Vec::new());
     }
     let expired = tollgate_domain::scheduler::expired_leases(
-        &watched,
+        &facts.quiet,
         shared.leases_fresh_from(),
         grace,
         now,
@@ -109,21 +115,6 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     Ok(unreachable)
 }
 
-/// The nodes whose lease is watched (neither unreachable nor retired), with their last
-/// heartbeat.
-async fn watched_nodes(
-    shared: &Shared,
-) -> Result<Vec<(NodeId, Option<tollgate_domain::Timestamp>)>, StoreError> {
-    Ok(shared
-        .store
-        .lease_facts()
-        .await?
-        .into_iter()
-        .filter(|(_, state, _)| !matches!(state, NodeState::Unreachable | NodeState::Retired))
-        .map(|(node, _, last_seen_at)| (node, last_seen_at))
-        .collect())
-}
-
 fn lease_grace(shared: &Shared) -> tollgate_domain::lease::LeaseGrace {
     tollgate_domain::lease::LeaseGrace::new(
         shared.config.lease_grace,
@@ -131,15 +122,16 @@ fn lease_grace(shared: &Shared) -> tollgate_domain::lease::LeaseGrace {
     )
 }
 
-/// Records in `shared` the fleet outage `watched` shows now (`OutagePolicy`), keeping when it
+/// Records in `shared` the fleet outage `facts` show now (`OutagePolicy`), keeping when it
 /// began; returns the outage seen before and the one seen now.
 fn record_outage(
     shared: &Shared,
-    watched: &[(NodeId, Option<tollgate_domain::Timestamp>)],
+    facts: &LeaseFacts,
     now: tollgate_domain::Timestamp,
 ) -> (Option<FleetOutage>, Option<FleetOutage>) {
     let silence = tollgate_domain::lease::silence(
-        watched,
+        &facts.quiet,
+        facts.n_watched,
         shared.leases_fresh_from(),
         lease_grace(shared),
         now,
@@ -159,12 +151,8 @@ fn record_outage(
 /// Whether the fleet's silence is an outage now (`OutagePolicy`), recording it in `shared` and
 /// saying so when it starts and ends. When it ends every lease gets a fresh grace (agents are
 /// reconnecting), and this check expires nothing either.
-fn judge_outage(
-    shared: &Shared,
-    watched: &[(NodeId, Option<tollgate_domain::Timestamp>)],
-    now: tollgate_domain::Timestamp,
-) -> bool {
-    match record_outage(shared, watched, now) {
+fn judge_outage(shared: &Shared, facts: &LeaseFacts, now: tollgate_domain::Timestamp) -> bool {
+    match record_outage(shared, facts, now) {
         (None, Some(outage)) => {
             tracing::warn!(
                 silent = outage.silent,
@@ -194,8 +182,12 @@ fn judge_outage(
 
 /// Looks for a fleet outage without expiring anything (a replica that does not lead).
 async fn look_for_outage(shared: &Shared) -> Result<(), StoreError> {
-    let watched = watched_nodes(shared).await?;
-    record_outage(shared, &watched, shared.now());
+    let now = shared.now();
+    let facts = shared
+        .store
+        .lease_facts(lease_grace(shared).quiet_since(now))
+        .await?;
+    record_outage(shared, &facts, now);
     Ok(())
 }
 
@@ -265,6 +257,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::store::{AuditNote, Store, testing};
     use std::time::Duration;
+    use tollgate_domain::fleet::NodeState;
     use tollgate_domain::release::Release;
     use tollgate_domain::test_support::{at, node, release};
 

@@ -24,6 +24,13 @@ pub struct LeaseGrace {
 }
 
 impl LeaseGrace {
+    /// Nodes heard at or after this moment are neither silent ([`silence`]) nor expired
+    /// ([`crate::scheduler::expired_leases`]) at `now`, whatever the fresh grace: half the
+    /// renewed grace before `now`. The lease watchdog reads only the nodes heard before it.
+    pub fn quiet_since(&self, now: crate::Timestamp) -> crate::Timestamp {
+        now - self.renewed / 2
+    }
+
     /// The graces for a controller configured with `lease_grace` and `heartbeat_interval`.
     pub fn new(lease_grace: Duration, heartbeat_interval: Duration) -> Self {
         let reconnect = RECONNECT_BACKOFF_MAX.saturating_add(heartbeat_interval);
@@ -89,13 +96,18 @@ impl OutagePolicy {
 /// its grace (see [`crate::scheduler::expired_leases`] for which grace and from when). Nodes
 /// that went silent together (a switch, a controller) are all silent by the time the first
 /// of their leases would expire: their last heartbeats lie at most an interval apart.
+///
+/// `quiet` holds the last heartbeats of the watched nodes not heard since
+/// [`LeaseGrace::quiet_since`] (more may be given: they count only if silent); `n_watched`
+/// counts every watched node.
 pub fn silence(
-    last_seen: &[(crate::NodeId, Option<crate::Timestamp>)],
+    quiet: &[(crate::NodeId, Option<crate::Timestamp>)],
+    n_watched: usize,
     fresh_from: crate::Timestamp,
     grace: LeaseGrace,
     now: crate::Timestamp,
 ) -> Silence {
-    let silent = last_seen
+    let silent = quiet
         .iter()
         .filter(|(_, seen)| match seen {
             Some(seen) if *seen >= fresh_from => now - *seen > grace.renewed / 2,
@@ -104,7 +116,7 @@ pub fn silence(
         .count();
     Silence {
         silent,
-        watched: last_seen.len(),
+        watched: n_watched.max(quiet.len()),
     }
 }
 
@@ -140,7 +152,7 @@ mod tests {
                 .collect()
         };
         // At t=110 the silent ones were last heard 10 s ago: more than half the grace.
-        let half = silence(&fleet(10, 20), at(0), grace, at(110));
+        let half = silence(&fleet(10, 20), 20, at(0), grace, at(110));
         assert_eq!(
             half,
             Silence {
@@ -149,21 +161,60 @@ mod tests {
             }
         );
         assert!(policy.is_outage(half));
-        assert!(!policy.is_outage(silence(&fleet(9, 20), at(0), grace, at(110))));
+        assert!(!policy.is_outage(silence(&fleet(9, 20), 20, at(0), grace, at(110))));
         // A small lab: every node of three silent is still three dead nodes.
-        assert!(!policy.is_outage(silence(&fleet(3, 3), at(0), grace, at(110))));
+        assert!(!policy.is_outage(silence(&fleet(3, 3), 3, at(0), grace, at(110))));
         // Heard within half the grace: not silent yet.
-        assert_eq!(silence(&fleet(20, 20), at(0), grace, at(104)).silent, 0);
+        assert_eq!(silence(&fleet(20, 20), 20, at(0), grace, at(104)).silent, 0);
         // Never heard since the start: silent after half the grace after a start.
         let unseen = vec![(crate::NodeId::new("n"), None)];
-        assert_eq!(silence(&unseen, at(100), grace, at(104)).silent, 0);
-        assert_eq!(silence(&unseen, at(100), grace, at(106)).silent, 1);
+        assert_eq!(silence(&unseen, 1, at(100), grace, at(104)).silent, 0);
+        assert_eq!(silence(&unseen, 1, at(100), grace, at(106)).silent, 1);
         // Above 1: never an outage.
         let never = OutagePolicy {
             fraction: 1.5,
             ..policy
         };
-        assert!(!never.is_outage(silence(&fleet(20, 20), at(0), grace, at(200))));
+        assert!(!never.is_outage(silence(&fleet(20, 20), 20, at(0), grace, at(200))));
+    }
+
+    proptest::proptest! {
+        /// The watchdog reads only the nodes not heard since `quiet_since`: the leases it
+        /// expires and the silence it sees are those of the whole fleet.
+        #[test]
+        fn the_quiet_nodes_decide_what_the_whole_fleet_decides(
+            seen in proptest::collection::vec(proptest::option::of(0i64..200_000), 0..40),
+            fresh_from in 0i64..200_000,
+            now in 0i64..250_000,
+            grace_ms in 1u64..60_000,
+            interval_ms in 1u64..20_000,
+        ) {
+            let ms = |ms: i64| at(0) + chrono::Duration::milliseconds(ms);
+            let fleet: Vec<(crate::NodeId, Option<crate::Timestamp>)> = seen
+                .iter()
+                .enumerate()
+                .map(|(i, seen)| (crate::NodeId::new(format!("n{i}")), seen.map(ms)))
+                .collect();
+            let grace = LeaseGrace::new(
+                Duration::from_millis(grace_ms),
+                Duration::from_millis(interval_ms),
+            );
+            let (fresh_from, now) = (ms(fresh_from), ms(now));
+            let since = grace.quiet_since(now);
+            let quiet: Vec<_> = fleet
+                .iter()
+                .filter(|(_, seen)| seen.is_none_or(|seen| seen < since))
+                .cloned()
+                .collect();
+            proptest::prop_assert_eq!(
+                crate::scheduler::expired_leases(&quiet, fresh_from, grace, now),
+                crate::scheduler::expired_leases(&fleet, fresh_from, grace, now)
+            );
+            proptest::prop_assert_eq!(
+                silence(&quiet, fleet.len(), fresh_from, grace, now),
+                silence(&fleet, fleet.len(), fresh_from, grace, now)
+            );
+        }
     }
 
     #[test]

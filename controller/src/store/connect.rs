@@ -33,6 +33,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0013_report_keys.sql");
 const _: &str = include_str!("../../../migrations/postgres/0013_report_keys.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0014_report_key_rotation.sql");
 const _: &str = include_str!("../../../migrations/postgres/0014_report_key_rotation.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0018_node_heartbeats.sql");
+const _: &str = include_str!("../../../migrations/postgres/0018_node_heartbeats.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

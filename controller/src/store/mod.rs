@@ -269,11 +269,11 @@ macro_rules! node_query {
     ($tail:expr) => {
         concat!(
             "SELECT n.name, n.labels, n.reported_labels, n.inventory, n.state, n.health,
-                    n.health_reason, n.last_seen_at,
+                    n.health_reason, h.last_seen_at,
                     (SELECT j.id FROM jobs j
                      WHERE j.node = n.name AND j.state IN {active}
                      ORDER BY j.updated_at DESC LIMIT 1) AS current_job
-             FROM nodes n",
+             FROM nodes n LEFT JOIN node_heartbeats h ON h.node = n.name",
             $tail
         )
     };
@@ -702,7 +702,7 @@ mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use enrollment::IssuedCertificate;
 pub use leader::Leadership;
-pub use nodes::{HeartbeatFacts, Registration};
+pub use nodes::{HeartbeatFacts, LeaseFacts, Registration};
 
 // Last, so that the SQL macros above are in scope in the tests.
 #[cfg(test)]

@@ -41,26 +41,63 @@ pub struct HeartbeatFacts {
     pub current_job: Option<tollgate_domain::JobId>,
 }
 
-/// `UPDATE` of `n` nodes' `last_seen_at` from a list of (name, time) pairs.
+/// What the lease watchdog reads each tick ([`Store::lease_facts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseFacts {
+    /// How many nodes' leases are watched: nodes neither unreachable nor retired.
+    pub n_watched: usize,
+    /// The watched nodes not heard since the moment asked for (or never), by name, each with
+    /// its last heartbeat.
+    pub quiet: Vec<(NodeId, Option<Timestamp>)>,
+}
+
+/// `UPDATE` of `n` nodes' `last_seen_at` from a list of (name, time) pairs. It writes the
+/// narrow `node_heartbeats` rows only, never the nodes' own (which carry the inventory).
 fn touch_nodes_sql(n: usize) -> String {
     let pairs: Vec<String> = (0..n)
         .map(|idx| format!("(${}, ${})", idx * 2 + 1, idx * 2 + 2))
         .collect();
     format!(
-        "UPDATE nodes SET last_seen_at = v.column2 FROM (VALUES {}) AS v WHERE nodes.name = v.column1",
+        "UPDATE node_heartbeats SET last_seen_at = v.column2 FROM (VALUES {}) AS v \
+         WHERE node_heartbeats.node = v.column1",
         pairs.join(", ")
     )
 }
 
+/// Records `$now` as `$node`'s last heartbeat in the transaction `$tx` (a registration).
+macro_rules! record_heartbeat {
+    ($tx:expr, $node:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO node_heartbeats (node, last_seen_at) VALUES ($1, $2)
+             ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+        )
+        .bind($node.as_str())
+        .bind(micros($now))
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+/// `nodes n` for a read of nodes' names and states only. On SQLite the read is told to use
+/// the index on (name, state): a `nodes` row holds `state` after the inventory, in overflow
+/// pages, and the planner prefers the primary key's index for lookups by name.
+fn nodes_by_state(pool: &Pool) -> &'static str {
+    match pool {
+        Pool::Sqlite(_) => "nodes n INDEXED BY nodes_by_name_state",
+        Pool::Postgres(_) => "nodes n",
+    }
+}
+
 /// `SELECT` of `n` nodes' names, states and active jobs.
-fn heartbeat_facts_sql(n: usize) -> String {
+fn heartbeat_facts_sql(n: usize, pool: &Pool) -> String {
     let names: Vec<String> = (1..=n).map(|idx| format!("${idx}")).collect();
     states::sql(&format!(
         "SELECT n.name, n.state,
                 (SELECT j.id FROM jobs j
                  WHERE j.node = n.name AND j.state IN {{active}}
                  ORDER BY j.updated_at DESC LIMIT 1) AS current_job
-         FROM nodes n WHERE n.name IN ({})",
+         FROM {} WHERE n.name IN ({})",
+        nodes_by_state(pool),
         names.join(", ")
     ))
 }
@@ -122,12 +159,12 @@ impl Store {
         registration: Registration,
     ) -> Result<(), StoreError> {
         const INSERT: &str = "INSERT INTO nodes (name, labels, inventory, gpu_source, state,
-                                health, token_hash, last_seen_at, registered_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                                health, token_hash, registered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (name) DO NOTHING";
         const UPDATE: &str = "UPDATE nodes SET labels = $2, inventory = $3, gpu_source = $4,
-                token_hash = $5, last_seen_at = $6, state = $8
-             WHERE name = $1 AND state = $7";
+                token_hash = $5, state = $7
+             WHERE name = $1 AND state = $6";
         let labels = to_json(labels);
         let gpu_source = inventory.gpu_source.as_str();
         let inventory = to_json(inventory);
@@ -161,7 +198,6 @@ impl Store {
                         .bind(&inventory)
                         .bind(gpu_source)
                         .bind(token_hash)
-                        .bind(micros(now))
                         .bind(from.as_str())
                         .bind(to.as_str())
                         .execute(&mut *tx)
@@ -172,6 +208,7 @@ impl Store {
                     }
                 }
             }
+            record_heartbeat!(tx, node, now);
             tx.commit().await?;
             Ok(())
         })
@@ -244,7 +281,7 @@ impl Store {
 
     /// Records a heartbeat.
     pub async fn touch_node(&self, node: &NodeId, now: Timestamp) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE nodes SET last_seen_at = $2 WHERE name = $1";
+        const SQL: &str = "UPDATE node_heartbeats SET last_seen_at = $2 WHERE node = $1";
         writing!(self, |pool| {
             let n_rows = sqlx::query(SQL)
                 .bind(node.as_str())
@@ -278,26 +315,54 @@ impl Store {
         })
     }
 
-    /// Every node's name, state and last heartbeat: what the lease watchdog reads every
-    /// tick, without the inventory and labels a full read parses.
-    pub async fn lease_facts(
-        &self,
-    ) -> Result<Vec<(NodeId, NodeState, Option<Timestamp>)>, StoreError> {
-        const SQL: &str = "SELECT name, state, last_seen_at FROM nodes ORDER BY name";
+    /// What the lease watchdog reads every tick: how many nodes' leases it watches (nodes
+    /// neither unreachable nor retired), and those of them not heard since `quiet_since` (or
+    /// never), with their last heartbeat. Nodes heard since are neither silent nor expired
+    /// (`LeaseGrace::quiet_since`), so a tick gets a handful of rows back: it scans the narrow
+    /// heartbeat rows and counts index entries, and on SQLite reads no node's own row.
+    pub async fn lease_facts(&self, quiet_since: Timestamp) -> Result<LeaseFacts, StoreError> {
+        const WATCHED: &str = "SELECT count(*) FROM nodes WHERE state NOT IN ($1, $2)";
+        // SQLite: the narrow heartbeat rows are scanned, and the state of the quiet ones
+        // read from the index on (name, state) (`nodes_by_state`).
+        const QUIET_SQLITE: &str = "SELECT h.node, h.last_seen_at FROM node_heartbeats h
+             WHERE (h.last_seen_at IS NULL OR h.last_seen_at < $1)
+               AND (SELECT n.state FROM nodes n INDEXED BY nodes_by_name_state
+                    WHERE n.name = h.node) NOT IN ($2, $3)
+             ORDER BY h.node";
+        const QUIET_POSTGRES: &str = "SELECT h.node, h.last_seen_at
+             FROM node_heartbeats h JOIN nodes n ON n.name = h.node
+             WHERE (h.last_seen_at IS NULL OR h.last_seen_at < $1) AND n.state NOT IN ($2, $3)
+             ORDER BY h.node";
+        let quiet_sql = match self.pool {
+            Pool::Sqlite(_) => QUIET_SQLITE,
+            Pool::Postgres(_) => QUIET_POSTGRES,
+        };
+        let (unreachable, retired) = (NodeState::Unreachable.as_str(), NodeState::Retired.as_str());
         with_pool!(self, |pool| {
-            sqlx::query(SQL)
+            let n_watched: i64 = sqlx::query_scalar(WATCHED)
+                .bind(unreachable)
+                .bind(retired)
+                .fetch_one(pool)
+                .await?;
+            let quiet = sqlx::query(quiet_sql)
+                .bind(quiet_since)
+                .bind(unreachable)
+                .bind(retired)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(|row| {
-                    let f = rows::Fields::new(row, "nodes", &["name"]);
+                    let f = rows::Fields::new(row, "node_heartbeats", &["node"]);
                     Ok((
-                        NodeId::from(f.text("name")?.as_str()),
-                        f.parse("state")?,
+                        NodeId::from(f.text("node")?.as_str()),
                         f.opt_time("last_seen_at")?,
                     ))
                 })
-                .collect()
+                .collect::<Result<_, StoreError>>()?;
+            Ok(LeaseFacts {
+                n_watched: usize::try_from(n_watched).unwrap_or_default(),
+                quiet,
+            })
         })
     }
 
@@ -309,7 +374,7 @@ impl Store {
     ) -> Result<Vec<HeartbeatFacts>, StoreError> {
         let mut facts = Vec::with_capacity(names.len());
         for chunk in names.chunks(HEARTBEATS_PER_STATEMENT) {
-            let sql = heartbeat_facts_sql(chunk.len());
+            let sql = heartbeat_facts_sql(chunk.len(), &self.pool);
             let rows: Vec<HeartbeatFacts> = with_pool!(self, |pool| {
                 // Built from numbered placeholders and the job states only.
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));

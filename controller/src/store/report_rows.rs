@@ -78,8 +78,9 @@ const RUNS: &str = concat!(
 const JOBS: &str = concat!(
     latest_runs_cte!(),
     " SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, r.plan_name,
-             n.labels, n.gpu_source, n.state AS node_state, n.health, n.inventory, n.last_seen_at
+             n.labels, n.gpu_source, n.state AS node_state, n.health, n.inventory, h.last_seen_at
       FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs r ON r.id = j.run_id
+           LEFT JOIN node_heartbeats h ON h.node = n.name
       WHERE j.run_id IN (SELECT id FROM latest)"
 );
 

@@ -90,6 +90,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     round_trip_of_every_stored_type,
     timestamps_keep_microseconds,
+    lease_facts_list_only_the_quiet_watched_nodes,
     registration_keeps_operator_state,
     plan_versions_and_latest,
     duplicate_result_is_stored_once,
@@ -841,6 +842,56 @@ async fn timestamps_keep_microseconds(store: &Store) {
         .expect("get")
         .expect("some");
     assert_eq!(stored.last_seen_at, Some(micros));
+}
+
+/// The lease watchdog's read: every watched node counted; listed, only those not heard since
+/// the moment asked for, with the heartbeat a flush recorded (to the microsecond, however the
+/// backend orders times); unreachable and retired nodes neither.
+async fn lease_facts_list_only_the_quiet_watched_nodes(store: &Store) {
+    for name in ["n1", "n2", "n3", "n4", "n5", "n6", "n7"] {
+        add_node(store, name).await;
+    }
+    let since = at(15) + chrono::Duration::microseconds(1);
+    let seen = |name: &str, at: Timestamp| (NodeId::from(name), at);
+    store
+        .touch_nodes(&[
+            seen("n1", at(10)),
+            seen("n2", at(20)),
+            seen("n3", at(5)),
+            seen("n4", at(1)),
+            seen("n5", at(1)),
+            seen("n6", at(15)),
+            seen("n7", since + chrono::Duration::microseconds(1)),
+        ])
+        .await
+        .expect("heartbeats");
+    put_node_state(store, "n4", NodeState::Unreachable)
+        .await
+        .expect("unreachable");
+    put_node_state(store, "n5", NodeState::Retired)
+        .await
+        .expect("retired");
+    assert_eq!(
+        store.lease_facts(since).await.expect("lease facts"),
+        LeaseFacts {
+            n_watched: 5,
+            quiet: vec![
+                (NodeId::from("n1"), Some(at(10))),
+                (NodeId::from("n3"), Some(at(5))),
+                (NodeId::from("n6"), Some(at(15))),
+            ],
+        }
+    );
+    // Readers of a node see the heartbeat recorded in the narrow table.
+    let n2 = store
+        .get_node(&NodeId::from("n2"))
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(n2.last_seen_at, Some(at(20)));
+    let listed = store.list_nodes().await.expect("list");
+    let n3 = listed.iter().find(|node| node.id.as_str() == "n3");
+    assert_eq!(n3.and_then(|node| node.last_seen_at), Some(at(5)));
 }
 
 async fn registration_keeps_operator_state(store: &Store) {
