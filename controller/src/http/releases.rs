@@ -206,19 +206,7 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         }
     };
     let waivers = if caller.may(LIST_WAIVERS) {
-        caller
-            .rpc(
-                LIST_WAIVERS,
-                pb::ListWaiversRequest {
-                    release: name.clone(),
-                    milestone: String::new(),
-                    page_size: 100,
-                    page_token: String::new(),
-                },
-                |request| gates.list_waivers(request),
-            )
-            .await?
-            .waivers
+        super::waivers::of_release(&caller, &gates, &name).await?
     } else {
         Vec::new()
     };

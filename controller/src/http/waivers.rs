@@ -101,19 +101,7 @@ pub async fn list(
     };
     let mut waivers = Vec::new();
     for name in &names {
-        let page = caller
-            .rpc(
-                LIST_WAIVERS,
-                pb::ListWaiversRequest {
-                    release: name.clone(),
-                    milestone: String::new(),
-                    page_size: 100,
-                    page_token: String::new(),
-                },
-                |request| gates.list_waivers(request),
-            )
-            .await?;
-        waivers.extend(page.waivers);
+        waivers.extend(of_release(&caller, &gates, name).await?);
     }
     let refs: Vec<&pb::Waiver> = waivers.iter().collect();
     let body = html! {
@@ -128,6 +116,27 @@ pub async fn list(
         @if refs.is_empty() { p.muted { "No waiver." } } @else { (table(&caller, &refs, true)) }
     };
     Ok(layout::page(&caller, "Waivers", "/waivers", body))
+}
+
+/// The first 100 waivers of `release` (every milestone), through `GateService/ListWaivers`.
+pub async fn of_release(
+    caller: &Caller,
+    gates: &crate::grpc::gate::GateApi,
+    release: &str,
+) -> Result<Vec<pb::Waiver>, PageError> {
+    Ok(caller
+        .rpc(
+            LIST_WAIVERS,
+            pb::ListWaiversRequest {
+                release: release.to_owned(),
+                milestone: String::new(),
+                page_size: 100,
+                page_token: String::new(),
+            },
+            |request| gates.list_waivers(request),
+        )
+        .await?
+        .waivers)
 }
 
 /// Revokes a waiver in force, through `GateService/RevokeWaiver`.

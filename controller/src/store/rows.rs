@@ -288,24 +288,12 @@ pub(super) fn step_result(row: &impl StoreRow) -> Result<StepResult, StoreError>
 /// Every column of a `step_results` row but its series (left empty).
 fn step_result_without_series<R: StoreRow>(f: &Fields<'_, R>) -> Result<StepResult, StoreError> {
     Ok(StepResult {
-        job_id: JobId(f.text("job_id")?),
-        step_index: f.int_as("step_index")?,
-        step_name: f.text("step_name")?,
-        attempt: f.int_as("attempt")?,
-        lease_epoch: f.int_as("lease_epoch")?,
-        outcome: f.parse("outcome")?,
-        exit_code: f.opt_int_as("exit_code")?,
-        started_at: f.time("started_at")?,
-        finished_at: f.time("finished_at")?,
-        measurements: f.json::<Vec<Measurement>>("measurements")?,
         telemetry: f.json::<Vec<GpuTelemetry>>("telemetry")?,
         events: f.json::<Vec<GpuEvent>>("events")?,
         inventory: f.json::<Inventory>("inventory")?,
         log_tail: f.text("log_tail")?,
-        message: f.text("message")?,
-        sub_results: f.json::<Vec<SubResult>>("sub_results")?,
         inventory_at_end: f.json::<Option<Inventory>>("inventory_at_end")?,
-        series: Vec::new(),
+        ..summary_columns(f)?
     })
 }
 
@@ -314,11 +302,15 @@ fn step_result_without_series<R: StoreRow>(f: &Fields<'_, R>) -> Result<StepResu
 /// telemetry, events, inventories, series and log tail are left empty: never use it as
 /// evidence or in a report.
 pub(super) fn step_result_summary(row: &impl StoreRow) -> Result<StepResult, StoreError> {
-    let f = Fields::new(
+    summary_columns(&Fields::new(
         row,
         "step_results",
         &["job_id", "step_index", "attempt", "lease_epoch"],
-    );
+    ))
+}
+
+/// The columns [`result_summary_query!`] selects, the others left empty.
+fn summary_columns<R: StoreRow>(f: &Fields<'_, R>) -> Result<StepResult, StoreError> {
     Ok(StepResult {
         job_id: JobId(f.text("job_id")?),
         step_index: f.int_as("step_index")?,
