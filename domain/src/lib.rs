@@ -29,6 +29,7 @@ pub mod result;
 pub mod run;
 pub mod scheduler;
 pub mod spec;
+pub mod stats;
 pub mod telemetry;
 pub mod test_support;
 pub mod waiver;
