@@ -192,7 +192,7 @@ fn asymptotic_u_sf(u: f64, n1: usize, n2: usize, ties: &[usize]) -> f64 {
         .sum();
     let sd = (n1 * n2 / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)))).sqrt();
     let numerator = u - n1 * n2 / 2.0 - 0.5;
-    if !(sd > 0.0) {
+    if sd.is_nan() || sd <= 0.0 {
         // Every value is tied: U sits at its mean and nothing is more extreme.
         return if numerator > 0.0 { 0.0 } else { 1.0 };
     }
@@ -347,13 +347,24 @@ mod tests {
             .collect()
     }
 
+    /// (name, current, baseline, alternative, exact, U, p).
+    type RankCase = (
+        &'static str,
+        Vec<f64>,
+        Vec<f64>,
+        Alternative,
+        bool,
+        f64,
+        f64,
+    );
+
     #[test]
     fn mann_whitney_u_matches_scipy() {
         let evens: Vec<f64> = (0..20).step_by(2).map(f64::from).collect();
         let odds: Vec<f64> = (1..21).step_by(2).map(f64::from).collect();
         let halves: Vec<f64> = (0..20).map(|v| f64::from(v) + 0.5).collect();
         // (name, current, baseline, alternative, exact, U, p); SciPy `method="auto"`.
-        let cases: Vec<(&str, Vec<f64>, Vec<f64>, Alternative, bool, f64, f64)> = vec![
+        let cases: Vec<RankCase> = vec![
             (
                 "small_lower",
                 vec![1.1, 2.3, 3.5],

@@ -122,6 +122,24 @@ pub enum RuleKind {
         /// The label grouping nodes (`sku`).
         per: String,
     },
+    /// Per step (and per testcase of a step whose results carry test results) and per label
+    /// value (SKU), the pass rate is not significantly lower than that of the last release
+    /// promoted past the same milestone (one-sided Fisher's exact test); with a measurement,
+    /// its values are not significantly worse either (one-sided Mann–Whitney U test).
+    NoRegression {
+        /// Only results of this step.
+        step: Option<String>,
+        /// The label grouping nodes (`sku`).
+        per: String,
+        /// The significance level: a p-value below it is a regression.
+        significance: f64,
+        /// Fewest samples on each side for a comparison; with fewer the rule waits.
+        min_samples: u32,
+        /// A measurement whose values are compared as well.
+        measurement: Option<String>,
+        /// Whether larger values of the measurement are better or worse.
+        direction: Direction,
+    },
     /// No XID with one of these codes on any node (every XID when empty).
     NoXid {
         /// XID codes.
@@ -227,6 +245,21 @@ impl RuleKind {
                 scope(step),
                 format_number(*max_regression_pct)
             ),
+            RuleKind::NoRegression {
+                step,
+                per,
+                significance,
+                min_samples,
+                measurement,
+                direction,
+            } => describe_no_regression(
+                step.as_deref(),
+                per,
+                *significance,
+                *min_samples,
+                measurement.as_deref(),
+                *direction,
+            ),
             RuleKind::NoEvents {
                 xid,
                 ecc_uncorrected,
@@ -274,6 +307,30 @@ fn describe_steps_passed(
         tolerance.max_failed,
         tolerance.max_errored,
         tolerance.max_inconclusive
+    )
+}
+
+/// [`RuleKind::describe`] of a `no-regression` rule.
+fn describe_no_regression(
+    step: Option<&str>,
+    per: &str,
+    significance: f64,
+    min_samples: u32,
+    measurement: Option<&str>,
+    direction: Direction,
+) -> String {
+    let what = match step {
+        Some(step) => format!("step {step} and each of its testcases"),
+        None => "every step and testcase".to_owned(),
+    };
+    let values = measurement
+        .map(|m| {
+            format!(", nor are its {m} values significantly worse ({direction}; one-sided Mann–Whitney U)")
+        })
+        .unwrap_or_default();
+    format!(
+        "the pass rate of {what} per {per} is not significantly lower than the last release promoted past this milestone (one-sided Fisher's exact test){values}, at p < {} with at least {min_samples} samples on each side",
+        format_number(significance)
     )
 }
 
@@ -582,8 +639,8 @@ pub struct Evidence {
     pub milestone: String,
     /// The latest run of each plan for the release at the milestone.
     pub runs: Vec<RunEvidence>,
-    /// The evidence of the last release promoted past the same milestone, for `baseline`
-    /// rules; `None` when there is none (or the policy has no baseline rule).
+    /// The evidence of the last release promoted past the same milestone, for `baseline` and
+    /// `no-regression` rules; `None` when there is none (or the policy has neither rule).
     #[serde(default)]
     pub baseline: Option<Box<Evidence>>,
 }
@@ -880,10 +937,12 @@ fn waivers_of<'w>(
 /// Whether any rule of the policy compares with a baseline release, so the caller knows
 /// whether to load the baseline's evidence.
 pub fn needs_baseline(policy: &GatePolicy) -> bool {
-    policy
-        .rules
-        .iter()
-        .any(|rule| matches!(rule.kind, RuleKind::Baseline { .. }))
+    policy.rules.iter().any(|rule| {
+        matches!(
+            rule.kind,
+            RuleKind::Baseline { .. } | RuleKind::NoRegression { .. }
+        )
+    })
 }
 
 /// Decides whether `evidence` satisfies `policy` at `now`.

@@ -27,6 +27,8 @@ struct RawRule {
     #[serde(default)]
     baseline: Option<Spanned<RawBaseline>>,
     #[serde(default)]
+    no_regression: Option<Spanned<RawNoRegression>>,
+    #[serde(default)]
     no_xid: Option<Spanned<RawNoXid>>,
     #[serde(default)]
     no_events: Option<Spanned<RawNoEvents>>,
@@ -89,6 +91,14 @@ raw_rule!(RawBaseline {
     max_regression_pct: Option<f64>,
     direction: Option<String>,
     per: Option<String>,
+});
+raw_rule!(RawNoRegression {
+    step: Option<String>,
+    per: Option<String>,
+    significance: Option<f64>,
+    min_samples: Option<RawInt>,
+    measurement: Option<String>,
+    direction: Option<String>,
 });
 raw_rule!(RawNoXid { codes: Vec<i64> });
 raw_rule!(RawNoEvents { xid: Option<Vec<i64>>, ecc_uncorrected: Option<bool>, row_remap_failure: Option<bool>, gpu_lost: Option<bool> });
@@ -191,7 +201,7 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             0 => problems.add(
                 raw.rules.referenced,
                 format!("rules[{idx}]"),
-                "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-xid, no-events, dcgm-diag, inventory-matches-release",
+                "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-regression, no-xid, no-events, dcgm-diag, inventory-matches-release",
             ),
             1 => {
                 if let Some(rule) = rule_of(&mut problems, idx, given.remove(0), &rules) {
@@ -233,6 +243,7 @@ fn kinds_given(
         measurement,
         telemetry,
         baseline,
+        no_regression,
         no_xid,
         no_events,
         dcgm_diag,
@@ -258,6 +269,7 @@ fn kinds_given(
     body!(measurement, "measurement", measurement_kind);
     body!(telemetry, "telemetry", telemetry_kind);
     body!(baseline, "baseline", baseline_kind);
+    body!(no_regression, "no-regression", no_regression_kind);
     body!(no_xid, "no-xid", |raw: RawNoXid, _: &mut At<'_, '_>| Some(
         RuleKind::NoXid { codes: raw.codes }
     ));
@@ -445,6 +457,58 @@ fn baseline_kind(raw: RawBaseline, at: &mut At<'_, '_>) -> Option<RuleKind> {
     }
 }
 
+/// The significance level a `no-regression` rule uses when its file names none.
+const DEFAULT_SIGNIFICANCE: f64 = 0.05;
+
+/// The fewest samples on each side a `no-regression` rule compares when its file names none.
+const DEFAULT_MIN_SAMPLES: u32 = 20;
+
+/// The `no-regression` kind of a rule, checked field by field.
+fn no_regression_kind(raw: RawNoRegression, at: &mut At<'_, '_>) -> Option<RuleKind> {
+    let significance = raw.significance.unwrap_or(DEFAULT_SIGNIFICANCE);
+    let significance_ok = significance > 0.0 && significance < 1.0;
+    if !significance_ok {
+        at.add(
+            "significance",
+            format!("{significance} is not a significance level in (0, 1), for example 0.05"),
+        );
+    }
+    let min_samples = match raw.min_samples {
+        None => Some(DEFAULT_MIN_SAMPLES),
+        Some(value) => at.int(Some(value), "min-samples", u32::MAX),
+    };
+    if min_samples == Some(0) {
+        at.add(
+            "min-samples",
+            "must be at least 1: a comparison without samples proves nothing",
+        );
+    }
+    let direction: Option<Direction> = match raw.direction.as_deref() {
+        None => Some(Direction::HigherIsBetter),
+        Some(_) if raw.measurement.is_none() => {
+            at.add(
+                "direction",
+                "applies to a measurement; name one with measurement: NAME, or leave direction out",
+            );
+            None
+        }
+        Some(text) => at.parse(Some(text), "direction"),
+    };
+    match (min_samples, direction) {
+        (Some(min_samples @ 1..), Some(direction)) if significance_ok => {
+            Some(RuleKind::NoRegression {
+                step: raw.step,
+                per: raw.per.unwrap_or_else(|| "sku".to_owned()),
+                significance,
+                min_samples,
+                measurement: raw.measurement,
+                direction,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The `dcgm-diag` kind of a rule, checked field by field.
 fn dcgm_diag_kind(raw: RawDcgmDiag, at: &mut At<'_, '_>) -> Option<RuleKind> {
     let level = at
@@ -520,6 +584,20 @@ fn check_bounds(problems: &mut Problems, location: Location, at: &str, kind: &Ru
                 name(problems, "step", step);
             }
         }
+        RuleKind::NoRegression {
+            step,
+            per,
+            measurement,
+            ..
+        } => {
+            if let Some(step) = step {
+                name(problems, "step", step);
+            }
+            if let Some(measurement) = measurement {
+                name(problems, "measurement", measurement);
+            }
+            problems.text(location, format!("{at}.per"), &limits::LABEL_KEY, per);
+        }
         RuleKind::NoXid { codes } => {
             problems.count(
                 location,
@@ -567,6 +645,18 @@ fn default_rule_id(kind: &RuleKind) -> String {
         RuleKind::Telemetry { field, .. } => format!("telemetry:{field}"),
         RuleKind::StepsPassed { plan, .. } => format!("steps-passed:{plan}"),
         RuleKind::Baseline { measurement, .. } => format!("baseline:{measurement}"),
+        // Two of these differ by their step or measurement: either names the rule.
+        RuleKind::NoRegression {
+            step, measurement, ..
+        } => [
+            Some("no-regression"),
+            step.as_deref(),
+            measurement.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<&str>>()
+        .join(":"),
         other => other.name().to_owned(),
     }
 }

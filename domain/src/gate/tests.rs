@@ -970,6 +970,324 @@ fn a_flash_is_judged_on_the_inventory_after_it() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// no-regression
+
+/// `n_passed` nodes of `sku` whose step1 passed and `n_failed` whose step1 failed, named
+/// `<prefix><i>`.
+fn fleet(prefix: &str, sku: &str, n_passed: usize, n_failed: usize) -> Vec<JobEvidence> {
+    (0..n_passed + n_failed)
+        .map(|i| {
+            let node = format!("{prefix}{i}");
+            let job = if i < n_passed {
+                good(&node)
+            } else {
+                failed_stress(&node, "exit code 1")
+            };
+            labelled(job, sku)
+        })
+        .collect()
+}
+
+/// Evidence of release r550 over `current`, compared with release r545's `baseline` jobs.
+fn against(current: Vec<JobEvidence>, baseline: Vec<JobEvidence>) -> Evidence {
+    let mut older = evidence(baseline);
+    older.release.id = "r545".into();
+    let mut ev = evidence(current);
+    ev.baseline = Some(Box::new(older));
+    ev
+}
+
+const NO_REGRESSION: &str =
+    "  - no-regression: {step: step1, per: sku, significance: 0.05, min-samples: 20}\n";
+
+#[test]
+fn a_significant_drop_in_pass_rate_fails_naming_both_rates_and_the_p_value() {
+    // 41 of 50 against 98 of 100: SciPy's fisher_exact(alternative="less") gives p=0.000905.
+    let ev = against(fleet("n", "hgx-h100", 41, 9), fleet("o", "hgx-h100", 98, 2));
+    let decision = evaluate(&gate(NO_REGRESSION), &ev, &[], at(100));
+    let rule = &decision.rules[0];
+    assert_eq!(rule.rule_id, "no-regression:step1");
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert_eq!(
+        rule.reason,
+        "regressed against r545: step1 on sku=hgx-h100: 41/50 passed (82.0%) vs baseline 98/100 (98.0%), Fisher one-sided p=9.0e-4 < 0.05"
+    );
+    let failing: Vec<String> = (41..50).map(|i| format!("n{i}")).collect();
+    assert_eq!(
+        rule.failing_nodes,
+        failing
+            .iter()
+            .map(|n| NodeId::from(n.as_str()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(rule.failure_groups.len(), 1, "{:?}", rule.failure_groups);
+    assert_eq!(
+        rule.failure_groups[0].signature,
+        "step1 pass rate regressed on sku=hgx-h100"
+    );
+    assert!(needs_baseline(&gate(NO_REGRESSION)));
+}
+
+#[test]
+fn the_same_pass_rate_passes_and_flaky_but_not_worse_passes() {
+    let policy = gate(NO_REGRESSION);
+    let same = against(fleet("n", "hgx-h100", 49, 1), fleet("o", "hgx-h100", 98, 2));
+    let rule = &evaluate(&policy, &same, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert!(
+        rule.reason.contains(
+            "step1 on sku=hgx-h100: 49/50 passed (98.0%) vs baseline 98/100 (98.0%), Fisher one-sided p=0.7067 >= 0.05"
+        ),
+        "{}",
+        rule.reason
+    );
+    // One failure in 20 where the baseline had none: flaky, not significantly worse (p=0.5).
+    let flaky = against(fleet("n", "hgx-h100", 19, 1), fleet("o", "hgx-h100", 20, 0));
+    let rule = &evaluate(&policy, &flaky, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert!(rule.reason.contains("p=0.5 >= 0.05"), "{}", rule.reason);
+}
+
+#[test]
+fn too_few_samples_wait_and_never_pass() {
+    let policy = gate(NO_REGRESSION);
+    let ev = against(fleet("n", "hgx-h100", 5, 0), fleet("o", "hgx-h100", 98, 2));
+    let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Waiting, "{}", rule.reason);
+    assert!(
+        rule.reason.contains("not enough evidence against r545")
+            && rule
+                .reason
+                .contains("step1 on sku=hgx-h100: 5 vs baseline 100 samples"),
+        "{}",
+        rule.reason
+    );
+    // A SKU the baseline never ran on has nothing to compare with: it waits too.
+    let mut current = fleet("n", "hgx-h100", 30, 0);
+    current.extend(fleet("m", "hgx-b200", 30, 0));
+    let ev = against(current, fleet("o", "hgx-h100", 30, 0));
+    let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Waiting, "{}", rule.reason);
+    assert!(
+        rule.reason
+            .contains("step1 on sku=hgx-b200: 30 vs baseline 0 samples")
+            && rule
+                .reason
+                .contains("1 other comparison(s) show no significant regression"),
+        "{}",
+        rule.reason
+    );
+    // Running jobs: no verdict yet, however good the numbers so far.
+    let mut running = fleet("n", "hgx-h100", 30, 0);
+    running[0].state = JobState::Running;
+    let ev = against(running, fleet("o", "hgx-h100", 30, 0));
+    let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Waiting, "{}", rule.reason);
+    assert!(
+        rule.reason.contains("1 job(s) still running"),
+        "{}",
+        rule.reason
+    );
+}
+
+#[test]
+fn without_a_baseline_release_no_regression_passes_like_baseline_and_says_so() {
+    let ev = evidence(fleet("n", "hgx-h100", 10, 0));
+    let rule = &evaluate(&gate(NO_REGRESSION), &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert_eq!(
+        rule.reason,
+        "no earlier release was promoted past lab-qual; nothing to compare pass rates with"
+    );
+}
+
+/// Nodes of `sku` whose step1 ran two tests on both GPUs: `memory` passed on both GPUs of
+/// the first `n_memory_passed` nodes and failed on both of the rest; `pcie` always passed.
+fn with_tests(prefix: &str, sku: &str, n_nodes: usize, n_memory_passed: usize) -> Vec<JobEvidence> {
+    (0..n_nodes)
+        .map(|i| {
+            let mut job = labelled(good(&format!("{prefix}{i}")), sku);
+            let memory = if i < n_memory_passed {
+                Outcome::Passed
+            } else {
+                Outcome::Failed
+            };
+            let mut subs = Vec::new();
+            for gpu in 0..2 {
+                for (name, outcome) in [("memory", memory), ("pcie", Outcome::Passed)] {
+                    subs.push(SubResult {
+                        name: name.into(),
+                        gpu_index: Some(gpu),
+                        message: "bandwidth below threshold".into(),
+                        ..diag(outcome, 3)
+                    });
+                }
+            }
+            if memory == Outcome::Failed {
+                job.results[1].outcome = Outcome::Failed;
+                job.state = JobState::Failed;
+            }
+            job.results[1].sub_results = subs;
+            job
+        })
+        .collect()
+}
+
+#[test]
+fn each_testcase_is_compared_per_sku_and_only_the_regressed_one_fails() {
+    // memory: 40/50 GPUs passed now against 100/100; pcie 50/50 against 100/100.
+    let mut current = with_tests("n", "hgx-h100", 25, 20);
+    current.extend(with_tests("m", "hgx-b200", 25, 25));
+    let mut baseline = with_tests("o", "hgx-h100", 50, 50);
+    baseline.extend(with_tests("p", "hgx-b200", 50, 50));
+    let policy = gate("  - no-regression: {min-samples: 20}\n");
+    let rule = &evaluate(&policy, &against(current, baseline), &[], at(100)).rules[0];
+    assert_eq!(rule.rule_id, "no-regression");
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert!(
+        rule.reason.starts_with(
+            "regressed against r545: step1/memory on sku=hgx-h100: 40/50 passed (80.0%) vs baseline 100/100 (100.0%), Fisher one-sided p="
+        ),
+        "{}",
+        rule.reason
+    );
+    assert!(
+        !rule.reason.contains("pcie") && !rule.reason.contains("b200"),
+        "{}",
+        rule.reason
+    );
+    // The failing items are the failed tests, each naming its GPU; waivers judge those.
+    let failing: Vec<&EvidenceItem> = rule.evidence.iter().filter(|i| !i.ok).collect();
+    assert_eq!(failing.len(), 10);
+    assert!(failing.iter().all(|i| i.step.as_deref() == Some("step1")
+        && i.gpu_index.is_some()
+        && i.detail.starts_with("step1/memory on GPU ")
+        && i.detail.ends_with("failed: bandwidth below threshold")));
+    assert_eq!(rule.failing_nodes.len(), 5);
+}
+
+#[test]
+fn a_worse_measurement_fails_by_mann_whitney_u() {
+    let with_bw = |jobs: Vec<JobEvidence>, base: f64| -> Vec<JobEvidence> {
+        jobs.into_iter()
+            .enumerate()
+            .map(|(i, mut job)| {
+                job.results[1].measurements[0].value = base + (i % 7) as f64;
+                job
+            })
+            .collect()
+    };
+    let policy = gate(
+        "  - no-regression: {step: step1, min-samples: 20, measurement: membw_gbps, direction: higher-is-better}\n",
+    );
+    let slower = against(
+        with_bw(fleet("n", "hgx-h100", 30, 0), 2900.0),
+        with_bw(fleet("o", "hgx-h100", 30, 0), 2950.0),
+    );
+    let rule = &evaluate(&policy, &slower, &[], at(100)).rules[0];
+    assert_eq!(rule.rule_id, "no-regression:step1:membw_gbps");
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    assert!(
+        rule.reason.contains(
+            "step1 membw_gbps on sku=hgx-h100: median 2903 vs baseline median 2953 (30 vs 30 values, higher-is-better), Mann–Whitney one-sided p="
+        ) && !rule.reason.contains("step1 on sku"),
+        "{}",
+        rule.reason
+    );
+    assert_eq!(rule.failing_nodes.len(), 30);
+    // The same numbers are no regression where lower is better.
+    let lower = gate(
+        "  - no-regression: {step: step1, min-samples: 20, measurement: membw_gbps, direction: lower-is-better}\n",
+    );
+    let rule = &evaluate(&lower, &slower, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+}
+
+#[test]
+fn waivers_apply_to_no_regression_by_its_id_and_scope() {
+    let ev = against(fleet("n", "hgx-h100", 41, 9), fleet("o", "hgx-h100", 98, 2));
+    let policy = gate(NO_REGRESSION);
+    let whole = waiver("no-regression:step1");
+    let rule = &evaluate(&policy, &ev, &[whole], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Waived, "{}", rule.reason);
+    let other_sku = Waiver {
+        skus: vec!["hgx-b200".into()],
+        ..waiver("no-regression:step1")
+    };
+    let rule = &evaluate(&policy, &ev, &[other_sku], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
+    let this_sku = Waiver {
+        skus: vec!["hgx-h100".into()],
+        ..waiver("no-regression:step1")
+    };
+    let rule = &evaluate(&policy, &ev, &[this_sku], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Waived, "{}", rule.reason);
+}
+
+#[test]
+fn no_regression_decided_incrementally_equals_a_full_evaluation() {
+    let policy = gate("  - no-regression: {min-samples: 20, measurement: membw_gbps}\n");
+    let full = against(fleet("n", "hgx-h100", 41, 9), fleet("o", "hgx-h100", 98, 2));
+    let mut partial = full.clone();
+    for k in [3, 45] {
+        partial.runs[0].jobs[k].results.truncate(1);
+        partial.runs[0].jobs[k].state = JobState::Running;
+    }
+    let mut state = GateState::new(&policy, &partial);
+    assert_eq!(
+        state.decide(&policy, &partial, &[], at(100)),
+        evaluate(&policy, &partial, &[], at(100))
+    );
+    for k in [3, 45] {
+        partial.runs[0].jobs[k] = full.runs[0].jobs[k].clone();
+        state.job_changed(&policy, &partial, 0, k);
+    }
+    assert_eq!(
+        state.decide(&policy, &partial, &[], at(100)),
+        evaluate(&policy, &full, &[], at(100))
+    );
+}
+
+#[test]
+fn no_regression_errors_name_line_and_field() {
+    let source = "milestone: lab-qual\nrules:\n  - steps-passed: {plan: gpu-qual, steps: [step0]}\n  - no-regression: {significance: 1.5, min-samples: 0, direction: up}\n";
+    let text = parse_gate("g.yaml", source).unwrap_err().to_string();
+    for expected in [
+        "g.yaml:4:",
+        "rules[1].no-regression.significance: 1.5 is not a significance level in (0, 1)",
+        "rules[1].no-regression.min-samples: must be at least 1",
+        "rules[1].no-regression.direction: applies to a measurement",
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+    let source = "milestone: lab-qual\nrules:\n  - no-regression: {measurement: bw, direction: up}\n  - no-regression: {per-sku: true}\n";
+    let text = parse_gate("g.yaml", source).unwrap_err().to_string();
+    assert!(
+        text.contains("g.yaml:4:") && text.contains("unknown field `per-sku`"),
+        "{text}"
+    );
+    let source =
+        "milestone: lab-qual\nrules:\n  - no-regression: {measurement: bw, direction: up}\n";
+    let text = parse_gate("g.yaml", source).unwrap_err().to_string();
+    assert!(
+        text.contains("g.yaml:3:") && text.contains("rules[0].no-regression.direction"),
+        "{text}"
+    );
+    let defaults = gate("  - no-regression: {}\n");
+    assert_eq!(
+        defaults.rules[0].kind,
+        RuleKind::NoRegression {
+            step: None,
+            per: "sku".into(),
+            significance: 0.05,
+            min_samples: 20,
+            measurement: None,
+            direction: Direction::HigherIsBetter,
+        }
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

@@ -40,24 +40,15 @@ impl Baseline {
         per: &str,
     ) -> Self {
         let before = ctx.evidence.baseline.as_deref().map(|base| {
-            let slots = slots(base);
-            let facts: Vec<JobFacts> = slots
-                .iter()
-                .map(|s| JobFacts::new(&base.runs[s.run].jobs[s.job], &base.release))
-                .collect();
-            let base_ctx = Ctx {
-                evidence: base,
-                slots: &slots,
-                facts: &facts,
-                first: 0,
-            };
             let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            for j in 0..slots.len() {
-                let group = group_of(base_ctx.job(j), per);
-                measurement_points(&base_ctx, j, measurement, step, |p| {
-                    values.entry(group.clone()).or_default().push(p.value);
-                });
-            }
+            with_evidence(base, |base_ctx| {
+                for j in 0..base_ctx.slots.len() {
+                    let group = group_of(base_ctx.job(j), per);
+                    measurement_points(base_ctx, j, measurement, step, |p| {
+                        values.entry(group.clone()).or_default().push(p.value);
+                    });
+                }
+            });
             let aggregated = values
                 .into_iter()
                 .map(|(group, values)| (group, aggregate.apply(&values)))

@@ -21,6 +21,7 @@ mod dcgm_diag;
 mod events;
 mod inventory;
 mod measurement;
+mod no_regression;
 mod numeric;
 mod steps_passed;
 mod telemetry;
@@ -77,6 +78,22 @@ impl JobFacts {
             .ok()
             .map(|pos| self.latest[pos].1)
     }
+}
+
+/// Calls `f` with a context over a whole other evidence set (the baseline release's), its
+/// facts computed against that evidence's own release.
+fn with_evidence<R>(evidence: &Evidence, f: impl FnOnce(&Ctx<'_>) -> R) -> R {
+    let slots = slots(evidence);
+    let facts: Vec<JobFacts> = slots
+        .iter()
+        .map(|s| JobFacts::new(&evidence.runs[s.run].jobs[s.job], &evidence.release))
+        .collect();
+    f(&Ctx {
+        evidence,
+        slots: &slots,
+        facts: &facts,
+        first: 0,
+    })
 }
 
 /// The evidence and the per-job facts, as rules read them.
@@ -430,6 +447,28 @@ impl RuleState {
                     *max_regression_pct,
                     *direction,
                     per,
+                ),
+                n,
+            ),
+            RuleKind::NoRegression {
+                step,
+                per,
+                significance,
+                min_samples,
+                measurement,
+                direction,
+            } => kept(
+                no_regression::NoRegression::new(
+                    ctx,
+                    &rule.scope,
+                    no_regression::Settings {
+                        step: step.clone(),
+                        per: per.clone(),
+                        significance: *significance,
+                        min_samples: *min_samples,
+                        measurement: measurement.clone(),
+                        direction: *direction,
+                    },
                 ),
                 n,
             ),
