@@ -1288,6 +1288,19 @@ fn no_regression_errors_name_line_and_field() {
     );
 }
 
+#[test]
+fn the_documented_no_regression_rules_parse_with_their_ids() {
+    let policy = gate(
+        "  - no-regression: {per: sku, significance: 0.05, min-samples: 20}\n  - no-regression: {step: dcgm-diag, per: sku, significance: 0.01, min-samples: 30,\n                    measurement: membw_gbps, direction: higher-is-better}\n",
+    );
+    let ids: Vec<&str> = policy.rules.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["no-regression", "no-regression:dcgm-diag:membw_gbps"]);
+    assert_eq!(
+        policy.rules[1].kind.describe(),
+        "the pass rate of step dcgm-diag and each of its testcases per sku is not significantly lower than the last release promoted past this milestone (one-sided Fisher's exact test), nor are its membw_gbps values significantly worse (higher-is-better; one-sided Mann–Whitney U), at p < 0.01 with at least 30 samples on each side"
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
