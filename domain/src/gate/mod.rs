@@ -325,7 +325,7 @@ fn describe_no_regression(
     };
     let values = measurement
         .map(|m| {
-            format!(", nor are its {m} values significantly worse ({direction}; one-sided Mann–Whitney U)")
+            format!(", nor are its {m} values significantly worse ({direction}; one-sided Mann-Whitney U)")
         })
         .unwrap_or_default();
     format!(

@@ -1190,7 +1190,7 @@ fn a_worse_measurement_fails_by_mann_whitney_u() {
     assert_eq!(rule.verdict, Verdict::Failed, "{}", rule.reason);
     assert!(
         rule.reason.contains(
-            "step1 membw_gbps on sku=hgx-h100: median 2903 vs baseline median 2953 (30 vs 30 values, higher-is-better), Mann–Whitney one-sided p="
+            "step1 membw_gbps on sku=hgx-h100: median 2903 vs baseline median 2953 (30 vs 30 values, higher-is-better), Mann-Whitney one-sided p="
         ) && !rule.reason.contains("step1 on sku"),
         "{}",
         rule.reason
@@ -1297,7 +1297,7 @@ fn the_documented_no_regression_rules_parse_with_their_ids() {
     assert_eq!(ids, ["no-regression", "no-regression:dcgm-diag:membw_gbps"]);
     assert_eq!(
         policy.rules[1].kind.describe(),
-        "the pass rate of step dcgm-diag and each of its testcases per sku is not significantly lower than the last release promoted past this milestone (one-sided Fisher's exact test), nor are its membw_gbps values significantly worse (higher-is-better; one-sided Mann–Whitney U), at p < 0.01 with at least 30 samples on each side"
+        "the pass rate of step dcgm-diag and each of its testcases per sku is not significantly lower than the last release promoted past this milestone (one-sided Fisher's exact test), nor are its membw_gbps values significantly worse (higher-is-better; one-sided Mann-Whitney U), at p < 0.01 with at least 30 samples on each side"
     );
 }
 

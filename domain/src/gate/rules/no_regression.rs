@@ -293,7 +293,7 @@ impl NoRegression {
                     let regressed = test.p < settings.significance;
                     let median = |values: &[f64]| Aggregate::P50.apply(values);
                     let text = format!(
-                        "{what}: median {} vs baseline median {} ({n_now} vs {n_base} values, {}), Mann–Whitney one-sided p={} {} {significance}",
+                        "{what}: median {} vs baseline median {} ({n_now} vs {n_base} values, {}), Mann-Whitney one-sided p={} {} {significance}",
                         median(now),
                         median(base),
                         settings.direction,
