@@ -521,6 +521,40 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// One more failure of the release under test never makes it look less like a
+        /// regression; the two one-sided p-values overlap exactly at the observed table.
+        #[test]
+        fn fisher_p_falls_with_each_failure(a in 0u64..80, b in 0u64..80, c in 0u64..80, d in 0u64..80) {
+            let p = fisher_exact([[a, b], [c, d]], Less);
+            let worse = fisher_exact([[a, b + 1], [c, d]], Less);
+            proptest::prop_assert!((0.0..=1.0).contains(&p));
+            proptest::prop_assert!(worse <= p * (1.0 + 1e-12), "{} then {}", p, worse);
+            if a + b > 0 && c + d > 0 && a + c > 0 && b + d > 0 {
+                let observed = (ln_choose(a + c, a) + ln_choose(b + d, b) - ln_choose(a + b + c + d, a + b)).exp();
+                let sum = p + fisher_exact([[a, b], [c, d]], Greater) - observed;
+                proptest::prop_assert!((sum - 1.0).abs() < 1e-9, "{}", sum);
+            }
+        }
+
+        /// Shifting the first sample down never raises the "less" p-value, and the exact and
+        /// the approximate p-values stay within a few percent of each other at 8 values a side.
+        #[test]
+        fn mann_whitney_follows_a_shift(values in proptest::collection::vec(0u32..1_000_000, 16), shift in 0.0f64..5e5) {
+            let values: Vec<f64> = values.into_iter().map(|v| f64::from(v) + 0.25).collect();
+            let (first, second) = values.split_at(8);
+            let shifted: Vec<f64> = first.iter().map(|v| v - shift).collect();
+            let before = mann_whitney_u(first, second, Less);
+            let after = mann_whitney_u(&shifted, second, Less);
+            proptest::prop_assert!(after.p <= before.p * (1.0 + 1e-12), "{:?} then {:?}", before, after);
+            if before.exact {
+                let u2 = 64.0 - before.u;
+                let approximate = asymptotic_u_sf(u2, 8, 8, &[]);
+                proptest::prop_assert!((approximate - before.p).abs() < 0.02, "{} vs {}", approximate, before.p);
+            }
+        }
+    }
+
     #[test]
     fn normal_tail_is_accurate_far_out() {
         // Φ(-z) for z = 0, 1, 3, 8 (SciPy `scipy.stats.norm.sf`).
