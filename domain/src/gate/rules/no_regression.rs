@@ -5,9 +5,10 @@
 //! value of the `per` label, the passes and failures of the release under test are compared
 //! with the baseline release's by a one-sided Fisher's exact test; a measurement, when named,
 //! is compared per step and label value by a one-sided Mann–Whitney U test. A p-value below
-//! the significance level is a regression. A comparison with fewer than `min-samples` samples
-//! on either side waits: missing evidence never passes. With no baseline release the rule
-//! passes and says so, as `baseline` does.
+//! the significance level is a regression, and fails the rule at once, as `baseline` does,
+//! even while jobs still run. A comparison with fewer than `min-samples` samples on either side
+//! waits, as does a clean one while jobs run: missing evidence never passes. With no baseline
+//! release the rule passes and says so, as `baseline` does.
 
 use super::measurement::measurement_points;
 use super::numeric::{Point, measurement_item};
