@@ -642,3 +642,263 @@ fn rollout_limits(problems: &mut Problems, raw: &RawLimits) -> RolloutLimits {
             }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/rollout-prod.yaml");
+
+    const GOOD: &str = "name: r\nselector: {env: prod}\nwaves:\n  - percent: 100\nprocedure: {plan: flash}\nhealth:\n  - no-events: {}\n";
+
+    /// The errors of `source`, one line each.
+    fn errors(source: &str) -> String {
+        parse_rollout("r.yaml", source)
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let spec = parse_rollout("rollout-prod.yaml", EXAMPLE).expect("valid");
+        assert_eq!(spec.name, "prod-h100");
+        assert_eq!(spec.selector.to_string(), "env=prod,sku=hgx-h100");
+        assert_eq!(
+            spec.waves,
+            [
+                WaveSpec::Nodes(vec!["gpu-a01".into(), "gpu-a02".into()]),
+                WaveSpec::Percent(10.0),
+                WaveSpec::Percent(50.0),
+                WaveSpec::Percent(100.0),
+            ]
+        );
+        assert_eq!(
+            spec.procedure,
+            Procedure {
+                plan: "flash-and-soak".into(),
+                on_interrupted: OnInterrupted::Fail
+            }
+        );
+        assert_eq!(
+            spec.rollback.as_ref().map(|r| r.plan.as_str()),
+            Some("flash-previous")
+        );
+        assert_eq!(spec.soak, Duration::from_secs(1800));
+        assert!(spec.baseline_by_cohort);
+        assert_eq!(
+            spec.limits,
+            RolloutLimits {
+                max_concurrent: [("pdu".to_owned(), 2), ("rack".to_owned(), 1)].into(),
+                maintenance_windows: true,
+                pause_between_waves: Duration::from_secs(600),
+            }
+        );
+        let ids: Vec<&str> = spec.health.iter().map(|rule| rule.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "steps-passed:flash-and-soak",
+                "no-events",
+                "telemetry:gpu_temp_c"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_and_the_version() {
+        let spec = parse_rollout("r.yaml", GOOD).expect("valid");
+        assert_eq!(spec.procedure.on_interrupted, OnInterrupted::Fail);
+        assert_eq!(spec.rollback, None);
+        assert_eq!(spec.soak, Duration::ZERO);
+        assert!(!spec.baseline_by_cohort);
+        assert_eq!(spec.limits, RolloutLimits::default());
+        let reformatted = GOOD.replace("{env: prod}", "\n  env: prod  # the fleet");
+        let same = parse_rollout("b.yaml", &reformatted).expect("valid");
+        assert_eq!(spec.version(), same.version());
+        let resumed = parse_rollout(
+            "c.yaml",
+            &GOOD.replace("{plan: flash}", "{plan: flash, on-interrupted: resume}"),
+        )
+        .expect("valid");
+        assert_eq!(resumed.procedure.on_interrupted, OnInterrupted::Resume);
+        assert_ne!(spec.version(), resumed.version());
+    }
+
+    #[test]
+    fn health_rules_judge_the_procedure_and_fill_in_its_steps() {
+        let spec = parse_rollout("rollout-prod.yaml", EXAMPLE).expect("valid");
+        let steps = ["flash".to_owned(), "soak".to_owned()];
+        let gate = spec.health_gate(&steps);
+        assert_eq!(gate.milestone, HEALTH_MILESTONE);
+        match &gate.rules[0].kind {
+            RuleKind::StepsPassed {
+                plan,
+                steps: listed,
+                tolerance,
+                ..
+            } => {
+                assert_eq!(plan, "flash-and-soak");
+                assert_eq!(listed, &steps);
+                assert_eq!(tolerance.max_failed, 0);
+            }
+            other => panic!("not steps-passed: {other:?}"),
+        }
+        let text = errors(&GOOD.replace(
+            "  - no-events: {}",
+            "  - steps-passed: {plan: other, steps: [a]}\n  - {no-xid: {}, no-events: {}}",
+        ));
+        for expected in [
+            "r.yaml:7:",
+            "health[0].steps-passed.plan: 'other' is not the procedure's plan; a health rule \
+             judges only 'flash', so leave plan out",
+            "r.yaml:8:",
+            "health[1]: a rule has exactly one kind",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+        let text = errors(&GOOD.replace("no-events: {}", "measurment: {}"));
+        assert!(
+            text.contains("r.yaml:7:5: unknown field `measurment`"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("  - no-events: {}", "  - {}"));
+        assert!(
+            text.contains("r.yaml:7:3: health[0]: a rule needs one of:"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("health:\n  - no-events: {}\n", "health: []\n"));
+        assert!(
+            text.contains("health: a rollout needs at least one health rule"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_line() {
+        let source = "\
+name: prod h100
+selector: {}
+waves:
+  - nodes: [gpu-a01, gpu-a01]
+  - percent: 0
+  - percent: 50
+  - {count: 0}
+  - percent: 40
+  - nodes: [gpu-b01]
+  - {count: 2, percent: 60}
+  - {}
+  - percent: 101
+procedure: {plan: flash, on-interrupted: retry}
+rollback: {plan: ''}
+health:
+  - no-events: {}
+soak: 8d
+limits:
+  max-concurrent: {rack: 0}
+  pause-between-waves: soon
+";
+        let text = errors(source);
+        for expected in [
+            "r.yaml:1:7: name: 'prod h100' is not a valid rollout name",
+            "r.yaml:2:11: selector: is empty; name the fleet's labels",
+            "r.yaml:4:22: waves[0].nodes[1]: node 'gpu-a01' is named twice; a node is in \
+             exactly one wave",
+            "r.yaml:5:14: waves[1].percent: 0 is not a percentage in (0, 100]",
+            "r.yaml:7:",
+            "waves[3].count: must be at least 1",
+            "r.yaml:8:14: waves[4].percent: 40 is not above the previous wave's 50; \
+             percentages are cumulative shares of the fleet",
+            "r.yaml:9:",
+            "waves[5].nodes: a canary wave (nodes, selector) comes before every count and \
+             percent wave; move it before waves[1]",
+            "r.yaml:10:",
+            "waves[6]: a wave takes exactly one of nodes, selector, count and percent",
+            "r.yaml:11:",
+            "waves[7]: a wave needs one of: nodes, selector, count, percent",
+            "r.yaml:12:14: waves[8].percent: 101 is not a percentage in (0, 100]",
+            "the last wave must be percent: 100",
+            "r.yaml:13:",
+            "procedure.on-interrupted: unknown OnInterrupted 'retry' (expected one of: fail, \
+             resume)",
+            "r.yaml:14:",
+            "rollback.plan: '' is not a valid plan name",
+            "r.yaml:17:7: soak: '8d' is longer than the limit of 7 days",
+            "r.yaml:19:",
+            "limits.max-concurrent[rack]: must be at least 1: the most nodes in procedure at \
+             once on nodes sharing one value of the label",
+            "r.yaml:20:",
+            "limits.pause-between-waves: 'soon' is not a duration",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn missing_parts_unknown_fields_and_a_short_last_wave_are_refused() {
+        let text = errors(&GOOD.replace("selector: {env: prod}\n", ""));
+        assert!(
+            text.contains("r.yaml:1:7: selector: is required: the labels of the fleet"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("  - percent: 100", "  - percent: 50"));
+        assert!(
+            text.contains(
+                "r.yaml:4:5: waves[0]: the last wave must be percent: 100, so that \
+                 the rollout reaches every node of the fleet"
+            ),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("  - percent: 100", "  - {count: 3}"));
+        assert!(
+            text.contains("the last wave must be percent: 100"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("waves:\n  - percent: 100\n", "waves: []\n"));
+        assert!(
+            text.contains("waves: a rollout needs at least one wave"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("  - percent: 100", "  - {percent: 100, weight: 2}"));
+        assert!(
+            text.contains("r.yaml:4:") && text.contains("unknown field `weight`"),
+            "{text}"
+        );
+        let text = errors(&format!(
+            "{GOOD}limits: {{max-concurrent-per: {{rack: 1}}}}\n"
+        ));
+        assert!(
+            text.contains("unknown field `max-concurrent-per`"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("percent: 100", "percent: all"));
+        assert!(
+            text.contains("waves[0].percent: 'all' is not a percentage"),
+            "{text}"
+        );
+        let text = errors(&GOOD.replace("procedure: {plan: flash}\n", ""));
+        assert!(text.contains("missing field `procedure`"), "{text}");
+    }
+
+    #[test]
+    fn fractions_and_canaries_by_label_are_waves_too() {
+        let source = GOOD.replace(
+            "  - percent: 100",
+            "  - selector: {rack: r1}\n  - count: 2\n  - percent: 0.5\n  - percent: 100",
+        );
+        let spec = parse_rollout("r.yaml", &source).expect("valid");
+        assert_eq!(
+            spec.waves,
+            [
+                WaveSpec::Selector(Selector([("rack".to_owned(), "r1".to_owned())].into())),
+                WaveSpec::Count(2),
+                WaveSpec::Percent(0.5),
+                WaveSpec::Percent(100.0),
+            ]
+        );
+        let text = errors(&GOOD.replace("  - percent: 100", "  - selector: {}\n  - percent: 100"));
+        assert!(
+            text.contains("waves[0].selector: is empty; give the canaries' labels"),
+            "{text}"
+        );
+    }
+}
