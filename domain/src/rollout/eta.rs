@@ -178,3 +178,173 @@ fn chrono_of(duration: Duration) -> chrono::Duration {
         .unwrap_or(chrono::Duration::MAX)
         .min(chrono::Duration::days(36_500))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::machine::{Progress, RolloutState};
+    use crate::rollout::spec::RolloutSpec;
+    use crate::rollout::waves::{Wave, WavePlan};
+    use crate::test_support::{at, rollout_spec};
+
+    const HOUR: i64 = 3600;
+    const MIN: i64 = 60;
+
+    /// Three waves: c1; n1 and n2 (both in rack r1); n3. A 30-minute soak, a 10-minute pause.
+    fn spec(rack_limit: Option<u32>) -> RolloutSpec {
+        let mut spec = rollout_spec();
+        spec.soak = Duration::from_secs(30 * 60);
+        spec.limits.pause_between_waves = Duration::from_secs(10 * 60);
+        if let Some(n) = rack_limit {
+            spec.limits.max_concurrent.insert("rack".into(), n);
+        }
+        spec
+    }
+
+    fn waves() -> WavePlan {
+        let wave = |spec_idx, nodes: &[&str]| Wave {
+            spec_idx,
+            nodes: nodes.iter().map(|n| NodeId::from(*n)).collect(),
+        };
+        WavePlan {
+            waves: vec![wave(0, &["c1"]), wave(1, &["n1", "n2"]), wave(2, &["n3"])],
+            left_out: Vec::new(),
+        }
+    }
+
+    fn labels() -> BTreeMap<NodeId, Labels> {
+        [("c1", "r0"), ("n1", "r1"), ("n2", "r1"), ("n3", "r2")]
+            .into_iter()
+            .map(|(node, rack)| {
+                let labels = [("rack".to_owned(), rack.to_owned())].into();
+                (NodeId::from(node), labels)
+            })
+            .collect()
+    }
+
+    /// The estimate for `spec` in `state` with `progress`, nodes in procedure since
+    /// `started`, and `measured` durations (minutes); one hour assumed.
+    fn estimate(
+        spec: &RolloutSpec,
+        state: &RolloutState,
+        progress: &[(&str, NodeProgress)],
+        started: &[(&str, i64)],
+        measured: &[u64],
+        now: i64,
+    ) -> Option<Eta> {
+        let waves = waves();
+        let progress: Progress = progress
+            .iter()
+            .map(|(n, p)| (NodeId::from(*n), *p))
+            .collect();
+        let started: BTreeMap<NodeId, Timestamp> = started
+            .iter()
+            .map(|(n, t)| (NodeId::from(*n), at(*t)))
+            .collect();
+        let measured: Vec<Duration> = measured
+            .iter()
+            .map(|m| Duration::from_secs(m * 60))
+            .collect();
+        let labels = labels();
+        let facts = EtaFacts {
+            rollout: RolloutFacts {
+                spec,
+                waves: &waves,
+                state,
+                progress: &progress,
+            },
+            labels: &labels,
+            started_at: &started,
+            measured: &measured,
+            assumed: Duration::from_secs(3600),
+        };
+        eta(facts, at(now))
+    }
+
+    fn state(phase: Phase, wave: usize, since: i64) -> RolloutState {
+        RolloutState {
+            phase,
+            wave,
+            ..RolloutState::new(at(since))
+        }
+    }
+
+    #[test]
+    fn a_rollout_not_started_takes_every_wave_soak_and_pause() {
+        let pending = state(Phase::Pending, 0, 0);
+        // Per wave: an hour, a 30-minute soak, then a 10-minute pause but after the last.
+        let eta = estimate(&spec(None), &pending, &[], &[], &[], 0).expect("an estimate");
+        assert_eq!(eta.ends_at, at(3 * HOUR + 3 * 30 * MIN + 2 * 10 * MIN));
+        assert_eq!(
+            (eta.per_node, eta.n_remaining),
+            (Duration::from_secs(3600), 4)
+        );
+        // One node of rack r1 at a time: wave 1 takes two hours.
+        let eta = estimate(&spec(Some(1)), &pending, &[], &[], &[], 0).expect("an estimate");
+        assert_eq!(eta.ends_at, at(4 * HOUR + 3 * 30 * MIN + 2 * 10 * MIN));
+    }
+
+    #[test]
+    fn a_running_wave_counts_its_nodes_in_procedure_and_the_measured_median() {
+        let running = state(Phase::Running, 1, 0);
+        let progress = [
+            ("c1", NodeProgress::Passed),
+            ("n1", NodeProgress::InProcedure),
+            ("n2", NodeProgress::Waiting),
+        ];
+        let now = 20 * MIN;
+        let eta = estimate(
+            &spec(Some(1)),
+            &running,
+            &progress,
+            &[("n1", 0)],
+            &[40, 60, 120],
+            now,
+        )
+        .expect("an estimate");
+        assert_eq!(eta.per_node, Duration::from_secs(3600), "the median");
+        // n1 ends at 1:00, n2 (same rack) runs 1:00-2:00, soak to 2:30, pause to 2:40; wave 2
+        // runs to 3:40 and soaks to 4:10.
+        assert_eq!(eta.ends_at, at(4 * HOUR + 10 * MIN));
+        assert_eq!(eta.n_remaining, 3);
+        // A node overdue is taken to end now.
+        let eta = estimate(
+            &spec(Some(1)),
+            &running,
+            &progress,
+            &[("n1", 0)],
+            &[],
+            2 * HOUR,
+        )
+        .expect("an estimate");
+        assert_eq!(eta.ends_at, at(2 * HOUR + 4 * HOUR + 10 * MIN - HOUR));
+    }
+
+    #[test]
+    fn soaks_and_pauses_count_from_their_start_and_stopped_rollouts_have_none() {
+        let soaking = state(Phase::Soaking, 2, 0);
+        let eta = estimate(&spec(None), &soaking, &[], &[], &[], 10 * MIN).expect("an estimate");
+        assert_eq!((eta.ends_at, eta.n_remaining), (at(30 * MIN), 0));
+        let interval = state(Phase::Interval, 2, 0);
+        let eta = estimate(&spec(None), &interval, &[], &[], &[], MIN).expect("an estimate");
+        assert_eq!(eta.ends_at, at(10 * MIN + HOUR + 30 * MIN));
+        let judging = state(Phase::Judging, 2, 0);
+        let eta = estimate(&spec(None), &judging, &[], &[], &[], MIN).expect("an estimate");
+        assert_eq!(eta.ends_at, at(MIN));
+        for phase in [
+            Phase::Paused,
+            Phase::Halted,
+            Phase::RollingBack,
+            Phase::RolledBack,
+            Phase::Completed,
+            Phase::Aborted,
+        ] {
+            let stopped = state(phase, 1, 0);
+            assert_eq!(
+                estimate(&spec(None), &stopped, &[], &[], &[], 0),
+                None,
+                "{phase}"
+            );
+        }
+    }
+}

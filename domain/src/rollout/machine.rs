@@ -1731,4 +1731,78 @@ mod tests {
             assert!(may_start(phase).is_empty(), "{phase}");
         }
     }
+
+    fn arb_event() -> impl proptest::strategy::Strategy<Value = RolloutEvent> {
+        use proptest::prelude::*;
+        let node = prop::sample::select(vec!["c1", "n1", "n2", "n3"]);
+        prop_oneof![
+            Just(RolloutEvent::Start),
+            node.clone().prop_map(started),
+            node.clone().prop_map(started),
+            (node, any::<bool>()).prop_map(|(node, passed)| finished(node, passed)),
+            Just(RolloutEvent::SoakEnded),
+            Just(RolloutEvent::IntervalEnded),
+            Just(RolloutEvent::HealthJudged(HealthVerdict::Passed)),
+            Just(RolloutEvent::HealthJudged(HealthVerdict::Waiting)),
+            Just(RolloutEvent::HealthJudged(
+                HealthVerdict::Failed(failures())
+            )),
+            Just(RolloutEvent::Pause),
+            Just(RolloutEvent::Resume),
+            any::<bool>().prop_map(|rollback| RolloutEvent::Abort { rollback }),
+            Just(RolloutEvent::SkipWave { reason: "x".into() }),
+            Just(RolloutEvent::ControllerRestarted),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Over any sequence of events, applied as the store would: no node starts while the
+        /// rollout is paused or halted; a change is decided from what it was given; a
+        /// controller restart under `on-interrupted: fail` leaves no node in procedure; and
+        /// a completed rollout left no node waiting.
+        #[test]
+        fn no_node_starts_while_paused_or_halted_and_none_is_lost(
+            events in proptest::collection::vec((arb_event(), 0i64..4000), 1..80),
+            resume in proptest::prelude::any::<bool>(),
+        ) {
+            let mut spec = spec();
+            if resume {
+                spec.procedure.on_interrupted = OnInterrupted::Resume;
+            }
+            let waves = waves();
+            let mut state = RolloutState::new(at(0));
+            let mut progress = Progress::new();
+            let mut now = 0;
+            for (event, step) in events {
+                now += step;
+                let is_start = matches!(event, RolloutEvent::NodeStarted { .. });
+                let is_restart = event == RolloutEvent::ControllerRestarted;
+                let facts = RolloutFacts { spec: &spec, waves: &waves, state: &state, progress: &progress };
+                let Ok(change) = next(facts, event, at(now)) else { continue };
+                if is_start {
+                    proptest::prop_assert!(
+                        matches!(state.phase, Phase::Running | Phase::RollingBack),
+                        "a node started while {}", state.phase
+                    );
+                }
+                proptest::prop_assert_eq!(&change.from, &state);
+                for node in &change.nodes {
+                    let was = progress.get(&node.node).copied().unwrap_or_default();
+                    proptest::prop_assert_eq!(node.from, was);
+                    progress.insert(node.node.clone(), node.to);
+                }
+                state = change.to;
+                if is_restart && !resume {
+                    proptest::prop_assert!(progress.values().all(|p| !p.is_active()));
+                }
+                if state.phase == Phase::Completed {
+                    proptest::prop_assert!(
+                        progress.values().all(|p| *p != NodeProgress::Waiting)
+                            && progress.len() == 4,
+                        "{:?}", progress
+                    );
+                }
+            }
+        }
+    }
 }
