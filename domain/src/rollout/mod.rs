@@ -30,6 +30,9 @@ pub mod machine;
 pub mod spec;
 pub mod waves;
 
+#[cfg(test)]
+mod tests;
+
 pub use blast::{Starts, startable};
 pub use eta::{Eta, EtaFacts, eta};
 pub use machine::{
