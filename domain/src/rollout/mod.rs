@@ -6,14 +6,14 @@
 //! - [`waves`]: which nodes each wave takes, decided once at the start ([`plan_waves`]).
 //! - [`blast`]: which nodes of the wave may start now ([`startable`]).
 //! - [`machine`]: the state machine ([`next`]), with the nodes' progress.
-//! - [`eta`]: when it should end ([`eta()`]).
+//! - [`eta`](mod@eta): when it should end ([`eta()`](fn@eta)).
 //!
 //! ```text
-//!   pending ──start──▶ running(i) ──last node of wave i finished──▶ soaking(i) ──soak ended──▶ judging(i)
-//!                         ▲                       (no soak: straight to judging)                 │
-//!                         │  interval(i+1) ◀──passed, a pause between waves──────────────────────┤
-//!                         └──interval ended / passed, no pause / skip-wave────────────────────── ┤
-//!                                                           passed, last wave ──▶ completed ◀────┘
+//!   pending ──start──▶ running(i) ──wave i's last node finished──▶ soaking(i) ──soak ended──▶ judging(i)
+//!                        ▲         (no soak: straight to judging)                                  │
+//!                        ├──interval ended── interval(i+1) ◀──passed, a pause between waves───────┤
+//!                        └──────────────────────────────────────passed, no pause: wave i+1────────┤
+//!                                                          passed, last wave ──▶ completed ◀───────┘
 //!   running|soaking|judging|paused ──health failed──▶ halted(rules, nodes) ──resume──▶ running(i)
 //!   running|soaking|judging|interval ──pause──▶ paused ──resume──▶ the phase it left
 //!   running|soaking|judging|interval|halted ──skip-wave──▶ running(i+1) | completed
