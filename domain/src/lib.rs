@@ -1,5 +1,5 @@
 //! Tollgate's vocabulary and every decision it makes: plan and gate specs with validation,
-//! node selection and scheduling, the job state machine and gate evaluation.
+//! node selection and scheduling, the job state machine and gate evaluation, and rollouts.
 //!
 //! **Boundary:** this crate does no I/O and never reads the clock; time is always an argument.
 //! The controller loads facts, calls a function here, and persists what it returns.
@@ -26,6 +26,7 @@ pub mod report_key;
 pub mod report_signature;
 pub mod reschedule;
 pub mod result;
+pub mod rollout;
 pub mod run;
 pub mod scheduler;
 pub mod spec;

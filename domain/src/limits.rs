@@ -154,9 +154,21 @@ pub const STEP_LIST: Limit = items(
     "dcgm-diag tests and burn-in telemetry limits of a step",
 );
 /// Rules of one gate.
-pub const RULES: Limit = items("rules", 100, "rules of a gate");
+pub const RULES: Limit = items("rules", 100, "rules of a gate; health rules of a rollout");
+/// Waves of one rollout.
+pub const WAVES: Limit = items("waves", 100, "waves of a rollout");
+/// Nodes named in one rollout's waves.
+pub const CANARIES: Limit = items(
+    "canaries",
+    1000,
+    "nodes named in a rollout's waves, together",
+);
 /// The text of one plan or gate file.
-pub const SPEC_SOURCE: Limit = bytes("spec-source", 1024 * 1024, "a plan or gate file's text");
+pub const SPEC_SOURCE: Limit = bytes(
+    "spec-source",
+    1024 * 1024,
+    "a plan, gate or rollout file's text",
+);
 /// One waiver scope list.
 pub const WAIVER_SCOPE: Limit = items("waiver-scope", 1000, "nodes, skus and steps of one waiver");
 /// GPUs of one node.
@@ -243,6 +255,8 @@ pub const ALL: &[Limit] = &[
     STEPS,
     STEP_LIST,
     RULES,
+    WAVES,
+    CANARIES,
     SPEC_SOURCE,
     WAIVER_SCOPE,
     GPUS,

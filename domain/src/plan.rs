@@ -261,7 +261,7 @@ impl StepKind {
     }
 }
 
-mod duration_text {
+pub(crate) mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -478,20 +478,29 @@ fn max_concurrent(
     problems: &mut Problems,
     raw: &Spanned<BTreeMap<String, Spanned<RawInt>>>,
 ) -> BTreeMap<String, u32> {
-    if !problems.count(
-        raw.referenced,
+    label_limits(
+        problems,
+        raw,
         "max-concurrent",
-        &limits::LABELS,
-        raw.value.len(),
-    ) {
+        "the most jobs of a run active at once",
+    )
+}
+
+/// Per-label limits written as `{LABEL: N}` under `field` (a plan's `max-concurrent`, a
+/// rollout's `limits.max-concurrent`): label keys, each with at least 1; `what` says what N
+/// bounds, for the message.
+pub(crate) fn label_limits(
+    problems: &mut Problems,
+    raw: &Spanned<BTreeMap<String, Spanned<RawInt>>>,
+    field: &str,
+    what: &str,
+) -> BTreeMap<String, u32> {
+    if !problems.count(raw.referenced, field, &limits::LABELS, raw.value.len()) {
         return BTreeMap::new();
     }
     let mut limits_of = BTreeMap::new();
     for (key, n) in &raw.value {
-        let at = format!(
-            "max-concurrent[{}]",
-            limits::truncate(&limits::NAME, key, false)
-        );
+        let at = format!("{field}[{}]", limits::truncate(&limits::NAME, key, false));
         if !problems.text(n.referenced, at.clone(), &limits::LABEL_KEY, key) {
             continue;
         }
@@ -499,8 +508,7 @@ fn max_concurrent(
             Ok(0) => problems.add(
                 n.referenced,
                 at,
-                "must be at least 1: the most jobs of a run active at once on nodes sharing \
-                 one value of the label",
+                format!("must be at least 1: {what} on nodes sharing one value of the label"),
             ),
             Ok(n) => {
                 limits_of.insert(key.clone(), n);
@@ -998,7 +1006,7 @@ fn flash_step(problems: &mut Problems, at: &StepAt, raw: RawStep) -> StepKind {
 }
 
 /// Checks a selector's size and the length of each key and value.
-fn check_labels(
+pub(crate) fn check_labels(
     problems: &mut Problems,
     location: serde_saphyr::Location,
     field: &str,

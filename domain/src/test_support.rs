@@ -229,3 +229,39 @@ pub fn job_facts(id: &str, state: JobState, node_state: NodeState) -> JobFacts {
 
 #[cfg(feature = "proptest")]
 pub mod arb;
+
+/// A rollout onto the nodes labelled `env=prod`: one wave of every node, procedure
+/// `flash-and-soak` (interrupted nodes fail), rollback `flash-previous`, one `no-events` health
+/// rule, no soak, no limits.
+pub fn rollout_spec() -> crate::rollout::RolloutSpec {
+    use crate::rollout::{
+        OnInterrupted, Procedure, Rollback, RolloutLimits, RolloutSpec, WaveSpec,
+    };
+    RolloutSpec {
+        name: "prod-h100".into(),
+        description: String::new(),
+        selector: crate::fleet::Selector([("env".to_owned(), "prod".to_owned())].into()),
+        waves: vec![WaveSpec::Percent(100.0)],
+        procedure: Procedure {
+            plan: "flash-and-soak".into(),
+            on_interrupted: OnInterrupted::Fail,
+        },
+        rollback: Some(Rollback {
+            plan: "flash-previous".into(),
+        }),
+        health: vec![crate::gate::Rule {
+            id: "no-events".into(),
+            kind: crate::gate::RuleKind::NoEvents {
+                xid: crate::gate::CRITICAL_XIDS.to_vec(),
+                ecc_uncorrected: true,
+                row_remap_failure: true,
+                gpu_lost: true,
+            },
+            scope: crate::fleet::Selector::default(),
+            since: None,
+        }],
+        soak: Duration::ZERO,
+        baseline_by_cohort: false,
+        limits: RolloutLimits::default(),
+    }
+}

@@ -12,6 +12,7 @@ mod rules;
 
 pub use greenwave::greenwave;
 pub use parse::parse_gate;
+pub(crate) use parse::{RawRule, RuleDefaults, parse_rules};
 pub use rules::PASSING_SAMPLE;
 
 use crate::fleet::{GpuSourceKind, Labels, Selector};

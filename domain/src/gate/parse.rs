@@ -15,9 +15,11 @@ struct RawGate {
     rules: Spanned<Vec<RawRule>>,
 }
 
+/// One rule list item as written: exactly one kind should be given. Gate files and rollout
+/// files' `health` lists share it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawRule {
+pub(crate) struct RawRule {
     #[serde(default)]
     steps_passed: Option<Spanned<RawStepsPassed>>,
     #[serde(default)]
@@ -194,27 +196,12 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
             "a gate needs at least one rule; an empty gate would pass anything",
         );
     }
-    let mut rules: Vec<Rule> = Vec::new();
-    for (idx, raw_rule) in raw.rules.value.into_iter().enumerate() {
-        let mut given = kinds_given(&mut problems, idx, raw_rule);
-        match given.len() {
-            0 => problems.add(
-                raw.rules.referenced,
-                format!("rules[{idx}]"),
-                "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-regression, no-xid, no-events, dcgm-diag, inventory-matches-release",
-            ),
-            1 => {
-                if let Some(rule) = rule_of(&mut problems, idx, given.remove(0), &rules) {
-                    rules.push(rule);
-                }
-            }
-            _ => problems.add(
-                given[1].0,
-                format!("rules[{idx}]"),
-                "a rule has exactly one kind; split it into one list item per rule",
-            ),
-        }
-    }
+    let rules = parse_rules(
+        &mut problems,
+        raw.rules.referenced,
+        raw.rules.value,
+        &RuleDefaults::gate(),
+    );
     if let Some(description) = &raw.description {
         problems.text(
             raw.milestone.referenced,
@@ -230,13 +217,69 @@ pub fn parse_gate(file: &str, source: &str) -> Result<GatePolicy, SpecErrors> {
     })
 }
 
+/// What a rule list's context supplies: the list's field name (`rules` in a gate file,
+/// `health` in a rollout file) and, in a rollout, the one plan its rules judge.
+pub(crate) struct RuleDefaults<'a> {
+    /// The list's field name, the head of every problem's field path.
+    pub(crate) list: &'a str,
+    /// The plan a `steps-passed` rule judges when it names none; such a rule may then also
+    /// leave `steps` out, meaning every step of the plan (see
+    /// [`crate::rollout::RolloutSpec::health_gate`]). `None` in a gate file: both are required.
+    pub(crate) plan: Option<&'a str>,
+}
+
+impl RuleDefaults<'_> {
+    /// A gate file's `rules`.
+    fn gate() -> Self {
+        RuleDefaults {
+            list: "rules",
+            plan: None,
+        }
+    }
+}
+
+/// Parses a list of rules, each with exactly one kind, under `defaults.list`; every problem is
+/// recorded with its line and field.
+pub(crate) fn parse_rules(
+    problems: &mut Problems,
+    location: Location,
+    raw_rules: Vec<RawRule>,
+    defaults: &RuleDefaults<'_>,
+) -> Vec<Rule> {
+    let list = defaults.list;
+    let mut rules: Vec<Rule> = Vec::new();
+    for (idx, raw_rule) in raw_rules.into_iter().enumerate() {
+        let mut given = kinds_given(problems, idx, raw_rule, defaults);
+        match given.len() {
+            0 => problems.add(
+                location,
+                format!("{list}[{idx}]"),
+                "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-regression, no-xid, no-events, dcgm-diag, inventory-matches-release",
+            ),
+            1 => {
+                if let Some(rule) = rule_of(problems, list, idx, given.remove(0), &rules) {
+                    rules.push(rule);
+                }
+            }
+            _ => problems.add(
+                given[1].0,
+                format!("{list}[{idx}]"),
+                "a rule has exactly one kind; split it into one list item per rule",
+            ),
+        }
+    }
+    rules
+}
+
 /// Every kind given in one rule list item, with its location, the common fields and the kind
 /// (`None` when its body has a problem).
 fn kinds_given(
     problems: &mut Problems,
     idx: usize,
     raw_rule: RawRule,
+    defaults: &RuleDefaults<'_>,
 ) -> Vec<(Location, Common, Option<RuleKind>)> {
+    let list = defaults.list;
     let mut given: Vec<(Location, Common, Option<RuleKind>)> = Vec::new();
     let RawRule {
         steps_passed,
@@ -258,14 +301,18 @@ fn kinds_given(
                 let mut at = At {
                     problems: &mut *problems,
                     location,
-                    prefix: format!("rules[{idx}].{}", $kind),
+                    prefix: format!("{list}[{idx}].{}", $kind),
                 };
                 let kind: Option<RuleKind> = $make(raw, &mut at);
                 given.push((location, common, kind));
             }
         };
     }
-    body!(steps_passed, "steps-passed", steps_passed_kind);
+    body!(
+        steps_passed,
+        "steps-passed",
+        |raw: RawStepsPassed, at: &mut At<'_, '_>| steps_passed_kind(raw, at, defaults.plan)
+    );
     body!(measurement, "measurement", measurement_kind);
     body!(telemetry, "telemetry", telemetry_kind);
     body!(baseline, "baseline", baseline_kind);
@@ -299,6 +346,7 @@ fn kinds_given(
 /// the rules before it.
 fn rule_of(
     problems: &mut Problems,
+    list: &str,
     idx: usize,
     (location, common, kind): (Location, Common, Option<RuleKind>),
     earlier: &[Rule],
@@ -306,31 +354,31 @@ fn rule_of(
     let kind = kind?;
     let since = common.since.as_deref().and_then(|text| {
         parse_since(text)
-            .map_err(|e| problems.add(location, format!("rules[{idx}].since"), e))
+            .map_err(|e| problems.add(location, format!("{list}[{idx}].since"), e))
             .ok()
     });
     check_bounds(
         &mut *problems,
         location,
-        &format!("rules[{idx}].{}", kind.name()),
+        &format!("{list}[{idx}].{}", kind.name()),
         &kind,
     );
     if let Some(scope) = &common.scope {
         check_scope(
             &mut *problems,
             location,
-            &format!("rules[{idx}].scope"),
+            &format!("{list}[{idx}].scope"),
             scope,
         );
     }
     let id = common.id.unwrap_or_else(|| default_rule_id(&kind));
-    if !problems.text(location, format!("rules[{idx}].id"), &limits::RULE_ID, &id) {
+    if !problems.text(location, format!("{list}[{idx}].id"), &limits::RULE_ID, &id) {
         return None;
     }
     if earlier.iter().any(|r| r.id == id) {
         problems.add(
             location,
-            format!("rules[{idx}].id"),
+            format!("{list}[{idx}].id"),
             format!(
                 "rule id {} is used twice; give one of them an `id:`",
                 limits::quote(&id)
@@ -345,10 +393,30 @@ fn rule_of(
     })
 }
 
-/// The `steps-passed` kind of a rule, checked field by field.
-fn steps_passed_kind(raw: RawStepsPassed, at: &mut At<'_, '_>) -> Option<RuleKind> {
-    let plan = at.required(raw.plan, "plan", "gpu-qual");
-    if raw.steps.is_empty() {
+/// The `steps-passed` kind of a rule, checked field by field. `only_plan`: the one plan the
+/// rule may judge (a rollout's procedure), its default; `steps` may then be left out.
+fn steps_passed_kind(
+    raw: RawStepsPassed,
+    at: &mut At<'_, '_>,
+    only_plan: Option<&str>,
+) -> Option<RuleKind> {
+    let plan = match (raw.plan, only_plan) {
+        (None, Some(only)) => Some(only.to_owned()),
+        (Some(plan), Some(only)) if plan != only => {
+            at.add(
+                "plan",
+                format!(
+                    "{} is not the procedure's plan; a health rule judges only {}, so leave \
+                     plan out",
+                    limits::quote(&plan),
+                    limits::quote(only)
+                ),
+            );
+            None
+        }
+        (plan, _) => at.required(plan, "plan", "gpu-qual"),
+    };
+    if raw.steps.is_empty() && only_plan.is_none() {
         at.add("steps", "list at least one step of the plan");
     }
     let min_nodes = at.int(raw.min_nodes, "min-nodes", u32::MAX);
