@@ -82,6 +82,11 @@ pub struct AgentConfig {
     pub pass_env: Vec<String>,
     /// Where to serve the agent's own `GET /metrics` (`--metrics-listen`); off when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long the connection to the controller may go without a byte from it before the
+    /// agent pings it (HTTP/2 keepalive; `--keepalive`). A ping unanswered within
+    /// [`KEEPALIVE_TIMEOUT`] closes the connection and the agent reconnects (to the next
+    /// replica, if several).
+    pub keepalive: Duration,
 }
 
 impl AgentConfig {
@@ -107,6 +112,7 @@ impl AgentConfig {
             step_path: None,
             pass_env: Vec::new(),
             metrics_listen: None,
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -151,6 +157,13 @@ impl AgentConfig {
 
 /// How often fleet telemetry is sampled outside steps unless told otherwise.
 pub const DEFAULT_FLEET_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of `--keepalive`. An idle controller sends nothing, so the agent pings once per
+/// this interval: at 30 s, a connection that died without a reset (a partition, a host that
+/// vanished) is noticed within 35 s, and 5,000 idle agents cost the controller a ping answer
+/// every 6 ms instead of one per heartbeat (see BENCHMARKS.md, "Heartbeats").
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered before the connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Fleet samples held through a controller outage unless told otherwise: a day of an 8-GPU
 /// node at the default interval is 69,120; this keeps about three hours.
 pub const DEFAULT_TELEMETRY_BUFFER: usize = 8_640;

@@ -92,6 +92,11 @@ struct Args {
     /// given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Ping the controller when it has sent nothing for this long (HTTP/2 keepalive), e.g.
+    /// 30s; a ping unanswered within 5 s closes the connection and the agent reconnects.
+    /// Shorter notices a silently dead connection sooner, at a ping per agent per interval.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = parse_keepalive)]
+    keepalive: Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -116,6 +121,14 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = tollgate_domain::spec::parse_duration(text)?;
     if interval < Duration::from_millis(10) {
         return Err(format!("'{text}' is too short (at least 10ms)"));
+    }
+    Ok(interval)
+}
+
+fn parse_keepalive(text: &str) -> Result<Duration, String> {
+    let interval = tollgate_domain::spec::parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!("'{text}' is too short for a keepalive (at least 1s)"));
     }
     Ok(interval)
 }
@@ -305,6 +318,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         step_path: args.step_path,
         pass_env: args.pass_env,
         metrics_listen: args.metrics_listen,
+        keepalive: args.keepalive,
     };
     config.check().map_err(anyhow::Error::msg)?;
     if let Some(seconds) = args.bench_sampling {

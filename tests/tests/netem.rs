@@ -58,8 +58,8 @@ const STEP_SECONDS: f64 = 0.3;
 /// How long the test waits for any one state; the faults slow everything down.
 const PATIENCE: Duration = Duration::from_secs(90);
 /// The packet loss in each phase of the run, with how long it lasts (the last lasts until
-/// the run ends). The blackout outlasts the agents' HTTP/2 keepalive (a ping every 10 s,
-/// answered within 5 s), so their connections break and they reconnect and send again what
+/// the run ends). The blackout outlasts the agents' HTTP/2 keepalive (`--keepalive 10s`: a
+/// ping after 10 s without a byte from the controller, answered within 5 s), so their connections break and they reconnect and send again what
 /// was not acknowledged.
 const PHASES: [(u32, Duration); 3] = [
     (30, Duration::from_secs(3)),
@@ -792,6 +792,7 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
                 "sku=hgx-h100",
             ])
             .args(["--sample-interval", "100ms", "--fleet-interval", "0s"])
+            .args(["--keepalive", "10s"])
             .arg("--state-dir")
             .arg(&state_dir)
             .env("RUST_LOG", "info,tollgate_agent::client=debug")

@@ -301,8 +301,8 @@ fn channel(config: &AgentConfig) -> anyhow::Result<(Channel, Option<Arc<tls::Tls
     let channel = endpoint
         .connect_timeout(failover::CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(crate::config::KEEPALIVE_TIMEOUT)
         .connect_with_connector_lazy(connector);
     Ok((channel, tls))
 }

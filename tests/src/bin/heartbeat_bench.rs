@@ -5,7 +5,9 @@
 //! agents with simulated GPUs at once (fleet telemetry off: `telemetry-bench` measures that),
 //! times until every node is ready (the connection storm), and measures the controller's CPU
 //! over the same window while they heartbeat. With `--controller PATH` given more than once,
-//! each binary is measured in turn in the same run (an A/B of two builds).
+//! each binary is measured in turn in the same run (an A/B of two builds); with `--keepalive D`
+//! given more than once, each agent keepalive in turn (the agents' HTTP/2 ping interval,
+//! default the agent's own).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
@@ -23,6 +25,7 @@ struct Args {
     interval: Duration,
     window: Duration,
     controllers: Vec<PathBuf>,
+    keepalives: Vec<Duration>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -31,6 +34,7 @@ fn parse_args() -> anyhow::Result<Args> {
         interval: Duration::from_secs(10),
         window: Duration::from_secs(60),
         controllers: Vec::new(),
+        keepalives: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,15 +50,21 @@ fn parse_args() -> anyhow::Result<Args> {
                     tollgate_domain::spec::parse_duration(&value()?).map_err(anyhow::Error::msg)?;
             }
             "--controller" => args.controllers.push(PathBuf::from(value()?)),
+            "--keepalive" => args.keepalives.push(
+                tollgate_domain::spec::parse_duration(&value()?).map_err(anyhow::Error::msg)?,
+            ),
             "-h" | "--help" => {
                 println!(
                     "heartbeat-bench [--agents N (1000)] [--interval D (10s)] [--window D (60s)] \
-                     [--controller PATH]..."
+                     [--controller PATH]... [--keepalive D (30s)]..."
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown flag {other}; see --help"),
         }
+    }
+    if args.keepalives.is_empty() {
+        args.keepalives.push(tollgate_agent::config::DEFAULT_KEEPALIVE);
     }
     if args.controllers.is_empty() {
         args.controllers.push(bench::sibling_controller()?);
@@ -69,7 +79,7 @@ async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
     Ok((bench::process_usage(pid)?.0 - before) / window.as_secs_f64())
 }
 
-async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
+async fn measure(args: &Args, bin: &std::path::Path, keepalive: Duration) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let interval = format!("{}ms", args.interval.as_millis());
     let grace = format!("{}ms", (args.interval * 3).as_millis());
@@ -98,6 +108,7 @@ async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
                 PathBuf::new(),
             );
             config.fleet_interval = Duration::ZERO;
+            config.keepalive = keepalive;
             Agent::start_config(config)
         })
         .collect();
@@ -110,6 +121,10 @@ async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
     let per_second = args.agents as f64 / args.interval.as_secs_f64();
     println!("controller                  {}", bin.display());
     println!("agents                      {}", args.agents);
+    println!(
+        "agent keepalive             {:.0} s",
+        keepalive.as_secs_f64()
+    );
     println!(
         "heartbeats                  every {:.1} s ({per_second:.0}/s)",
         args.interval.as_secs_f64()
@@ -140,7 +155,9 @@ async fn measure(args: &Args, bin: &std::path::Path) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     for bin in &args.controllers {
-        measure(&args, bin).await?;
+        for &keepalive in &args.keepalives {
+            measure(&args, bin, keepalive).await?;
+        }
     }
     Ok(())
 }
