@@ -128,7 +128,9 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 fn parse_keepalive(text: &str) -> Result<Duration, String> {
     let interval = tollgate_domain::spec::parse_duration(text)?;
     if interval < Duration::from_secs(1) {
-        return Err(format!("'{text}' is too short for a keepalive (at least 1s)"));
+        return Err(format!(
+            "'{text}' is too short for a keepalive (at least 1s)"
+        ));
     }
     Ok(interval)
 }

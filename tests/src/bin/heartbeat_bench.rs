@@ -64,7 +64,8 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if args.keepalives.is_empty() {
-        args.keepalives.push(tollgate_agent::config::DEFAULT_KEEPALIVE);
+        args.keepalives
+            .push(tollgate_agent::config::DEFAULT_KEEPALIVE);
     }
     if args.controllers.is_empty() {
         args.controllers.push(bench::sibling_controller()?);
