@@ -47,41 +47,72 @@ pub struct Note {
     pub at: Timestamp,
 }
 
-/// The heartbeats not flushed yet, the newest per node.
+/// The heartbeats not flushed yet, the newest per node, and when this replica last heard
+/// each node.
 #[derive(Debug, Default)]
 pub struct Heartbeats {
-    pending: Mutex<HashMap<NodeId, Note>>,
+    pending: Mutex<Noted>,
+}
+
+/// What [`Heartbeats`] guards.
+#[derive(Debug, Default)]
+struct Noted {
+    /// Not flushed yet (a flush takes them all).
+    notes: HashMap<NodeId, Note>,
+    /// The newest heartbeat this replica heard of each node, flushed or not: what the lease
+    /// watchdog adds to the store's `last_seen_at`, which a flush held up by the database (a
+    /// long write lock, a storm of registrations) may not have written yet.
+    heard: HashMap<NodeId, Timestamp>,
 }
 
 impl Heartbeats {
     /// Notes `node`'s heartbeat, replacing an older one not flushed yet.
     pub fn note(&self, node: NodeId, note: Note) {
-        self.lock().insert(node, note);
+        let mut noted = self.lock();
+        match noted.heard.get_mut(&node) {
+            Some(heard) => *heard = (*heard).max(note.at),
+            None => {
+                noted.heard.insert(node.clone(), note.at);
+            }
+        }
+        noted.notes.insert(node, note);
+    }
+
+    /// Raises each node's last heartbeat to the newest this replica heard, whether or not a
+    /// flush has written it: a live node is never judged silent because its heartbeats are
+    /// still waiting for the database.
+    pub fn newest_heard(&self, last_seen: &mut [(NodeId, Option<Timestamp>)]) {
+        let noted = self.lock();
+        for (node, seen) in last_seen {
+            if let Some(&heard) = noted.heard.get(node) {
+                *seen = Some(seen.map_or(heard, |seen| seen.max(heard)));
+            }
+        }
     }
 
     /// Heartbeats waiting.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().notes.len()
     }
 
     /// Whether none waits.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().notes.is_empty()
     }
 
     fn take(&self) -> HashMap<NodeId, Note> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut self.lock().notes)
     }
 
     /// Puts back notes a flush could not write; a node's newer note, noted meanwhile, wins.
     fn restore(&self, notes: HashMap<NodeId, Note>) {
         let mut pending = self.lock();
         for (node, note) in notes {
-            pending.entry(node).or_insert(note);
+            pending.notes.entry(node).or_insert(note);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Note>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Noted> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

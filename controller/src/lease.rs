@@ -14,7 +14,9 @@
 //! expired, so the answer is the one the whole fleet gives (a property test in
 //! `tollgate_domain::lease` says so), at the cost of a scan of the narrow heartbeat rows
 //! rather than a read of every node. The leader reads the heartbeats every replica recorded
-//! (`heartbeats.rs`), so a node heard on another replica never expires here.
+//! (`heartbeats.rs`), so a node heard on another replica never expires here; and a node
+//! this replica heard within the grace never expires, even when the flush that records its
+//! heartbeat is held up by the database (`Heartbeats::newest_heard`).
 
 use crate::shared::{FleetOutage, Shared};
 use crate::store::{LeaseFacts, StoreError};
@@ -74,7 +76,9 @@ pub async fn check_once(shared: &Shared) -> Result<Vec<NodeId>, StoreError> {
     }
     let grace = lease_grace(shared);
     let now = shared.now();
-    let facts = shared.store.lease_facts(grace.quiet_since(now)).await?;
+    let mut facts = shared.store.lease_facts(grace.quiet_since(now)).await?;
+    // Heartbeats this replica heard that a flush has not written yet count as heard.
+    shared.heartbeats.newest_heard(&mut facts.quiet);
     if facts.n_watched == 0 {
         return Ok(Vec::new());
     }
@@ -412,6 +416,38 @@ mod tests {
             check_once(&shared).await.expect("check"),
             vec![nodes[9].id.clone()]
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_heard_but_not_yet_flushed_keeps_its_lease() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names = ["n1", "n2", "n3"].map(String::from);
+        let (store, clock, shared) = heard_at_zero(dir.path(), &names).await;
+        let n1 = node("n1", "hgx").id;
+        // n1's heartbeat at t=8 is heard but waits for a flush the database holds up.
+        clock.advance(chrono::Duration::seconds(8));
+        shared.heartbeats.note(
+            n1.clone(),
+            crate::heartbeats::Note {
+                session_id: 1,
+                heartbeat: tollgate_proto::v1::Heartbeat::default(),
+                at: shared.now(),
+            },
+        );
+        clock.advance(chrono::Duration::seconds(3));
+        let mut expired = check_once(&shared).await.expect("check");
+        expired.sort();
+        assert_eq!(
+            expired,
+            vec![node("n2", "hgx").id, node("n3", "hgx").id],
+            "n1 was heard 3 s ago"
+        );
+        let stored = store.get_node(&n1).await.expect("read").expect("n1");
+        assert_eq!(stored.state, NodeState::Ready);
+        // Heard at t=8 and silent since: its lease runs out after the grace as ever.
+        clock.advance(chrono::Duration::seconds(8));
+        assert_eq!(check_once(&shared).await.expect("check"), vec![n1.clone()]);
         store.close().await;
     }
 
