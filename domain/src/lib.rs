@@ -20,6 +20,7 @@ pub mod maintenance;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod projection;
 pub mod rate;
 pub mod release;
 pub mod report_key;
