@@ -32,6 +32,7 @@ pub mod run;
 pub mod scheduler;
 pub mod spec;
 pub mod stats;
+pub mod target;
 pub mod telemetry;
 pub mod test_support;
 pub mod waiver;

@@ -121,7 +121,7 @@ pub const DESCRIPTION: Limit = bytes("description", 4096, "release and plan desc
 pub const REASON: Limit = bytes(
     "reason",
     1024,
-    "waiver, halt, resume, demote and node health reasons",
+    "waiver, halt, resume, demote, milestone target and node health reasons",
 );
 /// A ticket reference.
 pub const TICKET: Limit = bytes("ticket", 256, "waiver ticket references");
