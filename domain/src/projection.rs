@@ -239,14 +239,11 @@ fn place(
     let per_job = chrono_of(per_job);
     let mut end = ready;
     for _ in 0..work.n_jobs {
-        let Some((node, start)) = work
+        let (node, start) = work
             .matching
             .iter()
             .filter_map(|node| free_at.get(node).map(|at| (node, (*at).max(ready))))
-            .min_by_key(|(node, start)| (*start, (*node).clone()))
-        else {
-            return None;
-        };
+            .min_by_key(|(node, start)| (*start, (*node).clone()))?;
         let job_end = start + per_job;
         free_at.insert(node.clone(), job_end);
         end = end.max(job_end);

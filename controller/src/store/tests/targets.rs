@@ -61,7 +61,7 @@ async fn targets_are_set_moved_from_what_they_were_and_audited(store: &Store) {
         .await
         .expect("set");
     let stored = store.milestone_targets(&release.id).await.expect("targets");
-    assert_eq!(stored, [first.to.clone()]);
+    assert_eq!(stored, std::slice::from_ref(&first.to));
 
     // A second first setting, decided from "no target", lost the race.
     let racing = decide(None, "2027-03-01", None, "carol", 11);
