@@ -426,6 +426,13 @@ mod stub {
         ) -> Result<Response<pb::Release>, Status> {
             Err(Status::unimplemented("not in the stub"))
         }
+
+        async fn set_milestone_target(
+            &self,
+            _: Request<pb::SetMilestoneTargetRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
     }
 
     /// A GateService whose decision's verdict is the release name after `r-`

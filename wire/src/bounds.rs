@@ -189,6 +189,7 @@ bounded_texts! {
     DemoteRequest { release: NAME, to_milestone: NAME, reason: REASON }
     HaltRequest { release: NAME, reason: REASON }
     ResumeRequest { release: NAME, reason: REASON }
+    SetMilestoneTargetRequest { release: NAME, milestone: NAME, target_date: NAME, reason: REASON }
     ApplyPlanRequest { source: SPEC_SOURCE, file_name: PATH }
     GetPlanRequest { name: NAME, version: NAME }
     ListPlansRequest {}
