@@ -1,4 +1,5 @@
-//! `tollgate release`: register releases from flags or a YAML file, show and list them.
+//! `tollgate release`: register releases from flags or a YAML file, show and list them, and
+//! set the target date of a milestone.
 
 use crate::args::ReleaseCommand;
 use crate::client::{Controller, answer};
@@ -56,6 +57,26 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
                     Ok(())
                 }
             }
+        }
+        ReleaseCommand::Plan {
+            name,
+            milestone,
+            target,
+            reason,
+            output,
+        } => {
+            let release = answer(
+                controller
+                    .releases()
+                    .set_milestone_target(pb::SetMilestoneTargetRequest {
+                        release: name,
+                        milestone,
+                        target_date: target,
+                        reason: reason.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            print_release(&release, output.output)
         }
     }
 }
@@ -134,6 +155,26 @@ pub fn format_release(release: &pb::Release) -> String {
         ]);
     }
     out.push_str(&table.render("  "));
+    if release.targets.is_empty() {
+        let _ = writeln!(out, "targets:     none");
+    } else {
+        let _ = writeln!(out, "targets:");
+        for target in &release.targets {
+            let _ = writeln!(
+                out,
+                "  {} by {} (set by {} at {}{})",
+                target.milestone,
+                target.target_date,
+                target.set_by,
+                format_time(target.set_at.as_ref()),
+                if target.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", target.reason)
+                }
+            );
+        }
+    }
     if release.promotions.is_empty() {
         let _ = writeln!(out, "promotions:  none");
     } else {
@@ -179,7 +220,13 @@ pub fn format_release_table(releases: &[pb::Release]) -> String {
     if releases.is_empty() {
         return "no releases\n".to_owned();
     }
-    let mut table = Table::new(&["NAME", "MILESTONE", "COMPONENTS", "CREATED"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "MILESTONE",
+        "COMPONENTS",
+        "CREATED",
+        "TARGET VS PROJECTED",
+    ]);
     for release in releases {
         table.row(vec![
             release.name.clone(),
@@ -191,9 +238,61 @@ pub fn format_release_table(releases: &[pb::Release]) -> String {
                 .collect::<Vec<_>>()
                 .join(","),
             format_time(release.created_at.as_ref()),
+            format_plan_of_record(release),
         ]);
     }
     table.render("")
+}
+
+/// Per milestone, its target against when it was passed or is projected to be, on one line:
+/// `lab-qual 2027-01-15 vs passed 2027-01-10; production - vs 2027-02-03 (measured) AT RISK
+/// (after-target)`. Without projections, the targets alone.
+pub fn format_plan_of_record(release: &pb::Release) -> String {
+    if release.projections.is_empty() {
+        return format_targets(release);
+    }
+    release
+        .projections
+        .iter()
+        .map(|projection| {
+            let day = crate::output::time(projection.finish_at.as_ref())
+                .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
+            let finish = match projection.finish.as_str() {
+                "passed" => format!("passed {day}"),
+                "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
+                "projected" => format!("{day} ({})", projection.basis),
+                "no-matching-node" => "no matching node".to_owned(),
+                "no-plan" => "no run yet".to_owned(),
+                "after-unknown" => format!("after {}", projection.after),
+                other => other.to_owned(),
+            };
+            let risk = if projection.risk.is_empty() {
+                String::new()
+            } else {
+                format!(" AT RISK ({})", projection.risk)
+            };
+            format!(
+                "{} {} vs {finish}{risk}",
+                projection.milestone,
+                or_dash(&projection.target_date)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A release's targets on one line, in track order: `lab-qual 2027-01-15, production
+/// 2027-03-01`; `-` when none is set.
+pub fn format_targets(release: &pb::Release) -> String {
+    if release.targets.is_empty() {
+        return "-".to_owned();
+    }
+    release
+        .targets
+        .iter()
+        .map(|target| format!("{} {}", target.milestone, target.target_date))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -242,6 +341,78 @@ mod tests {
         let text = include_str!("../../../examples/release.yaml");
         let request = parse_release_file("release.yaml", text).expect("valid example");
         assert_eq!(request.name, "r550-u3");
+    }
+
+    #[test]
+    fn targets_fit_on_one_line_in_track_order() {
+        let target = |milestone: &str, date: &str| pb::MilestoneTarget {
+            milestone: milestone.into(),
+            target_date: date.into(),
+            ..Default::default()
+        };
+        let mut release = pb::Release {
+            name: "r1".into(),
+            ..Default::default()
+        };
+        assert_eq!(format_targets(&release), "-");
+        release.targets = vec![
+            target("lab-qual", "2027-01-15"),
+            target("production", "2027-03-01"),
+        ];
+        assert_eq!(
+            format_targets(&release),
+            "lab-qual 2027-01-15, production 2027-03-01"
+        );
+        let table = format_release_table(std::slice::from_ref(&release));
+        let header = table.lines().next().unwrap_or_default();
+        assert!(header.ends_with("TARGET VS PROJECTED"), "{table}");
+        assert!(
+            table.contains("lab-qual 2027-01-15, production 2027-03-01"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn target_vs_projected_fits_on_one_line() {
+        let at = |secs| {
+            Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            })
+        };
+        let release = pb::Release {
+            name: "r1".into(),
+            projections: vec![
+                pb::MilestoneProjection {
+                    milestone: "lab-qual".into(),
+                    target_date: "2027-01-15".into(),
+                    finish: "passed".into(),
+                    finish_at: at(1_799_000_000),
+                    ..Default::default()
+                },
+                pb::MilestoneProjection {
+                    milestone: "customer-acceptance".into(),
+                    target_date: "2027-01-20".into(),
+                    finish: "projected".into(),
+                    finish_at: at(1_800_000_000),
+                    basis: "timeouts".into(),
+                    risk: "after-target".into(),
+                    ..Default::default()
+                },
+                pb::MilestoneProjection {
+                    milestone: "production".into(),
+                    finish: "after-unknown".into(),
+                    after: "customer-acceptance".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            format_plan_of_record(&release),
+            "lab-qual 2027-01-15 vs passed 2027-01-03; customer-acceptance 2027-01-20 vs \
+             2027-01-15 (timeouts) AT RISK (after-target); production - vs after customer-acceptance"
+        );
     }
 
     #[test]
