@@ -434,6 +434,16 @@ A release file looks like:
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Sets the customers a release is for, replacing those before (none: clears them).
+    Customers {
+        /// Release name.
+        name: String,
+        /// A customer (repeatable).
+        #[arg(long = "customer", value_name = "NAME")]
+        customers: Vec<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `tollgate plan ...`

@@ -433,6 +433,13 @@ mod stub {
         ) -> Result<Response<pb::Release>, Status> {
             Err(Status::unimplemented("not in the stub"))
         }
+
+        async fn set_customers(
+            &self,
+            _: Request<pb::SetCustomersRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            Err(Status::unimplemented("not in the stub"))
+        }
     }
 
     /// A GateService whose decision's verdict is the release name after `r-`

@@ -72,6 +72,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("ReleaseService/Halt", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/Resume", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/SetMilestoneTarget", "UUUU DDAA DD UU UUX"),
+    ("ReleaseService/SetCustomers", "UUUU DDAA DD UU UUX"),
     ("PlanService/ApplyPlan", "UUUU DDAA DD UU UUX"),
     ("PlanService/GetPlan", "UUUU AAAA DD UU UUX"),
     ("PlanService/ListPlans", "UUUU AAAA DD UU UUX"),
@@ -339,6 +340,14 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .resume(v1::ResumeRequest {
                 release: missing(),
                 reason: "m".into(),
+            })
+            .await
+            .map(drop),
+        "ReleaseService/SetCustomers" => c
+            .releases
+            .set_customers(v1::SetCustomersRequest {
+                release: missing(),
+                customers: vec!["acme".into()],
             })
             .await
             .map(drop),

@@ -118,6 +118,51 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         .expect_err("unknown release");
     assert_eq!(refused.code(), Code::NotFound);
 
+    // The customers the release is for, through the CLI; set again, they replace those before.
+    let output = tollgate(
+        &url,
+        &[
+            "release",
+            "customers",
+            "r550",
+            "--customer",
+            "globex",
+            "--customer",
+            "acme",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("customers:   acme, globex"),
+        "{}",
+        text(&output.stdout)
+    );
+    let shown = clients
+        .releases
+        .set_customers(v1::SetCustomersRequest {
+            release: "r550".into(),
+            customers: vec!["initech".into(), "acme".into(), "acme".into()],
+        })
+        .await
+        .expect("replace the customers")
+        .into_inner();
+    assert_eq!(shown.customers, ["acme", "initech"]);
+    let refused = clients
+        .releases
+        .set_customers(v1::SetCustomersRequest {
+            release: "r550".into(),
+            customers: vec![" ".into()],
+        })
+        .await
+        .expect_err("a blank customer");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("customers[0]"),
+        "{}",
+        refused.message()
+    );
+
     // The audit log: who, from what, to what, why.
     let mut audit = v1::audit_service_client::AuditServiceClient::new(controller.channel().await);
     let entries: Vec<v1::AuditEntry> = audit
@@ -150,6 +195,27 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         .expect("the first setting is audited");
     assert_eq!(first["from"], serde_json::Value::Null);
     assert!(entries.iter().all(|entry| entry.actor == entries[0].actor));
+    let customers: Vec<serde_json::Value> = audit
+        .list_audit(v1::ListAuditRequest {
+            release: "r550".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries
+        .iter()
+        .filter(|entry| entry.action == "release.customers")
+        .map(|entry| serde_json::from_str(&entry.details).expect("JSON details"))
+        .collect();
+    assert_eq!(customers.len(), 2);
+    assert!(
+        customers
+            .iter()
+            .any(|d| d["from"] == serde_json::json!(["acme", "globex"])
+                && d["to"] == serde_json::json!(["acme", "initech"])),
+        "{customers:#?}"
+    );
 
     // lab-qual's run ended long after its target: at risk. The others are projected from the
     // measured steps on lab-1, production well before its target.

@@ -155,6 +155,18 @@ impl Bounded for proto::GetNodeTelemetryRequest {
     }
 }
 
+impl Bounded for proto::SetCustomersRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::SetCustomersRequest { release, customers } = self;
+        errors.text("release", &limits::NAME, release);
+        if errors.count("customers", &limits::CUSTOMERS, customers.len()) {
+            for (idx, customer) in customers.iter().enumerate() {
+                errors.text(&format!("customers[{idx}]"), &limits::NAME, customer);
+            }
+        }
+    }
+}
+
 /// `Bounded` for requests of plain texts: each field with its limit, then (after `;`) the
 /// fields that are not texts. Every field is listed, so a new one fails to compile here.
 macro_rules! bounded_texts {

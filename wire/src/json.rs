@@ -143,6 +143,7 @@ pub fn release(release: &pb::Release) -> Value {
         halted_reason,
         targets,
         projections,
+        customers,
     } = release;
     json!({
         "name": name,
@@ -155,6 +156,7 @@ pub fn release(release: &pb::Release) -> Value {
         "halted_reason": halted_reason,
         "targets": targets.iter().map(milestone_target).collect::<Vec<_>>(),
         "projections": projections.iter().map(milestone_projection).collect::<Vec<_>>(),
+        "customers": customers,
     })
 }
 

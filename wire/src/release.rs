@@ -185,6 +185,7 @@ pub fn release_to_proto(release: &Release, track: &Track) -> proto::Release {
         track: track.clone(),
         halted_reason: None,
         targets: Vec::new(),
+        customers: Vec::new(),
     }
     .to_proto()
 }
@@ -200,6 +201,8 @@ pub struct DescribedRelease {
     pub halted_reason: Option<String>,
     /// The plan of record: the milestones that have a target, in track order.
     pub targets: Vec<MilestoneTarget>,
+    /// The customers the release is for, by name.
+    pub customers: Vec<String>,
 }
 
 impl ToProto for DescribedRelease {
@@ -210,6 +213,7 @@ impl ToProto for DescribedRelease {
             track,
             halted_reason,
             targets,
+            customers,
         } = self;
         let Release {
             id,
@@ -230,6 +234,7 @@ impl ToProto for DescribedRelease {
             halted_reason: halted_reason.clone().unwrap_or_default(),
             targets: targets.iter().map(ToProto::to_proto).collect(),
             projections: Vec::new(),
+            customers: customers.clone(),
         }
     }
 }
@@ -250,6 +255,7 @@ impl FromProto for DescribedRelease {
             // A projection is the controller's view at the time of the answer, for people to
             // read; nothing takes it back in.
             projections: _,
+            customers,
         } = release;
         let mut errors = FieldErrors::new();
         let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
@@ -278,6 +284,11 @@ impl FromProto for DescribedRelease {
             .enumerate()
             .filter_map(|(idx, t)| target_from_proto(t, &format!("targets[{idx}]"), &mut errors))
             .collect();
+        if errors.count("customers", &limits::CUSTOMERS, customers.len()) {
+            for (idx, customer) in customers.iter().enumerate() {
+                errors.text(&format!("customers[{idx}]"), &limits::NAME, customer);
+            }
+        }
         let Some(created_at) = created_at else {
             return Err(missing_parts(errors));
         };
@@ -293,6 +304,7 @@ impl FromProto for DescribedRelease {
             track: Track { milestones: track },
             halted_reason: non_empty(halted_reason),
             targets,
+            customers,
         })
     }
 }

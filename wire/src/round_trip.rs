@@ -94,6 +94,7 @@ fn described_release() -> impl Strategy<Value = DescribedRelease> {
                 track: Track { milestones },
                 halted_reason,
                 targets,
+                customers: vec!["acme".into(), "globex".into()],
             }
         })
 }

@@ -78,6 +78,22 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
             )?;
             print_release(&release, output.output)
         }
+        ReleaseCommand::Customers {
+            name,
+            customers,
+            output,
+        } => {
+            let release = answer(
+                controller
+                    .releases()
+                    .set_customers(pb::SetCustomersRequest {
+                        release: name,
+                        customers,
+                    })
+                    .await,
+            )?;
+            print_release(&release, output.output)
+        }
     }
 }
 
@@ -143,6 +159,9 @@ pub fn format_release(release: &pb::Release) -> String {
         format_time(release.created_at.as_ref())
     );
     let _ = writeln!(out, "milestone:   {}", release.milestone);
+    if !release.customers.is_empty() {
+        let _ = writeln!(out, "customers:   {}", release.customers.join(", "));
+    }
     let _ = writeln!(out, "track:       {}", format_track(release));
     let _ = writeln!(out, "components:");
     let mut table = Table::new(&["NAME", "VERSION", "ARTIFACT", "SHA256"]);

@@ -73,6 +73,7 @@ async fn current_release(shared: &Shared, release: &ReleaseId) -> Result<proto::
         release: stored,
         halted_reason: state_of(shared, release).await?.halted,
         targets,
+        customers: shared.store.release_customers(release).await?,
         track,
     }
     .to_proto())
@@ -226,6 +227,7 @@ impl ReleaseService for ReleaseApi {
             .map(|(release, _)| release.id.clone())
             .collect();
         let mut targets = self.shared.store.milestone_targets_of(&ids).await?;
+        let mut customers = self.shared.store.release_customers_of(&ids).await?;
         let mut projections = crate::projections::project_now(&self.shared).await?;
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
@@ -235,6 +237,7 @@ impl ReleaseService for ReleaseApi {
                     let projection = projections.remove(&release.id);
                     let mut wire = DescribedRelease {
                         targets: in_track_order(&track, targets),
+                        customers: customers.remove(&release.id).unwrap_or_default(),
                         release,
                         track: track.clone(),
                         halted_reason: None,
@@ -527,6 +530,48 @@ impl ReleaseService for ReleaseApi {
             actor,
             "milestone target set"
         );
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
+
+    async fn set_customers(
+        &self,
+        request: Request<proto::SetCustomersRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let proto::SetCustomersRequest { release, customers } =
+            super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        if release.trim().is_empty() {
+            errors.add("release", "is empty; give a release name");
+        }
+        for (idx, customer) in customers.iter().enumerate() {
+            if customer.trim().is_empty() {
+                errors.add(
+                    format!("customers[{idx}]"),
+                    "is empty; give a customer's name",
+                );
+            }
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, &release).await?;
+        let mut customers: Vec<String> = customers.iter().map(|c| c.trim().to_owned()).collect();
+        customers.sort();
+        customers.dedup();
+        let before = self.shared.store.release_customers(&release.id).await?;
+        let note = release_note(
+            &self.shared,
+            &actor,
+            "release.customers",
+            &release.id,
+            serde_json::json!({ "from": before, "to": customers }),
+        );
+        self.shared
+            .store
+            .set_release_customers(&release.id, &customers, &note)
+            .await?;
+        tracing::info!(release = %release.id, ?customers, actor, "release customers set");
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
         ))

@@ -134,17 +134,36 @@ impl Store {
 
     /// The customers `release` is for, by name.
     pub async fn release_customers(&self, release: &ReleaseId) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .release_customers_of(std::slice::from_ref(release))
+            .await?
+            .remove(release)
+            .unwrap_or_default())
+    }
+
+    /// The customers of each of `releases` (one read), by name; a release without any has no
+    /// entry.
+    pub async fn release_customers_of(
+        &self,
+        releases: &[ReleaseId],
+    ) -> Result<BTreeMap<ReleaseId, Vec<String>>, StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
-            let customers = sqlx::query(CUSTOMERS)
-                .bind(release.as_str())
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    rows::Fields::new(row, "release_customers", &["customer"]).text("customer")
-                })
-                .collect::<Result<_, _>>()?;
+            let mut customers = BTreeMap::new();
+            for release in releases {
+                let found: Vec<String> = sqlx::query(CUSTOMERS)
+                    .bind(release.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        rows::Fields::new(row, "release_customers", &["customer"]).text("customer")
+                    })
+                    .collect::<Result<_, _>>()?;
+                if !found.is_empty() {
+                    customers.insert(release.clone(), found);
+                }
+            }
             tx.commit().await?;
             Ok(customers)
         })
