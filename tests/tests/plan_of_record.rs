@@ -54,10 +54,15 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         .await;
     clients.wait_run_done(&run.id).await;
 
-    // Before any target: every milestone is projected, none at risk.
+    // Before any target: every milestone is projected, none at risk; and what blocks the
+    // release now is said at the end of its line.
     let line = listed(&url, "r550").await;
     assert!(line.contains("lab-qual - vs "), "{line}");
     assert!(!line.contains("AT RISK"), "{line}");
+    assert!(
+        line.contains("  Its lab-qual gate cannot be evaluated: no gate for milestone lab-qual"),
+        "{line}"
+    );
 
     // Set a target through the CLI, then move it (and set another) through the API.
     let output = tollgate(

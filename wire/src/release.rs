@@ -398,6 +398,70 @@ fn target_from_proto(
     })
 }
 
+/// A verdict as a sentence says it.
+fn verdict_words(verdict: &str) -> String {
+    match verdict {
+        "failed" => "failed".to_owned(),
+        "waiting" => "is waiting for evidence".to_owned(),
+        "error" => "could not be evaluated".to_owned(),
+        other => format!("is {other}"),
+    }
+}
+
+/// What blocks the release now, in one sentence, from its gate decision evaluated now (or why
+/// that failed): the dashboard's release page and `tollgate release list` say the same.
+pub fn blocker(release: &proto::Release, decision: &Result<proto::Decision, String>) -> String {
+    if release.milestone == tollgate_domain::release::RELEASED {
+        return "Nothing: it passed every milestone and is released.".to_owned();
+    }
+    if !release.halted_reason.is_empty() {
+        return format!(
+            "It is halted ({}): a release manager must resume it before it runs or is promoted.",
+            release.halted_reason
+        );
+    }
+    let decision = match decision {
+        Ok(decision) => decision,
+        Err(why) => return format!("Its {} gate cannot be evaluated: {why}", release.milestone),
+    };
+    let holding: Vec<&proto::RuleDecision> = decision
+        .rules
+        .iter()
+        .filter(|rule| {
+            !matches!(
+                rule.verdict.as_str(),
+                "passed" | "waived" | "not-applicable"
+            )
+        })
+        .collect();
+    match (decision.verdict.as_str(), holding.first()) {
+        ("passed", _) => format!(
+            "Nothing: the {} gate passed, so a release manager may promote it now.",
+            decision.milestone
+        ),
+        (verdict, Some(rule)) => {
+            let more = match holding.len() {
+                1 => String::new(),
+                n => format!(" (and {} more rules)", n - 1),
+            };
+            format!(
+                "The {} gate {}: rule {} {}: {}{more}.",
+                decision.milestone,
+                verdict_words(verdict),
+                rule.rule_id,
+                verdict_words(&rule.verdict),
+                rule.reason.trim_end_matches('.')
+            )
+        }
+        (verdict, None) => format!(
+            "The {} gate {}: {}",
+            decision.milestone,
+            verdict_words(verdict),
+            decision.summary
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,11 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
                     releases.iter().map(json::release).collect(),
                 )),
                 Format::Text => {
-                    print!("{}", format_release_table(&releases));
+                    let mut blockers = Vec::with_capacity(releases.len());
+                    for release in &releases {
+                        blockers.push(blocker_now(controller, release).await?);
+                    }
+                    print!("{}", format_release_table(&releases, &blockers));
                     Ok(())
                 }
             }
@@ -234,8 +238,45 @@ pub fn format_track(release: &pb::Release) -> String {
     parts.join(" -> ")
 }
 
-/// Releases, one per line.
-pub fn format_release_table(releases: &[pb::Release]) -> String {
+/// What blocks `release` now, in one sentence, from its gate evaluated now. A refusal to
+/// evaluate (no gate for the milestone, say) is part of the sentence; a release passed every
+/// milestone, or halted, needs no evaluation.
+async fn blocker_now(controller: &Controller, release: &pb::Release) -> anyhow::Result<String> {
+    if release.milestone == tollgate_domain::release::RELEASED || !release.halted_reason.is_empty()
+    {
+        return Ok(tollgate_wire::release::blocker(
+            release,
+            &Err(String::new()),
+        ));
+    }
+    let evaluated = controller
+        .gates()
+        .evaluate_gate(pb::EvaluateGateRequest {
+            release: release.name.clone(),
+            milestone: String::new(),
+            at: None,
+        })
+        .await;
+    let decision = match evaluated {
+        Ok(decision) => Ok(decision.into_inner()),
+        // Not about the release: the caller cannot ask, or the controller cannot answer.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+            ) =>
+        {
+            return Err(crate::client::RpcError::from(status).into());
+        }
+        Err(status) => Err(status.message().to_owned()),
+    };
+    Ok(tollgate_wire::release::blocker(release, &decision))
+}
+
+/// Releases, one per line, each with what blocks it now (`blockers`, in the same order).
+pub fn format_release_table(releases: &[pb::Release], blockers: &[String]) -> String {
     if releases.is_empty() {
         return "no releases\n".to_owned();
     }
@@ -245,8 +286,9 @@ pub fn format_release_table(releases: &[pb::Release]) -> String {
         "COMPONENTS",
         "CREATED",
         "TARGET VS PROJECTED",
+        "BLOCKED BY",
     ]);
-    for release in releases {
+    for (idx, release) in releases.iter().enumerate() {
         table.row(vec![
             release.name.clone(),
             release.milestone.clone(),
@@ -258,6 +300,7 @@ pub fn format_release_table(releases: &[pb::Release]) -> String {
                 .join(","),
             format_time(release.created_at.as_ref()),
             format_plan_of_record(release),
+            blockers.get(idx).cloned().unwrap_or_default(),
         ]);
     }
     table.render("")
@@ -382,9 +425,19 @@ mod tests {
             format_targets(&release),
             "lab-qual 2027-01-15, production 2027-03-01"
         );
-        let table = format_release_table(std::slice::from_ref(&release));
+        let table = format_release_table(
+            std::slice::from_ref(&release),
+            &["The lab-qual gate is waiting for evidence: no run.".to_owned()],
+        );
         let header = table.lines().next().unwrap_or_default();
-        assert!(header.ends_with("TARGET VS PROJECTED"), "{table}");
+        assert!(
+            header.contains("  TARGET VS PROJECTED  ") && header.ends_with("  BLOCKED BY"),
+            "{table}"
+        );
+        assert!(
+            table.contains("production 2027-03-01  The lab-qual gate"),
+            "{table}"
+        );
         assert!(
             table.contains("lab-qual 2027-01-15, production 2027-03-01"),
             "{table}"

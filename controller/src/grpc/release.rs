@@ -228,6 +228,10 @@ impl ReleaseService for ReleaseApi {
             .collect();
         let mut targets = self.shared.store.milestone_targets_of(&ids).await?;
         let mut customers = self.shared.store.release_customers_of(&ids).await?;
+        let mut halts = std::collections::HashMap::new();
+        for id in &ids {
+            halts.insert(id.clone(), state_of(&self.shared, id).await?.halted);
+        }
         let mut projections = crate::projections::project_now(&self.shared).await?;
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
@@ -238,9 +242,9 @@ impl ReleaseService for ReleaseApi {
                     let mut wire = DescribedRelease {
                         targets: in_track_order(&track, targets),
                         customers: customers.remove(&release.id).unwrap_or_default(),
+                        halted_reason: halts.remove(&release.id).flatten(),
                         release,
                         track: track.clone(),
-                        halted_reason: None,
                     }
                     .to_proto();
                     wire.projections = projections_to_proto(projection);
