@@ -427,18 +427,34 @@ mod stub {
             Err(Status::unimplemented("not in the stub"))
         }
 
+        // A release file's plan of record is set after the release is created: the stub
+        // answers with the release named, as set.
         async fn set_milestone_target(
             &self,
-            _: Request<pb::SetMilestoneTargetRequest>,
+            request: Request<pb::SetMilestoneTargetRequest>,
         ) -> Result<Response<pb::Release>, Status> {
-            Err(Status::unimplemented("not in the stub"))
+            let request = request.into_inner();
+            Ok(Response::new(pb::Release {
+                name: request.release,
+                targets: vec![pb::MilestoneTarget {
+                    milestone: request.milestone,
+                    target_date: request.target_date,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
         }
 
         async fn set_customers(
             &self,
-            _: Request<pb::SetCustomersRequest>,
+            request: Request<pb::SetCustomersRequest>,
         ) -> Result<Response<pb::Release>, Status> {
-            Err(Status::unimplemented("not in the stub"))
+            let request = request.into_inner();
+            Ok(Response::new(pb::Release {
+                name: request.release,
+                customers: request.customers,
+                ..Default::default()
+            }))
         }
     }
 

@@ -265,5 +265,31 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         ),
         "{line}"
     );
+
+    // A release file's customers and targets are set as the release is created.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/release.yaml");
+    let file = file.display().to_string();
+    let output = tollgate(&url, &["release", "create", "-f", &file, "-o", "json"]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let created: serde_json::Value = serde_json::from_str(&text(&output.stdout)).expect("json");
+    assert_eq!(created["customers"], serde_json::json!(["acme"]));
+    let targets: Vec<(&str, &str)> = created["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| {
+            (
+                t["milestone"].as_str().unwrap_or_default(),
+                t["target_date"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("lab-qual", "2027-01-15"),
+            ("customer-acceptance", "2027-02-01")
+        ]
+    );
     agent.stop().await;
 }

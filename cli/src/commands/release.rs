@@ -7,7 +7,7 @@ use crate::output::{Format, Table, format_time, or_dash, print_json, short_hash}
 use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::path::Path;
-pub use tollgate::release_file::{parse_component, parse_release_file};
+pub use tollgate::release_file::{ReleasePlan, parse_component, parse_release_file_with_plan};
 use tollgate_proto::v1 as pb;
 use tollgate_wire::json;
 
@@ -21,8 +21,8 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
             file,
             output,
         } => {
-            let request = create_request(name, &components, description, file.as_deref())?;
-            let release = create(controller, request).await?;
+            let (request, plan) = create_request(name, &components, description, file.as_deref())?;
+            let release = create(controller, request, plan).await?;
             print_release(&release, output.output)
         }
         ReleaseCommand::Show { name, output } => {
@@ -101,36 +101,57 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
     }
 }
 
-/// The create request from `release create`'s flags or file. Built before connecting, so a
-/// typo in a flag is reported without a controller.
+/// The create request from `release create`'s flags or file, with the plan of record a file
+/// gives. Built before connecting, so a typo in a flag is reported without a controller.
 pub fn create_request(
     name: Option<String>,
     components: &[String],
     description: Option<String>,
     file: Option<&Path>,
-) -> anyhow::Result<pb::CreateReleaseRequest> {
+) -> anyhow::Result<(pb::CreateReleaseRequest, ReleasePlan)> {
     match (file, name) {
         (Some(file), _) => read_release_file(file),
-        (None, Some(name)) => Ok(pb::CreateReleaseRequest {
-            name,
-            components: components
-                .iter()
-                .map(|spec| parse_component(spec))
-                .collect::<anyhow::Result<_>>()?,
-            description: description.unwrap_or_default(),
-        }),
+        (None, Some(name)) => Ok((
+            pb::CreateReleaseRequest {
+                name,
+                components: components
+                    .iter()
+                    .map(|spec| parse_component(spec))
+                    .collect::<anyhow::Result<_>>()?,
+                description: description.unwrap_or_default(),
+            },
+            ReleasePlan::default(),
+        )),
         (None, None) => {
             anyhow::bail!("give a release NAME with --component flags, or -f FILE")
         }
     }
 }
 
-/// Registers a release.
+/// Registers a release, then sets the customers and targets of `plan` (each audited as its
+/// own change); returns the release as it stands after the last of them.
 pub async fn create(
     controller: &Controller,
     request: pb::CreateReleaseRequest,
+    plan: ReleasePlan,
 ) -> anyhow::Result<pb::Release> {
-    Ok(answer(controller.releases().create_release(request).await)?)
+    let name = request.name.clone();
+    let mut release = answer(controller.releases().create_release(request).await)?;
+    if !plan.customers.is_empty() {
+        let request = pb::SetCustomersRequest {
+            release: name.clone(),
+            customers: plan.customers,
+        };
+        release = answer(controller.releases().set_customers(request).await)
+            .with_context(|| format!("release {name} was created; setting its customers"))?;
+    }
+    for target in plan.targets {
+        let milestone = target.milestone.clone();
+        release = answer(controller.releases().set_milestone_target(target).await).with_context(
+            || format!("release {name} was created; setting its {milestone} target"),
+        )?;
+    }
+    Ok(release)
 }
 
 pub fn print_release(release: &pb::Release, format: Format) -> anyhow::Result<()> {
@@ -143,11 +164,11 @@ pub fn print_release(release: &pb::Release, format: Format) -> anyhow::Result<()
     }
 }
 
-/// Reads a release YAML file into a create request.
-pub fn read_release_file(path: &Path) -> anyhow::Result<pb::CreateReleaseRequest> {
+/// Reads a release YAML file into a create request and the plan of record it gives.
+pub fn read_release_file(path: &Path) -> anyhow::Result<(pb::CreateReleaseRequest, ReleasePlan)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading release file {}", path.display()))?;
-    parse_release_file(&path.display().to_string(), &text)
+    parse_release_file_with_plan(&path.display().to_string(), &text)
 }
 
 /// A release: components, where it is on its track, and its promotions.
@@ -360,6 +381,7 @@ pub fn format_targets(release: &pb::Release) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate::release_file::parse_release_file;
 
     #[test]
     fn components_parse_with_optional_uri_and_sha() {
@@ -401,8 +423,31 @@ mod tests {
     #[test]
     fn the_example_release_file_parses() {
         let text = include_str!("../../../examples/release.yaml");
-        let request = parse_release_file("release.yaml", text).expect("valid example");
+        let (request, plan) =
+            parse_release_file_with_plan("release.yaml", text).expect("valid example");
         assert_eq!(request.name, "r550-u3");
+        assert_eq!(plan.customers, ["acme"]);
+        assert_eq!(plan.targets.len(), 2);
+        assert_eq!(plan.targets[0].release, "r550-u3");
+        assert_eq!(plan.targets[0].milestone, "lab-qual");
+        assert_eq!(plan.targets[0].target_date, "2027-01-15");
+        assert_eq!(
+            plan.targets[1].reason,
+            "the customer's fleet upgrade window"
+        );
+    }
+
+    #[test]
+    fn a_release_file_without_a_plan_of_record_gives_none() {
+        let text = "name: r1\ncomponents:\n  - {name: driver, version: '550.54.15'}\n";
+        let (_, plan) = parse_release_file_with_plan("r.yaml", text).expect("valid");
+        assert_eq!(plan, ReleasePlan::default());
+        let error = parse_release_file_with_plan(
+            "r.yaml",
+            "name: r1\ncomponents: []\ntargets:\n  - {milestone: lab-qual, date: 2027-01-15}\n",
+        )
+        .expect_err("unknown key");
+        assert!(error.to_string().starts_with("r.yaml:4:"), "{error}");
     }
 
     #[test]
