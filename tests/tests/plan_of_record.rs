@@ -244,6 +244,15 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         .collect();
     assert_eq!(risks, ["after-target", "", ""], "{projections:#?}");
 
+    let output = tollgate(&url, &["release", "show", "r550"]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    assert!(
+        shown.contains("\ntarget vs projected:\n  lab-qual 2020-02-01 vs "),
+        "{shown}"
+    );
+    assert!(shown.contains("vendor VBIOS drop slipped"), "{shown}");
+
     // The only matching node is taken out of service: the milestones still to run have no
     // node.
     clients

@@ -219,6 +219,12 @@ pub fn format_release(release: &pb::Release) -> String {
             );
         }
     }
+    if !release.projections.is_empty() {
+        let _ = writeln!(out, "target vs projected:");
+        for projection in &release.projections {
+            let _ = writeln!(out, "  {}", format_projection(projection));
+        }
+    }
     if release.promotions.is_empty() {
         let _ = writeln!(out, "promotions:  none");
     } else {
@@ -337,31 +343,35 @@ pub fn format_plan_of_record(release: &pb::Release) -> String {
     release
         .projections
         .iter()
-        .map(|projection| {
-            let day = crate::output::time(projection.finish_at.as_ref())
-                .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
-            let finish = match projection.finish.as_str() {
-                "passed" => format!("passed {day}"),
-                "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
-                "projected" => format!("{day} ({})", projection.basis),
-                "no-matching-node" => "no matching node".to_owned(),
-                "no-plan" => "no run yet".to_owned(),
-                "after-unknown" => format!("after {}", projection.after),
-                other => other.to_owned(),
-            };
-            let risk = if projection.risk.is_empty() {
-                String::new()
-            } else {
-                format!(" AT RISK ({})", projection.risk)
-            };
-            format!(
-                "{} {} vs {finish}{risk}",
-                projection.milestone,
-                or_dash(&projection.target_date)
-            )
-        })
+        .map(format_projection)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// One milestone's target against when it was passed or is projected to be:
+/// `customer-acceptance 2027-01-20 vs 2027-01-15 (timeouts) AT RISK (after-target)`.
+pub fn format_projection(projection: &pb::MilestoneProjection) -> String {
+    let day = crate::output::time(projection.finish_at.as_ref())
+        .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
+    let finish = match projection.finish.as_str() {
+        "passed" => format!("passed {day}"),
+        "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
+        "projected" => format!("{day} ({})", projection.basis),
+        "no-matching-node" => "no matching node".to_owned(),
+        "no-plan" => "no run yet".to_owned(),
+        "after-unknown" => format!("after {}", projection.after),
+        other => other.to_owned(),
+    };
+    let risk = if projection.risk.is_empty() {
+        String::new()
+    } else {
+        format!(" AT RISK ({})", projection.risk)
+    };
+    format!(
+        "{} {} vs {finish}{risk}",
+        projection.milestone,
+        or_dash(&projection.target_date)
+    )
 }
 
 /// A release's targets on one line, in track order: `lab-qual 2027-01-15, production
