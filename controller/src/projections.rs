@@ -94,8 +94,13 @@ pub async fn project_now(
                 work,
             });
         }
+        let halted = store
+            .release_state(&release.id)
+            .await?
+            .is_some_and(|state| state.halted.is_some());
         facts.push(ReleaseFacts {
             release: release.id.clone(),
+            halted,
             milestones,
         });
     }

@@ -17,6 +17,9 @@
 //!   in service cannot be projected, nor can the ones after it.
 //! - A milestone is at risk when its projected finish falls on a day after its target (UTC),
 //!   or when it cannot be projected for want of a node.
+//! - A halted release runs nothing: it holds no node, so the releases after it are projected
+//!   as if it were not there; its own milestones are projected as if it resumed now, and
+//!   every one not passed is at risk for the halt.
 
 use crate::{NodeId, ReleaseId, Timestamp};
 use chrono::NaiveDate;
@@ -33,6 +36,8 @@ pub type FreeAt = BTreeMap<NodeId, Timestamp>;
 pub struct ReleaseFacts {
     /// The release.
     pub release: ReleaseId,
+    /// Whether it is halted.
+    pub halted: bool,
     /// Its milestones, in track order.
     pub milestones: Vec<MilestoneFacts>,
 }
@@ -131,6 +136,8 @@ pub enum Risk {
     AfterTarget,
     /// No node its plan matches (or an earlier milestone's) is in service.
     NoMatchingNode,
+    /// The release is halted: nothing runs until it is resumed.
+    Halted,
 }
 
 /// The projection of one milestone.
@@ -168,9 +175,23 @@ pub fn project(
         .collect();
     releases
         .iter()
-        .map(|release| ReleaseProjection {
-            release: release.release.clone(),
-            milestones: project_release(release, &mut free_at, now),
+        .map(|release| {
+            let milestones = if release.halted {
+                // Placed on a copy: a halted release holds no node.
+                let mut milestones = project_release(release, &mut free_at.clone(), now);
+                for milestone in &mut milestones {
+                    if !matches!(milestone.finish, Finish::Passed { .. }) {
+                        milestone.risk = Some(Risk::Halted);
+                    }
+                }
+                milestones
+            } else {
+                project_release(release, &mut free_at, now)
+            };
+            ReleaseProjection {
+                release: release.release.clone(),
+                milestones,
+            }
         })
         .collect()
 }

@@ -275,6 +275,27 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
         "{line}"
     );
 
+    // A halted release: everything it has left is at risk, and the halt is what blocks it.
+    clients
+        .releases
+        .halt(v1::HaltRequest {
+            release: "r550".into(),
+            reason: "bad batch".into(),
+        })
+        .await
+        .expect("halt");
+    let line = listed(&url, "r550").await;
+    assert!(
+        line.contains("lab-qual 2020-02-01 vs ")
+            && line.contains("(no work left) AT RISK (halted)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("customer-acceptance - vs no matching node AT RISK (halted)"),
+        "{line}"
+    );
+    assert!(line.contains("It is halted (bad batch)"), "{line}");
+
     // A release file's customers and targets are set as the release is created.
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/release.yaml");
     let file = file.display().to_string();

@@ -54,6 +54,7 @@ fn milestone(name: &str, target: Option<&str>, work: Option<Work>) -> MilestoneF
 fn release(name: &str, milestones: Vec<MilestoneFacts>) -> ReleaseFacts {
     ReleaseFacts {
         release: ReleaseId::new(name),
+        halted: false,
         milestones,
     }
 }
@@ -109,6 +110,41 @@ fn cases() -> Vec<Case> {
             expected: vec![
                 vec![(projected(HOUR), None)],
                 vec![(projected(2 * HOUR), None)],
+            ],
+        },
+        Case {
+            name: "a halted release ahead holds no node, and all it has left is at risk",
+            free_at: fleet(&["n1", "n2"]),
+            releases: vec![
+                ReleaseFacts {
+                    halted: true,
+                    ..release(
+                        "r1",
+                        vec![
+                            MilestoneFacts {
+                                passed_at: Some(at(NOW - HOUR as i64)),
+                                ..milestone("lab-qual", None, None)
+                            },
+                            milestone("customer-acceptance", None, two_jobs_of_an_hour()),
+                        ],
+                    )
+                },
+                release(
+                    "r2",
+                    vec![milestone("lab-qual", None, two_jobs_of_an_hour())],
+                ),
+            ],
+            expected: vec![
+                vec![
+                    (
+                        Finish::Passed {
+                            at: at(NOW - HOUR as i64),
+                        },
+                        None,
+                    ),
+                    (projected(HOUR), Some(Risk::Halted)),
+                ],
+                vec![(projected(HOUR), None)],
             ],
         },
         Case {
