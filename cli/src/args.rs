@@ -410,10 +410,37 @@ A release file looks like:
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Lists releases, newest first.
+    /// Lists releases, newest first, each with its target per milestone.
     List {
         #[command(flatten)]
         pages: crate::pages::PageArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Sets or moves the date a release should pass a milestone by (audited: who, from what,
+    /// to what, why).
+    Plan {
+        /// Release name.
+        name: String,
+        /// A milestone of the track.
+        #[arg(long)]
+        milestone: String,
+        /// The day (UTC) it should be passed by, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        target: String,
+        /// Why the date is set or moved.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Sets the customers a release is for, replacing those before (none: clears them).
+    Customers {
+        /// Release name.
+        name: String,
+        /// A customer (repeatable).
+        #[arg(long = "customer", value_name = "NAME")]
+        customers: Vec<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

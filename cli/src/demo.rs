@@ -266,6 +266,7 @@ async fn set_up(controller: &Controller, dirs: &DemoDirs) -> anyhow::Result<()> 
             ],
             description: "driver 550 update 3".to_owned(),
         },
+        release::ReleasePlan::default(),
     )
     .await
     .context("creating the demo release")?;

@@ -41,6 +41,30 @@ struct ReleaseFile {
     #[serde(default)]
     description: String,
     components: Vec<ComponentEntry>,
+    #[serde(default)]
+    customers: Vec<String>,
+    #[serde(default)]
+    targets: Vec<TargetEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TargetEntry {
+    milestone: String,
+    target: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// The plan of record a release file may give besides the release: `release create -f` sets
+/// it, once the release is created, as `release customers` and `release plan` would.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReleasePlan {
+    /// The customers the release is for (`customers: [acme, globex]`).
+    pub customers: Vec<String>,
+    /// Target dates (`targets: [{milestone: M, target: YYYY-MM-DD, reason: TEXT}]`), each as
+    /// `SetMilestoneTarget` takes it.
+    pub targets: Vec<pb::SetMilestoneTargetRequest>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +81,14 @@ struct ComponentEntry {
 /// Parses release YAML; an error says `file:line:column: problem`. The server checks names
 /// and versions; this only checks the file's shape.
 pub fn parse_release_file(file: &str, text: &str) -> anyhow::Result<pb::CreateReleaseRequest> {
+    parse_release_file_with_plan(file, text).map(|(request, _)| request)
+}
+
+/// [`parse_release_file`], with the plan of record the file gives.
+pub fn parse_release_file_with_plan(
+    file: &str,
+    text: &str,
+) -> anyhow::Result<(pb::CreateReleaseRequest, ReleasePlan)> {
     let parsed: ReleaseFile = serde_saphyr::from_str(text).map_err(|error| {
         let message = error.to_string();
         let first_line = message.lines().next().unwrap_or("invalid YAML").trim();
@@ -69,7 +101,20 @@ pub fn parse_release_file(file: &str, text: &str) -> anyhow::Result<pb::CreateRe
             None => anyhow::anyhow!("{file}: {first_line}"),
         }
     })?;
-    Ok(pb::CreateReleaseRequest {
+    let plan = ReleasePlan {
+        customers: parsed.customers,
+        targets: parsed
+            .targets
+            .into_iter()
+            .map(|entry| pb::SetMilestoneTargetRequest {
+                release: parsed.name.clone(),
+                milestone: entry.milestone,
+                target_date: entry.target,
+                reason: entry.reason,
+            })
+            .collect(),
+    };
+    let request = pb::CreateReleaseRequest {
         name: parsed.name,
         description: parsed.description,
         components: parsed
@@ -82,5 +127,6 @@ pub fn parse_release_file(file: &str, text: &str) -> anyhow::Result<pb::CreateRe
                 sha256: entry.sha256,
             })
             .collect(),
-    })
+    };
+    Ok((request, plan))
 }

@@ -426,6 +426,36 @@ mod stub {
         ) -> Result<Response<pb::Release>, Status> {
             Err(Status::unimplemented("not in the stub"))
         }
+
+        // A release file's plan of record is set after the release is created: the stub
+        // answers with the release named, as set.
+        async fn set_milestone_target(
+            &self,
+            request: Request<pb::SetMilestoneTargetRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            let request = request.into_inner();
+            Ok(Response::new(pb::Release {
+                name: request.release,
+                targets: vec![pb::MilestoneTarget {
+                    milestone: request.milestone,
+                    target_date: request.target_date,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+
+        async fn set_customers(
+            &self,
+            request: Request<pb::SetCustomersRequest>,
+        ) -> Result<Response<pb::Release>, Status> {
+            let request = request.into_inner();
+            Ok(Response::new(pb::Release {
+                name: request.release,
+                customers: request.customers,
+                ..Default::default()
+            }))
+        }
     }
 
     /// A GateService whose decision's verdict is the release name after `r-`

@@ -36,6 +36,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pki;
+pub mod projections;
 pub mod replica;
 pub mod report;
 pub mod reschedule;

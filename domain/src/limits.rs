@@ -121,7 +121,7 @@ pub const DESCRIPTION: Limit = bytes("description", 4096, "release and plan desc
 pub const REASON: Limit = bytes(
     "reason",
     1024,
-    "waiver, halt, resume, demote and node health reasons",
+    "waiver, halt, resume, demote, milestone target and node health reasons",
 );
 /// A ticket reference.
 pub const TICKET: Limit = bytes("ticket", 256, "waiver ticket references");
@@ -171,6 +171,8 @@ pub const SPEC_SOURCE: Limit = bytes(
 );
 /// One waiver scope list.
 pub const WAIVER_SCOPE: Limit = items("waiver-scope", 1000, "nodes, skus and steps of one waiver");
+/// The customers one release is for.
+pub const CUSTOMERS: Limit = items("customers", 64, "customers of a release");
 /// GPUs of one node.
 pub const GPUS: Limit = items(
     "gpus",
@@ -259,6 +261,7 @@ pub const ALL: &[Limit] = &[
     CANARIES,
     SPEC_SOURCE,
     WAIVER_SCOPE,
+    CUSTOMERS,
     GPUS,
     MEASUREMENTS,
     SUB_RESULTS,

@@ -71,6 +71,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("ReleaseService/Demote", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/Halt", "UUUU DDAA DD UU UUX"),
     ("ReleaseService/Resume", "UUUU DDAA DD UU UUX"),
+    ("ReleaseService/SetMilestoneTarget", "UUUU DDAA DD UU UUX"),
+    ("ReleaseService/SetCustomers", "UUUU DDAA DD UU UUX"),
     ("PlanService/ApplyPlan", "UUUU DDAA DD UU UUX"),
     ("PlanService/GetPlan", "UUUU AAAA DD UU UUX"),
     ("PlanService/ListPlans", "UUUU AAAA DD UU UUX"),
@@ -338,6 +340,24 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .resume(v1::ResumeRequest {
                 release: missing(),
                 reason: "m".into(),
+            })
+            .await
+            .map(drop),
+        "ReleaseService/SetCustomers" => c
+            .releases
+            .set_customers(v1::SetCustomersRequest {
+                release: missing(),
+                customers: vec!["acme".into()],
+            })
+            .await
+            .map(drop),
+        "ReleaseService/SetMilestoneTarget" => c
+            .releases
+            .set_milestone_target(v1::SetMilestoneTargetRequest {
+                release: missing(),
+                milestone: "lab-qual".into(),
+                target_date: "2027-01-15".into(),
+                reason: String::new(),
             })
             .await
             .map(drop),

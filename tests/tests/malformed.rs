@@ -24,6 +24,8 @@ enum Call {
     Demote(v1::DemoteRequest),
     Halt(v1::HaltRequest),
     Resume(v1::ResumeRequest),
+    SetMilestoneTarget(v1::SetMilestoneTargetRequest),
+    SetCustomers(v1::SetCustomersRequest),
     ApplyPlan(v1::ApplyPlanRequest),
     GetPlan(v1::GetPlanRequest),
     StartRun(v1::StartRunRequest),
@@ -95,6 +97,8 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::Demote(r) => clients.releases.demote(r).await.map(drop),
         Call::Halt(r) => clients.releases.halt(r).await.map(drop),
         Call::Resume(r) => clients.releases.resume(r).await.map(drop),
+        Call::SetMilestoneTarget(r) => clients.releases.set_milestone_target(r).await.map(drop),
+        Call::SetCustomers(r) => clients.releases.set_customers(r).await.map(drop),
         Call::ApplyPlan(r) => clients.plans.apply_plan(r).await.map(drop),
         Call::GetPlan(r) => clients.plans.get_plan(r).await.map(drop),
         Call::StartRun(r) => clients.runs.start_run(r).await.map(drop),
@@ -336,6 +340,78 @@ fn cases() -> Vec<(&'static str, Call)> {
             }),
         ));
     }
+    let target = v1::SetMilestoneTargetRequest {
+        release: "r1".into(),
+        milestone: "lab-qual".into(),
+        target_date: "2027-01-15".into(),
+        reason: String::new(),
+    };
+    for release in names() {
+        cases.push((
+            "release",
+            Call::SetMilestoneTarget(v1::SetMilestoneTargetRequest {
+                release: release.clone(),
+                ..target.clone()
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::SetCustomers(v1::SetCustomersRequest {
+                release,
+                customers: vec!["acme".into()],
+            }),
+        ));
+    }
+    for milestone in [
+        EMPTY.to_owned(),
+        over_name(),
+        NUL.to_owned(),
+        "moon".to_owned(),
+    ] {
+        cases.push((
+            "milestone",
+            Call::SetMilestoneTarget(v1::SetMilestoneTargetRequest {
+                milestone,
+                ..target.clone()
+            }),
+        ));
+    }
+    for target_date in [EMPTY, "2027-02-30", "15/01/2027", NUL] {
+        cases.push((
+            "target_date",
+            Call::SetMilestoneTarget(v1::SetMilestoneTargetRequest {
+                target_date: target_date.into(),
+                ..target.clone()
+            }),
+        ));
+    }
+    for reason in [over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::SetMilestoneTarget(v1::SetMilestoneTargetRequest {
+                reason,
+                ..target.clone()
+            }),
+        ));
+    }
+    for customer in names() {
+        cases.push((
+            "customers[1]",
+            Call::SetCustomers(v1::SetCustomersRequest {
+                release: "r1".into(),
+                customers: vec!["acme".into(), customer],
+            }),
+        ));
+    }
+    cases.push((
+        "customers",
+        Call::SetCustomers(v1::SetCustomersRequest {
+            release: "r1".into(),
+            customers: (0..=tollgate_domain::limits::CUSTOMERS.max)
+                .map(|idx| format!("c{idx}"))
+                .collect(),
+        }),
+    ));
     for to_milestone in ["", "moon"] {
         cases.push((
             "to_milestone",

@@ -155,6 +155,18 @@ impl Bounded for proto::GetNodeTelemetryRequest {
     }
 }
 
+impl Bounded for proto::SetCustomersRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::SetCustomersRequest { release, customers } = self;
+        errors.text("release", &limits::NAME, release);
+        if errors.count("customers", &limits::CUSTOMERS, customers.len()) {
+            for (idx, customer) in customers.iter().enumerate() {
+                errors.text(&format!("customers[{idx}]"), &limits::NAME, customer);
+            }
+        }
+    }
+}
+
 /// `Bounded` for requests of plain texts: each field with its limit, then (after `;`) the
 /// fields that are not texts. Every field is listed, so a new one fails to compile here.
 macro_rules! bounded_texts {
@@ -189,6 +201,7 @@ bounded_texts! {
     DemoteRequest { release: NAME, to_milestone: NAME, reason: REASON }
     HaltRequest { release: NAME, reason: REASON }
     ResumeRequest { release: NAME, reason: REASON }
+    SetMilestoneTargetRequest { release: NAME, milestone: NAME, target_date: NAME, reason: REASON }
     ApplyPlanRequest { source: SPEC_SOURCE, file_name: PATH }
     GetPlanRequest { name: NAME, version: NAME }
     ListPlansRequest {}

@@ -141,6 +141,9 @@ pub fn release(release: &pb::Release) -> Value {
         created_at,
         promotions,
         halted_reason,
+        targets,
+        projections,
+        customers,
     } = release;
     json!({
         "name": name,
@@ -151,6 +154,49 @@ pub fn release(release: &pb::Release) -> Value {
         "created_at": time(created_at.as_ref()),
         "promotions": promotions.iter().map(promotion).collect::<Vec<_>>(),
         "halted_reason": halted_reason,
+        "targets": targets.iter().map(milestone_target).collect::<Vec<_>>(),
+        "projections": projections.iter().map(milestone_projection).collect::<Vec<_>>(),
+        "customers": customers,
+    })
+}
+
+/// A milestone's target against when it was passed or is projected to be.
+pub fn milestone_projection(projection: &pb::MilestoneProjection) -> Value {
+    let pb::MilestoneProjection {
+        milestone,
+        target_date,
+        finish,
+        finish_at,
+        basis,
+        risk,
+        after,
+    } = projection;
+    json!({
+        "milestone": milestone,
+        "target_date": target_date,
+        "finish": finish,
+        "finish_at": time(finish_at.as_ref()),
+        "basis": basis,
+        "risk": risk,
+        "after": after,
+    })
+}
+
+/// A milestone's target date.
+pub fn milestone_target(target: &pb::MilestoneTarget) -> Value {
+    let pb::MilestoneTarget {
+        milestone,
+        target_date,
+        reason,
+        set_by,
+        set_at,
+    } = target;
+    json!({
+        "milestone": milestone,
+        "target_date": target_date,
+        "reason": reason,
+        "set_by": set_by,
+        "set_at": time(set_at.as_ref()),
     })
 }
 

@@ -5,7 +5,9 @@ use crate::time::timestamp_to_proto;
 use crate::{FromProto, ToProto, non_empty};
 use tollgate_domain::ReleaseId;
 use tollgate_domain::limits;
+use tollgate_domain::projection::{Finish, MilestoneProjection};
 use tollgate_domain::release::{Component, Promotion, Release, Track};
+use tollgate_domain::target::MilestoneTarget;
 use tollgate_proto::v1 as proto;
 
 /// A component from the wire; empty optional texts mean absent. Validation is the domain's
@@ -182,6 +184,8 @@ pub fn release_to_proto(release: &Release, track: &Track) -> proto::Release {
         release: release.clone(),
         track: track.clone(),
         halted_reason: None,
+        targets: Vec::new(),
+        customers: Vec::new(),
     }
     .to_proto()
 }
@@ -195,6 +199,10 @@ pub struct DescribedRelease {
     pub track: Track,
     /// Why promotions are halted; `None` when they are not.
     pub halted_reason: Option<String>,
+    /// The plan of record: the milestones that have a target, in track order.
+    pub targets: Vec<MilestoneTarget>,
+    /// The customers the release is for, by name.
+    pub customers: Vec<String>,
 }
 
 impl ToProto for DescribedRelease {
@@ -204,6 +212,8 @@ impl ToProto for DescribedRelease {
             release,
             track,
             halted_reason,
+            targets,
+            customers,
         } = self;
         let Release {
             id,
@@ -222,6 +232,9 @@ impl ToProto for DescribedRelease {
             created_at: Some(timestamp_to_proto(*created_at)),
             promotions: promotions.iter().map(ToProto::to_proto).collect(),
             halted_reason: halted_reason.clone().unwrap_or_default(),
+            targets: targets.iter().map(ToProto::to_proto).collect(),
+            projections: Vec::new(),
+            customers: customers.clone(),
         }
     }
 }
@@ -238,6 +251,11 @@ impl FromProto for DescribedRelease {
             created_at,
             promotions,
             halted_reason,
+            targets,
+            // A projection is the controller's view at the time of the answer, for people to
+            // read; nothing takes it back in.
+            projections: _,
+            customers,
         } = release;
         let mut errors = FieldErrors::new();
         let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
@@ -261,6 +279,16 @@ impl FromProto for DescribedRelease {
                 promotion_from_proto(p, &format!("promotions[{idx}]"), &mut errors)
             })
             .collect();
+        let targets = targets
+            .into_iter()
+            .enumerate()
+            .filter_map(|(idx, t)| target_from_proto(t, &format!("targets[{idx}]"), &mut errors))
+            .collect();
+        if errors.count("customers", &limits::CUSTOMERS, customers.len()) {
+            for (idx, customer) in customers.iter().enumerate() {
+                errors.text(&format!("customers[{idx}]"), &limits::NAME, customer);
+            }
+        }
         let Some(created_at) = created_at else {
             return Err(missing_parts(errors));
         };
@@ -275,7 +303,162 @@ impl FromProto for DescribedRelease {
             },
             track: Track { milestones: track },
             halted_reason: non_empty(halted_reason),
+            targets,
+            customers,
         })
+    }
+}
+
+impl ToProto for MilestoneProjection {
+    type Proto = proto::MilestoneProjection;
+    fn to_proto(&self) -> proto::MilestoneProjection {
+        let MilestoneProjection {
+            milestone,
+            target,
+            finish,
+            risk,
+        } = self;
+        let (basis, after) = match finish {
+            Finish::Projected { basis, .. } => (basis.map(<&str>::from), None),
+            Finish::AfterUnknown { milestone } => (None, Some(milestone.clone())),
+            Finish::Passed { .. } | Finish::NoMatchingNode | Finish::NoPlan => (None, None),
+        };
+        proto::MilestoneProjection {
+            milestone: milestone.clone(),
+            target_date: target.map(|date| date.to_string()).unwrap_or_default(),
+            finish: finish_name(finish).to_owned(),
+            finish_at: finish.at().map(timestamp_to_proto),
+            basis: basis.unwrap_or_default().to_owned(),
+            risk: risk.map(<&str>::from).unwrap_or_default().to_owned(),
+            after: after.unwrap_or_default(),
+        }
+    }
+}
+
+/// The wire name of a finish.
+fn finish_name(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Passed { .. } => "passed",
+        Finish::Projected { .. } => "projected",
+        Finish::NoMatchingNode => "no-matching-node",
+        Finish::NoPlan => "no-plan",
+        Finish::AfterUnknown { .. } => "after-unknown",
+    }
+}
+
+impl ToProto for MilestoneTarget {
+    type Proto = proto::MilestoneTarget;
+    fn to_proto(&self) -> proto::MilestoneTarget {
+        let MilestoneTarget {
+            milestone,
+            target,
+            reason,
+            set_by,
+            set_at,
+        } = self;
+        proto::MilestoneTarget {
+            milestone: milestone.clone(),
+            target_date: target.to_string(),
+            reason: reason.clone().unwrap_or_default(),
+            set_by: set_by.clone(),
+            set_at: Some(timestamp_to_proto(*set_at)),
+        }
+    }
+}
+
+fn target_from_proto(
+    target: proto::MilestoneTarget,
+    field: &str,
+    errors: &mut FieldErrors,
+) -> Option<MilestoneTarget> {
+    let proto::MilestoneTarget {
+        milestone,
+        target_date,
+        reason,
+        set_by,
+        set_at,
+    } = target;
+    errors.text(&format!("{field}.milestone"), &limits::NAME, &milestone);
+    errors.text(&format!("{field}.reason"), &limits::REASON, &reason);
+    errors.text(&format!("{field}.set_by"), &limits::NAME, &set_by);
+    let date = target_date.parse().ok();
+    if date.is_none() {
+        errors.add(
+            format!("{field}.target_date"),
+            format!("{} is not a date (YYYY-MM-DD)", limits::quote(&target_date)),
+        );
+    }
+    let set_at = errors.required_timestamp(&format!("{field}.set_at"), set_at)?;
+    Some(MilestoneTarget {
+        milestone,
+        target: date?,
+        reason: non_empty(reason),
+        set_by,
+        set_at,
+    })
+}
+
+/// A verdict as a sentence says it.
+fn verdict_words(verdict: &str) -> String {
+    match verdict {
+        "failed" => "failed".to_owned(),
+        "waiting" => "is waiting for evidence".to_owned(),
+        "error" => "could not be evaluated".to_owned(),
+        other => format!("is {other}"),
+    }
+}
+
+/// What blocks the release now, in one sentence, from its gate decision evaluated now (or why
+/// that failed): the dashboard's release page and `tollgate release list` say the same.
+pub fn blocker(release: &proto::Release, decision: &Result<proto::Decision, String>) -> String {
+    if release.milestone == tollgate_domain::release::RELEASED {
+        return "Nothing: it passed every milestone and is released.".to_owned();
+    }
+    if !release.halted_reason.is_empty() {
+        return format!(
+            "It is halted ({}): a release manager must resume it before it runs or is promoted.",
+            release.halted_reason
+        );
+    }
+    let decision = match decision {
+        Ok(decision) => decision,
+        Err(why) => return format!("Its {} gate cannot be evaluated: {why}", release.milestone),
+    };
+    let holding: Vec<&proto::RuleDecision> = decision
+        .rules
+        .iter()
+        .filter(|rule| {
+            !matches!(
+                rule.verdict.as_str(),
+                "passed" | "waived" | "not-applicable"
+            )
+        })
+        .collect();
+    match (decision.verdict.as_str(), holding.first()) {
+        ("passed", _) => format!(
+            "Nothing: the {} gate passed, so a release manager may promote it now.",
+            decision.milestone
+        ),
+        (verdict, Some(rule)) => {
+            let more = match holding.len() {
+                1 => String::new(),
+                n => format!(" (and {} more rules)", n - 1),
+            };
+            format!(
+                "The {} gate {}: rule {} {}: {}{more}.",
+                decision.milestone,
+                verdict_words(verdict),
+                rule.rule_id,
+                verdict_words(&rule.verdict),
+                rule.reason.trim_end_matches('.')
+            )
+        }
+        (verdict, None) => format!(
+            "The {} gate {}: {}",
+            decision.milestone,
+            verdict_words(verdict),
+            decision.summary
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ use tollgate_domain::fleet::{Inventory, Node};
 use tollgate_domain::gate::{Decision, EvidenceItem, Waiver};
 use tollgate_domain::release::{Promotion, Track};
 use tollgate_domain::result::{Measurement, StepResult, SubResult};
+use tollgate_domain::target::MilestoneTarget;
 use tollgate_domain::test_support::arb;
 use tollgate_proto::v1 as proto;
 
@@ -74,10 +75,27 @@ fn described_release() -> impl Strategy<Value = DescribedRelease> {
         proptest::collection::vec(arb::name(), 0..4),
         proptest::option::of(arb::some_text()),
     )
-        .prop_map(|(release, milestones, halted_reason)| DescribedRelease {
-            release,
-            track: Track { milestones },
-            halted_reason,
+        .prop_map(|(release, milestones, halted_reason)| {
+            // Targets as the controller sends them: one per milestone of the track.
+            let targets = milestones
+                .iter()
+                .zip(1..)
+                .map(|(milestone, day)| MilestoneTarget {
+                    milestone: milestone.clone(),
+                    target: chrono::NaiveDate::from_ymd_opt(2027, 1, day)
+                        .expect("a day of January"),
+                    reason: (day % 2 == 0).then(|| format!("moved {day}")),
+                    set_by: "alice".into(),
+                    set_at: release.created_at,
+                })
+                .collect();
+            DescribedRelease {
+                release,
+                track: Track { milestones },
+                halted_reason,
+                targets,
+                customers: vec!["acme".into(), "globex".into()],
+            }
         })
 }
 

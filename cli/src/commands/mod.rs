@@ -60,8 +60,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             output,
         }) => {
-            let request = release::create_request(name, &components, description, file.as_deref())?;
-            let created = release::create(&Controller::connect(&target).await?, request).await?;
+            let (request, plan) =
+                release::create_request(name, &components, description, file.as_deref())?;
+            let created =
+                release::create(&Controller::connect(&target).await?, request, plan).await?;
             release::print_release(&created, output.output)
         }
         Command::Release(command) => {

@@ -71,6 +71,8 @@ pub const TABLE: &[Row] = &[
     row("ReleaseService", "Demote", RELEASE),
     row("ReleaseService", "Halt", RELEASE),
     row("ReleaseService", "Resume", RELEASE),
+    row("ReleaseService", "SetMilestoneTarget", RELEASE),
+    row("ReleaseService", "SetCustomers", RELEASE),
     row("PlanService", "ApplyPlan", RELEASE),
     row("PlanService", "GetPlan", READ),
     row("PlanService", "ListPlans", READ),

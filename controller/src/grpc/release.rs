@@ -12,10 +12,13 @@ use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
+use tollgate_domain::projection::ReleaseProjection;
 use tollgate_domain::release::{
     Release, ReleaseChange, ReleaseEvent, ReleaseRefusal, ReleaseState, Track,
 };
+use tollgate_domain::target::{MilestoneTarget, plan_target};
 use tollgate_proto::v1::{self as proto, release_service_server::ReleaseService};
+use tollgate_wire::release::DescribedRelease;
 use tonic::{Request, Response, Status};
 
 /// How many times a demotion, halt or resume that lost a compare-and-set is decided again from
@@ -57,16 +60,47 @@ pub async fn refuse_if_halted(
         .map_err(status::release_refused)
 }
 
-/// A release as stored now, on the wire, with its halt.
+/// A release as stored now, on the wire, with its halt and its plan of record.
 async fn current_release(shared: &Shared, release: &ReleaseId) -> Result<proto::Release, Status> {
     let stored = shared
         .store
         .get_release(release)
         .await?
         .ok_or_else(|| status::not_found(format!("release {release}")))?;
-    let mut wire = release_to_proto(&stored, &Track::default());
-    wire.halted_reason = state_of(shared, release).await?.halted.unwrap_or_default();
-    Ok(wire)
+    let track = Track::default();
+    let targets = in_track_order(&track, shared.store.milestone_targets(release).await?);
+    Ok(DescribedRelease {
+        release: stored,
+        halted_reason: state_of(shared, release).await?.halted,
+        targets,
+        customers: shared.store.release_customers(release).await?,
+        track,
+    }
+    .to_proto())
+}
+
+/// A release's projected milestones on the wire (none for a release created after the
+/// projection was made).
+fn projections_to_proto(projection: Option<ReleaseProjection>) -> Vec<proto::MilestoneProjection> {
+    projection.map_or_else(Vec::new, |projection| {
+        projection
+            .milestones
+            .iter()
+            .map(ToProto::to_proto)
+            .collect()
+    })
+}
+
+/// `targets` in the order of `track`'s milestones (a target of a milestone no longer on the
+/// track last, by name).
+fn in_track_order(track: &Track, mut targets: Vec<MilestoneTarget>) -> Vec<MilestoneTarget> {
+    targets.sort_by_key(|target| {
+        (
+            track.position(&target.milestone).unwrap_or(usize::MAX),
+            target.milestone.clone(),
+        )
+    });
+    targets
 }
 
 /// Decides `event` for `release` as it stands now and applies the change with the audit entry
@@ -157,9 +191,10 @@ impl ReleaseService for ReleaseApi {
         let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
         required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
-        Ok(Response::new(
-            current_release(&self.shared, &release.id).await?,
-        ))
+        let mut wire = current_release(&self.shared, &release.id).await?;
+        let mut projections = crate::projections::project_now(&self.shared).await?;
+        wire.projections = projections_to_proto(projections.remove(&release.id));
+        Ok(Response::new(wire))
     }
 
     async fn list_releases(
@@ -187,10 +222,34 @@ impl ReleaseService for ReleaseApi {
             .await?;
         let (releases, next_page_token) =
             page.answer(fetched, |(_, key)| super::pages::created(key));
+        let ids: Vec<ReleaseId> = releases
+            .iter()
+            .map(|(release, _)| release.id.clone())
+            .collect();
+        let mut targets = self.shared.store.milestone_targets_of(&ids).await?;
+        let mut customers = self.shared.store.release_customers_of(&ids).await?;
+        let mut halts = std::collections::HashMap::new();
+        for id in &ids {
+            halts.insert(id.clone(), state_of(&self.shared, id).await?.halted);
+        }
+        let mut projections = crate::projections::project_now(&self.shared).await?;
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
-                .iter()
-                .map(|(release, _)| release_to_proto(release, &track))
+                .into_iter()
+                .map(|(release, _)| {
+                    let targets = targets.remove(&release.id).unwrap_or_default();
+                    let projection = projections.remove(&release.id);
+                    let mut wire = DescribedRelease {
+                        targets: in_track_order(&track, targets),
+                        customers: customers.remove(&release.id).unwrap_or_default(),
+                        halted_reason: halts.remove(&release.id).flatten(),
+                        release,
+                        track: track.clone(),
+                    }
+                    .to_proto();
+                    wire.projections = projections_to_proto(projection);
+                    wire
+                })
                 .collect(),
             next_page_token,
         }))
@@ -377,6 +436,146 @@ impl ReleaseService for ReleaseApi {
         .await?;
         tracing::info!(release = %release.id, actor, "release resumed");
         self.shared.notify_changed();
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
+
+    async fn set_milestone_target(
+        &self,
+        request: Request<proto::SetMilestoneTargetRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        // Every bad field in one answer: the texts over their limits, then (below) what the
+        // domain refuses, before the release is looked up.
+        let mut errors = FieldErrors::new();
+        tollgate_wire::Bounded::check_bounds(&request, &mut errors);
+        let proto::SetMilestoneTargetRequest {
+            release,
+            milestone,
+            target_date,
+            reason,
+        } = request;
+        let track = Track::default();
+        let decide = |current: Option<&MilestoneTarget>| {
+            plan_target(
+                &track,
+                current,
+                milestone.trim(),
+                &target_date,
+                Some(&reason),
+                &actor,
+                self.shared.now(),
+            )
+        };
+        if release.trim().is_empty() {
+            errors.add("release", "is empty; give a release name");
+        }
+        if let Err(refusals) = decide(None) {
+            for refusal in refusals {
+                errors.add(refusal.field(), refusal.to_string());
+            }
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, &release).await?;
+        let mut moved = None;
+        for _ in 0..ATTEMPTS {
+            let targets = self.shared.store.milestone_targets(&release.id).await?;
+            let current = targets.iter().find(|t| t.milestone == milestone.trim());
+            // The request passed these checks above; only the date moved from differs now.
+            let change = decide(current).map_err(|refusals| {
+                let mut errors = FieldErrors::new();
+                for refusal in refusals {
+                    errors.add(refusal.field(), refusal.to_string());
+                }
+                errors.finish(()).map_or_else(status::invalid_fields, |()| {
+                    status::invalid_field("milestone", "could not be decided")
+                })
+            })?;
+            let note = release_note(
+                &self.shared,
+                &actor,
+                "release.target",
+                &release.id,
+                serde_json::json!({
+                    "milestone": change.to.milestone,
+                    "from": change.from,
+                    "to": change.to.target,
+                    "reason": change.to.reason,
+                }),
+            );
+            match self
+                .shared
+                .store
+                .set_milestone_target(&release.id, &change, &note)
+                .await
+            {
+                Ok(()) => {
+                    moved = Some(change);
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let Some(change) = moved else {
+            return Err(StoreError::Conflict {
+                what: format!("target of release {} at {}", release.id, milestone.trim()),
+                detail: "moved by others meanwhile; try again".into(),
+            }
+            .into());
+        };
+        tracing::info!(
+            release = %release.id,
+            milestone = %change.to.milestone,
+            from = ?change.from,
+            to = %change.to.target,
+            actor,
+            "milestone target set"
+        );
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
+
+    async fn set_customers(
+        &self,
+        request: Request<proto::SetCustomersRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let actor = actor_of(&request);
+        let proto::SetCustomersRequest { release, customers } =
+            super::convert::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        if release.trim().is_empty() {
+            errors.add("release", "is empty; give a release name");
+        }
+        for (idx, customer) in customers.iter().enumerate() {
+            if customer.trim().is_empty() {
+                errors.add(
+                    format!("customers[{idx}]"),
+                    "is empty; give a customer's name",
+                );
+            }
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, &release).await?;
+        let mut customers: Vec<String> = customers.iter().map(|c| c.trim().to_owned()).collect();
+        customers.sort();
+        customers.dedup();
+        let before = self.shared.store.release_customers(&release.id).await?;
+        let note = release_note(
+            &self.shared,
+            &actor,
+            "release.customers",
+            &release.id,
+            serde_json::json!({ "from": before, "to": customers }),
+        );
+        self.shared
+            .store
+            .set_release_customers(&release.id, &customers, &note)
+            .await?;
+        tracing::info!(release = %release.id, ?customers, actor, "release customers set");
         Ok(Response::new(
             current_release(&self.shared, &release.id).await?,
         ))

@@ -12,6 +12,7 @@ use tollgate_proto::v1::{
     self as pb, gate_service_server::GateService, release_service_server::ReleaseService,
     run_service_server::RunService,
 };
+use tollgate_wire::release::blocker;
 
 /// gRPC paths the release pages call (rows of `grpc/authz.rs`).
 pub const LIST_RELEASES: &str = "/tollgate.v1.ReleaseService/ListReleases";
@@ -105,69 +106,6 @@ fn track(release: &pb::Release) -> Markup {
             }
             li class=(if released { "current" } else { "ahead" }) { "released" }
         }
-    }
-}
-
-/// A verdict as a sentence says it.
-fn verdict_words(verdict: &str) -> String {
-    match verdict {
-        "failed" => "failed".to_owned(),
-        "waiting" => "is waiting for evidence".to_owned(),
-        "error" => "could not be evaluated".to_owned(),
-        other => format!("is {other}"),
-    }
-}
-
-/// What blocks the release now, in one sentence.
-pub fn blocker(release: &pb::Release, decision: &Result<pb::Decision, String>) -> String {
-    if release.milestone == tollgate_domain::release::RELEASED {
-        return "Nothing: it passed every milestone and is released.".to_owned();
-    }
-    if !release.halted_reason.is_empty() {
-        return format!(
-            "It is halted ({}): a release manager must resume it before it runs or is promoted.",
-            release.halted_reason
-        );
-    }
-    let decision = match decision {
-        Ok(decision) => decision,
-        Err(why) => return format!("Its {} gate cannot be evaluated: {why}", release.milestone),
-    };
-    let holding: Vec<&pb::RuleDecision> = decision
-        .rules
-        .iter()
-        .filter(|rule| {
-            !matches!(
-                rule.verdict.as_str(),
-                "passed" | "waived" | "not-applicable"
-            )
-        })
-        .collect();
-    match (decision.verdict.as_str(), holding.first()) {
-        ("passed", _) => format!(
-            "Nothing: the {} gate passed, so a release manager may promote it now.",
-            decision.milestone
-        ),
-        (verdict, Some(rule)) => {
-            let more = match holding.len() {
-                1 => String::new(),
-                n => format!(" (and {} more rules)", n - 1),
-            };
-            format!(
-                "The {} gate {}: rule {} {}: {}{more}.",
-                decision.milestone,
-                verdict_words(verdict),
-                rule.rule_id,
-                verdict_words(&rule.verdict),
-                rule.reason.trim_end_matches('.')
-            )
-        }
-        (verdict, None) => format!(
-            "The {} gate {}: {}",
-            decision.milestone,
-            verdict_words(verdict),
-            decision.summary
-        ),
     }
 }
 

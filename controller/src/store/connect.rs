@@ -35,6 +35,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0014_report_key_rotatio
 const _: &str = include_str!("../../../migrations/postgres/0014_report_key_rotation.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0018_node_heartbeats.sql");
 const _: &str = include_str!("../../../migrations/postgres/0018_node_heartbeats.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0019_release_plan_of_record.sql");
+const _: &str = include_str!("../../../migrations/postgres/0019_release_plan_of_record.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -697,6 +697,7 @@ mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod runs;
 pub use runs::StateCounts;
+mod targets;
 mod tokens;
 mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};

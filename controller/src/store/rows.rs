@@ -156,6 +156,12 @@ impl<'r, R: StoreRow> Fields<'r, R> {
         serde_json::from_str(&text).map_err(|err| self.corrupt(column, err))
     }
 
+    /// A text column holding a date, `YYYY-MM-DD`.
+    pub(super) fn date(&self, column: &'static str) -> Result<chrono::NaiveDate, StoreError> {
+        let text = self.text(column)?;
+        text.parse().map_err(|err| self.corrupt(column, err))
+    }
+
     /// A text column holding an enum's storage name.
     pub(super) fn parse<T: FromStr<Err = String>>(
         &self,
@@ -180,6 +186,20 @@ pub(super) fn node(row: &impl StoreRow) -> Result<Node, StoreError> {
         inventory: f.json::<Inventory>("inventory")?,
         last_seen_at: f.opt_time("last_seen_at")?,
         current_job: f.opt_text("current_job")?.map(JobId),
+    })
+}
+
+/// A `milestone_targets` row.
+pub(super) fn milestone_target(
+    row: &impl StoreRow,
+) -> Result<tollgate_domain::target::MilestoneTarget, StoreError> {
+    let f = Fields::new(row, "milestone_targets", &["release", "milestone"]);
+    Ok(tollgate_domain::target::MilestoneTarget {
+        milestone: f.text("milestone")?,
+        target: f.date("target")?,
+        reason: f.opt_text("reason")?,
+        set_by: f.text("set_by")?,
+        set_at: f.time("set_at")?,
     })
 }
 

@@ -2272,6 +2272,8 @@ mod enrollment;
 mod fleet_telemetry;
 // The deployment's report signing keys.
 mod report_keys;
+// The plan of record: milestone targets and customers.
+mod targets;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.
