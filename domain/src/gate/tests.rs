@@ -1063,18 +1063,41 @@ fn too_few_samples_wait_and_never_pass() {
         "{}",
         rule.reason
     );
-    // A SKU the baseline never ran on has nothing to compare with: it waits too.
+    // A SKU the baseline never ran on can never be compared (the baseline's evidence is
+    // final): named as not compared, it does not hold the rule up.
     let mut current = fleet("n", "hgx-h100", 30, 0);
+    current.extend(fleet("m", "hgx-b200", 30, 0));
+    let ev = against(current, fleet("o", "hgx-h100", 30, 0));
+    let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert!(
+        rule.reason
+            .contains("no significant regression against r545: step1 on sku=hgx-h100")
+            && rule.reason.contains(
+                "not compared, the baseline having fewer than 20 samples: step1 on sku=hgx-b200: baseline has 0 samples"
+            ),
+        "{}",
+        rule.reason
+    );
+    // Nor does a SKU the baseline ran and the release under test did not: coverage is
+    // `steps-passed`'s to require.
+    let mut baseline = fleet("o", "hgx-h100", 30, 0);
+    baseline.extend(fleet("p", "hgx-b200", 30, 0));
+    let ev = against(fleet("n", "hgx-h100", 30, 0), baseline);
+    let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
+    assert_eq!(rule.verdict, Verdict::Passed, "{}", rule.reason);
+    assert!(!rule.reason.contains("hgx-b200"), "{}", rule.reason);
+    // Too few on the baseline's side while the release under test is short too: it waits
+    // for its own evidence, and says the other cannot be compared.
+    let mut current = fleet("n", "hgx-h100", 5, 0);
     current.extend(fleet("m", "hgx-b200", 30, 0));
     let ev = against(current, fleet("o", "hgx-h100", 30, 0));
     let rule = &evaluate(&policy, &ev, &[], at(100)).rules[0];
     assert_eq!(rule.verdict, Verdict::Waiting, "{}", rule.reason);
     assert!(
         rule.reason
-            .contains("step1 on sku=hgx-b200: 30 vs baseline 0 samples")
-            && rule
-                .reason
-                .contains("1 other comparison(s) show no significant regression"),
+            .contains("step1 on sku=hgx-h100: 5 vs baseline 30 samples")
+            && rule.reason.contains("hgx-b200: baseline has 0 samples"),
         "{}",
         rule.reason
     );

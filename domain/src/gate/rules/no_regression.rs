@@ -6,9 +6,13 @@
 //! with the baseline release's by a one-sided Fisher's exact test; a measurement, when named,
 //! is compared per step and label value by a one-sided Mann–Whitney U test. A p-value below
 //! the significance level is a regression, and fails the rule at once, as `baseline` does,
-//! even while jobs still run. A comparison with fewer than `min-samples` samples on either side
-//! waits, as does a clean one while jobs run: missing evidence never passes. With no baseline
-//! release the rule passes and says so, as `baseline` does.
+//! even while jobs still run. A comparison with fewer than `min-samples` samples of the release
+//! under test waits, as does a clean one while jobs run: missing evidence never passes. One
+//! whose baseline has fewer (a SKU or testcase new since the baseline) can never be made, since
+//! the baseline's evidence is final: it is named as not compared and holds nothing up, as the
+//! rule passes and says so with no baseline release at all, like `baseline`. Subjects the
+//! baseline ran and the release under test did not are not compared (`steps-passed` and
+//! `scope` say what must run).
 
 use super::measurement::measurement_points;
 use super::numeric::{Point, measurement_item};
@@ -90,8 +94,11 @@ enum Finding {
     Regressed,
     /// Not significantly worse.
     Held,
-    /// Too few samples on a side to say.
+    /// Too few samples of the release under test to say yet.
     Short,
+    /// Too few samples of the baseline release to compare with, ever: its evidence is
+    /// final. Not a comparison; says so and does not hold the rule up.
+    NoBasis,
 }
 
 /// One job's passes and failures and measurement values, with its node's group.
@@ -230,13 +237,17 @@ impl NoRegression {
         let (per, min) = (&settings.per, u64::from(settings.min_samples));
         let significance = format_number(settings.significance);
         let mut compared = Vec::new();
-        let keys: BTreeSet<&(Subject, String)> =
-            self.totals.keys().chain(before.tallies.keys()).collect();
+        // What the release under test produced is compared; whether it covers everything
+        // the baseline ran is for `steps-passed` and `scope` to say.
+        let keys: BTreeSet<&(Subject, String)> = self.totals.keys().collect();
         for key @ (subject, group) in keys {
             let now = self.totals.get(key).copied().unwrap_or_default();
             let base = before.tallies.get(key).copied().unwrap_or_default();
             let what = format!("{subject} on {per}={group}");
-            let (finding, text) = if now.n() < min || base.n() < min {
+            let (finding, text) = if base.n() < min {
+                let text = format!("{what}: baseline has {} samples", base.n());
+                (Finding::NoBasis, text)
+            } else if now.n() < min {
                 let text = format!("{what}: {} vs baseline {} samples", now.n(), base.n());
                 (Finding::Short, text)
             } else {
@@ -273,15 +284,17 @@ impl NoRegression {
                         .push(point.value);
                 }
             }
-            let keys: BTreeSet<&(String, String)> =
-                values.keys().chain(before.values.keys()).collect();
+            let keys: BTreeSet<&(String, String)> = values.keys().collect();
             let empty = Vec::new();
             for key @ (step, group) in keys {
                 let now = values.get(key).unwrap_or(&empty);
                 let base = before.values.get(key).unwrap_or(&empty);
                 let what = format!("{step} {measurement} on {per}={group}");
                 let (n_now, n_base) = (now.len(), base.len());
-                let (finding, text) = if (n_now as u64) < min || (n_base as u64) < min {
+                let (finding, text) = if (n_base as u64) < min {
+                    let text = format!("{what}: baseline has {n_base} values");
+                    (Finding::NoBasis, text)
+                } else if (n_now as u64) < min {
                     let text = format!("{what}: {n_now} vs baseline {n_base} values");
                     (Finding::Short, text)
                 } else {
@@ -482,12 +495,23 @@ impl Kind for NoRegression {
                 .collect()
         };
         let listed = |texts: &[&str]| name_some(texts.iter().map(|t| (*t).to_owned()), texts.len());
-        let (regressed, short, held) = (
+        let (regressed, short, held, no_basis) = (
             texts(Finding::Regressed),
             texts(Finding::Short),
             texts(Finding::Held),
+            texts(Finding::NoBasis),
         );
         let base_release = &before.release;
+        // Comparisons the baseline cannot support, said at the end of every reason.
+        let not_compared = if no_basis.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not compared, the baseline having fewer than {} samples: {}",
+                settings.min_samples,
+                listed(&no_basis)
+            )
+        };
         if !regressed.is_empty() {
             let regressed_keys: BTreeSet<&Compared> = compared
                 .iter()
@@ -512,7 +536,7 @@ impl Kind for NoRegression {
             return judged(
                 Verdict::Failed,
                 format!(
-                    "regressed against {base_release}: {}{unsettled}",
+                    "regressed against {base_release}: {}{unsettled}{not_compared}",
                     listed(&regressed)
                 ),
                 items,
@@ -531,17 +555,21 @@ impl Kind for NoRegression {
             return judged(
                 Verdict::Waiting,
                 format!(
-                    "not enough evidence against {base_release} (at least {} samples on each side are needed): {}{others}",
+                    "not enough evidence against {base_release} (at least {} samples on each side are needed): {}{others}{not_compared}",
                     settings.min_samples,
                     listed(&short)
                 ),
                 sample(&no_regressions),
             );
         }
-        let head = format!(
-            "no significant regression against {base_release}: {}",
-            listed(&held)
-        );
+        let head = if held.is_empty() {
+            format!("nothing to compare with {base_release}{not_compared}")
+        } else {
+            format!(
+                "no significant regression against {base_release}: {}{not_compared}",
+                listed(&held)
+            )
+        };
         if scope.n_running > 0 {
             return judged(
                 Verdict::Waiting,
