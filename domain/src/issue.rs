@@ -437,3 +437,61 @@ pub fn plan_verification(
         None
     }
 }
+
+/// An issue as stored: what it is, who owns it, where it stands and where it failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    /// The issue's number.
+    pub id: i64,
+    /// The signature it groups failures by.
+    pub signature: Signature,
+    /// A one-line title; the signature's key until a person sets one.
+    pub title: String,
+    /// How bad it is, as a person judged (`low`, `high`, ...); none until set.
+    pub severity: Option<String>,
+    /// Who works on it; none until set.
+    pub owner: Option<String>,
+    /// References to tickets in other trackers.
+    pub tickets: Vec<String>,
+    /// Where it stands.
+    pub state: IssueState,
+    /// The releases it failed in.
+    pub releases: BTreeSet<ReleaseId>,
+    /// The nodes it failed on.
+    pub nodes: BTreeSet<NodeId>,
+    /// The evidence that closed it: the fix release's decision digest, when closed by
+    /// verification.
+    pub evidence: Option<String>,
+    /// When it was opened.
+    pub opened_at: crate::Timestamp,
+    /// When it last changed.
+    pub updated_at: crate::Timestamp,
+}
+
+impl Issue {
+    /// What matching needs to know of it.
+    pub fn known(&self) -> KnownIssue {
+        KnownIssue {
+            id: self.id,
+            signature: self.signature.clone(),
+            state: self.state.clone(),
+            releases: self.releases.clone(),
+            nodes: self.nodes.clone(),
+        }
+    }
+}
+
+/// One entry of an issue's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueHistory {
+    /// When.
+    pub at: crate::Timestamp,
+    /// Who: a person's token name, or `controller` for automatic changes.
+    pub actor: String,
+    /// What happened (`opened`, `attached`, an [`IssueEvent`]'s name).
+    pub action: String,
+    /// The state after it.
+    pub state: String,
+    /// Details a person reads: the release and nodes attached, the reason, the evidence.
+    pub detail: String,
+}
