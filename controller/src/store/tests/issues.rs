@@ -9,6 +9,7 @@ use tollgate_domain::issue::{Failure, IssueState, Signature};
 on_both_backends!(
     an_issue_is_opened_once_per_signature_and_attaches_what_is_new,
     issue_states_change_from_what_they_were_with_history_and_audit,
+    gate_decisions_open_attach_and_verify_issues,
 );
 
 fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
@@ -257,4 +258,162 @@ async fn issue_states_change_from_what_they_were_with_history_and_audit(store: &
     assert_eq!(details["evidence"], "digest-of-r2");
     assert_eq!(verified.subject, format!("issue/{id}"));
     assert!(store.verify_audit().await.expect("verify").is_ok());
+}
+
+/// A decision of `release` whose one `steps-passed` rule judged `items` (node, failing
+/// signature or none for a pass).
+fn decision(release: &str, digest: &str, items: &[(&str, Option<&str>)]) -> Decision {
+    let evidence: Vec<EvidenceItem> = items
+        .iter()
+        .map(|(node, failing)| EvidenceItem {
+            node: NodeId::from(*node),
+            step: Some("gemm".into()),
+            attempt: Some(1),
+            gpu_index: None,
+            value: None,
+            limit: None,
+            detail: "gemm".into(),
+            ok: failing.is_none(),
+            signature: failing.map(str::to_owned),
+        })
+        .collect();
+    let mut groups: std::collections::BTreeMap<String, BTreeSet<NodeId>> = Default::default();
+    for item in evidence.iter().filter(|item| !item.ok) {
+        let signature = item.signature.clone().expect("a failing item has one");
+        groups
+            .entry(signature)
+            .or_default()
+            .insert(item.node.clone());
+    }
+    let verdict = if groups.is_empty() {
+        Verdict::Passed
+    } else {
+        Verdict::Failed
+    };
+    Decision {
+        release: release.into(),
+        milestone: "lab-qual".into(),
+        verdict,
+        summary: String::new(),
+        rules: vec![RuleDecision {
+            rule_id: "steps".into(),
+            kind: "steps-passed".into(),
+            verdict,
+            reason: String::new(),
+            evidence,
+            failing_nodes: Vec::new(),
+            failure_groups: groups
+                .into_iter()
+                .map(|(signature, nodes)| tollgate_domain::gate::FailureGroup {
+                    signature,
+                    count: nodes.len(),
+                    nodes: nodes.into_iter().collect(),
+                })
+                .collect(),
+            waiver_id: None,
+        }],
+        digest: digest.into(),
+        policy_version: "p".into(),
+        evaluated_at: at(0),
+    }
+}
+
+async fn gate_decisions_open_attach_and_verify_issues(store: &Store) {
+    use crate::issues::track_decision;
+    let fp16 = Some("gemm: testcase gemm_fp16 failed");
+    let fp8 = Some("gemm: testcase gemm_fp8 failed");
+    let all = || async {
+        store
+            .issues(&IssueFilter::default(), 100)
+            .await
+            .expect("list")
+    };
+
+    // A failing testcase opens an issue; the same decision evaluated again changes nothing.
+    let first = decision("r1", "d1", &[("n1", fp16), ("n2", None)]);
+    track_decision(store, &first, at(1)).await.expect("track");
+    track_decision(store, &first, at(2))
+        .await
+        .expect("track again");
+    let issues = all().await;
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    let id = issues[0].id;
+    assert_eq!(issues[0].nodes, nodes(&["n1"]));
+    assert_eq!(store.issue_history(id).await.expect("history").len(), 1);
+
+    // A second run: the same testcase on a new node attaches; another testcase opens an issue.
+    let second = decision("r1", "d2", &[("n1", fp16), ("n3", fp16), ("n2", fp8)]);
+    track_decision(store, &second, at(3)).await.expect("track");
+    let issues = all().await;
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert_eq!(issues[0].id, id);
+    assert_eq!(issues[0].nodes, nodes(&["n1", "n3"]));
+    assert_eq!(issues[1].signature.text, "gemm: testcase gemm_fp8 failed");
+
+    // The fix is in r2: r2 passing on one affected node starts verifying, on all closes it
+    // with the decision as evidence.
+    let r2 = ReleaseId::from("r2");
+    let fix = IssueTransition {
+        from: IssueState::Open,
+        to: IssueState::FixInRelease {
+            release: r2.clone(),
+        },
+        evidence: None,
+    };
+    store
+        .change_issue_state(id, &fix, "fix", "fix in r2", "alice", at(4))
+        .await
+        .expect("fix");
+    track_decision(store, &decision("r2", "e1", &[("n1", None)]), at(5))
+        .await
+        .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(
+        issue.state,
+        IssueState::Verifying {
+            release: r2.clone()
+        }
+    );
+    track_decision(
+        store,
+        &decision("r2", "e2", &[("n1", None), ("n3", None)]),
+        at(6),
+    )
+    .await
+    .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(
+        issue.state,
+        IssueState::Closed {
+            release: r2.clone()
+        }
+    );
+    assert_eq!(issue.evidence.as_deref(), Some("e2"));
+    let history = store.issue_history(id).await.expect("history");
+    let last = history.last().expect("entries");
+    assert_eq!(last.action, "verified");
+    assert_eq!(last.actor, crate::issues::ACTOR);
+    assert_eq!(
+        last.detail,
+        "release r2 passed the checks on n1, n3 (decision e2)"
+    );
+
+    // r1's gate evaluated again does not reopen it; a failure in a new release does.
+    track_decision(store, &second, at(7)).await.expect("track");
+    assert!(
+        store
+            .issue(id)
+            .await
+            .expect("issue")
+            .expect("found")
+            .state
+            .is_done()
+    );
+    track_decision(store, &decision("r3", "f1", &[("n1", fp16)]), at(8))
+        .await
+        .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(issue.state, IssueState::Open);
+    assert!(issue.releases.contains(&ReleaseId::from("r3")));
+    assert_eq!(all().await.len(), 2);
 }
