@@ -1,6 +1,8 @@
 //! Issues in the store: opened once per signature (unique), failures attached with inserts
 //! that add only what is new, state changes by compare-and-set on the state decided from; each
-//! change writes its `issue_history` entry and its audit entry in the same transaction.
+//! change writes its `issue_history` entry and its audit entry in the same transaction. Audit
+//! entries name the issue (`issue/7`) as their subject, not a release: the release's own log
+//! stays what people did to the release.
 
 use super::connect::Begin;
 use super::{AuditNote, Pool, Store, StoreError, micros, rows, text};
@@ -242,8 +244,8 @@ impl Store {
         })
     }
 
-    /// Opens an issue for `failure` with `title`, its history entry and the audit entry
-    /// `note` (whose subject is filled in with the new issue), in one transaction. `None` when
+    /// Opens an issue for `failure` with `title`, its history entry and its audit entry, in
+    /// one transaction. `None` when
     /// an issue with the signature exists already (another writer opened it first).
     pub async fn open_issue(
         &self,
@@ -281,12 +283,13 @@ impl Store {
                 detail: format!("{}; {detail}", signature.key()),
             };
             append_history!(tx, id, &entry);
-            let note = AuditNote::new(at, actor, "issue.open", format!("issue/{id}"))
-                .release(&failure.release)
-                .details(serde_json::json!({
+            let note = AuditNote::new(at, actor, "issue.open", format!("issue/{id}")).details(
+                serde_json::json!({
                     "signature": signature.key(),
+                    "release": failure.release,
                     "nodes": failure.nodes,
-                }));
+                }),
+            );
             append_audit!(tx, &note);
             tx.commit().await?;
             Ok(Some(id))
@@ -329,11 +332,8 @@ impl Store {
                 detail: detail.clone(),
             };
             append_history!(tx, id, &entry);
-            let mut note = AuditNote::new(at, actor, "issue.attach", format!("issue/{id}"))
-                .details(serde_json::json!({"nodes": nodes, "state": state}));
-            if let Some(release) = release {
-                note = note.release(release);
-            }
+            let note = AuditNote::new(at, actor, "issue.attach", format!("issue/{id}"))
+                .details(serde_json::json!({"release": release, "nodes": nodes, "state": state}));
             append_audit!(tx, &note);
             tx.commit().await?;
             Ok(())
@@ -374,17 +374,14 @@ impl Store {
                 detail: detail.to_owned(),
             };
             append_history!(tx, id, &entry);
-            let mut note =
-                AuditNote::new(at, actor, format!("issue.{action}"), format!("issue/{id}"))
-                    .details(serde_json::json!({
-                        "from": transition.from.name(),
-                        "to": transition.to.name(),
-                        "detail": detail,
-                        "evidence": transition.evidence,
-                    }));
-            if let Some(release) = transition.to.release() {
-                note = note.release(release);
-            }
+            let note = AuditNote::new(at, actor, format!("issue.{action}"), format!("issue/{id}"))
+                .details(serde_json::json!({
+                    "from": transition.from.name(),
+                    "to": transition.to.name(),
+                    "release": transition.to.release(),
+                    "detail": detail,
+                    "evidence": transition.evidence,
+                }));
             append_audit!(tx, &note);
             tx.commit().await?;
             Ok(())
