@@ -4,6 +4,7 @@
 //! the issue closes with that decision as its evidence. On SQLite and on PostgreSQL (the
 //! latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
+use tollgate_controller::clock::{Clock, SystemClock};
 use tollgate_controller::store::{IssueFilter, IssueTransition, Store};
 use tollgate_domain::issue::{Issue, IssueState};
 use tollgate_domain::{NodeId, ReleaseId};
@@ -64,7 +65,7 @@ async fn a_failure_opens_an_issue_that_a_passing_fix_release_closes(backend: Bac
             "fix",
             "fan curve fixed in r551",
             "alice",
-            chrono::Utc::now(),
+            SystemClock.now(),
         )
         .await
         .expect("fix in r551");

@@ -88,7 +88,7 @@ async fn an_issue_is_opened_once_per_signature_and_attaches_what_is_new(store: &
     assert_eq!(issue.updated_at, at(5));
 
     let found = store
-        .issues_with_signatures(&[gemm.signature.clone()])
+        .issues_with_signatures(std::slice::from_ref(&gemm.signature))
         .await
         .expect("by signature");
     assert_eq!(found, vec![issue.clone()]);
