@@ -63,6 +63,7 @@ pub async fn evaluate_now(
         )
         .await?;
     shared.metrics.decision(decision.verdict.as_str());
+    crate::issues::track(&shared.store, &decision, shared.now()).await;
     tracing::info!(
         release = %release.id,
         milestone,

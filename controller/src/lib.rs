@@ -31,6 +31,7 @@ pub mod health;
 pub mod health_checks;
 pub mod heartbeats;
 pub mod http;
+pub mod issues;
 pub mod lease;
 pub mod limits;
 pub mod listener;

@@ -13,6 +13,7 @@ pub mod fleet_history;
 pub mod gate;
 pub mod health_plan;
 pub mod ids;
+pub mod issue;
 pub mod job;
 pub mod lease;
 pub mod limits;

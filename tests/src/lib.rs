@@ -870,6 +870,12 @@ impl StoppedAgent {
     pub fn start(self) -> Agent {
         Agent::start_with(self.config, self.tempdir)
     }
+
+    /// [`StoppedAgent::start`] with the node's faults repaired: it comes back healthy.
+    pub fn start_repaired(mut self) -> Agent {
+        self.config.faults.clear();
+        Agent::start_with(self.config, self.tempdir)
+    }
 }
 
 /// Agents `lab-1`, `lab-2`, ... with `n_gpus` simulated GPUs each, one per entry of `faults`

@@ -37,6 +37,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0018_node_heartbeats.sq
 const _: &str = include_str!("../../../migrations/postgres/0018_node_heartbeats.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0019_release_plan_of_record.sql");
 const _: &str = include_str!("../../../migrations/postgres/0019_release_plan_of_record.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0020_issues.sql");
+const _: &str = include_str!("../../../migrations/postgres/0020_issues.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -695,6 +695,8 @@ mod report_keys;
 mod report_rows;
 mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
+mod issues;
+pub use issues::{IssueFilter, IssueTransition};
 mod runs;
 pub use runs::StateCounts;
 mod targets;

@@ -203,6 +203,48 @@ pub(super) fn milestone_target(
     })
 }
 
+/// An `issues` row, without its releases and nodes (read from their own tables).
+pub(super) fn issue(row: &impl StoreRow) -> Result<tollgate_domain::issue::Issue, StoreError> {
+    let f = Fields::new(row, "issues", &["id"]);
+    let state = tollgate_domain::issue::IssueState::from_parts(
+        &f.text("state")?,
+        f.opt_text("fix_release")?.as_deref(),
+        f.opt_text("reason")?.as_deref(),
+    )
+    .map_err(|err| f.corrupt("state", err))?;
+    Ok(tollgate_domain::issue::Issue {
+        id: f.int_as("id")?,
+        signature: tollgate_domain::issue::Signature {
+            kind: f.text("kind")?,
+            text: f.text("text")?,
+        },
+        title: f.text("title")?,
+        severity: f.opt_text("severity")?,
+        owner: f.opt_text("owner")?,
+        tickets: f.json("tickets")?,
+        state,
+        releases: Default::default(),
+        nodes: Default::default(),
+        evidence: f.opt_text("evidence")?,
+        opened_at: f.time("opened_at")?,
+        updated_at: f.time("updated_at")?,
+    })
+}
+
+/// An `issue_history` row.
+pub(super) fn issue_history(
+    row: &impl StoreRow,
+) -> Result<tollgate_domain::issue::IssueHistory, StoreError> {
+    let f = Fields::new(row, "issue_history", &["seq"]);
+    Ok(tollgate_domain::issue::IssueHistory {
+        at: f.time("at")?,
+        actor: f.text("actor")?,
+        action: f.text("action")?,
+        state: f.text("state")?,
+        detail: f.text("detail")?,
+    })
+}
+
 /// The order key of a row listed newest or oldest first: `created_at`, then `seq`.
 pub(super) fn created_key(
     row: &impl StoreRow,

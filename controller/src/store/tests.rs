@@ -2274,6 +2274,8 @@ mod fleet_telemetry;
 mod report_keys;
 // The plan of record: milestone targets and customers.
 mod targets;
+// Issues: opened once per signature, attached, changed by compare-and-set.
+mod issues;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.

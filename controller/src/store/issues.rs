@@ -1,0 +1,403 @@
+//! Issues in the store: opened once per signature (unique), failures attached with inserts
+//! that add only what is new, state changes by compare-and-set on the state decided from; each
+//! change writes its `issue_history` entry and its audit entry in the same transaction. Audit
+//! entries name the issue (`issue/7`) as their subject, not a release: the release's own log
+//! stays what people did to the release.
+
+use super::connect::Begin;
+use super::{AuditNote, Pool, Store, StoreError, micros, rows, text};
+use std::collections::BTreeSet;
+use tollgate_domain::issue::{Failure, Issue, IssueHistory, IssueState, Signature};
+use tollgate_domain::{NodeId, ReleaseId, Timestamp};
+
+/// The columns of an issue row, then `$tail`.
+macro_rules! issue_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT id, kind, text, title, severity, owner, tickets, state, fix_release, reason,
+                    evidence, opened_at, updated_at
+             FROM issues ",
+            $tail
+        )
+    };
+}
+
+/// Reads whole issues (with their releases and nodes) for the issue rows `$rows`, inside the
+/// transaction `$tx`.
+macro_rules! load_issues {
+    ($tx:expr, $rows:expr) => {{
+        const RELEASES: &str =
+            "SELECT release FROM issue_releases WHERE issue_id = $1 ORDER BY release";
+        const NODES: &str = "SELECT node FROM issue_nodes WHERE issue_id = $1 ORDER BY node";
+        let mut issues = Vec::new();
+        for row in $rows.iter() {
+            let mut issue = rows::issue(row)?;
+            for found in sqlx::query(RELEASES)
+                .bind(issue.id)
+                .fetch_all(&mut *$tx)
+                .await?
+            {
+                let f = rows::Fields::new(&found, "issue_releases", &["release"]);
+                issue.releases.insert(ReleaseId::from(f.text("release")?));
+            }
+            for found in sqlx::query(NODES)
+                .bind(issue.id)
+                .fetch_all(&mut *$tx)
+                .await?
+            {
+                let f = rows::Fields::new(&found, "issue_nodes", &["node"]);
+                issue.nodes.insert(NodeId::from(f.text("node")?));
+            }
+            issues.push(issue);
+        }
+        issues
+    }};
+}
+
+/// Adds the releases and nodes `$releases`/`$nodes` to issue `$id` inside `$tx`; those it has
+/// already are left as they are.
+macro_rules! attach_rows {
+    ($tx:expr, $id:expr, $releases:expr, $nodes:expr) => {{
+        const RELEASE: &str = "INSERT INTO issue_releases (issue_id, release) VALUES ($1, $2)
+             ON CONFLICT (issue_id, release) DO NOTHING";
+        const NODE: &str = "INSERT INTO issue_nodes (issue_id, node) VALUES ($1, $2)
+             ON CONFLICT (issue_id, node) DO NOTHING";
+        for release in $releases {
+            sqlx::query(RELEASE)
+                .bind($id)
+                .bind(release.as_str())
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for node in $nodes {
+            sqlx::query(NODE)
+                .bind($id)
+                .bind(node.as_str())
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
+/// Appends `$entry` to issue `$id`'s history inside `$tx`.
+macro_rules! append_history {
+    ($tx:expr, $id:expr, $entry:expr) => {{
+        const HISTORY: &str =
+            "INSERT INTO issue_history (issue_id, at, actor, action, state, detail)
+             VALUES ($1, $2, $3, $4, $5, $6)";
+        let entry: &IssueHistory = $entry;
+        sqlx::query(HISTORY)
+            .bind($id)
+            .bind(micros(entry.at))
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.state)
+            .bind(text(&entry.detail))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+/// Sets issue `$id`'s state from `$transition.from` to `$transition.to` inside `$tx`, or
+/// returns `Conflict` from the body.
+macro_rules! set_state {
+    ($tx:expr, $id:expr, $transition:expr, $at:expr) => {{
+        const SET: &str = "UPDATE issues
+             SET state = $2, fix_release = $3, reason = $4, evidence = COALESCE($5, evidence),
+                 updated_at = $6
+             WHERE id = $1 AND state = $7 AND COALESCE(fix_release, '') = $8";
+        let transition: &IssueTransition = $transition;
+        let n_rows = sqlx::query(SET)
+            .bind($id)
+            .bind(transition.to.name())
+            .bind(transition.to.release().map(ReleaseId::as_str))
+            .bind(transition.to.reason().map(text))
+            .bind(transition.evidence.as_deref())
+            .bind(micros($at))
+            .bind(transition.from.name())
+            .bind(
+                transition
+                    .from
+                    .release()
+                    .map(ReleaseId::as_str)
+                    .unwrap_or(""),
+            )
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        if n_rows == 0 {
+            return Err(StoreError::Conflict {
+                what: format!("issue {}", $id),
+                detail: format!("expected state {}, found another", transition.from.name()),
+            });
+        }
+    }};
+}
+/// Marks issue `$id` changed at `$at` inside `$tx`.
+macro_rules! touch {
+    ($tx:expr, $id:expr, $at:expr) => {{
+        sqlx::query("UPDATE issues SET updated_at = $2 WHERE id = $1")
+            .bind($id)
+            .bind(micros($at))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+/// Which issues a list shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IssueFilter {
+    /// Only issues in this state (its name).
+    pub state: Option<String>,
+    /// Only issues that failed in this release or whose fix is in it.
+    pub release: Option<ReleaseId>,
+}
+
+/// A state change decided for an issue, applied only from the state it was decided from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssueTransition {
+    /// The state decided from.
+    pub from: IssueState,
+    /// The state after.
+    pub to: IssueState,
+    /// The evidence that closed it, when verification did.
+    pub evidence: Option<String>,
+}
+
+impl Store {
+    /// The issues with any of `signatures` (one read).
+    pub async fn issues_with_signatures(
+        &self,
+        signatures: &[Signature],
+    ) -> Result<Vec<Issue>, StoreError> {
+        const SQL: &str = issue_query!("WHERE signature = $1");
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let mut found = Vec::new();
+            for signature in signatures {
+                let rows = sqlx::query(SQL)
+                    .bind(signature.key())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                found.extend(load_issues!(tx, rows));
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
+    }
+
+    /// Issue `id`, if there is one.
+    pub async fn issue(&self, id: i64) -> Result<Option<Issue>, StoreError> {
+        const SQL: &str = issue_query!("WHERE id = $1");
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let rows = sqlx::query(SQL).bind(id).fetch_all(&mut *tx).await?;
+            let issues = load_issues!(tx, rows);
+            tx.commit().await?;
+            Ok(issues.into_iter().next())
+        })
+    }
+
+    /// The issues `filter` lets through, oldest first, at most `limit`.
+    pub async fn issues(
+        &self,
+        filter: &IssueFilter,
+        limit: usize,
+    ) -> Result<Vec<Issue>, StoreError> {
+        const SQL: &str = issue_query!(
+            "WHERE ($1 = '' OR state = $1)
+               AND ($2 = '' OR fix_release = $2
+                    OR id IN (SELECT issue_id FROM issue_releases WHERE release = $2))
+             ORDER BY id LIMIT $3"
+        );
+        let state = filter.state.clone().unwrap_or_default();
+        let release = filter
+            .release
+            .as_ref()
+            .map(|release| release.as_str().to_owned())
+            .unwrap_or_default();
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let rows = sqlx::query(SQL)
+                .bind(&state)
+                .bind(&release)
+                .bind(super::page_limit(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            let issues = load_issues!(tx, rows);
+            tx.commit().await?;
+            Ok(issues)
+        })
+    }
+
+    /// Issue `id`'s history, oldest first.
+    pub async fn issue_history(&self, id: i64) -> Result<Vec<IssueHistory>, StoreError> {
+        const SQL: &str = "SELECT seq, at, actor, action, state, detail FROM issue_history
+             WHERE issue_id = $1 ORDER BY seq";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::issue_history)
+                .collect()
+        })
+    }
+
+    /// Opens an issue for `failure` with `title`, its history entry and its audit entry, in
+    /// one transaction. `None` when
+    /// an issue with the signature exists already (another writer opened it first).
+    pub async fn open_issue(
+        &self,
+        failure: &Failure,
+        title: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        const INSERT: &str = "INSERT INTO issues (signature, kind, text, title, tickets, state,
+                 opened_at, updated_at)
+             VALUES ($1, $2, $3, $4, '[]', 'open', $5, $5)
+             ON CONFLICT (signature) DO NOTHING RETURNING id";
+        let signature = &failure.signature;
+        let detail = attach_detail(Some(&failure.release), &failure.nodes);
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let Some(row) = sqlx::query(INSERT)
+                .bind(signature.key())
+                .bind(&signature.kind)
+                .bind(text(&signature.text))
+                .bind(text(title))
+                .bind(micros(at))
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let id: i64 = rows::Fields::new(&row, "issues", &["id"]).int_as("id")?;
+            attach_rows!(tx, id, [&failure.release], &failure.nodes);
+            let entry = IssueHistory {
+                at,
+                actor: actor.to_owned(),
+                action: "opened".into(),
+                state: "open".into(),
+                detail: format!("{}; {detail}", signature.key()),
+            };
+            append_history!(tx, id, &entry);
+            let note = AuditNote::new(at, actor, "issue.open", format!("issue/{id}")).details(
+                serde_json::json!({
+                    "signature": signature.key(),
+                    "release": failure.release,
+                    "nodes": failure.nodes,
+                }),
+            );
+            append_audit!(tx, &note);
+            tx.commit().await?;
+            Ok(Some(id))
+        })
+    }
+
+    /// Attaches to issue `id` the release and nodes it failed in anew, and applies
+    /// `transition` when the failure changes its state, with history and audit entries, in one
+    /// transaction. A transition whose `from` is no longer the issue's state is `Conflict`.
+    pub async fn attach_to_issue(
+        &self,
+        id: i64,
+        release: Option<&ReleaseId>,
+        nodes: &BTreeSet<NodeId>,
+        transition: Option<&IssueTransition>,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let detail = attach_detail(release, nodes);
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            attach_rows!(tx, id, release.as_slice(), nodes);
+            let state = match transition {
+                Some(transition) => {
+                    set_state!(tx, id, transition, at);
+                    transition.to.name()
+                }
+                None => {
+                    touch!(tx, id, at);
+                    "unchanged"
+                }
+            };
+            let entry = IssueHistory {
+                at,
+                actor: actor.to_owned(),
+                action: transition
+                    .map(|transition| format!("attached, {}", transition.to.name()))
+                    .unwrap_or_else(|| "attached".into()),
+                state: state.to_owned(),
+                detail: detail.clone(),
+            };
+            append_history!(tx, id, &entry);
+            let note = AuditNote::new(at, actor, "issue.attach", format!("issue/{id}"))
+                .details(serde_json::json!({"release": release, "nodes": nodes, "state": state}));
+            append_audit!(tx, &note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Applies a decided state change of issue `id` (`action` names it in the history, with
+    /// `detail`) and its audit entry, in one transaction; `Conflict` when the issue is no
+    /// longer in the state decided from, `NotFound` when there is no such issue.
+    pub async fn change_issue_state(
+        &self,
+        id: i64,
+        transition: &IssueTransition,
+        action: &str,
+        detail: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        const EXISTS: &str = "SELECT id FROM issues WHERE id = $1";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            if sqlx::query(EXISTS)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+            {
+                return Err(StoreError::NotFound {
+                    what: format!("issue {id}"),
+                });
+            }
+            set_state!(tx, id, transition, at);
+            let entry = IssueHistory {
+                at,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                state: transition.to.name().to_owned(),
+                detail: detail.to_owned(),
+            };
+            append_history!(tx, id, &entry);
+            let note = AuditNote::new(at, actor, format!("issue.{action}"), format!("issue/{id}"))
+                .details(serde_json::json!({
+                    "from": transition.from.name(),
+                    "to": transition.to.name(),
+                    "release": transition.to.release(),
+                    "detail": detail,
+                    "evidence": transition.evidence,
+                }));
+            append_audit!(tx, &note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+/// What an attachment added, for the history: `release r2; nodes n1, n2`.
+fn attach_detail(release: Option<&ReleaseId>, nodes: &BTreeSet<NodeId>) -> String {
+    let mut parts = Vec::new();
+    if let Some(release) = release {
+        parts.push(format!("release {release}"));
+    }
+    if !nodes.is_empty() {
+        let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+        parts.push(format!("nodes {}", names.join(", ")));
+    }
+    parts.join("; ")
+}

@@ -1,0 +1,419 @@
+//! Store tests of issues: one per signature, attachments that add only what is new, state
+//! changes by compare-and-set, each with its history and audit entry, on both backends.
+
+use super::*;
+use crate::store::{AuditFilter, IssueFilter, IssueTransition};
+use std::collections::BTreeSet;
+use tollgate_domain::issue::{Failure, IssueState, Signature};
+
+on_both_backends!(
+    an_issue_is_opened_once_per_signature_and_attaches_what_is_new,
+    issue_states_change_from_what_they_were_with_history_and_audit,
+    gate_decisions_open_attach_and_verify_issues,
+);
+
+fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
+    names.iter().map(|name| NodeId::from(*name)).collect()
+}
+
+fn failure(text: &str, release: &str, on: &[&str]) -> Failure {
+    Failure {
+        signature: Signature {
+            kind: "steps-passed".into(),
+            text: text.into(),
+        },
+        release: ReleaseId::from(release),
+        nodes: nodes(on),
+    }
+}
+
+async fn an_issue_is_opened_once_per_signature_and_attaches_what_is_new(store: &Store) {
+    let gemm = failure("gemm: failed", "r1", &["n1"]);
+    let id = store
+        .open_issue(&gemm, "gemm fails", "controller", at(1))
+        .await
+        .expect("open")
+        .expect("a new issue");
+    // A second writer with the same signature opens nothing.
+    assert_eq!(
+        store
+            .open_issue(&gemm, "gemm fails", "controller", at(2))
+            .await
+            .expect("open"),
+        None
+    );
+    let other = store
+        .open_issue(
+            &failure("nccl: failed", "r1", &["n2"]),
+            "nccl",
+            "alice",
+            at(3),
+        )
+        .await
+        .expect("open")
+        .expect("another issue");
+    assert_ne!(id, other);
+
+    // Attaching what the issue knows already adds nothing; new nodes and releases are added.
+    store
+        .attach_to_issue(
+            id,
+            Some(&ReleaseId::from("r1")),
+            &nodes(&["n1", "n3"]),
+            None,
+            "controller",
+            at(4),
+        )
+        .await
+        .expect("attach");
+    store
+        .attach_to_issue(
+            id,
+            Some(&ReleaseId::from("r2")),
+            &nodes(&[]),
+            None,
+            "controller",
+            at(5),
+        )
+        .await
+        .expect("attach");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(issue.signature.key(), "steps-passed: gemm: failed");
+    assert_eq!(issue.title, "gemm fails");
+    assert_eq!(issue.state, IssueState::Open);
+    assert_eq!(issue.nodes, nodes(&["n1", "n3"]));
+    let releases: Vec<&str> = issue.releases.iter().map(ReleaseId::as_str).collect();
+    assert_eq!(releases, ["r1", "r2"]);
+    assert_eq!(issue.opened_at, at(1));
+    assert_eq!(issue.updated_at, at(5));
+
+    let found = store
+        .issues_with_signatures(std::slice::from_ref(&gemm.signature))
+        .await
+        .expect("by signature");
+    assert_eq!(found, vec![issue.clone()]);
+    let in_r2 = store
+        .issues(
+            &IssueFilter {
+                release: Some(ReleaseId::from("r2")),
+                ..IssueFilter::default()
+            },
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(in_r2, vec![issue]);
+    assert_eq!(
+        store
+            .issues(&IssueFilter::default(), 100)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+
+    let history = store.issue_history(id).await.expect("history");
+    let actions: Vec<&str> = history.iter().map(|entry| entry.action.as_str()).collect();
+    assert_eq!(actions, ["opened", "attached", "attached"]);
+    assert_eq!(history[1].detail, "release r1; nodes n1, n3");
+    let audit = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let issue_actions: Vec<&str> = audit
+        .iter()
+        .filter(|entry| entry.subject == format!("issue/{id}"))
+        .map(|entry| entry.action.as_str())
+        .collect();
+    assert_eq!(
+        issue_actions,
+        ["issue.open", "issue.attach", "issue.attach"]
+    );
+    assert!(store.verify_audit().await.expect("verify").is_ok());
+}
+
+async fn issue_states_change_from_what_they_were_with_history_and_audit(store: &Store) {
+    let id = store
+        .open_issue(
+            &failure("XID 79", "r1", &["n1"]),
+            "fell off the bus",
+            "controller",
+            at(1),
+        )
+        .await
+        .expect("open")
+        .expect("a new issue");
+    let r2 = ReleaseId::from("r2");
+    let fix = IssueTransition {
+        from: IssueState::Open,
+        to: IssueState::FixInRelease {
+            release: r2.clone(),
+        },
+        evidence: None,
+    };
+    store
+        .change_issue_state(id, &fix, "fix", "fix in r2", "alice", at(2))
+        .await
+        .expect("fix");
+    // Decided from "open", which it no longer is.
+    assert!(matches!(
+        store
+            .change_issue_state(id, &fix, "fix", "again", "bob", at(3))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .change_issue_state(9999, &fix, "fix", "none", "bob", at(3))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let close = IssueTransition {
+        from: IssueState::FixInRelease {
+            release: r2.clone(),
+        },
+        to: IssueState::Closed {
+            release: r2.clone(),
+        },
+        evidence: Some("digest-of-r2".into()),
+    };
+    store
+        .change_issue_state(id, &close, "verified", "passed on n1", "controller", at(4))
+        .await
+        .expect("close");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(
+        issue.state,
+        IssueState::Closed {
+            release: r2.clone()
+        }
+    );
+    assert_eq!(issue.evidence.as_deref(), Some("digest-of-r2"));
+    let closed = store
+        .issues(
+            &IssueFilter {
+                state: Some("closed".into()),
+                release: Some(r2.clone()),
+            },
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(closed.len(), 1);
+
+    let wont = IssueTransition {
+        from: IssueState::Open,
+        to: IssueState::WontFix {
+            reason: "board revision".into(),
+        },
+        evidence: None,
+    };
+    let reopen = IssueTransition {
+        from: issue.state.clone(),
+        to: IssueState::Open,
+        evidence: None,
+    };
+    store
+        .attach_to_issue(
+            id,
+            Some(&ReleaseId::from("r3")),
+            &nodes(&[]),
+            Some(&reopen),
+            "controller",
+            at(5),
+        )
+        .await
+        .expect("reopen");
+    store
+        .change_issue_state(id, &wont, "wont-fix", "board revision", "alice", at(6))
+        .await
+        .expect("won't fix");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(issue.state.reason(), Some("board revision"));
+
+    let history = store.issue_history(id).await.expect("history");
+    let states: Vec<(&str, &str)> = history
+        .iter()
+        .map(|entry| (entry.action.as_str(), entry.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("opened", "open"),
+            ("fix", "fix-in-release"),
+            ("verified", "closed"),
+            ("attached, open", "open"),
+            ("wont-fix", "wont-fix"),
+        ]
+    );
+    let audit = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let verified = audit
+        .iter()
+        .find(|entry| entry.action == "issue.verified")
+        .expect("audited");
+    let details: serde_json::Value = serde_json::from_str(&verified.details).expect("json");
+    assert_eq!(details["evidence"], "digest-of-r2");
+    assert_eq!(verified.subject, format!("issue/{id}"));
+    assert!(store.verify_audit().await.expect("verify").is_ok());
+}
+
+/// A decision of `release` whose one `steps-passed` rule judged `items` (node, failing
+/// signature or none for a pass).
+fn decision(release: &str, digest: &str, items: &[(&str, Option<&str>)]) -> Decision {
+    let evidence: Vec<EvidenceItem> = items
+        .iter()
+        .map(|(node, failing)| EvidenceItem {
+            node: NodeId::from(*node),
+            step: Some("gemm".into()),
+            attempt: Some(1),
+            gpu_index: None,
+            value: None,
+            limit: None,
+            detail: "gemm".into(),
+            ok: failing.is_none(),
+            signature: failing.map(str::to_owned),
+        })
+        .collect();
+    let mut groups: std::collections::BTreeMap<String, BTreeSet<NodeId>> = Default::default();
+    for item in evidence.iter().filter(|item| !item.ok) {
+        let signature = item.signature.clone().expect("a failing item has one");
+        groups
+            .entry(signature)
+            .or_default()
+            .insert(item.node.clone());
+    }
+    let verdict = if groups.is_empty() {
+        Verdict::Passed
+    } else {
+        Verdict::Failed
+    };
+    Decision {
+        release: release.into(),
+        milestone: "lab-qual".into(),
+        verdict,
+        summary: String::new(),
+        rules: vec![RuleDecision {
+            rule_id: "steps".into(),
+            kind: "steps-passed".into(),
+            verdict,
+            reason: String::new(),
+            evidence,
+            failing_nodes: Vec::new(),
+            failure_groups: groups
+                .into_iter()
+                .map(|(signature, nodes)| tollgate_domain::gate::FailureGroup {
+                    signature,
+                    count: nodes.len(),
+                    nodes: nodes.into_iter().collect(),
+                })
+                .collect(),
+            waiver_id: None,
+        }],
+        digest: digest.into(),
+        policy_version: "p".into(),
+        evaluated_at: at(0),
+    }
+}
+
+async fn gate_decisions_open_attach_and_verify_issues(store: &Store) {
+    use crate::issues::track_decision;
+    let fp16 = Some("gemm: testcase gemm_fp16 failed");
+    let fp8 = Some("gemm: testcase gemm_fp8 failed");
+    let all = || async {
+        store
+            .issues(&IssueFilter::default(), 100)
+            .await
+            .expect("list")
+    };
+
+    // A failing testcase opens an issue; the same decision evaluated again changes nothing.
+    let first = decision("r1", "d1", &[("n1", fp16), ("n2", None)]);
+    track_decision(store, &first, at(1)).await.expect("track");
+    track_decision(store, &first, at(2))
+        .await
+        .expect("track again");
+    let issues = all().await;
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    let id = issues[0].id;
+    assert_eq!(issues[0].nodes, nodes(&["n1"]));
+    assert_eq!(store.issue_history(id).await.expect("history").len(), 1);
+
+    // A second run: the same testcase on a new node attaches; another testcase opens an issue.
+    let second = decision("r1", "d2", &[("n1", fp16), ("n3", fp16), ("n2", fp8)]);
+    track_decision(store, &second, at(3)).await.expect("track");
+    let issues = all().await;
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert_eq!(issues[0].id, id);
+    assert_eq!(issues[0].nodes, nodes(&["n1", "n3"]));
+    assert_eq!(issues[1].signature.text, "gemm: testcase gemm_fp8 failed");
+
+    // The fix is in r2: r2 passing on one affected node starts verifying, on all closes it
+    // with the decision as evidence.
+    let r2 = ReleaseId::from("r2");
+    let fix = IssueTransition {
+        from: IssueState::Open,
+        to: IssueState::FixInRelease {
+            release: r2.clone(),
+        },
+        evidence: None,
+    };
+    store
+        .change_issue_state(id, &fix, "fix", "fix in r2", "alice", at(4))
+        .await
+        .expect("fix");
+    track_decision(store, &decision("r2", "e1", &[("n1", None)]), at(5))
+        .await
+        .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(
+        issue.state,
+        IssueState::Verifying {
+            release: r2.clone()
+        }
+    );
+    track_decision(
+        store,
+        &decision("r2", "e2", &[("n1", None), ("n3", None)]),
+        at(6),
+    )
+    .await
+    .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(
+        issue.state,
+        IssueState::Closed {
+            release: r2.clone()
+        }
+    );
+    assert_eq!(issue.evidence.as_deref(), Some("e2"));
+    let history = store.issue_history(id).await.expect("history");
+    let last = history.last().expect("entries");
+    assert_eq!(last.action, "verified");
+    assert_eq!(last.actor, crate::issues::ACTOR);
+    assert_eq!(
+        last.detail,
+        "release r2 passed the checks on n1, n3 (decision e2)"
+    );
+
+    // r1's gate evaluated again does not reopen it; a failure in a new release does.
+    track_decision(store, &second, at(7)).await.expect("track");
+    assert!(
+        store
+            .issue(id)
+            .await
+            .expect("issue")
+            .expect("found")
+            .state
+            .is_done()
+    );
+    track_decision(store, &decision("r3", "f1", &[("n1", fp16)]), at(8))
+        .await
+        .expect("track");
+    let issue = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(issue.state, IssueState::Open);
+    assert!(issue.releases.contains(&ReleaseId::from("r3")));
+    assert_eq!(all().await.len(), 2);
+}
