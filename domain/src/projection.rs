@@ -289,15 +289,17 @@ fn job_duration(steps: &[StepWork]) -> (Duration, Basis) {
     (total, basis)
 }
 
-/// The median (the upper one of an even count), or `None` for no duration.
-fn median(durations: &[Duration]) -> Option<Duration> {
+/// The median (the upper one of an even count), or `None` for no duration. Rollout ETAs use
+/// it too.
+pub(crate) fn median(durations: &[Duration]) -> Option<Duration> {
     let mut sorted = durations.to_vec();
     sorted.sort();
     sorted.get(sorted.len() / 2).copied()
 }
 
-fn chrono_of(duration: Duration) -> chrono::Duration {
-    // Past a century a projection means nothing; capping keeps the sums from overflowing.
+/// `duration` for date arithmetic, capped at a century: past it a projection or an estimate
+/// means nothing, and capping keeps the sums from overflowing.
+pub(crate) fn chrono_of(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration)
         .unwrap_or(chrono::Duration::MAX)
         .min(chrono::Duration::days(36_500))

@@ -3,6 +3,7 @@
 
 use super::machine::{NodeProgress, Phase, RolloutFacts};
 use crate::fleet::Labels;
+use crate::projection::{chrono_of, median};
 use crate::{NodeId, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -163,20 +164,6 @@ fn simulate(
         t = first_end.max(t);
         running.retain(|(end, _)| *end > t);
     }
-}
-
-/// The median (the upper one of an even count), or `None` for no duration.
-fn median(durations: &[Duration]) -> Option<Duration> {
-    let mut sorted = durations.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied()
-}
-
-fn chrono_of(duration: Duration) -> chrono::Duration {
-    // Past a century an estimate means nothing; capping keeps the sums from overflowing.
-    chrono::Duration::from_std(duration)
-        .unwrap_or(chrono::Duration::MAX)
-        .min(chrono::Duration::days(36_500))
 }
 
 #[cfg(test)]
