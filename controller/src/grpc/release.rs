@@ -37,6 +37,21 @@ impl ReleaseApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// `GetRelease` without the plan of record's projections, for answers that show none (the
+    /// fleet page's drift reads only the components): projecting reads every release, run and
+    /// node.
+    pub async fn get_release_unprojected(
+        &self,
+        request: Request<proto::GetReleaseRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
+        let release = load_release(&self.shared, &name).await?;
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
 }
 
 /// Where `release` stands now; `NotFound` when it does not exist.
@@ -188,12 +203,10 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
-        let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
-        required_name(&name)?;
-        let release = load_release(&self.shared, &name).await?;
-        let mut wire = current_release(&self.shared, &release.id).await?;
+        let mut wire = self.get_release_unprojected(request).await?.into_inner();
+        let release = ReleaseId::from(wire.name.as_str());
         let mut projections = crate::projections::project_now(&self.shared).await?;
-        wire.projections = projections_to_proto(projections.remove(&release.id));
+        wire.projections = projections_to_proto(projections.remove(&release));
         Ok(Response::new(wire))
     }
 
