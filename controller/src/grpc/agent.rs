@@ -155,23 +155,23 @@ impl AgentService for AgentApi {
         // An enrolled node's labels are those the operator gave at enroll; what the agent
         // says is kept beside them, as reported.
         let labels_of_record = store.labels_of_record(&node).await?;
-        super::node::register(
+        // One write: the node, its labels as reported and its last-seen time (registering is
+        // a sign of life: it renews the lease until the stream's heartbeats do).
+        super::node::register_reported(
             store,
             &node,
             labels_of_record.as_ref().unwrap_or(&labels),
+            &labels,
             &inventory,
             &token_hash,
             self.shared.now(),
         )
         .await?;
-        store.set_reported_labels(&node, &labels).await?;
         if let Some(labels_of_record) = &labels_of_record {
             super::node::apply_label_findings(&self.shared, &node, labels_of_record, &inventory)
                 .await?;
         }
         self.shared.tokens.remember(&node, &token_hash);
-        // Registering is a sign of life: it renews the lease until the stream's heartbeats do.
-        store.touch_node(&node, self.shared.now()).await?;
         tracing::info!(
             node = %node,
             agent_version,

@@ -210,6 +210,20 @@ pub async fn register(
     token_hash: &str,
     now: Timestamp,
 ) -> Result<NodeState, NodeChangeError> {
+    register_reported(store, node, labels, labels, inventory, token_hash, now).await
+}
+
+/// [`register`] a node whose labels of record (`labels`, given at enrollment) differ from
+/// those its agent reported (`reported`, kept beside them).
+pub async fn register_reported(
+    store: &Store,
+    node: &NodeId,
+    labels: &Labels,
+    reported: &Labels,
+    inventory: &Inventory,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<NodeState, NodeChangeError> {
     let mut lost = None;
     for _ in 0..ATTEMPTS {
         let registration = match store.get_node(node).await? {
@@ -229,7 +243,15 @@ pub async fn register(
             Registration::New(to) | Registration::Known { to, .. } => to,
         };
         match store
-            .register_node(node, labels, inventory, token_hash, now, registration)
+            .register_node(
+                node,
+                labels,
+                reported,
+                inventory,
+                token_hash,
+                now,
+                registration,
+            )
             .await
         {
             Ok(()) => return Ok(to),

@@ -153,24 +153,6 @@ impl Store {
         })
     }
 
-    /// Records the labels the node's agent reported (kept beside its labels of record).
-    pub async fn set_reported_labels(
-        &self,
-        node: &NodeId,
-        labels: &Labels,
-    ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE nodes SET reported_labels = $2 WHERE name = $1";
-        let labels = to_json(labels);
-        writing!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(node.as_str())
-                .bind(&labels)
-                .execute(pool)
-                .await?;
-            Ok(())
-        })
-    }
-
     /// Revokes every certificate of `node` not revoked yet (a compare-and-set on
     /// `revoked_at IS NULL`), with the audit entry; returns their serials (none: nothing
     /// was revoked, and nothing is audited).

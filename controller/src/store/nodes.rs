@@ -145,27 +145,31 @@ macro_rules! move_state {
 }
 
 impl Store {
-    /// Applies a registration decided from the node as loaded: labels, inventory, token hash
-    /// and last-seen time, and the state decided. A new node is inserted (`Conflict` when
-    /// another registration inserted it meanwhile); a known one is updated only if it is still
-    /// in the state the decision was made from (`Conflict` otherwise).
+    /// Applies a registration decided from the node as loaded, in one transaction: labels (of
+    /// record, and as the agent reported them), inventory, token hash and last-seen time, and
+    /// the state decided. A new node is inserted (`Conflict` when another registration
+    /// inserted it meanwhile); a known one is updated only if it is still in the state the
+    /// decision was made from (`Conflict` otherwise).
+    #[allow(clippy::too_many_arguments)]
     pub async fn register_node(
         &self,
         node: &NodeId,
         labels: &Labels,
+        reported: &Labels,
         inventory: &Inventory,
         token_hash: &str,
         now: Timestamp,
         registration: Registration,
     ) -> Result<(), StoreError> {
         const INSERT: &str = "INSERT INTO nodes (name, labels, inventory, gpu_source, state,
-                                health, token_hash, registered_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                health, token_hash, registered_at, reported_labels)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (name) DO NOTHING";
         const UPDATE: &str = "UPDATE nodes SET labels = $2, inventory = $3, gpu_source = $4,
-                token_hash = $5, state = $7
+                token_hash = $5, state = $7, reported_labels = $8
              WHERE name = $1 AND state = $6";
         let labels = to_json(labels);
+        let reported = to_json(reported);
         let gpu_source = inventory.gpu_source.as_str();
         let inventory = to_json(inventory);
         writing!(self, |pool| {
@@ -181,6 +185,7 @@ impl Store {
                         .bind(Health::Good.as_str())
                         .bind(token_hash)
                         .bind(micros(now))
+                        .bind(&reported)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
@@ -200,6 +205,7 @@ impl Store {
                         .bind(token_hash)
                         .bind(from.as_str())
                         .bind(to.as_str())
+                        .bind(&reported)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();

@@ -612,6 +612,8 @@ async fn round_trip_of_every_stored_type(store: &Store) {
         stored,
         Node {
             last_seen_at: Some(at(1)),
+            // Registered without labels of record: its labels are those it reported.
+            reported_labels: fixture.labels.clone(),
             ..fixture.clone()
         }
     );
@@ -1799,14 +1801,30 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     };
     assert!(matches!(
         store
-            .register_node(&id, &fixture.labels, &fixture.inventory, "h", at(2), stale)
+            .register_node(
+                &id,
+                &fixture.labels,
+                &fixture.labels,
+                &fixture.inventory,
+                "h",
+                at(2),
+                stale
+            )
             .await,
         Err(StoreError::Conflict { .. })
     ));
     let twice = Registration::New(NodeState::Ready);
     assert!(matches!(
         store
-            .register_node(&id, &fixture.labels, &fixture.inventory, "h", at(2), twice)
+            .register_node(
+                &id,
+                &fixture.labels,
+                &fixture.labels,
+                &fixture.inventory,
+                "h",
+                at(2),
+                twice
+            )
             .await,
         Err(StoreError::Conflict { .. })
     ));

@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
                 .register_node(
                     &tollgate_domain::NodeId::from(name.as_str()),
                     &labels,
+                    &labels,
                     &inventory,
                     &format!("hash-{idx}"),
                     at(0),
