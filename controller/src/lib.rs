@@ -365,10 +365,11 @@ fn router(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(grpc::admission::Admitted::new(
             AgentServiceServer::new(grpc::agent::AgentApi::new(shared.clone()))
                 .max_decoding_message_size(AGENT_REQUEST_BYTES),
-        )
+            grpc::admission::RESULTS_IN_FLIGHT,
+        ))
         .add_service(WithPath(InterceptedService::new(
             NodeServiceServer::new(grpc::node::NodeApi::new(shared.clone()))
                 .max_decoding_message_size(SMALL_REQUEST_BYTES),

@@ -5,6 +5,7 @@
 //! **Boundary:** handlers decide nothing themselves. They check the request, load facts from
 //! the store, call a `tollgate_domain` function, persist and dispatch what it returned.
 
+pub mod admission;
 pub mod agent;
 pub mod attestation;
 pub mod audit;
