@@ -263,6 +263,16 @@ pub fn format_decision(decision: &pb::Decision) -> String {
                 rule.failing_nodes.join(", ")
             );
         }
+        for (idx, group) in rule.failure_groups.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "        group {}: {}: {} on {}",
+                tollgate_domain::issue::group_ref(&rule.rule_id, idx),
+                rule.kind,
+                group.signature,
+                group.nodes.join(", ")
+            );
+        }
         let shown: Vec<&pb::EvidenceItem> = if rule.evidence.len() <= MAX_EVIDENCE_SHOWN {
             rule.evidence.iter().collect()
         } else {
@@ -363,6 +373,11 @@ mod tests {
                     verdict: "failed".into(),
                     reason: "max gpu_temp_c 95.2 is not < 88".into(),
                     failing_nodes: vec!["lab-4".into()],
+                    failure_groups: vec![pb::FailureGroup {
+                        signature: "gpu_temp_c max breaks < 88 in stress".into(),
+                        count: 1,
+                        nodes: vec!["lab-4".into()],
+                    }],
                     evidence: vec![pb::EvidenceItem {
                         node: "lab-4".into(),
                         step: "stress".into(),
@@ -399,6 +414,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("failing nodes: lab-4"), "{text}");
+        // What `tollgate issue open --from` takes.
+        assert!(
+            text.contains(
+                "group telemetry:gpu_temp_c#1: telemetry: gpu_temp_c max breaks < 88 in stress \
+                 on lab-4"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("FAIL lab-4 stress#1 95.2 (limit < 88): GPU 0"),
             "{text}"
