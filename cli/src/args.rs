@@ -885,6 +885,10 @@ pub struct WaiveArgs {
     /// Ticket tracking the waiver, for example HW-1234.
     #[arg(long)]
     pub ticket: String,
+    /// The issue the waived failures are tracked in (`tollgate issue list`); `waiver list`
+    /// then says when it is closed, so the waiver can be revoked.
+    #[arg(long, value_name = "N")]
+    pub issue: Option<i64>,
     /// When the waiver expires (RFC 3339 or YYYY-MM-DD, UTC midnight).
     #[arg(
         long,

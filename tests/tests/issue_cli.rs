@@ -1,8 +1,10 @@
 //! End to end through the CLI: a failed gate opens an issue by itself and `tollgate issue
 //! list` shows it; `issue open --from` the group `gate show` names attaches to it instead of
 //! opening a second; `issue set` gives it an owner and a ticket; won't-fix without a reason and
-//! reopening an open issue are refused, saying why; `issue fix --release r551` promises the
-//! fix, and r551's passing run closes it; a closed issue takes no fix until reopened. On
+//! reopening an open issue are refused, saying why; a waiver of r550's rule names the issue;
+//! `issue fix --release r551` promises the fix, and r551's passing run closes it, which
+//! `waiver list` then says (the waiver can be revoked); a closed issue takes no fix until
+//! reopened. On
 //! SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
 use serde_json::Value;
@@ -134,6 +136,47 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         printed(&reopen)
     );
 
+    // r550 ships meanwhile with the rule waived, the waiver naming the issue; one naming an
+    // issue that does not exist is refused.
+    let rule = group.rsplit_once('#').expect("RULE#N").0.to_owned();
+    let waive = |issue: &str| {
+        [
+            "waive",
+            "--release",
+            "r550",
+            "--rule",
+            &rule,
+            "--reason",
+            "fan curve",
+            "--ticket",
+            "JIRA-77",
+            "--for",
+            "7d",
+            "--issue",
+            issue,
+            "-o",
+            "json",
+        ]
+        .map(str::to_owned)
+    };
+    let args = waive("999999");
+    let refused = tollgate(&url, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(!refused.status.success());
+    assert!(
+        printed(&refused).contains("issue #999999"),
+        "{}",
+        printed(&refused)
+    );
+    let args = waive(&number);
+    let waiver = json(&url, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(waiver["issue"], id);
+    let waivers = tollgate(&url, &["waiver", "list", "--release", "r550"]).await;
+    assert!(
+        printed(&waivers).contains(&format!("#{id} open")) && !printed(&waivers).contains("revoke"),
+        "{}",
+        printed(&waivers)
+    );
+
     // The fix is in r551; lab-3 comes back repaired and r551's run passes on every node.
     clients.create_release("r551").await;
     let fixed = json(
@@ -167,6 +210,20 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
     );
     let listed = json(&url, &["issue", "list", "--state", "closed", "-o", "json"]).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+
+    // The waiver's issue is closed: the list says the waiver can go.
+    let waivers = tollgate(&url, &["waiver", "list", "--release", "r550"]).await;
+    let waiver_id = waiver["id"].as_str().expect("an id");
+    assert!(
+        printed(&waivers).contains(&format!(
+            "waiver {waiver_id}: issue #{id} closed; revoke the waiver with `tollgate waiver \
+             revoke {waiver_id}`"
+        )),
+        "{}",
+        printed(&waivers)
+    );
+    let listed = json(&url, &["waiver", "list", "--release", "r550", "-o", "json"]).await;
+    assert_eq!(listed[0]["issue_state"], "closed", "{listed:#}");
 
     // A closed issue takes no fix until it is reopened.
     let again = tollgate(&url, &["issue", "fix", &number, "--release", "r551"]).await;

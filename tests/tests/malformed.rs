@@ -537,8 +537,16 @@ fn cases() -> Vec<(&'static str, Call)> {
         nodes: Vec::new(),
         skus: Vec::new(),
         steps: Vec::new(),
+        issue: 0,
     };
     let over = |limit: &tollgate_domain::limits::Limit| "x".repeat(limit.max + 1);
+    cases.push((
+        "issue",
+        Call::Waive(v1::WaiveRequest {
+            issue: -1,
+            ..waive.clone()
+        }),
+    ));
     for text in names() {
         cases.push((
             "release",

@@ -326,6 +326,7 @@ impl Bounded for proto::WaiveRequest {
             ticket,
             expires_at: _,
             ttl_seconds: _,
+            issue: _,
             nodes,
             skus,
             steps,
