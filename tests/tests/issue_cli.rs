@@ -97,7 +97,7 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
     .await;
     assert!(!unknown.status.success());
     assert!(
-        printed(&unknown).contains(&"give one of: ") && printed(&unknown).contains(&group),
+        printed(&unknown).contains("give one of: ") && printed(&unknown).contains(&group),
         "{}",
         printed(&unknown)
     );
