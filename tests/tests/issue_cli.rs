@@ -3,7 +3,7 @@
 //! opening a second; `issue set` gives it an owner and a ticket; won't-fix without a reason and
 //! reopening an open issue are refused, saying why; a waiver of r550's rule names the issue;
 //! `issue fix --release r551` promises the fix, and r551's passing run closes it, which
-//! `waiver list` then says (the waiver can be revoked); a closed issue takes no fix until
+//! `waiver list` and `gate show` then say (the waiver can be revoked); a closed issue takes no fix until
 //! reopened. On
 //! SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
@@ -224,6 +224,14 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
     );
     let listed = json(&url, &["waiver", "list", "--release", "r550", "-o", "json"]).await;
     assert_eq!(listed[0]["issue_state"], "closed", "{listed:#}");
+    let shown = tollgate(&url, &["gate", "show", "--release", "r550"]).await;
+    assert!(
+        printed(&shown).contains(&format!(
+            "is waived by {waiver_id}, whose issue #{id} is closed; revoke the waiver"
+        )),
+        "{}",
+        printed(&shown)
+    );
 
     // A closed issue takes no fix until it is reopened.
     let again = tollgate(&url, &["issue", "fix", &number, "--release", "r551"]).await;
