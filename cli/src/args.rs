@@ -1027,6 +1027,18 @@ pub enum IssueCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Writes issues to stdout as a document (docs/issue-format.md): JSON or CSV.
+    Export {
+        /// The document's format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: IssueExportFormat,
+        /// Only issues in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only issues that failed in this release or whose fix is in it.
+        #[arg(long)]
+        release: Option<String>,
+    },
     /// Shows one issue with its history.
     Show {
         /// The issue's number.
@@ -1096,6 +1108,15 @@ pub enum IssueCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+/// The formats of `tollgate issue export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IssueExportFormat {
+    /// One JSON document, `{"format": "tollgate-issues/1", "issues": [...]}`.
+    Json,
+    /// RFC 4180 CSV with a header line; lists joined with `;`.
+    Csv,
 }
 
 /// `tollgate audit ...`

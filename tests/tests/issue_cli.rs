@@ -3,9 +3,9 @@
 //! opening a second; `issue set` gives it an owner and a ticket; won't-fix without a reason and
 //! reopening an open issue are refused, saying why; a waiver of r550's rule names the issue;
 //! `issue fix --release r551` promises the fix, and r551's passing run closes it, which
-//! `waiver list` and `gate show` then say (the waiver can be revoked); a closed issue takes no fix until
-//! reopened. On
-//! SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
+//! `waiver list` and `gate show` then say (the waiver can be revoked); a closed issue takes no
+//! fix until reopened; `issue export` writes it as JSON and as CSV. On SQLite and on
+//! PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
 use serde_json::Value;
 use tollgate_tests::process::{text, tollgate};
@@ -242,6 +242,26 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         )),
         "{}",
         printed(&again)
+    );
+
+    // The export holds the closed issue, as JSON and as CSV.
+    let exported = json(&url, &["issue", "export", "--state", "closed"]).await;
+    assert_eq!(exported["format"], "tollgate-issues/1");
+    assert_eq!(exported["issues"][0]["id"], id);
+    assert_eq!(
+        exported["issues"][0]["tickets"],
+        serde_json::json!(["JIRA-77"])
+    );
+    let csv = tollgate(&url, &["issue", "export", "--format", "csv"]).await;
+    assert!(csv.status.success(), "{}", printed(&csv));
+    let csv = text(&csv.stdout);
+    let line = csv
+        .lines()
+        .find(|line| line.starts_with(&format!("{id},telemetry,")))
+        .unwrap_or_else(|| panic!("a line for issue #{id}:\n{csv}"));
+    assert!(
+        line.contains(",alice,JIRA-77,,closed,r551,,r550,lab-3,"),
+        "{line}"
     );
     for agent in agents {
         agent.stop().await;

@@ -1,7 +1,7 @@
-//! `tollgate issue open|list|show|set|fix|wont-fix|reopen`: issues by hand, each change
+//! `tollgate issue open|list|export|show|set|fix|wont-fix|reopen`: issues by hand, each change
 //! recorded in the issue's history and the audit log under the caller's token.
 
-use crate::args::IssueCommand;
+use crate::args::{IssueCommand, IssueExportFormat};
 use crate::client::{Controller, RpcError, answer};
 use crate::output::{Format, Table, format_time, print_json};
 use serde_json::{Value, json};
@@ -70,23 +70,30 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
                 page_size: 0,
                 page_token: String::new(),
             };
-            let issues = crate::pages::follow(pages, |page_size, page_token| {
-                let mut client = controller.issues();
-                let request = pb::ListIssuesRequest {
-                    page_size,
-                    page_token,
-                    ..request.clone()
-                };
-                async move {
-                    let page = answer(client.list_issues(request).await)?;
-                    Ok::<_, RpcError>((page.issues, page.next_page_token))
-                }
-            })
-            .await?;
+            let issues = list(controller, request, pages).await?;
             match output.output {
                 Format::Json => print_json(&Value::Array(issues.iter().map(issue_json).collect())),
                 Format::Text => {
                     print!("{}", format_issues(&issues));
+                    Ok(())
+                }
+            }
+        }
+        IssueCommand::Export {
+            format,
+            state,
+            release,
+        } => {
+            let request = pb::ListIssuesRequest {
+                state: state.unwrap_or_default(),
+                release: release.unwrap_or_default(),
+                ..Default::default()
+            };
+            let issues = list(controller, request, crate::pages::PageArgs::default()).await?;
+            match format {
+                IssueExportFormat::Json => print_json(&export_json(&issues)),
+                IssueExportFormat::Csv => {
+                    print!("{}", export_csv(&issues));
                     Ok(())
                 }
             }
@@ -162,6 +169,103 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
             )?;
             print_issue(&issue, output.output)
         }
+    }
+}
+
+/// Every issue `request` filters, following its pages.
+async fn list(
+    controller: &Controller,
+    request: pb::ListIssuesRequest,
+    pages: crate::pages::PageArgs,
+) -> Result<Vec<pb::Issue>, RpcError> {
+    crate::pages::follow(pages, |page_size, page_token| {
+        let mut client = controller.issues();
+        let request = pb::ListIssuesRequest {
+            page_size,
+            page_token,
+            ..request.clone()
+        };
+        async move {
+            let page = answer(client.list_issues(request).await)?;
+            Ok::<_, RpcError>((page.issues, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// The name and version of the export document's format.
+pub const EXPORT_FORMAT: &str = "tollgate-issues/1";
+
+/// The columns of the CSV export, in order.
+pub const CSV_COLUMNS: [&str; 16] = [
+    "id",
+    "kind",
+    "text",
+    "title",
+    "severity",
+    "owner",
+    "tickets",
+    "customers",
+    "state",
+    "fix_release",
+    "reason",
+    "releases",
+    "nodes",
+    "evidence",
+    "opened_at",
+    "updated_at",
+];
+
+/// The JSON export: the format's name and every issue as `issue list -o json` prints it,
+/// without its history.
+pub fn export_json(issues: &[pb::Issue]) -> Value {
+    let issues: Vec<Value> = issues
+        .iter()
+        .map(|issue| {
+            let mut value = issue_json(issue);
+            if let Some(object) = value.as_object_mut() {
+                object.remove("history");
+            }
+            value
+        })
+        .collect();
+    json!({ "format": EXPORT_FORMAT, "issues": issues })
+}
+
+/// The CSV export: a header line of [`CSV_COLUMNS`], then one line per issue; lists are
+/// joined with `;`, absent values are empty.
+pub fn export_csv(issues: &[pb::Issue]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push_str("\r\n");
+    for issue in issues {
+        let value = issue_json(issue);
+        let cells: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|column| match &value[*column] {
+                Value::Null => String::new(),
+                Value::String(text) => text.clone(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                other => other.to_string(),
+            })
+            .map(|cell| csv_cell(&cell))
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// One CSV cell (RFC 4180): quoted, with quotes doubled, when it holds a comma, a quote or a
+/// line break.
+fn csv_cell(cell: &str) -> String {
+    if cell.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
+    } else {
+        cell.to_owned()
     }
 }
 
@@ -332,6 +436,26 @@ mod tests {
         assert_eq!(json["fix_release"], "r551");
         assert_eq!(json["severity"], Value::Null);
         assert_eq!(json["history"][0]["action"], "opened");
+    }
+
+    #[test]
+    fn exports_carry_every_field_without_the_history() {
+        let mut quoted = issue();
+        quoted.title = "hot, \"very\" hot".into();
+        quoted.tickets.push("JIRA-13".into());
+        let document = export_json(&[issue()]);
+        assert_eq!(document["format"], EXPORT_FORMAT);
+        assert_eq!(document["issues"][0]["signature"], "events: XID 79");
+        assert_eq!(document["issues"][0]["history"], Value::Null);
+        let csv = export_csv(&[quoted]);
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(lines[0], CSV_COLUMNS.join(","));
+        assert_eq!(
+            lines[1],
+            "7,events,XID 79,\"hot, \"\"very\"\" hot\",,alice,JIRA-12;JIRA-13,,fix-in-release,\
+             r551,,r550,lab-3,,,"
+        );
+        assert_eq!(lines.len(), 3, "a line per issue, each ended: {csv:?}");
     }
 
     #[test]
