@@ -88,6 +88,9 @@ pub enum Command {
     Halt(HaltArgs),
     /// Lifts a release's halt.
     Resume(ResumeArgs),
+    /// Issues (failures sharing a signature): open, list, show, set, fix, wont-fix, reopen.
+    #[command(subcommand)]
+    Issue(IssueCommand),
     /// The hash-chained audit log: list, verify.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -882,6 +885,10 @@ pub struct WaiveArgs {
     /// Ticket tracking the waiver, for example HW-1234.
     #[arg(long)]
     pub ticket: String,
+    /// The issue the waived failures are tracked in (`tollgate issue list`); `waiver list`
+    /// then says when it is closed, so the waiver can be revoked.
+    #[arg(long, value_name = "N")]
+    pub issue: Option<i64>,
     /// When the waiver expires (RFC 3339 or YYYY-MM-DD, UTC midnight).
     #[arg(
         long,
@@ -971,6 +978,145 @@ pub struct ResumeArgs {
     pub reason: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `tollgate issue ...`
+#[derive(Debug, Subcommand)]
+pub enum IssueCommand {
+    /// Opens an issue from a failure group of a release's latest gate decision; when the
+    /// group's signature has an issue already, attaches to it instead.
+    Open {
+        /// The release whose gate failed.
+        #[arg(long)]
+        release: String,
+        /// The decision's milestone (default: the release's current one).
+        #[arg(long)]
+        milestone: Option<String>,
+        /// The failure group, as `tollgate gate show` names it (`RULE#N`), or its whole
+        /// signature (`kind: text`).
+        #[arg(long = "from", value_name = "GROUP")]
+        from: String,
+        /// A title (default: the signature).
+        #[arg(long)]
+        title: Option<String>,
+        /// How bad it is (`low`, `high`, ...).
+        #[arg(long)]
+        severity: Option<String>,
+        /// Who works on it.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists issues, oldest first.
+    List {
+        /// Only issues in this state (open, fix-in-release, verifying, closed, wont-fix).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only issues that failed in this release or whose fix is in it.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only issues set to matter to this customer.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only issues that failed on this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        pages: crate::pages::PageArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Writes issues to stdout as a document (docs/issue-format.md): JSON or CSV.
+    Export {
+        /// The document's format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: IssueExportFormat,
+        /// Only issues in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only issues that failed in this release or whose fix is in it.
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Shows one issue with its history.
+    Show {
+        /// The issue's number.
+        id: i64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Changes an issue's title, severity, owner, tickets or customers.
+    Set {
+        /// The issue's number.
+        id: i64,
+        /// The new title.
+        #[arg(long)]
+        title: Option<String>,
+        /// The new severity; `""` clears it.
+        #[arg(long)]
+        severity: Option<String>,
+        /// The new owner; `""` clears it.
+        #[arg(long)]
+        owner: Option<String>,
+        /// A ticket reference in another tracker (repeatable); the ones given replace the
+        /// issue's tickets.
+        #[arg(long = "ticket", value_name = "REF")]
+        tickets: Vec<String>,
+        /// Removes every ticket reference.
+        #[arg(long, conflicts_with = "tickets")]
+        clear_tickets: bool,
+        /// A customer the issue matters to (repeatable); the ones given replace its customers.
+        #[arg(long = "customer", value_name = "CUSTOMER")]
+        customers: Vec<String>,
+        /// Removes every customer.
+        #[arg(long, conflicts_with = "customers")]
+        clear_customers: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Says the fix is in a release; that release's gate decisions then verify the issue.
+    Fix {
+        /// The issue's number.
+        id: i64,
+        /// The release carrying the fix.
+        #[arg(long)]
+        release: String,
+        /// A note for the history.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Decides an issue will not be fixed; a reason is required.
+    WontFix {
+        /// The issue's number.
+        id: i64,
+        /// Why it will not be fixed.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Opens a closed or won't-fix issue again.
+    Reopen {
+        /// The issue's number.
+        id: i64,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// The formats of `tollgate issue export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IssueExportFormat {
+    /// One JSON document, `{"format": "tollgate-issues/1", "issues": [...]}`.
+    Json,
+    /// RFC 4180 CSV with a header line; lists joined with `;`.
+    Csv,
 }
 
 /// `tollgate audit ...`

@@ -147,6 +147,14 @@ impl Controller {
         AuditServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
+    /// IssueService.
+    pub fn issues(&self) -> tollgate_proto::v1::issue_service_client::IssueServiceClient<Authed> {
+        tollgate_proto::v1::issue_service_client::IssueServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.token(),
+        )
+    }
+
     /// TokenService.
     pub fn tokens(&self) -> TokenServiceClient<Authed> {
         TokenServiceClient::with_interceptor(self.channel.clone(), self.token())

@@ -12,6 +12,7 @@ use tollgate_domain::Timestamp;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
 use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
+use tollgate_proto::v1::issue_service_server::IssueServiceServer;
 use tollgate_proto::v1::node_service_server::NodeServiceServer;
 use tollgate_proto::v1::plan_service_server::PlanServiceServer;
 use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
@@ -19,7 +20,7 @@ use tollgate_proto::v1::report_service_server::ReportServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
 
 /// Every name the health service answers for: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 9] = [
+const HEALTH_NAMES: [&str; 10] = [
     "",
     <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
     <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
@@ -27,6 +28,7 @@ const HEALTH_NAMES: [&str; 9] = [
     <PlanServiceServer<grpc::plan::PlanApi> as tonic::server::NamedService>::NAME,
     <RunServiceServer<grpc::run::RunApi> as tonic::server::NamedService>::NAME,
     <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
+    <IssueServiceServer<grpc::issue::IssueApi> as tonic::server::NamedService>::NAME,
     <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
     <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
 ];

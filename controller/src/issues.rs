@@ -100,6 +100,7 @@ async fn verify(store: &Store, decision: &Decision, now: Timestamp) -> Result<()
         let filter = IssueFilter {
             state: Some(state.to_string()),
             release: Some(release.clone()),
+            ..IssueFilter::default()
         };
         for found in store.issues(&filter, VERIFIED_PER_DECISION).await? {
             let checks = issue::checks_of(decision, &found.signature);

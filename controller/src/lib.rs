@@ -61,6 +61,7 @@ use std::time::Duration;
 use tollgate_proto::v1::agent_service_server::AgentServiceServer;
 use tollgate_proto::v1::audit_service_server::AuditServiceServer;
 use tollgate_proto::v1::gate_service_server::GateServiceServer;
+use tollgate_proto::v1::issue_service_server::IssueServiceServer;
 use tollgate_proto::v1::node_service_server::NodeServiceServer;
 use tollgate_proto::v1::plan_service_server::PlanServiceServer;
 use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
@@ -393,6 +394,11 @@ fn router(
         .add_service(WithPath(InterceptedService::new(
             GateServiceServer::new(grpc::gate::GateApi::new(shared.clone()))
                 .max_decoding_message_size(SPEC_REQUEST_BYTES),
+            api_auth.clone(),
+        )))
+        .add_service(WithPath(InterceptedService::new(
+            IssueServiceServer::new(grpc::issue::IssueApi::new(shared.clone()))
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(

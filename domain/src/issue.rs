@@ -328,6 +328,50 @@ pub fn failures_of(decision: &Decision) -> Vec<Failure> {
         .collect()
 }
 
+/// How a person names a failure group of a decision: `RULE#N`, the Nth group (from 1) of the
+/// rule with id RULE, as `tollgate gate show` numbers them.
+pub fn group_ref(rule_id: &str, idx: usize) -> String {
+    format!("{rule_id}#{}", idx + 1)
+}
+
+/// The failure a person names in `decision`: a group reference ([`group_ref`]) or a whole
+/// signature (`kind: text`). The error says which groups there are.
+pub fn failure_named(decision: &Decision, reference: &str) -> Result<Failure, String> {
+    let reference = reference.trim();
+    let mut known = Vec::new();
+    for rule in &decision.rules {
+        for (idx, group) in rule.failure_groups.iter().enumerate() {
+            let signature = Signature {
+                kind: rule.kind.clone(),
+                text: group.signature.clone(),
+            };
+            let name = group_ref(&rule.rule_id, idx);
+            if name == reference || signature.key() == reference {
+                return Ok(Failure {
+                    signature,
+                    release: ReleaseId::from(decision.release.as_str()),
+                    nodes: group.nodes.iter().cloned().collect(),
+                });
+            }
+            known.push(format!("{name} ({})", signature.key()));
+        }
+    }
+    if known.is_empty() {
+        return Err(format!(
+            "'{reference}' names no failure group: the latest decision of release {} at {} has \
+             none (no rule failed)",
+            decision.release, decision.milestone
+        ));
+    }
+    Err(format!(
+        "'{reference}' names no failure group of the latest decision of release {} at {}; give \
+         one of: {}",
+        decision.release,
+        decision.milestone,
+        known.join(", ")
+    ))
+}
+
 /// Decides, for each failure, whether it opens an issue or attaches to a known one. Nothing
 /// new gives nothing: re-evaluating the same evidence changes no issue. A failure in the
 /// release an issue's fix is in sends the issue back to open; one in a release a closed or
@@ -453,6 +497,9 @@ pub struct Issue {
     pub owner: Option<String>,
     /// References to tickets in other trackers.
     pub tickets: Vec<String>,
+    /// The customers it matters to, as a person set them.
+    #[serde(default)]
+    pub customers: BTreeSet<String>,
     /// Where it stands.
     pub state: IssueState,
     /// The releases it failed in.

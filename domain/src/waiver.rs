@@ -37,6 +37,8 @@ pub struct WaiverRequest {
     pub skus: Vec<String>,
     /// Only failures in these steps; empty for any step.
     pub steps: Vec<String>,
+    /// The issue the waived failures are tracked in, if any.
+    pub issue: Option<i64>,
 }
 
 /// Checks what a waiver request says on its own, before anything is loaded: every field
@@ -69,6 +71,12 @@ pub fn check_request(
         if value.trim().is_empty() {
             field(name, format!("is empty; {hint}"));
         }
+    }
+    if let Some(issue) = request.issue.filter(|issue| *issue <= 0) {
+        field(
+            "issue",
+            format!("is {issue}; give an issue number (`tollgate issue list` shows them)"),
+        );
     }
     let expires_at = match (request.expires_at, request.ttl_seconds) {
         (Some(_), ttl) if ttl > 0 => {
@@ -186,6 +194,7 @@ pub fn grant(
         nodes: request.nodes.into_iter().map(NodeId::from).collect(),
         skus: request.skus,
         steps: request.steps,
+        issue: request.issue,
     })
 }
 
@@ -225,6 +234,7 @@ mod tests {
             nodes: vec!["lab-3".into()],
             skus: Vec::new(),
             steps: Vec::new(),
+            issue: None,
         }
     }
 

@@ -88,6 +88,13 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GateService/Waive", "UUUU DDAA DD UU UUX"),
     ("GateService/RevokeWaiver", "UUUU DDAA DD UU UUX"),
     ("GateService/ListWaivers", "UUUU AAAA DD UU UUX"),
+    ("IssueService/OpenIssue", "UUUU DDAA DD UU UUX"),
+    ("IssueService/GetIssue", "UUUU AAAA DD UU UUX"),
+    ("IssueService/ListIssues", "UUUU AAAA DD UU UUX"),
+    ("IssueService/UpdateIssue", "UUUU DDAA DD UU UUX"),
+    ("IssueService/SetFixRelease", "UUUU DDAA DD UU UUX"),
+    ("IssueService/WontFix", "UUUU DDAA DD UU UUX"),
+    ("IssueService/Reopen", "UUUU DDAA DD UU UUX"),
     ("AuditService/ListAudit", "UUUU AAAA DD UU UUX"),
     ("AuditService/VerifyAudit", "UUUU AAAA DD UU UUX"),
     ("ReportService/RenderReport", "UUUU AAAA AA UU UUX"),
@@ -131,6 +138,7 @@ struct As {
     audit: v1::audit_service_client::AuditServiceClient<Authed>,
     reports: v1::report_service_client::ReportServiceClient<Authed>,
     tokens: v1::token_service_client::TokenServiceClient<Authed>,
+    issues: v1::issue_service_client::IssueServiceClient<Authed>,
     agent: v1::agent_service_client::AgentServiceClient<Authed>,
     /// The bearer secret, if any (sent as the bootstrap token of `Enroll`).
     secret: Option<String>,
@@ -169,6 +177,10 @@ impl As {
                 channel.clone(),
                 bearer.clone(),
             ),
+            issues: v1::issue_service_client::IssueServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
             tokens: v1::token_service_client::TokenServiceClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),
@@ -187,6 +199,8 @@ struct World {
 
 const RELEASE: &str = "r550";
 const PLAN: &str = "gpu-qual";
+/// An issue number no issue has.
+const NO_ISSUE: i64 = 999_999;
 
 /// Makes the call `rpc` names. Requests that would change something name things that do not
 /// exist or are invalid: authorization comes first, so the answer still says whether the call
@@ -495,6 +509,55 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "TokenService/RevokeToken" => c
             .tokens
             .revoke_token(v1::RevokeTokenRequest { name: missing() })
+            .await
+            .map(drop),
+        "IssueService/OpenIssue" => c
+            .issues
+            .open_issue(v1::OpenIssueRequest::default())
+            .await
+            .map(drop),
+        "IssueService/GetIssue" => c
+            .issues
+            .get_issue(v1::GetIssueRequest { id: NO_ISSUE })
+            .await
+            .map(drop),
+        "IssueService/ListIssues" => c
+            .issues
+            .list_issues(v1::ListIssuesRequest::default())
+            .await
+            .map(drop),
+        "IssueService/UpdateIssue" => c
+            .issues
+            .update_issue(v1::UpdateIssueRequest {
+                id: NO_ISSUE,
+                title: Some("no such issue".into()),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "IssueService/SetFixRelease" => c
+            .issues
+            .set_fix_release(v1::SetFixReleaseRequest {
+                id: NO_ISSUE,
+                release: release(),
+                note: String::new(),
+            })
+            .await
+            .map(drop),
+        "IssueService/WontFix" => c
+            .issues
+            .wont_fix(v1::WontFixRequest {
+                id: NO_ISSUE,
+                reason: "no such issue".into(),
+            })
+            .await
+            .map(drop),
+        "IssueService/Reopen" => c
+            .issues
+            .reopen(v1::ReopenIssueRequest {
+                id: NO_ISSUE,
+                reason: String::new(),
+            })
             .await
             .map(drop),
         "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),

@@ -51,6 +51,13 @@ enum Call {
     Register(v1::RegisterRequest),
     ReportResult(Box<v1::StepResult>),
     Enroll(v1::EnrollRequest),
+    OpenIssue(v1::OpenIssueRequest),
+    GetIssue(v1::GetIssueRequest),
+    ListIssues(v1::ListIssuesRequest),
+    UpdateIssue(v1::UpdateIssueRequest),
+    SetFixRelease(v1::SetFixReleaseRequest),
+    WontFix(v1::WontFixRequest),
+    ReopenIssue(v1::ReopenIssueRequest),
 }
 
 /// Sends a node's token, as its agent does.
@@ -112,6 +119,13 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::WatchRun(r) => clients.runs.watch_run(r).await.map(drop),
         Call::GetGate(r) => clients.gates.get_gate(r).await.map(drop),
         Call::RenderAttestation(r) => clients.reports.render_attestation(r).await.map(drop),
+        Call::OpenIssue(r) => clients.issues.open_issue(r).await.map(drop),
+        Call::GetIssue(r) => clients.issues.get_issue(r).await.map(drop),
+        Call::ListIssues(r) => clients.issues.list_issues(r).await.map(drop),
+        Call::UpdateIssue(r) => clients.issues.update_issue(r).await.map(drop),
+        Call::SetFixRelease(r) => clients.issues.set_fix_release(r).await.map(drop),
+        Call::WontFix(r) => clients.issues.wont_fix(r).await.map(drop),
+        Call::ReopenIssue(r) => clients.issues.reopen(r).await.map(drop),
     }
 }
 
@@ -523,8 +537,16 @@ fn cases() -> Vec<(&'static str, Call)> {
         nodes: Vec::new(),
         skus: Vec::new(),
         steps: Vec::new(),
+        issue: 0,
     };
     let over = |limit: &tollgate_domain::limits::Limit| "x".repeat(limit.max + 1);
+    cases.push((
+        "issue",
+        Call::Waive(v1::WaiveRequest {
+            issue: -1,
+            ..waive.clone()
+        }),
+    ));
     for text in names() {
         cases.push((
             "release",
@@ -589,7 +611,155 @@ fn cases() -> Vec<(&'static str, Call)> {
         }),
     ));
     node_and_agent_cases(&mut cases);
+    issue_cases(&mut cases);
     cases
+}
+
+/// The issue calls' cases: numbers that cannot be an issue's, required texts empty, texts over
+/// their limits or with a NUL byte, list entries blank, an unknown state, a bad timestamp.
+fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
+    let open = || v1::OpenIssueRequest {
+        release: "r1".into(),
+        group: "no-xid#1".into(),
+        ..Default::default()
+    };
+    for release in [EMPTY.to_owned(), over_name(), NUL.to_owned()] {
+        cases.push((
+            "release",
+            Call::OpenIssue(v1::OpenIssueRequest {
+                release: release.clone(),
+                ..open()
+            }),
+        ));
+        cases.push((
+            "release",
+            Call::SetFixRelease(v1::SetFixReleaseRequest {
+                id: 1,
+                release,
+                note: String::new(),
+            }),
+        ));
+    }
+    for group in [EMPTY.to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "group",
+            Call::OpenIssue(v1::OpenIssueRequest { group, ..open() }),
+        ));
+    }
+    cases.push((
+        "title",
+        Call::OpenIssue(v1::OpenIssueRequest {
+            title: over_reason(),
+            ..open()
+        }),
+    ));
+    cases.push((
+        "owner",
+        Call::OpenIssue(v1::OpenIssueRequest {
+            owner: over_name(),
+            ..open()
+        }),
+    ));
+    let update = || v1::UpdateIssueRequest {
+        id: 1,
+        owner: Some("alice".into()),
+        ..Default::default()
+    };
+    for id in [0, -3] {
+        cases.push(("id", Call::GetIssue(v1::GetIssueRequest { id })));
+        cases.push((
+            "id",
+            Call::UpdateIssue(v1::UpdateIssueRequest { id, ..update() }),
+        ));
+        cases.push((
+            "id",
+            Call::SetFixRelease(v1::SetFixReleaseRequest {
+                id,
+                release: "r1".into(),
+                note: String::new(),
+            }),
+        ));
+        cases.push((
+            "id",
+            Call::WontFix(v1::WontFixRequest {
+                id,
+                reason: "retired".into(),
+            }),
+        ));
+        cases.push((
+            "id",
+            Call::ReopenIssue(v1::ReopenIssueRequest {
+                id,
+                reason: String::new(),
+            }),
+        ));
+    }
+    for reason in [
+        EMPTY.to_owned(),
+        " ".to_owned(),
+        over_reason(),
+        NUL.to_owned(),
+    ] {
+        cases.push((
+            "reason",
+            Call::WontFix(v1::WontFixRequest { id: 1, reason }),
+        ));
+    }
+    for title in [" ".to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "title",
+            Call::UpdateIssue(v1::UpdateIssueRequest {
+                title: Some(title),
+                ..update()
+            }),
+        ));
+    }
+    cases.push((
+        "title",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            id: 1,
+            ..Default::default()
+        }),
+    ));
+    cases.push((
+        "tickets[1]",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            tickets: Some(v1::TextList {
+                values: vec!["JIRA-1".into(), " ".into()],
+            }),
+            ..update()
+        }),
+    ));
+    cases.push((
+        "customers[1]",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            customers: Some(v1::TextList {
+                values: vec!["acme".into(), "acme".into()],
+            }),
+            ..update()
+        }),
+    ));
+    cases.push((
+        "expected_updated_at",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            expected_updated_at: bad_time(),
+            ..update()
+        }),
+    ));
+    cases.push((
+        "state",
+        Call::ListIssues(v1::ListIssuesRequest {
+            state: "resolved".into(),
+            ..Default::default()
+        }),
+    ));
+    cases.push((
+        "page_token",
+        Call::ListIssues(v1::ListIssuesRequest {
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        }),
+    ));
 }
 
 /// The operator's node calls and the agent's own: registration, a result, enrollment.

@@ -220,6 +220,63 @@ bounded_texts! {
     CreateTokenRequest { name: NAME, role: NAME, customer: LABEL_VALUE; ttl_seconds }
     ListTokensRequest {}
     RevokeTokenRequest { name: NAME }
+    GetIssueRequest { ; id }
+    ListIssuesRequest { state: NAME, release: NAME, customer: LABEL_VALUE, node: NAME, page_token: PAGE_TOKEN; page_size }
+    SetFixReleaseRequest { release: NAME, note: REASON; id }
+    WontFixRequest { reason: REASON; id }
+    ReopenIssueRequest { reason: REASON; id }
+}
+
+impl Bounded for proto::OpenIssueRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::OpenIssueRequest {
+            release,
+            milestone,
+            group,
+            title,
+            severity,
+            owner,
+        } = self;
+        errors.text("release", &limits::NAME, release);
+        errors.text("milestone", &limits::NAME, milestone);
+        errors.text("group", &limits::REASON, group);
+        errors.text("title", &limits::REASON, title);
+        errors.text("severity", &limits::NAME, severity);
+        errors.text("owner", &limits::NAME, owner);
+    }
+}
+
+impl Bounded for proto::UpdateIssueRequest {
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        let proto::UpdateIssueRequest {
+            id: _,
+            title,
+            severity,
+            owner,
+            tickets,
+            customers,
+            expected_updated_at: _,
+        } = self;
+        errors.text("title", &limits::REASON, title.as_deref().unwrap_or(""));
+        errors.text("severity", &limits::NAME, severity.as_deref().unwrap_or(""));
+        errors.text("owner", &limits::NAME, owner.as_deref().unwrap_or(""));
+        if let Some(tickets) = tickets {
+            errors.texts(
+                "tickets",
+                &limits::CUSTOMERS,
+                &limits::TICKET,
+                &tickets.values,
+            );
+        }
+        if let Some(customers) = customers {
+            errors.texts(
+                "customers",
+                &limits::CUSTOMERS,
+                &limits::LABEL_VALUE,
+                &customers.values,
+            );
+        }
+    }
 }
 
 impl Bounded for proto::ListNodesRequest {
@@ -269,6 +326,7 @@ impl Bounded for proto::WaiveRequest {
             ticket,
             expires_at: _,
             ttl_seconds: _,
+            issue: _,
             nodes,
             skus,
             steps,

@@ -242,6 +242,7 @@ impl ToProto for Waiver {
             nodes,
             skus,
             steps,
+            issue,
         } = self;
         proto::Waiver {
             id: id.clone(),
@@ -257,6 +258,8 @@ impl ToProto for Waiver {
             nodes: nodes.iter().map(ToString::to_string).collect(),
             skus: skus.clone(),
             steps: steps.clone(),
+            issue: issue.unwrap_or(0),
+            issue_state: String::new(),
         }
     }
 }
@@ -278,6 +281,8 @@ impl FromProto for Waiver {
             nodes,
             skus,
             steps,
+            issue,
+            issue_state: _,
         } = waiver;
         let mut errors = FieldErrors::new();
         let created_at = errors.required_timestamp("created_at", created_at);
@@ -300,6 +305,7 @@ impl FromProto for Waiver {
             nodes: nodes.into_iter().map(NodeId::new).collect(),
             skus,
             steps,
+            issue: (issue > 0).then_some(issue),
         })
     }
 }

@@ -518,6 +518,8 @@ pub fn waiver(waiver: &pb::Waiver) -> Value {
         nodes,
         skus,
         steps,
+        issue,
+        issue_state,
     } = waiver;
     json!({
         "id": id,
@@ -533,6 +535,8 @@ pub fn waiver(waiver: &pb::Waiver) -> Value {
         "nodes": nodes,
         "skus": skus,
         "steps": steps,
+        "issue": (*issue > 0).then_some(issue),
+        "issue_state": (!issue_state.is_empty()).then_some(issue_state),
     })
 }
 

@@ -37,6 +37,8 @@ pub enum List {
     Audit,
     /// A run's jobs in `GetRun`, by node name.
     Jobs,
+    /// `ListIssues`, by number.
+    Issues,
 }
 
 impl List {
@@ -49,6 +51,7 @@ impl List {
             Self::Waivers => "ListWaivers",
             Self::Audit => "ListAudit",
             Self::Jobs => "GetRun",
+            Self::Issues => "ListIssues",
         }
     }
 }

@@ -60,6 +60,8 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
                 DecisionFormat::Greenwave => print_json(&greenwave(&decision)?),
                 DecisionFormat::Text => {
                     print!("{}", format_decision(&decision));
+                    let waivers = waivers_of(controller, &decision).await;
+                    print!("{}", format_closed_issues(&decision, &waivers));
                     if !decision.replay.is_empty() {
                         println!("\n{}", decision.replay);
                     }
@@ -71,6 +73,59 @@ pub async fn run(controller: &Controller, command: GateCommand) -> anyhow::Resul
             }
         }
     }
+}
+
+/// The waivers of the decision's release at its milestone, when a rule is waived: `gate
+/// show` says which of them name a closed issue. Empty when none is waived, and when the
+/// caller may not list waivers (a customer token): the decision itself is still shown.
+async fn waivers_of(controller: &Controller, decision: &pb::Decision) -> Vec<pb::Waiver> {
+    if decision.rules.iter().all(|rule| rule.waiver_id.is_empty()) {
+        return Vec::new();
+    }
+    let request = pb::ListWaiversRequest {
+        release: decision.release.clone(),
+        milestone: decision.milestone.clone(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let pages = crate::pages::PageArgs::default();
+    crate::pages::follow(pages, |page_size, page_token| {
+        let mut client = controller.gates();
+        let request = pb::ListWaiversRequest {
+            page_size,
+            page_token,
+            ..request.clone()
+        };
+        async move {
+            let page = answer(client.list_waivers(request).await)?;
+            Ok::<_, RpcError>((page.waivers, page.next_page_token))
+        }
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// One line per rule waived by a waiver whose issue is closed: the waiver can be revoked.
+pub fn format_closed_issues(decision: &pb::Decision, waivers: &[pb::Waiver]) -> String {
+    let mut out = String::new();
+    for rule in decision
+        .rules
+        .iter()
+        .filter(|rule| !rule.waiver_id.is_empty())
+    {
+        let Some(waiver) = waivers.iter().find(|waiver| waiver.id == rule.waiver_id) else {
+            continue;
+        };
+        if waiver.issue > 0 && waiver.issue_state == "closed" {
+            let _ = writeln!(
+                out,
+                "\nrule {} is waived by {}, whose issue #{} is closed; revoke the waiver with \
+                 `tollgate waiver revoke {}`",
+                rule.rule_id, waiver.id, waiver.issue, waiver.id
+            );
+        }
+    }
+    out
 }
 
 /// `gate check`'s exit code for a verdict: 0 passed, 3 failed (as a refused promotion), 5
@@ -263,6 +318,16 @@ pub fn format_decision(decision: &pb::Decision) -> String {
                 rule.failing_nodes.join(", ")
             );
         }
+        for (idx, group) in rule.failure_groups.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "        group {}: {}: {} on {}",
+                tollgate_domain::issue::group_ref(&rule.rule_id, idx),
+                rule.kind,
+                group.signature,
+                group.nodes.join(", ")
+            );
+        }
         let shown: Vec<&pb::EvidenceItem> = if rule.evidence.len() <= MAX_EVIDENCE_SHOWN {
             rule.evidence.iter().collect()
         } else {
@@ -363,6 +428,11 @@ mod tests {
                     verdict: "failed".into(),
                     reason: "max gpu_temp_c 95.2 is not < 88".into(),
                     failing_nodes: vec!["lab-4".into()],
+                    failure_groups: vec![pb::FailureGroup {
+                        signature: "gpu_temp_c max breaks < 88 in stress".into(),
+                        count: 1,
+                        nodes: vec!["lab-4".into()],
+                    }],
                     evidence: vec![pb::EvidenceItem {
                         node: "lab-4".into(),
                         step: "stress".into(),
@@ -399,9 +469,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("failing nodes: lab-4"), "{text}");
+        // What `tollgate issue open --from` takes.
+        assert!(
+            text.contains(
+                "group telemetry:gpu_temp_c#1: telemetry: gpu_temp_c max breaks < 88 in stress \
+                 on lab-4"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("FAIL lab-4 stress#1 95.2 (limit < 88): GPU 0"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rule_waived_for_a_closed_issue_says_the_waiver_can_go() {
+        let mut decision = failed_decision();
+        decision.rules[1].waiver_id = "waiver-9".into();
+        let waiver = |issue_state: &str| pb::Waiver {
+            id: "waiver-9".into(),
+            issue: 4,
+            issue_state: issue_state.into(),
+            ..Default::default()
+        };
+        let text = format_closed_issues(&decision, &[waiver("closed")]);
+        assert_eq!(
+            text,
+            "\nrule telemetry:gpu_temp_c is waived by waiver-9, whose issue #4 is closed; \
+             revoke the waiver with `tollgate waiver revoke waiver-9`\n"
+        );
+        assert_eq!(format_closed_issues(&decision, &[waiver("open")]), "");
+        assert_eq!(
+            format_closed_issues(&failed_decision(), &[waiver("closed")]),
+            ""
         );
     }
 

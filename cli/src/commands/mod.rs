@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod gate;
+pub mod issue;
 pub mod maintenance;
 pub mod node;
 pub mod pdf;
@@ -81,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Halt(args) => waiver::halt(&Controller::connect(&target).await?, args).await,
         Command::Resume(args) => waiver::resume(&Controller::connect(&target).await?, args).await,
         Command::Audit(command) => audit::run(&Controller::connect(&target).await?, command).await,
+        Command::Issue(command) => issue::run(&Controller::connect(&target).await?, command).await,
         Command::Token(command) => token::run(&Controller::connect(&target).await?, command).await,
         // `report verify` is offline: a customer checks a file without any controller.
         Command::Report(args) => report::dispatch(&target, args).await,

@@ -48,6 +48,7 @@ pub fn waive_request(args: WaiveArgs) -> anyhow::Result<pb::WaiveRequest> {
         nodes,
         skus,
         steps,
+        issue,
         output: _,
     } = args;
     let expires_at = expires
@@ -67,6 +68,7 @@ pub fn waive_request(args: WaiveArgs) -> anyhow::Result<pb::WaiveRequest> {
         nodes,
         skus,
         steps,
+        issue: issue.unwrap_or(0),
     })
 }
 
@@ -235,7 +237,19 @@ pub fn format_waiver(waiver: &pb::Waiver) -> String {
         format_time(waiver.expires_at.as_ref())
     );
     let _ = writeln!(out, "  scope:   {}", scope(waiver));
+    if waiver.issue > 0 {
+        let _ = writeln!(out, "  issue:   {}", issue_of(waiver));
+    }
     out
+}
+
+/// The waiver's issue: `#3`, with its state when the answer carries it (`#3 closed`).
+fn issue_of(waiver: &pb::Waiver) -> String {
+    match (waiver.issue, waiver.issue_state.as_str()) {
+        (0, _) => "-".to_owned(),
+        (issue, "") => format!("#{issue}"),
+        (issue, state) => format!("#{issue} {state}"),
+    }
 }
 
 fn scope(waiver: &pb::Waiver) -> String {
@@ -270,6 +284,7 @@ pub fn format_waivers(waivers: &[pb::Waiver]) -> String {
         "EXPIRES",
         "REVOKED",
         "SCOPE",
+        "ISSUE",
     ]);
     for waiver in waivers {
         table.row(vec![
@@ -284,9 +299,21 @@ pub fn format_waivers(waivers: &[pb::Waiver]) -> String {
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |t| format_time(Some(t))),
             scope(waiver),
+            issue_of(waiver),
         ]);
     }
-    table.render("")
+    let mut out = table.render("");
+    // A waiver whose issue is closed waives a failure that is fixed: say it can go.
+    for waiver in waivers.iter().filter(|waiver| {
+        waiver.issue > 0 && waiver.issue_state == "closed" && waiver.revoked_at.is_none()
+    }) {
+        let _ = writeln!(
+            out,
+            "waiver {}: issue #{} closed; revoke the waiver with `tollgate waiver revoke {}`",
+            waiver.id, waiver.issue, waiver.id
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -332,5 +359,29 @@ mod tests {
         };
         assert!(format_waiver(&waiver).contains("scope:   nodes n1; steps stress"));
         assert!(format_waivers(&[waiver]).contains("waiver-1"));
+    }
+
+    #[test]
+    fn a_waiver_whose_issue_is_closed_says_it_can_be_revoked() {
+        let waiver = |issue_state: &str| pb::Waiver {
+            id: "waiver-2".into(),
+            issue: 3,
+            issue_state: issue_state.into(),
+            ..Default::default()
+        };
+        let closed = format_waivers(&[waiver("closed")]);
+        assert!(
+            closed.contains(
+                "waiver waiver-2: issue #3 closed; revoke the waiver with `tollgate waiver \
+                 revoke waiver-2`"
+            ),
+            "{closed}"
+        );
+        let open = format_waivers(&[waiver("open")]);
+        assert!(
+            open.contains("#3 open") && !open.contains("revoke"),
+            "{open}"
+        );
+        assert!(format_waiver(&waiver("")).contains("issue:   #3\n"));
     }
 }

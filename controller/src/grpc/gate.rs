@@ -237,6 +237,7 @@ impl GateService for GateApi {
             nodes,
             skus,
             steps,
+            issue,
         } = super::convert::bounded(request.into_inner())?;
         let now = self.shared.now();
         let mut errors = FieldErrors::new();
@@ -260,6 +261,7 @@ impl GateService for GateApi {
             nodes,
             skus,
             steps,
+            issue: (issue != 0).then_some(issue),
         };
         // Every bad field at once, before anything is loaded.
         if let Err(found) = tollgate_domain::waiver::check_request(&request, now) {
@@ -268,6 +270,13 @@ impl GateService for GateApi {
         errors.finish(()).map_err(status::invalid_fields)?;
         let release = load_release(&self.shared, &request.release).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
+        if let Some(issue) = request.issue
+            && self.shared.store.issue(issue).await?.is_none()
+        {
+            return Err(status::not_found(format!(
+                "issue #{issue} (list them with `tollgate issue list`)"
+            )));
+        }
         let gate = self.shared.store.get_gate(&milestone).await?;
         let waiver = tollgate_domain::waiver::grant(
             request,
@@ -365,11 +374,19 @@ impl GateService for GateApi {
             .await?;
         let (waivers, next_page_token) =
             page.answer(fetched, |(_, key)| super::pages::created(key));
+        let mut answered = Vec::with_capacity(waivers.len());
+        for (waiver, _) in &waivers {
+            let mut wire = waiver.to_proto();
+            // The issue's state now, so a waiver whose issue is closed can be revoked.
+            if let Some(issue) = waiver.issue
+                && let Some(found) = self.shared.store.issue(issue).await?
+            {
+                wire.issue_state = found.state.name().to_owned();
+            }
+            answered.push(wire);
+        }
         Ok(Response::new(proto::ListWaiversResponse {
-            waivers: waivers
-                .iter()
-                .map(|(waiver, _)| waiver.to_proto())
-                .collect(),
+            waivers: answered,
             next_page_token,
         }))
     }

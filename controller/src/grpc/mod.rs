@@ -13,6 +13,7 @@ pub mod auth;
 pub mod authz;
 pub mod enroll;
 pub mod gate;
+pub mod issue;
 pub mod limits;
 pub mod maintenance;
 pub mod node;

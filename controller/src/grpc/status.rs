@@ -350,6 +350,27 @@ impl From<super::enroll::EnrollError> for Status {
     }
 }
 
+/// An issue event the state machine refuses, for issue `id`: a missing reason or release is
+/// `InvalidArgument` naming the field; a transition the state does not allow is
+/// `FailedPrecondition` saying what to do instead.
+pub fn issue_refused(id: i64, refusal: tollgate_domain::issue::IssueRefusal) -> Status {
+    use tollgate_domain::issue::IssueRefusal;
+    match refusal {
+        IssueRefusal::NoReason => invalid_field("reason", refusal.to_string()),
+        IssueRefusal::NoRelease => invalid_field("release", refusal.to_string()),
+        IssueRefusal::Transition { state, event } => {
+            let hint = match (state, event) {
+                ("closed" | "wont-fix", _) => {
+                    format!("reopen it first with `tollgate issue reopen {id}`")
+                }
+                (_, "reopen") => "only a closed or won't-fix issue can be reopened".to_owned(),
+                _ => "see `tollgate issue show` for its state".to_owned(),
+            };
+            Status::failed_precondition(bounded_message(&format!("issue #{id}: {refusal}; {hint}")))
+        }
+    }
+}
+
 /// `what` does not exist (for example "release r550").
 pub fn not_found(what: impl std::fmt::Display) -> Status {
     Status::not_found(format!("{what} not found"))

@@ -358,6 +358,7 @@ pub async fn waive(
                 nodes: Vec::new(),
                 skus: Vec::new(),
                 steps: Vec::new(),
+                issue: 0,
             },
             |request| api.waive(request),
         )

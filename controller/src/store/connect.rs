@@ -39,6 +39,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0019_release_plan_of_re
 const _: &str = include_str!("../../../migrations/postgres/0019_release_plan_of_record.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0020_issues.sql");
 const _: &str = include_str!("../../../migrations/postgres/0020_issues.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0021_issue_links.sql");
+const _: &str = include_str!("../../../migrations/postgres/0021_issue_links.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -29,6 +29,8 @@ macro_rules! load_issues {
         const RELEASES: &str =
             "SELECT release FROM issue_releases WHERE issue_id = $1 ORDER BY release";
         const NODES: &str = "SELECT node FROM issue_nodes WHERE issue_id = $1 ORDER BY node";
+        const CUSTOMERS: &str =
+            "SELECT customer FROM issue_customers WHERE issue_id = $1 ORDER BY customer";
         let mut issues = Vec::new();
         for row in $rows.iter() {
             let mut issue = rows::issue(row)?;
@@ -47,6 +49,14 @@ macro_rules! load_issues {
             {
                 let f = rows::Fields::new(&found, "issue_nodes", &["node"]);
                 issue.nodes.insert(NodeId::from(f.text("node")?));
+            }
+            for found in sqlx::query(CUSTOMERS)
+                .bind(issue.id)
+                .fetch_all(&mut *$tx)
+                .await?
+            {
+                let f = rows::Fields::new(&found, "issue_customers", &["customer"]);
+                issue.customers.insert(f.text("customer")?);
             }
             issues.push(issue);
         }
@@ -133,6 +143,23 @@ macro_rules! set_state {
         }
     }};
 }
+/// Replaces issue `$id`'s customers with `$customers` inside `$tx`.
+macro_rules! set_customers {
+    ($tx:expr, $id:expr, $customers:expr) => {{
+        sqlx::query("DELETE FROM issue_customers WHERE issue_id = $1")
+            .bind($id)
+            .execute(&mut *$tx)
+            .await?;
+        for customer in $customers {
+            sqlx::query("INSERT INTO issue_customers (issue_id, customer) VALUES ($1, $2)")
+                .bind($id)
+                .bind(text(customer))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// Marks issue `$id` changed at `$at` inside `$tx`.
 macro_rules! touch {
     ($tx:expr, $id:expr, $at:expr) => {{
@@ -150,6 +177,25 @@ pub struct IssueFilter {
     pub state: Option<String>,
     /// Only issues that failed in this release or whose fix is in it.
     pub release: Option<ReleaseId>,
+    /// Only issues set to matter to this customer.
+    pub customer: Option<String>,
+    /// Only issues that failed on this node.
+    pub node: Option<NodeId>,
+}
+
+/// What a person sets on an issue, opening it or later: the whole new value of each field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IssueFields {
+    /// The title.
+    pub title: String,
+    /// The severity, if any.
+    pub severity: Option<String>,
+    /// The owner, if any.
+    pub owner: Option<String>,
+    /// The ticket references.
+    pub tickets: Vec<String>,
+    /// The customers.
+    pub customers: BTreeSet<String>,
 }
 
 /// A state change decided for an issue, applied only from the state it was decided from.
@@ -203,10 +249,24 @@ impl Store {
         filter: &IssueFilter,
         limit: usize,
     ) -> Result<Vec<Issue>, StoreError> {
+        self.issues_after(filter, None, limit).await
+    }
+
+    /// The issues `filter` lets through with a number above `after`, oldest first, at most
+    /// `limit` (a page of `ListIssues`).
+    pub async fn issues_after(
+        &self,
+        filter: &IssueFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Issue>, StoreError> {
         const SQL: &str = issue_query!(
             "WHERE ($1 = '' OR state = $1)
                AND ($2 = '' OR fix_release = $2
                     OR id IN (SELECT issue_id FROM issue_releases WHERE release = $2))
+               AND ($4 = '' OR id IN (SELECT issue_id FROM issue_customers WHERE customer = $4))
+               AND ($5 = '' OR id IN (SELECT issue_id FROM issue_nodes WHERE node = $5))
+               AND id > $6
              ORDER BY id LIMIT $3"
         );
         let state = filter.state.clone().unwrap_or_default();
@@ -215,12 +275,21 @@ impl Store {
             .as_ref()
             .map(|release| release.as_str().to_owned())
             .unwrap_or_default();
+        let customer = filter.customer.clone().unwrap_or_default();
+        let node = filter
+            .node
+            .as_ref()
+            .map(|node| node.as_str().to_owned())
+            .unwrap_or_default();
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
             let rows = sqlx::query(SQL)
                 .bind(&state)
                 .bind(&release)
                 .bind(super::page_limit(limit))
+                .bind(&customer)
+                .bind(&node)
+                .bind(after.unwrap_or(0))
                 .fetch_all(&mut *tx)
                 .await?;
             let issues = load_issues!(tx, rows);
@@ -254,10 +323,28 @@ impl Store {
         actor: &str,
         at: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        const INSERT: &str = "INSERT INTO issues (signature, kind, text, title, tickets, state,
-                 opened_at, updated_at)
-             VALUES ($1, $2, $3, $4, '[]', 'open', $5, $5)
+        let fields = IssueFields {
+            title: title.to_owned(),
+            ..IssueFields::default()
+        };
+        self.open_issue_with(failure, &fields, actor, at).await
+    }
+
+    /// [`Self::open_issue`] with the fields a person gave (title, severity, owner, tickets,
+    /// customers).
+    pub async fn open_issue_with(
+        &self,
+        failure: &Failure,
+        fields: &IssueFields,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        const INSERT: &str = "INSERT INTO issues (signature, kind, text, title, severity, owner,
+                 tickets, state, opened_at, updated_at)
+             VALUES ($1, $2, $3, $4, $6, $7, $8, $9, $5, $5)
              ON CONFLICT (signature) DO NOTHING RETURNING id";
+        let title = fields.title.as_str();
+        let tickets = super::to_json(&fields.tickets);
         let signature = &failure.signature;
         let detail = attach_detail(Some(&failure.release), &failure.nodes);
         writing!(self, |pool| {
@@ -268,6 +355,10 @@ impl Store {
                 .bind(text(&signature.text))
                 .bind(text(title))
                 .bind(micros(at))
+                .bind(fields.severity.as_deref().map(text))
+                .bind(fields.owner.as_deref().map(text))
+                .bind(&tickets)
+                .bind(IssueState::Open.name())
                 .fetch_optional(&mut *tx)
                 .await?
             else {
@@ -275,6 +366,7 @@ impl Store {
             };
             let id: i64 = rows::Fields::new(&row, "issues", &["id"]).int_as("id")?;
             attach_rows!(tx, id, [&failure.release], &failure.nodes);
+            set_customers!(tx, id, &fields.customers);
             let entry = IssueHistory {
                 at,
                 actor: actor.to_owned(),
@@ -382,6 +474,79 @@ impl Store {
                     "detail": detail,
                     "evidence": transition.evidence,
                 }));
+            append_audit!(tx, &note);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+impl Store {
+    /// Sets issue `id`'s fields to `fields` (`changed` names what changed, for the history),
+    /// with its history and audit entries, in one transaction; only if the issue last changed
+    /// at `expected` (compare-and-set: `Conflict` otherwise), `NotFound` when there is none.
+    pub async fn update_issue(
+        &self,
+        id: i64,
+        expected: Timestamp,
+        fields: &IssueFields,
+        changed: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        const EXISTS: &str = "SELECT state FROM issues WHERE id = $1";
+        const SET: &str = "UPDATE issues
+             SET title = $2, severity = $3, owner = $4, tickets = $5, updated_at = $6
+             WHERE id = $1 AND updated_at = $7";
+        let tickets = super::to_json(&fields.tickets);
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let Some(row) = sqlx::query(EXISTS)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Err(StoreError::NotFound {
+                    what: format!("issue {id}"),
+                });
+            };
+            let state = rows::Fields::new(&row, "issues", &["state"]).text("state")?;
+            let n_rows = sqlx::query(SET)
+                .bind(id)
+                .bind(text(&fields.title))
+                .bind(fields.severity.as_deref().map(text))
+                .bind(fields.owner.as_deref().map(text))
+                .bind(&tickets)
+                .bind(micros(at))
+                .bind(micros(expected))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("issue {id}"),
+                    detail: format!("it changed after {}; read it again", expected.to_rfc3339()),
+                });
+            }
+            set_customers!(tx, id, &fields.customers);
+            let entry = IssueHistory {
+                at,
+                actor: actor.to_owned(),
+                action: "updated".into(),
+                state,
+                detail: changed.to_owned(),
+            };
+            append_history!(tx, id, &entry);
+            let note = AuditNote::new(at, actor, "issue.update", format!("issue/{id}")).details(
+                serde_json::json!({
+                    "changed": changed,
+                    "title": fields.title,
+                    "severity": fields.severity,
+                    "owner": fields.owner,
+                    "tickets": fields.tickets,
+                    "customers": fields.customers,
+                }),
+            );
             append_audit!(tx, &note);
             tx.commit().await?;
             Ok(())

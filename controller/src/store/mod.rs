@@ -696,7 +696,7 @@ mod report_rows;
 mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
-pub use issues::{IssueFilter, IssueTransition};
+pub use issues::{IssueFields, IssueFilter, IssueTransition};
 mod runs;
 pub use runs::StateCounts;
 mod targets;

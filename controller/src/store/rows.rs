@@ -222,6 +222,7 @@ pub(super) fn issue(row: &impl StoreRow) -> Result<tollgate_domain::issue::Issue
         severity: f.opt_text("severity")?,
         owner: f.opt_text("owner")?,
         tickets: f.json("tickets")?,
+        customers: Default::default(),
         state,
         releases: Default::default(),
         nodes: Default::default(),

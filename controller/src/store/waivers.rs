@@ -26,6 +26,7 @@ fn waiver(row: &impl StoreRow) -> Result<Waiver, StoreError> {
         nodes: f.json::<Vec<NodeId>>("nodes")?,
         skus: f.json("skus")?,
         steps: f.json("steps")?,
+        issue: f.opt_int_as("issue_id")?,
     })
 }
 
@@ -34,7 +35,7 @@ macro_rules! waiver_query {
     ($tail:expr) => {
         concat!(
             "SELECT id, release, milestone, rule_id, reason, ticket, approver, created_at,
-                    expires_at, revoked_at, nodes, skus, steps, seq
+                    expires_at, revoked_at, nodes, skus, steps, issue_id, seq
              FROM waivers",
             $tail
         )
@@ -46,8 +47,8 @@ impl Store {
     /// `NotFound` when the release does not exist.
     pub async fn create_waiver(&self, waiver: &Waiver, note: &AuditNote) -> Result<(), StoreError> {
         const INSERT: &str = "INSERT INTO waivers (id, release, milestone, rule_id, reason, ticket,
-                 approver, created_at, expires_at, revoked_at, nodes, skus, steps)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+                 approver, created_at, expires_at, revoked_at, nodes, skus, steps, issue_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
         let exists = format!("waiver {}", waiver.id);
         let missing = format!("release {}", waiver.release);
         writing!(self, |pool| {
@@ -66,6 +67,7 @@ impl Store {
                 .bind(to_json(&waiver.nodes))
                 .bind(to_json(&waiver.skus))
                 .bind(to_json(&waiver.steps))
+                .bind(waiver.issue)
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| classify(err, &exists, &missing))?;

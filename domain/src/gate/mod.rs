@@ -732,6 +732,10 @@ pub struct Waiver {
     /// Only failures in these steps are waived; empty for any step.
     #[serde(default)]
     pub steps: Vec<String>,
+    /// The issue the waived failures are tracked in, if any. Left out of the JSON when none,
+    /// so the digests of decisions under waivers without one stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<i64>,
 }
 
 impl Waiver {

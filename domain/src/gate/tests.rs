@@ -265,6 +265,7 @@ fn waiver_exempts_failed_rule_until_it_expires() {
         nodes: Vec::new(),
         skus: Vec::new(),
         steps: Vec::new(),
+        issue: None,
     };
     let waived = evaluate(&policy(), &evidence, std::slice::from_ref(&waiver), at(100));
     assert_eq!(waived.verdict, Verdict::Passed);
@@ -344,6 +345,7 @@ fn waiver(rule_id: &str) -> Waiver {
         nodes: Vec::new(),
         skus: Vec::new(),
         steps: Vec::new(),
+        issue: None,
     }
 }
 
@@ -1422,7 +1424,7 @@ rules:
         fn a_waiver_never_makes_missing_evidence_pass(jobs in jobs()) {
             let waivers: Vec<Waiver> = policy().rules.iter().map(|r| Waiver {
                 id: format!("w-{}", r.id), release: "r550".into(), milestone: "lab-qual".into(), rule_id: r.id.clone(),
-                reason: "r".into(), ticket: "T-1".into(), approver: "a".into(), created_at: at(0), expires_at: at(1000), revoked_at: None, nodes: Vec::new(), skus: Vec::new(), steps: Vec::new(),
+                reason: "r".into(), ticket: "T-1".into(), approver: "a".into(), created_at: at(0), expires_at: at(1000), revoked_at: None, nodes: Vec::new(), skus: Vec::new(), steps: Vec::new(), issue: None,
             }).collect();
             let decision = evaluate(&policy(), &evidence(jobs), &waivers, at(100));
             for rule in &decision.rules {

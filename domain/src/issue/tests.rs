@@ -299,6 +299,39 @@ fn failures_of_a_decision_are_one_per_signature_and_only_from_failed_rules() {
     assert_eq!(failures_of(&waiting), vec![]);
 }
 
+#[test]
+fn a_person_names_a_failure_group_by_rule_and_number_or_by_signature() {
+    let failed = decision(
+        Verdict::Failed,
+        "steps-passed",
+        vec![
+            item("n1", false, Some("gemm: failed")),
+            item("n2", false, Some("stress: failed")),
+        ],
+    );
+    // Groups are numbered from 1 in the decision's order (here by signature).
+    assert_eq!(
+        failure_named(&failed, "steps#2"),
+        Ok(failure("stress: failed", "r2", &["n2"]))
+    );
+    assert_eq!(
+        failure_named(&failed, " steps-passed: gemm: failed "),
+        Ok(failure("gemm: failed", "r2", &["n1"]))
+    );
+    let unknown = failure_named(&failed, "steps#3").unwrap_err();
+    assert!(
+        unknown.contains("give one of: steps#1 (steps-passed: gemm: failed), steps#2"),
+        "{unknown}"
+    );
+    let passed = decision(
+        Verdict::Passed,
+        "steps-passed",
+        vec![item("n1", true, None)],
+    );
+    let none = failure_named(&passed, "steps#1").unwrap_err();
+    assert!(none.contains("has none (no rule failed)"), "{none}");
+}
+
 /// What it shows, the state, the release judged, its checks, the event wanted.
 type VerificationCase = (
     &'static str,

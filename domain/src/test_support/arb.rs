@@ -603,6 +603,7 @@ pub fn waiver() -> impl Strategy<Value = Waiver> {
                 nodes: nodes.into_iter().map(NodeId::new).collect(),
                 skus,
                 steps,
+                issue: None,
             },
         )
 }

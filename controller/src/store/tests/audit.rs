@@ -83,6 +83,7 @@ fn waiver(id: &str) -> Waiver {
         nodes: vec![NodeId::from("n1")],
         skus: vec!["hgx-h100".into()],
         steps: vec!["stress".into()],
+        issue: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! changes by compare-and-set, each with its history and audit entry, on both backends.
 
 use super::*;
-use crate::store::{AuditFilter, IssueFilter, IssueTransition};
+use crate::store::{AuditFilter, IssueFields, IssueFilter, IssueTransition};
 use std::collections::BTreeSet;
 use tollgate_domain::issue::{Failure, IssueState, Signature};
 
@@ -10,6 +10,8 @@ on_both_backends!(
     an_issue_is_opened_once_per_signature_and_attaches_what_is_new,
     issue_states_change_from_what_they_were_with_history_and_audit,
     gate_decisions_open_attach_and_verify_issues,
+    issue_fields_change_by_compare_and_set_with_history_and_audit,
+    issue_lists_filter_by_state_release_customer_and_node_in_pages,
 );
 
 fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
@@ -194,6 +196,7 @@ async fn issue_states_change_from_what_they_were_with_history_and_audit(store: &
             &IssueFilter {
                 state: Some("closed".into()),
                 release: Some(r2.clone()),
+                ..IssueFilter::default()
             },
             100,
         )
@@ -416,4 +419,167 @@ async fn gate_decisions_open_attach_and_verify_issues(store: &Store) {
     assert_eq!(issue.state, IssueState::Open);
     assert!(issue.releases.contains(&ReleaseId::from("r3")));
     assert_eq!(all().await.len(), 2);
+}
+
+async fn issue_fields_change_by_compare_and_set_with_history_and_audit(store: &Store) {
+    let fields = IssueFields {
+        title: "gemm fails".into(),
+        severity: Some("high".into()),
+        owner: Some("bob".into()),
+        ..IssueFields::default()
+    };
+    let id = store
+        .open_issue_with(
+            &failure("gemm: failed", "r1", &["n1"]),
+            &fields,
+            "bob",
+            at(1),
+        )
+        .await
+        .expect("open")
+        .expect("a new issue");
+    let opened = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(opened.severity.as_deref(), Some("high"));
+    assert_eq!(opened.owner.as_deref(), Some("bob"));
+
+    let changed = IssueFields {
+        owner: Some("alice".into()),
+        tickets: vec!["JIRA-1".into()],
+        customers: ["acme".to_owned()].into(),
+        ..fields.clone()
+    };
+    store
+        .update_issue(
+            id,
+            opened.updated_at,
+            &changed,
+            "owner alice",
+            "alice",
+            at(2),
+        )
+        .await
+        .expect("update");
+    let updated = store.issue(id).await.expect("issue").expect("found");
+    assert_eq!(updated.owner.as_deref(), Some("alice"));
+    assert_eq!(updated.tickets, ["JIRA-1"]);
+    assert_eq!(updated.customers, ["acme".to_owned()].into());
+    assert_eq!(updated.updated_at, at(2));
+    assert_eq!(updated.state, IssueState::Open);
+
+    // A writer that read the issue before that change loses, and changes nothing.
+    let stale = store
+        .update_issue(id, opened.updated_at, &fields, "owner bob", "bob", at(3))
+        .await
+        .expect_err("stale");
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale:?}");
+    assert_eq!(store.issue(id).await.expect("issue"), Some(updated));
+    let missing = store
+        .update_issue(999, at(2), &fields, "owner bob", "bob", at(3))
+        .await
+        .expect_err("no such issue");
+    assert!(
+        matches!(missing, StoreError::NotFound { .. }),
+        "{missing:?}"
+    );
+
+    let history = store.issue_history(id).await.expect("history");
+    let actions: Vec<(&str, &str)> = history
+        .iter()
+        .map(|entry| (entry.action.as_str(), entry.detail.as_str()))
+        .collect();
+    assert_eq!(actions[1], ("updated", "owner alice"));
+    assert_eq!(history.len(), 2);
+    let audit = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit");
+    let update: Vec<_> = audit
+        .iter()
+        .filter(|entry| entry.action == "issue.update")
+        .collect();
+    assert_eq!(update.len(), 1);
+    assert_eq!(update[0].subject, format!("issue/{id}"));
+    assert_eq!(update[0].actor, "alice");
+}
+
+async fn issue_lists_filter_by_state_release_customer_and_node_in_pages(store: &Store) {
+    let mut ids = Vec::new();
+    for (text, release, node) in [("a", "r1", "n1"), ("b", "r1", "n2"), ("c", "r2", "n2")] {
+        let id = store
+            .open_issue(&failure(text, release, &[node]), text, "controller", at(1))
+            .await
+            .expect("open")
+            .expect("a new issue");
+        ids.push(id);
+    }
+    let b = store.issue(ids[1]).await.expect("issue").expect("found");
+    let with_customer = IssueFields {
+        title: b.title.clone(),
+        customers: ["acme".to_owned()].into(),
+        ..IssueFields::default()
+    };
+    store
+        .update_issue(
+            ids[1],
+            b.updated_at,
+            &with_customer,
+            "customers acme",
+            "alice",
+            at(2),
+        )
+        .await
+        .expect("update");
+    store
+        .change_issue_state(
+            ids[2],
+            &IssueTransition {
+                from: IssueState::Open,
+                to: IssueState::WontFix {
+                    reason: "retired".into(),
+                },
+                evidence: None,
+            },
+            "wont-fix",
+            "retired",
+            "alice",
+            at(3),
+        )
+        .await
+        .expect("won't fix");
+    let listed = |filter: IssueFilter, after: Option<i64>, limit: usize| async move {
+        store
+            .issues_after(&filter, after, limit)
+            .await
+            .expect("list")
+            .iter()
+            .map(|issue| issue.id)
+            .collect::<Vec<i64>>()
+    };
+    assert_eq!(listed(IssueFilter::default(), None, 10).await, ids);
+    let release = IssueFilter {
+        release: Some(ReleaseId::from("r1")),
+        ..IssueFilter::default()
+    };
+    assert_eq!(listed(release, None, 10).await, ids[..2]);
+    let customer = IssueFilter {
+        customer: Some("acme".into()),
+        ..IssueFilter::default()
+    };
+    assert_eq!(listed(customer, None, 10).await, [ids[1]]);
+    let node = IssueFilter {
+        node: Some(NodeId::from("n2")),
+        ..IssueFilter::default()
+    };
+    assert_eq!(listed(node.clone(), None, 10).await, ids[1..]);
+    let open_on_n2 = IssueFilter {
+        state: Some(IssueState::Open.name().into()),
+        ..node
+    };
+    assert_eq!(listed(open_on_n2, None, 10).await, [ids[1]]);
+    // Pages start after the last number sent.
+    assert_eq!(listed(IssueFilter::default(), None, 2).await, ids[..2]);
+    assert_eq!(
+        listed(IssueFilter::default(), Some(ids[1]), 2).await,
+        [ids[2]]
+    );
 }

@@ -1,0 +1,584 @@
+//! `IssueService`: what people do to issues. Opening one from a failure group of a stored gate
+//! decision (attaching to the signature's issue when it has one), reading and listing them,
+//! changing their fields, and the state changes `tollgate_domain::issue::next` allows: the fix
+//! release, won't-fix and reopen. Each change is applied from the state or version it was
+//! decided from; one that lost a race with another writer is decided again from the store.
+
+use super::auth::actor_of;
+use super::convert::{timestamp_from_proto, timestamp_to_proto};
+use super::status::{self, FieldErrors};
+use super::{load_release, resolve_milestone};
+use crate::shared::Shared;
+use crate::store::{IssueFields, IssueFilter, IssueTransition, StoreError};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tollgate_domain::issue::{
+    self, Issue, IssueEvent, IssueHistory, IssueStateName, KnownIssue, Match,
+};
+use tollgate_domain::{NodeId, ReleaseId};
+use tollgate_proto::v1::{self as proto, issue_service_server::IssueService};
+use tonic::{Request, Response, Status};
+
+/// How many times a change lost to another writer is decided again before giving up.
+const TRIES: usize = 3;
+
+/// The issue service.
+#[derive(Debug, Clone)]
+pub struct IssueApi {
+    shared: Arc<Shared>,
+}
+
+impl IssueApi {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Issue `id`, or `NotFound`.
+    async fn load(&self, id: i64) -> Result<Issue, Status> {
+        self.shared.store.issue(id).await?.ok_or_else(|| {
+            status::not_found(format!(
+                "issue #{id} (list them with `tollgate issue list`)"
+            ))
+        })
+    }
+
+    /// Issue `id` with its history, as GetIssue and the changes answer it.
+    async fn answer(&self, id: i64) -> Result<proto::Issue, Status> {
+        let issue = self.load(id).await?;
+        let history = self.shared.store.issue_history(id).await?;
+        Ok(issue_to_proto(&issue, &history))
+    }
+
+    /// Applies `event` to issue `id` as `next` decides from its stored state, with `detail`
+    /// in its history; decided again when another writer changed the state meanwhile.
+    async fn change(
+        &self,
+        id: i64,
+        event: IssueEvent,
+        detail: &str,
+        actor: &str,
+    ) -> Result<proto::Issue, Status> {
+        for _ in 0..TRIES {
+            let found = self.load(id).await?;
+            let to = issue::next(&found.state, event.clone())
+                .map_err(|refusal| status::issue_refused(id, refusal))?;
+            let transition = IssueTransition {
+                from: found.state.clone(),
+                to,
+                evidence: None,
+            };
+            let now = self.shared.now();
+            match self
+                .shared
+                .store
+                .change_issue_state(id, &transition, event.name(), detail, actor, now)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(
+                        issue = id,
+                        state = transition.to.name(),
+                        actor,
+                        "issue {}",
+                        event.name()
+                    );
+                    return self.answer(id).await;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "issue #{id} kept changing while this change was applied; retry the call"
+        )))
+    }
+}
+
+/// An issue number a request names: positive, or the field is named.
+fn check_id(errors: &mut FieldErrors, id: i64) {
+    if id <= 0 {
+        errors.add(
+            "id",
+            format!("is {id}; give an issue number (`tollgate issue list` shows them)"),
+        );
+    }
+}
+
+/// A text a person may leave empty: `None` when it is blank, else trimmed.
+fn optional_text(value: &str) -> Option<String> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// Checks the entries of a list a person sets: none blank, no duplicates.
+fn clean_list(errors: &mut FieldErrors, field: &str, values: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut clean = Vec::new();
+    for (idx, value) in values.iter().enumerate() {
+        let value = value.trim();
+        if value.is_empty() {
+            errors.add(format!("{field}[{idx}]"), "is empty");
+        } else if !seen.insert(value.to_owned()) {
+            errors.add(
+                format!("{field}[{idx}]"),
+                format!("'{value}' is given twice"),
+            );
+        } else {
+            clean.push(value.to_owned());
+        }
+    }
+    clean
+}
+
+#[tonic::async_trait]
+impl IssueService for IssueApi {
+    async fn open_issue(
+        &self,
+        request: Request<proto::OpenIssueRequest>,
+    ) -> Result<Response<proto::OpenIssueResponse>, Status> {
+        let actor = actor_of(&request);
+        let proto::OpenIssueRequest {
+            release,
+            milestone,
+            group,
+            title,
+            severity,
+            owner,
+        } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        if release.trim().is_empty() {
+            errors.add(
+                "release",
+                "is empty; give the release whose decision failed",
+            );
+        }
+        if group.trim().is_empty() {
+            errors.add(
+                "group",
+                "is empty; give a failure group as `tollgate gate show` names it (RULE#N) or \
+                 its signature",
+            );
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, &release).await?;
+        let milestone = resolve_milestone(&release, &milestone)?;
+        let decision = self
+            .shared
+            .store
+            .latest_decision(&release.id, &milestone)
+            .await?
+            .ok_or_else(|| {
+                status::not_found(format!(
+                    "stored gate decision of release {} at {milestone} (evaluate it first with \
+                     `tollgate gate show {}`)",
+                    release.id, release.id
+                ))
+            })?;
+        let failure = issue::failure_named(&decision, &group)
+            .map_err(|message| status::invalid_field("group", message))?;
+        let fields = IssueFields {
+            title: optional_text(&title).unwrap_or_else(|| failure.signature.key()),
+            severity: optional_text(&severity),
+            owner: optional_text(&owner),
+            ..IssueFields::default()
+        };
+        for _ in 0..TRIES {
+            let now = self.shared.now();
+            let known: Vec<KnownIssue> = self
+                .shared
+                .store
+                .issues_with_signatures(std::slice::from_ref(&failure.signature))
+                .await?
+                .iter()
+                .map(Issue::known)
+                .collect();
+            let outcome = match issue::plan_matches(&known, std::slice::from_ref(&failure))
+                .into_iter()
+                .next()
+            {
+                Some(Match::Open(failure)) => {
+                    match self
+                        .shared
+                        .store
+                        .open_issue_with(&failure, &fields, &actor, now)
+                        .await?
+                    {
+                        Some(id) => {
+                            tracing::info!(
+                                issue = id,
+                                signature = %failure.signature.key(),
+                                actor,
+                                "issue opened"
+                            );
+                            Ok((id, false))
+                        }
+                        // Another writer opened it first: attach to that one.
+                        None => continue,
+                    }
+                }
+                Some(Match::Attach {
+                    id,
+                    new_release,
+                    new_nodes,
+                    event,
+                }) => {
+                    let transition = event.and_then(|event| {
+                        let from = known.iter().find(|k| k.id == id)?.state.clone();
+                        let to = issue::next(&from, event).ok()?;
+                        Some(IssueTransition {
+                            from,
+                            to,
+                            evidence: None,
+                        })
+                    });
+                    self.shared
+                        .store
+                        .attach_to_issue(
+                            id,
+                            new_release.as_ref(),
+                            &new_nodes,
+                            transition.as_ref(),
+                            &actor,
+                            now,
+                        )
+                        .await
+                        .map(|()| (id, true))
+                }
+                // The issue knows this release and these nodes already: nothing to add.
+                None => match known.first() {
+                    Some(existing) => Ok((existing.id, true)),
+                    None => continue,
+                },
+            };
+            match outcome {
+                Ok((id, attached)) => {
+                    return Ok(Response::new(proto::OpenIssueResponse {
+                        issue: Some(self.answer(id).await?),
+                        attached,
+                    }));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "the issue of {} kept changing while it was opened; retry the call",
+            failure.signature.key()
+        )))
+    }
+
+    async fn get_issue(
+        &self,
+        request: Request<proto::GetIssueRequest>,
+    ) -> Result<Response<proto::Issue>, Status> {
+        let proto::GetIssueRequest { id } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        check_id(&mut errors, id);
+        errors.finish(()).map_err(status::invalid_fields)?;
+        Ok(Response::new(self.answer(id).await?))
+    }
+
+    async fn list_issues(
+        &self,
+        request: Request<proto::ListIssuesRequest>,
+    ) -> Result<Response<proto::ListIssuesResponse>, Status> {
+        let proto::ListIssuesRequest {
+            state,
+            release,
+            customer,
+            node,
+            page_size,
+            page_token,
+        } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        if !state.is_empty() {
+            errors.keyword::<IssueStateName>("state", &state);
+        }
+        let page = super::pages::by_seq(
+            &mut errors,
+            tollgate_wire::page::List::Issues,
+            &[&state, &release, &customer, &node],
+            page_size,
+            &page_token,
+        );
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let filter = IssueFilter {
+            state: optional_text(&state),
+            release: optional_text(&release).map(ReleaseId::from),
+            customer: optional_text(&customer),
+            node: optional_text(&node).map(NodeId::from),
+        };
+        let after = page.after.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX));
+        let fetched = self
+            .shared
+            .store
+            .issues_after(&filter, after, page.fetch())
+            .await?;
+        let (issues, next_page_token) =
+            page.answer(fetched, |issue| tollgate_wire::page::After::Seq(issue.id));
+        Ok(Response::new(proto::ListIssuesResponse {
+            issues: issues
+                .iter()
+                .map(|issue| issue_to_proto(issue, &[]))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_issue(
+        &self,
+        request: Request<proto::UpdateIssueRequest>,
+    ) -> Result<Response<proto::Issue>, Status> {
+        let actor = actor_of(&request);
+        let proto::UpdateIssueRequest {
+            id,
+            title,
+            severity,
+            owner,
+            tickets,
+            customers,
+            expected_updated_at,
+        } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        check_id(&mut errors, id);
+        if title
+            .as_deref()
+            .is_some_and(|title| title.trim().is_empty())
+        {
+            errors.add(
+                "title",
+                "is empty; give a title, or leave it out to keep it",
+            );
+        }
+        let tickets = tickets.map(|list| clean_list(&mut errors, "tickets", &list.values));
+        let customers = customers.map(|list| clean_list(&mut errors, "customers", &list.values));
+        let expected = match expected_updated_at.map(|at| timestamp_from_proto(&at)) {
+            Some(None) => {
+                errors.add("expected_updated_at", "is not a valid timestamp");
+                None
+            }
+            Some(at) => at,
+            None => None,
+        };
+        if title.is_none()
+            && severity.is_none()
+            && owner.is_none()
+            && tickets.is_none()
+            && customers.is_none()
+        {
+            errors.add(
+                "title",
+                "nothing to change: give at least one of title, severity, owner, tickets, \
+                 customers",
+            );
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        for _ in 0..TRIES {
+            let found = self.load(id).await?;
+            let before = IssueFields {
+                title: found.title.clone(),
+                severity: found.severity.clone(),
+                owner: found.owner.clone(),
+                tickets: found.tickets.clone(),
+                customers: found.customers.clone(),
+            };
+            let after = IssueFields {
+                title: title
+                    .as_deref()
+                    .map_or_else(|| before.title.clone(), |t| t.trim().to_owned()),
+                severity: severity
+                    .as_deref()
+                    .map_or_else(|| before.severity.clone(), optional_text),
+                owner: owner
+                    .as_deref()
+                    .map_or_else(|| before.owner.clone(), optional_text),
+                tickets: tickets.clone().unwrap_or_else(|| before.tickets.clone()),
+                customers: customers
+                    .clone()
+                    .map_or_else(|| before.customers.clone(), |c| c.into_iter().collect()),
+            };
+            let changed = describe_changes(&before, &after);
+            if changed.is_empty() {
+                return Ok(Response::new(self.answer(id).await?));
+            }
+            let now = self.shared.now();
+            match self
+                .shared
+                .store
+                .update_issue(
+                    id,
+                    expected.unwrap_or(found.updated_at),
+                    &after,
+                    &changed,
+                    &actor,
+                    now,
+                )
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(issue = id, actor, "issue updated: {changed}");
+                    return Ok(Response::new(self.answer(id).await?));
+                }
+                Err(StoreError::Conflict { .. }) if expected.is_some() => {
+                    return Err(Status::failed_precondition(format!(
+                        "issue #{id} changed at {} after expected_updated_at; show it again \
+                         (`tollgate issue show {id}`) and retry from what it is now",
+                        found.updated_at.to_rfc3339()
+                    )));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Status::aborted(format!(
+            "issue #{id} kept changing while it was updated; retry the call"
+        )))
+    }
+
+    async fn set_fix_release(
+        &self,
+        request: Request<proto::SetFixReleaseRequest>,
+    ) -> Result<Response<proto::Issue>, Status> {
+        let actor = actor_of(&request);
+        let proto::SetFixReleaseRequest { id, release, note } =
+            status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        check_id(&mut errors, id);
+        if release.trim().is_empty() {
+            errors.add("release", "is empty; give the release that carries the fix");
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let release = load_release(&self.shared, release.trim()).await?;
+        let detail = match optional_text(&note) {
+            Some(note) => format!("fix in release {}: {note}", release.id),
+            None => format!("fix in release {}", release.id),
+        };
+        let event = IssueEvent::Fix {
+            release: release.id.clone(),
+        };
+        Ok(Response::new(
+            self.change(id, event, &detail, &actor).await?,
+        ))
+    }
+
+    async fn wont_fix(
+        &self,
+        request: Request<proto::WontFixRequest>,
+    ) -> Result<Response<proto::Issue>, Status> {
+        let actor = actor_of(&request);
+        let proto::WontFixRequest { id, reason } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        check_id(&mut errors, id);
+        if reason.trim().is_empty() {
+            errors.add("reason", "is empty; say why it will not be fixed");
+        }
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let reason = reason.trim().to_owned();
+        let event = IssueEvent::WontFix {
+            reason: reason.clone(),
+        };
+        Ok(Response::new(
+            self.change(id, event, &reason, &actor).await?,
+        ))
+    }
+
+    async fn reopen(
+        &self,
+        request: Request<proto::ReopenIssueRequest>,
+    ) -> Result<Response<proto::Issue>, Status> {
+        let actor = actor_of(&request);
+        let proto::ReopenIssueRequest { id, reason } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        check_id(&mut errors, id);
+        errors.finish(()).map_err(status::invalid_fields)?;
+        let detail = optional_text(&reason).unwrap_or_else(|| "reopened".to_owned());
+        Ok(Response::new(
+            self.change(id, IssueEvent::Reopen, &detail, &actor).await?,
+        ))
+    }
+}
+
+/// What changed between two versions of an issue's fields, for its history:
+/// `owner alice; tickets JIRA-1, JIRA-2`; empty when nothing did.
+fn describe_changes(before: &IssueFields, after: &IssueFields) -> String {
+    let or_none = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".into());
+    let list = |values: Vec<&str>| {
+        if values.is_empty() {
+            "(none)".to_owned()
+        } else {
+            values.join(", ")
+        }
+    };
+    let mut parts = Vec::new();
+    if before.title != after.title {
+        parts.push(format!("title {}", after.title));
+    }
+    if before.severity != after.severity {
+        parts.push(format!("severity {}", or_none(&after.severity)));
+    }
+    if before.owner != after.owner {
+        parts.push(format!("owner {}", or_none(&after.owner)));
+    }
+    if before.tickets != after.tickets {
+        parts.push(format!(
+            "tickets {}",
+            list(after.tickets.iter().map(String::as_str).collect())
+        ));
+    }
+    if before.customers != after.customers {
+        parts.push(format!(
+            "customers {}",
+            list(after.customers.iter().map(String::as_str).collect())
+        ));
+    }
+    parts.join("; ")
+}
+
+/// An issue on the wire, with `history` (empty in lists).
+pub fn issue_to_proto(issue: &Issue, history: &[IssueHistory]) -> proto::Issue {
+    let Issue {
+        id,
+        signature,
+        title,
+        severity,
+        owner,
+        tickets,
+        customers,
+        state,
+        releases,
+        nodes,
+        evidence,
+        opened_at,
+        updated_at,
+    } = issue;
+    proto::Issue {
+        id: *id,
+        kind: signature.kind.clone(),
+        text: signature.text.clone(),
+        signature: signature.key(),
+        title: title.clone(),
+        severity: severity.clone().unwrap_or_default(),
+        owner: owner.clone().unwrap_or_default(),
+        tickets: tickets.clone(),
+        customers: customers.iter().cloned().collect(),
+        state: state.name().to_owned(),
+        fix_release: state.release().map(ToString::to_string).unwrap_or_default(),
+        reason: state.reason().unwrap_or_default().to_owned(),
+        releases: releases.iter().map(ToString::to_string).collect(),
+        nodes: nodes.iter().map(ToString::to_string).collect(),
+        evidence: evidence.clone().unwrap_or_default(),
+        opened_at: Some(timestamp_to_proto(*opened_at)),
+        updated_at: Some(timestamp_to_proto(*updated_at)),
+        history: history
+            .iter()
+            .map(|entry| proto::IssueHistoryEntry {
+                at: Some(timestamp_to_proto(entry.at)),
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                state: entry.state.clone(),
+                detail: entry.detail.clone(),
+            })
+            .collect(),
+    }
+}
