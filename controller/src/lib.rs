@@ -29,6 +29,7 @@ pub mod group_commit;
 pub mod grpc;
 pub mod health;
 pub mod health_checks;
+pub mod rollouts;
 pub mod heartbeats;
 pub mod http;
 pub mod issues;
