@@ -220,6 +220,11 @@ bounded_texts! {
     CreateTokenRequest { name: NAME, role: NAME, customer: LABEL_VALUE; ttl_seconds }
     ListTokensRequest {}
     RevokeTokenRequest { name: NAME }
+    StartRolloutRequest { release: NAME, fleet: REASON, file: SPEC_SOURCE, file_name: PATH }
+    GetRolloutRequest { id: NAME }
+    ListRolloutsRequest { ; active_only }
+    RolloutActionRequest { id: NAME, reason: REASON }
+    AbortRolloutRequest { id: NAME, reason: REASON; rollback }
 }
 
 impl Bounded for proto::ListNodesRequest {
