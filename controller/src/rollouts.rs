@@ -268,15 +268,15 @@ async fn drive(shared: &Shared, mut loaded: Loaded) -> Result<(), RolloutError> 
 
 /// Whether a node of the rollout is in procedure or rolling back.
 fn any_active(loaded: &Loaded) -> bool {
-    loaded.progress.values().any(|progress| progress.is_active())
+    loaded
+        .progress
+        .values()
+        .any(|progress| progress.is_active())
 }
 
 /// The next event due on the rollout, if any: a node's run ended, a timer ran out, or the
 /// wave's health has a verdict that changes something.
-async fn due_event(
-    shared: &Shared,
-    loaded: &Loaded,
-) -> Result<Option<RolloutEvent>, RolloutError> {
+async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEvent>, RolloutError> {
     for node in &loaded.nodes {
         let run = match node.progress {
             NodeProgress::InProcedure => node.run.as_ref(),
@@ -330,10 +330,7 @@ async fn run_ended(shared: &Shared, run: &RunId) -> Result<Option<bool>, StoreEr
 
 /// The health gate's decision over the current wave's evidence (its nodes' procedure runs),
 /// or `None` while no node of the wave has a run.
-pub async fn judge_wave(
-    shared: &Shared,
-    loaded: &Loaded,
-) -> Result<Option<Decision>, StoreError> {
+pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decision>, StoreError> {
     let record = &loaded.record;
     let wave = record.state.wave;
     let runs: Vec<RunId> = loaded

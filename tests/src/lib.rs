@@ -412,6 +412,10 @@ pub struct Clients {
     pub gates: v1::gate_service_client::GateServiceClient<Channel>,
     /// Reports.
     pub reports: v1::report_service_client::ReportServiceClient<Channel>,
+    /// Rollouts.
+    pub rollouts: v1::rollout_service_client::RolloutServiceClient<Channel>,
+    /// The audit log.
+    pub audit: v1::audit_service_client::AuditServiceClient<Channel>,
 }
 
 impl Clients {
@@ -423,7 +427,9 @@ impl Clients {
             plans: v1::plan_service_client::PlanServiceClient::new(channel.clone()),
             runs: v1::run_service_client::RunServiceClient::new(channel.clone()),
             gates: v1::gate_service_client::GateServiceClient::new(channel.clone()),
-            reports: v1::report_service_client::ReportServiceClient::new(channel),
+            reports: v1::report_service_client::ReportServiceClient::new(channel.clone()),
+            rollouts: v1::rollout_service_client::RolloutServiceClient::new(channel.clone()),
+            audit: v1::audit_service_client::AuditServiceClient::new(channel),
         }
     }
 

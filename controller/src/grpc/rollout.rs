@@ -146,7 +146,10 @@ fn parse_fleet(fleet: &str) -> Result<Vec<(String, String)>, String> {
 fn check_action(id: &str, reason: &str) -> Result<RolloutId, Status> {
     let mut errors = FieldErrors::new();
     if id.is_empty() {
-        errors.add("id", "is empty; give a rollout id (`tollgate rollout list`)");
+        errors.add(
+            "id",
+            "is empty; give a rollout id (`tollgate rollout list`)",
+        );
     }
     if reason.trim().is_empty() {
         errors.add(
@@ -196,7 +199,10 @@ impl RolloutService for RolloutApi {
         let fleet_labels = match parse_fleet(&fleet) {
             Ok(labels) => labels,
             Err(message) => {
-                errors.add("fleet", format!("{message}; write it as key=value,key=value"));
+                errors.add(
+                    "fleet",
+                    format!("{message}; write it as key=value,key=value"),
+                );
                 Vec::new()
             }
         };
@@ -428,7 +434,10 @@ async fn watch(
         };
         let message = rollout_to_proto(&loaded);
         let ended = loaded.record.state.phase.is_terminal()
-            && !loaded.progress.values().any(|progress| progress.is_active());
+            && !loaded
+                .progress
+                .values()
+                .any(|progress| progress.is_active());
         if last.as_ref() != Some(&message) {
             if sender.send(Ok(message.clone())).await.is_err() {
                 return;
