@@ -2,33 +2,66 @@
 //! of 20 simulated nodes (5 racks) in 4 waves by a real controller: every wave's nodes go
 //! through the procedure plan as runs of their own, never more than one node per rack at
 //! once (checked from the audit log of the whole rollout), a wave starts only once the one
-//! before passed, and the rollout completes. A release without a passed `production` gate is
-//! refused, naming the verdict. Every test runs on SQLite and on PostgreSQL (the latter when
-//! `TOLLGATE_TEST_DATABASE_URL` is set).
+//! before passed, and the rollout completes. An XID on a wave-2 node halts the rollout before
+//! wave 3 starts and rolls back the nodes that went through the procedure; `rollout show`
+//! names the node and the rule. Pause, resume and abort are audited with their reasons. A
+//! `kill -9` of the controller mid-wave: the rollout goes on after the restart, no node started
+//! twice. A release without a passed `production` gate is refused, naming the verdict. Every
+//! test runs on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tollgate_controller::store::testing;
 use tollgate_proto::v1;
-use tollgate_tests::{Agent, Backend, Clients, Controller, ControllerOptions, plan_yaml, wait_for};
+use tollgate_tests::process::{ControllerProcess, text, tollgate};
+use tollgate_tests::{
+    Agent, Backend, Clients, Controller, ControllerOptions, held_plan, plan_yaml, wait_for,
+};
+use tonic::Code;
 
 tollgate_tests::on_both_backends!(
     a_rollout_of_twenty_nodes_in_four_waves_completes_within_its_blast_radius,
+    an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back,
+    pause_resume_and_abort_are_audited_with_their_reasons,
+    a_rollout_goes_on_after_kill_9_of_the_controller,
     a_rollout_is_refused_until_the_release_passed_production,
 );
 
-/// The fleet: 20 nodes `prod-01`..`prod-20` with `role=prod`, racks `r1`..`r5` in turn.
-fn fleet(url: &str) -> Vec<Agent> {
-    (1..=20)
+/// The rack of node `prod-NN`: `r1`..`r5` in turn.
+fn rack_of(node: &str) -> String {
+    let i: usize = node
+        .trim_start_matches("prod-")
+        .parse()
+        .expect("node number");
+    format!("r{}", (i - 1) % 5 + 1)
+}
+
+/// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `xid_node` sees XID 79
+/// under its first load.
+fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
+    (1..=n)
         .map(|i| {
-            let rack = format!("r{}", (i - 1) % 5 + 1);
-            Agent::start_labelled(
-                url,
-                &format!("prod-{i:02}"),
-                1,
-                &[("role", "prod"), ("rack", rack.as_str())],
-            )
+            let name = format!("prod-{i:02}");
+            let mut config =
+                tollgate_agent::AgentConfig::simulated(url, &name, 1, std::path::PathBuf::new());
+            for (key, value) in [
+                ("sku", "hgx-h100".to_owned()),
+                ("role", "prod".to_owned()),
+                ("rack", rack_of(&name)),
+            ] {
+                config.labels.insert(key.into(), value);
+            }
+            config.sample_interval = Duration::from_millis(100);
+            if xid_node == Some(name.as_str()) {
+                config.faults = vec!["xid=79".parse().expect("valid fault")];
+            }
+            Agent::start_config(config)
         })
         .collect()
+}
+
+fn fleet(url: &str) -> Vec<Agent> {
+    fleet_with(url, 20, None)
 }
 
 /// The procedure (and, named `flash-previous`, the rollback): an inventory check and a short
@@ -41,7 +74,7 @@ steps:
   - {{name: versions, kind: inventory-check}}
   - name: flash
     kind: exec
-    command: [sh, -c, "sleep 0.2"]
+    command: [sh, -c, "sleep 0.5"]
     timeout: 1m
 "#
     )
@@ -63,11 +96,30 @@ rollback:
   plan: flash-previous
 health:
   - steps-passed: {max-failed: 0}
-  - no-events: {xid: [79]}
+  - no-events: {id: no-xid-79, xid: [79]}
 soak: 1s
 limits:
   max-concurrent: {rack: 1}
 "#;
+
+/// A rollout of one canary, then the rest, through `plan`, without a rollback plan.
+fn two_waves(plan: &str) -> String {
+    format!(
+        r#"name: prod-two
+selector: {{sku: hgx-h100}}
+waves:
+  - count: 1
+  - percent: 100
+procedure:
+  plan: {plan}
+  on-interrupted: resume
+health:
+  - steps-passed: {{max-failed: 0}}
+limits:
+  max-concurrent: {{rack: 1}}
+"#
+    )
+}
 
 /// The production gate: the qualification plan passed on at least one node.
 const PRODUCTION_GATE: &str = r#"milestone: production
@@ -79,7 +131,13 @@ rules:
 /// qualification plan at `production` until its gate passes.
 async fn prepare(clients: &mut Clients, qualify: bool) {
     clients.create_release("r1").await;
-    clients.apply_plan(&plan_yaml(0.05)).await;
+    // Qualified on one node (the first by name): the others meet their first load in the
+    // rollout.
+    let qualification = plan_yaml(0.05).replace(
+        "selector: {sku: hgx-h100}\n",
+        "selector: {sku: hgx-h100}\nnodes: 1\n",
+    );
+    clients.apply_plan(&qualification).await;
     clients.apply_plan(&flash_plan("flash-and-soak")).await;
     clients.apply_plan(&flash_plan("flash-previous")).await;
     clients.apply_gate(PRODUCTION_GATE).await;
@@ -102,12 +160,55 @@ async fn prepare(clients: &mut Clients, qualify: bool) {
 }
 
 fn start_request() -> v1::StartRolloutRequest {
+    start_file(ROLLOUT)
+}
+
+fn start_file(file: &str) -> v1::StartRolloutRequest {
     v1::StartRolloutRequest {
         release: "r1".into(),
         fleet: "role=prod".into(),
-        file: ROLLOUT.into(),
+        file: file.into(),
         file_name: "rollout.yaml".into(),
     }
+}
+
+/// Waits until the rollout satisfies `done`.
+async fn wait_rollout(
+    clients: &Clients,
+    id: &str,
+    what: &str,
+    done: impl Fn(&v1::Rollout) -> bool,
+) -> v1::Rollout {
+    let what = format!("rollout {id}: {what}");
+    wait_for(Duration::from_secs(180), &what, || {
+        let mut clients = clients.clone();
+        let id = id.to_owned();
+        let rollout = async move {
+            clients
+                .rollouts
+                .get_rollout(v1::GetRolloutRequest { id })
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        };
+        async { rollout.await.filter(|rollout| done(rollout)) }
+    })
+    .await
+}
+
+/// The progress of `node` in the rollout.
+fn progress_of<'a>(rollout: &'a v1::Rollout, node: &str) -> &'a str {
+    rollout
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.nodes)
+        .find(|n| n.node == node)
+        .map_or("", |n| n.progress.as_str())
+}
+
+/// The nodes of wave `idx` (0-based).
+fn wave_nodes(rollout: &v1::Rollout, idx: usize) -> Vec<&v1::RolloutNode> {
+    rollout.waves[idx].nodes.iter().collect()
 }
 
 /// Waits until the rollout's phase is `phase`.
@@ -127,6 +228,38 @@ async fn wait_phase(clients: &Clients, id: &str, phase: &str) -> v1::Rollout {
         }
     })
     .await
+}
+
+/// The rollout's audit entries as (action, details), in order.
+async fn rollout_audit(
+    clients: &mut Clients,
+    id: &str,
+) -> Vec<(String, String, serde_json::Value)> {
+    let subject = format!("rollout/{id}");
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clients
+            .audit
+            .list_audit(v1::ListAuditRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list audit")
+            .into_inner();
+        for entry in page.entries {
+            if entry.subject == subject {
+                let details = serde_json::from_str(&entry.details).expect("details are JSON");
+                entries.push((entry.action, entry.actor, details));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// The rollout's node starts and ends, in the order the audit log recorded them.
@@ -169,6 +302,50 @@ async fn node_history(clients: &mut Clients, id: &str) -> Vec<(String, String)> 
     }
 }
 
+/// From the whole rollout's audit log: never two nodes of one rack in procedure (or rolling
+/// back) at once, no node started twice, and no node of a wave started before every node of
+/// the waves before it finished. Returns the nodes that finished.
+async fn assert_blast_radius(clients: &mut Clients, done: &v1::Rollout) -> BTreeSet<String> {
+    let history = node_history(clients, &done.id).await;
+    let wave_of: BTreeMap<String, usize> = done
+        .waves
+        .iter()
+        .enumerate()
+        .flat_map(|(idx, wave)| wave.nodes.iter().map(move |node| (node.node.clone(), idx)))
+        .collect();
+    let mut active: BTreeSet<String> = BTreeSet::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut started: BTreeSet<String> = BTreeSet::new();
+    for (action, node) in &history {
+        if action == "rollout.node-started" {
+            let rack = rack_of(node);
+            assert!(
+                !active.iter().any(|other| rack_of(other) == rack),
+                "{node} started while {active:?} were in procedure: two on rack {rack}"
+            );
+            // A rollback starts each node once more; a procedure only once.
+            if !finished.contains(node) {
+                assert!(started.insert(node.clone()), "{node} started twice");
+                let wave = wave_of[node];
+                for (other, other_wave) in &wave_of {
+                    if *other_wave < wave {
+                        assert!(
+                            finished.contains(other),
+                            "{node} of wave {wave} started before {other} of wave {other_wave} finished"
+                        );
+                    }
+                }
+            }
+            active.insert(node.clone());
+        } else {
+            assert!(active.remove(node), "{node} finished without starting");
+            finished.insert(node.clone());
+        }
+    }
+    assert!(active.is_empty(), "{active:?} never finished");
+    finished
+}
+
 async fn a_rollout_of_twenty_nodes_in_four_waves_completes_within_its_blast_radius(
     backend: Backend,
 ) {
@@ -207,48 +384,8 @@ async fn a_rollout_of_twenty_nodes_in_four_waves_completes_within_its_blast_radi
     }
     assert_eq!(runs.len(), 20);
 
-    // From the whole rollout's history: never two nodes of one rack in procedure at once, and
-    // no node of a wave started before every node of the wave before it finished.
-    let history = node_history(&mut clients, &started.id).await;
-    let rack_of = |node: &str| -> String {
-        let i: usize = node
-            .trim_start_matches("prod-")
-            .parse()
-            .expect("node number");
-        format!("r{}", (i - 1) % 5 + 1)
-    };
-    let wave_of: BTreeMap<String, usize> = done
-        .waves
-        .iter()
-        .enumerate()
-        .flat_map(|(idx, wave)| wave.nodes.iter().map(move |node| (node.node.clone(), idx)))
-        .collect();
-    let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut finished: BTreeSet<String> = BTreeSet::new();
-    for (action, node) in &history {
-        if action == "rollout.node-started" {
-            let rack = rack_of(node);
-            assert!(
-                !active.iter().any(|other| rack_of(other) == rack),
-                "{node} started while {active:?} were in procedure: two on rack {rack}"
-            );
-            let wave = wave_of[node];
-            for (other, other_wave) in &wave_of {
-                if *other_wave < wave {
-                    assert!(
-                        finished.contains(other),
-                        "{node} of wave {wave} started before {other} of wave {other_wave} finished"
-                    );
-                }
-            }
-            active.insert(node.clone());
-        } else {
-            assert!(active.remove(node), "{node} finished without starting");
-            finished.insert(node.clone());
-        }
-    }
-    assert_eq!(finished.len(), 20, "{history:?}");
-    assert!(active.is_empty());
+    let finished = assert_blast_radius(&mut clients, &done).await;
+    assert_eq!(finished.len(), 20);
 
     for agent in agents {
         agent.stop().await;
@@ -284,4 +421,298 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
         .into_inner();
     assert!(listed.rollouts.is_empty());
     agent.stop().await;
+}
+
+async fn an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    // prod-04 is in wave 2 (prod-03..prod-05): its first load, the procedure, sees XID 79.
+    let agents = fleet_with(&controller.url, 20, Some("prod-04"));
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(20).await;
+    prepare(&mut clients, true).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_request())
+        .await
+        .expect("start rollout")
+        .into_inner();
+    assert!(
+        started.waves[1]
+            .nodes
+            .iter()
+            .any(|node| node.node == "prod-04"),
+        "{:?}",
+        started.waves
+    );
+
+    let done = wait_phase(&clients, &started.id, "rolled-back").await;
+    let halt = done.halt.clone().expect("the halt stays recorded");
+    assert_eq!(halt.wave, 1);
+    let xid = halt
+        .failures
+        .iter()
+        .find(|failure| failure.rule_id == "no-xid-79")
+        .unwrap_or_else(|| panic!("the XID rule failed: {halt:?}"));
+    assert_eq!(xid.nodes, ["prod-04"]);
+    assert!(
+        halt.failures
+            .iter()
+            .all(|failure| failure.nodes == ["prod-04"]),
+        "{halt:?}"
+    );
+    // Wave 3 never started: its nodes and wave 4's keep their release.
+    for wave in [2, 3] {
+        for node in wave_nodes(&done, wave) {
+            assert_eq!(node.progress, "waiting", "{node:?}");
+            assert!(node.run.is_empty(), "{node:?}");
+        }
+    }
+    // Every node that went through the procedure ran the rollback plan, wave 2's included.
+    for wave in [0, 1] {
+        for node in wave_nodes(&done, wave) {
+            assert_eq!(node.progress, "rolled-back", "{node:?}");
+            let rollback = clients.run(&node.rollback_run).await;
+            assert_eq!(rollback.plan_name, "flash-previous");
+            assert_eq!(rollback.jobs[0].node, node.node);
+        }
+    }
+    assert_blast_radius(&mut clients, &done).await;
+    let audit = rollout_audit(&mut clients, &started.id).await;
+    let abort = audit
+        .iter()
+        .find(|(action, _, _)| action == "rollout.abort")
+        .expect("the controller aborted with rollback");
+    assert_eq!(abort.1, "controller");
+    assert_eq!(abort.2["event"]["rollback"], true);
+
+    // `rollout show` names the node and the rule; `-o json` carries the same.
+    let shown = tollgate(&controller.url, &["rollout", "show", &started.id]).await;
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let stdout = text(&shown.stdout);
+    assert!(stdout.contains("phase:   rolled-back"), "{stdout}");
+    assert!(
+        stdout.contains("halted at wave 2") && stdout.contains("rule no-xid-79 failed on prod-04"),
+        "{stdout}"
+    );
+    let json = tollgate(
+        &controller.url,
+        &["rollout", "show", &started.id, "-o", "json"],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(json["phase"], "rolled-back");
+    assert_eq!(json["halt"]["failures"][0]["nodes"][0], "prod-04");
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+async fn pause_resume_and_abort_are_audited_with_their_reasons(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents = fleet_with(&controller.url, 4, None);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(4).await;
+    prepare(&mut clients, true).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let go = dir.path().join("go");
+    clients.apply_plan(&held_plan("flash-held", &go)).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&two_waves("flash-held")))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let id = started.id.clone();
+    let action = |reason: &str| v1::RolloutActionRequest {
+        id: id.clone(),
+        reason: reason.into(),
+    };
+    wait_rollout(&clients, &id, "the canary in procedure", |rollout| {
+        progress_of(rollout, "prod-01") == "in-procedure"
+    })
+    .await;
+
+    let refused = clients
+        .rollouts
+        .pause_rollout(action(" "))
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("reason"),
+        "{}",
+        refused.message()
+    );
+    let paused = clients
+        .rollouts
+        .pause_rollout(action("PDU work in r2"))
+        .await
+        .expect("pause")
+        .into_inner();
+    assert_eq!(
+        (paused.phase.as_str(), paused.paused_from.as_str()),
+        ("paused", "running")
+    );
+
+    // The canary finishes while paused and is recorded; nothing else starts (the state
+    // machine refuses starts while paused, and the rollout is still paused once it is seen).
+    std::fs::write(&go, "").expect("let the procedure finish");
+    let seen = wait_rollout(
+        &clients,
+        &id,
+        "the canary recorded while paused",
+        |rollout| progress_of(rollout, "prod-01") == "passed",
+    )
+    .await;
+    assert_eq!(seen.phase, "paused");
+    for node in wave_nodes(&seen, 1) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+    }
+
+    std::fs::remove_file(&go).expect("hold the next procedures");
+    clients
+        .rollouts
+        .resume_rollout(action("PDU work done"))
+        .await
+        .expect("resume");
+    wait_rollout(&clients, &id, "wave 2 in procedure", |rollout| {
+        rollout.wave == 1
+            && wave_nodes(rollout, 1)
+                .iter()
+                .any(|node| node.progress == "in-procedure")
+    })
+    .await;
+    let aborted = clients
+        .rollouts
+        .abort_rollout(v1::AbortRolloutRequest {
+            id: id.clone(),
+            reason: "driver hangs under NCCL".into(),
+            rollback: false,
+        })
+        .await
+        .expect("abort")
+        .into_inner();
+    assert_eq!(aborted.phase, "aborted");
+    let in_procedure: Vec<String> = wave_nodes(&aborted, 1)
+        .iter()
+        .filter(|node| node.progress == "in-procedure")
+        .map(|node| node.node.clone())
+        .collect();
+    assert!(!in_procedure.is_empty());
+    let refused = clients
+        .rollouts
+        .resume_rollout(action("try again"))
+        .await
+        .expect_err("an aborted rollout does not resume");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("it has ended"),
+        "{}",
+        refused.message()
+    );
+
+    // Nodes in procedure at the abort finish and are recorded; the others never start.
+    std::fs::write(&go, "").expect("let the procedures finish");
+    let ended = wait_rollout(&clients, &id, "the stragglers recorded", |rollout| {
+        in_procedure
+            .iter()
+            .all(|node| progress_of(rollout, node) == "passed")
+    })
+    .await;
+    assert_eq!(ended.phase, "aborted");
+    for node in wave_nodes(&ended, 1) {
+        if !in_procedure.contains(&node.node) {
+            assert_eq!(node.progress, "waiting", "{node:?}");
+        }
+    }
+
+    let audit = rollout_audit(&mut clients, &id).await;
+    let person: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .filter(|(action, _, _)| {
+            matches!(
+                action.as_str(),
+                "rollout.pause" | "rollout.resume" | "rollout.abort"
+            )
+        })
+        .map(|(action, actor, details)| {
+            (
+                action.as_str(),
+                actor.as_str(),
+                details["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        person,
+        [
+            ("rollout.pause", "anonymous", "PDU work in r2"),
+            ("rollout.resume", "anonymous", "PDU work done"),
+            ("rollout.abort", "anonymous", "driver hangs under NCCL"),
+        ]
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+async fn a_rollout_goes_on_after_kill_9_of_the_controller(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}/tollgate.db", dir.path().display()),
+        Backend::Postgres => {
+            let Some(base) = testing::postgres_url_or_skip() else {
+                return;
+            };
+            testing::fresh_postgres_url(&base)
+                .await
+                .expect("fresh postgres schema")
+        }
+    };
+    // A lease grace longer than the agents' reconnect backoff plus a restart: the kill is
+    // not read as the nodes dying.
+    let mut controller = ControllerProcess::start(
+        &database_url,
+        &dir.path().join("controller"),
+        &dir.path().join("controller.log"),
+        Duration::from_secs(12),
+    )
+    .await;
+    let agents = fleet_with(&controller.url, 6, None);
+    let mut clients = Clients::new(controller.channel().await.expect("connect"));
+    clients.wait_ready_nodes(6).await;
+    prepare(&mut clients, true).await;
+    let slow = flash_plan("flash-slow").replace("sleep 0.5", "sleep 1.5");
+    clients.apply_plan(&slow).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&two_waves("flash-slow")))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    wait_rollout(&clients, &started.id, "wave 2 in procedure", |rollout| {
+        rollout.wave == 1
+            && wave_nodes(rollout, 1)
+                .iter()
+                .any(|node| node.progress == "in-procedure")
+    })
+    .await;
+
+    controller.kill_9().await;
+    controller.restart().await;
+    let mut clients = Clients::new(controller.channel().await.expect("connect"));
+    let done = wait_phase(&clients, &started.id, "completed").await;
+    for node in done.waves.iter().flat_map(|wave| &wave.nodes) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    let finished = assert_blast_radius(&mut clients, &done).await;
+    assert_eq!(finished.len(), 6);
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
 }
