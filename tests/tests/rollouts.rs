@@ -24,6 +24,7 @@ tollgate_tests::on_both_backends!(
     an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back,
     pause_resume_and_abort_are_audited_with_their_reasons,
     a_rollout_goes_on_after_kill_9_of_the_controller,
+    maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through,
     a_rollout_is_refused_until_the_release_passed_production,
 );
 
@@ -715,4 +716,104 @@ async fn a_rollout_goes_on_after_kill_9_of_the_controller(backend: Backend) {
         agent.stop().await;
     }
     controller.stop().await;
+}
+
+/// The sequence numbers of the audit entries `wanted` picks, in order.
+async fn audit_seqs(
+    clients: &mut Clients,
+    wanted: impl Fn(&v1::AuditEntry) -> bool,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clients
+            .audit
+            .list_audit(v1::ListAuditRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list audit")
+            .into_inner();
+        seqs.extend(page.entries.iter().filter(|e| wanted(e)).map(|e| e.seq));
+        if page.next_page_token.is_empty() {
+            return seqs;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// With `maintenance-windows: true` a node starts only once a window covers it, and its
+/// procedure job runs inside the window: the window that holds every other job back lets a
+/// rollout's through.
+async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
+    backend: Backend,
+) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents = fleet_with(&controller.url, 2, None);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(2).await;
+    prepare(&mut clients, true).await;
+    let file = two_waves("flash-and-soak").replace(
+        "limits:\n",
+        "limits:\n  maintenance-windows: true\n",
+    );
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    assert_eq!(progress_of(&started, "prod-01"), "waiting");
+    let in_an_hour = prost_types::Timestamp {
+        seconds: controller.shared().now().timestamp() + 3600,
+        nanos: 0,
+    };
+    let open = |rack: &str| v1::AddMaintenanceWindowRequest {
+        label: format!("rack={rack}"),
+        starts_at: None,
+        ends_at: Some(in_an_hour),
+        reason: "firmware rollout".into(),
+    };
+    clients
+        .nodes
+        .add_maintenance_window(open("r1"))
+        .await
+        .expect("window on r1");
+    let seen = wait_rollout(&clients, &started.id, "the canary done inside its window", |r| {
+        progress_of(r, "prod-01") == "passed"
+    })
+    .await;
+    let canary = clients.run(&seen.waves[0].nodes[0].run).await;
+    assert_eq!(canary.jobs[0].state, "passed");
+
+    clients
+        .nodes
+        .add_maintenance_window(open("r2"))
+        .await
+        .expect("window on r2");
+    let done = wait_phase(&clients, &started.id, "completed").await;
+    assert_eq!(progress_of(&done, "prod-02"), "passed");
+    // Each node started only after the window covering it opened.
+    let subject = format!("rollout/{}", started.id);
+    for (rack, node) in [("r1", "prod-01"), ("r2", "prod-02")] {
+        let opened = audit_seqs(&mut clients, |entry| {
+            entry.action == "maintenance.open" && entry.details.contains(&format!("rack={rack}"))
+        })
+        .await;
+        let node_started = audit_seqs(&mut clients, |entry| {
+            entry.subject == subject
+                && entry.action == "rollout.node-started"
+                && entry.details.contains(&format!("\"{node}\""))
+        })
+        .await;
+        assert_eq!((opened.len(), node_started.len()), (1, 1), "{rack} {node}");
+        assert!(opened[0] < node_started[0], "{node} started before its window");
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
 }
