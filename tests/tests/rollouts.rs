@@ -414,6 +414,24 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
         "{}",
         refused.message()
     );
+    // Health rules that compare with a baseline are refused by name: a wave has no baseline.
+    let compares = ROLLOUT.replace(
+        "  - steps-passed: {max-failed: 0}\n",
+        "  - baseline: {id: membw, measurement: membw_gbps, aggregate: mean, max-regression-pct: 5}\n",
+    );
+    let refused = clients
+        .rollouts
+        .start_rollout(start_file(&compares))
+        .await
+        .expect_err("a baseline rule");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("file: health rule(s) membw compare with a baseline"),
+        "{}",
+        refused.message()
+    );
     let listed = clients
         .rollouts
         .list_rollouts(v1::ListRolloutsRequest { active_only: false })
@@ -719,10 +737,7 @@ async fn a_rollout_goes_on_after_kill_9_of_the_controller(backend: Backend) {
 }
 
 /// The sequence numbers of the audit entries `wanted` picks, in order.
-async fn audit_seqs(
-    clients: &mut Clients,
-    wanted: impl Fn(&v1::AuditEntry) -> bool,
-) -> Vec<u64> {
+async fn audit_seqs(clients: &mut Clients, wanted: impl Fn(&v1::AuditEntry) -> bool) -> Vec<u64> {
     let mut seqs = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -747,9 +762,7 @@ async fn audit_seqs(
 /// With `maintenance-windows: true` a node starts only once a window covers it, and its
 /// procedure job runs inside the window: the window that holds every other job back lets a
 /// rollout's through.
-async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
-    backend: Backend,
-) {
+async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
@@ -757,10 +770,8 @@ async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
     let mut clients = controller.clients().await;
     clients.wait_ready_nodes(2).await;
     prepare(&mut clients, true).await;
-    let file = two_waves("flash-and-soak").replace(
-        "limits:\n",
-        "limits:\n  maintenance-windows: true\n",
-    );
+    let file =
+        two_waves("flash-and-soak").replace("limits:\n", "limits:\n  maintenance-windows: true\n");
     let started = clients
         .rollouts
         .start_rollout(start_file(&file))
@@ -783,9 +794,12 @@ async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
         .add_maintenance_window(open("r1"))
         .await
         .expect("window on r1");
-    let seen = wait_rollout(&clients, &started.id, "the canary done inside its window", |r| {
-        progress_of(r, "prod-01") == "passed"
-    })
+    let seen = wait_rollout(
+        &clients,
+        &started.id,
+        "the canary done inside its window",
+        |r| progress_of(r, "prod-01") == "passed",
+    )
     .await;
     let canary = clients.run(&seen.waves[0].nodes[0].run).await;
     assert_eq!(canary.jobs[0].state, "passed");
@@ -811,7 +825,10 @@ async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
         })
         .await;
         assert_eq!((opened.len(), node_started.len()), (1, 1), "{rack} {node}");
-        assert!(opened[0] < node_started[0], "{node} started before its window");
+        assert!(
+            opened[0] < node_started[0],
+            "{node} started before its window"
+        );
     }
     for agent in agents {
         agent.stop().await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::gate::Verdict;
+use tollgate_domain::gate::{RuleKind, Verdict};
 use tollgate_domain::rollout::{RolloutEvent, RolloutState, parse_rollout, plan_waves};
 use tollgate_domain::{ReleaseId, RolloutId};
 use tollgate_proto::v1::{self as proto, rollout_service_server::RolloutService};
@@ -213,6 +213,28 @@ impl RolloutService for RolloutApi {
             file_name.as_str()
         };
         let mut spec = parse_rollout(file_name, &file).map_err(|errors| invalid_spec(&errors))?;
+        let compares: Vec<&str> = spec
+            .health
+            .iter()
+            .filter(|rule| {
+                matches!(
+                    rule.kind,
+                    RuleKind::Baseline { .. } | RuleKind::NoRegression { .. }
+                )
+            })
+            .map(|rule| rule.id.as_str())
+            .collect();
+        if !compares.is_empty() {
+            return Err(invalid_fields_one(
+                "file",
+                format!(
+                    "health rule(s) {} compare with a baseline, and the controller keeps no \
+                     baseline evidence for a wave; judge a wave with absolute limits \
+                     (steps-passed, no-events, measurement, telemetry) instead",
+                    compares.join(", ")
+                ),
+            ));
+        }
         for (key, value) in fleet_labels {
             match spec.selector.0.get(&key) {
                 Some(existing) if *existing != value => {
