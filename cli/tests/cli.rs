@@ -174,7 +174,10 @@ fn broken_rollout_is_rejected_with_file_line_and_problem() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("rollout.yaml:4:"), "{stderr}");
-    assert!(stderr.contains("the last wave must be percent: 100"), "{stderr}");
+    assert!(
+        stderr.contains("the last wave must be percent: 100"),
+        "{stderr}"
+    );
 }
 
 #[test]

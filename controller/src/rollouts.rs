@@ -207,14 +207,10 @@ pub async fn controller_restarted(shared: &Shared) -> Result<(), StoreError> {
 /// One pass over every rollout not ended, and every ended one whose last nodes are still
 /// in procedure (their ends are recorded).
 pub async fn tick(shared: &Shared) -> Result<(), StoreError> {
-    for record in shared.store.rollouts(false, usize::MAX).await? {
-        if record.state.phase == Phase::Pending {
-            continue;
-        }
-        let id = record.id.clone();
+    for id in shared.store.rollouts_to_drive().await? {
         let outcome = async {
             let loaded = load(shared, &id).await?;
-            if loaded.record.state.phase.is_terminal() && !any_active(&loaded) {
+            if loaded.record.state.phase == Phase::Pending {
                 return Ok(());
             }
             drive(shared, loaded).await

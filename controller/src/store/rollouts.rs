@@ -6,7 +6,10 @@
 
 use super::connect::Begin;
 use super::{AuditNote, JobRecord, Pool, RunRecord, Store, StoreError, micros, rows, to_json};
-use tollgate_domain::rollout::{NodeProgress, RolloutChange, RolloutSpec, RolloutState, WavePlan};
+use strum::IntoEnumIterator as _;
+use tollgate_domain::rollout::{
+    NodeProgress, Phase, RolloutChange, RolloutSpec, RolloutState, WavePlan,
+};
 use tollgate_domain::{NodeId, ReleaseId, RolloutId, RunId, Timestamp};
 
 /// `SELECT` of rollouts, then a tail.
@@ -189,6 +192,53 @@ impl Store {
             .filter(|rollout| !active_only || !rollout.state.phase.is_terminal())
             .take(limit)
             .collect())
+    }
+
+    /// The rollouts the driver looks at: every one not ended, and every ended one with a node
+    /// still in procedure or rolling back (its end is still to be recorded).
+    pub async fn rollouts_to_drive(&self) -> Result<Vec<RolloutId>, StoreError> {
+        const SQL: &str = "SELECT id FROM rollouts
+             WHERE phase NOT IN ($1, $2, $3)
+                OR id IN (SELECT rollout_id FROM rollout_nodes WHERE progress IN ($4, $5))
+             ORDER BY seq";
+        // Which phases have ended and which progress is active are the domain's to say.
+        let ended: Vec<&str> = Phase::iter()
+            .filter(|phase| phase.is_terminal())
+            .map(Phase::as_str)
+            .collect();
+        let active: Vec<&str> = NodeProgress::iter()
+            .filter(|progress| progress.is_active())
+            .map(NodeProgress::as_str)
+            .collect();
+        let [ended_1, ended_2, ended_3] = ended[..] else {
+            return Err(StoreError::Corrupt {
+                what: "rollout phases".into(),
+                detail: format!("expected three ended phases, the domain has {ended:?}"),
+            });
+        };
+        let [active_1, active_2] = active[..] else {
+            return Err(StoreError::Corrupt {
+                what: "rollout node progress".into(),
+                detail: format!("expected two active kinds of progress, the domain has {active:?}"),
+            });
+        };
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(ended_1)
+                .bind(ended_2)
+                .bind(ended_3)
+                .bind(active_1)
+                .bind(active_2)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    rows::Fields::new(row, "rollouts", &["id"])
+                        .text("id")
+                        .map(RolloutId::from)
+                })
+                .collect()
+        })
     }
 
     /// The rollout and node of the rollout run `run` (a procedure's or a rollback's), if it

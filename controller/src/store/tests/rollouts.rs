@@ -238,4 +238,65 @@ async fn rollout_changes_are_compare_and_set_with_their_runs_and_audit(store: &S
         .map(|entry| entry.action)
         .collect();
     assert_eq!(audit, ["rollout.start", "rollout.started", "rollout.node"]);
+
+    // Aborted with n1 still in procedure, the rollout is still driven (n1's end is to be
+    // recorded); once n1 finished, no longer.
+    let drive = |loaded: &RolloutRecord, nodes: &[crate::store::RolloutNode], event, secs| {
+        let progress = progress_of(nodes);
+        next(
+            RolloutFacts {
+                spec: &loaded.spec,
+                waves: &loaded.waves,
+                state: &loaded.state,
+                progress: &progress,
+            },
+            event,
+            at(secs),
+        )
+        .expect("decided")
+    };
+    assert_eq!(
+        store.rollouts_to_drive().await.expect("to drive"),
+        [record.id.clone()]
+    );
+    let (loaded, nodes) = store
+        .rollout(&record.id)
+        .await
+        .expect("load")
+        .expect("found");
+    let abort = drive(&loaded, &nodes, RolloutEvent::Abort { rollback: false }, 14);
+    store
+        .apply_rollout_change(&record.id, 2, &abort, &[], &note("rollout.abort", 14))
+        .await
+        .expect("aborted");
+    assert_eq!(
+        store.rollouts_to_drive().await.expect("to drive"),
+        [record.id.clone()]
+    );
+    let (loaded, nodes) = store
+        .rollout(&record.id)
+        .await
+        .expect("load")
+        .expect("found");
+    assert_eq!(loaded.state.phase, Phase::Aborted);
+    let finished = drive(
+        &loaded,
+        &nodes,
+        RolloutEvent::NodeFinished {
+            node: "n1".into(),
+            passed: true,
+        },
+        15,
+    );
+    store
+        .apply_rollout_change(&record.id, 3, &finished, &[], &note("rollout.node", 15))
+        .await
+        .expect("finished");
+    assert!(
+        store
+            .rollouts_to_drive()
+            .await
+            .expect("to drive")
+            .is_empty()
+    );
 }
