@@ -257,7 +257,7 @@ async fn rollout_changes_are_compare_and_set_with_their_runs_and_audit(store: &S
     };
     assert_eq!(
         store.rollouts_to_drive().await.expect("to drive"),
-        [record.id.clone()]
+        std::slice::from_ref(&record.id)
     );
     let (loaded, nodes) = store
         .rollout(&record.id)
@@ -271,7 +271,7 @@ async fn rollout_changes_are_compare_and_set_with_their_runs_and_audit(store: &S
         .expect("aborted");
     assert_eq!(
         store.rollouts_to_drive().await.expect("to drive"),
-        [record.id.clone()]
+        std::slice::from_ref(&record.id)
     );
     let (loaded, nodes) = store
         .rollout(&record.id)
