@@ -4,7 +4,9 @@
 //! once (checked from the audit log of the whole rollout), a wave starts only once the one
 //! before passed, and the rollout completes. An XID on a wave-2 node halts the rollout before
 //! wave 3 starts and rolls back the nodes that went through the procedure; `rollout show`
-//! names the node and the rule. Pause, resume and abort are audited with their reasons. A
+//! names the node and the rule; without a rollback plan the rollout stays halted until a
+//! person skips the wave. With `maintenance-windows` a node starts only inside a window, and
+//! its procedure job runs there. Pause, resume and abort are audited with their reasons. A
 //! `kill -9` of the controller mid-wave: the rollout goes on after the restart, no node started
 //! twice. A release without a passed `production` gate is refused, naming the verdict. Every
 //! test runs on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
@@ -25,6 +27,7 @@ tollgate_tests::on_both_backends!(
     pause_resume_and_abort_are_audited_with_their_reasons,
     a_rollout_goes_on_after_kill_9_of_the_controller,
     maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through,
+    without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave,
     a_rollout_is_refused_until_the_release_passed_production,
 );
 
@@ -830,6 +833,89 @@ async fn maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through(
             "{node} started before its window"
         );
     }
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// Without a rollback plan a failed health rule halts the rollout and it stays halted; a
+/// person skips the wave with a reason and the next wave runs.
+async fn without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    // prod-02 is the canary; its procedure is its first load and sees XID 79.
+    let agents = fleet_with(&controller.url, 3, Some("prod-02"));
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(3).await;
+    prepare(&mut clients, true).await;
+    let file = two_waves("flash-and-soak")
+        .replace("  - count: 1\n", "  - nodes: [prod-02]\n")
+        .replace(
+            "  - steps-passed: {max-failed: 0}\n",
+            "  - steps-passed: {max-failed: 0}\n  - no-events: {id: no-xid-79, xid: [79]}\n",
+        );
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    let halt = halted.halt.clone().expect("why it halted");
+    assert_eq!(halt.wave, 0);
+    assert!(
+        halt.failures
+            .iter()
+            .any(|failure| failure.rule_id == "no-xid-79" && failure.nodes == ["prod-02"]),
+        "{halt:?}"
+    );
+    // Halted: nothing of the next wave started.
+    for node in wave_nodes(&halted, 1) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+    }
+
+    let refused = clients
+        .rollouts
+        .skip_wave(v1::RolloutActionRequest {
+            id: started.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let skipped = clients
+        .rollouts
+        .skip_wave(v1::RolloutActionRequest {
+            id: started.id.clone(),
+            reason: "canary hardware fault, tracked separately".into(),
+        })
+        .await
+        .expect("skip the wave")
+        .into_inner();
+    assert!(skipped.halt.is_none());
+    assert_eq!(skipped.skipped.len(), 1);
+    assert_eq!(skipped.skipped[0].wave, 0);
+    assert_eq!(
+        skipped.skipped[0].reason,
+        "canary hardware fault, tracked separately"
+    );
+    let done = wait_phase(&clients, &started.id, "completed").await;
+    // Its procedure itself passed (the XID is an event, not a failed step); the wave's
+    // health failed and the wave was skipped, so every node has its progress recorded.
+    assert_eq!(progress_of(&done, "prod-02"), "passed");
+    for node in wave_nodes(&done, 1) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    let audit = rollout_audit(&mut clients, &started.id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|(action, actor, details)| action == "rollout.skip-wave"
+                && actor == "anonymous"
+                && details["reason"] == "canary hardware fault, tracked separately"),
+        "{audit:?}"
+    );
     for agent in agents {
         agent.stop().await;
     }
