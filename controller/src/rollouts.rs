@@ -186,7 +186,7 @@ pub async fn controller_restarted(shared: &Shared) -> Result<(), StoreError> {
     for record in shared.store.rollouts(true, usize::MAX).await? {
         let outcome = async {
             let loaded = load(shared, &record.id).await?;
-            apply(
+            let change = apply(
                 shared,
                 &loaded,
                 RolloutEvent::ControllerRestarted,
@@ -194,12 +194,70 @@ pub async fn controller_restarted(shared: &Shared) -> Result<(), StoreError> {
                 ACTOR,
                 None,
             )
-            .await
+            .await?;
+            if let Some(change) = change {
+                cancel_interrupted(shared, &loaded, &change).await?;
+            }
+            Ok::<_, RolloutError>(())
         }
         .await;
         if let Err(error) = outcome {
             tracing::warn!(rollout = %record.id, %error, "rollout not resumed after the restart");
         }
+    }
+    Ok(())
+}
+
+/// Cancels the runs of the nodes `change` took out of procedure (or rollback) after a restart
+/// under `on-interrupted: fail`: a node failed half-way is not left running its procedure,
+/// and its cancelled job is the wave's evidence of it.
+async fn cancel_interrupted(
+    shared: &Shared,
+    loaded: &Loaded,
+    change: &RolloutChange,
+) -> Result<(), StoreError> {
+    for moved in &change.nodes {
+        let Some(node) = loaded.nodes.iter().find(|node| node.node == moved.node) else {
+            continue;
+        };
+        let run = match moved.from {
+            NodeProgress::InProcedure => node.run.as_ref(),
+            NodeProgress::RollingBack => node.rollback_run.as_ref(),
+            _ => None,
+        };
+        let Some(run) = run else { continue };
+        let Some(record) = shared.store.get_run(run).await? else {
+            continue;
+        };
+        let jobs = shared.store.job_facts_of_run(run).await?;
+        let Ok(cancellation) = tollgate_domain::run::cancel(record.state, &jobs) else {
+            // It ended meanwhile: nothing to stop.
+            continue;
+        };
+        let note = AuditNote::new(shared.now(), ACTOR, "run.cancel", format!("run/{run}"))
+            .release(&record.release)
+            .details(serde_json::json!({
+                "rollout": loaded.record.id,
+                "node": moved.node,
+                "why": "interrupted by a controller restart; the rollout's on-interrupted is fail",
+            }));
+        shared
+            .store
+            .cancel_run(run, &cancellation, &note, shared.now())
+            .await?;
+        for job in jobs.iter().filter(|job| job.state.is_active()) {
+            let command = crate::grpc::agent::cancel_command(
+                &job.id,
+                &format!(
+                    "its node's procedure in rollout {} was interrupted",
+                    loaded.record.id
+                ),
+            );
+            if let Err(error) = shared.sessions.send(&job.node, command) {
+                tracing::debug!(job = %job.id, %error, "cancel not delivered; the agent's results for it are refused");
+            }
+        }
+        tracing::info!(rollout = %loaded.record.id, node = %moved.node, run = %run, "interrupted procedure cancelled");
     }
     Ok(())
 }

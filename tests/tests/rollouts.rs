@@ -26,6 +26,7 @@ tollgate_tests::on_both_backends!(
     an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back,
     pause_resume_and_abort_are_audited_with_their_reasons,
     a_rollout_goes_on_after_kill_9_of_the_controller,
+    under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halts,
     maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through,
     without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave,
     a_rollout_is_refused_until_the_release_passed_production,
@@ -919,4 +920,81 @@ async fn without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave(ba
     for agent in agents {
         agent.stop().await;
     }
+}
+
+/// Under `on-interrupted: fail`, the node in procedure when the controller was killed is
+/// failed when it comes back: its run is cancelled, the wave's health fails on it, and the
+/// rollout halts.
+async fn under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halts(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}/tollgate.db", dir.path().display()),
+        Backend::Postgres => {
+            let Some(base) = testing::postgres_url_or_skip() else {
+                return;
+            };
+            testing::fresh_postgres_url(&base)
+                .await
+                .expect("fresh postgres schema")
+        }
+    };
+    let mut controller = ControllerProcess::start(
+        &database_url,
+        &dir.path().join("controller"),
+        &dir.path().join("controller.log"),
+        Duration::from_secs(12),
+    )
+    .await;
+    let agents = fleet_with(&controller.url, 3, None);
+    let mut clients = Clients::new(controller.channel().await.expect("connect"));
+    clients.wait_ready_nodes(3).await;
+    prepare(&mut clients, true).await;
+    let slow = flash_plan("flash-slow").replace("sleep 0.5", "sleep 4");
+    clients.apply_plan(&slow).await;
+    let file = two_waves("flash-slow").replace("on-interrupted: resume", "on-interrupted: fail");
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let canary = wait_rollout(
+        &clients,
+        &started.id,
+        "the canary in procedure",
+        |rollout| progress_of(rollout, "prod-01") == "in-procedure",
+    )
+    .await;
+    let run_id = canary.waves[0].nodes[0].run.clone();
+
+    controller.kill_9().await;
+    controller.restart().await;
+    let mut clients = Clients::new(controller.channel().await.expect("connect"));
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    assert_eq!(progress_of(&halted, "prod-01"), "failed");
+    let halt = halted.halt.clone().expect("why it halted");
+    assert!(
+        halt.failures
+            .iter()
+            .any(|failure| failure.nodes == ["prod-01"]),
+        "{halt:?}"
+    );
+    let run = clients.run(&run_id).await;
+    assert_eq!(run.jobs[0].state, "cancelled", "{run:?}");
+    for node in wave_nodes(&halted, 1) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+    }
+    let audit = rollout_audit(&mut clients, &started.id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|(action, _, _)| action == "rollout.controller-restarted"),
+        "{audit:?}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
 }
