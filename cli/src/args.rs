@@ -75,6 +75,10 @@ pub enum Command {
     /// Qualification runs: start, watch, show, list, cancel.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Rollouts of released builds onto production fleets in waves: validate (offline),
+    /// start, show, list, watch, pause, resume, abort, skip-wave.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Moves a release past its current milestone, if its gate passed.
     Promote(PromoteArgs),
     /// Waives one rule of a release's gate with a reason, a ticket and an expiry.
@@ -582,6 +586,98 @@ pub enum RunCommand {
     Cancel {
         /// Run id.
         run: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate rollout ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Checks a rollout file offline and prints its waves, procedure and health rules.
+    Validate {
+        /// The rollout file (YAML).
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Starts a rollout of a release that passed its production gate.
+    Start {
+        /// Release name.
+        #[arg(long)]
+        release: String,
+        /// Labels the fleet's nodes carry besides the file's selector, as KEY=VALUE[,KEY=VALUE].
+        #[arg(long, default_value = "")]
+        fleet: String,
+        /// The rollout file (YAML).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Shows a rollout: its phase, its waves with each node's progress, and why it halted.
+    Show {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists rollouts, newest first.
+    List {
+        /// Only rollouts that have not ended.
+        #[arg(long)]
+        active: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Follows a rollout live until it has ended.
+    Watch {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Pauses a rollout: no node starts; nodes in procedure finish.
+    Pause {
+        /// Rollout id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Resumes a paused or halted rollout.
+    Resume {
+        /// Rollout id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Aborts a rollout; with --rollback the nodes that went through the procedure run the
+    /// rollback plan.
+    Abort {
+        /// Rollout id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Roll back the nodes that went through the procedure.
+        #[arg(long)]
+        rollback: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Skips the current wave: its nodes not started keep their release.
+    SkipWave {
+        /// Rollout id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -137,6 +137,16 @@ impl Controller {
         RunServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
+    /// RolloutService.
+    pub fn rollouts(
+        &self,
+    ) -> tollgate_proto::v1::rollout_service_client::RolloutServiceClient<Authed> {
+        tollgate_proto::v1::rollout_service_client::RolloutServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.token(),
+        )
+    }
+
     /// ReportService.
     pub fn reports(&self) -> ReportServiceClient<Authed> {
         ReportServiceClient::with_interceptor(self.channel.clone(), self.token())

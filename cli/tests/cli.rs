@@ -30,7 +30,7 @@ fn help_lists_every_command() {
     assert!(output.status.success());
     let stdout = text(&output.stdout);
     for command in [
-        "node", "release", "plan", "gate", "run", "promote", "report", "demo",
+        "node", "release", "plan", "gate", "run", "rollout", "promote", "report", "demo",
     ] {
         assert!(
             stdout
@@ -134,6 +134,50 @@ fn broken_gate_is_rejected_with_file_line_and_problem() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("gate.yaml:4:"), "{stderr}");
     assert!(stderr.contains("rules[0].telemetry.condition"), "{stderr}");
+}
+
+#[test]
+fn example_rollout_validates_offline() {
+    let output = tollgate()
+        .args(["--controller", "http://127.0.0.1:1", "rollout", "validate"])
+        .arg(example("rollout-prod.yaml"))
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("is valid"), "{stdout}");
+    assert!(stdout.contains("procedure: flash-and-soak"), "{stdout}");
+    let output = tollgate()
+        .args(["rollout", "validate", "-o", "json"])
+        .arg(example("rollout-prod.yaml"))
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    assert_eq!(value["procedure"]["plan"], "flash-and-soak");
+}
+
+#[test]
+fn broken_rollout_is_rejected_with_file_line_and_problem() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = scratch.path().join("rollout.yaml");
+    std::fs::write(
+        &file,
+        "name: prod\nselector: {env: prod}\nwaves:\n  - percent: 50\nprocedure: {plan: flash}\nhealth:\n  - steps-passed: {max-failed: 0}\n",
+    )
+    .expect("write");
+    let output = tollgate()
+        .args(["rollout", "validate"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("rollout.yaml:4:"), "{stderr}");
+    assert!(
+        stderr.contains("the last wave must be percent: 100"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -17,10 +17,11 @@ use tollgate_proto::v1::node_service_server::NodeServiceServer;
 use tollgate_proto::v1::plan_service_server::PlanServiceServer;
 use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
 use tollgate_proto::v1::report_service_server::ReportServiceServer;
+use tollgate_proto::v1::rollout_service_server::RolloutServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
 
 /// Every name the health service answers for: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 10] = [
+const HEALTH_NAMES: [&str; 11] = [
     "",
     <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
     <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
@@ -29,6 +30,7 @@ const HEALTH_NAMES: [&str; 10] = [
     <RunServiceServer<grpc::run::RunApi> as tonic::server::NamedService>::NAME,
     <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
     <IssueServiceServer<grpc::issue::IssueApi> as tonic::server::NamedService>::NAME,
+    <RolloutServiceServer<grpc::rollout::RolloutApi> as tonic::server::NamedService>::NAME,
     <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
     <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
 ];

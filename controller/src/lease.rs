@@ -33,6 +33,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.subscribe_shutdown();
     let tick = shared.config.tick;
     let mut leader = crate::replica::Leader::default();
+    // Whether this replica led at the last tick: taking the leadership is a controller
+    // restart for the rollouts it now drives.
+    let mut led = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
@@ -44,7 +47,14 @@ pub async fn run_loop(shared: Arc<Shared>) {
                 if let Err(error) = look_for_outage(&shared).await {
                     tracing::debug!(%error, "could not look for a fleet outage");
                 }
+                led = false;
                 return;
+            }
+            if !led {
+                led = true;
+                if let Err(error) = crate::rollouts::controller_restarted(&shared).await {
+                    tracing::warn!(%error, "rollouts not told of the restart; their nodes are judged at the next tick");
+                }
             }
             if let Err(error) = check_once(&shared).await {
                 tracing::warn!(%error, "lease check failed; retrying at the next tick");
@@ -54,6 +64,9 @@ pub async fn run_loop(shared: Arc<Shared>) {
             }
             if let Err(error) = crate::health_checks::tick(&shared).await {
                 tracing::warn!(%error, "health checks not judged or started; retrying at the next tick");
+            }
+            if let Err(error) = crate::rollouts::tick(&shared).await {
+                tracing::warn!(%error, "rollouts not driven; retrying at the next tick");
             }
             if let Err(error) = crate::fleet_history::prune_if_due(&shared).await {
                 tracing::warn!(%error, "fleet telemetry past its retention not deleted; retrying at the next tick");

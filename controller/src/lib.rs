@@ -41,6 +41,7 @@ pub mod projections;
 pub mod replica;
 pub mod report;
 pub mod reschedule;
+pub mod rollouts;
 pub mod scheduler;
 pub mod sessions;
 pub mod shared;
@@ -66,6 +67,7 @@ use tollgate_proto::v1::node_service_server::NodeServiceServer;
 use tollgate_proto::v1::plan_service_server::PlanServiceServer;
 use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
 use tollgate_proto::v1::report_service_server::ReportServiceServer;
+use tollgate_proto::v1::rollout_service_server::RolloutServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
 use tollgate_proto::v1::token_service_server::TokenServiceServer;
 
@@ -389,6 +391,11 @@ fn router(
         .add_service(WithPath(InterceptedService::new(
             RunServiceServer::new(grpc::run::RunApi::new(shared.clone()))
                 .max_decoding_message_size(SMALL_REQUEST_BYTES),
+            api_auth.clone(),
+        )))
+        .add_service(WithPath(InterceptedService::new(
+            RolloutServiceServer::new(grpc::rollout::RolloutApi::new(shared.clone()))
+                .max_decoding_message_size(SPEC_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(

@@ -59,6 +59,10 @@ id_type!(
     JobId
 );
 id_type!(
+    /// A rollout's id (`rollout-` followed by random hex).
+    RolloutId
+);
+id_type!(
     /// A plan version: the hex sha256 of the plan's canonical form.
     PlanVersion
 );

@@ -38,7 +38,7 @@ pub mod telemetry;
 pub mod test_support;
 pub mod waiver;
 
-pub use ids::{JobId, NodeId, PlanVersion, ReleaseId, RunId};
+pub use ids::{JobId, NodeId, PlanVersion, ReleaseId, RolloutId, RunId};
 
 /// A point in time, always UTC. The domain never makes one up: callers pass `now`.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -74,6 +74,9 @@ pub enum RunPurpose {
     /// A periodic health check of one node (`crate::health_plan`): it judges the node's
     /// health and is never evidence.
     Health,
+    /// One node's procedure or rollback in a rollout (`crate::rollout`): its results are the
+    /// wave's health evidence, never a milestone's, and it runs inside maintenance windows.
+    Rollout,
 }
 
 impl RunPurpose {

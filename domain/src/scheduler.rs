@@ -259,6 +259,9 @@ pub struct PendingJob {
     /// Whether it is a periodic health check: those also go to `suspect` nodes, which a
     /// passing check clears.
     pub health_check: bool,
+    /// Whether it is a rollout's procedure or rollback: those run on nodes inside a
+    /// maintenance window (the rollout chose the node, and may have waited for the window).
+    pub rollout: bool,
 }
 
 /// The blast-radius limits a scheduling pass keeps: each run's plan's `max-concurrent`, and
@@ -334,7 +337,7 @@ pub struct Assignment {
 /// nodes that are cordoned, draining, unreachable, retired, `suspect` or `bad` get nothing,
 /// and their pending jobs wait until an operator brings the node back (or cancels the run);
 /// a `suspect` node still gets its periodic health checks. Nodes in a maintenance window at
-/// `now` get nothing until it ends. A job that would put its run over its plan's
+/// `now` get nothing until it ends, except a rollout's procedure and rollback jobs. A job that would put its run over its plan's
 /// `max-concurrent` for a label value waits until one of the run's jobs there ends.
 pub fn plan(
     nodes: &[NodeSlot],
@@ -370,8 +373,12 @@ pub fn plan(
                 && !slot.has_active_job
                 && slot.state == NodeState::Ready
                 && matches!(slot.health, Health::Good | Health::Suspect)
-                && crate::maintenance::holding(windows, &slot.labels, now).is_none()
         })
+        .map(|slot| &slot.node)
+        .collect();
+    let in_window: HashSet<&NodeId> = nodes
+        .iter()
+        .filter(|slot| crate::maintenance::holding(windows, &slot.labels, now).is_some())
         .map(|slot| &slot.node)
         .collect();
     let suspect: HashSet<&NodeId> = nodes
@@ -387,7 +394,10 @@ pub fn plan(
     });
     let mut assignments = Vec::new();
     for job in ordered {
-        if !free.contains(&job.node) || (suspect.contains(&job.node) && !job.health_check) {
+        if !free.contains(&job.node)
+            || (suspect.contains(&job.node) && !job.health_check)
+            || (in_window.contains(&job.node) && !job.rollout)
+        {
             continue;
         }
         if let (Some(limits), Some(labels)) =
@@ -654,6 +664,7 @@ mod tests {
             node: node.into(),
             created_at: at(t),
             health_check: false,
+            rollout: false,
         }
     }
 
@@ -831,6 +842,30 @@ mod tests {
         assert_eq!(assigned(100), ["jb"]);
         assert_eq!(assigned(199), ["jb"]);
         assert_eq!(assigned(200), ["ja", "jb"]);
+
+        // A rollout's procedure job is the exception: the rollout started the node inside
+        // the window on purpose (`maintenance-windows: true`), so the window lets it through.
+        let rollout_jobs = [
+            PendingJob {
+                rollout: true,
+                ..pending("flash", "a", 1)
+            },
+            pending("qual", "a", 2),
+        ];
+        let in_window = plan(
+            &nodes,
+            &rollout_jobs,
+            &Concurrency::default(),
+            &windows,
+            at(150),
+        );
+        assert_eq!(
+            in_window,
+            vec![Assignment {
+                job: "flash".into(),
+                node: "a".into()
+            }]
+        );
 
         let mut fleet = vec![node("a", "hgx-h100"), node("b", "hgx-h100")];
         fleet[0].labels.insert("rack".into(), "r1".into());

@@ -414,6 +414,10 @@ pub struct Clients {
     pub reports: v1::report_service_client::ReportServiceClient<Channel>,
     /// Issues.
     pub issues: v1::issue_service_client::IssueServiceClient<Channel>,
+    /// Rollouts.
+    pub rollouts: v1::rollout_service_client::RolloutServiceClient<Channel>,
+    /// The audit log.
+    pub audit: v1::audit_service_client::AuditServiceClient<Channel>,
 }
 
 impl Clients {
@@ -426,7 +430,9 @@ impl Clients {
             runs: v1::run_service_client::RunServiceClient::new(channel.clone()),
             gates: v1::gate_service_client::GateServiceClient::new(channel.clone()),
             reports: v1::report_service_client::ReportServiceClient::new(channel.clone()),
-            issues: v1::issue_service_client::IssueServiceClient::new(channel),
+            issues: v1::issue_service_client::IssueServiceClient::new(channel.clone()),
+            rollouts: v1::rollout_service_client::RolloutServiceClient::new(channel.clone()),
+            audit: v1::audit_service_client::AuditServiceClient::new(channel),
         }
     }
 

@@ -76,6 +76,14 @@ const EXPECTED: &[(&str, &str)] = &[
     ("PlanService/ApplyPlan", "UUUU DDAA DD UU UUX"),
     ("PlanService/GetPlan", "UUUU AAAA DD UU UUX"),
     ("PlanService/ListPlans", "UUUU AAAA DD UU UUX"),
+    ("RolloutService/StartRollout", "UUUU DDAA DD UU UUX"),
+    ("RolloutService/GetRollout", "UUUU AAAA DD UU UUX"),
+    ("RolloutService/ListRollouts", "UUUU AAAA DD UU UUX"),
+    ("RolloutService/WatchRollout", "UUUU AAAA DD UU UUX"),
+    ("RolloutService/PauseRollout", "UUUU DDAA DD UU UUX"),
+    ("RolloutService/ResumeRollout", "UUUU DDAA DD UU UUX"),
+    ("RolloutService/AbortRollout", "UUUU DDAA DD UU UUX"),
+    ("RolloutService/SkipWave", "UUUU DDAA DD UU UUX"),
     ("RunService/StartRun", "UUUU DADA DD UU UUX"),
     ("RunService/GetRun", "UUUU AAAA AA UU UUX"),
     ("RunService/ListRuns", "UUUU AAAA AA UU UUX"),
@@ -134,6 +142,7 @@ struct As {
     releases: v1::release_service_client::ReleaseServiceClient<Authed>,
     plans: v1::plan_service_client::PlanServiceClient<Authed>,
     runs: v1::run_service_client::RunServiceClient<Authed>,
+    rollouts: v1::rollout_service_client::RolloutServiceClient<Authed>,
     gates: v1::gate_service_client::GateServiceClient<Authed>,
     audit: v1::audit_service_client::AuditServiceClient<Authed>,
     reports: v1::report_service_client::ReportServiceClient<Authed>,
@@ -162,6 +171,10 @@ impl As {
                 bearer.clone(),
             ),
             runs: v1::run_service_client::RunServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            rollouts: v1::rollout_service_client::RolloutServiceClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),
             ),
@@ -389,6 +402,62 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
             .await
             .map(drop),
         "PlanService/ListPlans" => c.plans.list_plans(v1::ListPlansRequest {}).await.map(drop),
+        "RolloutService/StartRollout" => c
+            .rollouts
+            .start_rollout(v1::StartRolloutRequest {
+                release: missing(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "RolloutService/GetRollout" => c
+            .rollouts
+            .get_rollout(v1::GetRolloutRequest { id: missing() })
+            .await
+            .map(drop),
+        "RolloutService/ListRollouts" => c
+            .rollouts
+            .list_rollouts(v1::ListRolloutsRequest::default())
+            .await
+            .map(drop),
+        "RolloutService/WatchRollout" => c
+            .rollouts
+            .watch_rollout(v1::GetRolloutRequest { id: missing() })
+            .await
+            .map(drop),
+        "RolloutService/PauseRollout" => c
+            .rollouts
+            .pause_rollout(v1::RolloutActionRequest {
+                id: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "RolloutService/ResumeRollout" => c
+            .rollouts
+            .resume_rollout(v1::RolloutActionRequest {
+                id: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
+        "RolloutService/AbortRollout" => c
+            .rollouts
+            .abort_rollout(v1::AbortRolloutRequest {
+                id: missing(),
+                reason: "matrix".into(),
+                rollback: true,
+            })
+            .await
+            .map(drop),
+        "RolloutService/SkipWave" => c
+            .rollouts
+            .skip_wave(v1::RolloutActionRequest {
+                id: missing(),
+                reason: "matrix".into(),
+            })
+            .await
+            .map(drop),
         "RunService/StartRun" => c
             .runs
             .start_run(v1::StartRunRequest {

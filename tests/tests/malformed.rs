@@ -48,6 +48,13 @@ enum Call {
     SetHealthPlan(v1::SetHealthPlanRequest),
     RemoveHealthPlan(v1::RemoveHealthPlanRequest),
     GetNodeTelemetry(v1::GetNodeTelemetryRequest),
+    StartRollout(v1::StartRolloutRequest),
+    GetRollout(v1::GetRolloutRequest),
+    WatchRollout(v1::GetRolloutRequest),
+    PauseRollout(v1::RolloutActionRequest),
+    ResumeRollout(v1::RolloutActionRequest),
+    AbortRollout(v1::AbortRolloutRequest),
+    SkipWave(v1::RolloutActionRequest),
     Register(v1::RegisterRequest),
     ReportResult(Box<v1::StepResult>),
     Enroll(v1::EnrollRequest),
@@ -109,6 +116,13 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::ApplyPlan(r) => clients.plans.apply_plan(r).await.map(drop),
         Call::GetPlan(r) => clients.plans.get_plan(r).await.map(drop),
         Call::StartRun(r) => clients.runs.start_run(r).await.map(drop),
+        Call::StartRollout(r) => clients.rollouts.start_rollout(r).await.map(drop),
+        Call::GetRollout(r) => clients.rollouts.get_rollout(r).await.map(drop),
+        Call::WatchRollout(r) => clients.rollouts.watch_rollout(r).await.map(drop),
+        Call::PauseRollout(r) => clients.rollouts.pause_rollout(r).await.map(drop),
+        Call::ResumeRollout(r) => clients.rollouts.resume_rollout(r).await.map(drop),
+        Call::AbortRollout(r) => clients.rollouts.abort_rollout(r).await.map(drop),
+        Call::SkipWave(r) => clients.rollouts.skip_wave(r).await.map(drop),
         Call::GetRun(r) => clients.runs.get_run(r).await.map(drop),
         Call::CancelRun(r) => clients.runs.cancel_run(r).await.map(drop),
         Call::ApplyGate(r) => clients.gates.apply_gate(r).await.map(drop),
@@ -612,6 +626,84 @@ fn cases() -> Vec<(&'static str, Call)> {
     ));
     node_and_agent_cases(&mut cases);
     issue_cases(&mut cases);
+    let rollout = v1::StartRolloutRequest {
+        release: "r550".into(),
+        fleet: "role=prod".into(),
+        file: "name: prod\n".into(),
+        file_name: "rollout.yaml".into(),
+    };
+    for release in names() {
+        cases.push((
+            "release",
+            Call::StartRollout(v1::StartRolloutRequest {
+                release,
+                ..rollout.clone()
+            }),
+        ));
+    }
+    for fleet in ["role".to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "fleet",
+            Call::StartRollout(v1::StartRolloutRequest {
+                fleet,
+                ..rollout.clone()
+            }),
+        ));
+    }
+    for file in [EMPTY.to_owned(), NUL.to_owned()] {
+        cases.push((
+            "file",
+            Call::StartRollout(v1::StartRolloutRequest {
+                file,
+                ..rollout.clone()
+            }),
+        ));
+    }
+    let action = |id: String, reason: String| v1::RolloutActionRequest { id, reason };
+    for id in names() {
+        cases.push((
+            "id",
+            Call::GetRollout(v1::GetRolloutRequest { id: id.clone() }),
+        ));
+        cases.push((
+            "id",
+            Call::WatchRollout(v1::GetRolloutRequest { id: id.clone() }),
+        ));
+        cases.push((
+            "id",
+            Call::PauseRollout(action(id.clone(), "PDU work".into())),
+        ));
+        cases.push((
+            "id",
+            Call::AbortRollout(v1::AbortRolloutRequest {
+                id: id.clone(),
+                reason: "bad canary".into(),
+                rollback: true,
+            }),
+        ));
+    }
+    for reason in [EMPTY.to_owned(), over_reason(), NUL.to_owned()] {
+        cases.push((
+            "reason",
+            Call::PauseRollout(action("rollout-1".into(), reason.clone())),
+        ));
+        cases.push((
+            "reason",
+            Call::ResumeRollout(action("rollout-1".into(), reason.clone())),
+        ));
+        cases.push((
+            "reason",
+            Call::SkipWave(action("rollout-1".into(), reason.clone())),
+        ));
+        cases.push((
+            "reason",
+            Call::AbortRollout(v1::AbortRolloutRequest {
+                id: "rollout-1".into(),
+                reason,
+                rollback: false,
+            }),
+        ));
+    }
     cases
 }
 

@@ -225,6 +225,11 @@ bounded_texts! {
     SetFixReleaseRequest { release: NAME, note: REASON; id }
     WontFixRequest { reason: REASON; id }
     ReopenIssueRequest { reason: REASON; id }
+    StartRolloutRequest { release: NAME, fleet: REASON, file: SPEC_SOURCE, file_name: PATH }
+    GetRolloutRequest { id: NAME }
+    ListRolloutsRequest { ; active_only }
+    RolloutActionRequest { id: NAME, reason: REASON }
+    AbortRolloutRequest { id: NAME, reason: REASON; rollback }
 }
 
 impl Bounded for proto::OpenIssueRequest {

@@ -11,12 +11,13 @@ pub mod promote;
 pub mod release;
 pub mod report;
 pub mod report_keys;
+pub mod rollout;
 pub mod run;
 pub mod telemetry;
 pub mod token;
 pub mod waiver;
 
-use crate::args::{Cli, Command, GateCommand, PlanCommand, ReleaseCommand};
+use crate::args::{Cli, Command, GateCommand, PlanCommand, ReleaseCommand, RolloutCommand};
 use crate::client::Controller;
 
 /// Runs one parsed command line.
@@ -42,6 +43,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gate(GateCommand::Validate { file, output }) => {
             gate::validate(&file, output.output)
+        }
+        Command::Rollout(RolloutCommand::Validate { file, output }) => {
+            rollout::validate(&file, output.output)
         }
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Completions { shell } => {
@@ -73,6 +77,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(command) => plan::run(&Controller::connect(&target).await?, command).await,
         Command::Gate(command) => gate::run(&Controller::connect(&target).await?, command).await,
         Command::Run(command) => run::run(&Controller::connect(&target).await?, command).await,
+        Command::Rollout(command) => {
+            rollout::run(&Controller::connect(&target).await?, command).await
+        }
         Command::Promote(args) => promote::run(&Controller::connect(&target).await?, args).await,
         Command::Waive(args) => waiver::waive(&Controller::connect(&target).await?, args).await,
         Command::Waiver(command) => {
@@ -104,6 +111,7 @@ fn settle_controller_and_token(
         command,
         Command::Plan(PlanCommand::Validate { .. })
             | Command::Gate(GateCommand::Validate { .. })
+            | Command::Rollout(RolloutCommand::Validate { .. })
             | Command::Demo(_)
             | Command::Completions { .. }
             | Command::Report(crate::args::ReportArgs {

@@ -21,6 +21,7 @@ pub mod pages;
 pub mod plan;
 pub mod release;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod status;
 pub mod telemetry;

@@ -196,6 +196,76 @@ impl Store {
         Ok(assemble(release, milestone, runs, jobs, results))
     }
 
+    /// The evidence of exactly the runs `run_ids` of `release` (a rollout wave's procedure
+    /// runs, one per node), labelled `milestone`: each run's jobs, their nodes' labels and GPU
+    /// source, and every result, read in one snapshot. Runs of the same plan version are
+    /// merged into one run of that plan, its jobs by node, so that a rule over the plan sees
+    /// every node of the wave.
+    pub async fn load_evidence_of_runs(
+        &self,
+        release: &Release,
+        milestone: &str,
+        run_ids: &[RunId],
+    ) -> Result<Evidence, StoreError> {
+        const RUN: &str = "SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
+             FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
+             WHERE r.id = $1";
+        const JOBS: &str =
+            "SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source
+             FROM jobs j JOIN nodes n ON n.name = j.node
+             WHERE j.run_id = $1 ORDER BY j.node, j.id";
+        const RESULTS: &str = result_query!(
+            " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id = $1)
+              ORDER BY job_id, step_index, attempt, lease_epoch"
+        );
+        let (runs, jobs, results) = with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let mut runs: Vec<rows::EvidenceRun> = Vec::new();
+            let mut jobs: Vec<rows::EvidenceJob> = Vec::new();
+            let mut results: Vec<StoredResult> = Vec::new();
+            for run_id in run_ids {
+                if let Some(row) = sqlx::query(RUN)
+                    .bind(run_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                {
+                    runs.push(rows::evidence_run(&row)?);
+                }
+                for row in sqlx::query(JOBS)
+                    .bind(run_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    jobs.push(rows::evidence_job(&row)?);
+                }
+                for row in sqlx::query(RESULTS)
+                    .bind(run_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    results.push(rows::evidence_result(&row)?);
+                }
+            }
+            tx.commit().await?;
+            (runs, jobs, results)
+        });
+        let mut evidence = assemble(release, milestone, runs, jobs, results);
+        let mut merged: Vec<RunEvidence> = Vec::new();
+        for run in std::mem::take(&mut evidence.runs) {
+            match merged.iter_mut().find(|kept| {
+                kept.plan_name == run.plan_name && kept.plan_version == run.plan_version
+            }) {
+                Some(kept) => kept.jobs.extend(run.jobs),
+                None => merged.push(run),
+            }
+        }
+        for run in &mut merged {
+            run.jobs.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        evidence.runs = merged;
+        Ok(evidence)
+    }
+
     /// Brings `evidence`, loaded earlier by [`Store::load_evidence`] for the same release and
     /// milestone, up to date, reading only what changed: one snapshot reads every job with its
     /// state, labels and number of stored results, then the results of the jobs that changed.

@@ -305,6 +305,63 @@ macro_rules! result_summary_query {
     };
 }
 
+/// Inserts run `$run` and its jobs `$jobs` inside the open transaction `$tx` (no audit entry:
+/// the caller writes the one that says why the run exists).
+macro_rules! insert_run {
+    ($tx:expr, $run:expr, $jobs:expr) => {{
+        const RUN: &str =
+            "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
+                               created_at, finished_at, purpose)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        const JOB: &str =
+            "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let run: &$crate::store::RunRecord = $run;
+        sqlx::query(RUN)
+            .bind(run.id.as_str())
+            .bind(run.release.as_str())
+            .bind(&run.plan_name)
+            .bind(run.plan_version.as_str())
+            .bind(&run.milestone)
+            .bind(run.state.as_str())
+            .bind($crate::store::micros(run.created_at))
+            .bind(run.finished_at.map($crate::store::micros))
+            .bind(run.purpose.as_str())
+            .execute(&mut *$tx)
+            .await
+            .map_err(|err| {
+                $crate::store::classify(
+                    err,
+                    &format!("run {}", run.id),
+                    &format!(
+                        "release {} or plan {}@{}",
+                        run.release, run.plan_name, run.plan_version
+                    ),
+                )
+            })?;
+        for job in $jobs {
+            let job: &$crate::store::JobRecord = job;
+            sqlx::query(JOB)
+                .bind(job.id.as_str())
+                .bind(job.run_id.as_str())
+                .bind(job.node.as_str())
+                .bind(job.state.as_str())
+                .bind($crate::store::epoch_to_i64(job.lease_epoch, &job.id)?)
+                .bind($crate::store::micros(job.created_at))
+                .bind($crate::store::micros(job.updated_at))
+                .execute(&mut *$tx)
+                .await
+                .map_err(|err| {
+                    $crate::store::classify(
+                        err,
+                        &format!("job {}", job.id),
+                        &format!("node {} or run {}", job.node, job.run_id),
+                    )
+                })?;
+        }
+    }};
+}
+
 /// Appends an audit entry inside the open transaction `$tx`, chained after the head, whose
 /// row it locks first: concurrent writers queue on it (PostgreSQL; SQLite's `BEGIN
 /// IMMEDIATE` already serializes them), so the chain never forks.
@@ -697,6 +754,8 @@ mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
 pub use issues::{IssueFields, IssueFilter, IssueTransition};
+mod rollouts;
+pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
 mod runs;
 pub use runs::StateCounts;
 mod targets;

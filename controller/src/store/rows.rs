@@ -532,5 +532,37 @@ pub(super) fn pending_job(row: &impl StoreRow) -> Result<PendingJob, StoreError>
         node: NodeId(f.text("node")?),
         created_at: f.time("created_at")?,
         health_check: f.text("purpose")? == RunPurpose::Health.as_str(),
+        rollout: f.text("purpose")? == RunPurpose::Rollout.as_str(),
+    })
+}
+
+/// A `rollouts` row.
+pub(super) fn rollout(row: &impl StoreRow) -> Result<super::RolloutRecord, StoreError> {
+    let f = Fields::new(row, "rollouts", &["id"]);
+    Ok(super::RolloutRecord {
+        id: tollgate_domain::RolloutId(f.text("id")?),
+        release: ReleaseId(f.text("release")?),
+        fleet: f.text("fleet")?,
+        file: f.text("file")?,
+        digest: f.text("digest")?,
+        spec: f.json("spec")?,
+        waves: f.json("waves")?,
+        state: f.json("state")?,
+        version: f.int_as("version")?,
+        created_by: f.text("created_by")?,
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+    })
+}
+
+/// A `rollout_nodes` row.
+pub(super) fn rollout_node(row: &impl StoreRow) -> Result<super::RolloutNode, StoreError> {
+    let f = Fields::new(row, "rollout_nodes", &["node"]);
+    Ok(super::RolloutNode {
+        node: NodeId(f.text("node")?),
+        wave: f.int_as("wave")?,
+        progress: f.parse("progress")?,
+        run: f.opt_text("run_id")?.map(RunId),
+        rollback_run: f.opt_text("rollback_run_id")?.map(RunId),
     })
 }

@@ -4,8 +4,8 @@
 
 use super::connect::Begin;
 use super::{
-    AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, classify,
-    epoch_to_i64, micros, page_limit, rows,
+    AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, micros,
+    page_limit, rows,
 };
 use tollgate_domain::run::Cancellation;
 use tollgate_domain::{ReleaseId, RunId, Timestamp};
@@ -30,58 +30,11 @@ impl Store {
         jobs: &[JobRecord],
         note: &AuditNote,
     ) -> Result<(), StoreError> {
-        const RUN: &str =
-            "INSERT INTO runs (id, release, plan_name, plan_version, milestone, state,
-                               created_at, finished_at, purpose)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-        const JOB: &str =
-            "INSERT INTO jobs (id, run_id, node, state, lease_epoch, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        const HEALTH_CHECK: &str = "INSERT INTO health_checks (run_id, plan_name, node, created_at) VALUES ($1, $2, $3, $4)";
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(RUN)
-                .bind(run.id.as_str())
-                .bind(run.release.as_str())
-                .bind(&run.plan_name)
-                .bind(run.plan_version.as_str())
-                .bind(&run.milestone)
-                .bind(run.state.as_str())
-                .bind(micros(run.created_at))
-                .bind(run.finished_at.map(micros))
-                .bind(run.purpose.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| {
-                    classify(
-                        err,
-                        &format!("run {}", run.id),
-                        &format!(
-                            "release {} or plan {}@{}",
-                            run.release, run.plan_name, run.plan_version
-                        ),
-                    )
-                })?;
-            for job in jobs {
-                sqlx::query(JOB)
-                    .bind(job.id.as_str())
-                    .bind(job.run_id.as_str())
-                    .bind(job.node.as_str())
-                    .bind(job.state.as_str())
-                    .bind(epoch_to_i64(job.lease_epoch, &job.id)?)
-                    .bind(micros(job.created_at))
-                    .bind(micros(job.updated_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|err| {
-                        classify(
-                            err,
-                            &format!("job {}", job.id),
-                            &format!("node {} or run {}", job.node, job.run_id),
-                        )
-                    })?;
-            }
+            insert_run!(tx, run, jobs);
             if run.purpose == RunPurpose::Health {
+                const HEALTH_CHECK: &str = "INSERT INTO health_checks (run_id, plan_name, node, created_at) VALUES ($1, $2, $3, $4)";
                 for job in jobs {
                     sqlx::query(HEALTH_CHECK)
                         .bind(run.id.as_str())

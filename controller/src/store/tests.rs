@@ -2294,6 +2294,8 @@ mod report_keys;
 mod targets;
 // Issues: opened once per signature, attached, changed by compare-and-set.
 mod issues;
+// Rollouts: created with their nodes, changed by compare-and-set with their runs and audit.
+mod rollouts;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.

@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
                 node: slot.node.clone(),
                 created_at: now - chrono::Duration::seconds(i64::try_from(run_idx).unwrap_or(0)),
                 health_check: false,
+                rollout: false,
             })
         })
         .collect();

@@ -1,0 +1,491 @@
+//! The rollout driver, run by the leading replica on every lease-watchdog tick: for each
+//! rollout not ended it loads the facts, feeds the events it sees to
+//! `tollgate_domain::rollout::next` (a node's run ended, a soak or the pause between waves is
+//! over, the wave's health rules judged) and applies each decided change with its audit entry
+//! (`Store::apply_rollout_change`); it starts the nodes `rollout::startable` allows, each as a
+//! run of one job of the procedure (or rollback) plan on exactly that node, created in the
+//! same transaction as the change that starts it.
+//!
+//! A health failure halts the rollout; when its file has a rollback plan the driver then
+//! aborts it with rollback at once, so that the nodes that went through the procedure are
+//! taken back (the halt, with its rules and nodes, stays recorded on the rollout). When this
+//! replica takes the leadership, every rollout gets `controller-restarted` first: a node
+//! mid-procedure is taken up again or failed, as the file's `on-interrupted` says.
+//!
+//! People's actions (pause, resume, abort, skip-wave) go through [`act`], the same way.
+
+use crate::grpc::new_id;
+use crate::shared::Shared;
+use crate::store::{
+    AuditNote, JobRecord, RolloutNode, RolloutRecord, RolloutStart, RunPurpose, RunRecord,
+    RunState, StoreError,
+};
+use std::collections::HashMap;
+use tollgate_domain::fleet::{Labels, Node};
+use tollgate_domain::gate::Decision;
+use tollgate_domain::rollout::{
+    HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange, RolloutEvent,
+    RolloutFacts, RolloutRefusal, health_verdict, next, startable,
+};
+use tollgate_domain::{JobId, NodeId, RolloutId, RunId};
+
+/// Who the driver's changes are audited as.
+pub const ACTOR: &str = "controller";
+
+/// Why an event could not be applied to a rollout.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// There is no such rollout.
+    #[error("rollout {0} not found; list rollouts with `tollgate rollout list`")]
+    NotFound(RolloutId),
+    /// The state machine refused the event.
+    #[error(transparent)]
+    Refused(#[from] RolloutRefusal),
+    /// The store failed, or the rollout changed meanwhile (`Conflict`).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A rollout as loaded: its record, its nodes and their progress.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The rollout.
+    pub record: RolloutRecord,
+    /// Its nodes, in wave order.
+    pub nodes: Vec<RolloutNode>,
+    /// Their progress, by node.
+    pub progress: Progress,
+}
+
+impl Loaded {
+    fn facts(&self) -> RolloutFacts<'_> {
+        RolloutFacts {
+            spec: &self.record.spec,
+            waves: &self.record.waves,
+            state: &self.record.state,
+            progress: &self.progress,
+        }
+    }
+}
+
+/// Loads rollout `id`.
+pub async fn load(shared: &Shared, id: &RolloutId) -> Result<Loaded, RolloutError> {
+    let (record, nodes) = shared
+        .store
+        .rollout(id)
+        .await?
+        .ok_or_else(|| RolloutError::NotFound(id.clone()))?;
+    let progress = nodes
+        .iter()
+        .map(|node| (node.node.clone(), node.progress))
+        .collect();
+    Ok(Loaded {
+        record,
+        nodes,
+        progress,
+    })
+}
+
+/// Decides what `event` does to the rollout as loaded and applies it, with the runs `starts`
+/// and an audit entry by `actor` (with `reason`, when a person gave one). Returns the change,
+/// or `None` when it changed nothing (then nothing is written).
+async fn apply(
+    shared: &Shared,
+    loaded: &Loaded,
+    event: RolloutEvent,
+    starts: Vec<RolloutStart>,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Option<RolloutChange>, RolloutError> {
+    let now = shared.now();
+    let name = event.name();
+    let details = event_details(&event);
+    let change = next(loaded.facts(), event, now)?;
+    if change.to == change.from && change.nodes.is_empty() && change.resume.is_empty() {
+        return Ok(None);
+    }
+    let record = &loaded.record;
+    let note = AuditNote::new(
+        now,
+        actor,
+        format!("rollout.{name}"),
+        format!("rollout/{}", record.id),
+    )
+    .release(&record.release)
+    .details(serde_json::json!({
+        "event": details,
+        "reason": reason,
+        "from": record.state.phase,
+        "to": change.to.phase,
+        "wave": change.to.wave,
+        "nodes": change
+            .nodes
+            .iter()
+            .map(|node| serde_json::json!({"node": node.node, "from": node.from, "to": node.to}))
+            .collect::<Vec<_>>(),
+        "resumed": change.resume,
+        "runs": starts.iter().map(|start| &start.run.id).collect::<Vec<_>>(),
+    }));
+    shared
+        .store
+        .apply_rollout_change(&record.id, record.version, &change, &starts, &note)
+        .await?;
+    tracing::info!(
+        rollout = %record.id,
+        event = name,
+        from = %record.state.phase,
+        to = %change.to.phase,
+        wave = change.to.wave,
+        "rollout changed"
+    );
+    if !starts.is_empty() {
+        shared.poke_scheduler();
+    }
+    shared.notify_changed();
+    Ok(Some(change))
+}
+
+/// What an event carries, for its audit entry.
+fn event_details(event: &RolloutEvent) -> serde_json::Value {
+    match event {
+        RolloutEvent::NodeStarted { node } => serde_json::json!({"node": node}),
+        RolloutEvent::NodeFinished { node, passed } => {
+            serde_json::json!({"node": node, "passed": passed})
+        }
+        RolloutEvent::HealthJudged(HealthVerdict::Failed(failures)) => {
+            serde_json::json!({"failed": failures})
+        }
+        RolloutEvent::Abort { rollback } => serde_json::json!({"rollback": rollback}),
+        RolloutEvent::SkipWave { reason } => serde_json::json!({"reason": reason}),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// A person's action on rollout `id` (start, pause, resume, abort, skip-wave), audited as
+/// `actor` with `reason`; returns the rollout as it is after.
+pub async fn act(
+    shared: &Shared,
+    id: &RolloutId,
+    event: RolloutEvent,
+    actor: &str,
+    reason: &str,
+) -> Result<Loaded, RolloutError> {
+    let loaded = load(shared, id).await?;
+    apply(shared, &loaded, event, Vec::new(), actor, Some(reason)).await?;
+    // Whatever the action allows now (the next wave's first nodes, a rollback) starts at once.
+    let loaded = load(shared, id).await?;
+    if let Err(error) = drive(shared, loaded).await {
+        tracing::warn!(rollout = %id, %error, "rollout not driven after the action; the next tick tries again");
+    }
+    load(shared, id).await
+}
+
+/// Every rollout not ended gets `controller-restarted`: this replica just took the
+/// leadership, so each node mid-procedure is taken up again or failed, as its file says.
+pub async fn controller_restarted(shared: &Shared) -> Result<(), StoreError> {
+    for record in shared.store.rollouts(true, usize::MAX).await? {
+        let outcome = async {
+            let loaded = load(shared, &record.id).await?;
+            let change = apply(
+                shared,
+                &loaded,
+                RolloutEvent::ControllerRestarted,
+                Vec::new(),
+                ACTOR,
+                None,
+            )
+            .await?;
+            if let Some(change) = change {
+                cancel_interrupted(shared, &loaded, &change).await?;
+            }
+            Ok::<_, RolloutError>(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            tracing::warn!(rollout = %record.id, %error, "rollout not resumed after the restart");
+        }
+    }
+    Ok(())
+}
+
+/// Cancels the runs of the nodes `change` took out of procedure (or rollback) after a restart
+/// under `on-interrupted: fail`: a node failed half-way is not left running its procedure,
+/// and its cancelled job is the wave's evidence of it.
+async fn cancel_interrupted(
+    shared: &Shared,
+    loaded: &Loaded,
+    change: &RolloutChange,
+) -> Result<(), StoreError> {
+    for moved in &change.nodes {
+        let Some(node) = loaded.nodes.iter().find(|node| node.node == moved.node) else {
+            continue;
+        };
+        let run = match moved.from {
+            NodeProgress::InProcedure => node.run.as_ref(),
+            NodeProgress::RollingBack => node.rollback_run.as_ref(),
+            _ => None,
+        };
+        let Some(run) = run else { continue };
+        let Some(record) = shared.store.get_run(run).await? else {
+            continue;
+        };
+        let jobs = shared.store.job_facts_of_run(run).await?;
+        let Ok(cancellation) = tollgate_domain::run::cancel(record.state, &jobs) else {
+            // It ended meanwhile: nothing to stop.
+            continue;
+        };
+        let note = AuditNote::new(shared.now(), ACTOR, "run.cancel", format!("run/{run}"))
+            .release(&record.release)
+            .details(serde_json::json!({
+                "rollout": loaded.record.id,
+                "node": moved.node,
+                "why": "interrupted by a controller restart; the rollout's on-interrupted is fail",
+            }));
+        shared
+            .store
+            .cancel_run(run, &cancellation, &note, shared.now())
+            .await?;
+        for job in jobs.iter().filter(|job| job.state.is_active()) {
+            let command = crate::grpc::agent::cancel_command(
+                &job.id,
+                &format!(
+                    "its node's procedure in rollout {} was interrupted",
+                    loaded.record.id
+                ),
+            );
+            if let Err(error) = shared.sessions.send(&job.node, command) {
+                tracing::debug!(job = %job.id, %error, "cancel not delivered; the agent's results for it are refused");
+            }
+        }
+        tracing::info!(rollout = %loaded.record.id, node = %moved.node, run = %run, "interrupted procedure cancelled");
+    }
+    Ok(())
+}
+
+/// One pass over every rollout not ended, and every ended one whose last nodes are still
+/// in procedure (their ends are recorded).
+pub async fn tick(shared: &Shared) -> Result<(), StoreError> {
+    for id in shared.store.rollouts_to_drive().await? {
+        let outcome = async {
+            let loaded = load(shared, &id).await?;
+            if loaded.record.state.phase == Phase::Pending {
+                return Ok(());
+            }
+            drive(shared, loaded).await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {}
+            // Another writer (a person's action) changed it first: the next tick sees it.
+            Err(RolloutError::Store(StoreError::Conflict { detail, .. })) => {
+                tracing::debug!(rollout = %id, detail, "rollout changed meanwhile");
+            }
+            Err(error) => tracing::warn!(rollout = %id, %error, "rollout not driven"),
+        }
+    }
+    Ok(())
+}
+
+/// Feeds one rollout every event that is due, reloading after each applied change.
+async fn drive(shared: &Shared, mut loaded: Loaded) -> Result<(), RolloutError> {
+    let id = loaded.record.id.clone();
+    // Bounded: each applied event changes the rollout, and there are finitely many due.
+    for _ in 0..(4 * loaded.nodes.len() + 16) {
+        if loaded.record.state.phase.is_terminal() && !any_active(&loaded) {
+            return Ok(());
+        }
+        let Some(event) = due_event(shared, &loaded).await? else {
+            break;
+        };
+        let halting = matches!(event, RolloutEvent::HealthJudged(HealthVerdict::Failed(_)));
+        apply(shared, &loaded, event, Vec::new(), ACTOR, None).await?;
+        loaded = load(shared, &id).await?;
+        if halting
+            && loaded.record.state.phase == Phase::Halted
+            && loaded.record.spec.rollback.is_some()
+        {
+            let reason = "a health rule failed and the rollout has a rollback plan";
+            apply(
+                shared,
+                &loaded,
+                RolloutEvent::Abort { rollback: true },
+                Vec::new(),
+                ACTOR,
+                Some(reason),
+            )
+            .await?;
+            loaded = load(shared, &id).await?;
+        }
+    }
+    start_nodes(shared, &loaded).await
+}
+
+/// Whether a node of the rollout is in procedure or rolling back.
+fn any_active(loaded: &Loaded) -> bool {
+    loaded
+        .progress
+        .values()
+        .any(|progress| progress.is_active())
+}
+
+/// The next event due on the rollout, if any: a node's run ended, a timer ran out, or the
+/// wave's health has a verdict that changes something.
+async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEvent>, RolloutError> {
+    for node in &loaded.nodes {
+        let run = match node.progress {
+            NodeProgress::InProcedure => node.run.as_ref(),
+            NodeProgress::RollingBack => node.rollback_run.as_ref(),
+            _ => None,
+        };
+        let Some(run) = run else { continue };
+        if let Some(passed) = run_ended(shared, run).await? {
+            return Ok(Some(RolloutEvent::NodeFinished {
+                node: node.node.clone(),
+                passed,
+            }));
+        }
+    }
+    let state = &loaded.record.state;
+    let spec = &loaded.record.spec;
+    let now = shared.now();
+    match state.phase {
+        Phase::Soaking if now >= state.since + spec.soak => {
+            return Ok(Some(RolloutEvent::SoakEnded));
+        }
+        Phase::Interval if now >= state.since + spec.limits.pause_between_waves => {
+            return Ok(Some(RolloutEvent::IntervalEnded));
+        }
+        Phase::Running | Phase::Soaking | Phase::Judging => {}
+        _ => return Ok(None),
+    }
+    let verdict = match judge_wave(shared, loaded).await? {
+        Some(decision) => health_verdict(&decision),
+        None => return Ok(None),
+    };
+    // Before the wave was judged after its soak, only a failure changes anything.
+    let matters = match &verdict {
+        HealthVerdict::Failed(_) => true,
+        HealthVerdict::Passed => state.phase == Phase::Judging,
+        HealthVerdict::Waiting => false,
+    };
+    Ok(matters.then_some(RolloutEvent::HealthJudged(verdict)))
+}
+
+/// Whether the node's run ended, and if so whether its job passed.
+async fn run_ended(shared: &Shared, run: &RunId) -> Result<Option<bool>, StoreError> {
+    let jobs = shared.store.jobs_of_run(run).await?;
+    if jobs.is_empty() || jobs.iter().any(|job| !job.state.is_terminal()) {
+        return Ok(None);
+    }
+    Ok(Some(jobs.iter().all(|job| {
+        job.state == tollgate_domain::job::JobState::Passed
+    })))
+}
+
+/// The health gate's decision over the current wave's evidence (its nodes' procedure runs),
+/// or `None` while no node of the wave has a run.
+pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decision>, StoreError> {
+    let record = &loaded.record;
+    let wave = record.state.wave;
+    let runs: Vec<RunId> = loaded
+        .nodes
+        .iter()
+        .filter(|node| node.wave == wave)
+        .filter_map(|node| node.run.clone())
+        .collect();
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let Some(release) = shared.store.get_release(&record.release).await? else {
+        return Ok(None);
+    };
+    let plan_steps = shared
+        .store
+        .get_plan(&record.spec.procedure.plan, None)
+        .await?
+        .map(|stored| stored.plan.step_names())
+        .unwrap_or_default();
+    let policy = record.spec.health_gate(&plan_steps);
+    let evidence = shared
+        .store
+        .load_evidence_of_runs(&release, HEALTH_MILESTONE, &runs)
+        .await?;
+    Ok(Some(tollgate_domain::gate::evaluate(
+        &policy,
+        &evidence,
+        &[],
+        shared.now(),
+    )))
+}
+
+/// Starts the nodes the blast radius allows now, each with its run, one change each.
+async fn start_nodes(shared: &Shared, loaded: &Loaded) -> Result<(), RolloutError> {
+    let facts = loaded.facts();
+    let may_start: Vec<NodeId> = facts.may_start().into_iter().cloned().collect();
+    if may_start.is_empty() {
+        return Ok(());
+    }
+    let rollback = loaded.record.state.phase == Phase::RollingBack;
+    let spec = &loaded.record.spec;
+    let plan_name = if rollback {
+        match &spec.rollback {
+            Some(rollback) => rollback.plan.clone(),
+            None => return Ok(()),
+        }
+    } else {
+        spec.procedure.plan.clone()
+    };
+    let Some(plan) = shared.store.get_plan(&plan_name, None).await? else {
+        tracing::warn!(rollout = %loaded.record.id, plan = plan_name, "the rollout's plan is not registered; no node starts until it is applied");
+        return Ok(());
+    };
+    let nodes = shared.store.list_nodes().await?;
+    let by_name: HashMap<&NodeId, &Node> = nodes.iter().map(|node| (&node.id, node)).collect();
+    let waiting: Vec<&Node> = may_start
+        .iter()
+        .filter_map(|id| by_name.get(id).copied())
+        .collect();
+    let active: Vec<&Labels> = facts
+        .active()
+        .into_iter()
+        .filter_map(|id| by_name.get(id).map(|node| &node.labels))
+        .collect();
+    let now = shared.now();
+    let windows = shared.store.maintenance_windows(now, false).await?;
+    let starts = startable(&waiting, &active, &spec.limits, &windows, now);
+    for (node, why) in &starts.held {
+        tracing::debug!(rollout = %loaded.record.id, node = %node, why, "node waits");
+    }
+    let mut loaded = loaded.clone();
+    for node in starts.start {
+        let run = RunRecord {
+            id: RunId::new(new_id("run")),
+            release: loaded.record.release.clone(),
+            plan_name: plan.plan.name.clone(),
+            plan_version: plan.version.clone(),
+            milestone: HEALTH_MILESTONE.to_owned(),
+            state: RunState::Running,
+            created_at: now,
+            finished_at: None,
+            purpose: RunPurpose::Rollout,
+        };
+        let job = JobRecord::first_pending(JobId::new(new_id("job")), &run, node.clone(), now);
+        let start = RolloutStart {
+            node: node.clone(),
+            rollback,
+            run,
+            job,
+        };
+        apply(
+            shared,
+            &loaded,
+            RolloutEvent::NodeStarted { node },
+            vec![start],
+            ACTOR,
+            None,
+        )
+        .await?;
+        loaded = load(shared, &loaded.record.id).await?;
+    }
+    Ok(())
+}
