@@ -225,6 +225,7 @@ bounded_texts! {
     SetFixReleaseRequest { release: NAME, note: REASON; id }
     WontFixRequest { reason: REASON; id }
     ReopenIssueRequest { reason: REASON; id }
+    ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH }
 }
 
 impl Bounded for proto::OpenIssueRequest {

@@ -696,7 +696,9 @@ mod report_rows;
 mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
-pub use issues::{IssueFields, IssueFilter, IssueTransition};
+pub use issues::{
+    ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, describe_changes,
+};
 mod runs;
 pub use runs::StateCounts;
 mod targets;
