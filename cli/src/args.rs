@@ -1135,6 +1135,14 @@ pub enum IssueCommand {
         #[arg(long)]
         release: Option<String>,
     },
+    /// Reads an export document (`issue export --format json`) into this controller in one
+    /// transaction: issues whose signature exists take its fields, new ones are opened.
+    Import {
+        /// The JSON document.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Shows one issue with its history.
     Show {
         /// The issue's number.

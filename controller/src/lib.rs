@@ -405,7 +405,7 @@ fn router(
         )))
         .add_service(WithPath(InterceptedService::new(
             IssueServiceServer::new(grpc::issue::IssueApi::new(shared.clone()))
-                .max_decoding_message_size(SMALL_REQUEST_BYTES),
+                .max_decoding_message_size(SPEC_REQUEST_BYTES),
             api_auth.clone(),
         )))
         .add_service(WithPath(InterceptedService::new(

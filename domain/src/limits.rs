@@ -69,7 +69,7 @@ const fn items(name: &'static str, max: usize, applies_to: &'static str) -> Limi
 pub const REQUEST: Limit = bytes(
     "request",
     4 * 1024 * 1024,
-    "one gRPC message to the plan, gate or release service (agent service: 16 MiB; others: 256 KiB)",
+    "one gRPC message to the plan, gate, release or issue service (agent service: 16 MiB; others: 256 KiB)",
 );
 /// Names and ids.
 pub const NAME: Limit = bytes(
@@ -167,7 +167,7 @@ pub const CANARIES: Limit = items(
 pub const SPEC_SOURCE: Limit = bytes(
     "spec-source",
     1024 * 1024,
-    "a plan, gate or rollout file's text",
+    "a plan, gate or rollout file's text; an issue import document",
 );
 /// One waiver scope list.
 pub const WAIVER_SCOPE: Limit = items("waiver-scope", 1000, "nodes, skus and steps of one waiver");

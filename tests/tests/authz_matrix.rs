@@ -103,6 +103,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("IssueService/SetFixRelease", "UUUU DDAA DD UU UUX"),
     ("IssueService/WontFix", "UUUU DDAA DD UU UUX"),
     ("IssueService/Reopen", "UUUU DDAA DD UU UUX"),
+    ("IssueService/ImportIssues", "UUUU DDAA DD UU UUX"),
     ("AuditService/ListAudit", "UUUU AAAA DD UU UUX"),
     ("AuditService/VerifyAudit", "UUUU AAAA DD UU UUX"),
     ("ReportService/RenderReport", "UUUU AAAA AA UU UUX"),
@@ -627,6 +628,11 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
                 id: NO_ISSUE,
                 reason: String::new(),
             })
+            .await
+            .map(drop),
+        "IssueService/ImportIssues" => c
+            .issues
+            .import_issues(v1::ImportIssuesRequest::default())
             .await
             .map(drop),
         "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),

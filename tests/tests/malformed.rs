@@ -65,6 +65,7 @@ enum Call {
     SetFixRelease(v1::SetFixReleaseRequest),
     WontFix(v1::WontFixRequest),
     ReopenIssue(v1::ReopenIssueRequest),
+    ImportIssues(v1::ImportIssuesRequest),
 }
 
 /// Sends a node's token, as its agent does.
@@ -140,6 +141,7 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::SetFixRelease(r) => clients.issues.set_fix_release(r).await.map(drop),
         Call::WontFix(r) => clients.issues.wont_fix(r).await.map(drop),
         Call::ReopenIssue(r) => clients.issues.reopen(r).await.map(drop),
+        Call::ImportIssues(r) => clients.issues.import_issues(r).await.map(drop),
     }
 }
 
@@ -851,6 +853,32 @@ fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
             page_token: "not-a-token".into(),
             ..Default::default()
         }),
+    ));
+    let import = |document: &str| {
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: document.to_owned(),
+            file_name: "issues.json".into(),
+        })
+    };
+    cases.push(("document", import("{\"format\": ")));
+    cases.push((
+        "document",
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: "x".repeat(tollgate_domain::limits::SPEC_SOURCE.max + 1),
+            file_name: String::new(),
+        }),
+    ));
+    cases.push((
+        "format",
+        import(r#"{"format": "tollgate-issues/9", "issues": []}"#),
+    ));
+    cases.push((
+        "issues[0].state",
+        import(r#"{"format": "tollgate-issues/1", "issues": [{"kind": "k", "text": "t", "state": "resolved"}]}"#),
+    ));
+    cases.push((
+        "issues[0].fix_release",
+        import(r#"{"format": "tollgate-issues/1", "issues": [{"kind": "k", "text": "t", "state": "closed"}]}"#),
     ));
 }
 

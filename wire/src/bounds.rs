@@ -230,6 +230,7 @@ bounded_texts! {
     ListRolloutsRequest { ; active_only }
     RolloutActionRequest { id: NAME, reason: REASON }
     AbortRolloutRequest { id: NAME, reason: REASON; rollback }
+    ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH }
 }
 
 impl Bounded for proto::OpenIssueRequest {

@@ -65,6 +65,11 @@ impl FieldErrors {
         self.0.is_empty()
     }
 
+    /// How many errors are recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// `value` if nothing was recorded, else every error.
     pub fn finish<T>(self, value: T) -> Result<T, InvalidFields> {
         if self.0.is_empty() {

@@ -1,4 +1,4 @@
-//! `tollgate issue open|list|export|show|set|fix|wont-fix|reopen`: issues by hand, each change
+//! `tollgate issue open|list|export|import|show|set|fix|wont-fix|reopen`: issues by hand, each change
 //! recorded in the issue's history and the audit log under the caller's token.
 
 use crate::args::{IssueCommand, IssueExportFormat};
@@ -94,6 +94,54 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
                 IssueExportFormat::Json => print_json(&export_json(&issues)),
                 IssueExportFormat::Csv => {
                     print!("{}", export_csv(&issues));
+                    Ok(())
+                }
+            }
+        }
+        IssueCommand::Import { file, output } => {
+            let document = std::fs::read_to_string(&file).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot read {}: {error}; give the file `tollgate issue export --format \
+                     json` wrote",
+                    file.display()
+                )
+            })?;
+            let imported = answer(
+                controller
+                    .issues()
+                    .import_issues(pb::ImportIssuesRequest {
+                        document,
+                        file_name: file.display().to_string(),
+                    })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&json!({
+                    "opened": imported.opened,
+                    "updated": imported.updated,
+                    "unchanged": imported.unchanged,
+                })),
+                Format::Text => {
+                    let numbers = |ids: &[i64]| {
+                        ids.iter()
+                            .map(|id| format!("#{id}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    println!(
+                        "imported {}: {} opened, {} updated, {} unchanged",
+                        file.display(),
+                        imported.opened.len(),
+                        imported.updated.len(),
+                        imported.unchanged.len()
+                    );
+                    for (what, ids) in
+                        [("opened", &imported.opened), ("updated", &imported.updated)]
+                    {
+                        if !ids.is_empty() {
+                            println!("  {what}: {}", numbers(ids));
+                        }
+                    }
                     Ok(())
                 }
             }

@@ -103,6 +103,7 @@ pub const TABLE: &[Row] = &[
     row("IssueService", "SetFixRelease", RELEASE),
     row("IssueService", "WontFix", RELEASE),
     row("IssueService", "Reopen", RELEASE),
+    row("IssueService", "ImportIssues", RELEASE),
     row("AuditService", "ListAudit", READ),
     row("AuditService", "VerifyAudit", READ),
     row("ReportService", "RenderReport", READ_OWN),

@@ -9,7 +9,7 @@ use super::convert::{timestamp_from_proto, timestamp_to_proto};
 use super::status::{self, FieldErrors};
 use super::{load_release, resolve_milestone};
 use crate::shared::Shared;
-use crate::store::{IssueFields, IssueFilter, IssueTransition, StoreError};
+use crate::store::{IssueFields, IssueFilter, IssueTransition, StoreError, describe_changes};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tollgate_domain::issue::{
@@ -497,42 +497,41 @@ impl IssueService for IssueApi {
             self.change(id, IssueEvent::Reopen, &detail, &actor).await?,
         ))
     }
-}
 
-/// What changed between two versions of an issue's fields, for its history:
-/// `owner alice; tickets JIRA-1, JIRA-2`; empty when nothing did.
-fn describe_changes(before: &IssueFields, after: &IssueFields) -> String {
-    let or_none = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".into());
-    let list = |values: Vec<&str>| {
-        if values.is_empty() {
-            "(none)".to_owned()
-        } else {
-            values.join(", ")
-        }
-    };
-    let mut parts = Vec::new();
-    if before.title != after.title {
-        parts.push(format!("title {}", after.title));
+    async fn import_issues(
+        &self,
+        request: Request<proto::ImportIssuesRequest>,
+    ) -> Result<Response<proto::ImportIssuesResponse>, Status> {
+        let actor = actor_of(&request);
+        let proto::ImportIssuesRequest {
+            document,
+            file_name,
+        } = status::bounded(request.into_inner())?;
+        let mut errors = FieldErrors::new();
+        let issues = super::issue_import::parse(&mut errors, &document);
+        let issues = errors
+            .finish(issues.unwrap_or_default())
+            .map_err(status::invalid_fields)?;
+        let now = self.shared.now();
+        let outcome = self
+            .shared
+            .store
+            .import_issues(&issues, &actor, now)
+            .await?;
+        tracing::info!(
+            file = %file_name,
+            opened = outcome.opened.len(),
+            updated = outcome.updated.len(),
+            unchanged = outcome.unchanged.len(),
+            actor,
+            "issues imported"
+        );
+        Ok(Response::new(proto::ImportIssuesResponse {
+            opened: outcome.opened,
+            updated: outcome.updated,
+            unchanged: outcome.unchanged,
+        }))
     }
-    if before.severity != after.severity {
-        parts.push(format!("severity {}", or_none(&after.severity)));
-    }
-    if before.owner != after.owner {
-        parts.push(format!("owner {}", or_none(&after.owner)));
-    }
-    if before.tickets != after.tickets {
-        parts.push(format!(
-            "tickets {}",
-            list(after.tickets.iter().map(String::as_str).collect())
-        ));
-    }
-    if before.customers != after.customers {
-        parts.push(format!(
-            "customers {}",
-            list(after.customers.iter().map(String::as_str).collect())
-        ));
-    }
-    parts.join("; ")
 }
 
 /// An issue on the wire, with `history` (empty in lists).

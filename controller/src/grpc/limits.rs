@@ -18,7 +18,8 @@ use tonic::codegen::http;
 pub const AGENT_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// The largest request of the services that take files and lists (`PlanService`,
-/// `GateService`, `ReleaseService`): a plan or gate file (`spec-source`, 1 MiB) or a
+/// `GateService`, `ReleaseService`, `IssueService`): a plan, gate or issue import file
+/// (`spec-source`, 1 MiB) or a
 /// release's 256 components with artifact URIs (`path`, 4 KiB each) fit twice over.
 pub const SPEC_REQUEST_BYTES: usize = limits::REQUEST.max;
 

@@ -14,6 +14,7 @@ pub mod authz;
 pub mod enroll;
 pub mod gate;
 pub mod issue;
+pub mod issue_import;
 pub mod limits;
 pub mod maintenance;
 pub mod node;

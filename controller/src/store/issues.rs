@@ -481,6 +481,161 @@ impl Store {
     }
 }
 
+/// An issue as an import document gives it (docs/issue-format.md): a new one is opened
+/// with all of it; one whose signature exists takes only `fields`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedIssue {
+    /// The signature it is unique on.
+    pub signature: Signature,
+    /// Title, severity, owner, tickets, customers.
+    pub fields: IssueFields,
+    /// The state a new issue is opened in.
+    pub state: IssueState,
+    /// Where it failed (a new issue).
+    pub releases: BTreeSet<ReleaseId>,
+    /// Where it failed (a new issue).
+    pub nodes: BTreeSet<NodeId>,
+    /// The digest of the decision that closed it (a new issue).
+    pub evidence: Option<String>,
+}
+
+/// What an import did, by issue number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Issues opened, in the document's order.
+    pub opened: Vec<i64>,
+    /// Issues whose fields changed.
+    pub updated: Vec<i64>,
+    /// Issues the document gave as they were.
+    pub unchanged: Vec<i64>,
+}
+
+impl Store {
+    /// Imports `issues` in one transaction: an issue whose signature exists takes the
+    /// entry's fields (with an `imported` history entry and an `issue.import` audit entry
+    /// when they change it), a new one is opened as the entry gives it (history and audit
+    /// likewise). Nothing is written when any entry fails: a signature given twice is
+    /// `AlreadyExists`.
+    pub async fn import_issues(
+        &self,
+        issues: &[ImportedIssue],
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<ImportOutcome, StoreError> {
+        const FIND: &str = issue_query!("WHERE signature = $1");
+        const INSERT: &str = "INSERT INTO issues (signature, kind, text, title, severity, owner,
+                 tickets, state, fix_release, reason, evidence, opened_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+             ON CONFLICT (signature) DO NOTHING RETURNING id";
+        const SET: &str = "UPDATE issues
+             SET title = $2, severity = $3, owner = $4, tickets = $5, updated_at = $6
+             WHERE id = $1";
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut outcome = ImportOutcome::default();
+            let mut seen = BTreeSet::new();
+            for entry in issues {
+                let key = entry.signature.key();
+                if !seen.insert(key.clone()) {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!("issue {key} (given twice in the import)"),
+                    });
+                }
+                let rows = sqlx::query(FIND).bind(&key).fetch_all(&mut *tx).await?;
+                let found = load_issues!(tx, rows);
+                let fields = &entry.fields;
+                let tickets = super::to_json(&fields.tickets);
+                if let Some(existing) = found.first() {
+                    let id = existing.id;
+                    let before = IssueFields {
+                        title: existing.title.clone(),
+                        severity: existing.severity.clone(),
+                        owner: existing.owner.clone(),
+                        tickets: existing.tickets.clone(),
+                        customers: existing.customers.clone(),
+                    };
+                    let changed = describe_changes(&before, fields);
+                    if changed.is_empty() {
+                        outcome.unchanged.push(id);
+                        continue;
+                    }
+                    sqlx::query(SET)
+                        .bind(id)
+                        .bind(text(&fields.title))
+                        .bind(fields.severity.as_deref().map(text))
+                        .bind(fields.owner.as_deref().map(text))
+                        .bind(&tickets)
+                        .bind(micros(at))
+                        .execute(&mut *tx)
+                        .await?;
+                    set_customers!(tx, id, &fields.customers);
+                    let history = IssueHistory {
+                        at,
+                        actor: actor.to_owned(),
+                        action: "imported".into(),
+                        state: existing.state.name().to_owned(),
+                        detail: changed.clone(),
+                    };
+                    append_history!(tx, id, &history);
+                    let note = AuditNote::new(at, actor, "issue.import", format!("issue/{id}"))
+                        .details(serde_json::json!({
+                            "signature": key,
+                            "changed": changed,
+                        }));
+                    append_audit!(tx, &note);
+                    outcome.updated.push(id);
+                    continue;
+                }
+                let Some(row) = sqlx::query(INSERT)
+                    .bind(&key)
+                    .bind(&entry.signature.kind)
+                    .bind(text(&entry.signature.text))
+                    .bind(text(&fields.title))
+                    .bind(fields.severity.as_deref().map(text))
+                    .bind(fields.owner.as_deref().map(text))
+                    .bind(&tickets)
+                    .bind(entry.state.name())
+                    .bind(entry.state.release().map(ReleaseId::as_str))
+                    .bind(entry.state.reason().map(text))
+                    .bind(entry.evidence.as_deref())
+                    .bind(micros(at))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!("issue {key}"),
+                    });
+                };
+                let id: i64 = rows::Fields::new(&row, "issues", &["id"]).int_as("id")?;
+                attach_rows!(tx, id, &entry.releases, &entry.nodes);
+                set_customers!(tx, id, &fields.customers);
+                let history = IssueHistory {
+                    at,
+                    actor: actor.to_owned(),
+                    action: "imported".into(),
+                    state: entry.state.name().to_owned(),
+                    detail: format!(
+                        "{key}; {}",
+                        attach_detail_all(&entry.releases, &entry.nodes)
+                    ),
+                };
+                append_history!(tx, id, &history);
+                let note = AuditNote::new(at, actor, "issue.import", format!("issue/{id}"))
+                    .details(serde_json::json!({
+                        "signature": key,
+                        "state": entry.state.name(),
+                        "releases": entry.releases,
+                        "nodes": entry.nodes,
+                    }));
+                append_audit!(tx, &note);
+                outcome.opened.push(id);
+            }
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+}
+
 impl Store {
     /// Sets issue `id`'s fields to `fields` (`changed` names what changed, for the history),
     /// with its history and audit entries, in one transaction; only if the issue last changed
@@ -551,6 +706,58 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
+    }
+}
+
+/// What changed between two versions of an issue's fields, for its history:
+/// `owner alice; tickets JIRA-1, JIRA-2`; empty when nothing did.
+pub fn describe_changes(before: &IssueFields, after: &IssueFields) -> String {
+    let or_none = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".into());
+    let list = |values: Vec<&str>| {
+        if values.is_empty() {
+            "(none)".to_owned()
+        } else {
+            values.join(", ")
+        }
+    };
+    let mut parts = Vec::new();
+    if before.title != after.title {
+        parts.push(format!("title {}", after.title));
+    }
+    if before.severity != after.severity {
+        parts.push(format!("severity {}", or_none(&after.severity)));
+    }
+    if before.owner != after.owner {
+        parts.push(format!("owner {}", or_none(&after.owner)));
+    }
+    if before.tickets != after.tickets {
+        parts.push(format!(
+            "tickets {}",
+            list(after.tickets.iter().map(String::as_str).collect())
+        ));
+    }
+    if before.customers != after.customers {
+        parts.push(format!(
+            "customers {}",
+            list(after.customers.iter().map(String::as_str).collect())
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Where an imported issue failed, for its history: `releases r1, r2; nodes n1`.
+fn attach_detail_all(releases: &BTreeSet<ReleaseId>, nodes: &BTreeSet<NodeId>) -> String {
+    let releases: Vec<&str> = releases.iter().map(ReleaseId::as_str).collect();
+    let nodes: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+    format!("releases {}; nodes {}", or_none(&releases), or_none(&nodes))
+}
+
+/// `a, b`, or `(none)` for no names.
+fn or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -753,7 +753,9 @@ mod report_rows;
 mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
-pub use issues::{IssueFields, IssueFilter, IssueTransition};
+pub use issues::{
+    ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, describe_changes,
+};
 mod rollouts;
 pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
 mod runs;

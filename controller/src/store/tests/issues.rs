@@ -2,7 +2,9 @@
 //! changes by compare-and-set, each with its history and audit entry, on both backends.
 
 use super::*;
-use crate::store::{AuditFilter, IssueFields, IssueFilter, IssueTransition};
+use crate::store::{
+    AuditFilter, ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition,
+};
 use std::collections::BTreeSet;
 use tollgate_domain::issue::{Failure, IssueState, Signature};
 
@@ -12,6 +14,7 @@ on_both_backends!(
     gate_decisions_open_attach_and_verify_issues,
     issue_fields_change_by_compare_and_set_with_history_and_audit,
     issue_lists_filter_by_state_release_customer_and_node_in_pages,
+    issue_imports_open_and_update_by_signature_all_or_nothing,
 );
 
 fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
@@ -582,4 +585,155 @@ async fn issue_lists_filter_by_state_release_customer_and_node_in_pages(store: &
         listed(IssueFilter::default(), Some(ids[1]), 2).await,
         [ids[2]]
     );
+}
+
+fn imported(text: &str, title: &str, owner: Option<&str>, state: IssueState) -> ImportedIssue {
+    ImportedIssue {
+        signature: Signature {
+            kind: "steps-passed".into(),
+            text: text.into(),
+        },
+        fields: IssueFields {
+            title: title.into(),
+            owner: owner.map(str::to_owned),
+            tickets: vec!["JIRA-9".into()],
+            customers: ["acme".to_owned()].into(),
+            ..IssueFields::default()
+        },
+        state,
+        releases: [ReleaseId::from("r1")].into(),
+        nodes: nodes(&["n1", "n2"]),
+        evidence: None,
+    }
+}
+
+async fn issue_imports_open_and_update_by_signature_all_or_nothing(store: &Store) {
+    let existing = store
+        .open_issue(
+            &failure("gemm: failed", "r0", &["n9"]),
+            "gemm",
+            "controller",
+            at(1),
+        )
+        .await
+        .expect("open")
+        .expect("a new issue");
+    let gemm = imported(
+        "gemm: failed",
+        "gemm is slow",
+        Some("alice"),
+        IssueState::Open,
+    );
+    let closed = imported(
+        "nccl: failed",
+        "nccl",
+        None,
+        IssueState::Closed {
+            release: ReleaseId::from("r2"),
+        },
+    );
+    let audit_before = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .len();
+
+    // A batch that fails on its last entry (a signature given twice) writes nothing: not the
+    // update of the existing issue, not the new one.
+    let refused = store
+        .import_issues(
+            &[gemm.clone(), closed.clone(), closed.clone()],
+            "alice",
+            at(2),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadyExists { .. })),
+        "{refused:?}"
+    );
+    let all = store
+        .issues(&IssueFilter::default(), 100)
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].title, "gemm");
+    assert_eq!(all[0].owner, None);
+    assert_eq!(
+        store.issue_history(existing).await.expect("history").len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_audit(&AuditFilter::default())
+            .await
+            .expect("audit")
+            .len(),
+        audit_before
+    );
+
+    // The batch without the duplicate: the existing issue takes the fields, the new one is
+    // opened as given (state, releases, nodes), each with history and audit.
+    let outcome = store
+        .import_issues(&[gemm.clone(), closed.clone()], "alice", at(3))
+        .await
+        .expect("import");
+    assert_eq!(outcome.updated, vec![existing]);
+    assert_eq!(outcome.opened.len(), 1);
+    assert!(outcome.unchanged.is_empty());
+    let updated = store.issue(existing).await.expect("read").expect("there");
+    assert_eq!(updated.title, "gemm is slow");
+    assert_eq!(updated.owner.as_deref(), Some("alice"));
+    assert_eq!(updated.tickets, ["JIRA-9"]);
+    assert_eq!(updated.state, IssueState::Open);
+    assert_eq!(
+        updated.releases,
+        [ReleaseId::from("r0")].into(),
+        "not attached"
+    );
+    let new = store
+        .issue(outcome.opened[0])
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        new.state,
+        IssueState::Closed {
+            release: ReleaseId::from("r2")
+        }
+    );
+    assert_eq!(new.nodes, nodes(&["n1", "n2"]));
+    assert_eq!(new.customers, ["acme".to_owned()].into());
+    let history = store.issue_history(existing).await.expect("history");
+    assert_eq!(history.last().expect("an entry").action, "imported");
+    assert_eq!(
+        history.last().expect("an entry").detail,
+        "title gemm is slow; owner alice; tickets JIRA-9; customers acme"
+    );
+    let imports = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|entry| entry.action == "issue.import")
+        .count();
+    assert_eq!(imports, 2);
+
+    // The same batch again changes nothing.
+    let again = store
+        .import_issues(&[gemm, closed], "alice", at(4))
+        .await
+        .expect("import");
+    assert_eq!(
+        again,
+        ImportOutcome {
+            unchanged: vec![existing, outcome.opened[0]],
+            ..ImportOutcome::default()
+        }
+    );
+    assert_eq!(store.issue(existing).await.expect("read"), Some(updated));
+    assert_eq!(
+        store.issue_history(existing).await.expect("history"),
+        history
+    );
+    assert!(store.verify_audit().await.expect("verify").is_ok());
 }
