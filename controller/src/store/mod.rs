@@ -697,6 +697,8 @@ mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
 pub use issues::{IssueFilter, IssueTransition};
+mod notes;
+pub use notes::{NOTES_MAX, NoteFilter, PassedDecision};
 mod runs;
 pub use runs::StateCounts;
 mod targets;

@@ -2276,6 +2276,8 @@ mod report_keys;
 mod targets;
 // Issues: opened once per signature, attached, changed by compare-and-set.
 mod issues;
+// Meeting minutes and the passed decisions of a status report.
+mod notes;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.
