@@ -412,6 +412,8 @@ pub struct Clients {
     pub gates: v1::gate_service_client::GateServiceClient<Channel>,
     /// Reports.
     pub reports: v1::report_service_client::ReportServiceClient<Channel>,
+    /// Status reports and notes.
+    pub status: v1::status_service_client::StatusServiceClient<Channel>,
 }
 
 impl Clients {
@@ -423,7 +425,8 @@ impl Clients {
             plans: v1::plan_service_client::PlanServiceClient::new(channel.clone()),
             runs: v1::run_service_client::RunServiceClient::new(channel.clone()),
             gates: v1::gate_service_client::GateServiceClient::new(channel.clone()),
-            reports: v1::report_service_client::ReportServiceClient::new(channel),
+            reports: v1::report_service_client::ReportServiceClient::new(channel.clone()),
+            status: v1::status_service_client::StatusServiceClient::new(channel),
         }
     }
 

@@ -97,6 +97,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("TokenService/CreateToken", "UUUU DDDA DD UU UUX"),
     ("TokenService/ListTokens", "UUUU DDDA DD UU UUX"),
     ("TokenService/RevokeToken", "UUUU DDDA DD UU UUX"),
+    ("StatusService/RenderStatus", "UUUU AAAA AA UU UUX"),
+    ("StatusService/AddNote", "UUUU DDAA DD UU UUX"),
+    ("StatusService/ListNotes", "UUUU AAAA DD UU UUX"),
 ];
 
 /// Adds the bearer token, when there is one.
@@ -131,6 +134,7 @@ struct As {
     audit: v1::audit_service_client::AuditServiceClient<Authed>,
     reports: v1::report_service_client::ReportServiceClient<Authed>,
     tokens: v1::token_service_client::TokenServiceClient<Authed>,
+    status: v1::status_service_client::StatusServiceClient<Authed>,
     agent: v1::agent_service_client::AgentServiceClient<Authed>,
     /// The bearer secret, if any (sent as the bootstrap token of `Enroll`).
     secret: Option<String>,
@@ -170,6 +174,10 @@ impl As {
                 bearer.clone(),
             ),
             tokens: v1::token_service_client::TokenServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            status: v1::status_service_client::StatusServiceClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),
             ),
@@ -495,6 +503,26 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "TokenService/RevokeToken" => c
             .tokens
             .revoke_token(v1::RevokeTokenRequest { name: missing() })
+            .await
+            .map(drop),
+        "StatusService/RenderStatus" => c
+            .status
+            .render_status(v1::RenderStatusRequest::default())
+            .await
+            .map(drop),
+        "StatusService/AddNote" => c
+            .status
+            .add_note(v1::AddNoteRequest {
+                release: missing(),
+                text: "m".into(),
+                action_owner: String::new(),
+                due: String::new(),
+            })
+            .await
+            .map(drop),
+        "StatusService/ListNotes" => c
+            .status
+            .list_notes(v1::ListNotesRequest::default())
             .await
             .map(drop),
         "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),

@@ -220,6 +220,9 @@ bounded_texts! {
     CreateTokenRequest { name: NAME, role: NAME, customer: LABEL_VALUE; ttl_seconds }
     ListTokensRequest {}
     RevokeTokenRequest { name: NAME }
+    RenderStatusRequest { customer: LABEL_VALUE, format: NAME; since, minutes }
+    AddNoteRequest { release: NAME, text: DESCRIPTION, action_owner: NAME, due: NAME }
+    ListNotesRequest { release: NAME; since, actions_only }
 }
 
 impl Bounded for proto::ListNodesRequest {

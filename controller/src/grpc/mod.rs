@@ -21,6 +21,7 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod status_report;
 pub mod telemetry;
 pub mod timing;
 pub mod token;
