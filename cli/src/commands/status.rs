@@ -29,6 +29,12 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Ut
 
 /// Prints the status report the controller renders.
 pub async fn report(controller: &Controller, args: StatusArgs) -> anyhow::Result<()> {
+    print!("{}", render(controller, args).await?);
+    Ok(())
+}
+
+/// The status report `args` asks for, as the controller renders it.
+pub async fn render(controller: &Controller, args: StatusArgs) -> anyhow::Result<String> {
     let StatusArgs {
         customer,
         since,
@@ -47,8 +53,7 @@ pub async fn report(controller: &Controller, args: StatusArgs) -> anyhow::Result
             })
             .await,
     )?;
-    print!("{}", report.text);
-    Ok(())
+    Ok(report.text)
 }
 
 /// Runs one `note` command.
