@@ -242,15 +242,16 @@ fn n_days(n: i64) -> String {
     }
 }
 
-/// The projected (or passed) column of a milestone.
+/// The projected (or passed) column of a milestone, in the words of `release list`
+/// (`tollgate_wire::release::finish_words`).
 fn finish_words(finish: &Finish) -> String {
     match finish {
         Finish::Passed { at } => format!("passed {}", day(*at)),
         Finish::Projected { at, basis } => match basis {
             Some(basis) => format!("{} ({})", day(*at), <&str>::from(*basis)),
-            None => day(*at),
+            None => format!("{} (no work left)", day(*at)),
         },
-        Finish::NoMatchingNode => "no node in service".to_owned(),
+        Finish::NoMatchingNode => "no matching node".to_owned(),
         Finish::NoPlan => "no run yet".to_owned(),
         Finish::AfterUnknown { milestone } => format!("after {milestone}"),
     }

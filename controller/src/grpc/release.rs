@@ -37,6 +37,20 @@ impl ReleaseApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// `GetRelease` without the projections: for callers that want the release itself (its
+    /// components, say) and should not pay for projecting every release (the Fleet page).
+    pub async fn describe_release(
+        &self,
+        request: Request<proto::GetReleaseRequest>,
+    ) -> Result<Response<proto::Release>, Status> {
+        let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
+        required_name(&name)?;
+        let release = load_release(&self.shared, &name).await?;
+        Ok(Response::new(
+            current_release(&self.shared, &release.id).await?,
+        ))
+    }
 }
 
 /// Where `release` stands now; `NotFound` when it does not exist.
@@ -188,12 +202,10 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
-        let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
-        required_name(&name)?;
-        let release = load_release(&self.shared, &name).await?;
-        let mut wire = current_release(&self.shared, &release.id).await?;
+        let mut wire = self.describe_release(request).await?.into_inner();
         let mut projections = crate::projections::project_now(&self.shared).await?;
-        wire.projections = projections_to_proto(projections.remove(&release.id));
+        wire.projections =
+            projections_to_proto(projections.remove(&ReleaseId::from(wire.name.as_str())));
         Ok(Response::new(wire))
     }
 

@@ -10,9 +10,7 @@ use axum::extract::Query;
 use axum::response::Response;
 use maud::{Markup, html};
 use std::collections::{BTreeMap, BTreeSet};
-use tollgate_proto::v1::{
-    self as pb, node_service_server::NodeService, release_service_server::ReleaseService,
-};
+use tollgate_proto::v1::{self as pb, node_service_server::NodeService};
 
 /// `ListNodes`.
 pub const LIST_NODES: &str = "/tollgate.v1.NodeService/ListNodes";
@@ -165,7 +163,9 @@ pub async fn render(caller: &Caller, query: &FleetQuery) -> Result<Markup, PageE
                     pb::GetReleaseRequest {
                         name: query.release.trim().to_owned(),
                     },
-                    |request| releases.get_release(request),
+                    // The release's components only: never its projection, which reads every
+                    // release, run and node.
+                    |request| releases.describe_release(request),
                 )
                 .await?,
         )
