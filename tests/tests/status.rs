@@ -158,6 +158,14 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
         report.contains("(owner carol, due 2020-01-02) **OVERDUE**"),
         "{report}"
     );
+    // Scoped to acme, whose nodes (none labelled `customer=acme`) saw nothing: r550's gate is
+    // evaluated over them alone, and the issue seen on lab-3 is not acme's.
+    let acme = ok(&url, &["status", "--customer", "acme"]).await;
+    assert!(acme.contains("### [r550](/releases/r550)"), "{acme}");
+    assert!(!acme.contains("r560"), "{acme}");
+    assert!(!acme.contains("lab-3"), "{acme}");
+    assert!(!acme.contains("issue #"), "{acme}");
+    assert!(acme.contains("missing evidence"), "{acme}");
     let page = ok(&url, &["status", "--format", "html"]).await;
     assert!(page.starts_with("<!doctype html>"), "{page}");
     assert!(
