@@ -226,13 +226,19 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     let secret = controller
         .create_token(None, "globex-portal", "customer", "globex")
         .await;
-    let own = as_token(&url, &secret, &["status", "--minutes"]).await;
+    let own = as_token(&url, &secret, &["status"]).await;
     assert!(own.status.success(), "{}", text(&own.stderr));
     let own = text(&own.stdout);
     assert!(own.contains("For customer globex only."), "{own}");
     assert!(own.contains("r560"), "{own}");
     assert!(!own.contains("r550"), "{own}");
-    assert!(!own.contains("BMC"), "another customer's notes: {own}");
+    let minutes = as_token(&url, &secret, &["status", "--minutes"]).await;
+    assert!(!minutes.status.success());
+    assert!(
+        text(&minutes.stderr).contains("may not read; leave out minutes"),
+        "{}",
+        text(&minutes.stderr)
+    );
     let other = as_token(&url, &secret, &["status", "--customer", "acme"]).await;
     assert!(!other.status.success());
     assert!(

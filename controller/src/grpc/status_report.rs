@@ -80,6 +80,13 @@ impl StatusService for StatusApi {
                 "a customer token reports on its own customer ({own}) only; leave out customer"
             )));
         }
+        if token_customer.is_some() && minutes {
+            // Notes are the team's own (ListNotes is not a customer's either).
+            return Err(Status::permission_denied(
+                "the minutes are the team's notes, which a customer token may not read; \
+                 leave out minutes",
+            ));
+        }
         errors.finish(()).map_err(invalid_fields)?;
         let scope = StatusScope {
             customer: token_customer
