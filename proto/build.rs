@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tollgate/v1/manager.proto",
         "proto/tollgate/v1/issue.proto",
         "proto/tollgate/v1/rollout.proto",
+        "proto/tollgate/v1/status.proto",
     ];
     // tonic-prost-build prints no rerun-if-changed lines of its own.
     for file in &files {

@@ -101,6 +101,13 @@ pub enum Command {
     /// API tokens (admin only): create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The weekly status report, per customer and release: target against projection,
+    /// what passed, what blocks, waivers about to expire, risks; with --minutes, notes and
+    /// action items.
+    Status(StatusArgs),
+    /// Meeting minutes: notes about a release, optionally action items (add, list).
+    #[command(subcommand)]
+    Note(NoteCommand),
     /// Writes the signed customer acceptance report of a release at a milestone; `report
     /// verify` checks a report file offline, `report public-key` prints the signing key.
     Report(ReportArgs),
@@ -1247,6 +1254,59 @@ pub enum AuditCommand {
     },
     /// Checks the whole log's hash chain; exits 1 naming the first broken entry.
     Verify {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `tollgate status`
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Only this customer's releases (those whose customers include it), nodes and issues.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Report what passed from this long ago (7d, 36h) or this time on (RFC 3339 or
+    /// YYYY-MM-DD).
+    #[arg(long, default_value = "7d", value_name = "DURATION|TIME")]
+    pub since: String,
+    /// markdown or html.
+    #[arg(long, default_value = "markdown")]
+    pub format: String,
+    /// Add the minutes: the notes taken since --since and every action item.
+    #[arg(long)]
+    pub minutes: bool,
+}
+
+/// `tollgate note ...`
+#[derive(Debug, Subcommand)]
+pub enum NoteCommand {
+    /// Adds a note about a release; with --action and --due, an action item.
+    Add {
+        /// The release the note is about.
+        #[arg(long)]
+        release: String,
+        /// What was said or decided.
+        text: String,
+        /// Who owns the action item (needs --due).
+        #[arg(long, value_name = "OWNER")]
+        action: Option<String>,
+        /// When the action item is due, YYYY-MM-DD (needs --action).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        due: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Lists notes, oldest first.
+    List {
+        /// Only notes about this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only notes taken this long ago (7d) or at this time (RFC 3339 or YYYY-MM-DD) or later.
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
+        /// Only action items.
+        #[arg(long)]
+        actions: bool,
         #[command(flatten)]
         output: OutputArgs,
     },

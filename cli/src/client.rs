@@ -8,7 +8,7 @@ use tollgate_proto::v1::{
     gate_service_client::GateServiceClient, node_service_client::NodeServiceClient,
     plan_service_client::PlanServiceClient, release_service_client::ReleaseServiceClient,
     report_service_client::ReportServiceClient, run_service_client::RunServiceClient,
-    token_service_client::TokenServiceClient,
+    status_service_client::StatusServiceClient, token_service_client::TokenServiceClient,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -163,6 +163,11 @@ impl Controller {
             self.channel.clone(),
             self.token(),
         )
+    }
+
+    /// StatusService.
+    pub fn status(&self) -> StatusServiceClient<Authed> {
+        StatusServiceClient::with_interceptor(self.channel.clone(), self.token())
     }
 
     /// TokenService.

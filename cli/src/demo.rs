@@ -246,6 +246,19 @@ async fn walk_through(
     set_up(&controller, dirs).await?;
     run_plan(children, &controller, dirs).await?;
     decide_and_report(&controller, dirs).await?;
+    say("tollgate status");
+    let status = crate::commands::status::render(
+        &controller,
+        crate::args::StatusArgs {
+            customer: None,
+            since: "7d".to_owned(),
+            format: "markdown".to_owned(),
+            minutes: false,
+        },
+    )
+    .await
+    .context("rendering the status report")?;
+    print!("{status}");
     children.check_alive()?;
     Ok(url)
 }

@@ -30,7 +30,8 @@ fn help_lists_every_command() {
     assert!(output.status.success());
     let stdout = text(&output.stdout);
     for command in [
-        "node", "release", "plan", "gate", "run", "rollout", "promote", "report", "demo",
+        "node", "release", "plan", "gate", "run", "rollout", "promote", "report", "demo", "status",
+        "note",
     ] {
         assert!(
             stdout

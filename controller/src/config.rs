@@ -50,6 +50,10 @@ pub struct ControllerConfig {
     /// Where the web dashboard listens (`--http-listen`); `None` serves none. It uses the
     /// gRPC listener's transport: TLS, or plain text on a loopback address only.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The dashboard's base URL as people reach it (`--dashboard-url`,
+    /// `https://tollgate.lab:7880`, no trailing `/`), for the links of status reports; `None`
+    /// links by path (`/releases/r550`).
+    pub dashboard_url: Option<String>,
 }
 
 impl ControllerConfig {
@@ -74,6 +78,7 @@ impl ControllerConfig {
             fleet_history: tollgate_domain::fleet_history::History::default(),
             fleet_flush_every: Duration::from_secs(10),
             http_listen: None,
+            dashboard_url: None,
         }
     }
 }

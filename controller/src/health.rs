@@ -19,9 +19,10 @@ use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
 use tollgate_proto::v1::report_service_server::ReportServiceServer;
 use tollgate_proto::v1::rollout_service_server::RolloutServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
+use tollgate_proto::v1::status_service_server::StatusServiceServer;
 
 /// Every name the health service answers for: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 11] = [
+const HEALTH_NAMES: [&str; 12] = [
     "",
     <AgentServiceServer<grpc::agent::AgentApi> as tonic::server::NamedService>::NAME,
     <NodeServiceServer<grpc::node::NodeApi> as tonic::server::NamedService>::NAME,
@@ -31,6 +32,7 @@ const HEALTH_NAMES: [&str; 11] = [
     <GateServiceServer<grpc::gate::GateApi> as tonic::server::NamedService>::NAME,
     <IssueServiceServer<grpc::issue::IssueApi> as tonic::server::NamedService>::NAME,
     <RolloutServiceServer<grpc::rollout::RolloutApi> as tonic::server::NamedService>::NAME,
+    <StatusServiceServer<grpc::status_report::StatusApi> as tonic::server::NamedService>::NAME,
     <ReportServiceServer<grpc::report::ReportApi> as tonic::server::NamedService>::NAME,
     <AuditServiceServer<grpc::audit::AuditApi> as tonic::server::NamedService>::NAME,
 ];

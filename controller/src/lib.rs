@@ -45,6 +45,7 @@ pub mod rollouts;
 pub mod scheduler;
 pub mod sessions;
 pub mod shared;
+pub mod status_report;
 pub mod store;
 pub mod tokens;
 pub mod traces;
@@ -69,6 +70,7 @@ use tollgate_proto::v1::release_service_server::ReleaseServiceServer;
 use tollgate_proto::v1::report_service_server::ReportServiceServer;
 use tollgate_proto::v1::rollout_service_server::RolloutServiceServer;
 use tollgate_proto::v1::run_service_server::RunServiceServer;
+use tollgate_proto::v1::status_service_server::StatusServiceServer;
 use tollgate_proto::v1::token_service_server::TokenServiceServer;
 
 /// How long in-flight requests may take to finish once shutdown started.
@@ -418,6 +420,11 @@ fn router(
         )))
         .add_service(WithPath(InterceptedService::new(
             AuditServiceServer::new(grpc::audit::AuditApi::new(shared.clone()))
+                .max_decoding_message_size(SMALL_REQUEST_BYTES),
+            api_auth.clone(),
+        )))
+        .add_service(WithPath(InterceptedService::new(
+            StatusServiceServer::new(grpc::status_report::StatusApi::new(shared.clone()))
                 .max_decoding_message_size(SMALL_REQUEST_BYTES),
             api_auth.clone(),
         )))

@@ -128,6 +128,10 @@ struct ServeArgs {
     /// Write the dashboard's bound address to this file once it listens (needs --http-listen).
     #[arg(long, value_name = "PATH", requires = "http_listen")]
     http_addr_file: Option<PathBuf>,
+    /// The dashboard's URL as people reach it (for example https://tollgate.lab:7880): status
+    /// reports link into the dashboard under it; without it they link by path (/releases/R).
+    #[arg(long, value_name = "URL")]
+    dashboard_url: Option<String>,
     /// Log format; RUST_LOG filters (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -679,6 +683,18 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
         tollgate_controller::listener::check(&config.transport, addr)
             .context("--http-listen serves the dashboard with the same transport as --listen")?;
         config.http_listen = Some(addr);
+    }
+    if let Some(url) = &args.dashboard_url {
+        let url = url.trim().trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            anyhow::bail!(
+                "--dashboard-url {url} is not an http(s) URL; give the dashboard's base URL, for \
+                 example https://tollgate.lab:7880"
+            );
+        }
+        config.dashboard_url = Some(url.to_owned());
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

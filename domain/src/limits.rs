@@ -116,7 +116,7 @@ pub const INVENTORY_TEXT: Limit = bytes(
     "GPU uuid, name, serial, board part number, PCI bus id, GPU source, hostname, units",
 );
 /// Free text describing something.
-pub const DESCRIPTION: Limit = bytes("description", 4096, "release and plan descriptions");
+pub const DESCRIPTION: Limit = bytes("description", 4096, "release and plan descriptions, notes");
 /// Why someone did something.
 pub const REASON: Limit = bytes(
     "reason",

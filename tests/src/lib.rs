@@ -418,6 +418,8 @@ pub struct Clients {
     pub rollouts: v1::rollout_service_client::RolloutServiceClient<Channel>,
     /// The audit log.
     pub audit: v1::audit_service_client::AuditServiceClient<Channel>,
+    /// Status reports and notes.
+    pub status: v1::status_service_client::StatusServiceClient<Channel>,
 }
 
 impl Clients {
@@ -432,7 +434,8 @@ impl Clients {
             reports: v1::report_service_client::ReportServiceClient::new(channel.clone()),
             issues: v1::issue_service_client::IssueServiceClient::new(channel.clone()),
             rollouts: v1::rollout_service_client::RolloutServiceClient::new(channel.clone()),
-            audit: v1::audit_service_client::AuditServiceClient::new(channel),
+            audit: v1::audit_service_client::AuditServiceClient::new(channel.clone()),
+            status: v1::status_service_client::StatusServiceClient::new(channel),
         }
     }
 

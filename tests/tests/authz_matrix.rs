@@ -113,6 +113,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("TokenService/CreateToken", "UUUU DDDA DD UU UUX"),
     ("TokenService/ListTokens", "UUUU DDDA DD UU UUX"),
     ("TokenService/RevokeToken", "UUUU DDDA DD UU UUX"),
+    ("StatusService/RenderStatus", "UUUU AAAA AA UU UUX"),
+    ("StatusService/AddNote", "UUUU DDAA DD UU UUX"),
+    ("StatusService/ListNotes", "UUUU AAAA DD UU UUX"),
 ];
 
 /// Adds the bearer token, when there is one.
@@ -149,6 +152,7 @@ struct As {
     reports: v1::report_service_client::ReportServiceClient<Authed>,
     tokens: v1::token_service_client::TokenServiceClient<Authed>,
     issues: v1::issue_service_client::IssueServiceClient<Authed>,
+    status: v1::status_service_client::StatusServiceClient<Authed>,
     agent: v1::agent_service_client::AgentServiceClient<Authed>,
     /// The bearer secret, if any (sent as the bootstrap token of `Enroll`).
     secret: Option<String>,
@@ -196,6 +200,10 @@ impl As {
                 bearer.clone(),
             ),
             tokens: v1::token_service_client::TokenServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            status: v1::status_service_client::StatusServiceClient::with_interceptor(
                 channel.clone(),
                 bearer.clone(),
             ),
@@ -633,6 +641,26 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "IssueService/ImportIssues" => c
             .issues
             .import_issues(v1::ImportIssuesRequest::default())
+            .await
+            .map(drop),
+        "StatusService/RenderStatus" => c
+            .status
+            .render_status(v1::RenderStatusRequest::default())
+            .await
+            .map(drop),
+        "StatusService/AddNote" => c
+            .status
+            .add_note(v1::AddNoteRequest {
+                release: missing(),
+                text: "m".into(),
+                action_owner: String::new(),
+                due: String::new(),
+            })
+            .await
+            .map(drop),
+        "StatusService/ListNotes" => c
+            .status
+            .list_notes(v1::ListNotesRequest::default())
             .await
             .map(drop),
         "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),

@@ -95,6 +95,46 @@ async fn dashboard(backend: Backend) {
         "the anonymous release list",
     );
 
+    // The plan of record: a target already past puts lab-qual at risk, on the list and on
+    // the release's page, each milestone's target against its projection.
+    clients
+        .releases
+        .set_milestone_target(v1::SetMilestoneTargetRequest {
+            release: "r550".into(),
+            milestone: "lab-qual".into(),
+            target_date: "2020-01-15".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("a target");
+    let releases = http::get(addr, "/releases", &anonymous).await;
+    assert_contains(
+        &releases,
+        &[
+            "<th>Target vs projected</th>",
+            "lab-qual: 2020-01-15 vs ",
+            "customer-acceptance: <span class=\"muted\">no target</span> vs ",
+            "<span class=\"badge bad\">AT RISK (after-target)</span>",
+        ],
+        "the release list's plan of record",
+    );
+    let release = http::get(addr, "/releases/r550", &anonymous).await;
+    assert_contains(
+        &release,
+        &[
+            "<h2>Plan of record</h2>",
+            "<td>lab-qual</td><td>2020-01-15</td>",
+            "<span class=\"badge bad\">AT RISK (after-target)</span>",
+        ],
+        "the release page's plan of record",
+    );
+    assert_eq!(
+        release.body.matches("AT RISK").count(),
+        1,
+        "only lab-qual is at risk: {}",
+        release.body
+    );
+
     // The run page's event stream follows a second run until it finishes: its `held` step
     // ends only once the stream is open.
     let go_dir = tempfile::tempdir().expect("a temp dir");

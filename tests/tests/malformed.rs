@@ -66,6 +66,9 @@ enum Call {
     WontFix(v1::WontFixRequest),
     ReopenIssue(v1::ReopenIssueRequest),
     ImportIssues(v1::ImportIssuesRequest),
+    RenderStatus(v1::RenderStatusRequest),
+    AddNote(v1::AddNoteRequest),
+    ListNotes(v1::ListNotesRequest),
 }
 
 /// Sends a node's token, as its agent does.
@@ -142,6 +145,9 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::WontFix(r) => clients.issues.wont_fix(r).await.map(drop),
         Call::ReopenIssue(r) => clients.issues.reopen(r).await.map(drop),
         Call::ImportIssues(r) => clients.issues.import_issues(r).await.map(drop),
+        Call::RenderStatus(r) => clients.status.render_status(r).await.map(drop),
+        Call::AddNote(r) => clients.status.add_note(r).await.map(drop),
+        Call::ListNotes(r) => clients.status.list_notes(r).await.map(drop),
     }
 }
 
@@ -628,6 +634,7 @@ fn cases() -> Vec<(&'static str, Call)> {
     ));
     node_and_agent_cases(&mut cases);
     issue_cases(&mut cases);
+    status_cases(&mut cases);
     let rollout = v1::StartRolloutRequest {
         release: "r550".into(),
         fleet: "role=prod".into(),
@@ -879,6 +886,120 @@ fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
     cases.push((
         "issues[0].fix_release",
         import(r#"{"format": "tollgate-issues/1", "issues": [{"kind": "k", "text": "t", "state": "closed"}]}"#),
+    ));
+}
+
+/// The status report's and the notes' cases.
+fn status_cases(cases: &mut Vec<(&'static str, Call)>) {
+    let names = || [EMPTY.to_owned(), over_name(), NUL.to_owned()];
+    let note = v1::AddNoteRequest {
+        release: "r1".into(),
+        text: "replace the fan".into(),
+        action_owner: "bob".into(),
+        due: "2027-01-15".into(),
+    };
+    for release in names() {
+        cases.push((
+            "release",
+            Call::AddNote(v1::AddNoteRequest {
+                release,
+                ..note.clone()
+            }),
+        ));
+    }
+    let over_text = "t".repeat(tollgate_domain::limits::DESCRIPTION.max + 1);
+    for text in [EMPTY.to_owned(), over_text, NUL.to_owned()] {
+        cases.push((
+            "text",
+            Call::AddNote(v1::AddNoteRequest {
+                text,
+                ..note.clone()
+            }),
+        ));
+    }
+    for due in [EMPTY, "2027-02-30", "15/01/2027", NUL] {
+        cases.push((
+            "due",
+            Call::AddNote(v1::AddNoteRequest {
+                due: due.into(),
+                ..note.clone()
+            }),
+        ));
+    }
+    for action_owner in [EMPTY.to_owned(), over_name(), NUL.to_owned()] {
+        cases.push((
+            "action_owner",
+            Call::AddNote(v1::AddNoteRequest {
+                action_owner,
+                ..note.clone()
+            }),
+        ));
+    }
+    // Every bad field of one request is named: here the last of three.
+    cases.push((
+        "due",
+        Call::AddNote(v1::AddNoteRequest {
+            release: EMPTY.into(),
+            text: EMPTY.into(),
+            action_owner: "bob".into(),
+            due: "someday".into(),
+        }),
+    ));
+    let status = v1::RenderStatusRequest {
+        customer: String::new(),
+        since: None,
+        format: "markdown".into(),
+        minutes: false,
+    };
+    for format in ["pdf", NUL] {
+        cases.push((
+            "format",
+            Call::RenderStatus(v1::RenderStatusRequest {
+                format: format.into(),
+                ..status.clone()
+            }),
+        ));
+    }
+    let over_customer = "c".repeat(tollgate_domain::limits::LABEL_VALUE.max + 1);
+    for customer in [over_customer, NUL.to_owned()] {
+        cases.push((
+            "customer",
+            Call::RenderStatus(v1::RenderStatusRequest {
+                customer,
+                ..status.clone()
+            }),
+        ));
+    }
+    let future = Some(prost_types::Timestamp {
+        seconds: 32_000_000_000,
+        nanos: 0,
+    });
+    for since in [bad_time(), future] {
+        cases.push((
+            "since",
+            Call::RenderStatus(v1::RenderStatusRequest {
+                since,
+                ..status.clone()
+            }),
+        ));
+    }
+    for release in [over_name(), NUL.to_owned()] {
+        cases.push((
+            "release",
+            Call::ListNotes(v1::ListNotesRequest {
+                release,
+                since: None,
+                actions_only: false,
+            }),
+        ));
+    }
+    cases.push((
+        "since",
+        Call::ListNotes(v1::ListNotesRequest {
+            release: String::new(),
+            since: bad_time(),
+            actions_only: false,
+        }),
     ));
 }
 

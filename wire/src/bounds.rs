@@ -231,6 +231,9 @@ bounded_texts! {
     RolloutActionRequest { id: NAME, reason: REASON }
     AbortRolloutRequest { id: NAME, reason: REASON; rollback }
     ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH }
+    RenderStatusRequest { customer: LABEL_VALUE, format: NAME; since, minutes }
+    AddNoteRequest { release: NAME, text: DESCRIPTION, action_owner: NAME, due: NAME }
+    ListNotesRequest { release: NAME; since, actions_only }
 }
 
 impl Bounded for proto::OpenIssueRequest {

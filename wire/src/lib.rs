@@ -26,6 +26,7 @@ pub mod fields;
 pub mod fleet;
 pub mod gate;
 pub mod json;
+pub mod note;
 pub mod page;
 pub mod plan;
 pub mod prometheus;

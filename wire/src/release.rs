@@ -398,6 +398,35 @@ fn target_from_proto(
     })
 }
 
+/// When a milestone was passed or is projected to be, in words: `passed 2026-12-04`,
+/// `2027-01-20 (timeouts)`, `no matching node`, `no run yet`, `after lab-qual`; `release
+/// list`, `release show` and the dashboard say the same.
+pub fn finish_words(projection: &proto::MilestoneProjection) -> String {
+    let day = projection
+        .finish_at
+        .as_ref()
+        .and_then(crate::time::timestamp_from_proto)
+        .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
+    match projection.finish.as_str() {
+        "passed" => format!("passed {day}"),
+        "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
+        "projected" => format!("{day} ({})", projection.basis),
+        "no-matching-node" => "no matching node".to_owned(),
+        "no-plan" => "no run yet".to_owned(),
+        "after-unknown" => format!("after {}", projection.after),
+        other => other.to_owned(),
+    }
+}
+
+/// A milestone's risk in words: `AT RISK (after-target)`; empty when it is not at risk.
+pub fn risk_words(projection: &proto::MilestoneProjection) -> String {
+    if projection.risk.is_empty() {
+        String::new()
+    } else {
+        format!("AT RISK ({})", projection.risk)
+    }
+}
+
 /// A verdict as a sentence says it.
 fn verdict_words(verdict: &str) -> String {
     match verdict {

@@ -13,6 +13,7 @@ pub mod report;
 pub mod report_keys;
 pub mod rollout;
 pub mod run;
+pub mod status;
 pub mod telemetry;
 pub mod token;
 pub mod waiver;
@@ -91,6 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => audit::run(&Controller::connect(&target).await?, command).await,
         Command::Issue(command) => issue::run(&Controller::connect(&target).await?, command).await,
         Command::Token(command) => token::run(&Controller::connect(&target).await?, command).await,
+        Command::Status(args) => status::report(&Controller::connect(&target).await?, args).await,
+        Command::Note(command) => status::note(&Controller::connect(&target).await?, command).await,
         // `report verify` is offline: a customer checks a file without any controller.
         Command::Report(args) => report::dispatch(&target, args).await,
     }

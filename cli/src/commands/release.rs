@@ -351,21 +351,12 @@ pub fn format_plan_of_record(release: &pb::Release) -> String {
 /// One milestone's target against when it was passed or is projected to be:
 /// `customer-acceptance 2027-01-20 vs 2027-01-15 (timeouts) AT RISK (after-target)`.
 pub fn format_projection(projection: &pb::MilestoneProjection) -> String {
-    let day = crate::output::time(projection.finish_at.as_ref())
-        .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
-    let finish = match projection.finish.as_str() {
-        "passed" => format!("passed {day}"),
-        "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
-        "projected" => format!("{day} ({})", projection.basis),
-        "no-matching-node" => "no matching node".to_owned(),
-        "no-plan" => "no run yet".to_owned(),
-        "after-unknown" => format!("after {}", projection.after),
-        other => other.to_owned(),
-    };
-    let risk = if projection.risk.is_empty() {
-        String::new()
+    let finish = tollgate_wire::release::finish_words(projection);
+    let risk = tollgate_wire::release::risk_words(projection);
+    let risk = if risk.is_empty() {
+        risk
     } else {
-        format!(" AT RISK ({})", projection.risk)
+        format!(" {risk}")
     };
     format!(
         "{} {} vs {finish}{risk}",

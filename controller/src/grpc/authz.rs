@@ -113,6 +113,9 @@ pub const TABLE: &[Row] = &[
     row("TokenService", "CreateToken", ADMIN),
     row("TokenService", "ListTokens", ADMIN),
     row("TokenService", "RevokeToken", ADMIN),
+    row("StatusService", "RenderStatus", READ_OWN),
+    row("StatusService", "AddNote", RELEASE),
+    row("StatusService", "ListNotes", READ),
 ];
 
 /// The package every service path starts with.

@@ -25,6 +25,7 @@ pub mod report;
 pub mod rollout;
 pub mod run;
 pub mod status;
+pub mod status_report;
 pub mod telemetry;
 pub mod timing;
 pub mod token;

@@ -38,10 +38,9 @@ impl ReleaseApi {
         Self { shared }
     }
 
-    /// `GetRelease` without the plan of record's projections, for answers that show none (the
-    /// fleet page's drift reads only the components): projecting reads every release, run and
-    /// node.
-    pub async fn get_release_unprojected(
+    /// `GetRelease` without the projections: for callers that want the release itself (its
+    /// components, say) and should not pay for projecting every release (the Fleet page).
+    pub async fn describe_release(
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
@@ -203,10 +202,10 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
-        let mut wire = self.get_release_unprojected(request).await?.into_inner();
-        let release = ReleaseId::from(wire.name.as_str());
+        let mut wire = self.describe_release(request).await?.into_inner();
         let mut projections = crate::projections::project_now(&self.shared).await?;
-        wire.projections = projections_to_proto(projections.remove(&release));
+        wire.projections =
+            projections_to_proto(projections.remove(&ReleaseId::from(wire.name.as_str())));
         Ok(Response::new(wire))
     }
 

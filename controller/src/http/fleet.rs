@@ -163,7 +163,9 @@ pub async fn render(caller: &Caller, query: &FleetQuery) -> Result<Markup, PageE
                     pb::GetReleaseRequest {
                         name: query.release.trim().to_owned(),
                     },
-                    |request| releases.get_release_unprojected(request),
+                    // The release's components only: never its projection, which reads every
+                    // release, run and node.
+                    |request| releases.describe_release(request),
                 )
                 .await?,
         )

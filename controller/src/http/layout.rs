@@ -130,6 +130,7 @@ pub fn badge(word: &str) -> Markup {
     let class = match word {
         "passed" | "good" | "ready" | "finished" | "ok" | "in force" | "intact" => "ok",
         "failed" | "bad" | "error" | "lost" | "unreachable" | "broken" | "halted" => "bad",
+        risk if risk.starts_with("AT RISK") => "bad",
         "waiting" | "running" | "assigned" | "pending" | "suspect" | "busy" | "draining"
         | "cordoned" | "maintenance" | "waived" => "warn",
         _ => "neutral",

@@ -1,6 +1,8 @@
 //! The releases: each on its milestone track, the current gate's verdict rule by rule with
 //! reasons, failing nodes and failure groups, the waivers in force, the promotions, the runs,
-//! and in one sentence what blocks the release now. Release managers promote and waive here.
+//! and in one sentence what blocks the release now; each milestone's target against its
+//! projected finish, and which are at risk (`ListReleases` and `GetRelease` project every
+//! release once per page). Release managers promote and waive here.
 
 use super::layout::{self, badge, csrf, report_links, time};
 use super::session::{Caller, PageError, encode};
@@ -12,7 +14,7 @@ use tollgate_proto::v1::{
     self as pb, gate_service_server::GateService, release_service_server::ReleaseService,
     run_service_server::RunService,
 };
-use tollgate_wire::release::blocker;
+use tollgate_wire::release::{blocker, finish_words, risk_words};
 
 /// gRPC paths the release pages call (rows of `grpc/authz.rs`).
 pub const LIST_RELEASES: &str = "/tollgate.v1.ReleaseService/ListReleases";
@@ -55,7 +57,7 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
             p.muted { "No release yet: register one with " code { "tollgate release create" } "." }
         } @else {
             table.list {
-                thead { tr { th { "Release" } th { "Track" } th { "State" } th { "Created" } th { "Report" } } }
+                thead { tr { th { "Release" } th { "Track" } th { "State" } th { "Target vs projected" } th { "Created" } th { "Report" } } }
                 tbody {
                     @for release in &answer.releases {
                         tr {
@@ -63,6 +65,7 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
                                  @if !release.description.is_empty() { div.muted { (release.description) } } }
                             td { (track(release)) }
                             td { @if release.halted_reason.is_empty() { (badge("active")) } @else { (badge("halted")) } }
+                            td { (plan_of_record_lines(release)) }
                             td { (time(release.created_at.as_ref())) }
                             td { (report_links(&release.name, report_milestone(release))) }
                         }
@@ -75,6 +78,45 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Result<Resp
         }
     };
     Ok(layout::page(&caller, "Releases", "/releases", body))
+}
+
+/// Each milestone's target against its projected (or passed) finish, one line each, with
+/// `AT RISK (why)` where it is.
+fn plan_of_record_lines(release: &pb::Release) -> Markup {
+    html! {
+        @if release.projections.is_empty() { span.muted { "—" } }
+        @for projection in &release.projections {
+            div.projection {
+                (projection.milestone) ": "
+                @if projection.target_date.is_empty() { span.muted { "no target" } } @else { (projection.target_date) }
+                " vs " (finish_words(projection))
+                @let risk = risk_words(projection);
+                @if !risk.is_empty() { " " (badge(&risk)) }
+            }
+        }
+    }
+}
+
+/// The plan of record as a table: milestone, target, projected (or passed), risk.
+fn plan_of_record_table(release: &pb::Release) -> Markup {
+    html! {
+        section {
+            h2 { "Plan of record" }
+            @if release.projections.is_empty() { p.muted { "Not projected." } }
+            @else {
+                table.list.plan-of-record {
+                    thead { tr { th { "Milestone" } th { "Target" } th { "Projected" } th { "Risk" } } }
+                    tbody { @for projection in &release.projections {
+                        tr { td { (projection.milestone) }
+                             td { @if projection.target_date.is_empty() { span.muted { "—" } } @else { (projection.target_date) } }
+                             td { (finish_words(projection)) }
+                             td { @let risk = risk_words(projection);
+                                  @if risk.is_empty() { span.muted { "—" } } @else { (badge(&risk)) } } }
+                    } }
+                }
+            }
+        }
+    }
 }
 
 /// The milestone whose report shows the release now: its current one, or the last of the
@@ -176,6 +218,7 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         @if !release.description.is_empty() { p.muted { (release.description) } }
         (track(&release))
         p.blocker role="status" { b { "What blocks it now: " } (blocker(&release, &decision)) }
+        (plan_of_record_table(&release))
         p { (report_links(&release.name, if released { report_milestone(&release) } else { &milestone })) }
         @if may_promote {
             form.action method="post" action={ "/releases/" (encode(&release.name)) "/promote" } {

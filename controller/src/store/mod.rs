@@ -758,6 +758,8 @@ pub use issues::{
 };
 mod rollouts;
 pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
+mod notes;
+pub use notes::{NOTES_MAX, NoteFilter, PassedDecision};
 mod runs;
 pub use runs::StateCounts;
 mod targets;

@@ -2296,6 +2296,8 @@ mod targets;
 mod issues;
 // Rollouts: created with their nodes, changed by compare-and-set with their runs and audit.
 mod rollouts;
+// Meeting minutes and the passed decisions of a status report.
+mod notes;
 
 /// A health change applies only from the health it was decided from, sets the reason, and
 /// writes its audit entry in the same transaction; a refused one writes nothing.
