@@ -194,8 +194,8 @@ async fn open_issues(
     customer_nodes: Option<&BTreeSet<String>>,
 ) -> Result<Vec<OpenIssue>, Status> {
     let filter = IssueFilter {
-        state: None,
         release: Some(release.clone()),
+        ..IssueFilter::default()
     };
     Ok(shared
         .store
