@@ -50,6 +50,9 @@ pub struct ControllerConfig {
     /// Where the web dashboard listens (`--http-listen`); `None` serves none. It uses the
     /// gRPC listener's transport: TLS, or plain text on a loopback address only.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Where issue changes are posted (`--issue-webhook`, `issue_webhook.rs`); `None` posts
+    /// nothing and queues nothing.
+    pub issue_webhook: Option<crate::issue_webhook::WebhookUrl>,
 }
 
 impl ControllerConfig {
@@ -74,6 +77,7 @@ impl ControllerConfig {
             fleet_history: tollgate_domain::fleet_history::History::default(),
             fleet_flush_every: Duration::from_secs(10),
             http_listen: None,
+            issue_webhook: None,
         }
     }
 }
