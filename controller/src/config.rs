@@ -54,6 +54,9 @@ pub struct ControllerConfig {
     /// `https://tollgate.lab:7880`, no trailing `/`), for the links of status reports; `None`
     /// links by path (`/releases/r550`).
     pub dashboard_url: Option<String>,
+    /// Where issue changes are posted (`--issue-webhook`, `issue_webhook.rs`); `None` posts
+    /// nothing and queues nothing.
+    pub issue_webhook: Option<crate::issue_webhook::WebhookUrl>,
 }
 
 impl ControllerConfig {
@@ -79,6 +82,7 @@ impl ControllerConfig {
             fleet_flush_every: Duration::from_secs(10),
             http_listen: None,
             dashboard_url: None,
+            issue_webhook: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod health;
 pub mod health_checks;
 pub mod heartbeats;
 pub mod http;
+pub mod issue_webhook;
 pub mod issues;
 pub mod lease;
 pub mod limits;
@@ -113,7 +114,8 @@ pub async fn run_with(
                 "opening the database {}",
                 redact_database_url(&config.database_url)
             )
-        })?;
+        })?
+        .with_issue_webhook(config.issue_webhook.is_some());
     // Held until the controller stops: a second controller on this SQLite file is refused
     // (after opening it, so that a database that cannot be opened says so first).
     let _sole = match replica::sole_sqlite_controller(&config.database_url) {
@@ -232,6 +234,7 @@ async fn serve(
     let fleet_task = tokio::spawn(fleet_history::run_loop(shared.clone()));
     let heartbeats_task = tokio::spawn(heartbeats::run_loop(shared.clone()));
     let metrics_task = tokio::spawn(metrics::run_upkeep_loop(shared.clone()));
+    let webhook_task = tokio::spawn(issue_webhook::run_loop(shared.clone()));
     let http_task =
         http_listener.map(|listener| tokio::spawn(http::serve(shared.clone(), listener)));
 
@@ -287,6 +290,7 @@ async fn serve(
         ("fleet telemetry writer", fleet_task),
         ("heartbeat flusher", heartbeats_task),
         ("metrics upkeep", metrics_task),
+        ("issue webhook", webhook_task),
     ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "the {name} task panicked");

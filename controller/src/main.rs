@@ -125,6 +125,11 @@ struct ServeArgs {
     /// when not given.
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
+    /// POST every issue change (opened, attached, state, updated, imported) as JSON to this
+    /// plain http:// URL, from the leading replica, at least once, in order per issue
+    /// (docs/issue-format.md); https:// is refused. Off when not given.
+    #[arg(long, value_name = "URL")]
+    issue_webhook: Option<String>,
     /// Write the dashboard's bound address to this file once it listens (needs --http-listen).
     #[arg(long, value_name = "PATH", requires = "http_listen")]
     http_addr_file: Option<PathBuf>,
@@ -695,6 +700,11 @@ async fn serve(args: ServeArgs, origins: &Origins) -> anyhow::Result<()> {
             );
         }
         config.dashboard_url = Some(url.to_owned());
+    }
+    if let Some(url) = &args.issue_webhook {
+        let url = tollgate_controller::issue_webhook::WebhookUrl::parse(url)
+            .map_err(|error| anyhow::anyhow!("--issue-webhook {error}"))?;
+        config.issue_webhook = Some(url);
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

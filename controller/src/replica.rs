@@ -69,6 +69,15 @@ impl Leader {
     /// Whether this replica leads now: keeps the leadership it holds while its connection
     /// lives, or tries to take it. On taking it, every lease gets a fresh grace from now.
     pub async fn leads(&mut self, shared: &Shared) -> bool {
+        let leads = self.take_or_keep(shared).await;
+        shared
+            .leading
+            .store(leads, std::sync::atomic::Ordering::Relaxed);
+        leads
+    }
+
+    /// [`Self::leads`] without noting the answer in `shared.leading`.
+    async fn take_or_keep(&mut self, shared: &Shared) -> bool {
         if let Some(held) = self.held.as_mut() {
             if held.still_held().await {
                 return true;

@@ -83,6 +83,9 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// When the lease leader last deleted fleet telemetry past its retention.
     pub fleet_pruned_at: Mutex<Option<Timestamp>>,
+    /// Whether this replica led at the lease watchdog's last tick (`replica::Leader`); the
+    /// loops that run once per deployment without holding the leadership read it.
+    pub leading: std::sync::atomic::AtomicBool,
     /// Raised once when shutdown starts.
     shutdown: watch::Sender<bool>,
 }
@@ -118,6 +121,7 @@ impl Shared {
             )),
             metrics: crate::metrics::Metrics::new(),
             fleet_pruned_at: Mutex::new(None),
+            leading: std::sync::atomic::AtomicBool::new(false),
             shutdown: watch::channel(false).0,
         }
     }

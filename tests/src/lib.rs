@@ -57,6 +57,8 @@ pub struct ControllerOptions {
     pub fleet_history: Option<(tollgate_domain::fleet_history::History, Duration)>,
     /// Serve the web dashboard on a loopback port of its own ([`Controller::http_addr`]).
     pub http: bool,
+    /// Post issue changes to this `http://` URL (`--issue-webhook`); none when `None`.
+    pub issue_webhook: Option<String>,
 }
 
 impl ControllerOptions {
@@ -76,6 +78,7 @@ impl ControllerOptions {
             wake_replicas: false,
             fleet_history: None,
             http: false,
+            issue_webhook: None,
         }
     }
 }
@@ -159,6 +162,9 @@ impl Controller {
         if options.http {
             config.http_listen = Some("127.0.0.1:0".parse().expect("literal address"));
         }
+        config.issue_webhook = options.issue_webhook.as_deref().map(|url| {
+            tollgate_controller::issue_webhook::WebhookUrl::parse(url).expect("webhook URL")
+        });
         let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
         let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("bound address");

@@ -89,6 +89,24 @@ macro_rules! attach_rows {
     }};
 }
 
+/// Queues webhook event `$event` of issue `$id` at `$at` inside `$tx`, when `$store` has a
+/// webhook (`--issue-webhook`): the outbox row commits or rolls back with the change.
+macro_rules! queue_webhook {
+    ($store:expr, $tx:expr, $id:expr, $event:expr, $at:expr) => {{
+        if $store.issue_webhook {
+            const OUTBOX: &str =
+                "INSERT INTO issue_webhook_outbox (issue_id, event, at) VALUES ($1, $2, $3)";
+            let event: WebhookEvent = $event;
+            sqlx::query(OUTBOX)
+                .bind($id)
+                .bind(event.name())
+                .bind(micros($at))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// Appends `$entry` to issue `$id`'s history inside `$tx`.
 macro_rules! append_history {
     ($tx:expr, $id:expr, $entry:expr) => {{
@@ -375,6 +393,7 @@ impl Store {
                 detail: format!("{}; {detail}", signature.key()),
             };
             append_history!(tx, id, &entry);
+            queue_webhook!(self, tx, id, WebhookEvent::Opened, at);
             let note = AuditNote::new(at, actor, "issue.open", format!("issue/{id}")).details(
                 serde_json::json!({
                     "signature": signature.key(),
@@ -424,6 +443,7 @@ impl Store {
                 detail: detail.clone(),
             };
             append_history!(tx, id, &entry);
+            queue_webhook!(self, tx, id, WebhookEvent::Attached, at);
             let note = AuditNote::new(at, actor, "issue.attach", format!("issue/{id}"))
                 .details(serde_json::json!({"release": release, "nodes": nodes, "state": state}));
             append_audit!(tx, &note);
@@ -466,6 +486,7 @@ impl Store {
                 detail: detail.to_owned(),
             };
             append_history!(tx, id, &entry);
+            queue_webhook!(self, tx, id, WebhookEvent::State, at);
             let note = AuditNote::new(at, actor, format!("issue.{action}"), format!("issue/{id}"))
                 .details(serde_json::json!({
                     "from": transition.from.name(),
@@ -577,6 +598,7 @@ impl Store {
                         detail: changed.clone(),
                     };
                     append_history!(tx, id, &history);
+                    queue_webhook!(self, tx, id, WebhookEvent::Imported, at);
                     let note = AuditNote::new(at, actor, "issue.import", format!("issue/{id}"))
                         .details(serde_json::json!({
                             "signature": key,
@@ -620,6 +642,7 @@ impl Store {
                     ),
                 };
                 append_history!(tx, id, &history);
+                queue_webhook!(self, tx, id, WebhookEvent::Imported, at);
                 let note = AuditNote::new(at, actor, "issue.import", format!("issue/{id}"))
                     .details(serde_json::json!({
                         "signature": key,
@@ -692,6 +715,7 @@ impl Store {
                 detail: changed.to_owned(),
             };
             append_history!(tx, id, &entry);
+            queue_webhook!(self, tx, id, WebhookEvent::Updated, at);
             let note = AuditNote::new(at, actor, "issue.update", format!("issue/{id}")).details(
                 serde_json::json!({
                     "changed": changed,
@@ -772,4 +796,82 @@ fn attach_detail(release: Option<&ReleaseId>, nodes: &BTreeSet<NodeId>) -> Strin
         parts.push(format!("nodes {}", names.join(", ")));
     }
     parts.join("; ")
+}
+
+/// What an issue webhook event says happened (docs/issue-format.md, "Webhook").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookEvent {
+    /// A failure opened it.
+    Opened,
+    /// A failure attached to it (new releases or nodes, maybe a new state).
+    Attached,
+    /// Its state changed (verification, a person's decision).
+    State,
+    /// A person changed its fields.
+    Updated,
+    /// An import opened or changed it.
+    Imported,
+}
+
+impl WebhookEvent {
+    /// The name in the webhook body.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookEvent::Opened => "opened",
+            WebhookEvent::Attached => "attached",
+            WebhookEvent::State => "state",
+            WebhookEvent::Updated => "updated",
+            WebhookEvent::Imported => "imported",
+        }
+    }
+}
+
+/// An undelivered issue webhook event, as its outbox row keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedWebhook {
+    /// The event id, increasing in the order the changes committed; the receiver
+    /// deduplicates on it.
+    pub id: i64,
+    /// The issue it is about.
+    pub issue_id: i64,
+    /// `opened`, `attached`, `state`, `updated` or `imported`.
+    pub event: String,
+    /// When the change was made.
+    pub at: Timestamp,
+}
+
+impl Store {
+    /// The oldest `limit` undelivered issue webhook events, oldest first.
+    pub async fn queued_webhooks(&self, limit: i64) -> Result<Vec<QueuedWebhook>, StoreError> {
+        const SQL: &str =
+            "SELECT id, issue_id, event, at FROM issue_webhook_outbox ORDER BY id LIMIT $1";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let fields =
+                        rows::Fields::new(row, "issue_webhook_outbox", &["id", "issue_id"]);
+                    Ok(QueuedWebhook {
+                        id: fields.int_as("id")?,
+                        issue_id: fields.int_as("issue_id")?,
+                        event: fields.text("event")?,
+                        at: fields.time("at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Marks event `id` delivered by deleting its outbox row; `false` when it was gone
+    /// already (another leader delivered it first).
+    pub async fn webhook_delivered(&self, id: i64) -> Result<bool, StoreError> {
+        const SQL: &str = "DELETE FROM issue_webhook_outbox WHERE id = $1";
+        writing!(self, |pool| {
+            let done = sqlx::query(SQL).bind(id).execute(pool).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
 }

@@ -204,6 +204,8 @@ pub struct StoredGate {
 pub struct Store {
     pool: Pool,
     writes: std::sync::Arc<writes::WriteHealth>,
+    /// Whether issue changes write an `issue_webhook_outbox` row (`--issue-webhook` is set).
+    issue_webhook: bool,
 }
 
 /// The typed pool a [`Store`] holds.
@@ -676,7 +678,15 @@ impl Store {
         Store {
             pool,
             writes: std::sync::Arc::default(),
+            issue_webhook: false,
         }
+    }
+
+    /// This store, writing an `issue_webhook_outbox` row beside every issue change when
+    /// `on` (a webhook is configured); without one no row is written.
+    pub fn with_issue_webhook(mut self, on: bool) -> Store {
+        self.issue_webhook = on;
+        self
     }
 
     /// The typed pool, for tests that reach behind the store's back (to tamper with a row).
@@ -754,7 +764,8 @@ mod results;
 pub use results::{RESULTS_OF_JOBS_MAX, Write};
 mod issues;
 pub use issues::{
-    ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, describe_changes,
+    ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, QueuedWebhook,
+    WebhookEvent, describe_changes,
 };
 mod rollouts;
 pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};

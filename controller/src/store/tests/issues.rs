@@ -15,6 +15,7 @@ on_both_backends!(
     issue_fields_change_by_compare_and_set_with_history_and_audit,
     issue_lists_filter_by_state_release_customer_and_node_in_pages,
     issue_imports_open_and_update_by_signature_all_or_nothing,
+    webhook_events_are_queued_in_the_change_s_transaction,
 );
 
 fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
@@ -736,4 +737,132 @@ async fn issue_imports_open_and_update_by_signature_all_or_nothing(store: &Store
         history
     );
     assert!(store.verify_audit().await.expect("verify").is_ok());
+}
+
+/// The events queued for the webhook, as `(issue, event)`, oldest first.
+async fn queued(store: &Store) -> Vec<(i64, String)> {
+    store
+        .queued_webhooks(100)
+        .await
+        .expect("queued")
+        .into_iter()
+        .map(|queued| (queued.issue_id, queued.event))
+        .collect()
+}
+
+async fn webhook_events_are_queued_in_the_change_s_transaction(plain: &Store) {
+    // Without a webhook, changes queue nothing.
+    plain
+        .open_issue(
+            &failure("nccl: failed", "r1", &["n1"]),
+            "nccl",
+            "bob",
+            at(1),
+        )
+        .await
+        .expect("open")
+        .expect("new");
+    assert_eq!(queued(plain).await, []);
+
+    let store = plain.clone().with_issue_webhook(true);
+    let id = store
+        .open_issue(
+            &failure("gemm: failed", "r1", &["n1"]),
+            "gemm",
+            "bob",
+            at(2),
+        )
+        .await
+        .expect("open")
+        .expect("new");
+    store
+        .attach_to_issue(
+            id,
+            Some(&ReleaseId::from("r2")),
+            &nodes(&["n2"]),
+            None,
+            "bob",
+            at(3),
+        )
+        .await
+        .expect("attach");
+    let fixed = IssueTransition {
+        from: IssueState::Open,
+        to: IssueState::FixInRelease {
+            release: ReleaseId::from("r3"),
+        },
+        evidence: None,
+    };
+    store
+        .change_issue_state(id, &fixed, "fix-promised", "in r3", "alice", at(4))
+        .await
+        .expect("state");
+    // A change that loses its compare-and-set queues nothing.
+    assert!(matches!(
+        store
+            .change_issue_state(id, &fixed, "fix-promised", "in r3", "alice", at(5))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let before = store.issue(id).await.expect("read").expect("issue");
+    let fields = IssueFields {
+        title: "gemm fails".into(),
+        ..IssueFields::default()
+    };
+    store
+        .update_issue(id, before.updated_at, &fields, "title", "alice", at(6))
+        .await
+        .expect("update");
+    let expected = |tail: &[(i64, &str)]| -> Vec<(i64, String)> {
+        [
+            (id, "opened"),
+            (id, "attached"),
+            (id, "state"),
+            (id, "updated"),
+        ]
+        .iter()
+        .chain(tail)
+        .map(|(issue, event)| (*issue, (*event).to_owned()))
+        .collect()
+    };
+    assert_eq!(queued(&store).await, expected(&[]));
+
+    // An import that fails on its last entry rolls back the outbox rows of the entries before
+    // it with everything else.
+    let gemm = imported("gemm: failed", "gemm again", None, IssueState::Open);
+    let new = imported("ecc: failed", "ecc", None, IssueState::Open);
+    assert!(matches!(
+        store
+            .import_issues(&[gemm.clone(), new.clone(), new.clone()], "alice", at(7))
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(queued(&store).await, expected(&[]));
+    let outcome = store
+        .import_issues(&[gemm, new], "alice", at(8))
+        .await
+        .expect("import");
+    let ecc = outcome.opened[0];
+    assert_eq!(
+        queued(&store).await,
+        expected(&[(id, "imported"), (ecc, "imported")])
+    );
+
+    // Delivered events leave the outbox once, by compare-and-set on their id; ids increase.
+    let events = store.queued_webhooks(100).await.expect("queued");
+    assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id));
+    assert_eq!(events[0].at, at(2));
+    assert!(
+        store
+            .webhook_delivered(events[0].id)
+            .await
+            .expect("delivered")
+    );
+    assert!(
+        !store
+            .webhook_delivered(events[0].id)
+            .await
+            .expect("delivered again")
+    );
+    assert_eq!(queued(&store).await[0], (id, "attached".to_owned()));
 }
