@@ -3,7 +3,8 @@
 //! that fails on one overheating node and a promotion it refuses.
 //!
 //! With `--rollout` it goes on: the release is qualified at `production` on the three cool
-//! nodes, then rolled onto a simulated production fleet of 12 more agents in 3 racks, in waves.
+//! nodes, then rolled onto a simulated production fleet of 12 more agents in 3 racks, in waves;
+//! then a second site of 4 agents, one with an XID in wave 2, halts and rolls back.
 //!
 //! The demo is also a smoke test of the whole product: anything unexpected (a child exiting, a
 //! gate that does not fail the way it must) stops it with a clear message and a non-zero exit.
@@ -317,10 +318,23 @@ async fn walk_through(
     children.check_alive()?;
     if with_rollout {
         qualify_for_production(children, &controller, dirs).await?;
-        roll_out(children, &controller, agent_bin, dirs, &url, &ca_file).await?;
+        let agents = Agents {
+            bin: agent_bin,
+            url: &url,
+            ca_file: &ca_file,
+        };
+        roll_out(children, &controller, &agents, dirs).await?;
+        halt_and_roll_back(children, &controller, &agents, dirs).await?;
         children.check_alive()?;
     }
     Ok(url)
+}
+
+/// How the demo starts agents.
+struct Agents<'a> {
+    bin: &'a Path,
+    url: &'a str,
+    ca_file: &'a Path,
 }
 
 /// One demo agent to start: its node name, labels and simulated faults.
@@ -443,10 +457,8 @@ async fn qualify_for_production(
 async fn roll_out(
     children: &mut Children,
     controller: &Controller,
-    agent_bin: &Path,
+    agents: &Agents<'_>,
     dirs: &DemoDirs,
-    url: &str,
-    ca_file: &Path,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = (1..=PROD_NODES).map(|i| format!("prod-{i:02}")).collect();
     note(&format!(
@@ -455,25 +467,7 @@ async fn roll_out(
         names[0],
         names[PROD_NODES - 1]
     ));
-    for (i, name) in names.iter().enumerate() {
-        let rack = format!("r{}", i % RACKS + 1);
-        let labels = [
-            ("sku", "hgx-h100"),
-            ("site", "prod"),
-            ("role", "prod"),
-            ("rack", rack.as_str()),
-        ];
-        let agent = DemoAgent {
-            bin: agent_bin,
-            url,
-            ca_file,
-            name,
-            labels: &labels,
-            faults: &[],
-        };
-        agent.start(children, controller, dirs).await?;
-    }
-    let nodes = wait_for_nodes(children, controller, "site=prod", &names).await?;
+    let nodes = start_fleet(children, controller, agents, dirs, "prod", &names, None).await?;
     say(&format!("tollgate node list --selector {FLEET}"));
     print!("{}", node::format_node_table(&nodes, crate::clock::now()));
 
@@ -504,17 +498,146 @@ async fn roll_out(
         .map_err(|problems| anyhow::anyhow!("the demo rollout file is invalid: {problems}"))?;
     print!("{}", rollout::format_spec(rollout_file, &spec));
 
+    let done = start_and_watch(controller, dirs, FLEET, rollout_file).await?;
+    if done.phase != "completed" {
+        bail!(
+            "rollout {} ended {}, expected completed",
+            done.id,
+            done.phase
+        );
+    }
+    println!(
+        "rolled {RELEASE} onto {PROD_NODES} simulated production nodes in {} waves",
+        done.waves.len()
+    );
+    Ok(())
+}
+
+/// Enrolls and starts the agents `names` with `site=SITE`, `role=prod` and racks `r1`.. in
+/// turn, `xid_node` with an XID 79 under its first load; waits until they are ready.
+async fn start_fleet(
+    children: &mut Children,
+    controller: &Controller,
+    agents: &Agents<'_>,
+    dirs: &DemoDirs,
+    site: &str,
+    names: &[String],
+    xid_node: Option<&str>,
+) -> anyhow::Result<Vec<pb::Node>> {
+    for (i, name) in names.iter().enumerate() {
+        let rack = format!("r{}", i % RACKS + 1);
+        let labels = [
+            ("sku", "hgx-h100"),
+            ("site", site),
+            ("role", "prod"),
+            ("rack", rack.as_str()),
+        ];
+        let faults: &[&str] = if xid_node == Some(name.as_str()) {
+            &["xid=79"]
+        } else {
+            &[]
+        };
+        let agent = DemoAgent {
+            bin: agents.bin,
+            url: agents.url,
+            ca_file: agents.ca_file,
+            name,
+            labels: &labels,
+            faults,
+        };
+        agent.start(children, controller, dirs).await?;
+    }
+    wait_for_nodes(children, controller, &format!("site={site}"), names).await
+}
+
+/// The second act: a second site of 4 simulated nodes, one of which (in wave 2) reports an
+/// XID 79 under its first load. The wave's health fails, the rollout halts naming the node
+/// and the rule, and the controller rolls back the nodes that went through the procedure.
+async fn halt_and_roll_back(
+    children: &mut Children,
+    controller: &Controller,
+    agents: &Agents<'_>,
+    dirs: &DemoDirs,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (1..=4).map(|i| format!("prod-b{i}")).collect();
+    let xid_node = "prod-b2";
+    note(&format!(
+        "a second production site: {} more agents ({}..{}, site=prod-b), 8 simulated GPUs \
+         each; {xid_node}, in wave 2, reports a simulated XID 79 (GPU fell off the bus) \
+         under its first load",
+        names.len(),
+        names[0],
+        names[names.len() - 1]
+    ));
+    start_fleet(
+        children,
+        controller,
+        agents,
+        dirs,
+        "prod-b",
+        &names,
+        Some(xid_node),
+    )
+    .await?;
+    let fleet = "role=prod,site=prod-b";
+    let rollout_file = dirs.shown.join("rollout-demo.yaml").display().to_string();
+    let done = start_and_watch(controller, dirs, fleet, &rollout_file).await?;
+    children.check_alive()?;
+    let Some(halt) = &done.halt else {
+        bail!("rollout {} ended {} without a halt", done.id, done.phase);
+    };
+    let named = halt
+        .failures
+        .iter()
+        .any(|failure| failure.nodes.iter().any(|node| node == xid_node));
+    if done.phase != "rolled-back" || halt.wave != 1 || !named {
+        bail!(
+            "rollout {} ended {} (halted at wave {}), expected rolled back after a halt at \
+             wave 2 naming {xid_node}",
+            done.id,
+            done.phase,
+            halt.wave + 1
+        );
+    }
+    let later: Vec<&str> = done
+        .waves
+        .iter()
+        .skip(2)
+        .flat_map(|wave| &wave.nodes)
+        .filter(|node| !node.run.is_empty())
+        .map(|node| node.node.as_str())
+        .collect();
+    if !later.is_empty() {
+        bail!(
+            "wave 3 started on {} although wave 2 halted",
+            later.join(", ")
+        );
+    }
+    println!(
+        "the XID on {xid_node} halted the rollout at wave 2; wave 3 never started, and the \
+         nodes that were updated were rolled back"
+    );
+    Ok(())
+}
+
+/// Starts the demo rollout over `fleet`, follows it until it ended and shows it.
+async fn start_and_watch(
+    controller: &Controller,
+    dirs: &DemoDirs,
+    fleet: &str,
+    rollout_file: &str,
+) -> anyhow::Result<pb::Rollout> {
     say(&format!(
-        "tollgate rollout start --release {RELEASE} --fleet {FLEET} -f {rollout_file}"
+        "tollgate rollout start --release {RELEASE} --fleet {fleet} -f {rollout_file}"
     ));
     let mut client = controller.rollouts();
     let started = crate::client::answer(
         client
             .start_rollout(pb::StartRolloutRequest {
                 release: RELEASE.to_owned(),
-                fleet: FLEET.to_owned(),
+                fleet: fleet.to_owned(),
                 file: ROLLOUT_YAML.to_owned(),
-                file_name: rollout_file.clone(),
+                file_name: rollout_file.to_owned(),
             })
             .await,
     )
@@ -554,7 +677,6 @@ async fn roll_out(
             dirs.shown.join("logs").display()
         ),
     }
-    children.check_alive()?;
 
     say(&format!("tollgate rollout show {}", started.id));
     let done = crate::client::answer(
@@ -565,18 +687,7 @@ async fn roll_out(
             .await,
     )?;
     print!("{}", rollout::format_rollout(&done));
-    if done.phase != "completed" {
-        bail!(
-            "rollout {} ended {}, expected completed",
-            done.id,
-            done.phase
-        );
-    }
-    println!(
-        "rolled {RELEASE} onto {PROD_NODES} simulated production nodes in {} waves",
-        done.waves.len()
-    );
-    Ok(())
+    Ok(done)
 }
 
 /// Creates the release and applies the plan and the gate, as a release manager would.

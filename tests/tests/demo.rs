@@ -1,11 +1,13 @@
 //! End to end: `tollgate demo --rollout`, the real binaries. The ordinary demo refuses the
 //! release at its lab gate; then the release is qualified at `production` on the cool nodes and
-//! rolled onto 12 simulated production nodes in 3 waves, and the rollout completes.
+//! rolled onto 12 simulated production nodes in 3 waves, and the rollout completes. Then an XID
+//! on a wave-2 node of a second site halts that site's rollout, naming the node and the rule,
+//! and its updated nodes are rolled back.
 
 use tollgate_tests::process::{text, workspace_binary};
 
 #[test]
-fn demo_rollout_rolls_the_release_onto_the_simulated_fleet_in_waves() {
+fn demo_rollout_completes_in_waves_then_an_xid_halts_and_rolls_back() {
     let scratch = tempfile::tempdir().expect("temp dir");
     let data_dir = scratch.path().join("demo");
     let output = std::process::Command::new(workspace_binary("tollgate"))
@@ -36,10 +38,8 @@ fn demo_rollout_rolls_the_release_onto_the_simulated_fleet_in_waves() {
     // Progress lines while it rolls, then the summary of a completed rollout.
     assert!(stdout.contains(" wave 1/3: "), "{stdout}");
     assert!(stdout.contains(" wave 3/3: "), "{stdout}");
-    let show = stdout
-        .split("$ tollgate rollout show ")
-        .nth(1)
-        .expect("the demo shows the rollout at the end");
+    let mut shows = stdout.split("$ tollgate rollout show ").skip(1);
+    let show = shows.next().expect("the demo shows the rollout");
     assert!(show.contains("phase:   completed"), "{show}");
     for i in 1..=12 {
         assert!(
@@ -51,5 +51,26 @@ fn demo_rollout_rolls_the_release_onto_the_simulated_fleet_in_waves() {
         stdout.contains("rolled r550-u3 onto 12 simulated production nodes in 3 waves"),
         "{stdout}"
     );
+    // The second act: halted at wave 2 by the XID on prod-b2, rolled back, wave 3 untouched.
+    let halted = shows.next().expect("the demo shows the halted rollout");
+    assert!(halted.contains("phase:   rolled-back"), "{halted}");
+    assert!(halted.contains("halted at wave 2"), "{halted}");
+    assert!(
+        halted.contains("rule no-events failed on prod-b2"),
+        "{halted}"
+    );
+    for (node, progress) in [
+        ("prod-b1", "rolled-back"),
+        ("prod-b2", "rolled-back"),
+        ("prod-b3", "waiting"),
+        ("prod-b4", "waiting"),
+    ] {
+        assert!(
+            halted
+                .lines()
+                .any(|line| line.contains(node) && line.contains(progress)),
+            "{node} is not {progress}:\n{halted}"
+        );
+    }
     assert!(stdout.contains("Simulated GPUs"), "{stdout}");
 }
