@@ -843,6 +843,11 @@ pub struct DemoArgs {
     /// Leave the controller and agents running at the end until Ctrl-C, to try other commands.
     #[arg(long)]
     pub keep_running: bool,
+    /// Then qualify the release at `production` and roll it onto a simulated production fleet
+    /// of 12 nodes in 3 racks, in waves (1 canary, 25 %, 100 %), one node per rack at once;
+    /// then show an XID on a wave-2 node of a second site halt that rollout and roll it back.
+    #[arg(long)]
+    pub rollout: bool,
 }
 
 #[cfg(test)]

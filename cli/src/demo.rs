@@ -2,12 +2,16 @@
 //! loopback and narrates a qualification a release manager would do by hand, ending in a gate
 //! that fails on one overheating node and a promotion it refuses.
 //!
+//! With `--rollout` it goes on: the release is qualified at `production` on the three cool
+//! nodes, then rolled onto a simulated production fleet of 12 more agents in 3 racks, in waves;
+//! then a second site of 4 agents, one with an XID in wave 2, halts and rolls back.
+//!
 //! The demo is also a smoke test of the whole product: anything unexpected (a child exiting, a
 //! gate that does not fail the way it must) stops it with a clear message and a non-zero exit.
 
 use crate::args::{DemoArgs, ReportFormat};
 use crate::client::{Controller, Target};
-use crate::commands::{gate, node, plan, promote, release, report, run as runs};
+use crate::commands::{gate, node, plan, promote, release, report, rollout, run as runs};
 use crate::output::Format;
 use anyhow::{Context as _, bail};
 use std::io::IsTerminal as _;
@@ -33,12 +37,80 @@ const TELEMETRY_KIND: &str = "telemetry";
 const PLAN_YAML: &str = include_str!("../../examples/plan-demo.yaml");
 const GATE_YAML: &str = include_str!("../../examples/gate-lab-qual.yaml");
 
+/// The rollout act: the production gate, the procedure and rollback plans, the rollout file.
+const PRODUCTION: &str = "production";
+const PRODUCTION_GATE_YAML: &str = r#"# The production gate of the demo: the qualification passed on the three cool nodes, which
+# stayed below their slowdown temperature and ran the release's versions.
+milestone: production
+description: Production readiness (demo)
+rules:
+  - steps-passed:
+      plan: gpu-qual
+      steps: [versions, stress]
+      min-nodes: 3
+  - telemetry:
+      field: gpu_temp_c
+      aggregate: max
+      condition: "< 88"
+  - inventory-matches-release: {}
+"#;
+const FLASH_PLAN_YAML: &str = r#"# What each production node goes through in the demo's rollout (simulated: nothing is flashed).
+name: flash-and-soak
+description: Flash the release and soak (simulated GPUs)
+selector:
+  role: prod
+steps:
+  - name: versions
+    kind: inventory-check
+    timeout: 30s
+  - name: flash
+    kind: exec
+    command: [sh, -c, "echo 'flashing driver and VBIOS (simulated)'; sleep 1"]
+    timeout: 1m
+"#;
+const ROLLBACK_PLAN_YAML: &str = r#"# How a production node goes back to the previous release in the demo (simulated).
+name: flash-previous
+description: Flash the previous release back (simulated GPUs)
+selector:
+  role: prod
+steps:
+  - name: flash-back
+    kind: exec
+    command: [sh, -c, "echo 'flashing the previous release (simulated)'; sleep 1"]
+    timeout: 1m
+"#;
+const ROLLOUT_YAML: &str = r#"# The demo's rollout: one canary, then a quarter of the fleet, then the rest; never more than
+# one node of a rack in procedure at once.
+name: prod-demo
+description: Simulated production fleet of the demo
+selector: {role: prod}
+waves:
+  - count: 1
+  - percent: 25
+  - percent: 100
+procedure:
+  plan: flash-and-soak
+rollback:
+  plan: flash-previous
+health:
+  - steps-passed: {max-failed: 0}
+  - no-events: {xid: [48, 79]}
+soak: 1s
+limits:
+  max-concurrent: {rack: 1}
+"#;
+/// The simulated production fleet: `prod-01`..`prod-12`, racks `r1`..`r3` in turn.
+const PROD_NODES: usize = 12;
+const RACKS: usize = 3;
+const FLEET: &str = "role=prod";
+
 /// Marks a directory as the demo's own, so that recreating it never deletes anything else.
 const MARKER: &str = ".tollgate-demo";
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const NODES_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 
@@ -54,6 +126,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let DemoArgs {
         data_dir,
         keep_running,
+        rollout: with_rollout,
     } = args;
     let started = Instant::now();
     let controller_bin = find_binary("tollgate-controller")?;
@@ -69,7 +142,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut children = Children::default();
     let outcome = tokio::select! {
-        result = walk_through(&mut children, &controller_bin, &agent_bin, &dirs) => result,
+        result = walk_through(&mut children, &controller_bin, &agent_bin, &dirs, with_rollout) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let outcome = match outcome {
@@ -87,7 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     println!(
         "\nstopping {} agents and the controller (logs in {})",
-        NODES.len(),
+        children.running.len().saturating_sub(1),
         dirs.shown.join("logs").display()
     );
     children.stop().await;
@@ -151,6 +224,7 @@ async fn walk_through(
     controller_bin: &Path,
     agent_bin: &Path,
     dirs: &DemoDirs,
+    with_rollout: bool,
 ) -> anyhow::Result<String> {
     // A throwaway lab CA: the controller signs its server certificate with it, the agents
     // and this CLI trust it, so every connection of the demo is TLS.
@@ -216,27 +290,22 @@ async fn walk_through(
         NODES.len(),
         NODES.join(", ")
     ));
+    let lab_labels = [("sku", "hgx-h100"), ("site", "demo")];
     for name in NODES {
-        let token_file = enroll_token(&controller, dirs, name).await?;
-        let mut command = Command::new(agent_bin);
-        command
-            // No configuration file: a node's /etc/tollgate/agent.toml must not reach the demo.
-            .args(["--config", "/dev/null"])
-            .arg("--controller")
-            .arg(&url)
-            .arg("--ca-file")
-            .arg(&ca_file)
-            .arg("--bootstrap-token-file")
-            .arg(&token_file)
-            .args(["--node", name])
-            .args(["--label", "sku=hgx-h100", "--label", "site=demo"])
-            .args(["--gpus", "sim:8"])
-            .arg("--state-dir")
-            .arg(dirs.root.join("agents").join(name));
-        if name == HOT_NODE {
-            command.args(["--fault", "over-temp"]);
-        }
-        children.spawn(name, &mut command, &dirs.log(name))?;
+        let faults: &[&str] = if name == HOT_NODE {
+            &["over-temp"]
+        } else {
+            &[]
+        };
+        let agent = DemoAgent {
+            bin: agent_bin,
+            url: &url,
+            ca_file: &ca_file,
+            name,
+            labels: &lab_labels,
+            faults,
+        };
+        agent.start(children, &controller, dirs).await?;
     }
 
     say(&format!(
@@ -260,7 +329,378 @@ async fn walk_through(
     .context("rendering the status report")?;
     print!("{status}");
     children.check_alive()?;
+    if with_rollout {
+        qualify_for_production(children, &controller, dirs).await?;
+        let agents = Agents {
+            bin: agent_bin,
+            url: &url,
+            ca_file: &ca_file,
+        };
+        roll_out(children, &controller, &agents, dirs).await?;
+        halt_and_roll_back(children, &controller, &agents, dirs).await?;
+        children.check_alive()?;
+    }
     Ok(url)
+}
+
+/// How the demo starts agents.
+struct Agents<'a> {
+    bin: &'a Path,
+    url: &'a str,
+    ca_file: &'a Path,
+}
+
+/// One demo agent to start: its node name, labels and simulated faults.
+struct DemoAgent<'a> {
+    bin: &'a Path,
+    url: &'a str,
+    ca_file: &'a Path,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+    faults: &'a [&'a str],
+}
+
+impl DemoAgent<'_> {
+    /// Enrolls the node and starts its `tollgate-agent` with 8 simulated GPUs.
+    async fn start(
+        &self,
+        children: &mut Children,
+        controller: &Controller,
+        dirs: &DemoDirs,
+    ) -> anyhow::Result<()> {
+        let token_file = enroll_token(controller, dirs, self.name, self.labels).await?;
+        let mut command = Command::new(self.bin);
+        command
+            // No configuration file: a node's /etc/tollgate/agent.toml must not reach the demo.
+            .args(["--config", "/dev/null"])
+            .arg("--controller")
+            .arg(self.url)
+            .arg("--ca-file")
+            .arg(self.ca_file)
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .args(["--node", self.name]);
+        for (key, value) in self.labels {
+            command.arg("--label").arg(format!("{key}={value}"));
+        }
+        command
+            .args(["--gpus", "sim:8"])
+            .arg("--state-dir")
+            .arg(dirs.root.join("agents").join(self.name));
+        for fault in self.faults {
+            command.args(["--fault", fault]);
+        }
+        children.spawn(self.name, &mut command, &dirs.log(self.name))
+    }
+}
+
+/// The rollout act, part one: a rollout needs a release that passed its `production` gate.
+/// The hot node is cordoned (it goes to repair) and the release is qualified at `production`
+/// on the three others.
+async fn qualify_for_production(
+    children: &mut Children,
+    controller: &Controller,
+    dirs: &DemoDirs,
+) -> anyhow::Result<()> {
+    note(&format!(
+        "the rollout: {RELEASE} must pass its {PRODUCTION} gate first; {HOT_NODE} goes to repair \
+         and the other three lab nodes qualify it"
+    ));
+    say(&format!("tollgate node cordon {HOT_NODE}"));
+    let cordoned = crate::client::answer(
+        controller
+            .nodes()
+            .set_cordon(pb::SetCordonRequest {
+                name: HOT_NODE.to_owned(),
+                cordoned: true,
+            })
+            .await,
+    )?;
+    println!("node {} is {}", cordoned.name, cordoned.state);
+
+    let gate_path = dirs.root.join("gate-production.yaml");
+    std::fs::write(&gate_path, PRODUCTION_GATE_YAML)
+        .with_context(|| format!("writing {}", gate_path.display()))?;
+    let shown_gate = dirs
+        .shown
+        .join("gate-production.yaml")
+        .display()
+        .to_string();
+    say(&format!("tollgate gate apply -f {shown_gate}"));
+    let policy = gate::apply(controller, &shown_gate, PRODUCTION_GATE_YAML.to_owned())
+        .await
+        .context("applying the production gate")?;
+    print!("{}", gate::format_applied(&policy));
+
+    say(&format!(
+        "tollgate run start --release {RELEASE} --plan {PLAN} --milestone {PRODUCTION} --watch"
+    ));
+    let started = runs::start(controller, RELEASE, PLAN, Some(PRODUCTION), false)
+        .await
+        .context("starting the production qualification")?;
+    print!("{}", runs::format_started(&started));
+    let cool = NODES.len() - 1;
+    if started.jobs.len() != cool {
+        bail!(
+            "the production run selected {} nodes, expected the {cool} cool ones",
+            started.jobs.len()
+        );
+    }
+    follow_run(children, controller, dirs, &started.id).await?;
+
+    say(&format!(
+        "tollgate gate show --release {RELEASE} --milestone {PRODUCTION}"
+    ));
+    let decision = gate::evaluate(controller, RELEASE, Some(PRODUCTION))
+        .await
+        .context("evaluating the production gate")?;
+    print!("{}", gate::format_decision(&decision));
+    if decision.verdict != "passed" {
+        bail!(
+            "the production gate is {}, expected passed: {}",
+            decision.verdict,
+            decision.summary
+        );
+    }
+    Ok(())
+}
+
+/// The rollout act, part two: 12 simulated production nodes in 3 racks; the release rolls
+/// onto them in waves, one node per rack at once, followed live, then shown.
+async fn roll_out(
+    children: &mut Children,
+    controller: &Controller,
+    agents: &Agents<'_>,
+    dirs: &DemoDirs,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (1..=PROD_NODES).map(|i| format!("prod-{i:02}")).collect();
+    note(&format!(
+        "enrolling and starting {PROD_NODES} more tollgate-agent processes, the production \
+         fleet ({}..{}, {FLEET}, racks r1..r{RACKS}), 8 simulated H100 GPUs each",
+        names[0],
+        names[PROD_NODES - 1]
+    ));
+    let nodes = start_fleet(children, controller, agents, dirs, "prod", &names, None).await?;
+    say(&format!("tollgate node list --selector {FLEET}"));
+    print!("{}", node::format_node_table(&nodes, crate::clock::now()));
+
+    let mut shown = Vec::new();
+    for (file, yaml) in [
+        ("plan-flash-and-soak.yaml", FLASH_PLAN_YAML),
+        ("plan-flash-previous.yaml", ROLLBACK_PLAN_YAML),
+        ("rollout-demo.yaml", ROLLOUT_YAML),
+    ] {
+        let path = dirs.root.join(file);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        shown.push(dirs.shown.join(file).display().to_string());
+    }
+    for (file, yaml) in [
+        (&shown[0], FLASH_PLAN_YAML),
+        (&shown[1], ROLLBACK_PLAN_YAML),
+    ] {
+        say(&format!("tollgate plan apply -f {file}"));
+        let applied = plan::apply(controller, file, yaml.to_owned())
+            .await
+            .with_context(|| format!("applying {file}"))?;
+        print!("{}", plan::format_applied(&applied));
+    }
+
+    let rollout_file = &shown[2];
+    say(&format!("tollgate rollout validate {rollout_file}"));
+    let spec = tollgate_domain::rollout::parse_rollout(rollout_file, ROLLOUT_YAML)
+        .map_err(|problems| anyhow::anyhow!("the demo rollout file is invalid: {problems}"))?;
+    print!("{}", rollout::format_spec(rollout_file, &spec));
+
+    let done = start_and_watch(controller, dirs, FLEET, rollout_file).await?;
+    if done.phase != "completed" {
+        bail!(
+            "rollout {} ended {}, expected completed",
+            done.id,
+            done.phase
+        );
+    }
+    println!(
+        "rolled {RELEASE} onto {PROD_NODES} simulated production nodes in {} waves",
+        done.waves.len()
+    );
+    Ok(())
+}
+
+/// Enrolls and starts the agents `names` with `site=SITE`, `role=prod` and racks `r1`.. in
+/// turn, `xid_node` with an XID 79 under its first load; waits until they are ready.
+async fn start_fleet(
+    children: &mut Children,
+    controller: &Controller,
+    agents: &Agents<'_>,
+    dirs: &DemoDirs,
+    site: &str,
+    names: &[String],
+    xid_node: Option<&str>,
+) -> anyhow::Result<Vec<pb::Node>> {
+    for (i, name) in names.iter().enumerate() {
+        let rack = format!("r{}", i % RACKS + 1);
+        let labels = [
+            ("sku", "hgx-h100"),
+            ("site", site),
+            ("role", "prod"),
+            ("rack", rack.as_str()),
+        ];
+        let faults: &[&str] = if xid_node == Some(name.as_str()) {
+            &["xid=79"]
+        } else {
+            &[]
+        };
+        let agent = DemoAgent {
+            bin: agents.bin,
+            url: agents.url,
+            ca_file: agents.ca_file,
+            name,
+            labels: &labels,
+            faults,
+        };
+        agent.start(children, controller, dirs).await?;
+    }
+    wait_for_nodes(children, controller, &format!("site={site}"), names).await
+}
+
+/// The second act: a second site of 4 simulated nodes, one of which (in wave 2) reports an
+/// XID 79 under its first load. The wave's health fails, the rollout halts naming the node
+/// and the rule, and the controller rolls back the nodes that went through the procedure.
+async fn halt_and_roll_back(
+    children: &mut Children,
+    controller: &Controller,
+    agents: &Agents<'_>,
+    dirs: &DemoDirs,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (1..=4).map(|i| format!("prod-b{i}")).collect();
+    let xid_node = "prod-b2";
+    note(&format!(
+        "a second production site: {} more agents ({}..{}, site=prod-b), 8 simulated GPUs \
+         each; {xid_node}, in wave 2, reports a simulated XID 79 (GPU fell off the bus) \
+         under its first load",
+        names.len(),
+        names[0],
+        names[names.len() - 1]
+    ));
+    start_fleet(
+        children,
+        controller,
+        agents,
+        dirs,
+        "prod-b",
+        &names,
+        Some(xid_node),
+    )
+    .await?;
+    let fleet = "role=prod,site=prod-b";
+    let rollout_file = dirs.shown.join("rollout-demo.yaml").display().to_string();
+    let done = start_and_watch(controller, dirs, fleet, &rollout_file).await?;
+    children.check_alive()?;
+    let Some(halt) = &done.halt else {
+        bail!("rollout {} ended {} without a halt", done.id, done.phase);
+    };
+    let named = halt
+        .failures
+        .iter()
+        .any(|failure| failure.nodes.iter().any(|node| node == xid_node));
+    if done.phase != "rolled-back" || halt.wave != 1 || !named {
+        bail!(
+            "rollout {} ended {} (halted at wave {}), expected rolled back after a halt at \
+             wave 2 naming {xid_node}",
+            done.id,
+            done.phase,
+            halt.wave + 1
+        );
+    }
+    let later: Vec<&str> = done
+        .waves
+        .iter()
+        .skip(2)
+        .flat_map(|wave| &wave.nodes)
+        .filter(|node| !node.run.is_empty())
+        .map(|node| node.node.as_str())
+        .collect();
+    if !later.is_empty() {
+        bail!(
+            "wave 3 started on {} although wave 2 halted",
+            later.join(", ")
+        );
+    }
+    println!(
+        "the XID on {xid_node} halted the rollout at wave 2; wave 3 never started, and the \
+         nodes that were updated were rolled back"
+    );
+    Ok(())
+}
+
+/// Starts the demo rollout over `fleet`, follows it until it ended and shows it.
+async fn start_and_watch(
+    controller: &Controller,
+    dirs: &DemoDirs,
+    fleet: &str,
+    rollout_file: &str,
+) -> anyhow::Result<pb::Rollout> {
+    say(&format!(
+        "tollgate rollout start --release {RELEASE} --fleet {fleet} -f {rollout_file}"
+    ));
+    let mut client = controller.rollouts();
+    let started = crate::client::answer(
+        client
+            .start_rollout(pb::StartRolloutRequest {
+                release: RELEASE.to_owned(),
+                fleet: fleet.to_owned(),
+                file: ROLLOUT_YAML.to_owned(),
+                file_name: rollout_file.to_owned(),
+            })
+            .await,
+    )
+    .context("starting the demo rollout")?;
+    print!("{}", rollout::format_rollout(&started));
+
+    say(&format!("tollgate rollout watch {}", started.id));
+    let watched = tokio::time::timeout(ROLLOUT_TIMEOUT, async {
+        let mut stream = crate::client::answer(
+            client
+                .watch_rollout(pb::GetRolloutRequest {
+                    id: started.id.clone(),
+                })
+                .await,
+        )?;
+        let mut last = String::new();
+        while let Some(update) = stream
+            .message()
+            .await
+            .map_err(crate::client::RpcError::from)?
+        {
+            let line = rollout::format_progress_line(&update);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match watched {
+        Ok(result) => result?,
+        Err(_) => bail!(
+            "rollout {} did not end within {}s; see the agent logs in {}",
+            started.id,
+            ROLLOUT_TIMEOUT.as_secs(),
+            dirs.shown.join("logs").display()
+        ),
+    }
+
+    say(&format!("tollgate rollout show {}", started.id));
+    let done = crate::client::answer(
+        client
+            .get_rollout(pb::GetRolloutRequest {
+                id: started.id.clone(),
+            })
+            .await,
+    )?;
+    print!("{}", rollout::format_rollout(&done));
+    Ok(done)
 }
 
 /// Creates the release and applies the plan and the gate, as a release manager would.
@@ -319,7 +759,8 @@ async fn run_plan(
         "waiting for {} nodes to register and be ready",
         NODES.len()
     ));
-    let nodes = wait_for_nodes(children, controller).await?;
+    let names: Vec<String> = NODES.iter().map(|name| (*name).to_owned()).collect();
+    let nodes = wait_for_nodes(children, controller, "site=demo", &names).await?;
     say("tollgate node list --selector site=demo");
     print!("{}", node::format_node_table(&nodes, crate::clock::now()));
 
@@ -338,23 +779,29 @@ async fn run_plan(
             NODES.join(", ")
         );
     }
-    let ended = tokio::time::timeout(
-        RUN_TIMEOUT,
-        runs::watch(controller, &started.id, Format::Text),
-    )
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "run {} did not end within {}s; see the agent logs in {}",
-            started.id,
-            RUN_TIMEOUT.as_secs(),
-            dirs.shown.join("logs").display()
-        )
-    })??;
+    follow_run(children, controller, dirs, &started.id).await
+}
+
+/// Follows run `id` live until it ended; it must have finished.
+async fn follow_run(
+    children: &mut Children,
+    controller: &Controller,
+    dirs: &DemoDirs,
+    id: &str,
+) -> anyhow::Result<()> {
+    let ended = tokio::time::timeout(RUN_TIMEOUT, runs::watch(controller, id, Format::Text))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "run {id} did not end within {}s; see the agent logs in {}",
+                RUN_TIMEOUT.as_secs(),
+                dirs.shown.join("logs").display()
+            )
+        })??;
+    children.check_alive()?;
     if ended.state != "finished" {
         bail!("run {} ended {}, expected finished", ended.id, ended.state);
     }
-
     Ok(())
 }
 
@@ -467,15 +914,16 @@ async fn enroll_token(
     controller: &Controller,
     dirs: &DemoDirs,
     name: &str,
+    labels: &[(&str, &str)],
 ) -> anyhow::Result<PathBuf> {
     let response = crate::client::answer(
         controller
             .nodes()
             .enroll_node(pb::EnrollNodeRequest {
                 node_name: name.to_owned(),
-                labels: [("sku", "hgx-h100"), ("site", "demo")]
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .into_iter()
+                labels: labels
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                     .collect(),
                 ttl_seconds: 600,
             })
@@ -557,17 +1005,20 @@ async fn wait_for_health(children: &mut Children, target: &Target) -> anyhow::Re
     }
 }
 
-/// Waits until every demo node is registered and ready; returns the demo's nodes.
+/// Waits until every node of `names` is registered and ready; returns the nodes `selector`
+/// takes.
 async fn wait_for_nodes(
     children: &mut Children,
     controller: &Controller,
+    selector: &str,
+    names: &[String],
 ) -> anyhow::Result<Vec<pb::Node>> {
     let deadline = Instant::now() + NODES_TIMEOUT;
-    let selector = node::parse_selector(&["site=demo".to_owned()])?;
+    let selector = node::parse_selector(&[selector.to_owned()])?;
     loop {
         children.check_alive()?;
         let nodes = node::list(controller, selector.clone(), Default::default()).await?;
-        let n_ready = NODES
+        let n_ready = names
             .iter()
             .filter(|name| {
                 nodes
@@ -575,13 +1026,13 @@ async fn wait_for_nodes(
                     .any(|node| node.name == **name && node.state == "ready")
             })
             .count();
-        if n_ready == NODES.len() {
+        if n_ready == names.len() {
             return Ok(nodes);
         }
         if Instant::now() > deadline {
             bail!(
                 "only {n_ready} of {} nodes were ready after {}s:\n{}",
-                NODES.len(),
+                names.len(),
                 NODES_TIMEOUT.as_secs(),
                 node::format_node_table(&nodes, crate::clock::now())
             );
@@ -747,6 +1198,21 @@ mod tests {
         let gate =
             tollgate_domain::gate::parse_gate("gate-lab-qual.yaml", GATE_YAML).expect("valid");
         assert_eq!(gate.milestone, MILESTONE);
+    }
+
+    #[test]
+    fn the_rollout_act_files_are_valid() {
+        let gate = tollgate_domain::gate::parse_gate("gate-production.yaml", PRODUCTION_GATE_YAML)
+            .expect("valid");
+        assert_eq!(gate.milestone, PRODUCTION);
+        for (file, yaml, name) in [
+            ("flash.yaml", FLASH_PLAN_YAML, "flash-and-soak"),
+            ("previous.yaml", ROLLBACK_PLAN_YAML, "flash-previous"),
+        ] {
+            let plan = tollgate_domain::plan::parse_plan(file, yaml).expect("valid");
+            assert_eq!(plan.name, name);
+        }
+        tollgate_domain::rollout::parse_rollout("rollout-demo.yaml", ROLLOUT_YAML).expect("valid");
     }
 
     #[test]

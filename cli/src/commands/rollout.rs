@@ -215,7 +215,7 @@ fn progress_counts(rollout: &pb::Rollout) -> String {
 }
 
 /// One line per change while watching.
-fn format_progress_line(rollout: &pb::Rollout) -> String {
+pub fn format_progress_line(rollout: &pb::Rollout) -> String {
     format!(
         "{} {} wave {}/{}: {}",
         rollout.id,
