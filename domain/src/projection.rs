@@ -17,6 +17,9 @@
 //!   in service cannot be projected, nor can the ones after it.
 //! - A milestone is at risk when its projected finish falls on a day after its target (UTC),
 //!   or when it cannot be projected for want of a node.
+//! - The critical path across releases: a milestone whose jobs wait for nodes another release
+//!   holds lists that release's milestone in `waits_for` (following those links from a late
+//!   milestone walks back to what it queues behind).
 //! - A halted release runs nothing: it holds no node, so the releases after it are projected
 //!   as if it were not there; its own milestones are projected as if it resumed now, and
 //!   every one not passed is at risk for the halt.
@@ -151,6 +154,18 @@ pub struct MilestoneProjection {
     pub finish: Finish,
     /// Why it is at risk; `None` when it is not.
     pub risk: Option<Risk>,
+    /// The milestones of other releases whose jobs hold nodes this one's jobs wait for (its
+    /// jobs would start sooner without them), by release and milestone; empty when none.
+    pub waits_for: Vec<Holder>,
+}
+
+/// A release's milestone holding nodes in the projection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Holder {
+    /// The release.
+    pub release: ReleaseId,
+    /// Its milestone.
+    pub milestone: String,
 }
 
 /// The projection of one release.
@@ -169,16 +184,19 @@ pub fn project(
     free_at: &FreeAt,
     now: Timestamp,
 ) -> Vec<ReleaseProjection> {
-    let mut free_at: FreeAt = free_at
-        .iter()
-        .map(|(node, at)| (node.clone(), (*at).max(now)))
-        .collect();
+    let mut nodes = Nodes {
+        free_at: free_at
+            .iter()
+            .map(|(node, at)| (node.clone(), (*at).max(now)))
+            .collect(),
+        held_by: BTreeMap::new(),
+    };
     releases
         .iter()
         .map(|release| {
             let milestones = if release.halted {
                 // Placed on a copy: a halted release holds no node.
-                let mut milestones = project_release(release, &mut free_at.clone(), now);
+                let mut milestones = project_release(release, &mut nodes.clone(), now);
                 for milestone in &mut milestones {
                     if !matches!(milestone.finish, Finish::Passed { .. }) {
                         milestone.risk = Some(Risk::Halted);
@@ -186,7 +204,7 @@ pub fn project(
                 }
                 milestones
             } else {
-                project_release(release, &mut free_at, now)
+                project_release(release, &mut nodes, now)
             };
             ReleaseProjection {
                 release: release.release.clone(),
@@ -196,10 +214,17 @@ pub fn project(
         .collect()
 }
 
-/// One release's milestones, taking nodes from `free_at` as its jobs are placed.
+/// The nodes as jobs are placed on them: when each is free, and whose job holds it until then.
+#[derive(Clone, Debug)]
+struct Nodes {
+    free_at: FreeAt,
+    held_by: BTreeMap<NodeId, Holder>,
+}
+
+/// One release's milestones, taking nodes as its jobs are placed.
 fn project_release(
     release: &ReleaseFacts,
-    free_at: &mut FreeAt,
+    nodes: &mut Nodes,
     now: Timestamp,
 ) -> Vec<MilestoneProjection> {
     let mut ready = now;
@@ -207,6 +232,11 @@ fn project_release(
     let mut unknown: Option<(String, Option<Risk>)> = None;
     let mut projections = Vec::with_capacity(release.milestones.len());
     for facts in &release.milestones {
+        let me = Holder {
+            release: release.release.clone(),
+            milestone: facts.milestone.clone(),
+        };
+        let mut waits_for = BTreeSet::new();
         let (finish, risk) = if let Some(at) = facts.passed_at {
             ready = ready.max(at);
             (Finish::Passed { at }, None)
@@ -216,7 +246,11 @@ fn project_release(
             };
             (finish, *risk)
         } else {
-            match facts.work.as_ref().map(|work| place(work, free_at, ready)) {
+            let placed = facts
+                .work
+                .as_ref()
+                .map(|work| place(work, nodes, ready, &me, &mut waits_for));
+            match placed {
                 None => {
                     unknown = Some((facts.milestone.clone(), None));
                     (Finish::NoPlan, None)
@@ -240,18 +274,22 @@ fn project_release(
             target: facts.target,
             finish,
             risk,
+            waits_for: waits_for.into_iter().collect(),
         });
     }
     projections
 }
 
-/// Places `work`'s jobs, none starting before `ready`, on the matching nodes of `free_at`
-/// that are free first, and says when the last one ends and where its durations came from
-/// (`None` with no job left); `None` when no matching node is in service.
+/// Places `work`'s jobs (of `me`), none starting before `ready`, on the matching nodes that
+/// are free first, and says when the last one ends and where its durations came from (`None`
+/// with no job left); `None` when no matching node is in service. A job that starts after
+/// `ready` on a node another release's job held adds that holder to `waits_for`.
 fn place(
     work: &Work,
-    free_at: &mut FreeAt,
+    nodes: &mut Nodes,
     ready: Timestamp,
+    me: &Holder,
+    waits_for: &mut BTreeSet<Holder>,
 ) -> Option<(Timestamp, Option<Basis>)> {
     let (per_job, basis) = job_duration(&work.steps);
     if work.n_jobs == 0 {
@@ -263,10 +301,17 @@ fn place(
         let (node, start) = work
             .matching
             .iter()
-            .filter_map(|node| free_at.get(node).map(|at| (node, (*at).max(ready))))
+            .filter_map(|node| nodes.free_at.get(node).map(|at| (node, (*at).max(ready))))
             .min_by_key(|(node, start)| (*start, (*node).clone()))?;
+        if start > ready
+            && let Some(holder) = nodes.held_by.get(node)
+            && holder.release != me.release
+        {
+            waits_for.insert(holder.clone());
+        }
         let job_end = start + per_job;
-        free_at.insert(node.clone(), job_end);
+        nodes.free_at.insert(node.clone(), job_end);
+        nodes.held_by.insert(node.clone(), me.clone());
         end = end.max(job_end);
     }
     Some((end, Some(basis)))

@@ -271,7 +271,7 @@ fn risks(release: &ReleaseStatus) -> Vec<String> {
         .iter()
         .filter_map(|milestone| {
             let risk = milestone.risk?;
-            Some(match (risk, &milestone.finish, milestone.target) {
+            let sentence = match (risk, &milestone.finish, milestone.target) {
                 (Risk::AfterTarget, Finish::Projected { at, .. }, Some(target)) => format!(
                     "{} is projected for {}, {} after its target {target}",
                     milestone.milestone,
@@ -288,6 +288,16 @@ fn risks(release: &ReleaseStatus) -> Vec<String> {
                 (Risk::Halted, _, _) => {
                     format!("{} waits: the release is halted", milestone.milestone)
                 }
+            };
+            Some(if milestone.waits_for.is_empty() {
+                sentence
+            } else {
+                let holders: Vec<String> = milestone
+                    .waits_for
+                    .iter()
+                    .map(|holder| format!("{} {}", holder.release, holder.milestone))
+                    .collect();
+                format!("{sentence}; it queues behind {}", holders.join(", "))
             })
         })
         .collect()

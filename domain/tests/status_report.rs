@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use std::path::PathBuf;
 use tollgate_domain::note::{Action, Note};
-use tollgate_domain::projection::{Basis, Finish, MilestoneProjection, Risk};
+use tollgate_domain::projection::{Basis, Finish, Holder, MilestoneProjection, Risk};
 use tollgate_domain::status_report::{
     ExpiringWaiver, FailingRule, Minutes, OpenIssue, Passed, ReleaseStatus, StatusFacts, html,
     markdown,
@@ -41,6 +41,10 @@ fn facts() -> StatusFacts {
                     basis: Some(Basis::Measured),
                 },
                 risk: Some(Risk::AfterTarget),
+                waits_for: vec![Holder {
+                    release: ReleaseId::from("r549"),
+                    milestone: "customer-acceptance".into(),
+                }],
             },
             MilestoneProjection {
                 milestone: "customer-acceptance".into(),
@@ -50,12 +54,14 @@ fn facts() -> StatusFacts {
                     basis: Some(Basis::Timeouts),
                 },
                 risk: None,
+                waits_for: Vec::new(),
             },
             MilestoneProjection {
                 milestone: "production".into(),
                 target: None,
                 finish: Finish::NoMatchingNode,
                 risk: Some(Risk::NoMatchingNode),
+                waits_for: Vec::new(),
             },
         ],
         passed: Vec::new(),
@@ -93,12 +99,14 @@ fn facts() -> StatusFacts {
                     at: at("2026-12-04T15:00:00Z"),
                 },
                 risk: None,
+                waits_for: Vec::new(),
             },
             MilestoneProjection {
                 milestone: "customer-acceptance".into(),
                 target: None,
                 finish: Finish::NoPlan,
                 risk: None,
+                waits_for: Vec::new(),
             },
         ],
         passed: vec![

@@ -170,6 +170,7 @@ pub fn milestone_projection(projection: &pb::MilestoneProjection) -> Value {
         basis,
         risk,
         after,
+        waits_for,
     } = projection;
     json!({
         "milestone": milestone,
@@ -179,6 +180,10 @@ pub fn milestone_projection(projection: &pb::MilestoneProjection) -> Value {
         "basis": basis,
         "risk": risk,
         "after": after,
+        "waits_for": waits_for
+            .iter()
+            .map(|holder| json!({"release": holder.release, "milestone": holder.milestone}))
+            .collect::<Vec<_>>(),
     })
 }
 

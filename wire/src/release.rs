@@ -317,6 +317,7 @@ impl ToProto for MilestoneProjection {
             target,
             finish,
             risk,
+            waits_for,
         } = self;
         let (basis, after) = match finish {
             Finish::Projected { basis, .. } => (basis.map(<&str>::from), None),
@@ -331,6 +332,13 @@ impl ToProto for MilestoneProjection {
             basis: basis.unwrap_or_default().to_owned(),
             risk: risk.map(<&str>::from).unwrap_or_default().to_owned(),
             after: after.unwrap_or_default(),
+            waits_for: waits_for
+                .iter()
+                .map(|holder| proto::MilestoneRef {
+                    release: holder.release.to_string(),
+                    milestone: holder.milestone.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -425,6 +433,20 @@ pub fn risk_words(projection: &proto::MilestoneProjection) -> String {
     } else {
         format!("AT RISK ({})", projection.risk)
     }
+}
+
+/// What a milestone's jobs queue behind, in words: `waits for r549 customer-acceptance, r548
+/// production`; empty when it waits for no other release.
+pub fn waits_words(projection: &proto::MilestoneProjection) -> String {
+    if projection.waits_for.is_empty() {
+        return String::new();
+    }
+    let holders: Vec<String> = projection
+        .waits_for
+        .iter()
+        .map(|holder| format!("{} {}", holder.release, holder.milestone))
+        .collect();
+    format!("waits for {}", holders.join(", "))
 }
 
 /// A verdict as a sentence says it.

@@ -358,6 +358,12 @@ pub fn format_projection(projection: &pb::MilestoneProjection) -> String {
     } else {
         format!(" {risk}")
     };
+    let waits = tollgate_wire::release::waits_words(projection);
+    let risk = if waits.is_empty() {
+        risk
+    } else {
+        format!("{risk}, {waits}")
+    };
     format!(
         "{} {} vs {finish}{risk}",
         projection.milestone,
@@ -515,6 +521,10 @@ mod tests {
                     finish_at: at(1_800_000_000),
                     basis: "timeouts".into(),
                     risk: "after-target".into(),
+                    waits_for: vec![pb::MilestoneRef {
+                        release: "r0".into(),
+                        milestone: "customer-acceptance".into(),
+                    }],
                     ..Default::default()
                 },
                 pb::MilestoneProjection {
@@ -529,7 +539,8 @@ mod tests {
         assert_eq!(
             format_plan_of_record(&release),
             "lab-qual 2027-01-15 vs passed 2027-01-03; customer-acceptance 2027-01-20 vs \
-             2027-01-15 (timeouts) AT RISK (after-target); production - vs after customer-acceptance"
+             2027-01-15 (timeouts) AT RISK (after-target), waits for r0 customer-acceptance; \
+             production - vs after customer-acceptance"
         );
     }
 

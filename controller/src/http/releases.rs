@@ -14,7 +14,7 @@ use tollgate_proto::v1::{
     self as pb, gate_service_server::GateService, release_service_server::ReleaseService,
     run_service_server::RunService,
 };
-use tollgate_wire::release::{blocker, finish_words, risk_words};
+use tollgate_wire::release::{blocker, finish_words, risk_words, waits_words};
 
 /// gRPC paths the release pages call (rows of `grpc/authz.rs`).
 pub const LIST_RELEASES: &str = "/tollgate.v1.ReleaseService/ListReleases";
@@ -92,6 +92,8 @@ fn plan_of_record_lines(release: &pb::Release) -> Markup {
                 " vs " (finish_words(projection))
                 @let risk = risk_words(projection);
                 @if !risk.is_empty() { " " (badge(&risk)) }
+                @let waits = waits_words(projection);
+                @if !waits.is_empty() { " " span.muted { (waits) } }
             }
         }
     }
@@ -105,13 +107,17 @@ fn plan_of_record_table(release: &pb::Release) -> Markup {
             @if release.projections.is_empty() { p.muted { "Not projected." } }
             @else {
                 table.list.plan-of-record {
-                    thead { tr { th { "Milestone" } th { "Target" } th { "Projected" } th { "Risk" } } }
+                    thead { tr { th { "Milestone" } th { "Target" } th { "Projected" } th { "Risk" } th { "Queues behind" } } }
                     tbody { @for projection in &release.projections {
                         tr { td { (projection.milestone) }
                              td { @if projection.target_date.is_empty() { span.muted { "—" } } @else { (projection.target_date) } }
                              td { (finish_words(projection)) }
                              td { @let risk = risk_words(projection);
-                                  @if risk.is_empty() { span.muted { "—" } } @else { (badge(&risk)) } } }
+                                  @if risk.is_empty() { span.muted { "—" } } @else { (badge(&risk)) } }
+                             td { @if projection.waits_for.is_empty() { span.muted { "—" } }
+                                  @for holder in &projection.waits_for {
+                                      a href=(format!("/releases/{}", encode(&holder.release))) { (holder.release) }
+                                      " " (holder.milestone) " " } } }
                     } }
                 }
             }

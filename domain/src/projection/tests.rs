@@ -378,3 +378,63 @@ fn a_node_free_before_now_is_free_now() {
     let projection = project(&releases, &free_at, at(NOW));
     assert_eq!(projection[0].milestones[0].finish, projected(HOUR));
 }
+
+#[test]
+fn a_milestone_names_the_other_releases_it_waits_behind() {
+    let holder = |release: &str, milestone: &str| Holder {
+        release: ReleaseId::from(release),
+        milestone: milestone.to_owned(),
+    };
+    let waits = |projection: &[ReleaseProjection]| -> Vec<Vec<Vec<Holder>>> {
+        projection
+            .iter()
+            .map(|r| r.milestones.iter().map(|m| m.waits_for.clone()).collect())
+            .collect()
+    };
+    // r1 holds n1 for an hour at lab-qual; r2's lab-qual needs n1 only (it waits behind
+    // r1's lab-qual); r2's customer-acceptance runs on n2, free, after r2's own lab-qual:
+    // it waits behind nothing of another release. r3 needs n2 after r2's second milestone.
+    let releases = vec![
+        release(
+            "r1",
+            vec![milestone("lab-qual", None, work(1, HOUR, &["n1"]))],
+        ),
+        release(
+            "r2",
+            vec![
+                milestone("lab-qual", None, work(1, HOUR, &["n1"])),
+                milestone("customer-acceptance", None, work(1, HOUR, &["n2"])),
+            ],
+        ),
+        release(
+            "r3",
+            vec![milestone("lab-qual", None, work(1, HOUR, &["n2"]))],
+        ),
+    ];
+    let projection = project(&releases, &fleet(&["n1", "n2"]), at(NOW));
+    assert_eq!(
+        waits(&projection),
+        vec![
+            vec![vec![]],
+            vec![vec![holder("r1", "lab-qual")], vec![]],
+            vec![vec![holder("r2", "customer-acceptance")]],
+        ]
+    );
+    // A halted release ahead holds no node, so nothing waits behind it.
+    let mut halted = releases.clone();
+    halted[0].halted = true;
+    let projection = project(&halted, &fleet(&["n1", "n2"]), at(NOW));
+    assert_eq!(waits(&projection)[1][0], vec![]);
+    // A release's own jobs queueing on one node wait behind no other release.
+    let free_at: FreeAt = fleet(&["n1"]);
+    let alone = vec![release(
+        "r9",
+        vec![milestone("lab-qual", None, work(2, HOUR, &["n1"]))],
+    )];
+    let projection = project(&alone, &free_at, at(NOW));
+    assert_eq!(
+        waits(&projection),
+        vec![vec![vec![]]],
+        "its own jobs queueing on one node are no other release's"
+    );
+}
