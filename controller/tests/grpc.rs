@@ -867,7 +867,12 @@ async fn a_silent_node_becomes_unreachable_and_loses_its_job() {
     let clock = ManualClock::new(start);
     let controller = Controller::start_with({
         let clock = clock.clone();
-        move |config| config.clock = std::sync::Arc::new(clock)
+        move |config| {
+            config.clock = std::sync::Arc::new(clock);
+            // The rate limit's bucket refills on the controller's clock, which this test
+            // holds still: polling would empty it however long the controller takes.
+            config.limits.rate.per_second = 0;
+        }
     })
     .await;
     let fx = fixture(&controller).await;
@@ -921,7 +926,12 @@ async fn controller_on_a_manual_clock() -> (Controller, tollgate_controller::clo
     let clock = ManualClock::new(start);
     let controller = Controller::start_with({
         let clock = clock.clone();
-        move |config| config.clock = std::sync::Arc::new(clock)
+        move |config| {
+            config.clock = std::sync::Arc::new(clock);
+            // The rate limit's bucket refills on the controller's clock, which this test
+            // holds still: polling would empty it however long the controller takes.
+            config.limits.rate.per_second = 0;
+        }
     })
     .await;
     (controller, clock)
@@ -1999,6 +2009,8 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
         let clock = clock.clone();
         move |config| {
             config.clock = std::sync::Arc::new(clock);
+            // The rate limit's bucket refills on the controller's clock, held still here.
+            config.limits.rate.per_second = 0;
             // Time jumps by hours here; no lease may run out meanwhile.
             config.lease_grace = Duration::from_secs(7 * 86_400);
         }
