@@ -81,7 +81,7 @@ pub struct StepWork {
 }
 
 /// Where the step durations of a projection came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum Basis {
@@ -128,6 +128,37 @@ impl Finish {
             Finish::NoMatchingNode | Finish::NoPlan | Finish::AfterUnknown { .. } => None,
         }
     }
+
+    /// In words: `passed 2026-12-04`, `2027-01-20 (timeouts)`, `no matching node`, `no run
+    /// yet`, `after lab-qual`. `release list`, `release show`, the dashboard and the status
+    /// report all say it this way.
+    pub fn words(&self) -> String {
+        match self {
+            Finish::Passed { at } => format!("passed {}", at.date_naive()),
+            Finish::Projected { at, basis } => match basis {
+                Some(basis) => format!("{} ({})", at.date_naive(), <&str>::from(*basis)),
+                None => format!("{} (no work left)", at.date_naive()),
+            },
+            Finish::NoMatchingNode => "no matching node".to_owned(),
+            Finish::NoPlan => "no run yet".to_owned(),
+            Finish::AfterUnknown { milestone } => format!("after {milestone}"),
+        }
+    }
+}
+
+/// A milestone's risk column: `AT RISK (after-target)` for a risk's name; empty for none.
+pub fn risk_words(risk: Option<&str>) -> String {
+    risk.map_or_else(String::new, |risk| format!("AT RISK ({risk})"))
+}
+
+/// Other releases' milestones a milestone waits behind, in words: `r549 customer-acceptance,
+/// r548 production`.
+pub fn holders_words<'a>(holders: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    holders
+        .into_iter()
+        .map(|(release, milestone)| format!("{release} {milestone}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Why a milestone is at risk.

@@ -8,7 +8,7 @@
 //! URL when one is known, else as paths (`/releases/r550`).
 
 use crate::note::Note;
-use crate::projection::{Finish, MilestoneProjection, Risk};
+use crate::projection::{Finish, MilestoneProjection, Risk, holders_words, risk_words};
 use crate::{ReleaseId, Timestamp};
 use chrono::{Duration, NaiveDate};
 use std::fmt::Write as _;
@@ -242,28 +242,6 @@ fn n_days(n: i64) -> String {
     }
 }
 
-/// The projected (or passed) column of a milestone, in the words of `release list`
-/// (`tollgate_wire::release::finish_words`).
-fn finish_words(finish: &Finish) -> String {
-    match finish {
-        Finish::Passed { at } => format!("passed {}", day(*at)),
-        Finish::Projected { at, basis } => match basis {
-            Some(basis) => format!("{} ({})", day(*at), <&str>::from(*basis)),
-            None => format!("{} (no work left)", day(*at)),
-        },
-        Finish::NoMatchingNode => "no matching node".to_owned(),
-        Finish::NoPlan => "no run yet".to_owned(),
-        Finish::AfterUnknown { milestone } => format!("after {milestone}"),
-    }
-}
-
-/// The risk column: `AT RISK (reason)` or nothing.
-fn risk_words(risk: Option<Risk>) -> String {
-    risk.map_or_else(String::new, |risk| {
-        format!("AT RISK ({})", <&str>::from(risk))
-    })
-}
-
 /// The risks of a release, one sentence each: milestones at risk, with why.
 fn risks(release: &ReleaseStatus) -> Vec<String> {
     release
@@ -292,12 +270,11 @@ fn risks(release: &ReleaseStatus) -> Vec<String> {
             Some(if milestone.waits_for.is_empty() {
                 sentence
             } else {
-                let holders: Vec<String> = milestone
+                let holders = milestone
                     .waits_for
                     .iter()
-                    .map(|holder| format!("{} {}", holder.release, holder.milestone))
-                    .collect();
-                format!("{sentence}; it queues behind {}", holders.join(", "))
+                    .map(|holder| (holder.release.as_str(), holder.milestone.as_str()));
+                format!("{sentence}; it queues behind {}", holders_words(holders))
             })
         })
         .collect()
@@ -436,8 +413,8 @@ fn markdown_release(out: &mut String, facts: &StatusFacts, release: &ReleaseStat
                 milestone
                     .target
                     .map_or_else(|| "-".to_owned(), |target| target.to_string()),
-                md(&finish_words(&milestone.finish)),
-                risk_words(milestone.risk)
+                md(&milestone.finish.words()),
+                risk_words(milestone.risk.map(<&str>::from))
             );
         }
         let _ = writeln!(out);
@@ -655,8 +632,8 @@ fn html_release(out: &mut String, facts: &StatusFacts, release: &ReleaseStatus) 
                 milestone
                     .target
                     .map_or_else(|| "-".to_owned(), |target| target.to_string()),
-                esc(&finish_words(&milestone.finish)),
-                esc(&risk_words(milestone.risk))
+                esc(&milestone.finish.words()),
+                esc(&risk_words(milestone.risk.map(<&str>::from)))
             );
         }
         out.push_str("</table>\n");

@@ -5,7 +5,7 @@ use crate::time::timestamp_to_proto;
 use crate::{FromProto, ToProto, non_empty};
 use tollgate_domain::ReleaseId;
 use tollgate_domain::limits;
-use tollgate_domain::projection::{Finish, MilestoneProjection};
+use tollgate_domain::projection::{self, Finish, MilestoneProjection};
 use tollgate_domain::release::{Component, Promotion, Release, Track};
 use tollgate_domain::target::MilestoneTarget;
 use tollgate_proto::v1 as proto;
@@ -406,33 +406,43 @@ fn target_from_proto(
     })
 }
 
-/// When a milestone was passed or is projected to be, in words: `passed 2026-12-04`,
-/// `2027-01-20 (timeouts)`, `no matching node`, `no run yet`, `after lab-qual`; `release
-/// list`, `release show` and the dashboard say the same.
+/// When a milestone was passed or is projected to be, in words (`Finish::words`): `passed
+/// 2026-12-04`, `2027-01-20 (timeouts)`, `no matching node`, `no run yet`, `after lab-qual`.
 pub fn finish_words(projection: &proto::MilestoneProjection) -> String {
-    let day = projection
-        .finish_at
-        .as_ref()
-        .and_then(crate::time::timestamp_from_proto)
-        .map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string());
-    match projection.finish.as_str() {
-        "passed" => format!("passed {day}"),
-        "projected" if projection.basis.is_empty() => format!("{day} (no work left)"),
-        "projected" => format!("{day} ({})", projection.basis),
-        "no-matching-node" => "no matching node".to_owned(),
-        "no-plan" => "no run yet".to_owned(),
-        "after-unknown" => format!("after {}", projection.after),
-        other => other.to_owned(),
-    }
+    finish_from_proto(projection).map_or_else(|| projection.finish.clone(), |finish| finish.words())
+}
+
+/// A projection's finish as the domain holds it; `None` for a kind this build does not know
+/// (or a time it lacks).
+fn finish_from_proto(projection: &proto::MilestoneProjection) -> Option<Finish> {
+    let at = || {
+        projection
+            .finish_at
+            .as_ref()
+            .and_then(crate::time::timestamp_from_proto)
+    };
+    Some(match projection.finish.as_str() {
+        "passed" => Finish::Passed { at: at()? },
+        "projected" => Finish::Projected {
+            at: at()?,
+            basis: if projection.basis.is_empty() {
+                None
+            } else {
+                Some(projection.basis.parse().ok()?)
+            },
+        },
+        "no-matching-node" => Finish::NoMatchingNode,
+        "no-plan" => Finish::NoPlan,
+        "after-unknown" => Finish::AfterUnknown {
+            milestone: projection.after.clone(),
+        },
+        _ => return None,
+    })
 }
 
 /// A milestone's risk in words: `AT RISK (after-target)`; empty when it is not at risk.
 pub fn risk_words(projection: &proto::MilestoneProjection) -> String {
-    if projection.risk.is_empty() {
-        String::new()
-    } else {
-        format!("AT RISK ({})", projection.risk)
-    }
+    projection::risk_words(non_empty(projection.risk.clone()).as_deref())
 }
 
 /// What a milestone's jobs queue behind, in words: `waits for r549 customer-acceptance, r548
@@ -441,12 +451,11 @@ pub fn waits_words(projection: &proto::MilestoneProjection) -> String {
     if projection.waits_for.is_empty() {
         return String::new();
     }
-    let holders: Vec<String> = projection
+    let holders = projection
         .waits_for
         .iter()
-        .map(|holder| format!("{} {}", holder.release, holder.milestone))
-        .collect();
-    format!("waits for {}", holders.join(", "))
+        .map(|holder| (holder.release.as_str(), holder.milestone.as_str()));
+    format!("waits for {}", projection::holders_words(holders))
 }
 
 /// A verdict as a sentence says it.
