@@ -306,6 +306,7 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<proto::GetRolloutRequest>,
     ) -> Result<Response<proto::Rollout>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetRolloutRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.is_empty() {
             return Err(invalid_fields_one(
@@ -314,6 +315,7 @@ impl RolloutService for RolloutApi {
             ));
         }
         let loaded = rollouts::load(&self.shared, &RolloutId::from(id)).await?;
+        refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
         Ok(Response::new(rollout_to_proto(&loaded)))
     }
 
@@ -321,10 +323,24 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<proto::ListRolloutsRequest>,
     ) -> Result<Response<proto::ListRolloutsResponse>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::ListRolloutsRequest { active_only } =
             super::convert::bounded(request.into_inner())?;
+        let mut records = self.shared.store.rollouts(active_only, 1000).await?;
+        if let Some(customer) = &customer {
+            let releases: Vec<ReleaseId> = records
+                .iter()
+                .map(|record| record.release.clone())
+                .collect();
+            let customers = self.shared.store.release_customers_of(&releases).await?;
+            records.retain(|record| {
+                customers
+                    .get(&record.release)
+                    .is_some_and(|of| of.contains(customer))
+            });
+        }
         let mut rollouts = Vec::new();
-        for record in self.shared.store.rollouts(active_only, 1000).await? {
+        for record in records {
             match rollouts::load(&self.shared, &record.id).await {
                 Ok(loaded) => rollouts.push(rollout_to_proto(&loaded)),
                 Err(RolloutError::NotFound(_)) => {}
@@ -342,6 +358,7 @@ impl RolloutService for RolloutApi {
         request: Request<proto::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let identity = super::limits::identity_of(&request);
+        let customer = super::auth::customer_of(&request);
         let proto::GetRolloutRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.is_empty() {
             return Err(invalid_fields_one(
@@ -350,8 +367,10 @@ impl RolloutService for RolloutApi {
             ));
         }
         let id = RolloutId::from(id);
-        // Fail the call itself, not the stream, when the rollout does not exist.
-        rollouts::load(&self.shared, &id).await?;
+        // Fail the call itself, not the stream, when the rollout does not exist (for this
+        // caller).
+        let loaded = rollouts::load(&self.shared, &id).await?;
+        refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
         let permit = super::limits::open_stream(&self.shared, identity, "WatchRollout")?;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(watch(self.shared.clone(), id, sender));
@@ -404,6 +423,28 @@ impl RolloutService for RolloutApi {
             reason: reason.clone(),
         };
         self.act(&actor, &id, &reason, event).await
+    }
+}
+
+/// `NotFound` for a customer's call about a rollout of a release not for that customer (the
+/// release's `customers`), as if there were none: a customer sees only the rollouts of the
+/// releases in its scope, as in its status report.
+async fn refuse_outside_scope(
+    shared: &Shared,
+    customer: Option<&str>,
+    loaded: &Loaded,
+) -> Result<(), Status> {
+    let Some(customer) = customer else {
+        return Ok(());
+    };
+    let customers = shared
+        .store
+        .release_customers(&loaded.record.release)
+        .await?;
+    if customers.iter().any(|of| of == customer) {
+        Ok(())
+    } else {
+        Err(RolloutError::NotFound(loaded.record.id.clone()).into())
     }
 }
 

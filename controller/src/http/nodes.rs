@@ -356,6 +356,21 @@ pub async fn show(
         .map_or(0, |inventory| inventory.gpus.len());
     let history = history(&caller, &node.name, n_gpus, window).await?;
     let steps = step_series(&caller, &rows).await?;
+    let rollouts: Vec<pb::Rollout> = if caller.may(super::rollouts::LIST_ROLLOUTS) {
+        super::rollouts::all(&caller)
+            .await?
+            .into_iter()
+            .filter(|rollout| {
+                rollout
+                    .waves
+                    .iter()
+                    .flat_map(|wave| &wave.nodes)
+                    .any(|member| member.node == node.name)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let inventory = node.inventory.clone().unwrap_or_default();
     let is_simulated = inventory.gpu_source == "simulated";
     let cordoned = node.state == "cordoned";
@@ -416,6 +431,11 @@ pub async fn show(
                     } }
                 }
             }
+        }
+        section {
+            h2 { "Rollouts" }
+            @if rollouts.is_empty() { p.muted { "Part of no rollout." } }
+            @else { (super::rollouts::table(&rollouts, true)) }
         }
         @if !node.health_checks.is_empty() {
             section {
