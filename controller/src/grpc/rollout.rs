@@ -129,7 +129,21 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
         created_at: Some(timestamp_to_proto(record.created_at)),
         updated_at: Some(timestamp_to_proto(record.updated_at)),
         file: record.file.clone(),
+        // GetRollout and WatchRollout add it (`with_drift`).
+        drifted: Vec::new(),
     }
+}
+
+/// A rollout as answered by `GetRollout` and `WatchRollout`: with the drift of the nodes it
+/// updated last.
+async fn with_drift(shared: &Shared, loaded: &Loaded) -> Result<proto::Rollout, Status> {
+    let mut message = rollout_to_proto(loaded);
+    message.drifted = crate::drift::of_rollout(shared, &loaded.record.id)
+        .await?
+        .iter()
+        .map(|(node, drift)| tollgate_wire::fleet::drift_to_proto(node, drift))
+        .collect();
+    Ok(message)
 }
 
 /// The fleet labels `role=prod,site=a`, or every bad one named.
@@ -316,7 +330,7 @@ impl RolloutService for RolloutApi {
         }
         let loaded = rollouts::load(&self.shared, &RolloutId::from(id)).await?;
         refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
-        Ok(Response::new(rollout_to_proto(&loaded)))
+        Ok(Response::new(with_drift(&self.shared, &loaded).await?))
     }
 
     async fn list_rollouts(
@@ -495,7 +509,13 @@ async fn watch(
                 return;
             }
         };
-        let message = rollout_to_proto(&loaded);
+        let message = match with_drift(&shared, &loaded).await {
+            Ok(message) => message,
+            Err(status) => {
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        };
         let ended = loaded.record.state.phase.is_terminal()
             && !loaded
                 .progress

@@ -396,6 +396,9 @@ pub async fn show(
             dt { "Host" } dd { (inventory.hostname) }
             dt { "Driver" } dd { code { (inventory.driver_version) } " (CUDA " (inventory.cuda_driver_version) ", NVML " (inventory.nvml_version) ")" }
             dt { "GPU source" } dd { (inventory.gpu_source) }
+            @for one in &node.rollout_drift {
+                dt { "Drift" } dd { (badge("drifted")) " " (tollgate_wire::fleet::drift_words(one)) " (" a href={ "/rollouts/" (encode(&one.rollout)) } { "rollout " (one.rollout) } ")" }
+            }
             @for (component, version) in inventory.components.iter().collect::<BTreeMap<_, _>>() { dt { (component) } dd { code { (version) } } }
         }
         section {

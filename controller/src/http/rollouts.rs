@@ -263,6 +263,20 @@ pub async fn show(caller: Caller, Path(id): Path<String>) -> Result<Response, Pa
                 dt { "Health rules" } dd { @for rule in &spec.health { code { (rule.id) } " " } }
             }
         }
+        @if !rollout.drifted.is_empty() {
+            section.drifted {
+                h2 { "Drift since this rollout" }
+                p { "Nodes this rollout updated that now report other components than it brought them to:" }
+                table.list {
+                    thead { tr { th { "Node" } th { "Component" } th { "Expected" } th { "Reported" } } }
+                    tbody { @for one in &rollout.drifted {
+                        tr { td { a href={ "/nodes/" (encode(&one.node)) } { (one.node) } " " (badge("drifted")) }
+                             td { (one.component) } td { code { (one.expected) } }
+                             td { @if one.reported.is_empty() { span.muted { "nothing" } } @else { code { (one.reported) } } } }
+                    } }
+                }
+            }
+        }
         @for skipped in &rollout.skipped {
             p.notice { "Wave " (skipped.wave + 1) " was skipped (" (skipped.nodes.join(", ")) "): " (skipped.reason) }
         }
