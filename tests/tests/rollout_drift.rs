@@ -2,7 +2,7 @@
 //! of them comes back (its agent restarted) reporting an older VBIOS than the release brought
 //! it to: `rollout show` lists it with expected and reported versions, `node list` marks it,
 //! `node list --components` (text and `-o json`, filtered by selector) says which nodes run
-//! which versions, and the fleet page and rollout page show it. Brought back to the expected
+//! which versions, the fleet page and rollout page show it and `/metrics` counts it. Brought back to the expected
 //! VBIOS, it is no longer flagged. Runs the real CLI binary (`cargo build --workspace --bins`
 //! first), on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
@@ -167,6 +167,12 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
         "{}",
         fleet.body
     );
+    let scrape = http::get(addr, "/metrics", &anonymous).await;
+    assert!(
+        scrape.body.contains("\ntollgate_rollout_drifted_nodes 1\n"),
+        "{}",
+        scrape.body
+    );
     let page = http::get(addr, &format!("/rollouts/{}", started.id), &anonymous).await;
     assert!(
         page.body.contains("Drift since this rollout") && page.body.contains(OLD),
@@ -183,6 +189,12 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
     assert!(!listed.contains("drift:"), "{listed}");
     let fleet = http::get(addr, "/fleet", &anonymous).await;
     assert!(!fleet.body.contains(">drifted<"), "{}", fleet.body);
+    let scrape = http::get(addr, "/metrics", &anonymous).await;
+    assert!(
+        scrape.body.contains("\ntollgate_rollout_drifted_nodes 0\n"),
+        "{}",
+        scrape.body
+    );
 
     prod_2.stop().await;
     for agent in prod {
