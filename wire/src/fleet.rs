@@ -365,6 +365,39 @@ impl FromProto for Node {
     }
 }
 
+/// A component that drifted on `node` since the rollout that updated it, as answered.
+pub fn drift_to_proto(
+    node: &tollgate_domain::NodeId,
+    drift: &tollgate_domain::rollout::drift::Drift,
+) -> proto::RolloutDrift {
+    let tollgate_domain::rollout::drift::Drift {
+        rollout,
+        component,
+        expected,
+        reported,
+    } = drift;
+    proto::RolloutDrift {
+        rollout: rollout.to_string(),
+        node: node.to_string(),
+        component: component.clone(),
+        expected: expected.clone(),
+        reported: reported.clone(),
+    }
+}
+
+/// A drift as people read it: `rollout R expects vbios 96.00.89.00.01, reports 96.00.74.00.01`.
+pub fn drift_words(drift: &proto::RolloutDrift) -> String {
+    let reported = if drift.reported.is_empty() {
+        "nothing"
+    } else {
+        drift.reported.as_str()
+    };
+    format!(
+        "rollout {} expects {} {}, reports {reported}",
+        drift.rollout, drift.component, drift.expected
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,37 +478,4 @@ mod tests {
         let error = Node::from_proto(wire).unwrap_err();
         assert_eq!(error.fields(), ["state", "last_seen_at"]);
     }
-}
-
-/// A component that drifted on `node` since the rollout that updated it, as answered.
-pub fn drift_to_proto(
-    node: &tollgate_domain::NodeId,
-    drift: &tollgate_domain::rollout::drift::Drift,
-) -> proto::RolloutDrift {
-    let tollgate_domain::rollout::drift::Drift {
-        rollout,
-        component,
-        expected,
-        reported,
-    } = drift;
-    proto::RolloutDrift {
-        rollout: rollout.to_string(),
-        node: node.to_string(),
-        component: component.clone(),
-        expected: expected.clone(),
-        reported: reported.clone(),
-    }
-}
-
-/// A drift as people read it: `rollout R expects vbios 96.00.89.00.01, reports 96.00.74.00.01`.
-pub fn drift_words(drift: &proto::RolloutDrift) -> String {
-    let reported = if drift.reported.is_empty() {
-        "nothing"
-    } else {
-        drift.reported.as_str()
-    };
-    format!(
-        "rollout {} expects {} {}, reports {reported}",
-        drift.rollout, drift.component, drift.expected
-    )
 }

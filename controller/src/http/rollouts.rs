@@ -335,9 +335,9 @@ fn humantime(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs();
     if seconds == 0 {
         "none".to_owned()
-    } else if seconds % 3600 == 0 {
+    } else if seconds.is_multiple_of(3600) {
         format!("{}h", seconds / 3600)
-    } else if seconds % 60 == 0 {
+    } else if seconds.is_multiple_of(60) {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
