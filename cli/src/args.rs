@@ -165,6 +165,10 @@ pub enum NodeCommand {
         /// Only nodes with this label (repeatable), for example --selector sku=hgx-h100.
         #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE")]
         selectors: Vec<String>,
+        /// Shows which driver, VBIOS and firmware each node runs (its inventory's
+        /// components) and any drift from the rollout that updated it, instead of its state.
+        #[arg(long)]
+        components: bool,
         #[command(flatten)]
         pages: crate::pages::PageArgs,
         #[command(flatten)]

@@ -22,6 +22,7 @@
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod drift;
 pub mod fleet_history;
 pub mod gate_cache;
 pub mod gates;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod big_run;
 pub mod http;
 pub mod process;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -886,6 +887,16 @@ impl StoppedAgent {
     /// Starts a new agent on the same state directory with the same settings, as the agent
     /// process a node starts when it comes back up.
     pub fn start(self) -> Agent {
+        Agent::start_with(self.config, self.tempdir)
+    }
+
+    /// [`StoppedAgent::start`] with `faults` instead of its own (`vbios=96.00.74.00.01`: the
+    /// node comes back reporting another VBIOS, as after a board swap).
+    pub fn start_with_faults(mut self, faults: &[&str]) -> Agent {
+        self.config.faults = faults
+            .iter()
+            .map(|fault| fault.parse().expect("valid fault"))
+            .collect();
         Agent::start_with(self.config, self.tempdir)
     }
 

@@ -295,7 +295,7 @@ async fn the_dashboard_in_a_real_browser() {
     options.http = true;
     let mut controller = Controller::start(options).await.expect("a controller");
     let base = format!("http://{}", controller.http_addr.expect("the dashboard"));
-    let agents = vec![
+    let mut agents = vec![
         Agent::start(&controller.url, "lab-1", 2, &[]),
         Agent::start(&controller.url, "lab-2", 2, &[]),
         Agent::start(&controller.url, "lab-3", 2, &["over-temp"]),
@@ -411,6 +411,57 @@ async fn the_dashboard_in_a_real_browser() {
     );
     tab.open(&format!("{base}/nodes/lab-3")).await;
     tab.screenshot(&shots.join("node.png")).await;
+
+    // A rollout halted by prod-2's failed procedure, reached from the navigation: the
+    // Rollouts page, then the rollout's own page naming the node and the rule.
+    agents.extend(tollgate_tests::rollout::prod_agents(&controller.url, 2));
+    clients.wait_ready_nodes(5).await;
+    let started = tollgate_tests::rollout::start(&mut clients, "r9", &["prod-2"]).await;
+    tollgate_tests::rollout::wait_phase(&clients, &started.id, "halted").await;
+    tab.open(&format!("{base}/releases")).await;
+    let since = cdp.n_events();
+    tab.eval("document.querySelector('nav a[href=\"/rollouts\"]').click()")
+        .await;
+    cdp.wait_event("Page.loadEventFired", since).await;
+    tab.wait_true(
+        "location.pathname === '/rollouts'",
+        "the navigation leads to the rollouts",
+    )
+    .await;
+    let since = cdp.n_events();
+    tab.eval(&format!(
+        "document.querySelector('main a[href=\"/rollouts/{}\"]').click()",
+        started.id
+    ))
+    .await;
+    cdp.wait_event("Page.loadEventFired", since).await;
+    tab.wait_true(
+        &format!("location.pathname === '/rollouts/{}'", started.id),
+        "the rollouts page leads to the rollout",
+    )
+    .await;
+    let halt = tab
+        .eval("document.querySelector('section.halt').textContent")
+        .await;
+    assert!(
+        halt.as_str()
+            .is_some_and(|text| text.contains("Halted at wave 2")
+                && text.contains("procedure-passed")
+                && text.contains("prod-2")),
+        "the halt names the wave, the rule and the node: {halt}"
+    );
+    let failed = tab
+        .eval(
+            "[...document.querySelectorAll('table.wave tr')]\
+             .filter(row => row.textContent.includes('prod-2'))\
+             .map(row => row.textContent).join(' ')",
+        )
+        .await;
+    assert!(
+        failed.as_str().is_some_and(|text| text.contains("failed")),
+        "prod-2's row says it failed: {failed}"
+    );
+    tab.screenshot(&shots.join("rollout.png")).await;
 
     // A viewer, signed in through the form, sees no action.
     let root = controller.create_token(None, "root", "admin", "").await;

@@ -3,14 +3,19 @@
 //! the token in an HTTP-only cookie; a viewer sees no action and a forged POST of one is
 //! refused; a POST without the session's CSRF token or from another origin is refused; an
 //! operator's cordon through the page takes effect and is audited; a customer token sees
-//! only its own nodes; the run page's event stream follows a run until it ends.
+//! only its own nodes; the run page's event stream follows a run until it ends. The rollout
+//! pages show a rollout halted by a node's failed procedure (wave by wave, the node, the rule,
+//! the runs, the limits, the audit entries), escape a hostile reason, and show a customer only
+//! the rollouts of the releases for it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tollgate_proto::v1;
 use tollgate_tests::http::{self, Jar};
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml};
+use tollgate_tests::{
+    Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml, rollout,
+};
 
 /// Reads the run's event stream until it ends; returns every `grid` event's data.
 /// The `held` step is let go (`go` written) once the first grid arrived.
@@ -608,7 +613,172 @@ async fn clients_node_state(controller: &Controller, admin: &str, node: &str) ->
         .state
 }
 
-tollgate_tests::on_both_backends!(dashboard);
+/// A reason a page must escape (release and node names are validated; a person's reason for
+/// an action on a rollout is free text).
+const HOSTILE: &str = "<script>alert(1)</script>&";
+
+/// The release rolled out.
+const RELEASE: &str = "r9";
+
+/// The rollouts page, a rollout's page, and the rollouts on the release and node pages.
+async fn rollout_pages(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.http = true;
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let mut agents = vec![Agent::start(&controller.url, "lab-1", 1, &[])];
+    agents.extend(rollout::prod_agents(&controller.url, 2));
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(3).await;
+    let anonymous = Jar::default();
+
+    let empty = http::get(addr, "/rollouts", &anonymous).await;
+    assert_contains(
+        &empty,
+        &[
+            "No rollout yet",
+            "<a href=\"/rollouts\" aria-current=\"page\">Rollouts</a>",
+        ],
+        "the rollouts page before any",
+    );
+
+    let started = rollout::start(&mut clients, RELEASE, &["prod-2"]).await;
+    let halted = rollout::wait_phase(&clients, &started.id, "halted").await;
+    let failed_node = halted
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.nodes)
+        .find(|node| node.node == "prod-2")
+        .expect("prod-2 is in the rollout");
+    assert_eq!(failed_node.progress, "failed", "{halted:?}");
+
+    let list = http::get(addr, "/rollouts", &anonymous).await;
+    assert_contains(
+        &list,
+        &[
+            &format!("href=\"/rollouts/{}\"", started.id),
+            "href=\"/releases/r9\"",
+            "role=prod",
+            ">halted<",
+            "wave 2 of 2",
+            "1 / 2",
+            "rule procedure-passed failed on prod-2",
+        ],
+        "the rollouts page",
+    );
+
+    let page = http::get(addr, &format!("/rollouts/{}", started.id), &anonymous).await;
+    assert_contains(
+        &page,
+        &[
+            "Halted at wave 2",
+            "href=\"/nodes/prod-1\"",
+            "href=\"/nodes/prod-2\"",
+            &format!("href=\"/runs/{}\"", failed_node.run),
+            ">done<",
+            ">failed<",
+            "Health <span class=\"badge ok\">passed</span>",
+            "Health <span class=\"badge bad\">failed</span>",
+            "rule procedure-passed failed on prod-2",
+            "at most 1 per rack",
+            "flash-or-fail",
+            "rollout.create",
+            "rollout.health-judged",
+        ],
+        "the rollout's page",
+    );
+    // Wave 1 passed before wave 2 started; wave 2's verdict is the failure.
+    let wave_1 = page.body.find("Wave 1 of 2").expect("wave 1");
+    let wave_2 = page.body.find("Wave 2 of 2").expect("wave 2");
+    let passed = page.body.find("badge ok\">passed").expect("a pass");
+    let failure = page.body.find("badge bad\">failed").expect("a failure");
+    assert!(
+        wave_1 < passed && passed < wave_2 && wave_2 < failure,
+        "{}",
+        page.body
+    );
+    let missing = http::get(addr, "/rollouts/rollout-nope", &anonymous).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(missing.body.contains("rollout list"), "{}", missing.body);
+
+    let release = http::get(addr, "/releases/r9", &anonymous).await;
+    assert_contains(
+        &release,
+        &[&format!("href=\"/rollouts/{}\"", started.id)],
+        "the release page",
+    );
+    let node = http::get(addr, "/nodes/prod-2", &anonymous).await;
+    assert_contains(
+        &node,
+        &[&format!("href=\"/rollouts/{}\"", started.id), ">failed<"],
+        "a node of the rollout",
+    );
+    let other = http::get(addr, "/nodes/lab-1", &anonymous).await;
+    assert_contains(&other, &["Part of no rollout."], "a node of none");
+
+    // A person's reason shows escaped: skipping the halted wave completes the rollout.
+    clients
+        .rollouts
+        .skip_wave(v1::RolloutActionRequest {
+            id: started.id.clone(),
+            reason: HOSTILE.into(),
+        })
+        .await
+        .expect("skip the halted wave");
+    rollout::wait_phase(&clients, &started.id, "completed").await;
+    let page = http::get(addr, &format!("/rollouts/{}", started.id), &anonymous).await;
+    assert_contains(
+        &page,
+        &[
+            "Wave 2 was skipped",
+            "&lt;script&gt;alert(1)&lt;/script&gt;&amp;",
+            "rollout.skip-wave",
+        ],
+        "the rollout's page after a skip",
+    );
+    assert!(!page.body.contains(HOSTILE), "{}", page.body);
+
+    // A customer sees the rollouts of the releases for it only.
+    clients
+        .releases
+        .set_customers(v1::SetCustomersRequest {
+            release: RELEASE.into(),
+            customers: vec!["a".into()],
+        })
+        .await
+        .expect("set the release's customers");
+    let root = controller.create_token(None, "root", "admin", "").await;
+    let cust_a = controller
+        .create_token(Some(&root), "cust-a", "customer", "a")
+        .await;
+    let cust_b = controller
+        .create_token(Some(&root), "cust-b", "customer", "b")
+        .await;
+    let a = http::sign_in(addr, &cust_a).await;
+    let b = http::sign_in(addr, &cust_b).await;
+    let list = http::get(addr, "/rollouts", &a).await;
+    assert_contains(&list, &[&started.id], "customer a's rollouts");
+    let page = http::get(addr, &format!("/rollouts/{}", started.id), &a).await;
+    assert_contains(
+        &page,
+        &["Wave 2 of 2", "Your role does not read the audit log."],
+        "customer a's rollout page",
+    );
+    let list = http::get(addr, "/rollouts", &b).await;
+    assert_contains(&list, &["No rollout yet"], "customer b's rollouts");
+    assert!(!list.body.contains(&started.id), "{}", list.body);
+    let page = http::get(addr, &format!("/rollouts/{}", started.id), &b).await;
+    assert_eq!(page.status, 404, "{}", page.body);
+
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
+}
+
+tollgate_tests::on_both_backends!(dashboard, rollout_pages);
 
 /// Plain text off loopback is refused for the dashboard as for gRPC.
 #[tokio::test]

@@ -306,6 +306,8 @@ impl ToProto for Node {
             drain_deadline: None,
             maintenance_window: String::new(),
             health_checks: Vec::new(),
+            // ListNodes and GetNode add it from the rollouts that updated the node.
+            rollout_drift: Vec::new(),
         }
     }
 }
@@ -328,6 +330,7 @@ impl FromProto for Node {
             drain_deadline: _,
             maintenance_window: _,
             health_checks: _,
+            rollout_drift: _,
         } = node;
         let mut errors = FieldErrors::new();
         if let Some(message) = name_problem("node", &name) {
@@ -360,6 +363,39 @@ impl FromProto for Node {
             current_job: non_empty(current_job_id).map(JobId::new),
         })
     }
+}
+
+/// A component that drifted on `node` since the rollout that updated it, as answered.
+pub fn drift_to_proto(
+    node: &tollgate_domain::NodeId,
+    drift: &tollgate_domain::rollout::drift::Drift,
+) -> proto::RolloutDrift {
+    let tollgate_domain::rollout::drift::Drift {
+        rollout,
+        component,
+        expected,
+        reported,
+    } = drift;
+    proto::RolloutDrift {
+        rollout: rollout.to_string(),
+        node: node.to_string(),
+        component: component.clone(),
+        expected: expected.clone(),
+        reported: reported.clone(),
+    }
+}
+
+/// A drift as people read it: `rollout R expects vbios 96.00.89.00.01, reports 96.00.74.00.01`.
+pub fn drift_words(drift: &proto::RolloutDrift) -> String {
+    let reported = if drift.reported.is_empty() {
+        "nothing"
+    } else {
+        drift.reported.as_str()
+    };
+    format!(
+        "rollout {} expects {} {}, reports {reported}",
+        drift.rollout, drift.component, drift.expected
+    )
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub fn node(node: &pb::Node) -> Value {
         drain_deadline,
         maintenance_window,
         health_checks,
+        rollout_drift,
     } = node;
     json!({
         "name": name,
@@ -71,6 +72,25 @@ pub fn node(node: &pb::Node) -> Value {
                 "verdict": verdict,
             })
         }).collect::<Vec<_>>(),
+        "rollout_drift": rollout_drift.iter().map(drift).collect::<Vec<_>>(),
+    })
+}
+
+/// A component a node reports otherwise than the rollout that updated it brought it to.
+pub fn drift(drift: &pb::RolloutDrift) -> Value {
+    let pb::RolloutDrift {
+        rollout,
+        node,
+        component,
+        expected,
+        reported,
+    } = drift;
+    json!({
+        "rollout": rollout,
+        "node": node,
+        "component": component,
+        "expected": expected,
+        "reported": reported,
     })
 }
 

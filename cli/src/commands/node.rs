@@ -22,12 +22,21 @@ pub async fn run(controller: &Controller, command: NodeCommand) -> anyhow::Resul
     match command {
         NodeCommand::List {
             selectors,
+            components,
             pages,
             output,
         } => {
             let selector = parse_selector(&selectors)?;
             let nodes = list(controller, selector, pages).await?;
             match output.output {
+                Format::Json if components => print_json(&json::list(
+                    "nodes",
+                    nodes.iter().map(components_json).collect(),
+                )),
+                Format::Text if components => {
+                    print!("{}", format_components_table(&nodes));
+                    Ok(())
+                }
                 Format::Json => {
                     print_json(&json::list("nodes", nodes.iter().map(json::node).collect()))
                 }
@@ -372,6 +381,7 @@ pub fn format_node_table(nodes: &[pb::Node], now: DateTime<Utc>) -> String {
             or_dash(&node.health_reason)
         );
     }
+    out.push_str(&drift_lines(nodes));
     let n_simulated = nodes.iter().filter(|node| is_simulated(node)).count();
     if n_simulated > 0 {
         let _ = writeln!(
@@ -380,6 +390,74 @@ pub fn format_node_table(nodes: &[pb::Node], now: DateTime<Utc>) -> String {
             nodes.len()
         );
     }
+    out
+}
+
+/// One line per component a node reports otherwise than the rollout that updated it:
+/// `prod-3 drift: rollout R expects vbios 96.00.89.00.01, reports 96.00.74.00.01`.
+fn drift_lines(nodes: &[pb::Node]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        for drift in &node.rollout_drift {
+            let _ = writeln!(
+                out,
+                "{} drift: {}",
+                node.name,
+                tollgate_wire::fleet::drift_words(drift)
+            );
+        }
+    }
+    out
+}
+
+/// The distinct VBIOS versions of a node's GPUs.
+fn vbios_versions(inventory: &pb::Inventory) -> Vec<&str> {
+    let set: std::collections::BTreeSet<&str> = inventory
+        .gpus
+        .iter()
+        .map(|gpu| gpu.vbios_version.as_str())
+        .filter(|version| !version.is_empty())
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Which versions a node runs, as JSON (`node list --components -o json`).
+pub fn components_json(node: &pb::Node) -> serde_json::Value {
+    let inventory = node.inventory.clone().unwrap_or_default();
+    serde_json::json!({
+        "name": node.name,
+        "labels": sorted(&node.labels),
+        "driver": inventory.driver_version,
+        "cuda_driver": inventory.cuda_driver_version,
+        "vbios": vbios_versions(&inventory),
+        "components": sorted(&inventory.components),
+        "gpu_source": inventory.gpu_source,
+        "rollout_drift": node.rollout_drift.iter().map(json::drift).collect::<Vec<_>>(),
+    })
+}
+
+/// Which versions each node runs: NAME DRIVER VBIOS COMPONENTS, then the drift lines.
+pub fn format_components_table(nodes: &[pb::Node]) -> String {
+    if nodes.is_empty() {
+        return "no nodes\n".to_owned();
+    }
+    let mut table = Table::new(&["NAME", "DRIVER", "VBIOS", "COMPONENTS"]);
+    for node in nodes {
+        let inventory = node.inventory.clone().unwrap_or_default();
+        let components = sorted(&inventory.components)
+            .into_iter()
+            .map(|(name, version)| format!("{name}={version}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        table.row(vec![
+            node.name.clone(),
+            or_dash(&inventory.driver_version).to_owned(),
+            or_dash(&vbios_versions(&inventory).join(",")).to_owned(),
+            or_dash(&components).to_owned(),
+        ]);
+    }
+    let mut out = table.render("");
+    out.push_str(&drift_lines(nodes));
     out
 }
 

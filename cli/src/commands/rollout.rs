@@ -198,6 +198,7 @@ pub fn rollout_json(rollout: &pb::Rollout) -> serde_json::Value {
         "created_by": rollout.created_by,
         "created_at": time(&rollout.created_at),
         "updated_at": time(&rollout.updated_at),
+        "drifted": rollout.drifted.iter().map(tollgate_wire::json::drift).collect::<Vec<_>>(),
     })
 }
 
@@ -291,6 +292,24 @@ pub fn format_rollout(rollout: &pb::Rollout) -> String {
         }
     }
     out.push_str(&table.render("  "));
+    if !rollout.drifted.is_empty() {
+        let _ = writeln!(
+            out,
+            "  drifted since this rollout updated them (expected vs reported):"
+        );
+        for drift in &rollout.drifted {
+            let reported = if drift.reported.is_empty() {
+                "nothing"
+            } else {
+                drift.reported.as_str()
+            };
+            let _ = writeln!(
+                out,
+                "    {} {}: {} vs {reported}",
+                drift.node, drift.component, drift.expected
+            );
+        }
+    }
     out
 }
 

@@ -341,6 +341,8 @@ impl NodeService for NodeApi {
             .list_nodes_page(page.after.as_deref(), page.fetch())
             .await?;
         mark_disconnected(&self.shared, &mut fetched);
+        let mut drifts =
+            crate::drift::of_nodes(&self.shared, &fetched.iter().collect::<Vec<_>>()).await?;
         // Each node with its view, `None` when the selector or the caller's scope leaves it
         // out; the page ends early when its views would outgrow one answer.
         let views: Vec<(NodeId, Option<proto::Node>)> = fetched
@@ -348,7 +350,11 @@ impl NodeService for NodeApi {
             .map(|node| {
                 let shown = selector.matches(&node.labels)
                     && tollgate_domain::access::sees_node(customer.as_deref(), &node.labels);
-                let view = shown.then(|| node.to_proto());
+                let view = shown.then(|| {
+                    let mut view = node.to_proto();
+                    view.rollout_drift = drift_to_proto(&node.id, drifts.remove(&node.id));
+                    view
+                });
                 (node.id, view)
             })
             .collect();
@@ -387,6 +393,8 @@ impl NodeService for NodeApi {
         mark_disconnected(&self.shared, std::slice::from_mut(&mut node));
         let mut view = node.to_proto();
         super::maintenance::node_details(&self.shared, &node, &mut view).await?;
+        let mut drifts = crate::drift::of_nodes(&self.shared, &[&node]).await?;
+        view.rollout_drift = drift_to_proto(&node.id, drifts.remove(&node.id));
         Ok(Response::new(view))
     }
 
@@ -690,4 +698,16 @@ pub(crate) fn mark_disconnected(shared: &crate::shared::Shared, nodes: &mut [Nod
         }
     }
     n_marked
+}
+
+/// A node's drift after the rollout that updated it, as answered.
+fn drift_to_proto(
+    node: &NodeId,
+    drift: Option<Vec<tollgate_domain::rollout::drift::Drift>>,
+) -> Vec<proto::RolloutDrift> {
+    drift
+        .unwrap_or_default()
+        .iter()
+        .map(|one| tollgate_wire::fleet::drift_to_proto(node, one))
+        .collect()
 }

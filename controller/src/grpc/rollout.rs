@@ -129,7 +129,21 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
         created_at: Some(timestamp_to_proto(record.created_at)),
         updated_at: Some(timestamp_to_proto(record.updated_at)),
         file: record.file.clone(),
+        // GetRollout and WatchRollout add it (`with_drift`).
+        drifted: Vec::new(),
     }
+}
+
+/// A rollout as answered by `GetRollout` and `WatchRollout`: with the drift of the nodes it
+/// updated last.
+async fn with_drift(shared: &Shared, loaded: &Loaded) -> Result<proto::Rollout, Status> {
+    let mut message = rollout_to_proto(loaded);
+    message.drifted = crate::drift::of_rollout(shared, &loaded.record.id)
+        .await?
+        .iter()
+        .map(|(node, drift)| tollgate_wire::fleet::drift_to_proto(node, drift))
+        .collect();
+    Ok(message)
 }
 
 /// The fleet labels `role=prod,site=a`, or every bad one named.
@@ -306,6 +320,7 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<proto::GetRolloutRequest>,
     ) -> Result<Response<proto::Rollout>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetRolloutRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.is_empty() {
             return Err(invalid_fields_one(
@@ -314,17 +329,32 @@ impl RolloutService for RolloutApi {
             ));
         }
         let loaded = rollouts::load(&self.shared, &RolloutId::from(id)).await?;
-        Ok(Response::new(rollout_to_proto(&loaded)))
+        refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
+        Ok(Response::new(with_drift(&self.shared, &loaded).await?))
     }
 
     async fn list_rollouts(
         &self,
         request: Request<proto::ListRolloutsRequest>,
     ) -> Result<Response<proto::ListRolloutsResponse>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::ListRolloutsRequest { active_only } =
             super::convert::bounded(request.into_inner())?;
+        let mut records = self.shared.store.rollouts(active_only, 1000).await?;
+        if let Some(customer) = &customer {
+            let releases: Vec<ReleaseId> = records
+                .iter()
+                .map(|record| record.release.clone())
+                .collect();
+            let customers = self.shared.store.release_customers_of(&releases).await?;
+            records.retain(|record| {
+                customers
+                    .get(&record.release)
+                    .is_some_and(|of| of.contains(customer))
+            });
+        }
         let mut rollouts = Vec::new();
-        for record in self.shared.store.rollouts(active_only, 1000).await? {
+        for record in records {
             match rollouts::load(&self.shared, &record.id).await {
                 Ok(loaded) => rollouts.push(rollout_to_proto(&loaded)),
                 Err(RolloutError::NotFound(_)) => {}
@@ -342,6 +372,7 @@ impl RolloutService for RolloutApi {
         request: Request<proto::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let identity = super::limits::identity_of(&request);
+        let customer = super::auth::customer_of(&request);
         let proto::GetRolloutRequest { id } = super::convert::bounded(request.into_inner())?;
         if id.is_empty() {
             return Err(invalid_fields_one(
@@ -350,8 +381,10 @@ impl RolloutService for RolloutApi {
             ));
         }
         let id = RolloutId::from(id);
-        // Fail the call itself, not the stream, when the rollout does not exist.
-        rollouts::load(&self.shared, &id).await?;
+        // Fail the call itself, not the stream, when the rollout does not exist (for this
+        // caller).
+        let loaded = rollouts::load(&self.shared, &id).await?;
+        refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
         let permit = super::limits::open_stream(&self.shared, identity, "WatchRollout")?;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(watch(self.shared.clone(), id, sender));
@@ -407,6 +440,28 @@ impl RolloutService for RolloutApi {
     }
 }
 
+/// `NotFound` for a customer's call about a rollout of a release not for that customer (the
+/// release's `customers`), as if there were none: a customer sees only the rollouts of the
+/// releases in its scope, as in its status report.
+async fn refuse_outside_scope(
+    shared: &Shared,
+    customer: Option<&str>,
+    loaded: &Loaded,
+) -> Result<(), Status> {
+    let Some(customer) = customer else {
+        return Ok(());
+    };
+    let customers = shared
+        .store
+        .release_customers(&loaded.record.release)
+        .await?;
+    if customers.iter().any(|of| of == customer) {
+        Ok(())
+    } else {
+        Err(RolloutError::NotFound(loaded.record.id.clone()).into())
+    }
+}
+
 /// One bad field as `InvalidArgument`.
 fn invalid_fields_one(field: &str, message: impl Into<String>) -> Status {
     super::status::invalid_field(field, message)
@@ -454,7 +509,13 @@ async fn watch(
                 return;
             }
         };
-        let message = rollout_to_proto(&loaded);
+        let message = match with_drift(&shared, &loaded).await {
+            Ok(message) => message,
+            Err(status) => {
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        };
         let ended = loaded.record.state.phase.is_terminal()
             && !loaded
                 .progress

@@ -113,7 +113,11 @@ pub fn row(node: &pb::Node, release: Option<&pb::Release>) -> Markup {
     let drift = release.map(|release| drift(release, inventory));
     html! {
         tr {
-            td { a href={ "/nodes/" (encode(&node.name)) } { (node.name) } }
+            td { a href={ "/nodes/" (encode(&node.name)) } { (node.name) }
+                 @for one in &node.rollout_drift {
+                     div.drift { (badge("drifted")) " " a href={ "/rollouts/" (encode(&one.rollout)) } { "rollout " (one.rollout) }
+                         " expects " (one.component) " " code { (one.expected) } ", reports " code { (if one.reported.is_empty() { "nothing" } else { one.reported.as_str() }) } }
+                 } }
             td { (badge(&node.state)) }
             td { (badge(&node.health)) }
             td.labels { @for (key, value) in node.labels.iter().collect::<BTreeMap<_, _>>() { span.chip { (key) "=" (value) } " " } }

@@ -10,6 +10,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 const NAV: &[(&str, &str)] = &[
     ("/releases", "Releases"),
     ("/fleet", "Fleet"),
+    ("/rollouts", "Rollouts"),
     ("/waivers", "Waivers"),
     ("/audit", "Audit"),
 ];
@@ -128,10 +129,13 @@ pub fn csrf(caller: &Caller) -> Markup {
 /// sign).
 pub fn badge(word: &str) -> Markup {
     let class = match word {
-        "passed" | "good" | "ready" | "finished" | "ok" | "in force" | "intact" => "ok",
-        "failed" | "bad" | "error" | "lost" | "unreachable" | "broken" | "halted" => "bad",
+        "passed" | "good" | "ready" | "finished" | "ok" | "in force" | "intact" | "done"
+        | "completed" => "ok",
+        "failed" | "bad" | "error" | "lost" | "unreachable" | "broken" | "halted"
+        | "rollback failed" | "drifted" => "bad",
         risk if risk.starts_with("AT RISK") => "bad",
-        "waiting" | "running" | "assigned" | "pending" | "suspect" | "busy" | "draining"
+        "waiting" | "running" | "assigned" | "in procedure" | "soaking" | "judging"
+        | "rolling back" | "paused" | "interval" | "pending" | "suspect" | "busy" | "draining"
         | "cordoned" | "maintenance" | "waived" => "warn",
         _ => "neutral",
     };

@@ -76,6 +76,20 @@ pub async fn render(shared: &Shared) -> Result<String, StoreError> {
     for (state, n) in &by_state {
         text.sample("tollgate_nodes", &[("state", state)], *n as f64);
     }
+    let node_refs: Vec<&tollgate_domain::fleet::Node> = nodes.iter().collect();
+    let drifted = shared
+        .metrics
+        .store(
+            "metrics_rollout_drift",
+            crate::drift::of_nodes(shared, &node_refs),
+        )
+        .await?;
+    text.single(
+        "tollgate_rollout_drifted_nodes",
+        "gauge",
+        "Nodes reporting other components than the rollout that last updated them brought them to.",
+        drifted.len() as f64,
+    );
     text.single(
         "tollgate_agents_connected",
         "gauge",

@@ -10,7 +10,7 @@
 //! the store, after the node was checked through `GetNode`.
 //!
 //! One file per page or area: `releases.rs`, `runs.rs` (with the event stream), `fleet.rs`,
-//! `nodes.rs`, `waivers.rs`, `audit.rs`, `reports.rs` (signed report downloads); `session.rs`
+//! `nodes.rs`, `rollouts.rs`, `waivers.rs`, `audit.rs`, `reports.rs` (signed report downloads); `session.rs`
 //! signs in and checks every POST (CSRF token, `Origin`); `layout.rs` is the page shell and
 //! `charts.rs` draws inline SVG. `metrics.rs` answers `GET /metrics` (Prometheus text, no
 //! sign-in) on the same listener.
@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod releases;
 pub mod reports;
+pub mod rollouts;
 pub mod runs;
 pub mod session;
 pub mod waivers;
@@ -47,6 +48,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/releases/{name}", get(releases::show))
         .route("/releases/{name}/promote", post(releases::promote))
         .route("/releases/{name}/waive", post(releases::waive))
+        .route("/rollouts", get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::show))
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/events", get(runs::events))
         .route("/fleet", get(fleet::show))

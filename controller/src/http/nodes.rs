@@ -356,6 +356,21 @@ pub async fn show(
         .map_or(0, |inventory| inventory.gpus.len());
     let history = history(&caller, &node.name, n_gpus, window).await?;
     let steps = step_series(&caller, &rows).await?;
+    let rollouts: Vec<pb::Rollout> = if caller.may(super::rollouts::LIST_ROLLOUTS) {
+        super::rollouts::all(&caller)
+            .await?
+            .into_iter()
+            .filter(|rollout| {
+                rollout
+                    .waves
+                    .iter()
+                    .flat_map(|wave| &wave.nodes)
+                    .any(|member| member.node == node.name)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let inventory = node.inventory.clone().unwrap_or_default();
     let is_simulated = inventory.gpu_source == "simulated";
     let cordoned = node.state == "cordoned";
@@ -381,6 +396,9 @@ pub async fn show(
             dt { "Host" } dd { (inventory.hostname) }
             dt { "Driver" } dd { code { (inventory.driver_version) } " (CUDA " (inventory.cuda_driver_version) ", NVML " (inventory.nvml_version) ")" }
             dt { "GPU source" } dd { (inventory.gpu_source) }
+            @for one in &node.rollout_drift {
+                dt { "Drift" } dd { (badge("drifted")) " " (tollgate_wire::fleet::drift_words(one)) " (" a href={ "/rollouts/" (encode(&one.rollout)) } { "rollout " (one.rollout) } ")" }
+            }
             @for (component, version) in inventory.components.iter().collect::<BTreeMap<_, _>>() { dt { (component) } dd { code { (version) } } }
         }
         section {
@@ -416,6 +434,11 @@ pub async fn show(
                     } }
                 }
             }
+        }
+        section {
+            h2 { "Rollouts" }
+            @if rollouts.is_empty() { p.muted { "Part of no rollout." } }
+            @else { (super::rollouts::table(&rollouts, true)) }
         }
         @if !node.health_checks.is_empty() {
             section {

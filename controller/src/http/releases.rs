@@ -212,6 +212,15 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
             |request| runs.list_runs(request),
         )
         .await?;
+    let rollouts: Vec<pb::Rollout> = if caller.may(super::rollouts::LIST_ROLLOUTS) {
+        super::rollouts::all(&caller)
+            .await?
+            .into_iter()
+            .filter(|rollout| rollout.release == release.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let may_promote = caller.may(PROMOTE) && !released;
     let may_waive = caller.may(WAIVE) && !released;
     let milestone = decision
@@ -283,6 +292,11 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
                     } }
                 }
             }
+        }
+        section {
+            h2 { "Rollouts" }
+            @if rollouts.is_empty() { p.muted { "Not rolled out: once its production gate passed, start one with " code { "tollgate rollout start" } "." } }
+            @else { (super::rollouts::table(&rollouts, false)) }
         }
     };
     Ok(layout::page(

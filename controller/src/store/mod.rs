@@ -767,6 +767,7 @@ pub use issues::{
     ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, QueuedWebhook,
     WebhookEvent, describe_changes,
 };
+mod rollout_drift;
 mod rollouts;
 pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
 mod notes;

@@ -325,6 +325,15 @@ impl Store {
                         detail: format!("expected progress {}, found another", node.from),
                     });
                 }
+                // What the node was brought to, kept for drift (`rollout_drift.rs`).
+                if node.to == NodeProgress::Passed {
+                    sqlx::query(super::rollout_drift::RECORD)
+                        .bind(id.as_str())
+                        .bind(node.node.as_str())
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             for start in starts {
                 insert_run!(tx, &start.run, [&start.job]);

@@ -2296,6 +2296,8 @@ mod targets;
 mod issues;
 // Rollouts: created with their nodes, changed by compare-and-set with their runs and audit.
 mod rollouts;
+// What rollouts brought their nodes to, for drift.
+mod rollout_drift;
 // Meeting minutes and the passed decisions of a status report.
 mod notes;
 

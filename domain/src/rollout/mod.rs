@@ -7,6 +7,7 @@
 //! - [`blast`]: which nodes of the wave may start now ([`startable`]).
 //! - [`machine`]: the state machine ([`next`]), with the nodes' progress.
 //! - [`eta`](mod@eta): when it should end ([`eta()`](fn@eta)).
+//! - [`drift`](mod@drift): a node reporting other components than a rollout brought it to.
 //!
 //! ```text
 //!   pending ──start──▶ running(i) ──wave i's last node finished──▶ soaking(i) ──soak ended──▶ judging(i)
@@ -25,6 +26,7 @@
 //! `node-started` then, and [`RolloutFacts::may_start`] offers none).
 
 pub mod blast;
+pub mod drift;
 pub mod eta;
 pub mod machine;
 pub mod spec;
