@@ -43,6 +43,7 @@ pub mod projections;
 pub mod replica;
 pub mod report;
 pub mod reschedule;
+pub mod rollout_eta;
 pub mod rollouts;
 pub mod scheduler;
 pub mod sessions;

@@ -58,7 +58,7 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn facts(&self) -> RolloutFacts<'_> {
+    pub(crate) fn facts(&self) -> RolloutFacts<'_> {
         RolloutFacts {
             spec: &self.record.spec,
             waves: &self.record.waves,

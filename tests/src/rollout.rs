@@ -69,13 +69,18 @@ pub fn prod_agents(controller_url: &str, n: usize) -> Vec<Agent> {
 /// node) and starts the rollout of [`ROLLOUT`] onto `role=prod` through [`procedure`] failing
 /// on `fail_on`; returns it as started.
 pub async fn start(clients: &mut Clients, release: &str, fail_on: &[&str]) -> v1::Rollout {
+    start_with(clients, release, &procedure(fail_on)).await
+}
+
+/// As [`start`], with `procedure` (a plan named `flash-or-fail`) as the procedure.
+pub async fn start_with(clients: &mut Clients, release: &str, procedure: &str) -> v1::Rollout {
     clients.create_release(release).await;
     let qualification = plan_yaml(0.05).replace(
         "selector: {sku: hgx-h100}\n",
         "selector: {sku: hgx-h100}\nnodes: 1\n",
     );
     clients.apply_plan(&qualification).await;
-    clients.apply_plan(&procedure(fail_on)).await;
+    clients.apply_plan(procedure).await;
     clients.apply_gate(PRODUCTION_GATE).await;
     let run = clients
         .runs

@@ -199,6 +199,9 @@ pub fn rollout_json(rollout: &pb::Rollout) -> serde_json::Value {
         "created_at": time(&rollout.created_at),
         "updated_at": time(&rollout.updated_at),
         "drifted": rollout.drifted.iter().map(tollgate_wire::json::drift).collect::<Vec<_>>(),
+        "eta": rollout.eta.as_ref().map(|eta| format_time(Some(eta))),
+        "eta_per_node_seconds": rollout.eta.as_ref().map(|_| rollout.eta_per_node_seconds),
+        "eta_nodes_left": rollout.eta.as_ref().map(|_| rollout.eta_nodes_left),
     })
 }
 
@@ -217,14 +220,33 @@ fn progress_counts(rollout: &pb::Rollout) -> String {
 
 /// One line per change while watching.
 pub fn format_progress_line(rollout: &pb::Rollout) -> String {
+    let eta = rollout
+        .eta
+        .as_ref()
+        .map(|eta| format!(" (ends about {})", format_time(Some(eta))))
+        .unwrap_or_default();
     format!(
-        "{} {} wave {}/{}: {}",
+        "{} {} wave {}/{}: {}{eta}",
         rollout.id,
         rollout.phase,
         rollout.wave + 1,
         rollout.waves.len(),
         progress_counts(rollout)
     )
+}
+
+/// The estimate of the end: `2026-12-06T09:40:00Z (9 nodes left, 130 s each)`; `-` when none
+/// holds (paused, halted, rolling back, ended).
+fn eta_words(rollout: &pb::Rollout) -> String {
+    match &rollout.eta {
+        None => "-".to_owned(),
+        Some(eta) => format!(
+            "{} ({} node(s) left, {:.0} s each)",
+            format_time(Some(eta)),
+            rollout.eta_nodes_left,
+            rollout.eta_per_node_seconds
+        ),
+    }
 }
 
 /// A rollout, for people: phase, why it halted, each wave with its nodes.
@@ -252,6 +274,7 @@ pub fn format_rollout(rollout: &pb::Rollout) -> String {
         format_time(rollout.since.as_ref())
     );
     let _ = writeln!(out, "  nodes:   {}", progress_counts(rollout));
+    let _ = writeln!(out, "  ends:    {}", eta_words(rollout));
     let _ = writeln!(out, "  file:    sha256 {}", rollout.digest);
     if let Some(halt) = &rollout.halt {
         let _ = writeln!(

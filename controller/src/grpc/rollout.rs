@@ -129,21 +129,39 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
         created_at: Some(timestamp_to_proto(record.created_at)),
         updated_at: Some(timestamp_to_proto(record.updated_at)),
         file: record.file.clone(),
-        // GetRollout and WatchRollout add it (`with_drift`).
+        // GetRollout and WatchRollout add them (`detailed`).
         drifted: Vec::new(),
+        eta: None,
+        eta_per_node_seconds: 0.0,
+        eta_nodes_left: 0,
     }
 }
 
 /// A rollout as answered by `GetRollout` and `WatchRollout`: with the drift of the nodes it
-/// updated last.
-async fn with_drift(shared: &Shared, loaded: &Loaded) -> Result<proto::Rollout, Status> {
+/// updated last and the estimate of its end.
+async fn detailed(shared: &Shared, loaded: &Loaded) -> Result<proto::Rollout, Status> {
     let mut message = rollout_to_proto(loaded);
     message.drifted = crate::drift::of_rollout(shared, &loaded.record.id)
         .await?
         .iter()
         .map(|(node, drift)| tollgate_wire::fleet::drift_to_proto(node, drift))
         .collect();
+    if let Some(eta) = crate::rollout_eta::eta_of(shared, loaded).await? {
+        message.eta = Some(timestamp_to_proto(eta.ends_at));
+        message.eta_per_node_seconds = eta.per_node.as_secs_f64();
+        message.eta_nodes_left = u32::try_from(eta.n_remaining).unwrap_or(u32::MAX);
+    }
     Ok(message)
+}
+
+/// `message` without what moves with the clock alone (the estimate), to tell a change.
+fn without_eta(message: &proto::Rollout) -> proto::Rollout {
+    proto::Rollout {
+        eta: None,
+        eta_per_node_seconds: 0.0,
+        eta_nodes_left: 0,
+        ..message.clone()
+    }
 }
 
 /// The fleet labels `role=prod,site=a`, or every bad one named.
@@ -330,7 +348,7 @@ impl RolloutService for RolloutApi {
         }
         let loaded = rollouts::load(&self.shared, &RolloutId::from(id)).await?;
         refuse_outside_scope(&self.shared, customer.as_deref(), &loaded).await?;
-        Ok(Response::new(with_drift(&self.shared, &loaded).await?))
+        Ok(Response::new(detailed(&self.shared, &loaded).await?))
     }
 
     async fn list_rollouts(
@@ -509,7 +527,7 @@ async fn watch(
                 return;
             }
         };
-        let message = match with_drift(&shared, &loaded).await {
+        let message = match detailed(&shared, &loaded).await {
             Ok(message) => message,
             Err(status) => {
                 let _ = sender.send(Err(status)).await;
@@ -521,11 +539,12 @@ async fn watch(
                 .progress
                 .values()
                 .any(|progress| progress.is_active());
-        if last.as_ref() != Some(&message) {
-            if sender.send(Ok(message.clone())).await.is_err() {
+        let compared = without_eta(&message);
+        if last.as_ref() != Some(&compared) {
+            if sender.send(Ok(message)).await.is_err() {
                 return;
             }
-            last = Some(message);
+            last = Some(compared);
         }
         if ended {
             return;

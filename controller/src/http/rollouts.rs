@@ -249,6 +249,10 @@ pub async fn show(caller: Caller, Path(id): Path<String>) -> Result<Response, Pa
         }
         dl.facts {
             dt { "Nodes done" } dd { (nodes_done(&rollout)) }
+            dt { "Ends about" } dd { @match &rollout.eta {
+                Some(eta) => { (time(Some(eta))) span.muted { " (" (rollout.eta_nodes_left) " node(s) left, " (humantime(std::time::Duration::from_secs_f64(rollout.eta_per_node_seconds.max(0.0)))) " each)" } },
+                None => { span.muted { "no estimate while " (rollout.phase) } },
+            } }
             dt { "File" } dd { "sha256 " code.digest { (rollout.digest) } }
             @if let Some(spec) = &spec {
                 dt { "Procedure" } dd { "plan " code { (spec.procedure.plan) } }

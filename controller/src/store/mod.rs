@@ -769,7 +769,7 @@ pub use issues::{
 };
 mod rollout_drift;
 mod rollouts;
-pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
+pub use rollouts::{ProcedureTimes, RolloutNode, RolloutRecord, RolloutStart};
 mod notes;
 pub use notes::{NOTES_MAX, NoteFilter, PassedDecision};
 mod runs;

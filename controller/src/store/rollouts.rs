@@ -69,6 +69,17 @@ pub struct RolloutNode {
     pub rollback_run: Option<RunId>,
 }
 
+/// When a node's procedure started and ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcedureTimes {
+    /// The node.
+    pub node: NodeId,
+    /// When its procedure run started.
+    pub started_at: Timestamp,
+    /// When it ended, once it has.
+    pub finished_at: Option<Timestamp>,
+}
+
 /// A node's procedure or rollback started by a change: its run of one job, created with it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutStart {
@@ -168,6 +179,26 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             tx.commit().await?;
             Ok(Some((rollout, nodes)))
+        })
+    }
+
+    /// When each node of rollout `id` started its procedure and, once it ended, when: the
+    /// procedure runs' start and end, for the rollout's estimate (rollback runs not counted).
+    pub async fn rollout_procedure_times(
+        &self,
+        id: &RolloutId,
+    ) -> Result<Vec<ProcedureTimes>, StoreError> {
+        const SQL: &str = "SELECT rollout_nodes.node, runs.created_at, runs.finished_at
+             FROM rollout_nodes JOIN runs ON runs.id = rollout_nodes.run_id
+             WHERE rollout_nodes.rollout_id = $1";
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::procedure_times)
+                .collect::<Result<Vec<_>, _>>()
         })
     }
 

@@ -556,6 +556,15 @@ pub(super) fn rollout(row: &impl StoreRow) -> Result<super::RolloutRecord, Store
 }
 
 /// A `rollout_nodes` row.
+pub(super) fn procedure_times(row: &impl StoreRow) -> Result<super::ProcedureTimes, StoreError> {
+    let f = Fields::new(row, "rollout_nodes", &["node"]);
+    Ok(super::ProcedureTimes {
+        node: NodeId(f.text("node")?),
+        started_at: f.time("created_at")?,
+        finished_at: f.opt_time("finished_at")?,
+    })
+}
+
 pub(super) fn rollout_node(row: &impl StoreRow) -> Result<super::RolloutNode, StoreError> {
     let f = Fields::new(row, "rollout_nodes", &["node"]);
     Ok(super::RolloutNode {
