@@ -581,3 +581,36 @@ pub fn issue_to_proto(issue: &Issue, history: &[IssueHistory]) -> proto::Issue {
             .collect(),
     }
 }
+
+/// How many issues of one release `GetRelease` and `ListReleases` read for what blocks it.
+const BLOCKING_MAX: usize = 1000;
+
+/// The issues of `release` (failed in it, or whose fix is in it) not closed or won't-fix,
+/// oldest first, as part of what blocks it at `now`; for a customer token (`customer`), only
+/// those set to matter to that customer.
+pub async fn blocking_issues(
+    shared: &Shared,
+    release: &ReleaseId,
+    customer: Option<&str>,
+    now: tollgate_domain::Timestamp,
+) -> Result<Vec<proto::BlockingIssue>, Status> {
+    let filter = IssueFilter {
+        release: Some(release.clone()),
+        customer: customer.map(str::to_owned),
+        ..IssueFilter::default()
+    };
+    Ok(shared
+        .store
+        .issues(&filter, BLOCKING_MAX)
+        .await?
+        .iter()
+        .filter(|issue| !issue.state.is_done())
+        .map(|issue| proto::BlockingIssue {
+            id: issue.id,
+            state: issue.state.name().to_owned(),
+            owner: issue.owner.clone().unwrap_or_default(),
+            opened_at: Some(timestamp_to_proto(issue.opened_at)),
+            age_days: u32::try_from((now - issue.opened_at).num_days().max(0)).unwrap_or(u32::MAX),
+        })
+        .collect())
+}
