@@ -596,4 +596,63 @@ mod tests {
         let error = DescribedRelease::from_proto(wire).unwrap_err();
         assert_eq!(error.fields(), ["created_at"]);
     }
+
+    #[test]
+    fn what_blocks_names_the_open_issues_after_the_gate() {
+        let issue = |id: i64, state: &str, owner: &str, age_days: u32| proto::BlockingIssue {
+            id,
+            state: state.into(),
+            owner: owner.into(),
+            opened_at: None,
+            age_days,
+        };
+        let mut release = proto::Release {
+            name: "r550".into(),
+            milestone: "lab-qual".into(),
+            ..proto::Release::default()
+        };
+        let failed = Ok(proto::Decision {
+            milestone: "lab-qual".into(),
+            verdict: "failed".into(),
+            rules: vec![proto::RuleDecision {
+                rule_id: "temp".into(),
+                verdict: "failed".into(),
+                reason: "lab-3 ran hot.".into(),
+                ..proto::RuleDecision::default()
+            }],
+            ..proto::Decision::default()
+        });
+        assert_eq!(
+            blocker(&release, &failed),
+            "The lab-qual gate failed: rule temp failed: lab-3 ran hot."
+        );
+        release.blocking_issues = vec![issue(3, "open", "alice", 4)];
+        assert_eq!(
+            blocker(&release, &failed),
+            "The lab-qual gate failed: rule temp failed: lab-3 ran hot. Open issues: issue #3 \
+             open, owner alice, 4 d."
+        );
+        release.blocking_issues.extend([
+            issue(5, "verifying", "", 0),
+            issue(6, "open", "bob", 1),
+            issue(7, "fix-in-release", "", 2),
+            issue(8, "open", "", 2),
+        ]);
+        assert_eq!(
+            blocking_issues_words(&release),
+            "Open issues: issue #3 open, owner alice, 4 d; issue #5 verifying, no owner, 0 d; \
+             issue #6 open, owner bob, 1 d (and 2 more)."
+        );
+        // A halted release says so first; a released one is blocked by nothing.
+        release.halted_reason = "BMC bug".into();
+        assert!(
+            blocker(&release, &failed).starts_with("It is halted (BMC bug)")
+                && blocker(&release, &failed).contains("issue #3 open")
+        );
+        release.milestone = tollgate_domain::release::RELEASED.into();
+        assert_eq!(
+            blocker(&release, &failed),
+            "Nothing: it passed every milestone and is released."
+        );
+    }
 }
