@@ -105,7 +105,7 @@ pub enum Command {
     /// what passed, what blocks, waivers about to expire, risks; with --minutes, notes and
     /// action items.
     Status(StatusArgs),
-    /// Meeting minutes: notes about a release, optionally action items (add, list).
+    /// Meeting minutes: notes about a release, optionally action items (add, list, done).
     #[command(subcommand)]
     Note(NoteCommand),
     /// Writes the signed customer acceptance report of a release at a milestone; `report
@@ -1312,6 +1312,16 @@ pub enum NoteCommand {
         /// Only action items.
         #[arg(long)]
         actions: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Marks a note's action item done, once.
+    Done {
+        /// The note's number (`tollgate note list --actions` shows them).
+        id: i64,
+        /// What was done, kept with it.
+        #[arg(long)]
+        comment: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

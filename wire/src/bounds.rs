@@ -234,6 +234,7 @@ bounded_texts! {
     RenderStatusRequest { customer: LABEL_VALUE, format: NAME; since, minutes }
     AddNoteRequest { release: NAME, text: DESCRIPTION, action_owner: NAME, due: NAME }
     ListNotesRequest { release: NAME; since, actions_only }
+    CompleteActionRequest { comment: REASON; id }
 }
 
 impl Bounded for proto::OpenIssueRequest {
