@@ -1147,11 +1147,14 @@ pub enum IssueCommand {
         #[arg(long)]
         release: Option<String>,
     },
-    /// Reads an export document (`issue export --format json`) into this controller in one
+    /// Reads an export document (`issue export`, JSON or CSV) into this controller in one
     /// transaction: issues whose signature exists take its fields, new ones are opened.
     Import {
-        /// The JSON document.
+        /// The document: CSV when its name ends in .csv, else JSON, unless --format says.
         file: std::path::PathBuf,
+        /// The document's format (default: from the file name's extension).
+        #[arg(long, value_enum)]
+        format: Option<IssueExportFormat>,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -867,14 +867,40 @@ fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
         Call::ImportIssues(v1::ImportIssuesRequest {
             document: document.to_owned(),
             file_name: "issues.json".into(),
+            format: String::new(),
         })
     };
+    let import_csv = |document: &str| {
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: document.to_owned(),
+            file_name: "issues.csv".into(),
+            format: "csv".into(),
+        })
+    };
+    cases.push((
+        "line 2, state",
+        import_csv("kind,text,state\r\nk,t,resolved\r\n"),
+    ));
+    cases.push(("line 1, 'colour'", import_csv("kind,text,state,colour\r\n")));
+    cases.push((
+        "line 3",
+        import_csv("kind,text,state\r\nk,t,open\r\nk,t\r\n"),
+    ));
+    cases.push((
+        "format",
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: "kind,text,state\r\n".into(),
+            file_name: "issues.xlsx".into(),
+            format: "xlsx".into(),
+        }),
+    ));
     cases.push(("document", import("{\"format\": ")));
     cases.push((
         "document",
         Call::ImportIssues(v1::ImportIssuesRequest {
             document: "x".repeat(tollgate_domain::limits::SPEC_SOURCE.max + 1),
             file_name: String::new(),
+            format: String::new(),
         }),
     ));
     cases.push((

@@ -506,9 +506,23 @@ impl IssueService for IssueApi {
         let proto::ImportIssuesRequest {
             document,
             file_name,
+            format,
         } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
-        let issues = super::issue_import::parse(&mut errors, &document);
+        let issues = match format.trim() {
+            "" | "json" => super::issue_import::parse(&mut errors, &document),
+            "csv" => super::issue_import::parse_csv(&mut errors, &document),
+            other => {
+                errors.add(
+                    "format",
+                    format!(
+                        "{} is not a format; give json or csv",
+                        tollgate_domain::limits::quote(other)
+                    ),
+                );
+                None
+            }
+        };
         let issues = errors
             .finish(issues.unwrap_or_default())
             .map_err(status::invalid_fields)?;
