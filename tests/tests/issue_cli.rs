@@ -233,6 +233,28 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         printed(&waivers)
     );
 
+    // A fix for an issue that does not exist, in a release that does not either: the issue
+    // is named; a fix of this issue in a release that does not exist names the release.
+    let neither = tollgate(&url, &["issue", "fix", "999999", "--release", "r551"]).await;
+    assert_eq!(neither.status.code(), Some(4), "{}", printed(&neither));
+    assert!(
+        printed(&neither).contains("issue #999999") && !printed(&neither).contains("r551"),
+        "{}",
+        printed(&neither)
+    );
+    let no_release = tollgate(&url, &["issue", "fix", &number, "--release", "r551"]).await;
+    assert_eq!(
+        no_release.status.code(),
+        Some(4),
+        "{}",
+        printed(&no_release)
+    );
+    assert!(
+        printed(&no_release).contains("release r551"),
+        "{}",
+        printed(&no_release)
+    );
+
     // The fix is in r551; lab-3 comes back repaired and r551's run passes on every node.
     clients.create_release("r551").await;
     let fixed = json(

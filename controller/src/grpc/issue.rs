@@ -449,6 +449,8 @@ impl IssueService for IssueApi {
             errors.add("release", "is empty; give the release that carries the fix");
         }
         errors.finish(()).map_err(status::invalid_fields)?;
+        // The issue is what the call is about: when neither exists, it is the one named.
+        self.load(id).await?;
         let release = load_release(&self.shared, release.trim()).await?;
         let detail = match optional_text(&note) {
             Some(note) => format!("fix in release {}: {note}", release.id),
