@@ -105,7 +105,7 @@ pub enum Command {
     /// what passed, what blocks, waivers about to expire, risks; with --minutes, notes and
     /// action items.
     Status(StatusArgs),
-    /// Meeting minutes: notes about a release, optionally action items (add, list).
+    /// Meeting minutes: notes about a release, optionally action items (add, list, done).
     #[command(subcommand)]
     Note(NoteCommand),
     /// Writes the signed customer acceptance report of a release at a milestone; `report
@@ -1151,11 +1151,14 @@ pub enum IssueCommand {
         #[arg(long)]
         release: Option<String>,
     },
-    /// Reads an export document (`issue export --format json`) into this controller in one
+    /// Reads an export document (`issue export`, JSON or CSV) into this controller in one
     /// transaction: issues whose signature exists take its fields, new ones are opened.
     Import {
-        /// The JSON document.
+        /// The document: CSV when its name ends in .csv, else JSON, unless --format says.
         file: std::path::PathBuf,
+        /// The document's format (default: from the file name's extension).
+        #[arg(long, value_enum)]
+        format: Option<IssueExportFormat>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -1316,6 +1319,16 @@ pub enum NoteCommand {
         /// Only action items.
         #[arg(long)]
         actions: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Marks a note's action item done, once.
+    Done {
+        /// The note's number (`tollgate note list --actions` shows them).
+        id: i64,
+        /// What was done, kept with it.
+        #[arg(long)]
+        comment: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

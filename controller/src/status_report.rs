@@ -10,6 +10,7 @@ use crate::store::{IssueFilter, NoteFilter};
 use std::collections::BTreeSet;
 use tollgate_domain::access::CUSTOMER_LABEL;
 use tollgate_domain::gate::Verdict;
+use tollgate_domain::note::Note;
 use tollgate_domain::release::RELEASED;
 use tollgate_domain::status_report::{
     ExpiringWaiver, FailingRule, Minutes, OpenIssue, Passed, ReleaseStatus, StatusFacts,
@@ -221,7 +222,8 @@ async fn open_issues(
 }
 
 /// The minutes of the releases in `statuses`: notes taken since the report's `since`
-/// without an action item, and every action item by due date.
+/// without an action item, every open action item by due date, and those done since `since`
+/// in the order they were done.
 async fn minutes(
     shared: &Shared,
     scope: &StatusScope,
@@ -239,14 +241,26 @@ async fn minutes(
         .into_iter()
         .filter(|note| note.action.is_none())
         .collect();
-    let mut actions = shared
+    let (mut actions, mut done): (Vec<Note>, Vec<Note>) = shared
         .store
         .notes(&NoteFilter {
             releases: Some(releases),
             since: None,
             actions_only: true,
         })
-        .await?;
+        .await?
+        .into_iter()
+        .partition(Note::is_open_action);
     actions.sort_by_key(|note| (note.action.as_ref().map(|action| action.due), note.id));
-    Ok(Minutes { decisions, actions })
+    done.retain(|note| {
+        note.done
+            .as_ref()
+            .is_some_and(|done| done.at >= scope.since)
+    });
+    done.sort_by_key(|note| (note.done.as_ref().map(|done| done.at), note.id));
+    Ok(Minutes {
+        decisions,
+        actions,
+        done,
+    })
 }

@@ -1,6 +1,7 @@
 //! Meeting minutes: a note about a release (a decision taken, something said), optionally an
 //! action item with an owner and a due date. [`plan_note`] checks a new note and names every
-//! bad field; the store keeps it with its audit entry.
+//! bad field; the store keeps it with its audit entry. An action item is open until it is
+//! done, once ([`plan_done`]).
 
 use crate::{ReleaseId, Timestamp, limits};
 use chrono::NaiveDate;
@@ -37,6 +38,79 @@ pub struct Note {
     pub author: String,
     /// When.
     pub at: Timestamp,
+    /// When its action item was done; `None` while it is open (or the note has none).
+    #[serde(default)]
+    pub done: Option<Done>,
+}
+
+impl Note {
+    /// Whether it is an action item not done yet.
+    pub fn is_open_action(&self) -> bool {
+        self.action.is_some() && self.done.is_none()
+    }
+}
+
+/// An action item done: when, by whom, with what comment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// When it was marked done.
+    pub at: Timestamp,
+    /// Who marked it done.
+    pub by: String,
+    /// What they said about it, if anything.
+    pub comment: Option<String>,
+}
+
+/// Why an action item cannot be marked done: the request is fine, the note is not in a state
+/// to take it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DoneRefusal {
+    /// The note records no action item.
+    #[error(
+        "note {id} is not an action item (it has no owner and due date); only an action item can be done"
+    )]
+    NotAnAction {
+        /// The note.
+        id: i64,
+    },
+    /// It was done already.
+    #[error(
+        "note {id} was done already, by {by} at {at}; it stays done (add a new note to say more)"
+    )]
+    AlreadyDone {
+        /// The note.
+        id: i64,
+        /// Who marked it done.
+        by: String,
+        /// When, RFC 3339.
+        at: String,
+    },
+}
+
+/// Marks `note`'s action item done by `actor` at `now` with `comment` (trimmed; empty for
+/// none): refused when the note is not an action item or is done already.
+pub fn plan_done(
+    note: &Note,
+    actor: &str,
+    comment: &str,
+    now: Timestamp,
+) -> Result<Done, DoneRefusal> {
+    if note.action.is_none() {
+        return Err(DoneRefusal::NotAnAction { id: note.id });
+    }
+    if let Some(done) = &note.done {
+        return Err(DoneRefusal::AlreadyDone {
+            id: note.id,
+            by: done.by.clone(),
+            at: done.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+    }
+    let comment = comment.trim();
+    Ok(Done {
+        at: now,
+        by: actor.to_owned(),
+        comment: (!comment.is_empty()).then(|| comment.to_owned()),
+    })
 }
 
 /// A note decided, not stored yet (the store numbers it).
@@ -162,6 +236,57 @@ mod tests {
         let refusals = plan_note("r550", "x", "bob", "", "alice", at(0)).expect_err("no due");
         assert_eq!(refusals.len(), 1);
         assert_eq!(refusals[0].field, "due");
+    }
+
+    fn action_item(id: i64) -> Note {
+        Note {
+            id,
+            release: ReleaseId::from("r550"),
+            text: "replace the fan".into(),
+            action: Some(Action {
+                owner: "carol".into(),
+                due: "2026-01-05".parse().expect("a date"),
+            }),
+            author: "alice".into(),
+            at: at(0),
+            done: None,
+        }
+    }
+
+    #[test]
+    fn an_action_item_is_done_once() {
+        let mut note = action_item(4);
+        assert!(note.is_open_action());
+        let done = plan_done(&note, "carol", "  swapped it  ", at(60)).expect("open");
+        assert_eq!(
+            done,
+            Done {
+                at: at(60),
+                by: "carol".into(),
+                comment: Some("swapped it".into()),
+            }
+        );
+        note.done = Some(done);
+        assert!(!note.is_open_action());
+        let again = plan_done(&note, "bob", "", at(120)).expect_err("done already");
+        assert_eq!(
+            again.to_string(),
+            "note 4 was done already, by carol at 2026-01-01T00:01:00Z; it stays done (add a \
+             new note to say more)"
+        );
+        let no_comment = plan_done(&action_item(5), "bob", " ", at(0)).expect("open");
+        assert_eq!(no_comment.comment, None);
+    }
+
+    #[test]
+    fn a_note_without_an_action_item_cannot_be_done() {
+        let mut note = action_item(7);
+        note.action = None;
+        assert!(!note.is_open_action());
+        assert_eq!(
+            plan_done(&note, "bob", "", at(0)),
+            Err(DoneRefusal::NotAnAction { id: 7 })
+        );
     }
 
     #[test]

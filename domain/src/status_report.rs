@@ -134,13 +134,27 @@ pub struct ExpiringWaiver {
     pub expires_at: Timestamp,
 }
 
-/// The minutes: notes taken since the report's `since`, and every action item.
+/// The minutes: notes taken since the report's `since`, every open action item, and those
+/// done since `since`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Minutes {
     /// Notes without an action item taken since `since`, oldest first.
     pub decisions: Vec<Note>,
-    /// Every note with an action item, by due date.
+    /// Every action item not done yet, by due date (a done one here is left out).
     pub actions: Vec<Note>,
+    /// The action items done since `since`, in the order they were done.
+    pub done: Vec<Note>,
+}
+
+/// How an action item was done, in words: `done 2026-12-04 by carol: swapped it`.
+fn done_words(note: &Note) -> String {
+    let Some(done) = &note.done else {
+        return String::new();
+    };
+    match &done.comment {
+        Some(comment) => format!("done {} by {}: {comment}", day(done.at), done.by),
+        None => format!("done {} by {}", day(done.at), done.by),
+    }
 }
 
 /// A group of the report: one customer's releases, or those for no customer.
@@ -510,7 +524,16 @@ fn markdown_minutes(out: &mut String, facts: &StatusFacts, minutes: &Minutes) {
         .iter()
         .filter(|n| shown(facts, n))
         .collect();
-    let actions: Vec<&Note> = minutes.actions.iter().filter(|n| shown(facts, n)).collect();
+    let actions: Vec<&Note> = minutes
+        .actions
+        .iter()
+        .filter(|n| shown(facts, n) && n.is_open_action())
+        .collect();
+    let done: Vec<&Note> = minutes
+        .done
+        .iter()
+        .filter(|n| shown(facts, n) && n.done.is_some())
+        .collect();
     if decisions.is_empty() {
         let _ = writeln!(out, "None recorded.");
     }
@@ -545,6 +568,25 @@ fn markdown_minutes(out: &mut String, facts: &StatusFacts, minutes: &Minutes) {
             md(&note.text),
             md(&action.owner),
             action.due
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "### Action items done since {}", day(facts.since));
+    let _ = writeln!(out);
+    if done.is_empty() {
+        let _ = writeln!(out, "None.");
+    }
+    for note in done {
+        let Some(action) = &note.action else { continue };
+        let _ = writeln!(
+            out,
+            "- {} {}: {} (owner {}, due {}), {}",
+            md(note.release.as_str()),
+            format_args!("#{}", note.id),
+            md(&note.text),
+            md(&action.owner),
+            action.due,
+            md(&done_words(note))
         );
     }
 }
@@ -737,7 +779,16 @@ fn html_minutes(out: &mut String, facts: &StatusFacts, minutes: &Minutes) {
         .iter()
         .filter(|n| shown(facts, n))
         .collect();
-    let actions: Vec<&Note> = minutes.actions.iter().filter(|n| shown(facts, n)).collect();
+    let actions: Vec<&Note> = minutes
+        .actions
+        .iter()
+        .filter(|n| shown(facts, n) && n.is_open_action())
+        .collect();
+    let done: Vec<&Note> = minutes
+        .done
+        .iter()
+        .filter(|n| shown(facts, n) && n.done.is_some())
+        .collect();
     if decisions.is_empty() {
         out.push_str("<p>None recorded.</p>\n");
     } else {
@@ -757,8 +808,33 @@ fn html_minutes(out: &mut String, facts: &StatusFacts, minutes: &Minutes) {
     out.push_str("<h3>Action items</h3>\n");
     if actions.is_empty() {
         out.push_str("<p>None.</p>\n");
+    } else {
+        html_actions(out, facts, &actions);
+    }
+    let _ = writeln!(out, "<h3>Action items done since {}</h3>", day(facts.since));
+    if done.is_empty() {
+        out.push_str("<p>None.</p>\n");
         return;
     }
+    out.push_str("<ul>\n");
+    for note in done {
+        let Some(action) = &note.action else { continue };
+        let _ = writeln!(
+            out,
+            "<li>{} #{}: {} (owner {}, due {}), {}</li>",
+            esc(note.release.as_str()),
+            note.id,
+            esc(&note.text),
+            esc(&action.owner),
+            action.due,
+            esc(&done_words(note))
+        );
+    }
+    out.push_str("</ul>\n");
+}
+
+/// The open action items in HTML, overdue ones marked.
+fn html_actions(out: &mut String, facts: &StatusFacts, actions: &[&Note]) {
     out.push_str("<ul>\n");
     for note in actions {
         let Some(action) = &note.action else { continue };

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use std::path::PathBuf;
-use tollgate_domain::note::{Action, Note};
+use tollgate_domain::note::{Action, Done, Note};
 use tollgate_domain::projection::{Basis, Finish, Holder, MilestoneProjection, Risk};
 use tollgate_domain::status_report::{
     ExpiringWaiver, FailingRule, Minutes, OpenIssue, Passed, ReleaseStatus, StatusFacts, html,
@@ -152,6 +152,15 @@ fn facts() -> StatusFacts {
         }),
         author: "alice".into(),
         at: at(when),
+        done: None,
+    };
+    let done = |mut note: Note, by: &str, when: &str, comment: Option<&str>| {
+        note.done = Some(Done {
+            at: at(when),
+            by: by.into(),
+            comment: comment.map(Into::into),
+        });
+        note
     };
     StatusFacts {
         now,
@@ -178,6 +187,30 @@ fn facts() -> StatusFacts {
                     "ask the vendor for VBIOS 96.00.8A",
                     Some(("bob", "2026-12-11")),
                     "2026-12-03T10:06:00Z",
+                ),
+            ],
+            done: vec![
+                done(
+                    note(
+                        4,
+                        "reflash lab-2's CX7",
+                        Some(("dave", "2026-12-02")),
+                        "2026-11-25T10:00:00Z",
+                    ),
+                    "dave",
+                    "2026-12-01T16:00:00Z",
+                    Some("flashed to 28.39.1002 <ok>"),
+                ),
+                done(
+                    note(
+                        5,
+                        "book the lab for r560",
+                        Some(("erin", "2026-12-09")),
+                        "2026-12-03T10:07:00Z",
+                    ),
+                    "erin",
+                    "2026-12-04T08:00:00Z",
+                    None,
                 ),
             ],
         }),
@@ -292,4 +325,54 @@ fn at_risk_milestones_and_overdue_actions_are_flagged() {
     );
     assert!(text.contains("owner bob, due 2026-12-11)\n"), "{text}");
     assert!(text.contains("owner bob, open 5 days"), "{text}");
+}
+
+#[test]
+fn done_action_items_are_listed_apart_from_the_open_ones() {
+    let mut facts = facts();
+    let text = markdown(&facts);
+    let (open, done) = text
+        .split_once("### Action items done since 2026-11-30")
+        .expect("a done section");
+    assert!(open.contains("#2: replace lab-4's fan"), "{text}");
+    assert!(!open.contains("reflash"), "{text}");
+    assert!(
+        done.contains(
+            "#4: reflash lab-2's CX7 (owner dave, due 2026-12-02), done 2026-12-01 by dave: \
+             flashed to 28.39.1002 \\<ok\\>"
+        ),
+        "{text}"
+    );
+    assert!(
+        done.contains(
+            "#5: book the lab for r560 (owner erin, due 2026-12-09), done 2026-12-04 by erin\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        !done.contains("OVERDUE"),
+        "a done item is never overdue: {text}"
+    );
+    let page = html(&facts);
+    assert!(
+        page.contains("done 2026-12-01 by dave: flashed to 28.39.1002 &lt;ok&gt;</li>"),
+        "{page}"
+    );
+    // An action item done is never shown as open, even when handed in among the open ones.
+    let minutes = facts.minutes.as_mut().expect("minutes");
+    let finished = minutes.done[0].clone();
+    minutes.actions.push(finished);
+    let text = markdown(&facts);
+    let open = text
+        .split_once("### Action items done since")
+        .expect("a done section")
+        .0;
+    assert!(!open.contains("reflash"), "{text}");
+    // Nothing done: the section says so.
+    facts.minutes.as_mut().expect("minutes").done.clear();
+    assert!(
+        markdown(&facts).contains("### Action items done since 2026-11-30\n\nNone.\n"),
+        "{}",
+        markdown(&facts)
+    );
 }

@@ -116,6 +116,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("StatusService/RenderStatus", "UUUU AAAA AA UU UUX"),
     ("StatusService/AddNote", "UUUU DDAA DD UU UUX"),
     ("StatusService/ListNotes", "UUUU AAAA DD UU UUX"),
+    ("StatusService/CompleteAction", "UUUU DDAA DD UU UUX"),
 ];
 
 /// Adds the bearer token, when there is one.
@@ -661,6 +662,14 @@ async fn call(clients: &As, rpc: &str, world: &World) -> Result<(), tonic::Statu
         "StatusService/ListNotes" => c
             .status
             .list_notes(v1::ListNotesRequest::default())
+            .await
+            .map(drop),
+        "StatusService/CompleteAction" => c
+            .status
+            .complete_action(v1::CompleteActionRequest {
+                id: i64::MAX,
+                comment: String::new(),
+            })
             .await
             .map(drop),
         "AgentService/Register" => c.agent.register(register_as("node-a")).await.map(drop),

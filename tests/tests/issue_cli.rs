@@ -4,7 +4,9 @@
 //! reopening an open issue are refused, saying why; a waiver of r550's rule names the issue;
 //! `issue fix --release r551` promises the fix, and r551's passing run closes it, which
 //! `waiver list` and `gate show` then say (the waiver can be revoked); a closed issue takes no
-//! fix until reopened; `issue export` writes it as JSON and as CSV. On SQLite and on
+//! fix until reopened; `issue export` writes it as JSON and as CSV. While the issue is open
+//! (and while its fix is unverified) `release list` and `release show` name it in what blocks
+//! the release, and no longer once it is closed. On SQLite and on
 //! PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
 use serde_json::Value;
@@ -35,6 +37,30 @@ async fn hot_issues(url: &str) -> Vec<Value> {
         .filter(|issue| issue["kind"] == "telemetry")
         .cloned()
         .collect()
+}
+
+/// `release`'s line of `tollgate release list`.
+async fn release_line(url: &str, release: &str) -> String {
+    let listed = tollgate(url, &["release", "list"]).await;
+    assert!(listed.status.success(), "{}", printed(&listed));
+    let prefix = format!("{release} ");
+    text(&listed.stdout)
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("a line for {release}:\n{}", printed(&listed)))
+        .to_owned()
+}
+
+/// `release`'s object in `tollgate release list -o json`.
+async fn release_json(url: &str, release: &str) -> Value {
+    let listed = json(url, &["release", "list", "-o", "json"]).await;
+    listed["releases"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|found| found["name"] == release)
+        .unwrap_or_else(|| panic!("{release} in {listed:#}"))
+        .clone()
 }
 
 async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) {
@@ -120,6 +146,36 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         .collect();
     assert_eq!(actions, ["opened", "updated"], "{set:#}");
 
+    // What blocks r550 names the open issue, its owner and age, beside the failing rule: in
+    // `release list`, `release show` and their `-o json`.
+    let named = format!("Open issues: issue #{id} open, owner alice, 0 d.");
+    let line = release_line(&url, "r550").await;
+    assert!(
+        line.contains("The lab-qual gate failed: rule ") && line.ends_with(&named),
+        "{line}"
+    );
+    let listed = release_json(&url, "r550").await;
+    assert!(
+        listed["blocked_by"]
+            .as_str()
+            .is_some_and(|b| b.ends_with(&named)),
+        "{listed:#}"
+    );
+    assert_eq!(listed["blocking_issues"][0]["id"], id, "{listed:#}");
+    assert_eq!(listed["blocking_issues"][0]["owner"], "alice");
+    assert_eq!(listed["blocking_issues"][0]["state"], "open");
+    let shown = tollgate(&url, &["release", "show", "r550"]).await;
+    assert!(
+        text(&shown.stdout).lines().any(|line| line
+            .starts_with("blocked by:  The lab-qual gate failed")
+            && line.ends_with(&named)),
+        "{}",
+        printed(&shown)
+    );
+    let shown = json(&url, &["release", "show", "r550", "-o", "json"]).await;
+    assert_eq!(shown["blocked_by"], listed["blocked_by"], "{shown:#}");
+    assert_eq!(shown["blocking_issues"], listed["blocking_issues"]);
+
     // Refusals say what to do.
     let no_reason = tollgate(&url, &["issue", "wont-fix", &number]).await;
     assert!(!no_reason.status.success());
@@ -177,6 +233,28 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         printed(&waivers)
     );
 
+    // A fix for an issue that does not exist, in a release that does not either: the issue
+    // is named; a fix of this issue in a release that does not exist names the release.
+    let neither = tollgate(&url, &["issue", "fix", "999999", "--release", "r551"]).await;
+    assert_eq!(neither.status.code(), Some(4), "{}", printed(&neither));
+    assert!(
+        printed(&neither).contains("issue #999999") && !printed(&neither).contains("r551"),
+        "{}",
+        printed(&neither)
+    );
+    let no_release = tollgate(&url, &["issue", "fix", &number, "--release", "r551"]).await;
+    assert_eq!(
+        no_release.status.code(),
+        Some(4),
+        "{}",
+        printed(&no_release)
+    );
+    assert!(
+        printed(&no_release).contains("release r551"),
+        "{}",
+        printed(&no_release)
+    );
+
     // The fix is in r551; lab-3 comes back repaired and r551's run passes on every node.
     clients.create_release("r551").await;
     let fixed = json(
@@ -186,6 +264,12 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
     .await;
     assert_eq!(fixed["state"], "fix-in-release");
     assert_eq!(fixed["fix_release"], "r551");
+    // Until it is verified the issue blocks the release the fix is in, too.
+    let line = release_line(&url, "r551").await;
+    assert!(
+        line.contains(&format!("issue #{id} fix-in-release, owner alice")),
+        "{line}"
+    );
     let hot_agent = agents.pop().expect("lab-3");
     agents.push(hot_agent.shut_down().await.start_repaired());
     clients.wait_ready_nodes(3).await;
@@ -210,6 +294,17 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
     );
     let listed = json(&url, &["issue", "list", "--state", "closed", "-o", "json"]).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    // Closed, it blocks neither release any more.
+    for release in ["r550", "r551"] {
+        let line = release_line(&url, release).await;
+        assert!(!line.contains(&format!("issue #{id}")), "{line}");
+        let listed = release_json(&url, release).await;
+        assert_eq!(
+            listed["blocking_issues"],
+            serde_json::json!([]),
+            "{listed:#}"
+        );
+    }
 
     // The waiver's issue is closed: the list says the waiver can go.
     let waivers = tollgate(&url, &["waiver", "list", "--release", "r550"]).await;

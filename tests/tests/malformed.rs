@@ -69,6 +69,7 @@ enum Call {
     RenderStatus(v1::RenderStatusRequest),
     AddNote(v1::AddNoteRequest),
     ListNotes(v1::ListNotesRequest),
+    CompleteAction(v1::CompleteActionRequest),
 }
 
 /// Sends a node's token, as its agent does.
@@ -148,6 +149,7 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::RenderStatus(r) => clients.status.render_status(r).await.map(drop),
         Call::AddNote(r) => clients.status.add_note(r).await.map(drop),
         Call::ListNotes(r) => clients.status.list_notes(r).await.map(drop),
+        Call::CompleteAction(r) => clients.status.complete_action(r).await.map(drop),
     }
 }
 
@@ -865,14 +867,40 @@ fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
         Call::ImportIssues(v1::ImportIssuesRequest {
             document: document.to_owned(),
             file_name: "issues.json".into(),
+            format: String::new(),
         })
     };
+    let import_csv = |document: &str| {
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: document.to_owned(),
+            file_name: "issues.csv".into(),
+            format: "csv".into(),
+        })
+    };
+    cases.push((
+        "line 2, state",
+        import_csv("kind,text,state\r\nk,t,resolved\r\n"),
+    ));
+    cases.push(("line 1, 'colour'", import_csv("kind,text,state,colour\r\n")));
+    cases.push((
+        "line 3",
+        import_csv("kind,text,state\r\nk,t,open\r\nk,t\r\n"),
+    ));
+    cases.push((
+        "format",
+        Call::ImportIssues(v1::ImportIssuesRequest {
+            document: "kind,text,state\r\n".into(),
+            file_name: "issues.xlsx".into(),
+            format: "xlsx".into(),
+        }),
+    ));
     cases.push(("document", import("{\"format\": ")));
     cases.push((
         "document",
         Call::ImportIssues(v1::ImportIssuesRequest {
             document: "x".repeat(tollgate_domain::limits::SPEC_SOURCE.max + 1),
             file_name: String::new(),
+            format: String::new(),
         }),
     ));
     cases.push((
@@ -1001,6 +1029,22 @@ fn status_cases(cases: &mut Vec<(&'static str, Call)>) {
             actions_only: false,
         }),
     ));
+    let over_comment = "c".repeat(tollgate_domain::limits::REASON.max + 1);
+    for comment in [over_comment, NUL.to_owned()] {
+        cases.push((
+            "comment",
+            Call::CompleteAction(v1::CompleteActionRequest { id: 1, comment }),
+        ));
+    }
+    for id in [0, -3] {
+        cases.push((
+            "id",
+            Call::CompleteAction(v1::CompleteActionRequest {
+                id,
+                comment: String::new(),
+            }),
+        ));
+    }
 }
 
 /// The operator's node calls and the agent's own: registration, a result, enrollment.

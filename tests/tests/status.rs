@@ -1,6 +1,7 @@
 //! End to end: the weekly status report and its minutes, through the real controller and the
 //! `tollgate` CLI. A release fails its gate on one hot node (an issue opens), is planned to a
-//! date already past (at risk), gets notes and an overdue action item; another release, for
+//! date already past (at risk), gets notes and an overdue action item, which is then done
+//! (once) and listed apart in the minutes; another release, for
 //! another customer, is halted with a hostile reason. `tollgate status` groups them per
 //! customer and says what blocks each; after a scoped waiver and a promotion it says what
 //! passed and which waiver expires soon. A customer token's report shows only its customer's
@@ -158,6 +159,107 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
         report.contains("(owner carol, due 2020-01-02) **OVERDUE**"),
         "{report}"
     );
+    // The action item is done, once, with a comment: the minutes list it apart from the open
+    // ones; closing it again, closing a note that is no action item, or an unknown note, is
+    // refused saying which note.
+    let action_id = actions[0]["id"].as_i64().expect("a number").to_string();
+    let every = ok(&url, &["note", "list", "--release", "r550", "-o", "json"]).await;
+    let every: serde_json::Value = serde_json::from_str(&every).expect("JSON");
+    let decision_id = every[0]["id"].as_i64().expect("a number");
+    assert_eq!(every[0]["state"], serde_json::Value::Null, "{every:#}");
+    let another = ok(
+        &url,
+        &[
+            "note",
+            "add",
+            "--release",
+            "r550",
+            "book the lab",
+            "--action",
+            "dave",
+            "--due",
+            "2020-01-03",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let another: serde_json::Value = serde_json::from_str(&another).expect("JSON");
+    assert_eq!(another["state"], "overdue", "{another:#}");
+    let done = ok(
+        &url,
+        &[
+            "note",
+            "done",
+            &action_id,
+            "--comment",
+            "fan swapped",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let done: serde_json::Value = serde_json::from_str(&done).expect("JSON");
+    assert_eq!(done["state"], "done", "{done:#}");
+    assert_eq!(done["done_by"], "anonymous");
+    assert_eq!(done["done_comment"], "fan swapped");
+    let again = tollgate(&url, &["note", "done", &action_id]).await;
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains(&format!("note {action_id} was done already, by anonymous")),
+        "{}",
+        text(&again.stderr)
+    );
+    let not_action = tollgate(&url, &["note", "done", &decision_id.to_string()]).await;
+    assert_eq!(
+        not_action.status.code(),
+        Some(3),
+        "{}",
+        text(&not_action.stderr)
+    );
+    assert!(
+        text(&not_action.stderr).contains(&format!("note {decision_id} is not an action item")),
+        "{}",
+        text(&not_action.stderr)
+    );
+    let unknown = tollgate(&url, &["note", "done", "999999"]).await;
+    assert_eq!(unknown.status.code(), Some(4), "{}", text(&unknown.stderr));
+    assert!(text(&unknown.stderr).contains("note 999999 not found"));
+    let listed = ok(&url, &["note", "list", "--actions"]).await;
+    let states: Vec<(&str, &str)> = listed
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let state = line.split_whitespace().nth(6).unwrap_or_default();
+            (state, line)
+        })
+        .collect();
+    assert!(
+        states[0].0 == "done" && states[0].1.ends_with("(done by anonymous: fan swapped)"),
+        "{listed}"
+    );
+    assert_eq!(states[1].0, "OVERDUE", "{listed}");
+    let audit = ok(&url, &["audit", "list", "--release", "r550", "-o", "json"]).await;
+    assert!(
+        audit.contains("note.done") && audit.contains(&format!("note/{action_id}")),
+        "{audit}"
+    );
+    let minutes = ok(&url, &["status", "--minutes"]).await;
+    let (open, finished) = minutes
+        .split_once("### Action items done since")
+        .expect("a done section");
+    let open = open.split_once("### Action items").expect("open items").1;
+    assert!(!open.contains("replace lab-3"), "{minutes}");
+    assert!(
+        open.contains("book the lab (owner dave, due 2020-01-03) **OVERDUE**"),
+        "{minutes}"
+    );
+    assert!(
+        finished.contains("replace lab-3's fan (owner carol, due 2020-01-02), done ")
+            && finished.contains(" by anonymous: fan swapped"),
+        "{minutes}"
+    );
+
     // Scoped to acme, whose nodes (none labelled `customer=acme`) saw nothing: r550's gate is
     // evaluated over them alone, and the issue seen on lab-3 is not acme's.
     let acme = ok(&url, &["status", "--customer", "acme"]).await;

@@ -230,10 +230,11 @@ bounded_texts! {
     ListRolloutsRequest { ; active_only }
     RolloutActionRequest { id: NAME, reason: REASON }
     AbortRolloutRequest { id: NAME, reason: REASON; rollback }
-    ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH }
+    ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH, format: NAME }
     RenderStatusRequest { customer: LABEL_VALUE, format: NAME; since, minutes }
     AddNoteRequest { release: NAME, text: DESCRIPTION, action_owner: NAME, due: NAME }
     ListNotesRequest { release: NAME; since, actions_only }
+    CompleteActionRequest { comment: REASON; id }
 }
 
 impl Bounded for proto::OpenIssueRequest {

@@ -164,6 +164,7 @@ pub fn release(release: &pb::Release) -> Value {
         targets,
         projections,
         customers,
+        blocking_issues,
     } = release;
     json!({
         "name": name,
@@ -177,6 +178,25 @@ pub fn release(release: &pb::Release) -> Value {
         "targets": targets.iter().map(milestone_target).collect::<Vec<_>>(),
         "projections": projections.iter().map(milestone_projection).collect::<Vec<_>>(),
         "customers": customers,
+        "blocking_issues": blocking_issues.iter().map(blocking_issue).collect::<Vec<_>>(),
+    })
+}
+
+/// An issue not closed or won't-fix that blocks a release.
+pub fn blocking_issue(issue: &pb::BlockingIssue) -> Value {
+    let pb::BlockingIssue {
+        id,
+        state,
+        owner,
+        opened_at,
+        age_days,
+    } = issue;
+    json!({
+        "id": id,
+        "state": state,
+        "owner": (!owner.is_empty()).then_some(owner),
+        "opened_at": time(opened_at.as_ref()),
+        "age_days": age_days,
     })
 }
 

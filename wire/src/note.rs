@@ -15,6 +15,7 @@ impl ToProto for Note {
             action,
             author,
             at,
+            done,
         } = self;
         proto::Note {
             id: *id,
@@ -30,6 +31,15 @@ impl ToProto for Note {
                 .unwrap_or_default(),
             author: author.clone(),
             at: Some(timestamp_to_proto(*at)),
+            done_at: done.as_ref().map(|done| timestamp_to_proto(done.at)),
+            done_by: done
+                .as_ref()
+                .map(|done| done.by.clone())
+                .unwrap_or_default(),
+            done_comment: done
+                .as_ref()
+                .and_then(|done| done.comment.clone())
+                .unwrap_or_default(),
         }
     }
 }

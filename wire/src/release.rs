@@ -235,6 +235,7 @@ impl ToProto for DescribedRelease {
             targets: targets.iter().map(ToProto::to_proto).collect(),
             projections: Vec::new(),
             customers: customers.clone(),
+            blocking_issues: Vec::new(),
         }
     }
 }
@@ -256,6 +257,8 @@ impl FromProto for DescribedRelease {
             // read; nothing takes it back in.
             projections: _,
             customers,
+            // Like the projections: the controller's view when it answered, for people.
+            blocking_issues: _,
         } = release;
         let mut errors = FieldErrors::new();
         let components: Vec<Component> = components.into_iter().map(component_from_proto).collect();
@@ -468,12 +471,54 @@ fn verdict_words(verdict: &str) -> String {
     }
 }
 
-/// What blocks the release now, in one sentence, from its gate decision evaluated now (or why
-/// that failed): the dashboard's release page and `tollgate release list` say the same.
+/// How many of a release's blocking issues its one line names; the rest are counted.
+const BLOCKING_ISSUES_NAMED: usize = 3;
+
+/// A release's issues not closed or won't-fix, in words: `Open issues: issue #3 open, owner
+/// alice, 4 d; issue #5 verifying, no owner, 0 d.`; empty when it has none.
+pub fn blocking_issues_words(release: &proto::Release) -> String {
+    if release.blocking_issues.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = release
+        .blocking_issues
+        .iter()
+        .take(BLOCKING_ISSUES_NAMED)
+        .map(|issue| {
+            let owner = if issue.owner.is_empty() {
+                "no owner".to_owned()
+            } else {
+                format!("owner {}", issue.owner)
+            };
+            format!(
+                "issue #{} {}, {owner}, {} d",
+                issue.id, issue.state, issue.age_days
+            )
+        })
+        .collect();
+    let more = match release.blocking_issues.len().saturating_sub(named.len()) {
+        0 => String::new(),
+        n => format!(" (and {n} more)"),
+    };
+    format!("Open issues: {}{more}.", named.join("; "))
+}
+
+/// What blocks the release now, in one line, from its gate decision evaluated now (or why
+/// that failed), followed by its issues not closed or won't-fix (`blocking_issues`): the
+/// dashboard's release page and `tollgate release list` and `show` say the same.
 pub fn blocker(release: &proto::Release, decision: &Result<proto::Decision, String>) -> String {
     if release.milestone == tollgate_domain::release::RELEASED {
         return "Nothing: it passed every milestone and is released.".to_owned();
     }
+    let sentence = gate_blocker(release, decision);
+    match blocking_issues_words(release) {
+        issues if issues.is_empty() => sentence,
+        issues => format!("{sentence} {issues}"),
+    }
+}
+
+/// What holds a release that is not released back now: its halt, or its gate decision.
+fn gate_blocker(release: &proto::Release, decision: &Result<proto::Decision, String>) -> String {
     if !release.halted_reason.is_empty() {
         return format!(
             "It is halted ({}): a release manager must resume it before it runs or is promoted.",
@@ -559,5 +604,64 @@ mod tests {
         wire.created_at = None;
         let error = DescribedRelease::from_proto(wire).unwrap_err();
         assert_eq!(error.fields(), ["created_at"]);
+    }
+
+    #[test]
+    fn what_blocks_names_the_open_issues_after_the_gate() {
+        let issue = |id: i64, state: &str, owner: &str, age_days: u32| proto::BlockingIssue {
+            id,
+            state: state.into(),
+            owner: owner.into(),
+            opened_at: None,
+            age_days,
+        };
+        let mut release = proto::Release {
+            name: "r550".into(),
+            milestone: "lab-qual".into(),
+            ..proto::Release::default()
+        };
+        let failed = Ok(proto::Decision {
+            milestone: "lab-qual".into(),
+            verdict: "failed".into(),
+            rules: vec![proto::RuleDecision {
+                rule_id: "temp".into(),
+                verdict: "failed".into(),
+                reason: "lab-3 ran hot.".into(),
+                ..proto::RuleDecision::default()
+            }],
+            ..proto::Decision::default()
+        });
+        assert_eq!(
+            blocker(&release, &failed),
+            "The lab-qual gate failed: rule temp failed: lab-3 ran hot."
+        );
+        release.blocking_issues = vec![issue(3, "open", "alice", 4)];
+        assert_eq!(
+            blocker(&release, &failed),
+            "The lab-qual gate failed: rule temp failed: lab-3 ran hot. Open issues: issue #3 \
+             open, owner alice, 4 d."
+        );
+        release.blocking_issues.extend([
+            issue(5, "verifying", "", 0),
+            issue(6, "open", "bob", 1),
+            issue(7, "fix-in-release", "", 2),
+            issue(8, "open", "", 2),
+        ]);
+        assert_eq!(
+            blocking_issues_words(&release),
+            "Open issues: issue #3 open, owner alice, 4 d; issue #5 verifying, no owner, 0 d; \
+             issue #6 open, owner bob, 1 d (and 2 more)."
+        );
+        // A halted release says so first; a released one is blocked by nothing.
+        release.halted_reason = "BMC bug".into();
+        assert!(
+            blocker(&release, &failed).starts_with("It is halted (BMC bug)")
+                && blocker(&release, &failed).contains("issue #3 open")
+        );
+        release.milestone = tollgate_domain::release::RELEASED.into();
+        assert_eq!(
+            blocker(&release, &failed),
+            "Nothing: it passed every milestone and is released."
+        );
     }
 }

@@ -6,6 +6,7 @@ use crate::client::{Controller, RpcError, answer};
 use crate::output::{Format, Table, format_time, print_json};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
+use tollgate_domain::issue::csv;
 use tollgate_proto::v1 as pb;
 
 /// Runs one `issue` command.
@@ -98,11 +99,15 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
                 }
             }
         }
-        IssueCommand::Import { file, output } => {
+        IssueCommand::Import {
+            file,
+            format,
+            output,
+        } => {
+            let format = format.unwrap_or_else(|| import_format_of(&file));
             let document = std::fs::read_to_string(&file).map_err(|error| {
                 anyhow::anyhow!(
-                    "cannot read {}: {error}; give the file `tollgate issue export --format \
-                     json` wrote",
+                    "cannot read {}: {error}; give the file `tollgate issue export` wrote",
                     file.display()
                 )
             })?;
@@ -112,6 +117,11 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
                     .import_issues(pb::ImportIssuesRequest {
                         document,
                         file_name: file.display().to_string(),
+                        format: match format {
+                            IssueExportFormat::Json => "json",
+                            IssueExportFormat::Csv => "csv",
+                        }
+                        .to_owned(),
                     })
                     .await,
             )?;
@@ -244,25 +254,13 @@ async fn list(
 /// The name and version of the export document's format.
 pub const EXPORT_FORMAT: &str = "tollgate-issues/1";
 
-/// The columns of the CSV export, in order.
-pub const CSV_COLUMNS: [&str; 16] = [
-    "id",
-    "kind",
-    "text",
-    "title",
-    "severity",
-    "owner",
-    "tickets",
-    "customers",
-    "state",
-    "fix_release",
-    "reason",
-    "releases",
-    "nodes",
-    "evidence",
-    "opened_at",
-    "updated_at",
-];
+/// The format of an import file by its name: CSV when it ends in `.csv` (any case), else JSON.
+pub fn import_format_of(file: &std::path::Path) -> IssueExportFormat {
+    match file.extension().and_then(|ext| ext.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("csv") => IssueExportFormat::Csv,
+        _ => IssueExportFormat::Json,
+    }
+}
 
 /// The JSON export: the format's name and every issue as `issue list -o json` prints it,
 /// without its history.
@@ -280,14 +278,14 @@ pub fn export_json(issues: &[pb::Issue]) -> Value {
     json!({ "format": EXPORT_FORMAT, "issues": issues })
 }
 
-/// The CSV export: a header line of [`CSV_COLUMNS`], then one line per issue; lists are
-/// joined with `;`, absent values are empty.
+/// The CSV export: a header line of the domain's [`csv::COLUMNS`], then one line per issue;
+/// lists are joined with `;`, absent values are empty.
 pub fn export_csv(issues: &[pb::Issue]) -> String {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push_str("\r\n");
+    let header: Vec<String> = csv::COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    let mut out = csv::record(&header);
     for issue in issues {
         let value = issue_json(issue);
-        let cells: Vec<String> = CSV_COLUMNS
+        let cells: Vec<String> = csv::COLUMNS
             .iter()
             .map(|column| match &value[*column] {
                 Value::Null => String::new(),
@@ -296,25 +294,13 @@ pub fn export_csv(issues: &[pb::Issue]) -> String {
                     .iter()
                     .filter_map(Value::as_str)
                     .collect::<Vec<_>>()
-                    .join(";"),
+                    .join(&csv::LIST_SEPARATOR.to_string()),
                 other => other.to_string(),
             })
-            .map(|cell| csv_cell(&cell))
             .collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
+        out.push_str(&csv::record(&cells));
     }
     out
-}
-
-/// One CSV cell (RFC 4180): quoted, with quotes doubled, when it holds a comma, a quote or a
-/// line break.
-fn csv_cell(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", cell.replace('"', "\"\""))
-    } else {
-        cell.to_owned()
-    }
 }
 
 fn print_issue(issue: &pb::Issue, format: Format) -> anyhow::Result<()> {
@@ -497,7 +483,7 @@ mod tests {
         assert_eq!(document["issues"][0]["history"], Value::Null);
         let csv = export_csv(&[quoted]);
         let lines: Vec<&str> = csv.split("\r\n").collect();
-        assert_eq!(lines[0], CSV_COLUMNS.join(","));
+        assert_eq!(lines[0], csv::COLUMNS.join(","));
         assert_eq!(
             lines[1],
             "7,events,XID 79,\"hot, \"\"very\"\" hot\",,alice,JIRA-12;JIRA-13,,fix-in-release,\

@@ -32,7 +32,15 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
                     .get_release(pb::GetReleaseRequest { name })
                     .await,
             )?;
-            print_release(&release, output.output)
+            let blocker = blocker_now(controller, &release).await?;
+            match output.output {
+                Format::Json => print_json(&with_blocker(json::release(&release), blocker)),
+                Format::Text => {
+                    print!("{}", format_release(&release));
+                    println!("blocked by:  {blocker}");
+                    Ok(())
+                }
+            }
         }
         ReleaseCommand::List { pages, output } => {
             let releases = crate::pages::follow(pages, |page_size, page_token| {
@@ -47,16 +55,20 @@ pub async fn run(controller: &Controller, command: ReleaseCommand) -> anyhow::Re
                 }
             })
             .await?;
+            let mut blockers = Vec::with_capacity(releases.len());
+            for release in &releases {
+                blockers.push(blocker_now(controller, release).await?);
+            }
             match output.output {
                 Format::Json => print_json(&json::list(
                     "releases",
-                    releases.iter().map(json::release).collect(),
+                    releases
+                        .iter()
+                        .zip(blockers)
+                        .map(|(release, blocker)| with_blocker(json::release(release), blocker))
+                        .collect(),
                 )),
                 Format::Text => {
-                    let mut blockers = Vec::with_capacity(releases.len());
-                    for release in &releases {
-                        blockers.push(blocker_now(controller, release).await?);
-                    }
                     print!("{}", format_release_table(&releases, &blockers));
                     Ok(())
                 }
@@ -300,6 +312,14 @@ async fn blocker_now(controller: &Controller, release: &pb::Release) -> anyhow::
         Err(status) => Err(status.message().to_owned()),
     };
     Ok(tollgate_wire::release::blocker(release, &decision))
+}
+
+/// A release's `-o json` object with what blocks it now as `blocked_by`.
+fn with_blocker(mut release: serde_json::Value, blocker: String) -> serde_json::Value {
+    if let Some(object) = release.as_object_mut() {
+        object.insert("blocked_by".to_owned(), serde_json::Value::String(blocker));
+    }
+    release
 }
 
 /// Releases, one per line, each with what blocks it now (`blockers`, in the same order).

@@ -116,6 +116,43 @@ pub async fn note(controller: &Controller, command: NoteCommand) -> anyhow::Resu
                 }
             }
         }
+        NoteCommand::Done {
+            id,
+            comment,
+            output,
+        } => {
+            let note = answer(
+                controller
+                    .status()
+                    .complete_action(pb::CompleteActionRequest {
+                        id,
+                        comment: comment.unwrap_or_default(),
+                    })
+                    .await,
+            )?;
+            match output.output {
+                Format::Json => print_json(&note_json(&note)),
+                Format::Text => {
+                    print!("{}", format_notes(std::slice::from_ref(&note)));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Where a note's action item stands at `today`: `-` without one, `done`, `OVERDUE` once its
+/// due day has passed, else `open`.
+fn action_state(note: &pb::Note, today: chrono::NaiveDate) -> &'static str {
+    if note.action_owner.is_empty() {
+        "-"
+    } else if note.done_at.is_some() {
+        "done"
+    } else if chrono::NaiveDate::parse_from_str(&note.due, "%Y-%m-%d").is_ok_and(|due| today > due)
+    {
+        "OVERDUE"
+    } else {
+        "open"
     }
 }
 
@@ -129,6 +166,13 @@ fn note_json(note: &pb::Note) -> Value {
         "due": (!note.due.is_empty()).then_some(&note.due),
         "author": note.author,
         "at": format_time(note.at.as_ref()),
+        "state": match action_state(note, crate::clock::now().date_naive()) {
+            "-" => None,
+            state => Some(state.to_lowercase()),
+        },
+        "done_at": note.done_at.as_ref().map(|at| format_time(Some(at))),
+        "done_by": (!note.done_by.is_empty()).then_some(&note.done_by),
+        "done_comment": (!note.done_comment.is_empty()).then_some(&note.done_comment),
     })
 }
 
@@ -137,7 +181,10 @@ pub fn format_notes(notes: &[pb::Note]) -> String {
     if notes.is_empty() {
         return "no notes\n".to_owned();
     }
-    let mut table = Table::new(&["ID", "RELEASE", "AT", "AUTHOR", "ACTION", "DUE", "TEXT"]);
+    let today = crate::clock::now().date_naive();
+    let mut table = Table::new(&[
+        "ID", "RELEASE", "AT", "AUTHOR", "ACTION", "DUE", "STATE", "TEXT",
+    ]);
     for note in notes {
         let or_dash = |text: &str| {
             if text.is_empty() {
@@ -153,7 +200,12 @@ pub fn format_notes(notes: &[pb::Note]) -> String {
             note.author.clone(),
             or_dash(&note.action_owner),
             or_dash(&note.due),
-            note.text.clone(),
+            action_state(note, today).to_owned(),
+            match (note.done_comment.as_str(), note.done_by.as_str()) {
+                (_, "") => note.text.clone(),
+                ("", by) => format!("{} (done by {by})", note.text),
+                (comment, by) => format!("{} (done by {by}: {comment})", note.text),
+            },
         ]);
     }
     table.render("")

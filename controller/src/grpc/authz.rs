@@ -116,6 +116,7 @@ pub const TABLE: &[Row] = &[
     row("StatusService", "RenderStatus", READ_OWN),
     row("StatusService", "AddNote", RELEASE),
     row("StatusService", "ListNotes", READ),
+    row("StatusService", "CompleteAction", RELEASE),
 ];
 
 /// The package every service path starts with.

@@ -449,6 +449,8 @@ impl IssueService for IssueApi {
             errors.add("release", "is empty; give the release that carries the fix");
         }
         errors.finish(()).map_err(status::invalid_fields)?;
+        // The issue is what the call is about: when neither exists, it is the one named.
+        self.load(id).await?;
         let release = load_release(&self.shared, release.trim()).await?;
         let detail = match optional_text(&note) {
             Some(note) => format!("fix in release {}: {note}", release.id),
@@ -506,9 +508,23 @@ impl IssueService for IssueApi {
         let proto::ImportIssuesRequest {
             document,
             file_name,
+            format,
         } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
-        let issues = super::issue_import::parse(&mut errors, &document);
+        let issues = match format.trim() {
+            "" | "json" => super::issue_import::parse(&mut errors, &document),
+            "csv" => super::issue_import::parse_csv(&mut errors, &document),
+            other => {
+                errors.add(
+                    "format",
+                    format!(
+                        "{} is not a format; give json or csv",
+                        tollgate_domain::limits::quote(other)
+                    ),
+                );
+                None
+            }
+        };
         let issues = errors
             .finish(issues.unwrap_or_default())
             .map_err(status::invalid_fields)?;
@@ -580,4 +596,37 @@ pub fn issue_to_proto(issue: &Issue, history: &[IssueHistory]) -> proto::Issue {
             })
             .collect(),
     }
+}
+
+/// How many issues of one release `GetRelease` and `ListReleases` read for what blocks it.
+const BLOCKING_MAX: usize = 1000;
+
+/// The issues of `release` (failed in it, or whose fix is in it) not closed or won't-fix,
+/// oldest first, as part of what blocks it at `now`; for a customer token (`customer`), only
+/// those set to matter to that customer.
+pub async fn blocking_issues(
+    shared: &Shared,
+    release: &ReleaseId,
+    customer: Option<&str>,
+    now: tollgate_domain::Timestamp,
+) -> Result<Vec<proto::BlockingIssue>, Status> {
+    let filter = IssueFilter {
+        release: Some(release.clone()),
+        customer: customer.map(str::to_owned),
+        ..IssueFilter::default()
+    };
+    Ok(shared
+        .store
+        .issues(&filter, BLOCKING_MAX)
+        .await?
+        .iter()
+        .filter(|issue| !issue.state.is_done())
+        .map(|issue| proto::BlockingIssue {
+            id: issue.id,
+            state: issue.state.name().to_owned(),
+            owner: issue.owner.clone().unwrap_or_default(),
+            opened_at: Some(timestamp_to_proto(issue.opened_at)),
+            age_days: u32::try_from((now - issue.opened_at).num_days().max(0)).unwrap_or(u32::MAX),
+        })
+        .collect())
 }

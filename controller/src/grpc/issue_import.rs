@@ -1,38 +1,24 @@
-//! Reading an issue import document (docs/issue-format.md, the JSON `tollgate issue export`
-//! writes) into the issues the store imports: every bad entry and field is named, so one
-//! refusal says all that is wrong with a file.
+//! Reading an issue import document (docs/issue-format.md, the JSON or CSV `tollgate issue
+//! export` writes) into the issues the store imports: every bad entry and field is named (an
+//! entry of JSON as `issues[N]`, a CSV row by its line), so one refusal says all that is wrong
+//! with a file. Both forms are read as the same entries and checked by the same code.
 
 use super::status::FieldErrors;
 use crate::store::{ImportedIssue, IssueFields};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use tollgate_domain::issue::{IssueState, IssueStateName, Signature};
+use tollgate_domain::issue::{IssueState, IssueStateName, Signature, csv};
 use tollgate_domain::limits::{self, Limit};
 use tollgate_domain::{NodeId, ReleaseId};
 
 /// The format the document names.
 pub const FORMAT: &str = "tollgate-issues/1";
 
-/// The fields an entry may have; `id`, `opened_at` and `updated_at` are read and ignored.
-const FIELDS: [&str; 17] = [
-    "id",
-    "signature",
-    "kind",
-    "text",
-    "title",
-    "severity",
-    "owner",
-    "tickets",
-    "customers",
-    "state",
-    "fix_release",
-    "reason",
-    "releases",
-    "nodes",
-    "evidence",
-    "opened_at",
-    "updated_at",
-];
+/// Whether an entry may have the field `name`: a CSV column (`id`, `opened_at` and
+/// `updated_at` are read and ignored) or, in JSON, the whole `signature` too.
+fn is_field(name: &str) -> bool {
+    name == "signature" || csv::COLUMNS.contains(&name)
+}
 
 /// The issues of `document`, or every bad field recorded in `errors` (then `None`).
 pub fn parse(errors: &mut FieldErrors, document: &str) -> Option<Vec<ImportedIssue>> {
@@ -73,51 +59,114 @@ pub fn parse(errors: &mut FieldErrors, document: &str) -> Option<Vec<ImportedIss
         );
         return None;
     };
-    let mut issues = Vec::new();
-    let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut objects = Vec::new();
     let mut bad = false;
     for (idx, entry) in entries.iter().enumerate() {
         let at = format!("issues[{idx}]");
-        let before = errors.len();
-        let Some(entry) = entry.as_object() else {
-            errors.add(at, "is not a JSON object");
-            bad = true;
-            continue;
+        match entry.as_object() {
+            Some(entry) => objects.push((at, entry.clone())),
+            None => {
+                errors.add(at, "is not a JSON object");
+                bad = true;
+            }
+        }
+    }
+    let issues = parse_entries(errors, &objects, ".");
+    (!bad).then_some(issues).flatten()
+}
+
+/// The issues of a CSV `document` (a header line of columns, a line per issue), or every
+/// problem recorded in `errors`, each named by its line (then `None`).
+pub fn parse_csv(errors: &mut FieldErrors, document: &str) -> Option<Vec<ImportedIssue>> {
+    let (rows, problems) = csv::read(document);
+    let n_problems = problems.len();
+    for problem in problems {
+        let field = match &problem.column {
+            Some(column) => format!("line {}, {column}", problem.line),
+            None => format!("line {}", problem.line),
         };
-        let issue = parse_entry(errors, &at, entry);
+        errors.add(field, problem.message);
+    }
+    let entries: Vec<(String, Map<String, Value>)> = rows
+        .into_iter()
+        .map(|row| {
+            let entry = row
+                .cells
+                .into_iter()
+                .map(|(column, cell)| {
+                    let value = if csv::LIST_COLUMNS.contains(&column) {
+                        Value::Array(
+                            cell.split(csv::LIST_SEPARATOR)
+                                .filter(|item| !item.trim().is_empty())
+                                .map(|item| Value::String(item.to_owned()))
+                                .collect(),
+                        )
+                    } else if cell.trim().is_empty() {
+                        Value::Null
+                    } else {
+                        Value::String(cell)
+                    };
+                    (column.to_owned(), value)
+                })
+                .collect();
+            (format!("line {}", row.line), entry)
+        })
+        .collect();
+    let issues = parse_entries(errors, &entries, ", ");
+    (n_problems == 0).then_some(issues).flatten()
+}
+
+/// The issues of `entries` (each named by where it is, its fields by that, `sep` and their
+/// names), or every bad field recorded in `errors` (then `None`); a signature given twice is
+/// one of them.
+fn parse_entries(
+    errors: &mut FieldErrors,
+    entries: &[(String, Map<String, Value>)],
+    sep: &str,
+) -> Option<Vec<ImportedIssue>> {
+    let before = errors.len();
+    let mut issues = Vec::new();
+    let mut first_of: BTreeMap<String, &str> = BTreeMap::new();
+    for (at, entry) in entries {
+        let issue = parse_entry(errors, at, sep, entry);
         if let Some(issue) = &issue {
             let key = issue.signature.key();
             if let Some(first) = first_of.get(&key) {
                 errors.add(
-                    format!("{at}.signature"),
-                    format!("'{key}' is given twice (issues[{first}] has it too); keep one"),
+                    format!("{at}{sep}signature"),
+                    format!("'{key}' is given twice ({first} has it too); keep one"),
                 );
             } else {
-                first_of.insert(key, idx);
+                first_of.insert(key, at);
             }
         }
-        bad |= errors.len() != before;
         issues.extend(issue);
     }
-    (!bad && errors.is_empty()).then_some(issues)
+    (errors.len() == before).then_some(issues)
 }
 
 /// One entry, or `None` with its bad fields in `errors`.
 fn parse_entry(
     errors: &mut FieldErrors,
     at: &str,
+    sep: &str,
     entry: &Map<String, Value>,
 ) -> Option<ImportedIssue> {
     let before = errors.len();
     for name in entry.keys() {
-        if !FIELDS.contains(&name.as_str()) {
+        if !is_field(name) {
             errors.add(
-                format!("{at}.{name}"),
+                format!("{at}{sep}{name}"),
                 format!("is not a field of {FORMAT}; remove it (docs/issue-format.md)"),
             );
         }
     }
-    let mut field = Entry { errors, at, entry };
+    let mut field = Entry {
+        errors,
+        at,
+        sep,
+        entry,
+    };
     let kind = field.required("kind", &limits::NAME);
     let text = field.required("text", &limits::REASON);
     let state_name = field.required("state", &limits::NAME);
@@ -141,12 +190,13 @@ fn parse_entry(
     {
         let key = signature.key();
         field.errors.add(
-            format!("{at}.signature"),
+            format!("{at}{sep}signature"),
             format!("is '{given}' but kind and text make '{key}'; give '{key}' or leave it out"),
         );
     }
     let state = state_name.and_then(|name| {
-        let parsed: Option<IssueStateName> = field.errors.keyword(&format!("{at}.state"), &name);
+        let parsed: Option<IssueStateName> =
+            field.errors.keyword(&format!("{at}{sep}state"), &name);
         let release = fix_release.clone().map(ReleaseId::from);
         let state = match parsed? {
             IssueStateName::Open => Some(IssueState::Open),
@@ -159,23 +209,23 @@ fn parse_entry(
         };
         match &state {
             None if name == "wont-fix" => field.errors.add(
-                format!("{at}.reason"),
+                format!("{at}{sep}reason"),
                 "is missing; a wont-fix issue says why it will not be fixed",
             ),
             None => field.errors.add(
-                format!("{at}.fix_release"),
+                format!("{at}{sep}fix_release"),
                 format!("is missing; a {name} issue names the release carrying the fix"),
             ),
             Some(state) => {
                 if state.release().is_none() && fix_release.is_some() {
                     field.errors.add(
-                        format!("{at}.fix_release"),
+                        format!("{at}{sep}fix_release"),
                         format!("is given but the state is {name}; leave it null"),
                     );
                 }
                 if state.reason().is_none() && reason.is_some() {
                     field.errors.add(
-                        format!("{at}.reason"),
+                        format!("{at}{sep}reason"),
                         format!("is given but the state is {name}; leave it null"),
                     );
                 }
@@ -203,17 +253,19 @@ fn parse_entry(
     })
 }
 
-/// The fields of one entry, read with their errors named `issues[N].field`.
+/// The fields of one entry, read with their errors named `issues[N].field` (JSON) or `line
+/// N, field` (CSV).
 struct Entry<'a> {
     errors: &'a mut FieldErrors,
     at: &'a str,
+    sep: &'a str,
     entry: &'a Map<String, Value>,
 }
 
 impl Entry<'_> {
     /// A text that must be given, not blank, within `limit`.
     fn required(&mut self, name: &str, limit: &Limit) -> Option<String> {
-        let field = format!("{}.{name}", self.at);
+        let field = format!("{}{}{name}", self.at, self.sep);
         match self.entry.get(name) {
             None | Some(Value::Null) => {
                 self.errors.add(field, "is missing; it is required");
@@ -236,7 +288,7 @@ impl Entry<'_> {
 
     /// A text that may be absent, null or blank (`None`), else within `limit`.
     fn optional(&mut self, name: &str, limit: &Limit) -> Option<String> {
-        let field = format!("{}.{name}", self.at);
+        let field = format!("{}{}{name}", self.at, self.sep);
         match self.entry.get(name) {
             None | Some(Value::Null) => None,
             Some(Value::String(value)) if value.trim().is_empty() => None,
@@ -254,7 +306,7 @@ impl Entry<'_> {
     /// A list of texts (at most `count`), each not blank, within `each` and given once; empty
     /// when absent.
     fn list(&mut self, name: &str, count: Option<&Limit>, each: &Limit) -> Vec<String> {
-        let field = format!("{}.{name}", self.at);
+        let field = format!("{}{}{name}", self.at, self.sep);
         let values = match self.entry.get(name) {
             None | Some(Value::Null) => return Vec::new(),
             Some(Value::Array(values)) => values,

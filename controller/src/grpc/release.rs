@@ -202,10 +202,18 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
+        let customer = super::auth::customer_of(&request);
         let mut wire = self.describe_release(request).await?.into_inner();
+        let id = ReleaseId::from(wire.name.as_str());
         let mut projections = crate::projections::project_now(&self.shared).await?;
-        wire.projections =
-            projections_to_proto(projections.remove(&ReleaseId::from(wire.name.as_str())));
+        wire.projections = projections_to_proto(projections.remove(&id));
+        wire.blocking_issues = super::issue::blocking_issues(
+            &self.shared,
+            &id,
+            customer.as_deref(),
+            self.shared.now(),
+        )
+        .await?;
         Ok(Response::new(wire))
     }
 
@@ -213,6 +221,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<proto::ListReleasesRequest>,
     ) -> Result<Response<proto::ListReleasesResponse>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::ListReleasesRequest {
             page_size,
             page_token,
@@ -241,8 +250,14 @@ impl ReleaseService for ReleaseApi {
         let mut targets = self.shared.store.milestone_targets_of(&ids).await?;
         let mut customers = self.shared.store.release_customers_of(&ids).await?;
         let mut halts = std::collections::HashMap::new();
+        let mut blocking = std::collections::HashMap::new();
+        let now = self.shared.now();
         for id in &ids {
             halts.insert(id.clone(), state_of(&self.shared, id).await?.halted);
+            blocking.insert(
+                id.clone(),
+                super::issue::blocking_issues(&self.shared, id, customer.as_deref(), now).await?,
+            );
         }
         let mut projections = crate::projections::project_now(&self.shared).await?;
         Ok(Response::new(proto::ListReleasesResponse {
@@ -251,6 +266,7 @@ impl ReleaseService for ReleaseApi {
                 .map(|(release, _)| {
                     let targets = targets.remove(&release.id).unwrap_or_default();
                     let projection = projections.remove(&release.id);
+                    let blocking_issues = blocking.remove(&release.id).unwrap_or_default();
                     let mut wire = DescribedRelease {
                         targets: in_track_order(&track, targets),
                         customers: customers.remove(&release.id).unwrap_or_default(),
@@ -260,6 +276,7 @@ impl ReleaseService for ReleaseApi {
                     }
                     .to_proto();
                     wire.projections = projections_to_proto(projection);
+                    wire.blocking_issues = blocking_issues;
                     wire
                 })
                 .collect(),

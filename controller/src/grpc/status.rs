@@ -371,6 +371,11 @@ pub fn issue_refused(id: i64, refusal: tollgate_domain::issue::IssueRefusal) -> 
     }
 }
 
+/// An action item that cannot be marked done: the note has none, or it is done already.
+pub fn done_refused(refusal: tollgate_domain::note::DoneRefusal) -> Status {
+    Status::failed_precondition(refusal.to_string())
+}
+
 /// `what` does not exist (for example "release r550").
 pub fn not_found(what: impl std::fmt::Display) -> Status {
     Status::not_found(format!("{what} not found"))

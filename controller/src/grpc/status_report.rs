@@ -1,6 +1,7 @@
 //! `StatusService`: the weekly status report (facts gathered by `crate::status_report`,
 //! rendered by `tollgate_domain::status_report`), and the notes that make its minutes (checked
-//! by `tollgate_domain::note::plan_note`, stored with their audit entry).
+//! by `tollgate_domain::note::plan_note`, stored with their audit entry); an action item is
+//! marked done as `tollgate_domain::note::plan_done` decides, by compare-and-set.
 
 use super::auth::{actor_of, customer_of};
 use super::convert::ToProto;
@@ -8,10 +9,10 @@ use super::load_release;
 use super::status::{FieldErrors, invalid_fields};
 use crate::shared::Shared;
 use crate::status_report::{StatusScope, gather};
-use crate::store::{AuditNote, NoteFilter};
+use crate::store::{AuditNote, NoteFilter, StoreError};
 use std::sync::Arc;
 use tollgate_domain::ReleaseId;
-use tollgate_domain::note::plan_note;
+use tollgate_domain::note::{plan_done, plan_note};
 use tollgate_domain::status_report::{html, markdown};
 use tollgate_proto::v1::{self as proto, status_service_server::StatusService};
 use tonic::{Request, Response, Status};
@@ -31,6 +32,10 @@ impl StatusApi {
         Self { shared }
     }
 }
+
+/// How many times marking an action item done that lost a compare-and-set is decided again
+/// from the store (the second decision then says who did it first).
+const TRIES: usize = 2;
 
 /// The formats a report is rendered in.
 const FORMATS: [&str; 2] = ["markdown", "html"];
@@ -148,6 +153,46 @@ impl StatusService for StatusApi {
         let stored = self.shared.store.add_note(&note, &audit).await?;
         tracing::info!(release = %release.id, note = stored.id, actor, "note added");
         Ok(Response::new(stored.to_proto()))
+    }
+
+    async fn complete_action(
+        &self,
+        request: Request<proto::CompleteActionRequest>,
+    ) -> Result<Response<proto::Note>, Status> {
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let mut errors = FieldErrors::new();
+        tollgate_wire::Bounded::check_bounds(&request, &mut errors);
+        let proto::CompleteActionRequest { id, comment } = request;
+        if id <= 0 {
+            errors.add(
+                "id",
+                format!("is {id}; give a note number (`tollgate note list --actions` shows them)"),
+            );
+        }
+        errors.finish(()).map_err(invalid_fields)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let note = self.shared.store.note(id).await?.ok_or_else(|| {
+                Status::not_found(format!(
+                    "note {id} not found; `tollgate note list --actions` lists the action items"
+                ))
+            })?;
+            let done = plan_done(&note, &actor, &comment, self.shared.now())
+                .map_err(super::status::done_refused)?;
+            let audit = AuditNote::new(done.at, &actor, "note.done", format!("note/{id}"))
+                .release(&note.release)
+                .details(serde_json::json!({ "comment": done.comment }));
+            match self.shared.store.complete_action(id, &done, &audit).await {
+                Ok(stored) => {
+                    tracing::info!(release = %stored.release, note = id, actor, "action item done");
+                    return Ok(Response::new(stored.to_proto()));
+                }
+                Err(StoreError::Conflict { .. }) if tries < TRIES => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     async fn list_notes(

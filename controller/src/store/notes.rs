@@ -1,11 +1,12 @@
 //! Meeting minutes in the store: a note (optionally an action item) is added with its audit
-//! entry in one transaction; notes are read back by release and time. Also the passed gate
-//! decisions a status report lists.
+//! entry in one transaction; an action item is marked done once, by compare-and-set on
+//! `done_at IS NULL`, with its audit entry; notes are read back by release and time. Also the
+//! passed gate decisions a status report lists.
 
 use super::connect::Begin;
 use super::{AuditNote, Pool, Store, StoreError, micros, rows, text};
 use tollgate_domain::gate::Verdict;
-use tollgate_domain::note::{Action, NewNote, Note};
+use tollgate_domain::note::{Action, Done, NewNote, Note};
 use tollgate_domain::{ReleaseId, Timestamp};
 
 /// Which notes a list shows.
@@ -48,7 +49,22 @@ fn note(row: &impl rows::StoreRow) -> Result<Note, StoreError> {
         action: owner.zip(due).map(|(owner, due)| Action { owner, due }),
         author: f.text("author")?,
         at: f.time("at")?,
+        done: match f.opt_time("done_at")? {
+            None => None,
+            Some(at) => Some(Done {
+                at,
+                by: f.opt_text("done_by")?.unwrap_or_default(),
+                comment: f.opt_text("comment")?,
+            }),
+        },
     })
+}
+
+/// The columns a note is read from.
+macro_rules! note_columns {
+    () => {
+        "id, release, text, action_owner, due, author, at, done_at, done_by, comment"
+    };
 }
 
 impl Store {
@@ -79,15 +95,70 @@ impl Store {
                 action: note.action.clone(),
                 author: note.author.clone(),
                 at: micros(note.at),
+                done: None,
             })
+        })
+    }
+
+    /// Note `id`, or `None`.
+    pub async fn note(&self, id: i64) -> Result<Option<Note>, StoreError> {
+        const SQL: &str = concat!("SELECT ", note_columns!(), " FROM notes WHERE id = $1");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(note)
+                .transpose()
+        })
+    }
+
+    /// Marks note `id`'s action item `done`, with its audit entry `audit`, in one
+    /// transaction, only if it is still open (compare-and-set on `done_at IS NULL`):
+    /// `Conflict` when another writer marked it first; returns it as stored.
+    pub async fn complete_action(
+        &self,
+        id: i64,
+        done: &Done,
+        audit: &AuditNote,
+    ) -> Result<Note, StoreError> {
+        const SET: &str = "UPDATE notes SET done_at = $1, done_by = $2, comment = $3
+             WHERE id = $4 AND action_owner IS NOT NULL AND done_at IS NULL";
+        const GET: &str = concat!("SELECT ", note_columns!(), " FROM notes WHERE id = $1");
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(SET)
+                .bind(micros(done.at))
+                .bind(&done.by)
+                .bind(done.comment.as_deref().map(text))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n_rows == 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("note {id}"),
+                    detail: "its action item was done meanwhile; read it again".into(),
+                });
+            }
+            let row = sqlx::query(GET).bind(id).fetch_one(&mut *tx).await?;
+            let stored = note(&row)?;
+            append_audit!(tx, audit);
+            tx.commit().await?;
+            Ok(stored)
         })
     }
 
     /// The notes `filter` lets through, oldest first: the newest [`NOTES_MAX`] of them.
     pub async fn notes(&self, filter: &NoteFilter) -> Result<Vec<Note>, StoreError> {
-        const SQL: &str = "SELECT id, release, text, action_owner, due, author, at FROM notes
+        const SQL: &str = concat!(
+            "SELECT ",
+            note_columns!(),
+            " FROM notes
              WHERE ($1 = 0 OR at >= $2) AND ($3 = 0 OR action_owner IS NOT NULL)
-             ORDER BY id DESC";
+             ORDER BY id DESC"
+        );
         let since = filter.since.map(micros);
         let epoch = Timestamp::UNIX_EPOCH;
         let mut found = with_pool!(self, |pool| {
