@@ -1,6 +1,6 @@
 //! The lease watchdog: every tick, nodes whose heartbeats stopped for longer than the lease
 //! grace become `unreachable` and their active jobs `lost`; the gates those runs feed are
-//! evaluated again.
+//! evaluated again. It also ends the runs a stop left `running` after their last job ended.
 //!
 //! Which leases ran out is `tollgate_domain::scheduler::expired_leases`; the controller's start
 //! time is its first clock read, so after a restart every node gets a fresh grace period (never
@@ -59,6 +59,7 @@ pub async fn run_loop(shared: Arc<Shared>) {
             if let Err(error) = check_once(&shared).await {
                 tracing::warn!(%error, "lease check failed; retrying at the next tick");
             }
+            end_runs_left_running(&shared).await;
             if let Err(error) = crate::drain::enforce_deadlines(&shared).await {
                 tracing::warn!(%error, "drain deadline check failed; retrying at the next tick");
             }
@@ -76,6 +77,22 @@ pub async fn run_loop(shared: Arc<Shared>) {
         .await;
     }
     tracing::debug!("lease watchdog stopped");
+}
+
+/// Ends the runs whose last job's end committed but whose own end was not decided (a
+/// controller stopped in between, or the database refused that write; see
+/// `Store::end_runs_left_running`).
+async fn end_runs_left_running(shared: &Shared) {
+    match shared.store.end_runs_left_running(shared.now()).await {
+        Ok(ended) => {
+            for run in ended {
+                tracing::info!(%run, "run finished: its last job had ended before a stop");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "runs left running not ended; retrying at the next tick");
+        }
+    }
 }
 
 /// One check; returns the nodes whose lease ran out and changed something (the node became

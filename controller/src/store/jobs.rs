@@ -1,9 +1,10 @@
 //! Jobs in the store: reading them and the facts their changes are decided from, and
 //! applying a decided change (`tollgate_domain::job::decide`) with a compare-and-set.
 //!
-//! **Invariant:** a job's state, lease epoch, its node's state and its run's state change
-//! only through `apply_job_change!` (`mod.rs`), inside one transaction, and only if none of
-//! them moved since the change was decided.
+//! **Invariant:** a job's state, lease epoch and its node's state change only through
+//! `apply_job_change!` (`mod.rs`), inside one transaction, and only if none of them moved
+//! since the change was decided; the run's end is decided after that transaction commits
+//! (`Store::end_runs_if_done`).
 
 use super::connect::Begin;
 use super::rows::{self, Fields, StoreRow};
@@ -14,7 +15,7 @@ use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
 use tollgate_domain::scheduler::PendingJob;
 use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 
-/// A job's run, read before the run's row is locked.
+/// A job's run.
 pub(super) const JOB_RUN: &str = "SELECT id, run_id FROM jobs WHERE id = $1";
 /// Locks a run's row (PostgreSQL; SQLite's `BEGIN IMMEDIATE` holds the database already).
 pub(super) const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
@@ -264,18 +265,21 @@ impl Store {
 
     /// Applies a job change the domain decided (an assignment, an acceptance, a reassignment
     /// after the agent lost the job): one transaction, `Conflict` when the job or its node
-    /// moved since (reload and decide again), with the run's end when the job was its last.
+    /// moved since (reload and decide again); then the run's end when the job was its last.
     pub async fn apply_job_change(
         &self,
         change: &JobChange,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        writing!(self, |pool| {
+        let ended = writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            apply_job_change!(tx, change, now);
+            let ended = apply_job_change!(tx, change, now);
             tx.commit().await?;
-            Ok(())
-        })
+            Ok(ended)
+        })?;
+        self.end_runs_if_done(&ended.into_iter().collect(), now)
+            .await;
+        Ok(())
     }
 
     /// Applies an assignment the domain decided, as [`Store::apply_job_change`] does, after
@@ -312,7 +316,8 @@ impl Store {
                     detail: why,
                 });
             }
-            apply_job_change!(tx, change, now, run_id);
+            // An assignment ends no job: no run's end to decide.
+            let _ = apply_job_change!(tx, change, now, run_id);
             tx.commit().await?;
             Ok(())
         })
@@ -328,18 +333,21 @@ impl Store {
         jobs: &[JobChange],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        writing!(self, |pool| {
+        let ended = writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+            let mut ended = std::collections::BTreeSet::new();
             // Jobs first, node last: the lock order of every job change (run, job, node).
             for change in jobs {
-                apply_job_change!(tx, change, now);
+                ended.extend(apply_job_change!(tx, change, now));
             }
             if let Some(node) = node {
                 move_node!(tx, node);
             }
             tx.commit().await?;
-            Ok(())
-        })
+            Ok(ended)
+        })?;
+        self.end_runs_if_done(&ended, now).await;
+        Ok(())
     }
 
     /// A node's agent is back (a heartbeat after the node was `unreachable`): the node moves

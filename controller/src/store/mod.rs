@@ -430,10 +430,9 @@ macro_rules! move_node {
     }};
 }
 
-/// Takes the lock of job `$job`'s run in the transaction `$tx` (the first lock of the order
-/// run, jobs, node) and evaluates to the run's id; returns `NotFound` from the method when
-/// the job does not exist.
-macro_rules! lock_job_run {
+/// Evaluates to the id of job `$job`'s run, read in the transaction `$tx` without locking
+/// the run; returns `NotFound` from the method when the job does not exist.
+macro_rules! job_run {
     ($tx:expr, $job:expr) => {{
         let job: &tollgate_domain::JobId = $job;
         let Some(row) = sqlx::query($crate::store::jobs::JOB_RUN)
@@ -445,7 +444,17 @@ macro_rules! lock_job_run {
                 what: format!("job {job}"),
             });
         };
-        let run_id = $crate::store::rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
+        $crate::store::rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?
+    }};
+}
+
+/// Takes the lock of job `$job`'s run in the transaction `$tx` (the first lock of the order
+/// run, jobs, node) and evaluates to the run's id; returns `NotFound` from the method when
+/// the job does not exist. Only what is decided from the run's other jobs while they may
+/// change takes it (an assignment within `max-concurrent`); a job's change does not.
+macro_rules! lock_job_run {
+    ($tx:expr, $job:expr) => {{
+        let run_id = job_run!($tx, $job);
         sqlx::query($crate::store::jobs::LOCK_RUN)
             .bind(&run_id)
             .execute(&mut *$tx)
@@ -457,20 +466,29 @@ macro_rules! lock_job_run {
 /// Applies a decided [`tollgate_domain::job::JobChange`] inside the open transaction `$tx`:
 /// a compare-and-set of the job's state and lease epoch, then of its node's state when the
 /// change moves the node; `Conflict` (the caller rolls back, reloads and decides again) when
-/// either moved since it was decided. When the job ends, its run's transition is decided by
-/// `tollgate_domain::run::next` from the run's open jobs, read under the run's lock.
+/// either moved since it was decided. Evaluates to the job's run when the change ended the
+/// job (else `None`): the caller decides that run's end after its commit
+/// ([`Store::end_runs_if_done`]), never inside the transaction.
+///
+/// Why after: "was this the run's last open job" must see every other job of the run
+/// committed. Deciding it inside the transaction would need the run's row locked by every
+/// job end, so that the jobs of one run queue behind each other's commits (on PostgreSQL,
+/// 18 ms each: BENCHMARKS.md). Read after the commit instead, the last job to commit always
+/// sees no open job (an ended job never opens again, and a rescheduled job is inserted in
+/// its predecessor's transaction), and the run's compare-and-set on its state lets one of
+/// two jobs committing at once end it. A controller that stops between the commit and the
+/// run's end leaves a run `running` with no open job: the lease watchdog's leader ends it
+/// ([`Store::end_runs_left_running`]), at its first tick after a restart too.
 ///
 /// Locks are taken in one order everywhere (run, then jobs, then nodes), so concurrent
-/// changes of one run wait for each other instead of deadlocking; and because each holds the
-/// run's row, "was this the run's last open job" sees every other change of the run
-/// committed. SQLite gets the same by `BEGIN IMMEDIATE`.
+/// changes wait for each other instead of deadlocking.
 macro_rules! apply_job_change {
     ($tx:expr, $change:expr, $now:expr) => {{
         let change: &tollgate_domain::job::JobChange = $change;
-        let run_id = lock_job_run!($tx, &change.job);
+        let run_id = job_run!($tx, &change.job);
         apply_job_change!($tx, change, $now, run_id)
     }};
-    // The same, with the run's lock already taken by `lock_job_run!` (which gave `$run_id`).
+    // The same, with the job's run `$run_id` already read (`job_run!`, `lock_job_run!`).
     ($tx:expr, $change:expr, $now:expr, $run_id:expr) => {{
         let change: &tollgate_domain::job::JobChange = $change;
         let now: tollgate_domain::Timestamp = $now;
@@ -507,7 +525,7 @@ macro_rules! apply_job_change {
             move_node!($tx, node);
         }
         if let Some(next) = &change.reschedule {
-            // Before the run's open jobs are counted: the run goes on with the new job.
+            // In the ended job's transaction: its run never shows no open job in between.
             sqlx::query($crate::store::jobs::INSERT_RESCHEDULED)
                 .bind(next.job.as_str())
                 .bind(&run_id)
@@ -543,32 +561,9 @@ macro_rules! apply_job_change {
             append_audit!($tx, &note);
         }
         if change.to.is_terminal() && !change.from.is_terminal() {
-            let row = sqlx::query($crate::store::jobs::RUN_OPEN_JOBS.as_str())
-                .bind(&run_id)
-                .fetch_one(&mut *$tx)
-                .await?;
-            let fields = $crate::store::rows::Fields::new(&row, "runs", &["id"]);
-            let state: tollgate_domain::run::RunState = fields.parse("state")?;
-            let open_jobs: usize = fields.int_as("open_jobs")?;
-            let event = tollgate_domain::run::RunEvent::JobEnded { open_jobs };
-            match tollgate_domain::run::next(state, event) {
-                Ok(to) if to != state => {
-                    sqlx::query($crate::store::jobs::MOVE_RUN)
-                        .bind(&run_id)
-                        .bind(state.as_str())
-                        .bind(to.as_str())
-                        .bind($crate::store::micros(now))
-                        .execute(&mut *$tx)
-                        .await?;
-                }
-                Ok(_) => {}
-                Err(refusal) => {
-                    return Err($crate::store::StoreError::Conflict {
-                        what: format!("run {run_id}"),
-                        detail: refusal.to_string(),
-                    });
-                }
-            }
+            Some(tollgate_domain::RunId::new(run_id))
+        } else {
+            None
         }
     }};
 }

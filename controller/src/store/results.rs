@@ -8,10 +8,10 @@ use super::{
     Pool, Recorded, Store, StoreError, as_stored, check_readable, classify, epoch_to_i64, micros,
     rows, text, to_json,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
-use tollgate_domain::{JobId, Timestamp};
+use tollgate_domain::{JobId, RunId, Timestamp};
 
 /// The most jobs [`Store::result_summaries_of_jobs`] asks about in one statement (a page's worth).
 pub const RESULTS_OF_JOBS_MAX: usize = 1000;
@@ -97,6 +97,15 @@ pub enum Write<'a> {
     Result(&'a StepResult, &'a ResultChange, Timestamp),
     /// [`Store::apply_job_change`]'s; `Recorded::Inserted` when applied.
     Job(&'a JobChange, Timestamp),
+}
+
+impl Write<'_> {
+    /// When the write was decided.
+    fn now(&self) -> Timestamp {
+        match *self {
+            Self::Result(_, _, now) | Self::Job(_, now) => now,
+        }
+    }
 }
 
 /// A write ready for the transaction.
@@ -212,7 +221,8 @@ impl Store {
                 Write::Job(change, now) => Ok(Prepared::Job(change, now)),
             });
         }
-        writing!(self, |pool| {
+        let mut ended = BTreeSet::new();
+        let outcomes = writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let mut outcomes = Vec::with_capacity(prepared.len());
             for item in &prepared {
@@ -220,22 +230,23 @@ impl Store {
                     Ok(Prepared::Result(item)) => item,
                     Ok(Prepared::Job(change, now)) => {
                         sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
-                        let outcome: Result<Recorded, StoreError> = async {
-                            apply_job_change!(tx, *change, *now);
-                            Ok(Recorded::Inserted)
-                        }
-                        .await;
-                        match outcome {
+                        let outcome: Result<Option<RunId>, StoreError> =
+                            async { Ok(apply_job_change!(tx, *change, *now)) }.await;
+                        let outcome = match outcome {
                             Err(StoreError::Database(error)) => {
                                 return Err(StoreError::Database(error));
                             }
-                            Ok(_) => {}
-                            Err(_) => {
+                            Ok(run) => {
+                                ended.extend(run);
+                                Ok(Recorded::Inserted)
+                            }
+                            Err(error) => {
                                 sqlx::query("ROLLBACK TO SAVEPOINT result")
                                     .execute(&mut *tx)
                                     .await?;
+                                Err(error)
                             }
-                        }
+                        };
                         sqlx::query("RELEASE SAVEPOINT result")
                             .execute(&mut *tx)
                             .await?;
@@ -256,13 +267,9 @@ impl Store {
                     // The job's lock before the insert, so that the count below sees every
                     // result another writer of this job committed meanwhile: under
                     // PostgreSQL's read committed, two writers that inserted before either
-                    // locked would each count only their own. The run's lock before it (the
-                    // lock order of `apply_job_change!`) only when the job ends: the run's
-                    // transition is decided from its open jobs. Most results leave the job
-                    // running, and a run's jobs then do not wait for each other.
-                    if change.job.to.is_terminal() && !change.job.from.is_terminal() {
-                        lock_job_run!(tx, job);
-                    }
+                    // locked would each count only their own. No run's lock: a result that
+                    // ends its job leaves the run's end to after the commit, and a run's
+                    // jobs do not wait for each other.
                     let Some(row) = sqlx::query(LOCK_JOB)
                         .bind(job.as_str())
                         .fetch_optional(&mut *tx)
@@ -273,7 +280,7 @@ impl Store {
                     let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
                     let n_rows = insert_result!(tx, result, &item.columns, item.now, &what);
                     if n_rows == 0 {
-                        return Ok(Recorded::Duplicate);
+                        return Ok((Recorded::Duplicate, None));
                     }
                     let row = sqlx::query(COUNT)
                         .bind(job.as_str())
@@ -291,20 +298,24 @@ impl Store {
                             ),
                         });
                     }
-                    apply_job_change!(tx, &change.job, item.now, run_id);
-                    Ok(Recorded::Inserted)
+                    let run = apply_job_change!(tx, &change.job, item.now, run_id);
+                    Ok((Recorded::Inserted, run))
                 }
                 .await;
-                match outcome {
+                let outcome = match outcome {
                     // The database itself failed: the transaction may be unusable.
                     Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
-                    Ok(Recorded::Inserted) => {}
-                    Ok(Recorded::Duplicate) | Err(_) => {
+                    Ok((Recorded::Inserted, run)) => {
+                        ended.extend(run);
+                        Ok(Recorded::Inserted)
+                    }
+                    other => {
                         sqlx::query("ROLLBACK TO SAVEPOINT result")
                             .execute(&mut *tx)
                             .await?;
+                        other.map(|(recorded, _)| recorded)
                     }
-                }
+                };
                 sqlx::query("RELEASE SAVEPOINT result")
                     .execute(&mut *tx)
                     .await?;
@@ -312,7 +323,13 @@ impl Store {
             }
             tx.commit().await?;
             Ok(outcomes)
-        })
+        })?;
+        // After the commit: see `apply_job_change!` in `mod.rs`. The latest write's time is
+        // the runs' end time (a batch's writes arrive together).
+        if let Some(now) = batch.iter().map(Write::now).max() {
+            self.end_runs_if_done(&ended, now).await;
+        }
+        Ok(outcomes)
     }
 
     /// Stores many results at once, each with its job's decided change, in one transaction
@@ -324,6 +341,7 @@ impl Store {
         results: &[(StepResult, ResultChange)],
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let mut ended = BTreeSet::new();
         for chunk in results.chunks(SEED_CHUNK) {
             let columns: Vec<ResultColumns> = chunk
                 .iter()
@@ -335,12 +353,13 @@ impl Store {
                     check_readable(result)?;
                     let what = format!("job {}", result.job_id);
                     insert_result!(tx, result, columns, now, &what);
-                    apply_job_change!(tx, &change.job, now);
+                    ended.extend(apply_job_change!(tx, &change.job, now));
                 }
                 tx.commit().await?;
                 Ok(())
             })?;
         }
+        self.end_runs_if_done(&ended, now).await;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! Runs in the store: creating one with its jobs (audited; a health check's row with it),
-//! reading them, and cancelling one as `tollgate_domain::run::cancel` decided (audited,
+//! reading them, cancelling one as `tollgate_domain::run::cancel` decided (audited,
+//! compare-and-set), and ending one after its last job's commit (`tollgate_domain::run::next`,
 //! compare-and-set).
 
 use super::connect::Begin;
@@ -7,7 +8,9 @@ use super::{
     AuditNote, CreatedKey, JobRecord, Pool, RunPurpose, RunRecord, Store, StoreError, micros,
     page_limit, rows,
 };
-use tollgate_domain::run::Cancellation;
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+use tollgate_domain::run::{Cancellation, RunEvent, RunState};
 use tollgate_domain::{ReleaseId, RunId, Timestamp};
 
 /// `SELECT` of runs, then a tail.
@@ -145,12 +148,125 @@ impl Store {
                 });
             }
             for change in &cancellation.jobs {
-                apply_job_change!(tx, change, now);
+                // The run was cancelled above: a job ending with it leaves no end to decide.
+                let _ = apply_job_change!(tx, change, now);
             }
             append_audit!(tx, note);
             tx.commit().await?;
             Ok(())
         })
+    }
+}
+
+impl Store {
+    /// Decides the end of each of `runs`, whose jobs ended in a committed transaction:
+    /// `tollgate_domain::run::next` from the run's state and its open jobs read now, applied
+    /// by a compare-and-set on the state decided from. Of several callers seeing a run's last
+    /// job ended, one ends it; the others find it ended and change nothing. Evaluates to the
+    /// runs it ended.
+    ///
+    /// Called after the commit of every job change that ended a job (see `apply_job_change!`
+    /// in `mod.rs` for why not inside it). Its errors are logged, not returned: the job's
+    /// change is committed, and a run left `running` with no open job is ended by
+    /// [`Store::end_runs_left_running`] on the lease watchdog's next tick.
+    pub(super) async fn end_runs_if_done(
+        &self,
+        runs: &BTreeSet<RunId>,
+        now: Timestamp,
+    ) -> Vec<RunId> {
+        let mut ended = Vec::new();
+        for run in runs {
+            match self.end_run_if_done(run, now).await {
+                Ok(true) => ended.push(run.clone()),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    %run, %error,
+                    "run's end not decided after its job ended; the lease watchdog decides it"
+                ),
+            }
+        }
+        ended
+    }
+
+    /// [`Store::end_runs_if_done`] of one run: whether this call ended it.
+    async fn end_run_if_done(&self, run: &RunId, now: Timestamp) -> Result<bool, StoreError> {
+        let facts = with_pool!(self, |pool| {
+            sqlx::query(super::jobs::RUN_OPEN_JOBS.as_str())
+                .bind(run.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| {
+                    let fields = rows::Fields::new(&row, "runs", &["id"]);
+                    Ok::<_, StoreError>((
+                        fields.parse::<RunState>("state")?,
+                        fields.int_as::<usize>("open_jobs")?,
+                    ))
+                })
+                .transpose()
+        })?;
+        let Some((state, open_jobs)) = facts else {
+            return Ok(false);
+        };
+        let to = match tollgate_domain::run::next(state, RunEvent::JobEnded { open_jobs }) {
+            Ok(to) if to != state => to,
+            // Still running with open jobs, or already ended: nothing to apply.
+            Ok(_) => return Ok(false),
+            Err(refusal) => {
+                return Err(StoreError::Conflict {
+                    what: format!("run {run}"),
+                    detail: refusal.to_string(),
+                });
+            }
+        };
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let n_rows = sqlx::query(super::jobs::MOVE_RUN)
+                .bind(run.as_str())
+                .bind(state.as_str())
+                .bind(to.as_str())
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            // No row: another caller ended it first (or a manager cancelled it meanwhile).
+            Ok(n_rows == 1)
+        })
+    }
+
+    /// Ends every run left `running` though it has jobs and none of them is open: a
+    /// controller stopped (or its database refused the write) between a job's commit and
+    /// [`Store::end_runs_if_done`]. The lease watchdog's leader calls it each tick.
+    /// Evaluates to the runs it ended.
+    pub async fn end_runs_left_running(&self, now: Timestamp) -> Result<Vec<RunId>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            super::states::sql(
+                "SELECT r.id FROM runs r WHERE r.state = $1
+                   AND EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id)
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id
+                                   AND j.state IN {open})",
+            )
+        });
+        let runs: BTreeSet<RunId> = with_pool!(self, |pool| {
+            sqlx::query(SQL.as_str())
+                .bind(RunState::Running.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(RunId::new(
+                        rows::Fields::new(row, "runs", &["id"]).text("id")?,
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()
+        })?;
+        let mut ended = Vec::new();
+        for run in &runs {
+            if self.end_run_if_done(run, now).await? {
+                ended.push(run.clone());
+            }
+        }
+        Ok(ended)
     }
 }
 

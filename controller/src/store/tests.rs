@@ -1,6 +1,7 @@
 //! Store tests. Every behaviour test runs twice: on SQLite in a temporary file, and on
 //! PostgreSQL in a schema of its own when `TOLLGATE_TEST_DATABASE_URL` is set.
 
+use super::connect::Begin as _;
 use super::*;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -115,6 +116,9 @@ on_both_backends!(
     node_health_changes_are_compare_and_set_and_audited,
     recent_outcomes_are_the_node_s_latest_not_skipped,
     maintenance_windows_and_health_checks_are_kept_and_judged_once,
+    a_run_left_running_after_its_last_job_ended_is_ended_once,
+    the_last_two_jobs_ending_at_once_end_the_run_once,
+    a_late_duplicate_result_leaves_the_ended_run_as_it_was,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2637,4 +2641,162 @@ async fn maintenance_windows_and_health_checks_are_kept_and_judged_once(store: &
         store.remove_health_plan(&plan.name, &setup_note()).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run's end, decided after its last job's commit.
+
+impl Store {
+    /// Commits `change` as [`Store::apply_job_change`] does and stops there, as a controller
+    /// killed (or a database that refused the next write) right after the job's commit
+    /// would: the run's end is not decided.
+    async fn end_job_then_stop(
+        &self,
+        change: &tollgate_domain::job::JobChange,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let _ = apply_job_change!(tx, change, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+async fn a_run_left_running_after_its_last_job_ended_is_ended_once(store: &Store) {
+    let OneRun { run, jobs, .. } = one_run(store, "run-1", &["n1", "n2"]).await;
+    for job in &jobs {
+        make_running(store, &job.id).await;
+    }
+    store
+        .move_job(&jobs[0].id, JobState::Running, JobState::Passed, 1, at(40))
+        .await
+        .expect("first job ends");
+    let last = store
+        .test_change(&jobs[1].id, JobState::Running, JobState::Failed, Some(1))
+        .await
+        .expect("decided");
+    store
+        .end_job_then_stop(&last, at(50))
+        .await
+        .expect("last job ends");
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        stored.state,
+        RunState::Running,
+        "the stop left the run's end undecided"
+    );
+
+    // What the lease watchdog's leader does each tick, and at its first after a restart.
+    let ended = store.end_runs_left_running(at(60)).await.expect("repair");
+    assert_eq!(ended, std::slice::from_ref(&run.id));
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Finished, Some(at(60)))
+    );
+    assert!(
+        store
+            .end_runs_left_running(at(70))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(stored.finished_at, Some(at(60)), "ended once");
+
+    // A running run with open jobs, and a run without jobs, are left alone.
+    let plan = two_step_plan("gpu-qual");
+    let (open, open_jobs) = start_run(store, "run-2", &plan, &["n1"], 80).await;
+    make_running(store, &open_jobs[0].id).await;
+    assert!(
+        store
+            .end_runs_left_running(at(90))
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let stored = store.get_run(&open.id).await.expect("run").expect("some");
+    assert_eq!(stored.state, RunState::Running);
+}
+
+async fn the_last_two_jobs_ending_at_once_end_the_run_once(store: &Store) {
+    let OneRun { run, jobs, .. } = one_run(store, "run-1", &["n1", "n2"]).await;
+    for job in &jobs {
+        make_running(store, &job.id).await;
+    }
+    // Both ends committed before either decided the run's end: each of their deciders then
+    // sees no open job, and both race for the run.
+    for job in &jobs {
+        let change = store
+            .test_change(&job.id, JobState::Running, JobState::Passed, Some(1))
+            .await
+            .expect("decided");
+        store
+            .end_job_then_stop(&change, at(50))
+            .await
+            .expect("ends");
+    }
+    let deciders = (0..2).map(|idx| {
+        let store = store.clone();
+        let runs = std::collections::BTreeSet::from([run.id.clone()]);
+        tokio::spawn(async move { store.end_runs_if_done(&runs, at(60 + idx)).await })
+    });
+    let ended: Vec<RunId> = futures::future::join_all(deciders)
+        .await
+        .into_iter()
+        .flat_map(|decider| decider.expect("task"))
+        .collect();
+    assert_eq!(
+        ended,
+        std::slice::from_ref(&run.id),
+        "exactly one decider ends the run"
+    );
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(stored.state, RunState::Finished);
+    assert!(matches!(stored.finished_at, Some(at_) if at_ == at(60) || at_ == at(61)));
+}
+
+async fn a_late_duplicate_result_leaves_the_ended_run_as_it_was(store: &Store) {
+    let OneRun { run, jobs, .. } = one_run(store, "run-1", &["n1"]).await;
+    make_running(store, &jobs[0].id).await;
+    let result = result_of(&jobs[0].id, 1, 1, Outcome::Passed);
+    let recorded = store
+        .record_test_result(&result, Some((JobState::Running, JobState::Passed)), at(60))
+        .await
+        .expect("record");
+    assert_eq!(recorded, Recorded::Inserted);
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Finished, Some(at(60)))
+    );
+
+    // The agent sends it again after the run ended (its ack was lost).
+    let again = store
+        .record_test_result(&result, None, at(90))
+        .await
+        .expect("record again");
+    assert_eq!(again, Recorded::Duplicate);
+    let stored = store.get_run(&run.id).await.expect("run").expect("some");
+    assert_eq!(
+        (stored.state, stored.finished_at),
+        (RunState::Finished, Some(at(60)))
+    );
+    assert_eq!(
+        store
+            .results_of_job(&jobs[0].id)
+            .await
+            .expect("results")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .end_runs_left_running(at(95))
+            .await
+            .expect("repair")
+            .is_empty()
+    );
 }
