@@ -22,10 +22,10 @@ use crate::store::{
 };
 use std::collections::HashMap;
 use tollgate_domain::fleet::{Labels, Node};
-use tollgate_domain::gate::Decision;
+use tollgate_domain::gate::{Decision, RuleKind};
 use tollgate_domain::rollout::{
     HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange, RolloutEvent,
-    RolloutFacts, RolloutRefusal, health_verdict, next, startable,
+    RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, combine, health_verdict, next, startable,
 };
 use tollgate_domain::{JobId, NodeId, RolloutId, RunId};
 
@@ -358,10 +358,11 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
         Phase::Running | Phase::Soaking | Phase::Judging => {}
         _ => return Ok(None),
     }
-    let verdict = match judge_wave(shared, loaded).await? {
-        Some(decision) => health_verdict(&decision),
-        None => return Ok(None),
+    let Some(judged) = judge_wave(shared, loaded).await? else {
+        return Ok(None);
     };
+    let soak = judge_soak(shared, loaded, &judged).await?;
+    let verdict = combine(health_verdict(&judged.decision), soak);
     // Before the wave was judged after its soak, only a failure changes anything.
     let matters = match &verdict {
         HealthVerdict::Failed(_) => true,
@@ -382,9 +383,20 @@ async fn run_ended(shared: &Shared, run: &RunId) -> Result<Option<bool>, StoreEr
     })))
 }
 
+/// The health gate's decision over the current wave's evidence, and the labels of the
+/// wave's nodes it saw.
+pub struct Judged {
+    /// The decision over the procedure runs.
+    pub decision: Decision,
+    /// The labels of the nodes with a procedure run, by node.
+    pub labels: HashMap<NodeId, Labels>,
+    /// When the release was created.
+    pub release_created: tollgate_domain::Timestamp,
+}
+
 /// The health gate's decision over the current wave's evidence (its nodes' procedure runs),
 /// or `None` while no node of the wave has a run.
-pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decision>, StoreError> {
+pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Judged>, StoreError> {
     let record = &loaded.record;
     let wave = record.state.wave;
     let runs: Vec<RunId> = loaded
@@ -410,12 +422,93 @@ pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decis
         .store
         .load_evidence_of_runs(&release, HEALTH_MILESTONE, &runs)
         .await?;
-    Ok(Some(tollgate_domain::gate::evaluate(
-        &policy,
-        &evidence,
-        &[],
-        shared.now(),
-    )))
+    let labels = evidence
+        .runs
+        .iter()
+        .flat_map(|run| &run.jobs)
+        .map(|job| (job.node.clone(), job.labels.clone()))
+        .collect();
+    Ok(Some(Judged {
+        decision: tollgate_domain::gate::evaluate(&policy, &evidence, &[], shared.now()),
+        labels,
+        release_created: release.created_at,
+    }))
+}
+
+/// The verdict of the health rules over the soak windows of the current wave's nodes whose
+/// procedure ended (`rollout::judge_soak`): their GPU events outside steps and fleet
+/// telemetry from their procedure's end until the wave's soak ends (until now while it runs
+/// or soaks).
+async fn judge_soak(
+    shared: &Shared,
+    loaded: &Loaded,
+    judged: &Judged,
+) -> Result<HealthVerdict, StoreError> {
+    let state = &loaded.record.state;
+    let spec = &loaded.record.spec;
+    let now = shared.now();
+    let until = match state.phase {
+        Phase::Soaking => (state.since + spec.soak).min(now),
+        Phase::Judging => state.since,
+        _ => now,
+    };
+    let windows: Vec<SoakWindow> = loaded
+        .nodes
+        .iter()
+        .filter(|node| {
+            node.wave == state.wave
+                && matches!(node.progress, NodeProgress::Passed | NodeProgress::Failed)
+                && node.since < until
+        })
+        .map(|node| SoakWindow {
+            node: node.node.clone(),
+            labels: judged.labels.get(&node.node).cloned().unwrap_or_default(),
+            from: node.since,
+            until,
+        })
+        .collect();
+    let Some(since) = windows.iter().map(|window| window.from).min() else {
+        return Ok(HealthVerdict::Passed);
+    };
+    let nodes: Vec<NodeId> = windows.iter().map(|window| window.node.clone()).collect();
+    let events = shared.store.fleet_events_of(&nodes, since).await?;
+    let reads_telemetry = spec.health.iter().any(|rule| {
+        matches!(
+            rule.kind,
+            RuleKind::Telemetry { step: None, .. }
+                | RuleKind::NoEvents {
+                    row_remap_failure: true,
+                    ..
+                }
+        )
+    });
+    let finest = shared.config.fleet_history.tiers().first().copied();
+    let (buckets, telemetry_complete) = match finest {
+        Some(tier) if reads_telemetry => {
+            let buckets = shared
+                .store
+                .fleet_buckets_of(&nodes, tier.resolution_s(), since, until)
+                .await?;
+            // The bucket holding the soak's end is written once it closed and the writer
+            // passed after the lateness allowance (`fleet_history::flush`).
+            let written = until
+                + tier.resolution
+                + shared.config.fleet_flush_every
+                + shared.config.fleet_flush_every;
+            (buckets, now >= written)
+        }
+        _ => (Vec::new(), true),
+    };
+    Ok(tollgate_domain::rollout::judge_soak(
+        &spec.health,
+        &SoakFacts {
+            release_created: judged.release_created,
+            windows: &windows,
+            events: &events,
+            buckets: &buckets,
+            telemetry_complete,
+        },
+    ))
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.

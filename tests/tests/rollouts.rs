@@ -30,6 +30,7 @@ tollgate_tests::on_both_backends!(
     maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through,
     without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave,
     a_rollout_is_refused_until_the_release_passed_production,
+    an_xid_during_the_soak_of_wave_two_halts_before_wave_three,
 );
 
 /// The rack of node `prod-NN`: `r1`..`r5` in turn.
@@ -44,6 +45,12 @@ fn rack_of(node: &str) -> String {
 /// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `xid_node` sees XID 79
 /// under its first load.
 fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
+    fleet_faults(url, n, xid_node.unwrap_or_default(), &["xid=79"])
+}
+
+/// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `faulty` runs with
+/// `faults` (simulated GPU faults, as `--fault` takes them).
+fn fleet_faults(url: &str, n: usize, faulty: &str, faults: &[&str]) -> Vec<Agent> {
     (1..=n)
         .map(|i| {
             let name = format!("prod-{i:02}");
@@ -57,8 +64,11 @@ fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
                 config.labels.insert(key.into(), value);
             }
             config.sample_interval = Duration::from_millis(100);
-            if xid_node == Some(name.as_str()) {
-                config.faults = vec!["xid=79".parse().expect("valid fault")];
+            if name == faulty {
+                config.faults = faults
+                    .iter()
+                    .map(|fault| fault.parse().expect("valid fault"))
+                    .collect();
             }
             Agent::start_config(config)
         })
@@ -997,4 +1007,76 @@ async fn under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halt
         agent.stop().await;
     }
     controller.stop().await;
+}
+
+/// A 20-node, 4-wave rollout without a rollback plan: prod-04 (wave 2) passes its procedure,
+/// then its agent reports XID 79 outside any step while the wave soaks. The soak's health
+/// rules see it: the rollout halts before wave 3 starts, naming the node, the rule and the
+/// XID, and `rollout show` says so.
+async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents = fleet_faults(&controller.url, 20, "prod-04", &["idle-xid=79:1"]);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(20).await;
+    prepare(&mut clients, true).await;
+    let file = ROLLOUT
+        .replace("rollback:\n  plan: flash-previous\n", "")
+        .replace("soak: 1s", "soak: 6s");
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    assert!(
+        started.waves[1]
+            .nodes
+            .iter()
+            .any(|node| node.node == "prod-04"),
+        "{:?}",
+        started.waves
+    );
+
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    let halt = halted.halt.clone().expect("a halted rollout says why");
+    assert_eq!(halt.wave, 1, "{halt:?}");
+    assert_eq!(halt.failures.len(), 1, "{halt:?}");
+    let failure = &halt.failures[0];
+    assert_eq!(failure.rule_id, "no-xid-79");
+    assert_eq!(failure.nodes, ["prod-04"]);
+    assert!(
+        failure
+            .reason
+            .starts_with("during the soak: prod-04: XID 79 on GPU 0 at "),
+        "{failure:?}"
+    );
+    // Its procedure passed: the XID came after it, outside any step.
+    assert_eq!(progress_of(&halted, "prod-04"), "passed");
+    let run = clients.run(&wave_nodes(&halted, 1)[1].run).await;
+    assert_eq!(run.jobs[0].node, "prod-04");
+    assert_eq!(run.jobs[0].state, "passed");
+    // Wave 3 never started; wave 2's nodes all went through the procedure.
+    for node in wave_nodes(&halted, 1) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    for wave in [2, 3] {
+        for node in wave_nodes(&halted, wave) {
+            assert_eq!(node.progress, "waiting", "{node:?}");
+            assert!(node.run.is_empty(), "{node:?}");
+        }
+    }
+    let shown = tollgate(&controller.url, &["rollout", "show", &started.id]).await;
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let stdout = text(&shown.stdout);
+    assert!(
+        stdout.contains("halted at wave 2")
+            && stdout
+                .contains("rule no-xid-79 failed on prod-04: during the soak: prod-04: XID 79"),
+        "{stdout}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
 }

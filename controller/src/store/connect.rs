@@ -47,6 +47,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0023_rollouts.sql");
 const _: &str = include_str!("../../../migrations/postgres/0023_rollouts.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0024_issue_webhook.sql");
 const _: &str = include_str!("../../../migrations/postgres/0024_issue_webhook.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0026_fleet_events.sql");
+const _: &str = include_str!("../../../migrations/postgres/0026_fleet_events.sql");
 
 /// Connects to `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<Store, StoreError> {

@@ -746,6 +746,7 @@ mod audit;
 mod decisions;
 mod enrollment;
 mod evidence;
+mod fleet_events;
 mod fleet_telemetry;
 pub use fleet_telemetry::FleetQuery;
 mod gates;

@@ -6,6 +6,7 @@
 //! - [`waves`]: which nodes each wave takes, decided once at the start ([`plan_waves`]).
 //! - [`blast`]: which nodes of the wave may start now ([`startable`]).
 //! - [`machine`]: the state machine ([`next`]), with the nodes' progress.
+//! - [`soak`]: the wave's soak judged over its nodes' fleet telemetry and events ([`judge_soak`]).
 //! - [`eta`](mod@eta): when it should end ([`eta()`](fn@eta)).
 //!
 //! ```text
@@ -27,6 +28,7 @@
 pub mod blast;
 pub mod eta;
 pub mod machine;
+pub mod soak;
 pub mod spec;
 pub mod waves;
 
@@ -40,6 +42,7 @@ pub use machine::{
     RolloutChange, RolloutEvent, RolloutFacts, RolloutRefusal, RolloutState, SkippedWave,
     health_verdict, next,
 };
+pub use soak::{SoakFacts, SoakWindow, combine, judge_soak};
 pub use spec::{
     HEALTH_MILESTONE, OnInterrupted, Procedure, Rollback, RolloutLimits, RolloutSpec, WaveSpec,
     parse_rollout,
