@@ -768,6 +768,8 @@ pub use issues::{
     ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, QueuedWebhook,
     WebhookEvent, describe_changes,
 };
+mod rollout_runs;
+pub use rollout_runs::RunEnd;
 mod rollouts;
 pub use rollouts::{RolloutNode, RolloutRecord, RolloutStart};
 mod notes;

@@ -18,7 +18,9 @@
 //!   running|soaking|judging|paused ──health failed──▶ halted(rules, nodes) ──resume──▶ running(i)
 //!   running|soaking|judging|interval ──pause──▶ paused ──resume──▶ the phase it left
 //!   running|soaking|judging|interval|halted ──skip-wave──▶ running(i+1) | completed
-//!   any not ended ──abort──▶ aborted ;  ──abort with rollback──▶ rolling-back ──all rolled back──▶ rolled-back
+//!   any not ended ──abort──▶ aborted ;  ──abort with rollback (every updated node)──▶ rolling-back ──all rolled back──▶ rolled-back
+//!   halted ──roll back the wave (a rollback plan; the halted wave's updated nodes only)──▶ rolling-back
+//!   rolling-back ──a node's rollback failed──▶ halted(rollback) ──abort [with rollback: again]──▶ aborted | rolling-back
 //!   any ──controller restarted──▶ the same phase; nodes mid-procedure resumed or failed (on-interrupted)
 //! ```
 //!
@@ -39,8 +41,8 @@ pub use blast::{Starts, startable};
 pub use eta::{Eta, EtaFacts, eta};
 pub use machine::{
     Halt, HealthFailure, HealthVerdict, NodeProgress, Phase, Progress, ProgressChange,
-    RolloutChange, RolloutEvent, RolloutFacts, RolloutRefusal, RolloutState, SkippedWave,
-    health_verdict, next,
+    ROLLBACK_FAILED, RolloutChange, RolloutEvent, RolloutFacts, RolloutRefusal, RolloutState,
+    SkippedWave, health_verdict, next,
 };
 pub use soak::{SoakFacts, SoakWindow, combine, judge_soak};
 pub use spec::{
