@@ -668,15 +668,16 @@ pub enum RolloutCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Aborts a rollout; with --rollback the nodes that went through the procedure run the
-    /// rollback plan.
+    /// Aborts a rollout; with --rollback every node that went through the procedure runs the
+    /// rollback plan, those of waves that passed their health included (a halt rolls back
+    /// only its own wave's nodes), and a node whose rollback failed runs it again.
     Abort {
         /// Rollout id.
         id: String,
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
-        /// Roll back the nodes that went through the procedure.
+        /// Roll back every node that went through the procedure, in every wave.
         #[arg(long)]
         rollback: bool,
         #[command(flatten)]

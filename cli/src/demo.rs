@@ -4,7 +4,7 @@
 //!
 //! With `--rollout` it goes on: the release is qualified at `production` on the three cool
 //! nodes, then rolled onto a simulated production fleet of 12 more agents in 3 racks, in waves;
-//! then a second site of 4 agents, one with an XID in wave 2, halts and rolls back.
+//! then a second site of 4 agents, one with an XID in wave 2, halts and rolls back that wave.
 //!
 //! The demo is also a smoke test of the whole product: anything unexpected (a child exiting, a
 //! gate that does not fail the way it must) stops it with a clear message and a non-zero exit.
@@ -565,7 +565,8 @@ async fn start_fleet(
 
 /// The second act: a second site of 4 simulated nodes, one of which (in wave 2) reports an
 /// XID 79 under its first load. The wave's health fails, the rollout halts naming the node
-/// and the rule, and the controller rolls back the nodes that went through the procedure.
+/// and the rule, and the controller rolls back the halted wave's updated nodes (the canary's
+/// wave passed and keeps the release).
 async fn halt_and_roll_back(
     children: &mut Children,
     controller: &Controller,
@@ -627,8 +628,8 @@ async fn halt_and_roll_back(
         );
     }
     println!(
-        "the XID on {xid_node} halted the rollout at wave 2; wave 3 never started, and the \
-         nodes that were updated were rolled back"
+        "the XID on {xid_node} halted the rollout at wave 2; wave 3 never started, and wave \
+         2's updated nodes were rolled back (the canary's wave passed and keeps the release)"
     );
     Ok(())
 }

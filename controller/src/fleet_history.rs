@@ -152,7 +152,8 @@ pub async fn flush(shared: &Shared, all: bool) -> Result<usize, StoreError> {
     }
 }
 
-/// On the lease leader: deletes the buckets past their tier's retention, at most every
+/// On the lease leader: deletes the buckets past their tier's retention (and the events
+/// outside steps past the longest one), at most every
 /// [`PRUNE_EVERY`]; returns the rows deleted (`None` when not due).
 pub async fn prune_if_due(shared: &Shared) -> Result<Option<u64>, StoreError> {
     let now = shared.now();
@@ -171,6 +172,19 @@ pub async fn prune_if_due(shared: &Shared) -> Result<Option<u64>, StoreError> {
         deleted += shared
             .store
             .prune_fleet_telemetry(tier.resolution_s(), History::cutoff(*tier, now))
+            .await?;
+    }
+    // Events outside steps are kept as long as the longest tier keeps its buckets.
+    if let Some(longest) = shared
+        .config
+        .fleet_history
+        .tiers()
+        .iter()
+        .max_by_key(|tier| tier.retention)
+    {
+        deleted += shared
+            .store
+            .prune_fleet_events(History::cutoff(*longest, now))
             .await?;
     }
     *shared

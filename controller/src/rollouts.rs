@@ -7,8 +7,10 @@
 //! same transaction as the change that starts it.
 //!
 //! A health failure halts the rollout; when its file has a rollback plan the driver then
-//! aborts it with rollback at once, so that the nodes that went through the procedure are
-//! taken back (the halt, with its rules and nodes, stays recorded on the rollout). When this
+//! rolls back the halted wave at once: its nodes that went through the procedure are taken
+//! back, while the earlier waves, which passed their health, keep the release (the halt, with
+//! its rules and nodes, stays recorded on the rollout). A person's abort with rollback takes
+//! back every node that went through the procedure. When this
 //! replica takes the leadership, every rollout gets `controller-restarted` first: a node
 //! mid-procedure is taken up again or failed, as the file's `on-interrupted` says.
 //!
@@ -17,17 +19,21 @@
 use crate::grpc::new_id;
 use crate::shared::Shared;
 use crate::store::{
-    AuditNote, JobRecord, RolloutNode, RolloutRecord, RolloutStart, RunPurpose, RunRecord,
+    AuditNote, JobRecord, RolloutNode, RolloutRecord, RolloutStart, RunEnd, RunPurpose, RunRecord,
     RunState, StoreError,
 };
 use std::collections::HashMap;
 use tollgate_domain::fleet::{Labels, Node};
-use tollgate_domain::gate::Decision;
+use tollgate_domain::gate::{Decision, RuleKind};
 use tollgate_domain::rollout::{
     HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange, RolloutEvent,
-    RolloutFacts, RolloutRefusal, health_verdict, next, startable,
+    RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, combine, health_verdict, next, startable,
 };
 use tollgate_domain::{JobId, NodeId, RolloutId, RunId};
+
+/// How many times a person's action is decided again when the driver changed the rollout
+/// meanwhile.
+const ACT_ATTEMPTS: usize = 3;
 
 /// Who the driver's changes are audited as.
 pub const ACTOR: &str = "controller";
@@ -170,8 +176,30 @@ pub async fn act(
     actor: &str,
     reason: &str,
 ) -> Result<Loaded, RolloutError> {
-    let loaded = load(shared, id).await?;
-    apply(shared, &loaded, event, Vec::new(), actor, Some(reason)).await?;
+    // The driver may change the rollout between the load and the write: decide again on
+    // what it became, a few times.
+    let mut tries = 0;
+    loop {
+        let loaded = load(shared, id).await?;
+        match apply(
+            shared,
+            &loaded,
+            event.clone(),
+            Vec::new(),
+            actor,
+            Some(reason),
+        )
+        .await
+        {
+            Err(RolloutError::Store(StoreError::Conflict { .. })) if tries < ACT_ATTEMPTS => {
+                tries += 1;
+            }
+            outcome => {
+                outcome?;
+                break;
+            }
+        }
+    }
     // Whatever the action allows now (the next wave's first nodes, a rollback) starts at once.
     let loaded = load(shared, id).await?;
     if let Err(error) = drive(shared, loaded).await {
@@ -269,7 +297,7 @@ pub async fn tick(shared: &Shared) -> Result<(), StoreError> {
         let outcome = async {
             let loaded = load(shared, &id).await?;
             if loaded.record.state.phase == Phase::Pending {
-                return Ok(());
+                return start_left_pending(shared, loaded).await;
             }
             drive(shared, loaded).await
         }
@@ -284,6 +312,34 @@ pub async fn tick(shared: &Shared) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// How long a rollout may stay `pending` after its creation before the leading controller
+/// starts it: `StartRollout` starts it at once, so only a start that failed after the
+/// creation (the database went away between the two) leaves one pending that long.
+pub const START_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts a rollout left `pending` past [`START_GRACE`] (its start failed after it was
+/// created), audited as the controller with why; a younger one is left to its creator.
+async fn start_left_pending(shared: &Shared, loaded: Loaded) -> Result<(), RolloutError> {
+    let grace = chrono::Duration::from_std(START_GRACE).unwrap_or(chrono::Duration::MAX);
+    if shared.now() < loaded.record.created_at + grace {
+        return Ok(());
+    }
+    let reason = "its start did not complete when it was created; the leading controller \
+                  started it";
+    apply(
+        shared,
+        &loaded,
+        RolloutEvent::Start,
+        Vec::new(),
+        ACTOR,
+        Some(reason),
+    )
+    .await?;
+    tracing::warn!(rollout = %loaded.record.id, "rollout left pending after its creation started by the controller");
+    let loaded = load(shared, &loaded.record.id).await?;
+    drive(shared, loaded).await
 }
 
 /// Feeds one rollout every event that is due, reloading after each applied change.
@@ -304,11 +360,12 @@ async fn drive(shared: &Shared, mut loaded: Loaded) -> Result<(), RolloutError> 
             && loaded.record.state.phase == Phase::Halted
             && loaded.record.spec.rollback.is_some()
         {
-            let reason = "a health rule failed and the rollout has a rollback plan";
+            let reason = "a health rule failed and the rollout has a rollback plan: the \
+                          halted wave's updated nodes are rolled back";
             apply(
                 shared,
                 &loaded,
-                RolloutEvent::Abort { rollback: true },
+                RolloutEvent::RollBackWave,
                 Vec::new(),
                 ACTOR,
                 Some(reason),
@@ -331,14 +388,30 @@ fn any_active(loaded: &Loaded) -> bool {
 /// The next event due on the rollout, if any: a node's run ended, a timer ran out, or the
 /// wave's health has a verdict that changes something.
 async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEvent>, RolloutError> {
+    // One read for every run the driver looks at: those of nodes in procedure or rolling
+    // back (have they ended?) and those of the current wave (when did they end?).
+    let wave = loaded.record.state.wave;
+    let runs: Vec<RunId> = loaded
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            let active = match node.progress {
+                NodeProgress::InProcedure => node.run.clone(),
+                NodeProgress::RollingBack => node.rollback_run.clone(),
+                _ => None,
+            };
+            let of_wave = (node.wave == wave).then(|| node.run.clone()).flatten();
+            active.into_iter().chain(of_wave)
+        })
+        .collect();
+    let ends = shared.store.run_ends(&runs).await?;
     for node in &loaded.nodes {
         let run = match node.progress {
             NodeProgress::InProcedure => node.run.as_ref(),
             NodeProgress::RollingBack => node.rollback_run.as_ref(),
             _ => None,
         };
-        let Some(run) = run else { continue };
-        if let Some(passed) = run_ended(shared, run).await? {
+        if let Some(passed) = run.and_then(|run| ends.get(run)).and_then(RunEnd::passed) {
             return Ok(Some(RolloutEvent::NodeFinished {
                 node: node.node.clone(),
                 passed,
@@ -358,10 +431,11 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
         Phase::Running | Phase::Soaking | Phase::Judging => {}
         _ => return Ok(None),
     }
-    let verdict = match judge_wave(shared, loaded).await? {
-        Some(decision) => health_verdict(&decision),
-        None => return Ok(None),
+    let Some(judged) = judge_wave(shared, loaded).await? else {
+        return Ok(None);
     };
+    let soak = judge_soak(shared, loaded, &judged, &ends).await?;
+    let verdict = combine(health_verdict(&judged.decision), soak);
     // Before the wave was judged after its soak, only a failure changes anything.
     let matters = match &verdict {
         HealthVerdict::Failed(_) => true,
@@ -371,20 +445,23 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
     Ok(matters.then_some(RolloutEvent::HealthJudged(verdict)))
 }
 
-/// Whether the node's run ended, and if so whether its job passed.
-async fn run_ended(shared: &Shared, run: &RunId) -> Result<Option<bool>, StoreError> {
-    let jobs = shared.store.jobs_of_run(run).await?;
-    if jobs.is_empty() || jobs.iter().any(|job| !job.state.is_terminal()) {
-        return Ok(None);
-    }
-    Ok(Some(jobs.iter().all(|job| {
-        job.state == tollgate_domain::job::JobState::Passed
-    })))
+/// The health gate's decision over the current wave's evidence, and the labels of the
+/// wave's nodes it saw.
+pub struct Judged {
+    /// The decision over the procedure runs.
+    pub decision: Decision,
+    /// The labels of the nodes with a procedure run, by node.
+    pub labels: HashMap<NodeId, Labels>,
+    /// When each node's last procedure step ended, as its agent reported (the clock its
+    /// events outside steps are stamped with), by node.
+    pub ended: HashMap<NodeId, tollgate_domain::Timestamp>,
+    /// When the release was created.
+    pub release_created: tollgate_domain::Timestamp,
 }
 
 /// The health gate's decision over the current wave's evidence (its nodes' procedure runs),
 /// or `None` while no node of the wave has a run.
-pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decision>, StoreError> {
+pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Judged>, StoreError> {
     let record = &loaded.record;
     let wave = record.state.wave;
     let runs: Vec<RunId> = loaded
@@ -410,12 +487,110 @@ pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Decis
         .store
         .load_evidence_of_runs(&release, HEALTH_MILESTONE, &runs)
         .await?;
-    Ok(Some(tollgate_domain::gate::evaluate(
-        &policy,
-        &evidence,
-        &[],
-        shared.now(),
-    )))
+    let labels = evidence
+        .runs
+        .iter()
+        .flat_map(|run| &run.jobs)
+        .map(|job| (job.node.clone(), job.labels.clone()))
+        .collect();
+    let mut ended: HashMap<NodeId, tollgate_domain::Timestamp> = HashMap::new();
+    for job in evidence.runs.iter().flat_map(|run| &run.jobs) {
+        if let Some(last) = job.results.iter().map(|result| result.finished_at).max() {
+            let at = ended.entry(job.node.clone()).or_insert(last);
+            *at = (*at).max(last);
+        }
+    }
+    Ok(Some(Judged {
+        ended,
+        decision: tollgate_domain::gate::evaluate(&policy, &evidence, &[], shared.now()),
+        labels,
+        release_created: release.created_at,
+    }))
+}
+
+/// The verdict of the health rules over the soak windows of the current wave's nodes whose
+/// procedure ended (`rollout::judge_soak`): their GPU events outside steps and fleet
+/// telemetry from their procedure's end until the wave's soak ends (until now while it runs
+/// or soaks).
+async fn judge_soak(
+    shared: &Shared,
+    loaded: &Loaded,
+    judged: &Judged,
+    ends: &HashMap<RunId, RunEnd>,
+) -> Result<HealthVerdict, StoreError> {
+    let state = &loaded.record.state;
+    let spec = &loaded.record.spec;
+    let now = shared.now();
+    let until = match state.phase {
+        Phase::Soaking => (state.since + spec.soak).min(now),
+        Phase::Judging => state.since,
+        _ => now,
+    };
+    // A node's window opens when its last procedure step ended on the node (when its run
+    // finished, or its end was recorded, if it reported no step).
+    let windows: Vec<SoakWindow> = loaded
+        .nodes
+        .iter()
+        .filter(|node| {
+            node.wave == state.wave
+                && matches!(node.progress, NodeProgress::Passed | NodeProgress::Failed)
+        })
+        .map(|node| SoakWindow {
+            node: node.node.clone(),
+            labels: judged.labels.get(&node.node).cloned().unwrap_or_default(),
+            from: judged.ended.get(&node.node).copied().unwrap_or_else(|| {
+                node.run
+                    .as_ref()
+                    .and_then(|run| ends.get(run))
+                    .and_then(|end| end.finished_at)
+                    .unwrap_or(node.since)
+            }),
+            until,
+        })
+        .filter(|window| window.from < until)
+        .collect();
+    let Some(since) = windows.iter().map(|window| window.from).min() else {
+        return Ok(HealthVerdict::Passed);
+    };
+    let nodes: Vec<NodeId> = windows.iter().map(|window| window.node.clone()).collect();
+    let events = shared.store.fleet_events_of(&nodes, since).await?;
+    let reads_telemetry = spec.health.iter().any(|rule| {
+        matches!(
+            rule.kind,
+            RuleKind::Telemetry { step: None, .. }
+                | RuleKind::NoEvents {
+                    row_remap_failure: true,
+                    ..
+                }
+        )
+    });
+    let finest = shared.config.fleet_history.tiers().first().copied();
+    let (buckets, telemetry_complete) = match finest {
+        Some(tier) if reads_telemetry => {
+            let buckets = shared
+                .store
+                .fleet_buckets_of(&nodes, tier.resolution_s(), since, until)
+                .await?;
+            // The bucket holding the soak's end is written once it closed and the writer
+            // passed after the lateness allowance (`fleet_history::flush`).
+            let written = until
+                + tier.resolution
+                + shared.config.fleet_flush_every
+                + shared.config.fleet_flush_every;
+            (buckets, now >= written)
+        }
+        _ => (Vec::new(), true),
+    };
+    Ok(tollgate_domain::rollout::judge_soak(
+        &spec.health,
+        &SoakFacts {
+            release_created: judged.release_created,
+            windows: &windows,
+            events: &events,
+            buckets: &buckets,
+            telemetry_complete,
+        },
+    ))
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.

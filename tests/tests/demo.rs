@@ -2,7 +2,7 @@
 //! release at its lab gate; then the release is qualified at `production` on the cool nodes and
 //! rolled onto 12 simulated production nodes in 3 waves, and the rollout completes. Then an XID
 //! on a wave-2 node of a second site halts that site's rollout, naming the node and the rule,
-//! and its updated nodes are rolled back.
+//! and the halted wave's updated nodes are rolled back.
 
 use tollgate_tests::process::{text, workspace_binary};
 
@@ -51,7 +51,8 @@ fn demo_rollout_completes_in_waves_then_an_xid_halts_and_rolls_back() {
         stdout.contains("rolled r550-u3 onto 12 simulated production nodes in 3 waves"),
         "{stdout}"
     );
-    // The second act: halted at wave 2 by the XID on prod-b2, rolled back, wave 3 untouched.
+    // The second act: halted at wave 2 by the XID on prod-b2, that wave rolled back, the
+    // canary's wave kept, wave 3 untouched.
     let halted = shows.next().expect("the demo shows the halted rollout");
     assert!(halted.contains("phase:   rolled-back"), "{halted}");
     assert!(halted.contains("halted at wave 2"), "{halted}");
@@ -60,7 +61,7 @@ fn demo_rollout_completes_in_waves_then_an_xid_halts_and_rolls_back() {
         "{halted}"
     );
     for (node, progress) in [
-        ("prod-b1", "rolled-back"),
+        ("prod-b1", "passed"),
         ("prod-b2", "rolled-back"),
         ("prod-b3", "waiting"),
         ("prod-b4", "waiting"),

@@ -23,13 +23,16 @@ use tonic::Code;
 
 tollgate_tests::on_both_backends!(
     a_rollout_of_twenty_nodes_in_four_waves_completes_within_its_blast_radius,
-    an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back,
+    an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back_that_wave,
+    abort_with_rollback_rolls_back_every_updated_node,
+    a_failed_rollback_halts_naming_the_node_and_waits_for_a_person,
     pause_resume_and_abort_are_audited_with_their_reasons,
     a_rollout_goes_on_after_kill_9_of_the_controller,
     under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halts,
     maintenance_windows_start_the_rollout_s_nodes_and_let_its_jobs_through,
     without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave,
     a_rollout_is_refused_until_the_release_passed_production,
+    an_xid_during_the_soak_of_wave_two_halts_before_wave_three,
 );
 
 /// The rack of node `prod-NN`: `r1`..`r5` in turn.
@@ -44,6 +47,12 @@ fn rack_of(node: &str) -> String {
 /// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `xid_node` sees XID 79
 /// under its first load.
 fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
+    fleet_faults(url, n, xid_node.unwrap_or_default(), &["xid=79"])
+}
+
+/// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `faulty` runs with
+/// `faults` (simulated GPU faults, as `--fault` takes them).
+fn fleet_faults(url: &str, n: usize, faulty: &str, faults: &[&str]) -> Vec<Agent> {
     (1..=n)
         .map(|i| {
             let name = format!("prod-{i:02}");
@@ -57,8 +66,11 @@ fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
                 config.labels.insert(key.into(), value);
             }
             config.sample_interval = Duration::from_millis(100);
-            if xid_node == Some(name.as_str()) {
-                config.faults = vec!["xid=79".parse().expect("valid fault")];
+            if name == faulty {
+                config.faults = faults
+                    .iter()
+                    .map(|fault| fault.parse().expect("valid fault"))
+                    .collect();
             }
             Agent::start_config(config)
         })
@@ -446,7 +458,9 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
     agent.stop().await;
 }
 
-async fn an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back(backend: Backend) {
+async fn an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back_that_wave(
+    backend: Backend,
+) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
     };
@@ -492,23 +506,29 @@ async fn an_xid_on_a_wave_two_node_halts_before_wave_three_and_rolls_back(backen
             assert!(node.run.is_empty(), "{node:?}");
         }
     }
-    // Every node that went through the procedure ran the rollback plan, wave 2's included.
-    for wave in [0, 1] {
-        for node in wave_nodes(&done, wave) {
-            assert_eq!(node.progress, "rolled-back", "{node:?}");
-            let rollback = clients.run(&node.rollback_run).await;
-            assert_eq!(rollback.plan_name, "flash-previous");
-            assert_eq!(rollback.jobs[0].node, node.node);
-        }
+    // Only the halted wave's nodes ran the rollback plan; the canaries' wave passed its
+    // health and keeps the release.
+    for node in wave_nodes(&done, 1) {
+        assert_eq!(node.progress, "rolled-back", "{node:?}");
+        let rollback = clients.run(&node.rollback_run).await;
+        assert_eq!(rollback.plan_name, "flash-previous");
+        assert_eq!(rollback.jobs[0].node, node.node);
+    }
+    for node in wave_nodes(&done, 0) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+        assert!(node.rollback_run.is_empty(), "{node:?}");
     }
     assert_blast_radius(&mut clients, &done).await;
     let audit = rollout_audit(&mut clients, &started.id).await;
-    let abort = audit
+    let rolled = audit
         .iter()
-        .find(|(action, _, _)| action == "rollout.abort")
-        .expect("the controller aborted with rollback");
-    assert_eq!(abort.1, "controller");
-    assert_eq!(abort.2["event"]["rollback"], true);
+        .find(|(action, _, _)| action == "rollout.roll-back-wave")
+        .expect("the controller rolled back the halted wave");
+    assert_eq!(rolled.1, "controller");
+    assert!(
+        !audit.iter().any(|(action, _, _)| action == "rollout.abort"),
+        "nobody aborted it"
+    );
 
     // `rollout show` names the node and the rule; `-o json` carries the same.
     let shown = tollgate(&controller.url, &["rollout", "show", &started.id]).await;
@@ -997,4 +1017,225 @@ async fn under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halt
         agent.stop().await;
     }
     controller.stop().await;
+}
+
+/// A 20-node, 4-wave rollout without a rollback plan: prod-04 (wave 2) passes its procedure,
+/// then its agent reports XID 79 outside any step while the wave soaks. The soak's health
+/// rules see it: the rollout halts before wave 3 starts, naming the node, the rule and the
+/// XID, and `rollout show` says so.
+async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents = fleet_faults(&controller.url, 20, "prod-04", &["idle-xid=79:1"]);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(20).await;
+    prepare(&mut clients, true).await;
+    let file = ROLLOUT
+        .replace("rollback:\n  plan: flash-previous\n", "")
+        .replace("soak: 1s", "soak: 10s");
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    assert!(
+        started.waves[1]
+            .nodes
+            .iter()
+            .any(|node| node.node == "prod-04"),
+        "{:?}",
+        started.waves
+    );
+
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    let halt = halted.halt.clone().expect("a halted rollout says why");
+    assert_eq!(halt.wave, 1, "{halt:?}");
+    assert_eq!(halt.failures.len(), 1, "{halt:?}");
+    let failure = &halt.failures[0];
+    assert_eq!(failure.rule_id, "no-xid-79");
+    assert_eq!(failure.nodes, ["prod-04"]);
+    assert!(
+        failure
+            .reason
+            .starts_with("during the soak: prod-04: XID 79 on GPU 0 at "),
+        "{failure:?}"
+    );
+    // Its procedure passed: the XID came after it, outside any step.
+    assert_eq!(progress_of(&halted, "prod-04"), "passed");
+    let run = clients.run(&wave_nodes(&halted, 1)[1].run).await;
+    assert_eq!(run.jobs[0].node, "prod-04");
+    assert_eq!(run.jobs[0].state, "passed");
+    // Wave 3 never started; wave 2's nodes all went through the procedure.
+    for node in wave_nodes(&halted, 1) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    for wave in [2, 3] {
+        for node in wave_nodes(&halted, wave) {
+            assert_eq!(node.progress, "waiting", "{node:?}");
+            assert!(node.run.is_empty(), "{node:?}");
+        }
+    }
+    let shown = tollgate(&controller.url, &["rollout", "show", &started.id]).await;
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let stdout = text(&shown.stdout);
+    assert!(
+        stdout.contains("halted at wave 2")
+            && stdout
+                .contains("rule no-xid-79 failed on prod-04: during the soak: prod-04: XID 79"),
+        "{stdout}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// A person's `abort --rollback` takes back every node that went through the procedure,
+/// including those of waves that passed their health: here the canary, whose wave passed,
+/// while the rollout waits between waves.
+async fn abort_with_rollback_rolls_back_every_updated_node(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let agents = fleet_with(&controller.url, 4, None);
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(4).await;
+    prepare(&mut clients, true).await;
+    let file = format!(
+        "{}rollback:\n  plan: flash-previous\n",
+        two_waves("flash-and-soak").replace(
+            "limits:\n  max-concurrent: {rack: 1}\n",
+            "limits:\n  max-concurrent: {rack: 1}\n  pause-between-waves: 10m\n"
+        )
+    );
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let waiting = wait_phase(&clients, &started.id, "interval").await;
+    let canary = wave_nodes(&waiting, 0)[0].node.clone();
+    assert_eq!(progress_of(&waiting, &canary), "passed");
+
+    let aborted = tollgate(
+        &controller.url,
+        &[
+            "rollout",
+            "abort",
+            &started.id,
+            "--rollback",
+            "--reason",
+            "driver hangs under NCCL",
+        ],
+    )
+    .await;
+    assert!(aborted.status.success(), "{}", text(&aborted.stderr));
+    let done = wait_phase(&clients, &started.id, "rolled-back").await;
+    assert_eq!(progress_of(&done, &canary), "rolled-back");
+    let rollback = clients.run(&wave_nodes(&done, 0)[0].rollback_run).await;
+    assert_eq!(rollback.plan_name, "flash-previous");
+    for node in wave_nodes(&done, 1) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+    }
+    let help = tollgate(&controller.url, &["rollout", "abort", "--help"]).await;
+    assert!(
+        text(&help.stdout).contains("every node that went through the procedure"),
+        "{}",
+        text(&help.stdout)
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// The halted wave's rollback plan fails on its first node: the rollout halts again, naming
+/// the node and the rollback, starts no other rollback, and refuses to resume or skip the
+/// wave until a person aborts it.
+async fn a_failed_rollback_halts_naming_the_node_and_waits_for_a_person(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    // prod-04 is in wave 2 (prod-03..prod-05): its procedure sees XID 79.
+    let agents = fleet_with(&controller.url, 20, Some("prod-04"));
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(20).await;
+    prepare(&mut clients, true).await;
+    clients
+        .apply_plan(
+            r#"name: flash-broken
+selector: {sku: hgx-h100}
+steps:
+  - name: flash
+    kind: exec
+    command: [sh, -c, "exit 3"]
+    timeout: 1m
+"#,
+        )
+        .await;
+    // One node at a time: the rollbacks run in wave order, prod-03 first.
+    let file = ROLLOUT
+        .replace("plan: flash-previous", "plan: flash-broken")
+        .replace("max-concurrent: {rack: 1}", "max-concurrent: {role: 1}");
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let halted = wait_rollout(&clients, &started.id, "halted by a failed rollback", |r| {
+        r.phase == "halted"
+            && r.halt
+                .as_ref()
+                .is_some_and(|halt| halt.failures.iter().any(|f| f.rule_id == "rollback"))
+    })
+    .await;
+    let halt = halted.halt.clone().expect("a halt");
+    assert_eq!(halt.wave, 1);
+    assert_eq!(halt.failures.len(), 1, "{halt:?}");
+    assert_eq!(halt.failures[0].nodes, ["prod-03"]);
+    assert!(
+        halt.failures[0]
+            .reason
+            .starts_with("the rollback plan failed on prod-03; "),
+        "{halt:?}"
+    );
+    assert_eq!(progress_of(&halted, "prod-03"), "rollback-failed");
+    let rollback = clients.run(&wave_nodes(&halted, 1)[0].rollback_run).await;
+    assert_eq!(rollback.jobs[0].state, "failed");
+    // Nothing else starts: prod-04 waits for its rollback, prod-05 (never started: the XID
+    // halted the wave first) and wave 3 for their procedure; the canaries keep the release.
+    assert_eq!(progress_of(&halted, "prod-04"), "rollback-pending");
+    assert_eq!(progress_of(&halted, "prod-05"), "waiting");
+    for node in wave_nodes(&halted, 2) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+    }
+    for node in wave_nodes(&halted, 0) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    let action = |reason: &str| v1::RolloutActionRequest {
+        id: started.id.clone(),
+        reason: reason.into(),
+    };
+    let refused = clients
+        .rollouts
+        .resume_rollout(action("go on"))
+        .await
+        .expect_err("a failed rollback is not resumed");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("a rollback failed: abort it"),
+        "{}",
+        refused.message()
+    );
+    let shown = tollgate(&controller.url, &["rollout", "show", &started.id]).await;
+    let stdout = text(&shown.stdout);
+    assert!(
+        stdout.contains("rule rollback failed on prod-03: the rollback plan failed on prod-03"),
+        "{stdout}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
 }

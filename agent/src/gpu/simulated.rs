@@ -30,6 +30,15 @@ pub enum Fault {
     EccUncorrected,
     /// GPU 0 raises this XID during the first step that loads it.
     Xid(i64),
+    /// GPU 0 raises XID `code` once, outside any step: on the first idle sample taken
+    /// `seconds` or more after a step that loaded it ended (`idle-xid=CODE:SECONDS`), as a
+    /// node that fails some time after its firmware was flashed does.
+    IdleXid {
+        /// The XID.
+        code: i64,
+        /// How long after the step it comes.
+        seconds: u32,
+    },
     /// The node reports this driver version.
     Driver(String),
     /// Every GPU reports this VBIOS version.
@@ -52,10 +61,11 @@ pub enum Fault {
 impl FromStr for Fault {
     type Err = String;
 
-    /// Parses `over-temp`, `ecc-uncorrected`, `xid=CODE`, `driver=VERSION` or `vbios=VERSION`.
+    /// Parses `over-temp`, `ecc-uncorrected`, `xid=CODE`, `idle-xid=CODE:SECONDS`,
+    /// `driver=VERSION`, `vbios=VERSION`, `stall=GPU:SECONDS` or `versions-file=PATH`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let expected = "expected over-temp, ecc-uncorrected, xid=CODE, driver=VERSION, \
-             vbios=VERSION, stall=GPU:SECONDS or versions-file=PATH";
+        let expected = "expected over-temp, ecc-uncorrected, xid=CODE, idle-xid=CODE:SECONDS, \
+             driver=VERSION, vbios=VERSION, stall=GPU:SECONDS or versions-file=PATH";
         match text.split_once('=') {
             None if text == "over-temp" => Ok(Self::OverTemp),
             None if text == "ecc-uncorrected" => Ok(Self::EccUncorrected),
@@ -66,6 +76,20 @@ impl FromStr for Fault {
                 .filter(|code| *code > 0)
                 .map(Self::Xid)
                 .ok_or_else(|| format!("fault '{text}': XID code must be a positive integer")),
+            Some(("idle-xid", spec)) => spec
+                .split_once(':')
+                .and_then(|(code, seconds)| {
+                    Some(Self::IdleXid {
+                        code: code.trim().parse().ok().filter(|code| *code > 0)?,
+                        seconds: seconds.trim().parse().ok()?,
+                    })
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "fault '{text}': expected idle-xid=CODE:SECONDS with a positive XID \
+                         code, e.g. idle-xid=79:2"
+                    )
+                }),
             Some(("driver" | "vbios", version)) if version.trim().is_empty() => {
                 Err(format!("fault '{text}': the version is empty"))
             }
@@ -96,6 +120,7 @@ impl fmt::Display for Fault {
             Self::OverTemp => f.write_str("over-temp"),
             Self::EccUncorrected => f.write_str("ecc-uncorrected"),
             Self::Xid(code) => write!(f, "xid={code}"),
+            Self::IdleXid { code, seconds } => write!(f, "idle-xid={code}:{seconds}"),
             Self::Driver(version) => write!(f, "driver={version}"),
             Self::Vbios(version) => write!(f, "vbios={version}"),
             Self::Stall { gpu, seconds } => write!(f, "stall={gpu}:{seconds}"),
@@ -136,6 +161,10 @@ struct SimState {
     ecc_fired: bool,
     /// The stall fault fires once.
     stall_fired: bool,
+    /// When a step last stopped loading the GPUs.
+    unloaded_at: Option<tollgate_domain::Timestamp>,
+    /// The idle XID fault fires once.
+    idle_xid_fired: bool,
     /// Events not yet drained by [`GpuSource::events`].
     pending: Vec<GpuEvent>,
 }
@@ -331,8 +360,41 @@ impl SimulatedSource {
         values
     }
 
+    fn idle_xid_fault(&self) -> Option<(i64, u32)> {
+        self.config.faults.iter().find_map(|fault| match fault {
+            Fault::IdleXid { code, seconds } => Some((*code, *seconds)),
+            _ => None,
+        })
+    }
+
+    /// The idle XID fault, once its time after the last step came.
+    fn fire_idle_faults(&self, state: &mut SimState) {
+        let Some((code, seconds)) = self.idle_xid_fault() else {
+            return;
+        };
+        let now = crate::clock::now();
+        let due = state
+            .unloaded_at
+            .is_some_and(|ended| now >= ended + chrono::Duration::seconds(i64::from(seconds)));
+        if due && !state.idle_xid_fired {
+            state.idle_xid_fired = true;
+            state.pending.push(GpuEvent {
+                gpu_index: 0,
+                gpu_uuid: self.uuid(0),
+                kind: EventKind::Xid,
+                code,
+                at: now,
+                detail: format!("simulated XID {code} outside a step (injected fault)"),
+            });
+        }
+    }
+
     fn fire_faults(&self, state: &mut SimState) {
-        if !state.loaded || self.config.n_gpus == 0 {
+        if self.config.n_gpus == 0 {
+            return;
+        }
+        if !state.loaded {
+            self.fire_idle_faults(state);
             return;
         }
         let uuid = self.uuid(0);
@@ -448,7 +510,11 @@ impl GpuSource for SimulatedSource {
     }
 
     fn set_load(&self, loaded: bool) {
-        self.lock().loaded = loaded;
+        let mut state = self.lock();
+        if state.loaded && !loaded {
+            state.unloaded_at = Some(crate::clock::now());
+        }
+        state.loaded = loaded;
     }
 }
 
@@ -604,6 +670,47 @@ mod tests {
     }
 
     #[test]
+    fn idle_xid_fires_once_outside_a_step_after_one_ended() {
+        let sim = source(
+            "n1",
+            Some(3),
+            vec![Fault::IdleXid {
+                code: 79,
+                seconds: 0,
+            }],
+        );
+        sim.sample().unwrap();
+        assert!(sim.events().is_empty(), "not before a step loaded the GPUs");
+        sim.set_load(true);
+        sim.sample().unwrap();
+        assert!(sim.events().is_empty(), "not while a step loads them");
+        sim.set_load(false);
+        sim.sample().unwrap();
+        let events = sim.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].kind, events[0].code), (EventKind::Xid, 79));
+        sim.set_load(true);
+        sim.set_load(false);
+        sim.sample().unwrap();
+        assert!(sim.events().is_empty(), "it fires once");
+        let later = source(
+            "n1",
+            Some(3),
+            vec![Fault::IdleXid {
+                code: 79,
+                seconds: 3600,
+            }],
+        );
+        later.set_load(true);
+        later.set_load(false);
+        later.sample().unwrap();
+        assert!(
+            later.events().is_empty(),
+            "not before its time after the step"
+        );
+    }
+
+    #[test]
     fn version_faults_change_the_inventory() {
         let sim = source(
             "n1",
@@ -650,7 +757,28 @@ mod tests {
                 .unwrap_err()
                 .contains("stall=GPU:SECONDS")
         );
-        for text in ["over-temp", "xid=79", "driver=1.2", "stall=1:3"] {
+        assert_eq!(
+            "idle-xid=79:2".parse(),
+            Ok(Fault::IdleXid {
+                code: 79,
+                seconds: 2
+            })
+        );
+        for bad in ["idle-xid=79", "idle-xid=0:2", "idle-xid=79:x"] {
+            assert!(
+                bad.parse::<Fault>()
+                    .unwrap_err()
+                    .contains("idle-xid=CODE:SECONDS"),
+                "{bad}"
+            );
+        }
+        for text in [
+            "over-temp",
+            "xid=79",
+            "idle-xid=79:0",
+            "driver=1.2",
+            "stall=1:3",
+        ] {
             assert_eq!(text.parse::<Fault>().unwrap().to_string(), text);
         }
     }

@@ -318,15 +318,48 @@ impl AgentService for AgentApi {
             if folded.refused > 0 || folded.unknown_fields > 0 {
                 tracing::warn!(node = %node, refused = folded.refused, unknown_fields = folded.unknown_fields, "fleet telemetry samples not kept: stamped more than 5 min ahead of the controller's clock or older than the history keeps, or fields this controller does not know (check the node's clock and versions)");
             }
-            // Events outside steps are not kept in the history; they are worth a line.
-            for event in &batch.events {
-                tracing::debug!(node = %node, kind = event.kind, code = event.code, gpu = event.gpu_index, "fleet telemetry event");
+            // Events outside steps are kept: a soaking rollout wave's health rules judge them.
+            let events = fleet_events(&node, &batch.events);
+            for event in &events {
+                tracing::info!(node = %node, kind = %event.kind, code = event.code, gpu = event.gpu_index, "GPU event outside a step");
             }
+            self.shared
+                .metrics
+                .store(
+                    "record_fleet_events",
+                    self.shared.store.record_fleet_events(&node, &events),
+                )
+                .await?;
             tracing::debug!(node = %node, n_samples = batch.samples.len(), dropped = batch.dropped, "telemetry batch");
         }
         tracing::debug!(node = %node, n_batches, n_samples, n_dropped, "telemetry stream ended");
         Ok(Response::new(proto::Ack { duplicate: false }))
     }
+}
+
+/// The usable events of a telemetry batch. An unusable one (no time, an unknown kind) is
+/// left out with a warning rather than refusing the batch: its samples were folded already,
+/// and a refused batch would be sent again and again.
+fn fleet_events(
+    node: &NodeId,
+    events: &[proto::GpuEvent],
+) -> Vec<tollgate_domain::telemetry::GpuEvent> {
+    let mut errors = tollgate_wire::FieldErrors::new();
+    let events: Vec<_> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, event)| {
+            tollgate_wire::result::event_from_proto(
+                event.clone(),
+                &format!("events[{i}]"),
+                &mut errors,
+            )
+        })
+        .collect();
+    if let Err(invalid) = errors.finish(()) {
+        tracing::warn!(node = %node, problems = %invalid, "GPU events outside a step left out; upgrade the agent to one this controller understands");
+    }
+    events
 }
 
 /// Reads one agent's events until its stream ends or shutdown starts, then drops the session.

@@ -329,8 +329,19 @@ impl RolloutService for RolloutApi {
         }));
         shared.store.create_rollout(&record, &note).await?;
         tracing::info!(rollout = %record.id, release = %record.release, n_nodes = record.waves.n_nodes(), "rollout created");
-        let loaded =
-            rollouts::act(shared, &record.id, RolloutEvent::Start, &actor, "started").await?;
+        let loaded = rollouts::act(shared, &record.id, RolloutEvent::Start, &actor, "started")
+            .await
+            .map_err(|error| {
+                tracing::warn!(rollout = %record.id, %error, "rollout created but not started");
+                Status::unavailable(format!(
+                    "rollout {} was created but did not start ({error}); the leading \
+                     controller starts it within {} s: follow it with `tollgate rollout show {}`, \
+                     do not start it again",
+                    record.id,
+                    rollouts::START_GRACE.as_secs(),
+                    record.id
+                ))
+            })?;
         Ok(Response::new(rollout_to_proto(&loaded)))
     }
 

@@ -49,6 +49,8 @@ const _: &str = include_str!("../../../migrations/sqlite/0024_issue_webhook.sql"
 const _: &str = include_str!("../../../migrations/postgres/0024_issue_webhook.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0025_note_done.sql");
 const _: &str = include_str!("../../../migrations/postgres/0025_note_done.sql");
+const _: &str = include_str!("../../../migrations/sqlite/0026_fleet_events.sql");
+const _: &str = include_str!("../../../migrations/postgres/0026_fleet_events.sql");
 const _: &str = include_str!("../../../migrations/sqlite/0027_rollout_node_components.sql");
 const _: &str = include_str!("../../../migrations/postgres/0027_rollout_node_components.sql");
 

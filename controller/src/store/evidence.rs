@@ -207,48 +207,70 @@ impl Store {
         milestone: &str,
         run_ids: &[RunId],
     ) -> Result<Evidence, StoreError> {
-        const RUN: &str = "SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
-             FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
-             WHERE r.id = $1";
-        const JOBS: &str =
-            "SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source
-             FROM jobs j JOIN nodes n ON n.name = j.node
-             WHERE j.run_id = $1 ORDER BY j.node, j.id";
-        const RESULTS: &str = result_query!(
-            " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id = $1)
-              ORDER BY job_id, step_index, attempt, lease_epoch"
-        );
-        let (runs, jobs, results) = with_pool!(self, |pool| {
-            let mut tx = pool.begin_snapshot().await?;
-            let mut runs: Vec<rows::EvidenceRun> = Vec::new();
-            let mut jobs: Vec<rows::EvidenceJob> = Vec::new();
-            let mut results: Vec<StoredResult> = Vec::new();
-            for run_id in run_ids {
-                if let Some(row) = sqlx::query(RUN)
-                    .bind(run_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                {
-                    runs.push(rows::evidence_run(&row)?);
-                }
-                for row in sqlx::query(JOBS)
-                    .bind(run_id.as_str())
+        // Three statements whatever the number of runs: `$1` is a JSON array of their ids.
+        macro_rules! of_runs {
+            ($ids:literal) => {
+                (
+                    concat!(
+                        "SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
+                         FROM runs r JOIN plans p ON p.name = r.plan_name AND p.version = r.plan_version
+                         WHERE r.id IN ",
+                        $ids,
+                        " ORDER BY r.id"
+                    ),
+                    concat!(
+                        "SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source
+                         FROM jobs j JOIN nodes n ON n.name = j.node
+                         WHERE j.run_id IN ",
+                        $ids,
+                        " ORDER BY j.run_id, j.node, j.id"
+                    ),
+                    result_query!(concat!(
+                        " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id IN ",
+                        $ids,
+                        ") ORDER BY job_id, step_index, attempt, lease_epoch"
+                    )),
+                )
+            };
+        }
+        const SQLITE: (&str, &str, &str) = of_runs!("(SELECT value FROM json_each($1))");
+        const POSTGRES: (&str, &str, &str) =
+            of_runs!("(SELECT jsonb_array_elements_text($1::jsonb))");
+        let ids: Vec<&str> = run_ids.iter().map(RunId::as_str).collect();
+        let ids = serde_json::to_string(&ids).expect("a list of strings serializes");
+        macro_rules! read {
+            ($pool:expr, $sql:expr) => {{
+                let (runs_sql, jobs_sql, results_sql) = $sql;
+                let mut tx = $pool.begin_snapshot().await?;
+                let runs: Vec<rows::EvidenceRun> = sqlx::query(runs_sql)
+                    .bind(ids.as_str())
                     .fetch_all(&mut *tx)
                     .await?
-                {
-                    jobs.push(rows::evidence_job(&row)?);
-                }
-                for row in sqlx::query(RESULTS)
-                    .bind(run_id.as_str())
+                    .iter()
+                    .map(rows::evidence_run)
+                    .collect::<Result<_, _>>()?;
+                let jobs: Vec<rows::EvidenceJob> = sqlx::query(jobs_sql)
+                    .bind(ids.as_str())
                     .fetch_all(&mut *tx)
                     .await?
-                {
-                    results.push(rows::evidence_result(&row)?);
-                }
-            }
-            tx.commit().await?;
-            (runs, jobs, results)
-        });
+                    .iter()
+                    .map(rows::evidence_job)
+                    .collect::<Result<_, _>>()?;
+                let results: Vec<StoredResult> = sqlx::query(results_sql)
+                    .bind(ids.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(rows::evidence_result)
+                    .collect::<Result<_, StoreError>>()?;
+                tx.commit().await?;
+                (runs, jobs, results)
+            }};
+        }
+        let (runs, jobs, results) = match &self.pool {
+            Pool::Sqlite(pool) => read!(pool, SQLITE),
+            Pool::Postgres(pool) => read!(pool, POSTGRES),
+        };
         let mut evidence = assemble(release, milestone, runs, jobs, results);
         let mut merged: Vec<RunEvidence> = Vec::new();
         for run in std::mem::take(&mut evidence.runs) {

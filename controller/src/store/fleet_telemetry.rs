@@ -49,7 +49,7 @@ fn fields_json(fields: &BTreeMap<Field, Stat>) -> String {
 
 /// A `fleet_telemetry` row. Field names this build does not know (written by a newer one)
 /// are skipped.
-fn bucket(row: &impl StoreRow) -> Result<Bucket, StoreError> {
+pub(super) fn bucket(row: &impl StoreRow) -> Result<Bucket, StoreError> {
     let f = Fields::new(row, "fleet_telemetry", &["node"]);
     let stored: BTreeMap<String, (f64, f64, f64, u32)> = f.json("fields")?;
     Ok(Bucket {

@@ -741,6 +741,7 @@ mod audit;
 mod decisions;
 mod enrollment;
 mod evidence;
+mod fleet_events;
 mod fleet_telemetry;
 pub use fleet_telemetry::FleetQuery;
 mod gates;
@@ -763,6 +764,8 @@ pub use issues::{
     WebhookEvent, describe_changes,
 };
 mod rollout_drift;
+mod rollout_runs;
+pub use rollout_runs::RunEnd;
 mod rollouts;
 pub use rollouts::{ProcedureTimes, RolloutNode, RolloutRecord, RolloutStart};
 mod notes;

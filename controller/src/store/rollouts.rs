@@ -67,6 +67,9 @@ pub struct RolloutNode {
     pub run: Option<RunId>,
     /// The run of its rollback, once started.
     pub rollback_run: Option<RunId>,
+    /// When its progress last changed (for a node that went through the procedure: when its
+    /// end was recorded).
+    pub since: Timestamp,
 }
 
 /// When a node's procedure started and ended.
@@ -157,7 +160,7 @@ impl Store {
         id: &RolloutId,
     ) -> Result<Option<(RolloutRecord, Vec<RolloutNode>)>, StoreError> {
         const ROLLOUT: &str = rollout_query!(" WHERE id = $1");
-        const NODES: &str = "SELECT node, wave, progress, run_id, rollback_run_id
+        const NODES: &str = "SELECT node, wave, progress, run_id, rollback_run_id, updated_at
              FROM rollout_nodes WHERE rollout_id = $1 ORDER BY wave, node";
         with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;

@@ -573,5 +573,6 @@ pub(super) fn rollout_node(row: &impl StoreRow) -> Result<super::RolloutNode, St
         progress: f.parse("progress")?,
         run: f.opt_text("run_id")?.map(RunId),
         rollback_run: f.opt_text("rollback_run_id")?.map(RunId),
+        since: f.time("updated_at")?,
     })
 }

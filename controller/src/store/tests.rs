@@ -2291,6 +2291,7 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
 // Waivers, audit, halts and replay.
 mod audit;
 mod enrollment;
+mod fleet_events;
 mod fleet_telemetry;
 // The deployment's report signing keys.
 mod report_keys;

@@ -46,8 +46,9 @@ pub enum Phase {
     /// A health rule of wave `wave` failed (`halt` says which, and on which nodes): no node
     /// starts until a person resumes, skips the wave or aborts.
     Halted,
-    /// Aborted with rollback: the nodes that went through the procedure run the rollback
-    /// plan, within the same blast radius.
+    /// Aborted with rollback (every node that went through the procedure), or a halted
+    /// wave rolled back (that wave's nodes only): those nodes run the rollback plan, within
+    /// the same blast radius.
     RollingBack,
     /// Every node that went through the procedure ran its rollback (some may have failed it).
     RolledBack,
@@ -163,11 +164,19 @@ impl RolloutState {
 pub struct Halt {
     /// The wave judged.
     pub wave: usize,
-    /// Each health rule that failed (or could not be evaluated).
+    /// Each health rule that failed (or could not be evaluated); after a failed rollback, one
+    /// entry of rule [`ROLLBACK_FAILED`] naming the nodes.
     pub failures: Vec<HealthFailure>,
     /// When.
     pub at: Timestamp,
+    /// Whether a rollback failed (the halt stops the rollback; resume and skip-wave are
+    /// refused: a person aborts, with rollback to try it again).
+    #[serde(default)]
+    pub rollback_failed: bool,
 }
+
+/// The rule id a halt lists when a node's rollback failed.
+pub const ROLLBACK_FAILED: &str = "rollback";
 
 /// One health rule that did not pass.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,11 +262,15 @@ pub enum RolloutEvent {
     Pause,
     /// A person resumes it from `paused` or `halted`.
     Resume,
-    /// A person aborts it, rolling back the nodes that went through the procedure or not.
+    /// A person aborts it, rolling back every node that went through the procedure or not.
     Abort {
         /// Whether to run the rollback plan on those nodes.
         rollback: bool,
     },
+    /// The controller rolls back the halted wave (its file has a rollback plan): only the
+    /// nodes of that wave that went through the procedure run the rollback plan; the earlier
+    /// waves passed their health and keep the release.
+    RollBackWave,
     /// A person skips the current wave: its nodes not started keep their release.
     SkipWave {
         /// Why.
@@ -281,6 +294,7 @@ impl RolloutEvent {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Abort { .. } => "abort",
+            Self::RollBackWave => "roll-back-wave",
             Self::SkipWave { .. } => "skip-wave",
             Self::ControllerRestarted => "controller-restarted",
         }
@@ -526,6 +540,38 @@ impl<'a> Draft<'a> {
                 }
             }
             Phase::RollingBack => {
+                // A rollback that failed halts the rollout for a person: nothing more starts.
+                let failed: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, (from, to))| {
+                        *to == NodeProgress::RollbackFailed && *from != NodeProgress::RollbackFailed
+                    })
+                    .map(|(node, _)| node.clone())
+                    .collect();
+                if !failed.is_empty() {
+                    self.to.halt = Some(Halt {
+                        wave: self.to.wave,
+                        failures: vec![HealthFailure {
+                            rule_id: ROLLBACK_FAILED.to_owned(),
+                            reason: format!(
+                                "the rollback plan failed on {}; they may still run the \
+                                 release: look at their rollback runs, then abort the rollout \
+                                 (with rollback to try again)",
+                                failed
+                                    .iter()
+                                    .map(NodeId::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                            nodes: failed,
+                        }],
+                        at: now,
+                        rollback_failed: true,
+                    });
+                    self.enter(Phase::Halted, now);
+                    return;
+                }
                 let open = self.all().into_iter().any(|(_, progress)| {
                     matches!(
                         progress,
@@ -614,6 +660,7 @@ pub fn next(
                         wave: facts.state.wave,
                         failures: failures.clone(),
                         at: now,
+                        rollback_failed: false,
                     });
                     draft.to.paused_from = None;
                     draft.enter(P::Halted, now);
@@ -650,6 +697,12 @@ pub fn next(
             draft.to.phase = facts.state.paused_from.unwrap_or(P::Running);
             draft.to.paused_from = None;
         }
+        (P::Halted, E::Resume | E::SkipWave { .. }) if rollback_failed(facts.state) => {
+            return Err(refuse(
+                "a rollback failed: abort it, with rollback to run the rollback plan again on \
+                 the nodes not rolled back",
+            ));
+        }
         // Resuming a halted rollout takes its wave up again: it soaks and is judged again.
         (P::Halted, E::Resume) => {
             draft.to.halt = None;
@@ -676,14 +729,48 @@ pub fn next(
                     rollout: facts.spec.name.clone(),
                 });
             }
+            // A node whose rollback failed runs it again.
             for (node, progress) in draft.all() {
-                if matches!(progress, NodeProgress::Passed | NodeProgress::Failed) {
+                if matches!(
+                    progress,
+                    NodeProgress::Passed | NodeProgress::Failed | NodeProgress::RollbackFailed
+                ) {
                     draft.set(&node, NodeProgress::RollbackPending);
                 }
             }
+            draft.to.halt = draft.to.halt.take().filter(|halt| !halt.rollback_failed);
             draft.to.paused_from = None;
             draft.enter(P::RollingBack, now);
         }
+
+        (P::Halted, E::RollBackWave) => {
+            if facts.spec.rollback.is_none() {
+                return Err(RolloutRefusal::NoRollbackPlan {
+                    rollout: facts.spec.name.clone(),
+                });
+            }
+            let halted = facts
+                .state
+                .halt
+                .as_ref()
+                .map_or(facts.state.wave, |halt| halt.wave);
+            let nodes: Vec<NodeId> = facts
+                .waves
+                .waves
+                .get(halted)
+                .map(|wave| wave.nodes.clone())
+                .unwrap_or_default();
+            for node in &nodes {
+                if matches!(
+                    draft.progress(node),
+                    NodeProgress::Passed | NodeProgress::Failed
+                ) {
+                    draft.set(node, NodeProgress::RollbackPending);
+                }
+            }
+            draft.enter(P::RollingBack, now);
+        }
+        (_, E::RollBackWave) => return Err(refuse("only a halted rollout rolls back its wave")),
 
         (
             P::Running | P::Soaking | P::Judging | P::Interval | P::Halted,
@@ -702,6 +789,11 @@ pub fn next(
     }
     draft.settle(now);
     Ok(draft.finish())
+}
+
+/// Whether the rollout halted because a rollback failed.
+fn rollback_failed(state: &RolloutState) -> bool {
+    state.halt.as_ref().is_some_and(|halt| halt.rollback_failed)
 }
 
 fn too_early(what: &'static str, wave: usize, until: Timestamp) -> RolloutRefusal {

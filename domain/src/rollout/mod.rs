@@ -6,6 +6,7 @@
 //! - [`waves`]: which nodes each wave takes, decided once at the start ([`plan_waves`]).
 //! - [`blast`]: which nodes of the wave may start now ([`startable`]).
 //! - [`machine`]: the state machine ([`next`]), with the nodes' progress.
+//! - [`soak`]: the wave's soak judged over its nodes' fleet telemetry and events ([`judge_soak`]).
 //! - [`eta`](mod@eta): when it should end ([`eta()`](fn@eta)).
 //! - [`drift`](mod@drift): a node reporting other components than a rollout brought it to.
 //!
@@ -18,7 +19,9 @@
 //!   running|soaking|judging|paused ──health failed──▶ halted(rules, nodes) ──resume──▶ running(i)
 //!   running|soaking|judging|interval ──pause──▶ paused ──resume──▶ the phase it left
 //!   running|soaking|judging|interval|halted ──skip-wave──▶ running(i+1) | completed
-//!   any not ended ──abort──▶ aborted ;  ──abort with rollback──▶ rolling-back ──all rolled back──▶ rolled-back
+//!   any not ended ──abort──▶ aborted ;  ──abort with rollback (every updated node)──▶ rolling-back ──all rolled back──▶ rolled-back
+//!   halted ──roll back the wave (a rollback plan; the halted wave's updated nodes only)──▶ rolling-back
+//!   rolling-back ──a node's rollback failed──▶ halted(rollback) ──abort [with rollback: again]──▶ aborted | rolling-back
 //!   any ──controller restarted──▶ the same phase; nodes mid-procedure resumed or failed (on-interrupted)
 //! ```
 //!
@@ -29,6 +32,7 @@ pub mod blast;
 pub mod drift;
 pub mod eta;
 pub mod machine;
+pub mod soak;
 pub mod spec;
 pub mod waves;
 
@@ -39,9 +43,10 @@ pub use blast::{Starts, startable};
 pub use eta::{Eta, EtaFacts, eta};
 pub use machine::{
     Halt, HealthFailure, HealthVerdict, NodeProgress, Phase, Progress, ProgressChange,
-    RolloutChange, RolloutEvent, RolloutFacts, RolloutRefusal, RolloutState, SkippedWave,
-    health_verdict, next,
+    ROLLBACK_FAILED, RolloutChange, RolloutEvent, RolloutFacts, RolloutRefusal, RolloutState,
+    SkippedWave, health_verdict, next,
 };
+pub use soak::{SoakFacts, SoakWindow, combine, judge_soak};
 pub use spec::{
     HEALTH_MILESTONE, OnInterrupted, Procedure, Rollback, RolloutLimits, RolloutSpec, WaveSpec,
     parse_rollout,

@@ -61,6 +61,19 @@ fn failures() -> Vec<HealthFailure> {
     }]
 }
 
+/// Halted at wave 1 because a rollback failed.
+fn rollback_halted() -> RolloutState {
+    RolloutState {
+        halt: Some(Halt {
+            wave: 1,
+            failures: failures(),
+            at: at(0),
+            rollback_failed: true,
+        }),
+        ..state(P::Halted, 1)
+    }
+}
+
 fn decide(
     spec: &RolloutSpec,
     state: &RolloutState,
@@ -107,6 +120,7 @@ fn every_transition() {
             wave: 1,
             failures: failures(),
             at: at(0),
+            rollback_failed: false,
         }),
         ..state(P::Halted, 1)
     };
@@ -342,6 +356,37 @@ fn every_transition() {
             vec![("c1", N::Passed, N::RollbackPending)],
         ),
         (
+            "abort with rollback takes back every wave's updated nodes",
+            halted.clone(),
+            vec![("c1", N::Passed), ("n1", N::Passed), ("n2", N::Failed)],
+            RolloutEvent::Abort { rollback: true },
+            (P::RollingBack, 1),
+            vec![
+                ("c1", N::Passed, N::RollbackPending),
+                ("n1", N::Passed, N::RollbackPending),
+                ("n2", N::Failed, N::RollbackPending),
+            ],
+        ),
+        (
+            "roll back the halted wave: only its updated nodes; the canary's wave passed",
+            halted.clone(),
+            vec![("c1", N::Passed), ("n1", N::Passed), ("n2", N::Failed)],
+            RolloutEvent::RollBackWave,
+            (P::RollingBack, 1),
+            vec![
+                ("n1", N::Passed, N::RollbackPending),
+                ("n2", N::Failed, N::RollbackPending),
+            ],
+        ),
+        (
+            "roll back the halted wave: a node still in procedure waits for it; one not started stays",
+            halted.clone(),
+            wave1_open.clone(),
+            RolloutEvent::RollBackWave,
+            (P::RollingBack, 1),
+            vec![],
+        ),
+        (
             "a rollback starts",
             state(P::RollingBack, 1),
             vec![("c1", N::RollbackPending)],
@@ -370,12 +415,32 @@ fn every_transition() {
             vec![("c1", N::RollingBack, N::RolledBack)],
         ),
         (
-            "the last rollback fails: rolled back, the node says it failed",
+            "a rollback fails: halted for a person, the other rollbacks wait",
             state(P::RollingBack, 1),
-            vec![("c1", N::RollingBack)],
+            vec![("c1", N::RollingBack), ("n1", N::RollbackPending)],
             finished("c1", false),
-            (P::RolledBack, 1),
+            (P::Halted, 1),
             vec![("c1", N::RollingBack, N::RollbackFailed)],
+        ),
+        (
+            "abort with rollback after a failed one: it runs again, with the others",
+            rollback_halted(),
+            vec![
+                ("c1", N::RollbackFailed),
+                ("n1", N::RollbackPending),
+                ("n2", N::RolledBack),
+            ],
+            RolloutEvent::Abort { rollback: true },
+            (P::RollingBack, 1),
+            vec![("c1", N::RollbackFailed, N::RollbackPending)],
+        ),
+        (
+            "abort without rollback after a failed one: aborted",
+            rollback_halted(),
+            vec![("c1", N::RollbackFailed), ("n1", N::RollbackPending)],
+            RolloutEvent::Abort { rollback: false },
+            (P::Aborted, 1),
+            vec![],
         ),
         (
             "abort a rollback",
@@ -445,7 +510,7 @@ fn every_transition() {
             vec![("n1", N::InProcedure, N::Failed)],
         ),
         (
-            "restarted mid-rollback under on-interrupted: fail",
+            "restarted mid-rollback under on-interrupted: fail: the interrupted rollback failed, halted",
             state(P::RollingBack, 1),
             vec![
                 ("c1", N::RollingBack),
@@ -453,7 +518,7 @@ fn every_transition() {
                 ("n2", N::RollbackPending),
             ],
             RolloutEvent::ControllerRestarted,
-            (P::RollingBack, 1),
+            (P::Halted, 1),
             vec![
                 ("c1", N::RollingBack, N::RollbackFailed),
                 ("n1", N::InProcedure, N::RollbackPending),
@@ -494,7 +559,8 @@ fn what_each_transition_records() {
         Some(Halt {
             wave: 1,
             failures: failures(),
-            at: at(500)
+            at: at(500),
+            rollback_failed: false,
         })
     );
     let paused =
@@ -829,12 +895,44 @@ fn every_refusal_says_why() {
             "rollout is rolling-back: it cannot take abort; it is rolling back already",
         ),
         (
-            no_rollback,
+            no_rollback.clone(),
             state(P::Halted, 1),
             vec![],
             RolloutEvent::Abort { rollback: true },
             10_000,
             "rollout prod-h100 has no rollback plan; abort it without rollback, or add a rollback to its file",
+        ),
+        (
+            no_rollback,
+            state(P::Halted, 1),
+            vec![],
+            RolloutEvent::RollBackWave,
+            10_000,
+            "rollout prod-h100 has no rollback plan; abort it without rollback, or add a rollback to its file",
+        ),
+        (
+            spec.clone(),
+            rollback_halted(),
+            vec![],
+            RolloutEvent::Resume,
+            10_000,
+            "rollout is halted: it cannot take resume; a rollback failed: abort it, with rollback to run the rollback plan again on the nodes not rolled back",
+        ),
+        (
+            spec.clone(),
+            rollback_halted(),
+            vec![],
+            RolloutEvent::SkipWave { reason: "r".into() },
+            10_000,
+            "rollout is halted: it cannot take skip-wave; a rollback failed: abort it, with rollback to run the rollback plan again on the nodes not rolled back",
+        ),
+        (
+            spec.clone(),
+            state(P::Judging, 1),
+            vec![],
+            RolloutEvent::RollBackWave,
+            10_000,
+            "rollout is judging: it cannot take roll-back-wave; only a halted rollout rolls back its wave",
         ),
     ];
     for (spec, from, pairs, event, now, expected) in cases {
@@ -998,4 +1096,50 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_failed_rollback_halts_naming_its_node_and_abort_with_rollback_clears_it() {
+    let spec = spec();
+    let failed = decide(
+        &spec,
+        &state(P::RollingBack, 1),
+        &[("n1", N::RollingBack), ("n2", N::RollbackPending)],
+        finished("n1", false),
+        700,
+    )
+    .expect("recorded");
+    let halt = failed.to.halt.clone().expect("a halt says why");
+    assert!(halt.rollback_failed);
+    assert_eq!((halt.wave, halt.at), (1, at(700)));
+    assert_eq!(halt.failures.len(), 1);
+    assert_eq!(halt.failures[0].rule_id, ROLLBACK_FAILED);
+    assert_eq!(halt.failures[0].nodes, vec![NodeId::from("n1")]);
+    assert!(
+        halt.failures[0]
+            .reason
+            .starts_with("the rollback plan failed on n1; "),
+        "{}",
+        halt.failures[0].reason
+    );
+    // Nothing starts while it waits for a person: n2's rollback included.
+    let progress = progress(&[("n1", N::RollbackFailed), ("n2", N::RollbackPending)]);
+    let waves = waves();
+    let facts = RolloutFacts {
+        spec: &spec,
+        waves: &waves,
+        state: &failed.to,
+        progress: &progress,
+    };
+    assert!(facts.may_start().is_empty());
+    let again = decide(
+        &spec,
+        &failed.to,
+        &[("n1", N::RollbackFailed), ("n2", N::RollbackPending)],
+        RolloutEvent::Abort { rollback: true },
+        800,
+    )
+    .expect("rolls back again");
+    assert_eq!(again.to.phase, P::RollingBack);
+    assert_eq!(again.to.halt, None);
 }

@@ -13,6 +13,7 @@ use tollgate_domain::test_support::rollout_spec;
 on_both_backends!(
     a_rollout_keeps_its_file_waves_and_nodes,
     rollout_changes_are_compare_and_set_with_their_runs_and_audit,
+    a_rollout_whose_start_failed_is_started_by_the_leader_after_the_grace,
 );
 
 /// Two waves: n1, then n2.
@@ -298,5 +299,60 @@ async fn rollout_changes_are_compare_and_set_with_their_runs_and_audit(store: &S
             .await
             .expect("to drive")
             .is_empty()
+    );
+}
+
+/// A rollout whose start failed after its creation (left `pending`) is not left so: once
+/// `START_GRACE` passed, the driver's tick starts it, audited as the controller with why;
+/// before that, its creator's start is waited for.
+async fn a_rollout_whose_start_failed_is_started_by_the_leader_after_the_grace(store: &Store) {
+    setup(store).await;
+    let record = rollout_record("rollout-1");
+    let note = AuditNote::new(at(10), "alice", "rollout.create", "rollout/rollout-1");
+    store.create_rollout(&record, &note).await.expect("create");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = crate::clock::ManualClock::new(at(15));
+    let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
+    config.clock = std::sync::Arc::new(clock.clone());
+    let shared = crate::shared::Shared::new(store.clone(), config);
+    let phase = || async {
+        store
+            .rollout(&record.id)
+            .await
+            .expect("load")
+            .expect("found")
+            .0
+            .state
+            .phase
+    };
+
+    crate::rollouts::tick(&shared).await.expect("tick");
+    assert_eq!(
+        phase().await,
+        Phase::Pending,
+        "within the grace its creator starts it"
+    );
+    let grace = chrono::Duration::from_std(crate::rollouts::START_GRACE).expect("short");
+    clock.advance(grace - chrono::Duration::seconds(5));
+    crate::rollouts::tick(&shared).await.expect("tick");
+    assert_eq!(phase().await, Phase::Running);
+    let started: Vec<(String, String, serde_json::Value)> = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|entry| entry.subject == "rollout/rollout-1" && entry.action == "rollout.start")
+        .map(|entry| {
+            let details = serde_json::from_str(&entry.details).expect("JSON");
+            (entry.action, entry.actor, details)
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].1, "controller");
+    assert!(
+        started[0].2["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.starts_with("its start did not complete")),
+        "{started:?}"
     );
 }

@@ -1,0 +1,175 @@
+//! GPU events agents report outside steps (`PushTelemetry`), and the reads a rollout's soak
+//! is judged on: the events and fleet telemetry buckets of a wave's nodes, each read for
+//! every node at once.
+
+use super::connect::Begin;
+use super::rows::Fields;
+use super::{Pool, Store, StoreError, micros, text};
+use tollgate_domain::fleet_history::{self, Bucket};
+use tollgate_domain::telemetry::GpuEvent;
+use tollgate_domain::{NodeId, Timestamp};
+
+/// Events of the nodes in `$1` (a JSON array of names) seen at or after `$2`.
+const EVENTS_SQLITE: &str = "SELECT node, gpu_index, gpu_uuid, kind, code, at, detail
+     FROM fleet_events WHERE node IN (SELECT value FROM json_each($1)) AND at >= $2
+     ORDER BY at, seq LIMIT $3";
+const EVENTS_POSTGRES: &str = "SELECT node, gpu_index, gpu_uuid, kind, code, at, detail
+     FROM fleet_events WHERE node IN (SELECT jsonb_array_elements_text($1::jsonb)) AND at >= $2
+     ORDER BY at, seq LIMIT $3";
+
+/// Buckets of the nodes in `$1` of the tier `$2` seconds wide in `[$3, $4)`.
+const BUCKETS_SQLITE: &str = "SELECT node, gpu_index, resolution_s, bucket_start, fields
+     FROM fleet_telemetry WHERE node IN (SELECT value FROM json_each($1))
+       AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4
+     ORDER BY node, bucket_start, gpu_index LIMIT $5";
+const BUCKETS_POSTGRES: &str = "SELECT node, gpu_index, resolution_s, bucket_start, fields
+     FROM fleet_telemetry WHERE node IN (SELECT jsonb_array_elements_text($1::jsonb))
+       AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4
+     ORDER BY node, bucket_start, gpu_index LIMIT $5";
+
+/// Most events one read returns; a wave with more has failed `no-events` many times over.
+pub const FLEET_EVENTS_MAX: usize = 10_000;
+/// Most bucket rows one read returns (100 nodes of 8 GPUs soaking 1 h in 10 s buckets make
+/// 288,000); past it the caller reads a coarser tier.
+pub const FLEET_BUCKETS_MAX: usize = 500_000;
+
+fn names_json(nodes: &[NodeId]) -> String {
+    let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+    serde_json::to_string(&names).expect("a list of strings serializes")
+}
+
+fn event(row: &impl super::rows::StoreRow) -> Result<(NodeId, GpuEvent), StoreError> {
+    let f = Fields::new(row, "fleet_events", &["node", "at"]);
+    Ok((
+        NodeId::from(f.text("node")?.as_str()),
+        GpuEvent {
+            gpu_index: f.int_as("gpu_index")?,
+            gpu_uuid: f.text("gpu_uuid")?,
+            kind: f.parse("kind")?,
+            code: f.int_as("code")?,
+            at: f.time("at")?,
+            detail: f.text("detail")?,
+        },
+    ))
+}
+
+impl Store {
+    /// Records the events `node` reported outside steps, in one statement each, one
+    /// transaction for all.
+    pub async fn record_fleet_events(
+        &self,
+        node: &NodeId,
+        events: &[GpuEvent],
+    ) -> Result<(), StoreError> {
+        const SQL: &str =
+            "INSERT INTO fleet_events (node, gpu_index, gpu_uuid, kind, code, at, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        if events.is_empty() {
+            return Ok(());
+        }
+        writing!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for event in events {
+                sqlx::query(SQL)
+                    .bind(text(node.as_str()).as_ref())
+                    .bind(i64::from(event.gpu_index))
+                    .bind(text(&event.gpu_uuid).as_ref())
+                    .bind(event.kind.as_str())
+                    .bind(event.code)
+                    .bind(micros(event.at))
+                    .bind(text(&event.detail).as_ref())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The events of `nodes` seen at or after `since`, oldest first, at most
+    /// [`FLEET_EVENTS_MAX`].
+    pub async fn fleet_events_of(
+        &self,
+        nodes: &[NodeId],
+        since: Timestamp,
+    ) -> Result<Vec<(NodeId, GpuEvent)>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = names_json(nodes);
+        let limit = super::page_limit(FLEET_EVENTS_MAX);
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(EVENTS_SQLITE)
+                .bind(names)
+                .bind(micros(since))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(event)
+                .collect(),
+            Pool::Postgres(pool) => sqlx::query(EVENTS_POSTGRES)
+                .bind(names)
+                .bind(micros(since))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(event)
+                .collect(),
+        }
+    }
+
+    /// The buckets of `nodes` of the tier `resolution_s` seconds wide in `[since, until)`,
+    /// rows of one bucket merged, at most [`FLEET_BUCKETS_MAX`] rows read.
+    pub async fn fleet_buckets_of(
+        &self,
+        nodes: &[NodeId],
+        resolution_s: u32,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        if nodes.is_empty() || since >= until {
+            return Ok(Vec::new());
+        }
+        let names = names_json(nodes);
+        let limit = super::page_limit(FLEET_BUCKETS_MAX);
+        let rows: Vec<Bucket> = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(BUCKETS_SQLITE)
+                .bind(names)
+                .bind(i64::from(resolution_s))
+                .bind(micros(since))
+                .bind(micros(until))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(super::fleet_telemetry::bucket)
+                .collect::<Result<_, _>>()?,
+            Pool::Postgres(pool) => sqlx::query(BUCKETS_POSTGRES)
+                .bind(names)
+                .bind(i64::from(resolution_s))
+                .bind(micros(since))
+                .bind(micros(until))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(super::fleet_telemetry::bucket)
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(fleet_history::merge(rows))
+    }
+
+    /// Deletes the events seen before `before`; returns how many went.
+    pub async fn prune_fleet_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        const SQL: &str = "DELETE FROM fleet_events WHERE at < $1";
+        writing!(self, |pool| {
+            Ok(sqlx::query(SQL)
+                .bind(micros(before))
+                .execute(pool)
+                .await?
+                .rows_affected())
+        })
+    }
+}
