@@ -131,6 +131,79 @@ fn clean_list(errors: &mut FieldErrors, field: &str, values: &[String]) -> Vec<S
     clean
 }
 
+/// Element-by-element changes to one of an issue's lists (its tickets or customers): values
+/// to add where absent and values to remove where present, so that two people changing the
+/// list at once do not undo each other's change.
+#[derive(Clone, Debug, Default)]
+struct ListEdits {
+    add: Vec<String>,
+    remove: Vec<String>,
+}
+
+impl ListEdits {
+    /// The edits a request gives as `add` and `remove`, each cleaned like a whole list; refused
+    /// (naming the fields) beside the whole list `whole`, and for a value both added and removed.
+    fn clean(
+        errors: &mut FieldErrors,
+        whole: (&str, bool),
+        add: (&str, &[String]),
+        remove: (&str, &[String]),
+    ) -> Self {
+        let edits = Self {
+            add: clean_list(errors, add.0, add.1),
+            remove: clean_list(errors, remove.0, remove.1),
+        };
+        let (whole, whole_given) = whole;
+        if whole_given {
+            for (field, values) in [add, remove] {
+                if !values.is_empty() {
+                    errors.add(
+                        field,
+                        format!(
+                            "is given with {whole}, which replaces the whole list; give either \
+                             {whole} or the values to add and remove"
+                        ),
+                    );
+                }
+            }
+        }
+        for (idx, value) in remove.1.iter().enumerate() {
+            if edits.add.contains(&value.trim().to_owned()) {
+                errors.add(
+                    format!("{}[{idx}]", remove.0),
+                    format!(
+                        "'{}' is also in {}; give it in only one of them",
+                        value.trim(),
+                        add.0
+                    ),
+                );
+            }
+        }
+        edits
+    }
+
+    /// Whether there is nothing to change.
+    fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// `list` with the removed values taken out and the added ones it lacks appended, in the
+    /// order given.
+    fn apply(&self, list: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = list
+            .iter()
+            .filter(|value| !self.remove.contains(value))
+            .cloned()
+            .collect();
+        for value in &self.add {
+            if !out.contains(value) {
+                out.push(value.clone());
+            }
+        }
+        out
+    }
+}
+
 #[tonic::async_trait]
 impl IssueService for IssueApi {
     async fn open_issue(
@@ -339,6 +412,10 @@ impl IssueService for IssueApi {
             tickets,
             customers,
             expected_updated_at,
+            add_tickets,
+            remove_tickets,
+            add_customers,
+            remove_customers,
         } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         check_id(&mut errors, id);
@@ -353,6 +430,18 @@ impl IssueService for IssueApi {
         }
         let tickets = tickets.map(|list| clean_list(&mut errors, "tickets", &list.values));
         let customers = customers.map(|list| clean_list(&mut errors, "customers", &list.values));
+        let ticket_edits = ListEdits::clean(
+            &mut errors,
+            ("tickets", tickets.is_some()),
+            ("add_tickets", &add_tickets),
+            ("remove_tickets", &remove_tickets),
+        );
+        let customer_edits = ListEdits::clean(
+            &mut errors,
+            ("customers", customers.is_some()),
+            ("add_customers", &add_customers),
+            ("remove_customers", &remove_customers),
+        );
         let expected = match expected_updated_at.map(|at| timestamp_from_proto(&at)) {
             Some(None) => {
                 errors.add("expected_updated_at", "is not a valid timestamp");
@@ -366,11 +455,13 @@ impl IssueService for IssueApi {
             && owner.is_none()
             && tickets.is_none()
             && customers.is_none()
+            && ticket_edits.is_empty()
+            && customer_edits.is_empty()
         {
             errors.add(
                 "title",
                 "nothing to change: give at least one of title, severity, owner, tickets, \
-                 customers",
+                 customers, add_tickets, remove_tickets, add_customers, remove_customers",
             );
         }
         errors.finish(()).map_err(status::invalid_fields)?;
@@ -393,10 +484,18 @@ impl IssueService for IssueApi {
                 owner: owner
                     .as_deref()
                     .map_or_else(|| before.owner.clone(), optional_text),
-                tickets: tickets.clone().unwrap_or_else(|| before.tickets.clone()),
-                customers: customers
+                tickets: tickets
                     .clone()
-                    .map_or_else(|| before.customers.clone(), |c| c.into_iter().collect()),
+                    .unwrap_or_else(|| ticket_edits.apply(&before.tickets)),
+                customers: customers.clone().map_or_else(
+                    || {
+                        customer_edits
+                            .apply(&before.customers.iter().cloned().collect::<Vec<_>>())
+                            .into_iter()
+                            .collect()
+                    },
+                    |c| c.into_iter().collect(),
+                ),
             };
             let changed = describe_changes(&before, &after);
             if changed.is_empty() {
