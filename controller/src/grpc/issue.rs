@@ -4,7 +4,7 @@
 //! release, won't-fix and reopen. Each change is applied from the state or version it was
 //! decided from; one that lost a race with another writer is decided again from the store.
 
-use super::auth::actor_of;
+use super::auth::{actor_of, customer_of};
 use super::convert::{timestamp_from_proto, timestamp_to_proto};
 use super::status::{self, FieldErrors};
 use super::{load_release, resolve_milestone};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tollgate_domain::issue::{
     self, Issue, IssueEvent, IssueHistory, IssueStateName, KnownIssue, Match,
 };
-use tollgate_domain::{NodeId, ReleaseId};
+use tollgate_domain::{NodeId, ReleaseId, access};
 use tollgate_proto::v1::{self as proto, issue_service_server::IssueService};
 use tonic::{Request, Response, Status};
 
@@ -36,11 +36,11 @@ impl IssueApi {
 
     /// Issue `id`, or `NotFound`.
     async fn load(&self, id: i64) -> Result<Issue, Status> {
-        self.shared.store.issue(id).await?.ok_or_else(|| {
-            status::not_found(format!(
-                "issue #{id} (list them with `tollgate issue list`)"
-            ))
-        })
+        self.shared
+            .store
+            .issue(id)
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     /// Issue `id` with its history, as GetIssue and the changes answer it.
@@ -204,6 +204,13 @@ impl ListEdits {
     }
 }
 
+/// The answer for an issue that does not exist, or that the caller may not see.
+fn not_found(id: i64) -> Status {
+    status::not_found(format!(
+        "issue #{id} (list them with `tollgate issue list`)"
+    ))
+}
+
 #[tonic::async_trait]
 impl IssueService for IssueApi {
     async fn open_issue(
@@ -345,17 +352,25 @@ impl IssueService for IssueApi {
         &self,
         request: Request<proto::GetIssueRequest>,
     ) -> Result<Response<proto::Issue>, Status> {
+        let customer = customer_of(&request);
         let proto::GetIssueRequest { id } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         check_id(&mut errors, id);
         errors.finish(()).map_err(status::invalid_fields)?;
-        Ok(Response::new(self.answer(id).await?))
+        let issue = self.answer(id).await?;
+        // A customer learns nothing of another customer's issue, not even that it exists.
+        let customers: BTreeSet<String> = issue.customers.iter().cloned().collect();
+        if !access::sees_issue(customer.as_deref(), &customers) {
+            return Err(not_found(id));
+        }
+        Ok(Response::new(issue))
     }
 
     async fn list_issues(
         &self,
         request: Request<proto::ListIssuesRequest>,
     ) -> Result<Response<proto::ListIssuesResponse>, Status> {
+        let scope = customer_of(&request);
         let proto::ListIssuesRequest {
             state,
             release,
@@ -364,6 +379,18 @@ impl IssueService for IssueApi {
             page_size,
             page_token,
         } = status::bounded(request.into_inner())?;
+        // A customer token lists only the issues that matter to its customer; naming another
+        // customer is refused rather than answered empty, so a mistyped scope is not mistaken
+        // for "no issues".
+        if let Some(scope) = &scope
+            && !customer.trim().is_empty()
+            && customer.trim() != scope
+        {
+            return Err(Status::permission_denied(format!(
+                "this token sees only customer {scope}'s issues; leave the customer filter out \
+                 or set it to {scope}"
+            )));
+        }
         let mut errors = FieldErrors::new();
         if !state.is_empty() {
             errors.keyword::<IssueStateName>("state", &state);
@@ -379,7 +406,7 @@ impl IssueService for IssueApi {
         let filter = IssueFilter {
             state: optional_text(&state),
             release: optional_text(&release).map(ReleaseId::from),
-            customer: optional_text(&customer),
+            customer: scope.or_else(|| optional_text(&customer)),
             node: optional_text(&node).map(NodeId::from),
         };
         let after = page.after.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX));
