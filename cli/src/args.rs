@@ -1196,6 +1196,20 @@ pub enum IssueCommand {
         /// Removes every customer.
         #[arg(long, conflicts_with = "customers")]
         clear_customers: bool,
+        /// A ticket reference to add to the issue's (repeatable); one it has already is kept.
+        /// Not with --ticket, which replaces them all.
+        #[arg(long = "add-ticket", value_name = "REF")]
+        add_tickets: Vec<String>,
+        /// A ticket reference to remove from the issue's (repeatable); one it lacks is ignored.
+        #[arg(long = "remove-ticket", value_name = "REF")]
+        remove_tickets: Vec<String>,
+        /// A customer to add to the issue's (repeatable); one it has already is kept. Not with
+        /// --customer, which replaces them all.
+        #[arg(long = "add-customer", value_name = "CUSTOMER")]
+        add_customers: Vec<String>,
+        /// A customer to remove from the issue's (repeatable); one it lacks is ignored.
+        #[arg(long = "remove-customer", value_name = "CUSTOMER")]
+        remove_customers: Vec<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

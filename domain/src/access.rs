@@ -65,6 +65,12 @@ pub fn sees_node(customer: Option<&str>, labels: &crate::fleet::Labels) -> bool 
     customer.is_none_or(|customer| labels.get(CUSTOMER_LABEL).map(String::as_str) == Some(customer))
 }
 
+/// Whether a caller scoped to `customer` (`None`: not scoped) sees an issue set to matter to
+/// `customers`: only an issue whose customers include its customer.
+pub fn sees_issue(customer: Option<&str>, customers: &std::collections::BTreeSet<String>) -> bool {
+    customer.is_none_or(|customer| customers.contains(customer))
+}
+
 /// The customer scope as `report --customer` writes it: `customer=VALUE`.
 pub fn customer_scope(customer: &str) -> String {
     format!("{CUSTOMER_LABEL}={customer}")
@@ -288,6 +294,20 @@ mod tests {
             customer: customer.into(),
             ttl_seconds,
         }
+    }
+
+    #[test]
+    fn a_customer_sees_only_the_issues_that_name_it() {
+        let customers = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert!(sees_issue(None, &customers(&[])));
+        assert!(sees_issue(Some("acme"), &customers(&["acme", "globex"])));
+        assert!(!sees_issue(Some("acme"), &customers(&["globex"])));
+        assert!(!sees_issue(Some("acme"), &customers(&[])));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! role, two customers, an expired and a spent bootstrap token, node A's and node B's enrolled
 //! certificates, a revoked node's), compared with this file's own literal table, so a change
 //! of the controller's rules fails here until the expectation is changed too. Then what each
-//! customer sees: none of the other's nodes, runs or evidence. And README.md's
+//! customer sees: none of the other's nodes, runs, evidence or issues. And README.md's
 //! "Authorization" section is the controller's table.
 
 use std::sync::Arc;
@@ -97,8 +97,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GateService/RevokeWaiver", "UUUU DDAA DD UU UUX"),
     ("GateService/ListWaivers", "UUUU AAAA DD UU UUX"),
     ("IssueService/OpenIssue", "UUUU DDAA DD UU UUX"),
-    ("IssueService/GetIssue", "UUUU AAAA DD UU UUX"),
-    ("IssueService/ListIssues", "UUUU AAAA DD UU UUX"),
+    ("IssueService/GetIssue", "UUUU AAAA AA UU UUX"),
+    ("IssueService/ListIssues", "UUUU AAAA AA UU UUX"),
     ("IssueService/UpdateIssue", "UUUU DDAA DD UU UUX"),
     ("IssueService/SetFixRelease", "UUUU DDAA DD UU UUX"),
     ("IssueService/WontFix", "UUUU DDAA DD UU UUX"),
@@ -1051,6 +1051,35 @@ async fn matrix(backend: Backend) {
     sees_only_its_own(customer_a, "node-a", "node-b", &world).await;
     sees_only_its_own(customer_b, "node-b", "node-a", &world).await;
 
+    // Issues: a customer lists and gets only those set to matter to it.
+    let document = serde_json::json!({
+        "format": "tollgate-issues/1",
+        "issues": [
+            {"kind": "events", "text": "XID 79", "state": "open", "customers": ["a"],
+             "releases": [RELEASE], "nodes": []},
+            {"kind": "events", "text": "XID 48", "state": "open", "customers": ["b"],
+             "releases": [RELEASE], "nodes": []},
+            {"kind": "events", "text": "XID 94", "state": "open", "customers": [],
+             "releases": [RELEASE], "nodes": []},
+        ],
+    });
+    let imported = identities[7]
+        .issues
+        .clone()
+        .import_issues(v1::ImportIssuesRequest {
+            document: document.to_string(),
+            file_name: String::new(),
+            format: String::new(),
+        })
+        .await
+        .expect("import issues")
+        .into_inner();
+    let [for_a, for_b, for_none] = imported.opened[..] else {
+        panic!("three issues opened: {imported:?}");
+    };
+    sees_only_its_issues(customer_a, "a", for_a, &[for_b, for_none]).await;
+    sees_only_its_issues(customer_b, "b", for_b, &[for_a, for_none]).await;
+
     // The refusals say what to do.
     let status = call(&identities[2], "NodeService/ListNodes", &world)
         .await
@@ -1079,6 +1108,50 @@ async fn matrix(backend: Backend) {
 }
 
 /// A customer token lists, gets, evaluates and reports only its own node's part.
+/// A customer (`own`) lists and gets its issue `its` and none of the `others`; a filter naming
+/// another customer is refused.
+async fn sees_only_its_issues(clients: &As, own: &str, its: i64, others: &[i64]) {
+    let mut c = clients.clone();
+    for customer in ["", own] {
+        let listed = c
+            .issues
+            .list_issues(v1::ListIssuesRequest {
+                customer: customer.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("issues")
+            .into_inner();
+        let ids: Vec<i64> = listed.issues.iter().map(|issue| issue.id).collect();
+        assert_eq!(ids, [its], "customer {own}, filter {customer:?}");
+    }
+    let status = c
+        .issues
+        .list_issues(v1::ListIssuesRequest {
+            customer: "someone-else".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another customer's filter is refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(own), "{status:?}");
+    let issue = c
+        .issues
+        .get_issue(v1::GetIssueRequest { id: its })
+        .await
+        .expect("its own issue")
+        .into_inner();
+    assert_eq!(issue.customers, [own]);
+    for id in others {
+        let status = c
+            .issues
+            .get_issue(v1::GetIssueRequest { id: *id })
+            .await
+            .expect_err("another customer's issue is not found");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+}
+
 async fn sees_only_its_own(clients: &As, own: &str, other: &str, world: &World) {
     let mut c = clients.clone();
     let nodes = c

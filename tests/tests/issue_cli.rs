@@ -1,6 +1,7 @@
 //! End to end through the CLI: a failed gate opens an issue by itself and `tollgate issue
 //! list` shows it; `issue open --from` the group `gate show` names attaches to it instead of
-//! opening a second; `issue set` gives it an owner and a ticket; won't-fix without a reason and
+//! opening a second; `issue set` gives it an owner and a ticket, then adds and removes tickets
+//! and customers one by one; won't-fix without a reason and
 //! reopening an open issue are refused, saying why; a waiver of r550's rule names the issue;
 //! `issue fix --release r551` promises the fix, and r551's passing run closes it, which
 //! `waiver list` and `gate show` then say (the waiver can be revoked); a closed issue takes no
@@ -146,6 +147,72 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         .collect();
     assert_eq!(actions, ["opened", "updated"], "{set:#}");
 
+    // Tickets and customers change element by element: adding one the issue has and removing
+    // one it lacks change nothing; a whole list beside its edits is refused, naming the fields.
+    let set = json(
+        &url,
+        &[
+            "issue",
+            "set",
+            &number,
+            "--add-ticket",
+            "JIRA-78",
+            "--add-ticket",
+            "JIRA-77",
+            "--remove-ticket",
+            "JIRA-1",
+            "--add-customer",
+            "globex",
+            "--add-customer",
+            "acme",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(set["tickets"], serde_json::json!(["JIRA-77", "JIRA-78"]));
+    assert_eq!(set["customers"], serde_json::json!(["acme", "globex"]));
+    let refused = tollgate(
+        &url,
+        &[
+            "issue",
+            "set",
+            &number,
+            "--ticket",
+            "JIRA-9",
+            "--add-ticket",
+            "JIRA-10",
+            "--customer",
+            "initech",
+            "--remove-customer",
+            "acme",
+        ],
+    )
+    .await;
+    assert!(!refused.status.success(), "{}", printed(&refused));
+    for field in ["add_tickets", "remove_customers"] {
+        assert!(printed(&refused).contains(field), "{}", printed(&refused));
+    }
+    let set = json(
+        &url,
+        &[
+            "issue",
+            "set",
+            &number,
+            "--remove-ticket",
+            "JIRA-78",
+            "--remove-customer",
+            "acme",
+            "--remove-customer",
+            "globex",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(set["tickets"], serde_json::json!(["JIRA-77"]));
+    assert_eq!(set["customers"], serde_json::json!([]));
+
     // What blocks r550 names the open issue, its owner and age, beside the failing rule: in
     // `release list`, `release show` and their `-o json`.
     let named = format!("Open issues: issue #{id} open, owner alice, 0 d.");
@@ -289,7 +356,7 @@ async fn an_issue_is_tracked_to_closure_from_the_command_line(backend: Backend) 
         .collect();
     assert_eq!(
         actions,
-        ["opened", "updated", "fix", "verified"],
+        ["opened", "updated", "updated", "updated", "fix", "verified"],
         "{closed:#}"
     );
     let listed = json(&url, &["issue", "list", "--state", "closed", "-o", "json"]).await;

@@ -843,6 +843,39 @@ fn issue_cases(cases: &mut Vec<(&'static str, Call)>) {
         }),
     ));
     cases.push((
+        "add_tickets",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            tickets: Some(v1::TextList {
+                values: vec!["JIRA-1".into()],
+            }),
+            add_tickets: vec!["JIRA-2".into()],
+            ..update()
+        }),
+    ));
+    cases.push((
+        "remove_customers",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            customers: Some(v1::TextList { values: vec![] }),
+            remove_customers: vec!["acme".into()],
+            ..update()
+        }),
+    ));
+    cases.push((
+        "remove_tickets[0]",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            add_tickets: vec!["JIRA-1".into()],
+            remove_tickets: vec!["JIRA-1".into()],
+            ..update()
+        }),
+    ));
+    cases.push((
+        "add_customers[1]",
+        Call::UpdateIssue(v1::UpdateIssueRequest {
+            add_customers: vec!["acme".into(), " ".into()],
+            ..update()
+        }),
+    ));
+    cases.push((
         "expected_updated_at",
         Call::UpdateIssue(v1::UpdateIssueRequest {
             expected_updated_at: bad_time(),

@@ -2,15 +2,19 @@
 //! and moves it with a reason; the audit log says who moved it, from what, to what and why;
 //! bad requests name every bad field; `release list` shows target against projected per
 //! milestone and flags one at risk, first against its date, then for want of a node (its only
-//! node cordoned). Every
+//! node cordoned); a release whose run queues behind another release's job for the only node
+//! says which release and milestone it waits for. Every
 //! test runs on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
 
 use tollgate_proto::v1;
 use tollgate_tests::process::{text, tollgate};
-use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, plan_yaml};
+use tollgate_tests::{Agent, Backend, Controller, ControllerOptions, held_plan, plan_yaml};
 use tonic::Code;
 
-tollgate_tests::on_both_backends!(targets_are_audited_and_listed_against_the_projection);
+tollgate_tests::on_both_backends!(
+    targets_are_audited_and_listed_against_the_projection,
+    a_release_queued_behind_another_says_what_it_waits_for,
+);
 
 fn target(milestone: &str, date: &str, reason: &str) -> v1::SetMilestoneTargetRequest {
     v1::SetMilestoneTargetRequest {
@@ -321,5 +325,76 @@ async fn targets_are_audited_and_listed_against_the_projection(backend: Backend)
             ("customer-acceptance", "2027-02-01")
         ]
     );
+    agent.stop().await;
+}
+
+async fn a_release_queued_behind_another_says_what_it_waits_for(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let url = controller.url.clone();
+    let agent = Agent::start(&url, "lab-1", 1, &[]);
+    let mut clients = controller.clients().await;
+    // r549's job holds lab-1, the only matching node, until the file `go` exists; r550's run of
+    // the same plan, started after, has its job wait for the node.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let go = dir.path().join("go");
+    let first = clients
+        .start_qualification("r549", 1, &held_plan("gpu-qual", &go))
+        .await;
+    clients
+        .wait_run(
+            &first.id,
+            std::time::Duration::from_secs(30),
+            "r549's job to hold lab-1",
+            |run| run.jobs.iter().any(|job| job.state == "running"),
+        )
+        .await;
+    clients.create_release("r550").await;
+    let second = clients.start_run("r550", "gpu-qual").await;
+    let second = clients.run(&second.id).await;
+    assert!(
+        second.jobs.iter().all(|job| job.state == "pending"),
+        "{second:#?}"
+    );
+
+    // The newer release's milestone queues behind what the older one still has to run on the
+    // node: the JSON names that release and milestone, the line says it in words.
+    let shown = tollgate(&url, &["release", "list", "-o", "json"]).await;
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&shown.stdout)).expect("json");
+    let releases = json["releases"].as_array().expect("releases");
+    let r550 = releases
+        .iter()
+        .find(|release| release["name"] == "r550")
+        .unwrap_or_else(|| panic!("r550 is not listed: {json:#}"));
+    let lab_qual = &r550["projections"][0];
+    assert_eq!(lab_qual["milestone"], "lab-qual", "{r550:#}");
+    let waits_for = lab_qual["waits_for"].as_array().expect("waits_for");
+    assert_eq!(waits_for.len(), 1, "{lab_qual:#}");
+    assert_eq!(waits_for[0]["release"], "r549", "{lab_qual:#}");
+    let held = waits_for[0]["milestone"].as_str().expect("milestone");
+    assert!(!held.is_empty(), "{lab_qual:#}");
+    let r549 = releases
+        .iter()
+        .find(|release| release["name"] == "r549")
+        .unwrap_or_else(|| panic!("r549 is not listed: {json:#}"));
+    assert!(
+        r549["projections"]
+            .as_array()
+            .expect("projections")
+            .iter()
+            .all(|p| p["waits_for"].as_array().is_none_or(Vec::is_empty)),
+        "the oldest release waits for nobody: {r549:#}"
+    );
+    let line = listed(&url, "r550").await;
+    assert!(line.contains(&format!("waits for r549 {held}")), "{line}");
+    let line = listed(&url, "r549").await;
+    assert!(!line.contains("waits for"), "{line}");
+
+    // Once the node is let go, both runs end.
+    std::fs::write(&go, "").expect("let r549's job finish");
+    clients.wait_run_done(&first.id).await;
+    clients.wait_run_done(&second.id).await;
     agent.stop().await;
 }

@@ -266,8 +266,24 @@ impl Bounded for proto::UpdateIssueRequest {
             tickets,
             customers,
             expected_updated_at: _,
+            add_tickets,
+            remove_tickets,
+            add_customers,
+            remove_customers,
         } = self;
         errors.text("title", &limits::REASON, title.as_deref().unwrap_or(""));
+        for (field, values) in [
+            ("add_tickets", add_tickets),
+            ("remove_tickets", remove_tickets),
+        ] {
+            errors.texts(field, &limits::CUSTOMERS, &limits::TICKET, values);
+        }
+        for (field, values) in [
+            ("add_customers", add_customers),
+            ("remove_customers", remove_customers),
+        ] {
+            errors.texts(field, &limits::CUSTOMERS, &limits::LABEL_VALUE, values);
+        }
         errors.text("severity", &limits::NAME, severity.as_deref().unwrap_or(""));
         errors.text("owner", &limits::NAME, owner.as_deref().unwrap_or(""));
         if let Some(tickets) = tickets {

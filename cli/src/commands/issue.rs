@@ -174,6 +174,10 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
             clear_tickets,
             customers,
             clear_customers,
+            add_tickets,
+            remove_tickets,
+            add_customers,
+            remove_customers,
             output,
         } => {
             let list = |values: Vec<String>, clear: bool| {
@@ -190,6 +194,10 @@ pub async fn run(controller: &Controller, command: IssueCommand) -> anyhow::Resu
                         tickets: list(tickets, clear_tickets),
                         customers: list(customers, clear_customers),
                         expected_updated_at: None,
+                        add_tickets,
+                        remove_tickets,
+                        add_customers,
+                        remove_customers,
                     })
                     .await,
             )?;

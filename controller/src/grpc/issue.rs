@@ -4,7 +4,7 @@
 //! release, won't-fix and reopen. Each change is applied from the state or version it was
 //! decided from; one that lost a race with another writer is decided again from the store.
 
-use super::auth::actor_of;
+use super::auth::{actor_of, customer_of};
 use super::convert::{timestamp_from_proto, timestamp_to_proto};
 use super::status::{self, FieldErrors};
 use super::{load_release, resolve_milestone};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tollgate_domain::issue::{
     self, Issue, IssueEvent, IssueHistory, IssueStateName, KnownIssue, Match,
 };
-use tollgate_domain::{NodeId, ReleaseId};
+use tollgate_domain::{NodeId, ReleaseId, access};
 use tollgate_proto::v1::{self as proto, issue_service_server::IssueService};
 use tonic::{Request, Response, Status};
 
@@ -36,11 +36,11 @@ impl IssueApi {
 
     /// Issue `id`, or `NotFound`.
     async fn load(&self, id: i64) -> Result<Issue, Status> {
-        self.shared.store.issue(id).await?.ok_or_else(|| {
-            status::not_found(format!(
-                "issue #{id} (list them with `tollgate issue list`)"
-            ))
-        })
+        self.shared
+            .store
+            .issue(id)
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     /// Issue `id` with its history, as GetIssue and the changes answer it.
@@ -129,6 +129,86 @@ fn clean_list(errors: &mut FieldErrors, field: &str, values: &[String]) -> Vec<S
         }
     }
     clean
+}
+
+/// Element-by-element changes to one of an issue's lists (its tickets or customers): values
+/// to add where absent and values to remove where present, so that two people changing the
+/// list at once do not undo each other's change.
+#[derive(Clone, Debug, Default)]
+struct ListEdits {
+    add: Vec<String>,
+    remove: Vec<String>,
+}
+
+impl ListEdits {
+    /// The edits a request gives as `add` and `remove`, each cleaned like a whole list; refused
+    /// (naming the fields) beside the whole list `whole`, and for a value both added and removed.
+    fn clean(
+        errors: &mut FieldErrors,
+        whole: (&str, bool),
+        add: (&str, &[String]),
+        remove: (&str, &[String]),
+    ) -> Self {
+        let edits = Self {
+            add: clean_list(errors, add.0, add.1),
+            remove: clean_list(errors, remove.0, remove.1),
+        };
+        let (whole, whole_given) = whole;
+        if whole_given {
+            for (field, values) in [add, remove] {
+                if !values.is_empty() {
+                    errors.add(
+                        field,
+                        format!(
+                            "is given with {whole}, which replaces the whole list; give either \
+                             {whole} or the values to add and remove"
+                        ),
+                    );
+                }
+            }
+        }
+        for (idx, value) in remove.1.iter().enumerate() {
+            if edits.add.contains(&value.trim().to_owned()) {
+                errors.add(
+                    format!("{}[{idx}]", remove.0),
+                    format!(
+                        "'{}' is also in {}; give it in only one of them",
+                        value.trim(),
+                        add.0
+                    ),
+                );
+            }
+        }
+        edits
+    }
+
+    /// Whether there is nothing to change.
+    fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// `list` with the removed values taken out and the added ones it lacks appended, in the
+    /// order given.
+    fn apply(&self, list: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = list
+            .iter()
+            .filter(|value| !self.remove.contains(value))
+            .cloned()
+            .collect();
+        for value in &self.add {
+            if !out.contains(value) {
+                out.push(value.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The answer for an issue that does not exist, or that the caller may not see.
+fn not_found(id: i64) -> Status {
+    status::not_found(format!(
+        "issue #{id} (list them with `tollgate issue list`)"
+    ))
 }
 
 #[tonic::async_trait]
@@ -272,17 +352,25 @@ impl IssueService for IssueApi {
         &self,
         request: Request<proto::GetIssueRequest>,
     ) -> Result<Response<proto::Issue>, Status> {
+        let customer = customer_of(&request);
         let proto::GetIssueRequest { id } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         check_id(&mut errors, id);
         errors.finish(()).map_err(status::invalid_fields)?;
-        Ok(Response::new(self.answer(id).await?))
+        let issue = self.answer(id).await?;
+        // A customer learns nothing of another customer's issue, not even that it exists.
+        let customers: BTreeSet<String> = issue.customers.iter().cloned().collect();
+        if !access::sees_issue(customer.as_deref(), &customers) {
+            return Err(not_found(id));
+        }
+        Ok(Response::new(issue))
     }
 
     async fn list_issues(
         &self,
         request: Request<proto::ListIssuesRequest>,
     ) -> Result<Response<proto::ListIssuesResponse>, Status> {
+        let scope = customer_of(&request);
         let proto::ListIssuesRequest {
             state,
             release,
@@ -291,6 +379,18 @@ impl IssueService for IssueApi {
             page_size,
             page_token,
         } = status::bounded(request.into_inner())?;
+        // A customer token lists only the issues that matter to its customer; naming another
+        // customer is refused rather than answered empty, so a mistyped scope is not mistaken
+        // for "no issues".
+        if let Some(scope) = &scope
+            && !customer.trim().is_empty()
+            && customer.trim() != scope
+        {
+            return Err(Status::permission_denied(format!(
+                "this token sees only customer {scope}'s issues; leave the customer filter out \
+                 or set it to {scope}"
+            )));
+        }
         let mut errors = FieldErrors::new();
         if !state.is_empty() {
             errors.keyword::<IssueStateName>("state", &state);
@@ -306,7 +406,7 @@ impl IssueService for IssueApi {
         let filter = IssueFilter {
             state: optional_text(&state),
             release: optional_text(&release).map(ReleaseId::from),
-            customer: optional_text(&customer),
+            customer: scope.or_else(|| optional_text(&customer)),
             node: optional_text(&node).map(NodeId::from),
         };
         let after = page.after.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX));
@@ -339,6 +439,10 @@ impl IssueService for IssueApi {
             tickets,
             customers,
             expected_updated_at,
+            add_tickets,
+            remove_tickets,
+            add_customers,
+            remove_customers,
         } = status::bounded(request.into_inner())?;
         let mut errors = FieldErrors::new();
         check_id(&mut errors, id);
@@ -353,6 +457,18 @@ impl IssueService for IssueApi {
         }
         let tickets = tickets.map(|list| clean_list(&mut errors, "tickets", &list.values));
         let customers = customers.map(|list| clean_list(&mut errors, "customers", &list.values));
+        let ticket_edits = ListEdits::clean(
+            &mut errors,
+            ("tickets", tickets.is_some()),
+            ("add_tickets", &add_tickets),
+            ("remove_tickets", &remove_tickets),
+        );
+        let customer_edits = ListEdits::clean(
+            &mut errors,
+            ("customers", customers.is_some()),
+            ("add_customers", &add_customers),
+            ("remove_customers", &remove_customers),
+        );
         let expected = match expected_updated_at.map(|at| timestamp_from_proto(&at)) {
             Some(None) => {
                 errors.add("expected_updated_at", "is not a valid timestamp");
@@ -366,11 +482,13 @@ impl IssueService for IssueApi {
             && owner.is_none()
             && tickets.is_none()
             && customers.is_none()
+            && ticket_edits.is_empty()
+            && customer_edits.is_empty()
         {
             errors.add(
                 "title",
                 "nothing to change: give at least one of title, severity, owner, tickets, \
-                 customers",
+                 customers, add_tickets, remove_tickets, add_customers, remove_customers",
             );
         }
         errors.finish(()).map_err(status::invalid_fields)?;
@@ -393,10 +511,18 @@ impl IssueService for IssueApi {
                 owner: owner
                     .as_deref()
                     .map_or_else(|| before.owner.clone(), optional_text),
-                tickets: tickets.clone().unwrap_or_else(|| before.tickets.clone()),
-                customers: customers
+                tickets: tickets
                     .clone()
-                    .map_or_else(|| before.customers.clone(), |c| c.into_iter().collect()),
+                    .unwrap_or_else(|| ticket_edits.apply(&before.tickets)),
+                customers: customers.clone().map_or_else(
+                    || {
+                        customer_edits
+                            .apply(&before.customers.iter().cloned().collect::<Vec<_>>())
+                            .into_iter()
+                            .collect()
+                    },
+                    |c| c.into_iter().collect(),
+                ),
             };
             let changed = describe_changes(&before, &after);
             if changed.is_empty() {
