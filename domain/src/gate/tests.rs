@@ -1029,6 +1029,16 @@ fn a_significant_drop_in_pass_rate_fails_naming_both_rates_and_the_p_value() {
         "step1 pass rate regressed on sku=hgx-h100"
     );
     assert!(needs_baseline(&gate(NO_REGRESSION)));
+    // The regression is a failure signature like any other: the controller opens (or attaches
+    // to) an issue for it, on the nodes that failed.
+    let failures = crate::issue::failures_of(&decision);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].signature.kind, "no-regression");
+    assert_eq!(
+        failures[0].signature.text,
+        "step1 pass rate regressed on sku=hgx-h100"
+    );
+    assert_eq!(failures[0].nodes.len(), failing.len());
 }
 
 #[test]
