@@ -47,6 +47,18 @@ pub async fn tollgate(url: &str, args: &[&str]) -> std::process::Output {
         .expect("run tollgate")
 }
 
+/// Runs the `tollgate` CLI against the controller at `url`, asserts it succeeded (naming the
+/// command and what it printed on standard error otherwise) and returns its standard output.
+pub async fn tollgate_ok(url: &str, args: &[&str]) -> String {
+    let output = tollgate(url, args).await;
+    assert!(
+        output.status.success(),
+        "tollgate {args:?}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
 /// Runs the `tollgate` CLI against the TLS controller at `url`, trusting `ca_file`.
 pub async fn tollgate_tls(url: &str, ca_file: &Path, args: &[&str]) -> std::process::Output {
     Command::new(workspace_binary("tollgate"))

@@ -9,7 +9,7 @@
 use std::time::Duration;
 use tollgate_proto::v1;
 use tollgate_tests::http::{self, Jar};
-use tollgate_tests::process::{text, tollgate};
+use tollgate_tests::process::tollgate_ok;
 use tollgate_tests::{Agent, Backend, Clients, Controller, ControllerOptions, rollout, wait_for};
 
 tollgate_tests::on_both_backends!(a_node_reporting_other_firmware_after_a_rollout_is_flagged);
@@ -41,17 +41,6 @@ async fn wait_vbios(clients: &Clients, node: &str, vbios: &str) {
     .await;
 }
 
-/// Runs the CLI and returns its standard output, asserting it succeeded.
-async fn cli(url: &str, args: &[&str]) -> String {
-    let output = tollgate(url, args).await;
-    assert!(
-        output.status.success(),
-        "tollgate {args:?}: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
-
 async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Backend) {
     let mut options = ControllerOptions::new(backend);
     options.http = true;
@@ -69,9 +58,9 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
     assert!(done.drifted.is_empty(), "{done:?}");
 
     // Nothing drifted yet: both nodes run what the rollout brought them to.
-    let listed = cli(&url, &["node", "list"]).await;
+    let listed = tollgate_ok(&url, &["node", "list"]).await;
     assert!(!listed.contains("drift:"), "{listed}");
-    let shown = cli(&url, &["rollout", "show", &started.id]).await;
+    let shown = tollgate_ok(&url, &["rollout", "show", &started.id]).await;
     assert!(!shown.contains("drifted"), "{shown}");
 
     // prod-2 comes back with its old VBIOS.
@@ -82,16 +71,17 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
         .start_with_faults(&[&format!("vbios={OLD}")]);
     wait_vbios(&clients, "prod-2", OLD).await;
 
-    let shown = cli(&url, &["rollout", "show", &started.id]).await;
+    let shown = tollgate_ok(&url, &["rollout", "show", &started.id]).await;
     assert!(
         shown.contains("drifted since this rollout updated them (expected vs reported):")
             && shown.contains(&format!("    prod-2 vbios: {EXPECTED} vs {OLD}")),
         "{shown}"
     );
     assert!(!shown.contains("prod-1 vbios"), "{shown}");
-    let json: serde_json::Value =
-        serde_json::from_str(&cli(&url, &["rollout", "show", &started.id, "-o", "json"]).await)
-            .expect("rollout show -o json");
+    let json: serde_json::Value = serde_json::from_str(
+        &tollgate_ok(&url, &["rollout", "show", &started.id, "-o", "json"]).await,
+    )
+    .expect("rollout show -o json");
     assert_eq!(
         json["drifted"],
         serde_json::json!([{
@@ -104,7 +94,7 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
         "{json}"
     );
 
-    let listed = cli(&url, &["node", "list"]).await;
+    let listed = tollgate_ok(&url, &["node", "list"]).await;
     let line = format!(
         "prod-2 drift: rollout {} expects vbios {EXPECTED}, reports {OLD}",
         started.id
@@ -113,7 +103,7 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
     assert!(!listed.contains("prod-1 drift"), "{listed}");
 
     // Which nodes run which versions, by selector.
-    let components = cli(&url, &["node", "list", "--components", "-l", "role=prod"]).await;
+    let components = tollgate_ok(&url, &["node", "list", "--components", "-l", "role=prod"]).await;
     assert!(
         components.contains("NAME") && components.contains("VBIOS"),
         "{components}"
@@ -127,7 +117,7 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
         "the selector leaves lab-1 out: {components}"
     );
     let json: serde_json::Value = serde_json::from_str(
-        &cli(
+        &tollgate_ok(
             &url,
             &[
                 "node",
@@ -183,9 +173,9 @@ async fn a_node_reporting_other_firmware_after_a_rollout_is_flagged(backend: Bac
     // Back on the expected VBIOS: no longer flagged.
     let prod_2 = prod_2.shut_down().await.start_repaired();
     wait_vbios(&clients, "prod-2", EXPECTED).await;
-    let shown = cli(&url, &["rollout", "show", &started.id]).await;
+    let shown = tollgate_ok(&url, &["rollout", "show", &started.id]).await;
     assert!(!shown.contains("drifted"), "{shown}");
-    let listed = cli(&url, &["node", "list"]).await;
+    let listed = tollgate_ok(&url, &["node", "list"]).await;
     assert!(!listed.contains("drift:"), "{listed}");
     let fleet = http::get(addr, "/fleet", &anonymous).await;
     assert!(!fleet.body.contains(">drifted<"), "{}", fleet.body);

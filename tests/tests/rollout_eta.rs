@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 use tollgate_proto::v1;
-use tollgate_tests::process::{text, tollgate};
+use tollgate_tests::process::tollgate_ok;
 use tollgate_tests::{Agent, Backend, Clients, Controller, ControllerOptions, rollout, wait_for};
 
 tollgate_tests::on_both_backends!(a_running_rollout_estimates_its_end_and_an_ended_one_does_not);
@@ -22,17 +22,6 @@ steps:
     command: [sleep, "2"]
     timeout: 1m
 "#;
-
-/// Runs the CLI and returns its standard output, asserting it succeeded.
-async fn cli(url: &str, args: &[&str]) -> String {
-    let output = tollgate(url, args).await;
-    assert!(
-        output.status.success(),
-        "tollgate {args:?}: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
 
 async fn get(clients: &mut Clients, id: &str) -> v1::Rollout {
     clients
@@ -83,7 +72,7 @@ async fn a_running_rollout_estimates_its_end_and_an_ended_one_does_not(backend: 
     assert_eq!(running.eta_per_node_seconds, 90.0, "{running:?}");
     assert_eq!(running.eta_nodes_left, 3, "{running:?}");
     assert!(eta.seconds >= since + 90, "{eta:?} vs since {since}");
-    let shown = cli(&url, &["rollout", "show", &started.id]).await;
+    let shown = tollgate_ok(&url, &["rollout", "show", &started.id]).await;
     assert!(
         shown.contains("  ends:    20") && shown.contains("(3 node(s) left, 90 s each)"),
         "{shown}"
@@ -131,11 +120,12 @@ async fn a_running_rollout_estimates_its_end_and_an_ended_one_does_not(backend: 
 
     let done = rollout::wait_phase(&clients, &started.id, "completed").await;
     assert!(done.eta.is_none(), "{done:?}");
-    let shown = cli(&url, &["rollout", "show", &started.id]).await;
+    let shown = tollgate_ok(&url, &["rollout", "show", &started.id]).await;
     assert!(shown.contains("  ends:    -\n"), "{shown}");
-    let json: serde_json::Value =
-        serde_json::from_str(&cli(&url, &["rollout", "show", &started.id, "-o", "json"]).await)
-            .expect("rollout show -o json");
+    let json: serde_json::Value = serde_json::from_str(
+        &tollgate_ok(&url, &["rollout", "show", &started.id, "-o", "json"]).await,
+    )
+    .expect("rollout show -o json");
     assert_eq!(json["eta"], serde_json::Value::Null, "{json}");
     controller.stop().await;
 }

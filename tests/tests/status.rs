@@ -9,23 +9,12 @@
 //! is set).
 
 use tollgate_proto::v1;
-use tollgate_tests::process::{text, tollgate, workspace_binary};
+use tollgate_tests::process::{text, tollgate, tollgate_ok, workspace_binary};
 use tollgate_tests::{Backend, Controller, ControllerOptions, qualify_with_one_hot_node};
 
 tollgate_tests::on_both_backends!(the_status_report_says_what_passed_blocks_and_risks);
 
 const HOSTILE: &str = "<script>alert(1)</script>";
-
-/// Runs the CLI and asserts it succeeded; its standard output.
-async fn ok(url: &str, args: &[&str]) -> String {
-    let output = tollgate(url, args).await;
-    assert!(
-        output.status.success(),
-        "tollgate {args:?}: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
 
 /// Runs the CLI with the API token `secret`.
 async fn as_token(url: &str, secret: &str, args: &[&str]) -> std::process::Output {
@@ -45,12 +34,12 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     let url = controller.url.clone();
     let (agents, mut clients) = qualify_with_one_hot_node(&controller, 0.2).await;
 
-    ok(
+    tollgate_ok(
         &url,
         &["release", "customers", "r550", "--customer", "acme"],
     )
     .await;
-    ok(
+    tollgate_ok(
         &url,
         &[
             "release",
@@ -64,15 +53,15 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     )
     .await;
     clients.create_release("r560").await;
-    ok(
+    tollgate_ok(
         &url,
         &["release", "customers", "r560", "--customer", "globex"],
     )
     .await;
-    ok(&url, &["halt", "--release", "r560", "--reason", HOSTILE]).await;
+    tollgate_ok(&url, &["halt", "--release", "r560", "--reason", HOSTILE]).await;
 
     // Notes: a decision, an action item already overdue; a bad note names every bad field.
-    let added = ok(
+    let added = tollgate_ok(
         &url,
         &[
             "note",
@@ -84,7 +73,7 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     )
     .await;
     assert!(added.contains("wait for the <b>BMC</b> fix"), "{added}");
-    ok(
+    tollgate_ok(
         &url,
         &[
             "note",
@@ -114,13 +103,13 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     }
     let refused = tollgate(&url, &["note", "add", "--release", "nope", "x"]).await;
     assert_eq!(refused.status.code(), Some(4), "{}", text(&refused.stderr));
-    let listed = ok(&url, &["note", "list", "--release", "r550"]).await;
+    let listed = tollgate_ok(&url, &["note", "list", "--release", "r550"]).await;
     assert_eq!(
         listed.lines().count(),
         3,
         "a header and two notes: {listed}"
     );
-    let actions = ok(&url, &["note", "list", "--actions", "-o", "json"]).await;
+    let actions = tollgate_ok(&url, &["note", "list", "--actions", "-o", "json"]).await;
     let actions: serde_json::Value = serde_json::from_str(&actions).expect("JSON");
     assert_eq!(actions[0]["action_owner"], "carol");
     assert_eq!(actions[0]["due"], "2020-01-02");
@@ -128,7 +117,7 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
 
     // The report, per customer: what blocks r550, its open issue, its milestone at risk; r560
     // halted, its hostile reason inert; the minutes with the overdue action item.
-    let report = ok(&url, &["status", "--minutes"]).await;
+    let report = tollgate_ok(&url, &["status", "--minutes"]).await;
     let acme = report.find("## Customer acme").expect("acme's group");
     let globex = report.find("## Customer globex").expect("globex's group");
     assert!(acme < globex, "{report}");
@@ -163,11 +152,11 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     // ones; closing it again, closing a note that is no action item, or an unknown note, is
     // refused saying which note.
     let action_id = actions[0]["id"].as_i64().expect("a number").to_string();
-    let every = ok(&url, &["note", "list", "--release", "r550", "-o", "json"]).await;
+    let every = tollgate_ok(&url, &["note", "list", "--release", "r550", "-o", "json"]).await;
     let every: serde_json::Value = serde_json::from_str(&every).expect("JSON");
     let decision_id = every[0]["id"].as_i64().expect("a number");
     assert_eq!(every[0]["state"], serde_json::Value::Null, "{every:#}");
-    let another = ok(
+    let another = tollgate_ok(
         &url,
         &[
             "note",
@@ -186,7 +175,7 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     .await;
     let another: serde_json::Value = serde_json::from_str(&another).expect("JSON");
     assert_eq!(another["state"], "overdue", "{another:#}");
-    let done = ok(
+    let done = tollgate_ok(
         &url,
         &[
             "note",
@@ -225,7 +214,7 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     let unknown = tollgate(&url, &["note", "done", "999999"]).await;
     assert_eq!(unknown.status.code(), Some(4), "{}", text(&unknown.stderr));
     assert!(text(&unknown.stderr).contains("note 999999 not found"));
-    let listed = ok(&url, &["note", "list", "--actions"]).await;
+    let listed = tollgate_ok(&url, &["note", "list", "--actions"]).await;
     let states: Vec<(&str, &str)> = listed
         .lines()
         .skip(1)
@@ -239,12 +228,12 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
         "{listed}"
     );
     assert_eq!(states[1].0, "OVERDUE", "{listed}");
-    let audit = ok(&url, &["audit", "list", "--release", "r550", "-o", "json"]).await;
+    let audit = tollgate_ok(&url, &["audit", "list", "--release", "r550", "-o", "json"]).await;
     assert!(
         audit.contains("note.done") && audit.contains(&format!("note/{action_id}")),
         "{audit}"
     );
-    let minutes = ok(&url, &["status", "--minutes"]).await;
+    let minutes = tollgate_ok(&url, &["status", "--minutes"]).await;
     let (open, finished) = minutes
         .split_once("### Action items done since")
         .expect("a done section");
@@ -262,13 +251,13 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
 
     // Scoped to acme, whose nodes (none labelled `customer=acme`) saw nothing: r550's gate is
     // evaluated over them alone, and the issue seen on lab-3 is not acme's.
-    let acme = ok(&url, &["status", "--customer", "acme"]).await;
+    let acme = tollgate_ok(&url, &["status", "--customer", "acme"]).await;
     assert!(acme.contains("### [r550](/releases/r550)"), "{acme}");
     assert!(!acme.contains("r560"), "{acme}");
     assert!(!acme.contains("lab-3"), "{acme}");
     assert!(!acme.contains("issue #"), "{acme}");
     assert!(acme.contains("missing evidence"), "{acme}");
-    let page = ok(&url, &["status", "--format", "html"]).await;
+    let page = tollgate_ok(&url, &["status", "--format", "html"]).await;
     assert!(page.starts_with("<!doctype html>"), "{page}");
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
@@ -296,8 +285,8 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
         .await
         .expect("waive")
         .into_inner();
-    ok(&url, &["promote", "--release", "r550"]).await;
-    let report = ok(&url, &["status", "--since", "1d"]).await;
+    tollgate_ok(&url, &["promote", "--release", "r550"]).await;
+    let report = tollgate_ok(&url, &["status", "--since", "1d"]).await;
     assert!(
         report.contains("promoted lab-qual → customer-acceptance (by anonymous)"),
         "{report}"
@@ -319,7 +308,7 @@ async fn the_status_report_says_what_passed_blocks_and_risks(backend: Backend) {
     );
 
     // Scoped to a customer: only its releases.
-    let scoped = ok(&url, &["status", "--customer", "globex"]).await;
+    let scoped = tollgate_ok(&url, &["status", "--customer", "globex"]).await;
     assert!(scoped.contains("## Customer globex"), "{scoped}");
     assert!(scoped.contains("r560"), "{scoped}");
     assert!(!scoped.contains("r550"), "{scoped}");
