@@ -8,8 +8,10 @@
 //! person skips the wave. With `maintenance-windows` a node starts only inside a window, and
 //! its procedure job runs there. Pause, resume and abort are audited with their reasons. A
 //! `kill -9` of the controller mid-wave: the rollout goes on after the restart, no node started
-//! twice. A release without a passed `production` gate is refused, naming the verdict. Every
-//! test runs on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set).
+//! twice; two replicas on one PostgreSQL store, each killed in turn mid-rollout: it completes
+//! the same. A release without a passed `production` gate is refused, naming the verdict. Every
+//! test runs on SQLite and on PostgreSQL (the latter when `TOLLGATE_TEST_DATABASE_URL` is set),
+//! but the replicas' (PostgreSQL only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -1237,5 +1239,95 @@ steps:
     );
     for agent in agents {
         agent.stop().await;
+    }
+}
+
+/// Two controller replicas on one PostgreSQL store, each killed with `kill -9` in turn while
+/// a rollout runs (so the one leading it dies at least once and the other takes the lead):
+/// the rollout completes, every node passed, none started twice, and the blast radius held
+/// over the whole run, from the audit log. PostgreSQL only: SQLite serves one controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_completes_across_replica_failovers() {
+    let Some(base) = testing::postgres_url_or_skip() else {
+        return;
+    };
+    let database_url = testing::fresh_postgres_url(&base)
+        .await
+        .expect("fresh postgres schema");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One data directory: the replicas share the report signing key. A lease grace longer
+    // than the agents' reconnect backoff plus a restart.
+    let data_dir = dir.path().join("controller");
+    let mut replicas = Vec::new();
+    for idx in 0..2 {
+        replicas.push(
+            ControllerProcess::start_with(
+                &database_url,
+                &data_dir,
+                &dir.path().join(format!("replica-{idx}.log")),
+                Duration::from_secs(12),
+                Duration::from_secs(1),
+            )
+            .await,
+        );
+    }
+    let urls = format!("{},{}", replicas[0].url, replicas[1].url);
+    let agents = fleet_with(&urls, 6, None);
+    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    clients.wait_ready_nodes(6).await;
+    prepare(&mut clients, true).await;
+    let slow = flash_plan("flash-slow").replace("sleep 0.5", "sleep 1.5");
+    clients.apply_plan(&slow).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&two_waves("flash-slow")))
+        .await
+        .expect("start rollout")
+        .into_inner();
+
+    let mut kills = 0;
+    let mut victim = 0;
+    let done = loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let alive = 1 - victim;
+        let mut clients = Clients::new(replicas[alive].channel().await.expect("connect"));
+        let now = clients
+            .rollouts
+            .get_rollout(v1::GetRolloutRequest {
+                id: started.id.clone(),
+            })
+            .await
+            .expect("get the rollout")
+            .into_inner();
+        if now.phase == "completed" {
+            break now;
+        }
+        assert!(
+            !matches!(now.phase.as_str(), "halted" | "aborted" | "rolled-back"),
+            "the rollout stopped: {now:?}"
+        );
+        assert!(kills < 30, "the rollout did not end after {kills} kills");
+        replicas[victim].kill_9().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        replicas[victim].restart().await;
+        kills += 1;
+        println!("kill -9 of replica {victim} (number {kills}); serving again");
+        victim = 1 - victim;
+    };
+    assert!(
+        kills >= 2,
+        "both replicas must have been killed mid-rollout"
+    );
+    for node in done.waves.iter().flat_map(|wave| &wave.nodes) {
+        assert_eq!(node.progress, "passed", "{node:?}");
+    }
+    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    let finished = assert_blast_radius(&mut clients, &done).await;
+    assert_eq!(finished.len(), 6);
+    for agent in agents {
+        agent.stop().await;
+    }
+    for replica in &mut replicas {
+        replica.stop().await;
     }
 }
