@@ -633,11 +633,17 @@ pub enum RolloutCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Lists rollouts, newest first.
+    /// Lists rollouts, newest first, one line each (`rollout show` has every node).
     List {
         /// Only rollouts that have not ended.
         #[arg(long)]
         active: bool,
+        /// Only the rollouts of this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only the rollouts whose waves hold this node.
+        #[arg(long)]
+        node: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

@@ -55,6 +55,7 @@ enum Call {
     ResumeRollout(v1::RolloutActionRequest),
     AbortRollout(v1::AbortRolloutRequest),
     SkipWave(v1::RolloutActionRequest),
+    ListRollouts(v1::ListRolloutsRequest),
     Register(v1::RegisterRequest),
     ReportResult(Box<v1::StepResult>),
     Enroll(v1::EnrollRequest),
@@ -124,6 +125,7 @@ async fn send(clients: &mut Clients, agent: &mut Agent, call: Call) -> Result<()
         Call::StartRollout(r) => clients.rollouts.start_rollout(r).await.map(drop),
         Call::GetRollout(r) => clients.rollouts.get_rollout(r).await.map(drop),
         Call::WatchRollout(r) => clients.rollouts.watch_rollout(r).await.map(drop),
+        Call::ListRollouts(r) => clients.rollouts.list_rollouts(r).await.map(drop),
         Call::PauseRollout(r) => clients.rollouts.pause_rollout(r).await.map(drop),
         Call::ResumeRollout(r) => clients.rollouts.resume_rollout(r).await.map(drop),
         Call::AbortRollout(r) => clients.rollouts.abort_rollout(r).await.map(drop),
@@ -690,6 +692,23 @@ fn cases() -> Vec<(&'static str, Call)> {
                 id: id.clone(),
                 reason: "bad canary".into(),
                 rollback: true,
+            }),
+        ));
+    }
+    // An empty filter means any; an oversized or NUL one is refused.
+    for name in [over_name(), NUL.to_owned()] {
+        cases.push((
+            "release",
+            Call::ListRollouts(v1::ListRolloutsRequest {
+                release: name.clone(),
+                ..Default::default()
+            }),
+        ));
+        cases.push((
+            "node",
+            Call::ListRollouts(v1::ListRolloutsRequest {
+                node: name.clone(),
+                ..Default::default()
             }),
         ));
     }

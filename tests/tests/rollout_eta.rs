@@ -1,7 +1,8 @@
 //! End to end: a rollout says when it should end. While nodes are in procedure, `GetRollout`
 //! carries an estimate in the future with the nodes it still counts (each assumed to take the
 //! procedure plan's step timeouts until one was measured, then the median measured); a paused
-//! rollout and an ended one carry none; `rollout show` prints it. Runs the real CLI binary
+//! rollout and an ended one carry none; `rollout show` prints it. `ListRollouts` (and
+//! `rollout list`) answers it summarized, filtered by release and node. Runs the real CLI binary
 //! (`cargo build --workspace --bins` first), on SQLite and on PostgreSQL (the latter when
 //! `TOLLGATE_TEST_DATABASE_URL` is set).
 
@@ -127,5 +128,53 @@ async fn a_running_rollout_estimates_its_end_and_an_ended_one_does_not(backend: 
     )
     .expect("rollout show -o json");
     assert_eq!(json["eta"], serde_json::Value::Null, "{json}");
+
+    // The list answers each rollout summarized (however large the fleet): no node list, no
+    // file; the waves planned and the nodes at each progress. Filtered by release and node.
+    let list = |release: &str, node: &str| {
+        let mut clients = clients.clone();
+        let request = v1::ListRolloutsRequest {
+            active_only: false,
+            release: release.into(),
+            node: node.into(),
+        };
+        async move {
+            clients
+                .rollouts
+                .list_rollouts(request)
+                .await
+                .expect("list rollouts")
+                .into_inner()
+                .rollouts
+        }
+    };
+    let listed = list("", "").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let summary = &listed[0];
+    assert_eq!(summary.id, started.id);
+    assert!(
+        summary.waves.is_empty() && summary.file.is_empty(),
+        "{summary:?}"
+    );
+    assert_eq!(summary.n_waves, 2);
+    assert_eq!(
+        summary
+            .progress_counts
+            .iter()
+            .map(|count| (count.progress.as_str(), count.nodes))
+            .collect::<Vec<_>>(),
+        vec![("passed", 3)]
+    );
+    assert_eq!(done.n_waves, 2, "GetRollout says the same");
+    assert_eq!(list("r1", "prod-2").await.len(), 1);
+    assert!(list("", "lab-1").await.is_empty(), "lab-1 was in no wave");
+    assert!(list("r2", "").await.is_empty());
+    let listed = tollgate_ok(&url, &["rollout", "list", "--node", "prod-3"]).await;
+    assert!(
+        listed.contains(&started.id) && listed.contains("2/2") && listed.contains("passed 3"),
+        "{listed}"
+    );
+    let listed = tollgate_ok(&url, &["rollout", "list", "--release", "r2"]).await;
+    assert!(!listed.contains(&started.id), "{listed}");
     controller.stop().await;
 }

@@ -452,7 +452,7 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
     );
     let listed = clients
         .rollouts
-        .list_rollouts(v1::ListRolloutsRequest { active_only: false })
+        .list_rollouts(v1::ListRolloutsRequest::default())
         .await
         .expect("list")
         .into_inner();

@@ -227,7 +227,7 @@ bounded_texts! {
     ReopenIssueRequest { reason: REASON; id }
     StartRolloutRequest { release: NAME, fleet: REASON, file: SPEC_SOURCE, file_name: PATH }
     GetRolloutRequest { id: NAME }
-    ListRolloutsRequest { ; active_only }
+    ListRolloutsRequest { release: NAME, node: NAME; active_only }
     RolloutActionRequest { id: NAME, reason: REASON }
     AbortRolloutRequest { id: NAME, reason: REASON; rollback }
     ImportIssuesRequest { document: SPEC_SOURCE, file_name: PATH, format: NAME }

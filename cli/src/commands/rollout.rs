@@ -34,11 +34,18 @@ pub async fn run(controller: &Controller, command: RolloutCommand) -> anyhow::Re
             answer(client.get_rollout(pb::GetRolloutRequest { id }).await)?,
             output.output,
         ),
-        RolloutCommand::List { active, output } => {
+        RolloutCommand::List {
+            active,
+            release,
+            node,
+            output,
+        } => {
             let listed = answer(
                 client
                     .list_rollouts(pb::ListRolloutsRequest {
                         active_only: active,
+                        release: release.unwrap_or_default(),
+                        node: node.unwrap_or_default(),
                     })
                     .await,
             )?;
@@ -170,6 +177,12 @@ pub fn rollout_json(rollout: &pb::Rollout) -> serde_json::Value {
         "digest": rollout.digest,
         "phase": rollout.phase,
         "wave": rollout.wave,
+        "n_waves": rollout.n_waves,
+        "progress_counts": rollout
+            .progress_counts
+            .iter()
+            .map(|count| (count.progress.clone(), count.nodes))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "since": time(&rollout.since),
         "paused_from": rollout.paused_from,
         "halt": rollout.halt.as_ref().map(|halt| serde_json::json!({
@@ -207,13 +220,10 @@ pub fn rollout_json(rollout: &pb::Rollout) -> serde_json::Value {
 
 /// How many nodes of the rollout have each progress, as `passed 5, waiting 15`.
 fn progress_counts(rollout: &pb::Rollout) -> String {
-    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for node in rollout.waves.iter().flat_map(|wave| &wave.nodes) {
-        *counts.entry(node.progress.as_str()).or_default() += 1;
-    }
-    counts
+    rollout
+        .progress_counts
         .iter()
-        .map(|(progress, n)| format!("{progress} {n}"))
+        .map(|count| format!("{} {}", count.progress, count.nodes))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -230,7 +240,7 @@ pub fn format_progress_line(rollout: &pb::Rollout) -> String {
         rollout.id,
         rollout.phase,
         rollout.wave + 1,
-        rollout.waves.len(),
+        rollout.n_waves,
         progress_counts(rollout)
     )
 }
@@ -270,7 +280,7 @@ pub fn format_rollout(rollout: &pb::Rollout) -> String {
         "  phase:   {}{paused}, wave {} of {}, since {}",
         rollout.phase,
         rollout.wave + 1,
-        rollout.waves.len(),
+        rollout.n_waves,
         format_time(rollout.since.as_ref())
     );
     let _ = writeln!(out, "  nodes:   {}", progress_counts(rollout));
@@ -345,7 +355,7 @@ fn format_list(rollouts: &[pb::Rollout]) -> String {
             rollout.name.clone(),
             rollout.release.clone(),
             rollout.phase.clone(),
-            format!("{}/{}", rollout.wave + 1, rollout.waves.len()),
+            format!("{}/{}", rollout.wave + 1, rollout.n_waves),
             progress_counts(rollout),
         ]);
     }

@@ -9,14 +9,17 @@ use super::{load_release, new_id};
 use crate::rollouts::{self, Loaded, RolloutError};
 use crate::shared::Shared;
 use crate::store::{AuditNote, RolloutRecord};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::gate::{RuleKind, Verdict};
-use tollgate_domain::rollout::{RolloutEvent, RolloutState, parse_rollout, plan_waves};
-use tollgate_domain::{ReleaseId, RolloutId};
+use tollgate_domain::rollout::{
+    NodeProgress, RolloutEvent, RolloutState, parse_rollout, plan_waves,
+};
+use tollgate_domain::{NodeId, ReleaseId, RolloutId};
 use tollgate_proto::v1::{self as proto, rollout_service_server::RolloutService};
 use tollgate_wire::time::timestamp_to_proto;
 use tonic::{Request, Response, Status};
@@ -50,11 +53,16 @@ impl From<RolloutError> for Status {
     }
 }
 
-/// A rollout as answered.
+/// A rollout as answered whole: its waves with every node, and its file.
 pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
     let record = &loaded.record;
-    let state = &record.state;
     let wave_u32 = |wave: usize| u32::try_from(wave).unwrap_or(u32::MAX);
+    let mut counts: BTreeMap<NodeProgress, usize> = BTreeMap::new();
+    for name in record.waves.waves.iter().flat_map(|wave| &wave.nodes) {
+        *counts
+            .entry(loaded.progress.get(name).copied().unwrap_or_default())
+            .or_default() += 1;
+    }
     let waves = record
         .waves
         .waves
@@ -90,6 +98,21 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
         })
         .collect();
     proto::Rollout {
+        waves,
+        file: record.file.clone(),
+        ..rollout_summary(record, &counts)
+    }
+}
+
+/// A rollout as `ListRollouts` answers it: without its waves' nodes and its file; with how
+/// many nodes are at each progress (`counts`).
+pub fn rollout_summary(
+    record: &RolloutRecord,
+    counts: &BTreeMap<NodeProgress, usize>,
+) -> proto::Rollout {
+    let state = &record.state;
+    let wave_u32 = |wave: usize| u32::try_from(wave).unwrap_or(u32::MAX);
+    proto::Rollout {
         id: record.id.to_string(),
         name: record.spec.name.clone(),
         release: record.release.to_string(),
@@ -115,7 +138,7 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
                 .collect(),
             at: Some(timestamp_to_proto(halt.at)),
         }),
-        waves,
+        waves: Vec::new(),
         skipped: state
             .skipped
             .iter()
@@ -128,12 +151,20 @@ pub fn rollout_to_proto(loaded: &Loaded) -> proto::Rollout {
         created_by: record.created_by.clone(),
         created_at: Some(timestamp_to_proto(record.created_at)),
         updated_at: Some(timestamp_to_proto(record.updated_at)),
-        file: record.file.clone(),
+        file: String::new(),
         // GetRollout and WatchRollout add them (`detailed`).
         drifted: Vec::new(),
         eta: None,
         eta_per_node_seconds: 0.0,
         eta_nodes_left: 0,
+        n_waves: wave_u32(record.waves.waves.len()),
+        progress_counts: counts
+            .iter()
+            .map(|(progress, n)| proto::RolloutProgressCount {
+                progress: progress.as_str().to_owned(),
+                nodes: u32::try_from(*n).unwrap_or(u32::MAX),
+            })
+            .collect(),
     }
 }
 
@@ -367,29 +398,34 @@ impl RolloutService for RolloutApi {
         request: Request<proto::ListRolloutsRequest>,
     ) -> Result<Response<proto::ListRolloutsResponse>, Status> {
         let customer = super::auth::customer_of(&request);
-        let proto::ListRolloutsRequest { active_only } =
-            super::convert::bounded(request.into_inner())?;
-        let mut records = self.shared.store.rollouts(active_only, 1000).await?;
+        let proto::ListRolloutsRequest {
+            active_only,
+            release,
+            node,
+        } = super::convert::bounded(request.into_inner())?;
+        let release = (!release.is_empty()).then(|| ReleaseId::from(release));
+        let node = (!node.is_empty()).then(|| NodeId::from(node));
+        let mut summaries = self
+            .shared
+            .store
+            .rollout_summaries(active_only, release.as_ref(), node.as_ref(), 1000)
+            .await?;
         if let Some(customer) = &customer {
-            let releases: Vec<ReleaseId> = records
+            let releases: Vec<ReleaseId> = summaries
                 .iter()
-                .map(|record| record.release.clone())
+                .map(|(record, _)| record.release.clone())
                 .collect();
             let customers = self.shared.store.release_customers_of(&releases).await?;
-            records.retain(|record| {
+            summaries.retain(|(record, _)| {
                 customers
                     .get(&record.release)
                     .is_some_and(|of| of.contains(customer))
             });
         }
-        let mut rollouts = Vec::new();
-        for record in records {
-            match rollouts::load(&self.shared, &record.id).await {
-                Ok(loaded) => rollouts.push(rollout_to_proto(&loaded)),
-                Err(RolloutError::NotFound(_)) => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let rollouts = summaries
+            .iter()
+            .map(|(record, counts)| rollout_summary(record, counts))
+            .collect();
         Ok(Response::new(proto::ListRolloutsResponse { rollouts }))
     }
 

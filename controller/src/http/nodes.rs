@@ -357,17 +357,7 @@ pub async fn show(
     let history = history(&caller, &node.name, n_gpus, window).await?;
     let steps = step_series(&caller, &rows).await?;
     let rollouts: Vec<pb::Rollout> = if caller.may(super::rollouts::LIST_ROLLOUTS) {
-        super::rollouts::all(&caller)
-            .await?
-            .into_iter()
-            .filter(|rollout| {
-                rollout
-                    .waves
-                    .iter()
-                    .flat_map(|wave| &wave.nodes)
-                    .any(|member| member.node == node.name)
-            })
-            .collect()
+        super::rollouts::all(&caller, None, Some(&node.name)).await?
     } else {
         Vec::new()
     };

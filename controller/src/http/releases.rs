@@ -213,11 +213,7 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         )
         .await?;
     let rollouts: Vec<pb::Rollout> = if caller.may(super::rollouts::LIST_ROLLOUTS) {
-        super::rollouts::all(&caller)
-            .await?
-            .into_iter()
-            .filter(|rollout| rollout.release == release.name)
-            .collect()
+        super::rollouts::all(&caller, Some(&release.name), None).await?
     } else {
         Vec::new()
     };

@@ -22,13 +22,22 @@ pub const GET_ROLLOUT: &str = "/tollgate.v1.RolloutService/GetRollout";
 /// The rollout's entries in one page of the audit log (its release's, since it was created).
 const AUDIT_PAGE: u32 = 1000;
 
-/// Every rollout the caller may see, newest first (`ListRollouts`).
-pub async fn all(caller: &Caller) -> Result<Vec<pb::Rollout>, PageError> {
+/// Every rollout the caller may see, newest first (`ListRollouts`, summarized): of `release`
+/// only, and holding `node` only, when given.
+pub async fn all(
+    caller: &Caller,
+    release: Option<&str>,
+    node: Option<&str>,
+) -> Result<Vec<pb::Rollout>, PageError> {
     let api = crate::grpc::rollout::RolloutApi::new(caller.shared.clone());
     Ok(caller
         .rpc(
             LIST_ROLLOUTS,
-            pb::ListRolloutsRequest { active_only: false },
+            pb::ListRolloutsRequest {
+                active_only: false,
+                release: release.unwrap_or_default().to_owned(),
+                node: node.unwrap_or_default().to_owned(),
+            },
             |request| api.list_rollouts(request),
         )
         .await?
@@ -37,7 +46,7 @@ pub async fn all(caller: &Caller) -> Result<Vec<pb::Rollout>, PageError> {
 
 /// `/rollouts`: every rollout, newest first.
 pub async fn list(caller: Caller) -> Result<Response, PageError> {
-    let rollouts = all(&caller).await?;
+    let rollouts = all(&caller, None, None).await?;
     let body = html! {
         h1 { "Rollouts" }
         @if rollouts.is_empty() {
@@ -88,18 +97,23 @@ fn phase_badge(rollout: &pb::Rollout) -> Markup {
 
 /// `wave 2 of 3`.
 fn wave_words(rollout: &pb::Rollout) -> String {
-    if rollout.waves.is_empty() {
+    if rollout.n_waves == 0 {
         return "no wave".to_owned();
     }
-    format!("wave {} of {}", rollout.wave + 1, rollout.waves.len())
+    format!("wave {} of {}", rollout.wave + 1, rollout.n_waves)
 }
 
 /// `7 / 12`: the nodes whose procedure passed, of all.
 fn nodes_done(rollout: &pb::Rollout) -> String {
-    let nodes = rollout.waves.iter().flat_map(|wave| &wave.nodes);
-    let n_nodes = nodes.clone().count();
-    let n_done = nodes.filter(|node| node.progress == "passed").count();
-    format!("{n_done} / {n_nodes}")
+    let count = |wanted: Option<&str>| -> u32 {
+        rollout
+            .progress_counts
+            .iter()
+            .filter(|count| wanted.is_none_or(|wanted| count.progress == wanted))
+            .map(|count| count.nodes)
+            .sum()
+    };
+    format!("{} / {}", count(Some("passed")), count(None))
 }
 
 /// `rule no-xid failed on prod-2: 1 event(s) ...`.

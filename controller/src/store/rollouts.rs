@@ -6,6 +6,7 @@
 
 use super::connect::Begin;
 use super::{AuditNote, JobRecord, Pool, RunRecord, Store, StoreError, micros, rows, to_json};
+use std::collections::{BTreeMap, HashMap};
 use strum::IntoEnumIterator as _;
 use tollgate_domain::rollout::{
     NodeProgress, Phase, RolloutChange, RolloutSpec, RolloutState, WavePlan,
@@ -203,6 +204,68 @@ impl Store {
                 .map(rows::procedure_times)
                 .collect::<Result<Vec<_>, _>>()
         })
+    }
+
+    /// The rollouts of `release` (every release when `None`) whose waves hold `node` (any
+    /// when `None`), newest first, at most `limit`; with `active_only`, those not ended. Each
+    /// with how many of its nodes are at each progress.
+    pub async fn rollout_summaries(
+        &self,
+        active_only: bool,
+        release: Option<&ReleaseId>,
+        node: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<(RolloutRecord, BTreeMap<NodeProgress, usize>)>, StoreError> {
+        const SQL: &str = rollout_query!(
+            " WHERE ($1 = '' OR release = $1)
+                AND ($2 = '' OR id IN (SELECT rollout_id FROM rollout_nodes WHERE node = $2))
+              ORDER BY created_at DESC, seq DESC"
+        );
+        const COUNTS: &str = "SELECT rollout_id, progress, COUNT(*) AS n FROM rollout_nodes
+             WHERE ($1 = '' OR rollout_id IN (SELECT id FROM rollouts WHERE release = $1))
+               AND ($2 = '' OR rollout_id IN (SELECT rollout_id FROM rollout_nodes WHERE node = $2))
+             GROUP BY rollout_id, progress";
+        let release = release.map_or("", ReleaseId::as_str);
+        let node = node.map_or("", NodeId::as_str);
+        let (records, counts) = with_pool!(self, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let records = sqlx::query(SQL)
+                .bind(release)
+                .bind(node)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::rollout)
+                .collect::<Result<Vec<_>, _>>()?;
+            let counts = sqlx::query(COUNTS)
+                .bind(release)
+                .bind(node)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::rollout_progress_count)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok::<_, StoreError>((records, counts))
+        })?;
+        let mut by_rollout: HashMap<RolloutId, BTreeMap<NodeProgress, usize>> = HashMap::new();
+        for (rollout, progress, n) in counts {
+            *by_rollout
+                .entry(rollout)
+                .or_default()
+                .entry(progress)
+                .or_default() += n;
+        }
+        // Whether a phase has ended is the domain's to say, not a list of names in SQL.
+        Ok(records
+            .into_iter()
+            .filter(|rollout| !active_only || !rollout.state.phase.is_terminal())
+            .take(limit)
+            .map(|rollout| {
+                let counts = by_rollout.remove(&rollout.id).unwrap_or_default();
+                (rollout, counts)
+            })
+            .collect())
     }
 
     /// Every rollout, newest first, at most `limit`; with `active_only`, those not ended.

@@ -556,6 +556,24 @@ pub(super) fn rollout(row: &impl StoreRow) -> Result<super::RolloutRecord, Store
 }
 
 /// A `rollout_nodes` row.
+pub(super) fn rollout_progress_count(
+    row: &impl StoreRow,
+) -> Result<
+    (
+        tollgate_domain::RolloutId,
+        tollgate_domain::rollout::NodeProgress,
+        usize,
+    ),
+    StoreError,
+> {
+    let f = Fields::new(row, "rollout_nodes", &["rollout_id", "progress"]);
+    Ok((
+        tollgate_domain::RolloutId(f.text("rollout_id")?),
+        f.parse("progress")?,
+        f.int_as("n")?,
+    ))
+}
+
 pub(super) fn procedure_times(row: &impl StoreRow) -> Result<super::ProcedureTimes, StoreError> {
     let f = Fields::new(row, "rollout_nodes", &["node"]);
     Ok(super::ProcedureTimes {

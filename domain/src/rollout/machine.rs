@@ -70,7 +70,7 @@ impl Phase {
     }
 }
 
-/// Where one node of a rollout is.
+/// Where one node of a rollout is (ordered as declared: the way a node goes).
 #[derive(
     Clone,
     Copy,
@@ -78,6 +78,8 @@ impl Phase {
     Default,
     PartialEq,
     Eq,
+    PartialOrd,
+    Ord,
     Hash,
     Serialize,
     Deserialize,
