@@ -77,13 +77,7 @@ pub async fn note(controller: &Controller, command: NoteCommand) -> anyhow::Resu
                     })
                     .await,
             )?;
-            match output.output {
-                Format::Json => print_json(&note_json(&note)),
-                Format::Text => {
-                    print!("{}", format_notes(std::slice::from_ref(&note)));
-                    Ok(())
-                }
-            }
+            print_note(&note, output.output)
         }
         NoteCommand::List {
             release,
@@ -130,13 +124,7 @@ pub async fn note(controller: &Controller, command: NoteCommand) -> anyhow::Resu
                     })
                     .await,
             )?;
-            match output.output {
-                Format::Json => print_json(&note_json(&note)),
-                Format::Text => {
-                    print!("{}", format_notes(std::slice::from_ref(&note)));
-                    Ok(())
-                }
-            }
+            print_note(&note, output.output)
         }
     }
 }
@@ -209,6 +197,17 @@ pub fn format_notes(notes: &[pb::Note]) -> String {
         ]);
     }
     table.render("")
+}
+
+/// One note as `note add` and `note done` print it.
+fn print_note(note: &pb::Note, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&note_json(note)),
+        Format::Text => {
+            print!("{}", format_notes(std::slice::from_ref(note)));
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

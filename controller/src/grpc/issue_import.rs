@@ -29,7 +29,7 @@ pub fn parse(errors: &mut FieldErrors, document: &str) -> Option<Vec<ImportedIss
                 "document",
                 format!(
                     "is not JSON at line {}, column {}: {error}; give the file `tollgate issue \
-                     export --format json` writes",
+                     export --format json` writes (for a CSV one, set format to csv)",
                     error.line(),
                     error.column()
                 ),
