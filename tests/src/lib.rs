@@ -26,6 +26,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// A fresh, empty store of `backend`: an SQLite file in `dir`, or a new schema in the
+/// database `TOLLGATE_TEST_DATABASE_URL` names. `None` for PostgreSQL when none is configured
+/// (the test says it was skipped; with `TOLLGATE_REQUIRE_POSTGRES=1` it fails instead).
+pub async fn fresh_database_url(backend: Backend, dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!("sqlite://{}", dir.join("tollgate.db").display())),
+        Backend::Postgres => {
+            let base = testing::postgres_url_or_skip()?;
+            Some(
+                testing::fresh_postgres_url(&base)
+                    .await
+                    .expect("fresh postgres schema"),
+            )
+        }
+    }
+}
+
 /// How to start a controller.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -114,15 +131,7 @@ impl Controller {
     pub async fn start(options: ControllerOptions) -> Option<Self> {
         let tempdir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
         let data_dir = tempdir.path().join("controller");
-        let database_url = match options.backend {
-            Backend::Sqlite => format!("sqlite://{}", data_dir.join("tollgate.db").display()),
-            Backend::Postgres => {
-                let base = testing::postgres_url_or_skip()?;
-                testing::fresh_postgres_url(&base)
-                    .await
-                    .expect("fresh postgres schema")
-            }
-        };
+        let database_url = fresh_database_url(options.backend, &data_dir).await?;
         Some(Self::start_on(options, database_url, data_dir, Some(tempdir), None).await)
     }
 

@@ -379,3 +379,94 @@ fn live_process_group(pid: u32) -> Option<i32> {
     }
     fields.get(2)?.parse().ok()
 }
+
+/// Controller replicas as processes on one PostgreSQL store, sharing one data directory (so
+/// they sign with the same report key), for the tests that kill them in turn.
+pub struct Replicas {
+    /// The processes, in the order they were started.
+    pub processes: Vec<ControllerProcess>,
+}
+
+impl Replicas {
+    /// Starts `n` replicas on `database_url` with their data directory in `dir/controller`
+    /// and each one's log in `dir/replica-N.log`; agents heartbeat every
+    /// `heartbeat_interval` and a lease lasts `lease_grace` past the last heartbeat.
+    pub async fn start(
+        database_url: &str,
+        dir: &Path,
+        n: usize,
+        lease_grace: Duration,
+        heartbeat_interval: Duration,
+    ) -> Self {
+        let data_dir = dir.join("controller");
+        let mut processes = Vec::with_capacity(n);
+        for idx in 0..n {
+            processes.push(
+                ControllerProcess::start_with(
+                    database_url,
+                    &data_dir,
+                    &dir.join(format!("replica-{idx}.log")),
+                    lease_grace,
+                    heartbeat_interval,
+                )
+                .await,
+            );
+        }
+        Self { processes }
+    }
+
+    /// Their gRPC URLs, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.url.clone()).collect()
+    }
+
+    /// Every `every`, asks `done` (given a channel to a replica that is alive) whether the
+    /// test's work has ended; until it answers, kills the next replica in turn with
+    /// `kill -9` and starts it again. Returns the answer and how many kills it took.
+    ///
+    /// # Panics
+    ///
+    /// After `max_kills` kills without an answer.
+    pub async fn kill_in_turn_until<T, F, Fut>(
+        &mut self,
+        every: Duration,
+        max_kills: usize,
+        mut done: F,
+    ) -> (T, usize)
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let n = self.processes.len();
+        let mut kills = 0;
+        let mut victim = 0;
+        loop {
+            tokio::time::sleep(every).await;
+            let alive = (victim + 1) % n;
+            let channel = self.processes[alive]
+                .channel()
+                .await
+                .expect("connect to a live replica");
+            if let Some(answer) = done(channel).await {
+                return (answer, kills);
+            }
+            assert!(
+                kills < max_kills,
+                "the work did not end after {kills} replica kills"
+            );
+            self.processes[victim].kill_9().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.processes[victim].restart().await;
+            kills += 1;
+            println!("kill -9 of replica {victim} (number {kills}); serving again");
+            victim = (victim + 1) % n;
+        }
+    }
+
+    /// Stops each with SIGTERM.
+    pub async fn stop(&mut self) {
+        for process in &mut self.processes {
+            process.stop().await;
+        }
+    }
+}

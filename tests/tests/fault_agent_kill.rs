@@ -21,7 +21,9 @@ use tokio::process::{Child, Command};
 use tollgate_controller::store::testing;
 use tollgate_proto::v1;
 use tollgate_tests::process::{ControllerProcess, group_members, live_processes_with};
-use tollgate_tests::{Backend, Clients, assert_spool_empty, spooled_results, wait_for};
+use tollgate_tests::{
+    Backend, Clients, assert_spool_empty, fresh_database_url, spooled_results, wait_for,
+};
 
 tollgate_tests::on_both_backends!(
     ten_kills_within_the_retries_end_in_a_pass_on_the_last_allowed_attempts,
@@ -296,15 +298,7 @@ impl World {
     /// test says it was skipped) for PostgreSQL when no database is configured.
     async fn start(backend: Backend, n_agents: usize) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("tollgate.db").display()),
-            Backend::Postgres => {
-                let base = testing::postgres_url_or_skip()?;
-                testing::fresh_postgres_url(&base)
-                    .await
-                    .expect("fresh postgres schema")
-            }
-        };
+        let database_url = fresh_database_url(backend, dir.path()).await?;
         // Far longer than a restarted agent takes to come back: no kill is read as the
         // node dying, so no job is `lost`.
         let controller = ControllerProcess::start(

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tollgate_controller::store::testing;
 use tollgate_tests::process::ControllerProcess;
 use tollgate_tests::{
-    Backend, Clients, assert_every_result_once, lab_agents, measuring_plan, spooled_results,
-    stop_agents_leaving_no_step_process,
+    Backend, Clients, assert_every_result_once, fresh_database_url, lab_agents, measuring_plan,
+    spooled_results, stop_agents_leaving_no_step_process,
 };
 
 tollgate_tests::on_both_backends!(results_survive_repeated_kill_9_of_the_controller);
@@ -37,16 +37,8 @@ fn pauses(seed: u64) -> impl Iterator<Item = u64> {
 
 async fn results_survive_repeated_kill_9_of_the_controller(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}/tollgate.db", dir.path().display()),
-        Backend::Postgres => {
-            let Some(base) = testing::postgres_url_or_skip() else {
-                return;
-            };
-            testing::fresh_postgres_url(&base)
-                .await
-                .expect("fresh postgres schema")
-        }
+    let Some(database_url) = fresh_database_url(backend, dir.path()).await else {
+        return;
     };
     // Longer than the agents' largest reconnect backoff (5 s) plus a restart: a kill must
     // not be read as the nodes dying.

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
-use tollgate_controller::store::testing;
 use tollgate_proto::v1;
 use tollgate_tests::process::{group_members, live_processes_with};
-use tollgate_tests::{Backend, Clients, assert_spool_empty, spooled_results, wait_for};
+use tollgate_tests::{
+    Backend, Clients, assert_spool_empty, fresh_database_url, spooled_results, wait_for,
+};
 use tonic::transport::Endpoint;
 
 tollgate_tests::on_both_backends!(
@@ -57,18 +58,7 @@ impl World {
     /// database is configured.
     async fn new(backend: Backend) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("tollgate.db").display()),
-            Backend::Postgres => {
-                let Some(base) = testing::postgres_url_or_skip() else {
-                    eprintln!("skipped: no PostgreSQL configured (TOLLGATE_TEST_DATABASE_URL)");
-                    return None;
-                };
-                testing::fresh_postgres_url(&base)
-                    .await
-                    .expect("fresh postgres schema")
-            }
-        };
+        let database_url = fresh_database_url(backend, dir.path()).await?;
         Some(Self {
             dir,
             database_url,

@@ -42,8 +42,8 @@ use tollgate_controller::store::testing;
 use tollgate_proto::v1;
 use tollgate_tests::process::{live_processes_with, workspace_binary};
 use tollgate_tests::{
-    Backend, assert_every_result_once, assert_spool_empty, measuring_plan, spooled_results,
-    wait_for,
+    Backend, assert_every_result_once, assert_spool_empty, fresh_database_url, measuring_plan,
+    spooled_results, wait_for,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -729,16 +729,8 @@ async fn results_cross_a_delayed_lossy_network_exactly_once(backend: Backend) {
         }
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.path().join("tollgate.db").display()),
-        Backend::Postgres => {
-            let Some(base) = testing::postgres_url_or_skip() else {
-                return;
-            };
-            testing::fresh_postgres_url(&base)
-                .await
-                .expect("fresh postgres schema")
-        }
+    let Some(database_url) = fresh_database_url(backend, dir.path()).await else {
+        return;
     };
     let made = std::process::Command::new(workspace_binary("tollgate-controller"))
         .args(["ca", "init", "--dir"])

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 use tollgate_controller::store::testing;
-use tollgate_tests::process::{ControllerProcess, text, tollgate, workspace_binary};
+use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate, workspace_binary};
 use tollgate_tests::{
     Agent, Clients, assert_every_result_once, measuring_plan, spooled_results,
     stop_agents_leaving_no_step_process,
@@ -33,24 +33,17 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
         .await
         .expect("fresh postgres schema");
     let dir = tempfile::tempdir().expect("temp dir");
-    // One data directory: the replicas share the report signing key.
-    let data_dir = dir.path().join("controller");
-    let mut replicas = Vec::new();
-    for idx in 0..REPLICAS {
-        // A grace longer than the agents' largest reconnect backoff (5 s) plus a restart;
-        // heartbeats every second, so that 50 agents load the database as a fleet would.
-        replicas.push(
-            ControllerProcess::start_with(
-                &database_url,
-                &data_dir,
-                &dir.path().join(format!("replica-{idx}.log")),
-                Duration::from_secs(12),
-                Duration::from_secs(1),
-            )
-            .await,
-        );
-    }
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    // A grace longer than the agents' largest reconnect backoff (5 s) plus a restart;
+    // heartbeats every second, so that 50 agents load the database as a fleet would.
+    let mut replicas = Replicas::start(
+        &database_url,
+        dir.path(),
+        REPLICAS,
+        Duration::from_secs(12),
+        Duration::from_secs(1),
+    )
+    .await;
+    let urls = replicas.urls();
     let marker = format!("replicas-{}", uuid::Uuid::new_v4().simple());
     // Agent i starts with replica i mod 3: the list, rotated.
     let agents: Vec<Agent> = (0..AGENTS)
@@ -62,7 +55,7 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
         })
         .collect();
 
-    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    let mut clients = Clients::new(replicas.processes[0].channel().await.expect("connect"));
     clients.wait_ready_nodes(AGENTS).await;
     clients
         .apply_gate(&format!(
@@ -79,27 +72,15 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
         "every node is selected, whichever replica holds its agent"
     );
 
-    let mut kills = 0;
-    let mut victim = 0;
-    let run = loop {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let alive = (victim + 1) % REPLICAS;
-        let mut clients = Clients::new(replicas[alive].channel().await.expect("connect"));
-        let now = clients.run(&run.id).await;
-        if now.state != "running" {
-            break now;
-        }
-        assert!(
-            kills < 40,
-            "the run did not end after {kills} replica kills"
-        );
-        replicas[victim].kill_9().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        replicas[victim].restart().await;
-        kills += 1;
-        println!("kill -9 of replica {victim} (number {kills}); serving again");
-        victim = (victim + 1) % REPLICAS;
-    };
+    let (run, kills) = replicas
+        .kill_in_turn_until(Duration::from_millis(1200), 40, |channel| {
+            let id = run.id.clone();
+            async move {
+                let now = Clients::new(channel).run(&id).await;
+                (now.state != "running").then_some(now)
+            }
+        })
+        .await;
     println!("the run ended after {kills} replica kills");
     assert!(kills >= 2, "the run must have lived through kills");
     assert_every_result_once(&run, STEPS);
@@ -135,7 +116,7 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
     }
     // Every replica decides the gate on the same evidence alike.
     let mut digests = Vec::new();
-    for replica in &replicas {
+    for replica in &replicas.processes {
         let mut clients = Clients::new(replica.channel().await.expect("connect"));
         let decision = clients.evaluate("r550").await;
         assert_eq!(decision.verdict, "passed", "{decision:#?}");
@@ -146,9 +127,7 @@ async fn a_run_completes_on_replicas_killed_one_after_another() {
         "{digests:?}"
     );
     stop_agents_leaving_no_step_process(agents, &marker).await;
-    for replica in &mut replicas {
-        replica.stop().await;
-    }
+    replicas.stop().await;
     testing::drop_postgres_schema(&database_url)
         .await
         .expect("drop test schema");

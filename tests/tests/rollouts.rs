@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tollgate_controller::store::testing;
 use tollgate_proto::v1;
-use tollgate_tests::process::{ControllerProcess, text, tollgate};
+use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate};
 use tollgate_tests::{
-    Agent, Backend, Clients, Controller, ControllerOptions, held_plan, plan_yaml, wait_for,
+    Agent, Backend, Clients, Controller, ControllerOptions, fresh_database_url, held_plan,
+    plan_yaml, wait_for,
 };
 use tonic::Code;
 
@@ -707,16 +708,8 @@ async fn pause_resume_and_abort_are_audited_with_their_reasons(backend: Backend)
 
 async fn a_rollout_goes_on_after_kill_9_of_the_controller(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}/tollgate.db", dir.path().display()),
-        Backend::Postgres => {
-            let Some(base) = testing::postgres_url_or_skip() else {
-                return;
-            };
-            testing::fresh_postgres_url(&base)
-                .await
-                .expect("fresh postgres schema")
-        }
+    let Some(database_url) = fresh_database_url(backend, dir.path()).await else {
+        return;
     };
     // A lease grace longer than the agents' reconnect backoff plus a restart: the kill is
     // not read as the nodes dying.
@@ -951,16 +944,8 @@ async fn under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halt
     backend: Backend,
 ) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}/tollgate.db", dir.path().display()),
-        Backend::Postgres => {
-            let Some(base) = testing::postgres_url_or_skip() else {
-                return;
-            };
-            testing::fresh_postgres_url(&base)
-                .await
-                .expect("fresh postgres schema")
-        }
+    let Some(database_url) = fresh_database_url(backend, dir.path()).await else {
+        return;
     };
     let mut controller = ControllerProcess::start(
         &database_url,
@@ -1255,25 +1240,17 @@ async fn a_rollout_completes_across_replica_failovers() {
         .await
         .expect("fresh postgres schema");
     let dir = tempfile::tempdir().expect("temp dir");
-    // One data directory: the replicas share the report signing key. A lease grace longer
-    // than the agents' reconnect backoff plus a restart.
-    let data_dir = dir.path().join("controller");
-    let mut replicas = Vec::new();
-    for idx in 0..2 {
-        replicas.push(
-            ControllerProcess::start_with(
-                &database_url,
-                &data_dir,
-                &dir.path().join(format!("replica-{idx}.log")),
-                Duration::from_secs(12),
-                Duration::from_secs(1),
-            )
-            .await,
-        );
-    }
-    let urls = format!("{},{}", replicas[0].url, replicas[1].url);
-    let agents = fleet_with(&urls, 6, None);
-    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    // A lease grace longer than the agents' reconnect backoff plus a restart.
+    let mut replicas = Replicas::start(
+        &database_url,
+        dir.path(),
+        2,
+        Duration::from_secs(12),
+        Duration::from_secs(1),
+    )
+    .await;
+    let agents = fleet_with(&replicas.urls().join(","), 6, None);
+    let mut clients = Clients::new(replicas.processes[0].channel().await.expect("connect"));
     clients.wait_ready_nodes(6).await;
     prepare(&mut clients, true).await;
     let slow = flash_plan("flash-slow").replace("sleep 0.5", "sleep 1.5");
@@ -1285,35 +1262,24 @@ async fn a_rollout_completes_across_replica_failovers() {
         .expect("start rollout")
         .into_inner();
 
-    let mut kills = 0;
-    let mut victim = 0;
-    let done = loop {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let alive = 1 - victim;
-        let mut clients = Clients::new(replicas[alive].channel().await.expect("connect"));
-        let now = clients
-            .rollouts
-            .get_rollout(v1::GetRolloutRequest {
-                id: started.id.clone(),
-            })
-            .await
-            .expect("get the rollout")
-            .into_inner();
-        if now.phase == "completed" {
-            break now;
-        }
-        assert!(
-            !matches!(now.phase.as_str(), "halted" | "aborted" | "rolled-back"),
-            "the rollout stopped: {now:?}"
-        );
-        assert!(kills < 30, "the rollout did not end after {kills} kills");
-        replicas[victim].kill_9().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        replicas[victim].restart().await;
-        kills += 1;
-        println!("kill -9 of replica {victim} (number {kills}); serving again");
-        victim = 1 - victim;
-    };
+    let (done, kills) = replicas
+        .kill_in_turn_until(Duration::from_millis(1500), 30, |channel| {
+            let id = started.id.clone();
+            async move {
+                let now = Clients::new(channel)
+                    .rollouts
+                    .get_rollout(v1::GetRolloutRequest { id })
+                    .await
+                    .expect("get the rollout")
+                    .into_inner();
+                assert!(
+                    !matches!(now.phase.as_str(), "halted" | "aborted" | "rolled-back"),
+                    "the rollout stopped: {now:?}"
+                );
+                (now.phase == "completed").then_some(now)
+            }
+        })
+        .await;
     assert!(
         kills >= 2,
         "both replicas must have been killed mid-rollout"
@@ -1321,13 +1287,11 @@ async fn a_rollout_completes_across_replica_failovers() {
     for node in done.waves.iter().flat_map(|wave| &wave.nodes) {
         assert_eq!(node.progress, "passed", "{node:?}");
     }
-    let mut clients = Clients::new(replicas[0].channel().await.expect("connect"));
+    let mut clients = Clients::new(replicas.processes[0].channel().await.expect("connect"));
     let finished = assert_blast_radius(&mut clients, &done).await;
     assert_eq!(finished.len(), 6);
     for agent in agents {
         agent.stop().await;
     }
-    for replica in &mut replicas {
-        replica.stop().await;
-    }
+    replicas.stop().await;
 }
