@@ -31,24 +31,19 @@ fn judge(expected: &BTreeMap<NodeId, Expected>, nodes: &[&Node]) -> BTreeMap<Nod
         .collect()
 }
 
-/// The drift of every node of the fleet (one read of the nodes).
-pub async fn of_fleet(shared: &Shared) -> Result<BTreeMap<NodeId, Vec<Drift>>, StoreError> {
-    let expected = in_force(shared.store.rollout_expectations().await?);
-    if expected.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let nodes = shared.store.list_nodes().await?;
-    let nodes: Vec<&Node> = nodes.iter().collect();
-    Ok(judge(&expected, &nodes))
-}
-
-/// The drift of the nodes rollout `id` updated last, each node with its drifted components.
+/// The drift of the nodes rollout `id` updated last, each node with its drifted components,
+/// from `nodes` (the rollout's, as read by the caller).
 pub async fn of_rollout(
     shared: &Shared,
     id: &RolloutId,
+    nodes: &[Node],
 ) -> Result<Vec<(NodeId, Drift)>, StoreError> {
-    Ok(of_fleet(shared)
-        .await?
+    let expected = in_force(shared.store.rollout_expectations().await?);
+    if expected.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    Ok(judge(&expected, &nodes)
         .into_iter()
         .flat_map(|(node, found)| found.into_iter().map(move |one| (node.clone(), one)))
         .filter(|(_, one)| one.rollout == *id)

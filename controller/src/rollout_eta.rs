@@ -4,15 +4,20 @@
 use crate::rollouts::Loaded;
 use crate::shared::Shared;
 use crate::store::StoreError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
-use tollgate_domain::NodeId;
+use tollgate_domain::fleet::Node;
 use tollgate_domain::rollout::{Eta, EtaFacts, eta};
 
 /// The estimate of `loaded`'s end now, or `None` when none holds (paused, halted, rolling
 /// back, ended). Before any procedure was measured, each node is assumed to take the sum of
-/// the procedure plan's step timeouts.
-pub async fn eta_of(shared: &Shared, loaded: &Loaded) -> Result<Option<Eta>, StoreError> {
+/// the procedure plan's step timeouts. `nodes` are the rollout's (their labels count for its
+/// blast radius).
+pub async fn eta_of(
+    shared: &Shared,
+    loaded: &Loaded,
+    nodes: &[Node],
+) -> Result<Option<Eta>, StoreError> {
     let facts = loaded.facts();
     if facts.state.phase.is_terminal() {
         return Ok(None);
@@ -38,14 +43,9 @@ pub async fn eta_of(shared: &Shared, loaded: &Loaded) -> Result<Option<Eta>, Sto
         .map_or(Duration::ZERO, |stored| {
             stored.plan.steps.iter().map(|step| step.timeout).sum()
         });
-    let members: BTreeSet<&NodeId> = loaded.nodes.iter().map(|node| &node.node).collect();
-    let labels = shared
-        .store
-        .list_nodes()
-        .await?
-        .into_iter()
-        .filter(|node| members.contains(&node.id))
-        .map(|node| (node.id, node.labels))
+    let labels = nodes
+        .iter()
+        .map(|node| (node.id.clone(), node.labels.clone()))
         .collect();
     Ok(eta(
         EtaFacts {

@@ -172,12 +172,15 @@ pub fn rollout_summary(
 /// updated last and the estimate of its end.
 async fn detailed(shared: &Shared, loaded: &Loaded) -> Result<proto::Rollout, Status> {
     let mut message = rollout_to_proto(loaded);
-    message.drifted = crate::drift::of_rollout(shared, &loaded.record.id)
+    // One read of the rollout's nodes for both the drift and the estimate.
+    let members: Vec<NodeId> = loaded.nodes.iter().map(|node| node.node.clone()).collect();
+    let nodes = shared.store.nodes_named(&members).await?;
+    message.drifted = crate::drift::of_rollout(shared, &loaded.record.id, &nodes)
         .await?
         .iter()
         .map(|(node, drift)| tollgate_wire::fleet::drift_to_proto(node, drift))
         .collect();
-    if let Some(eta) = crate::rollout_eta::eta_of(shared, loaded).await? {
+    if let Some(eta) = crate::rollout_eta::eta_of(shared, loaded, &nodes).await? {
         message.eta = Some(timestamp_to_proto(eta.ends_at));
         message.eta_per_node_seconds = eta.per_node.as_secs_f64();
         message.eta_nodes_left = u32::try_from(eta.n_remaining).unwrap_or(u32::MAX);

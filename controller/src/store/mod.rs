@@ -246,6 +246,53 @@ macro_rules! writing {
     }};
 }
 
+/// A statement taking a list of names or ids as one JSON array of strings bound at `$param`,
+/// its text for each backend: `(SQLite, PostgreSQL)`. `$before IN (the list) $after`: one
+/// statement whatever the length of the list. Used with [`with_pool_sql!`].
+macro_rules! in_json_list {
+    ($before:expr, $param:literal, $after:expr) => {
+        (
+            concat!(
+                $before,
+                " IN (SELECT value FROM json_each(",
+                $param,
+                "))",
+                $after
+            ),
+            concat!(
+                $before,
+                " IN (SELECT jsonb_array_elements_text(",
+                $param,
+                "::jsonb))",
+                $after
+            ),
+        )
+    };
+}
+
+/// [`with_pool!`] with `$sql` the text of a statement pair ([`in_json_list!`]) for the
+/// pool's backend.
+macro_rules! with_pool_sql {
+    ($store:expr, $pair:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => {
+                let $sql: &str = &$pair.0;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                let $sql: &str = &$pair.1;
+                $body
+            }
+        }
+    };
+}
+
+/// A list of names or ids as the JSON array [`in_json_list!`] statements bind.
+fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
+    serde_json::to_string(&items).expect("a list of strings serializes")
+}
+
 /// The latest qualification run (health checks are never evidence) that was not cancelled of
 /// each plan of release `$1` at milestone `$2`;
 /// "latest" is the newest `created_at`, then the last inserted.

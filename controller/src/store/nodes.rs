@@ -262,6 +262,28 @@ impl Store {
         })
     }
 
+    /// The nodes of `names` that exist, by name, in one statement.
+    pub async fn nodes_named(&self, names: &[NodeId]) -> Result<Vec<Node>, StoreError> {
+        static SQL: LazyLock<(String, String)> = LazyLock::new(|| {
+            let (sqlite, postgres) =
+                in_json_list!(node_query!(" WHERE n.name"), "$1", " ORDER BY n.name");
+            (states::sql(sqlite), states::sql(postgres))
+        });
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = super::json_list(names.iter().map(NodeId::as_str));
+        with_pool_sql!(self, *SQL, |pool, sql| {
+            sqlx::query(sql)
+                .bind(names.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::node)
+                .collect()
+        })
+    }
+
     /// Up to `limit` nodes by name, starting after the node named `after`.
     pub async fn list_nodes_page(
         &self,

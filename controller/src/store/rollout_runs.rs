@@ -9,12 +9,12 @@ use tollgate_domain::job::JobState;
 use tollgate_domain::{JobId, Timestamp};
 
 /// The jobs of the runs in `$1` (a JSON array of ids), with their run's end.
-const SQLITE: &str = "SELECT j.run_id, j.id, j.state, r.finished_at
-     FROM jobs j JOIN runs r ON r.id = j.run_id
-     WHERE j.run_id IN (SELECT value FROM json_each($1)) ORDER BY j.run_id, j.id";
-const POSTGRES: &str = "SELECT j.run_id, j.id, j.state, r.finished_at
-     FROM jobs j JOIN runs r ON r.id = j.run_id
-     WHERE j.run_id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY j.run_id, j.id";
+const SQL: (&str, &str) = in_json_list!(
+    "SELECT j.run_id, j.id, j.state, r.finished_at
+     FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.run_id",
+    "$1",
+    " ORDER BY j.run_id, j.id"
+);
 
 /// A rollout node's run as the driver sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,24 +46,16 @@ impl Store {
         if runs.is_empty() {
             return Ok(ends);
         }
-        let ids: Vec<&str> = runs.iter().map(RunId::as_str).collect();
-        let ids = serde_json::to_string(&ids).expect("a list of strings serializes");
-        let rows = match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(SQLITE)
+        let ids = super::json_list(runs.iter().map(RunId::as_str));
+        let rows = with_pool_sql!(self, SQL, |pool, sql| {
+            sqlx::query(sql)
                 .bind(ids)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(row)
-                .collect::<Result<Vec<_>, _>>()?,
-            Pool::Postgres(pool) => sqlx::query(POSTGRES)
-                .bind(ids)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(row)
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+                .collect::<Result<Vec<_>, _>>()?
+        });
         for (run, job, state, finished_at) in rows {
             let end = ends.entry(run).or_default();
             end.jobs.push((job, state));

@@ -16,9 +16,13 @@ use tollgate_domain::{NodeId, ReleaseId, RolloutId, RunId, Timestamp};
 /// `SELECT` of rollouts, then a tail.
 macro_rules! rollout_query {
     ($tail:expr) => {
+        rollout_query!("file", $tail)
+    };
+    ($file:literal, $tail:expr) => {
         concat!(
-            "SELECT id, name, release, fleet, file, digest, spec, waves, state, version,
-                    created_by, created_at, updated_at
+            "SELECT id, name, release, fleet, ",
+            $file,
+            " AS file, digest, spec, waves, state, version, created_by, created_at, updated_at
              FROM rollouts",
             $tail
         )
@@ -208,7 +212,8 @@ impl Store {
 
     /// The rollouts of `release` (every release when `None`) whose waves hold `node` (any
     /// when `None`), newest first, at most `limit`; with `active_only`, those not ended. Each
-    /// with how many of its nodes are at each progress.
+    /// with how many of its nodes are at each progress. The records' `file` is empty (its
+    /// text is not read).
     pub async fn rollout_summaries(
         &self,
         active_only: bool,
@@ -216,7 +221,9 @@ impl Store {
         node: Option<&NodeId>,
         limit: usize,
     ) -> Result<Vec<(RolloutRecord, BTreeMap<NodeProgress, usize>)>, StoreError> {
+        // Without the file's text, which a summary does not carry.
         const SQL: &str = rollout_query!(
+            "''",
             " WHERE ($1 = '' OR release = $1)
                 AND ($2 = '' OR id IN (SELECT rollout_id FROM rollout_nodes WHERE node = $2))
               ORDER BY created_at DESC, seq DESC"

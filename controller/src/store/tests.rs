@@ -92,6 +92,7 @@ on_both_backends!(
     round_trip_of_every_stored_type,
     timestamps_keep_microseconds,
     lease_facts_list_only_the_quiet_watched_nodes,
+    nodes_named_reads_those_named_that_exist,
     registration_keeps_operator_state,
     plan_versions_and_latest,
     duplicate_result_is_stored_once,
@@ -898,6 +899,24 @@ async fn lease_facts_list_only_the_quiet_watched_nodes(store: &Store) {
     let listed = store.list_nodes().await.expect("list");
     let n3 = listed.iter().find(|node| node.id.as_str() == "n3");
     assert_eq!(n3.and_then(|node| node.last_seen_at), Some(at(5)));
+}
+
+async fn nodes_named_reads_those_named_that_exist(store: &Store) {
+    for name in ["n1", "n2", "n3", "n10"] {
+        add_node(store, name).await;
+    }
+    let names =
+        |nodes: Vec<Node>| -> Vec<String> { nodes.into_iter().map(|node| node.id.0).collect() };
+    let asked: Vec<NodeId> = ["n3", "gone", "n1", "n10"]
+        .into_iter()
+        .map(NodeId::from)
+        .collect();
+    let found = store.nodes_named(&asked).await.expect("nodes named");
+    assert_eq!(names(found.clone()), ["n1", "n10", "n3"]);
+    let listed = store.list_nodes().await.expect("list");
+    let n1 = listed.iter().find(|node| node.id.as_str() == "n1");
+    assert_eq!(found.first(), n1, "the same node as the full list reads");
+    assert!(store.nodes_named(&[]).await.expect("none").is_empty());
 }
 
 async fn registration_keeps_operator_state(store: &Store) {
