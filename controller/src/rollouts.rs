@@ -123,6 +123,7 @@ async fn apply(
         "reason": reason,
         "from": record.state.phase,
         "to": change.to.phase,
+        "from_wave": record.state.wave,
         "wave": change.to.wave,
         "nodes": change
             .nodes

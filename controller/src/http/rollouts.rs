@@ -171,13 +171,19 @@ fn verdicts(entries: &[pb::AuditEntry]) -> Vec<Verdict> {
             let details: serde_json::Value = serde_json::from_str(&entry.details).ok()?;
             let failed = details["event"]["failed"].as_array();
             let passed = failed.is_none_or(Vec::is_empty);
-            // The entry records the wave after the change: a failure halts in the wave judged,
-            // a pass moves on to the next one unless the rollout completed.
-            let after = details["wave"].as_u64()?;
-            let wave = if passed && details["to"] != "completed" {
-                after.checked_sub(1)?
-            } else {
-                after
+            // The wave judged is the one before the change (`from_wave`); entries written
+            // before it was recorded hold only the wave after: a failure halts in the wave
+            // judged, a pass moves on to the next one unless the rollout completed.
+            let wave = match details["from_wave"].as_u64() {
+                Some(judged) => judged,
+                None => {
+                    let after = details["wave"].as_u64()?;
+                    if passed && details["to"] != "completed" {
+                        after.checked_sub(1)?
+                    } else {
+                        after
+                    }
+                }
             };
             let failures = failed
                 .into_iter()
@@ -359,5 +365,42 @@ fn humantime(duration: std::time::Duration) -> String {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(details: serde_json::Value) -> pb::AuditEntry {
+        pb::AuditEntry {
+            action: "rollout.health-judged".into(),
+            details: details.to_string(),
+            ..pb::AuditEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_verdict_belongs_to_the_wave_judged() {
+        let failed =
+            serde_json::json!([{"rule_id": "no-xid", "reason": "XID 79", "nodes": ["n4"]}]);
+        let judged: Vec<(u64, bool)> = verdicts(&[
+            // Recorded with the wave judged: a pass of wave 1 moving on to wave 2.
+            entry(serde_json::json!({"event": null, "from_wave": 1, "wave": 2, "to": "running"})),
+            // A pass of the last wave, completing.
+            entry(serde_json::json!({"event": null, "from_wave": 3, "wave": 3, "to": "completed"})),
+            // A failure halting in wave 2.
+            entry(serde_json::json!({"event": {"failed": failed}, "from_wave": 2, "wave": 2, "to": "halted"})),
+            // Entries from before `from_wave`: the wave is worked out from the one after.
+            entry(serde_json::json!({"event": null, "wave": 2, "to": "running"})),
+            entry(serde_json::json!({"event": {"failed": failed}, "wave": 2, "to": "halted"})),
+        ])
+        .into_iter()
+        .map(|(wave, passed, _, _)| (wave, passed))
+        .collect();
+        assert_eq!(
+            judged,
+            [(1, true), (3, true), (2, false), (1, true), (2, false)]
+        );
     }
 }
