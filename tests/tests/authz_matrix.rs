@@ -1080,6 +1080,54 @@ async fn matrix(backend: Backend) {
     sees_only_its_issues(customer_a, "a", for_a, &[for_b, for_none]).await;
     sees_only_its_issues(customer_b, "b", for_b, &[for_a, for_none]).await;
 
+    // Releases: a customer lists and gets the releases for it and those for no customer in
+    // particular, never one only for others, and sees no other customer's name on them.
+    for (name, customers) in [("r560-a", vec!["a"]), ("r561-ab", vec!["a", "b"])] {
+        let mut admin = identities[7].releases.clone();
+        admin
+            .create_release(v1::CreateReleaseRequest {
+                name: name.into(),
+                components: vec![v1::Component {
+                    name: "driver".into(),
+                    version: "560.1".into(),
+                    ..v1::Component::default()
+                }],
+                description: String::new(),
+            })
+            .await
+            .expect("create release");
+        admin
+            .set_customers(v1::SetCustomersRequest {
+                release: name.into(),
+                customers: customers.into_iter().map(str::to_owned).collect(),
+            })
+            .await
+            .expect("set customers");
+    }
+    // The release for no customer in particular is seen by both.
+    sees_only_its_releases(customer_a, "a", &["r561-ab", "r560-a", RELEASE], &[]).await;
+    sees_only_its_releases(customer_b, "b", &["r561-ab", RELEASE], &["r560-a"]).await;
+    let all: Vec<String> = identities[7]
+        .releases
+        .clone()
+        .list_releases(v1::ListReleasesRequest::default())
+        .await
+        .expect("list releases")
+        .into_inner()
+        .releases
+        .into_iter()
+        .map(|release| format!("{} {:?}", release.name, release.customers))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            r#"r561-ab ["a", "b"]"#,
+            r#"r560-a ["a"]"#,
+            &format!("{RELEASE} []")
+        ],
+        "an admin sees every release and its customers"
+    );
+
     // The refusals say what to do.
     let status = call(&identities[2], "NodeService/ListNodes", &world)
         .await
@@ -1105,6 +1153,55 @@ async fn matrix(backend: Backend) {
         .expect_err("a spent bootstrap token is refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     controller.stop().await;
+}
+
+/// A customer (`own`) lists exactly the releases `its` (newest first), gets each with
+/// itself alone as customer, and gets none of the `others` (NotFound, as if they did not
+/// exist), also one page at a time.
+async fn sees_only_its_releases(clients: &As, own: &str, its: &[&str], others: &[&str]) {
+    let mut releases = clients.releases.clone();
+    let listed = releases
+        .list_releases(v1::ListReleasesRequest::default())
+        .await
+        .expect("list releases")
+        .into_inner()
+        .releases;
+    let names: Vec<&str> = listed.iter().map(|release| release.name.as_str()).collect();
+    assert_eq!(names, its, "customer {own}");
+    for release in &listed {
+        // Its own name alone, or none on the release for no customer in particular.
+        let expected: &[&str] = if release.name == RELEASE { &[] } else { &[own] };
+        assert_eq!(release.customers, expected, "customer {own}: {release:?}");
+    }
+    let first = releases
+        .list_releases(v1::ListReleasesRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list one page")
+        .into_inner();
+    assert_eq!(first.releases.len(), 1, "customer {own}: pages are full");
+    assert_eq!(first.releases[0].name, its[0]);
+    for name in its {
+        let got = releases
+            .get_release(v1::GetReleaseRequest {
+                name: (*name).into(),
+            })
+            .await
+            .expect("get its release")
+            .into_inner();
+        assert!(got.customers.iter().all(|of| of == own), "{got:?}");
+    }
+    for name in others {
+        let status = releases
+            .get_release(v1::GetReleaseRequest {
+                name: (*name).into(),
+            })
+            .await
+            .expect_err("another customer's release is not found");
+        assert_eq!(status.code(), Code::NotFound, "customer {own}: {status:?}");
+    }
 }
 
 /// A customer token lists, gets, evaluates and reports only its own node's part.

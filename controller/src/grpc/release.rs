@@ -44,12 +44,20 @@ impl ReleaseApi {
         &self,
         request: Request<proto::GetReleaseRequest>,
     ) -> Result<Response<proto::Release>, Status> {
+        let customer = super::auth::customer_of(&request);
         let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
         required_name(&name)?;
         let release = load_release(&self.shared, &name).await?;
-        Ok(Response::new(
-            current_release(&self.shared, &release.id).await?,
-        ))
+        let mut wire = current_release(&self.shared, &release.id).await?;
+        if let Some(customer) = customer {
+            // A customer sees the releases for it and those for no customer in particular,
+            // as if no other existed, and none of the other customers a release is for.
+            if !wire.customers.is_empty() && !wire.customers.contains(&customer) {
+                return Err(status::not_found(format!("release {}", release.id)));
+            }
+            wire.customers.retain(|of| *of == customer);
+        }
+        Ok(Response::new(wire))
     }
 }
 
@@ -239,7 +247,7 @@ impl ReleaseService for ReleaseApi {
         let fetched = self
             .shared
             .store
-            .list_releases_page(page.after, page.fetch())
+            .list_releases_page(page.after, customer.as_deref(), page.fetch())
             .await?;
         let (releases, next_page_token) =
             page.answer(fetched, |(_, key)| super::pages::created(key));
@@ -267,9 +275,13 @@ impl ReleaseService for ReleaseApi {
                     let targets = targets.remove(&release.id).unwrap_or_default();
                     let projection = projections.remove(&release.id);
                     let blocking_issues = blocking.remove(&release.id).unwrap_or_default();
+                    let mut customers = customers.remove(&release.id).unwrap_or_default();
+                    if let Some(customer) = &customer {
+                        customers.retain(|of| of == customer);
+                    }
                     let mut wire = DescribedRelease {
                         targets: in_track_order(&track, targets),
-                        customers: customers.remove(&release.id).unwrap_or_default(),
+                        customers,
                         halted_reason: halts.remove(&release.id).flatten(),
                         release,
                         track: track.clone(),

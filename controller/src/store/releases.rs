@@ -91,15 +91,18 @@ impl Store {
 
     /// All releases, newest first.
     pub async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
-        let page = self.list_releases_page(None, usize::MAX).await?;
+        let page = self.list_releases_page(None, None, usize::MAX).await?;
         Ok(page.into_iter().map(|(release, _)| release).collect())
     }
 
     /// Up to `limit` releases, newest first (by `created_at`, then insertion), starting after
     /// the order key `after` of the last one of the previous page; each with its order key.
+    /// With `customer`, only the releases that customer may see: those for it, and those for
+    /// no customer in particular (`release_customers`).
     pub async fn list_releases_page(
         &self,
         after: Option<CreatedKey>,
+        customer: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(Release, CreatedKey)>, StoreError> {
         macro_rules! page {
@@ -108,6 +111,9 @@ impl Store {
                     "SELECT ",
                     $columns,
                     " FROM releases WHERE ($1 IS NULL OR (created_at, seq) < ($1, $2))
+                       AND ($4 IS NULL
+                            OR NOT EXISTS (SELECT 1 FROM release_customers c WHERE c.release = name)
+                            OR name IN (SELECT release FROM release_customers WHERE customer = $4))
                      ORDER BY created_at DESC, seq DESC LIMIT $3"
                 )
             };
@@ -127,6 +133,7 @@ impl Store {
                 .bind(at)
                 .bind(seq)
                 .bind(limit)
+                .bind(customer)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -137,6 +144,7 @@ impl Store {
                 .bind(at)
                 .bind(seq)
                 .bind(limit)
+                .bind(customer)
                 .fetch_all(&mut *tx)
                 .await?;
             for row in promoted {
