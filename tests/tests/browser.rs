@@ -347,6 +347,7 @@ async fn the_dashboard_in_a_real_browser() {
         "/fleet?release=r550".to_owned(),
         "/nodes/lab-3".to_owned(),
         "/waivers".to_owned(),
+        "/issues".to_owned(),
         "/audit".to_owned(),
     ] {
         tab.open(&format!("{base}{path}")).await;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tollgate_proto::v1;
 use tollgate_tests::http::{self, Jar};
 use tollgate_tests::{
-    Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml, rollout,
+    Agent, Backend, Controller, ControllerOptions, gate_yaml, plan_yaml, rollout, wait_for,
 };
 
 /// Reads the run's event stream until it ends; returns every `grid` event's data.
@@ -535,8 +535,61 @@ async fn dashboard(backend: Backend) {
         "the waivers page for a release manager",
     );
 
+    // The failed gate's issue: listed, shown with its history, linked from the release.
+    let issues = wait_for(
+        Duration::from_secs(10),
+        "the failed gate's issue",
+        || async {
+            let page = http::get(addr, "/issues", &manager).await;
+            page.body.contains("href=\"/issues/1\"").then_some(page)
+        },
+    )
+    .await;
+    assert_contains(
+        &issues,
+        &[
+            "<a href=\"/issues\" aria-current=\"page\">Issues</a>",
+            "href=\"/nodes/lab-3\"",
+            "href=\"/releases/r550\"",
+            ">open<",
+        ],
+        "the issues page",
+    );
+    let closed = http::get(addr, "/issues?state=closed", &manager).await;
+    assert_contains(&closed, &["No issue."], "no closed issue");
+    let lab1 = http::get(addr, "/issues?node=lab-1", &manager).await;
+    assert_contains(&lab1, &["No issue."], "no issue failed on lab-1");
+    let issue = http::get(addr, "/issues/1", &manager).await;
+    assert_contains(
+        &issue,
+        &[
+            "Issue #1",
+            "<h2>History</h2>",
+            "opened",
+            "href=\"/nodes/lab-3\"",
+        ],
+        "an issue's page",
+    );
+    for missing in ["/issues/99", "/issues/one"] {
+        let page = http::get(addr, missing, &manager).await;
+        assert_eq!(page.status, 404, "{missing}: {}", page.body);
+    }
+    let release = http::get(addr, "/releases/r550", &manager).await;
+    assert_contains(
+        &release,
+        &["href=\"/issues/1\"", "href=\"/issues?release=r550\""],
+        "the release page links its issues",
+    );
+
     // A customer sees its own nodes only.
     let customer = http::sign_in(addr, &cust_a).await;
+    let issues = http::get(addr, "/issues", &customer).await;
+    assert_contains(
+        &issues,
+        &["No issue."],
+        "a customer sees no issue not set for it",
+    );
+    assert_eq!(http::get(addr, "/issues/1", &customer).await.status, 404);
     let fleet = http::get(addr, "/fleet", &customer).await;
     assert_contains(&fleet, &["lab-1"], "a customer's fleet");
     for other in ["lab-2", "lab-3"] {

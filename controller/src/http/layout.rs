@@ -11,6 +11,7 @@ const NAV: &[(&str, &str)] = &[
     ("/releases", "Releases"),
     ("/fleet", "Fleet"),
     ("/rollouts", "Rollouts"),
+    ("/issues", "Issues"),
     ("/waivers", "Waivers"),
     ("/audit", "Audit"),
 ];

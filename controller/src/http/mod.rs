@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod charts;
 pub mod fleet;
+pub mod issues;
 pub mod layout;
 pub mod metrics;
 pub mod nodes;
@@ -48,6 +49,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/releases/{name}", get(releases::show))
         .route("/releases/{name}/promote", post(releases::promote))
         .route("/releases/{name}/waive", post(releases::waive))
+        .route("/issues", get(issues::list))
+        .route("/issues/{id}", get(issues::show))
         .route("/rollouts", get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/runs/{id}", get(runs::show))

@@ -229,6 +229,10 @@ pub async fn show(caller: Caller, Path(name): Path<String>) -> Result<Response, 
         @if !release.description.is_empty() { p.muted { (release.description) } }
         (track(&release))
         p.blocker role="status" { b { "What blocks it now: " } (blocker(&release, &decision)) }
+        p { @for issue in &release.blocking_issues {
+                a href={ "/issues/" (issue.id) } { "issue #" (issue.id) } " · "
+            }
+            a href={ "/issues?release=" (encode(&release.name)) } { "every issue of " (release.name) } }
         (plan_of_record_table(&release))
         p { (report_links(&release.name, if released { report_milestone(&release) } else { &milestone })) }
         @if may_promote {
