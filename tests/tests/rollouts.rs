@@ -1006,10 +1006,11 @@ async fn under_on_interrupted_fail_a_kill_9_fails_the_node_in_procedure_and_halt
     controller.stop().await;
 }
 
-/// A 20-node, 4-wave rollout without a rollback plan: prod-04 (wave 2) passes its procedure,
+/// A 20-node, 4-wave rollout with a rollback plan: prod-04 (wave 2) passes its procedure,
 /// then its agent reports XID 79 outside any step while the wave soaks. The soak's health
 /// rules see it: the rollout halts before wave 3 starts, naming the node, the rule and the
-/// XID, and `rollout show` says so.
+/// XID, rolls back that wave's nodes (their procedures had passed), and `rollout show` says
+/// so.
 async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Backend) {
     let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
         return;
@@ -1018,9 +1019,7 @@ async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Bac
     let mut clients = controller.clients().await;
     clients.wait_ready_nodes(20).await;
     prepare(&mut clients, true).await;
-    let file = ROLLOUT
-        .replace("rollback:\n  plan: flash-previous\n", "")
-        .replace("soak: 1s", "soak: 10s");
+    let file = ROLLOUT.replace("soak: 1s", "soak: 10s");
     let started = clients
         .rollouts
         .start_rollout(start_file(&file))
@@ -1036,8 +1035,8 @@ async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Bac
         started.waves
     );
 
-    let halted = wait_phase(&clients, &started.id, "halted").await;
-    let halt = halted.halt.clone().expect("a halted rollout says why");
+    let done = wait_phase(&clients, &started.id, "rolled-back").await;
+    let halt = done.halt.clone().expect("the halt stays recorded");
     assert_eq!(halt.wave, 1, "{halt:?}");
     assert_eq!(halt.failures.len(), 1, "{halt:?}");
     let failure = &halt.failures[0];
@@ -1050,16 +1049,26 @@ async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Bac
         "{failure:?}"
     );
     // Its procedure passed: the XID came after it, outside any step.
-    assert_eq!(progress_of(&halted, "prod-04"), "passed");
-    let run = clients.run(&wave_nodes(&halted, 1)[1].run).await;
-    assert_eq!(run.jobs[0].node, "prod-04");
+    let prod_04 = wave_nodes(&done, 1)
+        .into_iter()
+        .find(|node| node.node == "prod-04")
+        .expect("prod-04 in wave 2");
+    let run = clients.run(&prod_04.run).await;
     assert_eq!(run.jobs[0].state, "passed");
-    // Wave 3 never started; wave 2's nodes all went through the procedure.
-    for node in wave_nodes(&halted, 1) {
+    // The halted wave's nodes, whose procedures all passed, were rolled back; the canaries'
+    // wave passed its health and keeps the release; wave 3 never started.
+    for node in wave_nodes(&done, 1) {
+        assert_eq!(node.progress, "rolled-back", "{node:?}");
+        let rollback = clients.run(&node.rollback_run).await;
+        assert_eq!(rollback.plan_name, "flash-previous");
+        assert_eq!(rollback.jobs[0].node, node.node);
+    }
+    for node in wave_nodes(&done, 0) {
         assert_eq!(node.progress, "passed", "{node:?}");
+        assert!(node.rollback_run.is_empty(), "{node:?}");
     }
     for wave in [2, 3] {
-        for node in wave_nodes(&halted, wave) {
+        for node in wave_nodes(&done, wave) {
             assert_eq!(node.progress, "waiting", "{node:?}");
             assert!(node.run.is_empty(), "{node:?}");
         }
@@ -1068,7 +1077,8 @@ async fn an_xid_during_the_soak_of_wave_two_halts_before_wave_three(backend: Bac
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     let stdout = text(&shown.stdout);
     assert!(
-        stdout.contains("halted at wave 2")
+        stdout.contains("phase:   rolled-back")
+            && stdout.contains("halted at wave 2")
             && stdout
                 .contains("rule no-xid-79 failed on prod-04: during the soak: prod-04: XID 79"),
         "{stdout}"
