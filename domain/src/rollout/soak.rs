@@ -32,7 +32,7 @@ pub struct SoakWindow {
 }
 
 impl SoakWindow {
-    fn holds(&self, at: Timestamp) -> bool {
+    pub(super) fn holds(&self, at: Timestamp) -> bool {
         self.from <= at && at < self.until
     }
 }
@@ -288,7 +288,7 @@ fn remap_failures(windows: &[&SoakWindow], facts: &SoakFacts<'_>) -> Vec<(NodeId
 /// field's smallest, largest, sum and count: `min`, `max` and `mean` are exact; `p99` is
 /// taken as the largest sample (never lower than the true one), `last` as the mean of the
 /// last bucket.
-fn gpu_values(
+pub(super) fn gpu_values(
     windows: &[&SoakWindow],
     buckets: &[Bucket],
     field: Field,
