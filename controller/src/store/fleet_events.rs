@@ -33,7 +33,7 @@ pub const FLEET_EVENTS_MAX: usize = 10_000;
 /// 288,000); past it the caller reads a coarser tier.
 pub const FLEET_BUCKETS_MAX: usize = 500_000;
 
-fn names_json(nodes: &[NodeId]) -> String {
+pub(super) fn names_json(nodes: &[NodeId]) -> String {
     let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
     serde_json::to_string(&names).expect("a list of strings serializes")
 }

@@ -262,6 +262,40 @@ impl Store {
         })
     }
 
+    /// The labels of each of `names`, in one read; nodes that are gone are left out.
+    pub async fn node_labels_of(
+        &self,
+        names: &[NodeId],
+    ) -> Result<std::collections::HashMap<NodeId, Labels>, StoreError> {
+        const SQLITE: &str =
+            "SELECT name, labels FROM nodes WHERE name IN (SELECT value FROM json_each($1))";
+        const POSTGRES: &str = "SELECT name, labels FROM nodes \
+             WHERE name IN (SELECT jsonb_array_elements_text($1::jsonb))";
+        if names.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let names = super::fleet_events::names_json(names);
+        let sql = match &self.pool {
+            Pool::Sqlite(_) => SQLITE,
+            Pool::Postgres(_) => POSTGRES,
+        };
+        with_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(&names)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = rows::Fields::new(row, "nodes", &["name"]);
+                    Ok((
+                        NodeId::from(f.text("name")?.as_str()),
+                        f.json::<Labels>("labels")?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
     /// Up to `limit` nodes by name, starting after the node named `after`.
     pub async fn list_nodes_page(
         &self,

@@ -62,10 +62,8 @@ pub fn compares_with_cohort(rule: &Rule) -> bool {
 pub fn cohort_nodes<'a>(facts: &RolloutFacts<'a>) -> Vec<&'a NodeId> {
     facts
         .waves
-        .waves
-        .iter()
-        .skip(facts.state.wave + 1)
-        .flat_map(|wave| &wave.nodes)
+        .cohort(facts.state.wave)
+        .into_iter()
         .filter(|node| {
             facts.progress.get(*node).copied().unwrap_or_default() == NodeProgress::Waiting
         })
@@ -176,7 +174,7 @@ pub fn judge_cohort(rules: &[Rule], facts: &SoakFacts<'_>, cohort: &[SoakWindow]
                 Finding::Held => waiting |= !facts.telemetry_complete,
                 Finding::Short => waiting = true,
                 Finding::NotCompared(why) => {
-                    not_compared.push(format!("rule {} on {group}: not compared, {why}", rule.id));
+                    not_compared.push(format!("rule {} on {group}: {why}", rule.id));
                 }
             }
         }
@@ -788,9 +786,7 @@ mod tests {
         );
         assert_eq!(
             verdict.not_compared,
-            [
-                "rule temp-vs-cohort on sku=z: not compared, no node of the cohort reported gpu_temp_c"
-            ]
+            ["rule temp-vs-cohort on sku=z: no node of the cohort reported gpu_temp_c"]
         );
         // The last wave: no cohort; passes, saying so.
         world.cohort.clear();
@@ -810,7 +806,7 @@ mod tests {
         assert_eq!(
             done.not_compared,
             [
-                "rule no-regression on sku=a: not compared, the wave has 1 GPU(s) reporting \
+                "rule no-regression on sku=a: the wave has 1 GPU(s) reporting \
               gpu_temp_c, fewer than min-samples 2"
             ]
         );
