@@ -1481,8 +1481,8 @@ async fn a_wave_two_node_hotter_than_its_cohort_halts_before_wave_three(backend:
         failure.reason.starts_with(
             "against the cohort (the fleet's nodes not updated yet) over the soak: mean of \
              gpu_temp_c per GPU on sku=hgx-h100: wave 5"
-        ) && failure.reason.contains("(1 GPUs) vs cohort 3")
-            && failure.reason.contains("(4 GPUs)")
+        ) && failure.reason.contains("(1 GPU(s)) vs cohort 3")
+            && failure.reason.contains("(4 GPU(s))")
             && failure
                 .reason
                 .contains("more than 10% worse (lower-is-better); wave nodes: prod-02 5"),

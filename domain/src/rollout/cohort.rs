@@ -318,8 +318,8 @@ impl Sides<'_> {
                     if regression > max_pct {
                         Finding::Worse {
                             text: format!(
-                                "{aggregate} of {field} per GPU on {group}: wave {} ({} GPUs) vs \
-                                 cohort {} ({} GPUs), {change_pct:+.1}%, more than {max_pct}% \
+                                "{aggregate} of {field} per GPU on {group}: wave {} ({} GPU(s)) vs \
+                                 cohort {} ({} GPU(s)), {change_pct:+.1}%, more than {max_pct}% \
                                  worse ({direction}); wave nodes: {}",
                                 round(now),
                                 wave.len(),
@@ -378,8 +378,8 @@ impl Sides<'_> {
                     if test.p < significance {
                         Finding::Worse {
                             text: format!(
-                                "{field} per-GPU means on {group}: wave median {} ({} GPUs) vs \
-                                 cohort median {} ({} GPUs), {direction}, Mann-Whitney one-sided \
+                                "{field} per-GPU means on {group}: wave median {} ({} GPU(s)) vs \
+                                 cohort median {} ({} GPU(s)), {direction}, Mann-Whitney one-sided \
                                  p={} < {significance}; wave nodes: {}",
                                 round(Aggregate::P50.apply(&now)),
                                 now.len(),
@@ -745,7 +745,7 @@ mod tests {
         assert_eq!(
             failures[0].reason,
             "against the cohort (the fleet's nodes not updated yet) over the soak: mean of \
-             gpu_temp_c per GPU on sku=a: wave 45 (1 GPUs) vs cohort 35 (2 GPUs), +28.6%, more \
+             gpu_temp_c per GPU on sku=a: wave 45 (1 GPU(s)) vs cohort 35 (2 GPU(s)), +28.6%, more \
              than 10% worse (lower-is-better); wave nodes: w1 45"
         );
     }
@@ -848,7 +848,7 @@ mod tests {
         assert_eq!(
             failures[0].reason,
             "against the cohort (the fleet's nodes not updated yet) over the soak: gpu_temp_c \
-             per-GPU means on sku=a: wave median 51 (3 GPUs) vs cohort median 35 (6 GPUs), \
+             per-GPU means on sku=a: wave median 51 (3 GPU(s)) vs cohort median 35 (6 GPU(s)), \
              lower-is-better, Mann-Whitney one-sided p=0.0119 < 0.05; wave nodes: w3 52, w2 51, \
              w1 50"
         );
