@@ -115,6 +115,17 @@ pub fn judge_cohort(rules: &[Rule], facts: &SoakFacts<'_>, cohort: &[SoakWindow]
             cohort: in_scope(cohort),
             facts,
         };
+        if sides.wave.is_empty() {
+            // No node of the wave ended its procedure yet (or none is in scope).
+            waiting |= !facts.telemetry_complete;
+            if facts.telemetry_complete {
+                not_compared.push(format!(
+                    "rule {}: no node of the wave in its scope to compare with the cohort",
+                    rule.id
+                ));
+            }
+            continue;
+        }
         let findings = match &rule.kind {
             RuleKind::Baseline {
                 measurement,
@@ -149,17 +160,6 @@ pub fn judge_cohort(rules: &[Rule], facts: &SoakFacts<'_>, cohort: &[SoakWindow]
             },
             _ => continue,
         };
-        if sides.wave.is_empty() {
-            // No node of the wave ended its procedure yet (or none is in scope).
-            waiting |= !facts.telemetry_complete;
-            if facts.telemetry_complete {
-                not_compared.push(format!(
-                    "rule {}: no node of the wave in its scope to compare with the cohort",
-                    rule.id
-                ));
-            }
-            continue;
-        }
         let mut reasons = Vec::new();
         let mut nodes: BTreeSet<NodeId> = BTreeSet::new();
         for (group, finding) in findings {
@@ -234,22 +234,20 @@ fn group_of(labels: &Labels, per: &str) -> String {
     }
 }
 
-/// Each GPU's mean of a field in its node's window, by group: `(node, value)` per GPU.
-type GroupValues = BTreeMap<String, Vec<(NodeId, f64)>>;
+/// Each GPU's mean of a field in its node's window: `(node, value)` per GPU.
+type GpuMeans = Vec<(NodeId, f64)>;
+/// [`GpuMeans`] by group.
+type GroupValues = BTreeMap<String, GpuMeans>;
 
 impl Sides<'_> {
-    /// Whether the wave side may still grow: nodes still end their procedure or telemetry
-    /// still comes.
-    fn final_(&self) -> bool {
+    /// Whether everything is in: the soak's telemetry was all written (by then every node of
+    /// the wave has ended its procedure), so a side short of samples stays short.
+    fn complete(&self) -> bool {
         self.facts.telemetry_complete
     }
 
     /// Per group of the wave's nodes, each side's GPU means of `field`.
-    fn gpu_means(
-        &self,
-        field: Field,
-        per: &str,
-    ) -> BTreeMap<String, (Vec<(NodeId, f64)>, Vec<(NodeId, f64)>)> {
+    fn gpu_means(&self, field: Field, per: &str) -> BTreeMap<String, (GpuMeans, GpuMeans)> {
         let by_group = |windows: &[SoakWindow]| -> GroupValues {
             let refs: Vec<&SoakWindow> = windows.iter().collect();
             let groups: BTreeMap<&NodeId, String> = windows
@@ -295,7 +293,7 @@ impl Sides<'_> {
                 let finding = if cohort.is_empty() {
                     Finding::NotCompared(format!("no node of the cohort reported {field}"))
                 } else if wave.is_empty() {
-                    if self.final_() {
+                    if self.complete() {
                         Finding::NotCompared(format!("the wave's nodes reported no {field}"))
                     } else {
                         Finding::Short
@@ -358,7 +356,7 @@ impl Sides<'_> {
                         cohort.len()
                     ))
                 } else if wave.len() < min {
-                    if self.final_() {
+                    if self.complete() {
                         Finding::NotCompared(format!(
                             "the wave has {} GPU(s) reporting {field}, fewer than min-samples {min}",
                             wave.len()
@@ -409,6 +407,10 @@ impl Sides<'_> {
     ) -> Vec<(String, Finding)> {
         let min = u64::from(min_samples);
         let with_event = |windows: &[SoakWindow]| -> BTreeSet<NodeId> {
+            let by_node: BTreeMap<&NodeId, &SoakWindow> = windows
+                .iter()
+                .map(|window| (&window.node, window))
+                .collect();
             self.facts
                 .events
                 .iter()
@@ -418,9 +420,9 @@ impl Sides<'_> {
                         EventKind::EccUncorrected | EventKind::GpuLost => true,
                     };
                     critical
-                        && windows
-                            .iter()
-                            .any(|window| &window.node == node && window.holds(event.at))
+                        && by_node
+                            .get(node)
+                            .is_some_and(|window| window.holds(event.at))
                 })
                 .map(|(node, _)| node.clone())
                 .collect()
@@ -455,7 +457,7 @@ impl Sides<'_> {
                         "the cohort has {n_cohort} node(s), fewer than min-samples {min}"
                     ))
                 } else if n_wave < min {
-                    if self.final_() {
+                    if self.complete() {
                         Finding::NotCompared(format!(
                             "the wave has {n_wave} node(s), fewer than min-samples {min}"
                         ))
