@@ -529,8 +529,9 @@ pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Judge
 /// procedure ended (`rollout::judge_soak`): their GPU events outside steps and fleet
 /// telemetry from their procedure's end until the wave's soak ends (until now while it runs
 /// or soaks). With `baseline-by-cohort`, beside it, the verdict of the rules comparing the
-/// wave with its cohort over the same span (`rollout::judge_cohort`); both sides' events and
-/// telemetry are read together, one query each.
+/// wave with its cohort over the same span (`rollout::judge_cohort`); the cohort's labels,
+/// events and telemetry are read for all its nodes at once, one query each, and only those a
+/// rule compares.
 async fn judge_soak(
     shared: &Shared,
     loaded: &Loaded,
@@ -591,59 +592,85 @@ async fn judge_soak(
     } else {
         Vec::new()
     };
-    let nodes: Vec<NodeId> = windows
-        .iter()
-        .chain(&cohort)
-        .map(|window| window.node.clone())
-        .collect();
-    let events = shared.store.fleet_events_of(&nodes, since).await?;
-    let reads_telemetry = spec.health.iter().any(|rule| match &rule.kind {
-        RuleKind::Telemetry { step: None, .. }
-        | RuleKind::NoEvents {
-            row_remap_failure: true,
-            ..
-        } => true,
-        RuleKind::Baseline { .. }
-        | RuleKind::NoRegression {
-            measurement: Some(_),
-            ..
-        } => compares,
-        _ => false,
+    // The wave's events and buckets are read as before, the cohort's apart: a cohort is most
+    // of the fleet, and a read sharing the wave's row limit could crowd the wave's rows out.
+    let nodes: Vec<NodeId> = windows.iter().map(|window| window.node.clone()).collect();
+    let cohort_ids: Vec<NodeId> = cohort.iter().map(|window| window.node.clone()).collect();
+    let mut events = shared.store.fleet_events_of(&nodes, since).await?;
+    let soak_reads_telemetry = spec.health.iter().any(|rule| {
+        matches!(
+            rule.kind,
+            RuleKind::Telemetry { step: None, .. }
+                | RuleKind::NoEvents {
+                    row_remap_failure: true,
+                    ..
+                }
+        )
     });
+    let cohort_reads = |events: bool| {
+        compares
+            && spec.health.iter().any(|rule| match &rule.kind {
+                RuleKind::Baseline { .. } => !events,
+                RuleKind::NoRegression { measurement, .. } => measurement.is_none() == events,
+                _ => false,
+            })
+    };
+    let (cohort_reads_events, cohort_reads_telemetry) = (cohort_reads(true), cohort_reads(false));
     let finest = shared.config.fleet_history.tiers().first().copied();
-    let (buckets, telemetry_complete) = match finest {
-        Some(tier) if reads_telemetry => {
+    let (mut buckets, mut cohort_buckets, telemetry_complete) = match finest {
+        Some(tier) if soak_reads_telemetry || cohort_reads_telemetry => {
+            let resolution_s = tier.resolution_s();
             let buckets = shared
                 .store
-                .fleet_buckets_of(&nodes, tier.resolution_s(), since, until)
+                .fleet_buckets_of(&nodes, resolution_s, since, until)
                 .await?;
+            let cohort_buckets = if cohort_reads_telemetry {
+                shared
+                    .store
+                    .fleet_buckets_of(&cohort_ids, resolution_s, since, until)
+                    .await?
+            } else {
+                Vec::new()
+            };
             // The bucket holding the soak's end is written once it closed and the writer
             // passed after the lateness allowance (`fleet_history::flush`).
             let written = until
                 + tier.resolution
                 + shared.config.fleet_flush_every
                 + shared.config.fleet_flush_every;
-            (buckets, now >= written)
+            (buckets, cohort_buckets, now >= written)
         }
-        _ => (Vec::new(), true),
+        _ => (Vec::new(), Vec::new(), true),
     };
-    let facts = SoakFacts {
+    let soak = tollgate_domain::rollout::judge_soak(
+        &spec.health,
+        &SoakFacts {
+            release_created: judged.release_created,
+            windows: &windows,
+            events: &events,
+            buckets: &buckets,
+            telemetry_complete,
+        },
+    );
+    if !compares {
+        let nothing = CohortVerdict {
+            verdict: HealthVerdict::Passed,
+            not_compared: Vec::new(),
+        };
+        return Ok((soak, nothing));
+    }
+    if cohort_reads_events {
+        events.extend(shared.store.fleet_events_of(&cohort_ids, since).await?);
+    }
+    buckets.append(&mut cohort_buckets);
+    let both = SoakFacts {
         release_created: judged.release_created,
         windows: &windows,
         events: &events,
         buckets: &buckets,
         telemetry_complete,
     };
-    let soak = tollgate_domain::rollout::judge_soak(&spec.health, &facts);
-    let cohort = if compares {
-        judge_cohort(&spec.health, &facts, &cohort)
-    } else {
-        CohortVerdict {
-            verdict: HealthVerdict::Passed,
-            not_compared: Vec::new(),
-        }
-    };
-    Ok((soak, cohort))
+    Ok((soak, judge_cohort(&spec.health, &both, &cohort)))
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.
