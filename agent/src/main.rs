@@ -53,7 +53,8 @@ struct Args {
     #[arg(long, default_value = tollgate_agent::DEFAULT_SIM_VBIOS)]
     sim_vbios: String,
     /// Inject a fault into the simulated GPUs: over-temp, ecc-uncorrected, xid=CODE,
-    /// idle-xid=CODE:SECONDS, driver=VERSION or vbios=VERSION; repeat for several.
+    /// idle-xid=CODE:SECONDS, idle-hot=DEGREES:SECONDS (idle GPUs that many degrees hotter
+    /// from SECONDS after a step ended), driver=VERSION or vbios=VERSION; repeat for several.
     #[arg(long = "fault", value_name = "FAULT", value_parser = str::parse::<Fault>)]
     faults: Vec<Fault>,
     /// Spool, node token and step logs (default: ./.tollgate-agent/<node>).

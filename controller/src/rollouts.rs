@@ -26,8 +26,9 @@ use std::collections::HashMap;
 use tollgate_domain::fleet::{Labels, Node};
 use tollgate_domain::gate::{Decision, RuleKind};
 use tollgate_domain::rollout::{
-    HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange, RolloutEvent,
-    RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, combine, health_verdict, next, startable,
+    CohortVerdict, HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange,
+    RolloutEvent, RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, cohort_nodes,
+    cohort_windows, combine, compares_with_cohort, health_verdict, judge_cohort, next, startable,
 };
 use tollgate_domain::{JobId, NodeId, RolloutId, RunId};
 
@@ -351,11 +352,11 @@ async fn drive(shared: &Shared, mut loaded: Loaded) -> Result<(), RolloutError> 
         if loaded.record.state.phase.is_terminal() && !any_active(&loaded) {
             return Ok(());
         }
-        let Some(event) = due_event(shared, &loaded).await? else {
+        let Some((event, reason)) = due_event(shared, &loaded).await? else {
             break;
         };
         let halting = matches!(event, RolloutEvent::HealthJudged(HealthVerdict::Failed(_)));
-        apply(shared, &loaded, event, Vec::new(), ACTOR, None).await?;
+        apply(shared, &loaded, event, Vec::new(), ACTOR, reason.as_deref()).await?;
         loaded = load(shared, &id).await?;
         if halting
             && loaded.record.state.phase == Phase::Halted
@@ -387,8 +388,12 @@ fn any_active(loaded: &Loaded) -> bool {
 }
 
 /// The next event due on the rollout, if any: a node's run ended, a timer ran out, or the
-/// wave's health has a verdict that changes something.
-async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEvent>, RolloutError> {
+/// wave's health has a verdict that changes something, with the comparisons with the cohort
+/// that could not be made (the reason its audit entry records).
+async fn due_event(
+    shared: &Shared,
+    loaded: &Loaded,
+) -> Result<Option<(RolloutEvent, Option<String>)>, RolloutError> {
     // One read for every run the driver looks at: those of nodes in procedure or rolling
     // back (have they ended?) and those of the current wave (when did they end?).
     let wave = loaded.record.state.wave;
@@ -413,10 +418,11 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
             _ => None,
         };
         if let Some(passed) = run.and_then(|run| ends.get(run)).and_then(RunEnd::passed) {
-            return Ok(Some(RolloutEvent::NodeFinished {
+            let event = RolloutEvent::NodeFinished {
                 node: node.node.clone(),
                 passed,
-            }));
+            };
+            return Ok(Some((event, None)));
         }
     }
     let state = &loaded.record.state;
@@ -424,10 +430,10 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
     let now = shared.now();
     match state.phase {
         Phase::Soaking if now >= state.since + spec.soak => {
-            return Ok(Some(RolloutEvent::SoakEnded));
+            return Ok(Some((RolloutEvent::SoakEnded, None)));
         }
         Phase::Interval if now >= state.since + spec.limits.pause_between_waves => {
-            return Ok(Some(RolloutEvent::IntervalEnded));
+            return Ok(Some((RolloutEvent::IntervalEnded, None)));
         }
         Phase::Running | Phase::Soaking | Phase::Judging => {}
         _ => return Ok(None),
@@ -435,15 +441,26 @@ async fn due_event(shared: &Shared, loaded: &Loaded) -> Result<Option<RolloutEve
     let Some(judged) = judge_wave(shared, loaded).await? else {
         return Ok(None);
     };
-    let soak = judge_soak(shared, loaded, &judged, &ends).await?;
-    let verdict = combine(health_verdict(&judged.decision), soak);
+    let (soak, cohort) = judge_soak(shared, loaded, &judged, &ends).await?;
+    let verdict = combine(
+        combine(health_verdict(&judged.decision), soak),
+        cohort.verdict,
+    );
     // Before the wave was judged after its soak, only a failure changes anything.
     let matters = match &verdict {
         HealthVerdict::Failed(_) => true,
         HealthVerdict::Passed => state.phase == Phase::Judging,
         HealthVerdict::Waiting => false,
     };
-    Ok(matters.then_some(RolloutEvent::HealthJudged(verdict)))
+    if !matters {
+        return Ok(None);
+    }
+    let reason = (!cohort.not_compared.is_empty()).then(|| {
+        let not_compared = cohort.not_compared.join("; ");
+        tracing::info!(rollout = %loaded.record.id, wave = state.wave + 1, not_compared, "wave judged; some comparisons with the cohort could not be made");
+        format!("not compared with the cohort: {not_compared}")
+    });
+    Ok(Some((RolloutEvent::HealthJudged(verdict), reason)))
 }
 
 /// The health gate's decision over the current wave's evidence, and the labels of the
@@ -512,13 +529,16 @@ pub async fn judge_wave(shared: &Shared, loaded: &Loaded) -> Result<Option<Judge
 /// The verdict of the health rules over the soak windows of the current wave's nodes whose
 /// procedure ended (`rollout::judge_soak`): their GPU events outside steps and fleet
 /// telemetry from their procedure's end until the wave's soak ends (until now while it runs
-/// or soaks).
+/// or soaks). With `baseline-by-cohort`, beside it, the verdict of the rules comparing the
+/// wave with its cohort over the same span (`rollout::judge_cohort`); the cohort's labels,
+/// events and telemetry are read for all its nodes at once, one query each, and only those a
+/// rule compares.
 async fn judge_soak(
     shared: &Shared,
     loaded: &Loaded,
     judged: &Judged,
     ends: &HashMap<RunId, RunEnd>,
-) -> Result<HealthVerdict, StoreError> {
+) -> Result<(HealthVerdict, CohortVerdict), StoreError> {
     let state = &loaded.record.state;
     let spec = &loaded.record.spec;
     let now = shared.now();
@@ -550,12 +570,35 @@ async fn judge_soak(
         })
         .filter(|window| window.from < until)
         .collect();
+    let compares = spec.baseline_by_cohort && spec.health.iter().any(compares_with_cohort);
     let Some(since) = windows.iter().map(|window| window.from).min() else {
-        return Ok(HealthVerdict::Passed);
+        // Nothing was watched yet (or, with no soak, at all): nothing to compare.
+        let nothing = CohortVerdict {
+            verdict: HealthVerdict::Passed,
+            not_compared: compares
+                .then(|| "no node of the wave has a soak window to compare".to_owned())
+                .into_iter()
+                .collect(),
+        };
+        return Ok((HealthVerdict::Passed, nothing));
     };
+    let cohort = if compares {
+        let cohort: Vec<NodeId> = cohort_nodes(&loaded.facts()).into_iter().cloned().collect();
+        let mut labels = shared.store.node_labels_of(&cohort).await?;
+        let labelled: Vec<(NodeId, Labels)> = cohort
+            .into_iter()
+            .filter_map(|node| labels.remove(&node).map(|labels| (node, labels)))
+            .collect();
+        cohort_windows(&windows, &labelled)
+    } else {
+        Vec::new()
+    };
+    // The wave's events and buckets are read as before, the cohort's apart: a cohort is most
+    // of the fleet, and a read sharing the wave's row limit could crowd the wave's rows out.
     let nodes: Vec<NodeId> = windows.iter().map(|window| window.node.clone()).collect();
-    let events = shared.store.fleet_events_of(&nodes, since).await?;
-    let reads_telemetry = spec.health.iter().any(|rule| {
+    let cohort_ids: Vec<NodeId> = cohort.iter().map(|window| window.node.clone()).collect();
+    let mut events = shared.store.fleet_events_of(&nodes, since).await?;
+    let soak_reads_telemetry = spec.health.iter().any(|rule| {
         matches!(
             rule.kind,
             RuleKind::Telemetry { step: None, .. }
@@ -565,24 +608,42 @@ async fn judge_soak(
                 }
         )
     });
+    let cohort_reads = |events: bool| {
+        compares
+            && spec.health.iter().any(|rule| match &rule.kind {
+                RuleKind::Baseline { .. } => !events,
+                RuleKind::NoRegression { measurement, .. } => measurement.is_none() == events,
+                _ => false,
+            })
+    };
+    let (cohort_reads_events, cohort_reads_telemetry) = (cohort_reads(true), cohort_reads(false));
     let finest = shared.config.fleet_history.tiers().first().copied();
-    let (buckets, telemetry_complete) = match finest {
-        Some(tier) if reads_telemetry => {
+    let (mut buckets, mut cohort_buckets, telemetry_complete) = match finest {
+        Some(tier) if soak_reads_telemetry || cohort_reads_telemetry => {
+            let resolution_s = tier.resolution_s();
             let buckets = shared
                 .store
-                .fleet_buckets_of(&nodes, tier.resolution_s(), since, until)
+                .fleet_buckets_of(&nodes, resolution_s, since, until)
                 .await?;
+            let cohort_buckets = if cohort_reads_telemetry {
+                shared
+                    .store
+                    .fleet_buckets_of(&cohort_ids, resolution_s, since, until)
+                    .await?
+            } else {
+                Vec::new()
+            };
             // The bucket holding the soak's end is written once it closed and the writer
             // passed after the lateness allowance (`fleet_history::flush`).
             let written = until
                 + tier.resolution
                 + shared.config.fleet_flush_every
                 + shared.config.fleet_flush_every;
-            (buckets, now >= written)
+            (buckets, cohort_buckets, now >= written)
         }
-        _ => (Vec::new(), true),
+        _ => (Vec::new(), Vec::new(), true),
     };
-    Ok(tollgate_domain::rollout::judge_soak(
+    let soak = tollgate_domain::rollout::judge_soak(
         &spec.health,
         &SoakFacts {
             release_created: judged.release_created,
@@ -591,7 +652,26 @@ async fn judge_soak(
             buckets: &buckets,
             telemetry_complete,
         },
-    ))
+    );
+    if !compares {
+        let nothing = CohortVerdict {
+            verdict: HealthVerdict::Passed,
+            not_compared: Vec::new(),
+        };
+        return Ok((soak, nothing));
+    }
+    if cohort_reads_events {
+        events.extend(shared.store.fleet_events_of(&cohort_ids, since).await?);
+    }
+    buckets.append(&mut cohort_buckets);
+    let both = SoakFacts {
+        release_created: judged.release_created,
+        windows: &windows,
+        events: &events,
+        buckets: &buckets,
+        telemetry_complete,
+    };
+    Ok((soak, judge_cohort(&spec.health, &both, &cohort)))
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.

@@ -199,6 +199,16 @@ fn asymptotic_u_sf(u: f64, n1: usize, n2: usize, ties: &[usize]) -> f64 {
     normal_sf(numerator / sd)
 }
 
+/// `0.0012`, `0.5`, `9.0e-4`: a p-value as people read it.
+pub fn format_p(p: f64) -> String {
+    if p >= 1e-3 {
+        let text = format!("{p:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
 /// P(Z > z) for a standard normal Z.
 pub fn normal_sf(z: f64) -> f64 {
     0.5 * erfc(z / std::f64::consts::SQRT_2)

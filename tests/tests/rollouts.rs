@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tollgate_controller::store::testing;
 use tollgate_proto::v1;
-use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate};
+use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate, tollgate_ok};
 use tollgate_tests::{
     Agent, Backend, Clients, Controller, ControllerOptions, fresh_database_url, held_plan,
     plan_yaml, wait_for,
@@ -36,6 +36,9 @@ tollgate_tests::on_both_backends!(
     without_a_rollback_plan_a_halt_waits_for_a_person_who_skips_the_wave,
     a_rollout_is_refused_until_the_release_passed_production,
     an_xid_during_the_soak_of_wave_two_halts_before_wave_three,
+    a_wave_two_node_hotter_than_its_cohort_halts_before_wave_three,
+    a_fleet_like_its_cohort_completes_naming_what_it_could_not_compare,
+    a_telemetry_limit_breached_during_the_soak_halts_naming_node_rule_and_value,
 );
 
 /// The rack of node `prod-NN`: `r1`..`r5` in turn.
@@ -56,6 +59,19 @@ fn fleet_with(url: &str, n: usize, xid_node: Option<&str>) -> Vec<Agent> {
 /// The fleet: `n` nodes `prod-01`.. with `role=prod` and their rack; `faulty` runs with
 /// `faults` (simulated GPU faults, as `--fault` takes them).
 fn fleet_faults(url: &str, n: usize, faulty: &str, faults: &[&str]) -> Vec<Agent> {
+    fleet_configs(url, n, faulty, faults)
+        .into_iter()
+        .map(Agent::start_config)
+        .collect()
+}
+
+/// The agents' configurations of [`fleet_faults`].
+fn fleet_configs(
+    url: &str,
+    n: usize,
+    faulty: &str,
+    faults: &[&str],
+) -> Vec<tollgate_agent::AgentConfig> {
     (1..=n)
         .map(|i| {
             let name = format!("prod-{i:02}");
@@ -75,7 +91,7 @@ fn fleet_faults(url: &str, n: usize, faulty: &str, faults: &[&str]) -> Vec<Agent
                     .map(|fault| fault.parse().expect("valid fault"))
                     .collect();
             }
-            Agent::start_config(config)
+            config
         })
         .collect()
 }
@@ -433,10 +449,11 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
         "{}",
         refused.message()
     );
-    // Health rules that compare with a baseline are refused by name: a wave has no baseline.
+    // Health rules that compare with a baseline are refused by name unless the file compares
+    // each wave with its cohort, and the refusal says how.
     let compares = ROLLOUT.replace(
         "  - steps-passed: {max-failed: 0}\n",
-        "  - baseline: {id: membw, measurement: membw_gbps, aggregate: mean, max-regression-pct: 5}\n",
+        "  - baseline: {id: membw, measurement: membw_gbps, aggregate: mean, max-regression-pct: 5}\n  - no-regression: {id: rates}\n",
     );
     let refused = clients
         .rollouts
@@ -447,7 +464,62 @@ async fn a_rollout_is_refused_until_the_release_passed_production(backend: Backe
     assert!(
         refused
             .message()
-            .contains("file: health rule(s) membw compare with a baseline"),
+            .contains("file: health rule(s) membw, rates compare with a baseline")
+            && refused.message().contains("set baseline-by-cohort: true"),
+        "{}",
+        refused.message()
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("rollout.yaml");
+    std::fs::write(&path, &compares).expect("write the rollout file");
+    let path = path.to_str().expect("a UTF-8 path");
+    let cli = tollgate(
+        &controller.url,
+        &[
+            "rollout",
+            "start",
+            "--release",
+            "r1",
+            "--fleet",
+            "role=prod",
+            "-f",
+            path,
+        ],
+    )
+    .await;
+    assert!(!cli.status.success());
+    let stderr = text(&cli.stderr);
+    assert!(
+        stderr.contains("health rule(s) membw, rates compare with a baseline")
+            && stderr.contains("set baseline-by-cohort: true"),
+        "{stderr}"
+    );
+    // With it, a cohort rule's measurement must be a telemetry field, named with its line.
+    let cohort = compares.replace("health:", "baseline-by-cohort: true\nhealth:");
+    let refused = clients
+        .rollouts
+        .start_rollout(start_file(&cohort))
+        .await
+        .expect_err("membw_gbps is no telemetry field");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("health[0].baseline.measurement: unknown telemetry field 'membw_gbps'")
+            && refused.message().contains("rollout.yaml:"),
+        "{}",
+        refused.message()
+    );
+    // A valid cohort rule passes validation; only the missing production pass refuses it.
+    let cohort = cohort.replace("membw_gbps", "gpu_temp_c");
+    let refused = clients
+        .rollouts
+        .start_rollout(start_file(&cohort))
+        .await
+        .expect_err("no production evidence yet");
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
         "{}",
         refused.message()
     );
@@ -1304,4 +1376,192 @@ async fn a_rollout_completes_across_replica_failovers() {
         agent.stop().await;
     }
     replicas.stop().await;
+}
+
+/// A fleet of 6 nodes sending fleet telemetry every 200 ms to a controller keeping 1-second
+/// buckets; `faulty` runs with `faults`. Waves: prod-01, prod-02, then the other four.
+async fn telemetry_fleet(
+    backend: Backend,
+    faulty: &str,
+    faults: &[&str],
+) -> Option<(Controller, Vec<Agent>)> {
+    let mut options = ControllerOptions::new(backend);
+    options.fleet_history = Some((
+        tollgate_domain::fleet_history::History::parse("1s:1h").expect("history"),
+        Duration::from_millis(300),
+    ));
+    let controller = Controller::start(options).await?;
+    let agents = fleet_configs(&controller.url, 6, faulty, faults)
+        .into_iter()
+        .map(|mut config| {
+            config.fleet_interval = Duration::from_millis(200);
+            Agent::start_config(config)
+        })
+        .collect();
+    Some((controller, agents))
+}
+
+/// Three waves of one, one and four nodes, soaking 3 s, judged by `health`.
+fn three_waves(health: &str) -> String {
+    format!(
+        r#"name: prod-cohort
+selector: {{sku: hgx-h100}}
+waves:
+  - count: 1
+  - count: 1
+  - percent: 100
+procedure:
+  plan: flash-and-soak
+health:
+  - steps-passed: {{max-failed: 0}}
+{health}soak: 3s
+"#
+    )
+}
+
+/// The cohort rule of the tests below: a wave's idle GPUs at most 10 % hotter, on average,
+/// than those of the fleet's nodes not updated yet.
+const COHORT_RULE: &str = "  - baseline: {id: temp-vs-cohort, measurement: gpu_temp_c, aggregate: mean, max-regression-pct: 10, direction: lower-is-better}\nbaseline-by-cohort: true\n";
+
+/// prod-02 (wave 2) idles 20 °C hotter once its procedure ended; the fleet's other nodes idle
+/// at 33-37 °C. Compared with its cohort (the four nodes of wave 3, not updated yet) over its
+/// soak, wave 2 is 57 % hotter: the rollout halts before wave 3 starts, and `rollout show`
+/// names the node, the rule and both sides' figures. Wave 1 (prod-01, as cool as its cohort)
+/// passed.
+async fn a_wave_two_node_hotter_than_its_cohort_halts_before_wave_three(backend: Backend) {
+    let Some((controller, agents)) = telemetry_fleet(backend, "prod-02", &["idle-hot=20:0"]).await
+    else {
+        return;
+    };
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(6).await;
+    prepare(&mut clients, true).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&three_waves(COHORT_RULE)))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    assert_eq!(started.waves[1].nodes[0].node, "prod-02");
+
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    let halt = halted.halt.clone().expect("a halted rollout says why");
+    assert_eq!(halt.wave, 1, "{halt:?}");
+    assert_eq!(halt.failures.len(), 1, "{halt:?}");
+    let failure = &halt.failures[0];
+    assert_eq!(failure.rule_id, "temp-vs-cohort");
+    assert_eq!(failure.nodes, ["prod-02"]);
+    assert!(
+        failure.reason.starts_with(
+            "against the cohort (the fleet's nodes not updated yet) over the soak: mean of \
+             gpu_temp_c per GPU on sku=hgx-h100: wave 5"
+        ) && failure.reason.contains("(1 GPU(s)) vs cohort 3")
+            && failure.reason.contains("(4 GPU(s))")
+            && failure
+                .reason
+                .contains("more than 10% worse (lower-is-better); wave nodes: prod-02 5"),
+        "{failure:?}"
+    );
+    assert_eq!(progress_of(&halted, "prod-01"), "passed");
+    assert_eq!(progress_of(&halted, "prod-02"), "passed");
+    for node in wave_nodes(&halted, 2) {
+        assert_eq!(node.progress, "waiting", "{node:?}");
+        assert!(node.run.is_empty(), "{node:?}");
+    }
+    let stdout = tollgate_ok(&controller.url, &["rollout", "show", &started.id]).await;
+    assert!(
+        stdout.contains("halted at wave 2")
+            && stdout.contains("rule temp-vs-cohort failed on prod-02: against the cohort")
+            && stdout.contains("vs cohort 3"),
+        "{stdout}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// The same rollout over a fleet whose nodes all idle alike completes: each wave is as cool
+/// as its cohort. The last wave has no cohort; its judgement says so in the audit log.
+async fn a_fleet_like_its_cohort_completes_naming_what_it_could_not_compare(backend: Backend) {
+    let Some((controller, agents)) = telemetry_fleet(backend, "", &[]).await else {
+        return;
+    };
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(6).await;
+    prepare(&mut clients, true).await;
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&three_waves(COHORT_RULE)))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let done = wait_phase(&clients, &started.id, "completed").await;
+    assert!(done.halt.is_none(), "{done:?}");
+    let judged: Vec<String> = rollout_audit(&mut clients, &started.id)
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "rollout.health-judged")
+        .map(|(_, _, details)| details["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(judged.len(), 3, "{judged:?}");
+    assert_eq!(judged[..2], ["", ""], "waves 1 and 2 were compared");
+    assert_eq!(
+        judged[2],
+        "not compared with the cohort: rule temp-vs-cohort on sku=hgx-h100: no node of the \
+         cohort reported gpu_temp_c"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// A `telemetry` rule without a step judges the soak too: prod-02 idles 50 °C hotter once its
+/// procedure ended (83-87 °C, hotter than under load), breaking `< 80` during its wave's soak
+/// although every procedure step stayed under it. The rollout halts naming the node, the rule
+/// and the value.
+async fn a_telemetry_limit_breached_during_the_soak_halts_naming_node_rule_and_value(
+    backend: Backend,
+) {
+    let Some((controller, agents)) = telemetry_fleet(backend, "prod-02", &["idle-hot=50:0"]).await
+    else {
+        return;
+    };
+    let mut clients = controller.clients().await;
+    clients.wait_ready_nodes(6).await;
+    prepare(&mut clients, true).await;
+    let file = three_waves(
+        "  - telemetry: {id: cool, field: gpu_temp_c, aggregate: max, condition: \"< 80\"}\n",
+    );
+    let started = clients
+        .rollouts
+        .start_rollout(start_file(&file))
+        .await
+        .expect("start rollout")
+        .into_inner();
+    let halted = wait_phase(&clients, &started.id, "halted").await;
+    let halt = halted.halt.clone().expect("a halted rollout says why");
+    assert_eq!(halt.wave, 1, "{halt:?}");
+    assert_eq!(halt.failures.len(), 1, "{halt:?}");
+    let failure = &halt.failures[0];
+    assert_eq!(failure.rule_id, "cool");
+    assert_eq!(failure.nodes, ["prod-02"]);
+    assert!(
+        failure
+            .reason
+            .starts_with("during the soak: max of gpu_temp_c max per GPU = 8")
+            && failure
+                .reason
+                .contains("which breaks < 80 (prod-02 GPU 0 = 8"),
+        "{failure:?}"
+    );
+    // Its procedure passed the same rule: the breach came after it.
+    assert_eq!(progress_of(&halted, "prod-02"), "passed");
+    let stdout = tollgate_ok(&controller.url, &["rollout", "show", &started.id]).await;
+    assert!(
+        stdout.contains("rule cool failed on prod-02: during the soak: max of gpu_temp_c"),
+        "{stdout}"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
 }

@@ -39,6 +39,15 @@ pub enum Fault {
         /// How long after the step it comes.
         seconds: u32,
     },
+    /// Every GPU idles this many degrees hotter, from `seconds` after a step that loaded it
+    /// ended on (`idle-hot=DEGREES:SECONDS`), as a node whose new firmware drives its fans
+    /// or clocks wrong at idle does; under load the temperatures are as without it.
+    IdleHot {
+        /// How much hotter, °C.
+        degrees: u32,
+        /// How long after the step it starts.
+        seconds: u32,
+    },
     /// The node reports this driver version.
     Driver(String),
     /// Every GPU reports this VBIOS version.
@@ -62,10 +71,12 @@ impl FromStr for Fault {
     type Err = String;
 
     /// Parses `over-temp`, `ecc-uncorrected`, `xid=CODE`, `idle-xid=CODE:SECONDS`,
-    /// `driver=VERSION`, `vbios=VERSION`, `stall=GPU:SECONDS` or `versions-file=PATH`.
+    /// `idle-hot=DEGREES:SECONDS`, `driver=VERSION`, `vbios=VERSION`, `stall=GPU:SECONDS` or
+    /// `versions-file=PATH`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let expected = "expected over-temp, ecc-uncorrected, xid=CODE, idle-xid=CODE:SECONDS, \
-             driver=VERSION, vbios=VERSION, stall=GPU:SECONDS or versions-file=PATH";
+             idle-hot=DEGREES:SECONDS, driver=VERSION, vbios=VERSION, stall=GPU:SECONDS or \
+             versions-file=PATH";
         match text.split_once('=') {
             None if text == "over-temp" => Ok(Self::OverTemp),
             None if text == "ecc-uncorrected" => Ok(Self::EccUncorrected),
@@ -88,6 +99,20 @@ impl FromStr for Fault {
                     format!(
                         "fault '{text}': expected idle-xid=CODE:SECONDS with a positive XID \
                          code, e.g. idle-xid=79:2"
+                    )
+                }),
+            Some(("idle-hot", spec)) => spec
+                .split_once(':')
+                .and_then(|(degrees, seconds)| {
+                    Some(Self::IdleHot {
+                        degrees: degrees.trim().parse().ok().filter(|d| *d > 0)?,
+                        seconds: seconds.trim().parse().ok()?,
+                    })
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "fault '{text}': expected idle-hot=DEGREES:SECONDS with a positive whole \
+                         number of degrees, e.g. idle-hot=15:2"
                     )
                 }),
             Some(("driver" | "vbios", version)) if version.trim().is_empty() => {
@@ -121,6 +146,7 @@ impl fmt::Display for Fault {
             Self::EccUncorrected => f.write_str("ecc-uncorrected"),
             Self::Xid(code) => write!(f, "xid={code}"),
             Self::IdleXid { code, seconds } => write!(f, "idle-xid={code}:{seconds}"),
+            Self::IdleHot { degrees, seconds } => write!(f, "idle-hot={degrees}:{seconds}"),
             Self::Driver(version) => write!(f, "driver={version}"),
             Self::Vbios(version) => write!(f, "vbios={version}"),
             Self::Stall { gpu, seconds } => write!(f, "stall={gpu}:{seconds}"),
@@ -314,7 +340,10 @@ impl SimulatedSource {
         let (temp, power) = match (loaded, hot_gpu0) {
             (true, true) => (between(92.0, 96.0, 1), between(600.0, 690.0, 2)),
             (true, false) => (between(60.0, 75.0, 1), between(500.0, 650.0, 2)),
-            (false, _) => (between(33.0, 37.0, 1), between(65.0, 75.0, 2)),
+            (false, _) => (
+                between(33.0, 37.0, 1) + self.idle_heat(state),
+                between(65.0, 75.0, 2),
+            ),
         };
         put(Field::GpuTempC, temp.round());
         put(Field::MemTempC, (temp + between(2.0, 6.0, 3)).round());
@@ -358,6 +387,21 @@ impl SimulatedSource {
         // Fan speed stays absent: H100 SXM boards are passively cooled, and leaving it out
         // exercises the "unsupported fields are absent" path end to end.
         values
+    }
+
+    /// How much hotter an idle GPU runs now under the idle-hot fault: its degrees once its
+    /// time after the last step came, else nothing.
+    fn idle_heat(&self, state: &SimState) -> f64 {
+        let Some((degrees, seconds)) = self.config.faults.iter().find_map(|fault| match fault {
+            Fault::IdleHot { degrees, seconds } => Some((*degrees, *seconds)),
+            _ => None,
+        }) else {
+            return 0.0;
+        };
+        let due = state.unloaded_at.is_some_and(|ended| {
+            crate::clock::now() >= ended + chrono::Duration::seconds(i64::from(seconds))
+        });
+        if due { f64::from(degrees) } else { 0.0 }
     }
 
     fn idle_xid_fault(&self) -> Option<(i64, u32)> {
@@ -711,6 +755,44 @@ mod tests {
     }
 
     #[test]
+    fn idle_hot_heats_every_idle_gpu_after_a_step_ended() {
+        let hot = |seconds| {
+            source(
+                "n1",
+                Some(3),
+                vec![Fault::IdleHot {
+                    degrees: 20,
+                    seconds,
+                }],
+            )
+        };
+        let temps = |sim: &SimulatedSource| -> Vec<f64> {
+            let sample = sim.sample().unwrap();
+            (0..4)
+                .map(|gpu| field(&sample, gpu, Field::GpuTempC))
+                .collect()
+        };
+        let sim = hot(0);
+        for temp in temps(&sim) {
+            assert!((33.0..=37.0).contains(&temp), "not before a step: {temp}");
+        }
+        sim.set_load(true);
+        for temp in temps(&sim) {
+            assert!((60.0..=75.0).contains(&temp), "under load as usual: {temp}");
+        }
+        sim.set_load(false);
+        for temp in temps(&sim) {
+            assert!((53.0..=57.0).contains(&temp), "idle, 20 °C hotter: {temp}");
+        }
+        let later = hot(3600);
+        later.set_load(true);
+        later.set_load(false);
+        for temp in temps(&later) {
+            assert!((33.0..=37.0).contains(&temp), "not before its time: {temp}");
+        }
+    }
+
+    #[test]
     fn version_faults_change_the_inventory() {
         let sim = source(
             "n1",
@@ -772,10 +854,37 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(
+            "idle-hot=15:2".parse(),
+            Ok(Fault::IdleHot {
+                degrees: 15,
+                seconds: 2
+            })
+        );
+        for bad in [
+            "idle-hot=15",
+            "idle-hot=0:2",
+            "idle-hot=-3:2",
+            "idle-hot=15:x",
+        ] {
+            assert!(
+                bad.parse::<Fault>()
+                    .unwrap_err()
+                    .contains("expected idle-hot=DEGREES:SECONDS"),
+                "{bad}"
+            );
+        }
+        assert!(
+            "melt"
+                .parse::<Fault>()
+                .unwrap_err()
+                .contains("idle-hot=DEGREES:SECONDS")
+        );
         for text in [
             "over-temp",
             "xid=79",
             "idle-xid=79:0",
+            "idle-hot=15:2",
             "driver=1.2",
             "stall=1:3",
         ] {

@@ -290,13 +290,14 @@ impl RolloutService for RolloutApi {
             })
             .map(|rule| rule.id.as_str())
             .collect();
-        if !compares.is_empty() {
+        if !compares.is_empty() && !spec.baseline_by_cohort {
             return Err(invalid_fields_one(
                 "file",
                 format!(
-                    "health rule(s) {} compare with a baseline, and the controller keeps no \
-                     baseline evidence for a wave; judge a wave with absolute limits \
-                     (steps-passed, no-events, measurement, telemetry) instead",
+                    "health rule(s) {} compare with a baseline, and a wave has no earlier \
+                     release's evidence to compare with; set baseline-by-cohort: true to \
+                     compare each wave with the fleet's nodes not updated yet, or judge it \
+                     with absolute limits (steps-passed, no-events, measurement, telemetry)",
                     compares.join(", ")
                 ),
             ));

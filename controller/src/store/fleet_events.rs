@@ -10,22 +10,19 @@ use tollgate_domain::telemetry::GpuEvent;
 use tollgate_domain::{NodeId, Timestamp};
 
 /// Events of the nodes in `$1` (a JSON array of names) seen at or after `$2`.
-const EVENTS_SQLITE: &str = "SELECT node, gpu_index, gpu_uuid, kind, code, at, detail
-     FROM fleet_events WHERE node IN (SELECT value FROM json_each($1)) AND at >= $2
-     ORDER BY at, seq LIMIT $3";
-const EVENTS_POSTGRES: &str = "SELECT node, gpu_index, gpu_uuid, kind, code, at, detail
-     FROM fleet_events WHERE node IN (SELECT jsonb_array_elements_text($1::jsonb)) AND at >= $2
-     ORDER BY at, seq LIMIT $3";
+const EVENTS: (&str, &str) = in_json_list!(
+    "SELECT node, gpu_index, gpu_uuid, kind, code, at, detail FROM fleet_events WHERE node",
+    "$1",
+    " AND at >= $2 ORDER BY at, seq LIMIT $3"
+);
 
 /// Buckets of the nodes in `$1` of the tier `$2` seconds wide in `[$3, $4)`.
-const BUCKETS_SQLITE: &str = "SELECT node, gpu_index, resolution_s, bucket_start, fields
-     FROM fleet_telemetry WHERE node IN (SELECT value FROM json_each($1))
-       AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4
-     ORDER BY node, bucket_start, gpu_index LIMIT $5";
-const BUCKETS_POSTGRES: &str = "SELECT node, gpu_index, resolution_s, bucket_start, fields
-     FROM fleet_telemetry WHERE node IN (SELECT jsonb_array_elements_text($1::jsonb))
-       AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4
-     ORDER BY node, bucket_start, gpu_index LIMIT $5";
+const BUCKETS: (&str, &str) = in_json_list!(
+    "SELECT node, gpu_index, resolution_s, bucket_start, fields FROM fleet_telemetry WHERE node",
+    "$1",
+    " AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4
+     ORDER BY node, bucket_start, gpu_index LIMIT $5"
+);
 
 /// Most events one read returns; a wave with more has failed `no-events` many times over.
 pub const FLEET_EVENTS_MAX: usize = 10_000;
@@ -34,8 +31,7 @@ pub const FLEET_EVENTS_MAX: usize = 10_000;
 pub const FLEET_BUCKETS_MAX: usize = 500_000;
 
 fn names_json(nodes: &[NodeId]) -> String {
-    let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
-    serde_json::to_string(&names).expect("a list of strings serializes")
+    super::json_list(nodes.iter().map(NodeId::as_str))
 }
 
 fn event(row: &impl super::rows::StoreRow) -> Result<(NodeId, GpuEvent), StoreError> {
@@ -98,8 +94,8 @@ impl Store {
         }
         let names = names_json(nodes);
         let limit = super::page_limit(FLEET_EVENTS_MAX);
-        match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(EVENTS_SQLITE)
+        with_pool_sql!(self, EVENTS, |pool, sql| {
+            sqlx::query(sql)
                 .bind(names)
                 .bind(micros(since))
                 .bind(limit)
@@ -107,17 +103,8 @@ impl Store {
                 .await?
                 .iter()
                 .map(event)
-                .collect(),
-            Pool::Postgres(pool) => sqlx::query(EVENTS_POSTGRES)
-                .bind(names)
-                .bind(micros(since))
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(event)
-                .collect(),
-        }
+                .collect()
+        })
     }
 
     /// The buckets of `nodes` of the tier `resolution_s` seconds wide in `[since, until)`,
@@ -134,8 +121,8 @@ impl Store {
         }
         let names = names_json(nodes);
         let limit = super::page_limit(FLEET_BUCKETS_MAX);
-        let rows: Vec<Bucket> = match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(BUCKETS_SQLITE)
+        let rows: Vec<Bucket> = with_pool_sql!(self, BUCKETS, |pool, sql| {
+            sqlx::query(sql)
                 .bind(names)
                 .bind(i64::from(resolution_s))
                 .bind(micros(since))
@@ -145,19 +132,8 @@ impl Store {
                 .await?
                 .iter()
                 .map(super::fleet_telemetry::bucket)
-                .collect::<Result<_, _>>()?,
-            Pool::Postgres(pool) => sqlx::query(BUCKETS_POSTGRES)
-                .bind(names)
-                .bind(i64::from(resolution_s))
-                .bind(micros(since))
-                .bind(micros(until))
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(super::fleet_telemetry::bucket)
-                .collect::<Result<_, _>>()?,
-        };
+                .collect::<Result<_, _>>()?
+        });
         Ok(fleet_history::merge(rows))
     }
 

@@ -284,6 +284,34 @@ impl Store {
         })
     }
 
+    /// The labels of each of `names`, in one read; nodes that are gone are left out.
+    pub async fn node_labels_of(
+        &self,
+        names: &[NodeId],
+    ) -> Result<std::collections::HashMap<NodeId, Labels>, StoreError> {
+        const SQL: (&str, &str) =
+            in_json_list!("SELECT name, labels FROM nodes WHERE name", "$1", "");
+        if names.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let names = super::json_list(names.iter().map(NodeId::as_str));
+        with_pool_sql!(self, SQL, |pool, sql| {
+            sqlx::query(sql)
+                .bind(&names)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let f = rows::Fields::new(row, "nodes", &["name"]);
+                    Ok((
+                        NodeId::from(f.text("name")?.as_str()),
+                        f.json::<Labels>("labels")?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
     /// Up to `limit` nodes by name, starting after the node named `after`.
     pub async fn list_nodes_page(
         &self,

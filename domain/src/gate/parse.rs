@@ -226,6 +226,10 @@ pub(crate) struct RuleDefaults<'a> {
     /// leave `steps` out, meaning every step of the plan (see
     /// [`crate::rollout::RolloutSpec::health_gate`]). `None` in a gate file: both are required.
     pub(crate) plan: Option<&'a str>,
+    /// Whether `baseline` and `no-regression` rules compare a rollout's wave with its cohort
+    /// (`baseline-by-cohort: true`): their measurement is then a telemetry field, and a step
+    /// means nothing. Always false in a gate file.
+    pub(crate) cohort: bool,
 }
 
 impl RuleDefaults<'_> {
@@ -234,6 +238,7 @@ impl RuleDefaults<'_> {
         RuleDefaults {
             list: "rules",
             plan: None,
+            cohort: false,
         }
     }
 }
@@ -257,6 +262,11 @@ pub(crate) fn parse_rules(
                 "a rule needs one of: steps-passed, measurement, telemetry, baseline, no-regression, no-xid, no-events, dcgm-diag, inventory-matches-release",
             ),
             1 => {
+                if defaults.cohort
+                    && let (location, _, Some(kind)) = &given[0]
+                {
+                    check_cohort_kind(problems, *location, &format!("{list}[{idx}]"), kind);
+                }
                 if let Some(rule) = rule_of(problems, list, idx, given.remove(0), &rules) {
                     rules.push(rule);
                 }
@@ -269,6 +279,41 @@ pub(crate) fn parse_rules(
         }
     }
     rules
+}
+
+/// A `baseline` or `no-regression` rule comparing a rollout's wave with its cohort: its
+/// measurement must be a telemetry field (the cohort ran no step, so only fleet telemetry
+/// compares), and a step, which only procedure results have, is refused.
+fn check_cohort_kind(problems: &mut Problems, location: Location, at: &str, kind: &RuleKind) {
+    let (name, measurement, step) = match kind {
+        RuleKind::Baseline {
+            measurement, step, ..
+        } => ("baseline", Some(measurement), step),
+        RuleKind::NoRegression {
+            measurement, step, ..
+        } => ("no-regression", measurement.as_ref(), step),
+        _ => return,
+    };
+    if step.is_some() {
+        problems.add(
+            location,
+            format!("{at}.{name}.step"),
+            "means nothing with baseline-by-cohort: the wave is compared with the cohort over \
+             fleet telemetry after the procedure, not over a step's results; leave step out",
+        );
+    }
+    if let Some(measurement) = measurement
+        && let Err(message) = measurement.parse::<Field>()
+    {
+        problems.add(
+            location,
+            format!("{at}.{name}.measurement"),
+            format!(
+                "{message}; with baseline-by-cohort the measurement is a telemetry field the \
+                 wave and its cohort both report, for example gpu_temp_c"
+            ),
+        );
+    }
 }
 
 /// Every kind given in one rule list item, with its location, the common fields and the kind

@@ -7,6 +7,8 @@
 //! - [`blast`]: which nodes of the wave may start now ([`startable`]).
 //! - [`machine`]: the state machine ([`next`]), with the nodes' progress.
 //! - [`soak`]: the wave's soak judged over its nodes' fleet telemetry and events ([`judge_soak`]).
+//! - [`cohort`]: with `baseline-by-cohort`, the wave compared with the fleet's nodes not
+//!   updated yet over the same span ([`judge_cohort`]).
 //! - [`eta`](mod@eta): when it should end ([`eta()`](fn@eta)).
 //! - [`drift`](mod@drift): a node reporting other components than a rollout brought it to.
 //!
@@ -29,6 +31,7 @@
 //! `node-started` then, and [`RolloutFacts::may_start`] offers none).
 
 pub mod blast;
+pub mod cohort;
 pub mod drift;
 pub mod eta;
 pub mod machine;
@@ -40,6 +43,7 @@ pub mod waves;
 mod tests;
 
 pub use blast::{Starts, startable};
+pub use cohort::{CohortVerdict, cohort_nodes, cohort_windows, compares_with_cohort, judge_cohort};
 pub use eta::{Eta, EtaFacts, eta};
 pub use machine::{
     Halt, HealthFailure, HealthVerdict, NodeProgress, Phase, Progress, ProgressChange,

@@ -32,7 +32,7 @@ pub struct SoakWindow {
 }
 
 impl SoakWindow {
-    fn holds(&self, at: Timestamp) -> bool {
+    pub(super) fn holds(&self, at: Timestamp) -> bool {
         self.from <= at && at < self.until
     }
 }
@@ -256,15 +256,20 @@ fn events_seen(
         .collect()
 }
 
-/// The buckets inside their node's window: those starting in it.
+/// The buckets inside their node's window: those starting in it. A node has one window; a
+/// cohort is most of a fleet, so each bucket finds its node's window by name.
 fn in_windows<'a>(
     windows: &'a [&'a SoakWindow],
     buckets: &'a [Bucket],
 ) -> impl Iterator<Item = &'a Bucket> + 'a {
+    let by_node: BTreeMap<&NodeId, &SoakWindow> = windows
+        .iter()
+        .map(|window| (&window.node, *window))
+        .collect();
     buckets.iter().filter(move |bucket| {
-        windows
-            .iter()
-            .any(|window| window.node == bucket.node && window.holds(bucket.start))
+        by_node
+            .get(&bucket.node)
+            .is_some_and(|window| window.holds(bucket.start))
     })
 }
 
@@ -288,7 +293,7 @@ fn remap_failures(windows: &[&SoakWindow], facts: &SoakFacts<'_>) -> Vec<(NodeId
 /// field's smallest, largest, sum and count: `min`, `max` and `mean` are exact; `p99` is
 /// taken as the largest sample (never lower than the true one), `last` as the mean of the
 /// last bucket.
-fn gpu_values(
+pub(super) fn gpu_values(
     windows: &[&SoakWindow],
     buckets: &[Bucket],
     field: Field,

@@ -157,11 +157,14 @@ impl RolloutSpec {
 
     /// The gate the controller evaluates over one wave's evidence: the health rules, each
     /// `steps-passed` rule that lists no steps given every step of the procedure's plan
-    /// (`plan_steps`, in order).
+    /// (`plan_steps`, in order). With `baseline-by-cohort`, the `baseline` and
+    /// `no-regression` rules are left out: they compare the wave with its cohort
+    /// ([`super::judge_cohort`]), not the procedure runs with another release's.
     pub fn health_gate(&self, plan_steps: &[String]) -> GatePolicy {
         let rules = self
             .health
             .iter()
+            .filter(|rule| !(self.baseline_by_cohort && super::compares_with_cohort(rule)))
             .cloned()
             .map(|mut rule| {
                 if let RuleKind::StepsPassed { steps, .. } = &mut rule.kind
@@ -336,7 +339,13 @@ pub fn parse_rollout(file: &str, source: &str) -> Result<RolloutSpec, SpecErrors
             plan: plan.value.clone(),
         }
     });
-    let health = health(&mut problems, raw.health, &procedure.plan);
+    let baseline_by_cohort = raw.baseline_by_cohort.unwrap_or(false);
+    let health = health(
+        &mut problems,
+        raw.health,
+        &procedure.plan,
+        baseline_by_cohort,
+    );
     let soak = raw
         .soak
         .as_ref()
@@ -355,7 +364,7 @@ pub fn parse_rollout(file: &str, source: &str) -> Result<RolloutSpec, SpecErrors
         rollback,
         health,
         soak,
-        baseline_by_cohort: raw.baseline_by_cohort.unwrap_or(false),
+        baseline_by_cohort,
         limits,
     })
 }
@@ -577,6 +586,7 @@ fn health(
     problems: &mut Problems,
     raw: Spanned<Vec<RawRule>>,
     plan: &str,
+    cohort: bool,
 ) -> Vec<crate::gate::Rule> {
     if raw.value.is_empty() {
         problems.add(
@@ -592,6 +602,7 @@ fn health(
     let defaults = RuleDefaults {
         list: "health",
         plan: Some(plan),
+        cohort,
     };
     parse_rules(problems, raw.referenced, raw.value, &defaults)
 }
@@ -771,6 +782,46 @@ mod tests {
             text.contains("health: a rollout needs at least one health rule"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn rules_compared_with_the_cohort_name_a_telemetry_field_and_no_step() {
+        let cohort = |rules: &str| {
+            GOOD.replace("  - no-events: {}\n", rules)
+                .replace("health:", "baseline-by-cohort: true\nhealth:")
+        };
+        let text = errors(&cohort(
+            "  - baseline: {measurement: membw_gbps, max-regression-pct: 5}\n  - no-regression: {step: flash, measurement: gpu_temp}\n",
+        ));
+        for expected in [
+            "r.yaml:8:15: health[0].baseline.measurement: unknown telemetry field 'membw_gbps'",
+            "for example gpu_temp_c",
+            "r.yaml:9:20: health[1].no-regression.step: means nothing with baseline-by-cohort",
+            "r.yaml:9:20: health[1].no-regression.measurement: unknown telemetry field 'gpu_temp'",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+        // Without the flag the same rules compare procedure results: any measurement, a step.
+        let compares = "  - baseline: {measurement: membw_gbps, max-regression-pct: 5}\n  - no-regression: {step: flash}\n";
+        let spec = parse_rollout("r.yaml", &GOOD.replace("  - no-events: {}\n", compares))
+            .expect("valid without baseline-by-cohort");
+        assert_eq!(spec.health_gate(&[]).rules.len(), 2);
+        // With it, they are judged against the cohort, not in the procedure's gate.
+        let spec = parse_rollout(
+            "r.yaml",
+            &cohort(
+                "  - baseline: {measurement: gpu_temp_c, direction: lower-is-better, max-regression-pct: 5}\n  - no-regression: {}\n  - no-events: {}\n",
+            ),
+        )
+        .expect("valid");
+        assert!(spec.baseline_by_cohort);
+        let ids: Vec<String> = spec
+            .health_gate(&[])
+            .rules
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["no-events"]);
     }
 
     #[test]

@@ -39,8 +39,8 @@ impl WavePlan {
         self.waves.iter().position(|wave| wave.nodes.contains(node))
     }
 
-    /// The nodes of the waves after `wave`: the fleet not updated yet while `wave` runs, the
-    /// cohort a wave is compared with under `baseline-by-cohort`.
+    /// The nodes of the waves after `wave`: the fleet not updated yet while `wave` runs (of
+    /// which [`super::cohort_nodes`] keeps those not started, a wave's cohort).
     pub fn cohort(&self, wave: usize) -> Vec<&NodeId> {
         self.waves
             .iter()

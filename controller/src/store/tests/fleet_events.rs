@@ -1,6 +1,7 @@
 //! Store tests of GPU events outside steps and of a wave's telemetry read for several nodes
 //! at once: events read back by node and time, oldest first; buckets of several nodes of one
-//! tier in a window; events past their retention deleted. On both backends.
+//! tier in a window; events past their retention deleted; the labels of several nodes (a
+//! wave's cohort) in one read. On both backends.
 
 use super::*;
 use std::collections::BTreeMap;
@@ -9,7 +10,38 @@ use tollgate_domain::fleet_history::{Bucket, Stat};
 on_both_backends!(
     fleet_events_read_back_by_node_and_time,
     fleet_buckets_of_several_nodes_in_a_window,
+    node_labels_of_several_nodes_in_one_read,
 );
+
+async fn node_labels_of_several_nodes_in_one_read(store: &Store) {
+    for (name, sku) in [("n1", "hgx-h100"), ("n2", "hgx-h200"), ("n3", "hgx-h100")] {
+        let fixture = tollgate_domain::test_support::node(name, sku);
+        register(
+            store,
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "token-hash",
+            at(0),
+        )
+        .await
+        .expect("register node");
+    }
+    let labels = store
+        .node_labels_of(&[NodeId::from("n2"), NodeId::from("n3"), NodeId::from("gone")])
+        .await
+        .expect("labels");
+    let skus: BTreeMap<&str, &str> = labels
+        .iter()
+        .map(|(node, labels)| (node.as_str(), labels["sku"].as_str()))
+        .collect();
+    assert_eq!(
+        skus,
+        BTreeMap::from([("n2", "hgx-h200"), ("n3", "hgx-h100")]),
+        "the nodes asked for, a node that is gone left out"
+    );
+    assert!(store.node_labels_of(&[]).await.expect("none").is_empty());
+}
 
 fn event(gpu_index: u32, code: i64, secs: i64) -> GpuEvent {
     GpuEvent {

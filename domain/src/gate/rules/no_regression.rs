@@ -169,16 +169,6 @@ fn trials(
     }
 }
 
-/// `0.0012`, `0.5`, `9.0e-4`: a p-value as people read it.
-fn format_p(p: f64) -> String {
-    if p >= 1e-3 {
-        let text = format!("{p:.4}");
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        format!("{p:.1e}")
-    }
-}
-
 impl NoRegression {
     pub(super) fn new(ctx: &Ctx<'_>, scope: &Selector, settings: Settings) -> Self {
         let before = ctx.evidence.baseline.as_deref().map(|base| {
@@ -258,7 +248,7 @@ impl NoRegression {
                     "{what}: {} vs baseline {}, Fisher one-sided p={} {} {significance}",
                     now.rate(" passed"),
                     base.rate(""),
-                    format_p(p),
+                    stats::format_p(p),
                     if regressed { "<" } else { ">=" }
                 );
                 let finding = if regressed {
@@ -311,7 +301,7 @@ impl NoRegression {
                         median(now),
                         median(base),
                         settings.direction,
-                        format_p(test.p),
+                        stats::format_p(test.p),
                         if regressed { "<" } else { ">=" }
                     );
                     let finding = if regressed {
