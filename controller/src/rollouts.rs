@@ -19,18 +19,20 @@
 use crate::grpc::new_id;
 use crate::shared::Shared;
 use crate::store::{
-    AuditNote, JobRecord, RolloutNode, RolloutRecord, RolloutStart, RunEnd, RunPurpose, RunRecord,
-    RunState, StoreError,
+    AuditNote, FLEET_BUCKETS_MAX, JobRecord, RolloutNode, RolloutRecord, RolloutStart, RunEnd,
+    RunPurpose, RunRecord, RunState, StoreError,
 };
 use std::collections::HashMap;
 use tollgate_domain::fleet::{Labels, Node};
+use tollgate_domain::fleet_history::{Bucket, Tier};
 use tollgate_domain::gate::{Decision, RuleKind};
 use tollgate_domain::rollout::{
     CohortVerdict, HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange,
     RolloutEvent, RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, cohort_nodes,
     cohort_windows, combine, compares_with_cohort, health_verdict, judge_cohort, next, startable,
 };
-use tollgate_domain::{JobId, NodeId, RolloutId, RunId};
+use tollgate_domain::rollout::{HealthFailure, RolloutSpec};
+use tollgate_domain::{JobId, NodeId, RolloutId, RunId, Timestamp};
 
 /// How many times a person's action is decided again when the driver changed the rollout
 /// meanwhile.
@@ -617,31 +619,35 @@ async fn judge_soak(
             })
     };
     let (cohort_reads_events, cohort_reads_telemetry) = (cohort_reads(true), cohort_reads(false));
-    let finest = shared.config.fleet_history.tiers().first().copied();
-    let (mut buckets, mut cohort_buckets, telemetry_complete) = match finest {
-        Some(tier) if soak_reads_telemetry || cohort_reads_telemetry => {
-            let resolution_s = tier.resolution_s();
-            let buckets = shared
-                .store
-                .fleet_buckets_of(&nodes, resolution_s, since, until)
-                .await?;
-            let cohort_buckets = if cohort_reads_telemetry {
-                shared
-                    .store
-                    .fleet_buckets_of(&cohort_ids, resolution_s, since, until)
-                    .await?
-            } else {
-                Vec::new()
-            };
-            // The bucket holding the soak's end is written once it closed and the writer
-            // passed after the lateness allowance (`fleet_history::flush`).
-            let written = until
+    let reads_telemetry = soak_reads_telemetry || cohort_reads_telemetry;
+    let (mut buckets, mut cohort_buckets, telemetry_complete) = if reads_telemetry {
+        let read = soak_buckets(shared, &nodes, since, until, FLEET_BUCKETS_MAX).await?;
+        let cohort_read = if cohort_reads_telemetry {
+            soak_buckets(shared, &cohort_ids, since, until, FLEET_BUCKETS_MAX).await?
+        } else {
+            Some((Vec::new(), None))
+        };
+        let (Some((buckets, tier)), Some((cohort_buckets, _))) = (read, cohort_read) else {
+            // Fail closed: a telemetry rule judged on rows cut short could pass a breach.
+            return Ok((
+                too_much_telemetry(spec, nodes.len() + cohort_ids.len()),
+                CohortVerdict {
+                    verdict: HealthVerdict::Passed,
+                    not_compared: Vec::new(),
+                },
+            ));
+        };
+        // The bucket holding the soak's end is written once it closed and the writer passed
+        // after the lateness allowance (`fleet_history::flush`).
+        let complete = tier.is_none_or(|tier| {
+            now >= until
                 + tier.resolution
                 + shared.config.fleet_flush_every
-                + shared.config.fleet_flush_every;
-            (buckets, cohort_buckets, now >= written)
-        }
-        _ => (Vec::new(), Vec::new(), true),
+                + shared.config.fleet_flush_every
+        });
+        (buckets, cohort_buckets, complete)
+    } else {
+        (Vec::new(), Vec::new(), true)
     };
     let soak = tollgate_domain::rollout::judge_soak(
         &spec.health,
@@ -672,6 +678,66 @@ async fn judge_soak(
         telemetry_complete,
     };
     Ok((soak, judge_cohort(&spec.health, &both, &cohort)))
+}
+
+/// The fleet telemetry buckets of `nodes` in `[since, until)` from the finest tier whose rows
+/// fit `max_rows` ([`FLEET_BUCKETS_MAX`]), with that tier (`None` for no tier at all); `None`
+/// when even the coarsest tier's do not fit.
+async fn soak_buckets(
+    shared: &Shared,
+    nodes: &[NodeId],
+    since: Timestamp,
+    until: Timestamp,
+    max_rows: usize,
+) -> Result<Option<(Vec<Bucket>, Option<Tier>)>, StoreError> {
+    let tiers = shared.config.fleet_history.tiers();
+    if tiers.is_empty() {
+        return Ok(Some((Vec::new(), None)));
+    }
+    for tier in tiers {
+        if let Some(buckets) = shared
+            .store
+            .fleet_buckets_of(nodes, tier.resolution_s(), since, until, max_rows)
+            .await?
+        {
+            return Ok(Some((buckets, Some(*tier))));
+        }
+    }
+    Ok(None)
+}
+
+/// The verdict when a wave's soak telemetry is too large to read at any tier: each rule
+/// over it cannot be judged, which halts the rollout as an `error` rule does.
+fn too_much_telemetry(spec: &RolloutSpec, n_nodes: usize) -> HealthVerdict {
+    let failures: Vec<HealthFailure> = spec
+        .health
+        .iter()
+        .filter(|rule| {
+            matches!(
+                rule.kind,
+                RuleKind::Telemetry { step: None, .. }
+                    | RuleKind::NoEvents {
+                        row_remap_failure: true,
+                        ..
+                    }
+                    | RuleKind::Baseline { .. }
+                    | RuleKind::NoRegression {
+                        measurement: Some(_),
+                        ..
+                    }
+            )
+        })
+        .map(|rule| HealthFailure {
+            rule_id: rule.id.clone(),
+            reason: format!(
+                "cannot be judged: the soak's fleet telemetry of {n_nodes} node(s) is more than \
+                 {FLEET_BUCKETS_MAX} rows even at the coarsest tier; make the waves smaller or \
+                 the soak shorter"
+            ),
+            nodes: Vec::new(),
+        })
+        .collect();
+    HealthVerdict::Failed(failures)
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.
@@ -744,4 +810,74 @@ async fn start_nodes(shared: &Shared, loaded: &Loaded) -> Result<(), RolloutErro
         loaded = load(shared, &loaded.record.id).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tollgate_domain::fleet_history::Stat;
+    use tollgate_domain::telemetry::Field;
+    use tollgate_domain::test_support::{at, rollout_spec};
+
+    fn bucket(node: &str, resolution_s: u32, secs: i64) -> Bucket {
+        Bucket {
+            node: NodeId::from(node),
+            gpu_index: 0,
+            resolution_s,
+            start: at(secs),
+            fields: BTreeMap::from([(Field::GpuTempC, Stat::of(50.0))]),
+        }
+    }
+
+    /// A soak too large for the finest tier is read from the next one; too large for every
+    /// tier, it is not read at all (never cut short).
+    #[tokio::test]
+    async fn a_soak_is_read_from_the_finest_tier_that_fits_and_never_cut_short() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+                .await
+                .expect("store");
+        let mut buckets: Vec<Bucket> = (0..12).map(|idx| bucket("n1", 10, idx * 10)).collect();
+        buckets.extend([bucket("n1", 60, 0), bucket("n1", 60, 60)]);
+        store.record_fleet_buckets(&buckets).await.expect("record");
+        let shared = Shared::new(
+            store,
+            crate::config::ControllerConfig::new(dir.path().to_owned()),
+        );
+        let nodes = [NodeId::from("n1")];
+        let tier_of = |read: Option<(Vec<Bucket>, Option<Tier>)>| {
+            read.map(|(buckets, tier)| (buckets.len(), tier.map(|tier| tier.resolution_s())))
+        };
+        let read = |max_rows| soak_buckets(&shared, &nodes, at(0), at(120), max_rows);
+        assert_eq!(tier_of(read(12).await.expect("read")), Some((12, Some(10))));
+        assert_eq!(tier_of(read(11).await.expect("read")), Some((2, Some(60))));
+        assert_eq!(tier_of(read(1).await.expect("read")), None);
+    }
+
+    /// Rules over the soak's telemetry cannot be judged when it is too large: each fails,
+    /// saying why and what to do; rules over events alone are not named.
+    #[test]
+    fn too_much_telemetry_fails_each_rule_that_reads_it() {
+        let mut spec = rollout_spec();
+        // `no-events` with row remap failures reads the telemetry's counters; `no-xid` reads
+        // events only.
+        spec.health.push(tollgate_domain::gate::Rule {
+            id: "xid".into(),
+            kind: RuleKind::NoXid { codes: vec![79] },
+            scope: tollgate_domain::fleet::Selector::default(),
+            since: None,
+        });
+        let HealthVerdict::Failed(failures) = too_much_telemetry(&spec, 3) else {
+            panic!("fails closed");
+        };
+        let ids: Vec<&str> = failures.iter().map(|f| f.rule_id.as_str()).collect();
+        assert_eq!(ids, ["no-events"]);
+        assert!(
+            failures[0].reason.contains("3 node(s)")
+                && failures[0].reason.contains("make the waves smaller"),
+            "{failures:?}"
+        );
+    }
 }

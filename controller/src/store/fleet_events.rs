@@ -26,8 +26,8 @@ const BUCKETS: (&str, &str) = in_json_list!(
 
 /// Most events one read returns; a wave with more has failed `no-events` many times over.
 pub const FLEET_EVENTS_MAX: usize = 10_000;
-/// Most bucket rows one read returns (100 nodes of 8 GPUs soaking 1 h in 10 s buckets make
-/// 288,000); past it the caller reads a coarser tier.
+/// Most bucket rows a rollout's soak reads of one side (100 nodes of 8 GPUs soaking 1 h in
+/// 10 s buckets make 288,000); past it the caller reads a coarser tier.
 pub const FLEET_BUCKETS_MAX: usize = 500_000;
 
 fn names_json(nodes: &[NodeId]) -> String {
@@ -108,19 +108,21 @@ impl Store {
     }
 
     /// The buckets of `nodes` of the tier `resolution_s` seconds wide in `[since, until)`,
-    /// rows of one bucket merged, at most [`FLEET_BUCKETS_MAX`] rows read.
+    /// rows of one bucket merged; `None` when there are more than `max_rows` rows (nothing
+    /// is cut short silently: the caller reads a coarser tier, or says it cannot judge).
     pub async fn fleet_buckets_of(
         &self,
         nodes: &[NodeId],
         resolution_s: u32,
         since: Timestamp,
         until: Timestamp,
-    ) -> Result<Vec<Bucket>, StoreError> {
+        max_rows: usize,
+    ) -> Result<Option<Vec<Bucket>>, StoreError> {
         if nodes.is_empty() || since >= until {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let names = names_json(nodes);
-        let limit = super::page_limit(FLEET_BUCKETS_MAX);
+        let limit = super::page_limit(max_rows.saturating_add(1));
         let rows: Vec<Bucket> = with_pool_sql!(self, BUCKETS, |pool, sql| {
             sqlx::query(sql)
                 .bind(names)
@@ -134,7 +136,10 @@ impl Store {
                 .map(super::fleet_telemetry::bucket)
                 .collect::<Result<_, _>>()?
         });
-        Ok(fleet_history::merge(rows))
+        if rows.len() > max_rows {
+            return Ok(None);
+        }
+        Ok(Some(fleet_history::merge(rows)))
     }
 
     /// Deletes the events seen before `before`; returns how many went.

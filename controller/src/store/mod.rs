@@ -790,6 +790,7 @@ mod enrollment;
 mod evidence;
 mod fleet_events;
 mod fleet_telemetry;
+pub use fleet_events::{FLEET_BUCKETS_MAX, FLEET_EVENTS_MAX};
 pub use fleet_telemetry::FleetQuery;
 mod gates;
 mod jobs;

@@ -123,15 +123,12 @@ async fn fleet_buckets_of_several_nodes_in_a_window(store: &Store) {
     // A late sample's second row of n1's bucket at 20 s.
     buckets.push(bucket("n1", 0, 10, 20, 90.0));
     store.record_fleet_buckets(&buckets).await.expect("record");
+    let two = [NodeId::from("n1"), NodeId::from("n2")];
     let read = store
-        .fleet_buckets_of(
-            &[NodeId::from("n1"), NodeId::from("n2")],
-            10,
-            at(20),
-            at(40),
-        )
+        .fleet_buckets_of(&two, 10, at(20), at(40), 100)
         .await
-        .expect("read");
+        .expect("read")
+        .expect("5 rows fit 100");
     let got: Vec<(&str, i64, f64, u32)> = read
         .iter()
         .map(|bucket| {
@@ -153,11 +150,23 @@ async fn fleet_buckets_of_several_nodes_in_a_window(store: &Store) {
             ("n2", 30, 43.0, 1),
         ]
     );
-    assert!(
+    // 5 rows (n1's bucket at 20 s in two): exactly 5 fit, 4 do not, and nothing is cut
+    // short.
+    let fits = store
+        .fleet_buckets_of(&two, 10, at(20), at(40), 5)
+        .await
+        .expect("read");
+    assert_eq!(fits.map(|buckets| buckets.len()), Some(4));
+    let over = store
+        .fleet_buckets_of(&two, 10, at(20), at(40), 4)
+        .await
+        .expect("read");
+    assert_eq!(over, None, "more rows than asked for answer None");
+    assert_eq!(
         store
-            .fleet_buckets_of(&[NodeId::from("n1")], 10, at(40), at(40))
+            .fleet_buckets_of(&[NodeId::from("n1")], 10, at(40), at(40), 100)
             .await
-            .expect("an empty window")
-            .is_empty()
+            .expect("an empty window"),
+        Some(Vec::new())
     );
 }
