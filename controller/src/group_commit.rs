@@ -1,19 +1,27 @@
-//! Group commit of step results and job changes on SQLite. SQLite has one writer and every
-//! commit waits for its fsync, so writes of one transaction each queue behind each other's
-//! fsyncs: with a thousand agents reporting at once most of a result's time was spent
-//! waiting for the write lock. Here a write that arrives while another batch commits waits,
-//! and the next writer applies every waiting write in one transaction
-//! ([`Store::write_batch`]: a savepoint each, so each keeps its own outcome). Nothing waits
-//! for company: a lone write is applied at once.
+//! Group commit of step results (and, on SQLite, job changes): a write that arrives while
+//! another batch commits waits, and the next writer applies every waiting write in one
+//! transaction ([`Store::write_batch`]), each with its own outcome. Nothing waits for
+//! company: a lone write is applied at once.
 //!
-//! PostgreSQL commits concurrent transactions in parallel (row locks, not one write lock),
-//! so there each write is its own transaction, as before.
+//! SQLite has one writer and every commit waits for its fsync, so writes of one transaction
+//! each queue behind each other's fsyncs: with a thousand agents reporting at once most of a
+//! result's time was spent waiting for the write lock. There a batch is a savepoint per write.
+//! PostgreSQL commits concurrent transactions in parallel, and a batch of savepoints was
+//! slower there than a transaction per result (it serialized the batch's statements on one
+//! connection); there a batch of results is written set-based instead, a few statements
+//! whatever its size (`store/result_batch.rs`), so the statements and the commit flush are
+//! shared. Job changes on PostgreSQL stay one transaction each: they are few, and the
+//! scheduler's must not wait behind results.
+//!
+//! A result is checked and encoded (its JSON columns and digest: most of its write's work) by
+//! its caller before it waits ([`EncodedResult`]), so that this runs beside the batch being
+//! written rather than inside the next one's turn.
 //!
 //! **Invariant:** a write is answered only after the transaction that holds it committed; a
 //! batch that fails as a whole is written again one write at a time, so each gets its own
 //! error.
 
-use crate::store::{Recorded, Store, StoreError, Write};
+use crate::store::{EncodedResult, Recorded, Store, StoreError, Write};
 use tokio::sync::oneshot;
 use tollgate_domain::Timestamp;
 use tollgate_domain::job::{JobChange, ResultChange};
@@ -24,21 +32,25 @@ const MAX_BATCH: usize = 256;
 
 /// What waits for a writer.
 enum Owned {
-    Result(Box<StepResult>, ResultChange),
+    Result(Box<EncodedResult>),
     Job(JobChange),
 }
 
 impl Owned {
     fn as_write(&self, now: Timestamp) -> Write<'_> {
         match self {
-            Self::Result(result, change) => Write::Result(result, change, now),
+            Self::Result(encoded) => Write::Encoded(encoded, now),
             Self::Job(change) => Write::Job(change, now),
         }
     }
 
     async fn write_alone(&self, store: &Store, now: Timestamp) -> Result<Recorded, StoreError> {
         match self {
-            Self::Result(result, change) => store.record_result(result, change, now).await,
+            Self::Result(encoded) => {
+                store
+                    .record_result(encoded.result(), encoded.change(), now)
+                    .await
+            }
             Self::Job(change) => store
                 .apply_job_change(change, now)
                 .await
@@ -58,6 +70,10 @@ struct Waiting {
 #[derive(Default)]
 pub struct GroupCommit {
     waiting: std::sync::Mutex<Vec<Waiting>>,
+    /// Held by the writer of the batch in flight. One batch at a time on PostgreSQL too:
+    /// results arriving meanwhile make the next batch larger, and a larger batch costs less
+    /// per result (its statements and commit are shared), where batches in parallel each
+    /// took about one result (`pg-ingest-bench`, BENCHMARKS.md).
     turn: tokio::sync::Mutex<()>,
 }
 
@@ -68,7 +84,8 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// [`Store::record_result`], batched with the writes that arrive meanwhile on SQLite.
+    /// [`Store::record_result`], batched with the results (and on SQLite the job changes)
+    /// that arrive meanwhile.
     pub async fn record(
         &self,
         store: &Store,
@@ -76,15 +93,16 @@ impl GroupCommit {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        if store.backend() != "sqlite" {
-            return store.record_result(result, change, now).await;
+        let encoded = EncodedResult::new(result.clone(), change.clone());
+        match self
+            .write(store, Owned::Result(Box::new(encoded)), now)
+            .await
+        {
+            Some(outcome) => outcome,
+            // Its writer stopped without answering (it panicked): whether it was applied is
+            // unknown, and recording it again says (a duplicate is acknowledged as one).
+            None => store.record_result(result, change, now).await,
         }
-        self.write(
-            store,
-            Owned::Result(Box::new(result.clone()), change.clone()),
-            now,
-        )
-        .await
     }
 
     /// [`Store::apply_job_change`], batched with the writes that arrive meanwhile on SQLite.
@@ -97,42 +115,41 @@ impl GroupCommit {
         if store.backend() != "sqlite" {
             return store.apply_job_change(change, now).await;
         }
-        self.write(store, Owned::Job(change.clone()), now)
-            .await
-            .map(|_| ())
+        match self.write(store, Owned::Job(change.clone()), now).await {
+            Some(outcome) => outcome.map(|_| ()),
+            // Its writer stopped without answering (it panicked): whether it was applied is
+            // unknown, and applying it again says (one applied already is a conflict).
+            None => store.apply_job_change(change, now).await,
+        }
     }
 
+    /// Queues `write` and waits for its outcome, writing the batch it is in when the turn
+    /// comes before the outcome; `None` when the writer that took it stopped without
+    /// answering.
     async fn write(
         &self,
         store: &Store,
         write: Owned,
         now: Timestamp,
-    ) -> Result<Recorded, StoreError> {
+    ) -> Option<Result<Recorded, StoreError>> {
         let (reply, mut answer) = oneshot::channel();
-        // Kept to write it alone if its writer stops without answering.
-        let again = match &write {
-            Owned::Result(result, change) => Owned::Result(result.clone(), change.clone()),
-            Owned::Job(change) => Owned::Job(change.clone()),
-        };
         self.lock_waiting().push(Waiting { write, now, reply });
         loop {
-            let turn = self.turn.lock().await;
-            match answer.try_recv() {
-                Ok(outcome) => return outcome,
-                // The writer that took it stopped without answering (it panicked): whether
-                // it was applied is unknown, and applying it again says (a duplicate result
-                // is acknowledged as one, a job change already applied is a conflict).
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    drop(turn);
-                    return again.write_alone(store, now).await;
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
+            let turn = tokio::select! {
+                biased;
+                outcome = &mut answer => return outcome.ok(),
+                turn = self.turn.lock() => turn,
+            };
             let batch: Vec<Waiting> = {
                 let mut waiting = self.lock_waiting();
                 let n = waiting.len().min(MAX_BATCH);
                 waiting.drain(..n).collect()
             };
+            if batch.is_empty() {
+                // Every waiting write, this one too, was taken by the batch just written.
+                drop(turn);
+                return answer.await.ok();
+            }
             // Written by its own task: a caller that goes away mid-write (its client hung up)
             // must not cancel the others' transaction.
             let written = tokio::spawn(write_batch(store.clone(), batch)).await;
@@ -181,5 +198,193 @@ async fn write_batch(store: Store, batch: Vec<Waiting>) {
                 let _ = waiting.reply.send(outcome);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuditNote, JobRecord, Pool, RunPurpose, RunRecord, RunState, testing};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tollgate_domain::job::JobState;
+    use tollgate_domain::result::Outcome;
+    use tollgate_domain::test_support::{self as ts, at};
+    use tollgate_domain::{JobId, NodeId, RunId};
+
+    /// A running run with a running job (`job-<node>`, epoch 1) on each of `nodes`.
+    async fn running_jobs(store: &Store, nodes: &[&str]) {
+        let release = ts::release();
+        let setup = AuditNote::new(at(0), "test", "test.setup", "test");
+        store
+            .create_release(&release, &setup)
+            .await
+            .expect("release");
+        let plan = ts::plan_for("hgx-h100");
+        store
+            .put_plan(&plan, "steps: []", at(0), &setup)
+            .await
+            .expect("plan");
+        for name in nodes {
+            let node = ts::node(name, "hgx-h100");
+            crate::grpc::node::register(
+                store,
+                &node.id,
+                &node.labels,
+                &node.inventory,
+                "token-hash",
+                at(0),
+            )
+            .await
+            .expect("register");
+        }
+        let run = RunRecord {
+            id: RunId::from("run-1"),
+            release: release.id.clone(),
+            plan_name: plan.name.clone(),
+            plan_version: plan.version(),
+            milestone: "lab-qual".into(),
+            state: RunState::Running,
+            created_at: at(0),
+            finished_at: None,
+            purpose: RunPurpose::Qualification,
+        };
+        let jobs: Vec<JobRecord> = nodes
+            .iter()
+            .map(|name| JobRecord {
+                state: JobState::Running,
+                lease_epoch: 1,
+                ..JobRecord::first_pending(
+                    JobId::from(format!("job-{name}")),
+                    &run,
+                    NodeId::from(*name),
+                    at(0),
+                )
+            })
+            .collect();
+        store.create_run(&run, &jobs, &setup).await.expect("run");
+    }
+
+    /// The first result of `job-<node>`, which leaves it running.
+    fn first_result(node: &str) -> (StepResult, ResultChange) {
+        let result = StepResult {
+            job_id: JobId::from(format!("job-{node}")),
+            ..ts::step_result(0, 1, Outcome::Passed)
+        };
+        let change = ResultChange {
+            job: JobChange {
+                job: result.job_id.clone(),
+                from: JobState::Running,
+                from_epoch: 1,
+                to: JobState::Running,
+                to_epoch: 1,
+                node: None,
+                reschedule: None,
+            },
+            results_before: 0,
+        };
+        (result, change)
+    }
+
+    /// Makes the database itself refuse every result of `job-n2` (a trigger), so that a
+    /// batch holding one fails as a whole on either backend.
+    async fn refuse_results_of_n2(store: &Store) {
+        match store.pool() {
+            Pool::Sqlite(pool) => sqlx::raw_sql(
+                "CREATE TRIGGER refuse_n2 BEFORE INSERT ON step_results
+                 WHEN NEW.job_id = 'job-n2'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .execute(pool)
+            .await
+            .map(drop),
+            Pool::Postgres(pool) => sqlx::raw_sql(
+                "CREATE FUNCTION refuse_n2() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF NEW.job_id = 'job-n2' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_n2 BEFORE INSERT ON step_results
+                 FOR EACH ROW EXECUTE FUNCTION refuse_n2();",
+            )
+            .execute(pool)
+            .await
+            .map(drop),
+        }
+        .expect("trigger created");
+    }
+
+    /// Three results wait while a batch commits and are taken as one batch; the database
+    /// refuses one of them, which fails the batch as a whole. Each is then written alone:
+    /// the refused one gets its own error, the other two are stored and acknowledged.
+    async fn a_batch_that_fails_whole_is_written_one_at_a_time(store: &Store) {
+        running_jobs(store, &["n1", "n2", "n3"]).await;
+        refuse_results_of_n2(store).await;
+        let group_commit = Arc::new(GroupCommit::default());
+        // Held as a batch in flight would hold it, so that all three wait for the next turn.
+        let turn = group_commit.turn.lock().await;
+        let mut tasks = Vec::new();
+        for node in ["n1", "n2", "n3"] {
+            let (group_commit, store) = (group_commit.clone(), store.clone());
+            tasks.push(tokio::spawn(async move {
+                let (result, change) = first_result(node);
+                group_commit.record(&store, &result, &change, at(10)).await
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while group_commit.lock_waiting().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the three results never all waited"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(turn);
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("the task ran"));
+        }
+        assert!(
+            matches!(outcomes[0], Ok(Recorded::Inserted)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[1], Err(StoreError::Database(error)) if error.to_string().contains("refused by the test")),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], Ok(Recorded::Inserted)),
+            "{outcomes:?}"
+        );
+        for (node, n_results) in [("n1", 1), ("n2", 0), ("n3", 1)] {
+            let job = JobId::from(format!("job-{node}"));
+            let stored = store.results_of_job(&job).await.expect("results");
+            assert_eq!(stored.len(), n_results, "{node}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_whole_is_written_one_at_a_time_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("sqlite store");
+        a_batch_that_fails_whole_is_written_one_at_a_time(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_whole_is_written_one_at_a_time_postgres() {
+        let Some(base) = testing::postgres_url_or_skip() else {
+            return;
+        };
+        let url = testing::fresh_postgres_url(&base)
+            .await
+            .expect("fresh postgres schema");
+        let store = Store::connect(&url).await.expect("postgres store");
+        a_batch_that_fails_whole_is_written_one_at_a_time(&store).await;
+        store.close().await;
+        testing::drop_postgres_schema(&url)
+            .await
+            .expect("drop test schema");
     }
 }

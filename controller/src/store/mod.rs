@@ -804,8 +804,9 @@ mod plans;
 mod releases;
 mod report_keys;
 mod report_rows;
+mod result_batch;
 mod results;
-pub use results::{RESULTS_OF_JOBS_MAX, Write};
+pub use results::{EncodedResult, RESULTS_OF_JOBS_MAX, Write};
 mod issues;
 pub use issues::{
     ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, QueuedWebhook,

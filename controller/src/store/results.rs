@@ -8,6 +8,7 @@ use super::{
     Pool, Recorded, Store, StoreError, as_stored, check_readable, classify, epoch_to_i64, micros,
     rows, text, to_json,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
@@ -62,15 +63,16 @@ macro_rules! insert_result {
 }
 
 /// A result's columns stored as JSON, and its digest: computed before the transaction.
+#[derive(Clone)]
 pub(super) struct ResultColumns {
-    measurements: String,
-    telemetry: String,
-    events: String,
-    inventory: String,
-    sub_results: String,
-    inventory_at_end: String,
-    series: String,
-    digest: String,
+    pub(super) measurements: String,
+    pub(super) telemetry: String,
+    pub(super) events: String,
+    pub(super) inventory: String,
+    pub(super) sub_results: String,
+    pub(super) inventory_at_end: String,
+    pub(super) series: String,
+    pub(super) digest: String,
 }
 
 impl ResultColumns {
@@ -95,6 +97,8 @@ const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
 pub enum Write<'a> {
     /// [`Store::record_result`]'s.
     Result(&'a StepResult, &'a ResultChange, Timestamp),
+    /// [`Store::record_result`]'s, the result encoded beforehand ([`EncodedResult`]).
+    Encoded(&'a EncodedResult, Timestamp),
     /// [`Store::apply_job_change`]'s; `Recorded::Inserted` when applied.
     Job(&'a JobChange, Timestamp),
 }
@@ -103,34 +107,87 @@ impl Write<'_> {
     /// When the write was decided.
     fn now(&self) -> Timestamp {
         match *self {
-            Self::Result(_, _, now) | Self::Job(_, now) => now,
+            Self::Result(_, _, now) | Self::Encoded(_, now) | Self::Job(_, now) => now,
         }
     }
 }
 
+/// A result with its change, checked and encoded for its row (its JSON columns and digest)
+/// before it waits for a batch: the encoding is most of the work of writing a result, and
+/// done here it runs on the caller's task, beside the batch being written, instead of inside
+/// the next batch's turn.
+pub struct EncodedResult {
+    result: StepResult,
+    change: ResultChange,
+    /// The row's columns, or why the result cannot be stored.
+    columns: Result<ResultColumns, Refusal>,
+}
+
+impl std::fmt::Debug for EncodedResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedResult")
+            .field("result", &self.result)
+            .field("change", &self.change)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncodedResult {
+    /// Checks and encodes `result`, to be stored with `change`.
+    pub fn new(result: StepResult, change: ResultChange) -> Self {
+        let columns = encode(&result, &change);
+        Self {
+            result,
+            change,
+            columns,
+        }
+    }
+
+    /// The result.
+    pub fn result(&self) -> &StepResult {
+        &self.result
+    }
+
+    /// Its change.
+    pub fn change(&self) -> &ResultChange {
+        &self.change
+    }
+}
+
 /// A write ready for the transaction.
-enum Prepared<'a> {
+pub(super) enum Prepared<'a> {
     Result(Box<PreparedResult<'a>>),
     Job(&'a JobChange, Timestamp),
 }
 
+impl Prepared<'_> {
+    /// Whether it starts a job again elsewhere (`JobChange::reschedule`).
+    pub(super) fn reschedules(&self) -> bool {
+        match self {
+            Self::Result(item) => item.change.job.reschedule.is_some(),
+            Self::Job(change, _) => change.reschedule.is_some(),
+        }
+    }
+}
+
 /// A result ready to insert: checked, its JSON columns and digest computed outside the
 /// transaction.
-struct PreparedResult<'a> {
-    result: &'a StepResult,
-    change: &'a ResultChange,
-    now: Timestamp,
-    columns: ResultColumns,
+pub(super) struct PreparedResult<'a> {
+    pub(super) result: &'a StepResult,
+    pub(super) change: &'a ResultChange,
+    pub(super) now: Timestamp,
+    pub(super) columns: Cow<'a, ResultColumns>,
 }
 
 /// Why a result was refused before its transaction; given again as a fresh error.
-enum Refusal {
+#[derive(Clone)]
+pub(super) enum Refusal {
     Corrupt { what: String, detail: String },
     Conflict { what: String, detail: String },
 }
 
 impl Refusal {
-    fn again(&self) -> StoreError {
+    pub(super) fn again(&self) -> StoreError {
         match self {
             Self::Corrupt { what, detail } => StoreError::Corrupt {
                 what: what.clone(),
@@ -144,33 +201,200 @@ impl Refusal {
     }
 }
 
-impl<'a> PreparedResult<'a> {
-    fn of(
-        result: &'a StepResult,
-        change: &'a ResultChange,
-        now: Timestamp,
-    ) -> Result<Self, Refusal> {
-        if let Err(error) = check_readable(result) {
-            return Err(match error {
-                StoreError::Corrupt { what, detail } => Refusal::Corrupt { what, detail },
-                other => Refusal::Corrupt {
-                    what: format!("result of job {}", result.job_id),
-                    detail: other.to_string(),
-                },
-            });
-        }
-        if change.job.job != result.job_id {
-            return Err(Refusal::Conflict {
+/// Checks `result` (readable numbers, the change of its own job) and encodes its row.
+fn encode(result: &StepResult, change: &ResultChange) -> Result<ResultColumns, Refusal> {
+    if let Err(error) = check_readable(result) {
+        return Err(match error {
+            StoreError::Corrupt { what, detail } => Refusal::Corrupt { what, detail },
+            other => Refusal::Corrupt {
                 what: format!("result of job {}", result.job_id),
-                detail: format!("it came with a change of job {}", change.job.job),
-            });
-        }
-        Ok(Self {
-            result,
-            change,
-            now,
-            columns: ResultColumns::of(result),
+                detail: other.to_string(),
+            },
+        });
+    }
+    if change.job.job != result.job_id {
+        return Err(Refusal::Conflict {
+            what: format!("result of job {}", result.job_id),
+            detail: format!("it came with a change of job {}", change.job.job),
+        });
+    }
+    Ok(ResultColumns::of(result))
+}
+
+impl<'a> Prepared<'a> {
+    fn of(write: &Write<'a>) -> Result<Self, Refusal> {
+        Ok(match *write {
+            Write::Result(result, change, now) => Self::Result(Box::new(PreparedResult {
+                result,
+                change,
+                now,
+                columns: Cow::Owned(encode(result, change)?),
+            })),
+            Write::Encoded(encoded, now) => Self::Result(Box::new(PreparedResult {
+                result: &encoded.result,
+                change: &encoded.change,
+                now,
+                columns: Cow::Borrowed(encoded.columns.as_ref().map_err(Refusal::clone)?),
+            })),
+            Write::Job(change, now) => Self::Job(change, now),
         })
+    }
+}
+
+/// Applies the prepared writes of a batch one after the other in the transaction that
+/// `$pool` begins, each in a savepoint of its own so that each keeps its own outcome;
+/// collects the runs whose last open job a write ended in `$ended`. Evaluates to the
+/// outcomes in order, or returns a database error (the transaction may be unusable).
+///
+/// Long because the insert binds every column of a result and the lock, insert, count and
+/// apply must share one transaction, in this order.
+macro_rules! savepoint_each {
+    ($pool:expr, $prepared:expr, $ended:expr) => {{
+        let prepared: &[Result<Prepared<'_>, Refusal>] = $prepared;
+        let ended: &mut BTreeSet<RunId> = $ended;
+        let mut tx = $pool.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for item in prepared {
+            let item = match item {
+                Ok(Prepared::Result(item)) => item,
+                Ok(Prepared::Job(change, now)) => {
+                    sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+                    let outcome: Result<Option<RunId>, StoreError> =
+                        async { Ok(apply_job_change!(tx, *change, *now)) }.await;
+                    let outcome = match outcome {
+                        Err(StoreError::Database(error)) => {
+                            return Err(StoreError::Database(error));
+                        }
+                        Ok(run) => {
+                            ended.extend(run);
+                            Ok(Recorded::Inserted)
+                        }
+                        Err(error) => {
+                            sqlx::query("ROLLBACK TO SAVEPOINT result")
+                                .execute(&mut *tx)
+                                .await?;
+                            Err(error)
+                        }
+                    };
+                    sqlx::query("RELEASE SAVEPOINT result")
+                        .execute(&mut *tx)
+                        .await?;
+                    outcomes.push(outcome);
+                    continue;
+                }
+                Err(refusal) => {
+                    outcomes.push(Err(refusal.again()));
+                    continue;
+                }
+            };
+            sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+            let outcome = async {
+                let result = item.result;
+                let change = item.change;
+                let job = &result.job_id;
+                let what = format!("job {job}");
+                // The job's lock before the insert, so that the count below sees every
+                // result another writer of this job committed meanwhile: under
+                // PostgreSQL's read committed, two writers that inserted before either
+                // locked would each count only their own. No run's lock: a result that
+                // ends its job leaves the run's end to after the commit, and a run's
+                // jobs do not wait for each other.
+                let Some(row) = sqlx::query(LOCK_JOB)
+                    .bind(job.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Err(StoreError::NotFound { what });
+                };
+                let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
+                let n_rows = insert_result!(tx, result, &item.columns, item.now, &what);
+                if n_rows == 0 {
+                    return Ok((Recorded::Duplicate, None));
+                }
+                let row = sqlx::query(COUNT)
+                    .bind(job.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let n_results: usize = rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
+                if n_results != change.results_before + 1 {
+                    return Err(StoreError::Conflict {
+                        what,
+                        detail: format!(
+                            "decided from {} stored results, found {} others",
+                            change.results_before,
+                            n_results.saturating_sub(1)
+                        ),
+                    });
+                }
+                let run = apply_job_change!(tx, &change.job, item.now, run_id);
+                Ok((Recorded::Inserted, run))
+            }
+            .await;
+            let outcome = match outcome {
+                // The database itself failed: the transaction may be unusable.
+                Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
+                Ok((Recorded::Inserted, run)) => {
+                    ended.extend(run);
+                    Ok(Recorded::Inserted)
+                }
+                other => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT result")
+                        .execute(&mut *tx)
+                        .await?;
+                    other.map(|(recorded, _)| recorded)
+                }
+            };
+            sqlx::query("RELEASE SAVEPOINT result")
+                .execute(&mut *tx)
+                .await?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }};
+}
+
+/// The outcome of each write of a batch, in order, or the error that failed it whole.
+type Outcomes = Result<Vec<Result<Recorded, StoreError>>, StoreError>;
+
+/// How each backend applies a batch of prepared writes in one transaction, each as if alone,
+/// adding to `ended` the runs whose last open job a write ended.
+trait WriteBatch {
+    async fn write_prepared(
+        &self,
+        prepared: &[Result<Prepared<'_>, Refusal>],
+        ended: &mut BTreeSet<RunId>,
+    ) -> Outcomes;
+}
+
+impl WriteBatch for sqlx::SqlitePool {
+    /// One after the other, a savepoint each: SQLite has one writer, and its statements are
+    /// calls into the same process, so a statement per write costs no round trip.
+    async fn write_prepared(
+        &self,
+        prepared: &[Result<Prepared<'_>, Refusal>],
+        ended: &mut BTreeSet<RunId>,
+    ) -> Outcomes {
+        savepoint_each!(self, prepared, ended)
+    }
+}
+
+impl WriteBatch for sqlx::PgPool {
+    /// Set-based (`result_batch.rs`): a handful of statements for the whole batch. A batch
+    /// that starts a job again elsewhere (rare: a job lost or failed and rescheduled) is
+    /// applied one write after the other, as on SQLite.
+    async fn write_prepared(
+        &self,
+        prepared: &[Result<Prepared<'_>, Refusal>],
+        ended: &mut BTreeSet<RunId>,
+    ) -> Outcomes {
+        if prepared
+            .iter()
+            .any(|item| item.as_ref().is_ok_and(Prepared::reschedules))
+        {
+            return savepoint_each!(self, prepared, ended);
+        }
+        super::result_batch::write(self, prepared, ended).await
     }
 }
 
@@ -184,9 +408,6 @@ impl Store {
     ///
     /// A result whose numbers are not finite is refused as `Corrupt` (it could not be read
     /// back); NUL characters in its text are stored as U+FFFD.
-    ///
-    /// Long because the insert binds every column of a result and the lock, insert, count and
-    /// apply must share one transaction, in this order.
     pub async fn record_result(
         &self,
         result: &StepResult,
@@ -205,125 +426,17 @@ impl Store {
     }
 
     /// [`Store::record_result`]s and [`Store::apply_job_change`]s in one transaction (one
-    /// commit, one fsync): each is applied, or refused, as if alone (a savepoint each), and
-    /// gets its own outcome, in order. A database error (the disk refused, the connection
-    /// broke) fails the whole batch and stores none of it: write each again to learn its own
-    /// outcome.
-    pub async fn write_batch(
-        &self,
-        batch: &[Write<'_>],
-    ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
-        let mut prepared = Vec::with_capacity(batch.len());
-        for write in batch {
-            prepared.push(match *write {
-                Write::Result(result, change, now) => PreparedResult::of(result, change, now)
-                    .map(|item| Prepared::Result(Box::new(item))),
-                Write::Job(change, now) => Ok(Prepared::Job(change, now)),
-            });
-        }
+    /// commit, one fsync): each is applied, or refused, as if alone and in order, and gets
+    /// its own outcome. SQLite applies them one after the other, a savepoint each;
+    /// PostgreSQL set-based, a few statements for the whole batch (`result_batch.rs`). A
+    /// database error (the disk refused, the connection broke, a deadlock) fails the whole
+    /// batch and stores none of it: write each again to learn its own outcome.
+    pub async fn write_batch(&self, batch: &[Write<'_>]) -> Outcomes {
+        let prepared: Vec<Result<Prepared<'_>, Refusal>> = batch.iter().map(Prepared::of).collect();
         let mut ended = BTreeSet::new();
-        let outcomes = writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            let mut outcomes = Vec::with_capacity(prepared.len());
-            for item in &prepared {
-                let item = match item {
-                    Ok(Prepared::Result(item)) => item,
-                    Ok(Prepared::Job(change, now)) => {
-                        sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
-                        let outcome: Result<Option<RunId>, StoreError> =
-                            async { Ok(apply_job_change!(tx, *change, *now)) }.await;
-                        let outcome = match outcome {
-                            Err(StoreError::Database(error)) => {
-                                return Err(StoreError::Database(error));
-                            }
-                            Ok(run) => {
-                                ended.extend(run);
-                                Ok(Recorded::Inserted)
-                            }
-                            Err(error) => {
-                                sqlx::query("ROLLBACK TO SAVEPOINT result")
-                                    .execute(&mut *tx)
-                                    .await?;
-                                Err(error)
-                            }
-                        };
-                        sqlx::query("RELEASE SAVEPOINT result")
-                            .execute(&mut *tx)
-                            .await?;
-                        outcomes.push(outcome);
-                        continue;
-                    }
-                    Err(refusal) => {
-                        outcomes.push(Err(refusal.again()));
-                        continue;
-                    }
-                };
-                sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
-                let outcome = async {
-                    let result = item.result;
-                    let change = item.change;
-                    let job = &result.job_id;
-                    let what = format!("job {job}");
-                    // The job's lock before the insert, so that the count below sees every
-                    // result another writer of this job committed meanwhile: under
-                    // PostgreSQL's read committed, two writers that inserted before either
-                    // locked would each count only their own. No run's lock: a result that
-                    // ends its job leaves the run's end to after the commit, and a run's
-                    // jobs do not wait for each other.
-                    let Some(row) = sqlx::query(LOCK_JOB)
-                        .bind(job.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                    else {
-                        return Err(StoreError::NotFound { what });
-                    };
-                    let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
-                    let n_rows = insert_result!(tx, result, &item.columns, item.now, &what);
-                    if n_rows == 0 {
-                        return Ok((Recorded::Duplicate, None));
-                    }
-                    let row = sqlx::query(COUNT)
-                        .bind(job.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let n_results: usize =
-                        rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
-                    if n_results != change.results_before + 1 {
-                        return Err(StoreError::Conflict {
-                            what,
-                            detail: format!(
-                                "decided from {} stored results, found {} others",
-                                change.results_before,
-                                n_results.saturating_sub(1)
-                            ),
-                        });
-                    }
-                    let run = apply_job_change!(tx, &change.job, item.now, run_id);
-                    Ok((Recorded::Inserted, run))
-                }
-                .await;
-                let outcome = match outcome {
-                    // The database itself failed: the transaction may be unusable.
-                    Err(StoreError::Database(error)) => return Err(StoreError::Database(error)),
-                    Ok((Recorded::Inserted, run)) => {
-                        ended.extend(run);
-                        Ok(Recorded::Inserted)
-                    }
-                    other => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT result")
-                            .execute(&mut *tx)
-                            .await?;
-                        other.map(|(recorded, _)| recorded)
-                    }
-                };
-                sqlx::query("RELEASE SAVEPOINT result")
-                    .execute(&mut *tx)
-                    .await?;
-                outcomes.push(outcome);
-            }
-            tx.commit().await?;
-            Ok(outcomes)
-        })?;
+        let outcomes = writing!(self, |pool| pool
+            .write_prepared(&prepared, &mut ended)
+            .await)?;
         // After the commit: see `apply_job_change!` in `mod.rs`. The latest write's time is
         // the runs' end time (a batch's writes arrive together).
         if let Some(now) = batch.iter().map(Write::now).max() {

@@ -103,6 +103,7 @@ on_both_backends!(
     cancel_run_cancels_open_jobs,
     results_decided_from_the_same_state_apply_once,
     a_batch_of_results_keeps_each_result_s_own_outcome,
+    a_batch_decides_its_results_in_arrival_order,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
     two_replicas_assigning_one_run_keep_its_max_concurrent,
@@ -1561,6 +1562,173 @@ async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
     );
     assert_eq!(job_state(store, two).await, JobState::Running);
     assert_eq!(job_state(store, one).await, JobState::Running);
+}
+
+/// A batch of results of several jobs is decided in arrival order exactly as if each were
+/// written alone after the ones before it: a result that ends its job, then another of the
+/// same job decided before that end (refused); two results of one job, the second decided
+/// as if the first were stored (both kept, the job ends); the same result twice (the second
+/// a duplicate) and one stored before (a duplicate); a result decided at an epoch the job
+/// has left (refused alone); and the run whose last job the batch ends is ended after it.
+async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
+    use tollgate_domain::job::{Acceptance, PlanSteps, accept_result};
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in ["n1", "n2", "n3", "n4", "n5"] {
+        add_node(store, name).await;
+    }
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1", "n2", "n3", "n4"], 10).await;
+    let (run_two, last) = start_run(store, "run-2", &plan, &["n5"], 11).await;
+    let (one, two, three, four) = (&jobs[0].id, &jobs[1].id, &jobs[2].id, &jobs[3].id);
+    let five = &last[0].id;
+    for job in [one, two, three, four, five] {
+        make_running(store, job).await;
+    }
+    for job in [one, five] {
+        let stress = plan_result(&plan, job, 0, 1, Outcome::Passed);
+        let change = accepted(store, &plan, &stress).await;
+        store
+            .record_result(&stress, &change, at(40))
+            .await
+            .expect("stress stored before the batch");
+    }
+    let stored_before = plan_result(&plan, five, 0, 1, Outcome::Passed);
+
+    // Job one: its last step ends it; a second attempt decided from the same results comes
+    // after it.
+    let ends_one = plan_result(&plan, one, 1, 1, Outcome::Passed);
+    let ends_one_change = accepted(store, &plan, &ends_one).await;
+    assert_eq!(ends_one_change.job.to, JobState::Passed);
+    assert!(ends_one_change.job.node.is_some(), "the end frees the node");
+    let late_one = plan_result(&plan, one, 1, 2, Outcome::Passed);
+    let late_one_change = accepted(store, &plan, &late_one).await;
+    // Job two: the same result twice.
+    let stress_two = plan_result(&plan, two, 0, 1, Outcome::Passed);
+    let stress_two_change = accepted(store, &plan, &stress_two).await;
+    // Job three: its first step, then its last decided as if the first were stored.
+    let stress_three = plan_result(&plan, three, 0, 1, Outcome::Passed);
+    let stress_three_change = accepted(store, &plan, &stress_three).await;
+    let ends_three = plan_result(&plan, three, 1, 1, Outcome::Passed);
+    let facts = store.job_facts(three).await.expect("facts").expect("job");
+    let steps = PlanSteps {
+        name: &plan.name,
+        steps: &plan.steps,
+    };
+    let ends_three_change = match accept_result(
+        &facts,
+        &facts.node.clone(),
+        steps,
+        std::slice::from_ref(&stress_three),
+        &ends_three,
+    ) {
+        Ok(Acceptance::Record(change)) => change,
+        other => panic!("expected a result to record, got {other:?}"),
+    };
+    assert_eq!(ends_three_change.job.to, JobState::Passed);
+    // Job four: decided, then the job was handed out again at a newer epoch.
+    let stale_four = plan_result(&plan, four, 0, 1, Outcome::Passed);
+    let stale_four_change = accepted(store, &plan, &stale_four).await;
+    store
+        .move_job(four, JobState::Running, JobState::Assigned, 2, at(42))
+        .await
+        .expect("handed out again");
+    // Job five: its last step ends run-2's only job.
+    let ends_five = plan_result(&plan, five, 1, 1, Outcome::Passed);
+    let ends_five_change = accepted(store, &plan, &ends_five).await;
+
+    let outcomes = store
+        .write_batch(&[
+            Write::Result(&ends_one, &ends_one_change, at(50)),
+            Write::Result(&stress_two, &stress_two_change, at(50)),
+            Write::Result(&late_one, &late_one_change, at(50)),
+            Write::Result(&stress_three, &stress_three_change, at(51)),
+            Write::Result(&stress_two, &stress_two_change, at(51)),
+            Write::Result(&stale_four, &stale_four_change, at(51)),
+            Write::Result(&ends_three, &ends_three_change, at(52)),
+            Write::Result(&stored_before, &ends_five_change, at(52)),
+            Write::Result(&ends_five, &ends_five_change, at(52)),
+        ])
+        .await
+        .expect("the batch commits");
+    let brief: Vec<String> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(recorded) => format!("{recorded:?}"),
+            Err(StoreError::Conflict { what, detail }) => format!("conflict: {what}: {detail}"),
+            Err(other) => format!("error: {other}"),
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            "Inserted".to_owned(),
+            "Inserted".to_owned(),
+            "conflict: job run-1-n1: decided from 1 stored results, found 2 others".to_owned(),
+            "Inserted".to_owned(),
+            "Duplicate".to_owned(),
+            "conflict: job run-1-n4: expected state running at epoch 1, found assigned at epoch 2"
+                .to_owned(),
+            "Inserted".to_owned(),
+            "Duplicate".to_owned(),
+            "Inserted".to_owned(),
+        ]
+    );
+
+    let kept = |results: Vec<StepResult>| -> Vec<(u32, u32)> {
+        results.iter().map(|r| (r.step_index, r.attempt)).collect()
+    };
+    for (job, expected) in [
+        (one, vec![(0, 1), (1, 1)]),
+        (two, vec![(0, 1)]),
+        (three, vec![(0, 1), (1, 1)]),
+        (four, vec![]),
+        (five, vec![(0, 1), (1, 1)]),
+    ] {
+        let stored = store.results_of_job(job).await.expect("results");
+        assert_eq!(kept(stored), expected, "{job}");
+    }
+    let stored = store.results_of_job(three).await.expect("three");
+    assert_eq!(
+        (stored[0].outcome, stored[1].outcome),
+        (Outcome::Passed, Outcome::Passed)
+    );
+
+    assert_eq!(job_state(store, one).await, JobState::Passed);
+    assert_eq!(job_state(store, two).await, JobState::Running);
+    assert_eq!(job_state(store, three).await, JobState::Passed);
+    assert_eq!(job_state(store, four).await, JobState::Assigned);
+    assert_eq!(job_state(store, five).await, JobState::Passed);
+    let updated = store.get_job(three).await.expect("read").expect("job");
+    assert_eq!(
+        updated.updated_at,
+        at(52),
+        "the last write of the job's time"
+    );
+    for (name, state) in [
+        ("n1", NodeState::Ready),
+        ("n2", NodeState::Busy),
+        ("n3", NodeState::Ready),
+        ("n5", NodeState::Ready),
+    ] {
+        let node = store
+            .get_node(&NodeId::from(name))
+            .await
+            .expect("read")
+            .expect("node");
+        assert_eq!(node.state, state, "{name}");
+    }
+    let still = store.get_run(&RunId::from("run-1")).await.expect("read");
+    assert_eq!(still.expect("run").state, RunState::Running);
+    let ended = store
+        .get_run(&run_two.id)
+        .await
+        .expect("read")
+        .expect("run");
+    assert_eq!(
+        (ended.state, ended.finished_at),
+        (RunState::Finished, Some(at(52)))
+    );
 }
 
 async fn results_decided_from_the_same_state_apply_once(store: &Store) {

@@ -3,9 +3,10 @@
 //! same rows into the same tables, measured in the same run.
 //!
 //! Results: one run of `--nodes` jobs × `--steps` results (8 GPUs × 6 telemetry fields and a
-//! measurement each, as `report-bench` stores), recorded with `Store::record_result` (what
-//! `ReportResult` calls: its own transaction, the job's compare-and-set) from `--concurrency`
-//! tasks at once, each taking its jobs' results in order, as agents would. The ceiling copies
+//! measurement each, as `report-bench` stores), recorded with `GroupCommit::record` (what
+//! `ReportResult` calls: the results that arrive together written in one transaction, each
+//! with its job's compare-and-set) from `--concurrency` tasks at once, each taking its jobs'
+//! results in order, as agents would. The ceiling copies
 //! the same `step_results` rows in one binary `COPY`, the rows' JSON, digests and encoding
 //! made inside the timing (a `COPY` path would have to make them too).
 //!
@@ -25,6 +26,7 @@ use anyhow::{Context, bail, ensure};
 use sqlx::Connection as _;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tollgate_controller::group_commit::GroupCommit;
 use tollgate_controller::store::testing::{drop_postgres_schema, fresh_postgres_url};
 use tollgate_controller::store::{AuditNote, JobRecord, RunPurpose, RunRecord, RunState, Store};
 use tollgate_domain::fleet_history::{Bucket, Stat};
@@ -252,12 +254,14 @@ async fn set_up_run(store: &Store, n_nodes: usize, n_steps: u32) -> anyhow::Resu
     Ok(())
 }
 
-/// Every result through `Store::record_result`, `concurrency` jobs at a time.
+/// Every result through `GroupCommit::record`, `concurrency` jobs at a time.
 async fn record_results(store: &Store, args: &Args) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    let group_commit = std::sync::Arc::new(GroupCommit::default());
     let mut tasks = tokio::task::JoinSet::new();
     for task_idx in 0..args.concurrency {
         let store = store.clone();
+        let group_commit = group_commit.clone();
         let (n_nodes, n_steps, concurrency) = (args.nodes, args.steps, args.concurrency);
         tasks.spawn(async move {
             for node_idx in (task_idx..n_nodes).step_by(concurrency) {
@@ -280,7 +284,9 @@ async fn record_results(store: &Store, args: &Args) -> anyhow::Result<Duration> 
                         },
                         results_before: step_idx as usize,
                     };
-                    store.record_result(&result, &change, at(2000)).await?;
+                    group_commit
+                        .record(&store, &result, &change, at(2000))
+                        .await?;
                 }
             }
             anyhow::Ok(())
@@ -514,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
 
         line(
             &format!(
-                "step results ({} jobs × {} steps, {} writers; Store::record_result, a transaction each)",
+                "step results ({} jobs × {} steps, {} writers; GroupCommit::record, as ReportResult)",
                 args.nodes, args.steps, args.concurrency
             ),
             n_results,

@@ -1,0 +1,553 @@
+//! A batch of results and job changes written set-based on PostgreSQL
+//! ([`Store::write_batch`](super::Store::write_batch)).
+//!
+//! Why: a result in a transaction of its own costs about six statements and a commit (lock
+//! the job, insert, count, compare-and-set, commit), and a batch in one transaction with a
+//! savepoint and those statements per result was slower still: it serialized its results on
+//! one connection (BENCHMARKS.md, `pg-ingest-bench`). Here a batch costs the same few
+//! statements whatever its size: its jobs locked in id order in one, the keys of their stored
+//! results read in one, the nodes its changes move locked in one; then every write is decided
+//! in memory, in arrival order, exactly as its own statements would have decided it (a
+//! duplicate, a result decided from fewer results than its job has by then, a job or node
+//! that moved: each refused alone, the others kept); then one `INSERT ... SELECT FROM UNNEST`
+//! of the accepted results, one `UPDATE ... FROM UNNEST` of the jobs and one of the nodes, the
+//! columns bound as arrays; one commit.
+//!
+//! **Invariant:** each write gets the outcome that the savepoint path (one write after the
+//! other, SQLite's) gives it. What is read is read under the rows' locks, after they were
+//! granted, so no other transaction changes it before the commit: every writer of a job's
+//! results locks the job first. The updates are still compare-and-sets on what was read, and
+//! a statement that does not change exactly the rows decided fails the whole batch, which
+//! then stores nothing (and the caller writes each alone).
+
+use super::connect::Begin;
+use super::results::{Prepared, PreparedResult, Refusal};
+use super::rows::Fields;
+use super::{Recorded, StoreError, epoch_to_i64, micros, text};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use tollgate_domain::job::{JobChange, JobState};
+use tollgate_domain::result::StepResult;
+use tollgate_domain::{RunId, Timestamp};
+
+/// The batch's jobs, locked in id order: two batches sharing jobs queue instead of
+/// deadlocking. `FOR UPDATE` locks rows in the order of `ORDER BY`.
+const LOCK_JOBS: &str = "SELECT id, run_id, state, lease_epoch FROM jobs
+     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// The keys of the stored results of the batch's jobs: a job's count, and which of the
+/// batch's results are duplicates. Its own statement, after the locks were granted, so that
+/// its snapshot holds every result committed before.
+const RESULT_KEYS: &str = "SELECT job_id, step_index, attempt, lease_epoch FROM step_results
+     WHERE job_id = ANY($1)";
+/// The nodes the batch's changes move, locked in name order (after the jobs: the lock order
+/// of every job change is run, jobs, nodes).
+const LOCK_NODES: &str =
+    "SELECT name, state FROM nodes WHERE name = ANY($1) ORDER BY name FOR UPDATE";
+/// The accepted results, in arrival order, the columns as arrays.
+const INSERT_RESULTS: &str = "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch,
+         step_name, outcome, exit_code, started_at, finished_at, measurements, telemetry, events,
+         inventory, log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
+     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[],
+         $6::TEXT[], $7::BIGINT[], $8::TIMESTAMPTZ[], $9::TIMESTAMPTZ[], $10::TEXT[], $11::TEXT[],
+         $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TIMESTAMPTZ[], $17::TEXT[],
+         $18::TEXT[], $19::TEXT[], $20::TEXT[])";
+/// Each changed job where the batch's writes leave it, a compare-and-set on what was read.
+const MOVE_JOBS: &str = "UPDATE jobs j
+     SET state = u.state, lease_epoch = u.lease_epoch, updated_at = u.updated_at
+     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
+                 $6::TIMESTAMPTZ[]) AS u (id, found_state, found_epoch, state, lease_epoch,
+                                          updated_at)
+     WHERE j.id = u.id AND j.state = u.found_state AND j.lease_epoch = u.found_epoch";
+/// Each changed node where the batch's writes leave it, a compare-and-set on what was read.
+const MOVE_NODES: &str = "UPDATE nodes n SET state = u.state
+     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS u (name, found_state, state)
+     WHERE n.name = u.name AND n.state = u.found_state";
+
+/// A job as the batch read it, and where the writes decided so far leave it.
+struct JobNow {
+    run: String,
+    found_state: JobState,
+    found_epoch: i64,
+    state: JobState,
+    epoch: i64,
+    /// When a write last changed it (its `updated_at`); `None` while none did.
+    changed_at: Option<Timestamp>,
+    n_results: usize,
+}
+
+/// A node's state as the batch read it, and where the writes decided so far leave it.
+struct NodeNow {
+    found_state: String,
+    state: String,
+    changed: bool,
+}
+
+/// A stored result's key: job, step index, attempt, lease epoch.
+type Key = (String, i64, i64, i64);
+
+/// What the batch read under its locks, changed in memory as its writes are decided.
+#[derive(Default)]
+struct Facts {
+    jobs: HashMap<String, JobNow>,
+    keys: HashSet<Key>,
+    nodes: HashMap<String, NodeNow>,
+}
+
+/// Applies `prepared` in one transaction, set-based (see the module docs); adds to `ended`
+/// the runs whose last open job a write ended.
+pub(super) async fn write(
+    pool: &sqlx::PgPool,
+    prepared: &[Result<Prepared<'_>, Refusal>],
+    ended: &mut BTreeSet<RunId>,
+) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+    let mut job_ids = BTreeSet::new();
+    let mut node_names = BTreeSet::new();
+    for item in prepared.iter().flatten() {
+        let change = match item {
+            Prepared::Result(item) => &item.change.job,
+            Prepared::Job(change, _) => change,
+        };
+        job_ids.insert(change.job.as_str());
+        if let Some(node) = &change.node {
+            node_names.insert(node.node.as_str());
+        }
+    }
+    if job_ids.is_empty() {
+        // Every write was refused before its transaction: nothing to write.
+        return Ok(decide(prepared, &mut Facts::default()).outcomes);
+    }
+    let job_ids: Vec<&str> = job_ids.into_iter().collect();
+    let node_names: Vec<&str> = node_names.into_iter().collect();
+
+    let mut tx = pool.begin_write().await?;
+    let mut facts = Facts::default();
+    for row in sqlx::query(LOCK_JOBS)
+        .bind(&job_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let f = Fields::new(&row, "jobs", &["id"]);
+        let state: JobState = f.parse("state")?;
+        let epoch: i64 = f.int_as("lease_epoch")?;
+        facts.jobs.insert(
+            f.text("id")?,
+            JobNow {
+                run: f.text("run_id")?,
+                found_state: state,
+                found_epoch: epoch,
+                state,
+                epoch,
+                changed_at: None,
+                n_results: 0,
+            },
+        );
+    }
+    for row in sqlx::query(RESULT_KEYS)
+        .bind(&job_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let f = Fields::new(&row, "step_results", &["job_id"]);
+        let key: Key = (
+            f.text("job_id")?,
+            f.int_as("step_index")?,
+            f.int_as("attempt")?,
+            f.int_as("lease_epoch")?,
+        );
+        if let Some(job) = facts.jobs.get_mut(&key.0) {
+            job.n_results += 1;
+        }
+        facts.keys.insert(key);
+    }
+    if !node_names.is_empty() {
+        for row in sqlx::query(LOCK_NODES)
+            .bind(&node_names)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let f = Fields::new(&row, "nodes", &["name"]);
+            let state = f.text("state")?;
+            facts.nodes.insert(
+                f.text("name")?,
+                NodeNow {
+                    found_state: state.clone(),
+                    state,
+                    changed: false,
+                },
+            );
+        }
+    }
+
+    let decided = decide(prepared, &mut facts);
+    insert_results(&mut tx, &decided.inserts).await?;
+    move_jobs(&mut tx, &facts.jobs).await?;
+    move_nodes(&mut tx, &facts.nodes).await?;
+    tx.commit().await?;
+    ended.extend(decided.ended);
+    Ok(decided.outcomes)
+}
+
+/// What a batch's writes do, decided in arrival order.
+struct Decided<'p, 'a> {
+    /// Each write's outcome, in order.
+    outcomes: Vec<Result<Recorded, StoreError>>,
+    /// The results to insert, in order.
+    inserts: Vec<&'p PreparedResult<'a>>,
+    /// The runs whose last open job a write ended.
+    ended: BTreeSet<RunId>,
+}
+
+/// Decides each write of `prepared` in order from `facts`, which each accepted write changes
+/// as its statements would have changed the rows: the savepoint path's outcomes, in memory.
+fn decide<'p, 'a>(
+    prepared: &'p [Result<Prepared<'a>, Refusal>],
+    facts: &mut Facts,
+) -> Decided<'p, 'a> {
+    let mut decided = Decided {
+        outcomes: Vec::with_capacity(prepared.len()),
+        inserts: Vec::new(),
+        ended: BTreeSet::new(),
+    };
+    for item in prepared {
+        let outcome = match item {
+            Err(refusal) => Err(refusal.again()),
+            Ok(Prepared::Job(change, now)) => apply(facts, change, *now).map(|run| {
+                decided.ended.extend(run);
+                Recorded::Inserted
+            }),
+            Ok(Prepared::Result(item)) => record(facts, item).map(|recorded| {
+                if let Some(run) = recorded {
+                    decided.inserts.push(item);
+                    decided.ended.extend(run);
+                    Recorded::Inserted
+                } else {
+                    Recorded::Duplicate
+                }
+            }),
+        };
+        decided.outcomes.push(outcome);
+    }
+    decided
+}
+
+/// Decides a result as its savepoint would: the job must exist; a duplicate changes
+/// nothing (`None`); the job must have exactly the results the change was decided from;
+/// then its change applies ([`apply`]). `Some` with the run the result's change ended, if
+/// any, when it is to be inserted.
+fn record(
+    facts: &mut Facts,
+    item: &PreparedResult<'_>,
+) -> Result<Option<Option<RunId>>, StoreError> {
+    let result: &StepResult = item.result;
+    let job = &result.job_id;
+    let Some(found) = facts.jobs.get(job.as_str()) else {
+        return Err(StoreError::NotFound {
+            what: format!("job {job}"),
+        });
+    };
+    let key: Key = (
+        job.as_str().to_owned(),
+        i64::from(result.step_index),
+        i64::from(result.attempt),
+        epoch_to_i64(result.lease_epoch, job)?,
+    );
+    if facts.keys.contains(&key) {
+        return Ok(None);
+    }
+    let n_results = found.n_results;
+    if n_results != item.change.results_before {
+        return Err(StoreError::Conflict {
+            what: format!("job {job}"),
+            detail: format!(
+                "decided from {} stored results, found {n_results} others",
+                item.change.results_before
+            ),
+        });
+    }
+    let run = apply(facts, &item.change.job, item.now)?;
+    facts.keys.insert(key);
+    if let Some(found) = facts.jobs.get_mut(job.as_str()) {
+        found.n_results += 1;
+    }
+    Ok(Some(run))
+}
+
+/// Decides a job change as `apply_job_change!` would: the job must be in the state and at
+/// the epoch it was decided from, and its node (when it moves) in the state decided from.
+/// Evaluates to the job's run when the change ended the job.
+fn apply(
+    facts: &mut Facts,
+    change: &JobChange,
+    now: Timestamp,
+) -> Result<Option<RunId>, StoreError> {
+    let job = &change.job;
+    let Some(found) = facts.jobs.get_mut(job.as_str()) else {
+        return Err(StoreError::NotFound {
+            what: format!("job {job}"),
+        });
+    };
+    let from_epoch = epoch_to_i64(change.from_epoch, job)?;
+    let to_epoch = epoch_to_i64(change.to_epoch, job)?;
+    if found.state != change.from || found.epoch != from_epoch {
+        return Err(StoreError::Conflict {
+            what: format!("job {job}"),
+            detail: format!(
+                "expected state {} at epoch {}, found {} at epoch {}",
+                change.from, change.from_epoch, found.state, found.epoch
+            ),
+        });
+    }
+    if let Some(node) = &change.node {
+        let Some(node_now) = facts.nodes.get_mut(node.node.as_str()) else {
+            return Err(StoreError::NotFound {
+                what: format!("node {}", node.node),
+            });
+        };
+        if node_now.state != node.from.as_str() {
+            return Err(StoreError::Conflict {
+                what: format!("node {}", node.node),
+                detail: format!("expected state {}, found {}", node.from, node_now.state),
+            });
+        }
+        node_now.state = node.to.as_str().to_owned();
+        node_now.changed = true;
+    }
+    found.state = change.to;
+    found.epoch = to_epoch;
+    found.changed_at = Some(now);
+    Ok(if change.to.is_terminal() && !change.from.is_terminal() {
+        Some(RunId::new(found.run.clone()))
+    } else {
+        None
+    })
+}
+
+/// That a set-based statement changed another number of rows than decided: something
+/// wrote the rows without their locks. The whole batch fails.
+fn not_as_decided(what: &str, decided: usize, n_rows: u64) -> StoreError {
+    StoreError::Conflict {
+        what: format!("a batch's {what}"),
+        detail: format!("{decided} rows decided, {n_rows} written"),
+    }
+}
+
+/// The most bytes of results one `INSERT` carries (about; a larger result goes alone).
+/// sqlx 0.9.0 leaves Nagle's algorithm on for its sockets, and here a statement's message
+/// past about 16 KiB had its tail held for the server's delayed acknowledgement: 40-45 ms
+/// per statement (`pg-ingest-bench`: statements of two or more 8 KiB results stalled, one
+/// did not). Statements of this size each cost a round trip instead; the batch still shares
+/// its locks, reads, updates and commit.
+const INSERT_BYTES: usize = 8 * 1024;
+
+/// About how many bytes a result's row takes in an `INSERT`'s parameters.
+fn row_bytes(item: &PreparedResult<'_>) -> usize {
+    let columns = &item.columns;
+    let result = item.result;
+    [
+        &columns.measurements,
+        &columns.telemetry,
+        &columns.events,
+        &columns.inventory,
+        &columns.sub_results,
+        &columns.inventory_at_end,
+        &columns.series,
+        &columns.digest,
+        &result.step_name,
+        &result.log_tail,
+        &result.message,
+    ]
+    .iter()
+    .map(|value| value.len() + 4)
+    .sum::<usize>()
+        + result.job_id.as_str().len()
+        + 100
+}
+
+/// Inserts `inserts` in order, in statements of about [`INSERT_BYTES`] each.
+async fn insert_results(
+    tx: &mut sqlx::PgConnection,
+    inserts: &[&PreparedResult<'_>],
+) -> Result<(), StoreError> {
+    let mut start = 0;
+    while start < inserts.len() {
+        let mut end = start + 1;
+        let mut n_bytes = row_bytes(inserts[start]);
+        while end < inserts.len() {
+            n_bytes += row_bytes(inserts[end]);
+            if n_bytes > INSERT_BYTES {
+                break;
+            }
+            end += 1;
+        }
+        insert_statement(tx, &inserts[start..end]).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Inserts `inserts` in one statement, in order.
+async fn insert_statement(
+    tx: &mut sqlx::PgConnection,
+    inserts: &[&PreparedResult<'_>],
+) -> Result<(), StoreError> {
+    let texts = |value: fn(&StepResult) -> &str| {
+        inserts
+            .iter()
+            .map(|item| text(value(item.result)))
+            .collect::<Vec<_>>()
+    };
+    let ints = |value: fn(&StepResult) -> i64| {
+        inserts
+            .iter()
+            .map(|item| value(item.result))
+            .collect::<Vec<_>>()
+    };
+    let columns = |value: fn(&super::results::ResultColumns) -> &str| {
+        inserts
+            .iter()
+            .map(|item| value(&item.columns))
+            .collect::<Vec<_>>()
+    };
+    let epochs = inserts
+        .iter()
+        .map(|item| epoch_to_i64(item.result.lease_epoch, &item.result.job_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n_rows = sqlx::query(INSERT_RESULTS)
+        .bind(
+            inserts
+                .iter()
+                .map(|item| item.result.job_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ints(|result| i64::from(result.step_index)))
+        .bind(ints(|result| i64::from(result.attempt)))
+        .bind(epochs)
+        .bind(texts(|result| &result.step_name))
+        .bind(
+            inserts
+                .iter()
+                .map(|item| item.result.outcome.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|item| item.result.exit_code.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|item| micros(item.result.started_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|item| micros(item.result.finished_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(columns(|columns| &columns.measurements))
+        .bind(columns(|columns| &columns.telemetry))
+        .bind(columns(|columns| &columns.events))
+        .bind(columns(|columns| &columns.inventory))
+        .bind(texts(|result| &result.log_tail))
+        .bind(texts(|result| &result.message))
+        .bind(
+            inserts
+                .iter()
+                .map(|item| micros(item.now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(columns(|columns| &columns.sub_results))
+        .bind(columns(|columns| &columns.inventory_at_end))
+        .bind(columns(|columns| &columns.series))
+        .bind(columns(|columns| &columns.digest))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n_rows != inserts.len() as u64 {
+        return Err(not_as_decided("results", inserts.len(), n_rows));
+    }
+    Ok(())
+}
+
+/// Moves every job a write changed to where the batch leaves it, in id order.
+async fn move_jobs(
+    tx: &mut sqlx::PgConnection,
+    jobs: &HashMap<String, JobNow>,
+) -> Result<(), StoreError> {
+    let changed: BTreeMap<&str, (&JobNow, Timestamp)> = jobs
+        .iter()
+        .filter_map(|(id, job)| Some((id.as_str(), (job, job.changed_at?))))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let column = |value: fn(&JobNow) -> i64| {
+        changed
+            .values()
+            .map(|(job, _)| value(job))
+            .collect::<Vec<_>>()
+    };
+    let state = |value: fn(&JobNow) -> JobState| {
+        changed
+            .values()
+            .map(|(job, _)| value(job).as_str())
+            .collect::<Vec<_>>()
+    };
+    let n_rows = sqlx::query(MOVE_JOBS)
+        .bind(changed.keys().copied().collect::<Vec<_>>())
+        .bind(state(|job| job.found_state))
+        .bind(column(|job| job.found_epoch))
+        .bind(state(|job| job.state))
+        .bind(column(|job| job.epoch))
+        .bind(
+            changed
+                .values()
+                .map(|(_, at)| micros(*at))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n_rows != changed.len() as u64 {
+        return Err(not_as_decided("jobs", changed.len(), n_rows));
+    }
+    Ok(())
+}
+
+/// Moves every node a write changed to where the batch leaves it, in name order.
+async fn move_nodes(
+    tx: &mut sqlx::PgConnection,
+    nodes: &HashMap<String, NodeNow>,
+) -> Result<(), StoreError> {
+    let changed: BTreeMap<&str, &NodeNow> = nodes
+        .iter()
+        .filter(|(_, node)| node.changed)
+        .map(|(name, node)| (name.as_str(), node))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let n_rows = sqlx::query(MOVE_NODES)
+        .bind(changed.keys().copied().collect::<Vec<_>>())
+        .bind(
+            changed
+                .values()
+                .map(|node| node.found_state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changed
+                .values()
+                .map(|node| node.state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n_rows != changed.len() as u64 {
+        return Err(not_as_decided("nodes", changed.len(), n_rows));
+    }
+    Ok(())
+}
