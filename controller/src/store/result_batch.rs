@@ -330,13 +330,13 @@ fn not_as_decided(what: &str, decided: usize, n_rows: u64) -> StoreError {
     }
 }
 
-/// The most bytes of results one `INSERT` carries (about; a larger result goes alone).
-/// sqlx 0.9.0 leaves Nagle's algorithm on for its sockets, and here a statement's message
-/// past about 16 KiB had its tail held for the server's delayed acknowledgement: 40-45 ms
-/// per statement (`pg-ingest-bench`: statements of two or more 8 KiB results stalled, one
-/// did not). Statements of this size each cost a round trip instead; the batch still shares
-/// its locks, reads, updates and commit.
-const INSERT_BYTES: usize = 8 * 1024;
+/// The most bytes of results one `INSERT` carries (about; a larger result goes alone): a
+/// batch's results in one statement, short of a pathological one. sqlx 0.9.0 left Nagle's
+/// algorithm on for its sockets, and statements past about 16 KiB then waited 40-45 ms each
+/// for the server's delayed acknowledgement, so results went 8 KiB at a time; 0.9.1 sets
+/// `TCP_NODELAY` again, and one statement per batch measured 0.30-0.37x of a binary COPY
+/// against 0.25-0.27x at 8 KiB (`pg-ingest-bench`, BENCHMARKS.md).
+const INSERT_BYTES: usize = 1024 * 1024;
 
 /// About how many bytes a result's row takes in an `INSERT`'s parameters.
 fn row_bytes(item: &PreparedResult<'_>) -> usize {
