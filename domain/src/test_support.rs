@@ -230,6 +230,16 @@ pub fn job_facts(id: &str, state: JobState, node_state: NodeState) -> JobFacts {
 #[cfg(feature = "proptest")]
 pub mod arb;
 
+/// A gate rule `id` of `kind`, over every node, for every release.
+pub fn rule(id: &str, kind: crate::gate::RuleKind) -> crate::gate::Rule {
+    crate::gate::Rule {
+        id: id.into(),
+        kind,
+        scope: crate::fleet::Selector::default(),
+        since: None,
+    }
+}
+
 /// A rollout onto the nodes labelled `env=prod`: one wave of every node, procedure
 /// `flash-and-soak` (interrupted nodes fail), rollback `flash-previous`, one `no-events` health
 /// rule, no soak, no limits.

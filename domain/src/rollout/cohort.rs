@@ -540,16 +540,7 @@ mod tests {
     use crate::rollout::machine::{Progress, RolloutState};
     use crate::rollout::waves::{Wave, WavePlan};
     use crate::telemetry::GpuEvent;
-    use crate::test_support::{at, rollout_spec};
-
-    fn rule(id: &str, kind: RuleKind) -> Rule {
-        Rule {
-            id: id.into(),
-            kind,
-            scope: Selector::default(),
-            since: None,
-        }
-    }
+    use crate::test_support::{at, rollout_spec, rule};
 
     /// `baseline` on gpu_temp_c: the mean over GPUs may be at most 10 % hotter.
     fn cooler_than_cohort() -> Rule {

@@ -336,16 +336,7 @@ mod tests {
     use crate::fleet::Selector;
     use crate::fleet_history::Stat as Samples;
     use crate::gate::{Aggregate, Condition};
-    use crate::test_support::at;
-
-    fn rule(id: &str, kind: RuleKind) -> Rule {
-        Rule {
-            id: id.into(),
-            kind,
-            scope: Selector::default(),
-            since: None,
-        }
-    }
+    use crate::test_support::{at, rule};
 
     fn no_xid_79() -> Rule {
         rule(
