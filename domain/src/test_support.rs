@@ -230,6 +230,21 @@ pub fn job_facts(id: &str, state: JobState, node_state: NodeState) -> JobFacts {
 #[cfg(feature = "proptest")]
 pub mod arb;
 
+/// XID `code` on GPU 0 of `node`, reported `secs` after [`at`]'s origin outside any step.
+pub fn xid(node: &str, code: i64, secs: i64) -> (NodeId, GpuEvent) {
+    (
+        node.into(),
+        GpuEvent {
+            gpu_index: 0,
+            gpu_uuid: "GPU-0".into(),
+            kind: EventKind::Xid,
+            code,
+            at: at(secs),
+            detail: String::new(),
+        },
+    )
+}
+
 /// A gate rule `id` of `kind`, over every node, for every release.
 pub fn rule(id: &str, kind: crate::gate::RuleKind) -> crate::gate::Rule {
     crate::gate::Rule {

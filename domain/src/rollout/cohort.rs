@@ -540,7 +540,7 @@ mod tests {
     use crate::rollout::machine::{Progress, RolloutState};
     use crate::rollout::waves::{Wave, WavePlan};
     use crate::telemetry::GpuEvent;
-    use crate::test_support::{at, rollout_spec, rule};
+    use crate::test_support::{at, rollout_spec, rule, xid};
 
     /// `baseline` on gpu_temp_c: the mean over GPUs may be at most 10 % hotter.
     fn cooler_than_cohort() -> Rule {
@@ -598,20 +598,6 @@ mod tests {
             )]
             .into(),
         }
-    }
-
-    fn xid(node: &str, code: i64, secs: i64) -> (NodeId, GpuEvent) {
-        (
-            node.into(),
-            GpuEvent {
-                gpu_index: 0,
-                gpu_uuid: "GPU-0".into(),
-                kind: EventKind::Xid,
-                code,
-                at: at(secs),
-                detail: String::new(),
-            },
-        )
     }
 
     struct World {

@@ -336,7 +336,7 @@ mod tests {
     use crate::fleet::Selector;
     use crate::fleet_history::Stat as Samples;
     use crate::gate::{Aggregate, Condition};
-    use crate::test_support::{at, rule};
+    use crate::test_support::{at, rule, xid};
 
     fn no_xid_79() -> Rule {
         rule(
@@ -370,20 +370,6 @@ mod tests {
             from: at(from),
             until: at(until),
         }
-    }
-
-    fn xid(node: &str, code: i64, secs: i64) -> (NodeId, GpuEvent) {
-        (
-            node.into(),
-            GpuEvent {
-                gpu_index: 0,
-                gpu_uuid: "GPU-0".into(),
-                kind: EventKind::Xid,
-                code,
-                at: at(secs),
-                detail: String::new(),
-            },
-        )
     }
 
     fn bucket(node: &str, gpu: u32, start: i64, field: Field, max: f64) -> Bucket {
