@@ -13,8 +13,8 @@ use std::time::Duration;
 use tollgate_controller::store::testing;
 use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate, workspace_binary};
 use tollgate_tests::{
-    Agent, Clients, assert_every_result_once, measuring_plan, spooled_results,
-    stop_agents_leaving_no_step_process,
+    Agent, Backend, Clients, assert_every_result_once, fresh_database_url, measuring_plan,
+    spooled_results, stop_agents_leaving_no_step_process,
 };
 
 /// Replicas of the controller.
@@ -26,13 +26,10 @@ const STEPS: u32 = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_completes_on_replicas_killed_one_after_another() {
-    let Some(base) = testing::postgres_url_or_skip() else {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(database_url) = fresh_database_url(Backend::Postgres, dir.path()).await else {
         return;
     };
-    let database_url = testing::fresh_postgres_url(&base)
-        .await
-        .expect("fresh postgres schema");
-    let dir = tempfile::tempdir().expect("temp dir");
     // A grace longer than the agents' largest reconnect backoff (5 s) plus a restart;
     // heartbeats every second, so that 50 agents load the database as a fleet would.
     let mut replicas = Replicas::start(
@@ -289,13 +286,10 @@ async fn a_controller_with_a_retired_report_signing_key_is_refused() {
 /// directory holds the new key files, then signs with the new key without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_replica_signs_with_the_rotated_key_once_given_its_files() {
-    let Some(base) = testing::postgres_url_or_skip() else {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(database_url) = fresh_database_url(Backend::Postgres, dir.path()).await else {
         return;
     };
-    let database_url = testing::fresh_postgres_url(&base)
-        .await
-        .expect("fresh postgres schema");
-    let dir = tempfile::tempdir().expect("temp dir");
     let (first_dir, other_dir) = (dir.path().join("first"), dir.path().join("other"));
     let grace = Duration::from_secs(10);
     let mut first = ControllerProcess::start(

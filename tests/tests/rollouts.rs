@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tollgate_controller::store::testing;
 use tollgate_proto::v1;
 use tollgate_tests::process::{ControllerProcess, Replicas, text, tollgate, tollgate_ok};
 use tollgate_tests::{
@@ -1315,13 +1314,10 @@ steps:
 /// over the whole run, from the audit log. PostgreSQL only: SQLite serves one controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_completes_across_replica_failovers() {
-    let Some(base) = testing::postgres_url_or_skip() else {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(database_url) = fresh_database_url(Backend::Postgres, dir.path()).await else {
         return;
     };
-    let database_url = testing::fresh_postgres_url(&base)
-        .await
-        .expect("fresh postgres schema");
-    let dir = tempfile::tempdir().expect("temp dir");
     // A lease grace longer than the agents' reconnect backoff plus a restart.
     let mut replicas = Replicas::start(
         &database_url,
