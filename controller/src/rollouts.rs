@@ -29,9 +29,9 @@ use tollgate_domain::gate::{Decision, RuleKind};
 use tollgate_domain::rollout::{
     CohortVerdict, HEALTH_MILESTONE, HealthVerdict, NodeProgress, Phase, Progress, RolloutChange,
     RolloutEvent, RolloutFacts, RolloutRefusal, SoakFacts, SoakWindow, cohort_nodes,
-    cohort_windows, combine, compares_with_cohort, health_verdict, judge_cohort, next, startable,
+    cohort_windows, combine, compares_with_cohort, health_verdict, judge_cohort, next,
+    soak::too_much_telemetry, startable,
 };
-use tollgate_domain::rollout::{HealthFailure, RolloutSpec};
 use tollgate_domain::{JobId, NodeId, RolloutId, RunId, Timestamp};
 
 /// How many times a person's action is decided again when the driver changed the rollout
@@ -630,7 +630,11 @@ async fn judge_soak(
         let (Some((buckets, tier)), Some((cohort_buckets, _))) = (read, cohort_read) else {
             // Fail closed: a telemetry rule judged on rows cut short could pass a breach.
             return Ok((
-                too_much_telemetry(spec, nodes.len() + cohort_ids.len()),
+                too_much_telemetry(
+                    &spec.health,
+                    nodes.len() + cohort_ids.len(),
+                    FLEET_BUCKETS_MAX,
+                ),
                 CohortVerdict {
                     verdict: HealthVerdict::Passed,
                     not_compared: Vec::new(),
@@ -704,40 +708,6 @@ async fn soak_buckets(
         }
     }
     Ok(None)
-}
-
-/// The verdict when a wave's soak telemetry is too large to read at any tier: each rule
-/// over it cannot be judged, which halts the rollout as an `error` rule does.
-fn too_much_telemetry(spec: &RolloutSpec, n_nodes: usize) -> HealthVerdict {
-    let failures: Vec<HealthFailure> = spec
-        .health
-        .iter()
-        .filter(|rule| {
-            matches!(
-                rule.kind,
-                RuleKind::Telemetry { step: None, .. }
-                    | RuleKind::NoEvents {
-                        row_remap_failure: true,
-                        ..
-                    }
-                    | RuleKind::Baseline { .. }
-                    | RuleKind::NoRegression {
-                        measurement: Some(_),
-                        ..
-                    }
-            )
-        })
-        .map(|rule| HealthFailure {
-            rule_id: rule.id.clone(),
-            reason: format!(
-                "cannot be judged: the soak's fleet telemetry of {n_nodes} node(s) is more than \
-                 {FLEET_BUCKETS_MAX} rows even at the coarsest tier; make the waves smaller or \
-                 the soak shorter"
-            ),
-            nodes: Vec::new(),
-        })
-        .collect();
-    HealthVerdict::Failed(failures)
 }
 
 /// Starts the nodes the blast radius allows now, each with its run, one change each.
@@ -818,7 +788,7 @@ mod tests {
     use std::collections::BTreeMap;
     use tollgate_domain::fleet_history::Stat;
     use tollgate_domain::telemetry::Field;
-    use tollgate_domain::test_support::{at, rollout_spec};
+    use tollgate_domain::test_support::at;
 
     fn bucket(node: &str, resolution_s: u32, secs: i64) -> Bucket {
         Bucket {
@@ -854,30 +824,5 @@ mod tests {
         assert_eq!(tier_of(read(12).await.expect("read")), Some((12, Some(10))));
         assert_eq!(tier_of(read(11).await.expect("read")), Some((2, Some(60))));
         assert_eq!(tier_of(read(1).await.expect("read")), None);
-    }
-
-    /// Rules over the soak's telemetry cannot be judged when it is too large: each fails,
-    /// saying why and what to do; rules over events alone are not named.
-    #[test]
-    fn too_much_telemetry_fails_each_rule_that_reads_it() {
-        let mut spec = rollout_spec();
-        // `no-events` with row remap failures reads the telemetry's counters; `no-xid` reads
-        // events only.
-        spec.health.push(tollgate_domain::gate::Rule {
-            id: "xid".into(),
-            kind: RuleKind::NoXid { codes: vec![79] },
-            scope: tollgate_domain::fleet::Selector::default(),
-            since: None,
-        });
-        let HealthVerdict::Failed(failures) = too_much_telemetry(&spec, 3) else {
-            panic!("fails closed");
-        };
-        let ids: Vec<&str> = failures.iter().map(|f| f.rule_id.as_str()).collect();
-        assert_eq!(ids, ["no-events"]);
-        assert!(
-            failures[0].reason.contains("3 node(s)")
-                && failures[0].reason.contains("make the waves smaller"),
-            "{failures:?}"
-        );
     }
 }

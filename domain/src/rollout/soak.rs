@@ -168,6 +168,42 @@ pub fn judge_soak(rules: &[Rule], facts: &SoakFacts<'_>) -> HealthVerdict {
     }
 }
 
+/// The verdict when a wave's soak telemetry is more than `max_rows` rows even at the coarsest
+/// tier of the history, so nothing can be read whole: each rule over it (a `telemetry` rule
+/// without `step`, `no-events` watching row remap failures, a `baseline` or a `no-regression`
+/// with a measurement) cannot be judged and fails, which halts the rollout as an `error` rule
+/// does; `n_nodes` is how many nodes were to be read.
+pub fn too_much_telemetry(rules: &[Rule], n_nodes: usize, max_rows: usize) -> HealthVerdict {
+    let failures: Vec<HealthFailure> = rules
+        .iter()
+        .filter(|rule| {
+            matches!(
+                rule.kind,
+                RuleKind::Telemetry { step: None, .. }
+                    | RuleKind::NoEvents {
+                        row_remap_failure: true,
+                        ..
+                    }
+                    | RuleKind::Baseline { .. }
+                    | RuleKind::NoRegression {
+                        measurement: Some(_),
+                        ..
+                    }
+            )
+        })
+        .map(|rule| HealthFailure {
+            rule_id: rule.id.clone(),
+            reason: format!(
+                "cannot be judged: the soak's fleet telemetry of {n_nodes} node(s) is more than \
+                 {max_rows} rows even at the coarsest tier; make the waves smaller or the soak \
+                 shorter"
+            ),
+            nodes: Vec::new(),
+        })
+        .collect();
+    HealthVerdict::Failed(failures)
+}
+
 /// The health verdict of a wave from its procedure runs' verdict and its soak's: failed if
 /// either failed (every failure listed), waiting if either waits, passed when both passed.
 pub fn combine(procedure: HealthVerdict, soak: HealthVerdict) -> HealthVerdict {
@@ -581,5 +617,26 @@ mod tests {
                 "{procedure:?} + {soak:?}"
             );
         }
+    }
+
+    /// Rules over the soak's telemetry cannot be judged when it is too large: each fails,
+    /// saying why and what to do; rules over events alone are not named.
+    #[test]
+    fn too_much_telemetry_fails_each_rule_that_reads_it() {
+        let mut spec = crate::test_support::rollout_spec();
+        // `no-events` with row remap failures reads the telemetry's counters; `no-xid` reads
+        // events only.
+        spec.health
+            .push(rule("xid", RuleKind::NoXid { codes: vec![79] }));
+        let HealthVerdict::Failed(failures) = too_much_telemetry(&spec.health, 3, 500_000) else {
+            panic!("fails closed");
+        };
+        let ids: Vec<&str> = failures.iter().map(|f| f.rule_id.as_str()).collect();
+        assert_eq!(ids, ["no-events"]);
+        assert!(
+            failures[0].reason.contains("3 node(s)")
+                && failures[0].reason.contains("make the waves smaller"),
+            "{failures:?}"
+        );
     }
 }
