@@ -19,6 +19,7 @@
 //! [`testing`] gives other crates' tests a PostgreSQL schema of their own.
 
 mod connect;
+pub mod pg_copy;
 mod rows;
 mod states;
 pub mod testing;
@@ -632,8 +633,17 @@ fn text(value: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `result` as it reads back from the store (NULs replaced, timestamps in microseconds), so
-/// the digest stored with it is the digest of what a later load returns.
-fn as_stored(result: &StepResult) -> StepResult {
+/// the digest stored with it is the digest of what a later load returns; borrowed when it
+/// reads back unchanged (the usual case: no copy of its telemetry).
+fn as_stored(result: &StepResult) -> std::borrow::Cow<'_, StepResult> {
+    let unchanged = [&result.step_name, &result.log_tail, &result.message]
+        .iter()
+        .all(|field| !field.contains('\0'))
+        && micros(result.started_at) == result.started_at
+        && micros(result.finished_at) == result.finished_at;
+    if unchanged {
+        return std::borrow::Cow::Borrowed(result);
+    }
     let mut stored = result.clone();
     for field in [
         &mut stored.step_name,
@@ -646,7 +656,7 @@ fn as_stored(result: &StepResult) -> StepResult {
     }
     stored.started_at = micros(stored.started_at);
     stored.finished_at = micros(stored.finished_at);
-    stored
+    std::borrow::Cow::Owned(stored)
 }
 
 /// Where a row stands in a list ordered by creation: its `created_at`, then its insertion
@@ -688,8 +698,13 @@ fn classify(err: sqlx::Error, exists: &str, missing: &str) -> StoreError {
 
 /// Checks that a result's numbers read back as written: JSON has no NaN or infinity (serde
 /// writes them as null), and a stored result that cannot be read would make the whole
-/// release's evidence unreadable. Refusing it here names the culprit instead.
-fn check_readable(result: &StepResult) -> Result<(), StoreError> {
+/// release's evidence unreadable. Refusing it here names the culprit instead. `measurements`
+/// and `telemetry` are those columns as encoded for the row: parsed, not encoded again.
+fn check_readable(
+    result: &StepResult,
+    measurements: &str,
+    telemetry: &str,
+) -> Result<(), StoreError> {
     let unreadable = |column: &str, err: serde_json::Error| StoreError::Corrupt {
         what: format!(
             "result of job {} step {} attempt {} ({column}, not stored)",
@@ -697,14 +712,10 @@ fn check_readable(result: &StepResult) -> Result<(), StoreError> {
         ),
         detail: format!("{err}; numbers must be finite"),
     };
-    serde_json::from_str::<Vec<tollgate_domain::result::Measurement>>(&to_json(
-        &result.measurements,
-    ))
-    .map_err(|err| unreadable("measurements", err))?;
-    serde_json::from_str::<Vec<tollgate_domain::telemetry::GpuTelemetry>>(&to_json(
-        &result.telemetry,
-    ))
-    .map_err(|err| unreadable("telemetry", err))?;
+    serde_json::from_str::<Vec<tollgate_domain::result::Measurement>>(measurements)
+        .map_err(|err| unreadable("measurements", err))?;
+    serde_json::from_str::<Vec<tollgate_domain::telemetry::GpuTelemetry>>(telemetry)
+        .map_err(|err| unreadable("telemetry", err))?;
     Ok(())
 }
 
@@ -791,7 +802,7 @@ mod evidence;
 mod fleet_events;
 mod fleet_telemetry;
 pub use fleet_events::{FLEET_BUCKETS_MAX, FLEET_EVENTS_MAX};
-pub use fleet_telemetry::FleetQuery;
+pub use fleet_telemetry::{COPY_BUCKETS, FleetQuery};
 mod gates;
 mod jobs;
 mod leader;

@@ -203,7 +203,8 @@ impl Refusal {
 
 /// Checks `result` (readable numbers, the change of its own job) and encodes its row.
 fn encode(result: &StepResult, change: &ResultChange) -> Result<ResultColumns, Refusal> {
-    if let Err(error) = check_readable(result) {
+    let columns = ResultColumns::of(result);
+    if let Err(error) = check_readable(result, &columns.measurements, &columns.telemetry) {
         return Err(match error {
             StoreError::Corrupt { what, detail } => Refusal::Corrupt { what, detail },
             other => Refusal::Corrupt {
@@ -218,7 +219,7 @@ fn encode(result: &StepResult, change: &ResultChange) -> Result<ResultColumns, R
             detail: format!("it came with a change of job {}", change.job.job),
         });
     }
-    Ok(ResultColumns::of(result))
+    Ok(columns)
 }
 
 impl<'a> Prepared<'a> {
@@ -463,7 +464,7 @@ impl Store {
             writing!(self, |pool| {
                 let mut tx = pool.begin_write().await?;
                 for ((result, change), columns) in chunk.iter().zip(&columns) {
-                    check_readable(result)?;
+                    check_readable(result, &columns.measurements, &columns.telemetry)?;
                     let what = format!("job {}", result.job_id);
                     insert_result!(tx, result, columns, now, &what);
                     ended.extend(apply_job_change!(tx, &change.job, now));

@@ -28,7 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tollgate_controller::group_commit::GroupCommit;
 use tollgate_controller::store::testing::{drop_postgres_schema, fresh_postgres_url};
-use tollgate_controller::store::{AuditNote, JobRecord, RunPurpose, RunRecord, RunState, Store};
+use tollgate_controller::store::pg_copy::CopyBinary;
+use tollgate_controller::store::{AuditNote, COPY_BUCKETS, JobRecord, RunPurpose, RunRecord, RunState, Store};
 use tollgate_domain::fleet_history::{Bucket, Stat};
 use tollgate_domain::job::{JobChange, JobState, ResultChange};
 use tollgate_domain::plan::{Plan, Step};
@@ -80,56 +81,6 @@ fn parse_args() -> anyhow::Result<Args> {
         "--nodes, --steps and --concurrency must be positive"
     );
     Ok(args)
-}
-
-/// A binary `COPY` stream: header, tuples, trailer
-/// (<https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>).
-struct CopyBinary(Vec<u8>);
-
-/// 2000-01-01T00:00:00Z, PostgreSQL's timestamp epoch, in Unix microseconds.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-impl CopyBinary {
-    fn new() -> Self {
-        let mut out = Vec::with_capacity(1 << 20);
-        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        // Flags (no OIDs), then the length of the header extension area (none).
-        out.extend_from_slice(&0i32.to_be_bytes());
-        out.extend_from_slice(&0i32.to_be_bytes());
-        Self(out)
-    }
-
-    fn tuple(&mut self, n_fields: i16) {
-        self.0.extend_from_slice(&n_fields.to_be_bytes());
-    }
-
-    fn field(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.0
-            .extend_from_slice(&i32::try_from(bytes.len())?.to_be_bytes());
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn text(&mut self, value: &str) -> anyhow::Result<()> {
-        self.field(value.as_bytes())
-    }
-
-    fn int8(&mut self, value: i64) -> anyhow::Result<()> {
-        self.field(&value.to_be_bytes())
-    }
-
-    fn null(&mut self) {
-        self.0.extend_from_slice(&(-1i32).to_be_bytes());
-    }
-
-    fn timestamptz(&mut self, at: Timestamp) -> anyhow::Result<()> {
-        self.int8(at.timestamp_micros() - PG_EPOCH_MICROS)
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        self.0
-    }
 }
 
 fn plan(n_steps: u32) -> Plan {
@@ -310,30 +261,30 @@ const COPY_RESULTS: &str = "COPY step_results (job_id, step_index, attempt, leas
 /// The same `step_results` rows in one binary `COPY`.
 async fn copy_results(conn: &mut sqlx::PgConnection, args: &Args) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut copy = CopyBinary::new();
+    let mut copy = CopyBinary::with_capacity(1 << 20);
     for node_idx in 0..args.nodes {
         for step_idx in 0..args.steps {
             let result = step_result(node_idx, step_idx);
             copy.tuple(20);
             copy.text(result.job_id.as_str())?;
-            copy.int8(i64::from(result.step_index))?;
-            copy.int8(i64::from(result.attempt))?;
-            copy.int8(i64::try_from(result.lease_epoch)?)?;
+            copy.int8(i64::from(result.step_index));
+            copy.int8(i64::from(result.attempt));
+            copy.int8(i64::try_from(result.lease_epoch)?);
             copy.text(&result.step_name)?;
             copy.text(result.outcome.as_str())?;
             match result.exit_code {
-                Some(code) => copy.int8(i64::from(code))?,
+                Some(code) => copy.int8(i64::from(code)),
                 None => copy.null(),
             }
-            copy.timestamptz(result.started_at)?;
-            copy.timestamptz(result.finished_at)?;
+            copy.timestamptz(result.started_at);
+            copy.timestamptz(result.finished_at);
             copy.text(&serde_json::to_string(&result.measurements)?)?;
             copy.text(&serde_json::to_string(&result.telemetry)?)?;
             copy.text(&serde_json::to_string(&result.events)?)?;
             copy.text(&serde_json::to_string(&result.inventory)?)?;
             copy.text(&result.log_tail)?;
             copy.text(&result.message)?;
-            copy.timestamptz(at(2000))?;
+            copy.timestamptz(at(2000));
             copy.text(&serde_json::to_string(&result.sub_results)?)?;
             copy.text(&serde_json::to_string(&result.inventory_at_end)?)?;
             copy.text(&serde_json::to_string(&result.series)?)?;
@@ -413,9 +364,6 @@ fn fields_json(bucket: &Bucket) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-const COPY_BUCKETS: &str = "COPY fleet_telemetry (node, gpu_index, resolution_s, bucket_start, \
-    fields) FROM STDIN (FORMAT binary)";
-
 /// The same `fleet_telemetry` rows, one binary `COPY` per flush.
 async fn copy_buckets(
     conn: &mut sqlx::PgConnection,
@@ -423,13 +371,13 @@ async fn copy_buckets(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     for buckets in batches {
-        let mut copy = CopyBinary::new();
+        let mut copy = CopyBinary::with_capacity(1 << 20);
         for bucket in buckets {
             copy.tuple(5);
             copy.text(bucket.node.as_str())?;
-            copy.int8(i64::from(bucket.gpu_index))?;
-            copy.int8(i64::from(bucket.resolution_s))?;
-            copy.timestamptz(bucket.start)?;
+            copy.int8(i64::from(bucket.gpu_index));
+            copy.int8(i64::from(bucket.resolution_s));
+            copy.timestamptz(bucket.start);
             copy.text(&fields_json(bucket))?;
         }
         let mut copy_in = conn.copy_in_raw(COPY_BUCKETS).await?;
