@@ -38,7 +38,10 @@ impl CopyBinary {
     fn field(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         let len = i32::try_from(bytes.len()).map_err(|_| StoreError::Corrupt {
             what: "a value to copy".into(),
-            detail: format!("{} bytes is over PostgreSQL's 1 GiB field limit", bytes.len()),
+            detail: format!(
+                "{} bytes is over PostgreSQL's 1 GiB field limit",
+                bytes.len()
+            ),
         })?;
         self.0.extend_from_slice(&len.to_be_bytes());
         self.0.extend_from_slice(bytes);

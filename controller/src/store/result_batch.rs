@@ -440,7 +440,10 @@ async fn write_rows(
     let mut start = 0;
     loop {
         let mut end = (start + 1).min(inserts.len());
-        let mut n_bytes = inserts[start..end].iter().map(|item| row_bytes(item)).sum::<usize>();
+        let mut n_bytes = inserts[start..end]
+            .iter()
+            .map(|item| row_bytes(item))
+            .sum::<usize>();
         while end < inserts.len() {
             n_bytes += row_bytes(inserts[end]);
             if n_bytes > INSERT_BYTES {

@@ -27,16 +27,18 @@ use sqlx::Connection as _;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tollgate_controller::group_commit::GroupCommit;
-use tollgate_controller::store::testing::{drop_postgres_schema, fresh_postgres_url};
 use tollgate_controller::store::pg_copy::CopyBinary;
-use tollgate_controller::store::{AuditNote, COPY_BUCKETS, JobRecord, RunPurpose, RunRecord, RunState, Store};
+use tollgate_controller::store::testing::{drop_postgres_schema, fresh_postgres_url};
+use tollgate_controller::store::{
+    AuditNote, COPY_BUCKETS, JobRecord, RunPurpose, RunRecord, RunState, Store,
+};
 use tollgate_domain::fleet_history::{Bucket, Stat};
 use tollgate_domain::job::{JobChange, JobState, ResultChange};
 use tollgate_domain::plan::{Plan, Step};
 use tollgate_domain::result::{Measurement, Outcome, StepResult};
 use tollgate_domain::telemetry::{Field, FieldSummary, GpuTelemetry};
 use tollgate_domain::test_support::{self as ts, at};
-use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
+use tollgate_domain::{JobId, NodeId, RunId};
 
 const N_GPUS: u32 = 8;
 const MILESTONE: &str = "lab-qual";
