@@ -172,6 +172,16 @@ pub async fn gather(shared: &Shared, scope: &StatusScope) -> Result<StatusFacts,
             expiring_waivers,
         });
     }
+    // A customer's report names no release that customer could not get, not even as what
+    // one of its milestones waits for.
+    crate::grpc::hide_unseen_holders(
+        shared,
+        scope.customer.as_deref(),
+        statuses
+            .iter_mut()
+            .flat_map(|status| status.milestones.iter_mut()),
+    )
+    .await?;
     let minutes = if scope.minutes {
         Some(minutes(shared, scope, &statuses).await?)
     } else {

@@ -71,6 +71,14 @@ pub fn sees_issue(customer: Option<&str>, customers: &std::collections::BTreeSet
     customer.is_none_or(|customer| customers.contains(customer))
 }
 
+/// Whether a caller scoped to `customer` (`None`: not scoped) sees a release that is for
+/// `customers`: one for its customer, or for no customer in particular (none listed). A
+/// release only for other customers is, to that caller, a release that does not exist.
+pub fn sees_release(customer: Option<&str>, customers: &[String]) -> bool {
+    customer
+        .is_none_or(|customer| customers.is_empty() || customers.iter().any(|of| of == customer))
+}
+
 /// The customer scope as `report --customer` writes it: `customer=VALUE`.
 pub fn customer_scope(customer: &str) -> String {
     format!("{CUSTOMER_LABEL}={customer}")
@@ -308,6 +316,21 @@ mod tests {
         assert!(sees_issue(Some("acme"), &customers(&["acme", "globex"])));
         assert!(!sees_issue(Some("acme"), &customers(&["globex"])));
         assert!(!sees_issue(Some("acme"), &customers(&[])));
+    }
+
+    #[test]
+    fn a_customer_sees_its_releases_and_those_for_no_customer_only() {
+        let customers = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(sees_release(None, &customers(&["globex"])));
+        assert!(sees_release(Some("acme"), &customers(&[])));
+        assert!(sees_release(Some("acme"), &customers(&["acme"])));
+        assert!(sees_release(Some("acme"), &customers(&["globex", "acme"])));
+        assert!(!sees_release(Some("acme"), &customers(&["globex"])));
     }
 
     #[test]

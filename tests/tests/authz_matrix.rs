@@ -3,7 +3,9 @@
 //! role, two customers, an expired and a spent bootstrap token, node A's and node B's enrolled
 //! certificates, a revoked node's), compared with this file's own literal table, so a change
 //! of the controller's rules fails here until the expectation is changed too. Then what each
-//! customer sees: none of the other's nodes, runs, evidence or issues. And README.md's
+//! customer sees: none of the other's nodes, runs, evidence or issues, and of a release only
+//! for the other, nothing at all: every call naming it answers as for a release nobody made,
+//! and nothing it reads names it. And README.md's
 //! "Authorization" section is the controller's table.
 
 use std::sync::Arc;
@@ -214,13 +216,19 @@ impl As {
     }
 }
 
-/// What the calls name: a real release, run, plan and node, and node A's finished job.
+/// What the calls name: a real release, run, plan and node, and node A's finished job; and
+/// the run of the release only for customer b.
 struct World {
     run_id: String,
     job_a: String,
+    hidden_run_id: String,
 }
 
 const RELEASE: &str = "r550";
+/// A release only for customer b: to customer a, a release that does not exist.
+const HIDDEN: &str = "r549-b";
+/// A release nobody made.
+const MISSING: &str = "r000-none";
 const PLAN: &str = "gpu-qual";
 /// An issue number no issue has.
 const NO_ISSUE: i64 = 999_999;
@@ -879,7 +887,8 @@ enum Credential {
     Node(Channel),
 }
 
-/// A finished run of release r550 on node-a (customer a) and node-b (customer b), whose
+/// A finished run of release r549-b (for customer b only), then one of release r550 (for no
+/// customer in particular), each on node-a (customer a) and node-b (customer b), whose
 /// agents enrolled with bootstrap tokens, made while no API token existed (anonymous, from
 /// loopback); a revoked node; then every identity's credential.
 async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Credential>) {
@@ -888,6 +897,23 @@ async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Cred
     let (agent_a, spent, _dir_a) = enrolled_agent(controller, &anonymous, "node-a", "a").await;
     let (agent_b, _, _dir_b) = enrolled_agent(controller, &anonymous, "node-b", "b").await;
     let mut clients = controller.clients().await;
+    // A release only for customer b, run first on both customers' nodes: its run has a job
+    // on node-a too, and the releases after it wait for the nodes its later milestones hold.
+    clients.apply_gate(&gate_yaml(2)).await;
+    clients.wait_ready_nodes(2).await;
+    clients.create_release(HIDDEN).await;
+    clients
+        .releases
+        .set_customers(v1::SetCustomersRequest {
+            release: HIDDEN.into(),
+            customers: vec!["b".into()],
+        })
+        .await
+        .expect("set customers");
+    let plan = clients.apply_plan(&plan_yaml(0.1)).await;
+    let hidden_run = clients.start_run(HIDDEN, &plan.name).await;
+    let hidden_run = clients.wait_run_done(&hidden_run.id).await;
+    assert_eq!(hidden_run.jobs.len(), 2, "{hidden_run:#?}");
     let run = clients
         .qualify(RELEASE, 2, &plan_yaml(0.1), &gate_yaml(2))
         .await;
@@ -968,6 +994,7 @@ async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Cred
         World {
             run_id: run.id,
             job_a,
+            hidden_run_id: hidden_run.id,
         },
         credentials,
     )
@@ -1056,7 +1083,7 @@ async fn matrix(backend: Backend) {
         "format": "tollgate-issues/1",
         "issues": [
             {"kind": "events", "text": "XID 79", "state": "open", "customers": ["a"],
-             "releases": [RELEASE], "nodes": []},
+             "releases": [RELEASE, HIDDEN], "nodes": []},
             {"kind": "events", "text": "XID 48", "state": "open", "customers": ["b"],
              "releases": [RELEASE], "nodes": []},
             {"kind": "events", "text": "XID 94", "state": "open", "customers": [],
@@ -1105,8 +1132,8 @@ async fn matrix(backend: Backend) {
             .expect("set customers");
     }
     // The release for no customer in particular is seen by both.
-    sees_only_its_releases(customer_a, "a", &["r561-ab", "r560-a", RELEASE], &[]).await;
-    sees_only_its_releases(customer_b, "b", &["r561-ab", RELEASE], &["r560-a"]).await;
+    sees_only_its_releases(customer_a, "a", &["r561-ab", "r560-a", RELEASE], &[HIDDEN]).await;
+    sees_only_its_releases(customer_b, "b", &["r561-ab", RELEASE, HIDDEN], &["r560-a"]).await;
     let all: Vec<String> = identities[7]
         .releases
         .clone()
@@ -1123,10 +1150,63 @@ async fn matrix(backend: Backend) {
         [
             r#"r561-ab ["a", "b"]"#,
             r#"r560-a ["a"]"#,
-            &format!("{RELEASE} []")
+            &format!("{RELEASE} []"),
+            &format!(r#"{HIDDEN} ["b"]"#),
         ],
         "an admin sees every release and its customers"
     );
+
+    // A release only for customer b is, to customer a, one that does not exist: every call
+    // naming it answers as for a release nobody made, and nothing customer a reads names it.
+    let admin_view = identities[7]
+        .releases
+        .clone()
+        .get_release(v1::GetReleaseRequest {
+            name: RELEASE.into(),
+        })
+        .await
+        .expect("get release")
+        .into_inner();
+    assert!(
+        waits_for(&admin_view).contains(&HIDDEN.to_owned()),
+        "{RELEASE}'s later milestones wait for the nodes {HIDDEN} holds: {admin_view:#?}"
+    );
+    for rpc in RELEASE_RPCS {
+        for visible in [RELEASE, "r560-a"] {
+            names_release(customer_a, rpc, visible)
+                .await
+                .unwrap_or_else(|status| panic!("customer a, {rpc} of {visible}: {status:?}"));
+        }
+        names_release(customer_b, rpc, HIDDEN)
+            .await
+            .unwrap_or_else(|status| panic!("customer b, {rpc} of {HIDDEN}: {status:?}"));
+        let hidden = names_release(customer_a, rpc, HIDDEN)
+            .await
+            .expect_err("a release only for another customer is not found");
+        let missing = names_release(customer_a, rpc, MISSING)
+            .await
+            .expect_err("a release nobody made is not found");
+        assert_eq!(hidden.code(), Code::NotFound, "{rpc}: {hidden:?}");
+        assert_eq!(
+            hidden.message().replace(HIDDEN, MISSING),
+            missing.message(),
+            "{rpc}: the answers tell the two apart"
+        );
+    }
+    sees_nothing_of_the_hidden_release(customer_a, for_a, &world).await;
+    let mut b_runs = customer_b.runs.clone();
+    for watch in [false, true] {
+        let request = v1::GetRunRequest {
+            id: world.hidden_run_id.clone(),
+            ..Default::default()
+        };
+        let answer = if watch {
+            first_of(b_runs.watch_run(request).await).await
+        } else {
+            b_runs.get_run(request).await.map(drop)
+        };
+        answer.expect("customer b gets the run of its release");
+    }
 
     // The refusals say what to do.
     let status = call(&identities[2], "NodeService/ListNodes", &world)
@@ -1153,6 +1233,218 @@ async fn matrix(backend: Backend) {
         .expect_err("a spent bootstrap token is refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     controller.stop().await;
+}
+
+/// The customer-callable RPCs that name a release, by the name [`names_release`] knows them.
+const RELEASE_RPCS: [&str; 5] = [
+    "ReleaseService/GetRelease",
+    "GateService/EvaluateGate",
+    "GateService/StreamDecision",
+    "ReportService/RenderReport",
+    "ReportService/StreamReport",
+];
+
+/// Calls `rpc` (one of [`RELEASE_RPCS`]) about `release`; a stream's answer is its first
+/// message's.
+async fn names_release(clients: &As, rpc: &str, release: &str) -> Result<(), tonic::Status> {
+    let mut c = clients.clone();
+    let evaluate = || v1::EvaluateGateRequest {
+        release: release.into(),
+        milestone: String::new(),
+        at: None,
+    };
+    let report = || v1::RenderReportRequest {
+        release: release.into(),
+        ..report_request()
+    };
+    match rpc {
+        "ReleaseService/GetRelease" => c
+            .releases
+            .get_release(v1::GetReleaseRequest {
+                name: release.into(),
+            })
+            .await
+            .map(drop),
+        "GateService/EvaluateGate" => c.gates.evaluate_gate(evaluate()).await.map(drop),
+        "GateService/StreamDecision" => first_of(c.gates.stream_decision(evaluate()).await).await,
+        "ReportService/RenderReport" => c.reports.render_report(report()).await.map(drop),
+        "ReportService/StreamReport" => first_of(c.reports.stream_report(report()).await).await,
+        other => panic!("no call names a release for {other}"),
+    }
+}
+
+/// The first message of a streamed answer: the call's refusal, or the stream's first item.
+async fn first_of<T>(
+    answer: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<(), tonic::Status> {
+    let mut stream = answer?.into_inner();
+    stream
+        .message()
+        .await?
+        .map(drop)
+        .ok_or_else(|| tonic::Status::internal("the stream ended before its first message"))
+}
+
+/// The releases a release's projected milestones wait for.
+fn waits_for(release: &v1::Release) -> Vec<String> {
+    release
+        .projections
+        .iter()
+        .flat_map(|projection| projection.waits_for.iter())
+        .map(|holder| holder.release.clone())
+        .collect()
+}
+
+/// Customer a, whose node ran a job of [`HIDDEN`] and whose issue `its_issue` failed in it
+/// too, reads nothing that names it: no run of it, by id or in a list; an empty list of its
+/// runs and issues exactly as of a release nobody made; no projection waiting for it; no issue
+/// listing it; no status report naming it.
+async fn sees_nothing_of_the_hidden_release(clients: &As, its_issue: i64, world: &World) {
+    let mut c = clients.clone();
+    let nobodys_run = "run-0000000000000000";
+    for watch in [false, true] {
+        let ask = |id: &str| v1::GetRunRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        let (hidden, missing) = if watch {
+            (
+                first_of(c.runs.watch_run(ask(&world.hidden_run_id)).await).await,
+                first_of(c.runs.watch_run(ask(nobodys_run)).await).await,
+            )
+        } else {
+            (
+                c.runs.get_run(ask(&world.hidden_run_id)).await.map(drop),
+                c.runs.get_run(ask(nobodys_run)).await.map(drop),
+            )
+        };
+        let hidden = hidden.expect_err("the run of another customer's release is not found");
+        let missing = missing.expect_err("a run nobody started is not found");
+        assert_eq!(hidden.code(), Code::NotFound, "watch {watch}: {hidden:?}");
+        assert_eq!(
+            hidden.message().replace(&world.hidden_run_id, nobodys_run),
+            missing.message(),
+            "watch {watch}: the answers tell the two apart"
+        );
+    }
+    let runs = |release: &str| v1::ListRunsRequest {
+        release: release.into(),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    let hidden = c
+        .runs
+        .list_runs(runs(HIDDEN))
+        .await
+        .expect("runs")
+        .into_inner();
+    let missing = c
+        .runs
+        .list_runs(runs(MISSING))
+        .await
+        .expect("runs")
+        .into_inner();
+    assert_eq!(
+        hidden, missing,
+        "the runs of {HIDDEN} as of a release nobody made"
+    );
+    assert_eq!(hidden, v1::ListRunsResponse::default());
+    let visible = c
+        .runs
+        .list_runs(runs(RELEASE))
+        .await
+        .expect("runs")
+        .into_inner();
+    assert_eq!(visible.runs.len(), 1, "the runs of {RELEASE} are listed");
+    let listed = c
+        .runs
+        .list_runs(v1::ListRunsRequest::default())
+        .await
+        .expect("runs")
+        .into_inner();
+    let ids: Vec<&str> = listed.runs.iter().map(|run| run.id.as_str()).collect();
+    assert_eq!(ids, [world.run_id.as_str()], "no run of {HIDDEN} is listed");
+    let issues = |release: &str| v1::ListIssuesRequest {
+        release: release.into(),
+        ..Default::default()
+    };
+    let hidden = c
+        .issues
+        .list_issues(issues(HIDDEN))
+        .await
+        .expect("issues")
+        .into_inner();
+    let missing = c
+        .issues
+        .list_issues(issues(MISSING))
+        .await
+        .expect("issues")
+        .into_inner();
+    assert_eq!(
+        hidden, missing,
+        "the issues of {HIDDEN} as of a release nobody made"
+    );
+    assert!(hidden.issues.is_empty(), "{hidden:?}");
+    let visible = c
+        .issues
+        .list_issues(issues(RELEASE))
+        .await
+        .expect("issues")
+        .into_inner();
+    let ids: Vec<i64> = visible.issues.iter().map(|issue| issue.id).collect();
+    assert_eq!(ids, [its_issue], "the issues of {RELEASE} are listed");
+    assert_eq!(visible.issues[0].releases, [RELEASE], "{visible:?}");
+    let issue = c
+        .issues
+        .get_issue(v1::GetIssueRequest { id: its_issue })
+        .await
+        .expect("its issue")
+        .into_inner();
+    assert_eq!(issue.releases, [RELEASE], "{issue:?}");
+    let releases = c
+        .releases
+        .list_releases(v1::ListReleasesRequest::default())
+        .await
+        .expect("releases")
+        .into_inner()
+        .releases;
+    let release = c
+        .releases
+        .get_release(v1::GetReleaseRequest {
+            name: RELEASE.into(),
+        })
+        .await
+        .expect("get release")
+        .into_inner();
+    for release in releases.iter().chain([&release]) {
+        assert!(
+            !waits_for(release).contains(&HIDDEN.to_owned()),
+            "{} waits for {HIDDEN}: {release:#?}",
+            release.name
+        );
+    }
+    let rollouts = |release: &str| v1::ListRolloutsRequest {
+        release: release.into(),
+        ..Default::default()
+    };
+    let hidden = c
+        .rollouts
+        .list_rollouts(rollouts(HIDDEN))
+        .await
+        .expect("rollouts");
+    let missing = c
+        .rollouts
+        .list_rollouts(rollouts(MISSING))
+        .await
+        .expect("rollouts");
+    assert_eq!(hidden.into_inner(), missing.into_inner());
+    let status = c
+        .status
+        .render_status(v1::RenderStatusRequest::default())
+        .await
+        .expect("status report")
+        .into_inner();
+    assert!(!status.text.contains(HIDDEN), "{}", status.text);
 }
 
 /// A customer (`own`) lists exactly the releases `its` (newest first), gets each with

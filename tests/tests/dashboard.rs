@@ -6,7 +6,8 @@
 //! only its own nodes; the run page's event stream follows a run until it ends. The rollout
 //! pages show a rollout halted by a node's failed procedure (wave by wave, the node, the rule,
 //! the runs, the limits, the audit entries), escape a hostile reason, and show a customer only
-//! the rollouts of the releases for it.
+//! the rollouts of the releases for it. A release only for another customer is, on every
+//! page, one that does not exist.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -831,7 +832,102 @@ async fn rollout_pages(backend: Backend) {
     controller.stop().await;
 }
 
-tollgate_tests::on_both_backends!(dashboard, rollout_pages);
+/// A release only for customer b.
+const HIDDEN: &str = "r549-b";
+/// A release nobody made.
+const MISSING: &str = "r000-none";
+
+/// Customer a's pages of a release only for customer b, run on both customers' nodes: each
+/// answers exactly as for a release nobody made (or a run nobody started), and no list or
+/// node page names it; the release for no customer in particular is shown as ever.
+async fn another_customers_release(backend: Backend) {
+    let mut options = ControllerOptions::new(backend);
+    options.http = true;
+    let Some(mut controller) = Controller::start(options).await else {
+        return;
+    };
+    let addr = controller.http_addr.expect("the dashboard listens");
+    let agents = vec![
+        Agent::start_labelled(&controller.url, "lab-1", 2, &[("customer", "a")]),
+        Agent::start_labelled(&controller.url, "lab-2", 2, &[("customer", "b")]),
+    ];
+    let mut clients = controller.clients().await;
+    let hidden_run = clients
+        .qualify(HIDDEN, 2, &plan_yaml(0.1), &gate_yaml(2))
+        .await;
+    assert_eq!(hidden_run.jobs.len(), 2, "{hidden_run:#?}");
+    clients
+        .releases
+        .set_customers(v1::SetCustomersRequest {
+            release: HIDDEN.into(),
+            customers: vec!["b".into()],
+        })
+        .await
+        .expect("set the release's customers");
+    clients.create_release("r550").await;
+    let root = controller.create_token(None, "root", "admin", "").await;
+    let cust_a = controller
+        .create_token(Some(&root), "cust-a", "customer", "a")
+        .await;
+    let a = http::sign_in(addr, &cust_a).await;
+
+    let nobodys_run = "run-0000000000000000";
+    for (hidden, missing) in [
+        (
+            format!("/releases/{HIDDEN}"),
+            format!("/releases/{MISSING}"),
+        ),
+        (
+            format!("/reports/{HIDDEN}/lab-qual?format=markdown"),
+            format!("/reports/{MISSING}/lab-qual?format=markdown"),
+        ),
+        (
+            format!("/fleet?release={HIDDEN}"),
+            format!("/fleet?release={MISSING}"),
+        ),
+        (
+            format!("/issues?release={HIDDEN}"),
+            format!("/issues?release={MISSING}"),
+        ),
+        (
+            format!("/runs/{}", hidden_run.id),
+            format!("/runs/{nobodys_run}"),
+        ),
+        (
+            format!("/runs/{}/events", hidden_run.id),
+            format!("/runs/{nobodys_run}/events"),
+        ),
+    ] {
+        let hidden_page = http::get(addr, &hidden, &a).await;
+        let missing_page = http::get(addr, &missing, &a).await;
+        assert_eq!(hidden_page.status, missing_page.status, "{hidden}");
+        assert_eq!(
+            hidden_page
+                .body
+                .replace(HIDDEN, MISSING)
+                .replace(&hidden_run.id, nobodys_run),
+            missing_page.body,
+            "{hidden}: the pages tell the two apart"
+        );
+    }
+    for path in ["/releases", "/nodes/lab-1", "/rollouts"] {
+        let page = http::get(addr, path, &a).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(!page.body.contains(HIDDEN), "{path}: {}", page.body);
+        assert!(!page.body.contains(&hidden_run.id), "{path}: {}", page.body);
+    }
+    for path in ["/releases/r550", "/reports/r550/lab-qual?format=markdown"] {
+        let page = http::get(addr, path, &a).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+    }
+
+    for agent in agents {
+        agent.stop().await;
+    }
+    controller.stop().await;
+}
+
+tollgate_tests::on_both_backends!(dashboard, rollout_pages, another_customers_release);
 
 /// Plain text off loopback is refused for the dashboard as for gRPC.
 #[tokio::test]

@@ -5,8 +5,11 @@
 //!
 //! A customer allowed an RPC sees only its own part of the answer: the handlers of those RPCs
 //! scope lists, gets, decisions and reports to the nodes whose `customer` label is its own
-//! (`auth::customer_of`). Anonymous calls (no token configured anywhere, loopback only) may
-//! call every RPC in the table.
+//! (`auth::customer_of`), and a release only for other customers is to it a release that does
+//! not exist: `NotFound` as for an unknown one, named in no answer (`load_release_for`,
+//! `sees_release` and `unseen_releases` in `grpc/mod.rs`, over `access::sees_release`).
+//! Anonymous calls (no token configured anywhere, loopback only) may call every RPC in the
+//! table.
 //!
 //! Agents are not in this table: `AgentService` calls are made by nodes, which authenticate
 //! by their enrolled certificate and may act only as the node it names (`auth::certified_node`).

@@ -6,7 +6,7 @@ use super::auth::actor_of;
 use super::convert::{ToProto, timestamp_from_proto};
 use super::status::FieldErrors;
 use super::status::no_gate;
-use super::{load_release, new_id, resolve_milestone, status};
+use super::{load_release, load_release_for, new_id, resolve_milestone, status};
 use crate::gates::{evaluate_now, replay_at};
 use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
@@ -46,7 +46,9 @@ impl GateApi {
             milestone,
             at,
         } = super::convert::bounded(request.into_inner())?;
-        let release = load_release(&self.shared, &release).await?;
+        // A release only for other customers is, to a customer, one that does not exist: not
+        // even its milestones and rules are told.
+        let release = load_release_for(&self.shared, &release, customer.as_deref()).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         if let Some(customer) = customer {
             // A customer's decision is evaluated now over its own nodes' evidence, as a

@@ -357,12 +357,18 @@ impl IssueService for IssueApi {
         let mut errors = FieldErrors::new();
         check_id(&mut errors, id);
         errors.finish(()).map_err(status::invalid_fields)?;
-        let issue = self.answer(id).await?;
+        let mut issue = self.answer(id).await?;
         // A customer learns nothing of another customer's issue, not even that it exists.
         let customers: BTreeSet<String> = issue.customers.iter().cloned().collect();
         if !access::sees_issue(customer.as_deref(), &customers) {
             return Err(not_found(id));
         }
+        hide_unseen_releases(
+            &self.shared,
+            customer.as_deref(),
+            std::slice::from_mut(&mut issue),
+        )
+        .await?;
         Ok(Response::new(issue))
     }
 
@@ -403,10 +409,18 @@ impl IssueService for IssueApi {
             &page_token,
         );
         errors.finish(()).map_err(status::invalid_fields)?;
+        let release = optional_text(&release).map(ReleaseId::from);
+        if let Some(release) = &release
+            && !super::sees_release(&self.shared, scope.as_deref(), release).await?
+        {
+            // The issues of a release only for other customers: none, as of one that does
+            // not exist.
+            return Ok(Response::new(proto::ListIssuesResponse::default()));
+        }
         let filter = IssueFilter {
             state: optional_text(&state),
-            release: optional_text(&release).map(ReleaseId::from),
-            customer: scope.or_else(|| optional_text(&customer)),
+            release,
+            customer: scope.clone().or_else(|| optional_text(&customer)),
             node: optional_text(&node).map(NodeId::from),
         };
         let after = page.after.map(|seq| i64::try_from(seq).unwrap_or(i64::MAX));
@@ -417,11 +431,13 @@ impl IssueService for IssueApi {
             .await?;
         let (issues, next_page_token) =
             page.answer(fetched, |issue| tollgate_wire::page::After::Seq(issue.id));
+        let mut issues: Vec<proto::Issue> = issues
+            .iter()
+            .map(|issue| issue_to_proto(issue, &[]))
+            .collect();
+        hide_unseen_releases(&self.shared, scope.as_deref(), &mut issues).await?;
         Ok(Response::new(proto::ListIssuesResponse {
-            issues: issues
-                .iter()
-                .map(|issue| issue_to_proto(issue, &[]))
-                .collect(),
+            issues,
             next_page_token,
         }))
     }
@@ -722,6 +738,36 @@ pub fn issue_to_proto(issue: &Issue, history: &[IssueHistory]) -> proto::Issue {
             })
             .collect(),
     }
+}
+
+/// Leaves out of `issues` the releases a caller scoped to `customer` does not see: from the
+/// releases each failed in, and the fix release (empty then, as in a state without one).
+async fn hide_unseen_releases(
+    shared: &Shared,
+    customer: Option<&str>,
+    issues: &mut [proto::Issue],
+) -> Result<(), Status> {
+    if customer.is_none() {
+        return Ok(());
+    }
+    let named: Vec<ReleaseId> = issues
+        .iter()
+        .flat_map(|issue| issue.releases.iter().chain([&issue.fix_release]))
+        .filter(|release| !release.is_empty())
+        .map(|release| ReleaseId::from(release.as_str()))
+        .collect();
+    let unseen = super::unseen_releases(shared, customer, &named).await?;
+    if unseen.is_empty() {
+        return Ok(());
+    }
+    let seen = |release: &String| !unseen.contains(&ReleaseId::from(release.as_str()));
+    for issue in issues {
+        issue.releases.retain(seen);
+        if !seen(&issue.fix_release) {
+            issue.fix_release.clear();
+        }
+    }
+    Ok(())
 }
 
 /// How many issues of one release `GetRelease` and `ListReleases` read for what blocks it.

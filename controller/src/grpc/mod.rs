@@ -33,6 +33,7 @@ pub mod token;
 use crate::shared::Shared;
 use crate::store::{StoredGate, StoredPlan};
 use tollgate_domain::ReleaseId;
+use tollgate_domain::projection::MilestoneProjection;
 use tollgate_domain::release::{RELEASED, Release, Track};
 use tonic::Status;
 
@@ -111,6 +112,88 @@ pub async fn load_release(shared: &Shared, name: &str) -> Result<Release, Status
         .get_release(&ReleaseId::from(name))
         .await?
         .ok_or_else(|| status::not_found(format!("release {name}")))
+}
+
+/// Loads a release as a caller scoped to `customer` (`None`: not scoped) may see it: one only
+/// for other customers answers `NotFound` exactly as one that does not exist, so that no
+/// answer tells the two apart. Every customer-callable RPC that names a release loads it here.
+pub async fn load_release_for(
+    shared: &Shared,
+    name: &str,
+    customer: Option<&str>,
+) -> Result<Release, Status> {
+    let release = load_release(shared, name).await?;
+    if sees_release(shared, customer, &release.id).await? {
+        Ok(release)
+    } else {
+        Err(status::not_found(format!("release {name}")))
+    }
+}
+
+/// Whether a caller scoped to `customer` sees `release` (`access::sees_release`); an unscoped
+/// caller sees every release without a read.
+pub async fn sees_release(
+    shared: &Shared,
+    customer: Option<&str>,
+    release: &ReleaseId,
+) -> Result<bool, Status> {
+    Ok(
+        unseen_releases(shared, customer, std::slice::from_ref(release))
+            .await?
+            .is_empty(),
+    )
+}
+
+/// Those of `releases` a caller scoped to `customer` does not see, in one read of their
+/// customers; none for an unscoped caller (no read). Lists drop them, and fields naming
+/// other releases (a projection's `waits_for`, an issue's releases) leave them out.
+pub async fn unseen_releases(
+    shared: &Shared,
+    customer: Option<&str>,
+    releases: &[ReleaseId],
+) -> Result<std::collections::BTreeSet<ReleaseId>, Status> {
+    let Some(customer) = customer else {
+        return Ok(std::collections::BTreeSet::new());
+    };
+    let mut distinct: Vec<ReleaseId> = releases.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let customers = shared.store.release_customers_of(&distinct).await?;
+    Ok(distinct
+        .into_iter()
+        .filter(|release| {
+            let of = customers.get(release).map_or(&[][..], Vec::as_slice);
+            !tollgate_domain::access::sees_release(Some(customer), of)
+        })
+        .collect())
+}
+
+/// Leaves out of `milestones`' `waits_for` the releases a caller scoped to `customer` does not
+/// see: a projection names no release the caller could not get.
+pub async fn hide_unseen_holders<'a>(
+    shared: &Shared,
+    customer: Option<&str>,
+    milestones: impl IntoIterator<Item = &'a mut MilestoneProjection>,
+) -> Result<(), Status> {
+    if customer.is_none() {
+        return Ok(());
+    }
+    let mut milestones: Vec<&mut MilestoneProjection> = milestones.into_iter().collect();
+    let holders: Vec<ReleaseId> = milestones
+        .iter()
+        .flat_map(|milestone| milestone.waits_for.iter())
+        .map(|holder| holder.release.clone())
+        .collect();
+    if holders.is_empty() {
+        return Ok(());
+    }
+    let unseen = unseen_releases(shared, customer, &holders).await?;
+    for milestone in &mut milestones {
+        milestone
+            .waits_for
+            .retain(|holder| !unseen.contains(&holder.release));
+    }
+    Ok(())
 }
 
 /// The milestone a request means: the one given, which must be on the track, or the release's

@@ -5,8 +5,8 @@
 
 use super::auth::actor_of;
 use super::convert::{NewRelease, ToProto, release_to_proto};
-use super::load_release;
 use super::status::{self, FieldErrors};
+use super::{hide_unseen_holders, load_release, load_release_for};
 use crate::gates::evaluate_now;
 use crate::shared::Shared;
 use crate::store::{AuditNote, StoreError};
@@ -47,14 +47,11 @@ impl ReleaseApi {
         let customer = super::auth::customer_of(&request);
         let proto::GetReleaseRequest { name } = super::convert::bounded(request.into_inner())?;
         required_name(&name)?;
-        let release = load_release(&self.shared, &name).await?;
+        // A customer sees the releases for it and those for no customer in particular, as if
+        // no other existed, and none of the other customers a release is for.
+        let release = load_release_for(&self.shared, &name, customer.as_deref()).await?;
         let mut wire = current_release(&self.shared, &release.id).await?;
         if let Some(customer) = customer {
-            // A customer sees the releases for it and those for no customer in particular,
-            // as if no other existed, and none of the other customers a release is for.
-            if !wire.customers.is_empty() && !wire.customers.contains(&customer) {
-                return Err(status::not_found(format!("release {}", release.id)));
-            }
             wire.customers.retain(|of| *of == customer);
         }
         Ok(Response::new(wire))
@@ -214,7 +211,16 @@ impl ReleaseService for ReleaseApi {
         let mut wire = self.describe_release(request).await?.into_inner();
         let id = ReleaseId::from(wire.name.as_str());
         let mut projections = crate::projections::project_now(&self.shared).await?;
-        wire.projections = projections_to_proto(projections.remove(&id));
+        let mut projection = projections.remove(&id);
+        if let Some(projection) = &mut projection {
+            hide_unseen_holders(
+                &self.shared,
+                customer.as_deref(),
+                &mut projection.milestones,
+            )
+            .await?;
+        }
+        wire.projections = projections_to_proto(projection);
         wire.blocking_issues = super::issue::blocking_issues(
             &self.shared,
             &id,
@@ -268,6 +274,15 @@ impl ReleaseService for ReleaseApi {
             );
         }
         let mut projections = crate::projections::project_now(&self.shared).await?;
+        projections.retain(|id, _| ids.contains(id));
+        hide_unseen_holders(
+            &self.shared,
+            customer.as_deref(),
+            projections
+                .values_mut()
+                .flat_map(|projection| projection.milestones.iter_mut()),
+        )
+        .await?;
         Ok(Response::new(proto::ListReleasesResponse {
             releases: releases
                 .into_iter()

@@ -3,7 +3,7 @@
 //! the client (`StreamReport`) or in one message (`RenderReport`).
 
 use super::status::{FieldErrors, InvalidFields, invalid_fields, no_current_report_key, no_gate};
-use super::{load_release, resolve_milestone};
+use super::{load_release_for, resolve_milestone};
 use crate::gates::evaluate_now;
 use crate::report::keys::Signer;
 use crate::report::{CustomerScope, ReportFormat, ReportHead, render_from_store, scope_evidence};
@@ -40,20 +40,23 @@ impl ReportApi {
 impl ReportApi {
     /// Checks a request and gathers what a report shows besides the evidence rows: the gate
     /// evaluated now (over the customer's nodes alone when scoped), the exact plan versions of
-    /// the runs, the waivers and the audit head.
+    /// the runs, the waivers and the audit head. A caller scoped to `customer` gets `NotFound`
+    /// for a release only for other customers, as for one that does not exist.
     async fn head(
         &self,
         request: proto::RenderReportRequest,
+        customer: Option<&str>,
     ) -> Result<(ReportHead, ReportFormat), Status> {
         let proto::RenderReportRequest {
             release,
             milestone,
             format,
-            customer,
+            customer: asked_scope,
         } = request;
-        let (format, scope) = parse_report_request(&format, &customer).map_err(invalid_fields)?;
+        let (format, scope) =
+            parse_report_request(&format, &asked_scope).map_err(invalid_fields)?;
         let shared = &self.shared;
-        let release = load_release(shared, &release).await?;
+        let release = load_release_for(shared, &release, customer).await?;
         let milestone = resolve_milestone(&release, &milestone)?;
         let crate::gates::Evaluated {
             gate,
@@ -233,10 +236,13 @@ impl ReportService for ReportApi {
     ) -> Result<Response<proto::Report>, Status> {
         let customer = super::auth::customer_of(&request);
         let (head, format) = self
-            .head(scoped_to(
-                super::convert::bounded(request.into_inner())?,
+            .head(
+                scoped_to(
+                    super::convert::bounded(request.into_inner())?,
+                    customer.as_deref(),
+                ),
                 customer.as_deref(),
-            ))
+            )
             .await?;
         let key = self.signer.key(&self.shared.store).await?;
         let release = head.release.id.clone();
@@ -272,10 +278,13 @@ impl ReportService for ReportApi {
             "StreamReport",
         )?;
         let (head, format) = self
-            .head(scoped_to(
-                super::convert::bounded(request.into_inner())?,
+            .head(
+                scoped_to(
+                    super::convert::bounded(request.into_inner())?,
+                    customer.as_deref(),
+                ),
                 customer.as_deref(),
-            ))
+            )
             .await?;
         let key = self.signer.key(&self.shared.store).await?;
         let (sender, receiver) = mpsc::channel(4);

@@ -67,6 +67,21 @@ async fn load_run(shared: &Shared, id: &str) -> Result<RunRecord, Status> {
         .ok_or_else(|| not_found(format!("run {id}")))
 }
 
+/// Loads a run as a caller scoped to `customer` may see it: a run of a release only for other
+/// customers is `NotFound`, as one that does not exist.
+async fn load_run_for(
+    shared: &Shared,
+    id: &str,
+    customer: Option<&str>,
+) -> Result<RunRecord, Status> {
+    let run = load_run(shared, id).await?;
+    if super::sees_release(shared, customer, &run.release).await? {
+        Ok(run)
+    } else {
+        Err(not_found(format!("run {id}")))
+    }
+}
+
 /// The nodes a caller scoped to `customer` sees; `None` (every node) for unscoped callers.
 async fn visible_nodes(
     shared: &Shared,
@@ -377,7 +392,7 @@ impl RunService for RunApi {
         // A token of one run's jobs is refused on another's.
         let page = super::pages::by_job(&mut errors, &[&id], page_size, &page_token);
         errors.finish(()).map_err(invalid_fields)?;
-        let run = load_run(&self.shared, &id).await?;
+        let run = load_run_for(&self.shared, &id, customer.as_deref()).await?;
         let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
         // A run with none of the customer's nodes is answered as if it did not exist.
         run_page_view(&self.shared, &run, nodes.as_ref(), &page)
@@ -406,16 +421,29 @@ impl RunService for RunApi {
         );
         errors.finish(()).map_err(invalid_fields)?;
         let release = (!release.is_empty()).then(|| ReleaseId::new(release));
+        if let Some(release) = &release
+            && !super::sees_release(&self.shared, customer.as_deref(), release).await?
+        {
+            // The runs of a release only for other customers: none, as of one that does not
+            // exist, and no page token to say otherwise.
+            return Ok(Response::new(proto::ListRunsResponse::default()));
+        }
         let fetched = self
             .shared
             .store
             .list_runs_page(release.as_ref(), page.after, page.fetch())
             .await?;
         let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
+        let of: Vec<ReleaseId> = fetched.iter().map(|(run, _)| run.release.clone()).collect();
+        let unseen = super::unseen_releases(&self.shared, customer.as_deref(), &of).await?;
         // A listing shows jobs and their states; results are for GetRun, one run at a time.
         let mut views = Vec::with_capacity(fetched.len());
         for (run, key) in fetched {
-            let view = run_view(&self.shared, &run, nodes.as_ref(), false).await?;
+            let view = if unseen.contains(&run.release) {
+                None
+            } else {
+                run_view(&self.shared, &run, nodes.as_ref(), false).await?
+            };
             views.push((view, key));
         }
         let (views, next_page_token) = page.answer_within(
@@ -458,8 +486,8 @@ impl RunService for RunApi {
         }
         errors.finish(()).map_err(invalid_fields)?;
         // Fail the call itself, not the stream, when the run does not exist (for a customer:
-        // has none of its nodes).
-        let run = load_run(&self.shared, &id).await?;
+        // has none of its nodes, or is of a release only for other customers).
+        let run = load_run_for(&self.shared, &id, customer.as_deref()).await?;
         let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
         let jobs = visible_jobs(
             self.shared.store.jobs_of_run(&run.id).await?,
@@ -612,7 +640,8 @@ async fn watch(
 
 /// The run's header (own fields and job counts) and the messages carrying the jobs that
 /// changed since `seen` (updated to what they carry), each the header with a share of the
-/// jobs; no messages when no job changed. `None` when the caller sees none of its jobs.
+/// jobs; no messages when no job changed. `None` when the caller sees none of its jobs, or
+/// not its release.
 async fn changed_since(
     shared: &Shared,
     run_id: &RunId,
@@ -620,6 +649,9 @@ async fn changed_since(
     seen: &mut HashMap<JobId, JobSeen>,
 ) -> Result<Option<(proto::Run, Vec<proto::Run>)>, Status> {
     let run = load_run(shared, run_id.as_str()).await?;
+    if !super::sees_release(shared, customer, &run.release).await? {
+        return Ok(None);
+    }
     let nodes = visible_nodes(shared, customer).await?;
     let jobs = visible_jobs(shared.store.jobs_of_run(&run.id).await?, nodes.as_ref());
     if nodes.is_some() && jobs.is_empty() {
