@@ -280,12 +280,43 @@ pub enum Refused {
     TooOld,
 }
 
+/// One open bucket's fields: a slot per field, in [`Field::ALL`]'s order. Folding a sample
+/// indexes its slots instead of searching a map (the fold is most of what the controller adds
+/// to decoding a `PushTelemetry` batch: `ingest-bench`, BENCHMARKS.md).
+#[derive(Debug, Clone, Default)]
+struct OpenFields([Option<Stat>; Field::ALL.len()]);
+
+impl OpenFields {
+    fn fold(&mut self, field: Field, stat: &Stat) {
+        match &mut self.0[field.index()] {
+            Some(mine) => mine.merge(stat),
+            slot @ None => *slot = Some(*stat),
+        }
+    }
+
+    /// The fields that hold a value; `None` when none does.
+    fn into_fields(self) -> Option<BTreeMap<Field, Stat>> {
+        let fields: BTreeMap<Field, Stat> = Field::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(field, stat)| Some((field, stat?)))
+            .collect();
+        (!fields.is_empty()).then_some(fields)
+    }
+}
+
+/// An open bucket of one node: GPU, tier index, bucket number.
+type OpenKey = (u32, usize, i64);
+
 /// Samples folded into each tier's open buckets, in memory, until they are written.
 #[derive(Debug, Clone)]
 pub struct Rollup {
     history: History,
-    /// (node, GPU, tier index, bucket number) → fields.
-    open: HashMap<(NodeId, u32, usize, i64), BTreeMap<Field, Stat>>,
+    /// Node → its open buckets. By node first so that folding a sample looks the node up by
+    /// reference, without copying its name.
+    open: HashMap<NodeId, HashMap<OpenKey, OpenFields>>,
+    /// Open buckets, all nodes together.
+    n_open: usize,
 }
 
 impl Rollup {
@@ -294,6 +325,7 @@ impl Rollup {
         Self {
             history,
             open: HashMap::new(),
+            n_open: 0,
         }
     }
 
@@ -304,7 +336,22 @@ impl Rollup {
 
     /// Buckets open (node, GPU and tier each).
     pub fn open_buckets(&self) -> usize {
-        self.open.len()
+        self.n_open
+    }
+
+    /// The open bucket `key` of `node`, opened empty if it was not.
+    fn open_bucket(&mut self, node: &NodeId, key: OpenKey) -> &mut OpenFields {
+        if !self.open.contains_key(node) {
+            self.open.insert(node.clone(), HashMap::new());
+        }
+        let buckets = self
+            .open
+            .get_mut(node)
+            .expect("the node's buckets were just inserted");
+        if !buckets.contains_key(&key) {
+            self.n_open += 1;
+        }
+        buckets.entry(key).or_default()
     }
 
     /// Folds one GPU's sample taken `at` into every tier that keeps it at `now`. Values that
@@ -323,21 +370,17 @@ impl Rollup {
             return Err(Refused::Future);
         }
         let mut kept = false;
-        for (tier_idx, tier) in self.history.tiers.iter().enumerate() {
-            if at < History::cutoff(*tier, now) {
+        for tier_idx in 0..self.history.tiers.len() {
+            let tier = self.history.tiers[tier_idx];
+            if at < History::cutoff(tier, now) {
                 continue;
             }
             kept = true;
-            let key = (node.clone(), gpu_index, tier_idx, bucket_number(at, *tier));
-            let fields = self.open.entry(key).or_default();
+            let fields = self.open_bucket(node, (gpu_index, tier_idx, bucket_number(at, tier)));
             for (field, value) in values {
-                if !value.is_finite() {
-                    continue;
+                if value.is_finite() {
+                    fields.fold(*field, &Stat::of(*value));
                 }
-                fields
-                    .entry(*field)
-                    .and_modify(|stat| stat.merge(&Stat::of(*value)))
-                    .or_insert_with(|| Stat::of(*value));
             }
         }
         if kept { Ok(()) } else { Err(Refused::TooOld) }
@@ -348,30 +391,31 @@ impl Rollup {
     pub fn take_closed(&mut self, now: Timestamp, lateness: Duration) -> Vec<Bucket> {
         let lateness = chrono::Duration::from_std(lateness).unwrap_or(chrono::Duration::MAX);
         let tiers = self.history.tiers.clone();
-        let closed: Vec<_> = self
-            .open
-            .keys()
-            .filter(|(_, _, tier_idx, number)| {
-                let end = bucket_start(*number + 1, tiers[*tier_idx]);
-                end + lateness <= now
-            })
-            .cloned()
-            .collect();
-        let mut buckets: Vec<Bucket> = closed
-            .into_iter()
-            .filter_map(|key| {
-                let fields = self.open.remove(&key)?;
-                let (node, gpu_index, tier_idx, number) = key;
+        let closed = |(_, tier_idx, number): &OpenKey| {
+            bucket_start(*number + 1, tiers[*tier_idx]) + lateness <= now
+        };
+        let mut buckets = Vec::new();
+        self.open.retain(|node, open| {
+            let keys: Vec<OpenKey> = open.keys().copied().filter(closed).collect();
+            for key in keys {
+                let Some(fields) = open.remove(&key) else {
+                    continue;
+                };
+                self.n_open -= 1;
+                let (gpu_index, tier_idx, number) = key;
                 let tier = tiers[tier_idx];
-                (!fields.is_empty()).then(|| Bucket {
-                    node,
-                    gpu_index,
-                    resolution_s: tier.resolution_s(),
-                    start: bucket_start(number, tier),
-                    fields,
-                })
-            })
-            .collect();
+                if let Some(fields) = fields.into_fields() {
+                    buckets.push(Bucket {
+                        node: node.clone(),
+                        gpu_index,
+                        resolution_s: tier.resolution_s(),
+                        start: bucket_start(number, tier),
+                        fields,
+                    });
+                }
+            }
+            !open.is_empty()
+        });
         buckets.sort_by(|a, b| {
             (a.start, &a.node, a.gpu_index, a.resolution_s).cmp(&(
                 b.start,
@@ -406,21 +450,21 @@ impl Rollup {
             };
             let tier = self.history.tiers[tier_idx];
             let key = (
-                bucket.node.clone(),
                 bucket.gpu_index,
                 tier_idx,
                 bucket_number(bucket.start, tier),
             );
-            if !self.open.contains_key(&key) && self.open.len() >= bound {
+            let is_open = self
+                .open
+                .get(&bucket.node)
+                .is_some_and(|open| open.contains_key(&key));
+            if !is_open && self.n_open >= bound {
                 dropped += 1;
                 continue;
             }
-            let fields = self.open.entry(key).or_default();
-            for (field, stat) in bucket.fields {
-                fields
-                    .entry(field)
-                    .and_modify(|mine| mine.merge(&stat))
-                    .or_insert(stat);
+            let fields = self.open_bucket(&bucket.node, key);
+            for (field, stat) in &bucket.fields {
+                fields.fold(*field, stat);
             }
         }
         dropped
@@ -611,7 +655,13 @@ mod tests {
             .add(&n1, 1, at(2), &[(Field::GpuTempC, 50.0)], at(2))
             .unwrap();
         assert_eq!(rollup.restore(unwritten, 2), 0);
+        assert_eq!(
+            rollup.open_buckets(),
+            2,
+            "merged into the open one, not a third"
+        );
         let all = rollup.take_all();
+        assert_eq!(rollup.open_buckets(), 0);
         let gpu0 = all.iter().find(|bucket| bucket.gpu_index == 0).unwrap();
         assert_eq!(gpu0.fields[&Field::GpuTempC].samples, 2);
         // Full: a bucket that is not open any more is dropped and counted.
@@ -619,6 +669,7 @@ mod tests {
             .add(&n1, 0, at(30), &[(Field::GpuTempC, 50.0)], at(30))
             .unwrap();
         assert_eq!(rollup.restore(all, 1), 2);
+        assert_eq!(rollup.open_buckets(), 1);
     }
 
     #[test]

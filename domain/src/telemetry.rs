@@ -89,6 +89,11 @@ impl Field {
         Self::FanSpeedPct,
     ];
 
+    /// Its place in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Tollgate's name, used in plans, gates, the wire and reports.
     pub fn name(self) -> &'static str {
         self.describe().0
@@ -236,17 +241,29 @@ impl fmt::Display for Field {
 
 impl FromStr for Field {
     type Err = String;
+    /// By Tollgate's name or the DCGM name: a binary search over both, sorted once (every
+    /// fleet telemetry sample names about twenty fields).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|field| field.name() == s || field.dcgm_name() == s)
-            .ok_or_else(|| {
+        static BY_NAME: std::sync::LazyLock<Vec<(&'static str, Field)>> =
+            std::sync::LazyLock::new(|| {
+                let mut names: Vec<(&'static str, Field)> = Field::ALL
+                    .into_iter()
+                    .flat_map(|field| [(field.name(), field), (field.dcgm_name(), field)])
+                    .collect();
+                names.sort_unstable_by_key(|(name, _)| *name);
+                names.dedup_by_key(|(name, _)| *name);
+                names
+            });
+        match BY_NAME.binary_search_by_key(&s, |(name, _)| *name) {
+            Ok(idx) => Ok(BY_NAME[idx].1),
+            Err(_) => {
                 let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-                format!(
+                Err(format!(
                     "unknown telemetry field '{s}' (known: {})",
                     names.join(", ")
-                )
-            })
+                ))
+            }
+        }
     }
 }
 
@@ -548,7 +565,8 @@ mod tests {
     #[test]
     fn names_and_dcgm_names_are_unique_and_parse_back() {
         let mut names = std::collections::BTreeSet::new();
-        for field in Field::ALL {
+        for (idx, field) in Field::ALL.into_iter().enumerate() {
+            assert_eq!(field.index(), idx, "{field} out of ALL's order");
             assert!(names.insert(field.name()), "duplicate {field}");
             assert!(
                 names.insert(field.dcgm_name()),
@@ -558,6 +576,10 @@ mod tests {
             assert_eq!(field.name().parse::<Field>(), Ok(field));
             assert_eq!(field.dcgm_name().parse::<Field>(), Ok(field));
             assert_eq!(serde_json::to_value(field).expect("json"), field.name());
+        }
+        for unknown in ["", "gpu_temp", "gpu_temp_c ", "GPU_TEMP_C", "zzz", "a"] {
+            let error = unknown.parse::<Field>().expect_err(unknown);
+            assert!(error.contains("known: gpu_temp_c"), "{error}");
         }
     }
 }
