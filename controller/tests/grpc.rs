@@ -1523,7 +1523,7 @@ async fn node_health_comes_from_findings_and_an_operator_clears_it() {
 async fn fleet_telemetry_over_its_limits_is_refused_by_name() {
     let controller = Controller::start().await;
     let agent = Agent::enroll(&controller, "lab-1").await;
-    let sample = |values: std::collections::HashMap<String, f64>| proto::TelemetrySample {
+    let sample = |values: std::collections::BTreeMap<String, f64>| proto::TelemetrySample {
         gpu_index: 0,
         at: None,
         values,
