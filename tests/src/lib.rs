@@ -455,6 +455,18 @@ impl Clients {
         }
     }
 
+    /// Sets the customers `release` is for (empty: for no customer in particular).
+    pub async fn set_customers(&mut self, release: &str, customers: &[&str]) -> v1::Release {
+        self.releases
+            .set_customers(v1::SetCustomersRequest {
+                release: release.into(),
+                customers: customers.iter().map(|name| (*name).to_owned()).collect(),
+            })
+            .await
+            .expect("set the release's customers")
+            .into_inner()
+    }
+
     /// Creates a release with the simulated source's default driver and VBIOS.
     pub async fn create_release(&mut self, name: &str) -> v1::Release {
         let component = |name: &str, version: &str| v1::Component {

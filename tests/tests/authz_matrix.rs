@@ -902,14 +902,7 @@ async fn world(controller: &Controller, clock: &ManualClock) -> (World, Vec<Cred
     clients.apply_gate(&gate_yaml(2)).await;
     clients.wait_ready_nodes(2).await;
     clients.create_release(HIDDEN).await;
-    clients
-        .releases
-        .set_customers(v1::SetCustomersRequest {
-            release: HIDDEN.into(),
-            customers: vec!["b".into()],
-        })
-        .await
-        .expect("set customers");
+    clients.set_customers(HIDDEN, &["b"]).await;
     let plan = clients.apply_plan(&plan_yaml(0.1)).await;
     let hidden_run = clients.start_run(HIDDEN, &plan.name).await;
     let hidden_run = clients.wait_run_done(&hidden_run.id).await;

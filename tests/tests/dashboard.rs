@@ -795,14 +795,7 @@ async fn rollout_pages(backend: Backend) {
     assert!(!page.body.contains(HOSTILE), "{}", page.body);
 
     // A customer sees the rollouts of the releases for it only.
-    clients
-        .releases
-        .set_customers(v1::SetCustomersRequest {
-            release: RELEASE.into(),
-            customers: vec!["a".into()],
-        })
-        .await
-        .expect("set the release's customers");
+    clients.set_customers(RELEASE, &["a"]).await;
     let root = controller.create_token(None, "root", "admin", "").await;
     let cust_a = controller
         .create_token(Some(&root), "cust-a", "customer", "a")
@@ -856,14 +849,7 @@ async fn another_customers_release(backend: Backend) {
         .qualify(HIDDEN, 2, &plan_yaml(0.1), &gate_yaml(2))
         .await;
     assert_eq!(hidden_run.jobs.len(), 2, "{hidden_run:#?}");
-    clients
-        .releases
-        .set_customers(v1::SetCustomersRequest {
-            release: HIDDEN.into(),
-            customers: vec!["b".into()],
-        })
-        .await
-        .expect("set the release's customers");
+    clients.set_customers(HIDDEN, &["b"]).await;
     clients.create_release("r550").await;
     let root = controller.create_token(None, "root", "admin", "").await;
     let cust_a = controller
