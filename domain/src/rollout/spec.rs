@@ -710,7 +710,8 @@ mod tests {
             [
                 "steps-passed:flash-and-soak",
                 "no-events",
-                "telemetry:gpu_temp_c"
+                "telemetry:gpu_temp_c",
+                "temp-vs-cohort"
             ]
         );
     }
