@@ -102,6 +102,35 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok((cpu, hwm))
 }
 
+/// CPU seconds (user + system) of this process's children that were waited for (the step
+/// processes of in-process agents), from /proc/self/stat.
+pub fn waited_children_cpu() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("parsing /proc/self/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[13].parse::<f64>()? + fields[14].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// The machine's busy and total CPU seconds over every core so far (`/proc/stat`'s first
+/// line: everything but idle and I/O wait counts as busy).
+pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("an empty /proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse::<f64>)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    Ok(((total - idle) / 100.0, total / 100.0))
+}
+
 /// Waits up to ten minutes until `n` nodes are ready, following every page of the list.
 pub async fn wait_ready(clients: &Clients, n: usize) {
     crate::wait_for(Duration::from_secs(600), "every node ready", || {

@@ -4,6 +4,9 @@
 //! `/proc`), N in-process agents with simulated GPUs running real step processes, and drives a
 //! run through gRPC. Prints the time from `run start` to the gate's decision, next to the
 //! baseline measured in the same run: the step's own duration, the floor no scheduler can beat.
+//! Beside the controller's CPU it prints what else ran on the same cores meanwhile: the agents'
+//! process, their ended step processes, and the whole machine's busy share (when the machine
+//! was busy throughout, the time to decision is bounded by CPU, not by waiting).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
@@ -106,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
         .apply_gate(&tollgate_tests::gate_yaml(args.agents as u32))
         .await;
     let (cpu_before, _) = process_usage(pid)?;
+    let (agents_before, _) = process_usage(std::process::id())?;
+    let steps_before = bench::waited_children_cpu()?;
+    let (busy_before, total_before) = bench::machine_cpu()?;
 
     let started = Instant::now();
     let run = clients.start_run("bench", "gpu-qual").await;
@@ -125,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
     let decision = clients.evaluate("bench").await;
     let elapsed = started.elapsed();
     let (cpu_after, peak_rss_kib) = process_usage(pid)?;
+    let (agents_after, _) = process_usage(std::process::id())?;
+    let steps_after = bench::waited_children_cpu()?;
+    let (busy_after, total_after) = bench::machine_cpu()?;
 
     println!("agents                      {}", args.agents);
     println!("GPUs per agent              {}", args.gpus);
@@ -144,6 +153,20 @@ async fn main() -> anyhow::Result<()> {
         cpu_after - cpu_before
     );
     println!("controller CPU total        {:.2} s", cpu_after);
+    println!(
+        "agents' process CPU         {:.2} s (this process, every agent in it)",
+        agents_after - agents_before
+    );
+    println!(
+        "step processes' CPU         {:.2} s (ended steps, waited for)",
+        steps_after - steps_before
+    );
+    println!(
+        "machine busy                {:.2} of {:.2} CPU s ({:.0} %, all cores)",
+        busy_after - busy_before,
+        total_after - total_before,
+        100.0 * (busy_after - busy_before) / (total_after - total_before).max(0.01)
+    );
     println!(
         "controller peak RSS         {:.1} MiB",
         peak_rss_kib as f64 / 1024.0
