@@ -81,17 +81,8 @@ pub async fn start_controller(
 
 /// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
 pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parsing /proc/PID/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // Linux reports these in USER_HZ, 100 on every mainstream configuration.
-    let cpu = ticks / 100.0;
+    // utime and stime.
+    let cpu = stat_seconds(&format!("/proc/{pid}/stat"), 11)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .context("reading /proc/PID/status")?;
     let hwm = status
@@ -105,14 +96,29 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
 /// CPU seconds (user + system) of this process's children that were waited for (the step
 /// processes of in-process agents), from /proc/self/stat.
 pub fn waited_children_cpu() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // cutime and cstime.
+    stat_seconds("/proc/self/stat", 13)
+}
+
+/// The sum in seconds of the two clock-tick fields at `first` and `first + 1` of a
+/// `/proc/PID/stat` file, counted from the field after the command name.
+fn stat_seconds(path: &str, first: usize) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
-        .context("parsing /proc/self/stat")?;
+        .with_context(|| format!("parsing {path}"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[13].parse::<f64>()? + fields[14].parse::<f64>()?;
-    Ok(ticks / 100.0)
+    let field = |idx: usize| -> anyhow::Result<f64> {
+        fields
+            .get(idx)
+            .with_context(|| format!("{path} has no field {idx}"))?
+            .parse::<f64>()
+            .with_context(|| format!("parsing {path}"))
+    };
+    // Linux reports these in USER_HZ, 100 on every mainstream configuration.
+    Ok((field(first)? + field(first + 1)?) / 100.0)
 }
 
 /// The machine's busy and total CPU seconds over every core so far (`/proc/stat`'s first
@@ -141,4 +147,32 @@ pub async fn wait_ready(clients: &Clients, n: usize) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_of_this_process_its_waited_children_and_the_machine_only_grow() {
+        let (cpu_before, hwm) = process_usage(std::process::id()).expect("this process");
+        assert!(cpu_before >= 0.0 && hwm > 0, "{cpu_before} s, {hwm} KiB");
+        let children_before = waited_children_cpu().expect("children");
+        let (busy_before, total_before) = machine_cpu().expect("machine");
+        // A child that spins for a while, then is waited for: its CPU moves to cutime.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let children_after = waited_children_cpu().expect("children");
+        assert!(
+            children_after > children_before,
+            "{children_before} s then {children_after} s"
+        );
+        let (busy_after, total_after) = machine_cpu().expect("machine");
+        assert!(busy_after > busy_before && total_after > total_before);
+        assert!(busy_after - busy_before <= total_after - total_before);
+        assert!(stat_seconds("/proc/self/stat", 1_000).is_err(), "no such field");
+    }
 }
