@@ -173,6 +173,9 @@ mod tests {
         let (busy_after, total_after) = machine_cpu().expect("machine");
         assert!(busy_after > busy_before && total_after > total_before);
         assert!(busy_after - busy_before <= total_after - total_before);
-        assert!(stat_seconds("/proc/self/stat", 1_000).is_err(), "no such field");
+        assert!(
+            stat_seconds("/proc/self/stat", 1_000).is_err(),
+            "no such field"
+        );
     }
 }
