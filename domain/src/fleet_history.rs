@@ -280,17 +280,33 @@ pub enum Refused {
     TooOld,
 }
 
-/// One open bucket's fields: a slot per field, in [`Field::ALL`]'s order. Folding a sample
-/// indexes its slots instead of searching a map (the fold is most of what the controller adds
-/// to decoding a `PushTelemetry` batch: `ingest-bench`, BENCHMARKS.md).
-#[derive(Debug, Clone, Default)]
-struct OpenFields([Option<Stat>; Field::ALL.len()]);
+/// One open bucket's fields: a slot per field, in [`Field::ALL`]'s order, a slot with no
+/// sample yet holding `samples: 0`. Folding a sample indexes its slots instead of searching a
+/// map (the fold is most of what the controller adds to decoding a `PushTelemetry` batch:
+/// `ingest-bench`, BENCHMARKS.md). Kept boxed in the node's table, so that the table's spare
+/// capacity costs a pointer a slot, not a bucket.
+#[derive(Debug, Clone)]
+struct OpenFields([Stat; Field::ALL.len()]);
+
+impl Default for OpenFields {
+    fn default() -> Self {
+        const NONE: Stat = Stat {
+            min: 0.0,
+            max: 0.0,
+            sum: 0.0,
+            samples: 0,
+        };
+        Self([NONE; Field::ALL.len()])
+    }
+}
 
 impl OpenFields {
     fn fold(&mut self, field: Field, stat: &Stat) {
-        match &mut self.0[field.index()] {
-            Some(mine) => mine.merge(stat),
-            slot @ None => *slot = Some(*stat),
+        let mine = &mut self.0[field.index()];
+        if mine.samples == 0 {
+            *mine = *stat;
+        } else {
+            mine.merge(stat);
         }
     }
 
@@ -299,7 +315,7 @@ impl OpenFields {
         let fields: BTreeMap<Field, Stat> = Field::ALL
             .into_iter()
             .zip(self.0)
-            .filter_map(|(field, stat)| Some((field, stat?)))
+            .filter(|(_, stat)| stat.samples > 0)
             .collect();
         (!fields.is_empty()).then_some(fields)
     }
@@ -314,7 +330,7 @@ pub struct Rollup {
     history: History,
     /// Node → its open buckets. By node first so that folding a sample looks the node up by
     /// reference, without copying its name.
-    open: HashMap<NodeId, HashMap<OpenKey, OpenFields>>,
+    open: HashMap<NodeId, HashMap<OpenKey, Box<OpenFields>>>,
     /// Open buckets, all nodes together.
     n_open: usize,
 }
@@ -339,19 +355,28 @@ impl Rollup {
         self.n_open
     }
 
-    /// The open bucket `key` of `node`, opened empty if it was not.
-    fn open_bucket(&mut self, node: &NodeId, key: OpenKey) -> &mut OpenFields {
-        if !self.open.contains_key(node) {
-            self.open.insert(node.clone(), HashMap::new());
+    /// The open buckets of `node` in `open`, an empty table if it had none.
+    fn node_buckets_in<'a>(
+        open: &'a mut HashMap<NodeId, HashMap<OpenKey, Box<OpenFields>>>,
+        node: &NodeId,
+    ) -> &'a mut HashMap<OpenKey, Box<OpenFields>> {
+        if !open.contains_key(node) {
+            open.insert(node.clone(), HashMap::new());
         }
-        let buckets = self
-            .open
-            .get_mut(node)
-            .expect("the node's buckets were just inserted");
-        if !buckets.contains_key(&key) {
-            self.n_open += 1;
-        }
-        buckets.entry(key).or_default()
+        open.get_mut(node)
+            .expect("the node's buckets were just inserted")
+    }
+
+    /// The open bucket `key` of a node's `buckets`, opened empty if it was not.
+    fn open_bucket<'a>(
+        buckets: &'a mut HashMap<OpenKey, Box<OpenFields>>,
+        n_open: &mut usize,
+        key: OpenKey,
+    ) -> &'a mut OpenFields {
+        buckets.entry(key).or_insert_with(|| {
+            *n_open += 1;
+            Box::default()
+        })
     }
 
     /// Folds one GPU's sample taken `at` into every tier that keeps it at `now`. Values that
@@ -369,21 +394,26 @@ impl Rollup {
         if at > now + ahead {
             return Err(Refused::Future);
         }
-        let mut kept = false;
-        for tier_idx in 0..self.history.tiers.len() {
-            let tier = self.history.tiers[tier_idx];
-            if at < History::cutoff(tier, now) {
+        let tiers = &self.history.tiers;
+        if tiers.iter().all(|tier| at < History::cutoff(*tier, now)) {
+            return Err(Refused::TooOld);
+        }
+        let n_open = &mut self.n_open;
+        // The node looked up once for every tier's bucket.
+        let buckets = Self::node_buckets_in(&mut self.open, node);
+        for (tier_idx, tier) in tiers.iter().enumerate() {
+            if at < History::cutoff(*tier, now) {
                 continue;
             }
-            kept = true;
-            let fields = self.open_bucket(node, (gpu_index, tier_idx, bucket_number(at, tier)));
+            let key = (gpu_index, tier_idx, bucket_number(at, *tier));
+            let fields = Self::open_bucket(buckets, n_open, key);
             for (field, value) in values {
                 if value.is_finite() {
                     fields.fold(*field, &Stat::of(*value));
                 }
             }
         }
-        if kept { Ok(()) } else { Err(Refused::TooOld) }
+        Ok(())
     }
 
     /// Takes the buckets that closed: their end plus `lateness` is not after `now`. Buckets
@@ -462,7 +492,9 @@ impl Rollup {
                 dropped += 1;
                 continue;
             }
-            let fields = self.open_bucket(&bucket.node, key);
+            let n_open = &mut self.n_open;
+            let buckets = Self::node_buckets_in(&mut self.open, &bucket.node);
+            let fields = Self::open_bucket(buckets, n_open, key);
             for (field, stat) in &bucket.fields {
                 fields.fold(*field, stat);
             }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod big_run;
 pub mod http;
+pub mod noop;
 pub mod process;
 pub mod rollout;
 

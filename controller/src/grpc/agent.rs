@@ -387,7 +387,17 @@ async fn read_events(
                         continue;
                     }
                 };
-                if let Err(error) = on_event(&shared, &node, session_id, event).await {
+                let handled = match event {
+                    Event::Heartbeat(heartbeat) => {
+                        note_heartbeat(&shared, &node, session_id, heartbeat);
+                        Ok(())
+                    }
+                    // Boxed: the store calls' futures are large and this task lives as long
+                    // as the stream, one per connected agent; boxed, they take memory only
+                    // while an event is handled (heartbeats, nearly all events, await nothing).
+                    event => Box::pin(on_event(&shared, &node, session_id, event)).await,
+                };
+                if let Err(error) = handled {
                     tracing::warn!(node = %node, %error, "could not handle an agent event");
                 }
             }
@@ -405,6 +415,30 @@ async fn read_events(
     tracing::info!(node = %node, "agent disconnected");
 }
 
+/// Notes a heartbeat; recorded and judged with the other nodes' at the next flush
+/// (`heartbeats.rs`).
+fn note_heartbeat(shared: &Shared, node: &NodeId, session_id: u64, heartbeat: proto::Heartbeat) {
+    let proto::Heartbeat {
+        ref running_job_id,
+        sent_at: _,
+        unsent_results,
+        lease_epoch,
+        step_index,
+        attempt,
+        commands_received,
+        unsent_by_job: _,
+    } = heartbeat;
+    tracing::debug!(node = %node, running_job_id, lease_epoch, step_index, attempt, unsent_results, commands_received, "heartbeat");
+    shared.heartbeats.note(
+        node.clone(),
+        crate::heartbeats::Note {
+            session_id,
+            heartbeat,
+            at: shared.now(),
+        },
+    );
+}
+
 async fn on_event(
     shared: &Shared,
     node: &NodeId,
@@ -413,26 +447,7 @@ async fn on_event(
 ) -> Result<(), StoreError> {
     match event {
         Event::Heartbeat(heartbeat) => {
-            let proto::Heartbeat {
-                ref running_job_id,
-                sent_at: _,
-                unsent_results,
-                lease_epoch,
-                step_index,
-                attempt,
-                commands_received,
-                unsent_by_job: _,
-            } = heartbeat;
-            tracing::debug!(node = %node, running_job_id, lease_epoch, step_index, attempt, unsent_results, commands_received, "heartbeat");
-            // Recorded and judged with the other nodes' at the next flush (`heartbeats.rs`).
-            shared.heartbeats.note(
-                node.clone(),
-                crate::heartbeats::Note {
-                    session_id,
-                    heartbeat,
-                    at: shared.now(),
-                },
-            );
+            note_heartbeat(shared, node, session_id, heartbeat);
             Ok(())
         }
         Event::JobAccepted(proto::JobAccepted {

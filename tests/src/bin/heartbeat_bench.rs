@@ -9,6 +9,12 @@
 //! given more than once, each agent keepalive in turn (the agents' HTTP/2 ping interval,
 //! default the agent's own).
 //!
+//! The ceiling, measured first in the same run: the same agents against a no-op
+//! `AgentService` in a child process (`tollgate_tests::noop`: it answers `Register` and reads
+//! and drops every `Connect` event, over the same transport settings), so the controller's
+//! cost per heartbeat is printed beside what receiving the message alone costs on this
+//! machine, and its storm beside the no-op server's.
+//!
 //! ```text
 //! cargo build --release --workspace --bins
 //! ./target/release/heartbeat-bench --agents 5000 --interval 10s --window 60s
@@ -26,6 +32,8 @@ struct Args {
     window: Duration,
     controllers: Vec<PathBuf>,
     keepalives: Vec<Duration>,
+    /// This process is the no-op server: write its address to this file and serve.
+    noop_server: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -35,6 +43,7 @@ fn parse_args() -> anyhow::Result<Args> {
         window: Duration::from_secs(60),
         controllers: Vec::new(),
         keepalives: Vec::new(),
+        noop_server: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     tollgate_domain::spec::parse_duration(&value()?).map_err(anyhow::Error::msg)?;
             }
             "--controller" => args.controllers.push(PathBuf::from(value()?)),
+            "--noop-server" => args.noop_server = Some(PathBuf::from(value()?)),
             "--keepalive" => args.keepalives.push(
                 tollgate_domain::spec::parse_duration(&value()?).map_err(anyhow::Error::msg)?,
             ),
@@ -80,22 +90,56 @@ async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
     Ok((bench::process_usage(pid)?.0 - before) / window.as_secs_f64())
 }
 
-async fn measure(args: &Args, bin: &std::path::Path, keepalive: Duration) -> anyhow::Result<()> {
+/// What is measured: the controller binary, or the no-op server (the ceiling).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Controller(&'a std::path::Path),
+    Noop,
+}
+
+/// One measurement: the connection storm and the server's CPU idle and with the agents.
+struct Figures {
+    storm: Duration,
+    idle: f64,
+    busy: f64,
+}
+
+impl Figures {
+    /// Seconds of server CPU per heartbeat, above the idle baseline.
+    fn per_heartbeat(&self, args: &Args) -> f64 {
+        let per_second = args.agents as f64 / args.interval.as_secs_f64();
+        (self.busy - self.idle).max(0.0) / per_second
+    }
+}
+
+async fn measure(args: &Args, target: Target<'_>, keepalive: Duration) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let interval = format!("{}ms", args.interval.as_millis());
     let grace = format!("{}ms", (args.interval * 3).as_millis());
-    let mut controller = bench::start_controller(
-        bin,
-        dir.path(),
-        args.agents + 1000,
-        &["--heartbeat-interval", &interval, "--lease-grace", &grace],
-    )
-    .await?;
-    let (pid, url) = (controller.pid, controller.url.clone());
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect()
-        .await?;
-    let clients = Clients::new(channel);
+    // The server, and how to tell that every agent is connected.
+    let (mut child, pid, url, clients) = match target {
+        Target::Controller(bin) => {
+            let controller = bench::start_controller(
+                bin,
+                dir.path(),
+                args.agents + 1000,
+                &["--heartbeat-interval", &interval, "--lease-grace", &grace],
+            )
+            .await?;
+            let channel = tonic::transport::Endpoint::from_shared(controller.url.clone())?
+                .connect()
+                .await?;
+            let (pid, url) = (controller.pid, controller.url.clone());
+            (controller.child, pid, url, Some(Clients::new(channel)))
+        }
+        Target::Noop => {
+            let addr_file = dir.path().join("noop.addr");
+            let (child, url) =
+                tollgate_tests::noop::start(&addr_file, &["--interval", &interval]).await?;
+            let pid = child.id().context("no-op server pid")?;
+            (child, pid, url, None)
+        }
+    };
 
     let idle = cpu_share(pid, args.window).await?;
 
@@ -113,14 +157,39 @@ async fn measure(args: &Args, bin: &std::path::Path, keepalive: Duration) -> any
             Agent::start_config(config)
         })
         .collect();
-    bench::wait_ready(&clients, args.agents).await;
+    match &clients {
+        Some(clients) => bench::wait_ready(clients, args.agents).await,
+        None => {
+            let streams = tollgate_tests::noop::streams_file(&dir.path().join("noop.addr"));
+            tollgate_tests::wait_for(Duration::from_secs(600), "every agent connected", || {
+                let streams = streams.clone();
+                async move {
+                    let open: usize = std::fs::read_to_string(&streams)
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    (open >= args.agents).then_some(())
+                }
+            })
+            .await;
+        }
+    }
     let storm = started.elapsed();
     // One interval for every agent's heartbeat rhythm to settle, then the window.
     tokio::time::sleep(args.interval).await;
     let busy = cpu_share(pid, args.window).await?;
+    for agent in agents {
+        agent.kill();
+    }
+    child.start_kill().ok();
+    let _ = child.wait().await;
+    Ok(Figures { storm, idle, busy })
+}
 
+fn print(args: &Args, name: &str, keepalive: Duration, figures: &Figures) {
     let per_second = args.agents as f64 / args.interval.as_secs_f64();
-    println!("controller                  {}", bin.display());
+    println!("server                      {name}");
     println!("agents                      {}", args.agents);
     println!(
         "agent keepalive             {:.0} s",
@@ -130,34 +199,52 @@ async fn measure(args: &Args, bin: &std::path::Path, keepalive: Duration) -> any
         "heartbeats                  every {:.1} s ({per_second:.0}/s)",
         args.interval.as_secs_f64()
     );
-    println!("all ready after start       {:.2} s", storm.as_secs_f64());
     println!(
-        "baseline: idle controller   {:.2} % of a core",
-        idle * 100.0
+        "all ready after start       {:.2} s",
+        figures.storm.as_secs_f64()
+    );
+    println!(
+        "idle server                 {:.2} % of a core",
+        figures.idle * 100.0
     );
     println!(
         "with the agents             {:.2} % of a core",
-        busy * 100.0
+        figures.busy * 100.0
     );
     println!(
-        "per heartbeat               {:.1} µs of controller CPU",
-        (busy - idle).max(0.0) / per_second * 1e6
+        "per heartbeat               {:.1} µs of server CPU",
+        figures.per_heartbeat(args) * 1e6
     );
-    println!();
-    for agent in agents {
-        agent.kill();
-    }
-    controller.child.start_kill().ok();
-    let _ = controller.child.wait().await;
-    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    for bin in &args.controllers {
-        for &keepalive in &args.keepalives {
-            measure(&args, bin, keepalive).await?;
+    if let Some(addr_file) = &args.noop_server {
+        let rhythm = tollgate_tests::noop::Rhythm {
+            heartbeat_interval: args.interval,
+            lease_grace: args.interval * 3,
+        };
+        return tollgate_tests::noop::serve(addr_file, rhythm).await;
+    }
+    for &keepalive in &args.keepalives {
+        let ceiling = measure(&args, Target::Noop, keepalive).await?;
+        print(
+            &args,
+            "ceiling: no-op AgentService (receives, drops)",
+            keepalive,
+            &ceiling,
+        );
+        println!();
+        for bin in &args.controllers {
+            let figures = measure(&args, Target::Controller(bin), keepalive).await?;
+            print(&args, &bin.display().to_string(), keepalive, &figures);
+            println!(
+                "against the ceiling         {:.2}x its CPU per heartbeat, {:.2}x its storm",
+                figures.per_heartbeat(&args) / ceiling.per_heartbeat(&args).max(1e-9),
+                figures.storm.as_secs_f64() / ceiling.storm.as_secs_f64().max(1e-9)
+            );
+            println!();
         }
     }
     Ok(())

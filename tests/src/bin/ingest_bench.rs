@@ -31,7 +31,6 @@ use prost::bytes::{BufMut as _, Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tollgate_agent::gpu::GpuSource as _;
 use tollgate_agent::gpu::simulated::{SimConfig, SimulatedSource};
@@ -452,78 +451,6 @@ async fn stored(db: &Path) -> anyhow::Result<(u64, BTreeMap<i64, i64>)> {
     Ok((u64::try_from(n_rows)?, per_tier.into_iter().collect()))
 }
 
-/// The no-op server: `AgentService` whose `PushTelemetry` decodes every batch and drops it.
-mod noop {
-    use super::*;
-    use std::pin::Pin;
-    use tonic::{Request, Response, Status, Streaming};
-
-    #[derive(Default)]
-    pub struct Noop {
-        pub samples: AtomicU64,
-    }
-
-    #[tonic::async_trait]
-    impl v1::agent_service_server::AgentService for Noop {
-        async fn register(
-            &self,
-            _: Request<v1::RegisterRequest>,
-        ) -> Result<Response<v1::Registration>, Status> {
-            Err(Status::unimplemented("no-op server"))
-        }
-        type ConnectStream =
-            Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::ControllerCommand, Status>> + Send>>;
-        async fn connect(
-            &self,
-            _: Request<Streaming<v1::AgentEvent>>,
-        ) -> Result<Response<Self::ConnectStream>, Status> {
-            Err(Status::unimplemented("no-op server"))
-        }
-        async fn report_result(
-            &self,
-            _: Request<v1::StepResult>,
-        ) -> Result<Response<v1::Ack>, Status> {
-            Err(Status::unimplemented("no-op server"))
-        }
-        async fn push_telemetry(
-            &self,
-            request: Request<Streaming<v1::TelemetryBatch>>,
-        ) -> Result<Response<v1::Ack>, Status> {
-            let mut batches = request.into_inner();
-            while let Some(batch) = batches.message().await? {
-                self.samples
-                    .fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
-            }
-            Ok(Response::new(v1::Ack { duplicate: false }))
-        }
-        async fn enroll(
-            &self,
-            _: Request<v1::EnrollRequest>,
-        ) -> Result<Response<v1::EnrollResponse>, Status> {
-            Err(Status::unimplemented("no-op server"))
-        }
-        async fn renew_certificate(
-            &self,
-            _: Request<v1::RenewCertificateRequest>,
-        ) -> Result<Response<v1::EnrollResponse>, Status> {
-            Err(Status::unimplemented("no-op server"))
-        }
-    }
-
-    /// Serves on a free loopback port until killed, its address written to `addr_file`.
-    pub async fn serve(addr_file: &Path) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        std::fs::write(addr_file, listener.local_addr()?.to_string())?;
-        let service = v1::agent_service_server::AgentServiceServer::new(Noop::default())
-            .max_decoding_message_size(16 * 1024 * 1024);
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await?;
-        Ok(())
-    }
-}
-
 fn rate(samples: u64, took: Duration) -> f64 {
     samples as f64 / took.as_secs_f64()
 }
@@ -532,7 +459,7 @@ fn rate(samples: u64, took: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if let Some(addr_file) = &args.noop_server {
-        return noop::serve(addr_file).await;
+        return tollgate_tests::noop::serve(addr_file, Default::default()).await;
     }
     let controller_bin = match &args.controller {
         Some(path) => path.clone(),
@@ -602,19 +529,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Ceiling (a): the no-op server, a child process like the controller.
     let addr_file = dir.path().join("noop.addr");
-    let mut noop = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("--noop-server")
-        .arg(&addr_file)
-        .kill_on_drop(true)
-        .spawn()?;
-    let noop_url = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file)
-            && !text.trim().is_empty()
-        {
-            break format!("http://{}", text.trim());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (mut noop, noop_url) = tollgate_tests::noop::start(&addr_file, &[]).await?;
     let no_tokens = vec![None; args.agents];
     let noop_took = push_all(&noop_url, &loads, &no_tokens, &args, first).await?;
     noop.start_kill()?;
