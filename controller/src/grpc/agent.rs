@@ -921,22 +921,16 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
             .ok_or_else(|| ResultRefusal::UnknownJob {
                 job: result.job_id.clone(),
             })?;
-    let run = store
-        .get_run(&facts.run)
+    let pinned = store
+        .pinned_plan(&facts.run)
         .await?
         .ok_or_else(|| StoreError::NotFound {
-            what: format!("run {}", facts.run),
-        })?;
-    let plan = store
-        .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: format!("plan {}@{}", run.plan_name, run.plan_version),
+            what: format!("run {} or the plan version it pinned", facts.run),
         })?;
     let results = store.result_summaries_of_job(&facts.id).await?;
     let steps = PlanSteps {
-        name: &run.plan_name,
-        steps: &plan.plan.steps,
+        name: &pinned.name,
+        steps: &pinned.stored.plan.steps,
     };
     let mut change = match job::accept_result(&facts, node, steps, &results, result) {
         Ok(Acceptance::Record(change)) => change,
@@ -966,9 +960,9 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
     shared.metrics.result_ingested();
     tracing::debug!(job = %facts.id, step = result.step_name, attempt = result.attempt, outcome = %result.outcome, "result recorded");
     // The result is stored and acknowledged whatever happens to its findings.
-    if let Some(step) = plan.plan.steps.get(result.step_index as usize)
+    if let Some(step) = pinned.stored.plan.steps.get(result.step_index as usize)
         && let Err(error) =
-            super::node::apply_findings(shared, node, &step.kind, &run.release, result).await
+            super::node::apply_findings(shared, node, &step.kind, &pinned.release, result).await
     {
         tracing::warn!(node = %node, job = %facts.id, %error, "the result's health findings were not applied");
     }

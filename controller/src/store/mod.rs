@@ -205,6 +205,8 @@ pub struct StoredGate {
 pub struct Store {
     pool: Pool,
     writes: std::sync::Arc<writes::WriteHealth>,
+    /// The plan version each run pinned, as read once (`Store::pinned_plan`).
+    pinned: std::sync::Arc<plans::Pinned>,
     /// Whether issue changes write an `issue_webhook_outbox` row (`--issue-webhook` is set).
     issue_webhook: bool,
 }
@@ -731,6 +733,7 @@ impl Store {
         Store {
             pool,
             writes: std::sync::Arc::default(),
+            pinned: std::sync::Arc::default(),
             issue_webhook: false,
         }
     }
@@ -812,6 +815,7 @@ pub use maintenance::EndedHealthCheck;
 pub use notify::WorkListener;
 mod nodes;
 mod plans;
+pub use plans::PinnedPlan;
 mod releases;
 mod report_keys;
 mod report_rows;

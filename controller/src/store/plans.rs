@@ -3,10 +3,77 @@
 
 use super::connect::Begin;
 use super::{AuditNote, Pool, Store, StoreError, StoredPlan, micros, rows, text, to_json};
+use std::sync::Arc;
 use tollgate_domain::Timestamp;
 use tollgate_domain::plan::Plan;
 
+/// The plan version a run pinned, with the run's other facts that never change.
+#[derive(Debug)]
+pub struct PinnedPlan {
+    /// The release the run qualifies.
+    pub release: tollgate_domain::ReleaseId,
+    /// The plan's name (the run's `plan_name`).
+    pub name: String,
+    /// The version the run pinned.
+    pub stored: StoredPlan,
+}
+
+/// Each run's pinned plan, read once: a run's plan name and version never change, and a plan
+/// version is immutable (its content is its hash), so what was read stays true on every
+/// replica. Emptied when it holds [`Pinned::MAX_RUNS`] runs (the runs in progress are read
+/// again at their next result).
+#[derive(Debug, Default)]
+pub(super) struct Pinned {
+    runs: std::sync::Mutex<std::collections::HashMap<tollgate_domain::RunId, Arc<PinnedPlan>>>,
+}
+
+impl Pinned {
+    /// Runs kept before the cache starts over.
+    const MAX_RUNS: usize = 4096;
+
+    fn get(&self, run: &tollgate_domain::RunId) -> Option<Arc<PinnedPlan>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(run)
+            .cloned()
+    }
+
+    fn put(&self, run: &tollgate_domain::RunId, pinned: Arc<PinnedPlan>) {
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if runs.len() >= Self::MAX_RUNS {
+            runs.clear();
+        }
+        runs.insert(run.clone(), pinned);
+    }
+}
+
 impl Store {
+    /// The plan version run `run` pinned; `None` when the run or that version is not stored.
+    /// Read from the store once per run (see [`Pinned`]): accepting a result needs the plan's
+    /// steps and the run's release, and this spares two reads per result.
+    pub async fn pinned_plan(
+        &self,
+        run: &tollgate_domain::RunId,
+    ) -> Result<Option<Arc<PinnedPlan>>, StoreError> {
+        if let Some(pinned) = self.pinned.get(run) {
+            return Ok(Some(pinned));
+        }
+        let Some((record, stored)) = self.run_and_plan(run).await? else {
+            return Ok(None);
+        };
+        let pinned = Arc::new(PinnedPlan {
+            release: record.release,
+            name: record.plan_name,
+            stored,
+        });
+        self.pinned.put(run, Arc::clone(&pinned));
+        Ok(Some(pinned))
+    }
+
     /// A run and the plan version it pinned; `None` when either is gone.
     pub async fn run_and_plan(
         &self,

@@ -77,7 +77,7 @@ pub(super) struct ResultColumns {
 
 impl ResultColumns {
     pub(super) fn of(result: &StepResult) -> Self {
-        Self {
+        let mut columns = Self {
             measurements: to_json(&result.measurements),
             telemetry: to_json(&result.telemetry),
             events: to_json(&result.events),
@@ -85,7 +85,82 @@ impl ResultColumns {
             sub_results: to_json(&result.sub_results),
             inventory_at_end: to_json(&result.inventory_at_end),
             series: to_json(&result.series),
-            digest: hex::encode(tollgate_domain::gate::result_digest(&as_stored(result))),
+            digest: String::new(),
+        };
+        columns.digest = hex::encode(columns.digest_of(&as_stored(result)));
+        columns
+    }
+
+    /// `gate::result_digest(stored)`, with the JSON of the fields these columns hold taken
+    /// from them instead of serialized a second time (the series, telemetry and inventories
+    /// are most of a result). It hashes the bytes `serde_json` writes for the whole
+    /// `StepResult`: its fields in declaration order, each column being exactly its field's
+    /// JSON (the columns are of the result itself; `as_stored` changes only text and
+    /// timestamps, which are serialized here). A test holds the two digests equal for a result
+    /// with every field set, so a field added to `StepResult` and not here fails it.
+    fn digest_of(&self, stored: &StepResult) -> [u8; 32] {
+        use sha2::Digest as _;
+        /// Serialized bytes straight into the hash.
+        struct Hashing(sha2::Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hash = Hashing(sha2::Sha256::new());
+        let mut field = |key: &str, value: &dyn erased::Json| {
+            hash.0.update(key.as_bytes());
+            value.write_to(&mut hash);
+        };
+        field("{\"job_id\":", &stored.job_id);
+        field(",\"step_index\":", &stored.step_index);
+        field(",\"step_name\":", &stored.step_name);
+        field(",\"attempt\":", &stored.attempt);
+        field(",\"lease_epoch\":", &stored.lease_epoch);
+        field(",\"outcome\":", &stored.outcome);
+        field(",\"exit_code\":", &stored.exit_code);
+        field(",\"started_at\":", &stored.started_at);
+        field(",\"finished_at\":", &stored.finished_at);
+        field(",\"measurements\":", &erased::Raw(&self.measurements));
+        field(",\"telemetry\":", &erased::Raw(&self.telemetry));
+        field(",\"events\":", &erased::Raw(&self.events));
+        field(",\"inventory\":", &erased::Raw(&self.inventory));
+        field(",\"log_tail\":", &stored.log_tail);
+        field(",\"message\":", &stored.message);
+        field(",\"sub_results\":", &erased::Raw(&self.sub_results));
+        field(
+            ",\"inventory_at_end\":",
+            &erased::Raw(&self.inventory_at_end),
+        );
+        field(",\"series\":", &erased::Raw(&self.series));
+        hash.0.update(b"}");
+        hash.0.finalize().into()
+    }
+}
+
+/// A field's JSON written into a hash: serialized, or already-encoded text as it is.
+mod erased {
+    pub(super) trait Json {
+        fn write_to(&self, out: &mut dyn std::io::Write);
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write_to(&self, out: &mut dyn std::io::Write) {
+            serde_json::to_writer(out, self).expect("domain values serialize to JSON");
+        }
+    }
+
+    /// JSON text already encoded.
+    pub(super) struct Raw<'a>(pub(super) &'a str);
+
+    impl Json for Raw<'_> {
+        fn write_to(&self, out: &mut dyn std::io::Write) {
+            out.write_all(self.0.as_bytes())
+                .expect("a hash takes every byte");
         }
     }
 }

@@ -376,6 +376,35 @@ fn rich_result(job: &JobId) -> StepResult {
     }
 }
 
+/// A result's digest is taken from its encoded columns instead of serializing it again: it
+/// must be the digest of the whole result as stored, for a result with every field set and
+/// for one with empty fields, text that storing changes (NUL) and timestamps past the
+/// microsecond.
+#[test]
+fn a_results_digest_taken_from_its_columns_is_the_digest_of_it_as_stored() {
+    let job = JobId::from("job-digest");
+    let mut changed = rich_result(&job);
+    changed.log_tail.push('\0');
+    changed.step_name = "burn\0in".into();
+    changed.started_at += chrono::Duration::nanoseconds(1_500);
+    changed.finished_at += chrono::Duration::nanoseconds(999);
+    let mut no_end_inventory = rich_result(&job);
+    no_end_inventory.inventory_at_end = None;
+    for result in [
+        rich_result(&job),
+        changed,
+        no_end_inventory,
+        result_of(&job, 0, 1, Outcome::Passed),
+    ] {
+        let expected = tollgate_domain::gate::result_digest(&as_stored(&result));
+        assert_eq!(
+            results::ResultColumns::of(&result).digest,
+            hex::encode(expected),
+            "{result:?}"
+        );
+    }
+}
+
 fn decision(verdict: Verdict, evaluated_secs: i64) -> Decision {
     Decision {
         release: "r550".into(),
