@@ -63,6 +63,9 @@ struct Noted {
     /// watchdog adds to the store's `last_seen_at`, which a flush held up by the database (a
     /// long write lock, a storm of registrations) may not have written yet.
     heard: HashMap<NodeId, Timestamp>,
+    /// Agents that connected since the last flush, and when: recorded as seen by the flush,
+    /// not judged (a connection says nothing of what the agent runs).
+    connected: HashMap<NodeId, Timestamp>,
 }
 
 impl Heartbeats {
@@ -76,6 +79,18 @@ impl Heartbeats {
             }
         }
         noted.notes.insert(node, note);
+    }
+
+    /// Notes that `node`'s agent connected `at`: its lease is renewed here at once (the
+    /// watchdog reads what this replica heard) and its `last_seen_at` written by the next
+    /// flush, in the batch, instead of a write transaction per connection: a storm of agents
+    /// reconnecting would queue one each behind the database's write lock.
+    pub fn connected(&self, node: NodeId, at: Timestamp) {
+        let mut noted = self.lock();
+        let heard = noted.heard.entry(node.clone()).or_insert(at);
+        *heard = (*heard).max(at);
+        let connected = noted.connected.entry(node).or_insert(at);
+        *connected = (*connected).max(at);
     }
 
     /// Raises each node's last heartbeat to the newest this replica heard, whether or not a
@@ -100,15 +115,24 @@ impl Heartbeats {
         self.lock().notes.is_empty()
     }
 
-    fn take(&self) -> HashMap<NodeId, Note> {
-        std::mem::take(&mut self.lock().notes)
+    fn take(&self) -> (HashMap<NodeId, Note>, HashMap<NodeId, Timestamp>) {
+        let mut noted = self.lock();
+        (
+            std::mem::take(&mut noted.notes),
+            std::mem::take(&mut noted.connected),
+        )
     }
 
-    /// Puts back notes a flush could not write; a node's newer note, noted meanwhile, wins.
-    fn restore(&self, notes: HashMap<NodeId, Note>) {
+    /// Puts back notes and connections a flush could not write; a node's newer note, noted
+    /// meanwhile, wins.
+    fn restore(&self, notes: HashMap<NodeId, Note>, connected: HashMap<NodeId, Timestamp>) {
         let mut pending = self.lock();
         for (node, note) in notes {
             pending.notes.entry(node).or_insert(note);
+        }
+        for (node, at) in connected {
+            let kept = pending.connected.entry(node).or_insert(at);
+            *kept = (*kept).max(at);
         }
     }
 
@@ -141,15 +165,22 @@ pub async fn run_loop(shared: Arc<Shared>) {
     tracing::debug!("heartbeat flusher stopped");
 }
 
-/// Records and judges every heartbeat noted since the last flush; returns how many.
+/// Records every heartbeat and connection noted since the last flush and judges the
+/// heartbeats; returns how many heartbeats.
 pub async fn flush(shared: &Shared) -> Result<usize, StoreError> {
-    let notes = shared.heartbeats.take();
-    if notes.is_empty() {
+    let (notes, connected) = shared.heartbeats.take();
+    if notes.is_empty() && connected.is_empty() {
         return Ok(0);
     }
-    let mut seen: Vec<(NodeId, Timestamp)> = notes
-        .iter()
-        .map(|(node, note)| (node.clone(), note.at))
+    let mut newest: HashMap<&NodeId, Timestamp> =
+        connected.iter().map(|(node, at)| (node, *at)).collect();
+    for (node, note) in &notes {
+        let at = newest.entry(node).or_insert(note.at);
+        *at = (*at).max(note.at);
+    }
+    let mut seen: Vec<(NodeId, Timestamp)> = newest
+        .into_iter()
+        .map(|(node, at)| (node.clone(), at))
         .collect();
     // One order for every flush, so that two replicas' flushes lock rows alike.
     seen.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -158,10 +189,13 @@ pub async fn flush(shared: &Shared) -> Result<usize, StoreError> {
         .store("touch_nodes", shared.store.touch_nodes(&seen))
         .await
     {
-        shared.heartbeats.restore(notes);
+        shared.heartbeats.restore(notes, connected);
         return Err(error);
     }
-    let names: Vec<NodeId> = seen.into_iter().map(|(node, _)| node).collect();
+    if notes.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<NodeId> = notes.keys().cloned().collect();
     let facts: HashMap<NodeId, crate::store::HeartbeatFacts> = shared
         .store
         .heartbeat_facts(&names)
@@ -198,7 +232,7 @@ mod tests {
         beats.note(NodeId::from("n1"), note(1, 2));
         beats.note(NodeId::from("n2"), note(2, 1));
         assert_eq!(beats.len(), 2);
-        let taken = beats.take();
+        let (taken, _) = beats.take();
         assert!(beats.is_empty());
         assert_eq!(
             taken[&NodeId::from("n1")].at,
@@ -206,8 +240,8 @@ mod tests {
         );
         // A newer note arrived while the flush failed: it is kept, the old one only fills in.
         beats.note(NodeId::from("n1"), note(3, 5));
-        beats.restore(taken);
-        let again = beats.take();
+        beats.restore(taken, HashMap::new());
+        let (again, _) = beats.take();
         assert_eq!(again[&NodeId::from("n1")].session_id, 3);
         assert_eq!(again[&NodeId::from("n2")].session_id, 2);
     }
@@ -231,6 +265,75 @@ mod tests {
     fn move_to(clock: &crate::clock::ManualClock, to: Timestamp) {
         use crate::clock::Clock;
         clock.advance(to - clock.now());
+    }
+
+    /// A connection renews the lease at once, before any flush, and the next flush records
+    /// it as the node's `last_seen_at` without judging a heartbeat; a flush that fails keeps
+    /// it for the next.
+    #[tokio::test]
+    async fn a_connection_renews_the_lease_at_once_and_is_recorded_by_the_next_flush() {
+        use crate::clock::ManualClock;
+        use tollgate_domain::test_support::{at, node};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
+                .await
+                .expect("store");
+        let fixture = node("n1", "hgx");
+        crate::grpc::node::register(
+            &store,
+            &fixture.id,
+            &fixture.labels,
+            &fixture.inventory,
+            "hash",
+            at(0),
+        )
+        .await
+        .expect("register");
+        let clock = ManualClock::new(at(0));
+        let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
+        config.clock = Arc::new(clock.clone());
+        config.heartbeat_interval = Duration::from_secs(2);
+        config.lease_grace = Duration::from_secs(10);
+        let shared = Shared::new(store.clone(), config);
+        let (_session, _commands) = shared.sessions.open(&fixture.id).expect("session");
+        let last_seen = || {
+            let store = store.clone();
+            async move {
+                store
+                    .get_node(&NodeId::from("n1"))
+                    .await
+                    .expect("read")
+                    .expect("node")
+                    .last_seen_at
+            }
+        };
+
+        // Connected at 8 s, 8 s after registering: at 15 s the store's `last_seen_at` (0 s)
+        // is past the 10 s grace, but the lease counts from the connection.
+        move_to(&clock, at(8));
+        shared
+            .heartbeats
+            .connected(NodeId::from("n1"), shared.now());
+        move_to(&clock, at(15));
+        assert!(
+            crate::lease::check_once(&shared)
+                .await
+                .expect("check")
+                .is_empty()
+        );
+        assert_eq!(last_seen().await, Some(at(0)));
+
+        // The flush records it and judges no heartbeat.
+        assert_eq!(flush(&shared).await.expect("flush"), 0);
+        assert_eq!(last_seen().await, Some(at(8)));
+
+        // A flush that cannot write keeps the connection for the next one.
+        shared.heartbeats.connected(NodeId::from("n1"), at(15));
+        let (notes, connected) = shared.heartbeats.take();
+        shared.heartbeats.restore(notes, connected);
+        assert_eq!(flush(&shared).await.expect("flush"), 0);
+        assert_eq!(last_seen().await, Some(at(15)));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tollgate_domain::RunId;
 use tollgate_domain::fleet::Labels;
-use tollgate_domain::job::{self, JobEvent, JobState};
+use tollgate_domain::job::{self, JobEvent};
 use tollgate_domain::scheduler::{Concurrency, NodeSlot};
 use tollgate_proto::v1::{self as proto, ControllerCommand, controller_command::Command};
 use tracing::Instrument as _;
@@ -245,10 +245,7 @@ pub async fn resend_assigned(
     node: &tollgate_domain::NodeId,
 ) -> Result<(), StoreError> {
     let mut commands = CommandCache::default();
-    for job in shared.store.active_jobs().await? {
-        if &job.node != node || job.state != JobState::Assigned {
-            continue;
-        }
+    for job in shared.store.assigned_jobs_of_node(node).await? {
         match commands.build(shared, &job).await {
             Ok(command) => {
                 tracing::info!(job = %job.id, node = %node, "assignment sent again after reconnect");

@@ -495,10 +495,11 @@ pub async fn judge_heartbeat(
     .await
 }
 
-/// A new stream renews the lease at once (not at the next flush) and tells the node's
-/// lifecycle its agent is back.
+/// A new stream renews the lease at once (this replica's watchdog reads it; the store's
+/// `last_seen_at` follows with the next heartbeat flush) and tells the node's lifecycle its
+/// agent is back.
 async fn on_connect(shared: &Shared, node: &NodeId) -> Result<(), StoreError> {
-    shared.store.touch_node(node, shared.now()).await?;
+    shared.heartbeats.connected(node.clone(), shared.now());
     let facts = shared
         .store
         .heartbeat_facts(std::slice::from_ref(node))

@@ -198,6 +198,22 @@ impl Store {
         })
     }
 
+    /// The jobs assigned to `node` and not accepted yet, by id (read through the index on
+    /// node and state: a reconnecting agent's, not the whole fleet's).
+    pub async fn assigned_jobs_of_node(&self, node: &NodeId) -> Result<Vec<JobRecord>, StoreError> {
+        const SQL: &str = job_query!(" WHERE node = $1 AND state = $2 ORDER BY id");
+        with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(node.as_str())
+                .bind(JobState::Assigned.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
+                .collect()
+        })
+    }
+
     /// Every assigned or running job.
     pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         static SQL: LazyLock<String> =
