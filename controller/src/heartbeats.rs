@@ -262,6 +262,44 @@ mod tests {
         assert_eq!(flush(shared).await.expect("flush"), nodes.len());
     }
 
+    /// A store in `dir` with `names` registered at 0 s, and a manual clock at 0 s.
+    async fn registered(
+        dir: &std::path::Path,
+        names: &[&str],
+    ) -> (crate::store::Store, crate::clock::ManualClock) {
+        use tollgate_domain::test_support::{at, node};
+        let store =
+            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.display()))
+                .await
+                .expect("store");
+        for name in names {
+            let fixture = node(name, "hgx");
+            crate::grpc::node::register(
+                &store,
+                &fixture.id,
+                &fixture.labels,
+                &fixture.inventory,
+                "hash",
+                at(0),
+            )
+            .await
+            .expect("register");
+        }
+        (store, crate::clock::ManualClock::new(at(0)))
+    }
+
+    /// A controller's config on `dir` and `clock`: heartbeats every 2 s, a 10 s grace.
+    fn config(
+        dir: &std::path::Path,
+        clock: &crate::clock::ManualClock,
+    ) -> crate::config::ControllerConfig {
+        let mut config = crate::config::ControllerConfig::new(dir.to_owned());
+        config.clock = Arc::new(clock.clone());
+        config.heartbeat_interval = Duration::from_secs(2);
+        config.lease_grace = Duration::from_secs(10);
+        config
+    }
+
     fn move_to(clock: &crate::clock::ManualClock, to: Timestamp) {
         use crate::clock::Clock;
         clock.advance(to - clock.now());
@@ -272,31 +310,11 @@ mod tests {
     /// it for the next.
     #[tokio::test]
     async fn a_connection_renews_the_lease_at_once_and_is_recorded_by_the_next_flush() {
-        use crate::clock::ManualClock;
-        use tollgate_domain::test_support::{at, node};
+        use tollgate_domain::test_support::at;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
-                .await
-                .expect("store");
-        let fixture = node("n1", "hgx");
-        crate::grpc::node::register(
-            &store,
-            &fixture.id,
-            &fixture.labels,
-            &fixture.inventory,
-            "hash",
-            at(0),
-        )
-        .await
-        .expect("register");
-        let clock = ManualClock::new(at(0));
-        let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
-        config.clock = Arc::new(clock.clone());
-        config.heartbeat_interval = Duration::from_secs(2);
-        config.lease_grace = Duration::from_secs(10);
-        let shared = Shared::new(store.clone(), config);
-        let (_session, _commands) = shared.sessions.open(&fixture.id).expect("session");
+        let (store, clock) = registered(dir.path(), &["n1"]).await;
+        let shared = Shared::new(store.clone(), config(dir.path(), &clock));
+        let (_session, _commands) = shared.sessions.open(&NodeId::from("n1")).expect("session");
         let last_seen = || {
             let store = store.clone();
             async move {
@@ -338,36 +356,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_runs_out_a_grace_after_the_last_flushed_heartbeat_and_a_restart_renews_it() {
-        use crate::clock::ManualClock;
         use tollgate_domain::fleet::NodeState;
-        use tollgate_domain::test_support::{at, node};
+        use tollgate_domain::test_support::at;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
-                .await
-                .expect("store");
-        for name in ["n1", "n2"] {
-            let fixture = node(name, "hgx");
-            crate::grpc::node::register(
-                &store,
-                &fixture.id,
-                &fixture.labels,
-                &fixture.inventory,
-                "hash",
-                at(0),
-            )
-            .await
-            .expect("register");
-        }
+        let (store, clock) = registered(dir.path(), &["n1", "n2"]).await;
         let (n1, n2) = (NodeId::from("n1"), NodeId::from("n2"));
-        let clock = ManualClock::new(at(0));
-        let config = || {
-            let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
-            config.clock = Arc::new(clock.clone());
-            config.heartbeat_interval = Duration::from_secs(2);
-            config.lease_grace = Duration::from_secs(10);
-            config
-        };
+        let config = || config(dir.path(), &clock);
         let shared = Shared::new(store.clone(), config());
         let (s1, _c1) = shared.sessions.open(&n1).expect("session");
         let (s2, _c2) = shared.sessions.open(&n2).expect("session");
@@ -469,43 +463,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_heard_on_another_replica_keeps_its_lease_where_leases_are_judged() {
-        use crate::clock::ManualClock;
-        use tollgate_domain::test_support::{at, node};
+        use tollgate_domain::test_support::at;
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            crate::store::Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
-                .await
-                .expect("store");
-        let fixture = node("n1", "hgx");
-        crate::grpc::node::register(
-            &store,
-            &fixture.id,
-            &fixture.labels,
-            &fixture.inventory,
-            "hash",
-            at(0),
-        )
-        .await
-        .expect("register");
-        let clock = ManualClock::new(at(0));
-        let config = || {
-            let mut config = crate::config::ControllerConfig::new(dir.path().to_owned());
-            config.clock = Arc::new(clock.clone());
-            config.heartbeat_interval = Duration::from_secs(2);
-            config.lease_grace = Duration::from_secs(10);
-            config
-        };
+        let (store, clock) = registered(dir.path(), &["n1"]).await;
+        let config = || config(dir.path(), &clock);
+        let n1 = NodeId::from("n1");
         // Two replicas on one store: one holds the agent's stream, the other judges leases.
         let holder = Shared::new(store.clone(), config());
         let leader = Shared::new(store.clone(), config());
-        let (session, _commands) = holder.sessions.open(&fixture.id).expect("session");
-        assert!(!leader.sessions.is_connected(&fixture.id));
+        let (session, _commands) = holder.sessions.open(&n1).expect("session");
+        assert!(!leader.sessions.is_connected(&n1));
 
         // A minute of heartbeats, each flushed where they arrive: the leader, which never
         // heard one itself, expires nothing, however long past its own start.
         for _ in 0..30 {
             clock.advance(chrono::Duration::seconds(2));
-            beat(&holder, &[(&fixture.id, session)]).await;
+            beat(&holder, &[(&n1, session)]).await;
             assert!(
                 crate::lease::check_once(&leader)
                     .await
@@ -524,7 +497,7 @@ mod tests {
         move_to(&clock, at(70) + chrono::Duration::milliseconds(1));
         assert_eq!(
             crate::lease::check_once(&leader).await.expect("check"),
-            vec![fixture.id.clone()]
+            vec![n1.clone()]
         );
         store.close().await;
     }

@@ -55,30 +55,38 @@ pub fn digest_json<T: serde::Serialize>(value: &T) -> String {
 
 /// The sha256 of [`digest_json`], as bytes.
 pub fn digest_json_bytes<T: serde::Serialize>(value: &T) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-
-    /// Feeds serialized bytes straight into the hash: large evidence is never held as one
-    /// JSON buffer.
-    struct HashWriter(Sha256);
-
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.update(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let mut writer = std::io::BufWriter::with_capacity(16 * 1024, HashWriter(Sha256::new()));
+    let mut writer = std::io::BufWriter::with_capacity(16 * 1024, HashWriter::default());
     // Serializing plain data structs to JSON cannot fail: no maps with non-string keys are
     // digested and no custom serializers return errors; the writer itself never fails.
     serde_json::to_writer(&mut writer, value).expect("digested values serialize to JSON");
-    let hasher = writer
+    writer
         .into_inner()
         .map_err(|_| "flushing into a hasher")
-        .expect("a hasher never fails a write");
-    hasher.0.finalize().into()
+        .expect("a hasher never fails a write")
+        .finish()
+}
+
+/// Bytes written into a sha256: large evidence is serialized straight into the hash, never
+/// held as one JSON buffer. Writes never fail.
+#[derive(Default)]
+pub struct HashWriter(sha2::Sha256);
+
+impl HashWriter {
+    /// The sha256 of everything written.
+    pub fn finish(self) -> [u8; 32] {
+        use sha2::Digest as _;
+        self.0.finalize().into()
+    }
+}
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

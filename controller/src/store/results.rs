@@ -99,21 +99,11 @@ impl ResultColumns {
     /// timestamps, which are serialized here). A test holds the two digests equal for a result
     /// with every field set, so a field added to `StepResult` and not here fails it.
     fn digest_of(&self, stored: &StepResult) -> [u8; 32] {
-        use sha2::Digest as _;
-        /// Serialized bytes straight into the hash.
-        struct Hashing(sha2::Sha256);
-        impl std::io::Write for Hashing {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.update(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut hash = Hashing(sha2::Sha256::new());
+        use std::io::Write as _;
+        let mut hash = tollgate_domain::HashWriter::default();
         let mut field = |key: &str, value: &dyn erased::Json| {
-            hash.0.update(key.as_bytes());
+            hash.write_all(key.as_bytes())
+                .expect("a hash takes every byte");
             value.write_to(&mut hash);
         };
         field("{\"job_id\":", &stored.job_id);
@@ -137,8 +127,8 @@ impl ResultColumns {
             &erased::Raw(&self.inventory_at_end),
         );
         field(",\"series\":", &erased::Raw(&self.series));
-        hash.0.update(b"}");
-        hash.0.finalize().into()
+        hash.write_all(b"}").expect("a hash takes every byte");
+        hash.finish()
     }
 }
 
