@@ -1,4 +1,5 @@
-//! Group commit of step results (and, on SQLite, job changes): a write that arrives while
+//! Group commit of step results (and, on SQLite, job changes and node registrations): a
+//! write that arrives while
 //! another batch commits waits, and the next writer applies every waiting write in one
 //! transaction ([`Store::write_batch`]), each with its own outcome. Nothing waits for
 //! company: a lone write is applied at once.
@@ -21,7 +22,7 @@
 //! batch that fails as a whole is written again one write at a time, so each gets its own
 //! error.
 
-use crate::store::{EncodedResult, Recorded, Store, StoreError, Write};
+use crate::store::{EncodedRegistration, EncodedResult, Recorded, Store, StoreError, Write};
 use tokio::sync::oneshot;
 use tollgate_domain::Timestamp;
 use tollgate_domain::job::{JobChange, ResultChange};
@@ -34,6 +35,7 @@ const MAX_BATCH: usize = 256;
 enum Owned {
     Result(Box<EncodedResult>),
     Job(JobChange),
+    Registration(Box<EncodedRegistration>),
 }
 
 impl Owned {
@@ -41,6 +43,7 @@ impl Owned {
         match self {
             Self::Result(encoded) => Write::Encoded(encoded, now),
             Self::Job(change) => Write::Job(change, now),
+            Self::Registration(registration) => Write::Registration(registration, now),
         }
     }
 
@@ -53,6 +56,10 @@ impl Owned {
             }
             Self::Job(change) => store
                 .apply_job_change(change, now)
+                .await
+                .map(|()| Recorded::Inserted),
+            Self::Registration(registration) => store
+                .register_node(registration, now)
                 .await
                 .map(|()| Recorded::Inserted),
         }
@@ -120,6 +127,29 @@ impl GroupCommit {
             // Its writer stopped without answering (it panicked): whether it was applied is
             // unknown, and applying it again says (one applied already is a conflict).
             None => store.apply_job_change(change, now).await,
+        }
+    }
+
+    /// [`Store::register_node`], batched with the writes that arrive meanwhile on SQLite:
+    /// when thousands of agents reconnect at once, their registrations share commits.
+    pub async fn register(
+        &self,
+        store: &Store,
+        registration: EncodedRegistration,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if store.backend() != "sqlite" {
+            return store.register_node(&registration, now).await;
+        }
+        let retry = registration.clone();
+        match self
+            .write(store, Owned::Registration(Box::new(registration)), now)
+            .await
+        {
+            Some(outcome) => outcome.map(|_| ()),
+            // Its writer stopped without answering (it panicked): whether it was applied is
+            // unknown, and applying it again says (one applied already is a conflict).
+            None => store.register_node(&retry, now).await,
         }
     }
 
@@ -204,9 +234,12 @@ async fn write_batch(store: Store, batch: Vec<Waiting>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AuditNote, JobRecord, Pool, RunPurpose, RunRecord, RunState, testing};
+    use crate::store::{
+        AuditNote, JobRecord, Pool, Registration, RunPurpose, RunRecord, RunState, testing,
+    };
     use std::sync::Arc;
     use std::time::Duration;
+    use tollgate_domain::fleet::NodeState;
     use tollgate_domain::job::JobState;
     use tollgate_domain::result::Outcome;
     use tollgate_domain::test_support::{self as ts, at};
@@ -361,6 +394,103 @@ mod tests {
             let stored = store.results_of_job(&job).await.expect("results");
             assert_eq!(stored.len(), n_results, "{node}");
         }
+    }
+
+    /// Registrations that wait while a batch commits (thousands of agents reconnecting at
+    /// once) are taken into one batch with a result that waits beside them; one decided from
+    /// a state its node has left is refused alone (its savepoint rolled back), the others are
+    /// applied with their last heartbeat. Registrations are batched on SQLite only.
+    #[tokio::test]
+    async fn registrations_waiting_together_share_a_batch_each_with_its_own_outcome() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("sqlite store");
+        running_jobs(&store, &["n1"]).await;
+        let before = store.get_node(&NodeId::from("n1")).await.expect("read");
+        let before = before.expect("n1 registered");
+        let group_commit = Arc::new(GroupCommit::default());
+        let turn = group_commit.turn.lock().await;
+        let registration = |name: &str, registration: Registration| {
+            let node = ts::node(name, "hgx-h100");
+            EncodedRegistration::new(
+                &node.id,
+                &node.labels,
+                &node.labels,
+                &node.inventory,
+                "token-hash",
+                registration,
+            )
+        };
+        let stale = Registration::Known {
+            from: NodeState::Unreachable,
+            to: NodeState::Ready,
+        };
+        let mut tasks = Vec::new();
+        for encoded in [
+            registration("n2", Registration::New(NodeState::Ready)),
+            registration("n1", stale),
+            registration("n3", Registration::New(NodeState::Ready)),
+        ] {
+            let (group_commit, store) = (group_commit.clone(), store.clone());
+            tasks.push(tokio::spawn(async move {
+                group_commit
+                    .register(&store, encoded, at(10))
+                    .await
+                    .map(|()| Recorded::Inserted)
+            }));
+        }
+        {
+            let (group_commit, store) = (group_commit.clone(), store.clone());
+            tasks.push(tokio::spawn(async move {
+                let (result, change) = first_result("n1");
+                group_commit.record(&store, &result, &change, at(10)).await
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while group_commit.lock_waiting().len() < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the four writes never all waited"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(turn);
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("the task ran"));
+        }
+        assert!(
+            matches!(outcomes[0], Ok(Recorded::Inserted)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[1], Err(StoreError::Conflict { detail, .. }) if detail.contains("expected state unreachable")),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], Ok(Recorded::Inserted)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[3], Ok(Recorded::Inserted)),
+            "{outcomes:?}"
+        );
+        for name in ["n2", "n3"] {
+            let node = store.get_node(&NodeId::from(name)).await.expect("read");
+            let node = node.expect("registered");
+            assert_eq!(node.state, NodeState::Ready, "{name}");
+            assert_eq!(node.last_seen_at, Some(at(10)), "{name}");
+        }
+        let after = store.get_node(&NodeId::from("n1")).await.expect("read");
+        let after = after.expect("n1 still there");
+        assert_eq!(
+            after.last_seen_at, before.last_seen_at,
+            "the refused one wrote nothing"
+        );
+        let job = JobId::from("job-n1");
+        let stored = store.results_of_job(&job).await.expect("results");
+        assert_eq!(stored.len(), 1, "the result beside them was stored");
+        store.close().await;
     }
 
     #[tokio::test]

@@ -128,7 +128,9 @@ impl AgentService for AgentApi {
             node_token,
         } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
-        let existing = store.node_token_hash(&node).await?;
+        // One read for the token check, the labels of record and the state decided from.
+        let facts = store.registration_facts(&node).await?;
+        let existing = facts.token_hash.clone();
         if let Some(certified) = &certified
             && *certified != node
         {
@@ -154,11 +156,13 @@ impl AgentService for AgentApi {
         let token_hash = hash_token(&token);
         // An enrolled node's labels are those the operator gave at enroll; what the agent
         // says is kept beside them, as reported.
-        let labels_of_record = store.labels_of_record(&node).await?;
+        let labels_of_record = facts.labels_of_record.clone();
         // One write: the node, its labels as reported and its last-seen time (registering is
         // a sign of life: it renews the lease until the stream's heartbeats do).
         super::node::register_reported(
             store,
+            Some(&self.shared.group_commit),
+            Some(facts),
             &node,
             labels_of_record.as_ref().unwrap_or(&labels),
             &labels,

@@ -7,8 +7,11 @@
 
 use super::convert::{ToProto, check_labels};
 use super::status::{FieldErrors, invalid_fields, not_found};
+use crate::group_commit::GroupCommit;
 use crate::shared::Shared;
-use crate::store::{AuditNote, Registration, Store, StoreError};
+use crate::store::{
+    AuditNote, EncodedRegistration, Registration, RegistrationFacts, Store, StoreError,
+};
 use std::sync::Arc;
 use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState, Selector};
 use tollgate_domain::node::{HealthChange, HealthEvent, NodeEvent, NodeRefusal, next_state};
@@ -210,13 +213,21 @@ pub async fn register(
     token_hash: &str,
     now: Timestamp,
 ) -> Result<NodeState, NodeChangeError> {
-    register_reported(store, node, labels, labels, inventory, token_hash, now).await
+    register_reported(
+        store, None, None, node, labels, labels, inventory, token_hash, now,
+    )
+    .await
 }
 
 /// [`register`] a node whose labels of record (`labels`, given at enrollment) differ from
-/// those its agent reported (`reported`, kept beside them).
+/// those its agent reported (`reported`, kept beside them); with `commits`, its write shares
+/// a commit with the others arriving meanwhile (`group_commit.rs`). The first attempt is
+/// decided from `facts` when the caller read them already ([`Store::registration_facts`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn register_reported(
     store: &Store,
+    commits: Option<&GroupCommit>,
+    mut facts: Option<RegistrationFacts>,
     node: &NodeId,
     labels: &Labels,
     reported: &Labels,
@@ -226,34 +237,27 @@ pub async fn register_reported(
 ) -> Result<NodeState, NodeChangeError> {
     let mut lost = None;
     for _ in 0..ATTEMPTS {
-        let registration = match store.get_node(node).await? {
+        let known = match facts.take() {
+            Some(facts) => facts.known,
+            None => store.registration_facts(node).await?.known,
+        };
+        let registration = match known {
             None => Registration::New(tollgate_domain::node::FIRST_STATE),
-            Some(known) => Registration::Known {
-                from: known.state,
-                to: decide(
-                    node,
-                    known.state,
-                    NodeEvent::Reconnected {
-                        active_job: known.current_job.is_some(),
-                    },
-                )?,
+            Some((state, active_job)) => Registration::Known {
+                from: state,
+                to: decide(node, state, NodeEvent::Reconnected { active_job })?,
             },
         };
         let to = match registration {
             Registration::New(to) | Registration::Known { to, .. } => to,
         };
-        match store
-            .register_node(
-                node,
-                labels,
-                reported,
-                inventory,
-                token_hash,
-                now,
-                registration,
-            )
-            .await
-        {
+        let encoded =
+            EncodedRegistration::new(node, labels, reported, inventory, token_hash, registration);
+        let written = match commits {
+            Some(commits) => commits.register(store, encoded, now).await,
+            None => store.register_node(&encoded, now).await,
+        };
+        match written {
             Ok(()) => return Ok(to),
             Err(conflict @ StoreError::Conflict { .. }) => lost = Some(conflict),
             Err(error) => return Err(error.into()),

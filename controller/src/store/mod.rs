@@ -480,6 +480,75 @@ macro_rules! move_node {
     }};
 }
 
+/// Applies an [`EncodedRegistration`] at `$now` inside the open transaction `$tx`: a new
+/// node's insert (`Conflict` when another registration inserted it meanwhile) or a known
+/// one's update with a compare-and-set on the state it was decided from (`Conflict` or
+/// `NotFound` otherwise), and its last heartbeat (registering is a sign of life).
+macro_rules! apply_registration {
+    ($tx:expr, $registration:expr, $now:expr) => {{
+        let registration: &$crate::store::EncodedRegistration = $registration;
+        let node = &registration.node;
+        let applied = match registration.registration {
+            $crate::store::Registration::New(state) => {
+                sqlx::query($crate::store::nodes::REGISTER_NEW)
+                    .bind(node.as_str())
+                    .bind(&registration.labels)
+                    .bind(&registration.inventory)
+                    .bind(registration.gpu_source)
+                    .bind(state.as_str())
+                    .bind(tollgate_domain::fleet::Health::Good.as_str())
+                    .bind(&registration.token_hash)
+                    .bind($crate::store::micros($now))
+                    .bind(&registration.reported)
+            }
+            $crate::store::Registration::Known { from, to } => {
+                sqlx::query($crate::store::nodes::REGISTER_KNOWN)
+                    .bind(node.as_str())
+                    .bind(&registration.labels)
+                    .bind(&registration.inventory)
+                    .bind(registration.gpu_source)
+                    .bind(&registration.token_hash)
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(&registration.reported)
+            }
+        }
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected();
+        if applied == 0 {
+            let found = sqlx::query($crate::store::jobs::NODE_STATE)
+                .bind(node.as_str())
+                .fetch_optional(&mut *$tx)
+                .await?
+                .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
+                .transpose()?;
+            return Err(match (registration.registration, found) {
+                ($crate::store::Registration::New(_), _) => $crate::store::StoreError::Conflict {
+                    what: format!("node {node}"),
+                    detail: "registered by another connection meanwhile".into(),
+                },
+                ($crate::store::Registration::Known { .. }, None) => {
+                    $crate::store::StoreError::NotFound {
+                        what: format!("node {node}"),
+                    }
+                }
+                ($crate::store::Registration::Known { from, .. }, Some(found)) => {
+                    $crate::store::StoreError::Conflict {
+                        what: format!("node {node}"),
+                        detail: format!("expected state {from}, found {found}"),
+                    }
+                }
+            });
+        }
+        sqlx::query($crate::store::nodes::RECORD_HEARTBEAT)
+            .bind(node.as_str())
+            .bind($crate::store::micros($now))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 /// Evaluates to the id of job `$job`'s run, read in the transaction `$tx` without locking
 /// the run; returns `NotFound` from the method when the job does not exist.
 macro_rules! job_run {
@@ -842,7 +911,7 @@ mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use enrollment::IssuedCertificate;
 pub use leader::Leadership;
-pub use nodes::{HeartbeatFacts, LeaseFacts, Registration};
+pub use nodes::{EncodedRegistration, HeartbeatFacts, LeaseFacts, Registration, RegistrationFacts};
 
 // Last, so that the SQL macros above are in scope in the tests.
 #[cfg(test)]

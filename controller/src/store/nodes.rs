@@ -5,7 +5,7 @@
 use super::connect::Begin;
 use super::{AuditNote, Pool, Store, StoreError, found, micros, rows, states, to_json};
 use std::sync::LazyLock;
-use tollgate_domain::fleet::{Health, Inventory, Labels, Node, NodeState};
+use tollgate_domain::fleet::{Inventory, Labels, Node, NodeState};
 use tollgate_domain::node::HealthChange;
 use tollgate_domain::result::Outcome;
 use tollgate_domain::{NodeId, Timestamp};
@@ -23,6 +23,17 @@ pub enum Registration {
         /// The state decided.
         to: NodeState,
     },
+}
+
+/// What a node's registration is decided from, read at once ([`Store::registration_facts`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegistrationFacts {
+    /// The sha256 (hex) of its token, when the node is known.
+    pub token_hash: Option<String>,
+    /// Its state, and whether it has an active job, when the node is known.
+    pub known: Option<(NodeState, bool)>,
+    /// Its labels of record, when it was enrolled.
+    pub labels_of_record: Option<Labels>,
 }
 
 /// Nodes per statement of [`Store::touch_nodes`] and [`Store::heartbeat_facts`]. SQLite
@@ -64,18 +75,57 @@ fn touch_nodes_sql(n: usize) -> String {
     )
 }
 
-/// Records `$now` as `$node`'s last heartbeat in the transaction `$tx` (a registration).
-macro_rules! record_heartbeat {
-    ($tx:expr, $node:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO node_heartbeats (node, last_seen_at) VALUES ($1, $2)
-             ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-        )
-        .bind($node.as_str())
-        .bind(micros($now))
-        .execute(&mut *$tx)
-        .await?
-    };
+/// A registration's statements ([`apply_registration!`] in `mod.rs`): a new node's insert, a
+/// known one's compare-and-set on the state decided from, and its last heartbeat.
+pub(super) const REGISTER_NEW: &str = "INSERT INTO nodes (name, labels, inventory, gpu_source,
+        state, health, token_hash, registered_at, reported_labels)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (name) DO NOTHING";
+pub(super) const REGISTER_KNOWN: &str = "UPDATE nodes SET labels = $2, inventory = $3,
+        gpu_source = $4, token_hash = $5, state = $7, reported_labels = $8
+     WHERE name = $1 AND state = $6";
+pub(super) const RECORD_HEARTBEAT: &str = "INSERT INTO node_heartbeats (node, last_seen_at)
+     VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at";
+
+/// A registration decided from the node as loaded, its columns encoded before it waits for
+/// a transaction ([`Store::register_node`], or a batch's: [`super::Write::Registration`]).
+#[derive(Clone, Debug)]
+pub struct EncodedRegistration {
+    pub(super) node: NodeId,
+    pub(super) labels: String,
+    pub(super) reported: String,
+    pub(super) inventory: String,
+    pub(super) gpu_source: &'static str,
+    pub(super) token_hash: String,
+    pub(super) registration: Registration,
+}
+
+impl EncodedRegistration {
+    /// `node`'s registration with its labels of record (`labels`), those its agent reported,
+    /// its inventory and token hash, and what it does to the node's row.
+    pub fn new(
+        node: &NodeId,
+        labels: &Labels,
+        reported: &Labels,
+        inventory: &Inventory,
+        token_hash: &str,
+        registration: Registration,
+    ) -> Self {
+        Self {
+            node: node.clone(),
+            labels: to_json(labels),
+            reported: to_json(reported),
+            inventory: to_json(inventory),
+            gpu_source: inventory.gpu_source.as_str(),
+            token_hash: token_hash.to_owned(),
+            registration,
+        }
+    }
+
+    /// The node registered.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
 }
 
 /// `nodes n` for a read of nodes' names and states only. On SQLite the read is told to use
@@ -150,73 +200,60 @@ impl Store {
     /// the state decided. A new node is inserted (`Conflict` when another registration
     /// inserted it meanwhile); a known one is updated only if it is still in the state the
     /// decision was made from (`Conflict` otherwise).
-    #[allow(clippy::too_many_arguments)]
     pub async fn register_node(
         &self,
-        node: &NodeId,
-        labels: &Labels,
-        reported: &Labels,
-        inventory: &Inventory,
-        token_hash: &str,
+        registration: &EncodedRegistration,
         now: Timestamp,
-        registration: Registration,
     ) -> Result<(), StoreError> {
-        const INSERT: &str = "INSERT INTO nodes (name, labels, inventory, gpu_source, state,
-                                health, token_hash, registered_at, reported_labels)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (name) DO NOTHING";
-        const UPDATE: &str = "UPDATE nodes SET labels = $2, inventory = $3, gpu_source = $4,
-                token_hash = $5, state = $7, reported_labels = $8
-             WHERE name = $1 AND state = $6";
-        let labels = to_json(labels);
-        let reported = to_json(reported);
-        let gpu_source = inventory.gpu_source.as_str();
-        let inventory = to_json(inventory);
-        writing!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            match registration {
-                Registration::New(state) => {
-                    let n_rows = sqlx::query(INSERT)
-                        .bind(node.as_str())
-                        .bind(&labels)
-                        .bind(&inventory)
-                        .bind(gpu_source)
-                        .bind(state.as_str())
-                        .bind(Health::Good.as_str())
-                        .bind(token_hash)
-                        .bind(micros(now))
-                        .bind(&reported)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if n_rows == 0 {
-                        return Err(StoreError::Conflict {
-                            what: format!("node {node}"),
-                            detail: "registered by another connection meanwhile".into(),
-                        });
-                    }
-                }
-                Registration::Known { from, to } => {
-                    let n_rows = sqlx::query(UPDATE)
-                        .bind(node.as_str())
-                        .bind(&labels)
-                        .bind(&inventory)
-                        .bind(gpu_source)
-                        .bind(token_hash)
-                        .bind(from.as_str())
-                        .bind(to.as_str())
-                        .bind(&reported)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if n_rows == 0 {
-                        return Err(state_conflict(node, from, current_state!(tx, node)));
-                    }
-                }
-            }
-            record_heartbeat!(tx, node, now);
-            tx.commit().await?;
-            Ok(())
+        let mut outcomes = self
+            .write_batch(&[super::Write::Registration(registration, now)])
+            .await?;
+        match outcomes.pop() {
+            Some(outcome) => outcome.map(|_| ()),
+            None => Err(StoreError::Corrupt {
+                what: format!("node {}", registration.node),
+                detail: "a batch of one gave no outcome".to_owned(),
+            }),
+        }
+    }
+
+    /// What registering `node` is decided from, in one read: its token hash, state and
+    /// whether it has an active job when it is known, its labels of record when it was
+    /// enrolled. Reads no inventory.
+    pub async fn registration_facts(&self, node: &NodeId) -> Result<RegistrationFacts, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(
+                "SELECT n.token_hash, n.state, e.labels AS labels_of_record,
+                        (SELECT COUNT(*) FROM jobs j
+                         WHERE j.node = k.name AND j.state IN {active}) AS n_active
+                 FROM (SELECT CAST($1 AS TEXT) AS name) k
+                 LEFT JOIN nodes n ON n.name = k.name
+                 LEFT JOIN node_enrollments e ON e.node_name = k.name",
+            )
+        });
+        with_pool!(self, |pool| {
+            let row = sqlx::query(SQL.as_str())
+                .bind(node.as_str())
+                .fetch_one(pool)
+                .await?;
+            let fields = rows::Fields::new(&row, "nodes", &["name"]);
+            let token_hash = fields.opt_text("token_hash")?;
+            let known = match token_hash {
+                None => None,
+                Some(_) => Some((
+                    fields.parse("state")?,
+                    fields.int_as::<u64>("n_active")? > 0,
+                )),
+            };
+            let labels_of_record = match fields.opt_text("labels_of_record")? {
+                None => None,
+                Some(_) => Some(fields.json::<Labels>("labels_of_record")?),
+            };
+            Ok(RegistrationFacts {
+                token_hash,
+                known,
+                labels_of_record,
+            })
         })
     }
 

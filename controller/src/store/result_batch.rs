@@ -116,6 +116,8 @@ pub(super) async fn write(
         let change = match item {
             Prepared::Result(item) => &item.change.job,
             Prepared::Job(change, _) => change,
+            // Never here: `write_prepared` applies a batch with a registration write by write.
+            Prepared::Registration(..) => continue,
         };
         job_ids.insert(change.job.as_str());
         if let Some(node) = &change.node {
@@ -227,6 +229,10 @@ fn decide<'p, 'a>(
             Ok(Prepared::Job(change, now)) => apply(facts, change, *now).map(|run| {
                 decided.ended.extend(run);
                 Recorded::Inserted
+            }),
+            Ok(Prepared::Registration(registration, _)) => Err(StoreError::Corrupt {
+                what: format!("node {}", registration.node()),
+                detail: "a registration is not written set-based".to_owned(),
             }),
             Ok(Prepared::Result(item)) => record(facts, item).map(|recorded| {
                 if let Some(run) = recorded {

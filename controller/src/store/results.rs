@@ -5,8 +5,8 @@
 
 use super::connect::Begin;
 use super::{
-    Pool, Recorded, Store, StoreError, as_stored, check_readable, classify, epoch_to_i64, micros,
-    rows, text, to_json,
+    EncodedRegistration, Pool, Recorded, Store, StoreError, as_stored, check_readable, classify,
+    epoch_to_i64, micros, rows, text, to_json,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -166,13 +166,18 @@ pub enum Write<'a> {
     Encoded(&'a EncodedResult, Timestamp),
     /// [`Store::apply_job_change`]'s; `Recorded::Inserted` when applied.
     Job(&'a JobChange, Timestamp),
+    /// [`Store::register_node`]'s; `Recorded::Inserted` when applied.
+    Registration(&'a EncodedRegistration, Timestamp),
 }
 
 impl Write<'_> {
     /// When the write was decided.
     fn now(&self) -> Timestamp {
         match *self {
-            Self::Result(_, _, now) | Self::Encoded(_, now) | Self::Job(_, now) => now,
+            Self::Result(_, _, now)
+            | Self::Encoded(_, now)
+            | Self::Job(_, now)
+            | Self::Registration(_, now) => now,
         }
     }
 }
@@ -223,14 +228,17 @@ impl EncodedResult {
 pub(super) enum Prepared<'a> {
     Result(Box<PreparedResult<'a>>),
     Job(&'a JobChange, Timestamp),
+    Registration(&'a EncodedRegistration, Timestamp),
 }
 
 impl Prepared<'_> {
-    /// Whether it starts a job again elsewhere (`JobChange::reschedule`).
-    pub(super) fn reschedules(&self) -> bool {
+    /// Whether PostgreSQL's set-based batch (`result_batch.rs`) can apply it: not a change
+    /// that starts a job again elsewhere (`JobChange::reschedule`), nor a registration.
+    pub(super) fn set_based(&self) -> bool {
         match self {
-            Self::Result(item) => item.change.job.reschedule.is_some(),
-            Self::Job(change, _) => change.reschedule.is_some(),
+            Self::Result(item) => item.change.job.reschedule.is_none(),
+            Self::Job(change, _) => change.reschedule.is_none(),
+            Self::Registration(..) => false,
         }
     }
 }
@@ -303,6 +311,7 @@ impl<'a> Prepared<'a> {
                 columns: Cow::Borrowed(encoded.columns.as_ref().map_err(Refusal::clone)?),
             })),
             Write::Job(change, now) => Self::Job(change, now),
+            Write::Registration(registration, now) => Self::Registration(registration, now),
         })
     }
 }
@@ -335,6 +344,31 @@ macro_rules! savepoint_each {
                             ended.extend(run);
                             Ok(Recorded::Inserted)
                         }
+                        Err(error) => {
+                            sqlx::query("ROLLBACK TO SAVEPOINT result")
+                                .execute(&mut *tx)
+                                .await?;
+                            Err(error)
+                        }
+                    };
+                    sqlx::query("RELEASE SAVEPOINT result")
+                        .execute(&mut *tx)
+                        .await?;
+                    outcomes.push(outcome);
+                    continue;
+                }
+                Ok(Prepared::Registration(registration, now)) => {
+                    sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+                    let outcome: Result<(), StoreError> = async {
+                        apply_registration!(tx, registration, *now);
+                        Ok(())
+                    }
+                    .await;
+                    let outcome = match outcome {
+                        Err(StoreError::Database(error)) => {
+                            return Err(StoreError::Database(error));
+                        }
+                        Ok(()) => Ok(Recorded::Inserted),
                         Err(error) => {
                             sqlx::query("ROLLBACK TO SAVEPOINT result")
                                 .execute(&mut *tx)
@@ -447,8 +481,8 @@ impl WriteBatch for sqlx::SqlitePool {
 
 impl WriteBatch for sqlx::PgPool {
     /// Set-based (`result_batch.rs`): a handful of statements for the whole batch. A batch
-    /// that starts a job again elsewhere (rare: a job lost or failed and rescheduled) is
-    /// applied one write after the other, as on SQLite.
+    /// that starts a job again elsewhere (rare: a job lost or failed and rescheduled) or
+    /// registers a node is applied one write after the other, as on SQLite.
     async fn write_prepared(
         &self,
         prepared: &[Result<Prepared<'_>, Refusal>],
@@ -456,7 +490,7 @@ impl WriteBatch for sqlx::PgPool {
     ) -> Outcomes {
         if prepared
             .iter()
-            .any(|item| item.as_ref().is_ok_and(Prepared::reschedules))
+            .any(|item| item.as_ref().is_ok_and(|item| !item.set_based()))
         {
             return savepoint_each!(self, prepared, ended);
         }

@@ -105,6 +105,7 @@ on_both_backends!(
     a_batch_of_results_keeps_each_result_s_own_outcome,
     a_batch_decides_its_results_in_arrival_order,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
+    registration_facts_follow_the_node,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
     two_replicas_assigning_one_run_keep_its_max_concurrent,
     promote_is_compare_and_set,
@@ -1855,6 +1856,93 @@ async fn a_result_racing_a_cancel_applies_one_consistent_outcome(store: &Store) 
     assert_eq!(n_cancels, usize::from(!result_won));
 }
 
+/// What a registration is decided from, read at once: nothing for a node never seen, the
+/// labels of record for one enrolled but not registered yet, then its token hash and state,
+/// and whether a job occupies it (an assigned job does; an ended one does not).
+async fn registration_facts_follow_the_node(store: &Store) {
+    let id = NodeId::from("n1");
+    assert_eq!(
+        store.registration_facts(&id).await.expect("read"),
+        RegistrationFacts::default()
+    );
+    let labels: Labels = [("sku".to_owned(), "hgx".to_owned())].into_iter().collect();
+    let token = tollgate_domain::enrollment::BootstrapToken {
+        node: id.clone(),
+        labels: labels.clone(),
+        expires_at: at(3600),
+        spent_at: None,
+    };
+    let made = AuditNote::new(at(0), "alice", "node.enroll-token", "node/n1");
+    store
+        .create_bootstrap_token("hash-1", &token, &made)
+        .await
+        .expect("stored");
+    let certificate = IssuedCertificate {
+        serial: "0a0b".into(),
+        node: id.clone(),
+        issued_at: at(1),
+        not_after: at(100_000),
+    };
+    let spent = AuditNote::new(at(1), "node/n1", "node.enroll", "node/n1");
+    store
+        .spend_bootstrap_token("hash-1", &labels, &certificate, &spent)
+        .await
+        .expect("spent");
+    let enrolled = RegistrationFacts {
+        labels_of_record: Some(labels.clone()),
+        ..RegistrationFacts::default()
+    };
+    assert_eq!(store.registration_facts(&id).await.expect("read"), enrolled);
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "n1").await;
+    let registered = RegistrationFacts {
+        token_hash: Some("token-hash".to_owned()),
+        known: Some((NodeState::Ready, false)),
+        labels_of_record: Some(labels),
+    };
+    assert_eq!(
+        store.registration_facts(&id).await.expect("read"),
+        registered
+    );
+    let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
+    let facts = store
+        .job_facts(&jobs[0].id)
+        .await
+        .expect("facts")
+        .expect("job");
+    let assign = tollgate_domain::job::decide(
+        &facts,
+        tollgate_domain::job::JobEvent::Assigned,
+        facts.lease_epoch + 1,
+    )
+    .expect("assignable");
+    store
+        .apply_job_change(&assign, at(20))
+        .await
+        .expect("assigned");
+    let busy = store.registration_facts(&id).await.expect("read");
+    assert_eq!(busy.known, Some((NodeState::Busy, true)), "{busy:?}");
+    let facts = store
+        .job_facts(&jobs[0].id)
+        .await
+        .expect("facts")
+        .expect("job");
+    let cancel = tollgate_domain::job::decide(
+        &facts,
+        tollgate_domain::job::JobEvent::Cancelled,
+        facts.lease_epoch,
+    )
+    .expect("cancellable");
+    store
+        .apply_job_change(&cancel, at(21))
+        .await
+        .expect("cancelled");
+    let ended = store.registration_facts(&id).await.expect("read");
+    assert_eq!(ended.known, Some((NodeState::Ready, false)), "{ended:?}");
+}
+
 async fn two_jobs_assigned_to_one_node_at_once_only_one_applies(store: &Store) {
     add_release(store).await;
     let plan = two_step_plan("gpu-qual");
@@ -2022,13 +2110,15 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     assert!(matches!(
         store
             .register_node(
-                &id,
-                &fixture.labels,
-                &fixture.labels,
-                &fixture.inventory,
-                "h",
+                &EncodedRegistration::new(
+                    &id,
+                    &fixture.labels,
+                    &fixture.labels,
+                    &fixture.inventory,
+                    "h",
+                    stale
+                ),
                 at(2),
-                stale
             )
             .await,
         Err(StoreError::Conflict { .. })
@@ -2037,13 +2127,15 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     assert!(matches!(
         store
             .register_node(
-                &id,
-                &fixture.labels,
-                &fixture.labels,
-                &fixture.inventory,
-                "h",
+                &EncodedRegistration::new(
+                    &id,
+                    &fixture.labels,
+                    &fixture.labels,
+                    &fixture.inventory,
+                    "h",
+                    twice
+                ),
                 at(2),
-                twice
             )
             .await,
         Err(StoreError::Conflict { .. })

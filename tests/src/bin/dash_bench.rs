@@ -81,13 +81,15 @@ async fn main() -> anyhow::Result<()> {
             let inventory = ts::inventory(driver, "96.00.89.00.01", 8);
             store
                 .register_node(
-                    &tollgate_domain::NodeId::from(name.as_str()),
-                    &labels,
-                    &labels,
-                    &inventory,
-                    &format!("hash-{idx}"),
+                    &tollgate_controller::store::EncodedRegistration::new(
+                        &tollgate_domain::NodeId::from(name.as_str()),
+                        &labels,
+                        &labels,
+                        &inventory,
+                        &format!("hash-{idx}"),
+                        Registration::New(FIRST_STATE),
+                    ),
                     at(0),
-                    Registration::New(FIRST_STATE),
                 )
                 .await?;
         }
