@@ -690,6 +690,11 @@ impl Clients {
 
     /// Every node as the controller lists it; `None` while it does not answer.
     pub async fn try_list_nodes(&mut self) -> Option<Vec<v1::Node>> {
+        self.try_list_nodes_paged(0).await
+    }
+
+    /// [`Self::try_list_nodes`] in pages of `page_size` nodes (0: the controller's default).
+    pub async fn try_list_nodes_paged(&mut self, page_size: u32) -> Option<Vec<v1::Node>> {
         // Every page: a fleet larger than one page (the benchmarks') is listed whole.
         let mut nodes = Vec::new();
         let mut page_token = String::new();
@@ -698,6 +703,7 @@ impl Clients {
                 .nodes
                 .list_nodes(v1::ListNodesRequest {
                     page_token,
+                    page_size,
                     ..Default::default()
                 })
                 .await

@@ -596,10 +596,10 @@ async fn on_running_report(
         return Ok(());
     };
     let results = store.result_summaries_of_job(&job.id).await?;
-    let Some((run, plan)) = store.run_and_plan(&job.run_id).await? else {
+    let Some(pinned) = store.pinned_plan(&job.run_id).await? else {
         return Ok(());
     };
-    let steps = &plan.plan.steps;
+    let steps = &pinned.stored.plan.steps;
     let names: Vec<String> = steps.iter().map(|step| step.name.clone()).collect();
     let retries: Vec<u32> = steps.iter().map(|step| step.retries).collect();
     // Only this job's results can still finish it: another job's result that cannot be
@@ -638,11 +638,13 @@ async fn on_running_report(
             step_index,
             end,
             message,
-        } => return end_abandoned(shared, node, &job, &run.id, step_index, end, &message).await,
+        } => {
+            return end_abandoned(shared, node, &job, &job.run_id, step_index, end, &message).await;
+        }
     };
     let interrupted = Interrupted {
         job: &job,
-        run: &run.id,
+        run: &job.run_id,
         results: &results,
         names: &names,
     };
