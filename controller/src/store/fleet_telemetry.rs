@@ -76,24 +76,20 @@ pub(super) fn bucket(row: &impl StoreRow) -> Result<Bucket, StoreError> {
     })
 }
 
-/// SQLite's `INSERT` of `n_rows` rows.
+/// SQLite's `INSERT` of `n_rows` rows, its parameters anonymous (`?`): sqlx binds a numbered
+/// parameter (`$7`) by asking SQLite its name, a walk of the statement's parameter list each
+/// time, so binding a statement of numbered parameters costs the square of their number
+/// (2,500 here: 5 % of the controller's CPU in a 5,000-node run). Anonymous ones are bound in
+/// order, without a name.
 fn insert_sql(n_rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO fleet_telemetry (node, gpu_index, resolution_s, bucket_start, fields) VALUES ",
     );
     for row in 0..n_rows {
-        let first = row * 5;
         if row > 0 {
             sql.push(',');
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            first + 1,
-            first + 2,
-            first + 3,
-            first + 4,
-            first + 5
-        ));
+        sql.push_str("(?, ?, ?, ?, ?)");
     }
     sql
 }

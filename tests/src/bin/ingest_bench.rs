@@ -380,18 +380,12 @@ async fn raw_sqlite_insert(dir: &Path, buckets: &[Bucket]) -> anyhow::Result<Dur
             "INSERT INTO fleet_telemetry (node, gpu_index, resolution_s, bucket_start, fields) VALUES ",
         );
         for row in 0..n {
-            let p = row * 5;
             if row > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            ));
+            // Anonymous parameters, bound in order: sqlx binds a numbered one by its name, a
+            // walk of the statement's parameter list each.
+            sql.push_str("(?, ?, ?, ?, ?)");
         }
         sql
     };
