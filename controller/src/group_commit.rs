@@ -347,6 +347,30 @@ mod tests {
         .expect("trigger created");
     }
 
+    /// Releases `turn` (held as a batch in flight would hold it) once `n` writes wait for
+    /// the next batch, then the outcomes of `tasks`, in order.
+    async fn outcomes_once_waiting(
+        group_commit: &GroupCommit,
+        turn: tokio::sync::MutexGuard<'_, ()>,
+        n: usize,
+        tasks: Vec<tokio::task::JoinHandle<Result<Recorded, StoreError>>>,
+    ) -> Vec<Result<Recorded, StoreError>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while group_commit.lock_waiting().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the {n} writes never all waited"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(turn);
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("the task ran"));
+        }
+        outcomes
+    }
+
     /// Three results wait while a batch commits and are taken as one batch; the database
     /// refuses one of them, which fails the batch as a whole. Each is then written alone:
     /// the refused one gets its own error, the other two are stored and acknowledged.
@@ -364,19 +388,7 @@ mod tests {
                 group_commit.record(&store, &result, &change, at(10)).await
             }));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while group_commit.lock_waiting().len() < 3 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the three results never all waited"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        drop(turn);
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.expect("the task ran"));
-        }
+        let outcomes = outcomes_once_waiting(&group_commit, turn, 3, tasks).await;
         assert!(
             matches!(outcomes[0], Ok(Recorded::Inserted)),
             "{outcomes:?}"
@@ -446,19 +458,7 @@ mod tests {
                 group_commit.record(&store, &result, &change, at(10)).await
             }));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while group_commit.lock_waiting().len() < 4 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the four writes never all waited"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        drop(turn);
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.expect("the task ran"));
-        }
+        let outcomes = outcomes_once_waiting(&group_commit, turn, 4, tasks).await;
         assert!(
             matches!(outcomes[0], Ok(Recorded::Inserted)),
             "{outcomes:?}"

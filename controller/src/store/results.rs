@@ -332,10 +332,20 @@ macro_rules! savepoint_each {
         for item in prepared {
             let item = match item {
                 Ok(Prepared::Result(item)) => item,
-                Ok(Prepared::Job(change, now)) => {
+                Ok(other @ (Prepared::Job(..) | Prepared::Registration(..))) => {
                     sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
-                    let outcome: Result<Option<RunId>, StoreError> =
-                        async { Ok(apply_job_change!(tx, *change, *now)) }.await;
+                    let outcome: Result<Option<RunId>, StoreError> = async {
+                        Ok(match other {
+                            Prepared::Job(change, now) => apply_job_change!(tx, *change, *now),
+                            Prepared::Registration(registration, now) => {
+                                apply_registration!(tx, registration, *now);
+                                None
+                            }
+                            // Taken by the arm above.
+                            Prepared::Result(_) => None,
+                        })
+                    }
+                    .await;
                     let outcome = match outcome {
                         Err(StoreError::Database(error)) => {
                             return Err(StoreError::Database(error));
@@ -344,31 +354,6 @@ macro_rules! savepoint_each {
                             ended.extend(run);
                             Ok(Recorded::Inserted)
                         }
-                        Err(error) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT result")
-                                .execute(&mut *tx)
-                                .await?;
-                            Err(error)
-                        }
-                    };
-                    sqlx::query("RELEASE SAVEPOINT result")
-                        .execute(&mut *tx)
-                        .await?;
-                    outcomes.push(outcome);
-                    continue;
-                }
-                Ok(Prepared::Registration(registration, now)) => {
-                    sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
-                    let outcome: Result<(), StoreError> = async {
-                        apply_registration!(tx, registration, *now);
-                        Ok(())
-                    }
-                    .await;
-                    let outcome = match outcome {
-                        Err(StoreError::Database(error)) => {
-                            return Err(StoreError::Database(error));
-                        }
-                        Ok(()) => Ok(Recorded::Inserted),
                         Err(error) => {
                             sqlx::query("ROLLBACK TO SAVEPOINT result")
                                 .execute(&mut *tx)

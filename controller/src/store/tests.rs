@@ -1856,6 +1856,21 @@ async fn a_result_racing_a_cancel_applies_one_consistent_outcome(store: &Store) 
     assert_eq!(n_cancels, usize::from(!result_won));
 }
 
+/// Decides `event` for `job` from its facts as stored (its lease epoch moved by `epoch_step`)
+/// and applies the change.
+async fn apply_event(
+    store: &Store,
+    job: &JobId,
+    event: tollgate_domain::job::JobEvent,
+    epoch_step: u64,
+    now: Timestamp,
+) {
+    let facts = store.job_facts(job).await.expect("facts").expect("job");
+    let change = tollgate_domain::job::decide(&facts, event, facts.lease_epoch + epoch_step)
+        .expect("allowed");
+    store.apply_job_change(&change, now).await.expect("applied");
+}
+
 /// What a registration is decided from, read at once: nothing for a node never seen, the
 /// labels of record for one enrolled but not registered yet, then its token hash and state,
 /// and whether a job occupies it (an assigned job does; an ended one does not).
@@ -1907,38 +1922,25 @@ async fn registration_facts_follow_the_node(store: &Store) {
         registered
     );
     let (_, jobs) = start_run(store, "run-1", &plan, &["n1"], 10).await;
-    let facts = store
-        .job_facts(&jobs[0].id)
-        .await
-        .expect("facts")
-        .expect("job");
-    let assign = tollgate_domain::job::decide(
-        &facts,
+    let job = &jobs[0].id;
+    apply_event(
+        store,
+        job,
         tollgate_domain::job::JobEvent::Assigned,
-        facts.lease_epoch + 1,
+        1,
+        at(20),
     )
-    .expect("assignable");
-    store
-        .apply_job_change(&assign, at(20))
-        .await
-        .expect("assigned");
+    .await;
     let busy = store.registration_facts(&id).await.expect("read");
     assert_eq!(busy.known, Some((NodeState::Busy, true)), "{busy:?}");
-    let facts = store
-        .job_facts(&jobs[0].id)
-        .await
-        .expect("facts")
-        .expect("job");
-    let cancel = tollgate_domain::job::decide(
-        &facts,
+    apply_event(
+        store,
+        job,
         tollgate_domain::job::JobEvent::Cancelled,
-        facts.lease_epoch,
+        0,
+        at(21),
     )
-    .expect("cancellable");
-    store
-        .apply_job_change(&cancel, at(21))
-        .await
-        .expect("cancelled");
+    .await;
     let ended = store.registration_facts(&id).await.expect("read");
     assert_eq!(ended.known, Some((NodeState::Ready, false)), "{ended:?}");
 }
