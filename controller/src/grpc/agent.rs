@@ -130,7 +130,6 @@ impl AgentService for AgentApi {
         let store = &self.shared.store;
         // One read for the token check, the labels of record and the state decided from.
         let facts = store.registration_facts(&node).await?;
-        let existing = facts.token_hash.clone();
         if let Some(certified) = &certified
             && *certified != node
         {
@@ -141,10 +140,10 @@ impl AgentService for AgentApi {
             }
             .into());
         }
-        let (token, is_new) = match (existing, node_token) {
+        let (token, is_new) = match (&facts.token_hash, node_token) {
             // A certified node needs no token; it still gets one, unused over TLS.
             (existing, _) if certified.is_some() => (generate_token(), existing.is_none()),
-            (Some(stored), Some(token)) if hash_token(&token) == stored => (token, false),
+            (Some(stored), Some(token)) if hash_token(&token) == *stored => (token, false),
             (Some(_), _) => {
                 tracing::warn!(node = %node, "registration refused: the node is enrolled with another token");
                 return Err(AgentRefusal::EnrolledWithAnotherToken { node }.into());
@@ -156,22 +155,22 @@ impl AgentService for AgentApi {
         let token_hash = hash_token(&token);
         // An enrolled node's labels are those the operator gave at enroll; what the agent
         // says is kept beside them, as reported.
-        let labels_of_record = facts.labels_of_record.clone();
+        let labels_of_record = facts.labels_of_record.as_ref();
         // One write: the node, its labels as reported and its last-seen time (registering is
         // a sign of life: it renews the lease until the stream's heartbeats do).
         super::node::register_reported(
             store,
             Some(&self.shared.group_commit),
-            Some(facts),
+            Some(&facts),
             &node,
-            labels_of_record.as_ref().unwrap_or(&labels),
+            labels_of_record.unwrap_or(&labels),
             &labels,
             &inventory,
             &token_hash,
             self.shared.now(),
         )
         .await?;
-        if let Some(labels_of_record) = &labels_of_record {
+        if let Some(labels_of_record) = labels_of_record {
             super::node::apply_label_findings(&self.shared, &node, labels_of_record, &inventory)
                 .await?;
         }

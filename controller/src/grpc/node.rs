@@ -227,7 +227,7 @@ pub async fn register(
 pub async fn register_reported(
     store: &Store,
     commits: Option<&GroupCommit>,
-    mut facts: Option<RegistrationFacts>,
+    mut facts: Option<&RegistrationFacts>,
     node: &NodeId,
     labels: &Labels,
     reported: &Labels,

@@ -136,23 +136,6 @@ impl Store {
         })
     }
 
-    /// The node's labels of record, given when it was enrolled; `None` for a node never
-    /// enrolled.
-    pub async fn labels_of_record(&self, node: &NodeId) -> Result<Option<Labels>, StoreError> {
-        const SQL: &str = "SELECT node_name, labels FROM node_enrollments WHERE node_name = $1";
-        with_pool!(self, |pool| {
-            sqlx::query(SQL)
-                .bind(node.as_str())
-                .fetch_optional(pool)
-                .await?
-                .map(|row| {
-                    rows::Fields::new(&row, "node_enrollments", &["node_name"])
-                        .json::<Labels>("labels")
-                })
-                .transpose()
-        })
-    }
-
     /// Revokes every certificate of `node` not revoked yet (a compare-and-set on
     /// `revoked_at IS NULL`), with the audit entry; returns their serials (none: nothing
     /// was revoked, and nothing is audited).

@@ -448,6 +448,30 @@ macro_rules! append_audit {
     }};
 }
 
+/// Why a compare-and-set on node `$node`'s state `$expected` changed no row, read in the
+/// open transaction `$tx`: `NotFound` when the node is gone, else `Conflict` naming the state
+/// expected and the one found.
+macro_rules! node_state_conflict {
+    ($tx:expr, $node:expr, $expected:expr) => {{
+        let node: &tollgate_domain::NodeId = $node;
+        let found = sqlx::query($crate::store::jobs::NODE_STATE)
+            .bind(node.as_str())
+            .fetch_optional(&mut *$tx)
+            .await?
+            .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
+            .transpose()?;
+        match found {
+            None => $crate::store::StoreError::NotFound {
+                what: format!("node {node}"),
+            },
+            Some(found) => $crate::store::StoreError::Conflict {
+                what: format!("node {node}"),
+                detail: format!("expected state {}, found {found}", $expected),
+            },
+        }
+    }};
+}
+
 /// The compare-and-set of a decided [`tollgate_domain::job::NodeChange`] inside the open
 /// transaction `$tx`: `Conflict` when the node is no longer in the state decided from.
 macro_rules! move_node {
@@ -461,21 +485,7 @@ macro_rules! move_node {
             .await?
             .rows_affected();
         if n_rows == 0 {
-            let found = sqlx::query($crate::store::jobs::NODE_STATE)
-                .bind(node.node.as_str())
-                .fetch_optional(&mut *$tx)
-                .await?
-                .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
-                .transpose()?;
-            return Err(match found {
-                None => $crate::store::StoreError::NotFound {
-                    what: format!("node {}", node.node),
-                },
-                Some(found) => $crate::store::StoreError::Conflict {
-                    what: format!("node {}", node.node),
-                    detail: format!("expected state {}, found {found}", node.from),
-                },
-            });
+            return Err(node_state_conflict!($tx, &node.node, node.from));
         }
     }};
 }
@@ -517,27 +527,13 @@ macro_rules! apply_registration {
         .await?
         .rows_affected();
         if applied == 0 {
-            let found = sqlx::query($crate::store::jobs::NODE_STATE)
-                .bind(node.as_str())
-                .fetch_optional(&mut *$tx)
-                .await?
-                .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
-                .transpose()?;
-            return Err(match (registration.registration, found) {
-                ($crate::store::Registration::New(_), _) => $crate::store::StoreError::Conflict {
+            return Err(match registration.registration {
+                $crate::store::Registration::New(_) => $crate::store::StoreError::Conflict {
                     what: format!("node {node}"),
                     detail: "registered by another connection meanwhile".into(),
                 },
-                ($crate::store::Registration::Known { .. }, None) => {
-                    $crate::store::StoreError::NotFound {
-                        what: format!("node {node}"),
-                    }
-                }
-                ($crate::store::Registration::Known { from, .. }, Some(found)) => {
-                    $crate::store::StoreError::Conflict {
-                        what: format!("node {node}"),
-                        detail: format!("expected state {from}, found {found}"),
-                    }
+                $crate::store::Registration::Known { from, .. } => {
+                    node_state_conflict!($tx, node, from)
                 }
             });
         }

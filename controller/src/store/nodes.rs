@@ -152,31 +152,6 @@ fn heartbeat_facts_sql(n: usize, pool: &Pool) -> String {
     ))
 }
 
-/// `Conflict` naming `node` and the state expected, or `NotFound` when the node is gone.
-fn state_conflict(node: &NodeId, expected: NodeState, current: Option<String>) -> StoreError {
-    match current {
-        None => StoreError::NotFound {
-            what: format!("node {node}"),
-        },
-        Some(current) => StoreError::Conflict {
-            what: format!("node {node}"),
-            detail: format!("expected state {expected}, found {current}"),
-        },
-    }
-}
-
-/// The node's state as stored, in the transaction `$tx`.
-macro_rules! current_state {
-    ($tx:expr, $node:expr) => {
-        sqlx::query("SELECT name, state FROM nodes WHERE name = $1")
-            .bind($node.as_str())
-            .fetch_optional(&mut *$tx)
-            .await?
-            .map(|row| rows::Fields::new(&row, "nodes", &["name"]).text("state"))
-            .transpose()?
-    };
-}
-
 /// Moves the node from state `$from` to `$to` in the transaction `$tx`, or returns the
 /// `Conflict` (or `NotFound`) from the method when it is no longer in `$from`.
 macro_rules! move_state {
@@ -189,7 +164,7 @@ macro_rules! move_state {
             .await?
             .rows_affected();
         if n_rows == 0 {
-            return Err(state_conflict($node, $from, current_state!($tx, $node)));
+            return Err(node_state_conflict!($tx, $node, $from));
         }
     }};
 }

@@ -31,7 +31,14 @@ async fn a_bootstrap_token_is_spent_once_with_its_certificate_and_audit(store: &
         Some(token.clone())
     );
     assert_eq!(store.bootstrap_token("nope").await.expect("read"), None);
-    assert_eq!(store.labels_of_record(&node).await.expect("read"), None);
+    assert_eq!(
+        store
+            .registration_facts(&node)
+            .await
+            .expect("read")
+            .labels_of_record,
+        None
+    );
 
     let certificate = IssuedCertificate {
         serial: "0a0b".into(),
@@ -56,7 +63,11 @@ async fn a_bootstrap_token_is_spent_once_with_its_certificate_and_audit(store: &
         .expect("kept");
     assert_eq!(stored.spent_at, Some(at(10)));
     assert_eq!(
-        store.labels_of_record(&node).await.expect("read"),
+        store
+            .registration_facts(&node)
+            .await
+            .expect("read")
+            .labels_of_record,
         Some(labels())
     );
 
