@@ -26,6 +26,7 @@ tollgate_tests::on_both_backends!(
     agent_killed_and_restarted_while_the_controller_is_down,
     agent_restarted_with_an_empty_spool_while_its_job_runs,
     heartbeats_naming_another_step_another_job_or_none,
+    an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects,
     results_the_spool_cannot_take_are_delivered_from_memory,
 );
 
@@ -494,17 +495,15 @@ fn nix_kill_group(pgid: i32) -> std::io::Result<std::process::ExitStatus> {
         .status()
 }
 
-/// A hand-made agent on the real controller: its heartbeats name the job at another step
-/// (nothing happens), a job that does not exist (that job is cancelled on the agent; a
-/// heartbeat built before the agent read every command says nothing about its own job), and
-/// finally none, once it has read every command (the job's attempt is recorded as interrupted
-/// and the job assigned again).
-async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
-    use tokio_stream::StreamExt as _;
-    let Some(mut world) = World::new(backend).await else {
-        return;
-    };
-    world.start_controller().await;
+/// A hand-made agent's client on the world's controller, registered as node `lab-1` (one
+/// simulated H100, label `sku: hgx-h100`) but not connected: its client, inventory and token.
+async fn hand_made_agent(
+    world: &World,
+) -> (
+    v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
+    v1::Inventory,
+    String,
+) {
     let channel = Endpoint::from_shared(world.url())
         .expect("url")
         .connect()
@@ -535,7 +534,84 @@ async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
         .await
         .expect("register")
         .into_inner();
-    let token = registration.node_token.clone();
+    (agents, inventory, registration.node_token)
+}
+
+/// A job assigned while its node's agent had no stream open (its stream closed, the lease
+/// not yet run out) is sent as the first command once it connects again, and sent again on each reconnection until
+/// the agent accepts it; a connection after that job ended sends nothing.
+async fn an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects(backend: Backend) {
+    use tokio_stream::StreamExt as _;
+    let Some(mut world) = World::new(backend).await else {
+        return;
+    };
+    world.start_controller().await;
+    let (mut agents, _inventory, token) = hand_made_agent(&world).await;
+    let idle = v1::AgentEvent {
+        event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat::default())),
+    };
+    let mut connect = async || {
+        let events = tokio_stream::iter([idle.clone()]).chain(tokio_stream::pending());
+        agents
+            .connect(authed(events, &token))
+            .await
+            .expect("connect")
+            .into_inner()
+    };
+    let mut clients = world.clients().await;
+    // Ready once connected; the stream then closes, and the node stays ready within the
+    // lease grace (5 s), so the run's job is assigned to it with no stream to carry it.
+    let away = connect().await;
+    clients.wait_ready_nodes(1).await;
+    drop(away);
+    let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n";
+    let run = clients.start_qualification("r550", 1, plan).await;
+    clients
+        .wait_run(&run.id, PATIENCE, "the job assigned", |run| {
+            run.jobs.first().is_some_and(|job| job.state == "assigned")
+        })
+        .await;
+    for connection in ["first", "second"] {
+        let mut commands = connect().await;
+        let command = tokio::time::timeout(PATIENCE, commands.next())
+            .await
+            .unwrap_or_else(|_| panic!("a command on the {connection} connection"))
+            .expect("stream open")
+            .expect("command")
+            .command;
+        let Some(v1::controller_command::Command::AssignJob(assign)) = command else {
+            panic!("the assignment on the {connection} connection: {command:?}");
+        };
+        assert_eq!(assign.job_id, run.jobs[0].id, "{connection} connection");
+        assert_eq!(assign.lease_epoch, 1, "{connection} connection");
+    }
+    // The job ends (cancelled with its run): a connection then carries no command.
+    clients
+        .runs
+        .cancel_run(v1::CancelRunRequest { id: run.id.clone() })
+        .await
+        .expect("cancel the run");
+    let mut commands = connect().await;
+    let command = tokio::time::timeout(Duration::from_secs(2), commands.next()).await;
+    assert!(
+        command.is_err(),
+        "nothing to send once the job ended: {command:?}"
+    );
+    world.kill_controller().await;
+}
+
+/// A hand-made agent on the real controller: its heartbeats name the job at another step
+/// (nothing happens), a job that does not exist (that job is cancelled on the agent; a
+/// heartbeat built before the agent read every command says nothing about its own job), and
+/// finally none, once it has read every command (the job's attempt is recorded as interrupted
+/// and the job assigned again).
+async fn heartbeats_naming_another_step_another_job_or_none(backend: Backend) {
+    use tokio_stream::StreamExt as _;
+    let Some(mut world) = World::new(backend).await else {
+        return;
+    };
+    world.start_controller().await;
+    let (mut agents, inventory, token) = hand_made_agent(&world).await;
     let (events, outbound) = tokio::sync::mpsc::channel(16);
     let heartbeat = |job: &str, step: Option<u32>, commands_received: u64| v1::AgentEvent {
         event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat {

@@ -238,10 +238,16 @@ impl AgentService for AgentApi {
             .ok_or(AgentRefusal::ShuttingDown)?;
         tracing::info!(node = %node, "agent connected");
         // Connecting counts as a heartbeat: the stream is the lease.
-        if let Err(error) = on_connect(shared, &node).await {
-            tracing::warn!(node = %node, %error, "could not record the connection as a heartbeat");
-        }
-        if let Err(error) = crate::scheduler::resend_assigned(shared, &node).await {
+        let occupied = match on_connect(shared, &node).await {
+            Ok(occupied) => occupied,
+            Err(error) => {
+                tracing::warn!(node = %node, %error, "could not record the connection as a heartbeat");
+                true
+            }
+        };
+        // A node the read after the session opened found free has nothing to resend: a job
+        // assigned since is sent through this session.
+        if occupied && let Err(error) = crate::scheduler::resend_assigned(shared, &node).await {
             tracing::warn!(node = %node, %error, "could not resend assigned jobs");
         }
         shared.poke_scheduler();
@@ -500,16 +506,20 @@ pub async fn judge_heartbeat(
 
 /// A new stream renews the lease at once (this replica's watchdog reads it; the store's
 /// `last_seen_at` follows with the next heartbeat flush) and tells the node's lifecycle its
-/// agent is back.
-async fn on_connect(shared: &Shared, node: &NodeId) -> Result<(), StoreError> {
+/// agent is back. Returns whether the node has an assigned or running job (false for a node
+/// the store does not hold).
+async fn on_connect(shared: &Shared, node: &NodeId) -> Result<bool, StoreError> {
     shared.heartbeats.connected(node.clone(), shared.now());
     let facts = shared
         .store
         .heartbeat_facts(std::slice::from_ref(node))
         .await?;
     match facts.first() {
-        Some(facts) => reconnected(shared, node, facts).await,
-        None => Ok(()),
+        Some(facts) => {
+            reconnected(shared, node, facts).await?;
+            Ok(facts.current_job.is_some())
+        }
+        None => Ok(false),
     }
 }
 

@@ -19,9 +19,10 @@ use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 pub(super) const JOB_RUN: &str = "SELECT id, run_id FROM jobs WHERE id = $1";
 /// Locks a run's row (PostgreSQL; SQLite's `BEGIN IMMEDIATE` holds the database already).
 pub(super) const LOCK_RUN: &str = "UPDATE runs SET state = state WHERE id = $1";
-/// The compare-and-set of a job: state and lease epoch as decided from.
+/// The compare-and-set of a job: state and lease epoch as decided from; returns the job's
+/// run (no row when it missed). On PostgreSQL it takes the job's row lock.
 pub(super) const MOVE_JOB: &str = "UPDATE jobs SET state = $4, lease_epoch = $5, updated_at = $6
-     WHERE id = $1 AND state = $2 AND lease_epoch = $3";
+     WHERE id = $1 AND state = $2 AND lease_epoch = $3 RETURNING id, run_id";
 /// A job started again in its run, replacing the job `$7` (which the unique index on
 /// `rescheduled_from` lets be replaced once).
 pub(super) const INSERT_RESCHEDULED: &str =
@@ -333,7 +334,7 @@ impl Store {
                 });
             }
             // An assignment ends no job: no run's end to decide.
-            let _ = apply_job_change!(tx, change, now, run_id);
+            let _ = apply_job_change!(tx, change, now);
             tx.commit().await?;
             Ok(())
         })

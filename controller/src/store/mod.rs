@@ -600,31 +600,28 @@ macro_rules! lock_job_run {
 macro_rules! apply_job_change {
     ($tx:expr, $change:expr, $now:expr) => {{
         let change: &tollgate_domain::job::JobChange = $change;
-        let run_id = job_run!($tx, &change.job);
-        apply_job_change!($tx, change, $now, run_id)
-    }};
-    // The same, with the job's run `$run_id` already read (`job_run!`, `lock_job_run!`).
-    ($tx:expr, $change:expr, $now:expr, $run_id:expr) => {{
-        let change: &tollgate_domain::job::JobChange = $change;
         let now: tollgate_domain::Timestamp = $now;
         let job = &change.job;
-        let run_id: String = $run_id;
-        let n_rows = sqlx::query($crate::store::jobs::MOVE_JOB)
+        let moved = sqlx::query($crate::store::jobs::MOVE_JOB)
             .bind(job.as_str())
             .bind(change.from.as_str())
             .bind($crate::store::epoch_to_i64(change.from_epoch, job)?)
             .bind(change.to.as_str())
             .bind($crate::store::epoch_to_i64(change.to_epoch, job)?)
             .bind($crate::store::micros(now))
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
-        if n_rows == 0 {
-            // Read again: the state seen before taking the run's lock may be stale.
-            let found = sqlx::query($crate::store::jobs::JOB_STATE)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let Some(moved) = moved else {
+            // Read again: the state the change was decided from may be stale.
+            let Some(found) = sqlx::query($crate::store::jobs::JOB_STATE)
                 .bind(job.as_str())
-                .fetch_one(&mut *$tx)
-                .await?;
+                .fetch_optional(&mut *$tx)
+                .await?
+            else {
+                return Err($crate::store::StoreError::NotFound {
+                    what: format!("job {job}"),
+                });
+            };
             let found = $crate::store::rows::Fields::new(&found, "jobs", &["id"]);
             let state: tollgate_domain::job::JobState = found.parse("state")?;
             let epoch: u64 = found.int_as("lease_epoch")?;
@@ -635,7 +632,8 @@ macro_rules! apply_job_change {
                     change.from, change.from_epoch
                 ),
             });
-        }
+        };
+        let run_id: String = $crate::store::rows::Fields::new(&moved, "jobs", &["id"]).text("run_id")?;
         if let Some(node) = &change.node {
             move_node!($tx, node);
         }

@@ -275,13 +275,11 @@ fn record(
     }
     let n_results = found.n_results;
     if n_results != item.change.results_before {
-        return Err(StoreError::Conflict {
-            what: format!("job {job}"),
-            detail: format!(
-                "decided from {} stored results, found {n_results} others",
-                item.change.results_before
-            ),
-        });
+        return Err(super::results::count_conflict(
+            &format!("job {job}"),
+            item.change.results_before,
+            n_results,
+        ));
     }
     let run = apply(facts, &item.change.job, item.now)?;
     facts.keys.insert(key);

@@ -155,8 +155,31 @@ mod erased {
     }
 }
 
-const LOCK_JOB: &str = "UPDATE jobs SET state = state WHERE id = $1 RETURNING id, run_id";
 const COUNT: &str = "SELECT COUNT(*) AS n FROM step_results WHERE job_id = $1";
+/// Evaluates to how many results job `$job` has in the transaction `$tx`.
+macro_rules! count_results {
+    ($tx:expr, $job:expr) => {{
+        let row = sqlx::query(COUNT)
+            .bind($job.as_str())
+            .fetch_one(&mut *$tx)
+            .await?;
+        let n: usize = rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
+        n
+    }};
+}
+
+/// A result decided from `results_before` stored results of its job (`what`) found
+/// `n_others` instead.
+pub(super) fn count_conflict(what: &str, results_before: usize, n_others: usize) -> StoreError {
+    StoreError::Conflict {
+        what: what.to_owned(),
+        detail: format!("decided from {results_before} stored results, found {n_others} others"),
+    }
+}
+
+/// Whether a result is stored already (its key), when its job's compare-and-set missed.
+const RESULT_EXISTS: &str = "SELECT job_id FROM step_results
+     WHERE job_id = $1 AND step_index = $2 AND attempt = $3 AND lease_epoch = $4";
 /// One write of a batch ([`Store::write_batch`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Write<'a> {
@@ -321,8 +344,8 @@ impl<'a> Prepared<'a> {
 /// collects the runs whose last open job a write ended in `$ended`. Evaluates to the
 /// outcomes in order, or returns a database error (the transaction may be unusable).
 ///
-/// Long because the insert binds every column of a result and the lock, insert, count and
-/// apply must share one transaction, in this order.
+/// Long because the insert binds every column of a result and the job's compare-and-set,
+/// insert and count must share one transaction, in this order.
 macro_rules! savepoint_each {
     ($pool:expr, $prepared:expr, $ended:expr) => {{
         let prepared: &[Result<Prepared<'_>, Refusal>] = $prepared;
@@ -378,40 +401,52 @@ macro_rules! savepoint_each {
                 let change = item.change;
                 let job = &result.job_id;
                 let what = format!("job {job}");
-                // The job's lock before the insert, so that the count below sees every
-                // result another writer of this job committed meanwhile: under
-                // PostgreSQL's read committed, two writers that inserted before either
-                // locked would each count only their own. No run's lock: a result that
-                // ends its job leaves the run's end to after the commit, and a run's
-                // jobs do not wait for each other.
-                let Some(row) = sqlx::query(LOCK_JOB)
-                    .bind(job.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                else {
-                    return Err(StoreError::NotFound { what });
+                // The job's compare-and-set first: on PostgreSQL it takes the job's lock
+                // before the insert, so that the count below sees every result another
+                // writer of this job committed meanwhile (under read committed, two writers
+                // that inserted before either locked would each count only their own). No
+                // run's lock: a result that ends its job leaves the run's end to after the
+                // commit, and a run's jobs do not wait for each other.
+                let moved: Result<Option<RunId>, StoreError> =
+                    async { Ok(apply_job_change!(tx, &change.job, item.now)) }.await;
+                let run = match moved {
+                    Ok(run) => run,
+                    // Said as if the result had been inserted and counted first: the same
+                    // result stored already is a duplicate whatever its job did since, and
+                    // results stored since the decision outrank the job's move.
+                    Err(StoreError::Conflict {
+                        what: moved_what,
+                        detail: moved_detail,
+                    }) => {
+                        let stored = sqlx::query(RESULT_EXISTS)
+                            .bind(job.as_str())
+                            .bind(i64::from(result.step_index))
+                            .bind(i64::from(result.attempt))
+                            .bind(super::epoch_to_i64(result.lease_epoch, job)?)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if stored.is_some() {
+                            return Ok((Recorded::Duplicate, None));
+                        }
+                        let n_stored = count_results!(tx, job);
+                        if n_stored != change.results_before {
+                            return Err(count_conflict(&what, change.results_before, n_stored));
+                        }
+                        return Err(StoreError::Conflict {
+                            what: moved_what,
+                            detail: moved_detail,
+                        });
+                    }
+                    Err(error) => return Err(error),
                 };
-                let run_id = rows::Fields::new(&row, "jobs", &["id"]).text("run_id")?;
                 let n_rows = insert_result!(tx, result, &item.columns, item.now, &what);
                 if n_rows == 0 {
                     return Ok((Recorded::Duplicate, None));
                 }
-                let row = sqlx::query(COUNT)
-                    .bind(job.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let n_results: usize = rows::Fields::new(&row, "step_results", &[]).int_as("n")?;
-                if n_results != change.results_before + 1 {
-                    return Err(StoreError::Conflict {
-                        what,
-                        detail: format!(
-                            "decided from {} stored results, found {} others",
-                            change.results_before,
-                            n_results.saturating_sub(1)
-                        ),
-                    });
+                let n_others = count_results!(tx, job).saturating_sub(1);
+                if n_others != change.results_before {
+                    return Err(count_conflict(&what, change.results_before, n_others));
                 }
-                let run = apply_job_change!(tx, &change.job, item.now, run_id);
                 Ok((Recorded::Inserted, run))
             }
             .await;

@@ -1599,7 +1599,8 @@ async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
 /// same job decided before that end (refused); two results of one job, the second decided
 /// as if the first were stored (both kept, the job ends); the same result twice (the second
 /// a duplicate) and one stored before (a duplicate); a result decided at an epoch the job
-/// has left (refused alone); and the run whose last job the batch ends is ended after it.
+/// has left (refused alone); a job's last result sent again after it ended it (a
+/// duplicate); and the run whose last job the batch ends is ended after it.
 async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
     use tollgate_domain::job::{Acceptance, PlanSteps, accept_result};
     add_release(store).await;
@@ -1678,6 +1679,9 @@ async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
             Write::Result(&ends_three, &ends_three_change, at(52)),
             Write::Result(&stored_before, &ends_five_change, at(52)),
             Write::Result(&ends_five, &ends_five_change, at(52)),
+            // Job one's end sent again after it ended: the job no longer is where the change
+            // was decided from, and the result is stored already.
+            Write::Result(&ends_one, &ends_one_change, at(52)),
         ])
         .await
         .expect("the batch commits");
@@ -1702,6 +1706,7 @@ async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
             "Inserted".to_owned(),
             "Duplicate".to_owned(),
             "Inserted".to_owned(),
+            "Duplicate".to_owned(),
         ]
     );
 
