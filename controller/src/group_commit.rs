@@ -349,12 +349,12 @@ mod tests {
 
     /// Releases `turn` (held as a batch in flight would hold it) once `n` writes wait for
     /// the next batch, then the outcomes of `tasks`, in order.
-    async fn outcomes_once_waiting(
+    async fn outcomes_once_waiting<T>(
         group_commit: &GroupCommit,
         turn: tokio::sync::MutexGuard<'_, ()>,
         n: usize,
-        tasks: Vec<tokio::task::JoinHandle<Result<Recorded, StoreError>>>,
-    ) -> Vec<Result<Recorded, StoreError>> {
+        tasks: Vec<tokio::task::JoinHandle<T>>,
+    ) -> Vec<T> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while group_commit.lock_waiting().len() < n {
             assert!(
@@ -369,6 +369,62 @@ mod tests {
             outcomes.push(task.await.expect("the task ran"));
         }
         outcomes
+    }
+
+    /// Agents registering the same new node at once, each decided from the store not knowing
+    /// it and each with its own token, wait for one batch: the first is applied, every other
+    /// loses the insert, finds the node claimed when it decides again and is refused, and the
+    /// node keeps the first one's token (no later claimant takes the name over, nor leaves
+    /// the first agent holding a token the controller no longer accepts).
+    #[tokio::test]
+    async fn of_agents_claiming_a_new_node_at_once_one_gets_it_and_keeps_it() {
+        use crate::grpc::node::{Claim, NodeChangeError, register_reported};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("sqlite store");
+        let group_commit = Arc::new(GroupCommit::default());
+        let turn = group_commit.turn.lock().await;
+        let node = ts::node("n1", "hgx-h100");
+        let unknown = crate::store::RegistrationFacts::default();
+        let mut tasks = Vec::new();
+        for agent in 0..4 {
+            let (group_commit, store) = (group_commit.clone(), store.clone());
+            let (node, unknown) = (node.clone(), unknown.clone());
+            tasks.push(tokio::spawn(async move {
+                register_reported(
+                    &store,
+                    Some(&group_commit),
+                    Some(&unknown),
+                    Claim::Token,
+                    &node.id,
+                    &node.labels,
+                    &node.labels,
+                    &node.inventory,
+                    &format!("hash-of-agent-{agent}"),
+                    at(10),
+                )
+                .await
+            }));
+        }
+        let outcomes = outcomes_once_waiting(&group_commit, turn, 4, tasks).await;
+        let winners: Vec<usize> = (0..outcomes.len())
+            .filter(|&agent| outcomes[agent].is_ok())
+            .collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        for (agent, outcome) in outcomes.iter().enumerate() {
+            if agent != winners[0] {
+                assert!(
+                    matches!(outcome, Err(NodeChangeError::Claimed { node }) if node.as_str() == "n1"),
+                    "agent {agent}: {outcome:?}"
+                );
+            }
+        }
+        let facts = store.registration_facts(&node.id).await.expect("read");
+        assert_eq!(
+            facts.token_hash,
+            Some(format!("hash-of-agent-{}", winners[0])),
+            "the node keeps its first claimant's token"
+        );
     }
 
     /// Three results wait while a batch commits and are taken as one batch; the database

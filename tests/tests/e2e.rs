@@ -18,6 +18,7 @@ tollgate_tests::on_both_backends!(
     faulty_node_fails_the_gate_and_promotion_is_refused,
     result_uploaded_twice_is_stored_once,
     agent_cannot_act_as_another_node,
+    agents_claiming_one_new_node_at_once_leave_it_one_token,
     killed_agent_leaves_its_job_lost,
     gate_show_json_has_one_entry_per_rule,
     a_node_runs_only_the_plans_its_label_allows,
@@ -352,6 +353,52 @@ async fn agent_cannot_act_as_another_node(backend: Backend) {
         .await
         .expect_err("no token");
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+}
+
+/// Sixteen agents register the same new node name at the same moment, none with a token:
+/// exactly one is registered and gets a token, every other is refused (`PermissionDenied`,
+/// saying what to do), and the winner's token is the one the node keeps: it registers again
+/// with it.
+async fn agents_claiming_one_new_node_at_once_leave_it_one_token(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let channel = controller.channel().await;
+    let register = |node_token: String| {
+        let mut client = v1::agent_service_client::AgentServiceClient::new(channel.clone());
+        async move {
+            client
+                .register(v1::RegisterRequest {
+                    node_name: "contested".into(),
+                    inventory: Some(v1::Inventory {
+                        gpu_source: "simulated".into(),
+                        ..Default::default()
+                    }),
+                    node_token,
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let outcomes = futures::future::join_all((0..16).map(|_| register(String::new()))).await;
+    let tokens: Vec<String> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().ok())
+        .map(|registration| registration.node_token.clone())
+        .collect();
+    assert_eq!(tokens.len(), 1, "one claimant gets the node: {outcomes:#?}");
+    for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("node-token"),
+            "says which file to restore: {refused:?}"
+        );
+    }
+    let again = register(tokens[0].clone())
+        .await
+        .expect("the winner's token is the node's");
+    assert_eq!(again.node_token, tokens[0]);
 }
 
 async fn killed_agent_leaves_its_job_lost(backend: Backend) {

@@ -158,10 +158,15 @@ impl AgentService for AgentApi {
         let labels_of_record = facts.labels_of_record.as_ref();
         // One write: the node, its labels as reported and its last-seen time (registering is
         // a sign of life: it renews the lease until the stream's heartbeats do).
+        let claim = match certified {
+            Some(_) => super::node::Claim::Certificate,
+            None => super::node::Claim::Token,
+        };
         super::node::register_reported(
             store,
             Some(&self.shared.group_commit),
             Some(&facts),
+            claim,
             &node,
             labels_of_record.unwrap_or(&labels),
             &labels,

@@ -37,9 +37,34 @@ pub enum NodeChangeError {
         #[source]
         refusal: NodeRefusal,
     },
+    /// Another agent registered the node, with its own token, between this registration's
+    /// token check and its write.
+    #[error(
+        "node {node} was registered by another agent at the same moment, with its own token; \
+         this registration was not applied. If this machine is node {node}, restore the \
+         token file (<state-dir>/node-token) of the agent that holds it; else start this \
+         agent with another node name"
+    )]
+    Claimed {
+        /// The node.
+        node: NodeId,
+    },
     /// The store failed, or the race was lost [`ATTEMPTS`] times.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What proves a registration's claim to its node name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The node's token, checked against the token hash the registration was decided from
+    /// (none for a node the store did not know): a registration decided again after losing
+    /// a race that finds another hash finds the node claimed by another agent meanwhile,
+    /// and is refused (`NodeChangeError::Claimed`) instead of taking the node over.
+    Token,
+    /// A node certificate naming the node (mTLS): the token, unused, is replaced by every
+    /// registration.
+    Certificate,
 }
 
 /// The node service.
@@ -214,7 +239,16 @@ pub async fn register(
     now: Timestamp,
 ) -> Result<NodeState, NodeChangeError> {
     register_reported(
-        store, None, None, node, labels, labels, inventory, token_hash, now,
+        store,
+        None,
+        None,
+        Claim::Token,
+        node,
+        labels,
+        labels,
+        inventory,
+        token_hash,
+        now,
     )
     .await
 }
@@ -222,12 +256,15 @@ pub async fn register(
 /// [`register`] a node whose labels of record (`labels`, given at enrollment) differ from
 /// those its agent reported (`reported`, kept beside them); with `commits`, its write shares
 /// a commit with the others arriving meanwhile (`group_commit.rs`). The first attempt is
-/// decided from `facts` when the caller read them already ([`Store::registration_facts`]).
+/// decided from `facts` when the caller read them already ([`Store::registration_facts`]);
+/// with `Claim::Token`, an attempt decided again finds the token hash of that first decision
+/// or is refused.
 #[allow(clippy::too_many_arguments)]
 pub async fn register_reported(
     store: &Store,
     commits: Option<&GroupCommit>,
     mut facts: Option<&RegistrationFacts>,
+    claim: Claim,
     node: &NodeId,
     labels: &Labels,
     reported: &Labels,
@@ -236,10 +273,22 @@ pub async fn register_reported(
     now: Timestamp,
 ) -> Result<NodeState, NodeChangeError> {
     let mut lost = None;
+    // The token hash the first decision was made from.
+    let mut decided_from: Option<Option<String>> = facts.map(|facts| facts.token_hash.clone());
     for _ in 0..ATTEMPTS {
         let known = match facts.take() {
             Some(facts) => facts.known,
-            None => store.registration_facts(node).await?.known,
+            None => {
+                let fresh = store.registration_facts(node).await?;
+                match &decided_from {
+                    Some(hash) if claim == Claim::Token && *hash != fresh.token_hash => {
+                        return Err(NodeChangeError::Claimed { node: node.clone() });
+                    }
+                    Some(_) => {}
+                    None => decided_from = Some(fresh.token_hash.clone()),
+                }
+                fresh.known
+            }
         };
         let registration = match known {
             None => Registration::New(tollgate_domain::node::FIRST_STATE),

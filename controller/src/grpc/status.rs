@@ -116,6 +116,7 @@ impl From<NodeChangeError> for Status {
     fn from(error: NodeChangeError) -> Self {
         match error {
             NodeChangeError::Refused { .. } => Status::failed_precondition(error.to_string()),
+            NodeChangeError::Claimed { .. } => Status::permission_denied(error.to_string()),
             NodeChangeError::Store(error) => error.into(),
         }
     }
