@@ -122,7 +122,9 @@ fn stat_seconds(path: &str, first: usize) -> anyhow::Result<f64> {
 }
 
 /// The machine's busy and total CPU seconds over every core so far (`/proc/stat`'s first
-/// line: everything but idle and I/O wait counts as busy).
+/// line): busy is user, nice, system, irq, softirq and steal; total is busy and idle. I/O
+/// wait is left out of both: proc(5) calls it unreliable, and it can decrease, which made a
+/// busy share computed with it exceed the whole.
 pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().context("an empty /proc/stat")?;
@@ -132,9 +134,9 @@ pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
         .map(str::parse::<f64>)
         .collect::<Result<_, _>>()
         .context("parsing /proc/stat")?;
-    let total: f64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-    Ok(((total - idle) / 100.0, total / 100.0))
+    let tick = |idx: usize| ticks.get(idx).copied().unwrap_or(0.0);
+    let busy = [0, 1, 2, 5, 6, 7].into_iter().map(tick).sum::<f64>();
+    Ok((busy / 100.0, (busy + tick(3)) / 100.0))
 }
 
 /// Waits up to ten minutes until `n` nodes are ready, following every page of the list.
