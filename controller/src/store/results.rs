@@ -339,6 +339,22 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// Opens the savepoint `result` for the next write of a batch in the transaction `$tx`;
+/// when the write before left its own open (`$open`), releases it in the same call (one
+/// round trip to the database per write instead of two).
+macro_rules! next_savepoint {
+    ($tx:expr, $open:expr) => {{
+        if $open {
+            sqlx::raw_sql("RELEASE SAVEPOINT result; SAVEPOINT result")
+                .execute(&mut *$tx)
+                .await?;
+        } else {
+            sqlx::query("SAVEPOINT result").execute(&mut *$tx).await?;
+            $open = true;
+        }
+    }};
+}
+
 /// Applies the prepared writes of a batch one after the other in the transaction that
 /// `$pool` begins, each in a savepoint of its own so that each keeps its own outcome;
 /// collects the runs whose last open job a write ended in `$ended`. Evaluates to the
@@ -352,11 +368,14 @@ macro_rules! savepoint_each {
         let ended: &mut BTreeSet<RunId> = $ended;
         let mut tx = $pool.begin_write().await?;
         let mut outcomes = Vec::with_capacity(prepared.len());
+        // Whether the savepoint of the write before is open: it is released when the next
+        // write opens its own, in the same call, and the commit releases the last.
+        let mut open = false;
         for item in prepared {
             let item = match item {
                 Ok(Prepared::Result(item)) => item,
                 Ok(other @ (Prepared::Job(..) | Prepared::Registration(..))) => {
-                    sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+                    next_savepoint!(tx, open);
                     let outcome: Result<Option<RunId>, StoreError> = async {
                         Ok(match other {
                             Prepared::Job(change, now) => apply_job_change!(tx, *change, *now),
@@ -384,9 +403,6 @@ macro_rules! savepoint_each {
                             Err(error)
                         }
                     };
-                    sqlx::query("RELEASE SAVEPOINT result")
-                        .execute(&mut *tx)
-                        .await?;
                     outcomes.push(outcome);
                     continue;
                 }
@@ -395,7 +411,7 @@ macro_rules! savepoint_each {
                     continue;
                 }
             };
-            sqlx::query("SAVEPOINT result").execute(&mut *tx).await?;
+            next_savepoint!(tx, open);
             let outcome = async {
                 let result = item.result;
                 let change = item.change;
@@ -464,9 +480,6 @@ macro_rules! savepoint_each {
                     other.map(|(recorded, _)| recorded)
                 }
             };
-            sqlx::query("RELEASE SAVEPOINT result")
-                .execute(&mut *tx)
-                .await?;
             outcomes.push(outcome);
         }
         tx.commit().await?;
