@@ -27,6 +27,7 @@ tollgate_tests::on_both_backends!(
     agent_restarted_with_an_empty_spool_while_its_job_runs,
     heartbeats_naming_another_step_another_job_or_none,
     an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects,
+    an_agent_claiming_a_taken_node_name_stops_and_says_what_to_do,
     results_the_spool_cannot_take_are_delivered_from_memory,
 );
 
@@ -597,6 +598,36 @@ async fn an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects(ba
         command.is_err(),
         "nothing to send once the job ended: {command:?}"
     );
+    world.kill_controller().await;
+}
+
+/// A second agent binary started with a node name another agent holds, without its token
+/// (another machine, or the state directory lost): it stops with a failure, saying that it
+/// presented no token and which file to restore, and the node stays the first agent's.
+async fn an_agent_claiming_a_taken_node_name_stops_and_says_what_to_do(backend: Backend) {
+    let Some(mut world) = World::new(backend).await else {
+        return;
+    };
+    world.start_controller().await;
+    let _first = world.start_agent("lab-1", &world.dir.path().join("agent-lab-1"), 1);
+    let mut clients = world.clients().await;
+    clients.wait_ready_nodes(1).await;
+    let mut second = world.start_agent("lab-1", &world.dir.path().join("elsewhere"), 2);
+    let status = tokio::time::timeout(PATIENCE, second.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the second agent stops on its own{}", world.logs()))
+        .expect("reap the agent");
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(world.log("lab-1-2")).expect("its log");
+    for said in [
+        "the controller refused node 'lab-1'",
+        "restore that file on the node, or pick another node name",
+        "this agent presented no node token",
+    ] {
+        assert!(log.contains(said), "{said:?} in:\n{log}");
+    }
+    let nodes = clients.wait_ready_nodes(1).await;
+    assert_eq!(nodes.len(), 1, "{nodes:#?}");
     world.kill_controller().await;
 }
 

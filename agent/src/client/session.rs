@@ -135,17 +135,23 @@ impl Agent {
             agent_version: crate::AGENT_VERSION.to_owned(),
             node_token: self.token.borrow().clone().unwrap_or_default(),
         };
+        let presented = if request.node_token.is_empty() {
+            "this agent presented no node token".to_owned()
+        } else {
+            format!(
+                "this agent presented the node token in {}",
+                token_path(&self.config.state_dir).display()
+            )
+        };
         let mut request = Request::new(request);
         request.set_timeout(CALL_TIMEOUT);
         let registration = match client.register(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::PermissionDenied => {
                 return Err(SessionError::Fatal(anyhow::anyhow!(
-                    "the controller refused node '{}': {} (the node token in {} does not match \
-                     this node's enrollment; ask an operator to re-enroll the node)",
+                    "the controller refused node '{}': {} ({presented})",
                     self.config.node,
                     status.message(),
-                    token_path(&self.config.state_dir).display()
                 )));
             }
             Err(status) => return Err(SessionError::Retry(describe(&status, "register"))),
