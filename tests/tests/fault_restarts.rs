@@ -26,7 +26,7 @@ tollgate_tests::on_both_backends!(
     agent_killed_and_restarted_while_the_controller_is_down,
     agent_restarted_with_an_empty_spool_while_its_job_runs,
     heartbeats_naming_another_step_another_job_or_none,
-    an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects,
+    an_assignment_lost_with_its_stream_is_sent_again_when_the_agent_connects,
     an_agent_claiming_a_taken_node_name_stops_and_says_what_to_do,
     results_the_spool_cannot_take_are_delivered_from_memory,
 );
@@ -538,10 +538,12 @@ async fn hand_made_agent(
     (agents, inventory, registration.node_token)
 }
 
-/// A job assigned while its node's agent had no stream open (its stream closed, the lease
-/// not yet run out) is sent as the first command once it connects again, and sent again on each reconnection until
-/// the agent accepts it; a connection after that job ended sends nothing.
-async fn an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects(backend: Backend) {
+/// A job whose assignment was lost with its stream (it closed before the agent read it) is
+/// sent as the first command once the agent connects again, and again on each reconnection
+/// until the agent accepts it; a connection after that job ended sends nothing.
+async fn an_assignment_lost_with_its_stream_is_sent_again_when_the_agent_connects(
+    backend: Backend,
+) {
     use tokio_stream::StreamExt as _;
     let Some(mut world) = World::new(backend).await else {
         return;
@@ -560,11 +562,9 @@ async fn an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects(ba
             .into_inner()
     };
     let mut clients = world.clients().await;
-    // Ready once connected; the stream then closes, and the node stays ready within the
-    // lease grace (5 s), so the run's job is assigned to it with no stream to carry it.
+    // The job is assigned while this stream is open, and the stream closes before the agent
+    // read anything from it: the assignment went with it.
     let away = connect().await;
-    clients.wait_ready_nodes(1).await;
-    drop(away);
     let plan = "name: gpu-qual\nselector: {sku: hgx-h100}\nsteps:\n  - {name: s0, kind: exec, command: [\"true\"], timeout: 1m}\n";
     let run = clients.start_qualification("r550", 1, plan).await;
     clients
@@ -572,6 +572,7 @@ async fn an_assignment_made_while_the_agent_was_away_is_sent_when_it_connects(ba
             run.jobs.first().is_some_and(|job| job.state == "assigned")
         })
         .await;
+    drop(away);
     for connection in ["first", "second"] {
         let mut commands = connect().await;
         let command = tokio::time::timeout(PATIENCE, commands.next())
