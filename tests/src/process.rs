@@ -2,8 +2,9 @@
 //! executables), for the fault tests that must `kill -9` it or watch it recover by itself.
 //!
 //! The binary is the one `cargo test --workspace` builds (the controller's own integration
-//! tests need it). Running one test file alone with `cargo test -p tollgate-tests`, build the
-//! binaries first (`cargo build --bins`), or the test runs an old one.
+//! tests need it). Running one test file alone (`cargo test -p tollgate-tests --test
+//! end_to_end FILE::`), build the binaries first (`cargo build --bins`), or the test runs an
+//! old one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

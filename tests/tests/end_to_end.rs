@@ -1,0 +1,41 @@
+//! Every end-to-end test file, as one test binary: each file is a module here and reads as
+//! it would alone (`cargo test -p tollgate-tests --test end_to_end fault_disk::` runs one file;
+//! build the binaries first, see `tollgate_tests::process`).
+
+mod attestation;
+mod authz_matrix;
+mod big_run;
+mod browser;
+mod dashboard;
+mod demo;
+mod e2e;
+mod enrollment;
+mod fault_agent_kill;
+mod fault_disk;
+mod fault_kill;
+mod fault_restarts;
+mod fleet_telemetry;
+mod issue_cli;
+mod issue_import;
+mod issue_webhook;
+mod issues;
+mod limits;
+mod malformed;
+mod metrics;
+mod mtls;
+mod netem;
+mod outage;
+mod pages;
+mod plan_of_record;
+mod reboot;
+mod replica_wake;
+mod replicas;
+mod reports;
+mod rollout_drift;
+mod rollout_eta;
+mod rollouts;
+mod status;
+mod step_kinds;
+mod tls;
+mod traces;
+mod waivers;
