@@ -38,6 +38,7 @@ pub mod lease;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod node_reads;
 pub mod pki;
 pub mod projections;
 pub mod replica;

@@ -77,6 +77,8 @@ pub struct Shared {
     pub heartbeats: crate::heartbeats::Heartbeats,
     /// Results waiting to be written together (`group_commit.rs`).
     pub group_commit: crate::group_commit::GroupCommit,
+    /// Node reads of registrations and new streams, made together (`node_reads.rs`).
+    pub node_reads: crate::node_reads::NodeReads,
     /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
     pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
     /// This controller's own metrics and each GPU's latest fleet telemetry, for `/metrics`.
@@ -116,6 +118,7 @@ impl Shared {
             limiter,
             heartbeats: crate::heartbeats::Heartbeats::default(),
             group_commit: crate::group_commit::GroupCommit::default(),
+            node_reads: crate::node_reads::NodeReads::default(),
             fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
                 config_history.clone(),
             )),

@@ -129,7 +129,11 @@ impl AgentService for AgentApi {
         } = Enrollment::try_from(request.into_inner()).map_err(status::invalid_fields)?;
         let store = &self.shared.store;
         // One read for the token check, the labels of record and the state decided from.
-        let facts = store.registration_facts(&node).await?;
+        let facts = self
+            .shared
+            .node_reads
+            .registration_facts(store, &node)
+            .await?;
         if let Some(certified) = &certified
             && *certified != node
         {
@@ -516,12 +520,12 @@ pub async fn judge_heartbeat(
 async fn on_connect(shared: &Shared, node: &NodeId) -> Result<bool, StoreError> {
     shared.heartbeats.connected(node.clone(), shared.now());
     let facts = shared
-        .store
-        .heartbeat_facts(std::slice::from_ref(node))
+        .node_reads
+        .heartbeat_facts(&shared.store, node)
         .await?;
-    match facts.first() {
+    match facts {
         Some(facts) => {
-            reconnected(shared, node, facts).await?;
+            reconnected(shared, node, &facts).await?;
             Ok(facts.current_job.is_some())
         }
         None => Ok(false),

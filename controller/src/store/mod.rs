@@ -905,7 +905,10 @@ mod waivers;
 pub use audit::{AuditFilter, AuditNote, ReplayInputs};
 pub use enrollment::IssuedCertificate;
 pub use leader::Leadership;
-pub use nodes::{EncodedRegistration, HeartbeatFacts, LeaseFacts, Registration, RegistrationFacts};
+pub use nodes::{
+    EncodedRegistration, HEARTBEATS_PER_STATEMENT, HeartbeatFacts, LeaseFacts, Registration,
+    RegistrationFacts,
+};
 
 // Last, so that the SQL macros above are in scope in the tests.
 #[cfg(test)]

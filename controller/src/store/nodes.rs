@@ -196,40 +196,74 @@ impl Store {
     /// whether it has an active job when it is known, its labels of record when it was
     /// enrolled. Reads no inventory.
     pub async fn registration_facts(&self, node: &NodeId) -> Result<RegistrationFacts, StoreError> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            states::sql(
-                "SELECT n.token_hash, n.state, e.labels AS labels_of_record,
+        let facts = self
+            .registration_facts_of(std::slice::from_ref(node))
+            .await?;
+        Ok(facts
+            .into_iter()
+            .next()
+            .map(|(_, facts)| facts)
+            .unwrap_or_default())
+    }
+
+    /// [`Store::registration_facts`] of each of `names`, in a statement per
+    /// [`HEARTBEATS_PER_STATEMENT`] names: every name is answered, an unknown one with no
+    /// facts (a node may be enrolled before it ever registers).
+    pub async fn registration_facts_of(
+        &self,
+        names: &[NodeId],
+    ) -> Result<Vec<(NodeId, RegistrationFacts)>, StoreError> {
+        let mut facts = Vec::with_capacity(names.len());
+        for chunk in names.chunks(HEARTBEATS_PER_STATEMENT) {
+            let asked: Vec<String> = (1..=chunk.len())
+                .map(|idx| format!("(CAST(${idx} AS TEXT))"))
+                .collect();
+            let sql = states::sql(&format!(
+                "WITH k(name) AS (VALUES {})
+                 SELECT k.name, n.token_hash, n.state, e.labels AS labels_of_record,
                         (SELECT COUNT(*) FROM jobs j
-                         WHERE j.node = k.name AND j.state IN {active}) AS n_active
-                 FROM (SELECT CAST($1 AS TEXT) AS name) k
+                         WHERE j.node = k.name AND j.state IN {{active}}) AS n_active
+                 FROM k
                  LEFT JOIN nodes n ON n.name = k.name
                  LEFT JOIN node_enrollments e ON e.node_name = k.name",
-            )
-        });
-        with_pool!(self, |pool| {
-            let row = sqlx::query(SQL.as_str())
-                .bind(node.as_str())
-                .fetch_one(pool)
-                .await?;
-            let fields = rows::Fields::new(&row, "nodes", &["name"]);
-            let token_hash = fields.opt_text("token_hash")?;
-            let known = match token_hash {
-                None => None,
-                Some(_) => Some((
-                    fields.parse("state")?,
-                    fields.int_as::<u64>("n_active")? > 0,
-                )),
-            };
-            let labels_of_record = match fields.opt_text("labels_of_record")? {
-                None => None,
-                Some(_) => Some(fields.json::<Labels>("labels_of_record")?),
-            };
-            Ok(RegistrationFacts {
-                token_hash,
-                known,
-                labels_of_record,
-            })
-        })
+                asked.join(", ")
+            ));
+            let rows: Vec<(NodeId, RegistrationFacts)> = with_pool!(self, |pool| {
+                // Built from numbered placeholders and the job states only.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for node in chunk {
+                    query = query.bind(node.as_str());
+                }
+                query
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        let fields = rows::Fields::new(row, "nodes", &["name"]);
+                        let token_hash = fields.opt_text("token_hash")?;
+                        let known = match token_hash {
+                            None => None,
+                            Some(_) => Some((
+                                fields.parse("state")?,
+                                fields.int_as::<u64>("n_active")? > 0,
+                            )),
+                        };
+                        let labels_of_record = match fields.opt_text("labels_of_record")? {
+                            None => None,
+                            Some(_) => Some(fields.json::<Labels>("labels_of_record")?),
+                        };
+                        let facts = RegistrationFacts {
+                            token_hash,
+                            known,
+                            labels_of_record,
+                        };
+                        Ok((NodeId::from(fields.text("name")?.as_str()), facts))
+                    })
+                    .collect::<Result<_, StoreError>>()
+            })?;
+            facts.extend(rows);
+        }
+        Ok(facts)
     }
 
     /// The sha256 (hex) of the node's token, if the node exists.

@@ -106,6 +106,7 @@ on_both_backends!(
     a_batch_decides_its_results_in_arrival_order,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     registration_facts_follow_the_node,
+    registration_facts_of_many_nodes_are_each_node_s_own,
     two_jobs_assigned_to_one_node_at_once_only_one_applies,
     two_replicas_assigning_one_run_keep_its_max_concurrent,
     promote_is_compare_and_set,
@@ -1948,6 +1949,75 @@ async fn registration_facts_follow_the_node(store: &Store) {
     .await;
     let ended = store.registration_facts(&id).await.expect("read");
     assert_eq!(ended.known, Some((NodeState::Ready, false)), "{ended:?}");
+}
+
+/// Registration facts read for many nodes at once (more than one statement's worth) answer
+/// every name asked, each as its own read would: a busy node, an idle one, one enrolled and
+/// never registered, and names the store has never seen.
+async fn registration_facts_of_many_nodes_are_each_node_s_own(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    add_node(store, "busy-1").await;
+    add_node(store, "idle-1").await;
+    let (_, jobs) = start_run(store, "run-1", &plan, &["busy-1"], 10).await;
+    apply_event(
+        store,
+        &jobs[0].id,
+        tollgate_domain::job::JobEvent::Assigned,
+        1,
+        at(20),
+    )
+    .await;
+    let labels: Labels = [("sku".to_owned(), "b200".to_owned())]
+        .into_iter()
+        .collect();
+    let token = tollgate_domain::enrollment::BootstrapToken {
+        node: NodeId::from("enrolled-1"),
+        labels: labels.clone(),
+        expires_at: at(3600),
+        spent_at: None,
+    };
+    let made = AuditNote::new(at(0), "alice", "node.enroll-token", "node/enrolled-1");
+    store
+        .create_bootstrap_token("hash-e", &token, &made)
+        .await
+        .expect("stored");
+    let certificate = IssuedCertificate {
+        serial: "0e0e".into(),
+        node: NodeId::from("enrolled-1"),
+        issued_at: at(1),
+        not_after: at(100_000),
+    };
+    let spent = AuditNote::new(at(1), "node/enrolled-1", "node.enroll", "node/enrolled-1");
+    store
+        .spend_bootstrap_token("hash-e", &labels, &certificate, &spent)
+        .await
+        .expect("spent");
+    let mut names: Vec<NodeId> = (0..crate::store::HEARTBEATS_PER_STATEMENT + 50)
+        .map(|idx| NodeId::from(format!("never-{idx}").as_str()))
+        .collect();
+    names.insert(3, NodeId::from("busy-1"));
+    names.insert(120, NodeId::from("idle-1"));
+    names.push(NodeId::from("enrolled-1"));
+    let mut read = store.registration_facts_of(&names).await.expect("read");
+    read.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected = Vec::new();
+    for name in &names {
+        let alone = store.registration_facts(name).await.expect("read");
+        expected.push((name.clone(), alone));
+    }
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(read, expected);
+    let facts_of = |name: &str| {
+        let facts = read.iter().find(|(node, _)| node.as_str() == name);
+        facts.map(|(_, facts)| facts.clone()).expect("answered")
+    };
+    assert_eq!(facts_of("busy-1").known, Some((NodeState::Busy, true)));
+    assert_eq!(facts_of("idle-1").known, Some((NodeState::Ready, false)));
+    assert_eq!(facts_of("enrolled-1").labels_of_record, Some(labels));
+    assert_eq!(facts_of("enrolled-1").known, None);
+    assert_eq!(facts_of("never-7"), RegistrationFacts::default());
 }
 
 async fn two_jobs_assigned_to_one_node_at_once_only_one_applies(store: &Store) {
