@@ -51,9 +51,14 @@ pub(crate) async fn set_health(
 /// even when nothing else writes.
 pub const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+// Two probes that succeed, one interval apart, confirm that writes work again.
+const _: () =
+    assert!(WRITE_PROBE_INTERVAL.as_millis() >= store::WRITES_CONFIRMED_AFTER.as_millis());
+
 /// Follows whether the database accepts writes until shutdown: while it refuses them the
 /// health service says `NOT_SERVING` (for "" and every service) and a write is probed every
-/// [`WRITE_PROBE_INTERVAL`]; once one succeeds it says `SERVING` again, every lease gets a
+/// [`WRITE_PROBE_INTERVAL`]; once writes are accepted again (`store::WRITES_CONFIRMED_AFTER`
+/// of successes, none refused) it says `SERVING` again, every lease gets a
 /// fresh grace, and the log says how long the controller was degraded.
 pub(crate) async fn follow_writes(
     shared: Arc<Shared>,

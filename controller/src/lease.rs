@@ -348,6 +348,15 @@ mod tests {
             .probe_write()
             .await
             .expect("the probe after the outage");
+        assert!(
+            !store.writes_accepted(),
+            "one write that succeeds is not yet a recovery"
+        );
+        tokio::time::sleep(crate::store::WRITES_CONFIRMED_AFTER).await;
+        store
+            .probe_write()
+            .await
+            .expect("the next probe after the outage");
         assert!(store.writes_accepted());
         clock.advance(chrono::Duration::seconds(9));
         assert_eq!(

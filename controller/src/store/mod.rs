@@ -28,7 +28,7 @@ mod writes;
 
 pub use connect::sqlite_file;
 pub use report_rows::{NodeEvidence, NodeJob, ReportRows};
-pub use writes::Writes;
+pub use writes::{WRITES_CONFIRMED_AFTER, Writes};
 
 use chrono::SubsecRound;
 use connect::Begin;
