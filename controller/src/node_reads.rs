@@ -297,11 +297,14 @@ mod tests {
         );
     }
 
+    /// A call of `read_many`: its caller and the nodes it was given.
+    type Call = (&'static str, Vec<NodeId>);
+
     #[tokio::test]
     async fn a_reader_that_goes_away_mid_read_leaves_none_of_its_batch_waiting() {
         // Calls of read_many by caller: the first waits until released, the second never
         // ends (its caller is aborted), later ones answer.
-        let calls: Arc<std::sync::Mutex<Vec<(&str, Vec<NodeId>)>>> = Arc::default();
+        let calls: Arc<std::sync::Mutex<Vec<Call>>> = Arc::default();
         let release = Arc::new(Notify::new());
         let coalesced = Arc::new(Coalesced::<usize>::default());
         let spawn = |caller: &'static str| {
