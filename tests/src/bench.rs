@@ -139,6 +139,14 @@ pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
     Ok((busy / 100.0, (busy + tick(3)) / 100.0))
 }
 
+/// The machine's busy share of a window between two [`machine_cpu`] readings, in percent, at
+/// most 100 (over a short window `/proc/stat`'s idle time may lag its busy time).
+pub fn busy_percent(before: (f64, f64), after: (f64, f64)) -> f64 {
+    let busy = after.0 - before.0;
+    let total = (after.1 - before.1).max(busy).max(0.01);
+    100.0 * busy / total
+}
+
 /// Waits up to ten minutes until `n` nodes are ready, following every page of the list.
 pub async fn wait_ready(clients: &Clients, n: usize) {
     // Each probe lists the whole fleet, and listing 5,000 nodes loads the controller being
@@ -181,8 +189,13 @@ mod tests {
             "{children_before} s then {children_after} s"
         );
         let (busy_after, total_after) = machine_cpu().expect("machine");
+        // Both grow; the busy part of a short window is not compared with the whole, which
+        // the kernel does not keep consistent (its idle time, computed per core on tickless
+        // kernels, lagged behind busy time and failed that comparison on a loaded machine):
+        // `busy_percent` bounds it.
         assert!(busy_after > busy_before && total_after > total_before);
-        assert!(busy_after - busy_before <= total_after - total_before);
+        assert_eq!(busy_percent((1.0, 2.0), (1.5, 2.0)), 100.0);
+        assert_eq!(busy_percent((1.0, 2.0), (1.5, 3.0)), 50.0);
         assert!(
             stat_seconds("/proc/self/stat", 1_000).is_err(),
             "no such field"

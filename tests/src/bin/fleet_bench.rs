@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         "machine busy                {:.2} of {:.2} CPU s ({:.0} %, all cores)",
         busy_after - busy_before,
         total_after - total_before,
-        100.0 * (busy_after - busy_before) / (total_after - total_before).max(0.01)
+        bench::busy_percent((busy_before, total_before), (busy_after, total_after))
     );
     println!(
         "controller peak RSS         {:.1} MiB",
