@@ -492,6 +492,7 @@ mod tests {
         let stale = Registration::Known {
             from: NodeState::Unreachable,
             to: NodeState::Ready,
+            stored_token_hash: "token-hash".to_owned(),
         };
         let mut tasks = Vec::new();
         for encoded in [

@@ -276,8 +276,8 @@ pub async fn register_reported(
     // The token hash the first decision was made from.
     let mut decided_from: Option<Option<String>> = facts.map(|facts| facts.token_hash.clone());
     for _ in 0..ATTEMPTS {
-        let known = match facts.take() {
-            Some(facts) => facts.known,
+        let (known, stored_token_hash) = match facts.take() {
+            Some(facts) => (facts.known, facts.token_hash.clone()),
             None => {
                 let fresh = store.registration_facts(node).await?;
                 match &decided_from {
@@ -287,7 +287,7 @@ pub async fn register_reported(
                     Some(_) => {}
                     None => decided_from = Some(fresh.token_hash.clone()),
                 }
-                fresh.known
+                (fresh.known, fresh.token_hash)
             }
         };
         let registration = match known {
@@ -295,10 +295,12 @@ pub async fn register_reported(
             Some((state, active_job)) => Registration::Known {
                 from: state,
                 to: decide(node, state, NodeEvent::Reconnected { active_job })?,
+                // A known node has a token hash; were it missing, the compare-and-set misses.
+                stored_token_hash: stored_token_hash.unwrap_or_default(),
             },
         };
-        let to = match registration {
-            Registration::New(to) | Registration::Known { to, .. } => to,
+        let to = match &registration {
+            Registration::New(to) | Registration::Known { to, .. } => *to,
         };
         let encoded =
             EncodedRegistration::new(node, labels, reported, inventory, token_hash, registration);

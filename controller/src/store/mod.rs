@@ -498,7 +498,7 @@ macro_rules! apply_registration {
     ($tx:expr, $registration:expr, $now:expr) => {{
         let registration: &$crate::store::EncodedRegistration = $registration;
         let node = &registration.node;
-        let applied = match registration.registration {
+        let applied = match &registration.registration {
             $crate::store::Registration::New(state) => {
                 sqlx::query($crate::store::nodes::REGISTER_NEW)
                     .bind(node.as_str())
@@ -511,29 +511,56 @@ macro_rules! apply_registration {
                     .bind($crate::store::micros($now))
                     .bind(&registration.reported)
             }
-            $crate::store::Registration::Known { from, to } => {
-                sqlx::query($crate::store::nodes::REGISTER_KNOWN)
-                    .bind(node.as_str())
-                    .bind(&registration.labels)
-                    .bind(&registration.inventory)
-                    .bind(registration.gpu_source)
-                    .bind(&registration.token_hash)
-                    .bind(from.as_str())
-                    .bind(to.as_str())
-                    .bind(&registration.reported)
-            }
+            $crate::store::Registration::Known {
+                from,
+                to,
+                stored_token_hash,
+            } => sqlx::query($crate::store::nodes::REGISTER_KNOWN)
+                .bind(node.as_str())
+                .bind(&registration.labels)
+                .bind(&registration.inventory)
+                .bind(registration.gpu_source)
+                .bind(&registration.token_hash)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(&registration.reported)
+                .bind(stored_token_hash),
         }
         .execute(&mut *$tx)
         .await?
         .rows_affected();
         if applied == 0 {
-            return Err(match registration.registration {
+            return Err(match &registration.registration {
                 $crate::store::Registration::New(_) => $crate::store::StoreError::Conflict {
                     what: format!("node {node}"),
                     detail: "registered by another connection meanwhile".into(),
                 },
                 $crate::store::Registration::Known { from, .. } => {
-                    node_state_conflict!($tx, node, from)
+                    let found = sqlx::query($crate::store::jobs::NODE_STATE)
+                        .bind(node.as_str())
+                        .fetch_optional(&mut *$tx)
+                        .await?
+                        .map(|row| {
+                            $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state")
+                        })
+                        .transpose()?;
+                    match found {
+                        None => $crate::store::StoreError::NotFound {
+                            what: format!("node {node}"),
+                        },
+                        // Still in that state: another registration replaced its token.
+                        Some(found) if found == from.as_str() => {
+                            $crate::store::StoreError::Conflict {
+                                what: format!("node {node}"),
+                                detail: "its token was replaced by another registration meanwhile"
+                                    .into(),
+                            }
+                        }
+                        Some(found) => $crate::store::StoreError::Conflict {
+                            what: format!("node {node}"),
+                            detail: format!("expected state {from}, found {found}"),
+                        },
+                    }
                 }
             });
         }

@@ -12,16 +12,20 @@ use tollgate_domain::{NodeId, Timestamp};
 
 /// What a registration does to the node's row, as decided by the caller from the node as it
 /// was loaded (`tollgate_domain::node::next_state` with `Reconnected`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Registration {
     /// The node was not known: insert it in this state, `good`.
     New(NodeState),
-    /// The node was known in state `from`: update it and move it to `to`.
+    /// The node was known in state `from` with the token hash `stored_token_hash`: update it
+    /// and move it to `to` if it still is in that state with that token hash.
     Known {
         /// The state the decision was made from.
         from: NodeState,
         /// The state decided.
         to: NodeState,
+        /// The token hash stored when the decision was made (the one a presented token was
+        /// checked against): another registration that replaced it meanwhile wins.
+        stored_token_hash: String,
     },
 }
 
@@ -83,7 +87,7 @@ pub(super) const REGISTER_NEW: &str = "INSERT INTO nodes (name, labels, inventor
      ON CONFLICT (name) DO NOTHING";
 pub(super) const REGISTER_KNOWN: &str = "UPDATE nodes SET labels = $2, inventory = $3,
         gpu_source = $4, token_hash = $5, state = $7, reported_labels = $8
-     WHERE name = $1 AND state = $6";
+     WHERE name = $1 AND state = $6 AND token_hash = $9";
 pub(super) const RECORD_HEARTBEAT: &str = "INSERT INTO node_heartbeats (node, last_seen_at)
      VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at";
 

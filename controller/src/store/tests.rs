@@ -2183,23 +2183,53 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     let stale = Registration::Known {
         from: NodeState::Ready,
         to: NodeState::Ready,
+        stored_token_hash: "token-hash".to_owned(),
     };
-    assert!(matches!(
-        store
-            .register_node(
-                &EncodedRegistration::new(
-                    &id,
-                    &fixture.labels,
-                    &fixture.labels,
-                    &fixture.inventory,
-                    "h",
-                    stale
-                ),
-                at(2),
-            )
-            .await,
-        Err(StoreError::Conflict { .. })
-    ));
+    let refused = store
+        .register_node(
+            &EncodedRegistration::new(
+                &id,
+                &fixture.labels,
+                &fixture.labels,
+                &fixture.inventory,
+                "h",
+                stale,
+            ),
+            at(2),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict { detail, .. }) if detail.contains("expected state ready")),
+        "{refused:?}"
+    );
+    // So is one decided from the node's state but a token another registration replaced.
+    let replaced = Registration::Known {
+        from: expected,
+        to: expected,
+        stored_token_hash: "a-replaced-token-hash".to_owned(),
+    };
+    let refused = store
+        .register_node(
+            &EncodedRegistration::new(
+                &id,
+                &fixture.labels,
+                &fixture.labels,
+                &fixture.inventory,
+                "h",
+                replaced,
+            ),
+            at(2),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict { detail, .. }) if detail.contains("token was replaced")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.node_token_hash(&id).await.expect("read").as_deref(),
+        Some("token-hash"),
+        "the token hash is the one stored"
+    );
     let twice = Registration::New(NodeState::Ready);
     assert!(matches!(
         store
