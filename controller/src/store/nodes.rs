@@ -156,6 +156,29 @@ fn heartbeat_facts_sql(n: usize, pool: &Pool) -> String {
     ))
 }
 
+/// The rows of `$sql`, a read of nodes built from numbered placeholders (`$1`… bound to the
+/// node names of `$names`, in order) and state lists only, each mapped from its fields by
+/// `$map`.
+macro_rules! fetch_for_names {
+    ($store:expr, $sql:expr, $names:expr, |$fields:ident| $map:expr) => {
+        with_pool!($store, |pool| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe($sql.clone()));
+            for node in $names {
+                query = query.bind(node.as_str());
+            }
+            query
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let $fields = rows::Fields::new(row, "nodes", &["name"]);
+                    $map
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+    };
+}
+
 /// Moves the node from state `$from` to `$to` in the transaction `$tx`, or returns the
 /// `Conflict` (or `NotFound`) from the method when it is no longer in `$from`.
 macro_rules! move_state {
@@ -232,38 +255,25 @@ impl Store {
                  LEFT JOIN node_enrollments e ON e.node_name = k.name",
                 asked.join(", ")
             ));
-            let rows: Vec<(NodeId, RegistrationFacts)> = with_pool!(self, |pool| {
-                // Built from numbered placeholders and the job states only.
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for node in chunk {
-                    query = query.bind(node.as_str());
-                }
-                query
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        let fields = rows::Fields::new(row, "nodes", &["name"]);
-                        let token_hash = fields.opt_text("token_hash")?;
-                        let known = match token_hash {
-                            None => None,
-                            Some(_) => Some((
-                                fields.parse("state")?,
-                                fields.int_as::<u64>("n_active")? > 0,
-                            )),
-                        };
-                        let labels_of_record = match fields.opt_text("labels_of_record")? {
-                            None => None,
-                            Some(_) => Some(fields.json::<Labels>("labels_of_record")?),
-                        };
-                        let facts = RegistrationFacts {
-                            token_hash,
-                            known,
-                            labels_of_record,
-                        };
-                        Ok((NodeId::from(fields.text("name")?.as_str()), facts))
-                    })
-                    .collect::<Result<_, StoreError>>()
+            let rows = fetch_for_names!(self, sql, chunk, |fields| {
+                let token_hash = fields.opt_text("token_hash")?;
+                let known = match token_hash {
+                    None => None,
+                    Some(_) => Some((
+                        fields.parse("state")?,
+                        fields.int_as::<u64>("n_active")? > 0,
+                    )),
+                };
+                let labels_of_record = match fields.opt_text("labels_of_record")? {
+                    None => None,
+                    Some(_) => Some(fields.json::<Labels>("labels_of_record")?),
+                };
+                let facts = RegistrationFacts {
+                    token_hash,
+                    known,
+                    labels_of_record,
+                };
+                Ok((NodeId::from(fields.text("name")?.as_str()), facts))
             })?;
             facts.extend(rows);
         }
@@ -481,27 +491,14 @@ impl Store {
         let mut facts = Vec::with_capacity(names.len());
         for chunk in names.chunks(HEARTBEATS_PER_STATEMENT) {
             let sql = heartbeat_facts_sql(chunk.len(), &self.pool);
-            let rows: Vec<HeartbeatFacts> = with_pool!(self, |pool| {
-                // Built from numbered placeholders and the job states only.
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for node in chunk {
-                    query = query.bind(node.as_str());
-                }
-                query
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        let f = rows::Fields::new(row, "nodes", &["name"]);
-                        Ok(HeartbeatFacts {
-                            node: NodeId::from(f.text("name")?.as_str()),
-                            state: f.parse("state")?,
-                            current_job: f
-                                .opt_text("current_job")?
-                                .map(|id| tollgate_domain::JobId::from(id.as_str())),
-                        })
-                    })
-                    .collect::<Result<_, StoreError>>()
+            let rows = fetch_for_names!(self, sql, chunk, |f| {
+                Ok(HeartbeatFacts {
+                    node: NodeId::from(f.text("name")?.as_str()),
+                    state: f.parse("state")?,
+                    current_job: f
+                        .opt_text("current_job")?
+                        .map(|id| tollgate_domain::JobId::from(id.as_str())),
+                })
             })?;
             facts.extend(rows);
         }

@@ -2185,19 +2185,17 @@ async fn concurrent_cordons_apply_once(store: &Store) {
         to: NodeState::Ready,
         stored_token_hash: "token-hash".to_owned(),
     };
-    let refused = store
-        .register_node(
-            &EncodedRegistration::new(
-                &id,
-                &fixture.labels,
-                &fixture.labels,
-                &fixture.inventory,
-                "h",
-                stale,
-            ),
-            at(2),
+    let decided = |registration| {
+        EncodedRegistration::new(
+            &id,
+            &fixture.labels,
+            &fixture.labels,
+            &fixture.inventory,
+            "h",
+            registration,
         )
-        .await;
+    };
+    let refused = store.register_node(&decided(stale), at(2)).await;
     assert!(
         matches!(&refused, Err(StoreError::Conflict { detail, .. }) if detail.contains("expected state ready")),
         "{refused:?}"
@@ -2208,19 +2206,7 @@ async fn concurrent_cordons_apply_once(store: &Store) {
         to: expected,
         stored_token_hash: "a-replaced-token-hash".to_owned(),
     };
-    let refused = store
-        .register_node(
-            &EncodedRegistration::new(
-                &id,
-                &fixture.labels,
-                &fixture.labels,
-                &fixture.inventory,
-                "h",
-                replaced,
-            ),
-            at(2),
-        )
-        .await;
+    let refused = store.register_node(&decided(replaced), at(2)).await;
     assert!(
         matches!(&refused, Err(StoreError::Conflict { detail, .. }) if detail.contains("token was replaced")),
         "{refused:?}"
@@ -2232,19 +2218,7 @@ async fn concurrent_cordons_apply_once(store: &Store) {
     );
     let twice = Registration::New(NodeState::Ready);
     assert!(matches!(
-        store
-            .register_node(
-                &EncodedRegistration::new(
-                    &id,
-                    &fixture.labels,
-                    &fixture.labels,
-                    &fixture.inventory,
-                    "h",
-                    twice
-                ),
-                at(2),
-            )
-            .await,
+        store.register_node(&decided(twice), at(2)).await,
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(node_state(store, "n1").await, expected, "unchanged");
