@@ -1877,6 +1877,35 @@ async fn apply_event(
     store.apply_job_change(&change, now).await.expect("applied");
 }
 
+/// Enrolls `node` with `labels` of record: a bootstrap token made at t=0 and spent at t=1
+/// with a certificate, as `tollgate node enroll` and the agent's first start do.
+async fn enroll(store: &Store, node: &NodeId, labels: &Labels) {
+    let token = tollgate_domain::enrollment::BootstrapToken {
+        node: node.clone(),
+        labels: labels.clone(),
+        expires_at: at(3600),
+        spent_at: None,
+    };
+    let subject = format!("node/{node}");
+    let hash = format!("hash-{node}");
+    let made = AuditNote::new(at(0), "alice", "node.enroll-token", subject.clone());
+    store
+        .create_bootstrap_token(&hash, &token, &made)
+        .await
+        .expect("stored");
+    let certificate = IssuedCertificate {
+        serial: format!("0a0b{}", node.as_str().len()),
+        node: node.clone(),
+        issued_at: at(1),
+        not_after: at(100_000),
+    };
+    let spent = AuditNote::new(at(1), subject.clone(), "node.enroll", subject);
+    store
+        .spend_bootstrap_token(&hash, labels, &certificate, &spent)
+        .await
+        .expect("spent");
+}
+
 /// What a registration is decided from, read at once: nothing for a node never seen, the
 /// labels of record for one enrolled but not registered yet, then its token hash and state,
 /// and whether a job occupies it (an assigned job does; an ended one does not).
@@ -1887,28 +1916,7 @@ async fn registration_facts_follow_the_node(store: &Store) {
         RegistrationFacts::default()
     );
     let labels: Labels = [("sku".to_owned(), "hgx".to_owned())].into_iter().collect();
-    let token = tollgate_domain::enrollment::BootstrapToken {
-        node: id.clone(),
-        labels: labels.clone(),
-        expires_at: at(3600),
-        spent_at: None,
-    };
-    let made = AuditNote::new(at(0), "alice", "node.enroll-token", "node/n1");
-    store
-        .create_bootstrap_token("hash-1", &token, &made)
-        .await
-        .expect("stored");
-    let certificate = IssuedCertificate {
-        serial: "0a0b".into(),
-        node: id.clone(),
-        issued_at: at(1),
-        not_after: at(100_000),
-    };
-    let spent = AuditNote::new(at(1), "node/n1", "node.enroll", "node/n1");
-    store
-        .spend_bootstrap_token("hash-1", &labels, &certificate, &spent)
-        .await
-        .expect("spent");
+    enroll(store, &id, &labels).await;
     let enrolled = RegistrationFacts {
         labels_of_record: Some(labels.clone()),
         ..RegistrationFacts::default()
@@ -1972,28 +1980,7 @@ async fn registration_facts_of_many_nodes_are_each_node_s_own(store: &Store) {
     let labels: Labels = [("sku".to_owned(), "b200".to_owned())]
         .into_iter()
         .collect();
-    let token = tollgate_domain::enrollment::BootstrapToken {
-        node: NodeId::from("enrolled-1"),
-        labels: labels.clone(),
-        expires_at: at(3600),
-        spent_at: None,
-    };
-    let made = AuditNote::new(at(0), "alice", "node.enroll-token", "node/enrolled-1");
-    store
-        .create_bootstrap_token("hash-e", &token, &made)
-        .await
-        .expect("stored");
-    let certificate = IssuedCertificate {
-        serial: "0e0e".into(),
-        node: NodeId::from("enrolled-1"),
-        issued_at: at(1),
-        not_after: at(100_000),
-    };
-    let spent = AuditNote::new(at(1), "node/enrolled-1", "node.enroll", "node/enrolled-1");
-    store
-        .spend_bootstrap_token("hash-e", &labels, &certificate, &spent)
-        .await
-        .expect("spent");
+    enroll(store, &NodeId::from("enrolled-1"), &labels).await;
     let mut names: Vec<NodeId> = (0..crate::store::HEARTBEATS_PER_STATEMENT + 50)
         .map(|idx| NodeId::from(format!("never-{idx}").as_str()))
         .collect();
