@@ -450,23 +450,35 @@ macro_rules! append_audit {
 
 /// Why a compare-and-set on node `$node`'s state `$expected` changed no row, read in the
 /// open transaction `$tx`: `NotFound` when the node is gone, else `Conflict` naming the state
-/// expected and the one found.
+/// expected and the one found. A compare-and-set on more than the state gives what its miss
+/// means when the node is still in `$expected` (`$unchanged`, `Some` detail).
 macro_rules! node_state_conflict {
-    ($tx:expr, $node:expr, $expected:expr) => {{
+    ($tx:expr, $node:expr, $expected:expr) => {
+        node_state_conflict!($tx, $node, $expected, None::<&str>)
+    };
+    ($tx:expr, $node:expr, $expected:expr, $unchanged:expr) => {{
         let node: &tollgate_domain::NodeId = $node;
+        let expected: tollgate_domain::fleet::NodeState = $expected;
+        let unchanged: Option<&str> = $unchanged;
         let found = sqlx::query($crate::store::jobs::NODE_STATE)
             .bind(node.as_str())
             .fetch_optional(&mut *$tx)
             .await?
             .map(|row| $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state"))
             .transpose()?;
-        match found {
-            None => $crate::store::StoreError::NotFound {
+        match (found, unchanged) {
+            (None, _) => $crate::store::StoreError::NotFound {
                 what: format!("node {node}"),
             },
-            Some(found) => $crate::store::StoreError::Conflict {
+            (Some(found), Some(unchanged)) if found == expected.as_str() => {
+                $crate::store::StoreError::Conflict {
+                    what: format!("node {node}"),
+                    detail: unchanged.to_owned(),
+                }
+            }
+            (Some(found), _) => $crate::store::StoreError::Conflict {
                 what: format!("node {node}"),
-                detail: format!("expected state {}, found {found}", $expected),
+                detail: format!("expected state {expected}, found {found}"),
             },
         }
     }};
@@ -535,33 +547,13 @@ macro_rules! apply_registration {
                     what: format!("node {node}"),
                     detail: "registered by another connection meanwhile".into(),
                 },
-                $crate::store::Registration::Known { from, .. } => {
-                    let found = sqlx::query($crate::store::jobs::NODE_STATE)
-                        .bind(node.as_str())
-                        .fetch_optional(&mut *$tx)
-                        .await?
-                        .map(|row| {
-                            $crate::store::rows::Fields::new(&row, "nodes", &["name"]).text("state")
-                        })
-                        .transpose()?;
-                    match found {
-                        None => $crate::store::StoreError::NotFound {
-                            what: format!("node {node}"),
-                        },
-                        // Still in that state: another registration replaced its token.
-                        Some(found) if found == from.as_str() => {
-                            $crate::store::StoreError::Conflict {
-                                what: format!("node {node}"),
-                                detail: "its token was replaced by another registration meanwhile"
-                                    .into(),
-                            }
-                        }
-                        Some(found) => $crate::store::StoreError::Conflict {
-                            what: format!("node {node}"),
-                            detail: format!("expected state {from}, found {found}"),
-                        },
-                    }
-                }
+                $crate::store::Registration::Known { from, .. } => node_state_conflict!(
+                    $tx,
+                    node,
+                    *from,
+                    // Still in that state: another registration replaced its token.
+                    Some("its token was replaced by another registration meanwhile")
+                ),
             });
         }
         sqlx::query($crate::store::nodes::RECORD_HEARTBEAT)
