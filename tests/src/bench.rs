@@ -42,10 +42,24 @@ pub async fn start_controller(
     connections: usize,
     extra: &[&str],
 ) -> anyhow::Result<BenchController> {
+    start_controller_on("127.0.0.1:0", bin, dir, connections, extra).await
+}
+
+/// [`start_controller`] listening on `listen` (`127.0.0.1:PORT`): a restart on the address
+/// its agents know.
+pub async fn start_controller_on(
+    listen: &str,
+    bin: &Path,
+    dir: &Path,
+    connections: usize,
+    extra: &[&str],
+) -> anyhow::Result<BenchController> {
     let addr_file = dir.join("controller.addr");
+    // A restart's file is written anew: the old address must not read as the new one's.
+    let _ = std::fs::remove_file(&addr_file);
     let connections = connections.to_string();
     let child = tokio::process::Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-loopback"])
+        .args(["serve", "--listen", listen, "--insecure-loopback"])
         // Every agent connects from this host: the per-address cap (256) must not refuse them.
         .args(["--max-connections", &connections])
         .args(["--max-connections-per-ip", &connections])

@@ -130,7 +130,12 @@ pub fn streams_file(addr_file: &Path) -> PathBuf {
 /// number of open `Connect` streams to [`streams_file`] every 100 ms. The transport is set as
 /// the controller's is (no delay on small writes, a ping after 20 s without a byte).
 pub async fn serve(addr_file: &Path, rhythm: Rhythm) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on("127.0.0.1:0", addr_file, rhythm).await
+}
+
+/// [`serve`] on `listen` (`127.0.0.1:PORT`): a restart on the address its agents know.
+pub async fn serve_on(listen: &str, addr_file: &Path, rhythm: Rhythm) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let noop = Noop {
         rhythm,
         counts: Arc::default(),
@@ -166,6 +171,9 @@ pub async fn start(
     addr_file: &Path,
     extra: &[&str],
 ) -> anyhow::Result<(tokio::process::Child, String)> {
+    // A restart's files are written anew: the old ones must not read as the new server's.
+    let _ = std::fs::remove_file(addr_file);
+    let _ = std::fs::remove_file(streams_file(addr_file));
     let child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("--noop-server")
         .arg(addr_file)

@@ -15,6 +15,13 @@
 //! cost per heartbeat is printed beside what receiving the message alone costs on this
 //! machine, and its storm beside the no-op server's.
 //!
+//! Last, the reconnection storm: the server is killed (every stream breaks at once) and
+//! started again on the same address and data, and the time from the kill until every
+//! agent's stream is open again is measured (the controller's `tollgate_agents_connected`,
+//! the no-op server's count of open streams), with the restarted server's CPU until then.
+//! The agents come back on their own reconnect delays (200 ms doubling, jittered), the same
+//! for both servers.
+//!
 //! ```text
 //! cargo build --release --workspace --bins
 //! ./target/release/heartbeat-bench --agents 5000 --interval 10s --window 60s
@@ -34,6 +41,8 @@ struct Args {
     keepalives: Vec<Duration>,
     /// This process is the no-op server: write its address to this file and serve.
     noop_server: Option<PathBuf>,
+    /// The no-op server's address (a restart's); a free port when absent.
+    noop_listen: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
         controllers: Vec::new(),
         keepalives: Vec::new(),
         noop_server: None,
+        noop_listen: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--controller" => args.controllers.push(PathBuf::from(value()?)),
             "--noop-server" => args.noop_server = Some(PathBuf::from(value()?)),
+            "--noop-listen" => args.noop_listen = Some(value()?),
             "--keepalive" => args.keepalives.push(
                 tollgate_domain::spec::parse_duration(&value()?).map_err(anyhow::Error::msg)?,
             ),
@@ -97,11 +108,18 @@ enum Target<'a> {
     Noop,
 }
 
-/// One measurement: the connection storm and the server's CPU idle and with the agents.
+/// One measurement: the connection storm, the server's CPU idle and with the agents, and the
+/// reconnection storm after a restart.
 struct Figures {
     storm: Duration,
     idle: f64,
     busy: f64,
+    /// The server's peak RSS in KiB with the agents connected, before the restart.
+    peak_kib: u64,
+    /// From the kill until every agent's stream was open again.
+    reconnect: Duration,
+    /// Seconds of the restarted server's CPU until then.
+    reconnect_cpu: f64,
 }
 
 impl Figures {
@@ -117,15 +135,23 @@ async fn measure(args: &Args, target: Target<'_>, keepalive: Duration) -> anyhow
     let interval = format!("{}ms", args.interval.as_millis());
     let grace = format!("{}ms", (args.interval * 3).as_millis());
     // The server, and how to tell that every agent is connected.
+    let http_addr_file = dir.path().join("http.addr");
+    let http_addr_flag = http_addr_file.display().to_string();
+    let controller_flags = [
+        "--heartbeat-interval",
+        &interval,
+        "--lease-grace",
+        &grace,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--http-addr-file",
+        &http_addr_flag,
+    ];
     let (mut child, pid, url, clients) = match target {
         Target::Controller(bin) => {
-            let controller = bench::start_controller(
-                bin,
-                dir.path(),
-                args.agents + 1000,
-                &["--heartbeat-interval", &interval, "--lease-grace", &grace],
-            )
-            .await?;
+            let controller =
+                bench::start_controller(bin, dir.path(), args.agents + 1000, &controller_flags)
+                    .await?;
             let channel = tonic::transport::Endpoint::from_shared(controller.url.clone())?
                 .connect()
                 .await?;
@@ -179,12 +205,93 @@ async fn measure(args: &Args, target: Target<'_>, keepalive: Duration) -> anyhow
     // One interval for every agent's heartbeat rhythm to settle, then the window.
     tokio::time::sleep(args.interval).await;
     let busy = cpu_share(pid, args.window).await?;
+    let peak_kib = bench::process_usage(pid)?.1;
+
+    // The reconnection storm: killed, every stream breaks at once; started again on the same
+    // address and data.
+    let addr = url.trim_start_matches("http://").to_owned();
+    child.start_kill().ok();
+    let _ = child.wait().await;
+    let killed = Instant::now();
+    let (mut child, pid) = match target {
+        Target::Controller(bin) => {
+            let _ = std::fs::remove_file(&http_addr_file);
+            let controller = bench::start_controller_on(
+                &addr,
+                bin,
+                dir.path(),
+                args.agents + 1000,
+                &controller_flags,
+            )
+            .await?;
+            (controller.child, controller.pid)
+        }
+        Target::Noop => {
+            let addr_file = dir.path().join("noop.addr");
+            let (child, _) = tollgate_tests::noop::start(
+                &addr_file,
+                &["--interval", &interval, "--noop-listen", &addr],
+            )
+            .await?;
+            let pid = child.id().context("no-op server pid")?;
+            (child, pid)
+        }
+    };
+    wait_connected(target, dir.path(), args.agents).await?;
+    let reconnect = killed.elapsed();
+    let reconnect_cpu = bench::process_usage(pid)?.0;
     for agent in agents {
         agent.kill();
     }
     child.start_kill().ok();
     let _ = child.wait().await;
-    Ok(Figures { storm, idle, busy })
+    Ok(Figures {
+        storm,
+        idle,
+        busy,
+        peak_kib,
+        reconnect,
+        reconnect_cpu,
+    })
+}
+
+/// Waits until `n` agent streams are open on the server measured: the controller's
+/// `tollgate_agents_connected` (its dashboard's address in `dir/http.addr`), the no-op
+/// server's count beside its address file. Probes every 100 ms.
+async fn wait_connected(target: Target<'_>, dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let open = match target {
+            Target::Controller(_) => match std::fs::read_to_string(dir.join("http.addr")) {
+                Ok(text) if !text.trim().is_empty() => {
+                    let addr = text.trim().parse().context("the dashboard's address")?;
+                    let answer =
+                        tollgate_tests::http::get(addr, "/metrics", &Default::default()).await;
+                    answer.body.lines().find_map(|line| {
+                        line.strip_prefix("tollgate_agents_connected ")
+                            .and_then(|value| value.trim().parse::<f64>().ok())
+                            .map(|value| value as usize)
+                    })
+                }
+                _ => None,
+            },
+            Target::Noop => {
+                std::fs::read_to_string(tollgate_tests::noop::streams_file(&dir.join("noop.addr")))
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+            }
+        };
+        if open.is_some_and(|open| open >= n) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {n} agents reconnected after 600 s",
+                open.unwrap_or(0)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn print(args: &Args, name: &str, keepalive: Duration, figures: &Figures) {
@@ -215,6 +322,15 @@ fn print(args: &Args, name: &str, keepalive: Duration, figures: &Figures) {
         "per heartbeat               {:.1} µs of server CPU",
         figures.per_heartbeat(args) * 1e6
     );
+    println!(
+        "server peak RSS             {:.1} MiB",
+        figures.peak_kib as f64 / 1024.0
+    );
+    println!(
+        "all reconnected after kill  {:.2} s ({:.2} s of the restarted server's CPU)",
+        figures.reconnect.as_secs_f64(),
+        figures.reconnect_cpu
+    );
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -225,7 +341,8 @@ async fn main() -> anyhow::Result<()> {
             heartbeat_interval: args.interval,
             lease_grace: args.interval * 3,
         };
-        return tollgate_tests::noop::serve(addr_file, rhythm).await;
+        let listen = args.noop_listen.as_deref().unwrap_or("127.0.0.1:0");
+        return tollgate_tests::noop::serve_on(listen, addr_file, rhythm).await;
     }
     for &keepalive in &args.keepalives {
         let ceiling = measure(&args, Target::Noop, keepalive).await?;
@@ -240,9 +357,11 @@ async fn main() -> anyhow::Result<()> {
             let figures = measure(&args, Target::Controller(bin), keepalive).await?;
             print(&args, &bin.display().to_string(), keepalive, &figures);
             println!(
-                "against the ceiling         {:.2}x its CPU per heartbeat, {:.2}x its storm",
+                "against the ceiling         {:.2}x its CPU per heartbeat, {:.2}x its storm, \
+                 {:.2}x its reconnection",
                 figures.per_heartbeat(&args) / ceiling.per_heartbeat(&args).max(1e-9),
-                figures.storm.as_secs_f64() / ceiling.storm.as_secs_f64().max(1e-9)
+                figures.storm.as_secs_f64() / ceiling.storm.as_secs_f64().max(1e-9),
+                figures.reconnect.as_secs_f64() / ceiling.reconnect.as_secs_f64().max(1e-9)
             );
             println!();
         }
