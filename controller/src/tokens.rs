@@ -211,7 +211,23 @@ pub struct TokenCache {
 #[derive(Debug, Default)]
 struct CacheInner {
     by_hash: HashMap<String, NodeId>,
+    /// The other way round, so that a node's older token is forgotten without a scan (a
+    /// fleet of thousands registering at once).
+    by_node: HashMap<NodeId, String>,
     last_reload: Option<Instant>,
+}
+
+impl CacheInner {
+    /// `token_hash` is `node`'s token now; its older one, if any, is forgotten.
+    fn insert(&mut self, token_hash: String, node: NodeId) {
+        if let Some(older) = self.by_node.insert(node.clone(), token_hash.clone())
+            && older != token_hash
+            && self.by_hash.get(&older) == Some(&node)
+        {
+            self.by_hash.remove(&older);
+        }
+        self.by_hash.insert(token_hash, node);
+    }
 }
 
 impl TokenCache {
@@ -226,8 +242,7 @@ impl TokenCache {
     /// Remembers that `token_hash` belongs to `node`, forgetting any older token of the node.
     pub fn remember(&self, node: &NodeId, token_hash: &str) {
         let mut inner = self.lock();
-        inner.by_hash.retain(|_, cached| cached != node);
-        inner.by_hash.insert(token_hash.to_owned(), node.clone());
+        inner.insert(token_hash.to_owned(), node.clone());
     }
 
     fn lookup(&self, token_hash: &str) -> Option<NodeId> {
@@ -264,10 +279,9 @@ impl TokenCache {
         let mut inner = self.lock();
         // A node cached meanwhile (a registration that committed after the scan read it) keeps
         // its entry: the cache is never older than the store for a node it knows.
-        let cached: std::collections::HashSet<NodeId> = inner.by_hash.values().cloned().collect();
         for (hash, node) in found {
-            if !cached.contains(&node) {
-                inner.by_hash.insert(hash, node);
+            if !inner.by_node.contains_key(&node) {
+                inner.insert(hash, node);
             }
         }
         inner.last_reload = Some(Instant::now());
@@ -331,6 +345,12 @@ mod tests {
         cache.remember(&node, "h1");
         cache.remember(&node, "h2");
         assert_eq!(cache.lookup("h1"), None);
-        assert_eq!(cache.lookup("h2"), Some(node));
+        assert_eq!(cache.lookup("h2"), Some(node.clone()));
+        // A hash that is another node's now stays that node's when the first moves on.
+        let other = NodeId::from("n2");
+        cache.remember(&other, "h2");
+        cache.remember(&node, "h3");
+        assert_eq!(cache.lookup("h2"), Some(other));
+        assert_eq!(cache.lookup("h3"), Some(node));
     }
 }
