@@ -6,7 +6,10 @@
 //!
 //! SQLite has one writer and every commit waits for its fsync, so writes of one transaction
 //! each queue behind each other's fsyncs: with a thousand agents reporting at once most of a
-//! result's time was spent waiting for the write lock. There a batch is a savepoint per write.
+//! result's time was spent waiting for the write lock. There a batch is a savepoint per write,
+//! but for its registrations, applied first and together (a statement per hundred new nodes,
+//! one per hundred known ones, one for their heartbeats: `register_together!` in
+//! `store/results.rs`), each still with its own outcome.
 //! PostgreSQL commits concurrent transactions in parallel, and a batch of savepoints was
 //! slower there than a transaction per result (it serialized the batch's statements on one
 //! connection); there a batch of results is written set-based instead, a few statements

@@ -543,16 +543,12 @@ macro_rules! apply_registration {
         .rows_affected();
         if applied == 0 {
             return Err(match &registration.registration {
-                $crate::store::Registration::New(_) => $crate::store::StoreError::Conflict {
-                    what: format!("node {node}"),
-                    detail: "registered by another connection meanwhile".into(),
-                },
+                $crate::store::Registration::New(_) => $crate::store::nodes::new_node_taken(node),
                 $crate::store::Registration::Known { from, .. } => node_state_conflict!(
                     $tx,
                     node,
                     *from,
-                    // Still in that state: another registration replaced its token.
-                    Some("its token was replaced by another registration meanwhile")
+                    Some($crate::store::nodes::TOKEN_REPLACED)
                 ),
             });
         }

@@ -69,13 +69,64 @@ pub struct LeaseFacts {
 /// `UPDATE` of `n` nodes' `last_seen_at` from a list of (name, time) pairs. It writes the
 /// narrow `node_heartbeats` rows only, never the nodes' own (which carry the inventory).
 fn touch_nodes_sql(n: usize) -> String {
-    let pairs: Vec<String> = (0..n)
-        .map(|idx| format!("(${}, ${})", idx * 2 + 1, idx * 2 + 2))
-        .collect();
     format!(
         "UPDATE node_heartbeats SET last_seen_at = v.column2 FROM (VALUES {}) AS v \
          WHERE node_heartbeats.node = v.column1",
-        pairs.join(", ")
+        value_rows(n, 2)
+    )
+}
+
+/// `n` rows of `width` numbered placeholders for a `VALUES` list: `($1, $2), ($3, $4)`.
+fn value_rows(n: usize, width: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|row| {
+            let cells: Vec<String> = (1..=width)
+                .map(|cell| format!("${}", row * width + cell))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    rows.join(", ")
+}
+
+/// The most registrations one statement of a batch applies together
+/// ([`register_together!`](super::results) in `results.rs`).
+pub(super) const REGISTRATIONS_PER_STATEMENT: usize = 100;
+
+/// [`REGISTER_NEW`] for `n` new nodes at once, binding the same nine values per node;
+/// answers the names it inserted (a name another registration took meanwhile is not among
+/// them).
+pub(super) fn register_new_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO nodes (name, labels, inventory, gpu_source, state, health, token_hash,
+             registered_at, reported_labels)
+         VALUES {} ON CONFLICT (name) DO NOTHING RETURNING name",
+        value_rows(n, 9)
+    )
+}
+
+/// [`REGISTER_KNOWN`] for `n` known nodes at once, binding per node its name, labels,
+/// inventory, GPU source, token hash, the state decided from, the state decided, the
+/// reported labels and the token hash decided from; answers the names it updated (one whose
+/// state or token changed meanwhile is not among them).
+pub(super) fn register_known_sql(n: usize) -> String {
+    format!(
+        "UPDATE nodes SET labels = v.column2, inventory = v.column3, gpu_source = v.column4,
+             token_hash = v.column5, state = v.column7, reported_labels = v.column8
+         FROM (VALUES {}) AS v
+         WHERE nodes.name = v.column1 AND nodes.state = v.column6
+           AND nodes.token_hash = v.column9
+         RETURNING nodes.name",
+        value_rows(n, 9)
+    )
+}
+
+/// [`RECORD_HEARTBEAT`] for `n` distinct nodes at once, binding each node's name and time.
+pub(super) fn record_heartbeats_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO node_heartbeats (node, last_seen_at) VALUES {}
+         ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+        value_rows(n, 2)
     )
 }
 
@@ -90,6 +141,18 @@ pub(super) const REGISTER_KNOWN: &str = "UPDATE nodes SET labels = $2, inventory
      WHERE name = $1 AND state = $6 AND token_hash = $9";
 pub(super) const RECORD_HEARTBEAT: &str = "INSERT INTO node_heartbeats (node, last_seen_at)
      VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET last_seen_at = excluded.last_seen_at";
+
+/// A new node's registration whose insert found the name taken.
+pub(super) fn new_node_taken(node: &NodeId) -> StoreError {
+    StoreError::Conflict {
+        what: format!("node {node}"),
+        detail: "registered by another connection meanwhile".into(),
+    }
+}
+
+/// Why a known node's registration missed when the node is still in the state it was decided
+/// from: another registration replaced its token.
+pub(super) const TOKEN_REPLACED: &str = "its token was replaced by another registration meanwhile";
 
 /// A registration decided from the node as loaded, its columns encoded before it waits for
 /// a transaction ([`Store::register_node`], or a batch's: [`super::Write::Registration`]).

@@ -4,15 +4,19 @@
 //! often it is sent (keyed by job, step index, attempt and lease epoch).
 
 use super::connect::Begin;
+use super::nodes::{
+    REGISTRATIONS_PER_STATEMENT, TOKEN_REPLACED, new_node_taken, record_heartbeats_sql,
+    register_known_sql, register_new_sql,
+};
 use super::{
-    EncodedRegistration, Pool, Recorded, Store, StoreError, as_stored, check_readable, classify,
-    epoch_to_i64, micros, rows, text, to_json,
+    EncodedRegistration, Pool, Recorded, Registration, Store, StoreError, as_stored,
+    check_readable, classify, epoch_to_i64, micros, rows, text, to_json,
 };
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use tollgate_domain::job::{JobChange, ResultChange};
 use tollgate_domain::result::StepResult;
-use tollgate_domain::{JobId, RunId, Timestamp};
+use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 
 /// The most jobs [`Store::result_summaries_of_jobs`] asks about in one statement (a page's worth).
 pub const RESULTS_OF_JOBS_MAX: usize = 1000;
@@ -355,6 +359,132 @@ macro_rules! next_savepoint {
     }};
 }
 
+/// Applies the registrations of a batch in the open transaction `$tx` before its other
+/// writes, together: the new nodes' inserts in a statement per
+/// [`REGISTRATIONS_PER_STATEMENT`], the known nodes' compare-and-sets likewise, then the
+/// heartbeats of every node registered (a storm of agents arriving at once costs a few
+/// statements per hundred instead of three each). Each keeps its own outcome: a name the
+/// insert did not take was registered by another connection meanwhile (`Conflict`), a known
+/// node the update missed is read for why (`node_state_conflict!`). Only a node's first
+/// registration in the batch goes here; a second one (an agent that retried) is applied
+/// after, alone, and sees the first.
+///
+/// Applied first, the registrations come before the batch's other writes in its order. No
+/// outcome changes meaning: every write is a compare-and-set on what it was decided from,
+/// so the batch is applied as if its writes had arrived in that order.
+///
+/// The statements are not kept prepared: a batch's size decides their text, and a hundred
+/// shapes of each would push the statements every call uses out of the connection's cache.
+///
+/// Evaluates to each write's outcome when it was applied here, `None` for the others; returns
+/// a database error (the transaction may be unusable).
+macro_rules! register_together {
+    ($tx:expr, $prepared:expr) => {{
+        let prepared: &[Result<Prepared<'_>, Refusal>] = $prepared;
+        let mut outcomes: Vec<Option<Result<Recorded, StoreError>>> =
+            std::iter::repeat_with(|| None)
+                .take(prepared.len())
+                .collect();
+        let mut first = HashSet::new();
+        let (mut new, mut known) = (Vec::new(), Vec::new());
+        for (index, item) in prepared.iter().enumerate() {
+            if let Ok(Prepared::Registration(registration, now)) = item
+                && first.insert(registration.node.as_str())
+            {
+                match &registration.registration {
+                    Registration::New(_) => new.push((index, *registration, *now)),
+                    Registration::Known { .. } => known.push((index, *registration, *now)),
+                }
+            }
+        }
+        let mut registered: Vec<(&NodeId, Timestamp)> = Vec::new();
+        for chunk in new.chunks(REGISTRATIONS_PER_STATEMENT) {
+            // Built from numbered placeholders only: the values are bound.
+            let mut query =
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(register_new_sql(chunk.len())))
+                    .persistent(false);
+            for (_, registration, now) in chunk {
+                let Registration::New(state) = registration.registration else {
+                    continue;
+                };
+                query = query
+                    .bind(registration.node.as_str())
+                    .bind(&registration.labels)
+                    .bind(&registration.inventory)
+                    .bind(registration.gpu_source)
+                    .bind(state.as_str())
+                    .bind(tollgate_domain::fleet::Health::Good.as_str())
+                    .bind(&registration.token_hash)
+                    .bind(micros(*now))
+                    .bind(&registration.reported);
+            }
+            let inserted: HashSet<String> = query.fetch_all(&mut *$tx).await?.into_iter().collect();
+            for (index, registration, now) in chunk {
+                outcomes[*index] = Some(if inserted.contains(registration.node.as_str()) {
+                    registered.push((&registration.node, *now));
+                    Ok(Recorded::Inserted)
+                } else {
+                    Err(new_node_taken(&registration.node))
+                });
+            }
+        }
+        for chunk in known.chunks(REGISTRATIONS_PER_STATEMENT) {
+            // Built from numbered placeholders only: the values are bound.
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(
+                register_known_sql(chunk.len()),
+            ))
+            .persistent(false);
+            for (_, registration, _) in chunk {
+                let Registration::Known {
+                    from,
+                    to,
+                    stored_token_hash,
+                } = &registration.registration
+                else {
+                    continue;
+                };
+                query = query
+                    .bind(registration.node.as_str())
+                    .bind(&registration.labels)
+                    .bind(&registration.inventory)
+                    .bind(registration.gpu_source)
+                    .bind(&registration.token_hash)
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(&registration.reported)
+                    .bind(stored_token_hash);
+            }
+            let updated: HashSet<String> = query.fetch_all(&mut *$tx).await?.into_iter().collect();
+            for (index, registration, now) in chunk {
+                let Registration::Known { from, .. } = &registration.registration else {
+                    continue;
+                };
+                outcomes[*index] = Some(if updated.contains(registration.node.as_str()) {
+                    registered.push((&registration.node, *now));
+                    Ok(Recorded::Inserted)
+                } else {
+                    Err(node_state_conflict!(
+                        $tx,
+                        &registration.node,
+                        *from,
+                        Some(TOKEN_REPLACED)
+                    ))
+                });
+            }
+        }
+        for chunk in registered.chunks(REGISTRATIONS_PER_STATEMENT) {
+            // Built from numbered placeholders only: the values are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(record_heartbeats_sql(chunk.len())))
+                .persistent(false);
+            for (node, now) in chunk {
+                query = query.bind(node.as_str()).bind(micros(*now));
+            }
+            query.execute(&mut *$tx).await?;
+        }
+        outcomes
+    }};
+}
+
 /// Applies the prepared writes of a batch one after the other in the transaction that
 /// `$pool` begins, each in a savepoint of its own so that each keeps its own outcome;
 /// collects the runs whose last open job a write ended in `$ended`. Evaluates to the
@@ -367,11 +497,16 @@ macro_rules! savepoint_each {
         let prepared: &[Result<Prepared<'_>, Refusal>] = $prepared;
         let ended: &mut BTreeSet<RunId> = $ended;
         let mut tx = $pool.begin_write().await?;
+        let mut together = register_together!(tx, prepared);
         let mut outcomes = Vec::with_capacity(prepared.len());
         // Whether the savepoint of the write before is open: it is released when the next
         // write opens its own, in the same call, and the commit releases the last.
         let mut open = false;
-        for item in prepared {
+        for (item, together) in prepared.iter().zip(&mut together) {
+            if let Some(outcome) = together.take() {
+                outcomes.push(outcome);
+                continue;
+            }
             let item = match item {
                 Ok(Prepared::Result(item)) => item,
                 Ok(other @ (Prepared::Job(..) | Prepared::Registration(..))) => {
@@ -558,10 +693,12 @@ impl Store {
         })
     }
 
-    /// [`Store::record_result`]s and [`Store::apply_job_change`]s in one transaction (one
-    /// commit, one fsync): each is applied, or refused, as if alone and in order, and gets
-    /// its own outcome. SQLite applies them one after the other, a savepoint each;
-    /// PostgreSQL set-based, a few statements for the whole batch (`result_batch.rs`). A
+    /// [`Store::record_result`]s, [`Store::apply_job_change`]s and
+    /// [`Store::register_node`]s in one transaction (one commit, one fsync): each is applied,
+    /// or refused, as if alone and in order (the registrations first, together:
+    /// `register_together!`), and gets its own outcome. SQLite applies the others one after
+    /// the other, a savepoint each; PostgreSQL set-based, a few statements for the whole
+    /// batch (`result_batch.rs`). A
     /// database error (the disk refused, the connection broke, a deadlock) fails the whole
     /// batch and stores none of it: write each again to learn its own outcome.
     pub async fn write_batch(&self, batch: &[Write<'_>]) -> Outcomes {

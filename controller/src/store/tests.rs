@@ -104,6 +104,7 @@ on_both_backends!(
     results_decided_from_the_same_state_apply_once,
     a_batch_of_results_keeps_each_result_s_own_outcome,
     a_batch_decides_its_results_in_arrival_order,
+    a_batch_of_registrations_keeps_each_registration_s_own_outcome,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     registration_facts_follow_the_node,
     registration_facts_of_many_nodes_are_each_node_s_own,
@@ -2135,6 +2136,135 @@ async fn promote_is_compare_and_set(store: &Store) {
             .await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// A batch of registrations, applied together (a statement per hundred), keeps each one's own
+/// outcome: new nodes are inserted, a second registration of one of them in the same batch
+/// finds it taken, a known node decided from its state and token is updated, one decided
+/// from a state it left or from a token another registration replaced is refused and left as
+/// it was, one that does not exist is not found; and the registered nodes' heartbeats are the
+/// batch's time, the refused ones' untouched.
+async fn a_batch_of_registrations_keeps_each_registration_s_own_outcome(store: &Store) {
+    for name in ["k1", "k2", "k3", "k4"] {
+        add_node(store, name).await;
+    }
+    let decided = |name: &str, token_hash: &str, registration| {
+        let fixture = node(name, "hgx");
+        EncodedRegistration::new(
+            &fixture.id,
+            &fixture.labels,
+            &fixture.labels,
+            &fixture.inventory,
+            token_hash,
+            registration,
+        )
+    };
+    let known = |from, stored: &str| Registration::Known {
+        from,
+        to: NodeState::Ready,
+        stored_token_hash: stored.to_owned(),
+    };
+    let new = || Registration::New(NodeState::Ready);
+    let mut writes = vec![
+        decided("n1", "n1-hash", new()),
+        decided("n1", "n1-other-hash", new()),
+        decided("k1", "k1-new-hash", new()),
+        decided("k2", "k2-new-hash", known(NodeState::Ready, "token-hash")),
+        decided("k3", "k3-new-hash", known(NodeState::Busy, "token-hash")),
+        decided(
+            "k4",
+            "k4-new-hash",
+            known(NodeState::Ready, "a-replaced-token-hash"),
+        ),
+        decided("gone", "gone-hash", known(NodeState::Ready, "token-hash")),
+    ];
+    // Past one statement's hundred.
+    let many: Vec<String> = (0..150).map(|i| format!("m{i:03}")).collect();
+    writes.extend(many.iter().map(|name| decided(name, "m-hash", new())));
+    let batch: Vec<Write<'_>> = writes
+        .iter()
+        .map(|registration| Write::Registration(registration, at(30)))
+        .collect();
+    let outcomes = store.write_batch(&batch).await.expect("the batch commits");
+    let brief: Vec<String> = outcomes
+        .iter()
+        .take(7)
+        .map(|outcome| match outcome {
+            Ok(recorded) => format!("{recorded:?}"),
+            Err(StoreError::Conflict { what, detail }) => format!("conflict: {what}: {detail}"),
+            Err(other) => format!("error: {other}"),
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            "Inserted",
+            "conflict: node n1: registered by another connection meanwhile",
+            "conflict: node k1: registered by another connection meanwhile",
+            "Inserted",
+            "conflict: node k3: expected state busy, found ready",
+            "conflict: node k4: its token was replaced by another registration meanwhile",
+            "error: node gone not found",
+        ]
+    );
+    assert_eq!(outcomes.len(), 157);
+    assert!(
+        outcomes[7..]
+            .iter()
+            .all(|outcome| matches!(outcome, Ok(Recorded::Inserted))),
+        "{outcomes:?}"
+    );
+
+    let token = |name: &str| {
+        let id = NodeId::from(name);
+        async move { store.node_token_hash(&id).await.expect("read") }
+    };
+    assert_eq!(
+        token("n1").await.as_deref(),
+        Some("n1-hash"),
+        "the first one's"
+    );
+    assert_eq!(
+        token("k1").await.as_deref(),
+        Some("token-hash"),
+        "untouched"
+    );
+    assert_eq!(token("k2").await.as_deref(), Some("k2-new-hash"));
+    assert_eq!(
+        token("k3").await.as_deref(),
+        Some("token-hash"),
+        "untouched"
+    );
+    assert_eq!(
+        token("k4").await.as_deref(),
+        Some("token-hash"),
+        "untouched"
+    );
+    assert_eq!(token("gone").await, None);
+    assert_eq!(token("m149").await.as_deref(), Some("m-hash"));
+    let seen = |name: &str| {
+        let id = NodeId::from(name);
+        async move {
+            store
+                .get_node(&id)
+                .await
+                .expect("read")
+                .expect("a node")
+                .last_seen_at
+        }
+    };
+    for name in ["n1", "k2", "m000", "m099", "m100", "m149"] {
+        assert_eq!(seen(name).await, Some(at(30)), "{name} registered at 30");
+    }
+    for name in ["k1", "k3", "k4"] {
+        assert_eq!(
+            seen(name).await,
+            Some(at(0)),
+            "{name} refused: seen at 0 still"
+        );
+    }
+    assert_eq!(node_state(store, "n1").await, NodeState::Ready);
+    assert_eq!(node_state(store, "m149").await, NodeState::Ready);
 }
 
 async fn concurrent_cordons_apply_once(store: &Store) {
