@@ -502,6 +502,59 @@ macro_rules! move_node {
     }};
 }
 
+/// Binds an [`EncodedRegistration`] decided at `$now` to `$query` in its statement's order:
+/// `nodes::REGISTER_NEW`'s for a new node, `nodes::REGISTER_KNOWN`'s for a known one (a row of
+/// their many-node forms alike).
+macro_rules! bind_registration {
+    ($query:expr, $registration:expr, $now:expr) => {{
+        let registration: &$crate::store::EncodedRegistration = $registration;
+        let query = $query
+            .bind(registration.node.as_str())
+            .bind(&registration.labels)
+            .bind(&registration.inventory)
+            .bind(registration.gpu_source);
+        match &registration.registration {
+            $crate::store::Registration::New(state) => query
+                .bind(state.as_str())
+                .bind(tollgate_domain::fleet::Health::Good.as_str())
+                .bind(&registration.token_hash)
+                .bind($crate::store::micros($now))
+                .bind(&registration.reported),
+            $crate::store::Registration::Known {
+                from,
+                to,
+                stored_token_hash,
+            } => query
+                .bind(&registration.token_hash)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(&registration.reported)
+                .bind(stored_token_hash),
+        }
+    }};
+}
+
+/// Why an [`EncodedRegistration`] whose statement changed no row inside the open transaction
+/// `$tx` missed: a new node's name was taken meanwhile (`Conflict`); a known node left the
+/// state it was decided from, or its token was replaced (`Conflict`), or it is gone
+/// (`NotFound`), read from the node as it is now.
+macro_rules! registration_missed {
+    ($tx:expr, $registration:expr) => {{
+        let registration: &$crate::store::EncodedRegistration = $registration;
+        match &registration.registration {
+            $crate::store::Registration::New(_) => {
+                $crate::store::nodes::new_node_taken(&registration.node)
+            }
+            $crate::store::Registration::Known { from, .. } => node_state_conflict!(
+                $tx,
+                &registration.node,
+                *from,
+                Some($crate::store::nodes::TOKEN_REPLACED)
+            ),
+        }
+    }};
+}
+
 /// Applies an [`EncodedRegistration`] at `$now` inside the open transaction `$tx`: a new
 /// node's insert (`Conflict` when another registration inserted it meanwhile) or a known
 /// one's update with a compare-and-set on the state it was decided from (`Conflict` or
@@ -509,51 +562,19 @@ macro_rules! move_node {
 macro_rules! apply_registration {
     ($tx:expr, $registration:expr, $now:expr) => {{
         let registration: &$crate::store::EncodedRegistration = $registration;
-        let node = &registration.node;
-        let applied = match &registration.registration {
-            $crate::store::Registration::New(state) => {
-                sqlx::query($crate::store::nodes::REGISTER_NEW)
-                    .bind(node.as_str())
-                    .bind(&registration.labels)
-                    .bind(&registration.inventory)
-                    .bind(registration.gpu_source)
-                    .bind(state.as_str())
-                    .bind(tollgate_domain::fleet::Health::Good.as_str())
-                    .bind(&registration.token_hash)
-                    .bind($crate::store::micros($now))
-                    .bind(&registration.reported)
-            }
-            $crate::store::Registration::Known {
-                from,
-                to,
-                stored_token_hash,
-            } => sqlx::query($crate::store::nodes::REGISTER_KNOWN)
-                .bind(node.as_str())
-                .bind(&registration.labels)
-                .bind(&registration.inventory)
-                .bind(registration.gpu_source)
-                .bind(&registration.token_hash)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(&registration.reported)
-                .bind(stored_token_hash),
-        }
-        .execute(&mut *$tx)
-        .await?
-        .rows_affected();
+        let sql = match &registration.registration {
+            $crate::store::Registration::New(_) => $crate::store::nodes::REGISTER_NEW,
+            $crate::store::Registration::Known { .. } => $crate::store::nodes::REGISTER_KNOWN,
+        };
+        let applied = bind_registration!(sqlx::query(sql), registration, $now)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
         if applied == 0 {
-            return Err(match &registration.registration {
-                $crate::store::Registration::New(_) => $crate::store::nodes::new_node_taken(node),
-                $crate::store::Registration::Known { from, .. } => node_state_conflict!(
-                    $tx,
-                    node,
-                    *from,
-                    Some($crate::store::nodes::TOKEN_REPLACED)
-                ),
-            });
+            return Err(registration_missed!($tx, registration));
         }
         sqlx::query($crate::store::nodes::RECORD_HEARTBEAT)
-            .bind(node.as_str())
+            .bind(registration.node.as_str())
             .bind($crate::store::micros($now))
             .execute(&mut *$tx)
             .await?;

@@ -5,8 +5,7 @@
 
 use super::connect::Begin;
 use super::nodes::{
-    REGISTRATIONS_PER_STATEMENT, TOKEN_REPLACED, new_node_taken, record_heartbeats_sql,
-    register_known_sql, register_new_sql,
+    REGISTRATIONS_PER_STATEMENT, record_heartbeats_sql, register_known_sql, register_new_sql,
 };
 use super::{
     EncodedRegistration, Pool, Recorded, Registration, Store, StoreError, as_stored,
@@ -398,78 +397,27 @@ macro_rules! register_together {
             }
         }
         let mut registered: Vec<(&NodeId, Timestamp)> = Vec::new();
-        for chunk in new.chunks(REGISTRATIONS_PER_STATEMENT) {
-            // Built from numbered placeholders only: the values are bound.
-            let mut query =
-                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(register_new_sql(chunk.len())))
-                    .persistent(false);
-            for (_, registration, now) in chunk {
-                let Registration::New(state) = registration.registration else {
-                    continue;
-                };
-                query = query
-                    .bind(registration.node.as_str())
-                    .bind(&registration.labels)
-                    .bind(&registration.inventory)
-                    .bind(registration.gpu_source)
-                    .bind(state.as_str())
-                    .bind(tollgate_domain::fleet::Health::Good.as_str())
-                    .bind(&registration.token_hash)
-                    .bind(micros(*now))
-                    .bind(&registration.reported);
-            }
-            let inserted: HashSet<String> = query.fetch_all(&mut *$tx).await?.into_iter().collect();
-            for (index, registration, now) in chunk {
-                outcomes[*index] = Some(if inserted.contains(registration.node.as_str()) {
-                    registered.push((&registration.node, *now));
-                    Ok(Recorded::Inserted)
-                } else {
-                    Err(new_node_taken(&registration.node))
-                });
-            }
-        }
-        for chunk in known.chunks(REGISTRATIONS_PER_STATEMENT) {
-            // Built from numbered placeholders only: the values are bound.
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(
-                register_known_sql(chunk.len()),
-            ))
-            .persistent(false);
-            for (_, registration, _) in chunk {
-                let Registration::Known {
-                    from,
-                    to,
-                    stored_token_hash,
-                } = &registration.registration
-                else {
-                    continue;
-                };
-                query = query
-                    .bind(registration.node.as_str())
-                    .bind(&registration.labels)
-                    .bind(&registration.inventory)
-                    .bind(registration.gpu_source)
-                    .bind(&registration.token_hash)
-                    .bind(from.as_str())
-                    .bind(to.as_str())
-                    .bind(&registration.reported)
-                    .bind(stored_token_hash);
-            }
-            let updated: HashSet<String> = query.fetch_all(&mut *$tx).await?.into_iter().collect();
-            for (index, registration, now) in chunk {
-                let Registration::Known { from, .. } = &registration.registration else {
-                    continue;
-                };
-                outcomes[*index] = Some(if updated.contains(registration.node.as_str()) {
-                    registered.push((&registration.node, *now));
-                    Ok(Recorded::Inserted)
-                } else {
-                    Err(node_state_conflict!(
-                        $tx,
-                        &registration.node,
-                        *from,
-                        Some(TOKEN_REPLACED)
-                    ))
-                });
+        let statements: [(_, fn(usize) -> String); 2] =
+            [(new, register_new_sql), (known, register_known_sql)];
+        for (group, sql) in statements {
+            for chunk in group.chunks(REGISTRATIONS_PER_STATEMENT) {
+                // Built from numbered placeholders only: the values are bound.
+                let mut query =
+                    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql(chunk.len())))
+                        .persistent(false);
+                for (_, registration, now) in chunk {
+                    query = bind_registration!(query, registration, *now);
+                }
+                let applied: HashSet<String> =
+                    query.fetch_all(&mut *$tx).await?.into_iter().collect();
+                for (index, registration, now) in chunk {
+                    outcomes[*index] = Some(if applied.contains(registration.node.as_str()) {
+                        registered.push((&registration.node, *now));
+                        Ok(Recorded::Inserted)
+                    } else {
+                        Err(registration_missed!($tx, registration))
+                    });
+                }
             }
         }
         for chunk in registered.chunks(REGISTRATIONS_PER_STATEMENT) {

@@ -1596,6 +1596,19 @@ async fn a_batch_of_results_keeps_each_result_s_own_outcome(store: &Store) {
     assert_eq!(job_state(store, one).await, JobState::Running);
 }
 
+/// A batch's outcomes in a line each: `Inserted`, `Duplicate`, `conflict: WHAT: DETAIL` or
+/// `error: ...`.
+fn brief(outcomes: &[Result<Recorded, StoreError>]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(recorded) => format!("{recorded:?}"),
+            Err(StoreError::Conflict { what, detail }) => format!("conflict: {what}: {detail}"),
+            Err(other) => format!("error: {other}"),
+        })
+        .collect()
+}
+
 /// A batch of results of several jobs is decided in arrival order exactly as if each were
 /// written alone after the ones before it: a result that ends its job, then another of the
 /// same job decided before that end (refused); two results of one job, the second decided
@@ -1687,16 +1700,8 @@ async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
         ])
         .await
         .expect("the batch commits");
-    let brief: Vec<String> = outcomes
-        .iter()
-        .map(|outcome| match outcome {
-            Ok(recorded) => format!("{recorded:?}"),
-            Err(StoreError::Conflict { what, detail }) => format!("conflict: {what}: {detail}"),
-            Err(other) => format!("error: {other}"),
-        })
-        .collect();
     assert_eq!(
-        brief,
+        brief(&outcomes),
         vec![
             "Inserted".to_owned(),
             "Inserted".to_owned(),
@@ -2186,17 +2191,8 @@ async fn a_batch_of_registrations_keeps_each_registration_s_own_outcome(store: &
         .map(|registration| Write::Registration(registration, at(30)))
         .collect();
     let outcomes = store.write_batch(&batch).await.expect("the batch commits");
-    let brief: Vec<String> = outcomes
-        .iter()
-        .take(7)
-        .map(|outcome| match outcome {
-            Ok(recorded) => format!("{recorded:?}"),
-            Err(StoreError::Conflict { what, detail }) => format!("conflict: {what}: {detail}"),
-            Err(other) => format!("error: {other}"),
-        })
-        .collect();
     assert_eq!(
-        brief,
+        brief(&outcomes[..7]),
         [
             "Inserted",
             "conflict: node n1: registered by another connection meanwhile",
