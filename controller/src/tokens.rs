@@ -270,16 +270,13 @@ impl TokenCache {
         if !due {
             return Ok(());
         }
-        let mut found = Vec::new();
-        for node in store.list_nodes().await? {
-            if let Some(hash) = store.node_token_hash(&node.id).await? {
-                found.push((hash, node.id));
-            }
-        }
+        // One statement whatever the fleet's size: any call with a token this cache does not
+        // know can cause it (once per interval).
+        let found = store.node_token_hashes().await?;
         let mut inner = self.lock();
         // A node cached meanwhile (a registration that committed after the scan read it) keeps
         // its entry: the cache is never older than the store for a node it knows.
-        for (hash, node) in found {
+        for (node, hash) in found {
             if !inner.by_node.contains_key(&node) {
                 inner.insert(hash, node);
             }

@@ -357,6 +357,26 @@ impl Store {
         Ok(row)
     }
 
+    /// Every node's token hash, by node name, in one statement (no inventory read).
+    pub async fn node_token_hashes(&self) -> Result<Vec<(NodeId, String)>, StoreError> {
+        const SQL: &str = "SELECT name, token_hash FROM nodes ORDER BY name";
+        let hashes = with_pool!(self, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let fields = rows::Fields::new(row, "nodes", &["name"]);
+                    Ok((
+                        NodeId::new(fields.text("name")?),
+                        fields.text("token_hash")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
+        });
+        Ok(hashes)
+    }
+
     /// One node.
     pub async fn get_node(&self, node: &NodeId) -> Result<Option<Node>, StoreError> {
         static SQL: LazyLock<String> =
