@@ -9,7 +9,9 @@ use super::release::refuse_if_halted;
 use super::status::{FieldErrors, invalid_fields, no_nodes, not_found};
 use super::{load_plan, load_release, new_id, resolve_milestone, split_plan_ref};
 use crate::shared::Shared;
-use crate::store::{AuditNote, JobRecord, RESULTS_OF_JOBS_MAX, RunRecord, RunState, StoreError};
+use crate::store::{
+    AuditNote, JobMark, JobRecord, RESULTS_OF_JOBS_MAX, RunRecord, RunState, StoreError,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -104,12 +106,13 @@ fn visible_jobs(jobs: Vec<JobRecord>, nodes: Option<&BTreeSet<String>>) -> Vec<J
     }
 }
 
-/// How many of `jobs` are in each state, in lifecycle order, states without a job left out.
-fn job_counts<'a>(jobs: impl IntoIterator<Item = &'a JobRecord>) -> Vec<proto::JobCount> {
+/// How many jobs are in each of `states` (one per job), in lifecycle order, states without a
+/// job left out.
+fn job_counts(states: impl IntoIterator<Item = JobState>) -> Vec<proto::JobCount> {
     use tollgate_domain::names::IntoEnumIterator as _;
     let mut counts: HashMap<JobState, u32> = HashMap::new();
-    for job in jobs {
-        *counts.entry(job.state).or_default() += 1;
+    for state in states {
+        *counts.entry(state).or_default() += 1;
     }
     JobState::iter()
         .filter_map(|state| {
@@ -135,8 +138,9 @@ async fn n_steps_of(shared: &Shared, run: &RunRecord) -> Result<u32, Status> {
     )
 }
 
-/// A run's own fields with the counts of `jobs` (every job the caller sees), no jobs yet.
-fn run_header(run: &RunRecord, jobs: &[JobRecord]) -> proto::Run {
+/// A run's own fields with the counts of its jobs' `states` (of every job the caller sees),
+/// no jobs yet.
+fn run_header(run: &RunRecord, states: &[JobState]) -> proto::Run {
     proto::Run {
         id: run.id.to_string(),
         release: run.release.to_string(),
@@ -149,10 +153,15 @@ fn run_header(run: &RunRecord, jobs: &[JobRecord]) -> proto::Run {
         jobs: Vec::new(),
         selection: None,
         purpose: run.purpose.as_str().to_owned(),
-        job_counts: job_counts(jobs),
-        n_jobs: u32::try_from(jobs.len()).unwrap_or(u32::MAX),
+        job_counts: job_counts(states.iter().copied()),
+        n_jobs: u32::try_from(states.len()).unwrap_or(u32::MAX),
         next_page_token: String::new(),
     }
+}
+
+/// The state of each of `jobs`.
+fn states_of(jobs: &[JobRecord]) -> Vec<JobState> {
+    jobs.iter().map(|job| job.state).collect()
 }
 
 /// A job as the wire shows it, with `results` (already in order).
@@ -208,7 +217,7 @@ pub async fn run_view(
         return Ok(None);
     }
     let n_steps = n_steps_of(shared, run).await?;
-    let mut view = run_header(run, &jobs);
+    let mut view = run_header(run, &states_of(&jobs));
     let all: Vec<&JobRecord> = jobs.iter().collect();
     view.jobs = job_views(shared, &all, n_steps, with_results).await?;
     Ok(Some(view))
@@ -228,7 +237,7 @@ async fn run_page_view(
         return Ok(None);
     }
     let n_steps = n_steps_of(shared, run).await?;
-    let mut view = run_header(run, &jobs);
+    let mut view = run_header(run, &states_of(&jobs));
     // `jobs_of_run` orders by node, then id: the page's order.
     let candidates: Vec<&JobRecord> = jobs
         .iter()
@@ -489,12 +498,11 @@ impl RunService for RunApi {
         // has none of its nodes, or is of a release only for other customers).
         let run = load_run_for(&self.shared, &id, customer.as_deref()).await?;
         let nodes = visible_nodes(&self.shared, customer.as_deref()).await?;
-        let jobs = visible_jobs(
-            self.shared.store.jobs_of_run(&run.id).await?,
-            nodes.as_ref(),
-        );
-        if nodes.is_some() && jobs.is_empty() {
-            return Err(not_found(format!("run {id}")));
+        if let Some(nodes) = &nodes {
+            let marks = self.shared.store.job_marks_of_run(&run.id).await?;
+            if !marks.iter().any(|job| nodes.contains(job.node.as_str())) {
+                return Err(not_found(format!("run {id}")));
+            }
         }
         let permit = super::limits::open_stream(&self.shared, identity, "WatchRun")?;
         let (sender, receiver) = mpsc::channel(4);
@@ -641,7 +649,10 @@ async fn watch(
 /// The run's header (own fields and job counts) and the messages carrying the jobs that
 /// changed since `seen` (updated to what they carry), each the header with a share of the
 /// jobs; no messages when no job changed. `None` when the caller sees none of its jobs, or
-/// not its release.
+/// not its release. What changed is found from one narrow read of every job
+/// ([`Store::job_marks_of_run`](crate::store::Store::job_marks_of_run)); only the jobs that
+/// changed are read whole, with their results: a run of thousands of jobs is not read again
+/// for each few that moved.
 async fn changed_since(
     shared: &Shared,
     run_id: &RunId,
@@ -653,32 +664,48 @@ async fn changed_since(
         return Ok(None);
     }
     let nodes = visible_nodes(shared, customer).await?;
-    let jobs = visible_jobs(shared.store.jobs_of_run(&run.id).await?, nodes.as_ref());
-    if nodes.is_some() && jobs.is_empty() {
-        return Ok(None);
-    }
-    let counts = shared.store.result_counts_of_run(&run.id).await?;
-    let header = run_header(&run, &jobs);
-    let mut changed = Vec::new();
-    for job in &jobs {
-        let now = JobSeen {
-            state: job.state,
-            lease_epoch: job.lease_epoch,
-            n_results: counts.get(&job.id).copied().unwrap_or(0),
-        };
-        if seen.insert(job.id.clone(), now) != Some(now) {
-            changed.push(job);
+    let mut marks = shared.store.job_marks_of_run(&run.id).await?;
+    if let Some(nodes) = &nodes {
+        marks.retain(|job| nodes.contains(job.node.as_str()));
+        if marks.is_empty() {
+            return Ok(None);
         }
     }
+    let states: Vec<JobState> = marks.iter().map(|job| job.state).collect();
+    let header = run_header(&run, &states);
+    let mut changed: Vec<&JobMark> = marks
+        .iter()
+        .filter(|job| {
+            let now = JobSeen {
+                state: job.state,
+                lease_epoch: job.lease_epoch,
+                n_results: job.n_results,
+            };
+            seen.insert(job.id.clone(), now) != Some(now)
+        })
+        .collect();
     if changed.is_empty() {
         return Ok(Some((header, Vec::new())));
     }
+    // In the order GetRun pages: by node, then id.
+    changed.sort_unstable_by(|a, b| (&a.node, &a.id).cmp(&(&b.node, &b.id)));
     let n_steps = n_steps_of(shared, &run).await?;
     let mut messages = Vec::new();
     for chunk in changed.chunks(RESULTS_OF_JOBS_MAX) {
+        let ids: Vec<&JobId> = chunk.iter().map(|job| &job.id).collect();
+        let mut records: HashMap<JobId, JobRecord> = shared
+            .store
+            .jobs_with_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|job| (job.id.clone(), job))
+            .collect();
+        // A job is never deleted while its run exists; one missing is left out of this look.
+        let jobs: Vec<JobRecord> = ids.iter().filter_map(|id| records.remove(*id)).collect();
+        let jobs: Vec<&JobRecord> = jobs.iter().collect();
         let mut message = header.clone();
         let mut n_bytes = 0;
-        for view in job_views(shared, chunk, n_steps, true).await? {
+        for view in job_views(shared, &jobs, n_steps, true).await? {
             let view_bytes = prost::Message::encoded_len(&view);
             if !message.jobs.is_empty() && n_bytes + view_bytes > MAX_PAGE_BYTES {
                 messages.push(std::mem::replace(&mut message, header.clone()));

@@ -8,8 +8,7 @@
 
 use super::connect::Begin;
 use super::rows::{self, Fields, StoreRow};
-use super::{JobRecord, Pool, Store, StoreError, states};
-use std::collections::HashMap;
+use super::{JobMark, JobRecord, Pool, Store, StoreError, states};
 use std::sync::LazyLock;
 use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
 use tollgate_domain::scheduler::PendingJob;
@@ -104,14 +103,13 @@ impl Store {
         })
     }
 
-    /// How many results each job of a run has (jobs without any are left out): what
-    /// `WatchRun` compares to find the jobs that changed without reading their results.
-    pub async fn result_counts_of_run(
-        &self,
-        run: &RunId,
-    ) -> Result<HashMap<JobId, usize>, StoreError> {
-        const SQL: &str = "SELECT r.job_id, COUNT(*) AS n FROM step_results r
-             JOIN jobs j ON j.id = r.job_id WHERE j.run_id = $1 GROUP BY r.job_id";
+    /// What `WatchRun` compares to find the jobs of a run that changed since its last look,
+    /// in one statement: each job's node, state, lease epoch and number of results (a job
+    /// changes only in these). In no particular order.
+    pub async fn job_marks_of_run(&self, run: &RunId) -> Result<Vec<JobMark>, StoreError> {
+        const SQL: &str = "SELECT j.id, j.node, j.state, j.lease_epoch,
+                    (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
+             FROM jobs j WHERE j.run_id = $1";
         with_pool!(self, |pool| {
             sqlx::query(SQL)
                 .bind(run.as_str())
@@ -119,9 +117,34 @@ impl Store {
                 .await?
                 .iter()
                 .map(|row| {
-                    let f = Fields::new(row, "step_results", &["job_id"]);
-                    Ok((JobId::new(f.text("job_id")?), f.int_as("n")?))
+                    let f = Fields::new(row, "jobs", &["id"]);
+                    Ok(JobMark {
+                        id: JobId::new(f.text("id")?),
+                        node: NodeId::new(f.text("node")?),
+                        state: f.parse("state")?,
+                        lease_epoch: f.int_as("lease_epoch")?,
+                        n_results: f.int_as("n_results")?,
+                    })
                 })
+                .collect()
+        })
+    }
+
+    /// The jobs of `ids` that exist, in one statement whatever their number; in no
+    /// particular order.
+    pub async fn jobs_with_ids(&self, ids: &[&JobId]) -> Result<Vec<JobRecord>, StoreError> {
+        const SQL: (&str, &str) = in_json_list!(job_query!(" WHERE id"), "$1", "");
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = super::json_list(ids.iter().map(|id| id.as_str()));
+        with_pool_sql!(self, SQL, |pool, sql| {
+            sqlx::query(sql)
+                .bind(&ids)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(rows::job)
                 .collect()
         })
     }

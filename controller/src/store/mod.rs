@@ -173,6 +173,22 @@ impl JobRecord {
     }
 }
 
+/// A job as `WatchRun` compares it with what it last sent ([`Store::job_marks_of_run`]): the
+/// only things about a job that change, and its node (whose customer may see it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMark {
+    /// Id.
+    pub id: JobId,
+    /// Node.
+    pub node: NodeId,
+    /// State.
+    pub state: JobState,
+    /// Fencing token.
+    pub lease_epoch: u64,
+    /// How many results it has.
+    pub n_results: usize,
+}
+
 /// A stored plan version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredPlan {
@@ -813,10 +829,17 @@ fn check_readable(
         ),
         detail: format!("{err}; numbers must be finite"),
     };
-    serde_json::from_str::<Vec<tollgate_domain::result::Measurement>>(measurements)
-        .map_err(|err| unreadable("measurements", err))?;
-    serde_json::from_str::<Vec<tollgate_domain::telemetry::GpuTelemetry>>(telemetry)
-        .map_err(|err| unreadable("telemetry", err))?;
+    // What `serde_json` writes for these types reads back unless a number was not finite,
+    // which it writes as `null`: text without `null` anywhere is read back only to be sure
+    // when it has one (a unit left out, a name with `null` in it, or a number that was NaN).
+    if measurements.contains("null") {
+        serde_json::from_str::<Vec<tollgate_domain::result::Measurement>>(measurements)
+            .map_err(|err| unreadable("measurements", err))?;
+    }
+    if telemetry.contains("null") {
+        serde_json::from_str::<Vec<tollgate_domain::telemetry::GpuTelemetry>>(telemetry)
+            .map_err(|err| unreadable("telemetry", err))?;
+    }
     Ok(())
 }
 

@@ -117,6 +117,7 @@ on_both_backends!(
     refreshing_evidence_reads_only_what_changed,
     failing_multi_row_write_leaves_nothing,
     non_finite_numbers_are_refused,
+    a_run_s_job_marks_show_what_a_watcher_compares,
     corrupt_values_name_their_row,
     node_health_changes_are_compare_and_set_and_audited,
     recent_outcomes_are_the_node_s_latest_not_skipped,
@@ -2632,6 +2633,55 @@ async fn failing_multi_row_write_leaves_nothing(store: &Store) {
     assert_eq!(job_state(store, &jobs[0].id).await, JobState::Pending);
 }
 
+async fn a_run_s_job_marks_show_what_a_watcher_compares(store: &Store) {
+    let OneRun {
+        plan, run, jobs, ..
+    } = one_run(store, "run-1", &["n1", "n2"]).await;
+    let (_, other_jobs) = start_run(store, "run-2", &plan, &["n1"], 30).await;
+    for step_index in 0..2 {
+        store
+            .record_test_result(
+                &result_of(&jobs[1].id, step_index, 1, Outcome::Passed),
+                None,
+                at(20),
+            )
+            .await
+            .expect("record");
+    }
+    store
+        .record_test_result(
+            &result_of(&other_jobs[0].id, 0, 1, Outcome::Passed),
+            None,
+            at(31),
+        )
+        .await
+        .expect("record");
+    let mut marks = store.job_marks_of_run(&run.id).await.expect("marks");
+    marks.sort_by(|a, b| a.node.cmp(&b.node));
+    let mark = |job: &JobRecord, n_results| JobMark {
+        id: job.id.clone(),
+        node: job.node.clone(),
+        state: job.state,
+        lease_epoch: job.lease_epoch,
+        n_results,
+    };
+    assert_eq!(marks, [mark(&jobs[0], 0), mark(&jobs[1], 2)]);
+
+    let missing = JobId::from("no-such-job");
+    let mut read = store
+        .jobs_with_ids(&[&jobs[1].id, &missing, &other_jobs[0].id])
+        .await
+        .expect("jobs");
+    read.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected = Vec::new();
+    for job in [&jobs[1].id, &other_jobs[0].id] {
+        expected.push(store.get_job(job).await.expect("job").expect("there"));
+    }
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(read, expected);
+    assert_eq!(store.jobs_with_ids(&[]).await.expect("none"), []);
+}
+
 async fn non_finite_numbers_are_refused(store: &Store) {
     let OneRun { jobs, .. } = one_run(store, "run-1", &["n1"]).await;
     let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
@@ -2646,6 +2696,44 @@ async fn non_finite_numbers_are_refused(store: &Store) {
         .expect_err("NaN cannot be read back");
     assert!(
         matches!(&err, StoreError::Corrupt { what, .. } if what.contains("measurements")),
+        "{err:?}"
+    );
+    // Where the number that is not finite is the only `null` in its column's text.
+    let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    result.measurements.push(Measurement {
+        name: "membw_gbps".into(),
+        value: f64::INFINITY,
+        unit: Some("GB/s".into()),
+    });
+    let err = store
+        .record_test_result(&result, None, at(20))
+        .await
+        .expect_err("infinity cannot be read back");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what.contains("measurements")),
+        "{err:?}"
+    );
+    let mut result = result_of(&jobs[0].id, 0, 1, Outcome::Passed);
+    result.telemetry.push(GpuTelemetry {
+        gpu_index: 0,
+        gpu_uuid: "GPU-0".into(),
+        fields: vec![FieldSummary {
+            field: Field::PowerW,
+            min: 80.0,
+            max: f64::NAN,
+            mean: 90.0,
+            p99: 95.0,
+            last: 85.0,
+            samples: 3,
+        }],
+        samples_missed: 0,
+    });
+    let err = store
+        .record_test_result(&result, None, at(20))
+        .await
+        .expect_err("NaN cannot be read back");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what.contains("telemetry")),
         "{err:?}"
     );
     assert!(
