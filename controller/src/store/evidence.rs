@@ -315,13 +315,16 @@ impl Store {
               WHERE j.run_id IN (SELECT id FROM latest)
               ORDER BY ru.plan_name, j.node, j.id"
         );
-        const JOB_RESULTS: &str =
-            result_query!(" WHERE job_id = $1 ORDER BY job_id, step_index, attempt, lease_epoch");
+        const JOB_RESULTS: (&str, &str) = in_json_list!(
+            result_query!(" WHERE job_id"),
+            "$1",
+            " ORDER BY job_id, step_index, attempt, lease_epoch"
+        );
         if evidence.release != *release || evidence.milestone != milestone {
             *evidence = self.load_evidence(release, milestone).await?;
             return Ok(Refreshed::Reloaded);
         }
-        let outcome = with_pool!(self, |pool| {
+        let outcome = with_pool_sql!(self, JOB_RESULTS, |pool, job_results| {
             let mut tx = pool.begin_snapshot().await?;
             let run_ids: Vec<RunId> = sqlx::query(RUN_IDS)
                 .bind(release.id.as_str())
@@ -349,17 +352,26 @@ impl Store {
             final_attempts_only(&mut jobs, |(job, _)| job);
             let changed = changed_jobs(evidence, &run_ids, &jobs);
             if let Some(changed) = changed {
-                let mut fresh = Vec::with_capacity(changed.len());
-                for (r, j) in &changed {
-                    let id = &evidence.runs[*r].jobs[*j].job_id;
-                    let results: Vec<StoredResult> = sqlx::query(JOB_RESULTS)
-                        .bind(id.as_str())
+                // The results of every job that changed, in one statement.
+                let mut fresh: HashMap<JobId, Vec<StoredResult>> = HashMap::new();
+                if !changed.is_empty() {
+                    let ids = super::json_list(
+                        changed
+                            .iter()
+                            .map(|(r, j)| evidence.runs[*r].jobs[*j].job_id.as_str()),
+                    );
+                    for row in sqlx::query(job_results)
+                        .bind(&ids)
                         .fetch_all(&mut *tx)
                         .await?
                         .iter()
-                        .map(rows::evidence_result)
-                        .collect::<Result<_, StoreError>>()?;
-                    fresh.push(results);
+                    {
+                        let stored = rows::evidence_result(row)?;
+                        fresh
+                            .entry(stored.0.job_id.clone())
+                            .or_default()
+                            .push(stored);
+                    }
                 }
                 tx.commit().await?;
                 Some((jobs, changed, fresh))
@@ -376,8 +388,10 @@ impl Store {
             .into_iter()
             .map(|(row, _)| (row.id.clone(), row))
             .collect();
-        for ((r, j), results) in changed.iter().zip(fresh) {
+        let mut fresh = fresh;
+        for (r, j) in &changed {
             let job = &mut evidence.runs[*r].jobs[*j];
+            let results = fresh.remove(&job.job_id).unwrap_or_default();
             if let Some(row) = rows.remove(&job.job_id) {
                 job.state = row.state;
                 job.labels = row.labels;

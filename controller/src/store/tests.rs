@@ -2530,12 +2530,17 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
         .await
         .expect("record");
     make_running(store, &jobs[2].id).await;
+    // Two jobs with new results, read in one statement: each keeps its own.
+    store
+        .record_test_result(&result_of(&jobs[0].id, 1, 1, Outcome::Passed), None, at(22))
+        .await
+        .expect("record");
     assert_eq!(
         store
             .refresh_evidence(&release, "lab-qual", &mut cached)
             .await
             .expect("refresh"),
-        Refreshed::Changed(vec![(0, 1), (0, 2)])
+        Refreshed::Changed(vec![(0, 0), (0, 1), (0, 2)])
     );
     let fresh = store
         .load_evidence(&release, "lab-qual")
@@ -2680,6 +2685,13 @@ async fn a_run_s_job_marks_show_what_a_watcher_compares(store: &Store) {
     expected.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(read, expected);
     assert_eq!(store.jobs_with_ids(&[]).await.expect("none"), []);
+    assert_eq!(
+        store
+            .job_marks_of_run(&RunId::from("no-such-run"))
+            .await
+            .expect("none"),
+        []
+    );
 }
 
 async fn non_finite_numbers_are_refused(store: &Store) {
