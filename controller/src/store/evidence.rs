@@ -131,6 +131,51 @@ fn changed_jobs(
     Some(changed)
 }
 
+/// One row of a refresh's jobs (a JSON array, see `refresh_evidence`): each job with its
+/// number of results.
+type EvidenceJobRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    usize,
+);
+
+/// The jobs of a refresh, from the JSON array the database answered.
+fn evidence_jobs(json: &str) -> Result<Vec<(EvidenceJob, usize)>, StoreError> {
+    let corrupt = |what: String, detail: String| StoreError::Corrupt { what, detail };
+    let rows: Vec<EvidenceJobRow> = serde_json::from_str(json)
+        .map_err(|err| corrupt("jobs of the evidence".to_owned(), err.to_string()))?;
+    rows.into_iter()
+        .map(
+            |(id, run_id, node, state, rescheduled_from, labels, gpu_source, n_results)| {
+                let job = EvidenceJob {
+                    state: state.parse().map_err(|err| {
+                        corrupt(format!("jobs.state of row '{id}'"), format!("{err}"))
+                    })?,
+                    labels: serde_json::from_str(&labels).map_err(|err| {
+                        corrupt(format!("nodes.labels of node '{node}'"), err.to_string())
+                    })?,
+                    gpu_source: gpu_source.parse().map_err(|err| {
+                        corrupt(
+                            format!("nodes.gpu_source of node '{node}'"),
+                            format!("{err}"),
+                        )
+                    })?,
+                    id: JobId::new(id),
+                    run_id: RunId::new(run_id),
+                    node: tollgate_domain::NodeId::new(node),
+                    rescheduled_from: rescheduled_from.map(JobId::new),
+                };
+                Ok((job, n_results))
+            },
+        )
+        .collect()
+}
+
 impl Store {
     /// The evidence for a release at a milestone: the latest non-cancelled run of each plan,
     /// with every job, its node's labels and GPU source, and every result.
@@ -307,13 +352,29 @@ impl Store {
             latest_runs_cte!(),
             " SELECT r.id FROM runs r WHERE r.id IN (SELECT id FROM latest) ORDER BY r.plan_name"
         );
-        const JOBS: &str = concat!(
-            latest_runs_cte!(),
-            " SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels, n.gpu_source,
-                     (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id) AS n_results
-              FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
-              WHERE j.run_id IN (SELECT id FROM latest)
-              ORDER BY ru.plan_name, j.node, j.id"
+        // Every job as one row: a JSON array of `[id, run, node, state, rescheduled from,
+        // labels, GPU source, results]` arrays in the evidence's order (a refresh reads every
+        // job of the latest runs, several times a second while a run ends, and each row of an
+        // answer is a hand-off between SQLite's thread and the caller's).
+        const JOBS: (&str, &str) = (
+            concat!(
+                latest_runs_cte!(),
+                " SELECT json_group_array(json_array(j.id, j.run_id, j.node, j.state,
+                         j.rescheduled_from, n.labels, n.gpu_source,
+                         (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id))
+                         ORDER BY ru.plan_name, j.node, j.id) AS jobs
+                  FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
+                  WHERE j.run_id IN (SELECT id FROM latest)"
+            ),
+            concat!(
+                latest_runs_cte!(),
+                " SELECT COALESCE(json_agg(json_build_array(j.id, j.run_id, j.node, j.state,
+                         j.rescheduled_from, n.labels, n.gpu_source,
+                         (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id))
+                         ORDER BY ru.plan_name, j.node, j.id)::text, '[]') AS jobs
+                  FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
+                  WHERE j.run_id IN (SELECT id FROM latest)"
+            ),
         );
         const JOB_RESULTS: (&str, &str) = in_json_list!(
             result_query!(" WHERE job_id"),
@@ -324,7 +385,11 @@ impl Store {
             *evidence = self.load_evidence(release, milestone).await?;
             return Ok(Refreshed::Reloaded);
         }
-        let outcome = with_pool_sql!(self, JOB_RESULTS, |pool, job_results| {
+        let (jobs_sql, job_results) = match &self.pool {
+            Pool::Sqlite(_) => (JOBS.0, JOB_RESULTS.0),
+            Pool::Postgres(_) => (JOBS.1, JOB_RESULTS.1),
+        };
+        let outcome = with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
             let run_ids: Vec<RunId> = sqlx::query(RUN_IDS)
                 .bind(release.id.as_str())
@@ -338,17 +403,12 @@ impl Store {
                         .map(RunId)
                 })
                 .collect::<Result<_, _>>()?;
-            let mut jobs: Vec<(rows::EvidenceJob, usize)> = sqlx::query(JOBS)
+            let row = sqlx::query(jobs_sql)
                 .bind(release.id.as_str())
                 .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    let n: i64 = rows::Fields::new(row, "jobs", &["id"]).int_as("n_results")?;
-                    Ok((rows::evidence_job(row)?, usize::try_from(n).unwrap_or(0)))
-                })
-                .collect::<Result<_, StoreError>>()?;
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut jobs = evidence_jobs(&rows::Fields::new(&row, "jobs", &[]).text("jobs")?)?;
             final_attempts_only(&mut jobs, |(job, _)| job);
             let changed = changed_jobs(evidence, &run_ids, &jobs);
             if let Some(changed) = changed {

@@ -40,7 +40,7 @@ pub struct RegistrationFacts {
     pub labels_of_record: Option<Labels>,
 }
 
-/// Nodes per statement of [`Store::touch_nodes`] and [`Store::heartbeat_facts`]. SQLite
+/// Nodes per statement of [`Store::registration_facts_of`]. SQLite
 /// looks each numbered parameter up by name as it is bound, a cost that grows with the
 /// statement's parameters; at 100 nodes it is small.
 pub const HEARTBEATS_PER_STATEMENT: usize = 100;
@@ -64,16 +64,6 @@ pub struct LeaseFacts {
     /// The watched nodes not heard since the moment asked for (or never), by name, each with
     /// its last heartbeat.
     pub quiet: Vec<(NodeId, Option<Timestamp>)>,
-}
-
-/// `UPDATE` of `n` nodes' `last_seen_at` from a list of (name, time) pairs. It writes the
-/// narrow `node_heartbeats` rows only, never the nodes' own (which carry the inventory).
-fn touch_nodes_sql(n: usize) -> String {
-    format!(
-        "UPDATE node_heartbeats SET last_seen_at = v.column2 FROM (VALUES {}) AS v \
-         WHERE node_heartbeats.node = v.column1",
-        value_rows(n, 2)
-    )
 }
 
 /// `n` rows of `width` numbered placeholders for a `VALUES` list: `($1, $2), ($3, $4)`.
@@ -195,29 +185,43 @@ impl EncodedRegistration {
     }
 }
 
-/// `nodes n` for a read of nodes' names and states only. On SQLite the read is told to use
-/// the index on (name, state): a `nodes` row holds `state` after the inventory, in overflow
-/// pages, and the planner prefers the primary key's index for lookups by name.
-fn nodes_by_state(pool: &Pool) -> &'static str {
-    match pool {
-        Pool::Sqlite(_) => "nodes n INDEXED BY nodes_by_name_state",
-        Pool::Postgres(_) => "nodes n",
-    }
-}
+/// `UPDATE` of nodes' `last_seen_at` from one JSON array of `[name, time]` pairs bound at
+/// `$1` (the time as SQLite's column holds it, RFC 3339 text, which PostgreSQL casts): one
+/// statement, kept prepared, however many nodes a flush recorded. It writes the narrow
+/// `node_heartbeats` rows only, never the nodes' own (which carry the inventory).
+const TOUCH_NODES: (&str, &str) = (
+    "UPDATE node_heartbeats SET last_seen_at = v.at
+     FROM (SELECT value ->> 0 AS node, value ->> 1 AS at FROM json_each($1)) AS v
+     WHERE node_heartbeats.node = v.node",
+    "UPDATE node_heartbeats SET last_seen_at = (v.e ->> 1)::timestamptz
+     FROM jsonb_array_elements($1::jsonb) AS v(e)
+     WHERE node_heartbeats.node = v.e ->> 0",
+);
 
-/// `SELECT` of `n` nodes' names, states and active jobs.
-fn heartbeat_facts_sql(n: usize, pool: &Pool) -> String {
-    let names: Vec<String> = (1..=n).map(|idx| format!("${idx}")).collect();
-    states::sql(&format!(
-        "SELECT n.name, n.state,
-                (SELECT j.id FROM jobs j
-                 WHERE j.node = n.name AND j.state IN {{active}}
-                 ORDER BY j.updated_at DESC LIMIT 1) AS current_job
-         FROM {} WHERE n.name IN ({})",
-        nodes_by_state(pool),
-        names.join(", ")
-    ))
-}
+/// The names, states and active jobs of the nodes named in the JSON array bound at `$1`,
+/// answered as one row: a JSON array of `[name, state, active job or null]` arrays (each row
+/// of an answer is a hand-off between SQLite's thread and the caller's, and a flush reads
+/// every node heard since the one before). On SQLite the read is told to use the index on
+/// (name, state): a `nodes` row holds `state` after the inventory, in overflow pages, and
+/// the planner prefers the primary key's index for lookups by name.
+static HEARTBEAT_FACTS: LazyLock<(String, String)> = LazyLock::new(|| {
+    let current_job = "(SELECT j.id FROM jobs j
+                        WHERE j.node = n.name AND j.state IN {active}
+                        ORDER BY j.updated_at DESC LIMIT 1)";
+    (
+        states::sql(&format!(
+            "SELECT json_group_array(json_array(n.name, n.state, {current_job})) AS facts
+             FROM nodes n INDEXED BY nodes_by_name_state
+             WHERE n.name IN (SELECT value FROM json_each($1))"
+        )),
+        states::sql(&format!(
+            "SELECT COALESCE(json_agg(json_build_array(n.name, n.state, {current_job}))::text,
+                             '[]') AS facts
+             FROM nodes n
+             WHERE n.name IN (SELECT jsonb_array_elements_text($1::jsonb))"
+        )),
+    )
+});
 
 /// The rows of `$sql`, a read of nodes built from numbered placeholders (`$1`… bound to the
 /// node names of `$names`, in order) and state lists only, each mapped from its fields by
@@ -493,22 +497,26 @@ impl Store {
     }
 
     /// Records the heartbeats a flush gathered: each node's `last_seen_at`, all in one
-    /// statement per [`HEARTBEATS_PER_STATEMENT`] nodes, in one transaction. A node that is
-    /// gone is skipped.
+    /// statement ([`TOUCH_NODES`]). A node that is gone is skipped.
     pub async fn touch_nodes(&self, seen: &[(NodeId, Timestamp)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
         }
+        let pairs: Vec<(&str, String)> = seen
+            .iter()
+            .map(|(node, at)| {
+                let at = micros(*at).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+                (node.as_str(), at)
+            })
+            .collect();
+        let pairs = serde_json::to_string(&pairs).expect("names and times serialize");
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            for chunk in seen.chunks(HEARTBEATS_PER_STATEMENT) {
-                // Built from numbered placeholders only: the values are bound.
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(touch_nodes_sql(chunk.len())));
-                for (node, at) in chunk {
-                    query = query.bind(node.as_str()).bind(micros(*at));
-                }
-                query.execute(&mut *tx).await?;
-            }
+            let sql = match &self.pool {
+                Pool::Sqlite(_) => TOUCH_NODES.0,
+                Pool::Postgres(_) => TOUCH_NODES.1,
+            };
+            sqlx::query(sql).bind(&pairs).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -571,21 +579,32 @@ impl Store {
         &self,
         names: &[NodeId],
     ) -> Result<Vec<HeartbeatFacts>, StoreError> {
-        let mut facts = Vec::with_capacity(names.len());
-        for chunk in names.chunks(HEARTBEATS_PER_STATEMENT) {
-            let sql = heartbeat_facts_sql(chunk.len(), &self.pool);
-            let rows = fetch_for_names!(self, sql, chunk, |f| {
-                Ok(HeartbeatFacts {
-                    node: NodeId::from(f.text("name")?.as_str()),
-                    state: f.parse("state")?,
-                    current_job: f
-                        .opt_text("current_job")?
-                        .map(|id| tollgate_domain::JobId::from(id.as_str())),
-                })
-            })?;
-            facts.extend(rows);
+        if names.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(facts)
+        let names = super::json_list(names.iter().map(NodeId::as_str));
+        let facts: String = with_pool_sql!(self, *HEARTBEAT_FACTS, |pool, sql| {
+            let row = sqlx::query(sql).bind(&names).fetch_one(pool).await?;
+            rows::Fields::new(&row, "nodes", &[]).text("facts")?
+        });
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "heartbeat facts of nodes".to_owned(),
+            detail,
+        };
+        let facts: Vec<(String, String, Option<String>)> =
+            serde_json::from_str(&facts).map_err(|err| corrupt(err.to_string()))?;
+        facts
+            .into_iter()
+            .map(|(name, state, current_job)| {
+                Ok(HeartbeatFacts {
+                    state: state
+                        .parse()
+                        .map_err(|err| corrupt(format!("node {name}: state: {err}")))?,
+                    node: NodeId::from(name.as_str()),
+                    current_job: current_job.map(|id| tollgate_domain::JobId::from(id.as_str())),
+                })
+            })
+            .collect()
     }
 
     /// Applies an operator's change of a node's state (cordon, uncordon, drain), decided by

@@ -92,6 +92,7 @@ on_both_backends!(
     round_trip_of_every_stored_type,
     timestamps_keep_microseconds,
     lease_facts_list_only_the_quiet_watched_nodes,
+    heartbeat_facts_are_each_node_s_own,
     nodes_named_reads_those_named_that_exist,
     registration_keeps_operator_state,
     plan_versions_and_latest,
@@ -933,6 +934,46 @@ async fn lease_facts_list_only_the_quiet_watched_nodes(store: &Store) {
     let listed = store.list_nodes().await.expect("list");
     let n3 = listed.iter().find(|node| node.id.as_str() == "n3");
     assert_eq!(n3.and_then(|node| node.last_seen_at), Some(at(5)));
+}
+
+/// What a heartbeat flush reads of the nodes it heard: each node's state and active job, in
+/// one answer; a node that is gone is left out.
+async fn heartbeat_facts_are_each_node_s_own(store: &Store) {
+    let OneRun { jobs, .. } = one_run(store, "run-1", &["n1", "n2", "n3"]).await;
+    make_running(store, &jobs[1].id).await;
+    put_node_state(store, "n3", NodeState::Cordoned)
+        .await
+        .expect("cordoned");
+    assert_eq!(store.heartbeat_facts(&[]).await.expect("none"), []);
+    let names = ["n3", "gone", "n2", "n1"].map(NodeId::from);
+    let mut facts = store.heartbeat_facts(&names).await.expect("facts");
+    facts.sort_by(|a, b| a.node.cmp(&b.node));
+    let running = store
+        .get_node(&NodeId::from("n2"))
+        .await
+        .expect("get")
+        .expect("some")
+        .state;
+    assert_eq!(
+        facts,
+        [
+            HeartbeatFacts {
+                node: NodeId::from("n1"),
+                state: NodeState::Ready,
+                current_job: None,
+            },
+            HeartbeatFacts {
+                node: NodeId::from("n2"),
+                state: running,
+                current_job: Some(jobs[1].id.clone()),
+            },
+            HeartbeatFacts {
+                node: NodeId::from("n3"),
+                state: NodeState::Cordoned,
+                current_job: None,
+            },
+        ]
+    );
 }
 
 async fn nodes_named_reads_those_named_that_exist(store: &Store) {
