@@ -153,18 +153,22 @@ fn evidence_jobs(json: &str) -> Result<Vec<(EvidenceJob, usize)>, StoreError> {
         .map(
             |(id, run_id, node, state, rescheduled_from, labels, gpu_source, n_results)| {
                 let job = EvidenceJob {
-                    state: state.parse().map_err(|err| {
-                        corrupt(format!("jobs.state of row '{id}'"), format!("{err}"))
-                    })?,
+                    state: state
+                        .parse::<tollgate_domain::job::JobState>()
+                        .map_err(|err| {
+                            corrupt(format!("jobs.state of row '{id}'"), err.to_string())
+                        })?,
                     labels: serde_json::from_str(&labels).map_err(|err| {
                         corrupt(format!("nodes.labels of node '{node}'"), err.to_string())
                     })?,
-                    gpu_source: gpu_source.parse().map_err(|err| {
-                        corrupt(
-                            format!("nodes.gpu_source of node '{node}'"),
-                            format!("{err}"),
-                        )
-                    })?,
+                    gpu_source: gpu_source
+                        .parse::<tollgate_domain::fleet::GpuSourceKind>()
+                        .map_err(|err| {
+                            corrupt(
+                                format!("nodes.gpu_source of node '{node}'"),
+                                err.to_string(),
+                            )
+                        })?,
                     id: JobId::new(id),
                     run_id: RunId::new(run_id),
                     node: tollgate_domain::NodeId::new(node),
