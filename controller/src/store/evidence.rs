@@ -5,6 +5,7 @@
 use super::connect::Begin;
 use super::rows::{EvidenceJob, EvidenceRun};
 use super::{Pool, Refreshed, Store, StoreError, rows};
+use futures::TryStreamExt as _;
 use std::collections::HashMap;
 use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, result_digest};
 use tollgate_domain::release::Release;
@@ -424,13 +425,11 @@ impl Store {
                             .iter()
                             .map(|(r, j)| evidence.runs[*r].jobs[*j].job_id.as_str()),
                     );
-                    for row in sqlx::query(job_results)
-                        .bind(&ids)
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                    {
-                        let stored = rows::evidence_result(row)?;
+                    // Decoded as they come: the raw rows of every changed job (telemetry,
+                    // series) are never held at once.
+                    let mut stream = sqlx::query(job_results).bind(&ids).fetch(&mut *tx);
+                    while let Some(row) = stream.try_next().await? {
+                        let stored = rows::evidence_result(&row)?;
                         fresh
                             .entry(stored.0.job_id.clone())
                             .or_default()
