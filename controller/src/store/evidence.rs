@@ -390,10 +390,7 @@ impl Store {
             *evidence = self.load_evidence(release, milestone).await?;
             return Ok(Refreshed::Reloaded);
         }
-        let (jobs_sql, job_results) = match &self.pool {
-            Pool::Sqlite(_) => (JOBS.0, JOB_RESULTS.0),
-            Pool::Postgres(_) => (JOBS.1, JOB_RESULTS.1),
-        };
+        let (jobs_sql, job_results) = (self.pool.sql(JOBS), self.pool.sql(JOB_RESULTS));
         let outcome = with_pool!(self, |pool| {
             let mut tx = pool.begin_snapshot().await?;
             let run_ids: Vec<RunId> = sqlx::query(RUN_IDS)

@@ -236,6 +236,17 @@ pub enum Pool {
     Postgres(sqlx::PgPool),
 }
 
+impl Pool {
+    /// This backend's text of a statement pair `(SQLite, PostgreSQL)` ([`in_json_list!`],
+    /// answers built as JSON).
+    fn sql<'a>(&self, pair: (&'a str, &'a str)) -> &'a str {
+        match self {
+            Pool::Sqlite(_) => pair.0,
+            Pool::Postgres(_) => pair.1,
+        }
+    }
+}
+
 /// Runs the same code on whichever typed pool the store holds. The body is compiled once per
 /// backend, so every statement in it is bound and decoded with that backend's own types. It
 /// looks like a closure but is not one: `?` and `return` in it act on the calling method.

@@ -512,11 +512,10 @@ impl Store {
         let pairs = serde_json::to_string(&pairs).expect("names and times serialize");
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let sql = match &self.pool {
-                Pool::Sqlite(_) => TOUCH_NODES.0,
-                Pool::Postgres(_) => TOUCH_NODES.1,
-            };
-            sqlx::query(sql).bind(&pairs).execute(&mut *tx).await?;
+            sqlx::query(self.pool.sql(TOUCH_NODES))
+                .bind(&pairs)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         })
