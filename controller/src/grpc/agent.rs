@@ -935,13 +935,14 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
-/// Checks and stores one result: load, ask the domain (`job::accept_result`), apply (one
-/// transaction, compare-and-set on the job and its node); returns whether it was a duplicate.
+/// Checks and stores one result: load (the job's facts and results, one read), ask the
+/// domain (`job::accept_result`), apply (one transaction, compare-and-set on the job and its
+/// node); returns whether it was a duplicate.
 async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<bool, RecordError> {
     let store = &shared.store;
-    let facts =
+    let (facts, results) =
         store
-            .job_facts(&result.job_id)
+            .result_basis(&result.job_id)
             .await?
             .ok_or_else(|| ResultRefusal::UnknownJob {
                 job: result.job_id.clone(),
@@ -952,7 +953,6 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         .ok_or_else(|| StoreError::NotFound {
             what: format!("run {} or the plan version it pinned", facts.run),
         })?;
-    let results = store.result_summaries_of_job(&facts.id).await?;
     let steps = PlanSteps {
         name: &pinned.name,
         steps: &pinned.stored.plan.steps,

@@ -145,10 +145,10 @@ type EvidenceJobRow = (
     usize,
 );
 
-/// The jobs of a refresh, from the JSON array the database answered.
-fn evidence_jobs(json: &str) -> Result<Vec<(EvidenceJob, usize)>, StoreError> {
+/// The jobs of a refresh, from the JSON arrays the database answered, in order.
+fn evidence_jobs(pieces: Vec<String>) -> Result<Vec<(EvidenceJob, usize)>, StoreError> {
     let corrupt = |what: String, detail: String| StoreError::Corrupt { what, detail };
-    let rows: Vec<EvidenceJobRow> = serde_json::from_str(json)
+    let rows: Vec<EvidenceJobRow> = super::json_pieces(pieces)
         .map_err(|err| corrupt("jobs of the evidence".to_owned(), err.to_string()))?;
     rows.into_iter()
         .map(
@@ -357,28 +357,43 @@ impl Store {
             latest_runs_cte!(),
             " SELECT r.id FROM runs r WHERE r.id IN (SELECT id FROM latest) ORDER BY r.plan_name"
         );
-        // Every job as one row: a JSON array of `[id, run, node, state, rescheduled from,
-        // labels, GPU source, results]` arrays in the evidence's order (a refresh reads every
-        // job of the latest runs, several times a second while a run ends, and each row of an
-        // answer is a hand-off between SQLite's thread and the caller's).
+        // Every job as JSON arrays of `[id, run, node, state, rescheduled from, labels, GPU
+        // source, results]` arrays in the evidence's order, a row per 100 jobs (a refresh
+        // reads every job of the latest runs, several times a second while a run ends, and
+        // each row of an answer is a hand-off between SQLite's thread and the caller's; the
+        // pieces' size: `super::json_pieces`).
         const JOBS: (&str, &str) = (
             concat!(
                 latest_runs_cte!(),
-                " SELECT json_group_array(json_array(j.id, j.run_id, j.node, j.state,
-                         j.rescheduled_from, n.labels, n.gpu_source,
-                         (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id))
-                         ORDER BY ru.plan_name, j.node, j.id) AS jobs
-                  FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
-                  WHERE j.run_id IN (SELECT id FROM latest)"
+                " SELECT json_group_array(json_array(id, run_id, node, state, rescheduled_from,
+                         labels, gpu_source, n_results)
+                         ORDER BY plan_name, node, id) AS jobs
+                  FROM (SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels,
+                               n.gpu_source, ru.plan_name,
+                               (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
+                                   AS n_results,
+                               (ROW_NUMBER() OVER (ORDER BY ru.plan_name, j.node, j.id) - 1)
+                                   / 100 AS piece
+                        FROM jobs j JOIN nodes n ON n.name = j.node
+                                    JOIN runs ru ON ru.id = j.run_id
+                        WHERE j.run_id IN (SELECT id FROM latest)) AS e
+                  GROUP BY piece ORDER BY piece"
             ),
             concat!(
                 latest_runs_cte!(),
-                " SELECT COALESCE(json_agg(json_build_array(j.id, j.run_id, j.node, j.state,
-                         j.rescheduled_from, n.labels, n.gpu_source,
-                         (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id))
-                         ORDER BY ru.plan_name, j.node, j.id)::text, '[]') AS jobs
-                  FROM jobs j JOIN nodes n ON n.name = j.node JOIN runs ru ON ru.id = j.run_id
-                  WHERE j.run_id IN (SELECT id FROM latest)"
+                " SELECT json_agg(json_build_array(id, run_id, node, state, rescheduled_from,
+                         labels, gpu_source, n_results)
+                         ORDER BY plan_name, node, id)::text AS jobs
+                  FROM (SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels,
+                               n.gpu_source, ru.plan_name,
+                               (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
+                                   AS n_results,
+                               (ROW_NUMBER() OVER (ORDER BY ru.plan_name, j.node, j.id) - 1)
+                                   / 100 AS piece
+                        FROM jobs j JOIN nodes n ON n.name = j.node
+                                    JOIN runs ru ON ru.id = j.run_id
+                        WHERE j.run_id IN (SELECT id FROM latest)) AS e
+                  GROUP BY piece ORDER BY piece"
             ),
         );
         const JOB_RESULTS: (&str, &str) = in_json_list!(
@@ -405,12 +420,15 @@ impl Store {
                         .map(RunId)
                 })
                 .collect::<Result<_, _>>()?;
-            let row = sqlx::query(jobs_sql)
+            let pieces: Vec<String> = sqlx::query(jobs_sql)
                 .bind(release.id.as_str())
                 .bind(milestone)
-                .fetch_one(&mut *tx)
-                .await?;
-            let mut jobs = evidence_jobs(&rows::Fields::new(&row, "jobs", &[]).text("jobs")?)?;
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| rows::Fields::new(row, "jobs", &[]).text("jobs"))
+                .collect::<Result<_, _>>()?;
+            let mut jobs = evidence_jobs(pieces)?;
             final_attempts_only(&mut jobs, |(job, _)| job);
             let changed = changed_jobs(evidence, &run_ids, &jobs);
             if let Some(changed) = changed {

@@ -11,6 +11,7 @@ use super::rows::{self, Fields, StoreRow};
 use super::{JobMark, JobRecord, Pool, Store, StoreError, states};
 use std::sync::LazyLock;
 use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
+use tollgate_domain::result::StepResult;
 use tollgate_domain::scheduler::PendingJob;
 use tollgate_domain::{JobId, NodeId, RunId, Timestamp};
 
@@ -64,25 +65,34 @@ macro_rules! job_query {
 macro_rules! facts_query {
     ($tail:expr) => {
         concat!(
-            "SELECT j.id, j.run_id, j.node, j.state, j.lease_epoch, n.state AS node_state,
-                    (SELECT COUNT(*) FROM jobs o
-                     WHERE o.node = j.node AND o.id <> j.id AND o.state IN {active})
-                        AS other_active
-             FROM jobs j JOIN nodes n ON n.name = j.node",
+            "SELECT ",
+            facts_columns!(),
+            " FROM jobs j JOIN nodes n ON n.name = j.node",
             $tail
         )
     };
 }
 
+/// The columns [`job_facts`] reads, of `jobs j` joined with `nodes n`; named so that they
+/// never meet a result's (`result_basis` reads both in one row).
+macro_rules! facts_columns {
+    () => {
+        "j.id AS job, j.run_id AS job_run, j.node AS job_node, j.state AS job_state,
+         j.lease_epoch AS job_epoch, n.state AS node_state,
+         (SELECT COUNT(*) FROM jobs o
+          WHERE o.node = j.node AND o.id <> j.id AND o.state IN {active}) AS other_active"
+    };
+}
+
 /// A row of `facts_query!`.
 fn job_facts(row: &impl StoreRow) -> Result<JobFacts, StoreError> {
-    let f = Fields::new(row, "jobs", &["id"]);
+    let f = Fields::new(row, "jobs", &["job"]);
     Ok(JobFacts {
-        id: JobId::new(f.text("id")?),
-        run: RunId::new(f.text("run_id")?),
-        node: NodeId::new(f.text("node")?),
-        state: f.parse("state")?,
-        lease_epoch: f.int_as("lease_epoch")?,
+        id: JobId::new(f.text("job")?),
+        run: RunId::new(f.text("job_run")?),
+        node: NodeId::new(f.text("job_node")?),
+        state: f.parse("job_state")?,
+        lease_epoch: f.int_as("job_epoch")?,
         node_state: f.parse("node_state")?,
         node_has_other_active_job: f.int_as::<u64>("other_active")? > 0,
     })
@@ -107,31 +117,45 @@ impl Store {
     /// in one statement: each job's node, state, lease epoch and number of results (a job
     /// changes only in these). In no particular order.
     ///
-    /// The database answers them as one row, a JSON array of `[id, node, state, lease epoch,
-    /// results]` arrays: a run of thousands of jobs is looked at several times a second while
-    /// it runs, and each row of an answer is a hand-off between SQLite's thread and the
-    /// caller's (one row, where a row per job cost ten times the time).
+    /// The database answers them as JSON arrays of `[id, node, state, lease epoch, results]`
+    /// arrays, a row per 500 jobs ([`super::json_pieces`]): a run of thousands of jobs is
+    /// looked at several times a second while it runs, and each row of an answer is a
+    /// hand-off between SQLite's thread and the caller's (a row per job cost ten times the
+    /// time).
     pub async fn job_marks_of_run(&self, run: &RunId) -> Result<Vec<JobMark>, StoreError> {
         const SQL: (&str, &str) = (
-            "SELECT json_group_array(json_array(j.id, j.node, j.state, j.lease_epoch,
-                        (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)))
+            "SELECT json_group_array(json_array(id, node, state, lease_epoch, n_results))
                     AS marks
-             FROM jobs j WHERE j.run_id = $1",
-            "SELECT COALESCE(json_agg(json_build_array(j.id, j.node, j.state, j.lease_epoch,
-                        (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)))::text,
-                        '[]') AS marks
-             FROM jobs j WHERE j.run_id = $1",
+             FROM (SELECT j.id, j.node, j.state, j.lease_epoch,
+                          (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
+                              AS n_results,
+                          (ROW_NUMBER() OVER () - 1) / 500 AS piece
+                   FROM jobs j WHERE j.run_id = $1) AS m
+             GROUP BY piece",
+            "SELECT json_agg(json_build_array(id, node, state, lease_epoch, n_results))::text
+                    AS marks
+             FROM (SELECT j.id, j.node, j.state, j.lease_epoch,
+                          (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
+                              AS n_results,
+                          (ROW_NUMBER() OVER () - 1) / 500 AS piece
+                   FROM jobs j WHERE j.run_id = $1) AS m
+             GROUP BY piece",
         );
-        let marks: String = with_pool_sql!(self, SQL, |pool, sql| {
-            let row = sqlx::query(sql).bind(run.as_str()).fetch_one(pool).await?;
-            Fields::new(&row, "jobs", &[]).text("marks")?
+        let pieces: Vec<String> = with_pool_sql!(self, SQL, |pool, sql| {
+            sqlx::query(sql)
+                .bind(run.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Fields::new(row, "jobs", &[]).text("marks"))
+                .collect::<Result<_, _>>()?
         });
         let corrupt = |detail: String| StoreError::Corrupt {
             what: format!("jobs of run {run}"),
             detail,
         };
         let marks: Vec<(String, String, String, u64, usize)> =
-            serde_json::from_str(&marks).map_err(|err| corrupt(err.to_string()))?;
+            super::json_pieces(pieces).map_err(|err| corrupt(err.to_string()))?;
         marks
             .into_iter()
             .map(|(id, node, state, lease_epoch, n_results)| {
@@ -281,6 +305,47 @@ impl Store {
                 .await?
                 .map(|row| job_facts(&row))
                 .transpose()
+        })
+    }
+
+    /// What deciding a result of `job` reads ([`Store::job_facts`] and
+    /// [`Store::result_summaries_of_job`]), in one statement: a row per stored result (one
+    /// with the result's columns null when there is none), the job's facts in each. Every
+    /// result an agent reports is decided from these.
+    pub async fn result_basis(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<(JobFacts, Vec<StepResult>)>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            states::sql(concat!(
+                "SELECT ",
+                facts_columns!(),
+                ", r.job_id, r.step_index, r.attempt, r.lease_epoch, r.step_name, r.outcome,
+                   r.exit_code, r.started_at, r.finished_at, r.measurements, r.message,
+                   r.sub_results
+                 FROM jobs j JOIN nodes n ON n.name = j.node
+                             LEFT JOIN step_results r ON r.job_id = j.id
+                 WHERE j.id = $1
+                 ORDER BY r.step_index, r.attempt, r.lease_epoch"
+            ))
+        });
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(SQL.as_str())
+                .bind(job.as_str())
+                .fetch_all(pool)
+                .await?;
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let facts = job_facts(first)?;
+            let mut results = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let f = Fields::new(row, "step_results", &["job_id"]);
+                if f.opt_text("job_id")?.is_some() {
+                    results.push(rows::step_result_summary(row)?);
+                }
+            }
+            Ok(Some((facts, results)))
         })
     }
 

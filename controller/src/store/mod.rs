@@ -317,6 +317,26 @@ macro_rules! with_pool_sql {
     };
 }
 
+/// The items of a JSON answer, read in pieces, as one list in the pieces' order.
+///
+/// Reads of thousands of jobs or nodes made several times a second are answered by the
+/// database as JSON arrays, each row of an answer being a hand-off between SQLite's thread
+/// and the caller's. They are cut into pieces of a few hundred items
+/// (`(ROW_NUMBER() OVER (…) - 1) / SIZE AS piece … GROUP BY piece`), each under 64 KiB at
+/// the usual sizes of its items: glibc serves a block over its mmap threshold (128 KiB at
+/// start) from its own mapping and, once such a block is freed, raises the threshold to its
+/// size for good, keeping more heap from then on (20 MiB more at the peak of `fleet-bench
+/// --agents 1000` with one array a run; BENCHMARKS.md).
+fn json_pieces<T: serde::de::DeserializeOwned>(
+    pieces: impl IntoIterator<Item = String>,
+) -> Result<Vec<T>, serde_json::Error> {
+    let mut items = Vec::new();
+    for piece in pieces {
+        items.extend(serde_json::from_str::<Vec<T>>(&piece)?);
+    }
+    Ok(items)
+}
+
 /// A list of names or ids as the JSON array [`in_json_list!`] statements bind.
 fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let items: Vec<&str> = items.into_iter().collect();

@@ -119,6 +119,8 @@ on_both_backends!(
     failing_multi_row_write_leaves_nothing,
     non_finite_numbers_are_refused,
     a_run_s_job_marks_show_what_a_watcher_compares,
+    answers_read_in_pieces_are_whole_and_in_order,
+    a_result_s_basis_is_its_job_s_facts_and_results,
     corrupt_values_name_their_row,
     node_health_changes_are_compare_and_set_and_audited,
     recent_outcomes_are_the_node_s_latest_not_skipped,
@@ -2733,6 +2735,147 @@ async fn a_run_s_job_marks_show_what_a_watcher_compares(store: &Store) {
             .expect("none"),
         []
     );
+}
+
+/// The reads answered as JSON in pieces (500 jobs or nodes a piece, 100 jobs for the
+/// evidence) on a run of 1,001 nodes: nothing lost or read twice where pieces meet, and the
+/// evidence's order kept across its eleven pieces (a refresh finds the changed jobs at their
+/// places instead of loading it all again).
+async fn answers_read_in_pieces_are_whole_and_in_order(store: &Store) {
+    let names: Vec<String> = (0..1001).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let release = add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    for name in &names {
+        add_node(store, name).await;
+    }
+    // Job ids in the reverse of their nodes' order, so that no order of ids passes for the
+    // evidence's.
+    let run = run_record("run-1", &plan, "lab-qual", 10);
+    let jobs: Vec<JobRecord> = names
+        .iter()
+        .enumerate()
+        .map(|(index, node)| job_record(&format!("job-{:04}", 1000 - index), &run, node))
+        .collect();
+    store
+        .create_test_run(&run, &jobs)
+        .await
+        .expect("create run");
+    let mut cached = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let ended = [0, 499, 500, 777, 1000];
+    for (i, index) in ended.iter().enumerate() {
+        store
+            .record_test_result(
+                &result_of(&jobs[*index].id, 0, 1, Outcome::Passed),
+                None,
+                at(20 + i as i64),
+            )
+            .await
+            .expect("record");
+    }
+    make_running(store, &jobs[250].id).await;
+
+    let mut marks = store.job_marks_of_run(&run.id).await.expect("marks");
+    marks.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected: Vec<(JobId, usize)> = jobs
+        .iter()
+        .enumerate()
+        .map(|(index, job)| (job.id.clone(), usize::from(ended.contains(&index))))
+        .collect();
+    expected.sort();
+    let read: Vec<(JobId, usize)> = marks
+        .iter()
+        .map(|mark| (mark.id.clone(), mark.n_results))
+        .collect();
+    assert_eq!(read, expected);
+
+    let asked: Vec<NodeId> = names.iter().map(|name| NodeId::from(*name)).collect();
+    let facts = store.heartbeat_facts(&asked).await.expect("facts");
+    let mut read: Vec<&str> = facts.iter().map(|fact| fact.node.as_str()).collect();
+    read.sort_unstable();
+    let mut expected = names.clone();
+    expected.sort_unstable();
+    assert_eq!(read, expected);
+    let busy: Vec<_> = facts
+        .iter()
+        .filter_map(|fact| Some((fact.node.as_str(), fact.current_job.clone()?)))
+        .collect();
+    assert_eq!(busy, [("n250", jobs[250].id.clone())]);
+
+    // The evidence is in node-name order: "n0", "n1", "n10", "n100", "n1000", "n101"…
+    let mut in_order = names.clone();
+    in_order.sort_unstable();
+    let place = |index: usize| {
+        in_order
+            .iter()
+            .position(|name| *name == names[index])
+            .expect("a node of the run")
+    };
+    let mut changed: Vec<(usize, usize)> = ended
+        .iter()
+        .chain(&[250])
+        .map(|index| (0, place(*index)))
+        .collect();
+    changed.sort_unstable();
+    assert_eq!(
+        store
+            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .await
+            .expect("refresh"),
+        Refreshed::Changed(changed)
+    );
+    assert_eq!(
+        cached,
+        store
+            .load_evidence(&release, "lab-qual")
+            .await
+            .expect("evidence")
+    );
+}
+
+/// The one read a result is decided from: the job's facts as `job_facts` reads them, and its
+/// results as `result_summaries_of_job` does, in their order; a job with no result yet, and
+/// a job that does not exist.
+async fn a_result_s_basis_is_its_job_s_facts_and_results(store: &Store) {
+    let OneRun { jobs, .. } = one_run(store, "run-1", &["n1", "n2"]).await;
+    make_running(store, &jobs[0].id).await;
+    let basis = |job: JobId| async move { store.result_basis(&job).await.expect("basis") };
+    let facts = |job: JobId| async move { store.job_facts(&job).await.expect("facts") };
+
+    let (read, results) = basis(jobs[0].id.clone()).await.expect("the job");
+    assert_eq!(Some(read), facts(jobs[0].id.clone()).await);
+    assert_eq!(results, []);
+
+    for (step_index, attempt, second) in [(1, 1, 22), (0, 2, 21), (0, 1, 20)] {
+        store
+            .record_test_result(
+                &result_of(&jobs[0].id, step_index, attempt, Outcome::Failed),
+                None,
+                at(second),
+            )
+            .await
+            .expect("record");
+    }
+    store
+        .record_test_result(&result_of(&jobs[1].id, 0, 1, Outcome::Passed), None, at(23))
+        .await
+        .expect("record");
+    let (read, results) = basis(jobs[0].id.clone()).await.expect("the job");
+    assert_eq!(Some(read), facts(jobs[0].id.clone()).await);
+    assert_eq!(
+        results,
+        store
+            .result_summaries_of_job(&jobs[0].id)
+            .await
+            .expect("summaries")
+    );
+    let keys: Vec<(u32, u32)> = results.iter().map(|r| (r.step_index, r.attempt)).collect();
+    assert_eq!(keys, [(0, 1), (0, 2), (1, 1)]);
+    assert!(basis(JobId::from("no-such-job")).await.is_none());
 }
 
 async fn non_finite_numbers_are_refused(store: &Store) {
