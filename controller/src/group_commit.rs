@@ -52,11 +52,16 @@ impl Owned {
 
     async fn write_alone(&self, store: &Store, now: Timestamp) -> Result<Recorded, StoreError> {
         match self {
-            Self::Result(encoded) => {
-                store
-                    .record_result(encoded.result(), encoded.change(), now)
-                    .await
-            }
+            Self::Result(encoded) => store
+                .write_batch(&[Write::Encoded(encoded, now)])
+                .await?
+                .pop()
+                .unwrap_or_else(|| {
+                    Err(StoreError::Corrupt {
+                        what: "a result written alone".to_owned(),
+                        detail: "a batch of one gave no outcome".to_owned(),
+                    })
+                }),
             Self::Job(change) => store
                 .apply_job_change(change, now)
                 .await
@@ -103,7 +108,7 @@ impl GroupCommit {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let encoded = EncodedResult::new(result.clone(), change.clone());
+        let encoded = EncodedResult::new(result, change.clone());
         match self
             .write(store, Owned::Result(Box::new(encoded)), now)
             .await
@@ -303,10 +308,18 @@ mod tests {
 
     /// The first result of `job-<node>`, which leaves it running.
     fn first_result(node: &str) -> (StepResult, ResultChange) {
+        // With every kind of part a result's columns hold, so that a result written from its
+        // encoded row is seen to keep them.
         let result = StepResult {
             job_id: JobId::from(format!("job-{node}")),
+            log_tail: "dcgmi diag: pass\n".to_owned(),
+            message: "all tests passed".to_owned(),
             ..ts::step_result(0, 1, Outcome::Passed)
         };
+        let result = ts::with_measurement(result, "membw_gbps", 2_000.0);
+        let result =
+            ts::with_telemetry(result, 0, tollgate_domain::telemetry::Field::GpuTempC, 80.0);
+        let result = ts::with_xid(result, 0, 79);
         let change = ResultChange {
             job: JobChange {
                 job: result.job_id.clone(),
@@ -464,6 +477,10 @@ mod tests {
             let job = JobId::from(format!("job-{node}"));
             let stored = store.results_of_job(&job).await.expect("results");
             assert_eq!(stored.len(), n_results, "{node}");
+            // Written alone from its encoded row: whole, telemetry and events included.
+            if n_results == 1 {
+                assert_eq!(stored, [first_result(node).0], "{node}");
+            }
         }
     }
 

@@ -262,7 +262,10 @@ impl AgentService for AgentApi {
         shared.poke_scheduler();
         shared.notify_changed();
         tokio::spawn(read_events(shared.clone(), node, session_id, inbound));
-        let outbound = super::limits::holding(permit, ReceiverStream::new(commands).map(Ok));
+        let outbound = super::limits::holding(
+            permit,
+            ReceiverStream::new(commands).map(|command| Ok(*command)),
+        );
         Ok(Response::new(Box::pin(outbound)))
     }
 

@@ -212,7 +212,12 @@ impl Write<'_> {
 /// before it waits for a batch: the encoding is most of the work of writing a result, and
 /// done here it runs on the caller's task, beside the batch being written, instead of inside
 /// the next batch's turn.
+///
+/// It keeps of the result only what is not in its columns ([`scalars_of`]): what waits for a
+/// batch is the row, not also a copy of the telemetry, series and inventories it was encoded
+/// from (a thousand results arrive within a second when a thousand nodes end a step).
 pub struct EncodedResult {
+    /// The result without the fields its columns hold.
     result: StepResult,
     change: ResultChange,
     /// The row's columns, or why the result cannot be stored.
@@ -230,23 +235,40 @@ impl std::fmt::Debug for EncodedResult {
 
 impl EncodedResult {
     /// Checks and encodes `result`, to be stored with `change`.
-    pub fn new(result: StepResult, change: ResultChange) -> Self {
-        let columns = encode(&result, &change);
+    pub fn new(result: &StepResult, change: ResultChange) -> Self {
+        let columns = encode(result, &change);
         Self {
-            result,
+            result: scalars_of(result),
             change,
             columns,
         }
     }
+}
 
-    /// The result.
-    pub fn result(&self) -> &StepResult {
-        &self.result
-    }
-
-    /// Its change.
-    pub fn change(&self) -> &ResultChange {
-        &self.change
+/// `result` without the fields [`ResultColumns`] holds as JSON (left empty): the fields a
+/// write reads from the result itself, its key, outcome, times and texts. Every field is
+/// named, so that a field added to `StepResult` is placed on one side or the other here.
+fn scalars_of(result: &StepResult) -> StepResult {
+    StepResult {
+        job_id: result.job_id.clone(),
+        step_index: result.step_index,
+        step_name: result.step_name.clone(),
+        attempt: result.attempt,
+        lease_epoch: result.lease_epoch,
+        outcome: result.outcome,
+        exit_code: result.exit_code,
+        started_at: result.started_at,
+        finished_at: result.finished_at,
+        log_tail: result.log_tail.clone(),
+        message: result.message.clone(),
+        // In the columns.
+        measurements: Vec::new(),
+        telemetry: Vec::new(),
+        events: Vec::new(),
+        inventory: tollgate_domain::fleet::Inventory::default(),
+        sub_results: Vec::new(),
+        inventory_at_end: None,
+        series: Vec::new(),
     }
 }
 
