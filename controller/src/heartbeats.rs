@@ -1,10 +1,10 @@
 //! Heartbeats, batched: an agent's heartbeat is only noted in memory when it arrives
 //! (`Heartbeats::note`, newest per node); every [`flush_every`] the notes of every node go
 //! to the store at once (`Store::touch_nodes`: one statement), the nodes' states and active
-//! jobs are read at once (`Store::heartbeat_facts`: one statement, a row per 500 nodes), and each heartbeat is
+//! jobs are read at once (`Store::heartbeat_facts`: a statement per 500 nodes), and each heartbeat is
 //! then judged as it always was (`grpc::agent::judge_heartbeat`: a node back from
-//! `unreachable`, a job its agent no longer runs). A thousand agents cost two statements a
-//! flush instead of a write transaction and a read each.
+//! `unreachable`, a job its agent no longer runs). A thousand agents cost three statements
+//! a flush instead of a write transaction and a read each.
 //!
 //! `last_seen_at` lives in a narrow table of its own (`node_heartbeats`, a few dozen bytes a
 //! row), so a flush never rewrites the wide `nodes` rows that carry the inventory, and the

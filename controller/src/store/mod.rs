@@ -321,12 +321,13 @@ macro_rules! with_pool_sql {
 ///
 /// Reads of thousands of jobs or nodes made several times a second are answered by the
 /// database as JSON arrays, each row of an answer being a hand-off between SQLite's thread
-/// and the caller's. They are cut into pieces of a few hundred items
-/// (`(ROW_NUMBER() OVER (…) - 1) / SIZE AS piece … GROUP BY piece`), each under 64 KiB at
-/// the usual sizes of its items: glibc serves a block over its mmap threshold (128 KiB at
+/// and the caller's. They are cut into pieces of a few hundred items (a statement per
+/// piece of the list asked for; `GROUP BY rowid / SIZE`; `(ROW_NUMBER() OVER (…) - 1) / SIZE
+/// AS piece … GROUP BY piece` where the order matters), each under 64 KiB at the usual sizes
+/// of its items: glibc serves a block over its mmap threshold (128 KiB at
 /// start) from its own mapping and, once such a block is freed, raises the threshold to its
-/// size for good, keeping more heap from then on (20 MiB more at the peak of `fleet-bench
-/// --agents 1000` with one array a run; BENCHMARKS.md).
+/// size for good, keeping more heap from then on (with one array a run, a text of hundreds of
+/// KiB on SQLite's side, in sqlx's copy and in the caller's, several times a second).
 fn json_pieces<T: serde::de::DeserializeOwned>(
     pieces: impl IntoIterator<Item = String>,
 ) -> Result<Vec<T>, serde_json::Error> {

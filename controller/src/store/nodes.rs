@@ -199,35 +199,33 @@ const TOUCH_NODES: (&str, &str) = (
 );
 
 /// The names, states and active jobs of the nodes named in the JSON array bound at `$1`,
-/// answered as JSON arrays of `[name, state, active job or null]` arrays, a row per 500
-/// nodes ([`super::json_pieces`]: each row of an answer is a hand-off between SQLite's thread
-/// and the caller's, and a flush reads every node heard since the one before). On SQLite the
-/// read is told to use the index on (name, state): a `nodes` row holds `state` after the
-/// inventory, in overflow pages, and the planner prefers the primary key's index for lookups
-/// by name.
+/// answered as one row: a JSON array of `[name, state, active job or null]` arrays (each row
+/// of an answer is a hand-off between SQLite's thread and the caller's, and a flush reads
+/// every node heard since the one before). Asked for [`FACTS_PER_STATEMENT`] nodes at most
+/// ([`super::json_pieces`]). On SQLite the read is told to use the index on (name, state): a
+/// `nodes` row holds `state` after the inventory, in overflow pages, and the planner prefers
+/// the primary key's index for lookups by name.
 static HEARTBEAT_FACTS: LazyLock<(String, String)> = LazyLock::new(|| {
     let current_job = "(SELECT j.id FROM jobs j
                         WHERE j.node = n.name AND j.state IN {active}
                         ORDER BY j.updated_at DESC LIMIT 1)";
     (
         states::sql(&format!(
-            "SELECT json_group_array(json_array(name, state, current_job)) AS facts
-             FROM (SELECT n.name, n.state, {current_job} AS current_job,
-                          (ROW_NUMBER() OVER () - 1) / 500 AS piece
-                   FROM nodes n INDEXED BY nodes_by_name_state
-                   WHERE n.name IN (SELECT value FROM json_each($1))) AS f
-             GROUP BY piece"
+            "SELECT json_group_array(json_array(n.name, n.state, {current_job})) AS facts
+             FROM nodes n INDEXED BY nodes_by_name_state
+             WHERE n.name IN (SELECT value FROM json_each($1))"
         )),
         states::sql(&format!(
-            "SELECT json_agg(json_build_array(name, state, current_job))::text AS facts
-             FROM (SELECT n.name, n.state, {current_job} AS current_job,
-                          (ROW_NUMBER() OVER () - 1) / 500 AS piece
-                   FROM nodes n
-                   WHERE n.name IN (SELECT jsonb_array_elements_text($1::jsonb))) AS f
-             GROUP BY piece"
+            "SELECT COALESCE(json_agg(json_build_array(n.name, n.state, {current_job}))::text,
+                             '[]') AS facts
+             FROM nodes n
+             WHERE n.name IN (SELECT jsonb_array_elements_text($1::jsonb))"
         )),
     )
 });
+
+/// Nodes whose heartbeat facts one statement reads, at most.
+const FACTS_PER_STATEMENT: usize = 500;
 
 /// The rows of `$sql`, a read of nodes built from numbered placeholders (`$1`… bound to the
 /// node names of `$names`, in order) and state lists only, each mapped from its fields by
@@ -587,16 +585,14 @@ impl Store {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let names = super::json_list(names.iter().map(NodeId::as_str));
-        let pieces: Vec<String> = with_pool_sql!(self, *HEARTBEAT_FACTS, |pool, sql| {
-            sqlx::query(sql)
-                .bind(&names)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| rows::Fields::new(row, "nodes", &[]).text("facts"))
-                .collect::<Result<_, _>>()?
-        });
+        let mut pieces: Vec<String> = Vec::new();
+        for names in names.chunks(FACTS_PER_STATEMENT) {
+            let names = super::json_list(names.iter().map(NodeId::as_str));
+            pieces.push(with_pool_sql!(self, *HEARTBEAT_FACTS, |pool, sql| {
+                let row = sqlx::query(sql).bind(&names).fetch_one(pool).await?;
+                rows::Fields::new(&row, "nodes", &[]).text("facts")?
+            }));
+        }
         let corrupt = |detail: String| StoreError::Corrupt {
             what: "heartbeat facts of nodes".to_owned(),
             detail,
