@@ -362,38 +362,36 @@ impl Store {
         // reads every job of the latest runs, several times a second while a run ends, and
         // each row of an answer is a hand-off between SQLite's thread and the caller's; the
         // pieces' size: `super::json_pieces`).
+        macro_rules! jobs_in_pieces {
+            ($aggregate:literal) => {
+                concat!(
+                    latest_runs_cte!(),
+                    " SELECT ",
+                    $aggregate,
+                    " AS jobs
+                      FROM (SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from,
+                                   n.labels, n.gpu_source, ru.plan_name,
+                                   (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
+                                       AS n_results,
+                                   (ROW_NUMBER() OVER (ORDER BY ru.plan_name, j.node, j.id)
+                                       - 1) / 100 AS piece
+                            FROM jobs j JOIN nodes n ON n.name = j.node
+                                        JOIN runs ru ON ru.id = j.run_id
+                            WHERE j.run_id IN (SELECT id FROM latest)) AS e
+                      GROUP BY piece ORDER BY piece"
+                )
+            };
+        }
         const JOBS: (&str, &str) = (
-            concat!(
-                latest_runs_cte!(),
-                " SELECT json_group_array(json_array(id, run_id, node, state, rescheduled_from,
-                         labels, gpu_source, n_results)
-                         ORDER BY plan_name, node, id) AS jobs
-                  FROM (SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels,
-                               n.gpu_source, ru.plan_name,
-                               (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
-                                   AS n_results,
-                               (ROW_NUMBER() OVER (ORDER BY ru.plan_name, j.node, j.id) - 1)
-                                   / 100 AS piece
-                        FROM jobs j JOIN nodes n ON n.name = j.node
-                                    JOIN runs ru ON ru.id = j.run_id
-                        WHERE j.run_id IN (SELECT id FROM latest)) AS e
-                  GROUP BY piece ORDER BY piece"
+            jobs_in_pieces!(
+                "json_group_array(json_array(id, run_id, node, state, rescheduled_from,
+                                             labels, gpu_source, n_results)
+                                  ORDER BY plan_name, node, id)"
             ),
-            concat!(
-                latest_runs_cte!(),
-                " SELECT json_agg(json_build_array(id, run_id, node, state, rescheduled_from,
-                         labels, gpu_source, n_results)
-                         ORDER BY plan_name, node, id)::text AS jobs
-                  FROM (SELECT j.id, j.run_id, j.node, j.state, j.rescheduled_from, n.labels,
-                               n.gpu_source, ru.plan_name,
-                               (SELECT COUNT(*) FROM step_results r WHERE r.job_id = j.id)
-                                   AS n_results,
-                               (ROW_NUMBER() OVER (ORDER BY ru.plan_name, j.node, j.id) - 1)
-                                   / 100 AS piece
-                        FROM jobs j JOIN nodes n ON n.name = j.node
-                                    JOIN runs ru ON ru.id = j.run_id
-                        WHERE j.run_id IN (SELECT id FROM latest)) AS e
-                  GROUP BY piece ORDER BY piece"
+            jobs_in_pieces!(
+                "json_agg(json_build_array(id, run_id, node, state, rescheduled_from,
+                                           labels, gpu_source, n_results)
+                          ORDER BY plan_name, node, id)::text"
             ),
         );
         const JOB_RESULTS: (&str, &str) = in_json_list!(
