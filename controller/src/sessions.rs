@@ -20,8 +20,8 @@ struct Session {
     /// Distinguishes this stream from a later one of the same node.
     id: u64,
     /// Where commands for the agent go, boxed: the channel allocates its slots 32 at a time
-    /// for every stream, a command's size each (a pointer where the command is hundreds of
-    /// bytes: 6 MiB less with a thousand agents connected).
+    /// for every stream, a command's size each (a pointer, where a command is hundreds of
+    /// bytes: `heaptrack` counted 6 MiB of those blocks with a thousand agents connected).
     commands: mpsc::Sender<Box<ControllerCommand>>,
     /// Commands queued on this stream so far. The agent's heartbeats say how many it had read,
     /// so the controller knows whether a heartbeat was built after every command it sent.
