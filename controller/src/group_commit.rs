@@ -52,16 +52,7 @@ impl Owned {
 
     async fn write_alone(&self, store: &Store, now: Timestamp) -> Result<Recorded, StoreError> {
         match self {
-            Self::Result(encoded) => store
-                .write_batch(&[Write::Encoded(encoded, now)])
-                .await?
-                .pop()
-                .unwrap_or_else(|| {
-                    Err(StoreError::Corrupt {
-                        what: "a result written alone".to_owned(),
-                        detail: "a batch of one gave no outcome".to_owned(),
-                    })
-                }),
+            Self::Result(encoded) => store.write_one(Write::Encoded(encoded, now)).await,
             Self::Job(change) => store
                 .apply_job_change(change, now)
                 .await

@@ -197,6 +197,16 @@ pub enum Write<'a> {
 }
 
 impl Write<'_> {
+    /// What it writes, as an error names it.
+    fn what(&self) -> String {
+        match self {
+            Self::Result(result, ..) => format!("result of job {}", result.job_id),
+            Self::Encoded(encoded, _) => format!("result of job {}", encoded.result.job_id),
+            Self::Job(change, _) => format!("job {}", change.job),
+            Self::Registration(registration, _) => format!("node {}", registration.node),
+        }
+    }
+
     /// When the write was decided.
     fn now(&self) -> Timestamp {
         match *self {
@@ -652,12 +662,14 @@ impl Store {
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let mut outcomes = self
-            .write_batch(&[Write::Result(result, change, now)])
-            .await?;
-        outcomes.pop().unwrap_or_else(|| {
+        self.write_one(Write::Result(result, change, now)).await
+    }
+
+    /// One write of a batch ([`Store::write_batch`]) alone: its own outcome.
+    pub async fn write_one(&self, write: Write<'_>) -> Result<Recorded, StoreError> {
+        self.write_batch(&[write]).await?.pop().unwrap_or_else(|| {
             Err(StoreError::Corrupt {
-                what: format!("result of job {}", result.job_id),
+                what: write.what(),
                 detail: "a batch of one gave no outcome".to_owned(),
             })
         })
