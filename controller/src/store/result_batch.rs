@@ -1,5 +1,5 @@
-//! A batch of results and job changes written set-based on PostgreSQL
-//! ([`Store::write_batch`](super::Store::write_batch)).
+//! A batch of results and job changes written set-based
+//! ([`Store::write_batch`](super::Store::write_batch)), on PostgreSQL and on SQLite.
 //!
 //! Why: a result in a transaction of its own costs about six statements and a commit (lock
 //! the job, insert, count, compare-and-set, commit), and a batch in one transaction with a
@@ -13,6 +13,14 @@
 //! results (`INSERT ... SELECT FROM UNNEST`) and moving the jobs and nodes (`UPDATE ... FROM
 //! UNNEST`), the columns bound as arrays; one commit.
 //!
+//! SQLite ([`write_sqlite`]) decides the same way from the same three reads, in its one
+//! writer's transaction (`BEGIN IMMEDIATE`: nothing else writes until the commit), and writes
+//! with a multi-row `INSERT` per [`SQLITE_ROWS_PER_INSERT`] results and one `UPDATE ... FROM
+//! (VALUES ...)` each for the jobs and the nodes. The savepoint path cost five statements a
+//! result (savepoint, the job's compare-and-set, insert, the node's move, count), each a
+//! hand-off to SQLite's thread and back: about 14,000 of the 21,000 statements of a
+//! 1,000-node run (BENCHMARKS.md).
+//!
 //! **Invariant:** each write gets the outcome that the savepoint path (one write after the
 //! other, SQLite's) gives it. What is read is read under the rows' locks, after they were
 //! granted, so no other transaction changes it before the commit: every writer of a job's
@@ -22,7 +30,7 @@
 
 use super::connect::Begin;
 use super::results::{Prepared, PreparedResult, Refusal};
-use super::rows::Fields;
+use super::rows::{Fields, StoreRow};
 use super::{Recorded, StoreError, epoch_to_i64, micros, text};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tollgate_domain::job::{JobChange, JobState};
@@ -103,13 +111,63 @@ struct Facts {
     nodes: HashMap<String, NodeNow>,
 }
 
-/// Applies `prepared` in one transaction, set-based (see the module docs); adds to `ended`
-/// the runs whose last open job a write ended.
-pub(super) async fn write(
-    pool: &sqlx::PgPool,
-    prepared: &[Result<Prepared<'_>, Refusal>],
-    ended: &mut BTreeSet<RunId>,
-) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+impl Facts {
+    /// A job as [`LOCK_JOBS`] or [`SQLITE_JOBS`] read it.
+    fn add_job(&mut self, row: &impl StoreRow) -> Result<(), StoreError> {
+        let f = Fields::new(row, "jobs", &["id"]);
+        let state: JobState = f.parse("state")?;
+        let epoch: i64 = f.int_as("lease_epoch")?;
+        self.jobs.insert(
+            f.text("id")?,
+            JobNow {
+                run: f.text("run_id")?,
+                found_state: state,
+                found_epoch: epoch,
+                state,
+                epoch,
+                changed_at: None,
+                n_results: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// A stored result's key as [`RESULT_KEYS`] or [`SQLITE_RESULT_KEYS`] read it; counted
+    /// to its job, which is read first.
+    fn add_key(&mut self, row: &impl StoreRow) -> Result<(), StoreError> {
+        let f = Fields::new(row, "step_results", &["job_id"]);
+        let key: Key = (
+            f.text("job_id")?,
+            f.int_as("step_index")?,
+            f.int_as("attempt")?,
+            f.int_as("lease_epoch")?,
+        );
+        if let Some(job) = self.jobs.get_mut(&key.0) {
+            job.n_results += 1;
+        }
+        self.keys.insert(key);
+        Ok(())
+    }
+
+    /// A node as [`LOCK_NODES`] or [`SQLITE_NODES`] read it.
+    fn add_node(&mut self, row: &impl StoreRow) -> Result<(), StoreError> {
+        let f = Fields::new(row, "nodes", &["name"]);
+        let state = f.text("state")?;
+        self.nodes.insert(
+            f.text("name")?,
+            NodeNow {
+                found_state: state.clone(),
+                state,
+                changed: false,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The jobs the batch's writes change, in id order, and the nodes their changes move, in
+/// name order.
+fn names_of<'p>(prepared: &'p [Result<Prepared<'_>, Refusal>]) -> (Vec<&'p str>, Vec<&'p str>) {
     let mut job_ids = BTreeSet::new();
     let mut node_names = BTreeSet::new();
     for item in prepared.iter().flatten() {
@@ -124,13 +182,24 @@ pub(super) async fn write(
             node_names.insert(node.node.as_str());
         }
     }
+    (
+        job_ids.into_iter().collect(),
+        node_names.into_iter().collect(),
+    )
+}
+
+/// Applies `prepared` in one transaction on PostgreSQL, set-based (see the module docs);
+/// adds to `ended` the runs whose last open job a write ended.
+pub(super) async fn write(
+    pool: &sqlx::PgPool,
+    prepared: &[Result<Prepared<'_>, Refusal>],
+    ended: &mut BTreeSet<RunId>,
+) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+    let (job_ids, node_names) = names_of(prepared);
     if job_ids.is_empty() {
         // Every write was refused before its transaction: nothing to write.
         return Ok(decide(prepared, &mut Facts::default()).outcomes);
     }
-    let job_ids: Vec<&str> = job_ids.into_iter().collect();
-    let node_names: Vec<&str> = node_names.into_iter().collect();
-
     let mut tx = pool.begin_write().await?;
     let mut facts = Facts::default();
     for row in sqlx::query(LOCK_JOBS)
@@ -138,21 +207,7 @@ pub(super) async fn write(
         .fetch_all(&mut *tx)
         .await?
     {
-        let f = Fields::new(&row, "jobs", &["id"]);
-        let state: JobState = f.parse("state")?;
-        let epoch: i64 = f.int_as("lease_epoch")?;
-        facts.jobs.insert(
-            f.text("id")?,
-            JobNow {
-                run: f.text("run_id")?,
-                found_state: state,
-                found_epoch: epoch,
-                state,
-                epoch,
-                changed_at: None,
-                n_results: 0,
-            },
-        );
+        facts.add_job(&row)?;
     }
     // Planned for each batch's jobs (an unnamed statement, parsed and described each time:
     // one round trip more): a plan cached while the table was small scans it whole, and is
@@ -164,17 +219,7 @@ pub(super) async fn write(
         .fetch_all(&mut *tx)
         .await?
     {
-        let f = Fields::new(&row, "step_results", &["job_id"]);
-        let key: Key = (
-            f.text("job_id")?,
-            f.int_as("step_index")?,
-            f.int_as("attempt")?,
-            f.int_as("lease_epoch")?,
-        );
-        if let Some(job) = facts.jobs.get_mut(&key.0) {
-            job.n_results += 1;
-        }
-        facts.keys.insert(key);
+        facts.add_key(&row)?;
     }
     if !node_names.is_empty() {
         for row in sqlx::query(LOCK_NODES)
@@ -182,16 +227,7 @@ pub(super) async fn write(
             .fetch_all(&mut *tx)
             .await?
         {
-            let f = Fields::new(&row, "nodes", &["name"]);
-            let state = f.text("state")?;
-            facts.nodes.insert(
-                f.text("name")?,
-                NodeNow {
-                    found_state: state.clone(),
-                    state,
-                    changed: false,
-                },
-            );
+            facts.add_node(&row)?;
         }
     }
 
@@ -554,6 +590,171 @@ async fn write_statement(
     ] {
         if written != decided as i64 {
             return Err(not_as_decided(what, decided, written));
+        }
+    }
+    Ok(())
+}
+
+/// The batch's jobs on SQLite, read in its writer's transaction: nothing else writes them
+/// before the commit.
+const SQLITE_JOBS: &str = "SELECT id, run_id, state, lease_epoch FROM jobs
+     WHERE id IN (SELECT value FROM json_each($1))";
+/// The keys of the stored results of the batch's jobs on SQLite.
+const SQLITE_RESULT_KEYS: &str = "SELECT job_id, step_index, attempt, lease_epoch
+     FROM step_results WHERE job_id IN (SELECT value FROM json_each($1))";
+/// The nodes the batch's changes move, on SQLite.
+const SQLITE_NODES: &str =
+    "SELECT name, state FROM nodes WHERE name IN (SELECT value FROM json_each($1))";
+
+/// The most results one SQLite `INSERT` carries: 20 parameters each, 2,000 a statement
+/// (SQLite takes up to 32,766).
+const SQLITE_ROWS_PER_INSERT: usize = 100;
+/// The most jobs or nodes one SQLite `UPDATE` moves: 6 parameters each at most.
+const SQLITE_ROWS_PER_MOVE: usize = 500;
+
+/// Applies `prepared` in one transaction on SQLite, set-based (see the module docs); adds to
+/// `ended` the runs whose last open job a write ended.
+pub(super) async fn write_sqlite(
+    pool: &sqlx::SqlitePool,
+    prepared: &[Result<Prepared<'_>, Refusal>],
+    ended: &mut BTreeSet<RunId>,
+) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+    let (job_ids, node_names) = names_of(prepared);
+    if job_ids.is_empty() {
+        // Every write was refused before its transaction: nothing to write.
+        return Ok(decide(prepared, &mut Facts::default()).outcomes);
+    }
+    let job_ids = super::json_list(job_ids);
+    let mut tx = pool.begin_write().await?;
+    let mut facts = Facts::default();
+    for row in sqlx::query(SQLITE_JOBS)
+        .bind(&job_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        facts.add_job(&row)?;
+    }
+    for row in sqlx::query(SQLITE_RESULT_KEYS)
+        .bind(&job_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        facts.add_key(&row)?;
+    }
+    if !node_names.is_empty() {
+        for row in sqlx::query(SQLITE_NODES)
+            .bind(super::json_list(node_names))
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            facts.add_node(&row)?;
+        }
+    }
+
+    let decided = decide(prepared, &mut facts);
+    for chunk in decided.inserts.chunks(SQLITE_ROWS_PER_INSERT) {
+        insert_sqlite(&mut tx, chunk).await?;
+    }
+    move_sqlite(&mut tx, &Moves::of(&facts)).await?;
+    tx.commit().await?;
+    ended.extend(decided.ended);
+    Ok(decided.outcomes)
+}
+
+/// Inserts `inserts` in one statement. The statement of one result has one text and is kept
+/// prepared; those of several are prepared each time (a hundred lengths of it would push the
+/// statements every call uses out of the connection's cache).
+async fn insert_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    inserts: &[&PreparedResult<'_>],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO step_results (job_id, step_index, attempt, lease_epoch, step_name, outcome,
+             exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
+             log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
+         VALUES {}",
+        super::nodes::value_rows(inserts.len(), 20)
+    );
+    // Built from numbered placeholders only: the values are bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(inserts.len() == 1);
+    for item in inserts {
+        let result = item.result;
+        let columns = &item.columns;
+        query = query
+            .bind(result.job_id.as_str())
+            .bind(i64::from(result.step_index))
+            .bind(i64::from(result.attempt))
+            .bind(epoch_to_i64(result.lease_epoch, &result.job_id)?)
+            .bind(text(&result.step_name))
+            .bind(result.outcome.as_str())
+            .bind(result.exit_code.map(i64::from))
+            .bind(micros(result.started_at))
+            .bind(micros(result.finished_at))
+            .bind(columns.measurements.as_str())
+            .bind(columns.telemetry.as_str())
+            .bind(columns.events.as_str())
+            .bind(columns.inventory.as_str())
+            .bind(text(&result.log_tail))
+            .bind(text(&result.message))
+            .bind(micros(item.now))
+            .bind(columns.sub_results.as_str())
+            .bind(columns.inventory_at_end.as_str())
+            .bind(columns.series.as_str())
+            .bind(columns.digest.as_str());
+    }
+    let n_rows = query.execute(&mut *tx).await?.rows_affected();
+    if n_rows != inserts.len() as u64 {
+        return Err(not_as_decided("results", inserts.len(), n_rows as i64));
+    }
+    Ok(())
+}
+
+/// Moves the batch's changed jobs and nodes, compare-and-sets on what was read, a statement
+/// per [`SQLITE_ROWS_PER_MOVE`] of each; fails when one moved other rows than decided.
+async fn move_sqlite(tx: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Result<(), StoreError> {
+    for start in (0..moves.jobs.len()).step_by(SQLITE_ROWS_PER_MOVE) {
+        let end = (start + SQLITE_ROWS_PER_MOVE).min(moves.jobs.len());
+        let sql = format!(
+            "UPDATE jobs SET state = v.column4, lease_epoch = v.column5, updated_at = v.column6
+             FROM (VALUES {}) AS v
+             WHERE jobs.id = v.column1 AND jobs.state = v.column2
+               AND jobs.lease_epoch = v.column3",
+            super::nodes::value_rows(end - start, 6)
+        );
+        // Built from numbered placeholders only: the values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
+        for index in start..end {
+            query = query
+                .bind(moves.jobs[index])
+                .bind(moves.jobs_found_state[index])
+                .bind(moves.jobs_found_epoch[index])
+                .bind(moves.jobs_state[index])
+                .bind(moves.jobs_epoch[index])
+                .bind(moves.jobs_changed_at[index]);
+        }
+        let n_rows = query.execute(&mut *tx).await?.rows_affected();
+        if n_rows != (end - start) as u64 {
+            return Err(not_as_decided("jobs", end - start, n_rows as i64));
+        }
+    }
+    for start in (0..moves.nodes.len()).step_by(SQLITE_ROWS_PER_MOVE) {
+        let end = (start + SQLITE_ROWS_PER_MOVE).min(moves.nodes.len());
+        let sql = format!(
+            "UPDATE nodes SET state = v.column3 FROM (VALUES {}) AS v
+             WHERE nodes.name = v.column1 AND nodes.state = v.column2",
+            super::nodes::value_rows(end - start, 3)
+        );
+        // Built from numbered placeholders only: the values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
+        for index in start..end {
+            query = query
+                .bind(moves.nodes[index])
+                .bind(moves.nodes_found_state[index])
+                .bind(moves.nodes_state[index]);
+        }
+        let n_rows = query.execute(&mut *tx).await?.rows_affected();
+        if n_rows != (end - start) as u64 {
+            return Err(not_as_decided("nodes", end - start, n_rows as i64));
         }
     }
     Ok(())

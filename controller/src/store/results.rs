@@ -290,7 +290,7 @@ pub(super) enum Prepared<'a> {
 }
 
 impl Prepared<'_> {
-    /// Whether PostgreSQL's set-based batch (`result_batch.rs`) can apply it: not a change
+    /// Whether the set-based batch (`result_batch.rs`) can apply it: not a change
     /// that starts a job again elsewhere (`JobChange::reschedule`), nor a registration.
     pub(super) fn set_based(&self) -> bool {
         match self {
@@ -616,21 +616,28 @@ trait WriteBatch {
 }
 
 impl WriteBatch for sqlx::SqlitePool {
-    /// One after the other, a savepoint each: SQLite has one writer, and its statements are
-    /// calls into the same process, so a statement per write costs no round trip.
+    /// Set-based (`result_batch.rs`): a few statements for the whole batch. A batch that
+    /// starts a job again elsewhere (rare: a job lost or failed and rescheduled) or registers
+    /// a node is applied one write after the other, a savepoint each.
     async fn write_prepared(
         &self,
         prepared: &[Result<Prepared<'_>, Refusal>],
         ended: &mut BTreeSet<RunId>,
     ) -> Outcomes {
-        savepoint_each!(self, prepared, ended)
+        if prepared
+            .iter()
+            .any(|item| item.as_ref().is_ok_and(|item| !item.set_based()))
+        {
+            return savepoint_each!(self, prepared, ended);
+        }
+        super::result_batch::write_sqlite(self, prepared, ended).await
     }
 }
 
 impl WriteBatch for sqlx::PgPool {
     /// Set-based (`result_batch.rs`): a handful of statements for the whole batch. A batch
     /// that starts a job again elsewhere (rare: a job lost or failed and rescheduled) or
-    /// registers a node is applied one write after the other, as on SQLite.
+    /// registers a node is applied one write after the other, a savepoint each.
     async fn write_prepared(
         &self,
         prepared: &[Result<Prepared<'_>, Refusal>],
@@ -678,9 +685,10 @@ impl Store {
     /// [`Store::record_result`]s, [`Store::apply_job_change`]s and
     /// [`Store::register_node`]s in one transaction (one commit, one fsync): each is applied,
     /// or refused, as if alone and in order (the registrations first, together:
-    /// `register_together!`), and gets its own outcome. SQLite applies the others one after
-    /// the other, a savepoint each; PostgreSQL set-based, a few statements for the whole
-    /// batch (`result_batch.rs`). A
+    /// `register_together!`), and gets its own outcome. Both backends apply a batch
+    /// set-based, a few statements for the whole batch (`result_batch.rs`), or, when it
+    /// registers a node or starts a job again elsewhere, one write after the other, a
+    /// savepoint each (`savepoint_each!`). A
     /// database error (the disk refused, the connection broke, a deadlock) fails the whole
     /// batch and stores none of it: write each again to learn its own outcome.
     pub async fn write_batch(&self, batch: &[Write<'_>]) -> Outcomes {

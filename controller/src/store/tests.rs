@@ -105,6 +105,8 @@ on_both_backends!(
     results_decided_from_the_same_state_apply_once,
     a_batch_of_results_keeps_each_result_s_own_outcome,
     a_batch_decides_its_results_in_arrival_order,
+    a_batch_with_a_registration_decides_its_results_alike,
+    a_batch_past_one_statement_s_rows_is_written_whole,
     a_batch_of_registrations_keeps_each_registration_s_own_outcome,
     a_result_racing_a_cancel_applies_one_consistent_outcome,
     registration_facts_follow_the_node,
@@ -1659,8 +1661,19 @@ fn brief(outcomes: &[Result<Recorded, StoreError>]) -> Vec<String> {
 /// as if the first were stored (both kept, the job ends); the same result twice (the second
 /// a duplicate) and one stored before (a duplicate); a result decided at an epoch the job
 /// has left (refused alone); a job's last result sent again after it ended it (a
-/// duplicate); and the run whose last job the batch ends is ended after it.
+/// duplicate); and the run whose last job the batch ends is ended after it. Applied
+/// set-based.
 async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
+    batch_decided_in_arrival_order(store, false).await;
+}
+
+/// The same batch with a node's registration at its end, which makes it applied one write
+/// after the other, a savepoint each: the same outcomes, the same rows.
+async fn a_batch_with_a_registration_decides_its_results_alike(store: &Store) {
+    batch_decided_in_arrival_order(store, true).await;
+}
+
+async fn batch_decided_in_arrival_order(store: &Store, with_registration: bool) {
     use tollgate_domain::job::{Acceptance, PlanSteps, accept_result};
     add_release(store).await;
     let plan = two_step_plan("gpu-qual");
@@ -1727,39 +1740,50 @@ async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
     let ends_five = plan_result(&plan, five, 1, 1, Outcome::Passed);
     let ends_five_change = accepted(store, &plan, &ends_five).await;
 
-    let outcomes = store
-        .write_batch(&[
-            Write::Result(&ends_one, &ends_one_change, at(50)),
-            Write::Result(&stress_two, &stress_two_change, at(50)),
-            Write::Result(&late_one, &late_one_change, at(50)),
-            Write::Result(&stress_three, &stress_three_change, at(51)),
-            Write::Result(&stress_two, &stress_two_change, at(51)),
-            Write::Result(&stale_four, &stale_four_change, at(51)),
-            Write::Result(&ends_three, &ends_three_change, at(52)),
-            Write::Result(&stored_before, &ends_five_change, at(52)),
-            Write::Result(&ends_five, &ends_five_change, at(52)),
-            // Job one's end sent again after it ended: the job no longer is where the change
-            // was decided from, and the result is stored already.
-            Write::Result(&ends_one, &ends_one_change, at(52)),
-        ])
-        .await
-        .expect("the batch commits");
-    assert_eq!(
-        brief(&outcomes),
-        vec![
-            "Inserted".to_owned(),
-            "Inserted".to_owned(),
-            "conflict: job run-1-n1: decided from 1 stored results, found 2 others".to_owned(),
-            "Inserted".to_owned(),
-            "Duplicate".to_owned(),
-            "conflict: job run-1-n4: expected state running at epoch 1, found assigned at epoch 2"
-                .to_owned(),
-            "Inserted".to_owned(),
-            "Duplicate".to_owned(),
-            "Inserted".to_owned(),
-            "Duplicate".to_owned(),
-        ]
+    let mut batch = vec![
+        Write::Result(&ends_one, &ends_one_change, at(50)),
+        Write::Result(&stress_two, &stress_two_change, at(50)),
+        Write::Result(&late_one, &late_one_change, at(50)),
+        Write::Result(&stress_three, &stress_three_change, at(51)),
+        Write::Result(&stress_two, &stress_two_change, at(51)),
+        Write::Result(&stale_four, &stale_four_change, at(51)),
+        Write::Result(&ends_three, &ends_three_change, at(52)),
+        Write::Result(&stored_before, &ends_five_change, at(52)),
+        Write::Result(&ends_five, &ends_five_change, at(52)),
+        // Job one's end sent again after it ended: the job no longer is where the change
+        // was decided from, and the result is stored already.
+        Write::Result(&ends_one, &ends_one_change, at(52)),
+    ];
+    let fixture = node("n9", "hgx");
+    let registration = EncodedRegistration::new(
+        &fixture.id,
+        &fixture.labels,
+        &fixture.labels,
+        &fixture.inventory,
+        "n9-hash",
+        Registration::New(NodeState::Ready),
     );
+    if with_registration {
+        batch.push(Write::Registration(&registration, at(52)));
+    }
+    let outcomes = store.write_batch(&batch).await.expect("the batch commits");
+    let mut expected = vec![
+        "Inserted".to_owned(),
+        "Inserted".to_owned(),
+        "conflict: job run-1-n1: decided from 1 stored results, found 2 others".to_owned(),
+        "Inserted".to_owned(),
+        "Duplicate".to_owned(),
+        "conflict: job run-1-n4: expected state running at epoch 1, found assigned at epoch 2"
+            .to_owned(),
+        "Inserted".to_owned(),
+        "Duplicate".to_owned(),
+        "Inserted".to_owned(),
+        "Duplicate".to_owned(),
+    ];
+    if with_registration {
+        expected.push("Inserted".to_owned());
+    }
+    assert_eq!(brief(&outcomes), expected);
 
     let kept = |results: Vec<StepResult>| -> Vec<(u32, u32)> {
         results.iter().map(|r| (r.step_index, r.attempt)).collect()
@@ -1814,6 +1838,67 @@ async fn a_batch_decides_its_results_in_arrival_order(store: &Store) {
     assert_eq!(
         (ended.state, ended.finished_at),
         (RunState::Finished, Some(at(52)))
+    );
+}
+
+/// A batch of more results, jobs and nodes than one statement writes (on SQLite a hundred
+/// results an insert, five hundred jobs or nodes a move) is written whole: every result
+/// stored, every job and node moved, the run ended.
+async fn a_batch_past_one_statement_s_rows_is_written_whole(store: &Store) {
+    add_release(store).await;
+    let plan = two_step_plan("gpu-qual");
+    add_plan(store, &plan).await;
+    let names: Vec<String> = (0..501).map(|i| format!("n{i:03}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for name in &names {
+        add_node(store, name).await;
+    }
+    let (run, jobs) = start_run(store, "run-1", &plan, &names, 10).await;
+    for job in &jobs {
+        make_running(store, &job.id).await;
+    }
+    for step_index in [0, 1] {
+        let results: Vec<StepResult> = jobs
+            .iter()
+            .map(|job| plan_result(&plan, &job.id, step_index, 1, Outcome::Passed))
+            .collect();
+        let mut changes = Vec::new();
+        for result in &results {
+            changes.push(accepted(store, &plan, result).await);
+        }
+        let batch: Vec<Write<'_>> = results
+            .iter()
+            .zip(&changes)
+            .map(|(result, change)| Write::Result(result, change, at(40 + i64::from(step_index))))
+            .collect();
+        let outcomes = store.write_batch(&batch).await.expect("the batch commits");
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, Ok(Recorded::Inserted))),
+            "{:?}",
+            brief(&outcomes)
+        );
+    }
+    let marks = store.job_marks_of_run(&run.id).await.expect("marks");
+    assert_eq!(marks.len(), 501);
+    for mark in &marks {
+        assert_eq!(
+            (mark.state, mark.n_results),
+            (JobState::Passed, 2),
+            "{}",
+            mark.id
+        );
+    }
+    let nodes = store.list_nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 501);
+    for node in &nodes {
+        assert_eq!(node.state, NodeState::Ready, "{}", node.id);
+    }
+    let ended = store.get_run(&run.id).await.expect("read").expect("run");
+    assert_eq!(
+        (ended.state, ended.finished_at),
+        (RunState::Finished, Some(at(41)))
     );
 }
 
