@@ -86,13 +86,22 @@ pub async fn schedule_once(shared: &Shared) -> Result<usize, StoreError> {
         .collect();
     let run_of: HashMap<&tollgate_domain::JobId, &RunId> =
         pending.iter().map(|job| (&job.job, &job.run)).collect();
+    let job_ids: Vec<&tollgate_domain::JobId> = assignments
+        .iter()
+        .map(|assignment| &assignment.job)
+        .collect();
+    let mut facts = shared.store.job_facts_of_jobs(&job_ids).await?;
     let mut prepared = Vec::with_capacity(assignments.len());
-    for assignment in assignments {
+    for assignment in &assignments {
         let limit = run_of
             .get(&assignment.job)
             .and_then(|run| concurrency.limits.get(*run))
             .zip(labels.get(&assignment.node).copied());
-        if let Some(ready) = prepare(shared, &assignment.job, limit, &mut commands).await? {
+        let Some(facts) = facts.remove(&assignment.job) else {
+            // Gone since `pending_jobs` read it.
+            continue;
+        };
+        if let Some(ready) = prepare(shared, facts, limit, &mut commands).await? {
             prepared.push(ready);
         }
     }
@@ -149,19 +158,17 @@ struct Ready<'a> {
     now: tollgate_domain::Timestamp,
 }
 
-/// Decides one planned job's assignment by `job::decide` from its facts as stored now and
-/// builds its command; `None` when it is not to be assigned now (cancelled, taken or moved
-/// meanwhile, or its command cannot be built: it waits for the next pass).
+/// Decides one planned job's assignment by `job::decide` from its `facts` as stored now (read
+/// for the pass's assignments together) and builds its command; `None` when it is not to be
+/// assigned now (cancelled, taken or moved meanwhile, or its command cannot be built: it
+/// waits for the next pass).
 async fn prepare<'a>(
     shared: &Shared,
-    job_id: &tollgate_domain::JobId,
+    facts: job::JobFacts,
     limit: Option<(&'a BTreeMap<String, u32>, &'a Labels)>,
     commands: &mut CommandCache,
 ) -> Result<Option<Ready<'a>>, StoreError> {
     let now = shared.now();
-    let Some(facts) = shared.store.job_facts(job_id).await? else {
-        return Ok(None);
-    };
     let change = match job::decide(&facts, JobEvent::Assigned, facts.lease_epoch + 1) {
         Ok(change) => change,
         // Cancelled or taken by another replica since `pending_jobs` read it, or its node

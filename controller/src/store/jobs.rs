@@ -9,6 +9,7 @@
 use super::connect::Begin;
 use super::rows::{self, Fields, StoreRow};
 use super::{JobMark, JobRecord, Pool, Store, StoreError, states};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use tollgate_domain::job::{JobChange, JobFacts, JobState, NodeChange};
 use tollgate_domain::result::StepResult;
@@ -305,6 +306,34 @@ impl Store {
                 .map(|row| job_facts(&row))
                 .transpose()
         })
+    }
+
+    /// [`Store::job_facts`] of each of `jobs` that exists, by id: one statement per
+    /// [`RESULTS_OF_JOBS_MAX`] jobs (a scheduling pass reads the facts of every job it
+    /// assigns, a thousand at a run's start).
+    pub async fn job_facts_of_jobs(
+        &self,
+        jobs: &[&JobId],
+    ) -> Result<HashMap<JobId, JobFacts>, StoreError> {
+        static SQL: LazyLock<(String, String)> = LazyLock::new(|| {
+            let (sqlite, postgres) = in_json_list!(facts_query!(" WHERE j.id"), "$1", "");
+            (states::sql(sqlite), states::sql(postgres))
+        });
+        let mut facts = HashMap::with_capacity(jobs.len());
+        for chunk in jobs.chunks(super::results::RESULTS_OF_JOBS_MAX) {
+            let ids = super::json_list(chunk.iter().map(|id| id.as_str()));
+            let rows: Vec<JobFacts> = with_pool_sql!(self, *SQL, |pool, sql| {
+                sqlx::query(sql)
+                    .bind(&ids)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(job_facts)
+                    .collect::<Result<_, _>>()?
+            });
+            facts.extend(rows.into_iter().map(|job| (job.id.clone(), job)));
+        }
+        Ok(facts)
     }
 
     /// What deciding a result of `job` reads ([`Store::job_facts`] and

@@ -2825,7 +2825,7 @@ async fn a_run_s_job_marks_show_what_a_watcher_compares(store: &Store) {
 /// The reads answered as JSON in pieces (500 jobs or nodes a piece, 100 jobs for the
 /// evidence) on a run of 1,001 nodes: nothing lost or read twice where pieces meet, and the
 /// evidence's order kept across its eleven pieces (a refresh finds the changed jobs at their
-/// places instead of loading it all again).
+/// places instead of loading it all again); and the facts of more jobs than one statement reads.
 async fn answers_read_in_pieces_are_whole_and_in_order(store: &Store) {
     let names: Vec<String> = (0..1001).map(|i| format!("n{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -2920,6 +2920,18 @@ async fn answers_read_in_pieces_are_whole_and_in_order(store: &Store) {
             .await
             .expect("evidence")
     );
+    // The facts of every job (past one statement's thousand) and of one that does not
+    // exist, read together, are each job's own.
+    let unknown = JobId::from("no-such-job");
+    let mut asked: Vec<&JobId> = jobs.iter().map(|job| &job.id).collect();
+    asked.insert(500, &unknown);
+    let together = store.job_facts_of_jobs(&asked).await.expect("facts");
+    assert_eq!(together.len(), 1001);
+    assert!(!together.contains_key(&unknown));
+    for job in [&jobs[0], &jobs[250], &jobs[999], &jobs[1000]] {
+        let alone = store.job_facts(&job.id).await.expect("facts");
+        assert_eq!(together.get(&job.id), alone.as_ref(), "{}", job.id);
+    }
 }
 
 /// The one read a result is decided from: the job's facts as `job_facts` reads them, and its
