@@ -34,6 +34,7 @@ pub mod heartbeats;
 pub mod http;
 pub mod issue_webhook;
 pub mod issues;
+pub mod job_reads;
 pub mod lease;
 pub mod limits;
 pub mod listener;

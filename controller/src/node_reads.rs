@@ -1,6 +1,7 @@
 //! Reads of one node each, coalesced: a read that arrives while another of its kind is in
 //! flight waits, and the next reader reads every waiting node in one statement, each caller
 //! getting its own node's answer. Nothing waits for company: a lone read is done at once.
+//! [`Coalesced`] is keyed by any id: `job_reads.rs` coalesces reads of one job each.
 //!
 //! When thousands of agents reconnect at once, each registration and each new stream read
 //! their node before anything else. One statement per agent was one hand-off to the store's
@@ -29,20 +30,21 @@ type Answer<V> = Result<Option<V>, BatchFailed>;
 #[derive(Debug)]
 struct BatchFailed;
 
-/// A caller waiting for its node's read.
-struct Waiting<V> {
-    node: NodeId,
+/// A caller waiting for its node's (or other key's) read.
+struct Waiting<K, V> {
+    node: K,
     reply: oneshot::Sender<Answer<V>>,
 }
 
-/// Reads of one kind waiting to be made together, and the turn to make them.
-pub struct Coalesced<V> {
-    waiting: std::sync::Mutex<Vec<Waiting<V>>>,
+/// Reads of one kind waiting to be made together, and the turn to make them; each read is of
+/// one key (a node's name unless said otherwise).
+pub struct Coalesced<V, K = NodeId> {
+    waiting: std::sync::Mutex<Vec<Waiting<K, V>>>,
     /// Held by the reader of the batch in flight.
     turn: tokio::sync::Mutex<()>,
 }
 
-impl<V> Default for Coalesced<V> {
+impl<V, K> Default for Coalesced<V, K> {
     fn default() -> Self {
         Self {
             waiting: std::sync::Mutex::default(),
@@ -51,19 +53,19 @@ impl<V> Default for Coalesced<V> {
     }
 }
 
-impl<V> std::fmt::Debug for Coalesced<V> {
+impl<V, K> std::fmt::Debug for Coalesced<V, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coalesced").finish_non_exhaustive()
     }
 }
 
-impl<V: Clone> Coalesced<V> {
+impl<V: Clone, K: Clone + Ord + std::hash::Hash> Coalesced<V, K> {
     /// `node`'s answer from `read_many`, which reads the nodes it is given in one go and
     /// returns those it found, each with its name. Reads waiting meanwhile share the call.
-    pub async fn read<F, Fut>(&self, node: &NodeId, read_many: F) -> Result<Option<V>, StoreError>
+    pub async fn read<F, Fut>(&self, node: &K, read_many: F) -> Result<Option<V>, StoreError>
     where
-        F: Fn(Vec<NodeId>) -> Fut,
-        Fut: Future<Output = Result<Vec<(NodeId, V)>, StoreError>>,
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<Vec<(K, V)>, StoreError>>,
     {
         let (reply, mut answer) = oneshot::channel();
         self.lock_waiting().push(Waiting {
@@ -76,7 +78,7 @@ impl<V: Clone> Coalesced<V> {
                 answer = &mut answer => break answer,
                 turn = self.turn.lock() => turn,
             };
-            let batch: Vec<Waiting<V>> = {
+            let batch: Vec<Waiting<K, V>> = {
                 let mut waiting = self.lock_waiting();
                 let n = waiting.len().min(MAX_BATCH);
                 waiting.drain(..n).collect()
@@ -86,7 +88,7 @@ impl<V: Clone> Coalesced<V> {
                 drop(turn);
                 break answer.await;
             }
-            let mut nodes: Vec<NodeId> = batch.iter().map(|waiting| waiting.node.clone()).collect();
+            let mut nodes: Vec<K> = batch.iter().map(|waiting| waiting.node.clone()).collect();
             nodes.sort_unstable();
             nodes.dedup();
             // A reader that goes away mid-read (its client hung up) drops the batch's replies:
@@ -95,7 +97,7 @@ impl<V: Clone> Coalesced<V> {
             drop(turn);
             match read {
                 Ok(found) => {
-                    let found: HashMap<NodeId, V> = found.into_iter().collect();
+                    let found: HashMap<K, V> = found.into_iter().collect();
                     for waiting in batch {
                         // The caller may have gone; the others are answered all the same.
                         let _ = waiting.reply.send(Ok(found.get(&waiting.node).cloned()));
@@ -123,7 +125,7 @@ impl<V: Clone> Coalesced<V> {
         }
     }
 
-    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting<V>>> {
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting<K, V>>> {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

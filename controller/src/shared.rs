@@ -79,6 +79,8 @@ pub struct Shared {
     pub group_commit: crate::group_commit::GroupCommit,
     /// Node reads of registrations and new streams, made together (`node_reads.rs`).
     pub node_reads: crate::node_reads::NodeReads,
+    /// Job reads of results and acceptances, made together (`job_reads.rs`).
+    pub job_reads: crate::job_reads::JobReads,
     /// Fleet telemetry folded into open buckets until `fleet_history::run_loop` writes them.
     pub fleet_rollup: Mutex<tollgate_domain::fleet_history::Rollup>,
     /// This controller's own metrics and each GPU's latest fleet telemetry, for `/metrics`.
@@ -119,6 +121,7 @@ impl Shared {
             heartbeats: crate::heartbeats::Heartbeats::default(),
             group_commit: crate::group_commit::GroupCommit::default(),
             node_reads: crate::node_reads::NodeReads::default(),
+            job_reads: crate::job_reads::JobReads::default(),
             fleet_rollup: Mutex::new(tollgate_domain::fleet_history::Rollup::new(
                 config_history.clone(),
             )),

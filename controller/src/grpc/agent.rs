@@ -872,7 +872,11 @@ async fn on_job_accepted(
     job_id: JobId,
     lease_epoch: u64,
 ) -> Result<(), StoreError> {
-    let Some(facts) = shared.store.job_facts(&job_id).await? else {
+    let Some(facts) = shared
+        .job_reads
+        .acceptance_facts(&shared.store, &job_id)
+        .await?
+    else {
         tracing::warn!(node = %node, job = %job_id, "accepted job does not exist; ignored");
         return Ok(());
     };
@@ -943,13 +947,13 @@ pub enum RecordError {
 /// node); returns whether it was a duplicate.
 async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<bool, RecordError> {
     let store = &shared.store;
-    let (facts, results) =
-        store
-            .result_basis(&result.job_id)
-            .await?
-            .ok_or_else(|| ResultRefusal::UnknownJob {
-                job: result.job_id.clone(),
-            })?;
+    let (facts, results) = shared
+        .job_reads
+        .result_basis(store, &result.job_id)
+        .await?
+        .ok_or_else(|| ResultRefusal::UnknownJob {
+            job: result.job_id.clone(),
+        })?;
     let pinned = store
         .pinned_plan(&facts.run)
         .await?

@@ -85,6 +85,10 @@ macro_rules! facts_columns {
     };
 }
 
+/// The most jobs one statement of [`Store::result_bases`] reads (a coalesced batch of results'
+/// reads is at most `job_reads::MAX_BATCH`).
+pub(super) const BASES_PER_STATEMENT: usize = 500;
+
 /// A row of `facts_query!`.
 fn job_facts(row: &impl StoreRow) -> Result<JobFacts, StoreError> {
     let f = Fields::new(row, "jobs", &["job"]);
@@ -337,44 +341,63 @@ impl Store {
     }
 
     /// What deciding a result of `job` reads ([`Store::job_facts`] and
-    /// [`Store::result_summaries_of_job`]), in one statement: a row per stored result (one
-    /// with the result's columns null when there is none), the job's facts in each. Every
-    /// result an agent reports is decided from these.
+    /// [`Store::result_summaries_of_job`]), in one statement: [`Store::result_bases`] of one
+    /// job. Every result an agent reports is decided from these.
     pub async fn result_basis(
         &self,
         job: &JobId,
     ) -> Result<Option<(JobFacts, Vec<StepResult>)>, StoreError> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            states::sql(concat!(
-                "SELECT ",
-                facts_columns!(),
-                ", r.job_id, r.step_index, r.attempt, r.lease_epoch, r.step_name, r.outcome,
-                   r.exit_code, r.started_at, r.finished_at, r.measurements, r.message,
-                   r.sub_results
-                 FROM jobs j JOIN nodes n ON n.name = j.node
-                             LEFT JOIN step_results r ON r.job_id = j.id
-                 WHERE j.id = $1
-                 ORDER BY r.step_index, r.attempt, r.lease_epoch"
-            ))
+        Ok(self
+            .result_bases(std::slice::from_ref(job))
+            .await?
+            .pop()
+            .map(|(_, basis)| basis))
+    }
+
+    /// [`Store::result_basis`] of each of `jobs` that exists, in one statement per
+    /// [`BASES_PER_STATEMENT`] jobs: a row per stored result (one with the result's columns
+    /// null for a job with none), the job's facts in each; in no particular order of jobs.
+    pub async fn result_bases(
+        &self,
+        jobs: &[JobId],
+    ) -> Result<Vec<(JobId, (JobFacts, Vec<StepResult>))>, StoreError> {
+        static SQL: LazyLock<(String, String)> = LazyLock::new(|| {
+            let (sqlite, postgres) = in_json_list!(
+                concat!(
+                    "SELECT ",
+                    facts_columns!(),
+                    ", r.job_id, r.step_index, r.attempt, r.lease_epoch, r.step_name, r.outcome,
+                       r.exit_code, r.started_at, r.finished_at, r.measurements, r.message,
+                       r.sub_results
+                     FROM jobs j JOIN nodes n ON n.name = j.node
+                                 LEFT JOIN step_results r ON r.job_id = j.id
+                     WHERE j.id"
+                ),
+                "$1",
+                " ORDER BY j.id, r.step_index, r.attempt, r.lease_epoch"
+            );
+            (states::sql(sqlite), states::sql(postgres))
         });
-        with_pool!(self, |pool| {
-            let rows = sqlx::query(SQL.as_str())
-                .bind(job.as_str())
-                .fetch_all(pool)
-                .await?;
-            let Some(first) = rows.first() else {
-                return Ok(None);
-            };
-            let facts = job_facts(first)?;
-            let mut results = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let f = Fields::new(row, "step_results", &["job_id"]);
-                if f.opt_text("job_id")?.is_some() {
-                    results.push(rows::step_result_summary(row)?);
+        let mut bases: Vec<(JobId, (JobFacts, Vec<StepResult>))> = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(BASES_PER_STATEMENT) {
+            let ids = super::json_list(chunk.iter().map(|id| id.as_str()));
+            with_pool_sql!(self, *SQL, |pool, sql| {
+                for row in sqlx::query(sql).bind(&ids).fetch_all(pool).await? {
+                    let facts = job_facts(&row)?;
+                    let is_next = bases.last().is_none_or(|(job, _)| *job != facts.id);
+                    if is_next {
+                        bases.push((facts.id.clone(), (facts, Vec::new())));
+                    }
+                    let f = Fields::new(&row, "step_results", &["job_id"]);
+                    if f.opt_text("job_id")?.is_some()
+                        && let Some((_, (_, results))) = bases.last_mut()
+                    {
+                        results.push(rows::step_result_summary(&row)?);
+                    }
                 }
-            }
-            Ok(Some((facts, results)))
-        })
+            });
+        }
+        Ok(bases)
     }
 
     /// [`Store::job_facts`] of every job of a run, by node name.

@@ -2932,6 +2932,23 @@ async fn answers_read_in_pieces_are_whole_and_in_order(store: &Store) {
         let alone = store.job_facts(&job.id).await.expect("facts");
         assert_eq!(together.get(&job.id), alone.as_ref(), "{}", job.id);
     }
+    // And what their results are decided from (past one statement's five hundred).
+    let asked: Vec<JobId> = asked.into_iter().cloned().collect();
+    let bases = store.result_bases(&asked).await.expect("bases");
+    assert_eq!(bases.len(), 1001);
+    let with_results: Vec<&JobId> = bases
+        .iter()
+        .filter(|(_, (_, results))| !results.is_empty())
+        .map(|(job, _)| job)
+        .collect();
+    let mut expected: Vec<&JobId> = ended.iter().map(|index| &jobs[*index].id).collect();
+    expected.sort_unstable();
+    let mut with_results = with_results;
+    with_results.sort_unstable();
+    assert_eq!(with_results, expected);
+    for (job, (facts, _)) in &bases {
+        assert_eq!(&facts.id, job);
+    }
 }
 
 /// The one read a result is decided from: the job's facts as `job_facts` reads them, and its
@@ -2973,6 +2990,24 @@ async fn a_result_s_basis_is_its_job_s_facts_and_results(store: &Store) {
     let keys: Vec<(u32, u32)> = results.iter().map(|r| (r.step_index, r.attempt)).collect();
     assert_eq!(keys, [(0, 1), (0, 2), (1, 1)]);
     assert!(basis(JobId::from("no-such-job")).await.is_none());
+
+    // Read together: each job's own facts and results, an unknown job left out.
+    let mut together = store
+        .result_bases(&[
+            jobs[1].id.clone(),
+            JobId::from("no-such-job"),
+            jobs[0].id.clone(),
+        ])
+        .await
+        .expect("bases");
+    together.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut alone = Vec::new();
+    for job in [&jobs[0].id, &jobs[1].id] {
+        alone.push((job.clone(), basis(job.clone()).await.expect("the job")));
+    }
+    alone.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(together, alone);
+    assert_eq!(together.iter().map(|(_, (_, r))| r.len()).sum::<usize>(), 4);
 }
 
 async fn non_finite_numbers_are_refused(store: &Store) {
