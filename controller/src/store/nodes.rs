@@ -67,7 +67,7 @@ pub struct LeaseFacts {
 }
 
 /// `n` rows of `width` numbered placeholders for a `VALUES` list: `($1, $2), ($3, $4)`.
-pub(super) fn value_rows(n: usize, width: usize) -> String {
+fn value_rows(n: usize, width: usize) -> String {
     let rows: Vec<String> = (0..n)
         .map(|row| {
             let cells: Vec<String> = (1..=width)

@@ -662,6 +662,14 @@ pub(super) async fn write_sqlite(
     Ok(decided.outcomes)
 }
 
+/// `n` rows of `width` anonymous placeholders for a `VALUES` list: `(?, ?), (?, ?)`, bound in
+/// order. SQLite looks up each numbered one (`$12`) in the list of those before it: for the
+/// 2,000 of a hundred results, a measurable share of the batch's parsing (`perf`).
+fn anonymous_rows(n: usize, width: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    vec![row; n].join(", ")
+}
+
 /// Inserts `inserts` in one statement. The statement of one result has one text and is kept
 /// prepared; those of several are prepared each time (a hundred lengths of it would push the
 /// statements every call uses out of the connection's cache).
@@ -674,7 +682,7 @@ async fn insert_sqlite(
              exit_code, started_at, finished_at, measurements, telemetry, events, inventory,
              log_tail, message, recorded_at, sub_results, inventory_at_end, series, digest)
          VALUES {}",
-        super::nodes::value_rows(inserts.len(), 20)
+        anonymous_rows(inserts.len(), 20)
     );
     // Built from numbered placeholders only: the values are bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(inserts.len() == 1);
@@ -720,7 +728,7 @@ async fn move_sqlite(tx: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Resu
              FROM (VALUES {}) AS v
              WHERE jobs.id = v.column1 AND jobs.state = v.column2
                AND jobs.lease_epoch = v.column3",
-            super::nodes::value_rows(end - start, 6)
+            anonymous_rows(end - start, 6)
         );
         // Built from numbered placeholders only: the values are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
@@ -743,7 +751,7 @@ async fn move_sqlite(tx: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Resu
         let sql = format!(
             "UPDATE nodes SET state = v.column3 FROM (VALUES {}) AS v
              WHERE nodes.name = v.column1 AND nodes.state = v.column2",
-            super::nodes::value_rows(end - start, 3)
+            anonymous_rows(end - start, 3)
         );
         // Built from numbered placeholders only: the values are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
