@@ -550,6 +550,42 @@ macro_rules! move_node {
     }};
 }
 
+/// Binds a result's row to `$query` in `step_results`' column order (job, step index,
+/// attempt, lease epoch, step name, outcome, exit code, start, end, measurements, telemetry,
+/// events, inventory, log tail, message, recorded at `$now`, sub-results, inventory at end,
+/// series, digest): `results::insert_result!`'s statement, or a row of SQLite's batch insert.
+/// `$columns` are the result's `results::ResultColumns`; returns when its epoch is too large.
+macro_rules! bind_result_row {
+    ($query:expr, $result:expr, $columns:expr, $now:expr) => {{
+        let result: &tollgate_domain::result::StepResult = $result;
+        let columns: &$crate::store::results::ResultColumns = $columns;
+        $query
+            .bind(result.job_id.as_str())
+            .bind(i64::from(result.step_index))
+            .bind(i64::from(result.attempt))
+            .bind($crate::store::epoch_to_i64(
+                result.lease_epoch,
+                &result.job_id,
+            )?)
+            .bind($crate::store::text(&result.step_name))
+            .bind(result.outcome.as_str())
+            .bind(result.exit_code.map(i64::from))
+            .bind($crate::store::micros(result.started_at))
+            .bind($crate::store::micros(result.finished_at))
+            .bind(columns.measurements.as_str())
+            .bind(columns.telemetry.as_str())
+            .bind(columns.events.as_str())
+            .bind(columns.inventory.as_str())
+            .bind($crate::store::text(&result.log_tail))
+            .bind($crate::store::text(&result.message))
+            .bind($crate::store::micros($now))
+            .bind(columns.sub_results.as_str())
+            .bind(columns.inventory_at_end.as_str())
+            .bind(columns.series.as_str())
+            .bind(columns.digest.as_str())
+    }};
+}
+
 /// Binds an [`EncodedRegistration`] decided at `$now` to `$query` in its statement's order:
 /// `nodes::REGISTER_NEW`'s for a new node, `nodes::REGISTER_KNOWN`'s for a known one (a row of
 /// their many-node forms alike).

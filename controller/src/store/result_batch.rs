@@ -112,6 +112,28 @@ struct Facts {
     nodes: HashMap<String, NodeNow>,
 }
 
+/// Reads what a batch is decided from in the open transaction `$tx`: its jobs (`$jobs`, a
+/// query bound to its list), then the keys of their stored results (`$keys`), then the nodes
+/// its changes move (`$nodes`, `None` when none moves); evaluates to the [`Facts`]. The keys
+/// are read after the jobs: on PostgreSQL after the jobs' locks were granted.
+macro_rules! read_facts {
+    ($tx:expr, $jobs:expr, $keys:expr, $nodes:expr) => {{
+        let mut facts = Facts::default();
+        for row in $jobs.fetch_all(&mut *$tx).await? {
+            facts.add_job(&row)?;
+        }
+        for row in $keys.fetch_all(&mut *$tx).await? {
+            facts.add_key(&row)?;
+        }
+        if let Some(nodes) = $nodes {
+            for row in nodes.fetch_all(&mut *$tx).await? {
+                facts.add_node(&row)?;
+            }
+        }
+        facts
+    }};
+}
+
 impl Facts {
     /// A job as [`LOCK_JOBS`] or [`SQLITE_JOBS`] read it.
     fn add_job(&mut self, row: &impl StoreRow) -> Result<(), StoreError> {
@@ -202,35 +224,17 @@ pub(super) async fn write(
         return Ok(decide(prepared, &mut Facts::default()).outcomes);
     }
     let mut tx = pool.begin_write().await?;
-    let mut facts = Facts::default();
-    for row in sqlx::query(LOCK_JOBS)
-        .bind(&job_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        facts.add_job(&row)?;
-    }
-    // Planned for each batch's jobs (an unnamed statement, parsed and described each time:
-    // one round trip more): a plan cached while the table was small scans it whole, and is
-    // kept as the table grows until an analyze invalidates it (the statement's time grew
-    // from 0.2 to 1.8 ms a batch over the 5,000 results of `pg-ingest-bench`).
-    for row in sqlx::query(RESULT_KEYS)
-        .persistent(false)
-        .bind(&job_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        facts.add_key(&row)?;
-    }
-    if !node_names.is_empty() {
-        for row in sqlx::query(LOCK_NODES)
-            .bind(&node_names)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            facts.add_node(&row)?;
-        }
-    }
+    let mut facts = read_facts!(
+        tx,
+        sqlx::query(LOCK_JOBS).bind(&job_ids),
+        // Planned for each batch's jobs (an unnamed statement, parsed and described each
+        // time: one round trip more): a plan cached while the table was small scans it
+        // whole, and is kept as the table grows until an analyze invalidates it (the
+        // statement's time grew from 0.2 to 1.8 ms a batch over the 5,000 results of
+        // `pg-ingest-bench`).
+        sqlx::query(RESULT_KEYS).persistent(false).bind(&job_ids),
+        (!node_names.is_empty()).then(|| sqlx::query(LOCK_NODES).bind(&node_names))
+    );
 
     let decided = decide(prepared, &mut facts);
     write_rows(&mut tx, &decided.inserts, &Moves::of(&facts)).await?;
@@ -627,30 +631,13 @@ pub(super) async fn write_sqlite(
     }
     let job_ids = super::json_list(job_ids);
     let mut tx = pool.begin_write().await?;
-    let mut facts = Facts::default();
-    for row in sqlx::query(SQLITE_JOBS)
-        .bind(&job_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        facts.add_job(&row)?;
-    }
-    for row in sqlx::query(SQLITE_RESULT_KEYS)
-        .bind(&job_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        facts.add_key(&row)?;
-    }
-    if !node_names.is_empty() {
-        for row in sqlx::query(SQLITE_NODES)
-            .bind(super::json_list(node_names))
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            facts.add_node(&row)?;
-        }
-    }
+    let mut facts = read_facts!(
+        tx,
+        sqlx::query(SQLITE_JOBS).bind(&job_ids),
+        sqlx::query(SQLITE_RESULT_KEYS).bind(&job_ids),
+        (!node_names.is_empty())
+            .then(|| sqlx::query(SQLITE_NODES).bind(super::json_list(node_names)))
+    );
 
     let decided = decide(prepared, &mut facts);
     for chunk in decided.inserts.chunks(SQLITE_ROWS_PER_INSERT) {
@@ -687,29 +674,7 @@ async fn insert_sqlite(
     // Built from numbered placeholders only: the values are bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(inserts.len() == 1);
     for item in inserts {
-        let result = item.result;
-        let columns = &item.columns;
-        query = query
-            .bind(result.job_id.as_str())
-            .bind(i64::from(result.step_index))
-            .bind(i64::from(result.attempt))
-            .bind(epoch_to_i64(result.lease_epoch, &result.job_id)?)
-            .bind(text(&result.step_name))
-            .bind(result.outcome.as_str())
-            .bind(result.exit_code.map(i64::from))
-            .bind(micros(result.started_at))
-            .bind(micros(result.finished_at))
-            .bind(columns.measurements.as_str())
-            .bind(columns.telemetry.as_str())
-            .bind(columns.events.as_str())
-            .bind(columns.inventory.as_str())
-            .bind(text(&result.log_tail))
-            .bind(text(&result.message))
-            .bind(micros(item.now))
-            .bind(columns.sub_results.as_str())
-            .bind(columns.inventory_at_end.as_str())
-            .bind(columns.series.as_str())
-            .bind(columns.digest.as_str());
+        query = bind_result_row!(query, item.result, &item.columns, item.now);
     }
     let n_rows = query.execute(&mut *tx).await?.rows_affected();
     if n_rows != inserts.len() as u64 {

@@ -9,7 +9,7 @@ use super::nodes::{
 };
 use super::{
     EncodedRegistration, Pool, Recorded, Registration, Store, StoreError, as_stored,
-    check_readable, classify, epoch_to_i64, micros, rows, text, to_json,
+    check_readable, classify, micros, rows, to_json,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -34,30 +34,8 @@ macro_rules! insert_result {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                      $18, $19, $20)
              ON CONFLICT (job_id, step_index, attempt, lease_epoch) DO NOTHING";
-        let result: &StepResult = $result;
-        let columns: &ResultColumns = $columns;
         let what: &str = $what;
-        sqlx::query(INSERT_RESULT)
-            .bind(result.job_id.as_str())
-            .bind(i64::from(result.step_index))
-            .bind(i64::from(result.attempt))
-            .bind(epoch_to_i64(result.lease_epoch, &result.job_id)?)
-            .bind(text(&result.step_name))
-            .bind(result.outcome.as_str())
-            .bind(result.exit_code.map(i64::from))
-            .bind(micros(result.started_at))
-            .bind(micros(result.finished_at))
-            .bind(&columns.measurements)
-            .bind(&columns.telemetry)
-            .bind(&columns.events)
-            .bind(&columns.inventory)
-            .bind(text(&result.log_tail))
-            .bind(text(&result.message))
-            .bind(micros($now))
-            .bind(&columns.sub_results)
-            .bind(&columns.inventory_at_end)
-            .bind(&columns.series)
-            .bind(&columns.digest)
+        bind_result_row!(sqlx::query(INSERT_RESULT), $result, $columns, $now)
             .execute(&mut *$tx)
             .await
             .map_err(|err| classify(err, what, what))?
