@@ -86,7 +86,7 @@ macro_rules! facts_columns {
 }
 
 /// The most jobs one statement of [`Store::result_bases`] reads (a coalesced batch of results'
-/// reads is at most `job_reads::MAX_BATCH`).
+/// reads is at most `node_reads::MAX_BATCH`, a thousand).
 pub(super) const BASES_PER_STATEMENT: usize = 500;
 
 /// A row of `facts_query!`.
