@@ -9,13 +9,13 @@ use super::auth::{generate_token, hash_token};
 use super::convert::{Enrollment, FromProto as _};
 use super::status;
 use crate::shared::Shared;
-use crate::store::{JobRecord, Recorded, StoreError};
+use crate::store::{Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_domain::job::{
-    self, Acceptance, JobChange, JobEvent, JobState, NodeChange, PlanSteps, ResultChange,
+    self, Acceptance, JobChange, JobEvent, JobFacts, JobState, NodeChange, PlanSteps, ResultChange,
     ResultRefusal,
 };
 use tollgate_domain::node::NodeEvent;
@@ -606,7 +606,9 @@ async fn on_running_report(
     if current_job.as_str() == running_job_id {
         return Ok(());
     }
-    let Some(job) = store.get_job(&current_job).await? else {
+    // The job and its results in one read, made together with the results' reads arriving
+    // meanwhile (heartbeats land here between a step's end and its result's commit).
+    let Some((job, results)) = shared.job_reads.result_basis(store, &current_job).await? else {
         return Ok(());
     };
     if &job.node != node || job.state != JobState::Running {
@@ -616,8 +618,7 @@ async fn on_running_report(
         // A newer stream replaced this one: its own heartbeats will be judged.
         return Ok(());
     };
-    let results = store.result_summaries_of_job(&job.id).await?;
-    let Some(pinned) = store.pinned_plan(&job.run_id).await? else {
+    let Some(pinned) = store.pinned_plan(&job.run).await? else {
         return Ok(());
     };
     let steps = &pinned.stored.plan.steps;
@@ -660,12 +661,12 @@ async fn on_running_report(
             end,
             message,
         } => {
-            return end_abandoned(shared, node, &job, &job.run_id, step_index, end, &message).await;
+            return end_abandoned(shared, node, &job, &job.run, step_index, end, &message).await;
         }
     };
     let interrupted = Interrupted {
         job: &job,
-        run: &job.run_id,
+        run: &job.run,
         results: &results,
         names: &names,
     };
@@ -696,7 +697,7 @@ async fn on_running_report(
 /// What an interrupted attempt is recorded against: the running job as loaded, its run, its
 /// stored results and its plan's step names.
 struct Interrupted<'a> {
-    job: &'a JobRecord,
+    job: &'a JobFacts,
     run: &'a RunId,
     results: &'a [StepResult],
     names: &'a [String],
@@ -781,7 +782,7 @@ async fn record_interrupted(
 async fn end_abandoned(
     shared: &Shared,
     node: &NodeId,
-    job: &JobRecord,
+    job: &JobFacts,
     run: &RunId,
     step_index: u32,
     end: JobState,
