@@ -1,4 +1,5 @@
 //! Reads of one job each, coalesced (`node_reads::Coalesced`): what a result is decided from
+//! (also read by a heartbeat that finds its node's job running while the agent names none)
 //! and what an acceptance is decided from, each read together with the others of its kind
 //! waiting meanwhile.
 //!
