@@ -313,8 +313,8 @@ impl Store {
     }
 
     /// [`Store::job_facts`] of each of `jobs` that exists, by id: one statement per
-    /// [`RESULTS_OF_JOBS_MAX`] jobs (a scheduling pass reads the facts of every job it
-    /// assigns, a thousand at a run's start).
+    /// [`RESULTS_OF_JOBS_MAX`](super::results::RESULTS_OF_JOBS_MAX) jobs (a scheduling pass
+    /// reads the facts of every job it assigns, a thousand at a run's start).
     pub async fn job_facts_of_jobs(
         &self,
         jobs: &[&JobId],
@@ -340,8 +340,8 @@ impl Store {
         Ok(facts)
     }
 
-    /// What deciding a result of `job` reads ([`Store::job_facts`] and
-    /// [`Store::result_summaries_of_job`]), in one statement: [`Store::result_bases`] of one
+    /// What deciding a result of `job` reads (its [`Store::job_facts`] and the summaries of
+    /// its results, `rows::step_result_summary`), in one statement: [`Store::result_bases`] of one
     /// job. Every result an agent reports is decided from these.
     pub async fn result_basis(
         &self,
@@ -355,7 +355,7 @@ impl Store {
     }
 
     /// [`Store::result_basis`] of each of `jobs` that exists, in one statement per
-    /// [`BASES_PER_STATEMENT`] jobs: a row per stored result (one with the result's columns
+    /// `BASES_PER_STATEMENT` (500) jobs: a row per stored result (one with the result's columns
     /// null for a job with none), the job's facts in each; in no particular order of jobs.
     pub async fn result_bases(
         &self,

@@ -671,7 +671,7 @@ async fn insert_sqlite(
          VALUES {}",
         anonymous_rows(inserts.len(), 20)
     );
-    // Built from numbered placeholders only: the values are bound.
+    // Built from placeholders only: the values are bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(inserts.len() == 1);
     for item in inserts {
         query = bind_result_row!(query, item.result, &item.columns, item.now);
@@ -695,7 +695,7 @@ async fn move_sqlite(tx: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Resu
                AND jobs.lease_epoch = v.column3",
             anonymous_rows(end - start, 6)
         );
-        // Built from numbered placeholders only: the values are bound.
+        // Built from placeholders only: the values are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
         for index in start..end {
             query = query
@@ -718,7 +718,7 @@ async fn move_sqlite(tx: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Resu
              WHERE nodes.name = v.column1 AND nodes.state = v.column2",
             anonymous_rows(end - start, 3)
         );
-        // Built from numbered placeholders only: the values are bound.
+        // Built from placeholders only: the values are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(end - start == 1);
         for index in start..end {
             query = query

@@ -760,7 +760,9 @@ impl Store {
 
     /// The summaries of every result of a job, by step index then attempt: what deciding the
     /// job's state needs ([`rows::step_result_summary`]: no telemetry, events, inventories,
-    /// series or log tail).
+    /// series or log tail). The controller reads them with the job's facts
+    /// ([`Store::result_basis`]); kept for the tests, which hold that read to this one.
+    #[cfg(test)]
     pub async fn result_summaries_of_job(
         &self,
         job: &JobId,
