@@ -185,7 +185,8 @@ impl Store {
     /// The evidence for a release at a milestone: the latest non-cancelled run of each plan,
     /// with every job, its node's labels and GPU source, and every result.
     ///
-    /// Three queries in one snapshot (runs, jobs, results), however many jobs and results.
+    /// Three queries in one snapshot (runs, jobs, results), however many jobs and results;
+    /// results are decoded as they arrive, without their series (`evidence_query!`).
     pub async fn load_evidence(
         &self,
         release: &Release,
@@ -208,7 +209,7 @@ impl Store {
         const RESULTS: &str = concat!(
             latest_runs_cte!(),
             " ",
-            result_query!(
+            evidence_query!(
                 " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id IN (SELECT id FROM latest))
               ORDER BY job_id, step_index, attempt, lease_epoch"
             )
@@ -232,14 +233,17 @@ impl Store {
                 .map(rows::evidence_job)
                 .collect::<Result<_, _>>()?;
             final_attempts_only(&mut jobs, |job| job);
-            let results: Vec<StoredResult> = sqlx::query(RESULTS)
+            // Decoded as they come, like a refresh's: the raw rows of every result (each
+            // result's telemetry and inventories) are never held at once.
+            let mut results: Vec<StoredResult> = Vec::new();
+            let mut stream = sqlx::query(RESULTS)
                 .bind(release.id.as_str())
                 .bind(milestone)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rows::evidence_result)
-                .collect::<Result<_, StoreError>>()?;
+                .fetch(&mut *tx);
+            while let Some(row) = stream.try_next().await? {
+                results.push(rows::evidence_result(&row)?);
+            }
+            drop(stream);
             tx.commit().await?;
             (runs, jobs, results)
         });
@@ -275,7 +279,7 @@ impl Store {
                         $ids,
                         " ORDER BY j.run_id, j.node, j.id"
                     ),
-                    result_query!(concat!(
+                    evidence_query!(concat!(
                         " WHERE job_id IN (SELECT j.id FROM jobs j WHERE j.run_id IN ",
                         $ids,
                         ") ORDER BY job_id, step_index, attempt, lease_epoch"
@@ -306,13 +310,12 @@ impl Store {
                     .iter()
                     .map(rows::evidence_job)
                     .collect::<Result<_, _>>()?;
-                let results: Vec<StoredResult> = sqlx::query(results_sql)
-                    .bind(ids.as_str())
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(rows::evidence_result)
-                    .collect::<Result<_, StoreError>>()?;
+                let mut results: Vec<StoredResult> = Vec::new();
+                let mut stream = sqlx::query(results_sql).bind(ids.as_str()).fetch(&mut *tx);
+                while let Some(row) = stream.try_next().await? {
+                    results.push(rows::evidence_result(&row)?);
+                }
+                drop(stream);
                 tx.commit().await?;
                 (runs, jobs, results)
             }};
@@ -395,7 +398,7 @@ impl Store {
             ),
         );
         const JOB_RESULTS: (&str, &str) = in_json_list!(
-            result_query!(" WHERE job_id"),
+            evidence_query!(" WHERE job_id"),
             "$1",
             " ORDER BY job_id, step_index, attempt, lease_epoch"
         );

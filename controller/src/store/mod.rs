@@ -392,6 +392,22 @@ macro_rules! result_query {
     };
 }
 
+/// `SELECT` of step results as gate evidence ([`rows::evidence_result`]), then `$tail`: every
+/// column but the series, which gates never read (half of a result's stored bytes), except in a
+/// row without a stored digest (stored before digests were), which the gate digests whole.
+macro_rules! evidence_query {
+    ($tail:expr) => {
+        concat!(
+            "SELECT job_id, step_index, attempt, lease_epoch, step_name, outcome, exit_code,
+                    started_at, finished_at, measurements, telemetry, events, inventory,
+                    log_tail, message, sub_results, inventory_at_end,
+                    (SELECT series WHERE digest IS NULL) AS series, digest
+             FROM step_results",
+            $tail
+        )
+    };
+}
+
 /// `SELECT` of the columns of step results that [`rows::step_result_summary`] reads, then
 /// `$tail`.
 macro_rules! result_summary_query {

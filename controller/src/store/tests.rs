@@ -2631,6 +2631,26 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     let mut without_series = stored[1].clone();
     without_series.series.clear();
     assert_eq!(job.results[1], without_series);
+
+    // A result with series stored without a digest is read whole, series included, and so
+    // is its digest computed: on a load and on a refresh alike.
+    edit_rows(store, "UPDATE step_results SET digest = NULL").await;
+    let reloaded = store
+        .load_evidence(&release, "lab-qual")
+        .await
+        .expect("evidence");
+    let job = &reloaded.runs[0].jobs[0];
+    assert_eq!(job.results, stored, "no stored digest: read whole");
+    assert_eq!(job.result_digests, recomputed);
+    let mut refreshed = evidence.clone();
+    refreshed.runs[0].jobs[0].results.clear();
+    refreshed.runs[0].jobs[0].result_digests.clear();
+    store
+        .refresh_evidence(&release, "lab-qual", &mut refreshed)
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.runs[0].jobs[0].results, stored);
+    assert_eq!(refreshed.runs[0].jobs[0].result_digests, recomputed);
 }
 
 /// `refresh_evidence` brings loaded evidence to what a fresh load gives, naming the jobs that
