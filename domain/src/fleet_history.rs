@@ -416,52 +416,68 @@ impl Rollup {
         Ok(())
     }
 
-    /// Takes the buckets that closed: their end plus `lateness` is not after `now`. Buckets
-    /// without a single finite value are dropped.
-    pub fn take_closed(&mut self, now: Timestamp, lateness: Duration) -> Vec<Bucket> {
+    /// Takes the buckets that closed: their end plus `lateness` is not after `now`, at most
+    /// `most` of them, oldest first (by start, node, GPU, then tier); the rest stay for the
+    /// next take. Buckets without a single finite value are dropped. Only the buckets taken
+    /// are turned into [`Bucket`]s, so that a writer taking them a batch at a time holds no
+    /// more than a batch.
+    pub fn take_closed(&mut self, now: Timestamp, lateness: Duration, most: usize) -> Vec<Bucket> {
         let lateness = chrono::Duration::from_std(lateness).unwrap_or(chrono::Duration::MAX);
-        let tiers = self.history.tiers.clone();
-        let closed = |(_, tier_idx, number): &OpenKey| {
-            bucket_start(*number + 1, tiers[*tier_idx]) + lateness <= now
-        };
-        let mut buckets = Vec::new();
-        self.open.retain(|node, open| {
-            let keys: Vec<OpenKey> = open.keys().copied().filter(closed).collect();
-            for key in keys {
-                let Some(fields) = open.remove(&key) else {
-                    continue;
-                };
-                self.n_open -= 1;
+        let tiers = &self.history.tiers;
+        let mut closed: Vec<(Timestamp, &NodeId, u32, u32, OpenKey)> = Vec::new();
+        for (node, open) in &self.open {
+            for &key in open.keys() {
                 let (gpu_index, tier_idx, number) = key;
                 let tier = tiers[tier_idx];
-                if let Some(fields) = fields.into_fields() {
-                    buckets.push(Bucket {
-                        node: node.clone(),
-                        gpu_index,
-                        resolution_s: tier.resolution_s(),
-                        start: bucket_start(number, tier),
-                        fields,
-                    });
+                if bucket_start(number + 1, tier) + lateness <= now {
+                    let start = bucket_start(number, tier);
+                    closed.push((start, node, gpu_index, tier.resolution_s(), key));
                 }
             }
-            !open.is_empty()
-        });
-        buckets.sort_by(|a, b| {
-            (a.start, &a.node, a.gpu_index, a.resolution_s).cmp(&(
-                b.start,
-                &b.node,
-                b.gpu_index,
-                b.resolution_s,
-            ))
-        });
+        }
+        if closed.len() > most {
+            closed.select_nth_unstable_by(most, |a, b| {
+                (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3))
+            });
+            closed.truncate(most);
+        }
+        closed.sort_unstable_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+        let taken: Vec<(Timestamp, NodeId, u32, u32, OpenKey)> = closed
+            .into_iter()
+            .map(|(start, node, gpu_index, resolution_s, key)| {
+                (start, node.clone(), gpu_index, resolution_s, key)
+            })
+            .collect();
+        let mut buckets = Vec::with_capacity(taken.len());
+        for (start, node, gpu_index, resolution_s, key) in taken {
+            let Some(open) = self.open.get_mut(&node) else {
+                continue;
+            };
+            let Some(fields) = open.remove(&key) else {
+                continue;
+            };
+            self.n_open -= 1;
+            if open.is_empty() {
+                self.open.remove(&node);
+            }
+            if let Some(fields) = fields.into_fields() {
+                buckets.push(Bucket {
+                    node,
+                    gpu_index,
+                    resolution_s,
+                    start,
+                    fields,
+                });
+            }
+        }
         buckets
     }
 
-    /// Takes every bucket, closed or not (at shutdown: a later sample of an open bucket makes
-    /// a second row, merged when read).
-    pub fn take_all(&mut self) -> Vec<Bucket> {
+    /// Takes every bucket, closed or not, at most `most` of them, oldest first (at shutdown:
+    /// a later sample of an open bucket makes a second row, merged when read).
+    pub fn take_all(&mut self, most: usize) -> Vec<Bucket> {
         let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
-        self.take_closed(far, Duration::ZERO)
+        self.take_closed(far, Duration::ZERO, most)
     }
 
     /// Puts back buckets that could not be written, to go with the next write. Merged into
@@ -571,7 +587,7 @@ mod tests {
         }
         // Buckets of 10 s: [0, 10) and [10, 20); of 1 min: one (at(0) is a multiple of 60).
         assert_eq!(rollup.open_buckets(), 3);
-        let closed = rollup.take_closed(at(12), Duration::from_secs(2));
+        let closed = rollup.take_closed(at(12), Duration::from_secs(2), usize::MAX);
         assert_eq!(closed.len(), 1, "{closed:?}");
         let first = &closed[0];
         assert_eq!((first.resolution_s, first.start), (10, at(0)));
@@ -581,18 +597,73 @@ mod tests {
         // Not yet: the 10 s bucket [10, 20) closes at 20 plus the lateness.
         assert!(
             rollup
-                .take_closed(at(21), Duration::from_secs(2))
+                .take_closed(at(21), Duration::from_secs(2), usize::MAX)
                 .is_empty()
         );
-        let closed = rollup.take_closed(at(60), Duration::from_secs(2));
+        let closed = rollup.take_closed(at(60), Duration::from_secs(2), usize::MAX);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].start, at(10));
-        let closed = rollup.take_closed(at(62), Duration::from_secs(2));
+        let closed = rollup.take_closed(at(62), Duration::from_secs(2), usize::MAX);
         assert_eq!(closed.len(), 1);
         let minute = &closed[0];
         assert_eq!((minute.resolution_s, minute.start), (60, at(0)));
         assert_eq!(minute.fields[&Field::GpuTempC].samples, 4);
         assert_eq!(minute.fields[&Field::GpuTempC].mean(), 55.0);
+        assert_eq!(rollup.open_buckets(), 0);
+    }
+
+    #[test]
+    fn closed_buckets_are_taken_at_most_so_many_at_a_time_oldest_first() {
+        let mut rollup = Rollup::new(History::parse("10s:1d,1m:30d").unwrap());
+        let temp = [(Field::GpuTempC, 40.0)];
+        // Two nodes' 10 s buckets [0, 10) and [10, 20), GPU 1 before GPU 0, and their 1 min
+        // buckets (still open at 25 s).
+        for name in ["n2", "n1"] {
+            for gpu in [1, 0] {
+                for secs in [15, 5] {
+                    rollup
+                        .add(&node(name), gpu, at(secs), &temp, at(secs))
+                        .unwrap();
+                }
+            }
+        }
+        assert_eq!(rollup.open_buckets(), 12);
+        let place = |b: &Bucket| (b.start, b.node.to_string(), b.gpu_index);
+        let first = rollup.take_closed(at(25), Duration::from_secs(2), 3);
+        assert_eq!(
+            first.iter().map(place).collect::<Vec<_>>(),
+            [
+                (at(0), "n1".to_owned(), 0),
+                (at(0), "n1".to_owned(), 1),
+                (at(0), "n2".to_owned(), 0),
+            ]
+        );
+        assert_eq!(rollup.open_buckets(), 9, "the rest stay open");
+        let second = rollup.take_closed(at(25), Duration::from_secs(2), 3);
+        assert_eq!(
+            second.iter().map(place).collect::<Vec<_>>(),
+            [
+                (at(0), "n2".to_owned(), 1),
+                (at(10), "n1".to_owned(), 0),
+                (at(10), "n1".to_owned(), 1),
+            ]
+        );
+        let rest = rollup.take_closed(at(25), Duration::from_secs(2), 3);
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(rest.iter().all(|b| b.resolution_s == 10));
+        assert!(
+            rollup
+                .take_closed(at(25), Duration::from_secs(2), 3)
+                .is_empty()
+        );
+        // Every sample was taken once: the minute buckets hold them all.
+        let minutes = rollup.take_all(usize::MAX);
+        assert_eq!(minutes.len(), 4);
+        assert!(
+            minutes
+                .iter()
+                .all(|b| b.fields[&Field::GpuTempC].samples == 2)
+        );
         assert_eq!(rollup.open_buckets(), 0);
     }
 
@@ -603,7 +674,7 @@ mod tests {
         rollup.add(&node("n1"), 0, at(1), &values, at(1)).unwrap();
         rollup.add(&node("n1"), 1, at(1), &values, at(1)).unwrap();
         rollup.add(&node("n2"), 0, at(1), &values, at(1)).unwrap();
-        let closed = rollup.take_all();
+        let closed = rollup.take_all(usize::MAX);
         assert_eq!(closed.len(), 3);
         for bucket in &closed {
             assert_eq!(bucket.fields.keys().collect::<Vec<_>>(), [&Field::GpuTempC]);
@@ -618,7 +689,7 @@ mod tests {
                 at(1),
             )
             .unwrap();
-        assert!(rollup.take_all().is_empty());
+        assert!(rollup.take_all(usize::MAX).is_empty());
     }
 
     #[test]
@@ -638,7 +709,7 @@ mod tests {
         rollup
             .add(&n1, 0, at(0), &temp, at(0) + chrono::Duration::hours(2))
             .unwrap();
-        let kept = rollup.take_all();
+        let kept = rollup.take_all(usize::MAX);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].resolution_s, 60);
     }
@@ -650,7 +721,7 @@ mod tests {
         rollup
             .add(&n1, 0, at(1), &[(Field::GpuTempC, 40.0)], at(1))
             .unwrap();
-        let first = rollup.take_all();
+        let first = rollup.take_all(usize::MAX);
         // A late sample of the same bucket, written after the first row.
         rollup
             .add(
@@ -661,7 +732,7 @@ mod tests {
                 at(30),
             )
             .unwrap();
-        let second = rollup.take_all();
+        let second = rollup.take_all(usize::MAX);
         let merged = merge(first.into_iter().chain(second).collect());
         assert_eq!(merged.len(), 1);
         let temp = merged[0].fields[&Field::GpuTempC];
@@ -679,7 +750,7 @@ mod tests {
         rollup
             .add(&n1, 0, at(1), &[(Field::GpuTempC, 40.0)], at(1))
             .unwrap();
-        let unwritten = rollup.take_all();
+        let unwritten = rollup.take_all(usize::MAX);
         rollup
             .add(&n1, 0, at(2), &[(Field::GpuTempC, 50.0)], at(2))
             .unwrap();
@@ -692,7 +763,7 @@ mod tests {
             2,
             "merged into the open one, not a third"
         );
-        let all = rollup.take_all();
+        let all = rollup.take_all(usize::MAX);
         assert_eq!(rollup.open_buckets(), 0);
         let gpu0 = all.iter().find(|bucket| bucket.gpu_index == 0).unwrap();
         assert_eq!(gpu0.fields[&Field::GpuTempC].samples, 2);

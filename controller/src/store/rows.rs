@@ -412,6 +412,12 @@ pub(super) fn evidence_result(
     if digest.is_none() {
         result.series = f.json::<Vec<tollgate_domain::telemetry::TelemetrySeries>>("series")?;
     }
+    // Decoded lists grow by doubling, and a gate keeps its evidence cached for as long as it
+    // is evaluated: give back the spare capacity (a GPU's 24 field summaries sit in room for
+    // 32).
+    for gpu in &mut result.telemetry {
+        gpu.fields.shrink_to_fit();
+    }
     Ok((result, digest))
 }
 
