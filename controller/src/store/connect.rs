@@ -13,8 +13,14 @@ use std::time::Duration;
 /// (a handful of rows), so waiting this long means something is stuck.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite serializes writers; a few connections serve concurrent readers (WAL) without
-/// queueing every gRPC call behind one connection.
-const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// queueing every gRPC call behind one connection: two per core, at least 4 and at most 8.
+/// Each connection is a thread of its own (sqlx), with its own page cache and statements and
+/// glibc's malloc arena: on two cores 8 connections peaked 16–39 MiB higher than 4 at 1,000
+/// agents (`fleet-bench`, BENCHMARKS.md) and answered no faster.
+fn sqlite_max_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).clamp(4, 8)
+}
 /// Enough for the scheduler, the watchdog and concurrent gRPC calls of one replica.
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 
@@ -130,7 +136,7 @@ async fn sqlite_pool(path: &str, url: &str) -> Result<SqlitePool, StoreError> {
     }
     create_private(file)?;
     let pool = SqlitePoolOptions::new()
-        .max_connections(SQLITE_MAX_CONNECTIONS)
+        .max_connections(sqlite_max_connections())
         .connect_with(options)
         .await?;
     Ok(pool)
