@@ -244,8 +244,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn samples_are_written_once_closed_and_deleted_past_retention() {
+    /// A controller's shared state on a fresh SQLite store, its clock at 0 and manual, its
+    /// history `tiers`, flushing every 5 s.
+    async fn on_sqlite(tiers: &str) -> (tempfile::TempDir, Store, ManualClock, Shared) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
             .await
@@ -253,9 +254,15 @@ mod tests {
         let clock = ManualClock::new(at(0));
         let mut config = ControllerConfig::new(dir.path().to_owned());
         config.clock = std::sync::Arc::new(clock.clone());
-        config.fleet_history = History::parse("10s:1h,1m:1d").expect("history");
+        config.fleet_history = History::parse(tiers).expect("history");
         config.fleet_flush_every = Duration::from_secs(5);
         let shared = Shared::new(store.clone(), config);
+        (dir, store, clock, shared)
+    }
+
+    #[tokio::test]
+    async fn samples_are_written_once_closed_and_deleted_past_retention() {
+        let (_dir, store, clock, shared) = on_sqlite("10s:1h,1m:1d").await;
         let n1 = NodeId::from("n1");
 
         let folded = fold(
@@ -334,16 +341,7 @@ mod tests {
     /// the next flush writes them and the rest.
     #[tokio::test]
     async fn closed_buckets_past_one_write_are_written_in_several() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::connect(&format!("sqlite://{}/tollgate.db", dir.path().display()))
-            .await
-            .expect("store");
-        let clock = ManualClock::new(at(0));
-        let mut config = ControllerConfig::new(dir.path().to_owned());
-        config.clock = std::sync::Arc::new(clock.clone());
-        config.fleet_history = History::parse("10s:1h").expect("history");
-        config.fleet_flush_every = Duration::from_secs(5);
-        let shared = Shared::new(store.clone(), config);
+        let (_dir, store, clock, shared) = on_sqlite("10s:1h").await;
         // 2,600 GPUs' buckets [0, 10) and 100 GPUs' of [10, 20): node names sort by number.
         let nodes: Vec<NodeId> = (0..325).map(|n| NodeId::from(format!("n{n:03}"))).collect();
         for node in &nodes {

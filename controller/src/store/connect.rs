@@ -19,7 +19,9 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// agents (`fleet-bench`, BENCHMARKS.md) and answered no faster.
 fn sqlite_max_connections() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).clamp(4, 8)
+    u32::try_from(cores.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .clamp(4, 8)
 }
 /// Enough for the scheduler, the watchdog and concurrent gRPC calls of one replica.
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
