@@ -661,12 +661,11 @@ async fn on_running_report(
             end,
             message,
         } => {
-            return end_abandoned(shared, node, &job, &job.run, step_index, end, &message).await;
+            return end_abandoned(shared, node, &job, step_index, end, &message).await;
         }
     };
     let interrupted = Interrupted {
         job: &job,
-        run: &job.run,
         results: &results,
         names: &names,
     };
@@ -694,11 +693,10 @@ async fn on_running_report(
     Ok(())
 }
 
-/// What an interrupted attempt is recorded against: the running job as loaded, its run, its
-/// stored results and its plan's step names.
+/// What an interrupted attempt is recorded against: the running job as loaded (its run
+/// included), its stored results and its plan's step names.
 struct Interrupted<'a> {
     job: &'a JobFacts,
-    run: &'a RunId,
     results: &'a [StepResult],
     names: &'a [String],
 }
@@ -770,7 +768,7 @@ async fn record_interrupted(
     }
     tracing::warn!(node = %node, job = %job.id, step_index, attempt, "{message}");
     shared.notify_changed();
-    job_changed(shared, interrupted.run, &change.job);
+    job_changed(shared, &interrupted.job.run, &change.job);
     Ok(true)
 }
 
@@ -783,7 +781,6 @@ async fn end_abandoned(
     shared: &Shared,
     node: &NodeId,
     job: &JobFacts,
-    run: &RunId,
     step_index: u32,
     end: JobState,
     message: &str,
@@ -809,7 +806,7 @@ async fn end_abandoned(
         Ok(()) => {
             tracing::warn!(node = %node, job = %job.id, step_index, "{message}");
             shared.notify_changed();
-            job_changed(shared, run, &change);
+            job_changed(shared, &job.run, &change);
             Ok(())
         }
         Err(StoreError::Conflict { .. }) => Ok(()),
