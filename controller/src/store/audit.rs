@@ -7,7 +7,6 @@
 use super::connect::Begin;
 use super::rows::{Fields, StoreRow};
 use super::{Pool, Store, StoreError, classify, micros, text, to_json};
-use futures::TryStreamExt as _;
 use std::collections::HashMap;
 use tollgate_domain::audit::{self as chain, AuditEntry, Broken, NewAuditEntry};
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, JobEvidence, RunEvidence, Waiver};
@@ -439,13 +438,12 @@ impl Store {
         );
         let mut runs = Vec::with_capacity(reference.runs.len());
         for run in &reference.runs {
-            // Decoded as they come: a run's raw rows (series included, a replay digests
-            // whole results) are never held at once.
+            // Decoded a chunk at a time: a run's raw rows (series included, a replay
+            // digests whole results) are never held at once.
             let mut stored: HashMap<(String, u32, u32, u64), StepResult> = HashMap::new();
             with_pool!(self, |pool| {
-                let mut rows = sqlx::query(RESULTS).bind(run.run_id.as_str()).fetch(pool);
-                while let Some(row) = rows.try_next().await? {
-                    let result = super::rows::step_result(&row)?;
+                let rows = sqlx::query(RESULTS).bind(run.run_id.as_str()).fetch(pool);
+                super::decode_in_chunks(rows, super::rows::step_result, |result| {
                     let key = (
                         result.job_id.to_string(),
                         result.step_index,
@@ -453,7 +451,8 @@ impl Store {
                         result.lease_epoch,
                     );
                     stored.insert(key, result);
-                }
+                })
+                .await?;
             });
             let jobs = run
                 .jobs

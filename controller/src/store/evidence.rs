@@ -4,8 +4,7 @@
 
 use super::connect::Begin;
 use super::rows::{EvidenceJob, EvidenceRun};
-use super::{Pool, Refreshed, Store, StoreError, rows};
-use futures::TryStreamExt as _;
+use super::{Pool, Refreshed, Store, StoreError, decode_in_chunks, rows};
 use std::collections::HashMap;
 use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, result_digest};
 use tollgate_domain::release::Release;
@@ -233,17 +232,14 @@ impl Store {
                 .map(rows::evidence_job)
                 .collect::<Result<_, _>>()?;
             final_attempts_only(&mut jobs, |job| job);
-            // Decoded as they come, like a refresh's: the raw rows of every result (each
-            // result's telemetry and inventories) are never held at once.
+            // Decoded a chunk at a time, like a refresh's: the raw rows of every result
+            // (each result's telemetry and inventories) are never held at once.
             let mut results: Vec<StoredResult> = Vec::new();
-            let mut stream = sqlx::query(RESULTS)
+            let stream = sqlx::query(RESULTS)
                 .bind(release.id.as_str())
                 .bind(milestone)
                 .fetch(&mut *tx);
-            while let Some(row) = stream.try_next().await? {
-                results.push(rows::evidence_result(&row)?);
-            }
-            drop(stream);
+            decode_in_chunks(stream, rows::evidence_result, |stored| results.push(stored)).await?;
             tx.commit().await?;
             (runs, jobs, results)
         });
@@ -311,11 +307,9 @@ impl Store {
                     .map(rows::evidence_job)
                     .collect::<Result<_, _>>()?;
                 let mut results: Vec<StoredResult> = Vec::new();
-                let mut stream = sqlx::query(results_sql).bind(ids.as_str()).fetch(&mut *tx);
-                while let Some(row) = stream.try_next().await? {
-                    results.push(rows::evidence_result(&row)?);
-                }
-                drop(stream);
+                let stream = sqlx::query(results_sql).bind(ids.as_str()).fetch(&mut *tx);
+                decode_in_chunks(stream, rows::evidence_result, |stored| results.push(stored))
+                    .await?;
                 tx.commit().await?;
                 (runs, jobs, results)
             }};
@@ -441,16 +435,16 @@ impl Store {
                             .iter()
                             .map(|(r, j)| evidence.runs[*r].jobs[*j].job_id.as_str()),
                     );
-                    // Decoded as they come: the raw rows of every changed job (telemetry,
-                    // series) are never held at once.
-                    let mut stream = sqlx::query(job_results).bind(&ids).fetch(&mut *tx);
-                    while let Some(row) = stream.try_next().await? {
-                        let stored = rows::evidence_result(&row)?;
+                    // Decoded a chunk at a time: the raw rows of every changed job
+                    // (telemetry, inventories) are never held at once.
+                    let stream = sqlx::query(job_results).bind(&ids).fetch(&mut *tx);
+                    decode_in_chunks(stream, rows::evidence_result, |stored| {
                         fresh
                             .entry(stored.0.job_id.clone())
                             .or_default()
                             .push(stored);
-                    }
+                    })
+                    .await?;
                 }
                 tx.commit().await?;
                 Some((jobs, changed, fresh))

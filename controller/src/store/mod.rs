@@ -344,6 +344,42 @@ fn json_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     serde_json::to_string(&items).expect("a list of strings serializes")
 }
 
+/// Raw rows [`decode_in_chunks`] takes from a stream before it decodes them.
+const DECODE_CHUNK: usize = 128;
+
+/// Decodes each row of `rows` with `decode` and hands it to `each`, taking up to
+/// [`DECODE_CHUNK`] raw rows from the stream before decoding them.
+///
+/// Between the two extremes: `fetch_all` holds every raw row of a read at once (a thousand
+/// results with their telemetry summaries and inventories are tens of MiB), and decoding each
+/// row as it arrives left sqlx's SQLite worker blocked on a full row channel after every row,
+/// woken for the next: a gate's first load of 100,000 small results took 2.6–3.8 s that way
+/// against 1.6 s read whole (`gate-bench`, BENCHMARKS.md). A chunk is taken as fast as the
+/// worker sends, and at most a chunk's raw rows are held.
+async fn decode_in_chunks<R, T>(
+    mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    decode: impl Fn(&R) -> Result<T, StoreError>,
+    mut each: impl FnMut(T),
+) -> Result<(), StoreError> {
+    use futures::TryStreamExt as _;
+    let mut chunk = Vec::with_capacity(DECODE_CHUNK);
+    loop {
+        while chunk.len() < DECODE_CHUNK {
+            match rows.try_next().await? {
+                Some(row) => chunk.push(row),
+                None => break,
+            }
+        }
+        let last = chunk.len() < DECODE_CHUNK;
+        for row in chunk.drain(..) {
+            each(decode(&row)?);
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
 /// The latest qualification run (health checks are never evidence) that was not cancelled of
 /// each plan of release `$1` at milestone `$2`;
 /// "latest" is the newest `created_at`, then the last inserted.

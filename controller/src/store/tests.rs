@@ -3753,3 +3753,54 @@ async fn a_late_duplicate_result_leaves_the_ended_run_as_it_was(store: &Store) {
             .is_empty()
     );
 }
+
+/// `decode_in_chunks` decodes every row once, in order, whether the rows fill no chunk, part
+/// of one, exactly one or several, and stops at the first row that does not decode.
+#[tokio::test]
+async fn rows_are_decoded_in_chunks_each_once_in_order() {
+    for n in [
+        0,
+        1,
+        DECODE_CHUNK - 1,
+        DECODE_CHUNK,
+        DECODE_CHUNK + 1,
+        3 * DECODE_CHUNK + 7,
+    ] {
+        let rows = futures::stream::iter((0..n).map(Ok::<usize, sqlx::Error>));
+        let mut seen = Vec::new();
+        decode_in_chunks(rows, |row| Ok(*row * 2), |decoded| seen.push(decoded))
+            .await
+            .expect("decoded");
+        let expected: Vec<usize> = (0..n).map(|row| row * 2).collect();
+        assert_eq!(seen, expected, "{n} rows");
+    }
+    let rows = futures::stream::iter((0..300).map(Ok::<usize, sqlx::Error>));
+    let mut seen = Vec::new();
+    let error = decode_in_chunks(
+        rows,
+        |row| {
+            if *row == 200 {
+                Err(StoreError::Corrupt {
+                    what: "row 200".into(),
+                    detail: "not a number".into(),
+                })
+            } else {
+                Ok(*row)
+            }
+        },
+        |decoded| seen.push(decoded),
+    )
+    .await
+    .expect_err("row 200 does not decode");
+    assert!(error.to_string().contains("row 200"), "{error}");
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    // A stream that fails mid-way fails the read.
+    let rows = futures::stream::iter(
+        (0..DECODE_CHUNK + 5)
+            .map(Ok::<usize, sqlx::Error>)
+            .chain([Err(sqlx::Error::RowNotFound)]),
+    );
+    decode_in_chunks(rows, |row| Ok(*row), |_| {})
+        .await
+        .expect_err("the stream's error is the read's");
+}
