@@ -18,25 +18,25 @@
 //! scheduler's must not wait behind results.
 //!
 //! A result is checked and encoded (its JSON columns and digest: most of its write's work) by
-//! its caller before it waits ([`EncodedResult`]), so that this runs beside the batch being
-//! written rather than inside the next one's turn.
+//! its caller before it waits ([`EncodedRow`]), once however many times it is decided, so
+//! that this runs beside the batch being written rather than inside the next one's turn.
 //!
 //! **Invariant:** a write is answered only after the transaction that holds it committed; a
 //! batch that fails as a whole is written again one write at a time, so each gets its own
 //! error.
 
-use crate::store::{EncodedRegistration, EncodedResult, Recorded, Store, StoreError, Write};
+use crate::store::{EncodedRegistration, EncodedRow, Recorded, Store, StoreError, Write};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tollgate_domain::Timestamp;
 use tollgate_domain::job::{JobChange, ResultChange};
-use tollgate_domain::result::StepResult;
 
 /// The most results one transaction takes.
 const MAX_BATCH: usize = 256;
 
 /// What waits for a writer.
 enum Owned {
-    Result(Box<EncodedResult>),
+    Result(Arc<EncodedRow>, Box<ResultChange>),
     Job(JobChange),
     Registration(Box<EncodedRegistration>),
 }
@@ -44,7 +44,7 @@ enum Owned {
 impl Owned {
     fn as_write(&self, now: Timestamp) -> Write<'_> {
         match self {
-            Self::Result(encoded) => Write::Encoded(encoded, now),
+            Self::Result(row, change) => Write::Encoded(row, change, now),
             Self::Job(change) => Write::Job(change, now),
             Self::Registration(registration) => Write::Registration(registration, now),
         }
@@ -52,7 +52,7 @@ impl Owned {
 
     async fn write_alone(&self, store: &Store, now: Timestamp) -> Result<Recorded, StoreError> {
         match self {
-            Self::Result(encoded) => store.write_one(Write::Encoded(encoded, now)).await,
+            Self::Result(row, change) => store.write_one(Write::Encoded(row, change, now)).await,
             Self::Job(change) => store
                 .apply_job_change(change, now)
                 .await
@@ -90,24 +90,21 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// [`Store::record_result`], batched with the results (and on SQLite the job changes)
-    /// that arrive meanwhile.
+    /// [`Store::record_result`] of the result encoded as `row`, batched with the results
+    /// (and on SQLite the job changes) that arrive meanwhile.
     pub async fn record(
         &self,
         store: &Store,
-        result: &StepResult,
+        row: &Arc<EncodedRow>,
         change: &ResultChange,
         now: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let encoded = EncodedResult::new(result, change.clone());
-        match self
-            .write(store, Owned::Result(Box::new(encoded)), now)
-            .await
-        {
+        let write = Owned::Result(Arc::clone(row), Box::new(change.clone()));
+        match self.write(store, write, now).await {
             Some(outcome) => outcome,
             // Its writer stopped without answering (it panicked): whether it was applied is
             // unknown, and recording it again says (a duplicate is acknowledged as one).
-            None => store.record_result(result, change, now).await,
+            None => store.write_one(Write::Encoded(row, change, now)).await,
         }
     }
 
@@ -236,11 +233,11 @@ mod tests {
     use crate::store::{
         AuditNote, JobRecord, Pool, Registration, RunPurpose, RunRecord, RunState, testing,
     };
-    use std::sync::Arc;
     use std::time::Duration;
     use tollgate_domain::fleet::NodeState;
     use tollgate_domain::job::JobState;
     use tollgate_domain::result::Outcome;
+    use tollgate_domain::result::StepResult;
     use tollgate_domain::test_support::{self as ts, at};
     use tollgate_domain::{JobId, NodeId, RunId};
 
@@ -448,7 +445,9 @@ mod tests {
             let (group_commit, store) = (group_commit.clone(), store.clone());
             tasks.push(tokio::spawn(async move {
                 let (result, change) = first_result(node);
-                group_commit.record(&store, &result, &change, at(10)).await
+                group_commit
+                    .record(&store, &Arc::new(EncodedRow::new(&result)), &change, at(10))
+                    .await
             }));
         }
         let outcomes = outcomes_once_waiting(&group_commit, turn, 3, tasks).await;
@@ -523,7 +522,9 @@ mod tests {
             let (group_commit, store) = (group_commit.clone(), store.clone());
             tasks.push(tokio::spawn(async move {
                 let (result, change) = first_result("n1");
-                group_commit.record(&store, &result, &change, at(10)).await
+                group_commit
+                    .record(&store, &Arc::new(EncodedRow::new(&result)), &change, at(10))
+                    .await
             }));
         }
         let outcomes = outcomes_once_waiting(&group_commit, turn, 4, tasks).await;

@@ -17,6 +17,7 @@ tollgate_tests::on_both_backends!(
     clean_release_passes_and_promotes,
     faulty_node_fails_the_gate_and_promotion_is_refused,
     result_uploaded_twice_is_stored_once,
+    a_reported_result_is_stored_whole,
     agent_cannot_act_as_another_node,
     agents_claiming_one_new_node_at_once_leave_it_one_token,
     killed_agent_leaves_its_job_lost,
@@ -307,6 +308,81 @@ async fn result_uploaded_twice_is_stored_once(backend: Backend) {
         run.jobs[0].results
     );
     assert_eq!(run.jobs[0].state, "passed");
+}
+
+/// A result is stored as its agent sent it, telemetry summaries, series and events
+/// included: while it waits for its write its handler keeps decoded only what deciding
+/// reads, the row holds the rest.
+async fn a_reported_result_is_stored_whole(backend: Backend) {
+    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+        return;
+    };
+    let mut agent = FakeAgent::connect(&controller, "fake-1").await;
+    let mut clients = controller.clients().await;
+    let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
+    let job = agent.next_assignment().await;
+    let token = agent.token.clone();
+    let mut result = passed_result(&job, 0);
+    result.telemetry = vec![v1::GpuTelemetry {
+        gpu_index: 0,
+        gpu_uuid: "GPU-0".into(),
+        fields: vec![v1::FieldSummary {
+            field: "gpu_temp_c".into(),
+            min: 40.0,
+            max: 71.5,
+            mean: 60.25,
+            p99: 71.0,
+            last: 65.0,
+            samples: 30,
+        }],
+        samples_missed: 1,
+    }];
+    result.series = vec![v1::TelemetrySeries {
+        gpu_index: 0,
+        field: "gpu_temp_c".into(),
+        bucket_ms: 1_000,
+        points: (0..3)
+            .map(|i| v1::SeriesPoint {
+                offset_ms: i * 1_000,
+                mean: 50.0 + i as f64,
+                min: 49.0 + i as f64,
+                max: 51.0 + i as f64,
+                samples: 10,
+            })
+            .collect(),
+    }];
+    result.events = vec![v1::GpuEvent {
+        gpu_index: 0,
+        gpu_uuid: "GPU-0".into(),
+        kind: "xid".into(),
+        code: 79,
+        at: result.started_at,
+        detail: "fallen off the bus?".into(),
+    }];
+    agent.report(&token, result).await.expect("stored");
+    clients.wait_run_done(&run.id).await;
+
+    let stored = controller
+        .shared()
+        .store
+        .results_of_job(&tollgate_domain::JobId::new(job.job_id.clone()))
+        .await
+        .expect("read back");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let stored = &stored[0];
+    assert_eq!(stored.telemetry.len(), 1, "{stored:?}");
+    assert_eq!(stored.telemetry[0].samples_missed, 1);
+    let summary = &stored.telemetry[0].fields[..];
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(
+        (summary[0].field.name(), summary[0].max, summary[0].mean),
+        ("gpu_temp_c", 71.5, 60.25)
+    );
+    assert_eq!(stored.series.len(), 1, "{stored:?}");
+    let means: Vec<f64> = stored.series[0].points.iter().map(|p| p.mean).collect();
+    assert_eq!(means, [50.0, 51.0, 52.0]);
+    assert_eq!(stored.events.len(), 1, "{stored:?}");
+    assert_eq!(stored.events[0].code, 79);
 }
 
 async fn agent_cannot_act_as_another_node(backend: Backend) {

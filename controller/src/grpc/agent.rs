@@ -9,7 +9,7 @@ use super::auth::{generate_token, hash_token};
 use super::convert::{Enrollment, FromProto as _};
 use super::status;
 use crate::shared::Shared;
-use crate::store::{Recorded, StoreError};
+use crate::store::{EncodedRow, Recorded, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt as _;
@@ -276,6 +276,10 @@ impl AgentService for AgentApi {
         let node = self.authenticate(&request).await?;
         let result =
             StepResult::from_proto(request.into_inner()).map_err(status::invalid_fields)?;
+        // Encoded for its row once, however many times it is decided; what is kept decoded
+        // while it waits for its write is what deciding and its findings read.
+        let row = Arc::new(EncodedRow::new(&result));
+        let result = deciding_part(result);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -292,7 +296,10 @@ impl AgentService for AgentApi {
                     tollgate.try = attempt,
                 )
             });
-            match record(&self.shared, &node, &result).instrument(span).await {
+            match record(&self.shared, &node, &result, &row)
+                .instrument(span)
+                .await
+            {
                 Err(RecordError::Store(StoreError::Conflict { detail, .. }))
                     if attempt < RESULT_RETRIES =>
                 {
@@ -940,10 +947,27 @@ pub enum RecordError {
     Store(#[from] StoreError),
 }
 
-/// Checks and stores one result: load (the job's facts and results, one read), ask the
-/// domain (`job::accept_result`), apply (one transaction, compare-and-set on the job and its
-/// node); returns whether it was a duplicate.
-async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<bool, RecordError> {
+/// What of a result its handler keeps decoded once the result is encoded ([`EncodedRow`]):
+/// all but its telemetry summaries and series, which neither `job::accept_result` nor
+/// `node::findings` reads and which are most of a decoded result. The row stores them.
+fn deciding_part(result: StepResult) -> StepResult {
+    StepResult {
+        telemetry: Vec::new(),
+        series: Vec::new(),
+        ..result
+    }
+}
+
+/// Checks and stores one result, `result` as [`deciding_part`] keeps it, `row` encoded from
+/// the whole: load (the job's facts and results, one read), ask the domain
+/// (`job::accept_result`), apply (one transaction, compare-and-set on the job and its node);
+/// returns whether it was a duplicate.
+async fn record(
+    shared: &Shared,
+    node: &NodeId,
+    result: &StepResult,
+    row: &Arc<EncodedRow>,
+) -> Result<bool, RecordError> {
     let store = &shared.store;
     let (facts, results) = shared
         .job_reads
@@ -981,7 +1005,7 @@ async fn record(shared: &Shared, node: &NodeId, result: &StepResult) -> Result<b
         .metrics
         .store(
             "record_result",
-            shared.group_commit.record(store, result, &change, now),
+            shared.group_commit.record(store, row, &change, now),
         )
         .await?;
     if recorded == Recorded::Duplicate {

@@ -1063,7 +1063,7 @@ mod report_keys;
 mod report_rows;
 mod result_batch;
 mod results;
-pub use results::{EncodedResult, RESULTS_OF_JOBS_MAX, Write};
+pub use results::{EncodedRow, RESULTS_OF_JOBS_MAX, Write};
 mod issues;
 pub use issues::{
     ImportOutcome, ImportedIssue, IssueFields, IssueFilter, IssueTransition, QueuedWebhook,

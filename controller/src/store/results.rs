@@ -166,8 +166,8 @@ const RESULT_EXISTS: &str = "SELECT job_id FROM step_results
 pub enum Write<'a> {
     /// [`Store::record_result`]'s.
     Result(&'a StepResult, &'a ResultChange, Timestamp),
-    /// [`Store::record_result`]'s, the result encoded beforehand ([`EncodedResult`]).
-    Encoded(&'a EncodedResult, Timestamp),
+    /// [`Store::record_result`]'s, the result encoded beforehand ([`EncodedRow`]).
+    Encoded(&'a EncodedRow, &'a ResultChange, Timestamp),
     /// [`Store::apply_job_change`]'s; `Recorded::Inserted` when applied.
     Job(&'a JobChange, Timestamp),
     /// [`Store::register_node`]'s; `Recorded::Inserted` when applied.
@@ -179,7 +179,7 @@ impl Write<'_> {
     fn what(&self) -> String {
         match self {
             Self::Result(result, ..) => format!("result of job {}", result.job_id),
-            Self::Encoded(encoded, _) => format!("result of job {}", encoded.result.job_id),
+            Self::Encoded(row, ..) => format!("result of job {}", row.result.job_id),
             Self::Job(change, _) => format!("job {}", change.job),
             Self::Registration(registration, _) => format!("node {}", registration.node),
         }
@@ -189,46 +189,42 @@ impl Write<'_> {
     fn now(&self) -> Timestamp {
         match *self {
             Self::Result(_, _, now)
-            | Self::Encoded(_, now)
+            | Self::Encoded(_, _, now)
             | Self::Job(_, now)
             | Self::Registration(_, now) => now,
         }
     }
 }
 
-/// A result with its change, checked and encoded for its row (its JSON columns and digest)
-/// before it waits for a batch: the encoding is most of the work of writing a result, and
-/// done here it runs on the caller's task, beside the batch being written, instead of inside
-/// the next batch's turn.
+/// A result checked and encoded for its row (its JSON columns and digest) once, however many
+/// times its change is decided and its write tried: the encoding is most of the work of
+/// writing a result, and done by the result's handler it runs beside the batch being
+/// written instead of inside the next batch's turn.
 ///
 /// It keeps of the result only what is not in its columns ([`scalars_of`]): what waits for a
 /// batch is the row, not also a copy of the telemetry, series and inventories it was encoded
 /// from (a thousand results arrive within a second when a thousand nodes end a step).
-pub struct EncodedResult {
+pub struct EncodedRow {
     /// The result without the fields its columns hold.
     result: StepResult,
-    change: ResultChange,
     /// The row's columns, or why the result cannot be stored.
     columns: Result<ResultColumns, Refusal>,
 }
 
-impl std::fmt::Debug for EncodedResult {
+impl std::fmt::Debug for EncodedRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodedResult")
+        f.debug_struct("EncodedRow")
             .field("result", &self.result)
-            .field("change", &self.change)
             .finish_non_exhaustive()
     }
 }
 
-impl EncodedResult {
-    /// Checks and encodes `result`, to be stored with `change`.
-    pub fn new(result: &StepResult, change: ResultChange) -> Self {
-        let columns = encode(result, &change);
+impl EncodedRow {
+    /// Checks and encodes `result`.
+    pub fn new(result: &StepResult) -> Self {
         Self {
+            columns: encode(result),
             result: scalars_of(result),
-            change,
-            columns,
         }
     }
 }
@@ -310,8 +306,8 @@ impl Refusal {
     }
 }
 
-/// Checks `result` (readable numbers, the change of its own job) and encodes its row.
-fn encode(result: &StepResult, change: &ResultChange) -> Result<ResultColumns, Refusal> {
+/// Checks `result` (readable numbers) and encodes its row.
+fn encode(result: &StepResult) -> Result<ResultColumns, Refusal> {
     let columns = ResultColumns::of(result);
     if let Err(error) = check_readable(result, &columns.measurements, &columns.telemetry) {
         return Err(match error {
@@ -322,30 +318,43 @@ fn encode(result: &StepResult, change: &ResultChange) -> Result<ResultColumns, R
             },
         });
     }
+    Ok(columns)
+}
+
+/// Refuses a `change` of another job than `result`'s.
+fn check_change(result: &StepResult, change: &ResultChange) -> Result<(), Refusal> {
     if change.job.job != result.job_id {
         return Err(Refusal::Conflict {
             what: format!("result of job {}", result.job_id),
             detail: format!("it came with a change of job {}", change.job.job),
         });
     }
-    Ok(columns)
+    Ok(())
 }
 
 impl<'a> Prepared<'a> {
     fn of(write: &Write<'a>) -> Result<Self, Refusal> {
         Ok(match *write {
-            Write::Result(result, change, now) => Self::Result(Box::new(PreparedResult {
-                result,
-                change,
-                now,
-                columns: Cow::Owned(encode(result, change)?),
-            })),
-            Write::Encoded(encoded, now) => Self::Result(Box::new(PreparedResult {
-                result: &encoded.result,
-                change: &encoded.change,
-                now,
-                columns: Cow::Borrowed(encoded.columns.as_ref().map_err(Refusal::clone)?),
-            })),
+            Write::Result(result, change, now) => {
+                let columns = encode(result)?;
+                check_change(result, change)?;
+                Self::Result(Box::new(PreparedResult {
+                    result,
+                    change,
+                    now,
+                    columns: Cow::Owned(columns),
+                }))
+            }
+            Write::Encoded(row, change, now) => {
+                let columns = row.columns.as_ref().map_err(Refusal::clone)?;
+                check_change(&row.result, change)?;
+                Self::Result(Box::new(PreparedResult {
+                    result: &row.result,
+                    change,
+                    now,
+                    columns: Cow::Borrowed(columns),
+                }))
+            }
             Write::Job(change, now) => Self::Job(change, now),
             Write::Registration(registration, now) => Self::Registration(registration, now),
         })

@@ -25,12 +25,13 @@
 use anyhow::{Context, bail, ensure};
 use sqlx::Connection as _;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_controller::group_commit::GroupCommit;
 use tollgate_controller::store::pg_copy::CopyBinary;
 use tollgate_controller::store::testing::{drop_postgres_schema, fresh_postgres_url};
 use tollgate_controller::store::{
-    AuditNote, COPY_BUCKETS, JobRecord, RunPurpose, RunRecord, RunState, Store,
+    AuditNote, COPY_BUCKETS, EncodedRow, JobRecord, RunPurpose, RunRecord, RunState, Store,
 };
 use tollgate_domain::fleet_history::{Bucket, Stat};
 use tollgate_domain::job::{JobChange, JobState, ResultChange};
@@ -238,7 +239,12 @@ async fn record_results(store: &Store, args: &Args) -> anyhow::Result<Duration> 
                         results_before: step_idx as usize,
                     };
                     group_commit
-                        .record(&store, &result, &change, at(2000))
+                        .record(
+                            &store,
+                            &Arc::new(EncodedRow::new(&result)),
+                            &change,
+                            at(2000),
+                        )
                         .await?;
                 }
             }
