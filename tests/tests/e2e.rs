@@ -278,16 +278,45 @@ fn passed_result(job: &v1::AssignJob, step_index: u32) -> v1::StepResult {
 
 const ONE_STEP_PLAN: &str = "name: one-step\nselector: {sku: hgx-h100}\nsteps:\n  - {name: only, kind: exec, command: [\"true\"]}\n";
 
+/// A controller, a [`FakeAgent`] `fake-1`, and the job of a one-step run it was assigned.
+struct AssignedJob {
+    controller: Controller,
+    agent: FakeAgent,
+    clients: tollgate_tests::Clients,
+    run: v1::Run,
+    job: v1::AssignJob,
+}
+
+impl AssignedJob {
+    /// `None` when `backend` is not available.
+    async fn start(backend: Backend) -> Option<Self> {
+        let controller = Controller::start(ControllerOptions::new(backend)).await?;
+        let mut agent = FakeAgent::connect(&controller, "fake-1").await;
+        let mut clients = controller.clients().await;
+        let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
+        let job = agent.next_assignment().await;
+        assert_eq!(job.run_id, run.id);
+        Some(Self {
+            controller,
+            agent,
+            clients,
+            run,
+            job,
+        })
+    }
+}
+
 async fn result_uploaded_twice_is_stored_once(backend: Backend) {
-    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+    let Some(AssignedJob {
+        controller: _controller,
+        mut agent,
+        mut clients,
+        run,
+        job,
+    }) = AssignedJob::start(backend).await
+    else {
         return;
     };
-    let mut agent = FakeAgent::connect(&controller, "fake-1").await;
-    let mut clients = controller.clients().await;
-    let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
-    let job = agent.next_assignment().await;
-    assert_eq!(job.run_id, run.id);
-
     let token = agent.token.clone();
     let first = agent
         .report(&token, passed_result(&job, 0))
@@ -314,13 +343,16 @@ async fn result_uploaded_twice_is_stored_once(backend: Backend) {
 /// included: while it waits for its write its handler keeps decoded only what deciding
 /// reads, the row holds the rest.
 async fn a_reported_result_is_stored_whole(backend: Backend) {
-    let Some(controller) = Controller::start(ControllerOptions::new(backend)).await else {
+    let Some(AssignedJob {
+        controller,
+        mut agent,
+        mut clients,
+        run,
+        job,
+    }) = AssignedJob::start(backend).await
+    else {
         return;
     };
-    let mut agent = FakeAgent::connect(&controller, "fake-1").await;
-    let mut clients = controller.clients().await;
-    let run = clients.start_qualification("r550", 1, ONE_STEP_PLAN).await;
-    let job = agent.next_assignment().await;
     let token = agent.token.clone();
     let mut result = passed_result(&job, 0);
     result.telemetry = vec![v1::GpuTelemetry {
