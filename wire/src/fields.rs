@@ -124,6 +124,14 @@ impl FieldErrors {
         }
     }
 
+    /// Records a problem when `value` is not a finite number (NaN or infinite: JSON, and so
+    /// the store, cannot hold it).
+    pub fn finite(&mut self, field: &str, value: f64) {
+        if !value.is_finite() {
+            self.add(field, format!("{value} is not a finite number"));
+        }
+    }
+
     /// Records a problem when `value` is empty or only blanks.
     pub fn non_blank(&mut self, field: &str, value: &str) {
         if value.trim().is_empty() {

@@ -58,12 +58,7 @@ fn measurement_from_proto(
     errors.non_blank(&format!("{field}.name"), &name);
     errors.text(&format!("{field}.name"), &limits::NAME, &name);
     errors.text(&format!("{field}.unit"), &limits::INVENTORY_TEXT, &unit);
-    if !value.is_finite() {
-        errors.add(
-            format!("{field}.value"),
-            format!("{value} is not a finite number"),
-        );
-    }
+    errors.finite(&format!("{field}.value"), value);
     Measurement {
         name,
         value,
@@ -122,9 +117,19 @@ fn telemetry_from_proto(
                 last,
                 samples,
             } = summary;
-            let parsed = errors.keyword(&format!("{field}.fields[{idx}].field"), &name)?;
+            let at = format!("{field}.fields[{idx}]");
+            let parsed = errors.keyword(&format!("{at}.field"), &name);
+            for (stat, value) in [
+                ("min", min),
+                ("max", max),
+                ("mean", mean),
+                ("p99", p99),
+                ("last", last),
+            ] {
+                errors.finite(&format!("{at}.{stat}"), value);
+            }
             Some(FieldSummary {
-                field: parsed,
+                field: parsed?,
                 min,
                 max,
                 mean,
@@ -736,6 +741,32 @@ mod tests {
         for field in ["job_id", "outcome", "started_at: is missing", "inventory"] {
             assert!(message.contains(field), "{message}");
         }
+    }
+
+    /// JSON, and so the store, holds no NaN or infinity: a telemetry summary carrying one is
+    /// refused at the edge, each number named, as a measurement's is.
+    #[test]
+    fn numbers_that_are_not_finite_are_named_in_telemetry_summaries_too() {
+        let mut wire = full_result().to_proto();
+        wire.telemetry.push(wire.telemetry[0].clone());
+        wire.telemetry[0].fields[0].max = f64::INFINITY;
+        wire.telemetry[0].fields[0].p99 = f64::NAN;
+        wire.telemetry[1].fields[0].last = f64::NEG_INFINITY;
+        wire.measurements[0].value = f64::NAN;
+        let error = StepResult::from_proto(wire).unwrap_err();
+        assert_eq!(
+            error.fields(),
+            [
+                "measurements[0].value",
+                "telemetry[0].fields[0].max",
+                "telemetry[0].fields[0].p99",
+                "telemetry[1].fields[0].last",
+            ]
+        );
+        assert!(
+            error.to_string().contains("inf is not a finite number"),
+            "{error}"
+        );
     }
 
     #[test]
