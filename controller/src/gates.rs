@@ -12,7 +12,7 @@ use crate::store::{Refreshed, StoreError, StoredGate};
 use opentelemetry::trace::SpanContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, SummariesRead};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 use tracing::Instrument as _;
@@ -100,8 +100,12 @@ async fn load_baseline(
     let Some(base_release) = shared.store.get_release(&baseline_id).await? else {
         return Ok(None);
     };
+    let read = SummariesRead::of(policy);
     Ok(Some(Box::new(
-        shared.store.load_evidence(&base_release, milestone).await?,
+        shared
+            .store
+            .load_evidence_for(&base_release, milestone, Some(&read))
+            .await?,
     )))
 }
 
@@ -129,7 +133,11 @@ async fn decide_cached(
             cached
         }
         _ => {
-            let mut evidence = shared.store.load_evidence(release, milestone).await?;
+            let read = SummariesRead::of(&gate.policy);
+            let mut evidence = shared
+                .store
+                .load_evidence_for(release, milestone, Some(&read))
+                .await?;
             evidence.baseline = baseline;
             let evidence = Arc::new(evidence);
             let state = build_state(&gate.policy, &evidence).await;
@@ -172,9 +180,10 @@ async fn refresh(
     cached: &mut CachedGate,
 ) -> Result<(), StoreError> {
     let evidence = Arc::make_mut(&mut cached.evidence);
+    let read = SummariesRead::of(policy);
     match shared
         .store
-        .refresh_evidence(release, milestone, evidence)
+        .refresh_evidence(release, milestone, evidence, Some(&read))
         .await?
     {
         Refreshed::Reloaded => {

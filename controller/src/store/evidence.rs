@@ -6,7 +6,7 @@ use super::connect::Begin;
 use super::rows::{EvidenceJob, EvidenceRun};
 use super::{Pool, Refreshed, Store, StoreError, decode_in_chunks, rows};
 use std::collections::HashMap;
-use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, result_digest};
+use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, SummariesRead, result_digest};
 use tollgate_domain::release::Release;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, RunId};
@@ -14,6 +14,18 @@ use tollgate_domain::{JobId, RunId};
 /// A result as loaded, with the digest stored with it (`None` for rows stored before digests
 /// were).
 pub(super) type StoredResult = (StepResult, Option<[u8; 32]>);
+
+/// A loaded result thinned to the telemetry summaries `read` names, when given
+/// ([`SummariesRead::thin`]), its digest taken first from the whole result when the row had
+/// none.
+fn thinned((mut result, digest): StoredResult, read: Option<&SummariesRead>) -> StoredResult {
+    let Some(read) = read else {
+        return (result, digest);
+    };
+    let digest = digest.unwrap_or_else(|| result_digest(&result));
+    read.thin(&mut result);
+    (result, Some(digest))
+}
 
 /// Groups jobs under their runs and results under their jobs, keeping the order each set
 /// was read in (runs by plan name, jobs by node name, results by step index then attempt).
@@ -191,6 +203,18 @@ impl Store {
         release: &Release,
         milestone: &str,
     ) -> Result<Evidence, StoreError> {
+        self.load_evidence_for(release, milestone, None).await
+    }
+
+    /// [`Store::load_evidence`], each result thinned as it is decoded to the telemetry
+    /// summaries `read` names when given (a gate's rules read a few of a result's two hundred;
+    /// its digest is taken whole first): the evidence a gate keeps in memory.
+    pub async fn load_evidence_for(
+        &self,
+        release: &Release,
+        milestone: &str,
+        read: Option<&SummariesRead>,
+    ) -> Result<Evidence, StoreError> {
         const RUNS: &str = concat!(
             latest_runs_cte!(),
             " SELECT r.id, r.plan_name, r.plan_version, r.created_at, p.spec
@@ -239,7 +263,10 @@ impl Store {
                 .bind(release.id.as_str())
                 .bind(milestone)
                 .fetch(&mut *tx);
-            decode_in_chunks(stream, rows::evidence_result, |stored| results.push(stored)).await?;
+            decode_in_chunks(stream, rows::evidence_result, |stored| {
+                results.push(thinned(stored, read));
+            })
+            .await?;
             tx.commit().await?;
             (runs, jobs, results)
         });
@@ -335,8 +362,8 @@ impl Store {
         Ok(evidence)
     }
 
-    /// Brings `evidence`, loaded earlier by [`Store::load_evidence`] for the same release and
-    /// milestone, up to date, reading only what changed: one snapshot reads every job with its
+    /// Brings `evidence`, loaded earlier by [`Store::load_evidence_for`] for the same release,
+    /// milestone and `read`, up to date, reading only what changed: one snapshot reads every job with its
     /// state, labels and number of stored results, then the results of the jobs that changed.
     /// Results are append-only, so a job whose count, state and labels are unchanged is
     /// unchanged.
@@ -349,6 +376,7 @@ impl Store {
         release: &Release,
         milestone: &str,
         evidence: &mut Evidence,
+        read: Option<&SummariesRead>,
     ) -> Result<Refreshed, StoreError> {
         const RUN_IDS: &str = concat!(
             latest_runs_cte!(),
@@ -397,7 +425,7 @@ impl Store {
             " ORDER BY job_id, step_index, attempt, lease_epoch"
         );
         if evidence.release != *release || evidence.milestone != milestone {
-            *evidence = self.load_evidence(release, milestone).await?;
+            *evidence = self.load_evidence_for(release, milestone, read).await?;
             return Ok(Refreshed::Reloaded);
         }
         let (jobs_sql, job_results) = (self.pool.sql(JOBS), self.pool.sql(JOB_RESULTS));
@@ -442,7 +470,7 @@ impl Store {
                         fresh
                             .entry(stored.0.job_id.clone())
                             .or_default()
-                            .push(stored);
+                            .push(thinned(stored, read));
                     })
                     .await?;
                 }
@@ -454,7 +482,7 @@ impl Store {
             }
         });
         let Some((jobs, changed, fresh)) = outcome else {
-            *evidence = self.load_evidence(release, milestone).await?;
+            *evidence = self.load_evidence_for(release, milestone, read).await?;
             return Ok(Refreshed::Reloaded);
         };
         let mut rows: HashMap<JobId, rows::EvidenceJob> = jobs

@@ -2646,11 +2646,46 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     refreshed.runs[0].jobs[0].results.clear();
     refreshed.runs[0].jobs[0].result_digests.clear();
     store
-        .refresh_evidence(&release, "lab-qual", &mut refreshed)
+        .refresh_evidence(&release, "lab-qual", &mut refreshed, None)
         .await
         .expect("refresh");
     assert_eq!(refreshed.runs[0].jobs[0].results, stored);
     assert_eq!(refreshed.runs[0].jobs[0].result_digests, recomputed);
+
+    // Loaded for a gate reading only power, each result keeps no other summary (the rich
+    // result's GPU reported only temperature, so it keeps no GPU) and no series, on a load
+    // and on a refresh alike; its digest is still that of the whole result.
+    let policy = tollgate_domain::gate::parse_gate(
+        "gate.yaml",
+        "milestone: lab-qual\nrules:\n  - telemetry: {field: power_w, aggregate: max, condition: \"< 600\"}\n",
+    )
+    .expect("gate");
+    let read = tollgate_domain::gate::SummariesRead::of(&policy);
+    let thinned: Vec<StepResult> = stored
+        .iter()
+        .map(|result| {
+            let mut result = result.clone();
+            read.thin(&mut result);
+            result
+        })
+        .collect();
+    assert!(thinned[1].telemetry.is_empty() && thinned[1].series.is_empty());
+    assert_eq!(thinned[1].measurements, stored[1].measurements);
+    let for_gate = store
+        .load_evidence_for(&release, "lab-qual", Some(&read))
+        .await
+        .expect("evidence");
+    let job = &for_gate.runs[0].jobs[0];
+    assert_eq!(job.results, thinned);
+    assert_eq!(job.result_digests, recomputed);
+    let mut refreshed = for_gate.clone();
+    refreshed.runs[0].jobs[0].results.clear();
+    refreshed.runs[0].jobs[0].result_digests.clear();
+    store
+        .refresh_evidence(&release, "lab-qual", &mut refreshed, Some(&read))
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed, for_gate);
 }
 
 /// `refresh_evidence` brings loaded evidence to what a fresh load gives, naming the jobs that
@@ -2667,7 +2702,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
         .expect("evidence");
     assert_eq!(
         store
-            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .refresh_evidence(&release, "lab-qual", &mut cached, None)
             .await
             .expect("refresh"),
         Refreshed::Changed(Vec::new())
@@ -2685,7 +2720,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
         .expect("record");
     assert_eq!(
         store
-            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .refresh_evidence(&release, "lab-qual", &mut cached, None)
             .await
             .expect("refresh"),
         Refreshed::Changed(vec![(0, 0), (0, 1), (0, 2)])
@@ -2702,7 +2737,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
     start_run(store, "run-b", &burn, &["n1"], 30).await;
     assert_eq!(
         store
-            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .refresh_evidence(&release, "lab-qual", &mut cached, None)
             .await
             .expect("refresh"),
         Refreshed::Reloaded
@@ -2724,7 +2759,7 @@ async fn refreshing_evidence_reads_only_what_changed(store: &Store) {
         .expect("record");
     assert_eq!(
         store
-            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .refresh_evidence(&release, "lab-qual", &mut cached, None)
             .await
             .expect("refresh"),
         Refreshed::Changed(vec![(1, 2)])
@@ -2928,7 +2963,7 @@ async fn answers_read_in_pieces_are_whole_and_in_order(store: &Store) {
     changed.sort_unstable();
     assert_eq!(
         store
-            .refresh_evidence(&release, "lab-qual", &mut cached)
+            .refresh_evidence(&release, "lab-qual", &mut cached, None)
             .await
             .expect("refresh"),
         Refreshed::Changed(changed)

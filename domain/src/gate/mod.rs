@@ -950,6 +950,48 @@ pub fn needs_baseline(policy: &GatePolicy) -> bool {
     })
 }
 
+/// What the rules of a policy read of each result's telemetry summaries: the fields they look
+/// at (a `telemetry` rule its field, `no-events` the uncorrected-ECC and row-remap counters).
+/// A gate kept evaluated in memory keeps only these of each result, and no series
+/// ([`SummariesRead::thin`]): a decision over evidence so thinned is the decision over the
+/// whole, digest included (the store digests each result whole as it arrives).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummariesRead {
+    /// Sorted, each once.
+    fields: Vec<Field>,
+}
+
+impl SummariesRead {
+    /// What the rules of `policy` read.
+    pub fn of(policy: &GatePolicy) -> Self {
+        let mut fields = Vec::new();
+        for rule in &policy.rules {
+            rules::summary_fields(&rule.kind, &mut fields);
+        }
+        fields.sort_unstable();
+        fields.dedup();
+        Self { fields }
+    }
+
+    /// The fields read, in order.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Drops of `result` what no rule reads: the summaries of other fields, the GPUs left with
+    /// none, and the series. Its digest must be taken before ([`result_digest`]).
+    pub fn thin(&self, result: &mut StepResult) {
+        for gpu in &mut result.telemetry {
+            gpu.fields
+                .retain(|summary| self.fields.binary_search(&summary.field).is_ok());
+            gpu.fields.shrink_to_fit();
+        }
+        result.telemetry.retain(|gpu| !gpu.fields.is_empty());
+        result.telemetry.shrink_to_fit();
+        result.series = Vec::new();
+    }
+}
+
 /// Decides whether `evidence` satisfies `policy` at `now`.
 pub fn evaluate(
     policy: &GatePolicy,

@@ -1559,3 +1559,85 @@ rules:
         }
     }
 }
+
+/// Evidence thinned to the telemetry summaries a policy's rules read (as the controller keeps a
+/// gate's evidence in memory) gives the decision the whole evidence gives, digest included,
+/// for each kind that reads summaries; the fields no rule reads, and the series, are gone.
+#[test]
+fn evidence_thinned_to_what_the_rules_read_decides_alike() {
+    /// Every GPU of every result also reports power and SM clock, and carries a series.
+    fn with_unread_telemetry(mut job: JobEvidence) -> JobEvidence {
+        for result in &mut job.results {
+            for gpu_index in 0..2 {
+                *result = with_telemetry(result.clone(), gpu_index, Field::PowerW, 700.0);
+                *result = with_telemetry(result.clone(), gpu_index, Field::SmClockMhz, 1980.0);
+            }
+            result.series.push(crate::telemetry::TelemetrySeries {
+                gpu_index: 0,
+                field: Field::PowerW,
+                bucket_ms: 1000,
+                points: Vec::new(),
+            });
+        }
+        job
+    }
+    let mut hot = good("n2");
+    hot.results[1] = with_telemetry(hot.results[1].clone(), 1, Field::GpuTempC, 93.0);
+    let mut ecc = good("n3");
+    ecc.results[1] = with_telemetry(
+        ecc.results[1].clone(),
+        0,
+        Field::EccUncorrectedVolatile,
+        2.0,
+    );
+    let mut remap = good("n4");
+    remap.results[1] = with_telemetry(remap.results[1].clone(), 1, Field::RowRemapFailure, 1.0);
+    let mut xid = good("n5");
+    xid.results[0] = with_xid(xid.results[0].clone(), 0, 79);
+    let mut whole = evidence(
+        [good("n1"), hot, ecc, remap, xid]
+            .into_iter()
+            .map(with_unread_telemetry)
+            .collect(),
+    );
+    for job in &mut whole.runs[0].jobs {
+        job.result_digests = job.results.iter().map(result_digest).collect();
+    }
+    let cases = [
+        (policy(), vec![Field::GpuTempC]),
+        (
+            gate("  - no-events: {}\n"),
+            vec![Field::EccUncorrectedVolatile, Field::RowRemapFailure],
+        ),
+        (
+            gate(
+                "  - no-events: {ecc-uncorrected: false}\n  - telemetry: {field: power_w, aggregate: max, condition: \"< 600\"}\n",
+            ),
+            vec![Field::PowerW, Field::RowRemapFailure],
+        ),
+        (gate("  - no-xid: {}\n"), vec![]),
+    ];
+    for (policy, fields) in cases {
+        let read = SummariesRead::of(&policy);
+        assert_eq!(read.fields(), fields.as_slice());
+        let mut thinned = whole.clone();
+        for result in thinned.runs[0]
+            .jobs
+            .iter_mut()
+            .flat_map(|job| &mut job.results)
+        {
+            read.thin(result);
+            assert!(result.series.is_empty());
+            for gpu in &result.telemetry {
+                assert!(gpu.fields.iter().all(|s| fields.contains(&s.field)));
+            }
+        }
+        let decided = evaluate(&policy, &whole, &[], at(100));
+        assert_ne!(
+            decided.verdict,
+            Verdict::Passed,
+            "the evidence has failures to find"
+        );
+        assert_eq!(evaluate(&policy, &thinned, &[], at(100)), decided);
+    }
+}

@@ -9,8 +9,8 @@
 //! counts over all of it.
 //!
 //! Each kind lives in its own file and implements [`Kind`]: it is built from its rule's
-//! settings once ([`RuleState::new`] is the one place that looks at a [`RuleKind`]), computes a
-//! job's part, adds and removes parts from its totals, and judges. `measurement` and
+//! settings once ([`RuleState::new`] is the one place that builds from a [`RuleKind`];
+//! [`summary_fields`] says which telemetry summaries each reads), computes a job's part, adds and removes parts from its totals, and judges. `measurement` and
 //! `telemetry` share the numeric machinery of `numeric.rs`; `no-xid` and `no-events` are both
 //! `events.rs`, which differ only in what they watch.
 //!
@@ -52,6 +52,36 @@ pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
         .enumerate()
         .flat_map(|(run, r)| (0..r.jobs.len()).map(move |job| Slot { run, job }))
         .collect()
+}
+
+/// Adds to `fields` the telemetry summary fields a rule of `kind` reads of each result:
+/// `telemetry.rs` reads its field, `events.rs` (`counter_items`) the uncorrected-ECC counter and
+/// the row-remap flag when `no-events` watches them; no other kind reads summaries. Evidence kept
+/// for a gate holds only these ([`super::SummariesRead`]), so a kind that starts reading another
+/// field must say so here.
+pub(super) fn summary_fields(kind: &RuleKind, fields: &mut Vec<Field>) {
+    match kind {
+        RuleKind::Telemetry { field, .. } => fields.push(*field),
+        RuleKind::NoEvents {
+            ecc_uncorrected,
+            row_remap_failure,
+            ..
+        } => {
+            if *ecc_uncorrected {
+                fields.push(Field::EccUncorrectedVolatile);
+            }
+            if *row_remap_failure {
+                fields.push(Field::RowRemapFailure);
+            }
+        }
+        RuleKind::StepsPassed { .. }
+        | RuleKind::Measurement { .. }
+        | RuleKind::Baseline { .. }
+        | RuleKind::NoRegression { .. }
+        | RuleKind::NoXid { .. }
+        | RuleKind::DcgmDiag { .. }
+        | RuleKind::InventoryMatchesRelease { .. } => {}
+    }
 }
 
 /// What every rule needs to know about one job, computed once per change of the job.
