@@ -12,7 +12,7 @@ use crate::store::{Refreshed, StoreError, StoredGate};
 use opentelemetry::trace::SpanContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, SummariesRead};
+use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, ResultReads};
 use tollgate_domain::release::Release;
 use tollgate_domain::{ReleaseId, RunId};
 use tracing::Instrument as _;
@@ -100,11 +100,11 @@ async fn load_baseline(
     let Some(base_release) = shared.store.get_release(&baseline_id).await? else {
         return Ok(None);
     };
-    let read = SummariesRead::of(policy);
+    let reads = ResultReads::of(policy);
     Ok(Some(Box::new(
         shared
             .store
-            .load_evidence_for(&base_release, milestone, Some(&read))
+            .load_evidence_for(&base_release, milestone, Some(&reads))
             .await?,
     )))
 }
@@ -133,10 +133,10 @@ async fn decide_cached(
             cached
         }
         _ => {
-            let read = SummariesRead::of(&gate.policy);
+            let reads = ResultReads::of(&gate.policy);
             let mut evidence = shared
                 .store
-                .load_evidence_for(release, milestone, Some(&read))
+                .load_evidence_for(release, milestone, Some(&reads))
                 .await?;
             evidence.baseline = baseline;
             let evidence = Arc::new(evidence);
@@ -180,10 +180,10 @@ async fn refresh(
     cached: &mut CachedGate,
 ) -> Result<(), StoreError> {
     let evidence = Arc::make_mut(&mut cached.evidence);
-    let read = SummariesRead::of(policy);
+    let reads = ResultReads::of(policy);
     match shared
         .store
-        .refresh_evidence(release, milestone, evidence, Some(&read))
+        .refresh_evidence(release, milestone, evidence, Some(&reads))
         .await?
     {
         Refreshed::Reloaded => {

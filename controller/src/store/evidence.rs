@@ -6,7 +6,7 @@ use super::connect::Begin;
 use super::rows::{EvidenceJob, EvidenceRun};
 use super::{Pool, Refreshed, Store, StoreError, decode_in_chunks, rows};
 use std::collections::HashMap;
-use tollgate_domain::gate::{Evidence, JobEvidence, RunEvidence, SummariesRead, result_digest};
+use tollgate_domain::gate::{Evidence, JobEvidence, ResultReads, RunEvidence, result_digest};
 use tollgate_domain::release::Release;
 use tollgate_domain::result::StepResult;
 use tollgate_domain::{JobId, RunId};
@@ -15,15 +15,15 @@ use tollgate_domain::{JobId, RunId};
 /// were).
 pub(super) type StoredResult = (StepResult, Option<[u8; 32]>);
 
-/// A loaded result thinned to the telemetry summaries `read` names, when given
-/// ([`SummariesRead::thin`]), its digest taken first from the whole result when the row had
+/// A loaded result thinned to what a gate's rules read, when `reads` is given
+/// ([`ResultReads::thin`]), its digest taken first from the whole result when the row had
 /// none.
-fn thinned((mut result, digest): StoredResult, read: Option<&SummariesRead>) -> StoredResult {
-    let Some(read) = read else {
+fn thinned((mut result, digest): StoredResult, reads: Option<&ResultReads>) -> StoredResult {
+    let Some(reads) = reads else {
         return (result, digest);
     };
     let digest = digest.unwrap_or_else(|| result_digest(&result));
-    read.thin(&mut result);
+    reads.thin(&mut result);
     (result, Some(digest))
 }
 
@@ -206,14 +206,14 @@ impl Store {
         self.load_evidence_for(release, milestone, None).await
     }
 
-    /// [`Store::load_evidence`], each result thinned as it is decoded to the telemetry
-    /// summaries `read` names when given (a gate's rules read a few of a result's two hundred;
-    /// its digest is taken whole first): the evidence a gate keeps in memory.
+    /// [`Store::load_evidence`], each result thinned as it is decoded to what `reads` says a
+    /// gate's rules read, when given (a few of a result's two hundred telemetry summaries, no
+    /// log tail; its digest is taken whole first): the evidence a gate keeps in memory.
     pub async fn load_evidence_for(
         &self,
         release: &Release,
         milestone: &str,
-        read: Option<&SummariesRead>,
+        reads: Option<&ResultReads>,
     ) -> Result<Evidence, StoreError> {
         const RUNS: &str = concat!(
             latest_runs_cte!(),
@@ -264,7 +264,7 @@ impl Store {
                 .bind(milestone)
                 .fetch(&mut *tx);
             decode_in_chunks(stream, rows::evidence_result, |stored| {
-                results.push(thinned(stored, read));
+                results.push(thinned(stored, reads));
             })
             .await?;
             tx.commit().await?;
@@ -363,7 +363,7 @@ impl Store {
     }
 
     /// Brings `evidence`, loaded earlier by [`Store::load_evidence_for`] for the same release,
-    /// milestone and `read`, up to date, reading only what changed: one snapshot reads every job with its
+    /// milestone and `reads`, up to date, reading only what changed: one snapshot reads every job with its
     /// state, labels and number of stored results, then the results of the jobs that changed.
     /// Results are append-only, so a job whose count, state and labels are unchanged is
     /// unchanged.
@@ -376,7 +376,7 @@ impl Store {
         release: &Release,
         milestone: &str,
         evidence: &mut Evidence,
-        read: Option<&SummariesRead>,
+        reads: Option<&ResultReads>,
     ) -> Result<Refreshed, StoreError> {
         const RUN_IDS: &str = concat!(
             latest_runs_cte!(),
@@ -425,7 +425,7 @@ impl Store {
             " ORDER BY job_id, step_index, attempt, lease_epoch"
         );
         if evidence.release != *release || evidence.milestone != milestone {
-            *evidence = self.load_evidence_for(release, milestone, read).await?;
+            *evidence = self.load_evidence_for(release, milestone, reads).await?;
             return Ok(Refreshed::Reloaded);
         }
         let (jobs_sql, job_results) = (self.pool.sql(JOBS), self.pool.sql(JOB_RESULTS));
@@ -470,7 +470,7 @@ impl Store {
                         fresh
                             .entry(stored.0.job_id.clone())
                             .or_default()
-                            .push(thinned(stored, read));
+                            .push(thinned(stored, reads));
                     })
                     .await?;
                 }
@@ -482,7 +482,7 @@ impl Store {
             }
         });
         let Some((jobs, changed, fresh)) = outcome else {
-            *evidence = self.load_evidence_for(release, milestone, read).await?;
+            *evidence = self.load_evidence_for(release, milestone, reads).await?;
             return Ok(Refreshed::Reloaded);
         };
         let mut rows: HashMap<JobId, rows::EvidenceJob> = jobs

@@ -2653,26 +2653,28 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     assert_eq!(refreshed.runs[0].jobs[0].result_digests, recomputed);
 
     // Loaded for a gate reading only power, each result keeps no other summary (the rich
-    // result's GPU reported only temperature, so it keeps no GPU) and no series, on a load
-    // and on a refresh alike; its digest is still that of the whole result.
+    // result's GPU reported only temperature, so it keeps no GPU), no series, no log tail and
+    // no GPU names in its inventories, on a load and on a refresh alike; its digest is still
+    // that of the whole result.
     let policy = tollgate_domain::gate::parse_gate(
         "gate.yaml",
         "milestone: lab-qual\nrules:\n  - telemetry: {field: power_w, aggregate: max, condition: \"< 600\"}\n",
     )
     .expect("gate");
-    let read = tollgate_domain::gate::SummariesRead::of(&policy);
+    let reads = tollgate_domain::gate::ResultReads::of(&policy);
     let thinned: Vec<StepResult> = stored
         .iter()
         .map(|result| {
             let mut result = result.clone();
-            read.thin(&mut result);
+            reads.thin(&mut result);
             result
         })
         .collect();
     assert!(thinned[1].telemetry.is_empty() && thinned[1].series.is_empty());
+    assert!(thinned[1].log_tail.is_empty() && !stored[1].log_tail.is_empty());
     assert_eq!(thinned[1].measurements, stored[1].measurements);
     let for_gate = store
-        .load_evidence_for(&release, "lab-qual", Some(&read))
+        .load_evidence_for(&release, "lab-qual", Some(&reads))
         .await
         .expect("evidence");
     let job = &for_gate.runs[0].jobs[0];
@@ -2682,7 +2684,7 @@ async fn stored_result_digests_match_what_loads_back(store: &Store) {
     refreshed.runs[0].jobs[0].results.clear();
     refreshed.runs[0].jobs[0].result_digests.clear();
     store
-        .refresh_evidence(&release, "lab-qual", &mut refreshed, Some(&read))
+        .refresh_evidence(&release, "lab-qual", &mut refreshed, Some(&reads))
         .await
         .expect("refresh");
     assert_eq!(refreshed, for_gate);

@@ -950,18 +950,20 @@ pub fn needs_baseline(policy: &GatePolicy) -> bool {
     })
 }
 
-/// What the rules of a policy read of each result's telemetry summaries: the fields they look
-/// at (a `telemetry` rule its field, `no-events` the uncorrected-ECC and row-remap counters).
-/// A gate kept evaluated in memory keeps only these of each result, and no series
-/// ([`SummariesRead::thin`]): a decision over evidence so thinned is the decision over the
-/// whole, digest included (the store digests each result whole as it arrives).
+/// What the rules of a policy read of each result, and so what a gate kept evaluated in memory
+/// keeps of it ([`ResultReads::thin`]): its outcome, times, message, measurements, events and
+/// test results; of its telemetry summaries only the fields rules look at (a `telemetry` rule
+/// its field, `no-events` the uncorrected-ECC and row-remap counters); of its inventories the
+/// versions and each GPU's index and VBIOS; no series and no log tail (up to 64 KiB a result,
+/// which no rule reads). A decision over evidence so thinned is the decision over the whole,
+/// digest included: the store digests each result whole as it arrives.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SummariesRead {
-    /// Sorted, each once.
+pub struct ResultReads {
+    /// The telemetry summary fields read, sorted, each once.
     fields: Vec<Field>,
 }
 
-impl SummariesRead {
+impl ResultReads {
     /// What the rules of `policy` read.
     pub fn of(policy: &GatePolicy) -> Self {
         let mut fields = Vec::new();
@@ -973,13 +975,13 @@ impl SummariesRead {
         Self { fields }
     }
 
-    /// The fields read, in order.
+    /// The telemetry summary fields read, in order.
     pub fn fields(&self) -> &[Field] {
         &self.fields
     }
 
-    /// Drops of `result` what no rule reads: the summaries of other fields, the GPUs left with
-    /// none, and the series. Its digest must be taken before ([`result_digest`]).
+    /// Drops of `result` what no rule reads. Its digest must be taken before
+    /// ([`result_digest`]).
     pub fn thin(&self, result: &mut StepResult) {
         for gpu in &mut result.telemetry {
             gpu.fields
@@ -989,6 +991,51 @@ impl SummariesRead {
         result.telemetry.retain(|gpu| !gpu.fields.is_empty());
         result.telemetry.shrink_to_fit();
         result.series = Vec::new();
+        result.log_tail = String::new();
+        thin_inventory(&mut result.inventory);
+        if let Some(at_end) = &mut result.inventory_at_end {
+            thin_inventory(at_end);
+        }
+    }
+}
+
+/// Keeps of an inventory what rules read: the versions `release::check_inventory` compares and
+/// each GPU's index (the GPUs a result covers). Every field is named, so that a new one is
+/// kept or dropped on purpose.
+fn thin_inventory(inventory: &mut crate::fleet::Inventory) {
+    let crate::fleet::Inventory {
+        driver_version: _,
+        cuda_driver_version: _,
+        nvml_version,
+        gpus,
+        components: _,
+        gpu_source: _,
+        hostname,
+    } = inventory;
+    *nvml_version = String::new();
+    *hostname = String::new();
+    for gpu in gpus {
+        let crate::fleet::GpuInfo {
+            index: _,
+            uuid,
+            name,
+            serial,
+            board_part_number,
+            pci_bus_id,
+            vbios_version: _,
+            inforom_version,
+            memory_total_mib: _,
+            ecc_enabled: _,
+            power_limit_w: _,
+            max_pcie_gen: _,
+            max_pcie_width: _,
+        } = gpu;
+        *uuid = String::new();
+        *name = String::new();
+        *pci_bus_id = String::new();
+        *serial = None;
+        *board_part_number = None;
+        *inforom_version = None;
     }
 }
 

@@ -1560,13 +1560,15 @@ rules:
     }
 }
 
-/// Evidence thinned to the telemetry summaries a policy's rules read (as the controller keeps a
-/// gate's evidence in memory) gives the decision the whole evidence gives, digest included,
-/// for each kind that reads summaries; the fields no rule reads, and the series, are gone.
+/// Evidence thinned to what a policy's rules read (as the controller keeps a gate's evidence in
+/// memory) gives the decision the whole evidence gives, digest included, for each kind of rule
+/// over evidence each can fail on; the summaries no rule reads, the series, the log tails and
+/// the inventories' names and serials are gone.
 #[test]
 fn evidence_thinned_to_what_the_rules_read_decides_alike() {
-    /// Every GPU of every result also reports power and SM clock, and carries a series.
-    fn with_unread_telemetry(mut job: JobEvidence) -> JobEvidence {
+    /// Every GPU of every result also reports power and SM clock; each result carries a
+    /// series and a log tail.
+    fn with_unread_parts(mut job: JobEvidence) -> JobEvidence {
         for result in &mut job.results {
             for gpu_index in 0..2 {
                 *result = with_telemetry(result.clone(), gpu_index, Field::PowerW, 700.0);
@@ -1578,6 +1580,7 @@ fn evidence_thinned_to_what_the_rules_read_decides_alike() {
                 bucket_ms: 1000,
                 points: Vec::new(),
             });
+            result.log_tail = "stress: 2 GPUs, 600 s\n".repeat(100);
         }
         job
     }
@@ -1594,11 +1597,33 @@ fn evidence_thinned_to_what_the_rules_read_decides_alike() {
     remap.results[1] = with_telemetry(remap.results[1].clone(), 1, Field::RowRemapFailure, 1.0);
     let mut xid = good("n5");
     xid.results[0] = with_xid(xid.results[0].clone(), 0, 79);
+    // Flashed to another VBIOS on GPU 1 during its last step.
+    let mut flashed = good("n6");
+    let mut after = flashed.results[1].inventory.clone();
+    after.gpus[1].vbios_version = "96.00.00.00.00".into();
+    flashed.results[1].inventory_at_end = Some(after);
+    let mut other_driver = good("n7");
+    for result in &mut other_driver.results {
+        result.inventory.driver_version = "535.104.05".into();
+    }
+    let diag = with_diag("n8", [Outcome::Passed, Outcome::Skipped], 3);
+    let mut slow = good("n9");
+    slow.results[1].measurements[0].value = 2500.0;
     let mut whole = evidence(
-        [good("n1"), hot, ecc, remap, xid]
-            .into_iter()
-            .map(with_unread_telemetry)
-            .collect(),
+        [
+            good("n1"),
+            hot,
+            ecc,
+            remap,
+            xid,
+            flashed,
+            other_driver,
+            diag,
+            slow,
+        ]
+        .into_iter()
+        .map(with_unread_parts)
+        .collect(),
     );
     for job in &mut whole.runs[0].jobs {
         job.result_digests = job.results.iter().map(result_digest).collect();
@@ -1610,34 +1635,48 @@ fn evidence_thinned_to_what_the_rules_read_decides_alike() {
             vec![Field::EccUncorrectedVolatile, Field::RowRemapFailure],
         ),
         (
-            gate(
-                "  - no-events: {ecc-uncorrected: false}\n  - telemetry: {field: power_w, aggregate: max, condition: \"< 600\"}\n",
-            ),
+            gate(concat!(
+                "  - no-events: {ecc-uncorrected: false}\n",
+                "  - telemetry: {field: power_w, aggregate: max, condition: \"< 600\"}\n",
+                "  - inventory-matches-release: {components: [vbios]}\n",
+            )),
             vec![Field::PowerW, Field::RowRemapFailure],
+        ),
+        (
+            gate(concat!(
+                "  - dcgm-diag: {level: 3, tests: [memory]}\n",
+                "  - telemetry: {field: sm_clock_mhz, step: step1, aggregate: min, condition: \"> 1975\"}\n",
+            )),
+            vec![Field::SmClockMhz],
         ),
         (gate("  - no-xid: {}\n"), vec![]),
     ];
     for (policy, fields) in cases {
-        let read = SummariesRead::of(&policy);
-        assert_eq!(read.fields(), fields.as_slice());
+        let reads = ResultReads::of(&policy);
+        assert_eq!(reads.fields(), fields.as_slice());
         let mut thinned = whole.clone();
         for result in thinned.runs[0]
             .jobs
             .iter_mut()
             .flat_map(|job| &mut job.results)
         {
-            read.thin(result);
-            assert!(result.series.is_empty());
+            reads.thin(result);
+            assert!(result.series.is_empty() && result.log_tail.is_empty());
+            assert!(result.inventory.gpus.iter().all(|gpu| gpu.uuid.is_empty()));
             for gpu in &result.telemetry {
                 assert!(gpu.fields.iter().all(|s| fields.contains(&s.field)));
             }
         }
         let decided = evaluate(&policy, &whole, &[], at(100));
-        assert_ne!(
-            decided.verdict,
-            Verdict::Passed,
-            "the evidence has failures to find"
-        );
+        for rule in &decided.rules {
+            assert_ne!(
+                rule.verdict,
+                Verdict::Passed,
+                "{}: {}",
+                rule.rule_id,
+                rule.reason
+            );
+        }
         assert_eq!(evaluate(&policy, &thinned, &[], at(100)), decided);
     }
 }

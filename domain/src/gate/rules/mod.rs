@@ -57,8 +57,8 @@ pub(super) fn slots(evidence: &Evidence) -> Vec<Slot> {
 /// Adds to `fields` the telemetry summary fields a rule of `kind` reads of each result:
 /// `telemetry.rs` reads its field, `events.rs` (`counter_items`) the uncorrected-ECC counter and
 /// the row-remap flag when `no-events` watches them; no other kind reads summaries. Evidence kept
-/// for a gate holds only these ([`super::SummariesRead`]), so a kind that starts reading another
-/// field must say so here.
+/// for a gate holds only these ([`super::ResultReads`], which also says what else of a result
+/// rules read), so a kind that starts reading another field must say so here.
 pub(super) fn summary_fields(kind: &RuleKind, fields: &mut Vec<Field>) {
     match kind {
         RuleKind::Telemetry { field, .. } => fields.push(*field),
