@@ -27,6 +27,9 @@ struct Args {
     sample_interval: std::time::Duration,
     /// The controller binary; the one beside this benchmark when not given.
     controller: Option<std::path::PathBuf>,
+    /// KiB of log lines the step prints before its measurement (a real stress test's output
+    /// fills the result's log tail: the last 200 lines, up to 64 KiB); none by default.
+    log_kib: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -36,6 +39,7 @@ fn parse_args() -> anyhow::Result<Args> {
         step_seconds: 2.0,
         sample_interval: std::time::Duration::from_secs(1),
         controller: None,
+        log_kib: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +49,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--gpus" => args.gpus = value()?.parse().context("--gpus N")?,
             "--step-seconds" => args.step_seconds = value()?.parse().context("--step-seconds S")?,
             "--controller" => args.controller = Some(value()?.into()),
+            "--log-kib" => args.log_kib = value()?.parse().context("--log-kib N")?,
             "--sample-interval" => {
                 args.sample_interval = tollgate_domain::spec::parse_duration(&value()?)
                     .map_err(|err| anyhow::anyhow!("--sample-interval: {err}"))?;
@@ -52,7 +57,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "fleet-bench [--agents N (200)] [--gpus N (8)] [--step-seconds S (2)] \
-                     [--sample-interval D (1s, the agent's default)] \
+                     [--sample-interval D (1s, the agent's default)] [--log-kib N (0)] \
                      [--controller PATH (the one beside this binary)]"
                 );
                 std::process::exit(0);
@@ -99,9 +104,18 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     bench::wait_ready(&clients, args.agents).await;
     clients.create_release("bench").await;
+    // Lines of 330 bytes: the agent keeps the last 200 lines, up to 64 KiB.
+    let log = match args.log_kib {
+        0 => String::new(),
+        kib => format!(
+            "yes '{}' | head -c {}; ",
+            "stress: iteration passed on every GPU, bandwidth within limits; ".repeat(5),
+            kib * 1024
+        ),
+    };
     clients
         .apply_plan(&format!(
-            "name: gpu-qual\nselector: {{sku: hgx-h100}}\nsteps:\n  - {{name: versions, kind: inventory-check}}\n  - name: stress\n    kind: exec\n    command: [sh, -c, \"sleep {}; echo '@tollgate measure membw_gbps 2950.5 GB/s'\"]\n    timeout: 5m\n",
+            "name: gpu-qual\nselector: {{sku: hgx-h100}}\nsteps:\n  - {{name: versions, kind: inventory-check}}\n  - name: stress\n    kind: exec\n    command: [sh, -c, \"{log}sleep {}; echo '@tollgate measure membw_gbps 2950.5 GB/s'\"]\n    timeout: 5m\n",
             args.step_seconds
         ))
         .await;
