@@ -363,10 +363,10 @@ impl Store {
     }
 
     /// Brings `evidence`, loaded earlier by [`Store::load_evidence_for`] for the same release,
-    /// milestone and `reads`, up to date, reading only what changed: one snapshot reads every job with its
-    /// state, labels and number of stored results, then the results of the jobs that changed.
-    /// Results are append-only, so a job whose count, state and labels are unchanged is
-    /// unchanged.
+    /// milestone and `reads`, up to date, reading only what changed: one snapshot reads every
+    /// job with its state, labels and number of stored results, then the results of the jobs
+    /// that changed (thinned as the load did). Results are append-only, so a job whose count,
+    /// state and labels are unchanged is unchanged.
     ///
     /// When the runs or the jobs themselves differ (a new run, a cancelled one), or the
     /// release does, the whole evidence is loaded again and [`Refreshed::Reloaded`] says so.

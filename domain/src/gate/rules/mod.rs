@@ -10,9 +10,10 @@
 //!
 //! Each kind lives in its own file and implements [`Kind`]: it is built from its rule's
 //! settings once ([`RuleState::new`] is the one place that builds from a [`RuleKind`];
-//! [`summary_fields`] says which telemetry summaries each reads), computes a job's part, adds and removes parts from its totals, and judges. `measurement` and
-//! `telemetry` share the numeric machinery of `numeric.rs`; `no-xid` and `no-events` are both
-//! `events.rs`, which differ only in what they watch.
+//! [`summary_fields`] says which telemetry summaries each reads), computes a job's part, adds
+//! and removes parts from its totals, and judges. `measurement` and `telemetry` share the
+//! numeric machinery of `numeric.rs`; `no-xid` and `no-events` are both `events.rs`, which
+//! differ only in what they watch.
 //!
 //! Grouping failures and applying waivers happen in [`super::GateState::decide`].
 
