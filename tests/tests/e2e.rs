@@ -18,6 +18,7 @@ tollgate_tests::on_both_backends!(
     faulty_node_fails_the_gate_and_promotion_is_refused,
     result_uploaded_twice_is_stored_once,
     a_reported_result_is_stored_whole,
+    a_new_gate_policy_judges_telemetry_the_old_one_did_not_read,
     agent_cannot_act_as_another_node,
     agents_claiming_one_new_node_at_once_leave_it_one_token,
     killed_agent_leaves_its_job_lost,
@@ -415,6 +416,70 @@ async fn a_reported_result_is_stored_whole(backend: Backend) {
     assert_eq!(means, [50.0, 51.0, 52.0]);
     assert_eq!(stored.events.len(), 1, "{stored:?}");
     assert_eq!(stored.events[0].code, 79);
+}
+
+/// The controller keeps a gate's evidence in memory with only the telemetry its rules read: a
+/// new version of the gate reading another field judges that field's values, stored all along.
+async fn a_new_gate_policy_judges_telemetry_the_old_one_did_not_read(backend: Backend) {
+    let Some(AssignedJob {
+        controller: _controller,
+        mut agent,
+        mut clients,
+        run,
+        job,
+    }) = AssignedJob::start(backend).await
+    else {
+        return;
+    };
+    let token = agent.token.clone();
+    let mut result = passed_result(&job, 0);
+    let summary = |field: &str, max: f64| v1::FieldSummary {
+        field: field.into(),
+        min: max - 10.0,
+        max,
+        mean: max - 5.0,
+        p99: max,
+        last: max,
+        samples: 30,
+    };
+    result.telemetry = vec![v1::GpuTelemetry {
+        gpu_index: 0,
+        gpu_uuid: "GPU-0".into(),
+        fields: vec![summary("gpu_temp_c", 71.5), summary("power_w", 700.0)],
+        samples_missed: 0,
+    }];
+    // On the release under test: its driver and the GPU's VBIOS.
+    result.inventory.as_mut().expect("inventory").gpus = vec![v1::GpuInfo {
+        index: 0,
+        uuid: "GPU-0".into(),
+        name: "NVIDIA H100 80GB HBM3".into(),
+        pci_bus_id: "00000000:18:00.0".into(),
+        vbios_version: "96.00.89.00.01".into(),
+        ..Default::default()
+    }];
+    agent.report(&token, result).await.expect("stored");
+    clients.wait_run_done(&run.id).await;
+
+    let gate = |rule: &str| format!("milestone: lab-qual\nrules:\n  - {rule}\n");
+    clients
+        .apply_gate(&gate(
+            r#"telemetry: {field: gpu_temp_c, aggregate: max, condition: "< 88"}"#,
+        ))
+        .await;
+    for _ in 0..2 {
+        let decision = clients.evaluate("r550").await;
+        assert_eq!(decision.verdict, "passed", "{decision:#?}");
+    }
+    clients
+        .apply_gate(&gate(
+            r#"telemetry: {field: power_w, aggregate: max, condition: "< 600"}"#,
+        ))
+        .await;
+    let decision = clients.evaluate("r550").await;
+    assert_eq!(decision.verdict, "failed", "{decision:#?}");
+    let rule = &decision.rules[0];
+    assert_eq!(rule.rule_id, "telemetry:power_w");
+    assert!(rule.reason.contains("is 700"), "{}", rule.reason);
 }
 
 async fn agent_cannot_act_as_another_node(backend: Backend) {
