@@ -2,7 +2,7 @@
 //! an in-memory SQLite database takes a run's results as `ReportResult` stores them
 //! (`Store::record_result`), the gate is evaluated as the controller does (`evaluate_now`:
 //! load the evidence, decide, store the decision), and the decision is rendered as a signed
-//! Markdown report.
+//! Markdown report over the results read whole again.
 //!
 //! Deterministic on purpose: fixed names and ids, a manual clock, fixed timestamps, a fixed
 //! signing key; one thread drives it (a current-thread runtime, one SQLite connection), so
@@ -199,7 +199,9 @@ async fn workload() -> anyhow::Result<()> {
         milestone: MILESTONE.into(),
         policy,
         decision: evaluated.decision.clone(),
-        evidence: (*evaluated.evidence).clone(),
+        // The gate keeps only what its rules read; a report shows every result whole, read
+        // again from the store as `RenderReport` does.
+        evidence: store.load_evidence(&release, MILESTONE).await?,
         plans: vec![plan],
         nodes,
         generated_at: at(2000),
