@@ -8,28 +8,39 @@
 
 use crate::gate_cache::{CACHED_GATES, CachedGate};
 use crate::shared::{Shared, stopped};
-use crate::store::{Refreshed, StoreError, StoredGate};
+use crate::store::{DecisionInputs, Refreshed, StoreError, StoredGate};
 use opentelemetry::trace::SpanContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_domain::gate::{Decision, Evidence, GatePolicy, GateState, ResultReads};
 use tollgate_domain::release::Release;
-use tollgate_domain::{ReleaseId, RunId};
+use tollgate_domain::{PlanVersion, ReleaseId, RunId};
 use tracing::Instrument as _;
 
 /// The least time between two passes of the re-evaluation loop; a request that arrives
 /// sooner waits for the rest of it.
 pub const REEVALUATE_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A decision with the inputs it was made from.
+/// A decision with what it was made from.
 #[derive(Debug, Clone)]
 pub struct Evaluated {
     /// The ruling policy.
     pub gate: StoredGate,
-    /// The evidence judged (shared with the gate cache).
-    pub evidence: Arc<Evidence>,
+    /// The plan and pinned version of each run judged, in the evidence's order. (Not the
+    /// evidence itself: the gate cache's stays unshared, so that the next evaluation updates
+    /// it in place instead of copying it.)
+    pub plans: Vec<(String, PlanVersion)>,
     /// The verdict.
     pub decision: Decision,
+}
+
+/// The plan and pinned version of each run of `evidence`, in order.
+pub fn run_plans(evidence: &Evidence) -> Vec<(String, PlanVersion)> {
+    evidence
+        .runs
+        .iter()
+        .map(|run| (run.plan_name.clone(), run.plan_version.clone()))
+        .collect()
 }
 
 /// Evaluates the gate of `milestone` for `release` now; `None` when no gate guards the
@@ -51,15 +62,13 @@ pub async fn evaluate_now(
         .store
         .list_waivers(&release.id, Some(milestone))
         .await?;
-    let (decision, evidence) =
+    let (decision, inputs, plans) =
         decide_cached(shared, &gate, release, milestone, baseline, &waivers).await?;
     shared
         .metrics
         .store(
             "insert_decision",
-            shared
-                .store
-                .insert_decision_with(&decision, &gate.policy, &evidence, &waivers),
+            shared.store.insert_decision_encoded(&decision, &inputs),
         )
         .await?;
     shared.metrics.decision(decision.verdict.as_str());
@@ -74,7 +83,7 @@ pub async fn evaluate_now(
     );
     Ok(Some(Evaluated {
         gate,
-        evidence,
+        plans,
         decision,
     }))
 }
@@ -112,6 +121,8 @@ async fn load_baseline(
 /// Decides on the cached state of the gate, brought up to date with the store first: reused
 /// when the policy and baseline are the same (only the jobs that changed are recomputed),
 /// built anew otherwise (dropping the least recently used gate beyond [`CACHED_GATES`]).
+/// Returns the decision with its replay inputs and the runs' plans, taken under the cache's
+/// lock: the cached evidence is never shared past it, so a refresh never copies it.
 async fn decide_cached(
     shared: &Shared,
     gate: &StoredGate,
@@ -119,7 +130,7 @@ async fn decide_cached(
     milestone: &str,
     baseline: Option<Box<Evidence>>,
     waivers: &[tollgate_domain::gate::Waiver],
-) -> Result<(Decision, Arc<Evidence>), StoreError> {
+) -> Result<(Decision, DecisionInputs, Vec<(String, PlanVersion)>), StoreError> {
     let policy_version = gate.policy.version();
     let key = (release.id.clone(), milestone.to_owned());
     let mut entries = shared.gate_cache.entries.lock().await;
@@ -166,7 +177,8 @@ async fn decide_cached(
     let decision = cached
         .state
         .decide(&gate.policy, &cached.evidence, waivers, shared.now());
-    Ok((decision, Arc::clone(&cached.evidence)))
+    let inputs = DecisionInputs::of(&gate.policy, &cached.evidence, waivers);
+    Ok((decision, inputs, run_plans(&cached.evidence)))
 }
 
 /// Brings a cached gate up to date with the store: the jobs that changed are recomputed one
@@ -371,6 +383,47 @@ mod tests {
     use super::*;
     use tollgate_domain::gate::{RuleDecision, Verdict};
     use tollgate_domain::test_support::at;
+
+    /// A decision handed out does not share the gate cache's evidence: the next evaluation's
+    /// refresh updates it in place instead of copying it (a copy of 100,000 results whenever
+    /// two evaluations overlap, say a dashboard view during the re-evaluation loop's).
+    #[tokio::test]
+    async fn a_decision_handed_out_leaves_the_cached_evidence_unshared() {
+        let store = crate::store::Store::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        let setup = crate::store::AuditNote::new(at(0), "test", "test.setup", "test");
+        let release = tollgate_domain::test_support::release();
+        store
+            .create_release(&release, &setup)
+            .await
+            .expect("release");
+        let policy = tollgate_domain::gate::parse_gate(
+            "gate.yaml",
+            "milestone: lab-qual\nrules:\n  - no-xid: {}\n",
+        )
+        .expect("gate");
+        store
+            .put_gate(&policy, "gate.yaml", at(0), &setup)
+            .await
+            .expect("gate stored");
+        let shared = Shared::new(
+            store,
+            crate::ControllerConfig::new(std::path::PathBuf::from("/nonexistent")),
+        );
+        let key = (release.id.clone(), "lab-qual".to_owned());
+        for _ in 0..2 {
+            let held = evaluate_now(&shared, &release, "lab-qual")
+                .await
+                .expect("evaluated")
+                .expect("a gate guards lab-qual");
+            let entries = shared.gate_cache.entries.lock().await;
+            let cached = entries.get(&key).expect("the gate is cached");
+            assert_eq!(Arc::strong_count(&cached.evidence), 1);
+            drop(entries);
+            drop(held);
+        }
+    }
 
     #[test]
     fn the_explanation_lists_every_rule_that_holds_the_release_back() {

@@ -12,7 +12,6 @@ use crate::store::StoreError;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_domain::gate::Evidence;
 use tollgate_domain::plan::Plan;
 use tollgate_domain::release::Release;
 use tollgate_proto::v1::{self as proto, report_service_server::ReportService};
@@ -60,12 +59,11 @@ impl ReportApi {
         let milestone = resolve_milestone(&release, &milestone)?;
         let crate::gates::Evaluated {
             gate,
-            evidence,
+            plans,
             decision,
         } = evaluate(shared, &release, &milestone, scope.as_ref()).await?;
-        // The evidence the gate read is dropped here; the report reads it again node by node.
-        let plans = plans_of_runs(shared, &evidence).await?;
-        drop(evidence);
+        // The report reads the evidence again, node by node, whole.
+        let plans = plans_of_runs(shared, &plans).await?;
         let waivers = shared
             .store
             .list_waivers(&release.id, Some(&milestone))
@@ -129,25 +127,24 @@ pub(crate) async fn evaluate(
     let decision = tollgate_domain::gate::evaluate(&gate.policy, &evidence, &waivers, shared.now());
     Ok(crate::gates::Evaluated {
         gate,
-        evidence: Arc::new(evidence),
+        plans: crate::gates::run_plans(&evidence),
         decision,
     })
 }
 
-/// The exact plan versions the runs of `evidence` ran; a version missing from the store is
-/// logged and left out.
-async fn plans_of_runs(shared: &Shared, evidence: &Evidence) -> Result<Vec<Plan>, StoreError> {
+/// The exact plan versions the judged runs ran (`crate::gates::run_plans`); a version missing
+/// from the store is logged and left out.
+async fn plans_of_runs(
+    shared: &Shared,
+    runs: &[(String, tollgate_domain::PlanVersion)],
+) -> Result<Vec<Plan>, StoreError> {
     let mut plans = Vec::new();
-    for run in &evidence.runs {
-        match shared
-            .store
-            .get_plan(&run.plan_name, Some(run.plan_version.as_str()))
-            .await?
-        {
+    for (name, version) in runs {
+        match shared.store.get_plan(name, Some(version.as_str())).await? {
             Some(stored) => plans.push(stored.plan),
             None => tracing::warn!(
-                plan = run.plan_name,
-                version = %run.plan_version,
+                plan = name,
+                %version,
                 "plan version of a run is missing from the store"
             ),
         }

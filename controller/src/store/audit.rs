@@ -102,6 +102,30 @@ struct StoredInputs {
     evidence: EvidenceRef,
 }
 
+/// A decision's replay inputs as stored ([`StoredInputs`] as JSON, and its sha256 key), taken
+/// from the evidence while it is at hand ([`Store::insert_decision_encoded`]).
+#[derive(Debug, Clone)]
+pub struct DecisionInputs {
+    key: String,
+    inputs: String,
+}
+
+impl DecisionInputs {
+    /// The inputs of a decision over `evidence` under `policy` and `waivers`: the evidence by
+    /// reference to its results.
+    pub fn of(policy: &GatePolicy, evidence: &Evidence, waivers: &[Waiver]) -> Self {
+        let stored = StoredInputs {
+            format: STORED_INPUTS_FORMAT,
+            policy: policy.clone(),
+            waivers: waivers.to_vec(),
+            evidence: EvidenceRef::of(evidence),
+        };
+        let inputs = text(&to_json(&stored)).into_owned();
+        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));
+        Self { key, inputs }
+    }
+}
+
 /// The format number of [`StoredInputs`].
 const STORED_INPUTS_FORMAT: u32 = 2;
 
@@ -324,6 +348,17 @@ impl Store {
         evidence: &Evidence,
         waivers: &[Waiver],
     ) -> Result<(), StoreError> {
+        self.insert_decision_encoded(decision, &DecisionInputs::of(policy, evidence, waivers))
+            .await
+    }
+
+    /// [`Store::insert_decision_with`] with the inputs encoded beforehand, so that the caller
+    /// need not hold the evidence while the decision is written.
+    pub async fn insert_decision_encoded(
+        &self,
+        decision: &Decision,
+        inputs: &DecisionInputs,
+    ) -> Result<(), StoreError> {
         const INPUTS: &str = "INSERT INTO decision_inputs (hash, inputs) VALUES ($1, $2)
              ON CONFLICT (hash) DO NOTHING";
         const SQL: &str =
@@ -331,20 +366,13 @@ impl Store {
                                     decision, evaluated_at, inputs_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let document = to_json(decision);
-        let stored = StoredInputs {
-            format: STORED_INPUTS_FORMAT,
-            policy: policy.clone(),
-            waivers: waivers.to_vec(),
-            evidence: EvidenceRef::of(evidence),
-        };
-        let inputs = text(&to_json(&stored)).into_owned();
-        let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(inputs.as_bytes()));
+        let DecisionInputs { key, inputs } = inputs;
         let what = format!("release {}", decision.release);
         writing!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(INPUTS)
-                .bind(&key)
-                .bind(&inputs)
+                .bind(key)
+                .bind(inputs)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(SQL)
@@ -355,7 +383,7 @@ impl Store {
                 .bind(&decision.policy_version)
                 .bind(&document)
                 .bind(micros(decision.evaluated_at))
-                .bind(&key)
+                .bind(key)
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| classify(err, &what, &what))?;

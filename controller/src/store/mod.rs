@@ -1081,7 +1081,7 @@ pub use runs::StateCounts;
 mod targets;
 mod tokens;
 mod waivers;
-pub use audit::{AuditFilter, AuditNote, ReplayInputs};
+pub use audit::{AuditFilter, AuditNote, DecisionInputs, ReplayInputs};
 pub use enrollment::IssuedCertificate;
 pub use leader::Leadership;
 pub use nodes::{
