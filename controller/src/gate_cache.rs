@@ -26,7 +26,9 @@ pub struct GateCache {
 pub(crate) struct CachedGate {
     /// The policy version the state was built for; another version builds anew.
     pub(crate) policy_version: String,
-    /// The evidence as last read (shared with the decisions made from it).
+    /// The evidence as last read, each result thinned to what the rules read. Not shared past
+    /// the lock: a decision takes its inputs from it under the lock, so a refresh updates it in
+    /// place.
     pub(crate) evidence: Arc<Evidence>,
     /// Every rule's running parts over `evidence`.
     pub(crate) state: GateState,
