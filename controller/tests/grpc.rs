@@ -2094,9 +2094,12 @@ async fn health_checks_make_a_failing_node_suspect_and_a_passing_check_clears_it
             .await
             .expect("result");
     }
-    let suspect = eventually("node-a to be suspect", || async {
+    // The health changes before the check's verdict is stored (a crash between the two judges
+    // the check again, where the other order could lose the health change): wait for both.
+    let suspect = eventually("node-a to be suspect and its check judged", || async {
         let node = controller.node("node-a").await;
-        (node.health == "suspect").then_some(node)
+        (node.health == "suspect" && node.health_checks.first()?.verdict == "failed")
+            .then_some(node)
     })
     .await;
     assert!(
